@@ -1,0 +1,403 @@
+//! Configuration: embedded defaults, then a TOML file, then `SWITCHBOARD_*` environment
+//! variables, then `--set` flags; unknown keys fail at start with the key's name.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// The embedded defaults, also printed by `switchboard config print --defaults`.
+pub const DEFAULT_CONFIG_TOML: &str = include_str!("default_config.toml");
+pub const CONFIG_VERSION: u32 = 1;
+const ENV_PREFIX: &str = "SWITCHBOARD_";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub version: u32,
+    pub node: NodeConfig,
+    pub telemetry: TelemetryConfig,
+    pub mesh: MeshConfig,
+    pub admin: AdminConfig,
+    pub channel_server: ChannelServerConfig,
+    pub gateway: GatewayConfig,
+    pub webapp: WebappConfig,
+    pub flannel: FlannelConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: String,
+    pub data_dir: PathBuf,
+    pub cluster_secret_file: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub log_format: String,
+    pub log_filter: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    pub ca_cert: String,
+    pub cert: String,
+    pub key: String,
+    pub max_frame_bytes: usize,
+    pub connect_timeout_ms: u64,
+    pub admin_addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelServerEntry {
+    pub id: String,
+    pub mesh_addr: SocketAddr,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    pub mesh_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub vnodes: u32,
+    pub channel_servers: Vec<ChannelServerEntry>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelServerConfig {
+    pub mesh_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub window: usize,
+    pub gateway_queue: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub http_addr: SocketAddr,
+    pub webapp_url: String,
+    pub session_queue: usize,
+    pub max_client_frame_bytes: usize,
+    pub ping_interval_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub max_sessions: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebappConfig {
+    pub http_addr: SocketAddr,
+    pub max_body_bytes: usize,
+    pub gateway_urls: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlannelConfig {
+    pub http_addr: SocketAddr,
+    pub webapp_url: String,
+    pub max_workspaces: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    pub kind: String,
+    pub path: String,
+    pub shards: u32,
+}
+
+impl Config {
+    /// The embedded defaults alone.
+    pub fn defaults() -> Config {
+        Config::load(None, std::iter::empty(), &[]).expect("embedded defaults are valid")
+    }
+
+    /// Defaults, then `file`, then environment variables (`SWITCHBOARD_SECTION__KEY`), then
+    /// `overrides` (`section.key=value`), then validation.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> anyhow::Result<Config> {
+        let mut merged: toml::Table =
+            toml::from_str(DEFAULT_CONFIG_TOML).context("embedded defaults")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read config file {}", path.display()))?;
+            let table: toml::Table = toml::from_str(&text)
+                .with_context(|| format!("failed to parse config file {}", path.display()))?;
+            if let Some(v) = table.get("version") {
+                if v.as_integer() != Some(i64::from(CONFIG_VERSION)) {
+                    bail!(
+                        "config file {} has version {v}, this build reads version {CONFIG_VERSION}",
+                        path.display()
+                    );
+                }
+            }
+            merge(&mut merged, table);
+        }
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((section, field)) = rest.split_once("__") else {
+                continue;
+            };
+            set_path(
+                &mut merged,
+                &section.to_ascii_lowercase(),
+                &field.to_ascii_lowercase(),
+                &value,
+            )
+            .with_context(|| format!("environment variable {key}"))?;
+        }
+        for o in overrides {
+            let (path, value) = o
+                .split_once('=')
+                .with_context(|| format!("--set {o}: expected section.key=value"))?;
+            let (section, field) = path
+                .split_once('.')
+                .with_context(|| format!("--set {o}: expected section.key=value"))?;
+            set_path(&mut merged, section, field, value).with_context(|| format!("--set {o}"))?;
+        }
+        let config: Config =
+            toml::Value::Table(merged)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    anyhow::anyhow!("invalid configuration: {}", e.message())
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Loads with the process's environment.
+    pub fn load_from_env(file: Option<&Path>, overrides: &[String]) -> anyhow::Result<Config> {
+        Config::load(file, std::env::vars(), overrides)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.version != CONFIG_VERSION {
+            bail!(
+                "config version {} is not supported (expected {CONFIG_VERSION})",
+                self.version
+            );
+        }
+        if !matches!(self.telemetry.log_format.as_str(), "human" | "json") {
+            bail!(
+                "telemetry.log_format must be \"human\" or \"json\", not {:?}",
+                self.telemetry.log_format
+            );
+        }
+        if self.mesh.max_frame_bytes < 1024 {
+            bail!("mesh.max_frame_bytes must be at least 1024");
+        }
+        if self.admin.vnodes == 0 || self.admin.vnodes > 4096 {
+            bail!("admin.vnodes must be in 1..=4096");
+        }
+        if self.channel_server.window == 0 {
+            bail!("channel_server.window must be positive");
+        }
+        if self.gateway.session_queue == 0 || self.channel_server.gateway_queue == 0 {
+            bail!("queue sizes must be positive");
+        }
+        if self.gateway.max_client_frame_bytes < 256 {
+            bail!("gateway.max_client_frame_bytes must be at least 256");
+        }
+        if self.store.kind != "embedded" {
+            bail!(
+                "store.kind {:?} is not available in this build (expected \"embedded\")",
+                self.store.kind
+            );
+        }
+        if self.store.shards == 0 || self.store.shards > 1024 {
+            bail!("store.shards must be in 1..=1024");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for cs in &self.admin.channel_servers {
+            if !seen.insert(&cs.id) {
+                bail!("admin.channel_servers lists {} twice", cs.id);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn store_path(&self) -> PathBuf {
+        if self.store.path.is_empty() {
+            self.node.data_dir.join("store")
+        } else {
+            PathBuf::from(&self.store.path)
+        }
+    }
+
+    pub fn cluster_secret_path(&self) -> PathBuf {
+        if self.node.cluster_secret_file.is_empty() {
+            self.node.data_dir.join("cluster-secret")
+        } else {
+            PathBuf::from(&self.node.cluster_secret_file)
+        }
+    }
+
+    /// Paths of the CA certificate, this node's certificate and its key.
+    pub fn tls_paths(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = self.node.data_dir.join("tls");
+        let pick = |s: &str, default: &str| {
+            if s.is_empty() {
+                dir.join(default)
+            } else {
+                PathBuf::from(s)
+            }
+        };
+        (
+            pick(&self.mesh.ca_cert, "ca.pem"),
+            pick(&self.mesh.cert, "node.pem"),
+            pick(&self.mesh.key, "node.key"),
+        )
+    }
+
+    /// This node's id, or `<role>-<random>` when unset.
+    pub fn node_id(&self, role: &str) -> crate::ids::NodeId {
+        if self.node.id.is_empty() {
+            crate::ids::NodeId(format!("{role}-{:08x}", rand::random::<u32>()))
+        } else {
+            crate::ids::NodeId(self.node.id.clone())
+        }
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Sets `section.field` from a string, parsed as a TOML value when it is one (numbers,
+/// booleans, arrays), else taken as a string.
+fn set_path(table: &mut toml::Table, section: &str, field: &str, raw: &str) -> anyhow::Result<()> {
+    let value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed v"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    if section == "version" {
+        bail!("version cannot be overridden");
+    }
+    let Some(toml::Value::Table(sec)) = table.get_mut(section) else {
+        bail!("unknown config section {section:?}");
+    };
+    if !sec.contains_key(field) {
+        bail!("unknown config key {section}.{field}");
+    }
+    sec.insert(field.to_string(), value);
+    Ok(())
+}
+
+/// Reads the cluster secret, creating a random one if `create` and it does not exist.
+pub fn load_cluster_secret(path: &Path, create: bool) -> anyhow::Result<Vec<u8>> {
+    match std::fs::read(path) {
+        Ok(bytes) if !bytes.is_empty() => Ok(bytes),
+        Ok(_) => bail!("cluster secret file {} is empty", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("failed to create {}", parent.display()))?;
+            }
+            let secret: [u8; 32] = rand::random();
+            let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+            std::fs::write(path, hex.as_bytes())
+                .with_context(|| format!("failed to write {}", path.display()))?;
+            Ok(hex.into_bytes())
+        }
+        Err(e) => {
+            Err(e).with_context(|| format!("failed to read cluster secret {}", path.display()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = Config::defaults();
+        assert_eq!(c.version, 1);
+        assert_eq!(c.webapp.http_addr.port(), 8080);
+    }
+
+    #[test]
+    fn env_and_flags_override_in_order() {
+        let env = vec![
+            (
+                "SWITCHBOARD_GATEWAY__SESSION_QUEUE".to_string(),
+                "17".to_string(),
+            ),
+            (
+                "SWITCHBOARD_TELEMETRY__LOG_FORMAT".to_string(),
+                "json".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::load(None, env, &["gateway.session_queue=18".to_string()]).unwrap();
+        assert_eq!(c.gateway.session_queue, 18);
+        assert_eq!(c.telemetry.log_format, "json");
+    }
+
+    #[test]
+    fn unknown_keys_fail_with_their_name() {
+        let err = Config::load(
+            None,
+            std::iter::empty(),
+            &["gateway.sesion_queue=1".to_string()],
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("gateway.sesion_queue"),
+            "{err:#}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "version = 1\n[gateway]\nbogus = 1\n").unwrap();
+        let err = Config::load(Some(&path), std::iter::empty(), &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("bogus"), "{err:#}");
+        std::fs::write(&path, "version = 2\n").unwrap();
+        assert!(Config::load(Some(&path), std::iter::empty(), &[]).is_err());
+    }
+
+    #[test]
+    fn invalid_values_fail_validation() {
+        assert!(Config::load(
+            None,
+            std::iter::empty(),
+            &["telemetry.log_format=xml".to_string()]
+        )
+        .is_err());
+        assert!(Config::load(None, std::iter::empty(), &["store.shards=0".to_string()]).is_err());
+    }
+
+    #[test]
+    fn channel_server_list_parses() {
+        let c = Config::load(
+            None,
+            std::iter::empty(),
+            &[r#"admin.channel_servers=[{id="cs-1",mesh_addr="127.0.0.1:9000"}]"#.to_string()],
+        )
+        .unwrap();
+        assert_eq!(c.admin.channel_servers[0].id, "cs-1");
+    }
+}

@@ -1,0 +1,524 @@
+//! The QUIC mesh between nodes: quinn over rustls with mutual TLS, carrying [`MeshFrame`]s.
+//!
+//! # Layout
+//! - [`tls`]: the cluster CA, node certificates and quinn configurations.
+//! - [`Mesh`]: one QUIC endpoint (server and client) per node.
+//! - [`MeshConn`]: a connection; requests each use their own bidirectional stream.
+//! - [`FrameReader`]/[`FrameWriter`]: whole frames over a stream, checking sizes first.
+//! - [`PeerPool`]: reuses one connection per peer and reconnects with backoff.
+
+pub mod tls;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use parking_lot::Mutex;
+
+use crate::protocol::{MeshFrame, WireError};
+use crate::telemetry::metrics as m;
+pub use tls::{install_crypto_provider, MeshTls, MESH_SERVER_NAME};
+
+/// Why a mesh call failed before an answer came back.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("failed to connect to {addr}: {reason}")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("connection lost: {0}")]
+    Connection(String),
+    #[error("bad frame from peer: {0}")]
+    Wire(#[from] WireError),
+    #[error("peer closed the stream before answering")]
+    Closed,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// One node's QUIC endpoint.
+pub struct Mesh {
+    endpoint: quinn::Endpoint,
+    max_frame_bytes: usize,
+    connect_timeout: Duration,
+}
+
+impl Mesh {
+    /// An endpoint that accepts connections on `socket` and also makes them.
+    pub fn server(
+        socket: std::net::UdpSocket,
+        tls: &MeshTls,
+        max_frame_bytes: usize,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Mesh> {
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| anyhow::anyhow!("no async runtime"))?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(tls.server_config()?),
+            socket,
+            runtime,
+        )?;
+        endpoint.set_default_client_config(tls.client_config()?);
+        Ok(Mesh {
+            endpoint,
+            max_frame_bytes,
+            connect_timeout,
+        })
+    }
+
+    /// An endpoint that only makes connections (gateways, the Web API), bound on loopback's
+    /// or the given address's side.
+    pub fn client(
+        bind: SocketAddr,
+        tls: &MeshTls,
+        max_frame_bytes: usize,
+        connect_timeout: Duration,
+    ) -> anyhow::Result<Mesh> {
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        endpoint.set_default_client_config(tls.client_config()?);
+        Ok(Mesh {
+            endpoint,
+            max_frame_bytes,
+            connect_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// The next connection that completes its handshake; `None` once the endpoint closed.
+    /// Failed handshakes (no or foreign certificate, garbage) are counted and skipped.
+    pub async fn accept(&self) -> Option<MeshConn> {
+        loop {
+            let incoming = self.endpoint.accept().await?;
+            match incoming.await {
+                Ok(conn) => {
+                    m::MESH_CONNECTIONS_ACCEPTED.inc();
+                    return Some(MeshConn {
+                        conn,
+                        max_frame_bytes: self.max_frame_bytes,
+                    });
+                }
+                Err(e) => {
+                    m::MESH_HANDSHAKE_FAILURES.inc();
+                    tracing::warn!(error = %e, "mesh handshake failed");
+                }
+            }
+        }
+    }
+
+    pub async fn connect(&self, addr: SocketAddr) -> Result<MeshConn, TransportError> {
+        let err = |reason: String| TransportError::Connect { addr, reason };
+        let connecting = self
+            .endpoint
+            .connect(addr, MESH_SERVER_NAME)
+            .map_err(|e| err(e.to_string()))?;
+        let conn = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| err(format!("no handshake within {:?}", self.connect_timeout)))?
+            .map_err(|e| err(e.to_string()))?;
+        Ok(MeshConn {
+            conn,
+            max_frame_bytes: self.max_frame_bytes,
+        })
+    }
+
+    /// Closes every connection and stops accepting.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+
+    pub async fn wait_idle(&self) {
+        self.endpoint.wait_idle().await;
+    }
+}
+
+/// A connection to a peer. Cheap to clone.
+#[derive(Clone)]
+pub struct MeshConn {
+    conn: quinn::Connection,
+    max_frame_bytes: usize,
+}
+
+impl MeshConn {
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    /// Resolves when the connection closes, for whatever reason.
+    pub async fn closed(&self) -> String {
+        self.conn.closed().await.to_string()
+    }
+
+    pub fn close(&self, reason: &str) {
+        self.conn.close(0u32.into(), reason.as_bytes());
+    }
+
+    /// Opens a long-lived stream.
+    pub async fn open(&self) -> Result<(FrameWriter, FrameReader), TransportError> {
+        let (send, recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| TransportError::Connection(e.to_string()))?;
+        Ok((
+            FrameWriter { send },
+            FrameReader::new(recv, self.max_frame_bytes),
+        ))
+    }
+
+    /// Waits for the peer to open a stream; `None` once the connection is gone.
+    pub async fn accept(&self) -> Option<(FrameWriter, FrameReader)> {
+        let (send, recv) = self.conn.accept_bi().await.ok()?;
+        Some((
+            FrameWriter { send },
+            FrameReader::new(recv, self.max_frame_bytes),
+        ))
+    }
+
+    /// One request and its answer on a fresh stream.
+    pub async fn request(
+        &self,
+        frame: &MeshFrame,
+        timeout: Duration,
+    ) -> Result<MeshFrame, TransportError> {
+        let call = async {
+            let (mut w, mut r) = self.open().await?;
+            w.send(frame).await?;
+            w.finish();
+            r.read().await?.ok_or(TransportError::Closed)
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| TransportError::Timeout(timeout))?
+    }
+}
+
+/// Writes whole frames to a stream.
+pub struct FrameWriter {
+    send: quinn::SendStream,
+}
+
+impl FrameWriter {
+    pub async fn send(&mut self, frame: &MeshFrame) -> Result<(), TransportError> {
+        let mut buf = BytesMut::with_capacity(256);
+        frame.encode(&mut buf);
+        self.send_bytes(&buf.freeze()).await
+    }
+
+    /// Writes an already-encoded frame (encoded once, shared between many streams).
+    pub async fn send_bytes(&mut self, bytes: &Bytes) -> Result<(), TransportError> {
+        m::MESH_FRAMES_SENT.inc();
+        self.send
+            .write_chunk(bytes.clone())
+            .await
+            .map_err(|e| TransportError::Connection(e.to_string()))
+    }
+
+    /// Writes several encoded frames in one call.
+    pub async fn send_many(&mut self, chunks: &mut [Bytes]) -> Result<(), TransportError> {
+        m::MESH_FRAMES_SENT.inc_by(chunks.len() as u64);
+        self.send
+            .write_all_chunks(chunks)
+            .await
+            .map_err(|e| TransportError::Connection(e.to_string()))
+    }
+
+    /// Ends the stream gracefully.
+    pub fn finish(&mut self) {
+        let _ = self.send.finish();
+    }
+}
+
+/// Reads whole frames from a stream, refusing oversized or malformed ones.
+pub struct FrameReader {
+    recv: quinn::RecvStream,
+    buf: BytesMut,
+    max_frame_bytes: usize,
+}
+
+impl FrameReader {
+    fn new(recv: quinn::RecvStream, max_frame_bytes: usize) -> Self {
+        FrameReader {
+            recv,
+            buf: BytesMut::with_capacity(8 * 1024),
+            max_frame_bytes,
+        }
+    }
+
+    /// The next frame; `Ok(None)` when the peer finished the stream between frames. A bad
+    /// frame is counted and ends the stream (the peer's stream is stopped).
+    pub async fn read(&mut self) -> Result<Option<MeshFrame>, TransportError> {
+        loop {
+            match MeshFrame::decode(&self.buf, self.max_frame_bytes) {
+                Ok(Some((frame, used))) => {
+                    self.buf.advance(used);
+                    m::MESH_FRAMES_RECEIVED.inc();
+                    return Ok(Some(frame));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    m::MESH_BAD_FRAMES.inc();
+                    tracing::warn!(error = %e, "bad mesh frame");
+                    let _ = self.recv.stop(1u32.into());
+                    return Err(e.into());
+                }
+            }
+            match self.recv.read_chunk(64 * 1024, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) if self.buf.is_empty() => return Ok(None),
+                Ok(None) => {
+                    m::MESH_BAD_FRAMES.inc();
+                    return Err(TransportError::Wire(WireError::Truncated));
+                }
+                Err(e) => return Err(TransportError::Connection(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Reuses one connection per peer address and reconnects with exponential backoff after a
+/// peer disappears.
+pub struct PeerPool {
+    mesh: Arc<Mesh>,
+    peers: Mutex<HashMap<SocketAddr, PeerSlot>>,
+}
+
+#[derive(Default)]
+struct PeerSlot {
+    conn: Option<MeshConn>,
+    /// Failures since the last success: sets how long to wait before the next attempt.
+    failures: u32,
+    next_attempt: Option<tokio::time::Instant>,
+}
+
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+impl PeerPool {
+    pub fn new(mesh: Arc<Mesh>) -> PeerPool {
+        PeerPool {
+            mesh,
+            peers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn mesh(&self) -> &Arc<Mesh> {
+        &self.mesh
+    }
+
+    /// A live connection to `addr`: the pooled one, or a new one. A peer that failed recently
+    /// is not dialled again until its backoff has passed.
+    pub async fn get(&self, addr: SocketAddr) -> Result<MeshConn, TransportError> {
+        let wait = {
+            let peers = self.peers.lock();
+            match peers.get(&addr) {
+                Some(slot) => {
+                    if let Some(c) = slot.conn.as_ref().filter(|c| !c.is_closed()) {
+                        return Ok(c.clone());
+                    }
+                    slot.next_attempt
+                }
+                None => None,
+            }
+        };
+        if let Some(at) = wait {
+            tokio::time::sleep_until(at).await;
+        }
+        match self.mesh.connect(addr).await {
+            Ok(conn) => {
+                let mut peers = self.peers.lock();
+                let slot = peers.entry(addr).or_default();
+                // Another task may have connected meanwhile: keep one.
+                if let Some(c) = slot.conn.as_ref().filter(|c| !c.is_closed()) {
+                    conn.close("duplicate");
+                    return Ok(c.clone());
+                }
+                slot.conn = Some(conn.clone());
+                slot.failures = 0;
+                slot.next_attempt = None;
+                Ok(conn)
+            }
+            Err(e) => {
+                m::MESH_CONNECT_FAILURES.inc();
+                let mut peers = self.peers.lock();
+                let slot = peers.entry(addr).or_default();
+                slot.failures = slot.failures.saturating_add(1);
+                let backoff = BACKOFF_BASE
+                    .saturating_mul(1 << slot.failures.min(6))
+                    .min(BACKOFF_MAX);
+                slot.next_attempt = Some(tokio::time::Instant::now() + backoff);
+                Err(e)
+            }
+        }
+    }
+
+    /// Forgets a broken connection so the next `get` redials.
+    pub fn forget(&self, addr: SocketAddr) {
+        if let Some(slot) = self.peers.lock().get_mut(&addr) {
+            slot.conn = None;
+        }
+    }
+
+    /// One request to `addr` on a pooled connection; a connection found dead is dropped so
+    /// the next call reconnects.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        frame: &MeshFrame,
+        timeout: Duration,
+    ) -> Result<MeshFrame, TransportError> {
+        let conn = self.get(addr).await?;
+        let result = conn.request(frame, timeout).await;
+        if matches!(result, Err(TransportError::Connection(_))) {
+            self.forget(addr);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ChannelId;
+
+    fn pair() -> (Mesh, Mesh, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        tls::generate_dev_certs(dir.path()).unwrap();
+        let t = MeshTls::load(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("node.pem"),
+            &dir.path().join("node.key"),
+        )
+        .unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = Mesh::server(socket, &t, 1024 * 1024, Duration::from_secs(2)).unwrap();
+        let client = Mesh::client(
+            "127.0.0.1:0".parse().unwrap(),
+            &t,
+            1024 * 1024,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        (server, client, dir)
+    }
+
+    #[tokio::test]
+    async fn request_and_answer_over_mutual_tls() {
+        let (server, client, _dir) = pair();
+        let addr = server.local_addr().unwrap();
+        let server_task = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap();
+            let (mut w, mut r) = conn.accept().await.unwrap();
+            let frame = r.read().await.unwrap().unwrap();
+            assert_eq!(
+                frame,
+                MeshFrame::Unsubscribe {
+                    channel: ChannelId::from("C1")
+                }
+            );
+            w.send(&MeshFrame::FetchOk {
+                messages: vec![],
+                last_seq: 4,
+            })
+            .await
+            .unwrap();
+            w.finish();
+            conn.closed().await;
+        });
+        let conn = client.connect(addr).await.unwrap();
+        let answer = conn
+            .request(
+                &MeshFrame::Unsubscribe {
+                    channel: ChannelId::from("C1"),
+                },
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            answer,
+            MeshFrame::FetchOk {
+                messages: vec![],
+                last_seq: 4
+            }
+        );
+        conn.close("done");
+        server_task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_without_the_cluster_certificate_is_refused() {
+        let (server, _client, _dir) = pair();
+        let addr = server.local_addr().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        tls::generate_dev_certs(other.path()).unwrap();
+        let foreign = MeshTls::load(
+            &other.path().join("ca.pem"),
+            &other.path().join("node.pem"),
+            &other.path().join("node.key"),
+        )
+        .unwrap();
+        let stranger = Mesh::client(
+            "127.0.0.1:0".parse().unwrap(),
+            &foreign,
+            1024,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        tokio::spawn(async move {
+            let _ = server.accept().await;
+        });
+        assert!(stranger.connect(addr).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn garbage_on_a_stream_is_a_wire_error() {
+        let (server, client, _dir) = pair();
+        let addr = server.local_addr().unwrap();
+        let server_task = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap();
+            let (_w, mut r) = conn.accept().await.unwrap();
+            r.read().await
+        });
+        let conn = client.connect(addr).await.unwrap();
+        let (mut w, _r) = conn.open().await.unwrap();
+        w.send_bytes(&Bytes::from_static(
+            b"\x00\x00\x00\x06\x00\x01\xff\xff\xff\xff",
+        ))
+        .await
+        .unwrap();
+        w.finish();
+        let result = server_task.await.unwrap();
+        assert!(matches!(result, Err(TransportError::Wire(_))), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn pool_reuses_and_reports_unreachable_peers() {
+        let (server, client, _dir) = pair();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Some(conn) = server.accept().await {
+                tokio::spawn(async move { conn.closed().await });
+            }
+        });
+        let pool = PeerPool::new(Arc::new(client));
+        let a = pool.get(addr).await.unwrap();
+        let b = pool.get(addr).await.unwrap();
+        assert_eq!(a.remote_address(), b.remote_address());
+        let dead = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        assert!(pool.get(dead_addr).await.is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! The RTM-style JSON protocol between a gateway and its WebSocket clients.
+//!
+//! Server -> client events carry a `type` like Slack's RTM API (`hello`, `message`,
+//! `user_typing`, `presence_change`, `pong`, `error`, `goodbye`), extended with a per-channel
+//! `seq` on messages and a `resync_required` event. Client -> server events carry an `id`
+//! that the answer echoes as `reply_to`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{EphemeralEvent, Message};
+use crate::ids::{ChannelId, Seq};
+
+/// WebSocket close codes the gateway uses (4000-4999 is the application range).
+pub mod close_code {
+    /// Missing, malformed, forged or expired token.
+    pub const INVALID_AUTH: u16 = 4001;
+    /// The client spoke a protocol version this gateway does not accept.
+    pub const UNSUPPORTED_VERSION: u16 = 4002;
+    /// The session fell too far behind; reconnect with `resume`.
+    pub const RESYNC_REQUIRED: u16 = 4008;
+    /// A frame larger than the gateway accepts.
+    pub const MESSAGE_TOO_BIG: u16 = 1009;
+    /// The gateway is shutting down; reconnect (to another gateway).
+    pub const GOING_AWAY: u16 = 1001;
+    /// No pong within the timeout.
+    pub const PING_TIMEOUT: u16 = 4003;
+}
+
+/// What a client sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientEvent {
+    Ping {
+        id: Option<u64>,
+    },
+    Typing {
+        id: Option<u64>,
+        channel: ChannelId,
+    },
+    /// Resume after a reconnect: the last `seq` the client saw per channel. The gateway
+    /// sends exactly the messages after each, in order, then live ones.
+    Resume {
+        id: Option<u64>,
+        channels: BTreeMap<ChannelId, Seq>,
+    },
+}
+
+impl ClientEvent {
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            ClientEvent::Ping { id }
+            | ClientEvent::Typing { id, .. }
+            | ClientEvent::Resume { id, .. } => *id,
+        }
+    }
+}
+
+/// A message as clients see it (Slack's shape plus `seq`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub channel: String,
+    pub user: String,
+    pub text: String,
+    pub ts: String,
+    pub seq: Seq,
+    pub team: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub client_msg_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub thread_ts: Option<String>,
+}
+
+impl From<&Message> for MessageEvent {
+    fn from(m: &Message) -> Self {
+        MessageEvent {
+            kind: "message".into(),
+            channel: m.channel.0.clone(),
+            user: m.user.0.clone(),
+            text: m.text.clone(),
+            ts: m.ts.to_slack(),
+            seq: m.seq,
+            team: m.workspace.0.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            thread_ts: m.thread_ts.map(|t| t.to_slack()),
+        }
+    }
+}
+
+/// Renders a stored message as the JSON text every subscribed session receives. Done once
+/// per gateway per message; the text is shared between sessions.
+pub fn message_json(m: &Message) -> String {
+    serde_json::to_string(&MessageEvent::from(m)).expect("message event serializes")
+}
+
+/// Renders an ephemeral event for a channel.
+pub fn ephemeral_json(channel: &ChannelId, event: &EphemeralEvent) -> String {
+    match event {
+        EphemeralEvent::Typing { user } => serde_json::json!({
+            "type": "user_typing",
+            "channel": channel.0,
+            "user": user.0,
+        }),
+        EphemeralEvent::Presence { user, presence } => serde_json::json!({
+            "type": "presence_change",
+            "user": user.0,
+            "presence": presence.as_str(),
+        }),
+    }
+    .to_string()
+}
+
+/// An `error` event, optionally answering a client event.
+pub fn error_json(code: u16, msg: &str, reply_to: Option<u64>) -> String {
+    let mut v = serde_json::json!({
+        "type": "error",
+        "error": { "code": code, "msg": msg },
+    });
+    if let Some(id) = reply_to {
+        v["reply_to"] = id.into();
+    }
+    v.to_string()
+}
+
+/// Error codes carried in `error` events.
+pub mod error_code {
+    pub const MALFORMED_JSON: u16 = 1;
+    pub const UNKNOWN_EVENT: u16 = 2;
+    pub const CHANNEL_NOT_FOUND: u16 = 3;
+    pub const NOT_IN_CHANNEL: u16 = 4;
+    pub const INVALID_UTF8: u16 = 5;
+    pub const UNAVAILABLE: u16 = 6;
+    pub const RATE_LIMITED: u16 = 7;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_events_parse() {
+        let e: ClientEvent = serde_json::from_str(r#"{"id":1,"type":"ping"}"#).unwrap();
+        assert_eq!(e, ClientEvent::Ping { id: Some(1) });
+        let e: ClientEvent =
+            serde_json::from_str(r#"{"id":2,"type":"typing","channel":"C1"}"#).unwrap();
+        assert_eq!(e.id(), Some(2));
+        let e: ClientEvent =
+            serde_json::from_str(r#"{"type":"resume","channels":{"C1":4}}"#).unwrap();
+        match e {
+            ClientEvent::Resume { channels, .. } => assert_eq!(channels[&ChannelId::from("C1")], 4),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(serde_json::from_str::<ClientEvent>(r#"{"type":"dance"}"#).is_err());
+    }
+
+    #[test]
+    fn error_events_carry_reply_to() {
+        let v: serde_json::Value =
+            serde_json::from_str(&error_json(2, "unknown event", Some(9))).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["reply_to"], 9);
+        assert_eq!(v["error"]["code"], 2);
+    }
+}

@@ -1,0 +1,406 @@
+//! Frames between nodes of the mesh.
+//!
+//! # Byte layout
+//!
+//! ```text
+//! +----------------+----------------+----------------------------+
+//! | length: u32 BE | version: u16 BE| payload: bincode(MeshFrame)|
+//! +----------------+----------------+----------------------------+
+//!   length counts the version and the payload (never the length field itself)
+//! ```
+//!
+//! A reader checks the length against its maximum before buffering the payload, so a peer
+//! cannot make it allocate an unbounded buffer, and checks the version before decoding.
+//!
+//! # Streams
+//! - Requests (`Post`, `Fetch`, `Admin*`) each use their own QUIC bidirectional stream: one
+//!   frame each way.
+//! - A gateway holds one long-lived stream per channel server: it writes `Subscribe`,
+//!   `Unsubscribe` and `Publish` frames; the channel server writes `SubscribeAck`, `Deliver`,
+//!   `Ephemeral` and `Refused` frames, in channel order, once per gateway.
+//! - Every node holds one long-lived stream to the admin server: it writes `Hello`; the admin
+//!   server writes `Ring` on every epoch and `User` for membership changes.
+
+use bytes::{BufMut, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::model::{EphemeralEvent, Message, NewMessage, RingState, Role, UserEvent};
+use crate::ids::{ChannelId, NodeId, RingEpoch, Seq};
+
+/// Version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Oldest version this build accepts.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Default cap on one frame; configurable per node.
+pub const MAX_FRAME_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
+/// ALPN protocol name of the mesh.
+pub const ALPN: &[u8] = b"switchboard-mesh/1";
+
+const HEADER_BYTES: usize = 6;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("frame too short to hold a header")]
+    Truncated,
+    #[error("unsupported protocol version {version} (accepted {min}..={max})")]
+    Version { version: u16, min: u16, max: u16 },
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// An error answered over the mesh; the sender decides whether to retry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MeshError {
+    /// The receiver does not own the channel at its epoch; the sender should refresh its ring.
+    #[error("not the owner of the channel at epoch {epoch}")]
+    WrongOwner { epoch: RingEpoch },
+    #[error("no channel server owns this channel")]
+    NoOwner,
+    #[error("storage failed: {0}")]
+    Store(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Every frame of the mesh.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MeshFrame {
+    /// First frame on a node's stream to the admin server.
+    Hello {
+        node: NodeId,
+        role: Role,
+        protocol_version: u16,
+    },
+    /// The current ring; sent after `Hello` and again on every epoch.
+    Ring(RingState),
+    /// A membership change for gateways to apply to their sessions.
+    User(UserEvent),
+
+    /// Web API -> admin server -> owning channel server: persist and fan out.
+    Post {
+        msg: NewMessage,
+    },
+    /// Answer to `Post`: the stored message (the earlier one if `client_msg_id` repeated).
+    PostOk {
+        msg: Message,
+        duplicate: bool,
+    },
+
+    /// Gateway -> channel server, on the gateway's subscription stream: send me this
+    /// channel's messages after `after_seq` (`None`: from now on).
+    Subscribe {
+        channel: ChannelId,
+        after_seq: Option<Seq>,
+    },
+    /// Answer to `Subscribe`: the channel's current last sequence and the messages after
+    /// `after_seq` up to it, in order (at most the window; the gateway fetches the rest).
+    SubscribeAck {
+        channel: ChannelId,
+        last_seq: Seq,
+        backlog: Vec<Message>,
+    },
+    Unsubscribe {
+        channel: ChannelId,
+    },
+    /// Gateway -> channel server: an ephemeral event (typing) for the channel's subscribers.
+    Publish {
+        channel: ChannelId,
+        event: EphemeralEvent,
+    },
+    /// Channel server -> gateway: a channel's next message.
+    Deliver {
+        msg: Message,
+    },
+    /// Channel server -> gateway: an ephemeral event for a channel.
+    Ephemeral {
+        channel: ChannelId,
+        event: EphemeralEvent,
+    },
+    /// Channel server -> gateway: a subscription or publish it refused.
+    Refused {
+        channel: ChannelId,
+        error: MeshError,
+    },
+
+    /// Messages of a channel with `after_seq < seq <= up_to_seq`, at most `limit`.
+    Fetch {
+        channel: ChannelId,
+        workspace: crate::ids::WorkspaceId,
+        after_seq: Seq,
+        up_to_seq: Option<Seq>,
+        limit: u32,
+    },
+    FetchOk {
+        messages: Vec<Message>,
+        last_seq: Seq,
+    },
+
+    /// Any request's failure.
+    Error(MeshError),
+}
+
+impl MeshFrame {
+    /// Appends the framed encoding of `self` to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let start = dst.len();
+        dst.put_u32(0);
+        dst.put_u16(PROTOCOL_VERSION);
+        let mut writer = dst.writer();
+        // Encoding into memory cannot fail for these types.
+        bincode::serde::encode_into_std_write(self, &mut writer, bincode::config::standard())
+            .expect("mesh frame encodes");
+        let dst = writer.into_inner();
+        let len = (dst.len() - start - 4) as u32;
+        dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// The framed encoding of `self` as one buffer, to be shared between many writers.
+    pub fn to_bytes(&self) -> bytes::Bytes {
+        let mut buf = BytesMut::with_capacity(128);
+        self.encode(&mut buf);
+        buf.freeze()
+    }
+
+    /// Checks whether `src` starts with a whole frame: `Ok(Some(total_len))` when it does,
+    /// `Ok(None)` when more bytes are needed. Refuses oversized frames from the header alone.
+    pub fn check(src: &[u8], max_frame_bytes: usize) -> Result<Option<usize>, WireError> {
+        if src.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        if len > max_frame_bytes {
+            return Err(WireError::TooLarge {
+                len,
+                max: max_frame_bytes,
+            });
+        }
+        if len < 2 {
+            return Err(WireError::Truncated);
+        }
+        if src.len() < 4 + len {
+            return Ok(None);
+        }
+        Ok(Some(4 + len))
+    }
+
+    /// Decodes one frame from the start of `src`: `Ok(None)` if it is not all there yet, else
+    /// the frame and the bytes it used.
+    pub fn decode(
+        src: &[u8],
+        max_frame_bytes: usize,
+    ) -> Result<Option<(MeshFrame, usize)>, WireError> {
+        let Some(total) = Self::check(src, max_frame_bytes)? else {
+            return Ok(None);
+        };
+        let version = u16::from_be_bytes([src[4], src[5]]);
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+            return Err(WireError::Version {
+                version,
+                min: MIN_PROTOCOL_VERSION,
+                max: PROTOCOL_VERSION,
+            });
+        }
+        let payload = &src[HEADER_BYTES..total];
+        let (frame, used) = bincode::serde::decode_from_slice::<MeshFrame, _>(
+            payload,
+            bincode::config::standard().with_limit::<{ 64 * 1024 * 1024 }>(),
+        )
+        .map_err(|e| WireError::Malformed(e.to_string()))?;
+        if used != payload.len() {
+            return Err(WireError::Malformed(format!(
+                "{} trailing bytes after frame",
+                payload.len() - used
+            )));
+        }
+        Ok(Some((frame, total)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{Ts, UserId, WorkspaceId};
+    use crate::protocol::model::{Presence, RingMember};
+    use proptest::prelude::*;
+
+    fn sample_message(seq: Seq, text: String) -> Message {
+        Message {
+            workspace: WorkspaceId::from("TDEMO"),
+            channel: ChannelId::from("CGENERAL"),
+            seq,
+            ts: Ts(1_700_000_000_000_000 + seq),
+            user: UserId::from("UALICE"),
+            text,
+            client_msg_id: Some("abc".into()),
+            thread_ts: None,
+        }
+    }
+
+    fn round_trip(frame: MeshFrame) {
+        let mut buf = BytesMut::new();
+        frame.encode(&mut buf);
+        let (decoded, used) = MeshFrame::decode(&buf, MAX_FRAME_BYTES_DEFAULT)
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, buf.len());
+        assert_eq!(decoded, frame);
+    }
+
+    #[test]
+    fn every_frame_kind_round_trips() {
+        let channel = ChannelId::from("CGENERAL");
+        let frames = vec![
+            MeshFrame::Hello {
+                node: NodeId::from("gw-1"),
+                role: Role::Gateway,
+                protocol_version: PROTOCOL_VERSION,
+            },
+            MeshFrame::Ring(RingState {
+                epoch: RingEpoch(7),
+                members: vec![RingMember {
+                    node: NodeId::from("cs-1"),
+                    mesh_addr: "127.0.0.1:7000".into(),
+                    draining: false,
+                }],
+                vnodes: 64,
+            }),
+            MeshFrame::User(UserEvent::ChannelLeft {
+                workspace: WorkspaceId::from("TDEMO"),
+                channel: channel.clone(),
+                user: UserId::from("UBOB"),
+            }),
+            MeshFrame::Post {
+                msg: NewMessage {
+                    workspace: WorkspaceId::from("TDEMO"),
+                    channel: channel.clone(),
+                    user: UserId::from("UALICE"),
+                    text: "hello".into(),
+                    client_msg_id: None,
+                    thread_ts: Some(Ts(5)),
+                },
+            },
+            MeshFrame::PostOk {
+                msg: sample_message(1, "hi".into()),
+                duplicate: true,
+            },
+            MeshFrame::Subscribe {
+                channel: channel.clone(),
+                after_seq: Some(3),
+            },
+            MeshFrame::SubscribeAck {
+                channel: channel.clone(),
+                last_seq: 9,
+                backlog: vec![sample_message(4, "x".into())],
+            },
+            MeshFrame::Unsubscribe {
+                channel: channel.clone(),
+            },
+            MeshFrame::Publish {
+                channel: channel.clone(),
+                event: EphemeralEvent::Typing {
+                    user: UserId::from("UALICE"),
+                },
+            },
+            MeshFrame::Deliver {
+                msg: sample_message(2, "yo".into()),
+            },
+            MeshFrame::Ephemeral {
+                channel: channel.clone(),
+                event: EphemeralEvent::Presence {
+                    user: UserId::from("UBOB"),
+                    presence: Presence::Away,
+                },
+            },
+            MeshFrame::Refused {
+                channel: channel.clone(),
+                error: MeshError::WrongOwner {
+                    epoch: RingEpoch(3),
+                },
+            },
+            MeshFrame::Fetch {
+                channel,
+                workspace: WorkspaceId::from("TDEMO"),
+                after_seq: 1,
+                up_to_seq: Some(5),
+                limit: 100,
+            },
+            MeshFrame::FetchOk {
+                messages: vec![],
+                last_seq: 0,
+            },
+            MeshFrame::Error(MeshError::Store("disk full".into())),
+        ];
+        for frame in frames {
+            round_trip(frame);
+        }
+    }
+
+    #[test]
+    fn incomplete_frames_wait_for_more_bytes() {
+        let bytes = MeshFrame::Deliver {
+            msg: sample_message(1, "hello".into()),
+        }
+        .to_bytes();
+        for cut in 0..bytes.len() {
+            assert_eq!(
+                MeshFrame::decode(&bytes[..cut], MAX_FRAME_BYTES_DEFAULT),
+                Ok(None)
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_frames_are_refused_from_the_header() {
+        let mut header = vec![];
+        header.extend_from_slice(&(1_000_000u32).to_be_bytes());
+        header.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        assert!(matches!(
+            MeshFrame::decode(&header, 1024),
+            Err(WireError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_versions_are_refused() {
+        let mut bytes = MeshFrame::Unsubscribe {
+            channel: ChannelId::from("C1"),
+        }
+        .to_bytes()
+        .to_vec();
+        bytes[4] = 0xff;
+        assert!(matches!(
+            MeshFrame::decode(&bytes, MAX_FRAME_BYTES_DEFAULT),
+            Err(WireError::Version { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_payload_is_malformed_not_a_panic() {
+        let mut bytes = vec![0, 0, 0, 6];
+        bytes.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        bytes.extend_from_slice(&[0xff, 0xff, 0xff, 0xff]);
+        assert!(matches!(
+            MeshFrame::decode(&bytes, MAX_FRAME_BYTES_DEFAULT),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn messages_round_trip(seq in 0u64..u64::MAX, text in ".{0,200}", cmid in proptest::option::of("[a-z0-9-]{1,36}")) {
+            let mut msg = sample_message(seq, text);
+            msg.client_msg_id = cmid;
+            round_trip(MeshFrame::Deliver { msg });
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = MeshFrame::decode(&bytes, 4096);
+        }
+    }
+}

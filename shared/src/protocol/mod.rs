@@ -1,0 +1,17 @@
+//! Wire protocols. Pure codecs: no I/O and no async, so this module could be split out.
+//!
+//! - [`mesh`]: frames between nodes (bincode behind a length prefix and a protocol version).
+//! - [`client`]: RTM-style JSON events between gateways and WebSocket clients.
+//! - [`model`]: the message and event types both protocols carry.
+
+pub mod client;
+pub mod mesh;
+pub mod model;
+
+pub use mesh::{
+    MeshError, MeshFrame, WireError, MAX_FRAME_BYTES_DEFAULT, MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+};
+pub use model::{
+    EphemeralEvent, Message, NewMessage, Presence, RingMember, RingState, Role, UserEvent,
+};

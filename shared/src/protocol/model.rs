@@ -1,0 +1,139 @@
+//! Types carried by both the mesh and the client protocol.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChannelId, NodeId, RingEpoch, Seq, Ts, UserId, WorkspaceId};
+
+/// A message as posted by a client, before its channel server has placed it in the channel's
+/// order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewMessage {
+    pub workspace: WorkspaceId,
+    pub channel: ChannelId,
+    pub user: UserId,
+    pub text: String,
+    /// Client-chosen idempotency key: posting twice with the same key stores one message.
+    pub client_msg_id: Option<String>,
+    /// Parent of a thread reply.
+    pub thread_ts: Option<Ts>,
+}
+
+/// A message placed in its channel's total order: the unit that is stored, fanned out and
+/// replayed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub workspace: WorkspaceId,
+    pub channel: ChannelId,
+    /// Contiguous from 1 within the channel.
+    pub seq: Seq,
+    /// Unique and increasing within the channel; Slack's message id.
+    pub ts: Ts,
+    pub user: UserId,
+    pub text: String,
+    pub client_msg_id: Option<String>,
+    pub thread_ts: Option<Ts>,
+}
+
+impl Message {
+    /// Places a posted message at `seq`/`ts`.
+    pub fn from_new(new: NewMessage, seq: Seq, ts: Ts) -> Self {
+        Message {
+            workspace: new.workspace,
+            channel: new.channel,
+            seq,
+            ts,
+            user: new.user,
+            text: new.text,
+            client_msg_id: new.client_msg_id,
+            thread_ts: new.thread_ts,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Presence {
+    Active,
+    Away,
+}
+
+impl Presence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Active => "active",
+            Presence::Away => "away",
+        }
+    }
+}
+
+/// Not persisted: relayed through the channel's owner to every subscribed gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EphemeralEvent {
+    Typing { user: UserId },
+    Presence { user: UserId, presence: Presence },
+}
+
+/// Events addressed to users rather than channels (membership changes), broadcast by the
+/// admin server to every gateway.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UserEvent {
+    /// `user` joined `channel`: its sessions start receiving the channel.
+    ChannelJoined {
+        workspace: WorkspaceId,
+        channel: ChannelId,
+        user: UserId,
+        channel_name: String,
+    },
+    /// `user` left `channel`: its sessions stop receiving the channel.
+    ChannelLeft {
+        workspace: WorkspaceId,
+        channel: ChannelId,
+        user: UserId,
+    },
+}
+
+/// The roles a node can play in the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    Gateway,
+    ChannelServer,
+    AdminServer,
+    WebApi,
+    Flannel,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::ChannelServer => "channel-server",
+            Role::AdminServer => "admin-server",
+            Role::WebApi => "webapp",
+            Role::Flannel => "flannel",
+        }
+    }
+}
+
+/// A channel server as the ring sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingMember {
+    pub node: NodeId,
+    /// Where its QUIC mesh endpoint listens.
+    pub mesh_addr: String,
+    /// Draining members keep serving what they own until the new epoch is out, but own
+    /// nothing in it.
+    pub draining: bool,
+}
+
+/// The ring as the admin server publishes it: everything a node needs to place channels.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingState {
+    pub epoch: RingEpoch,
+    pub members: Vec<RingMember>,
+    /// Virtual nodes per member.
+    pub vnodes: u32,
+}
+
+/// Last sequence seen per channel, as a resuming client reports it.
+pub type ResumePoint = BTreeMap<ChannelId, Seq>;

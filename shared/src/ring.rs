@@ -1,0 +1,251 @@
+//! The consistent-hash ring that places channels on channel servers.
+//!
+//! Built on `hashring` (SipHash with fixed keys, so every process computes the same owner),
+//! with virtual nodes added by hand: one ring entry per (member, replica index). A channel is
+//! placed by hashing [`ChannelId::ring_key`]. Draining members are left out, so their channels
+//! move to the remaining owners while everything else stays put.
+
+use std::hash::{Hash, Hasher};
+
+use hashring::HashRing;
+
+use crate::ids::{ChannelId, NodeId, RingEpoch};
+use crate::protocol::{RingMember, RingState};
+
+/// Virtual nodes per member unless configured: enough for an even spread over a handful of
+/// servers (see the balance test).
+pub const DEFAULT_VNODES: u32 = 512;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct VirtualNode {
+    member: usize,
+    node: NodeId,
+    replica: u32,
+}
+
+impl Hash for VirtualNode {
+    // Only the stable parts: the member's id and the replica index.
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.node.0.as_bytes());
+        state.write_u8(0xff);
+        state.write_u32(self.replica);
+    }
+}
+
+/// A placement snapshot for one epoch.
+#[derive(Clone)]
+pub struct Ring {
+    state: RingState,
+    ring: HashRing<VirtualNode>,
+    num_owners: usize,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("state", &self.state).finish()
+    }
+}
+
+struct RingKey<'a>(&'a [u8]);
+
+impl Hash for RingKey<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.0);
+    }
+}
+
+impl Ring {
+    pub fn new(state: RingState) -> Ring {
+        let vnodes = if state.vnodes == 0 {
+            DEFAULT_VNODES
+        } else {
+            state.vnodes
+        };
+        let mut ring = HashRing::new();
+        let mut num_owners = 0;
+        for (member, m) in state.members.iter().enumerate() {
+            if m.draining {
+                continue;
+            }
+            num_owners += 1;
+            for replica in 0..vnodes {
+                ring.add(VirtualNode {
+                    member,
+                    node: m.node.clone(),
+                    replica,
+                });
+            }
+        }
+        Ring {
+            state,
+            ring,
+            num_owners,
+        }
+    }
+
+    pub fn empty() -> Ring {
+        Ring::new(RingState::default())
+    }
+
+    pub fn epoch(&self) -> RingEpoch {
+        self.state.epoch
+    }
+
+    pub fn state(&self) -> &RingState {
+        &self.state
+    }
+
+    pub fn member(&self, node: &NodeId) -> Option<&RingMember> {
+        self.state.members.iter().find(|m| &m.node == node)
+    }
+
+    /// The member that owns `channel`, if any member is up.
+    pub fn owner(&self, channel: &ChannelId) -> Option<&RingMember> {
+        let v = self.ring.get(&RingKey(channel.ring_key()))?;
+        self.state.members.get(v.member)
+    }
+
+    /// Up to `n` distinct members for `channel`, the owner first, then the next distinct
+    /// members walking clockwise (virtual nodes can repeat a member, so repeats are skipped).
+    pub fn owners(&self, channel: &ChannelId, n: usize) -> Vec<&RingMember> {
+        let want = n.min(self.num_owners);
+        let mut out: Vec<&RingMember> = Vec::with_capacity(want);
+        if want == 0 {
+            return out;
+        }
+        let walk = self.ring.len().saturating_sub(1);
+        let Some(vs) = self
+            .ring
+            .get_with_replicas(&RingKey(channel.ring_key()), walk)
+        else {
+            return out;
+        };
+        for v in vs {
+            let m = &self.state.members[v.member];
+            if !out.iter().any(|o| o.node == m.node) {
+                out.push(m);
+                if out.len() == want {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether `node` owns `channel` in this epoch.
+    pub fn is_owner(&self, node: &NodeId, channel: &ChannelId) -> bool {
+        self.owner(channel).is_some_and(|m| &m.node == node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn state(n: usize, epoch: u64) -> RingState {
+        RingState {
+            epoch: RingEpoch(epoch),
+            members: (0..n)
+                .map(|i| RingMember {
+                    node: NodeId(format!("cs-{i}")),
+                    mesh_addr: format!("127.0.0.1:{}", 7000 + i),
+                    draining: false,
+                })
+                .collect(),
+            vnodes: DEFAULT_VNODES,
+        }
+    }
+
+    fn channels(n: usize) -> Vec<ChannelId> {
+        (0..n).map(|i| ChannelId(format!("C{i:08}"))).collect()
+    }
+
+    #[test]
+    fn distribution_is_within_ten_percent_of_even() {
+        let ring = Ring::new(state(8, 1));
+        let mut counts: HashMap<NodeId, usize> = HashMap::new();
+        let chans = channels(10_000);
+        for c in &chans {
+            *counts
+                .entry(ring.owner(c).unwrap().node.clone())
+                .or_default() += 1;
+        }
+        let even = chans.len() as f64 / 8.0;
+        assert_eq!(counts.len(), 8);
+        for (node, count) in counts {
+            let off = (count as f64 - even).abs() / even;
+            assert!(
+                off <= 0.10,
+                "{node} owns {count} channels, {:.1}% from even",
+                off * 100.0
+            );
+        }
+    }
+
+    #[test]
+    fn adding_a_ninth_server_moves_about_a_ninth() {
+        let before = Ring::new(state(8, 1));
+        let after = Ring::new(state(9, 2));
+        let chans = channels(10_000);
+        let moved = chans
+            .iter()
+            .filter(|c| before.owner(c).unwrap().node != after.owner(c).unwrap().node)
+            .count();
+        let share = moved as f64 / chans.len() as f64;
+        assert!(share <= 1.0 / 9.0 + 0.05, "moved {:.1}%", share * 100.0);
+        // Every moved channel went to the new server: nothing moved between old servers.
+        for c in &chans {
+            let (b, a) = (before.owner(c).unwrap(), after.owner(c).unwrap());
+            if b.node != a.node {
+                assert_eq!(a.node, NodeId::from("cs-8"));
+            }
+        }
+    }
+
+    #[test]
+    fn draining_moves_only_the_drained_members_channels() {
+        let before = Ring::new(state(3, 1));
+        let mut drained = state(3, 2);
+        drained.members[1].draining = true;
+        let after = Ring::new(drained);
+        for c in channels(2_000) {
+            let (b, a) = (before.owner(&c).unwrap(), after.owner(&c).unwrap());
+            assert_ne!(a.node, NodeId::from("cs-1"));
+            if b.node != NodeId::from("cs-1") {
+                assert_eq!(a.node, b.node, "{c} moved although its owner stayed");
+            }
+        }
+    }
+
+    #[test]
+    fn owners_are_distinct_and_start_with_the_owner() {
+        let ring = Ring::new(state(4, 1));
+        for c in channels(200) {
+            let owners = ring.owners(&c, 3);
+            assert_eq!(owners.len(), 3);
+            assert_eq!(owners[0].node, ring.owner(&c).unwrap().node);
+            let mut ids: Vec<_> = owners.iter().map(|m| m.node.clone()).collect();
+            ids.dedup();
+            ids.sort();
+            ids.dedup();
+            assert_eq!(ids.len(), 3);
+        }
+        assert_eq!(ring.owners(&ChannelId::from("C1"), 10).len(), 4);
+    }
+
+    #[test]
+    fn placement_is_the_same_in_every_process() {
+        // Fixed-key SipHash: a known channel always lands on the same member.
+        let a = Ring::new(state(5, 1));
+        let b = Ring::new(state(5, 9));
+        for c in channels(100) {
+            assert_eq!(a.owner(&c).unwrap().node, b.owner(&c).unwrap().node);
+        }
+    }
+
+    #[test]
+    fn empty_ring_owns_nothing() {
+        assert!(Ring::empty().owner(&ChannelId::from("C1")).is_none());
+    }
+}

@@ -1,0 +1,191 @@
+//! Storage: the [`MessageStore`] interface and its implementations.
+//!
+//! # Layout
+//! - [`sqlite`]: the embedded store (the default; no server needed). One SQLite file per
+//!   workspace shard for messages and one for metadata; safe to share between the processes
+//!   of one machine (WAL mode), which is how the multi-process tests and `dev` use it.
+//!
+//! # Invariants
+//! - `(channel, seq)` is unique: an append at a taken sequence fails with
+//!   [`StorageErrorKind::SeqConflict`], which fences two channel servers that briefly both
+//!   believe they own a channel during a ring change.
+//! - `(channel, client_msg_id)` is unique: a repeated post returns the stored message.
+//! - An append that returned `Ok` is durable (committed and synced).
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
+use crate::protocol::Message;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageErrorKind {
+    /// A name or id already exists (`name_taken`).
+    AlreadyExists,
+    /// The referenced row does not exist.
+    NotFound,
+    /// Another append took this `(channel, seq)` first.
+    SeqConflict,
+    /// The store could not be reached or failed.
+    Unavailable,
+    /// Stored bytes that could not be understood.
+    Corrupt,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("storage error ({kind:?}): {message}")]
+pub struct StorageError {
+    pub kind: StorageErrorKind,
+    pub message: String,
+}
+
+impl StorageError {
+    pub fn new(kind: StorageErrorKind, message: impl Into<String>) -> Self {
+        StorageError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+pub type StorageResult<T> = Result<T, StorageError>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workspace {
+    pub id: WorkspaceId,
+    /// Unique, lower-case: the workspace's subdomain in Slack.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub workspace: WorkspaceId,
+    /// Unique in the workspace.
+    pub name: String,
+    pub real_name: String,
+    pub is_admin: bool,
+    pub is_bot: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    pub id: ChannelId,
+    pub workspace: WorkspaceId,
+    /// Unique in the workspace, without the `#`.
+    pub name: String,
+    pub is_private: bool,
+    pub creator: UserId,
+    pub created: Ts,
+    pub topic: String,
+    pub purpose: String,
+    pub is_archived: bool,
+}
+
+/// Which slice of a channel's history to read. Bounds are exclusive, like Slack's `oldest` and
+/// `latest` without `inclusive`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub after_seq: Option<Seq>,
+    pub before_seq: Option<Seq>,
+    pub oldest: Option<Ts>,
+    pub latest: Option<Ts>,
+    pub limit: u32,
+    /// Newest first (Slack's `conversations.history` order) when true.
+    pub newest_first: bool,
+}
+
+/// The result of an append.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Stored,
+    /// A message with the same `client_msg_id` was already in the channel; nothing was written.
+    Duplicate(Message),
+}
+
+/// Storage shared by every role that persists or reads (channel servers write messages, the
+/// Web API writes metadata and reads history).
+#[async_trait::async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    // -- workspaces and users --
+    async fn create_workspace(&self, name: &str) -> StorageResult<Workspace>;
+    async fn workspace(&self, id: &WorkspaceId) -> StorageResult<Option<Workspace>>;
+    async fn workspace_by_name(&self, name: &str) -> StorageResult<Option<Workspace>>;
+    async fn create_user(
+        &self,
+        workspace: &WorkspaceId,
+        name: &str,
+        real_name: &str,
+        is_admin: bool,
+        is_bot: bool,
+    ) -> StorageResult<User>;
+    async fn user(&self, id: &UserId) -> StorageResult<Option<User>>;
+    async fn user_by_name(
+        &self,
+        workspace: &WorkspaceId,
+        name: &str,
+    ) -> StorageResult<Option<User>>;
+    async fn users(&self, workspace: &WorkspaceId) -> StorageResult<Vec<User>>;
+
+    // -- channels and membership --
+    async fn create_channel(&self, channel: &Channel) -> StorageResult<()>;
+    async fn channel(&self, id: &ChannelId) -> StorageResult<Option<Channel>>;
+    async fn channel_by_name(
+        &self,
+        workspace: &WorkspaceId,
+        name: &str,
+    ) -> StorageResult<Option<Channel>>;
+    /// Channels of a workspace ordered by id, after `after` (cursor), at most `limit`.
+    async fn channels(
+        &self,
+        workspace: &WorkspaceId,
+        after: Option<&ChannelId>,
+        limit: u32,
+    ) -> StorageResult<Vec<Channel>>;
+    /// Adds a member; `Ok(false)` if it already was one.
+    async fn add_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool>;
+    /// Removes a member; `Ok(false)` if it was not one.
+    async fn remove_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool>;
+    async fn is_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool>;
+    async fn members(&self, channel: &ChannelId) -> StorageResult<Vec<UserId>>;
+    /// The channels a user is a member of.
+    async fn user_channels(&self, user: &UserId) -> StorageResult<Vec<Channel>>;
+
+    // -- messages --
+    /// Appends a message placed by its channel server. Fails with `SeqConflict` if
+    /// `(channel, seq)` is taken; returns `Duplicate` if its `client_msg_id` is.
+    async fn append(&self, msg: &Message) -> StorageResult<AppendOutcome>;
+    /// The channel's last message (its sequence and ts), for a channel server taking
+    /// ownership.
+    async fn last_message(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+    ) -> StorageResult<Option<Message>>;
+    async fn message_by_client_msg_id(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        client_msg_id: &str,
+    ) -> StorageResult<Option<Message>>;
+    /// One page of history: a single range read.
+    async fn history(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        query: &HistoryQuery,
+    ) -> StorageResult<Vec<Message>>;
+}
+
+pub type SharedStore = Arc<dyn MessageStore>;
+
+/// Which shard holds a workspace's messages: a fixed hash, so every process agrees.
+pub fn shard_for(workspace: &WorkspaceId, num_shards: u32) -> u32 {
+    use std::hash::Hasher;
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0x5377_6974_6368, 0x626f_6172_64);
+    h.write(workspace.0.as_bytes());
+    (h.finish() % u64::from(num_shards.max(1))) as u32
+}

@@ -1,0 +1,763 @@
+//! The embedded store: SQLite files under one directory.
+//!
+//! - `meta.sqlite`: workspaces, users, channels, memberships.
+//! - `shard-<n>.sqlite`: the messages of the workspaces that [`shard_for`] maps to shard `n`.
+//!
+//! Messages are keyed `(channel_id, seq)` in a `WITHOUT ROWID` table, so the rows of one
+//! channel are contiguous in the B-tree and a history page is a single range read. Files are
+//! in WAL mode with `synchronous=FULL`: several processes of one machine can share them (the
+//! multi-process tests and `dev` do), and a committed append survives a crash.
+//!
+//! Appends go through one writer thread per shard that group-commits: it takes every append
+//! waiting, writes them in one transaction, syncs once, then answers each. Throughput then
+//! grows with load instead of being capped by one fsync per message.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
+use tokio::sync::oneshot;
+
+use super::{
+    shard_for, AppendOutcome, Channel, HistoryQuery, MessageStore, StorageError, StorageErrorKind,
+    StorageResult, User, Workspace,
+};
+use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
+use crate::protocol::Message;
+use crate::telemetry::metrics as m;
+
+/// Most appends written in one transaction.
+const MAX_BATCH: usize = 512;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn unavailable(e: impl std::fmt::Display) -> StorageError {
+    StorageError::new(StorageErrorKind::Unavailable, e.to_string())
+}
+
+fn is_constraint(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
+}
+
+fn open(path: &Path) -> StorageResult<Connection> {
+    let conn =
+        Connection::open(path).map_err(|e| unavailable(format!("open {}: {e}", path.display())))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(unavailable)?;
+    Ok(conn)
+}
+
+const META_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS workspaces (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS users (
+    id TEXT PRIMARY KEY,
+    workspace TEXT NOT NULL REFERENCES workspaces(id),
+    name TEXT NOT NULL,
+    real_name TEXT NOT NULL,
+    is_admin INTEGER NOT NULL,
+    is_bot INTEGER NOT NULL,
+    UNIQUE (workspace, name)
+);
+CREATE TABLE IF NOT EXISTS channels (
+    id TEXT PRIMARY KEY,
+    workspace TEXT NOT NULL REFERENCES workspaces(id),
+    name TEXT NOT NULL,
+    is_private INTEGER NOT NULL,
+    creator TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    is_archived INTEGER NOT NULL,
+    UNIQUE (workspace, name)
+);
+CREATE TABLE IF NOT EXISTS members (
+    channel TEXT NOT NULL REFERENCES channels(id),
+    user TEXT NOT NULL REFERENCES users(id),
+    PRIMARY KEY (channel, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_by_user ON members(user, channel);
+";
+
+const SHARD_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS messages (
+    channel_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts INTEGER NOT NULL,
+    workspace TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    client_msg_id TEXT,
+    thread_ts INTEGER,
+    PRIMARY KEY (channel_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_ts ON messages(channel_id, ts);
+CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id ON messages(channel_id, client_msg_id)
+    WHERE client_msg_id IS NOT NULL;
+";
+
+const MESSAGE_COLUMNS: &str =
+    "channel_id, seq, ts, workspace, user_id, text, client_msg_id, thread_ts";
+
+fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    Ok(Message {
+        channel: ChannelId(row.get(0)?),
+        seq: row.get::<_, i64>(1)? as Seq,
+        ts: Ts(row.get::<_, i64>(2)? as u64),
+        workspace: WorkspaceId(row.get(3)?),
+        user: UserId(row.get(4)?),
+        text: row.get(5)?,
+        client_msg_id: row.get(6)?,
+        thread_ts: row.get::<_, Option<i64>>(7)?.map(|t| Ts(t as u64)),
+    })
+}
+
+fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
+    Ok(User {
+        id: UserId(row.get(0)?),
+        workspace: WorkspaceId(row.get(1)?),
+        name: row.get(2)?,
+        real_name: row.get(3)?,
+        is_admin: row.get(4)?,
+        is_bot: row.get(5)?,
+    })
+}
+
+const USER_COLUMNS: &str = "id, workspace, name, real_name, is_admin, is_bot";
+const CHANNEL_COLUMNS: &str =
+    "id, workspace, name, is_private, creator, created, topic, purpose, is_archived";
+
+fn row_to_channel(row: &rusqlite::Row<'_>) -> rusqlite::Result<Channel> {
+    Ok(Channel {
+        id: ChannelId(row.get(0)?),
+        workspace: WorkspaceId(row.get(1)?),
+        name: row.get(2)?,
+        is_private: row.get(3)?,
+        creator: UserId(row.get(4)?),
+        created: Ts(row.get::<_, i64>(5)? as u64),
+        topic: row.get(6)?,
+        purpose: row.get(7)?,
+        is_archived: row.get(8)?,
+    })
+}
+
+/// A small pool of connections to one file, for reads and metadata writes.
+struct ConnPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ConnPool {
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> StorageResult<T>) -> StorageResult<T> {
+        let mut conn = match self.idle.lock().pop() {
+            Some(c) => c,
+            None => open(&self.path)?,
+        };
+        let result = f(&mut conn);
+        let mut idle = self.idle.lock();
+        if idle.len() < 8 {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+struct AppendRequest {
+    msg: Message,
+    reply: oneshot::Sender<StorageResult<AppendOutcome>>,
+}
+
+struct Shard {
+    reads: ConnPool,
+    writer: std::sync::mpsc::Sender<AppendRequest>,
+}
+
+/// The embedded store.
+pub struct SqliteStore {
+    meta: Arc<ConnPool>,
+    shards: Vec<Arc<Shard>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store under `dir` with `num_shards` message shards. The
+    /// shard count is recorded on first open and must not change afterwards.
+    pub fn open(dir: &Path, num_shards: u32) -> StorageResult<SqliteStore> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| unavailable(format!("create {}: {e}", dir.display())))?;
+        let meta_path = dir.join("meta.sqlite");
+        let conn = open(&meta_path)?;
+        conn.execute_batch(META_SCHEMA).map_err(unavailable)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
+        )
+        .map_err(unavailable)?;
+        conn.execute(
+            "INSERT OR IGNORE INTO settings VALUES ('shards', ?1)",
+            params![num_shards.to_string()],
+        )
+        .map_err(unavailable)?;
+        let recorded: String = conn
+            .query_row("SELECT value FROM settings WHERE key = 'shards'", [], |r| {
+                r.get(0)
+            })
+            .map_err(unavailable)?;
+        if recorded != num_shards.to_string() {
+            return Err(StorageError::new(
+                StorageErrorKind::Corrupt,
+                format!(
+                    "store at {} was created with {recorded} shards, config says {num_shards}",
+                    dir.display()
+                ),
+            ));
+        }
+        let meta = Arc::new(ConnPool {
+            path: meta_path,
+            idle: Mutex::new(vec![conn]),
+        });
+        let mut shards = Vec::new();
+        for n in 0..num_shards {
+            let path = dir.join(format!("shard-{n}.sqlite"));
+            let conn = open(&path)?;
+            conn.execute_batch(SHARD_SCHEMA).map_err(unavailable)?;
+            let (tx, rx) = std::sync::mpsc::channel();
+            let writer = open(&path)?;
+            std::thread::Builder::new()
+                .name(format!("store-shard-{n}"))
+                .spawn(move || writer_loop(writer, rx))
+                .map_err(unavailable)?;
+            shards.push(Arc::new(Shard {
+                reads: ConnPool {
+                    path,
+                    idle: Mutex::new(vec![conn]),
+                },
+                writer: tx,
+            }));
+        }
+        Ok(SqliteStore { meta, shards })
+    }
+
+    fn shard(&self, workspace: &WorkspaceId) -> Arc<Shard> {
+        self.shards[shard_for(workspace, self.shards.len() as u32) as usize].clone()
+    }
+
+    async fn meta<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&mut Connection) -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        let pool = self.meta.clone();
+        timed(op, move || pool.with(f)).await
+    }
+
+    async fn read_shard<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        workspace: &WorkspaceId,
+        f: impl FnOnce(&mut Connection) -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        let shard = self.shard(workspace);
+        timed(op, move || shard.reads.with(f)).await
+    }
+}
+
+async fn timed<T: Send + 'static>(
+    op: &'static str,
+    f: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
+    let start = Instant::now();
+    let result = tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| unavailable(format!("store task failed: {e}")))?;
+    m::STORE_OPS
+        .with_label_values(&[op])
+        .observe(start.elapsed().as_secs_f64());
+    if result.is_err() {
+        m::STORE_ERRORS.with_label_values(&[op]).inc();
+    }
+    result
+}
+
+/// Group commit: take every waiting append, write them in one transaction, answer each.
+fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<AppendRequest>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let start = Instant::now();
+        m::STORE_BATCH_SIZE.observe(batch.len() as f64);
+        match write_batch(&mut conn, &batch) {
+            Ok(outcomes) => {
+                for (req, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = req.reply.send(outcome);
+                }
+            }
+            Err(e) => {
+                m::STORE_ERRORS.with_label_values(&["append"]).inc();
+                for req in batch {
+                    let _ = req.reply.send(Err(unavailable(&e)));
+                }
+            }
+        }
+        m::STORE_OPS
+            .with_label_values(&["append_batch"])
+            .observe(start.elapsed().as_secs_f64());
+    }
+}
+
+fn write_batch(
+    conn: &mut Connection,
+    batch: &[AppendRequest],
+) -> Result<Vec<StorageResult<AppendOutcome>>, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    {
+        let mut by_client_id = tx.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 AND client_msg_id = ?2"
+        ))?;
+        let mut insert = tx.prepare_cached(&format!(
+            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        ))?;
+        for req in batch {
+            let msg = &req.msg;
+            if let Some(cmid) = &msg.client_msg_id {
+                if let Some(existing) = by_client_id
+                    .query_row(params![msg.channel.0, cmid], row_to_message)
+                    .optional()?
+                {
+                    outcomes.push(Ok(AppendOutcome::Duplicate(existing)));
+                    continue;
+                }
+            }
+            let result = insert.execute(params![
+                msg.channel.0,
+                msg.seq as i64,
+                msg.ts.0 as i64,
+                msg.workspace.0,
+                msg.user.0,
+                msg.text,
+                msg.client_msg_id,
+                msg.thread_ts.map(|t| t.0 as i64),
+            ]);
+            outcomes.push(match result {
+                Ok(_) => Ok(AppendOutcome::Stored),
+                Err(e) if is_constraint(&e) => Err(StorageError::new(
+                    StorageErrorKind::SeqConflict,
+                    format!(
+                        "channel {} already has seq {} or ts {}",
+                        msg.channel, msg.seq, msg.ts
+                    ),
+                )),
+                Err(e) => return Err(e),
+            });
+        }
+    }
+    tx.commit()?;
+    Ok(outcomes)
+}
+
+fn map_insert_err(e: rusqlite::Error, what: &str) -> StorageError {
+    if is_constraint(&e) {
+        StorageError::new(
+            StorageErrorKind::AlreadyExists,
+            format!("{what} already exists"),
+        )
+    } else {
+        unavailable(e)
+    }
+}
+
+#[async_trait::async_trait]
+impl MessageStore for SqliteStore {
+    async fn create_workspace(&self, name: &str) -> StorageResult<Workspace> {
+        let ws = Workspace {
+            id: WorkspaceId::generate(),
+            name: name.to_string(),
+        };
+        let row = ws.clone();
+        self.meta("create_workspace", move |c| {
+            c.execute(
+                "INSERT INTO workspaces (id, name) VALUES (?1, ?2)",
+                params![row.id.0, row.name],
+            )
+            .map_err(|e| map_insert_err(e, "workspace"))?;
+            Ok(())
+        })
+        .await?;
+        Ok(ws)
+    }
+
+    async fn workspace(&self, id: &WorkspaceId) -> StorageResult<Option<Workspace>> {
+        let id = id.clone();
+        self.meta("workspace", move |c| {
+            c.query_row(
+                "SELECT id, name FROM workspaces WHERE id = ?1",
+                params![id.0],
+                |r| {
+                    Ok(Workspace {
+                        id: WorkspaceId(r.get(0)?),
+                        name: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn workspace_by_name(&self, name: &str) -> StorageResult<Option<Workspace>> {
+        let name = name.to_string();
+        self.meta("workspace_by_name", move |c| {
+            c.query_row(
+                "SELECT id, name FROM workspaces WHERE name = ?1",
+                params![name],
+                |r| {
+                    Ok(Workspace {
+                        id: WorkspaceId(r.get(0)?),
+                        name: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn create_user(
+        &self,
+        workspace: &WorkspaceId,
+        name: &str,
+        real_name: &str,
+        is_admin: bool,
+        is_bot: bool,
+    ) -> StorageResult<User> {
+        let user = User {
+            id: UserId::generate(),
+            workspace: workspace.clone(),
+            name: name.to_string(),
+            real_name: real_name.to_string(),
+            is_admin,
+            is_bot,
+        };
+        let row = user.clone();
+        self.meta("create_user", move |c| {
+            c.execute(
+                &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![
+                    row.id.0,
+                    row.workspace.0,
+                    row.name,
+                    row.real_name,
+                    row.is_admin,
+                    row.is_bot
+                ],
+            )
+            .map_err(|e| map_insert_err(e, "user"))?;
+            Ok(())
+        })
+        .await?;
+        Ok(user)
+    }
+
+    async fn user(&self, id: &UserId) -> StorageResult<Option<User>> {
+        let id = id.clone();
+        self.meta("user", move |c| {
+            c.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+                params![id.0],
+                row_to_user,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn user_by_name(
+        &self,
+        workspace: &WorkspaceId,
+        name: &str,
+    ) -> StorageResult<Option<User>> {
+        let (ws, name) = (workspace.clone(), name.to_string());
+        self.meta("user_by_name", move |c| {
+            c.query_row(
+                &format!("SELECT {USER_COLUMNS} FROM users WHERE workspace = ?1 AND name = ?2"),
+                params![ws.0, name],
+                row_to_user,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn users(&self, workspace: &WorkspaceId) -> StorageResult<Vec<User>> {
+        let ws = workspace.clone();
+        self.meta("users", move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {USER_COLUMNS} FROM users WHERE workspace = ?1 ORDER BY id"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![ws.0], row_to_user)
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn create_channel(&self, channel: &Channel) -> StorageResult<()> {
+        let ch = channel.clone();
+        self.meta("create_channel", move |c| {
+            c.execute(
+                &format!("INSERT INTO channels ({CHANNEL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                params![
+                    ch.id.0,
+                    ch.workspace.0,
+                    ch.name,
+                    ch.is_private,
+                    ch.creator.0,
+                    ch.created.0 as i64,
+                    ch.topic,
+                    ch.purpose,
+                    ch.is_archived
+                ],
+            )
+            .map_err(|e| map_insert_err(e, "channel"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn channel(&self, id: &ChannelId) -> StorageResult<Option<Channel>> {
+        let id = id.clone();
+        self.meta("channel", move |c| {
+            c.query_row(
+                &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
+                params![id.0],
+                row_to_channel,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn channel_by_name(
+        &self,
+        workspace: &WorkspaceId,
+        name: &str,
+    ) -> StorageResult<Option<Channel>> {
+        let (ws, name) = (workspace.clone(), name.to_string());
+        self.meta("channel_by_name", move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT {CHANNEL_COLUMNS} FROM channels WHERE workspace = ?1 AND name = ?2"
+                ),
+                params![ws.0, name],
+                row_to_channel,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn channels(
+        &self,
+        workspace: &WorkspaceId,
+        after: Option<&ChannelId>,
+        limit: u32,
+    ) -> StorageResult<Vec<Channel>> {
+        let ws = workspace.clone();
+        let after = after.map(|a| a.0.clone()).unwrap_or_default();
+        self.meta("channels", move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {CHANNEL_COLUMNS} FROM channels WHERE workspace = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt.query_map(params![ws.0, after, limit], row_to_channel).map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn add_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
+        let (ch, u) = (channel.clone(), user.clone());
+        self.meta("add_member", move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO members (channel, user) VALUES (?1, ?2)",
+                params![ch.0, u.0],
+            )
+            .map(|n| n == 1)
+            .map_err(|e| {
+                if is_constraint(&e) {
+                    StorageError::new(StorageErrorKind::NotFound, "no such channel or user")
+                } else {
+                    unavailable(e)
+                }
+            })
+        })
+        .await
+    }
+
+    async fn remove_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
+        let (ch, u) = (channel.clone(), user.clone());
+        self.meta("remove_member", move |c| {
+            c.execute(
+                "DELETE FROM members WHERE channel = ?1 AND user = ?2",
+                params![ch.0, u.0],
+            )
+            .map(|n| n == 1)
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn is_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
+        let (ch, u) = (channel.clone(), user.clone());
+        self.meta("is_member", move |c| {
+            c.query_row(
+                "SELECT 1 FROM members WHERE channel = ?1 AND user = ?2",
+                params![ch.0, u.0],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn members(&self, channel: &ChannelId) -> StorageResult<Vec<UserId>> {
+        let ch = channel.clone();
+        self.meta("members", move |c| {
+            let mut stmt = c
+                .prepare_cached("SELECT user FROM members WHERE channel = ?1 ORDER BY user")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![ch.0], |r| Ok(UserId(r.get(0)?)))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn user_channels(&self, user: &UserId) -> StorageResult<Vec<Channel>> {
+        let u = user.clone();
+        self.meta("user_channels", move |c| {
+            let cols = CHANNEL_COLUMNS.split(", ").map(|col| format!("c.{col}")).collect::<Vec<_>>().join(", ");
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {cols} FROM members m JOIN channels c ON c.id = m.channel WHERE m.user = ?1 ORDER BY c.id"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt.query_map(params![u.0], row_to_channel).map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn append(&self, msg: &Message) -> StorageResult<AppendOutcome> {
+        let start = Instant::now();
+        let (reply, rx) = oneshot::channel();
+        self.shard(&msg.workspace)
+            .writer
+            .send(AppendRequest {
+                msg: msg.clone(),
+                reply,
+            })
+            .map_err(|_| unavailable("store writer stopped"))?;
+        let result = rx.await.map_err(|_| unavailable("store writer stopped"))?;
+        m::STORE_OPS
+            .with_label_values(&["append"])
+            .observe(start.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn last_message(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+    ) -> StorageResult<Option<Message>> {
+        let ch = channel.clone();
+        self.read_shard("last_message", workspace, move |c| {
+            c.query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 ORDER BY seq DESC LIMIT 1"),
+                params![ch.0],
+                row_to_message,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn message_by_client_msg_id(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        client_msg_id: &str,
+    ) -> StorageResult<Option<Message>> {
+        let (ch, id) = (channel.clone(), client_msg_id.to_string());
+        self.read_shard("message_by_client_msg_id", workspace, move |c| {
+            c.query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 AND client_msg_id = ?2"),
+                params![ch.0, id],
+                row_to_message,
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        query: &HistoryQuery,
+    ) -> StorageResult<Vec<Message>> {
+        let (ch, q, ws) = (channel.clone(), query.clone(), workspace.clone());
+        self.read_shard("history", workspace, move |c| {
+            let order = if q.newest_first { "DESC" } else { "ASC" };
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages
+                 WHERE channel_id = ?1 AND workspace = ?2 AND seq > ?3 AND seq < ?4 AND ts > ?5 AND ts < ?6
+                 ORDER BY seq {order} LIMIT ?7"
+            );
+            let mut stmt = c.prepare_cached(&sql).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        ch.0,
+                        ws.0,
+                        q.after_seq.map(|s| s as i64).unwrap_or(0),
+                        q.before_seq.map(|s| s.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX),
+                        q.oldest.map(|t| t.0 as i64).unwrap_or(-1),
+                        q.latest.map(|t| t.0.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX),
+                        q.limit.max(1),
+                    ],
+                    row_to_message,
+                )
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+}

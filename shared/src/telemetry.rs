@@ -1,0 +1,153 @@
+//! Logging and metrics: one tracing subscriber per process (human or JSON lines), the
+//! process-wide Prometheus registry, and the `/metrics` and `/health` routes every role serves.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tracing_subscriber::EnvFilter;
+
+/// Starts logging. `RUST_LOG` overrides `filter`. Safe to call twice (the second is ignored).
+pub fn init_tracing(format: &str, filter: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.with_target(false).try_init()
+    };
+}
+
+/// The Prometheus text exposition of every registered metric.
+pub fn render_metrics() -> String {
+    use prometheus::Encoder;
+    let families = prometheus::gather();
+    let mut out = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&families, &mut out)
+        .expect("text encoding succeeds");
+    String::from_utf8(out).expect("prometheus text is utf-8")
+}
+
+/// Whether a role is ready to serve; `/health` answers 503 until it is and while draining.
+#[derive(Clone, Default)]
+pub struct Health {
+    ready: Arc<AtomicBool>,
+}
+
+impl Health {
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// `/metrics` (Prometheus text) and `/health` for a role's HTTP listener.
+pub fn ops_router(role: &'static str, health: Health) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    render_metrics(),
+                )
+            }),
+        )
+        .route(
+            "/health",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    let ok = health.is_ready();
+                    let status = if ok {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (
+                        status,
+                        axum::Json(serde_json::json!({ "role": role, "ok": ok })),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+}
+
+/// Metrics of the shared parts (mesh transport, store).
+pub mod metrics {
+    use std::sync::LazyLock;
+
+    use prometheus::{
+        register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,
+        IntCounter, IntCounterVec,
+    };
+
+    pub static MESH_CONNECTIONS_ACCEPTED: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!(
+            "switchboard_mesh_connections_accepted_total",
+            "QUIC mesh connections accepted"
+        )
+        .unwrap()
+    });
+    pub static MESH_HANDSHAKE_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!(
+            "switchboard_mesh_handshake_failures_total",
+            "QUIC mesh handshakes that failed (no or foreign certificate, garbage)"
+        )
+        .unwrap()
+    });
+    pub static MESH_CONNECT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!(
+            "switchboard_mesh_connect_failures_total",
+            "outgoing mesh connections that failed"
+        )
+        .unwrap()
+    });
+    pub static MESH_BAD_FRAMES: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!(
+            "switchboard_mesh_bad_frames_total",
+            "mesh frames refused as oversized, truncated or malformed"
+        )
+        .unwrap()
+    });
+    pub static MESH_FRAMES_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!("switchboard_mesh_frames_sent_total", "mesh frames written").unwrap()
+    });
+    pub static MESH_FRAMES_RECEIVED: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!("switchboard_mesh_frames_received_total", "mesh frames read").unwrap()
+    });
+    pub static STORE_OPS: LazyLock<HistogramVec> = LazyLock::new(|| {
+        register_histogram_vec!(
+            "switchboard_store_op_duration_seconds",
+            "embedded store operation latency",
+            &["op"],
+            vec![0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]
+        )
+        .unwrap()
+    });
+    pub static STORE_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        register_int_counter_vec!(
+            "switchboard_store_errors_total",
+            "store operations that failed",
+            &["op"]
+        )
+        .unwrap()
+    });
+    pub static STORE_BATCH_SIZE: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+        prometheus::register_histogram!(
+            "switchboard_store_commit_batch_messages",
+            "messages committed per group commit",
+            vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]
+        )
+        .unwrap()
+    });
+}
