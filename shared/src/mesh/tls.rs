@@ -158,7 +158,7 @@ impl MeshTls {
 
 fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    t.keep_alive_interval(Some(std::time::Duration::from_millis(500)));
     t.max_idle_timeout(Some(
         std::time::Duration::from_secs(10)
             .try_into()

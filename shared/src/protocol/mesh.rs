@@ -19,13 +19,17 @@
 //!   `Unsubscribe` and `Publish` frames; the channel server writes `SubscribeAck`, `Deliver`,
 //!   `Ephemeral` and `Refused` frames, in channel order, once per gateway.
 //! - Every node holds one long-lived stream to the admin server: it writes `Hello`; the admin
-//!   server writes `Ring` on every epoch and `User` for membership changes.
+//!   server writes `Ring` on every epoch and `User` for membership changes. A channel server's
+//!   stream doubles as its liveness: when it closes, the admin server takes the member out of
+//!   the ring after a grace period.
+//! - The Web API sends `User` to the admin server as a request (answered `Ok`), which relays it
+//!   to every gateway.
 
 use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::model::{EphemeralEvent, Message, NewMessage, RingState, Role, UserEvent};
-use crate::ids::{ChannelId, NodeId, RingEpoch, Seq};
+use crate::ids::{ChannelId, NodeId, RingEpoch, Seq, WorkspaceId};
 
 /// Version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -140,6 +144,10 @@ pub enum MeshFrame {
         last_seq: Seq,
     },
 
+    /// Liveness probe; answered with `Ok`.
+    Ping,
+    /// A request's success when there is nothing to return.
+    Ok,
     /// Any request's failure.
     Error(MeshError),
 }
@@ -224,7 +232,7 @@ impl MeshFrame {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{Ts, UserId, WorkspaceId};
+    use crate::ids::{Ts, UserId};
     use crate::protocol::model::{Presence, RingMember};
     use proptest::prelude::*;
 
