@@ -17,6 +17,7 @@
 pub mod auth;
 pub mod config;
 pub mod ids;
+pub mod membership;
 pub mod mesh;
 pub mod protocol;
 pub mod ring;

@@ -75,10 +75,13 @@ pub enum MeshError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MeshFrame {
     /// First frame on a node's stream to the admin server.
+    /// `mesh_addr` is where a channel server accepts connections (it joins the ring with it);
+    /// empty for other roles.
     Hello {
         node: NodeId,
         role: Role,
         protocol_version: u16,
+        mesh_addr: String,
     },
     /// The current ring; sent after `Hello` and again on every epoch.
     Ring(RingState),
@@ -99,6 +102,7 @@ pub enum MeshFrame {
     /// channel's messages after `after_seq` (`None`: from now on).
     Subscribe {
         channel: ChannelId,
+        workspace: WorkspaceId,
         after_seq: Option<Seq>,
     },
     /// Answer to `Subscribe`: the channel's current last sequence and the messages after
@@ -134,7 +138,7 @@ pub enum MeshFrame {
     /// Messages of a channel with `after_seq < seq <= up_to_seq`, at most `limit`.
     Fetch {
         channel: ChannelId,
-        workspace: crate::ids::WorkspaceId,
+        workspace: WorkspaceId,
         after_seq: Seq,
         up_to_seq: Option<Seq>,
         limit: u32,
@@ -267,6 +271,7 @@ mod tests {
                 node: NodeId::from("gw-1"),
                 role: Role::Gateway,
                 protocol_version: PROTOCOL_VERSION,
+                mesh_addr: String::new(),
             },
             MeshFrame::Ring(RingState {
                 epoch: RingEpoch(7),
@@ -298,8 +303,11 @@ mod tests {
             },
             MeshFrame::Subscribe {
                 channel: channel.clone(),
+                workspace: WorkspaceId::from("TDEMO"),
                 after_seq: Some(3),
             },
+            MeshFrame::Ping,
+            MeshFrame::Ok,
             MeshFrame::SubscribeAck {
                 channel: channel.clone(),
                 last_seq: 9,
