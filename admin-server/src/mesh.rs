@@ -1,0 +1,195 @@
+//! The admin server's mesh side: node streams and post routing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::mesh::{FrameReader, FrameWriter, MeshConn, PeerPool};
+use shared::protocol::{
+    MeshError, MeshFrame, Role, UserEvent, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use shared::shutdown::Shutdown;
+use tokio::sync::broadcast;
+
+use crate::metrics as m;
+use crate::state::RingAuthority;
+
+/// How long a channel server's link may be gone before its channels move.
+#[cfg(not(test))]
+const DOWN_GRACE: Duration = Duration::from_millis(1500);
+#[cfg(test)]
+const DOWN_GRACE: Duration = Duration::from_millis(50);
+const POST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Router {
+    authority: Arc<RingAuthority>,
+    pool: Arc<PeerPool>,
+    user_events: broadcast::Sender<UserEvent>,
+}
+
+impl Router {
+    pub fn new(authority: Arc<RingAuthority>, pool: Arc<PeerPool>) -> Router {
+        let (user_events, _) = broadcast::channel(4096);
+        Router {
+            authority,
+            pool,
+            user_events,
+        }
+    }
+
+    pub async fn serve_connection(self, conn: MeshConn, shutdown: Shutdown) {
+        while let Some((w, r)) = conn.accept().await {
+            let router = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { router.serve_stream(w, r, shutdown).await });
+        }
+    }
+
+    async fn serve_stream(self, mut w: FrameWriter, mut r: FrameReader, shutdown: Shutdown) {
+        let first = match r.read().await {
+            Ok(Some(f)) => f,
+            _ => return,
+        };
+        let answer = match first {
+            MeshFrame::Hello {
+                node,
+                role,
+                protocol_version,
+                mesh_addr,
+            } => {
+                if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&protocol_version) {
+                    m::BAD_REQUESTS.with_label_values(&["version"]).inc();
+                    let _ = w
+                        .send(&MeshFrame::Error(MeshError::BadRequest(format!(
+                            "protocol version {protocol_version} not accepted"
+                        ))))
+                        .await;
+                    return;
+                }
+                self.follow(node, role, mesh_addr, w, r, shutdown).await;
+                return;
+            }
+            MeshFrame::Post { msg } => self.route_post(msg).await,
+            MeshFrame::User(ev) => {
+                let _ = self.user_events.send(ev);
+                MeshFrame::Ok
+            }
+            MeshFrame::Ping => MeshFrame::Ok,
+            _ => {
+                m::BAD_REQUESTS
+                    .with_label_values(&["unexpected_frame"])
+                    .inc();
+                MeshFrame::Error(MeshError::BadRequest(
+                    "unexpected frame for the admin server".into(),
+                ))
+            }
+        };
+        let _ = w.send(&answer).await;
+        w.finish();
+    }
+
+    /// A node's membership stream: the ring now and on every epoch; user events for gateways.
+    /// For a channel server, the stream is also its liveness.
+    async fn follow(
+        self,
+        node: shared::ids::NodeId,
+        role: Role,
+        mesh_addr: String,
+        mut w: FrameWriter,
+        mut r: FrameReader,
+        shutdown: Shutdown,
+    ) {
+        let generation = if role == Role::ChannelServer {
+            if mesh_addr.parse::<std::net::SocketAddr>().is_err() {
+                m::BAD_REQUESTS.with_label_values(&["bad_mesh_addr"]).inc();
+                let _ = w
+                    .send(&MeshFrame::Error(MeshError::BadRequest(format!(
+                        "bad mesh address {mesh_addr:?}"
+                    ))))
+                    .await;
+                return;
+            }
+            Some(self.authority.member_up(&node, &mesh_addr))
+        } else {
+            None
+        };
+        tracing::info!(%node, role = role.as_str(), "node following the ring");
+        m::NODES.inc();
+        let mut ring_rx = self.authority.subscribe();
+        let mut user_rx = self.user_events.subscribe();
+        let wants_users = matches!(role, Role::Gateway | Role::Flannel);
+        let mut ring = ring_rx.borrow_and_update().clone();
+        let mut ok = w.send(&MeshFrame::Ring(ring.state().clone())).await.is_ok();
+        while ok {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                changed = ring_rx.changed() => {
+                    if changed.is_err() { break; }
+                    ring = ring_rx.borrow_and_update().clone();
+                    ok = w.send(&MeshFrame::Ring(ring.state().clone())).await.is_ok();
+                }
+                ev = user_rx.recv(), if wants_users => match ev {
+                    Ok(ev) => ok = w.send(&MeshFrame::User(ev)).await.is_ok(),
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(%node, missed = n, "node lagged behind user events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                read = r.read() => match read {
+                    Ok(Some(_)) => {}
+                    _ => break,
+                },
+            }
+        }
+        m::NODES.dec();
+        tracing::info!(%node, role = role.as_str(), "node stopped following the ring");
+        if let Some(generation) = generation {
+            tokio::time::sleep(DOWN_GRACE).await;
+            self.authority.member_down(&node, generation);
+        }
+    }
+
+    /// Routes a post to the channel's owner; retries once when the owner answers with another
+    /// epoch (it had not seen the latest ring yet) or cannot be reached.
+    async fn route_post(&self, msg: shared::protocol::NewMessage) -> MeshFrame {
+        let mut last = MeshFrame::Error(MeshError::NoOwner);
+        for attempt in 0..3 {
+            let ring = self.authority.current();
+            let Some(owner) = ring.owner(&msg.channel).cloned() else {
+                m::ROUTED_POSTS.with_label_values(&["no_owner"]).inc();
+                return MeshFrame::Error(MeshError::NoOwner);
+            };
+            let Ok(addr) = owner.mesh_addr.parse() else {
+                return MeshFrame::Error(MeshError::Unavailable(format!(
+                    "bad address for {}",
+                    owner.node
+                )));
+            };
+            let frame = MeshFrame::Post { msg: msg.clone() };
+            match self.pool.request(addr, &frame, POST_TIMEOUT).await {
+                Ok(MeshFrame::Error(MeshError::WrongOwner { epoch })) => {
+                    tracing::debug!(owner = %owner.node, %epoch, ours = %ring.epoch(), "owner disagrees on the epoch");
+                    m::ROUTED_POSTS.with_label_values(&["retried"]).inc();
+                    last = MeshFrame::Error(MeshError::WrongOwner { epoch });
+                }
+                Ok(answer) => {
+                    let outcome = if matches!(answer, MeshFrame::PostOk { .. }) {
+                        "ok"
+                    } else {
+                        "error"
+                    };
+                    m::ROUTED_POSTS.with_label_values(&[outcome]).inc();
+                    return answer;
+                }
+                Err(e) => {
+                    tracing::warn!(owner = %owner.node, error = %e, "post to owner failed");
+                    m::ROUTED_POSTS.with_label_values(&["retried"]).inc();
+                    last = MeshFrame::Error(MeshError::Unavailable(e.to_string()));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+        }
+        m::ROUTED_POSTS.with_label_values(&["error"]).inc();
+        last
+    }
+}

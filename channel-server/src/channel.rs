@@ -1,0 +1,516 @@
+//! One channel's state, owned by one task: its sequencer, its window of recent messages and its
+//! subscribed gateways. Every command for the channel goes through the task, so sequence
+//! assignment, durable append, ack and fan-out happen in one order.
+//!
+//! Consecutive posts are handled as a group: each is checked for a repeated `client_msg_id`,
+//! given the next sequence and ts, and all are appended at once (the store group-commits
+//! them); then, in order, each is acked and fanned out. A message is fanned out only after it
+//! is durable.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use shared::ids::{ChannelId, RingEpoch, Seq, Ts, WorkspaceId};
+use shared::protocol::{EphemeralEvent, MeshError, MeshFrame, Message, NewMessage};
+use shared::store::{AppendOutcome, HistoryQuery, SharedStore, StorageErrorKind};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics as m;
+
+/// Most messages a `SubscribeAck` or `FetchOk` carries; the gateway asks again for the rest.
+pub const MAX_BACKLOG: u32 = 1000;
+/// Commands handled per wake-up, so one busy channel cannot starve the others.
+const MAX_BATCH: usize = 256;
+/// A channel with no subscribers and no traffic for this long releases its memory.
+#[cfg(not(test))]
+const IDLE_RELEASE: Duration = Duration::from_secs(600);
+#[cfg(test)]
+const IDLE_RELEASE: Duration = Duration::from_millis(200);
+
+/// One gateway's subscription stream, as the channels it subscribed see it.
+#[derive(Clone)]
+pub struct GatewayLink {
+    pub id: u64,
+    /// Encoded frames for the stream's writer; bounded, so a stalled gateway is cut off
+    /// instead of growing memory.
+    pub tx: mpsc::Sender<Bytes>,
+    /// Cancelled to cut the link off (its writer closes the stream; the gateway resubscribes).
+    pub cut: CancellationToken,
+}
+
+impl GatewayLink {
+    /// Queues a frame; on overflow the link is cut off and `false` returned.
+    fn offer(&self, bytes: Bytes) -> bool {
+        match self.tx.try_send(bytes) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                m::GATEWAY_OVERFLOWS.inc();
+                tracing::warn!(link = self.id, "gateway link queue full, cutting it off");
+                self.cut.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+pub enum ChannelCmd {
+    Post {
+        msg: NewMessage,
+        received: Instant,
+        reply: oneshot::Sender<MeshFrame>,
+    },
+    Subscribe {
+        link: GatewayLink,
+        after_seq: Option<Seq>,
+    },
+    Unsubscribe {
+        link_id: u64,
+    },
+    Publish {
+        event: EphemeralEvent,
+    },
+    Fetch {
+        after_seq: Seq,
+        up_to_seq: Option<Seq>,
+        limit: u32,
+        reply: oneshot::Sender<MeshFrame>,
+    },
+    /// The ring moved the channel away: refuse what is queued and stop.
+    Release {
+        epoch: RingEpoch,
+    },
+}
+
+pub struct ChannelTask {
+    channel: ChannelId,
+    workspace: WorkspaceId,
+    store: SharedStore,
+    window_cap: usize,
+    /// `None` until the last stored message has been read.
+    head: Option<(Seq, Ts)>,
+    window: VecDeque<Arc<Message>>,
+    subscribers: HashMap<u64, GatewayLink>,
+}
+
+impl ChannelTask {
+    pub fn new(
+        channel: ChannelId,
+        workspace: WorkspaceId,
+        store: SharedStore,
+        window_cap: usize,
+    ) -> ChannelTask {
+        ChannelTask {
+            channel,
+            workspace,
+            store,
+            window_cap,
+            head: None,
+            window: VecDeque::new(),
+            subscribers: HashMap::new(),
+        }
+    }
+
+    /// Runs until released, idle, or every sender is gone.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<ChannelCmd>) {
+        m::ACTIVE_CHANNELS.inc();
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        loop {
+            let n = tokio::select! {
+                n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+                _ = tokio::time::sleep(IDLE_RELEASE), if self.subscribers.is_empty() => {
+                    // Close first, then drain: nothing can be lost between the two.
+                    rx.close();
+                    let mut rest = Vec::new();
+                    while let Ok(cmd) = rx.try_recv() {
+                        rest.push(cmd);
+                    }
+                    if rest.is_empty() {
+                        break;
+                    }
+                    batch.extend(rest);
+                    batch.len()
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            if let Some(epoch) = self.handle_batch(&mut batch).await {
+                rx.close();
+                while let Ok(cmd) = rx.try_recv() {
+                    refuse(cmd, &self.channel, epoch);
+                }
+                for link in self.subscribers.values() {
+                    link.offer(
+                        MeshFrame::Refused {
+                            channel: self.channel.clone(),
+                            error: MeshError::WrongOwner { epoch },
+                        }
+                        .to_bytes(),
+                    );
+                }
+                break;
+            }
+        }
+        m::ACTIVE_CHANNELS.dec();
+    }
+
+    /// Handles queued commands in order; returns `Some(epoch)` if released.
+    async fn handle_batch(&mut self, batch: &mut Vec<ChannelCmd>) -> Option<RingEpoch> {
+        let mut cmds = std::mem::take(batch).into_iter().peekable();
+        while let Some(cmd) = cmds.next() {
+            match cmd {
+                ChannelCmd::Post {
+                    msg,
+                    received,
+                    reply,
+                } => {
+                    let mut posts = vec![(msg, received, reply)];
+                    while let Some(ChannelCmd::Post { .. }) = cmds.peek() {
+                        if let Some(ChannelCmd::Post {
+                            msg,
+                            received,
+                            reply,
+                        }) = cmds.next()
+                        {
+                            posts.push((msg, received, reply));
+                        }
+                    }
+                    self.posts(posts).await;
+                }
+                ChannelCmd::Subscribe { link, after_seq } => self.subscribe(link, after_seq).await,
+                ChannelCmd::Unsubscribe { link_id } => {
+                    self.subscribers.remove(&link_id);
+                }
+                ChannelCmd::Publish { event } => {
+                    let bytes = MeshFrame::Ephemeral {
+                        channel: self.channel.clone(),
+                        event,
+                    }
+                    .to_bytes();
+                    self.subscribers.retain(|_, link| link.offer(bytes.clone()));
+                }
+                ChannelCmd::Fetch {
+                    after_seq,
+                    up_to_seq,
+                    limit,
+                    reply,
+                } => {
+                    let answer = self.fetch(after_seq, up_to_seq, limit).await;
+                    let _ = reply.send(answer);
+                }
+                ChannelCmd::Release { epoch } => {
+                    for rest in cmds {
+                        refuse(rest, &self.channel, epoch);
+                    }
+                    return Some(epoch);
+                }
+            }
+        }
+        None
+    }
+
+    /// Reads the channel's last stored message once, so numbering continues where the previous
+    /// owner stopped.
+    async fn ensure_loaded(&mut self) -> Result<(Seq, Ts), MeshError> {
+        if let Some(head) = self.head {
+            return Ok(head);
+        }
+        let last = self
+            .store
+            .last_message(&self.workspace, &self.channel)
+            .await
+            .map_err(|e| MeshError::Store(e.to_string()))?;
+        let head = last.map(|m| (m.seq, m.ts)).unwrap_or((0, Ts(0)));
+        self.head = Some(head);
+        self.window.clear();
+        Ok(head)
+    }
+
+    fn next_ts(last: Ts) -> Ts {
+        let now = Ts::now();
+        if now > last {
+            now
+        } else {
+            Ts(last.0 + 1)
+        }
+    }
+
+    fn in_window_by_client_id(&self, client_msg_id: &str) -> Option<Arc<Message>> {
+        self.window
+            .iter()
+            .rev()
+            .find(|m| m.client_msg_id.as_deref() == Some(client_msg_id))
+            .cloned()
+    }
+
+    async fn posts(&mut self, posts: Vec<(NewMessage, Instant, oneshot::Sender<MeshFrame>)>) {
+        let (mut seq, mut ts) = match self.ensure_loaded().await {
+            Ok(head) => head,
+            Err(e) => {
+                for (_, _, reply) in posts {
+                    m::POSTS.with_label_values(&["error"]).inc();
+                    let _ = reply.send(MeshFrame::Error(e.clone()));
+                }
+                return;
+            }
+        };
+        // Place each post, answering repeats of a client_msg_id with the stored message.
+        let mut placed: Vec<(Message, Instant, oneshot::Sender<MeshFrame>)> =
+            Vec::with_capacity(posts.len());
+        for (new, received, reply) in posts {
+            if let Some(cmid) = new.client_msg_id.as_deref() {
+                let earlier = match placed
+                    .iter()
+                    .find(|(m, _, _)| m.client_msg_id.as_deref() == Some(cmid))
+                {
+                    Some((m, _, _)) => Some(m.clone()),
+                    None => match self.in_window_by_client_id(cmid) {
+                        Some(m) => Some((*m).clone()),
+                        None => match self
+                            .store
+                            .message_by_client_msg_id(&self.workspace, &self.channel, cmid)
+                            .await
+                        {
+                            Ok(found) => found,
+                            Err(e) => {
+                                m::POSTS.with_label_values(&["error"]).inc();
+                                let _ =
+                                    reply.send(MeshFrame::Error(MeshError::Store(e.to_string())));
+                                continue;
+                            }
+                        },
+                    },
+                };
+                if let Some(msg) = earlier {
+                    // A repeat within this group is answered once the original is durable.
+                    if placed.iter().any(|(m, _, _)| m.seq == msg.seq) {
+                        placed.push((msg, received, reply));
+                    } else {
+                        m::POSTS.with_label_values(&["duplicate"]).inc();
+                        let _ = reply.send(MeshFrame::PostOk {
+                            msg,
+                            duplicate: true,
+                        });
+                    }
+                    continue;
+                }
+            }
+            seq += 1;
+            ts = Self::next_ts(ts);
+            placed.push((Message::from_new(new, seq, ts), received, reply));
+        }
+        // Append every new message at once: they share the store's group commit.
+        let mut first_of_seq = std::collections::HashSet::new();
+        let fresh: Vec<&Message> = placed
+            .iter()
+            .map(|(m, _, _)| m)
+            .filter(|m| first_of_seq.insert(m.seq))
+            .collect();
+        let results =
+            futures_util::future::join_all(fresh.iter().map(|m| self.store.append(m))).await;
+        let mut outcome: HashMap<Seq, Result<AppendOutcome, MeshError>> = HashMap::new();
+        let mut conflict = false;
+        for (m, r) in fresh.iter().zip(results) {
+            let r = r.map_err(|e| {
+                if e.kind == StorageErrorKind::SeqConflict {
+                    conflict = true;
+                    m::SEQ_CONFLICTS.inc();
+                    MeshError::Unavailable(format!(
+                        "sequence {} was taken by another owner; retry",
+                        m.seq
+                    ))
+                } else {
+                    MeshError::Store(e.to_string())
+                }
+            });
+            outcome.insert(m.seq, r);
+        }
+        let mut fanned = std::collections::HashSet::new();
+        let mut highest_stored: Option<(Seq, Ts)> = None;
+        for (msg, received, reply) in placed {
+            match outcome.get(&msg.seq) {
+                Some(Ok(AppendOutcome::Stored)) => {
+                    let duplicate = !fanned.insert(msg.seq);
+                    if !duplicate {
+                        m::POSTS.with_label_values(&["stored"]).inc();
+                        m::POST_DURATION.observe(received.elapsed().as_secs_f64());
+                        highest_stored = Some((msg.seq, msg.ts));
+                        let msg = Arc::new(msg.clone());
+                        self.remember(msg.clone());
+                        self.fan_out(&msg);
+                    } else {
+                        m::POSTS.with_label_values(&["duplicate"]).inc();
+                    }
+                    let _ = reply.send(MeshFrame::PostOk { msg, duplicate });
+                }
+                Some(Ok(AppendOutcome::Duplicate(existing))) => {
+                    m::POSTS.with_label_values(&["duplicate"]).inc();
+                    let _ = reply.send(MeshFrame::PostOk {
+                        msg: existing.clone(),
+                        duplicate: true,
+                    });
+                }
+                Some(Err(e)) => {
+                    m::POSTS.with_label_values(&["error"]).inc();
+                    let _ = reply.send(MeshFrame::Error(e.clone()));
+                }
+                None => {
+                    let _ = reply.send(MeshFrame::Error(MeshError::Unavailable(
+                        "append was not attempted".into(),
+                    )));
+                }
+            }
+        }
+        let failed = outcome
+            .values()
+            .any(|r| !matches!(r, Ok(AppendOutcome::Stored)));
+        if conflict || failed {
+            // Numbering may have diverged from the store: read the head again next time.
+            self.head = None;
+        } else if let Some(head) = highest_stored {
+            self.head = Some(head);
+        } else {
+            self.head = Some((seq, ts));
+        }
+    }
+
+    fn remember(&mut self, msg: Arc<Message>) {
+        if self.window.len() == self.window_cap {
+            self.window.pop_front();
+        }
+        self.window.push_back(msg);
+    }
+
+    /// Sends a stored message once to each subscribed gateway: one encoding, shared bytes.
+    fn fan_out(&mut self, msg: &Arc<Message>) {
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let bytes = MeshFrame::Deliver {
+            msg: (**msg).clone(),
+        }
+        .to_bytes();
+        self.subscribers.retain(|_, link| {
+            let ok = link.offer(bytes.clone());
+            if ok {
+                m::DELIVERIES.inc();
+            }
+            ok
+        });
+    }
+
+    async fn subscribe(&mut self, link: GatewayLink, after_seq: Option<Seq>) {
+        let (last_seq, _) = match self.ensure_loaded().await {
+            Ok(head) => head,
+            Err(e) => {
+                link.offer(
+                    MeshFrame::Refused {
+                        channel: self.channel.clone(),
+                        error: e,
+                    }
+                    .to_bytes(),
+                );
+                return;
+            }
+        };
+        let backlog = match after_seq {
+            Some(after) if after < last_seq => {
+                match self.read_range(after, Some(last_seq), MAX_BACKLOG).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        link.offer(
+                            MeshFrame::Refused {
+                                channel: self.channel.clone(),
+                                error: e,
+                            }
+                            .to_bytes(),
+                        );
+                        return;
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        let ack = MeshFrame::SubscribeAck {
+            channel: self.channel.clone(),
+            last_seq,
+            backlog,
+        }
+        .to_bytes();
+        if link.offer(ack) {
+            self.subscribers.insert(link.id, link);
+        }
+    }
+
+    /// Messages with `after < seq <= up_to`, from the window when it covers them, else from the
+    /// store.
+    async fn read_range(
+        &self,
+        after: Seq,
+        up_to: Option<Seq>,
+        limit: u32,
+    ) -> Result<Vec<Message>, MeshError> {
+        let limit = limit.clamp(1, MAX_BACKLOG);
+        let up_to = up_to.unwrap_or(Seq::MAX);
+        if let Some(first) = self.window.front() {
+            if first.seq <= after + 1 {
+                return Ok(self
+                    .window
+                    .iter()
+                    .filter(|m| m.seq > after && m.seq <= up_to)
+                    .take(limit as usize)
+                    .map(|m| (**m).clone())
+                    .collect());
+            }
+        }
+        let query = HistoryQuery {
+            after_seq: Some(after),
+            before_seq: up_to.checked_add(1),
+            limit,
+            newest_first: false,
+            ..HistoryQuery::default()
+        };
+        self.store
+            .history(&self.workspace, &self.channel, &query)
+            .await
+            .map_err(|e| MeshError::Store(e.to_string()))
+    }
+
+    async fn fetch(&mut self, after: Seq, up_to: Option<Seq>, limit: u32) -> MeshFrame {
+        let last_seq = match self.ensure_loaded().await {
+            Ok((s, _)) => s,
+            Err(e) => return MeshFrame::Error(e),
+        };
+        match self.read_range(after, up_to, limit).await {
+            Ok(messages) => MeshFrame::FetchOk { messages, last_seq },
+            Err(e) => MeshFrame::Error(e),
+        }
+    }
+}
+
+/// Answers a command the channel can no longer serve.
+pub fn refuse(cmd: ChannelCmd, channel: &ChannelId, epoch: RingEpoch) {
+    let error = MeshError::WrongOwner { epoch };
+    match cmd {
+        ChannelCmd::Post { reply, .. } | ChannelCmd::Fetch { reply, .. } => {
+            let _ = reply.send(MeshFrame::Error(error));
+        }
+        ChannelCmd::Subscribe { link, .. } => {
+            m::REFUSED.with_label_values(&["wrong_owner"]).inc();
+            link.offer(
+                MeshFrame::Refused {
+                    channel: channel.clone(),
+                    error,
+                }
+                .to_bytes(),
+            );
+        }
+        ChannelCmd::Unsubscribe { .. }
+        | ChannelCmd::Publish { .. }
+        | ChannelCmd::Release { .. } => {}
+    }
+}

@@ -1,0 +1,336 @@
+//! The mesh side of the channel server: accepts connections, routes each request to its
+//! channel's task, and runs gateways' subscription streams.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use shared::ids::{ChannelId, NodeId, WorkspaceId};
+use shared::mesh::{FrameReader, FrameWriter, MeshConn};
+use shared::protocol::{MeshError, MeshFrame};
+use shared::ring::Ring;
+use shared::store::SharedStore;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::channel::{ChannelCmd, ChannelTask, GatewayLink};
+use crate::metrics as m;
+
+/// Commands queued per channel before senders wait.
+const CHANNEL_QUEUE: usize = 4096;
+
+pub struct Server {
+    pub node: NodeId,
+    pub store: SharedStore,
+    pub window: usize,
+    pub gateway_queue: usize,
+    pub ring: watch::Receiver<Arc<Ring>>,
+    channels: Mutex<HashMap<ChannelId, mpsc::Sender<ChannelCmd>>>,
+    next_link: AtomicU64,
+}
+
+impl Server {
+    pub fn new(
+        node: NodeId,
+        store: SharedStore,
+        window: usize,
+        gateway_queue: usize,
+        ring: watch::Receiver<Arc<Ring>>,
+    ) -> Arc<Server> {
+        Arc::new(Server {
+            node,
+            store,
+            window,
+            gateway_queue,
+            ring,
+            channels: Mutex::new(HashMap::new()),
+            next_link: AtomicU64::new(1),
+        })
+    }
+
+    fn owner_check(&self, channel: &ChannelId) -> Result<(), MeshError> {
+        let ring = self.ring.borrow();
+        if ring.is_owner(&self.node, channel) {
+            Ok(())
+        } else {
+            m::REFUSED.with_label_values(&["wrong_owner"]).inc();
+            Err(MeshError::WrongOwner {
+                epoch: ring.epoch(),
+            })
+        }
+    }
+
+    /// Sends `cmd` to the channel's task, starting it if needed. Refuses channels this node
+    /// does not own.
+    async fn dispatch(
+        &self,
+        channel: &ChannelId,
+        workspace: &WorkspaceId,
+        mut cmd: ChannelCmd,
+    ) -> Result<(), MeshError> {
+        self.owner_check(channel)?;
+        for _ in 0..2 {
+            let tx = {
+                let mut channels = self.channels.lock();
+                channels
+                    .entry(channel.clone())
+                    .or_insert_with(|| {
+                        let (tx, rx) = mpsc::channel(CHANNEL_QUEUE);
+                        let task = ChannelTask::new(
+                            channel.clone(),
+                            workspace.clone(),
+                            self.store.clone(),
+                            self.window,
+                        );
+                        tokio::spawn(task.run(rx));
+                        tx
+                    })
+                    .clone()
+            };
+            match tx.send(cmd).await {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::SendError(back)) => {
+                    // The task ended (idle or released) after we looked it up: start a new one.
+                    cmd = back;
+                    let mut channels = self.channels.lock();
+                    if channels.get(channel).is_some_and(|t| t.same_channel(&tx)) {
+                        channels.remove(channel);
+                    }
+                }
+            }
+        }
+        Err(MeshError::Unavailable("channel task did not start".into()))
+    }
+
+    /// Sends to an existing task only (unsubscribe needs no task to be started).
+    fn dispatch_existing(&self, channel: &ChannelId, cmd: ChannelCmd) {
+        let tx = self.channels.lock().get(channel).cloned();
+        if let Some(tx) = tx {
+            let _ = tx.try_send(cmd);
+        }
+    }
+
+    /// Releases the channels the new ring gave to someone else.
+    pub fn apply_ring(&self, ring: &Ring) {
+        let released: Vec<(ChannelId, mpsc::Sender<ChannelCmd>)> = {
+            let mut channels = self.channels.lock();
+            let gone: Vec<ChannelId> = channels
+                .keys()
+                .filter(|c| !ring.is_owner(&self.node, c))
+                .cloned()
+                .collect();
+            gone.into_iter()
+                .filter_map(|c| channels.remove(&c).map(|tx| (c, tx)))
+                .collect()
+        };
+        if !released.is_empty() {
+            tracing::info!(epoch = %ring.epoch(), channels = released.len(), "releasing channels moved by the ring");
+        }
+        for (_, tx) in released {
+            let epoch = ring.epoch();
+            tokio::spawn(async move {
+                let _ = tx.send(ChannelCmd::Release { epoch }).await;
+            });
+        }
+    }
+
+    /// Serves one mesh connection until it closes.
+    pub async fn serve_connection(self: Arc<Self>, conn: MeshConn) {
+        while let Some((w, r)) = conn.accept().await {
+            let server = self.clone();
+            tokio::spawn(async move { server.serve_stream(w, r).await });
+        }
+    }
+
+    async fn serve_stream(self: Arc<Self>, mut w: FrameWriter, mut r: FrameReader) {
+        let first = match r.read().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "bad first frame");
+                return;
+            }
+        };
+        let answer = match first {
+            MeshFrame::Post { msg } => {
+                let (reply, rx) = oneshot::channel();
+                let (channel, workspace) = (msg.channel.clone(), msg.workspace.clone());
+                let cmd = ChannelCmd::Post {
+                    msg,
+                    received: Instant::now(),
+                    reply,
+                };
+                match self.dispatch(&channel, &workspace, cmd).await {
+                    Ok(()) => rx.await.unwrap_or(MeshFrame::Error(MeshError::Unavailable(
+                        "channel task stopped".into(),
+                    ))),
+                    Err(e) => MeshFrame::Error(e),
+                }
+            }
+            MeshFrame::Fetch {
+                channel,
+                workspace,
+                after_seq,
+                up_to_seq,
+                limit,
+            } => {
+                let (reply, rx) = oneshot::channel();
+                let cmd = ChannelCmd::Fetch {
+                    after_seq,
+                    up_to_seq,
+                    limit,
+                    reply,
+                };
+                match self.dispatch(&channel, &workspace, cmd).await {
+                    Ok(()) => rx.await.unwrap_or(MeshFrame::Error(MeshError::Unavailable(
+                        "channel task stopped".into(),
+                    ))),
+                    Err(e) => MeshFrame::Error(e),
+                }
+            }
+            MeshFrame::Ping => MeshFrame::Ok,
+            f @ (MeshFrame::Subscribe { .. }
+            | MeshFrame::Unsubscribe { .. }
+            | MeshFrame::Publish { .. }) => {
+                self.serve_gateway(f, w, r).await;
+                return;
+            }
+            other => {
+                m::REFUSED.with_label_values(&["bad_request"]).inc();
+                MeshFrame::Error(MeshError::BadRequest(format!(
+                    "unexpected frame {}",
+                    frame_name(&other)
+                )))
+            }
+        };
+        let _ = w.send(&answer).await;
+        w.finish();
+    }
+
+    /// A gateway's subscription stream: subscribe/unsubscribe/publish in, ordered frames out.
+    async fn serve_gateway(
+        self: Arc<Self>,
+        first: MeshFrame,
+        mut w: FrameWriter,
+        mut r: FrameReader,
+    ) {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(self.gateway_queue);
+        let cut = CancellationToken::new();
+        let link = GatewayLink {
+            id: self.next_link.fetch_add(1, Ordering::Relaxed),
+            tx,
+            cut: cut.clone(),
+        };
+        m::GATEWAY_LINKS.inc();
+        let writer_cut = cut.clone();
+        let writer = tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(256);
+            loop {
+                let n = tokio::select! {
+                    _ = writer_cut.cancelled() => break,
+                    n = rx.recv_many(&mut buf, 256) => n,
+                };
+                if n == 0 {
+                    break;
+                }
+                if w.send_many(&mut buf).await.is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+            writer_cut.cancel();
+            w.finish();
+        });
+        let mut subscribed: HashSet<ChannelId> = HashSet::new();
+        let mut next = Some(first);
+        loop {
+            let frame = match next.take() {
+                Some(f) => f,
+                None => {
+                    let read = tokio::select! {
+                        _ = cut.cancelled() => break,
+                        read = r.read() => read,
+                    };
+                    match read {
+                        Ok(Some(f)) => f,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            };
+            match frame {
+                MeshFrame::Subscribe {
+                    channel,
+                    workspace,
+                    after_seq,
+                } => {
+                    let cmd = ChannelCmd::Subscribe {
+                        link: link.clone(),
+                        after_seq,
+                    };
+                    match self.dispatch(&channel, &workspace, cmd).await {
+                        Ok(()) => {
+                            subscribed.insert(channel);
+                        }
+                        Err(error) => {
+                            let _ = link
+                                .tx
+                                .try_send(MeshFrame::Refused { channel, error }.to_bytes());
+                        }
+                    }
+                }
+                MeshFrame::Unsubscribe { channel } => {
+                    if subscribed.remove(&channel) {
+                        self.dispatch_existing(
+                            &channel,
+                            ChannelCmd::Unsubscribe { link_id: link.id },
+                        );
+                    }
+                }
+                MeshFrame::Publish { channel, event } => {
+                    if self.owner_check(&channel).is_ok() {
+                        self.dispatch_existing(&channel, ChannelCmd::Publish { event });
+                    }
+                }
+                other => {
+                    m::REFUSED.with_label_values(&["bad_request"]).inc();
+                    tracing::warn!(
+                        frame = frame_name(&other),
+                        "unexpected frame on a subscription stream"
+                    );
+                    break;
+                }
+            }
+        }
+        cut.cancel();
+        for channel in subscribed {
+            self.dispatch_existing(&channel, ChannelCmd::Unsubscribe { link_id: link.id });
+        }
+        let _ = writer.await;
+        m::GATEWAY_LINKS.dec();
+    }
+}
+
+fn frame_name(f: &MeshFrame) -> &'static str {
+    match f {
+        MeshFrame::Hello { .. } => "hello",
+        MeshFrame::Ring(_) => "ring",
+        MeshFrame::User(_) => "user",
+        MeshFrame::Post { .. } => "post",
+        MeshFrame::PostOk { .. } => "post_ok",
+        MeshFrame::Subscribe { .. } => "subscribe",
+        MeshFrame::SubscribeAck { .. } => "subscribe_ack",
+        MeshFrame::Unsubscribe { .. } => "unsubscribe",
+        MeshFrame::Publish { .. } => "publish",
+        MeshFrame::Deliver { .. } => "deliver",
+        MeshFrame::Ephemeral { .. } => "ephemeral",
+        MeshFrame::Refused { .. } => "refused",
+        MeshFrame::Fetch { .. } => "fetch",
+        MeshFrame::FetchOk { .. } => "fetch_ok",
+        MeshFrame::Ping => "ping",
+        MeshFrame::Ok => "ok",
+        MeshFrame::Error(_) => "error",
+    }
+}
