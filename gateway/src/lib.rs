@@ -1,1 +1,265 @@
+//! The gateway: holds client WebSocket sessions at the edge.
+//!
+//! A client connects to `/rtm?token=…` (or with `Authorization: Bearer …`), optionally with
+//! `resume=C1:41,C2:7` (the last `seq` it saw per channel). The gateway verifies the token
+//! locally, asks the Web API which channels the user is in, subscribes each channel once at
+//! its owning channel server (shared by all local sessions), and writes every message to each
+//! session in order with contiguous `seq`.
+//!
+//! # Layout
+//! - [`hub`]: channels, sessions, subscription streams to channel servers, gap filling.
+//! - [`session`]: one WebSocket session (RTM events, resume, ping, bounded queue).
+//! - [`metrics`]: Prometheus metrics.
+//!
+//! # Invariants
+//! - Per-channel order: a session receives a channel's messages in `seq` order, each once.
+//! - One slow session never slows the others: its queue is bounded; on overflow it is told to
+//!   resync (`resync_required`, close 4008) and a metric counts it.
+//! - Ring changes re-subscribe moved channels at their new owner, filling any gap, without
+//!   closing client sockets.
 
+pub mod hub;
+pub mod metrics;
+pub mod session;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use shared::auth::TokenSigner;
+use shared::config::Config;
+use shared::ids::{ChannelId, NodeId, Seq};
+use shared::membership::{follow_admin, NodeHello};
+use shared::mesh::{Mesh, MeshTls, PeerPool};
+use shared::protocol::Role;
+use shared::ring::Ring;
+use shared::shutdown::Shutdown;
+use shared::telemetry::Health;
+use tokio::sync::{mpsc, watch};
+
+use crate::hub::Hub;
+use crate::metrics as m;
+
+pub struct GatewayDeps {
+    pub signer: TokenSigner,
+    pub tls: MeshTls,
+    pub health: Health,
+}
+
+struct AppState {
+    hub: Arc<Hub>,
+    signer: TokenSigner,
+    http: reqwest::Client,
+    config: Config,
+    shutdown: Shutdown,
+    sessions: Arc<tokio::sync::Semaphore>,
+}
+
+/// Runs a gateway until `shutdown`: WebSockets, `/metrics` and `/health` on `http`.
+pub async fn run(config: Config, node: NodeId, http: tokio::net::TcpListener, deps: GatewayDeps, shutdown: Shutdown) -> anyhow::Result<()> {
+    let bind: std::net::SocketAddr = if config.mesh.admin_addr.ip().is_loopback() {
+        "127.0.0.1:0".parse().expect("literal address")
+    } else {
+        "0.0.0.0:0".parse().expect("literal address")
+    };
+    let mesh = Arc::new(
+        Mesh::client(bind, &deps.tls, config.mesh.max_frame_bytes, Duration::from_millis(config.mesh.connect_timeout_ms))
+            .context("failed to start gateway mesh endpoint")?,
+    );
+    let pool = Arc::new(PeerPool::new(mesh.clone()));
+    let (ring_tx, ring_rx) = watch::channel(Arc::new(Ring::empty()));
+    let (user_tx, mut user_rx) = mpsc::channel(1024);
+    let (connected_tx, mut connected_rx) = watch::channel(false);
+    tokio::spawn(follow_admin(
+        pool.clone(),
+        config.mesh.admin_addr,
+        NodeHello { node: node.clone(), role: Role::Gateway, mesh_addr: String::new() },
+        ring_tx,
+        Some(user_tx),
+        connected_tx,
+        shutdown.clone(),
+    ));
+    // Sessions get their own shutdown: they say goodbye before the listener closes.
+    let sessions_shutdown = Shutdown::new();
+    let hub = Hub::new(node.clone(), pool, ring_rx, shutdown.clone());
+    tokio::spawn(hub.clone().reconcile_loop());
+    {
+        let hub = hub.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = user_rx.recv().await {
+                hub.on_user_event(ev);
+            }
+        });
+    }
+    {
+        let health = deps.health.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                health.set_ready(*connected_rx.borrow_and_update());
+                tokio::select! {
+                    _ = shutdown.wait() => { health.set_ready(false); break; }
+                    changed = connected_rx.changed() => if changed.is_err() { break; },
+                }
+            }
+        });
+    }
+    let state = Arc::new(AppState {
+        hub,
+        signer: deps.signer,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().context("http client")?,
+        sessions: Arc::new(tokio::sync::Semaphore::new(config.gateway.max_sessions)),
+        config: config.clone(),
+        shutdown: sessions_shutdown.clone(),
+    });
+    let app = Router::new()
+        .route("/rtm", get(rtm))
+        .route("/", get(rtm))
+        .with_state(state)
+        .merge(shared::telemetry::ops_router("gateway", deps.health.clone()));
+    let addr = http.local_addr()?;
+    tracing::info!(%node, %addr, "gateway running");
+    let graceful = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.wait().await;
+            // Ordered shutdown: tell every session goodbye first, then stop the listener.
+            sessions_shutdown.trigger();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    axum::serve(http, app).with_graceful_shutdown(graceful).await.context("gateway server")?;
+    mesh.close();
+    Ok(())
+}
+
+fn reject(status: StatusCode, error: &'static str) -> Response {
+    m::REJECTED.with_label_values(&[error]).inc();
+    (status, Json(serde_json::json!({ "ok": false, "error": error }))).into_response()
+}
+
+/// Parses `C1:41,C2:7`.
+fn parse_resume(s: &str) -> Option<BTreeMap<ChannelId, Seq>> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        let (c, seq) = part.split_once(':')?;
+        out.insert(ChannelId::parse(c)?, seq.parse().ok()?);
+    }
+    Some(out)
+}
+
+/// The user's channels, from the Web API (`users.conversations`).
+async fn user_channels(state: &AppState, token: &str) -> Result<Vec<ChannelId>, Response> {
+    let url = format!("{}/api/users.conversations", state.config.gateway.webapp_url.trim_end_matches('/'));
+    let mut channels = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..100 {
+        let resp = state
+            .http
+            .post(&url)
+            .bearer_auth(token)
+            .form(&[("types", "public_channel,private_channel"), ("limit", "1000"), ("cursor", cursor.as_str())])
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "web api unreachable");
+                reject(StatusCode::SERVICE_UNAVAILABLE, "webapp_unavailable")
+            })?;
+        let body: serde_json::Value = resp.json().await.map_err(|_| reject(StatusCode::BAD_GATEWAY, "webapp_bad_answer"))?;
+        if body["ok"] != true {
+            return Err(match body["error"].as_str() {
+                Some("invalid_auth" | "not_authed" | "account_inactive") => reject(StatusCode::UNAUTHORIZED, "invalid_auth"),
+                _ => reject(StatusCode::BAD_GATEWAY, "webapp_error"),
+            });
+        }
+        for c in body["channels"].as_array().into_iter().flatten() {
+            if let Some(id) = c["id"].as_str().and_then(ChannelId::parse) {
+                channels.push(id);
+            }
+        }
+        cursor = body["response_metadata"]["next_cursor"].as_str().unwrap_or_default().to_string();
+        if cursor.is_empty() {
+            return Ok(channels);
+        }
+    }
+    Ok(channels)
+}
+
+async fn rtm(
+    State(state): State<Arc<AppState>>,
+    Query(params): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(ws) = ws else {
+        return reject(StatusCode::BAD_REQUEST, "websocket_upgrade_required");
+    };
+    let token = params
+        .get("token")
+        .cloned()
+        .or_else(|| headers.get("authorization").and_then(|h| h.to_str().ok()).and_then(shared::auth::bearer).map(str::to_string));
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return reject(StatusCode::UNAUTHORIZED, "not_authed");
+    };
+    let Ok(claims) = state.signer.verify(&token) else {
+        return reject(StatusCode::UNAUTHORIZED, "invalid_auth");
+    };
+    let resume = match params.get("resume") {
+        Some(r) => match parse_resume(r) {
+            Some(r) => r,
+            None => return reject(StatusCode::BAD_REQUEST, "invalid_resume"),
+        },
+        None => BTreeMap::new(),
+    };
+    let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
+        return reject(StatusCode::SERVICE_UNAVAILABLE, "too_many_sessions");
+    };
+    let channels = match user_channels(&state, &token).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let g = &state.config.gateway;
+    let session_params = session::SessionParams {
+        claims,
+        channels,
+        resume,
+        queue: g.session_queue,
+        ping_interval: Duration::from_millis(g.ping_interval_ms),
+        idle_timeout: Duration::from_millis(g.idle_timeout_ms),
+    };
+    let hub = state.hub.clone();
+    let shutdown = state.shutdown.clone();
+    ws.max_message_size(g.max_client_frame_bytes)
+        .max_frame_size(g.max_client_frame_bytes)
+        .on_failed_upgrade(|e| {
+            m::REJECTED.with_label_values(&["upgrade_failed"]).inc();
+            tracing::info!(error = %e, "websocket upgrade failed");
+        })
+        .on_upgrade(move |socket| async move {
+            session::run(hub, socket, session_params, shutdown).await;
+            drop(permit);
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_points_parse() {
+        let r = parse_resume("CAAA:4,CBBB:0").unwrap();
+        assert_eq!(r[&ChannelId::from("CAAA")], 4);
+        assert_eq!(r[&ChannelId::from("CBBB")], 0);
+        assert!(parse_resume("").unwrap().is_empty());
+        assert!(parse_resume("CAAA").is_none());
+        assert!(parse_resume("CAAA:x").is_none());
+        assert!(parse_resume("zzz:1").is_none());
+    }
+}

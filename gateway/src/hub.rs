@@ -1,0 +1,613 @@
+//! The gateway's shared state: which local sessions want which channels, one subscription per
+//! channel at its owning channel server, and the contiguous stream of each channel.
+//!
+//! Messages from channel servers arrive on one stream per channel server. For each channel the
+//! hub keeps the last contiguous `seq`: a repeat is dropped, the next one is rendered to JSON
+//! once and queued to every local session, and one past a gap is held while the gap is
+//! fetched. So sessions see each channel in order, with contiguous `seq`, whatever the ring
+//! does.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use parking_lot::Mutex;
+use shared::ids::{ChannelId, NodeId, Seq, UserId, WorkspaceId};
+use shared::mesh::PeerPool;
+use shared::protocol::client::{ephemeral_json, message_json};
+use shared::protocol::{EphemeralEvent, MeshError, MeshFrame, Message, Presence, UserEvent};
+use shared::ring::Ring;
+use shared::shutdown::Shutdown;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics as m;
+
+pub type SessionId = u64;
+
+/// Rendered messages kept per channel so that resumes rarely leave the gateway.
+const RECENT_PER_CHANNEL: usize = 256;
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+const FETCH_LIMIT: u32 = 1000;
+/// How often the hub re-checks subscriptions (ring changes and link losses also wake it).
+const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+
+/// What the hub queues for a session's writer.
+#[derive(Debug)]
+pub enum Outbound {
+    /// A channel message with its sequence.
+    Message { channel: ChannelId, seq: Seq, text: Utf8Bytes },
+    /// Any other event, written as is.
+    Event(Utf8Bytes),
+    /// The session now receives `channel`, continuing after `start` (`None`: from whatever
+    /// comes next).
+    Joined { channel: ChannelId, start: Option<Seq> },
+    Left { channel: ChannelId },
+}
+
+pub struct SessionHandle {
+    pub user: UserId,
+    pub workspace: WorkspaceId,
+    pub tx: mpsc::Sender<Outbound>,
+    /// Cancelled when the queue overflowed: the session tells the client to resync and closes.
+    pub overflow: CancellationToken,
+    pub channels: HashSet<ChannelId>,
+}
+
+impl SessionHandle {
+    fn offer(&self, out: Outbound) {
+        if self.overflow.is_cancelled() {
+            return;
+        }
+        match self.tx.try_send(out) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                m::SESSION_OVERFLOWS.inc();
+                self.overflow.cancel();
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+}
+
+struct ChannelEntry {
+    workspace: WorkspaceId,
+    sessions: HashSet<SessionId>,
+    /// The channel server we subscribed at, once the subscription was sent.
+    owner: Option<NodeId>,
+    /// Whether the owner acknowledged the subscription.
+    acked: bool,
+    /// Last contiguous sequence delivered to sessions; `None` before the first ack.
+    last_seq: Option<Seq>,
+    /// Messages past a gap, waiting for the gap to be filled.
+    pending: BTreeMap<Seq, Message>,
+    fetching: bool,
+    recent: VecDeque<(Seq, Utf8Bytes)>,
+}
+
+impl ChannelEntry {
+    fn new(workspace: WorkspaceId) -> ChannelEntry {
+        ChannelEntry {
+            workspace,
+            sessions: HashSet::new(),
+            owner: None,
+            acked: false,
+            last_seq: None,
+            pending: BTreeMap::new(),
+            fetching: false,
+            recent: VecDeque::new(),
+        }
+    }
+}
+
+struct Link {
+    tx: mpsc::UnboundedSender<MeshFrame>,
+    generation: u64,
+}
+
+#[derive(Default)]
+struct State {
+    channels: HashMap<ChannelId, ChannelEntry>,
+    sessions: HashMap<SessionId, SessionHandle>,
+    users: HashMap<UserId, HashSet<SessionId>>,
+    links: HashMap<NodeId, Link>,
+}
+
+pub struct Hub {
+    pub node: NodeId,
+    pool: Arc<PeerPool>,
+    ring: watch::Receiver<Arc<Ring>>,
+    state: Mutex<State>,
+    next_session: AtomicU64,
+    next_link: AtomicU64,
+    wake: Notify,
+    shutdown: Shutdown,
+}
+
+impl Hub {
+    pub fn new(node: NodeId, pool: Arc<PeerPool>, ring: watch::Receiver<Arc<Ring>>, shutdown: Shutdown) -> Arc<Hub> {
+        Arc::new(Hub {
+            node,
+            pool,
+            ring,
+            state: Mutex::new(State::default()),
+            next_session: AtomicU64::new(1),
+            next_link: AtomicU64::new(1),
+            wake: Notify::new(),
+            shutdown,
+        })
+    }
+
+    pub fn ring(&self) -> Arc<Ring> {
+        self.ring.borrow().clone()
+    }
+
+    // ---- sessions ----
+
+    /// Registers a session for `channels`; returns its id and, per channel, the sequence it
+    /// starts after (the hub's current one, or the client's resume point).
+    pub fn register(
+        self: &Arc<Self>,
+        user: UserId,
+        workspace: WorkspaceId,
+        channels: &[ChannelId],
+        resume: &BTreeMap<ChannelId, Seq>,
+        tx: mpsc::Sender<Outbound>,
+        overflow: CancellationToken,
+    ) -> (SessionId, BTreeMap<ChannelId, Option<Seq>>, bool) {
+        let id = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let mut starts = BTreeMap::new();
+        let mut st = self.state.lock();
+        let first_of_user = st.users.get(&user).is_none_or(|s| s.is_empty());
+        for c in channels {
+            let entry = st.channels.entry(c.clone()).or_insert_with(|| ChannelEntry::new(workspace.clone()));
+            entry.sessions.insert(id);
+            let start = resume.get(c).copied().or(entry.last_seq);
+            starts.insert(c.clone(), start);
+        }
+        st.users.entry(user.clone()).or_default().insert(id);
+        st.sessions.insert(
+            id,
+            SessionHandle { user, workspace, tx, overflow, channels: channels.iter().cloned().collect() },
+        );
+        m::SUBSCRIBED_CHANNELS.set(st.channels.len() as i64);
+        drop(st);
+        self.wake.notify_one();
+        (id, starts, first_of_user)
+    }
+
+    /// Forgets a session; returns whether it was its user's last here.
+    pub fn unregister(&self, id: SessionId) -> bool {
+        let mut st = self.state.lock();
+        let Some(s) = st.sessions.remove(&id) else { return false };
+        for c in &s.channels {
+            if let Some(e) = st.channels.get_mut(c) {
+                e.sessions.remove(&id);
+            }
+        }
+        let last = match st.users.get_mut(&s.user) {
+            Some(set) => {
+                set.remove(&id);
+                let empty = set.is_empty();
+                if empty {
+                    st.users.remove(&s.user);
+                }
+                empty
+            }
+            None => true,
+        };
+        drop(st);
+        self.wake.notify_one();
+        last
+    }
+
+    pub fn session_channels(&self, id: SessionId) -> HashSet<ChannelId> {
+        self.state.lock().sessions.get(&id).map(|s| s.channels.clone()).unwrap_or_default()
+    }
+
+    pub fn in_channel(&self, id: SessionId, channel: &ChannelId) -> bool {
+        self.state.lock().sessions.get(&id).is_some_and(|s| s.channels.contains(channel))
+    }
+
+    /// Sends an event to every session (used for `goodbye`).
+    pub fn broadcast(&self, text: Utf8Bytes) {
+        let st = self.state.lock();
+        for s in st.sessions.values() {
+            s.offer(Outbound::Event(text.clone()));
+        }
+    }
+
+    /// Applies a membership change from the admin server to the user's local sessions.
+    pub fn on_user_event(self: &Arc<Self>, ev: UserEvent) {
+        let mut st = self.state.lock();
+        match ev {
+            UserEvent::ChannelJoined { workspace, channel, user, channel_name } => {
+                let ids: Vec<SessionId> = st.users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+                if ids.is_empty() {
+                    return;
+                }
+                let entry = st.channels.entry(channel.clone()).or_insert_with(|| ChannelEntry::new(workspace.clone()));
+                let start = entry.last_seq;
+                let mut joined = Vec::new();
+                for id in &ids {
+                    entry.sessions.insert(*id);
+                }
+                for id in ids {
+                    if let Some(s) = st.sessions.get_mut(&id) {
+                        if s.workspace == workspace && s.channels.insert(channel.clone()) {
+                            joined.push(id);
+                        }
+                    }
+                }
+                let text: Utf8Bytes = serde_json::json!({
+                    "type": "channel_joined",
+                    "channel": { "id": channel.0, "name": channel_name },
+                })
+                .to_string()
+                .into();
+                for id in joined {
+                    if let Some(s) = st.sessions.get(&id) {
+                        s.offer(Outbound::Joined { channel: channel.clone(), start });
+                        s.offer(Outbound::Event(text.clone()));
+                    }
+                }
+            }
+            UserEvent::ChannelLeft { workspace, channel, user } => {
+                let ids: Vec<SessionId> = st.users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+                let text: Utf8Bytes = serde_json::json!({ "type": "channel_left", "channel": channel.0 }).to_string().into();
+                for id in ids {
+                    let removed = match st.sessions.get_mut(&id) {
+                        Some(s) if s.workspace == workspace => s.channels.remove(&channel),
+                        _ => false,
+                    };
+                    if removed {
+                        if let Some(e) = st.channels.get_mut(&channel) {
+                            e.sessions.remove(&id);
+                        }
+                        if let Some(s) = st.sessions.get(&id) {
+                            s.offer(Outbound::Left { channel: channel.clone() });
+                            s.offer(Outbound::Event(text.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    // ---- publishing ephemeral events ----
+
+    /// Relays an ephemeral event through the channel's owner.
+    pub fn publish(&self, channel: &ChannelId, event: EphemeralEvent) {
+        let st = self.state.lock();
+        let Some(owner) = st.channels.get(channel).and_then(|e| e.owner.clone()) else { return };
+        if let Some(link) = st.links.get(&owner) {
+            let _ = link.tx.send(MeshFrame::Publish { channel: channel.clone(), event });
+        }
+    }
+
+    /// Publishes a user's presence to the channels it is in here.
+    pub fn publish_presence(&self, user: &UserId, channels: &HashSet<ChannelId>, presence: Presence) {
+        for c in channels {
+            self.publish(c, EphemeralEvent::Presence { user: user.clone(), presence });
+        }
+    }
+
+    // ---- backfill for sessions ----
+
+    /// Rendered messages of `channel` with `after < seq <= up_to` (at most `FETCH_LIMIT`), from
+    /// the local window when it covers them, else from the channel's owner (which reads its
+    /// window or the store).
+    pub async fn backfill(&self, channel: &ChannelId, after: Seq, up_to: Option<Seq>) -> Result<(Vec<(Seq, Utf8Bytes)>, Seq), MeshError> {
+        let workspace = {
+            let st = self.state.lock();
+            let Some(e) = st.channels.get(channel) else {
+                return Err(MeshError::BadRequest("channel not subscribed here".into()));
+            };
+            if let (Some(first), Some(last)) = (e.recent.front(), e.last_seq) {
+                if first.0 <= after + 1 && up_to.is_none_or(|u| u <= last) {
+                    let out = e
+                        .recent
+                        .iter()
+                        .filter(|(s, _)| *s > after && up_to.is_none_or(|u| *s <= u))
+                        .cloned()
+                        .collect();
+                    return Ok((out, last));
+                }
+            }
+            e.workspace.clone()
+        };
+        let (messages, last_seq) = self.fetch(channel, &workspace, after, up_to).await?;
+        Ok((messages.iter().map(|m| (m.seq, Utf8Bytes::from(message_json(m)))).collect(), last_seq))
+    }
+
+    async fn fetch(&self, channel: &ChannelId, workspace: &WorkspaceId, after: Seq, up_to: Option<Seq>) -> Result<(Vec<Message>, Seq), MeshError> {
+        let owner = self.ring().owner(channel).cloned().ok_or(MeshError::NoOwner)?;
+        let addr = owner.mesh_addr.parse().map_err(|_| MeshError::Unavailable("bad owner address".into()))?;
+        let frame = MeshFrame::Fetch { channel: channel.clone(), workspace: workspace.clone(), after_seq: after, up_to_seq: up_to, limit: FETCH_LIMIT };
+        match self.pool.request(addr, &frame, FETCH_TIMEOUT).await {
+            Ok(MeshFrame::FetchOk { messages, last_seq }) => Ok((messages, last_seq)),
+            Ok(MeshFrame::Error(e)) => Err(e),
+            Ok(other) => Err(MeshError::BadRequest(format!("unexpected answer {other:?}"))),
+            Err(e) => Err(MeshError::Unavailable(e.to_string())),
+        }
+    }
+
+    // ---- frames from channel servers ----
+
+    fn on_link_frame(self: &Arc<Self>, from: &NodeId, frame: MeshFrame) {
+        match frame {
+            MeshFrame::Deliver { msg } => {
+                m::MESSAGES_IN.inc();
+                let mut st = self.state.lock();
+                self.accept_message(&mut st, msg);
+            }
+            MeshFrame::SubscribeAck { channel, last_seq, backlog } => {
+                let mut st = self.state.lock();
+                let Some(e) = st.channels.get_mut(&channel) else { return };
+                if e.owner.as_ref() != Some(from) {
+                    return;
+                }
+                e.acked = true;
+                if e.last_seq.is_none() {
+                    e.last_seq = Some(last_seq);
+                }
+                for msg in backlog {
+                    self.accept_message(&mut st, msg);
+                }
+                let e = st.channels.get_mut(&channel).expect("entry exists");
+                if e.last_seq.is_some_and(|l| l < last_seq) && !e.fetching {
+                    let after = e.last_seq.unwrap_or(0);
+                    e.fetching = true;
+                    self.spawn_gap_fetch(channel, e.workspace.clone(), after, last_seq);
+                }
+            }
+            MeshFrame::Ephemeral { channel, event } => {
+                let st = self.state.lock();
+                let Some(e) = st.channels.get(&channel) else { return };
+                let skip_user = match &event {
+                    EphemeralEvent::Typing { user } => Some(user.clone()),
+                    EphemeralEvent::Presence { .. } => None,
+                };
+                let text: Utf8Bytes = ephemeral_json(&channel, &event).into();
+                for id in &e.sessions {
+                    if let Some(s) = st.sessions.get(id) {
+                        if skip_user.as_ref() != Some(&s.user) {
+                            s.offer(Outbound::Event(text.clone()));
+                        }
+                    }
+                }
+            }
+            MeshFrame::Refused { channel, error } => {
+                tracing::debug!(%channel, %from, %error, "subscription refused");
+                let mut st = self.state.lock();
+                if let Some(e) = st.channels.get_mut(&channel) {
+                    if e.owner.as_ref() == Some(from) {
+                        e.owner = None;
+                        e.acked = false;
+                    }
+                }
+                drop(st);
+                // The ring is probably changing: the reconcile tick subscribes again.
+            }
+            other => tracing::warn!(?other, %from, "unexpected frame on a subscription stream"),
+        }
+    }
+
+    /// Takes one message into the channel's contiguous stream.
+    fn accept_message(self: &Arc<Self>, st: &mut State, msg: Message) {
+        let State { channels, sessions, .. } = st;
+        let Some(e) = channels.get_mut(&msg.channel) else { return };
+        match e.last_seq {
+            Some(last) if msg.seq <= last => {}
+            Some(last) if msg.seq > last + 1 => {
+                let (seq, channel) = (msg.seq, msg.channel.clone());
+                e.pending.insert(seq, msg);
+                if !e.fetching {
+                    e.fetching = true;
+                    self.spawn_gap_fetch(channel, e.workspace.clone(), last, seq - 1);
+                }
+            }
+            _ => {
+                deliver(e, sessions, &msg);
+                while let Some(next) = e.pending.first_key_value().map(|(s, _)| *s) {
+                    let last = e.last_seq.unwrap_or(0);
+                    if next <= last {
+                        e.pending.pop_first();
+                    } else if next == last + 1 {
+                        let (_, m) = e.pending.pop_first().expect("pending not empty");
+                        deliver(e, sessions, &m);
+                    } else {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn_gap_fetch(self: &Arc<Self>, channel: ChannelId, workspace: WorkspaceId, after: Seq, up_to: Seq) {
+        m::GAP_FETCHES.inc();
+        let hub = self.clone();
+        tokio::spawn(async move {
+            let result = hub.fetch(&channel, &workspace, after, Some(up_to)).await;
+            let mut st = hub.state.lock();
+            match result {
+                Ok((messages, _)) => {
+                    let first = messages.first().map(|m| m.seq);
+                    for msg in messages {
+                        hub.accept_message(&mut st, msg);
+                    }
+                    let Some(e) = st.channels.get_mut(&channel) else { return };
+                    e.fetching = false;
+                    // The store is the authority: what it does not hold was never acked.
+                    if let Some(last) = e.last_seq {
+                        if last < up_to && first.is_none_or(|f| f > last + 1) {
+                            let skip_to = first.unwrap_or(up_to + 1).min(up_to + 1) - 1;
+                            if skip_to > last {
+                                m::GAPS_SKIPPED.inc();
+                                tracing::warn!(%channel, from = last, to = skip_to, "skipping a gap the store does not hold");
+                                e.last_seq = Some(skip_to);
+                                let pending: Vec<Message> = std::mem::take(&mut e.pending).into_values().collect();
+                                for msg in pending {
+                                    hub.accept_message(&mut st, msg);
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(%channel, error = %err, "gap fetch failed; retrying");
+                    if let Some(e) = st.channels.get_mut(&channel) {
+                        e.fetching = false;
+                    }
+                }
+            }
+        });
+    }
+
+    // ---- subscriptions ----
+
+    /// Keeps one subscription per wanted channel at its owner, drops unwanted ones, retries
+    /// stalled gap fetches. Runs until shutdown.
+    pub async fn reconcile_loop(self: Arc<Self>) {
+        let mut ring_rx = self.ring.clone();
+        loop {
+            self.reconcile();
+            tokio::select! {
+                _ = self.shutdown.wait() => return,
+                _ = ring_rx.changed() => {}
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            }
+        }
+    }
+
+    fn reconcile(self: &Arc<Self>) {
+        let ring = self.ring();
+        let mut st = self.state.lock();
+        let mut sends: Vec<(NodeId, String, MeshFrame)> = Vec::new();
+        let mut retry_fetch = Vec::new();
+        st.channels.retain(|channel, e| {
+            if e.sessions.is_empty() {
+                if let Some(owner) = e.owner.take() {
+                    sends.push((owner, String::new(), MeshFrame::Unsubscribe { channel: channel.clone() }));
+                }
+                return false;
+            }
+            let Some(want) = ring.owner(channel) else { return true };
+            if e.owner.as_ref() != Some(&want.node) {
+                if let Some(old) = e.owner.take() {
+                    sends.push((old, String::new(), MeshFrame::Unsubscribe { channel: channel.clone() }));
+                }
+                m::SUBSCRIBES.inc();
+                e.owner = Some(want.node.clone());
+                e.acked = false;
+                sends.push((
+                    want.node.clone(),
+                    want.mesh_addr.clone(),
+                    MeshFrame::Subscribe { channel: channel.clone(), workspace: e.workspace.clone(), after_seq: e.last_seq },
+                ));
+            }
+            if !e.pending.is_empty() && !e.fetching {
+                if let (Some(last), Some(first)) = (e.last_seq, e.pending.keys().next()) {
+                    e.fetching = true;
+                    retry_fetch.push((channel.clone(), e.workspace.clone(), last, first - 1));
+                }
+            }
+            true
+        });
+        m::SUBSCRIBED_CHANNELS.set(st.channels.len() as i64);
+        // Links to members that left the ring are closed by dropping their sender.
+        st.links.retain(|node, _| ring.member(node).is_some());
+        for (node, addr, frame) in sends {
+            if !st.links.contains_key(&node) {
+                if addr.is_empty() {
+                    continue;
+                }
+                let Ok(addr) = addr.parse() else { continue };
+                let (tx, rx) = mpsc::unbounded_channel();
+                let generation = self.next_link.fetch_add(1, Ordering::Relaxed);
+                st.links.insert(node.clone(), Link { tx, generation });
+                tokio::spawn(self.clone().run_link(node.clone(), addr, generation, rx));
+            }
+            if let Some(link) = st.links.get(&node) {
+                let _ = link.tx.send(frame);
+            }
+        }
+        drop(st);
+        for (channel, workspace, after, up_to) in retry_fetch {
+            self.spawn_gap_fetch(channel, workspace, after, up_to);
+        }
+    }
+
+    /// One subscription stream to a channel server. When it ends, every channel subscribed on
+    /// it is marked unsubscribed, and the next reconcile subscribes again with the last `seq`.
+    async fn run_link(self: Arc<Self>, node: NodeId, addr: std::net::SocketAddr, generation: u64, mut rx: mpsc::UnboundedReceiver<MeshFrame>) {
+        let hub = self.clone();
+        let node_for_reader = node.clone();
+        let session = async move {
+            let conn = hub.pool.get(addr).await?;
+            let (mut w, mut r) = conn.open().await?;
+            let writer = async {
+                while let Some(frame) = rx.recv().await {
+                    w.send(&frame).await?;
+                }
+                w.finish();
+                Ok::<(), shared::mesh::TransportError>(())
+            };
+            let reader = async {
+                while let Some(frame) = r.read().await? {
+                    hub.on_link_frame(&node_for_reader, frame);
+                }
+                Ok::<(), shared::mesh::TransportError>(())
+            };
+            tokio::select! {
+                r = writer => r,
+                r = reader => r,
+            }
+        };
+        let result = tokio::select! {
+            _ = self.shutdown.wait() => return,
+            r = session => r,
+        };
+        if let Err(e) = &result {
+            m::LINK_FAILURES.inc();
+            tracing::warn!(%node, error = %e, "channel server link lost");
+            self.pool.forget(addr);
+        }
+        {
+            let mut st = self.state.lock();
+            if st.links.get(&node).is_some_and(|l| l.generation == generation) {
+                st.links.remove(&node);
+            }
+            for e in st.channels.values_mut() {
+                if e.owner.as_ref() == Some(&node) {
+                    e.owner = None;
+                    e.acked = false;
+                }
+            }
+        }
+        // Give a restarting peer a moment; the reconcile tick resubscribes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.wake.notify_one();
+    }
+}
+
+/// Renders a message once and queues it to every local session of the channel.
+fn deliver(e: &mut ChannelEntry, sessions: &HashMap<SessionId, SessionHandle>, msg: &Message) {
+    e.last_seq = Some(msg.seq);
+    let text: Utf8Bytes = message_json(msg).into();
+    if e.recent.len() == RECENT_PER_CHANNEL {
+        e.recent.pop_front();
+    }
+    e.recent.push_back((msg.seq, text.clone()));
+    for id in &e.sessions {
+        if let Some(s) = sessions.get(id) {
+            m::SESSION_WRITES.inc();
+            s.offer(Outbound::Message { channel: msg.channel.clone(), seq: msg.seq, text: text.clone() });
+        }
+    }
+}

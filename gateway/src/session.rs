@@ -1,0 +1,437 @@
+//! One client WebSocket session: writes the hub's events in per-channel order, reads client
+//! events, keeps the connection alive.
+//!
+//! The session keeps, per channel, the last `seq` it wrote. A repeat is dropped; one past a gap
+//! (after a resume, or a hub skip) is held while the gap is backfilled from the hub's window or
+//! the channel's owner. So a client sees each channel's messages once, in order.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
+use futures_util::SinkExt;
+use shared::auth::Claims;
+use shared::ids::{ChannelId, Seq};
+use shared::protocol::client::{close_code, error_code, error_json, ClientEvent};
+use shared::protocol::{EphemeralEvent, MeshError, Presence};
+use shared::shutdown::Shutdown;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Hub, Outbound, SessionId};
+use crate::metrics as m;
+
+/// Minimum time between two typing events relayed for one channel of one session.
+const TYPING_INTERVAL: Duration = Duration::from_secs(1);
+const BACKFILL_RETRY: Duration = Duration::from_millis(200);
+const BACKFILL_ATTEMPTS: u32 = 10;
+
+pub struct SessionParams {
+    pub claims: Claims,
+    pub channels: Vec<ChannelId>,
+    pub resume: BTreeMap<ChannelId, Seq>,
+    pub queue: usize,
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+type BackfillResult = (ChannelId, Option<Seq>, u32, Result<(Vec<(Seq, Utf8Bytes)>, Seq), MeshError>);
+
+struct Session {
+    id: SessionId,
+    user: shared::ids::UserId,
+    hub: Arc<Hub>,
+    channels: HashSet<ChannelId>,
+    /// Last `seq` written per channel; `None`: take whatever comes next.
+    delivered: HashMap<ChannelId, Option<Seq>>,
+    /// Whether anything of the channel was written on this session (a resume after that
+    /// could not keep the order).
+    written: HashSet<ChannelId>,
+    held: HashMap<ChannelId, BTreeMap<Seq, Utf8Bytes>>,
+    backfilling: HashSet<ChannelId>,
+    backfill_tx: mpsc::Sender<BackfillResult>,
+    hold_limit: usize,
+    overflow: CancellationToken,
+    typing: HashMap<ChannelId, Instant>,
+    presence_seen: HashMap<String, String>,
+}
+
+impl Session {
+    fn request_backfill(&mut self, channel: ChannelId, after: Seq, up_to: Option<Seq>, attempt: u32) {
+        if !self.backfilling.insert(channel.clone()) {
+            return;
+        }
+        let hub = self.hub.clone();
+        let tx = self.backfill_tx.clone();
+        tokio::spawn(async move {
+            if attempt > 0 {
+                tokio::time::sleep(BACKFILL_RETRY).await;
+            }
+            let result = hub.backfill(&channel, after, up_to).await;
+            let _ = tx.send((channel, up_to, attempt, result)).await;
+        });
+    }
+
+    /// Takes one channel message; pushes what is ready to `out`.
+    fn on_message(&mut self, channel: ChannelId, seq: Seq, text: Utf8Bytes, out: &mut Vec<Utf8Bytes>) {
+        if !self.channels.contains(&channel) {
+            return;
+        }
+        let d = self.delivered.entry(channel.clone()).or_insert(None);
+        match *d {
+            Some(x) if seq <= x => {}
+            Some(x) if seq > x + 1 => {
+                let held = self.held.entry(channel.clone()).or_default();
+                held.insert(seq, text);
+                if held.len() > self.hold_limit {
+                    m::SESSION_OVERFLOWS.inc();
+                    self.overflow.cancel();
+                    return;
+                }
+                self.request_backfill(channel, x, Some(seq - 1), 0);
+            }
+            _ => {
+                *d = Some(seq);
+                out.push(text);
+                self.written.insert(channel.clone());
+                self.flush_held(&channel, out);
+            }
+        }
+    }
+
+    fn flush_held(&mut self, channel: &ChannelId, out: &mut Vec<Utf8Bytes>) {
+        let Some(held) = self.held.get_mut(channel) else { return };
+        let d = self.delivered.entry(channel.clone()).or_insert(None);
+        while let Some((&seq, _)) = held.first_key_value() {
+            let last = d.unwrap_or(0);
+            if seq <= last {
+                held.pop_first();
+            } else if seq == last + 1 {
+                let (_, text) = held.pop_first().expect("held not empty");
+                *d = Some(seq);
+                out.push(text);
+            } else {
+                break;
+            }
+        }
+        if held.is_empty() {
+            self.held.remove(channel);
+        }
+    }
+
+    fn on_backfill(&mut self, r: BackfillResult, out: &mut Vec<Utf8Bytes>) {
+        let (channel, up_to, attempt, result) = r;
+        self.backfilling.remove(&channel);
+        if !self.channels.contains(&channel) {
+            return;
+        }
+        match result {
+            Ok((messages, last_seq)) => {
+                let got = messages.len();
+                for (seq, text) in messages {
+                    self.on_message(channel.clone(), seq, text, out);
+                }
+                let d = self.delivered.get(&channel).copied().flatten().unwrap_or(0);
+                let first_held = self.held.get(&channel).and_then(|h| h.keys().next().copied());
+                match (up_to, first_held) {
+                    // A resume: keep going while the owner has more.
+                    (None, _) if got > 0 && last_seq > d => self.request_backfill(channel, d, None, 0),
+                    // The store does not hold the gap: never acknowledged, so skip it.
+                    (_, Some(first)) if first > d + 1 => {
+                        m::GAPS_SKIPPED.inc();
+                        self.delivered.insert(channel.clone(), Some(first - 1));
+                        self.flush_held(&channel, out);
+                    }
+                    _ => {}
+                }
+            }
+            Err(e) => {
+                tracing::debug!(%channel, error = %e, attempt, "backfill failed");
+                if attempt + 1 >= BACKFILL_ATTEMPTS {
+                    m::SESSION_OVERFLOWS.inc();
+                    self.overflow.cancel();
+                    return;
+                }
+                let d = self.delivered.get(&channel).copied().flatten().unwrap_or(0);
+                self.request_backfill(channel, d, up_to, attempt + 1);
+            }
+        }
+    }
+
+    fn positions(&self) -> serde_json::Value {
+        let map: serde_json::Map<String, serde_json::Value> = self
+            .delivered
+            .iter()
+            .filter_map(|(c, d)| d.map(|d| (c.0.clone(), serde_json::Value::from(d))))
+            .collect();
+        serde_json::Value::Object(map)
+    }
+}
+
+fn text(v: serde_json::Value) -> WsMessage {
+    WsMessage::Text(v.to_string().into())
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
+    let _ = socket.send(WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+}
+
+pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, shutdown: Shutdown) {
+    let (tx, mut rx) = mpsc::channel(params.queue);
+    let overflow = CancellationToken::new();
+    let user = params.claims.user.clone();
+    let (id, starts, first_of_user) = hub.register(
+        user.clone(),
+        params.claims.workspace.clone(),
+        &params.channels,
+        &params.resume,
+        tx,
+        overflow.clone(),
+    );
+    m::SESSIONS.inc();
+    m::SESSIONS_OPENED.inc();
+    let span = tracing::info_span!("session", id, user = %user, workspace = %params.claims.workspace);
+    let _enter = span.enter();
+    let (backfill_tx, mut backfill_rx) = mpsc::channel(64);
+    let mut s = Session {
+        id,
+        user: user.clone(),
+        hub: hub.clone(),
+        channels: params.channels.iter().cloned().collect(),
+        delivered: starts.clone().into_iter().collect(),
+        written: HashSet::new(),
+        held: HashMap::new(),
+        backfilling: HashSet::new(),
+        backfill_tx,
+        hold_limit: params.queue,
+        overflow: overflow.clone(),
+        typing: HashMap::new(),
+        presence_seen: HashMap::new(),
+    };
+    for (c, after) in &params.resume {
+        if s.channels.contains(c) {
+            s.request_backfill(c.clone(), *after, None, 0);
+        }
+    }
+    let hello = serde_json::json!({
+        "type": "hello",
+        "gateway": hub.node.0,
+        "session": id,
+        "user": user.0,
+        "team": params.claims.workspace.0,
+        "seq": s.positions(),
+    });
+    if socket.send(text(hello)).await.is_err() {
+        finish(&hub, id, &user, &s.channels);
+        return;
+    }
+    if first_of_user {
+        hub.publish_presence(&user, &s.channels, Presence::Active);
+    }
+
+    let mut last_activity = Instant::now();
+    let mut ping = tokio::time::interval(params.ping_interval);
+    ping.tick().await;
+    let mut inbox = Vec::with_capacity(256);
+    let mut out: Vec<Utf8Bytes> = Vec::with_capacity(256);
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.wait() => {
+                let _ = socket.send(text(serde_json::json!({ "type": "goodbye", "source": "gateway_shutdown" }))).await;
+                close(&mut socket, close_code::GOING_AWAY, "gateway shutting down").await;
+                break;
+            }
+            _ = overflow.cancelled() => {
+                tracing::warn!("session fell behind; telling it to resync");
+                let _ = socket.send(text(serde_json::json!({ "type": "resync_required", "seq": s.positions() }))).await;
+                close(&mut socket, close_code::RESYNC_REQUIRED, "resync required").await;
+                break;
+            }
+            Some(r) = backfill_rx.recv() => {
+                s.on_backfill(r, &mut out);
+            }
+            n = rx.recv_many(&mut inbox, 256) => {
+                if n == 0 { break; }
+                for o in inbox.drain(..) {
+                    match o {
+                        Outbound::Message { channel, seq, text } => s.on_message(channel, seq, text, &mut out),
+                        Outbound::Event(t) => {
+                            if is_repeated_presence(&mut s.presence_seen, &t) { continue; }
+                            out.push(t)
+                        }
+                        Outbound::Joined { channel, start } => {
+                            s.channels.insert(channel.clone());
+                            s.delivered.insert(channel, start);
+                        }
+                        Outbound::Left { channel } => {
+                            s.channels.remove(&channel);
+                            s.delivered.remove(&channel);
+                            s.held.remove(&channel);
+                        }
+                    }
+                }
+            }
+            frame = socket.recv() => {
+                last_activity = Instant::now();
+                match frame {
+                    Some(Ok(WsMessage::Text(t))) => {
+                        if let Some(reply) = handle_client_event(&mut s, &t) {
+                            out.push(reply);
+                        }
+                    }
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        m::BAD_INPUT.with_label_values(&["binary"]).inc();
+                        out.push(error_json(error_code::INVALID_UTF8, "binary frames are not supported; send JSON text", None).into());
+                    }
+                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                    Some(Ok(WsMessage::Close(_))) | None => break,
+                    Some(Err(e)) => {
+                        let msg = e.to_string();
+                        let (kind, code) = if msg.contains("too long") || msg.contains("Space limit") || msg.contains("size") {
+                            ("too_big", close_code::MESSAGE_TOO_BIG)
+                        } else if msg.to_ascii_lowercase().contains("utf") {
+                            ("invalid_utf8", 1007)
+                        } else {
+                            ("protocol", 1002)
+                        };
+                        m::BAD_INPUT.with_label_values(&[kind]).inc();
+                        tracing::info!(error = %msg, kind, "closing session on a bad frame");
+                        close(&mut socket, code, kind).await;
+                        break;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_activity.elapsed() > params.idle_timeout {
+                    close(&mut socket, close_code::PING_TIMEOUT, "no pong").await;
+                    break;
+                }
+                if socket.send(WsMessage::Ping(Default::default())).await.is_err() { break; }
+            }
+        }
+        if !out.is_empty() {
+            let mut failed = false;
+            for t in out.drain(..) {
+                if socket.feed(WsMessage::Text(t)).await.is_err() {
+                    failed = true;
+                    break;
+                }
+            }
+            if failed || socket.flush().await.is_err() {
+                break;
+            }
+        }
+    }
+    finish(&hub, id, &user, &s.channels);
+}
+
+fn finish(hub: &Arc<Hub>, id: SessionId, user: &shared::ids::UserId, channels: &HashSet<ChannelId>) {
+    if hub.unregister(id) {
+        hub.publish_presence(user, channels, Presence::Away);
+    }
+    m::SESSIONS.dec();
+}
+
+/// A user's presence reaches a session once per channel they share; write each change once.
+fn is_repeated_presence(seen: &mut HashMap<String, String>, t: &Utf8Bytes) -> bool {
+    if !t.as_str().starts_with("{\"presence\"") && !t.as_str().contains("\"presence_change\"") {
+        return false;
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else { return false };
+    if v["type"] != "presence_change" {
+        return false;
+    }
+    let (Some(user), Some(p)) = (v["user"].as_str(), v["presence"].as_str()) else { return false };
+    if seen.get(user).map(String::as_str) == Some(p) {
+        return true;
+    }
+    seen.insert(user.to_string(), p.to_string());
+    false
+}
+
+fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
+    let event: ClientEvent = match serde_json::from_str(raw) {
+        Ok(e) => e,
+        Err(_) => {
+            let value = serde_json::from_str::<serde_json::Value>(raw).ok();
+            let reply_to = value.as_ref().and_then(|v| v["id"].as_u64());
+            return Some(match value {
+                Some(v) if v.get("type").and_then(|t| t.as_str()).is_some() => {
+                    let kind = v["type"].as_str().unwrap_or_default();
+                    let known = matches!(kind, "ping" | "typing" | "resume");
+                    if known {
+                        m::BAD_INPUT.with_label_values(&["invalid_event"]).inc();
+                        error_json(error_code::MALFORMED_JSON, &format!("invalid {kind} event"), reply_to).into()
+                    } else {
+                        m::BAD_INPUT.with_label_values(&["unknown_event"]).inc();
+                        error_json(error_code::UNKNOWN_EVENT, "unknown event type", reply_to).into()
+                    }
+                }
+                Some(_) => {
+                    m::BAD_INPUT.with_label_values(&["missing_type"]).inc();
+                    error_json(error_code::UNKNOWN_EVENT, "event has no type", reply_to).into()
+                }
+                None => {
+                    m::BAD_INPUT.with_label_values(&["malformed_json"]).inc();
+                    error_json(error_code::MALFORMED_JSON, "malformed JSON", None).into()
+                }
+            });
+        }
+    };
+    match event {
+        ClientEvent::Ping { id } => {
+            m::CLIENT_EVENTS.with_label_values(&["ping"]).inc();
+            let mut v = serde_json::json!({ "type": "pong", "time": shared::ids::Ts::now().0 / 1000 });
+            if let Some(id) = id {
+                v["reply_to"] = id.into();
+            }
+            Some(v.to_string().into())
+        }
+        ClientEvent::Typing { id, channel } => {
+            m::CLIENT_EVENTS.with_label_values(&["typing"]).inc();
+            if !s.channels.contains(&channel) || !s.hub.in_channel(s.id, &channel) {
+                m::BAD_INPUT.with_label_values(&["not_in_channel"]).inc();
+                return Some(error_json(error_code::NOT_IN_CHANNEL, "not in channel", id).into());
+            }
+            let now = Instant::now();
+            let recent = s.typing.get(&channel).is_some_and(|t| now.duration_since(*t) < TYPING_INTERVAL);
+            if !recent {
+                s.typing.insert(channel.clone(), now);
+                let user = s.user.clone();
+                s.hub.publish(&channel, EphemeralEvent::Typing { user });
+            }
+            None
+        }
+        ClientEvent::Resume { id, channels } => {
+            m::CLIENT_EVENTS.with_label_values(&["resume"]).inc();
+            let mut resumed = Vec::new();
+            let mut rejected = Vec::new();
+            for (c, after) in channels {
+                if !s.channels.contains(&c) {
+                    rejected.push(serde_json::json!({ "channel": c.0, "error": "not_in_channel" }));
+                    continue;
+                }
+                let d = s.delivered.get(&c).copied().flatten();
+                if s.written.contains(&c) && d.is_some_and(|d| after < d) {
+                    // Messages after `after` were partly written already: sending the rest now
+                    // would break the order. The client reconnects with ?resume= instead.
+                    rejected.push(serde_json::json!({ "channel": c.0, "error": "already_streaming", "seq": d }));
+                    continue;
+                }
+                if d.is_none_or(|d| after >= d) || !s.written.contains(&c) {
+                    s.delivered.insert(c.clone(), Some(after));
+                    s.request_backfill(c.clone(), after, None, 0);
+                }
+                resumed.push(c.0);
+            }
+            let mut v = serde_json::json!({ "ok": true, "type": "resumed", "channels": resumed, "rejected": rejected });
+            if let Some(id) = id {
+                v["reply_to"] = id.into();
+            }
+            Some(v.to_string().into())
+        }
+    }
+}
+
