@@ -1,1 +1,392 @@
-fn main() {}
+//! `switchboard`: one binary, every role.
+//!
+//! It parses arguments, loads config, starts telemetry, binds listeners and calls the roles'
+//! `run`. `switchboard dev` runs every role in one process on loopback with the embedded store.
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use shared::auth::TokenSigner;
+use shared::config::{load_cluster_secret, Config};
+use shared::mesh::{Mesh, MeshTls, PeerPool};
+use shared::shutdown::{self, Shutdown};
+use shared::store::sqlite::SqliteStore;
+use shared::store::SharedStore;
+use shared::telemetry::Health;
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "Slack-style real-time messaging mesh")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone, Default)]
+struct Common {
+    /// TOML config file (defaults are built in; see `switchboard config print`).
+    #[arg(long, short = 'c', global = true)]
+    config: Option<PathBuf>,
+    /// Override one key: `--set gateway.session_queue=2048` (repeatable).
+    #[arg(long = "set", global = true, value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+    /// Data directory (store, certificates, cluster secret); same as `--set node.data_dir=…`.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+}
+
+impl Common {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut overrides = self.set.clone();
+        if let Some(dir) = &self.data_dir {
+            overrides.push(format!("node.data_dir={}", toml_string(&dir.to_string_lossy())));
+        }
+        if self.log_json {
+            overrides.push("telemetry.log_format=json".to_string());
+        }
+        Config::load_from_env(self.config.as_deref(), &overrides)
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every role in one process on loopback, with the embedded store and a demo workspace.
+    Dev {
+        #[command(flatten)]
+        common: Common,
+        /// Web API port (`0` picks free ports for everything).
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        /// Channel servers to run.
+        #[arg(long, default_value_t = 2)]
+        channel_servers: usize,
+    },
+    /// A gateway: client WebSockets at the edge.
+    Gateway(Common),
+    /// A channel server: sequencing, durable append and fan-out for the channels it owns.
+    ChannelServer(Common),
+    /// The admin server: the ring, membership and post routing.
+    AdminServer(Common),
+    /// The Web API (Slack-style methods).
+    Webapp(Common),
+    /// Flannel, the edge cache.
+    Flannel(Common),
+    /// Writes a throwaway cluster CA and node certificate (`ca.pem`, `node.pem`, `node.key`).
+    Certs {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Workspace administration on the store directly.
+    Admin {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Creates a workspace (with its #general channel once users join).
+    CreateWorkspace { name: String },
+    /// Creates a user and prints its id and token as JSON.
+    CreateUser {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Prints a new token for an existing user.
+    IssueToken {
+        #[arg(long)]
+        workspace: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Prints the effective configuration (defaults, file, environment, flags).
+    Print,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    shared::mesh::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Certs { out } => {
+            shared::mesh::tls::generate_dev_certs(&out)?;
+            println!("{}", out.display());
+            Ok(())
+        }
+        Command::Config { common, command: ConfigCommand::Print } => {
+            print!("{}", common.load()?.to_toml());
+            Ok(())
+        }
+        Command::Admin { common, command } => admin(common.load()?, command).await,
+        Command::Dev { common, http_port, channel_servers } => dev(common, http_port, channel_servers).await,
+        Command::Gateway(c) => role(c, "gateway").await,
+        Command::ChannelServer(c) => role(c, "channel-server").await,
+        Command::AdminServer(c) => role(c, "admin-server").await,
+        Command::Webapp(c) => role(c, "webapp").await,
+        Command::Flannel(c) => role(c, "flannel").await,
+    }
+}
+
+fn init_telemetry(config: &Config) {
+    shared::telemetry::init_tracing(&config.telemetry.log_format, &config.telemetry.log_filter);
+}
+
+fn open_store(config: &Config) -> anyhow::Result<SharedStore> {
+    let path = config.store_path();
+    let store = SqliteStore::open(&path, config.store.shards).with_context(|| format!("failed to open store at {}", path.display()))?;
+    Ok(Arc::new(store))
+}
+
+fn signer(config: &Config, create: bool) -> anyhow::Result<TokenSigner> {
+    Ok(TokenSigner::new(&load_cluster_secret(&config.cluster_secret_path(), create)?))
+}
+
+fn mesh_tls(config: &Config) -> anyhow::Result<MeshTls> {
+    let (ca, cert, key) = config.tls_paths();
+    MeshTls::load(&ca, &cert, &key).context("failed to load mesh TLS material (run `switchboard certs --out DIR`)")
+}
+
+fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    let l = StdTcpListener::bind(addr).with_context(|| format!("failed to bind {what} listener on {addr}"))?;
+    l.set_nonblocking(true)?;
+    Ok(tokio::net::TcpListener::from_std(l)?)
+}
+
+fn bind_udp(addr: SocketAddr, what: &str) -> anyhow::Result<UdpSocket> {
+    UdpSocket::bind(addr).with_context(|| format!("failed to bind {what} mesh socket on {addr}"))
+}
+
+fn webapp_admin_link(config: &Config, tls: &MeshTls) -> anyhow::Result<webapp_api::AdminLink> {
+    let bind: SocketAddr = if config.mesh.admin_addr.ip().is_loopback() { "127.0.0.1:0" } else { "0.0.0.0:0" }
+        .parse()
+        .expect("literal address");
+    let mesh = Mesh::client(bind, tls, config.mesh.max_frame_bytes, Duration::from_millis(config.mesh.connect_timeout_ms))
+        .context("failed to start web API mesh endpoint")?;
+    Ok(webapp_api::AdminLink::new(Arc::new(PeerPool::new(Arc::new(mesh))), config.mesh.admin_addr))
+}
+
+/// Runs one role in this process until SIGINT/SIGTERM.
+async fn role(common: Common, name: &'static str) -> anyhow::Result<()> {
+    let config = common.load()?;
+    init_telemetry(&config);
+    let shutdown = Shutdown::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown::signal().await;
+            tracing::info!("shutdown requested");
+            shutdown.trigger();
+        });
+    }
+    let health = Health::default();
+    let node = config.node_id(name);
+    match name {
+        "gateway" => {
+            let http = bind_tcp(config.gateway.http_addr, "gateway")?;
+            let deps = gateway::GatewayDeps { signer: signer(&config, false)?, tls: mesh_tls(&config)?, health };
+            gateway::run(config, node, http, deps, shutdown).await
+        }
+        "channel-server" => {
+            let mesh = bind_udp(config.channel_server.mesh_addr, "channel server")?;
+            let http = bind_tcp(config.channel_server.http_addr, "channel server")?;
+            let deps = channel_server::ChannelServerDeps { store: open_store(&config)?, tls: mesh_tls(&config)?, health };
+            channel_server::run(config, node, mesh, http, deps, shutdown).await
+        }
+        "admin-server" => {
+            let mesh = bind_udp(config.admin.mesh_addr, "admin server")?;
+            let http = bind_tcp(config.admin.http_addr, "admin server")?;
+            let deps = admin_server::AdminDeps { tls: mesh_tls(&config)?, health };
+            admin_server::run(config, node, mesh, http, deps, shutdown).await
+        }
+        "webapp" => {
+            let http = bind_tcp(config.webapp.http_addr, "web API")?;
+            let tls = mesh_tls(&config)?;
+            let deps = webapp_api::WebappDeps {
+                store: open_store(&config)?,
+                signer: signer(&config, false)?,
+                admin: webapp_admin_link(&config, &tls)?,
+                health,
+            };
+            webapp_api::run(config, http, deps, shutdown).await
+        }
+        "flannel" => {
+            let http = bind_tcp(config.flannel.http_addr, "flannel")?;
+            flannel_cache::run(config, http, health, shutdown).await
+        }
+        other => bail!("unknown role {other}"),
+    }
+}
+
+async fn admin(config: Config, command: AdminCommand) -> anyhow::Result<()> {
+    let store = open_store(&config)?;
+    let signer = signer(&config, true)?;
+    match command {
+        AdminCommand::CreateWorkspace { name } => {
+            let ws = webapp_api::create_workspace(&store, &name).await?;
+            println!("{}", serde_json::json!({ "id": ws.id, "name": ws.name }));
+        }
+        AdminCommand::CreateUser { workspace, name, admin } => {
+            let (user, token) = webapp_api::create_user(&store, &signer, &workspace, &name, admin).await?;
+            println!("{}", serde_json::json!({ "id": user.id, "name": user.name, "workspace": user.workspace, "token": token }));
+        }
+        AdminCommand::IssueToken { workspace, name } => {
+            let token = webapp_api::issue_token(&store, &signer, &workspace, &name).await?;
+            println!("{}", serde_json::json!({ "token": token }));
+        }
+    }
+    Ok(())
+}
+
+/// Every role in one process on loopback.
+async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()> {
+    let mut common = common;
+    let data_dir = common.data_dir.clone().unwrap_or_else(|| PathBuf::from(".dev-data"));
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("failed to create {}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize()?;
+    common.data_dir = Some(data_dir.clone());
+    if num_cs == 0 {
+        bail!("--channel-servers must be at least 1");
+    }
+
+    let lo = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+    let webapp_http = bind_tcp(lo(http_port), "web API")?;
+    let webapp_addr = webapp_http.local_addr()?;
+    let admin_mesh = bind_udp(lo(0), "admin server")?;
+    let admin_mesh_addr = admin_mesh.local_addr()?;
+    let admin_http = bind_tcp(lo(0), "admin server")?;
+    let admin_http_addr = admin_http.local_addr()?;
+    let gateway_http = bind_tcp(lo(0), "gateway")?;
+    let gateway_addr = gateway_http.local_addr()?;
+    let flannel_http = bind_tcp(lo(0), "flannel")?;
+    let flannel_addr = flannel_http.local_addr()?;
+    let mut cs_sockets = Vec::new();
+    for _ in 0..num_cs {
+        cs_sockets.push((bind_udp(lo(0), "channel server")?, bind_tcp(lo(0), "channel server")?));
+    }
+
+    let gateway_url = format!("ws://{gateway_addr}/rtm");
+    let webapp_url = format!("http://{webapp_addr}");
+    common.set.extend([
+        format!("mesh.admin_addr={}", toml_string(&admin_mesh_addr.to_string())),
+        format!("gateway.webapp_url={}", toml_string(&webapp_url)),
+        format!("flannel.webapp_url={}", toml_string(&webapp_url)),
+        format!("webapp.gateway_urls=[{}]", toml_string(&gateway_url)),
+    ]);
+    let config = common.load()?;
+    init_telemetry(&config);
+    shared::mesh::tls::generate_dev_certs(&data_dir.join("tls"))?;
+    let tls = mesh_tls(&config)?;
+    let signer = signer(&config, true)?;
+    let store = open_store(&config)?;
+    let tokens = webapp_api::seed_demo(&store, &signer, &data_dir).await?;
+
+    let shutdown = Shutdown::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let admin_deps = admin_server::AdminDeps { tls: tls.clone(), health: Health::default() };
+    tasks.spawn(admin_server::run(config.clone(), "admin-1".into(), admin_mesh, admin_http, admin_deps, shutdown.clone()));
+    let mut cs_health = Vec::new();
+    for (i, (mesh, http)) in cs_sockets.into_iter().enumerate() {
+        let health = Health::default();
+        cs_health.push((http.local_addr()?, health.clone()));
+        let deps = channel_server::ChannelServerDeps { store: store.clone(), tls: tls.clone(), health };
+        tasks.spawn(channel_server::run(config.clone(), format!("cs-{}", i + 1).as_str().into(), mesh, http, deps, shutdown.clone()));
+    }
+    let gw_deps = gateway::GatewayDeps { signer: signer.clone(), tls: tls.clone(), health: Health::default() };
+    tasks.spawn(gateway::run(config.clone(), "gw-1".into(), gateway_http, gw_deps, shutdown.clone()));
+    let webapp_deps =
+        webapp_api::WebappDeps { store: store.clone(), signer, admin: webapp_admin_link(&config, &tls)?, health: Health::default() };
+    tasks.spawn(webapp_api::run(config.clone(), webapp_http, webapp_deps, shutdown.clone()));
+    tasks.spawn(flannel_cache::run(config.clone(), flannel_http, Health::default(), shutdown.clone()));
+
+    let urls = serde_json::json!({
+        "webapp": webapp_url,
+        "api": format!("{webapp_url}/api"),
+        "gateway": gateway_url,
+        "admin": format!("http://{admin_http_addr}"),
+        "admin_mesh": admin_mesh_addr.to_string(),
+        "flannel": format!("http://{flannel_addr}"),
+        "channel_servers": cs_health.iter().map(|(a, _)| format!("http://{a}")).collect::<Vec<_>>(),
+    });
+    write_json(&data_dir.join("urls.json"), &urls)?;
+
+    // Wait until the channel servers joined the ring, so the first post succeeds.
+    for _ in 0..100 {
+        if cs_health.iter().all(|(_, h)| h.is_ready()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    print_welcome(&urls, &tokens, &data_dir);
+
+    tokio::select! {
+        _ = shutdown::signal() => tracing::info!("shutdown requested"),
+        Some(result) = tasks.join_next() => {
+            shutdown.trigger();
+            match result {
+                Ok(Ok(())) => bail!("a role stopped unexpectedly"),
+                Ok(Err(e)) => return Err(e.context("a role failed")),
+                Err(e) => bail!("a role panicked: {e}"),
+            }
+        }
+    }
+    shutdown.trigger();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?).with_context(|| format!("failed to write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(())
+}
+
+fn print_welcome(urls: &serde_json::Value, tokens: &serde_json::Value, data_dir: &Path) {
+    let api = urls["api"].as_str().unwrap_or_default();
+    let gateway = urls["gateway"].as_str().unwrap_or_default();
+    let alice = tokens["users"]["alice"]["token"].as_str().unwrap_or_default();
+    let bob = tokens["users"]["bob"]["token"].as_str().unwrap_or_default();
+    let general = tokens["general"].as_str().unwrap_or("<general channel id>");
+    println!(
+        "\nSwitchboard dev is running (data in {dir}).\n\
+         \n  Web API   {api}/<method>\
+         \n  Gateway   {gateway}?token=<token>\
+         \n  Admin     {admin}/ring\
+         \n  URLs      {dir}/urls.json    tokens: {dir}/tokens.json\n\
+         \nWatch #general as bob:\n  websocat '{gateway}?token={bob}'\n\
+         \nPost as alice:\n  curl -s {api}/chat.postMessage -H 'Authorization: Bearer {alice}' \\\n       -H 'Content-Type: application/json' -d '{{\"channel\":\"{general}\",\"text\":\"hello\"}}'\n",
+        dir = data_dir.display(),
+        admin = urls["admin"].as_str().unwrap_or_default(),
+    );
+}
