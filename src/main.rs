@@ -19,7 +19,11 @@ use shared::store::SharedStore;
 use shared::telemetry::Health;
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "Slack-style real-time messaging mesh")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Slack-style real-time messaging mesh"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,10 @@ impl Common {
     fn load(&self) -> anyhow::Result<Config> {
         let mut overrides = self.set.clone();
         if let Some(dir) = &self.data_dir {
-            overrides.push(format!("node.data_dir={}", toml_string(&dir.to_string_lossy())));
+            overrides.push(format!(
+                "node.data_dir={}",
+                toml_string(&dir.to_string_lossy())
+            ));
         }
         if self.log_json {
             overrides.push("telemetry.log_format=json".to_string());
@@ -133,7 +140,10 @@ enum ConfigCommand {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     shared::mesh::install_crypto_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
     runtime.block_on(async_main(cli))
 }
 
@@ -144,12 +154,19 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             println!("{}", out.display());
             Ok(())
         }
-        Command::Config { common, command: ConfigCommand::Print } => {
+        Command::Config {
+            common,
+            command: ConfigCommand::Print,
+        } => {
             print!("{}", common.load()?.to_toml());
             Ok(())
         }
         Command::Admin { common, command } => admin(common.load()?, command).await,
-        Command::Dev { common, http_port, channel_servers } => dev(common, http_port, channel_servers).await,
+        Command::Dev {
+            common,
+            http_port,
+            channel_servers,
+        } => dev(common, http_port, channel_servers).await,
         Command::Gateway(c) => role(c, "gateway").await,
         Command::ChannelServer(c) => role(c, "channel-server").await,
         Command::AdminServer(c) => role(c, "admin-server").await,
@@ -164,21 +181,27 @@ fn init_telemetry(config: &Config) {
 
 fn open_store(config: &Config) -> anyhow::Result<SharedStore> {
     let path = config.store_path();
-    let store = SqliteStore::open(&path, config.store.shards).with_context(|| format!("failed to open store at {}", path.display()))?;
+    let store = SqliteStore::open(&path, config.store.shards)
+        .with_context(|| format!("failed to open store at {}", path.display()))?;
     Ok(Arc::new(store))
 }
 
 fn signer(config: &Config, create: bool) -> anyhow::Result<TokenSigner> {
-    Ok(TokenSigner::new(&load_cluster_secret(&config.cluster_secret_path(), create)?))
+    Ok(TokenSigner::new(&load_cluster_secret(
+        &config.cluster_secret_path(),
+        create,
+    )?))
 }
 
 fn mesh_tls(config: &Config) -> anyhow::Result<MeshTls> {
     let (ca, cert, key) = config.tls_paths();
-    MeshTls::load(&ca, &cert, &key).context("failed to load mesh TLS material (run `switchboard certs --out DIR`)")
+    MeshTls::load(&ca, &cert, &key)
+        .context("failed to load mesh TLS material (run `switchboard certs --out DIR`)")
 }
 
 fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    let l = StdTcpListener::bind(addr).with_context(|| format!("failed to bind {what} listener on {addr}"))?;
+    let l = StdTcpListener::bind(addr)
+        .with_context(|| format!("failed to bind {what} listener on {addr}"))?;
     l.set_nonblocking(true)?;
     Ok(tokio::net::TcpListener::from_std(l)?)
 }
@@ -188,12 +211,24 @@ fn bind_udp(addr: SocketAddr, what: &str) -> anyhow::Result<UdpSocket> {
 }
 
 fn webapp_admin_link(config: &Config, tls: &MeshTls) -> anyhow::Result<webapp_api::AdminLink> {
-    let bind: SocketAddr = if config.mesh.admin_addr.ip().is_loopback() { "127.0.0.1:0" } else { "0.0.0.0:0" }
-        .parse()
-        .expect("literal address");
-    let mesh = Mesh::client(bind, tls, config.mesh.max_frame_bytes, Duration::from_millis(config.mesh.connect_timeout_ms))
-        .context("failed to start web API mesh endpoint")?;
-    Ok(webapp_api::AdminLink::new(Arc::new(PeerPool::new(Arc::new(mesh))), config.mesh.admin_addr))
+    let bind: SocketAddr = if config.mesh.admin_addr.ip().is_loopback() {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .expect("literal address");
+    let mesh = Mesh::client(
+        bind,
+        tls,
+        config.mesh.max_frame_bytes,
+        Duration::from_millis(config.mesh.connect_timeout_ms),
+    )
+    .context("failed to start web API mesh endpoint")?;
+    Ok(webapp_api::AdminLink::new(
+        Arc::new(PeerPool::new(Arc::new(mesh))),
+        config.mesh.admin_addr,
+    ))
 }
 
 /// Runs one role in this process until SIGINT/SIGTERM.
@@ -214,19 +249,30 @@ async fn role(common: Common, name: &'static str) -> anyhow::Result<()> {
     match name {
         "gateway" => {
             let http = bind_tcp(config.gateway.http_addr, "gateway")?;
-            let deps = gateway::GatewayDeps { signer: signer(&config, false)?, tls: mesh_tls(&config)?, health };
+            let deps = gateway::GatewayDeps {
+                signer: signer(&config, false)?,
+                tls: mesh_tls(&config)?,
+                health,
+            };
             gateway::run(config, node, http, deps, shutdown).await
         }
         "channel-server" => {
             let mesh = bind_udp(config.channel_server.mesh_addr, "channel server")?;
             let http = bind_tcp(config.channel_server.http_addr, "channel server")?;
-            let deps = channel_server::ChannelServerDeps { store: open_store(&config)?, tls: mesh_tls(&config)?, health };
+            let deps = channel_server::ChannelServerDeps {
+                store: open_store(&config)?,
+                tls: mesh_tls(&config)?,
+                health,
+            };
             channel_server::run(config, node, mesh, http, deps, shutdown).await
         }
         "admin-server" => {
             let mesh = bind_udp(config.admin.mesh_addr, "admin server")?;
             let http = bind_tcp(config.admin.http_addr, "admin server")?;
-            let deps = admin_server::AdminDeps { tls: mesh_tls(&config)?, health };
+            let deps = admin_server::AdminDeps {
+                tls: mesh_tls(&config)?,
+                health,
+            };
             admin_server::run(config, node, mesh, http, deps, shutdown).await
         }
         "webapp" => {
@@ -256,9 +302,17 @@ async fn admin(config: Config, command: AdminCommand) -> anyhow::Result<()> {
             let ws = webapp_api::create_workspace(&store, &name).await?;
             println!("{}", serde_json::json!({ "id": ws.id, "name": ws.name }));
         }
-        AdminCommand::CreateUser { workspace, name, admin } => {
-            let (user, token) = webapp_api::create_user(&store, &signer, &workspace, &name, admin).await?;
-            println!("{}", serde_json::json!({ "id": user.id, "name": user.name, "workspace": user.workspace, "token": token }));
+        AdminCommand::CreateUser {
+            workspace,
+            name,
+            admin,
+        } => {
+            let (user, token) =
+                webapp_api::create_user(&store, &signer, &workspace, &name, admin).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "id": user.id, "name": user.name, "workspace": user.workspace, "token": token })
+            );
         }
         AdminCommand::IssueToken { workspace, name } => {
             let token = webapp_api::issue_token(&store, &signer, &workspace, &name).await?;
@@ -271,8 +325,12 @@ async fn admin(config: Config, command: AdminCommand) -> anyhow::Result<()> {
 /// Every role in one process on loopback.
 async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()> {
     let mut common = common;
-    let data_dir = common.data_dir.clone().unwrap_or_else(|| PathBuf::from(".dev-data"));
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("failed to create {}", data_dir.display()))?;
+    let data_dir = common
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(".dev-data"));
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("failed to create {}", data_dir.display()))?;
     let data_dir = data_dir.canonicalize()?;
     common.data_dir = Some(data_dir.clone());
     if num_cs == 0 {
@@ -292,13 +350,19 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
     let flannel_addr = flannel_http.local_addr()?;
     let mut cs_sockets = Vec::new();
     for _ in 0..num_cs {
-        cs_sockets.push((bind_udp(lo(0), "channel server")?, bind_tcp(lo(0), "channel server")?));
+        cs_sockets.push((
+            bind_udp(lo(0), "channel server")?,
+            bind_tcp(lo(0), "channel server")?,
+        ));
     }
 
     let gateway_url = format!("ws://{gateway_addr}/rtm");
     let webapp_url = format!("http://{webapp_addr}");
     common.set.extend([
-        format!("mesh.admin_addr={}", toml_string(&admin_mesh_addr.to_string())),
+        format!(
+            "mesh.admin_addr={}",
+            toml_string(&admin_mesh_addr.to_string())
+        ),
         format!("gateway.webapp_url={}", toml_string(&webapp_url)),
         format!("flannel.webapp_url={}", toml_string(&webapp_url)),
         format!("webapp.gateway_urls=[{}]", toml_string(&gateway_url)),
@@ -313,21 +377,66 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
 
     let shutdown = Shutdown::new();
     let mut tasks = tokio::task::JoinSet::new();
-    let admin_deps = admin_server::AdminDeps { tls: tls.clone(), health: Health::default() };
-    tasks.spawn(admin_server::run(config.clone(), "admin-1".into(), admin_mesh, admin_http, admin_deps, shutdown.clone()));
+    let admin_deps = admin_server::AdminDeps {
+        tls: tls.clone(),
+        health: Health::default(),
+    };
+    tasks.spawn(admin_server::run(
+        config.clone(),
+        "admin-1".into(),
+        admin_mesh,
+        admin_http,
+        admin_deps,
+        shutdown.clone(),
+    ));
     let mut cs_health = Vec::new();
     for (i, (mesh, http)) in cs_sockets.into_iter().enumerate() {
         let health = Health::default();
         cs_health.push((http.local_addr()?, health.clone()));
-        let deps = channel_server::ChannelServerDeps { store: store.clone(), tls: tls.clone(), health };
-        tasks.spawn(channel_server::run(config.clone(), format!("cs-{}", i + 1).as_str().into(), mesh, http, deps, shutdown.clone()));
+        let deps = channel_server::ChannelServerDeps {
+            store: store.clone(),
+            tls: tls.clone(),
+            health,
+        };
+        tasks.spawn(channel_server::run(
+            config.clone(),
+            format!("cs-{}", i + 1).as_str().into(),
+            mesh,
+            http,
+            deps,
+            shutdown.clone(),
+        ));
     }
-    let gw_deps = gateway::GatewayDeps { signer: signer.clone(), tls: tls.clone(), health: Health::default() };
-    tasks.spawn(gateway::run(config.clone(), "gw-1".into(), gateway_http, gw_deps, shutdown.clone()));
-    let webapp_deps =
-        webapp_api::WebappDeps { store: store.clone(), signer, admin: webapp_admin_link(&config, &tls)?, health: Health::default() };
-    tasks.spawn(webapp_api::run(config.clone(), webapp_http, webapp_deps, shutdown.clone()));
-    tasks.spawn(flannel_cache::run(config.clone(), flannel_http, Health::default(), shutdown.clone()));
+    let gw_deps = gateway::GatewayDeps {
+        signer: signer.clone(),
+        tls: tls.clone(),
+        health: Health::default(),
+    };
+    tasks.spawn(gateway::run(
+        config.clone(),
+        "gw-1".into(),
+        gateway_http,
+        gw_deps,
+        shutdown.clone(),
+    ));
+    let webapp_deps = webapp_api::WebappDeps {
+        store: store.clone(),
+        signer,
+        admin: webapp_admin_link(&config, &tls)?,
+        health: Health::default(),
+    };
+    tasks.spawn(webapp_api::run(
+        config.clone(),
+        webapp_http,
+        webapp_deps,
+        shutdown.clone(),
+    ));
+    tasks.spawn(flannel_cache::run(
+        config.clone(),
+        flannel_http,
+        Health::default(),
+        shutdown.clone(),
+    ));
 
     let urls = serde_json::json!({
         "webapp": webapp_url,
@@ -361,13 +470,17 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
         }
     }
     shutdown.trigger();
-    let _ = tokio::time::timeout(Duration::from_secs(5), async { while tasks.join_next().await.is_some() {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     Ok(())
 }
 
 fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?).with_context(|| format!("failed to write {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("failed to write {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("failed to write {}", path.display()))?;
     Ok(())
 }
@@ -375,9 +488,11 @@ fn write_json(path: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
 fn print_welcome(urls: &serde_json::Value, tokens: &serde_json::Value, data_dir: &Path) {
     let api = urls["api"].as_str().unwrap_or_default();
     let gateway = urls["gateway"].as_str().unwrap_or_default();
-    let alice = tokens["users"]["alice"]["token"].as_str().unwrap_or_default();
+    let alice = tokens["users"]["alice"]["token"]
+        .as_str()
+        .unwrap_or_default();
     let bob = tokens["users"]["bob"]["token"].as_str().unwrap_or_default();
-    let general = tokens["general"].as_str().unwrap_or("<general channel id>");
+    let general = tokens["general"].as_str().unwrap_or("#general");
     println!(
         "\nSwitchboard dev is running (data in {dir}).\n\
          \n  Web API   {api}/<method>\

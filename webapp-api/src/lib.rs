@@ -1,1 +1,91 @@
+//! The Web API: Switchboard's Slack-style HTTP methods (`POST|GET /api/<method>`). It owns
+//! authentication of API calls, workspaces, users, channels and memberships (in the store),
+//! history reads, and the entry of persisted messages into the mesh: `chat.postMessage`
+//! validates a post and hands it to the admin server, which routes it to the channel's owner.
+//!
+//! # Layout
+//! - [`api`]: the router, parameters (query string, JSON or form body), tokens, the
+//!   [`ApiError`] enum with Slack's error names, the answer envelope.
+//! - [`methods`]: one module per method family (`auth`, `conversations`, `chat`, `users`) and
+//!   the Slack object shapes they share.
+//! - [`admin_link`]: requests to the admin server over the QUIC mesh, with retries.
+//! - [`seed`]: workspace and user administration for the CLI, and the idempotent dev seed.
+//! - [`metrics`]: Prometheus metrics of the crate.
+//!
+//! # Invariants kept here
+//! - Workspace isolation: every channel and user a call names is checked to belong to the
+//!   caller's workspace, and one of another workspace answers `channel_not_found` or
+//!   `user_not_found`, exactly like one that does not exist. Private channels are invisible
+//!   to non-members the same way.
+//! - A token is trusted only when its signature verifies *and* its user exists in the
+//!   workspace it names.
+//! - Acknowledged means durable: `chat.postMessage` answers `ok` only after the owning channel
+//!   server acknowledged the append; a repeated `client_msg_id` answers the stored message.
+//! - Bad input gets a Slack-style `{"ok":false,"error":…}` (400 for an unreadable body, 413
+//!   over `webapp.max_body_bytes`, 404 for an unknown method), never a panic; no client value
+//!   is unwrapped.
+//! - Metric labels come from a fixed set (known method names and error names), whatever the
+//!   client sends.
 
+pub mod admin_link;
+pub mod api;
+pub mod methods;
+pub mod metrics;
+pub mod seed;
+
+#[cfg(test)]
+mod tests;
+
+use anyhow::Context;
+use shared::auth::TokenSigner;
+use shared::config::Config;
+use shared::shutdown::Shutdown;
+use shared::store::SharedStore;
+use shared::telemetry::Health;
+
+pub use admin_link::{AdminLink, PostError};
+pub use api::{router, ApiError, AppState};
+pub use seed::{create_user, create_workspace, issue_token, seed_demo};
+
+/// What the Web API needs from the process that runs it.
+pub struct WebappDeps {
+    pub store: SharedStore,
+    pub signer: TokenSigner,
+    pub admin: AdminLink,
+    pub health: Health,
+}
+
+/// Serves the Web API on `listener` until `shutdown`; sets health ready once serving, and
+/// not ready while draining. In-flight calls finish before this returns.
+pub async fn run(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    deps: WebappDeps,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
+    let local_addr = listener
+        .local_addr()
+        .context("failed to read the web api listener's address")?;
+    let state = AppState::new(
+        deps.store,
+        deps.signer,
+        deps.admin,
+        config.webapp.gateway_urls.clone(),
+        config.webapp.max_body_bytes,
+        local_addr,
+    );
+    let app = router(state, deps.health.clone());
+    tracing::info!(addr = %local_addr, "web api serving");
+    deps.health.set_ready(true);
+    let health = deps.health.clone();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.wait().await;
+            health.set_ready(false);
+            tracing::info!("web api draining");
+        })
+        .await
+        .context("web api server failed");
+    deps.health.set_ready(false);
+    result
+}

@@ -185,7 +185,7 @@ pub type SharedStore = Arc<dyn MessageStore>;
 /// Which shard holds a workspace's messages: a fixed hash, so every process agrees.
 pub fn shard_for(workspace: &WorkspaceId, num_shards: u32) -> u32 {
     use std::hash::Hasher;
-    let mut h = siphasher::sip::SipHasher13::new_with_keys(0x5377_6974_6368, 0x626f_6172_64);
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(0x5377_6974_6368, 0x0062_6f61_7264);
     h.write(workspace.0.as_bytes());
     (h.finish() % u64::from(num_shards.max(1))) as u32
 }

@@ -1,0 +1,596 @@
+//! The HTTP layer: the router, reading a call's parameters and token, the error type with
+//! Slack's error names, and the answer envelope.
+//!
+//! A call is `GET|POST /api/<method>`. Its parameters come from the query string and from the
+//! body (`application/json` or `application/x-www-form-urlencoded`; the body wins where both
+//! name a key). The token comes from `Authorization: Bearer …` or a `token` parameter.
+//! Every answer is JSON: `{"ok":true,...}` or `{"ok":false,"error":"<name>"}`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::{json, Map, Value};
+use shared::auth::{Claims, TokenError, TokenSigner};
+use shared::store::{SharedStore, StorageError, User};
+use shared::telemetry::Health;
+use tracing::Instrument;
+
+use crate::admin_link::{AdminLink, PostError};
+use crate::methods;
+use crate::metrics as m;
+
+/// A JSON object: the fields of an answer besides `ok`.
+pub type Object = Map<String, Value>;
+pub type ApiResult<T = Object> = Result<T, ApiError>;
+
+/// A call's failure, as Slack names it. The name is part of the API: never rename or reuse one.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no token was given")]
+    NotAuthed,
+    #[error("the token is invalid or its user is gone")]
+    InvalidAuth,
+    #[error("this method needs an admin token of the workspace")]
+    NotAllowedTokenType,
+    #[error("no such channel (or not visible to the caller)")]
+    ChannelNotFound,
+    #[error("no such user (or not in the caller's workspace)")]
+    UserNotFound,
+    #[error("the caller is not a member of the channel")]
+    NotInChannel,
+    #[error("the channel is archived")]
+    IsArchived,
+    #[error("the message has no text")]
+    NoText,
+    #[error("the message text is longer than {max} characters")]
+    MsgTooLong { max: usize },
+    #[error("the name is taken")]
+    NameTaken,
+    #[error("a name is required")]
+    InvalidNameRequired,
+    #[error("names may only hold lower-case letters, digits, '-' and '_'")]
+    InvalidNameSpecials,
+    #[error("the name is longer than {max} characters")]
+    InvalidNameMaxlength { max: usize },
+    #[error("this method does not apply to this kind of channel")]
+    MethodNotSupportedForChannelType,
+    #[error("members cannot leave #general")]
+    CantLeaveGeneral,
+    #[error("the cursor is not one this server handed out")]
+    InvalidCursor,
+    #[error("limit must be a non-negative integer")]
+    InvalidLimit,
+    #[error("types must be a list of public_channel, private_channel, mpim, im")]
+    InvalidTypes,
+    #[error("oldest is not a timestamp")]
+    InvalidTsOldest,
+    #[error("latest is not a timestamp")]
+    InvalidTsLatest,
+    #[error("thread_ts is not a timestamp")]
+    InvalidThreadTs,
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    #[error("the body is not valid JSON (or not a JSON object)")]
+    InvalidJson,
+    #[error("the body is not valid form data")]
+    InvalidFormData,
+    #[error("the body is larger than {max} bytes")]
+    RequestTooLarge { max: usize },
+    #[error("no such method")]
+    UnknownMethod,
+    #[error("too many requests")]
+    RateLimited,
+    #[error("a dependency is unavailable: {0}")]
+    ServiceUnavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// The Slack error name sent to the client.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::NotAuthed => "not_authed",
+            ApiError::InvalidAuth => "invalid_auth",
+            ApiError::NotAllowedTokenType => "not_allowed_token_type",
+            ApiError::ChannelNotFound => "channel_not_found",
+            ApiError::UserNotFound => "user_not_found",
+            ApiError::NotInChannel => "not_in_channel",
+            ApiError::IsArchived => "is_archived",
+            ApiError::NoText => "no_text",
+            ApiError::MsgTooLong { .. } => "msg_too_long",
+            ApiError::NameTaken => "name_taken",
+            ApiError::InvalidNameRequired => "invalid_name_required",
+            ApiError::InvalidNameSpecials => "invalid_name_specials",
+            ApiError::InvalidNameMaxlength { .. } => "invalid_name_maxlength",
+            ApiError::MethodNotSupportedForChannelType => "method_not_supported_for_channel_type",
+            ApiError::CantLeaveGeneral => "cant_leave_general",
+            ApiError::InvalidCursor => "invalid_cursor",
+            ApiError::InvalidLimit => "invalid_limit",
+            ApiError::InvalidTypes => "invalid_types",
+            ApiError::InvalidTsOldest => "invalid_ts_oldest",
+            ApiError::InvalidTsLatest => "invalid_ts_latest",
+            ApiError::InvalidThreadTs => "invalid_thread_ts",
+            ApiError::InvalidArguments(_) => "invalid_arguments",
+            ApiError::InvalidJson => "invalid_json",
+            ApiError::InvalidFormData => "invalid_form_data",
+            ApiError::RequestTooLarge { .. } => "request_too_large",
+            ApiError::UnknownMethod => "unknown_method",
+            ApiError::RateLimited => "ratelimited",
+            ApiError::ServiceUnavailable(_) => "service_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+
+    /// The HTTP status. Like Slack, logical errors of a well-formed call answer 200; a body
+    /// that cannot be read, an unknown method and throttling get 4xx; our own failures 5xx.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidJson | ApiError::InvalidFormData => StatusCode::BAD_REQUEST,
+            ApiError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnknownMethod => StatusCode::NOT_FOUND,
+            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::OK,
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Missing => ApiError::NotAuthed,
+            TokenError::Malformed | TokenError::BadSignature => ApiError::InvalidAuth,
+        }
+    }
+}
+
+impl From<PostError> for ApiError {
+    fn from(e: PostError) -> Self {
+        use shared::protocol::MeshError;
+        match e {
+            PostError::Mesh(MeshError::BadRequest(reason)) => ApiError::InvalidArguments(reason),
+            PostError::Mesh(MeshError::Store(reason)) => ApiError::Internal(reason),
+            PostError::UnexpectedAnswer(what) => ApiError::Internal(what),
+            other => ApiError::ServiceUnavailable(other.to_string()),
+        }
+    }
+}
+
+/// Everything a handler needs. Plain data: tests build it with a detached [`AdminLink`].
+#[derive(Clone)]
+pub struct AppState {
+    pub store: SharedStore,
+    pub signer: TokenSigner,
+    pub admin: AdminLink,
+    /// WebSocket URLs that `rtm.connect` hands out, round-robin.
+    pub gateway_urls: Arc<Vec<String>>,
+    /// Position of the round-robin over `gateway_urls`.
+    pub next_gateway: Arc<AtomicUsize>,
+    /// Largest request body read; larger ones are refused with `request_too_large`.
+    pub max_body_bytes: usize,
+    /// What `auth.test` reports as the workspace URL.
+    pub base_url: String,
+}
+
+impl AppState {
+    pub fn new(
+        store: SharedStore,
+        signer: TokenSigner,
+        admin: AdminLink,
+        gateway_urls: Vec<String>,
+        max_body_bytes: usize,
+        local_addr: SocketAddr,
+    ) -> AppState {
+        AppState {
+            store,
+            signer,
+            admin,
+            gateway_urls: Arc::new(gateway_urls),
+            next_gateway: Arc::new(AtomicUsize::new(0)),
+            max_body_bytes,
+            base_url: format!("http://{local_addr}/"),
+        }
+    }
+
+    /// The next gateway URL, round-robin; `None` when none is configured.
+    pub fn next_gateway_url(&self) -> Option<&str> {
+        if self.gateway_urls.is_empty() {
+            return None;
+        }
+        let i = self.next_gateway.fetch_add(1, Ordering::Relaxed) % self.gateway_urls.len();
+        Some(&self.gateway_urls[i])
+    }
+}
+
+/// The Web API router plus `/metrics` and `/health`.
+pub fn router(state: AppState, health: Health) -> Router {
+    Router::new()
+        .route("/api/{method}", any(handle))
+        .fallback(|| async { error_response(&ApiError::UnknownMethod) })
+        .with_state(state)
+        .merge(shared::telemetry::ops_router("webapp", health))
+}
+
+/// A call's parameters, as strings (JSON scalars are rendered; arrays and objects are kept
+/// as JSON text, the way Slack's form-encoded `blocks` arrive).
+#[derive(Debug, Default, Clone)]
+pub struct Params {
+    values: HashMap<String, String>,
+}
+
+impl Params {
+    #[cfg(test)]
+    pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> Params {
+        Params {
+            values: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// Every parameter, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.values.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    /// The parameter, or `None` when absent.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    /// The parameter, or `None` when absent or empty.
+    pub fn non_empty(&self, key: &str) -> Option<&str> {
+        self.get(key).filter(|v| !v.is_empty())
+    }
+
+    /// Slack's booleans: `true`/`1` are true, anything else (or absence) is `default`.
+    pub fn flag(&self, key: &str, default: bool) -> bool {
+        match self.non_empty(key) {
+            Some(v) => matches!(v.trim(), "true" | "1" | "TRUE" | "True"),
+            None => default,
+        }
+    }
+
+    /// `limit`: absent, empty or 0 means `default`; at most `max`.
+    pub fn limit(&self, default: u32, max: u32) -> ApiResult<u32> {
+        match self.non_empty("limit") {
+            None => Ok(default),
+            Some(raw) => {
+                let n: u64 = raw.trim().parse().map_err(|_| ApiError::InvalidLimit)?;
+                Ok(if n == 0 {
+                    default
+                } else {
+                    n.min(u64::from(max)) as u32
+                })
+            }
+        }
+    }
+
+    fn merge_query(&mut self, query: &str) {
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            self.values.insert(k.into_owned(), v.into_owned());
+        }
+    }
+
+    fn merge_form(&mut self, body: &[u8]) -> ApiResult<()> {
+        let text = std::str::from_utf8(body).map_err(|_| ApiError::InvalidFormData)?;
+        for (k, v) in url::form_urlencoded::parse(text.as_bytes()) {
+            self.values.insert(k.into_owned(), v.into_owned());
+        }
+        Ok(())
+    }
+
+    fn merge_json(&mut self, body: &[u8]) -> ApiResult<()> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|_| ApiError::InvalidJson)?;
+        let Value::Object(fields) = value else {
+            return Err(ApiError::InvalidJson);
+        };
+        for (k, v) in fields {
+            let v = match v {
+                Value::Null => continue,
+                Value::String(s) => s,
+                Value::Bool(b) => b.to_string(),
+                Value::Number(n) => n.to_string(),
+                other @ (Value::Array(_) | Value::Object(_)) => other.to_string(),
+            };
+            self.values.insert(k, v);
+        }
+        Ok(())
+    }
+}
+
+/// Who is calling: a verified token whose user exists in the token's workspace.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub claims: Claims,
+    pub user: User,
+    /// The token as presented, for `rtm.connect` to hand on to the gateway.
+    pub token: String,
+}
+
+/// Verifies `token` and checks its user still exists in the claimed workspace.
+pub async fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<Caller> {
+    let token = token.map(str::trim).filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Err(ApiError::NotAuthed);
+    };
+    let claims = state.signer.verify(token)?;
+    let user = state
+        .store
+        .user(&claims.user)
+        .await?
+        .ok_or(ApiError::InvalidAuth)?;
+    if user.workspace != claims.workspace {
+        return Err(ApiError::InvalidAuth);
+    }
+    Ok(Caller {
+        claims,
+        user,
+        token: token.to_string(),
+    })
+}
+
+/// The `cursor` of a paginated call: base64 of `<kind>:<value>`, like Slack's.
+pub fn encode_cursor(kind: &str, value: &str) -> String {
+    STANDARD.encode(format!("{kind}:{value}"))
+}
+
+/// Decodes a cursor made by [`encode_cursor`] with the same `kind`; `None` when absent.
+pub fn decode_cursor(params: &Params, kind: &str) -> ApiResult<Option<String>> {
+    let Some(raw) = params.non_empty("cursor") else {
+        return Ok(None);
+    };
+    let bytes = STANDARD
+        .decode(raw.trim())
+        .map_err(|_| ApiError::InvalidCursor)?;
+    let text = String::from_utf8(bytes).map_err(|_| ApiError::InvalidCursor)?;
+    let value = text
+        .strip_prefix(kind)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .ok_or(ApiError::InvalidCursor)?;
+    Ok(Some(value.to_string()))
+}
+
+async fn handle(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let start = Instant::now();
+    // The method name as sent, not percent-decoded: every served name is plain ASCII, and
+    // reading it from the path cannot fail the way a `Path` extractor can.
+    let method = uri.path().strip_prefix("/api/").unwrap_or_default();
+    let label = methods::canonical_name(method).unwrap_or("unknown");
+    m::REQUESTS.with_label_values(&[label]).inc();
+    let span = tracing::debug_span!("api_call", method = label);
+    let result = call(&state, method, uri.query(), &headers, body)
+        .instrument(span)
+        .await;
+    let response = match result {
+        Ok(fields) => ok_response(fields),
+        Err(err) => {
+            m::ERRORS.with_label_values(&[label, err.code()]).inc();
+            match &err {
+                ApiError::Internal(_) | ApiError::ServiceUnavailable(_) => {
+                    tracing::warn!(method = label, error = %err, "web api call failed")
+                }
+                _ => tracing::debug!(method = label, error = %err, "web api call refused"),
+            }
+            error_response(&err)
+        }
+    };
+    m::REQUEST_DURATION
+        .with_label_values(&[label])
+        .observe(start.elapsed().as_secs_f64());
+    response
+}
+
+async fn call(
+    state: &AppState,
+    method: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult {
+    let Some(name) = methods::canonical_name(method) else {
+        return Err(ApiError::UnknownMethod);
+    };
+    let body = read_body(headers, body, state.max_body_bytes).await?;
+    let mut params = Params::default();
+    if let Some(q) = query {
+        params.merge_query(q);
+    }
+    if !body.is_empty() {
+        match body_kind(headers) {
+            BodyKind::Json => params.merge_json(&body)?,
+            BodyKind::Form => params.merge_form(&body)?,
+            BodyKind::Unsupported => return Err(ApiError::InvalidFormData),
+        }
+    }
+    // An unreadable `Authorization` header fails only the methods that need a token.
+    let token = match headers.get(header::AUTHORIZATION) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(shared::auth::bearer)
+            .map(Some)
+            .ok_or(ApiError::InvalidAuth),
+        None => Ok(params.get("token")),
+    };
+    methods::dispatch(state, name, &params, token).await
+}
+
+enum BodyKind {
+    Json,
+    Form,
+    Unsupported,
+}
+
+fn body_kind(headers: &HeaderMap) -> BodyKind {
+    let Some(ct) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return BodyKind::Form;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => BodyKind::Json,
+        "" | "application/x-www-form-urlencoded" => BodyKind::Form,
+        _ if mime.ends_with("+json") => BodyKind::Json,
+        _ => BodyKind::Unsupported,
+    }
+}
+
+/// Reads the whole body, refusing one over `max` bytes from its `Content-Length` or as soon
+/// as it grows past `max`, so an oversized body is never buffered whole.
+async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> ApiResult<Bytes> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(ApiError::RequestTooLarge { max });
+    }
+    let mut buf = BytesMut::new();
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| ApiError::InvalidFormData)?;
+        if buf.len() + chunk.len() > max {
+            return Err(ApiError::RequestTooLarge { max });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+fn ok_response(fields: Object) -> Response {
+    let mut body = Object::new();
+    body.insert("ok".into(), Value::Bool(true));
+    body.extend(fields);
+    (StatusCode::OK, axum::Json(Value::Object(body))).into_response()
+}
+
+fn error_response(err: &ApiError) -> Response {
+    (
+        err.status(),
+        axum::Json(json!({ "ok": false, "error": err.code() })),
+    )
+        .into_response()
+}
+
+/// Builds an answer's fields from a `json!({...})` object literal.
+pub fn object(value: Value) -> Object {
+    match value {
+        Value::Object(map) => map,
+        _ => Object::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_scalars_become_strings() {
+        let mut p = Params::default();
+        p.merge_json(br#"{"channel":"C1","limit":5,"is_private":true,"x":null,"blocks":[1]}"#)
+            .unwrap();
+        assert_eq!(p.get("channel"), Some("C1"));
+        assert_eq!(p.limit(100, 1000).unwrap(), 5);
+        assert!(p.flag("is_private", false));
+        assert_eq!(p.get("x"), None);
+        assert_eq!(p.get("blocks"), Some("[1]"));
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_not_panicked_on() {
+        let mut p = Params::default();
+        assert!(matches!(
+            p.merge_json(b"{\"a\":"),
+            Err(ApiError::InvalidJson)
+        ));
+        assert!(matches!(p.merge_json(b"[1,2]"), Err(ApiError::InvalidJson)));
+        assert!(matches!(
+            p.merge_json(b"{\"a\":\"\xff\"}"),
+            Err(ApiError::InvalidJson)
+        ));
+        assert!(matches!(
+            p.merge_form(b"a=\xff\xfe"),
+            Err(ApiError::InvalidFormData)
+        ));
+    }
+
+    #[test]
+    fn limits_default_and_clamp() {
+        let p = Params::from_pairs(&[("limit", "5000")]);
+        assert_eq!(p.limit(100, 1000).unwrap(), 1000);
+        let p = Params::from_pairs(&[("limit", "0")]);
+        assert_eq!(p.limit(100, 1000).unwrap(), 100);
+        let p = Params::from_pairs(&[("limit", "-1")]);
+        assert!(matches!(p.limit(100, 1000), Err(ApiError::InvalidLimit)));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_refuse_garbage() {
+        let c = encode_cursor("channel", "CABC");
+        let p = Params::from_pairs(&[("cursor", &c)]);
+        assert_eq!(
+            decode_cursor(&p, "channel").unwrap().as_deref(),
+            Some("CABC")
+        );
+        assert!(matches!(
+            decode_cursor(&p, "seq"),
+            Err(ApiError::InvalidCursor)
+        ));
+        let p = Params::from_pairs(&[("cursor", "!!!")]);
+        assert!(matches!(
+            decode_cursor(&p, "channel"),
+            Err(ApiError::InvalidCursor)
+        ));
+        assert_eq!(decode_cursor(&Params::default(), "channel").unwrap(), None);
+    }
+
+    #[test]
+    fn error_names_and_statuses_follow_slack() {
+        assert_eq!(ApiError::ChannelNotFound.status(), StatusCode::OK);
+        assert_eq!(ApiError::InvalidJson.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(ApiError::UnknownMethod.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            ApiError::RequestTooLarge { max: 1 }.status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+        assert_eq!(ApiError::RateLimited.code(), "ratelimited");
+    }
+}

@@ -1,0 +1,60 @@
+//! `api.test`, `auth.test`, `rtm.connect`.
+
+use serde_json::{json, Value};
+
+use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params};
+
+/// Echoes its arguments (all but `token`); needs no token.
+pub(super) fn api_test(params: &Params) -> ApiResult {
+    let args: serde_json::Map<String, Value> = params
+        .iter()
+        .filter(|(k, _)| *k != "token")
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    if args.is_empty() {
+        return Ok(object(json!({})));
+    }
+    Ok(object(json!({ "args": args })))
+}
+
+async fn workspace_name(state: &AppState, caller: &Caller) -> ApiResult<String> {
+    state
+        .store
+        .workspace(&caller.claims.workspace)
+        .await?
+        .map(|w| w.name)
+        .ok_or(ApiError::InvalidAuth)
+}
+
+/// Who the token speaks for.
+pub(super) async fn auth_test(state: &AppState, caller: &Caller) -> ApiResult {
+    let team = workspace_name(state, caller).await?;
+    let mut out = object(json!({
+        "url": state.base_url,
+        "team": team,
+        "user": caller.user.name,
+        "team_id": caller.claims.workspace,
+        "user_id": caller.user.id,
+        "is_enterprise_install": false,
+    }));
+    if caller.claims.bot || caller.user.is_bot {
+        out.insert("bot_id".into(), json!(caller.user.id));
+    }
+    Ok(out)
+}
+
+/// A gateway WebSocket URL carrying the caller's token, round-robin over the configured
+/// gateways.
+pub(super) async fn rtm_connect(state: &AppState, caller: &Caller) -> ApiResult {
+    let team = workspace_name(state, caller).await?;
+    let gateway = state
+        .next_gateway_url()
+        .ok_or_else(|| ApiError::ServiceUnavailable("no gateway is configured".into()))?;
+    let sep = if gateway.contains('?') { '&' } else { '?' };
+    let token: String = url::form_urlencoded::byte_serialize(caller.token.as_bytes()).collect();
+    Ok(object(json!({
+        "url": format!("{gateway}{sep}token={token}"),
+        "team": { "id": caller.claims.workspace, "name": team, "domain": team },
+        "self": { "id": caller.user.id, "name": caller.user.name },
+    })))
+}

@@ -1,0 +1,361 @@
+//! `conversations.*` and `users.conversations`.
+
+use std::collections::HashSet;
+
+use serde_json::json;
+use shared::ids::{ChannelId, Seq, Ts};
+use shared::protocol::UserEvent;
+use shared::store::{Channel, HistoryQuery, StorageErrorKind};
+
+use super::{
+    channel_json, memberships, message_json, publish, response_metadata, user_in_workspace,
+    visible_channel, Types,
+};
+use crate::api::{
+    decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
+};
+
+/// Longest channel name, as in Slack.
+pub const MAX_CHANNEL_NAME: usize = 80;
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+/// Slack's rule: 1 to 80 of lower-case letters, digits, `-` and `_`.
+pub fn validate_channel_name(name: &str) -> ApiResult<()> {
+    if name.is_empty() {
+        return Err(ApiError::InvalidNameRequired);
+    }
+    if name.chars().count() > MAX_CHANNEL_NAME {
+        return Err(ApiError::InvalidNameMaxlength {
+            max: MAX_CHANNEL_NAME,
+        });
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    {
+        return Err(ApiError::InvalidNameSpecials);
+    }
+    Ok(())
+}
+
+/// Creates a channel with the caller as its first member.
+pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let name = params.get("name").map(str::trim).unwrap_or_default();
+    validate_channel_name(name)?;
+    let channel = Channel {
+        id: ChannelId::generate(),
+        workspace: caller.claims.workspace.clone(),
+        name: name.to_string(),
+        is_private: params.flag("is_private", false),
+        creator: caller.user.id.clone(),
+        created: Ts::now(),
+        topic: String::new(),
+        purpose: String::new(),
+        is_archived: false,
+    };
+    match state.store.create_channel(&channel).await {
+        Ok(()) => {}
+        Err(e) if e.kind == StorageErrorKind::AlreadyExists => return Err(ApiError::NameTaken),
+        Err(e) => return Err(e.into()),
+    }
+    state.store.add_member(&channel.id, &caller.user.id).await?;
+    publish(
+        state,
+        UserEvent::ChannelJoined {
+            workspace: channel.workspace.clone(),
+            channel: channel.id.clone(),
+            user: caller.user.id.clone(),
+            channel_name: channel.name.clone(),
+        },
+    )
+    .await;
+    Ok(object(
+        json!({ "channel": channel_json(&channel, true, Some(1)) }),
+    ))
+}
+
+/// Joins a public channel. Joining again answers `ok` with Slack's `already_in_channel`
+/// warning (and relays the membership again, which is harmless and heals a lost relay).
+pub(super) async fn join(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let visible = visible_channel(state, caller, params).await?;
+    let channel = visible.channel;
+    if channel.is_private {
+        return Err(ApiError::MethodNotSupportedForChannelType);
+    }
+    if channel.is_archived {
+        return Err(ApiError::IsArchived);
+    }
+    let added = state.store.add_member(&channel.id, &caller.user.id).await?;
+    publish(
+        state,
+        UserEvent::ChannelJoined {
+            workspace: channel.workspace.clone(),
+            channel: channel.id.clone(),
+            user: caller.user.id.clone(),
+            channel_name: channel.name.clone(),
+        },
+    )
+    .await;
+    let mut out = object(json!({ "channel": channel_json(&channel, true, None) }));
+    if !added {
+        out.insert("warning".into(), json!("already_in_channel"));
+        out.insert(
+            "response_metadata".into(),
+            json!({ "warnings": ["already_in_channel"] }),
+        );
+    }
+    Ok(out)
+}
+
+/// Leaves a channel.
+pub(super) async fn leave(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let visible = visible_channel(state, caller, params).await?;
+    let channel = visible.channel;
+    if !visible.is_member {
+        return Err(ApiError::NotInChannel);
+    }
+    if channel.name == crate::seed::GENERAL {
+        return Err(ApiError::CantLeaveGeneral);
+    }
+    if !state
+        .store
+        .remove_member(&channel.id, &caller.user.id)
+        .await?
+    {
+        return Err(ApiError::NotInChannel);
+    }
+    publish(
+        state,
+        UserEvent::ChannelLeft {
+            workspace: channel.workspace.clone(),
+            channel: channel.id.clone(),
+            user: caller.user.id.clone(),
+        },
+    )
+    .await;
+    Ok(object(json!({})))
+}
+
+/// One channel.
+pub(super) async fn info(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let visible = visible_channel(state, caller, params).await?;
+    let num_members = if params.flag("include_num_members", false) {
+        Some(state.store.members(&visible.channel.id).await?.len())
+    } else {
+        None
+    };
+    Ok(object(json!({
+        "channel": channel_json(&visible.channel, visible.is_member, num_members)
+    })))
+}
+
+fn channel_cursor(params: &Params) -> ApiResult<Option<ChannelId>> {
+    decode_cursor(params, "channel")?
+        .map(|raw| ChannelId::parse(&raw).ok_or(ApiError::InvalidCursor))
+        .transpose()
+}
+
+/// One page of `channels` (ordered by id) and the cursor of the next.
+fn page(mut channels: Vec<Channel>, limit: u32) -> (Vec<Channel>, Option<String>) {
+    let limit = limit as usize;
+    if channels.len() <= limit {
+        return (channels, None);
+    }
+    channels.truncate(limit);
+    let next = channels
+        .last()
+        .map(|c| encode_cursor("channel", c.id.as_str()));
+    (channels, next)
+}
+
+fn channel_list(
+    channels: &[Channel],
+    member_of: &HashSet<ChannelId>,
+    next_cursor: Option<String>,
+) -> crate::api::Object {
+    let list: Vec<_> = channels
+        .iter()
+        .map(|c| channel_json(c, member_of.contains(&c.id), None))
+        .collect();
+    object(json!({
+        "channels": list,
+        "response_metadata": response_metadata(next_cursor),
+    }))
+}
+
+/// The workspace's channels the caller may see: every public one, and the private ones it is
+/// a member of.
+pub(super) async fn list(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let types = Types::parse(params)?;
+    let exclude_archived = params.flag("exclude_archived", false);
+    let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+    let mut scan_after = channel_cursor(params)?;
+    let member_of = memberships(state, &caller.user.id).await?;
+    let keep = |c: &Channel| {
+        types.includes(c)
+            && !(exclude_archived && c.is_archived)
+            && (!c.is_private || member_of.contains(&c.id))
+    };
+    // Read batches until one more than a page passed the filters or the workspace ran out,
+    // so a page is only short when it is the last one.
+    let mut out = Vec::new();
+    'scan: loop {
+        let batch = state
+            .store
+            .channels(&caller.claims.workspace, scan_after.as_ref(), limit + 1)
+            .await?;
+        let exhausted = batch.len() <= limit as usize;
+        for c in batch {
+            scan_after = Some(c.id.clone());
+            if keep(&c) {
+                out.push(c);
+                if out.len() > limit as usize {
+                    break 'scan;
+                }
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    let (channels, next) = page(out, limit);
+    Ok(channel_list(&channels, &member_of, next))
+}
+
+/// The channels a user (the caller unless `user` is given) is a member of. Gateways call this
+/// with a user's token when a session connects, to learn which channels to deliver.
+pub(super) async fn user_conversations(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+) -> ApiResult {
+    let types = Types::parse(params)?;
+    let exclude_archived = params.flag("exclude_archived", false);
+    let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = channel_cursor(params)?;
+    let target = match params.non_empty("user") {
+        Some(raw) if raw.trim() != caller.user.id.as_str() => {
+            Some(user_in_workspace(state, caller, Some(raw)).await?)
+        }
+        _ => None,
+    };
+    let (channels, member_of) = match &target {
+        None => {
+            let channels = state.store.user_channels(&caller.user.id).await?;
+            let ids = channels.iter().map(|c| c.id.clone()).collect();
+            (channels, ids)
+        }
+        // Another user's channels: the public ones, and the private ones the caller shares.
+        Some(user) => (
+            state.store.user_channels(&user.id).await?,
+            memberships(state, &caller.user.id).await?,
+        ),
+    };
+    let selected: Vec<Channel> = channels
+        .into_iter()
+        .filter(|c| c.workspace == caller.claims.workspace)
+        .filter(|c| after.as_ref().is_none_or(|a| &c.id > a))
+        .filter(|c| types.includes(c) && !(exclude_archived && c.is_archived))
+        .filter(|c| !c.is_private || member_of.contains(&c.id))
+        .collect();
+    let (channels, next) = page(selected, limit);
+    Ok(channel_list(&channels, &member_of, next))
+}
+
+fn ts_param(params: &Params, key: &str, err: fn() -> ApiError) -> ApiResult<Option<Ts>> {
+    params
+        .non_empty(key)
+        .map(|raw| Ts::parse_slack(raw).ok_or_else(err))
+        .transpose()
+}
+
+/// A channel's messages, newest first, a page at a time. Public channels of the caller's
+/// workspace are readable without joining (as in Slack); private ones only by members.
+pub(super) async fn history(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let visible = visible_channel(state, caller, params).await?;
+    let channel = visible.channel;
+    let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
+    let before_seq: Option<Seq> = decode_cursor(params, "seq")?
+        .map(|raw| {
+            raw.parse::<Seq>()
+                .ok()
+                .filter(|s| *s > 0)
+                .ok_or(ApiError::InvalidCursor)
+        })
+        .transpose()?;
+    let oldest = ts_param(params, "oldest", || ApiError::InvalidTsOldest)?;
+    let latest = ts_param(params, "latest", || ApiError::InvalidTsLatest)?;
+    let inclusive = params.flag("inclusive", false);
+    // The store's bounds are exclusive; timestamps are whole microseconds, so an inclusive
+    // bound is the exclusive one a microsecond further out.
+    let (oldest, latest) = if inclusive {
+        (
+            oldest.and_then(|t| t.0.checked_sub(1)).map(Ts),
+            latest.map(|t| Ts(t.0.saturating_add(1))),
+        )
+    } else {
+        (oldest, latest)
+    };
+    let query = HistoryQuery {
+        after_seq: None,
+        before_seq,
+        oldest,
+        latest,
+        limit: limit + 1,
+        newest_first: true,
+    };
+    let mut messages = state
+        .store
+        .history(&channel.workspace, &channel.id, &query)
+        .await?;
+    let has_more = messages.len() > limit as usize;
+    messages.truncate(limit as usize);
+    let next = if has_more {
+        messages
+            .last()
+            .map(|m| encode_cursor("seq", &m.seq.to_string()))
+    } else {
+        None
+    };
+    let list: Vec<_> = messages.iter().map(message_json).collect();
+    Ok(object(json!({
+        "messages": list,
+        "has_more": has_more,
+        "pin_count": 0,
+        "channel_actions_count": 0,
+        "response_metadata": response_metadata(next),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_names_follow_slack_rules() {
+        assert!(validate_channel_name("general").is_ok());
+        assert!(validate_channel_name("a-b_c9").is_ok());
+        assert!(matches!(
+            validate_channel_name(""),
+            Err(ApiError::InvalidNameRequired)
+        ));
+        assert!(matches!(
+            validate_channel_name("General"),
+            Err(ApiError::InvalidNameSpecials)
+        ));
+        assert!(matches!(
+            validate_channel_name("a b"),
+            Err(ApiError::InvalidNameSpecials)
+        ));
+        assert!(matches!(
+            validate_channel_name("é"),
+            Err(ApiError::InvalidNameSpecials)
+        ));
+        assert!(validate_channel_name(&"a".repeat(80)).is_ok());
+        assert!(matches!(
+            validate_channel_name(&"a".repeat(81)),
+            Err(ApiError::InvalidNameMaxlength { .. })
+        ));
+    }
+}

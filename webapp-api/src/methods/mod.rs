@@ -1,0 +1,274 @@
+//! The Web API methods, one module per Slack method family, and the Slack object shapes they
+//! share.
+//!
+//! Every method but `api.test` runs as an authenticated [`Caller`]; every channel or user id a
+//! client names is parsed ([`ChannelId::parse`], [`UserId::parse`]) and then checked to belong
+//! to the caller's workspace, so a token of one workspace never reads or writes another's.
+
+mod auth;
+mod chat;
+mod conversations;
+mod users;
+
+use std::collections::HashSet;
+
+use serde_json::{json, Value};
+use shared::ids::{ChannelId, UserId};
+use shared::protocol::{Message, UserEvent};
+use shared::store::{Channel, User};
+
+use crate::api::{authenticate, ApiError, ApiResult, AppState, Caller, Params};
+use crate::metrics as m;
+
+/// Every method served, by its Slack name.
+pub const METHODS: &[&str] = &[
+    "api.test",
+    "auth.test",
+    "rtm.connect",
+    "conversations.create",
+    "conversations.join",
+    "conversations.leave",
+    "conversations.list",
+    "conversations.info",
+    "conversations.history",
+    "users.conversations",
+    "chat.postMessage",
+    "users.list",
+    "users.info",
+    "admin.users.create",
+];
+
+/// The static name of a served method, so metric labels come from a fixed set.
+pub fn canonical_name(method: &str) -> Option<&'static str> {
+    METHODS.iter().copied().find(|m| *m == method)
+}
+
+/// Runs method `name` (one of [`METHODS`]). `token` is the presented token, or the error an
+/// unreadable `Authorization` header earned.
+pub async fn dispatch(
+    state: &AppState,
+    name: &'static str,
+    params: &Params,
+    token: ApiResult<Option<&str>>,
+) -> ApiResult {
+    if name == "api.test" {
+        return auth::api_test(params);
+    }
+    let caller = authenticate(state, token?).await?;
+    match name {
+        "auth.test" => auth::auth_test(state, &caller).await,
+        "rtm.connect" => auth::rtm_connect(state, &caller).await,
+        "conversations.create" => conversations::create(state, &caller, params).await,
+        "conversations.join" => conversations::join(state, &caller, params).await,
+        "conversations.leave" => conversations::leave(state, &caller, params).await,
+        "conversations.list" => conversations::list(state, &caller, params).await,
+        "conversations.info" => conversations::info(state, &caller, params).await,
+        "conversations.history" => conversations::history(state, &caller, params).await,
+        "users.conversations" => conversations::user_conversations(state, &caller, params).await,
+        "chat.postMessage" => chat::post_message(state, &caller, params).await,
+        "users.list" => users::list(state, &caller, params).await,
+        "users.info" => users::info(state, &caller, params).await,
+        "admin.users.create" => users::admin_create(state, &caller, params).await,
+        _ => Err(ApiError::UnknownMethod),
+    }
+}
+
+/// A channel the caller may see, and whether the caller is a member.
+pub(crate) struct VisibleChannel {
+    pub channel: Channel,
+    pub is_member: bool,
+}
+
+/// Looks up the `channel` parameter as the caller sees it: `channel_not_found` when it is
+/// malformed, missing, in another workspace, or private without the caller in it (so neither
+/// another workspace's channels nor private ones leak their existence).
+pub(crate) async fn visible_channel(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+) -> ApiResult<VisibleChannel> {
+    let raw = params
+        .non_empty("channel")
+        .map(str::trim)
+        .ok_or(ApiError::ChannelNotFound)?;
+    // Like Slack, accept a channel id or a name (`#general` or `general`) in the caller's
+    // workspace.
+    let found = match ChannelId::parse(raw) {
+        Some(id) => state.store.channel(&id).await?,
+        None => {
+            let name = raw.strip_prefix('#').unwrap_or(raw);
+            if name.is_empty() || name.len() > 80 {
+                None
+            } else {
+                state
+                    .store
+                    .channel_by_name(&caller.claims.workspace, name)
+                    .await?
+            }
+        }
+    };
+    let channel = found
+        .filter(|c| c.workspace == caller.claims.workspace)
+        .ok_or(ApiError::ChannelNotFound)?;
+    let is_member = state.store.is_member(&channel.id, &caller.user.id).await?;
+    if channel.is_private && !is_member {
+        return Err(ApiError::ChannelNotFound);
+    }
+    Ok(VisibleChannel { channel, is_member })
+}
+
+/// Looks up a user id given by a client in the caller's workspace.
+pub(crate) async fn user_in_workspace(
+    state: &AppState,
+    caller: &Caller,
+    raw: Option<&str>,
+) -> ApiResult<User> {
+    let id = raw
+        .and_then(|raw| UserId::parse(raw.trim()))
+        .ok_or(ApiError::UserNotFound)?;
+    state
+        .store
+        .user(&id)
+        .await?
+        .filter(|u| u.workspace == caller.claims.workspace)
+        .ok_or(ApiError::UserNotFound)
+}
+
+/// Which conversation types a listing includes (`types`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Types {
+    pub public: bool,
+    pub private: bool,
+}
+
+impl Types {
+    /// Parses `types`. Absent means both public and private channels (Slack's default is
+    /// public only; both is what a client listing its own channels wants, and private ones
+    /// are only ever shown to their members). `im` and `mpim` are accepted and match nothing.
+    pub fn parse(params: &Params) -> ApiResult<Types> {
+        let Some(raw) = params.non_empty("types") else {
+            return Ok(Types {
+                public: true,
+                private: true,
+            });
+        };
+        let mut types = Types {
+            public: false,
+            private: false,
+        };
+        for t in raw.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            match t {
+                "public_channel" => types.public = true,
+                "private_channel" => types.private = true,
+                "im" | "mpim" => {}
+                _ => return Err(ApiError::InvalidTypes),
+            }
+        }
+        Ok(types)
+    }
+
+    pub fn includes(self, channel: &Channel) -> bool {
+        if channel.is_private {
+            self.private
+        } else {
+            self.public
+        }
+    }
+}
+
+/// The ids of the channels `user` is a member of.
+pub(crate) async fn memberships(state: &AppState, user: &UserId) -> ApiResult<HashSet<ChannelId>> {
+    Ok(state
+        .store
+        .user_channels(user)
+        .await?
+        .into_iter()
+        .map(|c| c.id)
+        .collect())
+}
+
+/// Relays a membership change to the gateways through the admin server. The change is
+/// already stored, so a failure does not fail the call: it is logged and counted, and the
+/// user's sessions pick the change up when they reconnect.
+pub(crate) async fn publish(state: &AppState, ev: UserEvent) {
+    if let Err(e) = state.admin.publish_user_event(ev).await {
+        m::USER_EVENT_FAILURES.inc();
+        tracing::warn!(error = %e, "membership change not relayed to gateways");
+    }
+}
+
+/// Slack's conversation object.
+pub(crate) fn channel_json(c: &Channel, is_member: bool, num_members: Option<usize>) -> Value {
+    let created = c.created.0 / 1_000_000;
+    let mut v = json!({
+        "id": c.id,
+        "name": c.name,
+        "name_normalized": c.name,
+        "is_channel": true,
+        "is_group": false,
+        "is_im": false,
+        "is_mpim": false,
+        "is_private": c.is_private,
+        "is_archived": c.is_archived,
+        "is_general": c.name == crate::seed::GENERAL,
+        "is_shared": false,
+        "is_ext_shared": false,
+        "is_org_shared": false,
+        "is_member": is_member,
+        "created": created,
+        "creator": c.creator,
+        "context_team_id": c.workspace,
+        "topic": { "value": c.topic, "creator": "", "last_set": 0 },
+        "purpose": { "value": c.purpose, "creator": "", "last_set": 0 },
+    });
+    if let Some(n) = num_members {
+        v["num_members"] = n.into();
+    }
+    v
+}
+
+/// Slack's message object, plus the per-channel `seq`.
+pub(crate) fn message_json(msg: &Message) -> Value {
+    let mut v = json!({
+        "type": "message",
+        "user": msg.user,
+        "text": msg.text,
+        "ts": msg.ts.to_slack(),
+        "team": msg.workspace,
+        "seq": msg.seq,
+    });
+    if let Some(id) = &msg.client_msg_id {
+        v["client_msg_id"] = id.as_str().into();
+    }
+    if let Some(ts) = msg.thread_ts {
+        v["thread_ts"] = ts.to_slack().into();
+    }
+    v
+}
+
+/// Slack's user object.
+pub(crate) fn user_json(u: &User) -> Value {
+    json!({
+        "id": u.id,
+        "team_id": u.workspace,
+        "name": u.name,
+        "real_name": u.real_name,
+        "deleted": false,
+        "is_admin": u.is_admin,
+        "is_owner": false,
+        "is_bot": u.is_bot,
+        "is_app_user": false,
+        "profile": {
+            "real_name": u.real_name,
+            "real_name_normalized": u.real_name,
+            "display_name": u.name,
+            "display_name_normalized": u.name,
+            "team": u.workspace,
+        },
+    })
+}
+
+/// `response_metadata` with the cursor of the next page (empty on the last page).
+pub(crate) fn response_metadata(next_cursor: Option<String>) -> Value {
+    json!({ "next_cursor": next_cursor.unwrap_or_default() })
+}

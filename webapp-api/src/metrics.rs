@@ -1,0 +1,57 @@
+//! Metrics of the Web API, registered with the process-wide Prometheus registry that
+//! `/metrics` renders.
+//!
+//! The `method` label only ever holds a known method name or `unknown`, so a client cannot
+//! grow the label set by calling made-up methods.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,
+    IntCounter, IntCounterVec,
+};
+
+pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_requests_total",
+        "Web API requests, by method",
+        &["method"]
+    )
+    .expect("metric registers once")
+});
+
+pub static ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_errors_total",
+        "Web API requests answered with ok=false, by method and Slack error name",
+        &["method", "error"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "switchboard_webapp_request_duration_seconds",
+        "Web API request latency, from the first byte of the body to the answer",
+        &["method"],
+        vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static ADMIN_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_admin_retries_total",
+        "requests to the admin server tried again after a retryable failure, by request kind",
+        &["request"]
+    )
+    .expect("metric registers once")
+});
+
+pub static USER_EVENT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_webapp_user_event_failures_total",
+        "membership changes stored but not relayed to gateways (sessions pick them up on reconnect)"
+    )
+    .expect("metric registers once")
+});

@@ -1,0 +1,309 @@
+//! Workspace and user administration on the store directly: the `switchboard admin ...`
+//! helpers, the user creation behind `admin.users.create`, and the idempotent dev seed.
+
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use shared::auth::{Claims, TokenSigner};
+use shared::ids::{ChannelId, Ts, WorkspaceId};
+use shared::store::{Channel, SharedStore, StorageErrorKind, User, Workspace};
+
+use crate::api::ApiError;
+
+/// Name of the channel every workspace member joins on creation.
+pub const GENERAL: &str = "general";
+/// Longest user or workspace name.
+pub const MAX_NAME: usize = 80;
+
+/// The dev seed: workspace, users (name, real name, admin) and their shared channel.
+const DEMO_WORKSPACE: &str = "demo";
+const DEMO_USERS: &[(&str, &str, bool)] = &[
+    ("alice", "Alice", true),
+    ("bob", "Bob", false),
+    ("carol", "Carol", false),
+];
+/// File under the data dir where the seed writes its ids and tokens.
+pub const TOKENS_FILE: &str = "tokens.json";
+
+/// User and workspace names: 1 to 80 of lower-case letters, digits, `.`, `-` and `_`.
+pub fn validate_user_name(name: &str) -> Result<(), ApiError> {
+    if name.is_empty() {
+        return Err(ApiError::InvalidNameRequired);
+    }
+    if name.chars().count() > MAX_NAME {
+        return Err(ApiError::InvalidNameMaxlength { max: MAX_NAME });
+    }
+    if !name.bytes().all(|b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_'
+    }) {
+        return Err(ApiError::InvalidNameSpecials);
+    }
+    Ok(())
+}
+
+fn now_secs() -> u64 {
+    Ts::now().0 / 1_000_000
+}
+
+/// A token for `user`; `admin` makes it an admin token (only for admin users).
+pub fn token_for(signer: &TokenSigner, user: &User, admin: bool) -> String {
+    signer.issue(&Claims {
+        workspace: user.workspace.clone(),
+        user: user.id.clone(),
+        admin: admin && user.is_admin,
+        bot: false,
+        issued_at: now_secs(),
+    })
+}
+
+/// Adds `user` to its workspace's #general, if there is one.
+async fn join_general(store: &SharedStore, user: &User) -> Result<(), ApiError> {
+    if let Some(general) = store.channel_by_name(&user.workspace, GENERAL).await? {
+        store.add_member(&general.id, &user.id).await?;
+    }
+    Ok(())
+}
+
+/// Creates a user in `workspace`, joins it to #general and issues its token (an admin token
+/// for an admin).
+pub(crate) async fn create_user_in(
+    store: &SharedStore,
+    signer: &TokenSigner,
+    workspace: &WorkspaceId,
+    name: &str,
+    real_name: &str,
+    is_admin: bool,
+) -> Result<(User, String), ApiError> {
+    validate_user_name(name)?;
+    let user = match store
+        .create_user(workspace, name, real_name, is_admin, false)
+        .await
+    {
+        Ok(user) => user,
+        Err(e) if e.kind == StorageErrorKind::AlreadyExists => return Err(ApiError::NameTaken),
+        Err(e) => return Err(e.into()),
+    };
+    join_general(store, &user).await?;
+    let token = token_for(signer, &user, is_admin);
+    Ok((user, token))
+}
+
+/// Creates a workspace; fails if the name is taken or malformed.
+pub async fn create_workspace(store: &SharedStore, name: &str) -> anyhow::Result<Workspace> {
+    validate_user_name(name)
+        .map_err(|e| anyhow::anyhow!("invalid workspace name {name:?}: {e}"))?;
+    match store.create_workspace(name).await {
+        Ok(ws) => Ok(ws),
+        Err(e) if e.kind == StorageErrorKind::AlreadyExists => {
+            bail!("workspace name {name:?} is taken")
+        }
+        Err(e) => Err(e).context("failed to create workspace"),
+    }
+}
+
+async fn workspace_named(store: &SharedStore, name: &str) -> anyhow::Result<Workspace> {
+    store
+        .workspace_by_name(name)
+        .await
+        .context("failed to read workspace")?
+        .with_context(|| format!("no workspace named {name:?}"))
+}
+
+/// Creates a user in the named workspace, joins it to the workspace's #general if it exists,
+/// and returns it with its token (an admin token when `admin`).
+pub async fn create_user(
+    store: &SharedStore,
+    signer: &TokenSigner,
+    workspace_name: &str,
+    user_name: &str,
+    admin: bool,
+) -> anyhow::Result<(User, String)> {
+    let ws = workspace_named(store, workspace_name).await?;
+    create_user_in(store, signer, &ws.id, user_name, user_name, admin)
+        .await
+        .map_err(|e| match e {
+            ApiError::NameTaken => {
+                anyhow::anyhow!("user {user_name:?} already exists in {workspace_name:?}")
+            }
+            other => anyhow::anyhow!("failed to create user {user_name:?}: {other}"),
+        })
+}
+
+/// Issues a new token for an existing user (an admin token for an admin user).
+pub async fn issue_token(
+    store: &SharedStore,
+    signer: &TokenSigner,
+    workspace_name: &str,
+    user_name: &str,
+) -> anyhow::Result<String> {
+    let ws = workspace_named(store, workspace_name).await?;
+    let user = store
+        .user_by_name(&ws.id, user_name)
+        .await
+        .context("failed to read user")?
+        .with_context(|| format!("no user named {user_name:?} in {workspace_name:?}"))?;
+    Ok(token_for(signer, &user, user.is_admin))
+}
+
+async fn ensure_workspace(store: &SharedStore, name: &str) -> anyhow::Result<Workspace> {
+    if let Some(ws) = store.workspace_by_name(name).await? {
+        return Ok(ws);
+    }
+    match store.create_workspace(name).await {
+        Ok(ws) => Ok(ws),
+        // Another process seeded meanwhile.
+        Err(e) if e.kind == StorageErrorKind::AlreadyExists => workspace_named(store, name).await,
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn ensure_user(
+    store: &SharedStore,
+    ws: &WorkspaceId,
+    name: &str,
+    real_name: &str,
+    admin: bool,
+) -> anyhow::Result<User> {
+    if let Some(u) = store.user_by_name(ws, name).await? {
+        return Ok(u);
+    }
+    match store.create_user(ws, name, real_name, admin, false).await {
+        Ok(u) => Ok(u),
+        Err(e) if e.kind == StorageErrorKind::AlreadyExists => store
+            .user_by_name(ws, name)
+            .await?
+            .with_context(|| format!("user {name:?} exists but cannot be read")),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn ensure_general(
+    store: &SharedStore,
+    ws: &WorkspaceId,
+    creator: &User,
+) -> anyhow::Result<Channel> {
+    if let Some(c) = store.channel_by_name(ws, GENERAL).await? {
+        return Ok(c);
+    }
+    let channel = Channel {
+        id: ChannelId::generate(),
+        workspace: ws.clone(),
+        name: GENERAL.to_string(),
+        is_private: false,
+        creator: creator.id.clone(),
+        created: Ts::now(),
+        topic: "Company-wide announcements and work-based matters".to_string(),
+        purpose: "This channel is for workspace-wide communication".to_string(),
+        is_archived: false,
+    };
+    match store.create_channel(&channel).await {
+        Ok(()) => Ok(channel),
+        Err(e) if e.kind == StorageErrorKind::AlreadyExists => store
+            .channel_by_name(ws, GENERAL)
+            .await?
+            .context("#general exists but cannot be read"),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The token recorded for `user` in an earlier `tokens.json`, if it still verifies as that
+/// user (with the given admin flag) under `signer`.
+fn kept_token(
+    signer: &TokenSigner,
+    earlier: &Value,
+    path: &[&str],
+    user: &User,
+    admin: bool,
+) -> Option<String> {
+    let mut v = earlier;
+    for key in path {
+        v = v.get(key)?;
+    }
+    let token = v.as_str()?;
+    let claims = signer.verify(token).ok()?;
+    (claims.user == user.id && claims.workspace == user.workspace && claims.admin == admin)
+        .then(|| token.to_string())
+}
+
+/// Seeds the dev workspace `demo` (users alice (admin), bob and carol, all in public
+/// #general) and writes `<data_dir>/tokens.json`, which it also returns:
+/// `{"workspace":"T…","admin":"<alice's admin token>","users":{"alice":{"id":"U…","token":"xoxp-…"},…}}`.
+///
+/// Idempotent: on a seeded store it reuses the stored ids, and keeps the tokens of an earlier
+/// `tokens.json` that still verify (else issues new ones).
+pub async fn seed_demo(
+    store: &SharedStore,
+    signer: &TokenSigner,
+    data_dir: &Path,
+) -> anyhow::Result<Value> {
+    let path = data_dir.join(TOKENS_FILE);
+    let earlier: Value = std::fs::read(&path)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null);
+
+    let ws = ensure_workspace(store, DEMO_WORKSPACE)
+        .await
+        .context("failed to seed the demo workspace")?;
+    let mut users = Vec::new();
+    for (name, real_name, admin) in DEMO_USERS {
+        let user = ensure_user(store, &ws.id, name, real_name, *admin)
+            .await
+            .with_context(|| format!("failed to seed user {name}"))?;
+        users.push(user);
+    }
+    let general = ensure_general(store, &ws.id, &users[0])
+        .await
+        .context("failed to seed #general")?;
+    for user in &users {
+        store
+            .add_member(&general.id, &user.id)
+            .await
+            .context("failed to seed #general's members")?;
+    }
+
+    let mut user_tokens = serde_json::Map::new();
+    for user in &users {
+        let token = kept_token(
+            signer,
+            &earlier,
+            &["users", &user.name, "token"],
+            user,
+            false,
+        )
+        .unwrap_or_else(|| token_for(signer, user, false));
+        user_tokens.insert(user.name.clone(), json!({ "id": user.id, "token": token }));
+    }
+    let admin_user = users
+        .iter()
+        .find(|u| u.is_admin)
+        .context("the demo workspace has no admin")?;
+    let admin = kept_token(signer, &earlier, &["admin"], admin_user, true)
+        .unwrap_or_else(|| token_for(signer, admin_user, true));
+    let seeded = json!({
+        "workspace": ws.id,
+        "general": general.id,
+        "admin": admin,
+        "users": user_tokens,
+    });
+
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("failed to create {}", data_dir.display()))?;
+    write_private(&path, &serde_json::to_vec_pretty(&seeded)?)
+        .with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(seeded)
+}
+
+/// Writes a file of secrets readable by its owner only, through a rename so that a reader
+/// never sees half of it.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, contents)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, path)
+}

@@ -1,0 +1,1150 @@
+//! HTTP-level tests: the real router served by [`crate::run`] on a loopback port, a real
+//! embedded store in a temporary directory, and an [`AdminLink`] with no mesh behind it (so
+//! only what is answered before the mesh call is tested here; posting end to end is covered
+//! by the multi-process tests).
+
+use std::sync::Arc;
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use shared::auth::{Claims, TokenSigner};
+use shared::config::Config;
+use shared::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
+use shared::protocol::Message;
+use shared::shutdown::Shutdown;
+use shared::store::sqlite::SqliteStore;
+use shared::store::SharedStore;
+use shared::telemetry::Health;
+
+use crate::{AdminLink, WebappDeps};
+
+const MAX_BODY: usize = 256 * 1024;
+
+struct Server {
+    base: String,
+    store: SharedStore,
+    signer: TokenSigner,
+    http: reqwest::Client,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    dir: tempfile::TempDir,
+    /// The seeded demo workspace (`tokens.json`).
+    demo: Value,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: SharedStore =
+            Arc::new(SqliteStore::open(&dir.path().join("store"), 2).expect("store"));
+        let signer = TokenSigner::new(b"test-secret");
+        let demo = crate::seed_demo(&store, &signer, dir.path())
+            .await
+            .expect("seed");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let mut config = Config::defaults();
+        config.webapp.max_body_bytes = MAX_BODY;
+        config.webapp.gateway_urls = vec!["ws://gw-a:1/rtm".into(), "ws://gw-b:2/rtm".into()];
+        let shutdown = Shutdown::new();
+        let deps = WebappDeps {
+            store: store.clone(),
+            signer: signer.clone(),
+            admin: AdminLink::detached_for_test(),
+            health: Health::default(),
+        };
+        let task = tokio::spawn(crate::run(config, listener, deps, shutdown.clone()));
+        Server {
+            base,
+            store,
+            signer,
+            http: reqwest::Client::new(),
+            shutdown,
+            task,
+            dir,
+            demo,
+        }
+    }
+
+    fn token(&self, user: &str) -> String {
+        self.demo["users"][user]["token"]
+            .as_str()
+            .expect("seeded token")
+            .to_string()
+    }
+
+    fn user_id(&self, user: &str) -> String {
+        self.demo["users"][user]["id"]
+            .as_str()
+            .expect("seeded id")
+            .to_string()
+    }
+
+    fn admin_token(&self) -> String {
+        self.demo["admin"]
+            .as_str()
+            .expect("admin token")
+            .to_string()
+    }
+
+    /// A JSON-body call with a bearer token.
+    async fn call(&self, method: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/api/{method}", self.base))
+            .json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status();
+        (status, resp.json().await.expect("json answer"))
+    }
+
+    /// A form-body call, the token among the parameters (as Slack SDKs send it).
+    async fn call_form(&self, method: &str, params: &[(&str, &str)]) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/api/{method}", self.base))
+            .form(params)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        (status, resp.json().await.expect("json answer"))
+    }
+
+    /// A call with a raw body and content type.
+    async fn call_raw(
+        &self,
+        method: &str,
+        token: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/api/{method}", self.base))
+            .bearer_auth(token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status();
+        (status, resp.json().await.expect("json answer"))
+    }
+
+    /// Calls and expects `ok: true`.
+    async fn ok(&self, method: &str, token: &str, body: Value) -> Value {
+        let (status, v) = self.call(method, Some(token), body).await;
+        assert_eq!(status, StatusCode::OK, "{method}: {v}");
+        assert_eq!(v["ok"], true, "{method}: {v}");
+        v
+    }
+
+    /// Calls and expects `ok: false` with `error`, returning the status.
+    async fn err(&self, method: &str, token: &str, body: Value, error: &str) -> StatusCode {
+        let (status, v) = self.call(method, Some(token), body).await;
+        assert_eq!(v["ok"], false, "{method}: {v}");
+        assert_eq!(v["error"], error, "{method}: {v}");
+        status
+    }
+
+    async fn general(&self) -> String {
+        let ws = WorkspaceId(self.demo["workspace"].as_str().expect("ws").to_string());
+        self.store
+            .channel_by_name(&ws, "general")
+            .await
+            .expect("store")
+            .expect("general")
+            .id
+            .0
+    }
+
+    async fn stop(self) {
+        self.shutdown.trigger();
+        self.task.await.expect("join").expect("run");
+    }
+}
+
+fn message(ws: &str, channel: &str, seq: Seq, user: &str) -> Message {
+    Message {
+        workspace: WorkspaceId(ws.to_string()),
+        channel: ChannelId(channel.to_string()),
+        seq,
+        ts: Ts(1_700_000_000_000_000 + seq * 1_000),
+        user: UserId(user.to_string()),
+        text: format!("message {seq}"),
+        client_msg_id: Some(format!("cmid-{seq}")),
+        thread_ts: None,
+    }
+}
+
+#[tokio::test]
+async fn api_test_echoes_without_auth_and_health_is_ready() {
+    let s = Server::start().await;
+    let (status, v) = s.call_form("api.test", &[("foo", "bar")]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v, json!({"ok": true, "args": {"foo": "bar"}}));
+    let resp = s
+        .http
+        .get(format!("{}/api/api.test?x=1", s.base))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["args"]["x"], "1");
+    let health = s
+        .http
+        .get(format!("{}/health", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn auth_test_identifies_the_caller_by_header_or_param() {
+    let s = Server::start().await;
+    let v = s.ok("auth.test", &s.token("bob"), json!({})).await;
+    assert_eq!(v["user"], "bob");
+    assert_eq!(v["team"], "demo");
+    assert_eq!(v["user_id"], s.user_id("bob"));
+    assert_eq!(v["team_id"], s.demo["workspace"]);
+    assert!(v.get("bot_id").is_none());
+    let token = s.token("carol");
+    let (status, v) = s.call_form("auth.test", &[("token", &token)]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["user"], "carol");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn missing_forged_and_stale_tokens_are_refused() {
+    let s = Server::start().await;
+    let (status, v) = s.call("auth.test", None, json!({})).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::OK, Some("not_authed"))
+    );
+    s.err("auth.test", "garbage", json!({}), "invalid_auth")
+        .await;
+    s.err("auth.test", "xoxp-abc.def", json!({}), "invalid_auth")
+        .await;
+    // Signed with another cluster's secret.
+    let claims = Claims {
+        workspace: WorkspaceId(s.demo["workspace"].as_str().unwrap().into()),
+        user: UserId(s.user_id("bob")),
+        admin: false,
+        bot: false,
+        issued_at: 1,
+    };
+    let foreign = TokenSigner::new(b"another-secret").issue(&claims);
+    s.err("auth.test", &foreign, json!({}), "invalid_auth")
+        .await;
+    // Validly signed, but the user does not exist.
+    let ghost = s.signer.issue(&Claims {
+        user: UserId("UNOSUCHUSER".into()),
+        ..claims.clone()
+    });
+    s.err("auth.test", &ghost, json!({}), "invalid_auth").await;
+    // Validly signed, but naming another workspace than the user's.
+    let other_ws = crate::create_workspace(&s.store, "acme").await.unwrap();
+    let misplaced = s.signer.issue(&Claims {
+        workspace: other_ws.id.clone(),
+        ..claims.clone()
+    });
+    s.err("auth.test", &misplaced, json!({}), "invalid_auth")
+        .await;
+    // An Authorization header that is not a bearer token.
+    let resp = s
+        .http
+        .post(format!("{}/api/auth.test", s.base))
+        .header("authorization", "Basic Ym9iOmJvYg==")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"], "invalid_auth");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn unreadable_bodies_and_unknown_methods_get_4xx() {
+    let s = Server::start().await;
+    let bob = s.token("bob");
+    let (status, v) = s
+        .call_raw("auth.test", &bob, "application/json", b"{\"a\":".to_vec())
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_json"))
+    );
+    let (status, v) = s
+        .call_raw("auth.test", &bob, "application/json", b"[1,2,3]".to_vec())
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_json"))
+    );
+    let (status, v) = s
+        .call_raw(
+            "auth.test",
+            &bob,
+            "application/json; charset=utf-8",
+            b"{\"text\":\"\xff\xfe\"}".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_json"))
+    );
+    let (status, v) = s
+        .call_raw(
+            "auth.test",
+            &bob,
+            "application/x-www-form-urlencoded",
+            b"text=\xff\xfe".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_form_data"))
+    );
+    let (status, v) = s
+        .call_raw(
+            "auth.test",
+            &bob,
+            "multipart/form-data; boundary=x",
+            b"--x--".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_form_data"))
+    );
+    let big = format!("{{\"text\":\"{}\"}}", "a".repeat(MAX_BODY + 1));
+    let (status, v) = s
+        .call_raw(
+            "chat.postMessage",
+            &bob,
+            "application/json",
+            big.into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("request_too_large"))
+    );
+    // A chunked body (no length given) is cut off as soon as it passes the limit.
+    assert!(raw_chunked_post(&s.base, &bob, MAX_BODY * 2)
+        .await
+        .starts_with("HTTP/1.1 413"));
+    let (status, v) = s.call("no.such.method", Some(&bob), json!({})).await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::NOT_FOUND, Some("unknown_method"))
+    );
+    for path in ["/nowhere", "/api/", "/api/%FF%FE", "/api/auth.test/extra"] {
+        let resp = s
+            .http
+            .get(format!("{}{path}", s.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"], "unknown_method", "{path}");
+    }
+    // Still serving after all of that.
+    s.ok("auth.test", &bob, json!({})).await;
+    s.stop().await;
+}
+
+/// Posts `len` bytes of chunked body over a raw connection and returns the answer's text.
+async fn raw_chunked_post(base: &str, token: &str, len: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/auth.test HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let chunk = vec![b' '; 8192];
+    let mut sent = 0;
+    // The server may answer and close before the whole body is sent: stop writing then.
+    while sent < len {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(&chunk);
+        frame.extend_from_slice(b"\r\n");
+        if conn.write_all(&frame).await.is_err() {
+            break;
+        }
+        sent += chunk.len();
+    }
+    let _ = conn.write_all(b"0\r\n\r\n").await;
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn create_join_leave_keep_membership() {
+    let s = Server::start().await;
+    let (alice, bob) = (s.token("alice"), s.token("bob"));
+    for (name, error) in [
+        ("", "invalid_name_required"),
+        ("Has Caps", "invalid_name_specials"),
+        ("no#hash", "invalid_name_specials"),
+    ] {
+        s.err("conversations.create", &alice, json!({"name": name}), error)
+            .await;
+    }
+    s.err(
+        "conversations.create",
+        &alice,
+        json!({"name": "a".repeat(81)}),
+        "invalid_name_maxlength",
+    )
+    .await;
+    s.err(
+        "conversations.create",
+        &alice,
+        json!({"name": "general"}),
+        "name_taken",
+    )
+    .await;
+
+    let v = s
+        .ok("conversations.create", &alice, json!({"name": "eng"}))
+        .await;
+    let ch = &v["channel"];
+    let id = ch["id"].as_str().unwrap().to_string();
+    assert!(ChannelId::is_well_formed(&id));
+    assert_eq!(ch["name"], "eng");
+    assert_eq!(ch["is_channel"], true);
+    assert_eq!(ch["is_private"], false);
+    assert_eq!(ch["is_member"], true);
+    assert_eq!(ch["creator"], s.user_id("alice"));
+    assert_eq!(ch["topic"]["value"], "");
+    assert!(ch["created"].as_u64().unwrap() > 1_600_000_000);
+
+    let v = s
+        .ok("conversations.join", &bob, json!({"channel": id}))
+        .await;
+    assert_eq!(v["channel"]["is_member"], true);
+    assert!(v.get("warning").is_none());
+    let v = s
+        .ok("conversations.join", &bob, json!({"channel": id}))
+        .await;
+    assert_eq!(v["warning"], "already_in_channel");
+    let v = s
+        .ok(
+            "conversations.info",
+            &bob,
+            json!({"channel": id, "include_num_members": true}),
+        )
+        .await;
+    assert_eq!(v["channel"]["num_members"], 2);
+
+    let v = s.ok("users.conversations", &bob, json!({})).await;
+    let names: Vec<_> = v["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        names.contains(&"eng".to_string()) && names.contains(&"general".to_string()),
+        "{names:?}"
+    );
+
+    s.ok("conversations.leave", &bob, json!({"channel": id}))
+        .await;
+    s.err(
+        "conversations.leave",
+        &bob,
+        json!({"channel": id}),
+        "not_in_channel",
+    )
+    .await;
+    let v = s
+        .ok("conversations.info", &bob, json!({"channel": id}))
+        .await;
+    assert_eq!(v["channel"]["is_member"], false);
+    let general = s.general().await;
+    s.err(
+        "conversations.leave",
+        &bob,
+        json!({"channel": general}),
+        "cant_leave_general",
+    )
+    .await;
+
+    // A private channel is invisible to non-members and cannot be joined.
+    let v = s
+        .ok(
+            "conversations.create",
+            &alice,
+            json!({"name": "secret", "is_private": true}),
+        )
+        .await;
+    assert_eq!(v["channel"]["is_private"], true);
+    let secret = v["channel"]["id"].as_str().unwrap().to_string();
+    for method in [
+        "conversations.join",
+        "conversations.info",
+        "conversations.history",
+        "conversations.leave",
+    ] {
+        s.err(
+            method,
+            &bob,
+            json!({"channel": secret}),
+            "channel_not_found",
+        )
+        .await;
+    }
+    s.err(
+        "conversations.join",
+        &alice,
+        json!({"channel": secret}),
+        "method_not_supported_for_channel_type",
+    )
+    .await;
+
+    // Malformed or unknown ids.
+    for bad in ["", "not-an-id", "C", "Cnope", "U123ABC", "CNOSUCHCHANNEL"] {
+        s.err(
+            "conversations.info",
+            &bob,
+            json!({"channel": bad}),
+            "channel_not_found",
+        )
+        .await;
+    }
+    s.err("conversations.info", &bob, json!({}), "channel_not_found")
+        .await;
+    s.stop().await;
+}
+
+/// Walks every page of a listing and returns the ids, checking pages are at most `limit`.
+async fn walk(s: &Server, method: &str, token: &str, mut body: Value, limit: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut pages = 0;
+    loop {
+        let v = s.ok(method, token, body.clone()).await;
+        let page = v["channels"].as_array().unwrap();
+        assert!(page.len() <= limit, "{v}");
+        ids.extend(page.iter().map(|c| c["id"].as_str().unwrap().to_string()));
+        let next = v["response_metadata"]["next_cursor"].as_str().unwrap();
+        pages += 1;
+        assert!(pages < 100, "pagination does not end");
+        if next.is_empty() {
+            break;
+        }
+        body["cursor"] = next.into();
+    }
+    ids
+}
+
+#[tokio::test]
+async fn listings_paginate_and_show_private_channels_to_members_only() {
+    let s = Server::start().await;
+    let (alice, bob) = (s.token("alice"), s.token("bob"));
+    let mut public = vec![s.general().await];
+    for i in 0..7 {
+        let v = s
+            .ok(
+                "conversations.create",
+                &alice,
+                json!({"name": format!("pub-{i}")}),
+            )
+            .await;
+        public.push(v["channel"]["id"].as_str().unwrap().to_string());
+    }
+    let mut private = Vec::new();
+    for i in 0..3 {
+        let v = s
+            .ok(
+                "conversations.create",
+                &alice,
+                json!({"name": format!("priv-{i}"), "is_private": true}),
+            )
+            .await;
+        private.push(v["channel"]["id"].as_str().unwrap().to_string());
+    }
+    public.sort();
+    let mut everything: Vec<String> = public.iter().chain(&private).cloned().collect();
+    everything.sort();
+
+    // Bob sees every public channel once, whatever the page size, and no private one.
+    for limit in [1, 3, 8, 100] {
+        let ids = walk(
+            &s,
+            "conversations.list",
+            &bob,
+            json!({"limit": limit}),
+            limit,
+        )
+        .await;
+        assert_eq!(ids, public, "limit {limit}");
+    }
+    // Alice, a member of the private ones, sees them too; `types` filters.
+    let ids = walk(&s, "conversations.list", &alice, json!({"limit": 4}), 4).await;
+    assert_eq!(ids, everything);
+    let ids = walk(
+        &s,
+        "conversations.list",
+        &alice,
+        json!({"types": "private_channel", "limit": 2}),
+        2,
+    )
+    .await;
+    let mut sorted_private = private.clone();
+    sorted_private.sort();
+    assert_eq!(ids, sorted_private);
+    let ids = walk(
+        &s,
+        "conversations.list",
+        &alice,
+        json!({"types": "public_channel"}),
+        100,
+    )
+    .await;
+    assert_eq!(ids, public);
+    s.err(
+        "conversations.list",
+        &alice,
+        json!({"types": "bogus"}),
+        "invalid_types",
+    )
+    .await;
+    s.err(
+        "conversations.list",
+        &alice,
+        json!({"cursor": "%%%"}),
+        "invalid_cursor",
+    )
+    .await;
+    s.err(
+        "conversations.list",
+        &alice,
+        json!({"limit": "many"}),
+        "invalid_limit",
+    )
+    .await;
+
+    // users.conversations: the caller's channels, paginated, private ones included.
+    let ids = walk(&s, "users.conversations", &alice, json!({"limit": 3}), 3).await;
+    assert_eq!(ids, everything);
+    let ids = walk(&s, "users.conversations", &bob, json!({"limit": 3}), 3).await;
+    assert_eq!(ids, vec![s.general().await]);
+    // Another user's channels, as bob sees them: alice's public ones only.
+    let ids = walk(
+        &s,
+        "users.conversations",
+        &bob,
+        json!({"user": s.user_id("alice")}),
+        100,
+    )
+    .await;
+    assert_eq!(ids, public);
+    s.err(
+        "users.conversations",
+        &bob,
+        json!({"user": "nobody"}),
+        "user_not_found",
+    )
+    .await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn history_is_newest_first_and_pages_by_seq() {
+    let s = Server::start().await;
+    let (alice, bob) = (s.token("alice"), s.token("bob"));
+    let ws = s.demo["workspace"].as_str().unwrap().to_string();
+    let v = s
+        .ok("conversations.create", &alice, json!({"name": "history"}))
+        .await;
+    let ch = v["channel"]["id"].as_str().unwrap().to_string();
+    for seq in 1..=25 {
+        s.store
+            .append(&message(&ws, &ch, seq, &s.user_id("alice")))
+            .await
+            .unwrap();
+    }
+    // Bob is not a member: a public channel of his workspace is still readable.
+    let v = s
+        .ok(
+            "conversations.history",
+            &bob,
+            json!({"channel": ch, "limit": 10}),
+        )
+        .await;
+    let seqs: Vec<u64> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (16..=25).rev().collect::<Vec<_>>());
+    assert_eq!(v["has_more"], true);
+    let m = &v["messages"][0];
+    assert_eq!(m["type"], "message");
+    assert_eq!(m["user"], s.user_id("alice"));
+    assert_eq!(m["text"], "message 25");
+    assert_eq!(m["ts"], Ts(1_700_000_000_000_000 + 25_000).to_slack());
+    assert_eq!(m["client_msg_id"], "cmid-25");
+    assert_eq!(m["team"], ws);
+
+    let mut all = Vec::new();
+    let mut body = json!({"channel": ch, "limit": 10});
+    loop {
+        let v = s.ok("conversations.history", &bob, body.clone()).await;
+        all.extend(
+            v["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["seq"].as_u64().unwrap()),
+        );
+        let next = v["response_metadata"]["next_cursor"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert_eq!(v["has_more"], !next.is_empty());
+        if next.is_empty() {
+            break;
+        }
+        body["cursor"] = next.into();
+    }
+    assert_eq!(all, (1..=25).rev().collect::<Vec<_>>());
+
+    // oldest/latest are exclusive unless `inclusive`.
+    let ts = |seq: u64| Ts(1_700_000_000_000_000 + seq * 1_000).to_slack();
+    let v = s
+        .ok(
+            "conversations.history",
+            &bob,
+            json!({"channel": ch, "oldest": ts(5), "latest": ts(9)}),
+        )
+        .await;
+    let seqs: Vec<u64> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![8, 7, 6]);
+    assert_eq!(v["has_more"], false);
+    let v = s
+        .ok(
+            "conversations.history",
+            &bob,
+            json!({"channel": ch, "oldest": ts(5), "latest": ts(9), "inclusive": true}),
+        )
+        .await;
+    let seqs: Vec<u64> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![9, 8, 7, 6, 5]);
+    s.err(
+        "conversations.history",
+        &bob,
+        json!({"channel": ch, "oldest": "yesterday"}),
+        "invalid_ts_oldest",
+    )
+    .await;
+    s.err(
+        "conversations.history",
+        &bob,
+        json!({"channel": ch, "latest": "-1"}),
+        "invalid_ts_latest",
+    )
+    .await;
+    s.err(
+        "conversations.history",
+        &bob,
+        json!({"channel": ch, "cursor": "bm9wZQ=="}),
+        "invalid_cursor",
+    )
+    .await;
+    s.err(
+        "conversations.history",
+        &bob,
+        json!({"channel": "bad id"}),
+        "channel_not_found",
+    )
+    .await;
+    // An empty channel.
+    let v = s
+        .ok(
+            "conversations.history",
+            &bob,
+            json!({"channel": s.general().await}),
+        )
+        .await;
+    assert_eq!(v["messages"], json!([]));
+    assert_eq!(v["has_more"], false);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_token_of_one_workspace_never_reaches_another() {
+    let s = Server::start().await;
+    let alice = s.token("alice");
+    crate::create_workspace(&s.store, "acme").await.unwrap();
+    let (mallory, mallory_token) =
+        crate::create_user(&s.store, &s.signer, "acme", "mallory", false)
+            .await
+            .unwrap();
+    let demo_general = s.general().await;
+    let ws = s.demo["workspace"].as_str().unwrap().to_string();
+    s.store
+        .append(&message(&ws, &demo_general, 1, &s.user_id("alice")))
+        .await
+        .unwrap();
+    let v = s
+        .ok(
+            "conversations.create",
+            &mallory_token,
+            json!({"name": "general"}),
+        )
+        .await;
+    let acme_general = v["channel"]["id"].as_str().unwrap().to_string();
+
+    for method in [
+        "conversations.info",
+        "conversations.history",
+        "conversations.join",
+        "conversations.leave",
+        "chat.postMessage",
+    ] {
+        s.err(
+            method,
+            &mallory_token,
+            json!({"channel": demo_general, "text": "hi"}),
+            "channel_not_found",
+        )
+        .await;
+        s.err(
+            method,
+            &alice,
+            json!({"channel": acme_general, "text": "hi"}),
+            "channel_not_found",
+        )
+        .await;
+    }
+    s.err(
+        "users.info",
+        &mallory_token,
+        json!({"user": s.user_id("bob")}),
+        "user_not_found",
+    )
+    .await;
+    s.err(
+        "users.info",
+        &alice,
+        json!({"user": mallory.id.0}),
+        "user_not_found",
+    )
+    .await;
+    s.err(
+        "users.conversations",
+        &mallory_token,
+        json!({"user": s.user_id("bob")}),
+        "user_not_found",
+    )
+    .await;
+
+    let ids = walk(&s, "conversations.list", &mallory_token, json!({}), 100).await;
+    assert_eq!(ids, vec![acme_general.clone()]);
+    let ids = walk(&s, "conversations.list", &alice, json!({}), 100).await;
+    assert!(!ids.contains(&acme_general));
+    let v = s.ok("users.list", &mallory_token, json!({})).await;
+    let names: Vec<_> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["mallory"]);
+    // Mallory is not in demo's #general, and demo's messages never show.
+    let demo_ids = walk(&s, "users.conversations", &mallory_token, json!({}), 100).await;
+    assert_eq!(demo_ids, vec![acme_general]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn post_message_validates_before_reaching_the_mesh() {
+    let s = Server::start().await;
+    let (alice, bob) = (s.token("alice"), s.token("bob"));
+    let general = s.general().await;
+    let v = s
+        .ok(
+            "conversations.create",
+            &alice,
+            json!({"name": "alice-only"}),
+        )
+        .await;
+    let alice_only = v["channel"]["id"].as_str().unwrap().to_string();
+
+    s.err(
+        "chat.postMessage",
+        &bob,
+        json!({"channel": general}),
+        "no_text",
+    )
+    .await;
+    s.err(
+        "chat.postMessage",
+        &bob,
+        json!({"channel": general, "text": ""}),
+        "no_text",
+    )
+    .await;
+    let long = "é".repeat(40_001);
+    s.err(
+        "chat.postMessage",
+        &bob,
+        json!({"channel": general, "text": long}),
+        "msg_too_long",
+    )
+    .await;
+    s.err(
+        "chat.postMessage",
+        &bob,
+        json!({"channel": alice_only, "text": "hi"}),
+        "not_in_channel",
+    )
+    .await;
+    for bad in ["", "CNOSUCHCHANNEL", "nosuch", "#nosuch", "../etc"] {
+        s.err(
+            "chat.postMessage",
+            &bob,
+            json!({"channel": bad, "text": "hi"}),
+            "channel_not_found",
+        )
+        .await;
+    }
+    s.err(
+        "chat.postMessage",
+        &bob,
+        json!({"channel": general, "text": "hi", "thread_ts": "x"}),
+        "invalid_thread_ts",
+    )
+    .await;
+    let status = s
+        .err(
+            "chat.postMessage",
+            &bob,
+            json!({"channel": general, "text": "hi", "client_msg_id": "x".repeat(200)}),
+            "invalid_arguments",
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Exactly 40000 characters passes validation; with no admin server behind this test
+    // server the post then fails as unavailable (and nothing is stored).
+    let text = "é".repeat(40_000);
+    let status = s
+        .err(
+            "chat.postMessage",
+            &bob,
+            json!({"channel": general, "text": text}),
+            "service_unavailable",
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let v = s
+        .ok("conversations.history", &bob, json!({"channel": general}))
+        .await;
+    assert_eq!(v["messages"], json!([]));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn admin_users_create_needs_an_admin_token() {
+    let s = Server::start().await;
+    s.err(
+        "admin.users.create",
+        &s.token("bob"),
+        json!({"name": "dave"}),
+        "not_allowed_token_type",
+    )
+    .await;
+    // Alice is an admin, but her user token is not an admin token.
+    s.err(
+        "admin.users.create",
+        &s.token("alice"),
+        json!({"name": "dave"}),
+        "not_allowed_token_type",
+    )
+    .await;
+    let admin = s.admin_token();
+    s.err(
+        "admin.users.create",
+        &admin,
+        json!({"name": "Dave!"}),
+        "invalid_name_specials",
+    )
+    .await;
+    s.err(
+        "admin.users.create",
+        &admin,
+        json!({"name": "bob"}),
+        "name_taken",
+    )
+    .await;
+    let v = s
+        .ok(
+            "admin.users.create",
+            &admin,
+            json!({"name": "dave", "real_name": "Dave D"}),
+        )
+        .await;
+    assert_eq!(v["user"]["name"], "dave");
+    assert_eq!(v["user"]["real_name"], "Dave D");
+    assert_eq!(v["user"]["is_admin"], false);
+    let dave = v["token"].as_str().unwrap().to_string();
+    let me = s.ok("auth.test", &dave, json!({})).await;
+    assert_eq!(me["user"], "dave");
+    // New users join #general.
+    let v = s.ok("users.conversations", &dave, json!({})).await;
+    assert_eq!(v["channels"][0]["name"], "general");
+    let v = s
+        .ok("users.info", &dave, json!({"user": s.user_id("alice")}))
+        .await;
+    assert_eq!(v["user"]["is_admin"], true);
+    assert_eq!(v["user"]["profile"]["real_name"], "Alice");
+    let v = s.ok("users.list", &dave, json!({"limit": 2})).await;
+    assert_eq!(v["members"].as_array().unwrap().len(), 2);
+    assert!(!v["response_metadata"]["next_cursor"]
+        .as_str()
+        .unwrap()
+        .is_empty());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn rtm_connect_hands_out_gateways_round_robin() {
+    let s = Server::start().await;
+    let bob = s.token("bob");
+    let a = s.ok("rtm.connect", &bob, json!({})).await;
+    let b = s.ok("rtm.connect", &bob, json!({})).await;
+    let urls = [a["url"].as_str().unwrap(), b["url"].as_str().unwrap()];
+    assert!(
+        urls.iter().any(|u| u.starts_with("ws://gw-a:1/rtm?token=")),
+        "{urls:?}"
+    );
+    assert!(
+        urls.iter().any(|u| u.starts_with("ws://gw-b:2/rtm?token=")),
+        "{urls:?}"
+    );
+    assert!(urls[0].ends_with(&bob));
+    assert_eq!(a["self"]["id"], s.user_id("bob"));
+    assert_eq!(a["self"]["name"], "bob");
+    assert_eq!(a["team"]["id"], s.demo["workspace"]);
+    assert_eq!(a["team"]["name"], "demo");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn errors_and_requests_are_counted() {
+    let s = Server::start().await;
+    let bob = s.token("bob");
+    s.err(
+        "conversations.info",
+        &bob,
+        json!({"channel": "nope"}),
+        "channel_not_found",
+    )
+    .await;
+    s.call("made.up", Some(&bob), json!({})).await;
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(r#"switchboard_webapp_errors_total{error="channel_not_found",method="conversations.info"}"#), "{text}");
+    assert!(text.contains(r#"switchboard_webapp_requests_total{method="conversations.info"}"#));
+    assert!(text.contains(r#"switchboard_webapp_requests_total{method="unknown"}"#));
+    assert!(text.contains("switchboard_webapp_request_duration_seconds_bucket"));
+    assert!(!text.contains("made.up"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn seeding_twice_keeps_ids_and_tokens() {
+    let s = Server::start().await;
+    let again = crate::seed_demo(&s.store, &s.signer, s.dir.path())
+        .await
+        .unwrap();
+    assert_eq!(again, s.demo);
+    let on_disk: Value =
+        serde_json::from_slice(&std::fs::read(s.dir.path().join("tokens.json")).unwrap()).unwrap();
+    assert_eq!(on_disk, s.demo);
+    let ws = WorkspaceId(s.demo["workspace"].as_str().unwrap().into());
+    assert_eq!(s.store.users(&ws).await.unwrap().len(), 3);
+    let general = s.general().await;
+    assert_eq!(s.store.members(&ChannelId(general)).await.unwrap().len(), 3);
+    let admin = s.signer.verify(&s.admin_token()).unwrap();
+    assert!(admin.admin);
+    assert_eq!(admin.user.0, s.user_id("alice"));
+    // Tokens signed with a rotated secret are re-issued.
+    let rotated = TokenSigner::new(b"rotated");
+    let fresh = crate::seed_demo(&s.store, &rotated, s.dir.path())
+        .await
+        .unwrap();
+    assert_eq!(fresh["workspace"], s.demo["workspace"]);
+    assert_eq!(fresh["users"]["bob"]["id"], s.demo["users"]["bob"]["id"]);
+    assert_ne!(
+        fresh["users"]["bob"]["token"],
+        s.demo["users"]["bob"]["token"]
+    );
+    assert!(rotated
+        .verify(fresh["users"]["bob"]["token"].as_str().unwrap())
+        .is_ok());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn admin_helpers_work_on_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: SharedStore = Arc::new(SqliteStore::open(dir.path(), 1).unwrap());
+    let signer = TokenSigner::new(b"s");
+    let ws = crate::create_workspace(&store, "acme").await.unwrap();
+    assert!(crate::create_workspace(&store, "acme").await.is_err());
+    assert!(crate::create_workspace(&store, "Bad Name").await.is_err());
+    let (boss, token) = crate::create_user(&store, &signer, "acme", "boss", true)
+        .await
+        .unwrap();
+    let claims = signer.verify(&token).unwrap();
+    assert!(claims.admin && claims.user == boss.id && claims.workspace == ws.id);
+    assert!(crate::create_user(&store, &signer, "acme", "boss", false)
+        .await
+        .is_err());
+    assert!(crate::create_user(&store, &signer, "nope", "x", false)
+        .await
+        .is_err());
+    let t = crate::issue_token(&store, &signer, "acme", "boss")
+        .await
+        .unwrap();
+    assert_eq!(signer.verify(&t).unwrap().user, boss.id);
+    assert!(crate::issue_token(&store, &signer, "acme", "ghost")
+        .await
+        .is_err());
+}
