@@ -514,3 +514,257 @@ pub fn refuse(cmd: ChannelCmd, channel: &ChannelId, epoch: RingEpoch) {
         | ChannelCmd::Release { .. } => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::ids::UserId;
+    use shared::store::sqlite::SqliteStore;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: SharedStore,
+        channel: ChannelId,
+        workspace: WorkspaceId,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore = Arc::new(SqliteStore::open(dir.path(), 2).unwrap());
+        Fixture {
+            _dir: dir,
+            store,
+            channel: ChannelId::from("CTEST"),
+            workspace: WorkspaceId::from("TTEST"),
+        }
+    }
+
+    impl Fixture {
+        fn start(&self) -> mpsc::Sender<ChannelCmd> {
+            let (tx, rx) = mpsc::channel(1024);
+            let task = ChannelTask::new(
+                self.channel.clone(),
+                self.workspace.clone(),
+                self.store.clone(),
+                8,
+            );
+            tokio::spawn(task.run(rx));
+            tx
+        }
+
+        fn new_message(&self, text: &str, cmid: Option<&str>) -> NewMessage {
+            NewMessage {
+                workspace: self.workspace.clone(),
+                channel: self.channel.clone(),
+                user: UserId::from("UALICE"),
+                text: text.into(),
+                client_msg_id: cmid.map(str::to_string),
+                thread_ts: None,
+            }
+        }
+    }
+
+    async fn post(tx: &mpsc::Sender<ChannelCmd>, msg: NewMessage) -> MeshFrame {
+        let (reply, rx) = oneshot::channel();
+        tx.send(ChannelCmd::Post {
+            msg,
+            received: Instant::now(),
+            reply,
+        })
+        .await
+        .unwrap();
+        rx.await.unwrap()
+    }
+
+    fn posted(frame: MeshFrame) -> (Message, bool) {
+        match frame {
+            MeshFrame::PostOk { msg, duplicate } => (msg, duplicate),
+            other => panic!("expected PostOk, got {other:?}"),
+        }
+    }
+
+    fn link(queue: usize) -> (GatewayLink, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(queue);
+        (
+            GatewayLink {
+                id: rand_id(),
+                tx,
+                cut: CancellationToken::new(),
+            },
+            rx,
+        )
+    }
+
+    fn rand_id() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn decode(bytes: &Bytes) -> MeshFrame {
+        MeshFrame::decode(bytes, usize::MAX).unwrap().unwrap().0
+    }
+
+    #[tokio::test]
+    async fn concurrent_posts_get_contiguous_sequences_and_increasing_ts() {
+        let f = fixture();
+        let tx = f.start();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let tx = tx.clone();
+            let msg = f.new_message(&format!("m{i}"), None);
+            tasks.push(tokio::spawn(async move { posted(post(&tx, msg).await).0 }));
+        }
+        let mut msgs = Vec::new();
+        for t in tasks {
+            msgs.push(t.await.unwrap());
+        }
+        msgs.sort_by_key(|m| m.seq);
+        for (i, m) in msgs.iter().enumerate() {
+            assert_eq!(m.seq, i as u64 + 1);
+        }
+        for w in msgs.windows(2) {
+            assert!(w[1].ts > w[0].ts, "ts must increase with seq");
+        }
+        // Durable before acked: the store holds all of them.
+        let last = f
+            .store
+            .last_message(&f.workspace, &f.channel)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(last.seq, 200);
+    }
+
+    #[tokio::test]
+    async fn repeated_client_msg_id_returns_the_stored_message_without_using_a_sequence() {
+        let f = fixture();
+        let tx = f.start();
+        let (first, dup) = posted(post(&tx, f.new_message("hello", Some("abc"))).await);
+        assert!(!dup);
+        let (again, dup) = posted(post(&tx, f.new_message("hello again", Some("abc"))).await);
+        assert!(dup);
+        assert_eq!(again.seq, first.seq);
+        assert_eq!(again.text, "hello");
+        let (next, _) = posted(post(&tx, f.new_message("next", None)).await);
+        assert_eq!(next.seq, first.seq + 1, "a duplicate must not leave a gap");
+        // After a restart the repeat is found in the store.
+        drop(tx);
+        let tx = f.start();
+        let (third, dup) = posted(post(&tx, f.new_message("x", Some("abc"))).await);
+        assert!(dup);
+        assert_eq!(third.seq, first.seq);
+    }
+
+    #[tokio::test]
+    async fn a_new_owner_continues_the_numbering_from_the_store() {
+        let f = fixture();
+        let tx = f.start();
+        for i in 0..5 {
+            post(&tx, f.new_message(&format!("{i}"), None)).await;
+        }
+        tx.send(ChannelCmd::Release {
+            epoch: RingEpoch(2),
+        })
+        .await
+        .unwrap();
+        // The released task refuses further work with its epoch.
+        let refused = post(&tx, f.new_message("late", None)).await;
+        assert!(
+            matches!(refused, MeshFrame::Error(MeshError::WrongOwner { .. })) || tx.is_closed(),
+            "{refused:?}"
+        );
+        let tx2 = f.start();
+        let (m, _) = posted(post(&tx2, f.new_message("on the new owner", None)).await);
+        assert_eq!(m.seq, 6);
+    }
+
+    #[tokio::test]
+    async fn subscribers_get_an_ack_with_backlog_then_every_message_in_order() {
+        let f = fixture();
+        let tx = f.start();
+        for i in 0..20 {
+            post(&tx, f.new_message(&format!("{i}"), None)).await;
+        }
+        // The window holds 8: a backlog from seq 3 comes from the store.
+        let (l, mut rx) = link(1024);
+        tx.send(ChannelCmd::Subscribe {
+            link: l,
+            after_seq: Some(3),
+        })
+        .await
+        .unwrap();
+        match decode(&rx.recv().await.unwrap()) {
+            MeshFrame::SubscribeAck {
+                last_seq, backlog, ..
+            } => {
+                assert_eq!(last_seq, 20);
+                assert_eq!(
+                    backlog.iter().map(|m| m.seq).collect::<Vec<_>>(),
+                    (4..=20).collect::<Vec<_>>()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        for i in 0..10 {
+            post(&tx, f.new_message(&format!("live {i}"), None)).await;
+        }
+        for expected in 21..=30 {
+            match decode(&rx.recv().await.unwrap()) {
+                MeshFrame::Deliver { msg } => assert_eq!(msg.seq, expected),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A fetch inside the window is served from it.
+        let (reply, r) = oneshot::channel();
+        tx.send(ChannelCmd::Fetch {
+            after_seq: 25,
+            up_to_seq: Some(27),
+            limit: 100,
+            reply,
+        })
+        .await
+        .unwrap();
+        match r.await.unwrap() {
+            MeshFrame::FetchOk { messages, last_seq } => {
+                assert_eq!(last_seq, 30);
+                assert_eq!(
+                    messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+                    vec![26, 27]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gateway_whose_queue_is_full_is_cut_off_without_slowing_others() {
+        let f = fixture();
+        let tx = f.start();
+        let (slow, _slow_rx) = link(2);
+        let (fast, mut fast_rx) = link(1024);
+        let slow_cut = slow.cut.clone();
+        tx.send(ChannelCmd::Subscribe {
+            link: slow,
+            after_seq: None,
+        })
+        .await
+        .unwrap();
+        tx.send(ChannelCmd::Subscribe {
+            link: fast,
+            after_seq: None,
+        })
+        .await
+        .unwrap();
+        for i in 0..10 {
+            post(&tx, f.new_message(&format!("{i}"), None)).await;
+        }
+        assert!(slow_cut.is_cancelled(), "the stalled link is cut off");
+        let mut seqs = Vec::new();
+        while seqs.len() < 10 {
+            if let MeshFrame::Deliver { msg } = decode(&fast_rx.recv().await.unwrap()) {
+                seqs.push(msg.seq);
+            }
+        }
+        assert_eq!(seqs, (1..=10).collect::<Vec<_>>());
+    }
+}
