@@ -33,18 +33,29 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const FETCH_LIMIT: u32 = 1000;
 /// How often the hub re-checks subscriptions (ring changes and link losses also wake it).
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// How long after a re-subscription the gateway checks the channel's tail.
+const TAIL_CHECK_DELAY: Duration = Duration::from_millis(1000);
 
 /// What the hub queues for a session's writer.
 #[derive(Debug)]
 pub enum Outbound {
     /// A channel message with its sequence.
-    Message { channel: ChannelId, seq: Seq, text: Utf8Bytes },
+    Message {
+        channel: ChannelId,
+        seq: Seq,
+        text: Utf8Bytes,
+    },
     /// Any other event, written as is.
     Event(Utf8Bytes),
     /// The session now receives `channel`, continuing after `start` (`None`: from whatever
     /// comes next).
-    Joined { channel: ChannelId, start: Option<Seq> },
-    Left { channel: ChannelId },
+    Joined {
+        channel: ChannelId,
+        start: Option<Seq>,
+    },
+    Left {
+        channel: ChannelId,
+    },
 }
 
 pub struct SessionHandle {
@@ -127,7 +138,12 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(node: NodeId, pool: Arc<PeerPool>, ring: watch::Receiver<Arc<Ring>>, shutdown: Shutdown) -> Arc<Hub> {
+    pub fn new(
+        node: NodeId,
+        pool: Arc<PeerPool>,
+        ring: watch::Receiver<Arc<Ring>>,
+        shutdown: Shutdown,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             node,
             pool,
@@ -162,7 +178,10 @@ impl Hub {
         let mut st = self.state.lock();
         let first_of_user = st.users.get(&user).is_none_or(|s| s.is_empty());
         for c in channels {
-            let entry = st.channels.entry(c.clone()).or_insert_with(|| ChannelEntry::new(workspace.clone()));
+            let entry = st
+                .channels
+                .entry(c.clone())
+                .or_insert_with(|| ChannelEntry::new(workspace.clone()));
             entry.sessions.insert(id);
             let start = resume.get(c).copied().or(entry.last_seq);
             starts.insert(c.clone(), start);
@@ -170,7 +189,13 @@ impl Hub {
         st.users.entry(user.clone()).or_default().insert(id);
         st.sessions.insert(
             id,
-            SessionHandle { user, workspace, tx, overflow, channels: channels.iter().cloned().collect() },
+            SessionHandle {
+                user,
+                workspace,
+                tx,
+                overflow,
+                channels: channels.iter().cloned().collect(),
+            },
         );
         m::SUBSCRIBED_CHANNELS.set(st.channels.len() as i64);
         drop(st);
@@ -181,7 +206,9 @@ impl Hub {
     /// Forgets a session; returns whether it was its user's last here.
     pub fn unregister(&self, id: SessionId) -> bool {
         let mut st = self.state.lock();
-        let Some(s) = st.sessions.remove(&id) else { return false };
+        let Some(s) = st.sessions.remove(&id) else {
+            return false;
+        };
         for c in &s.channels {
             if let Some(e) = st.channels.get_mut(c) {
                 e.sessions.remove(&id);
@@ -204,11 +231,20 @@ impl Hub {
     }
 
     pub fn session_channels(&self, id: SessionId) -> HashSet<ChannelId> {
-        self.state.lock().sessions.get(&id).map(|s| s.channels.clone()).unwrap_or_default()
+        self.state
+            .lock()
+            .sessions
+            .get(&id)
+            .map(|s| s.channels.clone())
+            .unwrap_or_default()
     }
 
     pub fn in_channel(&self, id: SessionId, channel: &ChannelId) -> bool {
-        self.state.lock().sessions.get(&id).is_some_and(|s| s.channels.contains(channel))
+        self.state
+            .lock()
+            .sessions
+            .get(&id)
+            .is_some_and(|s| s.channels.contains(channel))
     }
 
     /// Sends an event to every session (used for `goodbye`).
@@ -223,12 +259,24 @@ impl Hub {
     pub fn on_user_event(self: &Arc<Self>, ev: UserEvent) {
         let mut st = self.state.lock();
         match ev {
-            UserEvent::ChannelJoined { workspace, channel, user, channel_name } => {
-                let ids: Vec<SessionId> = st.users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
+            UserEvent::ChannelJoined {
+                workspace,
+                channel,
+                user,
+                channel_name,
+            } => {
+                let ids: Vec<SessionId> = st
+                    .users
+                    .get(&user)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
                 if ids.is_empty() {
                     return;
                 }
-                let entry = st.channels.entry(channel.clone()).or_insert_with(|| ChannelEntry::new(workspace.clone()));
+                let entry = st
+                    .channels
+                    .entry(channel.clone())
+                    .or_insert_with(|| ChannelEntry::new(workspace.clone()));
                 let start = entry.last_seq;
                 let mut joined = Vec::new();
                 for id in &ids {
@@ -249,14 +297,28 @@ impl Hub {
                 .into();
                 for id in joined {
                     if let Some(s) = st.sessions.get(&id) {
-                        s.offer(Outbound::Joined { channel: channel.clone(), start });
+                        s.offer(Outbound::Joined {
+                            channel: channel.clone(),
+                            start,
+                        });
                         s.offer(Outbound::Event(text.clone()));
                     }
                 }
             }
-            UserEvent::ChannelLeft { workspace, channel, user } => {
-                let ids: Vec<SessionId> = st.users.get(&user).map(|s| s.iter().copied().collect()).unwrap_or_default();
-                let text: Utf8Bytes = serde_json::json!({ "type": "channel_left", "channel": channel.0 }).to_string().into();
+            UserEvent::ChannelLeft {
+                workspace,
+                channel,
+                user,
+            } => {
+                let ids: Vec<SessionId> = st
+                    .users
+                    .get(&user)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default();
+                let text: Utf8Bytes =
+                    serde_json::json!({ "type": "channel_left", "channel": channel.0 })
+                        .to_string()
+                        .into();
                 for id in ids {
                     let removed = match st.sessions.get_mut(&id) {
                         Some(s) if s.workspace == workspace => s.channels.remove(&channel),
@@ -267,7 +329,9 @@ impl Hub {
                             e.sessions.remove(&id);
                         }
                         if let Some(s) = st.sessions.get(&id) {
-                            s.offer(Outbound::Left { channel: channel.clone() });
+                            s.offer(Outbound::Left {
+                                channel: channel.clone(),
+                            });
                             s.offer(Outbound::Event(text.clone()));
                         }
                     }
@@ -283,16 +347,32 @@ impl Hub {
     /// Relays an ephemeral event through the channel's owner.
     pub fn publish(&self, channel: &ChannelId, event: EphemeralEvent) {
         let st = self.state.lock();
-        let Some(owner) = st.channels.get(channel).and_then(|e| e.owner.clone()) else { return };
+        let Some(owner) = st.channels.get(channel).and_then(|e| e.owner.clone()) else {
+            return;
+        };
         if let Some(link) = st.links.get(&owner) {
-            let _ = link.tx.send(MeshFrame::Publish { channel: channel.clone(), event });
+            let _ = link.tx.send(MeshFrame::Publish {
+                channel: channel.clone(),
+                event,
+            });
         }
     }
 
     /// Publishes a user's presence to the channels it is in here.
-    pub fn publish_presence(&self, user: &UserId, channels: &HashSet<ChannelId>, presence: Presence) {
+    pub fn publish_presence(
+        &self,
+        user: &UserId,
+        channels: &HashSet<ChannelId>,
+        presence: Presence,
+    ) {
         for c in channels {
-            self.publish(c, EphemeralEvent::Presence { user: user.clone(), presence });
+            self.publish(
+                c,
+                EphemeralEvent::Presence {
+                    user: user.clone(),
+                    presence,
+                },
+            );
         }
     }
 
@@ -301,7 +381,12 @@ impl Hub {
     /// Rendered messages of `channel` with `after < seq <= up_to` (at most `FETCH_LIMIT`), from
     /// the local window when it covers them, else from the channel's owner (which reads its
     /// window or the store).
-    pub async fn backfill(&self, channel: &ChannelId, after: Seq, up_to: Option<Seq>) -> Result<(Vec<(Seq, Utf8Bytes)>, Seq), MeshError> {
+    pub async fn backfill(
+        &self,
+        channel: &ChannelId,
+        after: Seq,
+        up_to: Option<Seq>,
+    ) -> Result<(Vec<(Seq, Utf8Bytes)>, Seq), MeshError> {
         let workspace = {
             let st = self.state.lock();
             let Some(e) = st.channels.get(channel) else {
@@ -321,17 +406,44 @@ impl Hub {
             e.workspace.clone()
         };
         let (messages, last_seq) = self.fetch(channel, &workspace, after, up_to).await?;
-        Ok((messages.iter().map(|m| (m.seq, Utf8Bytes::from(message_json(m)))).collect(), last_seq))
+        Ok((
+            messages
+                .iter()
+                .map(|m| (m.seq, Utf8Bytes::from(message_json(m))))
+                .collect(),
+            last_seq,
+        ))
     }
 
-    async fn fetch(&self, channel: &ChannelId, workspace: &WorkspaceId, after: Seq, up_to: Option<Seq>) -> Result<(Vec<Message>, Seq), MeshError> {
-        let owner = self.ring().owner(channel).cloned().ok_or(MeshError::NoOwner)?;
-        let addr = owner.mesh_addr.parse().map_err(|_| MeshError::Unavailable("bad owner address".into()))?;
-        let frame = MeshFrame::Fetch { channel: channel.clone(), workspace: workspace.clone(), after_seq: after, up_to_seq: up_to, limit: FETCH_LIMIT };
+    async fn fetch(
+        &self,
+        channel: &ChannelId,
+        workspace: &WorkspaceId,
+        after: Seq,
+        up_to: Option<Seq>,
+    ) -> Result<(Vec<Message>, Seq), MeshError> {
+        let owner = self
+            .ring()
+            .owner(channel)
+            .cloned()
+            .ok_or(MeshError::NoOwner)?;
+        let addr = owner
+            .mesh_addr
+            .parse()
+            .map_err(|_| MeshError::Unavailable("bad owner address".into()))?;
+        let frame = MeshFrame::Fetch {
+            channel: channel.clone(),
+            workspace: workspace.clone(),
+            after_seq: after,
+            up_to_seq: up_to,
+            limit: FETCH_LIMIT,
+        };
         match self.pool.request(addr, &frame, FETCH_TIMEOUT).await {
             Ok(MeshFrame::FetchOk { messages, last_seq }) => Ok((messages, last_seq)),
             Ok(MeshFrame::Error(e)) => Err(e),
-            Ok(other) => Err(MeshError::BadRequest(format!("unexpected answer {other:?}"))),
+            Ok(other) => Err(MeshError::BadRequest(format!(
+                "unexpected answer {other:?}"
+            ))),
             Err(e) => Err(MeshError::Unavailable(e.to_string())),
         }
     }
@@ -345,9 +457,15 @@ impl Hub {
                 let mut st = self.state.lock();
                 self.accept_message(&mut st, msg);
             }
-            MeshFrame::SubscribeAck { channel, last_seq, backlog } => {
+            MeshFrame::SubscribeAck {
+                channel,
+                last_seq,
+                backlog,
+            } => {
                 let mut st = self.state.lock();
-                let Some(e) = st.channels.get_mut(&channel) else { return };
+                let Some(e) = st.channels.get_mut(&channel) else {
+                    return;
+                };
                 if e.owner.as_ref() != Some(from) {
                     return;
                 }
@@ -367,7 +485,9 @@ impl Hub {
             }
             MeshFrame::Ephemeral { channel, event } => {
                 let st = self.state.lock();
-                let Some(e) = st.channels.get(&channel) else { return };
+                let Some(e) = st.channels.get(&channel) else {
+                    return;
+                };
                 let skip_user = match &event {
                     EphemeralEvent::Typing { user } => Some(user.clone()),
                     EphemeralEvent::Presence { .. } => None,
@@ -399,8 +519,12 @@ impl Hub {
 
     /// Takes one message into the channel's contiguous stream.
     fn accept_message(self: &Arc<Self>, st: &mut State, msg: Message) {
-        let State { channels, sessions, .. } = st;
-        let Some(e) = channels.get_mut(&msg.channel) else { return };
+        let State {
+            channels, sessions, ..
+        } = st;
+        let Some(e) = channels.get_mut(&msg.channel) else {
+            return;
+        };
         match e.last_seq {
             Some(last) if msg.seq <= last => {}
             Some(last) if msg.seq > last + 1 => {
@@ -428,7 +552,13 @@ impl Hub {
         }
     }
 
-    fn spawn_gap_fetch(self: &Arc<Self>, channel: ChannelId, workspace: WorkspaceId, after: Seq, up_to: Seq) {
+    fn spawn_gap_fetch(
+        self: &Arc<Self>,
+        channel: ChannelId,
+        workspace: WorkspaceId,
+        after: Seq,
+        up_to: Seq,
+    ) {
         m::GAP_FETCHES.inc();
         let hub = self.clone();
         tokio::spawn(async move {
@@ -440,7 +570,9 @@ impl Hub {
                     for msg in messages {
                         hub.accept_message(&mut st, msg);
                     }
-                    let Some(e) = st.channels.get_mut(&channel) else { return };
+                    let Some(e) = st.channels.get_mut(&channel) else {
+                        return;
+                    };
                     e.fetching = false;
                     // The store is the authority: what it does not hold was never acked.
                     if let Some(last) = e.last_seq {
@@ -450,7 +582,8 @@ impl Hub {
                                 m::GAPS_SKIPPED.inc();
                                 tracing::warn!(%channel, from = last, to = skip_to, "skipping a gap the store does not hold");
                                 e.last_seq = Some(skip_to);
-                                let pending: Vec<Message> = std::mem::take(&mut e.pending).into_values().collect();
+                                let pending: Vec<Message> =
+                                    std::mem::take(&mut e.pending).into_values().collect();
                                 for msg in pending {
                                     hub.accept_message(&mut st, msg);
                                 }
@@ -490,25 +623,49 @@ impl Hub {
         let mut st = self.state.lock();
         let mut sends: Vec<(NodeId, String, MeshFrame)> = Vec::new();
         let mut retry_fetch = Vec::new();
+        let mut tail_checks = Vec::new();
         st.channels.retain(|channel, e| {
             if e.sessions.is_empty() {
                 if let Some(owner) = e.owner.take() {
-                    sends.push((owner, String::new(), MeshFrame::Unsubscribe { channel: channel.clone() }));
+                    sends.push((
+                        owner,
+                        String::new(),
+                        MeshFrame::Unsubscribe {
+                            channel: channel.clone(),
+                        },
+                    ));
                 }
                 return false;
             }
-            let Some(want) = ring.owner(channel) else { return true };
+            let Some(want) = ring.owner(channel) else {
+                return true;
+            };
             if e.owner.as_ref() != Some(&want.node) {
                 if let Some(old) = e.owner.take() {
-                    sends.push((old, String::new(), MeshFrame::Unsubscribe { channel: channel.clone() }));
+                    sends.push((
+                        old,
+                        String::new(),
+                        MeshFrame::Unsubscribe {
+                            channel: channel.clone(),
+                        },
+                    ));
                 }
                 m::SUBSCRIBES.inc();
+                if e.last_seq.is_some() {
+                    // A re-subscription after a move or a lost link: the previous owner may
+                    // have stored a message the new owner had not read yet when it acked.
+                    tail_checks.push(channel.clone());
+                }
                 e.owner = Some(want.node.clone());
                 e.acked = false;
                 sends.push((
                     want.node.clone(),
                     want.mesh_addr.clone(),
-                    MeshFrame::Subscribe { channel: channel.clone(), workspace: e.workspace.clone(), after_seq: e.last_seq },
+                    MeshFrame::Subscribe {
+                        channel: channel.clone(),
+                        workspace: e.workspace.clone(),
+                        after_seq: e.last_seq,
+                    },
                 ));
             }
             if !e.pending.is_empty() && !e.fetching {
@@ -541,11 +698,49 @@ impl Hub {
         for (channel, workspace, after, up_to) in retry_fetch {
             self.spawn_gap_fetch(channel, workspace, after, up_to);
         }
+        for channel in tail_checks {
+            self.spawn_tail_check(channel);
+        }
+    }
+
+    /// A moment after a re-subscription, asks the owner for anything after the last `seq`
+    /// seen, so a message stored by the previous owner during the handoff is delivered even
+    /// if no later message reveals the gap.
+    fn spawn_tail_check(self: &Arc<Self>, channel: ChannelId) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(TAIL_CHECK_DELAY).await;
+            let (workspace, after) = {
+                let st = hub.state.lock();
+                match st.channels.get(&channel) {
+                    Some(e) => match e.last_seq {
+                        Some(last) => (e.workspace.clone(), last),
+                        None => return,
+                    },
+                    None => return,
+                }
+            };
+            if let Ok((messages, _)) = hub.fetch(&channel, &workspace, after, None).await {
+                if !messages.is_empty() {
+                    m::GAP_FETCHES.inc();
+                }
+                let mut st = hub.state.lock();
+                for msg in messages {
+                    hub.accept_message(&mut st, msg);
+                }
+            }
+        });
     }
 
     /// One subscription stream to a channel server. When it ends, every channel subscribed on
     /// it is marked unsubscribed, and the next reconcile subscribes again with the last `seq`.
-    async fn run_link(self: Arc<Self>, node: NodeId, addr: std::net::SocketAddr, generation: u64, mut rx: mpsc::UnboundedReceiver<MeshFrame>) {
+    async fn run_link(
+        self: Arc<Self>,
+        node: NodeId,
+        addr: std::net::SocketAddr,
+        generation: u64,
+        mut rx: mpsc::UnboundedReceiver<MeshFrame>,
+    ) {
         let hub = self.clone();
         let node_for_reader = node.clone();
         let session = async move {
@@ -580,7 +775,11 @@ impl Hub {
         }
         {
             let mut st = self.state.lock();
-            if st.links.get(&node).is_some_and(|l| l.generation == generation) {
+            if st
+                .links
+                .get(&node)
+                .is_some_and(|l| l.generation == generation)
+            {
                 st.links.remove(&node);
             }
             for e in st.channels.values_mut() {
@@ -607,7 +806,191 @@ fn deliver(e: &mut ChannelEntry, sessions: &HashMap<SessionId, SessionHandle>, m
     for id in &e.sessions {
         if let Some(s) = sessions.get(id) {
             m::SESSION_WRITES.inc();
-            s.offer(Outbound::Message { channel: msg.channel.clone(), seq: msg.seq, text: text.clone() });
+            s.offer(Outbound::Message {
+                channel: msg.channel.clone(),
+                seq: msg.seq,
+                text: text.clone(),
+            });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::ids::Ts;
+    use shared::mesh::{Mesh, MeshTls};
+
+    fn hub() -> (Arc<Hub>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        shared::mesh::tls::generate_dev_certs(dir.path()).unwrap();
+        let tls = MeshTls::load(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("node.pem"),
+            &dir.path().join("node.key"),
+        )
+        .unwrap();
+        let mesh = Mesh::client(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            1 << 20,
+            Duration::from_millis(200),
+        )
+        .unwrap();
+        let (_tx, rx) = watch::channel(Arc::new(Ring::empty()));
+        (
+            Hub::new(
+                NodeId::from("gw-test"),
+                Arc::new(PeerPool::new(Arc::new(mesh))),
+                rx,
+                Shutdown::new(),
+            ),
+            dir,
+        )
+    }
+
+    fn msg(seq: Seq) -> Message {
+        Message {
+            workspace: WorkspaceId::from("TW"),
+            channel: ChannelId::from("CX"),
+            seq,
+            ts: Ts(1_000 + seq),
+            user: UserId::from("UA"),
+            text: format!("m{seq}"),
+            client_msg_id: None,
+            thread_ts: None,
+        }
+    }
+
+    fn session(
+        hub: &Arc<Hub>,
+        queue: usize,
+    ) -> (SessionId, mpsc::Receiver<Outbound>, CancellationToken) {
+        let (tx, rx) = mpsc::channel(queue);
+        let overflow = CancellationToken::new();
+        let (id, _, _) = hub.register(
+            UserId::from("UB"),
+            WorkspaceId::from("TW"),
+            &[ChannelId::from("CX")],
+            &BTreeMap::new(),
+            tx,
+            overflow.clone(),
+        );
+        (id, rx, overflow)
+    }
+
+    fn seqs(rx: &mut mpsc::Receiver<Outbound>) -> Vec<Seq> {
+        let mut out = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            if let Outbound::Message { seq, .. } = o {
+                out.push(seq);
+            }
+        }
+        out
+    }
+
+    fn ack(hub: &Arc<Hub>, owner: &str, last_seq: Seq, backlog: Vec<Message>) {
+        hub.state
+            .lock()
+            .channels
+            .get_mut(&ChannelId::from("CX"))
+            .unwrap()
+            .owner = Some(NodeId::from(owner));
+        hub.on_link_frame(
+            &NodeId::from(owner),
+            MeshFrame::SubscribeAck {
+                channel: ChannelId::from("CX"),
+                last_seq,
+                backlog,
+            },
+        );
+    }
+
+    #[tokio::test]
+    async fn sessions_get_each_message_once_in_order() {
+        let (hub, _dir) = hub();
+        let (_id, mut rx, _) = session(&hub, 64);
+        ack(&hub, "cs-1", 3, vec![]);
+        let from = NodeId::from("cs-1");
+        for s in [4, 5, 5, 4, 6] {
+            hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(s) });
+        }
+        assert_eq!(seqs(&mut rx), vec![4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn messages_past_a_gap_wait_for_it() {
+        let (hub, _dir) = hub();
+        let (_id, mut rx, _) = session(&hub, 64);
+        ack(&hub, "cs-1", 0, vec![]);
+        let from = NodeId::from("cs-1");
+        hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(1) });
+        hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(3) });
+        hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(4) });
+        assert_eq!(seqs(&mut rx), vec![1], "3 and 4 wait for 2");
+        // The gap arrives (from a fetch or another owner): everything flows in order.
+        hub.on_link_frame(&NodeId::from("cs-2"), MeshFrame::Deliver { msg: msg(2) });
+        assert_eq!(seqs(&mut rx), vec![2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_subscribe_ack_backlog_fills_what_was_missed() {
+        let (hub, _dir) = hub();
+        let (_id, mut rx, _) = session(&hub, 64);
+        ack(&hub, "cs-1", 2, vec![]);
+        hub.on_link_frame(&NodeId::from("cs-1"), MeshFrame::Deliver { msg: msg(3) });
+        // Moved to cs-2, which acks with the backlog after 3.
+        ack(&hub, "cs-2", 6, vec![msg(4), msg(5), msg(6)]);
+        assert_eq!(seqs(&mut rx), vec![3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_full_session_queue_flags_overflow_without_blocking_others() {
+        let (hub, _dir) = hub();
+        let (_slow, _slow_rx, slow_overflow) = session(&hub, 2);
+        let (_fast, mut fast_rx, fast_overflow) = session(&hub, 64);
+        ack(&hub, "cs-1", 0, vec![]);
+        for s in 1..=10 {
+            hub.on_link_frame(&NodeId::from("cs-1"), MeshFrame::Deliver { msg: msg(s) });
+        }
+        assert!(slow_overflow.is_cancelled());
+        assert!(!fast_overflow.is_cancelled());
+        assert_eq!(seqs(&mut fast_rx), (1..=10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn membership_events_add_and_remove_channels() {
+        let (hub, _dir) = hub();
+        let (id, mut rx, _) = session(&hub, 64);
+        hub.on_user_event(UserEvent::ChannelJoined {
+            workspace: WorkspaceId::from("TW"),
+            channel: ChannelId::from("CY"),
+            user: UserId::from("UB"),
+            channel_name: "y".into(),
+        });
+        assert!(hub.in_channel(id, &ChannelId::from("CY")));
+        // Another workspace's event for a same-named user id changes nothing.
+        hub.on_user_event(UserEvent::ChannelLeft {
+            workspace: WorkspaceId::from("TOTHER"),
+            channel: ChannelId::from("CY"),
+            user: UserId::from("UB"),
+        });
+        assert!(hub.in_channel(id, &ChannelId::from("CY")));
+        hub.on_user_event(UserEvent::ChannelLeft {
+            workspace: WorkspaceId::from("TW"),
+            channel: ChannelId::from("CY"),
+            user: UserId::from("UB"),
+        });
+        assert!(!hub.in_channel(id, &ChannelId::from("CY")));
+        let mut kinds = Vec::new();
+        while let Ok(o) = rx.try_recv() {
+            kinds.push(match o {
+                Outbound::Joined { .. } => "joined",
+                Outbound::Left { .. } => "left",
+                Outbound::Event(_) => "event",
+                Outbound::Message { .. } => "message",
+            });
+        }
+        assert_eq!(kinds, vec!["joined", "event", "left", "event"]);
     }
 }

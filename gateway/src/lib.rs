@@ -63,15 +63,26 @@ struct AppState {
 }
 
 /// Runs a gateway until `shutdown`: WebSockets, `/metrics` and `/health` on `http`.
-pub async fn run(config: Config, node: NodeId, http: tokio::net::TcpListener, deps: GatewayDeps, shutdown: Shutdown) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    node: NodeId,
+    http: tokio::net::TcpListener,
+    deps: GatewayDeps,
+    shutdown: Shutdown,
+) -> anyhow::Result<()> {
     let bind: std::net::SocketAddr = if config.mesh.admin_addr.ip().is_loopback() {
         "127.0.0.1:0".parse().expect("literal address")
     } else {
         "0.0.0.0:0".parse().expect("literal address")
     };
     let mesh = Arc::new(
-        Mesh::client(bind, &deps.tls, config.mesh.max_frame_bytes, Duration::from_millis(config.mesh.connect_timeout_ms))
-            .context("failed to start gateway mesh endpoint")?,
+        Mesh::client(
+            bind,
+            &deps.tls,
+            config.mesh.max_frame_bytes,
+            Duration::from_millis(config.mesh.connect_timeout_ms),
+        )
+        .context("failed to start gateway mesh endpoint")?,
     );
     let pool = Arc::new(PeerPool::new(mesh.clone()));
     let (ring_tx, ring_rx) = watch::channel(Arc::new(Ring::empty()));
@@ -80,7 +91,11 @@ pub async fn run(config: Config, node: NodeId, http: tokio::net::TcpListener, de
     tokio::spawn(follow_admin(
         pool.clone(),
         config.mesh.admin_addr,
-        NodeHello { node: node.clone(), role: Role::Gateway, mesh_addr: String::new() },
+        NodeHello {
+            node: node.clone(),
+            role: Role::Gateway,
+            mesh_addr: String::new(),
+        },
         ring_tx,
         Some(user_tx),
         connected_tx,
@@ -114,7 +129,10 @@ pub async fn run(config: Config, node: NodeId, http: tokio::net::TcpListener, de
     let state = Arc::new(AppState {
         hub,
         signer: deps.signer,
-        http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().context("http client")?,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .context("http client")?,
         sessions: Arc::new(tokio::sync::Semaphore::new(config.gateway.max_sessions)),
         config: config.clone(),
         shutdown: sessions_shutdown.clone(),
@@ -123,7 +141,10 @@ pub async fn run(config: Config, node: NodeId, http: tokio::net::TcpListener, de
         .route("/rtm", get(rtm))
         .route("/", get(rtm))
         .with_state(state)
-        .merge(shared::telemetry::ops_router("gateway", deps.health.clone()));
+        .merge(shared::telemetry::ops_router(
+            "gateway",
+            deps.health.clone(),
+        ));
     let addr = http.local_addr()?;
     tracing::info!(%node, %addr, "gateway running");
     let graceful = {
@@ -135,14 +156,21 @@ pub async fn run(config: Config, node: NodeId, http: tokio::net::TcpListener, de
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
-    axum::serve(http, app).with_graceful_shutdown(graceful).await.context("gateway server")?;
+    axum::serve(http, app)
+        .with_graceful_shutdown(graceful)
+        .await
+        .context("gateway server")?;
     mesh.close();
     Ok(())
 }
 
 fn reject(status: StatusCode, error: &'static str) -> Response {
     m::REJECTED.with_label_values(&[error]).inc();
-    (status, Json(serde_json::json!({ "ok": false, "error": error }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "ok": false, "error": error })),
+    )
+        .into_response()
 }
 
 /// Parses `C1:41,C2:7`.
@@ -157,7 +185,10 @@ fn parse_resume(s: &str) -> Option<BTreeMap<ChannelId, Seq>> {
 
 /// The user's channels, from the Web API (`users.conversations`).
 async fn user_channels(state: &AppState, token: &str) -> Result<Vec<ChannelId>, Response> {
-    let url = format!("{}/api/users.conversations", state.config.gateway.webapp_url.trim_end_matches('/'));
+    let url = format!(
+        "{}/api/users.conversations",
+        state.config.gateway.webapp_url.trim_end_matches('/')
+    );
     let mut channels = Vec::new();
     let mut cursor = String::new();
     for _ in 0..100 {
@@ -165,17 +196,26 @@ async fn user_channels(state: &AppState, token: &str) -> Result<Vec<ChannelId>, 
             .http
             .post(&url)
             .bearer_auth(token)
-            .form(&[("types", "public_channel,private_channel"), ("limit", "1000"), ("cursor", cursor.as_str())])
+            .form(&[
+                ("types", "public_channel,private_channel"),
+                ("limit", "1000"),
+                ("cursor", cursor.as_str()),
+            ])
             .send()
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "web api unreachable");
                 reject(StatusCode::SERVICE_UNAVAILABLE, "webapp_unavailable")
             })?;
-        let body: serde_json::Value = resp.json().await.map_err(|_| reject(StatusCode::BAD_GATEWAY, "webapp_bad_answer"))?;
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|_| reject(StatusCode::BAD_GATEWAY, "webapp_bad_answer"))?;
         if body["ok"] != true {
             return Err(match body["error"].as_str() {
-                Some("invalid_auth" | "not_authed" | "account_inactive") => reject(StatusCode::UNAUTHORIZED, "invalid_auth"),
+                Some("invalid_auth" | "not_authed" | "account_inactive") => {
+                    reject(StatusCode::UNAUTHORIZED, "invalid_auth")
+                }
                 _ => reject(StatusCode::BAD_GATEWAY, "webapp_error"),
             });
         }
@@ -184,7 +224,10 @@ async fn user_channels(state: &AppState, token: &str) -> Result<Vec<ChannelId>, 
                 channels.push(id);
             }
         }
-        cursor = body["response_metadata"]["next_cursor"].as_str().unwrap_or_default().to_string();
+        cursor = body["response_metadata"]["next_cursor"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         if cursor.is_empty() {
             return Ok(channels);
         }
@@ -201,10 +244,13 @@ async fn rtm(
     let Ok(ws) = ws else {
         return reject(StatusCode::BAD_REQUEST, "websocket_upgrade_required");
     };
-    let token = params
-        .get("token")
-        .cloned()
-        .or_else(|| headers.get("authorization").and_then(|h| h.to_str().ok()).and_then(shared::auth::bearer).map(str::to_string));
+    let token = params.get("token").cloned().or_else(|| {
+        headers
+            .get("authorization")
+            .and_then(|h| h.to_str().ok())
+            .and_then(shared::auth::bearer)
+            .map(str::to_string)
+    });
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         return reject(StatusCode::UNAUTHORIZED, "not_authed");
     };

@@ -2,12 +2,20 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{register_int_counter, register_int_counter_vec, register_int_gauge, IntCounter, IntCounterVec, IntGauge};
+use prometheus::{
+    register_int_counter, register_int_counter_vec, register_int_gauge, IntCounter, IntCounterVec,
+    IntGauge,
+};
 
-pub static SESSIONS: LazyLock<IntGauge> =
-    LazyLock::new(|| register_int_gauge!("switchboard_gateway_sessions", "WebSocket sessions open").unwrap());
+pub static SESSIONS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!("switchboard_gateway_sessions", "WebSocket sessions open").unwrap()
+});
 pub static SESSIONS_OPENED: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("switchboard_gateway_sessions_opened_total", "WebSocket sessions accepted").unwrap()
+    register_int_counter!(
+        "switchboard_gateway_sessions_opened_total",
+        "WebSocket sessions accepted"
+    )
+    .unwrap()
 });
 pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
@@ -33,16 +41,33 @@ pub static BAD_INPUT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .unwrap()
 });
 pub static CLIENT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("switchboard_gateway_client_events_total", "client events handled, by type", &["type"]).unwrap()
+    register_int_counter_vec!(
+        "switchboard_gateway_client_events_total",
+        "client events handled, by type",
+        &["type"]
+    )
+    .unwrap()
 });
 pub static MESSAGES_IN: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("switchboard_gateway_messages_received_total", "channel messages received from channel servers").unwrap()
+    register_int_counter!(
+        "switchboard_gateway_messages_received_total",
+        "channel messages received from channel servers"
+    )
+    .unwrap()
 });
 pub static SESSION_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("switchboard_gateway_session_messages_total", "messages written to sessions").unwrap()
+    register_int_counter!(
+        "switchboard_gateway_session_messages_total",
+        "messages written to sessions"
+    )
+    .unwrap()
 });
 pub static GAP_FETCHES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("switchboard_gateway_gap_fetches_total", "fetches to fill a gap in a channel's sequence").unwrap()
+    register_int_counter!(
+        "switchboard_gateway_gap_fetches_total",
+        "fetches to fill a gap in a channel's sequence"
+    )
+    .unwrap()
 });
 pub static GAPS_SKIPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
@@ -52,11 +77,23 @@ pub static GAPS_SKIPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     .unwrap()
 });
 pub static SUBSCRIBES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("switchboard_gateway_subscribes_total", "channel subscriptions sent to channel servers").unwrap()
+    register_int_counter!(
+        "switchboard_gateway_subscribes_total",
+        "channel subscriptions sent to channel servers"
+    )
+    .unwrap()
 });
 pub static LINK_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register_int_counter!("switchboard_gateway_link_failures_total", "channel server links lost").unwrap()
+    register_int_counter!(
+        "switchboard_gateway_link_failures_total",
+        "channel server links lost"
+    )
+    .unwrap()
 });
 pub static SUBSCRIBED_CHANNELS: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!("switchboard_gateway_subscribed_channels", "channels with at least one local session").unwrap()
+    register_int_gauge!(
+        "switchboard_gateway_subscribed_channels",
+        "channels with at least one local session"
+    )
+    .unwrap()
 });

@@ -36,7 +36,12 @@ pub struct SessionParams {
     pub idle_timeout: Duration,
 }
 
-type BackfillResult = (ChannelId, Option<Seq>, u32, Result<(Vec<(Seq, Utf8Bytes)>, Seq), MeshError>);
+type BackfillResult = (
+    ChannelId,
+    Option<Seq>,
+    u32,
+    Result<(Vec<(Seq, Utf8Bytes)>, Seq), MeshError>,
+);
 
 struct Session {
     id: SessionId,
@@ -58,7 +63,13 @@ struct Session {
 }
 
 impl Session {
-    fn request_backfill(&mut self, channel: ChannelId, after: Seq, up_to: Option<Seq>, attempt: u32) {
+    fn request_backfill(
+        &mut self,
+        channel: ChannelId,
+        after: Seq,
+        up_to: Option<Seq>,
+        attempt: u32,
+    ) {
         if !self.backfilling.insert(channel.clone()) {
             return;
         }
@@ -74,7 +85,13 @@ impl Session {
     }
 
     /// Takes one channel message; pushes what is ready to `out`.
-    fn on_message(&mut self, channel: ChannelId, seq: Seq, text: Utf8Bytes, out: &mut Vec<Utf8Bytes>) {
+    fn on_message(
+        &mut self,
+        channel: ChannelId,
+        seq: Seq,
+        text: Utf8Bytes,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
         if !self.channels.contains(&channel) {
             return;
         }
@@ -101,7 +118,9 @@ impl Session {
     }
 
     fn flush_held(&mut self, channel: &ChannelId, out: &mut Vec<Utf8Bytes>) {
-        let Some(held) = self.held.get_mut(channel) else { return };
+        let Some(held) = self.held.get_mut(channel) else {
+            return;
+        };
         let d = self.delivered.entry(channel.clone()).or_insert(None);
         while let Some((&seq, _)) = held.first_key_value() {
             let last = d.unwrap_or(0);
@@ -133,10 +152,15 @@ impl Session {
                     self.on_message(channel.clone(), seq, text, out);
                 }
                 let d = self.delivered.get(&channel).copied().flatten().unwrap_or(0);
-                let first_held = self.held.get(&channel).and_then(|h| h.keys().next().copied());
+                let first_held = self
+                    .held
+                    .get(&channel)
+                    .and_then(|h| h.keys().next().copied());
                 match (up_to, first_held) {
                     // A resume: keep going while the owner has more.
-                    (None, _) if got > 0 && last_seq > d => self.request_backfill(channel, d, None, 0),
+                    (None, _) if got > 0 && last_seq > d => {
+                        self.request_backfill(channel, d, None, 0)
+                    }
                     // The store does not hold the gap: never acknowledged, so skip it.
                     (_, Some(first)) if first > d + 1 => {
                         m::GAPS_SKIPPED.inc();
@@ -174,7 +198,12 @@ fn text(v: serde_json::Value) -> WsMessage {
 }
 
 async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
-    let _ = socket.send(WsMessage::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+    let _ = socket
+        .send(WsMessage::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
 }
 
 pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, shutdown: Shutdown) {
@@ -191,7 +220,8 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
     );
     m::SESSIONS.inc();
     m::SESSIONS_OPENED.inc();
-    let span = tracing::info_span!("session", id, user = %user, workspace = %params.claims.workspace);
+    let span =
+        tracing::info_span!("session", id, user = %user, workspace = %params.claims.workspace);
     let _enter = span.enter();
     let (backfill_tx, mut backfill_rx) = mpsc::channel(64);
     let mut s = Session {
@@ -327,7 +357,12 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
     finish(&hub, id, &user, &s.channels);
 }
 
-fn finish(hub: &Arc<Hub>, id: SessionId, user: &shared::ids::UserId, channels: &HashSet<ChannelId>) {
+fn finish(
+    hub: &Arc<Hub>,
+    id: SessionId,
+    user: &shared::ids::UserId,
+    channels: &HashSet<ChannelId>,
+) {
     if hub.unregister(id) {
         hub.publish_presence(user, channels, Presence::Away);
     }
@@ -339,11 +374,15 @@ fn is_repeated_presence(seen: &mut HashMap<String, String>, t: &Utf8Bytes) -> bo
     if !t.as_str().starts_with("{\"presence\"") && !t.as_str().contains("\"presence_change\"") {
         return false;
     }
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else { return false };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else {
+        return false;
+    };
     if v["type"] != "presence_change" {
         return false;
     }
-    let (Some(user), Some(p)) = (v["user"].as_str(), v["presence"].as_str()) else { return false };
+    let (Some(user), Some(p)) = (v["user"].as_str(), v["presence"].as_str()) else {
+        return false;
+    };
     if seen.get(user).map(String::as_str) == Some(p) {
         return true;
     }
@@ -363,7 +402,12 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
                     let known = matches!(kind, "ping" | "typing" | "resume");
                     if known {
                         m::BAD_INPUT.with_label_values(&["invalid_event"]).inc();
-                        error_json(error_code::MALFORMED_JSON, &format!("invalid {kind} event"), reply_to).into()
+                        error_json(
+                            error_code::MALFORMED_JSON,
+                            &format!("invalid {kind} event"),
+                            reply_to,
+                        )
+                        .into()
                     } else {
                         m::BAD_INPUT.with_label_values(&["unknown_event"]).inc();
                         error_json(error_code::UNKNOWN_EVENT, "unknown event type", reply_to).into()
@@ -383,7 +427,8 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
     match event {
         ClientEvent::Ping { id } => {
             m::CLIENT_EVENTS.with_label_values(&["ping"]).inc();
-            let mut v = serde_json::json!({ "type": "pong", "time": shared::ids::Ts::now().0 / 1000 });
+            let mut v =
+                serde_json::json!({ "type": "pong", "time": shared::ids::Ts::now().0 / 1000 });
             if let Some(id) = id {
                 v["reply_to"] = id.into();
             }
@@ -396,7 +441,10 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
                 return Some(error_json(error_code::NOT_IN_CHANNEL, "not in channel", id).into());
             }
             let now = Instant::now();
-            let recent = s.typing.get(&channel).is_some_and(|t| now.duration_since(*t) < TYPING_INTERVAL);
+            let recent = s
+                .typing
+                .get(&channel)
+                .is_some_and(|t| now.duration_since(*t) < TYPING_INTERVAL);
             if !recent {
                 s.typing.insert(channel.clone(), now);
                 let user = s.user.clone();
@@ -434,4 +482,3 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
         }
     }
 }
-
