@@ -288,7 +288,12 @@ async fn role(common: Common, name: &'static str) -> anyhow::Result<()> {
         }
         "flannel" => {
             let http = bind_tcp(config.flannel.http_addr, "flannel")?;
-            flannel_cache::run(config, http, health, shutdown).await
+            let deps = flannel_cache::FlannelDeps {
+                signer: signer(&config, false)?,
+                tls: mesh_tls(&config)?,
+                health,
+            };
+            flannel_cache::run(config, node, http, deps, shutdown).await
         }
         other => bail!("unknown role {other}"),
     }
@@ -365,6 +370,10 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
         ),
         format!("gateway.webapp_url={}", toml_string(&webapp_url)),
         format!("flannel.webapp_url={}", toml_string(&webapp_url)),
+        format!(
+            "gateway.flannel_urls=[{}]",
+            toml_string(&format!("http://{flannel_addr}"))
+        ),
         format!("webapp.gateway_urls=[{}]", toml_string(&gateway_url)),
     ]);
     let config = common.load()?;
@@ -421,7 +430,7 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
     ));
     let webapp_deps = webapp_api::WebappDeps {
         store: store.clone(),
-        signer,
+        signer: signer.clone(),
         admin: webapp_admin_link(&config, &tls)?,
         health: Health::default(),
     };
@@ -431,10 +440,16 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
         webapp_deps,
         shutdown.clone(),
     ));
+    let flannel_deps = flannel_cache::FlannelDeps {
+        signer: signer.clone(),
+        tls: tls.clone(),
+        health: Health::default(),
+    };
     tasks.spawn(flannel_cache::run(
         config.clone(),
+        "flannel-1".into(),
         flannel_http,
-        Health::default(),
+        flannel_deps,
         shutdown.clone(),
     ));
 

@@ -1,1 +1,669 @@
-fn main() {}
+//! `switchboard-bench`: the load generator. It starts the system under test itself (a real
+//! `switchboard dev` process, extra `switchboard gateway` processes, nats-server) unless told
+//! where one runs, drives one scenario, checks what it received, and reports.
+//!
+//! # Layout
+//! - [`fanout`]: the fan-out scenario against Switchboard, the limit server and NATS.
+//! - [`connections`], [`posts`]: idle sessions per gateway; durable post throughput.
+//! - [`limit`]: the in-process plain WebSocket broadcast server (the machine's ceiling).
+//! - [`nats`]: NATS text protocol over WebSocket, and starting nats-server.
+//! - [`order`]: the in-order, no-loss, no-duplicate check.
+//! - [`stats`], [`svg`], [`report`]: histograms, the plot, tables, JSON, progress.
+//! - [`sut`], [`slack`], [`ws`]: the processes under test, their Web API, WebSocket clients.
+//!
+//! # Invariants
+//! - Only loopback addresses are ever connected to or bound (127.0.0.0/8).
+//! - A lost, repeated, reordered or wrong message fails the run (non-zero exit).
+//! - Every process the bench starts is killed when it ends.
+
+mod connections;
+mod fanout;
+mod limit;
+mod nats;
+mod order;
+mod pace;
+mod posts;
+mod report;
+mod slack;
+mod stats;
+mod sut;
+mod svg;
+mod ws;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::report::{note, RunInfo, Table};
+use crate::stats::{fmt_rate, fmt_us, LatencySummary};
+use crate::svg::Series;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard-bench",
+    version,
+    about = "Benchmarks for Switchboard: fan-out, connections, durable posts, the machine's limit, and NATS"
+)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// P posters into C channels, S subscribers per channel over G gateways: deliveries per
+    /// second, post-to-screen latency, in-order check. `--with-limit`/`--with-nats` run the
+    /// same shape against the limit server and nats-server in the same run.
+    Fanout(FanoutArgs),
+    /// N idle sessions on one gateway process: connect time and gateway memory per session.
+    Connections(ConnectionsArgs),
+    /// Durable chat.postMessage throughput and latency on the embedded store.
+    Posts(PostsArgs),
+    /// The fan-out shape over a plain in-process tokio-tungstenite broadcast server.
+    Limit(FanoutArgs),
+    /// The fan-out shape over nats-server's WebSocket listener, one publisher.
+    Nats(FanoutArgs),
+    /// Internal: the limit server as a process of its own (used when a run's sockets do not
+    /// fit in one process's open-files limit); prints its URL, serves until stdin closes.
+    #[command(hide = true)]
+    LimitServer {
+        #[arg(long)]
+        channels: usize,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// The `switchboard` binary (default: beside this executable).
+    #[arg(long)]
+    switchboard_bin: Option<PathBuf>,
+    /// Use a running deployment: the `urls.json` that `switchboard dev --data-dir D` wrote
+    /// (its directory must also hold the store, for the bench workspace).
+    #[arg(long)]
+    target_urls: Option<PathBuf>,
+    /// Where the JSON and SVG go (default: bench/out/).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Channel servers for `switchboard dev`.
+    #[arg(long, default_value_t = 2)]
+    channel_servers: usize,
+    /// RUST_LOG for the processes the bench starts.
+    #[arg(long, default_value = "warn")]
+    server_log: String,
+    /// Tiny sizes that finish in a few seconds (explicit flags still win).
+    #[arg(long)]
+    smoke: bool,
+}
+
+impl Common {
+    fn sut_options(&self) -> sut::SutOptions {
+        sut::SutOptions {
+            switchboard_bin: self
+                .switchboard_bin
+                .clone()
+                .unwrap_or_else(sut::default_switchboard_bin),
+            target_urls: self.target_urls.clone(),
+            channel_servers: self.channel_servers,
+            server_log: self.server_log.clone(),
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct FanoutArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Channels [default: 1; smoke 2].
+    #[arg(long, short = 'c')]
+    channels: Option<usize>,
+    /// Subscribers per channel [default: 1000; smoke 3].
+    #[arg(long, short = 's')]
+    subscribers: Option<usize>,
+    /// Switchboard gateways to spread subscribers over [default: 2].
+    #[arg(long, short = 'g')]
+    gateways: Option<usize>,
+    /// Concurrent HTTP posters (Switchboard) [default: 32; smoke 2].
+    #[arg(long, short = 'p')]
+    posters: Option<usize>,
+    /// Seconds per measured phase [default: 15; smoke 1.5].
+    #[arg(long, short = 'd')]
+    duration: Option<f64>,
+    /// Offered load, messages per second over all channels (default: as fast as the
+    /// window allows).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// After the first phase, measure again at half of its message rate.
+    #[arg(long)]
+    half_peak: bool,
+    /// Messages in flight (posted, not yet received by all their subscribers)
+    /// [default: 256; smoke 16].
+    #[arg(long)]
+    window: Option<usize>,
+    /// Most messages per phase.
+    #[arg(long, default_value_t = 2_000_000)]
+    max_messages: u64,
+    /// Seconds to wait for the last messages after posting stops.
+    #[arg(long, default_value_t = 30.0)]
+    drain_timeout: f64,
+    /// Subscribers connecting at once.
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    /// Loopback source addresses to spread client sockets over.
+    #[arg(long, default_value_t = 16)]
+    source_ips: u32,
+    /// WebSocket read buffer per subscriber, bytes.
+    #[arg(long, default_value_t = 16 * 1024)]
+    read_buffer: usize,
+    /// Bench users in the demo workspace (all in its #general) instead of their own.
+    #[arg(long)]
+    demo_workspace: bool,
+    /// Also run the limit server with the same shape (fanout only).
+    #[arg(long)]
+    with_limit: bool,
+    /// Also run nats-server with the same shape (fanout only).
+    #[arg(long)]
+    with_nats: bool,
+    /// A running nats-server's WebSocket URL (default: start one).
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// The nats-server binary (default: from PATH or /usr/sbin).
+    #[arg(long)]
+    nats_server_bin: Option<PathBuf>,
+    /// Worker threads of the in-process limit server [default: number of CPUs].
+    #[arg(long)]
+    limit_threads: Option<usize>,
+}
+
+impl FanoutArgs {
+    fn plan(&self, nofile: u64) -> fanout::Plan {
+        let smoke = self.common.smoke;
+        let pick = |v: Option<usize>, normal: usize, small: usize| {
+            v.unwrap_or(if smoke { small } else { normal })
+        };
+        fanout::Plan {
+            channels: pick(self.channels, 1, 2).max(1),
+            subs_per_channel: pick(self.subscribers, 1000, 3).max(1),
+            gateways: pick(self.gateways, 2, 2).max(1),
+            posters: pick(self.posters, 32, 2).max(1),
+            duration_s: self.duration.unwrap_or(if smoke { 1.5 } else { 15.0 }),
+            max_messages: self.max_messages,
+            rate: self.rate.filter(|r| *r > 0.0),
+            half_peak: self.half_peak || smoke,
+            window: pick(self.window, 256, 16).max(1),
+            drain_timeout_s: self.drain_timeout,
+            connect_concurrency: self.connect_concurrency,
+            source_ips: self.source_ips,
+            read_buffer: self.read_buffer,
+            demo_workspace: self.demo_workspace,
+            limit_threads: self.limit_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            }),
+            nofile,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct ConnectionsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Idle sessions to open [default: 5000; smoke 50]. 50,000 needs RLIMIT_NOFILE above
+    /// 50,512 for the bench and the gateway.
+    #[arg(long, short = 'n')]
+    sessions: Option<usize>,
+    /// Users the sessions are spread over [default: 50; smoke 5].
+    #[arg(long)]
+    users: Option<usize>,
+    #[arg(long, default_value_t = 64)]
+    connect_concurrency: usize,
+    #[arg(long, default_value_t = 16)]
+    source_ips: u32,
+    /// Seconds to hold the sessions open after the last connected [default: 5; smoke 1].
+    #[arg(long)]
+    hold: Option<f64>,
+    /// WebSocket read buffer per session on the client side, bytes.
+    #[arg(long, default_value_t = 4096)]
+    read_buffer: usize,
+    #[arg(long)]
+    demo_workspace: bool,
+}
+
+#[derive(Args, Clone)]
+struct PostsArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Concurrent posters [default: 64; smoke 4].
+    #[arg(long, short = 'p')]
+    posters: Option<usize>,
+    /// Channels posted into, round-robin [default: 64; smoke 2].
+    #[arg(long, short = 'c')]
+    channels: Option<usize>,
+    /// Seconds [default: 15; smoke 1.5].
+    #[arg(long, short = 'd')]
+    duration: Option<f64>,
+    /// Offered posts per second (default: back to back).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 10_000_000)]
+    max_posts: u64,
+    /// Bytes of text per post.
+    #[arg(long, default_value_t = 64)]
+    text_bytes: usize,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Scenario::LimitServer { channels, threads } = cli.scenario {
+        raise_nofile();
+        if let Err(e) = limit::serve_child(channels, threads) {
+            eprintln!("limit server: {e:#}");
+            std::process::exit(2);
+        }
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    // On SIGINT or SIGTERM the run is dropped, which kills the processes it started.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli) => r,
+            s = interrupted() => Err(anyhow::anyhow!("interrupted by {s}")),
+        }
+    });
+    match outcome {
+        Ok(true) => {}
+        Ok(false) => {
+            eprintln!("bench: FAILED (see above)");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("bench: error: {e:#}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn interrupted() -> &'static str {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
+
+/// Raises the soft open-files limit to the hard one; returns the limit now in force.
+fn raise_nofile() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024),
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let nofile = raise_nofile();
+    match cli.scenario {
+        Scenario::Fanout(a) => fanout_cmd("fanout", a, nofile).await,
+        Scenario::Limit(a) => fanout_cmd("limit", a, nofile).await,
+        Scenario::Nats(a) => fanout_cmd("nats", a, nofile).await,
+        Scenario::LimitServer { .. } => unreachable!("handled before the runtime starts"),
+        Scenario::Connections(a) => connections_cmd(a, nofile).await,
+        Scenario::Posts(a) => posts_cmd(a).await,
+    }
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a.is_finite()).then(|| (a / b * 1000.0).round() / 1000.0)
+}
+
+async fn fanout_cmd(scenario: &str, a: FanoutArgs, nofile: u64) -> anyhow::Result<bool> {
+    let info = RunInfo::new(scenario);
+    report::warn_if_busy(&info);
+    let plan = a.plan(nofile);
+    let run_sb = scenario == "fanout";
+    let run_limit = scenario == "limit" || (run_sb && a.with_limit);
+    let run_nats = scenario == "nats" || (run_sb && a.with_nats);
+    note(format!(
+        "{scenario}: {} channel(s) x {} subscribers{}, {} s per phase{}",
+        plan.channels,
+        plan.subs_per_channel,
+        if run_sb {
+            format!(" over {} gateway(s)", plan.gateways)
+        } else {
+            String::new()
+        },
+        plan.duration_s,
+        if plan.half_peak {
+            ", then half of peak"
+        } else {
+            ""
+        }
+    ));
+    let mut results = Vec::new();
+    if run_sb {
+        let mut sut = sut::Sut::start(&a.common.sut_options())?;
+        let r = fanout::run_switchboard(&plan, &mut sut).await;
+        drop(sut);
+        results.push(r.context("switchboard fan-out")?);
+    }
+    if run_limit {
+        results.push(fanout::run_limit(&plan).await.context("limit fan-out")?);
+    }
+    if run_nats {
+        let (url, server) = match &a.nats_url {
+            Some(u) => (u.clone(), None),
+            None => {
+                let bin = nats::find_server(a.nats_server_bin.as_deref())?;
+                let s = nats::start_server(&bin)?;
+                (s.ws_url.clone(), Some(s))
+            }
+        };
+        let pid = server.as_ref().map(|s| s.pid());
+        let r = fanout::run_nats(&plan, &url, pid)
+            .await
+            .context("nats fan-out")?;
+        drop(server);
+        results.push(r);
+    }
+
+    // Table.
+    let mut t = Table::new(&[
+        "system",
+        "phase",
+        "msgs",
+        "deliveries",
+        "deliv/s",
+        "msgs/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "post ack p99",
+        "server cpu",
+        "bench cpu",
+        "check",
+    ]);
+    for r in &results {
+        for p in &r.phases {
+            t.row(vec![
+                r.system.clone(),
+                p.phase.clone(),
+                p.messages.to_string(),
+                p.deliveries.to_string(),
+                fmt_rate(p.deliveries_per_s),
+                fmt_rate(p.messages_per_s),
+                fmt_us(p.latency.p50_us),
+                fmt_us(p.latency.p99_us),
+                fmt_us(p.latency.p999_us),
+                fmt_us(p.latency.max_us),
+                p.post_ack_latency
+                    .as_ref()
+                    .map(|l| fmt_us(l.p99_us))
+                    .unwrap_or_else(|| "-".into()),
+                format!("{:.1}s", p.cpu.server_cpu_s),
+                format!("{:.1}s", p.cpu.bench_cpu_s),
+                if r.ok() { "ok".into() } else { "FAILED".into() },
+            ]);
+        }
+    }
+    println!(
+        "\n{scenario}: {} channel(s) x {} subscribers ({} total), gateways {}, posters {}, window {}",
+        plan.channels,
+        plan.subs_per_channel,
+        plan.subscribers(),
+        plan.gateways,
+        plan.posters,
+        plan.window
+    );
+    println!("{}", t.render());
+
+    // Ratios.
+    let find = |name: &str| results.iter().find(|r| r.system == name);
+    let mut ratios = serde_json::Map::new();
+    if let Some(sb) = find("switchboard") {
+        for (other, key) in [("nats", "nats"), ("limit", "limit")] {
+            let Some(o) = find(other) else { continue };
+            for (i, (ps, po)) in sb.phases.iter().zip(&o.phases).enumerate() {
+                let phase = if i == 0 { "first" } else { "half_peak" };
+                let d = ratio(ps.deliveries_per_s, po.deliveries_per_s);
+                let p99 = ratio(ps.latency.p99_us, po.latency.p99_us);
+                ratios.insert(
+                    format!("switchboard_over_{key}_{phase}"),
+                    json!({ "deliveries_per_s": d, "p99": p99 }),
+                );
+                println!(
+                    "switchboard / {other} ({}): deliveries/s {}, p99 {}",
+                    ps.phase,
+                    d.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into()),
+                    p99.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into()),
+                );
+            }
+        }
+    }
+    let mut ok = true;
+    for r in &results {
+        if !r.ok() {
+            ok = false;
+            eprintln!("bench: {} FAILED its checks:", r.system);
+            eprintln!(
+                "  lost {}, duplicates {}, reordered {}, gaps {}, wrong {}, misrouted {}",
+                r.check.lost,
+                r.check.duplicates,
+                r.check.reordered,
+                r.check.gaps,
+                r.check.wrong_messages,
+                r.check.misrouted
+            );
+            for p in r.check.problems.iter().chain(&r.errors) {
+                eprintln!("  {p}");
+            }
+        }
+        for n in &r.notes {
+            eprintln!("bench: {}: {n}", r.system);
+        }
+    }
+    let series: Vec<Series> = results
+        .iter()
+        .flat_map(|r| {
+            r.phases.iter().map(move |p| Series {
+                label: format!("{} {}", r.system, p.phase),
+                points: p.curve.clone(),
+            })
+        })
+        .collect();
+    let subtitle = format!(
+        "{} ch x {} subs, {} gw, {} | {} cpus, {} | {}",
+        plan.channels,
+        plan.subs_per_channel,
+        plan.gateways,
+        info.started_utc,
+        info.machine.nproc,
+        info.machine.cpu_model,
+        info.git_commit
+    );
+    let svg = svg::percentile_plot(
+        &format!("{scenario}: post sent to message received"),
+        &subtitle,
+        &series,
+    );
+    let out = json!({ "run": info, "plan": plan, "results": results, "ratios": ratios, "ok": ok, "loadavg_end": report::loadavg() });
+    let paths = report::write_outputs(
+        &report::out_dir(a.common.out.as_deref()),
+        scenario,
+        &out,
+        Some(&svg),
+    )?;
+    for p in paths {
+        println!("wrote {}", p.display());
+    }
+    Ok(ok)
+}
+
+async fn connections_cmd(a: ConnectionsArgs, nofile: u64) -> anyhow::Result<bool> {
+    let info = RunInfo::new("connections");
+    report::warn_if_busy(&info);
+    let smoke = a.common.smoke;
+    let sessions = a.sessions.unwrap_or(if smoke { 50 } else { 5000 }).max(1);
+    let plan = connections::Plan {
+        sessions,
+        users: a
+            .users
+            .unwrap_or(if smoke { 5 } else { 50 })
+            .clamp(1, sessions),
+        connect_concurrency: a.connect_concurrency,
+        source_ips: a.source_ips,
+        hold_s: a.hold.unwrap_or(if smoke { 1.0 } else { 5.0 }),
+        read_buffer: a.read_buffer,
+        demo_workspace: a.demo_workspace,
+    };
+    connections::check_nofile(&plan, nofile)?;
+    let mut sut = sut::Sut::start(&a.common.sut_options())?;
+    let o = connections::run(&plan, &mut sut, nofile).await?;
+    drop(sut);
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / 1024.0 / 1024.0);
+    let mut t = Table::new(&[
+        "sessions",
+        "users",
+        "connected",
+        "connect time",
+        "sessions/s",
+        "connect p50",
+        "connect p99",
+        "connect max",
+        "gw RSS before",
+        "gw RSS after",
+        "gw KiB/session",
+        "closed early",
+        "check",
+    ]);
+    t.row(vec![
+        o.sessions.to_string(),
+        o.users.to_string(),
+        o.connected.to_string(),
+        format!("{:.1}s", o.connect_wall_s),
+        fmt_rate(o.sessions_per_s),
+        fmt_us(o.connect_latency.p50_us),
+        fmt_us(o.connect_latency.p99_us),
+        fmt_us(o.connect_latency.max_us),
+        mib(o.gateway_rss_before_bytes),
+        mib(o
+            .gateway_rss_after_bytes
+            .max(o.gateway_rss_after_hold_bytes)),
+        format!("{:.1}", o.gateway_bytes_per_session / 1024.0),
+        o.closed_early.to_string(),
+        if o.ok() { "ok".into() } else { "FAILED".into() },
+    ]);
+    println!(
+        "\nconnections: {} idle sessions on one gateway process",
+        o.sessions
+    );
+    println!("{}", t.render());
+    for e in &o.errors {
+        eprintln!("bench: {e}");
+    }
+    let svg = svg::percentile_plot(
+        "connections: time to open a session (connect, upgrade, hello)",
+        &format!(
+            "{} sessions | {} cpus | {}",
+            o.sessions, info.machine.nproc, info.git_commit
+        ),
+        &[Series {
+            label: "switchboard gateway".into(),
+            points: o.curve.clone(),
+        }],
+    );
+    let ok = o.ok();
+    let out = json!({ "run": info, "plan": plan, "result": o, "ok": ok, "loadavg_end": report::loadavg() });
+    for p in report::write_outputs(
+        &report::out_dir(a.common.out.as_deref()),
+        "connections",
+        &out,
+        Some(&svg),
+    )? {
+        println!("wrote {}", p.display());
+    }
+    Ok(ok)
+}
+
+async fn posts_cmd(a: PostsArgs) -> anyhow::Result<bool> {
+    let info = RunInfo::new("posts");
+    report::warn_if_busy(&info);
+    let smoke = a.common.smoke;
+    let plan = posts::Plan {
+        posters: a.posters.unwrap_or(if smoke { 4 } else { 64 }).max(1),
+        channels: a.channels.unwrap_or(if smoke { 2 } else { 64 }).max(1),
+        duration_s: a.duration.unwrap_or(if smoke { 1.5 } else { 15.0 }),
+        rate: a.rate.filter(|r| *r > 0.0),
+        max_posts: a.max_posts,
+        text_bytes: a.text_bytes,
+    };
+    let mut sut = sut::Sut::start(&a.common.sut_options())?;
+    let o = posts::run(&plan, &mut sut).await?;
+    drop(sut);
+    let l: &LatencySummary = &o.latency;
+    let mut t = Table::new(&[
+        "posters",
+        "channels",
+        "posts",
+        "posts/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "server cpu",
+        "bench cpu",
+        "check",
+    ]);
+    t.row(vec![
+        plan.posters.to_string(),
+        plan.channels.to_string(),
+        o.posts.to_string(),
+        fmt_rate(o.posts_per_s),
+        fmt_us(l.p50_us),
+        fmt_us(l.p99_us),
+        fmt_us(l.p999_us),
+        fmt_us(l.max_us),
+        format!("{:.1}s", o.cpu.server_cpu_s),
+        format!("{:.1}s", o.cpu.bench_cpu_s),
+        if o.ok() { "ok".into() } else { "FAILED".into() },
+    ]);
+    println!("\nposts: durable chat.postMessage on the embedded store");
+    println!("{}", t.render());
+    for e in o.errors.iter().chain(&o.seq_problems) {
+        eprintln!("bench: {e}");
+    }
+    let svg = svg::percentile_plot(
+        "posts: chat.postMessage sent to acknowledged",
+        &format!(
+            "{} posters, {} channels | {} cpus | {}",
+            plan.posters, plan.channels, info.machine.nproc, info.git_commit
+        ),
+        &[Series {
+            label: "switchboard embedded store".into(),
+            points: o.curve.clone(),
+        }],
+    );
+    let ok = o.ok();
+    let out = json!({ "run": info, "plan": plan, "result": o, "ok": ok, "loadavg_end": report::loadavg() });
+    for p in report::write_outputs(
+        &report::out_dir(a.common.out.as_deref()),
+        "posts",
+        &out,
+        Some(&svg),
+    )? {
+        println!("wrote {}", p.display());
+    }
+    Ok(ok)
+}

@@ -199,7 +199,9 @@ impl Hub {
         );
         m::SUBSCRIBED_CHANNELS.set(st.channels.len() as i64);
         drop(st);
-        self.wake.notify_one();
+        // Subscribe now rather than on the next reconcile tick, so that what the session
+        // publishes right away (presence, typing) is queued behind its channels' Subscribe.
+        self.reconcile();
         (id, starts, first_of_user)
     }
 
@@ -337,6 +339,12 @@ impl Hub {
                     }
                 }
             }
+            // Profile, channel and read-position changes are for Flannel's cache; sessions
+            // get that data in `hello`'s boot block.
+            UserEvent::UserChanged { .. }
+            | UserEvent::ChannelCreated { .. }
+            | UserEvent::ChannelChanged { .. }
+            | UserEvent::ReadMarked { .. } => return,
         }
         drop(st);
         self.wake.notify_one();

@@ -7,6 +7,7 @@
 //! session in order with contiguous `seq`.
 //!
 //! # Layout
+//! - [`boot`]: `hello`'s boot data from the Flannel that holds the workspace.
 //! - [`hub`]: channels, sessions, subscription streams to channel servers, gap filling.
 //! - [`session`]: one WebSocket session (RTM events, resume, ping, bounded queue).
 //! - [`metrics`]: Prometheus metrics.
@@ -18,6 +19,7 @@
 //! - Ring changes re-subscribe moved channels at their new owner, filling any gap, without
 //!   closing client sockets.
 
+pub mod boot;
 pub mod hub;
 pub mod metrics;
 pub mod session;
@@ -43,6 +45,7 @@ use shared::ring::Ring;
 use shared::shutdown::Shutdown;
 use shared::telemetry::Health;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::hub::Hub;
 use crate::metrics as m;
@@ -60,6 +63,8 @@ struct AppState {
     config: Config,
     shutdown: Shutdown,
     sessions: Arc<tokio::sync::Semaphore>,
+    /// Where `hello`'s boot data comes from (`gateway.flannel_urls`).
+    boot: boot::BootSource,
 }
 
 /// Runs a gateway until `shutdown`: WebSockets, `/metrics` and `/health` on `http`.
@@ -136,6 +141,7 @@ pub async fn run(
         sessions: Arc::new(tokio::sync::Semaphore::new(config.gateway.max_sessions)),
         config: config.clone(),
         shutdown: sessions_shutdown.clone(),
+        boot: boot::BootSource::new(&config.gateway.flannel_urls).context("flannel http client")?,
     });
     let app = Router::new()
         .route("/rtm", get(rtm))
@@ -267,7 +273,12 @@ async fn rtm(
     let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "too_many_sessions");
     };
-    let channels = match user_channels(&state, &token).await {
+    // The boot data (from Flannel) is fetched while the Web API answers the channels.
+    let (channels, boot) = tokio::join!(
+        user_channels(&state, &token),
+        state.boot.fetch(&claims.workspace, &token)
+    );
+    let channels = match channels {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -279,6 +290,7 @@ async fn rtm(
         queue: g.session_queue,
         ping_interval: Duration::from_millis(g.ping_interval_ms),
         idle_timeout: Duration::from_millis(g.idle_timeout_ms),
+        boot,
     };
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
@@ -289,7 +301,12 @@ async fn rtm(
             tracing::info!(error = %e, "websocket upgrade failed");
         })
         .on_upgrade(move |socket| async move {
-            session::run(hub, socket, session_params, shutdown).await;
+            let span = tracing::info_span!(
+                "session",
+                user = %session_params.claims.user,
+                workspace = %session_params.claims.workspace
+            );
+            session::run(hub, socket, session_params, shutdown).instrument(span).await;
             drop(permit);
         })
 }

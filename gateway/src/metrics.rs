@@ -97,3 +97,11 @@ pub static SUBSCRIBED_CHANNELS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static BOOT_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_gateway_boot_failures_total",
+        "connects whose hello went without boot data because Flannel did not answer with it, by reason (unreachable, bad_answer, refused)",
+        &["reason"]
+    )
+    .unwrap()
+});

@@ -34,6 +34,8 @@ pub struct SessionParams {
     pub queue: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// Boot data from Flannel for `hello`, when it answered.
+    pub boot: Option<serde_json::Value>,
 }
 
 type BackfillResult = (
@@ -220,9 +222,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
     );
     m::SESSIONS.inc();
     m::SESSIONS_OPENED.inc();
-    let span =
-        tracing::info_span!("session", id, user = %user, workspace = %params.claims.workspace);
-    let _enter = span.enter();
+    tracing::debug!(session = id, "session registered");
     let (backfill_tx, mut backfill_rx) = mpsc::channel(64);
     let mut s = Session {
         id,
@@ -244,7 +244,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
             s.request_backfill(c.clone(), *after, None, 0);
         }
     }
-    let hello = serde_json::json!({
+    let mut hello = serde_json::json!({
         "type": "hello",
         "gateway": hub.node.0,
         "session": id,
@@ -252,6 +252,9 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
         "team": params.claims.workspace.0,
         "seq": s.positions(),
     });
+    if let Some(boot) = params.boot {
+        hello["boot"] = crate::boot::with_unread(boot, &hello["seq"]);
+    }
     if socket.send(text(hello)).await.is_err() {
         finish(&hub, id, &user, &s.channels);
         return;
@@ -319,6 +322,15 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
                     Some(Ok(WsMessage::Close(_))) | None => break,
                     Some(Err(e)) => {
                         let msg = e.to_string();
+                        let lower = msg.to_ascii_lowercase();
+                        if lower.contains("without closing handshake")
+                            || lower.contains("connection reset")
+                            || lower.contains("connection closed")
+                            || lower.contains("broken pipe")
+                        {
+                            // The client went away: a disconnect, not bad input.
+                            break;
+                        }
                         let (kind, code) = if msg.contains("too long") || msg.contains("Space limit") || msg.contains("size") {
                             ("too_big", close_code::MESSAGE_TOO_BIG)
                         } else if msg.to_ascii_lowercase().contains("utf") {

@@ -1,6 +1,7 @@
 //! Signed bearer tokens.
 //!
-//! A token is `xoxp-<payload>.<signature>` (`xoxb-` for bots, `xoxa-` for admins): the
+//! A token is `xoxp-<payload>.<signature>` (`xoxb-` for bots, `xoxa-` for admins, `xoxs-` for
+//! service tokens that nodes mint for internal calls): the
 //! payload is base64url JSON naming the workspace and user, the signature an HMAC-SHA256 of
 //! it under the cluster's secret. Any node holding the secret verifies a token without a
 //! store round trip, so gateways at the edge authenticate locally.
@@ -30,6 +31,32 @@ pub struct Claims {
     /// Issued at, seconds since the epoch; makes each issued token distinct.
     #[serde(rename = "i")]
     pub issued_at: u64,
+    /// A service token, minted by a node of the cluster (Flannel) for the Web API's
+    /// `internal.*` methods: it may call those and nothing else, and no user token may call
+    /// them. Absent in older tokens, which stay valid as user tokens.
+    #[serde(rename = "s", default, skip_serializing_if = "is_false")]
+    pub service: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Claims {
+    /// Placeholder user of service tokens: no store holds a user with this id.
+    pub const SERVICE_USER: &'static str = "USERVICE";
+
+    /// Claims of a service token for `workspace`.
+    pub fn service(workspace: WorkspaceId, issued_at: u64) -> Claims {
+        Claims {
+            workspace,
+            user: UserId::from(Claims::SERVICE_USER),
+            admin: false,
+            bot: false,
+            issued_at,
+            service: true,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -70,7 +97,9 @@ impl TokenSigner {
     pub fn issue(&self, claims: &Claims) -> String {
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).expect("claims serialize"));
         let sig = URL_SAFE_NO_PAD.encode(self.mac(payload.as_bytes()).finalize().into_bytes());
-        let prefix = if claims.admin {
+        let prefix = if claims.service {
+            "xoxs"
+        } else if claims.admin {
             "xoxa"
         } else if claims.bot {
             "xoxb"
@@ -92,6 +121,7 @@ impl TokenSigner {
             .strip_prefix("xoxp-")
             .or_else(|| token.strip_prefix("xoxb-"))
             .or_else(|| token.strip_prefix("xoxa-"))
+            .or_else(|| token.strip_prefix("xoxs-"))
             .ok_or(TokenError::Malformed)?;
         let (payload, sig) = rest.split_once('.').ok_or(TokenError::Malformed)?;
         let sig = URL_SAFE_NO_PAD
@@ -126,7 +156,34 @@ mod tests {
             admin: false,
             bot: false,
             issued_at: 1,
+            service: false,
         }
+    }
+
+    #[test]
+    fn service_tokens_are_marked_and_old_tokens_are_not_service_tokens() {
+        let s = TokenSigner::new(b"secret");
+        let t = s.issue(&Claims::service(WorkspaceId::from("TDEMO"), 1));
+        assert!(t.starts_with("xoxs-"));
+        let c = s.verify(&t).unwrap();
+        assert!(c.service);
+        assert_eq!(c.user.as_str(), Claims::SERVICE_USER);
+        // A user token's payload has no "s" key (so tokens issued before the field existed
+        // read the same), and reads back as a user token.
+        let user = s.issue(&claims());
+        let payload = user
+            .strip_prefix("xoxp-")
+            .unwrap()
+            .split_once('.')
+            .unwrap()
+            .0;
+        let json = String::from_utf8(URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert!(!json.contains("\"s\""), "{json}");
+        assert!(!s.verify(&user).unwrap().service);
+        // A service token cannot pass for a user token by changing its prefix: the claims
+        // still say service.
+        let relabelled = format!("xoxp-{}", t.strip_prefix("xoxs-").unwrap());
+        assert!(s.verify(&relabelled).unwrap().service);
     }
 
     #[test]

@@ -88,6 +88,9 @@ pub struct GatewayConfig {
     pub ping_interval_ms: u64,
     pub idle_timeout_ms: u64,
     pub max_sessions: usize,
+    /// Base URLs of the Flannel instances this gateway asks for boot data; a workspace's data
+    /// lives on the one consistent hashing picks. Empty: `hello` carries no boot data.
+    pub flannel_urls: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -104,6 +107,12 @@ pub struct FlannelConfig {
     pub http_addr: SocketAddr,
     pub webapp_url: String,
     pub max_workspaces: usize,
+    /// Most users held across all cached workspaces; least recently used workspaces leave
+    /// first when a load goes over it (or over `max_workspaces`).
+    pub max_cached_users: usize,
+    /// A cached workspace older than this reloads on its next use even if no event said it
+    /// changed: bounds the staleness a change event lost on its way (0: no bound).
+    pub max_age_secs: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -219,6 +228,25 @@ impl Config {
         }
         if self.store.shards == 0 || self.store.shards > 1024 {
             bail!("store.shards must be in 1..=1024");
+        }
+        if self.flannel.max_workspaces == 0 || self.flannel.max_cached_users == 0 {
+            bail!("flannel.max_workspaces and flannel.max_cached_users must be positive");
+        }
+        for url in self
+            .gateway
+            .flannel_urls
+            .iter()
+            .chain([&self.flannel.webapp_url])
+        {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("{url:?} is not an http:// or https:// URL (gateway.flannel_urls, flannel.webapp_url)");
+            }
+        }
+        let mut urls = std::collections::HashSet::new();
+        for url in &self.gateway.flannel_urls {
+            if !urls.insert(url.trim_end_matches('/')) {
+                bail!("gateway.flannel_urls lists {url} twice");
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for cs in &self.admin.channel_servers {
@@ -388,6 +416,34 @@ mod tests {
         )
         .is_err());
         assert!(Config::load(None, std::iter::empty(), &["store.shards=0".to_string()]).is_err());
+    }
+
+    #[test]
+    fn flannel_settings_parse_and_validate() {
+        let c = Config::load(
+            None,
+            std::iter::empty(),
+            &[
+                r#"gateway.flannel_urls=["http://127.0.0.1:7400","http://127.0.0.1:7401"]"#
+                    .to_string(),
+                "flannel.max_cached_users=10".to_string(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.gateway.flannel_urls.len(), 2);
+        assert_eq!(c.flannel.max_cached_users, 10);
+        assert!(Config::defaults().gateway.flannel_urls.is_empty());
+        for bad in [
+            r#"gateway.flannel_urls=["127.0.0.1:7400"]"#,
+            r#"gateway.flannel_urls=["http://a:1","http://a:1/"]"#,
+            "flannel.max_workspaces=0",
+            "flannel.max_cached_users=0",
+        ] {
+            assert!(
+                Config::load(None, std::iter::empty(), &[bad.to_string()]).is_err(),
+                "{bad} was accepted"
+            );
+        }
     }
 
     #[test]

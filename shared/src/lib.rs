@@ -21,6 +21,7 @@ pub mod membership;
 pub mod mesh;
 pub mod protocol;
 pub mod ring;
+pub mod search;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

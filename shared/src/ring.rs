@@ -4,6 +4,9 @@
 //! with virtual nodes added by hand: one ring entry per (member, replica index). A channel is
 //! placed by hashing [`ChannelId::ring_key`]. Draining members are left out, so their channels
 //! move to the remaining owners while everything else stays put.
+//!
+//! [`Placement`] is the same scheme over a plain list of names (gateways use it to pick the
+//! Flannel instance that holds a workspace).
 
 use std::hash::{Hash, Hasher};
 
@@ -138,10 +141,130 @@ impl Ring {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NamedVirtualNode {
+    index: usize,
+    name: String,
+    replica: u32,
+}
+
+impl Hash for NamedVirtualNode {
+    // Only the stable parts: the name and the replica index (never the list position).
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write(self.name.as_bytes());
+        state.write_u8(0xff);
+        state.write_u32(self.replica);
+    }
+}
+
+/// Consistent hashing over a list of names (URLs, node ids) with virtual nodes: every process
+/// that has the same names picks the same one for a key, and adding a name moves only the
+/// keys it takes over.
+#[derive(Clone)]
+pub struct Placement {
+    names: Vec<String>,
+    ring: HashRing<NamedVirtualNode>,
+}
+
+impl std::fmt::Debug for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placement")
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl Placement {
+    /// A ring over `names` with `vnodes` virtual nodes each (at least one).
+    pub fn new(names: impl IntoIterator<Item = String>, vnodes: u32) -> Placement {
+        let names: Vec<String> = names.into_iter().collect();
+        let mut ring = HashRing::new();
+        let mut nodes = Vec::with_capacity(names.len() * vnodes.max(1) as usize);
+        for (index, name) in names.iter().enumerate() {
+            for replica in 0..vnodes.max(1) {
+                nodes.push(NamedVirtualNode {
+                    index,
+                    name: name.clone(),
+                    replica,
+                });
+            }
+        }
+        ring.batch_add(nodes);
+        Placement { names, ring }
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The name that `key` (stable bytes, such as an id's) is placed on; `None` when empty.
+    pub fn pick(&self, key: &[u8]) -> Option<&str> {
+        let v = self.ring.get(&RingKey(key))?;
+        Some(self.names[v.index].as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    fn urls(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("http://10.0.0.{i}:7400")).collect()
+    }
+
+    #[test]
+    fn placement_spreads_keys_and_adding_a_name_moves_only_its_share() {
+        let keys: Vec<String> = (0..10_000).map(|i| format!("T{i:08}")).collect();
+        let before = Placement::new(urls(4), DEFAULT_VNODES);
+        let after = Placement::new(urls(5), DEFAULT_VNODES);
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let mut moved = 0;
+        for k in &keys {
+            let (b, a) = (
+                before.pick(k.as_bytes()).unwrap(),
+                after.pick(k.as_bytes()).unwrap(),
+            );
+            *counts.entry(b).or_default() += 1;
+            if a != b {
+                moved += 1;
+                // Only to the new instance: nothing moves between the old ones.
+                assert_eq!(a, "http://10.0.0.4:7400", "{k} moved from {b} to {a}");
+            }
+        }
+        let share = moved as f64 / keys.len() as f64;
+        assert!(share <= 1.0 / 5.0 + 0.05, "moved {:.1}%", share * 100.0);
+        assert!(
+            share >= 1.0 / 5.0 - 0.05,
+            "moved only {:.1}%",
+            share * 100.0
+        );
+        for (name, count) in counts {
+            let off = (count as f64 - 2_500.0).abs() / 2_500.0;
+            assert!(off <= 0.15, "{name} holds {count} keys");
+        }
+    }
+
+    #[test]
+    fn placement_does_not_depend_on_list_order_and_empty_picks_nothing() {
+        let mut reversed = urls(3);
+        reversed.reverse();
+        let a = Placement::new(urls(3), 64);
+        let b = Placement::new(reversed, 64);
+        for i in 0..500 {
+            let k = format!("T{i}");
+            assert_eq!(a.pick(k.as_bytes()), b.pick(k.as_bytes()));
+        }
+        assert_eq!(Placement::new(Vec::new(), 64).pick(b"T1"), None);
+        assert_eq!(
+            Placement::new(vec!["only".to_string()], 1).pick(b"T1"),
+            Some("only")
+        );
+    }
 
     fn state(n: usize, epoch: u64) -> RingState {
         RingState {

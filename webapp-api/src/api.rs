@@ -93,6 +93,20 @@ pub enum ApiError {
     UnknownMethod,
     #[error("too many requests")]
     RateLimited,
+    #[error("ts names no message of the channel")]
+    InvalidTimestamp,
+    #[error("the channel is already archived")]
+    AlreadyArchived,
+    #[error("the channel is not archived")]
+    NotArchived,
+    #[error("#general cannot be archived")]
+    CantArchiveGeneral,
+    #[error("the value is longer than {max} characters")]
+    TooLong { max: usize },
+    #[error("no such workspace")]
+    TeamNotFound,
+    #[error("the token is not for this workspace")]
+    TeamAccessNotGranted,
     #[error("a dependency is unavailable: {0}")]
     ServiceUnavailable(String),
     #[error("internal error: {0}")]
@@ -130,6 +144,13 @@ impl ApiError {
             ApiError::RequestTooLarge { .. } => "request_too_large",
             ApiError::UnknownMethod => "unknown_method",
             ApiError::RateLimited => "ratelimited",
+            ApiError::InvalidTimestamp => "invalid_timestamp",
+            ApiError::AlreadyArchived => "already_archived",
+            ApiError::NotArchived => "not_archived",
+            ApiError::CantArchiveGeneral => "cant_archive_general",
+            ApiError::TooLong { .. } => "too_long",
+            ApiError::TeamNotFound => "team_not_found",
+            ApiError::TeamAccessNotGranted => "team_access_not_granted",
             ApiError::ServiceUnavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -191,6 +212,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// What `auth.test` reports as the workspace URL.
     pub base_url: String,
+    /// The search indexes; `None` where this node does not serve search.
+    pub search: Option<Arc<crate::search::Search>>,
 }
 
 impl AppState {
@@ -210,6 +233,7 @@ impl AppState {
             next_gateway: Arc::new(AtomicUsize::new(0)),
             max_body_bytes,
             base_url: format!("http://{local_addr}/"),
+            search: None,
         }
     }
 
@@ -340,6 +364,10 @@ pub async fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<Ca
         return Err(ApiError::NotAuthed);
     };
     let claims = state.signer.verify(token)?;
+    if claims.service {
+        // Service tokens speak for no user: they may call `internal.*` and nothing else.
+        return Err(ApiError::NotAllowedTokenType);
+    }
     let user = state
         .store
         .user(&claims.user)
@@ -353,6 +381,19 @@ pub async fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<Ca
         user,
         token: token.to_string(),
     })
+}
+
+/// Verifies a service token (for `internal.*` methods); user tokens are refused.
+pub fn authenticate_service(state: &AppState, token: Option<&str>) -> ApiResult<Claims> {
+    let token = token.map(str::trim).filter(|t| !t.is_empty());
+    let Some(token) = token else {
+        return Err(ApiError::NotAuthed);
+    };
+    let claims = state.signer.verify(token)?;
+    if !claims.service {
+        return Err(ApiError::NotAllowedTokenType);
+    }
+    Ok(claims)
 }
 
 /// The `cursor` of a paginated call: base64 of `<kind>:<value>`, like Slack's.
@@ -480,19 +521,35 @@ async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> ApiResult<Byt
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
     if declared.is_some_and(|len| len > max as u64) {
+        drain(&mut stream, max).await;
         return Err(ApiError::RequestTooLarge { max });
     }
     let mut buf = BytesMut::new();
-    let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|_| ApiError::InvalidFormData)?;
         if buf.len() + chunk.len() > max {
+            drain(&mut stream, max).await;
             return Err(ApiError::RequestTooLarge { max });
         }
         buf.extend_from_slice(&chunk);
     }
     Ok(buf.freeze())
+}
+
+/// Reads and drops what is left of a refused body (up to a bound), so the client reads our
+/// 413 instead of a connection reset from unread bytes.
+async fn drain(stream: &mut axum::body::BodyDataStream, max: usize) {
+    let cap = max.saturating_mul(8).max(8 * 1024 * 1024);
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while seen < cap {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => seen += chunk.len(),
+            _ => break,
+        }
+    }
 }
 
 fn ok_response(fields: Object) -> Response {

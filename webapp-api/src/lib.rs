@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`api`]: the router, parameters (query string, JSON or form body), tokens, the
 //!   [`ApiError`] enum with Slack's error names, the answer envelope.
-//! - [`methods`]: one module per method family (`auth`, `conversations`, `chat`, `users`) and
+//! - [`methods`]: one module per method family (`auth`, `conversations`, `chat`, `users`,
+//!   `internal` (service tokens only: Flannel's snapshot)) and
 //!   the Slack object shapes they share.
 //! - [`admin_link`]: requests to the admin server over the QUIC mesh, with retries.
 //! - [`seed`]: workspace and user administration for the CLI, and the idempotent dev seed.
@@ -31,10 +32,13 @@ pub mod admin_link;
 pub mod api;
 pub mod methods;
 pub mod metrics;
+pub mod search;
 pub mod seed;
 
 #[cfg(test)]
 mod tests;
+
+use std::sync::Arc;
 
 use anyhow::Context;
 use shared::auth::TokenSigner;
@@ -74,6 +78,11 @@ pub async fn run(
         config.webapp.max_body_bytes,
         local_addr,
     );
+    let mut state = state;
+    let search_dir = config.node.data_dir.join("search");
+    let search = Arc::new(search::Search::open(&search_dir, &state.store)?);
+    search.spawn_indexers(&state.store, &shutdown);
+    state.search = Some(search);
     let app = router(state, deps.health.clone());
     tracing::info!(addr = %local_addr, "web api serving");
     deps.health.set_ready(true);

@@ -54,6 +54,7 @@ pub fn token_for(signer: &TokenSigner, user: &User, admin: bool) -> String {
         admin: admin && user.is_admin,
         bot: false,
         issued_at: now_secs(),
+        service: false,
     })
 }
 

@@ -46,6 +46,7 @@ impl Server {
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let mut config = Config::defaults();
+        config.node.data_dir = dir.path().to_path_buf();
         config.webapp.max_body_bytes = MAX_BODY;
         config.webapp.gateway_urls = vec!["ws://gw-a:1/rtm".into(), "ws://gw-b:2/rtm".into()];
         let shutdown = Shutdown::new();
@@ -242,6 +243,7 @@ async fn missing_forged_and_stale_tokens_are_refused() {
         admin: false,
         bot: false,
         issued_at: 1,
+        service: false,
     };
     let foreign = TokenSigner::new(b"another-secret").issue(&claims);
     s.err("auth.test", &foreign, json!({}), "invalid_auth")
@@ -1148,3 +1150,68 @@ async fn admin_helpers_work_on_the_store() {
         .await
         .is_err());
 }
+
+
+#[tokio::test]
+async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions() {
+    let s = Server::start().await;
+    let alice = s.token("alice");
+    let bob = s.token("bob");
+    let ws = WorkspaceId(s.demo["workspace"].as_str().unwrap().to_string());
+    let general = ChannelId(s.demo["general"].as_str().unwrap().to_string());
+    let (_, v) = s.call("conversations.create", Some(&alice), json!({"name": "secret", "is_private": true})).await;
+    let secret = ChannelId(v["channel"]["id"].as_str().unwrap().to_string());
+    let append = |channel: &ChannelId, seq: Seq, user: &str, text: &str| Message {
+        workspace: ws.clone(),
+        channel: channel.clone(),
+        seq,
+        ts: Ts(1_795_600_000_000_000 + seq),
+        user: UserId(s.user_id(user)),
+        text: text.into(),
+        client_msg_id: None,
+        thread_ts: None,
+    };
+    s.store.append(&append(&general, 1, "alice", "The release train leaves at noon")).await.unwrap();
+    s.store.append(&append(&general, 2, "bob", "release notes at https://example.com")).await.unwrap();
+    s.store.append(&append(&general, 3, "bob", "lunch?")).await.unwrap();
+    s.store.append(&append(&secret, 1, "alice", "secret release plans")).await.unwrap();
+
+    // Indexed from the change feed within a bounded wait.
+    let mut found = Value::Null;
+    for _ in 0..50 {
+        let (_, v) = s.call("search.messages", Some(&alice), json!({"query": "release"})).await;
+        if v["messages"]["total"] == 3 {
+            found = v;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(found["ok"], true, "{found}");
+    assert_eq!(found["messages"]["total"], 3);
+    // Bob is not in #secret: he finds only the public ones.
+    let (_, v) = s.call("search.messages", Some(&bob), json!({"query": "release"})).await;
+    assert_eq!(v["messages"]["total"], 2, "{v}");
+    let (_, v) = s.call("search.messages", Some(&bob), json!({"query": "release in:#secret"})).await;
+    assert_eq!(v["messages"]["total"], 0, "{v}");
+    // Modifiers.
+    let (_, v) = s.call("search.messages", Some(&alice), json!({"query": "release from:@bob has:link"})).await;
+    assert_eq!(v["messages"]["total"], 1, "{v}");
+    assert_eq!(v["messages"]["matches"][0]["username"], "bob");
+    let (_, v) = s.call("search.messages", Some(&alice), json!({"query": "\"release train\" in:#general", "highlight": true})).await;
+    assert_eq!(v["messages"]["total"], 1, "{v}");
+    assert!(v["messages"]["matches"][0]["text"].as_str().unwrap().contains('\u{e000}'));
+    let (_, v) = s.call("search.messages", Some(&alice), json!({"query": "release -train", "sort": "timestamp", "count": 1})).await;
+    assert_eq!(v["messages"]["total"], 2, "{v}");
+    assert_eq!(v["messages"]["paging"]["pages"], 2);
+    assert_eq!(v["messages"]["matches"][0]["seq"], 2, "newest first");
+    // Bad queries are clear errors.
+    for bad in [json!({}), json!({"query": "x before:tomorrowish"}), json!({"query": "x", "count": "zero"}), json!({"query": "\"open"})] {
+        let (status, v) = s.call("search.messages", Some(&alice), bad.clone()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(v["error"], "invalid_arguments", "{bad} -> {v}");
+    }
+    let _ = &s.signer;
+}
+
+/// Profile, channel and read-position methods, and the Flannel snapshot.
+mod flannel_methods;

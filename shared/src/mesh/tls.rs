@@ -160,7 +160,7 @@ fn transport_config() -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.keep_alive_interval(Some(std::time::Duration::from_millis(500)));
     t.max_idle_timeout(Some(
-        std::time::Duration::from_secs(10)
+        std::time::Duration::from_secs(3)
             .try_into()
             .expect("idle timeout fits"),
     ));

@@ -245,7 +245,7 @@ mod tests {
             workspace: WorkspaceId::from("TDEMO"),
             channel: ChannelId::from("CGENERAL"),
             seq,
-            ts: Ts(1_700_000_000_000_000 + seq),
+            ts: Ts(1_700_000_000_000_000u64.wrapping_add(seq)),
             user: UserId::from("UALICE"),
             text,
             client_msg_id: Some("abc".into()),
@@ -286,6 +286,37 @@ mod tests {
                 workspace: WorkspaceId::from("TDEMO"),
                 channel: channel.clone(),
                 user: UserId::from("UBOB"),
+            }),
+            MeshFrame::User(UserEvent::UserChanged {
+                workspace: WorkspaceId::from("TDEMO"),
+                user: crate::protocol::UserProfile {
+                    id: UserId::from("UBOB"),
+                    name: "bob".into(),
+                    real_name: "Bob B".into(),
+                    display_name: "bobby".into(),
+                    is_bot: false,
+                    is_admin: false,
+                    deleted: false,
+                },
+            }),
+            MeshFrame::User(UserEvent::ChannelChanged {
+                workspace: WorkspaceId::from("TDEMO"),
+                channel: crate::protocol::ChannelSummary {
+                    id: channel.clone(),
+                    name: "renamed".into(),
+                    is_private: false,
+                    is_archived: true,
+                    topic: "t".into(),
+                    purpose: "p".into(),
+                    created: Ts(1),
+                    creator: UserId::from("UALICE"),
+                },
+            }),
+            MeshFrame::User(UserEvent::ReadMarked {
+                workspace: WorkspaceId::from("TDEMO"),
+                channel: channel.clone(),
+                user: UserId::from("UBOB"),
+                seq: 41,
             }),
             MeshFrame::Post {
                 msg: NewMessage {
@@ -354,6 +385,33 @@ mod tests {
         for frame in frames {
             round_trip(frame);
         }
+    }
+
+    #[test]
+    fn user_event_tags_of_older_variants_are_unchanged() {
+        // Appending variants must not renumber the older ones: a node of the previous build
+        // still decodes `ChannelJoined` (tag 0) and `ChannelLeft` (tag 1).
+        let cfg = bincode::config::standard();
+        let joined = bincode::serde::encode_to_vec(
+            UserEvent::ChannelJoined {
+                workspace: WorkspaceId::from("T1"),
+                channel: ChannelId::from("C1"),
+                user: UserId::from("U1"),
+                channel_name: "x".into(),
+            },
+            cfg,
+        )
+        .unwrap();
+        let left = bincode::serde::encode_to_vec(
+            UserEvent::ChannelLeft {
+                workspace: WorkspaceId::from("T1"),
+                channel: ChannelId::from("C1"),
+                user: UserId::from("U1"),
+            },
+            cfg,
+        )
+        .unwrap();
+        assert_eq!((joined[0], left[0]), (0, 1));
     }
 
     #[test]

@@ -13,5 +13,6 @@ pub use mesh::{
     PROTOCOL_VERSION,
 };
 pub use model::{
-    EphemeralEvent, Message, NewMessage, Presence, RingMember, RingState, Role, UserEvent,
+    ChannelSummary, EphemeralEvent, MemberRow, Message, NewMessage, Presence, RingMember,
+    RingState, Role, UserEvent, UserProfile, WorkspaceSnapshot,
 };

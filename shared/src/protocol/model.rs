@@ -91,6 +91,89 @@ pub enum UserEvent {
         channel: ChannelId,
         user: UserId,
     },
+    // Variants below were added for Flannel (the edge cache); new ones go at the end so that
+    // the bincode tags of the ones above never change.
+    /// A user was created or its profile changed; carries the whole profile as stored.
+    UserChanged {
+        workspace: WorkspaceId,
+        user: UserProfile,
+    },
+    /// A channel was created (its creator's `ChannelJoined` follows).
+    ChannelCreated {
+        workspace: WorkspaceId,
+        channel: ChannelSummary,
+    },
+    /// A channel was renamed, archived, unarchived or got a new topic or purpose; carries the
+    /// whole channel as stored.
+    ChannelChanged {
+        workspace: WorkspaceId,
+        channel: ChannelSummary,
+    },
+    /// `user` marked `channel` read up to `seq` (`conversations.mark`).
+    ReadMarked {
+        workspace: WorkspaceId,
+        channel: ChannelId,
+        user: UserId,
+        seq: Seq,
+    },
+}
+
+impl UserEvent {
+    /// The workspace the event belongs to.
+    pub fn workspace(&self) -> &WorkspaceId {
+        match self {
+            UserEvent::ChannelJoined { workspace, .. }
+            | UserEvent::ChannelLeft { workspace, .. }
+            | UserEvent::UserChanged { workspace, .. }
+            | UserEvent::ChannelCreated { workspace, .. }
+            | UserEvent::ChannelChanged { workspace, .. }
+            | UserEvent::ReadMarked { workspace, .. } => workspace,
+        }
+    }
+}
+
+/// A user as caches and clients see it (no secrets, nothing a client may not read).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserProfile {
+    pub id: UserId,
+    /// Unique in the workspace (the `@handle`).
+    pub name: String,
+    pub real_name: String,
+    /// What clients show; empty means "use `name`" (as in Slack).
+    pub display_name: String,
+    pub is_bot: bool,
+    pub is_admin: bool,
+    pub deleted: bool,
+}
+
+/// A channel as caches and clients see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelSummary {
+    pub id: ChannelId,
+    /// Without the `#`.
+    pub name: String,
+    pub is_private: bool,
+    pub is_archived: bool,
+    pub topic: String,
+    pub purpose: String,
+    pub created: Ts,
+    pub creator: UserId,
+}
+
+/// One membership row of a [`WorkspaceSnapshot`]: channel, user, and the last `seq` the user
+/// marked read there (0: never marked). A JSON array, to keep large snapshots small.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRow(pub ChannelId, pub UserId, pub Seq);
+
+/// Everything Flannel caches about one workspace, as the Web API's
+/// `internal.flannel.snapshot` returns it (JSON, besides `ok`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceSnapshot {
+    pub workspace: WorkspaceId,
+    pub workspace_name: String,
+    pub users: Vec<UserProfile>,
+    pub channels: Vec<ChannelSummary>,
+    pub members: Vec<MemberRow>,
 }
 
 /// The roles a node can play in the mesh.

@@ -1,6 +1,7 @@
 //! Storage: the [`MessageStore`] interface and its implementations.
 //!
 //! # Layout
+//! - [`snapshot`]: a workspace's users, channels and memberships in one read (Flannel's load).
 //! - [`sqlite`]: the embedded store (the default; no server needed). One SQLite file per
 //!   workspace shard for messages and one for metadata; safe to share between the processes
 //!   of one machine (WAL mode), which is how the multi-process tests and `dev` use it.
@@ -12,6 +13,9 @@
 //! - `(channel, client_msg_id)` is unique: a repeated post returns the stored message.
 //! - An append that returned `Ok` is durable (committed and synced).
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod snapshot;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -67,6 +71,8 @@ pub struct User {
     /// Unique in the workspace.
     pub name: String,
     pub real_name: String,
+    /// What clients show instead of `name` when set (`users.profile.set`); empty when not.
+    pub display_name: String,
     pub is_admin: bool,
     pub is_bot: bool,
 }
@@ -83,6 +89,15 @@ pub struct Channel {
     pub topic: String,
     pub purpose: String,
     pub is_archived: bool,
+}
+
+/// One membership: the channel, the member, and the last sequence it marked read there
+/// (`conversations.mark`; 0 when never marked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    pub channel: ChannelId,
+    pub user: UserId,
+    pub last_read: Seq,
 }
 
 /// Which slice of a channel's history to read. Bounds are exclusive, like Slack's `oldest` and
@@ -129,6 +144,14 @@ pub trait MessageStore: Send + Sync + 'static {
         name: &str,
     ) -> StorageResult<Option<User>>;
     async fn users(&self, workspace: &WorkspaceId) -> StorageResult<Vec<User>>;
+    /// Sets the given profile fields of a user; returns the user as stored afterwards, or
+    /// `None` when there is no such user.
+    async fn update_user_profile(
+        &self,
+        user: &UserId,
+        real_name: Option<&str>,
+        display_name: Option<&str>,
+    ) -> StorageResult<Option<User>>;
 
     // -- channels and membership --
     async fn create_channel(&self, channel: &Channel) -> StorageResult<()>;
@@ -153,6 +176,19 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn members(&self, channel: &ChannelId) -> StorageResult<Vec<UserId>>;
     /// The channels a user is a member of.
     async fn user_channels(&self, user: &UserId) -> StorageResult<Vec<Channel>>;
+    /// Rewrites a channel's mutable fields (name, topic, purpose, archived) from `channel`,
+    /// by id. `NotFound` when there is no such channel, `AlreadyExists` when the new name is
+    /// taken in the workspace.
+    async fn update_channel(&self, channel: &Channel) -> StorageResult<()>;
+    /// Records the last sequence `user` read in `channel`; `Ok(false)` if it is not a member.
+    async fn set_last_read(
+        &self,
+        channel: &ChannelId,
+        user: &UserId,
+        seq: Seq,
+    ) -> StorageResult<bool>;
+    /// Every membership of the workspace's channels, with read positions.
+    async fn workspace_members(&self, workspace: &WorkspaceId) -> StorageResult<Vec<Membership>>;
 
     // -- messages --
     /// Appends a message placed by its channel server. Fails with `SeqConflict` if
@@ -178,6 +214,21 @@ pub trait MessageStore: Send + Sync + 'static {
         channel: &ChannelId,
         query: &HistoryQuery,
     ) -> StorageResult<Vec<Message>>;
+
+    // -- change feed (feeds the search index) --
+    /// How many message shards the store has; shard `n` holds the workspaces that
+    /// [`shard_for`] maps to `n`.
+    fn num_shards(&self) -> u32;
+    /// Changes to the messages of `shard` after change `after`, oldest first, at most `limit`:
+    /// each with its change id and the message as it is now. Written in the same transaction
+    /// as the change itself, so a consumer that remembers the last id it applied misses
+    /// nothing, even across crashes.
+    async fn changes_since(
+        &self,
+        shard: u32,
+        after: u64,
+        limit: u32,
+    ) -> StorageResult<Vec<(u64, Message)>>;
 }
 
 pub type SharedStore = Arc<dyn MessageStore>;

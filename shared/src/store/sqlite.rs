@@ -21,8 +21,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    shard_for, AppendOutcome, Channel, HistoryQuery, MessageStore, StorageError, StorageErrorKind,
-    StorageResult, User, Workspace,
+    shard_for, AppendOutcome, Channel, HistoryQuery, Membership, MessageStore, StorageError,
+    StorageErrorKind, StorageResult, User, Workspace,
 };
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
 use crate::protocol::Message;
@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS users (
     real_name TEXT NOT NULL,
     is_admin INTEGER NOT NULL,
     is_bot INTEGER NOT NULL,
+    display_name TEXT NOT NULL DEFAULT '',
     UNIQUE (workspace, name)
 );
 CREATE TABLE IF NOT EXISTS channels (
@@ -82,10 +83,42 @@ CREATE TABLE IF NOT EXISTS channels (
 CREATE TABLE IF NOT EXISTS members (
     channel TEXT NOT NULL REFERENCES channels(id),
     user TEXT NOT NULL REFERENCES users(id),
+    last_read INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (channel, user)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_user ON members(user, channel);
 ";
+
+/// Columns added after the first release of the schema: `(table, column, declaration)`.
+/// A store created before them gets them on open.
+const META_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("users", "display_name", "TEXT NOT NULL DEFAULT ''"),
+    ("members", "last_read", "INTEGER NOT NULL DEFAULT 0"),
+];
+
+/// Adds the columns of [`META_ADDED_COLUMNS`] that an older store lacks. Several processes
+/// may open one store at once: a column another one added meanwhile is not an error.
+fn migrate_meta(conn: &Connection) -> StorageResult<()> {
+    for (table, column, decl) in META_ADDED_COLUMNS {
+        let mut stmt = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .map_err(unavailable)?;
+        let has = stmt
+            .query_map([], |r| r.get::<_, String>(1))
+            .map_err(unavailable)?
+            .filter_map(Result::ok)
+            .any(|name| name == *column);
+        if has {
+            continue;
+        }
+        match conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}")) {
+            Ok(()) => {}
+            Err(e) if e.to_string().contains("duplicate column") => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    Ok(())
+}
 
 const SHARD_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS messages (
@@ -102,6 +135,11 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_ts ON messages(channel_id, ts);
 CREATE UNIQUE INDEX IF NOT EXISTS messages_by_client_id ON messages(channel_id, client_msg_id)
     WHERE client_msg_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel_id TEXT NOT NULL,
+    seq INTEGER NOT NULL
+);
 ";
 
 const MESSAGE_COLUMNS: &str =
@@ -128,10 +166,11 @@ fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         real_name: row.get(3)?,
         is_admin: row.get(4)?,
         is_bot: row.get(5)?,
+        display_name: row.get(6)?,
     })
 }
 
-const USER_COLUMNS: &str = "id, workspace, name, real_name, is_admin, is_bot";
+const USER_COLUMNS: &str = "id, workspace, name, real_name, is_admin, is_bot, display_name";
 const CHANNEL_COLUMNS: &str =
     "id, workspace, name, is_private, creator, created, topic, purpose, is_archived";
 
@@ -195,6 +234,7 @@ impl SqliteStore {
         let meta_path = dir.join("meta.sqlite");
         let conn = open(&meta_path)?;
         conn.execute_batch(META_SCHEMA).map_err(unavailable)?;
+        migrate_meta(&conn)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )
@@ -329,6 +369,8 @@ fn write_batch(
         let mut insert = tx.prepare_cached(&format!(
             "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
         ))?;
+        let mut record_change =
+            tx.prepare_cached("INSERT INTO changes (channel_id, seq) VALUES (?1, ?2)")?;
         for req in batch {
             let msg = &req.msg;
             if let Some(cmid) = &msg.client_msg_id {
@@ -351,7 +393,10 @@ fn write_batch(
                 msg.thread_ts.map(|t| t.0 as i64),
             ]);
             outcomes.push(match result {
-                Ok(_) => Ok(AppendOutcome::Stored),
+                Ok(_) => {
+                    record_change.execute(params![msg.channel.0, msg.seq as i64])?;
+                    Ok(AppendOutcome::Stored)
+                }
                 Err(e) if is_constraint(&e) => Err(StorageError::new(
                     StorageErrorKind::SeqConflict,
                     format!(
@@ -449,20 +494,22 @@ impl MessageStore for SqliteStore {
             workspace: workspace.clone(),
             name: name.to_string(),
             real_name: real_name.to_string(),
+            display_name: String::new(),
             is_admin,
             is_bot,
         };
         let row = user.clone();
         self.meta("create_user", move |c| {
             c.execute(
-                &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
                 params![
                     row.id.0,
                     row.workspace.0,
                     row.name,
                     row.real_name,
                     row.is_admin,
-                    row.is_bot
+                    row.is_bot,
+                    row.display_name
                 ],
             )
             .map_err(|e| map_insert_err(e, "user"))?;
@@ -516,6 +563,40 @@ impl MessageStore for SqliteStore {
                 .query_map(params![ws.0], row_to_user)
                 .map_err(unavailable)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn update_user_profile(
+        &self,
+        user: &UserId,
+        real_name: Option<&str>,
+        display_name: Option<&str>,
+    ) -> StorageResult<Option<User>> {
+        let (id, real_name, display_name) = (
+            user.clone(),
+            real_name.map(str::to_string),
+            display_name.map(str::to_string),
+        );
+        self.meta("update_user_profile", move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            tx.execute(
+                "UPDATE users SET real_name = COALESCE(?2, real_name),
+                                  display_name = COALESCE(?3, display_name)
+                 WHERE id = ?1",
+                params![id.0, real_name, display_name],
+            )
+            .map_err(unavailable)?;
+            let user = tx
+                .query_row(
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+                    params![id.0],
+                    row_to_user,
+                )
+                .optional()
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(user)
         })
         .await
     }
@@ -673,6 +754,70 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    async fn update_channel(&self, channel: &Channel) -> StorageResult<()> {
+        let ch = channel.clone();
+        self.meta("update_channel", move |c| {
+            let n = c
+                .execute(
+                    "UPDATE channels SET name = ?2, topic = ?3, purpose = ?4, is_archived = ?5
+                     WHERE id = ?1",
+                    params![ch.id.0, ch.name, ch.topic, ch.purpose, ch.is_archived],
+                )
+                .map_err(|e| map_insert_err(e, "channel name"))?;
+            if n == 0 {
+                return Err(StorageError::new(
+                    StorageErrorKind::NotFound,
+                    format!("no channel {}", ch.id),
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_last_read(
+        &self,
+        channel: &ChannelId,
+        user: &UserId,
+        seq: Seq,
+    ) -> StorageResult<bool> {
+        let (ch, u) = (channel.clone(), user.clone());
+        let seq = seq.min(i64::MAX as u64) as i64;
+        self.meta("set_last_read", move |c| {
+            c.execute(
+                "UPDATE members SET last_read = ?3 WHERE channel = ?1 AND user = ?2",
+                params![ch.0, u.0, seq],
+            )
+            .map(|n| n == 1)
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn workspace_members(&self, workspace: &WorkspaceId) -> StorageResult<Vec<Membership>> {
+        let ws = workspace.clone();
+        self.meta("workspace_members", move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT m.channel, m.user, m.last_read FROM members m
+                     JOIN channels c ON c.id = m.channel
+                     WHERE c.workspace = ?1 ORDER BY m.channel, m.user",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![ws.0], |r| {
+                    Ok(Membership {
+                        channel: ChannelId(r.get(0)?),
+                        user: UserId(r.get(1)?),
+                        last_read: r.get::<_, i64>(2)?.max(0) as Seq,
+                    })
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+        .await
+    }
+
     async fn append(&self, msg: &Message) -> StorageResult<AppendOutcome> {
         let start = Instant::now();
         let (reply, rx) = oneshot::channel();
@@ -727,6 +872,51 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    fn num_shards(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    async fn changes_since(
+        &self,
+        shard: u32,
+        after: u64,
+        limit: u32,
+    ) -> StorageResult<Vec<(u64, Message)>> {
+        let Some(shard) = self.shards.get(shard as usize).cloned() else {
+            return Err(StorageError::new(StorageErrorKind::NotFound, format!("no shard {shard}")));
+        };
+        let cols = MESSAGE_COLUMNS.split(", ").map(|col| format!("m.{col}")).collect::<Vec<_>>().join(", ");
+        timed("changes_since", move || {
+            shard.reads.with(|c| {
+                let mut stmt = c
+                    .prepare_cached(&format!(
+                        "SELECT c.id, {cols} FROM changes c
+                         JOIN messages m ON m.channel_id = c.channel_id AND m.seq = c.seq
+                         WHERE c.id > ?1 ORDER BY c.id LIMIT ?2"
+                    ))
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(params![after as i64, limit.max(1)], |r| {
+                        let id = r.get::<_, i64>(0)? as u64;
+                        let msg = Message {
+                            channel: ChannelId(r.get(1)?),
+                            seq: r.get::<_, i64>(2)? as Seq,
+                            ts: Ts(r.get::<_, i64>(3)? as u64),
+                            workspace: WorkspaceId(r.get(4)?),
+                            user: UserId(r.get(5)?),
+                            text: r.get(6)?,
+                            client_msg_id: r.get(7)?,
+                            thread_ts: r.get::<_, Option<i64>>(8)?.map(|t| Ts(t as u64)),
+                        };
+                        Ok((id, msg))
+                    })
+                    .map_err(unavailable)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+            })
+        })
+        .await
+    }
+
     async fn history(
         &self,
         workspace: &WorkspaceId,
@@ -759,5 +949,171 @@ impl MessageStore for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
         .await
+    }
+}
+
+/// Profiles, channel updates, read positions and the schema migration (Flannel's store needs).
+#[cfg(test)]
+mod flannel_tests {
+    use super::*;
+
+    async fn store_with_channel() -> (tempfile::TempDir, SqliteStore, User, Channel) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("store"), 1).unwrap();
+        let ws = store.create_workspace("acme").await.unwrap();
+        let user = store
+            .create_user(&ws.id, "alice", "Alice", false, false)
+            .await
+            .unwrap();
+        let channel = Channel {
+            id: ChannelId::generate(),
+            workspace: ws.id.clone(),
+            name: "general".into(),
+            is_private: false,
+            creator: user.id.clone(),
+            created: Ts(1),
+            topic: String::new(),
+            purpose: String::new(),
+            is_archived: false,
+        };
+        store.create_channel(&channel).await.unwrap();
+        (dir, store, user, channel)
+    }
+
+    #[tokio::test]
+    async fn profiles_channels_and_read_positions_update() {
+        let (_dir, store, user, channel) = store_with_channel().await;
+        assert_eq!(user.display_name, "");
+        let updated = store
+            .update_user_profile(&user.id, None, Some("ally"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (updated.real_name.as_str(), updated.display_name.as_str()),
+            ("Alice", "ally")
+        );
+        let updated = store
+            .update_user_profile(&user.id, Some("Alice A"), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (updated.real_name.as_str(), updated.display_name.as_str()),
+            ("Alice A", "ally")
+        );
+        assert!(store
+            .update_user_profile(&UserId::from("UNOBODY"), Some("x"), None)
+            .await
+            .unwrap()
+            .is_none());
+
+        let mut renamed = channel.clone();
+        renamed.name = "town-square".into();
+        renamed.is_archived = true;
+        store.update_channel(&renamed).await.unwrap();
+        assert_eq!(store.channel(&channel.id).await.unwrap().unwrap(), renamed);
+        let mut other = channel.clone();
+        other.id = ChannelId::generate();
+        other.name = "other".into();
+        store.create_channel(&other).await.unwrap();
+        other.name = "town-square".into();
+        assert_eq!(
+            store.update_channel(&other).await.unwrap_err().kind,
+            StorageErrorKind::AlreadyExists
+        );
+        let mut ghost = channel.clone();
+        ghost.id = ChannelId::from("CGHOST");
+        assert_eq!(
+            store.update_channel(&ghost).await.unwrap_err().kind,
+            StorageErrorKind::NotFound
+        );
+
+        assert!(!store.set_last_read(&channel.id, &user.id, 3).await.unwrap());
+        store.add_member(&channel.id, &user.id).await.unwrap();
+        assert!(store.set_last_read(&channel.id, &user.id, 7).await.unwrap());
+        assert_eq!(
+            store.workspace_members(&channel.workspace).await.unwrap(),
+            vec![Membership {
+                channel: channel.id.clone(),
+                user: user.id.clone(),
+                last_read: 7
+            }]
+        );
+        assert!(store
+            .workspace_members(&WorkspaceId::from("TOTHER"))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_store_of_the_first_schema_gains_the_new_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        std::fs::create_dir_all(&path).unwrap();
+        {
+            let c = Connection::open(path.join("meta.sqlite")).unwrap();
+            c.execute_batch(
+                "CREATE TABLE workspaces (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+                 CREATE TABLE users (id TEXT PRIMARY KEY, workspace TEXT NOT NULL, name TEXT NOT NULL,
+                     real_name TEXT NOT NULL, is_admin INTEGER NOT NULL, is_bot INTEGER NOT NULL,
+                     UNIQUE (workspace, name));
+                 CREATE TABLE members (channel TEXT NOT NULL, user TEXT NOT NULL,
+                     PRIMARY KEY (channel, user)) WITHOUT ROWID;
+                 INSERT INTO workspaces VALUES ('TOLD', 'old');
+                 INSERT INTO users VALUES ('UOLD', 'TOLD', 'olduser', 'Old', 0, 0);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, 1).unwrap();
+        let user = store.user(&UserId::from("UOLD")).await.unwrap().unwrap();
+        assert_eq!(user.display_name, "");
+        // Opening again (as a second process would) is fine.
+        drop(store);
+        SqliteStore::open(&path, 1).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod conformance_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_storage_conformance_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 4).unwrap();
+        crate::store::conformance::run_all(&store).await;
+    }
+
+    #[tokio::test]
+    async fn two_handles_on_one_directory_share_data_like_two_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = SqliteStore::open(dir.path(), 2).unwrap();
+        let b = SqliteStore::open(dir.path(), 2).unwrap();
+        let ws = a.create_workspace("shared").await.unwrap();
+        assert_eq!(b.workspace_by_name("shared").await.unwrap().unwrap().id, ws.id);
+        let msg = Message {
+            workspace: ws.id.clone(),
+            channel: ChannelId::from("CSHARED"),
+            seq: 1,
+            ts: Ts(10),
+            user: UserId::from("UX"),
+            text: "hi".into(),
+            client_msg_id: None,
+            thread_ts: None,
+        };
+        a.append(&msg).await.unwrap();
+        // The second handle is fenced by the same key.
+        assert_eq!(b.append(&msg).await.unwrap_err().kind, StorageErrorKind::SeqConflict);
+        assert_eq!(b.last_message(&ws.id, &msg.channel).await.unwrap().unwrap().seq, 1);
+    }
+
+    #[test]
+    fn reopening_with_another_shard_count_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path(), 2).unwrap());
+        let err = SqliteStore::open(dir.path(), 3).err().unwrap();
+        assert_eq!(err.kind, StorageErrorKind::Corrupt);
     }
 }

@@ -8,8 +8,8 @@ use shared::protocol::UserEvent;
 use shared::store::{Channel, HistoryQuery, StorageErrorKind};
 
 use super::{
-    channel_json, memberships, message_json, publish, response_metadata, user_in_workspace,
-    visible_channel, Types,
+    channel_json, channel_summary, memberships, message_json, publish, response_metadata,
+    user_in_workspace, visible_channel, Types, VisibleChannel,
 };
 use crate::api::{
     decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
@@ -60,6 +60,14 @@ pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -
         Err(e) => return Err(e.into()),
     }
     state.store.add_member(&channel.id, &caller.user.id).await?;
+    publish(
+        state,
+        UserEvent::ChannelCreated {
+            workspace: channel.workspace.clone(),
+            channel: channel_summary(&channel),
+        },
+    )
+    .await;
     publish(
         state,
         UserEvent::ChannelJoined {
@@ -326,6 +334,168 @@ pub(super) async fn history(state: &AppState, caller: &Caller, params: &Params) 
         "channel_actions_count": 0,
         "response_metadata": response_metadata(next),
     })))
+}
+
+/// Longest topic or purpose, as in Slack.
+pub const MAX_TOPIC: usize = 250;
+
+/// A channel the caller is a member of, for the methods that change it.
+async fn member_channel(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+) -> ApiResult<VisibleChannel> {
+    let visible = visible_channel(state, caller, params).await?;
+    if !visible.is_member {
+        return Err(ApiError::NotInChannel);
+    }
+    Ok(visible)
+}
+
+/// Stores a changed channel and tells the caches.
+async fn store_channel_change(state: &AppState, channel: &Channel) -> ApiResult<()> {
+    match state.store.update_channel(channel).await {
+        Ok(()) => {}
+        Err(e) if e.kind == StorageErrorKind::AlreadyExists => return Err(ApiError::NameTaken),
+        Err(e) if e.kind == StorageErrorKind::NotFound => return Err(ApiError::ChannelNotFound),
+        Err(e) => return Err(e.into()),
+    }
+    publish(
+        state,
+        UserEvent::ChannelChanged {
+            workspace: channel.workspace.clone(),
+            channel: channel_summary(channel),
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// Renames a channel (members only; not #general, not archived ones).
+pub(super) async fn rename(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let mut channel = member_channel(state, caller, params).await?.channel;
+    let name = params.get("name").map(str::trim).unwrap_or_default();
+    let name = name.strip_prefix('#').unwrap_or(name);
+    validate_channel_name(name)?;
+    if channel.is_archived {
+        return Err(ApiError::IsArchived);
+    }
+    if channel.name == crate::seed::GENERAL && name != channel.name {
+        return Err(ApiError::MethodNotSupportedForChannelType);
+    }
+    if channel.name != name {
+        channel.name = name.to_string();
+        store_channel_change(state, &channel).await?;
+    }
+    Ok(object(
+        json!({ "channel": channel_json(&channel, true, None) }),
+    ))
+}
+
+/// Archives (`archive`) or unarchives a channel (members only).
+pub(super) async fn archive(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    archive: bool,
+) -> ApiResult {
+    let mut channel = member_channel(state, caller, params).await?.channel;
+    match (archive, channel.is_archived) {
+        (true, true) => return Err(ApiError::AlreadyArchived),
+        (false, false) => return Err(ApiError::NotArchived),
+        _ => {}
+    }
+    if archive && channel.name == crate::seed::GENERAL {
+        return Err(ApiError::CantArchiveGeneral);
+    }
+    channel.is_archived = archive;
+    store_channel_change(state, &channel).await?;
+    Ok(object(json!({})))
+}
+
+/// Which text `conversations.setTopic` / `setPurpose` set.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum TextField {
+    Topic,
+    Purpose,
+}
+
+/// Sets a channel's topic or purpose (members only, not archived channels).
+pub(super) async fn set_text(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    field: TextField,
+) -> ApiResult {
+    let mut channel = member_channel(state, caller, params).await?.channel;
+    if channel.is_archived {
+        return Err(ApiError::IsArchived);
+    }
+    let key = match field {
+        TextField::Topic => "topic",
+        TextField::Purpose => "purpose",
+    };
+    let text = params.get(key).unwrap_or_default().trim().to_string();
+    if text.chars().count() > MAX_TOPIC {
+        return Err(ApiError::TooLong { max: MAX_TOPIC });
+    }
+    match field {
+        TextField::Topic => channel.topic = text,
+        TextField::Purpose => channel.purpose = text,
+    }
+    store_channel_change(state, &channel).await?;
+    Ok(object(
+        json!({ "channel": channel_json(&channel, true, None) }),
+    ))
+}
+
+/// Records where the caller stopped reading a channel: `ts` of a message of the channel (as in
+/// Slack), or Switchboard's `seq` directly.
+pub(super) async fn mark(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let channel = member_channel(state, caller, params).await?.channel;
+    let seq = match (params.non_empty("seq"), params.non_empty("ts")) {
+        (Some(raw), _) => raw
+            .trim()
+            .parse::<Seq>()
+            .map_err(|_| ApiError::InvalidArguments("seq must be a non-negative integer".into()))?,
+        (None, Some(raw)) => {
+            let ts = Ts::parse_slack(raw.trim()).ok_or(ApiError::InvalidTimestamp)?;
+            // Bounds are exclusive and timestamps whole microseconds: this window holds
+            // exactly the message at `ts`, if there is one.
+            let query = HistoryQuery {
+                oldest: Some(Ts(ts.0.saturating_sub(1))),
+                latest: Some(Ts(ts.0.saturating_add(1))),
+                limit: 1,
+                ..HistoryQuery::default()
+            };
+            state
+                .store
+                .history(&channel.workspace, &channel.id, &query)
+                .await?
+                .first()
+                .map(|m| m.seq)
+                .ok_or(ApiError::InvalidTimestamp)?
+        }
+        (None, None) => return Err(ApiError::InvalidTimestamp),
+    };
+    if !state
+        .store
+        .set_last_read(&channel.id, &caller.user.id, seq)
+        .await?
+    {
+        return Err(ApiError::NotInChannel);
+    }
+    publish(
+        state,
+        UserEvent::ReadMarked {
+            workspace: channel.workspace.clone(),
+            channel: channel.id.clone(),
+            user: caller.user.id.clone(),
+            seq,
+        },
+    )
+    .await;
+    Ok(object(json!({})))
 }
 
 #[cfg(test)]

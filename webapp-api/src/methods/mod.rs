@@ -8,16 +8,20 @@
 mod auth;
 mod chat;
 mod conversations;
+mod internal;
+mod search;
 mod users;
 
 use std::collections::HashSet;
 
 use serde_json::{json, Value};
 use shared::ids::{ChannelId, UserId};
-use shared::protocol::{Message, UserEvent};
+use shared::protocol::{ChannelSummary, Message, UserEvent, UserProfile};
 use shared::store::{Channel, User};
 
-use crate::api::{authenticate, ApiError, ApiResult, AppState, Caller, Params};
+use crate::api::{
+    authenticate, authenticate_service, ApiError, ApiResult, AppState, Caller, Params,
+};
 use crate::metrics as m;
 
 /// Every method served, by its Slack name.
@@ -33,9 +37,19 @@ pub const METHODS: &[&str] = &[
     "conversations.history",
     "users.conversations",
     "chat.postMessage",
+    "search.messages",
     "users.list",
     "users.info",
     "admin.users.create",
+    "users.profile.set",
+    "users.profile.get",
+    "conversations.rename",
+    "conversations.archive",
+    "conversations.unarchive",
+    "conversations.setTopic",
+    "conversations.setPurpose",
+    "conversations.mark",
+    "internal.flannel.snapshot",
 ];
 
 /// The static name of a served method, so metric labels come from a fixed set.
@@ -54,6 +68,13 @@ pub async fn dispatch(
     if name == "api.test" {
         return auth::api_test(params);
     }
+    if name.starts_with("internal.") {
+        let claims = authenticate_service(state, token?)?;
+        return match name {
+            "internal.flannel.snapshot" => internal::flannel_snapshot(state, &claims, params).await,
+            _ => Err(ApiError::UnknownMethod),
+        };
+    }
     let caller = authenticate(state, token?).await?;
     match name {
         "auth.test" => auth::auth_test(state, &caller).await,
@@ -66,9 +87,22 @@ pub async fn dispatch(
         "conversations.history" => conversations::history(state, &caller, params).await,
         "users.conversations" => conversations::user_conversations(state, &caller, params).await,
         "chat.postMessage" => chat::post_message(state, &caller, params).await,
+        "search.messages" => search::messages(state, &caller, params).await,
         "users.list" => users::list(state, &caller, params).await,
         "users.info" => users::info(state, &caller, params).await,
         "admin.users.create" => users::admin_create(state, &caller, params).await,
+        "users.profile.set" => users::profile_set(state, &caller, params).await,
+        "users.profile.get" => users::profile_get(state, &caller, params).await,
+        "conversations.rename" => conversations::rename(state, &caller, params).await,
+        "conversations.archive" => conversations::archive(state, &caller, params, true).await,
+        "conversations.unarchive" => conversations::archive(state, &caller, params, false).await,
+        "conversations.setTopic" => {
+            conversations::set_text(state, &caller, params, conversations::TextField::Topic).await
+        }
+        "conversations.setPurpose" => {
+            conversations::set_text(state, &caller, params, conversations::TextField::Purpose).await
+        }
+        "conversations.mark" => conversations::mark(state, &caller, params).await,
         _ => Err(ApiError::UnknownMethod),
     }
 }
@@ -187,14 +221,25 @@ pub(crate) async fn memberships(state: &AppState, user: &UserId) -> ApiResult<Ha
         .collect())
 }
 
-/// Relays a membership change to the gateways through the admin server. The change is
-/// already stored, so a failure does not fail the call: it is logged and counted, and the
-/// user's sessions pick the change up when they reconnect.
+/// Relays a change (membership, profile, channel, read position) through the admin server to
+/// the gateways and Flannel caches. The change is already stored, so a failure does not fail
+/// the call: it is logged and counted; sessions pick the change up when they reconnect, and a
+/// Flannel that lost its admin link reloads what it caches.
 pub(crate) async fn publish(state: &AppState, ev: UserEvent) {
     if let Err(e) = state.admin.publish_user_event(ev).await {
         m::USER_EVENT_FAILURES.inc();
         tracing::warn!(error = %e, "membership change not relayed to gateways");
     }
+}
+
+/// A user as change events and caches carry it.
+pub(crate) fn user_profile(u: &User) -> UserProfile {
+    u.profile()
+}
+
+/// A channel as change events and caches carry it.
+pub(crate) fn channel_summary(c: &Channel) -> ChannelSummary {
+    c.summary()
 }
 
 /// Slack's conversation object.
@@ -258,13 +303,24 @@ pub(crate) fn user_json(u: &User) -> Value {
         "is_owner": false,
         "is_bot": u.is_bot,
         "is_app_user": false,
-        "profile": {
-            "real_name": u.real_name,
-            "real_name_normalized": u.real_name,
-            "display_name": u.name,
-            "display_name_normalized": u.name,
-            "team": u.workspace,
-        },
+        "profile": profile_json(u),
+    })
+}
+
+/// Slack's profile object of a user. `display_name` falls back to the user's name while
+/// none is set.
+pub(crate) fn profile_json(u: &User) -> Value {
+    let display = if u.display_name.is_empty() {
+        &u.name
+    } else {
+        &u.display_name
+    };
+    json!({
+        "real_name": u.real_name,
+        "real_name_normalized": u.real_name,
+        "display_name": display,
+        "display_name_normalized": display,
+        "team": u.workspace,
     })
 }
 

@@ -1,9 +1,10 @@
-//! `users.list`, `users.info`, `admin.users.create`.
+//! `users.list`, `users.info`, `users.profile.set`, `users.profile.get`, `admin.users.create`.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use shared::ids::UserId;
+use shared::protocol::UserEvent;
 
-use super::{response_metadata, user_in_workspace, user_json};
+use super::{profile_json, publish, response_metadata, user_in_workspace, user_json, user_profile};
 use crate::api::{
     decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
 };
@@ -65,5 +66,124 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
         is_admin,
     )
     .await?;
+    publish(
+        state,
+        UserEvent::UserChanged {
+            workspace: user.workspace.clone(),
+            user: user_profile(&user),
+        },
+    )
+    .await;
+    // The new user is in #general (create_user_in joined it).
+    if let Some(general) = state
+        .store
+        .channel_by_name(&user.workspace, crate::seed::GENERAL)
+        .await?
+    {
+        publish(
+            state,
+            UserEvent::ChannelJoined {
+                workspace: user.workspace.clone(),
+                channel: general.id,
+                user: user.id.clone(),
+                channel_name: general.name,
+            },
+        )
+        .await;
+    }
     Ok(object(json!({ "user": user_json(&user), "token": token })))
+}
+
+/// Longest `real_name`.
+pub const MAX_REAL_NAME: usize = 200;
+/// Longest `display_name`, as in Slack.
+pub const MAX_DISPLAY_NAME: usize = 80;
+
+/// One profile field from `profile` (a JSON object, Slack's shape) or from a `name`/`value`
+/// pair; `None` when the call does not set it.
+fn profile_field(
+    profile: Option<&serde_json::Map<String, Value>>,
+    params: &Params,
+    key: &str,
+    max: usize,
+) -> ApiResult<Option<String>> {
+    let value = match profile.and_then(|p| p.get(key)) {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Null) | None => None,
+        Some(_) => {
+            return Err(ApiError::InvalidArguments(format!(
+                "profile.{key} must be a string"
+            )))
+        }
+    };
+    let value = value.or_else(|| {
+        (params.get("name") == Some(key))
+            .then(|| params.get("value").unwrap_or_default().to_string())
+    });
+    let Some(value) = value else { return Ok(None) };
+    let value = value.trim().to_string();
+    if value.chars().count() > max {
+        return Err(ApiError::TooLong { max });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::InvalidArguments(format!(
+            "profile.{key} must not hold control characters"
+        )));
+    }
+    Ok(Some(value))
+}
+
+/// Sets the caller's `real_name` and/or `display_name` (an admin token may set another
+/// user's with `user`), then tells the caches.
+pub(super) async fn profile_set(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let target = match params.non_empty("user") {
+        Some(raw) if raw.trim() != caller.user.id.as_str() => {
+            if !(caller.claims.admin && caller.user.is_admin) {
+                return Err(ApiError::NotAllowedTokenType);
+            }
+            user_in_workspace(state, caller, Some(raw)).await?
+        }
+        _ => caller.user.clone(),
+    };
+    let profile: Option<serde_json::Map<String, Value>> = match params.non_empty("profile") {
+        None => None,
+        Some(raw) => match serde_json::from_str(raw) {
+            Ok(Value::Object(map)) => Some(map),
+            _ => {
+                return Err(ApiError::InvalidArguments(
+                    "profile must be a JSON object".into(),
+                ))
+            }
+        },
+    };
+    let real_name = profile_field(profile.as_ref(), params, "real_name", MAX_REAL_NAME)?;
+    let display_name = profile_field(profile.as_ref(), params, "display_name", MAX_DISPLAY_NAME)?;
+    if real_name.is_none() && display_name.is_none() {
+        return Err(ApiError::InvalidArguments(
+            "profile sets neither real_name nor display_name".into(),
+        ));
+    }
+    let user = state
+        .store
+        .update_user_profile(&target.id, real_name.as_deref(), display_name.as_deref())
+        .await?
+        .ok_or(ApiError::UserNotFound)?;
+    publish(
+        state,
+        UserEvent::UserChanged {
+            workspace: user.workspace.clone(),
+            user: user_profile(&user),
+        },
+    )
+    .await;
+    Ok(object(json!({ "profile": profile_json(&user) })))
+}
+
+/// The caller's profile, or `user`'s in the caller's workspace.
+pub(super) async fn profile_get(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let user = match params.non_empty("user") {
+        Some(raw) => user_in_workspace(state, caller, Some(raw)).await?,
+        None => caller.user.clone(),
+    };
+    Ok(object(json!({ "profile": profile_json(&user) })))
 }

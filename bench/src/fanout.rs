@@ -1,0 +1,1407 @@
+//! The fan-out scenario, against Switchboard, the in-process limit server, or nats-server.
+//!
+//! Shape: `channels` channels, `subs` subscribers per channel, messages posted round-robin
+//! over the channels. Every message carries its id `m`, the phase, and its send time
+//! (monotonic nanoseconds since the run started; in `--rate` mode the time it was scheduled,
+//! so a system that falls behind is charged for the wait). Every subscriber checks its
+//! channel's stream (contiguous sequence numbers, a checksum of the ids in order).
+//!
+//! Load is bounded by a window: a message counts as in flight until every subscriber of its
+//! channel received it, and at most `window` messages are in flight. So no subscriber is ever
+//! more than `window` messages behind, and "as fast as possible" measures the rate at which
+//! the system delivers, not the size of its queues.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::nats::{self, NatsWs, ServerOp};
+use crate::order::{CheckResult, Checksum, StreamChecker};
+use crate::pace::Pacer;
+use crate::report::{note, Progress};
+use crate::slack::{for_each_concurrent, Api};
+use crate::stats::{fmt_rate, percentile_curve, LatencySummary, LocalRecorder, SharedHistogram};
+use crate::sut::{CpuMeter, CpuUsage, Sut};
+use crate::ws::{self, SourceAddrs, Ws};
+
+/// The shape and load of one fan-out run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub channels: usize,
+    pub subs_per_channel: usize,
+    /// Switchboard gateways the subscribers are spread over.
+    pub gateways: usize,
+    /// Concurrent HTTP posters (Switchboard); NATS and the limit server use one publisher.
+    pub posters: usize,
+    pub duration_s: f64,
+    /// Most messages per phase.
+    pub max_messages: u64,
+    /// Offered load in messages per second over all channels; `None`: as fast as the window
+    /// allows.
+    pub rate: Option<f64>,
+    /// After the first phase, run a second one at half of the first phase's message rate.
+    pub half_peak: bool,
+    /// Messages in flight (posted, not yet received by every subscriber of the channel).
+    pub window: usize,
+    pub drain_timeout_s: f64,
+    pub connect_concurrency: usize,
+    pub source_ips: u32,
+    /// WebSocket read buffer per subscriber, in bytes.
+    pub read_buffer: usize,
+    /// Put bench users in the demo workspace (they all join its #general) instead of a
+    /// workspace of their own.
+    pub demo_workspace: bool,
+    /// Worker threads of the in-process limit server.
+    pub limit_threads: usize,
+    /// This process's open-files limit (decides where the limit server runs).
+    pub nofile: u64,
+}
+
+impl Plan {
+    pub fn subscribers(&self) -> usize {
+        self.channels * self.subs_per_channel
+    }
+
+    fn phases(&self) -> usize {
+        if self.half_peak {
+            2
+        } else {
+            1
+        }
+    }
+}
+
+/// Result of one measured phase of one system.
+#[derive(Clone, Debug, Serialize)]
+pub struct PhaseResult {
+    pub phase: String,
+    pub target_rate: Option<f64>,
+    pub messages: u64,
+    pub deliveries: u64,
+    pub elapsed_s: f64,
+    pub messages_per_s: f64,
+    pub deliveries_per_s: f64,
+    /// Post sent (or scheduled) to message received, over every delivery.
+    pub latency: LatencySummary,
+    /// Post sent to post acknowledged (Switchboard's HTTP posts only).
+    pub post_ack_latency: Option<LatencySummary>,
+    pub cpu: CpuUsage,
+    /// Whether every message reached every subscriber before the drain timeout.
+    pub drained: bool,
+    #[serde(skip)]
+    pub curve: Vec<(f64, u64)>,
+}
+
+/// Result of one system over the whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct SystemResult {
+    pub system: String,
+    pub subscribers: usize,
+    pub setup_s: f64,
+    pub phases: Vec<PhaseResult>,
+    pub check: CheckResult,
+    pub errors: Vec<String>,
+    /// Free-form facts about the run (e.g. frames the limit server dropped).
+    pub notes: Vec<String>,
+}
+
+impl SystemResult {
+    pub fn ok(&self) -> bool {
+        self.check.ok() && self.errors.is_empty() && self.phases.iter().all(|p| p.drained)
+    }
+}
+
+// ---- message payloads ----
+
+/// What a message's text (Switchboard) or payload (NATS, limit) carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// A warm-up post, sent until every subscriber saw one; not measured.
+    Warmup,
+    Measured {
+        /// Channel index (NATS and limit only).
+        c: Option<usize>,
+        /// Publisher-assigned sequence number in the channel (NATS and limit only).
+        k: Option<u64>,
+        m: u64,
+        t: u64,
+        phase: usize,
+    },
+}
+
+pub const WARMUP_TEXT: &str = "warmup";
+
+/// Longest a subscriber may take to connect and register.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn encode_payload(c: Option<usize>, k: Option<u64>, m: u64, t: u64, phase: usize) -> String {
+    match (c, k) {
+        (Some(c), Some(k)) => format!("c={c};k={k};m={m};t={t};p={phase}"),
+        _ => format!("m={m};t={t};p={phase}"),
+    }
+}
+
+pub fn parse_payload(s: &str) -> Option<Payload> {
+    if s == WARMUP_TEXT {
+        return Some(Payload::Warmup);
+    }
+    let (mut c, mut k, mut m, mut t, mut phase) = (None, None, None, None, None);
+    for part in s.split(';') {
+        let (key, v) = part.split_once('=')?;
+        match key {
+            "c" => c = Some(v.parse().ok()?),
+            "k" => k = Some(v.parse().ok()?),
+            "m" => m = Some(v.parse().ok()?),
+            "t" => t = Some(v.parse().ok()?),
+            "p" => phase = Some(v.parse().ok()?),
+            _ => return None,
+        }
+    }
+    Some(Payload::Measured {
+        c,
+        k,
+        m: m?,
+        t: t?,
+        phase: phase?,
+    })
+}
+
+/// The channel index at the start of a limit-server payload.
+pub fn payload_channel(s: &str) -> Option<usize> {
+    s.strip_prefix("c=")?.split(';').next()?.parse().ok()
+}
+
+// ---- shared counters ----
+
+struct PhaseCounters {
+    hist: SharedHistogram,
+    post_hist: SharedHistogram,
+    sent: AtomicU64,
+    completed: AtomicU64,
+    deliveries: AtomicU64,
+    first_send_ns: AtomicU64,
+    last_complete_ns: AtomicU64,
+}
+
+impl PhaseCounters {
+    fn new() -> PhaseCounters {
+        PhaseCounters {
+            hist: SharedHistogram::default(),
+            post_hist: SharedHistogram::default(),
+            sent: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            deliveries: AtomicU64::new(0),
+            first_send_ns: AtomicU64::new(u64::MAX),
+            last_complete_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What the publisher side knows about one channel, for the final check.
+#[derive(Default)]
+struct Ledger {
+    /// Highest sequence number acknowledged (Switchboard) or assigned (NATS, limit),
+    /// warm-ups included.
+    last_seq: AtomicU64,
+    /// `(seq, m)` of every measured message.
+    measured: Mutex<Vec<(u64, u64)>>,
+}
+
+impl Ledger {
+    fn record(&self, seq: u64, m: Option<u64>) {
+        self.last_seq.fetch_max(seq, Ordering::Relaxed);
+        if let Some(m) = m {
+            self.measured.lock().push((seq, m));
+        }
+    }
+}
+
+struct Tracker {
+    base: Instant,
+    subs_per_channel: u32,
+    /// Deliveries still due per message id.
+    remaining: Vec<AtomicU32>,
+    next_m: AtomicU64,
+    window: Semaphore,
+    phases: Vec<PhaseCounters>,
+    ledgers: Vec<Ledger>,
+    /// Subscribers per channel that have seen their first message (warm-up).
+    started: Vec<AtomicU32>,
+    started_total: AtomicUsize,
+    other_events: AtomicU64,
+    failed: AtomicBool,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Tracker {
+    fn new(plan: &Plan) -> Arc<Tracker> {
+        let cap = (plan.max_messages as usize) * plan.phases();
+        Arc::new(Tracker {
+            base: Instant::now(),
+            subs_per_channel: plan.subs_per_channel as u32,
+            remaining: (0..cap).map(|_| AtomicU32::new(0)).collect(),
+            next_m: AtomicU64::new(0),
+            window: Semaphore::new(plan.window.max(1)),
+            phases: (0..plan.phases()).map(|_| PhaseCounters::new()).collect(),
+            ledgers: (0..plan.channels).map(|_| Ledger::default()).collect(),
+            started: (0..plan.channels).map(|_| AtomicU32::new(0)).collect(),
+            started_total: AtomicUsize::new(0),
+            other_events: AtomicU64::new(0),
+            failed: AtomicBool::new(false),
+            errors: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    fn ns_of(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_nanos() as u64
+    }
+
+    fn fail(&self, e: String) {
+        self.failed.store(true, Ordering::Relaxed);
+        let mut errors = self.errors.lock();
+        if errors.len() < 20 {
+            errors.push(e);
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Claims the next message id for `phase`, paced by `schedule`; `None` when the phase
+    /// is over. Takes a window slot.
+    async fn claim(&self, sched: &Schedule) -> Option<(u64, u64)> {
+        if self.failed() {
+            return None;
+        }
+        let m = self.next_m.fetch_add(1, Ordering::Relaxed);
+        let k = m.checked_sub(sched.m0)?;
+        if k >= sched.max_messages || m as usize >= self.remaining.len() {
+            return None;
+        }
+        let at = sched.pacer.as_ref().map(|p| p.due(k));
+        if let (Some(at), Some(p)) = (at, &sched.pacer) {
+            if at >= sched.deadline {
+                return None;
+            }
+            p.wait(k).await;
+        }
+        if Instant::now() >= sched.deadline || self.failed() {
+            return None;
+        }
+        self.window.acquire().await.ok()?.forget();
+        let t = at.map(|a| self.ns_of(a)).unwrap_or_else(|| self.now_ns());
+        self.remaining[m as usize].store(self.subs_per_channel, Ordering::Relaxed);
+        let ph = &self.phases[sched.phase];
+        ph.sent.fetch_add(1, Ordering::Relaxed);
+        ph.first_send_ns.fetch_min(t, Ordering::Relaxed);
+        Some((m, t))
+    }
+
+    fn delivered(&self, m: u64, phase: usize) {
+        let Some(ph) = self.phases.get(phase) else {
+            return;
+        };
+        ph.deliveries.fetch_add(1, Ordering::Relaxed);
+        let Some(r) = self.remaining.get(m as usize) else {
+            return;
+        };
+        let before = r
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1))
+            .unwrap_or(0);
+        if before == 1 {
+            ph.completed.fetch_add(1, Ordering::Relaxed);
+            ph.last_complete_ns
+                .fetch_max(self.now_ns(), Ordering::Relaxed);
+            self.window.add_permits(1);
+        }
+    }
+}
+
+/// When and how much one phase posts.
+#[derive(Clone)]
+struct Schedule {
+    phase: usize,
+    m0: u64,
+    max_messages: u64,
+    /// Releases messages at the offered rate (`None`: as fast as the window allows).
+    pacer: Option<Arc<Pacer>>,
+    deadline: Instant,
+}
+
+// ---- subscribers ----
+
+/// How a subscriber reads its stream.
+#[derive(Clone)]
+enum SubKind {
+    /// Switchboard RTM JSON; the channel's id.
+    Switchboard { channel_id: Arc<str> },
+    /// NATS over WebSocket.
+    Nats,
+    /// The limit server's text frames.
+    Limit,
+}
+
+struct SubState {
+    channel: usize,
+    checker: StreamChecker,
+    checksum: Checksum,
+    misrouted: u64,
+    problems: Vec<String>,
+    recorders: Vec<LocalRecorder>,
+    tracker: Arc<Tracker>,
+}
+
+impl SubState {
+    fn new(channel: usize, tracker: Arc<Tracker>, started: bool) -> SubState {
+        if started {
+            tracker.started[channel].fetch_add(1, Ordering::Relaxed);
+            tracker.started_total.fetch_add(1, Ordering::Relaxed);
+        }
+        SubState {
+            channel,
+            checker: if started {
+                StreamChecker::starting_at(1)
+            } else {
+                StreamChecker::unstarted()
+            },
+            checksum: Checksum::default(),
+            misrouted: 0,
+            problems: Vec::new(),
+            recorders: tracker.phases.iter().map(|p| p.hist.local()).collect(),
+            tracker,
+        }
+    }
+
+    fn problem(&mut self, p: String) {
+        if self.problems.len() < 3 {
+            self.problems.push(p);
+        }
+    }
+
+    fn on_message(&mut self, seq: u64, payload: &str) {
+        let Some(p) = parse_payload(payload) else {
+            self.problem(format!("unparseable payload {payload:?}"));
+            return;
+        };
+        let first = !self.checker.started();
+        match p {
+            Payload::Warmup => {
+                self.checker.observe(seq);
+            }
+            Payload::Measured { c, m, t, phase, .. } => {
+                if c.is_some_and(|c| c != self.channel) {
+                    self.misrouted += 1;
+                    return;
+                }
+                self.checker.observe(seq);
+                self.checksum.add(m);
+                let now = self.tracker.now_ns();
+                if let Some(r) = self.recorders.get_mut(phase) {
+                    r.record(now.saturating_sub(t));
+                }
+                self.tracker.delivered(m, phase);
+            }
+        }
+        if first {
+            self.tracker.started[self.channel].fetch_add(1, Ordering::Relaxed);
+            self.tracker.started_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A Switchboard RTM event, borrowed from the frame where possible.
+#[derive(Deserialize)]
+struct RtmEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    channel: Option<Cow<'a, str>>,
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+}
+
+enum Conn {
+    Ws(Box<Ws>),
+    Nats(Box<NatsWs>),
+}
+
+/// Connects one subscriber and waits until it is registered (hello, SUB acknowledged by a
+/// PONG, or the limit server's `ready`).
+async fn connect_subscriber(
+    kind: &SubKind,
+    url: &str,
+    subject: &str,
+    source: std::net::Ipv4Addr,
+    read_buffer: usize,
+) -> anyhow::Result<Conn> {
+    match kind {
+        SubKind::Nats => {
+            let mut c = NatsWs::connect(url, source, read_buffer).await?;
+            c.subscribe(subject, 1).await?;
+            Ok(Conn::Nats(Box::new(c)))
+        }
+        SubKind::Switchboard { .. } | SubKind::Limit => {
+            let mut ws = ws::connect(url, source, ws::client_config(read_buffer)).await?;
+            let first = tokio::time::timeout(Duration::from_secs(30), ws.next())
+                .await
+                .context("no hello within 30 s")?;
+            match first {
+                Some(Ok(Message::Text(t))) => {
+                    let ok = match kind {
+                        SubKind::Limit => t.as_str() == "ready",
+                        _ => t.as_str().contains("\"type\":\"hello\""),
+                    };
+                    if !ok {
+                        bail!("expected hello, got {}", t.as_str());
+                    }
+                }
+                Some(Ok(Message::Close(f))) => bail!("closed before hello: {f:?}"),
+                other => bail!("expected hello, got {other:?}"),
+            }
+            Ok(Conn::Ws(Box::new(ws)))
+        }
+    }
+}
+
+async fn subscriber_loop(
+    kind: SubKind,
+    conn: Conn,
+    mut st: SubState,
+    mut stop: watch::Receiver<bool>,
+) -> SubState {
+    match conn {
+        Conn::Ws(mut ws) => loop {
+            let frame = tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                f = ws.next() => f,
+            };
+            match frame {
+                Some(Ok(Message::Text(t))) => match &kind {
+                    SubKind::Limit => match parse_payload(t.as_str()) {
+                        Some(Payload::Measured { k: Some(k), .. }) => st.on_message(k, t.as_str()),
+                        _ => st.problem(format!("unexpected frame {}", t.as_str())),
+                    },
+                    SubKind::Switchboard { channel_id } => {
+                        on_rtm_event(&mut st, channel_id, t.as_str());
+                    }
+                    SubKind::Nats => {}
+                },
+                Some(Ok(Message::Close(f))) => {
+                    st.problem(format!("server closed the connection: {f:?}"));
+                    break;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    st.problem(format!("connection error: {e}"));
+                    break;
+                }
+                None => {
+                    st.problem("connection closed".into());
+                    break;
+                }
+            }
+        },
+        Conn::Nats(mut c) => loop {
+            let more = tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                r = c.read_frame() => r,
+            };
+            match more {
+                Ok(true) => {}
+                Ok(false) => {
+                    st.problem("nats closed the connection".into());
+                    break;
+                }
+                Err(e) => {
+                    st.problem(format!("{e:#}"));
+                    break;
+                }
+            }
+            let mut pong = false;
+            loop {
+                match c.parser.next_op() {
+                    Ok(Some(ServerOp::Msg { payload, .. })) => {
+                        let text = std::str::from_utf8(payload).unwrap_or("");
+                        match parse_payload(text) {
+                            Some(Payload::Measured { k: Some(k), .. }) => st.on_message(k, text),
+                            _ => {
+                                let p = format!("unexpected nats payload {text:?}");
+                                st.problem(p);
+                            }
+                        }
+                    }
+                    Ok(Some(ServerOp::Ping)) => pong = true,
+                    Ok(Some(ServerOp::Err(e))) => {
+                        let p = format!("nats error: {e}");
+                        st.problem(p);
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(e) => {
+                        st.problem(format!("{e}"));
+                        break;
+                    }
+                }
+            }
+            if pong && c.send(nats::PONG.as_bytes().to_vec()).await.is_err() {
+                st.problem("nats write failed".into());
+                break;
+            }
+        },
+    }
+    for r in &mut st.recorders {
+        r.flush();
+    }
+    st
+}
+
+fn on_rtm_event(st: &mut SubState, channel_id: &str, raw: &str) {
+    let ev: RtmEvent = match serde_json::from_str(raw) {
+        Ok(e) => e,
+        Err(e) => {
+            st.problem(format!("unparseable event ({e}): {raw}"));
+            return;
+        }
+    };
+    match ev.kind.as_ref() {
+        "message" => {
+            let (Some(channel), Some(seq), Some(text)) = (ev.channel, ev.seq, ev.text) else {
+                st.problem(format!("message without channel, seq or text: {raw}"));
+                return;
+            };
+            if channel != channel_id {
+                st.misrouted += 1;
+                return;
+            }
+            st.on_message(seq, &text);
+        }
+        "resync_required" | "goodbye" | "error" => {
+            st.problem(format!("gateway sent {raw}"));
+        }
+        _ => {
+            st.tracker.other_events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The subscribers of a run.
+struct Subscribers {
+    handles: Vec<tokio::task::JoinHandle<SubState>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Subscribers {
+    /// Connects `targets` (channel, url, subject) with bounded concurrency; returns once all
+    /// are registered.
+    async fn connect(
+        plan: &Plan,
+        kind_of: impl Fn(usize) -> SubKind,
+        targets: Vec<(usize, String, String)>,
+        tracker: &Arc<Tracker>,
+        started: bool,
+    ) -> anyhow::Result<Subscribers> {
+        let (stop, stop_rx) = watch::channel(false);
+        let sources = Arc::new(SourceAddrs::new(plan.source_ips));
+        let limit = Arc::new(Semaphore::new(plan.connect_concurrency.max(1)));
+        let total = targets.len();
+        let connected = Arc::new(AtomicUsize::new(0));
+        let progress = {
+            let connected = connected.clone();
+            Progress::start("connect".into(), move || {
+                format!(
+                    "{} / {total} subscribers",
+                    connected.load(Ordering::Relaxed)
+                )
+            })
+        };
+        let mut handles = Vec::with_capacity(total);
+        let mut readies = Vec::with_capacity(total);
+        for (channel, url, subject) in targets {
+            let kind = kind_of(channel);
+            let (ready_tx, ready_rx) = oneshot::channel::<anyhow::Result<()>>();
+            readies.push(ready_rx);
+            let st = SubState::new(channel, tracker.clone(), started);
+            let stop_rx = stop_rx.clone();
+            let sources = sources.clone();
+            let limit = limit.clone();
+            let connected = connected.clone();
+            let read_buffer = plan.read_buffer;
+            handles.push(tokio::spawn(async move {
+                let permit = limit.acquire_owned().await;
+                let conn = tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    connect_subscriber(&kind, &url, &subject, sources.take(), read_buffer),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!("no connection within {CONNECT_TIMEOUT:?}"))
+                });
+                drop(permit);
+                match conn {
+                    Ok(conn) => {
+                        connected.fetch_add(1, Ordering::Relaxed);
+                        let _ = ready_tx.send(Ok(()));
+                        subscriber_loop(kind, conn, st, stop_rx).await
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        st
+                    }
+                }
+            }));
+        }
+        let mut first_error = None;
+        for r in readies {
+            match r.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(anyhow::anyhow!("subscriber task died"));
+                }
+            }
+        }
+        progress.finish().await;
+        let subs = Subscribers { handles, stop };
+        if let Some(e) = first_error {
+            let _ = subs.stop.send(true);
+            return Err(e.context("failed to connect subscribers"));
+        }
+        Ok(subs)
+    }
+
+    async fn stop(self) -> Vec<SubState> {
+        let _ = self.stop.send(true);
+        let mut out = Vec::with_capacity(self.handles.len());
+        for h in self.handles {
+            if let Ok(st) = h.await {
+                out.push(st);
+            }
+        }
+        out
+    }
+}
+
+// ---- publishers ----
+
+/// How a system's messages are published.
+enum Publisher {
+    /// `posters` concurrent `chat.postMessage` loops.
+    Http {
+        api: Api,
+        token: Arc<str>,
+        channel_ids: Arc<Vec<String>>,
+        posters: usize,
+        run_id: Arc<str>,
+    },
+    /// One WebSocket publisher: NATS `PUB` commands or limit-server text frames.
+    Nats {
+        conn: Box<NatsWs>,
+        subject_prefix: String,
+    },
+    Limit {
+        ws: Box<Ws>,
+    },
+}
+
+impl Publisher {
+    /// Publishes for one phase, until its deadline or message cap.
+    async fn run_phase(&mut self, tracker: &Arc<Tracker>, sched: &Schedule, channels: usize) {
+        match self {
+            Publisher::Http {
+                api,
+                token,
+                channel_ids,
+                posters,
+                run_id,
+            } => {
+                let mut tasks = tokio::task::JoinSet::new();
+                for _ in 0..*posters {
+                    let (api, token, ids, run_id) = (
+                        api.clone(),
+                        token.clone(),
+                        channel_ids.clone(),
+                        run_id.clone(),
+                    );
+                    let tracker = tracker.clone();
+                    let sched = sched.clone();
+                    tasks.spawn(async move {
+                        while let Some((m, t)) = tracker.claim(&sched).await {
+                            let c = (m % ids.len() as u64) as usize;
+                            let text = encode_payload(None, None, m, t, sched.phase);
+                            let id = format!("{run_id}-{m}");
+                            match api.post(&token, &ids[c], &text, &id).await {
+                                Ok(seq) => {
+                                    tracker.ledgers[c].record(seq, Some(m));
+                                    let ack = tracker.now_ns().saturating_sub(t);
+                                    tracker.phases[sched.phase].post_hist.record(ack);
+                                }
+                                Err(e) => {
+                                    tracker.fail(format!("post {m} failed: {e:#}"));
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                }
+                while tasks.join_next().await.is_some() {}
+            }
+            Publisher::Nats {
+                conn,
+                subject_prefix,
+            } => {
+                while let Some((m, t)) = tracker.claim(sched).await {
+                    let c = (m % channels as u64) as usize;
+                    // The only publisher: the next number of the channel.
+                    let k = tracker.ledgers[c].last_seq.load(Ordering::Relaxed) + 1;
+                    let payload = encode_payload(Some(c), Some(k), m, t, sched.phase);
+                    tracker.ledgers[c].record(k, Some(m));
+                    let frame = nats::publish(&format!("{subject_prefix}.{c}"), payload.as_bytes());
+                    if let Err(e) = conn.send(frame).await {
+                        tracker.fail(format!("nats publish failed: {e:#}"));
+                        break;
+                    }
+                }
+            }
+            Publisher::Limit { ws } => {
+                while let Some((m, t)) = tracker.claim(sched).await {
+                    let c = (m % channels as u64) as usize;
+                    let k = tracker.ledgers[c].last_seq.load(Ordering::Relaxed) + 1;
+                    let payload = encode_payload(Some(c), Some(k), m, t, sched.phase);
+                    tracker.ledgers[c].record(k, Some(m));
+                    if let Err(e) = ws.send(Message::text(payload)).await {
+                        tracker.fail(format!("limit publish failed: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- the phases ----
+
+async fn run_phases(
+    plan: &Plan,
+    system: &str,
+    tracker: &Arc<Tracker>,
+    publisher: &mut Publisher,
+    server_pids: Vec<u32>,
+) -> Vec<PhaseResult> {
+    let mut results: Vec<PhaseResult> = Vec::new();
+    for phase in 0..plan.phases() {
+        let (label, rate) = if phase == 0 {
+            match plan.rate {
+                Some(r) => (format!("rate {}/s", fmt_rate(r)), Some(r)),
+                None => ("peak".to_string(), None),
+            }
+        } else {
+            let peak = results[0].messages_per_s;
+            if peak <= 0.0 {
+                break;
+            }
+            ("half of peak".to_string(), Some(peak / 2.0))
+        };
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs_f64(plan.duration_s);
+        let sched = Schedule {
+            phase,
+            m0: tracker.next_m.load(Ordering::Relaxed),
+            max_messages: plan.max_messages,
+            pacer: rate.map(|r| Arc::new(Pacer::start(r, start, deadline))),
+            deadline,
+        };
+        let cpu = CpuMeter::start(server_pids.clone());
+        let ph = &tracker.phases[phase];
+        let progress = {
+            let tracker = tracker.clone();
+            let mut last = (Instant::now(), 0u64);
+            Progress::start(format!("{system} {label}"), move || {
+                let ph = &tracker.phases[phase];
+                let d = ph.deliveries.load(Ordering::Relaxed);
+                let now = Instant::now();
+                let rate = (d - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-3);
+                last = (now, d);
+                let sent = ph.sent.load(Ordering::Relaxed);
+                let done = ph.completed.load(Ordering::Relaxed);
+                format!(
+                    "sent {sent}, in flight {}, delivered {d} ({}/s)",
+                    sent - done.min(sent),
+                    fmt_rate(rate)
+                )
+            })
+        };
+        publisher.run_phase(tracker, &sched, plan.channels).await;
+        // Drain: every message of the phase reaches every subscriber, or the timeout.
+        let drain_deadline = Instant::now() + Duration::from_secs_f64(plan.drain_timeout_s);
+        let mut drained = false;
+        while Instant::now() < drain_deadline && !tracker.failed() {
+            if ph.completed.load(Ordering::Relaxed) >= ph.sent.load(Ordering::Relaxed) {
+                drained = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let cpu = cpu.stop();
+        progress.finish().await;
+        let sent = ph.sent.load(Ordering::Relaxed);
+        let completed = ph.completed.load(Ordering::Relaxed);
+        if !drained && !tracker.failed() {
+            tracker.fail(format!(
+                "{system} {label}: {} of {sent} messages not received by every subscriber within {} s",
+                sent - completed.min(sent),
+                plan.drain_timeout_s
+            ));
+        }
+        let deliveries = ph.deliveries.load(Ordering::Relaxed);
+        let first = ph.first_send_ns.load(Ordering::Relaxed);
+        let last = ph.last_complete_ns.load(Ordering::Relaxed);
+        let elapsed_s = if last > first && first != u64::MAX {
+            (last - first) as f64 / 1e9
+        } else {
+            0.0
+        };
+        let per_s = |n: u64| {
+            if elapsed_s > 0.0 {
+                n as f64 / elapsed_s
+            } else {
+                0.0
+            }
+        };
+        results.push(PhaseResult {
+            phase: label,
+            target_rate: rate,
+            messages: sent,
+            deliveries,
+            elapsed_s,
+            messages_per_s: per_s(completed),
+            deliveries_per_s: per_s(deliveries),
+            latency: LatencySummary::default(),
+            post_ack_latency: None,
+            cpu,
+            drained,
+            curve: Vec::new(),
+        });
+        if tracker.failed() {
+            break;
+        }
+    }
+    results
+}
+
+/// Stops the subscribers and checks every stream against the ledgers; fills in latencies.
+async fn finish(
+    system: &str,
+    plan: &Plan,
+    tracker: Arc<Tracker>,
+    subs: Subscribers,
+    mut phases: Vec<PhaseResult>,
+    setup_s: f64,
+    with_post_ack: bool,
+) -> SystemResult {
+    let states = subs.stop().await;
+    let mut check = CheckResult::default();
+    let expected: Vec<(Option<u64>, Checksum)> = tracker
+        .ledgers
+        .iter()
+        .map(|l| {
+            let mut measured = l.measured.lock().clone();
+            measured.sort_unstable();
+            let last = l.last_seq.load(Ordering::Relaxed);
+            (
+                (last > 0).then_some(last),
+                Checksum::of(measured.iter().map(|(_, m)| *m)),
+            )
+        })
+        .collect();
+    if states.len() != plan.subscribers() {
+        check.problem(format!(
+            "{} of {} subscriber tasks ended abnormally",
+            plan.subscribers() - states.len(),
+            plan.subscribers()
+        ));
+    }
+    for st in &states {
+        let (last, sum) = expected[st.channel];
+        let mut r = st.checker.finish(last);
+        if r.ok() && st.checksum != sum {
+            r.wrong_messages += 1;
+            r.problem(format!(
+                "channel {}: the messages received are not the ones sent at those sequence numbers",
+                st.channel
+            ));
+        }
+        r.misrouted += st.misrouted;
+        for p in &st.problems {
+            r.problem(format!("channel {}: {p}", st.channel));
+        }
+        check.add(r);
+    }
+    drop(states);
+    for (i, p) in phases.iter_mut().enumerate() {
+        let h = tracker.phases[i].hist.snapshot();
+        p.latency = LatencySummary::of(&h);
+        p.curve = percentile_curve(&h);
+        if with_post_ack {
+            p.post_ack_latency = Some(LatencySummary::of(&tracker.phases[i].post_hist.snapshot()));
+        }
+    }
+    let errors = tracker.errors.lock().clone();
+    SystemResult {
+        system: system.to_string(),
+        subscribers: plan.subscribers(),
+        setup_s,
+        phases,
+        check,
+        errors,
+        notes: Vec::new(),
+    }
+}
+
+fn run_id() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    format!(
+        "{:x}",
+        (n ^ (std::process::id() as u64) << 40) % 0xff_ffff_ffff
+    )
+}
+
+// ---- the three systems ----
+
+/// Fan-out through Switchboard: HTTP posts, RTM WebSocket subscribers over `gateways`
+/// gateways.
+pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<SystemResult> {
+    let setup = Instant::now();
+    let api = Api::new(&sut.urls.api)?;
+    let admin = if plan.demo_workspace {
+        sut.demo_admin_token()?
+    } else {
+        sut.bench_workspace()?
+    };
+    let run = run_id();
+    note(format!(
+        "switchboard: creating {} channels and {} users",
+        plan.channels,
+        plan.subscribers()
+    ));
+    let channel_ids: Vec<String> = for_each_concurrent((0..plan.channels).collect(), 8, {
+        let (api, admin, run) = (api.clone(), admin.clone(), run.clone());
+        move |i: usize| {
+            let (api, admin, name) = (api.clone(), admin.clone(), format!("b{run}-{i}"));
+            async move { api.create_channel(&admin, &name).await }
+        }
+    })
+    .await?;
+    let channel_ids = Arc::new(channel_ids);
+    let users: Vec<(usize, String)> = for_each_concurrent((0..plan.subscribers()).collect(), 16, {
+        let (api, admin, run, ids) = (api.clone(), admin.clone(), run.clone(), channel_ids.clone());
+        let channels = plan.channels;
+        move |u: usize| {
+            let (api, admin, ids) = (api.clone(), admin.clone(), ids.clone());
+            let name = format!("s{run}-{u}");
+            async move {
+                let (_, token) = api.create_user(&admin, &name).await?;
+                let c = u % channels;
+                api.join(&token, &ids[c]).await?;
+                Ok((c, token))
+            }
+        }
+    })
+    .await?;
+    sut.ensure_gateways(plan.gateways).await?;
+    let gateway_urls: Vec<String> = sut.gateways.iter().map(|g| g.url.clone()).collect();
+    note(format!(
+        "switchboard: connecting {} subscribers over {} gateway(s)",
+        users.len(),
+        gateway_urls.len()
+    ));
+    let tracker = Tracker::new(plan);
+    let targets = users
+        .into_iter()
+        .enumerate()
+        .map(|(u, (c, token))| {
+            let g = &gateway_urls[u % gateway_urls.len()];
+            (c, format!("{g}?token={token}"), String::new())
+        })
+        .collect();
+    let ids = channel_ids.clone();
+    let subs = Subscribers::connect(
+        plan,
+        move |c| SubKind::Switchboard {
+            channel_id: ids[c].as_str().into(),
+        },
+        targets,
+        &tracker,
+        false,
+    )
+    .await?;
+    // Warm up: post to every channel until each of its subscribers has seen a message, so
+    // that every gateway's subscription is live before anything is measured.
+    let warm_deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0u64;
+    loop {
+        let cold: Vec<usize> = (0..plan.channels)
+            .filter(|c| tracker.started[*c].load(Ordering::Relaxed) < plan.subs_per_channel as u32)
+            .collect();
+        if cold.is_empty() {
+            break;
+        }
+        if Instant::now() > warm_deadline {
+            let _ = subs.stop.send(true);
+            bail!(
+                "warm-up: {} channel(s) still have subscribers that received nothing after 60 s",
+                cold.len()
+            );
+        }
+        sut.check_alive()?;
+        let posted: Vec<(usize, u64)> = for_each_concurrent(cold, 16, {
+            let (api, admin, ids, run) =
+                (api.clone(), admin.clone(), channel_ids.clone(), run.clone());
+            move |c: usize| {
+                let (api, admin, ids) = (api.clone(), admin.clone(), ids.clone());
+                let id = format!("{run}-w{round}-{c}");
+                async move { Ok((c, api.post(&admin, &ids[c], WARMUP_TEXT, &id).await?)) }
+            }
+        })
+        .await?;
+        for (c, seq) in posted {
+            tracker.ledgers[c].record(seq, None);
+        }
+        round += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    quiesce(&tracker).await;
+    let presence = tracker.other_events.load(Ordering::Relaxed);
+    let setup_s = setup.elapsed().as_secs_f64();
+    let mut publisher = Publisher::Http {
+        api,
+        token: admin.into(),
+        channel_ids,
+        posters: plan.posters,
+        run_id: run.into(),
+    };
+    let phases = run_phases(plan, "switchboard", &tracker, &mut publisher, sut.pids()).await;
+    let mut result = finish("switchboard", plan, tracker, subs, phases, setup_s, true).await;
+    if let Err(e) = sut.check_alive() {
+        result.errors.push(format!("{e:#}"));
+    }
+    result.notes.push(format!(
+        "{presence} non-message events (presence) reached the subscribers while they connected"
+    ));
+    for g in &sut.gateways {
+        let mut facts = Vec::new();
+        for name in [
+            "switchboard_gateway_session_overflows_total",
+            "switchboard_gateway_gap_fetches_total",
+            "switchboard_gateway_gaps_skipped_total",
+            "switchboard_gateway_session_messages_total",
+        ] {
+            if let Some(v) = metric(&g.http, name).await {
+                facts.push(format!(
+                    "{} {v}",
+                    name.trim_start_matches("switchboard_gateway_")
+                ));
+            }
+        }
+        result
+            .notes
+            .push(format!("gateway {}: {}", g.url, facts.join(", ")));
+    }
+    Ok(result)
+}
+
+/// Waits until the subscribers have stopped receiving non-message events (presence) for
+/// half a second, at most 30 s.
+async fn quiesce(tracker: &Tracker) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = tracker.other_events.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = tracker.other_events.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_millis(500) {
+            return;
+        }
+    }
+}
+
+/// The value of an unlabelled metric on a `/metrics` page.
+async fn metric(http: &str, name: &str) -> Option<f64> {
+    let body = reqwest::get(format!("{http}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    metric_value(&body, name)
+}
+
+fn metric_value(body: &str, name: &str) -> Option<f64> {
+    body.lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .find_map(|rest| rest.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Fan-out through the in-process limit server.
+pub async fn run_limit(plan: &Plan) -> anyhow::Result<SystemResult> {
+    let setup = Instant::now();
+    // In this process the server's sockets and the clients' share one open-files limit.
+    let in_process = 2 * plan.subscribers() as u64 + 512 <= plan.nofile;
+    let (server, url, server_pids) = if in_process {
+        let s = crate::limit::LimitServer::start(plan.channels, plan.limit_threads)?;
+        let url = s.url.clone();
+        (LimitHandle::InProcess(s), url, Vec::new())
+    } else {
+        let c = crate::limit::LimitChild::start(plan.channels, plan.limit_threads)?;
+        let (url, pid) = (c.url.clone(), c.pid());
+        (LimitHandle::Child(c), url, vec![pid])
+    };
+    let tracker = Tracker::new(plan);
+    note(format!(
+        "limit: connecting {} subscribers ({})",
+        plan.subscribers(),
+        if in_process {
+            "server in this process"
+        } else {
+            "server in a child process"
+        }
+    ));
+    let targets = (0..plan.subscribers())
+        .map(|u| {
+            let c = u % plan.channels;
+            (c, format!("{url}/sub/{c}"), String::new())
+        })
+        .collect();
+    let subs = Subscribers::connect(plan, |_| SubKind::Limit, targets, &tracker, true).await?;
+    let pub_ws = ws::connect(
+        &format!("{url}/pub"),
+        SourceAddrs::nth(0),
+        ws::client_config(4096),
+    )
+    .await?;
+    let mut publisher = Publisher::Limit {
+        ws: Box::new(pub_ws),
+    };
+    let setup_s = setup.elapsed().as_secs_f64();
+    let phases = run_phases(plan, "limit", &tracker, &mut publisher, server_pids).await;
+    drop(publisher);
+    let mut result = finish("limit", plan, tracker, subs, phases, setup_s, false).await;
+    match &server {
+        LimitHandle::InProcess(s) => {
+            result
+                .notes
+                .push("server in the bench process: its CPU is in bench_cpu_s".into());
+            if s.dropped() > 0 {
+                result.notes.push(format!(
+                    "limit server dropped {} frames to full subscriber queues",
+                    s.dropped()
+                ));
+            }
+        }
+        LimitHandle::Child(c) => result.notes.push(format!(
+            "server in child process {} (the sockets of both sides would not fit this \
+             process's open-files limit): its CPU is in server_cpu_s",
+            c.pid()
+        )),
+    }
+    drop(server);
+    Ok(result)
+}
+
+enum LimitHandle {
+    InProcess(crate::limit::LimitServer),
+    Child(crate::limit::LimitChild),
+}
+
+/// Fan-out through nats-server's WebSocket listener, one publisher.
+pub async fn run_nats(
+    plan: &Plan,
+    ws_url: &str,
+    server_pid: Option<u32>,
+) -> anyhow::Result<SystemResult> {
+    let setup = Instant::now();
+    let tracker = Tracker::new(plan);
+    let prefix = format!("bench.{}", run_id());
+    note(format!(
+        "nats: connecting {} subscribers",
+        plan.subscribers()
+    ));
+    let targets = (0..plan.subscribers())
+        .map(|u| {
+            let c = u % plan.channels;
+            (c, ws_url.to_string(), format!("{prefix}.{c}"))
+        })
+        .collect();
+    let subs = Subscribers::connect(plan, |_| SubKind::Nats, targets, &tracker, true).await?;
+    let conn = NatsWs::connect(ws_url, SourceAddrs::nth(0), 4096).await?;
+    let mut publisher = Publisher::Nats {
+        conn: Box::new(conn),
+        subject_prefix: prefix,
+    };
+    let setup_s = setup.elapsed().as_secs_f64();
+    let pids = server_pid.into_iter().collect();
+    let phases = run_phases(plan, "nats", &tracker, &mut publisher, pids).await;
+    drop(publisher);
+    Ok(finish("nats", plan, tracker, subs, phases, setup_s, false).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_round_trip() {
+        let s = encode_payload(Some(3), Some(7), 100, 12345, 1);
+        assert_eq!(s, "c=3;k=7;m=100;t=12345;p=1");
+        assert_eq!(
+            parse_payload(&s),
+            Some(Payload::Measured {
+                c: Some(3),
+                k: Some(7),
+                m: 100,
+                t: 12345,
+                phase: 1
+            })
+        );
+        assert_eq!(payload_channel(&s), Some(3));
+        let s = encode_payload(None, None, 5, 6, 0);
+        assert_eq!(
+            parse_payload(&s),
+            Some(Payload::Measured {
+                c: None,
+                k: None,
+                m: 5,
+                t: 6,
+                phase: 0
+            })
+        );
+        assert_eq!(payload_channel(&s), None);
+        assert_eq!(parse_payload(WARMUP_TEXT), Some(Payload::Warmup));
+        assert_eq!(parse_payload("hello"), None);
+        assert_eq!(parse_payload("m=1;t=2"), None);
+        assert_eq!(parse_payload("m=x;t=2;p=0"), None);
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            channels: 2,
+            subs_per_channel: 2,
+            gateways: 1,
+            posters: 1,
+            duration_s: 1.0,
+            max_messages: 10,
+            rate: None,
+            half_peak: false,
+            window: 2,
+            drain_timeout_s: 1.0,
+            connect_concurrency: 1,
+            source_ips: 1,
+            read_buffer: 4096,
+            demo_workspace: false,
+            limit_threads: 1,
+            nofile: 1024,
+        }
+    }
+
+    #[tokio::test]
+    async fn window_opens_when_every_subscriber_got_the_message() {
+        let p = plan();
+        let tracker = Tracker::new(&p);
+        let start = Instant::now();
+        let sched = Schedule {
+            phase: 0,
+            m0: 0,
+            max_messages: 3,
+            pacer: None,
+            deadline: start + Duration::from_secs(10),
+        };
+        let (m0, _) = tracker.claim(&sched).await.unwrap();
+        let (m1, _) = tracker.claim(&sched).await.unwrap();
+        // The window (2) is full: a third claim waits.
+        let third = tokio::time::timeout(Duration::from_millis(50), tracker.claim(&sched)).await;
+        assert!(third.is_err());
+        // That claim took id 2 before it waited; the next one would be 3, past the cap.
+        tracker.delivered(m0, 0);
+        assert_eq!(tracker.phases[0].completed.load(Ordering::Relaxed), 0);
+        tracker.delivered(m0, 0);
+        assert_eq!(tracker.phases[0].completed.load(Ordering::Relaxed), 1);
+        // A repeat delivery does not underflow or free another slot.
+        tracker.delivered(m0, 0);
+        assert_eq!(tracker.phases[0].completed.load(Ordering::Relaxed), 1);
+        assert_eq!(tracker.phases[0].deliveries.load(Ordering::Relaxed), 3);
+        assert!(tracker.claim(&sched).await.is_none(), "cap of 3 reached");
+        let _ = m1;
+    }
+
+    #[tokio::test]
+    async fn subscriber_state_checks_order_and_ids() {
+        let p = plan();
+        let tracker = Tracker::new(&p);
+        let mut st = SubState::new(1, tracker.clone(), false);
+        st.on_message(5, WARMUP_TEXT);
+        assert_eq!(tracker.started[1].load(Ordering::Relaxed), 1);
+        st.on_message(6, &encode_payload(None, None, 0, 0, 0));
+        st.on_message(8, &encode_payload(None, None, 1, 0, 0));
+        let r = st.checker.finish(Some(8));
+        assert_eq!(r.lost, 1);
+        // A message for another channel is misrouted, not counted in order.
+        st.on_message(9, &encode_payload(Some(0), Some(9), 2, 0, 0));
+        assert_eq!(st.misrouted, 1);
+    }
+
+    #[test]
+    fn metric_values_are_read_by_exact_name() {
+        let body = "# HELP x_total x\nx_total 3\nx_total_more 4\ny{a=\"b\"} 5\n";
+        assert_eq!(metric_value(body, "x_total"), Some(3.0));
+        assert_eq!(metric_value(body, "x_total_more"), Some(4.0));
+        assert_eq!(metric_value(body, "z"), None);
+    }
+
+    #[test]
+    fn rtm_events_parse() {
+        let p = plan();
+        let tracker = Tracker::new(&p);
+        let mut st = SubState::new(0, tracker.clone(), true);
+        let ev = r#"{"type":"message","channel":"C1","user":"U1","text":"m=0;t=1;p=0","ts":"1.2","seq":1,"team":"T1"}"#;
+        on_rtm_event(&mut st, "C1", ev);
+        assert_eq!(st.checker.last(), Some(1));
+        on_rtm_event(&mut st, "C2", ev);
+        assert_eq!(st.misrouted, 1);
+        on_rtm_event(
+            &mut st,
+            "C1",
+            r#"{"type":"presence_change","user":"U1","presence":"active"}"#,
+        );
+        assert_eq!(tracker.other_events.load(Ordering::Relaxed), 1);
+        on_rtm_event(&mut st, "C1", r#"{"type":"resync_required","seq":{}}"#);
+        assert_eq!(st.problems.len(), 1);
+        let escaped = r#"{"type":"message","channel":"C1","text":"m=1;t=1;p=0\u0000","seq":2}"#;
+        on_rtm_event(&mut st, "C1", escaped);
+        assert_eq!(st.problems.len(), 2, "{:?}", st.problems);
+    }
+}

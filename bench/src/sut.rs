@@ -1,0 +1,479 @@
+//! The system under test: a `switchboard dev` process this run starts (or one named by
+//! `--target-urls`), extra `switchboard gateway` processes, and what the reports read from
+//! their `/proc` entries (resident memory, CPU time).
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+
+/// What `switchboard dev` writes to `<data dir>/urls.json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Urls {
+    pub webapp: String,
+    pub api: String,
+    pub gateway: String,
+    pub admin_mesh: String,
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The last lines of its log, for error messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(&self.log)
+    }
+
+    fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); log tail:\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A gateway of the system under test.
+pub struct Gateway {
+    /// `ws://127.0.0.1:port/rtm`
+    pub url: String,
+    /// `http://127.0.0.1:port` (for `/health` and `/metrics`).
+    pub http: String,
+    /// The process holding only this gateway, when this run started one.
+    pub proc: Option<Proc>,
+}
+
+/// Options for starting the system under test.
+#[derive(Clone, Debug)]
+pub struct SutOptions {
+    pub switchboard_bin: PathBuf,
+    pub target_urls: Option<PathBuf>,
+    pub channel_servers: usize,
+    /// `RUST_LOG` for the processes this run starts.
+    pub server_log: String,
+}
+
+pub struct Sut {
+    pub urls: Urls,
+    pub data_dir: PathBuf,
+    pub bin: PathBuf,
+    /// The `switchboard dev` process (all roles), when this run started it.
+    pub dev: Option<Proc>,
+    pub gateways: Vec<Gateway>,
+    opts: SutOptions,
+    // Last, so the processes above are killed before the directory goes.
+    _tmp: Option<tempfile::TempDir>,
+}
+
+/// The default `switchboard` binary: beside this executable (`target/<profile>/`).
+pub fn default_switchboard_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    exe.parent()
+        .map(|d| d.join("switchboard"))
+        .unwrap_or_else(|| PathBuf::from("switchboard"))
+}
+
+impl Sut {
+    /// Starts `switchboard dev` in a fresh data directory (or attaches to `--target-urls`)
+    /// and waits until it is ready.
+    pub fn start(opts: &SutOptions) -> anyhow::Result<Sut> {
+        if !opts.switchboard_bin.is_file() {
+            bail!(
+                "switchboard binary not found at {} (build it with `cargo build --release -p switchboard`, \
+                 or pass --switchboard-bin)",
+                opts.switchboard_bin.display()
+            );
+        }
+        if let Some(path) = &opts.target_urls {
+            let urls = read_urls(path)?;
+            let data_dir = path
+                .parent()
+                .context("--target-urls has no parent directory")?
+                .to_path_buf();
+            return Ok(Sut {
+                gateways: vec![gateway_from_url(&urls.gateway, None)?],
+                urls,
+                data_dir,
+                bin: opts.switchboard_bin.clone(),
+                dev: None,
+                opts: opts.clone(),
+                _tmp: None,
+            });
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix("bench-switchboard-")
+            .tempdir()?;
+        let data_dir = tmp.path().to_path_buf();
+        let log = data_dir.join("dev.log");
+        let mut cmd = Command::new(&opts.switchboard_bin);
+        cmd.arg("dev")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--http-port")
+            .arg("0")
+            .arg("--channel-servers")
+            .arg(opts.channel_servers.to_string())
+            .env("RUST_LOG", &opts.server_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log)?);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("failed to start {}", opts.switchboard_bin.display()))?;
+        // `dev` prints its welcome once the channel servers joined the ring; keep draining
+        // its stdout after that so it never blocks on a full pipe.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (ready_tx, ready_rx) = std_mpsc::channel();
+        std::thread::spawn(move || {
+            let mut ready_tx = Some(ready_tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("Switchboard dev is running") {
+                    if let Some(tx) = ready_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        });
+        let mut dev = Proc {
+            name: "switchboard dev".into(),
+            child,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match ready_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(()) => break,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                    dev.check_alive()?;
+                    bail!(
+                        "switchboard dev closed its stdout; log tail:\n{}",
+                        dev.log_tail()
+                    );
+                }
+            }
+            dev.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "switchboard dev not ready within 120 s; log tail:\n{}",
+                    dev.log_tail()
+                );
+            }
+        }
+        let urls = read_urls(&data_dir.join("urls.json"))?;
+        Ok(Sut {
+            gateways: vec![gateway_from_url(&urls.gateway, None)?],
+            urls,
+            data_dir,
+            bin: opts.switchboard_bin.clone(),
+            dev: Some(dev),
+            opts: opts.clone(),
+            _tmp: Some(tmp),
+        })
+    }
+
+    /// Starts a `switchboard gateway` process joined to this cluster and waits for its
+    /// `/health`.
+    pub async fn start_gateway(&self, node_id: &str) -> anyhow::Result<Gateway> {
+        let port = free_port()?;
+        let log = self.data_dir.join(format!("{node_id}.log"));
+        let child = Command::new(&self.bin)
+            .arg("gateway")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--set")
+            .arg(format!("mesh.admin_addr=\"{}\"", self.urls.admin_mesh))
+            .arg("--set")
+            .arg(format!("gateway.http_addr=\"127.0.0.1:{port}\""))
+            .arg("--set")
+            .arg(format!("gateway.webapp_url=\"{}\"", self.urls.webapp))
+            .arg("--set")
+            .arg(format!("node.id=\"{node_id}\""))
+            .env("RUST_LOG", &self.opts.server_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("failed to start gateway {node_id}"))?;
+        let mut proc = Proc {
+            name: format!("gateway {node_id}"),
+            child,
+            log,
+        };
+        let http = format!("http://127.0.0.1:{port}");
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            proc.check_alive()?;
+            if let Ok(r) = client.get(format!("{http}/health")).send().await {
+                if r.status().as_u16() == 200 {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "gateway {node_id} not healthy within 30 s; log tail:\n{}",
+                    proc.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Gateway {
+            url: format!("ws://127.0.0.1:{port}/rtm"),
+            http,
+            proc: Some(proc),
+        })
+    }
+
+    /// Adds gateways until there are `n`.
+    pub async fn ensure_gateways(&mut self, n: usize) -> anyhow::Result<()> {
+        while self.gateways.len() < n {
+            let id = format!("gw-bench-{}", self.gateways.len() + 1);
+            let g = self.start_gateway(&id).await?;
+            self.gateways.push(g);
+        }
+        Ok(())
+    }
+
+    /// The pids of every process of the system under test that this run started.
+    pub fn pids(&self) -> Vec<u32> {
+        self.dev
+            .iter()
+            .map(Proc::pid)
+            .chain(
+                self.gateways
+                    .iter()
+                    .filter_map(|g| g.proc.as_ref().map(Proc::pid)),
+            )
+            .collect()
+    }
+
+    /// Fails if a process of the system under test has died.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        if let Some(d) = &mut self.dev {
+            d.check_alive()?;
+        }
+        for g in &mut self.gateways {
+            if let Some(p) = &mut g.proc {
+                p.check_alive()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a workspace of its own for this run (so bench users are not in the demo's
+    /// #general, whose presence traffic would grow with the square of the users) with an
+    /// admin user, through `switchboard admin` on the store; returns the admin's token.
+    pub fn bench_workspace(&self) -> anyhow::Result<String> {
+        let name = format!(
+            "bench-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis()
+                % 1_000_000_000
+        );
+        self.admin_cli(&["create-workspace", &name])?;
+        let out = self.admin_cli(&[
+            "create-user",
+            "--workspace",
+            &name,
+            "--name",
+            "bench-admin",
+            "--admin",
+        ])?;
+        let v: serde_json::Value = serde_json::from_str(out.trim())
+            .with_context(|| format!("unexpected output of create-user: {out}"))?;
+        v["token"]
+            .as_str()
+            .map(str::to_string)
+            .context("create-user printed no token")
+    }
+
+    fn admin_cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(&self.bin)
+            .arg("admin")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("failed to run switchboard admin {args:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "switchboard admin {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The demo workspace's admin token from `tokens.json`.
+    pub fn demo_admin_token(&self) -> anyhow::Result<String> {
+        let path = self.data_dir.join("tokens.json");
+        let v: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&path).with_context(|| format!("failed to read {}", path.display()))?,
+        )?;
+        v["admin"]
+            .as_str()
+            .map(str::to_string)
+            .context("tokens.json has no admin token")
+    }
+}
+
+fn read_urls(path: &Path) -> anyhow::Result<Urls> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let urls: Urls = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{} is not a switchboard urls.json", path.display()))?;
+    for u in [&urls.webapp, &urls.api, &urls.gateway] {
+        let parsed = crate::ws::url_lite::Url::parse(u)?;
+        crate::ws::loopback_addr(&parsed)?;
+    }
+    Ok(urls)
+}
+
+fn gateway_from_url(ws_url: &str, proc: Option<Proc>) -> anyhow::Result<Gateway> {
+    let u = crate::ws::url_lite::Url::parse(ws_url)?;
+    Ok(Gateway {
+        url: ws_url.to_string(),
+        http: format!("http://{}:{}", u.host, u.port),
+        proc,
+    })
+}
+
+/// A process's resident memory (`VmRSS`), in bytes.
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("failed to read /proc/{pid}/status"))?;
+    parse_status_kb(&status, "VmRSS:")
+        .map(|kb| kb * 1024)
+        .context("no VmRSS in /proc/<pid>/status")
+}
+
+fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A process's CPU time (user + system), in seconds. Linux counts it in clock ticks, which
+/// are 1/100 s on every architecture the bench runs on.
+pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_string(),
+    };
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| parse_stat_cpu_ticks(&s))
+        .map(|t| t as f64 / 100.0)
+        .unwrap_or(0.0)
+}
+
+fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name is in parentheses and may hold spaces: split after the last ')'.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // After the name: state(0) ppid(1) … utime(11) stime(12).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// CPU seconds of a set of processes and of the bench itself over a phase.
+#[derive(Clone, Debug)]
+pub struct CpuMeter {
+    pids: Vec<u32>,
+    server_start: f64,
+    bench_start: f64,
+    started: Instant,
+}
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CpuUsage {
+    /// CPU seconds used by the system under test's processes (not counted for an
+    /// in-process server, which shares the bench's process).
+    pub server_cpu_s: f64,
+    /// CPU seconds used by the bench process (clients, and an in-process server).
+    pub bench_cpu_s: f64,
+    pub wall_s: f64,
+}
+
+impl CpuMeter {
+    pub fn start(pids: Vec<u32>) -> CpuMeter {
+        let server_start = pids.iter().map(|p| cpu_seconds(Some(*p))).sum();
+        CpuMeter {
+            pids,
+            server_start,
+            bench_start: cpu_seconds(None),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn stop(&self) -> CpuUsage {
+        let server: f64 = self.pids.iter().map(|p| cpu_seconds(Some(*p))).sum();
+        CpuUsage {
+            server_cpu_s: server - self.server_start,
+            bench_cpu_s: cpu_seconds(None) - self.bench_start,
+            wall_s: self.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_proc_status_and_stat() {
+        let s = "Name:\tx\nVmHWM:\t  2048 kB\nVmRSS:\t  1024 kB\n";
+        assert_eq!(parse_status_kb(s, "VmRSS:"), Some(1024));
+        assert_eq!(parse_status_kb(s, "VmSwap:"), None);
+        let stat =
+            "42 (tokio (worker) 1) S 1 42 42 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 3 0 1 2 3";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(300));
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        let _ = cpu_seconds(None);
+    }
+}

@@ -1,0 +1,558 @@
+//! The set of cached workspaces: lazy loads (one per workspace at a time, whoever asks),
+//! change events, staleness, and eviction of least recently used workspaces when over budget.
+//!
+//! # Freshness
+//! A loaded workspace is kept current by the change events the admin server relays. Three
+//! things make a cached copy *stale*, so that its next use loads it again:
+//! - The link to the admin server went down or came back (or delivered a new ring, which
+//!   cannot be told apart from a quick reconnect): events may have been missed in between, so
+//!   every copy becomes stale (the link generation changes). While the link is down, a copy
+//!   loaded meanwhile is served for at most [`DISCONNECTED_MAX_AGE`].
+//! - An event names a user or channel the copy does not hold (created behind the events'
+//!   back, by the CLI for example).
+//! - A valid token names a user the copy does not hold ([`Cache::refresh`], at most once per
+//!   [`MIN_REFRESH_INTERVAL`] per workspace).
+//! - The copy is older than `flannel.max_age_secs`: a safety net for an event lost between the
+//!   Web API and the admin server (the Web API counts those), which nothing else would notice.
+//!
+//! Events that arrive while a workspace loads are kept and applied on top of the loaded
+//! snapshot, in arrival order, so a change made while the snapshot was being read is not lost.
+//! Events for workspaces not cached are dropped: they load fresh.
+//!
+//! # Memory
+//! At most `max_workspaces` workspaces and `max_users` users (over all workspaces) stay
+//! cached; after each load the least recently used others leave until both hold. A workspace
+//! larger than `max_users` on its own is still served (everything else is evicted for it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use shared::ids::WorkspaceId;
+use shared::protocol::UserEvent;
+use tokio::sync::watch;
+
+use crate::loader::{LoadError, SnapshotSource};
+use crate::metrics as m;
+use crate::workspace::{Applied, WorkspaceData};
+
+/// While the admin link is down, how long a copy loaded meanwhile is served.
+pub const DISCONNECTED_MAX_AGE: Duration = Duration::from_secs(1);
+/// Least time between two reloads asked for by tokens naming unknown users.
+#[cfg(not(test))]
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+#[cfg(test)]
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A cached workspace, shared with the queries reading it.
+pub type SharedWorkspace = Arc<RwLock<WorkspaceData>>;
+
+type LoadResult = Result<SharedWorkspace, LoadError>;
+
+struct Slot {
+    data: SharedWorkspace,
+    /// Link generation when the load started.
+    generation: u64,
+    loaded_at: Instant,
+    last_used: u64,
+    num_users: usize,
+    stale: bool,
+}
+
+struct Loading {
+    done: watch::Receiver<Option<LoadResult>>,
+    /// Events that arrived during the load, applied after it.
+    pending: Vec<UserEvent>,
+}
+
+struct Inner {
+    slots: HashMap<WorkspaceId, Slot>,
+    loading: HashMap<WorkspaceId, Loading>,
+    /// Changes whenever the admin link goes down or comes up.
+    generation: u64,
+    link_up: bool,
+    total_users: usize,
+}
+
+impl Inner {
+    fn is_fresh(&self, slot: &Slot, max_age: Option<Duration>) -> bool {
+        let age = slot.loaded_at.elapsed();
+        !slot.stale
+            && slot.generation == self.generation
+            && (self.link_up || age < DISCONNECTED_MAX_AGE)
+            && max_age.is_none_or(|max| age < max)
+    }
+}
+
+/// How much a cache may hold, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub max_workspaces: usize,
+    pub max_users: usize,
+    /// Reload a workspace older than this on its next use, events or not (`None`: never).
+    pub max_age: Option<Duration>,
+}
+
+/// The cached workspaces of one Flannel.
+pub struct Cache {
+    source: Arc<dyn SnapshotSource>,
+    budget: Budget,
+    inner: Mutex<Inner>,
+    clock: AtomicU64,
+}
+
+impl Cache {
+    pub fn new(source: Arc<dyn SnapshotSource>, budget: Budget) -> Arc<Cache> {
+        Arc::new(Cache {
+            source,
+            budget,
+            inner: Mutex::new(Inner {
+                slots: HashMap::new(),
+                loading: HashMap::new(),
+                generation: 0,
+                link_up: false,
+                total_users: 0,
+            }),
+            clock: AtomicU64::new(1),
+        })
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The workspace, from memory when a fresh copy is cached, else loaded (joining a load
+    /// already under way).
+    pub async fn get(self: &Arc<Self>, workspace: &WorkspaceId) -> LoadResult {
+        let mut done = {
+            let mut inner = self.inner.lock();
+            if let Some(slot) = inner.slots.get(workspace) {
+                if inner.is_fresh(slot, self.budget.max_age) {
+                    let data = slot.data.clone();
+                    let now = self.tick();
+                    if let Some(slot) = inner.slots.get_mut(workspace) {
+                        slot.last_used = now;
+                    }
+                    m::HITS.inc();
+                    return Ok(data);
+                }
+            }
+            m::MISSES.inc();
+            match inner.loading.get(workspace) {
+                Some(loading) => loading.done.clone(),
+                None => self.start_load(&mut inner, workspace),
+            }
+        };
+        let result = done
+            .wait_for(Option::is_some)
+            .await
+            .map(|r| r.clone().expect("waited for some"));
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(LoadError::Unavailable("load task ended".into())),
+        }
+    }
+
+    fn start_load(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        workspace: &WorkspaceId,
+    ) -> watch::Receiver<Option<LoadResult>> {
+        let (tx, rx) = watch::channel(None);
+        inner.loading.insert(
+            workspace.clone(),
+            Loading {
+                done: rx.clone(),
+                pending: Vec::new(),
+            },
+        );
+        let generation = inner.generation;
+        let cache = self.clone();
+        let workspace = workspace.clone();
+        // A task of its own: the load finishes (and is cached) even if every caller that
+        // waits for it goes away.
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let loaded = cache.source.snapshot(&workspace).await;
+            let result = match loaded {
+                Ok(snapshot) if snapshot.workspace == workspace => {
+                    let data = WorkspaceData::from_snapshot(snapshot);
+                    Ok(cache.install(&workspace, data, generation))
+                }
+                Ok(snapshot) => Err(LoadError::Unavailable(format!(
+                    "asked for {workspace}, got {}",
+                    snapshot.workspace
+                ))),
+                Err(e) => Err(e),
+            };
+            m::LOAD_DURATION.observe(start.elapsed().as_secs_f64());
+            match &result {
+                Ok(data) => {
+                    let d = data.read();
+                    tracing::info!(
+                        %workspace,
+                        users = d.num_users(),
+                        channels = d.num_channels(),
+                        ms = start.elapsed().as_millis() as u64,
+                        "workspace loaded"
+                    );
+                }
+                Err(e) => {
+                    m::LOAD_FAILURES.inc();
+                    cache.inner.lock().loading.remove(&workspace);
+                    tracing::warn!(%workspace, error = %e, "workspace load failed");
+                }
+            }
+            let _ = tx.send(Some(result));
+        });
+        rx
+    }
+
+    /// Puts a loaded workspace in place with the events that arrived meanwhile, then evicts
+    /// what the budget no longer allows.
+    fn install(
+        &self,
+        workspace: &WorkspaceId,
+        mut data: WorkspaceData,
+        generation: u64,
+    ) -> SharedWorkspace {
+        let mut inner = self.inner.lock();
+        let pending = inner
+            .loading
+            .remove(workspace)
+            .map(|l| l.pending)
+            .unwrap_or_default();
+        let mut stale = false;
+        for ev in &pending {
+            m::EVENTS_APPLIED.inc();
+            stale |= data.apply(ev) == Applied::NeedsReload;
+        }
+        let num_users = data.num_users();
+        let data = Arc::new(RwLock::new(data));
+        let slot = Slot {
+            data: data.clone(),
+            generation,
+            loaded_at: Instant::now(),
+            last_used: self.tick(),
+            num_users,
+            stale,
+        };
+        if let Some(old) = inner.slots.insert(workspace.clone(), slot) {
+            inner.total_users -= old.num_users;
+        }
+        inner.total_users += num_users;
+        self.evict(&mut inner, workspace);
+        m::CACHED_WORKSPACES.set(inner.slots.len() as i64);
+        m::CACHED_USERS.set(inner.total_users as i64);
+        data
+    }
+
+    /// Evicts least recently used workspaces other than `keep` until within budget.
+    fn evict(&self, inner: &mut Inner, keep: &WorkspaceId) {
+        while inner.slots.len() > self.budget.max_workspaces
+            || inner.total_users > self.budget.max_users
+        {
+            let victim = inner
+                .slots
+                .iter()
+                .filter(|(id, _)| *id != keep)
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(id, _)| id.clone());
+            let Some(victim) = victim else {
+                tracing::warn!(workspace = %keep, users = inner.total_users, max = self.budget.max_users,
+                    "one workspace alone is over the user budget; serving it anyway");
+                break;
+            };
+            if let Some(slot) = inner.slots.remove(&victim) {
+                inner.total_users -= slot.num_users;
+                m::EVICTIONS.inc();
+                tracing::debug!(workspace = %victim, users = slot.num_users, "workspace evicted");
+            }
+        }
+    }
+
+    /// Applies a change event to the workspace's cached copy (or queues it behind a load under
+    /// way); events of workspaces not cached are dropped.
+    pub fn apply_event(&self, event: &UserEvent) {
+        let mut inner = self.inner.lock();
+        let workspace = event.workspace();
+        if let Some(loading) = inner.loading.get_mut(workspace) {
+            loading.pending.push(event.clone());
+            return;
+        }
+        let Some(slot) = inner.slots.get_mut(workspace) else {
+            m::EVENTS_DROPPED.inc();
+            return;
+        };
+        m::EVENTS_APPLIED.inc();
+        if slot.data.write().apply(event) == Applied::NeedsReload {
+            m::INVALIDATIONS
+                .with_label_values(&["unknown_in_event"])
+                .inc();
+            tracing::debug!(%workspace, ?event, "event names something not cached; reloading on next use");
+            slot.stale = true;
+        }
+    }
+
+    /// Marks the workspace stale when its copy is older than [`MIN_REFRESH_INTERVAL`];
+    /// returns whether it did (the caller then loads it again with [`Cache::get`]).
+    pub fn refresh(&self, workspace: &WorkspaceId) -> bool {
+        let mut inner = self.inner.lock();
+        match inner.slots.get_mut(workspace) {
+            Some(slot) if slot.loaded_at.elapsed() >= MIN_REFRESH_INTERVAL => {
+                slot.stale = true;
+                m::INVALIDATIONS.with_label_values(&["unknown_user"]).inc();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The admin link went down, or (re)delivered the ring: events may have been missed
+    /// since the last call, so every cached copy becomes stale. Called for every change the
+    /// link reports, even one that looks like no change: a drop and a reconnect can be seen
+    /// as one notification, and a ring update (rare) costing a reload is the safe side.
+    pub fn link_changed(&self, up: bool) {
+        let mut inner = self.inner.lock();
+        inner.link_up = up;
+        inner.generation += 1;
+        if !inner.slots.is_empty() {
+            m::INVALIDATIONS
+                .with_label_values(&[if up { "link_up" } else { "link_down" }])
+                .inc_by(inner.slots.len() as u64);
+            tracing::info!(
+                up,
+                workspaces = inner.slots.len(),
+                "admin link changed: cached workspaces will reload on next use"
+            );
+        }
+        m::LINK_UP.set(i64::from(up));
+    }
+
+    /// Workspaces cached now (fresh or not) and their users in total.
+    pub fn size(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        (inner.slots.len(), inner.total_users)
+    }
+
+    /// Whether `workspace` is cached and fresh.
+    pub fn is_cached(&self, workspace: &WorkspaceId) -> bool {
+        let inner = self.inner.lock();
+        inner
+            .slots
+            .get(workspace)
+            .is_some_and(|s| inner.is_fresh(s, self.budget.max_age))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workspace::tests::{profile, snapshot};
+    use shared::ids::UserId;
+    use shared::protocol::WorkspaceSnapshot;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Workspaces `T0`, `T1`, ... of `users` users each; counts loads; can be held.
+    struct FakeSource {
+        users: usize,
+        loads: AtomicUsize,
+        gate: tokio::sync::Semaphore,
+        name_suffix: Mutex<String>,
+    }
+
+    impl FakeSource {
+        fn new(users: usize) -> Arc<FakeSource> {
+            Arc::new(FakeSource {
+                users,
+                loads: AtomicUsize::new(0),
+                gate: tokio::sync::Semaphore::new(1_000_000),
+                name_suffix: Mutex::new(String::new()),
+            })
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl SnapshotSource for FakeSource {
+        async fn snapshot(&self, workspace: &WorkspaceId) -> Result<WorkspaceSnapshot, LoadError> {
+            let _permit = self.gate.acquire().await.unwrap();
+            self.loads.fetch_add(1, Ordering::SeqCst);
+            if workspace.as_str() == "TMISSING" {
+                return Err(LoadError::NoSuchWorkspace);
+            }
+            let mut s = snapshot();
+            s.workspace = workspace.clone();
+            s.workspace_name = format!("{workspace}{}", self.name_suffix.lock());
+            s.users = (0..self.users)
+                .map(|i| profile(&format!("U{i}"), &format!("user{i}"), "Some One", false))
+                .collect();
+            s.channels.clear();
+            s.members.clear();
+            Ok(s)
+        }
+    }
+
+    fn budget(max_workspaces: usize, max_users: usize) -> Budget {
+        Budget {
+            max_workspaces,
+            max_users,
+            max_age: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn loads_once_then_hits_and_concurrent_callers_share_one_load() {
+        let source = FakeSource::new(3);
+        let cache = Cache::new(source.clone(), budget(10, 1000));
+        cache.link_changed(true);
+        let ws = WorkspaceId::from("T1");
+        let _hold = source.gate.acquire_many(1_000_000).await.unwrap();
+        let waiters: Vec<_> = (0..5)
+            .map(|_| {
+                let (cache, ws) = (cache.clone(), ws.clone());
+                tokio::spawn(async move { cache.get(&ws).await.map(|d| d.read().num_users()) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(_hold);
+        for w in waiters {
+            assert_eq!(w.await.unwrap().unwrap(), 3);
+        }
+        assert_eq!(source.loads.load(Ordering::SeqCst), 1);
+        cache.get(&ws).await.unwrap();
+        assert_eq!(source.loads.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            cache.get(&WorkspaceId::from("TMISSING")).await,
+            Err(LoadError::NoSuchWorkspace)
+        ));
+    }
+
+    #[tokio::test]
+    async fn least_recently_used_workspaces_leave_first_by_count_and_by_users() {
+        let source = FakeSource::new(10);
+        // By count: two workspaces at most.
+        let cache = Cache::new(source.clone(), budget(2, 1000));
+        cache.link_changed(true);
+        let (a, b, c) = (
+            WorkspaceId::from("TA"),
+            WorkspaceId::from("TB"),
+            WorkspaceId::from("TC"),
+        );
+        cache.get(&a).await.unwrap();
+        cache.get(&b).await.unwrap();
+        cache.get(&a).await.unwrap(); // a is now more recent than b
+        cache.get(&c).await.unwrap();
+        assert!(cache.is_cached(&a) && cache.is_cached(&c) && !cache.is_cached(&b));
+        assert_eq!(cache.size(), (2, 20));
+
+        // By users: 25 users hold two workspaces of 10, not three.
+        let cache = Cache::new(source.clone(), budget(100, 25));
+        cache.link_changed(true);
+        cache.get(&a).await.unwrap();
+        cache.get(&b).await.unwrap();
+        cache.get(&c).await.unwrap();
+        assert!(!cache.is_cached(&a) && cache.is_cached(&b) && cache.is_cached(&c));
+        assert_eq!(cache.size(), (2, 20));
+        // An evicted workspace reloads correctly.
+        let before = source.loads.load(Ordering::SeqCst);
+        assert_eq!(cache.get(&a).await.unwrap().read().num_users(), 10);
+        assert_eq!(source.loads.load(Ordering::SeqCst), before + 1);
+
+        // One workspace over the whole budget is still served.
+        let cache = Cache::new(source.clone(), budget(100, 5));
+        cache.link_changed(true);
+        cache.get(&a).await.unwrap();
+        cache.get(&b).await.unwrap();
+        assert_eq!(cache.size(), (1, 10));
+    }
+
+    #[tokio::test]
+    async fn events_apply_to_cached_copies_and_queue_behind_loads() {
+        let source = FakeSource::new(2);
+        let cache = Cache::new(source.clone(), budget(10, 1000));
+        cache.link_changed(true);
+        let ws = WorkspaceId::from("T1");
+        let renamed = |name: &str| UserEvent::UserChanged {
+            workspace: ws.clone(),
+            user: profile("U0", name, "Some One", false),
+        };
+        // Not cached: dropped.
+        cache.apply_event(&renamed("dropped"));
+        // During a load: applied after it.
+        let hold = source.gate.acquire_many(1_000_000).await.unwrap();
+        let getter = {
+            let (cache, ws) = (cache.clone(), ws.clone());
+            tokio::spawn(async move { cache.get(&ws).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cache.apply_event(&renamed("during-load"));
+        drop(hold);
+        let data = getter.await.unwrap().unwrap();
+        assert_eq!(
+            data.read().user(&UserId::from("U0")).unwrap().name,
+            "during-load"
+        );
+        // Cached: applied at once.
+        cache.apply_event(&renamed("after"));
+        assert_eq!(data.read().user(&UserId::from("U0")).unwrap().name, "after");
+        assert_eq!(source.loads.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_lost_admin_link_makes_every_copy_reload() {
+        let source = FakeSource::new(2);
+        let cache = Cache::new(source.clone(), budget(10, 1000));
+        cache.link_changed(true);
+        let ws = WorkspaceId::from("T1");
+        cache.get(&ws).await.unwrap();
+        cache.link_changed(false);
+        assert!(!cache.is_cached(&ws));
+        *source.name_suffix.lock() = "-v2".into();
+        assert_eq!(cache.get(&ws).await.unwrap().read().name(), "T1-v2");
+        // Loaded while down: served for a short while only.
+        assert!(cache.is_cached(&ws));
+        cache.link_changed(true);
+        assert!(!cache.is_cached(&ws), "reloads once the link is back");
+        cache.get(&ws).await.unwrap();
+        assert_eq!(source.loads.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn copies_older_than_the_max_age_reload() {
+        let source = FakeSource::new(2);
+        let mut b = budget(10, 1000);
+        b.max_age = Some(Duration::from_millis(30));
+        let cache = Cache::new(source.clone(), b);
+        cache.link_changed(true);
+        let ws = WorkspaceId::from("T1");
+        cache.get(&ws).await.unwrap();
+        cache.get(&ws).await.unwrap();
+        assert_eq!(source.loads.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        cache.get(&ws).await.unwrap();
+        assert_eq!(source.loads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn unknown_users_and_members_trigger_a_reload() {
+        let source = FakeSource::new(2);
+        let cache = Cache::new(source.clone(), budget(10, 1000));
+        cache.link_changed(true);
+        let ws = WorkspaceId::from("T1");
+        cache.get(&ws).await.unwrap();
+        tokio::time::sleep(MIN_REFRESH_INTERVAL * 2).await;
+        assert!(cache.refresh(&ws));
+        assert!(!cache.is_cached(&ws));
+        cache.get(&ws).await.unwrap();
+        assert!(!cache.refresh(&ws), "not again right away");
+        cache.apply_event(&UserEvent::ChannelJoined {
+            workspace: ws.clone(),
+            channel: shared::ids::ChannelId::from("CUNKNOWN"),
+            user: UserId::from("U0"),
+            channel_name: "x".into(),
+        });
+        assert!(!cache.is_cached(&ws));
+    }
+}

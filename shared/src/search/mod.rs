@@ -1,0 +1,460 @@
+//! Search: one Tantivy index per workspace shard, fed from the store's change feed.
+//!
+//! # Layout
+//! - [`query`]: Slack's query syntax, parsed (pure).
+//! - [`SearchIndex`]: the index of one shard (schema, writes, commits, queries, highlights).
+//! - [`indexer`]: tails a shard's change feed into its index.
+//!
+//! # Invariants
+//! - The index's commit payload records the last change id it holds, so after a crash the
+//!   indexer resumes from there and nothing acknowledged is missing from search.
+//! - A query only ever matches messages of the caller's workspace in the channels the caller
+//!   may read (the caller passes that set; the index enforces it as a filter).
+
+pub mod indexer;
+pub mod query;
+
+use std::ops::Bound;
+use std::path::Path;
+
+use parking_lot::Mutex;
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING,
+};
+use tantivy::snippet::SnippetGenerator;
+use tantivy::{doc, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+
+use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
+use crate::protocol::Message;
+
+/// Start and end of a highlighted match, as Slack marks them with `highlight=true`.
+pub const HIGHLIGHT_START: char = '\u{e000}';
+pub const HIGHLIGHT_END: char = '\u{e001}';
+const WRITER_HEAP_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+#[error("search index error: {0}")]
+pub struct SearchError(pub String);
+
+impl From<tantivy::TantivyError> for SearchError {
+    fn from(e: tantivy::TantivyError) -> Self {
+        SearchError(e.to_string())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortBy {
+    Score,
+    Timestamp,
+}
+
+/// A query, resolved against the store: names turned into ids, permissions into a channel set.
+#[derive(Clone, Debug)]
+pub struct SearchRequest {
+    pub workspace: WorkspaceId,
+    pub words: Vec<String>,
+    pub phrases: Vec<String>,
+    pub excluded: Vec<String>,
+    /// Channels the caller may read, already narrowed by any `in:`.
+    pub channels: Vec<ChannelId>,
+    /// Authors from `from:`; empty means anyone.
+    pub users: Vec<UserId>,
+    pub after: Option<Ts>,
+    pub before: Option<Ts>,
+    pub has_link: bool,
+    pub sort: SortBy,
+    /// Newest (or best) first when true.
+    pub descending: bool,
+    pub offset: usize,
+    pub limit: usize,
+    pub highlight: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchHit {
+    pub channel: ChannelId,
+    pub seq: Seq,
+    pub ts: Ts,
+    pub user: UserId,
+    pub text: String,
+    pub score: f32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SearchResults {
+    pub total: usize,
+    pub hits: Vec<SearchHit>,
+}
+
+#[derive(Clone, Copy)]
+struct Fields {
+    id: Field,
+    workspace: Field,
+    channel: Field,
+    user: Field,
+    text: Field,
+    ts: Field,
+    seq: Field,
+    has_link: Field,
+}
+
+fn schema() -> (Schema, Fields) {
+    let mut b = Schema::builder();
+    let text_options = TextOptions::default()
+        .set_indexing_options(
+            TextFieldIndexing::default().set_tokenizer("default").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        )
+        .set_stored();
+    let fields = Fields {
+        id: b.add_text_field("id", STRING),
+        workspace: b.add_text_field("workspace", STRING),
+        channel: b.add_text_field("channel", STRING | STORED),
+        user: b.add_text_field("user", STRING | STORED),
+        text: b.add_text_field("text", text_options),
+        ts: b.add_u64_field("ts", NumericOptions::default() | INDEXED | FAST | STORED),
+        seq: b.add_u64_field("seq", NumericOptions::default() | STORED),
+        has_link: b.add_u64_field("has_link", INDEXED),
+    };
+    (b.build(), fields)
+}
+
+/// The index of one shard.
+pub struct SearchIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: Fields,
+}
+
+impl SearchIndex {
+    /// Opens the index in `dir`, creating it if needed.
+    pub fn open(dir: &Path) -> Result<SearchIndex, SearchError> {
+        std::fs::create_dir_all(dir).map_err(|e| SearchError(format!("create {}: {e}", dir.display())))?;
+        let (schema, fields) = schema();
+        let directory = tantivy::directory::MmapDirectory::open(dir).map_err(|e| SearchError(e.to_string()))?;
+        let index = Index::open_or_create(directory, schema)?;
+        Self::with_index(index, fields)
+    }
+
+    /// An index in memory, for tests.
+    pub fn in_memory() -> Result<SearchIndex, SearchError> {
+        let (schema, fields) = schema();
+        Self::with_index(Index::create_in_ram(schema), fields)
+    }
+
+    fn with_index(index: Index, fields: Fields) -> Result<SearchIndex, SearchError> {
+        let writer = index.writer(WRITER_HEAP_BYTES)?;
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        Ok(SearchIndex { index, reader, writer: Mutex::new(writer), fields })
+    }
+
+    /// The last change id that a commit recorded (0 for a new index).
+    pub fn last_change_id(&self) -> u64 {
+        self.index
+            .load_metas()
+            .ok()
+            .and_then(|m| m.payload)
+            .and_then(|p| p.strip_prefix("change:").and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    }
+
+    fn doc_id(channel: &ChannelId, seq: Seq) -> String {
+        format!("{}:{seq}", channel.0)
+    }
+
+    /// Adds (or replaces) a message. Visible to searches after the next [`commit`](Self::commit).
+    pub fn upsert(&self, msg: &Message) -> Result<(), SearchError> {
+        let f = self.fields;
+        let id = Self::doc_id(&msg.channel, msg.seq);
+        let writer = self.writer.lock();
+        writer.delete_term(Term::from_field_text(f.id, &id));
+        writer.add_document(doc!(
+            f.id => id,
+            f.workspace => msg.workspace.0.clone(),
+            f.channel => msg.channel.0.clone(),
+            f.user => msg.user.0.clone(),
+            f.text => msg.text.clone(),
+            f.ts => msg.ts.0,
+            f.seq => msg.seq,
+            f.has_link => u64::from(query::has_link(&msg.text)),
+        ))?;
+        Ok(())
+    }
+
+    /// Makes everything added so far searchable and records `change_id` as applied.
+    pub fn commit(&self, change_id: u64) -> Result<(), SearchError> {
+        {
+            let mut writer = self.writer.lock();
+            let mut prepared = writer.prepare_commit()?;
+            prepared.set_payload(&format!("change:{change_id}"));
+            prepared.commit()?;
+        }
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Number of messages searchable now.
+    pub fn num_docs(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// The query's terms for `text` after the field's tokenizer (lower-casing, splitting).
+    fn text_terms(&self, s: &str) -> Vec<Term> {
+        let Ok(mut tokenizer) = self.index.tokenizer_for_field(self.fields.text) else { return Vec::new() };
+        let mut stream = tokenizer.token_stream(s);
+        let mut terms = Vec::new();
+        while let Some(tok) = stream.next() {
+            terms.push(Term::from_field_text(self.fields.text, &tok.text));
+        }
+        terms
+    }
+
+    /// A clause that matches `s` as a word (one token) or as a phrase (several).
+    fn text_clause(&self, s: &str) -> Option<Box<dyn Query>> {
+        let terms = self.text_terms(s);
+        match terms.len() {
+            0 => None,
+            1 => Some(Box::new(TermQuery::new(terms[0].clone(), IndexRecordOption::WithFreqs))),
+            _ => Some(Box::new(PhraseQuery::new(terms))),
+        }
+    }
+
+    fn build_query(&self, r: &SearchRequest) -> Option<Box<dyn Query>> {
+        let f = self.fields;
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        clauses.push((
+            Occur::Must,
+            Box::new(TermQuery::new(Term::from_field_text(f.workspace, &r.workspace.0), IndexRecordOption::Basic)),
+        ));
+        if r.channels.is_empty() {
+            return None;
+        }
+        clauses.push((
+            Occur::Must,
+            Box::new(TermSetQuery::new(r.channels.iter().map(|c| Term::from_field_text(f.channel, &c.0)))),
+        ));
+        if !r.users.is_empty() {
+            clauses.push((Occur::Must, Box::new(TermSetQuery::new(r.users.iter().map(|u| Term::from_field_text(f.user, &u.0))))));
+        }
+        let mut any_text = false;
+        for w in r.words.iter().chain(r.phrases.iter()) {
+            match self.text_clause(w) {
+                Some(q) => {
+                    any_text = true;
+                    clauses.push((Occur::Must, q));
+                }
+                // A word of punctuation alone matches nothing rather than everything.
+                None if !w.trim().is_empty() => return None,
+                None => {}
+            }
+        }
+        for w in &r.excluded {
+            if let Some(q) = self.text_clause(w) {
+                clauses.push((Occur::MustNot, q));
+            }
+        }
+        if r.after.is_some() || r.before.is_some() {
+            let lower = r.after.map_or(Bound::Unbounded, |t| Bound::Excluded(Term::from_field_u64(f.ts, t.0)));
+            let upper = r.before.map_or(Bound::Unbounded, |t| Bound::Excluded(Term::from_field_u64(f.ts, t.0)));
+            clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
+        }
+        if r.has_link {
+            clauses.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_u64(f.has_link, 1), IndexRecordOption::Basic))));
+        }
+        let _ = any_text;
+        Some(Box::new(BooleanQuery::new(clauses)))
+    }
+
+    /// Runs a search: total matches and one page of hits, highlighted when asked.
+    pub fn search(&self, r: &SearchRequest) -> Result<SearchResults, SearchError> {
+        let Some(query) = self.build_query(r) else { return Ok(SearchResults::default()) };
+        let searcher = self.reader.searcher();
+        let limit = r.limit.clamp(1, 1000);
+        let top = TopDocs::with_limit(limit).and_offset(r.offset);
+        let (total, addrs): (usize, Vec<(f32, tantivy::DocAddress)>) = match r.sort {
+            SortBy::Score => {
+                let (total, docs) = searcher.search(&query, &(Count, top))?;
+                (total, docs)
+            }
+            SortBy::Timestamp => {
+                let order = if r.descending { Order::Desc } else { Order::Asc };
+                let (total, docs) = searcher.search(&query, &(Count, top.order_by_fast_field::<u64>("ts", order)))?;
+                (total, docs.into_iter().map(|(_, a)| (0.0, a)).collect())
+            }
+        };
+        let snippets = if r.highlight {
+            let mut g = SnippetGenerator::create(&searcher, &*query, self.fields.text)?;
+            g.set_max_num_chars(40_000);
+            Some(g)
+        } else {
+            None
+        };
+        let f = self.fields;
+        let mut hits = Vec::with_capacity(addrs.len());
+        for (score, addr) in addrs {
+            let doc: TantivyDocument = searcher.doc(addr)?;
+            let text_of = |field: Field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+            let u64_of = |field: Field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or_default();
+            let mut text = text_of(f.text);
+            if let Some(g) = &snippets {
+                text = highlight(&text, g);
+            }
+            hits.push(SearchHit {
+                channel: ChannelId(text_of(f.channel)),
+                seq: u64_of(f.seq),
+                ts: Ts(u64_of(f.ts)),
+                user: UserId(text_of(f.user)),
+                text,
+                score,
+            });
+        }
+        Ok(SearchResults { total, hits })
+    }
+}
+
+/// Wraps each matched range of `text` in Slack's highlight markers.
+fn highlight(text: &str, g: &SnippetGenerator) -> String {
+    let snippet = g.snippet(text);
+    if snippet.fragment() != text || snippet.highlighted().is_empty() {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut at = 0;
+    for r in snippet.highlighted() {
+        if r.start < at || r.end > text.len() {
+            continue;
+        }
+        out.push_str(&text[at..r.start]);
+        out.push(HIGHLIGHT_START);
+        out.push_str(&text[r.start..r.end]);
+        out.push(HIGHLIGHT_END);
+        at = r.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(ch: &str, seq: u64, user: &str, text: &str, ts: u64) -> Message {
+        Message {
+            workspace: WorkspaceId::from("TW"),
+            channel: ChannelId::from(ch),
+            seq,
+            ts: Ts(ts),
+            user: UserId::from(user),
+            text: text.into(),
+            client_msg_id: None,
+            thread_ts: None,
+        }
+    }
+
+    fn request(words: &[&str]) -> SearchRequest {
+        SearchRequest {
+            workspace: WorkspaceId::from("TW"),
+            words: words.iter().map(|w| w.to_string()).collect(),
+            phrases: vec![],
+            excluded: vec![],
+            channels: vec![ChannelId::from("CA"), ChannelId::from("CB")],
+            users: vec![],
+            after: None,
+            before: None,
+            has_link: false,
+            sort: SortBy::Timestamp,
+            descending: true,
+            offset: 0,
+            limit: 20,
+            highlight: false,
+        }
+    }
+
+    fn index() -> SearchIndex {
+        let idx = SearchIndex::in_memory().unwrap();
+        idx.upsert(&msg("CA", 1, "UA", "the release train leaves at noon", 100)).unwrap();
+        idx.upsert(&msg("CA", 2, "UB", "Release notes: https://example.com/notes", 200)).unwrap();
+        idx.upsert(&msg("CB", 1, "UA", "train delayed, flaky test again", 300)).unwrap();
+        idx.upsert(&msg("CSECRET", 1, "UA", "secret release plans", 400)).unwrap();
+        let mut other = msg("CA", 9, "UA", "release from another workspace", 500);
+        other.workspace = WorkspaceId::from("TOTHER");
+        idx.upsert(&other).unwrap();
+        idx.commit(5).unwrap();
+        idx
+    }
+
+    fn seqs(r: &SearchResults) -> Vec<(String, u64)> {
+        r.hits.iter().map(|h| (h.channel.0.clone(), h.seq)).collect()
+    }
+
+    #[test]
+    fn words_match_case_insensitively_within_readable_channels_only() {
+        let idx = index();
+        let r = idx.search(&request(&["RELEASE"])).unwrap();
+        assert_eq!(r.total, 2, "not the secret channel, not the other workspace");
+        assert_eq!(seqs(&r), vec![("CA".into(), 2), ("CA".into(), 1)]);
+    }
+
+    #[test]
+    fn phrases_exclusions_authors_dates_and_links() {
+        let idx = index();
+        let mut r = request(&[]);
+        r.phrases = vec!["release train".into()];
+        assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CA".into(), 1)]);
+        let mut r = request(&["train"]);
+        r.excluded = vec!["flaky".into()];
+        assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CA".into(), 1)]);
+        let mut r = request(&["release"]);
+        r.users = vec![UserId::from("UB")];
+        assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CA".into(), 2)]);
+        let mut r = request(&[]);
+        r.after = Some(Ts(100));
+        r.before = Some(Ts(300));
+        assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CA".into(), 2)]);
+        let mut r = request(&[]);
+        r.has_link = true;
+        assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CA".into(), 2)]);
+    }
+
+    #[test]
+    fn pages_sort_and_highlight() {
+        let idx = index();
+        let mut r = request(&["train"]);
+        r.limit = 1;
+        let first = idx.search(&r).unwrap();
+        assert_eq!(first.total, 2);
+        assert_eq!(seqs(&first), vec![("CB".into(), 1)]);
+        r.offset = 1;
+        assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CA".into(), 1)]);
+        r.offset = 0;
+        r.limit = 10;
+        r.descending = false;
+        assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CA".into(), 1), ("CB".into(), 1)]);
+        r.sort = SortBy::Score;
+        r.highlight = true;
+        let hits = idx.search(&r).unwrap().hits;
+        assert!(hits.iter().all(|h| h.text.contains("\u{e000}train\u{e001}")), "{hits:?}");
+    }
+
+    #[test]
+    fn upserts_replace_and_commits_record_progress() {
+        let idx = index();
+        assert_eq!(idx.last_change_id(), 5);
+        idx.upsert(&msg("CA", 1, "UA", "edited text", 100)).unwrap();
+        idx.commit(6).unwrap();
+        assert_eq!(idx.last_change_id(), 6);
+        assert_eq!(idx.search(&request(&["noon"])).unwrap().total, 0);
+        assert_eq!(idx.search(&request(&["edited"])).unwrap().total, 1);
+    }
+
+    #[test]
+    fn empty_permission_sets_and_punctuation_find_nothing() {
+        let idx = index();
+        let mut r = request(&["release"]);
+        r.channels.clear();
+        assert_eq!(idx.search(&r).unwrap().total, 0);
+        assert_eq!(idx.search(&request(&["!!!"])).unwrap().total, 0);
+    }
+}

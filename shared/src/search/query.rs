@@ -1,0 +1,240 @@
+//! Slack's search query syntax, parsed into its parts (no I/O).
+//!
+//! Supported: free words (all must match), `"quoted phrases"`, `-word` exclusion,
+//! `in:#channel` / `in:C123` / `in:<#C123|name>`, `from:@user` / `from:U123` / `from:<@U123>`,
+//! `before:YYYY-MM-DD`, `after:YYYY-MM-DD`, `on:YYYY-MM-DD` (also `today`, `yesterday`),
+//! `has:link`. Dates are UTC days; `before` and `after` are exclusive, like Slack's.
+
+use crate::ids::Ts;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ParsedQuery {
+    pub words: Vec<String>,
+    pub phrases: Vec<String>,
+    pub excluded: Vec<String>,
+    /// Channel references as written, without `#`/`<#…>` decoration: ids or names.
+    pub in_channels: Vec<String>,
+    /// User references as written, without `@`/`<@…>` decoration: ids or names.
+    pub from_users: Vec<String>,
+    /// Messages strictly after this instant.
+    pub after: Option<Ts>,
+    /// Messages strictly before this instant.
+    pub before: Option<Ts>,
+    pub has_link: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QueryError {
+    #[error("the query is empty")]
+    Empty,
+    #[error("the query is too long")]
+    TooLong,
+    #[error("invalid date {0:?} (expected YYYY-MM-DD)")]
+    BadDate(String),
+    #[error("unsupported modifier {0:?}")]
+    UnsupportedModifier(String),
+    #[error("unterminated quote")]
+    UnterminatedQuote,
+}
+
+const MAX_QUERY_LEN: usize = 1000;
+const DAY_MICROS: u64 = 86_400 * 1_000_000;
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian), or `None` if invalid.
+fn days_from_civil(y: i64, m: u32, d: u32) -> Option<i64> {
+    if !(1..=12).contains(&m) || d == 0 {
+        return None;
+    }
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let dim = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][(m - 1) as usize];
+    if d > dim {
+        return None;
+    }
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
+}
+
+/// The start of the UTC day named by `s`, as a [`Ts`].
+fn day_start(s: &str, now: Ts) -> Result<Ts, QueryError> {
+    let today = now.0 / DAY_MICROS * DAY_MICROS;
+    match s {
+        "today" => return Ok(Ts(today)),
+        "yesterday" => return Ok(Ts(today.saturating_sub(DAY_MICROS))),
+        _ => {}
+    }
+    let bad = || QueryError::BadDate(s.to_string());
+    let mut parts = s.splitn(3, '-');
+    let (y, m, d) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
+    if y.len() != 4 || m.is_empty() || m.len() > 2 || d.is_empty() || d.len() > 2 {
+        return Err(bad());
+    }
+    let (y, m, d): (i64, u32, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+    let days = days_from_civil(y, m, d).ok_or_else(bad)?;
+    if days < 0 {
+        return Err(bad());
+    }
+    Ok(Ts(days as u64 * DAY_MICROS))
+}
+
+fn strip_channel(v: &str) -> String {
+    let v = v.strip_prefix("<#").and_then(|r| r.strip_suffix('>')).map(|r| r.split('|').next().unwrap_or(r)).unwrap_or(v);
+    v.strip_prefix('#').unwrap_or(v).to_string()
+}
+
+fn strip_user(v: &str) -> String {
+    let v = v.strip_prefix("<@").and_then(|r| r.strip_suffix('>')).map(|r| r.split('|').next().unwrap_or(r)).unwrap_or(v);
+    v.strip_prefix('@').unwrap_or(v).to_string()
+}
+
+/// Splits a query into tokens, keeping quoted phrases whole.
+fn tokens(q: &str) -> Result<Vec<(bool, String)>, QueryError> {
+    let mut out = Vec::new();
+    let mut chars = q.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        if c == '"' || c == '\u{201c}' {
+            chars.next();
+            let mut phrase = String::new();
+            let mut closed = false;
+            for c in chars.by_ref() {
+                if c == '"' || c == '\u{201d}' {
+                    closed = true;
+                    break;
+                }
+                phrase.push(c);
+            }
+            if !closed {
+                return Err(QueryError::UnterminatedQuote);
+            }
+            out.push((true, phrase));
+            continue;
+        }
+        let mut word = String::new();
+        while let Some(&c) = chars.peek() {
+            if c.is_whitespace() {
+                break;
+            }
+            word.push(c);
+            chars.next();
+        }
+        out.push((false, word));
+    }
+    Ok(out)
+}
+
+/// Parses `q`; `now` resolves `today` and `yesterday`.
+pub fn parse(q: &str, now: Ts) -> Result<ParsedQuery, QueryError> {
+    if q.len() > MAX_QUERY_LEN {
+        return Err(QueryError::TooLong);
+    }
+    let mut p = ParsedQuery::default();
+    for (quoted, tok) in tokens(q)? {
+        if quoted {
+            if !tok.trim().is_empty() {
+                p.phrases.push(tok);
+            }
+            continue;
+        }
+        if let Some(rest) = tok.strip_prefix('-') {
+            if !rest.is_empty() {
+                p.excluded.push(rest.to_string());
+            }
+            continue;
+        }
+        match tok.split_once(':') {
+            Some(("in", v)) if !v.is_empty() => p.in_channels.push(strip_channel(v)),
+            Some(("from", v)) if !v.is_empty() => p.from_users.push(strip_user(v)),
+            Some(("before", v)) => p.before = Some(day_start(v, now)?),
+            Some(("after", v)) => p.after = Some(Ts(day_start(v, now)?.0 + DAY_MICROS - 1)),
+            Some(("on", v)) => {
+                let start = day_start(v, now)?;
+                p.after = Some(Ts(start.0.saturating_sub(1)));
+                p.before = Some(Ts(start.0 + DAY_MICROS));
+            }
+            Some(("has", "link")) => p.has_link = true,
+            Some(("has" | "is" | "during" | "to" | "with", _)) => return Err(QueryError::UnsupportedModifier(tok)),
+            _ => p.words.push(tok),
+        }
+    }
+    let positive = !p.words.is_empty() || !p.phrases.is_empty() || !p.in_channels.is_empty() || !p.from_users.is_empty() || p.has_link || p.before.is_some() || p.after.is_some();
+    if !positive {
+        return Err(QueryError::Empty);
+    }
+    Ok(p)
+}
+
+/// Whether a message text contains a link, the way `has:link` means it.
+pub fn has_link(text: &str) -> bool {
+    text.contains("http://") || text.contains("https://") || text.contains("<http")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Ts = Ts(1_795_600_000_000_000);
+
+    #[test]
+    fn modifiers_and_words_parse() {
+        let p = parse(r#"deploy "release train" -flaky in:#general from:@alice has:link after:2026-01-02 before:2026-01-05"#, NOW).unwrap();
+        assert_eq!(p.words, vec!["deploy"]);
+        assert_eq!(p.phrases, vec!["release train"]);
+        assert_eq!(p.excluded, vec!["flaky"]);
+        assert_eq!(p.in_channels, vec!["general"]);
+        assert_eq!(p.from_users, vec!["alice"]);
+        assert!(p.has_link);
+        let jan2 = days_from_civil(2026, 1, 2).unwrap() as u64 * DAY_MICROS;
+        let jan5 = days_from_civil(2026, 1, 5).unwrap() as u64 * DAY_MICROS;
+        assert_eq!(p.after, Some(Ts(jan2 + DAY_MICROS - 1)));
+        assert_eq!(p.before, Some(Ts(jan5)));
+    }
+
+    #[test]
+    fn slack_link_forms_are_unwrapped() {
+        let p = parse("in:<#C0123|general> from:<@U0456>", NOW).unwrap();
+        assert_eq!(p.in_channels, vec!["C0123"]);
+        assert_eq!(p.from_users, vec!["U0456"]);
+    }
+
+    #[test]
+    fn on_covers_one_day() {
+        let p = parse("on:1970-01-02 x", NOW).unwrap();
+        assert_eq!(p.after, Some(Ts(DAY_MICROS - 1)));
+        assert_eq!(p.before, Some(Ts(2 * DAY_MICROS)));
+    }
+
+    #[test]
+    fn civil_dates_are_right() {
+        assert_eq!(days_from_civil(1970, 1, 1), Some(0));
+        assert_eq!(days_from_civil(2000, 3, 1), Some(11_017));
+        assert_eq!(days_from_civil(2024, 2, 29), Some(19_782));
+        assert_eq!(days_from_civil(2023, 2, 29), None);
+    }
+
+    #[test]
+    fn bad_queries_are_errors_not_panics() {
+        assert_eq!(parse("", NOW), Err(QueryError::Empty));
+        assert_eq!(parse("   -only", NOW), Err(QueryError::Empty));
+        assert_eq!(parse("x before:2026-13-01", NOW), Err(QueryError::BadDate("2026-13-01".into())));
+        assert_eq!(parse("x before:soon", NOW), Err(QueryError::BadDate("soon".into())));
+        assert_eq!(parse("\"open", NOW), Err(QueryError::UnterminatedQuote));
+        assert!(matches!(parse("has:pin x", NOW), Err(QueryError::UnsupportedModifier(_))));
+        assert_eq!(parse(&"x".repeat(2000), NOW), Err(QueryError::TooLong));
+        assert!(parse("ü \u{201c}smart quotes\u{201d}", NOW).is_ok());
+    }
+
+    #[test]
+    fn links_are_detected() {
+        assert!(has_link("see https://example.com"));
+        assert!(has_link("<http://x|x>"));
+        assert!(!has_link("no link here"));
+    }
+}

@@ -1,0 +1,167 @@
+//! The storage conformance suite: one set of checks that every [`MessageStore`]
+//! implementation must pass, so the embedded store and the server-backed ones cannot drift
+//! apart. Each implementation's tests call [`run_all`] on a fresh store.
+
+use super::*;
+use crate::ids::{ChannelId, Ts, UserId};
+use crate::protocol::Message;
+
+fn channel(ws: &WorkspaceId, creator: &UserId, name: &str, private: bool) -> Channel {
+    Channel {
+        id: ChannelId::generate(),
+        workspace: ws.clone(),
+        name: name.to_string(),
+        is_private: private,
+        creator: creator.clone(),
+        created: Ts::now(),
+        topic: String::new(),
+        purpose: String::new(),
+        is_archived: false,
+    }
+}
+
+fn message(ws: &WorkspaceId, ch: &ChannelId, user: &UserId, seq: u64, cmid: Option<&str>) -> Message {
+    Message {
+        workspace: ws.clone(),
+        channel: ch.clone(),
+        seq,
+        ts: Ts(1_700_000_000_000_000 + seq * 10),
+        user: user.clone(),
+        text: format!("message {seq}"),
+        client_msg_id: cmid.map(str::to_string),
+        thread_ts: None,
+    }
+}
+
+/// Runs every check against `store`, which must be empty.
+pub async fn run_all(store: &dyn MessageStore) {
+    metadata(store).await;
+    appends_and_history(store).await;
+    change_feed(store).await;
+}
+
+async fn metadata(store: &dyn MessageStore) {
+    let ws = store.create_workspace("acme").await.unwrap();
+    assert_eq!(store.create_workspace("acme").await.unwrap_err().kind, StorageErrorKind::AlreadyExists);
+    assert_eq!(store.workspace(&ws.id).await.unwrap().unwrap(), ws);
+    assert_eq!(store.workspace_by_name("acme").await.unwrap().unwrap(), ws);
+    assert!(store.workspace_by_name("nope").await.unwrap().is_none());
+
+    let alice = store.create_user(&ws.id, "alice", "Alice", true, false).await.unwrap();
+    let bob = store.create_user(&ws.id, "bob", "Bob", false, false).await.unwrap();
+    assert_eq!(
+        store.create_user(&ws.id, "bob", "Bob 2", false, false).await.unwrap_err().kind,
+        StorageErrorKind::AlreadyExists
+    );
+    assert_eq!(store.user(&alice.id).await.unwrap().unwrap(), alice);
+    assert_eq!(store.user_by_name(&ws.id, "bob").await.unwrap().unwrap(), bob);
+    assert_eq!(store.users(&ws.id).await.unwrap().len(), 2);
+
+    let general = channel(&ws.id, &alice.id, "general", false);
+    store.create_channel(&general).await.unwrap();
+    assert_eq!(
+        store.create_channel(&channel(&ws.id, &alice.id, "general", false)).await.unwrap_err().kind,
+        StorageErrorKind::AlreadyExists
+    );
+    let secret = channel(&ws.id, &alice.id, "secret", true);
+    store.create_channel(&secret).await.unwrap();
+    assert_eq!(store.channel(&general.id).await.unwrap().unwrap(), general);
+    assert_eq!(store.channel_by_name(&ws.id, "secret").await.unwrap().unwrap(), secret);
+
+    assert!(store.add_member(&general.id, &alice.id).await.unwrap());
+    assert!(!store.add_member(&general.id, &alice.id).await.unwrap(), "second add is a no-op");
+    assert!(store.add_member(&general.id, &bob.id).await.unwrap());
+    assert!(store.add_member(&secret.id, &alice.id).await.unwrap());
+    assert!(store.is_member(&secret.id, &alice.id).await.unwrap());
+    assert!(!store.is_member(&secret.id, &bob.id).await.unwrap());
+    assert_eq!(store.members(&general.id).await.unwrap().len(), 2);
+    assert_eq!(store.user_channels(&alice.id).await.unwrap().len(), 2);
+    assert_eq!(store.user_channels(&bob.id).await.unwrap().len(), 1);
+    assert!(store.remove_member(&general.id, &bob.id).await.unwrap());
+    assert!(!store.remove_member(&general.id, &bob.id).await.unwrap());
+
+    // Cursor pagination over channels, in id order.
+    let first = store.channels(&ws.id, None, 1).await.unwrap();
+    let rest = store.channels(&ws.id, Some(&first[0].id), 10).await.unwrap();
+    assert_eq!(first.len() + rest.len(), 2);
+    assert!(rest.iter().all(|c| c.id > first[0].id));
+
+    // Another workspace sees none of it.
+    let other = store.create_workspace("globex").await.unwrap();
+    assert!(store.channels(&other.id, None, 10).await.unwrap().is_empty());
+    assert!(store.channel_by_name(&other.id, "general").await.unwrap().is_none());
+}
+
+async fn appends_and_history(store: &dyn MessageStore) {
+    let ws = store.create_workspace("history-ws").await.unwrap();
+    let user = store.create_user(&ws.id, "poster", "Poster", false, false).await.unwrap();
+    let ch = channel(&ws.id, &user.id, "log", false);
+    store.create_channel(&ch).await.unwrap();
+    assert!(store.last_message(&ws.id, &ch.id).await.unwrap().is_none());
+
+    for seq in 1..=30 {
+        let cmid = format!("cmid-{seq}");
+        assert_eq!(store.append(&message(&ws.id, &ch.id, &user.id, seq, Some(&cmid))).await.unwrap(), AppendOutcome::Stored);
+    }
+    // A taken sequence is refused, whatever the content.
+    let mut clash = message(&ws.id, &ch.id, &user.id, 30, None);
+    clash.ts = Ts(9_999_999_999_999_999);
+    assert_eq!(store.append(&clash).await.unwrap_err().kind, StorageErrorKind::SeqConflict);
+    // A repeated client_msg_id returns the stored message and writes nothing.
+    let repeat = message(&ws.id, &ch.id, &user.id, 31, Some("cmid-7"));
+    match store.append(&repeat).await.unwrap() {
+        AppendOutcome::Duplicate(m) => assert_eq!(m.seq, 7),
+        other => panic!("expected a duplicate, got {other:?}"),
+    }
+    assert_eq!(store.last_message(&ws.id, &ch.id).await.unwrap().unwrap().seq, 30);
+    assert_eq!(store.message_by_client_msg_id(&ws.id, &ch.id, "cmid-12").await.unwrap().unwrap().seq, 12);
+    assert!(store.message_by_client_msg_id(&ws.id, &ch.id, "nope").await.unwrap().is_none());
+
+    let seqs = |v: Vec<Message>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+    let newest = store.history(&ws.id, &ch.id, &HistoryQuery { limit: 5, newest_first: true, ..Default::default() }).await.unwrap();
+    assert_eq!(seqs(newest), vec![30, 29, 28, 27, 26]);
+    let page = store
+        .history(&ws.id, &ch.id, &HistoryQuery { before_seq: Some(26), limit: 3, newest_first: true, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(seqs(page), vec![25, 24, 23]);
+    let after = store.history(&ws.id, &ch.id, &HistoryQuery { after_seq: Some(27), limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(seqs(after), vec![28, 29, 30]);
+    let by_ts = store
+        .history(
+            &ws.id,
+            &ch.id,
+            &HistoryQuery {
+                oldest: Some(Ts(1_700_000_000_000_000 + 100)),
+                latest: Some(Ts(1_700_000_000_000_000 + 140)),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(seqs(by_ts), vec![11, 12, 13], "oldest and latest are exclusive");
+    // Another workspace cannot read the channel's messages by guessing its id.
+    let other = store.create_workspace("history-other").await.unwrap();
+    assert!(store.history(&other.id, &ch.id, &HistoryQuery { limit: 10, ..Default::default() }).await.unwrap().is_empty());
+}
+
+async fn change_feed(store: &dyn MessageStore) {
+    let ws = store.create_workspace("feed-ws").await.unwrap();
+    let user = store.create_user(&ws.id, "feeder", "Feeder", false, false).await.unwrap();
+    let ch = channel(&ws.id, &user.id, "feed", false);
+    store.create_channel(&ch).await.unwrap();
+    let shard = shard_for(&ws.id, store.num_shards());
+    let before = store.changes_since(shard, 0, 100_000).await.unwrap().last().map(|(id, _)| *id).unwrap_or(0);
+    for seq in 1..=5 {
+        store.append(&message(&ws.id, &ch.id, &user.id, seq, None)).await.unwrap();
+    }
+    let changes = store.changes_since(shard, before, 100).await.unwrap();
+    let mine: Vec<_> = changes.iter().filter(|(_, m)| m.channel == ch.id).collect();
+    assert_eq!(mine.iter().map(|(_, m)| m.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert!(changes.windows(2).all(|w| w[0].0 < w[1].0), "change ids increase");
+    let last = changes.last().unwrap().0;
+    assert!(store.changes_since(shard, last, 100).await.unwrap().is_empty());
+    let limited = store.changes_since(shard, before, 2).await.unwrap();
+    assert_eq!(limited.len(), 2);
+}

@@ -1,0 +1,298 @@
+//! Web API end to end: workspace isolation (over HTTP and on the WebSocket) and idempotent
+//! posts (`client_msg_id`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_of_one_workspace_cannot_reach_another_workspaces_channels() {
+    let cluster =
+        Cluster::start(ClusterOpts::standard(&["alice"]).workspace("globex", &["bob", "bert"]))
+            .await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("globex", "bob").clone();
+    let bert = cluster.user("globex", "bert").clone();
+    assert_ne!(alice.workspace, bob.workspace);
+
+    let a_chan = cluster.create_channel(&alice, "acme-talk").await;
+    // Same name in the other workspace is fine: names are per workspace.
+    let b_chan = cluster.create_channel(&bob, "acme-talk").await;
+    let b_secret = cluster.create_channel(&bob, "globex-only").await;
+    cluster.join(&bert, &b_chan).await;
+    let b_first = cluster.post(&bob, &b_chan, "globex internal 1").await;
+
+    // alice's token on B's channels: as if they did not exist.
+    for (method, body) in [
+        ("conversations.history", json!({ "channel": b_chan })),
+        ("conversations.info", json!({ "channel": b_chan })),
+        (
+            "chat.postMessage",
+            json!({ "channel": b_chan, "text": "intrusion" }),
+        ),
+        ("conversations.join", json!({ "channel": b_chan })),
+        ("conversations.leave", json!({ "channel": b_chan })),
+        ("conversations.history", json!({ "channel": b_secret })),
+        (
+            "chat.postMessage",
+            json!({ "channel": b_secret, "text": "intrusion", "client_msg_id": "x-1" }),
+        ),
+    ] {
+        let (status, v) = cluster.api_status(method, &alice.token, body.clone()).await;
+        assert_eq!(
+            v["ok"], false,
+            "{method} {body} with a foreign token succeeded: {v}"
+        );
+        assert_eq!(v["error"], "channel_not_found", "{method} {body}: {v}");
+        assert!(status < 500, "{method}: status {status}");
+    }
+    // The same calls by name resolve in alice's own workspace only.
+    let v = cluster
+        .api_ok(
+            "conversations.info",
+            &alice.token,
+            json!({ "channel": "acme-talk" }),
+        )
+        .await;
+    assert_eq!(
+        v["channel"]["id"],
+        a_chan.as_str(),
+        "a name resolves in the caller's workspace"
+    );
+    let v = cluster
+        .api(
+            "conversations.info",
+            &alice.token,
+            json!({ "channel": "globex-only" }),
+        )
+        .await;
+    assert_eq!(v["error"], "channel_not_found", "{v}");
+
+    // Listings never show the other workspace.
+    for method in ["conversations.list", "users.conversations"] {
+        let v = cluster.api_ok(method, &alice.token, json!({})).await;
+        let ids: Vec<&str> = v["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["id"].as_str())
+            .collect();
+        assert!(
+            ids.contains(&a_chan.as_str()),
+            "{method} misses alice's own channel: {v}"
+        );
+        assert!(
+            !ids.contains(&b_chan.as_str()) && !ids.contains(&b_secret.as_str()),
+            "{method} leaks: {ids:?}"
+        );
+    }
+    // Nothing of alice's attempts reached B's history.
+    let h = cluster.history_all(&bob, &b_chan, 10).await;
+    assert_eq!(
+        seqs(&h),
+        vec![1],
+        "B's channel holds only bob's message: {h:?}"
+    );
+    assert_eq!(h[0]["ts"], b_first["ts"]);
+
+    // On the WebSocket: alice never receives B's messages, whatever she asks for.
+    let mut resume = std::collections::BTreeMap::new();
+    resume.insert(b_chan.clone(), 0);
+    resume.insert(a_chan.clone(), 0);
+    let alice_ws = cluster.connect_resume(0, &alice, &resume).await;
+    assert!(
+        alice_ws.hello["seq"].get(&b_chan).is_none(),
+        "hello shows a foreign channel: {}",
+        alice_ws.hello
+    );
+    let alice_ws2 = cluster.connect(1, &alice).await;
+    let bob_ws = cluster.connect(1, &bob).await;
+    cluster
+        .warm_up(
+            &alice,
+            std::slice::from_ref(&a_chan),
+            &[&alice_ws, &alice_ws2],
+        )
+        .await;
+    cluster
+        .warm_up(&bob, std::slice::from_ref(&b_chan), &[&bob_ws])
+        .await;
+
+    let from = alice_ws.num_events();
+    alice_ws
+        .send_json(&json!({ "id": 5, "type": "resume", "channels": { b_chan.clone(): 0 } }))
+        .await;
+    let answer = alice_ws
+        .wait_event(from, WAIT, "resumed", |e| e["reply_to"] == 5)
+        .await;
+    assert_eq!(
+        answer["channels"],
+        json!([]),
+        "a foreign channel must not be resumed: {answer}"
+    );
+    assert_eq!(answer["rejected"][0]["error"], "not_in_channel", "{answer}");
+    let from = alice_ws.num_events();
+    alice_ws
+        .send_json(&json!({ "id": 6, "type": "typing", "channel": b_chan }))
+        .await;
+    let answer = alice_ws
+        .wait_event(from, WAIT, "error for typing", |e| e["reply_to"] == 6)
+        .await;
+    assert_eq!(
+        answer["type"], "error",
+        "typing in a foreign channel: {answer}"
+    );
+
+    for i in 0..5 {
+        cluster
+            .post(&bob, &b_chan, &format!("globex internal {}", i + 2))
+            .await;
+    }
+    // Bert joins a channel of B while alice is connected: only B's sessions hear of it.
+    cluster.join(&bert, &b_secret).await;
+    let last_b = seq_of(&cluster.post(&bob, &b_secret, "secret").await);
+    let sentinel = seq_of(&cluster.post(&alice, &a_chan, "acme sentinel").await);
+    alice_ws.wait_seq(&a_chan, sentinel, WAIT).await;
+    alice_ws2.wait_seq(&a_chan, sentinel, WAIT).await;
+    bob_ws.wait_seq(&b_secret, last_b, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (i, ws) in [&alice_ws, &alice_ws2].into_iter().enumerate() {
+        for e in ws.events() {
+            let text = e.to_string();
+            assert!(
+                !text.contains(b_chan.as_str()) || e["type"] == "resumed" || e["type"] == "error",
+                "alice's session {i} got an event of B's channel: {e}"
+            );
+            assert!(
+                !text.contains(b_secret.as_str()),
+                "alice's session {i} got an event of B's channel: {e}"
+            );
+            assert!(
+                !text.contains(bob.workspace.as_str()),
+                "alice's session {i} got an event of B's workspace: {e}"
+            );
+        }
+        let foreign: Vec<Value> = ws
+            .all_messages()
+            .into_iter()
+            .filter(|m| m["channel"] != a_chan.as_str())
+            .collect();
+        assert!(
+            foreign.is_empty(),
+            "alice's session {i} got foreign messages: {foreign:?}"
+        );
+    }
+    // And bob's session sees none of alice's.
+    assert!(
+        bob_ws.messages(&a_chan).is_empty(),
+        "bob got acme's messages"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posting_twice_with_one_client_msg_id_stores_one_message() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob"])).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let c = cluster.create_channel(&alice, "idempotent").await;
+    cluster.join(&bob, &c).await;
+    let bob_ws = cluster.connect(1, &bob).await;
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&c), &[&bob_ws])
+        .await;
+
+    let body = json!({ "channel": c, "text": "exactly once", "client_msg_id": "5f1e2a3b-0000-4000-8000-000000000001" });
+    let first = cluster
+        .api_ok("chat.postMessage", &alice.token, body.clone())
+        .await;
+    let second = cluster
+        .api_ok("chat.postMessage", &alice.token, body.clone())
+        .await;
+    assert_eq!(
+        first["ts"], second["ts"],
+        "a repeat answers the stored ts: {first} / {second}"
+    );
+    assert_eq!(
+        first["message"]["seq"], second["message"]["seq"],
+        "a repeat answers the stored seq"
+    );
+    assert_eq!(
+        first["message"]["client_msg_id"],
+        "5f1e2a3b-0000-4000-8000-000000000001"
+    );
+    // Even with another text: the id decides.
+    let mut other = body.clone();
+    other["text"] = "different text".into();
+    let third = cluster
+        .api_ok("chat.postMessage", &alice.token, other)
+        .await;
+    assert_eq!(third["ts"], first["ts"]);
+    assert_eq!(
+        third["message"]["text"], "exactly once",
+        "a repeat answers the stored message"
+    );
+
+    // Concurrent repeats of a fresh id all get one message.
+    let body2 = json!({ "channel": c, "text": "raced", "client_msg_id": "race-1" });
+    let answers = futures_util::future::join_all(
+        (0..6).map(|_| cluster.api_ok("chat.postMessage", &alice.token, body2.clone())),
+    )
+    .await;
+    for a in &answers {
+        assert_eq!(
+            a["ts"], answers[0]["ts"],
+            "concurrent repeats disagree: {answers:?}"
+        );
+        assert_eq!(a["message"]["seq"], answers[0]["message"]["seq"]);
+    }
+    // A different id is a different message.
+    let fresh = cluster
+        .api_ok(
+            "chat.postMessage",
+            &alice.token,
+            json!({ "channel": c, "text": "exactly once", "client_msg_id": "other" }),
+        )
+        .await;
+    let last = seq_of(&fresh["message"]);
+    assert_eq!(last, seq_of(&answers[0]["message"]) + 1);
+    assert_eq!(
+        seq_of(&answers[0]["message"]),
+        seq_of(&first["message"]) + 1
+    );
+
+    let history = cluster.history_all(&alice, &c, 3).await;
+    let once: Vec<&Value> = history
+        .iter()
+        .filter(|m| m["client_msg_id"] == "5f1e2a3b-0000-4000-8000-000000000001")
+        .collect();
+    assert_eq!(once.len(), 1, "history holds the message once: {history:?}");
+    assert_eq!(once[0]["ts"], first["ts"]);
+    assert_eq!(
+        history
+            .iter()
+            .filter(|m| m["client_msg_id"] == "race-1")
+            .count(),
+        1
+    );
+    assert_eq!(seqs(&history), (1..=last).collect::<Vec<_>>());
+
+    bob_ws.wait_seq(&c, last, WAIT).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let got = bob_ws.messages(&c);
+    assert_contiguous(&got, "bob");
+    assert_eq!(
+        got.iter()
+            .filter(|m| m["client_msg_id"] == "5f1e2a3b-0000-4000-8000-000000000001")
+            .count(),
+        1
+    );
+    assert_eq!(
+        got.iter()
+            .filter(|m| m["client_msg_id"] == "race-1")
+            .count(),
+        1
+    );
+}

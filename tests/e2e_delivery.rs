@@ -1,0 +1,436 @@
+//! Messages posted over HTTP reach clients on both gateways in one order with contiguous
+//! `seq`, and `conversations.history` returns the same messages.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::*;
+use serde_json::{json, Value};
+
+const POSTS_PER_USER: usize = 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_reach_clients_on_both_gateways_in_order_and_match_history() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob", "carol"])).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let carol = cluster.user("acme", "carol").clone();
+
+    let mut channels = Vec::new();
+    for i in 0..3 {
+        let c = cluster
+            .create_channel(&alice, &format!("delivery-{i}"))
+            .await;
+        assert!(
+            c.starts_with('C')
+                && c[1..]
+                    .chars()
+                    .all(|ch| ch.is_ascii_uppercase() || ch.is_ascii_digit()),
+            "channel id {c:?} is not C + uppercase alphanumerics"
+        );
+        cluster.join(&bob, &c).await;
+        cluster.join(&carol, &c).await;
+        channels.push(c);
+    }
+
+    // alice and carol on gateway 1, bob and carol on gateway 2.
+    let clients = vec![
+        cluster.connect(0, &alice).await,
+        cluster.connect(1, &bob).await,
+        cluster.connect(0, &carol).await,
+        cluster.connect(1, &carol).await,
+    ];
+    for (c, (gw, user)) in clients
+        .iter()
+        .zip([(0, &alice), (1, &bob), (0, &carol), (1, &carol)])
+    {
+        assert_eq!(c.hello["type"], "hello");
+        assert_eq!(
+            c.hello["user"],
+            user.id.as_str(),
+            "hello names the user: {}",
+            c.hello
+        );
+        assert_eq!(
+            c.hello["team"],
+            user.workspace.as_str(),
+            "hello names the workspace: {}",
+            c.hello
+        );
+        assert_eq!(
+            c.hello["gateway"],
+            cluster.gateways[gw].id.as_str(),
+            "hello names the gateway: {}",
+            c.hello
+        );
+        assert!(
+            c.hello["seq"].is_object(),
+            "hello carries per-channel positions: {}",
+            c.hello
+        );
+    }
+    let refs: Vec<&Client> = clients.iter().collect();
+    cluster.warm_up(&alice, &channels, &refs).await;
+    let warm: BTreeMap<String, u64> = channels
+        .iter()
+        .map(|c| (c.clone(), clients[0].max_seq(c).unwrap()))
+        .collect();
+
+    // Three users post concurrently, round-robin over the channels.
+    let posters = [&alice, &bob, &carol].map(|user| {
+        let cluster = &cluster;
+        let channels = &channels;
+        async move {
+            let mut out = Vec::new();
+            for i in 0..POSTS_PER_USER {
+                let channel = &channels[i % channels.len()];
+                let text = format!("{} says {i} in {channel} ✓", user.name);
+                let m = cluster.post(user, channel, &text).await;
+                assert_eq!(m["text"], text.as_str(), "the answer echoes the text");
+                assert_eq!(m["user"], user.id.as_str());
+                out.push((channel.clone(), m));
+            }
+            out
+        }
+    });
+    let posted: Vec<(String, Value)> = futures_util::future::join_all(posters)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(posted.len(), 3 * POSTS_PER_USER);
+
+    let mut by_channel: BTreeMap<String, BTreeMap<u64, Value>> = BTreeMap::new();
+    for (channel, m) in &posted {
+        let prev = by_channel
+            .entry(channel.clone())
+            .or_default()
+            .insert(seq_of(m), m.clone());
+        assert!(
+            prev.is_none(),
+            "two acknowledged posts got seq {} in {channel}",
+            seq_of(m)
+        );
+    }
+    for (channel, msgs) in &by_channel {
+        let first = *msgs.keys().next().unwrap();
+        let last = *msgs.keys().last().unwrap();
+        assert_eq!(
+            first,
+            warm[channel] + 1,
+            "{channel}: posts continue right after the warm-up"
+        );
+        assert_eq!(
+            last - first + 1,
+            msgs.len() as u64,
+            "{channel}: acknowledged seqs have no holes: {:?}",
+            msgs.keys()
+        );
+    }
+
+    // Every client gets every message of every channel, in order, each once.
+    for client in &clients {
+        for (channel, msgs) in &by_channel {
+            let last = *msgs.keys().last().unwrap();
+            client.wait_seq(channel, last, WAIT).await;
+        }
+    }
+    // Let any straggling duplicate arrive before judging.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    for channel in &channels {
+        let history = cluster.history_all(&bob, channel, 7).await;
+        let last = *by_channel[channel].keys().last().unwrap();
+        assert_eq!(
+            seqs(&history),
+            (1..=last).collect::<Vec<_>>(),
+            "{channel}: history holds every seq once"
+        );
+        let history_by_seq: BTreeMap<u64, &Value> =
+            history.iter().map(|m| (seq_of(m), m)).collect();
+        for (seq, m) in &by_channel[channel] {
+            let h = history_by_seq[seq];
+            assert_eq!(
+                h["ts"], m["ts"],
+                "{channel} seq {seq}: history ts matches the post answer"
+            );
+            assert_eq!(
+                h["text"], m["text"],
+                "{channel} seq {seq}: history text matches the post answer"
+            );
+            assert_eq!(
+                h["user"], m["user"],
+                "{channel} seq {seq}: history user matches the post answer"
+            );
+        }
+        let mut ts_prev = String::new();
+        for h in &history {
+            let ts = h["ts"].as_str().unwrap().to_string();
+            assert!(
+                ts_cmp(&ts, &ts_prev),
+                "{channel}: ts increases with seq ({ts_prev} then {ts})"
+            );
+            ts_prev = ts;
+        }
+
+        for (i, client) in clients.iter().enumerate() {
+            let got = client.messages(channel);
+            assert!(!got.is_empty(), "client {i} got nothing of {channel}");
+            assert_contiguous(&got, &format!("client {i} on {channel}"));
+            assert!(
+                seq_of(&got[0]) <= warm[channel],
+                "client {i}: stream of {channel} starts by the warm-up"
+            );
+            assert_eq!(
+                seq_of(got.last().unwrap()),
+                last,
+                "client {i}: nothing past the last post on {channel}"
+            );
+            for m in &got {
+                let h = history_by_seq
+                    .get(&seq_of(m))
+                    .unwrap_or_else(|| panic!("client {i} got {m} which history lacks"));
+                assert_eq!(
+                    m["ts"],
+                    h["ts"],
+                    "client {i}: ts of {channel} seq {} matches history",
+                    seq_of(m)
+                );
+                assert_eq!(
+                    m["text"],
+                    h["text"],
+                    "client {i}: text of {channel} seq {} matches history",
+                    seq_of(m)
+                );
+                assert_eq!(
+                    m["user"],
+                    h["user"],
+                    "client {i}: user of {channel} seq {}",
+                    seq_of(m)
+                );
+                assert_eq!(
+                    m["team"],
+                    alice.workspace.as_str(),
+                    "client {i}: team of a message"
+                );
+            }
+        }
+        // Both gateways (and both of carol's sessions) saw the same stream.
+        let reference: Vec<(u64, Value)> = clients[0]
+            .messages(channel)
+            .iter()
+            .map(|m| (seq_of(m), m["ts"].clone()))
+            .collect();
+        for client in &clients[1..] {
+            let mine: Vec<(u64, Value)> = client
+                .messages(channel)
+                .iter()
+                .map(|m| (seq_of(m), m["ts"].clone()))
+                .collect();
+            let overlap: Vec<&(u64, Value)> = mine
+                .iter()
+                .filter(|(s, _)| reference.iter().any(|(r, _)| r == s))
+                .collect();
+            let theirs: Vec<&(u64, Value)> = reference
+                .iter()
+                .filter(|(s, _)| mine.iter().any(|(r, _)| r == s))
+                .collect();
+            assert_eq!(
+                overlap, theirs,
+                "{channel}: two clients disagree on the order"
+            );
+        }
+    }
+    for client in &clients {
+        assert!(
+            client.garbage().is_empty(),
+            "non-JSON frames: {:?}",
+            client.garbage()
+        );
+        assert!(
+            client.closed().is_none(),
+            "a session was closed: {:?}",
+            client.closed()
+        );
+    }
+
+    // A channel joined after connecting: channel_joined, then its messages.
+    let late = cluster.create_channel(&alice, "delivery-late").await;
+    let from = clients[1].num_events();
+    cluster.join(&bob, &late).await;
+    let joined = clients[1]
+        .wait_event(from, WAIT, "channel_joined", |e| {
+            e["type"] == "channel_joined" && e["channel"]["id"] == late.as_str()
+        })
+        .await;
+    assert_eq!(joined["channel"]["name"], "delivery-late");
+    clients[0]
+        .wait_event(0, WAIT, "channel_joined (creator)", |e| {
+            e["type"] == "channel_joined" && e["channel"]["id"] == late.as_str()
+        })
+        .await;
+    cluster
+        .warm_up(
+            &alice,
+            std::slice::from_ref(&late),
+            &[&clients[0], &clients[1]],
+        )
+        .await;
+    let mut last = 0;
+    for i in 0..5 {
+        last = seq_of(&cluster.post(&alice, &late, &format!("late {i}")).await);
+    }
+    clients[1].wait_seq(&late, last, WAIT).await;
+    assert_contiguous(
+        &clients[1].messages(&late),
+        "bob on the channel joined late",
+    );
+    assert!(
+        clients[2].messages(&late).is_empty(),
+        "carol is not in the late channel but got its messages"
+    );
+
+    // Leaving: channel_left, and no more messages of it.
+    let from = clients[1].num_events();
+    cluster
+        .api_ok(
+            "conversations.leave",
+            &bob.token,
+            json!({ "channel": late }),
+        )
+        .await;
+    clients[1]
+        .wait_event(from, WAIT, "channel_left", |e| {
+            e["type"] == "channel_left" && e["channel"] == late.as_str()
+        })
+        .await;
+    let before = clients[1].messages(&late).len();
+    cluster.post(&alice, &late, "after bob left").await;
+    let sentinel = seq_of(&cluster.post(&alice, &channels[0], "sentinel").await);
+    clients[1].wait_seq(&channels[0], sentinel, WAIT).await;
+    clients[0].wait_seq(&late, last + 1, WAIT).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(
+        clients[1].messages(&late).len(),
+        before,
+        "bob got a message of a channel he left"
+    );
+}
+
+/// `a` is a later Slack timestamp than `b` (or `b` is empty).
+fn ts_cmp(a: &str, b: &str) -> bool {
+    if b.is_empty() {
+        return true;
+    }
+    let parse = |s: &str| {
+        let (secs, micros) = s.split_once('.').unwrap_or((s, "0"));
+        (secs.parse::<u64>().unwrap(), micros.parse::<u64>().unwrap())
+    };
+    parse(a) > parse(b)
+}
+
+/// Ephemeral events: typing reaches the channel's other members on every gateway (not the
+/// typist), and a user's first and last sessions announce `presence_change` to the members of
+/// the user's channels, whichever gateway the user connects to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_and_presence_reach_the_other_members() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob", "carol"])).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let carol = cluster.user("acme", "carol").clone();
+    let c = cluster.create_channel(&alice, "ephemeral").await;
+    cluster.join(&bob, &c).await;
+    let elsewhere = cluster.create_channel(&carol, "elsewhere").await;
+
+    let alice_ws = cluster.connect(0, &alice).await;
+    let carol_ws = cluster.connect(1, &carol).await;
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&c), &[&alice_ws])
+        .await;
+    cluster
+        .warm_up(&carol, std::slice::from_ref(&elsewhere), &[&carol_ws])
+        .await;
+    let presence = |user: &TestUser, p: &'static str| {
+        let id = user.id.clone();
+        move |e: &Value| {
+            e["type"] == "presence_change" && e["user"] == id.as_str() && e["presence"] == p
+        }
+    };
+
+    // bob comes online on alice's gateway, which already follows the channel.
+    let from = alice_ws.num_events();
+    let bob_ws = cluster.connect(0, &bob).await;
+    alice_ws
+        .wait_event(
+            from,
+            WAIT,
+            "presence_change (bob active, same gateway)",
+            presence(&bob, "active"),
+        )
+        .await;
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&c), &[&alice_ws, &bob_ws])
+        .await;
+
+    let from_alice = alice_ws.num_events();
+    let from_bob = bob_ws.num_events();
+    bob_ws
+        .send_json(&json!({ "id": 1, "type": "typing", "channel": c }))
+        .await;
+    let typing = alice_ws
+        .wait_event(from_alice, WAIT, "user_typing", |e| {
+            e["type"] == "user_typing"
+        })
+        .await;
+    assert_eq!(typing["channel"], c.as_str(), "{typing}");
+    assert_eq!(typing["user"], bob.id.as_str(), "{typing}");
+    // A message after the typing event: by then the typist would have had it too.
+    let sentinel = seq_of(&cluster.post(&alice, &c, "sentinel").await);
+    bob_ws.wait_seq(&c, sentinel, WAIT).await;
+    let bob_events = bob_ws.events();
+    assert!(
+        bob_events[from_bob..]
+            .iter()
+            .all(|e| e["type"] != "user_typing" && e["type"] != "error"),
+        "the typist got his own typing event or an error: {:?}",
+        &bob_events[from_bob..]
+    );
+
+    // bob's last session goes: away.
+    let from = alice_ws.num_events();
+    bob_ws.close().await;
+    alice_ws
+        .wait_event(
+            from,
+            WAIT,
+            "presence_change (bob away)",
+            presence(&bob, "away"),
+        )
+        .await;
+
+    // carol is in none of bob's channels: she heard nothing of him.
+    let s = seq_of(&cluster.post(&carol, &elsewhere, "sentinel").await);
+    carol_ws.wait_seq(&elsewhere, s, WAIT).await;
+    for e in carol_ws.events() {
+        let about_bob = e["type"] == "user_typing"
+            || (e["type"] == "presence_change" && e["user"] == bob.id.as_str());
+        assert!(
+            !about_bob,
+            "carol got an event of a channel she is not in: {e}"
+        );
+    }
+
+    // bob comes back on the other gateway, which does not follow the channel yet: alice must
+    // hear of it all the same.
+    let from = alice_ws.num_events();
+    let _bob_ws = cluster.connect(1, &bob).await;
+    alice_ws
+        .wait_event(
+            from,
+            WAIT,
+            "presence_change (bob active, other gateway)",
+            presence(&bob, "active"),
+        )
+        .await;
+}

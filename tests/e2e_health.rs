@@ -1,0 +1,120 @@
+//! Invariant 8: every role serves `/health` (200 when ready) and `/metrics` in the Prometheus
+//! text format with Switchboard's metrics.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_role_serves_health_and_prometheus_metrics() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice"])).await;
+    let alice = cluster.user("acme", "alice").clone();
+    // Some traffic, so the per-role counters have samples.
+    let c = cluster.create_channel(&alice, "metrics").await;
+    let ws = cluster.connect(0, &alice).await;
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&c), &[&ws])
+        .await;
+    ws.ping(1).await;
+
+    let mut roles = vec![("admin-server", cluster.admin_http.clone())];
+    roles.extend(
+        cluster
+            .channel_servers
+            .iter()
+            .map(|c| ("channel-server", c.http.clone())),
+    );
+    roles.push(("webapp", cluster.webapp.clone()));
+    roles.extend(cluster.gateways.iter().map(|g| ("gateway", g.http.clone())));
+    for (role, url) in &roles {
+        let r = cluster
+            .http
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{role} {url}/health");
+        let body: serde_json::Value = r.json().await.expect("health answers JSON");
+        assert_eq!(body["ok"], true, "{role} health: {body}");
+
+        let r = cluster
+            .http
+            .get(format!("{url}/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{role} {url}/metrics");
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            ct.starts_with("text/plain"),
+            "{role} metrics content type {ct:?}"
+        );
+        let text = r.text().await.unwrap();
+        assert!(
+            text.lines().any(|l| l.starts_with("switchboard_")),
+            "{role} exposes no switchboard_ sample:\n{text}"
+        );
+        assert!(
+            text.lines().any(|l| l.starts_with("# TYPE switchboard_")),
+            "{role} metrics lack TYPE lines"
+        );
+        // Every sample line is `name{labels} value` with a numeric value.
+        for line in text
+            .lines()
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            let value = line.rsplit_once(' ').map(|(_, v)| v).unwrap_or_default();
+            assert!(
+                value.parse::<f64>().is_ok() || ["+Inf", "-Inf", "NaN"].contains(&value),
+                "{role}: not a Prometheus sample: {line:?}"
+            );
+        }
+    }
+    // Role-specific counters moved with the traffic above.
+    let gw = &cluster.gateways[0].http;
+    assert!(
+        cluster
+            .metric(gw, "switchboard_gateway_sessions_opened_total", &[])
+            .await
+            >= 1.0
+    );
+    assert!(
+        cluster
+            .metric(
+                gw,
+                "switchboard_gateway_client_events_total",
+                &[("type", "ping")]
+            )
+            .await
+            >= 1.0
+    );
+    assert!(
+        cluster
+            .metric(
+                &cluster.webapp,
+                "switchboard_webapp_requests_total",
+                &[("method", "chat.postMessage")]
+            )
+            .await
+            >= 1.0
+    );
+    let ring = cluster.ring().await;
+    assert_eq!(ring["ok"], true);
+    assert!(ring["epoch"].as_u64().unwrap() >= 1, "{ring}");
+    assert!(ring["vnodes"].as_u64().unwrap() >= 1, "{ring}");
+
+    // A Web API call that needs no cluster state.
+    let v = cluster
+        .api_ok("api.test", "", json!({ "foo": "bar" }))
+        .await;
+    assert_eq!(v["args"]["foo"], "bar");
+    let v = cluster.api_ok("auth.test", &alice.token, json!({})).await;
+    assert_eq!(v["user_id"], alice.id.as_str());
+    assert_eq!(v["team_id"], alice.workspace.as_str());
+}

@@ -1,0 +1,162 @@
+//! `search.messages`: Slack's query syntax over the caller's readable channels.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use shared::ids::{ChannelId, Ts, UserId};
+use shared::search::query::{parse, QueryError};
+use shared::search::{SearchRequest, SortBy};
+use shared::store::Channel;
+
+use crate::api::{ApiError, ApiResult, AppState, Caller, Params};
+
+const DEFAULT_COUNT: u32 = 20;
+const MAX_COUNT: u32 = 100;
+const MAX_PAGE: u32 = 100;
+
+fn number(params: &Params, key: &str, default: u32, max: u32) -> ApiResult<u32> {
+    match params.non_empty(key) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => Ok(n.min(max)),
+            _ => Err(ApiError::InvalidArguments(format!("{key} must be a positive integer"))),
+        },
+    }
+}
+
+/// Every channel the caller may read: the workspace's public channels and its private ones.
+async fn readable_channels(state: &AppState, caller: &Caller) -> ApiResult<HashMap<ChannelId, Channel>> {
+    let mut out = HashMap::new();
+    let mut after: Option<ChannelId> = None;
+    loop {
+        let page = state.store.channels(&caller.claims.workspace, after.as_ref(), 1000).await?;
+        let done = page.len() < 1000;
+        after = page.last().map(|c| c.id.clone());
+        for c in page.into_iter().filter(|c| !c.is_private) {
+            out.insert(c.id.clone(), c);
+        }
+        if done {
+            break;
+        }
+    }
+    for c in state.store.user_channels(&caller.user.id).await? {
+        if c.workspace == caller.claims.workspace {
+            out.insert(c.id.clone(), c);
+        }
+    }
+    Ok(out)
+}
+
+pub async fn messages(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let Some(search) = state.search.as_ref() else {
+        return Err(ApiError::ServiceUnavailable("search is not enabled on this node".into()));
+    };
+    let raw = params.non_empty("query").ok_or_else(|| ApiError::InvalidArguments("query is required".into()))?;
+    let parsed = parse(raw, Ts::now()).map_err(|e| match e {
+        QueryError::Empty => ApiError::InvalidArguments("query has no search terms".into()),
+        other => ApiError::InvalidArguments(other.to_string()),
+    })?;
+    let count = number(params, "count", DEFAULT_COUNT, MAX_COUNT)?;
+    let page = number(params, "page", 1, MAX_PAGE)?;
+    let sort = match params.non_empty("sort").unwrap_or("score") {
+        "score" => SortBy::Score,
+        "timestamp" => SortBy::Timestamp,
+        _ => return Err(ApiError::InvalidArguments("sort must be score or timestamp".into())),
+    };
+    let descending = match params.non_empty("sort_dir").unwrap_or("desc") {
+        "desc" => true,
+        "asc" => false,
+        _ => return Err(ApiError::InvalidArguments("sort_dir must be asc or desc".into())),
+    };
+    let highlight = params.flag("highlight", false);
+
+    let readable = readable_channels(state, caller).await?;
+    let channels: Vec<ChannelId> = if parsed.in_channels.is_empty() {
+        readable.keys().cloned().collect()
+    } else {
+        readable
+            .values()
+            .filter(|c| parsed.in_channels.iter().any(|r| r == &c.id.0 || r.eq_ignore_ascii_case(&c.name)))
+            .map(|c| c.id.clone())
+            .collect()
+    };
+    let mut users: Vec<UserId> = Vec::new();
+    for r in &parsed.from_users {
+        let found = match UserId::parse(r) {
+            Some(id) => state.store.user(&id).await?,
+            None => state.store.user_by_name(&caller.claims.workspace, r).await?,
+        };
+        match found.filter(|u| u.workspace == caller.claims.workspace) {
+            Some(u) => users.push(u.id),
+            // An unknown author matches nothing.
+            None => users.push(UserId("U-NOBODY".into())),
+        }
+    }
+    let request = SearchRequest {
+        workspace: caller.claims.workspace.clone(),
+        words: parsed.words,
+        phrases: parsed.phrases,
+        excluded: parsed.excluded,
+        channels,
+        users,
+        after: parsed.after,
+        before: parsed.before,
+        has_link: parsed.has_link,
+        sort,
+        descending,
+        offset: ((page - 1) * count) as usize,
+        limit: count as usize,
+        highlight,
+    };
+    let index = search.index_for(&caller.claims.workspace).clone();
+    let results = tokio::task::spawn_blocking(move || index.search(&request))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+
+    let mut names: HashMap<UserId, String> = HashMap::new();
+    let mut matches = Vec::with_capacity(results.hits.len());
+    for hit in results.hits {
+        let username = match names.get(&hit.user) {
+            Some(n) => n.clone(),
+            None => {
+                let n = state.store.user(&hit.user).await?.map(|u| u.name).unwrap_or_default();
+                names.insert(hit.user.clone(), n.clone());
+                n
+            }
+        };
+        let channel = readable.get(&hit.channel);
+        matches.push(json!({
+            "type": "message",
+            "iid": format!("{}-{}", hit.channel.0, hit.seq),
+            "team": caller.claims.workspace,
+            "channel": {
+                "id": hit.channel,
+                "name": channel.map(|c| c.name.clone()).unwrap_or_default(),
+                "is_private": channel.is_some_and(|c| c.is_private),
+            },
+            "user": hit.user,
+            "username": username,
+            "ts": hit.ts.to_slack(),
+            "text": hit.text,
+            "seq": hit.seq,
+            "score": hit.score,
+            "permalink": format!("{}archives/{}/p{}", state.base_url, hit.channel.0, hit.ts.0),
+        }));
+    }
+    let total = results.total as u32;
+    let pages = total.div_ceil(count).max(1);
+    let first = if total == 0 { 0 } else { (page - 1) * count + 1 };
+    let last = ((page - 1) * count + matches.len() as u32).min(total);
+    let body: Value = json!({
+        "ok": true,
+        "query": raw,
+        "messages": {
+            "total": total,
+            "matches": matches,
+            "pagination": { "total_count": total, "page": page, "per_page": count, "page_count": pages, "first": first, "last": last },
+            "paging": { "count": count, "total": total, "page": page, "pages": pages },
+        },
+    });
+    Ok(body.as_object().cloned().unwrap_or_default())
+}
