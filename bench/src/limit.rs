@@ -6,24 +6,28 @@
 //! A subscriber connects to `/sub/<channel>` and gets `ready` once registered; the publisher
 //! connects to `/pub` and sends text frames whose payload starts with `c=<channel>;`.
 //! The server runs on its own runtime (own threads), as a separate server process would.
-//! It is tuned as any such server would be: 4 KiB read buffers, writes batched per socket.
+//! It does what a tuned broadcast server does: the handshake through tokio-tungstenite,
+//! then each message framed once (RFC 6455) and the same bytes written to every subscriber,
+//! all frames queued for a socket in one write.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use parking_lot::RwLock;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Message;
 
 /// Frames queued per subscriber before it counts as too slow (its frames are then dropped,
 /// which the in-order check reports as loss).
 const SUB_QUEUE: usize = 4096;
 
-type Subscribers = Arc<RwLock<Vec<Vec<mpsc::Sender<Utf8Bytes>>>>>;
+type Subscribers = Arc<RwLock<Vec<Vec<mpsc::Sender<Bytes>>>>>;
 
 pub struct LimitServer {
     pub url: String,
@@ -133,12 +137,32 @@ async fn accept_loop(
     }
 }
 
+/// An unmasked server-to-client text frame (RFC 6455, section 5.2), encoded once per
+/// message and written as is to every subscriber.
+pub fn text_frame(payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(payload.len() + 10);
+    out.push(0x81); // FIN, text
+    match payload.len() {
+        n if n < 126 => out.push(n as u8),
+        n if n <= u16::MAX as usize => {
+            out.push(126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(payload);
+    Bytes::from(out)
+}
+
 async fn subscriber(
-    ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    mut ws: tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
     channel: usize,
     subs: Subscribers,
 ) {
-    let (tx, mut rx) = mpsc::channel::<Utf8Bytes>(SUB_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<Bytes>(SUB_QUEUE);
     {
         let mut s = subs.write();
         let Some(list) = s.get_mut(channel) else {
@@ -146,24 +170,34 @@ async fn subscriber(
         };
         list.push(tx);
     }
-    let (mut sink, mut stream) = ws.split();
-    if sink.send(Message::text("ready")).await.is_err() {
+    if ws.send(Message::text("ready")).await.is_err() {
         return;
     }
+    // From here on the socket is written directly: pre-encoded frames, every queued one in
+    // one write. Whatever the client sends (only a close, at the end) ends the session.
+    let (mut rd, mut wr) = ws.get_mut().split();
     let mut batch = Vec::with_capacity(256);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let mut scratch = [0u8; 512];
     loop {
         tokio::select! {
             n = rx.recv_many(&mut batch, 256) => {
                 if n == 0 { break; }
-                let mut failed = false;
-                for t in batch.drain(..) {
-                    if sink.feed(Message::Text(t)).await.is_err() { failed = true; break; }
-                }
-                if failed || sink.flush().await.is_err() { break; }
+                let result = if n == 1 {
+                    wr.write_all(&batch[0]).await
+                } else {
+                    buf.clear();
+                    for frame in &batch {
+                        buf.extend_from_slice(frame);
+                    }
+                    wr.write_all(&buf).await
+                };
+                batch.clear();
+                if result.is_err() { break; }
             }
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
-                _ => {}
+            r = rd.read(&mut scratch) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => break,
             }
         }
     }
@@ -180,10 +214,11 @@ async fn publisher(
         let Some(channel) = crate::fanout::payload_channel(text.as_str()) else {
             continue;
         };
+        let bytes = text_frame(text.as_bytes());
         let s = subs.read();
         let Some(list) = s.get(channel) else { continue };
         for tx in list {
-            if tx.try_send(text.clone()).is_err() {
+            if tx.try_send(bytes.clone()).is_err() {
                 dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
@@ -243,4 +278,48 @@ pub fn serve_child(channels: usize, threads: usize) -> anyhow::Result<()> {
         eprintln!("limit server dropped {} frames", server.dropped());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_follow_rfc6455() {
+        assert_eq!(&text_frame(b"hi")[..], &[0x81, 2, b'h', b'i']);
+        let f = text_frame(&[b'x'; 200]);
+        assert_eq!(&f[..4], &[0x81, 126, 0, 200]);
+        assert_eq!(f.len(), 204);
+        let f = text_frame(&vec![b'x'; 70_000]);
+        assert_eq!(&f[..2], &[0x81, 127]);
+        assert_eq!(u64::from_be_bytes(f[2..10].try_into().unwrap()), 70_000);
+    }
+
+    #[tokio::test]
+    async fn broadcasts_to_subscribers_through_a_real_client() {
+        let server = LimitServer::start(2, 1).unwrap();
+        let cfg = crate::ws::client_config(4096);
+        let src = std::net::Ipv4Addr::LOCALHOST;
+        let mut sub = crate::ws::connect(&format!("{}/sub/1", server.url), src, cfg)
+            .await
+            .unwrap();
+        assert_eq!(sub.next().await.unwrap().unwrap(), Message::text("ready"));
+        let mut other = crate::ws::connect(&format!("{}/sub/0", server.url), src, cfg)
+            .await
+            .unwrap();
+        assert_eq!(other.next().await.unwrap().unwrap(), Message::text("ready"));
+        let mut publ = crate::ws::connect(&format!("{}/pub", server.url), src, cfg)
+            .await
+            .unwrap();
+        let long = format!("c=1;{}", "y".repeat(300));
+        for p in ["c=1;a", long.as_str(), "c=1;b"] {
+            publ.send(Message::text(p)).await.unwrap();
+        }
+        for want in ["c=1;a", long.as_str(), "c=1;b"] {
+            assert_eq!(sub.next().await.unwrap().unwrap(), Message::text(want));
+        }
+        let nothing = tokio::time::timeout(Duration::from_millis(100), other.next()).await;
+        assert!(nothing.is_err(), "channel 0 got a channel 1 message");
+        assert_eq!(server.dropped(), 0);
+    }
 }

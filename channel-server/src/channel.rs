@@ -560,6 +560,7 @@ mod tests {
                 text: text.into(),
                 client_msg_id: cmid.map(str::to_string),
                 thread_ts: None,
+                kind: shared::protocol::MessageKind::Posted,
             }
         }
     }

@@ -288,6 +288,9 @@ async fn bind() -> tokio::net::TcpListener {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     shared::mesh::install_crypto_provider();
+    if std::env::var_os("RUST_LOG").is_some() {
+        shared::telemetry::init_tracing("human", "info");
+    }
     let num_users = env_usize("BOOT_BENCH_USERS", 10_000);
     let num_channels = env_usize("BOOT_BENCH_CHANNELS", 1_000);
     let iterations = env_usize("BOOT_BENCH_ITERATIONS", 2_000);
@@ -413,6 +416,9 @@ async fn main() -> anyhow::Result<()> {
         let app = flannel_cache::http::router(flannel.clone(), Health::default());
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let flannel_http = axum::serve::ListenerExt::tap_io(flannel_http, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             axum::serve(flannel_http, app)
                 .with_graceful_shutdown(async move { shutdown.wait().await })
                 .await
@@ -555,6 +561,18 @@ async fn main() -> anyhow::Result<()> {
         assert_eq!(v["ok"], true);
     }
     let info_url = |f: &str| format!("{f}/users.info?user={}", poster.id);
+    let loads_before = flannel_cache::metrics::LOAD_DURATION.get_sample_count();
+    let invalidations = || {
+        ["link_down", "link_up", "unknown_in_event", "unknown_user"]
+            .iter()
+            .map(|r| {
+                flannel_cache::metrics::INVALIDATIONS
+                    .with_label_values(&[r])
+                    .get()
+            })
+            .sum::<u64>()
+    };
+    let invalidations_before = invalidations();
     let mut samples = Vec::with_capacity(changes);
     let mut api_samples = Vec::with_capacity(changes);
     let mut after_samples = Vec::with_capacity(changes);
@@ -588,6 +606,13 @@ async fn main() -> anyhow::Result<()> {
         }
         samples.push(start.elapsed());
         after_samples.push(start.elapsed() - api_samples[i]);
+        if start.elapsed() > Duration::from_millis(50) {
+            println!(
+                "slow change {i}: answered after {}, served after {}",
+                ms(api_samples[i]),
+                ms(start.elapsed())
+            );
+        }
     }
     println!("\n## Freshness: profile change posted -> served by both Flannels\n");
     println!("| path | changes | p50 | p99 | max | mean | answer |");
@@ -609,6 +634,11 @@ async fn main() -> anyhow::Result<()> {
         changes,
         &stats(samples),
         "",
+    );
+    println!(
+        "\nduring the freshness run: {} workspace loads, {} invalidations",
+        flannel_cache::metrics::LOAD_DURATION.get_sample_count() - loads_before,
+        invalidations() - invalidations_before
     );
 
     shutdown.trigger();

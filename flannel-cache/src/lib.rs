@@ -40,6 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use shared::auth::TokenSigner;
 use shared::config::Config;
 use shared::ids::NodeId;
@@ -149,6 +150,12 @@ pub async fn run(
     tracing::info!(%node, %addr, webapp = %config.flannel.webapp_url, "flannel running");
     deps.health.set_ready(true);
     let health = deps.health.clone();
+    // Answers are written as soon as they are ready (no Nagle delay on small ones).
+    let http = http.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "failed to set TCP_NODELAY");
+        }
+    });
     let result = axum::serve(http, app)
         .with_graceful_shutdown(async move {
             shutdown.wait().await;

@@ -867,6 +867,7 @@ mod tests {
             text: format!("m{seq}"),
             client_msg_id: None,
             thread_ts: None,
+            kind: shared::protocol::MessageKind::Posted,
         }
     }
 

@@ -195,6 +195,7 @@ mod tests {
             text: "hi".into(),
             client_msg_id: client_msg_id.map(str::to_string),
             thread_ts: None,
+            kind: shared::protocol::MessageKind::Posted,
         }
     }
 

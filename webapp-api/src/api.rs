@@ -107,6 +107,22 @@ pub enum ApiError {
     TeamNotFound,
     #[error("the token is not for this workspace")]
     TeamAccessNotGranted,
+    #[error("no message with that ts in the channel")]
+    MessageNotFound,
+    #[error("only the author can edit the message")]
+    CantUpdateMessage,
+    #[error("only the author or an admin can delete the message")]
+    CantDeleteMessage,
+    #[error("no thread with that ts in the channel")]
+    ThreadNotFound,
+    #[error("the caller already added this reaction")]
+    AlreadyReacted,
+    #[error("the caller has not added this reaction")]
+    NoReaction,
+    #[error("invalid reaction name")]
+    InvalidReactionName,
+    #[error("no message was named")]
+    NoItemSpecified,
     #[error("a dependency is unavailable: {0}")]
     ServiceUnavailable(String),
     #[error("internal error: {0}")]
@@ -151,6 +167,14 @@ impl ApiError {
             ApiError::TooLong { .. } => "too_long",
             ApiError::TeamNotFound => "team_not_found",
             ApiError::TeamAccessNotGranted => "team_access_not_granted",
+            ApiError::MessageNotFound => "message_not_found",
+            ApiError::CantUpdateMessage => "cant_update_message",
+            ApiError::CantDeleteMessage => "cant_delete_message",
+            ApiError::ThreadNotFound => "thread_not_found",
+            ApiError::AlreadyReacted => "already_reacted",
+            ApiError::NoReaction => "no_reaction",
+            ApiError::InvalidReactionName => "invalid_name",
+            ApiError::NoItemSpecified => "no_item_specified",
             ApiError::ServiceUnavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
         }

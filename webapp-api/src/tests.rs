@@ -181,6 +181,7 @@ fn message(ws: &str, channel: &str, seq: Seq, user: &str) -> Message {
         text: format!("message {seq}"),
         client_msg_id: Some(format!("cmid-{seq}")),
         thread_ts: None,
+        kind: shared::protocol::MessageKind::Posted,
     }
 }
 
@@ -1170,6 +1171,7 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
         text: text.into(),
         client_msg_id: None,
         thread_ts: None,
+        kind: shared::protocol::MessageKind::Posted,
     };
     s.store.append(&append(&general, 1, "alice", "The release train leaves at noon")).await.unwrap();
     s.store.append(&append(&general, 2, "bob", "release notes at https://example.com")).await.unwrap();

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{EphemeralEvent, Message};
+use super::model::{EphemeralEvent, Message, MessageKind};
 use crate::ids::{ChannelId, Seq};
 
 /// WebSocket close codes the gateway uses (4000-4999 is the application range).
@@ -92,8 +92,58 @@ impl From<&Message> for MessageEvent {
 
 /// Renders a stored message as the JSON text every subscribed session receives. Done once
 /// per gateway per message; the text is shared between sessions.
+///
+/// Every entry carries `channel` and `seq`, so a client checks one contiguous sequence per
+/// channel whatever the entry is: a message, an edit (`message_changed`), a deletion
+/// (`message_deleted`) or a reaction (`reaction_added`, `reaction_removed`).
 pub fn message_json(m: &Message) -> String {
-    serde_json::to_string(&MessageEvent::from(m)).expect("message event serializes")
+    let ts = m.ts.to_slack();
+    let value = match &m.kind {
+        MessageKind::Posted => return serde_json::to_string(&MessageEvent::from(m)).expect("message event serializes"),
+        MessageKind::Edited { target } => serde_json::json!({
+            "type": "message",
+            "subtype": "message_changed",
+            "hidden": true,
+            "channel": m.channel.0,
+            "ts": ts,
+            "event_ts": ts,
+            "seq": m.seq,
+            "team": m.workspace.0,
+            "message": {
+                "type": "message",
+                "user": m.user.0,
+                "text": m.text,
+                "ts": target.to_slack(),
+                "edited": { "user": m.user.0, "ts": ts },
+            },
+        }),
+        MessageKind::Deleted { target } => serde_json::json!({
+            "type": "message",
+            "subtype": "message_deleted",
+            "hidden": true,
+            "channel": m.channel.0,
+            "ts": ts,
+            "event_ts": ts,
+            "deleted_ts": target.to_slack(),
+            "seq": m.seq,
+            "team": m.workspace.0,
+        }),
+        MessageKind::ReactionAdded { target, reaction } | MessageKind::ReactionRemoved { target, reaction } => {
+            let kind = if matches!(m.kind, MessageKind::ReactionAdded { .. }) { "reaction_added" } else { "reaction_removed" };
+            serde_json::json!({
+                "type": kind,
+                "user": m.user.0,
+                "reaction": reaction,
+                "item": { "type": "message", "channel": m.channel.0, "ts": target.to_slack() },
+                "channel": m.channel.0,
+                "event_ts": ts,
+                "ts": ts,
+                "seq": m.seq,
+                "team": m.workspace.0,
+            })
+        }
+    };
+    value.to_string()
 }
 
 /// Renders an ephemeral event for a channel.
@@ -154,6 +204,43 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(serde_json::from_str::<ClientEvent>(r#"{"type":"dance"}"#).is_err());
+    }
+
+    #[test]
+    fn every_entry_kind_renders_with_channel_and_seq() {
+        use crate::ids::{Ts, UserId, WorkspaceId};
+        let base = Message {
+            workspace: WorkspaceId::from("TW"),
+            channel: ChannelId::from("CX"),
+            seq: 7,
+            ts: Ts(2_000_000),
+            user: UserId::from("UA"),
+            text: "new text".into(),
+            client_msg_id: None,
+            thread_ts: None,
+            kind: MessageKind::Posted,
+        };
+        let kinds = [
+            (MessageKind::Posted, "message", None),
+            (MessageKind::Edited { target: Ts(1_000_000) }, "message", Some("message_changed")),
+            (MessageKind::Deleted { target: Ts(1_000_000) }, "message", Some("message_deleted")),
+            (MessageKind::ReactionAdded { target: Ts(1_000_000), reaction: "tada".into() }, "reaction_added", None),
+            (MessageKind::ReactionRemoved { target: Ts(1_000_000), reaction: "tada".into() }, "reaction_removed", None),
+        ];
+        for (kind, ty, subtype) in kinds {
+            let mut m = base.clone();
+            m.kind = kind;
+            let v: serde_json::Value = serde_json::from_str(&message_json(&m)).unwrap();
+            assert_eq!(v["type"], ty);
+            assert_eq!(v["seq"], 7);
+            assert_eq!(v["channel"], "CX");
+            assert_eq!(v["subtype"].as_str(), subtype);
+        }
+        let mut edit = base.clone();
+        edit.kind = MessageKind::Edited { target: Ts(1_000_000) };
+        let v: serde_json::Value = serde_json::from_str(&message_json(&edit)).unwrap();
+        assert_eq!(v["message"]["ts"], "1.000000");
+        assert_eq!(v["message"]["text"], "new text");
     }
 
     #[test]

@@ -237,7 +237,7 @@ impl MeshFrame {
 mod tests {
     use super::*;
     use crate::ids::{Ts, UserId};
-    use crate::protocol::model::{Presence, RingMember};
+    use crate::protocol::model::{MessageKind, Presence, RingMember};
     use proptest::prelude::*;
 
     fn sample_message(seq: Seq, text: String) -> Message {
@@ -250,6 +250,7 @@ mod tests {
             text,
             client_msg_id: Some("abc".into()),
             thread_ts: None,
+            kind: MessageKind::Posted,
         }
     }
 
@@ -326,6 +327,7 @@ mod tests {
                     text: "hello".into(),
                     client_msg_id: None,
                     thread_ts: Some(Ts(5)),
+                    kind: MessageKind::ReactionAdded { target: Ts(4), reaction: "tada".into() },
                 },
             },
             MeshFrame::PostOk {

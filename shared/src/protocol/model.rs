@@ -18,9 +18,72 @@ pub struct NewMessage {
     pub client_msg_id: Option<String>,
     /// Parent of a thread reply.
     pub thread_ts: Option<Ts>,
+    /// A new message, or a change to an earlier one.
+    pub kind: MessageKind,
 }
 
-/// A message placed in its channel's total order: the unit that is stored, fanned out and
+/// What an entry of a channel's stream is. Every entry, edits, deletions and reactions
+/// included, takes the channel's next `seq`: subscribers see changes in the same total order
+/// as messages, and a resume replays them too.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageKind {
+    /// A new message (its `ts` is its id; `thread_ts` makes it a reply).
+    #[default]
+    Posted,
+    /// The message `target` now reads `text`.
+    Edited { target: Ts },
+    /// The message `target` was deleted.
+    Deleted { target: Ts },
+    /// `user` reacted to `target` with `reaction`.
+    ReactionAdded { target: Ts, reaction: String },
+    /// `user` took back `reaction` on `target`.
+    ReactionRemoved { target: Ts, reaction: String },
+}
+
+impl MessageKind {
+    /// The stored name of the kind.
+    pub fn name(&self) -> &'static str {
+        match self {
+            MessageKind::Posted => "posted",
+            MessageKind::Edited { .. } => "edited",
+            MessageKind::Deleted { .. } => "deleted",
+            MessageKind::ReactionAdded { .. } => "reaction_added",
+            MessageKind::ReactionRemoved { .. } => "reaction_removed",
+        }
+    }
+
+    /// The message a change applies to.
+    pub fn target(&self) -> Option<Ts> {
+        match self {
+            MessageKind::Posted => None,
+            MessageKind::Edited { target }
+            | MessageKind::Deleted { target }
+            | MessageKind::ReactionAdded { target, .. }
+            | MessageKind::ReactionRemoved { target, .. } => Some(*target),
+        }
+    }
+
+    pub fn reaction(&self) -> Option<&str> {
+        match self {
+            MessageKind::ReactionAdded { reaction, .. } | MessageKind::ReactionRemoved { reaction, .. } => Some(reaction),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds a kind from its stored parts.
+    pub fn from_parts(name: &str, target: Option<Ts>, reaction: Option<String>) -> Option<MessageKind> {
+        Some(match name {
+            "posted" => MessageKind::Posted,
+            "edited" => MessageKind::Edited { target: target? },
+            "deleted" => MessageKind::Deleted { target: target? },
+            "reaction_added" => MessageKind::ReactionAdded { target: target?, reaction: reaction? },
+            "reaction_removed" => MessageKind::ReactionRemoved { target: target?, reaction: reaction? },
+            _ => return None,
+        })
+    }
+}
+
+/// An entry placed in its channel's total order: the unit that is stored, fanned out and
 /// replayed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
@@ -34,6 +97,7 @@ pub struct Message {
     pub text: String,
     pub client_msg_id: Option<String>,
     pub thread_ts: Option<Ts>,
+    pub kind: MessageKind,
 }
 
 impl Message {
@@ -48,6 +112,7 @@ impl Message {
             text: new.text,
             client_msg_id: new.client_msg_id,
             thread_ts: new.thread_ts,
+            kind: new.kind,
         }
     }
 }

@@ -18,9 +18,13 @@ pub async fn catch_up(store: &SharedStore, index: &SearchIndex, shard: u32) -> a
     loop {
         let after = index.last_change_id();
         let changes = store.changes_since(shard, after, BATCH).await?;
-        let Some(last) = changes.last().map(|(id, _)| *id) else { return Ok(applied) };
-        for (_, msg) in &changes {
-            index.upsert(msg)?;
+        let Some(last) = changes.last().map(|c| c.id) else { return Ok(applied) };
+        for change in &changes {
+            if change.deleted {
+                index.remove(&change.message.channel, change.message.seq)?;
+            } else {
+                index.upsert(&change.message)?;
+            }
         }
         index.commit(last)?;
         applied += changes.len();
@@ -69,6 +73,7 @@ mod tests {
             text: text.into(),
             client_msg_id: None,
             thread_ts: None,
+            kind: crate::protocol::MessageKind::Posted,
         };
         for seq in 1..=3 {
             store.append(&post(seq, "alpha")).await.unwrap();

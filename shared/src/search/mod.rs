@@ -183,6 +183,13 @@ impl SearchIndex {
         Ok(())
     }
 
+    /// Drops a message (deleted). Takes effect at the next [`commit`](Self::commit).
+    pub fn remove(&self, channel: &ChannelId, seq: Seq) -> Result<(), SearchError> {
+        let writer = self.writer.lock();
+        writer.delete_term(Term::from_field_text(self.fields.id, &Self::doc_id(channel, seq)));
+        Ok(())
+    }
+
     /// Makes everything added so far searchable and records `change_id` as applied.
     pub fn commit(&self, change_id: u64) -> Result<(), SearchError> {
         {
@@ -350,6 +357,7 @@ mod tests {
             text: text.into(),
             client_msg_id: None,
             thread_ts: None,
+            kind: crate::protocol::MessageKind::Posted,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::ids::{ChannelId, Ts, UserId};
-use crate::protocol::Message;
+use crate::protocol::{Message, MessageKind};
 
 fn channel(ws: &WorkspaceId, creator: &UserId, name: &str, private: bool) -> Channel {
     Channel {
@@ -30,6 +30,7 @@ fn message(ws: &WorkspaceId, ch: &ChannelId, user: &UserId, seq: u64, cmid: Opti
         text: format!("message {seq}"),
         client_msg_id: cmid.map(str::to_string),
         thread_ts: None,
+        kind: MessageKind::Posted,
     }
 }
 
@@ -38,6 +39,7 @@ pub async fn run_all(store: &dyn MessageStore) {
     metadata(store).await;
     appends_and_history(store).await;
     change_feed(store).await;
+    edits_threads_and_reactions(store).await;
 }
 
 async fn metadata(store: &dyn MessageStore) {
@@ -152,16 +154,89 @@ async fn change_feed(store: &dyn MessageStore) {
     let ch = channel(&ws.id, &user.id, "feed", false);
     store.create_channel(&ch).await.unwrap();
     let shard = shard_for(&ws.id, store.num_shards());
-    let before = store.changes_since(shard, 0, 100_000).await.unwrap().last().map(|(id, _)| *id).unwrap_or(0);
+    let before = store.changes_since(shard, 0, 100_000).await.unwrap().last().map(|c| c.id).unwrap_or(0);
     for seq in 1..=5 {
         store.append(&message(&ws.id, &ch.id, &user.id, seq, None)).await.unwrap();
     }
     let changes = store.changes_since(shard, before, 100).await.unwrap();
-    let mine: Vec<_> = changes.iter().filter(|(_, m)| m.channel == ch.id).collect();
-    assert_eq!(mine.iter().map(|(_, m)| m.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
-    assert!(changes.windows(2).all(|w| w[0].0 < w[1].0), "change ids increase");
-    let last = changes.last().unwrap().0;
+    let mine: Vec<_> = changes.iter().filter(|c| c.message.channel == ch.id).collect();
+    assert_eq!(mine.iter().map(|c| c.message.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
+    assert!(changes.windows(2).all(|w| w[0].id < w[1].id), "change ids increase");
+    let last = changes.last().unwrap().id;
     assert!(store.changes_since(shard, last, 100).await.unwrap().is_empty());
     let limited = store.changes_since(shard, before, 2).await.unwrap();
     assert_eq!(limited.len(), 2);
+    // An edit and a deletion show up as changes of the posted message.
+    let target = message(&ws.id, &ch.id, &user.id, 2, None).ts;
+    let mut edit = message(&ws.id, &ch.id, &user.id, 6, None);
+    edit.kind = MessageKind::Edited { target };
+    edit.text = "edited".into();
+    store.append(&edit).await.unwrap();
+    let mut delete = message(&ws.id, &ch.id, &user.id, 7, None);
+    delete.kind = MessageKind::Deleted { target: message(&ws.id, &ch.id, &user.id, 3, None).ts };
+    delete.text = String::new();
+    store.append(&delete).await.unwrap();
+    let later = store.changes_since(shard, last, 100).await.unwrap();
+    assert_eq!(later.len(), 2);
+    assert_eq!((later[0].message.seq, later[0].message.text.as_str(), later[0].deleted), (2, "edited", false));
+    assert_eq!((later[1].message.seq, later[1].deleted), (3, true));
+}
+
+async fn edits_threads_and_reactions(store: &dyn MessageStore) {
+    let ws = store.create_workspace("views-ws").await.unwrap();
+    let alice = store.create_user(&ws.id, "alice", "Alice", false, false).await.unwrap();
+    let bob = store.create_user(&ws.id, "bob", "Bob", false, false).await.unwrap();
+    let ch = channel(&ws.id, &alice.id, "views", false);
+    store.create_channel(&ch).await.unwrap();
+    let mut seq = 0;
+    let mut entry = |user: &UserId, text: &str, kind: MessageKind, thread: Option<Ts>| {
+        seq += 1;
+        let mut m = message(&ws.id, &ch.id, user, seq, None);
+        m.text = text.into();
+        m.kind = kind;
+        m.thread_ts = thread;
+        m
+    };
+    let parent = entry(&alice.id, "parent", MessageKind::Posted, None);
+    let reply1 = entry(&bob.id, "reply one", MessageKind::Posted, Some(parent.ts));
+    let reply2 = entry(&alice.id, "reply two", MessageKind::Posted, Some(parent.ts));
+    let other = entry(&bob.id, "other", MessageKind::Posted, None);
+    let edit = entry(&bob.id, "other, edited", MessageKind::Edited { target: other.ts }, None);
+    let react_a = entry(&alice.id, "", MessageKind::ReactionAdded { target: parent.ts, reaction: "tada".into() }, None);
+    let react_b = entry(&bob.id, "", MessageKind::ReactionAdded { target: parent.ts, reaction: "tada".into() }, None);
+    let react_c = entry(&bob.id, "", MessageKind::ReactionAdded { target: parent.ts, reaction: "eyes".into() }, None);
+    let unreact = entry(&bob.id, "", MessageKind::ReactionRemoved { target: parent.ts, reaction: "eyes".into() }, None);
+    let doomed = entry(&alice.id, "oops", MessageKind::Posted, None);
+    let delete = entry(&alice.id, "", MessageKind::Deleted { target: doomed.ts }, None);
+    for m in [&parent, &reply1, &reply2, &other, &edit, &react_a, &react_b, &react_c, &unreact, &doomed, &delete] {
+        assert_eq!(store.append(m).await.unwrap(), AppendOutcome::Stored);
+    }
+    // The raw stream keeps every entry, in order.
+    let stream = store.history(&ws.id, &ch.id, &HistoryQuery { limit: 100, ..Default::default() }).await.unwrap();
+    assert_eq!(stream.len(), 11);
+    assert_eq!(stream[4].kind, MessageKind::Edited { target: other.ts });
+    // The view shows top-level, undeleted messages with their state.
+    let top = store
+        .message_views(&ws.id, &ch.id, &HistoryQuery { limit: 100, ..Default::default() }, None)
+        .await
+        .unwrap();
+    assert_eq!(top.iter().map(|v| v.message.text.as_str()).collect::<Vec<_>>(), vec!["parent", "other, edited"]);
+    assert_eq!(top[0].reply_count, 2);
+    assert_eq!(top[0].latest_reply, Some(reply2.ts));
+    assert_eq!(top[0].reactions.len(), 1, "eyes was taken back");
+    assert_eq!(top[0].reactions[0].name, "tada");
+    assert_eq!(top[0].reactions[0].users, vec![alice.id.clone(), bob.id.clone()]);
+    assert_eq!(top[1].edited, Some(edit.ts));
+    // A thread: its parent and replies, oldest first.
+    let thread = store
+        .message_views(&ws.id, &ch.id, &HistoryQuery { limit: 100, ..Default::default() }, Some(parent.ts))
+        .await
+        .unwrap();
+    assert_eq!(thread.iter().map(|v| v.message.text.as_str()).collect::<Vec<_>>(), vec!["parent", "reply one", "reply two"]);
+    // One message by ts, deleted ones flagged.
+    assert!(store.message_view(&ws.id, &ch.id, doomed.ts).await.unwrap().unwrap().deleted);
+    assert_eq!(store.message_view(&ws.id, &ch.id, other.ts).await.unwrap().unwrap().message.text, "other, edited");
+    assert!(store.message_view(&ws.id, &ch.id, edit.ts).await.unwrap().is_none(), "an edit entry is not a message");
+    let stranger = store.create_workspace("views-other").await.unwrap();
+    assert!(store.message_view(&stranger.id, &ch.id, other.ts).await.unwrap().is_none());
 }

@@ -223,12 +223,50 @@ pub trait MessageStore: Send + Sync + 'static {
     /// each with its change id and the message as it is now. Written in the same transaction
     /// as the change itself, so a consumer that remembers the last id it applied misses
     /// nothing, even across crashes.
-    async fn changes_since(
+    async fn changes_since(&self, shard: u32, after: u64, limit: u32) -> StorageResult<Vec<Change>>;
+
+    // -- message views (what history, threads and reactions show) --
+    /// Posted, undeleted messages with their edit, thread and reaction state: top-level ones
+    /// (`thread: None`), or one thread's parent and replies (`thread: Some(parent ts)`).
+    async fn message_views(
         &self,
-        shard: u32,
-        after: u64,
-        limit: u32,
-    ) -> StorageResult<Vec<(u64, Message)>>;
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        query: &HistoryQuery,
+        thread: Option<Ts>,
+    ) -> StorageResult<Vec<MessageView>>;
+    /// One posted message by its ts (deleted ones too, flagged).
+    async fn message_view(&self, workspace: &WorkspaceId, channel: &ChannelId, ts: Ts) -> StorageResult<Option<MessageView>>;
+}
+
+/// One entry of the change feed: a posted message whose searchable state changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub id: u64,
+    /// The message as it is now.
+    pub message: Message,
+    /// Deleted since: the search index drops it.
+    pub deleted: bool,
+}
+
+/// A posted message as history shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageView {
+    pub message: Message,
+    /// When it was last edited.
+    pub edited: Option<Ts>,
+    pub deleted: bool,
+    /// Replies in its thread (for a parent).
+    pub reply_count: u32,
+    pub latest_reply: Option<Ts>,
+    pub reactions: Vec<Reaction>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reaction {
+    pub name: String,
+    /// In the order they reacted.
+    pub users: Vec<UserId>,
 }
 
 pub type SharedStore = Arc<dyn MessageStore>;

@@ -21,11 +21,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    shard_for, AppendOutcome, Channel, HistoryQuery, Membership, MessageStore, StorageError,
+    shard_for, AppendOutcome, Change, Channel, HistoryQuery, Membership, MessageStore, MessageView, Reaction, StorageError,
     StorageErrorKind, StorageResult, User, Workspace,
 };
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
-use crate::protocol::Message;
+use crate::protocol::{Message, MessageKind};
 use crate::telemetry::metrics as m;
 
 /// Most appends written in one transaction.
@@ -99,7 +99,11 @@ const META_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
 /// Adds the columns of [`META_ADDED_COLUMNS`] that an older store lacks. Several processes
 /// may open one store at once: a column another one added meanwhile is not an error.
 fn migrate_meta(conn: &Connection) -> StorageResult<()> {
-    for (table, column, decl) in META_ADDED_COLUMNS {
+    add_missing_columns(conn, META_ADDED_COLUMNS)
+}
+
+fn add_missing_columns(conn: &Connection, columns: &[(&str, &str, &str)]) -> StorageResult<()> {
+    for (table, column, decl) in columns {
         let mut stmt = conn
             .prepare(&format!("PRAGMA table_info({table})"))
             .map_err(unavailable)?;
@@ -140,12 +144,40 @@ CREATE TABLE IF NOT EXISTS changes (
     channel_id TEXT NOT NULL,
     seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS reactions (
+    channel_id TEXT NOT NULL,
+    target_ts INTEGER NOT NULL,
+    reaction TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (channel_id, target_ts, reaction, user_id)
+) WITHOUT ROWID;
 ";
 
+/// Columns added to `messages` after its first version: what each stream entry is (kind,
+/// target, reaction) and the state of posted messages (edited, deleted, thread replies).
+const SHARD_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("messages", "kind", "TEXT NOT NULL DEFAULT 'posted'"),
+    ("messages", "target_ts", "INTEGER"),
+    ("messages", "reaction", "TEXT"),
+    ("messages", "edited_ts", "INTEGER"),
+    ("messages", "deleted", "INTEGER NOT NULL DEFAULT 0"),
+    ("messages", "reply_count", "INTEGER NOT NULL DEFAULT 0"),
+    ("messages", "latest_reply", "INTEGER"),
+];
+
 const MESSAGE_COLUMNS: &str =
-    "channel_id, seq, ts, workspace, user_id, text, client_msg_id, thread_ts";
+    "channel_id, seq, ts, workspace, user_id, text, client_msg_id, thread_ts, kind, target_ts, reaction";
+/// What a message view reads beyond [`MESSAGE_COLUMNS`].
+const VIEW_COLUMNS: &str = "edited_ts, deleted, reply_count, latest_reply";
 
 fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
+    let kind_name: String = row.get(8)?;
+    let target = row.get::<_, Option<i64>>(9)?.map(|t| Ts(t as u64));
+    let reaction: Option<String> = row.get(10)?;
+    let kind = MessageKind::from_parts(&kind_name, target, reaction).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, format!("bad entry kind {kind_name}").into())
+    })?;
     Ok(Message {
         channel: ChannelId(row.get(0)?),
         seq: row.get::<_, i64>(1)? as Seq,
@@ -155,6 +187,19 @@ fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         text: row.get(5)?,
         client_msg_id: row.get(6)?,
         thread_ts: row.get::<_, Option<i64>>(7)?.map(|t| Ts(t as u64)),
+        kind,
+    })
+}
+
+/// A message row with the view columns after the message columns (offset 11).
+fn row_to_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
+    Ok(MessageView {
+        message: row_to_message(row)?,
+        edited: row.get::<_, Option<i64>>(11)?.map(|t| Ts(t as u64)),
+        deleted: row.get(12)?,
+        reply_count: row.get::<_, i64>(13)? as u32,
+        latest_reply: row.get::<_, Option<i64>>(14)?.map(|t| Ts(t as u64)),
+        reactions: Vec::new(),
     })
 }
 
@@ -267,6 +312,7 @@ impl SqliteStore {
             let path = dir.join(format!("shard-{n}.sqlite"));
             let conn = open(&path)?;
             conn.execute_batch(SHARD_SCHEMA).map_err(unavailable)?;
+            add_missing_columns(&conn, SHARD_ADDED_COLUMNS)?;
             let (tx, rx) = std::sync::mpsc::channel();
             let writer = open(&path)?;
             std::thread::Builder::new()
@@ -367,7 +413,7 @@ fn write_batch(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 AND client_msg_id = ?2"
         ))?;
         let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
         ))?;
         let mut record_change =
             tx.prepare_cached("INSERT INTO changes (channel_id, seq) VALUES (?1, ?2)")?;
@@ -391,10 +437,18 @@ fn write_batch(
                 msg.text,
                 msg.client_msg_id,
                 msg.thread_ts.map(|t| t.0 as i64),
+                msg.kind.name(),
+                msg.kind.target().map(|t| t.0 as i64),
+                msg.kind.reaction(),
             ]);
             outcomes.push(match result {
                 Ok(_) => {
-                    record_change.execute(params![msg.channel.0, msg.seq as i64])?;
+                    // Apply the entry to the message it changes, in the same transaction, and
+                    // record which posted message changed for the search feed.
+                    let changed = apply_entry(&tx, msg)?;
+                    if let Some(seq) = changed {
+                        record_change.execute(params![msg.channel.0, seq as i64])?;
+                    }
                     Ok(AppendOutcome::Stored)
                 }
                 Err(e) if is_constraint(&e) => Err(StorageError::new(
@@ -410,6 +464,84 @@ fn write_batch(
     }
     tx.commit()?;
     Ok(outcomes)
+}
+
+/// Applies a stored entry to the state of the message it concerns. Returns the sequence of the
+/// posted message whose searchable state changed, if any.
+fn apply_entry(tx: &rusqlite::Transaction<'_>, msg: &Message) -> Result<Option<Seq>, rusqlite::Error> {
+    let target_seq = |target: Ts| -> Result<Option<Seq>, rusqlite::Error> {
+        tx.prepare_cached("SELECT seq FROM messages WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted'")?
+            .query_row(params![msg.channel.0, target.0 as i64], |r| r.get::<_, i64>(0))
+            .optional()
+            .map(|s| s.map(|s| s as Seq))
+    };
+    match &msg.kind {
+        MessageKind::Posted => {
+            if let Some(parent) = msg.thread_ts.filter(|p| *p != msg.ts) {
+                tx.prepare_cached(
+                    "UPDATE messages SET reply_count = reply_count + 1, latest_reply = ?3
+                     WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted'",
+                )?
+                .execute(params![msg.channel.0, parent.0 as i64, msg.ts.0 as i64])?;
+            }
+            Ok(Some(msg.seq))
+        }
+        MessageKind::Edited { target } => {
+            tx.prepare_cached(
+                "UPDATE messages SET text = ?3, edited_ts = ?4
+                 WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted' AND deleted = 0",
+            )?
+            .execute(params![msg.channel.0, target.0 as i64, msg.text, msg.ts.0 as i64])?;
+            target_seq(*target)
+        }
+        MessageKind::Deleted { target } => {
+            tx.prepare_cached(
+                "UPDATE messages SET text = '', deleted = 1 WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted'",
+            )?
+            .execute(params![msg.channel.0, target.0 as i64])?;
+            tx.prepare_cached("DELETE FROM reactions WHERE channel_id = ?1 AND target_ts = ?2")?
+                .execute(params![msg.channel.0, target.0 as i64])?;
+            target_seq(*target)
+        }
+        MessageKind::ReactionAdded { target, reaction } => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO reactions (channel_id, target_ts, reaction, user_id, seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![msg.channel.0, target.0 as i64, reaction, msg.user.0, msg.seq as i64])?;
+            Ok(None)
+        }
+        MessageKind::ReactionRemoved { target, reaction } => {
+            tx.prepare_cached(
+                "DELETE FROM reactions WHERE channel_id = ?1 AND target_ts = ?2 AND reaction = ?3 AND user_id = ?4",
+            )?
+            .execute(params![msg.channel.0, target.0 as i64, reaction, msg.user.0])?;
+            Ok(None)
+        }
+    }
+}
+
+/// Fills in the reactions of each view, grouped by name in first-reaction order.
+fn load_reactions(c: &Connection, views: &mut [MessageView]) -> StorageResult<()> {
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT reaction, user_id FROM reactions WHERE channel_id = ?1 AND target_ts = ?2 ORDER BY seq",
+        )
+        .map_err(unavailable)?;
+    for v in views.iter_mut() {
+        let rows = stmt
+            .query_map(params![v.message.channel.0, v.message.ts.0 as i64], |r| {
+                Ok((r.get::<_, String>(0)?, UserId(r.get(1)?)))
+            })
+            .map_err(unavailable)?;
+        for row in rows {
+            let (name, user) = row.map_err(unavailable)?;
+            match v.reactions.iter_mut().find(|r| r.name == name) {
+                Some(r) => r.users.push(user),
+                None => v.reactions.push(Reaction { name, users: vec![user] }),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn map_insert_err(e: rusqlite::Error, what: &str) -> StorageError {
@@ -876,12 +1008,7 @@ impl MessageStore for SqliteStore {
         self.shards.len() as u32
     }
 
-    async fn changes_since(
-        &self,
-        shard: u32,
-        after: u64,
-        limit: u32,
-    ) -> StorageResult<Vec<(u64, Message)>> {
+    async fn changes_since(&self, shard: u32, after: u64, limit: u32) -> StorageResult<Vec<Change>> {
         let Some(shard) = self.shards.get(shard as usize).cloned() else {
             return Err(StorageError::new(StorageErrorKind::NotFound, format!("no shard {shard}")));
         };
@@ -890,29 +1017,82 @@ impl MessageStore for SqliteStore {
             shard.reads.with(|c| {
                 let mut stmt = c
                     .prepare_cached(&format!(
-                        "SELECT c.id, {cols} FROM changes c
+                        "SELECT {cols}, c.id, m.deleted FROM changes c
                          JOIN messages m ON m.channel_id = c.channel_id AND m.seq = c.seq
                          WHERE c.id > ?1 ORDER BY c.id LIMIT ?2"
                     ))
                     .map_err(unavailable)?;
                 let rows = stmt
                     .query_map(params![after as i64, limit.max(1)], |r| {
-                        let id = r.get::<_, i64>(0)? as u64;
-                        let msg = Message {
-                            channel: ChannelId(r.get(1)?),
-                            seq: r.get::<_, i64>(2)? as Seq,
-                            ts: Ts(r.get::<_, i64>(3)? as u64),
-                            workspace: WorkspaceId(r.get(4)?),
-                            user: UserId(r.get(5)?),
-                            text: r.get(6)?,
-                            client_msg_id: r.get(7)?,
-                            thread_ts: r.get::<_, Option<i64>>(8)?.map(|t| Ts(t as u64)),
-                        };
-                        Ok((id, msg))
+                        Ok(Change { message: row_to_message(r)?, id: r.get::<_, i64>(11)? as u64, deleted: r.get(12)? })
                     })
                     .map_err(unavailable)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
             })
+        })
+        .await
+    }
+
+    async fn message_views(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        query: &HistoryQuery,
+        thread: Option<Ts>,
+    ) -> StorageResult<Vec<MessageView>> {
+        let (ch, q, ws) = (channel.clone(), query.clone(), workspace.clone());
+        self.read_shard("message_views", workspace, move |c| {
+            let order = if q.newest_first { "DESC" } else { "ASC" };
+            let scope = match thread {
+                Some(_) => "(ts = ?8 OR thread_ts = ?8)",
+                None => "(thread_ts IS NULL OR thread_ts = ts) AND ?8 = ?8",
+            };
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS}, {VIEW_COLUMNS} FROM messages
+                 WHERE channel_id = ?1 AND workspace = ?2 AND kind = 'posted' AND deleted = 0
+                   AND seq > ?3 AND seq < ?4 AND ts > ?5 AND ts < ?6 AND {scope}
+                 ORDER BY seq {order} LIMIT ?7"
+            );
+            let mut stmt = c.prepare_cached(&sql).map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        ch.0,
+                        ws.0,
+                        q.after_seq.map(|s| s as i64).unwrap_or(0),
+                        q.before_seq.map(|s| s.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX),
+                        q.oldest.map(|t| t.0 as i64).unwrap_or(-1),
+                        q.latest.map(|t| t.0.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX),
+                        q.limit.max(1),
+                        thread.map(|t| t.0 as i64).unwrap_or(0),
+                    ],
+                    row_to_view,
+                )
+                .map_err(unavailable)?;
+            let mut views = rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
+            load_reactions(c, &mut views)?;
+            Ok(views)
+        })
+        .await
+    }
+
+    async fn message_view(&self, workspace: &WorkspaceId, channel: &ChannelId, ts: Ts) -> StorageResult<Option<MessageView>> {
+        let (ch, ws) = (channel.clone(), workspace.clone());
+        self.read_shard("message_view", workspace, move |c| {
+            let view = c
+                .query_row(
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS}, {VIEW_COLUMNS} FROM messages
+                         WHERE channel_id = ?1 AND workspace = ?2 AND ts = ?3 AND kind = 'posted'"
+                    ),
+                    params![ch.0, ws.0, ts.0 as i64],
+                    row_to_view,
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let mut views: Vec<MessageView> = view.into_iter().collect();
+            load_reactions(c, &mut views)?;
+            Ok(views.pop())
         })
         .await
     }
@@ -1102,6 +1282,7 @@ mod conformance_tests {
             text: "hi".into(),
             client_msg_id: None,
             thread_ts: None,
+            kind: MessageKind::Posted,
         };
         a.append(&msg).await.unwrap();
         // The second handle is fenced by the same key.

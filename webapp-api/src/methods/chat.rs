@@ -3,9 +3,10 @@
 
 use serde_json::json;
 use shared::ids::Ts;
-use shared::protocol::NewMessage;
+use shared::protocol::{MessageKind, NewMessage};
+use shared::store::{HistoryQuery, MessageView};
 
-use super::{message_json, visible_channel};
+use super::{message_json, view_json, visible_channel, VisibleChannel};
 use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params};
 
 /// Longest message text in characters, as in Slack.
@@ -43,6 +44,13 @@ pub(super) async fn post_message(state: &AppState, caller: &Caller, params: &Par
     if channel.is_archived {
         return Err(ApiError::IsArchived);
     }
+    if let Some(parent) = thread_ts {
+        // Replies hang off a top-level message that still exists.
+        match state.store.message_view(&channel.workspace, &channel.id, parent).await? {
+            Some(v) if !v.deleted && v.message.thread_ts.is_none_or(|t| t == v.message.ts) => {}
+            _ => return Err(ApiError::ThreadNotFound),
+        }
+    }
     let new = NewMessage {
         workspace: caller.claims.workspace.clone(),
         channel: channel.id.clone(),
@@ -50,6 +58,7 @@ pub(super) async fn post_message(state: &AppState, caller: &Caller, params: &Par
         text: text.to_string(),
         client_msg_id,
         thread_ts,
+        kind: MessageKind::Posted,
     };
     let (msg, duplicate) = state.admin.post(new).await?;
     if msg.channel != channel.id || msg.workspace != channel.workspace {
@@ -65,5 +74,150 @@ pub(super) async fn post_message(state: &AppState, caller: &Caller, params: &Par
         "channel": channel.id,
         "ts": msg.ts.to_slack(),
         "message": message_json(&msg),
+    })))
+}
+
+/// The message named by `ts_key` in a channel the caller is in: it must exist and not be
+/// deleted.
+async fn target_message(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    ts_key: &str,
+) -> ApiResult<(VisibleChannel, MessageView)> {
+    let visible = visible_channel(state, caller, params).await?;
+    let raw = params.non_empty(ts_key).ok_or(ApiError::NoItemSpecified)?;
+    let ts = Ts::parse_slack(raw).ok_or(ApiError::MessageNotFound)?;
+    let view = state
+        .store
+        .message_view(&visible.channel.workspace, &visible.channel.id, ts)
+        .await?
+        .filter(|v| !v.deleted)
+        .ok_or(ApiError::MessageNotFound)?;
+    Ok((visible, view))
+}
+
+/// Sends a change entry through the channel's owner, like a post.
+async fn post_change(state: &AppState, caller: &Caller, visible: &VisibleChannel, text: String, kind: MessageKind) -> ApiResult<shared::protocol::Message> {
+    if !visible.is_member {
+        return Err(ApiError::NotInChannel);
+    }
+    if visible.channel.is_archived {
+        return Err(ApiError::IsArchived);
+    }
+    let new = NewMessage {
+        workspace: caller.claims.workspace.clone(),
+        channel: visible.channel.id.clone(),
+        user: caller.user.id.clone(),
+        text,
+        client_msg_id: None,
+        thread_ts: None,
+        kind,
+    };
+    let (msg, _) = state.admin.post(new).await?;
+    Ok(msg)
+}
+
+/// `chat.update`: the author edits a message's text.
+pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let (visible, view) = target_message(state, caller, params, "ts").await?;
+    let text = params.get("text").unwrap_or_default();
+    if text.is_empty() {
+        return Err(ApiError::NoText);
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::MsgTooLong { max: MAX_TEXT_CHARS });
+    }
+    if view.message.user != caller.user.id {
+        return Err(ApiError::CantUpdateMessage);
+    }
+    let target = view.message.ts;
+    let entry = post_change(state, caller, &visible, text.to_string(), MessageKind::Edited { target }).await?;
+    let mut message = view_json(&view);
+    message["text"] = text.into();
+    message["edited"] = json!({ "user": caller.user.id, "ts": entry.ts.to_slack() });
+    Ok(object(json!({
+        "channel": visible.channel.id,
+        "ts": target.to_slack(),
+        "text": text,
+        "message": message,
+    })))
+}
+
+/// `chat.delete`: the author (or a workspace admin) deletes a message.
+pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let (visible, view) = target_message(state, caller, params, "ts").await?;
+    if view.message.user != caller.user.id && !caller.user.is_admin {
+        return Err(ApiError::CantDeleteMessage);
+    }
+    let target = view.message.ts;
+    post_change(state, caller, &visible, String::new(), MessageKind::Deleted { target }).await?;
+    Ok(object(json!({ "channel": visible.channel.id, "ts": target.to_slack() })))
+}
+
+/// Reaction names as Slack accepts them: lower-case emoji names, optionally `name::skin-tone-2`.
+fn reaction_name(params: &Params) -> ApiResult<String> {
+    let name = params.non_empty("name").ok_or(ApiError::InvalidReactionName)?.trim().trim_matches(':');
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '+' | '-' | ':'));
+    if ok {
+        Ok(name.to_string())
+    } else {
+        Err(ApiError::InvalidReactionName)
+    }
+}
+
+/// `reactions.add` / `reactions.remove` on a message (`channel` + `timestamp`).
+pub(super) async fn react(state: &AppState, caller: &Caller, params: &Params, add: bool) -> ApiResult {
+    let (visible, view) = target_message(state, caller, params, "timestamp").await?;
+    let name = reaction_name(params)?;
+    let has = view.reactions.iter().any(|r| r.name == name && r.users.contains(&caller.user.id));
+    let target = view.message.ts;
+    let kind = match (add, has) {
+        (true, true) => return Err(ApiError::AlreadyReacted),
+        (false, false) => return Err(ApiError::NoReaction),
+        (true, false) => MessageKind::ReactionAdded { target, reaction: name },
+        (false, true) => MessageKind::ReactionRemoved { target, reaction: name },
+    };
+    post_change(state, caller, &visible, String::new(), kind).await?;
+    Ok(object(json!({})))
+}
+
+/// `reactions.get`: a message with its reactions.
+pub(super) async fn reactions_get(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let (visible, view) = target_message(state, caller, params, "timestamp").await?;
+    Ok(object(json!({
+        "type": "message",
+        "channel": visible.channel.id,
+        "message": view_json(&view),
+    })))
+}
+
+/// `conversations.replies`: a thread's parent and replies, oldest first, paged by cursor.
+pub(super) async fn replies(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let visible = visible_channel(state, caller, params).await?;
+    let raw = params.non_empty("ts").ok_or_else(|| ApiError::InvalidArguments("ts is required".into()))?;
+    let parent = Ts::parse_slack(raw).ok_or(ApiError::ThreadNotFound)?;
+    let limit = params.limit(100, 1000)?;
+    let after_seq = crate::api::decode_cursor(params, "seq")?
+        .map(|raw| raw.parse::<u64>().map_err(|_| ApiError::InvalidCursor))
+        .transpose()?;
+    let query = HistoryQuery { after_seq, limit: limit + 1, newest_first: false, ..HistoryQuery::default() };
+    let mut views = state
+        .store
+        .message_views(&visible.channel.workspace, &visible.channel.id, &query, Some(parent))
+        .await?;
+    if after_seq.is_none() && views.first().is_none_or(|v| v.message.ts != parent) {
+        return Err(ApiError::ThreadNotFound);
+    }
+    let has_more = views.len() > limit as usize;
+    views.truncate(limit as usize);
+    let next = if has_more { views.last().map(|v| crate::api::encode_cursor("seq", &v.message.seq.to_string())) } else { None };
+    let list: Vec<_> = views.iter().map(view_json).collect();
+    Ok(object(json!({
+        "messages": list,
+        "has_more": has_more,
+        "response_metadata": super::response_metadata(next),
     })))
 }

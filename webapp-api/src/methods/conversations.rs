@@ -8,7 +8,7 @@ use shared::protocol::UserEvent;
 use shared::store::{Channel, HistoryQuery, StorageErrorKind};
 
 use super::{
-    channel_json, channel_summary, memberships, message_json, publish, response_metadata,
+    channel_json, channel_summary, memberships, publish, response_metadata,
     user_in_workspace, visible_channel, Types, VisibleChannel,
 };
 use crate::api::{
@@ -315,18 +315,18 @@ pub(super) async fn history(state: &AppState, caller: &Caller, params: &Params) 
     };
     let mut messages = state
         .store
-        .history(&channel.workspace, &channel.id, &query)
+        .message_views(&channel.workspace, &channel.id, &query, None)
         .await?;
     let has_more = messages.len() > limit as usize;
     messages.truncate(limit as usize);
     let next = if has_more {
         messages
             .last()
-            .map(|m| encode_cursor("seq", &m.seq.to_string()))
+            .map(|m| encode_cursor("seq", &m.message.seq.to_string()))
     } else {
         None
     };
-    let list: Vec<_> = messages.iter().map(message_json).collect();
+    let list: Vec<_> = messages.iter().map(super::view_json).collect();
     Ok(object(json!({
         "messages": list,
         "has_more": has_more,

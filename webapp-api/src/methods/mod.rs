@@ -37,6 +37,12 @@ pub const METHODS: &[&str] = &[
     "conversations.history",
     "users.conversations",
     "chat.postMessage",
+    "chat.update",
+    "chat.delete",
+    "conversations.replies",
+    "reactions.add",
+    "reactions.remove",
+    "reactions.get",
     "search.messages",
     "users.list",
     "users.info",
@@ -87,6 +93,12 @@ pub async fn dispatch(
         "conversations.history" => conversations::history(state, &caller, params).await,
         "users.conversations" => conversations::user_conversations(state, &caller, params).await,
         "chat.postMessage" => chat::post_message(state, &caller, params).await,
+        "chat.update" => chat::update(state, &caller, params).await,
+        "chat.delete" => chat::delete(state, &caller, params).await,
+        "conversations.replies" => chat::replies(state, &caller, params).await,
+        "reactions.add" => chat::react(state, &caller, params, true).await,
+        "reactions.remove" => chat::react(state, &caller, params, false).await,
+        "reactions.get" => chat::reactions_get(state, &caller, params).await,
         "search.messages" => search::messages(state, &caller, params).await,
         "users.list" => users::list(state, &caller, params).await,
         "users.info" => users::info(state, &caller, params).await,
@@ -289,6 +301,31 @@ pub(crate) fn message_json(msg: &Message) -> Value {
         v["thread_ts"] = ts.to_slack().into();
     }
     v
+}
+
+/// A message as history shows it: Slack's message object with its edit, thread and reaction
+/// state.
+pub(crate) fn view_json(v: &shared::store::MessageView) -> Value {
+    let mut j = message_json(&v.message);
+    if let Some(edited) = v.edited {
+        j["edited"] = json!({ "user": v.message.user, "ts": edited.to_slack() });
+    }
+    if v.reply_count > 0 {
+        j["reply_count"] = v.reply_count.into();
+        j["thread_ts"] = v.message.ts.to_slack().into();
+        if let Some(latest) = v.latest_reply {
+            j["latest_reply"] = latest.to_slack().into();
+        }
+    }
+    if !v.reactions.is_empty() {
+        j["reactions"] = v
+            .reactions
+            .iter()
+            .map(|r| json!({ "name": r.name, "users": r.users, "count": r.users.len() }))
+            .collect::<Vec<_>>()
+            .into();
+    }
+    j
 }
 
 /// Slack's user object.
