@@ -37,9 +37,16 @@ pub(super) async fn auth_test(state: &AppState, caller: &Caller) -> ApiResult {
         "user_id": caller.user.id,
         "is_enterprise_install": false,
     }));
-    if caller.claims.bot || caller.user.is_bot {
-        out.insert("bot_id".into(), json!(caller.user.id));
-    }
+    // Slack's RTM clients (slack_sdk's RTMClient among them) read `bot_id` from auth.test and
+    // drop events carrying that id: RTM was for bot tokens. Every Switchboard token may use
+    // RTM, so each gets a bot id: the user's own for bots, a `B`-prefixed form of the user id
+    // otherwise (no event ever carries it, so nothing is dropped).
+    let bot_id = if caller.claims.bot || caller.user.is_bot {
+        caller.user.id.0.clone()
+    } else {
+        format!("B{}", caller.user.id.0.trim_start_matches('U'))
+    };
+    out.insert("bot_id".into(), json!(bot_id));
     Ok(out)
 }
 

@@ -1,0 +1,124 @@
+// The official Slack Web API client for Node (@slack/web-api), pointed at a real
+// `switchboard dev` on free loopback ports: post, edit, delete, react, thread, history,
+// search, and the RTM events a gateway sends for them.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, existsSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { WebClient } from '@slack/web-api';
+import { RTMClient } from '@slack/rtm-api';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const bin = process.env.SWITCHBOARD_BIN ?? join(root, 'target', 'debug', 'switchboard');
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+let dev, urls, tokens;
+
+before(async () => {
+  assert.ok(existsSync(bin), `${bin} is missing: run \`cargo build --bin switchboard\` first`);
+  const data = mkdtempSync(join(tmpdir(), 'switchboard-sdk-node-'));
+  dev = spawn(bin, ['dev', '--data-dir', data, '--http-port', '0'], { stdio: 'ignore', detached: true });
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline && !(existsSync(join(data, 'urls.json')) && existsSync(join(data, 'tokens.json')))) {
+    await sleep(100);
+  }
+  urls = JSON.parse(readFileSync(join(data, 'urls.json'), 'utf8'));
+  tokens = JSON.parse(readFileSync(join(data, 'tokens.json'), 'utf8'));
+  while (Date.now() < deadline) {
+    try {
+      const ring = await (await fetch(`${urls.admin}/ring`)).json();
+      if (ring.members.some((m) => m.status === 'up')) break;
+    } catch {}
+    await sleep(100);
+  }
+});
+
+after(() => {
+  if (dev) process.kill(-dev.pid, 'SIGTERM');
+});
+
+const client = (user) => new WebClient(tokens.users[user].token, { slackApiUrl: `${urls.api}/`, retryConfig: { retries: 0 } });
+
+test('auth.test and rtm.connect', async () => {
+  const alice = client('alice');
+  const me = await alice.auth.test();
+  assert.equal(me.user_id, tokens.users.alice.id);
+  const rtm = await alice.rtm.connect();
+  assert.match(rtm.url, /^ws:\/\/127\.0\.0\.1:\d+\/rtm\?token=/);
+});
+
+test('post, edit, react, thread, delete and read history', async () => {
+  const alice = client('alice');
+  const bob = client('bob');
+  const { channel } = await alice.conversations.create({ name: `node-${Date.now()}` });
+  await bob.conversations.join({ channel: channel.id });
+  const posted = await alice.chat.postMessage({ channel: channel.id, text: 'hello from node', client_msg_id: 'node-1' });
+  const again = await alice.chat.postMessage({ channel: channel.id, text: 'hello from node', client_msg_id: 'node-1' });
+  assert.equal(again.ts, posted.ts);
+  await alice.chat.update({ channel: channel.id, ts: posted.ts, text: 'hello, edited from node' });
+  await bob.reactions.add({ channel: channel.id, timestamp: posted.ts, name: 'rocket' });
+  await bob.chat.postMessage({ channel: channel.id, text: 'node reply', thread_ts: posted.ts });
+  const doomed = await bob.chat.postMessage({ channel: channel.id, text: 'gone soon' });
+  await bob.chat.delete({ channel: channel.id, ts: doomed.ts });
+
+  const history = await alice.conversations.history({ channel: channel.id, limit: 10 });
+  assert.deepEqual(history.messages.map((m) => m.text), ['hello, edited from node']);
+  assert.equal(history.messages[0].reply_count, 1);
+  assert.equal(history.messages[0].reactions[0].name, 'rocket');
+  const replies = await alice.conversations.replies({ channel: channel.id, ts: posted.ts });
+  assert.deepEqual(replies.messages.map((m) => m.text), ['hello, edited from node', 'node reply']);
+
+  await assert.rejects(bob.chat.update({ channel: channel.id, ts: posted.ts, text: 'not mine' }), (e) => e.data.error === 'cant_update_message');
+  await assert.rejects(alice.conversations.history({ channel: 'C0NOSUCHONE' }), (e) => e.data.error === 'channel_not_found');
+});
+
+test('search.messages finds what was posted', async () => {
+  const alice = client('alice');
+  const word = `okapi${Date.now()}`;
+  await alice.chat.postMessage({ channel: '#general', text: `an ${word} appeared` });
+  let found;
+  for (let i = 0; i < 100; i++) {
+    found = await alice.search.messages({ query: `${word} in:#general`, count: 5 });
+    if (found.messages.total === 1) break;
+    await sleep(100);
+  }
+  assert.equal(found.messages.total, 1);
+  assert.equal(found.messages.matches[0].username, 'alice');
+});
+
+test('the official RTM client receives the message and its changes', async () => {
+  const alice = client('alice');
+  const rtm = new RTMClient(tokens.users.bob.token, { slackApiUrl: `${urls.api}/`, autoReconnect: false, logLevel: 'error' });
+  const events = [];
+  for (const type of ['message', 'reaction_added']) rtm.on(type, (e) => events.push(e));
+  const until = async (pred, what) => {
+    for (let i = 0; i < 100; i++) {
+      const e = events.find(pred);
+      if (e) return e;
+      await sleep(100);
+    }
+    assert.fail(`no ${what}; got ${JSON.stringify(events.slice(-5))}`);
+  };
+  await rtm.start();
+  try {
+    const marker = `node-rtm-${Date.now()}`;
+    let posted;
+    for (let i = 0; i < 20 && !events.some((e) => e.text === marker); i++) {
+      posted = await alice.chat.postMessage({ channel: tokens.general, text: marker });
+      await sleep(200);
+    }
+    await until((e) => e.type === 'message' && e.text === marker, 'message');
+    await alice.chat.update({ channel: tokens.general, ts: posted.ts, text: `${marker} edited` });
+    await alice.reactions.add({ channel: tokens.general, timestamp: posted.ts, name: 'wave' });
+    const changed = await until((e) => e.subtype === 'message_changed' && e.message.ts === posted.ts, 'message_changed');
+    assert.equal(changed.message.text, `${marker} edited`);
+    const reaction = await until((e) => e.type === 'reaction_added' && e.item.ts === posted.ts, 'reaction_added');
+    assert.equal(reaction.reaction, 'wave');
+    const seqs = events.filter((e) => e.channel === tokens.general && Number.isInteger(e.seq)).map((e) => e.seq);
+    for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, `contiguous seq: ${seqs}`);
+  } finally {
+    await rtm.disconnect();
+  }
+});

@@ -1,0 +1,149 @@
+"""The official Slack SDK for Python (`slack_sdk`) pointed at Switchboard: Web API methods and
+RTM events, unchanged client code."""
+
+import queue
+import threading
+import time
+import uuid
+
+import pytest
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.rtm_v2 import RTMClient
+
+
+def web(dev, user):
+    return WebClient(token=dev["tokens"]["users"][user]["token"], base_url=dev["urls"]["api"] + "/")
+
+
+def test_auth_and_rtm_connect(dev):
+    alice = web(dev, "alice")
+    me = alice.auth_test()
+    assert me["ok"] and me["user_id"] == dev["tokens"]["users"]["alice"]["id"]
+    rtm = alice.rtm_connect()
+    assert rtm["url"].startswith("ws://127.0.0.1")
+
+
+def test_post_edit_delete_react_thread_history(dev):
+    alice, bob = web(dev, "alice"), web(dev, "bob")
+    name = "py-" + uuid.uuid4().hex[:8]
+    channel = alice.conversations_create(name=name)["channel"]["id"]
+    bob.conversations_join(channel=channel)
+
+    posted = alice.chat_postMessage(channel=channel, text="hello from slack_sdk", client_msg_id="py-1")
+    ts = posted["ts"]
+    again = alice.chat_postMessage(channel=channel, text="hello from slack_sdk", client_msg_id="py-1")
+    assert again["ts"] == ts, "client_msg_id makes the post idempotent"
+
+    updated = alice.chat_update(channel=channel, ts=ts, text="hello, edited")
+    assert updated["text"] == "hello, edited"
+    bob.reactions_add(channel=channel, timestamp=ts, name="thumbsup")
+    reply = bob.chat_postMessage(channel=channel, text="a reply", thread_ts=ts)
+    doomed = bob.chat_postMessage(channel=channel, text="delete me")
+    bob.chat_delete(channel=channel, ts=doomed["ts"])
+
+    history = alice.conversations_history(channel=channel, limit=10)
+    texts = [m["text"] for m in history["messages"]]
+    assert texts == ["hello, edited"], texts
+    top = history["messages"][0]
+    assert top["reply_count"] == 1
+    assert top["reactions"][0]["name"] == "thumbsup"
+    replies = alice.conversations_replies(channel=channel, ts=ts)
+    assert [m["text"] for m in replies["messages"]] == ["hello, edited", "a reply"]
+    assert reply["message"]["thread_ts"] == ts
+    got = alice.reactions_get(channel=channel, timestamp=ts)
+    assert got["message"]["reactions"][0]["users"] == [dev["tokens"]["users"]["bob"]["id"]]
+
+    with pytest.raises(SlackApiError) as err:
+        bob.chat_update(channel=channel, ts=ts, text="not mine")
+    assert err.value.response["error"] == "cant_update_message"
+    with pytest.raises(SlackApiError) as err:
+        alice.chat_postMessage(channel="C0NOSUCHONE", text="x")
+    assert err.value.response["error"] == "channel_not_found"
+
+
+def test_history_pagination_with_cursor(dev):
+    alice = web(dev, "alice")
+    channel = alice.conversations_create(name="py-page-" + uuid.uuid4().hex[:6])["channel"]["id"]
+    for i in range(7):
+        alice.chat_postMessage(channel=channel, text=f"page {i}")
+    seen, cursor = [], None
+    while True:
+        page = alice.conversations_history(channel=channel, limit=3, cursor=cursor)
+        seen += [m["text"] for m in page["messages"]]
+        cursor = page.get("response_metadata", {}).get("next_cursor")
+        if not page["has_more"]:
+            break
+    assert seen == [f"page {i}" for i in reversed(range(7))]
+
+
+def test_search_messages(dev):
+    alice = web(dev, "alice")
+    channel = alice.conversations_create(name="py-search-" + uuid.uuid4().hex[:6])["channel"]["id"]
+    word = "zebra" + uuid.uuid4().hex[:6]
+    alice.chat_postMessage(channel=channel, text=f"the {word} crossed")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        found = alice.search_messages(query=f"{word} from:@alice", count=5)
+        if found["messages"]["total"] == 1:
+            break
+        time.sleep(0.1)
+    assert found["messages"]["total"] == 1
+    assert found["messages"]["matches"][0]["channel"]["id"] == channel
+
+
+def test_rtm_client_receives_messages_and_changes(dev):
+    bob_token = dev["tokens"]["users"]["bob"]["token"]
+    alice = web(dev, "alice")
+    general = dev["tokens"]["general"]
+    events: "queue.Queue[dict]" = queue.Queue()
+    hello = threading.Event()
+    rtm = RTMClient(token=bob_token, base_url=dev["urls"]["api"] + "/", auto_reconnect_enabled=False)
+
+    @rtm.on("hello")
+    def on_hello(client, event):
+        hello.set()
+
+    @rtm.on("message")
+    def on_message(client, event):
+        events.put(event)
+
+    @rtm.on("reaction_added")
+    def on_reaction(client, event):
+        events.put(event)
+
+    rtm.connect()
+    try:
+        assert hello.wait(10), "no hello over RTM"
+        # The gateway subscribes the session's channels right after hello; post until one arrives.
+        marker = "rtm-" + uuid.uuid4().hex[:8]
+        got = None
+        deadline = time.time() + 10
+        while got is None and time.time() < deadline:
+            posted = alice.chat_postMessage(channel=general, text=marker)
+            try:
+                while True:
+                    e = events.get(timeout=1)
+                    if e.get("text") == marker:
+                        got = e
+                        break
+            except queue.Empty:
+                pass
+        assert got is not None, "the RTM client never received the message"
+        assert got["channel"] == general and got["seq"] >= 1
+        alice.chat_update(channel=general, ts=posted["ts"], text=marker + " edited")
+        alice.reactions_add(channel=general, timestamp=posted["ts"], name="wave")
+        kinds = set()
+        deadline = time.time() + 10
+        while len(kinds) < 2 and time.time() < deadline:
+            try:
+                e = events.get(timeout=1)
+            except queue.Empty:
+                continue
+            if e.get("subtype") == "message_changed" and e["message"]["text"] == marker + " edited":
+                kinds.add("changed")
+            if e.get("type") == "reaction_added" and e["reaction"] == "wave":
+                kinds.add("reaction")
+        assert kinds == {"changed", "reaction"}
+    finally:
+        rtm.close()
