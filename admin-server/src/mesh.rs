@@ -131,7 +131,10 @@ impl Router {
                 ev = user_rx.recv(), if wants_users => match ev {
                     Ok(ev) => ok = w.send(&MeshFrame::User(ev)).await.is_ok(),
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(%node, missed = n, "node lagged behind user events");
+                        // It missed events: close its stream, so it reconnects and treats
+                        // what it cached as stale (gateways and Flannels both do).
+                        tracing::warn!(%node, missed = n, "node lagged behind user events; closing its stream");
+                        break;
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
