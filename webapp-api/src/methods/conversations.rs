@@ -25,6 +25,10 @@ pub fn validate_channel_name(name: &str) -> ApiResult<()> {
     if name.is_empty() {
         return Err(ApiError::InvalidNameRequired);
     }
+    // Reserved for direct messages (conversations.open).
+    if name.starts_with(super::members::IM_PREFIX) || name.starts_with(super::members::MPIM_PREFIX) {
+        return Err(ApiError::InvalidNameSpecials);
+    }
     if name.chars().count() > MAX_CHANNEL_NAME {
         return Err(ApiError::InvalidNameMaxlength {
             max: MAX_CHANNEL_NAME,

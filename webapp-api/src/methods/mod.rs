@@ -9,6 +9,7 @@ mod auth;
 mod chat;
 mod conversations;
 mod internal;
+mod members;
 mod search;
 mod users;
 
@@ -40,6 +41,9 @@ pub const METHODS: &[&str] = &[
     "chat.update",
     "chat.delete",
     "conversations.replies",
+    "conversations.open",
+    "conversations.invite",
+    "conversations.members",
     "reactions.add",
     "reactions.remove",
     "reactions.get",
@@ -96,6 +100,9 @@ pub async fn dispatch(
         "chat.update" => chat::update(state, &caller, params).await,
         "chat.delete" => chat::delete(state, &caller, params).await,
         "conversations.replies" => chat::replies(state, &caller, params).await,
+        "conversations.open" => members::open(state, &caller, params).await,
+        "conversations.invite" => members::invite(state, &caller, params).await,
+        "conversations.members" => members::members(state, &caller, params).await,
         "reactions.add" => chat::react(state, &caller, params, true).await,
         "reactions.remove" => chat::react(state, &caller, params, false).await,
         "reactions.get" => chat::reactions_get(state, &caller, params).await,
@@ -261,10 +268,10 @@ pub(crate) fn channel_json(c: &Channel, is_member: bool, num_members: Option<usi
         "id": c.id,
         "name": c.name,
         "name_normalized": c.name,
-        "is_channel": true,
+        "is_channel": !members::is_direct(c),
         "is_group": false,
-        "is_im": false,
-        "is_mpim": false,
+        "is_im": c.name.starts_with(members::IM_PREFIX),
+        "is_mpim": c.name.starts_with(members::MPIM_PREFIX),
         "is_private": c.is_private,
         "is_archived": c.is_archived,
         "is_general": c.name == crate::seed::GENERAL,
