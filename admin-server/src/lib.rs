@@ -6,6 +6,7 @@
 //! API to the owning channel server.
 //!
 //! # Layout
+//! - [`presence`]: presence aggregated over gateways, debounced.
 //! - [`state`]: membership, liveness and epochs (persisted, so epochs only increase).
 //! - [`mesh`]: node streams (Hello, ring pushes, user events) and post routing.
 //! - [`http`]: the admin HTTP API (`GET /ring`, add, drain, remove) with `/metrics`, `/health`.
@@ -18,6 +19,7 @@
 pub mod http;
 pub mod mesh;
 pub mod metrics;
+pub mod presence;
 pub mod state;
 
 use std::sync::Arc;
@@ -67,7 +69,11 @@ pub async fn run(
         config.admin.vnodes,
         Some(config.node.data_dir.join("admin-ring.json")),
     );
-    let router = mesh::Router::new(authority.clone(), Arc::new(PeerPool::new(mesh.clone())));
+    let router = mesh::Router::new(
+        authority.clone(),
+        Arc::new(PeerPool::new(mesh.clone())),
+        Duration::from_millis(config.admin.presence_debounce_ms),
+    );
 
     let app = http::router(authority.clone()).merge(shared::telemetry::ops_router(
         "admin-server",

@@ -11,6 +11,7 @@ use shared::shutdown::Shutdown;
 use tokio::sync::broadcast;
 
 use crate::metrics as m;
+use crate::presence::PresenceBook;
 use crate::state::RingAuthority;
 
 /// How long a channel server's link may be gone before its channels move.
@@ -25,16 +26,14 @@ pub struct Router {
     authority: Arc<RingAuthority>,
     pool: Arc<PeerPool>,
     user_events: broadcast::Sender<UserEvent>,
+    presence: Arc<PresenceBook>,
 }
 
 impl Router {
-    pub fn new(authority: Arc<RingAuthority>, pool: Arc<PeerPool>) -> Router {
+    pub fn new(authority: Arc<RingAuthority>, pool: Arc<PeerPool>, presence_debounce: Duration) -> Router {
         let (user_events, _) = broadcast::channel(4096);
-        Router {
-            authority,
-            pool,
-            user_events,
-        }
+        let presence = PresenceBook::new(user_events.clone(), presence_debounce);
+        Router { authority, pool, user_events, presence }
     }
 
     pub async fn serve_connection(self, conn: MeshConn, shutdown: Shutdown) {
@@ -70,9 +69,22 @@ impl Router {
                 return;
             }
             MeshFrame::Post { msg } => self.route_post(msg).await,
+            // Presence reports and settings are aggregated here; everything else is relayed.
+            MeshFrame::User(UserEvent::PresenceReport { workspace, user, gateway, online }) => {
+                self.presence.report(workspace, user, gateway, online);
+                MeshFrame::Ok
+            }
+            MeshFrame::User(UserEvent::PresenceSet { workspace, user, away }) => {
+                self.presence.set_manual(workspace, user, away);
+                MeshFrame::Ok
+            }
             MeshFrame::User(ev) => {
                 let _ = self.user_events.send(ev);
                 MeshFrame::Ok
+            }
+            MeshFrame::PresenceGet { user } => {
+                let (presence, online, manual_away) = self.presence.get(&user);
+                MeshFrame::PresenceIs { presence, online, manual_away }
             }
             MeshFrame::Ping => MeshFrame::Ok,
             _ => {
@@ -146,6 +158,10 @@ impl Router {
         }
         m::NODES.dec();
         tracing::info!(%node, role = role.as_str(), "node stopped following the ring");
+        if role == Role::Gateway {
+            // Its sessions are gone with it (a restarted gateway reports its users again).
+            self.presence.gateway_gone(&node);
+        }
         if let Some(generation) = generation {
             tokio::time::sleep(DOWN_GRACE).await;
             self.authority.member_down(&node, generation);

@@ -332,5 +332,7 @@ fn frame_name(f: &MeshFrame) -> &'static str {
         MeshFrame::Ping => "ping",
         MeshFrame::Ok => "ok",
         MeshFrame::Error(_) => "error",
+        MeshFrame::PresenceGet { .. } => "presence_get",
+        MeshFrame::PresenceIs { .. } => "presence_is",
     }
 }

@@ -281,6 +281,8 @@ impl WorkspaceData {
     /// snapshot already reflects, changes nothing.
     pub fn apply(&mut self, event: &UserEvent) -> Applied {
         match event {
+            // Presence is not boot data: the gateways carry it live.
+            UserEvent::PresenceReport { .. } | UserEvent::PresenceSet { .. } | UserEvent::PresenceChanged { .. } => {}
             UserEvent::UserChanged { user, .. } => {
                 self.upsert_user(user.clone());
             }

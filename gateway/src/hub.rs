@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use shared::ids::{ChannelId, NodeId, Seq, UserId, WorkspaceId};
 use shared::mesh::PeerPool;
 use shared::protocol::client::{ephemeral_json, message_json};
-use shared::protocol::{EphemeralEvent, MeshError, MeshFrame, Message, Presence, UserEvent};
+use shared::protocol::{EphemeralEvent, MeshError, MeshFrame, Message, UserEvent};
 use shared::ring::Ring;
 use shared::shutdown::Shutdown;
 use tokio::sync::{mpsc, watch, Notify};
@@ -135,6 +135,8 @@ pub struct Hub {
     next_link: AtomicU64,
     wake: Notify,
     shutdown: Shutdown,
+    /// Where presence reports go; unset in unit tests.
+    admin_addr: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl Hub {
@@ -153,6 +155,7 @@ impl Hub {
             next_link: AtomicU64::new(1),
             wake: Notify::new(),
             shutdown,
+            admin_addr: Mutex::new(None),
         })
     }
 
@@ -344,7 +347,22 @@ impl Hub {
             UserEvent::UserChanged { .. }
             | UserEvent::ChannelCreated { .. }
             | UserEvent::ChannelChanged { .. }
-            | UserEvent::ReadMarked { .. } => return,
+            | UserEvent::ReadMarked { .. }
+            | UserEvent::PresenceReport { .. }
+            | UserEvent::PresenceSet { .. } => return,
+            // Presence goes to every session of the user's workspace here (their clients
+            // decide whom they show).
+            UserEvent::PresenceChanged { workspace, user, presence } => {
+                let text: Utf8Bytes = ephemeral_json(
+                    &ChannelId(String::new()),
+                    &EphemeralEvent::Presence { user, presence },
+                )
+                .into();
+                for s in st.sessions.values().filter(|s| s.workspace == workspace) {
+                    s.offer(Outbound::Event(text.clone()));
+                }
+                return;
+            }
         }
         drop(st);
         self.wake.notify_one();
@@ -366,22 +384,47 @@ impl Hub {
         }
     }
 
-    /// Publishes a user's presence to the channels it is in here.
-    pub fn publish_presence(
-        &self,
-        user: &UserId,
-        channels: &HashSet<ChannelId>,
-        presence: Presence,
-    ) {
-        for c in channels {
-            self.publish(
-                c,
-                EphemeralEvent::Presence {
-                    user: user.clone(),
-                    presence,
-                },
-            );
+    /// Tells the admin server that `user` now has (or no longer has) sessions here; it
+    /// aggregates presence over every gateway, debounces it and broadcasts the changes back.
+    pub fn report_presence(&self, workspace: &WorkspaceId, user: &UserId, online: bool) {
+        let Some(admin) = *self.admin_addr.lock() else { return };
+        let frame = MeshFrame::User(UserEvent::PresenceReport {
+            workspace: workspace.clone(),
+            user: user.clone(),
+            gateway: self.node.clone(),
+            online,
+        });
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            for attempt in 0..5u64 {
+                match pool.request(admin, &frame, Duration::from_secs(3)).await {
+                    Ok(MeshFrame::Ok) => return,
+                    other => tracing::debug!(?other, attempt, "presence report not taken"),
+                }
+                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+            }
+            tracing::warn!("presence report lost; it is sent again when the admin link returns");
+        });
+    }
+
+    /// Reports every user with a session here (after the admin link came back: the admin
+    /// server may have restarted and forgotten).
+    pub fn report_all_online(&self) {
+        let users: Vec<(WorkspaceId, UserId)> = {
+            let st = self.state.lock();
+            st.users
+                .iter()
+                .filter(|(_, ids)| !ids.is_empty())
+                .filter_map(|(u, ids)| ids.iter().next().and_then(|id| st.sessions.get(id)).map(|s| (s.workspace.clone(), u.clone())))
+                .collect()
+        };
+        for (ws, user) in users {
+            self.report_presence(&ws, &user, true);
         }
+    }
+
+    pub fn set_admin_addr(&self, addr: std::net::SocketAddr) {
+        *self.admin_addr.lock() = Some(addr);
     }
 
     // ---- backfill for sessions ----

@@ -109,6 +109,7 @@ pub async fn run(
     // Sessions get their own shutdown: they say goodbye before the listener closes.
     let sessions_shutdown = Shutdown::new();
     let hub = Hub::new(node.clone(), pool, ring_rx, shutdown.clone());
+    hub.set_admin_addr(config.mesh.admin_addr);
     tokio::spawn(hub.clone().reconcile_loop());
     {
         let hub = hub.clone();
@@ -121,9 +122,17 @@ pub async fn run(
     {
         let health = deps.health.clone();
         let shutdown = shutdown.clone();
+        let hub_for_presence = hub.clone();
         tokio::spawn(async move {
+            let mut was_connected = false;
             loop {
-                health.set_ready(*connected_rx.borrow_and_update());
+                let connected = *connected_rx.borrow_and_update();
+                health.set_ready(connected);
+                if connected && !was_connected {
+                    // The admin server may have restarted: tell it who is online here.
+                    hub_for_presence.report_all_online();
+                }
+                was_connected = connected;
                 tokio::select! {
                     _ = shutdown.wait() => { health.set_ready(false); break; }
                     changed = connected_rx.changed() => if changed.is_err() { break; },

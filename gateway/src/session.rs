@@ -14,7 +14,7 @@ use futures_util::SinkExt;
 use shared::auth::Claims;
 use shared::ids::{ChannelId, Seq};
 use shared::protocol::client::{close_code, error_code, error_json, ClientEvent};
-use shared::protocol::{EphemeralEvent, MeshError, Presence};
+use shared::protocol::{EphemeralEvent, MeshError};
 use shared::shutdown::Shutdown;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -256,11 +256,11 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
         hello["boot"] = crate::boot::with_unread(boot, &hello["seq"]);
     }
     if socket.send(text(hello)).await.is_err() {
-        finish(&hub, id, &user, &s.channels);
+        finish(&hub, id, &user, &params.claims.workspace);
         return;
     }
     if first_of_user {
-        hub.publish_presence(&user, &s.channels, Presence::Active);
+        hub.report_presence(&params.claims.workspace, &user, true);
     }
 
     let mut last_activity = Instant::now();
@@ -366,17 +366,12 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
             }
         }
     }
-    finish(&hub, id, &user, &s.channels);
+    finish(&hub, id, &user, &params.claims.workspace);
 }
 
-fn finish(
-    hub: &Arc<Hub>,
-    id: SessionId,
-    user: &shared::ids::UserId,
-    channels: &HashSet<ChannelId>,
-) {
+fn finish(hub: &Arc<Hub>, id: SessionId, user: &shared::ids::UserId, workspace: &shared::ids::WorkspaceId) {
     if hub.unregister(id) {
-        hub.publish_presence(user, channels, Presence::Away);
+        hub.report_presence(workspace, user, false);
     }
     m::SESSIONS.dec();
 }

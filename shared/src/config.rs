@@ -67,6 +67,7 @@ pub struct AdminConfig {
     pub http_addr: SocketAddr,
     pub vnodes: u32,
     pub channel_servers: Vec<ChannelServerEntry>,
+    pub presence_debounce_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -99,6 +100,12 @@ pub struct WebappConfig {
     pub http_addr: SocketAddr,
     pub max_body_bytes: usize,
     pub gateway_urls: Vec<String>,
+    /// Calls a user may make per minute in each rate-limit tier (a token bucket refilled at
+    /// this rate); over it, calls answer `ratelimited` (429 with `Retry-After`). 0: no limit.
+    pub rate_limit_per_minute: u32,
+    /// Calls a user may make at once in each tier before the per-minute rate applies (the
+    /// bucket's size). 0: no limit.
+    pub rate_limit_burst: u32,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

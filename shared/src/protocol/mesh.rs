@@ -29,7 +29,7 @@ use bytes::{BufMut, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use super::model::{EphemeralEvent, Message, NewMessage, RingState, Role, UserEvent};
-use crate::ids::{ChannelId, NodeId, RingEpoch, Seq, WorkspaceId};
+use crate::ids::{ChannelId, NodeId, RingEpoch, Seq, UserId, WorkspaceId};
 
 /// Version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -154,6 +154,17 @@ pub enum MeshFrame {
     Ok,
     /// Any request's failure.
     Error(MeshError),
+
+    /// Web API -> admin server: a user's presence.
+    PresenceGet { user: UserId },
+    /// Answer to `PresenceGet`.
+    PresenceIs {
+        presence: super::model::Presence,
+        /// Has at least one session on some gateway.
+        online: bool,
+        /// Set away by `users.setPresence`.
+        manual_away: bool,
+    },
 }
 
 impl MeshFrame {

@@ -181,6 +181,27 @@ pub enum UserEvent {
         user: UserId,
         seq: Seq,
     },
+    /// Gateway -> admin server: `user` now has (`online`) or no longer has sessions on
+    /// `gateway`. The admin server aggregates these into presence.
+    PresenceReport {
+        workspace: WorkspaceId,
+        user: UserId,
+        gateway: NodeId,
+        online: bool,
+    },
+    /// Web API -> admin server: `users.setPresence` (`away: true` is manual away, `false` is
+    /// auto).
+    PresenceSet {
+        workspace: WorkspaceId,
+        user: UserId,
+        away: bool,
+    },
+    /// Admin server -> gateways: `user`'s presence changed (after debouncing).
+    PresenceChanged {
+        workspace: WorkspaceId,
+        user: UserId,
+        presence: Presence,
+    },
 }
 
 impl UserEvent {
@@ -192,7 +213,10 @@ impl UserEvent {
             | UserEvent::UserChanged { workspace, .. }
             | UserEvent::ChannelCreated { workspace, .. }
             | UserEvent::ChannelChanged { workspace, .. }
-            | UserEvent::ReadMarked { workspace, .. } => workspace,
+            | UserEvent::ReadMarked { workspace, .. }
+            | UserEvent::PresenceReport { workspace, .. }
+            | UserEvent::PresenceSet { workspace, .. }
+            | UserEvent::PresenceChanged { workspace, .. } => workspace,
         }
     }
 }

@@ -50,6 +50,8 @@ pub const METHODS: &[&str] = &[
     "search.messages",
     "users.list",
     "users.info",
+    "users.getPresence",
+    "users.setPresence",
     "admin.users.create",
     "users.profile.set",
     "users.profile.get",
@@ -59,6 +61,7 @@ pub const METHODS: &[&str] = &[
     "conversations.setTopic",
     "conversations.setPurpose",
     "conversations.mark",
+    "hooks.create",
     "internal.flannel.snapshot",
 ];
 
@@ -109,6 +112,8 @@ pub async fn dispatch(
         "search.messages" => search::messages(state, &caller, params).await,
         "users.list" => users::list(state, &caller, params).await,
         "users.info" => users::info(state, &caller, params).await,
+        "users.getPresence" => users::get_presence(state, &caller, params).await,
+        "users.setPresence" => users::set_presence(state, &caller, params).await,
         "admin.users.create" => users::admin_create(state, &caller, params).await,
         "users.profile.set" => users::profile_set(state, &caller, params).await,
         "users.profile.get" => users::profile_get(state, &caller, params).await,
@@ -122,6 +127,7 @@ pub async fn dispatch(
             conversations::set_text(state, &caller, params, conversations::TextField::Purpose).await
         }
         "conversations.mark" => conversations::mark(state, &caller, params).await,
+        "hooks.create" => crate::hooks::create(state, &caller, params).await,
         _ => Err(ApiError::UnknownMethod),
     }
 }

@@ -187,3 +187,35 @@ pub(super) async fn profile_get(state: &AppState, caller: &Caller, params: &Para
     };
     Ok(object(json!({ "profile": profile_json(&user) })))
 }
+
+/// `users.getPresence`: a user's presence as the admin server aggregates it over gateways.
+pub(super) async fn get_presence(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let user = match params.non_empty("user") {
+        Some(raw) => user_in_workspace(state, caller, Some(raw)).await?,
+        None => caller.user.clone(),
+    };
+    let (presence, online, manual_away) = state.admin.presence(user.id.clone()).await?;
+    let mut out = crate::api::object(json!({ "presence": presence.as_str() }));
+    // Like Slack, the details are only for the caller's own presence.
+    if user.id == caller.user.id {
+        out.insert("online".into(), json!(online));
+        out.insert("auto_away".into(), json!(!online && !manual_away));
+        out.insert("manual_away".into(), json!(manual_away));
+        out.insert("connection_count".into(), json!(u32::from(online)));
+    }
+    Ok(out)
+}
+
+/// `users.setPresence`: `away` (manual away) or `auto` (active while connected).
+pub(super) async fn set_presence(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let away = match params.non_empty("presence") {
+        Some("away") => true,
+        Some("auto") => false,
+        _ => return Err(ApiError::InvalidArguments("presence must be auto or away".into())),
+    };
+    state
+        .admin
+        .publish_user_event(UserEvent::PresenceSet { workspace: caller.claims.workspace.clone(), user: caller.user.id.clone(), away })
+        .await?;
+    Ok(crate::api::object(json!({})))
+}
