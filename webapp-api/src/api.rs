@@ -14,9 +14,9 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get, post};
 use axum::Router;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -31,6 +31,7 @@ use tracing::Instrument;
 use crate::admin_link::{AdminLink, PostError};
 use crate::methods;
 use crate::metrics as m;
+use crate::ratelimit::{RateLimiter, RetryAfter};
 
 /// A JSON object: the fields of an answer besides `ok`.
 pub type Object = Map<String, Value>;
@@ -91,8 +92,8 @@ pub enum ApiError {
     RequestTooLarge { max: usize },
     #[error("no such method")]
     UnknownMethod,
-    #[error("too many requests")]
-    RateLimited,
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("ts names no message of the channel")]
     InvalidTimestamp,
     #[error("the channel is already archived")]
@@ -159,7 +160,7 @@ impl ApiError {
             ApiError::InvalidFormData => "invalid_form_data",
             ApiError::RequestTooLarge { .. } => "request_too_large",
             ApiError::UnknownMethod => "unknown_method",
-            ApiError::RateLimited => "ratelimited",
+            ApiError::RateLimited { .. } => "ratelimited",
             ApiError::InvalidTimestamp => "invalid_timestamp",
             ApiError::AlreadyArchived => "already_archived",
             ApiError::NotArchived => "not_archived",
@@ -187,7 +188,7 @@ impl ApiError {
             ApiError::InvalidJson | ApiError::InvalidFormData => StatusCode::BAD_REQUEST,
             ApiError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownMethod => StatusCode::NOT_FOUND,
-            ApiError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::OK,
@@ -238,6 +239,8 @@ pub struct AppState {
     pub base_url: String,
     /// The search indexes; `None` where this node does not serve search.
     pub search: Option<Arc<crate::search::Search>>,
+    /// Per-user rate limits (off unless set; [`crate::run`] sets them from the config).
+    pub rate_limiter: Arc<RateLimiter>,
 }
 
 impl AppState {
@@ -258,6 +261,7 @@ impl AppState {
             max_body_bytes,
             base_url: format!("http://{local_addr}/"),
             search: None,
+            rate_limiter: Arc::new(RateLimiter::disabled()),
         }
     }
 
@@ -271,9 +275,13 @@ impl AppState {
     }
 }
 
-/// The Web API router plus `/metrics` and `/health`.
+/// The Web API router plus incoming webhooks (`/hooks/<token>`), the OpenAPI description
+/// (`/api/openapi.json`, `/openapi.json`), `/metrics` and `/health`.
 pub fn router(state: AppState, health: Health) -> Router {
     Router::new()
+        .route("/api/openapi.json", get(crate::openapi::serve))
+        .route("/openapi.json", get(crate::openapi::serve))
+        .route("/hooks/{token}", post(crate::hooks::handle))
         .route("/api/{method}", any(handle))
         .fallback(|| async { error_response(&ApiError::UnknownMethod) })
         .with_state(state)
@@ -288,7 +296,6 @@ pub struct Params {
 }
 
 impl Params {
-    #[cfg(test)]
     pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> Params {
         Params {
             values: pairs
@@ -508,7 +515,43 @@ async fn call(
             .ok_or(ApiError::InvalidAuth),
         None => Ok(params.get("token")),
     };
+    check_rate_limit(state, name, &token)?;
     methods::dispatch(state, name, &params, token).await
+}
+
+/// Takes one call from the caller's bucket of the method's tier. Only a validly signed user
+/// token is counted (the signature is checked here, the user later by the method): calls
+/// without one fail authentication without touching the store, and service tokens are the
+/// cluster's own traffic.
+fn check_rate_limit(
+    state: &AppState,
+    method: &'static str,
+    token: &ApiResult<Option<&str>>,
+) -> ApiResult<()> {
+    if !state.rate_limiter.is_enabled() {
+        return Ok(());
+    }
+    let Some(tier) = crate::ratelimit::tier(method) else {
+        return Ok(());
+    };
+    let Ok(Some(token)) = token else {
+        return Ok(());
+    };
+    let Ok(claims) = state.signer.verify(token) else {
+        return Ok(());
+    };
+    if claims.service {
+        return Ok(());
+    }
+    match state.rate_limiter.check(claims.user.as_str(), tier) {
+        Ok(()) => Ok(()),
+        Err(RetryAfter(retry_after_secs)) => {
+            crate::ratelimit::RATELIMITED
+                .with_label_values(&[method])
+                .inc();
+            Err(ApiError::RateLimited { retry_after_secs })
+        }
+    }
 }
 
 enum BodyKind {
@@ -540,7 +583,7 @@ fn body_kind(headers: &HeaderMap) -> BodyKind {
 
 /// Reads the whole body, refusing one over `max` bytes from its `Content-Length` or as soon
 /// as it grows past `max`, so an oversized body is never buffered whole.
-async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> ApiResult<Bytes> {
+pub(crate) async fn read_body(headers: &HeaderMap, body: Body, max: usize) -> ApiResult<Bytes> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -584,11 +627,16 @@ fn ok_response(fields: Object) -> Response {
 }
 
 fn error_response(err: &ApiError) -> Response {
-    (
+    let mut resp = (
         err.status(),
         axum::Json(json!({ "ok": false, "error": err.code() })),
     )
-        .into_response()
+        .into_response();
+    if let ApiError::RateLimited { retry_after_secs } = err {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+    }
+    resp
 }
 
 /// Builds an answer's fields from a `json!({...})` object literal.
@@ -672,6 +720,12 @@ mod tests {
             ApiError::RequestTooLarge { max: 1 }.status(),
             StatusCode::PAYLOAD_TOO_LARGE
         );
-        assert_eq!(ApiError::RateLimited.code(), "ratelimited");
+        let limited = ApiError::RateLimited {
+            retry_after_secs: 3,
+        };
+        assert_eq!(limited.code(), "ratelimited");
+        let resp = error_response(&limited);
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "3");
     }
 }

@@ -10,6 +10,10 @@
 //!   `internal` (service tokens only: Flannel's snapshot)) and
 //!   the Slack object shapes they share.
 //! - [`admin_link`]: requests to the admin server over the QUIC mesh, with retries.
+//! - [`ratelimit`]: per-user, per-tier token buckets behind Slack's `ratelimited`.
+//! - [`hooks`]: incoming webhooks (`POST /hooks/<token>`) and the `hooks.create` method.
+//! - [`openapi`]: the OpenAPI description of the Web API (`/api/openapi.json`, checked in
+//!   as `webapp-api/openapi.json`).
 //! - [`seed`]: workspace and user administration for the CLI, and the idempotent dev seed.
 //! - [`metrics`]: Prometheus metrics of the crate.
 //!
@@ -30,13 +34,18 @@
 
 pub mod admin_link;
 pub mod api;
+pub mod hooks;
 pub mod methods;
 pub mod metrics;
+pub mod openapi;
+pub mod ratelimit;
 pub mod search;
 pub mod seed;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_extra;
 
 use std::sync::Arc;
 
@@ -83,6 +92,10 @@ pub async fn run(
     let search = Arc::new(search::Search::open(&search_dir, &state.store)?);
     search.spawn_indexers(&state.store, &shutdown);
     state.search = Some(search);
+    state.rate_limiter = Arc::new(ratelimit::RateLimiter::new(
+        config.webapp.rate_limit_per_minute,
+        config.webapp.rate_limit_burst,
+    ));
     let app = router(state, deps.health.clone());
     tracing::info!(addr = %local_addr, "web api serving");
     deps.health.set_ready(true);

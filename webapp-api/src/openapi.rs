@@ -1,0 +1,1105 @@
+//! The OpenAPI 3.0 description of the Web API, generated from the table in this file: each
+//! method's summary, parameters and the Slack errors it can answer, plus incoming webhooks,
+//! `/health` and `/metrics`. Served at `GET /api/openapi.json` (and `/openapi.json`) and
+//! checked in as `webapp-api/openapi.json`; a test keeps the two equal and checks that every
+//! served method is described. After changing the table, regenerate the file with
+//! `SWITCHBOARD_WRITE_OPENAPI=1 cargo test -p switchboard-webapp-api openapi`.
+
+use std::sync::LazyLock;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Map, Value};
+
+use crate::ratelimit;
+
+/// A parameter's type as clients send it (form values are strings; JSON bodies may use the
+/// native type).
+#[derive(Clone, Copy, Debug)]
+pub enum Ty {
+    Str,
+    Int,
+    Bool,
+    /// A Slack timestamp, `"1700000000.000100"`.
+    Ts,
+    /// A comma-separated list of ids.
+    List,
+    /// A JSON object (or its text, in a form body).
+    Object,
+    /// One of these strings.
+    OneOf(&'static [&'static str]),
+}
+
+/// One parameter of a method.
+#[derive(Clone, Copy, Debug)]
+pub struct Param {
+    pub name: &'static str,
+    pub ty: Ty,
+    pub required: bool,
+    pub description: &'static str,
+}
+
+/// Who may call a method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// No token needed.
+    None,
+    /// A user (or bot) token.
+    User,
+    /// A user token with admin rights in its workspace.
+    Admin,
+    /// A service token minted by a node of the cluster.
+    Service,
+}
+
+/// One Web API method.
+#[derive(Clone, Copy, Debug)]
+pub struct MethodDoc {
+    pub name: &'static str,
+    pub summary: &'static str,
+    pub auth: Auth,
+    pub params: &'static [Param],
+    /// The errors particular to the method (those every method of its `auth` can answer are
+    /// added by the generator).
+    pub errors: &'static [&'static str],
+}
+
+const fn p(name: &'static str, ty: Ty, description: &'static str) -> Param {
+    Param {
+        name,
+        ty,
+        required: false,
+        description,
+    }
+}
+
+const fn req(name: &'static str, ty: Ty, description: &'static str) -> Param {
+    Param {
+        name,
+        ty,
+        required: true,
+        description,
+    }
+}
+
+const CHANNEL: Param = req(
+    "channel",
+    Ty::Str,
+    "conversation id (`C…`), or a channel name (`general` or `#general`)",
+);
+const CURSOR: Param = p(
+    "cursor",
+    Ty::Str,
+    "`response_metadata.next_cursor` of the previous page",
+);
+const TYPES: Param = p(
+    "types",
+    Ty::Str,
+    "comma-separated `public_channel`, `private_channel`, `mpim`, `im` (default: public and private)",
+);
+const EXCLUDE_ARCHIVED: Param = p("exclude_archived", Ty::Bool, "leave archived channels out");
+
+const fn limit(description: &'static str) -> Param {
+    p("limit", Ty::Int, description)
+}
+
+/// Every method of the Web API, in the order of `methods::METHODS`, then the ones served by
+/// other modules.
+pub const METHOD_DOCS: &[MethodDoc] = &[
+    MethodDoc {
+        name: "api.test",
+        summary: "Echoes its arguments (all but `token`) as `args`; needs no token.",
+        auth: Auth::None,
+        params: &[],
+        errors: &[],
+    },
+    MethodDoc {
+        name: "auth.test",
+        summary: "Who the token speaks for: `user`, `user_id`, `team`, `team_id`, `url`, `bot_id`.",
+        auth: Auth::User,
+        params: &[],
+        errors: &[],
+    },
+    MethodDoc {
+        name: "rtm.connect",
+        summary: "A gateway WebSocket `url` (carrying the token) for real-time events, with `self` and `team`.",
+        auth: Auth::User,
+        params: &[],
+        errors: &["service_unavailable"],
+    },
+    MethodDoc {
+        name: "conversations.create",
+        summary: "Creates a channel with the caller as its first member.",
+        auth: Auth::User,
+        params: &[
+            req("name", Ty::Str, "lower-case letters, digits, `-` and `_`; at most 80 characters"),
+            p("is_private", Ty::Bool, "create a private channel"),
+        ],
+        errors: &[
+            "name_taken",
+            "invalid_name_required",
+            "invalid_name_specials",
+            "invalid_name_maxlength",
+        ],
+    },
+    MethodDoc {
+        name: "conversations.join",
+        summary: "Joins a public channel; joining again answers `ok` with the warning `already_in_channel`.",
+        auth: Auth::User,
+        params: &[CHANNEL],
+        errors: &["channel_not_found", "method_not_supported_for_channel_type", "is_archived"],
+    },
+    MethodDoc {
+        name: "conversations.leave",
+        summary: "Leaves a channel.",
+        auth: Auth::User,
+        params: &[CHANNEL],
+        errors: &["channel_not_found", "not_in_channel", "cant_leave_general"],
+    },
+    MethodDoc {
+        name: "conversations.list",
+        summary: "The workspace's channels the caller may see, paged by cursor.",
+        auth: Auth::User,
+        params: &[CURSOR, limit("page size (default 100, at most 1000)"), TYPES, EXCLUDE_ARCHIVED],
+        errors: &["invalid_cursor", "invalid_limit", "invalid_types"],
+    },
+    MethodDoc {
+        name: "conversations.info",
+        summary: "One conversation.",
+        auth: Auth::User,
+        params: &[CHANNEL, p("include_num_members", Ty::Bool, "add `num_members`")],
+        errors: &["channel_not_found"],
+    },
+    MethodDoc {
+        name: "conversations.history",
+        summary: "A conversation's messages, newest first, paged by cursor; messages carry `seq`.",
+        auth: Auth::User,
+        params: &[
+            CHANNEL,
+            CURSOR,
+            limit("page size (default 100, at most 1000)"),
+            p("oldest", Ty::Ts, "only messages after this timestamp"),
+            p("latest", Ty::Ts, "only messages before this timestamp"),
+            p("inclusive", Ty::Bool, "include messages at exactly `oldest` or `latest`"),
+        ],
+        errors: &[
+            "channel_not_found",
+            "invalid_cursor",
+            "invalid_limit",
+            "invalid_ts_oldest",
+            "invalid_ts_latest",
+        ],
+    },
+    MethodDoc {
+        name: "users.conversations",
+        summary: "The conversations a user (the caller by default) is a member of, paged by cursor.",
+        auth: Auth::User,
+        params: &[
+            CURSOR,
+            limit("page size (default 100, at most 1000)"),
+            TYPES,
+            EXCLUDE_ARCHIVED,
+            p("user", Ty::Str, "another user of the workspace (`U…`)"),
+        ],
+        errors: &["invalid_cursor", "invalid_limit", "invalid_types", "user_not_found"],
+    },
+    MethodDoc {
+        name: "chat.postMessage",
+        summary: "Posts a message; answers once the channel's owner stored it durably. Idempotent on `client_msg_id`.",
+        auth: Auth::User,
+        params: &[
+            CHANNEL,
+            req("text", Ty::Str, "the message, at most 40000 characters"),
+            p("client_msg_id", Ty::Str, "idempotency key: a repeat answers the stored message"),
+            p("thread_ts", Ty::Ts, "post as a reply in this message's thread"),
+        ],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "is_archived",
+            "no_text",
+            "msg_too_long",
+            "invalid_thread_ts",
+            "thread_not_found",
+            "invalid_arguments",
+            "service_unavailable",
+        ],
+    },
+    MethodDoc {
+        name: "chat.update",
+        summary: "The author edits a message's text.",
+        auth: Auth::User,
+        params: &[
+            CHANNEL,
+            req("ts", Ty::Ts, "the message"),
+            req("text", Ty::Str, "the new text, at most 40000 characters"),
+        ],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "is_archived",
+            "no_item_specified",
+            "message_not_found",
+            "cant_update_message",
+            "no_text",
+            "msg_too_long",
+            "service_unavailable",
+        ],
+    },
+    MethodDoc {
+        name: "chat.delete",
+        summary: "The author (or a workspace admin) deletes a message.",
+        auth: Auth::User,
+        params: &[CHANNEL, req("ts", Ty::Ts, "the message")],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "is_archived",
+            "no_item_specified",
+            "message_not_found",
+            "cant_delete_message",
+            "service_unavailable",
+        ],
+    },
+    MethodDoc {
+        name: "conversations.replies",
+        summary: "A thread: its parent and replies, oldest first, paged by cursor.",
+        auth: Auth::User,
+        params: &[
+            CHANNEL,
+            req("ts", Ty::Ts, "the thread's parent message"),
+            CURSOR,
+            limit("page size (default 100, at most 1000)"),
+        ],
+        errors: &[
+            "channel_not_found",
+            "thread_not_found",
+            "invalid_cursor",
+            "invalid_limit",
+            "invalid_arguments",
+        ],
+    },
+    MethodDoc {
+        name: "conversations.open",
+        summary: "Finds or creates the direct message (1:1, or a group of up to 9) between the caller and `users`.",
+        auth: Auth::User,
+        params: &[
+            req("users", Ty::List, "user ids (`U…`), comma-separated; the caller is added"),
+            p("return_im", Ty::Bool, "return the whole conversation object"),
+        ],
+        errors: &["user_not_found", "invalid_arguments"],
+    },
+    MethodDoc {
+        name: "conversations.invite",
+        summary: "A member adds users to a channel (not to a direct message).",
+        auth: Auth::User,
+        params: &[
+            CHANNEL,
+            req("users", Ty::List, "user ids (`U…`), comma-separated"),
+        ],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "method_not_supported_for_channel_type",
+            "is_archived",
+            "user_not_found",
+            "invalid_arguments",
+        ],
+    },
+    MethodDoc {
+        name: "conversations.members",
+        summary: "A conversation's member ids, paged by cursor.",
+        auth: Auth::User,
+        params: &[CHANNEL, CURSOR, limit("page size (default 100, at most 1000)")],
+        errors: &["channel_not_found", "invalid_cursor", "invalid_limit"],
+    },
+    MethodDoc {
+        name: "reactions.add",
+        summary: "Adds the caller's reaction to a message.",
+        auth: Auth::User,
+        params: &[
+            CHANNEL,
+            req("timestamp", Ty::Ts, "the message"),
+            req("name", Ty::Str, "emoji name, with or without colons (`thumbsup`, `+1::skin-tone-2`)"),
+        ],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "is_archived",
+            "no_item_specified",
+            "message_not_found",
+            "invalid_name",
+            "already_reacted",
+            "service_unavailable",
+        ],
+    },
+    MethodDoc {
+        name: "reactions.remove",
+        summary: "Removes the caller's reaction from a message.",
+        auth: Auth::User,
+        params: &[
+            CHANNEL,
+            req("timestamp", Ty::Ts, "the message"),
+            req("name", Ty::Str, "emoji name"),
+        ],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "is_archived",
+            "no_item_specified",
+            "message_not_found",
+            "invalid_name",
+            "no_reaction",
+            "service_unavailable",
+        ],
+    },
+    MethodDoc {
+        name: "reactions.get",
+        summary: "A message with its reactions.",
+        auth: Auth::User,
+        params: &[CHANNEL, req("timestamp", Ty::Ts, "the message")],
+        errors: &["channel_not_found", "no_item_specified", "message_not_found"],
+    },
+    MethodDoc {
+        name: "search.messages",
+        summary: "Searches the messages of every conversation the caller can read, with Slack's query syntax (words, \"phrases\", `in:#channel`, `from:@user`, `before:`/`after:`/`on:`, `has:link`, `-word`).",
+        auth: Auth::User,
+        params: &[
+            req("query", Ty::Str, "the search query"),
+            p("count", Ty::Int, "results per page (default 20, at most 100)"),
+            p("page", Ty::Int, "page number, from 1 (at most 100)"),
+            p("sort", Ty::OneOf(&["score", "timestamp"]), "order of results (default `score`)"),
+            p("sort_dir", Ty::OneOf(&["desc", "asc"]), "direction (default `desc`)"),
+            p("highlight", Ty::Bool, "mark matches in the text"),
+        ],
+        errors: &["invalid_arguments", "service_unavailable"],
+    },
+    MethodDoc {
+        name: "users.list",
+        summary: "The workspace's users, paged by cursor.",
+        auth: Auth::User,
+        params: &[CURSOR, limit("page size (default 100, at most 1000)")],
+        errors: &["invalid_cursor", "invalid_limit"],
+    },
+    MethodDoc {
+        name: "users.info",
+        summary: "One user of the workspace.",
+        auth: Auth::User,
+        params: &[req("user", Ty::Str, "user id (`U…`)")],
+        errors: &["user_not_found"],
+    },
+    MethodDoc {
+        name: "admin.users.create",
+        summary: "Switchboard's own: creates a user of the caller's workspace (joined to #general) and returns it with its `token`.",
+        auth: Auth::Admin,
+        params: &[
+            req("name", Ty::Str, "lower-case letters, digits, `.`, `-` and `_`; at most 80 characters"),
+            p("real_name", Ty::Str, "at most 200 characters (default: `name`)"),
+            p("is_admin", Ty::Bool, "make the user an admin (its token is then an admin token)"),
+        ],
+        errors: &[
+            "name_taken",
+            "invalid_name_required",
+            "invalid_name_specials",
+            "invalid_name_maxlength",
+            "invalid_arguments",
+        ],
+    },
+    MethodDoc {
+        name: "users.profile.set",
+        summary: "Sets the caller's `real_name` and/or `display_name` (an admin token may set another user's).",
+        auth: Auth::User,
+        params: &[
+            p("profile", Ty::Object, "`{\"real_name\": …, \"display_name\": …}`"),
+            p("name", Ty::OneOf(&["real_name", "display_name"]), "the one field to set (with `value`)"),
+            p("value", Ty::Str, "its value"),
+            p("user", Ty::Str, "another user (`U…`), admin tokens only"),
+        ],
+        errors: &["not_allowed_token_type", "user_not_found", "too_long", "invalid_arguments"],
+    },
+    MethodDoc {
+        name: "users.profile.get",
+        summary: "The caller's profile, or another user's of the workspace.",
+        auth: Auth::User,
+        params: &[p("user", Ty::Str, "user id (`U…`)")],
+        errors: &["user_not_found"],
+    },
+    MethodDoc {
+        name: "conversations.rename",
+        summary: "A member renames a channel.",
+        auth: Auth::User,
+        params: &[CHANNEL, req("name", Ty::Str, "the new name")],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "is_archived",
+            "method_not_supported_for_channel_type",
+            "name_taken",
+            "invalid_name_required",
+            "invalid_name_specials",
+            "invalid_name_maxlength",
+        ],
+    },
+    MethodDoc {
+        name: "conversations.archive",
+        summary: "A member archives a channel.",
+        auth: Auth::User,
+        params: &[CHANNEL],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "already_archived",
+            "cant_archive_general",
+        ],
+    },
+    MethodDoc {
+        name: "conversations.unarchive",
+        summary: "A member unarchives a channel.",
+        auth: Auth::User,
+        params: &[CHANNEL],
+        errors: &["channel_not_found", "not_in_channel", "not_archived"],
+    },
+    MethodDoc {
+        name: "conversations.setTopic",
+        summary: "A member sets a channel's topic.",
+        auth: Auth::User,
+        params: &[CHANNEL, req("topic", Ty::Str, "at most 250 characters; empty clears it")],
+        errors: &["channel_not_found", "not_in_channel", "is_archived", "too_long"],
+    },
+    MethodDoc {
+        name: "conversations.setPurpose",
+        summary: "A member sets a channel's purpose.",
+        auth: Auth::User,
+        params: &[CHANNEL, req("purpose", Ty::Str, "at most 250 characters; empty clears it")],
+        errors: &["channel_not_found", "not_in_channel", "is_archived", "too_long"],
+    },
+    MethodDoc {
+        name: "conversations.mark",
+        summary: "Moves the caller's read position in a conversation (shown as `last_read`).",
+        auth: Auth::User,
+        params: &[
+            CHANNEL,
+            p("ts", Ty::Ts, "a message of the conversation (this or `seq` is required)"),
+            p("seq", Ty::Int, "Switchboard's own: a sequence number of the conversation"),
+        ],
+        errors: &["channel_not_found", "not_in_channel", "invalid_timestamp", "invalid_arguments"],
+    },
+    MethodDoc {
+        name: "users.getPresence",
+        summary: "A user's presence: `active` or `away`.",
+        auth: Auth::User,
+        params: &[p("user", Ty::Str, "user id (`U…`; default: the caller)")],
+        errors: &["user_not_found", "service_unavailable"],
+    },
+    MethodDoc {
+        name: "users.setPresence",
+        summary: "Sets the caller's presence: `away` (manual away) or `auto` (active while connected).",
+        auth: Auth::User,
+        params: &[req("presence", Ty::OneOf(&["auto", "away"]), "the presence")],
+        errors: &["invalid_arguments", "service_unavailable"],
+    },
+    MethodDoc {
+        name: "hooks.create",
+        summary: "Switchboard's own: creates an incoming webhook posting into `channel` as the caller (a member); answers its `url` (and `path`) for `POST /hooks/{token}`.",
+        auth: Auth::User,
+        params: &[CHANNEL],
+        errors: &["channel_not_found", "not_in_channel", "is_archived"],
+    },
+    MethodDoc {
+        name: "internal.flannel.snapshot",
+        summary: "Internal: a workspace's users, channels and memberships, for Flannel.",
+        auth: Auth::Service,
+        params: &[p("workspace", Ty::Str, "the workspace (`T…`); must be the token's")],
+        errors: &["team_access_not_granted", "team_not_found"],
+    },
+];
+
+/// Errors any call of a method with this `auth` may answer, besides its own.
+fn common_errors(auth: Auth) -> &'static [&'static str] {
+    match auth {
+        Auth::None => &[
+            "invalid_json",
+            "invalid_form_data",
+            "request_too_large",
+            "internal_error",
+        ],
+        Auth::User => &[
+            "not_authed",
+            "invalid_auth",
+            "ratelimited",
+            "invalid_json",
+            "invalid_form_data",
+            "request_too_large",
+            "internal_error",
+        ],
+        Auth::Admin | Auth::Service => &[
+            "not_authed",
+            "invalid_auth",
+            "not_allowed_token_type",
+            "ratelimited",
+            "invalid_json",
+            "invalid_form_data",
+            "request_too_large",
+            "internal_error",
+        ],
+    }
+}
+
+/// The HTTP status a Web API error answers with (see `ApiError::status`): like Slack, 200 for
+/// the logical errors of a well-formed call.
+pub fn error_status(code: &str) -> u16 {
+    match code {
+        "invalid_json" | "invalid_form_data" => 400,
+        "unknown_method" => 404,
+        "request_too_large" => 413,
+        "ratelimited" => 429,
+        "internal_error" => 500,
+        "service_unavailable" => 503,
+        _ => 200,
+    }
+}
+
+fn param_schema(param: &Param) -> Value {
+    let mut schema = match param.ty {
+        Ty::Str => json!({ "type": "string" }),
+        Ty::Int => json!({ "type": "integer", "minimum": 0 }),
+        Ty::Bool => json!({ "type": "boolean" }),
+        Ty::Ts => {
+            json!({ "type": "string", "pattern": "^[0-9]+\\.[0-9]{6}$", "example": "1700000000.000100" })
+        }
+        Ty::List => json!({ "type": "string", "example": "U0123456789,U9876543210" }),
+        Ty::Object => json!({ "type": "object", "additionalProperties": true }),
+        Ty::OneOf(values) => json!({ "type": "string", "enum": values }),
+    };
+    schema["description"] = param.description.into();
+    schema
+}
+
+fn request_schema(doc: &MethodDoc) -> Value {
+    let mut properties = Map::new();
+    if doc.auth != Auth::None {
+        properties.insert(
+            "token".into(),
+            json!({ "type": "string", "description": "the token, where no `Authorization: Bearer` header carries it" }),
+        );
+    }
+    for param in doc.params {
+        properties.insert(param.name.into(), param_schema(param));
+    }
+    let required: Vec<&str> = doc
+        .params
+        .iter()
+        .filter(|p| p.required)
+        .map(|p| p.name)
+        .collect();
+    let mut schema = json!({
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": doc.auth == Auth::None,
+    });
+    if !required.is_empty() {
+        schema["required"] = json!(required);
+    }
+    schema
+}
+
+fn error_schema(codes: &[&str]) -> Value {
+    json!({
+        "type": "object",
+        "required": ["ok", "error"],
+        "properties": {
+            "ok": { "type": "boolean", "enum": [false] },
+            "error": { "type": "string", "enum": codes },
+        },
+    })
+}
+
+fn error_response(description: &str, codes: &[&str], retry_after: bool) -> Value {
+    let mut resp = json!({
+        "description": description,
+        "content": { "application/json": { "schema": error_schema(codes) } },
+    });
+    if retry_after {
+        resp["headers"] = json!({ "Retry-After": { "$ref": "#/components/headers/Retry-After" } });
+    }
+    resp
+}
+
+/// The answers with a non-200 status, the same for every method that can give them: status,
+/// component name, description, error names.
+const SHARED_RESPONSES: &[(u16, &str, &str, &[&str])] = &[
+    (
+        400,
+        "BadRequest",
+        "the body cannot be read",
+        &["invalid_json", "invalid_form_data"],
+    ),
+    (
+        413,
+        "PayloadTooLarge",
+        "the body is larger than `webapp.max_body_bytes`",
+        &["request_too_large"],
+    ),
+    (
+        429,
+        "RateLimited",
+        "rate limited: retry after `Retry-After` seconds",
+        &["ratelimited"],
+    ),
+    (
+        500,
+        "InternalError",
+        "a failure of the server",
+        &["internal_error"],
+    ),
+    (
+        503,
+        "ServiceUnavailable",
+        "a dependency is unavailable; safe to retry (with the same `client_msg_id` for posts)",
+        &["service_unavailable"],
+    ),
+];
+
+fn family(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
+fn method_operation(doc: &MethodDoc) -> Value {
+    let mut errors: Vec<&str> = common_errors(doc.auth).to_vec();
+    for e in doc.errors {
+        if !errors.contains(e) {
+            errors.push(e);
+        }
+    }
+    let logical: Vec<&str> = errors
+        .iter()
+        .copied()
+        .filter(|e| error_status(e) == 200)
+        .collect();
+    let mut responses = Map::new();
+    let ok_or_error = if logical.is_empty() {
+        json!({ "$ref": "#/components/schemas/Ok" })
+    } else {
+        json!({ "oneOf": [ { "$ref": "#/components/schemas/Ok" }, error_schema(&logical) ] })
+    };
+    responses.insert(
+        "200".into(),
+        json!({
+            "description": "`ok: true` with the method's fields, or `ok: false` with one of the method's errors",
+            "content": { "application/json": { "schema": ok_or_error } },
+        }),
+    );
+    for (status, name, _, _) in SHARED_RESPONSES {
+        if errors.iter().any(|e| error_status(e) == *status) {
+            responses.insert(
+                status.to_string(),
+                json!({ "$ref": format!("#/components/responses/{name}") }),
+            );
+        }
+    }
+    let body_schema = json!({ "$ref": format!("#/components/schemas/{}.request", doc.name) });
+    let mut op = json!({
+        "operationId": doc.name,
+        "summary": doc.summary,
+        "tags": [family(doc.name)],
+        "requestBody": {
+            "required": false,
+            "content": {
+                "application/x-www-form-urlencoded": { "schema": body_schema },
+                "application/json": { "schema": body_schema },
+            },
+        },
+        "responses": responses,
+        "x-slack-errors": errors,
+    });
+    match doc.auth {
+        Auth::None => op["security"] = json!([]),
+        Auth::Service => {
+            op["description"] = "Service tokens only (`xoxs-…`, minted by nodes of the cluster); they can call nothing else.".into()
+        }
+        Auth::Admin => op["description"] = "Needs an admin token of the workspace.".into(),
+        Auth::User => {}
+    }
+    if let Some(tier) = ratelimit::tier(doc.name) {
+        op["x-slack-rate-limit-tier"] = tier.name().into();
+    }
+    op
+}
+
+fn hook_operation() -> Value {
+    let mut responses = Map::new();
+    responses.insert(
+        "200".into(),
+        json!({
+            "description": "posted",
+            "content": { "text/plain": { "schema": { "type": "string", "enum": ["ok"] } } },
+        }),
+    );
+    let mut statuses: Vec<u16> = crate::hooks::HOOK_ERRORS.iter().map(|e| e.0).collect();
+    statuses.sort_unstable();
+    statuses.dedup();
+    for status in statuses {
+        let errors: Vec<_> = crate::hooks::HOOK_ERRORS
+            .iter()
+            .filter(|e| e.0 == status)
+            .collect();
+        let codes: Vec<&str> = errors.iter().map(|e| e.1).collect();
+        let description = errors
+            .iter()
+            .map(|e| format!("`{}`: {}", e.1, e.2))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut resp = json!({
+            "description": description,
+            "content": { "text/plain": { "schema": { "type": "string", "enum": codes } } },
+        });
+        if status == 429 {
+            resp["headers"] =
+                json!({ "Retry-After": { "$ref": "#/components/headers/Retry-After" } });
+        }
+        responses.insert(status.to_string(), resp);
+    }
+    let payload = json!({
+        "type": "object",
+        "required": ["text"],
+        "properties": {
+            "text": { "type": "string", "description": "the message, at most 40000 characters" },
+            "thread_ts": { "type": "string", "description": "post as a reply in this message's thread" },
+            "client_msg_id": { "type": "string", "description": "idempotency key (the `Idempotency-Key` header wins)" },
+        },
+        "additionalProperties": true,
+    });
+    json!({
+        "post": {
+            "operationId": "hooks.post",
+            "summary": "Incoming webhook: posts `text` into the hook's channel as the hook's creator (see `hooks.create`). Other Slack fields (`username`, `blocks`, …) are ignored.",
+            "tags": ["hooks"],
+            "security": [],
+            "parameters": [
+                {
+                    "name": "token",
+                    "in": "path",
+                    "required": true,
+                    "description": "the hook token, as `hooks.create` made it",
+                    "schema": { "type": "string" },
+                },
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": false,
+                    "description": "makes retries post once (a `client_msg_id`)",
+                    "schema": { "type": "string", "maxLength": 128 },
+                },
+            ],
+            "requestBody": {
+                "required": true,
+                "content": {
+                    "application/json": { "schema": payload },
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["payload"],
+                            "properties": { "payload": { "type": "string", "description": "the JSON object above, as text" } },
+                        },
+                    },
+                },
+            },
+            "responses": responses,
+            "x-slack-rate-limit-tier": ratelimit::Tier::Hook.name(),
+        }
+    })
+}
+
+/// The OpenAPI document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    schemas.insert(
+        "Ok".into(),
+        json!({
+            "type": "object",
+            "required": ["ok"],
+            "properties": { "ok": { "type": "boolean", "enum": [true] } },
+            "additionalProperties": true,
+        }),
+    );
+    for doc in METHOD_DOCS {
+        paths.insert(
+            format!("/api/{}", doc.name),
+            json!({ "post": method_operation(doc) }),
+        );
+        schemas.insert(format!("{}.request", doc.name), request_schema(doc));
+    }
+    paths.insert("/hooks/{token}".into(), hook_operation());
+    paths.insert(
+        "/health".into(),
+        json!({ "get": {
+            "operationId": "health",
+            "summary": "Readiness: 200 while serving, 503 while starting or draining.",
+            "tags": ["ops"],
+            "security": [],
+            "responses": {
+                "200": { "description": "ready", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Health" } } } },
+                "503": { "description": "not ready", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Health" } } } },
+            },
+        } }),
+    );
+    schemas.insert(
+        "Health".into(),
+        json!({
+            "type": "object",
+            "required": ["role", "ok"],
+            "properties": { "role": { "type": "string", "enum": ["webapp"] }, "ok": { "type": "boolean" } },
+        }),
+    );
+    paths.insert(
+        "/metrics".into(),
+        json!({ "get": {
+            "operationId": "metrics",
+            "summary": "Prometheus metrics (text format 0.0.4).",
+            "tags": ["ops"],
+            "security": [],
+            "responses": { "200": { "description": "the metrics", "content": { "text/plain": { "schema": { "type": "string" } } } } },
+        } }),
+    );
+    let spec = json!({ "get": {
+        "operationId": "openapi",
+        "summary": "This OpenAPI description (also at `/openapi.json`).",
+        "tags": ["ops"],
+        "security": [],
+        "responses": { "200": { "description": "the description", "content": { "application/json": { "schema": { "type": "object" } } } } },
+    } });
+    paths.insert("/api/openapi.json".into(), spec);
+    let shared_responses: Map<String, Value> = SHARED_RESPONSES
+        .iter()
+        .map(|(status, name, description, codes)| {
+            (
+                name.to_string(),
+                error_response(description, codes, *status == 429),
+            )
+        })
+        .collect();
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Switchboard Web API",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Slack's Web API shape: `POST` (or `GET` with a query string) `/api/<method>`, parameters as a form (`application/x-www-form-urlencoded`), a JSON object, or the query string (the body wins). The token goes in `Authorization: Bearer …` or a `token` parameter. Every answer is JSON: `{\"ok\":true,…}` or `{\"ok\":false,\"error\":\"<name>\"}`; like Slack, logical errors answer HTTP 200, and an unreadable body 400, a too large one 413, an unknown method 404 (`unknown_method`), rate limiting 429 (`ratelimited`, with `Retry-After`), our own failures 5xx. Rate limits are per user and per tier (`x-slack-rate-limit-tier`). `x-slack-errors` lists every error a method can answer.",
+        },
+        "servers": [ { "url": "/" } ],
+        "security": [ { "bearer": [] } ],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": { "type": "http", "scheme": "bearer", "description": "a Switchboard token (`xoxp-…`, `xoxb-…`, `xoxa-…`)" },
+            },
+            "headers": {
+                "Retry-After": { "description": "seconds to wait before calling again", "schema": { "type": "integer", "minimum": 1 } },
+            },
+            "responses": shared_responses,
+            "schemas": schemas,
+        },
+    })
+}
+
+/// The document as served and checked in: pretty JSON with a final newline.
+pub fn render() -> String {
+    let mut text = serde_json::to_string_pretty(&document()).expect("a JSON value serializes");
+    text.push('\n');
+    text
+}
+
+static RENDERED: LazyLock<String> = LazyLock::new(render);
+
+/// `GET /api/openapi.json`.
+pub(crate) async fn serve() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        RENDERED.as_str(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiError;
+
+    const CHECKED_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+
+    #[test]
+    fn openapi_checked_in_file_matches_the_generator() {
+        let generated = render();
+        if std::env::var_os("SWITCHBOARD_WRITE_OPENAPI").is_some() {
+            std::fs::write(CHECKED_IN, &generated).expect("write openapi.json");
+        }
+        let on_disk = std::fs::read_to_string(CHECKED_IN).expect("webapp-api/openapi.json exists");
+        // Compared as JSON values, so that key order (serde_json's map order may differ
+        // between builds) does not matter.
+        let on_disk: Value = serde_json::from_str(&on_disk).expect("openapi.json is JSON");
+        assert!(
+            on_disk == document(),
+            "webapp-api/openapi.json is stale: regenerate it with \
+             `SWITCHBOARD_WRITE_OPENAPI=1 cargo test -p switchboard-webapp-api openapi`"
+        );
+    }
+
+    #[test]
+    fn openapi_documents_every_served_method_and_only_those() {
+        let names: Vec<&str> = METHOD_DOCS.iter().map(|d| d.name).collect();
+        for m in crate::methods::METHODS {
+            assert!(names.contains(m), "{m} is served but not described");
+        }
+        for extra in ["hooks.create", "search.messages"] {
+            assert!(names.contains(&extra), "{extra}");
+        }
+        for n in &names {
+            assert!(
+                crate::methods::METHODS.contains(n),
+                "{n} is described but not served"
+            );
+            assert_eq!(
+                names.iter().filter(|m| *m == n).count(),
+                1,
+                "{n} is described twice"
+            );
+        }
+    }
+
+    #[test]
+    fn openapi_is_shaped_like_openapi_3() {
+        let doc = document();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.0."));
+        assert!(doc["info"]["title"].is_string());
+        assert!(doc["info"]["version"].is_string());
+        let paths = doc["paths"].as_object().unwrap();
+        for path in ["/hooks/{token}", "/health", "/metrics", "/api/hooks.create"] {
+            assert!(paths.contains_key(path), "{path}");
+        }
+        for m in crate::methods::METHODS {
+            assert!(paths.contains_key(&format!("/api/{m}")), "{m}");
+        }
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for (path, item) in paths {
+            assert!(path.starts_with('/'), "{path}");
+            for (verb, op) in item.as_object().unwrap() {
+                assert!(matches!(verb.as_str(), "get" | "post"), "{path} {verb}");
+                assert!(op["operationId"].is_string(), "{path}");
+                let responses = op["responses"].as_object().unwrap();
+                assert!(!responses.is_empty(), "{path}");
+                for (status, resp) in responses {
+                    assert!(status.parse::<u16>().is_ok(), "{path} {status}");
+                    let resp = match resp["$ref"].as_str() {
+                        Some(r) => {
+                            let name = r.strip_prefix("#/components/responses/").unwrap();
+                            &doc["components"]["responses"][name]
+                        }
+                        None => resp,
+                    };
+                    assert!(resp["description"].is_string(), "{path} {status}");
+                }
+            }
+        }
+        // Every local reference resolves.
+        let text = doc.to_string();
+        for part in text.split("\"$ref\":\"#/components/").skip(1) {
+            let target = &part[..part.find('"').unwrap()];
+            let (kind, name) = target.split_once('/').unwrap();
+            assert!(
+                doc["components"][kind].get(name).is_some(),
+                "dangling $ref {target}"
+            );
+        }
+        assert!(schemas.contains_key("chat.postMessage.request"));
+        let post = &doc["paths"]["/api/chat.postMessage"]["post"];
+        assert_eq!(
+            post["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/chat.postMessage.request"
+        );
+        assert_eq!(
+            doc["components"]["schemas"]["chat.postMessage.request"]["required"],
+            json!(["channel", "text"])
+        );
+        assert_eq!(
+            post["responses"]["429"]["$ref"],
+            "#/components/responses/RateLimited"
+        );
+        assert!(
+            doc["components"]["responses"]["RateLimited"]["headers"]["Retry-After"].is_object()
+        );
+        assert!(post["responses"]["503"].is_object());
+        let api_test = &doc["paths"]["/api/api.test"]["post"];
+        assert!(api_test["responses"].get("429").is_none());
+        assert_eq!(api_test["security"], json!([]));
+        assert_eq!(
+            post["x-slack-rate-limit-tier"],
+            "Special (chat.postMessage)"
+        );
+    }
+
+    #[test]
+    fn openapi_error_names_and_statuses_are_the_servers() {
+        // A sample of every error the table names, built as the server builds it.
+        let samples = [
+            ApiError::NotAuthed,
+            ApiError::InvalidAuth,
+            ApiError::NotAllowedTokenType,
+            ApiError::ChannelNotFound,
+            ApiError::UserNotFound,
+            ApiError::NotInChannel,
+            ApiError::IsArchived,
+            ApiError::NoText,
+            ApiError::MsgTooLong { max: 1 },
+            ApiError::NameTaken,
+            ApiError::InvalidNameRequired,
+            ApiError::InvalidNameSpecials,
+            ApiError::InvalidNameMaxlength { max: 1 },
+            ApiError::MethodNotSupportedForChannelType,
+            ApiError::CantLeaveGeneral,
+            ApiError::InvalidCursor,
+            ApiError::InvalidLimit,
+            ApiError::InvalidTypes,
+            ApiError::InvalidTsOldest,
+            ApiError::InvalidTsLatest,
+            ApiError::InvalidThreadTs,
+            ApiError::InvalidArguments(String::new()),
+            ApiError::InvalidJson,
+            ApiError::InvalidFormData,
+            ApiError::RequestTooLarge { max: 1 },
+            ApiError::UnknownMethod,
+            ApiError::RateLimited {
+                retry_after_secs: 1,
+            },
+            ApiError::InvalidTimestamp,
+            ApiError::AlreadyArchived,
+            ApiError::NotArchived,
+            ApiError::CantArchiveGeneral,
+            ApiError::TooLong { max: 1 },
+            ApiError::TeamNotFound,
+            ApiError::TeamAccessNotGranted,
+            ApiError::MessageNotFound,
+            ApiError::CantUpdateMessage,
+            ApiError::CantDeleteMessage,
+            ApiError::ThreadNotFound,
+            ApiError::AlreadyReacted,
+            ApiError::NoReaction,
+            ApiError::InvalidReactionName,
+            ApiError::NoItemSpecified,
+            ApiError::ServiceUnavailable(String::new()),
+            ApiError::Internal(String::new()),
+        ];
+        for e in &samples {
+            assert_eq!(error_status(e.code()), e.status().as_u16(), "{}", e.code());
+        }
+        let known: Vec<&str> = samples.iter().map(ApiError::code).collect();
+        for doc in METHOD_DOCS {
+            for code in doc.errors.iter().chain(common_errors(doc.auth)) {
+                assert!(
+                    known.contains(code),
+                    "{}: {code} is no error of the server",
+                    doc.name
+                );
+            }
+        }
+    }
+}
