@@ -30,51 +30,146 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
     let channel = cluster.create_channel(&alice, "changes").await;
     cluster.join(&bob, &channel).await;
     let watcher = cluster.connect(1, &bob).await;
-    cluster.warm_up(&alice, std::slice::from_ref(&channel), &[&watcher]).await;
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&channel), &[&watcher])
+        .await;
     let start_seq = watcher.max_seq(&channel).unwrap();
 
     let parent = cluster.post(&alice, &channel, "ship it on friday").await;
     let parent_ts = parent["ts"].as_str().unwrap().to_string();
     let v = cluster
-        .api_ok("chat.update", &alice.token, json!({ "channel": channel, "ts": parent_ts, "text": "ship it on monday" }))
+        .api_ok(
+            "chat.update",
+            &alice.token,
+            json!({ "channel": channel, "ts": parent_ts, "text": "ship it on monday" }),
+        )
         .await;
     assert_eq!(v["text"], "ship it on monday");
     // Only the author edits; a missing message is clear.
-    let v = cluster.api("chat.update", &bob.token, json!({ "channel": channel, "ts": parent_ts, "text": "no" })).await;
+    let v = cluster
+        .api(
+            "chat.update",
+            &bob.token,
+            json!({ "channel": channel, "ts": parent_ts, "text": "no" }),
+        )
+        .await;
     assert_eq!(v["error"], "cant_update_message", "{v}");
-    let v = cluster.api("chat.update", &alice.token, json!({ "channel": channel, "ts": "1.000001", "text": "no" })).await;
+    let v = cluster
+        .api(
+            "chat.update",
+            &alice.token,
+            json!({ "channel": channel, "ts": "1.000001", "text": "no" }),
+        )
+        .await;
     assert_eq!(v["error"], "message_not_found", "{v}");
 
     let reply = cluster
-        .api_ok("chat.postMessage", &bob.token, json!({ "channel": channel, "text": "monday works", "thread_ts": parent_ts }))
+        .api_ok(
+            "chat.postMessage",
+            &bob.token,
+            json!({ "channel": channel, "text": "monday works", "thread_ts": parent_ts }),
+        )
         .await;
-    let v = cluster.api("chat.postMessage", &bob.token, json!({ "channel": channel, "text": "x", "thread_ts": "1.000001" })).await;
+    let v = cluster
+        .api(
+            "chat.postMessage",
+            &bob.token,
+            json!({ "channel": channel, "text": "x", "thread_ts": "1.000001" }),
+        )
+        .await;
     assert_eq!(v["error"], "thread_not_found", "{v}");
-    cluster.api_ok("reactions.add", &bob.token, json!({ "channel": channel, "timestamp": parent_ts, "name": "tada" })).await;
-    let v = cluster.api("reactions.add", &bob.token, json!({ "channel": channel, "timestamp": parent_ts, "name": "tada" })).await;
+    cluster
+        .api_ok(
+            "reactions.add",
+            &bob.token,
+            json!({ "channel": channel, "timestamp": parent_ts, "name": "tada" }),
+        )
+        .await;
+    let v = cluster
+        .api(
+            "reactions.add",
+            &bob.token,
+            json!({ "channel": channel, "timestamp": parent_ts, "name": "tada" }),
+        )
+        .await;
     assert_eq!(v["error"], "already_reacted", "{v}");
-    cluster.api_ok("reactions.add", &alice.token, json!({ "channel": channel, "timestamp": parent_ts, "name": ":eyes:" })).await;
-    cluster.api_ok("reactions.remove", &alice.token, json!({ "channel": channel, "timestamp": parent_ts, "name": "eyes" })).await;
-    let v = cluster.api("reactions.remove", &alice.token, json!({ "channel": channel, "timestamp": parent_ts, "name": "eyes" })).await;
+    cluster
+        .api_ok(
+            "reactions.add",
+            &alice.token,
+            json!({ "channel": channel, "timestamp": parent_ts, "name": ":eyes:" }),
+        )
+        .await;
+    cluster
+        .api_ok(
+            "reactions.remove",
+            &alice.token,
+            json!({ "channel": channel, "timestamp": parent_ts, "name": "eyes" }),
+        )
+        .await;
+    let v = cluster
+        .api(
+            "reactions.remove",
+            &alice.token,
+            json!({ "channel": channel, "timestamp": parent_ts, "name": "eyes" }),
+        )
+        .await;
     assert_eq!(v["error"], "no_reaction", "{v}");
-    let v = cluster.api("reactions.add", &alice.token, json!({ "channel": channel, "timestamp": parent_ts, "name": "Bad Name!" })).await;
+    let v = cluster
+        .api(
+            "reactions.add",
+            &alice.token,
+            json!({ "channel": channel, "timestamp": parent_ts, "name": "Bad Name!" }),
+        )
+        .await;
     assert_eq!(v["error"], "invalid_name", "{v}");
     let doomed = cluster.post(&alice, &channel, "typo mesage").await;
     let doomed_ts = doomed["ts"].as_str().unwrap().to_string();
-    let v = cluster.api("chat.delete", &bob.token, json!({ "channel": channel, "ts": doomed_ts })).await;
-    assert_eq!(v["error"], "cant_delete_message", "bob is neither the author nor an admin: {v}");
-    cluster.api_ok("chat.delete", &alice.token, json!({ "channel": channel, "ts": doomed_ts })).await;
+    let v = cluster
+        .api(
+            "chat.delete",
+            &bob.token,
+            json!({ "channel": channel, "ts": doomed_ts }),
+        )
+        .await;
+    assert_eq!(
+        v["error"], "cant_delete_message",
+        "bob is neither the author nor an admin: {v}"
+    );
+    cluster
+        .api_ok(
+            "chat.delete",
+            &alice.token,
+            json!({ "channel": channel, "ts": doomed_ts }),
+        )
+        .await;
 
     // post, edit, reply, reaction, reaction, unreaction, post, delete: 8 entries.
     let last = start_seq + 8;
     watcher.wait_seq(&channel, last, WAIT).await;
     let got = entries(&watcher, &channel);
-    let tail: Vec<&Value> = got.iter().filter(|e| e["seq"].as_u64().unwrap() > start_seq).collect();
+    let tail: Vec<&Value> = got
+        .iter()
+        .filter(|e| e["seq"].as_u64().unwrap() > start_seq)
+        .collect();
     let seqs: Vec<u64> = tail.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, (start_seq + 1..=last).collect::<Vec<_>>(), "one contiguous sequence for every kind of entry");
+    assert_eq!(
+        seqs,
+        (start_seq + 1..=last).collect::<Vec<_>>(),
+        "one contiguous sequence for every kind of entry"
+    );
     let kinds: Vec<String> = tail
         .iter()
-        .map(|e| format!("{}{}", e["type"].as_str().unwrap(), e["subtype"].as_str().map(|s| format!("/{s}")).unwrap_or_default()))
+        .map(|e| {
+            format!(
+                "{}{}",
+                e["type"].as_str().unwrap(),
+                e["subtype"]
+                    .as_str()
+                    .map(|s| format!("/{s}"))
+                    .unwrap_or_default()
+            )
+        })
         .collect();
     assert_eq!(
         kinds,
@@ -96,41 +191,106 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
     assert_eq!(tail[7]["deleted_ts"], doomed_ts.as_str());
 
     // History shows the resulting state; replies show the thread.
-    let history = cluster.api_ok("conversations.history", &alice.token, json!({ "channel": channel, "limit": 10 })).await;
+    let history = cluster
+        .api_ok(
+            "conversations.history",
+            &alice.token,
+            json!({ "channel": channel, "limit": 10 }),
+        )
+        .await;
     let top: Vec<&Value> = history["messages"].as_array().unwrap().iter().collect();
-    assert!(top.iter().all(|m| m["ts"] != doomed_ts.as_str()), "deleted message is gone from history");
-    assert!(top.iter().all(|m| m["ts"] != reply["ts"]), "replies stay in their thread");
-    let p = top.iter().find(|m| m["ts"] == parent_ts.as_str()).expect("parent in history");
+    assert!(
+        top.iter().all(|m| m["ts"] != doomed_ts.as_str()),
+        "deleted message is gone from history"
+    );
+    assert!(
+        top.iter().all(|m| m["ts"] != reply["ts"]),
+        "replies stay in their thread"
+    );
+    let p = top
+        .iter()
+        .find(|m| m["ts"] == parent_ts.as_str())
+        .expect("parent in history");
     assert_eq!(p["text"], "ship it on monday");
     assert!(p["edited"]["ts"].is_string());
     assert_eq!(p["reply_count"], 1);
-    assert_eq!(p["reactions"], json!([{ "name": "tada", "users": [bob.id], "count": 1 }]));
-    let replies = cluster.api_ok("conversations.replies", &bob.token, json!({ "channel": channel, "ts": parent_ts })).await;
-    let texts: Vec<&str> = replies["messages"].as_array().unwrap().iter().map(|m| m["text"].as_str().unwrap()).collect();
+    assert_eq!(
+        p["reactions"],
+        json!([{ "name": "tada", "users": [bob.id], "count": 1 }])
+    );
+    let replies = cluster
+        .api_ok(
+            "conversations.replies",
+            &bob.token,
+            json!({ "channel": channel, "ts": parent_ts }),
+        )
+        .await;
+    let texts: Vec<&str> = replies["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
     assert_eq!(texts, vec!["ship it on monday", "monday works"]);
-    let got = cluster.api_ok("reactions.get", &alice.token, json!({ "channel": channel, "timestamp": parent_ts })).await;
+    let got = cluster
+        .api_ok(
+            "reactions.get",
+            &alice.token,
+            json!({ "channel": channel, "timestamp": parent_ts }),
+        )
+        .await;
     assert_eq!(got["message"]["reactions"][0]["name"], "tada");
 
     // Search sees the edit and not the deleted message.
     let mut found = Value::Null;
     for _ in 0..40 {
-        let v = cluster.api_ok("search.messages", &alice.token, json!({ "query": format!("monday in:#changes") })).await;
+        let v = cluster
+            .api_ok(
+                "search.messages",
+                &alice.token,
+                json!({ "query": format!("monday in:#changes") }),
+            )
+            .await;
         if v["messages"]["total"] == 2 {
             found = v;
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(found["messages"]["total"], 2, "edited parent and reply are searchable: {found}");
-    let v = cluster.api_ok("search.messages", &alice.token, json!({ "query": "mesage" })).await;
-    assert_eq!(v["messages"]["total"], 0, "a deleted message is not found: {v}");
+    assert_eq!(
+        found["messages"]["total"], 2,
+        "edited parent and reply are searchable: {found}"
+    );
+    let v = cluster
+        .api_ok(
+            "search.messages",
+            &alice.token,
+            json!({ "query": "mesage" }),
+        )
+        .await;
+    assert_eq!(
+        v["messages"]["total"], 0,
+        "a deleted message is not found: {v}"
+    );
 
     // A client that missed all of it gets every entry replayed on resume, in order.
     let resume: BTreeMap<String, u64> = [(channel.clone(), start_seq)].into_iter().collect();
     let late = cluster.connect_resume(0, &alice, &resume).await;
     late.wait_seq(&channel, last, WAIT).await;
-    let replayed: Vec<u64> = entries(&late, &channel).iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let replayed: Vec<u64> = entries(&late, &channel)
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(replayed, (start_seq + 1..=last).collect::<Vec<_>>());
-    let replayed_kinds: Vec<String> = entries(&late, &channel).iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
-    assert_eq!(replayed_kinds.iter().filter(|k| k.starts_with("reaction")).count(), 3);
+    let replayed_kinds: Vec<String> = entries(&late, &channel)
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        replayed_kinds
+            .iter()
+            .filter(|k| k.starts_with("reaction"))
+            .count(),
+        3
+    );
 }

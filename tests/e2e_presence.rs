@@ -13,7 +13,9 @@ const WAIT: Duration = Duration::from_secs(10);
 
 fn presence_of(id: &str, p: &'static str) -> impl Fn(&Value) -> bool {
     let id = id.to_string();
-    move |e: &Value| e["type"] == "presence_change" && e["user"] == id.as_str() && e["presence"] == p
+    move |e: &Value| {
+        e["type"] == "presence_change" && e["user"] == id.as_str() && e["presence"] == p
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,13 +31,19 @@ async fn presence_is_debounced_across_gateways_and_settable() {
     let gus = cluster.user("globex", "gus").clone();
     let watcher = cluster.connect(0, &alice).await;
     let outsider = cluster.connect(1, &gus).await;
-    let v = cluster.api_ok("users.getPresence", &alice.token, json!({ "user": bob.id })).await;
+    let v = cluster
+        .api_ok("users.getPresence", &alice.token, json!({ "user": bob.id }))
+        .await;
     assert_eq!(v["presence"], "away", "{v}");
 
     let from = watcher.num_events();
     let bob_ws = cluster.connect(1, &bob).await;
-    watcher.wait_event(from, WAIT, "bob active", presence_of(&bob.id, "active")).await;
-    let v = cluster.api_ok("users.getPresence", &alice.token, json!({ "user": bob.id })).await;
+    watcher
+        .wait_event(from, WAIT, "bob active", presence_of(&bob.id, "active"))
+        .await;
+    let v = cluster
+        .api_ok("users.getPresence", &alice.token, json!({ "user": bob.id }))
+        .await;
     assert_eq!(v["presence"], "active", "{v}");
 
     // bob drops and comes back on the other gateway well within the debounce: nothing.
@@ -49,37 +57,88 @@ async fn presence_is_debounced_across_gateways_and_settable() {
         .filter(|e| e["type"] == "presence_change" && e["user"] == bob.id.as_str())
         .cloned()
         .collect();
-    assert!(flaps.is_empty(), "a quick reconnect flapped presence: {flaps:?}");
+    assert!(
+        flaps.is_empty(),
+        "a quick reconnect flapped presence: {flaps:?}"
+    );
 
     // bob goes for good: away once the debounce has passed.
     let from = watcher.num_events();
     bob_ws.close().await;
-    let away = watcher.wait_event(from, WAIT, "bob away", presence_of(&bob.id, "away")).await;
+    let away = watcher
+        .wait_event(from, WAIT, "bob away", presence_of(&bob.id, "away"))
+        .await;
     assert_eq!(away["presence"], "away");
-    let v = cluster.api_ok("users.getPresence", &bob.token, json!({})).await;
-    assert_eq!((v["presence"].as_str(), v["online"].as_bool()), (Some("away"), Some(false)), "{v}");
+    let v = cluster
+        .api_ok("users.getPresence", &bob.token, json!({}))
+        .await;
+    assert_eq!(
+        (v["presence"].as_str(), v["online"].as_bool()),
+        (Some("away"), Some(false)),
+        "{v}"
+    );
 
     // Manual away while connected, then back to auto.
     let bob_ws = cluster.connect(1, &bob).await;
     let from = watcher.num_events();
-    watcher.wait_event(from.saturating_sub(5), WAIT, "bob active again", presence_of(&bob.id, "active")).await;
-    cluster.api_ok("users.setPresence", &bob.token, json!({ "presence": "away" })).await;
-    watcher.wait_event(from, WAIT, "bob manual away", presence_of(&bob.id, "away")).await;
-    let v = cluster.api_ok("users.getPresence", &bob.token, json!({})).await;
-    assert_eq!((v["presence"].as_str(), v["manual_away"].as_bool()), (Some("away"), Some(true)), "{v}");
+    watcher
+        .wait_event(
+            from.saturating_sub(5),
+            WAIT,
+            "bob active again",
+            presence_of(&bob.id, "active"),
+        )
+        .await;
+    cluster
+        .api_ok(
+            "users.setPresence",
+            &bob.token,
+            json!({ "presence": "away" }),
+        )
+        .await;
+    watcher
+        .wait_event(from, WAIT, "bob manual away", presence_of(&bob.id, "away"))
+        .await;
+    let v = cluster
+        .api_ok("users.getPresence", &bob.token, json!({}))
+        .await;
+    assert_eq!(
+        (v["presence"].as_str(), v["manual_away"].as_bool()),
+        (Some("away"), Some(true)),
+        "{v}"
+    );
     let from = watcher.num_events();
-    cluster.api_ok("users.setPresence", &bob.token, json!({ "presence": "auto" })).await;
-    watcher.wait_event(from, WAIT, "bob auto", presence_of(&bob.id, "active")).await;
-    let v = cluster.api("users.setPresence", &bob.token, json!({ "presence": "busy" })).await;
+    cluster
+        .api_ok(
+            "users.setPresence",
+            &bob.token,
+            json!({ "presence": "auto" }),
+        )
+        .await;
+    watcher
+        .wait_event(from, WAIT, "bob auto", presence_of(&bob.id, "active"))
+        .await;
+    let v = cluster
+        .api(
+            "users.setPresence",
+            &bob.token,
+            json!({ "presence": "busy" }),
+        )
+        .await;
     assert_eq!(v["error"], "invalid_arguments", "{v}");
     drop(bob_ws);
 
     // Another workspace hears nothing of acme's people, and cannot ask.
     assert!(
-        outsider.events().iter().all(|e| e["type"] != "presence_change" || e["user"] == gus.id.as_str()),
+        outsider
+            .events()
+            .iter()
+            .all(|e| e["type"] != "presence_change" || e["user"] == gus.id.as_str()),
         "globex saw acme presence: {:?}",
         outsider.events()
     );
-    let v = cluster.api("users.getPresence", &gus.token, json!({ "user": bob.id })).await;
+    let v = cluster
+        .api("users.getPresence", &gus.token, json!({ "user": bob.id }))
+        .await;
     assert_eq!(v["error"], "user_not_found", "{v}");
 }

@@ -16,7 +16,9 @@ fn run(what: &str, cmd: &mut Command, install: &str) {
     let out = cmd
         .env("SWITCHBOARD_BIN", env!("CARGO_BIN_EXE_switchboard"))
         .output()
-        .unwrap_or_else(|e| panic!("could not run the {what} suite ({e}); install it with: {install}"));
+        .unwrap_or_else(|e| {
+            panic!("could not run the {what} suite ({e}); install it with: {install}")
+        });
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -24,14 +26,30 @@ fn run(what: &str, cmd: &mut Command, install: &str) {
         "the {what} suite failed ({}); if a package is missing, install it with: {install}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         out.status
     );
-    println!("{what}: {}", stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default());
+    println!(
+        "{what}: {}",
+        stdout
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default()
+    );
 }
 
 #[test]
 fn python_slack_sdk_web_api_and_rtm_clients_work_unchanged() {
     run(
         "Python slack_sdk",
-        Command::new("python3").args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "sdk-tests/python"]).current_dir(root()),
+        Command::new("python3")
+            .args([
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "sdk-tests/python",
+            ])
+            .current_dir(root()),
         "python3 -m pip install -r sdk-tests/python/requirements.txt",
     );
 }
@@ -40,8 +58,13 @@ fn python_slack_sdk_web_api_and_rtm_clients_work_unchanged() {
 fn node_slack_web_api_and_rtm_clients_work_unchanged() {
     let node_dir = root().join("sdk-tests/node");
     assert!(
-        node_dir.join("node_modules/@slack/web-api").exists() && node_dir.join("node_modules/@slack/rtm-api").exists(),
+        node_dir.join("node_modules/@slack/web-api").exists()
+            && node_dir.join("node_modules/@slack/rtm-api").exists(),
         "the Node SDKs are not installed: run `npm ci` in sdk-tests/node"
     );
-    run("Node @slack/web-api", Command::new("node").arg("--test").current_dir(&node_dir), "cd sdk-tests/node && npm ci");
+    run(
+        "Node @slack/web-api",
+        Command::new("node").arg("--test").current_dir(&node_dir),
+        "cd sdk-tests/node && npm ci",
+    );
 }

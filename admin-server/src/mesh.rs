@@ -30,10 +30,19 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(authority: Arc<RingAuthority>, pool: Arc<PeerPool>, presence_debounce: Duration) -> Router {
+    pub fn new(
+        authority: Arc<RingAuthority>,
+        pool: Arc<PeerPool>,
+        presence_debounce: Duration,
+    ) -> Router {
         let (user_events, _) = broadcast::channel(4096);
         let presence = PresenceBook::new(user_events.clone(), presence_debounce);
-        Router { authority, pool, user_events, presence }
+        Router {
+            authority,
+            pool,
+            user_events,
+            presence,
+        }
     }
 
     pub async fn serve_connection(self, conn: MeshConn, shutdown: Shutdown) {
@@ -70,11 +79,20 @@ impl Router {
             }
             MeshFrame::Post { msg } => self.route_post(msg).await,
             // Presence reports and settings are aggregated here; everything else is relayed.
-            MeshFrame::User(UserEvent::PresenceReport { workspace, user, gateway, online }) => {
+            MeshFrame::User(UserEvent::PresenceReport {
+                workspace,
+                user,
+                gateway,
+                online,
+            }) => {
                 self.presence.report(workspace, user, gateway, online);
                 MeshFrame::Ok
             }
-            MeshFrame::User(UserEvent::PresenceSet { workspace, user, away }) => {
+            MeshFrame::User(UserEvent::PresenceSet {
+                workspace,
+                user,
+                away,
+            }) => {
                 self.presence.set_manual(workspace, user, away);
                 MeshFrame::Ok
             }
@@ -84,7 +102,11 @@ impl Router {
             }
             MeshFrame::PresenceGet { user } => {
                 let (presence, online, manual_away) = self.presence.get(&user);
-                MeshFrame::PresenceIs { presence, online, manual_away }
+                MeshFrame::PresenceIs {
+                    presence,
+                    online,
+                    manual_away,
+                }
             }
             MeshFrame::Ping => MeshFrame::Ok,
             _ => {

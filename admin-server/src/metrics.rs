@@ -39,5 +39,10 @@ pub static BAD_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 pub static PRESENCE_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register_int_counter_vec!("switchboard_admin_presence_changes_total", "presence changes broadcast, by presence", &["presence"]).unwrap()
+    register_int_counter_vec!(
+        "switchboard_admin_presence_changes_total",
+        "presence changes broadcast, by presence",
+        &["presence"]
+    )
+    .unwrap()
 });

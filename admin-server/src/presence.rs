@@ -43,11 +43,21 @@ pub struct PresenceBook {
 
 impl PresenceBook {
     pub fn new(events: broadcast::Sender<UserEvent>, debounce: Duration) -> Arc<PresenceBook> {
-        Arc::new(PresenceBook { users: Mutex::new(HashMap::new()), events, debounce })
+        Arc::new(PresenceBook {
+            users: Mutex::new(HashMap::new()),
+            events,
+            debounce,
+        })
     }
 
     /// A gateway says `user` has (or no longer has) sessions on it.
-    pub fn report(self: &Arc<Self>, workspace: WorkspaceId, user: UserId, gateway: NodeId, online: bool) {
+    pub fn report(
+        self: &Arc<Self>,
+        workspace: WorkspaceId,
+        user: UserId,
+        gateway: NodeId,
+        online: bool,
+    ) {
         self.update(workspace, user, |e| {
             if online {
                 e.gateways.insert(gateway);
@@ -84,7 +94,12 @@ impl PresenceBook {
         }
     }
 
-    fn update(self: &Arc<Self>, workspace: WorkspaceId, user: UserId, change: impl FnOnce(&mut Entry)) {
+    fn update(
+        self: &Arc<Self>,
+        workspace: WorkspaceId,
+        user: UserId,
+        change: impl FnOnce(&mut Entry),
+    ) {
         let mut users = self.users.lock();
         let e = users.entry(user.clone()).or_insert_with(|| Entry {
             workspace: workspace.clone(),
@@ -111,8 +126,13 @@ impl PresenceBook {
                 tokio::spawn(async move {
                     tokio::time::sleep(book.debounce).await;
                     let mut users = book.users.lock();
-                    let Some(e) = users.get_mut(&user) else { return };
-                    if e.generation == generation && e.effective() == Presence::Away && e.published != Presence::Away {
+                    let Some(e) = users.get_mut(&user) else {
+                        return;
+                    };
+                    if e.generation == generation
+                        && e.effective() == Presence::Away
+                        && e.published != Presence::Away
+                    {
                         e.published = Presence::Away;
                         let ws = e.workspace.clone();
                         book.broadcast(&ws, &user, Presence::Away);
@@ -127,8 +147,14 @@ impl PresenceBook {
     }
 
     fn broadcast(&self, workspace: &WorkspaceId, user: &UserId, presence: Presence) {
-        m::PRESENCE_CHANGES.with_label_values(&[presence.as_str()]).inc();
-        let _ = self.events.send(UserEvent::PresenceChanged { workspace: workspace.clone(), user: user.clone(), presence });
+        m::PRESENCE_CHANGES
+            .with_label_values(&[presence.as_str()])
+            .inc();
+        let _ = self.events.send(UserEvent::PresenceChanged {
+            workspace: workspace.clone(),
+            user: user.clone(),
+            presence,
+        });
     }
 }
 
@@ -156,7 +182,11 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(1)).await;
         book.report(ws.clone(), u.clone(), NodeId::from("gw-2"), true);
         tokio::time::sleep(Duration::from_secs(5)).await;
-        assert_eq!(changes(&mut rx), Vec::<Presence>::new(), "no away/active flap");
+        assert_eq!(
+            changes(&mut rx),
+            Vec::<Presence>::new(),
+            "no away/active flap"
+        );
         assert_eq!(book.get(&u), (Presence::Active, true, false));
         // Gone for good: away after the debounce, once.
         book.gateway_gone(&NodeId::from("gw-2"));

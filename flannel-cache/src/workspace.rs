@@ -282,7 +282,9 @@ impl WorkspaceData {
     pub fn apply(&mut self, event: &UserEvent) -> Applied {
         match event {
             // Presence is not boot data: the gateways carry it live.
-            UserEvent::PresenceReport { .. } | UserEvent::PresenceSet { .. } | UserEvent::PresenceChanged { .. } => {}
+            UserEvent::PresenceReport { .. }
+            | UserEvent::PresenceSet { .. }
+            | UserEvent::PresenceChanged { .. } => {}
             UserEvent::UserChanged { user, .. } => {
                 self.upsert_user(user.clone());
             }

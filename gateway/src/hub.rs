@@ -352,7 +352,11 @@ impl Hub {
             | UserEvent::PresenceSet { .. } => return,
             // Presence goes to every session of the user's workspace here (their clients
             // decide whom they show).
-            UserEvent::PresenceChanged { workspace, user, presence } => {
+            UserEvent::PresenceChanged {
+                workspace,
+                user,
+                presence,
+            } => {
                 let text: Utf8Bytes = ephemeral_json(
                     &ChannelId(String::new()),
                     &EphemeralEvent::Presence { user, presence },
@@ -387,7 +391,9 @@ impl Hub {
     /// Tells the admin server that `user` now has (or no longer has) sessions here; it
     /// aggregates presence over every gateway, debounces it and broadcasts the changes back.
     pub fn report_presence(&self, workspace: &WorkspaceId, user: &UserId, online: bool) {
-        let Some(admin) = *self.admin_addr.lock() else { return };
+        let Some(admin) = *self.admin_addr.lock() else {
+            return;
+        };
         let frame = MeshFrame::User(UserEvent::PresenceReport {
             workspace: workspace.clone(),
             user: user.clone(),
@@ -415,7 +421,12 @@ impl Hub {
             st.users
                 .iter()
                 .filter(|(_, ids)| !ids.is_empty())
-                .filter_map(|(u, ids)| ids.iter().next().and_then(|id| st.sessions.get(id)).map(|s| (s.workspace.clone(), u.clone())))
+                .filter_map(|(u, ids)| {
+                    ids.iter()
+                        .next()
+                        .and_then(|id| st.sessions.get(id))
+                        .map(|s| (s.workspace.clone(), u.clone()))
+                })
                 .collect()
         };
         for (ws, user) in users {

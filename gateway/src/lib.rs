@@ -315,7 +315,9 @@ async fn rtm(
                 user = %session_params.claims.user,
                 workspace = %session_params.claims.workspace
             );
-            session::run(hub, socket, session_params, shutdown).instrument(span).await;
+            session::run(hub, socket, session_params, shutdown)
+                .instrument(span)
+                .await;
             drop(permit);
         })
 }

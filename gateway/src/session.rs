@@ -369,7 +369,12 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
     finish(&hub, id, &user, &params.claims.workspace);
 }
 
-fn finish(hub: &Arc<Hub>, id: SessionId, user: &shared::ids::UserId, workspace: &shared::ids::WorkspaceId) {
+fn finish(
+    hub: &Arc<Hub>,
+    id: SessionId,
+    user: &shared::ids::UserId,
+    workspace: &shared::ids::WorkspaceId,
+) {
     if hub.unregister(id) {
         hub.report_presence(workspace, user, false);
     }

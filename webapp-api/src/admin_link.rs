@@ -137,9 +137,19 @@ impl AdminLink {
     }
 
     /// A user's presence as the admin server aggregates it: (presence, online, manual away).
-    pub async fn presence(&self, user: shared::ids::UserId) -> Result<(shared::protocol::Presence, bool, bool), PostError> {
-        match self.request("presence_get", &MeshFrame::PresenceGet { user }, true).await? {
-            MeshFrame::PresenceIs { presence, online, manual_away } => Ok((presence, online, manual_away)),
+    pub async fn presence(
+        &self,
+        user: shared::ids::UserId,
+    ) -> Result<(shared::protocol::Presence, bool, bool), PostError> {
+        match self
+            .request("presence_get", &MeshFrame::PresenceGet { user }, true)
+            .await?
+        {
+            MeshFrame::PresenceIs {
+                presence,
+                online,
+                manual_away,
+            } => Ok((presence, online, manual_away)),
             other => Err(unexpected(other)),
         }
     }

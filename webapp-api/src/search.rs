@@ -21,7 +21,9 @@ impl Search {
         let indexes = (0..store.num_shards())
             .map(|n| {
                 let path = dir.join(format!("shard-{n}"));
-                SearchIndex::open(&path).map(Arc::new).with_context(|| format!("failed to open search index {}", path.display()))
+                SearchIndex::open(&path)
+                    .map(Arc::new)
+                    .with_context(|| format!("failed to open search index {}", path.display()))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Search { indexes })
@@ -30,7 +32,12 @@ impl Search {
     /// Starts one indexer per shard.
     pub fn spawn_indexers(&self, store: &SharedStore, shutdown: &Shutdown) {
         for (shard, index) in self.indexes.iter().enumerate() {
-            tokio::spawn(shared::search::indexer::run(store.clone(), index.clone(), shard as u32, shutdown.clone()));
+            tokio::spawn(shared::search::indexer::run(
+                store.clone(),
+                index.clone(),
+                shard as u32,
+                shutdown.clone(),
+            ));
         }
     }
 

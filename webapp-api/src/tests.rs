@@ -218,7 +218,10 @@ async fn auth_test_identifies_the_caller_by_header_or_param() {
     assert_eq!(v["user_id"], s.user_id("bob"));
     assert_eq!(v["team_id"], s.demo["workspace"]);
     // RTM clients need a bot id from auth.test; a person's is derived from the user id.
-    assert_eq!(v["bot_id"].as_str().unwrap().strip_prefix('B'), v["user_id"].as_str().unwrap().strip_prefix('U'));
+    assert_eq!(
+        v["bot_id"].as_str().unwrap().strip_prefix('B'),
+        v["user_id"].as_str().unwrap().strip_prefix('U')
+    );
     let token = s.token("carol");
     let (status, v) = s.call_form("auth.test", &[("token", &token)]).await;
     assert_eq!(status, StatusCode::OK);
@@ -1153,7 +1156,6 @@ async fn admin_helpers_work_on_the_store() {
         .is_err());
 }
 
-
 #[tokio::test]
 async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions() {
     let s = Server::start().await;
@@ -1161,7 +1163,13 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
     let bob = s.token("bob");
     let ws = WorkspaceId(s.demo["workspace"].as_str().unwrap().to_string());
     let general = ChannelId(s.demo["general"].as_str().unwrap().to_string());
-    let (_, v) = s.call("conversations.create", Some(&alice), json!({"name": "secret", "is_private": true})).await;
+    let (_, v) = s
+        .call(
+            "conversations.create",
+            Some(&alice),
+            json!({"name": "secret", "is_private": true}),
+        )
+        .await;
     let secret = ChannelId(v["channel"]["id"].as_str().unwrap().to_string());
     let append = |channel: &ChannelId, seq: Seq, user: &str, text: &str| Message {
         workspace: ws.clone(),
@@ -1174,15 +1182,39 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
         thread_ts: None,
         kind: shared::protocol::MessageKind::Posted,
     };
-    s.store.append(&append(&general, 1, "alice", "The release train leaves at noon")).await.unwrap();
-    s.store.append(&append(&general, 2, "bob", "release notes at https://example.com")).await.unwrap();
-    s.store.append(&append(&general, 3, "bob", "lunch?")).await.unwrap();
-    s.store.append(&append(&secret, 1, "alice", "secret release plans")).await.unwrap();
+    s.store
+        .append(&append(
+            &general,
+            1,
+            "alice",
+            "The release train leaves at noon",
+        ))
+        .await
+        .unwrap();
+    s.store
+        .append(&append(
+            &general,
+            2,
+            "bob",
+            "release notes at https://example.com",
+        ))
+        .await
+        .unwrap();
+    s.store
+        .append(&append(&general, 3, "bob", "lunch?"))
+        .await
+        .unwrap();
+    s.store
+        .append(&append(&secret, 1, "alice", "secret release plans"))
+        .await
+        .unwrap();
 
     // Indexed from the change feed within a bounded wait.
     let mut found = Value::Null;
     for _ in 0..50 {
-        let (_, v) = s.call("search.messages", Some(&alice), json!({"query": "release"})).await;
+        let (_, v) = s
+            .call("search.messages", Some(&alice), json!({"query": "release"}))
+            .await;
         if v["messages"]["total"] == 3 {
             found = v;
             break;
@@ -1192,23 +1224,57 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
     assert_eq!(found["ok"], true, "{found}");
     assert_eq!(found["messages"]["total"], 3);
     // Bob is not in #secret: he finds only the public ones.
-    let (_, v) = s.call("search.messages", Some(&bob), json!({"query": "release"})).await;
+    let (_, v) = s
+        .call("search.messages", Some(&bob), json!({"query": "release"}))
+        .await;
     assert_eq!(v["messages"]["total"], 2, "{v}");
-    let (_, v) = s.call("search.messages", Some(&bob), json!({"query": "release in:#secret"})).await;
+    let (_, v) = s
+        .call(
+            "search.messages",
+            Some(&bob),
+            json!({"query": "release in:#secret"}),
+        )
+        .await;
     assert_eq!(v["messages"]["total"], 0, "{v}");
     // Modifiers.
-    let (_, v) = s.call("search.messages", Some(&alice), json!({"query": "release from:@bob has:link"})).await;
+    let (_, v) = s
+        .call(
+            "search.messages",
+            Some(&alice),
+            json!({"query": "release from:@bob has:link"}),
+        )
+        .await;
     assert_eq!(v["messages"]["total"], 1, "{v}");
     assert_eq!(v["messages"]["matches"][0]["username"], "bob");
-    let (_, v) = s.call("search.messages", Some(&alice), json!({"query": "\"release train\" in:#general", "highlight": true})).await;
+    let (_, v) = s
+        .call(
+            "search.messages",
+            Some(&alice),
+            json!({"query": "\"release train\" in:#general", "highlight": true}),
+        )
+        .await;
     assert_eq!(v["messages"]["total"], 1, "{v}");
-    assert!(v["messages"]["matches"][0]["text"].as_str().unwrap().contains('\u{e000}'));
-    let (_, v) = s.call("search.messages", Some(&alice), json!({"query": "release -train", "sort": "timestamp", "count": 1})).await;
+    assert!(v["messages"]["matches"][0]["text"]
+        .as_str()
+        .unwrap()
+        .contains('\u{e000}'));
+    let (_, v) = s
+        .call(
+            "search.messages",
+            Some(&alice),
+            json!({"query": "release -train", "sort": "timestamp", "count": 1}),
+        )
+        .await;
     assert_eq!(v["messages"]["total"], 2, "{v}");
     assert_eq!(v["messages"]["paging"]["pages"], 2);
     assert_eq!(v["messages"]["matches"][0]["seq"], 2, "newest first");
     // Bad queries are clear errors.
-    for bad in [json!({}), json!({"query": "x before:tomorrowish"}), json!({"query": "x", "count": "zero"}), json!({"query": "\"open"})] {
+    for bad in [
+        json!({}),
+        json!({"query": "x before:tomorrowish"}),
+        json!({"query": "x", "count": "zero"}),
+        json!({"query": "\"open"}),
+    ] {
         let (status, v) = s.call("search.messages", Some(&alice), bad.clone()).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(v["error"], "invalid_arguments", "{bad} -> {v}");

@@ -99,7 +99,9 @@ impl From<&Message> for MessageEvent {
 pub fn message_json(m: &Message) -> String {
     let ts = m.ts.to_slack();
     let value = match &m.kind {
-        MessageKind::Posted => return serde_json::to_string(&MessageEvent::from(m)).expect("message event serializes"),
+        MessageKind::Posted => {
+            return serde_json::to_string(&MessageEvent::from(m)).expect("message event serializes")
+        }
         MessageKind::Edited { target } => serde_json::json!({
             "type": "message",
             "subtype": "message_changed",
@@ -128,8 +130,13 @@ pub fn message_json(m: &Message) -> String {
             "seq": m.seq,
             "team": m.workspace.0,
         }),
-        MessageKind::ReactionAdded { target, reaction } | MessageKind::ReactionRemoved { target, reaction } => {
-            let kind = if matches!(m.kind, MessageKind::ReactionAdded { .. }) { "reaction_added" } else { "reaction_removed" };
+        MessageKind::ReactionAdded { target, reaction }
+        | MessageKind::ReactionRemoved { target, reaction } => {
+            let kind = if matches!(m.kind, MessageKind::ReactionAdded { .. }) {
+                "reaction_added"
+            } else {
+                "reaction_removed"
+            };
             serde_json::json!({
                 "type": kind,
                 "user": m.user.0,
@@ -222,10 +229,36 @@ mod tests {
         };
         let kinds = [
             (MessageKind::Posted, "message", None),
-            (MessageKind::Edited { target: Ts(1_000_000) }, "message", Some("message_changed")),
-            (MessageKind::Deleted { target: Ts(1_000_000) }, "message", Some("message_deleted")),
-            (MessageKind::ReactionAdded { target: Ts(1_000_000), reaction: "tada".into() }, "reaction_added", None),
-            (MessageKind::ReactionRemoved { target: Ts(1_000_000), reaction: "tada".into() }, "reaction_removed", None),
+            (
+                MessageKind::Edited {
+                    target: Ts(1_000_000),
+                },
+                "message",
+                Some("message_changed"),
+            ),
+            (
+                MessageKind::Deleted {
+                    target: Ts(1_000_000),
+                },
+                "message",
+                Some("message_deleted"),
+            ),
+            (
+                MessageKind::ReactionAdded {
+                    target: Ts(1_000_000),
+                    reaction: "tada".into(),
+                },
+                "reaction_added",
+                None,
+            ),
+            (
+                MessageKind::ReactionRemoved {
+                    target: Ts(1_000_000),
+                    reaction: "tada".into(),
+                },
+                "reaction_removed",
+                None,
+            ),
         ];
         for (kind, ty, subtype) in kinds {
             let mut m = base.clone();
@@ -237,7 +270,9 @@ mod tests {
             assert_eq!(v["subtype"].as_str(), subtype);
         }
         let mut edit = base.clone();
-        edit.kind = MessageKind::Edited { target: Ts(1_000_000) };
+        edit.kind = MessageKind::Edited {
+            target: Ts(1_000_000),
+        };
         let v: serde_json::Value = serde_json::from_str(&message_json(&edit)).unwrap();
         assert_eq!(v["message"]["ts"], "1.000000");
         assert_eq!(v["message"]["text"], "new text");

@@ -156,7 +156,9 @@ pub enum MeshFrame {
     Error(MeshError),
 
     /// Web API -> admin server: a user's presence.
-    PresenceGet { user: UserId },
+    PresenceGet {
+        user: UserId,
+    },
     /// Answer to `PresenceGet`.
     PresenceIs {
         presence: super::model::Presence,
@@ -338,7 +340,10 @@ mod tests {
                     text: "hello".into(),
                     client_msg_id: None,
                     thread_ts: Some(Ts(5)),
-                    kind: MessageKind::ReactionAdded { target: Ts(4), reaction: "tada".into() },
+                    kind: MessageKind::ReactionAdded {
+                        target: Ts(4),
+                        reaction: "tada".into(),
+                    },
                 },
             },
             MeshFrame::PostOk {

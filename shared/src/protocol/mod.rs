@@ -13,6 +13,6 @@ pub use mesh::{
     PROTOCOL_VERSION,
 };
 pub use model::{
-    ChannelSummary, EphemeralEvent, MemberRow, Message, MessageKind, NewMessage, Presence, RingMember,
-    RingState, Role, UserEvent, UserProfile, WorkspaceSnapshot,
+    ChannelSummary, EphemeralEvent, MemberRow, Message, MessageKind, NewMessage, Presence,
+    RingMember, RingState, Role, UserEvent, UserProfile, WorkspaceSnapshot,
 };

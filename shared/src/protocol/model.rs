@@ -65,19 +65,30 @@ impl MessageKind {
 
     pub fn reaction(&self) -> Option<&str> {
         match self {
-            MessageKind::ReactionAdded { reaction, .. } | MessageKind::ReactionRemoved { reaction, .. } => Some(reaction),
+            MessageKind::ReactionAdded { reaction, .. }
+            | MessageKind::ReactionRemoved { reaction, .. } => Some(reaction),
             _ => None,
         }
     }
 
     /// Rebuilds a kind from its stored parts.
-    pub fn from_parts(name: &str, target: Option<Ts>, reaction: Option<String>) -> Option<MessageKind> {
+    pub fn from_parts(
+        name: &str,
+        target: Option<Ts>,
+        reaction: Option<String>,
+    ) -> Option<MessageKind> {
         Some(match name {
             "posted" => MessageKind::Posted,
             "edited" => MessageKind::Edited { target: target? },
             "deleted" => MessageKind::Deleted { target: target? },
-            "reaction_added" => MessageKind::ReactionAdded { target: target?, reaction: reaction? },
-            "reaction_removed" => MessageKind::ReactionRemoved { target: target?, reaction: reaction? },
+            "reaction_added" => MessageKind::ReactionAdded {
+                target: target?,
+                reaction: reaction?,
+            },
+            "reaction_removed" => MessageKind::ReactionRemoved {
+                target: target?,
+                reaction: reaction?,
+            },
             _ => return None,
         })
     }

@@ -13,12 +13,18 @@ const BATCH: u32 = 2000;
 const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Applies every pending change of `shard` once; returns how many it applied.
-pub async fn catch_up(store: &SharedStore, index: &SearchIndex, shard: u32) -> anyhow::Result<usize> {
+pub async fn catch_up(
+    store: &SharedStore,
+    index: &SearchIndex,
+    shard: u32,
+) -> anyhow::Result<usize> {
     let mut applied = 0;
     loop {
         let after = index.last_change_id();
         let changes = store.changes_since(shard, after, BATCH).await?;
-        let Some(last) = changes.last().map(|c| c.id) else { return Ok(applied) };
+        let Some(last) = changes.last().map(|c| c.id) else {
+            return Ok(applied);
+        };
         for change in &changes {
             if change.deleted {
                 index.remove(&change.message.channel, change.message.seq)?;
@@ -55,8 +61,8 @@ mod tests {
     use crate::ids::{ChannelId, Ts, UserId};
     use crate::protocol::Message;
     use crate::search::{SearchRequest, SortBy};
-    use crate::store::sqlite::SqliteStore;
     use crate::store::shard_for;
+    use crate::store::sqlite::SqliteStore;
 
     #[tokio::test]
     async fn a_reopened_index_resumes_from_its_last_commit() {
@@ -88,7 +94,11 @@ mod tests {
         // Acknowledged while the indexer was down.
         store.append(&post(4, "beta")).await.unwrap();
         let index = SearchIndex::open(&index_dir).unwrap();
-        assert_eq!(catch_up(&store, &index, shard).await.unwrap(), 1, "only what it had not applied");
+        assert_eq!(
+            catch_up(&store, &index, shard).await.unwrap(),
+            1,
+            "only what it had not applied"
+        );
         let r = index
             .search(&SearchRequest {
                 workspace: ws.id.clone(),

@@ -19,9 +19,12 @@ use std::path::Path;
 
 use parking_lot::Mutex;
 use tantivy::collector::{Count, TopDocs};
-use tantivy::query::{BooleanQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery};
+use tantivy::query::{
+    BooleanQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery,
+};
 use tantivy::schema::{
-    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, FAST, INDEXED, STORED, STRING,
+    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value, FAST,
+    INDEXED, STORED, STRING,
 };
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{doc, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
@@ -104,7 +107,9 @@ fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let text_options = TextOptions::default()
         .set_indexing_options(
-            TextFieldIndexing::default().set_tokenizer("default").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            TextFieldIndexing::default()
+                .set_tokenizer("default")
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         )
         .set_stored();
     let fields = Fields {
@@ -131,9 +136,11 @@ pub struct SearchIndex {
 impl SearchIndex {
     /// Opens the index in `dir`, creating it if needed.
     pub fn open(dir: &Path) -> Result<SearchIndex, SearchError> {
-        std::fs::create_dir_all(dir).map_err(|e| SearchError(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| SearchError(format!("create {}: {e}", dir.display())))?;
         let (schema, fields) = schema();
-        let directory = tantivy::directory::MmapDirectory::open(dir).map_err(|e| SearchError(e.to_string()))?;
+        let directory =
+            tantivy::directory::MmapDirectory::open(dir).map_err(|e| SearchError(e.to_string()))?;
         let index = Index::open_or_create(directory, schema)?;
         Self::with_index(index, fields)
     }
@@ -146,8 +153,16 @@ impl SearchIndex {
 
     fn with_index(index: Index, fields: Fields) -> Result<SearchIndex, SearchError> {
         let writer = index.writer(WRITER_HEAP_BYTES)?;
-        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
-        Ok(SearchIndex { index, reader, writer: Mutex::new(writer), fields })
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()?;
+        Ok(SearchIndex {
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+        })
     }
 
     /// The last change id that a commit recorded (0 for a new index).
@@ -186,7 +201,10 @@ impl SearchIndex {
     /// Drops a message (deleted). Takes effect at the next [`commit`](Self::commit).
     pub fn remove(&self, channel: &ChannelId, seq: Seq) -> Result<(), SearchError> {
         let writer = self.writer.lock();
-        writer.delete_term(Term::from_field_text(self.fields.id, &Self::doc_id(channel, seq)));
+        writer.delete_term(Term::from_field_text(
+            self.fields.id,
+            &Self::doc_id(channel, seq),
+        ));
         Ok(())
     }
 
@@ -209,7 +227,9 @@ impl SearchIndex {
 
     /// The query's terms for `text` after the field's tokenizer (lower-casing, splitting).
     fn text_terms(&self, s: &str) -> Vec<Term> {
-        let Ok(mut tokenizer) = self.index.tokenizer_for_field(self.fields.text) else { return Vec::new() };
+        let Ok(mut tokenizer) = self.index.tokenizer_for_field(self.fields.text) else {
+            return Vec::new();
+        };
         let mut stream = tokenizer.token_stream(s);
         let mut terms = Vec::new();
         while let Some(tok) = stream.next() {
@@ -223,7 +243,10 @@ impl SearchIndex {
         let terms = self.text_terms(s);
         match terms.len() {
             0 => None,
-            1 => Some(Box::new(TermQuery::new(terms[0].clone(), IndexRecordOption::WithFreqs))),
+            1 => Some(Box::new(TermQuery::new(
+                terms[0].clone(),
+                IndexRecordOption::WithFreqs,
+            ))),
             _ => Some(Box::new(PhraseQuery::new(terms))),
         }
     }
@@ -233,17 +256,29 @@ impl SearchIndex {
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         clauses.push((
             Occur::Must,
-            Box::new(TermQuery::new(Term::from_field_text(f.workspace, &r.workspace.0), IndexRecordOption::Basic)),
+            Box::new(TermQuery::new(
+                Term::from_field_text(f.workspace, &r.workspace.0),
+                IndexRecordOption::Basic,
+            )),
         ));
         if r.channels.is_empty() {
             return None;
         }
         clauses.push((
             Occur::Must,
-            Box::new(TermSetQuery::new(r.channels.iter().map(|c| Term::from_field_text(f.channel, &c.0)))),
+            Box::new(TermSetQuery::new(
+                r.channels
+                    .iter()
+                    .map(|c| Term::from_field_text(f.channel, &c.0)),
+            )),
         ));
         if !r.users.is_empty() {
-            clauses.push((Occur::Must, Box::new(TermSetQuery::new(r.users.iter().map(|u| Term::from_field_text(f.user, &u.0))))));
+            clauses.push((
+                Occur::Must,
+                Box::new(TermSetQuery::new(
+                    r.users.iter().map(|u| Term::from_field_text(f.user, &u.0)),
+                )),
+            ));
         }
         let mut any_text = false;
         for w in r.words.iter().chain(r.phrases.iter()) {
@@ -263,12 +298,22 @@ impl SearchIndex {
             }
         }
         if r.after.is_some() || r.before.is_some() {
-            let lower = r.after.map_or(Bound::Unbounded, |t| Bound::Excluded(Term::from_field_u64(f.ts, t.0)));
-            let upper = r.before.map_or(Bound::Unbounded, |t| Bound::Excluded(Term::from_field_u64(f.ts, t.0)));
+            let lower = r.after.map_or(Bound::Unbounded, |t| {
+                Bound::Excluded(Term::from_field_u64(f.ts, t.0))
+            });
+            let upper = r.before.map_or(Bound::Unbounded, |t| {
+                Bound::Excluded(Term::from_field_u64(f.ts, t.0))
+            });
             clauses.push((Occur::Must, Box::new(RangeQuery::new(lower, upper))));
         }
         if r.has_link {
-            clauses.push((Occur::Must, Box::new(TermQuery::new(Term::from_field_u64(f.has_link, 1), IndexRecordOption::Basic))));
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_u64(f.has_link, 1),
+                    IndexRecordOption::Basic,
+                )),
+            ));
         }
         let _ = any_text;
         Some(Box::new(BooleanQuery::new(clauses)))
@@ -276,7 +321,9 @@ impl SearchIndex {
 
     /// Runs a search: total matches and one page of hits, highlighted when asked.
     pub fn search(&self, r: &SearchRequest) -> Result<SearchResults, SearchError> {
-        let Some(query) = self.build_query(r) else { return Ok(SearchResults::default()) };
+        let Some(query) = self.build_query(r) else {
+            return Ok(SearchResults::default());
+        };
         let searcher = self.reader.searcher();
         let limit = r.limit.clamp(1, 1000);
         let top = TopDocs::with_limit(limit).and_offset(r.offset);
@@ -286,8 +333,15 @@ impl SearchIndex {
                 (total, docs)
             }
             SortBy::Timestamp => {
-                let order = if r.descending { Order::Desc } else { Order::Asc };
-                let (total, docs) = searcher.search(&query, &(Count, top.order_by_fast_field::<u64>("ts", order)))?;
+                let order = if r.descending {
+                    Order::Desc
+                } else {
+                    Order::Asc
+                };
+                let (total, docs) = searcher.search(
+                    &query,
+                    &(Count, top.order_by_fast_field::<u64>("ts", order)),
+                )?;
                 (total, docs.into_iter().map(|(_, a)| (0.0, a)).collect())
             }
         };
@@ -302,8 +356,17 @@ impl SearchIndex {
         let mut hits = Vec::with_capacity(addrs.len());
         for (score, addr) in addrs {
             let doc: TantivyDocument = searcher.doc(addr)?;
-            let text_of = |field: Field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or_default().to_string();
-            let u64_of = |field: Field| doc.get_first(field).and_then(|v| v.as_u64()).unwrap_or_default();
+            let text_of = |field: Field| {
+                doc.get_first(field)
+                    .and_then(|v| v.as_str())
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let u64_of = |field: Field| {
+                doc.get_first(field)
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or_default()
+            };
             let mut text = text_of(f.text);
             if let Some(g) = &snippets {
                 text = highlight(&text, g);
@@ -382,10 +445,20 @@ mod tests {
 
     fn index() -> SearchIndex {
         let idx = SearchIndex::in_memory().unwrap();
-        idx.upsert(&msg("CA", 1, "UA", "the release train leaves at noon", 100)).unwrap();
-        idx.upsert(&msg("CA", 2, "UB", "Release notes: https://example.com/notes", 200)).unwrap();
-        idx.upsert(&msg("CB", 1, "UA", "train delayed, flaky test again", 300)).unwrap();
-        idx.upsert(&msg("CSECRET", 1, "UA", "secret release plans", 400)).unwrap();
+        idx.upsert(&msg("CA", 1, "UA", "the release train leaves at noon", 100))
+            .unwrap();
+        idx.upsert(&msg(
+            "CA",
+            2,
+            "UB",
+            "Release notes: https://example.com/notes",
+            200,
+        ))
+        .unwrap();
+        idx.upsert(&msg("CB", 1, "UA", "train delayed, flaky test again", 300))
+            .unwrap();
+        idx.upsert(&msg("CSECRET", 1, "UA", "secret release plans", 400))
+            .unwrap();
         let mut other = msg("CA", 9, "UA", "release from another workspace", 500);
         other.workspace = WorkspaceId::from("TOTHER");
         idx.upsert(&other).unwrap();
@@ -394,14 +467,20 @@ mod tests {
     }
 
     fn seqs(r: &SearchResults) -> Vec<(String, u64)> {
-        r.hits.iter().map(|h| (h.channel.0.clone(), h.seq)).collect()
+        r.hits
+            .iter()
+            .map(|h| (h.channel.0.clone(), h.seq))
+            .collect()
     }
 
     #[test]
     fn words_match_case_insensitively_within_readable_channels_only() {
         let idx = index();
         let r = idx.search(&request(&["RELEASE"])).unwrap();
-        assert_eq!(r.total, 2, "not the secret channel, not the other workspace");
+        assert_eq!(
+            r.total, 2,
+            "not the secret channel, not the other workspace"
+        );
         assert_eq!(seqs(&r), vec![("CA".into(), 2), ("CA".into(), 1)]);
     }
 
@@ -439,11 +518,18 @@ mod tests {
         r.offset = 0;
         r.limit = 10;
         r.descending = false;
-        assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CA".into(), 1), ("CB".into(), 1)]);
+        assert_eq!(
+            seqs(&idx.search(&r).unwrap()),
+            vec![("CA".into(), 1), ("CB".into(), 1)]
+        );
         r.sort = SortBy::Score;
         r.highlight = true;
         let hits = idx.search(&r).unwrap().hits;
-        assert!(hits.iter().all(|h| h.text.contains("\u{e000}train\u{e001}")), "{hits:?}");
+        assert!(
+            hits.iter()
+                .all(|h| h.text.contains("\u{e000}train\u{e001}")),
+            "{hits:?}"
+        );
     }
 
     #[test]

@@ -46,7 +46,20 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> Option<i64> {
         return None;
     }
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let dim = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][(m - 1) as usize];
+    let dim = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ][(m - 1) as usize];
     if d > dim {
         return None;
     }
@@ -69,11 +82,19 @@ fn day_start(s: &str, now: Ts) -> Result<Ts, QueryError> {
     }
     let bad = || QueryError::BadDate(s.to_string());
     let mut parts = s.splitn(3, '-');
-    let (y, m, d) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
+    let (y, m, d) = (
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+        parts.next().ok_or_else(bad)?,
+    );
     if y.len() != 4 || m.is_empty() || m.len() > 2 || d.is_empty() || d.len() > 2 {
         return Err(bad());
     }
-    let (y, m, d): (i64, u32, u32) = (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?, d.parse().map_err(|_| bad())?);
+    let (y, m, d): (i64, u32, u32) = (
+        y.parse().map_err(|_| bad())?,
+        m.parse().map_err(|_| bad())?,
+        d.parse().map_err(|_| bad())?,
+    );
     let days = days_from_civil(y, m, d).ok_or_else(bad)?;
     if days < 0 {
         return Err(bad());
@@ -82,12 +103,20 @@ fn day_start(s: &str, now: Ts) -> Result<Ts, QueryError> {
 }
 
 fn strip_channel(v: &str) -> String {
-    let v = v.strip_prefix("<#").and_then(|r| r.strip_suffix('>')).map(|r| r.split('|').next().unwrap_or(r)).unwrap_or(v);
+    let v = v
+        .strip_prefix("<#")
+        .and_then(|r| r.strip_suffix('>'))
+        .map(|r| r.split('|').next().unwrap_or(r))
+        .unwrap_or(v);
     v.strip_prefix('#').unwrap_or(v).to_string()
 }
 
 fn strip_user(v: &str) -> String {
-    let v = v.strip_prefix("<@").and_then(|r| r.strip_suffix('>')).map(|r| r.split('|').next().unwrap_or(r)).unwrap_or(v);
+    let v = v
+        .strip_prefix("<@")
+        .and_then(|r| r.strip_suffix('>'))
+        .map(|r| r.split('|').next().unwrap_or(r))
+        .unwrap_or(v);
     v.strip_prefix('@').unwrap_or(v).to_string()
 }
 
@@ -160,11 +189,19 @@ pub fn parse(q: &str, now: Ts) -> Result<ParsedQuery, QueryError> {
                 p.before = Some(Ts(start.0 + DAY_MICROS));
             }
             Some(("has", "link")) => p.has_link = true,
-            Some(("has" | "is" | "during" | "to" | "with", _)) => return Err(QueryError::UnsupportedModifier(tok)),
+            Some(("has" | "is" | "during" | "to" | "with", _)) => {
+                return Err(QueryError::UnsupportedModifier(tok))
+            }
             _ => p.words.push(tok),
         }
     }
-    let positive = !p.words.is_empty() || !p.phrases.is_empty() || !p.in_channels.is_empty() || !p.from_users.is_empty() || p.has_link || p.before.is_some() || p.after.is_some();
+    let positive = !p.words.is_empty()
+        || !p.phrases.is_empty()
+        || !p.in_channels.is_empty()
+        || !p.from_users.is_empty()
+        || p.has_link
+        || p.before.is_some()
+        || p.after.is_some();
     if !positive {
         return Err(QueryError::Empty);
     }
@@ -223,10 +260,19 @@ mod tests {
     fn bad_queries_are_errors_not_panics() {
         assert_eq!(parse("", NOW), Err(QueryError::Empty));
         assert_eq!(parse("   -only", NOW), Err(QueryError::Empty));
-        assert_eq!(parse("x before:2026-13-01", NOW), Err(QueryError::BadDate("2026-13-01".into())));
-        assert_eq!(parse("x before:soon", NOW), Err(QueryError::BadDate("soon".into())));
+        assert_eq!(
+            parse("x before:2026-13-01", NOW),
+            Err(QueryError::BadDate("2026-13-01".into()))
+        );
+        assert_eq!(
+            parse("x before:soon", NOW),
+            Err(QueryError::BadDate("soon".into()))
+        );
         assert_eq!(parse("\"open", NOW), Err(QueryError::UnterminatedQuote));
-        assert!(matches!(parse("has:pin x", NOW), Err(QueryError::UnsupportedModifier(_))));
+        assert!(matches!(
+            parse("has:pin x", NOW),
+            Err(QueryError::UnsupportedModifier(_))
+        ));
         assert_eq!(parse(&"x".repeat(2000), NOW), Err(QueryError::TooLong));
         assert!(parse("ü \u{201c}smart quotes\u{201d}", NOW).is_ok());
     }

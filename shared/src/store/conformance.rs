@@ -20,7 +20,13 @@ fn channel(ws: &WorkspaceId, creator: &UserId, name: &str, private: bool) -> Cha
     }
 }
 
-fn message(ws: &WorkspaceId, ch: &ChannelId, user: &UserId, seq: u64, cmid: Option<&str>) -> Message {
+fn message(
+    ws: &WorkspaceId,
+    ch: &ChannelId,
+    user: &UserId,
+    seq: u64,
+    cmid: Option<&str>,
+) -> Message {
     Message {
         workspace: ws.clone(),
         channel: ch.clone(),
@@ -44,34 +50,64 @@ pub async fn run_all(store: &dyn MessageStore) {
 
 async fn metadata(store: &dyn MessageStore) {
     let ws = store.create_workspace("acme").await.unwrap();
-    assert_eq!(store.create_workspace("acme").await.unwrap_err().kind, StorageErrorKind::AlreadyExists);
+    assert_eq!(
+        store.create_workspace("acme").await.unwrap_err().kind,
+        StorageErrorKind::AlreadyExists
+    );
     assert_eq!(store.workspace(&ws.id).await.unwrap().unwrap(), ws);
     assert_eq!(store.workspace_by_name("acme").await.unwrap().unwrap(), ws);
     assert!(store.workspace_by_name("nope").await.unwrap().is_none());
 
-    let alice = store.create_user(&ws.id, "alice", "Alice", true, false).await.unwrap();
-    let bob = store.create_user(&ws.id, "bob", "Bob", false, false).await.unwrap();
+    let alice = store
+        .create_user(&ws.id, "alice", "Alice", true, false)
+        .await
+        .unwrap();
+    let bob = store
+        .create_user(&ws.id, "bob", "Bob", false, false)
+        .await
+        .unwrap();
     assert_eq!(
-        store.create_user(&ws.id, "bob", "Bob 2", false, false).await.unwrap_err().kind,
+        store
+            .create_user(&ws.id, "bob", "Bob 2", false, false)
+            .await
+            .unwrap_err()
+            .kind,
         StorageErrorKind::AlreadyExists
     );
     assert_eq!(store.user(&alice.id).await.unwrap().unwrap(), alice);
-    assert_eq!(store.user_by_name(&ws.id, "bob").await.unwrap().unwrap(), bob);
+    assert_eq!(
+        store.user_by_name(&ws.id, "bob").await.unwrap().unwrap(),
+        bob
+    );
     assert_eq!(store.users(&ws.id).await.unwrap().len(), 2);
 
     let general = channel(&ws.id, &alice.id, "general", false);
     store.create_channel(&general).await.unwrap();
     assert_eq!(
-        store.create_channel(&channel(&ws.id, &alice.id, "general", false)).await.unwrap_err().kind,
+        store
+            .create_channel(&channel(&ws.id, &alice.id, "general", false))
+            .await
+            .unwrap_err()
+            .kind,
         StorageErrorKind::AlreadyExists
     );
     let secret = channel(&ws.id, &alice.id, "secret", true);
     store.create_channel(&secret).await.unwrap();
     assert_eq!(store.channel(&general.id).await.unwrap().unwrap(), general);
-    assert_eq!(store.channel_by_name(&ws.id, "secret").await.unwrap().unwrap(), secret);
+    assert_eq!(
+        store
+            .channel_by_name(&ws.id, "secret")
+            .await
+            .unwrap()
+            .unwrap(),
+        secret
+    );
 
     assert!(store.add_member(&general.id, &alice.id).await.unwrap());
-    assert!(!store.add_member(&general.id, &alice.id).await.unwrap(), "second add is a no-op");
+    assert!(
+        !store.add_member(&general.id, &alice.id).await.unwrap(),
+        "second add is a no-op"
+    );
     assert!(store.add_member(&general.id, &bob.id).await.unwrap());
     assert!(store.add_member(&secret.id, &alice.id).await.unwrap());
     assert!(store.is_member(&secret.id, &alice.id).await.unwrap());
@@ -84,50 +120,124 @@ async fn metadata(store: &dyn MessageStore) {
 
     // Cursor pagination over channels, in id order.
     let first = store.channels(&ws.id, None, 1).await.unwrap();
-    let rest = store.channels(&ws.id, Some(&first[0].id), 10).await.unwrap();
+    let rest = store
+        .channels(&ws.id, Some(&first[0].id), 10)
+        .await
+        .unwrap();
     assert_eq!(first.len() + rest.len(), 2);
     assert!(rest.iter().all(|c| c.id > first[0].id));
 
     // Another workspace sees none of it.
     let other = store.create_workspace("globex").await.unwrap();
-    assert!(store.channels(&other.id, None, 10).await.unwrap().is_empty());
-    assert!(store.channel_by_name(&other.id, "general").await.unwrap().is_none());
+    assert!(store
+        .channels(&other.id, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .channel_by_name(&other.id, "general")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn appends_and_history(store: &dyn MessageStore) {
     let ws = store.create_workspace("history-ws").await.unwrap();
-    let user = store.create_user(&ws.id, "poster", "Poster", false, false).await.unwrap();
+    let user = store
+        .create_user(&ws.id, "poster", "Poster", false, false)
+        .await
+        .unwrap();
     let ch = channel(&ws.id, &user.id, "log", false);
     store.create_channel(&ch).await.unwrap();
     assert!(store.last_message(&ws.id, &ch.id).await.unwrap().is_none());
 
     for seq in 1..=30 {
         let cmid = format!("cmid-{seq}");
-        assert_eq!(store.append(&message(&ws.id, &ch.id, &user.id, seq, Some(&cmid))).await.unwrap(), AppendOutcome::Stored);
+        assert_eq!(
+            store
+                .append(&message(&ws.id, &ch.id, &user.id, seq, Some(&cmid)))
+                .await
+                .unwrap(),
+            AppendOutcome::Stored
+        );
     }
     // A taken sequence is refused, whatever the content.
     let mut clash = message(&ws.id, &ch.id, &user.id, 30, None);
     clash.ts = Ts(9_999_999_999_999_999);
-    assert_eq!(store.append(&clash).await.unwrap_err().kind, StorageErrorKind::SeqConflict);
+    assert_eq!(
+        store.append(&clash).await.unwrap_err().kind,
+        StorageErrorKind::SeqConflict
+    );
     // A repeated client_msg_id returns the stored message and writes nothing.
     let repeat = message(&ws.id, &ch.id, &user.id, 31, Some("cmid-7"));
     match store.append(&repeat).await.unwrap() {
         AppendOutcome::Duplicate(m) => assert_eq!(m.seq, 7),
         other => panic!("expected a duplicate, got {other:?}"),
     }
-    assert_eq!(store.last_message(&ws.id, &ch.id).await.unwrap().unwrap().seq, 30);
-    assert_eq!(store.message_by_client_msg_id(&ws.id, &ch.id, "cmid-12").await.unwrap().unwrap().seq, 12);
-    assert!(store.message_by_client_msg_id(&ws.id, &ch.id, "nope").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .last_message(&ws.id, &ch.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .seq,
+        30
+    );
+    assert_eq!(
+        store
+            .message_by_client_msg_id(&ws.id, &ch.id, "cmid-12")
+            .await
+            .unwrap()
+            .unwrap()
+            .seq,
+        12
+    );
+    assert!(store
+        .message_by_client_msg_id(&ws.id, &ch.id, "nope")
+        .await
+        .unwrap()
+        .is_none());
 
     let seqs = |v: Vec<Message>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
-    let newest = store.history(&ws.id, &ch.id, &HistoryQuery { limit: 5, newest_first: true, ..Default::default() }).await.unwrap();
+    let newest = store
+        .history(
+            &ws.id,
+            &ch.id,
+            &HistoryQuery {
+                limit: 5,
+                newest_first: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(seqs(newest), vec![30, 29, 28, 27, 26]);
     let page = store
-        .history(&ws.id, &ch.id, &HistoryQuery { before_seq: Some(26), limit: 3, newest_first: true, ..Default::default() })
+        .history(
+            &ws.id,
+            &ch.id,
+            &HistoryQuery {
+                before_seq: Some(26),
+                limit: 3,
+                newest_first: true,
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(seqs(page), vec![25, 24, 23]);
-    let after = store.history(&ws.id, &ch.id, &HistoryQuery { after_seq: Some(27), limit: 100, ..Default::default() }).await.unwrap();
+    let after = store
+        .history(
+            &ws.id,
+            &ch.id,
+            &HistoryQuery {
+                after_seq: Some(27),
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(seqs(after), vec![28, 29, 30]);
     let by_ts = store
         .history(
@@ -142,28 +252,68 @@ async fn appends_and_history(store: &dyn MessageStore) {
         )
         .await
         .unwrap();
-    assert_eq!(seqs(by_ts), vec![11, 12, 13], "oldest and latest are exclusive");
+    assert_eq!(
+        seqs(by_ts),
+        vec![11, 12, 13],
+        "oldest and latest are exclusive"
+    );
     // Another workspace cannot read the channel's messages by guessing its id.
     let other = store.create_workspace("history-other").await.unwrap();
-    assert!(store.history(&other.id, &ch.id, &HistoryQuery { limit: 10, ..Default::default() }).await.unwrap().is_empty());
+    assert!(store
+        .history(
+            &other.id,
+            &ch.id,
+            &HistoryQuery {
+                limit: 10,
+                ..Default::default()
+            }
+        )
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn change_feed(store: &dyn MessageStore) {
     let ws = store.create_workspace("feed-ws").await.unwrap();
-    let user = store.create_user(&ws.id, "feeder", "Feeder", false, false).await.unwrap();
+    let user = store
+        .create_user(&ws.id, "feeder", "Feeder", false, false)
+        .await
+        .unwrap();
     let ch = channel(&ws.id, &user.id, "feed", false);
     store.create_channel(&ch).await.unwrap();
     let shard = shard_for(&ws.id, store.num_shards());
-    let before = store.changes_since(shard, 0, 100_000).await.unwrap().last().map(|c| c.id).unwrap_or(0);
+    let before = store
+        .changes_since(shard, 0, 100_000)
+        .await
+        .unwrap()
+        .last()
+        .map(|c| c.id)
+        .unwrap_or(0);
     for seq in 1..=5 {
-        store.append(&message(&ws.id, &ch.id, &user.id, seq, None)).await.unwrap();
+        store
+            .append(&message(&ws.id, &ch.id, &user.id, seq, None))
+            .await
+            .unwrap();
     }
     let changes = store.changes_since(shard, before, 100).await.unwrap();
-    let mine: Vec<_> = changes.iter().filter(|c| c.message.channel == ch.id).collect();
-    assert_eq!(mine.iter().map(|c| c.message.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5]);
-    assert!(changes.windows(2).all(|w| w[0].id < w[1].id), "change ids increase");
+    let mine: Vec<_> = changes
+        .iter()
+        .filter(|c| c.message.channel == ch.id)
+        .collect();
+    assert_eq!(
+        mine.iter().map(|c| c.message.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert!(
+        changes.windows(2).all(|w| w[0].id < w[1].id),
+        "change ids increase"
+    );
     let last = changes.last().unwrap().id;
-    assert!(store.changes_since(shard, last, 100).await.unwrap().is_empty());
+    assert!(store
+        .changes_since(shard, last, 100)
+        .await
+        .unwrap()
+        .is_empty());
     let limited = store.changes_since(shard, before, 2).await.unwrap();
     assert_eq!(limited.len(), 2);
     // An edit and a deletion show up as changes of the posted message.
@@ -173,19 +323,34 @@ async fn change_feed(store: &dyn MessageStore) {
     edit.text = "edited".into();
     store.append(&edit).await.unwrap();
     let mut delete = message(&ws.id, &ch.id, &user.id, 7, None);
-    delete.kind = MessageKind::Deleted { target: message(&ws.id, &ch.id, &user.id, 3, None).ts };
+    delete.kind = MessageKind::Deleted {
+        target: message(&ws.id, &ch.id, &user.id, 3, None).ts,
+    };
     delete.text = String::new();
     store.append(&delete).await.unwrap();
     let later = store.changes_since(shard, last, 100).await.unwrap();
     assert_eq!(later.len(), 2);
-    assert_eq!((later[0].message.seq, later[0].message.text.as_str(), later[0].deleted), (2, "edited", false));
+    assert_eq!(
+        (
+            later[0].message.seq,
+            later[0].message.text.as_str(),
+            later[0].deleted
+        ),
+        (2, "edited", false)
+    );
     assert_eq!((later[1].message.seq, later[1].deleted), (3, true));
 }
 
 async fn edits_threads_and_reactions(store: &dyn MessageStore) {
     let ws = store.create_workspace("views-ws").await.unwrap();
-    let alice = store.create_user(&ws.id, "alice", "Alice", false, false).await.unwrap();
-    let bob = store.create_user(&ws.id, "bob", "Bob", false, false).await.unwrap();
+    let alice = store
+        .create_user(&ws.id, "alice", "Alice", false, false)
+        .await
+        .unwrap();
+    let bob = store
+        .create_user(&ws.id, "bob", "Bob", false, false)
+        .await
+        .unwrap();
     let ch = channel(&ws.id, &alice.id, "views", false);
     store.create_channel(&ch).await.unwrap();
     let mut seq = 0;
@@ -201,42 +366,154 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
     let reply1 = entry(&bob.id, "reply one", MessageKind::Posted, Some(parent.ts));
     let reply2 = entry(&alice.id, "reply two", MessageKind::Posted, Some(parent.ts));
     let other = entry(&bob.id, "other", MessageKind::Posted, None);
-    let edit = entry(&bob.id, "other, edited", MessageKind::Edited { target: other.ts }, None);
-    let react_a = entry(&alice.id, "", MessageKind::ReactionAdded { target: parent.ts, reaction: "tada".into() }, None);
-    let react_b = entry(&bob.id, "", MessageKind::ReactionAdded { target: parent.ts, reaction: "tada".into() }, None);
-    let react_c = entry(&bob.id, "", MessageKind::ReactionAdded { target: parent.ts, reaction: "eyes".into() }, None);
-    let unreact = entry(&bob.id, "", MessageKind::ReactionRemoved { target: parent.ts, reaction: "eyes".into() }, None);
+    let edit = entry(
+        &bob.id,
+        "other, edited",
+        MessageKind::Edited { target: other.ts },
+        None,
+    );
+    let react_a = entry(
+        &alice.id,
+        "",
+        MessageKind::ReactionAdded {
+            target: parent.ts,
+            reaction: "tada".into(),
+        },
+        None,
+    );
+    let react_b = entry(
+        &bob.id,
+        "",
+        MessageKind::ReactionAdded {
+            target: parent.ts,
+            reaction: "tada".into(),
+        },
+        None,
+    );
+    let react_c = entry(
+        &bob.id,
+        "",
+        MessageKind::ReactionAdded {
+            target: parent.ts,
+            reaction: "eyes".into(),
+        },
+        None,
+    );
+    let unreact = entry(
+        &bob.id,
+        "",
+        MessageKind::ReactionRemoved {
+            target: parent.ts,
+            reaction: "eyes".into(),
+        },
+        None,
+    );
     let doomed = entry(&alice.id, "oops", MessageKind::Posted, None);
-    let delete = entry(&alice.id, "", MessageKind::Deleted { target: doomed.ts }, None);
-    for m in [&parent, &reply1, &reply2, &other, &edit, &react_a, &react_b, &react_c, &unreact, &doomed, &delete] {
+    let delete = entry(
+        &alice.id,
+        "",
+        MessageKind::Deleted { target: doomed.ts },
+        None,
+    );
+    for m in [
+        &parent, &reply1, &reply2, &other, &edit, &react_a, &react_b, &react_c, &unreact, &doomed,
+        &delete,
+    ] {
         assert_eq!(store.append(m).await.unwrap(), AppendOutcome::Stored);
     }
     // The raw stream keeps every entry, in order.
-    let stream = store.history(&ws.id, &ch.id, &HistoryQuery { limit: 100, ..Default::default() }).await.unwrap();
+    let stream = store
+        .history(
+            &ws.id,
+            &ch.id,
+            &HistoryQuery {
+                limit: 100,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
     assert_eq!(stream.len(), 11);
     assert_eq!(stream[4].kind, MessageKind::Edited { target: other.ts });
     // The view shows top-level, undeleted messages with their state.
     let top = store
-        .message_views(&ws.id, &ch.id, &HistoryQuery { limit: 100, ..Default::default() }, None)
+        .message_views(
+            &ws.id,
+            &ch.id,
+            &HistoryQuery {
+                limit: 100,
+                ..Default::default()
+            },
+            None,
+        )
         .await
         .unwrap();
-    assert_eq!(top.iter().map(|v| v.message.text.as_str()).collect::<Vec<_>>(), vec!["parent", "other, edited"]);
+    assert_eq!(
+        top.iter()
+            .map(|v| v.message.text.as_str())
+            .collect::<Vec<_>>(),
+        vec!["parent", "other, edited"]
+    );
     assert_eq!(top[0].reply_count, 2);
     assert_eq!(top[0].latest_reply, Some(reply2.ts));
     assert_eq!(top[0].reactions.len(), 1, "eyes was taken back");
     assert_eq!(top[0].reactions[0].name, "tada");
-    assert_eq!(top[0].reactions[0].users, vec![alice.id.clone(), bob.id.clone()]);
+    assert_eq!(
+        top[0].reactions[0].users,
+        vec![alice.id.clone(), bob.id.clone()]
+    );
     assert_eq!(top[1].edited, Some(edit.ts));
     // A thread: its parent and replies, oldest first.
     let thread = store
-        .message_views(&ws.id, &ch.id, &HistoryQuery { limit: 100, ..Default::default() }, Some(parent.ts))
+        .message_views(
+            &ws.id,
+            &ch.id,
+            &HistoryQuery {
+                limit: 100,
+                ..Default::default()
+            },
+            Some(parent.ts),
+        )
         .await
         .unwrap();
-    assert_eq!(thread.iter().map(|v| v.message.text.as_str()).collect::<Vec<_>>(), vec!["parent", "reply one", "reply two"]);
+    assert_eq!(
+        thread
+            .iter()
+            .map(|v| v.message.text.as_str())
+            .collect::<Vec<_>>(),
+        vec!["parent", "reply one", "reply two"]
+    );
     // One message by ts, deleted ones flagged.
-    assert!(store.message_view(&ws.id, &ch.id, doomed.ts).await.unwrap().unwrap().deleted);
-    assert_eq!(store.message_view(&ws.id, &ch.id, other.ts).await.unwrap().unwrap().message.text, "other, edited");
-    assert!(store.message_view(&ws.id, &ch.id, edit.ts).await.unwrap().is_none(), "an edit entry is not a message");
+    assert!(
+        store
+            .message_view(&ws.id, &ch.id, doomed.ts)
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted
+    );
+    assert_eq!(
+        store
+            .message_view(&ws.id, &ch.id, other.ts)
+            .await
+            .unwrap()
+            .unwrap()
+            .message
+            .text,
+        "other, edited"
+    );
+    assert!(
+        store
+            .message_view(&ws.id, &ch.id, edit.ts)
+            .await
+            .unwrap()
+            .is_none(),
+        "an edit entry is not a message"
+    );
     let stranger = store.create_workspace("views-other").await.unwrap();
-    assert!(store.message_view(&stranger.id, &ch.id, other.ts).await.unwrap().is_none());
+    assert!(store
+        .message_view(&stranger.id, &ch.id, other.ts)
+        .await
+        .unwrap()
+        .is_none());
 }

@@ -223,7 +223,8 @@ pub trait MessageStore: Send + Sync + 'static {
     /// each with its change id and the message as it is now. Written in the same transaction
     /// as the change itself, so a consumer that remembers the last id it applied misses
     /// nothing, even across crashes.
-    async fn changes_since(&self, shard: u32, after: u64, limit: u32) -> StorageResult<Vec<Change>>;
+    async fn changes_since(&self, shard: u32, after: u64, limit: u32)
+        -> StorageResult<Vec<Change>>;
 
     // -- message views (what history, threads and reactions show) --
     /// Posted, undeleted messages with their edit, thread and reaction state: top-level ones
@@ -236,7 +237,12 @@ pub trait MessageStore: Send + Sync + 'static {
         thread: Option<Ts>,
     ) -> StorageResult<Vec<MessageView>>;
     /// One posted message by its ts (deleted ones too, flagged).
-    async fn message_view(&self, workspace: &WorkspaceId, channel: &ChannelId, ts: Ts) -> StorageResult<Option<MessageView>>;
+    async fn message_view(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        ts: Ts,
+    ) -> StorageResult<Option<MessageView>>;
 }
 
 /// One entry of the change feed: a posted message whose searchable state changed.

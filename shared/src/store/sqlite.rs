@@ -21,8 +21,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::oneshot;
 
 use super::{
-    shard_for, AppendOutcome, Change, Channel, HistoryQuery, Membership, MessageStore, MessageView, Reaction, StorageError,
-    StorageErrorKind, StorageResult, User, Workspace,
+    shard_for, AppendOutcome, Change, Channel, HistoryQuery, Membership, MessageStore, MessageView,
+    Reaction, StorageError, StorageErrorKind, StorageResult, User, Workspace,
 };
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
 use crate::protocol::{Message, MessageKind};
@@ -176,7 +176,11 @@ fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     let target = row.get::<_, Option<i64>>(9)?.map(|t| Ts(t as u64));
     let reaction: Option<String> = row.get(10)?;
     let kind = MessageKind::from_parts(&kind_name, target, reaction).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Text, format!("bad entry kind {kind_name}").into())
+        rusqlite::Error::FromSqlConversionFailure(
+            8,
+            rusqlite::types::Type::Text,
+            format!("bad entry kind {kind_name}").into(),
+        )
     })?;
     Ok(Message {
         channel: ChannelId(row.get(0)?),
@@ -468,12 +472,19 @@ fn write_batch(
 
 /// Applies a stored entry to the state of the message it concerns. Returns the sequence of the
 /// posted message whose searchable state changed, if any.
-fn apply_entry(tx: &rusqlite::Transaction<'_>, msg: &Message) -> Result<Option<Seq>, rusqlite::Error> {
+fn apply_entry(
+    tx: &rusqlite::Transaction<'_>,
+    msg: &Message,
+) -> Result<Option<Seq>, rusqlite::Error> {
     let target_seq = |target: Ts| -> Result<Option<Seq>, rusqlite::Error> {
-        tx.prepare_cached("SELECT seq FROM messages WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted'")?
-            .query_row(params![msg.channel.0, target.0 as i64], |r| r.get::<_, i64>(0))
-            .optional()
-            .map(|s| s.map(|s| s as Seq))
+        tx.prepare_cached(
+            "SELECT seq FROM messages WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted'",
+        )?
+        .query_row(params![msg.channel.0, target.0 as i64], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()
+        .map(|s| s.map(|s| s as Seq))
     };
     match &msg.kind {
         MessageKind::Posted => {
@@ -482,7 +493,11 @@ fn apply_entry(tx: &rusqlite::Transaction<'_>, msg: &Message) -> Result<Option<S
                     "UPDATE messages SET reply_count = reply_count + 1, latest_reply = ?3
                      WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted'",
                 )?
-                .execute(params![msg.channel.0, parent.0 as i64, msg.ts.0 as i64])?;
+                .execute(params![
+                    msg.channel.0,
+                    parent.0 as i64,
+                    msg.ts.0 as i64
+                ])?;
             }
             Ok(Some(msg.seq))
         }
@@ -491,7 +506,12 @@ fn apply_entry(tx: &rusqlite::Transaction<'_>, msg: &Message) -> Result<Option<S
                 "UPDATE messages SET text = ?3, edited_ts = ?4
                  WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted' AND deleted = 0",
             )?
-            .execute(params![msg.channel.0, target.0 as i64, msg.text, msg.ts.0 as i64])?;
+            .execute(params![
+                msg.channel.0,
+                target.0 as i64,
+                msg.text,
+                msg.ts.0 as i64
+            ])?;
             target_seq(*target)
         }
         MessageKind::Deleted { target } => {
@@ -537,7 +557,10 @@ fn load_reactions(c: &Connection, views: &mut [MessageView]) -> StorageResult<()
             let (name, user) = row.map_err(unavailable)?;
             match v.reactions.iter_mut().find(|r| r.name == name) {
                 Some(r) => r.users.push(user),
-                None => v.reactions.push(Reaction { name, users: vec![user] }),
+                None => v.reactions.push(Reaction {
+                    name,
+                    users: vec![user],
+                }),
             }
         }
     }
@@ -1008,11 +1031,23 @@ impl MessageStore for SqliteStore {
         self.shards.len() as u32
     }
 
-    async fn changes_since(&self, shard: u32, after: u64, limit: u32) -> StorageResult<Vec<Change>> {
+    async fn changes_since(
+        &self,
+        shard: u32,
+        after: u64,
+        limit: u32,
+    ) -> StorageResult<Vec<Change>> {
         let Some(shard) = self.shards.get(shard as usize).cloned() else {
-            return Err(StorageError::new(StorageErrorKind::NotFound, format!("no shard {shard}")));
+            return Err(StorageError::new(
+                StorageErrorKind::NotFound,
+                format!("no shard {shard}"),
+            ));
         };
-        let cols = MESSAGE_COLUMNS.split(", ").map(|col| format!("m.{col}")).collect::<Vec<_>>().join(", ");
+        let cols = MESSAGE_COLUMNS
+            .split(", ")
+            .map(|col| format!("m.{col}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         timed("changes_since", move || {
             shard.reads.with(|c| {
                 let mut stmt = c
@@ -1024,7 +1059,11 @@ impl MessageStore for SqliteStore {
                     .map_err(unavailable)?;
                 let rows = stmt
                     .query_map(params![after as i64, limit.max(1)], |r| {
-                        Ok(Change { message: row_to_message(r)?, id: r.get::<_, i64>(11)? as u64, deleted: r.get(12)? })
+                        Ok(Change {
+                            message: row_to_message(r)?,
+                            id: r.get::<_, i64>(11)? as u64,
+                            deleted: r.get(12)?,
+                        })
                     })
                     .map_err(unavailable)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
@@ -1060,9 +1099,13 @@ impl MessageStore for SqliteStore {
                         ch.0,
                         ws.0,
                         q.after_seq.map(|s| s as i64).unwrap_or(0),
-                        q.before_seq.map(|s| s.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX),
+                        q.before_seq
+                            .map(|s| s.min(i64::MAX as u64) as i64)
+                            .unwrap_or(i64::MAX),
                         q.oldest.map(|t| t.0 as i64).unwrap_or(-1),
-                        q.latest.map(|t| t.0.min(i64::MAX as u64) as i64).unwrap_or(i64::MAX),
+                        q.latest
+                            .map(|t| t.0.min(i64::MAX as u64) as i64)
+                            .unwrap_or(i64::MAX),
                         q.limit.max(1),
                         thread.map(|t| t.0 as i64).unwrap_or(0),
                     ],
@@ -1076,7 +1119,12 @@ impl MessageStore for SqliteStore {
         .await
     }
 
-    async fn message_view(&self, workspace: &WorkspaceId, channel: &ChannelId, ts: Ts) -> StorageResult<Option<MessageView>> {
+    async fn message_view(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        ts: Ts,
+    ) -> StorageResult<Option<MessageView>> {
         let (ch, ws) = (channel.clone(), workspace.clone());
         self.read_shard("message_view", workspace, move |c| {
             let view = c
@@ -1272,7 +1320,10 @@ mod conformance_tests {
         let a = SqliteStore::open(dir.path(), 2).unwrap();
         let b = SqliteStore::open(dir.path(), 2).unwrap();
         let ws = a.create_workspace("shared").await.unwrap();
-        assert_eq!(b.workspace_by_name("shared").await.unwrap().unwrap().id, ws.id);
+        assert_eq!(
+            b.workspace_by_name("shared").await.unwrap().unwrap().id,
+            ws.id
+        );
         let msg = Message {
             workspace: ws.id.clone(),
             channel: ChannelId::from("CSHARED"),
@@ -1286,8 +1337,18 @@ mod conformance_tests {
         };
         a.append(&msg).await.unwrap();
         // The second handle is fenced by the same key.
-        assert_eq!(b.append(&msg).await.unwrap_err().kind, StorageErrorKind::SeqConflict);
-        assert_eq!(b.last_message(&ws.id, &msg.channel).await.unwrap().unwrap().seq, 1);
+        assert_eq!(
+            b.append(&msg).await.unwrap_err().kind,
+            StorageErrorKind::SeqConflict
+        );
+        assert_eq!(
+            b.last_message(&ws.id, &msg.channel)
+                .await
+                .unwrap()
+                .unwrap()
+                .seq,
+            1
+        );
     }
 
     #[test]

@@ -46,7 +46,11 @@ pub(super) async fn post_message(state: &AppState, caller: &Caller, params: &Par
     }
     if let Some(parent) = thread_ts {
         // Replies hang off a top-level message that still exists.
-        match state.store.message_view(&channel.workspace, &channel.id, parent).await? {
+        match state
+            .store
+            .message_view(&channel.workspace, &channel.id, parent)
+            .await?
+        {
             Some(v) if !v.deleted && v.message.thread_ts.is_none_or(|t| t == v.message.ts) => {}
             _ => return Err(ApiError::ThreadNotFound),
         }
@@ -98,7 +102,13 @@ async fn target_message(
 }
 
 /// Sends a change entry through the channel's owner, like a post.
-async fn post_change(state: &AppState, caller: &Caller, visible: &VisibleChannel, text: String, kind: MessageKind) -> ApiResult<shared::protocol::Message> {
+async fn post_change(
+    state: &AppState,
+    caller: &Caller,
+    visible: &VisibleChannel,
+    text: String,
+    kind: MessageKind,
+) -> ApiResult<shared::protocol::Message> {
     if !visible.is_member {
         return Err(ApiError::NotInChannel);
     }
@@ -126,13 +136,22 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
         return Err(ApiError::NoText);
     }
     if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::MsgTooLong { max: MAX_TEXT_CHARS });
+        return Err(ApiError::MsgTooLong {
+            max: MAX_TEXT_CHARS,
+        });
     }
     if view.message.user != caller.user.id {
         return Err(ApiError::CantUpdateMessage);
     }
     let target = view.message.ts;
-    let entry = post_change(state, caller, &visible, text.to_string(), MessageKind::Edited { target }).await?;
+    let entry = post_change(
+        state,
+        caller,
+        &visible,
+        text.to_string(),
+        MessageKind::Edited { target },
+    )
+    .await?;
     let mut message = view_json(&view);
     message["text"] = text.into();
     message["edited"] = json!({ "user": caller.user.id, "ts": entry.ts.to_slack() });
@@ -151,16 +170,31 @@ pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -
         return Err(ApiError::CantDeleteMessage);
     }
     let target = view.message.ts;
-    post_change(state, caller, &visible, String::new(), MessageKind::Deleted { target }).await?;
-    Ok(object(json!({ "channel": visible.channel.id, "ts": target.to_slack() })))
+    post_change(
+        state,
+        caller,
+        &visible,
+        String::new(),
+        MessageKind::Deleted { target },
+    )
+    .await?;
+    Ok(object(
+        json!({ "channel": visible.channel.id, "ts": target.to_slack() }),
+    ))
 }
 
 /// Reaction names as Slack accepts them: lower-case emoji names, optionally `name::skin-tone-2`.
 fn reaction_name(params: &Params) -> ApiResult<String> {
-    let name = params.non_empty("name").ok_or(ApiError::InvalidReactionName)?.trim().trim_matches(':');
+    let name = params
+        .non_empty("name")
+        .ok_or(ApiError::InvalidReactionName)?
+        .trim()
+        .trim_matches(':');
     let ok = !name.is_empty()
         && name.len() <= 100
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '+' | '-' | ':'));
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '+' | '-' | ':')
+        });
     if ok {
         Ok(name.to_string())
     } else {
@@ -169,16 +203,30 @@ fn reaction_name(params: &Params) -> ApiResult<String> {
 }
 
 /// `reactions.add` / `reactions.remove` on a message (`channel` + `timestamp`).
-pub(super) async fn react(state: &AppState, caller: &Caller, params: &Params, add: bool) -> ApiResult {
+pub(super) async fn react(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    add: bool,
+) -> ApiResult {
     let (visible, view) = target_message(state, caller, params, "timestamp").await?;
     let name = reaction_name(params)?;
-    let has = view.reactions.iter().any(|r| r.name == name && r.users.contains(&caller.user.id));
+    let has = view
+        .reactions
+        .iter()
+        .any(|r| r.name == name && r.users.contains(&caller.user.id));
     let target = view.message.ts;
     let kind = match (add, has) {
         (true, true) => return Err(ApiError::AlreadyReacted),
         (false, false) => return Err(ApiError::NoReaction),
-        (true, false) => MessageKind::ReactionAdded { target, reaction: name },
-        (false, true) => MessageKind::ReactionRemoved { target, reaction: name },
+        (true, false) => MessageKind::ReactionAdded {
+            target,
+            reaction: name,
+        },
+        (false, true) => MessageKind::ReactionRemoved {
+            target,
+            reaction: name,
+        },
     };
     post_change(state, caller, &visible, String::new(), kind).await?;
     Ok(object(json!({})))
@@ -197,23 +245,41 @@ pub(super) async fn reactions_get(state: &AppState, caller: &Caller, params: &Pa
 /// `conversations.replies`: a thread's parent and replies, oldest first, paged by cursor.
 pub(super) async fn replies(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let visible = visible_channel(state, caller, params).await?;
-    let raw = params.non_empty("ts").ok_or_else(|| ApiError::InvalidArguments("ts is required".into()))?;
+    let raw = params
+        .non_empty("ts")
+        .ok_or_else(|| ApiError::InvalidArguments("ts is required".into()))?;
     let parent = Ts::parse_slack(raw).ok_or(ApiError::ThreadNotFound)?;
     let limit = params.limit(100, 1000)?;
     let after_seq = crate::api::decode_cursor(params, "seq")?
         .map(|raw| raw.parse::<u64>().map_err(|_| ApiError::InvalidCursor))
         .transpose()?;
-    let query = HistoryQuery { after_seq, limit: limit + 1, newest_first: false, ..HistoryQuery::default() };
+    let query = HistoryQuery {
+        after_seq,
+        limit: limit + 1,
+        newest_first: false,
+        ..HistoryQuery::default()
+    };
     let mut views = state
         .store
-        .message_views(&visible.channel.workspace, &visible.channel.id, &query, Some(parent))
+        .message_views(
+            &visible.channel.workspace,
+            &visible.channel.id,
+            &query,
+            Some(parent),
+        )
         .await?;
     if after_seq.is_none() && views.first().is_none_or(|v| v.message.ts != parent) {
         return Err(ApiError::ThreadNotFound);
     }
     let has_more = views.len() > limit as usize;
     views.truncate(limit as usize);
-    let next = if has_more { views.last().map(|v| crate::api::encode_cursor("seq", &v.message.seq.to_string())) } else { None };
+    let next = if has_more {
+        views
+            .last()
+            .map(|v| crate::api::encode_cursor("seq", &v.message.seq.to_string()))
+    } else {
+        None
+    };
     let list: Vec<_> = views.iter().map(view_json).collect();
     Ok(object(json!({
         "messages": list,

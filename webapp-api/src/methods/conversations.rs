@@ -8,8 +8,8 @@ use shared::protocol::UserEvent;
 use shared::store::{Channel, HistoryQuery, StorageErrorKind};
 
 use super::{
-    channel_json, channel_summary, memberships, publish, response_metadata,
-    user_in_workspace, visible_channel, Types, VisibleChannel,
+    channel_json, channel_summary, memberships, publish, response_metadata, user_in_workspace,
+    visible_channel, Types, VisibleChannel,
 };
 use crate::api::{
     decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
@@ -26,7 +26,8 @@ pub fn validate_channel_name(name: &str) -> ApiResult<()> {
         return Err(ApiError::InvalidNameRequired);
     }
     // Reserved for direct messages (conversations.open).
-    if name.starts_with(super::members::IM_PREFIX) || name.starts_with(super::members::MPIM_PREFIX) {
+    if name.starts_with(super::members::IM_PREFIX) || name.starts_with(super::members::MPIM_PREFIX)
+    {
         return Err(ApiError::InvalidNameSpecials);
     }
     if name.chars().count() > MAX_CHANNEL_NAME {

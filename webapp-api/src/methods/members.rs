@@ -11,7 +11,9 @@ use shared::protocol::UserEvent;
 use shared::store::{Channel, StorageErrorKind};
 
 use super::{channel_json, channel_summary, publish, response_metadata, visible_channel};
-use crate::api::{decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params};
+use crate::api::{
+    decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
+};
 
 pub const IM_PREFIX: &str = "dm-";
 pub const MPIM_PREFIX: &str = "mpdm-";
@@ -25,12 +27,22 @@ pub fn is_direct(c: &Channel) -> bool {
 
 /// Users named in a comma-separated `users` parameter, each checked to be in the caller's
 /// workspace.
-async fn users_param(state: &AppState, caller: &Caller, params: &Params, max: usize) -> ApiResult<Vec<UserId>> {
+async fn users_param(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    max: usize,
+) -> ApiResult<Vec<UserId>> {
     let raw = params.non_empty("users").ok_or(ApiError::UserNotFound)?;
     let mut out: Vec<UserId> = Vec::new();
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let id = UserId::parse(part).ok_or(ApiError::UserNotFound)?;
-        let user = state.store.user(&id).await?.filter(|u| u.workspace == caller.claims.workspace).ok_or(ApiError::UserNotFound)?;
+        let user = state
+            .store
+            .user(&id)
+            .await?
+            .filter(|u| u.workspace == caller.claims.workspace)
+            .ok_or(ApiError::UserNotFound)?;
         if !out.contains(&user.id) {
             out.push(user.id);
         }
@@ -51,8 +63,19 @@ pub(super) async fn open(state: &AppState, caller: &Caller, params: &Params) -> 
         members.push(caller.user.id.clone());
     }
     members.sort();
-    let prefix = if members.len() <= 2 { IM_PREFIX } else { MPIM_PREFIX };
-    let name = format!("{prefix}{}", members.iter().map(|u| u.0.to_ascii_lowercase()).collect::<Vec<_>>().join("-"));
+    let prefix = if members.len() <= 2 {
+        IM_PREFIX
+    } else {
+        MPIM_PREFIX
+    };
+    let name = format!(
+        "{prefix}{}",
+        members
+            .iter()
+            .map(|u| u.0.to_ascii_lowercase())
+            .collect::<Vec<_>>()
+            .join("-")
+    );
     let ws = &caller.claims.workspace;
     let (channel, created) = match state.store.channel_by_name(ws, &name).await? {
         Some(c) => (c, false),
@@ -71,9 +94,14 @@ pub(super) async fn open(state: &AppState, caller: &Caller, params: &Params) -> 
             match state.store.create_channel(&channel).await {
                 Ok(()) => (channel, true),
                 // Opened concurrently by another member: use theirs.
-                Err(e) if e.kind == StorageErrorKind::AlreadyExists => {
-                    (state.store.channel_by_name(ws, &name).await?.ok_or(ApiError::ChannelNotFound)?, false)
-                }
+                Err(e) if e.kind == StorageErrorKind::AlreadyExists => (
+                    state
+                        .store
+                        .channel_by_name(ws, &name)
+                        .await?
+                        .ok_or(ApiError::ChannelNotFound)?,
+                    false,
+                ),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -93,7 +121,14 @@ pub(super) async fn open(state: &AppState, caller: &Caller, params: &Params) -> 
         }
     }
     if created {
-        publish(state, UserEvent::ChannelCreated { workspace: ws.clone(), channel: channel_summary(&channel) }).await;
+        publish(
+            state,
+            UserEvent::ChannelCreated {
+                workspace: ws.clone(),
+                channel: channel_summary(&channel),
+            },
+        )
+        .await;
     }
     let mut body = channel_json(&channel, true, Some(members.len()));
     if members.len() == 2 {
@@ -152,9 +187,18 @@ pub(super) async fn members(state: &AppState, caller: &Caller, params: &Params) 
     let limit = params.limit(100, 1000)? as usize;
     let after = decode_cursor(params, "user")?;
     let all = state.store.members(&visible.channel.id).await?;
-    let rest: Vec<UserId> = all.into_iter().filter(|u| after.as_deref().is_none_or(|a| u.0.as_str() > a)).collect();
+    let rest: Vec<UserId> = all
+        .into_iter()
+        .filter(|u| after.as_deref().is_none_or(|a| u.0.as_str() > a))
+        .collect();
     let has_more = rest.len() > limit;
     let page: Vec<UserId> = rest.into_iter().take(limit).collect();
-    let next = if has_more { page.last().map(|u| encode_cursor("user", &u.0)) } else { None };
-    Ok(object(json!({ "members": page, "response_metadata": response_metadata(next) })))
+    let next = if has_more {
+        page.last().map(|u| encode_cursor("user", &u.0))
+    } else {
+        None
+    };
+    Ok(object(
+        json!({ "members": page, "response_metadata": response_metadata(next) }),
+    ))
 }

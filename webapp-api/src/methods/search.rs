@@ -19,17 +19,25 @@ fn number(params: &Params, key: &str, default: u32, max: u32) -> ApiResult<u32> 
         None => Ok(default),
         Some(v) => match v.trim().parse::<u32>() {
             Ok(n) if n >= 1 => Ok(n.min(max)),
-            _ => Err(ApiError::InvalidArguments(format!("{key} must be a positive integer"))),
+            _ => Err(ApiError::InvalidArguments(format!(
+                "{key} must be a positive integer"
+            ))),
         },
     }
 }
 
 /// Every channel the caller may read: the workspace's public channels and its private ones.
-async fn readable_channels(state: &AppState, caller: &Caller) -> ApiResult<HashMap<ChannelId, Channel>> {
+async fn readable_channels(
+    state: &AppState,
+    caller: &Caller,
+) -> ApiResult<HashMap<ChannelId, Channel>> {
     let mut out = HashMap::new();
     let mut after: Option<ChannelId> = None;
     loop {
-        let page = state.store.channels(&caller.claims.workspace, after.as_ref(), 1000).await?;
+        let page = state
+            .store
+            .channels(&caller.claims.workspace, after.as_ref(), 1000)
+            .await?;
         let done = page.len() < 1000;
         after = page.last().map(|c| c.id.clone());
         for c in page.into_iter().filter(|c| !c.is_private) {
@@ -49,9 +57,13 @@ async fn readable_channels(state: &AppState, caller: &Caller) -> ApiResult<HashM
 
 pub async fn messages(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let Some(search) = state.search.as_ref() else {
-        return Err(ApiError::ServiceUnavailable("search is not enabled on this node".into()));
+        return Err(ApiError::ServiceUnavailable(
+            "search is not enabled on this node".into(),
+        ));
     };
-    let raw = params.non_empty("query").ok_or_else(|| ApiError::InvalidArguments("query is required".into()))?;
+    let raw = params
+        .non_empty("query")
+        .ok_or_else(|| ApiError::InvalidArguments("query is required".into()))?;
     let parsed = parse(raw, Ts::now()).map_err(|e| match e {
         QueryError::Empty => ApiError::InvalidArguments("query has no search terms".into()),
         other => ApiError::InvalidArguments(other.to_string()),
@@ -61,12 +73,20 @@ pub async fn messages(state: &AppState, caller: &Caller, params: &Params) -> Api
     let sort = match params.non_empty("sort").unwrap_or("score") {
         "score" => SortBy::Score,
         "timestamp" => SortBy::Timestamp,
-        _ => return Err(ApiError::InvalidArguments("sort must be score or timestamp".into())),
+        _ => {
+            return Err(ApiError::InvalidArguments(
+                "sort must be score or timestamp".into(),
+            ))
+        }
     };
     let descending = match params.non_empty("sort_dir").unwrap_or("desc") {
         "desc" => true,
         "asc" => false,
-        _ => return Err(ApiError::InvalidArguments("sort_dir must be asc or desc".into())),
+        _ => {
+            return Err(ApiError::InvalidArguments(
+                "sort_dir must be asc or desc".into(),
+            ))
+        }
     };
     let highlight = params.flag("highlight", false);
 
@@ -76,7 +96,12 @@ pub async fn messages(state: &AppState, caller: &Caller, params: &Params) -> Api
     } else {
         readable
             .values()
-            .filter(|c| parsed.in_channels.iter().any(|r| r == &c.id.0 || r.eq_ignore_ascii_case(&c.name)))
+            .filter(|c| {
+                parsed
+                    .in_channels
+                    .iter()
+                    .any(|r| r == &c.id.0 || r.eq_ignore_ascii_case(&c.name))
+            })
             .map(|c| c.id.clone())
             .collect()
     };
@@ -84,7 +109,12 @@ pub async fn messages(state: &AppState, caller: &Caller, params: &Params) -> Api
     for r in &parsed.from_users {
         let found = match UserId::parse(r) {
             Some(id) => state.store.user(&id).await?,
-            None => state.store.user_by_name(&caller.claims.workspace, r).await?,
+            None => {
+                state
+                    .store
+                    .user_by_name(&caller.claims.workspace, r)
+                    .await?
+            }
         };
         match found.filter(|u| u.workspace == caller.claims.workspace) {
             Some(u) => users.push(u.id),
@@ -120,7 +150,12 @@ pub async fn messages(state: &AppState, caller: &Caller, params: &Params) -> Api
         let username = match names.get(&hit.user) {
             Some(n) => n.clone(),
             None => {
-                let n = state.store.user(&hit.user).await?.map(|u| u.name).unwrap_or_default();
+                let n = state
+                    .store
+                    .user(&hit.user)
+                    .await?
+                    .map(|u| u.name)
+                    .unwrap_or_default();
                 names.insert(hit.user.clone(), n.clone());
                 n
             }
@@ -146,7 +181,11 @@ pub async fn messages(state: &AppState, caller: &Caller, params: &Params) -> Api
     }
     let total = results.total as u32;
     let pages = total.div_ceil(count).max(1);
-    let first = if total == 0 { 0 } else { (page - 1) * count + 1 };
+    let first = if total == 0 {
+        0
+    } else {
+        (page - 1) * count + 1
+    };
     let last = ((page - 1) * count + matches.len() as u32).min(total);
     let body: Value = json!({
         "ok": true,

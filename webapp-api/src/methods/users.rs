@@ -211,11 +211,19 @@ pub(super) async fn set_presence(state: &AppState, caller: &Caller, params: &Par
     let away = match params.non_empty("presence") {
         Some("away") => true,
         Some("auto") => false,
-        _ => return Err(ApiError::InvalidArguments("presence must be auto or away".into())),
+        _ => {
+            return Err(ApiError::InvalidArguments(
+                "presence must be auto or away".into(),
+            ))
+        }
     };
     state
         .admin
-        .publish_user_event(UserEvent::PresenceSet { workspace: caller.claims.workspace.clone(), user: caller.user.id.clone(), away })
+        .publish_user_event(UserEvent::PresenceSet {
+            workspace: caller.claims.workspace.clone(),
+            user: caller.user.id.clone(),
+            away,
+        })
         .await?;
     Ok(crate::api::object(json!({})))
 }
