@@ -63,6 +63,8 @@ pub struct Plan {
     pub limit_threads: usize,
     /// This process's open-files limit (decides where the limit server runs).
     pub nofile: u64,
+    /// Subscribers only on gateway processes of their own, none on the dev process's.
+    pub no_dev_gateway: bool,
 }
 
 impl Plan {
@@ -1029,8 +1031,11 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
         }
     })
     .await?;
-    sut.ensure_gateways(plan.gateways).await?;
-    let gateway_urls: Vec<String> = sut.gateways.iter().map(|g| g.url.clone()).collect();
+    // The dev process's own gateway is gateways[0]; `--no-dev-gateway` leaves it out so the
+    // fan-out work runs in gateway processes of its own, apart from the post path.
+    let skip = usize::from(plan.no_dev_gateway);
+    sut.ensure_gateways(plan.gateways + skip).await?;
+    let gateway_urls: Vec<String> = sut.gateways[skip..].iter().map(|g| g.url.clone()).collect();
     note(format!(
         "switchboard: connecting {} subscribers over {} gateway(s)",
         users.len(),
@@ -1124,9 +1129,11 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
                 ));
             }
         }
-        result
-            .notes
-            .push(format!("gateway {}: {}", g.url, facts.join(", ")));
+        if !facts.is_empty() {
+            result
+                .notes
+                .push(format!("gateway {}: {}", g.url, facts.join(", ")));
+        }
     }
     Ok(result)
 }
@@ -1325,6 +1332,7 @@ mod tests {
             demo_workspace: false,
             limit_threads: 1,
             nofile: 1024,
+            no_dev_gateway: false,
         }
     }
 

@@ -161,6 +161,10 @@ struct FanoutArgs {
     /// Bench users in the demo workspace (all in its #general) instead of their own.
     #[arg(long)]
     demo_workspace: bool,
+    /// Put no subscriber on the dev process's gateway: all G gateways are processes of their
+    /// own, so fan-out and the post path do not share a runtime.
+    #[arg(long)]
+    no_dev_gateway: bool,
     /// Also run the limit server with the same shape (fanout only).
     #[arg(long)]
     with_limit: bool,
@@ -205,6 +209,7 @@ impl FanoutArgs {
                     .unwrap_or(2)
             }),
             nofile,
+            no_dev_gateway: self.no_dev_gateway,
         }
     }
 }
@@ -498,7 +503,15 @@ async fn fanout_cmd(scenario: &str, a: FanoutArgs, nofile: u64) -> anyhow::Resul
         &subtitle,
         &series,
     );
-    let out = json!({ "run": info, "plan": plan, "results": results, "ratios": ratios, "ok": ok, "loadavg_end": report::loadavg() });
+    let out = json!({
+        "run": info,
+        "plan": plan,
+        "results": results,
+        "ratios": ratios,
+        "ok": ok,
+        "loadavg_end": report::loadavg(),
+        "switchboard_bin": report::binary_info(&a.common.sut_options().switchboard_bin),
+    });
     let paths = report::write_outputs(
         &report::out_dir(a.common.out.as_deref()),
         scenario,
@@ -585,7 +598,14 @@ async fn connections_cmd(a: ConnectionsArgs, nofile: u64) -> anyhow::Result<bool
         }],
     );
     let ok = o.ok();
-    let out = json!({ "run": info, "plan": plan, "result": o, "ok": ok, "loadavg_end": report::loadavg() });
+    let out = json!({
+        "run": info,
+        "plan": plan,
+        "result": o,
+        "ok": ok,
+        "loadavg_end": report::loadavg(),
+        "switchboard_bin": report::binary_info(&a.common.sut_options().switchboard_bin),
+    });
     for p in report::write_outputs(
         &report::out_dir(a.common.out.as_deref()),
         "connections",
@@ -656,7 +676,14 @@ async fn posts_cmd(a: PostsArgs) -> anyhow::Result<bool> {
         }],
     );
     let ok = o.ok();
-    let out = json!({ "run": info, "plan": plan, "result": o, "ok": ok, "loadavg_end": report::loadavg() });
+    let out = json!({
+        "run": info,
+        "plan": plan,
+        "result": o,
+        "ok": ok,
+        "loadavg_end": report::loadavg(),
+        "switchboard_bin": report::binary_info(&a.common.sut_options().switchboard_bin),
+    });
     for p in report::write_outputs(
         &report::out_dir(a.common.out.as_deref()),
         "posts",

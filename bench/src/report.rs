@@ -51,7 +51,11 @@ pub struct RunInfo {
     pub scenario: String,
     pub command: String,
     pub started_utc: String,
+    /// HEAD when the run started (the binaries under test may be older: see
+    /// `switchboard_bin` in the JSON).
     pub git_commit: String,
+    /// Whether the work tree had uncommitted changes.
+    pub git_dirty: bool,
     pub build_profile: &'static str,
     pub machine: Machine,
     /// `/proc/loadavg` when the run started: other work on the machine skews every figure.
@@ -66,6 +70,7 @@ impl RunInfo {
             command: shell_join(&args),
             started_utc: utc_string(SystemTime::now(), false),
             git_commit: git_commit(),
+            git_dirty: git_dirty(),
             build_profile: if cfg!(debug_assertions) {
                 "debug"
             } else {
@@ -128,6 +133,25 @@ fn git_commit() -> String {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into())
+}
+
+fn git_dirty() -> bool {
+    std::process::Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .is_some_and(|o| !o.stdout.is_empty())
+}
+
+/// A binary's path and modification time, so a result names what it measured.
+pub fn binary_info(path: &Path) -> serde_json::Value {
+    let modified = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| utc_string(t, false))
+        .unwrap_or_else(|_| "unknown".into());
+    serde_json::json!({ "path": path.display().to_string(), "modified_utc": modified })
 }
 
 /// Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
