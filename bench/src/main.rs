@@ -27,6 +27,7 @@ mod report;
 mod slack;
 mod stats;
 mod sut;
+mod search;
 mod svg;
 mod ws;
 
@@ -65,6 +66,9 @@ enum Scenario {
     Limit(FanoutArgs),
     /// The fan-out shape over nats-server's WebSocket listener, one publisher.
     Nats(FanoutArgs),
+    /// search.messages latency on a workspace of many stored messages (a real webapp process
+    /// indexing a filled store).
+    Search(SearchArgs),
     /// Internal: the limit server as a process of its own (used when a run's sockets do not
     /// fit in one process's open-files limit); prints its URL, serves until stdin closes.
     #[command(hide = true)]
@@ -262,6 +266,70 @@ struct PostsArgs {
     text_bytes: usize,
 }
 
+#[derive(Args)]
+struct SearchArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Messages stored before querying [default: 1,000,000; smoke 2,000].
+    #[arg(long)]
+    messages: Option<u64>,
+    #[arg(long, default_value_t = 100)]
+    channels: u32,
+    #[arg(long, default_value_t = 200)]
+    users: u32,
+    /// Queries measured [default: 2,000; smoke 50].
+    #[arg(long)]
+    queries: Option<u32>,
+    /// Distinct words in the generated text.
+    #[arg(long, default_value_t = 20_000)]
+    vocabulary: u32,
+    /// Keep the generated data directory.
+    #[arg(long)]
+    keep: bool,
+}
+
+async fn search_cmd(a: SearchArgs) -> anyhow::Result<bool> {
+    let info = RunInfo::new("search");
+    report::warn_if_busy(&info);
+    let smoke = a.common.smoke;
+    let plan = search::Plan {
+        messages: a.messages.unwrap_or(if smoke { 2_000 } else { 1_000_000 }),
+        channels: a.channels.max(1),
+        users: a.users.max(1),
+        queries: a.queries.unwrap_or(if smoke { 50 } else { 2_000 }),
+        vocabulary: a.vocabulary.max(100),
+    };
+    let bin = a.common.sut_options().switchboard_bin;
+    let o = search::run(&plan, &bin, a.keep).await?;
+    let l = &o.http;
+    let mut t = Table::new(&["messages", "fill", "index catch-up", "queries", "mean hits", "p50", "p99", "p99.9", "max"]);
+    t.row(vec![
+        plan.messages.to_string(),
+        format!("{:.1}s", o.fill_s),
+        format!("{:.1}s", o.index_s),
+        l.count.to_string(),
+        format!("{:.0}", o.mean_hits),
+        fmt_us(l.p50_us),
+        fmt_us(l.p99_us),
+        fmt_us(l.p999_us),
+        fmt_us(l.max_us),
+    ]);
+    println!("{}", t.render());
+    let json = json!({
+        "run": info,
+        "plan": { "messages": plan.messages, "channels": plan.channels, "users": plan.users, "queries": plan.queries, "vocabulary": plan.vocabulary },
+        "fill_s": o.fill_s,
+        "index_catch_up_s": o.index_s,
+        "mean_hits": o.mean_hits,
+        "latency": l,
+        "switchboard_bin": report::binary_info(&bin),
+    });
+    for p in report::write_outputs(&report::out_dir(a.common.out.as_deref()), "search", &json, None)? {
+        note(format!("wrote {}", p.display()));
+    }
+    Ok(l.count > 0)
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Scenario::LimitServer { channels, threads } = cli.scenario {
@@ -326,6 +394,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::LimitServer { .. } => unreachable!("handled before the runtime starts"),
         Scenario::Connections(a) => connections_cmd(a, nofile).await,
         Scenario::Posts(a) => posts_cmd(a).await,
+        Scenario::Search(a) => search_cmd(a).await,
     }
 }
 

@@ -1,0 +1,241 @@
+//! The `search` scenario: `search.messages` latency on a workspace with many stored messages.
+//!
+//! It fills a fresh embedded store directly (the workspace, users, channels, then N messages
+//! appended through the store's group commit, as channel servers do), starts a real
+//! `switchboard webapp` process on it, waits until that process's indexer has caught up from
+//! the store's change feed, then sends typical 1-3 word queries (with and without Slack
+//! modifiers) one at a time over a keep-alive HTTP connection and records each latency.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use hdrhistogram::Histogram;
+use shared::auth::{Claims, TokenSigner};
+use shared::ids::{ChannelId, Ts, UserId, WorkspaceId};
+use shared::protocol::{Message, MessageKind};
+use shared::store::sqlite::SqliteStore;
+use shared::store::{Channel, SharedStore};
+
+use crate::stats::LatencySummary;
+
+pub struct Plan {
+    pub messages: u64,
+    pub channels: u32,
+    pub users: u32,
+    pub queries: u32,
+    pub vocabulary: u32,
+}
+
+pub struct Outcome {
+    pub fill_s: f64,
+    pub index_s: f64,
+    pub http: LatencySummary,
+    pub mean_hits: f64,
+}
+
+/// A deterministic word list: `w<n>` spelled as syllables, so the tokenizer sees real words.
+fn word(n: u32) -> String {
+    const SYL: [&str; 16] = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ba", "de", "fu", "go", "hi", "jo", "pe", "zu"];
+    let mut s = String::new();
+    let mut n = n + 16;
+    while n > 0 {
+        s.push_str(SYL[(n % 16) as usize]);
+        n /= 16;
+    }
+    s
+}
+
+/// xorshift: reproducible and cheap.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Skewed word choice: a few words are common, most are rare (like real chat).
+    fn word(&mut self, vocabulary: u32) -> u32 {
+        ((self.unit().powi(3)) * f64::from(vocabulary)) as u32
+    }
+}
+
+pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome> {
+    let dir = tempfile::Builder::new().prefix("switchboard-bench-search-").tempdir()?;
+    let data = dir.path().to_path_buf();
+    let status = std::process::Command::new(bin).args(["certs", "--out"]).arg(data.join("tls")).output()?;
+    if !status.status.success() {
+        bail!("switchboard certs failed: {}", String::from_utf8_lossy(&status.stderr));
+    }
+    let secret = shared::config::load_cluster_secret(&data.join("cluster-secret"), true)?;
+    let signer = TokenSigner::new(&secret);
+
+    // Fill the store as channel servers would.
+    let started = Instant::now();
+    let store: SharedStore = Arc::new(SqliteStore::open(&data.join("store"), 1).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let ws = store.create_workspace("searchbench").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut users = Vec::new();
+    for i in 0..plan.users {
+        users.push(store.create_user(&ws.id, &format!("user{i}"), &format!("User {i}"), i == 0, false).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+    }
+    let mut channels = Vec::new();
+    for i in 0..plan.channels {
+        let c = Channel {
+            id: ChannelId::generate(),
+            workspace: ws.id.clone(),
+            name: format!("chan-{i}"),
+            is_private: false,
+            creator: users[0].id.clone(),
+            created: Ts::now(),
+            topic: String::new(),
+            purpose: String::new(),
+            is_archived: false,
+        };
+        store.create_channel(&c).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        store.add_member(&c.id, &users[0].id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        channels.push(c.id);
+    }
+    let base_ts = Ts::now().0 - plan.messages * 1000;
+    let mut seqs = vec![0u64; channels.len()];
+    let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    let mut pending = futures_util::stream::FuturesUnordered::new();
+    use futures_util::StreamExt;
+    for n in 0..plan.messages {
+        let c = (rng.next() % channels.len() as u64) as usize;
+        seqs[c] += 1;
+        let words = 4 + rng.next() % 14;
+        let text: Vec<String> = (0..words).map(|_| word(rng.word(plan.vocabulary))).collect();
+        let msg = Message {
+            workspace: ws.id.clone(),
+            channel: channels[c].clone(),
+            seq: seqs[c],
+            ts: Ts(base_ts + n * 1000),
+            user: users[(rng.next() % users.len() as u64) as usize].id.clone(),
+            text: text.join(" "),
+            client_msg_id: None,
+            thread_ts: None,
+            kind: MessageKind::Posted,
+        };
+        let store = store.clone();
+        pending.push(async move { store.append(&msg).await });
+        if pending.len() >= 2048 {
+            pending.next().await.transpose().map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        if n % 100_000 == 0 && n > 0 {
+            eprintln!("search: {n} messages stored");
+        }
+    }
+    while let Some(r) = pending.next().await {
+        r.map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    drop(store);
+    let fill_s = started.elapsed().as_secs_f64();
+
+    // A real webapp on that store; its indexer catches up from the change feed.
+    let port = crate::sut::free_port()?;
+    let api = format!("http://127.0.0.1:{port}/api");
+    let log = std::fs::File::create(data.join("webapp.log"))?;
+    let mut child = std::process::Command::new(bin)
+        .args(["webapp", "--data-dir"])
+        .arg(&data)
+        .args(["--set", "store.shards=1", "--set", &format!("webapp.http_addr=\"127.0.0.1:{port}\"")])
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("failed to start switchboard webapp")?;
+    let result = measure(plan, &api, &signer, &ws.id, &users[0].id).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    if keep {
+        let kept: PathBuf = dir.keep();
+        eprintln!("search: data kept in {}", kept.display());
+    }
+    let (index_s, http, mean_hits) = result?;
+    Ok(Outcome { fill_s, index_s, http, mean_hits })
+}
+
+async fn measure(
+    plan: &Plan,
+    api: &str,
+    signer: &TokenSigner,
+    ws: &WorkspaceId,
+    user: &UserId,
+) -> anyhow::Result<(f64, LatencySummary, f64)> {
+    let token = signer.issue(&Claims { workspace: ws.clone(), user: user.clone(), admin: true, bot: false, issued_at: 1, service: false });
+    let http = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+    let call = |query: String| {
+        let http = http.clone();
+        let token = token.clone();
+        let url = format!("{api}/search.messages");
+        async move {
+            let v: serde_json::Value =
+                http.post(url).bearer_auth(token).form(&[("query", query.as_str()), ("count", "20")]).send().await?.json().await?;
+            anyhow::Ok(v)
+        }
+    };
+    // Every message holds one of the commonest words with high probability; wait until the
+    // total stops growing and matches what was stored for a word in every message: the
+    // channel modifier alone (`in:`) needs a word, so count a very common word's hits.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(1800);
+    let common = word(0);
+    let mut last = 0u64;
+    let mut stable = 0;
+    loop {
+        if Instant::now() > deadline {
+            bail!("the index did not catch up within 30 minutes");
+        }
+        match call(common.clone()).await {
+            Ok(v) if v["ok"] == true => {
+                let total = v["messages"]["total"].as_u64().unwrap_or(0);
+                if total == last && total > 0 {
+                    stable += 1;
+                } else {
+                    stable = 0;
+                }
+                last = total;
+                if stable >= 5 {
+                    break;
+                }
+            }
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let index_s = started.elapsed().as_secs_f64() - 2.5;
+
+    let mut rng = Rng(0xfeed_beef_0bad_cafe);
+    let queries: Vec<String> = (0..plan.queries)
+        .map(|i| {
+            let n = 1 + (rng.next() % 3) as u32;
+            let mut q: Vec<String> = (0..n).map(|_| word(rng.word(plan.vocabulary / 4))).collect();
+            match i % 4 {
+                1 => q.push(format!("in:#chan-{}", rng.next() % u64::from(plan.channels))),
+                2 => q.push(format!("from:@user{}", rng.next() % u64::from(plan.users))),
+                _ => {}
+            }
+            q.join(" ")
+        })
+        .collect();
+    // Warm up, then measure one query at a time.
+    for q in queries.iter().take(50) {
+        call(q.clone()).await?;
+    }
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut hits = 0u64;
+    for q in &queries {
+        let t = Instant::now();
+        let v = call(q.clone()).await?;
+        h.record(t.elapsed().as_nanos() as u64)?;
+        if v["ok"] != true {
+            bail!("search failed for {q:?}: {v}");
+        }
+        hits += v["messages"]["total"].as_u64().unwrap_or(0);
+    }
+    Ok((index_s, LatencySummary::of(&h), hits as f64 / f64::from(plan.queries.max(1))))
+}
