@@ -10,7 +10,7 @@ use crate::shutdown::Shutdown;
 use crate::store::SharedStore;
 
 const BATCH: u32 = 2000;
-const IDLE_POLL: Duration = Duration::from_millis(100);
+const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// Applies every pending change of `shard` once; returns how many it applied.
 pub async fn catch_up(
