@@ -20,20 +20,25 @@ use crate::{AdminLink, WebappDeps};
 
 const MAX_BODY: usize = 256 * 1024;
 
-struct Server {
-    base: String,
-    store: SharedStore,
-    signer: TokenSigner,
-    http: reqwest::Client,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    dir: tempfile::TempDir,
+pub(crate) struct Server {
+    pub(crate) base: String,
+    pub(crate) store: SharedStore,
+    pub(crate) signer: TokenSigner,
+    pub(crate) http: reqwest::Client,
+    pub(crate) shutdown: Shutdown,
+    pub(crate) task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub(crate) dir: tempfile::TempDir,
     /// The seeded demo workspace (`tokens.json`).
-    demo: Value,
+    pub(crate) demo: Value,
 }
 
 impl Server {
-    async fn start() -> Server {
+    pub(crate) async fn start() -> Server {
+        Server::start_with(|_| {}).await
+    }
+
+    /// A server over the seeded demo workspace, with `configure` applied to its config.
+    pub(crate) async fn start_with(configure: impl FnOnce(&mut Config)) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: SharedStore =
             Arc::new(SqliteStore::open(&dir.path().join("store"), 2).expect("store"));
@@ -49,6 +54,7 @@ impl Server {
         config.node.data_dir = dir.path().to_path_buf();
         config.webapp.max_body_bytes = MAX_BODY;
         config.webapp.gateway_urls = vec!["ws://gw-a:1/rtm".into(), "ws://gw-b:2/rtm".into()];
+        configure(&mut config);
         let shutdown = Shutdown::new();
         let deps = WebappDeps {
             store: store.clone(),
@@ -69,21 +75,21 @@ impl Server {
         }
     }
 
-    fn token(&self, user: &str) -> String {
+    pub(crate) fn token(&self, user: &str) -> String {
         self.demo["users"][user]["token"]
             .as_str()
             .expect("seeded token")
             .to_string()
     }
 
-    fn user_id(&self, user: &str) -> String {
+    pub(crate) fn user_id(&self, user: &str) -> String {
         self.demo["users"][user]["id"]
             .as_str()
             .expect("seeded id")
             .to_string()
     }
 
-    fn admin_token(&self) -> String {
+    pub(crate) fn admin_token(&self) -> String {
         self.demo["admin"]
             .as_str()
             .expect("admin token")
@@ -91,7 +97,12 @@ impl Server {
     }
 
     /// A JSON-body call with a bearer token.
-    async fn call(&self, method: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, Value) {
         let mut req = self
             .http
             .post(format!("{}/api/{method}", self.base))
@@ -105,7 +116,11 @@ impl Server {
     }
 
     /// A form-body call, the token among the parameters (as Slack SDKs send it).
-    async fn call_form(&self, method: &str, params: &[(&str, &str)]) -> (StatusCode, Value) {
+    pub(crate) async fn call_form(
+        &self,
+        method: &str,
+        params: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
         let resp = self
             .http
             .post(format!("{}/api/{method}", self.base))
@@ -118,7 +133,7 @@ impl Server {
     }
 
     /// A call with a raw body and content type.
-    async fn call_raw(
+    pub(crate) async fn call_raw(
         &self,
         method: &str,
         token: &str,
@@ -139,7 +154,7 @@ impl Server {
     }
 
     /// Calls and expects `ok: true`.
-    async fn ok(&self, method: &str, token: &str, body: Value) -> Value {
+    pub(crate) async fn ok(&self, method: &str, token: &str, body: Value) -> Value {
         let (status, v) = self.call(method, Some(token), body).await;
         assert_eq!(status, StatusCode::OK, "{method}: {v}");
         assert_eq!(v["ok"], true, "{method}: {v}");
@@ -147,14 +162,20 @@ impl Server {
     }
 
     /// Calls and expects `ok: false` with `error`, returning the status.
-    async fn err(&self, method: &str, token: &str, body: Value, error: &str) -> StatusCode {
+    pub(crate) async fn err(
+        &self,
+        method: &str,
+        token: &str,
+        body: Value,
+        error: &str,
+    ) -> StatusCode {
         let (status, v) = self.call(method, Some(token), body).await;
         assert_eq!(v["ok"], false, "{method}: {v}");
         assert_eq!(v["error"], error, "{method}: {v}");
         status
     }
 
-    async fn general(&self) -> String {
+    pub(crate) async fn general(&self) -> String {
         let ws = WorkspaceId(self.demo["workspace"].as_str().expect("ws").to_string());
         self.store
             .channel_by_name(&ws, "general")
@@ -165,7 +186,7 @@ impl Server {
             .0
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.trigger();
         self.task.await.expect("join").expect("run");
     }

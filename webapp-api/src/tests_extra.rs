@@ -3,82 +3,18 @@
 //! a detached [`AdminLink`] (so a post that passes validation answers 503; the successful
 //! path is covered by the multi-process `tests/e2e_hooks.rs`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use shared::auth::TokenSigner;
-use shared::config::Config;
 use shared::ids::WorkspaceId;
-use shared::shutdown::Shutdown;
-use shared::store::sqlite::SqliteStore;
-use shared::store::SharedStore;
-use shared::telemetry::Health;
 
 use crate::hooks::{sign_hook, HookClaims};
-use crate::{AdminLink, WebappDeps};
 
-struct Server {
-    base: String,
-    store: SharedStore,
-    http: reqwest::Client,
-    shutdown: Shutdown,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: tempfile::TempDir,
-    demo: Value,
-}
+use crate::tests::Server;
 
 impl Server {
-    /// A server over the seeded demo workspace, with `configure` applied to its config.
-    async fn start(configure: impl FnOnce(&mut Config)) -> Server {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store: SharedStore =
-            Arc::new(SqliteStore::open(&dir.path().join("store"), 2).expect("store"));
-        let signer = TokenSigner::new(b"test-secret");
-        let demo = crate::seed_demo(&store, &signer, dir.path())
-            .await
-            .expect("seed");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let mut config = Config::defaults();
-        config.node.data_dir = dir.path().to_path_buf();
-        configure(&mut config);
-        let shutdown = Shutdown::new();
-        let deps = WebappDeps {
-            store: store.clone(),
-            signer: signer.clone(),
-            admin: AdminLink::detached_for_test(),
-            health: Health::default(),
-        };
-        let task = tokio::spawn(crate::run(config, listener, deps, shutdown.clone()));
-        Server {
-            base,
-            store,
-            http: reqwest::Client::new(),
-            shutdown,
-            task,
-            _dir: dir,
-            demo,
-        }
-    }
-
-    fn token(&self, user: &str) -> String {
-        self.demo["users"][user]["token"]
-            .as_str()
-            .expect("seeded token")
-            .to_string()
-    }
-
-    fn user_id(&self, user: &str) -> String {
-        self.demo["users"][user]["id"]
-            .as_str()
-            .expect("seeded id")
-            .to_string()
-    }
-
     fn workspace(&self) -> WorkspaceId {
         WorkspaceId(self.demo["workspace"].as_str().expect("ws").to_string())
     }
@@ -101,29 +37,6 @@ impl Server {
         let status = resp.status();
         let headers = resp.headers().clone();
         (status, headers, resp.json().await.expect("json answer"))
-    }
-
-    async fn ok(&self, method: &str, token: &str, body: Value) -> Value {
-        let (status, _, v) = self.call_full(method, token, body).await;
-        assert_eq!(status, StatusCode::OK, "{method}: {v}");
-        assert_eq!(v["ok"], true, "{method}: {v}");
-        v
-    }
-
-    async fn err(&self, method: &str, token: &str, body: Value, error: &str) {
-        let (_, _, v) = self.call_full(method, token, body).await;
-        assert_eq!(v["ok"], false, "{method}: {v}");
-        assert_eq!(v["error"], error, "{method}: {v}");
-    }
-
-    async fn general(&self) -> String {
-        self.store
-            .channel_by_name(&self.workspace(), "general")
-            .await
-            .expect("store")
-            .expect("general")
-            .id
-            .0
     }
 
     /// POSTs `body` (with `content_type`) to a hook path: (status, Retry-After, text).
@@ -159,11 +72,6 @@ impl Server {
             .await
             .unwrap()
     }
-
-    async fn stop(self) {
-        self.shutdown.trigger();
-        self.task.await.expect("join").expect("run");
-    }
 }
 
 /// With 60 calls a minute and bursts of 3: the 4th call in a burst answers 429 `ratelimited`
@@ -171,7 +79,7 @@ impl Server {
 /// passes again.
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after_and_recover() {
-    let s = Server::start(|c| {
+    let s = Server::start_with(|c| {
         c.webapp.rate_limit_per_minute = 60;
         c.webapp.rate_limit_burst = 3;
     })
@@ -249,7 +157,7 @@ async fn rate_limits_answer_429_with_retry_after_and_recover() {
 /// The default limits are far above what tests and benchmarks do in a burst.
 #[tokio::test]
 async fn default_limits_let_bursts_through() {
-    let s = Server::start(|_| {}).await;
+    let s = Server::start_with(|_| {}).await;
     let alice = s.token("alice");
     for _ in 0..1000 {
         s.ok("auth.test", &alice, json!({})).await;
@@ -259,7 +167,7 @@ async fn default_limits_let_bursts_through() {
 
 #[tokio::test]
 async fn hooks_are_created_by_members_and_refuse_bad_posts_before_the_mesh() {
-    let s = Server::start(|_| {}).await;
+    let s = Server::start_with(|_| {}).await;
     let (alice, bob) = (s.token("alice"), s.token("bob"));
     let general = s.general().await;
     let v = s
@@ -486,7 +394,7 @@ async fn hooks_are_created_by_members_and_refuse_bad_posts_before_the_mesh() {
 
 #[tokio::test]
 async fn openapi_is_served_as_generated() {
-    let s = Server::start(|_| {}).await;
+    let s = Server::start_with(|_| {}).await;
     for path in ["/api/openapi.json", "/openapi.json"] {
         let resp = s
             .http
