@@ -24,10 +24,10 @@ mod order;
 mod pace;
 mod posts;
 mod report;
+mod search;
 mod slack;
 mod stats;
 mod sut;
-mod search;
 mod svg;
 mod ws;
 
@@ -302,7 +302,17 @@ async fn search_cmd(a: SearchArgs) -> anyhow::Result<bool> {
     let bin = a.common.sut_options().switchboard_bin;
     let o = search::run(&plan, &bin, a.keep).await?;
     let l = &o.http;
-    let mut t = Table::new(&["messages", "fill", "index catch-up", "queries", "mean hits", "p50", "p99", "p99.9", "max"]);
+    let mut t = Table::new(&[
+        "messages",
+        "fill",
+        "index catch-up",
+        "queries",
+        "mean hits",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+    ]);
     t.row(vec![
         plan.messages.to_string(),
         format!("{:.1}s", o.fill_s),
@@ -324,7 +334,12 @@ async fn search_cmd(a: SearchArgs) -> anyhow::Result<bool> {
         "latency": l,
         "switchboard_bin": report::binary_info(&bin),
     });
-    for p in report::write_outputs(&report::out_dir(a.common.out.as_deref()), "search", &json, None)? {
+    for p in report::write_outputs(
+        &report::out_dir(a.common.out.as_deref()),
+        "search",
+        &json,
+        None,
+    )? {
         note(format!("wrote {}", p.display()));
     }
     Ok(l.count > 0)

@@ -37,7 +37,10 @@ pub struct Outcome {
 
 /// A deterministic word list: `w<n>` spelled as syllables, so the tokenizer sees real words.
 fn word(n: u32) -> String {
-    const SYL: [&str; 16] = ["ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ba", "de", "fu", "go", "hi", "jo", "pe", "zu"];
+    const SYL: [&str; 16] = [
+        "ka", "lo", "mi", "ne", "ru", "sa", "to", "vi", "ba", "de", "fu", "go", "hi", "jo", "pe",
+        "zu",
+    ];
     let mut s = String::new();
     let mut n = n + 16;
     while n > 0 {
@@ -66,22 +69,45 @@ impl Rng {
 }
 
 pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome> {
-    let dir = tempfile::Builder::new().prefix("switchboard-bench-search-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("switchboard-bench-search-")
+        .tempdir()?;
     let data = dir.path().to_path_buf();
-    let status = std::process::Command::new(bin).args(["certs", "--out"]).arg(data.join("tls")).output()?;
+    let status = std::process::Command::new(bin)
+        .args(["certs", "--out"])
+        .arg(data.join("tls"))
+        .output()?;
     if !status.status.success() {
-        bail!("switchboard certs failed: {}", String::from_utf8_lossy(&status.stderr));
+        bail!(
+            "switchboard certs failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
     }
     let secret = shared::config::load_cluster_secret(&data.join("cluster-secret"), true)?;
     let signer = TokenSigner::new(&secret);
 
     // Fill the store as channel servers would.
     let started = Instant::now();
-    let store: SharedStore = Arc::new(SqliteStore::open(&data.join("store"), 1).map_err(|e| anyhow::anyhow!("{e}"))?);
-    let ws = store.create_workspace("searchbench").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store: SharedStore =
+        Arc::new(SqliteStore::open(&data.join("store"), 1).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let ws = store
+        .create_workspace("searchbench")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut users = Vec::new();
     for i in 0..plan.users {
-        users.push(store.create_user(&ws.id, &format!("user{i}"), &format!("User {i}"), i == 0, false).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+        users.push(
+            store
+                .create_user(
+                    &ws.id,
+                    &format!("user{i}"),
+                    &format!("User {i}"),
+                    i == 0,
+                    false,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
     }
     let mut channels = Vec::new();
     for i in 0..plan.channels {
@@ -96,8 +122,14 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
             purpose: String::new(),
             is_archived: false,
         };
-        store.create_channel(&c).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        store.add_member(&c.id, &users[0].id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        store
+            .create_channel(&c)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        store
+            .add_member(&c.id, &users[0].id)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         channels.push(c.id);
     }
     let base_ts = Ts::now().0 - plan.messages * 1000;
@@ -109,7 +141,9 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
         let c = (rng.next() % channels.len() as u64) as usize;
         seqs[c] += 1;
         let words = 4 + rng.next() % 14;
-        let text: Vec<String> = (0..words).map(|_| word(rng.word(plan.vocabulary))).collect();
+        let text: Vec<String> = (0..words)
+            .map(|_| word(rng.word(plan.vocabulary)))
+            .collect();
         let msg = Message {
             workspace: ws.id.clone(),
             channel: channels[c].clone(),
@@ -124,7 +158,11 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
         let store = store.clone();
         pending.push(async move { store.append(&msg).await });
         if pending.len() >= 2048 {
-            pending.next().await.transpose().map_err(|e| anyhow::anyhow!("{e}"))?;
+            pending
+                .next()
+                .await
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         if n % 100_000 == 0 && n > 0 {
             eprintln!("search: {n} messages stored");
@@ -143,7 +181,12 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
     let mut child = std::process::Command::new(bin)
         .args(["webapp", "--data-dir"])
         .arg(&data)
-        .args(["--set", "store.shards=1", "--set", &format!("webapp.http_addr=\"127.0.0.1:{port}\"")])
+        .args([
+            "--set",
+            "store.shards=1",
+            "--set",
+            &format!("webapp.http_addr=\"127.0.0.1:{port}\""),
+        ])
         .stdout(log.try_clone()?)
         .stderr(log)
         .spawn()
@@ -156,7 +199,12 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
         eprintln!("search: data kept in {}", kept.display());
     }
     let (index_s, http, mean_hits) = result?;
-    Ok(Outcome { fill_s, index_s, http, mean_hits })
+    Ok(Outcome {
+        fill_s,
+        index_s,
+        http,
+        mean_hits,
+    })
 }
 
 async fn measure(
@@ -166,15 +214,30 @@ async fn measure(
     ws: &WorkspaceId,
     user: &UserId,
 ) -> anyhow::Result<(f64, LatencySummary, f64)> {
-    let token = signer.issue(&Claims { workspace: ws.clone(), user: user.clone(), admin: true, bot: false, issued_at: 1, service: false });
-    let http = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+    let token = signer.issue(&Claims {
+        workspace: ws.clone(),
+        user: user.clone(),
+        admin: true,
+        bot: false,
+        issued_at: 1,
+        service: false,
+    });
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()?;
     let call = |query: String| {
         let http = http.clone();
         let token = token.clone();
         let url = format!("{api}/search.messages");
         async move {
-            let v: serde_json::Value =
-                http.post(url).bearer_auth(token).form(&[("query", query.as_str()), ("count", "20")]).send().await?.json().await?;
+            let v: serde_json::Value = http
+                .post(url)
+                .bearer_auth(token)
+                .form(&[("query", query.as_str()), ("count", "20")])
+                .send()
+                .await?
+                .json()
+                .await?;
             anyhow::Ok(v)
         }
     };
@@ -213,9 +276,14 @@ async fn measure(
     let queries: Vec<String> = (0..plan.queries)
         .map(|i| {
             let n = 1 + (rng.next() % 3) as u32;
-            let mut q: Vec<String> = (0..n).map(|_| word(rng.word(plan.vocabulary / 4))).collect();
+            let mut q: Vec<String> = (0..n)
+                .map(|_| word(rng.word(plan.vocabulary / 4)))
+                .collect();
             match i % 4 {
-                1 => q.push(format!("in:#chan-{}", rng.next() % u64::from(plan.channels))),
+                1 => q.push(format!(
+                    "in:#chan-{}",
+                    rng.next() % u64::from(plan.channels)
+                )),
                 2 => q.push(format!("from:@user{}", rng.next() % u64::from(plan.users))),
                 _ => {}
             }
@@ -237,5 +305,9 @@ async fn measure(
         }
         hits += v["messages"]["total"].as_u64().unwrap_or(0);
     }
-    Ok((index_s, LatencySummary::of(&h), hits as f64 / f64::from(plan.queries.max(1))))
+    Ok((
+        index_s,
+        LatencySummary::of(&h),
+        hits as f64 / f64::from(plan.queries.max(1)),
+    ))
 }
