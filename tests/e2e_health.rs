@@ -4,6 +4,8 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
+
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,4 +119,21 @@ async fn every_role_serves_health_and_prometheus_metrics() {
     let v = cluster.api_ok("auth.test", &alice.token, json!({})).await;
     assert_eq!(v["user_id"], alice.id.as_str());
     assert_eq!(v["team_id"], alice.workspace.as_str());
+
+    // Every node follows the ring: the Web API learned the current epoch too.
+    let epoch = cluster.ring().await["epoch"].as_f64().unwrap();
+    let mut seen = 0.0;
+    for _ in 0..100 {
+        seen = cluster
+            .metric(&cluster.webapp, "switchboard_webapp_ring_epoch", &[])
+            .await;
+        if seen >= epoch {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen >= epoch,
+        "the Web API follows the ring: epoch {seen}, admin {epoch}"
+    );
 }

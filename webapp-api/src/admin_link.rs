@@ -74,6 +74,35 @@ pub struct AdminLink {
     request_timeout: Duration,
 }
 
+impl AdminLink {
+    /// Follows the admin server's ring as a Web API node (every node learns each epoch), until
+    /// `shutdown`. Nothing to follow for a detached link.
+    pub fn follow_ring(
+        &self,
+        node: shared::ids::NodeId,
+        shutdown: shared::shutdown::Shutdown,
+    ) -> tokio::sync::watch::Receiver<Arc<shared::ring::Ring>> {
+        let (ring_tx, ring_rx) = tokio::sync::watch::channel(Arc::new(shared::ring::Ring::empty()));
+        if let Some(pool) = &self.pool {
+            let (connected_tx, _) = tokio::sync::watch::channel(false);
+            tokio::spawn(shared::membership::follow_admin(
+                pool.clone(),
+                self.admin_addr,
+                shared::membership::NodeHello {
+                    node,
+                    role: shared::protocol::Role::WebApi,
+                    mesh_addr: String::new(),
+                },
+                ring_tx,
+                None,
+                connected_tx,
+                shutdown,
+            ));
+        }
+        ring_rx
+    }
+}
+
 impl std::fmt::Debug for AdminLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminLink")

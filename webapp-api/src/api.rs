@@ -239,6 +239,8 @@ pub struct AppState {
     pub base_url: String,
     /// The search indexes; `None` where this node does not serve search.
     pub search: Option<Arc<crate::search::Search>>,
+    /// The ring as this node last learned it from the admin server.
+    pub ring: Option<tokio::sync::watch::Receiver<Arc<shared::ring::Ring>>>,
     /// Per-user rate limits (off unless set; [`crate::run`] sets them from the config).
     pub rate_limiter: Arc<RateLimiter>,
 }
@@ -261,6 +263,7 @@ impl AppState {
             max_body_bytes,
             base_url: format!("http://{local_addr}/"),
             search: None,
+            ring: None,
             rate_limiter: Arc::new(RateLimiter::disabled()),
         }
     }

@@ -88,6 +88,18 @@ pub async fn run(
         local_addr,
     );
     let mut state = state;
+    // Every node learns each ring epoch; the Web API keeps it for `api.test`-style diagnostics
+    // and future direct routing (posts go through the admin server today).
+    let mut ring = state
+        .admin
+        .follow_ring(config.node_id("webapp"), shutdown.clone());
+    state.ring = Some(ring.clone());
+    tokio::spawn(async move {
+        while ring.changed().await.is_ok() {
+            let epoch = ring.borrow_and_update().epoch().0;
+            metrics::RING_EPOCH.set(epoch as i64);
+        }
+    });
     let search_dir = config.node.data_dir.join("search");
     let search = Arc::new(search::Search::open(&search_dir, &state.store)?);
     search.spawn_indexers(&state.store, &shutdown);

@@ -55,3 +55,11 @@ pub static USER_EVENT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+pub static RING_EPOCH: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
+    prometheus::register_int_gauge!(
+        "switchboard_webapp_ring_epoch",
+        "the ring epoch this Web API node last learned"
+    )
+    .unwrap()
+});
