@@ -354,7 +354,12 @@ async fn typing_and_presence_reach_the_other_members() {
     let presence = |user: &TestUser, p: &'static str| {
         let id = user.id.clone();
         move |e: &Value| {
-            e["type"] == "presence_change" && e["user"] == id.as_str() && e["presence"] == p
+            e["type"] == "presence_change"
+                && e["presence"] == p
+                && (e["user"] == id.as_str()
+                    || e["users"]
+                        .as_array()
+                        .is_some_and(|u| u.iter().any(|x| x == id.as_str())))
         }
     };
 

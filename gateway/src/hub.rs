@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use shared::ids::{ChannelId, NodeId, Seq, UserId, WorkspaceId};
 use shared::mesh::PeerPool;
 use shared::protocol::client::{ephemeral_json, message_json};
-use shared::protocol::{EphemeralEvent, MeshError, MeshFrame, Message, UserEvent};
+use shared::protocol::{EphemeralEvent, MeshError, MeshFrame, Message, Presence, UserEvent};
 use shared::ring::Ring;
 use shared::shutdown::Shutdown;
 use tokio::sync::{mpsc, watch, Notify};
@@ -33,6 +33,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const FETCH_LIMIT: u32 = 1000;
 /// How often the hub re-checks subscriptions (ring changes and link losses also wake it).
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
+/// How long presence changes are gathered before they are written to sessions.
+const PRESENCE_BATCH_WINDOW: Duration = Duration::from_millis(200);
 /// How long after a re-subscription the gateway checks the channel's tail.
 const TAIL_CHECK_DELAY: Duration = Duration::from_millis(1000);
 
@@ -124,6 +126,8 @@ struct State {
     sessions: HashMap<SessionId, SessionHandle>,
     users: HashMap<UserId, HashSet<SessionId>>,
     links: HashMap<NodeId, Link>,
+    /// Presence changes waiting for the batch window, per workspace (the last one per user).
+    presence_batch: HashMap<WorkspaceId, BTreeMap<UserId, Presence>>,
 }
 
 pub struct Hub {
@@ -352,18 +356,25 @@ impl Hub {
             | UserEvent::PresenceSet { .. } => return,
             // Presence goes to every session of the user's workspace here (their clients
             // decide whom they show).
+            // Presence changes are batched per workspace for a short window: while many
+            // users connect at once, each session gets a few `presence_change` events listing
+            // many users (Slack's batched form) instead of one event per user.
             UserEvent::PresenceChanged {
                 workspace,
                 user,
                 presence,
             } => {
-                let text: Utf8Bytes = ephemeral_json(
-                    &ChannelId(String::new()),
-                    &EphemeralEvent::Presence { user, presence },
-                )
-                .into();
-                for s in st.sessions.values().filter(|s| s.workspace == workspace) {
-                    s.offer(Outbound::Event(text.clone()));
+                let first = st.presence_batch.is_empty();
+                st.presence_batch
+                    .entry(workspace)
+                    .or_default()
+                    .insert(user, presence);
+                if first {
+                    let hub = self.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(PRESENCE_BATCH_WINDOW).await;
+                        hub.flush_presence();
+                    });
                 }
                 return;
             }
@@ -385,6 +396,32 @@ impl Hub {
                 channel: channel.clone(),
                 event,
             });
+        }
+    }
+
+    /// Writes the gathered presence changes: per workspace and presence, one event naming
+    /// one `user` or several `users`.
+    fn flush_presence(&self) {
+        let mut st = self.state.lock();
+        let batch = std::mem::take(&mut st.presence_batch);
+        for (workspace, changes) in batch {
+            for presence in [Presence::Active, Presence::Away] {
+                let users: Vec<&UserId> = changes
+                    .iter()
+                    .filter(|(_, p)| **p == presence)
+                    .map(|(u, _)| u)
+                    .collect();
+                let text: Utf8Bytes = match users.as_slice() {
+                    [] => continue,
+                    [one] => serde_json::json!({ "type": "presence_change", "user": one, "presence": presence.as_str() }),
+                    many => serde_json::json!({ "type": "presence_change", "users": many, "presence": presence.as_str() }),
+                }
+                .to_string()
+                .into();
+                for s in st.sessions.values().filter(|s| s.workspace == workspace) {
+                    s.offer(Outbound::Event(text.clone()));
+                }
+            }
         }
     }
 
