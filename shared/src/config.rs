@@ -128,6 +128,16 @@ pub struct StoreConfig {
     pub kind: String,
     pub path: String,
     pub shards: u32,
+    pub cql_nodes: Vec<String>,
+    pub cql_local_datacenter: String,
+    pub cql_keyspace_prefix: String,
+    pub cql_shard_keyspaces: Vec<String>,
+    pub cql_replication_factor: u32,
+    pub cql_write_consistency: String,
+    pub cql_read_consistency: String,
+    pub cql_bucket_hours: u64,
+    pub cql_feed_settle_ms: u64,
+    pub cql_request_timeout_ms: u64,
 }
 
 impl Config {
@@ -227,11 +237,24 @@ impl Config {
         if self.gateway.max_client_frame_bytes < 256 {
             bail!("gateway.max_client_frame_bytes must be at least 256");
         }
-        if self.store.kind != "embedded" {
-            bail!(
-                "store.kind {:?} is not available in this build (expected \"embedded\")",
-                self.store.kind
-            );
+        match self.store.kind.as_str() {
+            "embedded" => {}
+            "cql" => {
+                if self.store.cql_nodes.is_empty() {
+                    bail!("store.cql_nodes must name at least one CQL node (host:port)");
+                }
+                if self.store.cql_replication_factor == 0 {
+                    bail!("store.cql_replication_factor must be positive");
+                }
+                if self.store.cql_bucket_hours == 0 {
+                    bail!("store.cql_bucket_hours must be positive");
+                }
+                if self.store.cql_request_timeout_ms == 0 {
+                    bail!("store.cql_request_timeout_ms must be positive");
+                }
+                crate::store::cql::CqlSettings::from_config(&self.store)?;
+            }
+            other => bail!("store.kind {other:?} is not known (expected \"embedded\" or \"cql\")"),
         }
         if self.store.shards == 0 || self.store.shards > 1024 {
             bail!("store.shards must be in 1..=1024");

@@ -273,6 +273,14 @@ async fn appends_and_history(store: &dyn MessageStore) {
         .is_empty());
 }
 
+/// Waits until changes written so far may be read from the feed.
+async fn settle(store: &dyn MessageStore) {
+    let delay = store.change_feed_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay + std::time::Duration::from_millis(50)).await;
+    }
+}
+
 async fn change_feed(store: &dyn MessageStore) {
     let ws = store.create_workspace("feed-ws").await.unwrap();
     let user = store
@@ -295,6 +303,7 @@ async fn change_feed(store: &dyn MessageStore) {
             .await
             .unwrap();
     }
+    settle(store).await;
     let changes = store.changes_since(shard, before, 100).await.unwrap();
     let mine: Vec<_> = changes
         .iter()
@@ -328,6 +337,7 @@ async fn change_feed(store: &dyn MessageStore) {
     };
     delete.text = String::new();
     store.append(&delete).await.unwrap();
+    settle(store).await;
     let later = store.changes_since(shard, last, 100).await.unwrap();
     assert_eq!(later.len(), 2);
     assert_eq!(

@@ -15,6 +15,7 @@
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+pub mod cql;
 pub mod snapshot;
 pub mod sqlite;
 
@@ -225,6 +226,11 @@ pub trait MessageStore: Send + Sync + 'static {
     /// nothing, even across crashes.
     async fn changes_since(&self, shard: u32, after: u64, limit: u32)
         -> StorageResult<Vec<Change>>;
+    /// How long after its write a change may take to appear in [`MessageStore::changes_since`]
+    /// (zero for a store whose change ids follow commit order).
+    fn change_feed_delay(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 
     // -- message views (what history, threads and reactions show) --
     /// Posted, undeleted messages with their edit, thread and reaction state: top-level ones

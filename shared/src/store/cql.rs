@@ -1,0 +1,2007 @@
+//! The CQL store (`store.kind = "cql"`): ScyllaDB, or anything else that speaks CQL (the
+//! tests run Apache Cassandra), through the `scylla` driver.
+//!
+//! # Layout
+//! - One metadata keyspace (`<prefix>_meta`): workspaces, users, channels, memberships, and
+//!   the settings the schema was created with.
+//! - One keyspace per message shard (`store.cql_shard_keyspaces`, or `<prefix>_shard_<n>`):
+//!   the messages of the workspaces that [`shard_for`] maps to that shard. The same map picks
+//!   the shard's search index, so a shard's store and index move together.
+//!
+//! Messages are partitioned like Discord's: by `(channel_id, bucket)` where `bucket` is the
+//! message's `ts` divided by a fixed period (`store.cql_bucket_hours`), clustered by `seq`.
+//! A history page is one range read in one partition (and a small read of the channel's
+//! bucket list to find it); a partition never grows past one period of one channel.
+//!
+//! # Appends: fencing, group commit and recovery
+//! Each channel has a head row `channel_heads(channel_id) -> (last_seq, pending)`. An append
+//! group (every append waiting for one channel) is claimed with one lightweight transaction
+//! (`UPDATE … IF last_seq < first_seq`, or `INSERT … IF NOT EXISTS` for a new channel) that
+//! also stores the group itself in `pending`. Only then are the rows written. So:
+//! - two channel servers that both believe they own a channel cannot both write a sequence:
+//!   the second claim fails and the append answers [`StorageErrorKind::SeqConflict`];
+//! - a crash between the claim and the rows loses nothing: [`MessageStore::last_message`],
+//!   which a channel server calls when it takes a channel over, replays `pending`.
+//!
+//! Every row that an entry writes carries the entry's `ts` as its write timestamp (`USING
+//! TIMESTAMP`), and `ts` increases with `seq` in a channel. Replaying an entry, at any time
+//! and in any order, is therefore harmless: an edit, deletion or reaction that came later
+//! always wins over an earlier one, as it did the first time.
+//!
+//! # The change feed
+//! CQL has no auto-increment, so change ids are time-based: `(micros << 12) | process tag`,
+//! in per-hour partitions of a `feed` table in the shard's keyspace. A reader only sees
+//! changes older than `store.cql_feed_settle_ms`, and a writer whose feed write took longer
+//! than half that writes the change again under a fresh id. A change therefore never appears
+//! behind a reader's cursor; at worst it is indexed twice, which the indexer's upsert absorbs.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::{join_all, try_join_all};
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::frame::types::{Consistency, SerialConsistency};
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::response::query_result::QueryResult;
+use scylla::serialize::row::SerializeRow;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::{CqlValue, MaybeUnset, Row};
+use scylla::DeserializeRow;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    shard_for, AppendOutcome, Change, Channel, HistoryQuery, Membership, MessageStore, MessageView,
+    Reaction, StorageError, StorageErrorKind, StorageResult, User, Workspace,
+};
+use crate::config::StoreConfig;
+use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
+use crate::protocol::{Message, MessageKind};
+use crate::telemetry::metrics as m;
+
+/// Most entries claimed and written as one group.
+const MAX_GROUP: usize = 256;
+/// Append lanes: a channel always uses the same lane, so its groups are written in order.
+const LANES: usize = 32;
+/// Rows per page when a read scans a partition.
+const PAGE_SIZE: i32 = 256;
+const MICROS_PER_HOUR: u64 = 3_600_000_000;
+
+fn unavailable(e: impl std::fmt::Display) -> StorageError {
+    StorageError::new(StorageErrorKind::Unavailable, e.to_string())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StorageError {
+    StorageError::new(StorageErrorKind::Corrupt, e.to_string())
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn set<T>(v: Option<T>) -> MaybeUnset<T> {
+    match v {
+        Some(v) => MaybeUnset::Set(v),
+        None => MaybeUnset::Unset,
+    }
+}
+
+fn i(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+/// What the CQL store needs from the configuration.
+#[derive(Clone, Debug)]
+pub struct CqlSettings {
+    pub nodes: Vec<String>,
+    pub local_datacenter: Option<String>,
+    pub meta_keyspace: String,
+    pub shard_keyspaces: Vec<String>,
+    pub replication_factor: u32,
+    pub write_consistency: Consistency,
+    pub read_consistency: Consistency,
+    pub bucket_micros: u64,
+    pub feed_settle: Duration,
+    pub request_timeout: Duration,
+}
+
+/// Parses a consistency level's CQL name (`LOCAL_QUORUM`, `QUORUM`, `ONE`, ...).
+pub fn parse_consistency(name: &str) -> Option<Consistency> {
+    Some(match name.to_ascii_uppercase().as_str() {
+        "ANY" => Consistency::Any,
+        "ONE" => Consistency::One,
+        "TWO" => Consistency::Two,
+        "THREE" => Consistency::Three,
+        "QUORUM" => Consistency::Quorum,
+        "ALL" => Consistency::All,
+        "LOCAL_QUORUM" => Consistency::LocalQuorum,
+        "EACH_QUORUM" => Consistency::EachQuorum,
+        "LOCAL_ONE" => Consistency::LocalOne,
+        _ => return None,
+    })
+}
+
+/// A keyspace name CQL accepts unquoted.
+pub fn valid_keyspace(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 48
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+}
+
+impl CqlSettings {
+    /// The settings of `[store]` (already validated by [`crate::config::Config::validate`]).
+    pub fn from_config(store: &StoreConfig) -> anyhow::Result<CqlSettings> {
+        let shard_keyspaces = if store.cql_shard_keyspaces.is_empty() {
+            (0..store.shards)
+                .map(|n| format!("{}_shard_{n}", store.cql_keyspace_prefix))
+                .collect()
+        } else {
+            store.cql_shard_keyspaces.clone()
+        };
+        if shard_keyspaces.len() != store.shards as usize {
+            anyhow::bail!(
+                "store.cql_shard_keyspaces names {} keyspaces but store.shards is {}",
+                shard_keyspaces.len(),
+                store.shards
+            );
+        }
+        let meta_keyspace = format!("{}_meta", store.cql_keyspace_prefix);
+        for ks in shard_keyspaces.iter().chain([&meta_keyspace]) {
+            if !valid_keyspace(ks) {
+                anyhow::bail!(
+                    "keyspace name {ks:?} is not valid (letters, digits and _, at most 48, starting with a letter)"
+                );
+            }
+        }
+        let consistency = |key: &str, v: &str| {
+            parse_consistency(v).ok_or_else(|| anyhow::anyhow!("{key} {v:?} is not a CQL consistency level"))
+        };
+        Ok(CqlSettings {
+            nodes: store.cql_nodes.clone(),
+            local_datacenter: Some(store.cql_local_datacenter.clone()).filter(|d| !d.is_empty()),
+            meta_keyspace,
+            shard_keyspaces,
+            replication_factor: store.cql_replication_factor,
+            write_consistency: consistency("store.cql_write_consistency", &store.cql_write_consistency)?,
+            read_consistency: consistency("store.cql_read_consistency", &store.cql_read_consistency)?,
+            bucket_micros: store.cql_bucket_hours.max(1) * MICROS_PER_HOUR,
+            feed_settle: Duration::from_millis(store.cql_feed_settle_ms),
+            request_timeout: Duration::from_millis(store.cql_request_timeout_ms),
+        })
+    }
+
+    fn serial(&self) -> SerialConsistency {
+        if matches!(
+            self.write_consistency,
+            Consistency::LocalQuorum | Consistency::LocalOne
+        ) {
+            SerialConsistency::LocalSerial
+        } else {
+            SerialConsistency::Serial
+        }
+    }
+
+    fn replication(&self) -> String {
+        match &self.local_datacenter {
+            Some(dc) => format!(
+                "{{'class': 'NetworkTopologyStrategy', '{dc}': {}}}",
+                self.replication_factor
+            ),
+            None => format!(
+                "{{'class': 'NetworkTopologyStrategy', 'replication_factor': {}}}",
+                self.replication_factor
+            ),
+        }
+    }
+}
+
+const META_TABLES: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS {ks}.settings (k text PRIMARY KEY, v text)",
+    "CREATE TABLE IF NOT EXISTS {ks}.workspaces (id text PRIMARY KEY, name text)",
+    "CREATE TABLE IF NOT EXISTS {ks}.workspace_names (name text PRIMARY KEY, id text)",
+    "CREATE TABLE IF NOT EXISTS {ks}.users (workspace text, id text, name text, real_name text,
+        display_name text, is_admin boolean, is_bot boolean, PRIMARY KEY ((workspace), id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.user_ids (id text PRIMARY KEY, workspace text)",
+    "CREATE TABLE IF NOT EXISTS {ks}.user_names (workspace text, name text, id text,
+        PRIMARY KEY ((workspace), name))",
+    "CREATE TABLE IF NOT EXISTS {ks}.channels (workspace text, id text, name text,
+        is_private boolean, creator text, created bigint, topic text, purpose text,
+        is_archived boolean, PRIMARY KEY ((workspace), id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.channel_ids (id text PRIMARY KEY, workspace text)",
+    "CREATE TABLE IF NOT EXISTS {ks}.channel_names (workspace text, name text, id text,
+        PRIMARY KEY ((workspace), name))",
+    "CREATE TABLE IF NOT EXISTS {ks}.members (channel_id text, user_id text, last_read bigint,
+        PRIMARY KEY ((channel_id), user_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.user_channels (user_id text, channel_id text,
+        workspace text, PRIMARY KEY ((user_id), channel_id))",
+];
+
+const SHARD_TABLES: &[&str] = &[
+    // Every stream entry; posted messages also carry their current state.
+    "CREATE TABLE IF NOT EXISTS {ks}.messages (channel_id text, bucket bigint, seq bigint,
+        ts bigint, workspace text, user_id text, body text, client_msg_id text,
+        thread_ts bigint, kind text, target_ts bigint, reaction text, edited_ts bigint,
+        deleted boolean, reply_count int, latest_reply bigint,
+        PRIMARY KEY ((channel_id, bucket), seq))",
+    // ts -> seq within a bucket (a message's ts is its id in the Web API).
+    "CREATE TABLE IF NOT EXISTS {ks}.message_ts (channel_id text, bucket bigint, ts bigint,
+        seq bigint, PRIMARY KEY ((channel_id, bucket), ts))",
+    // The buckets a channel has, with the first sequence of each.
+    "CREATE TABLE IF NOT EXISTS {ks}.channel_buckets (channel_id text, bucket bigint,
+        first_seq bigint, PRIMARY KEY ((channel_id), bucket))",
+    // The fence and the write-ahead of the last group (see the module docs).
+    "CREATE TABLE IF NOT EXISTS {ks}.channel_heads (channel_id text PRIMARY KEY,
+        last_seq bigint, pending blob)",
+    "CREATE TABLE IF NOT EXISTS {ks}.client_ids (channel_id text, client_msg_id text,
+        seq bigint, bucket bigint, PRIMARY KEY ((channel_id, client_msg_id)))",
+    "CREATE TABLE IF NOT EXISTS {ks}.thread_replies (channel_id text, parent_ts bigint,
+        reply_ts bigint, seq bigint, PRIMARY KEY ((channel_id, parent_ts), reply_ts))",
+    "CREATE TABLE IF NOT EXISTS {ks}.reactions (channel_id text, target_ts bigint,
+        reaction text, user_id text, seq bigint,
+        PRIMARY KEY ((channel_id, target_ts), reaction, user_id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.feed (hour bigint, id bigint, channel_id text, seq bigint,
+        message blob, deleted boolean, PRIMARY KEY ((hour), id, channel_id, seq))",
+    "CREATE TABLE IF NOT EXISTS {ks}.feed_hours (k int, hour bigint, PRIMARY KEY ((k), hour))",
+];
+
+#[derive(Clone, Copy)]
+enum Mode {
+    Read,
+    Write,
+    /// A lightweight transaction (Paxos).
+    Lwt,
+    /// A read that must see the last lightweight transaction.
+    SerialRead,
+}
+
+const MESSAGE_COLUMNS: &str = "channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, edited_ts, deleted, reply_count, latest_reply";
+
+const META_STATEMENTS: &[(&str, Mode, &str)] = &[
+    ("settings_get", Mode::Read, "SELECT k, v FROM {ks}.settings"),
+    ("workspace_claim", Mode::Lwt, "INSERT INTO {ks}.workspace_names (name, id) VALUES (?, ?) IF NOT EXISTS"),
+    ("workspace_put", Mode::Write, "INSERT INTO {ks}.workspaces (id, name) VALUES (?, ?)"),
+    ("workspace_get", Mode::Read, "SELECT id, name FROM {ks}.workspaces WHERE id = ?"),
+    ("workspace_by_name", Mode::Read, "SELECT id FROM {ks}.workspace_names WHERE name = ?"),
+    ("user_claim", Mode::Lwt, "INSERT INTO {ks}.user_names (workspace, name, id) VALUES (?, ?, ?) IF NOT EXISTS"),
+    ("user_put", Mode::Write, "INSERT INTO {ks}.users (workspace, id, name, real_name, display_name, is_admin, is_bot) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+    ("user_id_put", Mode::Write, "INSERT INTO {ks}.user_ids (id, workspace) VALUES (?, ?)"),
+    ("user_ws", Mode::Read, "SELECT workspace FROM {ks}.user_ids WHERE id = ?"),
+    ("user_get", Mode::Read, "SELECT workspace, id, name, real_name, display_name, is_admin, is_bot FROM {ks}.users WHERE workspace = ? AND id = ?"),
+    ("user_by_name", Mode::Read, "SELECT id FROM {ks}.user_names WHERE workspace = ? AND name = ?"),
+    ("users_of", Mode::Read, "SELECT workspace, id, name, real_name, display_name, is_admin, is_bot FROM {ks}.users WHERE workspace = ?"),
+    ("user_profile", Mode::Write, "UPDATE {ks}.users SET real_name = ?, display_name = ? WHERE workspace = ? AND id = ?"),
+    ("channel_claim", Mode::Lwt, "INSERT INTO {ks}.channel_names (workspace, name, id) VALUES (?, ?, ?) IF NOT EXISTS"),
+    ("channel_name_get", Mode::SerialRead, "SELECT id FROM {ks}.channel_names WHERE workspace = ? AND name = ?"),
+    ("channel_name_drop", Mode::Lwt, "DELETE FROM {ks}.channel_names WHERE workspace = ? AND name = ? IF id = ?"),
+    ("channel_put", Mode::Write, "INSERT INTO {ks}.channels (workspace, id, name, is_private, creator, created, topic, purpose, is_archived) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"),
+    ("channel_id_put", Mode::Write, "INSERT INTO {ks}.channel_ids (id, workspace) VALUES (?, ?)"),
+    ("channel_ws", Mode::Read, "SELECT workspace FROM {ks}.channel_ids WHERE id = ?"),
+    ("channel_get", Mode::Read, "SELECT workspace, id, name, is_private, creator, created, topic, purpose, is_archived FROM {ks}.channels WHERE workspace = ? AND id = ?"),
+    ("channels_after", Mode::Read, "SELECT workspace, id, name, is_private, creator, created, topic, purpose, is_archived FROM {ks}.channels WHERE workspace = ? AND id > ? LIMIT ?"),
+    ("channels_of", Mode::Read, "SELECT workspace, id, name, is_private, creator, created, topic, purpose, is_archived FROM {ks}.channels WHERE workspace = ?"),
+    ("channel_update", Mode::Write, "UPDATE {ks}.channels SET name = ?, topic = ?, purpose = ?, is_archived = ? WHERE workspace = ? AND id = ?"),
+    ("member_add", Mode::Lwt, "INSERT INTO {ks}.members (channel_id, user_id, last_read) VALUES (?, ?, 0) IF NOT EXISTS"),
+    ("member_remove", Mode::Lwt, "DELETE FROM {ks}.members WHERE channel_id = ? AND user_id = ? IF EXISTS"),
+    ("member_get", Mode::SerialRead, "SELECT user_id FROM {ks}.members WHERE channel_id = ? AND user_id = ?"),
+    ("members_of", Mode::SerialRead, "SELECT user_id, last_read FROM {ks}.members WHERE channel_id = ?"),
+    ("member_read", Mode::Lwt, "UPDATE {ks}.members SET last_read = ? WHERE channel_id = ? AND user_id = ? IF EXISTS"),
+    ("user_channel_put", Mode::Write, "INSERT INTO {ks}.user_channels (user_id, channel_id, workspace) VALUES (?, ?, ?)"),
+    ("user_channel_drop", Mode::Write, "DELETE FROM {ks}.user_channels WHERE user_id = ? AND channel_id = ?"),
+    ("user_channels", Mode::Read, "SELECT channel_id, workspace FROM {ks}.user_channels WHERE user_id = ?"),
+];
+
+const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
+    ("head_claim", Mode::Lwt, "UPDATE {ks}.channel_heads SET last_seq = ?, pending = ? WHERE channel_id = ? IF last_seq < ?"),
+    ("head_create", Mode::Lwt, "INSERT INTO {ks}.channel_heads (channel_id, last_seq, pending) VALUES (?, ?, ?) IF NOT EXISTS"),
+    ("head_get", Mode::SerialRead, "SELECT last_seq, pending FROM {ks}.channel_heads WHERE channel_id = ?"),
+    ("message_put", Mode::Write, "INSERT INTO {ks}.messages (channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, deleted, reply_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false, 0) USING TIMESTAMP ?"),
+    ("message_ts_put", Mode::Write, "INSERT INTO {ks}.message_ts (channel_id, bucket, ts, seq) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("client_id_put", Mode::Write, "INSERT INTO {ks}.client_ids (channel_id, client_msg_id, seq, bucket) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("client_id_get", Mode::Read, "SELECT seq, bucket FROM {ks}.client_ids WHERE channel_id = ? AND client_msg_id = ?"),
+    // The smallest sequence wins: its write timestamp is the highest.
+    ("bucket_put", Mode::Write, "INSERT INTO {ks}.channel_buckets (channel_id, bucket, first_seq) VALUES (?, ?, ?) USING TIMESTAMP ?"),
+    ("buckets_of", Mode::Read, "SELECT bucket, first_seq FROM {ks}.channel_buckets WHERE channel_id = ?"),
+    ("message_get", Mode::Read, "SELECT {cols} FROM {ks}.messages WHERE channel_id = ? AND bucket = ? AND seq = ?"),
+    ("ts_get", Mode::Read, "SELECT seq FROM {ks}.message_ts WHERE channel_id = ? AND bucket = ? AND ts = ?"),
+    ("scan_asc", Mode::Read, "SELECT {cols} FROM {ks}.messages WHERE channel_id = ? AND bucket = ? AND seq > ? AND seq < ? ORDER BY seq ASC"),
+    ("scan_desc", Mode::Read, "SELECT {cols} FROM {ks}.messages WHERE channel_id = ? AND bucket = ? AND seq > ? AND seq < ? ORDER BY seq DESC"),
+    ("edit", Mode::Write, "UPDATE {ks}.messages USING TIMESTAMP ? SET body = ?, edited_ts = ? WHERE channel_id = ? AND bucket = ? AND seq = ?"),
+    ("delete", Mode::Write, "UPDATE {ks}.messages USING TIMESTAMP ? SET body = '', deleted = true WHERE channel_id = ? AND bucket = ? AND seq = ?"),
+    ("replies_set", Mode::Write, "UPDATE {ks}.messages USING TIMESTAMP ? SET reply_count = ?, latest_reply = ? WHERE channel_id = ? AND bucket = ? AND seq = ?"),
+    ("reply_put", Mode::Write, "INSERT INTO {ks}.thread_replies (channel_id, parent_ts, reply_ts, seq) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("replies_of", Mode::Read, "SELECT reply_ts, seq FROM {ks}.thread_replies WHERE channel_id = ? AND parent_ts = ?"),
+    ("reaction_put", Mode::Write, "INSERT INTO {ks}.reactions (channel_id, target_ts, reaction, user_id, seq) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("reaction_drop", Mode::Write, "DELETE FROM {ks}.reactions USING TIMESTAMP ? WHERE channel_id = ? AND target_ts = ? AND reaction = ? AND user_id = ?"),
+    ("reactions_drop", Mode::Write, "DELETE FROM {ks}.reactions USING TIMESTAMP ? WHERE channel_id = ? AND target_ts = ?"),
+    ("reactions_of", Mode::Read, "SELECT reaction, user_id, seq FROM {ks}.reactions WHERE channel_id = ? AND target_ts = ?"),
+    ("feed_put", Mode::Write, "INSERT INTO {ks}.feed (hour, id, channel_id, seq, message, deleted) VALUES (?, ?, ?, ?, ?, ?)"),
+    ("feed_hour_put", Mode::Write, "INSERT INTO {ks}.feed_hours (k, hour) VALUES (0, ?)"),
+    ("feed_hours", Mode::Read, "SELECT hour FROM {ks}.feed_hours WHERE k = 0 AND hour >= ? AND hour <= ?"),
+    ("feed_read", Mode::Read, "SELECT id, message, deleted FROM {ks}.feed WHERE hour = ? AND id > ? AND id < ? LIMIT ?"),
+];
+
+/// Prepared statements of one keyspace, by name.
+struct Statements(HashMap<&'static str, PreparedStatement>);
+
+impl Statements {
+    fn get(&self, name: &str) -> &PreparedStatement {
+        // Every name used below is in the tables above; a typo fails every test at once.
+        &self.0[name]
+    }
+}
+
+#[derive(DeserializeRow)]
+struct MsgRow {
+    channel_id: String,
+    bucket: i64,
+    seq: i64,
+    ts: i64,
+    workspace: String,
+    user_id: String,
+    body: String,
+    client_msg_id: Option<String>,
+    thread_ts: Option<i64>,
+    kind: String,
+    target_ts: Option<i64>,
+    reaction: Option<String>,
+    edited_ts: Option<i64>,
+    deleted: Option<bool>,
+    reply_count: Option<i32>,
+    latest_reply: Option<i64>,
+}
+
+impl MsgRow {
+    fn message(&self) -> StorageResult<Message> {
+        let kind = MessageKind::from_parts(
+            &self.kind,
+            self.target_ts.map(|t| Ts(t as u64)),
+            self.reaction.clone(),
+        )
+        .ok_or_else(|| corrupt(format!("bad entry kind {:?}", self.kind)))?;
+        Ok(Message {
+            workspace: WorkspaceId(self.workspace.clone()),
+            channel: ChannelId(self.channel_id.clone()),
+            seq: self.seq as Seq,
+            ts: Ts(self.ts as u64),
+            user: UserId(self.user_id.clone()),
+            text: self.body.clone(),
+            client_msg_id: self.client_msg_id.clone(),
+            thread_ts: self.thread_ts.map(|t| Ts(t as u64)),
+            kind,
+        })
+    }
+
+    fn is_posted(&self) -> bool {
+        self.kind == MessageKind::Posted.name()
+    }
+
+    fn view(&self) -> StorageResult<MessageView> {
+        Ok(MessageView {
+            message: self.message()?,
+            edited: self.edited_ts.map(|t| Ts(t as u64)),
+            deleted: self.deleted.unwrap_or(false),
+            reply_count: self.reply_count.unwrap_or(0).max(0) as u32,
+            latest_reply: self.latest_reply.map(|t| Ts(t as u64)),
+            reactions: Vec::new(),
+        })
+    }
+}
+
+#[derive(DeserializeRow)]
+struct UserRow {
+    workspace: String,
+    id: String,
+    name: String,
+    real_name: String,
+    display_name: Option<String>,
+    is_admin: bool,
+    is_bot: bool,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> User {
+        User {
+            id: UserId(r.id),
+            workspace: WorkspaceId(r.workspace),
+            name: r.name,
+            real_name: r.real_name,
+            display_name: r.display_name.unwrap_or_default(),
+            is_admin: r.is_admin,
+            is_bot: r.is_bot,
+        }
+    }
+}
+
+#[derive(DeserializeRow)]
+struct ChannelRow {
+    workspace: String,
+    id: String,
+    name: String,
+    is_private: bool,
+    creator: String,
+    created: i64,
+    topic: String,
+    purpose: String,
+    is_archived: bool,
+}
+
+impl From<ChannelRow> for Channel {
+    fn from(r: ChannelRow) -> Channel {
+        Channel {
+            id: ChannelId(r.id),
+            workspace: WorkspaceId(r.workspace),
+            name: r.name,
+            is_private: r.is_private,
+            creator: UserId(r.creator),
+            created: Ts(r.created as u64),
+            topic: r.topic,
+            purpose: r.purpose,
+            is_archived: r.is_archived,
+        }
+    }
+}
+
+struct AppendRequest {
+    msg: Message,
+    reply: oneshot::Sender<StorageResult<AppendOutcome>>,
+}
+
+struct Inner {
+    session: Session,
+    settings: CqlSettings,
+    meta: Statements,
+    shards: Vec<Statements>,
+    /// `(shard, channel, bucket)` rows this process already wrote to `channel_buckets`.
+    known_buckets: Mutex<HashSet<(u32, String, i64)>>,
+    /// `(shard, hour)` rows this process already wrote to `feed_hours`.
+    known_hours: Mutex<HashSet<(u32, i64)>>,
+    /// This process's change ids: `(micros << 12) | tag`, micros strictly increasing.
+    feed_tag: u64,
+    last_feed_micros: Mutex<u64>,
+}
+
+/// The CQL store. Cheap to share behind an `Arc`; appends run on background lanes.
+pub struct CqlStore {
+    inner: Arc<Inner>,
+    lanes: Vec<mpsc::UnboundedSender<AppendRequest>>,
+}
+
+async fn connect(settings: &CqlSettings) -> StorageResult<Session> {
+    let mut policy = DefaultPolicy::builder().token_aware(true);
+    if let Some(dc) = &settings.local_datacenter {
+        policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
+    }
+    let profile = ExecutionProfile::builder()
+        .load_balancing_policy(policy.build())
+        .consistency(settings.read_consistency)
+        .serial_consistency(Some(settings.serial()))
+        .request_timeout(Some(settings.request_timeout))
+        .build();
+    SessionBuilder::new()
+        .known_nodes(&settings.nodes)
+        .default_execution_profile_handle(profile.into_handle())
+        .connection_timeout(settings.request_timeout)
+        .build()
+        .await
+        .map_err(|e| {
+            unavailable(format!(
+                "cannot connect to the CQL cluster at {:?}: {e}",
+                settings.nodes
+            ))
+        })
+}
+
+/// The settings a schema is created with; a store opened with others would misread it.
+fn schema_settings(settings: &CqlSettings) -> Vec<(&'static str, String)> {
+    vec![
+        ("shards", settings.shard_keyspaces.len().to_string()),
+        ("shard_keyspaces", settings.shard_keyspaces.join(",")),
+        ("bucket_micros", settings.bucket_micros.to_string()),
+    ]
+}
+
+async fn read_schema_settings(
+    session: &Session,
+    meta: &str,
+) -> StorageResult<HashMap<String, String>> {
+    let rows = session
+        .query_unpaged(format!("SELECT k, v FROM {meta}.settings"), ())
+        .await
+        .map_err(|e| {
+            unavailable(format!(
+                "cannot read {meta}.settings ({e}); run `switchboard store migrate` first"
+            ))
+        })?
+        .into_rows_result()
+        .map_err(unavailable)?;
+    let mut out = HashMap::new();
+    for row in rows.rows::<(String, String)>().map_err(unavailable)? {
+        let (k, v) = row.map_err(corrupt)?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+fn check_schema_settings(
+    settings: &CqlSettings,
+    recorded: &HashMap<String, String>,
+) -> StorageResult<()> {
+    for (k, want) in schema_settings(settings) {
+        match recorded.get(k) {
+            None => {
+                return Err(StorageError::new(
+                    StorageErrorKind::NotFound,
+                    format!(
+                        "the CQL schema has no `{k}` setting; run `switchboard store migrate` first"
+                    ),
+                ))
+            }
+            Some(have) if *have != want => {
+                return Err(corrupt(format!(
+                    "the CQL schema was created with {k} = {have}, the configuration says {want}"
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
+impl CqlStore {
+    /// Creates the keyspaces and tables if they do not exist and records the settings the
+    /// schema depends on (shard count and names, bucket period). Idempotent; fails if the
+    /// schema exists with other settings.
+    pub async fn migrate(settings: &CqlSettings) -> StorageResult<()> {
+        let session = connect(settings).await?;
+        let replication = settings.replication();
+        let ddl = |q: String| {
+            let session = &session;
+            async move {
+                session
+                    .query_unpaged(q.clone(), ())
+                    .await
+                    .map_err(|e| unavailable(format!("{q}: {e}")))
+            }
+        };
+        let meta = &settings.meta_keyspace;
+        ddl(format!(
+            "CREATE KEYSPACE IF NOT EXISTS {meta} WITH replication = {replication}"
+        ))
+        .await?;
+        for t in META_TABLES {
+            ddl(t.replace("{ks}", meta)).await?;
+        }
+        for ks in &settings.shard_keyspaces {
+            ddl(format!(
+                "CREATE KEYSPACE IF NOT EXISTS {ks} WITH replication = {replication}"
+            ))
+            .await?;
+            for t in SHARD_TABLES {
+                ddl(t.replace("{ks}", ks)).await?;
+            }
+        }
+        let mut claim = session
+            .prepare(format!(
+                "INSERT INTO {meta}.settings (k, v) VALUES (?, ?) IF NOT EXISTS"
+            ))
+            .await
+            .map_err(unavailable)?;
+        claim.set_serial_consistency(Some(settings.serial()));
+        claim.set_consistency(settings.write_consistency);
+        for (k, v) in schema_settings(settings) {
+            session
+                .execute_unpaged(&claim, (k, v))
+                .await
+                .map_err(unavailable)?;
+        }
+        let recorded = read_schema_settings(&session, meta).await?;
+        check_schema_settings(settings, &recorded)
+    }
+
+    /// Connects and prepares; the schema must exist ([`CqlStore::migrate`]) with the same
+    /// settings.
+    pub async fn open(settings: CqlSettings) -> StorageResult<CqlStore> {
+        let session = connect(&settings).await?;
+        let recorded = read_schema_settings(&session, &settings.meta_keyspace).await?;
+        check_schema_settings(&settings, &recorded)?;
+        let meta = prepare_all(&session, &settings, &settings.meta_keyspace, META_STATEMENTS).await?;
+        let mut shards = Vec::new();
+        for ks in &settings.shard_keyspaces {
+            shards.push(prepare_all(&session, &settings, ks, SHARD_STATEMENTS).await?);
+        }
+        let inner = Arc::new(Inner {
+            session,
+            settings,
+            meta,
+            shards,
+            known_buckets: Mutex::new(HashSet::new()),
+            known_hours: Mutex::new(HashSet::new()),
+            feed_tag: rand::random::<u64>() & 0xfff,
+            last_feed_micros: Mutex::new(0),
+        });
+        let mut lanes = Vec::with_capacity(LANES);
+        for _ in 0..LANES {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(lane(inner.clone(), rx));
+            lanes.push(tx);
+        }
+        Ok(CqlStore { inner, lanes })
+    }
+}
+
+async fn prepare_all(
+    session: &Session,
+    settings: &CqlSettings,
+    ks: &str,
+    statements: &[(&'static str, Mode, &str)],
+) -> StorageResult<Statements> {
+    let prepared = try_join_all(statements.iter().map(|(name, mode, cql)| async move {
+        let text = cql.replace("{ks}", ks).replace("{cols}", MESSAGE_COLUMNS);
+        let mut p = session
+            .prepare(text.clone())
+            .await
+            .map_err(|e| unavailable(format!("prepare {text}: {e}")))?;
+        match mode {
+            Mode::Read => {
+                p.set_consistency(settings.read_consistency);
+                p.set_is_idempotent(true);
+                p.set_page_size(PAGE_SIZE);
+            }
+            Mode::Write => {
+                p.set_consistency(settings.write_consistency);
+                // Every write is an upsert or carries its own timestamp: safe to retry.
+                p.set_is_idempotent(true);
+            }
+            Mode::Lwt => {
+                p.set_consistency(settings.write_consistency);
+                p.set_serial_consistency(Some(settings.serial()));
+            }
+            Mode::SerialRead => {
+                p.set_consistency(match settings.serial() {
+                    SerialConsistency::LocalSerial => Consistency::LocalSerial,
+                    SerialConsistency::Serial => Consistency::Serial,
+                });
+                p.set_is_idempotent(true);
+            }
+        }
+        Ok::<_, StorageError>((*name, p))
+    }))
+    .await?;
+    Ok(Statements(prepared.into_iter().collect()))
+}
+
+/// `[applied]` of a lightweight transaction's result, and the `last_seq` it saw if not.
+fn lwt_outcome(result: QueryResult) -> StorageResult<(bool, Option<i64>)> {
+    let rows = result.into_rows_result().map_err(unavailable)?;
+    let names: Vec<String> = rows
+        .column_specs()
+        .iter()
+        .map(|s| s.name().to_string())
+        .collect();
+    let row: Row = rows.single_row::<Row>().map_err(unavailable)?;
+    let mut applied = false;
+    let mut last_seq = None;
+    for (name, value) in names.iter().zip(row.columns) {
+        match (name.as_str(), value) {
+            ("[applied]", Some(CqlValue::Boolean(b))) => applied = b,
+            ("last_seq", Some(CqlValue::BigInt(n))) => last_seq = Some(n),
+            _ => {}
+        }
+    }
+    Ok((applied, last_seq))
+}
+
+/// One append lane: takes every request waiting, groups them by channel (in arrival order)
+/// and writes the groups of different channels concurrently.
+async fn lane(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<AppendRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while waiting.len() < MAX_GROUP * 4 {
+            match rx.try_recv() {
+                Ok(r) => waiting.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut groups: Vec<Vec<AppendRequest>> = Vec::new();
+        let mut index: HashMap<(WorkspaceId, ChannelId), usize> = HashMap::new();
+        for r in waiting {
+            let key = (r.msg.workspace.clone(), r.msg.channel.clone());
+            match index.get(&key) {
+                Some(&g) if groups[g].len() < MAX_GROUP => groups[g].push(r),
+                _ => {
+                    index.insert(key, groups.len());
+                    groups.push(vec![r]);
+                }
+            }
+        }
+        // Groups of one channel beyond MAX_GROUP run after the first (join_all keeps
+        // nothing ordered), so write those one after another.
+        let mut seen = HashSet::new();
+        let (now, later): (Vec<_>, Vec<_>) = groups.into_iter().partition(|g| {
+            seen.insert((g[0].msg.workspace.clone(), g[0].msg.channel.clone()))
+        });
+        join_all(now.into_iter().map(|g| write_group(&inner, g))).await;
+        for g in later {
+            write_group(&inner, g).await;
+        }
+    }
+}
+
+async fn write_group(inner: &Inner, group: Vec<AppendRequest>) {
+    let start = Instant::now();
+    m::STORE_BATCH_SIZE.observe(group.len() as f64);
+    let shard = shard_for(&group[0].msg.workspace, inner.shards.len() as u32);
+    let st = &inner.shards[shard as usize];
+    // Repeated client_msg_ids: stored ones answer with the stored message.
+    let lookups = join_all(group.iter().map(|r| async {
+        match &r.msg.client_msg_id {
+            Some(cmid) => inner.by_client_id(st, &r.msg.channel, cmid).await,
+            None => Ok(None),
+        }
+    }))
+    .await;
+    let mut answers: Vec<Option<StorageResult<AppendOutcome>>> = Vec::with_capacity(group.len());
+    let mut fresh: Vec<Message> = Vec::new();
+    let mut in_group: HashMap<String, Message> = HashMap::new();
+    for (r, found) in group.iter().zip(lookups) {
+        match found {
+            Err(e) => answers.push(Some(Err(e))),
+            Ok(Some(existing)) => answers.push(Some(Ok(AppendOutcome::Duplicate(existing)))),
+            Ok(None) => match r.msg.client_msg_id.as_ref().and_then(|c| in_group.get(c)) {
+                Some(first) => answers.push(Some(Ok(AppendOutcome::Duplicate(first.clone())))),
+                None => {
+                    if let Some(c) = &r.msg.client_msg_id {
+                        in_group.insert(c.clone(), r.msg.clone());
+                    }
+                    fresh.push(r.msg.clone());
+                    answers.push(None);
+                }
+            },
+        }
+    }
+    let result = if fresh.is_empty() {
+        Ok(())
+    } else {
+        fresh.sort_by_key(|m| m.seq);
+        match inner.claim(st, &fresh).await {
+            Ok(()) => inner.write_entries(shard, &fresh, false).await,
+            Err(e) => Err(e),
+        }
+    };
+    if result.is_err() {
+        m::STORE_ERRORS.with_label_values(&["append"]).inc();
+    }
+    for (r, answer) in group.into_iter().zip(answers) {
+        let outcome = match answer {
+            Some(a) => a,
+            None => match &result {
+                Ok(()) => Ok(AppendOutcome::Stored),
+                Err(e) => Err(StorageError::new(e.kind, e.message.clone())),
+            },
+        };
+        let _ = r.reply.send(outcome);
+    }
+    m::STORE_OPS
+        .with_label_values(&["append_batch"])
+        .observe(start.elapsed().as_secs_f64());
+}
+
+impl Inner {
+    fn bucket(&self, ts: u64) -> i64 {
+        (ts / self.settings.bucket_micros) as i64
+    }
+
+    fn shard_of(&self, ws: &WorkspaceId) -> (u32, &Statements) {
+        let n = shard_for(ws, self.shards.len() as u32);
+        (n, &self.shards[n as usize])
+    }
+
+    async fn exec(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> StorageResult<QueryResult> {
+        self.session
+            .execute_unpaged(stmt, values)
+            .await
+            .map_err(unavailable)
+    }
+
+    async fn rows<R>(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> StorageResult<Vec<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let mut stream = self
+            .session
+            .execute_iter(stmt.clone(), values)
+            .await
+            .map_err(unavailable)?
+            .rows_stream::<R>()
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        while let Some(row) = stream.next().await {
+            out.push(row.map_err(unavailable)?);
+        }
+        Ok(out)
+    }
+
+    async fn first<R>(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> StorageResult<Option<R>>
+    where
+        R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
+    {
+        let result = self.exec(stmt, values).await?;
+        let rows = result.into_rows_result().map_err(unavailable)?;
+        rows.maybe_first_row::<R>().map_err(unavailable)
+    }
+
+    async fn applied(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> StorageResult<bool> {
+        Ok(lwt_outcome(self.exec(stmt, values).await?)?.0)
+    }
+
+    /// Claims `fresh`'s sequences in the channel head, storing the group as `pending`.
+    async fn claim(&self, st: &Statements, fresh: &[Message]) -> StorageResult<()> {
+        let channel = &fresh[0].channel.0;
+        let first = i(fresh[0].seq);
+        let last = i(fresh[fresh.len() - 1].seq);
+        let pending = serde_json::to_vec(fresh).map_err(corrupt)?;
+        let conflict = |have: Option<i64>| {
+            m::STORE_ERRORS.with_label_values(&["seq_conflict"]).inc();
+            StorageError::new(
+                StorageErrorKind::SeqConflict,
+                format!(
+                    "channel {channel} is at seq {} already; cannot append {first}..={last}",
+                    have.map(|h| h.to_string()).unwrap_or_else(|| "?".into())
+                ),
+            )
+        };
+        for _ in 0..2 {
+            let (applied, have) = lwt_outcome(
+                self.exec(st.get("head_claim"), (last, &pending, channel, first))
+                    .await?,
+            )?;
+            if applied {
+                return Ok(());
+            }
+            if have.is_some() {
+                return Err(conflict(have));
+            }
+            // No head yet: this is the channel's first group.
+            let (applied, have) = lwt_outcome(
+                self.exec(st.get("head_create"), (channel, last, &pending))
+                    .await?,
+            )?;
+            if applied {
+                return Ok(());
+            }
+            if have.is_some_and(|h| h >= first) {
+                return Err(conflict(have));
+            }
+            // Someone created the head in between with a lower seq: claim again.
+        }
+        Err(conflict(None))
+    }
+
+    /// Writes entries whose sequences are claimed: their rows, then their effect on the
+    /// messages they change, then the change feed. Idempotent (see the module docs).
+    /// `replay` rewrites the bucket list rows even if this process wrote them before.
+    async fn write_entries(&self, shard: u32, entries: &[Message], replay: bool) -> StorageResult<()> {
+        let st = &self.shards[shard as usize];
+        let mut new_buckets = Vec::new();
+        {
+            let mut known = self.known_buckets.lock();
+            for m in entries {
+                let b = self.bucket(m.ts.0);
+                let key = (shard, m.channel.0.clone(), b);
+                if replay || !known.contains(&key) {
+                    if !new_buckets.iter().any(|(bb, _): &(i64, u64)| *bb == b) {
+                        new_buckets.push((b, m.seq));
+                    }
+                    known.insert(key);
+                }
+            }
+        }
+        let channel = &entries[0].channel.0;
+        let rows = entries.iter().map(|m| async move {
+            let b = self.bucket(m.ts.0);
+            let wts = i(m.ts.0);
+            let put = self.exec(
+                st.get("message_put"),
+                (
+                    &m.channel.0,
+                    b,
+                    i(m.seq),
+                    wts,
+                    &m.workspace.0,
+                    &m.user.0,
+                    &m.text,
+                    set(m.client_msg_id.as_deref()),
+                    set(m.thread_ts.map(|t| i(t.0))),
+                    m.kind.name(),
+                    set(m.kind.target().map(|t| i(t.0))),
+                    set(m.kind.reaction()),
+                    wts,
+                ),
+            );
+            let by_ts = self.exec(
+                st.get("message_ts_put"),
+                (&m.channel.0, b, wts, i(m.seq), wts),
+            );
+            let (a, b2) = futures_util::join!(put, by_ts);
+            a?;
+            b2?;
+            if let Some(cmid) = &m.client_msg_id {
+                self.exec(
+                    st.get("client_id_put"),
+                    (&m.channel.0, cmid, i(m.seq), b, wts),
+                )
+                .await?;
+            }
+            Ok::<_, StorageError>(())
+        });
+        let buckets = new_buckets.iter().map(|(b, first_seq)| {
+            self.exec(
+                st.get("bucket_put"),
+                (channel, *b, i(*first_seq), i64::MAX / 2 - i(*first_seq)),
+            )
+        });
+        let (rows, buckets) = futures_util::join!(try_join_all(rows), try_join_all(buckets));
+        if let Err(e) = rows.and(buckets.map(|_| ())) {
+            // Nothing was acknowledged; the claim's `pending` still holds the group.
+            self.known_buckets
+                .lock()
+                .retain(|(s, c, _)| !(*s == shard && c == channel));
+            return Err(e);
+        }
+        let mut changes = Vec::new();
+        for m in entries {
+            if let Some(change) = self.apply(st, m).await? {
+                changes.push(change);
+            }
+        }
+        self.record_changes(shard, &changes).await
+    }
+
+    /// The posted message with this ts, by its row.
+    async fn posted_row(&self, st: &Statements, channel: &str, ts: u64) -> StorageResult<Option<MsgRow>> {
+        let b = self.bucket(ts);
+        let Some((seq,)) = self
+            .first::<(i64,)>(st.get("ts_get"), (channel, b, i(ts)))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let row = self
+            .first::<MsgRow>(st.get("message_get"), (channel, b, seq))
+            .await?;
+        Ok(row.filter(MsgRow::is_posted))
+    }
+
+    /// Applies one entry to the message it concerns; returns the feed change, if any.
+    async fn apply(&self, st: &Statements, m: &Message) -> StorageResult<Option<(Message, bool)>> {
+        let ch = &m.channel.0;
+        let wts = i(m.ts.0);
+        match &m.kind {
+            MessageKind::Posted => {
+                if let Some(parent) = m.thread_ts.filter(|p| *p != m.ts) {
+                    self.exec(
+                        st.get("reply_put"),
+                        (ch, i(parent.0), wts, i(m.seq), wts),
+                    )
+                    .await?;
+                    if let Some(p) = self.posted_row(st, ch, parent.0).await? {
+                        let replies: Vec<(i64, i64)> = self
+                            .rows(st.get("replies_of"), (ch, i(parent.0)))
+                            .await?;
+                        let latest = replies.iter().map(|r| r.0).max();
+                        self.exec(
+                            st.get("replies_set"),
+                            (wts, replies.len() as i32, latest, ch, p.bucket, p.seq),
+                        )
+                        .await?;
+                    }
+                }
+                Ok(Some((m.clone(), false)))
+            }
+            MessageKind::Edited { target } => {
+                let Some(row) = self.posted_row(st, ch, target.0).await? else {
+                    return Ok(None);
+                };
+                let mut message = row.message()?;
+                if row.deleted.unwrap_or(false) {
+                    return Ok(Some((message, true)));
+                }
+                self.exec(
+                    st.get("edit"),
+                    (wts, &m.text, wts, ch, row.bucket, row.seq),
+                )
+                .await?;
+                message.text = m.text.clone();
+                Ok(Some((message, false)))
+            }
+            MessageKind::Deleted { target } => {
+                let Some(row) = self.posted_row(st, ch, target.0).await? else {
+                    return Ok(None);
+                };
+                self.exec(st.get("delete"), (wts, ch, row.bucket, row.seq))
+                    .await?;
+                self.exec(st.get("reactions_drop"), (wts, ch, i(target.0)))
+                    .await?;
+                let mut message = row.message()?;
+                message.text.clear();
+                Ok(Some((message, true)))
+            }
+            MessageKind::ReactionAdded { target, reaction } => {
+                self.exec(
+                    st.get("reaction_put"),
+                    (ch, i(target.0), reaction, &m.user.0, i(m.seq), wts),
+                )
+                .await?;
+                Ok(None)
+            }
+            MessageKind::ReactionRemoved { target, reaction } => {
+                self.exec(
+                    st.get("reaction_drop"),
+                    (wts, ch, i(target.0), reaction, &m.user.0),
+                )
+                .await?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn next_feed_id(&self) -> (u64, u64) {
+        let mut last = self.last_feed_micros.lock();
+        let micros = now_micros().max(*last + 1);
+        *last = micros;
+        (micros, (micros << 12) | self.feed_tag)
+    }
+
+    async fn record_changes(&self, shard: u32, changes: &[(Message, bool)]) -> StorageResult<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let st = &self.shards[shard as usize];
+        let half_settle = self.settings.feed_settle.as_micros() as u64 / 2;
+        let mut todo: Vec<&(Message, bool)> = changes.iter().collect();
+        // A change whose write was slow may sit behind a reader's cursor: write it again.
+        for _ in 0..8 {
+            let started = now_micros();
+            let writes = todo.iter().map(|(msg, deleted)| async move {
+                let (micros, id) = self.next_feed_id();
+                let hour = (micros / MICROS_PER_HOUR) as i64;
+                let new_hour = self.known_hours.lock().insert((shard, hour));
+                if new_hour {
+                    if let Err(e) = self.exec(st.get("feed_hour_put"), (hour,)).await {
+                        self.known_hours.lock().remove(&(shard, hour));
+                        return Err(e);
+                    }
+                }
+                let body = serde_json::to_vec(msg).map_err(corrupt)?;
+                self.exec(
+                    st.get("feed_put"),
+                    (hour, id as i64, &msg.channel.0, i(msg.seq), body, *deleted),
+                )
+                .await?;
+                Ok::<_, StorageError>(micros)
+            });
+            try_join_all(writes).await?;
+            if now_micros().saturating_sub(started) <= half_settle {
+                return Ok(());
+            }
+            m::STORE_ERRORS.with_label_values(&["feed_rewrite"]).inc();
+            todo = changes.iter().collect();
+        }
+        Err(unavailable("change feed writes keep taking longer than the settle time"))
+    }
+
+    async fn by_client_id(&self, st: &Statements, channel: &ChannelId, cmid: &str) -> StorageResult<Option<Message>> {
+        let Some((seq, bucket)) = self
+            .first::<(i64, i64)>(st.get("client_id_get"), (&channel.0, cmid))
+            .await?
+        else {
+            return Ok(None);
+        };
+        match self
+            .first::<MsgRow>(st.get("message_get"), (&channel.0, bucket, seq))
+            .await?
+        {
+            Some(row) => Ok(Some(row.message()?)),
+            None => Err(corrupt(format!(
+                "client_msg_id {cmid} points at missing seq {seq} in {channel}"
+            ))),
+        }
+    }
+
+    /// The buckets of a channel that can hold entries of `q`, in the order to read them.
+    async fn plan(&self, st: &Statements, channel: &str, q: &HistoryQuery) -> StorageResult<Vec<i64>> {
+        let mut buckets: Vec<(i64, i64)> = self.rows(st.get("buckets_of"), (channel,)).await?;
+        buckets.sort();
+        let after = q.after_seq.map(i).unwrap_or(0);
+        let before = q.before_seq.map(i).unwrap_or(i64::MAX);
+        let bm = self.settings.bucket_micros as i64;
+        let oldest = q.oldest.map(|t| i(t.0)).unwrap_or(-1);
+        let latest = q.latest.map(|t| i(t.0)).unwrap_or(i64::MAX);
+        let mut keep = Vec::new();
+        for (n, (bucket, first_seq)) in buckets.iter().enumerate() {
+            let last_seq = buckets.get(n + 1).map(|b| b.1 - 1).unwrap_or(i64::MAX);
+            let seq_ok = last_seq > after && *first_seq < before;
+            let (t0, t1) = (bucket.saturating_mul(bm), bucket.saturating_add(1).saturating_mul(bm) - 1);
+            let ts_ok = t1 > oldest && t0 < latest;
+            if seq_ok && ts_ok {
+                keep.push(*bucket);
+            }
+        }
+        if q.newest_first {
+            keep.reverse();
+        }
+        Ok(keep)
+    }
+
+    /// Reads a channel's entries in `q`'s range and order, keeping those `keep` accepts,
+    /// until `q.limit`.
+    async fn scan(
+        &self,
+        ws: &WorkspaceId,
+        channel: &ChannelId,
+        q: &HistoryQuery,
+        keep: impl Fn(&MsgRow) -> bool,
+    ) -> StorageResult<Vec<MsgRow>> {
+        let (_, st) = self.shard_of(ws);
+        let limit = q.limit.max(1) as usize;
+        let after = q.after_seq.map(i).unwrap_or(0);
+        let before = q.before_seq.map(i).unwrap_or(i64::MAX);
+        let oldest = q.oldest.map(|t| i(t.0)).unwrap_or(-1);
+        let latest = q.latest.map(|t| i(t.0)).unwrap_or(i64::MAX);
+        let stmt = if q.newest_first {
+            st.get("scan_desc")
+        } else {
+            st.get("scan_asc")
+        };
+        let mut out = Vec::new();
+        'buckets: for bucket in self.plan(st, &channel.0, q).await? {
+            let mut stream = self
+                .session
+                .execute_iter(stmt.clone(), (&channel.0, bucket, after, before))
+                .await
+                .map_err(unavailable)?
+                .rows_stream::<MsgRow>()
+                .map_err(unavailable)?;
+            while let Some(row) = stream.next().await {
+                let row = row.map_err(unavailable)?;
+                // ts grows with seq: past the range's far end, nothing more can match.
+                if (!q.newest_first && row.ts >= latest) || (q.newest_first && row.ts <= oldest) {
+                    break 'buckets;
+                }
+                if row.ts <= oldest || row.ts >= latest || row.workspace != ws.0 || !keep(&row) {
+                    continue;
+                }
+                out.push(row);
+                if out.len() >= limit {
+                    break 'buckets;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn with_reactions(&self, st: &Statements, mut views: Vec<MessageView>) -> StorageResult<Vec<MessageView>> {
+        let all = try_join_all(views.iter().map(|v| {
+            self.rows::<(String, String, i64)>(
+                st.get("reactions_of"),
+                (&v.message.channel.0, i(v.message.ts.0)),
+            )
+        }))
+        .await?;
+        for (v, mut rows) in views.iter_mut().zip(all) {
+            rows.sort_by_key(|r| r.2);
+            for (name, user, _) in rows {
+                match v.reactions.iter_mut().find(|r| r.name == name) {
+                    Some(r) => r.users.push(UserId(user)),
+                    None => v.reactions.push(Reaction {
+                        name,
+                        users: vec![UserId(user)],
+                    }),
+                }
+            }
+        }
+        Ok(views)
+    }
+
+    async fn channel_workspace(&self, id: &str) -> StorageResult<Option<String>> {
+        Ok(self
+            .first::<(String,)>(self.meta.get("channel_ws"), (id,))
+            .await?
+            .map(|r| r.0))
+    }
+
+    async fn user_workspace(&self, id: &str) -> StorageResult<Option<String>> {
+        Ok(self
+            .first::<(String,)>(self.meta.get("user_ws"), (id,))
+            .await?
+            .map(|r| r.0))
+    }
+}
+
+async fn timed<T>(op: &'static str, f: impl std::future::Future<Output = StorageResult<T>>) -> StorageResult<T> {
+    let start = Instant::now();
+    let result = f.await;
+    m::STORE_OPS
+        .with_label_values(&[op])
+        .observe(start.elapsed().as_secs_f64());
+    if result.is_err() {
+        m::STORE_ERRORS.with_label_values(&[op]).inc();
+    }
+    result
+}
+
+#[async_trait::async_trait]
+impl MessageStore for CqlStore {
+    async fn create_workspace(&self, name: &str) -> StorageResult<Workspace> {
+        let s = &self.inner;
+        timed("create_workspace", async {
+            let ws = Workspace {
+                id: WorkspaceId::generate(),
+                name: name.to_string(),
+            };
+            if !s
+                .applied(s.meta.get("workspace_claim"), (&ws.name, &ws.id.0))
+                .await?
+            {
+                return Err(StorageError::new(
+                    StorageErrorKind::AlreadyExists,
+                    "workspace already exists",
+                ));
+            }
+            s.exec(s.meta.get("workspace_put"), (&ws.id.0, &ws.name))
+                .await?;
+            Ok(ws)
+        })
+        .await
+    }
+
+    async fn workspace(&self, id: &WorkspaceId) -> StorageResult<Option<Workspace>> {
+        let s = &self.inner;
+        timed("workspace", async {
+            Ok(s.first::<(String, String)>(s.meta.get("workspace_get"), (&id.0,))
+                .await?
+                .map(|(id, name)| Workspace {
+                    id: WorkspaceId(id),
+                    name,
+                }))
+        })
+        .await
+    }
+
+    async fn workspace_by_name(&self, name: &str) -> StorageResult<Option<Workspace>> {
+        let s = &self.inner;
+        timed("workspace_by_name", async {
+            let Some((id,)) = s
+                .first::<(String,)>(s.meta.get("workspace_by_name"), (name,))
+                .await?
+            else {
+                return Ok(None);
+            };
+            // The name is claimed before the row is written: a half-made workspace is absent.
+            Ok(s.first::<(String, String)>(s.meta.get("workspace_get"), (&id,))
+                .await?
+                .map(|(id, name)| Workspace {
+                    id: WorkspaceId(id),
+                    name,
+                }))
+        })
+        .await
+    }
+
+    async fn create_user(
+        &self,
+        workspace: &WorkspaceId,
+        name: &str,
+        real_name: &str,
+        is_admin: bool,
+        is_bot: bool,
+    ) -> StorageResult<User> {
+        let s = &self.inner;
+        timed("create_user", async {
+            let user = User {
+                id: UserId::generate(),
+                workspace: workspace.clone(),
+                name: name.to_string(),
+                real_name: real_name.to_string(),
+                display_name: String::new(),
+                is_admin,
+                is_bot,
+            };
+            if !s
+                .applied(
+                    s.meta.get("user_claim"),
+                    (&workspace.0, &user.name, &user.id.0),
+                )
+                .await?
+            {
+                return Err(StorageError::new(
+                    StorageErrorKind::AlreadyExists,
+                    "user already exists",
+                ));
+            }
+            s.exec(
+                s.meta.get("user_put"),
+                (
+                    &workspace.0,
+                    &user.id.0,
+                    &user.name,
+                    &user.real_name,
+                    &user.display_name,
+                    is_admin,
+                    is_bot,
+                ),
+            )
+            .await?;
+            s.exec(s.meta.get("user_id_put"), (&user.id.0, &workspace.0))
+                .await?;
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn user(&self, id: &UserId) -> StorageResult<Option<User>> {
+        let s = &self.inner;
+        timed("user", async {
+            let Some(ws) = s.user_workspace(&id.0).await? else {
+                return Ok(None);
+            };
+            Ok(s.first::<UserRow>(s.meta.get("user_get"), (&ws, &id.0))
+                .await?
+                .map(User::from))
+        })
+        .await
+    }
+
+    async fn user_by_name(
+        &self,
+        workspace: &WorkspaceId,
+        name: &str,
+    ) -> StorageResult<Option<User>> {
+        let s = &self.inner;
+        timed("user_by_name", async {
+            let Some((id,)) = s
+                .first::<(String,)>(s.meta.get("user_by_name"), (&workspace.0, name))
+                .await?
+            else {
+                return Ok(None);
+            };
+            Ok(s.first::<UserRow>(s.meta.get("user_get"), (&workspace.0, &id))
+                .await?
+                .map(User::from))
+        })
+        .await
+    }
+
+    async fn users(&self, workspace: &WorkspaceId) -> StorageResult<Vec<User>> {
+        let s = &self.inner;
+        timed("users", async {
+            let rows: Vec<UserRow> = s.rows(s.meta.get("users_of"), (&workspace.0,)).await?;
+            Ok(rows.into_iter().map(User::from).collect())
+        })
+        .await
+    }
+
+    async fn update_user_profile(
+        &self,
+        user: &UserId,
+        real_name: Option<&str>,
+        display_name: Option<&str>,
+    ) -> StorageResult<Option<User>> {
+        let s = &self.inner;
+        timed("update_user_profile", async {
+            let Some(ws) = s.user_workspace(&user.0).await? else {
+                return Ok(None);
+            };
+            let Some(row) = s
+                .first::<UserRow>(s.meta.get("user_get"), (&ws, &user.0))
+                .await?
+            else {
+                return Ok(None);
+            };
+            let mut updated = User::from(row);
+            if let Some(r) = real_name {
+                updated.real_name = r.to_string();
+            }
+            if let Some(d) = display_name {
+                updated.display_name = d.to_string();
+            }
+            s.exec(
+                s.meta.get("user_profile"),
+                (&updated.real_name, &updated.display_name, &ws, &user.0),
+            )
+            .await?;
+            Ok(Some(updated))
+        })
+        .await
+    }
+
+    async fn create_channel(&self, channel: &Channel) -> StorageResult<()> {
+        let s = &self.inner;
+        timed("create_channel", async {
+            let c = channel;
+            if !s
+                .applied(
+                    s.meta.get("channel_claim"),
+                    (&c.workspace.0, &c.name, &c.id.0),
+                )
+                .await?
+            {
+                return Err(StorageError::new(
+                    StorageErrorKind::AlreadyExists,
+                    "channel already exists",
+                ));
+            }
+            s.exec(
+                s.meta.get("channel_put"),
+                (
+                    &c.workspace.0,
+                    &c.id.0,
+                    &c.name,
+                    c.is_private,
+                    &c.creator.0,
+                    i(c.created.0),
+                    &c.topic,
+                    &c.purpose,
+                    c.is_archived,
+                ),
+            )
+            .await?;
+            s.exec(s.meta.get("channel_id_put"), (&c.id.0, &c.workspace.0))
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn channel(&self, id: &ChannelId) -> StorageResult<Option<Channel>> {
+        let s = &self.inner;
+        timed("channel", async {
+            let Some(ws) = s.channel_workspace(&id.0).await? else {
+                return Ok(None);
+            };
+            Ok(s.first::<ChannelRow>(s.meta.get("channel_get"), (&ws, &id.0))
+                .await?
+                .map(Channel::from))
+        })
+        .await
+    }
+
+    async fn channel_by_name(
+        &self,
+        workspace: &WorkspaceId,
+        name: &str,
+    ) -> StorageResult<Option<Channel>> {
+        let s = &self.inner;
+        timed("channel_by_name", async {
+            let Some((id,)) = s
+                .first::<(String,)>(s.meta.get("channel_name_get"), (&workspace.0, name))
+                .await?
+            else {
+                return Ok(None);
+            };
+            Ok(s.first::<ChannelRow>(s.meta.get("channel_get"), (&workspace.0, &id))
+                .await?
+                .map(Channel::from))
+        })
+        .await
+    }
+
+    async fn channels(
+        &self,
+        workspace: &WorkspaceId,
+        after: Option<&ChannelId>,
+        limit: u32,
+    ) -> StorageResult<Vec<Channel>> {
+        let s = &self.inner;
+        timed("channels", async {
+            let after = after.map(|a| a.0.as_str()).unwrap_or("");
+            let rows: Vec<ChannelRow> = s
+                .rows(
+                    s.meta.get("channels_after"),
+                    (&workspace.0, after, limit.clamp(1, i32::MAX as u32) as i32),
+                )
+                .await?;
+            Ok(rows.into_iter().map(Channel::from).collect())
+        })
+        .await
+    }
+
+    async fn add_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
+        let s = &self.inner;
+        timed("add_member", async {
+            let (ws, uws) =
+                futures_util::try_join!(s.channel_workspace(&channel.0), s.user_workspace(&user.0))?;
+            let (Some(ws), Some(_)) = (ws, uws) else {
+                return Err(StorageError::new(
+                    StorageErrorKind::NotFound,
+                    "no such channel or user",
+                ));
+            };
+            let added = s
+                .applied(s.meta.get("member_add"), (&channel.0, &user.0))
+                .await?;
+            // Written either way: a previous add may have stopped before this row.
+            s.exec(s.meta.get("user_channel_put"), (&user.0, &channel.0, &ws))
+                .await?;
+            Ok(added)
+        })
+        .await
+    }
+
+    async fn remove_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
+        let s = &self.inner;
+        timed("remove_member", async {
+            let removed = s
+                .applied(s.meta.get("member_remove"), (&channel.0, &user.0))
+                .await?;
+            s.exec(s.meta.get("user_channel_drop"), (&user.0, &channel.0))
+                .await?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn is_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
+        let s = &self.inner;
+        timed("is_member", async {
+            Ok(s.first::<(String,)>(s.meta.get("member_get"), (&channel.0, &user.0))
+                .await?
+                .is_some())
+        })
+        .await
+    }
+
+    async fn members(&self, channel: &ChannelId) -> StorageResult<Vec<UserId>> {
+        let s = &self.inner;
+        timed("members", async {
+            let rows: Vec<(String, Option<i64>)> =
+                s.rows(s.meta.get("members_of"), (&channel.0,)).await?;
+            Ok(rows.into_iter().map(|r| UserId(r.0)).collect())
+        })
+        .await
+    }
+
+    async fn user_channels(&self, user: &UserId) -> StorageResult<Vec<Channel>> {
+        let s = &self.inner;
+        timed("user_channels", async {
+            let rows: Vec<(String, String)> =
+                s.rows(s.meta.get("user_channels"), (&user.0,)).await?;
+            let channels = try_join_all(rows.iter().map(|(id, ws)| {
+                s.first::<ChannelRow>(s.meta.get("channel_get"), (ws, id))
+            }))
+            .await?;
+            Ok(channels.into_iter().flatten().map(Channel::from).collect())
+        })
+        .await
+    }
+
+    async fn update_channel(&self, channel: &Channel) -> StorageResult<()> {
+        let s = &self.inner;
+        timed("update_channel", async {
+            let c = channel;
+            let not_found = || StorageError::new(StorageErrorKind::NotFound, format!("no channel {}", c.id));
+            let ws = s.channel_workspace(&c.id.0).await?.ok_or_else(not_found)?;
+            let current = s
+                .first::<ChannelRow>(s.meta.get("channel_get"), (&ws, &c.id.0))
+                .await?
+                .ok_or_else(not_found)?;
+            if current.name != c.name {
+                if !s
+                    .applied(s.meta.get("channel_claim"), (&ws, &c.name, &c.id.0))
+                    .await?
+                {
+                    let holder = s
+                        .first::<(String,)>(s.meta.get("channel_name_get"), (&ws, &c.name))
+                        .await?;
+                    if holder.map(|h| h.0) != Some(c.id.0.clone()) {
+                        return Err(StorageError::new(
+                            StorageErrorKind::AlreadyExists,
+                            "channel name already exists",
+                        ));
+                    }
+                }
+            }
+            s.exec(
+                s.meta.get("channel_update"),
+                (&c.name, &c.topic, &c.purpose, c.is_archived, &ws, &c.id.0),
+            )
+            .await?;
+            if current.name != c.name {
+                s.exec(
+                    s.meta.get("channel_name_drop"),
+                    (&ws, &current.name, &c.id.0),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn set_last_read(
+        &self,
+        channel: &ChannelId,
+        user: &UserId,
+        seq: Seq,
+    ) -> StorageResult<bool> {
+        let s = &self.inner;
+        timed("set_last_read", async {
+            s.applied(s.meta.get("member_read"), (i(seq), &channel.0, &user.0))
+                .await
+        })
+        .await
+    }
+
+    async fn workspace_members(&self, workspace: &WorkspaceId) -> StorageResult<Vec<Membership>> {
+        let s = &self.inner;
+        timed("workspace_members", async {
+            let channels: Vec<ChannelRow> =
+                s.rows(s.meta.get("channels_of"), (&workspace.0,)).await?;
+            let per_channel = try_join_all(channels.iter().map(|c| {
+                s.rows::<(String, Option<i64>)>(s.meta.get("members_of"), (&c.id,))
+            }))
+            .await?;
+            let mut out = Vec::new();
+            for (c, members) in channels.iter().zip(per_channel) {
+                for (user, last_read) in members {
+                    out.push(Membership {
+                        channel: ChannelId(c.id.clone()),
+                        user: UserId(user),
+                        last_read: last_read.unwrap_or(0).max(0) as Seq,
+                    });
+                }
+            }
+            out.sort_by(|a, b| (&a.channel, &a.user).cmp(&(&b.channel, &b.user)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn append(&self, msg: &Message) -> StorageResult<AppendOutcome> {
+        let start = Instant::now();
+        let (reply, rx) = oneshot::channel();
+        let lane = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            msg.channel.0.hash(&mut h);
+            (h.finish() % LANES as u64) as usize
+        };
+        self.lanes[lane]
+            .send(AppendRequest {
+                msg: msg.clone(),
+                reply,
+            })
+            .map_err(|_| unavailable("store append lane stopped"))?;
+        let result = rx
+            .await
+            .map_err(|_| unavailable("store append lane stopped"))?;
+        m::STORE_OPS
+            .with_label_values(&["append"])
+            .observe(start.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn last_message(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+    ) -> StorageResult<Option<Message>> {
+        let s = &self.inner;
+        timed("last_message", async {
+            let (shard, st) = s.shard_of(workspace);
+            let Some((_, pending)) = s
+                .first::<(Option<i64>, Option<Vec<u8>>)>(st.get("head_get"), (&channel.0,))
+                .await?
+            else {
+                return Ok(None);
+            };
+            let pending: Vec<Message> = match pending {
+                Some(p) => serde_json::from_slice(&p).map_err(corrupt)?,
+                None => Vec::new(),
+            };
+            if pending.is_empty() {
+                return Ok(None);
+            }
+            // The last group may have been claimed by an owner that died before writing
+            // it: writing it again is harmless and makes it whole.
+            s.write_entries(shard, &pending, true).await?;
+            Ok(pending.into_iter().max_by_key(|m| m.seq))
+        })
+        .await
+    }
+
+    async fn message_by_client_msg_id(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        client_msg_id: &str,
+    ) -> StorageResult<Option<Message>> {
+        let s = &self.inner;
+        timed("message_by_client_msg_id", async {
+            let (_, st) = s.shard_of(workspace);
+            s.by_client_id(st, channel, client_msg_id).await
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        query: &HistoryQuery,
+    ) -> StorageResult<Vec<Message>> {
+        let s = &self.inner;
+        timed("history", async {
+            s.scan(workspace, channel, query, |_| true)
+                .await?
+                .iter()
+                .map(MsgRow::message)
+                .collect()
+        })
+        .await
+    }
+
+    fn num_shards(&self) -> u32 {
+        self.inner.shards.len() as u32
+    }
+
+    fn change_feed_delay(&self) -> Duration {
+        self.inner.settings.feed_settle
+    }
+
+    async fn changes_since(
+        &self,
+        shard: u32,
+        after: u64,
+        limit: u32,
+    ) -> StorageResult<Vec<Change>> {
+        let s = &self.inner;
+        timed("changes_since", async {
+            let Some(st) = s.shards.get(shard as usize) else {
+                return Err(StorageError::new(
+                    StorageErrorKind::NotFound,
+                    format!("no shard {shard}"),
+                ));
+            };
+            let limit = limit.max(1) as usize;
+            let cutoff_micros =
+                now_micros().saturating_sub(s.settings.feed_settle.as_micros() as u64);
+            let cutoff = cutoff_micros << 12;
+            if after >= cutoff {
+                return Ok(Vec::new());
+            }
+            let first_hour = if after == 0 {
+                0
+            } else {
+                ((after >> 12) / MICROS_PER_HOUR) as i64
+            };
+            let last_hour = (cutoff_micros / MICROS_PER_HOUR) as i64;
+            let hours: Vec<(i64,)> = s
+                .rows(st.get("feed_hours"), (first_hour, last_hour))
+                .await?;
+            let mut out: Vec<Change> = Vec::new();
+            for (hour,) in hours {
+                let want = (limit - out.len()) as i32;
+                let rows: Vec<(i64, Vec<u8>, bool)> = s
+                    .rows(
+                        st.get("feed_read"),
+                        (hour, i(after), i(cutoff), want),
+                    )
+                    .await?;
+                for (id, body, deleted) in rows {
+                    out.push(Change {
+                        id: id as u64,
+                        message: serde_json::from_slice(&body).map_err(corrupt)?,
+                        deleted,
+                    });
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            out.truncate(limit);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn message_views(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        query: &HistoryQuery,
+        thread: Option<Ts>,
+    ) -> StorageResult<Vec<MessageView>> {
+        let s = &self.inner;
+        timed("message_views", async {
+            let (_, st) = s.shard_of(workspace);
+            let rows = match thread {
+                None => {
+                    s.scan(workspace, channel, query, |r| {
+                        r.is_posted()
+                            && !r.deleted.unwrap_or(false)
+                            && r.thread_ts.is_none_or(|t| t == r.ts)
+                    })
+                    .await?
+                }
+                Some(parent) => {
+                    let replies: Vec<(i64, i64)> = s
+                        .rows(st.get("replies_of"), (&channel.0, i(parent.0)))
+                        .await?;
+                    let parent_row = s.posted_row(st, &channel.0, parent.0).await?;
+                    let reply_rows = try_join_all(replies.iter().map(|(reply_ts, seq)| {
+                        let b = s.bucket(*reply_ts as u64);
+                        s.first::<MsgRow>(st.get("message_get"), (&channel.0, b, *seq))
+                    }))
+                    .await?;
+                    let mut rows: Vec<MsgRow> = parent_row
+                        .into_iter()
+                        .chain(reply_rows.into_iter().flatten())
+                        .collect();
+                    let q = query;
+                    let after = q.after_seq.map(i).unwrap_or(0);
+                    let before = q.before_seq.map(i).unwrap_or(i64::MAX);
+                    let oldest = q.oldest.map(|t| i(t.0)).unwrap_or(-1);
+                    let latest = q.latest.map(|t| i(t.0)).unwrap_or(i64::MAX);
+                    rows.retain(|r| {
+                        r.is_posted()
+                            && !r.deleted.unwrap_or(false)
+                            && r.workspace == workspace.0
+                            && r.seq > after
+                            && r.seq < before
+                            && r.ts > oldest
+                            && r.ts < latest
+                    });
+                    rows.sort_by_key(|r| r.seq);
+                    if q.newest_first {
+                        rows.reverse();
+                    }
+                    rows.truncate(q.limit.max(1) as usize);
+                    rows
+                }
+            };
+            let views = rows.iter().map(MsgRow::view).collect::<StorageResult<Vec<_>>>()?;
+            s.with_reactions(st, views).await
+        })
+        .await
+    }
+
+    async fn message_view(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        ts: Ts,
+    ) -> StorageResult<Option<MessageView>> {
+        let s = &self.inner;
+        timed("message_view", async {
+            let (_, st) = s.shard_of(workspace);
+            let Some(row) = s.posted_row(st, &channel.0, ts.0).await? else {
+                return Ok(None);
+            };
+            if row.workspace != workspace.0 {
+                return Ok(None);
+            }
+            Ok(s.with_reactions(st, vec![row.view()?]).await?.pop())
+        })
+        .await
+    }
+}
+
+/// A real CQL server for tests: the project's single-node Cassandra
+/// (`deploy/cassandra/start.sh`), or the cluster named by `SWITCHBOARD_TEST_CQL`.
+#[cfg(any(test, feature = "conformance"))]
+pub mod testing {
+    use std::path::PathBuf;
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    /// The test node's ports, away from a real Cassandra's defaults.
+    pub const CQL_PORT: u16 = 19042;
+    const STORAGE_PORT: u16 = 17000;
+
+    fn repo_root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("shared/ has a parent")
+            .to_path_buf()
+    }
+
+    /// Starts the test node if it is not running (idempotent, shared by every test process
+    /// of the run) and returns its `host:port`.
+    pub fn ensure_cluster() -> String {
+        static NODE: OnceLock<String> = OnceLock::new();
+        NODE.get_or_init(|| {
+            if let Ok(node) = std::env::var("SWITCHBOARD_TEST_CQL") {
+                return node;
+            }
+            let root = repo_root();
+            let out = std::process::Command::new("bash")
+                .arg(root.join("deploy/cassandra/start.sh"))
+                .arg(root.join("target/cassandra-test"))
+                .env("CASSANDRA_PORT", CQL_PORT.to_string())
+                .env("CASSANDRA_STORAGE_PORT", STORAGE_PORT.to_string())
+                .env("CASSANDRA_JMX_PORT", "off")
+                .output()
+                .expect("run deploy/cassandra/start.sh");
+            assert!(
+                out.status.success(),
+                "deploy/cassandra/start.sh failed:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            format!("127.0.0.1:{CQL_PORT}")
+        })
+        .clone()
+    }
+
+    /// Settings for a fresh, uniquely named set of keyspaces on the test node.
+    pub fn settings(shards: u32) -> CqlSettings {
+        let prefix = format!("t{:016x}", rand::random::<u64>());
+        CqlSettings {
+            nodes: vec![ensure_cluster()],
+            local_datacenter: None,
+            meta_keyspace: format!("{prefix}_meta"),
+            shard_keyspaces: (0..shards).map(|n| format!("{prefix}_shard_{n}")).collect(),
+            replication_factor: 1,
+            write_consistency: Consistency::LocalQuorum,
+            read_consistency: Consistency::LocalQuorum,
+            bucket_micros: MICROS_PER_HOUR,
+            feed_settle: Duration::from_millis(300),
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Drops the keyspaces of `settings` (test clean-up).
+    pub async fn drop_keyspaces(settings: &CqlSettings) {
+        let session = connect(settings).await.expect("connect");
+        for ks in settings
+            .shard_keyspaces
+            .iter()
+            .chain([&settings.meta_keyspace])
+        {
+            let _ = session
+                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
+                .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn passes_the_storage_conformance_suite_on_a_real_cql_server() {
+        let settings = testing::settings(2);
+        CqlStore::migrate(&settings).await.unwrap();
+        // Migrating again is a no-op.
+        CqlStore::migrate(&settings).await.unwrap();
+        let store = CqlStore::open(settings.clone()).await.unwrap();
+        crate::store::conformance::run_all(&store).await;
+        drop(store);
+
+        // A store opened with settings the schema was not made with is refused.
+        let mut other = settings.clone();
+        other.bucket_micros *= 2;
+        let err = CqlStore::open(other).await.err().unwrap();
+        assert_eq!(err.kind, StorageErrorKind::Corrupt, "{err}");
+        testing::drop_keyspaces(&settings).await;
+
+        // A store that was never migrated says what to run.
+        let err = CqlStore::open(testing::settings(1)).await.err().unwrap();
+        assert!(err.message.contains("switchboard store migrate"), "{err}");
+    }
+}
