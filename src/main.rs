@@ -14,6 +14,7 @@ use shared::auth::TokenSigner;
 use shared::config::{load_cluster_secret, Config};
 use shared::mesh::{Mesh, MeshTls, PeerPool};
 use shared::shutdown::{self, Shutdown};
+use shared::store::cql::{CqlSettings, CqlStore};
 use shared::store::sqlite::SqliteStore;
 use shared::store::SharedStore;
 use shared::telemetry::Health;
@@ -100,6 +101,13 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Storage administration.
+    Store {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
     /// Configuration helpers.
     Config {
         #[command(flatten)]
@@ -129,6 +137,13 @@ enum AdminCommand {
         #[arg(long)]
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Creates the store's schema if it is missing: the CQL keyspaces and tables (safe to run
+    /// again, and on every deploy), or the embedded store's files.
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -162,6 +177,10 @@ async fn async_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin { common, command } => admin(common.load()?, command).await,
+        Command::Store {
+            common,
+            command: StoreCommand::Migrate,
+        } => migrate(common.load()?).await,
         Command::Dev {
             common,
             http_port,
@@ -179,7 +198,17 @@ fn init_telemetry(config: &Config) {
     shared::telemetry::init_tracing(&config.telemetry.log_format, &config.telemetry.log_filter);
 }
 
-fn open_store(config: &Config) -> anyhow::Result<SharedStore> {
+async fn open_store(config: &Config) -> anyhow::Result<SharedStore> {
+    if config.store.kind == "cql" {
+        let settings = CqlSettings::from_config(&config.store)?;
+        let store = CqlStore::open(settings).await.with_context(|| {
+            format!(
+                "failed to open the CQL store at {:?}",
+                config.store.cql_nodes
+            )
+        })?;
+        return Ok(Arc::new(store));
+    }
     let path = config.store_path();
     let store = SqliteStore::open(&path, config.store.shards)
         .with_context(|| format!("failed to open store at {}", path.display()))?;
@@ -260,7 +289,7 @@ async fn role(common: Common, name: &'static str) -> anyhow::Result<()> {
             let mesh = bind_udp(config.channel_server.mesh_addr, "channel server")?;
             let http = bind_tcp(config.channel_server.http_addr, "channel server")?;
             let deps = channel_server::ChannelServerDeps {
-                store: open_store(&config)?,
+                store: open_store(&config).await?,
                 tls: mesh_tls(&config)?,
                 health,
             };
@@ -279,7 +308,7 @@ async fn role(common: Common, name: &'static str) -> anyhow::Result<()> {
             let http = bind_tcp(config.webapp.http_addr, "web API")?;
             let tls = mesh_tls(&config)?;
             let deps = webapp_api::WebappDeps {
-                store: open_store(&config)?,
+                store: open_store(&config).await?,
                 signer: signer(&config, false)?,
                 admin: webapp_admin_link(&config, &tls)?,
                 health,
@@ -299,8 +328,29 @@ async fn role(common: Common, name: &'static str) -> anyhow::Result<()> {
     }
 }
 
+async fn migrate(config: Config) -> anyhow::Result<()> {
+    if config.store.kind == "cql" {
+        let settings = CqlSettings::from_config(&config.store)?;
+        CqlStore::migrate(&settings)
+            .await
+            .with_context(|| format!("migration on {:?} failed", config.store.cql_nodes))?;
+        println!(
+            "CQL schema is current: keyspaces {} and {}",
+            settings.meta_keyspace,
+            settings.shard_keyspaces.join(", ")
+        );
+    } else {
+        open_store(&config).await?;
+        println!(
+            "embedded store is current at {}",
+            config.store_path().display()
+        );
+    }
+    Ok(())
+}
+
 async fn admin(config: Config, command: AdminCommand) -> anyhow::Result<()> {
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let signer = signer(&config, true)?;
     match command {
         AdminCommand::CreateWorkspace { name } => {
@@ -381,7 +431,11 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
     shared::mesh::tls::generate_dev_certs(&data_dir.join("tls"))?;
     let tls = mesh_tls(&config)?;
     let signer = signer(&config, true)?;
-    let store = open_store(&config)?;
+    if config.store.kind == "cql" {
+        // `dev` is for trying things: create the schema rather than ask for a migration.
+        CqlStore::migrate(&CqlSettings::from_config(&config.store)?).await?;
+    }
+    let store = open_store(&config).await?;
     let tokens = webapp_api::seed_demo(&store, &signer, &data_dir).await?;
 
     let shutdown = Shutdown::new();

@@ -283,6 +283,7 @@ fn opts(workspaces: &[(&str, &[&str])]) -> ClusterOpts {
             .map(|(w, users)| (w.to_string(), users.iter().map(|u| u.to_string()).collect()))
             .collect(),
         sets: Vec::new(),
+        cql: None,
     }
 }
 

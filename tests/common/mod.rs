@@ -53,6 +53,8 @@ pub struct ClusterOpts {
     /// Extra `--set` flags per role (`"gateway"`, `"channel-server"`, `"admin-server"`,
     /// `"webapp"`).
     pub sets: Vec<(String, String)>,
+    /// The CQL node and keyspace prefix when [`ClusterOpts::cql_store`] was chosen.
+    pub cql: Option<(String, String)>,
 }
 
 impl ClusterOpts {
@@ -63,6 +65,7 @@ impl ClusterOpts {
             num_channel_servers: 3,
             workspaces: vec![("acme".into(), users.iter().map(|u| u.to_string()).collect())],
             sets: Vec::new(),
+            cql: None,
         }
     }
 
@@ -70,6 +73,33 @@ impl ClusterOpts {
     pub fn set(mut self, role: &str, key_value: &str) -> ClusterOpts {
         self.sets.push((role.into(), key_value.into()));
         self
+    }
+
+    /// Every process (and the `admin` commands that create workspaces and users) uses a
+    /// fresh set of keyspaces on the project's test Cassandra instead of the embedded store.
+    pub fn cql_store(mut self) -> ClusterOpts {
+        let node = shared::store::cql::testing::ensure_cluster();
+        let prefix = format!("e2e{:016x}", rand_u64());
+        for set in [
+            "store.kind=\"cql\"".to_string(),
+            format!("store.cql_nodes=[\"{node}\"]"),
+            "store.cql_replication_factor=1".to_string(),
+            format!("store.cql_keyspace_prefix=\"{prefix}\""),
+            "store.cql_feed_settle_ms=300".to_string(),
+        ] {
+            self.sets.push(("*".into(), set));
+        }
+        self.cql = Some((node, prefix));
+        self
+    }
+
+    /// The `--set` flags for every process and command.
+    fn global_sets(&self) -> Vec<String> {
+        self.sets
+            .iter()
+            .filter(|(r, _)| r == "*")
+            .map(|(_, s)| s.clone())
+            .collect()
     }
 
     pub fn workspace(mut self, name: &str, users: &[&str]) -> ClusterOpts {
@@ -140,7 +170,8 @@ pub struct Cluster {
 /// same one (and [`Cluster::start`] retries when one does).
 const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
 
-fn random_port() -> u16 {
+/// A pseudo-random number (xorshift seeded from the clock and pid): ports, keyspace names.
+fn rand_u64() -> u64 {
     static STATE: Mutex<u64> = Mutex::new(0);
     let mut x = STATE.lock().unwrap_or_else(|e| e.into_inner());
     if *x == 0 {
@@ -153,7 +184,11 @@ fn random_port() -> u16 {
     *x ^= *x << 13;
     *x ^= *x >> 7;
     *x ^= *x << 17;
-    PORT_RANGE.start + (*x % u64::from(PORT_RANGE.end - PORT_RANGE.start)) as u16
+    *x
+}
+
+fn random_port() -> u16 {
+    PORT_RANGE.start + (rand_u64() % u64::from(PORT_RANGE.end - PORT_RANGE.start)) as u16
 }
 
 /// A loopback TCP address that was free a moment ago.
@@ -230,9 +265,30 @@ impl Cluster {
             .expect("run switchboard certs");
         assert!(status.success(), "switchboard certs failed");
 
+        let global: Vec<String> = opts
+            .global_sets()
+            .into_iter()
+            .flat_map(|s| ["--set".to_string(), s])
+            .collect();
+        let global: Vec<&str> = global.iter().map(String::as_str).collect();
+        if !global.is_empty() {
+            let mut args = vec!["store", "migrate", "--data-dir", &data];
+            args.extend(&global);
+            let out = Command::new(bin())
+                .args(&args)
+                .output()
+                .expect("run switchboard store migrate");
+            assert!(
+                out.status.success(),
+                "switchboard store migrate failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let mut users = HashMap::new();
         for (ws, names) in &opts.workspaces {
-            let created = cli_json(&["admin", "--data-dir", &data, "create-workspace", ws]);
+            let mut args = vec!["admin", "--data-dir", &data, "create-workspace", ws];
+            args.extend(&global);
+            let created = cli_json(&args);
             let ws_id = created["id"].as_str().expect("workspace id").to_string();
             for (i, name) in names.iter().enumerate() {
                 let mut args = vec![
@@ -248,6 +304,7 @@ impl Cluster {
                 if i == 0 {
                     args.push("--admin");
                 }
+                args.extend(&global);
                 let u = cli_json(&args);
                 let user = TestUser {
                     id: u["id"].as_str().expect("user id").to_string(),
@@ -484,7 +541,7 @@ impl Cluster {
         let extra = self
             .opts_sets
             .iter()
-            .filter(|(r, _)| r == role)
+            .filter(|(r, _)| r == role || r == "*")
             .map(|(_, s)| s);
         for s in sets.iter().chain(extra) {
             cmd.arg("--set").arg(s);

@@ -162,7 +162,8 @@ impl CqlSettings {
             }
         }
         let consistency = |key: &str, v: &str| {
-            parse_consistency(v).ok_or_else(|| anyhow::anyhow!("{key} {v:?} is not a CQL consistency level"))
+            parse_consistency(v)
+                .ok_or_else(|| anyhow::anyhow!("{key} {v:?} is not a CQL consistency level"))
         };
         Ok(CqlSettings {
             nodes: store.cql_nodes.clone(),
@@ -170,8 +171,14 @@ impl CqlSettings {
             meta_keyspace,
             shard_keyspaces,
             replication_factor: store.cql_replication_factor,
-            write_consistency: consistency("store.cql_write_consistency", &store.cql_write_consistency)?,
-            read_consistency: consistency("store.cql_read_consistency", &store.cql_read_consistency)?,
+            write_consistency: consistency(
+                "store.cql_write_consistency",
+                &store.cql_write_consistency,
+            )?,
+            read_consistency: consistency(
+                "store.cql_read_consistency",
+                &store.cql_read_consistency,
+            )?,
             bucket_micros: store.cql_bucket_hours.max(1) * MICROS_PER_HOUR,
             feed_settle: Duration::from_millis(store.cql_feed_settle_ms),
             request_timeout: Duration::from_millis(store.cql_request_timeout_ms),
@@ -477,7 +484,9 @@ pub struct CqlStore {
 async fn connect(settings: &CqlSettings) -> StorageResult<Session> {
     let mut policy = DefaultPolicy::builder().token_aware(true);
     if let Some(dc) = &settings.local_datacenter {
-        policy = policy.prefer_datacenter(dc.clone()).permit_dc_failover(false);
+        policy = policy
+            .prefer_datacenter(dc.clone())
+            .permit_dc_failover(false);
     }
     let profile = ExecutionProfile::builder()
         .load_balancing_policy(policy.build())
@@ -612,7 +621,13 @@ impl CqlStore {
         let session = connect(&settings).await?;
         let recorded = read_schema_settings(&session, &settings.meta_keyspace).await?;
         check_schema_settings(&settings, &recorded)?;
-        let meta = prepare_all(&session, &settings, &settings.meta_keyspace, META_STATEMENTS).await?;
+        let meta = prepare_all(
+            &session,
+            &settings,
+            &settings.meta_keyspace,
+            META_STATEMENTS,
+        )
+        .await?;
         let mut shards = Vec::new();
         for ks in &settings.shard_keyspaces {
             shards.push(prepare_all(&session, &settings, ks, SHARD_STATEMENTS).await?);
@@ -725,9 +740,9 @@ async fn lane(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<AppendRequest>)
         // Groups of one channel beyond MAX_GROUP run after the first (join_all keeps
         // nothing ordered), so write those one after another.
         let mut seen = HashSet::new();
-        let (now, later): (Vec<_>, Vec<_>) = groups.into_iter().partition(|g| {
-            seen.insert((g[0].msg.workspace.clone(), g[0].msg.channel.clone()))
-        });
+        let (now, later): (Vec<_>, Vec<_>) = groups
+            .into_iter()
+            .partition(|g| seen.insert((g[0].msg.workspace.clone(), g[0].msg.channel.clone())));
         join_all(now.into_iter().map(|g| write_group(&inner, g))).await;
         for g in later {
             write_group(&inner, g).await;
@@ -815,7 +830,11 @@ impl Inner {
             .map_err(unavailable)
     }
 
-    async fn rows<R>(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> StorageResult<Vec<R>>
+    async fn rows<R>(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> StorageResult<Vec<R>>
     where
         R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
@@ -833,7 +852,11 @@ impl Inner {
         Ok(out)
     }
 
-    async fn first<R>(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> StorageResult<Option<R>>
+    async fn first<R>(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> StorageResult<Option<R>>
     where
         R: for<'f, 'm> scylla::deserialize::row::DeserializeRow<'f, 'm>,
     {
@@ -842,7 +865,11 @@ impl Inner {
         rows.maybe_first_row::<R>().map_err(unavailable)
     }
 
-    async fn applied(&self, stmt: &PreparedStatement, values: impl SerializeRow) -> StorageResult<bool> {
+    async fn applied(
+        &self,
+        stmt: &PreparedStatement,
+        values: impl SerializeRow,
+    ) -> StorageResult<bool> {
         Ok(lwt_outcome(self.exec(stmt, values).await?)?.0)
     }
 
@@ -892,7 +919,12 @@ impl Inner {
     /// Writes entries whose sequences are claimed: their rows, then their effect on the
     /// messages they change, then the change feed. Idempotent (see the module docs).
     /// `replay` rewrites the bucket list rows even if this process wrote them before.
-    async fn write_entries(&self, shard: u32, entries: &[Message], replay: bool) -> StorageResult<()> {
+    async fn write_entries(
+        &self,
+        shard: u32,
+        entries: &[Message],
+        replay: bool,
+    ) -> StorageResult<()> {
         let st = &self.shards[shard as usize];
         let mut new_buckets = Vec::new();
         {
@@ -970,7 +1002,12 @@ impl Inner {
     }
 
     /// The posted message with this ts, by its row.
-    async fn posted_row(&self, st: &Statements, channel: &str, ts: u64) -> StorageResult<Option<MsgRow>> {
+    async fn posted_row(
+        &self,
+        st: &Statements,
+        channel: &str,
+        ts: u64,
+    ) -> StorageResult<Option<MsgRow>> {
         let b = self.bucket(ts);
         let Some((seq,)) = self
             .first::<(i64,)>(st.get("ts_get"), (channel, b, i(ts)))
@@ -991,15 +1028,11 @@ impl Inner {
         match &m.kind {
             MessageKind::Posted => {
                 if let Some(parent) = m.thread_ts.filter(|p| *p != m.ts) {
-                    self.exec(
-                        st.get("reply_put"),
-                        (ch, i(parent.0), wts, i(m.seq), wts),
-                    )
-                    .await?;
+                    self.exec(st.get("reply_put"), (ch, i(parent.0), wts, i(m.seq), wts))
+                        .await?;
                     if let Some(p) = self.posted_row(st, ch, parent.0).await? {
-                        let replies: Vec<(i64, i64)> = self
-                            .rows(st.get("replies_of"), (ch, i(parent.0)))
-                            .await?;
+                        let replies: Vec<(i64, i64)> =
+                            self.rows(st.get("replies_of"), (ch, i(parent.0))).await?;
                         let latest = replies.iter().map(|r| r.0).max();
                         self.exec(
                             st.get("replies_set"),
@@ -1018,11 +1051,8 @@ impl Inner {
                 if row.deleted.unwrap_or(false) {
                     return Ok(Some((message, true)));
                 }
-                self.exec(
-                    st.get("edit"),
-                    (wts, &m.text, wts, ch, row.bucket, row.seq),
-                )
-                .await?;
+                self.exec(st.get("edit"), (wts, &m.text, wts, ch, row.bucket, row.seq))
+                    .await?;
                 message.text = m.text.clone();
                 Ok(Some((message, false)))
             }
@@ -1099,10 +1129,17 @@ impl Inner {
             m::STORE_ERRORS.with_label_values(&["feed_rewrite"]).inc();
             todo = changes.iter().collect();
         }
-        Err(unavailable("change feed writes keep taking longer than the settle time"))
+        Err(unavailable(
+            "change feed writes keep taking longer than the settle time",
+        ))
     }
 
-    async fn by_client_id(&self, st: &Statements, channel: &ChannelId, cmid: &str) -> StorageResult<Option<Message>> {
+    async fn by_client_id(
+        &self,
+        st: &Statements,
+        channel: &ChannelId,
+        cmid: &str,
+    ) -> StorageResult<Option<Message>> {
         let Some((seq, bucket)) = self
             .first::<(i64, i64)>(st.get("client_id_get"), (&channel.0, cmid))
             .await?
@@ -1121,7 +1158,12 @@ impl Inner {
     }
 
     /// The buckets of a channel that can hold entries of `q`, in the order to read them.
-    async fn plan(&self, st: &Statements, channel: &str, q: &HistoryQuery) -> StorageResult<Vec<i64>> {
+    async fn plan(
+        &self,
+        st: &Statements,
+        channel: &str,
+        q: &HistoryQuery,
+    ) -> StorageResult<Vec<i64>> {
         let mut buckets: Vec<(i64, i64)> = self.rows(st.get("buckets_of"), (channel,)).await?;
         buckets.sort();
         let after = q.after_seq.map(i).unwrap_or(0);
@@ -1133,7 +1175,10 @@ impl Inner {
         for (n, (bucket, first_seq)) in buckets.iter().enumerate() {
             let last_seq = buckets.get(n + 1).map(|b| b.1 - 1).unwrap_or(i64::MAX);
             let seq_ok = last_seq > after && *first_seq < before;
-            let (t0, t1) = (bucket.saturating_mul(bm), bucket.saturating_add(1).saturating_mul(bm) - 1);
+            let (t0, t1) = (
+                bucket.saturating_mul(bm),
+                bucket.saturating_add(1).saturating_mul(bm) - 1,
+            );
             let ts_ok = t1 > oldest && t0 < latest;
             if seq_ok && ts_ok {
                 keep.push(*bucket);
@@ -1192,7 +1237,11 @@ impl Inner {
         Ok(out)
     }
 
-    async fn with_reactions(&self, st: &Statements, mut views: Vec<MessageView>) -> StorageResult<Vec<MessageView>> {
+    async fn with_reactions(
+        &self,
+        st: &Statements,
+        mut views: Vec<MessageView>,
+    ) -> StorageResult<Vec<MessageView>> {
         let all = try_join_all(views.iter().map(|v| {
             self.rows::<(String, String, i64)>(
                 st.get("reactions_of"),
@@ -1230,7 +1279,10 @@ impl Inner {
     }
 }
 
-async fn timed<T>(op: &'static str, f: impl std::future::Future<Output = StorageResult<T>>) -> StorageResult<T> {
+async fn timed<T>(
+    op: &'static str,
+    f: impl std::future::Future<Output = StorageResult<T>>,
+) -> StorageResult<T> {
     let start = Instant::now();
     let result = f.await;
     m::STORE_OPS
@@ -1270,12 +1322,14 @@ impl MessageStore for CqlStore {
     async fn workspace(&self, id: &WorkspaceId) -> StorageResult<Option<Workspace>> {
         let s = &self.inner;
         timed("workspace", async {
-            Ok(s.first::<(String, String)>(s.meta.get("workspace_get"), (&id.0,))
-                .await?
-                .map(|(id, name)| Workspace {
-                    id: WorkspaceId(id),
-                    name,
-                }))
+            Ok(
+                s.first::<(String, String)>(s.meta.get("workspace_get"), (&id.0,))
+                    .await?
+                    .map(|(id, name)| Workspace {
+                        id: WorkspaceId(id),
+                        name,
+                    }),
+            )
         })
         .await
     }
@@ -1290,12 +1344,14 @@ impl MessageStore for CqlStore {
                 return Ok(None);
             };
             // The name is claimed before the row is written: a half-made workspace is absent.
-            Ok(s.first::<(String, String)>(s.meta.get("workspace_get"), (&id,))
-                .await?
-                .map(|(id, name)| Workspace {
-                    id: WorkspaceId(id),
-                    name,
-                }))
+            Ok(
+                s.first::<(String, String)>(s.meta.get("workspace_get"), (&id,))
+                    .await?
+                    .map(|(id, name)| Workspace {
+                        id: WorkspaceId(id),
+                        name,
+                    }),
+            )
         })
         .await
     }
@@ -1377,9 +1433,11 @@ impl MessageStore for CqlStore {
             else {
                 return Ok(None);
             };
-            Ok(s.first::<UserRow>(s.meta.get("user_get"), (&workspace.0, &id))
-                .await?
-                .map(User::from))
+            Ok(
+                s.first::<UserRow>(s.meta.get("user_get"), (&workspace.0, &id))
+                    .await?
+                    .map(User::from),
+            )
         })
         .await
     }
@@ -1471,9 +1529,11 @@ impl MessageStore for CqlStore {
             let Some(ws) = s.channel_workspace(&id.0).await? else {
                 return Ok(None);
             };
-            Ok(s.first::<ChannelRow>(s.meta.get("channel_get"), (&ws, &id.0))
-                .await?
-                .map(Channel::from))
+            Ok(
+                s.first::<ChannelRow>(s.meta.get("channel_get"), (&ws, &id.0))
+                    .await?
+                    .map(Channel::from),
+            )
         })
         .await
     }
@@ -1491,9 +1551,11 @@ impl MessageStore for CqlStore {
             else {
                 return Ok(None);
             };
-            Ok(s.first::<ChannelRow>(s.meta.get("channel_get"), (&workspace.0, &id))
-                .await?
-                .map(Channel::from))
+            Ok(
+                s.first::<ChannelRow>(s.meta.get("channel_get"), (&workspace.0, &id))
+                    .await?
+                    .map(Channel::from),
+            )
         })
         .await
     }
@@ -1521,8 +1583,10 @@ impl MessageStore for CqlStore {
     async fn add_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
         let s = &self.inner;
         timed("add_member", async {
-            let (ws, uws) =
-                futures_util::try_join!(s.channel_workspace(&channel.0), s.user_workspace(&user.0))?;
+            let (ws, uws) = futures_util::try_join!(
+                s.channel_workspace(&channel.0),
+                s.user_workspace(&user.0)
+            )?;
             let (Some(ws), Some(_)) = (ws, uws) else {
                 return Err(StorageError::new(
                     StorageErrorKind::NotFound,
@@ -1556,9 +1620,11 @@ impl MessageStore for CqlStore {
     async fn is_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
         let s = &self.inner;
         timed("is_member", async {
-            Ok(s.first::<(String,)>(s.meta.get("member_get"), (&channel.0, &user.0))
-                .await?
-                .is_some())
+            Ok(
+                s.first::<(String,)>(s.meta.get("member_get"), (&channel.0, &user.0))
+                    .await?
+                    .is_some(),
+            )
         })
         .await
     }
@@ -1578,9 +1644,10 @@ impl MessageStore for CqlStore {
         timed("user_channels", async {
             let rows: Vec<(String, String)> =
                 s.rows(s.meta.get("user_channels"), (&user.0,)).await?;
-            let channels = try_join_all(rows.iter().map(|(id, ws)| {
-                s.first::<ChannelRow>(s.meta.get("channel_get"), (ws, id))
-            }))
+            let channels = try_join_all(
+                rows.iter()
+                    .map(|(id, ws)| s.first::<ChannelRow>(s.meta.get("channel_get"), (ws, id))),
+            )
             .await?;
             Ok(channels.into_iter().flatten().map(Channel::from).collect())
         })
@@ -1591,26 +1658,28 @@ impl MessageStore for CqlStore {
         let s = &self.inner;
         timed("update_channel", async {
             let c = channel;
-            let not_found = || StorageError::new(StorageErrorKind::NotFound, format!("no channel {}", c.id));
+            let not_found =
+                || StorageError::new(StorageErrorKind::NotFound, format!("no channel {}", c.id));
             let ws = s.channel_workspace(&c.id.0).await?.ok_or_else(not_found)?;
             let current = s
                 .first::<ChannelRow>(s.meta.get("channel_get"), (&ws, &c.id.0))
                 .await?
                 .ok_or_else(not_found)?;
-            if current.name != c.name {
-                if !s
+            let renamed = current.name != c.name;
+            if renamed
+                && !s
                     .applied(s.meta.get("channel_claim"), (&ws, &c.name, &c.id.0))
                     .await?
-                {
-                    let holder = s
-                        .first::<(String,)>(s.meta.get("channel_name_get"), (&ws, &c.name))
-                        .await?;
-                    if holder.map(|h| h.0) != Some(c.id.0.clone()) {
-                        return Err(StorageError::new(
-                            StorageErrorKind::AlreadyExists,
-                            "channel name already exists",
-                        ));
-                    }
+            {
+                // Taken, unless by this channel (a rename that stopped half-way).
+                let holder = s
+                    .first::<(String,)>(s.meta.get("channel_name_get"), (&ws, &c.name))
+                    .await?;
+                if holder.map(|h| h.0) != Some(c.id.0.clone()) {
+                    return Err(StorageError::new(
+                        StorageErrorKind::AlreadyExists,
+                        "channel name already exists",
+                    ));
                 }
             }
             s.exec(
@@ -1649,9 +1718,11 @@ impl MessageStore for CqlStore {
         timed("workspace_members", async {
             let channels: Vec<ChannelRow> =
                 s.rows(s.meta.get("channels_of"), (&workspace.0,)).await?;
-            let per_channel = try_join_all(channels.iter().map(|c| {
-                s.rows::<(String, Option<i64>)>(s.meta.get("members_of"), (&c.id,))
-            }))
+            let per_channel = try_join_all(
+                channels
+                    .iter()
+                    .map(|c| s.rows::<(String, Option<i64>)>(s.meta.get("members_of"), (&c.id,))),
+            )
             .await?;
             let mut out = Vec::new();
             for (c, members) in channels.iter().zip(per_channel) {
@@ -1795,10 +1866,7 @@ impl MessageStore for CqlStore {
             for (hour,) in hours {
                 let want = (limit - out.len()) as i32;
                 let rows: Vec<(i64, Vec<u8>, bool)> = s
-                    .rows(
-                        st.get("feed_read"),
-                        (hour, i(after), i(cutoff), want),
-                    )
+                    .rows(st.get("feed_read"), (hour, i(after), i(cutoff), want))
                     .await?;
                 for (id, body, deleted) in rows {
                     out.push(Change {
@@ -1872,7 +1940,10 @@ impl MessageStore for CqlStore {
                     rows
                 }
             };
-            let views = rows.iter().map(MsgRow::view).collect::<StorageResult<Vec<_>>>()?;
+            let views = rows
+                .iter()
+                .map(MsgRow::view)
+                .collect::<StorageResult<Vec<_>>>()?;
             s.with_reactions(st, views).await
         })
         .await
@@ -1900,17 +1971,16 @@ impl MessageStore for CqlStore {
 }
 
 /// A real CQL server for tests: the project's single-node Cassandra
-/// (`deploy/cassandra/start.sh`), or the cluster named by `SWITCHBOARD_TEST_CQL`.
-#[cfg(any(test, feature = "conformance"))]
+/// (`deploy/cassandra/start.sh`), or the cluster named by `SWITCHBOARD_TEST_CQL`. Compiled in
+/// (it is small) so the end-to-end tests of other crates can use it without a feature.
 pub mod testing {
     use std::path::PathBuf;
     use std::sync::OnceLock;
 
     use super::*;
 
-    /// The test node's ports, away from a real Cassandra's defaults.
+    /// The test node's CQL port (set in `deploy/cassandra/test-node.sh`).
     pub const CQL_PORT: u16 = 19042;
-    const STORAGE_PORT: u16 = 17000;
 
     fn repo_root() -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -1927,18 +1997,16 @@ pub mod testing {
             if let Ok(node) = std::env::var("SWITCHBOARD_TEST_CQL") {
                 return node;
             }
-            let root = repo_root();
+            let script = repo_root().join("deploy/cassandra/test-node.sh");
             let out = std::process::Command::new("bash")
-                .arg(root.join("deploy/cassandra/start.sh"))
-                .arg(root.join("target/cassandra-test"))
-                .env("CASSANDRA_PORT", CQL_PORT.to_string())
-                .env("CASSANDRA_STORAGE_PORT", STORAGE_PORT.to_string())
-                .env("CASSANDRA_JMX_PORT", "off")
+                .arg(&script)
+                .arg("start")
                 .output()
-                .expect("run deploy/cassandra/start.sh");
+                .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
             assert!(
                 out.status.success(),
-                "deploy/cassandra/start.sh failed:\n{}\n{}",
+                "{} start failed:\n{}\n{}",
+                script.display(),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -1961,6 +2029,31 @@ pub mod testing {
             bucket_micros: MICROS_PER_HOUR,
             feed_settle: Duration::from_millis(300),
             request_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Drops every keyspace whose name starts with `prefix` (test clean-up).
+    pub async fn drop_keyspaces_with_prefix(node: &str, prefix: &str) {
+        let mut settings = self::settings(0);
+        settings.nodes = vec![node.to_string()];
+        let session = connect(&settings).await.expect("connect");
+        let rows = session
+            .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", ())
+            .await
+            .expect("list keyspaces")
+            .into_rows_result()
+            .expect("rows");
+        let names: Vec<String> = rows
+            .rows::<(String,)>()
+            .expect("rows")
+            .filter_map(Result::ok)
+            .map(|r| r.0)
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        for ks in names {
+            let _ = session
+                .query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
+                .await;
         }
     }
 
@@ -2003,5 +2096,164 @@ mod tests {
         // A store that was never migrated says what to run.
         let err = CqlStore::open(testing::settings(1)).await.err().unwrap();
         assert!(err.message.contains("switchboard store migrate"), "{err}");
+    }
+
+    fn msg(ws: &WorkspaceId, ch: &ChannelId, seq: u64, ts: u64) -> Message {
+        Message {
+            workspace: ws.clone(),
+            channel: ch.clone(),
+            seq,
+            ts: Ts(ts),
+            user: UserId::from("UPOSTER"),
+            text: format!("message {seq}"),
+            client_msg_id: Some(format!("cmid-{seq}")),
+            thread_ts: None,
+            kind: MessageKind::Posted,
+        }
+    }
+
+    /// Two handles are two channel servers; a claimed group whose owner died before writing
+    /// its rows is made whole by the next owner's `last_message`; history pages across
+    /// buckets.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fencing_recovery_and_pages_across_buckets() {
+        let settings = testing::settings(1);
+        CqlStore::migrate(&settings).await.unwrap();
+        let a = CqlStore::open(settings.clone()).await.unwrap();
+        let b = CqlStore::open(settings.clone()).await.unwrap();
+        let ws = a.create_workspace("fence").await.unwrap().id;
+        let ch = ChannelId::generate();
+        let hour = MICROS_PER_HOUR;
+        let base = 1_800_000 * hour / 1000 * 1000;
+        // 12 messages, 20 minutes apart: 4 buckets of an hour.
+        let at = |seq: u64| base + seq * hour / 3;
+
+        // Concurrent appends of one channel are claimed in groups and all stored.
+        let first: Vec<Message> = (1..=6).map(|s| msg(&ws, &ch, s, at(s))).collect();
+        let outcomes = join_all(first.iter().map(|m| a.append(m))).await;
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Ok(AppendOutcome::Stored))),
+            "{outcomes:?}"
+        );
+
+        // The other handle cannot take a sequence the first one wrote.
+        let mut clash = msg(&ws, &ch, 6, at(6) + 1);
+        clash.client_msg_id = None;
+        assert_eq!(
+            b.append(&clash).await.unwrap_err().kind,
+            StorageErrorKind::SeqConflict
+        );
+        // It continues after the head once it knows it.
+        assert_eq!(b.last_message(&ws, &ch).await.unwrap().unwrap().seq, 6);
+        assert_eq!(
+            b.append(&msg(&ws, &ch, 7, at(7))).await.unwrap(),
+            AppendOutcome::Stored
+        );
+        // ... and fences the first handle in turn.
+        clash = msg(&ws, &ch, 7, at(7) + 5);
+        clash.client_msg_id = None;
+        assert_eq!(
+            a.append(&clash).await.unwrap_err().kind,
+            StorageErrorKind::SeqConflict
+        );
+
+        // An owner claims 8..=9 and dies before writing the rows.
+        let lost: Vec<Message> = (8..=9).map(|s| msg(&ws, &ch, s, at(s))).collect();
+        a.inner.claim(&a.inner.shards[0], &lost).await.unwrap();
+        let page = |after: Option<u64>, before: Option<u64>, newest_first: bool, limit: u32| {
+            HistoryQuery {
+                after_seq: after,
+                before_seq: before,
+                limit,
+                newest_first,
+                ..Default::default()
+            }
+        };
+        let seqs = |v: Vec<Message>| v.into_iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(
+            seqs(
+                b.history(&ws, &ch, &page(None, None, false, 100))
+                    .await
+                    .unwrap()
+            )
+            .len(),
+            7
+        );
+        // The next owner recovers them and carries on.
+        assert_eq!(b.last_message(&ws, &ch).await.unwrap().unwrap().seq, 9);
+        assert_eq!(
+            b.message_by_client_msg_id(&ws, &ch, "cmid-8")
+                .await
+                .unwrap()
+                .unwrap()
+                .seq,
+            8
+        );
+        for s in 10..=12 {
+            b.append(&msg(&ws, &ch, s, at(s))).await.unwrap();
+        }
+        // A repeated client_msg_id after the recovery is a duplicate, not a new message.
+        let mut again = msg(&ws, &ch, 13, at(13));
+        again.client_msg_id = Some("cmid-9".into());
+        assert!(
+            matches!(b.append(&again).await.unwrap(), AppendOutcome::Duplicate(m) if m.seq == 9)
+        );
+
+        // Pages across the four buckets, both ways.
+        assert_eq!(
+            seqs(
+                a.history(&ws, &ch, &page(None, None, false, 100))
+                    .await
+                    .unwrap()
+            ),
+            (1..=12).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            seqs(
+                a.history(&ws, &ch, &page(None, None, true, 4))
+                    .await
+                    .unwrap()
+            ),
+            vec![12, 11, 10, 9]
+        );
+        assert_eq!(
+            seqs(
+                a.history(&ws, &ch, &page(None, Some(9), true, 4))
+                    .await
+                    .unwrap()
+            ),
+            vec![8, 7, 6, 5]
+        );
+        assert_eq!(
+            seqs(
+                a.history(&ws, &ch, &page(Some(2), None, false, 5))
+                    .await
+                    .unwrap()
+            ),
+            vec![3, 4, 5, 6, 7]
+        );
+        assert_eq!(
+            seqs(
+                a.history(&ws, &ch, &page(Some(5), Some(9), false, 100))
+                    .await
+                    .unwrap()
+            ),
+            vec![6, 7, 8]
+        );
+        let by_ts = HistoryQuery {
+            oldest: Some(Ts(at(4))),
+            latest: Some(Ts(at(8))),
+            limit: 100,
+            ..Default::default()
+        };
+        assert_eq!(
+            seqs(a.history(&ws, &ch, &by_ts).await.unwrap()),
+            vec![5, 6, 7]
+        );
+        let view = a.message_view(&ws, &ch, Ts(at(10))).await.unwrap().unwrap();
+        assert_eq!(view.message.seq, 10);
+        testing::drop_keyspaces(&settings).await;
     }
 }
