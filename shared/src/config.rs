@@ -477,6 +477,46 @@ mod tests {
     }
 
     #[test]
+    fn cql_store_settings_parse_and_validate() {
+        let load = |sets: &[&str]| {
+            let mut all = vec![r#"store.kind="cql""#.to_string()];
+            all.extend(sets.iter().map(|s| s.to_string()));
+            Config::load(None, std::iter::empty(), &all)
+        };
+        let c = load(&[
+            "store.shards=2",
+            r#"store.cql_shard_keyspaces=["eu_a","eu_b"]"#,
+        ])
+        .unwrap();
+        let settings = crate::store::cql::CqlSettings::from_config(&c.store).unwrap();
+        assert_eq!(settings.shard_keyspaces, vec!["eu_a", "eu_b"]);
+        assert_eq!(settings.meta_keyspace, "switchboard_meta");
+        let defaults =
+            crate::store::cql::CqlSettings::from_config(&load(&[]).unwrap().store).unwrap();
+        assert_eq!(
+            defaults.shard_keyspaces,
+            (0..4)
+                .map(|n| format!("switchboard_shard_{n}"))
+                .collect::<Vec<_>>()
+        );
+        for bad in [
+            "store.cql_nodes=[]",
+            r#"store.cql_write_consistency="MOSTLY""#,
+            r#"store.cql_read_consistency="""#,
+            r#"store.cql_shard_keyspaces=["only_one"]"#,
+            r#"store.cql_keyspace_prefix="drop table""#,
+            "store.cql_replication_factor=0",
+            "store.cql_bucket_hours=0",
+            r#"store.kind="mongo""#,
+        ] {
+            let err = load(&[bad])
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert!(err.to_string().contains("store."), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn channel_server_list_parses() {
         let c = Config::load(
             None,

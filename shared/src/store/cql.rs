@@ -157,7 +157,7 @@ impl CqlSettings {
         for ks in shard_keyspaces.iter().chain([&meta_keyspace]) {
             if !valid_keyspace(ks) {
                 anyhow::bail!(
-                    "keyspace name {ks:?} is not valid (letters, digits and _, at most 48, starting with a letter)"
+                    "keyspace name {ks:?} (from store.cql_keyspace_prefix or store.cql_shard_keyspaces) is not valid: letters, digits and _, at most 48, starting with a letter"
                 );
             }
         }
