@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`fanout`]: the fan-out scenario against Switchboard, the limit server and NATS.
 //! - [`connections`], [`posts`]: idle sessions per gateway; durable post throughput.
+//! - [`cql`]: the Cassandra node (or cluster) the posts scenario runs the CQL store on.
 //! - [`limit`]: the in-process plain WebSocket broadcast server (the machine's ceiling).
 //! - [`nats`]: NATS text protocol over WebSocket, and starting nats-server.
 //! - [`order`]: the in-order, no-loss, no-duplicate check.
@@ -17,6 +18,7 @@
 //! - Every process the bench starts is killed when it ends.
 
 mod connections;
+mod cql;
 mod fanout;
 mod limit;
 mod nats;
@@ -60,7 +62,9 @@ enum Scenario {
     Fanout(FanoutArgs),
     /// N idle sessions on one gateway process: connect time and gateway memory per session.
     Connections(ConnectionsArgs),
-    /// Durable chat.postMessage throughput and latency on the embedded store.
+    /// Durable chat.postMessage throughput and latency on the embedded store, and with
+    /// `--stores embedded,cql` on the CQL store (a Cassandra node the bench starts) in the
+    /// same run, side by side.
     Posts(PostsArgs),
     /// The fan-out shape over a plain in-process tokio-tungstenite broadcast server.
     Limit(FanoutArgs),
@@ -113,6 +117,7 @@ impl Common {
             target_urls: self.target_urls.clone(),
             channel_servers: self.channel_servers,
             server_log: self.server_log.clone(),
+            extra_set: Vec::new(),
         }
     }
 }
@@ -264,6 +269,61 @@ struct PostsArgs {
     /// Bytes of text per post.
     #[arg(long, default_value_t = 64)]
     text_bytes: usize,
+    /// Stores to measure in this run, one after the other, with the same load: `embedded`,
+    /// `cql`, or both (`embedded,cql`, in that order).
+    #[arg(long, value_delimiter = ',', default_value = "embedded")]
+    stores: Vec<StoreKind>,
+    /// Seconds of the same load before each store's measured phase, not counted
+    /// [default: 60 when --stores includes cql (a fresh Cassandra JVM compiles its hot paths
+    /// for about a minute before its rate settles), else 0; smoke 0].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// A running CQL cluster's contact point, host:port (repeatable or comma-separated),
+    /// instead of the single-node Cassandra the bench starts.
+    #[arg(long, value_name = "HOST:PORT", value_delimiter = ',')]
+    cql_node: Vec<String>,
+    /// Data directory of the Cassandra the bench starts (deploy/cassandra/start.sh)
+    /// [default: <repo>/target/cassandra-bench].
+    #[arg(long)]
+    cql_data_dir: Option<PathBuf>,
+    /// CQL port of the Cassandra the bench starts (away from the test node's 19042 and from
+    /// the end-to-end tests' 20000-32000).
+    #[arg(long, default_value_t = 19142)]
+    cql_port: u16,
+    /// Storage (gossip) port of the Cassandra the bench starts.
+    #[arg(long, default_value_t = 17100)]
+    cql_storage_port: u16,
+    /// Leave the Cassandra the bench started running at the end (a later run reuses it).
+    #[arg(long)]
+    cql_keep_node: bool,
+    /// Keep this run's keyspaces (default: drop them, and only them, at the end).
+    #[arg(long)]
+    cql_keep_keyspaces: bool,
+    /// store.cql_replication_factor of this run's keyspaces.
+    #[arg(long, default_value_t = 1)]
+    cql_replication_factor: u32,
+    /// Another --set for the system under test on the CQL store, after the bench's own
+    /// (say, `store.cql_write_consistency="ONE"`); repeatable.
+    #[arg(long, value_name = "SECTION.KEY=VALUE")]
+    cql_set: Vec<String>,
+}
+
+/// A store the posts scenario can run the system under test on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    /// The embedded store (SQLite files in the data directory).
+    Embedded,
+    /// The CQL store (`store.kind = "cql"`) on a Cassandra node or a running cluster.
+    Cql,
+}
+
+impl StoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            StoreKind::Embedded => "embedded",
+            StoreKind::Cql => "cql",
+        }
+    }
 }
 
 #[derive(Args)]
@@ -705,6 +765,22 @@ async fn posts_cmd(a: PostsArgs) -> anyhow::Result<bool> {
     let info = RunInfo::new("posts");
     report::warn_if_busy(&info);
     let smoke = a.common.smoke;
+    let mut stores: Vec<StoreKind> = Vec::new();
+    for s in &a.stores {
+        if !stores.contains(s) {
+            stores.push(*s);
+        }
+    }
+    if stores.is_empty() {
+        stores.push(StoreKind::Embedded);
+    }
+    let with_cql = stores.contains(&StoreKind::Cql);
+    if with_cql && a.common.target_urls.is_some() {
+        anyhow::bail!(
+            "--target-urls measures a running deployment with whatever store it has; \
+             --stores cql needs the bench to start the system under test"
+        );
+    }
     let plan = posts::Plan {
         posters: a.posters.unwrap_or(if smoke { 4 } else { 64 }).max(1),
         channels: a.channels.unwrap_or(if smoke { 2 } else { 64 }).max(1),
@@ -712,12 +788,34 @@ async fn posts_cmd(a: PostsArgs) -> anyhow::Result<bool> {
         rate: a.rate.filter(|r| *r > 0.0),
         max_posts: a.max_posts,
         text_bytes: a.text_bytes,
+        warmup_s: a
+            .warmup
+            .unwrap_or(if with_cql && !smoke { 60.0 } else { 0.0 })
+            .max(0.0),
     };
-    let mut sut = sut::Sut::start(&a.common.sut_options())?;
-    let o = posts::run(&plan, &mut sut).await?;
-    drop(sut);
-    let l: &LatencySummary = &o.latency;
+    let mut results: Vec<posts::Outcome> = Vec::new();
+    let mut cql_info = serde_json::Value::Null;
+    // What the CQL store ran on, for the title and the plot: "Cassandra 5.0.7, 1 node, …".
+    let mut cql_detail = String::new();
+    for store in &stores {
+        match store {
+            StoreKind::Embedded => {
+                let mut sut = sut::Sut::start(&a.common.sut_options())?;
+                let o = posts::run(&plan, &mut sut, "embedded", None).await;
+                drop(sut);
+                results.push(o.context("posts on the embedded store")?);
+            }
+            StoreKind::Cql => {
+                let (o, info, label) = posts_on_cql(&a, &plan).await?;
+                results.push(o);
+                cql_info = info;
+                cql_detail = label;
+            }
+        }
+    }
+
     let mut t = Table::new(&[
+        "store",
         "posters",
         "channels",
         "posts",
@@ -727,43 +825,117 @@ async fn posts_cmd(a: PostsArgs) -> anyhow::Result<bool> {
         "p99.9",
         "max",
         "server cpu",
+        "store cpu",
         "bench cpu",
         "check",
     ]);
-    t.row(vec![
-        plan.posters.to_string(),
-        plan.channels.to_string(),
-        o.posts.to_string(),
-        fmt_rate(o.posts_per_s),
-        fmt_us(l.p50_us),
-        fmt_us(l.p99_us),
-        fmt_us(l.p999_us),
-        fmt_us(l.max_us),
-        format!("{:.1}s", o.cpu.server_cpu_s),
-        format!("{:.1}s", o.cpu.bench_cpu_s),
-        if o.ok() { "ok".into() } else { "FAILED".into() },
-    ]);
-    println!("\nposts: durable chat.postMessage on the embedded store");
-    println!("{}", t.render());
-    for e in o.errors.iter().chain(&o.seq_problems) {
-        eprintln!("bench: {e}");
+    for o in &results {
+        let l: &LatencySummary = &o.latency;
+        t.row(vec![
+            o.store.clone(),
+            plan.posters.to_string(),
+            plan.channels.to_string(),
+            o.posts.to_string(),
+            fmt_rate(o.posts_per_s),
+            fmt_us(l.p50_us),
+            fmt_us(l.p99_us),
+            fmt_us(l.p999_us),
+            fmt_us(l.max_us),
+            format!("{:.1}s", o.cpu.server_cpu_s),
+            o.store_cpu_s
+                .map(|s| format!("{s:.1}s"))
+                .unwrap_or_else(|| "-".into()),
+            format!("{:.1}s", o.cpu.bench_cpu_s),
+            if o.ok() { "ok".into() } else { "FAILED".into() },
+        ]);
     }
+    let names: Vec<String> = results
+        .iter()
+        .map(|o| {
+            if o.store == "cql" {
+                format!("cql store ({cql_detail})")
+            } else {
+                format!("{} store", o.store)
+            }
+        })
+        .collect();
+    println!(
+        "\nposts: durable chat.postMessage on the {}{}",
+        names.join(" and on the "),
+        if plan.warmup_s > 0.0 {
+            format!(" ({} s warm-up each, not counted)", plan.warmup_s)
+        } else {
+            String::new()
+        }
+    );
+    println!("{}", t.render());
+
+    // Ratios.
+    let find = |name: &str| results.iter().find(|o| o.store == name);
+    let mut ratios = serde_json::Map::new();
+    if let (Some(c), Some(e)) = (find("cql"), find("embedded")) {
+        let r = json!({
+            "posts_per_s": ratio(c.posts_per_s, e.posts_per_s),
+            "p50": ratio(c.latency.p50_us, e.latency.p50_us),
+            "p99": ratio(c.latency.p99_us, e.latency.p99_us),
+            "p999": ratio(c.latency.p999_us, e.latency.p999_us),
+        });
+        let f = |v: &serde_json::Value| {
+            v.as_f64()
+                .map(|x| format!("{x:.3}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "cql / embedded: posts/s {}, p50 {}, p99 {}",
+            f(&r["posts_per_s"]),
+            f(&r["p50"]),
+            f(&r["p99"])
+        );
+        ratios.insert("cql_over_embedded".into(), r);
+    }
+    let mut ok = true;
+    for o in &results {
+        if !o.ok() {
+            ok = false;
+            eprintln!("bench: posts on the {} store FAILED its checks:", o.store);
+        }
+        for e in o.errors.iter().chain(&o.seq_problems) {
+            eprintln!("bench: {}: {e}", o.store);
+        }
+    }
+    let series: Vec<Series> = results
+        .iter()
+        .map(|o| Series {
+            label: format!("switchboard {} store", o.store),
+            points: o.curve.clone(),
+        })
+        .collect();
     let svg = svg::percentile_plot(
         "posts: chat.postMessage sent to acknowledged",
         &format!(
-            "{} posters, {} channels | {} cpus | {}",
-            plan.posters, plan.channels, info.machine.nproc, info.git_commit
+            "{} posters, {} channels | {} cpus | {}{}",
+            plan.posters,
+            plan.channels,
+            info.machine.nproc,
+            info.git_commit,
+            if with_cql {
+                format!(" | cql: {cql_detail}")
+            } else {
+                String::new()
+            }
         ),
-        &[Series {
-            label: "switchboard embedded store".into(),
-            points: o.curve.clone(),
-        }],
+        &series,
     );
-    let ok = o.ok();
+    // `result`: the embedded store's (or the only) outcome, as before `--stores` existed.
+    let first = find("embedded").or(results.first());
     let out = json!({
         "run": info,
         "plan": plan,
-        "result": o,
+        "stores": stores.iter().map(|s| s.name()).collect::<Vec<_>>(),
+        "result": first,
+        "results": results,
+        "ratios": ratios,
+        "cql": cql_info,
         "ok": ok,
         "loadavg_end": report::loadavg(),
         "switchboard_bin": report::binary_info(&a.common.sut_options().switchboard_bin),
@@ -777,4 +949,97 @@ async fn posts_cmd(a: PostsArgs) -> anyhow::Result<bool> {
         println!("wrote {}", p.display());
     }
     Ok(ok)
+}
+
+/// The posts scenario on the CQL store: the cluster (started here unless `--cql-node`), a
+/// fresh keyspace prefix, `switchboard dev` on it (which creates the keyspaces), the load,
+/// then the keyspaces dropped and a node started here stopped. Returns the outcome, what the
+/// JSON says about the cluster, and the store's label for the table and the plot.
+async fn posts_on_cql(
+    a: &PostsArgs,
+    plan: &posts::Plan,
+) -> anyhow::Result<(posts::Outcome, serde_json::Value, String)> {
+    let cluster = cql::Cluster::ensure(&cql::NodeOptions {
+        nodes: a.cql_node.clone(),
+        data_dir: a.cql_data_dir.clone().unwrap_or_else(cql::default_data_dir),
+        cql_port: a.cql_port,
+        storage_port: a.cql_storage_port,
+        keep_node: a.cql_keep_node,
+    })?;
+    let prefix = cql::fresh_prefix();
+    let sets = cql::store_sets(
+        &cluster.nodes,
+        &prefix,
+        a.cql_replication_factor,
+        &a.cql_set,
+    );
+    let (store_config, settings) = cql::settings_for(&sets)?;
+    let keyspaces = cql::keyspace_names(&settings);
+    let before = cluster
+        .keyspaces()
+        .context("listing the cluster's keyspaces")?;
+    if let Some(ks) = keyspaces.iter().find(|k| before.contains(k)) {
+        anyhow::bail!("keyspace {ks} already exists on the cluster; not touching it");
+    }
+    note(format!(
+        "cql: keyspaces {} (created by switchboard dev, {} at the end)",
+        keyspaces.join(", "),
+        if a.cql_keep_keyspaces {
+            "kept"
+        } else {
+            "dropped"
+        }
+    ));
+    let mut opts = a.common.sut_options();
+    opts.extra_set = sets.clone();
+    let outcome = async {
+        let mut sut = sut::Sut::start(&opts)?;
+        let o = posts::run(plan, &mut sut, "cql", cluster.pid).await;
+        drop(sut);
+        o
+    }
+    .await;
+    // Only keyspaces this run named and that did not exist before it are dropped.
+    let dropped = if a.cql_keep_keyspaces {
+        Vec::new()
+    } else {
+        match cluster.drop_keyspaces(&keyspaces) {
+            Ok(d) => {
+                note(format!("cql: dropped {} keyspaces of this run", d.len()));
+                d
+            }
+            Err(e) => {
+                note(format!(
+                    "cql: could not drop this run's keyspaces ({prefix}_*): {e:#}"
+                ));
+                Vec::new()
+            }
+        }
+    };
+    let version = cluster.release_version.as_deref().unwrap_or("unknown");
+    let what = if cluster.started_by_bench || cluster.data_dir.is_some() {
+        format!("Cassandra {version}, 1 node")
+    } else {
+        format!(
+            "cluster at {}, release_version {version}",
+            cluster.nodes.join(",")
+        )
+    };
+    let label = format!(
+        "{what}, RF {}, writes {}",
+        settings.replication_factor,
+        store_config.cql_write_consistency.to_ascii_uppercase()
+    );
+    let info = json!({
+        "cluster": cluster,
+        "keyspace_prefix": prefix,
+        "keyspaces": keyspaces,
+        "dropped": dropped,
+        "replication_factor": settings.replication_factor,
+        "write_consistency": store_config.cql_write_consistency.to_ascii_uppercase(),
+        "read_consistency": store_config.cql_read_consistency.to_ascii_uppercase(),
+        "sets": sets,
+    });
+    drop(cluster);
+    Ok((outcome.context("posts on the CQL store")?, info, label))
 }

@@ -1,6 +1,8 @@
-//! The posts scenario: durable `chat.postMessage` throughput and latency on the embedded
-//! store. Every post is acknowledged only once it is in the store; the check is that each
-//! channel's acknowledged sequence numbers are 1..n, each once.
+//! The posts scenario: durable `chat.postMessage` throughput and latency on one store (the
+//! embedded store, or the CQL store on a Cassandra/ScyllaDB cluster; `--stores` runs several
+//! in one run, one after the other). Every post is acknowledged only once it is in the store;
+//! the check is that each channel's acknowledged sequence numbers are 1..n, each once
+//! (warm-up posts included).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use crate::pace::Pacer;
 use crate::report::{note, Progress};
 use crate::slack::{for_each_concurrent, Api};
 use crate::stats::{fmt_rate, percentile_curve, LatencySummary, SharedHistogram};
-use crate::sut::{CpuMeter, CpuUsage, Sut};
+use crate::sut::{cpu_seconds, CpuMeter, CpuUsage, Sut};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Plan {
@@ -25,16 +27,25 @@ pub struct Plan {
     pub max_posts: u64,
     /// Bytes of text per post.
     pub text_bytes: usize,
+    /// Seconds of the same load, not measured, before the measured phase (same channels).
+    pub warmup_s: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Outcome {
+    /// Which store the system under test ran on: `embedded` or `cql`.
+    pub store: String,
     pub posts: u64,
     pub elapsed_s: f64,
     pub posts_per_s: f64,
     /// Post sent (or scheduled, with `--rate`) to 200 received.
     pub latency: LatencySummary,
     pub cpu: CpuUsage,
+    /// CPU seconds of the CQL node's process over the measured phase, when the bench knows
+    /// its pid (a node it started); not part of `cpu.server_cpu_s`.
+    pub store_cpu_s: Option<f64>,
+    /// Posts acknowledged during the warm-up (not in the figures above).
+    pub warmup_posts: u64,
     /// Acknowledged sequence numbers that were missing or repeated in a channel.
     pub seq_problems: Vec<String>,
     pub errors: Vec<String>,
@@ -68,7 +79,34 @@ pub fn check_seqs(per_channel: &[Vec<u64>]) -> Vec<String> {
     problems
 }
 
-pub async fn run(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Outcome> {
+/// What every phase of one run posts with.
+struct Ctx {
+    api: Api,
+    admin: String,
+    channel_ids: Arc<Vec<String>>,
+    /// Every acknowledged seq, per channel, over all phases (the check covers the warm-up).
+    acked: Arc<Vec<Mutex<Vec<u64>>>>,
+    filler: String,
+    /// `<pid>-<stamp>`: makes this run's `client_msg_id`s unique.
+    run: String,
+    posters: usize,
+    rate: Option<f64>,
+}
+
+/// One phase's figures.
+struct Phase {
+    posts: u64,
+    elapsed_s: f64,
+    hist: hdrhistogram::Histogram<u64>,
+    errors: Vec<String>,
+}
+
+pub async fn run(
+    plan: &Plan,
+    sut: &mut Sut,
+    store: &str,
+    store_pid: Option<u32>,
+) -> anyhow::Result<Outcome> {
     let api = Api::new(&sut.urls.api)?;
     let admin = sut.bench_workspace()?;
     let run = format!("{:x}", std::process::id());
@@ -77,7 +115,10 @@ pub async fn run(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Outcome> {
         .unwrap_or_default()
         .as_millis()
         % 1_000_000;
-    note(format!("posts: creating {} channels", plan.channels));
+    note(format!(
+        "posts ({store} store): creating {} channels",
+        plan.channels
+    ));
     let channel_ids: Vec<String> = for_each_concurrent((0..plan.channels).collect(), 8, {
         let (api, admin, run) = (api.clone(), admin.clone(), run.clone());
         move |i: usize| {
@@ -87,28 +128,98 @@ pub async fn run(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Outcome> {
         }
     })
     .await?;
-    let channel_ids = Arc::new(channel_ids);
-    let acked: Arc<Vec<Mutex<Vec<u64>>>> =
-        Arc::new((0..plan.channels).map(|_| Mutex::new(Vec::new())).collect());
+    let ctx = Ctx {
+        api,
+        admin,
+        acked: Arc::new((0..plan.channels).map(|_| Mutex::new(Vec::new())).collect()),
+        channel_ids: Arc::new(channel_ids),
+        filler: "x".repeat(plan.text_bytes.saturating_sub(24)),
+        run: format!("{run}-{stamp}"),
+        posters: plan.posters,
+        rate: plan.rate,
+    };
+    let mut errors = Vec::new();
+    let mut warmup_posts = 0;
+    if plan.warmup_s > 0.0 {
+        note(format!(
+            "posts ({store} store): warming up for {} s (not measured)",
+            plan.warmup_s
+        ));
+        let w = drive(
+            &ctx,
+            &format!("posts {store} warm-up"),
+            "w",
+            plan.warmup_s,
+            u64::MAX,
+        )
+        .await;
+        sut.check_alive()?;
+        warmup_posts = w.posts;
+        errors.extend(w.errors.into_iter().map(|e| format!("warm-up: {e}")));
+    }
+    let cpu = CpuMeter::start(sut.pids());
+    let store_cpu_start = store_pid.map(|p| cpu_seconds(Some(p)));
+    let m = if errors.is_empty() {
+        drive(
+            &ctx,
+            &format!("posts {store}"),
+            "",
+            plan.duration_s,
+            plan.max_posts,
+        )
+        .await
+    } else {
+        Phase {
+            posts: 0,
+            elapsed_s: 0.0,
+            hist: crate::stats::new_histogram(),
+            errors: Vec::new(),
+        }
+    };
+    let cpu = cpu.stop();
+    let store_cpu_s = store_pid
+        .zip(store_cpu_start)
+        .map(|(p, start)| cpu_seconds(Some(p)) - start);
+    sut.check_alive()?;
+    errors.extend(m.errors);
+    let per_channel: Vec<Vec<u64>> = ctx.acked.iter().map(|m| m.lock().clone()).collect();
+    Ok(Outcome {
+        store: store.to_string(),
+        posts: m.posts,
+        elapsed_s: m.elapsed_s,
+        posts_per_s: if m.elapsed_s > 0.0 {
+            m.posts as f64 / m.elapsed_s
+        } else {
+            0.0
+        },
+        latency: LatencySummary::of(&m.hist),
+        cpu,
+        store_cpu_s,
+        warmup_posts,
+        seq_problems: check_seqs(&per_channel),
+        errors,
+        curve: percentile_curve(&m.hist),
+    })
+}
+
+/// Posts from `ctx.posters` tasks for `duration_s` (or `max_posts`), round-robin over the
+/// channels; `tag` goes into each `client_msg_id` so phases never share one.
+async fn drive(ctx: &Ctx, label: &str, tag: &str, duration_s: f64, max_posts: u64) -> Phase {
     let hist = SharedHistogram::default();
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
-    let filler = "x".repeat(plan.text_bytes.saturating_sub(24));
     let base = Instant::now();
     let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(plan.duration_s);
+    let deadline = start + Duration::from_secs_f64(duration_s);
     let first_ns = Arc::new(AtomicU64::new(u64::MAX));
     let last_ns = Arc::new(AtomicU64::new(0));
-    let pacer = plan
-        .rate
-        .map(|r| Arc::new(Pacer::start(r, start, deadline)));
-    let cpu = CpuMeter::start(sut.pids());
+    let pacer = ctx.rate.map(|r| Arc::new(Pacer::start(r, start, deadline)));
     let progress = {
         let done = done.clone();
         let mut last = (Instant::now(), 0u64);
-        Progress::start("posts".into(), move || {
+        Progress::start(label.to_string(), move || {
             let d = done.load(Ordering::Relaxed);
             let now = Instant::now();
             let r = (d - last.1) as f64 / now.duration_since(last.0).as_secs_f64().max(1e-3);
@@ -117,22 +228,22 @@ pub async fn run(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Outcome> {
         })
     };
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..plan.posters {
+    for _ in 0..ctx.posters {
         let (api, admin, ids, acked, hist, next, done, failed, errors, filler) = (
-            api.clone(),
-            admin.clone(),
-            channel_ids.clone(),
-            acked.clone(),
+            ctx.api.clone(),
+            ctx.admin.clone(),
+            ctx.channel_ids.clone(),
+            ctx.acked.clone(),
             hist.clone(),
             next.clone(),
             done.clone(),
             failed.clone(),
             errors.clone(),
-            filler.clone(),
+            ctx.filler.clone(),
         );
         let (first_ns, last_ns) = (first_ns.clone(), last_ns.clone());
-        let (pacer, max_posts) = (pacer.clone(), plan.max_posts);
-        let run = format!("{run}-{stamp}");
+        let pacer = pacer.clone();
+        let run = format!("{}-{tag}", ctx.run);
         tasks.spawn(async move {
             loop {
                 if failed.load(Ordering::Relaxed) {
@@ -157,10 +268,7 @@ pub async fn run(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Outcome> {
                 first_ns.fetch_min(t.duration_since(base).as_nanos() as u64, Ordering::Relaxed);
                 let c = (k % ids.len() as u64) as usize;
                 let text = format!("post {k} {filler}");
-                match api
-                    .post(&admin, &ids[c], &text, &format!("{run}-{k}"))
-                    .await
-                {
+                match api.post(&admin, &ids[c], &text, &format!("{run}{k}")).await {
                     Ok(seq) => {
                         let end = Instant::now();
                         hist.record(end.duration_since(t).as_nanos() as u64);
@@ -181,36 +289,22 @@ pub async fn run(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Outcome> {
         });
     }
     while tasks.join_next().await.is_some() {}
-    let cpu = cpu.stop();
     progress.finish().await;
-    sut.check_alive()?;
-    let posts = done.load(Ordering::Relaxed);
     let (f, l) = (
         first_ns.load(Ordering::Relaxed),
         last_ns.load(Ordering::Relaxed),
     );
-    let elapsed_s = if l > f && f != u64::MAX {
-        (l - f) as f64 / 1e9
-    } else {
-        0.0
-    };
-    let per_channel: Vec<Vec<u64>> = acked.iter().map(|m| m.lock().clone()).collect();
-    let h = hist.snapshot();
     let errors = errors.lock().clone();
-    Ok(Outcome {
-        posts,
-        elapsed_s,
-        posts_per_s: if elapsed_s > 0.0 {
-            posts as f64 / elapsed_s
+    Phase {
+        posts: done.load(Ordering::Relaxed),
+        elapsed_s: if l > f && f != u64::MAX {
+            (l - f) as f64 / 1e9
         } else {
             0.0
         },
-        latency: LatencySummary::of(&h),
-        cpu,
-        seq_problems: check_seqs(&per_channel),
+        hist: hist.snapshot(),
         errors,
-        curve: percentile_curve(&h),
-    })
+    }
 }
 
 #[cfg(test)]

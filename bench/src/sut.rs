@@ -86,6 +86,9 @@ pub struct SutOptions {
     pub channel_servers: usize,
     /// `RUST_LOG` for the processes this run starts.
     pub server_log: String,
+    /// `--set SECTION.KEY=VALUE` flags for every `switchboard` process and `admin` command
+    /// this run starts (say, the `store.*` keys of a CQL store).
+    pub extra_set: Vec<String>,
 }
 
 pub struct Sut {
@@ -148,6 +151,7 @@ impl Sut {
             .arg("0")
             .arg("--channel-servers")
             .arg(opts.channel_servers.to_string())
+            .args(set_flags(&opts.extra_set))
             .env("RUST_LOG", &opts.server_log)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -225,6 +229,7 @@ impl Sut {
             .arg(format!("gateway.webapp_url=\"{}\"", self.urls.webapp))
             .arg("--set")
             .arg(format!("node.id=\"{node_id}\""))
+            .args(set_flags(&self.opts.extra_set))
             .env("RUST_LOG", &self.opts.server_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -333,6 +338,7 @@ impl Sut {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(args)
+            .args(set_flags(&self.opts.extra_set))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .output()
@@ -357,6 +363,11 @@ impl Sut {
             .map(str::to_string)
             .context("tokens.json has no admin token")
     }
+}
+
+/// `["--set", a, "--set", b, …]`.
+fn set_flags(sets: &[String]) -> Vec<&str> {
+    sets.iter().flat_map(|s| ["--set", s.as_str()]).collect()
 }
 
 fn read_urls(path: &Path) -> anyhow::Result<Urls> {

@@ -199,3 +199,29 @@ fn connections_smoke() {
     assert_eq!(o["closed_early"], 0);
     assert!(o["gateway_rss_after_bytes"].as_u64().unwrap() > 0);
 }
+
+/// `posts --stores embedded,cql` on the test suite's Cassandra node (the one
+/// `shared::store::cql::testing::ensure_cluster` starts if it is not running, or
+/// `SWITCHBOARD_TEST_CQL`): both rows, the ratio, and this run's keyspaces dropped at the
+/// end. About 10 s when the node is already up.
+#[test]
+fn posts_cql_smoke() {
+    let node = shared::store::cql::testing::ensure_cluster();
+    let r = run("posts", &["--stores", "embedded,cql", "--cql-node", &node]);
+    let results = r.json["results"].as_array().expect("results");
+    let stores: Vec<&str> = results.iter().filter_map(|o| o["store"].as_str()).collect();
+    assert_eq!(stores, ["embedded", "cql"], "{:#}", r.json);
+    for o in results {
+        assert!(o["posts"].as_u64().unwrap() > 0, "{o:#}");
+        assert!(o["latency"]["p99_us"].as_f64().unwrap() > 0.0, "{o:#}");
+        assert_eq!(o["seq_problems"].as_array().map(Vec::len), Some(0));
+    }
+    let ratio = &r.json["ratios"]["cql_over_embedded"];
+    assert!(ratio["posts_per_s"].as_f64().unwrap() > 0.0, "{ratio:#}");
+    let cql = &r.json["cql"];
+    assert_eq!(cql["cluster"]["started_by_bench"], false);
+    assert!(!cql["keyspaces"].as_array().unwrap().is_empty(), "{cql:#}");
+    assert_eq!(cql["dropped"], cql["keyspaces"], "{cql:#}");
+    assert!(r.stdout.contains("| cql "), "{}", r.stdout);
+    assert!(r.stdout.contains("cql / embedded: posts/s"), "{}", r.stdout);
+}
