@@ -266,8 +266,11 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
     let mut last_activity = Instant::now();
     let mut ping = tokio::time::interval(params.ping_interval);
     ping.tick().await;
-    let mut inbox = Vec::with_capacity(256);
-    let mut out: Vec<Utf8Bytes> = Vec::with_capacity(256);
+    // Batches of queued events and of frames to write. They start empty and give back what a
+    // burst made them grow, so an idle session holds no batch memory (256 slots of each were
+    // ~26 KiB per session, most of an idle session's footprint).
+    let mut inbox = Vec::new();
+    let mut out: Vec<Utf8Bytes> = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -305,6 +308,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
                         }
                     }
                 }
+                shrink_after_burst(&mut inbox, n);
             }
             frame = socket.recv() => {
                 last_activity = Instant::now();
@@ -355,6 +359,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
         }
         if !out.is_empty() {
             let mut failed = false;
+            let written = out.len();
             for t in out.drain(..) {
                 if socket.feed(WsMessage::Text(t)).await.is_err() {
                     failed = true;
@@ -364,9 +369,19 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
             if failed || socket.flush().await.is_err() {
                 break;
             }
+            shrink_after_burst(&mut out, written);
         }
     }
     finish(&hub, id, &user, &params.claims.workspace);
+}
+
+/// Releases a batch buffer's memory once traffic is light again (`used` items in the last
+/// batch): a session that saw a burst does not keep its peak capacity while idle.
+fn shrink_after_burst<T>(buf: &mut Vec<T>, used: usize) {
+    const KEEP: usize = 8;
+    if buf.is_empty() && used <= KEEP && buf.capacity() > 4 * KEEP {
+        buf.shrink_to(KEEP);
+    }
 }
 
 fn finish(
@@ -492,5 +507,27 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
             }
             Some(v.to_string().into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shrink_after_burst;
+
+    #[test]
+    fn batch_buffers_give_back_a_bursts_memory_but_keep_it_under_load() {
+        let mut buf: Vec<u64> = Vec::new();
+        buf.extend(0..256);
+        buf.clear();
+        // Still busy: the last batch was large, keep the capacity.
+        shrink_after_burst(&mut buf, 256);
+        assert!(buf.capacity() >= 256);
+        // Quiet again: back to a few slots.
+        shrink_after_burst(&mut buf, 1);
+        assert!(buf.capacity() <= 16, "capacity {}", buf.capacity());
+        // Never drops what is still queued.
+        buf.extend(0..100);
+        shrink_after_burst(&mut buf, 1);
+        assert_eq!(buf.len(), 100);
     }
 }
