@@ -57,7 +57,11 @@ struct Session {
     written: HashSet<ChannelId>,
     held: HashMap<ChannelId, BTreeMap<Seq, Utf8Bytes>>,
     backfilling: HashSet<ChannelId>,
-    backfill_tx: mpsc::Sender<BackfillResult>,
+    /// Where backfill results come back; made on the first backfill (a channel's first block
+    /// of slots is ~3 KiB, too much for every idle session to hold for nothing).
+    backfill_tx: Option<mpsc::Sender<BackfillResult>>,
+    /// The receiving end of a channel just made, for the session loop to take.
+    new_backfill_rx: Option<mpsc::Receiver<BackfillResult>>,
     hold_limit: usize,
     overflow: CancellationToken,
     typing: HashMap<ChannelId, Instant>,
@@ -76,7 +80,15 @@ impl Session {
             return;
         }
         let hub = self.hub.clone();
-        let tx = self.backfill_tx.clone();
+        let tx = match &self.backfill_tx {
+            Some(tx) => tx.clone(),
+            None => {
+                let (tx, rx) = mpsc::channel(64);
+                self.backfill_tx = Some(tx.clone());
+                self.new_backfill_rx = Some(rx);
+                tx
+            }
+        };
         tokio::spawn(async move {
             if attempt > 0 {
                 tokio::time::sleep(BACKFILL_RETRY).await;
@@ -223,7 +235,7 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
     m::SESSIONS.inc();
     m::SESSIONS_OPENED.inc();
     tracing::debug!(session = id, "session registered");
-    let (backfill_tx, mut backfill_rx) = mpsc::channel(64);
+    let mut backfill_rx: Option<mpsc::Receiver<BackfillResult>> = None;
     let mut s = Session {
         id,
         user: user.clone(),
@@ -233,7 +245,8 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
         written: HashSet::new(),
         held: HashMap::new(),
         backfilling: HashSet::new(),
-        backfill_tx,
+        backfill_tx: None,
+        new_backfill_rx: None,
         hold_limit: params.queue,
         overflow: overflow.clone(),
         typing: HashMap::new(),
@@ -272,6 +285,9 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
     let mut inbox = Vec::new();
     let mut out: Vec<Utf8Bytes> = Vec::new();
     loop {
+        if let Some(rx) = s.new_backfill_rx.take() {
+            backfill_rx = Some(rx);
+        }
         tokio::select! {
             biased;
             _ = shutdown.wait() => {
@@ -285,7 +301,12 @@ pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, sh
                 close(&mut socket, close_code::RESYNC_REQUIRED, "resync required").await;
                 break;
             }
-            Some(r) = backfill_rx.recv() => {
+            Some(r) = async {
+                match backfill_rx.as_mut() {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
                 s.on_backfill(r, &mut out);
             }
             n = rx.recv_many(&mut inbox, 256) => {
