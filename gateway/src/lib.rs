@@ -304,9 +304,10 @@ async fn rtm(
     let hub = state.hub.clone();
     let shutdown = state.shutdown.clone();
     // tungstenite's default 128 KiB read buffer per session (zero-filled before each read)
-    // dominated idle memory and fan-out CPU; client frames are small, so 4 KiB suffices (a
-    // larger frame still fits: the buffer grows up to the frame limit).
-    ws.read_buffer_size(4 * 1024)
+    // dominated idle memory and fan-out CPU. What clients send is small (pings, typing,
+    // resume), so 1 KiB suffices; a larger frame still fits (the buffer grows up to the frame
+    // limit), it just takes more reads.
+    ws.read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
         .max_message_size(g.max_client_frame_bytes)
         .max_frame_size(g.max_client_frame_bytes)
