@@ -63,7 +63,7 @@ pub enum Outbound {
 pub struct SessionHandle {
     pub user: UserId,
     pub workspace: WorkspaceId,
-    pub tx: mpsc::Sender<Outbound>,
+    pub tx: crate::queue::Sender<Outbound>,
     /// Cancelled when the queue overflowed: the session tells the client to resync and closes.
     pub overflow: CancellationToken,
     pub channels: HashSet<ChannelId>,
@@ -76,11 +76,11 @@ impl SessionHandle {
         }
         match self.tx.try_send(out) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(crate::queue::TrySendError::Full(_)) => {
                 m::SESSION_OVERFLOWS.inc();
                 self.overflow.cancel();
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Err(crate::queue::TrySendError::Closed(_)) => {}
         }
     }
 }
@@ -177,7 +177,7 @@ impl Hub {
         workspace: WorkspaceId,
         channels: &[ChannelId],
         resume: &BTreeMap<ChannelId, Seq>,
-        tx: mpsc::Sender<Outbound>,
+        tx: crate::queue::Sender<Outbound>,
         overflow: CancellationToken,
     ) -> (SessionId, BTreeMap<ChannelId, Option<Seq>>, bool) {
         let id = self.next_session.fetch_add(1, Ordering::Relaxed);
@@ -965,8 +965,12 @@ mod tests {
     fn session(
         hub: &Arc<Hub>,
         queue: usize,
-    ) -> (SessionId, mpsc::Receiver<Outbound>, CancellationToken) {
-        let (tx, rx) = mpsc::channel(queue);
+    ) -> (
+        SessionId,
+        crate::queue::Receiver<Outbound>,
+        CancellationToken,
+    ) {
+        let (tx, rx) = crate::queue::channel(queue);
         let overflow = CancellationToken::new();
         let (id, _, _) = hub.register(
             UserId::from("UB"),
@@ -979,9 +983,9 @@ mod tests {
         (id, rx, overflow)
     }
 
-    fn seqs(rx: &mut mpsc::Receiver<Outbound>) -> Vec<Seq> {
+    fn seqs(rx: &mut crate::queue::Receiver<Outbound>) -> Vec<Seq> {
         let mut out = Vec::new();
-        while let Ok(o) = rx.try_recv() {
+        while let Some(o) = rx.try_recv() {
             if let Outbound::Message { seq, .. } = o {
                 out.push(seq);
             }
@@ -1083,7 +1087,7 @@ mod tests {
         });
         assert!(!hub.in_channel(id, &ChannelId::from("CY")));
         let mut kinds = Vec::new();
-        while let Ok(o) = rx.try_recv() {
+        while let Some(o) = rx.try_recv() {
             kinds.push(match o {
                 Outbound::Joined { .. } => "joined",
                 Outbound::Left { .. } => "left",

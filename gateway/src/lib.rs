@@ -22,6 +22,7 @@
 pub mod boot;
 pub mod hub;
 pub mod metrics;
+pub mod queue;
 pub mod session;
 
 use std::collections::BTreeMap;

@@ -221,7 +221,7 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
 }
 
 pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, shutdown: Shutdown) {
-    let (tx, mut rx) = mpsc::channel(params.queue);
+    let (tx, mut rx) = crate::queue::channel(params.queue);
     let overflow = CancellationToken::new();
     let user = params.claims.user.clone();
     let (id, starts, first_of_user) = hub.register(

@@ -1,0 +1,206 @@
+//! A session's outbound queue: bounded, filled by the hub (many senders), drained by the
+//! session task (one receiver).
+//!
+//! tokio's `mpsc` allocates a block of 32 slots when a channel is made; at 72 bytes an
+//! `Outbound` that is 2.3 KiB held by every session, idle or not. This queue holds no slots
+//! while empty and gives back what a burst made it grow, so an idle session costs only the
+//! queue's header.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Slots kept after a burst is drained.
+const KEEP: usize = 8;
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    ready: Notify,
+    capacity: usize,
+    senders: AtomicUsize,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    /// The receiver is gone: sends fail with `Closed`.
+    receiver_gone: bool,
+}
+
+/// Why [`Sender::try_send`] did not queue its value.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError<T> {
+    /// The queue holds `capacity` items.
+    Full(T),
+    /// The receiver was dropped.
+    Closed(T),
+}
+
+pub struct Sender<T>(Arc<Shared<T>>);
+
+pub struct Receiver<T>(Arc<Shared<T>>);
+
+/// A queue that holds at most `capacity` items.
+pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            receiver_gone: false,
+        }),
+        ready: Notify::new(),
+        capacity: capacity.max(1),
+        senders: AtomicUsize::new(1),
+    });
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+impl<T> Sender<T> {
+    /// Queues `value` unless the queue is full or its receiver is gone.
+    pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
+        {
+            let mut state = self.0.state.lock();
+            if state.receiver_gone {
+                return Err(TrySendError::Closed(value));
+            }
+            if state.items.len() >= self.0.capacity {
+                return Err(TrySendError::Full(value));
+            }
+            state.items.push_back(value);
+        }
+        // A permit is stored if the receiver is not waiting yet, so no wake-up is lost.
+        self.0.ready.notify_one();
+        Ok(())
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.0.senders.fetch_add(1, Ordering::Relaxed);
+        Sender(self.0.clone())
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // The last sender: wake the receiver so it sees the end.
+            self.0.ready.notify_one();
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Waits for items and moves up to `limit` of them into `buf`; returns how many, or 0 once
+    /// every sender is gone and the queue is empty. Cancel safe: dropped while waiting, it
+    /// takes nothing.
+    pub async fn recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> usize {
+        loop {
+            if let Some(n) = self.take(buf, limit.max(1)) {
+                return n;
+            }
+            if self.0.senders.load(Ordering::Acquire) == 0 {
+                // A send may have landed between the check above and the last drop.
+                return self.take(buf, limit.max(1)).unwrap_or(0);
+            }
+            self.0.ready.notified().await;
+        }
+    }
+
+    /// One item if one is queued.
+    pub fn try_recv(&mut self) -> Option<T> {
+        self.0.state.lock().items.pop_front()
+    }
+
+    fn take(&mut self, buf: &mut Vec<T>, limit: usize) -> Option<usize> {
+        let mut state = self.0.state.lock();
+        if state.items.is_empty() {
+            return None;
+        }
+        let n = limit.min(state.items.len());
+        buf.extend(state.items.drain(..n));
+        if state.items.is_empty() && state.items.capacity() > 4 * KEEP {
+            state.items.shrink_to(KEEP);
+        }
+        Some(n)
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock();
+        state.receiver_gone = true;
+        state.items.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn bounded_in_order_and_ends_when_the_senders_are_gone() {
+        let (tx, mut rx) = channel::<u32>(3);
+        let tx2 = tx.clone();
+        assert_eq!(tx.try_send(1), Ok(()));
+        assert_eq!(tx2.try_send(2), Ok(()));
+        assert_eq!(tx.try_send(3), Ok(()));
+        assert_eq!(tx.try_send(4), Err(TrySendError::Full(4)));
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_many(&mut buf, 2).await, 2);
+        assert_eq!(rx.recv_many(&mut buf, 10).await, 1);
+        assert_eq!(buf, vec![1, 2, 3]);
+        assert_eq!(tx.try_send(5), Ok(()), "room again once drained");
+        drop(tx);
+        drop(tx2);
+        assert_eq!(
+            rx.recv_many(&mut buf, 10).await,
+            1,
+            "what was queued still comes"
+        );
+        assert_eq!(rx.recv_many(&mut buf, 10).await, 0, "then the end");
+    }
+
+    #[tokio::test]
+    async fn a_waiting_receiver_wakes_on_send_and_a_dropped_one_closes_the_queue() {
+        let (tx, mut rx) = channel::<u32>(8);
+        let waiter = tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let n = rx.recv_many(&mut buf, 8).await;
+            (n, buf, rx)
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        tx.try_send(7).unwrap();
+        let (n, buf, rx) = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!((n, buf), (1, vec![7]));
+        drop(rx);
+        assert_eq!(tx.try_send(8), Err(TrySendError::Closed(8)));
+    }
+
+    #[tokio::test]
+    async fn cancelled_waits_lose_nothing_and_bursts_give_memory_back() {
+        let (tx, mut rx) = channel::<u64>(10_000);
+        // A wait cancelled (as a losing select! branch is) takes nothing.
+        let mut buf = Vec::new();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), rx.recv_many(&mut buf, 8))
+                .await
+                .is_err()
+        );
+        for i in 0..1_000 {
+            tx.try_send(i).unwrap();
+        }
+        let mut got = 0;
+        while got < 1_000 {
+            got += rx.recv_many(&mut buf, 256).await;
+        }
+        assert_eq!(buf, (0..1_000).collect::<Vec<_>>());
+        assert!(rx.0.state.lock().items.capacity() <= 4 * KEEP);
+    }
+}
