@@ -133,22 +133,6 @@ async fn the_mesh_on_the_cql_store_survives_a_killed_channel_server() {
 
     // Posts continue while a channel server is killed.
     let count = AtomicUsize::new(0);
-    let poster = |p: usize| {
-        let (cluster, alice, count, watched) = (&cluster, &alice, &count, &watched);
-        async move {
-            let mut acks = Vec::new();
-            for i in (p..NUM_POSTS).step_by(POSTERS) {
-                let channel = &watched[i % watched.len()];
-                let cmid = format!("cql-{i}");
-                let (m, _) = cluster
-                    .post_idempotent(alice, channel, &format!("post {i}"), &cmid)
-                    .await;
-                acks.push((channel.clone(), cmid, m));
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-            acks
-        }
-    };
     let operator = async {
         assert!(
             eventually(Duration::from_secs(60), || count.load(Ordering::SeqCst)
@@ -170,11 +154,11 @@ async fn the_mesh_on_the_cql_store_survives_a_killed_channel_server() {
             )
             .await;
     };
-    let (results, ()) = tokio::join!(
-        futures_util::future::join_all((0..POSTERS).map(poster)),
+    let channel_of = |i: usize| watched[i % watched.len()].clone();
+    let ((acks, _), ()) = tokio::join!(
+        cluster.post_concurrently(&alice, NUM_POSTS, POSTERS, "cql", &channel_of, &count),
         operator
     );
-    let acks: Vec<(String, String, Value)> = results.into_iter().flatten().collect();
     assert_eq!(acks.len(), NUM_POSTS);
     let mut histories = BTreeMap::new();
     for c in &watched {

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 const NUM_POSTS: usize = 80;
 const KILL_AT: usize = 20;
@@ -64,24 +63,6 @@ async fn a_dead_channel_servers_channels_move_without_loss_or_duplicates() {
         .collect();
 
     let count = AtomicUsize::new(0);
-    let poster = |p: usize| {
-        let (cluster, alice, count, watched) = (&cluster, &alice, &count, &watched);
-        async move {
-            let mut acks = Vec::new();
-            let mut retried = 0;
-            for i in (p..NUM_POSTS).step_by(POSTERS) {
-                let channel = &watched[i % watched.len()];
-                let cmid = format!("failover-{i}");
-                let (m, failures) = cluster
-                    .post_idempotent(alice, channel, &format!("post {i}"), &cmid)
-                    .await;
-                retried += failures;
-                acks.push((channel.clone(), cmid, m));
-                count.fetch_add(1, Ordering::SeqCst);
-            }
-            (acks, retried)
-        }
-    };
     let operator = async {
         let ok = eventually(Duration::from_secs(30), || {
             count.load(Ordering::SeqCst) >= KILL_AT
@@ -116,12 +97,11 @@ async fn a_dead_channel_servers_channels_move_without_loss_or_duplicates() {
         }
         noticed
     };
-    let (results, noticed) = tokio::join!(
-        futures_util::future::join_all((0..POSTERS).map(poster)),
+    let channel_of = |i: usize| watched[i % watched.len()].clone();
+    let ((acks, retried), noticed) = tokio::join!(
+        cluster.post_concurrently(&alice, NUM_POSTS, POSTERS, "failover", &channel_of, &count),
         operator
     );
-    let retried: usize = results.iter().map(|r| r.1).sum();
-    let acks: Vec<(String, String, Value)> = results.into_iter().flat_map(|r| r.0).collect();
     assert_eq!(acks.len(), NUM_POSTS);
     eprintln!("failover: {victim} marked down {noticed:?} after the kill; {retried} failed attempts were retried");
 

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -800,6 +800,40 @@ impl Cluster {
     /// Every message of a channel through `conversations.history`, following cursors with
     /// pages of `page` messages; returned oldest first. Checks the pages as it goes (newest
     /// first within a page, `has_more` agrees with the cursor).
+    /// `posters` concurrent posters send `num_posts` posts in all (post `i` goes to
+    /// `channel_of(i)` with `client_msg_id` `{tag}-{i}`), each retried until acknowledged, and
+    /// count acknowledged posts in `count` (for an operator running alongside to wait on).
+    /// Returns every acknowledgement as `(channel, client_msg_id, message)` and how many
+    /// attempts failed and were retried.
+    pub async fn post_concurrently(
+        &self,
+        user: &TestUser,
+        num_posts: usize,
+        posters: usize,
+        tag: &str,
+        channel_of: &(dyn Fn(usize) -> String + Sync),
+        count: &AtomicUsize,
+    ) -> (Vec<(String, String, Value)>, usize) {
+        let poster = |p: usize| async move {
+            let mut acks = Vec::new();
+            let mut retried = 0;
+            for i in (p..num_posts).step_by(posters) {
+                let channel = channel_of(i);
+                let cmid = format!("{tag}-{i}");
+                let (m, failures) = self
+                    .post_idempotent(user, &channel, &format!("post {i}"), &cmid)
+                    .await;
+                retried += failures;
+                acks.push((channel, cmid, m));
+                count.fetch_add(1, Ordering::SeqCst);
+            }
+            (acks, retried)
+        };
+        let results = futures_util::future::join_all((0..posters).map(poster)).await;
+        let retried = results.iter().map(|r| r.1).sum();
+        (results.into_iter().flat_map(|r| r.0).collect(), retried)
+    }
+
     pub async fn history_all(&self, user: &TestUser, channel: &str, page: usize) -> Vec<Value> {
         let mut all: Vec<Value> = Vec::new();
         let mut cursor = String::new();
