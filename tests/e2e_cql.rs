@@ -30,25 +30,9 @@ async fn the_mesh_on_the_cql_store_survives_a_killed_channel_server() {
     let carol = cluster.user("acme", "carol").clone();
 
     // Channels on every channel server; one server will die.
-    let mut owners: BTreeMap<String, String> = BTreeMap::new();
-    for i in 0..9 {
-        let c = cluster.create_channel(&alice, &format!("cql-{i}")).await;
-        owners.insert(c.clone(), cluster.owner(&c).await);
-    }
+    let owners = cluster.channels_with_owners(&alice, "cql", 9).await;
     let victim = owners.values().next().unwrap().clone();
-    let moved: Vec<String> = owners
-        .iter()
-        .filter(|(_, o)| **o == victim)
-        .map(|(c, _)| c.clone())
-        .take(2)
-        .collect();
-    let stayed: Vec<String> = owners
-        .iter()
-        .filter(|(_, o)| **o != victim)
-        .map(|(c, _)| c.clone())
-        .take(1)
-        .collect();
-    assert!(!stayed.is_empty(), "every channel is on {victim}");
+    let (moved, stayed) = split_by_owner(&owners, &victim, 2, 1);
     let watched: Vec<String> = moved.iter().chain(stayed.iter()).cloned().collect();
     for c in &watched {
         cluster.join(&bob, c).await;
@@ -126,10 +110,7 @@ async fn the_mesh_on_the_cql_store_survives_a_killed_channel_server() {
     ];
     let refs: Vec<&Client> = clients.iter().collect();
     cluster.warm_up(&alice, &watched, &refs).await;
-    let warm: BTreeMap<String, u64> = watched
-        .iter()
-        .map(|c| (c.clone(), clients[0].max_seq(c).unwrap()))
-        .collect();
+    let warm: BTreeMap<String, u64> = clients[0].positions(&watched);
 
     // Posts continue while a channel server is killed.
     let count = AtomicUsize::new(0);
@@ -169,10 +150,7 @@ async fn the_mesh_on_the_cql_store_survives_a_killed_channel_server() {
 
     // bob leaves, misses many more than the window, and resumes on the other gateway: the
     // gap is read from Cassandra.
-    let resume_point: BTreeMap<String, u64> = watched
-        .iter()
-        .map(|c| (c.clone(), clients[0].max_seq(c).unwrap()))
-        .collect();
+    let resume_point: BTreeMap<String, u64> = clients[0].positions(&watched);
     let [bob_1, carol_1] = clients;
     bob_1.close().await;
     let mut missed = BTreeMap::new();

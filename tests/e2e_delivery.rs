@@ -72,10 +72,7 @@ async fn posts_reach_clients_on_both_gateways_in_order_and_match_history() {
     }
     let refs: Vec<&Client> = clients.iter().collect();
     cluster.warm_up(&alice, &channels, &refs).await;
-    let warm: BTreeMap<String, u64> = channels
-        .iter()
-        .map(|c| (c.clone(), clients[0].max_seq(c).unwrap()))
-        .collect();
+    let warm: BTreeMap<String, u64> = clients[0].positions(&channels);
 
     // Three users post concurrently, round-robin over the channels.
     let posters = [&alice, &bob, &carol].map(|user| {

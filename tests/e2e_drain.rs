@@ -36,35 +36,21 @@ async fn draining_a_channel_server_moves_its_channels_without_loss_or_duplicates
     let carol = cluster.user("acme", "carol").clone();
 
     // Enough channels that some channel server owns several.
-    let mut owners: BTreeMap<String, String> = BTreeMap::new();
-    for i in 0..12 {
-        let c = cluster.create_channel(&alice, &format!("drain-{i}")).await;
-        owners.insert(c.clone(), cluster.owner(&c).await);
+    let owners = cluster.channels_with_owners(&alice, "drain", 12).await;
+    let mut per_owner: BTreeMap<&str, usize> = BTreeMap::new();
+    for o in owners.values() {
+        *per_owner.entry(o.as_str()).or_default() += 1;
     }
-    let mut per_owner: BTreeMap<&str, Vec<&String>> = BTreeMap::new();
-    for (c, o) in &owners {
-        per_owner.entry(o.as_str()).or_default().push(c);
-    }
-    let (victim, victim_channels) = per_owner
+    let (victim, owned) = per_owner
         .iter()
-        .max_by_key(|(_, cs)| cs.len())
-        .map(|(o, cs)| (o.to_string(), cs.clone()))
+        .max_by_key(|(_, n)| **n)
+        .map(|(o, n)| (o.to_string(), *n))
         .unwrap();
     assert!(
-        victim_channels.len() >= 2,
+        owned >= 2,
         "no channel server owns two of 12 channels: {per_owner:?}"
     );
-    let moved: Vec<String> = victim_channels
-        .iter()
-        .take(4)
-        .map(|c| c.to_string())
-        .collect();
-    let stayed: Vec<String> = owners
-        .iter()
-        .filter(|(_, o)| **o != victim)
-        .map(|(c, _)| c.clone())
-        .take(2)
-        .collect();
+    let (moved, stayed) = split_by_owner(&owners, &victim, 4, 2);
     let watched: Vec<String> = moved.iter().chain(stayed.iter()).cloned().collect();
     for c in &watched {
         cluster.join(&bob, c).await;
@@ -78,10 +64,7 @@ async fn draining_a_channel_server_moves_its_channels_without_loss_or_duplicates
     ];
     let refs: Vec<&Client> = clients.iter().collect();
     cluster.warm_up(&alice, &watched, &refs).await;
-    let warm: BTreeMap<String, u64> = watched
-        .iter()
-        .map(|c| (c.clone(), clients[0].max_seq(c).unwrap()))
-        .collect();
+    let warm: BTreeMap<String, u64> = clients[0].positions(&watched);
 
     // Posters keep posting concurrently (mostly to the victim's channels) while the victim is
     // drained and then added back. Each post carries a client_msg_id and is retried until ok.

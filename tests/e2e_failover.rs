@@ -22,30 +22,9 @@ async fn a_dead_channel_servers_channels_move_without_loss_or_duplicates() {
     let bob = cluster.user("acme", "bob").clone();
     let carol = cluster.user("acme", "carol").clone();
 
-    let mut owners: BTreeMap<String, String> = BTreeMap::new();
-    for i in 0..9 {
-        let c = cluster
-            .create_channel(&alice, &format!("failover-{i}"))
-            .await;
-        owners.insert(c.clone(), cluster.owner(&c).await);
-    }
+    let owners = cluster.channels_with_owners(&alice, "failover", 9).await;
     let victim = owners.values().next().unwrap().clone();
-    let moved: Vec<String> = owners
-        .iter()
-        .filter(|(_, o)| **o == victim)
-        .map(|(c, _)| c.clone())
-        .take(3)
-        .collect();
-    let stayed: Vec<String> = owners
-        .iter()
-        .filter(|(_, o)| **o != victim)
-        .map(|(c, _)| c.clone())
-        .take(1)
-        .collect();
-    assert!(
-        !stayed.is_empty(),
-        "every channel is on {victim}: {owners:?}"
-    );
+    let (moved, stayed) = split_by_owner(&owners, &victim, 3, 1);
     let watched: Vec<String> = moved.iter().chain(stayed.iter()).cloned().collect();
     for c in &watched {
         cluster.join(&bob, c).await;
@@ -57,10 +36,7 @@ async fn a_dead_channel_servers_channels_move_without_loss_or_duplicates() {
     ];
     let refs: Vec<&Client> = clients.iter().collect();
     cluster.warm_up(&alice, &watched, &refs).await;
-    let warm: BTreeMap<String, u64> = watched
-        .iter()
-        .map(|c| (c.clone(), clients[0].max_seq(c).unwrap()))
-        .collect();
+    let warm: BTreeMap<String, u64> = clients[0].positions(&watched);
 
     let count = AtomicUsize::new(0);
     let operator = async {

@@ -90,10 +90,7 @@ async fn reconnecting_with_resume_gets_exactly_the_missed_messages() {
         bob_1.wait_seq(c, *s, WAIT).await;
         assert_contiguous(&bob_1.messages(c), "bob before disconnecting");
     }
-    let last_seen: BTreeMap<String, u64> = channels
-        .iter()
-        .map(|c| (c.clone(), bob_1.max_seq(c).unwrap()))
-        .collect();
+    let last_seen: BTreeMap<String, u64> = bob_1.positions(&channels);
     assert_eq!(last_seen, seen);
     bob_1.close().await;
 
@@ -129,19 +126,13 @@ async fn reconnecting_with_resume_gets_exactly_the_missed_messages() {
             "resume on the other gateway",
         );
     }
-    let alice_seen = channels
-        .iter()
-        .map(|c| (c.clone(), alice_2.max_seq(c).unwrap()))
-        .collect::<BTreeMap<_, _>>();
+    let alice_seen = alice_2.positions(&channels);
     assert_eq!(alice_seen, live, "the watcher got everything live");
 
     // Everyone leaves; many more messages than the channel servers' window are posted; bob
     // resumes on the first gateway, which has no subscription to these channels any more:
     // the gap comes from the store.
-    let resume_point: BTreeMap<String, u64> = channels
-        .iter()
-        .map(|c| (c.clone(), bob_2.max_seq(c).unwrap()))
-        .collect();
+    let resume_point: BTreeMap<String, u64> = bob_2.positions(&channels);
     bob_2.close().await;
     alice_2.close().await;
     // The gateways drop subscriptions that no session wants (checked every 500 ms).
@@ -167,10 +158,7 @@ async fn reconnecting_with_resume_gets_exactly_the_missed_messages() {
             "resume from the store",
         );
     }
-    let resume_point: BTreeMap<String, u64> = channels
-        .iter()
-        .map(|c| (c.clone(), bob_3.max_seq(c).unwrap()))
-        .collect();
+    let resume_point: BTreeMap<String, u64> = bob_3.positions(&channels);
     bob_3.close().await;
 
     // The same through the `resume` event, sent right after hello on a plain connection.

@@ -800,6 +800,21 @@ impl Cluster {
     /// Every message of a channel through `conversations.history`, following cursors with
     /// pages of `page` messages; returned oldest first. Checks the pages as it goes (newest
     /// first within a page, `has_more` agrees with the cursor).
+    /// Creates channels `{prefix}-0` .. `{prefix}-{n-1}` as `user`; returns each one's owner.
+    pub async fn channels_with_owners(
+        &self,
+        user: &TestUser,
+        prefix: &str,
+        n: usize,
+    ) -> BTreeMap<String, String> {
+        let mut owners = BTreeMap::new();
+        for i in 0..n {
+            let c = self.create_channel(user, &format!("{prefix}-{i}")).await;
+            owners.insert(c.clone(), self.owner(&c).await);
+        }
+        owners
+    }
+
     /// `posters` concurrent posters send `num_posts` posts in all (post `i` goes to
     /// `channel_of(i)` with `client_msg_id` `{tag}-{i}`), each retried until acknowledged, and
     /// count acknowledged posts in `count` (for an operator running alongside to wait on).
@@ -1109,6 +1124,30 @@ pub async fn assert_streams_match_history(
     }
 }
 
+/// Up to `moved` channels that `victim` owns and up to `stayed` that it does not, in channel
+/// order; fails if either side is empty.
+pub fn split_by_owner(
+    owners: &BTreeMap<String, String>,
+    victim: &str,
+    moved: usize,
+    stayed: usize,
+) -> (Vec<String>, Vec<String>) {
+    let pick = |on_victim: bool, n: usize| -> Vec<String> {
+        owners
+            .iter()
+            .filter(|(_, o)| (o.as_str() == victim) == on_victim)
+            .map(|(c, _)| c.clone())
+            .take(n)
+            .collect()
+    };
+    let (m, s) = (pick(true, moved), pick(false, stayed));
+    assert!(
+        !m.is_empty() && !s.is_empty(),
+        "channels must be both on and off {victim}: {owners:?}"
+    );
+    (m, s)
+}
+
 pub fn seqs(messages: &[Value]) -> Vec<u64> {
     messages.iter().map(seq_of).collect()
 }
@@ -1290,6 +1329,19 @@ impl Client {
     }
 
     /// The highest `seq` received on `channel`.
+    /// The last seq received in each of `channels` (each must have had one).
+    pub fn positions(&self, channels: &[String]) -> BTreeMap<String, u64> {
+        channels
+            .iter()
+            .map(|c| {
+                let seq = self
+                    .max_seq(c)
+                    .unwrap_or_else(|| panic!("no message received in {c}"));
+                (c.clone(), seq)
+            })
+            .collect()
+    }
+
     pub fn max_seq(&self, channel: &str) -> Option<u64> {
         self.messages(channel)
             .iter()
