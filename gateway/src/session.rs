@@ -220,180 +220,191 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
         .await;
 }
 
-pub async fn run(hub: Arc<Hub>, mut socket: WebSocket, params: SessionParams, shutdown: Shutdown) {
-    let (tx, mut rx) = crate::queue::channel(params.queue);
-    let overflow = CancellationToken::new();
-    let user = params.claims.user.clone();
-    let (id, starts, first_of_user) = hub.register(
-        user.clone(),
-        params.claims.workspace.clone(),
-        &params.channels,
-        &params.resume,
-        tx,
-        overflow.clone(),
-    );
-    m::SESSIONS.inc();
-    m::SESSIONS_OPENED.inc();
-    tracing::debug!(session = id, "session registered");
-    let mut backfill_rx: Option<mpsc::Receiver<BackfillResult>> = None;
-    let mut s = Session {
-        id,
-        user: user.clone(),
-        hub: hub.clone(),
-        channels: params.channels.iter().cloned().collect(),
-        delivered: starts.clone().into_iter().collect(),
-        written: HashSet::new(),
-        held: HashMap::new(),
-        backfilling: HashSet::new(),
-        backfill_tx: None,
-        new_backfill_rx: None,
-        hold_limit: params.queue,
-        overflow: overflow.clone(),
-        typing: HashMap::new(),
-        presence_seen: HashMap::new(),
-    };
-    for (c, after) in &params.resume {
-        if s.channels.contains(c) {
-            s.request_backfill(c.clone(), *after, None, 0);
+/// Serves one session until it ends. A plain function returning an `async move` block rather
+/// than an `async fn`: an `async fn` copies its arguments into locals, and both copies take
+/// room in the future that every session holds for its whole life.
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn run(
+    hub: Arc<Hub>,
+    mut socket: WebSocket,
+    params: SessionParams,
+    shutdown: Shutdown,
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        let (tx, mut rx) = crate::queue::channel(params.queue);
+        let overflow = CancellationToken::new();
+        let user = params.claims.user.clone();
+        let (id, starts, first_of_user) = hub.register(
+            user.clone(),
+            params.claims.workspace.clone(),
+            &params.channels,
+            &params.resume,
+            tx,
+            overflow.clone(),
+        );
+        m::SESSIONS.inc();
+        m::SESSIONS_OPENED.inc();
+        tracing::debug!(session = id, "session registered");
+        let mut backfill_rx: Option<mpsc::Receiver<BackfillResult>> = None;
+        let mut s = Session {
+            id,
+            user: user.clone(),
+            hub: hub.clone(),
+            channels: params.channels.iter().cloned().collect(),
+            delivered: starts.clone().into_iter().collect(),
+            written: HashSet::new(),
+            held: HashMap::new(),
+            backfilling: HashSet::new(),
+            backfill_tx: None,
+            new_backfill_rx: None,
+            hold_limit: params.queue,
+            overflow: overflow.clone(),
+            typing: HashMap::new(),
+            presence_seen: HashMap::new(),
+        };
+        for (c, after) in &params.resume {
+            if s.channels.contains(c) {
+                s.request_backfill(c.clone(), *after, None, 0);
+            }
         }
-    }
-    let mut hello = serde_json::json!({
-        "type": "hello",
-        "gateway": hub.node.0,
-        "session": id,
-        "user": user.0,
-        "team": params.claims.workspace.0,
-        "seq": s.positions(),
-    });
-    if let Some(boot) = params.boot {
-        hello["boot"] = crate::boot::with_unread(boot, &hello["seq"]);
-    }
-    if socket.send(text(hello)).await.is_err() {
-        finish(&hub, id, &user, &params.claims.workspace);
-        return;
-    }
-    if first_of_user {
-        hub.report_presence(&params.claims.workspace, &user, true);
-    }
+        let mut hello = serde_json::json!({
+            "type": "hello",
+            "gateway": hub.node.0,
+            "session": id,
+            "user": user.0,
+            "team": params.claims.workspace.0,
+            "seq": s.positions(),
+        });
+        if let Some(boot) = params.boot {
+            hello["boot"] = crate::boot::with_unread(boot, &hello["seq"]);
+        }
+        if socket.send(text(hello)).await.is_err() {
+            finish(&hub, id, &user, &params.claims.workspace);
+            return;
+        }
+        if first_of_user {
+            hub.report_presence(&params.claims.workspace, &user, true);
+        }
 
-    let mut last_activity = Instant::now();
-    let mut ping = tokio::time::interval(params.ping_interval);
-    ping.tick().await;
-    // Batches of queued events and of frames to write. They start empty and give back what a
-    // burst made them grow, so an idle session holds no batch memory (256 slots of each were
-    // ~26 KiB per session, most of an idle session's footprint).
-    let mut inbox = Vec::new();
-    let mut out: Vec<Utf8Bytes> = Vec::new();
-    loop {
-        if let Some(rx) = s.new_backfill_rx.take() {
-            backfill_rx = Some(rx);
-        }
-        tokio::select! {
-            biased;
-            _ = shutdown.wait() => {
-                let _ = socket.send(text(serde_json::json!({ "type": "goodbye", "source": "gateway_shutdown" }))).await;
-                close(&mut socket, close_code::GOING_AWAY, "gateway shutting down").await;
-                break;
+        let mut last_activity = Instant::now();
+        let mut ping = tokio::time::interval(params.ping_interval);
+        ping.tick().await;
+        // Batches of queued events and of frames to write. They start empty and give back what a
+        // burst made them grow, so an idle session holds no batch memory (256 slots of each were
+        // ~26 KiB per session, most of an idle session's footprint).
+        let mut inbox = Vec::new();
+        let mut out: Vec<Utf8Bytes> = Vec::new();
+        loop {
+            if let Some(rx) = s.new_backfill_rx.take() {
+                backfill_rx = Some(rx);
             }
-            _ = overflow.cancelled() => {
-                tracing::warn!("session fell behind; telling it to resync");
-                let _ = socket.send(text(serde_json::json!({ "type": "resync_required", "seq": s.positions() }))).await;
-                close(&mut socket, close_code::RESYNC_REQUIRED, "resync required").await;
-                break;
-            }
-            Some(r) = async {
-                match backfill_rx.as_mut() {
-                    Some(rx) => rx.recv().await,
-                    None => std::future::pending().await,
+            tokio::select! {
+                biased;
+                _ = shutdown.wait() => {
+                    let _ = socket.send(text(serde_json::json!({ "type": "goodbye", "source": "gateway_shutdown" }))).await;
+                    close(&mut socket, close_code::GOING_AWAY, "gateway shutting down").await;
+                    break;
                 }
-            } => {
-                s.on_backfill(r, &mut out);
-            }
-            n = rx.recv_many(&mut inbox, 256) => {
-                if n == 0 { break; }
-                for o in inbox.drain(..) {
-                    match o {
-                        Outbound::Message { channel, seq, text } => s.on_message(channel, seq, text, &mut out),
-                        Outbound::Event(t) => {
-                            if is_repeated_presence(&mut s.presence_seen, &t) { continue; }
-                            out.push(t)
-                        }
-                        Outbound::Joined { channel, start } => {
-                            s.channels.insert(channel.clone());
-                            s.delivered.insert(channel, start);
-                        }
-                        Outbound::Left { channel } => {
-                            s.channels.remove(&channel);
-                            s.delivered.remove(&channel);
-                            s.held.remove(&channel);
-                        }
-                    }
+                _ = overflow.cancelled() => {
+                    tracing::warn!("session fell behind; telling it to resync");
+                    let _ = socket.send(text(serde_json::json!({ "type": "resync_required", "seq": s.positions() }))).await;
+                    close(&mut socket, close_code::RESYNC_REQUIRED, "resync required").await;
+                    break;
                 }
-                shrink_after_burst(&mut inbox, n);
-            }
-            frame = socket.recv() => {
-                last_activity = Instant::now();
-                match frame {
-                    Some(Ok(WsMessage::Text(t))) => {
-                        if let Some(reply) = handle_client_event(&mut s, &t) {
-                            out.push(reply);
+                Some(r) = async {
+                    match backfill_rx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    s.on_backfill(r, &mut out);
+                }
+                n = rx.recv_many(&mut inbox, 256) => {
+                    if n == 0 { break; }
+                    for o in inbox.drain(..) {
+                        match o {
+                            Outbound::Message { channel, seq, text } => s.on_message(channel, seq, text, &mut out),
+                            Outbound::Event(t) => {
+                                if is_repeated_presence(&mut s.presence_seen, &t) { continue; }
+                                out.push(t)
+                            }
+                            Outbound::Joined { channel, start } => {
+                                s.channels.insert(channel.clone());
+                                s.delivered.insert(channel, start);
+                            }
+                            Outbound::Left { channel } => {
+                                s.channels.remove(&channel);
+                                s.delivered.remove(&channel);
+                                s.held.remove(&channel);
+                            }
                         }
                     }
-                    Some(Ok(WsMessage::Binary(_))) => {
-                        m::BAD_INPUT.with_label_values(&["binary"]).inc();
-                        out.push(error_json(error_code::INVALID_UTF8, "binary frames are not supported; send JSON text", None).into());
-                    }
-                    Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                    Some(Ok(WsMessage::Close(_))) | None => break,
-                    Some(Err(e)) => {
-                        let msg = e.to_string();
-                        let lower = msg.to_ascii_lowercase();
-                        if lower.contains("without closing handshake")
-                            || lower.contains("connection reset")
-                            || lower.contains("connection closed")
-                            || lower.contains("broken pipe")
-                        {
-                            // The client went away: a disconnect, not bad input.
+                    shrink_after_burst(&mut inbox, n);
+                }
+                frame = socket.recv() => {
+                    last_activity = Instant::now();
+                    match frame {
+                        Some(Ok(WsMessage::Text(t))) => {
+                            if let Some(reply) = handle_client_event(&mut s, &t) {
+                                out.push(reply);
+                            }
+                        }
+                        Some(Ok(WsMessage::Binary(_))) => {
+                            m::BAD_INPUT.with_label_values(&["binary"]).inc();
+                            out.push(error_json(error_code::INVALID_UTF8, "binary frames are not supported; send JSON text", None).into());
+                        }
+                        Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
+                        Some(Ok(WsMessage::Close(_))) | None => break,
+                        Some(Err(e)) => {
+                            let msg = e.to_string();
+                            let lower = msg.to_ascii_lowercase();
+                            if lower.contains("without closing handshake")
+                                || lower.contains("connection reset")
+                                || lower.contains("connection closed")
+                                || lower.contains("broken pipe")
+                            {
+                                // The client went away: a disconnect, not bad input.
+                                break;
+                            }
+                            let (kind, code) = if msg.contains("too long") || msg.contains("Space limit") || msg.contains("size") {
+                                ("too_big", close_code::MESSAGE_TOO_BIG)
+                            } else if msg.to_ascii_lowercase().contains("utf") {
+                                ("invalid_utf8", 1007)
+                            } else {
+                                ("protocol", 1002)
+                            };
+                            m::BAD_INPUT.with_label_values(&[kind]).inc();
+                            tracing::info!(error = %msg, kind, "closing session on a bad frame");
+                            close(&mut socket, code, kind).await;
                             break;
                         }
-                        let (kind, code) = if msg.contains("too long") || msg.contains("Space limit") || msg.contains("size") {
-                            ("too_big", close_code::MESSAGE_TOO_BIG)
-                        } else if msg.to_ascii_lowercase().contains("utf") {
-                            ("invalid_utf8", 1007)
-                        } else {
-                            ("protocol", 1002)
-                        };
-                        m::BAD_INPUT.with_label_values(&[kind]).inc();
-                        tracing::info!(error = %msg, kind, "closing session on a bad frame");
-                        close(&mut socket, code, kind).await;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_activity.elapsed() > params.idle_timeout {
+                        close(&mut socket, close_code::PING_TIMEOUT, "no pong").await;
+                        break;
+                    }
+                    if socket.send(WsMessage::Ping(Default::default())).await.is_err() { break; }
+                }
+            }
+            if !out.is_empty() {
+                let mut failed = false;
+                let written = out.len();
+                for t in out.drain(..) {
+                    if socket.feed(WsMessage::Text(t)).await.is_err() {
+                        failed = true;
                         break;
                     }
                 }
-            }
-            _ = ping.tick() => {
-                if last_activity.elapsed() > params.idle_timeout {
-                    close(&mut socket, close_code::PING_TIMEOUT, "no pong").await;
+                if failed || socket.flush().await.is_err() {
                     break;
                 }
-                if socket.send(WsMessage::Ping(Default::default())).await.is_err() { break; }
+                shrink_after_burst(&mut out, written);
             }
         }
-        if !out.is_empty() {
-            let mut failed = false;
-            let written = out.len();
-            for t in out.drain(..) {
-                if socket.feed(WsMessage::Text(t)).await.is_err() {
-                    failed = true;
-                    break;
-                }
-            }
-            if failed || socket.flush().await.is_err() {
-                break;
-            }
-            shrink_after_burst(&mut out, written);
-        }
+        finish(&hub, id, &user, &params.claims.workspace);
     }
-    finish(&hub, id, &user, &params.claims.workspace);
 }
 
 /// Releases a batch buffer's memory once traffic is light again (`used` items in the last
