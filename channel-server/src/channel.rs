@@ -93,6 +93,12 @@ pub struct ChannelTask {
     /// `None` until the last stored message has been read.
     head: Option<(Seq, Ts)>,
     window: VecDeque<Arc<Message>>,
+    /// The newest message in `window` for each `client_msg_id` it holds, so a repeat is found
+    /// without scanning the window. Kept in step with `window` by [`Self::remember`] and
+    /// [`Self::clear_window`]. (The window's seqs are not always contiguous: a post the store
+    /// refused leaves a gap until the head is read again, so this maps to the message itself
+    /// rather than to a position.)
+    window_by_client_id: HashMap<String, Arc<Message>>,
     subscribers: HashMap<u64, GatewayLink>,
 }
 
@@ -110,6 +116,7 @@ impl ChannelTask {
             window_cap,
             head: None,
             window: VecDeque::new(),
+            window_by_client_id: HashMap::new(),
             subscribers: HashMap::new(),
         }
     }
@@ -226,7 +233,7 @@ impl ChannelTask {
             .map_err(|e| MeshError::Store(e.to_string()))?;
         let head = last.map(|m| (m.seq, m.ts)).unwrap_or((0, Ts(0)));
         self.head = Some(head);
-        self.window.clear();
+        self.clear_window();
         Ok(head)
     }
 
@@ -239,12 +246,9 @@ impl ChannelTask {
         }
     }
 
+    /// The newest message in the window with this `client_msg_id`.
     fn in_window_by_client_id(&self, client_msg_id: &str) -> Option<Arc<Message>> {
-        self.window
-            .iter()
-            .rev()
-            .find(|m| m.client_msg_id.as_deref() == Some(client_msg_id))
-            .cloned()
+        self.window_by_client_id.get(client_msg_id).cloned()
     }
 
     async fn posts(&mut self, posts: Vec<(NewMessage, Instant, oneshot::Sender<MeshFrame>)>) {
@@ -380,9 +384,29 @@ impl ChannelTask {
 
     fn remember(&mut self, msg: Arc<Message>) {
         if self.window.len() == self.window_cap {
-            self.window.pop_front();
+            if let Some(evicted) = self.window.pop_front() {
+                if let Some(cmid) = evicted.client_msg_id.as_deref() {
+                    // Only if no newer message in the window took the id over.
+                    if self
+                        .window_by_client_id
+                        .get(cmid)
+                        .is_some_and(|m| Arc::ptr_eq(m, &evicted))
+                    {
+                        self.window_by_client_id.remove(cmid);
+                    }
+                }
+            }
+        }
+        if let Some(cmid) = &msg.client_msg_id {
+            // The newest message with an id wins, as a scan from the back would find.
+            self.window_by_client_id.insert(cmid.clone(), msg.clone());
         }
         self.window.push_back(msg);
+    }
+
+    fn clear_window(&mut self) {
+        self.window.clear();
+        self.window_by_client_id.clear();
     }
 
     /// Sends a stored message once to each subscribed gateway: one encoding, shared bytes.
@@ -654,6 +678,66 @@ mod tests {
         let (third, dup) = posted(post(&tx, f.new_message("x", Some("abc"))).await);
         assert!(dup);
         assert_eq!(third.seq, first.seq);
+    }
+
+    #[tokio::test]
+    async fn a_repeated_client_msg_id_is_answered_after_the_window_has_moved_past_it() {
+        let f = fixture();
+        let tx = f.start();
+        // The window holds 8: "old" is evicted by the posts after it, "recent" is not.
+        let (old, _) = posted(post(&tx, f.new_message("old", Some("old"))).await);
+        for i in 0..10 {
+            let cmid = format!("filler-{i}");
+            post(&tx, f.new_message(&format!("{i}"), Some(&cmid))).await;
+        }
+        let (recent, _) = posted(post(&tx, f.new_message("recent", Some("recent"))).await);
+        assert_eq!(recent.seq, 12);
+        let (again, dup) = posted(post(&tx, f.new_message("old again", Some("old"))).await);
+        assert!(dup);
+        assert_eq!((again.seq, again.text.as_str()), (old.seq, "old"));
+        let (again, dup) = posted(post(&tx, f.new_message("recent again", Some("recent"))).await);
+        assert!(dup);
+        assert_eq!((again.seq, again.text.as_str()), (recent.seq, "recent"));
+        let (next, dup) = posted(post(&tx, f.new_message("next", Some("next"))).await);
+        assert!(!dup);
+        assert_eq!(next.seq, 13, "the repeats must not use a sequence");
+    }
+
+    #[test]
+    fn the_client_msg_id_index_follows_the_window() {
+        let f = fixture();
+        let mut task = ChannelTask::new(f.channel.clone(), f.workspace.clone(), f.store.clone(), 4);
+        let message = |seq: Seq, cmid: Option<&str>| {
+            Arc::new(Message::from_new(
+                f.new_message(&format!("m{seq}"), cmid),
+                seq,
+                Ts(seq),
+            ))
+        };
+        for seq in 1..=10 {
+            let cmid = format!("id-{seq}");
+            task.remember(message(seq, (seq % 3 != 0).then_some(cmid.as_str())));
+        }
+        // The window is seqs 7..=10; 9 has no client_msg_id.
+        assert_eq!(task.window.len(), 4);
+        let mut indexed: Vec<Seq> = task.window_by_client_id.values().map(|m| m.seq).collect();
+        indexed.sort();
+        assert_eq!(indexed, vec![7, 8, 10]);
+        for seq in 1..=6 {
+            assert!(task.in_window_by_client_id(&format!("id-{seq}")).is_none());
+        }
+        assert_eq!(task.in_window_by_client_id("id-8").unwrap().seq, 8);
+        // A newer message with an id already in the window wins, and stays found when the
+        // older one is evicted.
+        task.remember(message(11, Some("id-8")));
+        assert_eq!(task.in_window_by_client_id("id-8").unwrap().seq, 11);
+        task.remember(message(12, None));
+        task.remember(message(13, None));
+        assert_eq!(task.window.front().unwrap().seq, 10, "8 was evicted");
+        assert_eq!(task.in_window_by_client_id("id-8").unwrap().seq, 11);
+        task.clear_window();
+        assert!(task.window_by_client_id.is_empty());
+        assert!(task.in_window_by_client_id("id-10").is_none());
     }
 
     #[tokio::test]

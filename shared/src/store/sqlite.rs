@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Params, Row};
 use tokio::sync::oneshot;
 
 use super::{
@@ -31,6 +31,10 @@ use crate::telemetry::metrics as m;
 /// Most appends written in one transaction.
 const MAX_BATCH: usize = 512;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Prepared statements kept per connection. Each connection runs fewer than 40 distinct
+/// statements (the meta ones, or one shard's reads or writes); this holds all of them, so none
+/// is parsed twice.
+const STATEMENT_CACHE_CAPACITY: usize = 128;
 
 fn unavailable(e: impl std::fmt::Display) -> StorageError {
     StorageError::new(StorageErrorKind::Unavailable, e.to_string())
@@ -40,10 +44,36 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
+/// `execute` and `query_row` through the connection's statement cache: SQL is parsed once per
+/// connection instead of on every call. A [`rusqlite::Transaction`] derefs to its connection,
+/// so these work on one too. Errors are those of `execute` and `query_row`.
+trait CachedStatements {
+    fn execute_cached<P: Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl CachedStatements for Connection {
+    fn execute_cached<P: Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 fn open(path: &Path) -> StorageResult<Connection> {
     let conn =
         Connection::open(path).map_err(|e| unavailable(format!("open {}: {e}", path.display())))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     conn.pragma_update(None, "journal_mode", "WAL")
         .map_err(unavailable)?;
     conn.pragma_update(None, "synchronous", "FULL")
@@ -238,6 +268,9 @@ fn row_to_channel(row: &rusqlite::Row<'_>) -> rusqlite::Result<Channel> {
 }
 
 /// A small pool of connections to one file, for reads and metadata writes.
+/// Idle connections a pool keeps.
+const MAX_IDLE_CONNECTIONS: usize = 32;
+
 struct ConnPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
@@ -251,7 +284,9 @@ impl ConnPool {
         };
         let result = f(&mut conn);
         let mut idle = self.idle.lock();
-        if idle.len() < 8 {
+        // Enough to keep a connection (and its statement cache) for each blocking call that
+        // runs at once under load; beyond it, a connection is opened and dropped per call.
+        if idle.len() < MAX_IDLE_CONNECTIONS {
             idle.push(conn);
         }
         result
@@ -587,7 +622,7 @@ impl MessageStore for SqliteStore {
         };
         let row = ws.clone();
         self.meta("create_workspace", move |c| {
-            c.execute(
+            c.execute_cached(
                 "INSERT INTO workspaces (id, name) VALUES (?1, ?2)",
                 params![row.id.0, row.name],
             )
@@ -601,7 +636,7 @@ impl MessageStore for SqliteStore {
     async fn workspace(&self, id: &WorkspaceId) -> StorageResult<Option<Workspace>> {
         let id = id.clone();
         self.meta("workspace", move |c| {
-            c.query_row(
+            c.query_row_cached(
                 "SELECT id, name FROM workspaces WHERE id = ?1",
                 params![id.0],
                 |r| {
@@ -620,7 +655,7 @@ impl MessageStore for SqliteStore {
     async fn workspace_by_name(&self, name: &str) -> StorageResult<Option<Workspace>> {
         let name = name.to_string();
         self.meta("workspace_by_name", move |c| {
-            c.query_row(
+            c.query_row_cached(
                 "SELECT id, name FROM workspaces WHERE name = ?1",
                 params![name],
                 |r| {
@@ -655,7 +690,7 @@ impl MessageStore for SqliteStore {
         };
         let row = user.clone();
         self.meta("create_user", move |c| {
-            c.execute(
+            c.execute_cached(
                 &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
                 params![
                     row.id.0,
@@ -677,7 +712,7 @@ impl MessageStore for SqliteStore {
     async fn user(&self, id: &UserId) -> StorageResult<Option<User>> {
         let id = id.clone();
         self.meta("user", move |c| {
-            c.query_row(
+            c.query_row_cached(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
                 params![id.0],
                 row_to_user,
@@ -695,7 +730,7 @@ impl MessageStore for SqliteStore {
     ) -> StorageResult<Option<User>> {
         let (ws, name) = (workspace.clone(), name.to_string());
         self.meta("user_by_name", move |c| {
-            c.query_row(
+            c.query_row_cached(
                 &format!("SELECT {USER_COLUMNS} FROM users WHERE workspace = ?1 AND name = ?2"),
                 params![ws.0, name],
                 row_to_user,
@@ -735,7 +770,7 @@ impl MessageStore for SqliteStore {
         );
         self.meta("update_user_profile", move |c| {
             let tx = c.transaction().map_err(unavailable)?;
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE users SET real_name = COALESCE(?2, real_name),
                                   display_name = COALESCE(?3, display_name)
                  WHERE id = ?1",
@@ -743,7 +778,7 @@ impl MessageStore for SqliteStore {
             )
             .map_err(unavailable)?;
             let user = tx
-                .query_row(
+                .query_row_cached(
                     &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
                     params![id.0],
                     row_to_user,
@@ -759,7 +794,7 @@ impl MessageStore for SqliteStore {
     async fn create_channel(&self, channel: &Channel) -> StorageResult<()> {
         let ch = channel.clone();
         self.meta("create_channel", move |c| {
-            c.execute(
+            c.execute_cached(
                 &format!("INSERT INTO channels ({CHANNEL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
                 params![
                     ch.id.0,
@@ -782,7 +817,7 @@ impl MessageStore for SqliteStore {
     async fn channel(&self, id: &ChannelId) -> StorageResult<Option<Channel>> {
         let id = id.clone();
         self.meta("channel", move |c| {
-            c.query_row(
+            c.query_row_cached(
                 &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
                 params![id.0],
                 row_to_channel,
@@ -800,7 +835,7 @@ impl MessageStore for SqliteStore {
     ) -> StorageResult<Option<Channel>> {
         let (ws, name) = (workspace.clone(), name.to_string());
         self.meta("channel_by_name", move |c| {
-            c.query_row(
+            c.query_row_cached(
                 &format!(
                     "SELECT {CHANNEL_COLUMNS} FROM channels WHERE workspace = ?1 AND name = ?2"
                 ),
@@ -836,7 +871,7 @@ impl MessageStore for SqliteStore {
     async fn add_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
         let (ch, u) = (channel.clone(), user.clone());
         self.meta("add_member", move |c| {
-            c.execute(
+            c.execute_cached(
                 "INSERT OR IGNORE INTO members (channel, user) VALUES (?1, ?2)",
                 params![ch.0, u.0],
             )
@@ -855,7 +890,7 @@ impl MessageStore for SqliteStore {
     async fn remove_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
         let (ch, u) = (channel.clone(), user.clone());
         self.meta("remove_member", move |c| {
-            c.execute(
+            c.execute_cached(
                 "DELETE FROM members WHERE channel = ?1 AND user = ?2",
                 params![ch.0, u.0],
             )
@@ -868,7 +903,7 @@ impl MessageStore for SqliteStore {
     async fn is_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
         let (ch, u) = (channel.clone(), user.clone());
         self.meta("is_member", move |c| {
-            c.query_row(
+            c.query_row_cached(
                 "SELECT 1 FROM members WHERE channel = ?1 AND user = ?2",
                 params![ch.0, u.0],
                 |_| Ok(()),
@@ -913,7 +948,7 @@ impl MessageStore for SqliteStore {
         let ch = channel.clone();
         self.meta("update_channel", move |c| {
             let n = c
-                .execute(
+                .execute_cached(
                     "UPDATE channels SET name = ?2, topic = ?3, purpose = ?4, is_archived = ?5
                      WHERE id = ?1",
                     params![ch.id.0, ch.name, ch.topic, ch.purpose, ch.is_archived],
@@ -939,7 +974,7 @@ impl MessageStore for SqliteStore {
         let (ch, u) = (channel.clone(), user.clone());
         let seq = seq.min(i64::MAX as u64) as i64;
         self.meta("set_last_read", move |c| {
-            c.execute(
+            c.execute_cached(
                 "UPDATE members SET last_read = ?3 WHERE channel = ?1 AND user = ?2",
                 params![ch.0, u.0, seq],
             )
@@ -997,7 +1032,7 @@ impl MessageStore for SqliteStore {
     ) -> StorageResult<Option<Message>> {
         let ch = channel.clone();
         self.read_shard("last_message", workspace, move |c| {
-            c.query_row(
+            c.query_row_cached(
                 &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 ORDER BY seq DESC LIMIT 1"),
                 params![ch.0],
                 row_to_message,
@@ -1016,7 +1051,7 @@ impl MessageStore for SqliteStore {
     ) -> StorageResult<Option<Message>> {
         let (ch, id) = (channel.clone(), client_msg_id.to_string());
         self.read_shard("message_by_client_msg_id", workspace, move |c| {
-            c.query_row(
+            c.query_row_cached(
                 &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 AND client_msg_id = ?2"),
                 params![ch.0, id],
                 row_to_message,
@@ -1128,7 +1163,7 @@ impl MessageStore for SqliteStore {
         let (ch, ws) = (channel.clone(), workspace.clone());
         self.read_shard("message_view", workspace, move |c| {
             let view = c
-                .query_row(
+                .query_row_cached(
                     &format!(
                         "SELECT {MESSAGE_COLUMNS}, {VIEW_COLUMNS} FROM messages
                          WHERE channel_id = ?1 AND workspace = ?2 AND ts = ?3 AND kind = 'posted'"
