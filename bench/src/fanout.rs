@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch, Semaphore};
@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::nats::{self, NatsWs, ServerOp};
 use crate::order::{CheckResult, Checksum, StreamChecker};
 use crate::pace::Pacer;
+use crate::rawws::{Frame, RawWs};
 use crate::report::{note, Progress};
 use crate::slack::{for_each_concurrent, Api};
 use crate::stats::{fmt_rate, percentile_curve, LatencySummary, LocalRecorder, SharedHistogram};
@@ -438,7 +439,9 @@ struct RtmEvent<'a> {
 }
 
 enum Conn {
-    Ws(Box<Ws>),
+    /// A Switchboard or limit-server subscriber, with the text frames that arrived in the
+    /// same read as its hello.
+    Ws(Box<RawWs>, Vec<String>),
     Nats(Box<NatsWs>),
 }
 
@@ -458,24 +461,44 @@ async fn connect_subscriber(
             Ok(Conn::Nats(Box::new(c)))
         }
         SubKind::Switchboard { .. } | SubKind::Limit => {
-            let mut ws = ws::connect(url, source, ws::client_config(read_buffer)).await?;
-            let first = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            let mut ws = RawWs::connect(url, source, read_buffer).await?;
+            let mut frames: Vec<Result<String, String>> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while frames.is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let more = tokio::time::timeout(
+                    left,
+                    ws.read_batch(|f| {
+                        frames.push(match f {
+                            Frame::Text(t) => Ok(t.to_string()),
+                            other => Err(format!("{other:?}")),
+                        })
+                    }),
+                )
                 .await
-                .context("no hello within 30 s")?;
+                .context("no hello within 30 s")??;
+                if !more && frames.is_empty() {
+                    bail!("closed before hello");
+                }
+            }
+            let mut frames = frames.into_iter();
+            let first = frames.next().expect("at least one frame");
             match first {
-                Some(Ok(Message::Text(t))) => {
+                Ok(t) => {
                     let ok = match kind {
-                        SubKind::Limit => t.as_str() == "ready",
-                        _ => t.as_str().contains("\"type\":\"hello\""),
+                        SubKind::Limit => t == "ready",
+                        _ => t.contains("\"type\":\"hello\""),
                     };
                     if !ok {
-                        bail!("expected hello, got {}", t.as_str());
+                        bail!("expected hello, got {t}");
                     }
                 }
-                Some(Ok(Message::Close(f))) => bail!("closed before hello: {f:?}"),
-                other => bail!("expected hello, got {other:?}"),
+                Err(other) => bail!("expected hello, got {other}"),
             }
-            Ok(Conn::Ws(Box::new(ws)))
+            let early = frames
+                .map(|f| f.map_err(|e| anyhow::anyhow!("unexpected frame after hello: {e}")))
+                .collect::<anyhow::Result<Vec<String>>>()?;
+            Ok(Conn::Ws(Box::new(ws), early))
         }
     }
 }
@@ -487,38 +510,35 @@ async fn subscriber_loop(
     mut stop: watch::Receiver<bool>,
 ) -> SubState {
     match conn {
-        Conn::Ws(mut ws) => loop {
-            let frame = tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                f = ws.next() => f,
-            };
-            match frame {
-                Some(Ok(Message::Text(t))) => match &kind {
-                    SubKind::Limit => match parse_payload(t.as_str()) {
-                        Some(Payload::Measured { k: Some(k), .. }) => st.on_message(k, t.as_str()),
-                        _ => st.problem(format!("unexpected frame {}", t.as_str())),
-                    },
-                    SubKind::Switchboard { channel_id } => {
-                        on_rtm_event(&mut st, channel_id, t.as_str());
+        Conn::Ws(mut ws, early) => {
+            for t in &early {
+                on_text(&kind, &mut st, t);
+            }
+            loop {
+                let read = tokio::select! {
+                    biased;
+                    _ = stop.changed() => break,
+                    r = ws.read_batch(|f| match f {
+                        Frame::Text(t) => on_text(&kind, &mut st, t),
+                        Frame::Binary(_) => st.problem("unexpected binary frame".into()),
+                        Frame::Close(code, reason) => {
+                            st.problem(format!("server closed the connection: {code:?} {reason}"))
+                        }
+                    }) => r,
+                };
+                match read {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        st.problem("connection closed".into());
+                        break;
                     }
-                    SubKind::Nats => {}
-                },
-                Some(Ok(Message::Close(f))) => {
-                    st.problem(format!("server closed the connection: {f:?}"));
-                    break;
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    st.problem(format!("connection error: {e}"));
-                    break;
-                }
-                None => {
-                    st.problem("connection closed".into());
-                    break;
+                    Err(e) => {
+                        st.problem(format!("connection error: {e:#}"));
+                        break;
+                    }
                 }
             }
-        },
+        }
         Conn::Nats(mut c) => loop {
             let more = tokio::select! {
                 biased;
@@ -572,6 +592,17 @@ async fn subscriber_loop(
         r.flush();
     }
     st
+}
+
+fn on_text(kind: &SubKind, st: &mut SubState, t: &str) {
+    match kind {
+        SubKind::Limit => match parse_payload(t) {
+            Some(Payload::Measured { k: Some(k), .. }) => st.on_message(k, t),
+            _ => st.problem(format!("unexpected frame {t}")),
+        },
+        SubKind::Switchboard { channel_id } => on_rtm_event(st, channel_id, t),
+        SubKind::Nats => {}
+    }
 }
 
 fn on_rtm_event(st: &mut SubState, channel_id: &str, raw: &str) {

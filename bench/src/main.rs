@@ -25,6 +25,7 @@ mod nats;
 mod order;
 mod pace;
 mod posts;
+mod rawws;
 mod report;
 mod search;
 mod slack;

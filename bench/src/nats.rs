@@ -10,11 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::rawws::{Frame, RawWs};
 use anyhow::{bail, Context};
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
-
-use crate::ws::{self, Ws};
 
 /// What the client sends first, once it has read `INFO`.
 pub const CONNECT: &str = "CONNECT {\"verbose\":false,\"pedantic\":false,\"protocol\":1}\r\n";
@@ -240,7 +237,7 @@ pub fn publish(subject: &str, payload: &[u8]) -> Vec<u8> {
 
 /// A NATS connection over WebSocket.
 pub struct NatsWs {
-    pub ws: Ws,
+    pub ws: RawWs,
     pub parser: Parser,
 }
 
@@ -252,7 +249,7 @@ impl NatsWs {
         source: Ipv4Addr,
         read_buffer: usize,
     ) -> anyhow::Result<NatsWs> {
-        let ws = ws::connect(url, source, ws::client_config(read_buffer)).await?;
+        let ws = RawWs::connect(url, source, read_buffer).await?;
         let mut c = NatsWs {
             ws,
             parser: Parser::default(),
@@ -276,7 +273,7 @@ impl NatsWs {
 
     pub async fn send(&mut self, bytes: Vec<u8>) -> anyhow::Result<()> {
         self.ws
-            .send(Message::Binary(bytes.into()))
+            .send_binary(&bytes)
             .await
             .context("nats websocket write")
     }
@@ -289,21 +286,18 @@ impl NatsWs {
             .await
     }
 
-    /// Feeds the next WebSocket frame to the parser; `false` when the socket closed.
+    /// Feeds the WebSocket frames of the next read to the parser; `false` when the socket
+    /// closed.
     pub async fn read_frame(&mut self) -> anyhow::Result<bool> {
-        match self.ws.next().await {
-            None | Some(Ok(Message::Close(_))) => Ok(false),
-            Some(Ok(Message::Binary(b))) => {
-                self.parser.push(&b);
-                Ok(true)
-            }
-            Some(Ok(Message::Text(t))) => {
-                self.parser.push(t.as_bytes());
-                Ok(true)
-            }
-            Some(Ok(_)) => Ok(true),
-            Some(Err(e)) => Err(e).context("nats websocket read"),
-        }
+        let parser = &mut self.parser;
+        self.ws
+            .read_batch(|f| match f {
+                Frame::Text(t) => parser.push(t.as_bytes()),
+                Frame::Binary(b) => parser.push(b),
+                Frame::Close(..) => {}
+            })
+            .await
+            .context("nats websocket read")
     }
 
     async fn read_more(&mut self, deadline: Instant) -> anyhow::Result<()> {

@@ -41,9 +41,10 @@ const TAIL_CHECK_DELAY: Duration = Duration::from_millis(1000);
 /// What the hub queues for a session's writer.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A channel message with its sequence.
+    /// A channel message with its sequence. The id is shared by every session the message
+    /// goes to (one allocation per message, not one per delivery).
     Message {
-        channel: ChannelId,
+        channel: Arc<ChannelId>,
         seq: Seq,
         text: Utf8Bytes,
     },
@@ -902,16 +903,20 @@ fn deliver(e: &mut ChannelEntry, sessions: &HashMap<SessionId, SessionHandle>, m
         e.recent.pop_front();
     }
     e.recent.push_back((msg.seq, text.clone()));
+    let channel = Arc::new(msg.channel.clone());
+    let mut offered = 0;
     for id in &e.sessions {
         if let Some(s) = sessions.get(id) {
-            m::SESSION_WRITES.inc();
+            offered += 1;
             s.offer(Outbound::Message {
-                channel: msg.channel.clone(),
+                channel: channel.clone(),
                 seq: msg.seq,
                 text: text.clone(),
             });
         }
     }
+    // One update of the shared counter per message, not per delivery.
+    m::SESSION_WRITES.inc_by(offered);
 }
 
 #[cfg(test)]

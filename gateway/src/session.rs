@@ -101,15 +101,22 @@ impl Session {
     /// Takes one channel message; pushes what is ready to `out`.
     fn on_message(
         &mut self,
-        channel: ChannelId,
+        channel: &ChannelId,
         seq: Seq,
         text: Utf8Bytes,
         out: &mut Vec<Utf8Bytes>,
     ) {
-        if !self.channels.contains(&channel) {
-            return;
+        // The steady state (a subscribed channel, in order) looks the channel up without
+        // cloning its id: this runs once per message per session.
+        if !self.delivered.contains_key(channel) {
+            if !self.channels.contains(channel) {
+                return;
+            }
+            self.delivered.insert(channel.clone(), None);
         }
-        let d = self.delivered.entry(channel.clone()).or_insert(None);
+        let Some(d) = self.delivered.get_mut(channel) else {
+            return;
+        };
         match *d {
             Some(x) if seq <= x => {}
             Some(x) if seq > x + 1 => {
@@ -120,13 +127,17 @@ impl Session {
                     self.overflow.cancel();
                     return;
                 }
-                self.request_backfill(channel, x, Some(seq - 1), 0);
+                self.request_backfill(channel.clone(), x, Some(seq - 1), 0);
             }
             _ => {
                 *d = Some(seq);
                 out.push(text);
-                self.written.insert(channel.clone());
-                self.flush_held(&channel, out);
+                if !self.written.contains(channel) {
+                    self.written.insert(channel.clone());
+                }
+                if !self.held.is_empty() {
+                    self.flush_held(channel, out);
+                }
             }
         }
     }
@@ -163,7 +174,7 @@ impl Session {
             Ok((messages, last_seq)) => {
                 let got = messages.len();
                 for (seq, text) in messages {
-                    self.on_message(channel.clone(), seq, text, out);
+                    self.on_message(&channel, seq, text, out);
                 }
                 let d = self.delivered.get(&channel).copied().flatten().unwrap_or(0);
                 let first_held = self
@@ -294,18 +305,24 @@ pub fn run(
         // ~26 KiB per session, most of an idle session's footprint).
         let mut inbox = Vec::new();
         let mut out: Vec<Utf8Bytes> = Vec::new();
+        // Made once: a fresh `cancelled()` future per loop turn would register with each token
+        // again (the shutdown token is shared by every session, behind one lock) on every wake.
+        let stopping = shutdown.wait();
+        tokio::pin!(stopping);
+        let overflowed = overflow.cancelled();
+        tokio::pin!(overflowed);
         loop {
             if let Some(rx) = s.new_backfill_rx.take() {
                 backfill_rx = Some(rx);
             }
             tokio::select! {
                 biased;
-                _ = shutdown.wait() => {
+                _ = &mut stopping => {
                     let _ = socket.send(text(serde_json::json!({ "type": "goodbye", "source": "gateway_shutdown" }))).await;
                     close(&mut socket, close_code::GOING_AWAY, "gateway shutting down").await;
                     break;
                 }
-                _ = overflow.cancelled() => {
+                _ = &mut overflowed => {
                     tracing::warn!("session fell behind; telling it to resync");
                     let _ = socket.send(text(serde_json::json!({ "type": "resync_required", "seq": s.positions() }))).await;
                     close(&mut socket, close_code::RESYNC_REQUIRED, "resync required").await;
@@ -323,7 +340,7 @@ pub fn run(
                     if n == 0 { break; }
                     for o in inbox.drain(..) {
                         match o {
-                            Outbound::Message { channel, seq, text } => s.on_message(channel, seq, text, &mut out),
+                            Outbound::Message { channel, seq, text } => s.on_message(&channel, seq, text, &mut out),
                             Outbound::Event(t) => {
                                 if is_repeated_presence(&mut s.presence_seen, &t) { continue; }
                                 out.push(t)
