@@ -293,7 +293,7 @@ async fn rtm(
         Err(r) => return r,
     };
     let g = &state.config.gateway;
-    let session_params = session::SessionParams {
+    let session_params = Box::new(session::SessionParams {
         claims,
         channels,
         resume,
@@ -301,14 +301,20 @@ async fn rtm(
         ping_interval: Duration::from_millis(g.ping_interval_ms),
         idle_timeout: Duration::from_millis(g.idle_timeout_ms),
         boot,
-    };
-    let hub = state.hub.clone();
-    let shutdown = state.shutdown.clone();
+    });
+    // What the session needs, in one box: the upgrade callback and its future each keep their
+    // captures for the session's whole life, so they capture a pointer.
+    let start = Box::new((
+        state.hub.clone(),
+        session_params,
+        state.shutdown.clone(),
+        permit,
+    ));
     // tungstenite's default 128 KiB read buffer per session (zero-filled before each read)
     // dominated idle memory and fan-out CPU. What clients send is small (pings, typing,
-    // resume), so 1 KiB suffices; a larger frame still fits (the buffer grows up to the frame
-    // limit), it just takes more reads.
-    ws.read_buffer_size(1024)
+    // resume), so 512 bytes suffice; a larger frame still fits (the buffer grows up to the
+    // frame limit), it just takes more reads. Every idle session holds this buffer.
+    ws.read_buffer_size(512)
         .write_buffer_size(8 * 1024)
         .max_message_size(g.max_client_frame_bytes)
         .max_frame_size(g.max_client_frame_bytes)
@@ -317,6 +323,7 @@ async fn rtm(
             tracing::info!(error = %e, "websocket upgrade failed");
         })
         .on_upgrade(move |socket| async move {
+            let (hub, session_params, shutdown, permit) = *start;
             let span = tracing::info_span!(
                 "session",
                 user = %session_params.claims.user,

@@ -233,23 +233,37 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
 
 /// Serves one session until it ends. A plain function returning an `async move` block rather
 /// than an `async fn`: an `async fn` copies its arguments into locals, and both copies take
-/// room in the future that every session holds for its whole life.
+/// room in the future that every session holds for its whole life. For the same reason the
+/// parameters come boxed (the block keeps a pointer, not ~250 bytes it has moved out of), and
+/// what is only needed to start (the channel list, resume points, boot data, the registration's
+/// starting points) is moved out and consumed before the first wait.
 #[allow(clippy::manual_async_fn)] // on purpose: see above
 pub fn run(
     hub: Arc<Hub>,
     mut socket: WebSocket,
-    params: SessionParams,
+    params: Box<SessionParams>,
     shutdown: Shutdown,
 ) -> impl std::future::Future<Output = ()> {
     async move {
-        let (tx, mut rx) = crate::queue::channel(params.queue);
+        let SessionParams {
+            claims,
+            channels,
+            resume,
+            queue,
+            ping_interval,
+            idle_timeout,
+            boot,
+        } = *params;
+        let Claims {
+            user, workspace, ..
+        } = claims;
+        let (tx, mut rx) = crate::queue::channel(queue);
         let overflow = CancellationToken::new();
-        let user = params.claims.user.clone();
         let (id, starts, first_of_user) = hub.register(
             user.clone(),
-            params.claims.workspace.clone(),
-            &params.channels,
-            &params.resume,
+            workspace.clone(),
+            &channels,
+            &resume,
             tx,
             overflow.clone(),
         );
@@ -261,44 +275,47 @@ pub fn run(
             id,
             user: user.clone(),
             hub: hub.clone(),
-            channels: params.channels.iter().cloned().collect(),
-            delivered: starts.clone().into_iter().collect(),
+            channels: channels.into_iter().collect(),
+            delivered: starts.into_iter().collect(),
             written: HashSet::new(),
             held: HashMap::new(),
             backfilling: HashSet::new(),
             backfill_tx: None,
             new_backfill_rx: None,
-            hold_limit: params.queue,
+            hold_limit: queue,
             overflow: overflow.clone(),
             typing: HashMap::new(),
             presence_seen: HashMap::new(),
         };
-        for (c, after) in &params.resume {
-            if s.channels.contains(c) {
-                s.request_backfill(c.clone(), *after, None, 0);
+        for (c, after) in resume {
+            if s.channels.contains(&c) {
+                s.request_backfill(c, after, None, 0);
             }
         }
-        let mut hello = serde_json::json!({
-            "type": "hello",
-            "gateway": hub.node.0,
-            "session": id,
-            "user": user.0,
-            "team": params.claims.workspace.0,
-            "seq": s.positions(),
-        });
-        if let Some(boot) = params.boot {
-            hello["boot"] = crate::boot::with_unread(boot, &hello["seq"]);
-        }
-        if socket.send(text(hello)).await.is_err() {
-            finish(&hub, id, &user, &params.claims.workspace);
+        let hello = {
+            let mut hello = serde_json::json!({
+                "type": "hello",
+                "gateway": hub.node.0,
+                "session": id,
+                "user": user.0,
+                "team": workspace.0,
+                "seq": s.positions(),
+            });
+            if let Some(boot) = boot {
+                hello["boot"] = crate::boot::with_unread(boot, &hello["seq"]);
+            }
+            text(hello)
+        };
+        if socket.send(hello).await.is_err() {
+            finish(&hub, id, &user, &workspace);
             return;
         }
         if first_of_user {
-            hub.report_presence(&params.claims.workspace, &user, true);
+            hub.report_presence(&workspace, &user, true);
         }
 
         let mut last_activity = Instant::now();
-        let mut ping = tokio::time::interval(params.ping_interval);
+        let mut ping = tokio::time::interval(ping_interval);
         ping.tick().await;
         // Batches of queued events and of frames to write. They start empty and give back what a
         // burst made them grow, so an idle session holds no batch memory (256 slots of each were
@@ -398,7 +415,7 @@ pub fn run(
                     }
                 }
                 _ = ping.tick() => {
-                    if last_activity.elapsed() > params.idle_timeout {
+                    if last_activity.elapsed() > idle_timeout {
                         close(&mut socket, close_code::PING_TIMEOUT, "no pong").await;
                         break;
                     }
@@ -420,7 +437,7 @@ pub fn run(
                 shrink_after_burst(&mut out, written);
             }
         }
-        finish(&hub, id, &user, &params.claims.workspace);
+        finish(&hub, id, &user, &workspace);
     }
 }
 
