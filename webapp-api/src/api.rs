@@ -393,6 +393,17 @@ pub struct Caller {
 
 /// Verifies `token` and checks its user still exists in the claimed workspace.
 pub async fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<Caller> {
+    let (claims, token) = verify_user_token(state, token)?;
+    let user = state.store.user(&claims.user).await?;
+    caller(claims, user, token)
+}
+
+/// The first half of [`authenticate`], which reads nothing: the trimmed token and its claims,
+/// refusing a missing token, a bad one and a service token.
+pub fn verify_user_token<'t>(
+    state: &AppState,
+    token: Option<&'t str>,
+) -> ApiResult<(Claims, &'t str)> {
     let token = token.map(str::trim).filter(|t| !t.is_empty());
     let Some(token) = token else {
         return Err(ApiError::NotAuthed);
@@ -402,11 +413,13 @@ pub async fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<Ca
         // Service tokens speak for no user: they may call `internal.*` and nothing else.
         return Err(ApiError::NotAllowedTokenType);
     }
-    let user = state
-        .store
-        .user(&claims.user)
-        .await?
-        .ok_or(ApiError::InvalidAuth)?;
+    Ok((claims, token))
+}
+
+/// The second half of [`authenticate`]: the caller, given the stored user that `claims` names
+/// (`None` when there is none), which must be in the token's workspace.
+pub fn caller(claims: Claims, user: Option<User>, token: &str) -> ApiResult<Caller> {
+    let user = user.ok_or(ApiError::InvalidAuth)?;
     if user.workspace != claims.workspace {
         return Err(ApiError::InvalidAuth);
     }

@@ -114,6 +114,15 @@ pub struct HistoryQuery {
     pub newest_first: bool,
 }
 
+/// What [`MessageStore::user_channel_membership`] reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserChannelMembership {
+    pub user: Option<User>,
+    pub channel: Option<Channel>,
+    /// Whether the user is a member of the channel (false when either does not exist).
+    pub is_member: bool,
+}
+
 /// The result of an append.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AppendOutcome {
@@ -174,6 +183,20 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Removes a member; `Ok(false)` if it was not one.
     async fn remove_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool>;
     async fn is_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool>;
+    /// A user, a channel and whether the user is a member of it, read together: what the Web
+    /// API checks before a post. A store that can answer all three in one round trip (the
+    /// embedded one: one blocking-pool hop instead of three) overrides this.
+    async fn user_channel_membership(
+        &self,
+        user: &UserId,
+        channel: &ChannelId,
+    ) -> StorageResult<UserChannelMembership> {
+        Ok(UserChannelMembership {
+            user: self.user(user).await?,
+            channel: self.channel(channel).await?,
+            is_member: self.is_member(channel, user).await?,
+        })
+    }
     async fn members(&self, channel: &ChannelId) -> StorageResult<Vec<UserId>>;
     /// The channels a user is a member of.
     async fn user_channels(&self, user: &UserId) -> StorageResult<Vec<Channel>>;

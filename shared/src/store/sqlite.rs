@@ -22,7 +22,8 @@ use tokio::sync::oneshot;
 
 use super::{
     shard_for, AppendOutcome, Change, Channel, HistoryQuery, Membership, MessageStore, MessageView,
-    Reaction, StorageError, StorageErrorKind, StorageResult, User, Workspace,
+    Reaction, StorageError, StorageErrorKind, StorageResult, User, UserChannelMembership,
+    Workspace,
 };
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
 use crate::protocol::{Message, MessageKind};
@@ -911,6 +912,47 @@ impl MessageStore for SqliteStore {
             .optional()
             .map(|r| r.is_some())
             .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn user_channel_membership(
+        &self,
+        user: &UserId,
+        channel: &ChannelId,
+    ) -> StorageResult<UserChannelMembership> {
+        let (ch, u) = (channel.clone(), user.clone());
+        self.meta("user_channel_membership", move |c| {
+            let user = c
+                .query_row_cached(
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+                    params![u.0],
+                    row_to_user,
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let channel = c
+                .query_row_cached(
+                    &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
+                    params![ch.0],
+                    row_to_channel,
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let is_member = c
+                .query_row_cached(
+                    "SELECT 1 FROM members WHERE channel = ?1 AND user = ?2",
+                    params![ch.0, u.0],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map_err(unavailable)?
+                .is_some();
+            Ok(UserChannelMembership {
+                user,
+                channel,
+                is_member,
+            })
         })
         .await
     }

@@ -14,8 +14,13 @@ pub const MAX_TEXT_CHARS: usize = 40_000;
 /// Longest `client_msg_id` accepted (Slack's are UUIDs, 36 characters).
 pub const MAX_CLIENT_MSG_ID: usize = 128;
 
-pub(super) async fn post_message(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
-    let visible = visible_channel(state, caller, params).await?;
+/// `chat.postMessage`; `visible` is the `channel` parameter as [`visible_channel`] finds it.
+pub(super) async fn post_message(
+    state: &AppState,
+    caller: &Caller,
+    visible: VisibleChannel,
+    params: &Params,
+) -> ApiResult {
     let channel = visible.channel;
     let text = params.get("text").unwrap_or_default();
     if text.is_empty() {
