@@ -1062,7 +1062,7 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
         }
     })
     .await?;
-    // The dev process's own gateway is gateways[0]; `--no-dev-gateway` leaves it out so the
+    // The dev process's own gateway is gateways[0]; it is left out (unless `--dev-gateway`) so the
     // fan-out work runs in gateway processes of its own, apart from the post path.
     let skip = usize::from(plan.no_dev_gateway);
     sut.ensure_gateways(plan.gateways + skip).await?;

@@ -136,7 +136,8 @@ struct FanoutArgs {
     /// Switchboard gateways to spread subscribers over [default: 2].
     #[arg(long, short = 'g')]
     gateways: Option<usize>,
-    /// Concurrent HTTP posters (Switchboard) [default: 32; smoke 2].
+    /// Concurrent HTTP posters (Switchboard) [default: the window, so that as many messages
+    /// are in flight as NATS's and the limit server's pipelining publisher keep; smoke 2].
     #[arg(long, short = 'p')]
     posters: Option<usize>,
     /// Seconds per measured phase [default: 15; smoke 1.5].
@@ -171,10 +172,11 @@ struct FanoutArgs {
     /// Bench users in the demo workspace (all in its #general) instead of their own.
     #[arg(long)]
     demo_workspace: bool,
-    /// Put no subscriber on the dev process's gateway: all G gateways are processes of their
-    /// own, so fan-out and the post path do not share a runtime.
+    /// Also put subscribers on the gateway inside the `dev` process (which runs the Web API,
+    /// admin and channel servers too). By default all G gateways are processes of their own,
+    /// as edge gateways are deployed, so fan-out and the post path do not share a runtime.
     #[arg(long)]
-    no_dev_gateway: bool,
+    dev_gateway: bool,
     /// Also run the limit server with the same shape (fanout only).
     #[arg(long)]
     with_limit: bool,
@@ -202,7 +204,7 @@ impl FanoutArgs {
             channels: pick(self.channels, 1, 2).max(1),
             subs_per_channel: pick(self.subscribers, 1000, 3).max(1),
             gateways: pick(self.gateways, 2, 2).max(1),
-            posters: pick(self.posters, 32, 2).max(1),
+            posters: pick(self.posters, pick(self.window, 256, 16), 2).max(1),
             duration_s: self.duration.unwrap_or(if smoke { 1.5 } else { 15.0 }),
             max_messages: self.max_messages,
             rate: self.rate.filter(|r| *r > 0.0),
@@ -219,7 +221,7 @@ impl FanoutArgs {
                     .unwrap_or(2)
             }),
             nofile,
-            no_dev_gateway: self.no_dev_gateway,
+            no_dev_gateway: !self.dev_gateway,
         }
     }
 }

@@ -59,7 +59,7 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
 impl<T> Sender<T> {
     /// Queues `value` unless the queue is full or its receiver is gone.
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
-        {
+        let was_empty = {
             let mut state = self.0.state.lock();
             if state.receiver_gone {
                 return Err(TrySendError::Closed(value));
@@ -68,9 +68,14 @@ impl<T> Sender<T> {
                 return Err(TrySendError::Full(value));
             }
             state.items.push_back(value);
-        }
+            state.items.len() == 1
+        };
+        // Only the send that makes the queue non-empty wakes the receiver: it waits only after
+        // finding the queue empty, and until it drains, what is added is taken with the rest.
         // A permit is stored if the receiver is not waiting yet, so no wake-up is lost.
-        self.0.ready.notify_one();
+        if was_empty {
+            self.0.ready.notify_one();
+        }
         Ok(())
     }
 }
