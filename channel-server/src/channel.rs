@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use shared::ids::{ChannelId, RingEpoch, Seq, Ts, WorkspaceId};
 use shared::protocol::{EphemeralEvent, MeshError, MeshFrame, Message, NewMessage};
-use shared::store::{AppendOutcome, HistoryQuery, SharedStore, StorageErrorKind};
+use shared::store::{AppendOutcome, GroupAppend, HistoryQuery, SharedStore, StorageErrorKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -252,7 +252,7 @@ impl ChannelTask {
     }
 
     async fn posts(&mut self, posts: Vec<(NewMessage, Instant, oneshot::Sender<MeshFrame>)>) {
-        let (mut seq, mut ts) = match self.ensure_loaded().await {
+        let head = match self.ensure_loaded().await {
             Ok(head) => head,
             Err(e) => {
                 for (_, _, reply) in posts {
@@ -262,76 +262,98 @@ impl ChannelTask {
                 return;
             }
         };
-        // Place each post, answering repeats of a client_msg_id with the stored message.
-        let mut placed: Vec<(Message, Instant, oneshot::Sender<MeshFrame>)> =
-            Vec::with_capacity(posts.len());
-        for (new, received, reply) in posts {
-            if let Some(cmid) = new.client_msg_id.as_deref() {
-                let earlier = match placed
-                    .iter()
-                    .find(|(m, _, _)| m.client_msg_id.as_deref() == Some(cmid))
-                {
-                    Some((m, _, _)) => Some(m.clone()),
-                    None => match self.in_window_by_client_id(cmid) {
-                        Some(m) => Some((*m).clone()),
-                        None => match self
-                            .store
-                            .message_by_client_msg_id(&self.workspace, &self.channel, cmid)
-                            .await
-                        {
-                            Ok(found) => found,
-                            Err(e) => {
-                                m::POSTS.with_label_values(&["error"]).inc();
-                                let _ =
-                                    reply.send(MeshFrame::Error(MeshError::Store(e.to_string())));
-                                continue;
-                            }
+        // A client_msg_id that the store already holds for this channel (beyond the window) is
+        // found by the append itself, which then writes nothing: such repeats are learnt here
+        // and the group is placed again, so the numbering has no gap.
+        let mut stored_repeats: HashMap<String, Message> = HashMap::new();
+        let mut pending = posts;
+        let (placed, fresh_seqs, seq, ts, results) = loop {
+            let (mut seq, mut ts) = head;
+            // Place each post, answering repeats of a client_msg_id with the stored message.
+            let mut placed: Vec<(Message, Instant, oneshot::Sender<MeshFrame>)> =
+                Vec::with_capacity(pending.len());
+            for (new, received, reply) in pending {
+                if let Some(cmid) = new.client_msg_id.as_deref() {
+                    let earlier = match placed
+                        .iter()
+                        .find(|(m, _, _)| m.client_msg_id.as_deref() == Some(cmid))
+                    {
+                        Some((m, _, _)) => Some(m.clone()),
+                        None => match self.in_window_by_client_id(cmid) {
+                            Some(m) => Some((*m).clone()),
+                            None => stored_repeats.get(cmid).cloned(),
                         },
-                    },
-                };
-                if let Some(msg) = earlier {
-                    // A repeat within this group is answered once the original is durable.
-                    if placed.iter().any(|(m, _, _)| m.seq == msg.seq) {
-                        placed.push((msg, received, reply));
-                    } else {
-                        m::POSTS.with_label_values(&["duplicate"]).inc();
-                        let _ = reply.send(MeshFrame::PostOk {
-                            msg,
-                            duplicate: true,
-                        });
+                    };
+                    if let Some(msg) = earlier {
+                        // A repeat within this group is answered once the original is durable.
+                        if placed.iter().any(|(m, _, _)| m.seq == msg.seq) {
+                            placed.push((msg, received, reply));
+                        } else {
+                            m::POSTS.with_label_values(&["duplicate"]).inc();
+                            let _ = reply.send(MeshFrame::PostOk {
+                                msg,
+                                duplicate: true,
+                            });
+                        }
+                        continue;
                     }
-                    continue;
+                }
+                seq += 1;
+                ts = Self::next_ts(ts);
+                placed.push((Message::from_new(new, seq, ts), received, reply));
+            }
+            // Append every new message at once: they share the store's group commit.
+            let mut first_of_seq = std::collections::HashSet::new();
+            let fresh: Vec<Message> = placed
+                .iter()
+                .map(|(m, _, _)| m)
+                .filter(|m| first_of_seq.insert(m.seq))
+                .cloned()
+                .collect();
+            let fresh_seqs: Vec<Seq> = fresh.iter().map(|m| m.seq).collect();
+            if fresh.is_empty() {
+                break (placed, fresh_seqs, seq, ts, Vec::new());
+            }
+            match self.store.append_new(fresh).await {
+                Ok(GroupAppend::Appended(results)) => break (placed, fresh_seqs, seq, ts, results),
+                Ok(GroupAppend::Repeated(found)) => {
+                    for (_, stored) in found {
+                        if let Some(cmid) = stored.client_msg_id.clone() {
+                            stored_repeats.insert(cmid, stored);
+                        }
+                    }
+                    pending = placed
+                        .into_iter()
+                        .map(|(m, received, reply)| (unplaced(m), received, reply))
+                        .collect();
+                }
+                Err(e) => {
+                    let error = MeshError::Store(e.to_string());
+                    for (_, _, reply) in placed {
+                        m::POSTS.with_label_values(&["error"]).inc();
+                        let _ = reply.send(MeshFrame::Error(error.clone()));
+                    }
+                    // Numbering may have diverged from the store: read the head again next time.
+                    self.head = None;
+                    return;
                 }
             }
-            seq += 1;
-            ts = Self::next_ts(ts);
-            placed.push((Message::from_new(new, seq, ts), received, reply));
-        }
-        // Append every new message at once: they share the store's group commit.
-        let mut first_of_seq = std::collections::HashSet::new();
-        let fresh: Vec<&Message> = placed
-            .iter()
-            .map(|(m, _, _)| m)
-            .filter(|m| first_of_seq.insert(m.seq))
-            .collect();
-        let results =
-            futures_util::future::join_all(fresh.iter().map(|m| self.store.append(m))).await;
+        };
         let mut outcome: HashMap<Seq, Result<AppendOutcome, MeshError>> = HashMap::new();
         let mut conflict = false;
-        for (m, r) in fresh.iter().zip(results) {
+        for (&seq, r) in fresh_seqs.iter().zip(results) {
             let r = r.map_err(|e| {
                 if e.kind == StorageErrorKind::SeqConflict {
                     conflict = true;
                     m::SEQ_CONFLICTS.inc();
                     MeshError::Unavailable(format!(
-                        "sequence {} was taken by another owner; retry",
-                        m.seq
+                        "sequence {seq} was taken by another owner; retry"
                     ))
                 } else {
                     MeshError::Store(e.to_string())
                 }
             });
-            outcome.insert(m.seq, r);
+            outcome.insert(seq, r);
         }
         let mut fanned = std::collections::HashSet::new();
         let mut highest_stored: Option<(Seq, Ts)> = None;
@@ -513,6 +535,19 @@ impl ChannelTask {
             Ok(messages) => MeshFrame::FetchOk { messages, last_seq },
             Err(e) => MeshFrame::Error(e),
         }
+    }
+}
+
+/// The post that a placed message came from, to place it again.
+fn unplaced(m: Message) -> NewMessage {
+    NewMessage {
+        workspace: m.workspace,
+        channel: m.channel,
+        user: m.user,
+        text: m.text,
+        client_msg_id: m.client_msg_id,
+        thread_ts: m.thread_ts,
+        kind: m.kind,
     }
 }
 

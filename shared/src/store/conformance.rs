@@ -44,6 +44,7 @@ fn message(
 pub async fn run_all(store: &dyn MessageStore) {
     metadata(store).await;
     appends_and_history(store).await;
+    append_groups(store).await;
     change_feed(store).await;
     edits_threads_and_reactions(store).await;
 }
@@ -139,6 +140,69 @@ async fn metadata(store: &dyn MessageStore) {
         .await
         .unwrap()
         .is_none());
+}
+
+async fn append_groups(store: &dyn MessageStore) {
+    let ws = store.create_workspace("group-ws").await.unwrap();
+    let user = store
+        .create_user(&ws.id, "grouper", "Grouper", false, false)
+        .await
+        .unwrap();
+    let ch = channel(&ws.id, &user.id, "groups", false);
+    store.create_channel(&ch).await.unwrap();
+    for seq in 1..=30 {
+        let cmid = format!("cmid-{seq}");
+        store
+            .append(&message(&ws.id, &ch.id, &user.id, seq, Some(&cmid)))
+            .await
+            .unwrap();
+    }
+    // A group with a repeated client_msg_id writes none of its messages and names the repeat.
+    let group = vec![
+        message(&ws.id, &ch.id, &user.id, 31, Some("cmid-new")),
+        message(&ws.id, &ch.id, &user.id, 32, Some("cmid-5")),
+        message(&ws.id, &ch.id, &user.id, 33, None),
+    ];
+    match store.append_new(group).await.unwrap() {
+        GroupAppend::Repeated(found) => {
+            assert_eq!(found.len(), 1);
+            assert_eq!(found[0].0, 1);
+            assert_eq!(found[0].1.seq, 5);
+        }
+        other => panic!("expected a repeat, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .last_message(&ws.id, &ch.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .seq,
+        30
+    );
+    // Without one, each message is appended.
+    let group = vec![
+        message(&ws.id, &ch.id, &user.id, 31, Some("cmid-31")),
+        message(&ws.id, &ch.id, &user.id, 32, None),
+    ];
+    match store.append_new(group).await.unwrap() {
+        GroupAppend::Appended(outcomes) => {
+            assert_eq!(outcomes.len(), 2);
+            for outcome in outcomes {
+                assert_eq!(outcome.unwrap(), AppendOutcome::Stored);
+            }
+        }
+        other => panic!("expected appends, got {other:?}"),
+    }
+    assert_eq!(
+        store
+            .last_message(&ws.id, &ch.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .seq,
+        32
+    );
 }
 
 async fn appends_and_history(store: &dyn MessageStore) {

@@ -131,6 +131,16 @@ pub enum AppendOutcome {
     Duplicate(Message),
 }
 
+/// What [`MessageStore::append_new`] did.
+#[derive(Debug)]
+pub enum GroupAppend {
+    /// No message repeated a stored `client_msg_id`: each one's outcome, in order.
+    Appended(Vec<StorageResult<AppendOutcome>>),
+    /// Nothing was written: these messages (by index) repeat a `client_msg_id` that their
+    /// channel already stored, as the given stored message.
+    Repeated(Vec<(usize, Message)>),
+}
+
 /// Storage shared by every role that persists or reads (channel servers write messages, the
 /// Web API writes metadata and reads history).
 #[async_trait::async_trait]
@@ -218,6 +228,34 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Appends a message placed by its channel server. Fails with `SeqConflict` if
     /// `(channel, seq)` is taken; returns `Duplicate` if its `client_msg_id` is.
     async fn append(&self, msg: &Message) -> StorageResult<AppendOutcome>;
+    /// Appends one channel's new messages, placed in order by its channel server, unless one
+    /// of them repeats a `client_msg_id` the channel already stored: then nothing is written
+    /// and the stored messages are returned ([`GroupAppend::Repeated`]), so the channel server
+    /// can answer those with the stored message and number the rest again without a gap.
+    /// Otherwise each message's outcome is what [`append`](Self::append) would give.
+    ///
+    /// The default looks each id up, then appends. The embedded store checks and writes in one
+    /// transaction on its writer thread: one hand-off per group instead of a read per message
+    /// and then the append.
+    async fn append_new(&self, msgs: Vec<Message>) -> StorageResult<GroupAppend> {
+        let mut repeated = Vec::new();
+        for (i, msg) in msgs.iter().enumerate() {
+            if let Some(cmid) = msg.client_msg_id.as_deref() {
+                if let Some(stored) = self
+                    .message_by_client_msg_id(&msg.workspace, &msg.channel, cmid)
+                    .await?
+                {
+                    repeated.push((i, stored));
+                }
+            }
+        }
+        if !repeated.is_empty() {
+            return Ok(GroupAppend::Repeated(repeated));
+        }
+        Ok(GroupAppend::Appended(
+            futures_util::future::join_all(msgs.iter().map(|m| self.append(m))).await,
+        ))
+    }
     /// The channel's last message (its sequence and ts), for a channel server taking
     /// ownership.
     async fn last_message(

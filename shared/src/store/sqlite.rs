@@ -21,9 +21,9 @@ use rusqlite::{params, Connection, OptionalExtension, Params, Row};
 use tokio::sync::oneshot;
 
 use super::{
-    shard_for, AppendOutcome, Change, Channel, HistoryQuery, Membership, MessageStore, MessageView,
-    Reaction, StorageError, StorageErrorKind, StorageResult, User, UserChannelMembership,
-    Workspace,
+    shard_for, AppendOutcome, Change, Channel, GroupAppend, HistoryQuery, Membership, MessageStore,
+    MessageView, Reaction, StorageError, StorageErrorKind, StorageResult, User,
+    UserChannelMembership, Workspace,
 };
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
 use crate::protocol::{Message, MessageKind};
@@ -294,9 +294,50 @@ impl ConnPool {
     }
 }
 
-struct AppendRequest {
-    msg: Message,
-    reply: oneshot::Sender<StorageResult<AppendOutcome>>,
+enum AppendRequest {
+    /// [`MessageStore::append`].
+    One {
+        msg: Message,
+        reply: oneshot::Sender<StorageResult<AppendOutcome>>,
+    },
+    /// [`MessageStore::append_new`].
+    Group {
+        msgs: Vec<Message>,
+        reply: oneshot::Sender<StorageResult<GroupAppend>>,
+    },
+}
+
+/// What [`write_batch`] answers to one [`AppendRequest`].
+enum AppendReply {
+    One(StorageResult<AppendOutcome>),
+    Group(GroupAppend),
+}
+
+impl AppendRequest {
+    fn answer(self, reply: AppendReply) {
+        match (self, reply) {
+            (AppendRequest::One { reply, .. }, AppendReply::One(outcome)) => {
+                let _ = reply.send(outcome);
+            }
+            (AppendRequest::Group { reply, .. }, AppendReply::Group(outcome)) => {
+                let _ = reply.send(Ok(outcome));
+            }
+            (req, _) => req.fail(unavailable(
+                "store writer answered the wrong kind of append",
+            )),
+        }
+    }
+
+    fn fail(self, e: StorageError) {
+        match self {
+            AppendRequest::One { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            AppendRequest::Group { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
 }
 
 struct Shard {
@@ -424,15 +465,15 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<AppendRequest
         let start = Instant::now();
         m::STORE_BATCH_SIZE.observe(batch.len() as f64);
         match write_batch(&mut conn, &batch) {
-            Ok(outcomes) => {
-                for (req, outcome) in batch.into_iter().zip(outcomes) {
-                    let _ = req.reply.send(outcome);
+            Ok(replies) => {
+                for (req, reply) in batch.into_iter().zip(replies) {
+                    req.answer(reply);
                 }
             }
             Err(e) => {
                 m::STORE_ERRORS.with_label_values(&["append"]).inc();
                 for req in batch {
-                    let _ = req.reply.send(Err(unavailable(&e)));
+                    req.fail(unavailable(&e));
                 }
             }
         }
@@ -445,9 +486,9 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<AppendRequest
 fn write_batch(
     conn: &mut Connection,
     batch: &[AppendRequest],
-) -> Result<Vec<StorageResult<AppendOutcome>>, rusqlite::Error> {
+) -> Result<Vec<AppendReply>, rusqlite::Error> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
     {
         let mut by_client_id = tx.prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 AND client_msg_id = ?2"
@@ -457,15 +498,15 @@ fn write_batch(
         ))?;
         let mut record_change =
             tx.prepare_cached("INSERT INTO changes (channel_id, seq) VALUES (?1, ?2)")?;
-        for req in batch {
-            let msg = &req.msg;
+        let mut append = |by_client_id: &mut rusqlite::CachedStatement<'_>,
+                          msg: &Message|
+         -> Result<StorageResult<AppendOutcome>, rusqlite::Error> {
             if let Some(cmid) = &msg.client_msg_id {
                 if let Some(existing) = by_client_id
                     .query_row(params![msg.channel.0, cmid], row_to_message)
                     .optional()?
                 {
-                    outcomes.push(Ok(AppendOutcome::Duplicate(existing)));
-                    continue;
+                    return Ok(Ok(AppendOutcome::Duplicate(existing)));
                 }
             }
             let result = insert.execute(params![
@@ -481,7 +522,7 @@ fn write_batch(
                 msg.kind.target().map(|t| t.0 as i64),
                 msg.kind.reaction(),
             ]);
-            outcomes.push(match result {
+            Ok(match result {
                 Ok(_) => {
                     // Apply the entry to the message it changes, in the same transaction, and
                     // record which posted message changed for the search feed.
@@ -499,11 +540,43 @@ fn write_batch(
                     ),
                 )),
                 Err(e) => return Err(e),
-            });
+            })
+        };
+        for req in batch {
+            match req {
+                AppendRequest::One { msg, .. } => {
+                    replies.push(AppendReply::One(append(&mut by_client_id, msg)?))
+                }
+                AppendRequest::Group { msgs, .. } => {
+                    // Every id is checked before anything is written, so a repeat leaves no
+                    // gap in the numbering of the rest.
+                    let mut repeated = Vec::new();
+                    for (i, msg) in msgs.iter().enumerate() {
+                        if let Some(cmid) = &msg.client_msg_id {
+                            if let Some(existing) = by_client_id
+                                .query_row(params![msg.channel.0, cmid], row_to_message)
+                                .optional()?
+                            {
+                                repeated.push((i, existing));
+                            }
+                        }
+                    }
+                    let reply = if repeated.is_empty() {
+                        let mut outcomes = Vec::with_capacity(msgs.len());
+                        for msg in msgs {
+                            outcomes.push(append(&mut by_client_id, msg)?);
+                        }
+                        GroupAppend::Appended(outcomes)
+                    } else {
+                        GroupAppend::Repeated(repeated)
+                    };
+                    replies.push(AppendReply::Group(reply));
+                }
+            }
         }
     }
     tx.commit()?;
-    Ok(outcomes)
+    Ok(replies)
 }
 
 /// Applies a stored entry to the state of the message it concerns. Returns the sequence of the
@@ -1055,7 +1128,7 @@ impl MessageStore for SqliteStore {
         let (reply, rx) = oneshot::channel();
         self.shard(&msg.workspace)
             .writer
-            .send(AppendRequest {
+            .send(AppendRequest::One {
                 msg: msg.clone(),
                 reply,
             })
@@ -1064,6 +1137,29 @@ impl MessageStore for SqliteStore {
         m::STORE_OPS
             .with_label_values(&["append"])
             .observe(start.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn append_new(&self, msgs: Vec<Message>) -> StorageResult<GroupAppend> {
+        let Some(first) = msgs.first() else {
+            return Ok(GroupAppend::Appended(Vec::new()));
+        };
+        let start = Instant::now();
+        let shard = self.shard(&first.workspace);
+        // One channel's messages, so one workspace and one shard.
+        debug_assert!(msgs.iter().all(|m| m.workspace == first.workspace));
+        let num = msgs.len();
+        let (reply, rx) = oneshot::channel();
+        shard
+            .writer
+            .send(AppendRequest::Group { msgs, reply })
+            .map_err(|_| unavailable("store writer stopped"))?;
+        let result = rx.await.map_err(|_| unavailable("store writer stopped"))?;
+        let elapsed = start.elapsed().as_secs_f64();
+        let appends = m::STORE_OPS.with_label_values(&["append"]);
+        for _ in 0..num {
+            appends.observe(elapsed);
+        }
         result
     }
 
