@@ -25,16 +25,17 @@ struct Shared<T> {
 
 struct State<T> {
     items: VecDeque<T>,
-    /// The receiver is gone: sends fail with `Closed`.
-    receiver_gone: bool,
+    /// The receiver is gone, or the queue overflowed: sends fail with `Closed`.
+    closed: bool,
 }
 
 /// Why [`Sender::try_send`] did not queue its value.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TrySendError<T> {
-    /// The queue holds `capacity` items.
+    /// The queue holds `capacity` items. It takes nothing more from then on (a session that
+    /// fell behind resyncs rather than continuing with a hole): later sends are `Closed`.
     Full(T),
-    /// The receiver was dropped.
+    /// The receiver was dropped, or the queue overflowed before.
     Closed(T),
 }
 
@@ -47,7 +48,7 @@ pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
-            receiver_gone: false,
+            closed: false,
         }),
         ready: Notify::new(),
         capacity: capacity.max(1),
@@ -61,10 +62,11 @@ impl<T> Sender<T> {
     pub fn try_send(&self, value: T) -> Result<(), TrySendError<T>> {
         let was_empty = {
             let mut state = self.0.state.lock();
-            if state.receiver_gone {
+            if state.closed {
                 return Err(TrySendError::Closed(value));
             }
             if state.items.len() >= self.0.capacity {
+                state.closed = true;
                 return Err(TrySendError::Full(value));
             }
             state.items.push_back(value);
@@ -135,7 +137,7 @@ impl<T> Receiver<T> {
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         let mut state = self.0.state.lock();
-        state.receiver_gone = true;
+        state.closed = true;
         state.items.clear();
     }
 }
@@ -153,20 +155,34 @@ mod tests {
         assert_eq!(tx.try_send(1), Ok(()));
         assert_eq!(tx2.try_send(2), Ok(()));
         assert_eq!(tx.try_send(3), Ok(()));
-        assert_eq!(tx.try_send(4), Err(TrySendError::Full(4)));
         let mut buf = Vec::new();
         assert_eq!(rx.recv_many(&mut buf, 2).await, 2);
-        assert_eq!(rx.recv_many(&mut buf, 10).await, 1);
-        assert_eq!(buf, vec![1, 2, 3]);
-        assert_eq!(tx.try_send(5), Ok(()), "room again once drained");
+        assert_eq!(tx.try_send(4), Ok(()), "room again once drained");
         drop(tx);
-        drop(tx2);
         assert_eq!(
             rx.recv_many(&mut buf, 10).await,
-            1,
+            2,
             "what was queued still comes"
         );
+        assert_eq!(buf, vec![1, 2, 3, 4]);
+        drop(tx2);
         assert_eq!(rx.recv_many(&mut buf, 10).await, 0, "then the end");
+    }
+
+    #[tokio::test]
+    async fn an_overflowed_queue_takes_nothing_more() {
+        let (tx, mut rx) = channel::<u32>(2);
+        assert_eq!(tx.try_send(1), Ok(()));
+        assert_eq!(tx.try_send(2), Ok(()));
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full(3)));
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_many(&mut buf, 10).await, 2);
+        assert_eq!(
+            tx.try_send(4),
+            Err(TrySendError::Closed(4)),
+            "no message after the one that was dropped"
+        );
+        assert_eq!(buf, vec![1, 2]);
     }
 
     #[tokio::test]

@@ -38,6 +38,15 @@ pub struct SessionParams {
     pub boot: Option<serde_json::Value>,
 }
 
+/// Where a session stands in one channel.
+#[derive(Clone, Copy, Default)]
+struct Position {
+    /// The last `seq` written; `None`: take whatever comes next.
+    last: Option<Seq>,
+    /// Whether the session's `written` set holds the channel.
+    written: bool,
+}
+
 type BackfillResult = (
     ChannelId,
     Option<Seq>,
@@ -50,8 +59,9 @@ struct Session {
     user: shared::ids::UserId,
     hub: Arc<Hub>,
     channels: HashSet<ChannelId>,
-    /// Last `seq` written per channel; `None`: take whatever comes next.
-    delivered: HashMap<ChannelId, Option<Seq>>,
+    /// Per channel: the last `seq` written (`None`: take whatever comes next) and whether
+    /// `written` holds the channel (so the per-message path needs one lookup).
+    delivered: HashMap<ChannelId, Position>,
     /// Whether anything of the channel was written on this session (a resume after that
     /// could not keep the order).
     written: HashSet<ChannelId>,
@@ -106,18 +116,18 @@ impl Session {
         text: Utf8Bytes,
         out: &mut Vec<Utf8Bytes>,
     ) {
-        // The steady state (a subscribed channel, in order) looks the channel up without
-        // cloning its id: this runs once per message per session.
-        if !self.delivered.contains_key(channel) {
-            if !self.channels.contains(channel) {
-                return;
+        // The steady state (a subscribed channel, in order) is one lookup, without cloning
+        // the channel's id: this runs once per message per session.
+        let pos = match self.delivered.get_mut(channel) {
+            Some(pos) => pos,
+            None => {
+                if !self.channels.contains(channel) {
+                    return;
+                }
+                self.delivered.entry(channel.clone()).or_default()
             }
-            self.delivered.insert(channel.clone(), None);
-        }
-        let Some(d) = self.delivered.get_mut(channel) else {
-            return;
         };
-        match *d {
+        match pos.last {
             Some(x) if seq <= x => {}
             Some(x) if seq > x + 1 => {
                 let held = self.held.entry(channel.clone()).or_default();
@@ -130,9 +140,10 @@ impl Session {
                 self.request_backfill(channel.clone(), x, Some(seq - 1), 0);
             }
             _ => {
-                *d = Some(seq);
+                pos.last = Some(seq);
                 out.push(text);
-                if !self.written.contains(channel) {
+                if !pos.written {
+                    pos.written = true;
                     self.written.insert(channel.clone());
                 }
                 if !self.held.is_empty() {
@@ -146,14 +157,14 @@ impl Session {
         let Some(held) = self.held.get_mut(channel) else {
             return;
         };
-        let d = self.delivered.entry(channel.clone()).or_insert(None);
+        let pos = self.delivered.entry(channel.clone()).or_default();
         while let Some((&seq, _)) = held.first_key_value() {
-            let last = d.unwrap_or(0);
+            let last = pos.last.unwrap_or(0);
             if seq <= last {
                 held.pop_first();
             } else if seq == last + 1 {
                 let (_, text) = held.pop_first().expect("held not empty");
-                *d = Some(seq);
+                pos.last = Some(seq);
                 out.push(text);
             } else {
                 break;
@@ -176,7 +187,7 @@ impl Session {
                 for (seq, text) in messages {
                     self.on_message(&channel, seq, text, out);
                 }
-                let d = self.delivered.get(&channel).copied().flatten().unwrap_or(0);
+                let d = self.last_delivered(&channel).unwrap_or(0);
                 let first_held = self
                     .held
                     .get(&channel)
@@ -189,7 +200,7 @@ impl Session {
                     // The store does not hold the gap: never acknowledged, so skip it.
                     (_, Some(first)) if first > d + 1 => {
                         m::GAPS_SKIPPED.inc();
-                        self.delivered.insert(channel.clone(), Some(first - 1));
+                        self.set_last(&channel, Some(first - 1));
                         self.flush_held(&channel, out);
                     }
                     _ => {}
@@ -202,7 +213,7 @@ impl Session {
                     self.overflow.cancel();
                     return;
                 }
-                let d = self.delivered.get(&channel).copied().flatten().unwrap_or(0);
+                let d = self.last_delivered(&channel).unwrap_or(0);
                 self.request_backfill(channel, d, up_to, attempt + 1);
             }
         }
@@ -219,7 +230,7 @@ impl Session {
             }
             Outbound::Joined { channel, start } => {
                 self.channels.insert(channel.clone());
-                self.delivered.insert(channel, start);
+                self.set_last(&channel, start);
             }
             Outbound::Left { channel } => {
                 self.channels.remove(&channel);
@@ -229,11 +240,22 @@ impl Session {
         }
     }
 
+    fn last_delivered(&self, channel: &ChannelId) -> Option<Seq> {
+        self.delivered.get(channel).and_then(|p| p.last)
+    }
+
+    /// Sets where a channel continues, keeping whether it was written.
+    fn set_last(&mut self, channel: &ChannelId, last: Option<Seq>) {
+        let written = self.written.contains(channel);
+        self.delivered
+            .insert(channel.clone(), Position { last, written });
+    }
+
     fn positions(&self) -> serde_json::Value {
         let map: serde_json::Map<String, serde_json::Value> = self
             .delivered
             .iter()
-            .filter_map(|(c, d)| d.map(|d| (c.0.clone(), serde_json::Value::from(d))))
+            .filter_map(|(c, p)| p.last.map(|d| (c.0.clone(), serde_json::Value::from(d))))
             .collect();
         serde_json::Value::Object(map)
     }
@@ -297,7 +319,16 @@ pub fn run(
             user: user.clone(),
             hub: hub.clone(),
             channels: channels.into_iter().collect(),
-            delivered: starts.into_iter().collect(),
+            delivered: starts
+                .into_iter()
+                .map(|(c, last)| {
+                    let pos = Position {
+                        last,
+                        written: false,
+                    };
+                    (c, pos)
+                })
+                .collect(),
             written: HashSet::new(),
             held: HashMap::new(),
             backfilling: HashSet::new(),
@@ -573,7 +604,7 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
                     rejected.push(serde_json::json!({ "channel": c.0, "error": "not_in_channel" }));
                     continue;
                 }
-                let d = s.delivered.get(&c).copied().flatten();
+                let d = s.last_delivered(&c);
                 if s.written.contains(&c) && d.is_some_and(|d| after < d) {
                     // Messages after `after` were partly written already: sending the rest now
                     // would break the order. The client reconnects with ?resume= instead.
@@ -581,7 +612,7 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
                     continue;
                 }
                 if d.is_none_or(|d| after >= d) || !s.written.contains(&c) {
-                    s.delivered.insert(c.clone(), Some(after));
+                    s.set_last(&c, Some(after));
                     s.request_backfill(c.clone(), after, None, 0);
                 }
                 resumed.push(c.0);
