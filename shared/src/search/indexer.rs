@@ -15,7 +15,7 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 /// Applies every pending change of `shard` once; returns how many it applied.
 pub async fn catch_up(
     store: &SharedStore,
-    index: &SearchIndex,
+    index: &Arc<SearchIndex>,
     shard: u32,
 ) -> anyhow::Result<usize> {
     let mut applied = 0;
@@ -25,16 +25,24 @@ pub async fn catch_up(
         let Some(last) = changes.last().map(|c| c.id) else {
             return Ok(applied);
         };
-        for change in &changes {
-            if change.deleted {
-                index.remove(&change.message.channel, change.message.seq)?;
-            } else {
-                index.upsert(&change.message)?;
+        let num = changes.len();
+        // A commit waits for the indexing threads and syncs files: on the blocking pool, so
+        // it does not hold up one of the runtime's workers (the post path runs on them).
+        let index = index.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            for change in &changes {
+                if change.deleted {
+                    index.remove(&change.message.channel, change.message.seq)?;
+                } else {
+                    index.upsert(&change.message)?;
+                }
             }
-        }
-        index.commit(last)?;
-        applied += changes.len();
-        if changes.len() < BATCH as usize {
+            index.commit(last)?;
+            Ok(())
+        })
+        .await??;
+        applied += num;
+        if num < BATCH as usize {
             return Ok(applied);
         }
     }
@@ -87,13 +95,13 @@ mod tests {
         let shard = shard_for(&ws.id, store.num_shards());
         let index_dir = dir.path().join("index");
         {
-            let index = SearchIndex::open(&index_dir).unwrap();
+            let index = Arc::new(SearchIndex::open(&index_dir).unwrap());
             assert_eq!(catch_up(&store, &index, shard).await.unwrap(), 3);
             assert_eq!(catch_up(&store, &index, shard).await.unwrap(), 0);
         }
         // Acknowledged while the indexer was down.
         store.append(&post(4, "beta")).await.unwrap();
-        let index = SearchIndex::open(&index_dir).unwrap();
+        let index = Arc::new(SearchIndex::open(&index_dir).unwrap());
         assert_eq!(
             catch_up(&store, &index, shard).await.unwrap(),
             1,

@@ -152,7 +152,11 @@ impl SearchIndex {
     }
 
     fn with_index(index: Index, fields: Fields) -> Result<SearchIndex, SearchError> {
-        let writer = index.writer(WRITER_HEAP_BYTES)?;
+        // One indexing thread: each commit then makes one segment rather than one per
+        // thread. Commits come every poll (a few a second), each with a few thousand small
+        // messages at most, and every segment costs a fixed amount (tantivy allocates and
+        // scans a 2^19-slot term table per segment writer, then merges the segments).
+        let writer = index.writer_with_num_threads(1, WRITER_HEAP_BYTES)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
