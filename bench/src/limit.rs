@@ -140,8 +140,13 @@ async fn accept_loop(
 /// An unmasked server-to-client text frame (RFC 6455, section 5.2), encoded once per
 /// message and written as is to every subscriber.
 pub fn text_frame(payload: &[u8]) -> Bytes {
+    Bytes::from(server_frame(0x81, payload)) // FIN, text
+}
+
+/// An unmasked server-to-client frame whose first byte (FIN, opcode) is `first`.
+pub fn server_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 10);
-    out.push(0x81); // FIN, text
+    out.push(first);
     match payload.len() {
         n if n < 126 => out.push(n as u8),
         n if n <= u16::MAX as usize => {
@@ -154,7 +159,7 @@ pub fn text_frame(payload: &[u8]) -> Bytes {
         }
     }
     out.extend_from_slice(payload);
-    Bytes::from(out)
+    out
 }
 
 async fn subscriber(

@@ -15,15 +15,15 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
 use anyhow::{bail, Context};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::{client::generate_key, derive_accept_key};
 
-use crate::ws::{loopback_addr, url_lite};
+use crate::ws::{connect_tcp, url_lite};
 
 /// Largest message accepted (whole, after reassembly).
 pub const MAX_MESSAGE: usize = 16 << 20;
@@ -137,17 +137,7 @@ pub struct RawWs {
 impl RawWs {
     /// Opens a TCP connection from `source` to the loopback `url` and upgrades it.
     pub async fn connect(url: &str, source: Ipv4Addr, read_size: usize) -> anyhow::Result<RawWs> {
-        let parsed = url_lite::Url::parse(url)?;
-        let addr = loopback_addr(&parsed)?;
-        let socket = TcpSocket::new_v4().context("tcp socket")?;
-        socket.set_nodelay(true)?;
-        socket
-            .bind(SocketAddr::new(IpAddr::V4(source), 0))
-            .with_context(|| format!("failed to bind client socket to {source}"))?;
-        let stream = socket
-            .connect(addr)
-            .await
-            .with_context(|| format!("failed to connect to {addr} from {source}"))?;
+        let (parsed, stream) = connect_tcp(url, source).await?;
         let mut ws = RawWs {
             stream,
             buf: BytesMut::with_capacity(read_size.max(1024)),
@@ -342,20 +332,7 @@ mod tests {
     use tokio_tungstenite::tungstenite::Message;
 
     fn server_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n if n < 126 => out.push(n as u8),
-            n if n <= u16::MAX as usize => {
-                out.push(126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(payload);
-        out
+        crate::limit::server_frame(if fin { 0x80 } else { 0 } | opcode, payload)
     }
 
     #[test]

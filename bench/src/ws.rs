@@ -65,8 +65,11 @@ pub fn client_config(read_buffer: usize) -> WebSocketConfig {
     c
 }
 
-/// Opens a TCP connection from `source` and performs the WebSocket handshake on `url`.
-pub async fn connect(url: &str, source: Ipv4Addr, config: WebSocketConfig) -> anyhow::Result<Ws> {
+/// Opens a TCP connection (no Nagle delay) from `source` to the loopback address of `url`.
+pub async fn connect_tcp(
+    url: &str,
+    source: Ipv4Addr,
+) -> anyhow::Result<(url_lite::Url, TcpStream)> {
     let parsed = url_lite::Url::parse(url)?;
     let addr = loopback_addr(&parsed)?;
     let socket = TcpSocket::new_v4().context("tcp socket")?;
@@ -78,6 +81,12 @@ pub async fn connect(url: &str, source: Ipv4Addr, config: WebSocketConfig) -> an
         .connect(addr)
         .await
         .with_context(|| format!("failed to connect to {addr} from {source}"))?;
+    Ok((parsed, stream))
+}
+
+/// Opens a TCP connection from `source` and performs the WebSocket handshake on `url`.
+pub async fn connect(url: &str, source: Ipv4Addr, config: WebSocketConfig) -> anyhow::Result<Ws> {
+    let (parsed, stream) = connect_tcp(url, source).await?;
     let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
         .await
         .with_context(|| format!("websocket handshake with {}", parsed.redacted()))?;

@@ -171,15 +171,7 @@ async fn append_groups(store: &dyn MessageStore) {
         }
         other => panic!("expected a repeat, got {other:?}"),
     }
-    assert_eq!(
-        store
-            .last_message(&ws.id, &ch.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .seq,
-        30
-    );
+    assert_eq!(last_seq(store, &ws.id, &ch.id).await, 30);
     // Without one, each message is appended.
     let group = vec![
         message(&ws.id, &ch.id, &user.id, 31, Some("cmid-31")),
@@ -194,15 +186,7 @@ async fn append_groups(store: &dyn MessageStore) {
         }
         other => panic!("expected appends, got {other:?}"),
     }
-    assert_eq!(
-        store
-            .last_message(&ws.id, &ch.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .seq,
-        32
-    );
+    assert_eq!(last_seq(store, &ws.id, &ch.id).await, 32);
 }
 
 async fn appends_and_history(store: &dyn MessageStore) {
@@ -238,15 +222,7 @@ async fn appends_and_history(store: &dyn MessageStore) {
         AppendOutcome::Duplicate(m) => assert_eq!(m.seq, 7),
         other => panic!("expected a duplicate, got {other:?}"),
     }
-    assert_eq!(
-        store
-            .last_message(&ws.id, &ch.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .seq,
-        30
-    );
+    assert_eq!(last_seq(store, &ws.id, &ch.id).await, 30);
     assert_eq!(
         store
             .message_by_client_msg_id(&ws.id, &ch.id, "cmid-12")
@@ -338,6 +314,11 @@ async fn appends_and_history(store: &dyn MessageStore) {
 }
 
 /// Waits until changes written so far may be read from the feed.
+/// The `seq` of a channel's last stored message.
+async fn last_seq(store: &dyn MessageStore, ws: &WorkspaceId, ch: &ChannelId) -> Seq {
+    store.last_message(ws, ch).await.unwrap().unwrap().seq
+}
+
 async fn settle(store: &dyn MessageStore) {
     let delay = store.change_feed_delay();
     if !delay.is_zero() {
