@@ -170,18 +170,20 @@ pub(crate) async fn visible_channel(
             }
         }
     };
-    let channel = found
-        .filter(|c| c.workspace == caller.claims.workspace)
-        .ok_or(ApiError::ChannelNotFound)?;
+    let channel = in_callers_workspace(caller, found)?;
     let is_member = state.store.is_member(&channel.id, &caller.user.id).await?;
-    visible(caller, Some(channel), is_member)
+    visible(channel, is_member)
 }
 
-/// The checks of [`visible_channel`] on what the store answered for the channel.
-fn visible(caller: &Caller, found: Option<Channel>, is_member: bool) -> ApiResult<VisibleChannel> {
-    let channel = found
+/// The channel the store found, if it is in the caller's workspace.
+fn in_callers_workspace(caller: &Caller, found: Option<Channel>) -> ApiResult<Channel> {
+    found
         .filter(|c| c.workspace == caller.claims.workspace)
-        .ok_or(ApiError::ChannelNotFound)?;
+        .ok_or(ApiError::ChannelNotFound)
+}
+
+/// The last check of [`visible_channel`]: a private channel is visible to its members only.
+fn visible(channel: Channel, is_member: bool) -> ApiResult<VisibleChannel> {
     if channel.is_private && !is_member {
         return Err(ApiError::ChannelNotFound);
     }
@@ -214,7 +216,7 @@ pub(crate) async fn authenticate_in_channel(
         .user_channel_membership(&claims.user, &channel_id)
         .await?;
     let caller = caller(claims, read.user, token)?;
-    let visible = visible(&caller, read.channel, read.is_member)?;
+    let visible = visible(in_callers_workspace(&caller, read.channel)?, read.is_member)?;
     Ok((caller, visible))
 }
 
