@@ -743,7 +743,8 @@ enum Publisher {
     /// `posters` concurrent `chat.postMessage` loops.
     Http {
         api: Api,
-        token: Arc<str>,
+        /// Per channel, the tokens of the users who post to it, taken in turn.
+        tokens: Arc<Vec<Vec<Arc<str>>>>,
         channel_ids: Arc<Vec<String>>,
         posters: usize,
         run_id: Arc<str>,
@@ -764,16 +765,16 @@ impl Publisher {
         match self {
             Publisher::Http {
                 api,
-                token,
+                tokens,
                 channel_ids,
                 posters,
                 run_id,
             } => {
                 let mut tasks = tokio::task::JoinSet::new();
                 for _ in 0..*posters {
-                    let (api, token, ids, run_id) = (
+                    let (api, tokens, ids, run_id) = (
                         api.clone(),
-                        token.clone(),
+                        tokens.clone(),
                         channel_ids.clone(),
                         run_id.clone(),
                     );
@@ -782,9 +783,11 @@ impl Publisher {
                     tasks.spawn(async move {
                         while let Some((m, t)) = tracker.claim(&sched).await {
                             let c = (m % ids.len() as u64) as usize;
+                            let users = &tokens[c];
+                            let token = &users[(m / ids.len() as u64) as usize % users.len()];
                             let text = encode_payload(None, None, m, t, sched.phase);
                             let id = format!("{run_id}-{m}");
-                            match api.post(&token, &ids[c], &text, &id).await {
+                            match api.post(token, &ids[c], &text, &id).await {
                                 Ok(seq) => {
                                     tracker.ledgers[c].record(seq, Some(m));
                                     let ack = tracker.now_ns().saturating_sub(t);
@@ -1075,6 +1078,12 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
         users.len(),
         gateway_urls.len()
     ));
+    // Each channel's messages are posted by its own subscribers in turn: rate limits are per
+    // user (as Slack's are), and a channel's messages come from the people in it.
+    let mut poster_tokens: Vec<Vec<Arc<str>>> = vec![Vec::new(); plan.channels];
+    for (c, token) in &users {
+        poster_tokens[*c].push(token.as_str().into());
+    }
     let tracker = Tracker::new(plan);
     let targets = users
         .into_iter()
@@ -1135,7 +1144,7 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
     let setup_s = setup.elapsed().as_secs_f64();
     let mut publisher = Publisher::Http {
         api,
-        token: admin.into(),
+        tokens: Arc::new(poster_tokens),
         channel_ids,
         posters: plan.posters,
         run_id: run.into(),

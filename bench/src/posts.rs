@@ -82,7 +82,8 @@ pub fn check_seqs(per_channel: &[Vec<u64>]) -> Vec<String> {
 /// What every phase of one run posts with.
 struct Ctx {
     api: Api,
-    admin: String,
+    /// The token of each channel's poster.
+    tokens: Arc<Vec<String>>,
     channel_ids: Arc<Vec<String>>,
     /// Every acknowledged seq, per channel, over all phases (the check covers the warm-up).
     acked: Arc<Vec<Mutex<Vec<u64>>>>,
@@ -116,21 +117,28 @@ pub async fn run(
         .as_millis()
         % 1_000_000;
     note(format!(
-        "posts ({store} store): creating {} channels",
+        "posts ({store} store): creating {} channels, each with a user who posts to it",
         plan.channels
     ));
-    let channel_ids: Vec<String> = for_each_concurrent((0..plan.channels).collect(), 8, {
+    // One user per channel, who creates it: rate limits are per user (as Slack's are), and a
+    // workspace's posts come from many people, not from one user at thousands a second.
+    let channels: Vec<(String, String)> = for_each_concurrent((0..plan.channels).collect(), 8, {
         let (api, admin, run) = (api.clone(), admin.clone(), run.clone());
         move |i: usize| {
             let (api, admin) = (api.clone(), admin.clone());
             let name = format!("p{run}-{stamp}-{i}");
-            async move { api.create_channel(&admin, &name).await }
+            async move {
+                let (_, token) = api.create_user(&admin, &format!("u{name}")).await?;
+                let id = api.create_channel(&token, &name).await?;
+                Ok((id, token))
+            }
         }
     })
     .await?;
+    let (channel_ids, tokens): (Vec<String>, Vec<String>) = channels.into_iter().unzip();
     let ctx = Ctx {
         api,
-        admin,
+        tokens: Arc::new(tokens),
         acked: Arc::new((0..plan.channels).map(|_| Mutex::new(Vec::new())).collect()),
         channel_ids: Arc::new(channel_ids),
         filler: "x".repeat(plan.text_bytes.saturating_sub(24)),
@@ -229,9 +237,9 @@ async fn drive(ctx: &Ctx, label: &str, tag: &str, duration_s: f64, max_posts: u6
     };
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..ctx.posters {
-        let (api, admin, ids, acked, hist, next, done, failed, errors, filler) = (
+        let (api, tokens, ids, acked, hist, next, done, failed, errors, filler) = (
             ctx.api.clone(),
-            ctx.admin.clone(),
+            ctx.tokens.clone(),
             ctx.channel_ids.clone(),
             ctx.acked.clone(),
             hist.clone(),
@@ -268,7 +276,10 @@ async fn drive(ctx: &Ctx, label: &str, tag: &str, duration_s: f64, max_posts: u6
                 first_ns.fetch_min(t.duration_since(base).as_nanos() as u64, Ordering::Relaxed);
                 let c = (k % ids.len() as u64) as usize;
                 let text = format!("post {k} {filler}");
-                match api.post(&admin, &ids[c], &text, &format!("{run}{k}")).await {
+                match api
+                    .post(&tokens[c], &ids[c], &text, &format!("{run}{k}"))
+                    .await
+                {
                     Ok(seq) => {
                         let end = Instant::now();
                         hist.record(end.duration_since(t).as_nanos() as u64);

@@ -142,6 +142,13 @@ pub mod metrics {
         )
         .unwrap()
     });
+    pub static STORE_CONNECTIONS_OPENED: LazyLock<IntCounter> = LazyLock::new(|| {
+        prometheus::register_int_counter!(
+            "switchboard_store_connections_opened_total",
+            "embedded store connections opened by the read pools (at most 32 per file)"
+        )
+        .unwrap()
+    });
     pub static STORE_BATCH_SIZE: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
         prometheus::register_histogram!(
             "switchboard_store_commit_batch_messages",

@@ -273,28 +273,67 @@ fn row_to_channel(row: &rusqlite::Row<'_>) -> rusqlite::Result<Channel> {
     })
 }
 
-/// A small pool of connections to one file, for reads and metadata writes.
-/// Idle connections a pool keeps.
-const MAX_IDLE_CONNECTIONS: usize = 32;
+/// Connections a pool holds, and so the most blocking calls on one file at once. Calls past
+/// it wait (asynchronously) for a connection: on many cores, with hundreds of requests in
+/// flight, opening a connection per call past a fixed number of idle ones meant opening the
+/// file, setting its pragmas and preparing every statement again for most calls.
+const MAX_CONNECTIONS: usize = 32;
 
+/// A bounded pool of connections to one file, for reads and metadata writes.
 struct ConnPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
+    permits: Arc<tokio::sync::Semaphore>,
+    /// Connections opened so far (the first one included).
+    opened: std::sync::atomic::AtomicUsize,
 }
 
 impl ConnPool {
+    fn new(path: PathBuf, first: Connection) -> ConnPool {
+        ConnPool {
+            path,
+            idle: Mutex::new(vec![first]),
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+            opened: std::sync::atomic::AtomicUsize::new(1),
+        }
+    }
+
+    /// Runs `f` on a connection of this pool on the blocking pool, once one is free.
+    async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        op: &'static str,
+        f: impl FnOnce(&mut Connection) -> StorageResult<T> + Send + 'static,
+    ) -> StorageResult<T> {
+        let start = Instant::now();
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| unavailable("store connection pool closed"))?;
+        let pool = self.clone();
+        timed(op, start, move || {
+            let _permit = permit;
+            pool.with(f)
+        })
+        .await
+    }
+
+    /// Runs `f` on an idle connection, or a new one. Callers hold a permit, so at most
+    /// [`MAX_CONNECTIONS`] are ever open and every one is kept.
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> StorageResult<T>) -> StorageResult<T> {
-        let mut conn = match self.idle.lock().pop() {
+        let popped = self.idle.lock().pop();
+        let mut conn = match popped {
             Some(c) => c,
-            None => open(&self.path)?,
+            None => {
+                m::STORE_CONNECTIONS_OPENED.inc();
+                self.opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                open(&self.path)?
+            }
         };
         let result = f(&mut conn);
-        let mut idle = self.idle.lock();
-        // Enough to keep a connection (and its statement cache) for each blocking call that
-        // runs at once under load; beyond it, a connection is opened and dropped per call.
-        if idle.len() < MAX_IDLE_CONNECTIONS {
-            idle.push(conn);
-        }
+        self.idle.lock().push(conn);
         result
     }
 }
@@ -346,7 +385,7 @@ impl AppendRequest {
 }
 
 struct Shard {
-    reads: ConnPool,
+    reads: Arc<ConnPool>,
     writer: std::sync::mpsc::Sender<AppendRequest>,
 }
 
@@ -389,10 +428,7 @@ impl SqliteStore {
                 ),
             ));
         }
-        let meta = Arc::new(ConnPool {
-            path: meta_path,
-            idle: Mutex::new(vec![conn]),
-        });
+        let meta = Arc::new(ConnPool::new(meta_path, conn));
         let mut shards = Vec::new();
         for n in 0..num_shards {
             let path = dir.join(format!("shard-{n}.sqlite"));
@@ -409,10 +445,7 @@ impl SqliteStore {
                 .spawn(move || writer_loop(writer, rx))
                 .map_err(unavailable)?;
             shards.push(Arc::new(Shard {
-                reads: ConnPool {
-                    path,
-                    idle: Mutex::new(vec![conn]),
-                },
+                reads: Arc::new(ConnPool::new(path, conn)),
                 writer: tx,
             }));
         }
@@ -428,8 +461,7 @@ impl SqliteStore {
         op: &'static str,
         f: impl FnOnce(&mut Connection) -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
-        let pool = self.meta.clone();
-        timed(op, move || pool.with(f)).await
+        self.meta.run(op, f).await
     }
 
     async fn read_shard<T: Send + 'static>(
@@ -438,16 +470,16 @@ impl SqliteStore {
         workspace: &WorkspaceId,
         f: impl FnOnce(&mut Connection) -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
-        let shard = self.shard(workspace);
-        timed(op, move || shard.reads.with(f)).await
+        self.shard(workspace).reads.run(op, f).await
     }
 }
 
+/// Runs `f` on the blocking pool and records its latency (from `start`) and failure.
 async fn timed<T: Send + 'static>(
     op: &'static str,
+    start: Instant,
     f: impl FnOnce() -> StorageResult<T> + Send + 'static,
 ) -> StorageResult<T> {
-    let start = Instant::now();
     let result = tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| unavailable(format!("store task failed: {e}")))?;
@@ -1229,8 +1261,9 @@ impl MessageStore for SqliteStore {
             .map(|col| format!("m.{col}"))
             .collect::<Vec<_>>()
             .join(", ");
-        timed("changes_since", move || {
-            shard.reads.with(|c| {
+        shard
+            .reads
+            .run("changes_since", move |c| {
                 let mut stmt = c
                     .prepare_cached(&format!(
                         "SELECT {cols}, c.id, m.deleted FROM changes c
@@ -1249,8 +1282,7 @@ impl MessageStore for SqliteStore {
                     .map_err(unavailable)?;
                 rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
             })
-        })
-        .await
+            .await
     }
 
     async fn message_views(
@@ -1538,5 +1570,53 @@ mod conformance_tests {
         drop(SqliteStore::open(dir.path(), 2).unwrap());
         let err = SqliteStore::open(dir.path(), 3).err().unwrap();
         assert_eq!(err.kind, StorageErrorKind::Corrupt);
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
+
+    /// Far more calls at once than the pool holds connections: every call succeeds, and no
+    /// more than `MAX_CONNECTIONS` connections are ever opened (and all of them are kept).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn calls_past_the_bound_wait_for_a_connection_instead_of_opening_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pool.sqlite");
+        let first = open(&path).unwrap();
+        first
+            .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (7);")
+            .unwrap();
+        let pool = Arc::new(ConnPool::new(path, first));
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let most = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let calls = (0..MAX_CONNECTIONS * 6).map(|_| {
+            let (pool, busy, most) = (pool.clone(), busy.clone(), most.clone());
+            tokio::spawn(async move {
+                pool.run("test", move |c| {
+                    let now = busy.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(5));
+                    let x: i64 = c
+                        .query_row("SELECT x FROM t", [], |r| r.get(0))
+                        .map_err(unavailable)?;
+                    busy.fetch_sub(1, Ordering::SeqCst);
+                    Ok(x)
+                })
+                .await
+            })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            assert_eq!(call.await.unwrap().unwrap(), 7);
+        }
+        let opened = pool.opened.load(Ordering::SeqCst);
+        assert!(opened <= MAX_CONNECTIONS, "opened {opened}");
+        assert!(most.load(Ordering::SeqCst) <= MAX_CONNECTIONS);
+        assert_eq!(pool.idle.lock().len(), opened, "every connection is kept");
+        assert!(
+            opened > 1,
+            "calls ran at once, so more than one connection was needed"
+        );
     }
 }

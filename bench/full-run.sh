@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Every scenario at the sizes of issue 7's bars, one after the other, each under its own time
+# limit, for a machine that is lent for a few minutes (or any machine with more cores and a
+# higher open-file limit than a laptop). Records the machine first, then writes each run's
+# JSON, SVG and terminal output to OUT_DIR.
+#
+#   bench/full-run.sh [BIN_DIR] [OUT_DIR] [PHASE_SECONDS]
+#
+# BIN_DIR holds `switchboard`, `switchboard-bench` and, optionally, `nats-server` (default:
+# target/release, with nats-server from PATH). OUT_DIR defaults to bench/out/full-<time>.
+# PHASE_SECONDS is each fan-out and posts phase (default 10).
+#
+# Order: what only a large machine can measure first (50,000 idle sessions needs an open-file
+# limit above 50,512), then the two fan-out shapes with the limit server and NATS, then posts.
+# A step that runs past its limit is killed, noted, and the next one starts.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+BIN_DIR="${1:-target/release}"
+OUT_DIR="${2:-bench/out/full-$(date -u +%Y%m%d-%H%M%S)}"
+D="${3:-10}"
+mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/full-run.log"
+B="$BIN_DIR/switchboard-bench"
+NATS=()
+[ -x "$BIN_DIR/nats-server" ] && NATS=(--nats-server-bin "$BIN_DIR/nats-server")
+
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+{
+    echo "## machine"
+    date -u
+    uname -a
+    nproc
+    grep -m1 'model name' /proc/cpuinfo || true
+    free -g | head -2
+    echo "open files: soft $(ulimit -Sn), hard $(ulimit -Hn)"
+    echo "ephemeral ports: $(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)"
+    echo "somaxconn: $(cat /proc/sys/net/core/somaxconn 2>/dev/null)"
+    git rev-parse HEAD 2>/dev/null || true
+} 2>&1 | tee "$LOG"
+
+step() {
+    local limit="$1"
+    shift
+    echo "## $(date -u +%H:%M:%S) $* (limit ${limit}s)" | tee -a "$LOG"
+    timeout --kill-after=5 "$limit" "$B" "$@" --out "$OUT_DIR" 2>&1 | tee -a "$LOG"
+    local rc=${PIPESTATUS[0]}
+    echo "## exit $rc" | tee -a "$LOG"
+}
+
+if [ "$(ulimit -n)" -gt 50600 ]; then
+    step 150 connections -n 50000 --users 500
+else
+    step 90 connections -n "$(($(ulimit -n) - 600))" --users 100
+fi
+step 150 fanout --with-limit --with-nats --half-peak -d "$D" "${NATS[@]}"
+step 240 fanout -c 1000 -s 10 --with-limit --with-nats --half-peak -d "$D" "${NATS[@]}"
+step 60 posts -d "$D"
+step 60 posts -p 256 -c 256 -d "$D"
+echo "## done $(date -u +%H:%M:%S)" | tee -a "$LOG"
