@@ -57,5 +57,7 @@ fi
 step 150 fanout --with-limit --with-nats --half-peak -d "$D" "${NATS[@]}"
 step 240 fanout -c 1000 -s 10 --with-limit --with-nats --half-peak -d "$D" "${NATS[@]}"
 step 60 posts -d "$D"
+step 60 posts -p 128 -c 128 -d "$D"
+step 60 posts -p 256 -c 64 -d "$D"
 step 60 posts -p 256 -c 256 -d "$D"
 echo "## done $(date -u +%H:%M:%S)" | tee -a "$LOG"
