@@ -149,6 +149,14 @@ pub mod metrics {
         )
         .unwrap()
     });
+    pub static STORE_WAL_FRAMES: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
+        prometheus::register_int_gauge_vec!(
+            "switchboard_store_wal_frames",
+            "pages in an embedded store shard's write-ahead log at its last checkpoint",
+            &["shard"]
+        )
+        .unwrap()
+    });
     pub static STORE_BATCH_SIZE: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
         prometheus::register_histogram!(
             "switchboard_store_commit_batch_messages",

@@ -32,11 +32,18 @@ use crate::telemetry::metrics as m;
 /// Most appends written in one transaction.
 const MAX_BATCH: usize = 512;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// WAL pages after which a shard's writer checkpoints on commit (SQLite's default is 1000).
-/// Appends to many channels dirty many scattered pages per batch, most of them again in the
-/// next batches; a checkpoint copies each distinct page once, so checkpointing less often
-/// copies each hot page fewer times, and takes that work off the append path more often.
+/// WAL pages after which a shard's writer checkpoints on commit itself (SQLite's default is
+/// 1000). Its checkpointer thread has copied most of them by then, so the writer copies only
+/// the newest ones; but only a checkpoint with no append running beside it can finish, and
+/// only after a finished one does the next commit start the log again from its beginning, so
+/// the writer's own keeps the log bounded. Before the checkpointer, the writer copied all
+/// 8,000 pages itself, tens of milliseconds during which every post waited: with appends to
+/// many channels (three scattered pages per message) that came every few hundred
+/// milliseconds and set the p99 of a post.
 const WRITER_WAL_AUTOCHECKPOINT_PAGES: i64 = 8000;
+/// How often, at most, a shard's checkpointer thread copies committed WAL pages into the
+/// database file (a passive checkpoint, beside the writer, which goes on appending).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// Prepared statements kept per connection. Each connection runs fewer than 40 distinct
 /// statements (the meta ones, or one shard's reads or writes); this holds all of them, so none
 /// is parsed twice.
@@ -440,9 +447,18 @@ impl SqliteStore {
             writer
                 .pragma_update(None, "wal_autocheckpoint", WRITER_WAL_AUTOCHECKPOINT_PAGES)
                 .map_err(unavailable)?;
+            let checkpointer = open(&path)?;
+            checkpointer
+                .pragma_update(None, "wal_autocheckpoint", 0)
+                .map_err(unavailable)?;
+            let (nudge, commits) = std::sync::mpsc::sync_channel(1);
+            std::thread::Builder::new()
+                .name(format!("store-ckpt-{n}"))
+                .spawn(move || checkpointer_loop(checkpointer, n.to_string(), commits))
+                .map_err(unavailable)?;
             std::thread::Builder::new()
                 .name(format!("store-shard-{n}"))
-                .spawn(move || writer_loop(writer, rx))
+                .spawn(move || writer_loop(writer, rx, nudge))
                 .map_err(unavailable)?;
             shards.push(Arc::new(Shard {
                 reads: Arc::new(ConnPool::new(path, conn)),
@@ -493,7 +509,11 @@ async fn timed<T: Send + 'static>(
 }
 
 /// Group commit: take every waiting append, write them in one transaction, answer each.
-fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<AppendRequest>) {
+fn writer_loop(
+    mut conn: Connection,
+    rx: std::sync::mpsc::Receiver<AppendRequest>,
+    checkpointer: std::sync::mpsc::SyncSender<()>,
+) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -520,6 +540,31 @@ fn writer_loop(mut conn: Connection, rx: std::sync::mpsc::Receiver<AppendRequest
         m::STORE_OPS
             .with_label_values(&["append_batch"])
             .observe(start.elapsed().as_secs_f64());
+        // Full means a nudge is already waiting.
+        let _ = checkpointer.try_send(());
+    }
+}
+
+/// Checkpoints a shard's WAL beside its writer: after commits, at most once per
+/// [`CHECKPOINT_EVERY`], a passive checkpoint (it copies what readers no longer need and never
+/// waits for the writer, which keeps appending). Ends with the writer.
+fn checkpointer_loop(conn: Connection, shard: String, commits: std::sync::mpsc::Receiver<()>) {
+    while commits.recv().is_ok() {
+        let start = Instant::now();
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+        match result {
+            Ok(frames) => m::STORE_WAL_FRAMES
+                .with_label_values(&[shard.as_str()])
+                .set(frames.max(0)),
+            Err(e) => {
+                m::STORE_ERRORS.with_label_values(&["checkpoint"]).inc();
+                tracing::warn!(error = %e, "store checkpoint failed");
+            }
+        }
+        m::STORE_OPS
+            .with_label_values(&["checkpoint"])
+            .observe(start.elapsed().as_secs_f64());
+        std::thread::sleep(CHECKPOINT_EVERY.saturating_sub(start.elapsed()));
     }
 }
 
@@ -1618,5 +1663,50 @@ mod pool_tests {
             opened > 1,
             "calls ran at once, so more than one connection was needed"
         );
+    }
+}
+
+#[cfg(test)]
+mod checkpoint_tests {
+    use super::*;
+    use crate::store::{shard_for, MessageStore};
+
+    /// Appended messages reach the shard's database file (not only its WAL) by the
+    /// checkpointer thread, long before the writer's own checkpoint at
+    /// `WRITER_WAL_AUTOCHECKPOINT_PAGES`, and stay readable throughout.
+    #[tokio::test]
+    async fn the_checkpointer_copies_the_log_into_the_database_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 1).unwrap();
+        let ws = store.create_workspace("ckpt").await.unwrap();
+        let file = dir
+            .path()
+            .join(format!("shard-{}.sqlite", shard_for(&ws.id, 1)));
+        let before = std::fs::metadata(&file).unwrap().len();
+        let channel = ChannelId::from("CCKPT");
+        for seq in 1..=200u64 {
+            let msg = Message {
+                workspace: ws.id.clone(),
+                channel: channel.clone(),
+                seq,
+                ts: Ts(1_000_000 + seq),
+                user: UserId::from("UA"),
+                text: format!("message {seq} {}", "x".repeat(200)),
+                client_msg_id: Some(format!("cmid-{seq}")),
+                thread_ts: None,
+                kind: MessageKind::Posted,
+            };
+            store.append(&msg).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&file).unwrap().len() <= before {
+            assert!(
+                Instant::now() < deadline,
+                "the database file is still {before} bytes 10 s after the appends"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let last = store.last_message(&ws.id, &channel).await.unwrap();
+        assert_eq!(last.map(|m| m.seq), Some(200));
     }
 }
