@@ -333,10 +333,11 @@ impl ConnPool {
         let mut conn = match popped {
             Some(c) => c,
             None => {
+                let conn = open(&self.path)?;
                 m::STORE_CONNECTIONS_OPENED.inc();
                 self.opened
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                open(&self.path)?
+                conn
             }
         };
         let result = f(&mut conn);
