@@ -2,14 +2,15 @@
 //! the store's change feed (so messages acked by any channel server are found, and an index
 //! reopened after a crash catches up from its last commit).
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use shared::ids::WorkspaceId;
+use shared::ids::{ChannelId, WorkspaceId};
 use shared::search::SearchIndex;
 use shared::shutdown::Shutdown;
-use shared::store::{shard_for, SharedStore};
+use shared::store::SharedStore;
 
 pub struct Search {
     indexes: Vec<Arc<SearchIndex>>,
@@ -41,8 +42,22 @@ impl Search {
         }
     }
 
-    /// The index holding `workspace`'s messages.
-    pub fn index_for(&self, workspace: &WorkspaceId) -> &Arc<SearchIndex> {
-        &self.indexes[shard_for(workspace, self.indexes.len() as u32) as usize]
+    /// The indexes holding the messages of `channels` (of `workspace`), in shard order: one
+    /// when the store keeps a workspace on one shard, up to one per shard when it spreads a
+    /// workspace's channels.
+    pub fn indexes_for(
+        &self,
+        store: &SharedStore,
+        workspace: &WorkspaceId,
+        channels: &[ChannelId],
+    ) -> Vec<Arc<SearchIndex>> {
+        let shards: BTreeSet<u32> = channels
+            .iter()
+            .map(|c| store.shard_of(workspace, c))
+            .collect();
+        shards
+            .into_iter()
+            .filter_map(|n| self.indexes.get(n as usize).cloned())
+            .collect()
     }
 }

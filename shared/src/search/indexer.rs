@@ -69,7 +69,6 @@ mod tests {
     use crate::ids::{ChannelId, Ts, UserId};
     use crate::protocol::Message;
     use crate::search::{SearchRequest, SortBy};
-    use crate::store::shard_for;
     use crate::store::sqlite::SqliteStore;
 
     #[tokio::test]
@@ -92,7 +91,7 @@ mod tests {
         for seq in 1..=3 {
             store.append(&post(seq, "alpha")).await.unwrap();
         }
-        let shard = shard_for(&ws.id, store.num_shards());
+        let shard = store.shard_of(&ws.id, &ch);
         let index_dir = dir.path().join("index");
         {
             let index = Arc::new(SearchIndex::open(&index_dir).unwrap());

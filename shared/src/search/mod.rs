@@ -1,4 +1,4 @@
-//! Search: one Tantivy index per workspace shard, fed from the store's change feed.
+//! Search: one Tantivy index per store shard, fed from that shard's change feed.
 //!
 //! # Layout
 //! - [`query`]: Slack's query syntax, parsed (pure).
@@ -27,7 +27,9 @@ use tantivy::schema::{
     INDEXED, STORED, STRING,
 };
 use tantivy::snippet::SnippetGenerator;
-use tantivy::{doc, Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+use tantivy::{
+    doc, Index, IndexReader, IndexWriter, Order, ReloadPolicy, Searcher, TantivyDocument, Term,
+};
 
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
 use crate::protocol::Message;
@@ -325,15 +327,26 @@ impl SearchIndex {
 
     /// Runs a search: total matches and one page of hits, highlighted when asked.
     pub fn search(&self, r: &SearchRequest) -> Result<SearchResults, SearchError> {
-        let Some(query) = self.build_query(r) else {
-            return Ok(SearchResults::default());
-        };
-        let searcher = self.reader.searcher();
-        let limit = r.limit.clamp(1, 1000);
-        let top = TopDocs::with_limit(limit).and_offset(r.offset);
-        let (total, addrs): (usize, Vec<(f32, tantivy::DocAddress)>) = match r.sort {
+        search_all(&[self], r)
+    }
+
+    /// This index's best `n` matches of `r`, best first, with what orders them; and how many
+    /// there are in all.
+    fn top(
+        &self,
+        searcher: &Searcher,
+        query: &dyn Query,
+        r: &SearchRequest,
+        n: usize,
+    ) -> Result<(usize, Vec<Ranked>), SearchError> {
+        let top = TopDocs::with_limit(n.max(1));
+        Ok(match r.sort {
             SortBy::Score => {
-                let (total, docs) = searcher.search(&query, &(Count, top))?;
+                let (total, docs) = searcher.search(query, &(Count, top))?;
+                let docs = docs
+                    .into_iter()
+                    .map(|(score, addr)| Ranked { score, ts: 0, addr })
+                    .collect();
                 (total, docs)
             }
             SortBy::Timestamp => {
@@ -342,50 +355,111 @@ impl SearchIndex {
                 } else {
                     Order::Asc
                 };
-                let (total, docs) = searcher.search(
-                    &query,
-                    &(Count, top.order_by_fast_field::<u64>("ts", order)),
-                )?;
-                (total, docs.into_iter().map(|(_, a)| (0.0, a)).collect())
+                let (total, docs) = searcher
+                    .search(query, &(Count, top.order_by_fast_field::<u64>("ts", order)))?;
+                let docs = docs
+                    .into_iter()
+                    .map(|(ts, addr)| Ranked {
+                        score: 0.0,
+                        ts,
+                        addr,
+                    })
+                    .collect();
+                (total, docs)
             }
-        };
-        let snippets = if r.highlight {
-            let mut g = SnippetGenerator::create(&searcher, &*query, self.fields.text)?;
-            g.set_max_num_chars(40_000);
-            Some(g)
-        } else {
-            None
-        };
-        let f = self.fields;
-        let mut hits = Vec::with_capacity(addrs.len());
-        for (score, addr) in addrs {
-            let doc: TantivyDocument = searcher.doc(addr)?;
-            let text_of = |field: Field| {
-                doc.get_first(field)
-                    .and_then(|v| v.as_str())
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            let u64_of = |field: Field| {
-                doc.get_first(field)
-                    .and_then(|v| v.as_u64())
-                    .unwrap_or_default()
-            };
-            let mut text = text_of(f.text);
-            if let Some(g) = &snippets {
-                text = highlight(&text, g);
-            }
-            hits.push(SearchHit {
-                channel: ChannelId(text_of(f.channel)),
-                seq: u64_of(f.seq),
-                ts: Ts(u64_of(f.ts)),
-                user: UserId(text_of(f.user)),
-                text,
-                score,
-            });
-        }
-        Ok(SearchResults { total, hits })
+        })
     }
+
+    /// The stored message at `addr`, highlighted by `snippets` when given.
+    fn hit(
+        &self,
+        searcher: &Searcher,
+        addr: tantivy::DocAddress,
+        score: f32,
+        snippets: Option<&SnippetGenerator>,
+    ) -> Result<SearchHit, SearchError> {
+        let f = self.fields;
+        let doc: TantivyDocument = searcher.doc(addr)?;
+        let text_of = |field: Field| {
+            doc.get_first(field)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let u64_of = |field: Field| {
+            doc.get_first(field)
+                .and_then(|v| v.as_u64())
+                .unwrap_or_default()
+        };
+        let mut text = text_of(f.text);
+        if let Some(g) = snippets {
+            text = highlight(&text, g);
+        }
+        Ok(SearchHit {
+            channel: ChannelId(text_of(f.channel)),
+            seq: u64_of(f.seq),
+            ts: Ts(u64_of(f.ts)),
+            user: UserId(text_of(f.user)),
+            text,
+            score,
+        })
+    }
+}
+
+/// One match in one index, before its document is loaded.
+struct Ranked {
+    score: f32,
+    ts: u64,
+    addr: tantivy::DocAddress,
+}
+
+/// Runs `r` on every index in `indexes` and merges them: the total over all of them and the
+/// page that one index holding all their messages would give. A workspace's messages may lie
+/// in several (the embedded store spreads its channels over its shards, and each shard has an
+/// index). Each index ranks its own best `offset + limit` and only the page's documents are
+/// loaded. Scores are each index's own (BM25 with that index's term statistics), as in any
+/// sharded search engine that does not exchange them.
+pub fn search_all(
+    indexes: &[&SearchIndex],
+    r: &SearchRequest,
+) -> Result<SearchResults, SearchError> {
+    let limit = r.limit.clamp(1, 1000);
+    let want = r.offset.saturating_add(limit);
+    let mut total = 0;
+    let mut ranked: Vec<(usize, Ranked)> = Vec::new();
+    let mut opened = Vec::with_capacity(indexes.len());
+    for (i, index) in indexes.iter().enumerate() {
+        let Some(query) = index.build_query(r) else {
+            // The request matches nothing anywhere (no readable channel, or a word that is
+            // only punctuation): the same for every index.
+            return Ok(SearchResults::default());
+        };
+        let searcher = index.reader.searcher();
+        let (n, top) = index.top(&searcher, &*query, r, want)?;
+        total += n;
+        ranked.extend(top.into_iter().map(|m| (i, m)));
+        opened.push((searcher, query, None::<SnippetGenerator>));
+    }
+    // Best first; equal ones in index order, then document order, so pages never overlap.
+    ranked.sort_by(|(ia, a), (ib, b)| {
+        let key = match r.sort {
+            SortBy::Score => b.score.total_cmp(&a.score),
+            SortBy::Timestamp if r.descending => b.ts.cmp(&a.ts),
+            SortBy::Timestamp => a.ts.cmp(&b.ts),
+        };
+        key.then(ia.cmp(ib)).then(a.addr.cmp(&b.addr))
+    });
+    let mut hits = Vec::with_capacity(limit);
+    for (i, m) in ranked.into_iter().skip(r.offset).take(limit) {
+        let (searcher, query, snippets) = &mut opened[i];
+        if r.highlight && snippets.is_none() {
+            let mut g = SnippetGenerator::create(searcher, &**query, indexes[i].fields.text)?;
+            g.set_max_num_chars(40_000);
+            *snippets = Some(g);
+        }
+        hits.push(indexes[i].hit(searcher, m.addr, m.score, snippets.as_ref())?);
+    }
+    Ok(SearchResults { total, hits })
 }
 
 /// Wraps each matched range of `text` in Slack's highlight markers.
@@ -475,6 +549,70 @@ mod tests {
             .iter()
             .map(|h| (h.channel.0.clone(), h.seq))
             .collect()
+    }
+
+    /// Several indexes searched together page like one index holding all their messages:
+    /// the same totals, the same pages by time both ways, and by score every match once.
+    #[test]
+    fn several_indexes_page_like_one() {
+        let channels: Vec<String> = (0..6).map(|n| format!("C{n}")).collect();
+        let parts: Vec<SearchIndex> = (0..3).map(|_| SearchIndex::in_memory().unwrap()).collect();
+        let whole = SearchIndex::in_memory().unwrap();
+        for n in 0..60u64 {
+            let ch = &channels[(n % 6) as usize];
+            let text = if n % 4 == 0 {
+                "deploy deploy deploy tonight"
+            } else {
+                "deploy tonight"
+            };
+            // Some equal timestamps, which must still page without overlap.
+            let m = msg(ch, n, "UA", text, 1_000 + n / 2);
+            parts[(n % 6 % 3) as usize].upsert(&m).unwrap();
+            whole.upsert(&m).unwrap();
+        }
+        for idx in parts.iter().chain([&whole]) {
+            idx.commit(1).unwrap();
+        }
+        let parts: Vec<&SearchIndex> = parts.iter().collect();
+        let ask = |sort, descending, offset| SearchRequest {
+            channels: channels.iter().map(|c| ChannelId(c.clone())).collect(),
+            sort,
+            descending,
+            offset,
+            limit: 7,
+            ..request(&["deploy"])
+        };
+        for descending in [true, false] {
+            for offset in (0..63).step_by(7) {
+                let r = ask(SortBy::Timestamp, descending, offset);
+                let (merged, single) = (search_all(&parts, &r).unwrap(), whole.search(&r).unwrap());
+                assert_eq!((merged.total, single.total), (60, 60));
+                let ts = |r: &SearchResults| r.hits.iter().map(|h| h.ts).collect::<Vec<_>>();
+                assert_eq!(ts(&merged), ts(&single), "offset {offset}");
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut last_score = f32::INFINITY;
+        for offset in (0..63).step_by(7) {
+            let r = search_all(&parts, &ask(SortBy::Score, true, offset)).unwrap();
+            assert_eq!(r.total, 60);
+            for h in &r.hits {
+                assert!(seen.insert((h.channel.0.clone(), h.seq)), "{h:?} twice");
+                assert!(h.score <= last_score, "best first");
+                last_score = h.score;
+            }
+        }
+        assert_eq!(seen.len(), 60);
+        // Only what the request may read, and nothing at all without a readable channel.
+        let none = SearchRequest {
+            channels: vec![],
+            ..ask(SortBy::Score, true, 0)
+        };
+        assert_eq!(search_all(&parts, &none).unwrap().total, 0);
+        assert_eq!(
+            search_all(&[], &ask(SortBy::Score, true, 0)).unwrap().total,
+            0
+        );
     }
 
     #[test]

@@ -334,7 +334,7 @@ async fn change_feed(store: &dyn MessageStore) {
         .unwrap();
     let ch = channel(&ws.id, &user.id, "feed", false);
     store.create_channel(&ch).await.unwrap();
-    let shard = shard_for(&ws.id, store.num_shards());
+    let shard = store.shard_of(&ws.id, &ch.id);
     let before = store
         .changes_since(shard, 0, 100_000)
         .await

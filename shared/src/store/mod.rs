@@ -278,9 +278,15 @@ pub trait MessageStore: Send + Sync + 'static {
     ) -> StorageResult<Vec<Message>>;
 
     // -- change feed (feeds the search index) --
-    /// How many message shards the store has; shard `n` holds the workspaces that
-    /// [`shard_for`] maps to `n`.
+    /// How many message shards the store has.
     fn num_shards(&self) -> u32;
+    /// The shard that holds `channel`'s messages, whose changes
+    /// [`MessageStore::changes_since`] lists. By default a workspace's messages share one
+    /// shard ([`shard_for`]); the embedded store spreads a workspace's channels instead
+    /// ([`ShardKey::Channel`]), so that one busy workspace has a writer per shard.
+    fn shard_of(&self, workspace: &WorkspaceId, _channel: &ChannelId) -> u32 {
+        shard_for(workspace, self.num_shards())
+    }
     /// Changes to the messages of `shard` after change `after`, oldest first, at most `limit`:
     /// each with its change id and the message as it is now. Written in the same transaction
     /// as the change itself, so a consumer that remembers the last id it applied misses
@@ -344,10 +350,55 @@ pub struct Reaction {
 
 pub type SharedStore = Arc<dyn MessageStore>;
 
+/// What decides which shard holds a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardKey {
+    /// Its workspace ([`shard_for`]): a workspace's messages share one shard.
+    Workspace,
+    /// Its channel ([`shard_for_channel`]): a workspace's channels spread over every shard.
+    Channel,
+}
+
+impl ShardKey {
+    /// The shard of `channel` (in `workspace`) among `num_shards`.
+    pub fn shard(self, workspace: &WorkspaceId, channel: &ChannelId, num_shards: u32) -> u32 {
+        match self {
+            ShardKey::Workspace => shard_for(workspace, num_shards),
+            ShardKey::Channel => shard_for_channel(channel, num_shards),
+        }
+    }
+
+    /// The name recorded in a store's settings.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShardKey::Workspace => "workspace",
+            ShardKey::Channel => "channel",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ShardKey> {
+        match name {
+            "workspace" => Some(ShardKey::Workspace),
+            "channel" => Some(ShardKey::Channel),
+            _ => None,
+        }
+    }
+}
+
 /// Which shard holds a workspace's messages: a fixed hash, so every process agrees.
 pub fn shard_for(workspace: &WorkspaceId, num_shards: u32) -> u32 {
+    shard_hash(workspace.0.as_bytes(), num_shards)
+}
+
+/// Which shard holds a channel's messages under [`ShardKey::Channel`]: a fixed hash of the
+/// channel id (unique across workspaces), so every process agrees.
+pub fn shard_for_channel(channel: &ChannelId, num_shards: u32) -> u32 {
+    shard_hash(channel.0.as_bytes(), num_shards)
+}
+
+fn shard_hash(bytes: &[u8], num_shards: u32) -> u32 {
     use std::hash::Hasher;
     let mut h = siphasher::sip::SipHasher13::new_with_keys(0x5377_6974_6368, 0x0062_6f61_7264);
-    h.write(workspace.0.as_bytes());
+    h.write(bytes);
     (h.finish() % u64::from(num_shards.max(1))) as u32
 }

@@ -1,7 +1,10 @@
 //! The embedded store: SQLite files under one directory.
 //!
 //! - `meta.sqlite`: workspaces, users, channels, memberships.
-//! - `shard-<n>.sqlite`: the messages of the workspaces that [`shard_for`] maps to shard `n`.
+//! - `shard-<n>.sqlite`: the messages of the channels that [`ShardKey::Channel`] maps to
+//!   shard `n` (of the workspaces that [`ShardKey::Workspace`] maps to it, in a store created
+//!   before the key was recorded). Each shard has its own writer, so spreading channels lets
+//!   one busy workspace commit on every shard at once.
 //!
 //! Messages are keyed `(channel_id, seq)` in a `WITHOUT ROWID` table, so the rows of one
 //! channel are contiguous in the B-tree and a history page is a single range read. Files are
@@ -21,8 +24,8 @@ use rusqlite::{params, Connection, OptionalExtension, Params, Row};
 use tokio::sync::oneshot;
 
 use super::{
-    shard_for, AppendOutcome, Change, Channel, GroupAppend, HistoryQuery, Membership, MessageStore,
-    MessageView, Reaction, StorageError, StorageErrorKind, StorageResult, User,
+    AppendOutcome, Change, Channel, GroupAppend, HistoryQuery, Membership, MessageStore,
+    MessageView, Reaction, ShardKey, StorageError, StorageErrorKind, StorageResult, User,
     UserChannelMembership, Workspace,
 };
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
@@ -405,32 +408,78 @@ pub struct SqliteStore {
     /// `conversations.join` calls managed about 200 writes a second that way.
     meta_writes: tokio::sync::Mutex<()>,
     shards: Vec<Arc<Shard>>,
+    shard_key: ShardKey,
+}
+
+/// Records the shard count and key if the store is new, in one transaction (several processes
+/// may create one store at once), and returns the recorded ones. A store from before the key
+/// was recorded (a count but no key, or workspaces but no settings) keeps a shard per
+/// workspace, which is how its messages were written.
+fn record_settings(
+    conn: &mut Connection,
+    num_shards: u32,
+    new_key: ShardKey,
+) -> StorageResult<(String, String)> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    let get = |tx: &rusqlite::Transaction<'_>, key: &str| {
+        tx.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+            r.get::<_, String>(0)
+        })
+        .optional()
+        .map_err(unavailable)
+    };
+    if get(&tx, "shards")?.is_none() {
+        // A store that has workspaces but recorded nothing predates the settings: per
+        // workspace, like everything before the key was recorded.
+        let has_data: bool = tx
+            .query_row("SELECT EXISTS (SELECT 1 FROM workspaces)", [], |r| r.get(0))
+            .map_err(unavailable)?;
+        let key = if has_data {
+            ShardKey::Workspace
+        } else {
+            new_key
+        };
+        tx.execute(
+            "INSERT INTO settings VALUES ('shards', ?1), ('shard_key', ?2)",
+            params![num_shards.to_string(), key.name()],
+        )
+        .map_err(unavailable)?;
+    }
+    let shards = get(&tx, "shards")?.unwrap_or_default();
+    let key = get(&tx, "shard_key")?.unwrap_or_else(|| ShardKey::Workspace.name().to_string());
+    tx.commit().map_err(unavailable)?;
+    Ok((shards, key))
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the store under `dir` with `num_shards` message shards. The
-    /// shard count is recorded on first open and must not change afterwards.
+    /// shard count is recorded on first open and must not change afterwards. A new store
+    /// spreads each workspace's channels over the shards ([`ShardKey::Channel`]); one created
+    /// before that keeps a shard per workspace (its recorded [`ShardKey`]).
     pub fn open(dir: &Path, num_shards: u32) -> StorageResult<SqliteStore> {
+        SqliteStore::open_with_key(dir, num_shards, ShardKey::Channel)
+    }
+
+    /// [`SqliteStore::open`], with `new_key` as the shard key if this creates the store (an
+    /// existing store keeps the one it recorded).
+    pub fn open_with_key(
+        dir: &Path,
+        num_shards: u32,
+        new_key: ShardKey,
+    ) -> StorageResult<SqliteStore> {
         std::fs::create_dir_all(dir)
             .map_err(|e| unavailable(format!("create {}: {e}", dir.display())))?;
         let meta_path = dir.join("meta.sqlite");
-        let conn = open(&meta_path)?;
+        let mut conn = open(&meta_path)?;
         conn.execute_batch(META_SCHEMA).map_err(unavailable)?;
         migrate_meta(&conn)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);",
         )
         .map_err(unavailable)?;
-        conn.execute(
-            "INSERT OR IGNORE INTO settings VALUES ('shards', ?1)",
-            params![num_shards.to_string()],
-        )
-        .map_err(unavailable)?;
-        let recorded: String = conn
-            .query_row("SELECT value FROM settings WHERE key = 'shards'", [], |r| {
-                r.get(0)
-            })
-            .map_err(unavailable)?;
+        let (recorded, key) = record_settings(&mut conn, num_shards, new_key)?;
         if recorded != num_shards.to_string() {
             return Err(StorageError::new(
                 StorageErrorKind::Corrupt,
@@ -440,6 +489,15 @@ impl SqliteStore {
                 ),
             ));
         }
+        let Some(shard_key) = ShardKey::from_name(&key) else {
+            return Err(StorageError::new(
+                StorageErrorKind::Corrupt,
+                format!(
+                    "store at {} has an unknown shard key {key:?}",
+                    dir.display()
+                ),
+            ));
+        };
         let meta = Arc::new(ConnPool::new(meta_path, conn));
         let mut shards = Vec::new();
         for n in 0..num_shards {
@@ -474,11 +532,20 @@ impl SqliteStore {
             meta,
             meta_writes: tokio::sync::Mutex::new(()),
             shards,
+            shard_key,
         })
     }
 
-    fn shard(&self, workspace: &WorkspaceId) -> Arc<Shard> {
-        self.shards[shard_for(workspace, self.shards.len() as u32) as usize].clone()
+    /// What picks a message's shard in this store.
+    pub fn shard_key(&self) -> ShardKey {
+        self.shard_key
+    }
+
+    fn shard(&self, workspace: &WorkspaceId, channel: &ChannelId) -> Arc<Shard> {
+        self.shards[self
+            .shard_key
+            .shard(workspace, channel, self.shards.len() as u32) as usize]
+            .clone()
     }
 
     async fn meta<T: Send + 'static>(
@@ -503,9 +570,10 @@ impl SqliteStore {
         &self,
         op: &'static str,
         workspace: &WorkspaceId,
+        channel: &ChannelId,
         f: impl FnOnce(&mut Connection) -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
-        self.shard(workspace).reads.run(op, f).await
+        self.shard(workspace, channel).reads.run(op, f).await
     }
 }
 
@@ -1230,7 +1298,7 @@ impl MessageStore for SqliteStore {
     async fn append(&self, msg: &Message) -> StorageResult<AppendOutcome> {
         let start = Instant::now();
         let (reply, rx) = oneshot::channel();
-        self.shard(&msg.workspace)
+        self.shard(&msg.workspace, &msg.channel)
             .writer
             .send(AppendRequest::One {
                 msg: msg.clone(),
@@ -1249,9 +1317,9 @@ impl MessageStore for SqliteStore {
             return Ok(GroupAppend::Appended(Vec::new()));
         };
         let start = Instant::now();
-        let shard = self.shard(&first.workspace);
-        // One channel's messages, so one workspace and one shard.
-        debug_assert!(msgs.iter().all(|m| m.workspace == first.workspace));
+        let shard = self.shard(&first.workspace, &first.channel);
+        // One channel's messages, so one shard.
+        debug_assert!(msgs.iter().all(|m| m.channel == first.channel));
         let num = msgs.len();
         let (reply, rx) = oneshot::channel();
         shard
@@ -1273,7 +1341,7 @@ impl MessageStore for SqliteStore {
         channel: &ChannelId,
     ) -> StorageResult<Option<Message>> {
         let ch = channel.clone();
-        self.read_shard("last_message", workspace, move |c| {
+        self.read_shard("last_message", workspace, channel, move |c| {
             c.query_row_cached(
                 &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 ORDER BY seq DESC LIMIT 1"),
                 params![ch.0],
@@ -1292,7 +1360,7 @@ impl MessageStore for SqliteStore {
         client_msg_id: &str,
     ) -> StorageResult<Option<Message>> {
         let (ch, id) = (channel.clone(), client_msg_id.to_string());
-        self.read_shard("message_by_client_msg_id", workspace, move |c| {
+        self.read_shard("message_by_client_msg_id", workspace, channel, move |c| {
             c.query_row_cached(
                 &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 AND client_msg_id = ?2"),
                 params![ch.0, id],
@@ -1306,6 +1374,11 @@ impl MessageStore for SqliteStore {
 
     fn num_shards(&self) -> u32 {
         self.shards.len() as u32
+    }
+
+    fn shard_of(&self, workspace: &WorkspaceId, channel: &ChannelId) -> u32 {
+        self.shard_key
+            .shard(workspace, channel, self.shards.len() as u32)
     }
 
     async fn changes_since(
@@ -1357,7 +1430,7 @@ impl MessageStore for SqliteStore {
         thread: Option<Ts>,
     ) -> StorageResult<Vec<MessageView>> {
         let (ch, q, ws) = (channel.clone(), query.clone(), workspace.clone());
-        self.read_shard("message_views", workspace, move |c| {
+        self.read_shard("message_views", workspace, channel, move |c| {
             let order = if q.newest_first { "DESC" } else { "ASC" };
             let scope = match thread {
                 Some(_) => "(ts = ?8 OR thread_ts = ?8)",
@@ -1403,7 +1476,7 @@ impl MessageStore for SqliteStore {
         ts: Ts,
     ) -> StorageResult<Option<MessageView>> {
         let (ch, ws) = (channel.clone(), workspace.clone());
-        self.read_shard("message_view", workspace, move |c| {
+        self.read_shard("message_view", workspace, channel, move |c| {
             let view = c
                 .query_row_cached(
                     &format!(
@@ -1429,7 +1502,7 @@ impl MessageStore for SqliteStore {
         query: &HistoryQuery,
     ) -> StorageResult<Vec<Message>> {
         let (ch, q, ws) = (channel.clone(), query.clone(), workspace.clone());
-        self.read_shard("history", workspace, move |c| {
+        self.read_shard("history", workspace, channel, move |c| {
             let order = if q.newest_first { "DESC" } else { "ASC" };
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS} FROM messages
@@ -1574,6 +1647,8 @@ mod flannel_tests {
         let store = SqliteStore::open(&path, 1).unwrap();
         let user = store.user(&UserId::from("UOLD")).await.unwrap().unwrap();
         assert_eq!(user.display_name, "");
+        // Its messages were written a shard per workspace, so it stays that way.
+        assert_eq!(store.shard_key(), ShardKey::Workspace);
         // Opening again (as a second process would) is fine.
         drop(store);
         SqliteStore::open(&path, 1).unwrap();
@@ -1625,6 +1700,95 @@ mod conformance_tests {
                 .unwrap()
                 .seq,
             1
+        );
+    }
+
+    #[tokio::test]
+    async fn passes_the_storage_conformance_suite_with_a_shard_per_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with_key(dir.path(), 4, ShardKey::Workspace).unwrap();
+        assert_eq!(store.shard_key(), ShardKey::Workspace);
+        crate::store::conformance::run_all(&store).await;
+    }
+
+    /// A new store spreads one workspace's channels over its shards: each channel's messages
+    /// and changes are in the shard its id hashes to, and nowhere else.
+    #[tokio::test]
+    async fn a_new_store_spreads_a_workspace_over_its_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 4).unwrap();
+        assert_eq!(store.shard_key(), ShardKey::Channel);
+        let ws = store.create_workspace("spread").await.unwrap();
+        let channels: Vec<ChannelId> = (0..32).map(|n| ChannelId(format!("CSPREAD{n}"))).collect();
+        for ch in &channels {
+            for seq in 1..=3 {
+                let msg = Message {
+                    workspace: ws.id.clone(),
+                    channel: ch.clone(),
+                    seq,
+                    ts: Ts(1_000 + seq),
+                    user: UserId::from("UX"),
+                    text: format!("{} {seq}", ch.0),
+                    client_msg_id: Some(format!("{}-{seq}", ch.0)),
+                    thread_ts: None,
+                    kind: MessageKind::Posted,
+                };
+                store.append(&msg).await.unwrap();
+            }
+        }
+        let mut per_shard = vec![0usize; 4];
+        for shard in 0..4 {
+            let changes = store.changes_since(shard, 0, 1000).await.unwrap();
+            for c in &changes {
+                assert_eq!(store.shard_of(&ws.id, &c.message.channel), shard);
+            }
+            per_shard[shard as usize] = changes.len();
+        }
+        assert_eq!(per_shard.iter().sum::<usize>(), 32 * 3, "{per_shard:?}");
+        assert!(
+            per_shard.iter().all(|&n| n > 0),
+            "32 channels over 4 shards use every shard: {per_shard:?}"
+        );
+        for ch in &channels {
+            let last = store.last_message(&ws.id, ch).await.unwrap().unwrap();
+            assert_eq!((last.seq, &last.text), (3, &format!("{} 3", ch.0)));
+        }
+        // The key is the store's, not the opener's: a second process agrees.
+        drop(store);
+        let again = SqliteStore::open_with_key(dir.path(), 4, ShardKey::Workspace).unwrap();
+        assert_eq!(again.shard_key(), ShardKey::Channel);
+        assert_eq!(
+            again
+                .history(
+                    &ws.id,
+                    &channels[5],
+                    &HistoryQuery {
+                        limit: 100,
+                        ..HistoryQuery::default()
+                    }
+                )
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    /// A store created before the shard key was recorded has its count but no key.
+    #[test]
+    fn a_store_with_a_count_but_no_key_keeps_a_shard_per_workspace() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path(), 2).unwrap());
+        let meta = Connection::open(dir.path().join("meta.sqlite")).unwrap();
+        meta.execute("DELETE FROM settings WHERE key = 'shard_key'", [])
+            .unwrap();
+        drop(meta);
+        let store = SqliteStore::open(dir.path(), 2).unwrap();
+        assert_eq!(store.shard_key(), ShardKey::Workspace);
+        let ws = WorkspaceId::from("TW");
+        assert_eq!(
+            store.shard_of(&ws, &ChannelId::from("CA")),
+            crate::store::shard_for(&ws, 2)
         );
     }
 
@@ -1688,7 +1852,7 @@ mod pool_tests {
 #[cfg(test)]
 mod checkpoint_tests {
     use super::*;
-    use crate::store::{shard_for, MessageStore};
+    use crate::store::MessageStore;
 
     /// Appended messages reach the shard's database file (not only its WAL) by the
     /// checkpointer thread, long before the writer's own checkpoint at
@@ -1698,11 +1862,11 @@ mod checkpoint_tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), 1).unwrap();
         let ws = store.create_workspace("ckpt").await.unwrap();
+        let channel = ChannelId::from("CCKPT");
         let file = dir
             .path()
-            .join(format!("shard-{}.sqlite", shard_for(&ws.id, 1)));
+            .join(format!("shard-{}.sqlite", store.shard_of(&ws.id, &channel)));
         let before = std::fs::metadata(&file).unwrap().len();
-        let channel = ChannelId::from("CCKPT");
         for seq in 1..=200u64 {
             let msg = Message {
                 workspace: ws.id.clone(),

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 use shared::ids::{ChannelId, Ts, UserId};
 use shared::search::query::{parse, QueryError};
-use shared::search::{SearchRequest, SortBy};
+use shared::search::{search_all, SearchIndex, SearchRequest, SortBy};
 use shared::store::Channel;
 
 use crate::api::{ApiError, ApiResult, AppState, Caller, Params};
@@ -138,11 +138,14 @@ pub async fn messages(state: &AppState, caller: &Caller, params: &Params) -> Api
         limit: count as usize,
         highlight,
     };
-    let index = search.index_for(&caller.claims.workspace).clone();
-    let results = tokio::task::spawn_blocking(move || index.search(&request))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let indexes = search.indexes_for(&state.store, &caller.claims.workspace, &request.channels);
+    let results = tokio::task::spawn_blocking(move || {
+        let indexes: Vec<&SearchIndex> = indexes.iter().map(|i| &**i).collect();
+        search_all(&indexes, &request)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
 
     let mut names: HashMap<UserId, String> = HashMap::new();
     let mut matches = Vec::with_capacity(results.hits.len());
