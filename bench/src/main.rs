@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`fanout`]: the fan-out scenario against Switchboard, the limit server and NATS.
 //! - [`connections`], [`posts`]: idle sessions per gateway; durable post throughput.
+//! - [`store`]: durable appends straight into the embedded store (its writers' ceiling).
 //! - [`cql`]: the Cassandra node (or cluster) the posts scenario runs the CQL store on.
 //! - [`limit`]: the in-process plain WebSocket broadcast server (the machine's ceiling).
 //! - [`nats`]: NATS text protocol over WebSocket, and starting nats-server.
@@ -30,6 +31,7 @@ mod report;
 mod search;
 mod slack;
 mod stats;
+mod store;
 mod sut;
 mod svg;
 mod ws;
@@ -71,6 +73,10 @@ enum Scenario {
     Limit(FanoutArgs),
     /// The fan-out shape over nats-server's WebSocket listener, one publisher.
     Nats(FanoutArgs),
+    /// Durable appends straight into the embedded store, in this process (no server): the
+    /// ceiling its writer threads put on posts, with a shard per workspace and with a
+    /// workspace's channels spread over the shards, side by side on fresh stores.
+    Store(StoreArgs),
     /// search.messages latency on a workspace of many stored messages (a real webapp process
     /// indexing a filled store).
     Search(SearchArgs),
@@ -329,6 +335,152 @@ impl StoreKind {
     }
 }
 
+#[derive(Args, Clone)]
+struct StoreArgs {
+    /// Where the JSON and SVG go (default: bench/out/).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Tiny sizes that finish in a few seconds (explicit flags still win).
+    #[arg(long)]
+    smoke: bool,
+    /// Concurrent appenders, each owning its own channels [default: 256; smoke 4].
+    #[arg(long, short = 'p')]
+    appenders: Option<usize>,
+    /// Channels of the one workspace [default: 256; smoke 8].
+    #[arg(long, short = 'c')]
+    channels: Option<usize>,
+    /// Store shards (`store.shards`; the default config has 4).
+    #[arg(long, default_value_t = 4)]
+    shards: u32,
+    /// Seconds per shard key [default: 10; smoke 1].
+    #[arg(long, short = 'd')]
+    duration: Option<f64>,
+    /// Bytes of text per message.
+    #[arg(long, default_value_t = 64)]
+    text_bytes: usize,
+    /// Shard keys to run, one after the other on a fresh store each.
+    #[arg(long, value_delimiter = ',', default_value = "workspace,channel")]
+    keys: Vec<String>,
+    /// Directory for the stores (default: the output directory: a disk, as a deployment's
+    /// store is, where /tmp may be memory). Each run's store is removed after it.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+async fn store_cmd(a: StoreArgs) -> anyhow::Result<bool> {
+    let info = RunInfo::new("store");
+    report::warn_if_busy(&info);
+    let smoke = a.smoke;
+    let plan = store::Plan {
+        appenders: a.appenders.unwrap_or(if smoke { 4 } else { 256 }),
+        channels: a.channels.unwrap_or(if smoke { 8 } else { 256 }),
+        shards: a.shards.max(1),
+        duration_s: a.duration.unwrap_or(if smoke { 1.0 } else { 10.0 }),
+        text_bytes: a.text_bytes,
+    };
+    let keys = a
+        .keys
+        .iter()
+        .map(|k| {
+            shared::store::ShardKey::from_name(k)
+                .ok_or_else(|| anyhow::anyhow!("--keys: {k:?} is neither workspace nor channel"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let out_dir = report::out_dir(a.out.as_deref());
+    let parent = a.dir.clone().unwrap_or_else(|| out_dir.clone());
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("failed to create {}", parent.display()))?;
+    let mut results = Vec::new();
+    for key in keys {
+        let dir = tempfile::Builder::new()
+            .prefix("store-bench-")
+            .tempdir_in(&parent)
+            .with_context(|| format!("failed to make a store directory in {}", parent.display()))?;
+        results.push(store::run(&plan, key, dir.path()).await?);
+    }
+    let mut t = Table::new(&[
+        "shard key",
+        "appenders",
+        "channels",
+        "shards used",
+        "appends",
+        "appends/s",
+        "p50",
+        "p99",
+        "p99.9",
+        "max",
+        "cpu",
+        "check",
+    ]);
+    for o in &results {
+        let l = &o.latency;
+        t.row(vec![
+            o.shard_key.clone(),
+            plan.appenders.to_string(),
+            plan.channels.to_string(),
+            format!("{}/{}", o.shards_used, plan.shards),
+            o.appends.to_string(),
+            fmt_rate(o.appends_per_s),
+            fmt_us(l.p50_us),
+            fmt_us(l.p99_us),
+            fmt_us(l.p999_us),
+            fmt_us(l.max_us),
+            format!("{:.1}s", o.cpu_s),
+            if o.ok() { "ok".into() } else { "FAILED".into() },
+        ]);
+    }
+    println!("\nstore: durable appends into the embedded store, one workspace");
+    println!("{}", t.render());
+    let find = |k: &str| results.iter().find(|o| o.shard_key == k);
+    let ratio_channel_over_workspace = match (find("channel"), find("workspace")) {
+        (Some(c), Some(w)) => {
+            let r = ratio(c.appends_per_s, w.appends_per_s);
+            if let Some(r) = r {
+                println!("channel / workspace: appends/s {r:.3}");
+            }
+            r
+        }
+        _ => None,
+    };
+    let mut ok = true;
+    for o in &results {
+        if !o.ok() {
+            ok = false;
+            eprintln!("bench: store ({} key) FAILED its checks:", o.shard_key);
+        }
+        for p in &o.problems {
+            eprintln!("bench: store ({}): {p}", o.shard_key);
+        }
+    }
+    let series: Vec<Series> = results
+        .iter()
+        .map(|o| Series {
+            label: format!("{} key", o.shard_key),
+            points: o.curve.clone(),
+        })
+        .collect();
+    let svg = svg::percentile_plot(
+        "store: append_new called to acknowledged",
+        &format!(
+            "{} appenders, {} channels, {} shards | {} cpus | {}",
+            plan.appenders, plan.channels, plan.shards, info.machine.nproc, info.git_commit
+        ),
+        &series,
+    );
+    let out = json!({
+        "run": info,
+        "plan": plan,
+        "results": results,
+        "ratios": { "channel_over_workspace_appends_per_s": ratio_channel_over_workspace },
+        "ok": ok,
+        "loadavg_end": report::loadavg(),
+    });
+    for p in report::write_outputs(&out_dir, "store", &out, Some(&svg))? {
+        println!("wrote {}", p.display());
+    }
+    Ok(ok)
+}
+
 #[derive(Args)]
 struct SearchArgs {
     #[command(flatten)]
@@ -473,6 +625,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         Scenario::Connections(a) => connections_cmd(a, nofile).await,
         Scenario::Posts(a) => posts_cmd(a).await,
         Scenario::Search(a) => search_cmd(a).await,
+        Scenario::Store(a) => store_cmd(a).await,
     }
 }
 

@@ -55,11 +55,13 @@ struct Run {
 
 fn run(scenario: &str, extra: &[&str]) -> Run {
     let out_dir = tempfile::tempdir().expect("tempdir");
-    let mut child = Command::new(BENCH)
-        .arg(scenario)
-        .arg("--smoke")
-        .arg("--switchboard-bin")
-        .arg(switchboard_bin())
+    let mut cmd = Command::new(BENCH);
+    cmd.arg(scenario).arg("--smoke");
+    // The store scenario runs the store in the bench's own process, with no server.
+    if scenario != "store" {
+        cmd.arg("--switchboard-bin").arg(switchboard_bin());
+    }
+    let mut child = cmd
         .arg("--out")
         .arg(out_dir.path())
         .args(extra)
@@ -189,6 +191,30 @@ fn posts_smoke() {
     assert!(o["posts"].as_u64().unwrap() > 0, "{o:#}");
     assert!(o["latency"]["p99_us"].as_f64().unwrap() > 0.0);
     assert_eq!(o["seq_problems"].as_array().map(Vec::len), Some(0));
+}
+
+#[test]
+fn store_smoke() {
+    let r = run("store", &[]);
+    let results = r.json["results"].as_array().expect("results");
+    let keys: Vec<&str> = results
+        .iter()
+        .map(|o| o["shard_key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["workspace", "channel"]);
+    for o in results {
+        assert!(o["appends"].as_u64().unwrap() > 0, "{o:#}");
+        assert!(o["latency"]["p99_us"].as_f64().unwrap() > 0.0);
+        assert_eq!(o["problems"].as_array().map(Vec::len), Some(0));
+    }
+    assert_eq!(results[0]["shards_used"], 1);
+    assert!(r.json["ratios"]["channel_over_workspace_appends_per_s"].is_number());
+    // Each phase's store is removed after it; only the JSON and the SVG remain.
+    let left: Vec<_> = std::fs::read_dir(r.out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
 }
 
 #[test]
