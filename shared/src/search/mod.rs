@@ -1,13 +1,16 @@
-//! Search: one Tantivy index per store shard, fed from that shard's change feed.
+//! Search: Tantivy indexes fed from the store shards' change feeds (one index for all of
+//! them, or one per shard in a deployment that began that way).
 //!
 //! # Layout
 //! - [`query`]: Slack's query syntax, parsed (pure).
-//! - [`SearchIndex`]: the index of one shard (schema, writes, commits, queries, highlights).
-//! - [`indexer`]: tails a shard's change feed into its index.
+//! - [`SearchIndex`]: one index (schema, writes, commits, queries, highlights).
+//! - [`search_all`]: one query over several indexes, merged.
+//! - [`indexer`]: tails change feeds into an index.
 //!
 //! # Invariants
-//! - The index's commit payload records the last change id it holds, so after a crash the
-//!   indexer resumes from there and nothing acknowledged is missing from search.
+//! - The index's commit payload records, for each change feed (store shard) it follows, the
+//!   last change id it holds, so after a crash the indexer resumes from there and nothing
+//!   acknowledged is missing from search.
 //! - A query only ever matches messages of the caller's workspace in the channels the caller
 //!   may read (the caller passes that set; the index enforces it as a filter).
 
@@ -127,7 +130,7 @@ fn schema() -> (Schema, Fields) {
     (b.build(), fields)
 }
 
-/// The index of one shard.
+/// One Tantivy index of messages.
 pub struct SearchIndex {
     index: Index,
     reader: IndexReader,
@@ -171,14 +174,24 @@ impl SearchIndex {
         })
     }
 
-    /// The last change id that a commit recorded (0 for a new index).
-    pub fn last_change_id(&self) -> u64 {
-        self.index
+    /// The last change id applied from each of `feeds` change feeds (shards), as the last
+    /// commit recorded them: 0 for a new index, and for a feed it did not record.
+    pub fn positions(&self, feeds: usize) -> Vec<u64> {
+        let recorded = self
+            .index
             .load_metas()
             .ok()
             .and_then(|m| m.payload)
-            .and_then(|p| p.strip_prefix("change:").and_then(|v| v.parse().ok()))
-            .unwrap_or(0)
+            .map(|p| parse_positions(&p))
+            .unwrap_or_default();
+        (0..feeds)
+            .map(|i| recorded.get(i).copied().unwrap_or(0))
+            .collect()
+    }
+
+    /// The last change id of an index that follows one feed.
+    pub fn last_change_id(&self) -> u64 {
+        self.positions(1)[0]
     }
 
     fn doc_id(channel: &ChannelId, seq: Seq) -> String {
@@ -214,12 +227,19 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// Makes everything added so far searchable and records `change_id` as applied.
+    /// Makes everything added so far searchable and records `change_id` as applied, for an
+    /// index that follows one feed.
     pub fn commit(&self, change_id: u64) -> Result<(), SearchError> {
+        self.commit_positions(&[change_id])
+    }
+
+    /// Makes everything added so far searchable and records, for each feed it follows, the
+    /// last change id applied.
+    pub fn commit_positions(&self, positions: &[u64]) -> Result<(), SearchError> {
         {
             let mut writer = self.writer.lock();
             let mut prepared = writer.prepare_commit()?;
-            prepared.set_payload(&format!("change:{change_id}"));
+            prepared.set_payload(&format_positions(positions));
             prepared.commit()?;
         }
         self.reader.reload()?;
@@ -404,6 +424,27 @@ impl SearchIndex {
             score,
         })
     }
+}
+
+/// A commit's payload: `changes:<id of feed 0>,<id of feed 1>,...`.
+fn format_positions(positions: &[u64]) -> String {
+    let ids: Vec<String> = positions.iter().map(u64::to_string).collect();
+    format!("changes:{}", ids.join(","))
+}
+
+/// The positions in a payload; `change:<id>` is how an index of one feed recorded it before
+/// indexes could follow several. Anything else reads as nothing applied (the index catches
+/// up from the start, which repeats upserts but loses nothing).
+fn parse_positions(payload: &str) -> Vec<u64> {
+    if let Some(ids) = payload.strip_prefix("changes:") {
+        let parsed: Result<Vec<u64>, _> = ids.split(',').map(str::parse).collect();
+        return parsed.unwrap_or_default();
+    }
+    payload
+        .strip_prefix("change:")
+        .and_then(|v| v.parse().ok())
+        .map(|id| vec![id])
+        .unwrap_or_default()
 }
 
 /// One match in one index, before its document is loaded.
@@ -613,6 +654,25 @@ mod tests {
             search_all(&[], &ask(SortBy::Score, true, 0)).unwrap().total,
             0
         );
+    }
+
+    #[test]
+    fn commits_record_a_position_per_feed_and_read_the_one_feed_form() {
+        let idx = SearchIndex::in_memory().unwrap();
+        assert_eq!(idx.positions(3), vec![0, 0, 0]);
+        idx.commit_positions(&[7, 0, 12]).unwrap();
+        assert_eq!(idx.positions(3), vec![7, 0, 12]);
+        assert_eq!(
+            idx.positions(4),
+            vec![7, 0, 12, 0],
+            "a feed it never recorded"
+        );
+        idx.commit(9).unwrap();
+        assert_eq!(idx.last_change_id(), 9);
+        assert_eq!(parse_positions("change:41"), vec![41]);
+        assert_eq!(parse_positions("changes:1,2"), vec![1, 2]);
+        assert_eq!(parse_positions("changes:1,x"), Vec::<u64>::new());
+        assert_eq!(parse_positions("something else"), Vec::<u64>::new());
     }
 
     #[test]
