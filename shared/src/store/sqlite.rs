@@ -670,10 +670,13 @@ fn write_batch(
         ))?;
         let mut record_change =
             tx.prepare_cached("INSERT INTO changes (channel_id, seq) VALUES (?1, ?2)")?;
+        // `checked`: its client_msg_id is known not to be stored (a group checks them all
+        // first), so the lookup is not made twice.
         let mut append = |by_client_id: &mut rusqlite::CachedStatement<'_>,
-                          msg: &Message|
+                          msg: &Message,
+                          checked: bool|
          -> Result<StorageResult<AppendOutcome>, rusqlite::Error> {
-            if let Some(cmid) = &msg.client_msg_id {
+            if let (Some(cmid), false) = (&msg.client_msg_id, checked) {
                 if let Some(existing) = by_client_id
                     .query_row(params![msg.channel.0, cmid], row_to_message)
                     .optional()?
@@ -717,7 +720,7 @@ fn write_batch(
         for req in batch {
             match req {
                 AppendRequest::One { msg, .. } => {
-                    replies.push(AppendReply::One(append(&mut by_client_id, msg)?))
+                    replies.push(AppendReply::One(append(&mut by_client_id, msg, false)?))
                 }
                 AppendRequest::Group { msgs, .. } => {
                     // Every id is checked before anything is written, so a repeat leaves no
@@ -735,8 +738,13 @@ fn write_batch(
                     }
                     let reply = if repeated.is_empty() {
                         let mut outcomes = Vec::with_capacity(msgs.len());
+                        let mut ids = std::collections::HashSet::new();
                         for msg in msgs {
-                            outcomes.push(append(&mut by_client_id, msg)?);
+                            // One repeating an earlier message of the group is checked
+                            // again, after the earlier one is written.
+                            let unique =
+                                msg.client_msg_id.as_deref().is_none_or(|id| ids.insert(id));
+                            outcomes.push(append(&mut by_client_id, msg, unique)?);
                         }
                         GroupAppend::Appended(outcomes)
                     } else {
