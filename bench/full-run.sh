@@ -11,7 +11,8 @@
 # PHASE_SECONDS is each fan-out and posts phase (default 10).
 #
 # Order: what only a large machine can measure first (50,000 idle sessions needs an open-file
-# limit above 50,512), then the two fan-out shapes with the limit server and NATS, then posts.
+# limit above 50,512), then the two fan-out shapes with the limit server and NATS, then posts,
+# then the store's writers alone (a shard per workspace against spread channels, and 16 shards).
 # A step that runs past its limit is killed, noted, and the next one starts.
 set -uo pipefail
 
@@ -60,4 +61,6 @@ step 60 posts -d "$D"
 step 60 posts -p 128 -c 128 -d "$D"
 step 60 posts -p 256 -c 64 -d "$D"
 step 60 posts -p 256 -c 256 -d "$D"
+step 60 store -d "$D"
+step 60 store --shards 16 --keys channel -d "$D"
 echo "## done $(date -u +%H:%M:%S)" | tee -a "$LOG"
