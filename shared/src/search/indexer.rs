@@ -87,19 +87,14 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::{ChannelId, Ts, UserId};
+    use crate::ids::{ChannelId, Ts, UserId, WorkspaceId};
     use crate::protocol::Message;
-    use crate::search::{SearchRequest, SortBy};
+    use crate::search::SearchRequest;
     use crate::store::sqlite::SqliteStore;
 
-    #[tokio::test]
-    async fn a_reopened_index_resumes_from_its_last_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("store"), 1).unwrap());
-        let ws = store.create_workspace("w").await.unwrap();
-        let ch = ChannelId::from("CIDX");
-        let post = |seq: u64, text: &str| Message {
-            workspace: ws.id.clone(),
+    fn post(ws: &WorkspaceId, ch: &ChannelId, seq: u64, text: &str) -> Message {
+        Message {
+            workspace: ws.clone(),
             channel: ch.clone(),
             seq,
             ts: Ts(seq),
@@ -108,11 +103,32 @@ mod tests {
             client_msg_id: None,
             thread_ts: None,
             kind: crate::protocol::MessageKind::Posted,
-        };
-        for seq in 1..=3 {
-            store.append(&post(seq, "alpha")).await.unwrap();
         }
-        let shard = store.shard_of(&ws.id, &ch);
+    }
+
+    /// How many messages of `channels` hold `word`.
+    fn matches(index: &SearchIndex, ws: &WorkspaceId, channels: &[ChannelId], word: &str) -> usize {
+        index
+            .search(&SearchRequest {
+                workspace: ws.clone(),
+                channels: channels.to_vec(),
+                limit: 100,
+                ..crate::search::tests::request(&[word])
+            })
+            .unwrap()
+            .total
+    }
+
+    #[tokio::test]
+    async fn a_reopened_index_resumes_from_its_last_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("store"), 1).unwrap());
+        let ws = store.create_workspace("w").await.unwrap().id;
+        let ch = ChannelId::from("CIDX");
+        for seq in 1..=3 {
+            store.append(&post(&ws, &ch, seq, "alpha")).await.unwrap();
+        }
+        let shard = store.shard_of(&ws, &ch);
         let index_dir = dir.path().join("index");
         {
             let index = Arc::new(SearchIndex::open(&index_dir).unwrap());
@@ -120,32 +136,14 @@ mod tests {
             assert_eq!(catch_up(&store, &index, &[shard]).await.unwrap(), 0);
         }
         // Acknowledged while the indexer was down.
-        store.append(&post(4, "beta")).await.unwrap();
+        store.append(&post(&ws, &ch, 4, "beta")).await.unwrap();
         let index = Arc::new(SearchIndex::open(&index_dir).unwrap());
         assert_eq!(
             catch_up(&store, &index, &[shard]).await.unwrap(),
             1,
             "only what it had not applied"
         );
-        let r = index
-            .search(&SearchRequest {
-                workspace: ws.id.clone(),
-                words: vec!["beta".into()],
-                phrases: vec![],
-                excluded: vec![],
-                channels: vec![ch.clone()],
-                users: vec![],
-                after: None,
-                before: None,
-                has_link: false,
-                sort: SortBy::Timestamp,
-                descending: true,
-                offset: 0,
-                limit: 10,
-                highlight: false,
-            })
-            .unwrap();
-        assert_eq!(r.total, 1);
+        assert_eq!(matches(&index, &ws, &[ch], "beta"), 1);
         assert_eq!(index.num_docs(), 4);
     }
 
@@ -156,52 +154,20 @@ mod tests {
     async fn one_index_follows_every_shard() {
         let dir = tempfile::tempdir().unwrap();
         let store: SharedStore = Arc::new(SqliteStore::open(&dir.path().join("store"), 4).unwrap());
-        let ws = store.create_workspace("w").await.unwrap();
+        let ws = store.create_workspace("w").await.unwrap().id;
         let channels: Vec<ChannelId> = (0..12).map(|n| ChannelId(format!("CALL{n}"))).collect();
-        let post = |ch: &ChannelId, seq: u64, text: &str| Message {
-            workspace: ws.id.clone(),
-            channel: ch.clone(),
-            seq,
-            ts: Ts(seq),
-            user: UserId::from("UA"),
-            text: text.into(),
-            client_msg_id: None,
-            thread_ts: None,
-            kind: crate::protocol::MessageKind::Posted,
-        };
         for ch in &channels {
-            store.append(&post(ch, 1, "gamma")).await.unwrap();
+            store.append(&post(&ws, ch, 1, "gamma")).await.unwrap();
         }
         let shards: Vec<u32> = (0..store.num_shards()).collect();
         let used: std::collections::BTreeSet<u32> =
-            channels.iter().map(|c| store.shard_of(&ws.id, c)).collect();
+            channels.iter().map(|c| store.shard_of(&ws, c)).collect();
         assert!(used.len() > 1, "the channels lie in several shards");
         let index_dir = dir.path().join("index");
-        let search = |index: &SearchIndex, word: &str| {
-            index
-                .search(&SearchRequest {
-                    workspace: ws.id.clone(),
-                    words: vec![word.into()],
-                    phrases: vec![],
-                    excluded: vec![],
-                    channels: channels.clone(),
-                    users: vec![],
-                    after: None,
-                    before: None,
-                    has_link: false,
-                    sort: SortBy::Timestamp,
-                    descending: true,
-                    offset: 0,
-                    limit: 100,
-                    highlight: false,
-                })
-                .unwrap()
-                .total
-        };
         {
             let index = Arc::new(SearchIndex::open(&index_dir).unwrap());
             assert_eq!(catch_up(&store, &index, &shards).await.unwrap(), 12);
-            assert_eq!(search(&index, "gamma"), 12);
+            assert_eq!(matches(&index, &ws, &channels, "gamma"), 12);
             let positions = index.positions(shards.len());
             for &s in &shards {
                 let last = store
@@ -214,11 +180,12 @@ mod tests {
             }
         }
         for ch in &channels[..5] {
-            store.append(&post(ch, 2, "delta")).await.unwrap();
+            store.append(&post(&ws, ch, 2, "delta")).await.unwrap();
         }
         let index = Arc::new(SearchIndex::open(&index_dir).unwrap());
         assert_eq!(catch_up(&store, &index, &shards).await.unwrap(), 5);
-        assert_eq!((search(&index, "gamma"), search(&index, "delta")), (12, 5));
+        assert_eq!(matches(&index, &ws, &channels, "gamma"), 12);
+        assert_eq!(matches(&index, &ws, &channels, "delta"), 5);
         assert_eq!(index.num_docs(), 17);
     }
 }

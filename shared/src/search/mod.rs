@@ -543,7 +543,8 @@ mod tests {
         }
     }
 
-    fn request(words: &[&str]) -> SearchRequest {
+    /// A newest-first request for `words` in channels CA and CB of workspace TW.
+    pub(super) fn request(words: &[&str]) -> SearchRequest {
         SearchRequest {
             workspace: WorkspaceId::from("TW"),
             words: words.iter().map(|w| w.to_string()).collect(),
