@@ -149,6 +149,15 @@ pub mod metrics {
         )
         .unwrap()
     });
+    pub static STORE_READS_HANDED_OFF: LazyLock<prometheus::IntCounterVec> = LazyLock::new(|| {
+        prometheus::register_int_counter_vec!(
+            "switchboard_store_reads_handed_off_total",
+            "embedded store point reads that could not finish on the calling thread without \
+             waiting (a locked file) or failed there, and ran again on the blocking pool",
+            &["op"]
+        )
+        .unwrap()
+    });
     pub static STORE_WAL_FRAMES: LazyLock<prometheus::IntGaugeVec> = LazyLock::new(|| {
         prometheus::register_int_gauge_vec!(
             "switchboard_store_wal_frames",
