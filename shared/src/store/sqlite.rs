@@ -1240,6 +1240,12 @@ impl MessageStore for SqliteStore {
     ) -> StorageResult<UserChannelMembership> {
         let (ch, u) = (channel.clone(), user.clone());
         self.meta_point("user_channel_membership", move |c| {
+            // One read transaction for the three reads: each statement on its own would take
+            // and release the WAL read lock (two `fcntl` calls) and check the page cache
+            // against the log again. This runs once per post.
+            let c = c
+                .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
+                .map_err(unavailable)?;
             let user = c
                 .query_row_cached(
                     &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
@@ -1265,6 +1271,7 @@ impl MessageStore for SqliteStore {
                 .optional()
                 .map_err(unavailable)?
                 .is_some();
+            c.commit().map_err(unavailable)?;
             Ok(UserChannelMembership {
                 user,
                 channel,
