@@ -402,3 +402,39 @@ fn shard_hash(bytes: &[u8], num_shards: u32) -> u32 {
     h.write(bytes);
     (h.finish() % u64::from(num_shards.max(1))) as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where messages live is decided by these hashes and recorded nowhere else: a change to
+    /// them would leave every store's messages in shards that no process looks in.
+    #[test]
+    fn shard_hashes_never_change() {
+        let ws = WorkspaceId::from("T0123ABCD");
+        let ch = ChannelId::from("C0456EFGH");
+        assert_eq!(
+            [shard_for(&ws, 4), shard_for(&ws, 8), shard_for(&ws, 1024)],
+            [0, 0, 312]
+        );
+        assert_eq!(
+            [
+                shard_for_channel(&ch, 4),
+                shard_for_channel(&ch, 8),
+                shard_for_channel(&ch, 1024)
+            ],
+            [2, 2, 978]
+        );
+        assert_eq!(ShardKey::Workspace.shard(&ws, &ch, 8), shard_for(&ws, 8));
+        assert_eq!(
+            ShardKey::Channel.shard(&ws, &ch, 8),
+            shard_for_channel(&ch, 8)
+        );
+        assert_eq!(shard_for(&ws, 1), 0);
+        assert_eq!(shard_for(&ws, 0), 0, "no shards reads as one");
+        for key in [ShardKey::Workspace, ShardKey::Channel] {
+            assert_eq!(ShardKey::from_name(key.name()), Some(key));
+        }
+        assert_eq!(ShardKey::from_name("Channel"), None);
+    }
+}
