@@ -1285,12 +1285,7 @@ async fn timed<T>(
 ) -> StorageResult<T> {
     let start = Instant::now();
     let result = f.await;
-    m::STORE_OPS
-        .with_label_values(&[op])
-        .observe(start.elapsed().as_secs_f64());
-    if result.is_err() {
-        m::STORE_ERRORS.with_label_values(&[op]).inc();
-    }
+    super::record_op(op, start, &result);
     result
 }
 

@@ -350,6 +350,18 @@ pub struct Reaction {
 
 pub type SharedStore = Arc<dyn MessageStore>;
 
+/// Records one store call's latency (since `start`) and, if it failed, its failure, under
+/// `op`: the same metrics for every implementation.
+pub(crate) fn record_op<T>(op: &'static str, start: std::time::Instant, result: &StorageResult<T>) {
+    use crate::telemetry::metrics as m;
+    m::STORE_OPS
+        .with_label_values(&[op])
+        .observe(start.elapsed().as_secs_f64());
+    if result.is_err() {
+        m::STORE_ERRORS.with_label_values(&[op]).inc();
+    }
+}
+
 /// What decides which shard holds a message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShardKey {

@@ -362,12 +362,7 @@ impl ConnPool {
                 self.run(op, f).await
             }
             result => {
-                m::STORE_OPS
-                    .with_label_values(&[op])
-                    .observe(start.elapsed().as_secs_f64());
-                if result.is_err() {
-                    m::STORE_ERRORS.with_label_values(&[op]).inc();
-                }
+                super::record_op(op, start, &result);
                 result
             }
         }
@@ -650,12 +645,7 @@ async fn timed<T: Send + 'static>(
     let result = tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| unavailable(format!("store task failed: {e}")))?;
-    m::STORE_OPS
-        .with_label_values(&[op])
-        .observe(start.elapsed().as_secs_f64());
-    if result.is_err() {
-        m::STORE_ERRORS.with_label_values(&[op]).inc();
-    }
+    super::record_op(op, start, &result);
     result
 }
 
