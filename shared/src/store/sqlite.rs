@@ -595,15 +595,6 @@ impl SqliteStore {
         self.meta.run(op, f).await
     }
 
-    /// [`Self::meta`] for a point read (see [`ConnPool::read_now`]).
-    async fn meta_point<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        f: impl Fn(&mut Connection) -> StorageResult<T> + Send + 'static,
-    ) -> StorageResult<T> {
-        self.meta.read_now(op, f).await
-    }
-
     /// [`Self::meta`] for a call that writes: one at a time (see `meta_writes`).
     async fn meta_write<T: Send + 'static>(
         &self,
@@ -612,17 +603,6 @@ impl SqliteStore {
     ) -> StorageResult<T> {
         let _turn = self.meta_writes.lock().await;
         self.meta.run(op, f).await
-    }
-
-    /// [`Self::read_shard`] for a point read (see [`ConnPool::read_now`]).
-    async fn shard_point<T: Send + 'static>(
-        &self,
-        op: &'static str,
-        workspace: &WorkspaceId,
-        channel: &ChannelId,
-        f: impl Fn(&mut Connection) -> StorageResult<T> + Send + 'static,
-    ) -> StorageResult<T> {
-        self.shard(workspace, channel).reads.read_now(op, f).await
     }
 
     async fn read_shard<T: Send + 'static>(
@@ -943,40 +923,42 @@ impl MessageStore for SqliteStore {
 
     async fn workspace(&self, id: &WorkspaceId) -> StorageResult<Option<Workspace>> {
         let id = id.clone();
-        self.meta_point("workspace", move |c| {
-            c.query_row_cached(
-                "SELECT id, name FROM workspaces WHERE id = ?1",
-                params![id.0],
-                |r| {
-                    Ok(Workspace {
-                        id: WorkspaceId(r.get(0)?),
-                        name: r.get(1)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(unavailable)
-        })
-        .await
+        self.meta
+            .read_now("workspace", move |c| {
+                c.query_row_cached(
+                    "SELECT id, name FROM workspaces WHERE id = ?1",
+                    params![id.0],
+                    |r| {
+                        Ok(Workspace {
+                            id: WorkspaceId(r.get(0)?),
+                            name: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
     }
 
     async fn workspace_by_name(&self, name: &str) -> StorageResult<Option<Workspace>> {
         let name = name.to_string();
-        self.meta_point("workspace_by_name", move |c| {
-            c.query_row_cached(
-                "SELECT id, name FROM workspaces WHERE name = ?1",
-                params![name],
-                |r| {
-                    Ok(Workspace {
-                        id: WorkspaceId(r.get(0)?),
-                        name: r.get(1)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(unavailable)
-        })
-        .await
+        self.meta
+            .read_now("workspace_by_name", move |c| {
+                c.query_row_cached(
+                    "SELECT id, name FROM workspaces WHERE name = ?1",
+                    params![name],
+                    |r| {
+                        Ok(Workspace {
+                            id: WorkspaceId(r.get(0)?),
+                            name: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
     }
 
     async fn create_user(
@@ -1019,16 +1001,17 @@ impl MessageStore for SqliteStore {
 
     async fn user(&self, id: &UserId) -> StorageResult<Option<User>> {
         let id = id.clone();
-        self.meta_point("user", move |c| {
-            c.query_row_cached(
-                &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
-                params![id.0],
-                row_to_user,
-            )
-            .optional()
-            .map_err(unavailable)
-        })
-        .await
+        self.meta
+            .read_now("user", move |c| {
+                c.query_row_cached(
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+                    params![id.0],
+                    row_to_user,
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
     }
 
     async fn user_by_name(
@@ -1037,16 +1020,17 @@ impl MessageStore for SqliteStore {
         name: &str,
     ) -> StorageResult<Option<User>> {
         let (ws, name) = (workspace.clone(), name.to_string());
-        self.meta_point("user_by_name", move |c| {
-            c.query_row_cached(
-                &format!("SELECT {USER_COLUMNS} FROM users WHERE workspace = ?1 AND name = ?2"),
-                params![ws.0, name],
-                row_to_user,
-            )
-            .optional()
-            .map_err(unavailable)
-        })
-        .await
+        self.meta
+            .read_now("user_by_name", move |c| {
+                c.query_row_cached(
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE workspace = ?1 AND name = ?2"),
+                    params![ws.0, name],
+                    row_to_user,
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
     }
 
     async fn users(&self, workspace: &WorkspaceId) -> StorageResult<Vec<User>> {
@@ -1124,16 +1108,17 @@ impl MessageStore for SqliteStore {
 
     async fn channel(&self, id: &ChannelId) -> StorageResult<Option<Channel>> {
         let id = id.clone();
-        self.meta_point("channel", move |c| {
-            c.query_row_cached(
-                &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
-                params![id.0],
-                row_to_channel,
-            )
-            .optional()
-            .map_err(unavailable)
-        })
-        .await
+        self.meta
+            .read_now("channel", move |c| {
+                c.query_row_cached(
+                    &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
+                    params![id.0],
+                    row_to_channel,
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
     }
 
     async fn channel_by_name(
@@ -1142,18 +1127,19 @@ impl MessageStore for SqliteStore {
         name: &str,
     ) -> StorageResult<Option<Channel>> {
         let (ws, name) = (workspace.clone(), name.to_string());
-        self.meta_point("channel_by_name", move |c| {
-            c.query_row_cached(
-                &format!(
-                    "SELECT {CHANNEL_COLUMNS} FROM channels WHERE workspace = ?1 AND name = ?2"
-                ),
-                params![ws.0, name],
-                row_to_channel,
-            )
-            .optional()
-            .map_err(unavailable)
-        })
-        .await
+        self.meta
+            .read_now("channel_by_name", move |c| {
+                c.query_row_cached(
+                    &format!(
+                        "SELECT {CHANNEL_COLUMNS} FROM channels WHERE workspace = ?1 AND name = ?2"
+                    ),
+                    params![ws.0, name],
+                    row_to_channel,
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
     }
 
     async fn channels(
@@ -1210,17 +1196,18 @@ impl MessageStore for SqliteStore {
 
     async fn is_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
         let (ch, u) = (channel.clone(), user.clone());
-        self.meta_point("is_member", move |c| {
-            c.query_row_cached(
-                "SELECT 1 FROM members WHERE channel = ?1 AND user = ?2",
-                params![ch.0, u.0],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|r| r.is_some())
-            .map_err(unavailable)
-        })
-        .await
+        self.meta
+            .read_now("is_member", move |c| {
+                c.query_row_cached(
+                    "SELECT 1 FROM members WHERE channel = ?1 AND user = ?2",
+                    params![ch.0, u.0],
+                    |_| Ok(()),
+                )
+                .optional()
+                .map(|r| r.is_some())
+                .map_err(unavailable)
+            })
+            .await
     }
 
     async fn user_channel_membership(
@@ -1229,46 +1216,47 @@ impl MessageStore for SqliteStore {
         channel: &ChannelId,
     ) -> StorageResult<UserChannelMembership> {
         let (ch, u) = (channel.clone(), user.clone());
-        self.meta_point("user_channel_membership", move |c| {
-            // One read transaction for the three reads: each statement on its own would take
-            // and release the WAL read lock (two `fcntl` calls) and check the page cache
-            // against the log again. This runs once per post.
-            let c = c
-                .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
-                .map_err(unavailable)?;
-            let user = c
-                .query_row_cached(
-                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
-                    params![u.0],
-                    row_to_user,
-                )
-                .optional()
-                .map_err(unavailable)?;
-            let channel = c
-                .query_row_cached(
-                    &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
-                    params![ch.0],
-                    row_to_channel,
-                )
-                .optional()
-                .map_err(unavailable)?;
-            let is_member = c
-                .query_row_cached(
-                    "SELECT 1 FROM members WHERE channel = ?1 AND user = ?2",
-                    params![ch.0, u.0],
-                    |_| Ok(()),
-                )
-                .optional()
-                .map_err(unavailable)?
-                .is_some();
-            c.commit().map_err(unavailable)?;
-            Ok(UserChannelMembership {
-                user,
-                channel,
-                is_member,
+        self.meta
+            .read_now("user_channel_membership", move |c| {
+                // One read transaction for the three reads: each statement on its own would take
+                // and release the WAL read lock (two `fcntl` calls) and check the page cache
+                // against the log again. This runs once per post.
+                let c = c
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)
+                    .map_err(unavailable)?;
+                let user = c
+                    .query_row_cached(
+                        &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+                        params![u.0],
+                        row_to_user,
+                    )
+                    .optional()
+                    .map_err(unavailable)?;
+                let channel = c
+                    .query_row_cached(
+                        &format!("SELECT {CHANNEL_COLUMNS} FROM channels WHERE id = ?1"),
+                        params![ch.0],
+                        row_to_channel,
+                    )
+                    .optional()
+                    .map_err(unavailable)?;
+                let is_member = c
+                    .query_row_cached(
+                        "SELECT 1 FROM members WHERE channel = ?1 AND user = ?2",
+                        params![ch.0, u.0],
+                        |_| Ok(()),
+                    )
+                    .optional()
+                    .map_err(unavailable)?
+                    .is_some();
+                c.commit().map_err(unavailable)?;
+                Ok(UserChannelMembership {
+                    user,
+                    channel,
+                    is_member,
+                })
             })
-        })
-        .await
+            .await
     }
 
     async fn members(&self, channel: &ChannelId) -> StorageResult<Vec<UserId>> {
@@ -1410,7 +1398,7 @@ impl MessageStore for SqliteStore {
         channel: &ChannelId,
     ) -> StorageResult<Option<Message>> {
         let ch = channel.clone();
-        self.shard_point("last_message", workspace, channel, move |c| {
+        self.shard(workspace, channel).reads.read_now("last_message", move |c| {
             c.query_row_cached(
                 &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 ORDER BY seq DESC LIMIT 1"),
                 params![ch.0],
@@ -1429,7 +1417,7 @@ impl MessageStore for SqliteStore {
         client_msg_id: &str,
     ) -> StorageResult<Option<Message>> {
         let (ch, id) = (channel.clone(), client_msg_id.to_string());
-        self.shard_point("message_by_client_msg_id", workspace, channel, move |c| {
+        self.shard(workspace, channel).reads.read_now("message_by_client_msg_id", move |c| {
             c.query_row_cached(
                 &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 AND client_msg_id = ?2"),
                 params![ch.0, id],
@@ -1545,23 +1533,25 @@ impl MessageStore for SqliteStore {
         ts: Ts,
     ) -> StorageResult<Option<MessageView>> {
         let (ch, ws) = (channel.clone(), workspace.clone());
-        self.shard_point("message_view", workspace, channel, move |c| {
-            let view = c
-                .query_row_cached(
-                    &format!(
-                        "SELECT {MESSAGE_COLUMNS}, {VIEW_COLUMNS} FROM messages
+        self.shard(workspace, channel)
+            .reads
+            .read_now("message_view", move |c| {
+                let view = c
+                    .query_row_cached(
+                        &format!(
+                            "SELECT {MESSAGE_COLUMNS}, {VIEW_COLUMNS} FROM messages
                          WHERE channel_id = ?1 AND workspace = ?2 AND ts = ?3 AND kind = 'posted'"
-                    ),
-                    params![ch.0, ws.0, ts.0 as i64],
-                    row_to_view,
-                )
-                .optional()
-                .map_err(unavailable)?;
-            let mut views: Vec<MessageView> = view.into_iter().collect();
-            load_reactions(c, &mut views)?;
-            Ok(views.pop())
-        })
-        .await
+                        ),
+                        params![ch.0, ws.0, ts.0 as i64],
+                        row_to_view,
+                    )
+                    .optional()
+                    .map_err(unavailable)?;
+                let mut views: Vec<MessageView> = view.into_iter().collect();
+                load_reactions(c, &mut views)?;
+                Ok(views.pop())
+            })
+            .await
     }
 
     async fn history(
