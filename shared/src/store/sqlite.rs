@@ -253,6 +253,13 @@ fn row_to_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
     })
 }
 
+fn row_to_workspace(row: &rusqlite::Row<'_>) -> rusqlite::Result<Workspace> {
+    Ok(Workspace {
+        id: WorkspaceId(row.get(0)?),
+        name: row.get(1)?,
+    })
+}
+
 fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
         id: UserId(row.get(0)?),
@@ -928,12 +935,7 @@ impl MessageStore for SqliteStore {
                 c.query_row_cached(
                     "SELECT id, name FROM workspaces WHERE id = ?1",
                     params![id.0],
-                    |r| {
-                        Ok(Workspace {
-                            id: WorkspaceId(r.get(0)?),
-                            name: r.get(1)?,
-                        })
-                    },
+                    row_to_workspace,
                 )
                 .optional()
                 .map_err(unavailable)
@@ -948,12 +950,7 @@ impl MessageStore for SqliteStore {
                 c.query_row_cached(
                     "SELECT id, name FROM workspaces WHERE name = ?1",
                     params![name],
-                    |r| {
-                        Ok(Workspace {
-                            id: WorkspaceId(r.get(0)?),
-                            name: r.get(1)?,
-                        })
-                    },
+                    row_to_workspace,
                 )
                 .optional()
                 .map_err(unavailable)
