@@ -32,6 +32,10 @@ use shared::mesh::{Mesh, MeshTls, PeerPool};
 use shared::shutdown::Shutdown;
 use shared::telemetry::Health;
 
+/// How long channel servers that were up before a restart keep their channels while they
+/// reconnect (they retry with a backoff of at most 2 s).
+const RESTART_GRACE: Duration = Duration::from_secs(5);
+
 pub struct AdminDeps {
     pub tls: MeshTls,
     pub health: Health,
@@ -69,6 +73,15 @@ pub async fn run(
         config.admin.vnodes,
         Some(config.node.data_dir.join("admin-ring.json")),
     );
+    {
+        let (authority, shutdown) = (authority.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.wait() => {}
+                _ = tokio::time::sleep(RESTART_GRACE) => { authority.expire_unconfirmed(); }
+            }
+        });
+    }
     let router = mesh::Router::new(
         authority.clone(),
         Arc::new(PeerPool::new(mesh.clone())),

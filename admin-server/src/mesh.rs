@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::mesh::{FrameReader, FrameWriter, MeshConn, PeerPool};
+use shared::mesh::{FrameReader, FrameWriter, MeshConn, PeerPool, TransportError};
 use shared::protocol::{
     MeshError, MeshFrame, Role, UserEvent, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
@@ -19,7 +19,10 @@ use crate::state::RingAuthority;
 const DOWN_GRACE: Duration = Duration::from_millis(1500);
 #[cfg(test)]
 const DOWN_GRACE: Duration = Duration::from_millis(50);
-const POST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long routing one post may take, retries included: under the Web API's own wait for
+/// the answer (5 s), so the admin server never stores a post after the Web API has answered
+/// its caller.
+const POST_BUDGET: Duration = Duration::from_secs(4);
 
 #[derive(Clone)]
 pub struct Router {
@@ -190,9 +193,14 @@ impl Router {
         }
     }
 
-    /// Routes a post to the channel's owner; retries once when the owner answers with another
-    /// epoch (it had not seen the latest ring yet) or cannot be reached.
+    /// Routes a post to the channel's owner. Retries when nothing was done: the owner answered
+    /// with another epoch (it had not seen the latest ring yet) or could not be reached. When
+    /// the post went out and no answer came back, the owner may have stored it: only a post
+    /// with a `client_msg_id` is sent again (the owner answers a repeat with the stored
+    /// message); any other gets `OutcomeUnknown` rather than a second copy.
     async fn route_post(&self, msg: shared::protocol::NewMessage) -> MeshFrame {
+        let deadline = tokio::time::Instant::now() + POST_BUDGET;
+        let idempotent = msg.client_msg_id.is_some();
         let mut last = MeshFrame::Error(MeshError::NoOwner);
         for attempt in 0..3 {
             let ring = self.authority.current();
@@ -206,8 +214,12 @@ impl Router {
                     owner.node
                 )));
             };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
             let frame = MeshFrame::Post { msg: msg.clone() };
-            match self.pool.request(addr, &frame, POST_TIMEOUT).await {
+            match self.pool.request(addr, &frame, left).await {
                 Ok(MeshFrame::Error(MeshError::WrongOwner { epoch })) => {
                     tracing::debug!(owner = %owner.node, %epoch, ours = %ring.epoch(), "owner disagrees on the epoch");
                     m::ROUTED_POSTS.with_label_values(&["retried"]).inc();
@@ -222,15 +234,122 @@ impl Router {
                     m::ROUTED_POSTS.with_label_values(&[outcome]).inc();
                     return answer;
                 }
-                Err(e) => {
-                    tracing::warn!(owner = %owner.node, error = %e, "post to owner failed");
+                Err(e @ TransportError::Connect { .. }) => {
+                    tracing::warn!(owner = %owner.node, error = %e, "owner unreachable");
                     m::ROUTED_POSTS.with_label_values(&["retried"]).inc();
                     last = MeshFrame::Error(MeshError::Unavailable(e.to_string()));
+                }
+                Err(e) if idempotent => {
+                    tracing::warn!(owner = %owner.node, error = %e, "no answer from the owner; sending the post again");
+                    m::ROUTED_POSTS.with_label_values(&["retried"]).inc();
+                    last = MeshFrame::Error(MeshError::OutcomeUnknown(e.to_string()));
+                }
+                Err(e) => {
+                    tracing::warn!(owner = %owner.node, error = %e, "no answer from the owner; the post may be stored");
+                    m::ROUTED_POSTS.with_label_values(&["unknown"]).inc();
+                    return MeshFrame::Error(MeshError::OutcomeUnknown(e.to_string()));
                 }
             }
             tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
         }
         m::ROUTED_POSTS.with_label_values(&["error"]).inc();
         last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use shared::ids::{ChannelId, NodeId, UserId, WorkspaceId};
+    use shared::mesh::{Mesh, MeshTls};
+    use shared::protocol::{MessageKind, NewMessage};
+
+    use super::*;
+
+    /// A channel server that reads each post and closes the stream without answering, as one
+    /// that stored the post and then lost its connection would look from here. Returns its
+    /// address and the number of posts it received.
+    async fn owner_that_never_answers(tls: &MeshTls) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mesh = Mesh::server(socket, tls, 1 << 20, Duration::from_secs(2)).unwrap();
+        let addr = mesh.local_addr().unwrap();
+        let posts = Arc::new(AtomicUsize::new(0));
+        let seen = posts.clone();
+        tokio::spawn(async move {
+            while let Some(conn) = mesh.accept().await {
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    while let Some((mut w, mut r)) = conn.accept().await {
+                        if let Ok(Some(MeshFrame::Post { .. })) = r.read().await {
+                            seen.fetch_add(1, Ordering::SeqCst);
+                        }
+                        w.finish();
+                    }
+                });
+            }
+        });
+        (addr, posts)
+    }
+
+    fn message(client_msg_id: Option<&str>) -> NewMessage {
+        NewMessage {
+            workspace: WorkspaceId::from("T1"),
+            channel: ChannelId::from("C1"),
+            user: UserId::from("U1"),
+            text: "hello".into(),
+            client_msg_id: client_msg_id.map(str::to_string),
+            thread_ts: None,
+            kind: MessageKind::Posted,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_post_without_an_answer_is_resent_only_when_it_has_a_client_msg_id() {
+        let dir = tempfile::tempdir().unwrap();
+        shared::mesh::tls::generate_dev_certs(dir.path()).unwrap();
+        let tls = MeshTls::load(
+            &dir.path().join("ca.pem"),
+            &dir.path().join("node.pem"),
+            &dir.path().join("node.key"),
+        )
+        .unwrap();
+        let (owner, posts) = owner_that_never_answers(&tls).await;
+        let authority = RingAuthority::new(&[], 16, None);
+        authority.member_up(&NodeId::from("cs-1"), &owner.to_string());
+        let client = Mesh::client(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            1 << 20,
+            Duration::from_secs(2),
+        )
+        .unwrap();
+        let router = Router::new(
+            authority,
+            Arc::new(PeerPool::new(Arc::new(client))),
+            Duration::from_millis(10),
+        );
+
+        let answer = router.route_post(message(None)).await;
+        assert!(
+            matches!(answer, MeshFrame::Error(MeshError::OutcomeUnknown(_))),
+            "{answer:?}"
+        );
+        assert_eq!(
+            posts.load(Ordering::SeqCst),
+            1,
+            "sent once: a second copy could be stored with a seq of its own"
+        );
+
+        let answer = router.route_post(message(Some("retry-me"))).await;
+        assert!(
+            matches!(answer, MeshFrame::Error(MeshError::OutcomeUnknown(_))),
+            "{answer:?}"
+        );
+        assert_eq!(
+            posts.load(Ordering::SeqCst),
+            4,
+            "a post the owner deduplicates by client_msg_id is tried three times"
+        );
     }
 }

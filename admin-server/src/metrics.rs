@@ -17,7 +17,7 @@ pub static RING_OWNERS: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static ROUTED_POSTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_admin_routed_posts_total",
-        "posts routed to channel servers, by outcome (ok, retried, no_owner, error)",
+        "posts routed to channel servers, by outcome (ok, retried, no_owner, error, unknown: sent but unanswered, not resent)",
         &["outcome"]
     )
     .unwrap()

@@ -66,9 +66,14 @@ impl RingAuthority {
             .and_then(|p| std::fs::read(p).ok())
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
+        // Members that were up when this admin server stopped stay up (their channel servers
+        // most likely still run and reconnect within moments), so a restart publishes the
+        // same ring rather than an empty one that would make every channel move and move back.
+        // Those that do not say Hello within the grace period go down then
+        // ([`RingAuthority::expire_unconfirmed`]). Generation 0 marks them as not yet seen.
         let mut members = BTreeMap::new();
         for mut m in persisted.members {
-            m.status = MemberStatus::Down;
+            m.generation = 0;
             members.insert(m.id.clone(), m);
         }
         for (id, addr) in configured {
@@ -181,6 +186,24 @@ impl RingAuthority {
         }
     }
 
+    /// Takes down every member that was up before a restart and has not said Hello since;
+    /// returns how many. Called once, a grace period after start.
+    pub fn expire_unconfirmed(&self) -> usize {
+        let mut inner = self.inner.lock();
+        let mut expired = 0;
+        for member in inner.members.values_mut() {
+            if member.status == MemberStatus::Up && member.generation == 0 {
+                member.status = MemberStatus::Down;
+                tracing::warn!(id = %member.id, "channel server did not come back after the restart, moving its channels");
+                expired += 1;
+            }
+        }
+        if expired > 0 {
+            self.publish(&mut inner);
+        }
+        expired
+    }
+
     /// Adds (or re-adds) a member; it owns channels once it is up.
     pub fn add(&self, id: NodeId, mesh_addr: String) {
         let mut inner = self.inner.lock();
@@ -254,6 +277,38 @@ mod tests {
         let last = a.current().epoch();
         let b = RingAuthority::new(&[], 64, Some(path));
         assert!(b.current().epoch() > last);
+    }
+
+    #[test]
+    fn a_restart_keeps_the_ring_until_the_grace_period_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ring.json");
+        let a = RingAuthority::new(&[], 64, Some(path.clone()));
+        a.member_up(&NodeId::from("cs-1"), "127.0.0.1:1");
+        a.member_up(&NodeId::from("cs-2"), "127.0.0.1:2");
+        let c = shared::ids::ChannelId::from("C1");
+        let owner = a.current().owner(&c).unwrap().node.clone();
+        drop(a);
+
+        let b = RingAuthority::new(&[], 64, Some(path));
+        assert_eq!(
+            b.current().state().members.len(),
+            2,
+            "the members that were up still own their channels after a restart"
+        );
+        assert_eq!(b.current().owner(&c).unwrap().node, owner);
+        // cs-1 comes back; cs-2 does not.
+        let g = b.member_up(&NodeId::from("cs-1"), "127.0.0.1:1");
+        let epoch = b.current().epoch();
+        assert_eq!(b.expire_unconfirmed(), 1);
+        assert!(b.current().epoch() > epoch);
+        let members = b.current().state().members.clone();
+        assert_eq!(members.len(), 1);
+        assert_eq!(members[0].node, NodeId::from("cs-1"));
+        assert_eq!(b.expire_unconfirmed(), 0, "nothing left to expire");
+        // The member that came back goes down like any other once its link drops.
+        b.member_down(&NodeId::from("cs-1"), g);
+        assert!(b.current().state().members.is_empty());
     }
 
     #[test]

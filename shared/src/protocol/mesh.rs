@@ -69,6 +69,9 @@ pub enum MeshError {
     BadRequest(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The request went out and no answer came back: it may or may not have been done.
+    #[error("no answer, outcome unknown: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// Every frame of the mesh.
