@@ -36,11 +36,19 @@ pub enum TransportError {
     Timeout(Duration),
 }
 
+/// Handshakes in progress at once on an accepting endpoint; an attempt past this is refused.
+const MAX_PENDING_HANDSHAKES: usize = 1024;
+
+type Handshake = Result<quinn::Connection, quinn::ConnectionError>;
+
 /// One node's QUIC endpoint.
 pub struct Mesh {
     endpoint: quinn::Endpoint,
     max_frame_bytes: usize,
     connect_timeout: Duration,
+    /// Handshakes of incoming connections, run side by side: a peer that starts one and goes
+    /// silent holds up only its own (until the idle timeout ends it), not every accept.
+    handshakes: tokio::sync::Mutex<tokio::task::JoinSet<Handshake>>,
 }
 
 impl Mesh {
@@ -64,6 +72,7 @@ impl Mesh {
             endpoint,
             max_frame_bytes,
             connect_timeout,
+            handshakes: Default::default(),
         })
     }
 
@@ -81,6 +90,7 @@ impl Mesh {
             endpoint,
             max_frame_bytes,
             connect_timeout,
+            handshakes: Default::default(),
         })
     }
 
@@ -93,22 +103,40 @@ impl Mesh {
     }
 
     /// The next connection that completes its handshake; `None` once the endpoint closed.
+    /// Handshakes run concurrently, so a slow or silent peer does not delay the others.
     /// Failed handshakes (no or foreign certificate, garbage) are counted and skipped.
+    /// Cancel safe: handshakes under way when the call is dropped finish for the next call.
     pub async fn accept(&self) -> Option<MeshConn> {
+        let mut handshakes = self.handshakes.lock().await;
         loop {
-            let incoming = self.endpoint.accept().await?;
-            match incoming.await {
-                Ok(conn) => {
-                    m::MESH_CONNECTIONS_ACCEPTED.inc();
-                    return Some(MeshConn {
-                        conn,
-                        max_frame_bytes: self.max_frame_bytes,
-                    });
+            tokio::select! {
+                incoming = self.endpoint.accept() => {
+                    let incoming = incoming?;
+                    if handshakes.len() >= MAX_PENDING_HANDSHAKES {
+                        m::MESH_HANDSHAKE_FAILURES.inc();
+                        tracing::warn!(remote = %incoming.remote_address(), "too many mesh handshakes under way; refusing");
+                        incoming.refuse();
+                    } else {
+                        handshakes.spawn(async move { incoming.await });
+                    }
                 }
-                Err(e) => {
-                    m::MESH_HANDSHAKE_FAILURES.inc();
-                    tracing::warn!(error = %e, "mesh handshake failed");
-                }
+                Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
+                    Ok(Ok(conn)) => {
+                        m::MESH_CONNECTIONS_ACCEPTED.inc();
+                        return Some(MeshConn {
+                            conn,
+                            max_frame_bytes: self.max_frame_bytes,
+                        });
+                    }
+                    Ok(Err(e)) => {
+                        m::MESH_HANDSHAKE_FAILURES.inc();
+                        tracing::warn!(error = %e, "mesh handshake failed");
+                    }
+                    Err(e) => {
+                        m::MESH_HANDSHAKE_FAILURES.inc();
+                        tracing::warn!(error = %e, "mesh handshake task failed");
+                    }
+                },
             }
         }
     }
@@ -392,15 +420,19 @@ mod tests {
     use super::*;
     use crate::ids::ChannelId;
 
-    fn pair() -> (Mesh, Mesh, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        tls::generate_dev_certs(dir.path()).unwrap();
-        let t = MeshTls::load(
+    fn test_tls(dir: &tempfile::TempDir) -> MeshTls {
+        MeshTls::load(
             &dir.path().join("ca.pem"),
             &dir.path().join("node.pem"),
             &dir.path().join("node.key"),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    fn pair() -> (Mesh, Mesh, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        tls::generate_dev_certs(dir.path()).unwrap();
+        let t = test_tls(&dir);
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let server = Mesh::server(socket, &t, 1024 * 1024, Duration::from_secs(2)).unwrap();
         let client = Mesh::client(
@@ -501,6 +533,55 @@ mod tests {
         w.finish();
         let result = server_task.await.unwrap();
         assert!(matches!(result, Err(TransportError::Wire(_))), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_silent_handshake_does_not_hold_up_other_connections() {
+        let (server, client, _dir) = pair();
+        let addr = server.local_addr().unwrap();
+        // A relay that passes the client's first datagram (its Initial) to the server and
+        // nothing after: the server's handshake with it never completes.
+        let relay = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let relay_addr = relay.local_addr().unwrap();
+        let relay_task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65536];
+            let (n, _) = relay.recv_from(&mut buf).await.unwrap();
+            relay.send_to(&buf[..n], addr).await.unwrap();
+            loop {
+                if relay.recv_from(&mut buf).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let stalled = Mesh::client(
+            "127.0.0.1:0".parse().unwrap(),
+            &test_tls(&_dir),
+            1024,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let stalled_task = tokio::spawn(async move { stalled.connect(relay_addr).await.is_ok() });
+        let server = Arc::new(server);
+        let accepting = server.clone();
+        let accept_task =
+            tokio::spawn(async move { accepting.accept().await.map(|c| c.remote_address()) });
+        // Let the server take the stalled attempt first.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The client's connect gives up after 2 s, under the 3 s idle timeout that would end
+        // the stalled handshake: it succeeds only if its handshake runs beside that one.
+        let conn = client
+            .connect(addr)
+            .await
+            .expect("accepted beside the stalled handshake");
+        let accepted = tokio::time::timeout(Duration::from_secs(5), accept_task)
+            .await
+            .expect("accept returned")
+            .unwrap()
+            .expect("a connection");
+        assert_eq!(accepted, client.local_addr().unwrap());
+        conn.close("done");
+        relay_task.abort();
+        stalled_task.abort();
     }
 
     #[tokio::test]
