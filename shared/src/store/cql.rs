@@ -1594,6 +1594,18 @@ impl MessageStore for CqlStore {
             // Written either way: a previous add may have stopped before this row.
             s.exec(s.meta.get("user_channel_put"), (&user.0, &channel.0, &ws))
                 .await?;
+            // Not added: the user was a member already, but a remove may have run between the
+            // check and the row just written. The row lists the channel among the user's own
+            // (search, conversations.list, what a gateway subscribes), so it must not outlive
+            // the membership.
+            if !added
+                && s.first::<(String,)>(s.meta.get("member_get"), (&channel.0, &user.0))
+                    .await?
+                    .is_none()
+            {
+                s.exec(s.meta.get("user_channel_drop"), (&user.0, &channel.0))
+                    .await?;
+            }
             Ok(added)
         })
         .await
@@ -1602,6 +1614,13 @@ impl MessageStore for CqlStore {
     async fn remove_member(&self, channel: &ChannelId, user: &UserId) -> StorageResult<bool> {
         let s = &self.inner;
         timed("remove_member", async {
+            // The user's row goes first: if the membership's delete then fails, the user is
+            // still a member (and leaving again works) without the channel listed among theirs,
+            // rather than listed (and searched, and delivered) without being a member, which
+            // nothing would repair. It is dropped again after the delete, in case an add that
+            // found the user a member wrote it in between.
+            s.exec(s.meta.get("user_channel_drop"), (&user.0, &channel.0))
+                .await?;
             let removed = s
                 .applied(s.meta.get("member_remove"), (&channel.0, &user.0))
                 .await?;
