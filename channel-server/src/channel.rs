@@ -22,6 +22,8 @@ use crate::metrics as m;
 
 /// Most messages a `SubscribeAck` or `FetchOk` carries; the gateway asks again for the rest.
 pub const MAX_BACKLOG: u32 = 1000;
+/// The largest sequence a store keeps (stores hold it as a signed 64-bit integer).
+const MAX_STORED_SEQ: Seq = i64::MAX as Seq;
 /// Commands handled per wake-up, so one busy channel cannot starve the others.
 const MAX_BATCH: usize = 256;
 /// A channel with no subscribers and no traffic for this long releases its memory.
@@ -502,8 +504,13 @@ impl ChannelTask {
     ) -> Result<Vec<Message>, MeshError> {
         let limit = limit.clamp(1, MAX_BACKLOG);
         let up_to = up_to.unwrap_or(Seq::MAX);
+        // `after` may come from a client's resume point, up to `Seq::MAX`: nothing is past it,
+        // nor past the largest seq a store can keep (both keep it signed).
+        if after >= up_to || after >= MAX_STORED_SEQ {
+            return Ok(Vec::new());
+        }
         if let Some(first) = self.window.front() {
-            if first.seq <= after + 1 {
+            if first.seq <= after.saturating_add(1) {
                 return Ok(self
                     .window
                     .iter()
@@ -854,6 +861,65 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    async fn fetch(
+        tx: &mpsc::Sender<ChannelCmd>,
+        after_seq: Seq,
+        up_to_seq: Option<Seq>,
+    ) -> (Vec<Seq>, Seq) {
+        let (reply, r) = oneshot::channel();
+        tx.send(ChannelCmd::Fetch {
+            after_seq,
+            up_to_seq,
+            limit: MAX_BACKLOG,
+            reply,
+        })
+        .await
+        .unwrap();
+        match r.await.expect("the channel task answers the fetch") {
+            MeshFrame::FetchOk { messages, last_seq } => {
+                (messages.iter().map(|m| m.seq).collect(), last_seq)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resume_point_past_the_head_reads_nothing_and_the_channel_goes_on() {
+        let f = fixture();
+        let tx = f.start();
+        for i in 0..3 {
+            post(&tx, f.new_message(&format!("{i}"), None)).await;
+        }
+        // From the window (it holds 1..=3), then with an empty window (a new task).
+        assert_eq!(fetch(&tx, u64::MAX, None).await, (vec![], 3));
+        assert_eq!(fetch(&tx, u64::MAX, Some(u64::MAX)).await, (vec![], 3));
+        let (l, mut rx) = link(16);
+        tx.send(ChannelCmd::Subscribe {
+            link: l,
+            after_seq: Some(u64::MAX),
+        })
+        .await
+        .unwrap();
+        match decode(&rx.recv().await.unwrap()) {
+            MeshFrame::SubscribeAck {
+                last_seq, backlog, ..
+            } => assert_eq!((last_seq, backlog.len()), (3, 0)),
+            other => panic!("{other:?}"),
+        }
+        // The task is still there: posts are stored and delivered.
+        let (m, _) = posted(post(&tx, f.new_message("after", None)).await);
+        assert_eq!(m.seq, 4);
+        match decode(&rx.recv().await.unwrap()) {
+            MeshFrame::Deliver { msg } => assert_eq!(msg.seq, 4),
+            other => panic!("{other:?}"),
+        }
+        drop(tx);
+        let tx = f.start();
+        assert_eq!(fetch(&tx, u64::MAX, None).await, (vec![], 4));
+        assert_eq!(fetch(&tx, i64::MAX as u64 + 1, None).await, (vec![], 4));
+        assert_eq!(fetch(&tx, 2, None).await, (vec![3, 4], 4));
     }
 
     #[tokio::test]

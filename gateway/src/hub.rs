@@ -491,8 +491,13 @@ impl Hub {
             let Some(e) = st.channels.get(channel) else {
                 return Err(MeshError::BadRequest("channel not subscribed here".into()));
             };
+            // Only a range this gateway has passed is served locally: a resume point beyond it
+            // (a client's, up to `Seq::MAX`) goes to the owner, whose head is authoritative.
             if let (Some(first), Some(last)) = (e.recent.front(), e.last_seq) {
-                if first.0 <= after + 1 && up_to.is_none_or(|u| u <= last) {
+                if first.0 <= after.saturating_add(1)
+                    && after <= last
+                    && up_to.is_none_or(|u| u <= last)
+                {
                     let out = e
                         .recent
                         .iter()
@@ -918,13 +923,15 @@ fn deliver(e: &mut ChannelEntry, sessions: &HashMap<SessionId, SessionHandle>, m
     m::SESSION_WRITES.inc_by(offered);
 }
 
+/// Helpers for the gateway's unit tests: a hub without channel servers, whose frames the
+/// tests hand in themselves.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use super::*;
     use shared::ids::Ts;
     use shared::mesh::{Mesh, MeshTls};
 
-    fn hub() -> (Arc<Hub>, tempfile::TempDir) {
+    pub(crate) fn hub() -> (Arc<Hub>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         shared::mesh::tls::generate_dev_certs(dir.path()).unwrap();
         let tls = MeshTls::load(
@@ -952,7 +959,7 @@ mod tests {
         )
     }
 
-    fn msg(seq: Seq) -> Message {
+    pub(crate) fn msg(seq: Seq) -> Message {
         Message {
             workspace: WorkspaceId::from("TW"),
             channel: ChannelId::from("CX"),
@@ -965,6 +972,30 @@ mod tests {
             kind: shared::protocol::MessageKind::Posted,
         }
     }
+
+    /// The channel `CX` acknowledged by `owner` at `last_seq`, with `backlog`.
+    pub(crate) fn ack(hub: &Arc<Hub>, owner: &str, last_seq: Seq, backlog: Vec<Message>) {
+        hub.state
+            .lock()
+            .channels
+            .get_mut(&ChannelId::from("CX"))
+            .unwrap()
+            .owner = Some(NodeId::from(owner));
+        hub.on_link_frame(
+            &NodeId::from(owner),
+            MeshFrame::SubscribeAck {
+                channel: ChannelId::from("CX"),
+                last_seq,
+                backlog,
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{ack, hub, msg};
+    use super::*;
 
     fn session(
         hub: &Arc<Hub>,
@@ -995,23 +1026,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn ack(hub: &Arc<Hub>, owner: &str, last_seq: Seq, backlog: Vec<Message>) {
-        hub.state
-            .lock()
-            .channels
-            .get_mut(&ChannelId::from("CX"))
-            .unwrap()
-            .owner = Some(NodeId::from(owner));
-        hub.on_link_frame(
-            &NodeId::from(owner),
-            MeshFrame::SubscribeAck {
-                channel: ChannelId::from("CX"),
-                last_seq,
-                backlog,
-            },
-        );
     }
 
     #[tokio::test]
@@ -1064,6 +1078,31 @@ mod tests {
         assert!(slow_overflow.is_cancelled());
         assert!(!fast_overflow.is_cancelled());
         assert_eq!(seqs(&mut fast_rx), (1..=10).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_resume_point_past_the_local_window_goes_to_the_owner_without_overflowing() {
+        let (hub, _dir) = hub();
+        let (_id, _rx, _) = session(&hub, 64);
+        ack(&hub, "cs-1", 0, vec![]);
+        for s in 1..=3 {
+            hub.on_link_frame(&NodeId::from("cs-1"), MeshFrame::Deliver { msg: msg(s) });
+        }
+        let channel = ChannelId::from("CX");
+        let (local, last) = hub.backfill(&channel, 1, None).await.unwrap();
+        assert_eq!(
+            local.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
+        assert_eq!(last, 3);
+        // Past what this gateway has seen, only the owner knows the head (here there is no
+        // owner in the ring, so it is that error rather than an empty local answer).
+        for after in [4, u64::MAX] {
+            assert_eq!(
+                hub.backfill(&channel, after, None).await.unwrap_err(),
+                MeshError::NoOwner
+            );
+        }
     }
 
     #[tokio::test]

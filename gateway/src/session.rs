@@ -187,6 +187,17 @@ impl Session {
                 for (seq, text) in messages {
                     self.on_message(&channel, seq, text, out);
                 }
+                if up_to.is_none() && self.last_delivered(&channel).is_some_and(|d| d > last_seq) {
+                    // A resume point past the owner's head (a client's bad or forged seq, up to
+                    // `Seq::MAX`): nothing was missed, and the channel goes on from the head
+                    // rather than dropping every message up to the claimed seq.
+                    m::BAD_INPUT
+                        .with_label_values(&["resume_beyond_head"])
+                        .inc();
+                    tracing::debug!(%channel, head = last_seq, "resume point beyond the head");
+                    self.set_last(&channel, Some(last_seq));
+                    return;
+                }
                 let d = self.last_delivered(&channel).unwrap_or(0);
                 let first_held = self
                     .held
@@ -628,7 +639,54 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
 
 #[cfg(test)]
 mod tests {
-    use super::shrink_after_burst;
+    use super::*;
+    use crate::hub::test_support::hub;
+
+    /// A session of `hub` in channel `CX`, starting after `start`, with a queue of `queue`.
+    fn session(hub: &Arc<Hub>, start: Option<Seq>, queue: usize) -> Session {
+        let channel = ChannelId::from("CX");
+        Session {
+            id: 1,
+            user: shared::ids::UserId::from("UB"),
+            hub: hub.clone(),
+            channels: [channel.clone()].into_iter().collect(),
+            delivered: [(
+                channel,
+                Position {
+                    last: start,
+                    written: false,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            written: HashSet::new(),
+            held: HashMap::new(),
+            backfilling: HashSet::new(),
+            backfill_tx: None,
+            new_backfill_rx: None,
+            hold_limit: queue,
+            overflow: CancellationToken::new(),
+            typing: HashMap::new(),
+            presence_seen: HashMap::new(),
+        }
+    }
+
+    fn texts(out: &[Utf8Bytes]) -> Vec<&str> {
+        out.iter().map(|t| t.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_resume_point_past_the_head_goes_on_from_the_head() {
+        let (hub, _dir) = hub();
+        let channel = ChannelId::from("CX");
+        let mut s = session(&hub, Some(u64::MAX), 64);
+        let mut out = Vec::new();
+        s.on_backfill((channel.clone(), None, 0, Ok((Vec::new(), 5))), &mut out);
+        assert_eq!(s.last_delivered(&channel), Some(5));
+        s.on_message(&channel, 6, "m6".into(), &mut out);
+        s.on_message(&channel, 7, "m7".into(), &mut out);
+        assert_eq!(texts(&out), vec!["m6", "m7"]);
+    }
 
     #[test]
     fn batch_buffers_give_back_a_bursts_memory_but_keep_it_under_load() {
