@@ -30,6 +30,8 @@ pub(crate) struct Server {
     pub(crate) dir: tempfile::TempDir,
     /// The seeded demo workspace (`tokens.json`).
     pub(crate) demo: Value,
+    /// The admin server stand-in, for servers started with one.
+    pub(crate) fake_admin: Option<fake_admin::FakeAdmin>,
 }
 
 impl Server {
@@ -39,6 +41,25 @@ impl Server {
 
     /// A server over the seeded demo workspace, with `configure` applied to its config.
     pub(crate) async fn start_with(configure: impl FnOnce(&mut Config)) -> Server {
+        Server::start_inner(configure, false).await
+    }
+
+    /// A server whose admin link reaches a [`fake_admin::FakeAdmin`] over the real mesh, so
+    /// posts are acknowledged (placed on this server's store) and relayed user events are
+    /// recorded.
+    pub(crate) async fn start_with_fake_admin() -> Server {
+        Server::start_inner(|_| {}, true).await
+    }
+
+    /// The user events relayed through the fake admin server so far, oldest first.
+    pub(crate) fn relayed_events(&self) -> Vec<shared::protocol::UserEvent> {
+        self.fake_admin
+            .as_ref()
+            .expect("started with a fake admin server")
+            .events()
+    }
+
+    async fn start_inner(configure: impl FnOnce(&mut Config), with_fake_admin: bool) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: SharedStore =
             Arc::new(SqliteStore::open(&dir.path().join("store"), 2).expect("store"));
@@ -56,10 +77,15 @@ impl Server {
         config.webapp.gateway_urls = vec!["ws://gw-a:1/rtm".into(), "ws://gw-b:2/rtm".into()];
         configure(&mut config);
         let shutdown = Shutdown::new();
+        let fake_admin = with_fake_admin.then(|| fake_admin::FakeAdmin::start(store.clone()));
+        let admin = match &fake_admin {
+            Some(fake) => fake.link.clone(),
+            None => AdminLink::detached_for_test(),
+        };
         let deps = WebappDeps {
             store: store.clone(),
             signer: signer.clone(),
-            admin: AdminLink::detached_for_test(),
+            admin,
             health: Health::default(),
         };
         let task = tokio::spawn(crate::run(config, listener, deps, shutdown.clone()));
@@ -72,6 +98,7 @@ impl Server {
             task,
             dir,
             demo,
+            fake_admin,
         }
     }
 
@@ -1305,3 +1332,9 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
 
 /// Profile, channel and read-position methods, and the Flannel snapshot.
 mod flannel_methods;
+
+/// A stand-in admin server on the real mesh, for tests whose posts must be acknowledged.
+mod fake_admin;
+
+/// The order of the changes relayed to gateways and caches.
+mod relays;

@@ -106,6 +106,18 @@ pub(super) async fn open(state: &AppState, caller: &Caller, params: &Params) -> 
             }
         }
     };
+    // The channel is announced before its members, as `conversations.create` does: a cache
+    // that learned of a join to a channel it does not know would reload the whole workspace.
+    if created {
+        publish(
+            state,
+            UserEvent::ChannelCreated {
+                workspace: ws.clone(),
+                channel: channel_summary(&channel),
+            },
+        )
+        .await;
+    }
     for user in &members {
         if state.store.add_member(&channel.id, user).await? {
             publish(
@@ -119,16 +131,6 @@ pub(super) async fn open(state: &AppState, caller: &Caller, params: &Params) -> 
             )
             .await;
         }
-    }
-    if created {
-        publish(
-            state,
-            UserEvent::ChannelCreated {
-                workspace: ws.clone(),
-                channel: channel_summary(&channel),
-            },
-        )
-        .await;
     }
     let mut body = channel_json(&channel, true, Some(members.len()));
     if members.len() == 2 {

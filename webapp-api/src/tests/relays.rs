@@ -1,0 +1,71 @@
+//! What the Web API relays through the admin server (recorded by [`super::fake_admin`]), and in
+//! which order: a Flannel cache that hears of a join to a channel it does not know reloads the
+//! whole workspace snapshot, so a new channel is announced before its members.
+
+use shared::protocol::UserEvent;
+
+use super::*;
+
+/// The relayed events about `channel`, as `created` / `joined <user>`.
+fn about(events: &[UserEvent], channel: &str) -> Vec<String> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            UserEvent::ChannelCreated { channel: c, .. } if c.id.as_str() == channel => {
+                Some("created".to_string())
+            }
+            UserEvent::ChannelJoined {
+                channel: c, user, ..
+            } if c.as_str() == channel => Some(format!("joined {user}")),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_new_conversation_is_announced_before_its_members() {
+    let s = Server::start_with_fake_admin().await;
+    let alice = s.token("alice");
+    let (alice_id, bob_id, carol_id) = (s.user_id("alice"), s.user_id("bob"), s.user_id("carol"));
+    let id = |v: &Value| v["channel"]["id"].as_str().expect("channel id").to_string();
+
+    let created = id(&s
+        .ok("conversations.create", &alice, json!({"name": "plans"}))
+        .await);
+    assert_eq!(
+        about(&s.relayed_events(), &created),
+        vec!["created".to_string(), format!("joined {alice_id}")]
+    );
+
+    // Members are added in id order; the announcement comes first either way.
+    let mut pair = [alice_id.clone(), bob_id.clone()];
+    pair.sort();
+    let dm = id(&s
+        .ok("conversations.open", &alice, json!({"users": bob_id}))
+        .await);
+    let mut expected = vec!["created".to_string()];
+    expected.extend(pair.iter().map(|u| format!("joined {u}")));
+    assert_eq!(about(&s.relayed_events(), &dm), expected);
+
+    let mut three = [alice_id.clone(), bob_id.clone(), carol_id.clone()];
+    three.sort();
+    let group = id(&s
+        .ok(
+            "conversations.open",
+            &alice,
+            json!({"users": format!("{bob_id},{carol_id}")}),
+        )
+        .await);
+    let mut expected = vec!["created".to_string()];
+    expected.extend(three.iter().map(|u| format!("joined {u}")));
+    assert_eq!(about(&s.relayed_events(), &group), expected);
+
+    // Opening it again announces nothing new.
+    let before = s.relayed_events().len();
+    let again = s
+        .ok("conversations.open", &alice, json!({"users": bob_id}))
+        .await;
+    assert_eq!(id(&again), dm);
+    assert_eq!(s.relayed_events().len(), before);
+    s.stop().await;
+}
