@@ -124,6 +124,11 @@ pub enum ApiError {
     InvalidReactionName,
     #[error("no message was named")]
     NoItemSpecified,
+    /// The `client_msg_id` (or a hook's `Idempotency-Key`) already names a message of the
+    /// channel that is not this request's: another user's, or the same user's with another
+    /// text or thread. Answering that message as if it were this one would drop this text.
+    #[error("client_msg_id already names another message of the channel")]
+    ClientMsgIdConflict,
     #[error("a dependency is unavailable: {0}")]
     ServiceUnavailable(String),
     #[error("internal error: {0}")]
@@ -176,6 +181,7 @@ impl ApiError {
             ApiError::NoReaction => "no_reaction",
             ApiError::InvalidReactionName => "invalid_name",
             ApiError::NoItemSpecified => "no_item_specified",
+            ApiError::ClientMsgIdConflict => "client_msg_id_conflict",
             ApiError::ServiceUnavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
         }

@@ -68,6 +68,11 @@ pub const HOOK_ERRORS: &[(u16, &str, &str)] = &[
     ),
     (410, "channel_is_archived", "the hook's channel is archived"),
     (413, "request_too_large", "the body is larger than webapp.max_body_bytes"),
+    (
+        422,
+        "client_msg_id_conflict",
+        "the Idempotency-Key (or `client_msg_id`) already names a message of the channel posted by another user, or with another text or thread; a retry repeats its request unchanged",
+    ),
     (429, "ratelimited", "too many posts by this hook's creator; see Retry-After"),
     (500, "internal_error", "a failure of the server"),
     (
@@ -206,6 +211,7 @@ impl From<ApiError> for HookError {
             ApiError::InvalidArguments(_) => HookError::new("invalid_payload"),
             ApiError::RequestTooLarge { .. } => HookError::new("request_too_large"),
             ApiError::InvalidFormData | ApiError::InvalidJson => HookError::new("invalid_payload"),
+            ApiError::ClientMsgIdConflict => HookError::new("client_msg_id_conflict"),
             _ => HookError::new("internal_error"),
         }
     }
@@ -369,15 +375,24 @@ async fn deliver(
         workspace: channel.workspace.clone(),
         channel: channel.id.clone(),
         user: user.id.clone(),
-        text: post.text,
+        text: post.text.clone(),
         client_msg_id: post.client_msg_id,
         thread_ts: post.thread_ts,
         kind: MessageKind::Posted,
     };
-    let (msg, _duplicate) = state.admin.post(new).await.map_err(ApiError::from)?;
+    let (msg, duplicate) = state.admin.post(new).await.map_err(ApiError::from)?;
     if msg.channel != channel.id || msg.workspace != channel.workspace {
         tracing::warn!(channel = %channel.id, answered = %msg.channel, "hook post answered with another channel's message");
         return Err(HookError::new("internal_error"));
+    }
+    if duplicate {
+        crate::methods::check_repeat(
+            crate::methods::Via::Hook,
+            &msg,
+            &user.id,
+            &post.text,
+            post.thread_ts,
+        )?;
     }
     Ok(())
 }

@@ -25,7 +25,9 @@
 //! - A token is trusted only when its signature verifies *and* its user exists in the
 //!   workspace it names.
 //! - Acknowledged means durable: `chat.postMessage` answers `ok` only after the owning channel
-//!   server acknowledged the append; a repeated `client_msg_id` answers the stored message.
+//!   server acknowledged the append; a retry with the same `client_msg_id` (same user, text
+//!   and thread) answers the stored message, and the id reused by another user or for another
+//!   request answers `client_msg_id_conflict` rather than dropping the new text.
 //! - Bad input gets a Slack-style `{"ok":false,"error":…}` (400 for an unreadable body, 413
 //!   over `webapp.max_body_bytes`, 404 for an unknown method), never a panic; no client value
 //!   is unwrapped.

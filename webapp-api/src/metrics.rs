@@ -56,6 +56,17 @@ pub static USER_EVENT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static CLIENT_MSG_ID_CONFLICTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_client_msg_id_conflicts_total",
+        "posts refused because their client_msg_id (or Idempotency-Key) already names another \
+         message of the channel, by entry point (api, hook) and reason (other_user: posted by \
+         another user; other_request: the same user's with another text or thread)",
+        &["via", "reason"]
+    )
+    .expect("metric registers once")
+});
+
 pub static RING_EPOCH: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
     prometheus::register_int_gauge!(
         "switchboard_webapp_ring_epoch",

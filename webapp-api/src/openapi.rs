@@ -210,7 +210,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         params: &[
             CHANNEL,
             req("text", Ty::Str, "the message, at most 40000 characters"),
-            p("client_msg_id", Ty::Str, "idempotency key: a repeat answers the stored message"),
+            p("client_msg_id", Ty::Str, "idempotency key, per channel: a retry (same user, text and thread) answers the stored message; the key reused by another user or for another text or thread answers `client_msg_id_conflict`"),
             p("thread_ts", Ty::Ts, "post as a reply in this message's thread"),
         ],
         errors: &[
@@ -222,6 +222,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             "invalid_thread_ts",
             "thread_not_found",
             "invalid_arguments",
+            "client_msg_id_conflict",
             "service_unavailable",
         ],
     },
@@ -787,7 +788,7 @@ fn hook_operation() -> Value {
                     "name": "Idempotency-Key",
                     "in": "header",
                     "required": false,
-                    "description": "makes retries post once (a `client_msg_id`)",
+                    "description": "makes retries post once (a `client_msg_id`, per channel); reused for another text or thread, or by a hook of another user, it answers 422 `client_msg_id_conflict`",
                     "schema": { "type": "string", "maxLength": 128 },
                 },
             ],
@@ -1085,6 +1086,7 @@ mod tests {
             ApiError::NoReaction,
             ApiError::InvalidReactionName,
             ApiError::NoItemSpecified,
+            ApiError::ClientMsgIdConflict,
             ApiError::ServiceUnavailable(String::new()),
             ApiError::Internal(String::new()),
         ];

@@ -1336,5 +1336,9 @@ mod flannel_methods;
 /// A stand-in admin server on the real mesh, for tests whose posts must be acknowledged.
 mod fake_admin;
 
+/// Posting with `client_msg_id` (and hooks with `Idempotency-Key`) through an acknowledging
+/// admin server.
+mod posts;
+
 /// The order of the changes relayed to gateways and caches.
 mod relays;

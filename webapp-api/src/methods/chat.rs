@@ -77,13 +77,55 @@ pub(super) async fn post_message(
         )));
     }
     if duplicate {
-        tracing::debug!(channel = %msg.channel, ts = %msg.ts, "repeated client_msg_id: answering the stored message");
+        check_repeat(Via::Api, &msg, &caller.user.id, text, thread_ts)?;
     }
     Ok(object(json!({
         "channel": channel.id,
         "ts": msg.ts.to_slack(),
         "message": message_json(&msg),
     })))
+}
+
+/// Where a post with a `client_msg_id` came in, for the conflict metric.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Via {
+    Api,
+    Hook,
+}
+
+/// Checks that `stored`, the message a channel server answered for a post whose
+/// `client_msg_id` it already held, is this request's: the same user posting the same text
+/// in the same thread, i.e. a retry. The store and channel servers key the id by channel
+/// alone, so it may instead be another user's message, or the same user's key reused for
+/// another text; answering `ok` with it would silently drop this post's text, so that
+/// answers `client_msg_id_conflict` (and is counted).
+pub(crate) fn check_repeat(
+    via: Via,
+    stored: &shared::protocol::Message,
+    user: &shared::ids::UserId,
+    text: &str,
+    thread_ts: Option<Ts>,
+) -> ApiResult<()> {
+    let reason = if &stored.user != user {
+        "other_user"
+    } else if stored.text != text
+        || stored.thread_ts != thread_ts
+        || stored.kind != MessageKind::Posted
+    {
+        "other_request"
+    } else {
+        tracing::debug!(channel = %stored.channel, ts = %stored.ts, "repeated client_msg_id: answering the stored message");
+        return Ok(());
+    };
+    let via = match via {
+        Via::Api => "api",
+        Via::Hook => "hook",
+    };
+    crate::metrics::CLIENT_MSG_ID_CONFLICTS
+        .with_label_values(&[via, reason])
+        .inc();
+    tracing::debug!(channel = %stored.channel, ts = %stored.ts, via, reason, "client_msg_id names another message");
+    Err(ApiError::ClientMsgIdConflict)
 }
 
 /// The message named by `ts_key` in a channel the caller is in: it must exist and not be

@@ -26,6 +26,8 @@ use crate::api::{
 };
 use crate::metrics as m;
 
+pub(crate) use chat::{check_repeat, Via};
+
 /// Every method served, by its Slack name.
 pub const METHODS: &[&str] = &[
     "api.test",
