@@ -123,46 +123,49 @@ impl ChannelTask {
         }
     }
 
-    /// Runs until released, idle, or every sender is gone.
+    /// Runs until released, idle, or every sender is gone. Whatever way it stops, every
+    /// gateway still subscribed is told (`Refused`), so it subscribes again (to a new task, or
+    /// to the new owner) instead of waiting on a task that is gone.
     pub async fn run(mut self, mut rx: mpsc::Receiver<ChannelCmd>) {
         m::ACTIVE_CHANNELS.inc();
         let mut batch = Vec::with_capacity(MAX_BATCH);
-        loop {
+        let released = loop {
             let n = tokio::select! {
                 n = rx.recv_many(&mut batch, MAX_BATCH) => n,
                 _ = tokio::time::sleep(IDLE_RELEASE), if self.subscribers.is_empty() => {
-                    // Close first, then drain: nothing can be lost between the two.
+                    // Close first, then drain: nothing can be lost between the two. What was
+                    // drained is handled below (it may subscribe a gateway), then the closed
+                    // queue ends the loop.
                     rx.close();
-                    let mut rest = Vec::new();
                     while let Ok(cmd) = rx.try_recv() {
-                        rest.push(cmd);
+                        batch.push(cmd);
                     }
-                    if rest.is_empty() {
-                        break;
-                    }
-                    batch.extend(rest);
                     batch.len()
                 }
             };
             if n == 0 {
-                break;
+                break None;
             }
             if let Some(epoch) = self.handle_batch(&mut batch).await {
-                rx.close();
-                while let Ok(cmd) = rx.try_recv() {
-                    refuse(cmd, &self.channel, epoch);
-                }
-                for link in self.subscribers.values() {
-                    link.offer(
-                        MeshFrame::Refused {
-                            channel: self.channel.clone(),
-                            error: MeshError::WrongOwner { epoch },
-                        }
-                        .to_bytes(),
-                    );
-                }
-                break;
+                break Some(epoch);
             }
+        };
+        let error = match released {
+            Some(epoch) => MeshError::WrongOwner { epoch },
+            None => MeshError::Unavailable("channel task stopped; subscribe again".into()),
+        };
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            refuse(cmd, &self.channel, &error);
+        }
+        for (_, link) in self.subscribers.drain() {
+            link.offer(
+                MeshFrame::Refused {
+                    channel: self.channel.clone(),
+                    error: error.clone(),
+                }
+                .to_bytes(),
+            );
         }
         m::ACTIVE_CHANNELS.dec();
     }
@@ -212,8 +215,9 @@ impl ChannelTask {
                     let _ = reply.send(answer);
                 }
                 ChannelCmd::Release { epoch } => {
+                    let error = MeshError::WrongOwner { epoch };
                     for rest in cmds {
-                        refuse(rest, &self.channel, epoch);
+                        refuse(rest, &self.channel, &error);
                     }
                     return Some(epoch);
                 }
@@ -559,18 +563,21 @@ fn unplaced(m: Message) -> NewMessage {
 }
 
 /// Answers a command the channel can no longer serve.
-pub fn refuse(cmd: ChannelCmd, channel: &ChannelId, epoch: RingEpoch) {
-    let error = MeshError::WrongOwner { epoch };
+pub fn refuse(cmd: ChannelCmd, channel: &ChannelId, error: &MeshError) {
     match cmd {
         ChannelCmd::Post { reply, .. } | ChannelCmd::Fetch { reply, .. } => {
-            let _ = reply.send(MeshFrame::Error(error));
+            let _ = reply.send(MeshFrame::Error(error.clone()));
         }
         ChannelCmd::Subscribe { link, .. } => {
-            m::REFUSED.with_label_values(&["wrong_owner"]).inc();
+            let reason = match error {
+                MeshError::WrongOwner { .. } => "wrong_owner",
+                _ => "unavailable",
+            };
+            m::REFUSED.with_label_values(&[reason]).inc();
             link.offer(
                 MeshFrame::Refused {
                     channel: channel.clone(),
-                    error,
+                    error: error.clone(),
                 }
                 .to_bytes(),
             );
@@ -920,6 +927,33 @@ mod tests {
         assert_eq!(fetch(&tx, u64::MAX, None).await, (vec![], 4));
         assert_eq!(fetch(&tx, i64::MAX as u64 + 1, None).await, (vec![], 4));
         assert_eq!(fetch(&tx, 2, None).await, (vec![3, 4], 4));
+    }
+
+    #[tokio::test]
+    async fn a_task_that_stops_refuses_the_gateways_still_subscribed() {
+        let f = fixture();
+        let tx = f.start();
+        let (l, mut rx) = link(16);
+        tx.send(ChannelCmd::Subscribe {
+            link: l,
+            after_seq: None,
+        })
+        .await
+        .unwrap();
+        assert!(matches!(
+            decode(&rx.recv().await.unwrap()),
+            MeshFrame::SubscribeAck { .. }
+        ));
+        // The task stops with a subscriber (as after an idle release that drained a
+        // Subscribe): the gateway is told, so that it subscribes again.
+        drop(tx);
+        match rx.recv().await.map(|b| decode(&b)) {
+            Some(MeshFrame::Refused {
+                error: MeshError::Unavailable(_),
+                ..
+            }) => {}
+            other => panic!("expected Refused(Unavailable), got {other:?}"),
+        }
     }
 
     #[tokio::test]
