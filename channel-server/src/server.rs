@@ -65,16 +65,20 @@ impl Server {
 
     /// Sends `cmd` to the channel's task, starting it if needed. Refuses channels this node
     /// does not own.
+    ///
+    /// Ownership is checked under the map's lock each time a task is looked up or started:
+    /// `apply_ring` removes moved channels under the same lock after the ring changed, so a
+    /// task is either started before that removal (and released by it) or refused here.
     async fn dispatch(
         &self,
         channel: &ChannelId,
         workspace: &WorkspaceId,
         mut cmd: ChannelCmd,
     ) -> Result<(), MeshError> {
-        self.owner_check(channel)?;
         for _ in 0..2 {
             let tx = {
                 let mut channels = self.channels.lock();
+                self.owner_check(channel)?;
                 channels
                     .entry(channel.clone())
                     .or_insert_with(|| {
@@ -334,5 +338,69 @@ fn frame_name(f: &MeshFrame) -> &'static str {
         MeshFrame::Error(_) => "error",
         MeshFrame::PresenceGet { .. } => "presence_get",
         MeshFrame::PresenceIs { .. } => "presence_is",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::ids::UserId;
+    use shared::protocol::{MessageKind, NewMessage, RingMember, RingState};
+    use shared::store::sqlite::SqliteStore;
+
+    fn ring(epoch: u64, owner: &str) -> Arc<Ring> {
+        Arc::new(Ring::new(RingState {
+            epoch: shared::ids::RingEpoch(epoch),
+            members: vec![RingMember {
+                node: NodeId::from(owner),
+                mesh_addr: "127.0.0.1:1".into(),
+                draining: false,
+            }],
+            vnodes: 0,
+        }))
+    }
+
+    #[tokio::test]
+    async fn a_task_is_never_started_for_a_channel_the_ring_moved_away_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore = Arc::new(SqliteStore::open(dir.path(), 1).unwrap());
+        let (ring_tx, ring_rx) = watch::channel(ring(1, "cs-1"));
+        let server = Server::new(NodeId::from("cs-1"), store, 8, 16, ring_rx);
+        let (channel, workspace) = (ChannelId::from("CX"), WorkspaceId::from("TW"));
+        // The channel's task, as the server knows it: its queue is full, so a dispatch waits.
+        let (old_tx, old_rx) = mpsc::channel(1);
+        old_tx
+            .try_send(ChannelCmd::Unsubscribe { link_id: 0 })
+            .unwrap();
+        server.channels.lock().insert(channel.clone(), old_tx);
+        let (reply, answer) = oneshot::channel();
+        let post = ChannelCmd::Post {
+            msg: NewMessage {
+                workspace: workspace.clone(),
+                channel: channel.clone(),
+                user: UserId::from("UA"),
+                text: "hi".into(),
+                client_msg_id: None,
+                thread_ts: None,
+                kind: MessageKind::Posted,
+            },
+            received: Instant::now(),
+            reply,
+        };
+        let dispatch = server.dispatch(&channel, &workspace, post);
+        tokio::pin!(dispatch);
+        assert!(futures_util::poll!(&mut dispatch).is_pending());
+        // Meanwhile the ring moves the channel away and its task stops before `apply_ring`
+        // ran: the dispatch finds the task gone and must not start another one here.
+        ring_tx.send(ring(2, "cs-2")).unwrap();
+        drop(old_rx);
+        assert_eq!(
+            dispatch.await,
+            Err(MeshError::WrongOwner {
+                epoch: shared::ids::RingEpoch(2)
+            })
+        );
+        assert!(server.channels.lock().get(&channel).is_none());
+        assert!(answer.await.is_err(), "the post was not taken");
     }
 }
