@@ -151,10 +151,15 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.leave",
-        summary: "Leaves a channel.",
+        summary: "Leaves a channel (not a direct message).",
         auth: Auth::User,
         params: &[CHANNEL],
-        errors: &["channel_not_found", "not_in_channel", "cant_leave_general"],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "method_not_supported_for_channel_type",
+            "cant_leave_general",
+        ],
     },
     MethodDoc {
         name: "conversations.list",
@@ -427,7 +432,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.rename",
-        summary: "A member renames a channel.",
+        summary: "A member renames a channel (not a direct message).",
         auth: Auth::User,
         params: &[CHANNEL, req("name", Ty::Str, "the new name")],
         errors: &[
@@ -443,22 +448,28 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.archive",
-        summary: "A member archives a channel.",
+        summary: "A member archives a channel (not a direct message).",
         auth: Auth::User,
         params: &[CHANNEL],
         errors: &[
             "channel_not_found",
             "not_in_channel",
+            "method_not_supported_for_channel_type",
             "already_archived",
             "cant_archive_general",
         ],
     },
     MethodDoc {
         name: "conversations.unarchive",
-        summary: "A member unarchives a channel.",
+        summary: "A member unarchives a channel (not a direct message).",
         auth: Auth::User,
         params: &[CHANNEL],
-        errors: &["channel_not_found", "not_in_channel", "not_archived"],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "method_not_supported_for_channel_type",
+            "not_archived",
+        ],
     },
     MethodDoc {
         name: "conversations.setTopic",

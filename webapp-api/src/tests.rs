@@ -588,6 +588,88 @@ async fn create_join_leave_keep_membership() {
     s.stop().await;
 }
 
+/// A direct message keeps its kind and its members: it cannot be renamed into an ordinary
+/// private channel (which could then be invited into, exposing the DM's history), archived,
+/// unarchived or left, as in Slack (`method_not_supported_for_channel_type`).
+#[tokio::test]
+async fn direct_messages_keep_their_kind_and_members() {
+    let s = Server::start().await;
+    let (alice, carol) = (s.token("alice"), s.token("carol"));
+    let (bob_id, carol_id) = (s.user_id("bob"), s.user_id("carol"));
+    let dm = s
+        .ok("conversations.open", &alice, json!({"users": bob_id}))
+        .await["channel"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let group = s
+        .ok(
+            "conversations.open",
+            &alice,
+            json!({"users": format!("{bob_id},{carol_id}")}),
+        )
+        .await["channel"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let unsupported = "method_not_supported_for_channel_type";
+    for channel in [&dm, &group] {
+        let before = s
+            .ok(
+                "conversations.info",
+                &alice,
+                json!({"channel": channel, "include_num_members": true}),
+            )
+            .await["channel"]
+            .clone();
+        s.err(
+            "conversations.rename",
+            &alice,
+            json!({"channel": channel, "name": "notes"}),
+            unsupported,
+        )
+        .await;
+        for method in [
+            "conversations.archive",
+            "conversations.unarchive",
+            "conversations.leave",
+        ] {
+            s.err(method, &alice, json!({"channel": channel}), unsupported)
+                .await;
+        }
+        s.err(
+            "conversations.invite",
+            &alice,
+            json!({"channel": channel, "users": carol_id}),
+            unsupported,
+        )
+        .await;
+        let after = s
+            .ok(
+                "conversations.info",
+                &alice,
+                json!({"channel": channel, "include_num_members": true}),
+            )
+            .await["channel"]
+            .clone();
+        assert_eq!(after, before, "the conversation changed");
+    }
+    // Still a DM by name, so carol stays out of the 1:1.
+    assert_eq!(
+        s.ok("conversations.info", &alice, json!({"channel": dm}))
+            .await["channel"]["is_im"],
+        true
+    );
+    s.err(
+        "conversations.history",
+        &carol,
+        json!({"channel": dm}),
+        "channel_not_found",
+    )
+    .await;
+    s.stop().await;
+}
+
 /// Walks every page of a listing and returns the ids, checking pages are at most `limit`.
 async fn walk(s: &Server, method: &str, token: &str, mut body: Value, limit: usize) -> Vec<String> {
     let mut ids = Vec::new();

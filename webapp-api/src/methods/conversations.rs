@@ -121,13 +121,14 @@ pub(super) async fn join(state: &AppState, caller: &Caller, params: &Params) -> 
     Ok(out)
 }
 
-/// Leaves a channel.
+/// Leaves a channel (not a direct message: its members are fixed).
 pub(super) async fn leave(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let visible = visible_channel(state, caller, params).await?;
     let channel = visible.channel;
     if !visible.is_member {
         return Err(ApiError::NotInChannel);
     }
+    refuse_direct(&channel)?;
     if channel.name == crate::seed::GENERAL {
         return Err(ApiError::CantLeaveGeneral);
     }
@@ -376,9 +377,21 @@ async fn store_channel_change(state: &AppState, channel: &Channel) -> ApiResult<
     Ok(())
 }
 
-/// Renames a channel (members only; not #general, not archived ones).
+/// `method_not_supported_for_channel_type` for a direct message, as Slack answers the methods
+/// that change a channel's name, state or members. A DM's members are fixed and its name is
+/// derived from them: renamed, it would be an ordinary private channel that members could be
+/// invited to, and they would read the DM's history.
+fn refuse_direct(channel: &Channel) -> ApiResult<()> {
+    if super::members::is_direct(channel) {
+        return Err(ApiError::MethodNotSupportedForChannelType);
+    }
+    Ok(())
+}
+
+/// Renames a channel (members only; not #general, not archived ones, not direct messages).
 pub(super) async fn rename(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let mut channel = member_channel(state, caller, params).await?.channel;
+    refuse_direct(&channel)?;
     let name = params.get("name").map(str::trim).unwrap_or_default();
     let name = name.strip_prefix('#').unwrap_or(name);
     validate_channel_name(name)?;
@@ -397,7 +410,7 @@ pub(super) async fn rename(state: &AppState, caller: &Caller, params: &Params) -
     ))
 }
 
-/// Archives (`archive`) or unarchives a channel (members only).
+/// Archives (`archive`) or unarchives a channel (members only; not direct messages).
 pub(super) async fn archive(
     state: &AppState,
     caller: &Caller,
@@ -405,6 +418,7 @@ pub(super) async fn archive(
     archive: bool,
 ) -> ApiResult {
     let mut channel = member_channel(state, caller, params).await?.channel;
+    refuse_direct(&channel)?;
     match (archive, channel.is_archived) {
         (true, true) => return Err(ApiError::AlreadyArchived),
         (false, false) => return Err(ApiError::NotArchived),
