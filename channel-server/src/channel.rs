@@ -22,6 +22,13 @@ use crate::metrics as m;
 
 /// Most messages a `SubscribeAck` or `FetchOk` carries; the gateway asks again for the rest.
 pub const MAX_BACKLOG: u32 = 1000;
+/// Bytes of messages a `SubscribeAck` or `FetchOk` carries at most, for a mesh frame limit
+/// of `max_frame_bytes`: well under the limit, so the reply is never a frame the gateway
+/// refuses (which would fail its link, and its resubscription would ask for the same again).
+/// A long message is up to ~160 KB, so a thousand of them would not fit.
+pub fn reply_budget(max_frame_bytes: usize) -> usize {
+    max_frame_bytes / 2
+}
 /// The largest sequence a store keeps (stores hold it as a signed 64-bit integer).
 const MAX_STORED_SEQ: Seq = i64::MAX as Seq;
 /// Commands handled per wake-up, so one busy channel cannot starve the others.
@@ -92,6 +99,8 @@ pub struct ChannelTask {
     workspace: WorkspaceId,
     store: SharedStore,
     window_cap: usize,
+    /// Bytes of messages one `SubscribeAck` or `FetchOk` carries at most ([`reply_budget`]).
+    reply_bytes: usize,
     /// `None` until the last stored message has been read.
     head: Option<(Seq, Ts)>,
     window: VecDeque<Arc<Message>>,
@@ -110,12 +119,14 @@ impl ChannelTask {
         workspace: WorkspaceId,
         store: SharedStore,
         window_cap: usize,
+        reply_bytes: usize,
     ) -> ChannelTask {
         ChannelTask {
             channel,
             workspace,
             store,
             window_cap,
+            reply_bytes,
             head: None,
             window: VecDeque::new(),
             window_by_client_id: HashMap::new(),
@@ -499,7 +510,8 @@ impl ChannelTask {
     }
 
     /// Messages with `after < seq <= up_to`, from the window when it covers them, else from the
-    /// store.
+    /// store: the first ones, at most `limit` and at most [`Self::reply_bytes`] of them (but
+    /// always one, when there is one).
     async fn read_range(
         &self,
         after: Seq,
@@ -515,11 +527,13 @@ impl ChannelTask {
         }
         if let Some(first) = self.window.front() {
             if first.seq <= after.saturating_add(1) {
+                let mut budget = ReplyBudget::new(self.reply_bytes);
                 return Ok(self
                     .window
                     .iter()
                     .filter(|m| m.seq > after && m.seq <= up_to)
                     .take(limit as usize)
+                    .take_while(|m| budget.admits(m))
                     .map(|m| (**m).clone())
                     .collect());
             }
@@ -531,10 +545,15 @@ impl ChannelTask {
             newest_first: false,
             ..HistoryQuery::default()
         };
-        self.store
+        let mut messages = self
+            .store
             .history(&self.workspace, &self.channel, &query)
             .await
-            .map_err(|e| MeshError::Store(e.to_string()))
+            .map_err(|e| MeshError::Store(e.to_string()))?;
+        let mut budget = ReplyBudget::new(self.reply_bytes);
+        let fits = messages.iter().take_while(|m| budget.admits(m)).count();
+        messages.truncate(fits);
+        Ok(messages)
     }
 
     async fn fetch(&mut self, after: Seq, up_to: Option<Seq>, limit: u32) -> MeshFrame {
@@ -547,6 +566,48 @@ impl ChannelTask {
             Err(e) => MeshFrame::Error(e),
         }
     }
+}
+
+/// What is left of a reply's bytes as messages are added to it.
+struct ReplyBudget {
+    left: usize,
+    first: bool,
+}
+
+impl ReplyBudget {
+    fn new(bytes: usize) -> ReplyBudget {
+        ReplyBudget {
+            left: bytes,
+            first: true,
+        }
+    }
+
+    /// Whether `m` still goes in: always the first message, then while the bytes last.
+    fn admits(&mut self, m: &Message) -> bool {
+        let len = encoded_len_bound(m);
+        let admitted = self.first || len <= self.left;
+        self.first = false;
+        self.left = self.left.saturating_sub(len);
+        admitted
+    }
+}
+
+/// At least the bytes `m` takes in a mesh frame (bincode: each string is its bytes behind a
+/// varint length, each integer a varint of at most 9 bytes), without encoding it.
+fn encoded_len_bound(m: &Message) -> usize {
+    let strings = m.workspace.0.len()
+        + m.channel.0.len()
+        + m.user.0.len()
+        + m.text.len()
+        + m.client_msg_id.as_ref().map_or(0, String::len)
+        + match &m.kind {
+            shared::protocol::MessageKind::ReactionAdded { reaction, .. }
+            | shared::protocol::MessageKind::ReactionRemoved { reaction, .. } => reaction.len(),
+            _ => 0,
+        };
+    // Six strings' lengths, seq, ts, thread_ts, the kind and its target, option tags: well
+    // under 128 bytes.
+    strings + 128
 }
 
 /// The post that a placed message came from, to place it again.
@@ -614,12 +675,17 @@ mod tests {
 
     impl Fixture {
         fn start(&self) -> mpsc::Sender<ChannelCmd> {
+            self.start_with_frame_limit(shared::protocol::MAX_FRAME_BYTES_DEFAULT)
+        }
+
+        fn start_with_frame_limit(&self, max_frame_bytes: usize) -> mpsc::Sender<ChannelCmd> {
             let (tx, rx) = mpsc::channel(1024);
             let task = ChannelTask::new(
                 self.channel.clone(),
                 self.workspace.clone(),
                 self.store.clone(),
                 8,
+                reply_budget(max_frame_bytes),
             );
             tokio::spawn(task.run(rx));
             tx
@@ -755,7 +821,13 @@ mod tests {
     #[test]
     fn the_client_msg_id_index_follows_the_window() {
         let f = fixture();
-        let mut task = ChannelTask::new(f.channel.clone(), f.workspace.clone(), f.store.clone(), 4);
+        let mut task = ChannelTask::new(
+            f.channel.clone(),
+            f.workspace.clone(),
+            f.store.clone(),
+            4,
+            1 << 20,
+        );
         let message = |seq: Seq, cmid: Option<&str>| {
             Arc::new(Message::from_new(
                 f.new_message(&format!("m{seq}"), cmid),
@@ -927,6 +999,83 @@ mod tests {
         assert_eq!(fetch(&tx, u64::MAX, None).await, (vec![], 4));
         assert_eq!(fetch(&tx, i64::MAX as u64 + 1, None).await, (vec![], 4));
         assert_eq!(fetch(&tx, 2, None).await, (vec![3, 4], 4));
+    }
+
+    #[tokio::test]
+    async fn backlogs_and_fetches_of_long_messages_stay_under_the_frame_limit() {
+        const MAX_FRAME: usize = 200_000;
+        let f = fixture();
+        let tx = f.start_with_frame_limit(MAX_FRAME);
+        // 20 messages of 30 KB: 600 KB in all, three times the frame limit.
+        let long = "x".repeat(30_000);
+        for _ in 0..20 {
+            post(&tx, f.new_message(&long, None)).await;
+        }
+        // A resubscription from the start: its backlog comes from the store.
+        let (l, mut rx) = link(16);
+        tx.send(ChannelCmd::Subscribe {
+            link: l,
+            after_seq: Some(0),
+        })
+        .await
+        .unwrap();
+        let ack = rx.recv().await.unwrap();
+        assert!(ack.len() <= MAX_FRAME, "ack of {} bytes", ack.len());
+        // The gateway accepts the frame, and the backlog is the first messages, in order.
+        let mut seen = match MeshFrame::decode(&ack, MAX_FRAME).unwrap().unwrap().0 {
+            MeshFrame::SubscribeAck {
+                last_seq, backlog, ..
+            } => {
+                assert_eq!(last_seq, 20);
+                backlog.iter().map(|m| m.seq).collect::<Vec<_>>()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(seen, (1..=seen.len() as u64).collect::<Vec<_>>());
+        assert!(!seen.is_empty() && seen.len() < 20);
+        // The rest comes by fetching page after page, from the store and then from the
+        // window (it holds the last 8), each page under the limit.
+        while *seen.last().unwrap() < 20 {
+            let (reply, r) = oneshot::channel();
+            tx.send(ChannelCmd::Fetch {
+                after_seq: *seen.last().unwrap(),
+                up_to_seq: Some(20),
+                limit: MAX_BACKLOG,
+                reply,
+            })
+            .await
+            .unwrap();
+            let answer = r.await.unwrap();
+            let bytes = answer.to_bytes();
+            assert!(
+                bytes.len() <= MAX_FRAME,
+                "fetch reply of {} bytes",
+                bytes.len()
+            );
+            match answer {
+                MeshFrame::FetchOk { messages, .. } => {
+                    assert!(!messages.is_empty() && messages.len() < 8);
+                    seen.extend(messages.iter().map(|m| m.seq));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_message_longer_than_the_reply_budget_still_goes_alone() {
+        let f = fixture();
+        let tx = f.start_with_frame_limit(200_000);
+        let longer = "y".repeat(120_000);
+        post(&tx, f.new_message(&longer, None)).await;
+        post(&tx, f.new_message(&longer, None)).await;
+        // From the window, then from the store.
+        assert_eq!(fetch(&tx, 0, None).await, (vec![1], 2));
+        drop(tx);
+        let tx = f.start_with_frame_limit(200_000);
+        assert_eq!(fetch(&tx, 0, None).await, (vec![1], 2));
+        assert_eq!(fetch(&tx, 1, None).await, (vec![2], 2));
     }
 
     #[tokio::test]

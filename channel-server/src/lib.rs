@@ -87,6 +87,7 @@ pub async fn run(
         deps.store,
         config.channel_server.window,
         config.channel_server.gateway_queue,
+        config.mesh.max_frame_bytes,
         ring_rx.clone(),
     );
 

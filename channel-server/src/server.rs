@@ -27,6 +27,8 @@ pub struct Server {
     pub store: SharedStore,
     pub window: usize,
     pub gateway_queue: usize,
+    /// The mesh frame limit: channel tasks keep their replies well under it.
+    pub max_frame_bytes: usize,
     pub ring: watch::Receiver<Arc<Ring>>,
     channels: Mutex<HashMap<ChannelId, mpsc::Sender<ChannelCmd>>>,
     next_link: AtomicU64,
@@ -38,6 +40,7 @@ impl Server {
         store: SharedStore,
         window: usize,
         gateway_queue: usize,
+        max_frame_bytes: usize,
         ring: watch::Receiver<Arc<Ring>>,
     ) -> Arc<Server> {
         Arc::new(Server {
@@ -45,6 +48,7 @@ impl Server {
             store,
             window,
             gateway_queue,
+            max_frame_bytes,
             ring,
             channels: Mutex::new(HashMap::new()),
             next_link: AtomicU64::new(1),
@@ -88,6 +92,7 @@ impl Server {
                             workspace.clone(),
                             self.store.clone(),
                             self.window,
+                            crate::channel::reply_budget(self.max_frame_bytes),
                         );
                         tokio::spawn(task.run(rx));
                         tx
@@ -365,7 +370,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: SharedStore = Arc::new(SqliteStore::open(dir.path(), 1).unwrap());
         let (ring_tx, ring_rx) = watch::channel(ring(1, "cs-1"));
-        let server = Server::new(NodeId::from("cs-1"), store, 8, 16, ring_rx);
+        let server = Server::new(NodeId::from("cs-1"), store, 8, 16, 1 << 20, ring_rx);
         let (channel, workspace) = (ChannelId::from("CX"), WorkspaceId::from("TW"));
         // The channel's task, as the server knows it: its queue is full, so a dispatch waits.
         let (old_tx, old_rx) = mpsc::channel(1);
