@@ -95,7 +95,12 @@ const CURSOR: Param = p(
 const TYPES: Param = p(
     "types",
     Ty::Str,
-    "comma-separated `public_channel`, `private_channel`, `mpim`, `im` (default: public and private)",
+    "comma-separated `public_channel`, `private_channel`, `mpim` (group direct messages), `im` (1:1 direct messages); default: public and private channels. Direct messages are listed only for `im` / `mpim`",
+);
+const USER_TYPES: Param = p(
+    "types",
+    Ty::Str,
+    "comma-separated `public_channel`, `private_channel`, `mpim` (group direct messages), `im` (1:1 direct messages); default: public and private. Here `private_channel` also selects direct messages",
 );
 const EXCLUDE_ARCHIVED: Param = p("exclude_archived", Ty::Bool, "leave archived channels out");
 
@@ -202,7 +207,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         params: &[
             CURSOR,
             limit("page size (default 100, at most 1000)"),
-            TYPES,
+            USER_TYPES,
             EXCLUDE_ARCHIVED,
             p("user", Ty::Str, "another user of the workspace (`U…`)"),
         ],

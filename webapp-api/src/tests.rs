@@ -802,6 +802,104 @@ async fn listings_paginate_and_show_private_channels_to_members_only() {
     s.stop().await;
 }
 
+/// `types=im` lists 1:1 DMs and `types=mpim` group DMs (of which the caller is a member), as
+/// Slack does; `private_channel` lists private channels, not DMs, in `conversations.list`.
+/// `users.conversations` still selects DMs with `private_channel`, which gateways rely on.
+#[tokio::test]
+async fn direct_messages_are_listed_as_im_and_mpim() {
+    let s = Server::start().await;
+    let (alice, carol) = (s.token("alice"), s.token("carol"));
+    let (bob_id, carol_id) = (s.user_id("bob"), s.user_id("carol"));
+    let id = |v: Value| v["channel"]["id"].as_str().unwrap().to_string();
+    let dm = id(s
+        .ok("conversations.open", &alice, json!({"users": bob_id}))
+        .await);
+    let group = id(s
+        .ok(
+            "conversations.open",
+            &alice,
+            json!({"users": format!("{bob_id},{carol_id}")}),
+        )
+        .await);
+    let secret = id(s
+        .ok(
+            "conversations.create",
+            &alice,
+            json!({"name": "secret", "is_private": true}),
+        )
+        .await);
+    let general = s.general().await;
+    let list = |method: &'static str, token: String, types: Option<&'static str>| {
+        let s = &s;
+        async move {
+            let mut body = json!({"limit": 1000});
+            if let Some(t) = types {
+                body["types"] = t.into();
+            }
+            let v = s.ok(method, &token, body).await;
+            let mut ids: Vec<String> = v["channels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_string())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let sorted = |mut v: Vec<&String>| {
+        v.sort();
+        v.into_iter().cloned().collect::<Vec<String>>()
+    };
+    let l = "conversations.list";
+    assert_eq!(list(l, alice.clone(), Some("im")).await, vec![dm.clone()]);
+    assert_eq!(
+        list(l, alice.clone(), Some("mpim")).await,
+        vec![group.clone()]
+    );
+    assert_eq!(
+        list(l, alice.clone(), Some("mpim,im")).await,
+        sorted(vec![&dm, &group])
+    );
+    assert_eq!(
+        list(l, alice.clone(), Some("private_channel")).await,
+        vec![secret.clone()]
+    );
+    for types in [None, Some("public_channel,private_channel")] {
+        assert_eq!(
+            list(l, alice.clone(), types).await,
+            sorted(vec![&general, &secret]),
+            "{types:?}"
+        );
+    }
+    assert_eq!(
+        list(
+            l,
+            alice.clone(),
+            Some("public_channel,private_channel,mpim,im")
+        )
+        .await,
+        sorted(vec![&general, &secret, &dm, &group])
+    );
+    // Carol is in the group DM only.
+    assert_eq!(
+        list(l, carol.clone(), Some("im,mpim")).await,
+        vec![group.clone()]
+    );
+
+    let u = "users.conversations";
+    assert_eq!(list(u, alice.clone(), Some("im")).await, vec![dm.clone()]);
+    assert_eq!(
+        list(u, carol.clone(), Some("mpim")).await,
+        vec![group.clone()]
+    );
+    assert_eq!(
+        list(u, alice.clone(), Some("public_channel,private_channel")).await,
+        sorted(vec![&general, &secret, &dm, &group])
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn history_is_newest_first_and_pages_by_seq() {
     let s = Server::start().await;

@@ -198,8 +198,8 @@ fn channel_list(
     }))
 }
 
-/// The workspace's channels the caller may see: every public one, and the private ones it is
-/// a member of.
+/// The workspace's channels the caller may see: every public one, and the private ones (direct
+/// messages included) it is a member of, of the requested `types`.
 pub(super) async fn list(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let types = Types::parse(params)?;
     let exclude_archived = params.flag("exclude_archived", false);
@@ -238,13 +238,15 @@ pub(super) async fn list(state: &AppState, caller: &Caller, params: &Params) -> 
 }
 
 /// The channels a user (the caller unless `user` is given) is a member of. Gateways call this
-/// with a user's token when a session connects, to learn which channels to deliver.
+/// with a user's token when a session connects, to learn which channels to deliver; so here,
+/// unlike in `conversations.list`, `private_channel` also selects direct messages
+/// ([`Types::with_direct_as_private`]).
 pub(super) async fn user_conversations(
     state: &AppState,
     caller: &Caller,
     params: &Params,
 ) -> ApiResult {
-    let types = Types::parse(params)?;
+    let types = Types::parse(params)?.with_direct_as_private();
     let exclude_archived = params.flag("exclude_archived", false);
     let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = channel_cursor(params)?;

@@ -239,41 +239,66 @@ pub(crate) async fn user_in_workspace(
         .ok_or(ApiError::UserNotFound)
 }
 
-/// Which conversation types a listing includes (`types`).
+/// Which conversation types a listing includes (`types`): Slack's `public_channel`,
+/// `private_channel`, `im` (1:1 direct messages) and `mpim` (group direct messages). A direct
+/// message is private underneath, but only `im` or `mpim` select it, as in Slack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Types {
     pub public: bool,
     pub private: bool,
+    pub im: bool,
+    pub mpim: bool,
 }
 
 impl Types {
-    /// Parses `types`. Absent means both public and private channels (Slack's default is
-    /// public only; both is what a client listing its own channels wants, and private ones
-    /// are only ever shown to their members). `im` and `mpim` are accepted and match nothing.
+    /// Parses `types`. Absent means public and private channels (Slack's default is public
+    /// only; both is what a client listing its own channels wants, and private ones are only
+    /// ever shown to their members).
     pub fn parse(params: &Params) -> ApiResult<Types> {
         let Some(raw) = params.non_empty("types") else {
             return Ok(Types {
                 public: true,
                 private: true,
+                im: false,
+                mpim: false,
             });
         };
         let mut types = Types {
             public: false,
             private: false,
+            im: false,
+            mpim: false,
         };
         for t in raw.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             match t {
                 "public_channel" => types.public = true,
                 "private_channel" => types.private = true,
-                "im" | "mpim" => {}
+                "im" => types.im = true,
+                "mpim" => types.mpim = true,
                 _ => return Err(ApiError::InvalidTypes),
             }
         }
         Ok(types)
     }
 
+    /// These types, with direct messages also selected by `private_channel`, as they were
+    /// before `im` and `mpim` were told apart: gateways learn every conversation a session
+    /// receives from `users.conversations` with `types=public_channel,private_channel`
+    /// (gateway/src/lib.rs `user_channels`), and would stop delivering DMs otherwise.
+    pub fn with_direct_as_private(self) -> Types {
+        Types {
+            im: self.im || self.private,
+            mpim: self.mpim || self.private,
+            ..self
+        }
+    }
+
     pub fn includes(self, channel: &Channel) -> bool {
-        if channel.is_private {
+        if channel.name.starts_with(members::IM_PREFIX) {
+            self.im
+        } else if channel.name.starts_with(members::MPIM_PREFIX) {
+            self.mpim
+        } else if channel.is_private {
             self.private
         } else {
             self.public
