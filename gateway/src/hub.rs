@@ -97,6 +97,9 @@ struct ChannelEntry {
     /// Messages past a gap, waiting for the gap to be filled.
     pending: BTreeMap<Seq, Message>,
     fetching: bool,
+    /// The highest head the owner reported (a `SubscribeAck`, a tail check): the hub fetches
+    /// page after page until it gets there, without waiting for a new post to show the gap.
+    catch_up_to: Seq,
     recent: VecDeque<(Seq, Utf8Bytes)>,
 }
 
@@ -110,6 +113,7 @@ impl ChannelEntry {
             last_seq: None,
             pending: BTreeMap::new(),
             fetching: false,
+            catch_up_to: 0,
             recent: VecDeque::new(),
         }
     }
@@ -577,14 +581,14 @@ impl Hub {
                 if e.last_seq.is_none() {
                     e.last_seq = Some(last_seq);
                 }
+                // The backlog is one page: a fetch in flight or the one below goes on to here.
+                e.catch_up_to = e.catch_up_to.max(last_seq);
                 for msg in backlog {
                     self.accept_message(&mut st, msg);
                 }
                 let e = st.channels.get_mut(&channel).expect("entry exists");
-                if e.last_seq.is_some_and(|l| l < last_seq) && !e.fetching {
-                    let after = e.last_seq.unwrap_or(0);
-                    e.fetching = true;
-                    self.spawn_gap_fetch(channel, e.workspace.clone(), after, last_seq);
+                if let Some((workspace, after, up_to)) = next_gap_fetch(e) {
+                    self.spawn_gap_fetch(channel, workspace, after, up_to);
                 }
             }
             MeshFrame::Ephemeral { channel, event } => {
@@ -667,42 +671,63 @@ impl Hub {
         let hub = self.clone();
         tokio::spawn(async move {
             let result = hub.fetch(&channel, &workspace, after, Some(up_to)).await;
-            let mut st = hub.state.lock();
-            match result {
-                Ok((messages, _)) => {
-                    let first = messages.first().map(|m| m.seq);
-                    for msg in messages {
-                        hub.accept_message(&mut st, msg);
-                    }
-                    let Some(e) = st.channels.get_mut(&channel) else {
-                        return;
-                    };
-                    e.fetching = false;
-                    // The store is the authority: what it does not hold was never acked.
-                    if let Some(last) = e.last_seq {
-                        if last < up_to && first.is_none_or(|f| f > last + 1) {
-                            let skip_to = first.unwrap_or(up_to + 1).min(up_to + 1) - 1;
-                            if skip_to > last {
-                                m::GAPS_SKIPPED.inc();
-                                tracing::warn!(%channel, from = last, to = skip_to, "skipping a gap the store does not hold");
-                                e.last_seq = Some(skip_to);
-                                let pending: Vec<Message> =
-                                    std::mem::take(&mut e.pending).into_values().collect();
-                                for msg in pending {
-                                    hub.accept_message(&mut st, msg);
-                                }
-                            }
+            let next = {
+                let mut st = hub.state.lock();
+                match result {
+                    Ok((messages, _)) => hub.gap_fetched(&mut st, &channel, up_to, messages),
+                    Err(err) => {
+                        // The reconcile tick tries again.
+                        tracing::warn!(%channel, error = %err, "gap fetch failed; retrying");
+                        if let Some(e) = st.channels.get_mut(&channel) {
+                            e.fetching = false;
                         }
+                        None
                     }
                 }
-                Err(err) => {
-                    tracing::warn!(%channel, error = %err, "gap fetch failed; retrying");
-                    if let Some(e) = st.channels.get_mut(&channel) {
-                        e.fetching = false;
+            };
+            if let Some((workspace, after, up_to)) = next {
+                hub.spawn_gap_fetch(channel, workspace, after, up_to);
+            }
+        });
+    }
+
+    /// Takes a gap fetch's page (messages after the last contiguous seq, up to `up_to`, as far
+    /// as one reply holds); returns the next fetch when the channel is still short of where
+    /// it must get to.
+    fn gap_fetched(
+        self: &Arc<Self>,
+        st: &mut State,
+        channel: &ChannelId,
+        up_to: Seq,
+        messages: Vec<Message>,
+    ) -> Option<(WorkspaceId, Seq, Seq)> {
+        let first = messages.first().map(|m| m.seq);
+        for msg in messages {
+            self.accept_message(st, msg);
+        }
+        let e = st.channels.get_mut(channel)?;
+        e.fetching = false;
+        // The store is the authority: what it does not hold was never acked.
+        if let Some(last) = e.last_seq {
+            if last < up_to && first.is_none_or(|f| f > last + 1) {
+                let skip_to = first.unwrap_or(up_to + 1).min(up_to + 1) - 1;
+                if skip_to > last {
+                    m::GAPS_SKIPPED.inc();
+                    tracing::warn!(%channel, from = last, to = skip_to, "skipping a gap the store does not hold");
+                    e.last_seq = Some(skip_to);
+                    let pending: Vec<Message> =
+                        std::mem::take(&mut e.pending).into_values().collect();
+                    for msg in pending {
+                        self.accept_message(st, msg);
                     }
                 }
             }
-        });
+        }
+        let e = st.channels.get_mut(channel)?;
+        // A page cut short (by count or bytes) is not the end: go on to `up_to` and to the
+        // owner's head, or the rest would wait for the next post.
+        e.catch_up_to = e.catch_up_to.max(up_to);
+        next_gap_fetch(e)
     }
 
     // ---- subscriptions ----
@@ -772,11 +797,8 @@ impl Hub {
                     },
                 ));
             }
-            if !e.pending.is_empty() && !e.fetching {
-                if let (Some(last), Some(first)) = (e.last_seq, e.pending.keys().next()) {
-                    e.fetching = true;
-                    retry_fetch.push((channel.clone(), e.workspace.clone(), last, first - 1));
-                }
+            if let Some((workspace, after, up_to)) = next_gap_fetch(e) {
+                retry_fetch.push((channel.clone(), workspace, after, up_to));
             }
             true
         });
@@ -824,13 +846,23 @@ impl Hub {
                     None => return,
                 }
             };
-            if let Ok((messages, _)) = hub.fetch(&channel, &workspace, after, None).await {
+            if let Ok((messages, head)) = hub.fetch(&channel, &workspace, after, None).await {
                 if !messages.is_empty() {
                     m::GAP_FETCHES.inc();
                 }
                 let mut st = hub.state.lock();
                 for msg in messages {
                     hub.accept_message(&mut st, msg);
+                }
+                // One page; if the owner has more, fetch on to its head.
+                let Some(e) = st.channels.get_mut(&channel) else {
+                    return;
+                };
+                e.catch_up_to = e.catch_up_to.max(head);
+                let next = next_gap_fetch(e);
+                drop(st);
+                if let Some((workspace, after, up_to)) = next {
+                    hub.spawn_gap_fetch(channel, workspace, after, up_to);
                 }
             }
         });
@@ -897,6 +929,24 @@ impl Hub {
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.wake.notify_one();
     }
+}
+
+/// The gap fetch a channel needs next, if none is in flight: up to the first message held
+/// past a gap, else up to the highest head reported. Marks it in flight.
+fn next_gap_fetch(e: &mut ChannelEntry) -> Option<(WorkspaceId, Seq, Seq)> {
+    let last = e.last_seq?;
+    if e.fetching {
+        return None;
+    }
+    let up_to = match e.pending.keys().next() {
+        Some(&first) => first - 1,
+        None => e.catch_up_to,
+    };
+    if up_to <= last {
+        return None;
+    }
+    e.fetching = true;
+    Some((e.workspace.clone(), last, up_to))
 }
 
 /// Renders a message once and queues it to every local session of the channel.
@@ -1064,6 +1114,46 @@ mod tests {
         // Moved to cs-2, which acks with the backlog after 3.
         ack(&hub, "cs-2", 6, vec![msg(4), msg(5), msg(6)]);
         assert_eq!(seqs(&mut rx), vec![3, 4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_gateway_catching_up_fetches_page_after_page_to_the_head() {
+        let (hub, _dir) = hub();
+        let (_id, mut rx, _) = session(&hub, 1 << 14);
+        let channel = ChannelId::from("CX");
+        ack(&hub, "cs-1", 0, vec![]);
+        // Resubscribed behind 3,000 messages: the ack carries one page, and a fetch of the
+        // rest starts.
+        ack(&hub, "cs-2", 3000, (1..=1000).map(msg).collect());
+        assert!(hub.state.lock().channels[&channel].fetching);
+        // Its answer is one page too: each page asks for the next, up to the head.
+        let mut st = hub.state.lock();
+        let next = hub.gap_fetched(&mut st, &channel, 3000, (1001..=2000).map(msg).collect());
+        assert_eq!(next, Some((WorkspaceId::from("TW"), 2000, 3000)));
+        let next = hub.gap_fetched(&mut st, &channel, 3000, (2001..=3000).map(msg).collect());
+        assert_eq!(next, None);
+        assert!(!st.channels[&channel].fetching);
+        drop(st);
+        assert_eq!(seqs(&mut rx), (1..=3000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_fetch_in_flight_goes_on_to_the_head_an_ack_reported_meanwhile() {
+        let (hub, _dir) = hub();
+        let (_id, mut rx, _) = session(&hub, 1 << 14);
+        let channel = ChannelId::from("CX");
+        ack(&hub, "cs-1", 0, vec![]);
+        // 10 shows a gap: a fetch of 1..=9 starts.
+        hub.on_link_frame(&NodeId::from("cs-1"), MeshFrame::Deliver { msg: msg(10) });
+        assert!(hub.state.lock().channels[&channel].fetching);
+        // The channel moves; the new owner's ack reports 2,500 and carries 1..=1000.
+        ack(&hub, "cs-2", 2500, (1..=1000).map(msg).collect());
+        // The fetch for 1..=9 answers: the hub goes on to 2,500 without waiting for a post.
+        let mut st = hub.state.lock();
+        let next = hub.gap_fetched(&mut st, &channel, 9, (1..=9).map(msg).collect());
+        assert_eq!(next, Some((WorkspaceId::from("TW"), 1000, 2500)));
+        drop(st);
+        assert_eq!(seqs(&mut rx), (1..=1000).collect::<Vec<_>>());
     }
 
     #[tokio::test]
