@@ -168,9 +168,9 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.list",
-        summary: "The workspace's channels the caller may see, paged by cursor.",
+        summary: "The workspace's channels the caller may see, paged by cursor. A call reads a bounded part of the workspace, so a page may hold fewer than `limit` channels, even none, with a `next_cursor` to continue; the listing ends when `next_cursor` is empty.",
         auth: Auth::User,
-        params: &[CURSOR, limit("page size (default 100, at most 1000)"), TYPES, EXCLUDE_ARCHIVED],
+        params: &[CURSOR, limit("page size at most (default 100, at most 1000)"), TYPES, EXCLUDE_ARCHIVED],
         errors: &["invalid_cursor", "invalid_limit", "invalid_types"],
     },
     MethodDoc {

@@ -3,9 +3,9 @@
 use std::collections::HashSet;
 
 use serde_json::json;
-use shared::ids::{ChannelId, Seq, Ts};
+use shared::ids::{ChannelId, Seq, Ts, WorkspaceId};
 use shared::protocol::UserEvent;
-use shared::store::{Channel, HistoryQuery, StorageErrorKind};
+use shared::store::{Channel, HistoryQuery, SharedStore, StorageErrorKind};
 
 use super::{
     channel_json, channel_summary, memberships, publish, response_metadata, user_in_workspace,
@@ -204,37 +204,107 @@ pub(super) async fn list(state: &AppState, caller: &Caller, params: &Params) -> 
     let types = Types::parse(params)?;
     let exclude_archived = params.flag("exclude_archived", false);
     let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
-    let mut scan_after = channel_cursor(params)?;
+    let after = channel_cursor(params)?;
     let member_of = memberships(state, &caller.user.id).await?;
     let keep = |c: &Channel| {
         types.includes(c)
             && !(exclude_archived && c.is_archived)
             && (!c.is_private || member_of.contains(&c.id))
     };
-    // Read batches until one more than a page passed the filters or the workspace ran out,
-    // so a page is only short when it is the last one.
-    let mut out = Vec::new();
-    'scan: loop {
-        let batch = state
-            .store
-            .channels(&caller.claims.workspace, scan_after.as_ref(), limit + 1)
+    let scan = scan_channels(
+        &state.store,
+        &caller.claims.workspace,
+        after,
+        limit as usize,
+        LIST_SCAN,
+        keep,
+    )
+    .await?;
+    tracing::debug!(
+        rows_read = scan.rows_read,
+        batches = scan.batches,
+        listed = scan.channels.len(),
+        "conversations.list scanned"
+    );
+    let next = scan.next.map(|c| encode_cursor("channel", c.as_str()));
+    Ok(channel_list(&scan.channels, &member_of, next))
+}
+
+/// How `conversations.list` reads a workspace's channels.
+#[derive(Clone, Copy, Debug)]
+struct ScanBounds {
+    /// Rows per store call, whatever the page size, so that a small `limit` over many channels
+    /// the caller cannot see does not become many small reads.
+    batch: u32,
+    /// Rows read per call at most (rounded up to whole batches). Past it the call answers what
+    /// it found, fewer than `limit` or none, with a cursor to continue (as Slack may), so a
+    /// filter that matches little never walks a whole large workspace in one call.
+    max_rows: usize,
+}
+
+const LIST_SCAN: ScanBounds = ScanBounds {
+    batch: 1000,
+    max_rows: 10_000,
+};
+
+/// A page of [`scan_channels`].
+#[derive(Debug)]
+struct ChannelScan {
+    channels: Vec<Channel>,
+    /// Where the next page starts (after this id); `None` when the workspace was read to its
+    /// end.
+    next: Option<ChannelId>,
+    rows_read: usize,
+    batches: usize,
+}
+
+/// Up to `limit` of the workspace's channels after `after` (in id order) that `keep` accepts,
+/// reading whole batches and at most `bounds.max_rows` rows. The cursor it returns is the last
+/// row read (every row up to it was listed or filtered out): after a full page it is given
+/// unless that batch was the workspace's last, so a page may be followed by an empty one.
+async fn scan_channels(
+    store: &SharedStore,
+    workspace: &WorkspaceId,
+    mut after: Option<ChannelId>,
+    limit: usize,
+    bounds: ScanBounds,
+    keep: impl Fn(&Channel) -> bool,
+) -> ApiResult<ChannelScan> {
+    let limit = limit.max(1);
+    let mut scan = ChannelScan {
+        channels: Vec::new(),
+        next: None,
+        rows_read: 0,
+        batches: 0,
+    };
+    loop {
+        let batch = store
+            .channels(workspace, after.as_ref(), bounds.batch)
             .await?;
-        let exhausted = batch.len() <= limit as usize;
+        scan.batches += 1;
+        let exhausted = batch.len() < bounds.batch as usize;
         for c in batch {
-            scan_after = Some(c.id.clone());
             if keep(&c) {
-                out.push(c);
-                if out.len() > limit as usize {
-                    break 'scan;
+                if scan.channels.len() == limit {
+                    // One beyond a full page: the next page starts with it.
+                    scan.next = after;
+                    return Ok(scan);
                 }
+                after = Some(c.id.clone());
+                scan.channels.push(c);
+            } else {
+                after = Some(c.id);
             }
+            scan.rows_read += 1;
         }
         if exhausted {
-            break;
+            return Ok(scan);
+        }
+        if scan.channels.len() == limit || scan.rows_read >= bounds.max_rows {
+            scan.next = after;
+            return Ok(scan);
         }
     }
-    let (channels, next) = page(out, limit);
-    Ok(channel_list(&channels, &member_of, next))
 }
 
 /// The channels a user (the caller unless `user` is given) is a member of. Gateways call this
@@ -522,6 +592,110 @@ pub(super) async fn mark(state: &AppState, caller: &Caller, params: &Params) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A real embedded store holding one workspace with `n` channels (ids are random, so their
+    /// order is too), of which those with `shown(i)` are named `shown-<i>`, the rest
+    /// `hidden-<i>`.
+    async fn workspace_with_channels(
+        dir: &std::path::Path,
+        n: usize,
+        shown: impl Fn(usize) -> bool,
+    ) -> (SharedStore, WorkspaceId) {
+        let store: SharedStore = std::sync::Arc::new(
+            shared::store::sqlite::SqliteStore::open(&dir.join("store"), 1).expect("store"),
+        );
+        let ws = store.create_workspace("acme").await.expect("workspace").id;
+        for i in 0..n {
+            let name = if shown(i) {
+                format!("shown-{i}")
+            } else {
+                format!("hidden-{i}")
+            };
+            let channel = Channel {
+                id: ChannelId::generate(),
+                workspace: ws.clone(),
+                name,
+                is_private: false,
+                creator: shared::ids::UserId::from("UALICE"),
+                created: Ts::now(),
+                topic: String::new(),
+                purpose: String::new(),
+                is_archived: false,
+            };
+            store.create_channel(&channel).await.expect("channel");
+        }
+        (store, ws)
+    }
+
+    const SMALL: ScanBounds = ScanBounds {
+        batch: 4,
+        max_rows: 10,
+    };
+
+    /// Walks every page from the start: each call's scan, in order.
+    async fn walk(store: &SharedStore, ws: &WorkspaceId, limit: usize) -> Vec<ChannelScan> {
+        let mut scans = Vec::new();
+        let mut after = None;
+        loop {
+            let keep = |c: &Channel| c.name.starts_with("shown-");
+            let scan = scan_channels(store, ws, after, limit, SMALL, keep)
+                .await
+                .expect("scan");
+            after = scan.next.clone();
+            scans.push(scan);
+            if after.is_none() {
+                return scans;
+            }
+            assert!(scans.len() < 100, "the walk does not end");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_filter_matching_nothing_reads_a_bounded_number_of_rows_per_call() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, ws) = workspace_with_channels(dir.path(), 25, |_| false).await;
+        // Whatever the page size: batches of 4, at most 10 rows (3 batches) per call, and a
+        // cursor to go on (with an empty page) until the workspace is read to its end.
+        for limit in [1, 1000] {
+            let scans = walk(&store, &ws, limit).await;
+            let read: Vec<(usize, usize, bool)> = scans
+                .iter()
+                .map(|s| {
+                    assert!(s.channels.is_empty());
+                    (s.rows_read, s.batches, s.next.is_some())
+                })
+                .collect();
+            assert_eq!(
+                read,
+                vec![(12, 3, true), (12, 3, true), (1, 1, false)],
+                "limit {limit}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn scanned_pages_list_every_match_once_within_the_bounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, ws) = workspace_with_channels(dir.path(), 30, |i| i % 4 == 0).await;
+        let mut expected: Vec<String> = (0..30)
+            .filter(|i| i % 4 == 0)
+            .map(|i| format!("shown-{i}"))
+            .collect();
+        expected.sort();
+        for limit in [1, 2, 3, 1000] {
+            let scans = walk(&store, &ws, limit).await;
+            let mut listed: Vec<String> = Vec::new();
+            for s in &scans {
+                assert!(s.channels.len() <= limit, "limit {limit}: {s:?}");
+                assert!(s.batches <= 3, "limit {limit}: {s:?}");
+                listed.extend(s.channels.iter().map(|c| c.name.clone()));
+            }
+            listed.sort();
+            assert_eq!(listed, expected, "limit {limit}");
+            let rows: usize = scans.iter().map(|s| s.rows_read).sum();
+            assert_eq!(rows, 30, "limit {limit}: each row is scanned once");
+        }
+    }
 
     #[test]
     fn channel_names_follow_slack_rules() {
