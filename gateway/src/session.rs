@@ -47,8 +47,10 @@ struct Position {
     written: bool,
 }
 
+/// A backfill's answer: the channel, the range asked for (after, up to) and which attempt.
 type BackfillResult = (
     ChannelId,
+    Seq,
     Option<Seq>,
     u32,
     Result<(Vec<(Seq, Utf8Bytes)>, Seq), MeshError>,
@@ -104,7 +106,7 @@ impl Session {
                 tokio::time::sleep(BACKFILL_RETRY).await;
             }
             let result = hub.backfill(&channel, after, up_to).await;
-            let _ = tx.send((channel, up_to, attempt, result)).await;
+            let _ = tx.send((channel, after, up_to, attempt, result)).await;
         });
     }
 
@@ -176,7 +178,7 @@ impl Session {
     }
 
     fn on_backfill(&mut self, r: BackfillResult, out: &mut Vec<Utf8Bytes>) {
-        let (channel, up_to, attempt, result) = r;
+        let (channel, after, up_to, attempt, result) = r;
         self.backfilling.remove(&channel);
         if !self.channels.contains(&channel) {
             return;
@@ -184,9 +186,7 @@ impl Session {
         match result {
             Ok((messages, last_seq)) => {
                 let got = messages.len();
-                for (seq, text) in messages {
-                    self.on_message(&channel, seq, text, out);
-                }
+                self.take_page(&channel, after, messages, out);
                 if up_to.is_none() && self.last_delivered(&channel).is_some_and(|d| d > last_seq) {
                     // A resume point past the owner's head (a client's bad or forged seq, up to
                     // `Seq::MAX`): nothing was missed, and the channel goes on from the head
@@ -199,22 +199,26 @@ impl Session {
                     return;
                 }
                 let d = self.last_delivered(&channel).unwrap_or(0);
+                if let Some(up_to) = up_to.filter(|&u| got == 0 && d < u) {
+                    // The owner holds nothing up to `up_to`: never acknowledged, so skip it.
+                    m::GAPS_SKIPPED.inc();
+                    self.set_last(&channel, Some(up_to));
+                    self.flush_held(&channel, out);
+                }
+                let d = self.last_delivered(&channel).unwrap_or(0);
                 let first_held = self
                     .held
                     .get(&channel)
                     .and_then(|h| h.keys().next().copied());
-                match (up_to, first_held) {
+                if let Some(first) = first_held.filter(|&f| f > d.saturating_add(1)) {
+                    // Still short of what is held: the page was cut short (a page is at most
+                    // a thousand messages, and fewer when they are long), or a later gap.
+                    self.request_backfill(channel, d, Some(first - 1), 0);
+                } else if let Some(up_to) = up_to.filter(|&u| got > 0 && d < u) {
+                    self.request_backfill(channel, d, Some(up_to), 0);
+                } else if up_to.is_none() && got > 0 && last_seq > d {
                     // A resume: keep going while the owner has more.
-                    (None, _) if got > 0 && last_seq > d => {
-                        self.request_backfill(channel, d, None, 0)
-                    }
-                    // The store does not hold the gap: never acknowledged, so skip it.
-                    (_, Some(first)) if first > d + 1 => {
-                        m::GAPS_SKIPPED.inc();
-                        self.set_last(&channel, Some(first - 1));
-                        self.flush_held(&channel, out);
-                    }
-                    _ => {}
+                    self.request_backfill(channel, d, None, 0);
                 }
             }
             Err(e) => {
@@ -227,6 +231,27 @@ impl Session {
                 let d = self.last_delivered(&channel).unwrap_or(0);
                 self.request_backfill(channel, d, up_to, attempt + 1);
             }
+        }
+    }
+
+    /// Writes a backfill page of the messages after `after`. A page holds every message the
+    /// owner has from `after` to the page's last one, so a `seq` missing from it is one the
+    /// store does not hold (never acknowledged): it is skipped, not waited for.
+    fn take_page(
+        &mut self,
+        channel: &ChannelId,
+        after: Seq,
+        messages: Vec<(Seq, Utf8Bytes)>,
+        out: &mut Vec<Utf8Bytes>,
+    ) {
+        let mut prev = after;
+        for (seq, text) in messages {
+            if seq > prev.saturating_add(1) && self.last_delivered(channel) == Some(prev) {
+                m::GAPS_SKIPPED.inc();
+                self.set_last(channel, Some(seq - 1));
+            }
+            prev = prev.max(seq);
+            self.on_message(channel, seq, text, out);
         }
     }
 
@@ -671,6 +696,12 @@ mod tests {
         }
     }
 
+    fn page(seqs: impl IntoIterator<Item = Seq>) -> Vec<(Seq, Utf8Bytes)> {
+        seqs.into_iter()
+            .map(|s| (s, Utf8Bytes::from(format!("m{s}"))))
+            .collect()
+    }
+
     fn texts(out: &[Utf8Bytes]) -> Vec<&str> {
         out.iter().map(|t| t.as_str()).collect()
     }
@@ -681,7 +712,10 @@ mod tests {
         let channel = ChannelId::from("CX");
         let mut s = session(&hub, Some(u64::MAX), 64);
         let mut out = Vec::new();
-        s.on_backfill((channel.clone(), None, 0, Ok((Vec::new(), 5))), &mut out);
+        s.on_backfill(
+            (channel.clone(), u64::MAX, None, 0, Ok((Vec::new(), 5))),
+            &mut out,
+        );
         assert_eq!(s.last_delivered(&channel), Some(5));
         s.on_message(&channel, 6, "m6".into(), &mut out);
         s.on_message(&channel, 7, "m7".into(), &mut out);
@@ -703,5 +737,74 @@ mod tests {
         buf.extend(0..100);
         shrink_after_burst(&mut buf, 1);
         assert_eq!(buf.len(), 100);
+    }
+
+    #[tokio::test]
+    async fn a_gap_longer_than_a_page_is_filled_page_after_page_not_skipped() {
+        let (hub, _dir) = hub();
+        let channel = ChannelId::from("CX");
+        let mut s = session(&hub, Some(0), 64);
+        let mut out = Vec::new();
+        // 1500 arrives live past a gap of 1,499: it is held and 1..=1499 asked for.
+        s.on_message(&channel, 1500, "m1500".into(), &mut out);
+        assert!(out.is_empty());
+        // The answer is one page of 1,000: the rest is asked for, nothing is skipped.
+        s.on_backfill(
+            (
+                channel.clone(),
+                0,
+                Some(1499),
+                0,
+                Ok((page(1..=1000), 1500)),
+            ),
+            &mut out,
+        );
+        assert_eq!(s.last_delivered(&channel), Some(1000));
+        assert!(
+            s.backfilling.contains(&channel),
+            "the next page is asked for"
+        );
+        s.on_backfill(
+            (
+                channel.clone(),
+                1000,
+                Some(1499),
+                0,
+                Ok((page(1001..=1499), 1500)),
+            ),
+            &mut out,
+        );
+        let expected: Vec<String> = (1..=1500).map(|s| format!("m{s}")).collect();
+        assert_eq!(texts(&out), expected);
+        assert!(s.held.is_empty());
+    }
+
+    #[tokio::test]
+    async fn what_the_store_does_not_hold_is_skipped() {
+        let (hub, _dir) = hub();
+        let channel = ChannelId::from("CX");
+        let mut s = session(&hub, Some(0), 64);
+        let mut out = Vec::new();
+        s.on_message(&channel, 9, "m9".into(), &mut out);
+        // 3 and 6 were never stored (their appends failed).
+        s.on_backfill(
+            (channel.clone(), 0, Some(8), 0, Ok((page([1, 2, 4, 5]), 9))),
+            &mut out,
+        );
+        assert_eq!(texts(&out), vec!["m1", "m2", "m4", "m5"]);
+        assert!(s.backfilling.contains(&channel), "6..=8 are asked for");
+        s.on_backfill(
+            (channel.clone(), 5, Some(8), 0, Ok((page([7, 8]), 9))),
+            &mut out,
+        );
+        assert_eq!(texts(&out), vec!["m1", "m2", "m4", "m5", "m7", "m8", "m9"]);
+        // 10 shows another gap, which the owner does not hold at all.
+        s.on_message(&channel, 12, "m12".into(), &mut out);
+        s.on_backfill(
+            (channel.clone(), 9, Some(11), 0, Ok((Vec::new(), 12))),
+            &mut out,
+        );
+        assert_eq!(s.last_delivered(&channel), Some(12));
+        assert_eq!(texts(&out).last(), Some(&"m12"));
     }
 }
