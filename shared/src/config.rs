@@ -366,9 +366,16 @@ fn set_path(table: &mut toml::Table, section: &str, field: &str, raw: &str) -> a
 }
 
 /// Reads the cluster secret, creating a random one if `create` and it does not exist.
+///
+/// The secret signs every token, admin tokens included, so a created one is readable and
+/// writable by its owner only (0600, whatever the umask), and an existing one that its group
+/// or others may access is loaded with a warning.
 pub fn load_cluster_secret(path: &Path, create: bool) -> anyhow::Result<Vec<u8>> {
     match std::fs::read(path) {
-        Ok(bytes) if !bytes.is_empty() => Ok(bytes),
+        Ok(bytes) if !bytes.is_empty() => {
+            warn_if_exposed(path);
+            Ok(bytes)
+        }
         Ok(_) => bail!("cluster secret file {} is empty", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
             if let Some(parent) = path.parent() {
@@ -377,13 +384,60 @@ pub fn load_cluster_secret(path: &Path, create: bool) -> anyhow::Result<Vec<u8>>
             }
             let secret: [u8; 32] = rand::random();
             let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-            std::fs::write(path, hex.as_bytes())
-                .with_context(|| format!("failed to write {}", path.display()))?;
-            Ok(hex.into_bytes())
+            match write_new_private(path, hex.as_bytes()) {
+                Ok(()) => Ok(hex.into_bytes()),
+                // Another process created it meanwhile: use that one.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    load_cluster_secret(path, false)
+                }
+                Err(e) => Err(e).with_context(|| format!("failed to write {}", path.display())),
+            }
         }
         Err(e) => {
             Err(e).with_context(|| format!("failed to read cluster secret {}", path.display()))
         }
+    }
+}
+
+/// Creates `path`, which must not exist, readable and writable by its owner only, holding
+/// `contents`. A file left half written is removed.
+fn write_new_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    if written.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    written
+}
+
+/// The permission bits of `path` that give its group or others any access, if any do.
+#[cfg(unix)]
+fn exposed_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then_some(mode)
+}
+
+#[cfg(not(unix))]
+fn exposed_mode(_path: &Path) -> Option<u32> {
+    None
+}
+
+fn warn_if_exposed(path: &Path) {
+    if let Some(mode) = exposed_mode(path) {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{mode:o}"),
+            "cluster secret file is accessible to its group or others, and it signs admin tokens: make it 0600"
+        );
     }
 }
 
@@ -514,6 +568,79 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad} was accepted"));
             assert!(err.to_string().contains("store."), "{bad}: {err}");
         }
+    }
+
+    /// Log lines written while a test runs with it as its subscriber's writer.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    /// Loads the cluster secret at `path` (not creating it) and returns what was logged.
+    fn load_logging(path: &Path) -> (Vec<u8>, String) {
+        let logs = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        let secret = tracing::subscriber::with_default(subscriber, || {
+            load_cluster_secret(path, false).unwrap()
+        });
+        let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        (secret, text)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_created_cluster_secret_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested").join("cluster-secret");
+        let secret = load_cluster_secret(&path, true).unwrap();
+        assert_eq!(secret.len(), 64);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "mode {mode:o}");
+        // Loaded again, it is the same secret, and nothing is warned about.
+        let (again, logs) = load_logging(&path);
+        assert_eq!(again, secret);
+        assert!(!logs.contains("cluster secret"), "{logs}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_exposed_cluster_secret_loads_with_a_warning() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster-secret");
+        std::fs::write(&path, "00ff").unwrap();
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let (secret, logs) = load_logging(&path);
+            assert_eq!(secret, b"00ff");
+            assert!(
+                logs.contains("WARN") && logs.contains("cluster secret file is accessible"),
+                "{mode:o}: {logs}"
+            );
+            assert!(logs.contains(&format!("{mode:o}")), "{mode:o}: {logs}");
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let (_, logs) = load_logging(&path);
+        assert!(!logs.contains("cluster secret"), "{logs}");
     }
 
     #[test]
