@@ -1,7 +1,9 @@
-//! HTTP-level tests: the real router served by [`crate::run`] on a loopback port, a real
-//! embedded store in a temporary directory, and an [`AdminLink`] with no mesh behind it (so
-//! only what is answered before the mesh call is tested here; posting end to end is covered
-//! by the multi-process tests).
+//! HTTP-level tests: the real router served by [`crate::run`] on a loopback port and a real
+//! embedded store in a temporary directory. Most servers have an [`AdminLink`] with no mesh
+//! behind it (what is answered before the mesh call); those started with
+//! [`Server::start_with_cluster`] have the real admin and channel servers behind it, in this
+//! process. Posting through gateways and separate processes is covered by the multi-process
+//! tests.
 
 use std::sync::Arc;
 
@@ -30,8 +32,8 @@ pub(crate) struct Server {
     pub(crate) dir: tempfile::TempDir,
     /// The seeded demo workspace (`tokens.json`).
     pub(crate) demo: Value,
-    /// The admin server stand-in, for servers started with one.
-    pub(crate) fake_admin: Option<fake_admin::FakeAdmin>,
+    /// The real admin and channel servers behind the Web API, for servers started with them.
+    pub(crate) cluster: Option<cluster::Cluster>,
 }
 
 impl Server {
@@ -44,22 +46,22 @@ impl Server {
         Server::start_inner(configure, false).await
     }
 
-    /// A server whose admin link reaches a [`fake_admin::FakeAdmin`] over the real mesh, so
-    /// posts are acknowledged (placed on this server's store) and relayed user events are
-    /// recorded.
-    pub(crate) async fn start_with_fake_admin() -> Server {
+    /// A server whose admin link reaches a real admin server and channel server
+    /// ([`cluster::Cluster`]), so posts are acknowledged (stored on this server's store) and
+    /// relayed user events are recorded.
+    pub(crate) async fn start_with_cluster() -> Server {
         Server::start_inner(|_| {}, true).await
     }
 
-    /// The user events relayed through the fake admin server so far, oldest first.
+    /// The user events the admin server relayed so far, oldest first.
     pub(crate) fn relayed_events(&self) -> Vec<shared::protocol::UserEvent> {
-        self.fake_admin
+        self.cluster
             .as_ref()
-            .expect("started with a fake admin server")
+            .expect("started with a cluster")
             .events()
     }
 
-    async fn start_inner(configure: impl FnOnce(&mut Config), with_fake_admin: bool) -> Server {
+    async fn start_inner(configure: impl FnOnce(&mut Config), with_cluster: bool) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: SharedStore =
             Arc::new(SqliteStore::open(&dir.path().join("store"), 2).expect("store"));
@@ -77,9 +79,12 @@ impl Server {
         config.webapp.gateway_urls = vec!["ws://gw-a:1/rtm".into(), "ws://gw-b:2/rtm".into()];
         configure(&mut config);
         let shutdown = Shutdown::new();
-        let fake_admin = with_fake_admin.then(|| fake_admin::FakeAdmin::start(store.clone()));
-        let admin = match &fake_admin {
-            Some(fake) => fake.link.clone(),
+        let cluster = match with_cluster {
+            true => Some(cluster::Cluster::start(store.clone()).await),
+            false => None,
+        };
+        let admin = match &cluster {
+            Some(cluster) => cluster.link.clone(),
             None => AdminLink::detached_for_test(),
         };
         let deps = WebappDeps {
@@ -98,7 +103,7 @@ impl Server {
             task,
             dir,
             demo,
-            fake_admin,
+            cluster,
         }
     }
 
@@ -216,6 +221,9 @@ impl Server {
     pub(crate) async fn stop(self) {
         self.shutdown.trigger();
         self.task.await.expect("join").expect("run");
+        if let Some(cluster) = self.cluster {
+            cluster.stop().await;
+        }
     }
 }
 
@@ -1514,7 +1522,7 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
 mod flannel_methods;
 
 /// A stand-in admin server on the real mesh, for tests whose posts must be acknowledged.
-mod fake_admin;
+mod cluster;
 
 /// Posting with `client_msg_id` (and hooks with `Idempotency-Key`) through an acknowledging
 /// admin server.

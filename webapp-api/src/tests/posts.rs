@@ -1,4 +1,4 @@
-//! Posting through an acknowledging admin server ([`super::fake_admin`], placing posts on the
+//! Posting through the real admin and channel servers ([`super::cluster`], storing posts on the
 //! real store): a `client_msg_id`, or a hook's `Idempotency-Key`, names one request of one
 //! user. A retry answers the stored message; the same key from another user, or reused for
 //! another text or thread, answers `client_msg_id_conflict` instead of that message, which
@@ -28,7 +28,7 @@ async fn texts(s: &Server, token: &str, channel: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_client_msg_id_names_one_request_of_one_user() {
-    let s = Server::start_with_fake_admin().await;
+    let s = Server::start_with_cluster().await;
     let (alice, bob) = (s.token("alice"), s.token("bob"));
     let general = s.general().await;
     let other_user = conflicts("api", "other_user");
@@ -102,7 +102,7 @@ async fn hook_post(s: &Server, path: &str, key: &str, body: Value) -> (u16, Stri
 
 #[tokio::test]
 async fn a_hook_idempotency_key_names_one_request_of_one_user() {
-    let s = Server::start_with_fake_admin().await;
+    let s = Server::start_with_cluster().await;
     let (alice, bob) = (s.token("alice"), s.token("bob"));
     let general = s.general().await;
     let hook_of = |v: Value| v["path"].as_str().expect("hook path").to_string();

@@ -1,4 +1,4 @@
-//! What the Web API relays through the admin server (recorded by [`super::fake_admin`]), and in
+//! What the Web API relays through the real admin server (recorded by [`super::cluster`]), and in
 //! which order: a Flannel cache that hears of a join to a channel it does not know reloads the
 //! whole workspace snapshot, so a new channel is announced before its members.
 
@@ -24,7 +24,7 @@ fn about(events: &[UserEvent], channel: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_new_conversation_is_announced_before_its_members() {
-    let s = Server::start_with_fake_admin().await;
+    let s = Server::start_with_cluster().await;
     let alice = s.token("alice");
     let (alice_id, bob_id, carol_id) = (s.user_id("alice"), s.user_id("bob"), s.user_id("carol"));
     let id = |v: &Value| v["channel"]["id"].as_str().expect("channel id").to_string();
