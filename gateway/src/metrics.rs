@@ -32,6 +32,13 @@ pub static SESSION_OVERFLOWS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static SESSION_WRITE_TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_session_write_timeouts_total",
+        "sessions closed because a write to the client made no progress within the idle timeout (the client stopped reading)"
+    )
+    .unwrap()
+});
 pub static BAD_INPUT: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_gateway_bad_input_total",

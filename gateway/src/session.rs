@@ -301,13 +301,31 @@ fn text(v: serde_json::Value) -> WsMessage {
     WsMessage::Text(v.to_string().into())
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
-    let _ = socket
-        .send(WsMessage::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
+/// Runs one write to the client (a send, a feed or a flush), bounded by `limit`: a client
+/// that stops reading but keeps its connection open would otherwise hold the session, its
+/// `max_sessions` permit and its buffers forever. Returns whether the write went through; a
+/// write that timed out is counted, and the session should end without writing again.
+async fn bounded<E>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> bool {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            m::SESSION_WRITE_TIMEOUTS.inc();
+            tracing::info!(timeout = ?limit, "client stopped reading; closing the session");
+            false
+        }
+    }
+}
+
+async fn close(socket: &mut WebSocket, code: u16, reason: &str, limit: Duration) {
+    let frame = WsMessage::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    bounded(limit, socket.send(frame)).await;
 }
 
 /// Serves one session until it ends. A plain function returning an `async move` block rather
@@ -394,7 +412,9 @@ pub fn run(
             }
             text(hello)
         };
-        if socket.send(hello).await.is_err() {
+        // Each write to the client may take this long to make progress.
+        let write_timeout = idle_timeout;
+        if !bounded(write_timeout, socket.send(hello)).await {
             finish(&hub, id, &user, &workspace);
             return;
         }
@@ -423,14 +443,20 @@ pub fn run(
             tokio::select! {
                 biased;
                 _ = &mut stopping => {
-                    let _ = socket.send(text(serde_json::json!({ "type": "goodbye", "source": "gateway_shutdown" }))).await;
-                    close(&mut socket, close_code::GOING_AWAY, "gateway shutting down").await;
+                    let goodbye = text(serde_json::json!({ "type": "goodbye", "source": "gateway_shutdown" }));
+                    if bounded(write_timeout, socket.send(goodbye)).await {
+                        close(&mut socket, close_code::GOING_AWAY, "gateway shutting down", write_timeout).await;
+                    }
                     break;
                 }
                 _ = &mut overflowed => {
+                    // The client fell behind, perhaps because it stopped reading: the resync
+                    // notice is bounded like any write.
                     tracing::warn!("session fell behind; telling it to resync");
-                    let _ = socket.send(text(serde_json::json!({ "type": "resync_required", "seq": s.positions() }))).await;
-                    close(&mut socket, close_code::RESYNC_REQUIRED, "resync required").await;
+                    let resync = text(serde_json::json!({ "type": "resync_required", "seq": s.positions() }));
+                    if bounded(write_timeout, socket.send(resync)).await {
+                        close(&mut socket, close_code::RESYNC_REQUIRED, "resync required", write_timeout).await;
+                    }
                     break;
                 }
                 Some(r) = async {
@@ -495,29 +521,29 @@ pub fn run(
                             };
                             m::BAD_INPUT.with_label_values(&[kind]).inc();
                             tracing::info!(error = %msg, kind, "closing session on a bad frame");
-                            close(&mut socket, code, kind).await;
+                            close(&mut socket, code, kind, write_timeout).await;
                             break;
                         }
                     }
                 }
                 _ = ping.tick() => {
                     if last_activity.elapsed() > idle_timeout {
-                        close(&mut socket, close_code::PING_TIMEOUT, "no pong").await;
+                        close(&mut socket, close_code::PING_TIMEOUT, "no pong", write_timeout).await;
                         break;
                     }
-                    if socket.send(WsMessage::Ping(Default::default())).await.is_err() { break; }
+                    if !bounded(write_timeout, socket.send(WsMessage::Ping(Default::default()))).await { break; }
                 }
             }
             if !out.is_empty() {
                 let mut failed = false;
                 let written = out.len();
                 for t in out.drain(..) {
-                    if socket.feed(WsMessage::Text(t)).await.is_err() {
+                    if !bounded(write_timeout, socket.feed(WsMessage::Text(t))).await {
                         failed = true;
                         break;
                     }
                 }
-                if failed || socket.flush().await.is_err() {
+                if failed || !bounded(write_timeout, socket.flush()).await {
                     break;
                 }
                 shrink_after_burst(&mut out, written);
@@ -806,5 +832,64 @@ mod tests {
         );
         assert_eq!(s.last_delivered(&channel), Some(12));
         assert_eq!(texts(&out).last(), Some(&"m12"));
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
+        use futures_util::StreamExt;
+
+        let (hub, _dir) = hub();
+        let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
+        let ended_tx = Arc::new(parking_lot::Mutex::new(Some(ended_tx)));
+        let app = {
+            let hub = hub.clone();
+            axum::Router::new().route(
+                "/",
+                axum::routing::get(move |ws: axum::extract::WebSocketUpgrade| async move {
+                    ws.on_upgrade(move |socket| async move {
+                        let params = Box::new(SessionParams {
+                            claims: Claims {
+                                workspace: shared::ids::WorkspaceId::from("TW"),
+                                user: shared::ids::UserId::from("UB"),
+                                admin: false,
+                                bot: false,
+                                issued_at: 0,
+                                service: false,
+                            },
+                            channels: Vec::new(),
+                            resume: BTreeMap::new(),
+                            // Large enough never to overflow: the write itself must give up.
+                            queue: 1 << 20,
+                            ping_interval: Duration::from_secs(3600),
+                            idle_timeout: Duration::from_millis(300),
+                            boot: None,
+                        });
+                        run(hub, socket, params, Shutdown::new()).await;
+                        if let Some(tx) = ended_tx.lock().take() {
+                            let _ = tx.send(());
+                        }
+                    })
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        // The client reads its hello, then stops reading but keeps the connection open.
+        let hello = client.next().await.unwrap().unwrap();
+        assert!(hello.to_text().unwrap().contains("\"hello\""));
+        let before = m::SESSION_WRITE_TIMEOUTS.get();
+        // Far more than the socket buffers of both ends hold (one shared 64 KiB event).
+        let event = Utf8Bytes::from("x".repeat(1 << 16));
+        for _ in 0..2_000 {
+            hub.broadcast(event.clone());
+        }
+        // The session ends by itself, its write timed out, while the client is still there.
+        ended_rx.await.unwrap();
+        assert!(m::SESSION_WRITE_TIMEOUTS.get() > before);
+        drop(client);
     }
 }
