@@ -392,9 +392,9 @@ mod tests {
             received: Instant::now(),
             reply,
         };
-        let dispatch = server.dispatch(&channel, &workspace, post);
-        tokio::pin!(dispatch);
-        assert!(futures_util::poll!(&mut dispatch).is_pending());
+        let mut dispatch = std::pin::pin!(server.dispatch(&channel, &workspace, post));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(std::future::Future::poll(dispatch.as_mut(), &mut cx).is_pending());
         // Meanwhile the ring moves the channel away and its task stops before `apply_ring`
         // ran: the dispatch finds the task gone and must not start another one here.
         ring_tx.send(ring(2, "cs-2")).unwrap();
