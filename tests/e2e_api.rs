@@ -223,17 +223,17 @@ async fn posting_twice_with_one_client_msg_id_stores_one_message() {
         first["message"]["client_msg_id"],
         "5f1e2a3b-0000-4000-8000-000000000001"
     );
-    // Even with another text: the id decides.
+    // The id reused for another text, or by another user, is refused: answering the stored
+    // message would drop the new text while saying ok.
     let mut other = body.clone();
     other["text"] = "different text".into();
-    let third = cluster
-        .api_ok("chat.postMessage", &alice.token, other)
+    let third = cluster.api("chat.postMessage", &alice.token, other).await;
+    assert_eq!(third["ok"], false, "{third}");
+    assert_eq!(third["error"], "client_msg_id_conflict", "{third}");
+    let fourth = cluster
+        .api("chat.postMessage", &bob.token, body.clone())
         .await;
-    assert_eq!(third["ts"], first["ts"]);
-    assert_eq!(
-        third["message"]["text"], "exactly once",
-        "a repeat answers the stored message"
-    );
+    assert_eq!(fourth["error"], "client_msg_id_conflict", "{fourth}");
 
     // Concurrent repeats of a fresh id all get one message.
     let body2 = json!({ "channel": c, "text": "raced", "client_msg_id": "race-1" });

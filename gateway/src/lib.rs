@@ -213,7 +213,7 @@ async fn user_channels(state: &AppState, token: &str) -> Result<Vec<ChannelId>, 
             .post(&url)
             .bearer_auth(token)
             .form(&[
-                ("types", "public_channel,private_channel"),
+                ("types", "public_channel,private_channel,mpim,im"),
                 ("limit", "1000"),
                 ("cursor", cursor.as_str()),
             ])

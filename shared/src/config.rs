@@ -42,6 +42,12 @@ pub struct TelemetryConfig {
     pub log_filter: String,
 }
 
+/// The smallest `mesh.max_frame_bytes` accepted. A frame carries at least one message (a post,
+/// a delivery, the first of a backlog), and a message of the Web API's largest size, 40,000
+/// characters, is up to 160 KB in UTF-8: a lower limit would refuse it at the receiver, and
+/// the link carrying it would fail again on every retry.
+pub const MIN_FRAME_BYTES: usize = 512 * 1024;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeshConfig {
@@ -222,8 +228,12 @@ impl Config {
                 self.telemetry.log_format
             );
         }
-        if self.mesh.max_frame_bytes < 1024 {
-            bail!("mesh.max_frame_bytes must be at least 1024");
+        if self.mesh.max_frame_bytes < MIN_FRAME_BYTES {
+            bail!(
+                "mesh.max_frame_bytes must be at least {MIN_FRAME_BYTES}: one message of the \
+                 largest size (40,000 characters, up to 160 KB in UTF-8) must fit in a frame, \
+                 with room for its fields"
+            );
         }
         if self.admin.vnodes == 0 || self.admin.vnodes > 4096 {
             bail!("admin.vnodes must be in 1..=4096");
@@ -500,6 +510,12 @@ mod tests {
         )
         .is_err());
         assert!(Config::load(None, std::iter::empty(), &["store.shards=0".to_string()]).is_err());
+        // A frame limit under one message of the largest size would fail its link for good.
+        let small = format!("mesh.max_frame_bytes={}", MIN_FRAME_BYTES - 1);
+        let err = Config::load(None, std::iter::empty(), &[small]).unwrap_err();
+        assert!(err.to_string().contains("max_frame_bytes"), "{err}");
+        let enough = format!("mesh.max_frame_bytes={MIN_FRAME_BYTES}");
+        assert!(Config::load(None, std::iter::empty(), &[enough]).is_ok());
     }
 
     #[test]

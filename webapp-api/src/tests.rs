@@ -811,8 +811,8 @@ async fn listings_paginate_and_show_private_channels_to_members_only() {
 }
 
 /// `types=im` lists 1:1 DMs and `types=mpim` group DMs (of which the caller is a member), as
-/// Slack does; `private_channel` lists private channels, not DMs, in `conversations.list`.
-/// `users.conversations` still selects DMs with `private_channel`, which gateways rely on.
+/// Slack does; `private_channel` lists private channels, not DMs, in `conversations.list` and
+/// in `users.conversations` (gateways ask for every type).
 #[tokio::test]
 async fn direct_messages_are_listed_as_im_and_mpim() {
     let s = Server::start().await;
@@ -903,6 +903,15 @@ async fn direct_messages_are_listed_as_im_and_mpim() {
     );
     assert_eq!(
         list(u, alice.clone(), Some("public_channel,private_channel")).await,
+        sorted(vec![&general, &secret])
+    );
+    assert_eq!(
+        list(
+            u,
+            alice.clone(),
+            Some("public_channel,private_channel,mpim,im")
+        )
+        .await,
         sorted(vec![&general, &secret, &dm, &group])
     );
     s.stop().await;

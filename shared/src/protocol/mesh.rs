@@ -109,7 +109,8 @@ pub enum MeshFrame {
         after_seq: Option<Seq>,
     },
     /// Answer to `Subscribe`: the channel's current last sequence and the messages after
-    /// `after_seq` up to it, in order (at most the window; the gateway fetches the rest).
+    /// `after_seq` up to it, in order: the first of them only, at most a page and about half a
+    /// frame in bytes (the gateway fetches the rest, page after page, up to `last_seq`).
     SubscribeAck {
         channel: ChannelId,
         last_seq: Seq,

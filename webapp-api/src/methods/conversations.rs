@@ -308,15 +308,14 @@ async fn scan_channels(
 }
 
 /// The channels a user (the caller unless `user` is given) is a member of. Gateways call this
-/// with a user's token when a session connects, to learn which channels to deliver; so here,
-/// unlike in `conversations.list`, `private_channel` also selects direct messages
-/// ([`Types::with_direct_as_private`]).
+/// with a user's token and every type when a session connects, to learn which channels to
+/// deliver.
 pub(super) async fn user_conversations(
     state: &AppState,
     caller: &Caller,
     params: &Params,
 ) -> ApiResult {
-    let types = Types::parse(params)?.with_direct_as_private();
+    let types = Types::parse(params)?;
     let exclude_archived = params.flag("exclude_archived", false);
     let limit = params.limit(DEFAULT_LIMIT, MAX_LIMIT)?;
     let after = channel_cursor(params)?;

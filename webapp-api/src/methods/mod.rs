@@ -281,18 +281,6 @@ impl Types {
         Ok(types)
     }
 
-    /// These types, with direct messages also selected by `private_channel`, as they were
-    /// before `im` and `mpim` were told apart: gateways learn every conversation a session
-    /// receives from `users.conversations` with `types=public_channel,private_channel`
-    /// (gateway/src/lib.rs `user_channels`), and would stop delivering DMs otherwise.
-    pub fn with_direct_as_private(self) -> Types {
-        Types {
-            im: self.im || self.private,
-            mpim: self.mpim || self.private,
-            ..self
-        }
-    }
-
     pub fn includes(self, channel: &Channel) -> bool {
         if channel.name.starts_with(members::IM_PREFIX) {
             self.im
