@@ -535,15 +535,15 @@ pub fn run(
                 }
             }
             if !out.is_empty() {
-                let mut failed = false;
                 let written = out.len();
-                for t in out.drain(..) {
-                    if !bounded(write_timeout, socket.feed(WsMessage::Text(t))).await {
-                        failed = true;
-                        break;
+                // One bound for the whole batch (one timer, not one per message).
+                let batch = async {
+                    for t in out.drain(..) {
+                        socket.feed(WsMessage::Text(t)).await?;
                     }
-                }
-                if failed || !bounded(write_timeout, socket.flush()).await {
+                    socket.flush().await
+                };
+                if !bounded(write_timeout, batch).await {
                     break;
                 }
                 shrink_after_burst(&mut out, written);
