@@ -299,12 +299,21 @@ pub async fn seed_demo(
 /// Writes a file of secrets readable by its owner only, through a rename so that a reader
 /// never sees half of it.
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    std::fs::write(&tmp, contents)?;
+    // Made anew with mode 0600, so the tokens are never readable by others, not even until a
+    // chmod (a leftover of an earlier run with this pid would keep its own mode).
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
     }
+    options.open(&tmp)?.write_all(contents)?;
     std::fs::rename(&tmp, path)
 }

@@ -1349,6 +1349,15 @@ async fn seeding_twice_keeps_ids_and_tokens() {
     let on_disk: Value =
         serde_json::from_slice(&std::fs::read(s.dir.path().join("tokens.json")).unwrap()).unwrap();
     assert_eq!(on_disk, s.demo);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.dir.path().join("tokens.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "tokens readable by their owner only");
+    }
     let ws = WorkspaceId(s.demo["workspace"].as_str().unwrap().into());
     assert_eq!(s.store.users(&ws).await.unwrap().len(), 3);
     let general = s.general().await;
