@@ -105,8 +105,8 @@ mod tests {
         let pacer = Pacer::start(1000.0, start, start + Duration::from_millis(200));
         pacer.wait(50).await;
         let waited = start.elapsed();
+        // Never early (how late is the scheduler's business, and not asserted).
         assert!(waited >= Duration::from_millis(49), "{waited:?}");
-        assert!(waited < Duration::from_millis(150), "{waited:?}");
         assert_eq!(pacer.due(50), start + Duration::from_millis(50));
         // Past the deadline every waiter goes.
         pacer.wait(1_000_000).await;

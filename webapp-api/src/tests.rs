@@ -53,6 +53,11 @@ impl Server {
         Server::start_inner(|_| {}, true).await
     }
 
+    /// [`Server::start_with_cluster`], with `configure` applied to the Web API's config.
+    pub(crate) async fn start_with_cluster_and(configure: impl FnOnce(&mut Config)) -> Server {
+        Server::start_inner(configure, true).await
+    }
+
     /// The user events the admin server relayed so far, oldest first.
     pub(crate) fn relayed_events(&self) -> Vec<shared::protocol::UserEvent> {
         self.cluster
@@ -76,7 +81,8 @@ impl Server {
         let mut config = Config::defaults();
         config.node.data_dir = dir.path().to_path_buf();
         config.webapp.max_body_bytes = MAX_BODY;
-        config.webapp.gateway_urls = vec!["ws://gw-a:1/rtm".into(), "ws://gw-b:2/rtm".into()];
+        config.webapp.gateway_urls =
+            vec!["ws://127.0.0.1:1/rtm".into(), "ws://127.0.0.2:2/rtm".into()];
         configure(&mut config);
         let shutdown = Shutdown::new();
         let cluster = match with_cluster {
@@ -98,7 +104,12 @@ impl Server {
             base,
             store,
             signer,
-            http: reqwest::Client::new(),
+            // Bounded, so a request the server never answers fails its test instead of
+            // hanging the suite.
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("http client"),
             shutdown,
             task,
             dir,
@@ -220,9 +231,15 @@ impl Server {
 
     pub(crate) async fn stop(self) {
         self.shutdown.trigger();
-        self.task.await.expect("join").expect("run");
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.task)
+            .await
+            .expect("the Web API stopped")
+            .expect("join")
+            .expect("run");
         if let Some(cluster) = self.cluster {
-            cluster.stop().await;
+            tokio::time::timeout(std::time::Duration::from_secs(30), cluster.stop())
+                .await
+                .expect("the admin and channel servers stopped");
         }
     }
 }
@@ -1295,11 +1312,13 @@ async fn rtm_connect_hands_out_gateways_round_robin() {
     let b = s.ok("rtm.connect", &bob, json!({})).await;
     let urls = [a["url"].as_str().unwrap(), b["url"].as_str().unwrap()];
     assert!(
-        urls.iter().any(|u| u.starts_with("ws://gw-a:1/rtm?token=")),
+        urls.iter()
+            .any(|u| u.starts_with("ws://127.0.0.1:1/rtm?token=")),
         "{urls:?}"
     );
     assert!(
-        urls.iter().any(|u| u.starts_with("ws://gw-b:2/rtm?token=")),
+        urls.iter()
+            .any(|u| u.starts_with("ws://127.0.0.2:2/rtm?token=")),
         "{urls:?}"
     );
     assert!(urls[0].ends_with(&bob));
