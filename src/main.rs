@@ -351,7 +351,18 @@ async fn migrate(config: Config) -> anyhow::Result<()> {
 
 async fn admin(config: Config, command: AdminCommand) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
+    // A new data directory gets its secret here (tests and first setups run `admin` before
+    // any server). Said aloud: tokens signed with a secret the servers do not read are refused.
+    let secret = config.cluster_secret_path();
+    let existed = secret.exists();
     let signer = signer(&config, true)?;
+    if !existed {
+        eprintln!(
+            "created a new cluster secret at {}: gateways, Flannel and the Web API accept the \
+             tokens printed here only if node.cluster_secret_file names this file",
+            secret.display()
+        );
+    }
     match command {
         AdminCommand::CreateWorkspace { name } => {
             let ws = webapp_api::create_workspace(&store, &name).await?;
@@ -518,12 +529,18 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
     });
     write_json(&data_dir.join("urls.json"), &urls)?;
 
-    // Wait until the channel servers joined the ring, so the first post succeeds.
-    for _ in 0..100 {
-        if cs_health.iter().all(|(_, h)| h.is_ready()) {
+    // Wait until the channel servers joined the ring, so the first post succeeds (at most
+    // 30 s: a loaded machine can take seconds; past that, say so rather than claim it).
+    let mut ready = false;
+    for _ in 0..600 {
+        ready = cs_health.iter().all(|(_, h)| h.is_ready());
+        if ready {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if !ready {
+        tracing::warn!("channel servers have not joined the ring after 30 s; posts fail with no_owner until they do");
     }
     print_welcome(&urls, &tokens, &data_dir);
 
