@@ -41,10 +41,7 @@ use crate::workspace::{Applied, WorkspaceData};
 /// While the admin link is down, how long a copy loaded meanwhile is served.
 pub const DISCONNECTED_MAX_AGE: Duration = Duration::from_secs(1);
 /// Least time between two reloads asked for by tokens naming unknown users.
-#[cfg(not(test))]
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
-#[cfg(test)]
-pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A cached workspace, shared with the queries reading it.
 pub type SharedWorkspace = Arc<RwLock<WorkspaceData>>;
@@ -77,8 +74,8 @@ struct Inner {
 }
 
 impl Inner {
-    fn is_fresh(&self, slot: &Slot, max_age: Option<Duration>) -> bool {
-        let age = slot.loaded_at.elapsed();
+    fn is_fresh(&self, slot: &Slot, now: Instant, max_age: Option<Duration>) -> bool {
+        let age = now.saturating_duration_since(slot.loaded_at);
         !slot.stale
             && slot.generation == self.generation
             && (self.link_up || age < DISCONNECTED_MAX_AGE)
@@ -95,16 +92,75 @@ pub struct Budget {
     pub max_age: Option<Duration>,
 }
 
+/// What one cache has done since it was made. The Prometheus metrics add up every cache of
+/// the process; this is the one cache's own count, which a test can wait on (a load under way,
+/// callers joining it) instead of sleeping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// [`Cache::get`] calls that found no fresh copy: each started a load or joined one.
+    pub misses: u64,
+    /// Loads started.
+    pub loads: u64,
+}
+
+/// The time a cache goes by: the monotonic clock, or in unit tests one moved by hand.
+///
+/// Not tokio's paused clock: the tests load from the real Web API over loopback HTTP, and a
+/// paused clock jumps to the next timer whenever the runtime waits on a socket, which would
+/// fire the HTTP client's timeouts. A manual clock moves only the cache's time.
+#[derive(Clone, Default)]
+pub(crate) struct Clock {
+    #[cfg(test)]
+    manual: Option<Arc<Mutex<Instant>>>,
+}
+
+impl Clock {
+    fn now(&self) -> Instant {
+        #[cfg(test)]
+        if let Some(manual) = &self.manual {
+            return *manual.lock();
+        }
+        Instant::now()
+    }
+}
+
+#[cfg(test)]
+impl Clock {
+    /// A clock that stands still until [`Clock::advance`].
+    pub(crate) fn manual_for_test() -> Clock {
+        Clock {
+            manual: Some(Arc::new(Mutex::new(Instant::now()))),
+        }
+    }
+
+    pub(crate) fn advance(&self, by: Duration) {
+        let manual = self.manual.as_ref().expect("a manual clock");
+        *manual.lock() += by;
+    }
+}
+
 /// The cached workspaces of one Flannel.
 pub struct Cache {
     source: Arc<dyn SnapshotSource>,
     budget: Budget,
     inner: Mutex<Inner>,
-    clock: AtomicU64,
+    /// Orders uses for the least-recently-used eviction.
+    lru_tick: AtomicU64,
+    /// Ages copies for staleness.
+    clock: Clock,
+    activity: watch::Sender<Activity>,
 }
 
 impl Cache {
     pub fn new(source: Arc<dyn SnapshotSource>, budget: Budget) -> Arc<Cache> {
+        Cache::with_clock(source, budget, Clock::default())
+    }
+
+    pub(crate) fn with_clock(
+        source: Arc<dyn SnapshotSource>,
+        budget: Budget,
+        clock: Clock,
+    ) -> Arc<Cache> {
         Arc::new(Cache {
             source,
             budget,
@@ -115,12 +171,19 @@ impl Cache {
                 link_up: false,
                 total_users: 0,
             }),
-            clock: AtomicU64::new(1),
+            lru_tick: AtomicU64::new(1),
+            clock,
+            activity: watch::Sender::new(Activity::default()),
         })
     }
 
     fn tick(&self) -> u64 {
-        self.clock.fetch_add(1, Ordering::Relaxed)
+        self.lru_tick.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// This cache's misses and loads so far, updated as they happen.
+    pub fn activity(&self) -> watch::Receiver<Activity> {
+        self.activity.subscribe()
     }
 
     /// The workspace, from memory when a fresh copy is cached, else loaded (joining a load
@@ -129,7 +192,7 @@ impl Cache {
         let mut done = {
             let mut inner = self.inner.lock();
             if let Some(slot) = inner.slots.get(workspace) {
-                if inner.is_fresh(slot, self.budget.max_age) {
+                if inner.is_fresh(slot, self.clock.now(), self.budget.max_age) {
                     let data = slot.data.clone();
                     let now = self.tick();
                     if let Some(slot) = inner.slots.get_mut(workspace) {
@@ -140,6 +203,7 @@ impl Cache {
                 }
             }
             m::MISSES.inc();
+            self.activity.send_modify(|a| a.misses += 1);
             match inner.loading.get(workspace) {
                 Some(loading) => loading.done.clone(),
                 None => self.start_load(&mut inner, workspace),
@@ -168,6 +232,7 @@ impl Cache {
                 pending: Vec::new(),
             },
         );
+        self.activity.send_modify(|a| a.loads += 1);
         let generation = inner.generation;
         let cache = self.clone();
         let workspace = workspace.clone();
@@ -234,7 +299,7 @@ impl Cache {
         let slot = Slot {
             data: data.clone(),
             generation,
-            loaded_at: Instant::now(),
+            loaded_at: self.clock.now(),
             last_used: self.tick(),
             num_users,
             stale,
@@ -301,7 +366,10 @@ impl Cache {
     pub fn refresh(&self, workspace: &WorkspaceId) -> bool {
         let mut inner = self.inner.lock();
         match inner.slots.get_mut(workspace) {
-            Some(slot) if slot.loaded_at.elapsed() >= MIN_REFRESH_INTERVAL => {
+            Some(slot)
+                if self.clock.now().saturating_duration_since(slot.loaded_at)
+                    >= MIN_REFRESH_INTERVAL =>
+            {
                 slot.stale = true;
                 m::INVALIDATIONS.with_label_values(&["unknown_user"]).inc();
                 true
@@ -343,56 +411,19 @@ impl Cache {
         inner
             .slots
             .get(workspace)
-            .is_some_and(|s| inner.is_fresh(s, self.budget.max_age))
+            .is_some_and(|s| inner.is_fresh(s, self.clock.now(), self.budget.max_age))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    //! Every load comes from the real Web API over HTTP ([`WebApi`]), through the production
+    //! [`crate::loader::WebappSource`].
+
     use super::*;
-    use crate::workspace::tests::{profile, snapshot};
-    use shared::ids::UserId;
-    use shared::protocol::WorkspaceSnapshot;
-    use std::sync::atomic::AtomicUsize;
-
-    /// Workspaces `T0`, `T1`, ... of `users` users each; counts loads; can be held.
-    struct FakeSource {
-        users: usize,
-        loads: AtomicUsize,
-        gate: tokio::sync::Semaphore,
-        name_suffix: Mutex<String>,
-    }
-
-    impl FakeSource {
-        fn new(users: usize) -> Arc<FakeSource> {
-            Arc::new(FakeSource {
-                users,
-                loads: AtomicUsize::new(0),
-                gate: tokio::sync::Semaphore::new(1_000_000),
-                name_suffix: Mutex::new(String::new()),
-            })
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl SnapshotSource for FakeSource {
-        async fn snapshot(&self, workspace: &WorkspaceId) -> Result<WorkspaceSnapshot, LoadError> {
-            let _permit = self.gate.acquire().await.unwrap();
-            self.loads.fetch_add(1, Ordering::SeqCst);
-            if workspace.as_str() == "TMISSING" {
-                return Err(LoadError::NoSuchWorkspace);
-            }
-            let mut s = snapshot();
-            s.workspace = workspace.clone();
-            s.workspace_name = format!("{workspace}{}", self.name_suffix.lock());
-            s.users = (0..self.users)
-                .map(|i| profile(&format!("U{i}"), &format!("user{i}"), "Some One", false))
-                .collect();
-            s.channels.clear();
-            s.members.clear();
-            Ok(s)
-        }
-    }
+    use crate::test_web_api::{within, WebApi};
+    use crate::workspace::tests::profile;
+    use shared::ids::ChannelId;
 
     fn budget(max_workspaces: usize, max_users: usize) -> Budget {
         Budget {
@@ -402,27 +433,42 @@ mod tests {
         }
     }
 
+    fn num_loads(cache: &Cache) -> u64 {
+        cache.activity().borrow().loads
+    }
+
     #[tokio::test]
     async fn loads_once_then_hits_and_concurrent_callers_share_one_load() {
-        let source = FakeSource::new(3);
-        let cache = Cache::new(source.clone(), budget(10, 1000));
+        // Not answering yet: the first load stays under way until every caller has asked.
+        let api = WebApi::prepare().await;
+        let cache = Cache::new(api.source(), budget(10, 1000));
         cache.link_changed(true);
-        let ws = WorkspaceId::from("T1");
-        let _hold = source.gate.acquire_many(1_000_000).await.unwrap();
+        let ws = api.demo_workspace();
         let waiters: Vec<_> = (0..5)
             .map(|_| {
                 let (cache, ws) = (cache.clone(), ws.clone());
-                tokio::spawn(async move { cache.get(&ws).await.map(|d| d.read().num_users()) })
+                tokio::spawn(async move { cache.get(&ws).await })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        drop(_hold);
+        within(
+            "five callers to ask",
+            cache.activity().wait_for(|a| a.misses == 5),
+        )
+        .await
+        .expect("cache alive");
+        assert_eq!(num_loads(&cache), 1, "the callers share one load");
+        api.serve();
+        let mut loaded = Vec::new();
         for w in waiters {
-            assert_eq!(w.await.unwrap().unwrap(), 3);
+            let data = within("the shared load", w).await.unwrap().unwrap();
+            assert_eq!(data.read().num_users(), 3);
+            loaded.push(data);
         }
-        assert_eq!(source.loads.load(Ordering::SeqCst), 1);
-        cache.get(&ws).await.unwrap();
-        assert_eq!(source.loads.load(Ordering::SeqCst), 1);
+        assert!(loaded.iter().all(|d| Arc::ptr_eq(d, &loaded[0])));
+        assert_eq!(num_loads(&cache), 1);
+        let hit = cache.get(&ws).await.unwrap();
+        assert!(Arc::ptr_eq(&hit, &loaded[0]));
+        assert_eq!(num_loads(&cache), 1);
         assert!(matches!(
             cache.get(&WorkspaceId::from("TMISSING")).await,
             Err(LoadError::NoSuchWorkspace)
@@ -431,15 +477,13 @@ mod tests {
 
     #[tokio::test]
     async fn least_recently_used_workspaces_leave_first_by_count_and_by_users() {
-        let source = FakeSource::new(10);
+        let api = WebApi::start().await;
+        let a = api.add_workspace("ta", 10).await;
+        let b = api.add_workspace("tb", 10).await;
+        let c = api.add_workspace("tc", 10).await;
         // By count: two workspaces at most.
-        let cache = Cache::new(source.clone(), budget(2, 1000));
+        let cache = Cache::new(api.source(), budget(2, 1000));
         cache.link_changed(true);
-        let (a, b, c) = (
-            WorkspaceId::from("TA"),
-            WorkspaceId::from("TB"),
-            WorkspaceId::from("TC"),
-        );
         cache.get(&a).await.unwrap();
         cache.get(&b).await.unwrap();
         cache.get(&a).await.unwrap(); // a is now more recent than b
@@ -448,7 +492,7 @@ mod tests {
         assert_eq!(cache.size(), (2, 20));
 
         // By users: 25 users hold two workspaces of 10, not three.
-        let cache = Cache::new(source.clone(), budget(100, 25));
+        let cache = Cache::new(api.source(), budget(100, 25));
         cache.link_changed(true);
         cache.get(&a).await.unwrap();
         cache.get(&b).await.unwrap();
@@ -456,12 +500,12 @@ mod tests {
         assert!(!cache.is_cached(&a) && cache.is_cached(&b) && cache.is_cached(&c));
         assert_eq!(cache.size(), (2, 20));
         // An evicted workspace reloads correctly.
-        let before = source.loads.load(Ordering::SeqCst);
+        let before = num_loads(&cache);
         assert_eq!(cache.get(&a).await.unwrap().read().num_users(), 10);
-        assert_eq!(source.loads.load(Ordering::SeqCst), before + 1);
+        assert_eq!(num_loads(&cache), before + 1);
 
         // One workspace over the whole budget is still served.
-        let cache = Cache::new(source.clone(), budget(100, 5));
+        let cache = Cache::new(api.source(), budget(100, 5));
         cache.link_changed(true);
         cache.get(&a).await.unwrap();
         cache.get(&b).await.unwrap();
@@ -470,89 +514,118 @@ mod tests {
 
     #[tokio::test]
     async fn events_apply_to_cached_copies_and_queue_behind_loads() {
-        let source = FakeSource::new(2);
-        let cache = Cache::new(source.clone(), budget(10, 1000));
+        // Not answering yet: the load stays under way while the event arrives.
+        let api = WebApi::prepare().await;
+        let cache = Cache::new(api.source(), budget(10, 1000));
         cache.link_changed(true);
-        let ws = WorkspaceId::from("T1");
+        let ws = api.demo_workspace();
+        let alice = api.demo_user("alice");
         let renamed = |name: &str| UserEvent::UserChanged {
             workspace: ws.clone(),
-            user: profile("U0", name, "Some One", false),
+            user: profile(alice.as_str(), name, "Alice", false),
         };
         // Not cached: dropped.
         cache.apply_event(&renamed("dropped"));
+        assert_eq!(cache.size(), (0, 0));
         // During a load: applied after it.
-        let hold = source.gate.acquire_many(1_000_000).await.unwrap();
         let getter = {
             let (cache, ws) = (cache.clone(), ws.clone());
             tokio::spawn(async move { cache.get(&ws).await })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        within(
+            "the load to start",
+            cache.activity().wait_for(|a| a.loads == 1),
+        )
+        .await
+        .expect("cache alive");
         cache.apply_event(&renamed("during-load"));
-        drop(hold);
-        let data = getter.await.unwrap().unwrap();
-        assert_eq!(
-            data.read().user(&UserId::from("U0")).unwrap().name,
-            "during-load"
-        );
+        api.serve();
+        let data = within("the load", getter).await.unwrap().unwrap();
+        assert_eq!(data.read().user(&alice).unwrap().name, "during-load");
         // Cached: applied at once.
         cache.apply_event(&renamed("after"));
-        assert_eq!(data.read().user(&UserId::from("U0")).unwrap().name, "after");
-        assert_eq!(source.loads.load(Ordering::SeqCst), 1);
+        assert_eq!(data.read().user(&alice).unwrap().name, "after");
+        assert_eq!(num_loads(&cache), 1);
     }
 
     #[tokio::test]
     async fn a_lost_admin_link_makes_every_copy_reload() {
-        let source = FakeSource::new(2);
-        let cache = Cache::new(source.clone(), budget(10, 1000));
+        let api = WebApi::start().await;
+        let clock = Clock::manual_for_test();
+        let cache = Cache::with_clock(api.source(), budget(10, 1000), clock.clone());
         cache.link_changed(true);
-        let ws = WorkspaceId::from("T1");
-        cache.get(&ws).await.unwrap();
+        let ws = api.demo_workspace();
+        assert_eq!(cache.get(&ws).await.unwrap().read().num_users(), 3);
         cache.link_changed(false);
         assert!(!cache.is_cached(&ws));
-        *source.name_suffix.lock() = "-v2".into();
-        assert_eq!(cache.get(&ws).await.unwrap().read().name(), "T1-v2");
+        // Made behind the events' back: the reload sees it.
+        api.add_user(&ws, "dave").await;
+        assert_eq!(cache.get(&ws).await.unwrap().read().num_users(), 4);
         // Loaded while down: served for a short while only.
+        assert!(cache.is_cached(&ws));
+        clock.advance(DISCONNECTED_MAX_AGE);
+        assert!(!cache.is_cached(&ws), "too old while the link is down");
+        cache.get(&ws).await.unwrap();
         assert!(cache.is_cached(&ws));
         cache.link_changed(true);
         assert!(!cache.is_cached(&ws), "reloads once the link is back");
         cache.get(&ws).await.unwrap();
-        assert_eq!(source.loads.load(Ordering::SeqCst), 3);
+        assert!(cache.is_cached(&ws));
+        assert_eq!(num_loads(&cache), 4);
     }
 
     #[tokio::test]
     async fn copies_older_than_the_max_age_reload() {
-        let source = FakeSource::new(2);
+        let api = WebApi::start().await;
+        let clock = Clock::manual_for_test();
+        let max_age = Duration::from_secs(60);
         let mut b = budget(10, 1000);
-        b.max_age = Some(Duration::from_millis(30));
-        let cache = Cache::new(source.clone(), b);
+        b.max_age = Some(max_age);
+        let cache = Cache::with_clock(api.source(), b, clock.clone());
         cache.link_changed(true);
-        let ws = WorkspaceId::from("T1");
+        let ws = api.demo_workspace();
         cache.get(&ws).await.unwrap();
         cache.get(&ws).await.unwrap();
-        assert_eq!(source.loads.load(Ordering::SeqCst), 1);
-        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert_eq!(num_loads(&cache), 1);
+        clock.advance(max_age - Duration::from_millis(1));
         cache.get(&ws).await.unwrap();
-        assert_eq!(source.loads.load(Ordering::SeqCst), 2);
+        assert_eq!(num_loads(&cache), 1, "not yet too old");
+        clock.advance(Duration::from_millis(1));
+        cache.get(&ws).await.unwrap();
+        assert_eq!(num_loads(&cache), 2);
     }
 
     #[tokio::test]
     async fn unknown_users_and_members_trigger_a_reload() {
-        let source = FakeSource::new(2);
-        let cache = Cache::new(source.clone(), budget(10, 1000));
+        let api = WebApi::start().await;
+        let clock = Clock::manual_for_test();
+        let cache = Cache::with_clock(api.source(), budget(10, 1000), clock.clone());
         cache.link_changed(true);
-        let ws = WorkspaceId::from("T1");
+        let ws = api.demo_workspace();
         cache.get(&ws).await.unwrap();
-        tokio::time::sleep(MIN_REFRESH_INTERVAL * 2).await;
+        assert!(!cache.refresh(&ws), "not right after a load");
+        clock.advance(MIN_REFRESH_INTERVAL);
         assert!(cache.refresh(&ws));
         assert!(!cache.is_cached(&ws));
         cache.get(&ws).await.unwrap();
+        assert_eq!(num_loads(&cache), 2);
         assert!(!cache.refresh(&ws), "not again right away");
+        assert!(cache.is_cached(&ws));
         cache.apply_event(&UserEvent::ChannelJoined {
             workspace: ws.clone(),
-            channel: shared::ids::ChannelId::from("CUNKNOWN"),
-            user: UserId::from("U0"),
+            channel: ChannelId::from("CUNKNOWN"),
+            user: api.demo_user("alice"),
             channel_name: "x".into(),
         });
         assert!(!cache.is_cached(&ws));
+        // The demo's own #general is known: joining it is applied, not a reload.
+        cache.get(&ws).await.unwrap();
+        cache.apply_event(&UserEvent::ChannelJoined {
+            workspace: ws.clone(),
+            channel: api.demo_general(),
+            user: api.demo_user("bob"),
+            channel_name: "general".into(),
+        });
+        assert!(cache.is_cached(&ws));
     }
 }

@@ -14,7 +14,7 @@
 //! - [`workspace`]: one workspace's cached data, event application, the queries (pure).
 //! - [`cache`]: the set of cached workspaces: single-flight lazy loads, events, staleness, LRU
 //!   eviction by `flannel.max_workspaces` and `flannel.max_cached_users`.
-//! - [`loader`]: where workspaces load from (the Web API; a store for tests and benchmarks).
+//! - [`loader`]: where workspaces load from (the Web API; a store for the benchmark).
 //! - [`service`]: the queries with authentication, independent of HTTP.
 //! - [`http`]: the HTTP routes; [`metrics`]: Prometheus metrics.
 //!
@@ -34,6 +34,8 @@ pub mod http;
 pub mod loader;
 pub mod metrics;
 pub mod service;
+#[cfg(test)]
+mod test_web_api;
 pub mod workspace;
 
 use std::sync::Arc;

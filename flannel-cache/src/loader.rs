@@ -1,5 +1,5 @@
 //! Where workspaces are loaded from: the Web API's `internal.flannel.snapshot` in production
-//! ([`WebappSource`]), or a store directly ([`StoreSource`], for tests and the benchmark).
+//! ([`WebappSource`]), or a store directly ([`StoreSource`], for the benchmark).
 
 use std::time::Duration;
 

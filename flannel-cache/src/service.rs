@@ -222,31 +222,32 @@ fn list_answer<'a>(key: &str, items: impl Iterator<Item = &'a str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    //! The workspace loads from the real Web API over HTTP ([`WebApi`]).
+
     use super::*;
     use crate::cache::Budget;
-    use crate::loader::SnapshotSource;
+    use crate::test_web_api::WebApi;
     use serde_json::Value;
     use shared::ids::WorkspaceId;
-    use shared::protocol::WorkspaceSnapshot;
 
-    struct OneWorkspace;
-
-    #[async_trait::async_trait]
-    impl SnapshotSource for OneWorkspace {
-        async fn snapshot(&self, workspace: &WorkspaceId) -> Result<WorkspaceSnapshot, LoadError> {
-            let s = crate::workspace::tests::snapshot();
-            if *workspace == s.workspace {
-                Ok(s)
-            } else {
-                Err(LoadError::NoSuchWorkspace)
-            }
-        }
+    /// The real Web API's demo workspace (alice, bob, carol in #general) plus a private
+    /// #secret of alice and carol, and a Flannel loading from it.
+    struct Setup {
+        api: WebApi,
+        flannel: Arc<Flannel>,
+        ws: WorkspaceId,
+        secret: ChannelId,
     }
 
-    fn flannel() -> (Arc<Flannel>, TokenSigner) {
-        let signer = TokenSigner::new(b"secret");
+    async fn setup() -> Setup {
+        let api = WebApi::start().await;
+        let ws = api.demo_workspace();
+        let (alice, carol) = (api.demo_user("alice"), api.demo_user("carol"));
+        let secret = api
+            .add_channel(&ws, "secret", true, &[&alice, &carol])
+            .await;
         let cache = Cache::new(
-            Arc::new(OneWorkspace),
+            api.source(),
             Budget {
                 max_workspaces: 10,
                 max_users: 1000,
@@ -254,13 +255,19 @@ mod tests {
             },
         );
         cache.link_changed(true);
-        (Flannel::new(cache, signer.clone()), signer)
+        let flannel = Flannel::new(cache, api.signer.clone());
+        Setup {
+            api,
+            flannel,
+            ws,
+            secret,
+        }
     }
 
-    fn token(signer: &TokenSigner, ws: &str, user: &str) -> String {
+    fn token(signer: &TokenSigner, ws: &WorkspaceId, user: &UserId) -> String {
         signer.issue(&Claims {
-            workspace: WorkspaceId::from(ws),
-            user: UserId::from(user),
+            workspace: ws.clone(),
+            user: user.clone(),
             admin: false,
             bot: false,
             issued_at: 1,
@@ -274,20 +281,29 @@ mod tests {
 
     #[tokio::test]
     async fn queries_answer_and_bad_ones_get_clear_errors() {
-        let (f, signer) = flannel();
-        let alice = token(&signer, "TACME", "UALICE");
-        let bob = token(&signer, "TACME", "UBOB");
+        let Setup {
+            api,
+            flannel: f,
+            ws,
+            secret,
+        } = setup().await;
+        let signer = &api.signer;
+        let (alice_id, bob_id) = (api.demo_user("alice"), api.demo_user("bob"));
+        let carol_id = api.demo_user("carol");
+        let general = api.demo_general();
+        let alice = token(signer, &ws, &alice_id);
+        let bob = token(signer, &ws, &bob_id);
         let t = Some(alice.as_str());
 
         let boot = parse(f.boot(t).await);
         assert_eq!(boot["self"]["name"], "alice");
         let found = parse(f.users_lookup(t, Some("Car"), None).await);
-        assert_eq!(found["users"][0]["id"], "UCAROL");
-        let info = parse(f.users_info(t, Some("UBOB")).await);
+        assert_eq!(found["users"][0]["id"], carol_id.as_str());
+        let info = parse(f.users_info(t, Some(bob_id.as_str())).await);
         assert_eq!(info["user"]["name"], "bob");
         let chans = parse(f.channels_lookup(t, Some("#sec"), Some("5")).await);
-        assert_eq!(chans["channels"][0]["id"], "CSECRET");
-        let info = parse(f.channels_info(t, Some("CGENERAL")).await);
+        assert_eq!(chans["channels"][0]["id"], secret.as_str());
+        let info = parse(f.channels_info(t, Some(general.as_str())).await);
         assert_eq!(info["channel"]["name"], "general");
 
         assert_eq!(f.boot(None).await, Err(QueryError::NotAuthed));
@@ -296,17 +312,17 @@ mod tests {
             f.boot(Some("xoxp-garbage")).await,
             Err(QueryError::InvalidAuth)
         );
-        let forged = token(&TokenSigner::new(b"other"), "TACME", "UALICE");
+        let forged = token(&TokenSigner::new(b"other"), &ws, &alice_id);
         assert_eq!(f.boot(Some(&forged)).await, Err(QueryError::InvalidAuth));
         // A validly signed token of a user or workspace Flannel's source does not know.
-        let ghost = token(&signer, "TACME", "UGHOST");
+        let ghost = token(signer, &ws, &UserId::from("UGHOST"));
         assert_eq!(f.boot(Some(&ghost)).await, Err(QueryError::InvalidAuth));
-        let foreign_ws = token(&signer, "TOTHER", "UALICE");
+        let foreign_ws = token(signer, &WorkspaceId::from("TOTHER"), &alice_id);
         assert_eq!(
             f.boot(Some(&foreign_ws)).await,
             Err(QueryError::InvalidAuth)
         );
-        let service = signer.issue(&Claims::service(WorkspaceId::from("TACME"), 1));
+        let service = signer.issue(&Claims::service(ws.clone(), 1));
         assert_eq!(
             f.boot(Some(&service)).await,
             Err(QueryError::NotAllowedTokenType)
@@ -323,7 +339,7 @@ mod tests {
         assert_eq!(f.users_info(t, None).await, Err(QueryError::UserNotFound));
         // bob is not in #secret: it does not exist for him.
         assert_eq!(
-            f.channels_info(Some(&bob), Some("CSECRET")).await,
+            f.channels_info(Some(&bob), Some(secret.as_str())).await,
             Err(QueryError::ChannelNotFound)
         );
         assert_eq!(

@@ -1,0 +1,220 @@
+//! The real Web API for the unit tests that load workspaces: `webapp_api::run` in process on
+//! loopback, over a real embedded store in a temporary directory seeded with the demo
+//! workspace, with its mesh link to a real admin server. Flannel reaches it the way it does
+//! in production, through [`WebappSource`] over HTTP.
+//!
+//! A test that needs a load to be under way (to join it, or to send an event while it runs)
+//! starts with [`WebApi::prepare`]: the listener is bound but the Web API does not answer
+//! until [`WebApi::serve`], so a load connects (the kernel queues the connection) and then
+//! waits, for as long as the test wants, without a sleep.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use shared::auth::TokenSigner;
+use shared::config::Config;
+use shared::ids::{ChannelId, Ts, UserId, WorkspaceId};
+use shared::mesh::{Mesh, MeshTls, PeerPool};
+use shared::shutdown::Shutdown;
+use shared::store::sqlite::SqliteStore;
+use shared::store::{Channel, SharedStore};
+use shared::telemetry::Health;
+use tokio::net::TcpListener;
+
+use crate::loader::WebappSource;
+
+/// How long a test waits for anything (a load, a signal) before it fails instead of hanging.
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
+
+/// `fut`, or a panic naming `what` if it takes longer than [`WAIT`].
+pub(crate) async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A real Web API (and the admin server it links to), stopped when dropped.
+pub(crate) struct WebApi {
+    pub(crate) url: String,
+    /// The Web API's own store: tests change data behind its back through it, as the CLI can.
+    pub(crate) store: SharedStore,
+    /// The cluster secret: the Web API's, so Flannel's service tokens and client tokens verify.
+    pub(crate) signer: TokenSigner,
+    /// What `seed_demo` returned: the demo workspace's ids and tokens.
+    demo: Value,
+    /// Until [`WebApi::serve`]: the bound listener and what the Web API runs with.
+    unserved: Mutex<Option<(TcpListener, Config, webapp_api::AdminLink)>>,
+    shutdown: Shutdown,
+    _dir: tempfile::TempDir,
+}
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+impl WebApi {
+    /// A Web API that answers at once.
+    pub(crate) async fn start() -> WebApi {
+        let api = WebApi::prepare().await;
+        api.serve();
+        api
+    }
+
+    /// A seeded store, a running admin server and the Web API's bound listener, not answering
+    /// until [`WebApi::serve`].
+    pub(crate) async fn prepare() -> WebApi {
+        shared::mesh::install_crypto_provider();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: SharedStore =
+            Arc::new(SqliteStore::open(&dir.path().join("store"), 2).expect("store"));
+        let signer = TokenSigner::new(b"flannel-test-secret");
+        let demo = webapp_api::seed_demo(&store, &signer, dir.path())
+            .await
+            .expect("seed the demo workspace");
+
+        let tls_dir = dir.path().join("tls");
+        shared::mesh::tls::generate_dev_certs(&tls_dir).expect("dev certs");
+        let tls = MeshTls::load(
+            &tls_dir.join("ca.pem"),
+            &tls_dir.join("node.pem"),
+            &tls_dir.join("node.key"),
+        )
+        .expect("mesh tls");
+        let admin_mesh = std::net::UdpSocket::bind(loopback()).expect("bind admin mesh");
+        let admin_addr = admin_mesh.local_addr().expect("admin mesh addr");
+        let mut config = Config::defaults();
+        config.node.data_dir = dir.path().to_path_buf();
+        config.mesh.admin_addr = admin_addr;
+        let shutdown = Shutdown::new();
+        let admin_http = TcpListener::bind(loopback())
+            .await
+            .expect("bind admin http");
+        tokio::spawn(admin_server::run(
+            config.clone(),
+            "admin-1".into(),
+            admin_mesh,
+            admin_http,
+            admin_server::AdminDeps {
+                tls: tls.clone(),
+                health: Health::default(),
+            },
+            shutdown.clone(),
+        ));
+        let mesh = Mesh::client(
+            loopback(),
+            &tls,
+            config.mesh.max_frame_bytes,
+            Duration::from_millis(config.mesh.connect_timeout_ms),
+        )
+        .expect("web api mesh endpoint");
+        let admin = webapp_api::AdminLink::new(Arc::new(PeerPool::new(Arc::new(mesh))), admin_addr);
+
+        let listener = TcpListener::bind(loopback()).await.expect("bind web api");
+        let url = format!("http://{}", listener.local_addr().expect("web api addr"));
+        WebApi {
+            url,
+            store,
+            signer,
+            demo,
+            unserved: Mutex::new(Some((listener, config, admin))),
+            shutdown,
+            _dir: dir,
+        }
+    }
+
+    /// Starts answering (queued connections included).
+    pub(crate) fn serve(&self) {
+        let (listener, config, admin) = self.unserved.lock().take().expect("served once");
+        tokio::spawn(webapp_api::run(
+            config,
+            listener,
+            webapp_api::WebappDeps {
+                store: self.store.clone(),
+                signer: self.signer.clone(),
+                admin,
+                health: Health::default(),
+            },
+            self.shutdown.clone(),
+        ));
+    }
+
+    /// Flannel's production source, pointed at this Web API.
+    pub(crate) fn source(&self) -> Arc<WebappSource> {
+        Arc::new(WebappSource::new(&self.url, self.signer.clone()).expect("web api client"))
+    }
+
+    /// The seeded demo workspace (alice, bob and carol, all in #general).
+    pub(crate) fn demo_workspace(&self) -> WorkspaceId {
+        WorkspaceId::from(self.demo["workspace"].as_str().expect("seeded workspace"))
+    }
+
+    /// A demo user's id, by name.
+    pub(crate) fn demo_user(&self, name: &str) -> UserId {
+        UserId::from(
+            self.demo["users"][name]["id"]
+                .as_str()
+                .expect("seeded user"),
+        )
+    }
+
+    /// A demo channel's id (`general`).
+    pub(crate) fn demo_general(&self) -> ChannelId {
+        ChannelId::from(self.demo["general"].as_str().expect("seeded #general"))
+    }
+
+    /// Adds a workspace of `num_users` users and no channels to the store.
+    pub(crate) async fn add_workspace(&self, name: &str, num_users: usize) -> WorkspaceId {
+        let ws = self.store.create_workspace(name).await.expect("workspace");
+        for i in 0..num_users {
+            self.add_user(&ws.id, &format!("user{i}")).await;
+        }
+        ws.id
+    }
+
+    /// Adds a user to the store (behind the events' back, as the CLI does).
+    pub(crate) async fn add_user(&self, workspace: &WorkspaceId, name: &str) -> UserId {
+        self.store
+            .create_user(workspace, name, "Some One", false, false)
+            .await
+            .expect("user")
+            .id
+    }
+
+    /// Adds a channel with the given members to the store.
+    pub(crate) async fn add_channel(
+        &self,
+        workspace: &WorkspaceId,
+        name: &str,
+        is_private: bool,
+        members: &[&UserId],
+    ) -> ChannelId {
+        let channel = Channel {
+            id: ChannelId::generate(),
+            workspace: workspace.clone(),
+            name: name.into(),
+            is_private,
+            creator: members[0].clone(),
+            created: Ts::now(),
+            topic: String::new(),
+            purpose: String::new(),
+            is_archived: false,
+        };
+        self.store.create_channel(&channel).await.expect("channel");
+        for user in members {
+            self.store
+                .add_member(&channel.id, user)
+                .await
+                .expect("member");
+        }
+        channel.id
+    }
+}
+
+impl Drop for WebApi {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+    }
+}
