@@ -9,8 +9,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-const WAIT: Duration = Duration::from_secs(10);
-
 /// Whether `e` is a `presence_change` about `id` (alone, or in a batch's `users`).
 fn about(e: &Value, id: &str) -> bool {
     e["type"] == "presence_change"
@@ -25,16 +23,49 @@ fn presence_of(id: &str, p: &'static str) -> impl Fn(&Value) -> bool {
     move |e: &Value| about(e, &id) && e["presence"] == p
 }
 
+/// Polls `user`'s own `users.getPresence` (which has the details: `online`, `manual_away`)
+/// until `pred(answer)` holds (bounded); returns it.
+async fn wait_presence(
+    cluster: &Cluster,
+    user: &TestUser,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let v = cluster
+            .api_ok("users.getPresence", &user.token, json!({}))
+            .await;
+        if pred(&v) {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "users.getPresence of {} never showed {what} within {WAIT:?}; last: {v}",
+            user.name
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Long enough that a close, the admin server hearing of it, and a reconnect fit inside it
+/// even on a slow host; the test waits on events, never on this delay.
+const DEBOUNCE_MS: u64 = 4000;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_is_debounced_across_gateways_and_settable() {
     let cluster = Cluster::start(
-        ClusterOpts::standard(&["alice", "bob"])
+        ClusterOpts::standard(&["alice", "bob", "carol"])
             .workspace("globex", &["gus"])
-            .set("admin-server", "admin.presence_debounce_ms=1500"),
+            .set(
+                "admin-server",
+                &format!("admin.presence_debounce_ms={DEBOUNCE_MS}"),
+            ),
     )
     .await;
     let alice = cluster.user("acme", "alice").clone();
     let bob = cluster.user("acme", "bob").clone();
+    let carol = cluster.user("acme", "carol").clone();
     let gus = cluster.user("globex", "gus").clone();
     let watcher = cluster.connect(0, &alice).await;
     let outsider = cluster.connect(1, &gus).await;
@@ -52,13 +83,34 @@ async fn presence_is_debounced_across_gateways_and_settable() {
         .api_ok("users.getPresence", &alice.token, json!({ "user": bob.id }))
         .await;
     assert_eq!(v["presence"], "active", "{v}");
+    // carol, on bob's gateway, is the sentinel of the no-flap check below.
+    let from = watcher.num_events();
+    let carol_ws = cluster.connect(1, &carol).await;
+    watcher
+        .wait_event(from, WAIT, "carol active", presence_of(&carol.id, "active"))
+        .await;
 
-    // bob drops and comes back on the other gateway well within the debounce: nothing.
+    // bob drops and comes back on the other gateway within the debounce: nothing. The admin
+    // server must have heard of the close (bob offline, still published active) before the
+    // reconnect, or the test would not exercise the debounce.
     let from = watcher.num_events();
     bob_ws.close().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let v = wait_presence(&cluster, &bob, "bob offline inside the debounce", |v| {
+        v["online"] == false
+    })
+    .await;
+    assert_eq!(
+        v["presence"], "active",
+        "bob went away before the reconnect: the host is too slow for a {DEBOUNCE_MS} ms debounce: {v}"
+    );
     let bob_ws = cluster.connect(0, &bob).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    wait_presence(&cluster, &bob, "bob online again", |v| v["online"] == true).await;
+    // Sentinel: carol leaves after bob came back, so her away is due after any away of bob's
+    // from that drop; once hers arrives, his would have.
+    carol_ws.close().await;
+    watcher
+        .wait_event(from, WAIT, "carol away", presence_of(&carol.id, "away"))
+        .await;
     let flaps: Vec<Value> = watcher.events()[from..]
         .iter()
         .filter(|e| about(e, &bob.id))
@@ -67,6 +119,14 @@ async fn presence_is_debounced_across_gateways_and_settable() {
     assert!(
         flaps.is_empty(),
         "a quick reconnect flapped presence: {flaps:?}"
+    );
+    let v = cluster
+        .api_ok("users.getPresence", &bob.token, json!({}))
+        .await;
+    assert_eq!(
+        (v["presence"].as_str(), v["online"].as_bool()),
+        (Some("active"), Some(true)),
+        "bob after the quick reconnect: {v}"
     );
 
     // bob goes for good: away once the debounce has passed.
@@ -86,16 +146,17 @@ async fn presence_is_debounced_across_gateways_and_settable() {
     );
 
     // Manual away while connected, then back to auto.
-    let bob_ws = cluster.connect(1, &bob).await;
     let from = watcher.num_events();
+    let bob_ws = cluster.connect(1, &bob).await;
     watcher
         .wait_event(
-            from.saturating_sub(5),
+            from,
             WAIT,
             "bob active again",
             presence_of(&bob.id, "active"),
         )
         .await;
+    let from = watcher.num_events();
     cluster
         .api_ok(
             "users.setPresence",
