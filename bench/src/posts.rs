@@ -8,8 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use parking_lot::Mutex;
 use serde::Serialize;
+use serde_json::json;
 
 use crate::pace::Pacer;
 use crate::report::{note, Progress};
@@ -77,6 +79,68 @@ pub fn check_seqs(per_channel: &[Vec<u64>]) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Compares one channel's stored seqs (from its history) with its acknowledged ones: each
+/// acknowledged post must be stored once, and nothing else.
+pub fn check_stored(channel: usize, acked: &[u64], stored: &[u64]) -> Option<String> {
+    let mut a = acked.to_vec();
+    a.sort_unstable();
+    let mut s = stored.to_vec();
+    s.sort_unstable();
+    if a == s {
+        return None;
+    }
+    let missing = a.iter().filter(|x| s.binary_search(x).is_err()).count();
+    let extra = s.len() + missing - a.len();
+    Some(format!(
+        "channel {channel}: {} acknowledged, {} stored: {missing} acknowledged posts missing \
+         from history, {extra} stored that were not acknowledged (or stored twice)",
+        a.len(),
+        s.len()
+    ))
+}
+
+/// Reads every channel's history back through the Web API (`conversations.history`, pages of
+/// 1,000) and checks it against what was acknowledged: a store that acknowledged a post it did
+/// not keep fails the run.
+async fn verify_stored(ctx: &Ctx, acked: &[Vec<u64>]) -> Vec<String> {
+    let jobs: Vec<usize> = (0..ctx.channel_ids.len()).collect();
+    let (api, tokens, ids) = (ctx.api.clone(), ctx.tokens.clone(), ctx.channel_ids.clone());
+    let acked: Arc<Vec<Vec<u64>>> = Arc::new(acked.to_vec());
+    let checked = for_each_concurrent(jobs, 8, move |c| {
+        let (api, tokens, ids, acked) = (api.clone(), tokens.clone(), ids.clone(), acked.clone());
+        async move {
+            let mut stored = Vec::new();
+            let mut cursor = String::new();
+            // Bounded: one page more than the acknowledged posts need.
+            for _ in 0..acked[c].len() / 1000 + 2 {
+                let v = api
+                    .call(
+                        "conversations.history",
+                        &tokens[c],
+                        json!({"channel": ids[c], "limit": 1000, "cursor": cursor}),
+                    )
+                    .await?;
+                for m in v["messages"].as_array().into_iter().flatten() {
+                    stored.push(m["seq"].as_u64().context("a message without seq")?);
+                }
+                cursor = v["response_metadata"]["next_cursor"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                if v["has_more"] != true || cursor.is_empty() {
+                    break;
+                }
+            }
+            Ok(check_stored(c, &acked[c], &stored))
+        }
+    })
+    .await;
+    match checked {
+        Ok(problems) => problems.into_iter().flatten().collect(),
+        Err(e) => vec![format!("reading history back failed: {e:#}")],
+    }
 }
 
 /// What every phase of one run posts with.
@@ -191,6 +255,11 @@ pub async fn run(
     sut.check_alive()?;
     errors.extend(m.errors);
     let per_channel: Vec<Vec<u64>> = ctx.acked.iter().map(|m| m.lock().clone()).collect();
+    let mut seq_problems = check_seqs(&per_channel);
+    note(format!(
+        "posts ({store} store): reading every channel's history back"
+    ));
+    seq_problems.extend(verify_stored(&ctx, &per_channel).await);
     Ok(Outcome {
         store: store.to_string(),
         posts: m.posts,
@@ -204,7 +273,7 @@ pub async fn run(
         cpu,
         store_cpu_s,
         warmup_posts,
-        seq_problems: check_seqs(&per_channel),
+        seq_problems,
         errors,
         curve: percentile_curve(&m.hist),
     })
@@ -328,5 +397,22 @@ mod tests {
         assert_eq!(check_seqs(&[vec![1, 3]]).len(), 1);
         assert_eq!(check_seqs(&[vec![1, 1, 2]]).len(), 1);
         assert_eq!(check_seqs(&[vec![2]]).len(), 1);
+    }
+
+    #[test]
+    fn stored_check() {
+        assert_eq!(check_stored(0, &[1, 2, 3], &[3, 2, 1]), None);
+        let lost = check_stored(1, &[1, 2, 3], &[3, 1]).unwrap();
+        assert!(lost.contains("1 acknowledged posts missing"), "{lost}");
+        let twice = check_stored(2, &[1, 2], &[2, 1, 2]).unwrap();
+        assert!(
+            twice.contains("1 stored that were not acknowledged"),
+            "{twice}"
+        );
+        let foreign = check_stored(3, &[1], &[1, 2]).unwrap();
+        assert!(
+            foreign.contains("0 acknowledged posts missing"),
+            "{foreign}"
+        );
     }
 }
