@@ -6,12 +6,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 /// Every entry of a channel on a client, whatever its type, in arrival order.
 fn entries(client: &Client, channel: &str) -> Vec<Value> {
@@ -125,6 +122,18 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
     assert_eq!(v["error"], "invalid_name", "{v}");
     let doomed = cluster.post(&alice, &channel, "typo mesage").await;
     let doomed_ts = doomed["ts"].as_str().unwrap().to_string();
+    // Indexed before it is deleted, so that "not found" below means the deletion reached the
+    // index, not that the post never did.
+    let v = cluster
+        .wait_search(&alice.token, "mesage", "the doomed post", |v| {
+            v["messages"]["total"] == 1
+        })
+        .await;
+    assert_eq!(
+        v["messages"]["matches"][0]["ts"],
+        doomed_ts.as_str(),
+        "the one hit is the doomed post: {v}"
+    );
     let v = cluster
         .api(
             "chat.delete",
@@ -242,36 +251,19 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
     assert_eq!(got["message"]["reactions"][0]["name"], "tada");
 
     // Search sees the edit and not the deleted message.
-    let mut found = Value::Null;
-    for _ in 0..40 {
-        let v = cluster
-            .api_ok(
-                "search.messages",
-                &alice.token,
-                json!({ "query": format!("monday in:#changes") }),
-            )
-            .await;
-        if v["messages"]["total"] == 2 {
-            found = v;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(
-        found["messages"]["total"], 2,
-        "edited parent and reply are searchable: {found}"
-    );
-    let v = cluster
-        .api_ok(
-            "search.messages",
+    cluster
+        .wait_search(
             &alice.token,
-            json!({ "query": "mesage" }),
+            "monday in:#changes",
+            "the edited parent and the reply",
+            |v| v["messages"]["total"] == 2,
         )
         .await;
-    assert_eq!(
-        v["messages"]["total"], 0,
-        "a deleted message is not found: {v}"
-    );
+    cluster
+        .wait_search(&alice.token, "mesage", "the deleted post gone", |v| {
+            v["messages"]["total"] == 0
+        })
+        .await;
 
     // A client that missed all of it gets every entry replayed on resume, in order.
     let resume: BTreeMap<String, u64> = [(channel.clone(), start_seq)].into_iter().collect();

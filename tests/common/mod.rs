@@ -734,6 +734,31 @@ impl Cluster {
         v
     }
 
+    /// Polls `search.messages` for `query` as `token` until `pred(answer)` holds (bounded by
+    /// [`WAIT`]: the index is fed shortly after the acknowledgement); returns the answer.
+    pub async fn wait_search(
+        &self,
+        token: &str,
+        query: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self
+                .api_ok("search.messages", token, json!({ "query": query }))
+                .await;
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "search for {query:?} never showed {what} within {WAIT:?}; last answer: {v}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Creates a public channel; returns its id.
     pub async fn create_channel(&self, user: &TestUser, name: &str) -> String {
         let v = self
