@@ -703,6 +703,17 @@ impl Cluster {
         metric_value(&text, name, labels)
     }
 
+    /// Like [`Cluster::metric`], but `None` when the metric has no such sample.
+    pub async fn metric_sample(
+        &self,
+        base: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<f64> {
+        let (_, text) = self.get_text(&format!("{base}/metrics")).await;
+        metric_sample(&text, name, labels)
+    }
+
     // ---- Web API ----
 
     /// Calls a Web API method with a JSON body; returns (HTTP status, JSON answer).
@@ -1178,9 +1189,15 @@ pub fn seqs(messages: &[Value]) -> Vec<u64> {
 }
 
 /// One sample's value from Prometheus text; with `labels` empty, the sum over every sample of
-/// `name`.
+/// `name`; 0 when there is no such sample (see [`metric_sample`] to tell the two apart).
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut total = 0.0;
+    metric_sample(text, name, labels).unwrap_or(0.0)
+}
+
+/// Like [`metric_value`], but `None` when no sample of `name` has these labels: for checks
+/// that must fail when a metric is missing, not read it as 0.
+pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
@@ -1196,7 +1213,7 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
             .iter()
             .all(|(k, v)| label_text.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
         {
-            total += value.parse::<f64>().unwrap_or(0.0);
+            *total.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
         }
     }
     total
