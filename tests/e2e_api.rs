@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{json, Value};
 
@@ -110,6 +108,8 @@ async fn a_token_of_one_workspace_cannot_reach_another_workspaces_channels() {
     );
     let alice_ws2 = cluster.connect(1, &alice).await;
     let bob_ws = cluster.connect(1, &bob).await;
+    // A member of B's channel on each gateway: witnesses that the gateway delivered B's posts.
+    let bert_ws = cluster.connect(0, &bert).await;
     cluster
         .warm_up(
             &alice,
@@ -118,7 +118,7 @@ async fn a_token_of_one_workspace_cannot_reach_another_workspaces_channels() {
         )
         .await;
     cluster
-        .warm_up(&bob, std::slice::from_ref(&b_chan), &[&bob_ws])
+        .warm_up(&bob, std::slice::from_ref(&b_chan), &[&bob_ws, &bert_ws])
         .await;
 
     let from = alice_ws.num_events();
@@ -146,19 +146,26 @@ async fn a_token_of_one_workspace_cannot_reach_another_workspaces_channels() {
         "typing in a foreign channel: {answer}"
     );
 
+    let mut last_chan = 0;
     for i in 0..5 {
-        cluster
-            .post(&bob, &b_chan, &format!("globex internal {}", i + 2))
-            .await;
+        last_chan = seq_of(
+            &cluster
+                .post(&bob, &b_chan, &format!("globex internal {}", i + 2))
+                .await,
+        );
     }
     // Bert joins a channel of B while alice is connected: only B's sessions hear of it.
     cluster.join(&bert, &b_secret).await;
     let last_b = seq_of(&cluster.post(&bob, &b_secret, "secret").await);
+    // Sentinels, no sleep: once B's sessions on both gateways have B's posts, each gateway has
+    // handed them to every session it was going to, and an acme message posted after that
+    // reaches alice's sessions behind anything leaked (one queue per session).
+    bob_ws.wait_seq(&b_chan, last_chan, WAIT).await;
+    bert_ws.wait_seq(&b_chan, last_chan, WAIT).await;
+    bob_ws.wait_seq(&b_secret, last_b, WAIT).await;
     let sentinel = seq_of(&cluster.post(&alice, &a_chan, "acme sentinel").await);
     alice_ws.wait_seq(&a_chan, sentinel, WAIT).await;
     alice_ws2.wait_seq(&a_chan, sentinel, WAIT).await;
-    bob_ws.wait_seq(&b_secret, last_b, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for (i, ws) in [&alice_ws, &alice_ws2].into_iter().enumerate() {
         for e in ws.events() {
             let text = e.to_string();
@@ -279,10 +286,10 @@ async fn posting_twice_with_one_client_msg_id_stores_one_message() {
     );
     assert_eq!(seqs(&history), (1..=last).collect::<Vec<_>>());
 
-    bob_ws.wait_seq(&c, last, WAIT).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Settled: bob's stream is contiguous up to a sentinel, so no repeat is still in flight.
+    let end = seq_of(&cluster.settle(&alice, &c, &[&bob_ws]).await);
+    assert_eq!(end, last + 1);
     let got = bob_ws.messages(&c);
-    assert_contiguous(&got, "bob");
     assert_eq!(
         got.iter()
             .filter(|m| m["client_msg_id"] == "5f1e2a3b-0000-4000-8000-000000000001")

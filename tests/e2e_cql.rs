@@ -146,7 +146,7 @@ async fn the_mesh_on_the_cql_store_survives_a_killed_channel_server() {
         histories.insert(c.clone(), cluster.history_all(&alice, c, 7).await);
     }
     assert_acks_in_history(&acks, &histories);
-    assert_streams_match_history(&refs, &histories, &warm).await;
+    assert_streams_match_history(&cluster, &alice, &refs, &histories, &warm).await;
 
     // bob leaves, misses many more than the window, and resumes on the other gateway: the
     // gap is read from Cassandra.

@@ -126,19 +126,23 @@ async fn posts_reach_clients_on_both_gateways_in_order_and_match_history() {
         );
     }
 
-    // Every client gets every message of every channel, in order, each once.
-    for client in &clients {
-        for (channel, msgs) in &by_channel {
-            let last = *msgs.keys().last().unwrap();
-            client.wait_seq(channel, last, WAIT).await;
-        }
+    // Every client gets every message of every channel, in order, each once: settled with a
+    // sentinel after the posts, so nothing is still in flight when the streams are judged.
+    let mut sentinels = BTreeMap::new();
+    for channel in &channels {
+        let sentinel = seq_of(&cluster.settle(&alice, channel, &refs).await);
+        let last = *by_channel[channel].keys().last().unwrap();
+        assert_eq!(
+            sentinel,
+            last + 1,
+            "{channel}: the sentinel follows the posts"
+        );
+        sentinels.insert(channel.clone(), sentinel);
     }
-    // Let any straggling duplicate arrive before judging.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     for channel in &channels {
         let history = cluster.history_all(&bob, channel, 7).await;
-        let last = *by_channel[channel].keys().last().unwrap();
+        let last = sentinels[channel];
         assert_eq!(
             seqs(&history),
             (1..=last).collect::<Vec<_>>(),
@@ -182,7 +186,7 @@ async fn posts_reach_clients_on_both_gateways_in_order_and_match_history() {
             assert_eq!(
                 seq_of(got.last().unwrap()),
                 last,
-                "client {i}: nothing past the last post on {channel}"
+                "client {i}: nothing past the sentinel on {channel}"
             );
             for m in &got {
                 let h = history_by_seq
@@ -267,21 +271,23 @@ async fn posts_reach_clients_on_both_gateways_in_order_and_match_history() {
             e["type"] == "channel_joined" && e["channel"]["id"] == late.as_str()
         })
         .await;
+    // alice on bob's gateway too: the witness that it delivers the late channel.
+    let alice_on_1 = cluster.connect(1, &alice).await;
     cluster
         .warm_up(
             &alice,
             std::slice::from_ref(&late),
-            &[&clients[0], &clients[1]],
+            &[&clients[0], &clients[1], &alice_on_1],
         )
         .await;
-    let mut last = 0;
     for i in 0..5 {
-        last = seq_of(&cluster.post(&alice, &late, &format!("late {i}")).await);
+        cluster.post(&alice, &late, &format!("late {i}")).await;
     }
-    clients[1].wait_seq(&late, last, WAIT).await;
-    assert_contiguous(
-        &clients[1].messages(&late),
-        "bob on the channel joined late",
+    // bob's stream of the channel joined late: contiguous, up to a sentinel.
+    let last = seq_of(
+        &cluster
+            .settle(&alice, &late, &[&clients[0], &clients[1], &alice_on_1])
+            .await,
     );
     assert!(
         clients[2].messages(&late).is_empty(),
@@ -304,10 +310,18 @@ async fn posts_reach_clients_on_both_gateways_in_order_and_match_history() {
         .await;
     let before = clients[1].messages(&late).len();
     cluster.post(&alice, &late, "after bob left").await;
+    // Sentinels, no sleep: the late channel's sentinel reaching alice's session on bob's
+    // gateway means that gateway has handed "after bob left" to every session it was going
+    // to; a message of another channel posted after that then reaches bob's session behind
+    // it (one queue per session).
+    let s = seq_of(
+        &cluster
+            .settle(&alice, &late, &[&clients[0], &alice_on_1])
+            .await,
+    );
+    assert_eq!(s, last + 2);
     let sentinel = seq_of(&cluster.post(&alice, &channels[0], "sentinel").await);
     clients[1].wait_seq(&channels[0], sentinel, WAIT).await;
-    clients[0].wait_seq(&late, last + 1, WAIT).await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(
         clients[1].messages(&late).len(),
         before,

@@ -195,7 +195,7 @@ async fn draining_a_channel_server_moves_its_channels_without_loss_or_duplicates
     let acks: Vec<(String, String, Value)> =
         acks.into_iter().map(|(c, id, m, _)| (c, id, m)).collect();
     assert_acks_in_history(&acks, &histories);
-    assert_streams_match_history(&refs, &histories, &warm).await;
+    assert_streams_match_history(&cluster, &alice, &refs, &histories, &warm).await;
     for (i, client) in clients.iter().enumerate() {
         assert!(
             client.closed().is_none() && !client.ended(),

@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -111,23 +110,23 @@ async fn reconnecting_with_resume_gets_exactly_the_missed_messages() {
     }
     // Then live ones.
     let live = post_round(&cluster, &alice, &channels, 5, "live").await;
-    for (c, s) in &live {
-        bob_2.wait_seq(c, *s, WAIT).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ends = BTreeMap::new();
     for c in &channels {
+        let end = seq_of(&cluster.settle(&alice, c, &[&bob_2, &alice_2]).await);
+        assert_eq!(end, live[c] + 1);
         let history = cluster.history_all(&alice, c, 50).await;
         assert_exactly(
             &bob_2,
             c,
             last_seen[c],
-            live[c],
+            end,
             &history,
             "resume on the other gateway",
         );
+        ends.insert(c.clone(), end);
     }
     let alice_seen = alice_2.positions(&channels);
-    assert_eq!(alice_seen, live, "the watcher got everything live");
+    assert_eq!(alice_seen, ends, "the watcher got everything live");
 
     // Everyone leaves; many more messages than the channel servers' window are posted; bob
     // resumes on the first gateway, which has no subscription to these channels any more:
@@ -135,25 +134,24 @@ async fn reconnecting_with_resume_gets_exactly_the_missed_messages() {
     let resume_point: BTreeMap<String, u64> = bob_2.positions(&channels);
     bob_2.close().await;
     alice_2.close().await;
-    // The gateways drop subscriptions that no session wants (checked every 500 ms).
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The gateways drop subscriptions that no session wants.
+    cluster.wait_gateway_unsubscribed(0).await;
+    cluster.wait_gateway_unsubscribed(1).await;
     let missed = post_round(&cluster, &alice, &channels, 30, "long away").await;
     let bob_3 = cluster.connect_resume(0, &bob, &resume_point).await;
     for (c, s) in &missed {
         bob_3.wait_seq(c, *s, WAIT).await;
     }
     let live = post_round(&cluster, &alice, &channels, 3, "live again").await;
-    for (c, s) in &live {
-        bob_3.wait_seq(c, *s, WAIT).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for c in &channels {
+        let end = seq_of(&cluster.settle(&alice, c, &[&bob_3]).await);
+        assert_eq!(end, live[c] + 1);
         let history = cluster.history_all(&alice, c, 100).await;
         assert_exactly(
             &bob_3,
             c,
             resume_point[c],
-            live[c],
+            end,
             &history,
             "resume from the store",
         );
@@ -186,20 +184,11 @@ async fn reconnecting_with_resume_gets_exactly_the_missed_messages() {
         bob_4.wait_seq(c, *s, WAIT).await;
     }
     let live = post_round(&cluster, &alice, &channels, 3, "live after event").await;
-    for (c, s) in &live {
-        bob_4.wait_seq(c, *s, WAIT).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
     for c in &channels {
+        let end = seq_of(&cluster.settle(&alice, c, &[&bob_4]).await);
+        assert_eq!(end, live[c] + 1);
         let history = cluster.history_all(&alice, c, 100).await;
-        assert_exactly(
-            &bob_4,
-            c,
-            resume_point[c],
-            live[c],
-            &history,
-            "resume event",
-        );
+        assert_exactly(&bob_4, c, resume_point[c], end, &history, "resume event");
     }
 }
 
@@ -224,7 +213,7 @@ async fn a_post_right_after_a_resume_is_not_lost() {
         // Alternate between a gateway that has just dropped the subscription and one that
         // has never had it, with the post racing the hello or just after it.
         if round % 4 >= 2 {
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            cluster.wait_gateway_unsubscribed(gateway).await;
         }
         let missed = seq_of(
             &cluster
@@ -238,14 +227,14 @@ async fn a_post_right_after_a_resume_is_not_lost() {
                 .await,
         );
         assert_eq!(live, missed + 1);
-        bob_ws.wait_seq(&channel, live, WAIT).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let end = seq_of(&cluster.settle(&alice, &channel, &[&bob_ws]).await);
+        assert_eq!(end, live + 1);
         assert_eq!(
             seqs(&bob_ws.messages(&channel)),
-            (position[&channel] + 1..=live).collect::<Vec<_>>(),
+            (position[&channel] + 1..=end).collect::<Vec<_>>(),
             "round {round} on gateway {gateway}: exactly the messages after the resume point"
         );
-        position.insert(channel.clone(), live);
+        position.insert(channel.clone(), end);
         bob_ws.close().await;
     }
 }

@@ -714,6 +714,43 @@ impl Cluster {
         metric_sample(&text, name, labels)
     }
 
+    /// Polls `base/metrics` until the sample of `name` with `labels` satisfies `pred` (a
+    /// missing sample never does), bounded by [`WAIT`]; returns its value.
+    pub async fn wait_metric(
+        &self,
+        base: &str,
+        name: &str,
+        labels: &[(&str, &str)],
+        what: &str,
+        pred: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let v = self.metric_sample(base, name, labels).await;
+            if let Some(v) = v.filter(|v| pred(*v)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{base}: {name}{labels:?} never showed {what} within {WAIT:?}; last: {v:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Waits until gateway `gateway` follows no channel (its sessions are gone and it
+    /// unsubscribed), so that the next session there starts from a cold gateway.
+    pub async fn wait_gateway_unsubscribed(&self, gateway: usize) {
+        self.wait_metric(
+            &self.gateways[gateway].http,
+            "switchboard_gateway_subscribed_channels",
+            &[],
+            "no subscribed channel",
+            |n| n == 0.0,
+        )
+        .await;
+    }
+
     // ---- Web API ----
 
     /// Calls a Web API method with a JSON body; returns (HTTP status, JSON answer).
@@ -990,6 +1027,28 @@ impl Cluster {
         }
     }
 
+    /// Posts a sentinel message to `channel` as `poster`, waits (bounded) until every client
+    /// has it, then asserts that each client's `message` stream of `channel` is contiguous (no
+    /// gap, repeat or reorder) and ends with the sentinel. A channel's messages reach a
+    /// session in order, so whatever was in flight for the channel before the sentinel (a
+    /// straggling duplicate included) has arrived by then: no sleep is needed before judging.
+    /// For channels whose entries are all plain messages. Returns the sentinel as posted.
+    pub async fn settle(&self, poster: &TestUser, channel: &str, clients: &[&Client]) -> Value {
+        let sentinel = self.post(poster, channel, "sentinel").await;
+        let seq = seq_of(&sentinel);
+        for (i, client) in clients.iter().enumerate() {
+            client.wait_seq(channel, seq, WAIT).await;
+            let got = client.messages(channel);
+            assert_contiguous(&got, &format!("client {i} on {channel} up to the sentinel"));
+            assert_eq!(
+                got.last().map(|m| (seq_of(m), m["ts"].clone())),
+                Some((seq, sentinel["ts"].clone())),
+                "client {i}: {channel} ends with the sentinel"
+            );
+        }
+        sentinel
+    }
+
     fn print_logs(&self) {
         for p in self.procs().iter() {
             let text = std::fs::read_to_string(&p.log).unwrap_or_default();
@@ -1107,38 +1166,45 @@ pub fn assert_acks_in_history(
     }
 }
 
-/// Waits until every client has each channel's last stored message, then checks that each
-/// client's stream of each channel is contiguous, starts at or before `starts_by[channel]`,
-/// ends with the history, and matches it message by message.
+/// Checks each client's stream of each channel against the history read after the posts:
+/// settles the channel with a sentinel from `poster` (see [`Cluster::settle`]: contiguous, no
+/// duplicate, everything in flight arrived), then each stream starts at or before
+/// `starts_by[channel]`, holds the whole history after that, message by message, and then only
+/// the sentinel.
 pub async fn assert_streams_match_history(
+    cluster: &Cluster,
+    poster: &TestUser,
     clients: &[&Client],
     histories: &BTreeMap<String, Vec<Value>>,
     starts_by: &BTreeMap<String, u64>,
 ) {
     for (c, h) in histories {
         let last = seq_of(h.last().expect("history not empty"));
-        for client in clients {
-            client.wait_seq(c, last, WAIT).await;
-        }
-    }
-    // Let a straggling duplicate arrive before judging.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for (i, client) in clients.iter().enumerate() {
-        for (c, h) in histories {
+        let sentinel = seq_of(&cluster.settle(poster, c, clients).await);
+        assert_eq!(
+            sentinel,
+            last + 1,
+            "{c}: the sentinel follows the history (nothing else was posted)"
+        );
+        for (i, client) in clients.iter().enumerate() {
             let got = client.messages(c);
-            assert_contiguous(&got, &format!("client {i} on {c}"));
+            let (sentinel_msg, got) = got.split_last().expect("settled: not empty");
+            assert_eq!(seq_of(sentinel_msg), sentinel);
+            let first = got
+                .first()
+                .unwrap_or_else(|| panic!("client {i}: nothing of {c} before the sentinel"));
             assert!(
-                seq_of(&got[0]) <= starts_by[c],
+                seq_of(first) <= starts_by[c],
                 "client {i}: {c} starts after {}: {:?}",
                 starts_by[c],
-                seqs(&got)
+                seqs(got)
             );
             assert_eq!(
                 seq_of(got.last().unwrap()),
-                seq_of(h.last().unwrap()),
+                last,
                 "client {i}: {c} ends with history"
             );
-            for m in &got {
+            for m in got {
                 let s = seq_of(m) as usize;
                 assert_eq!(
                     m["ts"],
