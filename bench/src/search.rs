@@ -33,6 +33,8 @@ pub struct Outcome {
     pub index_s: f64,
     pub http: LatencySummary,
     pub mean_hits: f64,
+    /// The latency distribution, for the plot.
+    pub curve: Vec<(f64, u64)>,
 }
 
 /// A deterministic word list: `w<n>` spelled as syllables, so the tokenizer sees real words.
@@ -135,6 +137,10 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
     let base_ts = Ts::now().0 - plan.messages * 1000;
     let mut seqs = vec![0u64; channels.len()];
     let mut rng = Rng(0x5eed_1234_abcd_ef01);
+    // How many messages hold the commonest word: the index has caught up when a search for
+    // it finds exactly that many.
+    let common = word(0);
+    let mut with_common = 0u64;
     let mut pending = futures_util::stream::FuturesUnordered::new();
     use futures_util::StreamExt;
     for n in 0..plan.messages {
@@ -144,6 +150,9 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
         let text: Vec<String> = (0..words)
             .map(|_| word(rng.word(plan.vocabulary)))
             .collect();
+        if text.contains(&common) {
+            with_common += 1;
+        }
         let msg = Message {
             workspace: ws.id.clone(),
             channel: channels[c].clone(),
@@ -191,19 +200,20 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
         .stderr(log)
         .spawn()
         .context("failed to start switchboard webapp")?;
-    let result = measure(plan, &api, &signer, &ws.id, &users[0].id).await;
+    let result = measure(plan, &api, &signer, &ws.id, &users[0].id, with_common).await;
     let _ = child.kill();
     let _ = child.wait();
     if keep {
         let kept: PathBuf = dir.keep();
         eprintln!("search: data kept in {}", kept.display());
     }
-    let (index_s, http, mean_hits) = result?;
+    let (index_s, http, mean_hits, curve) = result?;
     Ok(Outcome {
         fill_s,
         index_s,
         http,
         mean_hits,
+        curve,
     })
 }
 
@@ -213,7 +223,8 @@ async fn measure(
     signer: &TokenSigner,
     ws: &WorkspaceId,
     user: &UserId,
-) -> anyhow::Result<(f64, LatencySummary, f64)> {
+    with_common: u64,
+) -> anyhow::Result<(f64, LatencySummary, f64, Vec<(f64, u64)>)> {
     let token = signer.issue(&Claims {
         workspace: ws.clone(),
         user: user.clone(),
@@ -241,36 +252,29 @@ async fn measure(
             anyhow::Ok(v)
         }
     };
-    // Every message holds one of the commonest words with high probability; wait until the
-    // total stops growing and matches what was stored for a word in every message: the
-    // channel modifier alone (`in:`) needs a word, so count a very common word's hits.
+    // The index has caught up when a search for the commonest word finds every stored
+    // message that holds it (counted while filling): not before, and never more.
     let started = Instant::now();
     let deadline = started + Duration::from_secs(1800);
     let common = word(0);
-    let mut last = 0u64;
-    let mut stable = 0;
     loop {
         if Instant::now() > deadline {
             bail!("the index did not catch up within 30 minutes");
         }
-        match call(common.clone()).await {
-            Ok(v) if v["ok"] == true => {
+        if let Ok(v) = call(common.clone()).await {
+            if v["ok"] == true {
                 let total = v["messages"]["total"].as_u64().unwrap_or(0);
-                if total == last && total > 0 {
-                    stable += 1;
-                } else {
-                    stable = 0;
+                if total > with_common {
+                    bail!("{total} messages found for {common:?}, but only {with_common} hold it");
                 }
-                last = total;
-                if stable >= 5 {
+                if total == with_common {
                     break;
                 }
             }
-            _ => {}
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let index_s = started.elapsed().as_secs_f64() - 2.5;
+    let index_s = started.elapsed().as_secs_f64();
 
     let mut rng = Rng(0xfeed_beef_0bad_cafe);
     let queries: Vec<String> = (0..plan.queries)
@@ -309,5 +313,6 @@ async fn measure(
         index_s,
         LatencySummary::of(&h),
         hits as f64 / f64::from(plan.queries.max(1)),
+        crate::stats::percentile_curve(&h),
     ))
 }

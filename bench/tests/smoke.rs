@@ -218,6 +218,16 @@ fn store_smoke() {
 }
 
 #[test]
+fn search_smoke() {
+    let r = run("search", &[]);
+    let j = &r.json;
+    // Caught up means a search for the commonest word found every message holding it.
+    assert!(j["index_catch_up_s"].as_f64().unwrap() >= 0.0, "{j:#}");
+    assert_eq!(j["latency"]["count"], j["plan"]["queries"], "{j:#}");
+    assert!(j["mean_hits"].as_f64().unwrap() > 0.0, "{j:#}");
+}
+
+#[test]
 fn connections_smoke() {
     let r = run("connections", &[]);
     let o = &r.json["result"];
