@@ -565,6 +565,43 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
             .is_none(),
         "an edit entry is not a message"
     );
+    // Deleted replies leave their thread: the parent counts the rest, and its latest reply
+    // is the latest one left (a second delete of the same reply changes nothing).
+    let reply3 = entry(&bob.id, "reply three", MessageKind::Posted, Some(parent.ts));
+    assert_eq!(store.append(&reply3).await.unwrap(), AppendOutcome::Stored);
+    let parent_state = || async {
+        let v = store
+            .message_view(&ws.id, &ch.id, parent.ts)
+            .await
+            .unwrap()
+            .unwrap();
+        (v.reply_count, v.latest_reply)
+    };
+    assert_eq!(parent_state().await, (3, Some(reply3.ts)));
+    for (target, expected) in [
+        (reply3.ts, (2, Some(reply2.ts))),
+        (reply1.ts, (1, Some(reply2.ts))),
+        (reply1.ts, (1, Some(reply2.ts))),
+        (reply2.ts, (0, None)),
+    ] {
+        let delete = entry(&alice.id, "", MessageKind::Deleted { target }, None);
+        assert_eq!(store.append(&delete).await.unwrap(), AppendOutcome::Stored);
+        assert_eq!(parent_state().await, expected, "after deleting {target:?}");
+    }
+    let thread = store
+        .message_views(
+            &ws.id,
+            &ch.id,
+            &HistoryQuery {
+                limit: 100,
+                ..Default::default()
+            },
+            Some(parent.ts),
+        )
+        .await
+        .unwrap();
+    assert_eq!(thread.len(), 1, "only the parent is left");
+
     let stranger = store.create_workspace("views-other").await.unwrap();
     assert!(store
         .message_view(&stranger.id, &ch.id, other.ts)

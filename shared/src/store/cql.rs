@@ -324,6 +324,7 @@ const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("delete", Mode::Write, "UPDATE {ks}.messages USING TIMESTAMP ? SET body = '', deleted = true WHERE channel_id = ? AND bucket = ? AND seq = ?"),
     ("replies_set", Mode::Write, "UPDATE {ks}.messages USING TIMESTAMP ? SET reply_count = ?, latest_reply = ? WHERE channel_id = ? AND bucket = ? AND seq = ?"),
     ("reply_put", Mode::Write, "INSERT INTO {ks}.thread_replies (channel_id, parent_ts, reply_ts, seq) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("reply_drop", Mode::Write, "DELETE FROM {ks}.thread_replies USING TIMESTAMP ? WHERE channel_id = ? AND parent_ts = ? AND reply_ts = ?"),
     ("replies_of", Mode::Read, "SELECT reply_ts, seq FROM {ks}.thread_replies WHERE channel_id = ? AND parent_ts = ?"),
     ("reaction_put", Mode::Write, "INSERT INTO {ks}.reactions (channel_id, target_ts, reaction, user_id, seq) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"),
     ("reaction_drop", Mode::Write, "DELETE FROM {ks}.reactions USING TIMESTAMP ? WHERE channel_id = ? AND target_ts = ? AND reaction = ? AND user_id = ?"),
@@ -1021,6 +1022,28 @@ impl Inner {
         Ok(row.filter(MsgRow::is_posted))
     }
 
+    /// Sets a thread parent's reply count and latest reply from its replies as they are now.
+    async fn count_replies(
+        &self,
+        st: &Statements,
+        channel: &str,
+        parent: Ts,
+        wts: i64,
+    ) -> StorageResult<()> {
+        if let Some(p) = self.posted_row(st, channel, parent.0).await? {
+            let replies: Vec<(i64, i64)> = self
+                .rows(st.get("replies_of"), (channel, i(parent.0)))
+                .await?;
+            let latest = replies.iter().map(|r| r.0).max();
+            self.exec(
+                st.get("replies_set"),
+                (wts, replies.len() as i32, latest, channel, p.bucket, p.seq),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// Applies one entry to the message it concerns; returns the feed change, if any.
     async fn apply(&self, st: &Statements, m: &Message) -> StorageResult<Option<(Message, bool)>> {
         let ch = &m.channel.0;
@@ -1030,16 +1053,7 @@ impl Inner {
                 if let Some(parent) = m.thread_ts.filter(|p| *p != m.ts) {
                     self.exec(st.get("reply_put"), (ch, i(parent.0), wts, i(m.seq), wts))
                         .await?;
-                    if let Some(p) = self.posted_row(st, ch, parent.0).await? {
-                        let replies: Vec<(i64, i64)> =
-                            self.rows(st.get("replies_of"), (ch, i(parent.0))).await?;
-                        let latest = replies.iter().map(|r| r.0).max();
-                        self.exec(
-                            st.get("replies_set"),
-                            (wts, replies.len() as i32, latest, ch, p.bucket, p.seq),
-                        )
-                        .await?;
-                    }
+                    self.count_replies(st, ch, parent, wts).await?;
                 }
                 Ok(Some((m.clone(), false)))
             }
@@ -1062,6 +1076,14 @@ impl Inner {
                 };
                 self.exec(st.get("delete"), (wts, ch, row.bucket, row.seq))
                     .await?;
+                // A reply that goes leaves its thread's count and latest reply.
+                if let Some(parent) = row.thread_ts.filter(|p| *p != row.ts) {
+                    if !row.deleted.unwrap_or(false) {
+                        self.exec(st.get("reply_drop"), (wts, ch, parent, row.ts))
+                            .await?;
+                        self.count_replies(st, ch, Ts(parent as u64), wts).await?;
+                    }
+                }
                 self.exec(st.get("reactions_drop"), (wts, ch, i(target.0)))
                     .await?;
                 let mut message = row.message()?;

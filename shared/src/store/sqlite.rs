@@ -845,10 +845,36 @@ fn apply_entry(
             target_seq(*target)
         }
         MessageKind::Deleted { target } => {
+            // A reply that goes leaves its thread: the parent counts one fewer, and its latest
+            // reply is the one before it when it was the latest.
+            let reply_of: Option<(i64, bool)> = tx
+                .prepare_cached(
+                    "SELECT thread_ts, deleted FROM messages
+                     WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted'",
+                )?
+                .query_row(params![msg.channel.0, target.0 as i64], |r| {
+                    Ok((r.get::<_, Option<i64>>(0)?, r.get::<_, bool>(1)?))
+                })
+                .optional()?
+                .and_then(|(thread, deleted)| thread.map(|t| (t, deleted)))
+                .filter(|(thread, deleted)| *thread != target.0 as i64 && !deleted);
             tx.prepare_cached(
                 "UPDATE messages SET text = '', deleted = 1 WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted'",
             )?
             .execute(params![msg.channel.0, target.0 as i64])?;
+            if let Some((parent, _)) = reply_of {
+                tx.prepare_cached(
+                    "UPDATE messages SET reply_count = MAX(reply_count - 1, 0),
+                         latest_reply = CASE WHEN latest_reply = ?3 THEN
+                             (SELECT ts FROM messages
+                              WHERE channel_id = ?1 AND ts > ?2 AND ts < ?3 AND thread_ts = ?2
+                                AND kind = 'posted' AND deleted = 0
+                              ORDER BY ts DESC LIMIT 1)
+                         ELSE latest_reply END
+                     WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted'",
+                )?
+                .execute(params![msg.channel.0, parent, target.0 as i64])?;
+            }
             tx.prepare_cached("DELETE FROM reactions WHERE channel_id = ?1 AND target_ts = ?2")?
                 .execute(params![msg.channel.0, target.0 as i64])?;
             target_seq(*target)
