@@ -278,6 +278,7 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("workspace_get", Mode::Read, "SELECT id, name FROM {ks}.workspaces WHERE id = ?"),
     ("workspace_by_name", Mode::Read, "SELECT id FROM {ks}.workspace_names WHERE name = ?"),
     ("user_claim", Mode::Lwt, "INSERT INTO {ks}.user_names (workspace, name, id) VALUES (?, ?, ?) IF NOT EXISTS"),
+    ("user_name_drop", Mode::Lwt, "DELETE FROM {ks}.user_names WHERE workspace = ? AND name = ? IF id = ?"),
     ("user_put", Mode::Write, "INSERT INTO {ks}.users (workspace, id, name, real_name, display_name, is_admin, is_bot) VALUES (?, ?, ?, ?, ?, ?, ?)"),
     ("user_id_put", Mode::Write, "INSERT INTO {ks}.user_ids (id, workspace) VALUES (?, ?)"),
     ("user_ws", Mode::Read, "SELECT workspace FROM {ks}.user_ids WHERE id = ?"),
@@ -1002,6 +1003,18 @@ impl Inner {
         self.record_changes(shard, &changes).await
     }
 
+    /// Drops the name claim `statement` names (`workspace`, `name`) if `id` still holds it,
+    /// after the rows of a new user or channel could not be written. Best effort: a failure
+    /// is logged, and the original error is what the caller reports.
+    async fn release_name(&self, statement: &str, workspace: &str, name: &str, id: &str) {
+        if let Err(e) = self
+            .applied(self.meta.get(statement), (workspace, name, id))
+            .await
+        {
+            tracing::warn!(workspace, name, error = %e, "could not give back a name claimed by a failed creation");
+        }
+    }
+
     /// The posted message with this ts, by its row.
     async fn posted_row(
         &self,
@@ -1404,21 +1417,30 @@ impl MessageStore for CqlStore {
                     "user already exists",
                 ));
             }
-            s.exec(
-                s.meta.get("user_put"),
-                (
-                    &workspace.0,
-                    &user.id.0,
-                    &user.name,
-                    &user.real_name,
-                    &user.display_name,
-                    is_admin,
-                    is_bot,
-                ),
-            )
-            .await?;
-            s.exec(s.meta.get("user_id_put"), (&user.id.0, &workspace.0))
+            let written = async {
+                s.exec(
+                    s.meta.get("user_put"),
+                    (
+                        &workspace.0,
+                        &user.id.0,
+                        &user.name,
+                        &user.real_name,
+                        &user.display_name,
+                        is_admin,
+                        is_bot,
+                    ),
+                )
                 .await?;
+                s.exec(s.meta.get("user_id_put"), (&user.id.0, &workspace.0))
+                    .await
+            }
+            .await;
+            if let Err(e) = written {
+                // Give the name back, or it would stay claimed by a user that does not exist.
+                s.release_name("user_name_drop", &workspace.0, &user.name, &user.id.0)
+                    .await;
+                return Err(e);
+            }
             Ok(user)
         })
         .await
@@ -1518,23 +1540,33 @@ impl MessageStore for CqlStore {
                     "channel already exists",
                 ));
             }
-            s.exec(
-                s.meta.get("channel_put"),
-                (
-                    &c.workspace.0,
-                    &c.id.0,
-                    &c.name,
-                    c.is_private,
-                    &c.creator.0,
-                    i(c.created.0),
-                    &c.topic,
-                    &c.purpose,
-                    c.is_archived,
-                ),
-            )
-            .await?;
-            s.exec(s.meta.get("channel_id_put"), (&c.id.0, &c.workspace.0))
+            let written = async {
+                s.exec(
+                    s.meta.get("channel_put"),
+                    (
+                        &c.workspace.0,
+                        &c.id.0,
+                        &c.name,
+                        c.is_private,
+                        &c.creator.0,
+                        i(c.created.0),
+                        &c.topic,
+                        &c.purpose,
+                        c.is_archived,
+                    ),
+                )
                 .await?;
+                s.exec(s.meta.get("channel_id_put"), (&c.id.0, &c.workspace.0))
+                    .await
+            }
+            .await;
+            if let Err(e) = written {
+                // Give the name back, or it would stay claimed by a channel that does not
+                // exist (and a DM's pair could never open one again).
+                s.release_name("channel_name_drop", &c.workspace.0, &c.name, &c.id.0)
+                    .await;
+                return Err(e);
+            }
             Ok(())
         })
         .await
