@@ -16,10 +16,13 @@
 //! # Appends: fencing, group commit and recovery
 //! Each channel has a head row `channel_heads(channel_id) -> (last_seq, pending)`. An append
 //! group (every append waiting for one channel) is claimed with one lightweight transaction
-//! (`UPDATE … IF last_seq < first_seq`, or `INSERT … IF NOT EXISTS` for a new channel) that
-//! also stores the group itself in `pending`. Only then are the rows written. So:
+//! (`UPDATE … IF last_seq = first_seq - 1`, or `INSERT … IF NOT EXISTS` for a new channel's
+//! group from seq 1) that also stores the group itself in `pending`. Only then are the rows
+//! written. So:
 //! - two channel servers that both believe they own a channel cannot both write a sequence:
 //!   the second claim fails and the append answers [`StorageErrorKind::SeqConflict`];
+//! - a group never claims past a gap: if an earlier group's claim failed, the next one
+//!   conflicts instead of leaving those seqs missing for good (seqs stay contiguous);
 //! - a crash between the claim and the rows loses nothing: [`MessageStore::last_message`],
 //!   which a channel server calls when it takes a channel over, replays `pending`.
 //!
@@ -307,7 +310,7 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
 ];
 
 const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
-    ("head_claim", Mode::Lwt, "UPDATE {ks}.channel_heads SET last_seq = ?, pending = ? WHERE channel_id = ? IF last_seq < ?"),
+    ("head_claim", Mode::Lwt, "UPDATE {ks}.channel_heads SET last_seq = ?, pending = ? WHERE channel_id = ? IF last_seq = ?"),
     ("head_create", Mode::Lwt, "INSERT INTO {ks}.channel_heads (channel_id, last_seq, pending) VALUES (?, ?, ?) IF NOT EXISTS"),
     ("head_get", Mode::SerialRead, "SELECT last_seq, pending FROM {ks}.channel_heads WHERE channel_id = ?"),
     ("message_put", Mode::Write, "INSERT INTO {ks}.messages (channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, deleted, reply_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false, 0) USING TIMESTAMP ?"),
@@ -891,9 +894,12 @@ impl Inner {
                 ),
             )
         };
+        // A group claims the sequences right after the head, never past a gap: when an
+        // earlier group's claim failed, a later one must not leave its seqs missing for good
+        // (per-channel seqs are contiguous; the channel server renumbers after a conflict).
         for _ in 0..2 {
             let (applied, have) = lwt_outcome(
-                self.exec(st.get("head_claim"), (last, &pending, channel, first))
+                self.exec(st.get("head_claim"), (last, &pending, channel, first - 1))
                     .await?,
             )?;
             if applied {
@@ -902,7 +908,10 @@ impl Inner {
             if have.is_some() {
                 return Err(conflict(have));
             }
-            // No head yet: this is the channel's first group.
+            // No head yet: this is the channel's first group, which must start at seq 1.
+            if first != 1 {
+                return Err(conflict(None));
+            }
             let (applied, have) = lwt_outcome(
                 self.exec(st.get("head_create"), (channel, last, &pending))
                     .await?,
@@ -2225,6 +2234,26 @@ mod tests {
         assert_eq!(
             a.append(&clash).await.unwrap_err().kind,
             StorageErrorKind::SeqConflict
+        );
+
+        // Nor can anyone claim past a gap: seq 9 while the head is 7 would leave 8 missing
+        // for good. A new channel starts at seq 1.
+        let mut gap = msg(&ws, &ch, 9, at(9));
+        gap.client_msg_id = None;
+        assert_eq!(
+            b.append(&gap).await.unwrap_err().kind,
+            StorageErrorKind::SeqConflict
+        );
+        let fresh = ChannelId::generate();
+        let mut second = msg(&ws, &fresh, 2, at(2));
+        second.client_msg_id = None;
+        assert_eq!(
+            b.append(&second).await.unwrap_err().kind,
+            StorageErrorKind::SeqConflict
+        );
+        assert_eq!(
+            b.append(&msg(&ws, &fresh, 1, at(1))).await.unwrap(),
+            AppendOutcome::Stored
         );
 
         // An owner claims 8..=9 and dies before writing the rows.
