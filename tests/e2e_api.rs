@@ -134,6 +134,11 @@ async fn a_token_of_one_workspace_cannot_reach_another_workspaces_channels() {
         "a foreign channel must not be resumed: {answer}"
     );
     assert_eq!(answer["rejected"][0]["error"], "not_in_channel", "{answer}");
+    let gw0 = &cluster.gateways[0].http;
+    let not_in_channel = [("kind", "not_in_channel")];
+    let refused_before = cluster
+        .metric(gw0, "switchboard_gateway_bad_input_total", &not_in_channel)
+        .await;
     let from = alice_ws.num_events();
     alice_ws
         .send_json(&json!({ "id": 6, "type": "typing", "channel": b_chan }))
@@ -142,8 +147,16 @@ async fn a_token_of_one_workspace_cannot_reach_another_workspaces_channels() {
         .wait_event(from, WAIT, "error for typing", |e| e["reply_to"] == 6)
         .await;
     assert_eq!(
-        answer["type"], "error",
-        "typing in a foreign channel: {answer}"
+        (&answer["type"], &answer["error"]["code"]),
+        (&json!("error"), &json!(4)),
+        "typing in a foreign channel is NOT_IN_CHANNEL: {answer}"
+    );
+    assert_eq!(
+        cluster
+            .metric_sample(gw0, "switchboard_gateway_bad_input_total", &not_in_channel)
+            .await,
+        Some(refused_before + 1.0),
+        "the refused typing is counted"
     );
 
     let mut last_chan = 0;

@@ -4,14 +4,58 @@
 
 mod common;
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
+use shared::mesh::tls::MeshTls;
+use shared::mesh::Mesh;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// The gateway's `switchboard_gateway_bad_input_total` by kind.
+const BAD_INPUT: &str = "switchboard_gateway_bad_input_total";
+/// The kinds of WebSocket bad input this test sends, and how many of each.
+const BAD_INPUT_KINDS: [(&str, f64); 8] = [
+    ("malformed_json", 2.0),
+    ("unknown_event", 1.0),
+    ("invalid_event", 1.0),
+    ("missing_type", 1.0),
+    ("not_in_channel", 1.0),
+    ("binary", 1.0),
+    ("invalid_utf8", 1.0),
+    ("too_big", 1.0),
+];
+
+/// A mesh endpoint of the test's own that connects like a gateway does, with the certificates
+/// in `dir` (`ca.pem`, `node.pem`, `node.key`).
+fn mesh_client(dir: &Path) -> Mesh {
+    shared::mesh::tls::install_crypto_provider();
+    let tls = MeshTls::load(
+        &dir.join("ca.pem"),
+        &dir.join("node.pem"),
+        &dir.join("node.key"),
+    )
+    .expect("load mesh certificates");
+    Mesh::client("127.0.0.1:0".parse().unwrap(), &tls, 1 << 20, WAIT).expect("mesh endpoint")
+}
+
+/// The mesh counters of one process: (bad frames, failed handshakes).
+async fn mesh_counters(cluster: &Cluster, base: &str) -> (f64, f64) {
+    (
+        cluster
+            .metric(base, "switchboard_mesh_bad_frames_total", &[])
+            .await,
+        cluster
+            .metric(base, "switchboard_mesh_handshake_failures_total", &[])
+            .await,
+    )
+}
 
 /// POSTs raw bytes to a Web API method; returns (status, JSON body).
 async fn raw_post(
@@ -112,9 +156,6 @@ async fn bad_input_is_refused_clearly_and_breaks_nothing() {
     cluster.join(&bob, &channel).await;
     let gw = cluster.gateways[0].http.clone();
     let webapp = cluster.webapp.clone();
-    let bad_before = cluster
-        .metric(&gw, "switchboard_gateway_bad_input_total", &[])
-        .await;
     let rejected_before = cluster
         .metric(&gw, "switchboard_gateway_rejected_connections_total", &[])
         .await;
@@ -288,11 +329,42 @@ async fn bad_input_is_refused_clearly_and_breaks_nothing() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status().as_u16(), 400, "admin API with malformed JSON");
-    let (status, _) = cluster
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap_or(Value::Null);
+    assert_eq!(
+        (status, &body["ok"], &body["error"]),
+        (400, &json!(false), &json!("invalid_json")),
+        "admin API with malformed JSON: {body}"
+    );
+    let (status, body) = cluster
         .get_text(&format!("{}/ring/owner/%FF%FE", cluster.admin_http))
         .await;
-    assert_eq!(status, 400, "admin API owner of a malformed channel id");
+    assert_eq!(
+        status, 400,
+        "admin API owner of a malformed channel id: {body}"
+    );
+    let (status, body) = cluster
+        .get_text(&format!("{}/ring/owner/not-a-channel", cluster.admin_http))
+        .await;
+    let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    assert_eq!(
+        (status, &body["ok"], &body["error"]),
+        (400, &json!(false), &json!("invalid_channel")),
+        "admin API owner of a malformed channel id: {body}"
+    );
+    for reason in ["invalid_json", "invalid_channel"] {
+        assert_eq!(
+            cluster
+                .metric_sample(
+                    &cluster.admin_http,
+                    "switchboard_admin_bad_requests_total",
+                    &[("reason", reason)],
+                )
+                .await,
+            Some(1.0),
+            "switchboard_admin_bad_requests_total{{reason=\"{reason}\"}}"
+        );
+    }
 
     // ---- WebSocket ----
     let ws_url = cluster.gateways[0].ws_url.clone();
@@ -329,6 +401,15 @@ async fn bad_input_is_refused_clearly_and_breaks_nothing() {
         "a plain GET of /rtm is not an upgrade"
     );
 
+    let bad_input_before: Vec<f64> = {
+        let mut v = Vec::new();
+        for (kind, _) in BAD_INPUT_KINDS {
+            v.push(cluster.metric(&gw, BAD_INPUT, &[("kind", kind)]).await);
+        }
+        v
+    };
+    // A channel alice is not in.
+    let bobs_own = cluster.create_channel(&bob, "bob-only").await;
     let alice_ws = cluster.connect(0, &alice).await;
     let bob_ws = cluster.connect(1, &bob).await;
     cluster
@@ -339,74 +420,100 @@ async fn bad_input_is_refused_clearly_and_breaks_nothing() {
         )
         .await;
 
-    let from = alice_ws.num_events();
-    alice_ws
-        .send_text("{\"type\": \"ping\", \"id\": ".into())
-        .await;
-    let e = alice_ws
-        .wait_event(from, WAIT, "error for malformed JSON", |e| {
-            e["type"] == "error"
-        })
-        .await;
-    assert_eq!(e["error"]["code"], 1, "malformed JSON: {e}");
-    assert!(e["error"]["msg"].is_string(), "{e}");
-    alice_ws.ping(1).await;
+    // Each bad event gets an error event with its code (and `reply_to` where the event had
+    // an id), and the session goes on.
+    let answer_to = |reply_to: Option<u64>| {
+        move |e: &Value| match reply_to {
+            Some(id) => e["reply_to"] == id,
+            None => e["type"] == "error",
+        }
+    };
+    let cases: Vec<(&str, WsMessage, Option<u64>, u64)> = vec![
+        (
+            "malformed JSON",
+            WsMessage::Text("{\"type\": \"ping\", \"id\": ".into()),
+            None,
+            1,
+        ),
+        (
+            "an unknown event",
+            WsMessage::Text(json!({ "id": 2, "type": "dance" }).to_string().into()),
+            Some(2),
+            2,
+        ),
+        (
+            "a typing event without a channel",
+            WsMessage::Text(json!({ "id": 4, "type": "typing" }).to_string().into()),
+            Some(4),
+            1,
+        ),
+        (
+            "a JSON array",
+            WsMessage::Text(json!(["not", "an", "object"]).to_string().into()),
+            None,
+            2,
+        ),
+        (
+            "a typing event in a channel alice is not in",
+            WsMessage::Text(
+                json!({ "id": 5, "type": "typing", "channel": bobs_own })
+                    .to_string()
+                    .into(),
+            ),
+            Some(5),
+            4,
+        ),
+        (
+            "a binary frame",
+            WsMessage::Binary(vec![0u8, 159, 146, 150, 255].into()),
+            None,
+            5,
+        ),
+        (
+            "deeply nested JSON",
+            WsMessage::Text(format!("{}{}", "[".repeat(5000), "]".repeat(5000)).into()),
+            None,
+            1,
+        ),
+    ];
+    for (n, (what, frame, reply_to, code)) in cases.into_iter().enumerate() {
+        let from = alice_ws.num_events();
+        assert!(alice_ws.try_send(frame).await, "{what}: send");
+        let e = alice_ws
+            .wait_event(from, WAIT, what, answer_to(reply_to))
+            .await;
+        assert_eq!(e["type"], "error", "{what}: {e}");
+        assert_eq!(e["error"]["code"], code, "{what}: error code: {e}");
+        assert!(
+            e["error"]["msg"].as_str().is_some_and(|m| !m.is_empty()),
+            "{what}: error message: {e}"
+        );
+        match reply_to {
+            Some(id) => assert_eq!(e["reply_to"], id, "{what}: {e}"),
+            None => assert!(e.get("reply_to").is_none(), "{what}: {e}"),
+        }
+        alice_ws.ping(100 + n as u64).await;
+    }
 
-    let from = alice_ws.num_events();
-    alice_ws
-        .send_json(&json!({ "id": 2, "type": "dance" }))
-        .await;
-    let e = alice_ws
-        .wait_event(from, WAIT, "error for an unknown event", |e| {
-            e["type"] == "error"
-        })
-        .await;
-    assert_eq!(e["error"]["code"], 2, "unknown event: {e}");
-    assert_eq!(e["reply_to"], 2, "unknown event: {e}");
-    alice_ws.ping(3).await;
-
-    let from = alice_ws.num_events();
-    alice_ws
-        .send_json(&json!({ "id": 4, "type": "typing" }))
-        .await;
-    let e = alice_ws
-        .wait_event(from, WAIT, "error for an invalid typing event", |e| {
-            e["reply_to"] == 4
-        })
-        .await;
-    assert_eq!(e["type"], "error", "typing without a channel: {e}");
-
-    let from = alice_ws.num_events();
-    alice_ws.send_json(&json!(["not", "an", "object"])).await;
-    alice_ws
-        .wait_event(from, WAIT, "error for a JSON array", |e| {
-            e["type"] == "error"
-        })
-        .await;
-
-    let from = alice_ws.num_events();
-    assert!(
-        alice_ws
-            .try_send(WsMessage::Binary(vec![0u8, 159, 146, 150, 255].into()))
-            .await
+    // Text that is not UTF-8 (a raw frame; no client API sends one): closed with 1007, that
+    // session only.
+    let victim = cluster.connect(0, &bob).await;
+    let raw = Frame::message(
+        vec![b'{', 0xff, 0xfe, 0xc3, 0x28, b'}'],
+        OpCode::Data(Data::Text),
+        true,
     );
-    let e = alice_ws
-        .wait_event(from, WAIT, "error for a binary frame", |e| {
-            e["type"] == "error"
-        })
-        .await;
-    assert!(e["error"]["code"].is_u64(), "binary frame: {e}");
-    alice_ws.ping(5).await;
-
-    let from = alice_ws.num_events();
-    alice_ws
-        .send_text(format!("{}{}", "[".repeat(5000), "]".repeat(5000)))
-        .await;
-    alice_ws
-        .wait_event(from, WAIT, "error for deeply nested JSON", |e| {
-            e["type"] == "error"
-        })
-        .await;
+    assert!(victim.try_send(WsMessage::Frame(raw)).await);
+    let closed = eventually(WAIT, || victim.ended() || victim.closed().is_some()).await;
+    assert!(
+        closed,
+        "a text frame of invalid UTF-8 did not end the session"
+    );
+    assert_eq!(
+        victim.closed().map(|c| c.0),
+        Some(1007),
+        "close code for invalid UTF-8"
+    );
     alice_ws.ping(6).await;
 
     // Oversized frame: the gateway closes that session with 1009, and only that one.
@@ -424,8 +531,18 @@ async fn bad_input_is_refused_clearly_and_breaks_nothing() {
         "close code for an oversized frame"
     );
     alice_ws.ping(7).await;
+    // Each kind counted once per bad frame (the counters moved before the answers went out).
+    for ((kind, n), before) in BAD_INPUT_KINDS.iter().zip(&bad_input_before) {
+        assert_eq!(
+            cluster
+                .metric_sample(&gw, BAD_INPUT, &[("kind", kind)])
+                .await,
+            Some(before + n),
+            "{BAD_INPUT}{{kind=\"{kind}\"}}"
+        );
+    }
 
-    // ---- garbage bytes at the HTTP ports ----
+    // ---- garbage bytes at the HTTP ports: 400, then the connection closes ----
     for url in &cluster.role_http_urls() {
         let addr = url.trim_start_matches("http://");
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -433,20 +550,84 @@ async fn bad_input_is_refused_clearly_and_breaks_nothing() {
             .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 GARBAGE \r\n\r\n\xff\xfe")
             .await;
         let mut buf = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        let read = tokio::time::timeout(WAIT, s.read_to_end(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "{url}: the connection stayed open after garbage: {read:?}"
+        );
+        let answer = String::from_utf8_lossy(&buf);
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{url}: answer to garbage: {answer:.300}"
+        );
     }
 
-    // ---- garbage datagrams at the mesh ports ----
-    let mut targets: Vec<_> = cluster
+    // ---- the mesh ports ----
+    // Garbage datagrams never become a connection, so they can reach neither a handshake's
+    // end nor the frame decoder. A peer with a certificate of another CA fails its handshake
+    // (counted); its attempt, sent after the garbage, is also the sign that the garbage was
+    // read. A peer of the cluster that sends a frame that does not decode has it refused
+    // (counted) and the process goes on.
+    let foreign_dir = tempfile::tempdir().expect("temp dir");
+    shared::mesh::tls::generate_dev_certs(foreign_dir.path()).expect("foreign certificates");
+    let foreign = mesh_client(foreign_dir.path());
+    let member = mesh_client(&cluster.data_dir.join("tls"));
+    let mut targets: Vec<(String, SocketAddr, String)> = cluster
         .channel_servers
         .iter()
-        .map(|c| c.mesh_addr)
+        .map(|c| (c.id.clone(), c.mesh_addr, c.http.clone()))
         .collect();
-    targets.push(cluster.admin_mesh);
-    for (i, addr) in targets.iter().enumerate() {
+    targets.push((
+        "admin-server".into(),
+        cluster.admin_mesh,
+        cluster.admin_http.clone(),
+    ));
+    for (i, (name, addr, base)) in targets.iter().enumerate() {
+        let (bad_frames, failures) = mesh_counters(&cluster, base).await;
         send_garbage_udp(*addr, 300, 0x9e37_79b9_7f4a_7c15 ^ i as u64);
+        let refused = tokio::time::timeout(WAIT, foreign.connect(*addr)).await;
+        assert!(
+            matches!(refused, Ok(Err(_))),
+            "{name}: a peer of another CA got a connection (or no answer)"
+        );
+        cluster
+            .wait_metric(
+                base,
+                "switchboard_mesh_handshake_failures_total",
+                &[],
+                "the foreign handshake counted",
+                |n| n >= failures + 1.0,
+            )
+            .await;
+        let (bad_after, failures_after) = mesh_counters(&cluster, base).await;
+        assert_eq!(
+            (bad_after, failures_after),
+            (bad_frames, failures + 1.0),
+            "{name}: garbage datagrams counted as bad frames or handshakes"
+        );
+
+        let conn = tokio::time::timeout(WAIT, member.connect(*addr))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: mesh connect timed out"))
+            .unwrap_or_else(|e| panic!("{name}: mesh connect: {e}"));
+        let (mut w, _r) = conn.open().await.expect("open a mesh stream");
+        // Length 6, protocol version 1, then bytes that are no frame.
+        let garbage = tokio_tungstenite::tungstenite::Bytes::from_static(&[
+            0, 0, 0, 6, 0, 1, 0xff, 0xff, 0xff, 0xff,
+        ]);
+        w.send_bytes(&garbage).await.expect("send a bad frame");
+        w.finish();
+        cluster
+            .wait_metric(
+                base,
+                "switchboard_mesh_bad_frames_total",
+                &[],
+                "the bad frame counted",
+                |n| n == bad_frames + 1.0,
+            )
+            .await;
+        conn.close("done");
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
 
     // ---- nothing broke ----
     let exited = cluster.exited();
@@ -499,26 +680,6 @@ async fn bad_input_is_refused_clearly_and_breaks_nothing() {
     );
 
     // ---- counted ----
-    let bad_after = cluster
-        .metric(&gw, "switchboard_gateway_bad_input_total", &[])
-        .await;
-    assert!(
-        bad_after >= bad_before + 6.0,
-        "gateway bad input counted: {bad_before} -> {bad_after}"
-    );
-    for kind in ["malformed_json", "unknown_event", "binary", "too_big"] {
-        let n = cluster
-            .metric(
-                &gw,
-                "switchboard_gateway_bad_input_total",
-                &[("kind", kind)],
-            )
-            .await;
-        assert!(
-            n >= 1.0,
-            "switchboard_gateway_bad_input_total{{kind=\"{kind}\"}} = {n}"
-        );
-    }
     let rejected_after = cluster
         .metric(&gw, "switchboard_gateway_rejected_connections_total", &[])
         .await;
