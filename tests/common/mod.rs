@@ -588,6 +588,48 @@ impl Cluster {
         let _ = p.child.wait();
     }
 
+    /// Asks process `name` to stop (SIGTERM, as an init system or Kubernetes does) without
+    /// waiting; its exit is no failure of the cluster. See [`Cluster::wait_exit`].
+    pub fn terminate(&self, name: &str) {
+        let mut procs = self.procs();
+        let p = procs
+            .iter_mut()
+            .find(|p| p.name == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        p.killed = true;
+        let status = Command::new("kill")
+            .args(["-s", "TERM", &p.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {name} failed: {status}");
+    }
+
+    /// Waits (bounded) for process `name` to exit; returns how it exited. On timeout it is
+    /// killed and the test fails.
+    pub async fn wait_exit(&self, name: &str, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            {
+                let mut procs = self.procs();
+                let p = procs
+                    .iter_mut()
+                    .find(|p| p.name == name)
+                    .unwrap_or_else(|| panic!("no process {name}"));
+                if let Some(status) = p.child.try_wait().expect("try_wait") {
+                    return status;
+                }
+                if Instant::now() >= deadline {
+                    p.killed = true;
+                    let _ = p.child.kill();
+                    let _ = p.child.wait();
+                    drop(procs);
+                    panic!("{name} did not exit within {timeout:?}");
+                }
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
     /// Panics (with logs) if a process exited that the test did not kill.
     pub fn assert_running(&self) {
         for p in self.procs().iter_mut().filter(|p| !p.killed) {
