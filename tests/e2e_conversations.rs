@@ -4,12 +4,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::json;
-
-const WAIT: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dms_and_invites_reach_exactly_their_members() {

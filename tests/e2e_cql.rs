@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use common::*;
@@ -115,12 +115,7 @@ async fn the_mesh_on_the_cql_store_survives_a_killed_channel_server() {
     // Posts continue while a channel server is killed.
     let count = AtomicUsize::new(0);
     let operator = async {
-        assert!(
-            eventually(Duration::from_secs(60), || count.load(Ordering::SeqCst)
-                >= KILL_AT)
-            .await,
-            "posters stalled before the kill"
-        );
+        wait_count(&count, KILL_AT, Duration::from_secs(60)).await;
         cluster.kill(&victim);
         cluster
             .wait_ring(

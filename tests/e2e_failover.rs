@@ -40,11 +40,7 @@ async fn a_dead_channel_servers_channels_move_without_loss_or_duplicates() {
 
     let count = AtomicUsize::new(0);
     let operator = async {
-        let ok = eventually(Duration::from_secs(30), || {
-            count.load(Ordering::SeqCst) >= KILL_AT
-        })
-        .await;
-        assert!(ok, "posters stalled before the kill");
+        wait_count(&count, KILL_AT, Duration::from_secs(30)).await;
         cluster.kill(&victim);
         let killed_at = Instant::now();
         cluster
@@ -141,7 +137,7 @@ async fn clients_of_a_dead_gateway_resume_on_the_other_without_loss() {
         last
     };
     let crash = async {
-        assert!(eventually(WAIT, || count.load(Ordering::SeqCst) >= 10).await);
+        wait_count(&count, 10, WAIT).await;
         cluster.kill(&cluster.gateways[0].id);
         assert!(
             eventually(WAIT, || bob_1.ended()).await,

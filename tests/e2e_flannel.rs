@@ -12,10 +12,7 @@
 
 mod common;
 
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -25,205 +22,53 @@ use serde_json::{json, Value};
 /// p99; a loaded CI machine gets slack).
 const FRESH_WITHIN: Duration = Duration::from_secs(5);
 
-fn free_tcp() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free tcp port")
-        .local_addr()
-        .unwrap()
+/// Starts a Flannel on `addr`; returns its base URL.
+fn flannel_at(cluster: &Cluster, name: &str, addr: SocketAddr, extra: &[&str]) -> String {
+    let mut sets = vec![
+        format!("flannel.http_addr={}", quoted(&addr.to_string())),
+        format!("flannel.webapp_url={}", quoted(&cluster.webapp)),
+    ];
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    cluster.spawn_extra(name, "flannel", &sets);
+    format!("http://{addr}")
 }
 
-fn quoted(s: &str) -> String {
-    format!("\"{s}\"")
+fn flannel(cluster: &Cluster, name: &str, extra: &[&str]) -> String {
+    flannel_at(cluster, name, free_tcp(), extra)
 }
 
-/// Flannel and gateway processes of this test, killed on drop (logs printed on failure).
-struct Procs {
-    data_dir: PathBuf,
-    admin_mesh: SocketAddr,
-    webapp: String,
-    http: reqwest::Client,
-    running: Vec<(String, Child, PathBuf)>,
+/// Starts a gateway whose boot data comes from `flannel_url`; returns (ws URL, base URL).
+fn gateway(cluster: &Cluster, name: &str, flannel_url: &str) -> (String, String) {
+    let addr = free_tcp();
+    cluster.spawn_extra(
+        name,
+        "gateway",
+        &[
+            format!("gateway.http_addr={}", quoted(&addr.to_string())),
+            format!("gateway.webapp_url={}", quoted(&cluster.webapp)),
+            format!("gateway.flannel_urls=[{}]", quoted(flannel_url)),
+        ],
+    );
+    (format!("ws://{addr}/rtm"), format!("http://{addr}"))
 }
 
-impl Procs {
-    fn new(cluster: &Cluster) -> Procs {
-        Procs {
-            data_dir: cluster.data_dir.clone(),
-            admin_mesh: cluster.admin_mesh,
-            webapp: cluster.webapp.clone(),
-            http: cluster.http.clone(),
-            running: Vec::new(),
-        }
-    }
-
-    fn spawn(&mut self, name: &str, role: &str, sets: &[String]) {
-        let log = self
-            .data_dir
-            .join("logs")
-            .join(format!("{name}-{}.log", self.running.len()));
-        let file = File::create(&log).expect("create log file");
-        let mut cmd = Command::new(bin());
-        cmd.arg(role).arg("--data-dir").arg(&self.data_dir);
-        let common = [
-            format!("mesh.admin_addr={}", quoted(&self.admin_mesh.to_string())),
-            format!("node.id={}", quoted(name)),
-        ];
-        for s in common.iter().chain(sets) {
-            cmd.arg("--set").arg(s);
-        }
-        cmd.env(
-            "RUST_LOG",
-            std::env::var("SWITCHBOARD_E2E_LOG").unwrap_or_else(|_| "info".into()),
+/// Waits until the Flannel at `base` is healthy and follows the admin server (its change
+/// events flow).
+async fn wait_flannel_linked(cluster: &Cluster, base: &str) {
+    cluster.wait_healthy(base).await;
+    cluster
+        .wait_metric(
+            base,
+            "switchboard_flannel_admin_link_up",
+            &[],
+            "the link to the admin server up",
+            |v| v == 1.0,
         )
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(file.try_clone().expect("clone log file"))
-        .stderr(file);
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        self.running.push((name.to_string(), child, log));
-    }
-
-    /// Starts a Flannel on `addr`; returns its base URL.
-    fn flannel_at(&mut self, name: &str, addr: SocketAddr, extra: &[&str]) -> String {
-        let mut sets = vec![
-            format!("flannel.http_addr={}", quoted(&addr.to_string())),
-            format!("flannel.webapp_url={}", quoted(&self.webapp)),
-        ];
-        sets.extend(extra.iter().map(|s| s.to_string()));
-        self.spawn(name, "flannel", &sets);
-        format!("http://{addr}")
-    }
-
-    fn flannel(&mut self, name: &str, extra: &[&str]) -> String {
-        self.flannel_at(name, free_tcp(), extra)
-    }
-
-    /// Starts a gateway whose boot data comes from `flannel_url`; returns (ws URL, base URL).
-    fn gateway(&mut self, name: &str, flannel_url: &str) -> (String, String) {
-        let addr = free_tcp();
-        self.spawn(
-            name,
-            "gateway",
-            &[
-                format!("gateway.http_addr={}", quoted(&addr.to_string())),
-                format!("gateway.webapp_url={}", quoted(&self.webapp)),
-                format!("gateway.flannel_urls=[{}]", quoted(flannel_url)),
-            ],
-        );
-        (format!("ws://{addr}/rtm"), format!("http://{addr}"))
-    }
-
-    /// Kills `name` (SIGKILL) and waits for it.
-    fn kill(&mut self, name: &str) {
-        for (n, child, _) in self.running.iter_mut().filter(|(n, _, _)| n == name) {
-            let _ = child.kill();
-            let _ = child.wait();
-            n.push_str(" (killed)");
-        }
-    }
-
-    fn assert_running(&mut self) {
-        for (name, child, _) in &mut self.running {
-            if name.ends_with("(killed)") {
-                continue;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("process {name} exited: {status}");
-            }
-        }
-    }
-
-    /// Waits until `base/health` answers 200.
-    async fn wait_healthy(&mut self, base: &str) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            self.assert_running();
-            let ok = matches!(
-                self.http.get(format!("{base}/health")).send().await,
-                Ok(r) if r.status() == 200
-            );
-            if ok {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{base}/health not 200 within {START_TIMEOUT:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Waits until the Flannel at `base` follows the admin server (its change events flow).
-    async fn wait_flannel_linked(&mut self, base: &str) {
-        self.wait_healthy(base).await;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if metric(&self.http, base, "switchboard_flannel_admin_link_up").await == 1.0 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{base} never linked to the admin server"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+        .await;
 }
 
-impl Drop for Procs {
-    fn drop(&mut self) {
-        let failed = std::thread::panicking();
-        for (name, child, log) in &mut self.running {
-            let _ = child.kill();
-            let _ = child.wait();
-            if failed {
-                let text = std::fs::read_to_string(&*log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!("===== {name} ({}) =====", log.display());
-                for l in &lines[lines.len().saturating_sub(40)..] {
-                    eprintln!("{l}");
-                }
-            }
-        }
-    }
-}
-
-async fn metric(http: &reqwest::Client, base: &str, name: &str) -> f64 {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .unwrap_or_default();
-    metric_value(&text, name, &[])
-}
-
-/// `GET base/path?query` with the token as a bearer; (status, JSON).
-async fn query(
-    http: &reqwest::Client,
-    base: &str,
-    path: &str,
-    token: Option<&str>,
-) -> (u16, Value) {
-    let mut req = http.get(format!("{base}{path}"));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let r = req
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap_or_default();
-    let v = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{path}: answer is not JSON ({e}): {text:?}"));
-    (status, v)
-}
-
-async fn boot(http: &reqwest::Client, base: &str, token: &str) -> Value {
-    let (status, v) = query(http, base, "/boot", Some(token)).await;
+async fn boot(cluster: &Cluster, base: &str, token: &str) -> Value {
+    let (status, v) = cluster.get_json_status(base, "/boot", Some(token)).await;
     assert_eq!(status, 200, "boot at {base}: {v}");
     assert_eq!(v["ok"], true, "boot at {base}: {v}");
     v
@@ -249,7 +94,7 @@ fn ids(list: &Value) -> Vec<String> {
 /// Polls the boot data of `token` at every Flannel until `pred` holds at all of them;
 /// returns how long it took.
 async fn wait_boot(
-    http: &reqwest::Client,
+    cluster: &Cluster,
     flannels: &[String],
     token: &str,
     what: &str,
@@ -258,7 +103,7 @@ async fn wait_boot(
     let start = Instant::now();
     for base in flannels {
         loop {
-            let v = boot(http, base, token).await;
+            let v = boot(cluster, base, token).await;
             if pred(&v) {
                 break;
             }
@@ -298,19 +143,20 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
     let bob = cluster.user("acme", "bob").clone();
     let carol = cluster.user("acme", "carol").clone();
     let gina = cluster.user("globex", "gina").clone();
-    let http = cluster.http.clone();
 
-    let mut procs = Procs::new(&cluster);
-    let flannels = vec![procs.flannel("fl-1", &[]), procs.flannel("fl-2", &[])];
+    let flannels = vec![
+        flannel(&cluster, "fl-1", &[]),
+        flannel(&cluster, "fl-2", &[]),
+    ];
     let gateways = [
-        procs.gateway("gw-1", &flannels[0]),
-        procs.gateway("gw-2", &flannels[1]),
+        gateway(&cluster, "gw-1", &flannels[0]),
+        gateway(&cluster, "gw-2", &flannels[1]),
     ];
     for f in &flannels {
-        procs.wait_flannel_linked(f).await;
+        wait_flannel_linked(&cluster, f).await;
     }
     for (_, base) in &gateways {
-        procs.wait_healthy(base).await;
+        cluster.wait_healthy(base).await;
     }
 
     // A channel everyone is in, and a private one only alice is in.
@@ -331,7 +177,7 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
 
     // First boots load the workspace at each Flannel; sized to the user.
     for base in &flannels {
-        let v = boot(&http, base, &alice.token).await;
+        let v = boot(&cluster, base, &alice.token).await;
         assert_eq!(v["self"]["id"], alice.id.as_str());
         assert_eq!(v["team"]["id"], alice.workspace.as_str());
         assert_eq!(v["team"]["name"], "acme");
@@ -357,20 +203,30 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
             json!({"profile": {"real_name": "Bob Builder", "display_name": "bobby"}}),
         )
         .await;
-    wait_boot(&http, &flannels, &alice.token, "bob's new profile", |v| {
-        find(&v["users"], &bob.id)
-            .is_some_and(|u| u["real_name"] == "Bob Builder" && u["display_name"] == "bobby")
-    })
+    wait_boot(
+        &cluster,
+        &flannels,
+        &alice.token,
+        "bob's new profile",
+        |v| {
+            find(&v["users"], &bob.id)
+                .is_some_and(|u| u["real_name"] == "Bob Builder" && u["display_name"] == "bobby")
+        },
+    )
     .await;
 
     // A new channel (its creator is in it), a join, a rename.
     let launch = cluster.create_channel(&alice, "launch").await;
-    wait_boot(&http, &flannels, &alice.token, "the created channel", |v| {
-        find(&v["channels"], &launch).is_some_and(|c| c["name"] == "launch")
-    })
+    wait_boot(
+        &cluster,
+        &flannels,
+        &alice.token,
+        "the created channel",
+        |v| find(&v["channels"], &launch).is_some_and(|c| c["name"] == "launch"),
+    )
     .await;
     cluster.join(&carol, &launch).await;
-    wait_boot(&http, &flannels, &carol.token, "carol's join", |v| {
+    wait_boot(&cluster, &flannels, &carol.token, "carol's join", |v| {
         find(&v["channels"], &launch).is_some()
     })
     .await;
@@ -381,12 +237,12 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
             json!({"channel": launch, "name": "launch-v2"}),
         )
         .await;
-    wait_boot(&http, &flannels, &carol.token, "the rename", |v| {
+    wait_boot(&cluster, &flannels, &carol.token, "the rename", |v| {
         find(&v["channels"], &launch).is_some_and(|c| c["name"] == "launch-v2")
     })
     .await;
     // bob is in none of these: his boot does not show them.
-    let v = boot(&http, &flannels[1], &bob.token).await;
+    let v = boot(&cluster, &flannels[1], &bob.token).await;
     assert_eq!(ids(&v["channels"]), vec![town.clone()]);
 
     // A read position.
@@ -400,43 +256,47 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
             json!({"channel": town, "ts": ts}),
         )
         .await;
-    wait_boot(&http, &flannels, &bob.token, "bob's read position", |v| {
-        find(&v["channels"], &town).is_some_and(|c| c["last_read"] == seq)
-    })
+    wait_boot(
+        &cluster,
+        &flannels,
+        &bob.token,
+        "bob's read position",
+        |v| find(&v["channels"], &town).is_some_and(|c| c["last_read"] == seq),
+    )
     .await;
 
     // Lookups answer from the same data.
-    let (_, v) = query(
-        &http,
-        &flannels[1],
-        "/users.lookup?prefix=BOB&limit=5",
-        Some(&alice.token),
-    )
-    .await;
+    let (_, v) = cluster
+        .get_json_status(
+            &flannels[1],
+            "/users.lookup?prefix=BOB&limit=5",
+            Some(&alice.token),
+        )
+        .await;
     assert_eq!(ids(&v["users"]), vec![bob.id.clone()], "{v}");
-    let (_, v) = query(
-        &http,
-        &flannels[0],
-        "/users.lookup?prefix=build",
-        Some(&alice.token),
-    )
-    .await;
+    let (_, v) = cluster
+        .get_json_status(
+            &flannels[0],
+            "/users.lookup?prefix=build",
+            Some(&alice.token),
+        )
+        .await;
     assert_eq!(ids(&v["users"]), vec![bob.id.clone()], "{v}");
-    let (_, v) = query(
-        &http,
-        &flannels[0],
-        "/channels.lookup?prefix=launch",
-        Some(&carol.token),
-    )
-    .await;
+    let (_, v) = cluster
+        .get_json_status(
+            &flannels[0],
+            "/channels.lookup?prefix=launch",
+            Some(&carol.token),
+        )
+        .await;
     assert_eq!(v["channels"][0]["name"], "launch-v2", "{v}");
-    let (_, v) = query(
-        &http,
-        &flannels[0],
-        &format!("/users.info?user={}&token={}", carol.id, alice.token),
-        None,
-    )
-    .await;
+    let (_, v) = cluster
+        .get_json_status(
+            &flannels[0],
+            &format!("/users.info?user={}&token={}", carol.id, alice.token),
+            None,
+        )
+        .await;
     assert_eq!(v["user"]["name"], "carol", "token as a parameter: {v}");
 
     // The gateway's hello carries its Flannel's boot data.
@@ -496,67 +356,84 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
 
     // Bad and foreign-workspace queries.
     let fl = &flannels[0];
-    let (status, v) = query(&http, fl, "/boot", None).await;
+    let (status, v) = cluster.get_json_status(fl, "/boot", None).await;
     assert_eq!((status, v["error"].as_str()), (200, Some("not_authed")));
-    let (_, v) = query(&http, fl, "/boot", Some("xoxp-garbage.sig")).await;
+    let (_, v) = cluster
+        .get_json_status(fl, "/boot", Some("xoxp-garbage.sig"))
+        .await;
     assert_eq!(v["error"], "invalid_auth");
-    let (_, v) = query(
-        &http,
-        fl,
-        &format!("/users.info?user={}", gina.id),
-        Some(&alice.token),
-    )
-    .await;
+    let (_, v) = cluster
+        .get_json_status(
+            fl,
+            &format!("/users.info?user={}", gina.id),
+            Some(&alice.token),
+        )
+        .await;
     assert_eq!(v["error"], "user_not_found", "another workspace's user");
-    let (_, v) = query(
-        &http,
-        fl,
-        &format!("/channels.info?channel={globex_chan}"),
-        Some(&alice.token),
-    )
-    .await;
+    let (_, v) = cluster
+        .get_json_status(
+            fl,
+            &format!("/channels.info?channel={globex_chan}"),
+            Some(&alice.token),
+        )
+        .await;
     assert_eq!(
         v["error"], "channel_not_found",
         "another workspace's channel"
     );
-    let (_, v) = query(
-        &http,
-        fl,
-        &format!("/channels.info?channel={private}"),
-        Some(&bob.token),
-    )
-    .await;
+    let (_, v) = cluster
+        .get_json_status(
+            fl,
+            &format!("/channels.info?channel={private}"),
+            Some(&bob.token),
+        )
+        .await;
     assert_eq!(
         v["error"], "channel_not_found",
         "a private channel bob is not in"
     );
-    let (_, v) = query(
-        &http,
-        fl,
-        &format!("/channels.info?channel={private}"),
-        Some(&carol.token),
-    )
-    .await;
+    let (_, v) = cluster
+        .get_json_status(
+            fl,
+            &format!("/channels.info?channel={private}"),
+            Some(&carol.token),
+        )
+        .await;
     assert_eq!(v["error"], "channel_not_found");
-    let (_, v) = query(&http, fl, "/users.lookup", Some(&alice.token)).await;
+    let (_, v) = cluster
+        .get_json_status(fl, "/users.lookup", Some(&alice.token))
+        .await;
     assert_eq!(v["error"], "invalid_prefix");
-    let (_, v) = query(
-        &http,
-        fl,
-        "/users.lookup?prefix=a&limit=x",
-        Some(&alice.token),
-    )
-    .await;
+    let (_, v) = cluster
+        .get_json_status(fl, "/users.lookup?prefix=a&limit=x", Some(&alice.token))
+        .await;
     assert_eq!(v["error"], "invalid_limit");
-    let (status, v) = query(&http, fl, "/nope", Some(&alice.token)).await;
+    let (status, v) = cluster
+        .get_json_status(fl, "/nope", Some(&alice.token))
+        .await;
     assert_eq!((status, v["error"].as_str()), (404, Some("unknown_method")));
     // gina's own queries see only globex.
-    let v = boot(&http, fl, &gina.token).await;
+    let v = boot(&cluster, fl, &gina.token).await;
     assert_eq!(ids(&v["users"]), vec![gina.id.clone()]);
     assert_eq!(ids(&v["channels"]), vec![globex_chan.clone()]);
-    assert!(metric(&http, fl, "switchboard_flannel_errors_total").await >= 8.0);
-    assert!(metric(&http, fl, "switchboard_flannel_cache_hits_total").await > 0.0);
-    assert!(metric(&http, fl, "switchboard_flannel_events_applied_total").await > 0.0);
+    assert!(
+        cluster
+            .metric(fl, "switchboard_flannel_errors_total", &[])
+            .await
+            >= 8.0
+    );
+    assert!(
+        cluster
+            .metric(fl, "switchboard_flannel_cache_hits_total", &[])
+            .await
+            > 0.0
+    );
+    assert!(
+        cluster
+            .metric(fl, "switchboard_flannel_events_applied_total", &[])
+            .await
+            > 0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -571,22 +448,25 @@ async fn flannel_restarts_and_evictions_lose_nothing() {
     let bob = cluster.user("acme", "bob").clone();
     let gina = cluster.user("globex", "gina").clone();
     let ian = cluster.user("initech", "ian").clone();
-    let http = cluster.http.clone();
     let general = cluster.create_channel(&alice, "general").await;
     cluster.join(&bob, &general).await;
 
-    let mut procs = Procs::new(&cluster);
     // Room for two workspaces only.
     let addr = free_tcp();
-    let small = procs.flannel_at("fl-small", addr, &["flannel.max_workspaces=2"]);
-    procs.wait_flannel_linked(&small).await;
+    let small = flannel_at(&cluster, "fl-small", addr, &["flannel.max_workspaces=2"]);
+    wait_flannel_linked(&cluster, &small).await;
 
     // Three workspaces: the least recently used leaves.
     for user in [&alice, &gina, &ian] {
-        let v = boot(&http, &small, &user.token).await;
+        let v = boot(&cluster, &small, &user.token).await;
         assert_eq!(v["self"]["id"], user.id.as_str());
     }
-    assert!(metric(&http, &small, "switchboard_flannel_cache_evictions_total").await >= 1.0);
+    assert!(
+        cluster
+            .metric(&small, "switchboard_flannel_cache_evictions_total", &[])
+            .await
+            >= 1.0
+    );
     assert_eq!(
         cluster
             .metric_sample(&small, "switchboard_flannel_cached_workspaces", &[])
@@ -603,13 +483,20 @@ async fn flannel_restarts_and_evictions_lose_nothing() {
             json!({"profile": {"display_name": "evicted-bob"}}),
         )
         .await;
-    let misses = metric(&http, &small, "switchboard_flannel_cache_misses_total").await;
-    let v = boot(&http, &small, &alice.token).await;
+    let misses = cluster
+        .metric(&small, "switchboard_flannel_cache_misses_total", &[])
+        .await;
+    let v = boot(&cluster, &small, &alice.token).await;
     assert!(
         find(&v["users"], &bob.id).is_some_and(|u| u["display_name"] == "evicted-bob"),
         "{v}"
     );
-    assert!(metric(&http, &small, "switchboard_flannel_cache_misses_total").await > misses);
+    assert!(
+        cluster
+            .metric(&small, "switchboard_flannel_cache_misses_total", &[])
+            .await
+            > misses
+    );
     assert_eq!(
         cluster
             .metric_sample(&small, "switchboard_flannel_cached_workspaces", &[])
@@ -619,7 +506,7 @@ async fn flannel_restarts_and_evictions_lose_nothing() {
     );
 
     // A restart loses nothing, changes made while it was down included.
-    procs.kill("fl-small");
+    cluster.kill("fl-small");
     cluster
         .api_ok(
             "users.profile.set",
@@ -628,21 +515,21 @@ async fn flannel_restarts_and_evictions_lose_nothing() {
         )
         .await;
     let renamed = cluster.create_channel(&alice, "made-while-down").await;
-    let small = procs.flannel_at("fl-small", addr, &["flannel.max_workspaces=2"]);
-    procs.wait_healthy(&small).await;
-    let v = boot(&http, &small, &alice.token).await;
+    let small = flannel_at(&cluster, "fl-small", addr, &["flannel.max_workspaces=2"]);
+    cluster.wait_healthy(&small).await;
+    let v = boot(&cluster, &small, &alice.token).await;
     assert!(
         find(&v["users"], &bob.id).is_some_and(|u| u["display_name"] == "while-down"),
         "{v}"
     );
     assert!(find(&v["channels"], &renamed).is_some(), "{v}");
-    let v = boot(&http, &small, &gina.token).await;
+    let v = boot(&cluster, &small, &gina.token).await;
     assert_eq!(v["self"]["id"], gina.id.as_str());
 
     // A gateway whose Flannel is unreachable still connects; hello just has no boot data.
     let dead = format!("http://{}", free_tcp());
-    let (ws_url, gw_base) = procs.gateway("gw-dead", &dead);
-    procs.wait_healthy(&gw_base).await;
+    let (ws_url, gw_base) = gateway(&cluster, "gw-dead", &dead);
+    cluster.wait_healthy(&gw_base).await;
     let client = Client::connect(&ws_url, &alice.token, None)
         .await
         .expect("connect");
@@ -650,5 +537,10 @@ async fn flannel_restarts_and_evictions_lose_nothing() {
     assert_eq!(client.hello["user"], alice.id.as_str());
     client.ping(1).await;
     client.close().await;
-    assert!(metric(&http, &gw_base, "switchboard_gateway_boot_failures_total").await >= 1.0);
+    assert!(
+        cluster
+            .metric(&gw_base, "switchboard_gateway_boot_failures_total", &[])
+            .await
+            >= 1.0
+    );
 }

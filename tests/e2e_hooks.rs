@@ -5,12 +5,8 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::*;
 use serde_json::{json, Value};
-
-const WAIT: Duration = Duration::from_secs(10);
 
 /// POSTs to a hook URL; returns (status, text).
 async fn hook_post(
@@ -141,27 +137,13 @@ async fn incoming_webhooks_post_into_their_channel_as_their_creator() {
         "{replies}"
     );
     // The webhook's messages are searchable like any other.
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let v = cluster
-            .api_ok(
-                "search.messages",
-                &bob.token,
-                json!({ "query": "\"deploy 42\"" }),
-            )
-            .await;
-        if v["messages"]["matches"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|m| m["ts"] == parent_ts.as_str()))
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the hook's message never became searchable: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    cluster
+        .wait_search(&bob.token, "\"deploy 42\"", "the hook's message", |v| {
+            v["messages"]["matches"]
+                .as_array()
+                .is_some_and(|m| m.iter().any(|m| m["ts"] == parent_ts.as_str()))
+        })
+        .await;
 
     // Refusals: a forged token, an empty text, and a creator who left the channel.
     let (status, text) = hook_post(

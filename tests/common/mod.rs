@@ -217,7 +217,8 @@ pub fn free_udp() -> SocketAddr {
         .unwrap()
 }
 
-fn quoted(s: &str) -> String {
+/// `s` as a TOML string, for `--set key=value`.
+pub fn quoted(s: &str) -> String {
     format!("\"{s}\"")
 }
 
@@ -533,8 +534,16 @@ impl Cluster {
         procs.clear();
     }
 
-    fn spawn(&mut self, name: &str, role: &str, sets: &[String]) {
-        let log = self.data_dir.join("logs").join(format!("{name}.log"));
+    fn spawn(&self, name: &str, role: &str, sets: &[String]) {
+        // A process started again under its name keeps the first one's log.
+        let logs = self.data_dir.join("logs");
+        let log = (1..)
+            .map(|n| match n {
+                1 => logs.join(format!("{name}.log")),
+                n => logs.join(format!("{name}-{n}.log")),
+            })
+            .find(|p| !p.exists())
+            .expect("a free log name");
         let file = File::create(&log).expect("create log file");
         let mut cmd = Command::new(bin());
         cmd.arg(role).arg("--data-dir").arg(&self.data_dir);
@@ -563,6 +572,41 @@ impl Cluster {
         });
     }
 
+    /// Starts one more process of `role` named `name` (a Flannel, a gateway with its own
+    /// settings, ...) pointed at this cluster's admin server, with the role's `--set` flags
+    /// from [`ClusterOpts`] and then `sets`. It is watched, logged and killed like the others;
+    /// a name may be started again after [`Cluster::kill`] (the newest process of a name is
+    /// the one that [`Cluster::kill`] and [`Cluster::log`] mean).
+    pub fn spawn_extra(&self, name: &str, role: &str, sets: &[String]) {
+        let mut all = vec![
+            format!("mesh.admin_addr={}", quoted(&self.admin_mesh.to_string())),
+            format!("node.id={}", quoted(name)),
+        ];
+        all.extend(sets.iter().cloned());
+        self.spawn(name, role, &all);
+    }
+
+    /// Waits until `base/health` answers 200 (bounded by [`START_TIMEOUT`]), failing at once
+    /// if a process of the cluster exited meanwhile.
+    pub async fn wait_healthy(&self, base: &str) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.assert_running();
+            let ok = matches!(
+                self.http.get(format!("{base}/health")).send().await,
+                Ok(r) if r.status() == 200
+            );
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{base}/health not 200 within {START_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Every role's HTTP base URL (admin, channel servers, Web API, gateways).
     pub fn role_http_urls(&self) -> Vec<String> {
         let mut urls = vec![self.admin_http.clone()];
@@ -581,6 +625,7 @@ impl Cluster {
         let mut procs = self.procs();
         let p = procs
             .iter_mut()
+            .rev()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no process {name}"));
         p.killed = true;
@@ -594,6 +639,7 @@ impl Cluster {
         let mut procs = self.procs();
         let p = procs
             .iter_mut()
+            .rev()
             .find(|p| p.name == name)
             .unwrap_or_else(|| panic!("no process {name}"));
         p.killed = true;
@@ -613,6 +659,7 @@ impl Cluster {
                 let mut procs = self.procs();
                 let p = procs
                     .iter_mut()
+                    .rev()
                     .find(|p| p.name == name)
                     .unwrap_or_else(|| panic!("no process {name}"));
                 if let Some(status) = p.child.try_wait().expect("try_wait") {
@@ -655,6 +702,7 @@ impl Cluster {
     pub fn log(&self, name: &str) -> String {
         self.procs()
             .iter()
+            .rev()
             .find(|p| p.name == name)
             .map(|p| std::fs::read_to_string(&p.log).unwrap_or_default())
             .unwrap_or_default()
@@ -736,6 +784,29 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("GET {url}: {e}"));
         (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+
+    /// `GET base+path`, with `token` as a bearer if given; (HTTP status, JSON answer).
+    pub async fn get_json_status(
+        &self,
+        base: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let url = format!("{base}{path}");
+        let mut req = self.http.get(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        let v = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("GET {url}: answer is not JSON ({e}): {text:?}"));
+        (status, v)
     }
 
     /// The value of one Prometheus sample (`name` with exactly these labels), summed over
@@ -912,9 +983,6 @@ impl Cluster {
         panic!("post {client_msg_id} to {channel} never succeeded: {failures:?}");
     }
 
-    /// Every message of a channel through `conversations.history`, following cursors with
-    /// pages of `page` messages; returned oldest first. Checks the pages as it goes (newest
-    /// first within a page, `has_more` agrees with the cursor).
     /// Creates channels `{prefix}-0` .. `{prefix}-{n-1}` as `user`; returns each one's owner.
     pub async fn channels_with_owners(
         &self,
@@ -964,6 +1032,9 @@ impl Cluster {
         (results.into_iter().flat_map(|r| r.0).collect(), retried)
     }
 
+    /// Every message of a channel through `conversations.history`, following cursors with
+    /// pages of `page` messages; returned oldest first. Checks the pages as it goes (newest
+    /// first within a page, `has_more` agrees with the cursor).
     pub async fn history_all(&self, user: &TestUser, channel: &str, page: usize) -> Vec<Value> {
         let mut all: Vec<Value> = Vec::new();
         let mut cursor = String::new();
@@ -1327,6 +1398,17 @@ pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<
     total
 }
 
+/// Waits until `count` (what concurrent posters have had acknowledged) reaches `n`, bounded
+/// by `timeout`; fails saying where the posters stalled.
+pub async fn wait_count(count: &AtomicUsize, n: usize, timeout: Duration) {
+    let ok = eventually(timeout, || count.load(Ordering::SeqCst) >= n).await;
+    assert!(
+        ok,
+        "the posters stalled at {} of {n} posts within {timeout:?}",
+        count.load(Ordering::SeqCst)
+    );
+}
+
 /// Polls `pred` until it holds or `timeout` passes; returns whether it held.
 pub async fn eventually(timeout: Duration, mut pred: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -1478,7 +1560,6 @@ impl Client {
             .collect()
     }
 
-    /// The highest `seq` received on `channel`.
     /// The last seq received in each of `channels` (each must have had one).
     pub fn positions(&self, channels: &[String]) -> BTreeMap<String, u64> {
         channels
@@ -1492,6 +1573,7 @@ impl Client {
             .collect()
     }
 
+    /// The highest `seq` received on `channel`.
     pub fn max_seq(&self, channel: &str) -> Option<u64> {
         self.messages(channel)
             .iter()
