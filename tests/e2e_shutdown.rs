@@ -112,10 +112,6 @@ async fn health_until_closed(cluster: &Cluster, base: &str) -> Vec<(u16, Value)>
 /// Once a gateway has said goodbye it is draining: every `/health` answer until its listener
 /// closes is 503. Several gateways, since the defect this guards against is a race.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway defect: its health task can stop on the closed admin-link watch without \
-            set_ready(false) (gateway/src/lib.rs), so /health stays 200 while draining in \
-            some shutdowns (this test catches it in about 2 runs of 5); run it with --ignored \
-            once that is fixed"]
 async fn a_draining_gateway_answers_health_503() {
     let mut opts = ClusterOpts::standard(&["alice"]);
     opts.num_gateways = 4;

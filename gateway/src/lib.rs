@@ -135,8 +135,13 @@ pub async fn run(
                 }
                 was_connected = connected;
                 tokio::select! {
+                    biased;
                     _ = shutdown.wait() => { health.set_ready(false); break; }
-                    changed = connected_rx.changed() => if changed.is_err() { break; },
+                    changed = connected_rx.changed() => if changed.is_err() {
+                        // The admin link is gone for good (it ends at shutdown): not ready.
+                        health.set_ready(false);
+                        break;
+                    },
                 }
             }
         });
