@@ -15,9 +15,14 @@
 //! - The copy is older than `flannel.max_age_secs`: a safety net for an event lost between the
 //!   Web API and the admin server (the Web API counts those), which nothing else would notice.
 //!
-//! Events that arrive while a workspace loads are kept and applied on top of the loaded
-//! snapshot, in arrival order, so a change made while the snapshot was being read is not lost.
-//! Events for workspaces not cached are dropped: they load fresh.
+//! # Events
+//! Events that change nothing cached (presence) are dropped before any lock is taken. An
+//! event takes the cache's lock only to find its workspace, and then the workspace's own
+//! lock: a long read of one workspace (a large boot answer) delays that workspace's events,
+//! never another workspace's queries. Events that arrive while a workspace loads are kept and
+//! applied on top of the loaded snapshot, in arrival order, so a change made while the
+//! snapshot was being read is not lost. Events for workspaces not cached are dropped: they
+//! load fresh.
 //!
 //! # Memory
 //! At most `max_workspaces` workspaces and `max_users` users (over all workspaces) stay
@@ -36,7 +41,7 @@ use tokio::sync::watch;
 
 use crate::loader::{LoadError, SnapshotSource};
 use crate::metrics as m;
-use crate::workspace::{Applied, WorkspaceData};
+use crate::workspace::{changes_cached_data, Applied, WorkspaceData};
 
 /// While the admin link is down, how long a copy loaded meanwhile is served.
 pub const DISCONNECTED_MAX_AGE: Duration = Duration::from_secs(1);
@@ -339,26 +344,50 @@ impl Cache {
     }
 
     /// Applies a change event to the workspace's cached copy (or queues it behind a load under
-    /// way); events of workspaces not cached are dropped.
+    /// way); events of workspaces not cached, and events that change nothing cached, are
+    /// dropped.
+    ///
+    /// Never waits for a workspace's lock while holding the cache's: a long read of one
+    /// workspace delays this call, not the queries of other workspaces.
     pub fn apply_event(&self, event: &UserEvent) {
-        let mut inner = self.inner.lock();
-        let workspace = event.workspace();
-        if let Some(loading) = inner.loading.get_mut(workspace) {
-            loading.pending.push(event.clone());
+        if !changes_cached_data(event) {
+            m::EVENTS_IGNORED.inc();
             return;
         }
-        let Some(slot) = inner.slots.get_mut(workspace) else {
-            m::EVENTS_DROPPED.inc();
-            return;
+        let workspace = event.workspace();
+        let data = {
+            let mut inner = self.inner.lock();
+            if let Some(loading) = inner.loading.get_mut(workspace) {
+                loading.pending.push(event.clone());
+                return;
+            }
+            match inner.slots.get(workspace) {
+                Some(slot) => slot.data.clone(),
+                None => {
+                    m::EVENTS_DROPPED.inc();
+                    return;
+                }
+            }
         };
         m::EVENTS_APPLIED.inc();
-        if slot.data.write().apply(event) == Applied::NeedsReload {
-            m::INVALIDATIONS
-                .with_label_values(&["unknown_in_event"])
-                .inc();
-            tracing::debug!(%workspace, ?event, "event names something not cached; reloading on next use");
-            slot.stale = true;
+        if data.write().apply(event) == Applied::Applied {
+            return;
         }
+        let mut inner = self.inner.lock();
+        // Replaced (or evicted) meanwhile: its successor holds the event, from its snapshot
+        // (loaded after the event) or from its pending events.
+        let Some(slot) = inner
+            .slots
+            .get_mut(workspace)
+            .filter(|s| Arc::ptr_eq(&s.data, &data))
+        else {
+            return;
+        };
+        m::INVALIDATIONS
+            .with_label_values(&["unknown_in_event"])
+            .inc();
+        tracing::debug!(%workspace, ?event, "event names something not cached; reloading on next use");
+        slot.stale = true;
     }
 
     /// Marks the workspace stale when its copy is older than [`MIN_REFRESH_INTERVAL`];
@@ -423,7 +452,8 @@ mod tests {
     use super::*;
     use crate::test_web_api::{within, WebApi};
     use crate::workspace::tests::profile;
-    use shared::ids::ChannelId;
+    use shared::ids::{ChannelId, UserId};
+    use shared::protocol::Presence;
 
     fn budget(max_workspaces: usize, max_users: usize) -> Budget {
         Budget {
@@ -435,6 +465,21 @@ mod tests {
 
     fn num_loads(cache: &Cache) -> u64 {
         cache.activity().borrow().loads
+    }
+
+    fn renamed(ws: &WorkspaceId, user: &UserId, name: &str) -> UserEvent {
+        UserEvent::UserChanged {
+            workspace: ws.clone(),
+            user: profile(user.as_str(), name, "Some One", false),
+        }
+    }
+
+    fn presence(ws: &WorkspaceId, user: &UserId) -> UserEvent {
+        UserEvent::PresenceChanged {
+            workspace: ws.clone(),
+            user: user.clone(),
+            presence: Presence::Active,
+        }
     }
 
     #[tokio::test]
@@ -627,5 +672,83 @@ mod tests {
             channel_name: "general".into(),
         });
         assert!(cache.is_cached(&ws));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_read_of_one_workspace_never_stalls_the_others() {
+        let api = WebApi::start().await;
+        let cache = Cache::new(api.source(), budget(10, 1000));
+        cache.link_changed(true);
+        let ws = api.demo_workspace();
+        let other = api.add_workspace("tother", 2).await;
+        let data = cache.get(&ws).await.unwrap();
+        cache.get(&other).await.unwrap();
+        let alice = api.demo_user("alice");
+        // A long boot render of the demo workspace holds its read lock, on a thread of its
+        // own, until told to finish (or the test ends).
+        let (finish, finished) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held) = tokio::sync::oneshot::channel();
+        let render = {
+            let data = data.clone();
+            std::thread::spawn(move || {
+                let _reading = data.read();
+                let _ = held_tx.send(());
+                let _ = finished.recv();
+            })
+        };
+        within("the render to hold the read lock", held)
+            .await
+            .expect("render thread alive");
+        // Presence changes nothing cached: it does not wait for the lock.
+        let thread = {
+            let (cache, event) = (cache.clone(), presence(&ws, &alice));
+            std::thread::spawn(move || cache.apply_event(&event))
+        };
+        within(
+            "the presence event",
+            tokio::task::spawn_blocking(move || thread.join()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        // A rename must wait for the lock; meanwhile other workspaces answer.
+        let thread = {
+            let (cache, event) = (cache.clone(), renamed(&ws, &alice, "renamed"));
+            std::thread::spawn(move || cache.apply_event(&event))
+        };
+        // The waiting writer shows: new readers of the workspace are held back.
+        within("the event to wait for the workspace lock", async {
+            while data.try_read().is_some() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        let answer = {
+            let (cache, other) = (cache.clone(), other.clone());
+            within(
+                "another workspace's query",
+                tokio::spawn(async move { cache.get(&other).await }),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(answer.read().num_users(), 2);
+        drop(finish);
+        within(
+            "the render",
+            tokio::task::spawn_blocking(move || render.join()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        within(
+            "the rename",
+            tokio::task::spawn_blocking(move || thread.join()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(data.read().user(&alice).unwrap().name, "renamed");
     }
 }

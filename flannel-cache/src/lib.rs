@@ -22,6 +22,8 @@
 //! - Freshness: every change the Web API makes is applied from its event (or queued behind a
 //!   load under way); when the admin link drops, events may have been missed, so every cached
 //!   workspace turns stale and reloads on its next use (correctness over hit rate).
+//! - The event task never waits for a workspace's lock while holding the cache's, so a long
+//!   read of one workspace never stalls other workspaces' queries or the event stream.
 //! - Memory is bounded by config; the least recently used workspaces leave first.
 //! - Workspace isolation: a token answers only from its own workspace; another workspace's
 //!   ids are `user_not_found` / `channel_not_found`, as are private channels the caller is

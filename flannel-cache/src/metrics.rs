@@ -81,6 +81,14 @@ pub static EVENTS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static EVENTS_IGNORED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_flannel_events_ignored_total",
+        "change events that change nothing Flannel caches (presence), dropped before any lock"
+    )
+    .expect("metric registers once")
+});
+
 pub static INVALIDATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_flannel_invalidations_total",

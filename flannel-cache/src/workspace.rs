@@ -130,6 +130,17 @@ fn user_keys(u: &UserProfile) -> Vec<String> {
     keys
 }
 
+/// Whether `event` can change what a cached workspace holds. Presence is not boot data (the
+/// gateways carry it live), so presence events change nothing here and need no lock.
+pub fn changes_cached_data(event: &UserEvent) -> bool {
+    !matches!(
+        event,
+        UserEvent::PresenceReport { .. }
+            | UserEvent::PresenceSet { .. }
+            | UserEvent::PresenceChanged { .. }
+    )
+}
+
 /// A lookup prefix as keys hold it: trimmed and lower-cased.
 pub fn normalize_prefix(prefix: &str) -> String {
     prefix.trim().to_lowercase()
@@ -281,7 +292,7 @@ impl WorkspaceData {
     /// snapshot already reflects, changes nothing.
     pub fn apply(&mut self, event: &UserEvent) -> Applied {
         match event {
-            // Presence is not boot data: the gateways carry it live.
+            // Presence is not boot data ([`changes_cached_data`]).
             UserEvent::PresenceReport { .. }
             | UserEvent::PresenceSet { .. }
             | UserEvent::PresenceChanged { .. } => {}
