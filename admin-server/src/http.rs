@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -73,7 +74,21 @@ async fn add(
     Json(json!({ "ok": true, "epoch": a.current().epoch().0 })).into_response()
 }
 
-async fn drain(State(a): State<Arc<RingAuthority>>, Path(id): Path<String>) -> Response {
+/// A path segment, or the JSON error (counted) for one that does not decode (bad
+/// percent-encoding, not UTF-8), instead of axum's plain-text answer.
+fn segment(path: Result<Path<String>, PathRejection>, name: &str) -> Result<String, Response> {
+    path.map(|Path(s)| s)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, name))
+}
+
+async fn drain(
+    State(a): State<Arc<RingAuthority>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match segment(id, "invalid_id") {
+        Ok(id) => id,
+        Err(answer) => return answer,
+    };
     if a.drain(&NodeId(id)) {
         Json(json!({ "ok": true, "epoch": a.current().epoch().0 })).into_response()
     } else {
@@ -81,7 +96,14 @@ async fn drain(State(a): State<Arc<RingAuthority>>, Path(id): Path<String>) -> R
     }
 }
 
-async fn remove(State(a): State<Arc<RingAuthority>>, Path(id): Path<String>) -> Response {
+async fn remove(
+    State(a): State<Arc<RingAuthority>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Response {
+    let id = match segment(id, "invalid_id") {
+        Ok(id) => id,
+        Err(answer) => return answer,
+    };
     if a.remove(&NodeId(id)) {
         Json(json!({ "ok": true, "epoch": a.current().epoch().0 })).into_response()
     } else {
@@ -89,7 +111,14 @@ async fn remove(State(a): State<Arc<RingAuthority>>, Path(id): Path<String>) -> 
     }
 }
 
-async fn owner(State(a): State<Arc<RingAuthority>>, Path(channel): Path<String>) -> Response {
+async fn owner(
+    State(a): State<Arc<RingAuthority>>,
+    channel: Result<Path<String>, PathRejection>,
+) -> Response {
+    let channel = match segment(channel, "invalid_channel") {
+        Ok(channel) => channel,
+        Err(answer) => return answer,
+    };
     let Some(channel) = ChannelId::parse(&channel) else {
         return error(StatusCode::BAD_REQUEST, "invalid_channel");
     };
