@@ -14,20 +14,22 @@
 //!   [`MIN_REFRESH_INTERVAL`] per workspace).
 //! - The copy is older than `flannel.max_age_secs`: a safety net for an event lost between the
 //!   Web API and the admin server (the Web API counts those), which nothing else would notice.
+//! - More than [`MAX_PENDING_EVENTS`] events arrived during its load (see below).
 //!
 //! # Events
 //! Events that change nothing cached (presence) are dropped before any lock is taken. An
 //! event takes the cache's lock only to find its workspace, and then the workspace's own
 //! lock: a long read of one workspace (a large boot answer) delays that workspace's events,
-//! never another workspace's queries. Events that arrive while a workspace loads are kept and
-//! applied on top of the loaded snapshot, in arrival order, so a change made while the
-//! snapshot was being read is not lost. Events for workspaces not cached are dropped: they
-//! load fresh.
+//! never another workspace's queries. Events that arrive while a workspace loads are kept
+//! (at most [`MAX_PENDING_EVENTS`]) and applied on top of the loaded snapshot, in arrival
+//! order, so a change made while the snapshot was being read is not lost. Events for
+//! workspaces not cached are dropped: they load fresh.
 //!
 //! # Memory
 //! At most `max_workspaces` workspaces and `max_users` users (over all workspaces) stay
-//! cached; after each load the least recently used others leave until both hold. A workspace
-//! larger than `max_users` on its own is still served (everything else is evicted for it).
+//! cached; after each load, and after an event adds users, the least recently used others
+//! leave until both hold. A workspace larger than `max_users` on its own is still served
+//! (everything else is evicted for it).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +50,11 @@ pub const DISCONNECTED_MAX_AGE: Duration = Duration::from_secs(1);
 /// Least time between two reloads asked for by tokens naming unknown users.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Most events kept for a workspace while it loads. Past it they are dropped and the loaded
+/// copy is stale (it reloads on its next use), so a slow load cannot hold events without
+/// bound.
+pub const MAX_PENDING_EVENTS: usize = 4096;
+
 /// A cached workspace, shared with the queries reading it.
 pub type SharedWorkspace = Arc<RwLock<WorkspaceData>>;
 
@@ -67,6 +74,27 @@ struct Loading {
     done: watch::Receiver<Option<LoadResult>>,
     /// Events that arrived during the load, applied after it.
     pending: Vec<UserEvent>,
+    /// More than [`MAX_PENDING_EVENTS`] arrived: `pending` was let go, the copy is stale.
+    overflowed: bool,
+}
+
+impl Loading {
+    fn queue(&mut self, event: &UserEvent) {
+        if self.overflowed {
+            return;
+        }
+        if self.pending.len() >= MAX_PENDING_EVENTS {
+            self.pending = Vec::new();
+            self.overflowed = true;
+            m::INVALIDATIONS
+                .with_label_values(&["pending_overflow"])
+                .inc();
+            tracing::info!(workspace = %event.workspace(), max = MAX_PENDING_EVENTS,
+                "too many events during a load: the loaded copy will reload on next use");
+            return;
+        }
+        self.pending.push(event.clone());
+    }
 }
 
 struct Inner {
@@ -235,6 +263,7 @@ impl Cache {
             Loading {
                 done: rx.clone(),
                 pending: Vec::new(),
+                overflowed: false,
             },
         );
         self.activity.send_modify(|a| a.loads += 1);
@@ -289,12 +318,12 @@ impl Cache {
         generation: u64,
     ) -> SharedWorkspace {
         let mut inner = self.inner.lock();
-        let pending = inner
+        let (pending, overflowed) = inner
             .loading
             .remove(workspace)
-            .map(|l| l.pending)
+            .map(|l| (l.pending, l.overflowed))
             .unwrap_or_default();
-        let mut stale = false;
+        let mut stale = overflowed;
         for ev in &pending {
             m::EVENTS_APPLIED.inc();
             stale |= data.apply(ev) == Applied::NeedsReload;
@@ -314,8 +343,6 @@ impl Cache {
         }
         inner.total_users += num_users;
         self.evict(&mut inner, workspace);
-        m::CACHED_WORKSPACES.set(inner.slots.len() as i64);
-        m::CACHED_USERS.set(inner.total_users as i64);
         data
     }
 
@@ -341,6 +368,8 @@ impl Cache {
                 tracing::debug!(workspace = %victim, users = slot.num_users, "workspace evicted");
             }
         }
+        m::CACHED_WORKSPACES.set(inner.slots.len() as i64);
+        m::CACHED_USERS.set(inner.total_users as i64);
     }
 
     /// Applies a change event to the workspace's cached copy (or queues it behind a load under
@@ -358,7 +387,7 @@ impl Cache {
         let data = {
             let mut inner = self.inner.lock();
             if let Some(loading) = inner.loading.get_mut(workspace) {
-                loading.pending.push(event.clone());
+                loading.queue(event);
                 return;
             }
             match inner.slots.get(workspace) {
@@ -369,8 +398,14 @@ impl Cache {
                 }
             }
         };
+        let (applied, users_before, users_after) = {
+            let mut d = data.write();
+            let before = d.num_users();
+            let applied = d.apply(event);
+            (applied, before, d.num_users())
+        };
         m::EVENTS_APPLIED.inc();
-        if data.write().apply(event) == Applied::Applied {
+        if applied == Applied::Applied && users_before == users_after {
             return;
         }
         let mut inner = self.inner.lock();
@@ -383,11 +418,18 @@ impl Cache {
         else {
             return;
         };
-        m::INVALIDATIONS
-            .with_label_values(&["unknown_in_event"])
-            .inc();
-        tracing::debug!(%workspace, ?event, "event names something not cached; reloading on next use");
-        slot.stale = true;
+        if applied == Applied::NeedsReload {
+            m::INVALIDATIONS
+                .with_label_values(&["unknown_in_event"])
+                .inc();
+            tracing::debug!(%workspace, ?event, "event names something not cached; reloading on next use");
+            slot.stale = true;
+        }
+        let old = std::mem::replace(&mut slot.num_users, users_after);
+        if old != users_after {
+            inner.total_users = inner.total_users - old + users_after;
+            self.evict(&mut inner, workspace);
+        }
     }
 
     /// Marks the workspace stale when its copy is older than [`MIN_REFRESH_INTERVAL`];
@@ -750,5 +792,72 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(data.read().user(&alice).unwrap().name, "renamed");
+    }
+
+    #[tokio::test]
+    async fn users_added_by_events_count_against_the_budget() {
+        let api = WebApi::start().await;
+        // Room for six users: the demo workspace (3) and another (3).
+        let cache = Cache::new(api.source(), budget(10, 6));
+        cache.link_changed(true);
+        let other = api.add_workspace("tother", 3).await;
+        let ws = api.demo_workspace();
+        cache.get(&other).await.unwrap();
+        cache.get(&ws).await.unwrap();
+        assert_eq!(cache.size(), (2, 6));
+        // Renaming a known user adds no one.
+        cache.apply_event(&renamed(&ws, &api.demo_user("bob"), "robert"));
+        assert_eq!(cache.size(), (2, 6));
+        // A new user, known from its event only: seven users, so the other workspace leaves.
+        cache.apply_event(&renamed(&ws, &UserId::from("UNEW"), "newcomer"));
+        assert_eq!(cache.size(), (1, 4));
+        assert!(cache.is_cached(&ws) && !cache.is_cached(&other));
+    }
+
+    #[tokio::test]
+    async fn events_kept_during_a_load_are_bounded() {
+        // Not answering yet: the load stays under way while the events arrive.
+        let api = WebApi::prepare().await;
+        let cache = Cache::new(api.source(), budget(10, 1000));
+        cache.link_changed(true);
+        let ws = api.demo_workspace();
+        let alice = api.demo_user("alice");
+        let getter = {
+            let (cache, ws) = (cache.clone(), ws.clone());
+            tokio::spawn(async move { cache.get(&ws).await })
+        };
+        within(
+            "the load to start",
+            cache.activity().wait_for(|a| a.loads == 1),
+        )
+        .await
+        .expect("cache alive");
+        let num_pending = |cache: &Cache| {
+            let inner = cache.inner.lock();
+            let loading = &inner.loading[&ws];
+            (loading.pending.len(), loading.overflowed)
+        };
+        // Presence is not kept.
+        for _ in 0..10 {
+            cache.apply_event(&presence(&ws, &alice));
+        }
+        assert_eq!(num_pending(&cache), (0, false));
+        for i in 0..MAX_PENDING_EVENTS {
+            cache.apply_event(&renamed(&ws, &alice, &format!("alice{i}")));
+        }
+        assert_eq!(num_pending(&cache), (MAX_PENDING_EVENTS, false));
+        // One more: the kept events go, and the loaded copy will be stale.
+        cache.apply_event(&renamed(&ws, &alice, "last"));
+        assert_eq!(num_pending(&cache), (0, true));
+        cache.apply_event(&renamed(&ws, &alice, "after"));
+        assert_eq!(num_pending(&cache), (0, true));
+        api.serve();
+        within("the load", getter).await.unwrap().unwrap();
+        assert!(
+            !cache.is_cached(&ws),
+            "events were lost: the copy must reload"
+        );
+        cache.get(&ws).await.unwrap();
+        assert!(cache.is_cached(&ws));
     }
 }

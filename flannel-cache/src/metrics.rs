@@ -92,7 +92,7 @@ pub static EVENTS_IGNORED: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static INVALIDATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_flannel_invalidations_total",
-        "cached workspaces marked stale, by reason (link_down, link_up, unknown_in_event, unknown_user)",
+        "cached workspaces marked stale, by reason (link_down, link_up, unknown_in_event, unknown_user, pending_overflow)",
         &["reason"]
     )
     .expect("metric registers once")
