@@ -74,20 +74,18 @@ async fn add(
     Json(json!({ "ok": true, "epoch": a.current().epoch().0 })).into_response()
 }
 
-/// A path segment, or the JSON error (counted) for one that does not decode (bad
-/// percent-encoding, not UTF-8), instead of axum's plain-text answer.
-fn segment(path: Result<Path<String>, PathRejection>, name: &str) -> Result<String, Response> {
-    path.map(|Path(s)| s)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, name))
+/// A path segment; `None` for one that does not decode (bad percent-encoding, not UTF-8),
+/// which the handler answers with its JSON error rather than axum's plain-text one.
+fn segment(path: Result<Path<String>, PathRejection>) -> Option<String> {
+    path.ok().map(|Path(s)| s)
 }
 
 async fn drain(
     State(a): State<Arc<RingAuthority>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let id = match segment(id, "invalid_id") {
-        Ok(id) => id,
-        Err(answer) => return answer,
+    let Some(id) = segment(id) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_id");
     };
     if a.drain(&NodeId(id)) {
         Json(json!({ "ok": true, "epoch": a.current().epoch().0 })).into_response()
@@ -100,9 +98,8 @@ async fn remove(
     State(a): State<Arc<RingAuthority>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let id = match segment(id, "invalid_id") {
-        Ok(id) => id,
-        Err(answer) => return answer,
+    let Some(id) = segment(id) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_id");
     };
     if a.remove(&NodeId(id)) {
         Json(json!({ "ok": true, "epoch": a.current().epoch().0 })).into_response()
@@ -115,9 +112,8 @@ async fn owner(
     State(a): State<Arc<RingAuthority>>,
     channel: Result<Path<String>, PathRejection>,
 ) -> Response {
-    let channel = match segment(channel, "invalid_channel") {
-        Ok(channel) => channel,
-        Err(answer) => return answer,
+    let Some(channel) = segment(channel) else {
+        return error(StatusCode::BAD_REQUEST, "invalid_channel");
     };
     let Some(channel) = ChannelId::parse(&channel) else {
         return error(StatusCode::BAD_REQUEST, "invalid_channel");
