@@ -1,13 +1,14 @@
-//! The set of cached workspaces: lazy loads (one per workspace at a time, whoever asks),
-//! change events, staleness, and eviction of least recently used workspaces when over budget.
+//! The set of cached workspaces: lazy loads (one per workspace at a time, whoever asks, at
+//! most [`Budget::max_concurrent_loads`] of all workspaces), change events, staleness, and
+//! eviction of least recently used workspaces when over budget.
 //!
 //! # Freshness
-//! A loaded workspace is kept current by the change events the admin server relays. Three
+//! A loaded workspace is kept current by the change events the admin server relays. These
 //! things make a cached copy *stale*, so that its next use loads it again:
 //! - The link to the admin server went down or came back (or delivered a new ring, which
 //!   cannot be told apart from a quick reconnect): events may have been missed in between, so
 //!   every copy becomes stale (the link generation changes). While the link is down, a copy
-//!   loaded meanwhile is served for at most [`DISCONNECTED_MAX_AGE`].
+//!   loaded meanwhile is fresh for at most [`DISCONNECTED_MAX_AGE`].
 //! - An event names a user or channel the copy does not hold (created behind the events'
 //!   back, by the CLI for example).
 //! - A valid token names a user the copy does not hold ([`Cache::refresh`], at most once per
@@ -16,14 +17,31 @@
 //!   Web API and the admin server (the Web API counts those), which nothing else would notice.
 //! - More than [`MAX_PENDING_EVENTS`] events arrived during its load (see below).
 //!
+//! # Reloads cannot storm
+//! Every copy turns stale at once when the admin server restarts, and the Web API may be
+//! slow or down at that moment; a reload must not turn into a wait for every query, nor into
+//! a snapshot load per query. So:
+//! - A stale copy is answered at once, and its use starts one reload in the background
+//!   (serve-stale-while-revalidate); the queries after that reload see the new copy. Only a
+//!   query for a workspace with no copy (never loaded, or evicted) waits for a load, and
+//!   [`Cache::refresh`], whose caller needs the reload's answer.
+//! - At most `max_concurrent_loads` loads run at once. A load that a query waits for queues
+//!   for its turn; a background reload starts only when a turn is free right away (otherwise
+//!   a later use of the stale copy tries again), so waiting queries go first and background
+//!   reloads never pile up.
+//! - A failed load is remembered: until its backoff passes ([`LOAD_BACKOFF_INITIAL`],
+//!   doubling per failure in a row up to [`LOAD_BACKOFF_MAX`]) the workspace's queries get the
+//!   stale copy if there is one, else the load's error, and no load starts.
+//!
 //! # Events
 //! Events that change nothing cached (presence) are dropped before any lock is taken. An
 //! event takes the cache's lock only to find its workspace, and then the workspace's own
 //! lock: a long read of one workspace (a large boot answer) delays that workspace's events,
 //! never another workspace's queries. Events that arrive while a workspace loads are kept
 //! (at most [`MAX_PENDING_EVENTS`]) and applied on top of the loaded snapshot, in arrival
-//! order, so a change made while the snapshot was being read is not lost. Events for
-//! workspaces not cached are dropped: they load fresh.
+//! order, so a change made while the snapshot was being read is not lost; a stale copy being
+//! served meanwhile gets them too. Events for workspaces not cached are dropped: they load
+//! fresh.
 //!
 //! # Memory
 //! At most `max_workspaces` workspaces and `max_users` users (over all workspaces) stay
@@ -39,17 +57,25 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use shared::ids::WorkspaceId;
 use shared::protocol::UserEvent;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::loader::{LoadError, SnapshotSource};
 use crate::metrics as m;
 use crate::workspace::{changes_cached_data, Applied, WorkspaceData};
 
-/// While the admin link is down, how long a copy loaded meanwhile is served.
+/// While the admin link is down, how long a copy loaded meanwhile counts as fresh (after
+/// that its uses answer it and reload it in the background).
 pub const DISCONNECTED_MAX_AGE: Duration = Duration::from_secs(1);
 /// Least time between two reloads asked for by tokens naming unknown users.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
-
+/// Loads running at once, by default: enough to load a few cold workspaces side by side,
+/// few enough that a Flannel whose every copy turned stale does not flood the Web API.
+pub const MAX_CONCURRENT_LOADS: usize = 4;
+/// After a workspace's load fails, how long until the next one may start; doubled per failure
+/// in a row, up to [`LOAD_BACKOFF_MAX`].
+pub const LOAD_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
+/// The longest backoff after failed loads.
+pub const LOAD_BACKOFF_MAX: Duration = Duration::from_secs(16);
 /// Most events kept for a workspace while it loads. Past it they are dropped and the loaded
 /// copy is stale (it reloads on its next use), so a slow load cannot hold events without
 /// bound.
@@ -97,9 +123,27 @@ impl Loading {
     }
 }
 
+/// A workspace whose last load failed, and when the next may start.
+struct Failure {
+    error: LoadError,
+    /// Failed loads in a row.
+    num_failures: u32,
+    retry_at: Instant,
+}
+
+fn backoff(num_failures: u32) -> Duration {
+    let doublings = num_failures.saturating_sub(1).min(16);
+    LOAD_BACKOFF_INITIAL
+        .saturating_mul(1 << doublings)
+        .min(LOAD_BACKOFF_MAX)
+}
+
 struct Inner {
     slots: HashMap<WorkspaceId, Slot>,
     loading: HashMap<WorkspaceId, Loading>,
+    /// Workspaces whose last load failed (until one succeeds, or the entry is pruned long
+    /// after its backoff passed).
+    failures: HashMap<WorkspaceId, Failure>,
     /// Changes whenever the admin link goes down or comes up.
     generation: u64,
     link_up: bool,
@@ -114,15 +158,23 @@ impl Inner {
             && (self.link_up || age < DISCONNECTED_MAX_AGE)
             && max_age.is_none_or(|max| age < max)
     }
+
+    /// The failure of the workspace's last load, while its backoff has not passed.
+    fn backing_off(&self, workspace: &WorkspaceId, now: Instant) -> Option<&Failure> {
+        self.failures.get(workspace).filter(|f| now < f.retry_at)
+    }
 }
 
-/// How much a cache may hold, and for how long.
+/// How much a cache may hold, for how long, and how many loads it may run at once.
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
     pub max_workspaces: usize,
     pub max_users: usize,
     /// Reload a workspace older than this on its next use, events or not (`None`: never).
     pub max_age: Option<Duration>,
+    /// Loads (snapshot calls) running at once, at least 1: bounds what a Flannel asks of the
+    /// Web API when every copy turns stale at once. [`MAX_CONCURRENT_LOADS`] in production.
+    pub max_concurrent_loads: usize,
 }
 
 /// What one cache has done since it was made. The Prometheus metrics add up every cache of
@@ -130,10 +182,25 @@ pub struct Budget {
 /// callers joining it) instead of sleeping.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Activity {
-    /// [`Cache::get`] calls that found no fresh copy: each started a load or joined one.
+    /// Calls that waited for a load, starting one or joining one: [`Cache::get`] finding no
+    /// copy, and [`Cache::refresh`].
     pub misses: u64,
+    /// [`Cache::get`] calls answered from a stale copy.
+    pub stale_served: u64,
     /// Loads started.
     pub loads: u64,
+    /// Loads that put a copy in place.
+    pub loaded: u64,
+    /// Loads that failed.
+    pub failures: u64,
+    /// Loads waiting now for their turn (all of `max_concurrent_loads` taken).
+    pub loads_queued: u64,
+    /// Loads running now (holding a turn).
+    pub loads_running: u64,
+    /// Background reloads of a stale copy not started because every turn was taken.
+    pub deferred_busy: u64,
+    /// Loads not started because the workspace's last load failed too recently.
+    pub deferred_backoff: u64,
 }
 
 /// The time a cache goes by: the monotonic clock, or in unit tests one moved by hand.
@@ -172,11 +239,19 @@ impl Clock {
     }
 }
 
+/// Whether a caller gets an answer now or waits for a load.
+enum Ready {
+    Now(LoadResult),
+    Wait(watch::Receiver<Option<LoadResult>>),
+}
+
 /// The cached workspaces of one Flannel.
 pub struct Cache {
     source: Arc<dyn SnapshotSource>,
     budget: Budget,
     inner: Mutex<Inner>,
+    /// One permit per load that may run at once.
+    load_permits: Arc<Semaphore>,
     /// Orders uses for the least-recently-used eviction.
     lru_tick: AtomicU64,
     /// Ages copies for staleness.
@@ -200,10 +275,12 @@ impl Cache {
             inner: Mutex::new(Inner {
                 slots: HashMap::new(),
                 loading: HashMap::new(),
+                failures: HashMap::new(),
                 generation: 0,
                 link_up: false,
                 total_users: 0,
             }),
+            load_permits: Arc::new(Semaphore::new(budget.max_concurrent_loads.max(1))),
             lru_tick: AtomicU64::new(1),
             clock,
             activity: watch::Sender::new(Activity::default()),
@@ -219,28 +296,91 @@ impl Cache {
         self.activity.subscribe()
     }
 
-    /// The workspace, from memory when a fresh copy is cached, else loaded (joining a load
-    /// already under way).
+    /// The workspace, from memory when a copy is cached (a stale one starts a reload in the
+    /// background), else loaded (joining a load already under way). Right after a failed
+    /// load of a workspace with no copy, the failure's error until its backoff passes.
     pub async fn get(self: &Arc<Self>, workspace: &WorkspaceId) -> LoadResult {
-        let mut done = {
+        let ready = {
             let mut inner = self.inner.lock();
-            if let Some(slot) = inner.slots.get(workspace) {
-                if inner.is_fresh(slot, self.clock.now(), self.budget.max_age) {
-                    let data = slot.data.clone();
-                    let now = self.tick();
+            let now = self.clock.now();
+            let found = inner
+                .slots
+                .get(workspace)
+                .map(|s| (s.data.clone(), inner.is_fresh(s, now, self.budget.max_age)));
+            match found {
+                Some((data, fresh)) => {
+                    let tick = self.tick();
                     if let Some(slot) = inner.slots.get_mut(workspace) {
-                        slot.last_used = now;
+                        slot.last_used = tick;
                     }
-                    m::HITS.inc();
-                    return Ok(data);
+                    if fresh {
+                        m::HITS.inc();
+                    } else {
+                        m::STALE_SERVED.inc();
+                        self.activity.send_modify(|a| a.stale_served += 1);
+                        self.revalidate(&mut inner, workspace, now);
+                    }
+                    Ready::Now(Ok(data))
                 }
+                None => self.join_or_load(&mut inner, workspace, now),
             }
+        };
+        self.wait(ready).await
+    }
+
+    /// Starts a background reload of the workspace's stale copy, unless one is under way, the
+    /// last load failed too recently, or no load may start right away.
+    fn revalidate(self: &Arc<Self>, inner: &mut Inner, workspace: &WorkspaceId, now: Instant) {
+        if inner.loading.contains_key(workspace) {
+            return;
+        }
+        if inner.backing_off(workspace, now).is_some() {
+            m::RELOADS_DEFERRED.with_label_values(&["backoff"]).inc();
+            self.activity.send_modify(|a| a.deferred_backoff += 1);
+            return;
+        }
+        match self.load_permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.start_load(inner, workspace, Some(permit));
+            }
+            Err(_) => {
+                m::RELOADS_DEFERRED.with_label_values(&["busy"]).inc();
+                self.activity.send_modify(|a| a.deferred_busy += 1);
+            }
+        }
+    }
+
+    /// For a caller that needs a load's answer: joins the load under way, or starts one; while
+    /// the last load's backoff runs, answers the copy there is, else the failure's error.
+    fn join_or_load(
+        self: &Arc<Self>,
+        inner: &mut Inner,
+        workspace: &WorkspaceId,
+        now: Instant,
+    ) -> Ready {
+        if let Some(loading) = inner.loading.get(workspace) {
             m::MISSES.inc();
             self.activity.send_modify(|a| a.misses += 1);
-            match inner.loading.get(workspace) {
-                Some(loading) => loading.done.clone(),
-                None => self.start_load(&mut inner, workspace),
-            }
+            return Ready::Wait(loading.done.clone());
+        }
+        if let Some(failure) = inner.backing_off(workspace, now) {
+            m::RELOADS_DEFERRED.with_label_values(&["backoff"]).inc();
+            self.activity.send_modify(|a| a.deferred_backoff += 1);
+            let answer = match inner.slots.get(workspace) {
+                Some(slot) => Ok(slot.data.clone()),
+                None => Err(failure.error.clone()),
+            };
+            return Ready::Now(answer);
+        }
+        m::MISSES.inc();
+        self.activity.send_modify(|a| a.misses += 1);
+        Ready::Wait(self.start_load(inner, workspace, None))
+    }
+
+    async fn wait(&self, ready: Ready) -> LoadResult {
+        let mut done = match ready {
+            Ready::Now(answer) => return answer,
+            Ready::Wait(done) => done,
         };
         let result = done
             .wait_for(Option::is_some)
@@ -252,10 +392,12 @@ impl Cache {
         }
     }
 
+    /// Starts loading `workspace`; the load runs when `permit` is given, else once it gets one.
     fn start_load(
         self: &Arc<Self>,
         inner: &mut Inner,
         workspace: &WorkspaceId,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> watch::Receiver<Option<LoadResult>> {
         let (tx, rx) = watch::channel(None);
         inner.loading.insert(
@@ -273,6 +415,19 @@ impl Cache {
         // A task of its own: the load finishes (and is cached) even if every caller that
         // waits for it goes away.
         tokio::spawn(async move {
+            let permit =
+                match permit.or_else(|| cache.load_permits.clone().try_acquire_owned().ok()) {
+                    Some(permit) => permit,
+                    None => {
+                        m::LOADS_QUEUED.inc();
+                        cache.activity.send_modify(|a| a.loads_queued += 1);
+                        let permit = cache.load_permits.clone().acquire_owned().await;
+                        m::LOADS_QUEUED.dec();
+                        cache.activity.send_modify(|a| a.loads_queued -= 1);
+                        permit.expect("the load semaphore is never closed")
+                    }
+                };
+            let _running = Running::start(&cache, permit);
             let start = Instant::now();
             let loaded = cache.source.snapshot(&workspace).await;
             let result = match loaded {
@@ -298,15 +453,42 @@ impl Cache {
                         "workspace loaded"
                     );
                 }
-                Err(e) => {
-                    m::LOAD_FAILURES.inc();
-                    cache.inner.lock().loading.remove(&workspace);
-                    tracing::warn!(%workspace, error = %e, "workspace load failed");
-                }
+                Err(e) => cache.load_failed(&workspace, e),
             }
             let _ = tx.send(Some(result));
         });
         rx
+    }
+
+    /// Forgets the failed load and starts the workspace's backoff.
+    fn load_failed(&self, workspace: &WorkspaceId, error: &LoadError) {
+        m::LOAD_FAILURES.inc();
+        let mut inner = self.inner.lock();
+        inner.loading.remove(workspace);
+        let now = self.clock.now();
+        if inner.failures.len() >= self.budget.max_workspaces.max(1024) {
+            // Bounded: drop the entries whose backoff passed long ago.
+            inner
+                .failures
+                .retain(|_, f| now < f.retry_at + LOAD_BACKOFF_MAX);
+        }
+        let num_failures = inner
+            .failures
+            .get(workspace)
+            .map_or(1, |f| f.num_failures.saturating_add(1));
+        let wait = backoff(num_failures);
+        inner.failures.insert(
+            workspace.clone(),
+            Failure {
+                error: error.clone(),
+                num_failures,
+                retry_at: now + wait,
+            },
+        );
+        drop(inner);
+        self.activity.send_modify(|a| a.failures += 1);
+        tracing::warn!(%workspace, %error, num_failures, backoff_ms = wait.as_millis() as u64,
+            "workspace load failed");
     }
 
     /// Puts a loaded workspace in place with the events that arrived meanwhile, then evicts
@@ -328,6 +510,7 @@ impl Cache {
             m::EVENTS_APPLIED.inc();
             stale |= data.apply(ev) == Applied::NeedsReload;
         }
+        inner.failures.remove(workspace);
         let num_users = data.num_users();
         let data = Arc::new(RwLock::new(data));
         let slot = Slot {
@@ -343,6 +526,8 @@ impl Cache {
         }
         inner.total_users += num_users;
         self.evict(&mut inner, workspace);
+        drop(inner);
+        self.activity.send_modify(|a| a.loaded += 1);
         data
     }
 
@@ -372,9 +557,9 @@ impl Cache {
         m::CACHED_USERS.set(inner.total_users as i64);
     }
 
-    /// Applies a change event to the workspace's cached copy (or queues it behind a load under
-    /// way); events of workspaces not cached, and events that change nothing cached, are
-    /// dropped.
+    /// Applies a change event to the workspace's cached copy (and queues it behind a load
+    /// under way); events of workspaces not cached, and events that change nothing cached,
+    /// are dropped.
     ///
     /// Never waits for a workspace's lock while holding the cache's: a long read of one
     /// workspace delays this call, not the queries of other workspaces.
@@ -386,14 +571,19 @@ impl Cache {
         let workspace = event.workspace();
         let data = {
             let mut inner = self.inner.lock();
-            if let Some(loading) = inner.loading.get_mut(workspace) {
-                loading.queue(event);
-                return;
-            }
+            let queued = match inner.loading.get_mut(workspace) {
+                Some(loading) => {
+                    loading.queue(event);
+                    true
+                }
+                None => false,
+            };
             match inner.slots.get(workspace) {
                 Some(slot) => slot.data.clone(),
                 None => {
-                    m::EVENTS_DROPPED.inc();
+                    if !queued {
+                        m::EVENTS_DROPPED.inc();
+                    }
                     return;
                 }
             }
@@ -432,21 +622,22 @@ impl Cache {
         }
     }
 
-    /// Marks the workspace stale when its copy is older than [`MIN_REFRESH_INTERVAL`];
-    /// returns whether it did (the caller then loads it again with [`Cache::get`]).
-    pub fn refresh(&self, workspace: &WorkspaceId) -> bool {
-        let mut inner = self.inner.lock();
-        match inner.slots.get_mut(workspace) {
-            Some(slot)
-                if self.clock.now().saturating_duration_since(slot.loaded_at)
-                    >= MIN_REFRESH_INTERVAL =>
-            {
-                slot.stale = true;
-                m::INVALIDATIONS.with_label_values(&["unknown_user"]).inc();
-                true
+    /// When the workspace's copy is older than [`MIN_REFRESH_INTERVAL`]: marks it stale and
+    /// waits for a reload (joining one under way; while a failed load's backoff runs, the copy
+    /// there is). `None` when there is no copy, or it is too recent to reload.
+    pub async fn refresh(self: &Arc<Self>, workspace: &WorkspaceId) -> Option<LoadResult> {
+        let ready = {
+            let mut inner = self.inner.lock();
+            let now = self.clock.now();
+            let slot = inner.slots.get_mut(workspace)?;
+            if now.saturating_duration_since(slot.loaded_at) < MIN_REFRESH_INTERVAL {
+                return None;
             }
-            _ => false,
-        }
+            slot.stale = true;
+            m::INVALIDATIONS.with_label_values(&["unknown_user"]).inc();
+            self.join_or_load(&mut inner, workspace, now)
+        };
+        Some(self.wait(ready).await)
     }
 
     /// The admin link went down, or (re)delivered the ring: events may have been missed
@@ -464,7 +655,7 @@ impl Cache {
             tracing::info!(
                 up,
                 workspaces = inner.slots.len(),
-                "admin link changed: cached workspaces will reload on next use"
+                "admin link changed: cached workspaces will reload in the background on next use"
             );
         }
         m::LINK_UP.set(i64::from(up));
@@ -486,13 +677,37 @@ impl Cache {
     }
 }
 
+/// A load holding its turn: counted as running until dropped (the turn goes with it).
+struct Running<'a> {
+    cache: &'a Cache,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<'a> Running<'a> {
+    fn start(cache: &'a Cache, permit: OwnedSemaphorePermit) -> Running<'a> {
+        m::LOADS_RUNNING.inc();
+        cache.activity.send_modify(|a| a.loads_running += 1);
+        Running {
+            cache,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        m::LOADS_RUNNING.dec();
+        self.cache.activity.send_modify(|a| a.loads_running -= 1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Every load comes from the real Web API over HTTP ([`WebApi`]), through the production
     //! [`crate::loader::WebappSource`].
 
     use super::*;
-    use crate::test_web_api::{within, WebApi};
+    use crate::test_web_api::{within, SourceSwitch, WebApi};
     use crate::workspace::tests::profile;
     use shared::ids::{ChannelId, UserId};
     use shared::protocol::Presence;
@@ -502,11 +717,55 @@ mod tests {
             max_workspaces,
             max_users,
             max_age: None,
+            max_concurrent_loads: MAX_CONCURRENT_LOADS,
         }
     }
 
     fn num_loads(cache: &Cache) -> u64 {
         cache.activity().borrow().loads
+    }
+
+    fn activity(cache: &Cache) -> Activity {
+        *cache.activity().borrow()
+    }
+
+    /// Waits until `n` loads in all have put a copy in place.
+    async fn loaded(cache: &Cache, n: u64) {
+        within(
+            &format!("{n} loads to finish"),
+            cache.activity().wait_for(|a| a.loaded >= n),
+        )
+        .await
+        .expect("cache alive");
+    }
+
+    fn load_err(r: LoadResult) -> LoadError {
+        match r {
+            Err(e) => e,
+            Ok(_) => panic!("expected a failed load"),
+        }
+    }
+
+    /// Waits until no load runs or waits (their turns are free).
+    async fn idle(cache: &Cache) {
+        within(
+            "the loads to end",
+            cache
+                .activity()
+                .wait_for(|a| a.loads_running == 0 && a.loads_queued == 0),
+        )
+        .await
+        .expect("cache alive");
+    }
+
+    /// Waits until `n` loads in all have failed.
+    async fn failed(cache: &Cache, n: u64) {
+        within(
+            &format!("{n} loads to fail"),
+            cache.activity().wait_for(|a| a.failures >= n),
+        )
+        .await
+        .expect("cache alive");
     }
 
     fn renamed(ws: &WorkspaceId, user: &UserId, name: &str) -> UserEvent {
@@ -645,20 +904,26 @@ mod tests {
         assert_eq!(cache.get(&ws).await.unwrap().read().num_users(), 3);
         cache.link_changed(false);
         assert!(!cache.is_cached(&ws));
-        // Made behind the events' back: the reload sees it.
+        // Made behind the events' back: the reload sees it. The stale copy answers the use
+        // that starts the reload.
         api.add_user(&ws, "dave").await;
+        assert_eq!(cache.get(&ws).await.unwrap().read().num_users(), 3);
+        loaded(&cache, 2).await;
         assert_eq!(cache.get(&ws).await.unwrap().read().num_users(), 4);
-        // Loaded while down: served for a short while only.
+        // Loaded while down: fresh for a short while only.
         assert!(cache.is_cached(&ws));
         clock.advance(DISCONNECTED_MAX_AGE);
         assert!(!cache.is_cached(&ws), "too old while the link is down");
         cache.get(&ws).await.unwrap();
+        loaded(&cache, 3).await;
         assert!(cache.is_cached(&ws));
         cache.link_changed(true);
         assert!(!cache.is_cached(&ws), "reloads once the link is back");
         cache.get(&ws).await.unwrap();
+        loaded(&cache, 4).await;
         assert!(cache.is_cached(&ws));
         assert_eq!(num_loads(&cache), 4);
+        assert_eq!(activity(&cache).stale_served, 3);
     }
 
     #[tokio::test]
@@ -690,13 +955,14 @@ mod tests {
         cache.link_changed(true);
         let ws = api.demo_workspace();
         cache.get(&ws).await.unwrap();
-        assert!(!cache.refresh(&ws), "not right after a load");
+        assert!(cache.refresh(&ws).await.is_none(), "not right after a load");
+        let dave = api.add_user(&ws, "dave").await;
         clock.advance(MIN_REFRESH_INTERVAL);
-        assert!(cache.refresh(&ws));
-        assert!(!cache.is_cached(&ws));
-        cache.get(&ws).await.unwrap();
+        // The caller needs the reload: refresh waits for it.
+        let reloaded = cache.refresh(&ws).await.expect("old enough").unwrap();
+        assert!(reloaded.read().has_user(&dave));
         assert_eq!(num_loads(&cache), 2);
-        assert!(!cache.refresh(&ws), "not again right away");
+        assert!(cache.refresh(&ws).await.is_none(), "not again right away");
         assert!(cache.is_cached(&ws));
         cache.apply_event(&UserEvent::ChannelJoined {
             workspace: ws.clone(),
@@ -707,6 +973,7 @@ mod tests {
         assert!(!cache.is_cached(&ws));
         // The demo's own #general is known: joining it is applied, not a reload.
         cache.get(&ws).await.unwrap();
+        loaded(&cache, 3).await;
         cache.apply_event(&UserEvent::ChannelJoined {
             workspace: ws.clone(),
             channel: api.demo_general(),
@@ -714,6 +981,158 @@ mod tests {
             channel_name: "general".into(),
         });
         assert!(cache.is_cached(&ws));
+    }
+
+    #[tokio::test]
+    async fn a_stale_copy_answers_at_once_while_one_reload_runs() {
+        let api = WebApi::start().await;
+        let slow = api.beside().await;
+        let switch = SourceSwitch::new(api.source());
+        let cache = Cache::new(switch.clone(), budget(10, 1000));
+        cache.link_changed(true);
+        let ws = api.demo_workspace();
+        let first = cache.get(&ws).await.unwrap();
+        // The admin server restarts: every copy turns stale, and the Web API is slow to answer.
+        cache.link_changed(false);
+        cache.link_changed(true);
+        let dave = api.add_user(&ws, "dave").await;
+        switch.set(slow.source());
+        for _ in 0..10 {
+            let answer = within("the stale copy", cache.get(&ws)).await.unwrap();
+            assert!(Arc::ptr_eq(&answer, &first), "the stale copy, at once");
+        }
+        let a = activity(&cache);
+        // One miss: the first load.
+        assert_eq!((a.loads, a.stale_served, a.misses), (2, 10, 1), "{a:?}");
+        // The Web API answers: the reload puts the new copy in place for the next uses.
+        slow.serve();
+        loaded(&cache, 2).await;
+        assert!(cache.is_cached(&ws));
+        assert!(cache.get(&ws).await.unwrap().read().has_user(&dave));
+        assert_eq!(num_loads(&cache), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_load_backs_off_before_the_next() {
+        let api = WebApi::start().await;
+        let switch = SourceSwitch::new(api.refusing_source());
+        let clock = Clock::manual_for_test();
+        let cache = Cache::with_clock(switch.clone(), budget(10, 1000), clock.clone());
+        cache.link_changed(true);
+        let ws = api.demo_workspace();
+
+        // No copy: the failure's error, without a load, until the backoff passes.
+        let err = load_err(cache.get(&ws).await);
+        assert!(matches!(err, LoadError::Unavailable(_)), "{err:?}");
+        switch.set(api.source());
+        assert_eq!(load_err(cache.get(&ws).await), err);
+        assert_eq!(load_err(cache.get(&ws).await), err);
+        let a = activity(&cache);
+        assert_eq!(
+            (a.loads, a.failures, a.deferred_backoff),
+            (1, 1, 2),
+            "{a:?}"
+        );
+        clock.advance(LOAD_BACKOFF_INITIAL);
+        assert_eq!(cache.get(&ws).await.unwrap().read().num_users(), 3);
+        assert_eq!(num_loads(&cache), 2);
+
+        // A stale copy: answered while its reloads fail and back off, longer each time.
+        cache.link_changed(true);
+        switch.set(api.refusing_source());
+        let copy = cache.get(&ws).await.unwrap();
+        failed(&cache, 2).await;
+        for _ in 0..3 {
+            assert!(Arc::ptr_eq(&cache.get(&ws).await.unwrap(), &copy));
+        }
+        assert_eq!(num_loads(&cache), 3, "no reload during the backoff");
+        clock.advance(LOAD_BACKOFF_INITIAL);
+        assert!(Arc::ptr_eq(&cache.get(&ws).await.unwrap(), &copy));
+        failed(&cache, 3).await;
+        assert_eq!(num_loads(&cache), 4);
+        clock.advance(LOAD_BACKOFF_INITIAL);
+        cache.get(&ws).await.unwrap();
+        assert_eq!(
+            num_loads(&cache),
+            4,
+            "the second failure in a row backs off longer"
+        );
+        // The Web API is back: after the backoff one reload brings the copy up to date.
+        let dave = api.add_user(&ws, "dave").await;
+        switch.set(api.source());
+        clock.advance(LOAD_BACKOFF_INITIAL);
+        assert!(Arc::ptr_eq(&cache.get(&ws).await.unwrap(), &copy));
+        loaded(&cache, 2).await;
+        assert!(cache.get(&ws).await.unwrap().read().has_user(&dave));
+        assert!(cache.is_cached(&ws));
+        assert_eq!(num_loads(&cache), 5);
+    }
+
+    #[tokio::test]
+    async fn loads_take_turns_and_background_reloads_never_queue() {
+        // Not answering yet: the loads stay under way while the test looks at them.
+        let api = WebApi::prepare().await;
+        let mut b = budget(10, 1000);
+        b.max_concurrent_loads = 1;
+        let switch = SourceSwitch::new(api.source());
+        let cache = Cache::new(switch.clone(), b);
+        cache.link_changed(true);
+        let x = api.add_workspace("tx", 2).await;
+        let y = api.add_workspace("ty", 2).await;
+        let z = api.add_workspace("tz", 2).await;
+        let getters: Vec<_> = [&x, &y, &z]
+            .into_iter()
+            .map(|ws| {
+                let (cache, ws) = (cache.clone(), ws.clone());
+                tokio::spawn(async move { cache.get(&ws).await })
+            })
+            .collect();
+        let a = within(
+            "every load to run or queue",
+            cache
+                .activity()
+                .wait_for(|a| a.loads == 3 && a.loads_running + a.loads_queued == 3),
+        )
+        .await
+        .map(|a| *a)
+        .expect("cache alive");
+        assert_eq!((a.loads_running, a.loads_queued), (1, 2), "{a:?}");
+        api.serve();
+        for g in getters {
+            assert_eq!(
+                within("a load", g)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .read()
+                    .num_users(),
+                2
+            );
+        }
+        idle(&cache).await;
+
+        // Every copy stale and the Web API slow: the first use's reload takes the one turn,
+        // the others answer their stale copies without queueing a reload.
+        cache.link_changed(true);
+        let slow = api.beside().await;
+        switch.set(slow.source());
+        cache.get(&x).await.unwrap();
+        cache.get(&y).await.unwrap();
+        cache.get(&z).await.unwrap();
+        let a = activity(&cache);
+        assert_eq!(
+            (a.loads, a.deferred_busy, a.loads_queued),
+            (4, 2, 0),
+            "{a:?}"
+        );
+        slow.serve();
+        loaded(&cache, 4).await;
+        idle(&cache).await;
+        assert!(cache.is_cached(&x) && !cache.is_cached(&y));
+        // With the turn free again, the next use of a stale copy reloads it.
+        cache.get(&y).await.unwrap();
+        loaded(&cache, 5).await;
+        assert!(cache.is_cached(&y));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -858,6 +1277,7 @@ mod tests {
             "events were lost: the copy must reload"
         );
         cache.get(&ws).await.unwrap();
+        loaded(&cache, 2).await;
         assert!(cache.is_cached(&ws));
     }
 }

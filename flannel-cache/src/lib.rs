@@ -5,15 +5,16 @@
 //! API's `internal.flannel.snapshot` (authorized by a service token Flannel mints with the
 //! cluster secret), and kept fresh by the change events the admin server relays to every
 //! node that follows it as `Role::Flannel` (`UserChanged`, `ChannelCreated`, `ChannelChanged`,
-//! `ChannelJoined`, `ChannelLeft`, `ReadMarked`): a cached answer is never older than the
-//! delivery of the change's event. Clients and gateways query it over HTTP: the boot call
-//! (sized to the user: only the users it shares a channel with) and lookups by id or prefix,
-//! each answered from memory.
+//! `ChannelJoined`, `ChannelLeft`, `ReadMarked`): a fresh cached answer is never older than
+//! the delivery of the change's event (a stale one is answered only while it reloads).
+//! Clients and gateways query it over HTTP: the boot call (sized to the user: only the users
+//! it shares a channel with) and lookups by id or prefix, each answered from memory.
 //!
 //! # Layout
 //! - [`workspace`]: one workspace's cached data, event application, the queries (pure).
-//! - [`cache`]: the set of cached workspaces: single-flight lazy loads, events, staleness, LRU
-//!   eviction by `flannel.max_workspaces` and `flannel.max_cached_users`.
+//! - [`cache`]: the set of cached workspaces: single-flight lazy loads (bounded in number, with
+//!   backoff after a failure), events, staleness (stale copies answered while they reload),
+//!   LRU eviction by `flannel.max_workspaces` and `flannel.max_cached_users`.
 //! - [`loader`]: where workspaces load from (the Web API; a store for the benchmark).
 //! - [`service`]: the queries with authentication, independent of HTTP.
 //! - [`http`]: the HTTP routes; [`metrics`]: Prometheus metrics.
@@ -21,7 +22,10 @@
 //! # Invariants
 //! - Freshness: every change the Web API makes is applied from its event (or queued behind a
 //!   load under way); when the admin link drops, events may have been missed, so every cached
-//!   workspace turns stale and reloads on its next use (correctness over hit rate).
+//!   workspace turns stale: its next use answers the copy at once and reloads it in the
+//!   background, and the uses after that reload see the new copy.
+//! - Loads cannot storm: a bounded number run at once, a failed one is not retried before its
+//!   backoff, and only a query for a workspace with no copy waits for one.
 //! - The event task never waits for a workspace's lock while holding the cache's, so a long
 //!   read of one workspace never stalls other workspaces' queries or the event stream.
 //! - Memory is bounded by config; the least recently used workspaces leave first.
@@ -103,6 +107,7 @@ pub async fn run(
             max_users: config.flannel.max_cached_users,
             max_age: (config.flannel.max_age_secs > 0)
                 .then(|| Duration::from_secs(config.flannel.max_age_secs)),
+            max_concurrent_loads: cache::MAX_CONCURRENT_LOADS,
         },
     );
 

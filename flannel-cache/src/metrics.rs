@@ -19,7 +19,7 @@ pub static HITS: LazyLock<IntCounter> = LazyLock::new(|| {
 pub static MISSES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_flannel_cache_misses_total",
-        "queries that had to wait for a workspace load (absent, evicted or stale)"
+        "queries that had to wait for a workspace load (absent or evicted; or a token naming a user the copy lacks)"
     )
     .expect("metric registers once")
 });
@@ -44,7 +44,40 @@ pub static LOAD_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
 pub static LOAD_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_flannel_load_failures_total",
-        "workspace loads that failed (the next query tries again)"
+        "workspace loads that failed (the workspace's next load waits for a backoff)"
+    )
+    .expect("metric registers once")
+});
+
+pub static STALE_SERVED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_flannel_stale_served_total",
+        "queries answered at once from a stale cached workspace (its reload runs in the background)"
+    )
+    .expect("metric registers once")
+});
+
+pub static RELOADS_DEFERRED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_flannel_reloads_deferred_total",
+        "loads due but not started, by reason: the workspace's last load failed too recently (backoff), or every load turn was taken (busy; the stale copy was served)",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static LOADS_RUNNING: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "switchboard_flannel_loads_running",
+        "workspace loads running now (at most flannel's max_concurrent_loads per cache)"
+    )
+    .expect("metric registers once")
+});
+
+pub static LOADS_QUEUED: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "switchboard_flannel_loads_queued",
+        "workspace loads that queries wait for, waiting now for a load turn"
     )
     .expect("metric registers once")
 });

@@ -108,10 +108,10 @@ impl Flannel {
         if !workspace.read().has_user(&claims.user) {
             // A valid signature for a user this copy does not know: the user may have been
             // created since (behind the events' back), so look again, at a bounded rate.
-            if !self.cache.refresh(&claims.workspace) {
+            let Some(reloaded) = self.cache.refresh(&claims.workspace).await else {
                 return Err(QueryError::InvalidAuth);
-            }
-            workspace = load(self.cache.get(&claims.workspace).await)?;
+            };
+            workspace = load(reloaded)?;
             if !workspace.read().has_user(&claims.user) {
                 return Err(QueryError::InvalidAuth);
             }
@@ -252,6 +252,7 @@ mod tests {
                 max_workspaces: 10,
                 max_users: 1000,
                 max_age: None,
+                max_concurrent_loads: crate::cache::MAX_CONCURRENT_LOADS,
             },
         );
         cache.link_changed(true);

@@ -7,6 +7,12 @@
 //! starts with [`WebApi::prepare`]: the listener is bound but the Web API does not answer
 //! until [`WebApi::serve`], so a load connects (the kernel queues the connection) and then
 //! waits, for as long as the test wants, without a sleep.
+//!
+//! A test whose cache must first load, then meet a Web API that is slow or down (a stale copy
+//! being reloaded, a failed load), loads through a [`SourceSwitch`] and moves it between real
+//! endpoints: the Web API, a second Web API on the same store that does not answer until
+//! served ([`WebApi::beside`], as production runs several), or an address that refuses
+//! connections ([`WebApi::refusing_source`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,13 +24,14 @@ use shared::auth::TokenSigner;
 use shared::config::Config;
 use shared::ids::{ChannelId, Ts, UserId, WorkspaceId};
 use shared::mesh::{Mesh, MeshTls, PeerPool};
+use shared::protocol::WorkspaceSnapshot;
 use shared::shutdown::Shutdown;
 use shared::store::sqlite::SqliteStore;
 use shared::store::{Channel, SharedStore};
 use shared::telemetry::Health;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 
-use crate::loader::WebappSource;
+use crate::loader::{LoadError, SnapshotSource, WebappSource};
 
 /// How long a test waits for anything (a load, a signal) before it fails instead of hanging.
 pub(crate) const WAIT: Duration = Duration::from_secs(20);
@@ -47,8 +54,14 @@ pub(crate) struct WebApi {
     demo: Value,
     /// Until [`WebApi::serve`]: the bound listener and what the Web API runs with.
     unserved: Mutex<Option<(TcpListener, Config, webapp_api::AdminLink)>>,
+    /// What another Web API beside this one needs: config (with the admin server's address)
+    /// and mesh identity.
+    config: Config,
+    tls: MeshTls,
+    /// Bound but not listening: connections to it are refused.
+    refusing: TcpSocket,
     shutdown: Shutdown,
-    _dir: tempfile::TempDir,
+    _dir: Arc<tempfile::TempDir>,
 }
 
 fn loopback() -> SocketAddr {
@@ -119,10 +132,55 @@ impl WebApi {
             store,
             signer,
             demo,
-            unserved: Mutex::new(Some((listener, config, admin))),
+            unserved: Mutex::new(Some((listener, config.clone(), admin))),
+            config,
+            tls,
+            refusing: refusing_socket(),
             shutdown,
-            _dir: dir,
+            _dir: Arc::new(dir),
         }
+    }
+
+    /// Another Web API on the same store, linked to the same admin server (as production runs
+    /// several), not answering until [`WebApi::serve`].
+    pub(crate) async fn beside(&self) -> WebApi {
+        let mesh = Mesh::client(
+            loopback(),
+            &self.tls,
+            self.config.mesh.max_frame_bytes,
+            Duration::from_millis(self.config.mesh.connect_timeout_ms),
+        )
+        .expect("web api mesh endpoint");
+        let admin = webapp_api::AdminLink::new(
+            Arc::new(PeerPool::new(Arc::new(mesh))),
+            self.config.mesh.admin_addr,
+        );
+        let listener = TcpListener::bind(loopback()).await.expect("bind web api");
+        let addr = listener.local_addr().expect("web api addr");
+        let url = format!("http://{addr}");
+        // Its own search index beside the same store.
+        let mut config = self.config.clone();
+        config.node.data_dir = self._dir.path().join(format!("beside-{}", addr.port()));
+        WebApi {
+            url,
+            store: self.store.clone(),
+            signer: self.signer.clone(),
+            demo: self.demo.clone(),
+            unserved: Mutex::new(Some((listener, config.clone(), admin))),
+            config,
+            tls: self.tls.clone(),
+            refusing: refusing_socket(),
+            // Its own: dropping it stops it, not this one's admin server.
+            shutdown: Shutdown::new(),
+            _dir: self._dir.clone(),
+        }
+    }
+
+    /// Flannel's production source, pointed at an address that refuses connections: every
+    /// load fails, as while the Web API is down.
+    pub(crate) fn refusing_source(&self) -> Arc<WebappSource> {
+        let addr = self.refusing.local_addr().expect("refusing addr");
+        Arc::new(WebappSource::new(&format!("http://{addr}"), self.signer.clone()).expect("client"))
     }
 
     /// Starts answering (queued connections included).
@@ -210,6 +268,39 @@ impl WebApi {
                 .expect("member");
         }
         channel.id
+    }
+}
+
+/// A loopback port that is bound (so nothing else takes it) but not listening.
+fn refusing_socket() -> TcpSocket {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.bind(loopback()).expect("bind refusing socket");
+    socket
+}
+
+/// The source a test cache loads from, moved by the test between real endpoints.
+pub(crate) struct SourceSwitch {
+    current: Mutex<Arc<dyn SnapshotSource>>,
+}
+
+impl SourceSwitch {
+    pub(crate) fn new(source: Arc<dyn SnapshotSource>) -> Arc<SourceSwitch> {
+        Arc::new(SourceSwitch {
+            current: Mutex::new(source),
+        })
+    }
+
+    /// Loads started from now on go to `source`.
+    pub(crate) fn set(&self, source: Arc<dyn SnapshotSource>) {
+        *self.current.lock() = source;
+    }
+}
+
+#[async_trait::async_trait]
+impl SnapshotSource for SourceSwitch {
+    async fn snapshot(&self, workspace: &WorkspaceId) -> Result<WorkspaceSnapshot, LoadError> {
+        let source = self.current.lock().clone();
+        source.snapshot(workspace).await
     }
 }
 
