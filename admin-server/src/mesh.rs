@@ -307,13 +307,7 @@ mod tests {
     #[tokio::test]
     async fn a_post_without_an_answer_is_resent_only_when_it_has_a_client_msg_id() {
         let dir = tempfile::tempdir().unwrap();
-        shared::mesh::tls::generate_dev_certs(dir.path()).unwrap();
-        let tls = MeshTls::load(
-            &dir.path().join("ca.pem"),
-            &dir.path().join("node.pem"),
-            &dir.path().join("node.key"),
-        )
-        .unwrap();
+        let tls = MeshTls::dev(dir.path()).unwrap();
         let (owner, posts) = owner_that_never_answers(&tls).await;
         let authority = RingAuthority::new(&[], 16, None);
         authority.member_up(&NodeId::from("cs-1"), &owner.to_string());

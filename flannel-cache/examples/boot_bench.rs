@@ -349,13 +349,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // The real Web API, for the snapshot over HTTP and the freshness run.
-    let tls_dir = dir.path().join("tls");
-    shared::mesh::tls::generate_dev_certs(&tls_dir)?;
-    let tls = MeshTls::load(
-        &tls_dir.join("ca.pem"),
-        &tls_dir.join("node.pem"),
-        &tls_dir.join("node.key"),
-    )?;
+    let tls = MeshTls::dev(&dir.path().join("tls"))?;
     let admin_mesh = std::net::UdpSocket::bind(lo(0))?;
     let admin_mesh_addr = admin_mesh.local_addr()?;
     let mut config = Config::defaults();

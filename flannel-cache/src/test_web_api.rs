@@ -88,14 +88,7 @@ impl WebApi {
             .await
             .expect("seed the demo workspace");
 
-        let tls_dir = dir.path().join("tls");
-        shared::mesh::tls::generate_dev_certs(&tls_dir).expect("dev certs");
-        let tls = MeshTls::load(
-            &tls_dir.join("ca.pem"),
-            &tls_dir.join("node.pem"),
-            &tls_dir.join("node.key"),
-        )
-        .expect("mesh tls");
+        let tls = MeshTls::dev(&dir.path().join("tls")).expect("mesh tls");
         let admin_mesh = std::net::UdpSocket::bind(loopback()).expect("bind admin mesh");
         let admin_addr = admin_mesh.local_addr().expect("admin mesh addr");
         let mut config = Config::defaults();

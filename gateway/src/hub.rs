@@ -983,13 +983,7 @@ pub(crate) mod test_support {
 
     pub(crate) fn hub() -> (Arc<Hub>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        shared::mesh::tls::generate_dev_certs(dir.path()).unwrap();
-        let tls = MeshTls::load(
-            &dir.path().join("ca.pem"),
-            &dir.path().join("node.pem"),
-            &dir.path().join("node.key"),
-        )
-        .unwrap();
+        let tls = MeshTls::dev(dir.path()).unwrap();
         let mesh = Mesh::client(
             "127.0.0.1:0".parse().unwrap(),
             &tls,

@@ -280,13 +280,7 @@ mod tests {
     async fn an_unreachable_admin_server_fails_within_bounded_time() {
         shared::mesh::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
-        shared::mesh::tls::generate_dev_certs(dir.path()).expect("certs");
-        let tls = shared::mesh::MeshTls::load(
-            &dir.path().join("ca.pem"),
-            &dir.path().join("node.pem"),
-            &dir.path().join("node.key"),
-        )
-        .expect("tls");
+        let tls = shared::mesh::MeshTls::dev(dir.path()).expect("tls");
         let mesh = shared::mesh::Mesh::client(
             SocketAddr::from(([127, 0, 0, 1], 0)),
             &tls,

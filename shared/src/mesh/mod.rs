@@ -420,19 +420,9 @@ mod tests {
     use super::*;
     use crate::ids::ChannelId;
 
-    fn test_tls(dir: &tempfile::TempDir) -> MeshTls {
-        MeshTls::load(
-            &dir.path().join("ca.pem"),
-            &dir.path().join("node.pem"),
-            &dir.path().join("node.key"),
-        )
-        .unwrap()
-    }
-
     fn pair() -> (Mesh, Mesh, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        tls::generate_dev_certs(dir.path()).unwrap();
-        let t = test_tls(&dir);
+        let t = MeshTls::dev(dir.path()).unwrap();
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let server = Mesh::server(socket, &t, 1024 * 1024, Duration::from_secs(2)).unwrap();
         let client = Mesh::client(
@@ -574,7 +564,7 @@ mod tests {
         });
         let stalled = Mesh::client(
             "127.0.0.1:0".parse().unwrap(),
-            &test_tls(&_dir),
+            &MeshTls::dev(_dir.path()).unwrap(),
             1024,
             Duration::from_secs(10),
         )

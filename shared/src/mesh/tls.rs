@@ -93,6 +93,17 @@ impl Clone for MeshTls {
 }
 
 impl MeshTls {
+    /// The throwaway material in `dir` (`ca.pem`, `node.pem`, `node.key`), made first by
+    /// [`generate_dev_certs`] if it is not there: for `switchboard dev`, tests and benchmarks.
+    pub fn dev(dir: &Path) -> anyhow::Result<MeshTls> {
+        generate_dev_certs(dir)?;
+        MeshTls::load(
+            &dir.join("ca.pem"),
+            &dir.join("node.pem"),
+            &dir.join("node.key"),
+        )
+    }
+
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> anyhow::Result<MeshTls> {
         let read = |p: &Path| {
             std::fs::read(p).with_context(|| format!("failed to read TLS file {}", p.display()))

@@ -35,14 +35,7 @@ impl Cluster {
     pub(crate) async fn start(store: SharedStore) -> Cluster {
         shared::mesh::install_crypto_provider();
         let dir = tempfile::tempdir().expect("tempdir");
-        let certs = dir.path().join("tls");
-        shared::mesh::tls::generate_dev_certs(&certs).expect("certs");
-        let tls = MeshTls::load(
-            &certs.join("ca.pem"),
-            &certs.join("node.pem"),
-            &certs.join("node.key"),
-        )
-        .expect("tls");
+        let tls = MeshTls::dev(&dir.path().join("tls")).expect("tls");
         let udp = || std::net::UdpSocket::bind("127.0.0.1:0").expect("udp socket");
         let tcp = || async {
             tokio::net::TcpListener::bind("127.0.0.1:0")
