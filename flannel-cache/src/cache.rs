@@ -858,6 +858,25 @@ mod tests {
         assert_eq!(cache.size(), (1, 10));
     }
 
+    /// Asks for `ws` from a task and waits until the cache has started loading it (the Web API
+    /// is not answering yet, so the load stays under way); returns the asking task.
+    async fn load_under_way(
+        cache: &Arc<Cache>,
+        ws: &WorkspaceId,
+    ) -> tokio::task::JoinHandle<LoadResult> {
+        let getter = {
+            let (cache, ws) = (cache.clone(), ws.clone());
+            tokio::spawn(async move { cache.get(&ws).await })
+        };
+        within(
+            "the load to start",
+            cache.activity().wait_for(|a| a.loads == 1),
+        )
+        .await
+        .expect("cache alive");
+        getter
+    }
+
     #[tokio::test]
     async fn events_apply_to_cached_copies_and_queue_behind_loads() {
         // Not answering yet: the load stays under way while the event arrives.
@@ -874,16 +893,7 @@ mod tests {
         cache.apply_event(&renamed("dropped"));
         assert_eq!(cache.size(), (0, 0));
         // During a load: applied after it.
-        let getter = {
-            let (cache, ws) = (cache.clone(), ws.clone());
-            tokio::spawn(async move { cache.get(&ws).await })
-        };
-        within(
-            "the load to start",
-            cache.activity().wait_for(|a| a.loads == 1),
-        )
-        .await
-        .expect("cache alive");
+        let getter = load_under_way(&cache, &ws).await;
         cache.apply_event(&renamed("during-load"));
         api.serve();
         let data = within("the load", getter).await.unwrap().unwrap();
@@ -1241,16 +1251,7 @@ mod tests {
         cache.link_changed(true);
         let ws = api.demo_workspace();
         let alice = api.demo_user("alice");
-        let getter = {
-            let (cache, ws) = (cache.clone(), ws.clone());
-            tokio::spawn(async move { cache.get(&ws).await })
-        };
-        within(
-            "the load to start",
-            cache.activity().wait_for(|a| a.loads == 1),
-        )
-        .await
-        .expect("cache alive");
+        let getter = load_under_way(&cache, &ws).await;
         let num_pending = |cache: &Cache| {
             let inner = cache.inner.lock();
             let loading = &inner.loading[&ws];

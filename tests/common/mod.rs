@@ -798,15 +798,7 @@ impl Cluster {
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
-        let r = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap_or_default();
-        let v = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("GET {url}: answer is not JSON ({e}): {text:?}"));
-        (status, v)
+        json_answer(req, &format!("GET {url}")).await
     }
 
     /// The value of one Prometheus sample (`name` with exactly these labels), summed over
@@ -873,15 +865,7 @@ impl Cluster {
         if !token.is_empty() {
             req = req.bearer_auth(token);
         }
-        let r = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap_or_default();
-        let v = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{method}: answer is not JSON ({e}): {text:?}"));
-        (status, v)
+        json_answer(req, &format!("POST {url}")).await
     }
 
     pub async fn api(&self, method: &str, token: &str, body: Value) -> Value {
@@ -1704,4 +1688,15 @@ pub fn send_garbage_udp(addr: SocketAddr, count: usize, seed: u64) {
         }
         let _ = sock.send_to(&buf, addr);
     }
+}
+
+/// Sends `req` and returns its status and JSON body; `what` names the request in a panic (a
+/// failed request or a body that is not JSON).
+async fn json_answer(req: reqwest::RequestBuilder, what: &str) -> (u16, Value) {
+    let r = req.send().await.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    let v = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{what}: answer is not JSON ({e}): {text:?}"));
+    (status, v)
 }
