@@ -804,8 +804,7 @@ impl Cluster {
     /// The value of one Prometheus sample (`name` with exactly these labels), summed over
     /// label sets when `labels` is empty; 0 when absent.
     pub async fn metric(&self, base: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let (_, text) = self.get_text(&format!("{base}/metrics")).await;
-        metric_value(&text, name, labels)
+        self.metric_sample(base, name, labels).await.unwrap_or(0.0)
     }
 
     /// Like [`Cluster::metric`], but `None` when the metric has no such sample.
@@ -1352,13 +1351,8 @@ pub fn seqs(messages: &[Value]) -> Vec<u64> {
 }
 
 /// One sample's value from Prometheus text; with `labels` empty, the sum over every sample of
-/// `name`; 0 when there is no such sample (see [`metric_sample`] to tell the two apart).
-pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric_sample(text, name, labels).unwrap_or(0.0)
-}
-
-/// Like [`metric_value`], but `None` when no sample of `name` has these labels: for checks
-/// that must fail when a metric is missing, not read it as 0.
+/// `name`; `None` when no sample of `name` has these labels (checks that must fail when a
+/// metric is missing do not read it as 0).
 pub fn metric_sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut total = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {

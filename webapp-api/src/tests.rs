@@ -912,25 +912,28 @@ async fn direct_messages_are_listed_as_im_and_mpim() {
         vec![group.clone()]
     );
 
+    // users.conversations selects the same way (gateways ask it for every type).
     let u = "users.conversations";
-    assert_eq!(list(u, alice.clone(), Some("im")).await, vec![dm.clone()]);
-    assert_eq!(
-        list(u, carol.clone(), Some("mpim")).await,
-        vec![group.clone()]
-    );
-    assert_eq!(
-        list(u, alice.clone(), Some("public_channel,private_channel")).await,
-        sorted(vec![&general, &secret])
-    );
-    assert_eq!(
-        list(
-            u,
-            alice.clone(),
-            Some("public_channel,private_channel,mpim,im")
-        )
-        .await,
-        sorted(vec![&general, &secret, &dm, &group])
-    );
+    for (token, types, expected) in [
+        (&alice, "im", vec![dm.clone()]),
+        (&carol, "mpim", vec![group.clone()]),
+        (
+            &alice,
+            "public_channel,private_channel",
+            sorted(vec![&general, &secret]),
+        ),
+        (
+            &alice,
+            "public_channel,private_channel,mpim,im",
+            sorted(vec![&general, &secret, &dm, &group]),
+        ),
+    ] {
+        assert_eq!(
+            list(u, token.clone(), Some(types)).await,
+            expected,
+            "{types}"
+        );
+    }
     s.stop().await;
 }
 
