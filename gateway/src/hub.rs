@@ -145,6 +145,8 @@ pub struct Hub {
     shutdown: Shutdown,
     /// Where presence reports go; unset in unit tests.
     admin_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// One report at a time per user (see [`Hub::report_presence`]); entries go when unused.
+    presence_turns: Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Hub {
@@ -164,6 +166,7 @@ impl Hub {
             wake: Notify::new(),
             shutdown,
             admin_addr: Mutex::new(None),
+            presence_turns: Mutex::new(HashMap::new()),
         })
     }
 
@@ -429,34 +432,79 @@ impl Hub {
         }
     }
 
-    /// Tells the admin server that `user` now has (or no longer has) sessions here; it
-    /// aggregates presence over every gateway, debounces it and broadcasts the changes back.
-    pub fn report_presence(&self, workspace: &WorkspaceId, user: &UserId, online: bool) {
-        let Some(admin) = *self.admin_addr.lock() else {
-            return;
-        };
-        let frame = MeshFrame::User(UserEvent::PresenceReport {
-            workspace: workspace.clone(),
-            user: user.clone(),
-            gateway: self.node.clone(),
-            online,
-        });
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            for attempt in 0..5u64 {
-                match pool.request(admin, &frame, Duration::from_secs(3)).await {
-                    Ok(MeshFrame::Ok) => return,
-                    other => tracing::debug!(?other, attempt, "presence report not taken"),
+    /// Tells the admin server whether `user` has sessions here; it aggregates presence over
+    /// every gateway, debounces it and broadcasts the changes back. Called when that may have
+    /// changed (a user's first session came, or the last one went).
+    ///
+    /// Reports of one user go one at a time, and each says the user's state when it is sent,
+    /// not when it was asked for: after a quick reconnect, the report of the going session
+    /// cannot land after the coming one's and leave the user away while connected (separate
+    /// requests could arrive in either order).
+    /// Returns the reporting task (`None` with no admin server to report to).
+    pub fn report_presence(
+        self: &Arc<Self>,
+        workspace: &WorkspaceId,
+        user: &UserId,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let admin = (*self.admin_addr.lock())?;
+        let turn = self
+            .presence_turns
+            .lock()
+            .entry(user.clone())
+            .or_default()
+            .clone();
+        let (hub, workspace, user) = (self.clone(), workspace.clone(), user.clone());
+        Some(tokio::spawn(async move {
+            {
+                let _turn = turn.lock().await;
+                let online = hub.has_sessions(&user);
+                let frame = MeshFrame::User(UserEvent::PresenceReport {
+                    workspace,
+                    user: user.clone(),
+                    gateway: hub.node.clone(),
+                    online,
+                });
+                let mut sent = false;
+                for attempt in 0..5u64 {
+                    match hub
+                        .pool
+                        .request(admin, &frame, Duration::from_secs(3))
+                        .await
+                    {
+                        Ok(MeshFrame::Ok) => {
+                            sent = true;
+                            break;
+                        }
+                        other => tracing::debug!(?other, attempt, "presence report not taken"),
+                    }
+                    tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
                 }
-                tokio::time::sleep(Duration::from_millis(100 * (attempt + 1))).await;
+                if !sent {
+                    tracing::warn!(
+                        "presence report lost; it is sent again when the admin link returns"
+                    );
+                }
             }
-            tracing::warn!("presence report lost; it is sent again when the admin link returns");
-        });
+            // The last one out removes the user's turn.
+            let mut turns = hub.presence_turns.lock();
+            if turns.get(&user).is_some_and(|t| Arc::strong_count(t) == 2) {
+                turns.remove(&user);
+            }
+        }))
+    }
+
+    /// Whether `user` has a session here now.
+    fn has_sessions(&self, user: &UserId) -> bool {
+        self.state
+            .lock()
+            .users
+            .get(user)
+            .is_some_and(|ids| !ids.is_empty())
     }
 
     /// Reports every user with a session here (after the admin link came back: the admin
     /// server may have restarted and forgotten).
-    pub fn report_all_online(&self) {
+    pub fn report_all_online(self: &Arc<Self>) {
         let users: Vec<(WorkspaceId, UserId)> = {
             let st = self.state.lock();
             st.users
@@ -471,7 +519,7 @@ impl Hub {
                 .collect()
         };
         for (ws, user) in users {
-            self.report_presence(&ws, &user, true);
+            let _ = self.report_presence(&ws, &user);
         }
     }
 
@@ -983,7 +1031,12 @@ pub(crate) mod test_support {
 
     pub(crate) fn hub() -> (Arc<Hub>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let tls = MeshTls::dev(dir.path()).unwrap();
+        (hub_in(dir.path()), dir)
+    }
+
+    /// A hub whose mesh uses the dev certificates in `dir` (made if missing).
+    pub(crate) fn hub_in(dir: &std::path::Path) -> Arc<Hub> {
+        let tls = MeshTls::dev(dir).unwrap();
         let mesh = Mesh::client(
             "127.0.0.1:0".parse().unwrap(),
             &tls,
@@ -992,14 +1045,11 @@ pub(crate) mod test_support {
         )
         .unwrap();
         let (_tx, rx) = watch::channel(Arc::new(Ring::empty()));
-        (
-            Hub::new(
-                NodeId::from("gw-test"),
-                Arc::new(PeerPool::new(Arc::new(mesh))),
-                rx,
-                Shutdown::new(),
-            ),
-            dir,
+        Hub::new(
+            NodeId::from("gw-test"),
+            Arc::new(PeerPool::new(Arc::new(mesh))),
+            rx,
+            Shutdown::new(),
         )
     }
 
@@ -1070,6 +1120,88 @@ mod tests {
             }
         }
         out
+    }
+
+    /// A user's presence on the real admin server (`online`: a session on some gateway).
+    async fn online_at_admin(hub: &Arc<Hub>, admin: std::net::SocketAddr, user: &str) -> bool {
+        match hub
+            .pool
+            .request(
+                admin,
+                &MeshFrame::PresenceGet {
+                    user: UserId::from(user),
+                },
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("the admin server answers")
+        {
+            MeshFrame::PresenceIs { online, .. } => online,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_presence_report_says_the_state_when_it_is_sent() {
+        shared::mesh::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let tls = shared::mesh::MeshTls::dev(dir.path()).unwrap();
+        let admin_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let admin = admin_socket.local_addr().unwrap();
+        let mut config = shared::config::Config::defaults();
+        config.node.data_dir = dir.path().join("admin");
+        let stop = Shutdown::new();
+        let admin_task = tokio::spawn(admin_server::run(
+            config,
+            "admin-1".into(),
+            admin_socket,
+            tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+            admin_server::AdminDeps {
+                tls,
+                health: shared::telemetry::Health::default(),
+            },
+            stop.clone(),
+        ));
+        let hub = test_support::hub_in(dir.path());
+        hub.set_admin_addr(admin);
+        let (ws, user) = (WorkspaceId::from("TW"), UserId::from("UB"));
+        let report = |hub: &Arc<Hub>| hub.report_presence(&ws, &user).expect("an admin server");
+
+        // The first session: reported online.
+        let (first, _rx, _) = session(&hub, 8);
+        report(&hub).await.unwrap();
+        assert!(online_at_admin(&hub, admin, "UB").await);
+        // A quick reconnect: the first session goes, and its report is asked for while the
+        // user has no session here, but waits for its turn (as behind a report still on its
+        // way); the second session comes meanwhile. The report says what is true when it
+        // goes: online.
+        assert!(hub.unregister(first));
+        let turn = hub
+            .presence_turns
+            .lock()
+            .entry(user.clone())
+            .or_default()
+            .clone();
+        let held = turn.lock().await;
+        let late = report(&hub);
+        let (second, _rx2, _) = session(&hub, 8);
+        drop(held);
+        drop(turn);
+        late.await.unwrap();
+        assert!(
+            online_at_admin(&hub, admin, "UB").await,
+            "a late report of the going session left a connected user offline"
+        );
+        // And once the last session has gone, offline.
+        assert!(hub.unregister(second));
+        report(&hub).await.unwrap();
+        assert!(!online_at_admin(&hub, admin, "UB").await);
+        assert!(
+            hub.presence_turns.lock().is_empty(),
+            "a user's turn goes with its last report"
+        );
+        stop.trigger();
+        admin_task.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -419,7 +419,7 @@ pub fn run(
             return;
         }
         if first_of_user {
-            hub.report_presence(&workspace, &user, true);
+            let _ = hub.report_presence(&workspace, &user);
         }
 
         let mut last_activity = Instant::now();
@@ -569,7 +569,7 @@ fn finish(
     workspace: &shared::ids::WorkspaceId,
 ) {
     if hub.unregister(id) {
-        hub.report_presence(workspace, user, false);
+        let _ = hub.report_presence(workspace, user);
     }
     m::SESSIONS.dec();
 }
