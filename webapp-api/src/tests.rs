@@ -638,15 +638,20 @@ async fn direct_messages_keep_their_kind_and_members() {
         .unwrap()
         .to_string();
     let unsupported = "method_not_supported_for_channel_type";
-    for channel in [&dm, &group] {
-        let before = s
-            .ok(
+    let info = |channel: String| {
+        let (s, alice) = (&s, &alice);
+        async move {
+            s.ok(
                 "conversations.info",
-                &alice,
+                alice,
                 json!({"channel": channel, "include_num_members": true}),
             )
             .await["channel"]
-            .clone();
+                .clone()
+        }
+    };
+    for channel in [&dm, &group] {
+        let before = info(channel.clone()).await;
         s.err(
             "conversations.rename",
             &alice,
@@ -669,15 +674,11 @@ async fn direct_messages_keep_their_kind_and_members() {
             unsupported,
         )
         .await;
-        let after = s
-            .ok(
-                "conversations.info",
-                &alice,
-                json!({"channel": channel, "include_num_members": true}),
-            )
-            .await["channel"]
-            .clone();
-        assert_eq!(after, before, "the conversation changed");
+        assert_eq!(
+            info(channel.clone()).await,
+            before,
+            "the conversation changed"
+        );
     }
     // Still a DM by name, so carol stays out of the 1:1.
     assert_eq!(

@@ -519,18 +519,22 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
     );
     assert_eq!(top[1].edited, Some(edit.ts));
     // A thread: its parent and replies, oldest first.
-    let thread = store
-        .message_views(
-            &ws.id,
-            &ch.id,
-            &HistoryQuery {
-                limit: 100,
-                ..Default::default()
-            },
-            Some(parent.ts),
-        )
-        .await
-        .unwrap();
+    let (ws_id, ch_id) = (&ws.id, &ch.id);
+    let thread_of = |parent: Ts| async move {
+        store
+            .message_views(
+                ws_id,
+                ch_id,
+                &HistoryQuery {
+                    limit: 100,
+                    ..Default::default()
+                },
+                Some(parent),
+            )
+            .await
+            .unwrap()
+    };
+    let thread = thread_of(parent.ts).await;
     assert_eq!(
         thread
             .iter()
@@ -588,19 +592,11 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         assert_eq!(store.append(&delete).await.unwrap(), AppendOutcome::Stored);
         assert_eq!(parent_state().await, expected, "after deleting {target:?}");
     }
-    let thread = store
-        .message_views(
-            &ws.id,
-            &ch.id,
-            &HistoryQuery {
-                limit: 100,
-                ..Default::default()
-            },
-            Some(parent.ts),
-        )
-        .await
-        .unwrap();
-    assert_eq!(thread.len(), 1, "only the parent is left");
+    assert_eq!(
+        thread_of(parent.ts).await.len(),
+        1,
+        "only the parent is left"
+    );
 
     let stranger = store.create_workspace("views-other").await.unwrap();
     assert!(store
