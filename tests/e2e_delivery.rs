@@ -449,3 +449,146 @@ async fn typing_and_presence_reach_the_other_members() {
         )
         .await;
 }
+
+/// Messages a client sends over its socket (Slack's RTM `message` event) are posted through
+/// the Web API with the session's token: answered with their `ts` in the order sent, relayed
+/// to the channel's members in that order, stored, deduplicated by `client_msg_id`, and
+/// refused with the Web API's own error when it refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_over_rtm_are_posted_answered_and_relayed_in_order() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob"])).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let c = cluster.create_channel(&alice, "rtm-send").await;
+    cluster.join(&bob, &c).await;
+    let bobs_only = cluster.create_channel(&bob, "bobs-only").await;
+    let alice_ws = cluster.connect(0, &alice).await;
+    let bob_ws = cluster.connect(1, &bob).await;
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&c), &[&alice_ws, &bob_ws])
+        .await;
+    let reply = |id: u64| move |e: &Value| e["reply_to"] == id && e["type"] != "pong";
+
+    // Sent back to back: the gateway posts them one at a time, in the order sent.
+    const N: u64 = 25;
+    for id in 1..=N {
+        alice_ws
+            .send_json(
+                &json!({ "id": id, "type": "message", "channel": c, "text": format!("rtm {id}") }),
+            )
+            .await;
+    }
+    let mut replies = Vec::new();
+    for id in 1..=N {
+        let r = alice_ws.wait_event(0, WAIT, "RTM reply", reply(id)).await;
+        assert_eq!(r["ok"], true, "message {id} refused: {r}");
+        assert_eq!(r["text"], format!("rtm {id}"), "{r}");
+        assert_eq!(r["channel"], c.as_str(), "{r}");
+        replies.push(r);
+    }
+    let seqs: Vec<u64> = replies.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "the messages were not sequenced in the order sent: {seqs:?}"
+    );
+
+    // bob, on the other gateway, gets them in that order, as alice's.
+    bob_ws.wait_seq(&c, *seqs.last().unwrap(), WAIT).await;
+    let got: Vec<(String, String)> = bob_ws
+        .messages(&c)
+        .into_iter()
+        .filter(|m| m["text"].as_str().is_some_and(|t| t.starts_with("rtm ")))
+        .map(|m| {
+            assert_eq!(m["user"], alice.id.as_str(), "{m}");
+            (
+                m["text"].as_str().unwrap().into(),
+                m["ts"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let sent: Vec<(String, String)> = replies
+        .iter()
+        .map(|r| {
+            (
+                r["text"].as_str().unwrap().into(),
+                r["ts"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(got, sent, "bob's stream differs from the answers");
+    let history = cluster.history_all(&alice, &c, 100).await;
+    for (text, ts) in &sent {
+        assert!(
+            history
+                .iter()
+                .any(|m| m["ts"] == ts.as_str() && m["text"] == text.as_str()),
+            "{text} ({ts}) is not in the history"
+        );
+    }
+
+    // The same client_msg_id twice (a client retrying over a new socket, say): one message.
+    let cmid = "5f0c2b3a-7d4e-4c1a-9b8e-2f6d1e0a9c47";
+    for id in [100, 101] {
+        alice_ws
+            .send_json(&json!({ "id": id, "type": "message", "channel": c, "text": "once", "client_msg_id": cmid }))
+            .await;
+    }
+    let first = alice_ws.wait_event(0, WAIT, "RTM reply", reply(100)).await;
+    let second = alice_ws.wait_event(0, WAIT, "RTM reply", reply(101)).await;
+    assert_eq!(first["ok"], true, "{first}");
+    assert_eq!(first["ts"], second["ts"], "a retry made a second message");
+    let history = cluster.history_all(&alice, &c, 100).await;
+    assert_eq!(history.iter().filter(|m| m["text"] == "once").count(), 1);
+
+    // What the Web API refuses is answered with its error, as Slack's RTM does.
+    let refusals = [
+        (
+            200,
+            json!({ "channel": bobs_only, "text": "not mine" }),
+            4,
+            "not_in_channel",
+        ),
+        (201, json!({ "channel": c, "text": "" }), 8, "no_text"),
+        (
+            202,
+            json!({ "channel": "CNOSUCHONE", "text": "hi" }),
+            3,
+            "channel_not_found",
+        ),
+    ];
+    for (id, mut body, code, error) in refusals {
+        body["id"] = id.into();
+        body["type"] = "message".into();
+        alice_ws.send_json(&body).await;
+        let r = alice_ws.wait_event(0, WAIT, "RTM refusal", reply(id)).await;
+        assert_eq!(
+            r,
+            json!({ "ok": false, "reply_to": id, "error": { "code": code, "msg": error } })
+        );
+    }
+    // A message event without text is bad input, refused by the gateway itself.
+    let gw = &cluster.gateways[0].http;
+    let bad = ("kind", "invalid_event");
+    let before = cluster
+        .metric(gw, "switchboard_gateway_bad_input_total", &[bad])
+        .await;
+    alice_ws
+        .send_json(&json!({ "id": 203, "type": "message", "channel": c }))
+        .await;
+    let r = alice_ws.wait_event(0, WAIT, "error", reply(203)).await;
+    assert_eq!(r["type"], "error", "{r}");
+    assert_eq!(r["error"]["msg"], "invalid message event", "{r}");
+    let after = cluster
+        .metric(gw, "switchboard_gateway_bad_input_total", &[bad])
+        .await;
+    assert_eq!(after, before + 1.0);
+
+    let outcome = |o: &'static str| [("outcome", o)];
+    let rtm = "switchboard_gateway_rtm_posts_total";
+    assert_eq!(
+        cluster.metric(gw, rtm, &outcome("ok")).await,
+        (N + 2) as f64
+    );
+    assert_eq!(cluster.metric(gw, rtm, &outcome("refused")).await, 3.0);
+    assert!(bob_ws.garbage().is_empty() && alice_ws.garbage().is_empty());
+}

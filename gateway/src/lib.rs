@@ -10,6 +10,7 @@
 //! - [`boot`]: `hello`'s boot data from the Flannel that holds the workspace.
 //! - [`hub`]: channels, sessions, subscription streams to channel servers, gap filling.
 //! - [`session`]: one WebSocket session (RTM events, resume, ping, bounded queue).
+//! - [`rtm_post`]: messages clients send over RTM, posted through the Web API.
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! # Invariants
@@ -23,6 +24,7 @@ pub mod boot;
 pub mod hub;
 pub mod metrics;
 pub mod queue;
+pub mod rtm_post;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -66,6 +68,8 @@ struct AppState {
     sessions: Arc<tokio::sync::Semaphore>,
     /// Where `hello`'s boot data comes from (`gateway.flannel_urls`).
     boot: boot::BootSource,
+    /// Where messages sent over RTM are posted (`gateway.webapp_url`).
+    web_api: Arc<rtm_post::WebApi>,
 }
 
 /// Runs a gateway until `shutdown`: WebSockets, `/metrics` and `/health` on `http`.
@@ -146,13 +150,18 @@ pub async fn run(
             }
         });
     }
+    let web_client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("http client")?;
     let state = Arc::new(AppState {
         hub,
         signer: deps.signer,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .build()
-            .context("http client")?,
+        web_api: Arc::new(rtm_post::WebApi::new(
+            web_client.clone(),
+            &config.gateway.webapp_url,
+        )),
+        http: web_client,
         sessions: Arc::new(tokio::sync::Semaphore::new(config.gateway.max_sessions)),
         config: config.clone(),
         shutdown: sessions_shutdown.clone(),
@@ -306,6 +315,10 @@ async fn rtm(
         ping_interval: Duration::from_millis(g.ping_interval_ms),
         idle_timeout: Duration::from_millis(g.idle_timeout_ms),
         boot,
+        post: rtm_post::PostTarget {
+            api: state.web_api.clone(),
+            token,
+        },
     });
     // What the session needs, in one box: the upgrade callback and its future each keep their
     // captures for the session's whole life, so they capture a pointer.

@@ -55,6 +55,14 @@ pub static CLIENT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static RTM_POSTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_gateway_rtm_posts_total",
+        "messages sent by clients over RTM, by outcome (ok, refused, ratelimited, unavailable, too_many_pending)",
+        &["outcome"]
+    )
+    .unwrap()
+});
 pub static MESSAGES_IN: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_gateway_messages_received_total",

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, Outbound, SessionId};
 use crate::metrics as m;
+use crate::rtm_post::{PostTarget, Poster, RtmMessage};
 
 /// Minimum time between two typing events relayed for one channel of one session.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -36,6 +37,8 @@ pub struct SessionParams {
     pub idle_timeout: Duration,
     /// Boot data from Flannel for `hello`, when it answered.
     pub boot: Option<serde_json::Value>,
+    /// Where this session's RTM messages are posted, with its token.
+    pub post: PostTarget,
 }
 
 /// Where a session stands in one channel.
@@ -78,6 +81,11 @@ struct Session {
     overflow: CancellationToken,
     typing: HashMap<ChannelId, Instant>,
     presence_seen: HashMap<String, String>,
+    post: PostTarget,
+    /// Posts the session's RTM messages in order; started by its first message.
+    poster: Option<Poster>,
+    /// The answers of a poster just started, for the session loop to take.
+    new_reply_rx: Option<mpsc::Receiver<Utf8Bytes>>,
 }
 
 impl Session {
@@ -276,6 +284,16 @@ impl Session {
         }
     }
 
+    /// Queues a message the client sent for posting; returns a refusal to write at once, if any.
+    fn send_message(&mut self, msg: RtmMessage) -> Option<Utf8Bytes> {
+        let poster = self.poster.get_or_insert_with(|| {
+            let (poster, replies) = Poster::start(&self.post);
+            self.new_reply_rx = Some(replies);
+            poster
+        });
+        poster.submit(msg).err()
+    }
+
     fn last_delivered(&self, channel: &ChannelId) -> Option<Seq> {
         self.delivered.get(channel).and_then(|p| p.last)
     }
@@ -350,6 +368,7 @@ pub fn run(
             ping_interval,
             idle_timeout,
             boot,
+            post,
         } = *params;
         let Claims {
             user, workspace, ..
@@ -368,6 +387,7 @@ pub fn run(
         m::SESSIONS_OPENED.inc();
         tracing::debug!(session = id, "session registered");
         let mut backfill_rx: Option<mpsc::Receiver<BackfillResult>> = None;
+        let mut reply_rx: Option<mpsc::Receiver<Utf8Bytes>> = None;
         let mut s = Session {
             id,
             user: user.clone(),
@@ -392,6 +412,9 @@ pub fn run(
             overflow: overflow.clone(),
             typing: HashMap::new(),
             presence_seen: HashMap::new(),
+            post,
+            poster: None,
+            new_reply_rx: None,
         };
         for (c, after) in resume {
             if s.channels.contains(&c) {
@@ -440,6 +463,9 @@ pub fn run(
             if let Some(rx) = s.new_backfill_rx.take() {
                 backfill_rx = Some(rx);
             }
+            if let Some(rx) = s.new_reply_rx.take() {
+                reply_rx = Some(rx);
+            }
             tokio::select! {
                 biased;
                 _ = &mut stopping => {
@@ -466,6 +492,14 @@ pub fn run(
                     }
                 } => {
                     s.on_backfill(r, &mut out);
+                }
+                Some(reply) = async {
+                    match reply_rx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    out.push(reply);
                 }
                 n = rx.recv_many(&mut inbox, 256) => {
                     if n == 0 { break; }
@@ -604,7 +638,7 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
             return Some(match value {
                 Some(v) if v.get("type").and_then(|t| t.as_str()).is_some() => {
                     let kind = v["type"].as_str().unwrap_or_default();
-                    let known = matches!(kind, "ping" | "typing" | "resume");
+                    let known = matches!(kind, "ping" | "typing" | "resume" | "message");
                     if known {
                         m::BAD_INPUT.with_label_values(&["invalid_event"]).inc();
                         error_json(
@@ -656,6 +690,22 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
                 s.hub.publish(&channel, EphemeralEvent::Typing { user });
             }
             None
+        }
+        ClientEvent::Message {
+            id,
+            channel,
+            text,
+            thread_ts,
+            client_msg_id,
+        } => {
+            m::CLIENT_EVENTS.with_label_values(&["message"]).inc();
+            s.send_message(RtmMessage {
+                id,
+                channel,
+                text,
+                thread_ts,
+                client_msg_id,
+            })
         }
         ClientEvent::Resume { id, channels } => {
             m::CLIENT_EVENTS.with_label_values(&["resume"]).inc();
@@ -719,6 +769,9 @@ mod tests {
             overflow: CancellationToken::new(),
             typing: HashMap::new(),
             presence_seen: HashMap::new(),
+            post: PostTarget::nowhere(),
+            poster: None,
+            new_reply_rx: None,
         }
     }
 
@@ -863,6 +916,7 @@ mod tests {
                             ping_interval: Duration::from_secs(3600),
                             idle_timeout: Duration::from_millis(300),
                             boot: None,
+                            post: PostTarget::nowhere(),
                         });
                         run(hub, socket, params, Shutdown::new()).await;
                         if let Some(tx) = ended_tx.lock().take() {

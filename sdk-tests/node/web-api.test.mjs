@@ -116,9 +116,26 @@ test('the official RTM client receives the message and its changes', async () =>
     assert.equal(changed.message.text, `${marker} edited`);
     const reaction = await until((e) => e.type === 'reaction_added' && e.item.ts === posted.ts, 'reaction_added');
     assert.equal(reaction.reaction, 'wave');
+    // A message sent over the socket itself (RTMClient.sendMessage) is posted, answered with
+    // its ts, relayed back, and stored.
+    const sent = `${marker} over rtm`;
+    const reply = await rtm.sendMessage(sent, tokens.general);
+    assert.equal(reply.ok, true);
+    assert.equal(reply.text, sent);
+    assert.match(reply.ts, /^\d+\.\d{6}$/);
+    await until((e) => e.type === 'message' && e.text === sent && e.ts === reply.ts, 'the sent message');
+    const history = await alice.conversations.history({ channel: tokens.general, limit: 20 });
+    assert.ok(history.messages.some((m) => m.ts === reply.ts && m.text === sent), 'the sent message is stored');
+    // One the Web API refuses is rejected with its error.
+    await assert.rejects(rtm.sendMessage('', tokens.general), (e) => e.data.error.msg === 'no_text');
     const seqs = events.filter((e) => e.channel === tokens.general && Number.isInteger(e.seq)).map((e) => e.seq);
     for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, `contiguous seq: ${seqs}`);
   } finally {
+    // @slack/rtm-api 7.0.4 keeps the replies it awaits in an array indexed by message id and
+    // cancels each on disconnect with `for (const p of list) p.cancel()`: after sendMessage the
+    // array has holes (ids start at 2) and disconnect throws on `undefined.cancel`. Its own bug,
+    // against any server; keep only the real entries.
+    rtm.awaitingReplyList = rtm.awaitingReplyList.filter(Boolean);
     await rtm.disconnect();
   }
 });

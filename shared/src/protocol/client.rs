@@ -45,6 +45,19 @@ pub enum ClientEvent {
         id: Option<u64>,
         channels: BTreeMap<ChannelId, Seq>,
     },
+    /// Slack's RTM `message`: post `text` to `channel` (an id, or `#name` as the Web API
+    /// takes). The gateway posts it through `chat.postMessage` with the session's token, so it
+    /// is stored, ordered and checked exactly like an HTTP post, and answers
+    /// `{"ok":true,"reply_to":id,"ts":…,"text":…}` or `{"ok":false,"reply_to":id,"error":{…}}`.
+    Message {
+        id: Option<u64>,
+        channel: String,
+        text: String,
+        #[serde(default)]
+        thread_ts: Option<String>,
+        #[serde(default)]
+        client_msg_id: Option<String>,
+    },
 }
 
 impl ClientEvent {
@@ -52,7 +65,8 @@ impl ClientEvent {
         match self {
             ClientEvent::Ping { id }
             | ClientEvent::Typing { id, .. }
-            | ClientEvent::Resume { id, .. } => *id,
+            | ClientEvent::Resume { id, .. }
+            | ClientEvent::Message { id, .. } => *id,
         }
     }
 }
@@ -191,6 +205,9 @@ pub mod error_code {
     pub const INVALID_UTF8: u16 = 5;
     pub const UNAVAILABLE: u16 = 6;
     pub const RATE_LIMITED: u16 = 7;
+    /// The Web API refused a message sent over RTM; `msg` is its error (`no_text`,
+    /// `msg_too_long`, `is_archived`, `invalid_auth`, …).
+    pub const MESSAGE_REFUSED: u16 = 8;
 }
 
 #[cfg(test)]
@@ -210,7 +227,26 @@ mod tests {
             ClientEvent::Resume { channels, .. } => assert_eq!(channels[&ChannelId::from("C1")], 4),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(serde_json::from_str::<ClientEvent>(r#"{"type":"dance"}"#).is_err());
+        let e: ClientEvent =
+            serde_json::from_str(r#"{"id":3,"type":"message","channel":"C1","text":"hi"}"#)
+                .unwrap();
+        assert_eq!(
+            e,
+            ClientEvent::Message {
+                id: Some(3),
+                channel: "C1".into(),
+                text: "hi".into(),
+                thread_ts: None,
+                client_msg_id: None
+            }
+        );
+        for bad in [
+            r#"{"type":"dance"}"#,
+            r#"{"id":4,"type":"message","channel":"C1"}"#,
+            r#"{"id":4,"type":"message","channel":"C1","text":5}"#,
+        ] {
+            assert!(serde_json::from_str::<ClientEvent>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]
