@@ -285,4 +285,80 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
             .count(),
         3
     );
+    // A deleted parent whose replies remain leaves Slack's tombstone above them: in history
+    // and in its thread, without its text, author or reactions; the thread still takes
+    // replies, and the tombstone goes with the last of them.
+    cluster
+        .api_ok(
+            "chat.delete",
+            &alice.token,
+            json!({ "channel": channel, "ts": parent_ts }),
+        )
+        .await;
+    let tombstone = json!({
+        "type": "message", "subtype": "tombstone", "text": "This message was deleted.",
+        "user": "USLACKBOT", "hidden": true, "ts": parent_ts, "thread_ts": parent_ts,
+        "reply_count": 1, "latest_reply": reply["ts"], "team": alice.workspace,
+        "seq": p["seq"],
+    });
+    let history = || {
+        let body = json!({ "channel": channel, "limit": 10 });
+        let (cluster, token) = (&cluster, &alice.token);
+        async move { cluster.api_ok("conversations.history", token, body).await }
+    };
+    let top = history().await;
+    let shown = top["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["ts"] == parent_ts.as_str())
+        .expect("the deleted parent's tombstone is in history");
+    assert_eq!(shown, &tombstone);
+    let thread = |token: String| {
+        let body = json!({ "channel": channel, "ts": parent_ts });
+        let cluster = &cluster;
+        async move { cluster.api("conversations.replies", &token, body).await }
+    };
+    let replies = thread(bob.token.clone()).await;
+    assert_eq!(replies["messages"][0], tombstone, "{replies}");
+    assert_eq!(replies["messages"][1]["text"], "monday works", "{replies}");
+    let late_reply = cluster
+        .api_ok(
+            "chat.postMessage",
+            &bob.token,
+            json!({ "channel": channel, "text": "still here", "thread_ts": parent_ts }),
+        )
+        .await;
+    let replies = thread(bob.token.clone()).await;
+    assert_eq!(replies["messages"][0]["reply_count"], 2, "{replies}");
+    assert_eq!(
+        replies["messages"].as_array().unwrap().len(),
+        3,
+        "{replies}"
+    );
+    // The parent's text left the index with it; the reply that says "monday" is still found.
+    cluster
+        .wait_search(&alice.token, "monday in:#changes", "the reply alone", |v| {
+            v["messages"]["total"] == 1 && v["messages"]["matches"][0]["ts"] == reply["ts"]
+        })
+        .await;
+    for ts in [&reply["ts"], &late_reply["ts"]] {
+        cluster
+            .api_ok(
+                "chat.delete",
+                &bob.token,
+                json!({ "channel": channel, "ts": ts }),
+            )
+            .await;
+    }
+    let top = history().await;
+    assert!(
+        top["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["ts"] != parent_ts.as_str()),
+        "the tombstone outlived its replies: {top}"
+    );
+    assert_eq!(thread(bob.token.clone()).await["error"], "thread_not_found");
 }

@@ -367,7 +367,7 @@ async fn deliver(
             .await
             .map_err(ApiError::from)?
         {
-            Some(v) if !v.deleted && v.message.thread_ts.is_none_or(|t| t == v.message.ts) => {}
+            Some(v) if v.takes_replies() => {}
             _ => return Err(HookError::new("thread_not_found")),
         }
     }

@@ -598,6 +598,72 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         "only the parent is left"
     );
 
+    // A deleted parent whose replies remain stays, flagged, above them (Slack's tombstone),
+    // and goes with its last reply.
+    let parent2 = entry(&alice.id, "doomed parent", MessageKind::Posted, None);
+    let reply4 = entry(
+        &bob.id,
+        "reply to the doomed",
+        MessageKind::Posted,
+        Some(parent2.ts),
+    );
+    let delete_parent = entry(
+        &alice.id,
+        "",
+        MessageKind::Deleted { target: parent2.ts },
+        None,
+    );
+    for m in [&parent2, &reply4, &delete_parent] {
+        assert_eq!(store.append(m).await.unwrap(), AppendOutcome::Stored);
+    }
+    let top_views = || async {
+        store
+            .message_views(
+                &ws.id,
+                &ch.id,
+                &HistoryQuery {
+                    limit: 100,
+                    ..Default::default()
+                },
+                None,
+            )
+            .await
+            .unwrap()
+    };
+    let tombstone = top_views()
+        .await
+        .into_iter()
+        .find(|v| v.message.ts == parent2.ts)
+        .expect("a deleted parent with replies is shown");
+    assert!(tombstone.deleted);
+    assert_eq!(
+        (tombstone.reply_count, tombstone.latest_reply),
+        (1, Some(reply4.ts))
+    );
+    let thread = thread_of(parent2.ts).await;
+    assert_eq!(
+        thread
+            .iter()
+            .map(|v| (v.message.ts, v.deleted))
+            .collect::<Vec<_>>(),
+        vec![(parent2.ts, true), (reply4.ts, false)]
+    );
+    let delete_reply = entry(
+        &bob.id,
+        "",
+        MessageKind::Deleted { target: reply4.ts },
+        None,
+    );
+    assert_eq!(
+        store.append(&delete_reply).await.unwrap(),
+        AppendOutcome::Stored
+    );
+    assert!(
+        top_views().await.iter().all(|v| v.message.ts != parent2.ts),
+        "the tombstone outlived its last reply"
+    );
+    assert!(thread_of(parent2.ts).await.is_empty());
+
     let stranger = store.create_workspace("views-other").await.unwrap();
     assert!(store
         .message_view(&stranger.id, &ch.id, other.ts)

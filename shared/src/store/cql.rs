@@ -395,6 +395,12 @@ impl MsgRow {
         self.kind == MessageKind::Posted.name()
     }
 
+    /// Whether views show it: undeleted, or a deleted thread parent whose replies remain (a
+    /// tombstone).
+    fn shown(&self) -> bool {
+        !self.deleted.unwrap_or(false) || self.reply_count.unwrap_or(0) > 0
+    }
+
     fn view(&self) -> StorageResult<MessageView> {
         Ok(MessageView {
             message: self.message()?,
@@ -1975,9 +1981,7 @@ impl MessageStore for CqlStore {
             let rows = match thread {
                 None => {
                     s.scan(workspace, channel, query, |r| {
-                        r.is_posted()
-                            && !r.deleted.unwrap_or(false)
-                            && r.thread_ts.is_none_or(|t| t == r.ts)
+                        r.is_posted() && r.shown() && r.thread_ts.is_none_or(|t| t == r.ts)
                     })
                     .await?
                 }
@@ -2002,7 +2006,7 @@ impl MessageStore for CqlStore {
                     let latest = q.latest.map(|t| i(t.0)).unwrap_or(i64::MAX);
                     rows.retain(|r| {
                         r.is_posted()
-                            && !r.deleted.unwrap_or(false)
+                            && r.shown()
                             && r.workspace == workspace.0
                             && r.seq > after
                             && r.seq < before

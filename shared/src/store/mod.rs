@@ -301,7 +301,9 @@ pub trait MessageStore: Send + Sync + 'static {
 
     // -- message views (what history, threads and reactions show) --
     /// Posted, undeleted messages with their edit, thread and reaction state: top-level ones
-    /// (`thread: None`), or one thread's parent and replies (`thread: Some(parent ts)`).
+    /// (`thread: None`), or one thread's parent and replies (`thread: Some(parent ts)`). A
+    /// deleted thread parent whose replies remain is kept, flagged `deleted`, as Slack keeps
+    /// a tombstone above them; it goes with its last reply.
     async fn message_views(
         &self,
         workspace: &WorkspaceId,
@@ -339,6 +341,15 @@ pub struct MessageView {
     pub reply_count: u32,
     pub latest_reply: Option<Ts>,
     pub reactions: Vec<Reaction>,
+}
+
+impl MessageView {
+    /// Whether a reply may hang off it: a top-level message that is not deleted, or a deleted
+    /// one whose thread is still shown under its tombstone.
+    pub fn takes_replies(&self) -> bool {
+        (!self.deleted || self.reply_count > 0)
+            && self.message.thread_ts.is_none_or(|t| t == self.message.ts)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1518,7 +1518,8 @@ impl MessageStore for SqliteStore {
             };
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS}, {VIEW_COLUMNS} FROM messages
-                 WHERE channel_id = ?1 AND workspace = ?2 AND kind = 'posted' AND deleted = 0
+                 WHERE channel_id = ?1 AND workspace = ?2 AND kind = 'posted'
+                   AND (deleted = 0 OR reply_count > 0)
                    AND seq > ?3 AND seq < ?4 AND ts > ?5 AND ts < ?6 AND {scope}
                  ORDER BY seq {order} LIMIT ?7"
             );

@@ -50,13 +50,13 @@ pub(super) async fn post_message(
         return Err(ApiError::IsArchived);
     }
     if let Some(parent) = thread_ts {
-        // Replies hang off a top-level message that still exists.
+        // Replies hang off a top-level message that still exists (or its tombstone).
         match state
             .store
             .message_view(&channel.workspace, &channel.id, parent)
             .await?
         {
-            Some(v) if !v.deleted && v.message.thread_ts.is_none_or(|t| t == v.message.ts) => {}
+            Some(v) if v.takes_replies() => {}
             _ => return Err(ApiError::ThreadNotFound),
         }
     }

@@ -376,8 +376,27 @@ pub(crate) fn message_json(msg: &Message) -> Value {
 }
 
 /// A message as history shows it: Slack's message object with its edit, thread and reaction
-/// state.
+/// state. A deleted thread parent whose replies remain is Slack's tombstone: none of its
+/// text, author or reactions, only where its thread is.
 pub(crate) fn view_json(v: &shared::store::MessageView) -> Value {
+    if v.deleted {
+        let mut j = json!({
+            "type": "message",
+            "subtype": "tombstone",
+            "text": "This message was deleted.",
+            "user": "USLACKBOT",
+            "hidden": true,
+            "ts": v.message.ts.to_slack(),
+            "thread_ts": v.message.ts.to_slack(),
+            "reply_count": v.reply_count,
+            "team": v.message.workspace,
+            "seq": v.message.seq,
+        });
+        if let Some(latest) = v.latest_reply {
+            j["latest_reply"] = latest.to_slack().into();
+        }
+        return j;
+    }
     let mut j = message_json(&v.message);
     if let Some(edited) = v.edited {
         j["edited"] = json!({ "user": v.message.user, "ts": edited.to_slack() });
