@@ -156,10 +156,11 @@ pub async fn run(
         .context("http client")?;
     let state = Arc::new(AppState {
         hub,
-        signer: deps.signer,
+        signer: deps.signer.clone(),
         web_api: Arc::new(rtm_post::WebApi::new(
             web_client.clone(),
             &config.gateway.webapp_url,
+            deps.signer.clone(),
         )),
         http: web_client,
         sessions: Arc::new(tokio::sync::Semaphore::new(config.gateway.max_sessions)),
@@ -315,10 +316,7 @@ async fn rtm(
         ping_interval: Duration::from_millis(g.ping_interval_ms),
         idle_timeout: Duration::from_millis(g.idle_timeout_ms),
         boot,
-        post: rtm_post::PostTarget {
-            api: state.web_api.clone(),
-            token,
-        },
+        web_api: state.web_api.clone(),
     });
     // What the session needs, in one box: the upgrade callback and its future each keep their
     // captures for the session's whole life, so they capture a pointer.

@@ -2,7 +2,7 @@
 //! `{"id":1,"type":"message","channel":"C…","text":"hello"}`.
 //!
 //! The gateway does not store or sequence anything itself: it posts the message through the
-//! Web API's `chat.postMessage` with the session's own token, so an RTM message is checked
+//! Web API's `chat.postMessage` as the session's user, so an RTM message is checked
 //! (membership, archived channels, length, rate limits, `client_msg_id` idempotency), stored,
 //! sequenced, indexed and relayed exactly like an HTTP post. It then answers as Slack's RTM
 //! does: `{"ok":true,"reply_to":1,"ts":"…","text":"hello"}`, or
@@ -11,11 +11,14 @@
 //! A session's messages are posted one at a time, in the order it sent them, so two messages
 //! to one channel keep their order. At most [`PENDING`] wait; past that the client is told
 //! to slow down (`rate_limited`) instead of the gateway queueing without bound. Nothing is
-//! made for a session until it sends its first message, so idle sessions pay nothing.
+//! made for a session until it sends its first message, so idle sessions pay nothing: not
+//! even a copy of their token, since a token is the cluster secret's signature over its
+//! claims, which the session keeps anyway; the poster signs the same claims again.
 
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
+use shared::auth::{Claims, TokenSigner};
 use shared::protocol::client::error_code;
 use tokio::sync::mpsc;
 
@@ -24,19 +27,33 @@ use crate::metrics as m;
 /// Messages of one session waiting to be posted, past which the client is refused.
 pub const PENDING: usize = 32;
 
-/// Where RTM messages are posted: the Web API's `chat.postMessage`.
+/// Where RTM messages are posted: the Web API's `chat.postMessage`, as each session's user.
 pub struct WebApi {
     http: reqwest::Client,
     url: String,
+    signer: TokenSigner,
 }
 
 impl WebApi {
-    /// `base` is `gateway.webapp_url` (the same Web API the gateway asks for channels).
-    pub fn new(http: reqwest::Client, base: &str) -> WebApi {
+    /// `base` is `gateway.webapp_url` (the same Web API the gateway asks for channels);
+    /// `signer` holds the cluster secret that verified the sessions' tokens.
+    pub fn new(http: reqwest::Client, base: &str, signer: TokenSigner) -> WebApi {
         WebApi {
             http,
             url: format!("{}/api/chat.postMessage", base.trim_end_matches('/')),
+            signer,
         }
+    }
+
+    /// For sessions in tests that send no messages.
+    #[cfg(test)]
+    pub fn nowhere() -> Arc<WebApi> {
+        let signer = TokenSigner::new(b"unused");
+        Arc::new(WebApi::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:9",
+            signer,
+        ))
     }
 
     /// Posts one message; returns the Web API's JSON answer, or why there is none.
@@ -59,23 +76,6 @@ impl WebApi {
         resp.json()
             .await
             .map_err(|_| "webapp_bad_answer".to_string())
-    }
-}
-
-/// What a session needs to post: the Web API and its own token.
-pub struct PostTarget {
-    pub api: Arc<WebApi>,
-    pub token: String,
-}
-
-#[cfg(test)]
-impl PostTarget {
-    /// For sessions in tests that send no messages.
-    pub fn nowhere() -> PostTarget {
-        PostTarget {
-            api: Arc::new(WebApi::new(reqwest::Client::new(), "http://127.0.0.1:9")),
-            token: String::new(),
-        }
     }
 }
 
@@ -107,13 +107,14 @@ pub struct Poster {
 }
 
 impl Poster {
-    /// Starts a session's poster; its answers (one per message, in order) come out of the
-    /// returned receiver. It ends when the `Poster` is dropped, after the post under way.
-    pub fn start(target: &PostTarget) -> (Poster, mpsc::Receiver<Utf8Bytes>) {
+    /// Starts the poster of the session of `claims` (verified when it connected); its answers
+    /// (one per message, in order) come out of the returned receiver. It ends when the
+    /// `Poster` is dropped, after the post under way.
+    pub fn start(api: &Arc<WebApi>, claims: &Claims) -> (Poster, mpsc::Receiver<Utf8Bytes>) {
         let (tx, mut rx) = mpsc::channel::<RtmMessage>(PENDING);
         let (reply_tx, reply_rx) = mpsc::channel(PENDING);
-        let api = target.api.clone();
-        let token = target.token.clone();
+        let api = api.clone();
+        let token = api.signer.issue(claims);
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
                 let answer = api.post(&token, &msg.body()).await;

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Hub, Outbound, SessionId};
 use crate::metrics as m;
-use crate::rtm_post::{PostTarget, Poster, RtmMessage};
+use crate::rtm_post::{Poster, RtmMessage, WebApi};
 
 /// Minimum time between two typing events relayed for one channel of one session.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -37,8 +37,8 @@ pub struct SessionParams {
     pub idle_timeout: Duration,
     /// Boot data from Flannel for `hello`, when it answered.
     pub boot: Option<serde_json::Value>,
-    /// Where this session's RTM messages are posted, with its token.
-    pub post: PostTarget,
+    /// Where this session's RTM messages are posted.
+    pub web_api: Arc<WebApi>,
 }
 
 /// Where a session stands in one channel.
@@ -61,7 +61,8 @@ type BackfillResult = (
 
 struct Session {
     id: SessionId,
-    user: shared::ids::UserId,
+    /// Whose session it is (the verified token's claims).
+    claims: Claims,
     hub: Arc<Hub>,
     channels: HashSet<ChannelId>,
     /// Per channel: the last `seq` written (`None`: take whatever comes next) and whether
@@ -81,7 +82,7 @@ struct Session {
     overflow: CancellationToken,
     typing: HashMap<ChannelId, Instant>,
     presence_seen: HashMap<String, String>,
-    post: PostTarget,
+    web_api: Arc<WebApi>,
     /// Posts the session's RTM messages in order; started by its first message.
     poster: Option<Poster>,
     /// The answers of a poster just started, for the session loop to take.
@@ -287,7 +288,7 @@ impl Session {
     /// Queues a message the client sent for posting; returns a refusal to write at once, if any.
     fn send_message(&mut self, msg: RtmMessage) -> Option<Utf8Bytes> {
         let poster = self.poster.get_or_insert_with(|| {
-            let (poster, replies) = Poster::start(&self.post);
+            let (poster, replies) = Poster::start(&self.web_api, &self.claims);
             self.new_reply_rx = Some(replies);
             poster
         });
@@ -368,16 +369,13 @@ pub fn run(
             ping_interval,
             idle_timeout,
             boot,
-            post,
+            web_api,
         } = *params;
-        let Claims {
-            user, workspace, ..
-        } = claims;
         let (tx, mut rx) = crate::queue::channel(queue);
         let overflow = CancellationToken::new();
         let (id, starts, first_of_user) = hub.register(
-            user.clone(),
-            workspace.clone(),
+            claims.user.clone(),
+            claims.workspace.clone(),
             &channels,
             &resume,
             tx,
@@ -390,7 +388,7 @@ pub fn run(
         let mut reply_rx: Option<mpsc::Receiver<Utf8Bytes>> = None;
         let mut s = Session {
             id,
-            user: user.clone(),
+            claims,
             hub: hub.clone(),
             channels: channels.into_iter().collect(),
             delivered: starts
@@ -412,7 +410,7 @@ pub fn run(
             overflow: overflow.clone(),
             typing: HashMap::new(),
             presence_seen: HashMap::new(),
-            post,
+            web_api,
             poster: None,
             new_reply_rx: None,
         };
@@ -426,8 +424,8 @@ pub fn run(
                 "type": "hello",
                 "gateway": hub.node.0,
                 "session": id,
-                "user": user.0,
-                "team": workspace.0,
+                "user": s.claims.user.0,
+                "team": s.claims.workspace.0,
                 "seq": s.positions(),
             });
             if let Some(boot) = boot {
@@ -438,11 +436,11 @@ pub fn run(
         // Each write to the client may take this long to make progress.
         let write_timeout = idle_timeout;
         if !bounded(write_timeout, socket.send(hello)).await {
-            finish(&hub, id, &user, &workspace);
+            finish(&hub, id, &s.claims);
             return;
         }
         if first_of_user {
-            let _ = hub.report_presence(&workspace, &user);
+            let _ = hub.report_presence(&s.claims.workspace, &s.claims.user);
         }
 
         let mut last_activity = Instant::now();
@@ -583,7 +581,7 @@ pub fn run(
                 shrink_after_burst(&mut out, written);
             }
         }
-        finish(&hub, id, &user, &workspace);
+        finish(&hub, id, &s.claims);
     }
 }
 
@@ -596,14 +594,9 @@ fn shrink_after_burst<T>(buf: &mut Vec<T>, used: usize) {
     }
 }
 
-fn finish(
-    hub: &Arc<Hub>,
-    id: SessionId,
-    user: &shared::ids::UserId,
-    workspace: &shared::ids::WorkspaceId,
-) {
+fn finish(hub: &Arc<Hub>, id: SessionId, claims: &Claims) {
     if hub.unregister(id) {
-        let _ = hub.report_presence(workspace, user);
+        let _ = hub.report_presence(&claims.workspace, &claims.user);
     }
     m::SESSIONS.dec();
 }
@@ -686,7 +679,7 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
                 .is_some_and(|t| now.duration_since(*t) < TYPING_INTERVAL);
             if !recent {
                 s.typing.insert(channel.clone(), now);
-                let user = s.user.clone();
+                let user = s.claims.user.clone();
                 s.hub.publish(&channel, EphemeralEvent::Typing { user });
             }
             None
@@ -748,7 +741,14 @@ mod tests {
         let channel = ChannelId::from("CX");
         Session {
             id: 1,
-            user: shared::ids::UserId::from("UB"),
+            claims: Claims {
+                workspace: shared::ids::WorkspaceId::from("TW"),
+                user: shared::ids::UserId::from("UB"),
+                admin: false,
+                bot: false,
+                issued_at: 0,
+                service: false,
+            },
             hub: hub.clone(),
             channels: [channel.clone()].into_iter().collect(),
             delivered: [(
@@ -769,7 +769,7 @@ mod tests {
             overflow: CancellationToken::new(),
             typing: HashMap::new(),
             presence_seen: HashMap::new(),
-            post: PostTarget::nowhere(),
+            web_api: WebApi::nowhere(),
             poster: None,
             new_reply_rx: None,
         }
@@ -916,7 +916,7 @@ mod tests {
                             ping_interval: Duration::from_secs(3600),
                             idle_timeout: Duration::from_millis(300),
                             boot: None,
-                            post: PostTarget::nowhere(),
+                            web_api: WebApi::nowhere(),
                         });
                         run(hub, socket, params, Shutdown::new()).await;
                         if let Some(tx) = ended_tx.lock().take() {
