@@ -29,6 +29,8 @@ pub type SessionId = u64;
 
 /// Rendered messages kept per channel so that resumes rarely leave the gateway.
 const RECENT_PER_CHANNEL: usize = 256;
+/// Most frames from a channel server taken in one batch (one hold of the hub's lock).
+const READ_BATCH: usize = 256;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const FETCH_LIMIT: u32 = 1000;
 /// How often the hub re-checks subscriptions (ring changes and link losses also wake it).
@@ -72,15 +74,20 @@ pub struct SessionHandle {
 
 impl SessionHandle {
     fn offer(&self, out: Outbound) {
+        self.offer_many(std::iter::once(out));
+    }
+
+    /// Queues several events under one lock of the session's queue (and at most one wake).
+    fn offer_many(&self, out: impl ExactSizeIterator<Item = Outbound>) {
         // An overflowed queue refuses what follows by itself (`Closed`), so this path needs no
         // look at the cancellation token (which takes a lock) per delivery.
-        match self.tx.try_send(out) {
+        match self.tx.try_send_many(out) {
             Ok(()) => {}
-            Err(crate::queue::TrySendError::Full(_)) => {
+            Err(crate::queue::TrySendError::Full(())) => {
                 m::SESSION_OVERFLOWS.inc();
                 self.overflow.cancel();
             }
-            Err(crate::queue::TrySendError::Closed(_)) => {}
+            Err(crate::queue::TrySendError::Closed(())) => {}
         }
     }
 }
@@ -101,6 +108,9 @@ struct ChannelEntry {
     /// page after page until it gets there, without waiting for a new post to show the gap.
     catch_up_to: Seq,
     recent: VecDeque<(Seq, Utf8Bytes)>,
+    /// Messages delivered in order but not yet offered to the sessions (see
+    /// [`State::offer_staged`]).
+    staged: Vec<(Seq, Utf8Bytes)>,
 }
 
 impl ChannelEntry {
@@ -115,6 +125,7 @@ impl ChannelEntry {
             fetching: false,
             catch_up_to: 0,
             recent: VecDeque::new(),
+            staged: Vec::new(),
         }
     }
 }
@@ -132,6 +143,48 @@ struct State {
     links: HashMap<NodeId, Link>,
     /// Presence changes waiting for the batch window, per workspace (the last one per user).
     presence_batch: HashMap<WorkspaceId, BTreeMap<UserId, Presence>>,
+    /// Channels with staged messages.
+    staged: Vec<ChannelId>,
+}
+
+impl State {
+    /// Offers every staged message to its channel's sessions: each session's queue takes all
+    /// of a channel's messages of this hold of the hub's lock at once. Under load a read from
+    /// a channel server holds many messages, and one lock and wake per session per batch
+    /// rather than per message is most of the hub's cost of fan-out. Whoever takes messages
+    /// in ([`Hub::accept_message`]) calls this before the hub's lock is released.
+    fn offer_staged(&mut self) {
+        let State {
+            channels,
+            sessions,
+            staged,
+            ..
+        } = self;
+        for channel in staged.drain(..) {
+            let Some(e) = channels.get_mut(&channel) else {
+                continue;
+            };
+            let messages = std::mem::take(&mut e.staged);
+            if messages.is_empty() {
+                continue;
+            }
+            // The id is shared by every session the messages go to.
+            let channel = Arc::new(channel);
+            let mut offered = 0;
+            for id in &e.sessions {
+                if let Some(s) = sessions.get(id) {
+                    offered += 1;
+                    s.offer_many(messages.iter().map(|(seq, text)| Outbound::Message {
+                        channel: channel.clone(),
+                        seq: *seq,
+                        text: text.clone(),
+                    }));
+                }
+            }
+            // One update of the shared counter per batch, not per delivery.
+            m::SESSION_WRITES.inc_by(offered * messages.len() as u64);
+        }
+    }
 }
 
 pub struct Hub {
@@ -606,12 +659,37 @@ impl Hub {
 
     // ---- frames from channel servers ----
 
+    /// Takes a batch of frames from one channel server, in order: a run of `Deliver` frames
+    /// under one hold of the lock, its messages offered to each session at once.
+    fn on_link_frames(self: &Arc<Self>, from: &NodeId, frames: &mut Vec<MeshFrame>) {
+        let mut held = None;
+        for frame in frames.drain(..) {
+            match frame {
+                MeshFrame::Deliver { msg } => {
+                    m::MESSAGES_IN.inc();
+                    let st = held.get_or_insert_with(|| self.state.lock());
+                    self.accept_message(st, msg);
+                }
+                other => {
+                    if let Some(mut st) = held.take() {
+                        st.offer_staged();
+                    }
+                    self.on_link_frame(from, other);
+                }
+            }
+        }
+        if let Some(mut st) = held {
+            st.offer_staged();
+        }
+    }
+
     fn on_link_frame(self: &Arc<Self>, from: &NodeId, frame: MeshFrame) {
         match frame {
             MeshFrame::Deliver { msg } => {
                 m::MESSAGES_IN.inc();
                 let mut st = self.state.lock();
                 self.accept_message(&mut st, msg);
+                st.offer_staged();
             }
             MeshFrame::SubscribeAck {
                 channel,
@@ -634,6 +712,7 @@ impl Hub {
                 for msg in backlog {
                     self.accept_message(&mut st, msg);
                 }
+                st.offer_staged();
                 let e = st.channels.get_mut(&channel).expect("entry exists");
                 if let Some((workspace, after, up_to)) = next_gap_fetch(e) {
                     self.spawn_gap_fetch(channel, workspace, after, up_to);
@@ -673,10 +752,11 @@ impl Hub {
         }
     }
 
-    /// Takes one message into the channel's contiguous stream.
+    /// Takes one message into the channel's contiguous stream. What becomes deliverable is
+    /// staged: the caller offers it with [`State::offer_staged`] before releasing the lock.
     fn accept_message(self: &Arc<Self>, st: &mut State, msg: Message) {
         let State {
-            channels, sessions, ..
+            channels, staged, ..
         } = st;
         let Some(e) = channels.get_mut(&msg.channel) else {
             return;
@@ -692,14 +772,17 @@ impl Hub {
                 }
             }
             _ => {
-                deliver(e, sessions, &msg);
+                if e.staged.is_empty() {
+                    staged.push(msg.channel.clone());
+                }
+                deliver(e, &msg);
                 while let Some(next) = e.pending.first_key_value().map(|(s, _)| *s) {
                     let last = e.last_seq.unwrap_or(0);
                     if next <= last {
                         e.pending.pop_first();
                     } else if next == last + 1 {
                         let (_, m) = e.pending.pop_first().expect("pending not empty");
-                        deliver(e, sessions, &m);
+                        deliver(e, &m);
                     } else {
                         break;
                     }
@@ -753,6 +836,7 @@ impl Hub {
         for msg in messages {
             self.accept_message(st, msg);
         }
+        st.offer_staged();
         let e = st.channels.get_mut(channel)?;
         e.fetching = false;
         // The store is the authority: what it does not hold was never acked.
@@ -768,6 +852,7 @@ impl Hub {
                     for msg in pending {
                         self.accept_message(st, msg);
                     }
+                    st.offer_staged();
                 }
             }
         }
@@ -902,6 +987,7 @@ impl Hub {
                 for msg in messages {
                     hub.accept_message(&mut st, msg);
                 }
+                st.offer_staged();
                 // One page; if the owner has more, fetch on to its head.
                 let Some(e) = st.channels.get_mut(&channel) else {
                     return;
@@ -938,8 +1024,27 @@ impl Hub {
                 Ok::<(), shared::mesh::TransportError>(())
             };
             let reader = async {
+                let mut frames = Vec::new();
                 while let Some(frame) = r.read().await? {
-                    hub.on_link_frame(&node_for_reader, frame);
+                    // Whatever else the same read brought goes to the sessions in one batch.
+                    frames.push(frame);
+                    let mut bad = None;
+                    while frames.len() < READ_BATCH {
+                        match r.read_buffered() {
+                            Ok(Some(frame)) => frames.push(frame),
+                            Ok(None) => break,
+                            Err(e) => {
+                                bad = Some(e);
+                                break;
+                            }
+                        }
+                    }
+                    // The frames before a bad one are good: they are taken before the link
+                    // ends.
+                    hub.on_link_frames(&node_for_reader, &mut frames);
+                    if let Some(e) = bad {
+                        return Err(e);
+                    }
                 }
                 Ok::<(), shared::mesh::TransportError>(())
             };
@@ -998,27 +1103,16 @@ fn next_gap_fetch(e: &mut ChannelEntry) -> Option<(WorkspaceId, Seq, Seq)> {
 }
 
 /// Renders a message once and queues it to every local session of the channel.
-fn deliver(e: &mut ChannelEntry, sessions: &HashMap<SessionId, SessionHandle>, msg: &Message) {
+/// Takes the next message of a channel's contiguous stream: rendered once, kept in the
+/// recent window, and staged for the sessions.
+fn deliver(e: &mut ChannelEntry, msg: &Message) {
     e.last_seq = Some(msg.seq);
     let text: Utf8Bytes = message_json(msg).into();
     if e.recent.len() == RECENT_PER_CHANNEL {
         e.recent.pop_front();
     }
     e.recent.push_back((msg.seq, text.clone()));
-    let channel = Arc::new(msg.channel.clone());
-    let mut offered = 0;
-    for id in &e.sessions {
-        if let Some(s) = sessions.get(id) {
-            offered += 1;
-            s.offer(Outbound::Message {
-                channel: channel.clone(),
-                seq: msg.seq,
-                text: text.clone(),
-            });
-        }
-    }
-    // One update of the shared counter per message, not per delivery.
-    m::SESSION_WRITES.inc_by(offered);
+    e.staged.push((msg.seq, text));
 }
 
 /// Helpers for the gateway's unit tests: a hub without channel servers, whose frames the

@@ -82,6 +82,34 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T> Sender<T> {
+    /// Queues every item of `values` under one lock, and wakes the receiver at most once; all
+    /// or nothing: values that would pass `capacity` overflow the queue as [`Sender::try_send`]
+    /// does (and none of them is queued).
+    pub fn try_send_many(
+        &self,
+        values: impl ExactSizeIterator<Item = T>,
+    ) -> Result<(), TrySendError<()>> {
+        let was_empty = {
+            let mut state = self.0.state.lock();
+            if state.closed {
+                return Err(TrySendError::Closed(()));
+            }
+            if state.items.len() + values.len() > self.0.capacity {
+                state.closed = true;
+                return Err(TrySendError::Full(()));
+            }
+            let was_empty = state.items.is_empty();
+            state.items.extend(values);
+            was_empty && !state.items.is_empty()
+        };
+        if was_empty {
+            self.0.ready.notify_one();
+        }
+        Ok(())
+    }
+}
+
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
         self.0.senders.fetch_add(1, Ordering::Relaxed);
@@ -167,6 +195,27 @@ mod tests {
         assert_eq!(buf, vec![1, 2, 3, 4]);
         drop(tx2);
         assert_eq!(rx.recv_many(&mut buf, 10).await, 0, "then the end");
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_queued_whole_or_overflows_whole() {
+        let (tx, mut rx) = channel::<u32>(4);
+        assert_eq!(tx.try_send_many([1, 2].into_iter()), Ok(()));
+        assert_eq!(tx.try_send_many(std::iter::empty()), Ok(()));
+        assert_eq!(tx.try_send(3), Ok(()));
+        let mut buf = Vec::new();
+        assert_eq!(rx.recv_many(&mut buf, 10).await, 3);
+        assert_eq!(buf, vec![1, 2, 3]);
+        assert_eq!(tx.try_send_many([4, 5, 6].into_iter()), Ok(()));
+        assert_eq!(
+            tx.try_send_many([7, 8].into_iter()),
+            Err(TrySendError::Full(())),
+            "5 items would pass the capacity of 4"
+        );
+        assert_eq!(tx.try_send(9), Err(TrySendError::Closed(9)));
+        buf.clear();
+        assert_eq!(rx.recv_many(&mut buf, 10).await, 3);
+        assert_eq!(buf, vec![4, 5, 6], "nothing of the batch that overflowed");
     }
 
     #[tokio::test]
