@@ -1,6 +1,7 @@
 //! Presence end to end: aggregated over gateways by the admin server, debounced (a reconnect
 //! to another gateway within the debounce produces no away/active flap), readable with
-//! `users.getPresence`, settable with `users.setPresence`, and never leaving the workspace.
+//! `users.getPresence`, settable with `users.setPresence`, and never leaving the workspace;
+//! a client that subscribes (Slack's `presence_sub`) hears only of the users it named.
 
 mod common;
 
@@ -209,4 +210,126 @@ async fn presence_is_debounced_across_gateways_and_settable() {
         .api("users.getPresence", &gus.token, json!({ "user": bob.id }))
         .await;
     assert_eq!(v["error"], "user_not_found", "{v}");
+}
+
+/// Slack's presence subscriptions: after `presence_sub`, a session hears only of the users it
+/// named; one that connected with `presence_sub=1` hears of nobody until it subscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_presence_subscription_names_whose_changes_a_session_hears() {
+    let cluster = Cluster::start(ClusterOpts::standard(&[
+        "alice", "bob", "carol", "dave", "erin",
+    ]))
+    .await;
+    let user = |n: &str| cluster.user("acme", n).clone();
+    let (alice, bob, carol, dave, erin) = (
+        user("alice"),
+        user("bob"),
+        user("carol"),
+        user("dave"),
+        user("erin"),
+    );
+    let channel = cluster.create_channel(&erin, "presence-subs").await;
+    cluster.join(&dave, &channel).await;
+
+    // On one gateway: alice subscribes to bob; dave asks for subscriptions at connect and
+    // never subscribes; erin keeps the default (everyone).
+    let alice_ws = cluster.connect(0, &alice).await;
+    alice_ws
+        .send_json(&json!({ "id": 1, "type": "presence_sub", "ids": [bob.id] }))
+        .await;
+    // Events are handled in order: once the ping is answered, the subscription holds.
+    alice_ws.ping(2).await;
+    let sub_url = format!("{}?presence_sub=1", cluster.gateways[0].ws_url);
+    let dave_ws = Client::connect(&sub_url, &dave.token, None).await.unwrap();
+    let erin_ws = cluster.connect(0, &erin).await;
+    cluster
+        .warm_up(&erin, std::slice::from_ref(&channel), &[&dave_ws, &erin_ws])
+        .await;
+
+    // carol comes, then bob: the same gateway hears of them in that order.
+    let (from_alice, from_dave, from_erin) = (
+        alice_ws.num_events(),
+        dave_ws.num_events(),
+        erin_ws.num_events(),
+    );
+    let _carol_ws = cluster.connect(1, &carol).await;
+    erin_ws
+        .wait_event(
+            from_erin,
+            WAIT,
+            "carol active",
+            presence_of(&carol.id, "active"),
+        )
+        .await;
+    let _bob_ws = cluster.connect(1, &bob).await;
+    alice_ws
+        .wait_event(
+            from_alice,
+            WAIT,
+            "bob active",
+            presence_of(&bob.id, "active"),
+        )
+        .await;
+    // A message after both: dave's queue had both changes before it.
+    let sentinel = seq_of(&cluster.post(&erin, &channel, "after bob").await);
+    dave_ws.wait_seq(&channel, sentinel, WAIT).await;
+    let heard = |c: &Client, from: usize| -> Vec<Value> {
+        c.events()[from..]
+            .iter()
+            .filter(|e| e["type"] == "presence_change")
+            .cloned()
+            .collect()
+    };
+    let alice_heard = heard(&alice_ws, from_alice);
+    assert!(
+        alice_heard.iter().all(|e| !about(e, &carol.id)),
+        "alice subscribed to bob alone but heard of carol: {alice_heard:?}"
+    );
+    let dave_heard = heard(&dave_ws, from_dave);
+    assert!(
+        dave_heard.is_empty(),
+        "dave subscribed to nobody: {dave_heard:?}"
+    );
+    let erin_heard = heard(&erin_ws, from_erin);
+    assert!(
+        erin_heard.iter().any(|e| about(e, &bob.id)),
+        "{erin_heard:?}"
+    );
+
+    // dave subscribes to carol: carol going away reaches him, and not alice.
+    dave_ws
+        .send_json(&json!({ "type": "presence_sub", "ids": [carol.id] }))
+        .await;
+    dave_ws.ping(3).await;
+    let from_dave = dave_ws.num_events();
+    drop(_carol_ws);
+    dave_ws
+        .wait_event(
+            from_dave,
+            WAIT,
+            "carol away",
+            presence_of(&carol.id, "away"),
+        )
+        .await;
+
+    // Bad subscriptions are refused with an error and counted.
+    let gw = &cluster.gateways[0].http;
+    let bad = ("kind", "invalid_event");
+    let before = cluster
+        .metric(gw, "switchboard_gateway_bad_input_total", &[bad])
+        .await;
+    alice_ws
+        .send_json(&json!({ "id": 4, "type": "presence_sub", "ids": ["not a user"] }))
+        .await;
+    let e = alice_ws
+        .wait_event(0, WAIT, "error", |e| e["reply_to"] == 4)
+        .await;
+    assert_eq!(e["type"], "error", "{e}");
+    let after = cluster
+        .metric(gw, "switchboard_gateway_bad_input_total", &[bad])
+        .await;
+    assert_eq!(after, before + 1.0);
+    assert!(heard(&alice_ws, from_alice)
+        .iter()
+        .all(|e| !about(e, &carol.id)));
 }

@@ -317,6 +317,9 @@ async fn rtm(
         idle_timeout: Duration::from_millis(g.idle_timeout_ms),
         boot,
         web_api: state.web_api.clone(),
+        presence_sub: params
+            .get("presence_sub")
+            .is_some_and(|v| matches!(v.as_str(), "1" | "true")),
     });
     // What the session needs, in one box: the upgrade callback and its future each keep their
     // captures for the session's whole life, so they capture a pointer.

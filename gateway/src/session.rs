@@ -39,6 +39,9 @@ pub struct SessionParams {
     pub boot: Option<serde_json::Value>,
     /// Where this session's RTM messages are posted.
     pub web_api: Arc<WebApi>,
+    /// `presence_sub=1` on the URL (Slack's `rtm.connect` option): no `presence_change` until
+    /// the client subscribes with a `presence_sub` event.
+    pub presence_sub: bool,
 }
 
 /// Where a session stands in one channel.
@@ -81,7 +84,7 @@ struct Session {
     hold_limit: usize,
     overflow: CancellationToken,
     typing: HashMap<ChannelId, Instant>,
-    presence_seen: HashMap<String, String>,
+    presence: PresenceFilter,
     web_api: Arc<WebApi>,
     /// Posts the session's RTM messages in order; started by its first message.
     poster: Option<Poster>,
@@ -269,7 +272,7 @@ impl Session {
         match o {
             Outbound::Message { channel, seq, text } => self.on_message(&channel, seq, text, out),
             Outbound::Event(t) => {
-                if !is_repeated_presence(&mut self.presence_seen, &t) {
+                if let Some(t) = self.presence.filter(t) {
                     out.push(t)
                 }
             }
@@ -370,6 +373,7 @@ pub fn run(
             idle_timeout,
             boot,
             web_api,
+            presence_sub,
         } = *params;
         let (tx, mut rx) = crate::queue::channel(queue);
         let overflow = CancellationToken::new();
@@ -409,7 +413,7 @@ pub fn run(
             hold_limit: queue,
             overflow: overflow.clone(),
             typing: HashMap::new(),
-            presence_seen: HashMap::new(),
+            presence: PresenceFilter::new(presence_sub),
             web_api,
             poster: None,
             new_reply_rx: None,
@@ -601,25 +605,88 @@ fn finish(hub: &Arc<Hub>, id: SessionId, claims: &Claims) {
     m::SESSIONS.dec();
 }
 
-/// A user's presence reaches a session once per channel they share; write each change once.
-fn is_repeated_presence(seen: &mut HashMap<String, String>, t: &Utf8Bytes) -> bool {
-    if !t.as_str().starts_with("{\"presence\"") && !t.as_str().contains("\"presence_change\"") {
-        return false;
+/// Most users one `presence_sub` may name.
+const MAX_PRESENCE_SUB: usize = 5_000;
+
+/// Which `presence_change` events a session writes: each user's change once (a user's
+/// presence can reach a session more than once), and, once the client sent `presence_sub`
+/// (or connected with `presence_sub=1`), only for the users it subscribed to.
+struct PresenceFilter {
+    /// The last presence written per user.
+    seen: HashMap<String, String>,
+    /// `None`: every user of the workspace (Switchboard's default; Slack's since 2018 is the
+    /// subscription). Boxed: 8 bytes in every session instead of 48, and most never subscribe.
+    #[allow(clippy::box_collection)]
+    subscribed: Option<Box<HashSet<String>>>,
+}
+
+impl PresenceFilter {
+    fn new(subscribe_first: bool) -> PresenceFilter {
+        PresenceFilter {
+            seen: HashMap::new(),
+            subscribed: subscribe_first.then(Default::default),
+        }
     }
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else {
-        return false;
-    };
-    if v["type"] != "presence_change" {
-        return false;
+
+    fn subscribe(&mut self, ids: Vec<String>) {
+        let ids: HashSet<String> = ids.into_iter().collect();
+        // Changes of a user dropped from the list are not written; when the user comes back
+        // in a later list, the next change is written even if it repeats the last one seen.
+        self.seen.retain(|u, _| ids.contains(u));
+        self.subscribed = Some(Box::new(ids));
     }
-    let (Some(user), Some(p)) = (v["user"].as_str(), v["presence"].as_str()) else {
-        return false;
-    };
-    if seen.get(user).map(String::as_str) == Some(p) {
-        return true;
+
+    /// What to write of `t`: other events as they are; a presence change without the users
+    /// the session does not follow or was already told of (`None` if none is left).
+    fn filter(&mut self, t: Utf8Bytes) -> Option<Utf8Bytes> {
+        // The hub renders keys in order, so a presence event starts with `{"presence"`.
+        if !t.as_str().starts_with("{\"presence\"") && !t.as_str().contains("\"presence_change\"") {
+            return Some(t);
+        }
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else {
+            return Some(t);
+        };
+        let (Some("presence_change"), Some(p)) = (v["type"].as_str(), v["presence"].as_str())
+        else {
+            return Some(t);
+        };
+        let batched = v["users"].is_array();
+        let users: Vec<&str> = match (v["user"].as_str(), v["users"].as_array()) {
+            (Some(one), _) => vec![one],
+            (None, Some(many)) => many.iter().filter_map(|u| u.as_str()).collect(),
+            (None, None) => return Some(t),
+        };
+        let total = users.len();
+        let mut kept = Vec::with_capacity(total);
+        for user in users {
+            if self
+                .subscribed
+                .as_ref()
+                .is_some_and(|ids| !ids.contains(user))
+            {
+                continue;
+            }
+            if self.seen.get(user).map(String::as_str) == Some(p) {
+                continue;
+            }
+            self.seen.insert(user.to_string(), p.to_string());
+            kept.push(user);
+        }
+        match kept.as_slice() {
+            [] => None,
+            _ if kept.len() == total => Some(t),
+            [one] if !batched => Some(
+                serde_json::json!({ "type": "presence_change", "user": one, "presence": p })
+                    .to_string()
+                    .into(),
+            ),
+            many => Some(
+                serde_json::json!({ "type": "presence_change", "users": many, "presence": p })
+                    .to_string()
+                    .into(),
+            ),
+        }
     }
-    seen.insert(user.to_string(), p.to_string());
-    false
 }
 
 fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
@@ -631,7 +698,10 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
             return Some(match value {
                 Some(v) if v.get("type").and_then(|t| t.as_str()).is_some() => {
                     let kind = v["type"].as_str().unwrap_or_default();
-                    let known = matches!(kind, "ping" | "typing" | "resume" | "message");
+                    let known = matches!(
+                        kind,
+                        "ping" | "typing" | "resume" | "message" | "presence_sub"
+                    );
                     if known {
                         m::BAD_INPUT.with_label_values(&["invalid_event"]).inc();
                         error_json(
@@ -682,6 +752,22 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
                 let user = s.claims.user.clone();
                 s.hub.publish(&channel, EphemeralEvent::Typing { user });
             }
+            None
+        }
+        ClientEvent::PresenceSub { id, ids } => {
+            m::CLIENT_EVENTS.with_label_values(&["presence_sub"]).inc();
+            if ids.len() > MAX_PRESENCE_SUB {
+                m::BAD_INPUT.with_label_values(&["too_many_ids"]).inc();
+                let msg = format!("presence_sub names at most {MAX_PRESENCE_SUB} users");
+                return Some(error_json(error_code::MALFORMED_JSON, &msg, id).into());
+            }
+            if let Some(bad) = ids.iter().find(|u| shared::ids::UserId::parse(u).is_none()) {
+                m::BAD_INPUT.with_label_values(&["invalid_event"]).inc();
+                let msg = format!("not a user id: {bad:?}");
+                return Some(error_json(error_code::MALFORMED_JSON, &msg, id).into());
+            }
+            // As Slack's: no answer.
+            s.presence.subscribe(ids);
             None
         }
         ClientEvent::Message {
@@ -768,7 +854,7 @@ mod tests {
             hold_limit: queue,
             overflow: CancellationToken::new(),
             typing: HashMap::new(),
-            presence_seen: HashMap::new(),
+            presence: PresenceFilter::new(false),
             web_api: WebApi::nowhere(),
             poster: None,
             new_reply_rx: None,
@@ -887,6 +973,62 @@ mod tests {
         assert_eq!(texts(&out).last(), Some(&"m12"));
     }
 
+    #[test]
+    fn presence_changes_are_written_once_and_only_for_subscribed_users() {
+        let event = |users: &[&str], p: &str| -> Utf8Bytes {
+            let v = match users {
+                [one] => {
+                    serde_json::json!({ "type": "presence_change", "user": one, "presence": p })
+                }
+                many => {
+                    serde_json::json!({ "type": "presence_change", "users": many, "presence": p })
+                }
+            };
+            v.to_string().into()
+        };
+        let parsed = |t: Option<Utf8Bytes>| {
+            t.map(|t| serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap())
+        };
+        let mut f = PresenceFilter::new(false);
+        // Other events pass as they are, even when their text mentions presence.
+        let other: Utf8Bytes = r#"{"type":"user_typing","text":"\"presence_change\""}"#.into();
+        assert_eq!(f.filter(other.clone()), Some(other));
+        // Every user by default; a repeat is dropped, and a batch keeps only what is new.
+        assert!(f.filter(event(&["UA"], "active")).is_some());
+        assert_eq!(f.filter(event(&["UA"], "active")), None);
+        assert_eq!(
+            parsed(f.filter(event(&["UA", "UB"], "active"))),
+            Some(
+                serde_json::json!({ "type": "presence_change", "users": ["UB"], "presence": "active" })
+            )
+        );
+        // After presence_sub, only the users named.
+        f.subscribe(vec!["UB".into(), "UC".into()]);
+        assert_eq!(
+            f.filter(event(&["UA"], "away")),
+            None,
+            "UA is not subscribed"
+        );
+        assert_eq!(
+            parsed(f.filter(event(&["UA", "UB", "UC"], "away"))),
+            Some(
+                serde_json::json!({ "type": "presence_change", "users": ["UB", "UC"], "presence": "away" })
+            )
+        );
+        // An empty list stops them all; subscribing from the start (presence_sub=1) too.
+        f.subscribe(Vec::new());
+        assert_eq!(f.filter(event(&["UB"], "active")), None);
+        let mut g = PresenceFilter::new(true);
+        assert_eq!(g.filter(event(&["UA", "UB"], "active")), None);
+        g.subscribe(vec!["UA".into()]);
+        assert_eq!(
+            parsed(g.filter(event(&["UA", "UB"], "active"))),
+            Some(
+                serde_json::json!({ "type": "presence_change", "users": ["UA"], "presence": "active" })
+            )
+        );
+    }
+
     #[tokio::test]
     async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
         use futures_util::StreamExt;
@@ -917,6 +1059,7 @@ mod tests {
                             idle_timeout: Duration::from_millis(300),
                             boot: None,
                             web_api: WebApi::nowhere(),
+                            presence_sub: false,
                         });
                         run(hub, socket, params, Shutdown::new()).await;
                         if let Some(tx) = ended_tx.lock().take() {

@@ -1438,7 +1438,9 @@ impl Client {
         token: &str,
         resume: Option<&BTreeMap<String, u64>>,
     ) -> Result<Client, ConnectError> {
-        let mut url = format!("{ws_url}?token={token}");
+        // `ws_url` may carry options of its own (`…/rtm?presence_sub=1`).
+        let sep = if ws_url.contains('?') { '&' } else { '?' };
+        let mut url = format!("{ws_url}{sep}token={token}");
         if let Some(r) = resume {
             let points: Vec<String> = r.iter().map(|(c, s)| format!("{c}:{s}")).collect();
             url.push_str(&format!("&resume={}", points.join(",")));

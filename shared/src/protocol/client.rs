@@ -45,6 +45,12 @@ pub enum ClientEvent {
         id: Option<u64>,
         channels: BTreeMap<ChannelId, Seq>,
     },
+    /// Slack's RTM `presence_sub`: from now on, `presence_change` events only for these
+    /// users (the list replaces the previous one; an empty list stops them).
+    PresenceSub {
+        id: Option<u64>,
+        ids: Vec<String>,
+    },
     /// Slack's RTM `message`: post `text` to `channel` (an id, or `#name` as the Web API
     /// takes). The gateway posts it through `chat.postMessage` with the session's token, so it
     /// is stored, ordered and checked exactly like an HTTP post, and answers
@@ -66,6 +72,7 @@ impl ClientEvent {
             ClientEvent::Ping { id }
             | ClientEvent::Typing { id, .. }
             | ClientEvent::Resume { id, .. }
+            | ClientEvent::PresenceSub { id, .. }
             | ClientEvent::Message { id, .. } => *id,
         }
     }
