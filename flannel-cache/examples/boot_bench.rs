@@ -332,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
             max_workspaces: 100,
             max_users: 10_000_000,
             max_age: None,
-            max_concurrent_loads: flannel_cache::cache::MAX_CONCURRENT_LOADS,
+            ..Budget::from_config(&Config::defaults().flannel)
         },
     );
     cache.link_changed(true);

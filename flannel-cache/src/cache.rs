@@ -8,7 +8,8 @@
 //! - The link to the admin server went down or came back (or delivered a new ring, which
 //!   cannot be told apart from a quick reconnect): events may have been missed in between, so
 //!   every copy becomes stale (the link generation changes). While the link is down, a copy
-//!   loaded meanwhile is fresh for at most [`DISCONNECTED_MAX_AGE`].
+//!   loaded meanwhile is fresh for at most [`Budget::disconnected_max_age`]
+//!   (`flannel.disconnected_max_age_ms`, 1 s by default).
 //! - An event names a user or channel the copy does not hold (created behind the events'
 //!   back, by the CLI for example).
 //! - A valid token names a user the copy does not hold ([`Cache::refresh`], at most once per
@@ -25,13 +26,17 @@
 //!   (serve-stale-while-revalidate); the queries after that reload see the new copy. Only a
 //!   query for a workspace with no copy (never loaded, or evicted) waits for a load, and
 //!   [`Cache::refresh`], whose caller needs the reload's answer.
-//! - At most `max_concurrent_loads` loads run at once. A load that a query waits for queues
-//!   for its turn; a background reload starts only when a turn is free right away (otherwise
-//!   a later use of the stale copy tries again), so waiting queries go first and background
-//!   reloads never pile up.
-//! - A failed load is remembered: until its backoff passes ([`LOAD_BACKOFF_INITIAL`],
-//!   doubling per failure in a row up to [`LOAD_BACKOFF_MAX`]) the workspace's queries get the
-//!   stale copy if there is one, else the load's error, and no load starts.
+//! - At most [`Budget::max_concurrent_loads`] loads run at once (`flannel.max_concurrent_loads`,
+//!   4 by default). A load that a query waits for queues for its turn; a background reload
+//!   starts only when a turn is free right away (otherwise a later use of the stale copy tries
+//!   again), so waiting queries go first and background reloads never pile up.
+//! - A failed load is remembered: until its backoff passes the workspace's queries get the
+//!   stale copy if there is one, else the load's error, and no load starts. The backoff's step
+//!   starts at [`LOAD_BACKOFF_INITIAL`] and doubles per failure in a row up to
+//!   [`LOAD_BACKOFF_MAX`]; the wait is a point in the step's upper half, `[step / 2, step]`,
+//!   picked by a hash of the workspace and its failure count under a seed of the cache's own
+//!   ("equal jitter"). So Flannels (and workspaces) that lost the Web API at the same moment
+//!   retry spread over half a step rather than all at once, and none sooner than half a step.
 //!
 //! # Events
 //! Events that change nothing cached (presence) are dropped before any lock is taken. An
@@ -49,12 +54,15 @@
 //! leave until both hold. A workspace larger than `max_users` on its own is still served
 //! (everything else is evicted for it).
 
+use std::collections::hash_map::{DefaultHasher, RandomState};
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
+use shared::config::FlannelConfig;
 use shared::ids::WorkspaceId;
 use shared::protocol::UserEvent;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -63,18 +71,12 @@ use crate::loader::{LoadError, SnapshotSource};
 use crate::metrics as m;
 use crate::workspace::{changes_cached_data, Applied, WorkspaceData};
 
-/// While the admin link is down, how long a copy loaded meanwhile counts as fresh (after
-/// that its uses answer it and reload it in the background).
-pub const DISCONNECTED_MAX_AGE: Duration = Duration::from_secs(1);
 /// Least time between two reloads asked for by tokens naming unknown users.
 pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
-/// Loads running at once, by default: enough to load a few cold workspaces side by side,
-/// few enough that a Flannel whose every copy turned stale does not flood the Web API.
-pub const MAX_CONCURRENT_LOADS: usize = 4;
-/// After a workspace's load fails, how long until the next one may start; doubled per failure
-/// in a row, up to [`LOAD_BACKOFF_MAX`].
+/// The backoff's step after a workspace's first failed load in a row; doubled per failure
+/// after that, up to [`LOAD_BACKOFF_MAX`]. The wait is between half the step and the step.
 pub const LOAD_BACKOFF_INITIAL: Duration = Duration::from_secs(1);
-/// The longest backoff after failed loads.
+/// The longest backoff after failed loads (the step stops doubling here).
 pub const LOAD_BACKOFF_MAX: Duration = Duration::from_secs(16);
 /// Most events kept for a workspace while it loads. Past it they are dropped and the loaded
 /// copy is stale (it reloads on its next use), so a slow load cannot hold events without
@@ -131,11 +133,35 @@ struct Failure {
     retry_at: Instant,
 }
 
-fn backoff(num_failures: u32) -> Duration {
+/// The backoff's step after `num_failures` failed loads in a row: [`LOAD_BACKOFF_INITIAL`],
+/// doubled per failure after the first, at most [`LOAD_BACKOFF_MAX`].
+fn backoff_step(num_failures: u32) -> Duration {
     let doublings = num_failures.saturating_sub(1).min(16);
     LOAD_BACKOFF_INITIAL
         .saturating_mul(1 << doublings)
         .min(LOAD_BACKOFF_MAX)
+}
+
+/// How long after the `num_failures`-th failed load in a row the next may start: the point
+/// `jitter` picks in the upper half of the step, `[step / 2, step]` ("equal jitter"). Never
+/// sooner than half of [`LOAD_BACKOFF_INITIAL`], never later than [`LOAD_BACKOFF_MAX`].
+fn backoff(num_failures: u32, jitter: u64) -> Duration {
+    let step = backoff_step(num_failures);
+    let floor = step / 2;
+    let span_nanos = u64::try_from((step - floor).as_nanos()).unwrap_or(u64::MAX);
+    floor + Duration::from_nanos(jitter % span_nanos.saturating_add(1))
+}
+
+/// The jitter of a workspace's backoff after its `num_failures`-th failed load in a row: a
+/// hash of both under `seed`. The same inputs give the same answer; the seed is the cache's
+/// own, random (`Cache::jitter_seed`).
+fn backoff_jitter(seed: u64, workspace: &WorkspaceId, num_failures: u32) -> u64 {
+    // SipHash with fixed keys: the randomness is all in the seed.
+    let mut hasher = DefaultHasher::new();
+    seed.hash(&mut hasher);
+    workspace.hash(&mut hasher);
+    num_failures.hash(&mut hasher);
+    hasher.finish()
 }
 
 struct Inner {
@@ -151,12 +177,12 @@ struct Inner {
 }
 
 impl Inner {
-    fn is_fresh(&self, slot: &Slot, now: Instant, max_age: Option<Duration>) -> bool {
+    fn is_fresh(&self, slot: &Slot, now: Instant, budget: &Budget) -> bool {
         let age = now.saturating_duration_since(slot.loaded_at);
         !slot.stale
             && slot.generation == self.generation
-            && (self.link_up || age < DISCONNECTED_MAX_AGE)
-            && max_age.is_none_or(|max| age < max)
+            && (self.link_up || age < budget.disconnected_max_age)
+            && budget.max_age.is_none_or(|max| age < max)
     }
 
     /// The failure of the workspace's last load, while its backoff has not passed.
@@ -172,9 +198,25 @@ pub struct Budget {
     pub max_users: usize,
     /// Reload a workspace older than this on its next use, events or not (`None`: never).
     pub max_age: Option<Duration>,
-    /// Loads (snapshot calls) running at once, at least 1: bounds what a Flannel asks of the
-    /// Web API when every copy turns stale at once. [`MAX_CONCURRENT_LOADS`] in production.
+    /// Loads (snapshot calls) running at once, at least 1 (0 counts as 1): bounds what a
+    /// Flannel asks of the Web API when every copy turns stale at once.
     pub max_concurrent_loads: usize,
+    /// While the admin link is down, how long a copy loaded meanwhile counts as fresh: events
+    /// may be missed, so after that its uses answer it and reload it in the background.
+    pub disconnected_max_age: Duration,
+}
+
+impl Budget {
+    /// The budget the `[flannel]` section sets (checked by [`shared::config::Config::validate`]).
+    pub fn from_config(config: &FlannelConfig) -> Budget {
+        Budget {
+            max_workspaces: config.max_workspaces,
+            max_users: config.max_cached_users,
+            max_age: (config.max_age_secs > 0).then(|| Duration::from_secs(config.max_age_secs)),
+            max_concurrent_loads: config.max_concurrent_loads,
+            disconnected_max_age: Duration::from_millis(config.disconnected_max_age_ms),
+        }
+    }
 }
 
 /// What one cache has done since it was made. The Prometheus metrics add up every cache of
@@ -256,6 +298,10 @@ pub struct Cache {
     lru_tick: AtomicU64,
     /// Ages copies for staleness.
     clock: Clock,
+    /// Spreads the backoffs after failed loads ([`backoff_jitter`]). Random per cache, unlike
+    /// the ring's fixed hash keys (every node must place alike): Flannels that lost the Web
+    /// API at the same moment must not retry at the same moment.
+    jitter_seed: u64,
     activity: watch::Sender<Activity>,
 }
 
@@ -280,9 +326,12 @@ impl Cache {
                 link_up: false,
                 total_users: 0,
             }),
-            load_permits: Arc::new(Semaphore::new(budget.max_concurrent_loads.max(1))),
+            load_permits: Arc::new(Semaphore::new(
+                budget.max_concurrent_loads.clamp(1, Semaphore::MAX_PERMITS),
+            )),
             lru_tick: AtomicU64::new(1),
             clock,
+            jitter_seed: RandomState::new().hash_one(0u64),
             activity: watch::Sender::new(Activity::default()),
         })
     }
@@ -306,7 +355,7 @@ impl Cache {
             let found = inner
                 .slots
                 .get(workspace)
-                .map(|s| (s.data.clone(), inner.is_fresh(s, now, self.budget.max_age)));
+                .map(|s| (s.data.clone(), inner.is_fresh(s, now, &self.budget)));
             match found {
                 Some((data, fresh)) => {
                     let tick = self.tick();
@@ -476,7 +525,10 @@ impl Cache {
             .failures
             .get(workspace)
             .map_or(1, |f| f.num_failures.saturating_add(1));
-        let wait = backoff(num_failures);
+        let wait = backoff(
+            num_failures,
+            backoff_jitter(self.jitter_seed, workspace, num_failures),
+        );
         inner.failures.insert(
             workspace.clone(),
             Failure {
@@ -673,7 +725,7 @@ impl Cache {
         inner
             .slots
             .get(workspace)
-            .is_some_and(|s| inner.is_fresh(s, self.clock.now(), self.budget.max_age))
+            .is_some_and(|s| inner.is_fresh(s, self.clock.now(), &self.budget))
     }
 }
 
@@ -709,16 +761,106 @@ mod tests {
     use super::*;
     use crate::test_web_api::{within, SourceSwitch, WebApi};
     use crate::workspace::tests::profile;
+    use shared::config::Config;
     use shared::ids::{ChannelId, UserId};
     use shared::protocol::Presence;
 
+    /// The default config's budget with these bounds, and no max age.
     fn budget(max_workspaces: usize, max_users: usize) -> Budget {
         Budget {
             max_workspaces,
             max_users,
             max_age: None,
-            max_concurrent_loads: MAX_CONCURRENT_LOADS,
+            ..Budget::from_config(&Config::defaults().flannel)
         }
+    }
+
+    #[test]
+    fn backoffs_stay_in_the_upper_half_of_their_step() {
+        let steps: Vec<u64> = (1..=7).map(|n| backoff_step(n).as_secs()).collect();
+        assert_eq!(steps, [1, 2, 4, 8, 16, 16, 16]);
+        assert_eq!(backoff_step(u32::MAX), LOAD_BACKOFF_MAX);
+        for n in [1, 2, 3, 4, 5, 6, 40, u32::MAX] {
+            let step = backoff_step(n);
+            let span = u64::try_from((step - step / 2).as_nanos()).unwrap();
+            // The ends of the range, and past them (the jitter wraps around).
+            assert_eq!(backoff(n, 0), step / 2, "{n}");
+            assert_eq!(backoff(n, span), step, "{n}");
+            assert_eq!(backoff(n, span + 1), step / 2, "{n}");
+            for jitter in [1, span / 3, span - 1, u64::MAX / 2, u64::MAX] {
+                let wait = backoff(n, jitter);
+                assert!(step / 2 <= wait && wait <= step, "{n} {jitter}: {wait:?}");
+                assert!(LOAD_BACKOFF_INITIAL / 2 <= wait && wait <= LOAD_BACKOFF_MAX);
+            }
+        }
+    }
+
+    #[test]
+    fn backoffs_of_workspaces_and_flannels_failing_together_are_spread() {
+        let workspaces: Vec<WorkspaceId> = (0..64)
+            .map(|i| WorkspaceId::from(format!("T{i:04}").as_str()))
+            .collect();
+        for n in 1..=6 {
+            let step = backoff_step(n);
+            let (floor, quarter) = (step / 2, step / 8);
+            // One Flannel: its workspaces that failed together retry over the whole range.
+            let waits: Vec<Duration> = workspaces
+                .iter()
+                .map(|ws| backoff(n, backoff_jitter(7, ws, n)))
+                .collect();
+            let distinct: std::collections::HashSet<_> = waits.iter().collect();
+            assert_eq!(distinct.len(), waits.len(), "failure {n}: {waits:?}");
+            assert!(waits.iter().all(|w| floor <= *w && *w <= step));
+            let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+            assert!(
+                *min < floor + quarter && *max > step - quarter,
+                "failure {n}: {min:?}..{max:?}"
+            );
+            // Many Flannels (one seed each) whose loads of one workspace failed together.
+            let waits: std::collections::HashSet<Duration> = (0..64)
+                .map(|seed| backoff(n, backoff_jitter(seed, &workspaces[0], n)))
+                .collect();
+            assert_eq!(waits.len(), 64, "failure {n}");
+        }
+        // One workspace's failures in a row: each gets a point of its own in its step.
+        let fractions: std::collections::HashSet<u128> = (1..=6)
+            .map(|n| {
+                let step = backoff_step(n);
+                let wait = backoff(n, backoff_jitter(7, &workspaces[0], n));
+                (wait - step / 2).as_nanos() * 1000 / (step - step / 2).as_nanos()
+            })
+            .collect();
+        assert!(fractions.len() > 1, "{fractions:?}");
+        // Deterministic for given inputs.
+        assert_eq!(
+            backoff_jitter(7, &workspaces[3], 2),
+            backoff_jitter(7, &workspaces[3], 2)
+        );
+    }
+
+    #[test]
+    fn the_flannel_config_sets_the_budget() {
+        let b = Budget::from_config(&Config::defaults().flannel);
+        assert_eq!(
+            (b.max_concurrent_loads, b.disconnected_max_age),
+            (4, Duration::from_secs(1))
+        );
+        assert_eq!(b.max_age, Some(Duration::from_secs(600)));
+        let config = Config::load(
+            None,
+            std::iter::empty(),
+            &[
+                "flannel.max_concurrent_loads=1".to_string(),
+                "flannel.disconnected_max_age_ms=5000".to_string(),
+                "flannel.max_age_secs=0".to_string(),
+            ],
+        )
+        .unwrap();
+        let b = Budget::from_config(&config.flannel);
+        assert_eq!(
+            (b.max_concurrent_loads, b.disconnected_max_age, b.max_age),
+            (1, Duration::from_secs(5), None)
+        );
     }
 
     fn num_loads(cache: &Cache) -> u64 {
@@ -922,7 +1064,7 @@ mod tests {
         assert_eq!(cache.get(&ws).await.unwrap().read().num_users(), 4);
         // Loaded while down: fresh for a short while only.
         assert!(cache.is_cached(&ws));
-        clock.advance(DISCONNECTED_MAX_AGE);
+        clock.advance(budget(10, 1000).disconnected_max_age);
         assert!(!cache.is_cached(&ws), "too old while the link is down");
         cache.get(&ws).await.unwrap();
         loaded(&cache, 3).await;
@@ -1031,11 +1173,17 @@ mod tests {
         cache.link_changed(true);
         let ws = api.demo_workspace();
 
+        // The wait after the n-th failure in a row is jittered within [step / 2, step]:
+        // just short of the floor it is still running, at the step it has passed.
+        let short_of = |n| backoff_step(n) / 2 - Duration::from_millis(1);
+        let rest_of = |n| backoff_step(n) - short_of(n);
+
         // No copy: the failure's error, without a load, until the backoff passes.
         let err = load_err(cache.get(&ws).await);
         assert!(matches!(err, LoadError::Unavailable(_)), "{err:?}");
         switch.set(api.source());
         assert_eq!(load_err(cache.get(&ws).await), err);
+        clock.advance(short_of(1));
         assert_eq!(load_err(cache.get(&ws).await), err);
         let a = activity(&cache);
         assert_eq!(
@@ -1043,7 +1191,7 @@ mod tests {
             (1, 1, 2),
             "{a:?}"
         );
-        clock.advance(LOAD_BACKOFF_INITIAL);
+        clock.advance(rest_of(1));
         assert_eq!(cache.get(&ws).await.unwrap().read().num_users(), 3);
         assert_eq!(num_loads(&cache), 2);
 
@@ -1056,11 +1204,13 @@ mod tests {
             assert!(Arc::ptr_eq(&cache.get(&ws).await.unwrap(), &copy));
         }
         assert_eq!(num_loads(&cache), 3, "no reload during the backoff");
-        clock.advance(LOAD_BACKOFF_INITIAL);
+        clock.advance(backoff_step(1));
         assert!(Arc::ptr_eq(&cache.get(&ws).await.unwrap(), &copy));
         failed(&cache, 3).await;
         assert_eq!(num_loads(&cache), 4);
-        clock.advance(LOAD_BACKOFF_INITIAL);
+        // At least half of a doubled step: longer than the first failure's longest wait.
+        assert_eq!(short_of(2) + Duration::from_millis(1), backoff_step(1));
+        clock.advance(short_of(2));
         cache.get(&ws).await.unwrap();
         assert_eq!(
             num_loads(&cache),
@@ -1070,7 +1220,7 @@ mod tests {
         // The Web API is back: after the backoff one reload brings the copy up to date.
         let dave = api.add_user(&ws, "dave").await;
         switch.set(api.source());
-        clock.advance(LOAD_BACKOFF_INITIAL);
+        clock.advance(rest_of(2));
         assert!(Arc::ptr_eq(&cache.get(&ws).await.unwrap(), &copy));
         loaded(&cache, 2).await;
         assert!(cache.get(&ws).await.unwrap().read().has_user(&dave));
@@ -1143,6 +1293,72 @@ mod tests {
         cache.get(&y).await.unwrap();
         loaded(&cache, 5).await;
         assert!(cache.is_cached(&y));
+    }
+
+    #[tokio::test]
+    async fn configured_turns_and_disconnected_max_age_take_effect() {
+        // One load at a time and five seconds of trust while the admin link is down, set in
+        // the config (defaults: 4 and 1 s), reaching the cache the way `run` builds it.
+        let config = Config::load(
+            None,
+            std::iter::empty(),
+            &[
+                "flannel.max_concurrent_loads=1".to_string(),
+                "flannel.disconnected_max_age_ms=5000".to_string(),
+            ],
+        )
+        .unwrap();
+        // Not answering yet: the loads stay under way while the test looks at them.
+        let api = WebApi::prepare().await;
+        let clock = Clock::manual_for_test();
+        let cache = Cache::with_clock(
+            api.source(),
+            Budget::from_config(&config.flannel),
+            clock.clone(),
+        );
+        cache.link_changed(true);
+        let x = api.add_workspace("tx", 2).await;
+        let y = api.add_workspace("ty", 2).await;
+        let getters: Vec<_> = [&x, &y]
+            .into_iter()
+            .map(|ws| {
+                let (cache, ws) = (cache.clone(), ws.clone());
+                tokio::spawn(async move { cache.get(&ws).await })
+            })
+            .collect();
+        let a = within(
+            "both loads to run or queue",
+            cache
+                .activity()
+                .wait_for(|a| a.loads == 2 && a.loads_running + a.loads_queued == 2),
+        )
+        .await
+        .map(|a| *a)
+        .expect("cache alive");
+        assert_eq!(
+            (a.loads_running, a.loads_queued),
+            (1, 1),
+            "the second load waits for the one turn: {a:?}"
+        );
+        api.serve();
+        for g in getters {
+            within("a load", g).await.unwrap().unwrap();
+        }
+        idle(&cache).await;
+
+        // The link drops: the copy turns stale, and the copy its use reloads is trusted for
+        // five seconds, not one.
+        cache.link_changed(false);
+        assert!(!cache.is_cached(&x));
+        cache.get(&x).await.unwrap();
+        loaded(&cache, 3).await;
+        assert!(cache.is_cached(&x));
+        clock.advance(Duration::from_secs(1));
+        assert!(cache.is_cached(&x), "still fresh past the default");
+        clock.advance(Duration::from_millis(3999));
+        assert!(cache.is_cached(&x));
+        clock.advance(Duration::from_millis(1));
+        assert!(!cache.is_cached(&x), "too old while the link is down");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

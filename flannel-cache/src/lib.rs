@@ -12,9 +12,11 @@
 //!
 //! # Layout
 //! - [`workspace`]: one workspace's cached data, event application, the queries (pure).
-//! - [`cache`]: the set of cached workspaces: single-flight lazy loads (bounded in number, with
-//!   backoff after a failure), events, staleness (stale copies answered while they reload),
-//!   LRU eviction by `flannel.max_workspaces` and `flannel.max_cached_users`.
+//! - [`cache`]: the set of cached workspaces: single-flight lazy loads (at most
+//!   `flannel.max_concurrent_loads` at once, with jittered backoff after a failure), events,
+//!   staleness (stale copies answered while they reload; while the admin link is down, trusted
+//!   for `flannel.disconnected_max_age_ms`), LRU eviction by `flannel.max_workspaces` and
+//!   `flannel.max_cached_users`.
 //! - [`loader`]: where workspaces load from (the Web API; a store for the benchmark).
 //! - [`service`]: the queries with authentication, independent of HTTP.
 //! - [`http`]: the HTTP routes; [`metrics`]: Prometheus metrics.
@@ -25,7 +27,8 @@
 //!   workspace turns stale: its next use answers the copy at once and reloads it in the
 //!   background, and the uses after that reload see the new copy.
 //! - Loads cannot storm: a bounded number run at once, a failed one is not retried before its
-//!   backoff, and only a query for a workspace with no copy waits for one.
+//!   backoff (jittered, so Flannels that failed together do not retry together), and only a
+//!   query for a workspace with no copy waits for one.
 //! - The event task never waits for a workspace's lock while holding the cache's, so a long
 //!   read of one workspace never stalls other workspaces' queries or the event stream.
 //! - Memory is bounded by config; the least recently used workspaces leave first.
@@ -100,16 +103,7 @@ pub async fn run(
     );
     let source = WebappSource::new(&config.flannel.webapp_url, deps.signer.clone())
         .context("failed to build the web api client")?;
-    let cache = Cache::new(
-        Arc::new(source),
-        Budget {
-            max_workspaces: config.flannel.max_workspaces,
-            max_users: config.flannel.max_cached_users,
-            max_age: (config.flannel.max_age_secs > 0)
-                .then(|| Duration::from_secs(config.flannel.max_age_secs)),
-            max_concurrent_loads: cache::MAX_CONCURRENT_LOADS,
-        },
-    );
+    let cache = Cache::new(Arc::new(source), Budget::from_config(&config.flannel));
 
     let (ring_tx, _ring_rx) = watch::channel(Arc::new(Ring::empty()));
     let (event_tx, mut event_rx) = mpsc::channel(4096);

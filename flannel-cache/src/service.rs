@@ -252,7 +252,7 @@ mod tests {
                 max_workspaces: 10,
                 max_users: 1000,
                 max_age: None,
-                max_concurrent_loads: crate::cache::MAX_CONCURRENT_LOADS,
+                ..Budget::from_config(&shared::config::Config::defaults().flannel)
             },
         );
         cache.link_changed(true);

@@ -126,7 +126,19 @@ pub struct FlannelConfig {
     /// A cached workspace older than this reloads on its next use even if no event said it
     /// changed: bounds the staleness a change event lost on its way (0: no bound).
     pub max_age_secs: u64,
+    /// Workspace loads (snapshot calls to the Web API) running at once, in
+    /// 1..=[`MAX_FLANNEL_CONCURRENT_LOADS`]: bounds what one Flannel asks of the Web API when
+    /// every cached copy turns stale at once (the admin server restarted).
+    pub max_concurrent_loads: usize,
+    /// While the admin link is down (change events may be missed), how long a workspace
+    /// loaded meanwhile counts as fresh; after that its uses answer it and reload it in the
+    /// background. Positive.
+    pub disconnected_max_age_ms: u64,
 }
+
+/// The most `flannel.max_concurrent_loads` accepted: far more snapshot calls at once than one
+/// Web API serves usefully, and well within what a semaphore can count.
+pub const MAX_FLANNEL_CONCURRENT_LOADS: usize = 1024;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -271,6 +283,19 @@ impl Config {
         }
         if self.flannel.max_workspaces == 0 || self.flannel.max_cached_users == 0 {
             bail!("flannel.max_workspaces and flannel.max_cached_users must be positive");
+        }
+        if !(1..=MAX_FLANNEL_CONCURRENT_LOADS).contains(&self.flannel.max_concurrent_loads) {
+            bail!(
+                "flannel.max_concurrent_loads must be in 1..={MAX_FLANNEL_CONCURRENT_LOADS}, not {} \
+                 (with no load allowed, every query for an uncached workspace would wait forever)",
+                self.flannel.max_concurrent_loads
+            );
+        }
+        if self.flannel.disconnected_max_age_ms == 0 {
+            bail!(
+                "flannel.disconnected_max_age_ms must be positive (0 would reload a workspace \
+                 on every use while the admin link is down)"
+            );
         }
         for url in self
             .gateway
@@ -543,6 +568,51 @@ mod tests {
                 Config::load(None, std::iter::empty(), &[bad.to_string()]).is_err(),
                 "{bad} was accepted"
             );
+        }
+    }
+
+    #[test]
+    fn flannel_load_settings_parse_and_validate() {
+        let defaults = Config::defaults().flannel;
+        assert_eq!(
+            (
+                defaults.max_concurrent_loads,
+                defaults.disconnected_max_age_ms
+            ),
+            (4, 1000)
+        );
+        let c = Config::load(
+            None,
+            [(
+                "SWITCHBOARD_FLANNEL__MAX_CONCURRENT_LOADS".to_string(),
+                "1".to_string(),
+            )],
+            &["flannel.disconnected_max_age_ms=2500".to_string()],
+        )
+        .unwrap();
+        assert_eq!(c.flannel.max_concurrent_loads, 1);
+        assert_eq!(c.flannel.disconnected_max_age_ms, 2500);
+        let most = format!("flannel.max_concurrent_loads={MAX_FLANNEL_CONCURRENT_LOADS}");
+        assert!(Config::load(None, std::iter::empty(), &[most]).is_ok());
+        let too_many = format!(
+            "flannel.max_concurrent_loads={}",
+            MAX_FLANNEL_CONCURRENT_LOADS + 1
+        );
+        for (bad, key) in [
+            (
+                "flannel.max_concurrent_loads=0",
+                "flannel.max_concurrent_loads",
+            ),
+            (too_many.as_str(), "flannel.max_concurrent_loads"),
+            (
+                "flannel.disconnected_max_age_ms=0",
+                "flannel.disconnected_max_age_ms",
+            ),
+        ] {
+            let err = Config::load(None, std::iter::empty(), &[bad.to_string()])
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert!(err.to_string().contains(key), "{bad}: {err}");
         }
     }
 
