@@ -69,9 +69,13 @@ enum Scenario {
     /// `--stores embedded,cql` on the CQL store (a Cassandra node the bench starts) in the
     /// same run, side by side.
     Posts(PostsArgs),
-    /// The fan-out shape over a plain in-process tokio-tungstenite broadcast server.
+    /// The fan-out shape over a plain in-process tokio-tungstenite broadcast server. Flags that
+    /// only shape a Switchboard or NATS run (`-g`, `-p`, `--target-urls`, `--nats-url`, ...)
+    /// are refused.
     Limit(FanoutArgs),
-    /// The fan-out shape over nats-server's WebSocket listener, one publisher.
+    /// The fan-out shape over nats-server's WebSocket listener, one publisher. Flags that only
+    /// shape a Switchboard or limit server run (`-g`, `-p`, `--target-urls`,
+    /// `--limit-threads`, ...) are refused.
     Nats(FanoutArgs),
     /// Durable appends straight into the embedded store, in this process (no server): the
     /// ceiling its writer threads put on posts, with a shard per workspace and with a
@@ -103,12 +107,12 @@ struct Common {
     /// Where the JSON and SVG go (default: bench/out/).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Channel servers for `switchboard dev`.
-    #[arg(long, default_value_t = 2)]
-    channel_servers: usize,
-    /// RUST_LOG for the processes the bench starts.
-    #[arg(long, default_value = "warn")]
-    server_log: String,
+    /// Channel servers for `switchboard dev` [default: 2].
+    #[arg(long)]
+    channel_servers: Option<usize>,
+    /// RUST_LOG for the Switchboard processes the bench starts [default: warn].
+    #[arg(long)]
+    server_log: Option<String>,
     /// Tiny sizes that finish in a few seconds (explicit flags still win).
     #[arg(long)]
     smoke: bool,
@@ -122,8 +126,8 @@ impl Common {
                 .clone()
                 .unwrap_or_else(sut::default_switchboard_bin),
             target_urls: self.target_urls.clone(),
-            channel_servers: self.channel_servers,
-            server_log: self.server_log.clone(),
+            channel_servers: self.channel_servers.unwrap_or(2),
+            server_log: self.server_log.clone().unwrap_or_else(|| "warn".into()),
             extra_set: Vec::new(),
         }
     }
@@ -652,7 +656,121 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0 && a.is_finite()).then(|| (a / b * 1000.0).round() / 1000.0)
 }
 
+/// The fan-out flags that `scenario` would ignore, each with why: `limit` and `nats` run one
+/// system of their own, so what shapes the Switchboard side of a run (its processes,
+/// gateways, posters, workspace) or the other system does nothing there, and a run that took
+/// such a flag would report something other than what was asked. None for `fanout`.
+///
+/// `--switchboard-bin` is taken by every scenario: it is recorded in the JSON, and harnesses
+/// (`tests/smoke.rs`) pass it to each one alike.
+fn unused_fanout_flags(scenario: &str, a: &FanoutArgs) -> Vec<(&'static str, String)> {
+    let alone = match scenario {
+        "limit" => "the limit server",
+        "nats" => "nats-server",
+        _ => return Vec::new(),
+    };
+    let c = &a.common;
+    let no_switchboard = format!("{scenario} starts no Switchboard, only {alone}");
+    let mut unused = Vec::new();
+    let mut check = |given: bool, flag: &'static str, why: String| {
+        if given {
+            unused.push((flag, why));
+        }
+    };
+    check(
+        c.target_urls.is_some(),
+        "--target-urls",
+        format!("it points at a running Switchboard; {scenario} measures {alone} only"),
+    );
+    check(
+        c.channel_servers.is_some(),
+        "--channel-servers",
+        format!("it sizes the `switchboard dev` the bench starts; {no_switchboard}"),
+    );
+    check(
+        c.server_log.is_some(),
+        "--server-log",
+        format!("it sets RUST_LOG of the Switchboard processes the bench starts; {no_switchboard}"),
+    );
+    check(
+        a.gateways.is_some(),
+        "--gateways",
+        format!("it spreads subscribers over Switchboard gateways; {scenario} has one server"),
+    );
+    check(
+        a.posters.is_some(),
+        "--posters",
+        format!(
+            "it sets Switchboard's concurrent HTTP posters; {scenario} has one publisher that \
+             pipelines up to --window"
+        ),
+    );
+    check(
+        a.demo_workspace,
+        "--demo-workspace",
+        format!("it puts the bench users in Switchboard's demo workspace; {no_switchboard}"),
+    );
+    check(
+        a.dev_gateway,
+        "--dev-gateway",
+        format!("it adds the gateway inside `switchboard dev`; {no_switchboard}"),
+    );
+    let side_by_side = "fanout --with-limit --with-nats runs all three side by side";
+    check(
+        a.with_limit,
+        "--with-limit",
+        format!("it adds the limit server to a fanout run; {side_by_side}"),
+    );
+    check(
+        a.with_nats,
+        "--with-nats",
+        format!("it adds nats-server to a fanout run; {side_by_side}"),
+    );
+    if scenario == "limit" {
+        check(
+            a.nats_url.is_some(),
+            "--nats-url",
+            "it picks the nats-server of nats (or fanout --with-nats); limit runs no NATS".into(),
+        );
+        check(
+            a.nats_server_bin.is_some(),
+            "--nats-server-bin",
+            "it picks the nats-server of nats (or fanout --with-nats); limit runs no NATS".into(),
+        );
+    } else {
+        check(
+            a.limit_threads.is_some(),
+            "--limit-threads",
+            "it sizes the limit server of limit (or fanout --with-limit); nats does not run it"
+                .into(),
+        );
+    }
+    unused
+}
+
+/// Refuses a `limit` or `nats` run given flags it would ignore ([`unused_fanout_flags`]).
+fn refuse_unused_fanout_flags(scenario: &str, a: &FanoutArgs) -> anyhow::Result<()> {
+    let unused = unused_fanout_flags(scenario, a);
+    if unused.is_empty() {
+        return Ok(());
+    }
+    if let [(flag, why)] = unused.as_slice() {
+        anyhow::bail!("{scenario} does not take {flag}: {why}");
+    }
+    let flags: Vec<&str> = unused.iter().map(|(flag, _)| *flag).collect();
+    let why: Vec<String> = unused
+        .iter()
+        .map(|(flag, why)| format!("\n  {flag}: {why}"))
+        .collect();
+    anyhow::bail!(
+        "{scenario} does not take {}:{}",
+        flags.join(", "),
+        why.concat()
+    )
+}
+
 async fn fanout_cmd(scenario: &str, a: FanoutArgs, nofile: u64) -> anyhow::Result<bool> {
+    refuse_unused_fanout_flags(scenario, &a)?;
     let info = RunInfo::new(scenario);
     report::warn_if_busy(&info);
     let plan = a.plan(nofile);
@@ -1217,4 +1335,109 @@ async fn posts_on_cql(
     });
     drop(cluster);
     Ok((outcome.context("posts on the CQL store")?, info, label))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scenario and fan-out arguments of `switchboard-bench <args>`.
+    fn fanout_args(args: &str) -> (String, FanoutArgs) {
+        let argv = std::iter::once("switchboard-bench").chain(args.split_whitespace());
+        let cli = Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args}: {e}"));
+        match cli.scenario {
+            Scenario::Fanout(a) => ("fanout".into(), a),
+            Scenario::Limit(a) => ("limit".into(), a),
+            Scenario::Nats(a) => ("nats".into(), a),
+            _ => panic!("{args} is not a fan-out scenario"),
+        }
+    }
+
+    /// The flags `switchboard-bench <args>` refuses, and its error (if any).
+    fn refused(args: &str) -> (Vec<&'static str>, Option<String>) {
+        let (scenario, a) = fanout_args(args);
+        let flags = unused_fanout_flags(&scenario, &a)
+            .into_iter()
+            .map(|(flag, _)| flag)
+            .collect();
+        let err = refuse_unused_fanout_flags(&scenario, &a)
+            .err()
+            .map(|e| e.to_string());
+        (flags, err)
+    }
+
+    /// Flags that shape only a Switchboard run, or only fanout's.
+    const SWITCHBOARD_ONLY: [&str; 9] = [
+        "--target-urls /tmp/urls.json",
+        "--channel-servers 3",
+        "--server-log debug",
+        "--gateways 4",
+        "--posters 8",
+        "--demo-workspace",
+        "--dev-gateway",
+        "--with-limit",
+        "--with-nats",
+    ];
+    const NATS_ONLY: [&str; 2] = ["--nats-url ws://127.0.0.1:1", "--nats-server-bin /x"];
+    const LIMIT_ONLY: [&str; 1] = ["--limit-threads 2"];
+    /// What every fan-out scenario uses.
+    const SHAPE: &str = "--smoke -c 3 -s 5 -d 2 --rate 100 --half-peak --window 32 \
+        --max-messages 1000 --drain-timeout 5 --connect-concurrency 8 --source-ips 4 \
+        --read-buffer 8192 --out /tmp/o --switchboard-bin /tmp/switchboard";
+
+    #[test]
+    fn limit_and_nats_refuse_the_flags_they_would_ignore() {
+        for (scenario, own, other) in [
+            ("limit", &LIMIT_ONLY[..], &NATS_ONLY[..]),
+            ("nats", &NATS_ONLY[..], &LIMIT_ONLY[..]),
+        ] {
+            for given in SWITCHBOARD_ONLY.iter().chain(other) {
+                let flag = given.split_whitespace().next().unwrap();
+                let (flags, err) = refused(&format!("{scenario} {SHAPE} {given}"));
+                assert_eq!(flags, [flag], "{scenario} {given}");
+                let err = err.unwrap_or_else(|| panic!("{scenario} {given} was accepted"));
+                assert!(
+                    err.starts_with(&format!("{scenario} does not take {flag}: it ")),
+                    "{err}"
+                );
+            }
+            // Short forms count too, and every ignored flag is named at once.
+            let (flags, err) = refused(&format!("{scenario} -g 2 -p 4 --with-nats"));
+            assert_eq!(flags, ["--gateways", "--posters", "--with-nats"]);
+            let err = err.unwrap();
+            assert!(
+                err.starts_with(&format!(
+                    "{scenario} does not take --gateways, --posters, --with-nats:\n  --gateways: it "
+                )),
+                "{err}"
+            );
+            assert_eq!(err.lines().count(), 4, "{err}");
+            // What the scenario uses is taken, its own flags included.
+            assert_eq!(refused(scenario), (vec![], None));
+            let args = format!("{scenario} {SHAPE} {}", own.join(" "));
+            assert_eq!(refused(&args), (vec![], None), "{args}");
+        }
+    }
+
+    #[test]
+    fn fanout_takes_every_fan_out_flag() {
+        let all = [&SWITCHBOARD_ONLY[..], &NATS_ONLY[..], &LIMIT_ONLY[..]].concat();
+        let args = format!("fanout {SHAPE} {}", all.join(" "));
+        assert_eq!(refused(&args), (vec![], None), "{args}");
+        // The flags that lost their clap defaults (to tell "given" from "not given") keep
+        // their values.
+        let opts = fanout_args("fanout").1.common.sut_options();
+        assert_eq!(
+            (opts.channel_servers, opts.server_log.as_str()),
+            (2, "warn")
+        );
+        let opts = fanout_args("fanout --channel-servers 3 --server-log info")
+            .1
+            .common
+            .sut_options();
+        assert_eq!(
+            (opts.channel_servers, opts.server_log.as_str()),
+            (3, "info")
+        );
+    }
 }
