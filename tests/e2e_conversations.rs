@@ -184,3 +184,181 @@ async fn dms_and_invites_reach_exactly_their_members() {
         .await;
     assert_eq!(v["error"], "user_not_found", "{v}");
 }
+
+/// `conversations.kick` takes a member out the way `conversations.leave` does: the kicked
+/// user's sessions are told `channel_left` and stop receiving the channel while the others go
+/// on receiving it, and a private channel is gone for them (`channel_not_found`, as Slack
+/// answers a non-member). A member may remove another from a private channel; on a public one
+/// only a workspace admin may.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_member_stops_receiving_the_channel() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob", "carol"])).await;
+    // The first user of a workspace is its admin.
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let carol = cluster.user("acme", "carol").clone();
+    let secret = cluster
+        .api_ok(
+            "conversations.create",
+            &alice.token,
+            json!({ "name": "kick-secret", "is_private": true }),
+        )
+        .await["channel"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cluster
+        .api_ok(
+            "conversations.invite",
+            &alice.token,
+            json!({ "channel": secret, "users": format!("{},{}", bob.id, carol.id) }),
+        )
+        .await;
+    let open = cluster.create_channel(&alice, "kick-open").await;
+    cluster.join(&bob, &open).await;
+    cluster.join(&carol, &open).await;
+    // Where each kicked user keeps receiving messages, to show their sessions are live.
+    let lobby = cluster.create_channel(&alice, "kick-lobby").await;
+    cluster.join(&bob, &lobby).await;
+    cluster.join(&carol, &lobby).await;
+
+    // carol and bob on different gateways, alice on both: the witness that each gateway
+    // handed a message to every session it was going to.
+    let carol_ws = cluster.connect(1, &carol).await;
+    let bob_ws = cluster.connect(0, &bob).await;
+    let alice_0 = cluster.connect(0, &alice).await;
+    let alice_1 = cluster.connect(1, &alice).await;
+    let everyone = [&carol_ws, &bob_ws, &alice_0, &alice_1];
+    cluster
+        .warm_up(
+            &alice,
+            &[secret.clone(), open.clone(), lobby.clone()],
+            &everyone,
+        )
+        .await;
+
+    // A member removes another from a private channel.
+    kick_and_check(
+        &cluster,
+        &bob,
+        &carol,
+        &carol_ws,
+        &secret,
+        &lobby,
+        &[&bob_ws, &alice_0, &alice_1],
+    )
+    .await;
+    for method in [
+        "conversations.history",
+        "conversations.info",
+        "conversations.members",
+    ] {
+        let v = cluster
+            .api(method, &carol.token, json!({ "channel": secret }))
+            .await;
+        assert_eq!(v["error"], "channel_not_found", "{method}: {v}");
+    }
+    let v = cluster
+        .api(
+            "chat.postMessage",
+            &carol.token,
+            json!({ "channel": secret, "text": "still here?" }),
+        )
+        .await;
+    assert_eq!(v["error"], "channel_not_found", "{v}");
+
+    // On a public channel a member may not; the workspace admin may.
+    let v = cluster
+        .api(
+            "conversations.kick",
+            &carol.token,
+            json!({ "channel": open, "user": bob.id }),
+        )
+        .await;
+    assert_eq!(v["error"], "restricted_action", "{v}");
+    kick_and_check(
+        &cluster,
+        &alice,
+        &bob,
+        &bob_ws,
+        &open,
+        &lobby,
+        &[&carol_ws, &alice_0, &alice_1],
+    )
+    .await;
+    // A public channel stays readable, as by anyone of the workspace, but no longer joined.
+    let v = cluster
+        .api_ok("conversations.info", &bob.token, json!({ "channel": open }))
+        .await;
+    assert_eq!(v["channel"]["is_member"], false);
+    let v = cluster
+        .api_ok(
+            "conversations.history",
+            &bob.token,
+            json!({ "channel": open }),
+        )
+        .await;
+    assert!(
+        v["messages"].as_array().is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+}
+
+/// `kicker` removes `kicked` (whose session is `kicked_ws`) from `channel`; then the kicker's
+/// next message of `channel` reaches every session of `others` but not `kicked_ws`, which still
+/// receives `lobby` (where the kicker is too).
+async fn kick_and_check(
+    cluster: &Cluster,
+    kicker: &TestUser,
+    kicked: &TestUser,
+    kicked_ws: &Client,
+    channel: &str,
+    lobby: &str,
+    others: &[&Client],
+) {
+    let from = kicked_ws.num_events();
+    let v = cluster
+        .api_ok(
+            "conversations.kick",
+            &kicker.token,
+            json!({ "channel": channel, "user": kicked.id }),
+        )
+        .await;
+    assert_eq!(v, json!({ "ok": true }));
+    kicked_ws
+        .wait_event(from, WAIT, "channel_left", |e| {
+            e["type"] == "channel_left" && e["channel"] == channel
+        })
+        .await;
+    let before = kicked_ws.messages(channel).len();
+    let after = cluster.post(kicker, channel, "after the kick").await;
+    // The sentinel reaching the others means both gateways handed "after the kick" to every
+    // session they were going to; a message of the lobby posted after that reaches the kicked
+    // user's session behind it (one queue per session).
+    cluster.settle(kicker, channel, others).await;
+    for client in others {
+        assert!(
+            client
+                .messages(channel)
+                .iter()
+                .any(|m| m["ts"] == after["ts"]),
+            "a member missed the message posted after the kick"
+        );
+    }
+    let sentinel = seq_of(&cluster.post(kicker, lobby, "lobby sentinel").await);
+    kicked_ws.wait_seq(lobby, sentinel, WAIT).await;
+    assert_eq!(
+        kicked_ws.messages(channel).len(),
+        before,
+        "{} got a message of a channel they were removed from",
+        kicked.name
+    );
+    let v = cluster
+        .api(
+            "conversations.kick",
+            &kicker.token,
+            json!({ "channel": channel, "user": kicked.id }),
+        )
+        .await;
+    assert_eq!(v["error"], "not_in_channel", "kicking again: {v}");
+}

@@ -147,3 +147,40 @@ def test_rtm_client_receives_messages_and_changes(dev):
         assert kinds == {"changed", "reaction"}
     finally:
         rtm.close()
+
+
+def test_team_info_rtm_start_permalink_and_kick(dev):
+    from urllib.parse import urlparse
+
+    alice, bob, carol = web(dev, "alice"), web(dev, "bob"), web(dev, "carol")
+    users = dev["tokens"]["users"]
+    team = bob.team_info()["team"]
+    assert team["id"] == dev["tokens"]["workspace"] and team["domain"] == "demo"
+    with pytest.raises(SlackApiError) as err:
+        bob.team_info(team="T0NOTOURS")
+    assert err.value.response["error"] == "team_not_found"
+
+    start = bob.rtm_start()
+    assert start["url"].startswith("ws://127.0.0.1") and start["self"]["id"] == users["bob"]["id"]
+
+    name = "py-kick-" + uuid.uuid4().hex[:6]
+    channel = bob.conversations_create(name=name, is_private=True)["channel"]["id"]
+    bob.conversations_invite(channel=channel, users=users["carol"]["id"])
+    posted = bob.chat_postMessage(channel=channel, text="link me")
+    link = carol.chat_getPermalink(channel=channel, message_ts=posted["ts"])
+    host = urlparse(dev["urls"]["api"]).netloc
+    expected = f"http://{host}/archives/{channel}/p{posted['ts'].replace('.', '')}"
+    assert link["channel"] == channel and link["permalink"] == expected, link
+
+    carol.conversations_kick(channel=channel, user=users["bob"]["id"])
+    assert carol.conversations_members(channel=channel)["members"] == [users["carol"]["id"]]
+    with pytest.raises(SlackApiError) as err:
+        bob.conversations_history(channel=channel)
+    assert err.value.response["error"] == "channel_not_found"
+    public = alice.conversations_create(name=name + "-pub")["channel"]["id"]
+    bob.conversations_join(channel=public)
+    with pytest.raises(SlackApiError) as err:
+        carol.conversations_kick(channel=public, user=users["bob"]["id"])
+    assert err.value.response["error"] == "restricted_action"
+    alice.conversations_kick(channel=public, user=users["bob"]["id"])
+    assert not bob.conversations_info(channel=public)["channel"]["is_member"]

@@ -129,6 +129,12 @@ pub enum ApiError {
     /// text or thread. Answering that message as if it were this one would drop this text.
     #[error("client_msg_id already names another message of the channel")]
     ClientMsgIdConflict,
+    #[error("a member cannot remove themselves (conversations.leave does)")]
+    CantKickSelf,
+    #[error("no one can be removed from #general")]
+    CantKickFromGeneral,
+    #[error("the caller may not do this here")]
+    RestrictedAction,
     #[error("a dependency is unavailable: {0}")]
     ServiceUnavailable(String),
     #[error("internal error: {0}")]
@@ -182,6 +188,9 @@ impl ApiError {
             ApiError::InvalidReactionName => "invalid_name",
             ApiError::NoItemSpecified => "no_item_specified",
             ApiError::ClientMsgIdConflict => "client_msg_id_conflict",
+            ApiError::CantKickSelf => "cant_kick_self",
+            ApiError::CantKickFromGeneral => "cant_kick_from_general",
+            ApiError::RestrictedAction => "restricted_action",
             ApiError::ServiceUnavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -483,7 +492,7 @@ async fn handle(
     let label = methods::canonical_name(method).unwrap_or("unknown");
     m::REQUESTS.with_label_values(&[label]).inc();
     let span = tracing::debug_span!("api_call", method = label);
-    let result = call(&state, method, uri.query(), &headers, body)
+    let result = call(&state, method, &uri, &headers, body)
         .instrument(span)
         .await;
     let response = match result {
@@ -508,7 +517,7 @@ async fn handle(
 async fn call(
     state: &AppState,
     method: &str,
-    query: Option<&str>,
+    uri: &Uri,
     headers: &HeaderMap,
     body: Body,
 ) -> ApiResult {
@@ -517,7 +526,7 @@ async fn call(
     };
     let body = read_body(headers, body, state.max_body_bytes).await?;
     let mut params = Params::default();
-    if let Some(q) = query {
+    if let Some(q) = uri.query() {
         params.merge_query(q);
     }
     if !body.is_empty() {
@@ -538,7 +547,50 @@ async fn call(
         None => Ok(params.get("token")),
     };
     check_rate_limit(state, name, &token)?;
-    methods::dispatch(state, name, &params, token).await
+    let request = RequestInfo {
+        host: request_host(headers, uri),
+    };
+    methods::dispatch(state, name, &params, token, &request).await
+}
+
+/// What a method may need of the HTTP request besides its parameters and token.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    /// The host (and port) the client addressed, from `Host` (or the request line's
+    /// authority), when it is a plain `host[:port]`: links in answers (`chat.getPermalink`)
+    /// point where the client reached this server. The configuration has no public URL.
+    pub host: Option<String>,
+}
+
+impl RequestInfo {
+    /// The Web API's base URL as the client addressed it (`http://<host>/`), else
+    /// [`AppState::base_url`] (the listener's address).
+    pub fn base_url(&self, state: &AppState) -> String {
+        match &self.host {
+            Some(host) => format!("http://{host}/"),
+            None => state.base_url.clone(),
+        }
+    }
+}
+
+/// The `Host` a request was addressed to, lower-cased, when it parses as an authority without
+/// user info; `None` otherwise (a link is then built on the listener's address rather than on
+/// whatever the client sent).
+fn request_host(headers: &HeaderMap, uri: &Uri) -> Option<String> {
+    let raw = match headers.get(header::HOST) {
+        Some(value) => value.to_str().ok()?,
+        None => uri.authority()?.as_str(),
+    };
+    let authority: axum::http::uri::Authority = raw.trim().parse().ok()?;
+    // Exactly a host and an optional numeric port: no user info, no empty or named port.
+    let plain = match authority.port_u16() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_string(),
+    };
+    if authority.host().is_empty() || plain != authority.as_str() {
+        return None;
+    }
+    Some(plain.to_ascii_lowercase())
 }
 
 /// Takes one call from the caller's bucket of the method's tier. Only a validly signed user
@@ -731,6 +783,44 @@ mod tests {
             Err(ApiError::InvalidCursor)
         ));
         assert_eq!(decode_cursor(&Params::default(), "channel").unwrap(), None);
+    }
+
+    #[test]
+    fn links_use_a_well_formed_host_only() {
+        let host = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_str(value).unwrap());
+            request_host(&headers, &Uri::from_static("/api/chat.getPermalink"))
+        };
+        assert_eq!(
+            host("chat.example.com").as_deref(),
+            Some("chat.example.com")
+        );
+        assert_eq!(
+            host("Chat.Example.com:8080").as_deref(),
+            Some("chat.example.com:8080")
+        );
+        assert_eq!(host("[::1]:8080").as_deref(), Some("[::1]:8080"));
+        for bad in [
+            "",
+            "user@evil.example",
+            "a b",
+            "host/path",
+            "host:port",
+            "host:",
+        ] {
+            assert_eq!(host(bad), None, "{bad:?}");
+        }
+        // No Host header: the request line's authority (HTTP/2), else nothing.
+        let uri: Uri = "http://api.example.com:81/api/x".parse().unwrap();
+        assert_eq!(
+            request_host(&HeaderMap::new(), &uri).as_deref(),
+            Some("api.example.com:81")
+        );
+        assert_eq!(
+            request_host(&HeaderMap::new(), &Uri::from_static("/api/x")),
+            None
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! # Layout
 //! - [`api`]: the router, parameters (query string, JSON or form body), tokens, the
 //!   [`ApiError`] enum with Slack's error names, the answer envelope.
-//! - [`methods`]: one module per method family (`auth`, `conversations`, `chat`, `users`,
-//!   `internal` (service tokens only: Flannel's snapshot)) and
+//! - [`methods`]: one module per method family (`auth`, `team`, `conversations`, `chat`,
+//!   `users`, `internal` (service tokens only: Flannel's snapshot)) and
 //!   the Slack object shapes they share.
 //! - [`admin_link`]: requests to the admin server over the QUIC mesh, with retries.
 //! - [`ratelimit`]: per-user, per-tier token buckets behind Slack's `ratelimited`.

@@ -133,6 +133,24 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         errors: &["service_unavailable"],
     },
     MethodDoc {
+        name: "rtm.start",
+        summary: "The same as `rtm.connect` (as Slack's `rtm.start` now answers): a gateway WebSocket `url`, `self` and `team`; no boot data (the WebSocket `hello` carries Flannel's).",
+        auth: Auth::User,
+        params: &[],
+        errors: &["service_unavailable"],
+    },
+    MethodDoc {
+        name: "team.info",
+        summary: "The caller's workspace as Slack's team object: `id`, `name`, `domain` (the workspace's name), `url`, `icon`.",
+        auth: Auth::User,
+        params: &[p(
+            "team",
+            Ty::Str,
+            "a workspace id (`T…`); only the caller's own is answered, any other is `team_not_found`",
+        )],
+        errors: &["team_not_found"],
+    },
+    MethodDoc {
         name: "conversations.create",
         summary: "Creates a channel with the caller as its first member.",
         auth: Auth::User,
@@ -164,6 +182,21 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             "not_in_channel",
             "method_not_supported_for_channel_type",
             "cant_leave_general",
+        ],
+    },
+    MethodDoc {
+        name: "conversations.kick",
+        summary: "Removes a user from a channel, the way `conversations.leave` takes the caller out (their sessions stop receiving it). Workspace admins may remove from any channel they can see; other members only from a private channel they are in (`restricted_action` on a public one). Not from direct messages or #general, not oneself.",
+        auth: Auth::User,
+        params: &[CHANNEL, req("user", Ty::Str, "the member to remove (`U…`)")],
+        errors: &[
+            "channel_not_found",
+            "user_not_found",
+            "method_not_supported_for_channel_type",
+            "cant_kick_self",
+            "cant_kick_from_general",
+            "restricted_action",
+            "not_in_channel",
         ],
     },
     MethodDoc {
@@ -271,6 +304,13 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             "cant_delete_message",
             "service_unavailable",
         ],
+    },
+    MethodDoc {
+        name: "chat.getPermalink",
+        summary: "A link to a message of a conversation the caller can read: `<base>/archives/<channel>/p<ts without the dot>` (with `?thread_ts=…&cid=…` for a reply), the base being the Web API as the request's `Host` names it.",
+        auth: Auth::User,
+        params: &[CHANNEL, req("message_ts", Ty::Ts, "the message")],
+        errors: &["channel_not_found", "message_not_found", "invalid_arguments"],
     },
     MethodDoc {
         name: "conversations.replies",
@@ -1103,6 +1143,9 @@ mod tests {
             ApiError::InvalidReactionName,
             ApiError::NoItemSpecified,
             ApiError::ClientMsgIdConflict,
+            ApiError::CantKickSelf,
+            ApiError::CantKickFromGeneral,
+            ApiError::RestrictedAction,
             ApiError::ServiceUnavailable(String::new()),
             ApiError::Internal(String::new()),
         ];

@@ -71,7 +71,7 @@ pub fn tier(method: &str) -> Option<Tier> {
         "api.test" => return None,
         m if m.starts_with("internal.") => return None,
         "chat.postMessage" => Tier::Post,
-        "rtm.connect" => Tier::Tier1,
+        "rtm.connect" | "rtm.start" => Tier::Tier1,
         "conversations.create"
         | "conversations.list"
         | "conversations.invite"
@@ -90,6 +90,7 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "hooks.create" => Tier::Tier2,
         "conversations.join"
         | "conversations.leave"
+        | "conversations.kick"
         | "conversations.info"
         | "conversations.history"
         | "conversations.replies"
@@ -99,9 +100,11 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "chat.delete"
         | "reactions.add"
         | "reactions.get"
-        | "users.getPresence" => Tier::Tier3,
-        // auth.test, users.info, users.profile.get, conversations.members, and any method
-        // added later until it is placed.
+        | "users.getPresence"
+        | "team.info" => Tier::Tier3,
+        // auth.test, users.info, users.profile.get, conversations.members, chat.getPermalink
+        // (Slack: "hundreds of requests per minute"), and any method added later until it is
+        // placed.
         _ => Tier::Tier4,
     })
 }
@@ -333,5 +336,9 @@ mod tests {
         assert_eq!(tier("conversations.history"), Some(Tier::Tier3));
         assert_eq!(tier("users.info"), Some(Tier::Tier4));
         assert_eq!(tier("auth.test"), Some(Tier::Tier4));
+        assert_eq!(tier("rtm.start"), Some(Tier::Tier1));
+        assert_eq!(tier("conversations.kick"), Some(Tier::Tier3));
+        assert_eq!(tier("team.info"), Some(Tier::Tier3));
+        assert_eq!(tier("chat.getPermalink"), Some(Tier::Tier4));
     }
 }

@@ -1101,7 +1101,9 @@ async fn a_token_of_one_workspace_never_reaches_another() {
         "conversations.history",
         "conversations.join",
         "conversations.leave",
+        "conversations.kick",
         "chat.postMessage",
+        "chat.getPermalink",
     ] {
         s.err(
             method,
@@ -1571,3 +1573,9 @@ mod posts;
 
 /// The order of the changes relayed to gateways and caches.
 mod relays;
+
+/// `conversations.kick`: who may remove whom, and that a removal is relayed as a leave is.
+mod kick;
+
+/// `team.info`, `rtm.start` and `chat.getPermalink`.
+mod team_and_links;

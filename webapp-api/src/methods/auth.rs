@@ -1,4 +1,4 @@
-//! `api.test`, `auth.test`, `rtm.connect`.
+//! `api.test`, `auth.test`, `rtm.connect` (also served as `rtm.start`).
 
 use serde_json::{json, Value};
 

@@ -1,5 +1,7 @@
-//! `chat.postMessage`: validate here, then post through the admin server to the channel's
-//! owner, which appends durably before it answers. The call answers `ok` only after that.
+//! `chat.*`, `reactions.*` and `conversations.replies`. `chat.postMessage`: validate here, then
+//! post through the admin server to the channel's owner, which appends durably before it
+//! answers. The call answers `ok` only after that. Edits, deletions and reactions go the same
+//! way, as entries of the channel's stream; `chat.getPermalink` only reads.
 
 use serde_json::json;
 use shared::ids::Ts;
@@ -7,7 +9,7 @@ use shared::protocol::{MessageKind, NewMessage};
 use shared::store::{HistoryQuery, MessageView};
 
 use super::{message_json, view_json, visible_channel, VisibleChannel};
-use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params};
+use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 
 /// Longest message text in characters, as in Slack.
 pub const MAX_TEXT_CHARS: usize = 40_000;
@@ -230,6 +232,53 @@ pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -
     ))
 }
 
+/// `chat.getPermalink`: a link to a message of a conversation the caller can read (the rules
+/// of `conversations.history`), Slack's `<base>/archives/<channel>/p<ts without the dot>`,
+/// with `?thread_ts=<parent>&cid=<channel>` for a reply. The base is the Web API as the
+/// client addressed it (its `Host`), there being no public URL in the configuration. A
+/// deleted message has none, unless it is the tombstone of a thread that remains.
+pub(super) async fn get_permalink(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    request: &RequestInfo,
+) -> ApiResult {
+    let visible = visible_channel(state, caller, params).await?;
+    let raw = params
+        .non_empty("message_ts")
+        .ok_or_else(|| ApiError::InvalidArguments("message_ts is required".into()))?;
+    let ts = Ts::parse_slack(raw.trim()).ok_or(ApiError::MessageNotFound)?;
+    let channel = &visible.channel;
+    let view = state
+        .store
+        .message_view(&channel.workspace, &channel.id, ts)
+        .await?
+        .filter(|v| !v.deleted || v.reply_count > 0)
+        .ok_or(ApiError::MessageNotFound)?;
+    let mut permalink = format!(
+        "{}archives/{}/{}",
+        request.base_url(state),
+        channel.id,
+        permalink_id(view.message.ts)
+    );
+    if let Some(parent) = view.message.thread_ts.filter(|p| *p != view.message.ts) {
+        permalink.push_str(&format!(
+            "?thread_ts={}&cid={}",
+            parent.to_slack(),
+            channel.id
+        ));
+    }
+    Ok(object(json!({
+        "channel": channel.id,
+        "permalink": permalink,
+    })))
+}
+
+/// A message's id in a permalink: `p` and its ts without the dot.
+fn permalink_id(ts: Ts) -> String {
+    format!("p{}", ts.to_slack().replace('.', ""))
+}
+
 /// Reaction names as Slack accepts them: lower-case emoji names, optionally `name::skin-tone-2`.
 fn reaction_name(params: &Params) -> ApiResult<String> {
     let name = params
@@ -333,4 +382,18 @@ pub(super) async fn replies(state: &AppState, caller: &Caller, params: &Params) 
         "has_more": has_more,
         "response_metadata": super::response_metadata(next),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_permalink_names_the_ts_without_its_dot() {
+        assert_eq!(
+            permalink_id(Ts::parse_slack("1358546515.000008").unwrap()),
+            "p1358546515000008"
+        );
+        assert_eq!(permalink_id(Ts(1_700_000_000_123_456)), "p1700000000123456");
+    }
 }

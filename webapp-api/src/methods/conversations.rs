@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use serde_json::json;
-use shared::ids::{ChannelId, Seq, Ts, WorkspaceId};
+use shared::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
 use shared::protocol::UserEvent;
 use shared::store::{Channel, HistoryQuery, SharedStore, StorageErrorKind};
 
@@ -132,11 +132,16 @@ pub(super) async fn leave(state: &AppState, caller: &Caller, params: &Params) ->
     if channel.name == crate::seed::GENERAL {
         return Err(ApiError::CantLeaveGeneral);
     }
-    if !state
-        .store
-        .remove_member(&channel.id, &caller.user.id)
-        .await?
-    {
+    remove_member(state, &channel, &caller.user.id).await?;
+    Ok(object(json!({})))
+}
+
+/// Takes `user` out of `channel` and relays it (`ChannelLeft`) to the gateways, which stop
+/// delivering the channel to the user's sessions and tell them `channel_left`, and to the
+/// Flannels: the one way out of a channel, whether the user left (`conversations.leave`) or
+/// was removed (`conversations.kick`). `not_in_channel` when the user was not a member.
+async fn remove_member(state: &AppState, channel: &Channel, user: &UserId) -> ApiResult<()> {
+    if !state.store.remove_member(&channel.id, user).await? {
         return Err(ApiError::NotInChannel);
     }
     publish(
@@ -144,10 +149,40 @@ pub(super) async fn leave(state: &AppState, caller: &Caller, params: &Params) ->
         UserEvent::ChannelLeft {
             workspace: channel.workspace.clone(),
             channel: channel.id.clone(),
-            user: caller.user.id.clone(),
+            user: user.clone(),
         },
     )
     .await;
+    Ok(())
+}
+
+/// Removes `user` from a channel, with Slack's default permissions: a workspace admin may
+/// remove anyone from any channel it can see (every public one, the private ones it is in);
+/// other members only from a private channel they are in (`restricted_action` on a public
+/// one). Not from a direct message (its members are fixed), not from #general (everyone is in
+/// it), and not oneself (`conversations.leave` is for that).
+pub(super) async fn kick(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let visible = visible_channel(state, caller, params).await?;
+    let channel = visible.channel;
+    refuse_direct(&channel)?;
+    let target = user_in_workspace(state, caller, params.non_empty("user")).await?;
+    if target.id == caller.user.id {
+        return Err(ApiError::CantKickSelf);
+    }
+    if channel.name == crate::seed::GENERAL {
+        return Err(ApiError::CantKickFromGeneral);
+    }
+    if !caller.user.is_admin {
+        // A private channel is only visible to its members, so a caller who got this far on
+        // one is in it; said again here so the rule does not hang on that.
+        if !channel.is_private {
+            return Err(ApiError::RestrictedAction);
+        }
+        if !visible.is_member {
+            return Err(ApiError::NotInChannel);
+        }
+    }
+    remove_member(state, &channel, &target.id).await?;
     Ok(object(json!({})))
 }
 

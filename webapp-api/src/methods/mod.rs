@@ -11,6 +11,7 @@ mod conversations;
 mod internal;
 mod members;
 mod search;
+mod team;
 mod users;
 
 use std::collections::HashSet;
@@ -22,7 +23,7 @@ use shared::store::{Channel, User};
 
 use crate::api::{
     authenticate, authenticate_service, caller, verify_user_token, ApiError, ApiResult, AppState,
-    Caller, Params,
+    Caller, Params, RequestInfo,
 };
 use crate::metrics as m;
 
@@ -33,9 +34,12 @@ pub const METHODS: &[&str] = &[
     "api.test",
     "auth.test",
     "rtm.connect",
+    "rtm.start",
+    "team.info",
     "conversations.create",
     "conversations.join",
     "conversations.leave",
+    "conversations.kick",
     "conversations.list",
     "conversations.info",
     "conversations.history",
@@ -43,6 +47,7 @@ pub const METHODS: &[&str] = &[
     "chat.postMessage",
     "chat.update",
     "chat.delete",
+    "chat.getPermalink",
     "conversations.replies",
     "conversations.open",
     "conversations.invite",
@@ -74,12 +79,14 @@ pub fn canonical_name(method: &str) -> Option<&'static str> {
 }
 
 /// Runs method `name` (one of [`METHODS`]). `token` is the presented token, or the error an
-/// unreadable `Authorization` header earned.
+/// unreadable `Authorization` header earned; `request` what the method may need of the HTTP
+/// request itself.
 pub async fn dispatch(
     state: &AppState,
     name: &'static str,
     params: &Params,
     token: ApiResult<Option<&str>>,
+    request: &RequestInfo,
 ) -> ApiResult {
     if name == "api.test" {
         return auth::api_test(params);
@@ -98,16 +105,20 @@ pub async fn dispatch(
     let caller = authenticate(state, token?).await?;
     match name {
         "auth.test" => auth::auth_test(state, &caller).await,
-        "rtm.connect" => auth::rtm_connect(state, &caller).await,
+        // Slack's `rtm.start` now answers like `rtm.connect`: a URL, `self` and `team`.
+        "rtm.connect" | "rtm.start" => auth::rtm_connect(state, &caller).await,
+        "team.info" => team::info(state, &caller, params).await,
         "conversations.create" => conversations::create(state, &caller, params).await,
         "conversations.join" => conversations::join(state, &caller, params).await,
         "conversations.leave" => conversations::leave(state, &caller, params).await,
+        "conversations.kick" => conversations::kick(state, &caller, params).await,
         "conversations.list" => conversations::list(state, &caller, params).await,
         "conversations.info" => conversations::info(state, &caller, params).await,
         "conversations.history" => conversations::history(state, &caller, params).await,
         "users.conversations" => conversations::user_conversations(state, &caller, params).await,
         "chat.update" => chat::update(state, &caller, params).await,
         "chat.delete" => chat::delete(state, &caller, params).await,
+        "chat.getPermalink" => chat::get_permalink(state, &caller, params, request).await,
         "conversations.replies" => chat::replies(state, &caller, params).await,
         "conversations.open" => members::open(state, &caller, params).await,
         "conversations.invite" => members::invite(state, &caller, params).await,
