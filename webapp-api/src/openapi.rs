@@ -129,14 +129,22 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         name: "rtm.connect",
         summary: "A gateway WebSocket `url` (carrying the token) for real-time events, with `self` and `team`.",
         auth: Auth::User,
-        params: &[],
+        params: &[p(
+            "presence_sub",
+            Ty::Bool,
+            "Slack's option: no `presence_change` until the client sends `presence_sub`",
+        )],
         errors: &["service_unavailable"],
     },
     MethodDoc {
         name: "rtm.start",
         summary: "The same as `rtm.connect` (as Slack's `rtm.start` now answers): a gateway WebSocket `url`, `self` and `team`; no boot data (the WebSocket `hello` carries Flannel's).",
         auth: Auth::User,
-        params: &[],
+        params: &[p(
+            "presence_sub",
+            Ty::Bool,
+            "Slack's option: no `presence_change` until the client sends `presence_sub`",
+        )],
         errors: &["service_unavailable"],
     },
     MethodDoc {

@@ -52,15 +52,21 @@ pub(super) async fn auth_test(state: &AppState, caller: &Caller) -> ApiResult {
 
 /// A gateway WebSocket URL carrying the caller's token, round-robin over the configured
 /// gateways.
-pub(super) async fn rtm_connect(state: &AppState, caller: &Caller) -> ApiResult {
+pub(super) async fn rtm_connect(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let team = workspace_name(state, caller).await?;
     let gateway = state
         .next_gateway_url()
         .ok_or_else(|| ApiError::ServiceUnavailable("no gateway is configured".into()))?;
     let sep = if gateway.contains('?') { '&' } else { '?' };
     let token: String = url::form_urlencoded::byte_serialize(caller.token.as_bytes()).collect();
+    // Slack's `presence_sub` option: no presence_change until the client subscribes.
+    let presence_sub = if params.flag("presence_sub", false) {
+        "&presence_sub=1"
+    } else {
+        ""
+    };
     Ok(object(json!({
-        "url": format!("{gateway}{sep}token={token}"),
+        "url": format!("{gateway}{sep}token={token}{presence_sub}"),
         "team": { "id": caller.claims.workspace, "name": team, "domain": team },
         "self": { "id": caller.user.id, "name": caller.user.name },
     })))

@@ -106,7 +106,7 @@ pub async fn dispatch(
     match name {
         "auth.test" => auth::auth_test(state, &caller).await,
         // Slack's `rtm.start` now answers like `rtm.connect`: a URL, `self` and `team`.
-        "rtm.connect" | "rtm.start" => auth::rtm_connect(state, &caller).await,
+        "rtm.connect" | "rtm.start" => auth::rtm_connect(state, &caller, params).await,
         "team.info" => team::info(state, &caller, params).await,
         "conversations.create" => conversations::create(state, &caller, params).await,
         "conversations.join" => conversations::join(state, &caller, params).await,

@@ -61,6 +61,14 @@ async fn rtm_start_answers_like_rtm_connect() {
     assert_eq!(rest(&connect), rest(&start));
     assert_eq!(start["self"]["id"], s.user_id("bob"));
     assert_eq!(start["team"]["id"], s.demo["workspace"]);
+    // Slack's presence_sub option reaches the gateway on the URL.
+    for method in ["rtm.connect", "rtm.start"] {
+        let v = s.ok(method, &bob, json!({ "presence_sub": true })).await;
+        assert!(
+            url(&v).ends_with(&format!("/rtm?token={bob}&presence_sub=1")),
+            "{v}"
+        );
+    }
     s.stop().await;
 }
 
