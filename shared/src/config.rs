@@ -112,6 +112,10 @@ pub struct WebappConfig {
     /// Calls a user may make at once in each tier before the per-minute rate applies (the
     /// bucket's size). 0: no limit.
     pub rate_limit_burst: u32,
+    /// Where clients reach the Web API (`https://chat.example.com/`), behind a proxy or load
+    /// balancer: the base of the links its answers carry (permalinks, `auth.test`'s `url`,
+    /// webhook URLs). Empty: the `Host` each request was addressed to.
+    pub public_url: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -296,6 +300,19 @@ impl Config {
                 "flannel.disconnected_max_age_ms must be positive (0 would reload a workspace \
                  on every use while the admin link is down)"
             );
+        }
+        let public = &self.webapp.public_url;
+        if !public.is_empty() {
+            let rest = public
+                .strip_prefix("https://")
+                .or_else(|| public.strip_prefix("http://"));
+            let host = rest.map(|r| r.split('/').next().unwrap_or_default());
+            if host.is_none_or(str::is_empty) || public.contains(['?', '#', ' ']) {
+                bail!(
+                    "webapp.public_url {public:?} must be an http:// or https:// URL with a host \
+                     and no query or fragment (or empty)"
+                );
+            }
         }
         for url in self
             .gateway
@@ -727,6 +744,37 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let (_, logs) = load_logging(&path);
         assert!(!logs.contains("cluster secret"), "{logs}");
+    }
+
+    #[test]
+    fn the_public_url_must_be_a_plain_http_url() {
+        let load = |v: &str| {
+            Config::load(
+                None,
+                std::iter::empty(),
+                &[format!("webapp.public_url={v:?}")],
+            )
+            .map(|c| c.webapp.public_url)
+        };
+        for ok in [
+            "",
+            "https://chat.example.com/",
+            "http://10.0.0.1:8080",
+            "https://x.io/slack/",
+        ] {
+            assert_eq!(load(ok).unwrap(), ok);
+        }
+        for bad in [
+            "chat.example.com",
+            "ftp://x/",
+            "https://",
+            "https:///path",
+            "https://x/?a=1",
+            "https://x/#f",
+        ] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("webapp.public_url"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -250,8 +250,11 @@ pub struct AppState {
     pub next_gateway: Arc<AtomicUsize>,
     /// Largest request body read; larger ones are refused with `request_too_large`.
     pub max_body_bytes: usize,
-    /// What `auth.test` reports as the workspace URL.
+    /// The listener's own URL: the base of links when neither `webapp.public_url` nor the
+    /// request's `Host` gives one.
     pub base_url: String,
+    /// `webapp.public_url`, ending in `/`, when set: the base of every link in answers.
+    pub public_url: Option<String>,
     /// The search indexes; `None` where this node does not serve search.
     pub search: Option<Arc<crate::search::Search>>,
     /// The ring as this node last learned it from the admin server.
@@ -277,6 +280,7 @@ impl AppState {
             next_gateway: Arc::new(AtomicUsize::new(0)),
             max_body_bytes,
             base_url: format!("http://{local_addr}/"),
+            public_url: None,
             search: None,
             ring: None,
             rate_limiter: Arc::new(RateLimiter::disabled()),
@@ -557,18 +561,20 @@ async fn call(
 #[derive(Debug, Clone, Default)]
 pub struct RequestInfo {
     /// The host (and port) the client addressed, from `Host` (or the request line's
-    /// authority), when it is a plain `host[:port]`: links in answers (`chat.getPermalink`)
-    /// point where the client reached this server. The configuration has no public URL.
+    /// authority), when it is a plain `host[:port]`: without `webapp.public_url`, links in
+    /// answers point where the client reached this server.
     pub host: Option<String>,
 }
 
 impl RequestInfo {
-    /// The Web API's base URL as the client addressed it (`http://<host>/`), else
-    /// [`AppState::base_url`] (the listener's address).
+    /// The base of links in answers, ending in `/`: `webapp.public_url` when set (the
+    /// address behind a proxy), else the Web API as the client addressed it
+    /// (`http://<host>/`), else [`AppState::base_url`] (the listener's address).
     pub fn base_url(&self, state: &AppState) -> String {
-        match &self.host {
-            Some(host) => format!("http://{host}/"),
-            None => state.base_url.clone(),
+        match (&state.public_url, &self.host) {
+            (Some(public), _) => public.clone(),
+            (None, Some(host)) => format!("http://{host}/"),
+            (None, None) => state.base_url.clone(),
         }
     }
 }

@@ -26,7 +26,7 @@ use shared::auth::TokenSigner;
 use shared::ids::{ChannelId, Ts, UserId, WorkspaceId};
 use shared::protocol::{MessageKind, NewMessage};
 
-use crate::api::{object, read_body, ApiError, ApiResult, AppState, Caller, Params};
+use crate::api::{object, read_body, ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 use crate::ratelimit::{RetryAfter, Tier, RATELIMITED};
 
 /// What hook signatures are made for (see [`TokenSigner::sign_payload`]).
@@ -172,9 +172,14 @@ async fn create_for(
 
 /// The `hooks.create` method: `channel`; answers `url` (absolute, from the server's base URL),
 /// `path` (the same, from `/hooks/`) and `channel`.
-pub(crate) async fn create(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+pub(crate) async fn create(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    request: &RequestInfo,
+) -> ApiResult {
     let (channel, path) = create_for(state, caller, params).await?;
-    let url = format!("{}{}", state.base_url.trim_end_matches('/'), path);
+    let url = format!("{}{}", request.base_url(state).trim_end_matches('/'), path);
     Ok(object(
         json!({ "url": url, "path": path, "channel": channel }),
     ))

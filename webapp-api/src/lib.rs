@@ -90,6 +90,9 @@ pub async fn run(
         local_addr,
     );
     let mut state = state;
+    state.public_url = Some(&config.webapp.public_url)
+        .filter(|u| !u.is_empty())
+        .map(|u| format!("{}/", u.trim_end_matches('/')));
     // Every node learns each ring epoch; the Web API keeps it for `api.test`-style diagnostics
     // and future direct routing (posts go through the admin server today).
     let mut ring = state

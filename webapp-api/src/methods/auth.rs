@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params};
+use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 
 /// Echoes its arguments (all but `token`); needs no token.
 pub(super) fn api_test(params: &Params) -> ApiResult {
@@ -27,10 +27,14 @@ async fn workspace_name(state: &AppState, caller: &Caller) -> ApiResult<String> 
 }
 
 /// Who the token speaks for.
-pub(super) async fn auth_test(state: &AppState, caller: &Caller) -> ApiResult {
+pub(super) async fn auth_test(
+    state: &AppState,
+    caller: &Caller,
+    request: &RequestInfo,
+) -> ApiResult {
     let team = workspace_name(state, caller).await?;
     let mut out = object(json!({
-        "url": state.base_url,
+        "url": request.base_url(state),
         "team": team,
         "user": caller.user.name,
         "team_id": caller.claims.workspace,

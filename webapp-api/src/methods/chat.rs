@@ -4,7 +4,7 @@
 //! way, as entries of the channel's stream; `chat.getPermalink` only reads.
 
 use serde_json::json;
-use shared::ids::Ts;
+use shared::ids::{ChannelId, Ts};
 use shared::protocol::{MessageKind, NewMessage};
 use shared::store::{HistoryQuery, MessageView};
 
@@ -255,23 +255,21 @@ pub(super) async fn get_permalink(
         .await?
         .filter(|v| !v.deleted || v.reply_count > 0)
         .ok_or(ApiError::MessageNotFound)?;
-    let mut permalink = format!(
-        "{}archives/{}/{}",
-        request.base_url(state),
-        channel.id,
-        permalink_id(view.message.ts)
-    );
-    if let Some(parent) = view.message.thread_ts.filter(|p| *p != view.message.ts) {
-        permalink.push_str(&format!(
-            "?thread_ts={}&cid={}",
-            parent.to_slack(),
-            channel.id
-        ));
-    }
+    let base = request.base_url(state);
     Ok(object(json!({
         "channel": channel.id,
-        "permalink": permalink,
+        "permalink": permalink(&base, &channel.id, view.message.ts, view.message.thread_ts),
     })))
+}
+
+/// Slack's link to a message: `<base>archives/<channel>/p<ts without the dot>`, with
+/// `?thread_ts=<parent>&cid=<channel>` for a reply (`thread_ts` other than its own ts).
+pub(crate) fn permalink(base: &str, channel: &ChannelId, ts: Ts, thread_ts: Option<Ts>) -> String {
+    let mut link = format!("{base}archives/{channel}/{}", permalink_id(ts));
+    if let Some(parent) = thread_ts.filter(|p| *p != ts) {
+        link.push_str(&format!("?thread_ts={}&cid={channel}", parent.to_slack()));
+    }
+    link
 }
 
 /// A message's id in a permalink: `p` and its ts without the dot.

@@ -104,10 +104,10 @@ pub async fn dispatch(
     }
     let caller = authenticate(state, token?).await?;
     match name {
-        "auth.test" => auth::auth_test(state, &caller).await,
+        "auth.test" => auth::auth_test(state, &caller, request).await,
         // Slack's `rtm.start` now answers like `rtm.connect`: a URL, `self` and `team`.
         "rtm.connect" | "rtm.start" => auth::rtm_connect(state, &caller, params).await,
-        "team.info" => team::info(state, &caller, params).await,
+        "team.info" => team::info(state, &caller, params, request).await,
         "conversations.create" => conversations::create(state, &caller, params).await,
         "conversations.join" => conversations::join(state, &caller, params).await,
         "conversations.leave" => conversations::leave(state, &caller, params).await,
@@ -126,7 +126,7 @@ pub async fn dispatch(
         "reactions.add" => chat::react(state, &caller, params, true).await,
         "reactions.remove" => chat::react(state, &caller, params, false).await,
         "reactions.get" => chat::reactions_get(state, &caller, params).await,
-        "search.messages" => search::messages(state, &caller, params).await,
+        "search.messages" => search::messages(state, &caller, params, request).await,
         "users.list" => users::list(state, &caller, params).await,
         "users.info" => users::info(state, &caller, params).await,
         "users.getPresence" => users::get_presence(state, &caller, params).await,
@@ -144,7 +144,7 @@ pub async fn dispatch(
             conversations::set_text(state, &caller, params, conversations::TextField::Purpose).await
         }
         "conversations.mark" => conversations::mark(state, &caller, params).await,
-        "hooks.create" => crate::hooks::create(state, &caller, params).await,
+        "hooks.create" => crate::hooks::create(state, &caller, params, request).await,
         _ => Err(ApiError::UnknownMethod),
     }
 }

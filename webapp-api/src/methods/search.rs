@@ -8,7 +8,7 @@ use shared::search::query::{parse, QueryError};
 use shared::search::{search_all, SearchIndex, SearchRequest, SortBy};
 use shared::store::Channel;
 
-use crate::api::{ApiError, ApiResult, AppState, Caller, Params};
+use crate::api::{ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 
 const DEFAULT_COUNT: u32 = 20;
 const MAX_COUNT: u32 = 100;
@@ -55,7 +55,12 @@ async fn readable_channels(
     Ok(out)
 }
 
-pub async fn messages(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+pub async fn messages(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    info: &RequestInfo,
+) -> ApiResult {
     let Some(search) = state.search.as_ref() else {
         return Err(ApiError::ServiceUnavailable(
             "search is not enabled on this node".into(),
@@ -148,8 +153,22 @@ pub async fn messages(state: &AppState, caller: &Caller, params: &Params) -> Api
     .map_err(|e| ApiError::Internal(e.to_string()))?;
 
     let mut names: HashMap<UserId, String> = HashMap::new();
+    let base = info.base_url(state);
+    // A reply's link names its thread, as `chat.getPermalink`'s does (the index keeps no
+    // thread, so each hit's message is read: one page of point reads, side by side).
+    let threads = futures_util::future::try_join_all(results.hits.iter().map(|hit| async {
+        let Some(channel) = readable.get(&hit.channel) else {
+            return Ok(None);
+        };
+        let view = state
+            .store
+            .message_view(&channel.workspace, &hit.channel, hit.ts)
+            .await?;
+        Ok::<_, ApiError>(view.and_then(|v| v.message.thread_ts))
+    }))
+    .await?;
     let mut matches = Vec::with_capacity(results.hits.len());
-    for hit in results.hits {
+    for (hit, thread_ts) in results.hits.into_iter().zip(threads) {
         let username = match names.get(&hit.user) {
             Some(n) => n.clone(),
             None => {
@@ -179,7 +198,7 @@ pub async fn messages(state: &AppState, caller: &Caller, params: &Params) -> Api
             "text": hit.text,
             "seq": hit.seq,
             "score": hit.score,
-            "permalink": format!("{}archives/{}/p{}", state.base_url, hit.channel.0, hit.ts.0),
+            "permalink": super::chat::permalink(&base, &hit.channel, hit.ts, thread_ts),
         }));
     }
     let total = results.total as u32;

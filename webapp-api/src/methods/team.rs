@@ -3,12 +3,17 @@
 use serde_json::{json, Value};
 use shared::store::Workspace;
 
-use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params};
+use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 
 /// The caller's workspace. A `team` naming any other workspace answers `team_not_found`, as
 /// Slack answers for a team the caller's is not shared with (a workspace never sees another's,
 /// not even whether it exists).
-pub(super) async fn info(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+pub(super) async fn info(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    request: &RequestInfo,
+) -> ApiResult {
     if let Some(raw) = params.non_empty("team").map(str::trim) {
         if raw != caller.claims.workspace.as_str() {
             return Err(ApiError::TeamNotFound);
@@ -20,7 +25,7 @@ pub(super) async fn info(state: &AppState, caller: &Caller, params: &Params) -> 
         .await?
         .ok_or(ApiError::InvalidAuth)?;
     Ok(object(
-        json!({ "team": team_json(&workspace, &state.base_url) }),
+        json!({ "team": team_json(&workspace, &request.base_url(state)) }),
     ))
 }
 

@@ -263,3 +263,79 @@ async fn permalinks_point_at_messages_the_caller_can_read() {
     }
     s.stop().await;
 }
+
+/// With `webapp.public_url` (the address behind a proxy), every link in answers starts there,
+/// whatever `Host` the request carried: permalinks (and search's, the same for a reply as
+/// `chat.getPermalink`'s), `auth.test`'s and `team.info`'s `url`, webhook URLs.
+#[tokio::test]
+async fn links_start_at_the_public_url_when_one_is_set() {
+    let s = Server::start_with_cluster_and(|c| {
+        c.webapp.public_url = "https://chat.example.com/slack".into();
+    })
+    .await;
+    let alice = s.token("alice");
+    let general = s.general().await;
+    let parent = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "proxied parent"}),
+        )
+        .await;
+    let reply = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "proxied reply", "thread_ts": parent["ts"]}),
+        )
+        .await;
+    let base = "https://chat.example.com/slack/";
+    let want = format!(
+        "{base}archives/{general}/p{}?thread_ts={}&cid={general}",
+        bare(&reply["ts"]),
+        parent["ts"].as_str().unwrap()
+    );
+    let v = permalink(
+        &s,
+        &alice,
+        Some("internal-host:8080"),
+        json!({"channel": general, "message_ts": reply["ts"]}),
+    )
+    .await;
+    assert_eq!(v["permalink"], want.as_str(), "{v}");
+    assert_eq!(s.ok("auth.test", &alice, json!({})).await["url"], base);
+    assert_eq!(
+        s.ok("team.info", &alice, json!({})).await["team"]["url"],
+        base
+    );
+    let hook = s
+        .ok("hooks.create", &alice, json!({"channel": general}))
+        .await;
+    assert!(
+        hook["url"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{base}hooks/")),
+        "{hook}"
+    );
+    // Search finds the reply (once indexed) with the same link as chat.getPermalink's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let found = s
+            .ok("search.messages", &alice, json!({"query": "proxied reply"}))
+            .await;
+        let hit = found["messages"]["matches"]
+            .as_array()
+            .and_then(|m| m.iter().find(|h| h["ts"] == reply["ts"]).cloned());
+        if let Some(hit) = hit {
+            assert_eq!(hit["permalink"], want.as_str(), "{hit}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never indexed: {found}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    s.stop().await;
+}
