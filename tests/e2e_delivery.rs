@@ -592,3 +592,100 @@ async fn messages_sent_over_rtm_are_posted_answered_and_relayed_in_order() {
     assert_eq!(cluster.metric(gw, rtm, &outcome("refused")).await, 3.0);
     assert!(bob_ws.garbage().is_empty() && alice_ws.garbage().is_empty());
 }
+
+/// `chat.postEphemeral`: the message reaches the named user's sessions in the channel, on
+/// every gateway, and nobody else's; it takes no `seq` (the channel's stream goes on without
+/// a hole) and is not stored; what Slack refuses is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ephemeral_message_reaches_its_user_alone_and_is_not_stored() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob", "carol", "dave"])).await;
+    let user = |n: &str| cluster.user("acme", n).clone();
+    let (alice, bob, carol, dave) = (user("alice"), user("bob"), user("carol"), user("dave"));
+    let c = cluster.create_channel(&alice, "ephemeral-msgs").await;
+    cluster.join(&bob, &c).await;
+    cluster.join(&carol, &c).await;
+    let bob_a = cluster.connect(0, &bob).await;
+    let bob_b = cluster.connect(1, &bob).await;
+    let carol_ws = cluster.connect(0, &carol).await;
+    let clients = [&bob_a, &bob_b, &carol_ws];
+    let before = seq_of(&cluster.settle(&alice, &c, &clients).await);
+    let from: Vec<usize> = clients.iter().map(|c| c.num_events()).collect();
+
+    let v = cluster
+        .api_ok(
+            "chat.postEphemeral",
+            &alice.token,
+            json!({ "channel": c, "user": bob.id, "text": "only bob sees this" }),
+        )
+        .await;
+    let ts = v["message_ts"].as_str().expect("message_ts").to_string();
+    for (ws, from) in [(&bob_a, from[0]), (&bob_b, from[1])] {
+        let e = ws
+            .wait_event(from, WAIT, "the ephemeral message", |e| {
+                e["is_ephemeral"] == true
+            })
+            .await;
+        assert_eq!(e["type"], "message", "{e}");
+        assert_eq!(e["channel"], c.as_str(), "{e}");
+        assert_eq!(e["user"], alice.id.as_str(), "{e}");
+        assert_eq!(e["text"], "only bob sees this", "{e}");
+        assert_eq!(e["ts"], ts.as_str(), "{e}");
+        assert!(
+            e.get("seq").is_none(),
+            "an ephemeral message is not in the stream: {e}"
+        );
+    }
+    // The next post takes the next seq, and by then carol would have had the ephemeral one.
+    let after = seq_of(&cluster.settle(&alice, &c, &clients).await);
+    assert_eq!(after, before + 1, "the ephemeral message took a seq");
+    assert!(
+        carol_ws.events()[from[2]..]
+            .iter()
+            .all(|e| e["is_ephemeral"] != true),
+        "carol got bob's ephemeral message"
+    );
+    let history = cluster.history_all(&alice, &c, 100).await;
+    assert!(history.iter().all(|m| m["text"] != "only bob sees this"));
+    let gw = |i: usize| cluster.gateways[i].http.clone();
+    for i in [0, 1] {
+        let n = cluster
+            .metric(&gw(i), "switchboard_gateway_ephemeral_messages_total", &[])
+            .await;
+        assert_eq!(n, 1.0, "gateway {i} wrote it to one session");
+    }
+
+    // Refusals, as Slack's.
+    let refusals = [
+        (
+            &alice,
+            json!({ "channel": c, "user": dave.id, "text": "x" }),
+            "user_not_in_channel",
+        ),
+        (
+            &dave,
+            json!({ "channel": c, "user": bob.id, "text": "x" }),
+            "not_in_channel",
+        ),
+        (
+            &alice,
+            json!({ "channel": c, "user": bob.id, "text": "" }),
+            "no_text",
+        ),
+        (
+            &alice,
+            json!({ "channel": c, "user": "UNOSUCHUSER", "text": "x" }),
+            "user_not_found",
+        ),
+        (
+            &alice,
+            json!({ "channel": "CNOSUCHONE", "user": bob.id, "text": "x" }),
+            "channel_not_found",
+        ),
+    ];
+    for (who, body, error) in refusals {
+        let v = cluster
+            .api("chat.postEphemeral", &who.token, body.clone())
+            .await;
+        assert_eq!(v["error"], error, "{body}: {v}");
+    }
+}

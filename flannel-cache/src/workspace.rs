@@ -131,13 +131,15 @@ fn user_keys(u: &UserProfile) -> Vec<String> {
 }
 
 /// Whether `event` can change what a cached workspace holds. Presence is not boot data (the
-/// gateways carry it live), so presence events change nothing here and need no lock.
+/// gateways carry it live), nor are ephemeral messages, so those events change nothing here
+/// and need no lock.
 pub fn changes_cached_data(event: &UserEvent) -> bool {
     !matches!(
         event,
         UserEvent::PresenceReport { .. }
             | UserEvent::PresenceSet { .. }
             | UserEvent::PresenceChanged { .. }
+            | UserEvent::Ephemeral { .. }
     )
 }
 
@@ -292,10 +294,11 @@ impl WorkspaceData {
     /// snapshot already reflects, changes nothing.
     pub fn apply(&mut self, event: &UserEvent) -> Applied {
         match event {
-            // Presence is not boot data ([`changes_cached_data`]).
+            // Presence and ephemeral messages are not boot data ([`changes_cached_data`]).
             UserEvent::PresenceReport { .. }
             | UserEvent::PresenceSet { .. }
-            | UserEvent::PresenceChanged { .. } => {}
+            | UserEvent::PresenceChanged { .. }
+            | UserEvent::Ephemeral { .. } => {}
             UserEvent::UserChanged { user, .. } => {
                 self.upsert_user(user.clone());
             }

@@ -419,6 +419,26 @@ impl Hub {
             // Presence changes are batched per workspace for a short window: while many
             // users connect at once, each session gets a few `presence_change` events listing
             // many users (Slack's batched form) instead of one event per user.
+            // An ephemeral message: to the user's sessions here that follow the channel.
+            UserEvent::Ephemeral {
+                workspace,
+                channel,
+                user,
+                event,
+            } => {
+                let text: Utf8Bytes = event.into();
+                let mut offered = 0;
+                for id in st.users.get(&user).into_iter().flatten() {
+                    if let Some(s) = st.sessions.get(id) {
+                        if s.workspace == workspace && s.channels.contains(&channel) {
+                            s.offer(Outbound::Event(text.clone()));
+                            offered += 1;
+                        }
+                    }
+                }
+                m::EPHEMERAL_MESSAGES.inc_by(offered);
+                return;
+            }
             UserEvent::PresenceChanged {
                 workspace,
                 user,

@@ -55,6 +55,13 @@ pub static CLIENT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static EPHEMERAL_MESSAGES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_ephemeral_messages_total",
+        "ephemeral messages (chat.postEphemeral) written to sessions"
+    )
+    .unwrap()
+});
 pub static RTM_POSTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_gateway_rtm_posts_total",

@@ -128,6 +128,13 @@ test('the official RTM client receives the message and its changes', async () =>
     assert.ok(history.messages.some((m) => m.ts === reply.ts && m.text === sent), 'the sent message is stored');
     // One the Web API refuses is rejected with its error.
     await assert.rejects(rtm.sendMessage('', tokens.general), (e) => e.data.error.msg === 'no_text');
+    // chat.postEphemeral from alice reaches bob's RTM client as a message only he sees.
+    const whisper = `${marker} for bob only`;
+    const eph = await alice.chat.postEphemeral({ channel: tokens.general, user: tokens.users.bob.id, text: whisper });
+    assert.equal(eph.ok, true);
+    const seen = await until((e) => e.type === 'message' && e.text === whisper, 'the ephemeral message');
+    assert.equal(seen.is_ephemeral, true);
+    assert.equal(seen.ts, eph.message_ts);
     const seqs = events.filter((e) => e.channel === tokens.general && Number.isInteger(e.seq)).map((e) => e.seq);
     for (let i = 1; i < seqs.length; i++) assert.equal(seqs[i], seqs[i - 1] + 1, `contiguous seq: ${seqs}`);
   } finally {

@@ -1516,26 +1516,29 @@ impl Client {
         self.state.garbage.lock().unwrap().clone()
     }
 
-    /// The `message` events of `channel`, in arrival order.
+    /// The `message` events of `channel`'s stream, in arrival order (not ephemeral ones,
+    /// which are outside it and carry no `seq`).
     pub fn messages(&self, channel: &str) -> Vec<Value> {
         self.state
             .events
             .lock()
             .unwrap()
             .iter()
-            .filter(|e| e["type"] == "message" && e["channel"] == channel)
+            .filter(|e| {
+                e["type"] == "message" && e["channel"] == channel && e["is_ephemeral"] != true
+            })
             .cloned()
             .collect()
     }
 
-    /// Every `message` event, any channel.
+    /// Every `message` event of the channels' streams (not ephemeral ones), any channel.
     pub fn all_messages(&self) -> Vec<Value> {
         self.state
             .events
             .lock()
             .unwrap()
             .iter()
-            .filter(|e| e["type"] == "message")
+            .filter(|e| e["type"] == "message" && e["is_ephemeral"] != true)
             .cloned()
             .collect()
     }

@@ -52,6 +52,8 @@ pub enum ApiError {
     UserNotFound,
     #[error("the caller is not a member of the channel")]
     NotInChannel,
+    #[error("the user named is not a member of the channel")]
+    UserNotInChannel,
     #[error("the channel is archived")]
     IsArchived,
     #[error("the message has no text")]
@@ -151,6 +153,7 @@ impl ApiError {
             ApiError::ChannelNotFound => "channel_not_found",
             ApiError::UserNotFound => "user_not_found",
             ApiError::NotInChannel => "not_in_channel",
+            ApiError::UserNotInChannel => "user_not_in_channel",
             ApiError::IsArchived => "is_archived",
             ApiError::NoText => "no_text",
             ApiError::MsgTooLong { .. } => "msg_too_long",

@@ -314,6 +314,28 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         ],
     },
     MethodDoc {
+        name: "chat.postEphemeral",
+        summary: "A message only `user` sees, in a channel both are in (Slack's \"Only visible to you\"): not stored, sequenced or searchable; written to the user's connected sessions as an RTM `message` with `is_ephemeral: true` and no `seq`. Answers `message_ts`.",
+        auth: Auth::User,
+        params: &[
+            CHANNEL,
+            req("user", Ty::Str, "who sees it; a member of the channel"),
+            req("text", Ty::Str, "the message, at most 40000 characters"),
+            p("thread_ts", Ty::Ts, "show it in this message's thread"),
+        ],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "is_archived",
+            "no_text",
+            "msg_too_long",
+            "invalid_thread_ts",
+            "user_not_found",
+            "user_not_in_channel",
+            "service_unavailable",
+        ],
+    },
+    MethodDoc {
         name: "chat.getPermalink",
         summary: "A link to a message of a conversation the caller can read: `<base>/archives/<channel>/p<ts without the dot>` (with `?thread_ts=…&cid=…` for a reply), the base being the Web API as the request's `Host` names it.",
         auth: Auth::User,
@@ -1154,6 +1176,7 @@ mod tests {
             ApiError::CantKickSelf,
             ApiError::CantKickFromGeneral,
             ApiError::RestrictedAction,
+            ApiError::UserNotInChannel,
             ApiError::ServiceUnavailable(String::new()),
             ApiError::Internal(String::new()),
         ];

@@ -102,9 +102,9 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "reactions.get"
         | "users.getPresence"
         | "team.info" => Tier::Tier3,
-        // auth.test, users.info, users.profile.get, conversations.members, chat.getPermalink
-        // (Slack: "hundreds of requests per minute"), and any method added later until it is
-        // placed.
+        // auth.test, users.info, users.profile.get, conversations.members, chat.getPermalink,
+        // chat.postEphemeral (Slack: "hundreds of requests per minute"), and any method added
+        // later until it is placed.
         _ => Tier::Tier4,
     })
 }
@@ -340,5 +340,6 @@ mod tests {
         assert_eq!(tier("conversations.kick"), Some(Tier::Tier3));
         assert_eq!(tier("team.info"), Some(Tier::Tier3));
         assert_eq!(tier("chat.getPermalink"), Some(Tier::Tier4));
+        assert_eq!(tier("chat.postEphemeral"), Some(Tier::Tier4));
     }
 }

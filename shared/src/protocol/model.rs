@@ -213,6 +213,15 @@ pub enum UserEvent {
         user: UserId,
         presence: Presence,
     },
+    /// Web API -> gateways (`chat.postEphemeral`): `event`, a rendered RTM `message` event, for
+    /// `user`'s sessions in `channel` alone. Not stored and not in the channel's stream: a
+    /// session that is not connected when it passes never sees it, as in Slack.
+    Ephemeral {
+        workspace: WorkspaceId,
+        channel: ChannelId,
+        user: UserId,
+        event: String,
+    },
 }
 
 impl UserEvent {
@@ -227,7 +236,8 @@ impl UserEvent {
             | UserEvent::ReadMarked { workspace, .. }
             | UserEvent::PresenceReport { workspace, .. }
             | UserEvent::PresenceSet { workspace, .. }
-            | UserEvent::PresenceChanged { workspace, .. } => workspace,
+            | UserEvent::PresenceChanged { workspace, .. }
+            | UserEvent::Ephemeral { workspace, .. } => workspace,
         }
     }
 }

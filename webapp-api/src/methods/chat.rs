@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use shared::ids::{ChannelId, Ts};
-use shared::protocol::{MessageKind, NewMessage};
+use shared::protocol::{MessageKind, NewMessage, UserEvent};
 use shared::store::{HistoryQuery, MessageView};
 
 use super::{message_json, view_json, visible_channel, VisibleChannel};
@@ -24,15 +24,7 @@ pub(super) async fn post_message(
     params: &Params,
 ) -> ApiResult {
     let channel = visible.channel;
-    let text = params.get("text").unwrap_or_default();
-    if text.is_empty() {
-        return Err(ApiError::NoText);
-    }
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::MsgTooLong {
-            max: MAX_TEXT_CHARS,
-        });
-    }
+    let text = message_text(params)?;
     let client_msg_id = match params.non_empty("client_msg_id") {
         Some(id) if id.len() > MAX_CLIENT_MSG_ID || id.chars().any(char::is_control) => {
             return Err(ApiError::InvalidArguments(format!(
@@ -148,6 +140,74 @@ async fn target_message(
         .filter(|v| !v.deleted)
         .ok_or(ApiError::MessageNotFound)?;
     Ok((visible, view))
+}
+
+/// A message's `text`: present, and at most [`MAX_TEXT_CHARS`] characters.
+fn message_text(params: &Params) -> ApiResult<&str> {
+    let text = params.get("text").unwrap_or_default();
+    if text.is_empty() {
+        return Err(ApiError::NoText);
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(ApiError::MsgTooLong {
+            max: MAX_TEXT_CHARS,
+        });
+    }
+    Ok(text)
+}
+
+/// `chat.postEphemeral`: `text` from the caller, shown to `user` alone in a channel both are
+/// in, as Slack's "Only visible to you" messages. Not stored, not sequenced, not searchable:
+/// it goes straight to the user's connected sessions (through the admin server to every
+/// gateway, which writes it to the user's sessions in the channel) as an RTM `message` with
+/// `is_ephemeral: true` and no `seq`. Answers `message_ts`, the ts it carries.
+pub(super) async fn post_ephemeral(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+) -> ApiResult {
+    let visible = visible_channel(state, caller, params).await?;
+    let channel = visible.channel;
+    let text = message_text(params)?;
+    let thread_ts = params
+        .non_empty("thread_ts")
+        .map(|raw| Ts::parse_slack(raw).ok_or(ApiError::InvalidThreadTs))
+        .transpose()?;
+    if !visible.is_member {
+        return Err(ApiError::NotInChannel);
+    }
+    if channel.is_archived {
+        return Err(ApiError::IsArchived);
+    }
+    let target = super::user_in_workspace(state, caller, params.non_empty("user")).await?;
+    if !state.store.is_member(&channel.id, &target.id).await? {
+        return Err(ApiError::UserNotInChannel);
+    }
+    let ts = Ts::now();
+    let mut event = json!({
+        "type": "message",
+        "channel": channel.id,
+        "user": caller.user.id,
+        "text": text,
+        "ts": ts.to_slack(),
+        "team": channel.workspace,
+        "is_ephemeral": true,
+    });
+    if let Some(parent) = thread_ts {
+        event["thread_ts"] = parent.to_slack().into();
+    }
+    // Unlike a membership change, an ephemeral message lives only in this relay: one that
+    // cannot be handed on is the caller's failure to know of, not a warning in a log.
+    state
+        .admin
+        .publish_user_event(UserEvent::Ephemeral {
+            workspace: channel.workspace.clone(),
+            channel: channel.id.clone(),
+            user: target.id,
+            event: event.to_string(),
+        })
+        .await?;
+    Ok(object(json!({ "message_ts": ts.to_slack() })))
 }
 
 /// Sends a change entry through the channel's owner, like a post.
