@@ -47,24 +47,7 @@ async fn dms_and_invites_reach_exactly_their_members() {
     let m = cluster.post(&alice, &dm_id, "psst, bob").await;
     bob_ws.wait_seq(&dm_id, seq_of(&m), WAIT).await;
     // Carol is not in it: not readable, not postable, not delivered.
-    for method in [
-        "conversations.history",
-        "conversations.members",
-        "conversations.info",
-    ] {
-        let v = cluster
-            .api(method, &carol.token, json!({ "channel": dm_id }))
-            .await;
-        assert_eq!(v["error"], "channel_not_found", "{method}: {v}");
-    }
-    let v = cluster
-        .api(
-            "chat.postMessage",
-            &carol.token,
-            json!({ "channel": dm_id, "text": "hi" }),
-        )
-        .await;
-    assert_eq!(v["error"], "channel_not_found", "{v}");
+    assert_hidden_from(&cluster, &carol, &dm_id).await;
     assert!(carol_ws.messages(&dm_id).is_empty());
     // A DM cannot be joined or invited into, and its name is reserved.
     let v = cluster
@@ -248,24 +231,7 @@ async fn a_kicked_member_stops_receiving_the_channel() {
         &[&bob_ws, &alice_0, &alice_1],
     )
     .await;
-    for method in [
-        "conversations.history",
-        "conversations.info",
-        "conversations.members",
-    ] {
-        let v = cluster
-            .api(method, &carol.token, json!({ "channel": secret }))
-            .await;
-        assert_eq!(v["error"], "channel_not_found", "{method}: {v}");
-    }
-    let v = cluster
-        .api(
-            "chat.postMessage",
-            &carol.token,
-            json!({ "channel": secret, "text": "still here?" }),
-        )
-        .await;
-    assert_eq!(v["error"], "channel_not_found", "{v}");
+    assert_hidden_from(&cluster, &carol, &secret).await;
 
     // On a public channel a member may not; the workspace admin may.
     let v = cluster
@@ -361,4 +327,27 @@ async fn kick_and_check(
         )
         .await;
     assert_eq!(v["error"], "not_in_channel", "kicking again: {v}");
+}
+
+/// `user` can neither read `channel` (history, info, members) nor post to it: to them it
+/// does not exist (`channel_not_found`), as a private conversation is to a non-member.
+async fn assert_hidden_from(cluster: &Cluster, user: &TestUser, channel: &str) {
+    for method in [
+        "conversations.history",
+        "conversations.info",
+        "conversations.members",
+    ] {
+        let v = cluster
+            .api(method, &user.token, json!({ "channel": channel }))
+            .await;
+        assert_eq!(v["error"], "channel_not_found", "{method}: {v}");
+    }
+    let v = cluster
+        .api(
+            "chat.postMessage",
+            &user.token,
+            json!({ "channel": channel, "text": "still here?" }),
+        )
+        .await;
+    assert_eq!(v["error"], "channel_not_found", "{v}");
 }

@@ -313,22 +313,10 @@ async fn a_presence_subscription_names_whose_changes_a_session_hears() {
         .await;
 
     // Bad subscriptions are refused with an error and counted.
-    let gw = &cluster.gateways[0].http;
-    let bad = ("kind", "invalid_event");
-    let before = cluster
-        .metric(gw, "switchboard_gateway_bad_input_total", &[bad])
+    let frame = json!({ "id": 4, "type": "presence_sub", "ids": ["not a user"] });
+    cluster
+        .refused_frame(0, &alice_ws, frame, 4, "invalid_event")
         .await;
-    alice_ws
-        .send_json(&json!({ "id": 4, "type": "presence_sub", "ids": ["not a user"] }))
-        .await;
-    let e = alice_ws
-        .wait_event(0, WAIT, "error", |e| e["reply_to"] == 4)
-        .await;
-    assert_eq!(e["type"], "error", "{e}");
-    let after = cluster
-        .metric(gw, "switchboard_gateway_bad_input_total", &[bad])
-        .await;
-    assert_eq!(after, before + 1.0);
     assert!(heard(&alice_ws, from_alice)
         .iter()
         .all(|e| !about(e, &carol.id)));

@@ -1019,6 +1019,33 @@ mod tests {
         getter
     }
 
+    /// Asks for each of `workspaces` from a task of its own and waits until every load runs
+    /// or waits for a turn (the Web API is not answering yet); returns the asking tasks and
+    /// the cache's activity then.
+    async fn loads_under_way(
+        cache: &Arc<Cache>,
+        workspaces: &[&WorkspaceId],
+    ) -> (Vec<tokio::task::JoinHandle<LoadResult>>, Activity) {
+        let getters = workspaces
+            .iter()
+            .map(|ws| {
+                let (cache, ws) = (cache.clone(), (*ws).clone());
+                tokio::spawn(async move { cache.get(&ws).await })
+            })
+            .collect();
+        let n = workspaces.len() as u64;
+        let a = within(
+            "every load to run or queue",
+            cache
+                .activity()
+                .wait_for(|a| a.loads == n && a.loads_running + a.loads_queued == n),
+        )
+        .await
+        .map(|a| *a)
+        .expect("cache alive");
+        (getters, a)
+    }
+
     #[tokio::test]
     async fn events_apply_to_cached_copies_and_queue_behind_loads() {
         // Not answering yet: the load stays under way while the event arrives.
@@ -1240,22 +1267,7 @@ mod tests {
         let x = api.add_workspace("tx", 2).await;
         let y = api.add_workspace("ty", 2).await;
         let z = api.add_workspace("tz", 2).await;
-        let getters: Vec<_> = [&x, &y, &z]
-            .into_iter()
-            .map(|ws| {
-                let (cache, ws) = (cache.clone(), ws.clone());
-                tokio::spawn(async move { cache.get(&ws).await })
-            })
-            .collect();
-        let a = within(
-            "every load to run or queue",
-            cache
-                .activity()
-                .wait_for(|a| a.loads == 3 && a.loads_running + a.loads_queued == 3),
-        )
-        .await
-        .map(|a| *a)
-        .expect("cache alive");
+        let (getters, a) = loads_under_way(&cache, &[&x, &y, &z]).await;
         assert_eq!((a.loads_running, a.loads_queued), (1, 2), "{a:?}");
         api.serve();
         for g in getters {
@@ -1319,22 +1331,7 @@ mod tests {
         cache.link_changed(true);
         let x = api.add_workspace("tx", 2).await;
         let y = api.add_workspace("ty", 2).await;
-        let getters: Vec<_> = [&x, &y]
-            .into_iter()
-            .map(|ws| {
-                let (cache, ws) = (cache.clone(), ws.clone());
-                tokio::spawn(async move { cache.get(&ws).await })
-            })
-            .collect();
-        let a = within(
-            "both loads to run or queue",
-            cache
-                .activity()
-                .wait_for(|a| a.loads == 2 && a.loads_running + a.loads_queued == 2),
-        )
-        .await
-        .map(|a| *a)
-        .expect("cache alive");
+        let (getters, a) = loads_under_way(&cache, &[&x, &y]).await;
         assert_eq!(
             (a.loads_running, a.loads_queued),
             (1, 1),

@@ -822,19 +822,24 @@ mod tests {
     use super::*;
     use crate::hub::test_support::hub;
 
+    /// The claims of user `UB` of workspace `TW`.
+    fn claims() -> Claims {
+        Claims {
+            workspace: shared::ids::WorkspaceId::from("TW"),
+            user: shared::ids::UserId::from("UB"),
+            admin: false,
+            bot: false,
+            issued_at: 0,
+            service: false,
+        }
+    }
+
     /// A session of `hub` in channel `CX`, starting after `start`, with a queue of `queue`.
     fn session(hub: &Arc<Hub>, start: Option<Seq>, queue: usize) -> Session {
         let channel = ChannelId::from("CX");
         Session {
             id: 1,
-            claims: Claims {
-                workspace: shared::ids::WorkspaceId::from("TW"),
-                user: shared::ids::UserId::from("UB"),
-                admin: false,
-                bot: false,
-                issued_at: 0,
-                service: false,
-            },
+            claims: claims(),
             hub: hub.clone(),
             channels: [channel.clone()].into_iter().collect(),
             delivered: [(
@@ -1043,14 +1048,7 @@ mod tests {
                 axum::routing::get(move |ws: axum::extract::WebSocketUpgrade| async move {
                     ws.on_upgrade(move |socket| async move {
                         let params = Box::new(SessionParams {
-                            claims: Claims {
-                                workspace: shared::ids::WorkspaceId::from("TW"),
-                                user: shared::ids::UserId::from("UB"),
-                                admin: false,
-                                bot: false,
-                                issued_at: 0,
-                                service: false,
-                            },
+                            claims: claims(),
                             channels: Vec::new(),
                             resume: BTreeMap::new(),
                             // Large enough never to overflow: the write itself must give up.

@@ -818,6 +818,30 @@ impl Cluster {
         metric_sample(&text, name, labels)
     }
 
+    /// Sends `frame` (which carries `"id": id`) on `client`, a session of gateway `gateway`,
+    /// waits for the `error` event that answers it, and checks that the gateway counted one
+    /// more bad input of `kind`; returns the error.
+    pub async fn refused_frame(
+        &self,
+        gateway: usize,
+        client: &Client,
+        frame: Value,
+        id: u64,
+        kind: &str,
+    ) -> Value {
+        let gw = &self.gateways[gateway].http;
+        let bad = "switchboard_gateway_bad_input_total";
+        let before = self.metric(gw, bad, &[("kind", kind)]).await;
+        client.send_json(&frame).await;
+        let e = client
+            .wait_event(0, WAIT, "error", |e| e["reply_to"] == id)
+            .await;
+        assert_eq!(e["type"], "error", "{frame} was not refused: {e}");
+        let after = self.metric(gw, bad, &[("kind", kind)]).await;
+        assert_eq!(after, before + 1.0, "{frame} was not counted as {kind}");
+        e
+    }
+
     /// Polls `base/metrics` until the sample of `name` with `labels` satisfies `pred` (a
     /// missing sample never does), bounded by [`WAIT`]; returns its value.
     pub async fn wait_metric(

@@ -490,19 +490,24 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         .unwrap();
     assert_eq!(stream.len(), 11);
     assert_eq!(stream[4].kind, MessageKind::Edited { target: other.ts });
+    // The views of the channel: top-level (`None`) or one thread's (`Some(parent)`).
+    let (ws_id, ch_id) = (&ws.id, &ch.id);
+    let views_of = |thread: Option<Ts>| async move {
+        store
+            .message_views(
+                ws_id,
+                ch_id,
+                &HistoryQuery {
+                    limit: 100,
+                    ..Default::default()
+                },
+                thread,
+            )
+            .await
+            .unwrap()
+    };
     // The view shows top-level, undeleted messages with their state.
-    let top = store
-        .message_views(
-            &ws.id,
-            &ch.id,
-            &HistoryQuery {
-                limit: 100,
-                ..Default::default()
-            },
-            None,
-        )
-        .await
-        .unwrap();
+    let top = views_of(None).await;
     assert_eq!(
         top.iter()
             .map(|v| v.message.text.as_str())
@@ -519,21 +524,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
     );
     assert_eq!(top[1].edited, Some(edit.ts));
     // A thread: its parent and replies, oldest first.
-    let (ws_id, ch_id) = (&ws.id, &ch.id);
-    let thread_of = |parent: Ts| async move {
-        store
-            .message_views(
-                ws_id,
-                ch_id,
-                &HistoryQuery {
-                    limit: 100,
-                    ..Default::default()
-                },
-                Some(parent),
-            )
-            .await
-            .unwrap()
-    };
+    let thread_of = |parent: Ts| views_of(Some(parent));
     let thread = thread_of(parent.ts).await;
     assert_eq!(
         thread
@@ -616,21 +607,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
     for m in [&parent2, &reply4, &delete_parent] {
         assert_eq!(store.append(m).await.unwrap(), AppendOutcome::Stored);
     }
-    let top_views = || async {
-        store
-            .message_views(
-                &ws.id,
-                &ch.id,
-                &HistoryQuery {
-                    limit: 100,
-                    ..Default::default()
-                },
-                None,
-            )
-            .await
-            .unwrap()
-    };
-    let tombstone = top_views()
+    let tombstone = views_of(None)
         .await
         .into_iter()
         .find(|v| v.message.ts == parent2.ts)
@@ -659,7 +636,10 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         AppendOutcome::Stored
     );
     assert!(
-        top_views().await.iter().all(|v| v.message.ts != parent2.ts),
+        views_of(None)
+            .await
+            .iter()
+            .all(|v| v.message.ts != parent2.ts),
         "the tombstone outlived its last reply"
     );
     assert!(thread_of(parent2.ts).await.is_empty());

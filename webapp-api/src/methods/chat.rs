@@ -33,16 +33,8 @@ pub(super) async fn post_message(
         }
         other => other.map(str::to_string),
     };
-    let thread_ts = params
-        .non_empty("thread_ts")
-        .map(|raw| Ts::parse_slack(raw).ok_or(ApiError::InvalidThreadTs))
-        .transpose()?;
-    if !visible.is_member {
-        return Err(ApiError::NotInChannel);
-    }
-    if channel.is_archived {
-        return Err(ApiError::IsArchived);
-    }
+    let thread_ts = thread_ts_param(params)?;
+    may_post(visible.is_member, &channel)?;
     if let Some(parent) = thread_ts {
         // Replies hang off a top-level message that still exists (or its tombstone).
         match state
@@ -142,6 +134,25 @@ async fn target_message(
     Ok((visible, view))
 }
 
+/// The `thread_ts` parameter, when given: a well-formed ts.
+fn thread_ts_param(params: &Params) -> ApiResult<Option<Ts>> {
+    params
+        .non_empty("thread_ts")
+        .map(|raw| Ts::parse_slack(raw).ok_or(ApiError::InvalidThreadTs))
+        .transpose()
+}
+
+/// Whether the caller may post to `channel`: a member, and the channel not archived.
+fn may_post(is_member: bool, channel: &shared::store::Channel) -> ApiResult<()> {
+    if !is_member {
+        return Err(ApiError::NotInChannel);
+    }
+    if channel.is_archived {
+        return Err(ApiError::IsArchived);
+    }
+    Ok(())
+}
+
 /// A message's `text`: present, and at most [`MAX_TEXT_CHARS`] characters.
 fn message_text(params: &Params) -> ApiResult<&str> {
     let text = params.get("text").unwrap_or_default();
@@ -169,16 +180,8 @@ pub(super) async fn post_ephemeral(
     let visible = visible_channel(state, caller, params).await?;
     let channel = visible.channel;
     let text = message_text(params)?;
-    let thread_ts = params
-        .non_empty("thread_ts")
-        .map(|raw| Ts::parse_slack(raw).ok_or(ApiError::InvalidThreadTs))
-        .transpose()?;
-    if !visible.is_member {
-        return Err(ApiError::NotInChannel);
-    }
-    if channel.is_archived {
-        return Err(ApiError::IsArchived);
-    }
+    let thread_ts = thread_ts_param(params)?;
+    may_post(visible.is_member, &channel)?;
     let target = super::user_in_workspace(state, caller, params.non_empty("user")).await?;
     if !state.store.is_member(&channel.id, &target.id).await? {
         return Err(ApiError::UserNotInChannel);
