@@ -143,6 +143,11 @@ struct State {
     links: HashMap<NodeId, Link>,
     /// Presence changes waiting for the batch window, per workspace (the last one per user).
     presence_batch: HashMap<WorkspaceId, BTreeMap<UserId, Presence>>,
+    /// Per workspace, the users last announced `active` here: the admin server says a user is
+    /// active again after it restarts or a gateway reconnects, and sessions hear a change
+    /// once. One set per gateway rather than a map per session (that grew with the
+    /// workspace in every session).
+    presence_active: HashMap<WorkspaceId, HashSet<UserId>>,
     /// Channels with staged messages.
     staged: Vec<ChannelId>,
 }
@@ -444,6 +449,23 @@ impl Hub {
                 user,
                 presence,
             } => {
+                let active = st.presence_active.entry(workspace.clone()).or_default();
+                let repeated = match presence {
+                    Presence::Active => !active.insert(user.clone()),
+                    // Always said: a session may have learned of the user's activity
+                    // elsewhere (users.getPresence) before this gateway heard of it.
+                    Presence::Away => {
+                        active.remove(&user);
+                        false
+                    }
+                };
+                if active.is_empty() {
+                    st.presence_active.remove(&workspace);
+                }
+                if repeated {
+                    m::PRESENCE_REPEATS.inc();
+                    return;
+                }
                 let first = st.presence_batch.is_empty();
                 st.presence_batch
                     .entry(workspace)
@@ -1234,6 +1256,53 @@ mod tests {
             }
         }
         out
+    }
+
+    /// The `presence_change` events queued for a session, waiting (bounded) for `n` of them.
+    async fn presence_events(rx: &mut crate::queue::Receiver<Outbound>, n: usize) -> Vec<String> {
+        let mut got = Vec::new();
+        let mut buf = Vec::new();
+        while got.len() < n {
+            let wait = tokio::time::timeout(Duration::from_secs(5), rx.recv_many(&mut buf, 64));
+            assert!(wait.await.is_ok(), "only {got:?}");
+            for o in buf.drain(..) {
+                if let Outbound::Event(t) = o {
+                    got.push(t.to_string());
+                }
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_repeated_presence_change_reaches_no_session() {
+        let (hub, _dir) = test_support::hub();
+        let (_, mut rx, _) = session(&hub, 64);
+        let change = |user: &str, presence| UserEvent::PresenceChanged {
+            workspace: WorkspaceId::from("TW"),
+            user: UserId::from(user),
+            presence,
+        };
+        let before = m::PRESENCE_REPEATS.get();
+        hub.on_user_event(change("UA", Presence::Active));
+        let got = presence_events(&mut rx, 1).await;
+        assert!(
+            got[0].contains("\"UA\"") && got[0].contains("active"),
+            "{got:?}"
+        );
+        // The admin server says it again (it restarted, say): nobody hears it twice. A
+        // change after that is heard, and "away" always is.
+        hub.on_user_event(change("UA", Presence::Active));
+        hub.on_user_event(change("UA", Presence::Away));
+        hub.on_user_event(change("UC", Presence::Away));
+        let got = presence_events(&mut rx, 1).await;
+        assert_eq!(m::PRESENCE_REPEATS.get(), before + 1);
+        let v: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+        assert_eq!(v["presence"], "away", "{v}");
+        assert_eq!(v["users"], serde_json::json!(["UA", "UC"]), "{v}");
+        hub.on_user_event(change("UA", Presence::Active));
+        let got = presence_events(&mut rx, 1).await;
+        assert!(got[0].contains("active"), "{got:?}");
     }
 
     /// A user's presence on the real admin server (`online`: a session on some gateway).

@@ -55,6 +55,13 @@ pub static CLIENT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static PRESENCE_REPEATS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_presence_repeats_total",
+        "presence changes not written to sessions because they repeated the last one announced"
+    )
+    .unwrap()
+});
 pub static EPHEMERAL_MESSAGES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_gateway_ephemeral_messages_total",

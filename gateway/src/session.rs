@@ -608,12 +608,10 @@ fn finish(hub: &Arc<Hub>, id: SessionId, claims: &Claims) {
 /// Most users one `presence_sub` may name.
 const MAX_PRESENCE_SUB: usize = 5_000;
 
-/// Which `presence_change` events a session writes: each user's change once (a user's
-/// presence can reach a session more than once), and, once the client sent `presence_sub`
-/// (or connected with `presence_sub=1`), only for the users it subscribed to.
+/// Which `presence_change` events a session writes: every one (the hub already dropped
+/// repeats), until the client sends `presence_sub` (or connected with `presence_sub=1`); from
+/// then on, only for the users it subscribed to.
 struct PresenceFilter {
-    /// The last presence written per user.
-    seen: HashMap<String, String>,
     /// `None`: every user of the workspace (Switchboard's default; Slack's since 2018 is the
     /// subscription). Boxed: 8 bytes in every session instead of 48, and most never subscribe.
     #[allow(clippy::box_collection)]
@@ -623,22 +621,20 @@ struct PresenceFilter {
 impl PresenceFilter {
     fn new(subscribe_first: bool) -> PresenceFilter {
         PresenceFilter {
-            seen: HashMap::new(),
             subscribed: subscribe_first.then(Default::default),
         }
     }
 
     fn subscribe(&mut self, ids: Vec<String>) {
-        let ids: HashSet<String> = ids.into_iter().collect();
-        // Changes of a user dropped from the list are not written; when the user comes back
-        // in a later list, the next change is written even if it repeats the last one seen.
-        self.seen.retain(|u, _| ids.contains(u));
-        self.subscribed = Some(Box::new(ids));
+        self.subscribed = Some(Box::new(ids.into_iter().collect()));
     }
 
     /// What to write of `t`: other events as they are; a presence change without the users
-    /// the session does not follow or was already told of (`None` if none is left).
-    fn filter(&mut self, t: Utf8Bytes) -> Option<Utf8Bytes> {
+    /// the session does not follow (`None` if none is left).
+    fn filter(&self, t: Utf8Bytes) -> Option<Utf8Bytes> {
+        let Some(subscribed) = &self.subscribed else {
+            return Some(t);
+        };
         // The hub renders keys in order, so a presence event starts with `{"presence"`.
         if !t.as_str().starts_with("{\"presence\"") && !t.as_str().contains("\"presence_change\"") {
             return Some(t);
@@ -650,36 +646,20 @@ impl PresenceFilter {
         else {
             return Some(t);
         };
-        let batched = v["users"].is_array();
         let users: Vec<&str> = match (v["user"].as_str(), v["users"].as_array()) {
             (Some(one), _) => vec![one],
             (None, Some(many)) => many.iter().filter_map(|u| u.as_str()).collect(),
             (None, None) => return Some(t),
         };
         let total = users.len();
-        let mut kept = Vec::with_capacity(total);
-        for user in users {
-            if self
-                .subscribed
-                .as_ref()
-                .is_some_and(|ids| !ids.contains(user))
-            {
-                continue;
-            }
-            if self.seen.get(user).map(String::as_str) == Some(p) {
-                continue;
-            }
-            self.seen.insert(user.to_string(), p.to_string());
-            kept.push(user);
-        }
+        let kept: Vec<&str> = users
+            .into_iter()
+            .filter(|u| subscribed.contains(*u))
+            .collect();
         match kept.as_slice() {
             [] => None,
+            // A single-user event is kept whole or dropped; a batch may lose some users.
             _ if kept.len() == total => Some(t),
-            [one] if !batched => Some(
-                serde_json::json!({ "type": "presence_change", "user": one, "presence": p })
-                    .to_string()
-                    .into(),
-            ),
             many => Some(
                 serde_json::json!({ "type": "presence_change", "users": many, "presence": p })
                     .to_string()
@@ -979,7 +959,7 @@ mod tests {
     }
 
     #[test]
-    fn presence_changes_are_written_once_and_only_for_subscribed_users() {
+    fn presence_changes_are_written_only_for_subscribed_users() {
         let event = |users: &[&str], p: &str| -> Utf8Bytes {
             let v = match users {
                 [one] => {
@@ -995,29 +975,26 @@ mod tests {
             t.map(|t| serde_json::from_str::<serde_json::Value>(t.as_str()).unwrap())
         };
         let mut f = PresenceFilter::new(false);
-        // Other events pass as they are, even when their text mentions presence.
+        // Every change by default.
+        for e in [event(&["UA"], "active"), event(&["UA", "UB"], "away")] {
+            assert_eq!(f.filter(e.clone()), Some(e));
+        }
+        // After presence_sub, only the users named; other events pass as they are, even when
+        // their text mentions presence.
+        f.subscribe(vec!["UB".into(), "UC".into()]);
         let other: Utf8Bytes = r#"{"type":"user_typing","text":"\"presence_change\""}"#.into();
         assert_eq!(f.filter(other.clone()), Some(other));
-        // Every user by default; a repeat is dropped, and a batch keeps only what is new.
-        assert!(f.filter(event(&["UA"], "active")).is_some());
-        assert_eq!(f.filter(event(&["UA"], "active")), None);
-        assert_eq!(
-            parsed(f.filter(event(&["UA", "UB"], "active"))),
-            Some(
-                serde_json::json!({ "type": "presence_change", "users": ["UB"], "presence": "active" })
-            )
-        );
-        // After presence_sub, only the users named.
-        f.subscribe(vec!["UB".into(), "UC".into()]);
         assert_eq!(
             f.filter(event(&["UA"], "away")),
             None,
             "UA is not subscribed"
         );
+        let both = event(&["UB", "UC"], "away");
+        assert_eq!(f.filter(both.clone()), Some(both));
         assert_eq!(
-            parsed(f.filter(event(&["UA", "UB", "UC"], "away"))),
+            parsed(f.filter(event(&["UA", "UB", "UD"], "active"))),
             Some(
-                serde_json::json!({ "type": "presence_change", "users": ["UB", "UC"], "presence": "away" })
+                serde_json::json!({ "type": "presence_change", "users": ["UB"], "presence": "active" })
             )
         );
         // An empty list stops them all; subscribing from the start (presence_sub=1) too.
