@@ -213,7 +213,8 @@ async fn presence_is_debounced_across_gateways_and_settable() {
 }
 
 /// Slack's presence subscriptions: after `presence_sub`, a session hears only of the users it
-/// named; one that connected with `presence_sub=1` hears of nobody until it subscribes.
+/// named; one that connected with `presence_sub=1` hears of nobody until it subscribes; and
+/// `presence_query` answers anyone's current presence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_presence_subscription_names_whose_changes_a_session_hears() {
     let cluster = Cluster::start(ClusterOpts::standard(&[
@@ -312,12 +313,46 @@ async fn a_presence_subscription_names_whose_changes_a_session_hears() {
         )
         .await;
 
+    // Carol went away meanwhile: alice, subscribed to bob alone, heard nothing of it.
+    assert!(heard(&alice_ws, from_alice)
+        .iter()
+        .all(|e| !about(e, &carol.id)));
+
+    // presence_query answers the current presence of whoever it names, subscribed or not.
+    let from_alice_q = alice_ws.num_events();
+    alice_ws
+        .send_json(&json!({ "id": 5, "type": "presence_query", "ids": [bob.id, carol.id] }))
+        .await;
+    let answer = |who: &TestUser, p: &'static str| {
+        let id = who.id.clone();
+        move |e: &Value| {
+            e["type"] == "presence_change" && e["presence"] == p && e["users"] == json!([id])
+        }
+    };
+    alice_ws
+        .wait_event(
+            from_alice_q,
+            WAIT,
+            "bob active (query)",
+            answer(&bob, "active"),
+        )
+        .await;
+    alice_ws
+        .wait_event(
+            from_alice_q,
+            WAIT,
+            "carol away (query)",
+            answer(&carol, "away"),
+        )
+        .await;
+
     // Bad subscriptions are refused with an error and counted.
     let frame = json!({ "id": 4, "type": "presence_sub", "ids": ["not a user"] });
     cluster
         .refused_frame(0, &alice_ws, frame, 4, "invalid_event")
         .await;
-    assert!(heard(&alice_ws, from_alice)
-        .iter()
-        .all(|e| !about(e, &carol.id)));
+    let frame = json!({ "id": 6, "type": "presence_query", "ids": ["UA", 7] });
+    cluster
+        .refused_frame(0, &alice_ws, frame, 6, "invalid_event")
+        .await;
 }

@@ -111,6 +111,21 @@ impl Router {
                     manual_away,
                 }
             }
+            MeshFrame::PresenceQuery { workspace, users } => {
+                if users.len() > shared::protocol::MAX_PRESENCE_QUERY {
+                    m::BAD_REQUESTS
+                        .with_label_values(&["presence_query_too_long"])
+                        .inc();
+                    MeshFrame::Error(MeshError::BadRequest(format!(
+                        "a presence query names at most {} users",
+                        shared::protocol::MAX_PRESENCE_QUERY
+                    )))
+                } else {
+                    MeshFrame::PresenceActive {
+                        users: self.presence.active_among(&workspace, &users),
+                    }
+                }
+            }
             MeshFrame::Ping => MeshFrame::Ok,
             _ => {
                 m::BAD_REQUESTS

@@ -94,6 +94,20 @@ impl PresenceBook {
         }
     }
 
+    /// Which of `users` are active for a session of `workspace`: a user of another workspace
+    /// (or one the book never heard of) is away to it.
+    pub fn active_among(&self, workspace: &WorkspaceId, users: &[UserId]) -> Vec<UserId> {
+        let book = self.users.lock();
+        users
+            .iter()
+            .filter(|u| {
+                book.get(*u)
+                    .is_some_and(|e| e.workspace == *workspace && e.published == Presence::Active)
+            })
+            .cloned()
+            .collect()
+    }
+
     fn update(
         self: &Arc<Self>,
         workspace: WorkspaceId,
@@ -209,5 +223,22 @@ mod tests {
         assert_eq!(book.get(&u), (Presence::Away, true, true));
         book.set_manual(ws, u.clone(), false);
         assert_eq!(changes(&mut rx), vec![Presence::Active]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_query_sees_only_its_own_workspaces_active_users() {
+        let (tx, _rx) = broadcast::channel(16);
+        let book = PresenceBook::new(tx, Duration::from_secs(3));
+        let (tw, other) = (WorkspaceId::from("TW"), WorkspaceId::from("TX"));
+        let user = |u: &str| UserId::from(u);
+        book.report(tw.clone(), user("UA"), NodeId::from("gw-1"), true);
+        book.report(tw.clone(), user("UB"), NodeId::from("gw-1"), true);
+        book.set_manual(tw.clone(), user("UB"), true);
+        book.report(other.clone(), user("UX"), NodeId::from("gw-1"), true);
+        // Going away is debounced: the query answers what was announced.
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let asked = [user("UA"), user("UB"), user("UX"), user("UNEVERSEEN")];
+        assert_eq!(book.active_among(&tw, &asked), vec![user("UA")]);
+        assert_eq!(book.active_among(&other, &asked), vec![user("UX")]);
     }
 }

@@ -343,6 +343,8 @@ fn frame_name(f: &MeshFrame) -> &'static str {
         MeshFrame::Error(_) => "error",
         MeshFrame::PresenceGet { .. } => "presence_get",
         MeshFrame::PresenceIs { .. } => "presence_is",
+        MeshFrame::PresenceQuery { .. } => "presence_query",
+        MeshFrame::PresenceActive { .. } => "presence_active",
     }
 }
 

@@ -588,6 +588,32 @@ impl Hub {
         }))
     }
 
+    /// Which of `users` are active, for a session of `workspace` (the admin server's view;
+    /// users of other workspaces are away to it).
+    pub async fn active_users(
+        &self,
+        workspace: &WorkspaceId,
+        users: Vec<UserId>,
+    ) -> Result<Vec<UserId>, MeshError> {
+        let admin = (*self.admin_addr.lock()).ok_or(MeshError::NoOwner)?;
+        let frame = MeshFrame::PresenceQuery {
+            workspace: workspace.clone(),
+            users,
+        };
+        match self
+            .pool
+            .request(admin, &frame, Duration::from_secs(3))
+            .await
+        {
+            Ok(MeshFrame::PresenceActive { users }) => Ok(users),
+            Ok(MeshFrame::Error(e)) => Err(e),
+            Ok(other) => Err(MeshError::BadRequest(format!(
+                "unexpected answer {other:?}"
+            ))),
+            Err(e) => Err(MeshError::Unavailable(e.to_string())),
+        }
+    }
+
     /// Whether `user` has a session here now.
     fn has_sessions(&self, user: &UserId) -> bool {
         self.state

@@ -108,11 +108,10 @@ pub struct Poster {
 
 impl Poster {
     /// Starts the poster of the session of `claims` (verified when it connected); its answers
-    /// (one per message, in order) come out of the returned receiver. It ends when the
-    /// `Poster` is dropped, after the post under way.
-    pub fn start(api: &Arc<WebApi>, claims: &Claims) -> (Poster, mpsc::Receiver<Utf8Bytes>) {
+    /// (one per message, in order) go to `replies`. It ends when the `Poster` is dropped,
+    /// after the post under way.
+    pub fn start(api: &Arc<WebApi>, claims: &Claims, reply_tx: mpsc::Sender<Utf8Bytes>) -> Poster {
         let (tx, mut rx) = mpsc::channel::<RtmMessage>(PENDING);
-        let (reply_tx, reply_rx) = mpsc::channel(PENDING);
         let api = api.clone();
         let token = api.signer.issue(claims);
         tokio::spawn(async move {
@@ -125,7 +124,7 @@ impl Poster {
                 }
             }
         });
-        (Poster { tx }, reply_rx)
+        Poster { tx }
     }
 
     /// Queues a message; when [`PENDING`] already wait, returns the refusal to send back.

@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use shared::auth::Claims;
+use shared::ids::UserId;
 use shared::ids::{ChannelId, Seq};
 use shared::protocol::client::{close_code, error_code, error_json, ClientEvent};
-use shared::protocol::{EphemeralEvent, MeshError};
+use shared::protocol::{EphemeralEvent, MeshError, MAX_PRESENCE_QUERY};
 use shared::shutdown::Shutdown;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -88,8 +89,13 @@ struct Session {
     web_api: Arc<WebApi>,
     /// Posts the session's RTM messages in order; started by its first message.
     poster: Option<Poster>,
-    /// The answers of a poster just started, for the session loop to take.
-    new_reply_rx: Option<mpsc::Receiver<Utf8Bytes>>,
+    /// Where answers made away from the session loop come back (RTM message replies,
+    /// presence query results); made on first use.
+    answers_tx: Option<mpsc::Sender<Utf8Bytes>>,
+    /// The receiving end of an answers channel just made, for the session loop to take.
+    new_answers_rx: Option<mpsc::Receiver<Utf8Bytes>>,
+    /// The presence query under way: one at a time per session.
+    presence_query: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Session {
@@ -288,14 +294,67 @@ impl Session {
         }
     }
 
+    /// The sender of the session's answers channel, made on first use.
+    fn answers(&mut self) -> mpsc::Sender<Utf8Bytes> {
+        self.answers_tx
+            .get_or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(crate::rtm_post::PENDING);
+                self.new_answers_rx = Some(rx);
+                tx
+            })
+            .clone()
+    }
+
     /// Queues a message the client sent for posting; returns a refusal to write at once, if any.
     fn send_message(&mut self, msg: RtmMessage) -> Option<Utf8Bytes> {
-        let poster = self.poster.get_or_insert_with(|| {
-            let (poster, replies) = Poster::start(&self.web_api, &self.claims);
-            self.new_reply_rx = Some(replies);
-            poster
-        });
-        poster.submit(msg).err()
+        if self.poster.is_none() {
+            let replies = self.answers();
+            self.poster = Some(Poster::start(&self.web_api, &self.claims, replies));
+        }
+        self.poster.as_ref().expect("just made").submit(msg).err()
+    }
+
+    /// Answers a `presence_query` from a task: `presence_change` events listing the active
+    /// users and the away ones. One query at a time; another meanwhile is refused.
+    fn query_presence(&mut self, id: Option<u64>, users: Vec<UserId>) -> Option<Utf8Bytes> {
+        if self
+            .presence_query
+            .as_ref()
+            .is_some_and(|q| !q.is_finished())
+        {
+            let msg = "a presence_query is under way";
+            return Some(error_json(error_code::RATE_LIMITED, msg, id).into());
+        }
+        let (hub, answers) = (self.hub.clone(), self.answers());
+        let workspace = self.claims.workspace.clone();
+        self.presence_query = Some(tokio::spawn(async move {
+            let events = match hub.active_users(&workspace, users.clone()).await {
+                Ok(active) => {
+                    let active: HashSet<UserId> = active.into_iter().collect();
+                    let (on, off): (Vec<UserId>, Vec<UserId>) =
+                        users.into_iter().partition(|u| active.contains(u));
+                    [(on, "active"), (off, "away")]
+                        .into_iter()
+                        .filter(|(users, _)| !users.is_empty())
+                        .map(|(users, p)| {
+                            serde_json::json!({ "type": "presence_change", "users": users, "presence": p })
+                                .to_string()
+                        })
+                        .collect()
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "presence query failed");
+                    let msg = "presence is unavailable; try again";
+                    vec![error_json(error_code::UNAVAILABLE, msg, id)]
+                }
+            };
+            for e in events {
+                if answers.send(e.into()).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        None
     }
 
     fn last_delivered(&self, channel: &ChannelId) -> Option<Seq> {
@@ -389,7 +448,7 @@ pub fn run(
         m::SESSIONS_OPENED.inc();
         tracing::debug!(session = id, "session registered");
         let mut backfill_rx: Option<mpsc::Receiver<BackfillResult>> = None;
-        let mut reply_rx: Option<mpsc::Receiver<Utf8Bytes>> = None;
+        let mut answers_rx: Option<mpsc::Receiver<Utf8Bytes>> = None;
         let mut s = Session {
             id,
             claims,
@@ -416,7 +475,9 @@ pub fn run(
             presence: PresenceFilter::new(presence_sub),
             web_api,
             poster: None,
-            new_reply_rx: None,
+            answers_tx: None,
+            new_answers_rx: None,
+            presence_query: None,
         };
         for (c, after) in resume {
             if s.channels.contains(&c) {
@@ -465,8 +526,8 @@ pub fn run(
             if let Some(rx) = s.new_backfill_rx.take() {
                 backfill_rx = Some(rx);
             }
-            if let Some(rx) = s.new_reply_rx.take() {
-                reply_rx = Some(rx);
+            if let Some(rx) = s.new_answers_rx.take() {
+                answers_rx = Some(rx);
             }
             tokio::select! {
                 biased;
@@ -495,13 +556,13 @@ pub fn run(
                 } => {
                     s.on_backfill(r, &mut out);
                 }
-                Some(reply) = async {
-                    match reply_rx.as_mut() {
+                Some(answer) = async {
+                    match answers_rx.as_mut() {
                         Some(rx) => rx.recv().await,
                         None => std::future::pending().await,
                     }
                 } => {
-                    out.push(reply);
+                    out.push(answer);
                 }
                 n = rx.recv_many(&mut inbox, 256) => {
                     if n == 0 { break; }
@@ -605,9 +666,6 @@ fn finish(hub: &Arc<Hub>, id: SessionId, claims: &Claims) {
     m::SESSIONS.dec();
 }
 
-/// Most users one `presence_sub` may name.
-const MAX_PRESENCE_SUB: usize = 5_000;
-
 /// Which `presence_change` events a session writes: every one (the hub already dropped
 /// repeats), until the client sends `presence_sub` (or connected with `presence_sub=1`); from
 /// then on, only for the users it subscribed to.
@@ -625,8 +683,8 @@ impl PresenceFilter {
         }
     }
 
-    fn subscribe(&mut self, ids: Vec<String>) {
-        self.subscribed = Some(Box::new(ids.into_iter().collect()));
+    fn subscribe(&mut self, ids: Vec<UserId>) {
+        self.subscribed = Some(Box::new(ids.into_iter().map(|u| u.0).collect()));
     }
 
     /// What to write of `t`: other events as they are; a presence change without the users
@@ -669,6 +727,25 @@ impl PresenceFilter {
     }
 }
 
+/// The user ids of a `presence_sub` or `presence_query` (`kind`): at most
+/// [`MAX_PRESENCE_QUERY`] well-formed ids, else the error to answer (counted as bad input).
+fn user_ids(kind: &str, ids: Vec<String>, id: Option<u64>) -> Result<Vec<UserId>, Utf8Bytes> {
+    if ids.len() > MAX_PRESENCE_QUERY {
+        m::BAD_INPUT.with_label_values(&["too_many_ids"]).inc();
+        let msg = format!("{kind} names at most {MAX_PRESENCE_QUERY} users");
+        return Err(error_json(error_code::MALFORMED_JSON, &msg, id).into());
+    }
+    ids.into_iter()
+        .map(|u| {
+            UserId::parse(&u).ok_or_else(|| {
+                m::BAD_INPUT.with_label_values(&["invalid_event"]).inc();
+                let msg = format!("not a user id: {u:?}");
+                error_json(error_code::MALFORMED_JSON, &msg, id).into()
+            })
+        })
+        .collect()
+}
+
 fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
     let event: ClientEvent = match serde_json::from_str(raw) {
         Ok(e) => e,
@@ -680,7 +757,12 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
                     let kind = v["type"].as_str().unwrap_or_default();
                     let known = matches!(
                         kind,
-                        "ping" | "typing" | "resume" | "message" | "presence_sub"
+                        "ping"
+                            | "typing"
+                            | "resume"
+                            | "message"
+                            | "presence_sub"
+                            | "presence_query"
                     );
                     if known {
                         m::BAD_INPUT.with_label_values(&["invalid_event"]).inc();
@@ -736,19 +818,23 @@ fn handle_client_event(s: &mut Session, raw: &str) -> Option<Utf8Bytes> {
         }
         ClientEvent::PresenceSub { id, ids } => {
             m::CLIENT_EVENTS.with_label_values(&["presence_sub"]).inc();
-            if ids.len() > MAX_PRESENCE_SUB {
-                m::BAD_INPUT.with_label_values(&["too_many_ids"]).inc();
-                let msg = format!("presence_sub names at most {MAX_PRESENCE_SUB} users");
-                return Some(error_json(error_code::MALFORMED_JSON, &msg, id).into());
+            match user_ids("presence_sub", ids, id) {
+                Ok(ids) => {
+                    // As Slack's: no answer.
+                    s.presence.subscribe(ids);
+                    None
+                }
+                Err(refusal) => Some(refusal),
             }
-            if let Some(bad) = ids.iter().find(|u| shared::ids::UserId::parse(u).is_none()) {
-                m::BAD_INPUT.with_label_values(&["invalid_event"]).inc();
-                let msg = format!("not a user id: {bad:?}");
-                return Some(error_json(error_code::MALFORMED_JSON, &msg, id).into());
+        }
+        ClientEvent::PresenceQuery { id, ids } => {
+            m::CLIENT_EVENTS
+                .with_label_values(&["presence_query"])
+                .inc();
+            match user_ids("presence_query", ids, id) {
+                Ok(ids) => s.query_presence(id, ids),
+                Err(refusal) => Some(refusal),
             }
-            // As Slack's: no answer.
-            s.presence.subscribe(ids);
-            None
         }
         ClientEvent::Message {
             id,
@@ -842,7 +928,9 @@ mod tests {
             presence: PresenceFilter::new(false),
             web_api: WebApi::nowhere(),
             poster: None,
-            new_reply_rx: None,
+            answers_tx: None,
+            new_answers_rx: None,
+            presence_query: None,
         }
     }
 

@@ -51,6 +51,12 @@ pub enum ClientEvent {
         id: Option<u64>,
         ids: Vec<String>,
     },
+    /// Slack's RTM `presence_query`: the current presence of these users, answered with
+    /// `presence_change` events (one listing the active ones, one the away ones).
+    PresenceQuery {
+        id: Option<u64>,
+        ids: Vec<String>,
+    },
     /// Slack's RTM `message`: post `text` to `channel` (an id, or `#name` as the Web API
     /// takes). The gateway posts it through `chat.postMessage` with the session's token, so it
     /// is stored, ordered and checked exactly like an HTTP post, and answers
@@ -73,6 +79,7 @@ impl ClientEvent {
             | ClientEvent::Typing { id, .. }
             | ClientEvent::Resume { id, .. }
             | ClientEvent::PresenceSub { id, .. }
+            | ClientEvent::PresenceQuery { id, .. }
             | ClientEvent::Message { id, .. } => *id,
         }
     }

@@ -171,7 +171,21 @@ pub enum MeshFrame {
         /// Set away by `users.setPresence`.
         manual_away: bool,
     },
+    /// Gateway -> admin server (Slack's RTM `presence_query`): which of `users` are active,
+    /// as a session of `workspace` may know (a user of another workspace is never active to
+    /// it). At most [`MAX_PRESENCE_QUERY`] users.
+    PresenceQuery {
+        workspace: crate::ids::WorkspaceId,
+        users: Vec<UserId>,
+    },
+    /// Answer to `PresenceQuery`: the active ones among the users asked about.
+    PresenceActive {
+        users: Vec<UserId>,
+    },
 }
+
+/// Most users one `PresenceQuery` (and one RTM `presence_query` or `presence_sub`) may name.
+pub const MAX_PRESENCE_QUERY: usize = 5_000;
 
 impl MeshFrame {
     /// Appends the framed encoding of `self` to `dst`.

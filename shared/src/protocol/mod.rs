@@ -9,8 +9,8 @@ pub mod mesh;
 pub mod model;
 
 pub use mesh::{
-    MeshError, MeshFrame, WireError, MAX_FRAME_BYTES_DEFAULT, MIN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION,
+    MeshError, MeshFrame, WireError, MAX_FRAME_BYTES_DEFAULT, MAX_PRESENCE_QUERY,
+    MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use model::{
     ChannelSummary, EphemeralEvent, MemberRow, Message, MessageKind, NewMessage, Presence,
