@@ -243,15 +243,7 @@ async fn post_change(
 /// `chat.update`: the author edits a message's text.
 pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let (visible, view) = target_message(state, caller, params, "ts").await?;
-    let text = params.get("text").unwrap_or_default();
-    if text.is_empty() {
-        return Err(ApiError::NoText);
-    }
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::MsgTooLong {
-            max: MAX_TEXT_CHARS,
-        });
-    }
+    let text = message_text(params)?;
     if view.message.user != caller.user.id {
         return Err(ApiError::CantUpdateMessage);
     }
