@@ -80,6 +80,22 @@ impl Router {
                 self.follow(node, role, mesh_addr, w, r, shutdown).await;
                 return;
             }
+            call @ MeshFrame::Call { .. } => {
+                let router = self.clone();
+                let answer = move |frame| router.clone().answer(frame);
+                shared::mesh::serve_lane(call, w, r, answer).await;
+                return;
+            }
+            // A request on a stream of its own (what peers did before lanes).
+            request => self.answer(request).await,
+        };
+        let _ = w.send(&answer).await;
+        w.finish();
+    }
+
+    /// The answer to one request.
+    async fn answer(self, request: MeshFrame) -> MeshFrame {
+        match request {
             MeshFrame::Post { msg } => self.route_post(msg).await,
             // Presence reports and settings are aggregated here; everything else is relayed.
             MeshFrame::User(UserEvent::PresenceReport {
@@ -135,9 +151,7 @@ impl Router {
                     "unexpected frame for the admin server".into(),
                 ))
             }
-        };
-        let _ = w.send(&answer).await;
-        w.finish();
+        }
     }
 
     /// A node's membership stream: the ring now and on every epoch; user events for gateways.
@@ -282,9 +296,9 @@ mod tests {
 
     use super::*;
 
-    /// A channel server that reads each post and closes the stream without answering, as one
-    /// that stored the post and then lost its connection would look from here. Returns its
-    /// address and the number of posts it received.
+    /// A channel server that reads each post and ends the lane it came on without answering,
+    /// as one that stored the post and then lost its connection would look from here.
+    /// Returns its address and the number of posts it received.
     async fn owner_that_never_answers(tls: &MeshTls) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let mesh = Mesh::server(socket, tls, 1 << 20, Duration::from_secs(2)).unwrap();
@@ -296,8 +310,10 @@ mod tests {
                 let seen = seen.clone();
                 tokio::spawn(async move {
                     while let Some((mut w, mut r)) = conn.accept().await {
-                        if let Ok(Some(MeshFrame::Post { .. })) = r.read().await {
-                            seen.fetch_add(1, Ordering::SeqCst);
+                        if let Ok(Some(MeshFrame::Call { frame, .. })) = r.read().await {
+                            if matches!(*frame, MeshFrame::Post { .. }) {
+                                seen.fetch_add(1, Ordering::SeqCst);
+                            }
                         }
                         w.finish();
                     }

@@ -164,6 +164,28 @@ impl Server {
             }
         };
         let answer = match first {
+            f @ (MeshFrame::Subscribe { .. }
+            | MeshFrame::Unsubscribe { .. }
+            | MeshFrame::Publish { .. }) => {
+                self.serve_gateway(f, w, r).await;
+                return;
+            }
+            call @ MeshFrame::Call { .. } => {
+                let server = self.clone();
+                let answer = move |frame| server.clone().answer(frame);
+                shared::mesh::serve_lane(call, w, r, answer).await;
+                return;
+            }
+            // A request on a stream of its own (what peers did before lanes).
+            request => self.answer(request).await,
+        };
+        let _ = w.send(&answer).await;
+        w.finish();
+    }
+
+    /// The answer to one request.
+    async fn answer(self: Arc<Self>, request: MeshFrame) -> MeshFrame {
+        match request {
             MeshFrame::Post { msg } => {
                 let (reply, rx) = oneshot::channel();
                 let (channel, workspace) = (msg.channel.clone(), msg.workspace.clone());
@@ -201,12 +223,6 @@ impl Server {
                 }
             }
             MeshFrame::Ping => MeshFrame::Ok,
-            f @ (MeshFrame::Subscribe { .. }
-            | MeshFrame::Unsubscribe { .. }
-            | MeshFrame::Publish { .. }) => {
-                self.serve_gateway(f, w, r).await;
-                return;
-            }
             other => {
                 m::REFUSED.with_label_values(&["bad_request"]).inc();
                 MeshFrame::Error(MeshError::BadRequest(format!(
@@ -214,9 +230,7 @@ impl Server {
                     frame_name(&other)
                 )))
             }
-        };
-        let _ = w.send(&answer).await;
-        w.finish();
+        }
     }
 
     /// A gateway's subscription stream: subscribe/unsubscribe/publish in, ordered frames out.
@@ -345,6 +359,8 @@ fn frame_name(f: &MeshFrame) -> &'static str {
         MeshFrame::PresenceIs { .. } => "presence_is",
         MeshFrame::PresenceQuery { .. } => "presence_query",
         MeshFrame::PresenceActive { .. } => "presence_active",
+        MeshFrame::Call { .. } => "call",
+        MeshFrame::Answer { .. } => "answer",
     }
 }
 

@@ -119,6 +119,13 @@ pub mod metrics {
         )
         .unwrap()
     });
+    pub static MESH_LANES_OPENED: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!(
+            "switchboard_mesh_lanes_opened_total",
+            "request lanes opened (one per connection, again after one fails)"
+        )
+        .unwrap()
+    });
     pub static MESH_FRAMES_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
         register_int_counter!("switchboard_mesh_frames_sent_total", "mesh frames written").unwrap()
     });

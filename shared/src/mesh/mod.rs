@@ -3,10 +3,11 @@
 //! # Layout
 //! - [`tls`]: the cluster CA, node certificates and quinn configurations.
 //! - [`Mesh`]: one QUIC endpoint (server and client) per node.
-//! - [`MeshConn`]: a connection; requests each use their own bidirectional stream.
+//! - [`MeshConn`]: a connection; its requests share one long-lived stream, a [`lane`].
 //! - [`FrameReader`]/[`FrameWriter`]: whole frames over a stream, checking sizes first.
 //! - [`PeerPool`]: reuses one connection per peer and reconnects with backoff.
 
+pub mod lane;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -19,6 +20,7 @@ use parking_lot::Mutex;
 
 use crate::protocol::{MeshFrame, WireError};
 use crate::telemetry::metrics as m;
+pub use lane::serve_lane;
 pub use tls::{install_crypto_provider, MeshTls, MESH_SERVER_NAME};
 
 /// Why a mesh call failed before an answer came back.
@@ -126,6 +128,7 @@ impl Mesh {
                         return Some(MeshConn {
                             conn,
                             max_frame_bytes: self.max_frame_bytes,
+                            lane: Default::default(),
                         });
                     }
                     Ok(Err(e)) => {
@@ -154,6 +157,7 @@ impl Mesh {
         Ok(MeshConn {
             conn,
             max_frame_bytes: self.max_frame_bytes,
+            lane: Default::default(),
         })
     }
 
@@ -167,11 +171,19 @@ impl Mesh {
     }
 }
 
-/// A connection to a peer. Cheap to clone.
+/// A connection to a peer. Cheap to clone; clones share the connection's lane.
 #[derive(Clone)]
 pub struct MeshConn {
     conn: quinn::Connection,
     max_frame_bytes: usize,
+    lane: Arc<LaneSlot>,
+}
+
+/// The connection's current lane, and a lock so that only one caller opens the next.
+#[derive(Default)]
+struct LaneSlot {
+    current: Mutex<Option<Arc<lane::Lane>>>,
+    opening: tokio::sync::Mutex<()>,
 }
 
 impl MeshConn {
@@ -214,21 +226,32 @@ impl MeshConn {
         ))
     }
 
-    /// One request and its answer on a fresh stream.
+    /// One request and its answer, on the connection's lane (opened by the first request,
+    /// and again after a lane fails). The peer serves lanes with [`serve_lane`].
     pub async fn request(
         &self,
         frame: &MeshFrame,
         timeout: Duration,
     ) -> Result<MeshFrame, TransportError> {
-        let call = async {
-            let (mut w, mut r) = self.open().await?;
-            w.send(frame).await?;
-            w.finish();
-            r.read().await?.ok_or(TransportError::Closed)
-        };
+        let call = async { self.lane().await?.call(frame).await };
         tokio::time::timeout(timeout, call)
             .await
             .map_err(|_| TransportError::Timeout(timeout))?
+    }
+
+    async fn lane(&self) -> Result<Arc<lane::Lane>, TransportError> {
+        let live = |slot: &Option<Arc<lane::Lane>>| slot.clone().filter(|l| !l.is_failed());
+        if let Some(lane) = live(&self.lane.current.lock()) {
+            return Ok(lane);
+        }
+        let _opening = self.lane.opening.lock().await;
+        if let Some(lane) = live(&self.lane.current.lock()) {
+            return Ok(lane);
+        }
+        let (w, r) = self.open().await?;
+        let lane = Arc::new(lane::Lane::start(w, r));
+        *self.lane.current.lock() = Some(lane.clone());
+        Ok(lane)
     }
 }
 
@@ -301,6 +324,11 @@ impl FrameReader {
                 Err(e) => return Err(TransportError::Connection(e.to_string())),
             }
         }
+    }
+
+    /// Tells the peer to stop sending on this stream (after a frame that makes no sense).
+    pub fn stop(&mut self) {
+        let _ = self.recv.stop(1u32.into());
     }
 
     /// The next frame if the bytes already read hold all of it, without waiting for more: a
@@ -450,21 +478,21 @@ mod tests {
         let addr = server.local_addr().unwrap();
         let server_task = tokio::spawn(async move {
             let conn = server.accept().await.unwrap();
-            let (mut w, mut r) = conn.accept().await.unwrap();
-            let frame = r.read().await.unwrap().unwrap();
-            assert_eq!(
-                frame,
-                MeshFrame::Unsubscribe {
-                    channel: ChannelId::from("C1")
+            let (w, mut r) = conn.accept().await.unwrap();
+            let first = r.read().await.unwrap().unwrap();
+            serve_lane(first, w, r, |frame| async move {
+                assert_eq!(
+                    frame,
+                    MeshFrame::Unsubscribe {
+                        channel: ChannelId::from("C1")
+                    }
+                );
+                MeshFrame::FetchOk {
+                    messages: vec![],
+                    last_seq: 4,
                 }
-            );
-            w.send(&MeshFrame::FetchOk {
-                messages: vec![],
-                last_seq: 4,
             })
-            .await
-            .unwrap();
-            w.finish();
+            .await;
             conn.closed().await;
         });
         let conn = client.connect(addr).await.unwrap();
@@ -486,6 +514,173 @@ mod tests {
         );
         conn.close("done");
         server_task.await.unwrap();
+    }
+
+    /// A server whose every lane answers `Ping` with `Ok` and anything else but
+    /// `Unsubscribe` with `Error`; `Unsubscribe { channel }` is answered after as many
+    /// milliseconds as the channel id says, with `FetchOk` whose `last_seq` is that number.
+    /// Counts the streams it accepted.
+    fn serve_lanes(server: Mesh) -> Arc<std::sync::atomic::AtomicUsize> {
+        let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = streams.clone();
+        tokio::spawn(async move {
+            while let Some(conn) = server.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    while let Some((w, mut r)) = conn.accept().await {
+                        counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Ok(Some(first)) = r.read().await else {
+                            continue;
+                        };
+                        tokio::spawn(serve_lane(first, w, r, |frame| async move {
+                            match frame {
+                                MeshFrame::Ping => MeshFrame::Ok,
+                                MeshFrame::Unsubscribe { channel } => {
+                                    let ms: u64 = channel.as_str().parse().unwrap();
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                    MeshFrame::FetchOk {
+                                        messages: vec![],
+                                        last_seq: ms,
+                                    }
+                                }
+                                _ => MeshFrame::Error(crate::protocol::MeshError::BadRequest(
+                                    "no".into(),
+                                )),
+                            }
+                        }));
+                    }
+                });
+            }
+        });
+        streams
+    }
+
+    fn wait(ms: u64) -> MeshFrame {
+        MeshFrame::Unsubscribe {
+            channel: ChannelId::from(ms.to_string().as_str()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lane_answers_each_call_as_soon_as_it_is_ready() {
+        let (server, client, _dir) = pair();
+        let addr = server.local_addr().unwrap();
+        let streams = serve_lanes(server);
+        let conn = client.connect(addr).await.unwrap();
+        // 200 calls at once, the first ones the slowest: each gets its own answer, and the
+        // quick ones are not held up behind the slow ones.
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let calls = (0..200u64).map(|i| {
+            let (conn, order) = (conn.clone(), order.clone());
+            async move {
+                let ms = if i < 5 { 300 } else { i % 7 };
+                let answer = conn.request(&wait(ms), Duration::from_secs(10)).await;
+                assert_eq!(
+                    answer.unwrap(),
+                    MeshFrame::FetchOk {
+                        messages: vec![],
+                        last_seq: ms
+                    }
+                );
+                order.lock().push(i);
+            }
+        });
+        futures_util::future::join_all(calls).await;
+        let order = order.lock().clone();
+        assert_eq!(order.len(), 200);
+        assert!(
+            order[..195].iter().all(|&i| i >= 5),
+            "a slow call held up quicker ones: {order:?}"
+        );
+        assert_eq!(
+            streams.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "one lane for them all"
+        );
+        conn.close("done");
+    }
+
+    #[tokio::test]
+    async fn a_call_that_gives_up_leaves_the_lane_working() {
+        let (server, client, _dir) = pair();
+        let addr = server.local_addr().unwrap();
+        serve_lanes(server);
+        let conn = client.connect(addr).await.unwrap();
+        let late = conn.request(&wait(500), Duration::from_millis(50)).await;
+        assert!(matches!(late, Err(TransportError::Timeout(_))), "{late:?}");
+        for _ in 0..3 {
+            let answer = conn.request(&MeshFrame::Ping, Duration::from_secs(5)).await;
+            assert_eq!(answer.unwrap(), MeshFrame::Ok);
+        }
+        // The late answer arrives for nobody and is dropped; the lane goes on.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let answer = conn.request(&MeshFrame::Ping, Duration::from_secs(5)).await;
+        assert_eq!(answer.unwrap(), MeshFrame::Ok);
+        conn.close("done");
+    }
+
+    #[tokio::test]
+    async fn a_lane_that_ends_fails_its_callers_and_the_next_request_opens_another() {
+        let (server, client, _dir) = pair();
+        let addr = server.local_addr().unwrap();
+        // The first lane is read once and ended without an answer; later ones are served.
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap();
+            let (mut w, mut r) = conn.accept().await.unwrap();
+            assert!(matches!(r.read().await, Ok(Some(MeshFrame::Call { .. }))));
+            w.finish();
+            drop(r);
+            while let Some((w, mut r)) = conn.accept().await {
+                let first = r.read().await.unwrap().unwrap();
+                tokio::spawn(serve_lane(first, w, r, |_| async { MeshFrame::Ok }));
+            }
+        });
+        let conn = client.connect(addr).await.unwrap();
+        let lanes = m::MESH_LANES_OPENED.get();
+        let lost = conn.request(&MeshFrame::Ping, Duration::from_secs(5)).await;
+        assert!(
+            matches!(lost, Err(TransportError::Connection(_))),
+            "{lost:?}"
+        );
+        let answer = conn.request(&MeshFrame::Ping, Duration::from_secs(5)).await;
+        assert_eq!(answer.unwrap(), MeshFrame::Ok);
+        assert!(m::MESH_LANES_OPENED.get() - lanes >= 2);
+        conn.close("done");
+    }
+
+    #[tokio::test]
+    async fn a_frame_other_than_a_call_stops_a_lane() {
+        let (server, client, _dir) = pair();
+        let addr = server.local_addr().unwrap();
+        let served = tokio::spawn(async move {
+            let conn = server.accept().await.unwrap();
+            let (w, mut r) = conn.accept().await.unwrap();
+            let first = r.read().await.unwrap().unwrap();
+            serve_lane(first, w, r, |_| async { MeshFrame::Ok }).await;
+            conn
+        });
+        let conn = client.connect(addr).await.unwrap();
+        let (mut w, mut r) = conn.open().await.unwrap();
+        let mut call = BytesMut::new();
+        MeshFrame::encode_call(1, &MeshFrame::Ping, &mut call);
+        w.send_bytes(&call.freeze()).await.unwrap();
+        let bad = m::MESH_BAD_FRAMES.get();
+        w.send(&MeshFrame::Ping).await.unwrap();
+        assert_eq!(
+            r.read().await.unwrap(),
+            Some(MeshFrame::Answer {
+                id: 1,
+                frame: Box::new(MeshFrame::Ok)
+            })
+        );
+        // The server stops reading and ends its side once the first call is answered.
+        let ended = tokio::time::timeout(Duration::from_secs(5), r.read()).await;
+        assert!(matches!(ended, Ok(Ok(None))), "{ended:?}");
+        let _conn = tokio::time::timeout(Duration::from_secs(5), served)
+            .await
+            .expect("serve_lane returned")
+            .unwrap();
+        assert!(m::MESH_BAD_FRAMES.get() > bad);
     }
 
     #[tokio::test]

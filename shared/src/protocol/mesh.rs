@@ -13,8 +13,11 @@
 //! cannot make it allocate an unbounded buffer, and checks the version before decoding.
 //!
 //! # Streams
-//! - Requests (`Post`, `Fetch`, `Admin*`) each use their own QUIC bidirectional stream: one
-//!   frame each way.
+//! - Requests (`Post`, `Fetch`, `User`, `Presence*`, `Ping`) go on the connection's lane:
+//!   one long-lived bidirectional stream that the requester opens with its first `Call`.
+//!   Each request is a `Call` with an id, each answer an `Answer` with the same id, written
+//!   when it is ready. A server still answers a request that comes alone on a stream of its
+//!   own with one frame.
 //! - A gateway holds one long-lived stream per channel server: it writes `Subscribe`,
 //!   `Unsubscribe` and `Publish` frames; the channel server writes `SubscribeAck`, `Deliver`,
 //!   `Ephemeral` and `Refused` frames, in channel order, once per gateway.
@@ -182,6 +185,35 @@ pub enum MeshFrame {
     PresenceActive {
         users: Vec<UserId>,
     },
+
+    /// A request on a lane, the long-lived stream that carries a connection's requests
+    /// (`crate::mesh` describes lanes): `frame` is the request, answered by an `Answer` with
+    /// the same `id`. Answers come in the order they are ready, not the order asked.
+    Call {
+        id: u64,
+        frame: Box<MeshFrame>,
+    },
+    /// The answer to the lane's `Call` with the same `id`.
+    Answer {
+        id: u64,
+        frame: Box<MeshFrame>,
+    },
+}
+
+/// Index of `MeshFrame::Call` among the variants, as bincode writes it (checked by a test).
+const CALL_VARIANT: u32 = 21;
+
+fn encode_framed<T: Serialize>(value: &T, dst: &mut BytesMut) {
+    let start = dst.len();
+    dst.put_u32(0);
+    dst.put_u16(PROTOCOL_VERSION);
+    let mut writer = dst.writer();
+    // Encoding into memory cannot fail for these types.
+    bincode::serde::encode_into_std_write(value, &mut writer, bincode::config::standard())
+        .expect("mesh frame encodes");
+    let dst = writer.into_inner();
+    let len = (dst.len() - start - 4) as u32;
+    dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 /// Most users one `PresenceQuery` (and one RTM `presence_query` or `presence_sub`) may name.
@@ -190,16 +222,14 @@ pub const MAX_PRESENCE_QUERY: usize = 5_000;
 impl MeshFrame {
     /// Appends the framed encoding of `self` to `dst`.
     pub fn encode(&self, dst: &mut BytesMut) {
-        let start = dst.len();
-        dst.put_u32(0);
-        dst.put_u16(PROTOCOL_VERSION);
-        let mut writer = dst.writer();
-        // Encoding into memory cannot fail for these types.
-        bincode::serde::encode_into_std_write(self, &mut writer, bincode::config::standard())
-            .expect("mesh frame encodes");
-        let dst = writer.into_inner();
-        let len = (dst.len() - start - 4) as u32;
-        dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        encode_framed(self, dst);
+    }
+
+    /// Appends the framed encoding of `MeshFrame::Call { id, frame }` to `dst`, without the
+    /// copy of `frame` that building that value would take: bincode writes a variant as its
+    /// index followed by its fields, so the tuple below has the same bytes.
+    pub fn encode_call(id: u64, frame: &MeshFrame, dst: &mut BytesMut) {
+        encode_framed(&(CALL_VARIANT, id, frame), dst);
     }
 
     /// The framed encoding of `self` as one buffer, to be shared between many writers.
@@ -417,9 +447,53 @@ mod tests {
                 last_seq: 0,
             },
             MeshFrame::Error(MeshError::Store("disk full".into())),
+            MeshFrame::Call {
+                id: 9,
+                frame: Box::new(MeshFrame::Ping),
+            },
+            MeshFrame::Answer {
+                id: u64::MAX,
+                frame: Box::new(MeshFrame::Ok),
+            },
         ];
         for frame in frames {
             round_trip(frame);
+        }
+    }
+
+    #[test]
+    fn a_call_encodes_as_the_call_variant_would() {
+        let post = MeshFrame::Post {
+            msg: NewMessage {
+                workspace: WorkspaceId::from("TDEMO"),
+                channel: ChannelId::from("CGENERAL"),
+                user: UserId::from("UALICE"),
+                text: "hello".into(),
+                client_msg_id: Some("c-1".into()),
+                thread_ts: None,
+                kind: MessageKind::Posted,
+            },
+        };
+        for (id, frame) in [(0, MeshFrame::Ping), (300, post), (u64::MAX, MeshFrame::Ok)] {
+            let mut direct = BytesMut::new();
+            MeshFrame::encode_call(id, &frame, &mut direct);
+            let mut built = BytesMut::new();
+            MeshFrame::Call {
+                id,
+                frame: Box::new(frame.clone()),
+            }
+            .encode(&mut built);
+            assert_eq!(direct, built);
+            let (decoded, _) = MeshFrame::decode(&direct, MAX_FRAME_BYTES_DEFAULT)
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                decoded,
+                MeshFrame::Call {
+                    id,
+                    frame: Box::new(frame)
+                }
+            );
         }
     }
 

@@ -1,0 +1,207 @@
+//! Lanes: a connection's requests and their answers on one long-lived stream.
+//!
+//! A request on a stream of its own costs a stream's opening, flow-control credit and
+//! closing on both sides, and its frame travels in a packet of its own. A post crosses two
+//! such hops (Web API to admin server to channel server), and under load that bookkeeping
+//! was a fifth of the process's CPU. A lane carries each request as
+//! [`MeshFrame::Call`] with an id; the server answers each with [`MeshFrame::Answer`] as soon
+//! as it is ready, so one slow request never holds up the others, and frames written close
+//! together leave in the same packets.
+//!
+//! The client side ([`Lane`]) has a writer task, which takes whole encoded frames from a
+//! queue (so a caller that gives up never leaves half a frame on the stream) and writes
+//! whatever is queued in one call, and a reader task, which hands each answer to its caller.
+//! When the stream fails, every caller waiting on it gets the error, and the connection
+//! opens a new lane for the next request. The server side is [`serve_lane`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use super::{FrameReader, FrameWriter, TransportError};
+use crate::protocol::MeshFrame;
+use crate::telemetry::metrics as m;
+
+/// Encoded frames queued for a lane's writer; a caller waits for room past this.
+const WRITE_QUEUE: usize = 1024;
+/// Most frames the writer puts on the stream in one call.
+const WRITE_BATCH: usize = 256;
+/// Calls of one lane that a server answers at once; it reads no further calls until one of
+/// them is answered, so a client that asks faster than the server answers is slowed by the
+/// stream's flow control instead of growing the server's memory.
+pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
+
+/// The client side of a lane.
+pub(crate) struct Lane {
+    queue: mpsc::Sender<Bytes>,
+    waiting: Arc<Mutex<Waiting>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct Waiting {
+    calls: HashMap<u64, oneshot::Sender<MeshFrame>>,
+    /// Why the lane ended; set once, after which no call is taken.
+    failed: Option<String>,
+}
+
+impl Waiting {
+    /// Ends the lane: every caller still waiting sees its answer channel close.
+    fn fail(&mut self, reason: String) {
+        if self.failed.is_none() {
+            self.failed = Some(reason);
+        }
+        self.calls.clear();
+    }
+}
+
+/// Takes a caller's call out of the waiting set however the caller ends (answered, timed
+/// out, dropped).
+struct Registered<'a> {
+    waiting: &'a Mutex<Waiting>,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.waiting.lock().calls.remove(&self.id);
+    }
+}
+
+impl Lane {
+    /// Starts the lane's writer and reader tasks on a freshly opened stream.
+    pub(crate) fn start(writer: FrameWriter, reader: FrameReader) -> Lane {
+        m::MESH_LANES_OPENED.inc();
+        let (queue, rx) = mpsc::channel(WRITE_QUEUE);
+        let waiting = Arc::new(Mutex::new(Waiting::default()));
+        tokio::spawn(write_frames(writer, rx, waiting.clone()));
+        tokio::spawn(read_answers(reader, waiting.clone()));
+        Lane {
+            queue,
+            waiting,
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the lane ended (the stream or connection failed); a new request needs a new one.
+    pub(crate) fn is_failed(&self) -> bool {
+        self.waiting.lock().failed.is_some() || self.queue.is_closed()
+    }
+
+    /// Sends `frame` as a call and waits for its answer.
+    pub(crate) async fn call(&self, frame: &MeshFrame) -> Result<MeshFrame, TransportError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut waiting = self.waiting.lock();
+            if let Some(reason) = &waiting.failed {
+                return Err(TransportError::Connection(reason.clone()));
+            }
+            waiting.calls.insert(id, tx);
+        }
+        let _registered = Registered {
+            waiting: &self.waiting,
+            id,
+        };
+        let mut buf = BytesMut::with_capacity(256);
+        MeshFrame::encode_call(id, frame, &mut buf);
+        if self.queue.send(buf.freeze()).await.is_err() {
+            return Err(self.failure());
+        }
+        rx.await.map_err(|_| self.failure())
+    }
+
+    fn failure(&self) -> TransportError {
+        let reason = self.waiting.lock().failed.clone();
+        TransportError::Connection(reason.unwrap_or_else(|| "the lane ended".into()))
+    }
+}
+
+async fn write_frames(
+    mut writer: FrameWriter,
+    mut rx: mpsc::Receiver<Bytes>,
+    waiting: Arc<Mutex<Waiting>>,
+) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        if let Err(e) = writer.send_many(&mut batch).await {
+            waiting.lock().fail(e.to_string());
+            return;
+        }
+        batch.clear();
+    }
+    writer.finish();
+}
+
+async fn read_answers(mut reader: FrameReader, waiting: Arc<Mutex<Waiting>>) {
+    let reason = loop {
+        match reader.read().await {
+            Ok(Some(MeshFrame::Answer { id, frame })) => {
+                // A caller that gave up is no longer waiting: its answer is dropped.
+                if let Some(tx) = waiting.lock().calls.remove(&id) {
+                    let _ = tx.send(*frame);
+                }
+            }
+            Ok(Some(other)) => {
+                m::MESH_BAD_FRAMES.inc();
+                tracing::warn!(frame = ?other, "a lane's peer sent something other than an answer");
+                break "the peer sent something other than an answer on a lane".to_string();
+            }
+            Ok(None) => break "the peer ended the lane".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    waiting.lock().fail(reason);
+}
+
+/// Serves a lane whose first frame was `first` (a [`MeshFrame::Call`]): each call is answered
+/// by `answer`, in a task of its own, and the answers are written as they are ready. Ends
+/// when the client finishes the stream (after the last answer is written), the connection
+/// fails, or a frame other than a call arrives (counted as a bad frame; the stream stops).
+pub async fn serve_lane<A, F>(
+    first: MeshFrame,
+    writer: FrameWriter,
+    mut reader: FrameReader,
+    answer: A,
+) where
+    A: Fn(MeshFrame) -> F + Clone + Send + 'static,
+    F: Future<Output = MeshFrame> + Send + 'static,
+{
+    let (queue, rx) = mpsc::channel(WRITE_QUEUE);
+    let waiting = Arc::new(Mutex::new(Waiting::default()));
+    let written = tokio::spawn(write_frames(writer, rx, waiting));
+    let in_flight = Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT));
+    let mut next = Some(first);
+    loop {
+        let frame = match next.take() {
+            Some(frame) => frame,
+            None => match reader.read().await {
+                Ok(Some(frame)) => frame,
+                Ok(None) | Err(_) => break,
+            },
+        };
+        let MeshFrame::Call { id, frame } = frame else {
+            m::MESH_BAD_FRAMES.inc();
+            tracing::warn!(frame = ?frame, "a frame other than a call on a lane; stopping it");
+            reader.stop();
+            break;
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let (queue, answer) = (queue.clone(), answer.clone());
+        tokio::spawn(async move {
+            let frame = Box::new(answer(*frame).await);
+            let _ = queue.send(MeshFrame::Answer { id, frame }.to_bytes()).await;
+            drop(permit);
+        });
+    }
+    // The writer ends once every call's task has sent its answer (each holds a sender).
+    drop(queue);
+    let _ = written.await;
+}
