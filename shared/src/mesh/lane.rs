@@ -129,6 +129,15 @@ async fn write_frames(
 ) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
     while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        // Let the callers that are ready run once first: under load their frames join this
+        // write and leave in the same packets; when idle the turn comes back at once.
+        tokio::task::yield_now().await;
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(frame) => batch.push(frame),
+                Err(_) => break,
+            }
+        }
         if let Err(e) = writer.send_many(&mut batch).await {
             waiting.lock().fail(e.to_string());
             return;
