@@ -37,18 +37,21 @@ const FETCH_LIMIT: u32 = 1000;
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 /// How long presence changes are gathered before they are written to sessions.
 const PRESENCE_BATCH_WINDOW: Duration = Duration::from_millis(200);
+/// Room a channel's staging buffer keeps between reads (it gives back what a burst grew).
+const STAGED_KEEP: usize = 16;
+
 /// How long after a re-subscription the gateway checks the channel's tail.
 const TAIL_CHECK_DELAY: Duration = Duration::from_millis(1000);
 
 /// What the hub queues for a session's writer.
 #[derive(Debug)]
 pub enum Outbound {
-    /// A channel message with its sequence. The id is shared by every session the message
-    /// goes to (one allocation per message, not one per delivery).
-    Message {
+    /// Messages of one channel with their sequences, in order: one batch shared by every
+    /// session they go to, so the hub queues one item per session, not one per message, and
+    /// touches one shared count for it.
+    Messages {
         channel: Arc<ChannelId>,
-        seq: Seq,
-        text: Utf8Bytes,
+        batch: Arc<[(Seq, Utf8Bytes)]>,
     },
     /// Any other event, written as is.
     Event(Utf8Bytes),
@@ -72,22 +75,27 @@ pub struct SessionHandle {
     pub channels: HashSet<ChannelId>,
 }
 
+impl Outbound {
+    /// What the item counts for in a session's bounded queue: each message of a batch.
+    pub fn weight(&self) -> usize {
+        match self {
+            Outbound::Messages { batch, .. } => batch.len(),
+            _ => 1,
+        }
+    }
+}
+
 impl SessionHandle {
     fn offer(&self, out: Outbound) {
-        self.offer_many(std::iter::once(out));
-    }
-
-    /// Queues several events under one lock of the session's queue (and at most one wake).
-    fn offer_many(&self, out: impl ExactSizeIterator<Item = Outbound>) {
         // An overflowed queue refuses what follows by itself (`Closed`), so this path needs no
         // look at the cancellation token (which takes a lock) per delivery.
-        match self.tx.try_send_many(out) {
+        match self.tx.try_send(out) {
             Ok(()) => {}
-            Err(crate::queue::TrySendError::Full(())) => {
+            Err(crate::queue::TrySendError::Full(_)) => {
                 m::SESSION_OVERFLOWS.inc();
                 self.overflow.cancel();
             }
-            Err(crate::queue::TrySendError::Closed(())) => {}
+            Err(crate::queue::TrySendError::Closed(_)) => {}
         }
     }
 }
@@ -169,25 +177,28 @@ impl State {
             let Some(e) = channels.get_mut(&channel) else {
                 continue;
             };
-            let messages = std::mem::take(&mut e.staged);
-            if messages.is_empty() {
+            if e.staged.is_empty() {
                 continue;
             }
-            // The id is shared by every session the messages go to.
+            // The batch and the id are shared by every session the messages go to; the
+            // staging buffer keeps its room for the next read.
+            let batch: Arc<[(Seq, Utf8Bytes)]> = e.staged.drain(..).collect();
+            if e.staged.capacity() > 4 * STAGED_KEEP {
+                e.staged.shrink_to(STAGED_KEEP);
+            }
             let channel = Arc::new(channel);
             let mut offered = 0;
             for id in &e.sessions {
                 if let Some(s) = sessions.get(id) {
                     offered += 1;
-                    s.offer_many(messages.iter().map(|(seq, text)| Outbound::Message {
+                    s.offer(Outbound::Messages {
                         channel: channel.clone(),
-                        seq: *seq,
-                        text: text.clone(),
-                    }));
+                        batch: batch.clone(),
+                    });
                 }
             }
             // One update of the shared counter per batch, not per delivery.
-            m::SESSION_WRITES.inc_by(offered * messages.len() as u64);
+            m::SESSION_WRITES.inc_by(offered * batch.len() as u64);
         }
     }
 }
@@ -1261,7 +1272,7 @@ mod tests {
         crate::queue::Receiver<Outbound>,
         CancellationToken,
     ) {
-        let (tx, rx) = crate::queue::channel(queue);
+        let (tx, rx) = crate::queue::weighted(queue, Outbound::weight);
         let overflow = CancellationToken::new();
         let (id, _, _) = hub.register(
             UserId::from("UB"),
@@ -1277,8 +1288,8 @@ mod tests {
     fn seqs(rx: &mut crate::queue::Receiver<Outbound>) -> Vec<Seq> {
         let mut out = Vec::new();
         while let Some(o) = rx.try_recv() {
-            if let Outbound::Message { seq, .. } = o {
-                out.push(seq);
+            if let Outbound::Messages { batch, .. } = o {
+                out.extend(batch.iter().map(|(seq, _)| *seq));
             }
         }
         out
@@ -1560,7 +1571,7 @@ mod tests {
                 Outbound::Joined { .. } => "joined",
                 Outbound::Left { .. } => "left",
                 Outbound::Event(_) => "event",
-                Outbound::Message { .. } => "message",
+                Outbound::Messages { .. } => "messages",
             });
         }
         assert_eq!(kinds, vec!["joined", "event", "left", "event"]);

@@ -19,12 +19,17 @@ const KEEP: usize = 8;
 struct Shared<T> {
     state: Mutex<State<T>>,
     ready: Notify,
+    /// Most weight the queue holds.
     capacity: usize,
+    /// An item's weight: 1, or what it stands for (a batch of messages counts each).
+    weigh: fn(&T) -> usize,
     senders: AtomicUsize,
 }
 
 struct State<T> {
     items: VecDeque<T>,
+    /// Sum of the items' weights.
+    weight: usize,
     /// The receiver is gone, or the queue overflowed: sends fail with `Closed`.
     closed: bool,
 }
@@ -32,8 +37,9 @@ struct State<T> {
 /// Why [`Sender::try_send`] did not queue its value.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TrySendError<T> {
-    /// The queue holds `capacity` items. It takes nothing more from then on (a session that
-    /// fell behind resyncs rather than continuing with a hole): later sends are `Closed`.
+    /// The queue's items weigh `capacity` (the value would pass it). It takes nothing more
+    /// from then on (a session that fell behind resyncs rather than continuing with a hole):
+    /// later sends are `Closed`.
     Full(T),
     /// The receiver was dropped, or the queue overflowed before.
     Closed(T),
@@ -44,14 +50,22 @@ pub struct Sender<T>(Arc<Shared<T>>);
 pub struct Receiver<T>(Arc<Shared<T>>);
 
 /// A queue that holds at most `capacity` items.
+#[cfg(test)]
 pub fn channel<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    weighted(capacity, |_| 1)
+}
+
+/// A queue whose items weigh at most `capacity` together, each as `weigh` says.
+pub fn weighted<T>(capacity: usize, weigh: fn(&T) -> usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            weight: 0,
             closed: false,
         }),
         ready: Notify::new(),
         capacity: capacity.max(1),
+        weigh,
         senders: AtomicUsize::new(1),
     });
     (Sender(shared.clone()), Receiver(shared))
@@ -65,44 +79,18 @@ impl<T> Sender<T> {
             if state.closed {
                 return Err(TrySendError::Closed(value));
             }
-            if state.items.len() >= self.0.capacity {
+            let weight = (self.0.weigh)(&value);
+            if state.weight + weight > self.0.capacity {
                 state.closed = true;
                 return Err(TrySendError::Full(value));
             }
+            state.weight += weight;
             state.items.push_back(value);
             state.items.len() == 1
         };
         // Only the send that makes the queue non-empty wakes the receiver: it waits only after
         // finding the queue empty, and until it drains, what is added is taken with the rest.
         // A permit is stored if the receiver is not waiting yet, so no wake-up is lost.
-        if was_empty {
-            self.0.ready.notify_one();
-        }
-        Ok(())
-    }
-}
-
-impl<T> Sender<T> {
-    /// Queues every item of `values` under one lock, and wakes the receiver at most once; all
-    /// or nothing: values that would pass `capacity` overflow the queue as [`Sender::try_send`]
-    /// does (and none of them is queued).
-    pub fn try_send_many(
-        &self,
-        values: impl ExactSizeIterator<Item = T>,
-    ) -> Result<(), TrySendError<()>> {
-        let was_empty = {
-            let mut state = self.0.state.lock();
-            if state.closed {
-                return Err(TrySendError::Closed(()));
-            }
-            if state.items.len() + values.len() > self.0.capacity {
-                state.closed = true;
-                return Err(TrySendError::Full(()));
-            }
-            let was_empty = state.items.is_empty();
-            state.items.extend(values);
-            was_empty && !state.items.is_empty()
-        };
         if was_empty {
             self.0.ready.notify_one();
         }
@@ -145,7 +133,10 @@ impl<T> Receiver<T> {
 
     /// One item if one is queued.
     pub fn try_recv(&mut self) -> Option<T> {
-        self.0.state.lock().items.pop_front()
+        let mut state = self.0.state.lock();
+        let item = state.items.pop_front()?;
+        state.weight -= (self.0.weigh)(&item);
+        Some(item)
     }
 
     fn take(&mut self, buf: &mut Vec<T>, limit: usize) -> Option<usize> {
@@ -154,7 +145,10 @@ impl<T> Receiver<T> {
             return None;
         }
         let n = limit.min(state.items.len());
+        let from = buf.len();
         buf.extend(state.items.drain(..n));
+        let taken: usize = buf[from..].iter().map(self.0.weigh).sum();
+        state.weight -= taken;
         if state.items.is_empty() && state.items.capacity() > 4 * KEEP {
             state.items.shrink_to(KEEP);
         }
@@ -167,6 +161,7 @@ impl<T> Drop for Receiver<T> {
         let mut state = self.0.state.lock();
         state.closed = true;
         state.items.clear();
+        state.weight = 0;
     }
 }
 
@@ -198,24 +193,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_batch_is_queued_whole_or_overflows_whole() {
-        let (tx, mut rx) = channel::<u32>(4);
-        assert_eq!(tx.try_send_many([1, 2].into_iter()), Ok(()));
-        assert_eq!(tx.try_send_many(std::iter::empty()), Ok(()));
-        assert_eq!(tx.try_send(3), Ok(()));
+    async fn a_weighted_queue_holds_up_to_its_capacity_in_weight() {
+        // Each item weighs its own length: a batch counts every message in it.
+        let (tx, mut rx) = weighted::<Vec<u32>>(4, |v| v.len());
+        assert_eq!(tx.try_send(vec![1, 2]), Ok(()));
+        assert_eq!(tx.try_send(vec![]), Ok(()));
+        assert_eq!(tx.try_send(vec![3]), Ok(()));
         let mut buf = Vec::new();
         assert_eq!(rx.recv_many(&mut buf, 10).await, 3);
-        assert_eq!(buf, vec![1, 2, 3]);
-        assert_eq!(tx.try_send_many([4, 5, 6].into_iter()), Ok(()));
+        assert_eq!(buf, vec![vec![1, 2], vec![], vec![3]]);
         assert_eq!(
-            tx.try_send_many([7, 8].into_iter()),
-            Err(TrySendError::Full(())),
-            "5 items would pass the capacity of 4"
+            tx.try_send(vec![4, 5, 6]),
+            Ok(()),
+            "drained: room for 4 again"
         );
-        assert_eq!(tx.try_send(9), Err(TrySendError::Closed(9)));
+        assert_eq!(rx.try_recv(), Some(vec![4, 5, 6]));
+        assert_eq!(
+            tx.try_send(vec![7, 8, 9]),
+            Ok(()),
+            "try_recv gives room back too"
+        );
+        assert_eq!(
+            tx.try_send(vec![10, 11]),
+            Err(TrySendError::Full(vec![10, 11])),
+            "5 would pass the capacity of 4"
+        );
+        assert_eq!(tx.try_send(vec![12]), Err(TrySendError::Closed(vec![12])));
         buf.clear();
-        assert_eq!(rx.recv_many(&mut buf, 10).await, 3);
-        assert_eq!(buf, vec![4, 5, 6], "nothing of the batch that overflowed");
+        assert_eq!(rx.recv_many(&mut buf, 10).await, 1);
+        assert_eq!(
+            buf,
+            vec![vec![7, 8, 9]],
+            "nothing of the batch that overflowed"
+        );
     }
 
     #[tokio::test]

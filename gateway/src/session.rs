@@ -173,6 +173,39 @@ impl Session {
         }
     }
 
+    /// The steady state of a batch, with one lookup for all of it: the channel was written
+    /// before, nothing is held, and the batch continues right after the last message
+    /// delivered, without gaps. Anything else (returns `false`, having done nothing) goes
+    /// message by message through [`Self::on_message`].
+    fn take_in_order(
+        &mut self,
+        channel: &ChannelId,
+        batch: &[(Seq, Utf8Bytes)],
+        out: &mut Vec<Utf8Bytes>,
+    ) -> bool {
+        if !self.held.is_empty() {
+            return false;
+        }
+        let Some(pos) = self.delivered.get_mut(channel) else {
+            return false;
+        };
+        let (Some(last), true) = (pos.last, pos.written) else {
+            return false;
+        };
+        let contiguous = batch
+            .iter()
+            .enumerate()
+            .all(|(i, (seq, _))| Some(*seq) == last.checked_add(i as u64 + 1));
+        if !contiguous {
+            return false;
+        }
+        if let Some((seq, _)) = batch.last() {
+            pos.last = Some(*seq);
+        }
+        out.extend(batch.iter().map(|(_, text)| text.clone()));
+        true
+    }
+
     fn flush_held(&mut self, channel: &ChannelId, out: &mut Vec<Utf8Bytes>) {
         let Some(held) = self.held.get_mut(channel) else {
             return;
@@ -276,7 +309,13 @@ impl Session {
     /// Takes one event from the hub into the write batch (or the session's state).
     fn on_outbound(&mut self, o: Outbound, out: &mut Vec<Utf8Bytes>) {
         match o {
-            Outbound::Message { channel, seq, text } => self.on_message(&channel, seq, text, out),
+            Outbound::Messages { channel, batch } => {
+                if !self.take_in_order(&channel, &batch, out) {
+                    for (seq, text) in batch.iter() {
+                        self.on_message(&channel, *seq, text.clone(), out);
+                    }
+                }
+            }
             Outbound::Event(t) => {
                 if let Some(t) = self.presence.filter(t) {
                     out.push(t)
@@ -434,7 +473,7 @@ pub fn run(
             web_api,
             presence_sub,
         } = *params;
-        let (tx, mut rx) = crate::queue::channel(queue);
+        let (tx, mut rx) = crate::queue::weighted(queue, Outbound::weight);
         let overflow = CancellationToken::new();
         let (id, starts, first_of_user) = hub.register(
             claims.user.clone(),
@@ -958,6 +997,46 @@ mod tests {
         s.on_message(&channel, 6, "m6".into(), &mut out);
         s.on_message(&channel, 7, "m7".into(), &mut out);
         assert_eq!(texts(&out), vec!["m6", "m7"]);
+    }
+
+    /// A batch as the hub queues it.
+    fn batch(seqs: impl IntoIterator<Item = Seq>) -> Outbound {
+        Outbound::Messages {
+            channel: Arc::new(ChannelId::from("CX")),
+            batch: page(seqs).into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_are_written_in_order_whatever_they_start_or_skip() {
+        let (hub, _dir) = hub();
+        let channel = ChannelId::from("CX");
+        let mut s = session(&hub, Some(2), 64);
+        let mut out = Vec::new();
+        // The first write of the channel, then the steady state.
+        s.on_outbound(batch(3..=4), &mut out);
+        s.on_outbound(batch(5..=7), &mut out);
+        // Repeats (a re-subscription's backlog overlapping) are dropped, the rest written.
+        s.on_outbound(batch(6..=9), &mut out);
+        assert_eq!(texts(&out), vec!["m3", "m4", "m5", "m6", "m7", "m8", "m9"]);
+        // A batch past a gap is held until the gap is filled, then written after it.
+        out.clear();
+        s.on_outbound(batch([12, 13]), &mut out);
+        assert!(out.is_empty(), "{:?}", texts(&out));
+        s.on_outbound(batch(10..=11), &mut out);
+        assert_eq!(texts(&out), vec!["m10", "m11", "m12", "m13"]);
+        s.on_outbound(batch([14]), &mut out);
+        assert_eq!(s.last_delivered(&channel), Some(14));
+        // Another channel's batch, one the session is not in, writes nothing.
+        out.clear();
+        s.on_outbound(
+            Outbound::Messages {
+                channel: Arc::new(ChannelId::from("CY")),
+                batch: page([1]).into(),
+            },
+            &mut out,
+        );
+        assert!(out.is_empty());
     }
 
     #[test]
