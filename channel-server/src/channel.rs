@@ -453,10 +453,7 @@ impl ChannelTask {
         if self.subscribers.is_empty() {
             return;
         }
-        let bytes = MeshFrame::Deliver {
-            msg: (**msg).clone(),
-        }
-        .to_bytes();
+        let bytes = MeshFrame::deliver_bytes(msg);
         self.subscribers.retain(|_, link| {
             let ok = link.offer(bytes.clone());
             if ok {
