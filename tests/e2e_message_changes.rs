@@ -287,7 +287,9 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
     );
     // A deleted parent whose replies remain leaves Slack's tombstone above them: in history
     // and in its thread, without its text, author or reactions; the thread still takes
-    // replies, and the tombstone goes with the last of them.
+    // replies, and the tombstone goes with the last of them. Clients see the parent change
+    // into the tombstone.
+    let seen = watcher.events().len();
     cluster
         .api_ok(
             "chat.delete",
@@ -295,6 +297,18 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
             json!({ "channel": channel, "ts": parent_ts }),
         )
         .await;
+    let changed = watcher
+        .wait_event(seen, WAIT, "tombstone", |e| {
+            e["channel"] == channel.as_str() && e["message"]["ts"] == parent_ts.as_str()
+        })
+        .await;
+    assert_eq!(changed["subtype"], "message_changed", "{changed}");
+    assert_eq!(changed["message"]["subtype"], "tombstone", "{changed}");
+    assert_eq!(
+        changed["message"]["thread_ts"],
+        parent_ts.as_str(),
+        "{changed}"
+    );
     let tombstone = json!({
         "type": "message", "subtype": "tombstone", "text": "This message was deleted.",
         "user": "USLACKBOT", "hidden": true, "ts": parent_ts, "thread_ts": parent_ts,

@@ -123,7 +123,8 @@ impl From<&Message> for MessageEvent {
 ///
 /// Every entry carries `channel` and `seq`, so a client checks one contiguous sequence per
 /// channel whatever the entry is: a message, an edit (`message_changed`), a deletion
-/// (`message_deleted`) or a reaction (`reaction_added`, `reaction_removed`).
+/// (`message_deleted`, or `message_changed` into Slack's tombstone for a thread parent whose
+/// replies remain) or a reaction (`reaction_added`, `reaction_removed`).
 pub fn message_json(m: &Message) -> String {
     let ts = m.ts.to_slack();
     let value = match &m.kind {
@@ -145,6 +146,27 @@ pub fn message_json(m: &Message) -> String {
                 "text": m.text,
                 "ts": target.to_slack(),
                 "edited": { "user": m.user.0, "ts": ts },
+            },
+        }),
+        // A deletion that names the message's own thread leaves Slack's tombstone (a parent
+        // whose replies remain): clients are told the message changed into it.
+        MessageKind::Deleted { target } if m.thread_ts == Some(*target) => serde_json::json!({
+            "type": "message",
+            "subtype": "message_changed",
+            "hidden": true,
+            "channel": m.channel.0,
+            "ts": ts,
+            "event_ts": ts,
+            "seq": m.seq,
+            "team": m.workspace.0,
+            "message": {
+                "type": "message",
+                "subtype": "tombstone",
+                "text": "This message was deleted.",
+                "user": "USLACKBOT",
+                "hidden": true,
+                "ts": target.to_slack(),
+                "thread_ts": target.to_slack(),
             },
         }),
         MessageKind::Deleted { target } => serde_json::json!({
@@ -326,6 +348,26 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&message_json(&edit)).unwrap();
         assert_eq!(v["message"]["ts"], "1.000000");
         assert_eq!(v["message"]["text"], "new text");
+        // The deletion of a thread parent whose replies remain names its thread: it renders
+        // as the change into Slack's tombstone; any other deletion as the message going.
+        let mut tombstone = base.clone();
+        tombstone.kind = MessageKind::Deleted {
+            target: Ts(1_000_000),
+        };
+        tombstone.thread_ts = Some(Ts(1_000_000));
+        let v: serde_json::Value = serde_json::from_str(&message_json(&tombstone)).unwrap();
+        assert_eq!(v["subtype"], "message_changed");
+        assert_eq!(v["seq"], 7);
+        assert_eq!(v["message"]["subtype"], "tombstone");
+        assert_eq!(v["message"]["ts"], "1.000000");
+        assert_eq!(v["message"]["thread_ts"], "1.000000");
+        assert_eq!(v["message"]["text"], "This message was deleted.");
+        tombstone.thread_ts = Some(Ts(500_000));
+        let v: serde_json::Value = serde_json::from_str(&message_json(&tombstone)).unwrap();
+        assert_eq!(
+            v["subtype"], "message_deleted",
+            "another thread's ts is no tombstone"
+        );
     }
 
     #[test]

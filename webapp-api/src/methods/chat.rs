@@ -220,6 +220,7 @@ async fn post_change(
     visible: &VisibleChannel,
     text: String,
     kind: MessageKind,
+    thread_ts: Option<Ts>,
 ) -> ApiResult<shared::protocol::Message> {
     if !visible.is_member {
         return Err(ApiError::NotInChannel);
@@ -233,7 +234,7 @@ async fn post_change(
         user: caller.user.id.clone(),
         text,
         client_msg_id: None,
-        thread_ts: None,
+        thread_ts,
         kind,
     };
     let (msg, _) = state.admin.post(new).await?;
@@ -254,6 +255,7 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
         &visible,
         text.to_string(),
         MessageKind::Edited { target },
+        None,
     )
     .await?;
     let mut message = view_json(&view);
@@ -274,12 +276,16 @@ pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -
         return Err(ApiError::CantDeleteMessage);
     }
     let target = view.message.ts;
+    // A thread parent whose replies remain stays as Slack's tombstone. The deletion names its
+    // thread, so the gateways tell clients it changed into one rather than that it went.
+    let tombstone = (view.reply_count > 0).then_some(target);
     post_change(
         state,
         caller,
         &visible,
         String::new(),
         MessageKind::Deleted { target },
+        tombstone,
     )
     .await?;
     Ok(object(
@@ -377,7 +383,7 @@ pub(super) async fn react(
             reaction: name,
         },
     };
-    post_change(state, caller, &visible, String::new(), kind).await?;
+    post_change(state, caller, &visible, String::new(), kind, None).await?;
     Ok(object(json!({})))
 }
 
