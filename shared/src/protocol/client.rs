@@ -118,6 +118,22 @@ impl From<&Message> for MessageEvent {
     }
 }
 
+/// Slack's `message_changed` event for entry `m` (at `ts`): `message` is what the message
+/// is now.
+fn message_changed(m: &Message, ts: &str, message: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({
+        "type": "message",
+        "subtype": "message_changed",
+        "hidden": true,
+        "channel": m.channel.0,
+        "ts": ts,
+        "event_ts": ts,
+        "seq": m.seq,
+        "team": m.workspace.0,
+        "message": message,
+    })
+}
+
 /// Renders a stored message as the JSON text every subscribed session receives. Done once
 /// per gateway per message; the text is shared between sessions.
 ///
@@ -131,35 +147,23 @@ pub fn message_json(m: &Message) -> String {
         MessageKind::Posted => {
             return serde_json::to_string(&MessageEvent::from(m)).expect("message event serializes")
         }
-        MessageKind::Edited { target } => serde_json::json!({
-            "type": "message",
-            "subtype": "message_changed",
-            "hidden": true,
-            "channel": m.channel.0,
-            "ts": ts,
-            "event_ts": ts,
-            "seq": m.seq,
-            "team": m.workspace.0,
-            "message": {
+        MessageKind::Edited { target } => message_changed(
+            m,
+            &ts,
+            serde_json::json!({
                 "type": "message",
                 "user": m.user.0,
                 "text": m.text,
                 "ts": target.to_slack(),
                 "edited": { "user": m.user.0, "ts": ts },
-            },
-        }),
+            }),
+        ),
         // A deletion that names the message's own thread leaves Slack's tombstone (a parent
         // whose replies remain): clients are told the message changed into it.
-        MessageKind::Deleted { target } if m.thread_ts == Some(*target) => serde_json::json!({
-            "type": "message",
-            "subtype": "message_changed",
-            "hidden": true,
-            "channel": m.channel.0,
-            "ts": ts,
-            "event_ts": ts,
-            "seq": m.seq,
-            "team": m.workspace.0,
-            "message": {
+        MessageKind::Deleted { target } if m.thread_ts == Some(*target) => message_changed(
+            m,
+            &ts,
+            serde_json::json!({
                 "type": "message",
                 "subtype": "tombstone",
                 "text": "This message was deleted.",
@@ -167,8 +171,8 @@ pub fn message_json(m: &Message) -> String {
                 "hidden": true,
                 "ts": target.to_slack(),
                 "thread_ts": target.to_slack(),
-            },
-        }),
+            }),
+        ),
         MessageKind::Deleted { target } => serde_json::json!({
             "type": "message",
             "subtype": "message_deleted",
