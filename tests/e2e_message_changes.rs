@@ -356,6 +356,7 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
             v["messages"]["total"] == 1 && v["messages"]["matches"][0]["ts"] == reply["ts"]
         })
         .await;
+    let seen = watcher.events().len();
     for ts in [&reply["ts"], &late_reply["ts"]] {
         cluster
             .api_ok(
@@ -365,6 +366,12 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
             )
             .await;
     }
+    // Clients are told the tombstone went with the last reply.
+    watcher
+        .wait_event(seen, WAIT, "the tombstone's deletion", |e| {
+            e["subtype"] == "message_deleted" && e["deleted_ts"] == parent_ts.as_str()
+        })
+        .await;
     let top = history().await;
     assert!(
         top["messages"]

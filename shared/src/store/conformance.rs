@@ -598,11 +598,12 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         MessageKind::Posted,
         Some(parent2.ts),
     );
+    // As `chat.delete` writes it: the deletion of a parent with replies names its thread.
     let delete_parent = entry(
         &alice.id,
         "",
         MessageKind::Deleted { target: parent2.ts },
-        None,
+        Some(parent2.ts),
     );
     for m in [&parent2, &reply4, &delete_parent] {
         assert_eq!(store.append(m).await.unwrap(), AppendOutcome::Stored);
@@ -642,6 +643,23 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
             .all(|v| v.message.ts != parent2.ts),
         "the tombstone outlived its last reply"
     );
+    assert!(thread_of(parent2.ts).await.is_empty());
+    // Then `chat.delete` tells clients the tombstone went, with a second deletion of the
+    // parent: stored, and nothing else changes.
+    let delete_tombstone = entry(
+        &bob.id,
+        "",
+        MessageKind::Deleted { target: parent2.ts },
+        None,
+    );
+    assert_eq!(
+        store.append(&delete_tombstone).await.unwrap(),
+        AppendOutcome::Stored
+    );
+    assert!(views_of(None)
+        .await
+        .iter()
+        .all(|v| v.message.ts != parent2.ts));
     assert!(thread_of(parent2.ts).await.is_empty());
 
     let stranger = store.create_workspace("views-other").await.unwrap();

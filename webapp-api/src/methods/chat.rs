@@ -288,6 +288,20 @@ pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -
         tombstone,
     )
     .await?;
+    // The last reply under a tombstone takes the tombstone with it (history no longer shows
+    // it): clients are told the parent went too.
+    if let Some(parent) = view.message.thread_ts.filter(|p| *p != target) {
+        let (workspace, channel) = (&visible.channel.workspace, &visible.channel.id);
+        let emptied = state
+            .store
+            .message_view(workspace, channel, parent)
+            .await?
+            .is_some_and(|p| p.deleted && p.reply_count == 0);
+        if emptied {
+            let gone = MessageKind::Deleted { target: parent };
+            post_change(state, caller, &visible, String::new(), gone, None).await?;
+        }
+    }
     Ok(object(
         json!({ "channel": visible.channel.id, "ts": target.to_slack() }),
     ))
