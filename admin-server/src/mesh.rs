@@ -61,7 +61,7 @@ impl Router {
             Ok(Some(f)) => f,
             _ => return,
         };
-        let answer = match first {
+        match first {
             MeshFrame::Hello {
                 node,
                 role,
@@ -78,19 +78,12 @@ impl Router {
                     return;
                 }
                 self.follow(node, role, mesh_addr, w, r, shutdown).await;
-                return;
             }
-            call @ MeshFrame::Call { .. } => {
-                let router = self.clone();
-                let answer = move |frame| router.clone().answer(frame);
-                shared::mesh::serve_lane(call, w, r, answer).await;
-                return;
+            request => {
+                let answer = move |frame| self.clone().answer(frame);
+                shared::mesh::serve_requests(request, w, r, answer).await;
             }
-            // A request on a stream of its own (what peers did before lanes).
-            request => self.answer(request).await,
-        };
-        let _ = w.send(&answer).await;
-        w.finish();
+        }
     }
 
     /// The answer to one request.

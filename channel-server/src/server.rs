@@ -154,7 +154,7 @@ impl Server {
         }
     }
 
-    async fn serve_stream(self: Arc<Self>, mut w: FrameWriter, mut r: FrameReader) {
+    async fn serve_stream(self: Arc<Self>, w: FrameWriter, mut r: FrameReader) {
         let first = match r.read().await {
             Ok(Some(f)) => f,
             Ok(None) => return,
@@ -163,24 +163,15 @@ impl Server {
                 return;
             }
         };
-        let answer = match first {
+        match first {
             f @ (MeshFrame::Subscribe { .. }
             | MeshFrame::Unsubscribe { .. }
-            | MeshFrame::Publish { .. }) => {
-                self.serve_gateway(f, w, r).await;
-                return;
+            | MeshFrame::Publish { .. }) => self.serve_gateway(f, w, r).await,
+            request => {
+                let answer = move |frame| self.clone().answer(frame);
+                shared::mesh::serve_requests(request, w, r, answer).await;
             }
-            call @ MeshFrame::Call { .. } => {
-                let server = self.clone();
-                let answer = move |frame| server.clone().answer(frame);
-                shared::mesh::serve_lane(call, w, r, answer).await;
-                return;
-            }
-            // A request on a stream of its own (what peers did before lanes).
-            request => self.answer(request).await,
-        };
-        let _ = w.send(&answer).await;
-        w.finish();
+        }
     }
 
     /// The answer to one request.

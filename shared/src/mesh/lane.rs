@@ -168,6 +168,26 @@ async fn read_answers(mut reader: FrameReader, waiting: Arc<Mutex<Waiting>>) {
     waiting.lock().fail(reason);
 }
 
+/// Serves the requests of a stream whose first frame was `first`: a lane when that is a
+/// [`MeshFrame::Call`] (see [`serve_lane`]), else one request alone on its stream, as peers
+/// built before lanes send them, answered with one frame.
+pub async fn serve_requests<A, F>(
+    first: MeshFrame,
+    mut writer: FrameWriter,
+    reader: FrameReader,
+    answer: A,
+) where
+    A: Fn(MeshFrame) -> F + Clone + Send + 'static,
+    F: Future<Output = MeshFrame> + Send + 'static,
+{
+    if matches!(first, MeshFrame::Call { .. }) {
+        return serve_lane(first, writer, reader, answer).await;
+    }
+    let frame = answer(first).await;
+    let _ = writer.send(&frame).await;
+    writer.finish();
+}
+
 /// Serves a lane whose first frame was `first` (a [`MeshFrame::Call`]): each call is answered
 /// by `answer`, in a task of its own, and the answers are written as they are ready. Ends
 /// when the client finishes the stream (after the last answer is written), the connection

@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 
 use crate::protocol::{MeshFrame, WireError};
 use crate::telemetry::metrics as m;
-pub use lane::serve_lane;
+pub use lane::{serve_lane, serve_requests};
 pub use tls::{install_crypto_provider, MeshTls, MESH_SERVER_NAME};
 
 /// Why a mesh call failed before an answer came back.
@@ -645,6 +645,35 @@ mod tests {
         let answer = conn.request(&MeshFrame::Ping, Duration::from_secs(5)).await;
         assert_eq!(answer.unwrap(), MeshFrame::Ok);
         assert!(m::MESH_LANES_OPENED.get() - lanes >= 2);
+        conn.close("done");
+    }
+
+    #[tokio::test]
+    async fn a_request_alone_on_its_stream_is_still_answered() {
+        let (server, client, _dir) = pair();
+        let addr = server.local_addr().unwrap();
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap();
+            while let Some((w, mut r)) = conn.accept().await {
+                let first = r.read().await.unwrap().unwrap();
+                tokio::spawn(serve_requests(first, w, r, |frame| async move {
+                    match frame {
+                        MeshFrame::Ping => MeshFrame::Ok,
+                        _ => MeshFrame::Error(crate::protocol::MeshError::BadRequest("no".into())),
+                    }
+                }));
+            }
+        });
+        let conn = client.connect(addr).await.unwrap();
+        // As a peer built before lanes asks: one frame, the stream finished, one frame back.
+        let (mut w, mut r) = conn.open().await.unwrap();
+        w.send(&MeshFrame::Ping).await.unwrap();
+        w.finish();
+        assert_eq!(r.read().await.unwrap(), Some(MeshFrame::Ok));
+        assert_eq!(r.read().await.unwrap(), None, "then the stream ends");
+        // And a lane on the same connection works beside it.
+        let answer = conn.request(&MeshFrame::Ping, Duration::from_secs(5)).await;
+        assert_eq!(answer.unwrap(), MeshFrame::Ok);
         conn.close("done");
     }
 
