@@ -244,6 +244,11 @@ impl Server {
     }
 }
 
+/// The channel id of an answer that carries a channel (`conversations.create`, `.open`).
+fn channel_id(v: &Value) -> String {
+    v["channel"]["id"].as_str().expect("channel id").to_string()
+}
+
 fn message(ws: &str, channel: &str, seq: Seq, user: &str) -> Message {
     Message {
         workspace: WorkspaceId(ws.to_string()),

@@ -63,12 +63,12 @@ async fn kick_removes_like_leave_with_slacks_default_permissions() {
     // alice is the demo workspace's admin; bob and carol are not.
     let (alice, bob, carol) = (s.token("alice"), s.token("bob"), s.token("carol"));
     let (alice_id, bob_id, carol_id) = (s.user_id("alice"), s.user_id("bob"), s.user_id("carol"));
-    let id = |v: &Value| v["channel"]["id"].as_str().expect("channel id").to_string();
 
     // A public channel: members may not remove each other, the admin may.
-    let open = id(&s
-        .ok("conversations.create", &bob, json!({"name": "open"}))
-        .await);
+    let open = channel_id(
+        &s.ok("conversations.create", &bob, json!({"name": "open"}))
+            .await,
+    );
     for token in [&alice, &carol] {
         s.ok("conversations.join", token, json!({"channel": open}))
             .await;
@@ -131,13 +131,14 @@ async fn kick_removes_like_leave_with_slacks_default_permissions() {
     assert!(members(&s, &bob, &open).await.is_empty());
 
     // A private channel: any member may remove another; it is gone for the one removed.
-    let secret = id(&s
-        .ok(
+    let secret = channel_id(
+        &s.ok(
             "conversations.create",
             &bob,
             json!({"name": "secret", "is_private": true}),
         )
-        .await);
+        .await,
+    );
     s.ok(
         "conversations.invite",
         &bob,
@@ -188,16 +189,18 @@ async fn kick_removes_like_leave_with_slacks_default_permissions() {
         "cant_kick_from_general",
     )
     .await;
-    let dm = id(&s
-        .ok("conversations.open", &alice, json!({"users": bob_id}))
-        .await);
-    let group = id(&s
-        .ok(
+    let dm = channel_id(
+        &s.ok("conversations.open", &alice, json!({"users": bob_id}))
+            .await,
+    );
+    let group = channel_id(
+        &s.ok(
             "conversations.open",
             &alice,
             json!({"users": format!("{bob_id},{carol_id}")}),
         )
-        .await);
+        .await,
+    );
     for channel in [&dm, &group] {
         s.err(
             "conversations.kick",
@@ -210,9 +213,10 @@ async fn kick_removes_like_leave_with_slacks_default_permissions() {
     }
     // A refusal relays nothing: by the time a later removal's change has come, none came
     // about the DMs, and every earlier one came once.
-    let sentinel = id(&s
-        .ok("conversations.create", &alice, json!({"name": "sentinel"}))
-        .await);
+    let sentinel = channel_id(
+        &s.ok("conversations.create", &alice, json!({"name": "sentinel"}))
+            .await,
+    );
     s.ok("conversations.join", &bob, json!({"channel": sentinel}))
         .await;
     s.ok(
@@ -242,12 +246,10 @@ async fn kick_refuses_bad_ids() {
     let (mallory, _) = crate::create_user(&s.store, &s.signer, "acme", "mallory", false)
         .await
         .unwrap();
-    let channel = s
-        .ok("conversations.create", &alice, json!({"name": "room"}))
-        .await["channel"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let channel = channel_id(
+        &s.ok("conversations.create", &alice, json!({"name": "room"}))
+            .await,
+    );
     let bob_id = s.user_id("bob");
     let (users_before, channels_before) = (
         kick_errors("user_not_found"),

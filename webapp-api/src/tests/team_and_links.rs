@@ -169,32 +169,26 @@ async fn permalinks_point_at_messages_the_caller_can_read() {
     );
 
     // Public channels are readable without joining; private ones and DMs by members only.
-    let open = s
-        .ok("conversations.create", &alice, json!({"name": "open"}))
-        .await["channel"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let secret = s
-        .ok(
+    let open = channel_id(
+        &s.ok("conversations.create", &alice, json!({"name": "open"}))
+            .await,
+    );
+    let secret = channel_id(
+        &s.ok(
             "conversations.create",
             &alice,
             json!({"name": "secret", "is_private": true}),
         )
-        .await["channel"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let dm = s
-        .ok(
+        .await,
+    );
+    let dm = channel_id(
+        &s.ok(
             "conversations.open",
             &alice,
             json!({"users": s.user_id("bob")}),
         )
-        .await["channel"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .await,
+    );
     for channel in [&open, &secret, &dm] {
         let m = s
             .ok(
