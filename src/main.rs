@@ -19,6 +19,9 @@ use shared::store::sqlite::SqliteStore;
 use shared::store::SharedStore;
 use shared::telemetry::Health;
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "switchboard",
