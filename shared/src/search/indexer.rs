@@ -46,13 +46,7 @@ pub async fn catch_up(
         // it does not hold up one of the runtime's workers (the post path runs on them).
         let index = index.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-            for change in &changes {
-                if change.deleted {
-                    index.remove(&change.message.channel, change.message.seq)?;
-                } else {
-                    index.upsert(&change.message)?;
-                }
-            }
+            index.apply(changes.iter().map(|c| (&c.message, c.deleted)))?;
             index.commit_positions(&positions)?;
             Ok(())
         })

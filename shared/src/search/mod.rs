@@ -17,6 +17,7 @@
 pub mod indexer;
 pub mod query;
 
+use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
 
@@ -139,15 +140,31 @@ pub struct SearchIndex {
 }
 
 impl SearchIndex {
-    /// Opens the index in `dir`, creating it if needed.
+    /// Opens the index in `dir`, creating it if needed. An index built with another schema
+    /// (an older release's) is removed and made again, empty: it holds nothing that the
+    /// store's change feeds do not, and its indexer then reads them from the start.
     pub fn open(dir: &Path) -> Result<SearchIndex, SearchError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| SearchError(format!("create {}: {e}", dir.display())))?;
         let (schema, fields) = schema();
-        let directory =
-            tantivy::directory::MmapDirectory::open(dir).map_err(|e| SearchError(e.to_string()))?;
-        let index = Index::open_or_create(directory, schema)?;
+        let index = match Self::open_dir(dir, &schema) {
+            Err(tantivy::TantivyError::SchemaError(e)) => {
+                tracing::warn!(
+                    dir = %dir.display(),
+                    error = %e,
+                    "search index has another schema: rebuilding it from the change feeds"
+                );
+                std::fs::remove_dir_all(dir)
+                    .map_err(|e| SearchError(format!("remove {}: {e}", dir.display())))?;
+                Self::open_dir(dir, &schema)?
+            }
+            other => other?,
+        };
         Self::with_index(index, fields)
+    }
+
+    fn open_dir(dir: &Path, schema: &Schema) -> tantivy::Result<Index> {
+        std::fs::create_dir_all(dir)?;
+        let directory = tantivy::directory::MmapDirectory::open(dir)?;
+        Index::open_or_create(directory, schema.clone())
     }
 
     /// An index in memory, for tests.
@@ -200,30 +217,57 @@ impl SearchIndex {
 
     /// Adds (or replaces) a message. Visible to searches after the next [`commit`](Self::commit).
     pub fn upsert(&self, msg: &Message) -> Result<(), SearchError> {
-        let f = self.fields;
-        let id = Self::doc_id(&msg.channel, msg.seq);
-        let writer = self.writer.lock();
-        writer.delete_term(Term::from_field_text(f.id, &id));
-        writer.add_document(doc!(
-            f.id => id,
-            f.workspace => msg.workspace.0.clone(),
-            f.channel => msg.channel.0.clone(),
-            f.user => msg.user.0.clone(),
-            f.text => msg.text.clone(),
-            f.ts => msg.ts.0,
-            f.seq => msg.seq,
-            f.has_link => u64::from(query::has_link(&msg.text)),
-        ))?;
-        Ok(())
+        self.apply([(msg, false)])
     }
 
-    /// Drops a message (deleted). Takes effect at the next [`commit`](Self::commit).
-    pub fn remove(&self, channel: &ChannelId, seq: Seq) -> Result<(), SearchError> {
+    /// Applies changes in their order, each `(message, deleted)`: a message's last change
+    /// wins, dropping it from the index when deleted and replacing what the index held
+    /// otherwise. Takes effect at the next [`commit`](Self::commit).
+    ///
+    /// The messages' earlier versions go in one delete for the whole call. A delete per
+    /// message made Tantivy build a term scorer for each segment at the commit, for messages
+    /// that are mostly new and were never in the index.
+    pub fn apply<'a>(
+        &self,
+        changes: impl IntoIterator<Item = (&'a Message, bool)>,
+    ) -> Result<(), SearchError> {
+        // Each message's last change, in the order the messages first came.
+        let mut order: Vec<(String, &Message, bool)> = Vec::new();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        for (msg, deleted) in changes {
+            let id = Self::doc_id(&msg.channel, msg.seq);
+            match at.get(&id) {
+                Some(&i) => order[i] = (id, msg, deleted),
+                None => {
+                    at.insert(id.clone(), order.len());
+                    order.push((id, msg, deleted));
+                }
+            }
+        }
+        if order.is_empty() {
+            return Ok(());
+        }
+        let f = self.fields;
         let writer = self.writer.lock();
-        writer.delete_term(Term::from_field_text(
-            self.fields.id,
-            &Self::doc_id(channel, seq),
-        ));
+        let ids = order
+            .iter()
+            .map(|(id, _, _)| Term::from_field_text(f.id, id));
+        writer.delete_query(Box::new(TermSetQuery::new(ids)))?;
+        for (id, msg, deleted) in order {
+            if deleted {
+                continue;
+            }
+            writer.add_document(doc!(
+                f.id => id,
+                f.workspace => msg.workspace.0.clone(),
+                f.channel => msg.channel.0.clone(),
+                f.user => msg.user.0.clone(),
+                f.text => msg.text.clone(),
+                f.ts => msg.ts.0,
+                f.seq => msg.seq,
+                f.has_link => u64::from(query::has_link(&msg.text)),
+            ))?;
+        }
         Ok(())
     }
 
@@ -744,6 +788,74 @@ mod tests {
         assert_eq!(idx.last_change_id(), 6);
         assert_eq!(idx.search(&request(&["noon"])).unwrap().total, 0);
         assert_eq!(idx.search(&request(&["edited"])).unwrap().total, 1);
+    }
+
+    /// One round of changes: each message's last change wins, earlier versions and deleted
+    /// messages go, and a message new in the round is found once.
+    #[test]
+    fn a_round_keeps_each_messages_last_change() {
+        let idx = index();
+        let edited = msg("CA", 1, "UA", "rerouted train", 100);
+        let gone = msg("CB", 1, "UA", "train delayed, flaky test again", 300);
+        let posted = msg("CB", 2, "UB", "a new train", 600);
+        let posted_then_edited = msg("CB", 3, "UB", "brand new train", 700);
+        let edit_of_it = msg("CB", 3, "UB", "quietly edited", 700);
+        let posted_then_deleted = msg("CA", 3, "UA", "train typo", 800);
+        idx.apply([
+            (&edited, false),
+            (&gone, true),
+            (&posted, false),
+            (&posted_then_edited, false),
+            (&posted_then_deleted, false),
+            (&edit_of_it, false),
+            (&posted_then_deleted, true),
+        ])
+        .unwrap();
+        idx.commit(6).unwrap();
+        let found = |w: &str| seqs(&idx.search(&request(&[w])).unwrap());
+        assert_eq!(
+            found("train"),
+            vec![("CB".to_string(), 2), ("CA".to_string(), 1)]
+        );
+        assert_eq!(found("noon"), vec![]);
+        assert_eq!(found("delayed"), vec![]);
+        assert_eq!(found("brand"), vec![]);
+        assert_eq!(found("quietly"), vec![("CB".to_string(), 3)]);
+        assert_eq!(found("typo"), vec![]);
+        // Applying the same round again leaves one copy of each.
+        idx.apply([(&posted, false), (&edit_of_it, false)]).unwrap();
+        idx.commit(7).unwrap();
+        assert_eq!(idx.search(&request(&["train"])).unwrap().total, 2);
+        assert_eq!(idx.search(&request(&["quietly"])).unwrap().total, 1);
+    }
+
+    /// An index left by a release with another schema is made again, empty and at the start
+    /// of the feeds, and then takes messages as any index does.
+    #[test]
+    fn an_index_of_another_schema_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("all");
+        {
+            let mut b = Schema::builder();
+            let id = b.add_text_field("id", STRING);
+            std::fs::create_dir_all(&path).unwrap();
+            let old = Index::create_in_dir(&path, b.build()).unwrap();
+            let mut writer: IndexWriter = old.writer_with_num_threads(1, 15_000_000).unwrap();
+            writer.add_document(doc!(id => "CA:1")).unwrap();
+            let mut prepared = writer.prepare_commit().unwrap();
+            prepared.set_payload(&format_positions(&[41]));
+            prepared.commit().unwrap();
+        }
+        let idx = SearchIndex::open(&path).unwrap();
+        assert_eq!(idx.positions(1), vec![0]);
+        assert_eq!(idx.num_docs(), 0);
+        idx.upsert(&msg("CA", 1, "UA", "the release train", 100))
+            .unwrap();
+        idx.commit(1).unwrap();
+        drop(idx);
+        let idx = SearchIndex::open(&path).unwrap();
+        assert_eq!(idx.last_change_id(), 1);
+        assert_eq!(idx.search(&request(&["train"])).unwrap().total, 1);
     }
 
     #[test]
