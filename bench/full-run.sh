@@ -12,7 +12,8 @@
 #
 # Order: what only a large machine can measure first (50,000 idle sessions needs an open-file
 # limit above 50,512), then the two fan-out shapes with the limit server and NATS, then posts,
-# then the store's writers alone (a shard per workspace against spread channels, and 16 shards).
+# then the store's writers alone (a shard per workspace against spread channels, and 16 shards),
+# then two experiments (fewer worker threads per Switchboard process; eight store shards).
 # A step that runs past its limit is killed, noted, and the next one starts.
 set -uo pipefail
 
@@ -63,4 +64,13 @@ step 60 posts -p 256 -c 64 -d "$D"
 step 60 posts -p 256 -c 256 -d "$D"
 step 60 store -d "$D"
 step 60 store --shards 16 --keys channel -d "$D"
+# Experiments for what the bars' runs above leave open, last so they cannot crowd them out:
+# fewer tokio workers per Switchboard process (three processes and the bench share the
+# cores), and posts on a store of eight shards instead of dev's four.
+THREADS=$(( $(nproc) / 4 > 1 ? $(nproc) / 4 : 1 ))
+echo "## TOKIO_WORKER_THREADS=$THREADS for the Switchboard processes" | tee -a "$LOG"
+TOKIO_WORKER_THREADS=$THREADS step 150 fanout --half-peak -d "$D"
+TOKIO_WORKER_THREADS=$THREADS step 60 posts -p 256 -c 64 -d "$D"
+echo "## SWITCHBOARD_STORE__SHARDS=8" | tee -a "$LOG"
+SWITCHBOARD_STORE__SHARDS=8 step 60 posts -p 256 -c 256 -d "$D"
 echo "## done $(date -u +%H:%M:%S)" | tee -a "$LOG"

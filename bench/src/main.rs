@@ -593,7 +593,10 @@ fn main() {
         }
         return;
     }
+    // A worker per CPU, said explicitly: tokio would otherwise read `TOKIO_WORKER_THREADS`,
+    // which a run sets to size only the Switchboard processes it starts (they inherit it).
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(1, |n| n.get()))
         .enable_all()
         .build()
         .expect("tokio runtime");
