@@ -19,6 +19,8 @@ use shared::store::sqlite::SqliteStore;
 use shared::store::SharedStore;
 use shared::telemetry::Health;
 
+/// mimalloc: 14 % more durable posts per core than glibc's allocator; built with lazy arena
+/// commit (`.cargo/config.toml`) so idle sessions cost no more (README, dependencies).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

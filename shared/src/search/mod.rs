@@ -17,6 +17,7 @@
 pub mod indexer;
 pub mod query;
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
@@ -232,15 +233,14 @@ impl SearchIndex {
         changes: impl IntoIterator<Item = (&'a Message, bool)>,
     ) -> Result<(), SearchError> {
         // Each message's last change, in the order the messages first came.
-        let mut order: Vec<(String, &Message, bool)> = Vec::new();
-        let mut at: HashMap<String, usize> = HashMap::new();
+        let mut order: Vec<(&Message, bool)> = Vec::new();
+        let mut at: HashMap<(&str, Seq), usize> = HashMap::new();
         for (msg, deleted) in changes {
-            let id = Self::doc_id(&msg.channel, msg.seq);
-            match at.get(&id) {
-                Some(&i) => order[i] = (id, msg, deleted),
-                None => {
-                    at.insert(id.clone(), order.len());
-                    order.push((id, msg, deleted));
+            match at.entry((msg.channel.0.as_str(), msg.seq)) {
+                Entry::Occupied(i) => order[*i.get()] = (msg, deleted),
+                Entry::Vacant(slot) => {
+                    slot.insert(order.len());
+                    order.push((msg, deleted));
                 }
             }
         }
@@ -251,14 +251,14 @@ impl SearchIndex {
         let writer = self.writer.lock();
         let ids = order
             .iter()
-            .map(|(id, _, _)| Term::from_field_text(f.id, id));
+            .map(|(msg, _)| Term::from_field_text(f.id, &Self::doc_id(&msg.channel, msg.seq)));
         writer.delete_query(Box::new(TermSetQuery::new(ids)))?;
-        for (id, msg, deleted) in order {
+        for (msg, deleted) in order {
             if deleted {
                 continue;
             }
             writer.add_document(doc!(
-                f.id => id,
+                f.id => Self::doc_id(&msg.channel, msg.seq),
                 f.workspace => msg.workspace.0.clone(),
                 f.channel => msg.channel.0.clone(),
                 f.user => msg.user.0.clone(),
