@@ -13,7 +13,8 @@
 # Order: what only a large machine can measure first (50,000 idle sessions needs an open-file
 # limit above 50,512), then the two fan-out shapes with the limit server and NATS, then posts,
 # then the store's writers alone (a shard per workspace against spread channels, and 16 shards),
-# then two experiments (fewer worker threads per Switchboard process; eight store shards).
+# then three experiments (fewer worker threads per Switchboard process; eight store shards;
+# 1,000 x 10 with a window of 1,024).
 # A step that runs past its limit is killed, noted, and the next one starts.
 set -uo pipefail
 
@@ -73,4 +74,7 @@ TOKIO_WORKER_THREADS=$THREADS step 150 fanout --half-peak -d "$D"
 TOKIO_WORKER_THREADS=$THREADS step 60 posts -p 256 -c 64 -d "$D"
 echo "## SWITCHBOARD_STORE__SHARDS=8" | tee -a "$LOG"
 SWITCHBOARD_STORE__SHARDS=8 step 60 posts -p 256 -c 256 -d "$D"
+# 1,000 x 10 with four times the messages in flight, for every system alike: whether the
+# window of 256 (each in flight until durable and delivered) or the servers bound it.
+step 240 fanout -c 1000 -s 10 --window 1024 --with-nats -d "$D" "${NATS[@]}"
 echo "## done $(date -u +%H:%M:%S)" | tee -a "$LOG"
