@@ -19,8 +19,8 @@ use shared::store::sqlite::SqliteStore;
 use shared::store::SharedStore;
 use shared::telemetry::Health;
 
-/// mimalloc: 14 % more durable posts per core than glibc's allocator; built with lazy arena
-/// commit (`.cargo/config.toml`) so idle sessions cost no more (README, dependencies).
+/// mimalloc: about 14 % more durable posts per second than glibc's allocator on 2 cores; lazy arena
+/// commit (`.cargo/config.toml`) keeps idle sessions about as cheap (README, dependencies).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
