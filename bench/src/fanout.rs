@@ -97,6 +97,9 @@ pub struct PhaseResult {
     /// Post sent to post acknowledged (Switchboard's HTTP posts only).
     pub post_ack_latency: Option<LatencySummary>,
     pub cpu: CpuUsage,
+    /// Where a post's time went inside Switchboard's `dev` process (its own histograms over
+    /// this phase); empty for the other systems.
+    pub server_latency: Vec<crate::promtext::ServerLatency>,
     /// Whether every message reached every subscriber before the drain timeout.
     pub drained: bool,
     #[serde(skip)]
@@ -844,6 +847,7 @@ async fn run_phases(
     tracker: &Arc<Tracker>,
     publisher: &mut Publisher,
     server_pids: Vec<u32>,
+    metrics_http: Option<&str>,
 ) -> Vec<PhaseResult> {
     let mut results: Vec<PhaseResult> = Vec::new();
     for phase in 0..plan.phases() {
@@ -867,6 +871,10 @@ async fn run_phases(
             max_messages: plan.max_messages,
             pacer: rate.map(|r| Arc::new(Pacer::start(r, start, deadline))),
             deadline,
+        };
+        let metrics_before = match metrics_http {
+            Some(http) => crate::promtext::scrape(http).await,
+            None => None,
         };
         let cpu = CpuMeter::start(server_pids.clone());
         let ph = &tracker.phases[phase];
@@ -900,6 +908,13 @@ async fn run_phases(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let cpu = cpu.stop();
+        let server_latency = match (metrics_http, &metrics_before) {
+            (Some(http), Some(before)) => match crate::promtext::scrape(http).await {
+                Some(after) => crate::promtext::post_path(before, &after),
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        };
         progress.finish().await;
         let sent = ph.sent.load(Ordering::Relaxed);
         let completed = ph.completed.load(Ordering::Relaxed);
@@ -936,6 +951,7 @@ async fn run_phases(
             latency: LatencySummary::default(),
             post_ack_latency: None,
             cpu,
+            server_latency,
             drained,
             curve: Vec::new(),
         });
@@ -1149,7 +1165,15 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
         posters: plan.posters,
         run_id: run.into(),
     };
-    let phases = run_phases(plan, "switchboard", &tracker, &mut publisher, sut.pids()).await;
+    let phases = run_phases(
+        plan,
+        "switchboard",
+        &tracker,
+        &mut publisher,
+        sut.pids(),
+        Some(&sut.urls.webapp),
+    )
+    .await;
     let mut result = finish("switchboard", plan, tracker, subs, phases, setup_s, true).await;
     if let Err(e) = sut.check_alive() {
         result.errors.push(format!("{e:#}"));
@@ -1157,6 +1181,15 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
     result.notes.push(format!(
         "{presence} non-message events (presence) reached the subscribers while they connected"
     ));
+    for p in &result.phases {
+        if !p.server_latency.is_empty() {
+            result.notes.push(format!(
+                "inside dev, {}: {}",
+                p.phase,
+                crate::promtext::describe(&p.server_latency)
+            ));
+        }
+    }
     for g in &sut.gateways {
         let mut facts = Vec::new();
         for name in [
@@ -1258,7 +1291,7 @@ pub async fn run_limit(plan: &Plan) -> anyhow::Result<SystemResult> {
         ws: Box::new(pub_ws),
     };
     let setup_s = setup.elapsed().as_secs_f64();
-    let phases = run_phases(plan, "limit", &tracker, &mut publisher, server_pids).await;
+    let phases = run_phases(plan, "limit", &tracker, &mut publisher, server_pids, None).await;
     drop(publisher);
     let mut result = finish("limit", plan, tracker, subs, phases, setup_s, false).await;
     match &server {
@@ -1315,7 +1348,7 @@ pub async fn run_nats(
     };
     let setup_s = setup.elapsed().as_secs_f64();
     let pids = server_pid.into_iter().collect();
-    let phases = run_phases(plan, "nats", &tracker, &mut publisher, pids).await;
+    let phases = run_phases(plan, "nats", &tracker, &mut publisher, pids, None).await;
     drop(publisher);
     Ok(finish("nats", plan, tracker, subs, phases, setup_s, false).await)
 }

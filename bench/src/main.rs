@@ -26,6 +26,7 @@ mod nats;
 mod order;
 mod pace;
 mod posts;
+mod promtext;
 mod rawws;
 mod report;
 mod search;
@@ -1188,6 +1189,15 @@ async fn posts_cmd(a: PostsArgs) -> anyhow::Result<bool> {
             f(&r["p99"])
         );
         ratios.insert("cql_over_embedded".into(), r);
+    }
+    for o in &results {
+        if !o.server_latency.is_empty() {
+            println!(
+                "inside dev ({} store): {}",
+                o.store,
+                promtext::describe(&o.server_latency)
+            );
+        }
     }
     let mut ok = true;
     for o in &results {

@@ -46,6 +46,9 @@ pub struct Outcome {
     /// CPU seconds of the CQL node's process over the measured phase, when the bench knows
     /// its pid (a node it started); not part of `cpu.server_cpu_s`.
     pub store_cpu_s: Option<f64>,
+    /// Where a post's time went inside the `dev` process (its own histograms over the
+    /// measured phase).
+    pub server_latency: Vec<crate::promtext::ServerLatency>,
     /// Posts acknowledged during the warm-up (not in the figures above).
     pub warmup_posts: u64,
     /// Acknowledged sequence numbers that were missing or repeated in a channel.
@@ -229,6 +232,7 @@ pub async fn run(
         warmup_posts = w.posts;
         errors.extend(w.errors.into_iter().map(|e| format!("warm-up: {e}")));
     }
+    let metrics_before = crate::promtext::scrape(&sut.urls.webapp).await;
     let cpu = CpuMeter::start(sut.pids());
     let store_cpu_start = store_pid.map(|p| cpu_seconds(Some(p)));
     let m = if errors.is_empty() {
@@ -249,6 +253,13 @@ pub async fn run(
         }
     };
     let cpu = cpu.stop();
+    let server_latency = match (
+        metrics_before,
+        crate::promtext::scrape(&sut.urls.webapp).await,
+    ) {
+        (Some(before), Some(after)) => crate::promtext::post_path(&before, &after),
+        _ => Vec::new(),
+    };
     let store_cpu_s = store_pid
         .zip(store_cpu_start)
         .map(|(p, start)| cpu_seconds(Some(p)) - start);
@@ -272,6 +283,7 @@ pub async fn run(
         latency: LatencySummary::of(&m.hist),
         cpu,
         store_cpu_s,
+        server_latency,
         warmup_posts,
         seq_problems,
         errors,

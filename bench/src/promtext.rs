@@ -1,0 +1,267 @@
+//! Where a post's time went inside the servers: the `switchboard dev` process's own latency
+//! histograms (its `/metrics`), read before and after a phase, so that a phase's post-ack
+//! latency can be split into the Web API's, the channel server's and the store's parts.
+//!
+//! The histograms are Prometheus's: cumulative counts per upper bound. A quantile is placed
+//! by linear interpolation inside the bucket that holds it, so it is only as fine as the
+//! buckets (5 ms, 10 ms, 25 ms...); a quantile past the last finite bound reads as that bound
+//! and is flagged.
+
+use serde::Serialize;
+
+/// The server histograms a phase reports, as (label, metric family, label filter).
+pub const POST_PATH: &[(&str, &str, &str)] = &[
+    (
+        "web API chat.postMessage",
+        "switchboard_webapp_request_duration_seconds",
+        "method=\"chat.postMessage\"",
+    ),
+    (
+        "channel server post",
+        "switchboard_cs_post_duration_seconds",
+        "",
+    ),
+    (
+        "store append batch",
+        "switchboard_store_op_duration_seconds",
+        "op=\"append_batch\"",
+    ),
+    (
+        "store checkpoint",
+        "switchboard_store_op_duration_seconds",
+        "op=\"checkpoint\"",
+    ),
+];
+
+/// One histogram's cumulative buckets: (upper bound in seconds, count), ascending, the last
+/// one `+Inf`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Buckets(pub Vec<(f64, u64)>);
+
+impl Buckets {
+    /// The buckets of `family` (its `_bucket` lines) whose labels contain `filter`.
+    pub fn parse(body: &str, family: &str, filter: &str) -> Option<Buckets> {
+        let prefix = format!("{family}_bucket{{");
+        let mut out = Vec::new();
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((labels, value)) = rest.split_once("} ") else {
+                continue;
+            };
+            if !labels.contains(filter) {
+                continue;
+            }
+            let Some(le) = labels
+                .split(',')
+                .find_map(|l| l.trim().strip_prefix("le=\""))
+                .and_then(|v| v.strip_suffix('"'))
+            else {
+                continue;
+            };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                match le.parse() {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                }
+            };
+            let Ok(count) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            out.push((le, count as u64));
+        }
+        if out.is_empty() {
+            return None;
+        }
+        out.sort_by(|a, b| a.0.total_cmp(&b.0));
+        Some(Buckets(out))
+    }
+
+    /// What was observed between `before` and `self` (same buckets).
+    pub fn since(&self, before: &Buckets) -> Buckets {
+        Buckets(
+            self.0
+                .iter()
+                .map(|&(le, n)| {
+                    let was = before
+                        .0
+                        .iter()
+                        .find(|(b, _)| *b == le)
+                        .map_or(0, |&(_, c)| c);
+                    (le, n.saturating_sub(was))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.last().map_or(0, |&(_, n)| n)
+    }
+
+    /// The `q` quantile in seconds, interpolated in its bucket, and whether it lies past the
+    /// last finite bound (then the value is that bound).
+    pub fn quantile(&self, q: f64) -> Option<(f64, bool)> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let (mut lo, mut below) = (0.0, 0u64);
+        for &(le, n) in &self.0 {
+            if n as f64 >= rank && n > below {
+                if le.is_infinite() {
+                    return Some((lo, true));
+                }
+                let within = (rank - below as f64) / (n - below) as f64;
+                return Some((lo + (le - lo) * within.clamp(0.0, 1.0), false));
+            }
+            if le.is_finite() {
+                lo = le;
+            }
+            below = n;
+        }
+        Some((lo, true))
+    }
+}
+
+/// One server histogram over one phase.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServerLatency {
+    pub what: String,
+    pub count: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// The p99 lies past the histogram's last bound (`p99_ms` is that bound).
+    pub p99_past_last_bucket: bool,
+}
+
+/// The `/metrics` text of a process, or `None` when it cannot be read.
+pub async fn scrape(http: &str) -> Option<String> {
+    reqwest::get(format!("{http}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
+/// The [`POST_PATH`] histograms between two scrapes.
+pub fn post_path(before: &str, after: &str) -> Vec<ServerLatency> {
+    POST_PATH
+        .iter()
+        .filter_map(|&(what, family, filter)| {
+            let after = Buckets::parse(after, family, filter)?;
+            let d = match Buckets::parse(before, family, filter) {
+                Some(b) => after.since(&b),
+                None => after,
+            };
+            let p50 = d.quantile(0.5);
+            let p99 = d.quantile(0.99);
+            Some(ServerLatency {
+                what: what.to_string(),
+                count: d.count(),
+                p50_ms: p50.map(|(v, _)| v * 1e3),
+                p99_ms: p99.map(|(v, _)| v * 1e3),
+                p99_past_last_bucket: p99.is_some_and(|(_, past)| past),
+            })
+        })
+        .collect()
+}
+
+/// One line for the terminal: `web API chat.postMessage p50 1.2 ms p99 8.4 ms (n 1234); ...`.
+pub fn describe(lat: &[ServerLatency]) -> String {
+    lat.iter()
+        .filter(|l| l.count > 0)
+        .map(|l| {
+            let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} ms"));
+            format!(
+                "{} p50 {} p99 {}{} (n {})",
+                l.what,
+                ms(l.p50_ms),
+                if l.p99_past_last_bucket { ">" } else { "" },
+                ms(l.p99_ms),
+                l.count
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BEFORE: &str = r#"# HELP switchboard_store_op_duration_seconds embedded store operation latency
+# TYPE switchboard_store_op_duration_seconds histogram
+switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.001"} 10
+switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.005"} 10
+switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.01"} 10
+switchboard_store_op_duration_seconds_bucket{op="append_batch",le="+Inf"} 10
+switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.001"} 3
+switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.005"} 3
+switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.01"} 3
+switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="+Inf"} 3
+"#;
+
+    const AFTER: &str = r#"switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.001"} 60
+switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.005"} 108
+switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.01"} 109
+switchboard_store_op_duration_seconds_bucket{op="append_batch",le="+Inf"} 110
+switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.001"} 3
+switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.005"} 3
+switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.01"} 3
+switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="+Inf"} 7
+"#;
+
+    #[test]
+    fn a_phase_sees_only_its_own_observations() {
+        let f = "switchboard_store_op_duration_seconds";
+        let a = Buckets::parse(AFTER, f, "op=\"append_batch\"").unwrap();
+        let b = Buckets::parse(BEFORE, f, "op=\"append_batch\"").unwrap();
+        let d = a.since(&b);
+        assert_eq!(d.count(), 100);
+        assert_eq!(
+            d.0,
+            vec![(0.001, 50), (0.005, 98), (0.01, 99), (f64::INFINITY, 100)]
+        );
+        // The median is the 50th of 100: the top of the first bucket.
+        let (p50, past) = d.quantile(0.5).unwrap();
+        assert!((p50 - 0.001).abs() < 1e-12 && !past, "{p50}");
+        // The 99th lies in (5 ms, 10 ms], at its top.
+        let (p99, past) = d.quantile(0.99).unwrap();
+        assert!((p99 - 0.01).abs() < 1e-12 && !past, "{p99}");
+        // The 98th is the last of (1 ms, 5 ms]: 48 of 48 in, so its top.
+        let (p98, _) = d.quantile(0.98).unwrap();
+        assert!((p98 - 0.005).abs() < 1e-12, "{p98}");
+        // Half-way through a bucket is half-way through its range.
+        let (p74, _) = d.quantile(0.74).unwrap();
+        assert!((p74 - 0.003).abs() < 1e-12, "{p74}");
+    }
+
+    #[test]
+    fn a_quantile_past_the_last_bound_is_flagged() {
+        let f = "switchboard_store_op_duration_seconds";
+        let a = Buckets::parse(AFTER, f, "op=\"checkpoint\"").unwrap();
+        let b = Buckets::parse(BEFORE, f, "op=\"checkpoint\"").unwrap();
+        let d = a.since(&b);
+        assert_eq!(d.count(), 4);
+        assert_eq!(d.quantile(0.5), Some((0.01, true)));
+    }
+
+    #[test]
+    fn missing_or_empty_histograms_give_nothing() {
+        assert_eq!(Buckets::parse("", "x", ""), None);
+        assert_eq!(Buckets::parse(AFTER, "switchboard_nothing", ""), None);
+        let empty = Buckets(vec![(0.001, 0), (f64::INFINITY, 0)]);
+        assert_eq!(empty.quantile(0.99), None);
+        // A family the "before" scrape lacked counts from zero.
+        let lat = post_path("", AFTER);
+        let batch = lat.iter().find(|l| l.what == "store append batch").unwrap();
+        assert_eq!(batch.count, 110);
+        assert!(lat.iter().all(|l| l.what != "web API chat.postMessage"));
+        assert!(describe(&lat).contains("store append batch p50 "));
+    }
+}
