@@ -354,7 +354,7 @@ struct StoreArgs {
     /// Channels of the one workspace [default: 256; smoke 8].
     #[arg(long, short = 'c')]
     channels: Option<usize>,
-    /// Store shards (`store.shards`; the default config has 4).
+    /// Store shards (`store.shards`; `dev` gives a new store one per core, 4 to 16).
     #[arg(long, default_value_t = 4)]
     shards: u32,
     /// Seconds per shard key [default: 10; smoke 1].

@@ -162,6 +162,18 @@ pub struct StoreConfig {
     pub cql_request_timeout_ms: u64,
 }
 
+impl StoreConfig {
+    /// The CQL store's shard count: `shards`, or 4 when it is 0 (its keyspaces are created by
+    /// `switchboard store migrate`, so the count cannot follow the machine).
+    pub fn cql_shards(&self) -> u32 {
+        if self.shards == 0 {
+            4
+        } else {
+            self.shards
+        }
+    }
+}
+
 impl Config {
     /// The embedded defaults alone.
     pub fn defaults() -> Config {
@@ -282,8 +294,8 @@ impl Config {
             }
             other => bail!("store.kind {other:?} is not known (expected \"embedded\" or \"cql\")"),
         }
-        if self.store.shards == 0 || self.store.shards > 1024 {
-            bail!("store.shards must be in 1..=1024");
+        if self.store.shards > 1024 {
+            bail!("store.shards must be in 0..=1024 (0: chosen by the store)");
         }
         if self.flannel.max_workspaces == 0 || self.flannel.max_cached_users == 0 {
             bail!("flannel.max_workspaces and flannel.max_cached_users must be positive");
@@ -551,7 +563,15 @@ mod tests {
             &["telemetry.log_format=xml".to_string()]
         )
         .is_err());
-        assert!(Config::load(None, std::iter::empty(), &["store.shards=0".to_string()]).is_err());
+        assert!(
+            Config::load(None, std::iter::empty(), &["store.shards=1025".to_string()]).is_err()
+        );
+        assert_eq!(
+            Config::defaults().store.shards,
+            0,
+            "chosen by the store by default"
+        );
+        assert_eq!(Config::defaults().store.cql_shards(), 4);
         // A frame limit under one message of the largest size would fail its link for good.
         let small = format!("mesh.max_frame_bytes={}", MIN_FRAME_BYTES - 1);
         let err = Config::load(None, std::iter::empty(), &[small]).unwrap_err();

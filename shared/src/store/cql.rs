@@ -142,18 +142,19 @@ pub fn valid_keyspace(name: &str) -> bool {
 impl CqlSettings {
     /// The settings of `[store]` (already validated by [`crate::config::Config::validate`]).
     pub fn from_config(store: &StoreConfig) -> anyhow::Result<CqlSettings> {
+        let shard_count = store.cql_shards();
         let shard_keyspaces = if store.cql_shard_keyspaces.is_empty() {
-            (0..store.shards)
+            (0..shard_count)
                 .map(|n| format!("{}_shard_{n}", store.cql_keyspace_prefix))
                 .collect()
         } else {
             store.cql_shard_keyspaces.clone()
         };
-        if shard_keyspaces.len() != store.shards as usize {
+        if shard_keyspaces.len() != shard_count as usize {
             anyhow::bail!(
                 "store.cql_shard_keyspaces names {} keyspaces but store.shards is {}",
                 shard_keyspaces.len(),
-                store.shards
+                shard_count
             );
         }
         let meta_keyspace = format!("{}_meta", store.cql_keyspace_prefix);
