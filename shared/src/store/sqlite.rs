@@ -457,6 +457,9 @@ pub struct SqliteStore {
     shard_key: ShardKey,
 }
 
+/// The most shards a store may have (as `store.shards` allows).
+const MAX_SHARDS: u32 = 1024;
+
 /// The shard count a new store gets when the configuration leaves it to the store: a writer
 /// per CPU core, at least 4 and at most 16. On 16 cores, 16 shards instead of 4 took the
 /// channel server's p99 per post at about 10,900 posts/s from 8.6–9.3 ms to 4.8–6.2 ms: each
@@ -544,12 +547,21 @@ impl SqliteStore {
         };
         let (recorded, key) = record_settings(&mut conn, wanted, new_key)?;
         let count = match recorded.parse::<u32>() {
-            Ok(n) if n > 0 && (num_shards == 0 || n == num_shards) => n,
+            Ok(n) if (1..=MAX_SHARDS).contains(&n) && (num_shards == 0 || n == num_shards) => n,
+            Ok(n) if (1..=MAX_SHARDS).contains(&n) => {
+                return Err(StorageError::new(
+                    StorageErrorKind::Corrupt,
+                    format!(
+                        "store at {} was created with {n} shards, config says {num_shards}",
+                        dir.display()
+                    ),
+                ))
+            }
             _ => {
                 return Err(StorageError::new(
                     StorageErrorKind::Corrupt,
                     format!(
-                        "store at {} was created with {recorded} shards, config says {num_shards}",
+                        "store at {} records {recorded:?} shards, not a count in 1..={MAX_SHARDS}",
                         dir.display()
                     ),
                 ))
@@ -1930,6 +1942,17 @@ mod conformance_tests {
             SqliteStore::open(other.path(), 4).err().unwrap().kind,
             StorageErrorKind::Corrupt
         );
+        // A recorded count that is not one fails clearly instead of opening that many files.
+        let conn = Connection::open(other.path().join("meta.sqlite")).unwrap();
+        conn.execute(
+            "UPDATE settings SET value = '100000' WHERE key = 'shards'",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let err = SqliteStore::open(other.path(), 0).err().unwrap();
+        assert_eq!(err.kind, StorageErrorKind::Corrupt);
+        assert!(err.to_string().contains("100000"), "{err}");
     }
 }
 
