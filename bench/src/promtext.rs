@@ -194,33 +194,36 @@ pub fn describe(lat: &[ServerLatency]) -> String {
 mod tests {
     use super::*;
 
-    const BEFORE: &str = r#"# HELP switchboard_store_op_duration_seconds embedded store operation latency
-# TYPE switchboard_store_op_duration_seconds histogram
-switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.001"} 10
-switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.005"} 10
-switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.01"} 10
-switchboard_store_op_duration_seconds_bucket{op="append_batch",le="+Inf"} 10
-switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.001"} 3
-switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.005"} 3
-switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.01"} 3
-switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="+Inf"} 3
-"#;
+    /// A `/metrics` text with the store's two histograms, cumulative counts at 1 ms, 5 ms,
+    /// 10 ms and `+Inf`.
+    fn scrape_text(append_batch: [u64; 4], checkpoint: [u64; 4]) -> String {
+        let mut out = String::from(
+            "# HELP switchboard_store_op_duration_seconds embedded store operation latency\n\
+             # TYPE switchboard_store_op_duration_seconds histogram\n",
+        );
+        for (op, counts) in [("append_batch", append_batch), ("checkpoint", checkpoint)] {
+            for (le, n) in ["0.001", "0.005", "0.01", "+Inf"].iter().zip(counts) {
+                out.push_str(&format!(
+                    "switchboard_store_op_duration_seconds_bucket{{op=\"{op}\",le=\"{le}\"}} {n}\n"
+                ));
+            }
+        }
+        out
+    }
 
-    const AFTER: &str = r#"switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.001"} 60
-switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.005"} 108
-switchboard_store_op_duration_seconds_bucket{op="append_batch",le="0.01"} 109
-switchboard_store_op_duration_seconds_bucket{op="append_batch",le="+Inf"} 110
-switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.001"} 3
-switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.005"} 3
-switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="0.01"} 3
-switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="+Inf"} 7
-"#;
+    fn before() -> String {
+        scrape_text([10, 10, 10, 10], [3, 3, 3, 3])
+    }
+
+    fn after() -> String {
+        scrape_text([60, 108, 109, 110], [3, 3, 3, 7])
+    }
 
     #[test]
     fn a_phase_sees_only_its_own_observations() {
         let f = "switchboard_store_op_duration_seconds";
-        let a = Buckets::parse(AFTER, f, "op=\"append_batch\"").unwrap();
-        let b = Buckets::parse(BEFORE, f, "op=\"append_batch\"").unwrap();
+        let a = Buckets::parse(&after(), f, "op=\"append_batch\"").unwrap();
+        let b = Buckets::parse(&before(), f, "op=\"append_batch\"").unwrap();
         let d = a.since(&b);
         assert_eq!(d.count(), 100);
         assert_eq!(
@@ -244,8 +247,8 @@ switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="+Inf"} 7
     #[test]
     fn a_quantile_past_the_last_bound_is_flagged() {
         let f = "switchboard_store_op_duration_seconds";
-        let a = Buckets::parse(AFTER, f, "op=\"checkpoint\"").unwrap();
-        let b = Buckets::parse(BEFORE, f, "op=\"checkpoint\"").unwrap();
+        let a = Buckets::parse(&after(), f, "op=\"checkpoint\"").unwrap();
+        let b = Buckets::parse(&before(), f, "op=\"checkpoint\"").unwrap();
         let d = a.since(&b);
         assert_eq!(d.count(), 4);
         assert_eq!(d.quantile(0.5), Some((0.01, true)));
@@ -254,11 +257,11 @@ switchboard_store_op_duration_seconds_bucket{op="checkpoint",le="+Inf"} 7
     #[test]
     fn missing_or_empty_histograms_give_nothing() {
         assert_eq!(Buckets::parse("", "x", ""), None);
-        assert_eq!(Buckets::parse(AFTER, "switchboard_nothing", ""), None);
+        assert_eq!(Buckets::parse(&after(), "switchboard_nothing", ""), None);
         let empty = Buckets(vec![(0.001, 0), (f64::INFINITY, 0)]);
         assert_eq!(empty.quantile(0.99), None);
         // A family the "before" scrape lacked counts from zero.
-        let lat = post_path("", AFTER);
+        let lat = post_path("", &after());
         let batch = lat.iter().find(|l| l.what == "store append batch").unwrap();
         assert_eq!(batch.count, 110);
         assert!(lat.iter().all(|l| l.what != "web API chat.postMessage"));
