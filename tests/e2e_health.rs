@@ -106,6 +106,38 @@ async fn every_role_serves_health_and_prometheus_metrics() {
             .await
             >= 1.0
     );
+    // The post path's two hops are timed where they start: each post that went through the
+    // warm-up is one observation at the Web API (to the admin server) and one at the admin
+    // server (to the owning channel server).
+    let posts = cluster
+        .metric(
+            &cluster.webapp,
+            "switchboard_webapp_requests_total",
+            &[("method", "chat.postMessage")],
+        )
+        .await;
+    let to_admin = cluster
+        .metric(
+            &cluster.webapp,
+            "switchboard_webapp_admin_request_duration_seconds_count",
+            &[("request", "post")],
+        )
+        .await;
+    assert!(
+        to_admin >= 1.0 && to_admin <= posts,
+        "{to_admin} timed requests for {posts} posts"
+    );
+    let to_owner = cluster
+        .metric(
+            &cluster.admin_http,
+            "switchboard_admin_owner_post_duration_seconds_count",
+            &[],
+        )
+        .await;
+    assert!(
+        to_owner >= 1.0 && to_owner <= to_admin,
+        "{to_owner} timed owner posts for {to_admin} posts routed"
+    );
     let ring = cluster.ring().await;
     assert_eq!(ring["ok"], true);
     assert!(ring["epoch"].as_u64().unwrap() >= 1, "{ring}");

@@ -241,7 +241,10 @@ impl Router {
                 break;
             }
             let frame = MeshFrame::Post { msg: msg.clone() };
-            match self.pool.request(addr, &frame, left).await {
+            let sent = std::time::Instant::now();
+            let answer = self.pool.request(addr, &frame, left).await;
+            m::OWNER_POST_DURATION.observe(sent.elapsed().as_secs_f64());
+            match answer {
                 Ok(MeshFrame::Error(MeshError::WrongOwner { epoch })) => {
                     tracing::debug!(owner = %owner.node, %epoch, ours = %ring.epoch(), "owner disagrees on the epoch");
                     m::ROUTED_POSTS.with_label_values(&["retried"]).inc();

@@ -17,6 +17,16 @@ pub const POST_PATH: &[(&str, &str, &str)] = &[
         "method=\"chat.postMessage\"",
     ),
     (
+        "web API to admin server post",
+        "switchboard_webapp_admin_request_duration_seconds",
+        "request=\"post\"",
+    ),
+    (
+        "admin server to channel server post",
+        "switchboard_admin_owner_post_duration_seconds",
+        "",
+    ),
+    (
         "channel server post",
         "switchboard_cs_post_duration_seconds",
         "",

@@ -82,6 +82,14 @@ pub fn ops_router(role: &'static str, health: Health) -> Router {
         )
 }
 
+/// Histogram bounds (seconds) for one hop of a post between servers: a whole post takes a few
+/// milliseconds, so these are finer below 10 ms than the request histograms' bounds, which
+/// would put most of a hop's observations in one bucket.
+pub const HOP_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0,
+    5.0,
+];
+
 /// Metrics of the shared parts (mesh transport, store).
 pub mod metrics {
     use std::sync::LazyLock;

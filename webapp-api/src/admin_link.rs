@@ -198,10 +198,14 @@ impl AdminLink {
         };
         let mut attempt = 1;
         loop {
-            let result = match pool
+            let sent = std::time::Instant::now();
+            let answer = pool
                 .request(self.admin_addr, frame, self.request_timeout)
-                .await
-            {
+                .await;
+            m::ADMIN_REQUEST_DURATION
+                .with_label_values(&[kind])
+                .observe(sent.elapsed().as_secs_f64());
+            let result = match answer {
                 Ok(MeshFrame::Error(e)) => Err(PostError::Mesh(e)),
                 Ok(answer) => Ok(answer),
                 Err(e) => Err(PostError::Transport(e)),

@@ -39,6 +39,18 @@ pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// One request to the admin server (one attempt), from sending it to its answer: for a post,
+/// the admin server's routing, the channel server's durable append and both hops.
+pub static ADMIN_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register_histogram_vec!(
+        "switchboard_webapp_admin_request_duration_seconds",
+        "one attempt at a request to the admin server, by request kind",
+        &["request"],
+        shared::telemetry::HOP_BUCKETS.to_vec()
+    )
+    .expect("metric registers once")
+});
+
 pub static ADMIN_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_admin_retries_total",
