@@ -12,7 +12,10 @@ use tracing_subscriber::EnvFilter;
 
 /// Starts logging. `RUST_LOG` overrides `filter`. Safe to call twice (the second is ignored).
 pub fn init_tracing(format: &str, filter: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|env| EnvFilter::try_new(quiet_dependencies(&env)).ok())
+        .unwrap_or_else(|| EnvFilter::new(quiet_dependencies(filter)));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -21,6 +24,26 @@ pub fn init_tracing(format: &str, filter: &str) {
     } else {
         builder.with_target(false).try_init()
     };
+}
+
+/// Libraries whose `info` is about their own housekeeping, not the service's: Tantivy logs six
+/// lines per index commit ("Preparing commit", "save metas", "Garbage collect"...), which is
+/// four commits a second while messages arrive. They log at `warn` unless `filter` names them.
+const QUIET_DEPENDENCIES: &[&str] = &["tantivy"];
+
+/// `filter` with a `warn` directive for each of [`QUIET_DEPENDENCIES`] that it does not name.
+fn quiet_dependencies(filter: &str) -> String {
+    let mut out = filter.trim().to_string();
+    for dep in QUIET_DEPENDENCIES {
+        if !out.contains(dep) {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(dep);
+            out.push_str("=warn");
+        }
+    }
+    out
 }
 
 /// The Prometheus text exposition of every registered metric.
@@ -189,4 +212,33 @@ pub mod metrics {
         )
         .unwrap()
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet_dependencies;
+
+    #[test]
+    fn chatty_libraries_log_warnings_unless_the_filter_names_them() {
+        assert_eq!(quiet_dependencies("info"), "info,tantivy=warn");
+        assert_eq!(
+            quiet_dependencies(" debug,switchboard_gateway=trace "),
+            "debug,switchboard_gateway=trace,tantivy=warn"
+        );
+        assert_eq!(quiet_dependencies(""), "tantivy=warn");
+        // Named, in any form, it is left as given.
+        assert_eq!(
+            quiet_dependencies("info,tantivy=debug"),
+            "info,tantivy=debug"
+        );
+        assert_eq!(
+            quiet_dependencies("warn,tantivy::indexer=info"),
+            "warn,tantivy::indexer=info"
+        );
+        // What comes out is a filter tracing accepts.
+        for f in ["info", "debug,hyper=warn", ""] {
+            let q = quiet_dependencies(f);
+            assert!(tracing_subscriber::EnvFilter::try_new(&q).is_ok(), "{q}");
+        }
+    }
 }
