@@ -143,6 +143,9 @@ pub struct FlannelConfig {
 /// The most `flannel.max_concurrent_loads` accepted: far more snapshot calls at once than one
 /// Web API serves usefully, and well within what a semaphore can count.
 pub const MAX_FLANNEL_CONCURRENT_LOADS: usize = 1024;
+/// The most message shards a store may have (`store.shards`; a store refuses a recorded
+/// count past it as corrupt).
+pub const MAX_STORE_SHARDS: u32 = 1024;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -294,8 +297,8 @@ impl Config {
             }
             other => bail!("store.kind {other:?} is not known (expected \"embedded\" or \"cql\")"),
         }
-        if self.store.shards > 1024 {
-            bail!("store.shards must be in 0..=1024 (0: chosen by the store)");
+        if self.store.shards > MAX_STORE_SHARDS {
+            bail!("store.shards must be in 0..={MAX_STORE_SHARDS} (0: chosen by the store)");
         }
         if self.flannel.max_workspaces == 0 || self.flannel.max_cached_users == 0 {
             bail!("flannel.max_workspaces and flannel.max_cached_users must be positive");

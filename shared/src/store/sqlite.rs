@@ -28,6 +28,7 @@ use super::{
     MessageView, Reaction, ShardKey, StorageError, StorageErrorKind, StorageResult, User,
     UserChannelMembership, Workspace,
 };
+use crate::config::MAX_STORE_SHARDS as MAX_SHARDS;
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
 use crate::protocol::{Message, MessageKind};
 use crate::telemetry::metrics as m;
@@ -456,9 +457,6 @@ pub struct SqliteStore {
     shards: Vec<Arc<Shard>>,
     shard_key: ShardKey,
 }
-
-/// The most shards a store may have (as `store.shards` allows).
-const MAX_SHARDS: u32 = 1024;
 
 /// The shard count a new store gets when the configuration leaves it to the store: a writer
 /// per CPU core, at least 4 and at most 16. On 16 cores, 16 shards instead of 4 took the
