@@ -7,6 +7,7 @@ use common::*;
 use std::time::Duration;
 
 use serde_json::json;
+use shared::telemetry::metrics::LaneStage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_role_serves_health_and_prometheus_metrics() {
@@ -138,6 +139,24 @@ async fn every_role_serves_health_and_prometheus_metrics() {
         to_owner >= 1.0 && to_owner <= to_admin,
         "{to_owner} timed owner posts for {to_admin} posts routed"
     );
+    // The admin server both serves a lane (the Web API's calls) and calls on one (to the
+    // owner): each routed post was a call started there and an answer handed back to it.
+    for stage in LaneStage::ALL {
+        let n = cluster
+            .metric(
+                &cluster.admin_http,
+                "switchboard_mesh_lane_wait_seconds_count",
+                &[("stage", stage.as_str())],
+            )
+            .await;
+        assert!(n >= 1.0, "lane stage {stage:?} observed {n} times");
+        if matches!(stage, LaneStage::CallStarted | LaneStage::AnswerHanded) {
+            assert!(
+                n >= to_owner,
+                "lane stage {stage:?}: {n} for {to_owner} posts"
+            );
+        }
+    }
     let ring = cluster.ring().await;
     assert_eq!(ring["ok"], true);
     assert!(ring["epoch"].as_u64().unwrap() >= 1, "{ring}");

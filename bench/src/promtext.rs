@@ -41,6 +41,38 @@ pub const POST_PATH: &[(&str, &str, &str)] = &[
         "switchboard_store_op_duration_seconds",
         "op=\"checkpoint\"",
     ),
+    // The waits inside the two hops, summed over every lane of the process (the Web API's
+    // to the admin server and the admin server's to the channel servers).
+    (
+        "lane call queued",
+        "switchboard_mesh_lane_wait_seconds",
+        "stage=\"call_queued\"",
+    ),
+    (
+        "lane calls written",
+        "switchboard_mesh_lane_wait_seconds",
+        "stage=\"calls_written\"",
+    ),
+    (
+        "lane call started",
+        "switchboard_mesh_lane_wait_seconds",
+        "stage=\"call_started\"",
+    ),
+    (
+        "lane answer queued",
+        "switchboard_mesh_lane_wait_seconds",
+        "stage=\"answer_queued\"",
+    ),
+    (
+        "lane answers written",
+        "switchboard_mesh_lane_wait_seconds",
+        "stage=\"answers_written\"",
+    ),
+    (
+        "lane answer handed",
+        "switchboard_mesh_lane_wait_seconds",
+        "stage=\"answer_handed\"",
+    ),
 ];
 
 /// One histogram's cumulative buckets: (upper bound in seconds, count), ascending, the last

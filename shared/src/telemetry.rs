@@ -113,9 +113,88 @@ pub const HOP_BUCKETS: &[f64] = &[
     5.0,
 ];
 
+/// Histogram bounds (seconds) for the waits between a lane's tasks: a hand-off from one task
+/// to another takes microseconds when a worker is free, so these start at 10 µs.
+pub const WAIT_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+    1.0,
+];
+
 /// Metrics of the shared parts (mesh transport, store).
 pub mod metrics {
     use std::sync::LazyLock;
+    use std::time::Instant;
+
+    use prometheus::Histogram;
+
+    /// The steps of a call on a lane ([`crate::mesh::lane`]) that are waits or writes, each
+    /// a `stage` of `switchboard_mesh_lane_wait_seconds`. What a hop takes beyond their sum
+    /// and the answer's own time is QUIC's (packets, the connection's driver tasks).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum LaneStage {
+        /// Client: from the caller queuing its call to the lane's writer taking it.
+        CallQueued,
+        /// Client: one write of the calls the writer took (per write, not per call).
+        CallsWritten,
+        /// Server: from the call read off the stream to its answer's task first running.
+        CallStarted,
+        /// Server: from an answer being ready to the lane's writer taking it.
+        AnswerQueued,
+        /// Server: one write of the answers the writer took (per write, not per answer).
+        AnswersWritten,
+        /// Client: from the reader taking an answer off the stream to its caller resuming.
+        AnswerHanded,
+    }
+
+    impl LaneStage {
+        pub const ALL: [LaneStage; 6] = [
+            LaneStage::CallQueued,
+            LaneStage::CallsWritten,
+            LaneStage::CallStarted,
+            LaneStage::AnswerQueued,
+            LaneStage::AnswersWritten,
+            LaneStage::AnswerHanded,
+        ];
+
+        pub fn as_str(self) -> &'static str {
+            match self {
+                LaneStage::CallQueued => "call_queued",
+                LaneStage::CallsWritten => "calls_written",
+                LaneStage::CallStarted => "call_started",
+                LaneStage::AnswerQueued => "answer_queued",
+                LaneStage::AnswersWritten => "answers_written",
+                LaneStage::AnswerHanded => "answer_handed",
+            }
+        }
+    }
+
+    /// The lane stages' histograms, looked up once: every call observes several.
+    static LANE_WAITS: LazyLock<[Histogram; 6]> = LazyLock::new(|| {
+        let vec = register_histogram_vec!(
+            "switchboard_mesh_lane_wait_seconds",
+            "waits and writes of calls on mesh lanes, by stage: call_queued, calls_written, \
+             call_started, answer_queued, answers_written, answer_handed",
+            &["stage"],
+            super::WAIT_BUCKETS.to_vec()
+        )
+        .unwrap();
+        LaneStage::ALL.map(|s| vec.with_label_values(&[s.as_str()]))
+    });
+
+    /// How many times `stage` was observed in this process.
+    pub fn lane_wait_count(stage: LaneStage) -> u64 {
+        LANE_WAITS[stage as usize].get_sample_count()
+    }
+
+    /// Observes the time from `since` to now for `stage`.
+    pub fn lane_wait(stage: LaneStage, since: Instant) {
+        lane_wait_between(stage, since, Instant::now());
+    }
+
+    /// Observes the time from `since` to `until` for `stage`.
+    pub fn lane_wait_between(stage: LaneStage, since: Instant, until: Instant) {
+        LANE_WAITS[stage as usize].observe(until.saturating_duration_since(since).as_secs_f64());
+    }
 
     use prometheus::{
         register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,

@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
@@ -26,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use super::{FrameReader, FrameWriter, TransportError};
 use crate::protocol::MeshFrame;
 use crate::telemetry::metrics as m;
+use crate::telemetry::metrics::LaneStage;
 
 /// Encoded frames queued for a lane's writer; a caller waits for room past this.
 const WRITE_QUEUE: usize = 1024;
@@ -38,14 +40,18 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 4096;
 
 /// The client side of a lane.
 pub(crate) struct Lane {
-    queue: mpsc::Sender<Bytes>,
+    queue: mpsc::Sender<Queued>,
     waiting: Arc<Mutex<Waiting>>,
     next_id: AtomicU64,
 }
 
+/// An encoded frame waiting for a lane's writer, and when it was queued.
+type Queued = (Bytes, Instant);
+
 #[derive(Default)]
 struct Waiting {
-    calls: HashMap<u64, oneshot::Sender<MeshFrame>>,
+    /// Each caller's channel for its answer, and when the reader took the answer off the stream.
+    calls: HashMap<u64, oneshot::Sender<(MeshFrame, Instant)>>,
     /// Why the lane ended; set once, after which no call is taken.
     failed: Option<String>,
 }
@@ -79,7 +85,7 @@ impl Lane {
         m::MESH_LANES_OPENED.inc();
         let (queue, rx) = mpsc::channel(WRITE_QUEUE);
         let waiting = Arc::new(Mutex::new(Waiting::default()));
-        tokio::spawn(write_frames(writer, rx, waiting.clone()));
+        tokio::spawn(write_frames(writer, rx, waiting.clone(), Side::Client));
         tokio::spawn(read_answers(reader, waiting.clone()));
         Lane {
             queue,
@@ -110,10 +116,17 @@ impl Lane {
         };
         let mut buf = BytesMut::with_capacity(256);
         MeshFrame::encode_call(id, frame, &mut buf);
-        if self.queue.send(buf.freeze()).await.is_err() {
+        if self
+            .queue
+            .send((buf.freeze(), Instant::now()))
+            .await
+            .is_err()
+        {
             return Err(self.failure());
         }
-        rx.await.map_err(|_| self.failure())
+        let (answer, read_at) = rx.await.map_err(|_| self.failure())?;
+        m::lane_wait(LaneStage::AnswerHanded, read_at);
+        Ok(answer)
     }
 
     fn failure(&self) -> TransportError {
@@ -122,26 +135,45 @@ impl Lane {
     }
 }
 
+/// Which end of a lane a writer serves: its frames are calls (client) or answers (server).
+#[derive(Clone, Copy)]
+enum Side {
+    Client,
+    Server,
+}
+
 async fn write_frames(
     mut writer: FrameWriter,
-    mut rx: mpsc::Receiver<Bytes>,
+    mut rx: mpsc::Receiver<Queued>,
     waiting: Arc<Mutex<Waiting>>,
+    side: Side,
 ) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+    let (queued, written) = match side {
+        Side::Client => (LaneStage::CallQueued, LaneStage::CallsWritten),
+        Side::Server => (LaneStage::AnswerQueued, LaneStage::AnswersWritten),
+    };
+    let mut taken: Vec<Queued> = Vec::with_capacity(WRITE_BATCH);
+    let mut batch: Vec<Bytes> = Vec::with_capacity(WRITE_BATCH);
+    while rx.recv_many(&mut taken, WRITE_BATCH).await > 0 {
         // Let the callers that are ready run once first: under load their frames join this
         // write and leave in the same packets; when idle the turn comes back at once.
         tokio::task::yield_now().await;
-        while batch.len() < WRITE_BATCH {
+        while taken.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(frame) => batch.push(frame),
+                Ok(frame) => taken.push(frame),
                 Err(_) => break,
             }
+        }
+        let writing = Instant::now();
+        for (frame, at) in taken.drain(..) {
+            m::lane_wait_between(queued, at, writing);
+            batch.push(frame);
         }
         if let Err(e) = writer.send_many(&mut batch).await {
             waiting.lock().fail(e.to_string());
             return;
         }
+        m::lane_wait(written, writing);
         batch.clear();
     }
     writer.finish();
@@ -153,7 +185,7 @@ async fn read_answers(mut reader: FrameReader, waiting: Arc<Mutex<Waiting>>) {
             Ok(Some(MeshFrame::Answer { id, frame })) => {
                 // A caller that gave up is no longer waiting: its answer is dropped.
                 if let Some(tx) = waiting.lock().calls.remove(&id) {
-                    let _ = tx.send(*frame);
+                    let _ = tx.send((*frame, Instant::now()));
                 }
             }
             Ok(Some(other)) => {
@@ -203,7 +235,7 @@ pub async fn serve_lane<A, F>(
 {
     let (queue, rx) = mpsc::channel(WRITE_QUEUE);
     let waiting = Arc::new(Mutex::new(Waiting::default()));
-    let written = tokio::spawn(write_frames(writer, rx, waiting));
+    let written = tokio::spawn(write_frames(writer, rx, waiting, Side::Server));
     let in_flight = Arc::new(Semaphore::new(MAX_CALLS_IN_FLIGHT));
     let mut next = Some(first);
     loop {
@@ -214,6 +246,7 @@ pub async fn serve_lane<A, F>(
                 Ok(None) | Err(_) => break,
             },
         };
+        let read_at = Instant::now();
         let MeshFrame::Call { id, frame } = frame else {
             m::MESH_BAD_FRAMES.inc();
             tracing::warn!(frame = ?frame, "a frame other than a call on a lane; stopping it");
@@ -225,8 +258,10 @@ pub async fn serve_lane<A, F>(
         };
         let (queue, answer) = (queue.clone(), answer.clone());
         tokio::spawn(async move {
+            m::lane_wait(LaneStage::CallStarted, read_at);
             let frame = Box::new(answer(*frame).await);
-            let _ = queue.send(MeshFrame::Answer { id, frame }.to_bytes()).await;
+            let answer = MeshFrame::Answer { id, frame }.to_bytes();
+            let _ = queue.send((answer, Instant::now())).await;
             drop(permit);
         });
     }

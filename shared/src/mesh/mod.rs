@@ -601,6 +601,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_call_is_timed_at_every_stage_of_its_lane() {
+        use crate::telemetry::metrics::{lane_wait_count, LaneStage};
+        assert!(
+            LaneStage::ALL
+                .iter()
+                .enumerate()
+                .all(|(i, &s)| s as usize == i),
+            "ALL lists the stages in their order"
+        );
+        let (server, client, _dir) = pair();
+        let addr = server.local_addr().unwrap();
+        serve_lanes(server);
+        let conn = client.connect(addr).await.unwrap();
+        let before = LaneStage::ALL.map(lane_wait_count);
+        for _ in 0..3 {
+            let answer = conn.request(&MeshFrame::Ping, Duration::from_secs(5)).await;
+            assert_eq!(answer.unwrap(), MeshFrame::Ok);
+        }
+        let after = LaneStage::ALL.map(lane_wait_count);
+        for (i, stage) in LaneStage::ALL.into_iter().enumerate() {
+            let n = after[i] - before[i];
+            // Writes are timed per write, which may carry several frames; the rest per call.
+            let least = match stage {
+                LaneStage::CallsWritten | LaneStage::AnswersWritten => 1,
+                _ => 3,
+            };
+            assert!(n >= least, "{stage:?} observed {n} times for 3 calls");
+        }
+        conn.close("done");
+    }
+
+    #[tokio::test]
     async fn a_call_that_gives_up_leaves_the_lane_working() {
         let (server, client, _dir) = pair();
         let addr = server.local_addr().unwrap();
