@@ -283,6 +283,15 @@ pub mod metrics {
         )
         .unwrap()
     });
+    pub static STORE_FILES_LOST: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        register_int_counter_vec!(
+            "switchboard_store_files_lost_total",
+            "embedded store files found deleted or replaced while open (every write to such a \
+             file is refused from then on; the server needs a restart on a good data directory)",
+            &["file"]
+        )
+        .unwrap()
+    });
     pub static STORE_BATCH_SIZE: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
         prometheus::register_histogram!(
             "switchboard_store_commit_batch_messages",

@@ -40,7 +40,7 @@ pub enum StorageErrorKind {
     Corrupt,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("storage error ({kind:?}): {message}")]
 pub struct StorageError {
     pub kind: StorageErrorKind,

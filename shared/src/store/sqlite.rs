@@ -61,6 +61,91 @@ fn is_constraint(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::ConstraintViolation)
 }
 
+/// Which file a store file is: its device and inode, as `stat` gives them.
+#[cfg(unix)]
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Without device and inode numbers, only the path's existence is checked.
+#[cfg(not(unix))]
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    std::fs::metadata(path).map(|_| (0, 0))
+}
+
+/// Guards a store file against being deleted or replaced while it is open. Such a file keeps
+/// taking writes, into an inode that no path reaches and that is gone once the process ends
+/// (a data directory removed under a running server, a restore copied over it): acknowledging
+/// them would break "acknowledged means durable". So every write checks, after it commits and
+/// before it is acknowledged, that the file at the path is still the one it opened, and is
+/// refused when it is not, as is every write after it. While the process holds the file
+/// open its inode number cannot be reused, so the same device and inode means the same file.
+struct FileGuard {
+    path: PathBuf,
+    /// `meta` or `shard-N`, the `file` label of [`m::STORE_FILES_LOST`].
+    label: String,
+    identity: (u64, u64),
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl FileGuard {
+    fn new(path: &Path, label: String) -> StorageResult<FileGuard> {
+        let identity = file_identity(path)
+            .map_err(|e| unavailable(format!("stat {}: {e}", path.display())))?;
+        Ok(FileGuard {
+            path: path.to_path_buf(),
+            label,
+            identity,
+            lost: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Refuses at once when an earlier check found the file gone.
+    fn refuse_if_lost(&self) -> StorageResult<()> {
+        if self.lost.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(self.error());
+        }
+        Ok(())
+    }
+
+    /// Whether the file at the path is still the one opened; the first time it is not, says
+    /// so in the log and the counter, and from then on every write is refused.
+    fn check(&self) -> StorageResult<()> {
+        self.refuse_if_lost()?;
+        let found = file_identity(&self.path);
+        if matches!(&found, Ok(id) if *id == self.identity) {
+            return Ok(());
+        }
+        if !self.lost.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            m::STORE_FILES_LOST
+                .with_label_values(&[self.label.as_str()])
+                .inc();
+            let now = match found {
+                Ok(_) => "another file is at its path".to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(
+                file = %self.path.display(),
+                now,
+                "a store file was deleted or replaced while open: refusing every write to it \
+                 from now on, since none would be durable; restart the server on a good data \
+                 directory"
+            );
+        }
+        Err(self.error())
+    }
+
+    fn error(&self) -> StorageError {
+        unavailable(format!(
+            "store file {} was deleted or replaced while open; writes to it are refused \
+             because they would not be durable",
+            self.path.display()
+        ))
+    }
+}
+
 /// `execute` and `query_row` through the connection's statement cache: SQL is parsed once per
 /// connection instead of on every call. A [`rusqlite::Transaction`] derefs to its connection,
 /// so these work on one too. Errors are those of `execute` and `query_row`.
@@ -450,6 +535,8 @@ struct Shard {
 /// The embedded store.
 pub struct SqliteStore {
     meta: Arc<ConnPool>,
+    /// Checked by every metadata write (see [`FileGuard`]).
+    meta_guard: Arc<FileGuard>,
     /// Taken by every metadata write, so that writers queue in order here instead of in
     /// SQLite's busy handler, which sleeps 1, 2, 5, 10 … 100 ms between tries: 16 concurrent
     /// `conversations.join` calls managed about 200 writes a second that way.
@@ -574,6 +661,7 @@ impl SqliteStore {
                 ),
             ));
         };
+        let meta_guard = Arc::new(FileGuard::new(&meta_path, "meta".into())?);
         let meta = Arc::new(ConnPool::new(meta_path, conn));
         let mut shards = Vec::new();
         for n in 0..count {
@@ -595,9 +683,10 @@ impl SqliteStore {
                 .name(format!("store-ckpt-{n}"))
                 .spawn(move || checkpointer_loop(checkpointer, n.to_string(), commits))
                 .map_err(unavailable)?;
+            let guard = FileGuard::new(&path, format!("shard-{n}"))?;
             std::thread::Builder::new()
                 .name(format!("store-shard-{n}"))
-                .spawn(move || writer_loop(writer, rx, nudge))
+                .spawn(move || writer_loop(writer, rx, nudge, guard))
                 .map_err(unavailable)?;
             shards.push(Arc::new(Shard {
                 reads: Arc::new(ConnPool::new(path, conn)),
@@ -606,6 +695,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             meta,
+            meta_guard,
             meta_writes: tokio::sync::Mutex::new(()),
             shards,
             shard_key,
@@ -639,7 +729,16 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> StorageResult<T> + Send + 'static,
     ) -> StorageResult<T> {
         let _turn = self.meta_writes.lock().await;
-        self.meta.run(op, f).await
+        let guard = self.meta_guard.clone();
+        self.meta
+            .run(op, move |c| {
+                guard.refuse_if_lost()?;
+                let written = f(c)?;
+                // Committed is not yet durable: the file must still be the one at the path.
+                guard.check()?;
+                Ok(written)
+            })
+            .await
     }
 
     async fn read_shard<T: Send + 'static>(
@@ -671,6 +770,7 @@ fn writer_loop(
     mut conn: Connection,
     rx: std::sync::mpsc::Receiver<AppendRequest>,
     checkpointer: std::sync::mpsc::SyncSender<()>,
+    guard: FileGuard,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -680,9 +780,22 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
+        if let Err(e) = guard.refuse_if_lost() {
+            m::STORE_ERRORS.with_label_values(&["append"]).inc();
+            for req in batch {
+                req.fail(e.clone());
+            }
+            continue;
+        }
         let start = Instant::now();
         m::STORE_BATCH_SIZE.observe(batch.len() as f64);
-        match write_batch(&mut conn, &batch) {
+        // Committed is not yet durable: the file must still be the one at the path.
+        match write_batch(&mut conn, &batch)
+            .map_err(unavailable)
+            .and_then(|replies| {
+                guard.check()?;
+                Ok(replies)
+            }) {
             Ok(replies) => {
                 for (req, reply) in batch.into_iter().zip(replies) {
                     req.answer(reply);
@@ -691,7 +804,7 @@ fn writer_loop(
             Err(e) => {
                 m::STORE_ERRORS.with_label_values(&["append"]).inc();
                 for req in batch {
-                    req.fail(unavailable(&e));
+                    req.fail(e.clone());
                 }
             }
         }
@@ -1777,6 +1890,65 @@ mod conformance_tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path(), 4).unwrap();
         crate::store::conformance::run_all(&store).await;
+    }
+
+    fn posted(ws: &WorkspaceId, seq: u64) -> Message {
+        Message {
+            workspace: ws.clone(),
+            channel: ChannelId::from("CGONE"),
+            seq,
+            ts: Ts(10 * seq),
+            user: UserId::from("UX"),
+            text: format!("message {seq}"),
+            client_msg_id: None,
+            thread_ts: None,
+            kind: MessageKind::Posted,
+        }
+    }
+
+    fn files_lost(label: &str) -> u64 {
+        m::STORE_FILES_LOST.with_label_values(&[label]).get()
+    }
+
+    #[tokio::test]
+    async fn writes_to_a_deleted_data_directory_are_refused_not_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gone");
+        let store = SqliteStore::open(&path, 1).unwrap();
+        let ws = store.create_workspace("doomed").await.unwrap();
+        store.append(&posted(&ws.id, 1)).await.unwrap();
+        let lost = (files_lost("shard-0"), files_lost("meta"));
+        std::fs::remove_dir_all(&path).unwrap();
+
+        // SQLite still writes into the open, unlinked files; the store refuses to call that
+        // durable, and goes on refusing.
+        for seq in [2, 3] {
+            let err = store.append(&posted(&ws.id, seq)).await.unwrap_err();
+            assert_eq!(err.kind, StorageErrorKind::Unavailable);
+            assert!(err.message.contains("deleted or replaced"), "{err}");
+        }
+        let err = store.create_workspace("after").await.unwrap_err();
+        assert!(err.message.contains("meta.sqlite"), "{err}");
+        // Counted once per file (other tests' stores may add to the same labels meanwhile).
+        assert!(files_lost("shard-0") > lost.0);
+        assert!(files_lost("meta") > lost.1);
+    }
+
+    #[tokio::test]
+    async fn writes_to_a_replaced_store_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), 1).unwrap();
+        let ws = store.create_workspace("restored").await.unwrap();
+        store.append(&posted(&ws.id, 1)).await.unwrap();
+        // A restore that copies a file over the live one: the path names a new inode.
+        let shard = dir.path().join("shard-0.sqlite");
+        let copy = dir.path().join("copy.sqlite");
+        std::fs::copy(&shard, &copy).unwrap();
+        std::fs::rename(&copy, &shard).unwrap();
+        let err = store.append(&posted(&ws.id, 2)).await.unwrap_err();
+        assert!(err.message.contains("shard-0.sqlite"), "{err}");
+        // The metadata file was left alone: its writes go on.
+        store.create_workspace("still").await.unwrap();
     }
 
     #[tokio::test]
