@@ -163,6 +163,7 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
             client_msg_id: None,
             thread_ts: None,
             kind: MessageKind::Posted,
+            previous: None,
         };
         let store = store.clone();
         pending.push(async move { store.append(&msg).await });

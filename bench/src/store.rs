@@ -144,6 +144,7 @@ pub async fn run(plan: &Plan, key: ShardKey, dir: &Path) -> anyhow::Result<Outco
                     client_msg_id: Some(format!("sb-{}-{seq}", mine[slot])),
                     thread_ts: None,
                     kind: MessageKind::Posted,
+                    previous: None,
                 };
                 let t = Instant::now();
                 let outcome = match store.append_new(vec![msg]).await {

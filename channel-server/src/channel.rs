@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use shared::ids::{ChannelId, RingEpoch, Seq, Ts, WorkspaceId};
-use shared::protocol::{EphemeralEvent, MeshError, MeshFrame, Message, NewMessage};
+use shared::protocol::{
+    EphemeralEvent, MeshError, MeshFrame, Message, MessageKind, NewMessage, PreviousMessage,
+};
 use shared::store::{AppendOutcome, GroupAppend, HistoryQuery, SharedStore, StorageErrorKind};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -268,6 +270,44 @@ impl ChannelTask {
         self.window_by_client_id.get(client_msg_id).cloned()
     }
 
+    /// The messages that the group's edits and deletions change, as stored now: what each was
+    /// before (`None`: gone, or never a message). A message the store cannot be asked about
+    /// is left out, and its changes go without `previous_message` rather than failing.
+    async fn change_targets(
+        &self,
+        posts: &[(NewMessage, Instant, oneshot::Sender<MeshFrame>)],
+    ) -> HashMap<Ts, Option<PreviousMessage>> {
+        let mut targets = HashMap::new();
+        for (new, _, _) in posts {
+            let (MessageKind::Edited { target } | MessageKind::Deleted { target }) = new.kind
+            else {
+                continue;
+            };
+            if targets.contains_key(&target) {
+                continue;
+            }
+            match self
+                .store
+                .message_view(&self.workspace, &self.channel, target)
+                .await
+            {
+                Ok(view) => {
+                    let was = view.filter(|v| !v.deleted).map(|v| PreviousMessage {
+                        user: v.message.user,
+                        text: v.message.text,
+                        thread_ts: v.message.thread_ts,
+                        edited: v.edited,
+                    });
+                    targets.insert(target, was);
+                }
+                Err(e) => {
+                    tracing::warn!(channel = %self.channel, %target, error = %e, "could not read the message a change applies to");
+                }
+            }
+        }
+        targets
+    }
+
     async fn posts(&mut self, posts: Vec<(NewMessage, Instant, oneshot::Sender<MeshFrame>)>) {
         let head = match self.ensure_loaded().await {
             Ok(head) => head,
@@ -283,9 +323,13 @@ impl ChannelTask {
         // found by the append itself, which then writes nothing: such repeats are learnt here
         // and the group is placed again, so the numbering has no gap.
         let mut stored_repeats: HashMap<String, Message> = HashMap::new();
+        let before = self.change_targets(&posts).await;
         let mut pending = posts;
         let (placed, fresh_seqs, seq, ts, results) = loop {
             let (mut seq, mut ts) = head;
+            // Each edit or deletion says what its message was: as stored, or as an earlier
+            // change of this group left it.
+            let mut current = before.clone();
             // Place each post, answering repeats of a client_msg_id with the stored message.
             let mut placed: Vec<(Message, Instant, oneshot::Sender<MeshFrame>)> =
                 Vec::with_capacity(pending.len());
@@ -317,7 +361,9 @@ impl ChannelTask {
                 }
                 seq += 1;
                 ts = Self::next_ts(ts);
-                placed.push((Message::from_new(new, seq, ts), received, reply));
+                let mut msg = Message::from_new(new, seq, ts);
+                record_previous(&mut msg, &mut current);
+                placed.push((msg, received, reply));
             }
             // Append every new message at once: they share the store's group commit.
             let mut first_of_seq = std::collections::HashSet::new();
@@ -608,6 +654,26 @@ fn encoded_len_bound(m: &Message) -> usize {
 }
 
 /// The post that a placed message came from, to place it again.
+/// Gives an edit or deletion the state of its message before it (from `current`, the
+/// group's running view of the messages it changes) and moves that view past it.
+fn record_previous(msg: &mut Message, current: &mut HashMap<Ts, Option<PreviousMessage>>) {
+    let (MessageKind::Edited { target } | MessageKind::Deleted { target }) = msg.kind else {
+        return;
+    };
+    let Some(state) = current.get_mut(&target) else {
+        return;
+    };
+    msg.previous = state.clone().map(Box::new);
+    *state = match msg.kind {
+        MessageKind::Edited { .. } => state.take().map(|was| PreviousMessage {
+            text: msg.text.clone(),
+            edited: Some(msg.ts),
+            ..was
+        }),
+        _ => None,
+    };
+}
+
 fn unplaced(m: Message) -> NewMessage {
     NewMessage {
         workspace: m.workspace,
@@ -770,6 +836,76 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(last.seq, 200);
+    }
+
+    #[tokio::test]
+    async fn edits_and_deletions_carry_the_message_as_it_was_before_them() {
+        let f = fixture();
+        let tx = f.start();
+        let change = |kind: MessageKind, text: &str| NewMessage {
+            kind,
+            ..f.new_message(text, None)
+        };
+        let (original, _) = posted(post(&tx, f.new_message("first", None)).await);
+        let target = original.ts;
+        let (edit, _) = posted(post(&tx, change(MessageKind::Edited { target }, "second")).await);
+        let was = edit
+            .previous
+            .as_deref()
+            .expect("an edit says what it changed");
+        assert_eq!((was.text.as_str(), was.edited), ("first", None));
+        assert_eq!(was.user, original.user);
+        // Two edits queued together are placed in one group: the second sees the first.
+        let (r1, rx1) = oneshot::channel();
+        let (r2, rx2) = oneshot::channel();
+        for (text, reply) in [("third", r1), ("fourth", r2)] {
+            tx.send(ChannelCmd::Post {
+                msg: change(MessageKind::Edited { target }, text),
+                received: Instant::now(),
+                reply,
+            })
+            .await
+            .unwrap();
+        }
+        let (third, _) = posted(rx1.await.unwrap());
+        let (fourth, _) = posted(rx2.await.unwrap());
+        let was = third.previous.as_deref().unwrap();
+        assert_eq!((was.text.as_str(), was.edited), ("second", Some(edit.ts)));
+        let was = fourth.previous.as_deref().unwrap();
+        assert_eq!((was.text.as_str(), was.edited), ("third", Some(third.ts)));
+        let (delete, _) = posted(post(&tx, change(MessageKind::Deleted { target }, "")).await);
+        let was = delete.previous.as_deref().unwrap();
+        assert_eq!((was.text.as_str(), was.edited), ("fourth", Some(fourth.ts)));
+        // Gone: a change after the deletion has nothing before it.
+        let (late, _) = posted(post(&tx, change(MessageKind::Edited { target }, "late")).await);
+        assert_eq!(late.previous, None);
+        // A change of a message the channel never had neither.
+        let (stray, _) =
+            posted(post(&tx, change(MessageKind::Deleted { target: Ts(1) }, "")).await);
+        assert_eq!(stray.previous, None);
+        // Posts have none; what subscribers replay from the store is what was acked.
+        assert_eq!(original.previous, None);
+        let stored = f
+            .store
+            .history(
+                &f.workspace,
+                &f.channel,
+                &HistoryQuery {
+                    limit: 100,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        // (The post's own row holds its current state: deleted, so empty.)
+        let acked = [&edit, &third, &fourth, &delete, &late, &stray];
+        let mut stored: Vec<Message> = stored;
+        stored.sort_by_key(|m| m.seq);
+        assert_eq!(stored.len(), acked.len() + 1);
+        assert_eq!(stored[0].previous, None);
+        for (s, a) in stored[1..].iter().zip(acked) {
+            assert_eq!(s, a);
+        }
     }
 
     #[tokio::test]

@@ -1237,6 +1237,7 @@ pub(crate) mod test_support {
             client_msg_id: None,
             thread_ts: None,
             kind: shared::protocol::MessageKind::Posted,
+            previous: None,
         }
     }
 

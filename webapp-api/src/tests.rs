@@ -260,6 +260,7 @@ fn message(ws: &str, channel: &str, seq: Seq, user: &str) -> Message {
         client_msg_id: Some(format!("cmid-{seq}")),
         thread_ts: None,
         kind: shared::protocol::MessageKind::Posted,
+        previous: None,
     }
 }
 
@@ -1465,6 +1466,7 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
         client_msg_id: None,
         thread_ts: None,
         kind: shared::protocol::MessageKind::Posted,
+        previous: None,
     };
     s.store
         .append(&append(

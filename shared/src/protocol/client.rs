@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::model::{EphemeralEvent, Message, MessageKind};
-use crate::ids::{ChannelId, Seq};
+use crate::ids::{ChannelId, Seq, Ts};
 
 /// WebSocket close codes the gateway uses (4000-4999 is the application range).
 pub mod close_code {
@@ -119,9 +119,14 @@ impl From<&Message> for MessageEvent {
 }
 
 /// Slack's `message_changed` event for entry `m` (at `ts`): `message` is what the message
-/// is now.
-fn message_changed(m: &Message, ts: &str, message: serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
+/// is now, `previous_message` what it was.
+fn message_changed(
+    m: &Message,
+    ts: &str,
+    target: Ts,
+    message: serde_json::Value,
+) -> serde_json::Value {
+    let mut v = serde_json::json!({
         "type": "message",
         "subtype": "message_changed",
         "hidden": true,
@@ -131,7 +136,30 @@ fn message_changed(m: &Message, ts: &str, message: serde_json::Value) -> serde_j
         "seq": m.seq,
         "team": m.workspace.0,
         "message": message,
-    })
+    });
+    if let Some(previous) = previous_message(m, target) {
+        v["previous_message"] = previous;
+    }
+    v
+}
+
+/// Slack's `previous_message` of an edit or deletion of `target`: the message as it was.
+/// Absent for entries stored before the previous state was kept.
+fn previous_message(m: &Message, target: Ts) -> Option<serde_json::Value> {
+    let p = m.previous.as_deref()?;
+    let mut v = serde_json::json!({
+        "type": "message",
+        "user": p.user.0,
+        "text": p.text,
+        "ts": target.to_slack(),
+    });
+    if let Some(thread) = p.thread_ts {
+        v["thread_ts"] = thread.to_slack().into();
+    }
+    if let Some(edited) = p.edited {
+        v["edited"] = serde_json::json!({ "user": p.user.0, "ts": edited.to_slack() });
+    }
+    Some(v)
 }
 
 /// Renders a stored message as the JSON text every subscribed session receives. Done once
@@ -140,29 +168,33 @@ fn message_changed(m: &Message, ts: &str, message: serde_json::Value) -> serde_j
 /// Every entry carries `channel` and `seq`, so a client checks one contiguous sequence per
 /// channel whatever the entry is: a message, an edit (`message_changed`), a deletion
 /// (`message_deleted`, or `message_changed` into Slack's tombstone for a thread parent whose
-/// replies remain) or a reaction (`reaction_added`, `reaction_removed`).
+/// replies remain) or a reaction (`reaction_added`, `reaction_removed`). Edits and deletions
+/// carry `previous_message`, the message before the change.
 pub fn message_json(m: &Message) -> String {
     let ts = m.ts.to_slack();
     let value = match &m.kind {
         MessageKind::Posted => {
             return serde_json::to_string(&MessageEvent::from(m)).expect("message event serializes")
         }
-        MessageKind::Edited { target } => message_changed(
-            m,
-            &ts,
-            serde_json::json!({
+        MessageKind::Edited { target } => {
+            let mut message = serde_json::json!({
                 "type": "message",
                 "user": m.user.0,
                 "text": m.text,
                 "ts": target.to_slack(),
                 "edited": { "user": m.user.0, "ts": ts },
-            }),
-        ),
+            });
+            if let Some(thread) = m.previous.as_ref().and_then(|p| p.thread_ts) {
+                message["thread_ts"] = thread.to_slack().into();
+            }
+            message_changed(m, &ts, *target, message)
+        }
         // A deletion that names the message's own thread leaves Slack's tombstone (a parent
         // whose replies remain): clients are told the message changed into it.
         MessageKind::Deleted { target } if m.thread_ts == Some(*target) => message_changed(
             m,
             &ts,
+            *target,
             serde_json::json!({
                 "type": "message",
                 "subtype": "tombstone",
@@ -173,17 +205,23 @@ pub fn message_json(m: &Message) -> String {
                 "thread_ts": target.to_slack(),
             }),
         ),
-        MessageKind::Deleted { target } => serde_json::json!({
-            "type": "message",
-            "subtype": "message_deleted",
-            "hidden": true,
-            "channel": m.channel.0,
-            "ts": ts,
-            "event_ts": ts,
-            "deleted_ts": target.to_slack(),
-            "seq": m.seq,
-            "team": m.workspace.0,
-        }),
+        MessageKind::Deleted { target } => {
+            let mut v = serde_json::json!({
+                "type": "message",
+                "subtype": "message_deleted",
+                "hidden": true,
+                "channel": m.channel.0,
+                "ts": ts,
+                "event_ts": ts,
+                "deleted_ts": target.to_slack(),
+                "seq": m.seq,
+                "team": m.workspace.0,
+            });
+            if let Some(previous) = previous_message(m, *target) {
+                v["previous_message"] = previous;
+            }
+            v
+        }
         MessageKind::ReactionAdded { target, reaction }
         | MessageKind::ReactionRemoved { target, reaction } => {
             let kind = if matches!(m.kind, MessageKind::ReactionAdded { .. }) {
@@ -302,6 +340,7 @@ mod tests {
             client_msg_id: None,
             thread_ts: None,
             kind: MessageKind::Posted,
+            previous: None,
         };
         let kinds = [
             (MessageKind::Posted, "message", None),
@@ -372,6 +411,66 @@ mod tests {
             v["subtype"], "message_deleted",
             "another thread's ts is no tombstone"
         );
+    }
+
+    #[test]
+    fn edits_and_deletions_say_what_the_message_was() {
+        use super::super::model::PreviousMessage;
+        use crate::ids::{Ts, UserId, WorkspaceId};
+        let previous = PreviousMessage {
+            user: UserId::from("UA"),
+            text: "old text".into(),
+            thread_ts: Some(Ts(500_000)),
+            edited: Some(Ts(1_500_000)),
+        };
+        let mut m = Message {
+            workspace: WorkspaceId::from("TW"),
+            channel: ChannelId::from("CX"),
+            seq: 9,
+            ts: Ts(2_000_000),
+            user: UserId::from("UA"),
+            text: "new text".into(),
+            client_msg_id: None,
+            thread_ts: None,
+            kind: MessageKind::Edited {
+                target: Ts(1_000_000),
+            },
+            previous: Some(Box::new(previous)),
+        };
+        let v: serde_json::Value = serde_json::from_str(&message_json(&m)).unwrap();
+        assert_eq!(v["subtype"], "message_changed");
+        assert_eq!(v["message"]["text"], "new text");
+        assert_eq!(
+            v["message"]["thread_ts"], "0.500000",
+            "an edited reply stays a reply"
+        );
+        let p = &v["previous_message"];
+        assert_eq!(p["type"], "message");
+        assert_eq!(p["text"], "old text");
+        assert_eq!(p["user"], "UA");
+        assert_eq!(p["ts"], "1.000000");
+        assert_eq!(p["thread_ts"], "0.500000");
+        assert_eq!(p["edited"]["ts"], "1.500000");
+
+        m.kind = MessageKind::Deleted {
+            target: Ts(1_000_000),
+        };
+        m.text = String::new();
+        let v: serde_json::Value = serde_json::from_str(&message_json(&m)).unwrap();
+        assert_eq!(v["subtype"], "message_deleted");
+        assert_eq!(v["deleted_ts"], "1.000000");
+        assert_eq!(v["previous_message"]["text"], "old text");
+
+        // A thread parent becoming a tombstone: the change says what it was too.
+        m.thread_ts = Some(Ts(1_000_000));
+        let v: serde_json::Value = serde_json::from_str(&message_json(&m)).unwrap();
+        assert_eq!(v["message"]["subtype"], "tombstone");
+        assert_eq!(v["previous_message"]["text"], "old text");
+
+        // Entries stored before the previous state was kept render without it.
+        m.previous = None;
+        let v: serde_json::Value = serde_json::from_str(&message_json(&m)).unwrap();
+        assert!(v.get("previous_message").is_none(), "{v}");
     }
 
     #[test]

@@ -34,10 +34,12 @@ use serde::{Deserialize, Serialize};
 use super::model::{EphemeralEvent, Message, NewMessage, RingState, Role, UserEvent};
 use crate::ids::{ChannelId, NodeId, RingEpoch, Seq, UserId, WorkspaceId};
 
-/// Version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
-/// Oldest version this build accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Version this build speaks. 2: a placed message carries the message an edit or deletion
+/// changed (`Message::previous`).
+pub const PROTOCOL_VERSION: u16 = 2;
+/// Oldest version this build accepts: version 1's messages lack a field that bincode reads
+/// by position, so they cannot be decoded.
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Default cap on one frame; configurable per node.
 pub const MAX_FRAME_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
 /// ALPN protocol name of the mesh.
@@ -323,6 +325,7 @@ mod tests {
             client_msg_id: Some("abc".into()),
             thread_ts: None,
             kind: MessageKind::Posted,
+            previous: None,
         }
     }
 

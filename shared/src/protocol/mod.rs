@@ -14,5 +14,5 @@ pub use mesh::{
 };
 pub use model::{
     ChannelSummary, EphemeralEvent, MemberRow, Message, MessageKind, NewMessage, Presence,
-    RingMember, RingState, Role, UserEvent, UserProfile, WorkspaceSnapshot,
+    PreviousMessage, RingMember, RingState, Role, UserEvent, UserProfile, WorkspaceSnapshot,
 };

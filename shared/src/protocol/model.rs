@@ -109,6 +109,22 @@ pub struct Message {
     pub client_msg_id: Option<String>,
     pub thread_ts: Option<Ts>,
     pub kind: MessageKind,
+    /// For an edit or a deletion: the message as it was just before (Slack's
+    /// `previous_message`). Filled in by the channel's owner when it places the entry, so it
+    /// is what the channel's order had, whatever raced. `None` for other entries, and for
+    /// entries stored before it was kept.
+    #[serde(default)]
+    pub previous: Option<Box<PreviousMessage>>,
+}
+
+/// A message as it was before an edit or a deletion changed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousMessage {
+    pub user: UserId,
+    pub text: String,
+    pub thread_ts: Option<Ts>,
+    /// When it had last been edited, if it had.
+    pub edited: Option<Ts>,
 }
 
 impl Message {
@@ -124,6 +140,7 @@ impl Message {
             client_msg_id: new.client_msg_id,
             thread_ts: new.thread_ts,
             kind: new.kind,
+            previous: None,
         }
     }
 }

@@ -584,6 +584,7 @@ mod tests {
             client_msg_id: None,
             thread_ts: None,
             kind: crate::protocol::MessageKind::Posted,
+            previous: None,
         }
     }
 

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::ids::{ChannelId, Ts, UserId};
-use crate::protocol::{Message, MessageKind};
+use crate::protocol::{Message, MessageKind, PreviousMessage};
 
 fn channel(ws: &WorkspaceId, creator: &UserId, name: &str, private: bool) -> Channel {
     Channel {
@@ -37,6 +37,7 @@ fn message(
         client_msg_id: cmid.map(str::to_string),
         thread_ts: None,
         kind: MessageKind::Posted,
+        previous: None,
     }
 }
 
@@ -421,12 +422,19 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
     let reply1 = entry(&bob.id, "reply one", MessageKind::Posted, Some(parent.ts));
     let reply2 = entry(&alice.id, "reply two", MessageKind::Posted, Some(parent.ts));
     let other = entry(&bob.id, "other", MessageKind::Posted, None);
-    let edit = entry(
+    let mut edit = entry(
         &bob.id,
         "other, edited",
         MessageKind::Edited { target: other.ts },
         None,
     );
+    // What the channel's owner records of the message before the change.
+    edit.previous = Some(Box::new(PreviousMessage {
+        user: bob.id.clone(),
+        text: "other".into(),
+        thread_ts: None,
+        edited: None,
+    }));
     let react_a = entry(
         &alice.id,
         "",
@@ -464,12 +472,18 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         None,
     );
     let doomed = entry(&alice.id, "oops", MessageKind::Posted, None);
-    let delete = entry(
+    let mut delete = entry(
         &alice.id,
         "",
         MessageKind::Deleted { target: doomed.ts },
         None,
     );
+    delete.previous = Some(Box::new(PreviousMessage {
+        user: alice.id.clone(),
+        text: "oops".into(),
+        thread_ts: Some(parent.ts),
+        edited: Some(Ts(1)),
+    }));
     for m in [
         &parent, &reply1, &reply2, &other, &edit, &react_a, &react_b, &react_c, &unreact, &doomed,
         &delete,
@@ -490,6 +504,10 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         .unwrap();
     assert_eq!(stream.len(), 11);
     assert_eq!(stream[4].kind, MessageKind::Edited { target: other.ts });
+    // Changes keep what their message was before them; other entries have nothing there.
+    assert_eq!(stream[4], edit);
+    assert_eq!(stream[10], delete);
+    assert!(stream[..4].iter().all(|m| m.previous.is_none()));
     // The views of the channel: top-level (`None`) or one thread's (`Some(parent)`).
     let (ws_id, ch_id) = (&ws.id, &ch.id);
     let views_of = |thread: Option<Ts>| async move {

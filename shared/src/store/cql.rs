@@ -240,7 +240,7 @@ const SHARD_TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.messages (channel_id text, bucket bigint, seq bigint,
         ts bigint, workspace text, user_id text, body text, client_msg_id text,
         thread_ts bigint, kind text, target_ts bigint, reaction text, edited_ts bigint,
-        deleted boolean, reply_count int, latest_reply bigint,
+        deleted boolean, reply_count int, latest_reply bigint, previous text,
         PRIMARY KEY ((channel_id, bucket), seq))",
     // ts -> seq within a bucket (a message's ts is its id in the Web API).
     "CREATE TABLE IF NOT EXISTS {ks}.message_ts (channel_id text, bucket bigint, ts bigint,
@@ -273,7 +273,14 @@ enum Mode {
     SerialRead,
 }
 
-const MESSAGE_COLUMNS: &str = "channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, edited_ts, deleted, reply_count, latest_reply";
+const MESSAGE_COLUMNS: &str = "channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, edited_ts, deleted, reply_count, latest_reply, previous";
+
+/// Columns added to a shard's tables after their first version, for keyspaces made before:
+/// `ALTER TABLE` adds each one that is missing.
+const SHARD_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // An edit's or deletion's `previous_message`, as JSON.
+    ("messages", "previous", "text"),
+];
 
 const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("settings_get", Mode::Read, "SELECT k, v FROM {ks}.settings"),
@@ -314,7 +321,7 @@ const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("head_claim", Mode::Lwt, "UPDATE {ks}.channel_heads SET last_seq = ?, pending = ? WHERE channel_id = ? IF last_seq = ?"),
     ("head_create", Mode::Lwt, "INSERT INTO {ks}.channel_heads (channel_id, last_seq, pending) VALUES (?, ?, ?) IF NOT EXISTS"),
     ("head_get", Mode::SerialRead, "SELECT last_seq, pending FROM {ks}.channel_heads WHERE channel_id = ?"),
-    ("message_put", Mode::Write, "INSERT INTO {ks}.messages (channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, deleted, reply_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false, 0) USING TIMESTAMP ?"),
+    ("message_put", Mode::Write, "INSERT INTO {ks}.messages (channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, previous, deleted, reply_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false, 0) USING TIMESTAMP ?"),
     ("message_ts_put", Mode::Write, "INSERT INTO {ks}.message_ts (channel_id, bucket, ts, seq) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
     ("client_id_put", Mode::Write, "INSERT INTO {ks}.client_ids (channel_id, client_msg_id, seq, bucket) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
     ("client_id_get", Mode::Read, "SELECT seq, bucket FROM {ks}.client_ids WHERE channel_id = ? AND client_msg_id = ?"),
@@ -369,6 +376,7 @@ struct MsgRow {
     deleted: Option<bool>,
     reply_count: Option<i32>,
     latest_reply: Option<i64>,
+    previous: Option<String>,
 }
 
 impl MsgRow {
@@ -389,6 +397,12 @@ impl MsgRow {
             client_msg_id: self.client_msg_id.clone(),
             thread_ts: self.thread_ts.map(|t| Ts(t as u64)),
             kind,
+            previous: match &self.previous {
+                Some(json) => Some(Box::new(serde_json::from_str(json).map_err(|e| {
+                    corrupt(format!("bad previous message of seq {}: {e}", self.seq))
+                })?)),
+                None => None,
+            },
         })
     }
 
@@ -529,6 +543,27 @@ fn schema_settings(settings: &CqlSettings) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Whether `keyspace.table` has `column` (from the schema tables, which Cassandra and
+/// ScyllaDB both keep).
+async fn has_column(
+    session: &Session,
+    keyspace: &str,
+    table: &str,
+    column: &str,
+) -> StorageResult<bool> {
+    let rows = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns
+             WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (keyspace, table, column),
+        )
+        .await
+        .map_err(|e| unavailable(format!("cannot read the schema of {keyspace}.{table}: {e}")))?
+        .into_rows_result()
+        .map_err(unavailable)?;
+    Ok(rows.rows_num() > 0)
+}
+
 async fn read_schema_settings(
     session: &Session,
     meta: &str,
@@ -607,6 +642,11 @@ impl CqlStore {
             .await?;
             for t in SHARD_TABLES {
                 ddl(t.replace("{ks}", ks)).await?;
+            }
+            for (table, column, kind) in SHARD_ADDED_COLUMNS {
+                if !has_column(&session, ks, table, column).await? {
+                    ddl(format!("ALTER TABLE {ks}.{table} ADD {column} {kind}")).await?;
+                }
             }
         }
         let mut claim = session
@@ -962,6 +1002,10 @@ impl Inner {
         let rows = entries.iter().map(|m| async move {
             let b = self.bucket(m.ts.0);
             let wts = i(m.ts.0);
+            let previous = m
+                .previous
+                .as_ref()
+                .map(|p| serde_json::to_string(p).expect("a previous message serializes"));
             let put = self.exec(
                 st.get("message_put"),
                 (
@@ -977,6 +1021,7 @@ impl Inner {
                     m.kind.name(),
                     set(m.kind.target().map(|t| i(t.0))),
                     set(m.kind.reaction()),
+                    set(previous.as_deref()),
                     wts,
                 ),
             );
@@ -2161,7 +2206,36 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn passes_the_storage_conformance_suite_on_a_real_cql_server() {
         let settings = testing::settings(2);
+        // The first shard's messages table as made before `previous` was added: the
+        // migration adds the column, and the suite runs on it.
+        let session = connect(&settings).await.unwrap();
+        let old = &settings.shard_keyspaces[0];
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE KEYSPACE {old} WITH replication = {}",
+                    settings.replication()
+                ),
+                (),
+            )
+            .await
+            .unwrap();
+        let old_table = SHARD_TABLES[0].replace(" previous text,", "");
+        assert_ne!(old_table, SHARD_TABLES[0]);
+        session
+            .query_unpaged(old_table.replace("{ks}", old), ())
+            .await
+            .unwrap();
+        assert!(!has_column(&session, old, "messages", "previous")
+            .await
+            .unwrap());
         CqlStore::migrate(&settings).await.unwrap();
+        for ks in &settings.shard_keyspaces {
+            assert!(has_column(&session, ks, "messages", "previous")
+                .await
+                .unwrap());
+        }
+        drop(session);
         // Migrating again is a no-op.
         CqlStore::migrate(&settings).await.unwrap();
         let store = CqlStore::open(settings.clone()).await.unwrap();
@@ -2191,6 +2265,7 @@ mod tests {
             client_msg_id: Some(format!("cmid-{seq}")),
             thread_ts: None,
             kind: MessageKind::Posted,
+            previous: None,
         }
     }
 

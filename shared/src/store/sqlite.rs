@@ -296,15 +296,30 @@ const SHARD_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("messages", "deleted", "INTEGER NOT NULL DEFAULT 0"),
     ("messages", "reply_count", "INTEGER NOT NULL DEFAULT 0"),
     ("messages", "latest_reply", "INTEGER"),
+    // An edit's or deletion's `previous_message`, as JSON.
+    ("messages", "previous", "TEXT"),
 ];
 
 const MESSAGE_COLUMNS: &str =
-    "channel_id, seq, ts, workspace, user_id, text, client_msg_id, thread_ts, kind, target_ts, reaction";
+    "channel_id, seq, ts, workspace, user_id, text, client_msg_id, thread_ts, kind, target_ts, reaction, previous";
 /// What a message view reads beyond [`MESSAGE_COLUMNS`].
 const VIEW_COLUMNS: &str = "edited_ts, deleted, reply_count, latest_reply";
 
+/// An entry's `previous` as stored: JSON, or NULL.
+fn previous_json(msg: &Message) -> Option<String> {
+    msg.previous
+        .as_ref()
+        .map(|p| serde_json::to_string(p).expect("a previous message serializes"))
+}
+
 fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     let kind_name: String = row.get(8)?;
+    let previous = match row.get::<_, Option<String>>(11)? {
+        Some(json) => Some(Box::new(serde_json::from_str(&json).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(11, rusqlite::types::Type::Text, e.into())
+        })?)),
+        None => None,
+    };
     let target = row.get::<_, Option<i64>>(9)?.map(|t| Ts(t as u64));
     let reaction: Option<String> = row.get(10)?;
     let kind = MessageKind::from_parts(&kind_name, target, reaction).ok_or_else(|| {
@@ -324,17 +339,18 @@ fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         client_msg_id: row.get(6)?,
         thread_ts: row.get::<_, Option<i64>>(7)?.map(|t| Ts(t as u64)),
         kind,
+        previous,
     })
 }
 
-/// A message row with the view columns after the message columns (offset 11).
+/// A message row with the view columns after the message columns (offset 12).
 fn row_to_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
     Ok(MessageView {
         message: row_to_message(row)?,
-        edited: row.get::<_, Option<i64>>(11)?.map(|t| Ts(t as u64)),
-        deleted: row.get(12)?,
-        reply_count: row.get::<_, i64>(13)? as u32,
-        latest_reply: row.get::<_, Option<i64>>(14)?.map(|t| Ts(t as u64)),
+        edited: row.get::<_, Option<i64>>(12)?.map(|t| Ts(t as u64)),
+        deleted: row.get(13)?,
+        reply_count: row.get::<_, i64>(14)? as u32,
+        latest_reply: row.get::<_, Option<i64>>(15)?.map(|t| Ts(t as u64)),
         reactions: Vec::new(),
     })
 }
@@ -850,7 +866,7 @@ fn write_batch(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 AND client_msg_id = ?2"
         ))?;
         let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ))?;
         let mut record_change =
             tx.prepare_cached("INSERT INTO changes (channel_id, seq) VALUES (?1, ?2)")?;
@@ -880,6 +896,7 @@ fn write_batch(
                 msg.kind.name(),
                 msg.kind.target().map(|t| t.0 as i64),
                 msg.kind.reaction(),
+                previous_json(msg),
             ]);
             Ok(match result {
                 Ok(_) => {
@@ -1635,8 +1652,8 @@ impl MessageStore for SqliteStore {
                     .query_map(params![after as i64, limit.max(1)], |r| {
                         Ok(Change {
                             message: row_to_message(r)?,
-                            id: r.get::<_, i64>(11)? as u64,
-                            deleted: r.get(12)?,
+                            id: r.get::<_, i64>(12)? as u64,
+                            deleted: r.get(13)?,
                         })
                     })
                     .map_err(unavailable)?;
@@ -1903,6 +1920,7 @@ mod conformance_tests {
             client_msg_id: None,
             thread_ts: None,
             kind: MessageKind::Posted,
+            previous: None,
         }
     }
 
@@ -1971,6 +1989,7 @@ mod conformance_tests {
             client_msg_id: None,
             thread_ts: None,
             kind: MessageKind::Posted,
+            previous: None,
         };
         a.append(&msg).await.unwrap();
         // The second handle is fenced by the same key.
@@ -2017,6 +2036,7 @@ mod conformance_tests {
                     client_msg_id: Some(format!("{}-{seq}", ch.0)),
                     thread_ts: None,
                     kind: MessageKind::Posted,
+                    previous: None,
                 };
                 store.append(&msg).await.unwrap();
             }
@@ -2203,6 +2223,7 @@ mod checkpoint_tests {
                 client_msg_id: Some(format!("cmid-{seq}")),
                 thread_ts: None,
                 kind: MessageKind::Posted,
+                previous: None,
             };
             store.append(&msg).await.unwrap();
         }
