@@ -195,6 +195,19 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
     );
     assert_eq!(tail[1]["message"]["text"], "ship it on monday");
     assert_eq!(tail[1]["message"]["ts"], parent_ts.as_str());
+    // Edits and deletions say what the message was (Slack's `previous_message`).
+    assert_eq!(
+        tail[1]["previous_message"],
+        json!({ "type": "message", "user": alice.id, "text": "ship it on friday", "ts": parent_ts }),
+        "{}",
+        tail[1]
+    );
+    assert_eq!(
+        tail[7]["previous_message"]["text"], "typo mesage",
+        "{}",
+        tail[7]
+    );
+    assert_eq!(tail[7]["previous_message"]["ts"], doomed_ts.as_str());
     assert_eq!(tail[2]["thread_ts"], parent_ts.as_str());
     assert_eq!(tail[3]["item"]["ts"], parent_ts.as_str());
     assert_eq!(tail[7]["deleted_ts"], doomed_ts.as_str());
@@ -274,6 +287,15 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
         .map(|e| e["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(replayed, (start_seq + 1..=last).collect::<Vec<_>>());
+    let replayed_tail: Vec<Value> = entries(&late, &channel)
+        .into_iter()
+        .filter(|e| e["seq"].as_u64().unwrap() > start_seq)
+        .collect();
+    assert_eq!(
+        replayed_tail.iter().collect::<Vec<_>>(),
+        tail,
+        "a resume replays the same events, previous messages included"
+    );
     let replayed_kinds: Vec<String> = entries(&late, &channel)
         .iter()
         .map(|e| e["type"].as_str().unwrap().to_string())
@@ -304,6 +326,14 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
         .await;
     assert_eq!(changed["subtype"], "message_changed", "{changed}");
     assert_eq!(changed["message"]["subtype"], "tombstone", "{changed}");
+    assert_eq!(
+        changed["previous_message"]["text"], "ship it on monday",
+        "{changed}"
+    );
+    assert!(
+        changed["previous_message"]["edited"]["ts"].is_string(),
+        "{changed}"
+    );
     assert_eq!(
         changed["message"]["thread_ts"],
         parent_ts.as_str(),
