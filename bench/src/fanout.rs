@@ -100,6 +100,8 @@ pub struct PhaseResult {
     /// Where a post's time went inside Switchboard's `dev` process (its own histograms over
     /// this phase); empty for the other systems.
     pub server_latency: Vec<crate::promtext::ServerLatency>,
+    /// The `dev` process's mesh connections' QUIC paths over this phase.
+    pub mesh_paths: Option<crate::promtext::MeshPaths>,
     /// Whether every message reached every subscriber before the drain timeout.
     pub drained: bool,
     #[serde(skip)]
@@ -908,12 +910,15 @@ async fn run_phases(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let cpu = cpu.stop();
-        let server_latency = match (metrics_http, &metrics_before) {
+        let (server_latency, mesh_paths) = match (metrics_http, &metrics_before) {
             (Some(http), Some(before)) => match crate::promtext::scrape(http).await {
-                Some(after) => crate::promtext::post_path(before, &after),
-                None => Vec::new(),
+                Some(after) => (
+                    crate::promtext::post_path(before, &after),
+                    crate::promtext::mesh_paths(before, &after),
+                ),
+                None => (Vec::new(), None),
             },
-            _ => Vec::new(),
+            _ => (Vec::new(), None),
         };
         progress.finish().await;
         let sent = ph.sent.load(Ordering::Relaxed);
@@ -952,6 +957,7 @@ async fn run_phases(
             post_ack_latency: None,
             cpu,
             server_latency,
+            mesh_paths,
             drained,
             curve: Vec::new(),
         });
@@ -1187,6 +1193,13 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
                 "inside dev, {}: {}",
                 p.phase,
                 crate::promtext::describe(&p.server_latency)
+            ));
+        }
+        if let Some(paths) = &p.mesh_paths {
+            result.notes.push(format!(
+                "inside dev, {}: {}",
+                p.phase,
+                crate::promtext::describe_paths(paths)
             ));
         }
     }

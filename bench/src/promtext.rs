@@ -213,6 +213,126 @@ pub fn post_path(before: &str, after: &str) -> Vec<ServerLatency> {
         .collect()
 }
 
+/// The QUIC paths of the process's mesh connections over a phase
+/// (`switchboard_mesh_path_*`): whether a hop waited on congestion control.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct MeshPaths {
+    /// Live connections at the end of the phase.
+    pub connections: usize,
+    /// Over the phase, summed over the connections (a connection made during the phase
+    /// counts from zero).
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    pub congestion_events: u64,
+    /// The connection that sent the most packets in the phase (a hop's), at the end of it.
+    pub busiest: Option<BusiestPath>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct BusiestPath {
+    pub peer: String,
+    /// `connected` or `accepted`.
+    pub side: String,
+    pub sent_packets: u64,
+    pub rtt_ms: f64,
+    pub cwnd_bytes: u64,
+}
+
+/// One sample's labels and value.
+struct Sample {
+    peer: String,
+    side: String,
+    value: f64,
+}
+
+/// Per `conn` label, the sample of `family` in a `/metrics` text.
+fn per_connection(body: &str, family: &str) -> std::collections::HashMap<String, Sample> {
+    let label = |labels: &str, name: &str| -> Option<String> {
+        labels.split(',').find_map(|l| {
+            let v = l.strip_prefix(name)?.strip_prefix("=\"")?;
+            Some(v.trim_end_matches('"').to_string())
+        })
+    };
+    body.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(family)?.strip_prefix('{')?;
+            let (labels, value) = rest.split_once("} ")?;
+            let sample = Sample {
+                peer: label(labels, "peer").unwrap_or_default(),
+                side: label(labels, "side").unwrap_or_default(),
+                value: value.trim().parse().ok()?,
+            };
+            Some((label(labels, "conn")?, sample))
+        })
+        .collect()
+}
+
+/// The mesh paths between two scrapes; `None` when the process reports none.
+pub fn mesh_paths(before: &str, after: &str) -> Option<MeshPaths> {
+    let rtt = per_connection(after, "switchboard_mesh_path_rtt_seconds");
+    if rtt.is_empty() {
+        return None;
+    }
+    let cwnd = per_connection(after, "switchboard_mesh_path_cwnd_bytes");
+    let delta = |family: &str| -> std::collections::HashMap<String, u64> {
+        let (b, a) = (
+            per_connection(before, family),
+            per_connection(after, family),
+        );
+        a.iter()
+            .map(|(conn, s)| {
+                let was = b.get(conn).map_or(0.0, |s| s.value);
+                (conn.clone(), (s.value - was).max(0.0) as u64)
+            })
+            .collect()
+    };
+    let sent = delta("switchboard_mesh_path_sent_packets_total");
+    let busiest = sent
+        .iter()
+        .max_by_key(|(conn, n)| (**n, (*conn).clone()))
+        .and_then(|(conn, n)| {
+            let r = rtt.get(conn)?;
+            Some(BusiestPath {
+                peer: r.peer.clone(),
+                side: r.side.clone(),
+                sent_packets: *n,
+                rtt_ms: r.value * 1e3,
+                cwnd_bytes: cwnd.get(conn).map_or(0, |c| c.value as u64),
+            })
+        });
+    Some(MeshPaths {
+        connections: rtt.len(),
+        sent_packets: sent.values().sum(),
+        lost_packets: delta("switchboard_mesh_path_lost_packets_total")
+            .values()
+            .sum(),
+        congestion_events: delta("switchboard_mesh_path_congestion_events_total")
+            .values()
+            .sum(),
+        busiest,
+    })
+}
+
+/// One line for the terminal: `mesh paths 6: 1234 packets sent, 0 lost, 0 congestion
+/// events; busiest (to 127.0.0.1:7100, connected): 800 packets, rtt 0.41 ms, cwnd 120 KiB`.
+pub fn describe_paths(p: &MeshPaths) -> String {
+    let mut line = format!(
+        "mesh paths {}: {} packets sent, {} lost, {} congestion events",
+        p.connections, p.sent_packets, p.lost_packets, p.congestion_events
+    );
+    if let Some(b) = &p.busiest {
+        line.push_str(&format!(
+            "; busiest ({} {}): {} packets, rtt {:.2} ms, cwnd {} KiB",
+            b.side,
+            b.peer,
+            b.sent_packets,
+            b.rtt_ms,
+            b.cwnd_bytes / 1024
+        ));
+    }
+    line
+}
+
 /// One line for the terminal: `web API chat.postMessage p50 1.2 ms p99 8.4 ms (n 1234); ...`.
 pub fn describe(lat: &[ServerLatency]) -> String {
     lat.iter()
@@ -294,6 +414,47 @@ mod tests {
         let d = a.since(&b);
         assert_eq!(d.count(), 4);
         assert_eq!(d.quantile(0.5), Some((0.01, true)));
+    }
+
+    #[test]
+    fn mesh_paths_are_summed_over_connections_for_the_phase() {
+        let scrape = |sent_a: u64, lost_a: u64, with_b: bool| {
+            let mut t = format!(
+                "switchboard_mesh_path_rtt_seconds{{conn=\"1\",peer=\"127.0.0.1:1\",side=\"connected\"}} 0.0004\n\
+                 switchboard_mesh_path_cwnd_bytes{{conn=\"1\",peer=\"127.0.0.1:1\",side=\"connected\"}} 200000\n\
+                 switchboard_mesh_path_sent_packets_total{{conn=\"1\",peer=\"127.0.0.1:1\",side=\"connected\"}} {sent_a}\n\
+                 switchboard_mesh_path_lost_packets_total{{conn=\"1\",peer=\"127.0.0.1:1\",side=\"connected\"}} {lost_a}\n"
+            );
+            if with_b {
+                t.push_str(
+                    "switchboard_mesh_path_rtt_seconds{conn=\"2\",peer=\"127.0.0.1:2\",side=\"accepted\"} 0.002\n\
+                     switchboard_mesh_path_cwnd_bytes{conn=\"2\",peer=\"127.0.0.1:2\",side=\"accepted\"} 14720\n\
+                     switchboard_mesh_path_sent_packets_total{conn=\"2\",peer=\"127.0.0.1:2\",side=\"accepted\"} 50\n",
+                );
+            }
+            t
+        };
+        // Connection 2 appeared during the phase: it counts from zero. Connection 1 sent
+        // the most.
+        let p = mesh_paths(&scrape(100, 1, false), &scrape(400, 3, true)).unwrap();
+        assert_eq!(
+            p,
+            MeshPaths {
+                connections: 2,
+                sent_packets: 350,
+                lost_packets: 2,
+                congestion_events: 0,
+                busiest: Some(BusiestPath {
+                    peer: "127.0.0.1:1".into(),
+                    side: "connected".into(),
+                    sent_packets: 300,
+                    rtt_ms: 0.4,
+                    cwnd_bytes: 200000,
+                }),
+            }
+        );
+        assert!(describe_paths(&p).contains("2 lost"));
+        assert_eq!(mesh_paths("", "up 1\n"), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`PeerPool`]: reuses one connection per peer and reconnects with backoff.
 
 pub mod lane;
+mod paths;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -126,6 +127,7 @@ impl Mesh {
                     Ok(Ok(conn)) => {
                         m::MESH_CONNECTIONS_ACCEPTED.inc();
                         return Some(MeshConn {
+                            tracked: paths::track(&conn, paths::Side::Accepted),
                             conn,
                             max_frame_bytes: self.max_frame_bytes,
                             lane: Default::default(),
@@ -155,6 +157,7 @@ impl Mesh {
             .map_err(|_| err(format!("no handshake within {:?}", self.connect_timeout)))?
             .map_err(|e| err(e.to_string()))?;
         Ok(MeshConn {
+            tracked: paths::track(&conn, paths::Side::Connected),
             conn,
             max_frame_bytes: self.max_frame_bytes,
             lane: Default::default(),
@@ -177,6 +180,9 @@ pub struct MeshConn {
     conn: quinn::Connection,
     max_frame_bytes: usize,
     lane: Arc<LaneSlot>,
+    /// Lists the connection's path in `/metrics` while any clone is held: held, never read.
+    #[cfg_attr(not(test), allow(dead_code))]
+    tracked: Arc<paths::Tracked>,
 }
 
 /// The connection's current lane, and a lock so that only one caller opens the next.
