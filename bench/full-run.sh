@@ -13,7 +13,8 @@
 # Order: what only a large machine can measure first (50,000 idle sessions needs an open-file
 # limit above 50,512), then the two fan-out shapes with the limit server and NATS, then posts,
 # then the store's writers alone (a shard per workspace against spread channels, and 16 shards),
-# then the experiments (fewer worker threads per Switchboard process, with NATS at 1,000 x 10;
+# then the experiments (the mesh's initial congestion window; fewer worker threads per
+# Switchboard process, with NATS at 1,000 x 10;
 # 1,000 x 10 at half of peak again, and on eight store shards; 1,000 x 10 with a window of
 # 1,024).
 # A step that runs past its limit is killed, noted, and the next one starts.
@@ -69,6 +70,12 @@ step 60 store --shards 16 --keys channel -d "$D"
 # Experiments for what the bars' runs above leave open, last so they cannot crowd them out:
 # fewer tokio workers per Switchboard process (three processes and the bench share the
 # cores), and the store's writers.
+# First, whether QUIC's congestion window holds the hops at 1,000 x 10: the same run with
+# the usual initial window and with 1 MiB (compare the "mesh paths" lines' busiest cwnd and
+# the hops in the "inside dev" lines).
+echo "## 1,000 x 10, mesh initial window 14,720 then 1 MiB" | tee -a "$LOG"
+step 120 fanout -c 1000 -s 10 -d "$D"
+SWITCHBOARD_MESH__INITIAL_WINDOW_BYTES=1048576 step 120 fanout -c 1000 -s 10 -d "$D"
 THREADS=$(( $(nproc) / 4 > 1 ? $(nproc) / 4 : 1 ))
 echo "## TOKIO_WORKER_THREADS=$THREADS for the Switchboard processes" | tee -a "$LOG"
 TOKIO_WORKER_THREADS=$THREADS step 150 fanout --half-peak -d "$D"

@@ -229,8 +229,9 @@ fn signer(config: &Config, create: bool) -> anyhow::Result<TokenSigner> {
 
 fn mesh_tls(config: &Config) -> anyhow::Result<MeshTls> {
     let (ca, cert, key) = config.tls_paths();
-    MeshTls::load(&ca, &cert, &key)
-        .context("failed to load mesh TLS material (run `switchboard certs --out DIR`)")
+    Ok(MeshTls::load(&ca, &cert, &key)
+        .context("failed to load mesh TLS material (run `switchboard certs --out DIR`)")?
+        .with_initial_window(config.mesh.initial_window_bytes))
 }
 
 fn bind_tcp(addr: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {

@@ -57,6 +57,9 @@ pub struct MeshConfig {
     pub max_frame_bytes: usize,
     pub connect_timeout_ms: u64,
     pub admin_addr: SocketAddr,
+    /// Congestion window, in bytes, that a new mesh connection starts with (0: QUIC's usual
+    /// 14,720). At most [`MAX_MESH_INITIAL_WINDOW`].
+    pub initial_window_bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -140,6 +143,9 @@ pub struct FlannelConfig {
     pub disconnected_max_age_ms: u64,
 }
 
+/// The largest `mesh.initial_window_bytes`: the connection's send window, past which a
+/// larger congestion window could never be used.
+pub const MAX_MESH_INITIAL_WINDOW: u64 = 64 * 1024 * 1024;
 /// The most `flannel.max_concurrent_loads` accepted: far more snapshot calls at once than one
 /// Web API serves usefully, and well within what a semaphore can count.
 pub const MAX_FLANNEL_CONCURRENT_LOADS: usize = 1024;
@@ -274,6 +280,9 @@ impl Config {
         }
         if self.gateway.session_queue == 0 || self.channel_server.gateway_queue == 0 {
             bail!("queue sizes must be positive");
+        }
+        if self.mesh.initial_window_bytes > MAX_MESH_INITIAL_WINDOW {
+            bail!("mesh.initial_window_bytes must be at most {MAX_MESH_INITIAL_WINDOW}");
         }
         if self.gateway.max_client_frame_bytes < 256 {
             bail!("gateway.max_client_frame_bytes must be at least 256");
@@ -569,6 +578,16 @@ mod tests {
         assert!(
             Config::load(None, std::iter::empty(), &["store.shards=1025".to_string()]).is_err()
         );
+        let window = |v: u64| {
+            Config::load(
+                None,
+                std::iter::empty(),
+                &[format!("mesh.initial_window_bytes={v}")],
+            )
+        };
+        assert!(window(MAX_MESH_INITIAL_WINDOW + 1).is_err());
+        assert_eq!(window(1 << 20).unwrap().mesh.initial_window_bytes, 1 << 20);
+        assert_eq!(Config::defaults().mesh.initial_window_bytes, 0);
         assert_eq!(
             Config::defaults().store.shards,
             0,

@@ -479,6 +479,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connections_start_with_the_configured_congestion_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let usual = MeshTls::dev(dir.path()).unwrap();
+        for (tls, at_least, at_most) in [
+            (usual.clone(), 10_000, 20_000),
+            (usual.clone().with_initial_window(0), 10_000, 20_000),
+            (usual.with_initial_window(1 << 20), 1 << 20, 1 << 21),
+        ] {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let server = Mesh::server(socket, &tls, 1 << 20, Duration::from_secs(2)).unwrap();
+            let client = Mesh::client(
+                "127.0.0.1:0".parse().unwrap(),
+                &tls,
+                1 << 20,
+                Duration::from_secs(2),
+            )
+            .unwrap();
+            let addr = server.local_addr().unwrap();
+            let (connected, accepted) = tokio::join!(client.connect(addr), server.accept());
+            for conn in [connected.unwrap(), accepted.unwrap()] {
+                let cwnd = conn.conn.stats().path.cwnd;
+                assert!(
+                    (at_least..=at_most).contains(&cwnd),
+                    "cwnd {cwnd} not in {at_least}..={at_most}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
     async fn request_and_answer_over_mutual_tls() {
         let (server, client, _dir) = pair();
         let addr = server.local_addr().unwrap();
