@@ -465,17 +465,22 @@ mod tests {
 
     fn pair() -> (Mesh, Mesh, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let t = MeshTls::dev(dir.path()).unwrap();
+        let (server, client) = pair_with(&MeshTls::dev(dir.path()).unwrap());
+        (server, client, dir)
+    }
+
+    /// A server endpoint and a client endpoint on loopback with `t`.
+    pub(super) fn pair_with(t: &MeshTls) -> (Mesh, Mesh) {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let server = Mesh::server(socket, &t, 1024 * 1024, Duration::from_secs(2)).unwrap();
+        let server = Mesh::server(socket, t, 1024 * 1024, Duration::from_secs(2)).unwrap();
         let client = Mesh::client(
             "127.0.0.1:0".parse().unwrap(),
-            &t,
+            t,
             1024 * 1024,
             Duration::from_secs(2),
         )
         .unwrap();
-        (server, client, dir)
+        (server, client)
     }
 
     #[tokio::test]
@@ -487,15 +492,7 @@ mod tests {
             (usual.clone().with_initial_window(0), 10_000, 20_000),
             (usual.with_initial_window(1 << 20), 1 << 20, 1 << 21),
         ] {
-            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-            let server = Mesh::server(socket, &tls, 1 << 20, Duration::from_secs(2)).unwrap();
-            let client = Mesh::client(
-                "127.0.0.1:0".parse().unwrap(),
-                &tls,
-                1 << 20,
-                Duration::from_secs(2),
-            )
-            .unwrap();
+            let (server, client) = pair_with(&tls);
             let addr = server.local_addr().unwrap();
             let (connected, accepted) = tokio::join!(client.connect(addr), server.accept());
             for conn in [connected.unwrap(), accepted.unwrap()] {

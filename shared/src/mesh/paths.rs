@@ -241,18 +241,8 @@ mod tests {
     async fn a_live_connection_reports_its_path_until_its_last_handle_goes() {
         let dir = tempfile::tempdir().unwrap();
         let tls = crate::mesh::MeshTls::dev(dir.path()).unwrap();
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let server =
-            crate::mesh::Mesh::server(socket, &tls, 1 << 20, std::time::Duration::from_secs(2))
-                .unwrap();
+        let (server, client) = crate::mesh::tests::pair_with(&tls);
         let addr = server.local_addr().unwrap();
-        let client = crate::mesh::Mesh::client(
-            "127.0.0.1:0".parse().unwrap(),
-            &tls,
-            1 << 20,
-            std::time::Duration::from_secs(2),
-        )
-        .unwrap();
         let (connected, accepted) = tokio::join!(client.connect(addr), server.accept());
         let (connected, accepted) = (connected.unwrap(), accepted.unwrap());
         // Some traffic, so that QUIC has measured the path.

@@ -118,6 +118,25 @@ impl From<&Message> for MessageEvent {
     }
 }
 
+/// A hidden `message` event of `subtype` about the message `target`, for entry `m` (at
+/// `ts`), with `previous_message` when the entry knows it.
+fn hidden_change(m: &Message, ts: &str, subtype: &str, target: Ts) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "type": "message",
+        "subtype": subtype,
+        "hidden": true,
+        "channel": m.channel.0,
+        "ts": ts,
+        "event_ts": ts,
+        "seq": m.seq,
+        "team": m.workspace.0,
+    });
+    if let Some(previous) = previous_message(m, target) {
+        v["previous_message"] = previous;
+    }
+    v
+}
+
 /// Slack's `message_changed` event for entry `m` (at `ts`): `message` is what the message
 /// is now, `previous_message` what it was.
 fn message_changed(
@@ -126,20 +145,8 @@ fn message_changed(
     target: Ts,
     message: serde_json::Value,
 ) -> serde_json::Value {
-    let mut v = serde_json::json!({
-        "type": "message",
-        "subtype": "message_changed",
-        "hidden": true,
-        "channel": m.channel.0,
-        "ts": ts,
-        "event_ts": ts,
-        "seq": m.seq,
-        "team": m.workspace.0,
-        "message": message,
-    });
-    if let Some(previous) = previous_message(m, target) {
-        v["previous_message"] = previous;
-    }
+    let mut v = hidden_change(m, ts, "message_changed", target);
+    v["message"] = message;
     v
 }
 
@@ -206,20 +213,8 @@ pub fn message_json(m: &Message) -> String {
             }),
         ),
         MessageKind::Deleted { target } => {
-            let mut v = serde_json::json!({
-                "type": "message",
-                "subtype": "message_deleted",
-                "hidden": true,
-                "channel": m.channel.0,
-                "ts": ts,
-                "event_ts": ts,
-                "deleted_ts": target.to_slack(),
-                "seq": m.seq,
-                "team": m.workspace.0,
-            });
-            if let Some(previous) = previous_message(m, *target) {
-                v["previous_message"] = previous;
-            }
+            let mut v = hidden_change(m, &ts, "message_deleted", *target);
+            v["deleted_ts"] = target.to_slack().into();
             v
         }
         MessageKind::ReactionAdded { target, reaction }
