@@ -587,6 +587,41 @@ mod tests {
     }
 
     #[test]
+    fn version_one_frames_are_refused_by_name() {
+        // A node of version 1 wrote messages without `previous`: bincode cannot read them as
+        // this version's, so the version is refused before the payload is looked at.
+        let mut bytes = MeshFrame::Unsubscribe {
+            channel: ChannelId::from("C1"),
+        }
+        .to_bytes()
+        .to_vec();
+        bytes[4..6].copy_from_slice(&1u16.to_be_bytes());
+        let err = MeshFrame::decode(&bytes, MAX_FRAME_BYTES_DEFAULT).unwrap_err();
+        assert_eq!(
+            err,
+            WireError::Version {
+                version: 1,
+                min: 2,
+                max: 2
+            }
+        );
+        assert!(err.to_string().contains("version 1 (accepted 2..=2)"), "{err}");
+    }
+
+    #[test]
+    fn edits_round_trip_with_the_message_they_changed() {
+        let mut msg = sample_message(7, "now".into());
+        msg.kind = super::super::model::MessageKind::Edited { target: Ts(5) };
+        msg.previous = Some(Box::new(super::super::model::PreviousMessage {
+            user: UserId::from("U1"),
+            text: "before".into(),
+            thread_ts: Some(Ts(3)),
+            edited: None,
+        }));
+        round_trip(MeshFrame::Deliver { msg });
+    }
+
+    #[test]
     fn garbage_payload_is_malformed_not_a_panic() {
         let mut bytes = vec![0, 0, 0, 6];
         bytes.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
