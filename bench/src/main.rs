@@ -1198,6 +1198,13 @@ async fn posts_cmd(a: PostsArgs) -> anyhow::Result<bool> {
                 promtext::describe(&o.server_latency)
             );
         }
+        if let Some(paths) = &o.mesh_paths {
+            println!(
+                "inside dev ({} store): {}",
+                o.store,
+                promtext::describe_paths(paths)
+            );
+        }
     }
     let mut ok = true;
     for o in &results {

@@ -49,6 +49,8 @@ pub struct Outcome {
     /// Where a post's time went inside the `dev` process (its own histograms over the
     /// measured phase).
     pub server_latency: Vec<crate::promtext::ServerLatency>,
+    /// The `dev` process's mesh connections' QUIC paths over the measured phase.
+    pub mesh_paths: Option<crate::promtext::MeshPaths>,
     /// Posts acknowledged during the warm-up (not in the figures above).
     pub warmup_posts: u64,
     /// Acknowledged sequence numbers that were missing or repeated in a channel.
@@ -253,12 +255,15 @@ pub async fn run(
         }
     };
     let cpu = cpu.stop();
-    let server_latency = match (
+    let (server_latency, mesh_paths) = match (
         metrics_before,
         crate::promtext::scrape(&sut.urls.webapp).await,
     ) {
-        (Some(before), Some(after)) => crate::promtext::post_path(&before, &after),
-        _ => Vec::new(),
+        (Some(before), Some(after)) => (
+            crate::promtext::post_path(&before, &after),
+            crate::promtext::mesh_paths(&before, &after),
+        ),
+        _ => (Vec::new(), None),
     };
     let store_cpu_s = store_pid
         .zip(store_cpu_start)
@@ -284,6 +289,7 @@ pub async fn run(
         cpu,
         store_cpu_s,
         server_latency,
+        mesh_paths,
         warmup_posts,
         seq_problems,
         errors,

@@ -605,7 +605,10 @@ mod tests {
                 max: 2
             }
         );
-        assert!(err.to_string().contains("version 1 (accepted 2..=2)"), "{err}");
+        assert!(
+            err.to_string().contains("version 1 (accepted 2..=2)"),
+            "{err}"
+        );
     }
 
     #[test]
