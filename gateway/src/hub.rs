@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
@@ -119,6 +119,11 @@ struct ChannelEntry {
     /// Messages delivered in order but not yet offered to the sessions (see
     /// [`State::offer_staged`]).
     staged: Vec<(Seq, Utf8Bytes)>,
+    /// When the sessions were last offered this channel's messages (only kept when the hub
+    /// coalesces).
+    last_offer: Option<Instant>,
+    /// Set while the staged messages wait for the coalescing window to end.
+    held_until: Option<Instant>,
 }
 
 impl ChannelEntry {
@@ -134,6 +139,8 @@ impl ChannelEntry {
             catch_up_to: 0,
             recent: VecDeque::new(),
             staged: Vec::new(),
+            last_offer: None,
+            held_until: None,
         }
     }
 }
@@ -158,6 +165,8 @@ struct State {
     presence_active: HashMap<WorkspaceId, HashSet<UserId>>,
     /// Channels with staged messages.
     staged: Vec<ChannelId>,
+    /// Channels whose staged messages wait for their coalescing window to end.
+    held: Vec<ChannelId>,
 }
 
 impl State {
@@ -165,42 +174,110 @@ impl State {
     /// of a channel's messages of this hold of the hub's lock at once. Under load a read from
     /// a channel server holds many messages, and one lock and wake per session per batch
     /// rather than per message is most of the hub's cost of fan-out. Whoever takes messages
-    /// in ([`Hub::accept_message`]) calls this before the hub's lock is released.
-    fn offer_staged(&mut self) {
+    /// in ([`Hub::accept_message`]) calls this (through [`Hub::offer`]) before the hub's lock is
+    /// released.
+    ///
+    /// With a coalescing window (`hold` > 0), a channel offered less than `hold` ago keeps
+    /// its messages staged until the window ends ([`Hub::release_loop`] offers them): a
+    /// channel busier than one message per window reaches each session once per window, with
+    /// everything that came meanwhile, instead of once per message; a quiet channel's message
+    /// goes at once. Returns whether a channel started waiting.
+    fn offer_staged(&mut self, hold: Duration) -> bool {
         let State {
             channels,
             sessions,
             staged,
+            held,
             ..
         } = self;
+        let now = (!hold.is_zero()).then(Instant::now);
+        let mut newly_held = false;
         for channel in staged.drain(..) {
             let Some(e) = channels.get_mut(&channel) else {
                 continue;
             };
-            if e.staged.is_empty() {
+            if e.staged.is_empty() || e.held_until.is_some() {
                 continue;
             }
-            // The batch and the id are shared by every session the messages go to; the
-            // staging buffer keeps its room for the next read.
-            let batch: Arc<[(Seq, Utf8Bytes)]> = e.staged.drain(..).collect();
-            if e.staged.capacity() > 4 * STAGED_KEEP {
-                e.staged.shrink_to(STAGED_KEEP);
-            }
-            let channel = Arc::new(channel);
-            let mut offered = 0;
-            for id in &e.sessions {
-                if let Some(s) = sessions.get(id) {
-                    offered += 1;
-                    s.offer(Outbound::Messages {
-                        channel: channel.clone(),
-                        batch: batch.clone(),
-                    });
+            if let Some(now) = now {
+                match e.last_offer.map(|t| t + hold) {
+                    Some(until) if now < until => {
+                        e.held_until = Some(until);
+                        held.push(channel);
+                        newly_held = true;
+                        continue;
+                    }
+                    _ => e.last_offer = Some(now),
                 }
             }
-            // One update of the shared counter per batch, not per delivery.
-            m::SESSION_WRITES.inc_by(offered * batch.len() as u64);
+            offer_entry(e, sessions, channel);
+        }
+        newly_held
+    }
+
+    /// Offers the held channels whose window ended by `now`; returns when the next one ends.
+    fn release_held(&mut self, now: Instant) -> Option<Instant> {
+        let State {
+            channels,
+            sessions,
+            held,
+            ..
+        } = self;
+        let mut next: Option<Instant> = None;
+        held.retain(|channel| {
+            // An entry dropped (and maybe made again) meanwhile has nothing held.
+            let Some(e) = channels.get_mut(channel) else {
+                return false;
+            };
+            match e.held_until {
+                Some(until) if until <= now => {
+                    e.held_until = None;
+                    e.last_offer = Some(now);
+                    offer_entry(e, sessions, channel.clone());
+                    false
+                }
+                Some(until) => {
+                    next = Some(next.map_or(until, |n| n.min(until)));
+                    true
+                }
+                None => false,
+            }
+        });
+        if held.capacity() > 4 * STAGED_KEEP && held.len() <= STAGED_KEEP {
+            held.shrink_to(STAGED_KEEP);
+        }
+        next
+    }
+}
+
+/// Queues a channel's staged messages to each of its sessions as one shared batch.
+fn offer_entry(
+    e: &mut ChannelEntry,
+    sessions: &HashMap<SessionId, SessionHandle>,
+    channel: ChannelId,
+) {
+    if e.staged.is_empty() {
+        return;
+    }
+    // The batch and the id are shared by every session the messages go to; the staging
+    // buffer keeps its room for the next read.
+    let batch: Arc<[(Seq, Utf8Bytes)]> = e.staged.drain(..).collect();
+    if e.staged.capacity() > 4 * STAGED_KEEP {
+        e.staged.shrink_to(STAGED_KEEP);
+    }
+    let channel = Arc::new(channel);
+    let mut offered = 0;
+    for id in &e.sessions {
+        if let Some(s) = sessions.get(id) {
+            offered += 1;
+            s.offer(Outbound::Messages {
+                channel: channel.clone(),
+                batch: batch.clone(),
+            });
         }
     }
+    // One update of the shared counter per batch, not per delivery.
+    m::SESSION_WRITES.inc_by(offered * batch.len() as u64);
 }
 
 pub struct Hub {
@@ -211,6 +288,10 @@ pub struct Hub {
     next_session: AtomicU64,
     next_link: AtomicU64,
     wake: Notify,
+    /// The coalescing window of a busy channel (see [`State::offer_staged`]); zero: none.
+    hold: Duration,
+    /// Wakes [`Hub::release_loop`] when a channel starts waiting.
+    release: Notify,
     shutdown: Shutdown,
     /// Where presence reports go; unset in unit tests.
     admin_addr: Mutex<Option<std::net::SocketAddr>>,
@@ -223,6 +304,7 @@ impl Hub {
         node: NodeId,
         pool: Arc<PeerPool>,
         ring: watch::Receiver<Arc<Ring>>,
+        hold: Duration,
         shutdown: Shutdown,
     ) -> Arc<Hub> {
         Arc::new(Hub {
@@ -233,6 +315,8 @@ impl Hub {
             next_session: AtomicU64::new(1),
             next_link: AtomicU64::new(1),
             wake: Notify::new(),
+            hold,
+            release: Notify::new(),
             shutdown,
             admin_addr: Mutex::new(None),
             presence_turns: Mutex::new(HashMap::new()),
@@ -751,14 +835,14 @@ impl Hub {
                 }
                 other => {
                     if let Some(mut st) = held.take() {
-                        st.offer_staged();
+                        self.offer(&mut st);
                     }
                     self.on_link_frame(from, other);
                 }
             }
         }
         if let Some(mut st) = held {
-            st.offer_staged();
+            self.offer(&mut st);
         }
     }
 
@@ -768,7 +852,7 @@ impl Hub {
                 m::MESSAGES_IN.inc();
                 let mut st = self.state.lock();
                 self.accept_message(&mut st, msg);
-                st.offer_staged();
+                self.offer(&mut st);
             }
             MeshFrame::SubscribeAck {
                 channel,
@@ -791,7 +875,7 @@ impl Hub {
                 for msg in backlog {
                     self.accept_message(&mut st, msg);
                 }
-                st.offer_staged();
+                self.offer(&mut st);
                 let e = st.channels.get_mut(&channel).expect("entry exists");
                 if let Some((workspace, after, up_to)) = next_gap_fetch(e) {
                     self.spawn_gap_fetch(channel, workspace, after, up_to);
@@ -915,7 +999,7 @@ impl Hub {
         for msg in messages {
             self.accept_message(st, msg);
         }
-        st.offer_staged();
+        self.offer(st);
         let e = st.channels.get_mut(channel)?;
         e.fetching = false;
         // The store is the authority: what it does not hold was never acked.
@@ -931,7 +1015,7 @@ impl Hub {
                     for msg in pending {
                         self.accept_message(st, msg);
                     }
-                    st.offer_staged();
+                    self.offer(st);
                 }
             }
         }
@@ -955,6 +1039,39 @@ impl Hub {
                 _ = ring_rx.changed() => {}
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(RECONCILE_EVERY) => {}
+            }
+        }
+    }
+
+    /// Offers what is staged (see [`State::offer_staged`]), waking the release loop when a
+    /// busy channel's messages start to wait for their window.
+    fn offer(&self, st: &mut State) {
+        if st.offer_staged(self.hold) {
+            self.release.notify_one();
+        }
+    }
+
+    /// Offers each held channel's messages when its coalescing window ends. Runs until
+    /// shutdown; returns at once when the hub does not coalesce.
+    pub async fn release_loop(self: Arc<Self>) {
+        if self.hold.is_zero() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = self.shutdown.wait() => return,
+                _ = self.release.notified() => {}
+            }
+            // Until nothing waits: sleep to the earliest window's end, or less when a channel
+            // starts waiting meanwhile (its window may end first).
+            loop {
+                let next = self.state.lock().release_held(Instant::now());
+                let Some(next) = next else { break };
+                tokio::select! {
+                    _ = self.shutdown.wait() => return,
+                    _ = tokio::time::sleep_until(next.into()) => {}
+                    _ = self.release.notified() => {}
+                }
             }
         }
     }
@@ -1066,7 +1183,7 @@ impl Hub {
                 for msg in messages {
                     hub.accept_message(&mut st, msg);
                 }
-                st.offer_staged();
+                hub.offer(&mut st);
                 // One page; if the owner has more, fetch on to its head.
                 let Some(e) = st.channels.get_mut(&channel) else {
                     return;
@@ -1209,6 +1326,12 @@ pub(crate) mod test_support {
 
     /// A hub whose mesh uses the dev certificates in `dir` (made if missing).
     pub(crate) fn hub_in(dir: &std::path::Path) -> Arc<Hub> {
+        hub_holding(dir, Duration::ZERO)
+    }
+
+    /// Like [`hub_in`], with a coalescing window of `hold` (released by a running
+    /// [`Hub::release_loop`]).
+    pub(crate) fn hub_holding(dir: &std::path::Path, hold: Duration) -> Arc<Hub> {
         let tls = MeshTls::dev(dir).unwrap();
         let mesh = Mesh::client(
             "127.0.0.1:0".parse().unwrap(),
@@ -1222,6 +1345,7 @@ pub(crate) mod test_support {
             NodeId::from("gw-test"),
             Arc::new(PeerPool::new(Arc::new(mesh))),
             rx,
+            hold,
             Shutdown::new(),
         )
     }
@@ -1435,6 +1559,119 @@ mod tests {
             hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(s) });
         }
         assert_eq!(seqs(&mut rx), vec![4, 5, 6]);
+    }
+
+    /// The batches queued for a session within `wait`, as their sequences.
+    async fn batches(rx: &mut crate::queue::Receiver<Outbound>, wait: Duration) -> Vec<Vec<Seq>> {
+        let mut out = Vec::new();
+        let mut inbox = Vec::new();
+        let deadline = tokio::time::Instant::now() + wait;
+        while let Ok(n) = tokio::time::timeout_at(deadline, rx.recv_many(&mut inbox, 64)).await {
+            if n == 0 {
+                break;
+            }
+            for o in inbox.drain(..) {
+                if let Outbound::Messages { batch, .. } = o {
+                    out.push(batch.iter().map(|(seq, _)| *seq).collect());
+                }
+            }
+        }
+        out
+    }
+
+    /// The next batch queued for a session within `wait`, as its sequences.
+    async fn next_batch(
+        rx: &mut crate::queue::Receiver<Outbound>,
+        wait: Duration,
+    ) -> Option<Vec<Seq>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut inbox = Vec::new();
+        loop {
+            let n = tokio::time::timeout_at(deadline, rx.recv_many(&mut inbox, 1))
+                .await
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+            if let Some(Outbound::Messages { batch, .. }) = inbox.pop() {
+                return Some(batch.iter().map(|(seq, _)| *seq).collect());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_busy_channel_reaches_its_sessions_once_per_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let hold = Duration::from_millis(300);
+        let hub = test_support::hub_holding(dir.path(), hold);
+        tokio::spawn(hub.clone().release_loop());
+        let (_id, mut rx, _) = session(&hub, 64);
+        ack(&hub, "cs-1", 0, vec![]);
+        let from = NodeId::from("cs-1");
+        // A message after a quiet spell goes at once.
+        hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(1) });
+        assert_eq!(seqs(&mut rx), vec![1]);
+        // Those that follow within the window wait for its end, then go as one batch, in
+        // order, repeats dropped as ever.
+        let sent = tokio::time::Instant::now();
+        for s in [2, 3, 3, 4] {
+            hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(s) });
+        }
+        assert_eq!(seqs(&mut rx), Vec::<Seq>::new(), "held for the window");
+        assert_eq!(batches(&mut rx, 3 * hold).await, vec![vec![2, 3, 4]]);
+        assert!(
+            sent.elapsed() >= hold / 2,
+            "released before the window ended"
+        );
+        // A message past a gap waits for the gap as ever; filled, both go after the window.
+        hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(6) });
+        hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(5) });
+        assert_eq!(batches(&mut rx, 3 * hold).await, vec![vec![5, 6]]);
+        // A quiet spell longer than the window: the next message goes at once again.
+        tokio::time::sleep(hold + hold / 2).await;
+        hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(7) });
+        assert_eq!(seqs(&mut rx), vec![7]);
+    }
+
+    #[tokio::test]
+    async fn sessions_that_come_and_go_while_messages_are_held_get_what_they_should() {
+        let dir = tempfile::tempdir().unwrap();
+        let hold = Duration::from_millis(300);
+        let hub = test_support::hub_holding(dir.path(), hold);
+        tokio::spawn(hub.clone().release_loop());
+        let (a, mut rx_a, _) = session(&hub, 64);
+        let (_b, mut rx_b, _) = session(&hub, 64);
+        ack(&hub, "cs-1", 0, vec![]);
+        let from = NodeId::from("cs-1");
+        hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(1) });
+        hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(2) });
+        assert_eq!(seqs(&mut rx_a), vec![1]);
+        assert_eq!(seqs(&mut rx_b), vec![1]);
+        // A leaves while 2 is held: B still gets it when the window ends, A nothing more.
+        hub.unregister(a);
+        assert_eq!(next_batch(&mut rx_b, 3 * hold).await, Some(vec![2]));
+        assert_eq!(next_batch(&mut rx_a, hold).await, None);
+        // 3 comes within the window that release opened, and C joins while it is held: C
+        // starts after the channel's last message, 3, so the held batch (which it is
+        // offered too, and its session skips) holds nothing new for it.
+        hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(3) });
+        let (tx, mut rx_c) = crate::queue::weighted(64, Outbound::weight);
+        let (_c, starts, _) = hub.register(
+            UserId::from("UC"),
+            WorkspaceId::from("TW"),
+            &[ChannelId::from("CX")],
+            &BTreeMap::new(),
+            tx,
+            CancellationToken::new(),
+        );
+        assert_eq!(starts[&ChannelId::from("CX")], Some(3));
+        assert_eq!(seqs(&mut rx_b), Vec::<Seq>::new(), "3 is held");
+        assert_eq!(next_batch(&mut rx_b, 3 * hold).await, Some(vec![3]));
+        assert_eq!(next_batch(&mut rx_c, hold).await, Some(vec![3]));
+        tokio::time::sleep(hold + hold / 2).await;
+        hub.on_link_frame(&from, MeshFrame::Deliver { msg: msg(4) });
+        assert_eq!(seqs(&mut rx_c), vec![4]);
+        assert_eq!(seqs(&mut rx_b), vec![4]);
     }
 
     #[tokio::test]

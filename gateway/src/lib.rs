@@ -113,9 +113,16 @@ pub async fn run(
     ));
     // Sessions get their own shutdown: they say goodbye before the listener closes.
     let sessions_shutdown = Shutdown::new();
-    let hub = Hub::new(node.clone(), pool, ring_rx, shutdown.clone());
+    let hub = Hub::new(
+        node.clone(),
+        pool,
+        ring_rx,
+        Duration::from_micros(config.gateway.coalesce_us),
+        shutdown.clone(),
+    );
     hub.set_admin_addr(config.mesh.admin_addr);
     tokio::spawn(hub.clone().reconcile_loop());
+    tokio::spawn(hub.clone().release_loop());
     {
         let hub = hub.clone();
         tokio::spawn(async move {

@@ -98,6 +98,10 @@ pub struct GatewayConfig {
     pub ping_interval_ms: u64,
     pub idle_timeout_ms: u64,
     pub max_sessions: usize,
+    /// Coalescing window of a busy channel, in microseconds: a channel whose messages reached
+    /// the sessions less than this long ago holds the next ones until the window ends, so each
+    /// session gets them in one write. A message after a quieter spell goes at once. 0: off.
+    pub coalesce_us: u64,
     /// Base URLs of the Flannel instances this gateway asks for boot data; a workspace's data
     /// lives on the one consistent hashing picks. Empty: `hello` carries no boot data.
     pub flannel_urls: Vec<String>,
@@ -146,6 +150,9 @@ pub struct FlannelConfig {
 /// The largest `mesh.initial_window_bytes`: the connection's send window, past which a
 /// larger congestion window could never be used.
 pub const MAX_MESH_INITIAL_WINDOW: u64 = 64 * 1024 * 1024;
+/// The longest coalescing window a gateway accepts (`gateway.coalesce_us`): past it the wait
+/// would be visible to people.
+pub const MAX_GATEWAY_COALESCE_US: u64 = 100_000;
 /// The most `flannel.max_concurrent_loads` accepted: far more snapshot calls at once than one
 /// Web API serves usefully, and well within what a semaphore can count.
 pub const MAX_FLANNEL_CONCURRENT_LOADS: usize = 1024;
@@ -283,6 +290,9 @@ impl Config {
         }
         if self.mesh.initial_window_bytes > MAX_MESH_INITIAL_WINDOW {
             bail!("mesh.initial_window_bytes must be at most {MAX_MESH_INITIAL_WINDOW}");
+        }
+        if self.gateway.coalesce_us > MAX_GATEWAY_COALESCE_US {
+            bail!("gateway.coalesce_us must be at most {MAX_GATEWAY_COALESCE_US} (100 ms)");
         }
         if self.gateway.max_client_frame_bytes < 256 {
             bail!("gateway.max_client_frame_bytes must be at least 256");
@@ -588,6 +598,20 @@ mod tests {
         assert!(window(MAX_MESH_INITIAL_WINDOW + 1).is_err());
         assert_eq!(window(1 << 20).unwrap().mesh.initial_window_bytes, 1 << 20);
         assert_eq!(Config::defaults().mesh.initial_window_bytes, 0);
+        assert!(Config::load(
+            None,
+            std::iter::empty(),
+            &[format!(
+                "gateway.coalesce_us={}",
+                MAX_GATEWAY_COALESCE_US + 1
+            )]
+        )
+        .is_err());
+        assert_eq!(
+            Config::defaults().gateway.coalesce_us,
+            0,
+            "off unless asked for"
+        );
         assert_eq!(
             Config::defaults().store.shards,
             0,
