@@ -647,13 +647,15 @@ fn encoded_len_bound(m: &Message) -> usize {
             shared::protocol::MessageKind::ReactionAdded { reaction, .. }
             | shared::protocol::MessageKind::ReactionRemoved { reaction, .. } => reaction.len(),
             _ => 0,
-        };
-    // Six strings' lengths, seq, ts, thread_ts, the kind and its target, option tags: well
-    // under 128 bytes.
+        }
+        + m.previous
+            .as_ref()
+            .map_or(0, |p| p.user.0.len() + p.text.len());
+    // Eight strings' lengths, seq, ts, thread_ts, the kind and its target, the previous
+    // message's thread_ts and edited, option tags: well under 128 bytes.
     strings + 128
 }
 
-/// The post that a placed message came from, to place it again.
 /// Gives an edit or deletion the state of its message before it (from `current`, the
 /// group's running view of the messages it changes) and moves that view past it.
 fn record_previous(msg: &mut Message, current: &mut HashMap<Ts, Option<PreviousMessage>>) {
@@ -674,6 +676,7 @@ fn record_previous(msg: &mut Message, current: &mut HashMap<Ts, Option<PreviousM
     };
 }
 
+/// The post that a placed message came from, to place it again.
 fn unplaced(m: Message) -> NewMessage {
     NewMessage {
         workspace: m.workspace,
@@ -1194,6 +1197,57 @@ mod tests {
             }
         }
         assert_eq!(seen, (1..=20).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn an_edit_counts_the_message_it_carries_from_before_against_the_reply_budget() {
+        // Three long messages edited down to a word: each edit is short but carries its
+        // message's 100,000 bytes from before, so three would not fit one reply.
+        const LIMIT: usize = 300_000;
+        let f = fixture();
+        let tx = f.start_with_frame_limit(LIMIT);
+        let mut targets = Vec::new();
+        for c in ['a', 'b', 'c'] {
+            let long = c.to_string().repeat(100_000);
+            targets.push(posted(post(&tx, f.new_message(&long, None)).await).0.ts);
+        }
+        for target in targets {
+            let edit = NewMessage {
+                kind: MessageKind::Edited { target },
+                ..f.new_message("short", None)
+            };
+            let (entry, _) = posted(post(&tx, edit).await);
+            assert_eq!(entry.previous.unwrap().text.len(), 100_000);
+        }
+        // From the window, then (restarted) from the store: every page fits the frame limit.
+        for tx in [tx.clone(), {
+            drop(tx);
+            f.start_with_frame_limit(LIMIT)
+        }] {
+            let mut seen = Vec::new();
+            while seen.last().copied().unwrap_or(3) < 6 {
+                let (reply, r) = oneshot::channel();
+                tx.send(ChannelCmd::Fetch {
+                    after_seq: seen.last().copied().unwrap_or(3),
+                    up_to_seq: None,
+                    limit: MAX_BACKLOG,
+                    reply,
+                })
+                .await
+                .unwrap();
+                let answer = r.await.unwrap();
+                let bytes = answer.to_bytes().len();
+                assert!(bytes <= LIMIT, "fetch reply of {bytes} bytes");
+                match answer {
+                    MeshFrame::FetchOk { messages, .. } => {
+                        assert!(!messages.is_empty());
+                        seen.extend(messages.iter().map(|m| m.seq));
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            assert_eq!(seen, vec![4, 5, 6]);
+        }
     }
 
     #[tokio::test]
