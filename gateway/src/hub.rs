@@ -1599,12 +1599,19 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_busy_channel_reaches_its_sessions_once_per_window() {
+    /// A hub with a coalescing window (long enough for a loaded machine to act within it)
+    /// and its release loop running; returns the window.
+    fn holding_hub() -> (Arc<Hub>, Duration, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let hold = Duration::from_millis(300);
         let hub = test_support::hub_holding(dir.path(), hold);
         tokio::spawn(hub.clone().release_loop());
+        (hub, hold, dir)
+    }
+
+    #[tokio::test]
+    async fn a_busy_channel_reaches_its_sessions_once_per_window() {
+        let (hub, hold, _dir) = holding_hub();
         let (_id, mut rx, _) = session(&hub, 64);
         ack(&hub, "cs-1", 0, vec![]);
         let from = NodeId::from("cs-1");
@@ -1635,10 +1642,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_that_come_and_go_while_messages_are_held_get_what_they_should() {
-        let dir = tempfile::tempdir().unwrap();
-        let hold = Duration::from_millis(300);
-        let hub = test_support::hub_holding(dir.path(), hold);
-        tokio::spawn(hub.clone().release_loop());
+        let (hub, hold, _dir) = holding_hub();
         let (a, mut rx_a, _) = session(&hub, 64);
         let (_b, mut rx_b, _) = session(&hub, 64);
         ack(&hub, "cs-1", 0, vec![]);
