@@ -1202,6 +1202,13 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
                 crate::promtext::describe_paths(paths)
             ));
         }
+        if !p.cpu.busiest_threads.is_empty() {
+            result.notes.push(format!(
+                "busiest server threads (cores), {}: {}",
+                p.phase,
+                crate::sut::describe_threads(&p.cpu.busiest_threads, &sut.process_names())
+            ));
+        }
     }
     for g in &sut.gateways {
         let mut facts = Vec::new();

@@ -1205,6 +1205,12 @@ async fn posts_cmd(a: PostsArgs) -> anyhow::Result<bool> {
                 promtext::describe_paths(paths)
             );
         }
+        if !o.busiest_threads.is_empty() {
+            println!(
+                "busiest server threads, cores ({} store): {}",
+                o.store, o.busiest_threads
+            );
+        }
     }
     let mut ok = true;
     for o in &results {

@@ -51,6 +51,8 @@ pub struct Outcome {
     pub server_latency: Vec<crate::promtext::ServerLatency>,
     /// The `dev` process's mesh connections' QUIC paths over the measured phase.
     pub mesh_paths: Option<crate::promtext::MeshPaths>,
+    /// The server threads that used the most CPU, as a line (`dev store-shard-1 0.31, ...`).
+    pub busiest_threads: String,
     /// Posts acknowledged during the warm-up (not in the figures above).
     pub warmup_posts: u64,
     /// Acknowledged sequence numbers that were missing or repeated in a channel.
@@ -255,6 +257,7 @@ pub async fn run(
         }
     };
     let cpu = cpu.stop();
+    let busiest_threads = crate::sut::describe_threads(&cpu.busiest_threads, &sut.process_names());
     let (server_latency, mesh_paths) = match (
         metrics_before,
         crate::promtext::scrape(&sut.urls.webapp).await,
@@ -290,6 +293,7 @@ pub async fn run(
         store_cpu_s,
         server_latency,
         mesh_paths,
+        busiest_threads,
         warmup_posts,
         seq_problems,
         errors,

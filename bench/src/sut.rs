@@ -2,6 +2,7 @@
 //! `--target-urls`), extra `switchboard gateway` processes, and what the reports read from
 //! their `/proc` entries (resident memory, CPU time).
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -277,6 +278,18 @@ impl Sut {
     }
 
     /// The pids of every process of the system under test that this run started.
+    /// Each process's pid with a name for reports: `dev`, `gateway-1`, ...
+    pub fn process_names(&self) -> HashMap<u32, String> {
+        let dev = self.dev.iter().map(|p| (p.pid(), "dev".to_string()));
+        let gateways = self
+            .gateways
+            .iter()
+            .filter_map(|g| g.proc.as_ref().map(Proc::pid))
+            .enumerate()
+            .map(|(i, pid)| (pid, format!("gateway-{}", i + 1)));
+        dev.chain(gateways).collect()
+    }
+
     pub fn pids(&self) -> Vec<u32> {
         self.dev
             .iter()
@@ -438,6 +451,8 @@ pub struct CpuMeter {
     pids: Vec<u32>,
     server_start: f64,
     bench_start: f64,
+    /// Each server thread's CPU ticks at the start, by (pid, tid).
+    threads_start: HashMap<(u32, u32), u64>,
     started: Instant,
 }
 
@@ -449,32 +464,158 @@ pub struct CpuUsage {
     /// CPU seconds used by the bench process (clients, and an in-process server).
     pub bench_cpu_s: f64,
     pub wall_s: f64,
+    /// The server threads that used the most CPU over the phase, busiest first: a thread
+    /// near one core is a serial bottleneck whatever the other cores do.
+    pub busiest_threads: Vec<ThreadCpu>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ThreadCpu {
+    pub pid: u32,
+    /// The thread's name (`/proc/<pid>/task/<tid>/comm`: `tokio-rt-worker`, `store-shard-3`).
+    pub name: String,
+    /// Cores it kept busy on average: CPU seconds over wall seconds.
+    pub cores: f64,
+}
+
+/// How many threads [`CpuUsage::busiest_threads`] lists.
+const BUSIEST_THREADS: usize = 8;
+
+/// Every thread of `pids` with its name and CPU ticks.
+fn thread_ticks(pids: &[u32]) -> HashMap<(u32, u32), (String, u64)> {
+    let mut out = HashMap::new();
+    for &pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            let dir = task.path();
+            let ticks = std::fs::read_to_string(dir.join("stat"))
+                .ok()
+                .and_then(|s| parse_stat_cpu_ticks(&s));
+            let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+            if let Some(ticks) = ticks {
+                out.insert((pid, tid), (name.trim().to_string(), ticks));
+            }
+        }
+    }
+    out
+}
+
+/// The threads that used the most CPU between two readings, busiest first.
+fn busiest(
+    start: &HashMap<(u32, u32), u64>,
+    end: HashMap<(u32, u32), (String, u64)>,
+    wall_s: f64,
+    n: usize,
+) -> Vec<ThreadCpu> {
+    let mut threads: Vec<ThreadCpu> = end
+        .into_iter()
+        .map(|(key, (name, ticks))| {
+            let used = ticks.saturating_sub(start.get(&key).copied().unwrap_or(0));
+            ThreadCpu {
+                pid: key.0,
+                name,
+                cores: used as f64 / 100.0 / wall_s.max(1e-9),
+            }
+        })
+        .filter(|t| t.cores > 0.0)
+        .collect();
+    threads.sort_by(|a, b| b.cores.total_cmp(&a.cores));
+    threads.truncate(n);
+    threads
 }
 
 impl CpuMeter {
     pub fn start(pids: Vec<u32>) -> CpuMeter {
         let server_start = pids.iter().map(|p| cpu_seconds(Some(*p))).sum();
+        let threads_start = thread_ticks(&pids)
+            .into_iter()
+            .map(|(key, (_, ticks))| (key, ticks))
+            .collect();
         CpuMeter {
             pids,
             server_start,
             bench_start: cpu_seconds(None),
+            threads_start,
             started: Instant::now(),
         }
     }
 
     pub fn stop(&self) -> CpuUsage {
         let server: f64 = self.pids.iter().map(|p| cpu_seconds(Some(*p))).sum();
+        let wall_s = self.started.elapsed().as_secs_f64();
         CpuUsage {
             server_cpu_s: server - self.server_start,
             bench_cpu_s: cpu_seconds(None) - self.bench_start,
-            wall_s: self.started.elapsed().as_secs_f64(),
+            wall_s,
+            busiest_threads: busiest(
+                &self.threads_start,
+                thread_ticks(&self.pids),
+                wall_s,
+                BUSIEST_THREADS,
+            ),
         }
     }
+}
+
+/// One line for the terminal: `dev tokio-rt-worker 0.62, gateway store-shard-1 0.31, ...`,
+/// naming each process by `names` (pid to name) where known.
+pub fn describe_threads(threads: &[ThreadCpu], names: &HashMap<u32, String>) -> String {
+    threads
+        .iter()
+        .map(|t| {
+            let process = names
+                .get(&t.pid)
+                .cloned()
+                .unwrap_or_else(|| t.pid.to_string());
+            format!("{process} {} {:.2}", t.name, t.cores)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_busiest_threads_are_listed_by_their_share_of_a_core() {
+        let start: HashMap<(u32, u32), u64> = [((1, 10), 100), ((1, 11), 0), ((2, 20), 50)]
+            .into_iter()
+            .collect();
+        let end: HashMap<(u32, u32), (String, u64)> = [
+            ((1, 10), ("tokio-rt-worker".to_string(), 300)),
+            ((1, 11), ("store-shard-0".to_string(), 500)),
+            ((2, 20), ("tokio-rt-worker".to_string(), 50)),
+            // Started during the phase: counted from zero.
+            ((2, 21), ("tokio-rt-worker".to_string(), 100)),
+        ]
+        .into_iter()
+        .collect();
+        let got = busiest(&start, end, 10.0, 2);
+        let expected = [(1, "store-shard-0", 0.5), (1, "tokio-rt-worker", 0.2)];
+        assert_eq!(got.len(), 2, "{got:?}");
+        for (t, (pid, name, cores)) in got.iter().zip(expected) {
+            assert_eq!((t.pid, t.name.as_str()), (pid, name));
+            assert!((t.cores - cores).abs() < 1e-9, "{t:?}");
+        }
+        let names: HashMap<u32, String> = [(1, "dev".to_string())].into_iter().collect();
+        assert_eq!(
+            describe_threads(&got, &names),
+            "dev store-shard-0 0.50, dev tokio-rt-worker 0.20"
+        );
+    }
+
+    #[test]
+    fn this_process_has_threads_to_list() {
+        let me = std::process::id();
+        let threads = thread_ticks(&[me]);
+        assert!(threads.keys().any(|(pid, tid)| *pid == me && *tid == me));
+    }
 
     #[test]
     fn reads_proc_status_and_stat() {
