@@ -204,8 +204,50 @@ pub enum MeshFrame {
 
 /// Index of `MeshFrame::Call` among the variants, as bincode writes it (checked by a test).
 const CALL_VARIANT: u32 = 21;
+/// Index of `MeshFrame::Answer` (checked by a test).
+const ANSWER_VARIANT: u32 = 22;
 /// Index of `MeshFrame::Deliver` (checked by a test).
 const DELIVER_VARIANT: u32 = 9;
+
+/// Reads one unsigned integer as bincode's standard configuration writes it (a byte below
+/// 251 is the value; 251, 252, 253 and 254 announce a little-endian u16, u32, u64 or u128);
+/// `None` when `src` ends first.
+fn read_varint(src: &[u8]) -> Option<(u128, &[u8])> {
+    let (&first, rest) = src.split_first()?;
+    let width = match first {
+        0..=250 => return Some((u128::from(first), rest)),
+        251 => 2,
+        252 => 4,
+        253 => 8,
+        254 => 16,
+        _ => return None,
+    };
+    if rest.len() < width {
+        return None;
+    }
+    let mut bytes = [0u8; 16];
+    bytes[..width].copy_from_slice(&rest[..width]);
+    Some((u128::from_le_bytes(bytes), &rest[width..]))
+}
+
+/// Whether `payload` is a `Call` or `Answer` whose frame is itself a `Call` or `Answer`.
+///
+/// Nothing sends that, and decoding it recurses once per level: a peer could nest tens of
+/// thousands of levels in a few bytes each and overflow the reading thread's stack, which
+/// aborts the whole process. So it is refused before bincode sees it.
+fn nests_calls(payload: &[u8]) -> bool {
+    let is_call = |v: u128| v == u128::from(CALL_VARIANT) || v == u128::from(ANSWER_VARIANT);
+    let Some((outer, rest)) = read_varint(payload) else {
+        return false;
+    };
+    if !is_call(outer) {
+        return false;
+    }
+    let Some((_id, rest)) = read_varint(rest) else {
+        return false;
+    };
+    matches!(read_varint(rest), Some((inner, _)) if is_call(inner))
+}
 
 fn encode_framed<T: Serialize>(value: &T, dst: &mut BytesMut) {
     let start = dst.len();
@@ -292,6 +334,11 @@ impl MeshFrame {
             });
         }
         let payload = &src[HEADER_BYTES..total];
+        if nests_calls(payload) {
+            return Err(WireError::Malformed(
+                "a call or answer inside a call or answer".into(),
+            ));
+        }
         let (frame, used) = bincode::serde::decode_from_slice::<MeshFrame, _>(
             payload,
             bincode::config::standard().with_limit::<{ 64 * 1024 * 1024 }>(),
@@ -482,6 +529,71 @@ mod tests {
             MeshFrame::deliver_bytes(&msg),
             MeshFrame::Deliver { msg }.to_bytes()
         );
+    }
+
+    #[test]
+    fn an_answer_is_the_answer_variant() {
+        let answer = MeshFrame::Answer {
+            id: 5,
+            frame: Box::new(MeshFrame::Ok),
+        }
+        .to_bytes();
+        assert_eq!(
+            read_varint(&answer[HEADER_BYTES..]).map(|(v, _)| v),
+            Some(u128::from(ANSWER_VARIANT))
+        );
+    }
+
+    #[test]
+    fn varints_read_as_bincode_writes_them() {
+        for v in [0u64, 250, 251, 65_535, 65_536, u32::MAX as u64, u64::MAX] {
+            let bytes = bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap();
+            let (read, rest) = read_varint(&bytes).unwrap();
+            assert_eq!((read, rest.len()), (u128::from(v), 0), "{v}");
+            assert_eq!(read_varint(&bytes[..bytes.len() - 1]), None, "{v} cut short");
+        }
+    }
+
+    /// A call inside a call is refused, at any depth, without recursing: a frame nested a
+    /// million deep (2 bytes a level) would overflow the stack if bincode decoded it.
+    #[test]
+    fn calls_nested_in_calls_are_refused_not_decoded() {
+        let nested = MeshFrame::Call {
+            id: 1,
+            frame: Box::new(MeshFrame::Answer {
+                id: 2,
+                frame: Box::new(MeshFrame::Ping),
+            }),
+        };
+        let bytes = nested.to_bytes();
+        assert!(matches!(
+            MeshFrame::decode(&bytes, 1 << 20),
+            Err(WireError::Malformed(e)) if e.contains("inside a call")
+        ));
+
+        let depth = 1_000_000;
+        let mut payload = Vec::with_capacity(depth * 2 + 1);
+        for _ in 0..depth {
+            payload.extend_from_slice(&[CALL_VARIANT as u8, 0]);
+        }
+        let mut frame = ((payload.len() + 2) as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&PROTOCOL_VERSION.to_be_bytes());
+        frame.extend_from_slice(&payload);
+        assert!(matches!(
+            MeshFrame::decode(&frame, 1 << 24),
+            Err(WireError::Malformed(_))
+        ));
+
+        // One level is what lanes send, and still decodes.
+        let call = MeshFrame::Call {
+            id: 300,
+            frame: Box::new(MeshFrame::Ping),
+        };
+        let bytes = call.to_bytes();
+        assert!(matches!(
+            MeshFrame::decode(&bytes, 1 << 20),
+            Ok(Some((MeshFrame::Call { id: 300, .. }, n))) if n == bytes.len()
+        ));
     }
 
     #[test]
