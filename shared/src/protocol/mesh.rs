@@ -550,7 +550,11 @@ mod tests {
             let bytes = bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap();
             let (read, rest) = read_varint(&bytes).unwrap();
             assert_eq!((read, rest.len()), (u128::from(v), 0), "{v}");
-            assert_eq!(read_varint(&bytes[..bytes.len() - 1]), None, "{v} cut short");
+            assert_eq!(
+                read_varint(&bytes[..bytes.len() - 1]),
+                None,
+                "{v} cut short"
+            );
         }
     }
 
