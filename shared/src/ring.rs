@@ -64,21 +64,26 @@ impl Ring {
         } else {
             state.vnodes
         };
-        let mut ring = HashRing::new();
-        let mut num_owners = 0;
+        // All virtual nodes first, then one sort (`batch_add`): `HashRing::add` sorts the whole
+        // ring on every call, which made a build quadratic in members x vnodes (seconds for
+        // 16 x 4096). The sort is stable, so equal keys keep the order they were pushed in and
+        // the ring is the same as adding them one by one: placement does not change.
+        let num_owners = state.members.iter().filter(|m| !m.draining).count();
+        let mut nodes = Vec::with_capacity(num_owners * vnodes as usize);
         for (member, m) in state.members.iter().enumerate() {
             if m.draining {
                 continue;
             }
-            num_owners += 1;
             for replica in 0..vnodes {
-                ring.add(VirtualNode {
+                nodes.push(VirtualNode {
                     member,
                     node: m.node.clone(),
                     replica,
                 });
             }
         }
+        let mut ring = HashRing::new();
+        ring.batch_add(nodes);
         Ring {
             state,
             ring,
@@ -365,6 +370,88 @@ mod tests {
         for c in channels(100) {
             assert_eq!(a.owner(&c).unwrap().node, b.owner(&c).unwrap().node);
         }
+    }
+
+    /// Owners (up to three) of the first channels in a 5-member ring with `cs-3` draining and
+    /// 64 vnodes, as the ring placed them when it added virtual nodes one at a time. Placement
+    /// is shared state between processes of different versions: it must never change.
+    const PINNED_OWNERS: &[(&str, [&str; 3])] = &[
+        ("C00000000", ["cs-1", "cs-2", "cs-0"]),
+        ("C00000001", ["cs-0", "cs-4", "cs-2"]),
+        ("C00000002", ["cs-2", "cs-0", "cs-4"]),
+        ("C00000003", ["cs-1", "cs-4", "cs-0"]),
+        ("C00000004", ["cs-0", "cs-1", "cs-2"]),
+        ("C00000005", ["cs-1", "cs-4", "cs-0"]),
+        ("C00000006", ["cs-1", "cs-2", "cs-0"]),
+        ("C00000007", ["cs-1", "cs-2", "cs-0"]),
+        ("C00000008", ["cs-2", "cs-0", "cs-4"]),
+        ("C00000009", ["cs-0", "cs-4", "cs-1"]),
+        ("C00000010", ["cs-1", "cs-4", "cs-2"]),
+        ("C00000011", ["cs-0", "cs-2", "cs-4"]),
+        ("C00000012", ["cs-4", "cs-1", "cs-2"]),
+        ("C00000013", ["cs-4", "cs-0", "cs-2"]),
+        ("C00000014", ["cs-4", "cs-2", "cs-1"]),
+        ("C00000015", ["cs-4", "cs-2", "cs-0"]),
+        ("C00000016", ["cs-1", "cs-4", "cs-2"]),
+        ("C00000017", ["cs-4", "cs-2", "cs-1"]),
+        ("C00000018", ["cs-2", "cs-0", "cs-4"]),
+        ("C00000019", ["cs-4", "cs-2", "cs-1"]),
+        ("C00000020", ["cs-1", "cs-0", "cs-4"]),
+        ("C00000021", ["cs-1", "cs-4", "cs-0"]),
+        ("C00000022", ["cs-1", "cs-0", "cs-4"]),
+        ("C00000023", ["cs-1", "cs-4", "cs-0"]),
+    ];
+
+    #[test]
+    fn placement_matches_the_pinned_owners_and_adding_one_by_one() {
+        let mut st = state(5, 1);
+        st.members[3].draining = true;
+        st.vnodes = 64;
+        let ring = Ring::new(st.clone());
+        for (channel, want) in PINNED_OWNERS {
+            let got: Vec<&str> = ring
+                .owners(&ChannelId::from(*channel), 3)
+                .iter()
+                .map(|m| m.node.0.as_str())
+                .collect();
+            assert_eq!(got, want, "{channel}");
+        }
+        // The same ring built the old way, one `add` (and one sort) per virtual node.
+        let mut one_by_one = HashRing::new();
+        for (member, m) in st.members.iter().enumerate() {
+            for replica in 0..64 {
+                if !m.draining {
+                    one_by_one.add(VirtualNode {
+                        member,
+                        node: m.node.clone(),
+                        replica,
+                    });
+                }
+            }
+        }
+        for c in channels(5_000) {
+            let key = RingKey(c.ring_key());
+            assert_eq!(
+                ring.ring.get(&key).map(|v| &v.node),
+                one_by_one.get(&key).map(|v| &v.node),
+                "{c}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_large_ring_builds_and_places_on_every_member() {
+        let mut st = state(16, 1);
+        st.vnodes = 4096;
+        let ring = Ring::new(st);
+        assert_eq!(ring.ring.len(), 16 * 4096);
+        let mut seen: HashMap<NodeId, usize> = HashMap::new();
+        for c in channels(2_000) {
+            *seen
+                .entry(ring.owner(&c).unwrap().node.clone())
+                .or_default() += 1;
+        }
+        assert_eq!(seen.len(), 16);
     }
 
     #[test]
