@@ -551,14 +551,26 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         summary: "A member sets a channel's topic.",
         auth: Auth::User,
         params: &[CHANNEL, req("topic", Ty::Str, "at most 250 characters; empty clears it")],
-        errors: &["channel_not_found", "not_in_channel", "is_archived", "too_long"],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "is_archived",
+            "too_long",
+            "invalid_arguments",
+        ],
     },
     MethodDoc {
         name: "conversations.setPurpose",
         summary: "A member sets a channel's purpose.",
         auth: Auth::User,
         params: &[CHANNEL, req("purpose", Ty::Str, "at most 250 characters; empty clears it")],
-        errors: &["channel_not_found", "not_in_channel", "is_archived", "too_long"],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "is_archived",
+            "too_long",
+            "invalid_arguments",
+        ],
     },
     MethodDoc {
         name: "conversations.mark",

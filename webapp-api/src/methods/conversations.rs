@@ -545,7 +545,8 @@ pub(super) enum TextField {
     Purpose,
 }
 
-/// Sets a channel's topic or purpose (members only, not archived channels).
+/// Sets a channel's topic or purpose (members only, not archived channels). The parameter
+/// must be given; an empty value clears the text.
 pub(super) async fn set_text(
     state: &AppState,
     caller: &Caller,
@@ -560,7 +561,13 @@ pub(super) async fn set_text(
         TextField::Topic => "topic",
         TextField::Purpose => "purpose",
     };
-    let text = params.get(key).unwrap_or_default().trim().to_string();
+    // Absent is a mistake (a misspelled key would otherwise clear the text); an explicit
+    // empty value clears it, as in Slack.
+    let text = params
+        .get(key)
+        .ok_or_else(|| ApiError::InvalidArguments(format!("{key} is required")))?
+        .trim()
+        .to_string();
     if text.chars().count() > MAX_TOPIC {
         return Err(ApiError::TooLong { max: MAX_TOPIC });
     }

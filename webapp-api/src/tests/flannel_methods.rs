@@ -117,6 +117,23 @@ async fn channels_are_renamed_archived_and_given_topics_by_members() {
         )
         .await;
     assert_eq!(v["channel"]["topic"]["value"], "shipping");
+    // A missing parameter is refused and clears nothing; an empty one clears.
+    for method in ["conversations.setTopic", "conversations.setPurpose"] {
+        s.err(method, &alice, json!({"channel": id}), "invalid_arguments")
+            .await;
+    }
+    let v = s
+        .ok("conversations.info", &alice, json!({"channel": id}))
+        .await;
+    assert_eq!(v["channel"]["topic"]["value"], "shipping");
+    let v = s
+        .ok(
+            "conversations.setTopic",
+            &alice,
+            json!({"channel": id, "topic": ""}),
+        )
+        .await;
+    assert_eq!(v["channel"]["topic"]["value"], "");
     s.err(
         "conversations.setPurpose",
         &alice,
