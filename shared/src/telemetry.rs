@@ -242,6 +242,16 @@ pub mod metrics {
     pub static MESH_FRAMES_RECEIVED: LazyLock<IntCounter> = LazyLock::new(|| {
         register_int_counter!("switchboard_mesh_frames_received_total", "mesh frames read").unwrap()
     });
+    pub static RING_EPOCH_REGRESSIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+        register_int_counter_vec!(
+            "switchboard_ring_epoch_regressions_total",
+            "rings from the admin server with a lower epoch than the one held, by outcome: \
+             adopted (first on a new stream: the admin server's epochs restarted, e.g. it lost \
+             its saved ring) or ignored (out of order within one stream)",
+            &["outcome"]
+        )
+        .unwrap()
+    });
     pub static STORE_OPS: LazyLock<HistogramVec> = LazyLock::new(|| {
         register_histogram_vec!(
             "switchboard_store_op_duration_seconds",
