@@ -587,42 +587,10 @@ pub fn run(
                     }
                     break;
                 }
-                Some(r) = async {
-                    match backfill_rx.as_mut() {
-                        Some(rx) => rx.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    s.on_backfill(r, &mut out);
-                }
-                Some(answer) = async {
-                    match answers_rx.as_mut() {
-                        Some(rx) => rx.recv().await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    out.push(answer);
-                }
-                n = rx.recv_many(&mut inbox, 256) => {
-                    if n == 0 { break; }
-                    for o in inbox.drain(..) {
-                        s.on_outbound(o, &mut out);
-                    }
-                    shrink_after_burst(&mut inbox, n);
-                    if !out.is_empty() {
-                        // Let the hub and the other sessions run once before writing: under
-                        // load more messages queue meanwhile and go out in the same write
-                        // (about 12% less gateway CPU per delivery at 1x1,000); when idle the
-                        // turn comes back at once.
-                        tokio::task::yield_now().await;
-                        let mut more = 0;
-                        while more < 256 {
-                            let Some(o) = rx.try_recv() else { break };
-                            s.on_outbound(o, &mut out);
-                            more += 1;
-                        }
-                    }
-                }
+                // The client's frames and the ping timer come before the hub's queue: in a
+                // channel busier than the client's writes, the queue is never empty when
+                // the loop turns, and a biased select that looked at it first would never
+                // read the client (its pings unanswered, its posts unread) nor ping it.
                 frame = socket.recv() => {
                     last_activity = Instant::now();
                     match frame {
@@ -668,6 +636,42 @@ pub fn run(
                         break;
                     }
                     if !bounded(write_timeout, socket.send(WsMessage::Ping(Default::default()))).await { break; }
+                }
+                Some(r) = async {
+                    match backfill_rx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    s.on_backfill(r, &mut out);
+                }
+                Some(answer) = async {
+                    match answers_rx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    out.push(answer);
+                }
+                n = rx.recv_many(&mut inbox, 256) => {
+                    if n == 0 { break; }
+                    for o in inbox.drain(..) {
+                        s.on_outbound(o, &mut out);
+                    }
+                    shrink_after_burst(&mut inbox, n);
+                    if !out.is_empty() {
+                        // Let the hub and the other sessions run once before writing: under
+                        // load more messages queue meanwhile and go out in the same write
+                        // (about 12% less gateway CPU per delivery at 1x1,000); when idle the
+                        // turn comes back at once.
+                        tokio::task::yield_now().await;
+                        let mut more = 0;
+                        while more < 256 {
+                            let Some(o) = rx.try_recv() else { break };
+                            s.on_outbound(o, &mut out);
+                            more += 1;
+                        }
+                    }
                 }
             }
             if !out.is_empty() {
@@ -1234,5 +1238,99 @@ mod tests {
             .unwrap();
         assert!(m::SESSION_WRITE_TIMEOUTS.get() > before);
         drop(client);
+    }
+
+    /// A client in a channel that never goes quiet is still read: its ping is answered while
+    /// the events keep coming, not only once they stop.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_client_is_read_while_its_queue_never_empties() {
+        use futures_util::{SinkExt, StreamExt};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+        let (hub, _dir) = hub();
+        let app = {
+            let hub = hub.clone();
+            axum::Router::new().route(
+                "/",
+                axum::routing::get(move |ws: axum::extract::WebSocketUpgrade| async move {
+                    ws.on_upgrade(move |socket| async move {
+                        let params = Box::new(SessionParams {
+                            claims: claims(),
+                            channels: Vec::new(),
+                            resume: BTreeMap::new(),
+                            queue: 1 << 20,
+                            ping_interval: Duration::from_secs(3600),
+                            idle_timeout: Duration::from_secs(60),
+                            boot: None,
+                            web_api: WebApi::nowhere(),
+                            presence_sub: false,
+                        });
+                        run(hub, socket, params, Shutdown::new()).await;
+                    })
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        let hello = client.next().await.unwrap().unwrap();
+        assert!(hello.to_text().unwrap().contains("\"hello\""));
+
+        // A stream of 1 KiB events, kept far ahead of the client (more than the sockets
+        // buffer, so the session's queue never empties), until the pong is seen or a bound
+        // is reached (so a regression ends instead of hanging the suite).
+        let flooding = Arc::new(AtomicBool::new(true));
+        let received = Arc::new(AtomicU64::new(0));
+        let flood = {
+            let (hub, flooding, received) = (hub.clone(), flooding.clone(), received.clone());
+            tokio::spawn(async move {
+                let event =
+                    Utf8Bytes::from(format!(r#"{{"type":"x","pad":"{}"}}"#, "p".repeat(1000)));
+                let mut sent = 0u64;
+                while sent < 200_000 {
+                    if !flooding.load(Ordering::Relaxed) {
+                        return false;
+                    }
+                    if sent - received.load(Ordering::Relaxed) < 20_000 {
+                        for _ in 0..64 {
+                            hub.broadcast(event.clone());
+                        }
+                        sent += 64;
+                    }
+                    tokio::task::yield_now().await;
+                }
+                flooding.store(false, Ordering::Relaxed);
+                true
+            })
+        };
+        let mut pinged = false;
+        let mut answered_during_flood = false;
+        while let Some(frame) = client.next().await {
+            let frame = frame.unwrap();
+            let text = frame.to_text().unwrap();
+            if text.contains("\"pong\"") {
+                assert!(text.contains("\"reply_to\":7"), "{text}");
+                answered_during_flood = flooding.swap(false, Ordering::Relaxed);
+                break;
+            }
+            // Ping once the stream is well under way.
+            if received.fetch_add(1, Ordering::Relaxed) == 30_000 && !pinged {
+                pinged = true;
+                client
+                    .send(tokio_tungstenite::tungstenite::Message::text(
+                        r#"{"id":7,"type":"ping"}"#,
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }
+        let ran_out = flood.await.unwrap();
+        assert!(
+            answered_during_flood && !ran_out,
+            "the ping was answered only after the events stopped"
+        );
     }
 }
