@@ -96,11 +96,24 @@ fn render_user(u: &UserProfile) -> Box<str> {
     .into_boxed_str()
 }
 
+/// Name prefixes of 1:1 and group direct messages, as the Web API names them
+/// (`webapp_api::methods::IM_PREFIX` and `MPIM_PREFIX`; a test keeps them equal): a channel
+/// summary carries its name, not its kind.
+const IM_PREFIX: &str = "dm-";
+const MPIM_PREFIX: &str = "mpdm-";
+
+fn is_im(c: &ChannelSummary) -> bool {
+    c.name.starts_with(IM_PREFIX)
+}
+
 fn render_channel_head(c: &ChannelSummary) -> Box<str> {
+    let is_mpim = c.name.starts_with(MPIM_PREFIX);
     let mut v = json!({
         "id": c.id,
         "name": c.name,
-        "is_channel": true,
+        "is_channel": !(is_im(c) || is_mpim),
+        "is_im": is_im(c),
+        "is_mpim": is_mpim,
         "is_private": c.is_private,
         "is_archived": c.is_archived,
         "created": c.created.0 / 1_000_000,
@@ -365,6 +378,7 @@ impl WorkspaceData {
                 out.push(',');
             }
             out.push_str(&c.json_head);
+            self.push_im_user(&mut out, c, ui);
             let _ = write!(
                 out,
                 ",\"is_member\":true,\"num_members\":{},\"last_read\":{last_read}}}",
@@ -441,6 +455,7 @@ impl WorkspaceData {
         let last_read = self.users[caller as usize].channels.get(&ci);
         let mut out = String::with_capacity(c.json_head.len() + 64);
         out.push_str(&c.json_head);
+        self.push_im_user(&mut out, c, caller);
         let _ = write!(
             out,
             ",\"is_member\":{},\"num_members\":{}",
@@ -452,6 +467,23 @@ impl WorkspaceData {
         }
         out.push('}');
         out
+    }
+
+    /// For a 1:1 DM, Slack's `user` field: the other member as `caller` sees it (the caller
+    /// itself in a DM with oneself).
+    fn push_im_user(&self, out: &mut String, c: &ChannelEntry, caller: UserIdx) {
+        if !is_im(&c.summary) {
+            return;
+        }
+        let other = c
+            .members
+            .iter()
+            .find(|&&m| m != caller)
+            .or_else(|| c.members.get(&caller));
+        if let Some(&m) = other {
+            out.push_str(",\"user\":");
+            out.push_str(&json!(self.users[m as usize].profile.id).to_string());
+        }
     }
 
     fn visible(&self, ci: ChannelIdx, caller: UserIdx) -> bool {
@@ -575,6 +607,70 @@ pub(crate) mod tests {
             .collect();
         out.sort();
         out
+    }
+
+    #[test]
+    fn direct_messages_say_their_kind_and_their_other_member() {
+        let mut snap = snapshot();
+        let row = |c: &str, u: &str| MemberRow(ChannelId::from(c), UserId::from(u), 0);
+        snap.channels.push(channel("CDM", "dm-ualice-ubob", true));
+        snap.channels.push(channel("CSELF", "dm-ualice", true));
+        snap.channels
+            .push(channel("CGROUP", "mpdm-ualice-ubob-ucarol", true));
+        for r in [
+            row("CDM", "UALICE"),
+            row("CDM", "UBOB"),
+            row("CSELF", "UALICE"),
+            row("CGROUP", "UALICE"),
+            row("CGROUP", "UBOB"),
+            row("CGROUP", "UCAROL"),
+        ] {
+            snap.members.push(r);
+        }
+        let ws = WorkspaceData::from_snapshot(snap);
+        let find = |v: &Value, id: &str| {
+            v["channels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["id"] == id)
+                .unwrap()
+                .clone()
+        };
+        let kind = |c: &Value| {
+            (
+                c["is_channel"].as_bool().unwrap(),
+                c["is_im"].as_bool().unwrap(),
+                c["is_mpim"].as_bool().unwrap(),
+            )
+        };
+        for (user, other) in [("UALICE", "UBOB"), ("UBOB", "UALICE")] {
+            let b = boot(&ws, user);
+            let dm = find(&b, "CDM");
+            assert_eq!(kind(&dm), (false, true, false), "{dm}");
+            assert_eq!(dm["user"], other, "{dm}");
+            let info: Value = serde_json::from_str(
+                &ws.channel_info(&UserId::from(user), &ChannelId::from("CDM"))
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(info["user"], other, "{info}");
+            assert_eq!(info["is_im"], true, "{info}");
+            let group = find(&b, "CGROUP");
+            assert_eq!(kind(&group), (false, false, true), "{group}");
+            assert!(group.get("user").is_none(), "{group}");
+            let general = find(&b, "CGENERAL");
+            assert_eq!(kind(&general), (true, false, false), "{general}");
+            assert!(general.get("user").is_none(), "{general}");
+        }
+        assert_eq!(find(&boot(&ws, "UALICE"), "CSELF")["user"], "UALICE");
+    }
+
+    /// The Web API names direct messages; Flannel reads the names.
+    #[test]
+    fn direct_message_prefixes_are_the_web_apis() {
+        assert_eq!(IM_PREFIX, webapp_api::methods::IM_PREFIX);
+        assert_eq!(MPIM_PREFIX, webapp_api::methods::MPIM_PREFIX);
     }
 
     #[test]

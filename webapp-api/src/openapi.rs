@@ -259,7 +259,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         summary: "Posts a message; answers once the channel's owner stored it durably. Idempotent on `client_msg_id`.",
         auth: Auth::User,
         params: &[
-            CHANNEL,
+            req("channel", Ty::Str, "conversation id (`C…`), a channel name (`general` or `#general`), or a user id (`U…`): the caller's DM with that user, opened if it was not"),
             req("text", Ty::Str, "the message, at most 40000 characters"),
             p("client_msg_id", Ty::Str, "idempotency key, per channel: a retry (same user, text and thread) answers the stored message; the key reused by another user or for another text or thread answers `client_msg_id_conflict`"),
             p("thread_ts", Ty::Ts, "post as a reply in this message's thread"),
@@ -362,10 +362,10 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.open",
-        summary: "Finds or creates the direct message (1:1, or a group of up to 9) between the caller and `users`.",
+        summary: "Finds or creates the direct message (1:1, or a group of up to 9 people, the caller included) between the caller and `users`. A 1:1 DM's object names the other member in `user`, wherever it is shown.",
         auth: Auth::User,
         params: &[
-            req("users", Ty::List, "user ids (`U…`), comma-separated; the caller is added"),
+            req("users", Ty::List, "user ids (`U…`), comma-separated, at most 8 besides the caller; the caller is added whether listed or not"),
             p("return_im", Ty::Bool, "return the whole conversation object"),
         ],
         errors: &["user_not_found", "invalid_arguments"],

@@ -1586,3 +1586,6 @@ mod kick;
 
 /// `team.info`, `rtm.start` and `chat.getPermalink`.
 mod team_and_links;
+
+/// Direct messages: the other member of a 1:1, group sizes, posting to a user id.
+mod direct_messages;

@@ -84,7 +84,7 @@ pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -
     )
     .await;
     Ok(object(
-        json!({ "channel": channel_json(&channel, true, Some(1)) }),
+        json!({ "channel": channel_json(&channel, &caller.user.id, true, Some(1)) }),
     ))
 }
 
@@ -110,7 +110,7 @@ pub(super) async fn join(state: &AppState, caller: &Caller, params: &Params) -> 
         },
     )
     .await;
-    let mut out = object(json!({ "channel": channel_json(&channel, true, None) }));
+    let mut out = object(json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }));
     if !added {
         out.insert("warning".into(), json!("already_in_channel"));
         out.insert(
@@ -195,7 +195,12 @@ pub(super) async fn info(state: &AppState, caller: &Caller, params: &Params) -> 
         None
     };
     Ok(object(json!({
-        "channel": channel_json(&visible.channel, visible.is_member, num_members)
+        "channel": channel_json(
+            &visible.channel,
+            &caller.user.id,
+            visible.is_member,
+            num_members,
+        )
     })))
 }
 
@@ -220,12 +225,13 @@ fn page(mut channels: Vec<Channel>, limit: u32) -> (Vec<Channel>, Option<String>
 
 fn channel_list(
     channels: &[Channel],
+    viewer: &UserId,
     member_of: &HashSet<ChannelId>,
     next_cursor: Option<String>,
 ) -> crate::api::Object {
     let list: Vec<_> = channels
         .iter()
-        .map(|c| channel_json(c, member_of.contains(&c.id), None))
+        .map(|c| channel_json(c, viewer, member_of.contains(&c.id), None))
         .collect();
     object(json!({
         "channels": list,
@@ -262,7 +268,12 @@ pub(super) async fn list(state: &AppState, caller: &Caller, params: &Params) -> 
         "conversations.list scanned"
     );
     let next = scan.next.map(|c| encode_cursor("channel", c.as_str()));
-    Ok(channel_list(&scan.channels, &member_of, next))
+    Ok(channel_list(
+        &scan.channels,
+        &caller.user.id,
+        &member_of,
+        next,
+    ))
 }
 
 /// How `conversations.list` reads a workspace's channels.
@@ -380,7 +391,7 @@ pub(super) async fn user_conversations(
         .filter(|c| !c.is_private || member_of.contains(&c.id))
         .collect();
     let (channels, next) = page(selected, limit);
-    Ok(channel_list(&channels, &member_of, next))
+    Ok(channel_list(&channels, &caller.user.id, &member_of, next))
 }
 
 fn ts_param(params: &Params, key: &str, err: fn() -> ApiError) -> ApiResult<Option<Ts>> {
@@ -512,7 +523,7 @@ pub(super) async fn rename(state: &AppState, caller: &Caller, params: &Params) -
         store_channel_change(state, &channel).await?;
     }
     Ok(object(
-        json!({ "channel": channel_json(&channel, true, None) }),
+        json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }),
     ))
 }
 
@@ -577,7 +588,7 @@ pub(super) async fn set_text(
     }
     store_channel_change(state, &channel).await?;
     Ok(object(
-        json!({ "channel": channel_json(&channel, true, None) }),
+        json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }),
     ))
 }
 

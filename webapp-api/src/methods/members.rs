@@ -10,7 +10,9 @@ use shared::ids::{ChannelId, Ts, UserId};
 use shared::protocol::UserEvent;
 use shared::store::{Channel, StorageErrorKind};
 
-use super::{channel_json, channel_summary, publish, response_metadata, visible_channel};
+use super::{
+    channel_json, channel_summary, publish, response_metadata, visible_channel, VisibleChannel,
+};
 use crate::api::{
     decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
 };
@@ -26,15 +28,19 @@ pub fn is_direct(c: &Channel) -> bool {
 }
 
 /// Users named in a comma-separated `users` parameter, each checked to be in the caller's
-/// workspace.
+/// workspace, without repeats and without `leave_out` (the caller, for `conversations.open`),
+/// which does not count towards `max` either. `user_not_found` when no user is named (naming
+/// only `leave_out` counts as naming one).
 async fn users_param(
     state: &AppState,
     caller: &Caller,
     params: &Params,
     max: usize,
+    leave_out: Option<&UserId>,
 ) -> ApiResult<Vec<UserId>> {
     let raw = params.non_empty("users").ok_or(ApiError::UserNotFound)?;
     let mut out: Vec<UserId> = Vec::new();
+    let mut named_left_out = false;
     for part in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let id = UserId::parse(part).ok_or(ApiError::UserNotFound)?;
         let user = state
@@ -43,6 +49,10 @@ async fn users_param(
             .await?
             .filter(|u| u.workspace == caller.claims.workspace)
             .ok_or(ApiError::UserNotFound)?;
+        if leave_out == Some(&user.id) {
+            named_left_out = true;
+            continue;
+        }
         if !out.contains(&user.id) {
             out.push(user.id);
         }
@@ -50,7 +60,7 @@ async fn users_param(
             return Err(ApiError::InvalidArguments(format!("at most {max} users")));
         }
     }
-    if out.is_empty() {
+    if out.is_empty() && !named_left_out {
         return Err(ApiError::UserNotFound);
     }
     Ok(out)
@@ -58,10 +68,61 @@ async fn users_param(
 
 /// `conversations.open`: finds or creates the DM between the caller and `users`.
 pub(super) async fn open(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
-    let mut members = users_param(state, caller, params, MAX_DM_USERS - 1).await?;
-    if !members.contains(&caller.user.id) {
-        members.push(caller.user.id.clone());
+    // The caller is always a member, listed or not: only the others count towards the limit.
+    let others = users_param(
+        state,
+        caller,
+        params,
+        MAX_DM_USERS - 1,
+        Some(&caller.user.id),
+    )
+    .await?;
+    let (channel, created, num_members) = open_dm(state, caller, others).await?;
+    let body = channel_json(&channel, &caller.user.id, true, Some(num_members));
+    let mut out = object(json!({ "channel": body }));
+    if !created {
+        out.insert("already_open".into(), json!(true));
+        out.insert("no_op".into(), json!(true));
     }
+    Ok(out)
+}
+
+/// The 1:1 DM between the caller and `user` (a user id given as `chat.postMessage`'s
+/// `channel`, as Slack accepts), opened if it was not: `channel_not_found` when the user is
+/// not in the caller's workspace, as for any channel the caller cannot see.
+pub(super) async fn dm_with(
+    state: &AppState,
+    caller: &Caller,
+    user: &UserId,
+) -> ApiResult<VisibleChannel> {
+    let user = super::user_in_workspace(state, caller, Some(user.as_str()))
+        .await
+        .map_err(|e| match e {
+            ApiError::UserNotFound => ApiError::ChannelNotFound,
+            other => other,
+        })?;
+    let others = if user.id == caller.user.id {
+        Vec::new()
+    } else {
+        vec![user.id]
+    };
+    let (channel, _, _) = open_dm(state, caller, others).await?;
+    Ok(VisibleChannel {
+        channel,
+        is_member: true,
+    })
+}
+
+/// Finds or creates the DM between the caller and `others` (the caller not among them), and
+/// makes sure every one of them is a member. Returns the DM, whether it was created, and its
+/// number of members.
+async fn open_dm(
+    state: &AppState,
+    caller: &Caller,
+    others: Vec<UserId>,
+) -> ApiResult<(Channel, bool, usize)> {
+    let mut members = others;
+    members.push(caller.user.id.clone());
     members.sort();
     let prefix = if members.len() <= 2 {
         IM_PREFIX
@@ -132,18 +193,23 @@ pub(super) async fn open(state: &AppState, caller: &Caller, params: &Params) -> 
             .await;
         }
     }
-    let mut body = channel_json(&channel, true, Some(members.len()));
-    if members.len() == 2 {
-        if let Some(other) = members.iter().find(|u| **u != caller.user.id) {
-            body["user"] = json!(other);
-        }
-    }
-    let mut out = object(json!({ "channel": body }));
-    if !created {
-        out.insert("already_open".into(), json!(true));
-        out.insert("no_op".into(), json!(true));
-    }
-    Ok(out)
+    Ok((channel, created, members.len()))
+}
+
+/// The other member of a 1:1 DM as `viewer` sees it (the viewer itself in a DM with oneself),
+/// read from the DM's name (`dm-<id>[-<id>]`, the ids lower-cased: ids are upper-case letters
+/// and digits, so the name gives them back exactly); `None` for any other conversation.
+pub(crate) fn im_user(c: &Channel, viewer: &UserId) -> Option<UserId> {
+    let ids: Vec<UserId> = c
+        .name
+        .strip_prefix(IM_PREFIX)?
+        .split('-')
+        .map(|part| UserId::parse(&part.to_ascii_uppercase()))
+        .collect::<Option<_>>()?;
+    ids.iter()
+        .find(|u| *u != viewer)
+        .or_else(|| ids.first())
+        .cloned()
 }
 
 /// `conversations.invite`: a member adds users to a channel (not to a DM).
@@ -159,7 +225,7 @@ pub(super) async fn invite(state: &AppState, caller: &Caller, params: &Params) -
     if channel.is_archived {
         return Err(ApiError::IsArchived);
     }
-    let users = users_param(state, caller, params, MAX_INVITES).await?;
+    let users = users_param(state, caller, params, MAX_INVITES, None).await?;
     let mut added = 0;
     for user in users {
         if state.store.add_member(&channel.id, &user).await? {
@@ -176,7 +242,7 @@ pub(super) async fn invite(state: &AppState, caller: &Caller, params: &Params) -
             .await;
         }
     }
-    let mut out = object(json!({ "channel": channel_json(&channel, true, None) }));
+    let mut out = object(json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }));
     if added == 0 {
         out.insert("warning".into(), json!("already_in_channel"));
     }

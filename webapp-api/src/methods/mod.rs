@@ -28,6 +28,9 @@ use crate::api::{
 use crate::metrics as m;
 
 pub(crate) use chat::{check_repeat, Via};
+/// The name prefixes that mark direct messages (1:1 and group), which Flannel reads too: a
+/// channel summary carries the name, not the kind.
+pub use members::{IM_PREFIX, MPIM_PREFIX};
 
 /// Every method served, by its Slack name.
 pub const METHODS: &[&str] = &[
@@ -100,6 +103,16 @@ pub async fn dispatch(
         };
     }
     if name == "chat.postMessage" {
+        // As in Slack, a user id as `channel` posts to the caller's DM with that user.
+        let dm_user = params
+            .non_empty("channel")
+            .map(str::trim)
+            .and_then(UserId::parse);
+        if let Some(user) = dm_user {
+            let caller = authenticate(state, token?).await?;
+            let visible = members::dm_with(state, &caller, &user).await?;
+            return chat::post_message(state, &caller, visible, params).await;
+        }
         let (caller, visible) = authenticate_in_channel(state, token?, params).await?;
         return chat::post_message(state, &caller, visible, params).await;
     }
@@ -339,8 +352,13 @@ pub(crate) fn channel_summary(c: &Channel) -> ChannelSummary {
     c.summary()
 }
 
-/// Slack's conversation object.
-pub(crate) fn channel_json(c: &Channel, is_member: bool, num_members: Option<usize>) -> Value {
+/// Slack's conversation object as `viewer` sees it: a 1:1 DM names the other member (`user`).
+pub(crate) fn channel_json(
+    c: &Channel,
+    viewer: &UserId,
+    is_member: bool,
+    num_members: Option<usize>,
+) -> Value {
     let created = c.created.0 / 1_000_000;
     let mut v = json!({
         "id": c.id,
@@ -365,6 +383,9 @@ pub(crate) fn channel_json(c: &Channel, is_member: bool, num_members: Option<usi
     });
     if let Some(n) = num_members {
         v["num_members"] = n.into();
+    }
+    if let Some(user) = members::im_user(c, viewer) {
+        v["user"] = json!(user);
     }
     v
 }
