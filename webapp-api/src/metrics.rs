@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,
-    IntCounter, IntCounterVec,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -63,7 +63,28 @@ pub static ADMIN_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static USER_EVENT_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_webapp_user_event_failures_total",
-        "membership changes stored but not relayed to gateways (sessions pick them up on reconnect)"
+        "changes stored but not relayed to gateways, for any reason (sessions pick them up on \
+         reconnect)"
+    )
+    .expect("metric registers once")
+});
+
+/// The changes counted in [`USER_EVENT_FAILURES`], by why they were dropped.
+pub static USER_EVENTS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_user_events_dropped_total",
+        "change events stored but not relayed to gateways, by reason: failed (after the admin \
+         link's retries), deadline (the batch's relay deadline passed), queue_full (the relay \
+         queue was full), closed (the relay task had ended)",
+        &["reason"]
+    )
+    .expect("metric registers once")
+});
+
+pub static RELAY_QUEUE_BATCHES: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "switchboard_webapp_relay_queue_batches",
+        "batches of change events (one per call) waiting to be relayed to gateways"
     )
     .expect("metric registers once")
 });

@@ -36,6 +36,16 @@ pub(crate) struct Server {
     pub(crate) cluster: Option<cluster::Cluster>,
 }
 
+/// What a test server's admin link reaches.
+enum Admin {
+    /// Nothing: every request fails at once.
+    Detached,
+    /// The real admin and channel servers ([`cluster::Cluster`]).
+    Cluster,
+    /// The link given.
+    Link(AdminLink),
+}
+
 impl Server {
     pub(crate) async fn start() -> Server {
         Server::start_with(|_| {}).await
@@ -43,19 +53,24 @@ impl Server {
 
     /// A server over the seeded demo workspace, with `configure` applied to its config.
     pub(crate) async fn start_with(configure: impl FnOnce(&mut Config)) -> Server {
-        Server::start_inner(configure, false).await
+        Server::start_inner(configure, Admin::Detached).await
     }
 
     /// A server whose admin link reaches a real admin server and channel server
     /// ([`cluster::Cluster`]), so posts are acknowledged (stored on this server's store) and
     /// relayed user events are recorded.
     pub(crate) async fn start_with_cluster() -> Server {
-        Server::start_inner(|_| {}, true).await
+        Server::start_inner(|_| {}, Admin::Cluster).await
+    }
+
+    /// A server whose admin link is `link` (one to an admin server that does not answer, say).
+    pub(crate) async fn start_with_admin_link(link: AdminLink) -> Server {
+        Server::start_inner(|_| {}, Admin::Link(link)).await
     }
 
     /// [`Server::start_with_cluster`], with `configure` applied to the Web API's config.
     pub(crate) async fn start_with_cluster_and(configure: impl FnOnce(&mut Config)) -> Server {
-        Server::start_inner(configure, true).await
+        Server::start_inner(configure, Admin::Cluster).await
     }
 
     /// The user events the admin server relayed so far, oldest first.
@@ -66,7 +81,7 @@ impl Server {
             .events()
     }
 
-    async fn start_inner(configure: impl FnOnce(&mut Config), with_cluster: bool) -> Server {
+    async fn start_inner(configure: impl FnOnce(&mut Config), admin: Admin) -> Server {
         let dir = tempfile::tempdir().expect("tempdir");
         let store: SharedStore =
             Arc::new(SqliteStore::open(&dir.path().join("store"), 2).expect("store"));
@@ -85,13 +100,14 @@ impl Server {
             vec!["ws://127.0.0.1:1/rtm".into(), "ws://127.0.0.2:2/rtm".into()];
         configure(&mut config);
         let shutdown = Shutdown::new();
-        let cluster = match with_cluster {
-            true => Some(cluster::Cluster::start(store.clone()).await),
-            false => None,
+        let cluster = match admin {
+            Admin::Cluster => Some(cluster::Cluster::start(store.clone()).await),
+            _ => None,
         };
-        let admin = match &cluster {
-            Some(cluster) => cluster.link.clone(),
-            None => AdminLink::detached_for_test(),
+        let admin = match (&cluster, admin) {
+            (Some(cluster), _) => cluster.link.clone(),
+            (None, Admin::Link(link)) => link,
+            (None, _) => AdminLink::detached_for_test(),
         };
         let deps = WebappDeps {
             store: store.clone(),
@@ -1589,3 +1605,6 @@ mod team_and_links;
 
 /// Direct messages: the other member of a 1:1, group sizes, posting to a user id.
 mod direct_messages;
+
+/// Changes are relayed off the request path: an unreachable admin server delays no call.
+mod relay_queue;

@@ -8,8 +8,8 @@ use shared::protocol::UserEvent;
 use shared::store::{Channel, HistoryQuery, SharedStore, StorageErrorKind};
 
 use super::{
-    channel_json, channel_summary, memberships, publish, response_metadata, user_in_workspace,
-    visible_channel, Types, VisibleChannel,
+    channel_json, channel_summary, memberships, publish, publish_all, response_metadata,
+    user_in_workspace, visible_channel, Types, VisibleChannel,
 };
 use crate::api::{
     decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
@@ -65,24 +65,23 @@ pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -
         Err(e) => return Err(e.into()),
     }
     state.store.add_member(&channel.id, &caller.user.id).await?;
-    publish(
+    // Announced before its member: a cache that learned of a join to a channel it does not
+    // know would reload the whole workspace.
+    publish_all(
         state,
-        UserEvent::ChannelCreated {
-            workspace: channel.workspace.clone(),
-            channel: channel_summary(&channel),
-        },
-    )
-    .await;
-    publish(
-        state,
-        UserEvent::ChannelJoined {
-            workspace: channel.workspace.clone(),
-            channel: channel.id.clone(),
-            user: caller.user.id.clone(),
-            channel_name: channel.name.clone(),
-        },
-    )
-    .await;
+        vec![
+            UserEvent::ChannelCreated {
+                workspace: channel.workspace.clone(),
+                channel: channel_summary(&channel),
+            },
+            UserEvent::ChannelJoined {
+                workspace: channel.workspace.clone(),
+                channel: channel.id.clone(),
+                user: caller.user.id.clone(),
+                channel_name: channel.name.clone(),
+            },
+        ],
+    );
     Ok(object(
         json!({ "channel": channel_json(&channel, &caller.user.id, true, Some(1)) }),
     ))
@@ -108,8 +107,7 @@ pub(super) async fn join(state: &AppState, caller: &Caller, params: &Params) -> 
             user: caller.user.id.clone(),
             channel_name: channel.name.clone(),
         },
-    )
-    .await;
+    );
     let mut out = object(json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }));
     if !added {
         out.insert("warning".into(), json!("already_in_channel"));
@@ -151,8 +149,7 @@ async fn remove_member(state: &AppState, channel: &Channel, user: &UserId) -> Ap
             channel: channel.id.clone(),
             user: user.clone(),
         },
-    )
-    .await;
+    );
     Ok(())
 }
 
@@ -489,8 +486,7 @@ async fn store_channel_change(state: &AppState, channel: &Channel) -> ApiResult<
             workspace: channel.workspace.clone(),
             channel: channel_summary(channel),
         },
-    )
-    .await;
+    );
     Ok(())
 }
 
@@ -636,8 +632,7 @@ pub(super) async fn mark(state: &AppState, caller: &Caller, params: &Params) -> 
             user: caller.user.id.clone(),
             seq,
         },
-    )
-    .await;
+    );
     Ok(object(json!({})))
 }
 

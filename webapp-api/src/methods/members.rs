@@ -11,7 +11,7 @@ use shared::protocol::UserEvent;
 use shared::store::{Channel, StorageErrorKind};
 
 use super::{
-    channel_json, channel_summary, publish, response_metadata, visible_channel, VisibleChannel,
+    channel_json, channel_summary, publish_all, response_metadata, visible_channel, VisibleChannel,
 };
 use crate::api::{
     decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
@@ -169,31 +169,41 @@ async fn open_dm(
     };
     // The channel is announced before its members, as `conversations.create` does: a cache
     // that learned of a join to a channel it does not know would reload the whole workspace.
+    let mut events = Vec::new();
     if created {
-        publish(
-            state,
-            UserEvent::ChannelCreated {
-                workspace: ws.clone(),
-                channel: channel_summary(&channel),
-            },
-        )
-        .await;
+        events.push(UserEvent::ChannelCreated {
+            workspace: ws.clone(),
+            channel: channel_summary(&channel),
+        });
     }
-    for user in &members {
+    let added = add_members(state, &channel, &members, &mut events).await;
+    publish_all(state, events);
+    added?;
+    Ok((channel, created, members.len()))
+}
+
+/// Adds `users` to `channel`, pushing a `ChannelJoined` to `events` for each one that was not
+/// a member yet (what was added before a store failure is still pushed, to be relayed).
+/// Returns how many were added.
+async fn add_members(
+    state: &AppState,
+    channel: &Channel,
+    users: &[UserId],
+    events: &mut Vec<UserEvent>,
+) -> ApiResult<usize> {
+    let mut added = 0;
+    for user in users {
         if state.store.add_member(&channel.id, user).await? {
-            publish(
-                state,
-                UserEvent::ChannelJoined {
-                    workspace: ws.clone(),
-                    channel: channel.id.clone(),
-                    user: user.clone(),
-                    channel_name: channel.name.clone(),
-                },
-            )
-            .await;
+            added += 1;
+            events.push(UserEvent::ChannelJoined {
+                workspace: channel.workspace.clone(),
+                channel: channel.id.clone(),
+                user: user.clone(),
+                channel_name: channel.name.clone(),
+            });
         }
     }
-    Ok((channel, created, members.len()))
+    Ok(added)
 }
 
 /// The other member of a 1:1 DM as `viewer` sees it (the viewer itself in a DM with oneself),
@@ -226,22 +236,10 @@ pub(super) async fn invite(state: &AppState, caller: &Caller, params: &Params) -
         return Err(ApiError::IsArchived);
     }
     let users = users_param(state, caller, params, MAX_INVITES, None).await?;
-    let mut added = 0;
-    for user in users {
-        if state.store.add_member(&channel.id, &user).await? {
-            added += 1;
-            publish(
-                state,
-                UserEvent::ChannelJoined {
-                    workspace: channel.workspace.clone(),
-                    channel: channel.id.clone(),
-                    user,
-                    channel_name: channel.name.clone(),
-                },
-            )
-            .await;
-        }
-    }
+    let mut events = Vec::new();
+    let added = add_members(state, &channel, &users, &mut events).await;
+    publish_all(state, events);
+    let added = added?;
     let mut out = object(json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }));
     if added == 0 {
         out.insert("warning".into(), json!("already_in_channel"));

@@ -25,7 +25,6 @@ use crate::api::{
     authenticate, authenticate_service, caller, verify_user_token, ApiError, ApiResult, AppState,
     Caller, Params, RequestInfo,
 };
-use crate::metrics as m;
 
 pub(crate) use chat::{check_repeat, Via};
 /// The name prefixes that mark direct messages (1:1 and group), which Flannel reads too: a
@@ -332,14 +331,17 @@ pub(crate) async fn memberships(state: &AppState, user: &UserId) -> ApiResult<Ha
 }
 
 /// Relays a change (membership, profile, channel, read position) through the admin server to
-/// the gateways and Flannel caches. The change is already stored, so a failure does not fail
-/// the call: it is logged and counted; sessions pick the change up when they reconnect, and a
-/// Flannel that lost its admin link reloads what it caches.
-pub(crate) async fn publish(state: &AppState, ev: UserEvent) {
-    if let Err(e) = state.admin.publish_user_event(ev).await {
-        m::USER_EVENT_FAILURES.inc();
-        tracing::warn!(error = %e, "membership change not relayed to gateways");
-    }
+/// the gateways and Flannel caches, in the background ([`crate::relay`]): the change is
+/// already stored, so the call never waits on the relay, and a relay that fails is counted,
+/// not the call's failure; sessions pick the change up when they reconnect, and a Flannel
+/// that lost its admin link reloads what it caches.
+pub(crate) fn publish(state: &AppState, ev: UserEvent) {
+    state.relay.send(vec![ev]);
+}
+
+/// [`publish`] for the events of one call, relayed in this order.
+pub(crate) fn publish_all(state: &AppState, events: Vec<UserEvent>) {
+    state.relay.send(events);
 }
 
 /// A user as change events and caches carry it.

@@ -1,0 +1,84 @@
+//! The relay of stored changes runs off the request path ([`crate::relay`]): with the admin
+//! server unreachable, calls that store changes answer at once, and the relays that could not
+//! be made are counted as dropped.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use shared::mesh::{Mesh, MeshTls, PeerPool};
+
+use super::*;
+use crate::metrics::USER_EVENTS_DROPPED;
+
+/// Events dropped at their batch's deadline, in this process (only a link that hangs, as
+/// here, makes those: a detached one fails at once).
+fn dropped_at_deadline() -> u64 {
+    USER_EVENTS_DROPPED.with_label_values(&["deadline"]).get()
+}
+
+#[tokio::test]
+async fn an_admin_server_that_never_answers_delays_no_call() {
+    shared::mesh::install_crypto_provider();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tls = MeshTls::dev(dir.path()).expect("tls");
+    // The production connect timeout: each relay attempt waits this long on the hole.
+    let mesh = Mesh::client(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &tls,
+        1024 * 1024,
+        Duration::from_secs(3),
+    )
+    .expect("mesh");
+    // A socket that takes every datagram and answers none: a QUIC handshake with it hangs
+    // until the connect timeout, like a partitioned admin server.
+    let hole = std::net::UdpSocket::bind("127.0.0.1:0").expect("socket");
+    let link = AdminLink::new(
+        Arc::new(PeerPool::new(Arc::new(mesh))),
+        hole.local_addr().expect("addr"),
+    );
+    let s = Server::start_with_admin_link(link).await;
+    let alice = s.token("alice");
+    let (bob_id, carol_id) = (s.user_id("bob"), s.user_id("carol"));
+    let before = dropped_at_deadline();
+
+    let started = Instant::now();
+    let created = s
+        .ok("conversations.create", &alice, json!({"name": "plans"}))
+        .await;
+    let plans = channel_id(&created);
+    s.ok(
+        "conversations.invite",
+        &alice,
+        json!({"channel": plans, "users": format!("{bob_id},{carol_id}")}),
+    )
+    .await;
+    s.ok(
+        "conversations.open",
+        &alice,
+        json!({"users": format!("{bob_id},{carol_id}")}),
+    )
+    .await;
+    s.ok(
+        "conversations.setTopic",
+        &alice,
+        json!({"channel": plans, "topic": "q3"}),
+    )
+    .await;
+    // Waiting on the relays, these took 3 tries of 3 s per event, one event after another.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(2), "the calls took {took:?}");
+
+    // Nothing was relayed: every event (2 + 2 + 4 + 1) is counted as dropped, each batch
+    // once its deadline passed (a test's is short).
+    let mut dropped = 0;
+    for _ in 0..100 {
+        dropped = dropped_at_deadline() - before;
+        if dropped >= 9 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(dropped >= 9, "dropped {dropped}");
+    drop(hole);
+    s.stop().await;
+}
