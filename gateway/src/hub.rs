@@ -7,7 +7,7 @@
 //! fetched. So sessions see each channel in order, with contiguous `seq`, whatever the ring
 //! does.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -167,6 +167,24 @@ struct State {
     staged: Vec<ChannelId>,
     /// Channels whose staged messages wait for their coalescing window to end.
     held: Vec<ChannelId>,
+    /// Membership changes and session registrations seen here, counted; `membership_marks`
+    /// holds, per user with sessions, the count at that user's latest one. A resync of a
+    /// user's channels ([`Hub::resync_user`]) applies only if nothing newer came for the
+    /// user while the Web API was asked.
+    membership_seq: u64,
+    membership_marks: HashMap<UserId, u64>,
+}
+
+impl State {
+    fn mark_membership(&mut self, user: &UserId) {
+        self.membership_seq += 1;
+        let seq = self.membership_seq;
+        if let Some(mark) = self.membership_marks.get_mut(user) {
+            *mark = seq;
+        } else {
+            self.membership_marks.insert(user.clone(), seq);
+        }
+    }
 }
 
 impl State {
@@ -354,6 +372,7 @@ impl Hub {
             starts.insert(c.clone(), start);
         }
         st.users.entry(user.clone()).or_default().insert(id);
+        st.mark_membership(&user);
         st.sessions.insert(
             id,
             SessionHandle {
@@ -389,6 +408,7 @@ impl Hub {
                 let empty = set.is_empty();
                 if empty {
                     st.users.remove(&s.user);
+                    st.membership_marks.remove(&s.user);
                 }
                 empty
             }
@@ -427,6 +447,101 @@ impl Hub {
     /// Applies a membership change from the admin server to the user's local sessions.
     pub fn on_user_event(self: &Arc<Self>, ev: UserEvent) {
         let mut st = self.state.lock();
+        if self.apply_user_event(&mut st, ev) {
+            drop(st);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The users with sessions here, with their workspace.
+    pub fn users_here(&self) -> Vec<(WorkspaceId, UserId)> {
+        let st = self.state.lock();
+        st.users
+            .iter()
+            .filter_map(|(u, ids)| {
+                let s = st.sessions.get(ids.iter().next()?)?;
+                Some((s.workspace.clone(), u.clone()))
+            })
+            .collect()
+    }
+
+    /// The count of membership changes seen so far: the `since` of [`Hub::resync_user`].
+    pub fn membership_seq(&self) -> u64 {
+        self.state.lock().membership_seq
+    }
+
+    /// Brings `user`'s sessions here in line with `channels` (id and name), the user's
+    /// channels as the Web API listed them after membership count `since`: the channels a
+    /// session lacks are joined and those it has beyond the list are left, each with the
+    /// `channel_joined` or `channel_left` event that the missed change would have brought.
+    ///
+    /// For a gateway whose stream from the admin server ended (it fell behind, or the admin
+    /// server restarted), changes made meanwhile never arrive as events: a member removed
+    /// from a private channel would go on receiving it. Returns `None`, changing nothing, if
+    /// a change or a new session of the user came after `since` (the list may be older than
+    /// what the sessions have: ask again); else how many channels were joined and left.
+    pub fn resync_user(
+        self: &Arc<Self>,
+        workspace: &WorkspaceId,
+        user: &UserId,
+        channels: &[(ChannelId, String)],
+        since: u64,
+    ) -> Option<(usize, usize)> {
+        let mut st = self.state.lock();
+        if st.membership_marks.get(user).is_some_and(|&m| m > since) {
+            return None;
+        }
+        let ids: Vec<SessionId> = st
+            .users
+            .get(user)
+            .map(|s| s.iter().copied().collect())
+            .unwrap_or_default();
+        let listed: HashSet<&ChannelId> = channels.iter().map(|(c, _)| c).collect();
+        let mut missing: Vec<&(ChannelId, String)> = Vec::new();
+        let mut extra: BTreeSet<ChannelId> = BTreeSet::new();
+        for id in &ids {
+            let Some(s) = st.sessions.get(id).filter(|s| &s.workspace == workspace) else {
+                continue;
+            };
+            for c in channels {
+                if !s.channels.contains(&c.0) && !missing.iter().any(|m| m.0 == c.0) {
+                    missing.push(c);
+                }
+            }
+            extra.extend(s.channels.iter().filter(|c| !listed.contains(c)).cloned());
+        }
+        let changed = (missing.len(), extra.len());
+        for (channel, name) in missing {
+            self.apply_user_event(
+                &mut st,
+                UserEvent::ChannelJoined {
+                    workspace: workspace.clone(),
+                    channel: channel.clone(),
+                    user: user.clone(),
+                    channel_name: name.clone(),
+                },
+            );
+        }
+        for channel in extra {
+            self.apply_user_event(
+                &mut st,
+                UserEvent::ChannelLeft {
+                    workspace: workspace.clone(),
+                    channel,
+                    user: user.clone(),
+                },
+            );
+        }
+        drop(st);
+        if changed != (0, 0) {
+            self.wake.notify_one();
+        }
+        Some(changed)
+    }
+
+    /// Applies `ev` to the hub's state; returns whether the subscriptions may have changed
+    /// (the caller then wakes the reconciler, after releasing the lock).
+    fn apply_user_event(self: &Arc<Self>, st: &mut State, ev: UserEvent) -> bool {
         match ev {
             UserEvent::ChannelJoined {
                 workspace,
@@ -440,8 +555,9 @@ impl Hub {
                     .map(|s| s.iter().copied().collect())
                     .unwrap_or_default();
                 if ids.is_empty() {
-                    return;
+                    return false;
                 }
+                st.mark_membership(&user);
                 let entry = st
                     .channels
                     .entry(channel.clone())
@@ -484,6 +600,9 @@ impl Hub {
                     .get(&user)
                     .map(|s| s.iter().copied().collect())
                     .unwrap_or_default();
+                if !ids.is_empty() {
+                    st.mark_membership(&user);
+                }
                 let text: Utf8Bytes =
                     serde_json::json!({ "type": "channel_left", "channel": channel.0 })
                         .to_string()
@@ -513,7 +632,7 @@ impl Hub {
             | UserEvent::ChannelChanged { .. }
             | UserEvent::ReadMarked { .. }
             | UserEvent::PresenceReport { .. }
-            | UserEvent::PresenceSet { .. } => return,
+            | UserEvent::PresenceSet { .. } => return false,
             // Presence goes to every session of the user's workspace here (their clients
             // decide whom they show).
             // Presence changes are batched per workspace for a short window: while many
@@ -537,7 +656,7 @@ impl Hub {
                     }
                 }
                 m::EPHEMERAL_MESSAGES.inc_by(offered);
-                return;
+                return false;
             }
             UserEvent::PresenceChanged {
                 workspace,
@@ -559,7 +678,7 @@ impl Hub {
                 }
                 if repeated {
                     m::PRESENCE_REPEATS.inc();
-                    return;
+                    return false;
                 }
                 let first = st.presence_batch.is_empty();
                 st.presence_batch
@@ -573,11 +692,10 @@ impl Hub {
                         hub.flush_presence();
                     });
                 }
-                return;
+                return false;
             }
         }
-        drop(st);
-        self.wake.notify_one();
+        true
     }
 
     // ---- publishing ephemeral events ----
@@ -721,20 +839,7 @@ impl Hub {
     /// Reports every user with a session here (after the admin link came back: the admin
     /// server may have restarted and forgotten).
     pub fn report_all_online(self: &Arc<Self>) {
-        let users: Vec<(WorkspaceId, UserId)> = {
-            let st = self.state.lock();
-            st.users
-                .iter()
-                .filter(|(_, ids)| !ids.is_empty())
-                .filter_map(|(u, ids)| {
-                    ids.iter()
-                        .next()
-                        .and_then(|id| st.sessions.get(id))
-                        .map(|s| (s.workspace.clone(), u.clone()))
-                })
-                .collect()
-        };
-        for (ws, user) in users {
+        for (ws, user) in self.users_here() {
             let _ = self.report_presence(&ws, &user);
         }
     }
@@ -1817,5 +1922,90 @@ mod tests {
             });
         }
         assert_eq!(kinds, vec!["joined", "event", "left", "event"]);
+    }
+    /// What the drained queue held: the kind of each item, and the events' text.
+    fn drained(rx: &mut crate::queue::Receiver<Outbound>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some(o) = rx.try_recv() {
+            out.push(match o {
+                Outbound::Joined { channel, .. } => format!("joined {}", channel.0),
+                Outbound::Left { channel } => format!("left {}", channel.0),
+                Outbound::Event(t) => t.to_string(),
+                Outbound::Messages { .. } => "messages".into(),
+            });
+        }
+        out
+    }
+
+    /// A resync (the admin server's stream came back) joins the channels the Web API lists
+    /// that the sessions lack and leaves those it no longer lists, with the events that the
+    /// lost changes would have brought; a second resync of the same list changes nothing.
+    #[tokio::test]
+    async fn a_resync_applies_the_membership_changes_that_were_missed() {
+        let (hub, _dir) = hub();
+        let (id, mut rx, _) = session(&hub, 64);
+        let (ws, user) = (WorkspaceId::from("TW"), UserId::from("UB"));
+        assert_eq!(hub.users_here(), vec![(ws.clone(), user.clone())]);
+        let listed = vec![(ChannelId::from("CY"), "yard".to_string())];
+        let since = hub.membership_seq();
+        assert_eq!(hub.resync_user(&ws, &user, &listed, since), Some((1, 1)));
+        assert!(!hub.in_channel(id, &ChannelId::from("CX")));
+        assert!(hub.in_channel(id, &ChannelId::from("CY")));
+        let got = drained(&mut rx);
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0], "joined CY");
+        assert!(got[1].contains(r#""type":"channel_joined""#) && got[1].contains("yard"));
+        assert_eq!(got[2], "left CX");
+        assert!(got[3].contains(r#""type":"channel_left""#) && got[3].contains("CX"));
+        let since = hub.membership_seq();
+        assert_eq!(hub.resync_user(&ws, &user, &listed, since), Some((0, 0)));
+        assert!(drained(&mut rx).is_empty());
+        // Another workspace's list for the same user id touches nothing.
+        let other = WorkspaceId::from("TOTHER");
+        assert_eq!(hub.resync_user(&other, &user, &[], since), Some((0, 0)));
+        assert!(hub.in_channel(id, &ChannelId::from("CY")));
+    }
+
+    /// A list asked for before a change (or a new session) of the user may be older than
+    /// what the sessions have: it is not applied, and the caller asks again.
+    #[tokio::test]
+    async fn a_resync_older_than_a_change_is_not_applied() {
+        let (hub, _dir) = hub();
+        let (id, mut rx, _) = session(&hub, 64);
+        let (ws, user) = (WorkspaceId::from("TW"), UserId::from("UB"));
+        let since = hub.membership_seq();
+        // Listed before CY was joined.
+        let stale = vec![(ChannelId::from("CX"), "x".to_string())];
+        hub.on_user_event(UserEvent::ChannelJoined {
+            workspace: ws.clone(),
+            channel: ChannelId::from("CY"),
+            user: user.clone(),
+            channel_name: "y".into(),
+        });
+        drained(&mut rx);
+        assert_eq!(hub.resync_user(&ws, &user, &stale, since), None);
+        assert!(hub.in_channel(id, &ChannelId::from("CY")));
+        assert!(drained(&mut rx).is_empty());
+        // A second session of the user, after the list was asked for, the same.
+        let since = hub.membership_seq();
+        let (second, _rx2, _) = session(&hub, 64);
+        assert_eq!(hub.resync_user(&ws, &user, &stale, since), None);
+        assert!(hub.in_channel(second, &ChannelId::from("CX")));
+        // Other users' changes do not hold a user's resync back.
+        let since = hub.membership_seq();
+        hub.on_user_event(UserEvent::ChannelJoined {
+            workspace: ws.clone(),
+            channel: ChannelId::from("CZ"),
+            user: UserId::from("USOMEONE"),
+            channel_name: "z".into(),
+        });
+        let fresh = vec![
+            (ChannelId::from("CX"), "x".to_string()),
+            (ChannelId::from("CY"), "y".to_string()),
+        ];
+        // (The second session registered with CX alone here, so it joins CY.)
+        assert_eq!(hub.resync_user(&ws, &user, &fresh, since), Some((1, 0)));
+        assert!(hub.in_channel(second, &ChannelId::from("CY")));
+        assert!(hub.in_channel(id, &ChannelId::from("CY")));
     }
 }

@@ -131,10 +131,19 @@ pub async fn run(
             }
         });
     }
+    let web_client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .context("http client")?;
     {
         let health = deps.health.clone();
         let shutdown = shutdown.clone();
         let hub_for_presence = hub.clone();
+        let resync = Resync {
+            http: web_client.clone(),
+            webapp_url: config.gateway.webapp_url.clone(),
+            signer: deps.signer.clone(),
+        };
         tokio::spawn(async move {
             let mut was_connected = false;
             loop {
@@ -143,6 +152,9 @@ pub async fn run(
                 if connected && !was_connected {
                     // The admin server may have restarted: tell it who is online here.
                     hub_for_presence.report_all_online();
+                    // And while the stream was down (it fell behind, or the admin server
+                    // restarted) membership changes were lost: ask the Web API instead.
+                    tokio::spawn(resync.clone().run(hub_for_presence.clone()));
                 }
                 was_connected = connected;
                 tokio::select! {
@@ -157,10 +169,6 @@ pub async fn run(
             }
         });
     }
-    let web_client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("http client")?;
     let state = Arc::new(AppState {
         hub,
         signer: deps.signer.clone(),
@@ -221,17 +229,29 @@ fn parse_resume(s: &str) -> Option<BTreeMap<ChannelId, Seq>> {
     Some(out)
 }
 
-/// The user's channels, from the Web API (`users.conversations`).
-async fn user_channels(state: &AppState, token: &str) -> Result<Vec<ChannelId>, Response> {
+/// Why the Web API did not list a user's channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ListError {
+    Unreachable,
+    BadAnswer,
+    Unauthorized,
+    Refused,
+}
+
+/// The user's channels (id and name), from the Web API (`users.conversations`), all pages.
+async fn list_channels(
+    http: &reqwest::Client,
+    webapp_url: &str,
+    token: &str,
+) -> Result<Vec<(ChannelId, String)>, ListError> {
     let url = format!(
         "{}/api/users.conversations",
-        state.config.gateway.webapp_url.trim_end_matches('/')
+        webapp_url.trim_end_matches('/')
     );
     let mut channels = Vec::new();
     let mut cursor = String::new();
     for _ in 0..100 {
-        let resp = state
-            .http
+        let resp = http
             .post(&url)
             .bearer_auth(token)
             .form(&[
@@ -243,23 +263,19 @@ async fn user_channels(state: &AppState, token: &str) -> Result<Vec<ChannelId>, 
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "web api unreachable");
-                reject(StatusCode::SERVICE_UNAVAILABLE, "webapp_unavailable")
+                ListError::Unreachable
             })?;
-        let body: serde_json::Value = resp
-            .json()
-            .await
-            .map_err(|_| reject(StatusCode::BAD_GATEWAY, "webapp_bad_answer"))?;
+        let body: serde_json::Value = resp.json().await.map_err(|_| ListError::BadAnswer)?;
         if body["ok"] != true {
             return Err(match body["error"].as_str() {
-                Some("invalid_auth" | "not_authed" | "account_inactive") => {
-                    reject(StatusCode::UNAUTHORIZED, "invalid_auth")
-                }
-                _ => reject(StatusCode::BAD_GATEWAY, "webapp_error"),
+                Some("invalid_auth" | "not_authed" | "account_inactive") => ListError::Unauthorized,
+                _ => ListError::Refused,
             });
         }
         for c in body["channels"].as_array().into_iter().flatten() {
             if let Some(id) = c["id"].as_str().and_then(ChannelId::parse) {
-                channels.push(id);
+                let name = c["name"].as_str().unwrap_or_default().to_string();
+                channels.push((id, name));
             }
         }
         cursor = body["response_metadata"]["next_cursor"]
@@ -271,6 +287,101 @@ async fn user_channels(state: &AppState, token: &str) -> Result<Vec<ChannelId>, 
         }
     }
     Ok(channels)
+}
+
+/// The user's channels, for a connecting session.
+async fn user_channels(state: &AppState, token: &str) -> Result<Vec<ChannelId>, Response> {
+    match list_channels(&state.http, &state.config.gateway.webapp_url, token).await {
+        Ok(channels) => Ok(channels.into_iter().map(|(id, _)| id).collect()),
+        Err(ListError::Unreachable) => Err(reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webapp_unavailable",
+        )),
+        Err(ListError::BadAnswer) => Err(reject(StatusCode::BAD_GATEWAY, "webapp_bad_answer")),
+        Err(ListError::Unauthorized) => Err(reject(StatusCode::UNAUTHORIZED, "invalid_auth")),
+        Err(ListError::Refused) => Err(reject(StatusCode::BAD_GATEWAY, "webapp_error")),
+    }
+}
+
+/// Users whose channels are asked for at once in a resync.
+const RESYNC_CONCURRENCY: usize = 8;
+/// Tries per user when membership changes keep arriving while it is asked.
+const RESYNC_TRIES: usize = 3;
+
+/// Re-reads the channels of every user with sessions here from the Web API and applies what
+/// changed ([`Hub::resync_user`]): run whenever the stream from the admin server (re)starts,
+/// since membership events sent while it was down (the admin server restarted, or closed the
+/// stream because this gateway fell behind) are never sent again.
+#[derive(Clone)]
+struct Resync {
+    http: reqwest::Client,
+    webapp_url: String,
+    signer: TokenSigner,
+}
+
+impl Resync {
+    async fn run(self, hub: Arc<Hub>) {
+        use futures_util::StreamExt;
+        let users = hub.users_here();
+        if users.is_empty() {
+            return;
+        }
+        let started = std::time::Instant::now();
+        let n = users.len();
+        futures_util::stream::iter(users)
+            .for_each_concurrent(RESYNC_CONCURRENCY, |(workspace, user)| {
+                let (this, hub) = (&self, &hub);
+                async move {
+                    let result = this.user(hub, &workspace, &user).await;
+                    m::MEMBERSHIP_RESYNCS.with_label_values(&[result]).inc();
+                }
+            })
+            .await;
+        tracing::info!(users = n, took = ?started.elapsed(), "channel memberships resynced from the web API");
+    }
+
+    /// Resyncs one user: "unchanged", "changed", "raced" (changes kept coming) or "failed".
+    async fn user(
+        &self,
+        hub: &Arc<Hub>,
+        workspace: &shared::ids::WorkspaceId,
+        user: &shared::ids::UserId,
+    ) -> &'static str {
+        let claims = shared::auth::Claims {
+            workspace: workspace.clone(),
+            user: user.clone(),
+            admin: false,
+            bot: false,
+            issued_at: shared::ids::Ts::now().0 / 1_000_000,
+            service: false,
+        };
+        let token = self.signer.issue(&claims);
+        for _ in 0..RESYNC_TRIES {
+            let since = hub.membership_seq();
+            let channels = match list_channels(&self.http, &self.webapp_url, &token).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(%user, error = ?e, "could not resync the user's channels");
+                    return "failed";
+                }
+            };
+            match hub.resync_user(workspace, user, &channels, since) {
+                None => continue,
+                Some((0, 0)) => return "unchanged",
+                Some((joined, left)) => {
+                    m::MEMBERSHIP_RESYNC_CHANNELS
+                        .with_label_values(&["joined"])
+                        .inc_by(joined as u64);
+                    m::MEMBERSHIP_RESYNC_CHANNELS
+                        .with_label_values(&["left"])
+                        .inc_by(left as u64);
+                    tracing::info!(%user, joined, left, "a resync found missed membership changes");
+                    return "changed";
+                }
+            }
+        }
+        "raced"
+    }
 }
 
 async fn rtm(

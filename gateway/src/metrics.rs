@@ -134,3 +134,19 @@ pub static BOOT_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static MEMBERSHIP_RESYNCS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_gateway_membership_resyncs_total",
+        "users whose channels were re-read from the Web API after the admin server's stream restarted, by result (unchanged, changed, raced, failed)",
+        &["result"]
+    )
+    .unwrap()
+});
+pub static MEMBERSHIP_RESYNC_CHANNELS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_gateway_membership_resync_channels_total",
+        "channel memberships that a resync found missed (a session joined or left them then)",
+        &["change"]
+    )
+    .unwrap()
+});

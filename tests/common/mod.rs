@@ -633,6 +633,27 @@ impl Cluster {
         let _ = p.child.wait();
     }
 
+    /// Kills the admin server and starts it again at the same addresses and data directory
+    /// (its saved ring comes back with it); returns once it is healthy.
+    pub async fn restart_admin(&self) {
+        self.kill("admin-server");
+        let admin_set = format!("mesh.admin_addr={}", quoted(&self.admin_mesh.to_string()));
+        self.spawn(
+            "admin-server",
+            "admin-server",
+            &[
+                admin_set,
+                "node.id=\"admin-1\"".into(),
+                format!("admin.mesh_addr={}", quoted(&self.admin_mesh.to_string())),
+                format!(
+                    "admin.http_addr={}",
+                    quoted(self.admin_http.trim_start_matches("http://"))
+                ),
+            ],
+        );
+        self.wait_healthy(&self.admin_http).await;
+    }
+
     /// Asks process `name` to stop (SIGTERM, as an init system or Kubernetes does) without
     /// waiting; its exit is no failure of the cluster. See [`Cluster::wait_exit`].
     pub fn terminate(&self, name: &str) {
