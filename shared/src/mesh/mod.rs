@@ -441,16 +441,33 @@ impl PeerPool {
         }
     }
 
-    /// One request to `addr` on a pooled connection; a connection found dead is dropped so
+    /// One request to `addr` on a pooled connection, all of it (waiting out a backoff,
+    /// connecting, asking, the answer) within `timeout`; a connection found dead is dropped so
     /// the next call reconnects.
+    ///
+    /// When no connection is ready in time the request was not sent, and the error says so
+    /// ([`TransportError::Connect`]): a caller may send it elsewhere or again without risking
+    /// a second copy. (A caller with a deadline, like the admin server routing a post within
+    /// the Web API's wait, relies on the bound covering the connect too.)
     pub async fn request(
         &self,
         addr: SocketAddr,
         frame: &MeshFrame,
         timeout: Duration,
     ) -> Result<MeshFrame, TransportError> {
-        let conn = self.get(addr).await?;
-        let result = conn.request(frame, timeout).await;
+        let started = tokio::time::Instant::now();
+        let not_sent = || TransportError::Connect {
+            addr,
+            reason: format!("no connection within {timeout:?}"),
+        };
+        let conn = tokio::time::timeout(timeout, self.get(addr))
+            .await
+            .map_err(|_| not_sent())??;
+        let left = timeout.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(not_sent());
+        }
+        let result = conn.request(frame, left).await;
         if matches!(result, Err(TransportError::Connection(_))) {
             self.forget(addr);
         }
@@ -462,6 +479,40 @@ impl PeerPool {
 mod tests {
     use super::*;
     use crate::ids::ChannelId;
+
+    /// A request's bound covers the connect: a peer that never answers the handshake makes
+    /// the request fail, unsent, when its own timeout ends, not the longer connect timeout.
+    #[tokio::test]
+    async fn a_request_bound_covers_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = MeshTls::dev(dir.path()).unwrap();
+        // Takes datagrams and never answers.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        let connect_timeout = Duration::from_secs(20);
+        let client = Mesh::client(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            1 << 20,
+            connect_timeout,
+        )
+        .unwrap();
+        let pool = PeerPool::new(Arc::new(client));
+        let started = std::time::Instant::now();
+        let answer = pool
+            .request(addr, &MeshFrame::Ping, Duration::from_millis(200))
+            .await;
+        assert!(
+            matches!(answer, Err(TransportError::Connect { .. })),
+            "{answer:?}"
+        );
+        // Well under the connect timeout (a generous margin for a loaded machine).
+        assert!(
+            started.elapsed() < connect_timeout / 2,
+            "{:?}",
+            started.elapsed()
+        );
+    }
 
     fn pair() -> (Mesh, Mesh, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
