@@ -156,6 +156,16 @@ pub const MAX_GATEWAY_COALESCE_US: u64 = 100_000;
 /// The most `flannel.max_concurrent_loads` accepted: far more snapshot calls at once than one
 /// Web API serves usefully, and well within what a semaphore can count.
 pub const MAX_FLANNEL_CONCURRENT_LOADS: usize = 1024;
+/// The shortest `store.cql_feed_settle_ms` accepted. A change feed write that takes longer
+/// than half the settle time is written again under a fresh id (a reader may have passed the
+/// first one), so a settle time of a few milliseconds, under an ordinary write's latency,
+/// would rewrite nearly every change several times.
+pub const MIN_CQL_FEED_SETTLE_MS: u64 = 100;
+/// The longest `store.cql_feed_settle_ms` accepted: search lags writes by this much.
+pub const MAX_CQL_FEED_SETTLE_MS: u64 = 600_000;
+/// The longest CQL message bucket, `store.cql_bucket_hours` (ten years): a bucket's partition
+/// holds a channel's messages of one period, and the period in microseconds must fit an i64.
+pub const MAX_CQL_BUCKET_HOURS: u64 = 24 * 365 * 10;
 /// The most message shards a store may have (`store.shards`; a store refuses a recorded
 /// count past it as corrupt).
 pub const MAX_STORE_SHARDS: u32 = 1024;
@@ -306,8 +316,23 @@ impl Config {
                 if self.store.cql_replication_factor == 0 {
                     bail!("store.cql_replication_factor must be positive");
                 }
-                if self.store.cql_bucket_hours == 0 {
-                    bail!("store.cql_bucket_hours must be positive");
+                if !(1..=MAX_CQL_BUCKET_HOURS).contains(&self.store.cql_bucket_hours) {
+                    bail!(
+                        "store.cql_bucket_hours must be in 1..={MAX_CQL_BUCKET_HOURS} (ten years), \
+                         not {}",
+                        self.store.cql_bucket_hours
+                    );
+                }
+                if !(MIN_CQL_FEED_SETTLE_MS..=MAX_CQL_FEED_SETTLE_MS)
+                    .contains(&self.store.cql_feed_settle_ms)
+                {
+                    bail!(
+                        "store.cql_feed_settle_ms must be in \
+                         {MIN_CQL_FEED_SETTLE_MS}..={MAX_CQL_FEED_SETTLE_MS}, not {}: a change \
+                         feed write slower than half of it is written again, so a few \
+                         milliseconds would rewrite nearly every change",
+                        self.store.cql_feed_settle_ms
+                    );
                 }
                 if self.store.cql_request_timeout_ms == 0 {
                     bail!("store.cql_request_timeout_ms must be positive");
@@ -737,6 +762,61 @@ mod tests {
                 .unwrap_or_else(|| panic!("{bad} was accepted"));
             assert!(err.to_string().contains("store."), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn cql_feed_settle_and_bucket_period_are_bounded() {
+        let load = |set: String| {
+            Config::load(
+                None,
+                std::iter::empty(),
+                &[r#"store.kind="cql""#.to_string(), set],
+            )
+        };
+        // Too short a settle time made every change feed write "slow": after the rows were
+        // stored, the post failed, and so did every replay of it.
+        for bad in [
+            0,
+            1,
+            5,
+            MIN_CQL_FEED_SETTLE_MS - 1,
+            MAX_CQL_FEED_SETTLE_MS + 1,
+        ] {
+            let err = load(format!("store.cql_feed_settle_ms={bad}"))
+                .err()
+                .unwrap_or_else(|| panic!("cql_feed_settle_ms {bad} was accepted"));
+            assert!(
+                err.to_string().contains("store.cql_feed_settle_ms"),
+                "{bad}: {err}"
+            );
+        }
+        for ok in [MIN_CQL_FEED_SETTLE_MS, 1000, MAX_CQL_FEED_SETTLE_MS] {
+            let c = load(format!("store.cql_feed_settle_ms={ok}")).unwrap();
+            let settings = crate::store::cql::CqlSettings::from_config(&c.store).unwrap();
+            assert_eq!(settings.feed_settle, std::time::Duration::from_millis(ok));
+        }
+        // A period whose microseconds overflow is refused, not wrapped or panicked on.
+        for bad in [
+            MAX_CQL_BUCKET_HOURS + 1,
+            u64::MAX / 3_600_000_000 + 1,
+            i64::MAX as u64,
+        ] {
+            let err = load(format!("store.cql_bucket_hours={bad}"))
+                .err()
+                .unwrap_or_else(|| panic!("cql_bucket_hours {bad} was accepted"));
+            assert!(
+                err.to_string().contains("store.cql_bucket_hours"),
+                "{bad}: {err}"
+            );
+        }
+        let c = load(format!("store.cql_bucket_hours={MAX_CQL_BUCKET_HOURS}")).unwrap();
+        let settings = crate::store::cql::CqlSettings::from_config(&c.store).unwrap();
+        assert_eq!(settings.bucket_micros, MAX_CQL_BUCKET_HOURS * 3_600_000_000);
+        // `from_config` on its own (the bench and `store migrate` call it) checks the period.
+        let mut store = Config::defaults().store;
+        store.cql_bucket_hours = u64::MAX;
+        let err = crate::store::cql::CqlSettings::from_config(&store).unwrap_err();
+        assert!(err.to_string().contains("store.cql_bucket_hours"), "{err}");
     }
 
     /// Log lines written while a test runs with it as its subscriber's writer.

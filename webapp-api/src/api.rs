@@ -137,6 +137,10 @@ pub enum ApiError {
     CantKickFromGeneral,
     #[error("the caller may not do this here")]
     RestrictedAction,
+    /// `conversations.invite` invited no one: each listed user, with why (`already_in_channel`,
+    /// `cant_invite_self`). The first reason is the error; all are listed in `errors`.
+    #[error("no user could be invited")]
+    NotInvited(Vec<UserError>),
     #[error("a dependency is unavailable: {0}")]
     ServiceUnavailable(String),
     #[error("internal error: {0}")]
@@ -194,6 +198,7 @@ impl ApiError {
             ApiError::CantKickSelf => "cant_kick_self",
             ApiError::CantKickFromGeneral => "cant_kick_from_general",
             ApiError::RestrictedAction => "restricted_action",
+            ApiError::NotInvited(errors) => errors.first().map_or("invalid_arguments", |e| e.error),
             ApiError::ServiceUnavailable(_) => "service_unavailable",
             ApiError::Internal(_) => "internal_error",
         }
@@ -211,6 +216,20 @@ impl ApiError {
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::OK,
         }
+    }
+}
+
+/// One user's failure in a call that acts on several users, as Slack lists it in `errors`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserError {
+    pub user: shared::ids::UserId,
+    /// A Slack error name.
+    pub error: &'static str,
+}
+
+impl UserError {
+    pub fn json(&self) -> Value {
+        json!({ "user": self.user, "ok": false, "error": self.error })
     }
 }
 
@@ -715,11 +734,11 @@ fn ok_response(fields: Object) -> Response {
 }
 
 fn error_response(err: &ApiError) -> Response {
-    let mut resp = (
-        err.status(),
-        axum::Json(json!({ "ok": false, "error": err.code() })),
-    )
-        .into_response();
+    let mut body = json!({ "ok": false, "error": err.code() });
+    if let ApiError::NotInvited(errors) = err {
+        body["errors"] = errors.iter().map(UserError::json).collect();
+    }
+    let mut resp = (err.status(), axum::Json(body)).into_response();
     if let ApiError::RateLimited { retry_after_secs } = err {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

@@ -372,11 +372,12 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.invite",
-        summary: "A member adds users to a channel (not to a direct message).",
+        summary: "A member adds users to a channel (not to a direct message). A listed user already in it (`already_in_channel`) or the caller (`cant_invite_self`) fails the call, each such user listed in `errors` (`{user, ok, error}`), and no one is invited; with `force` the others are invited and the call answers `ok` with those `errors`.",
         auth: Auth::User,
         params: &[
             CHANNEL,
-            req("users", Ty::List, "user ids (`U…`), comma-separated"),
+            req("users", Ty::List, "user ids (`U…`), comma-separated, at most 1000"),
+            p("force", Ty::Bool, "invite the users who can be, reporting the others in `errors`"),
         ],
         errors: &[
             "channel_not_found",
@@ -385,6 +386,8 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             "is_archived",
             "user_not_found",
             "invalid_arguments",
+            "already_in_channel",
+            "cant_invite_self",
         ],
     },
     MethodDoc {
@@ -1189,6 +1192,14 @@ mod tests {
             ApiError::CantKickFromGeneral,
             ApiError::RestrictedAction,
             ApiError::UserNotInChannel,
+            ApiError::NotInvited(vec![crate::api::UserError {
+                user: shared::ids::UserId::from("UA"),
+                error: "already_in_channel",
+            }]),
+            ApiError::NotInvited(vec![crate::api::UserError {
+                user: shared::ids::UserId::from("UA"),
+                error: "cant_invite_self",
+            }]),
             ApiError::ServiceUnavailable(String::new()),
             ApiError::Internal(String::new()),
         ];

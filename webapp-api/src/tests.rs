@@ -1608,3 +1608,6 @@ mod direct_messages;
 
 /// Changes are relayed off the request path: an unreachable admin server delays no call.
 mod relay_queue;
+
+/// `conversations.invite` of users who cannot be invited.
+mod invites;

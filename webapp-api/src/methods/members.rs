@@ -5,6 +5,8 @@
 //! members (`dm-…`, `mpdm-…`, reserved for this): opening the same set of users again finds
 //! the same conversation, and every path that checks private-channel membership protects it.
 
+use std::collections::HashSet;
+
 use serde_json::json;
 use shared::ids::{ChannelId, Ts, UserId};
 use shared::protocol::UserEvent;
@@ -14,7 +16,7 @@ use super::{
     channel_json, channel_summary, publish_all, response_metadata, visible_channel, VisibleChannel,
 };
 use crate::api::{
-    decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
+    decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params, UserError,
 };
 
 pub const IM_PREFIX: &str = "dm-";
@@ -222,7 +224,11 @@ pub(crate) fn im_user(c: &Channel, viewer: &UserId) -> Option<UserId> {
         .cloned()
 }
 
-/// `conversations.invite`: a member adds users to a channel (not to a DM).
+/// `conversations.invite`: a member adds users to a channel (not to a DM). As in Slack, a
+/// listed user who is already a member (`already_in_channel`) or the caller
+/// (`cant_invite_self`) fails the call, with each such user in `errors`, and no one is
+/// invited; with `force`, the others are invited and the call answers `ok` with those
+/// `errors`. When no one is left to invite, it fails even with `force`.
 pub(super) async fn invite(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let visible = visible_channel(state, caller, params).await?;
     let channel = visible.channel;
@@ -236,13 +242,37 @@ pub(super) async fn invite(state: &AppState, caller: &Caller, params: &Params) -
         return Err(ApiError::IsArchived);
     }
     let users = users_param(state, caller, params, MAX_INVITES, None).await?;
+    let members: HashSet<UserId> = state
+        .store
+        .members(&channel.id)
+        .await?
+        .into_iter()
+        .collect();
+    let (mut invited, mut errors) = (Vec::new(), Vec::new());
+    for user in users {
+        let error = if user == caller.user.id {
+            "cant_invite_self"
+        } else if members.contains(&user) {
+            "already_in_channel"
+        } else {
+            invited.push(user);
+            continue;
+        };
+        errors.push(UserError { user, error });
+    }
+    if !errors.is_empty() && (invited.is_empty() || !params.flag("force", false)) {
+        return Err(ApiError::NotInvited(errors));
+    }
     let mut events = Vec::new();
-    let added = add_members(state, &channel, &users, &mut events).await;
+    let added = add_members(state, &channel, &invited, &mut events).await;
     publish_all(state, events);
-    let added = added?;
+    added?;
     let mut out = object(json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }));
-    if added == 0 {
-        out.insert("warning".into(), json!("already_in_channel"));
+    if !errors.is_empty() {
+        out.insert(
+            "errors".into(),
+            errors.iter().map(UserError::json).collect(),
+        );
     }
     Ok(out)
 }
