@@ -302,6 +302,7 @@ const SHARD_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
 const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("settings_get", Mode::Read, "SELECT k, v FROM {ks}.settings"),
     ("workspace_claim", Mode::Lwt, "INSERT INTO {ks}.workspace_names (name, id) VALUES (?, ?) IF NOT EXISTS"),
+    ("workspace_name_drop", Mode::Lwt, "DELETE FROM {ks}.workspace_names WHERE name = ? IF id = ?"),
     ("workspace_put", Mode::Write, "INSERT INTO {ks}.workspaces (id, name) VALUES (?, ?)"),
     ("workspace_get", Mode::Read, "SELECT id, name FROM {ks}.workspaces WHERE id = ?"),
     ("workspace_by_name", Mode::Read, "SELECT id FROM {ks}.workspace_names WHERE name = ?"),
@@ -1081,15 +1082,13 @@ impl Inner {
         self.record_changes(shard, &changes).await
     }
 
-    /// Drops the name claim `statement` names (`workspace`, `name`) if `id` still holds it,
-    /// after the rows of a new user or channel could not be written. Best effort: a failure
-    /// is logged, and the original error is what the caller reports.
-    async fn release_name(&self, statement: &str, workspace: &str, name: &str, id: &str) {
-        if let Err(e) = self
-            .applied(self.meta.get(statement), (workspace, name, id))
-            .await
-        {
-            tracing::warn!(workspace, name, error = %e, "could not give back a name claimed by a failed creation");
+    /// Drops the name claim that `statement` deletes (`IF id = ...`: only if this creation
+    /// still holds it) with `values`, after the rows of a new workspace, user or channel
+    /// could not be written. Best effort: a failure is logged, and the original error is what
+    /// the caller reports.
+    async fn release_name(&self, statement: &str, values: impl SerializeRow, name: &str) {
+        if let Err(e) = self.applied(self.meta.get(statement), values).await {
+            tracing::warn!(statement, name, error = %e, "could not give back a name claimed by a failed creation");
         }
     }
 
@@ -1430,8 +1429,16 @@ impl MessageStore for CqlStore {
                     "workspace already exists",
                 ));
             }
-            s.exec(s.meta.get("workspace_put"), (&ws.id.0, &ws.name))
-                .await?;
+            if let Err(e) = s
+                .exec(s.meta.get("workspace_put"), (&ws.id.0, &ws.name))
+                .await
+            {
+                // Give the name back, or it would stay claimed by a workspace that does not
+                // exist (`workspace_by_name` finds nothing, and no one can create it again).
+                s.release_name("workspace_name_drop", (&ws.name, &ws.id.0), &ws.name)
+                    .await;
+                return Err(e);
+            }
             Ok(ws)
         })
         .await
@@ -1525,8 +1532,12 @@ impl MessageStore for CqlStore {
             .await;
             if let Err(e) = written {
                 // Give the name back, or it would stay claimed by a user that does not exist.
-                s.release_name("user_name_drop", &workspace.0, &user.name, &user.id.0)
-                    .await;
+                s.release_name(
+                    "user_name_drop",
+                    (&workspace.0, &user.name, &user.id.0),
+                    &user.name,
+                )
+                .await;
                 return Err(e);
             }
             Ok(user)
@@ -1651,8 +1662,12 @@ impl MessageStore for CqlStore {
             if let Err(e) = written {
                 // Give the name back, or it would stay claimed by a channel that does not
                 // exist (and a DM's pair could never open one again).
-                s.release_name("channel_name_drop", &c.workspace.0, &c.name, &c.id.0)
-                    .await;
+                s.release_name(
+                    "channel_name_drop",
+                    (&c.workspace.0, &c.name, &c.id.0),
+                    &c.name,
+                )
+                .await;
                 return Err(e);
             }
             Ok(())
@@ -2294,6 +2309,42 @@ mod tests {
             kind: MessageKind::Posted,
             previous: None,
         }
+    }
+
+    /// A workspace whose row could not be written kept its name claimed: `workspace_by_name`
+    /// found nothing, and no one could create the name again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_workspace_whose_row_failed_gives_its_name_back() {
+        let settings = testing::settings(1);
+        CqlStore::migrate(&settings).await.unwrap();
+        let store = CqlStore::open(settings.clone()).await.unwrap();
+        let meta = &settings.meta_keyspace;
+        let session = &store.inner.session;
+        // The claim (workspace_names) succeeds; the row (workspaces) cannot be written.
+        session
+            .query_unpaged(format!("DROP TABLE {meta}.workspaces"), ())
+            .await
+            .unwrap();
+        assert!(store.create_workspace("phoenix").await.is_err());
+        let claims = session
+            .query_unpaged(
+                format!("SELECT id FROM {meta}.workspace_names WHERE name = 'phoenix'"),
+                (),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap()
+            .rows_num();
+        assert_eq!(claims, 0, "the failed creation kept the name");
+        // With the table back, the name can be taken.
+        session
+            .query_unpaged(META_TABLES[1].replace("{ks}", meta), ())
+            .await
+            .unwrap();
+        let ws = store.create_workspace("phoenix").await.unwrap();
+        assert_eq!(store.workspace_by_name("phoenix").await.unwrap(), Some(ws));
+        testing::drop_keyspaces(&settings).await;
     }
 
     /// Change feed writes slower than half the settle time in every round (here every write
