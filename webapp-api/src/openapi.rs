@@ -97,11 +97,6 @@ const TYPES: Param = p(
     Ty::Str,
     "comma-separated `public_channel`, `private_channel`, `mpim` (group direct messages), `im` (1:1 direct messages); default: public and private channels. Direct messages are listed only for `im` / `mpim`",
 );
-const USER_TYPES: Param = p(
-    "types",
-    Ty::Str,
-    "comma-separated `public_channel`, `private_channel`, `mpim` (group direct messages), `im` (1:1 direct messages); default: public and private. Here `private_channel` also selects direct messages",
-);
 const EXCLUDE_ARCHIVED: Param = p("exclude_archived", Ty::Bool, "leave archived channels out");
 
 const fn limit(description: &'static str) -> Param {
@@ -248,7 +243,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         params: &[
             CURSOR,
             limit("page size (default 100, at most 1000)"),
-            USER_TYPES,
+            TYPES,
             EXCLUDE_ARCHIVED,
             p("user", Ty::Str, "another user of the workspace (`U…`)"),
         ],
@@ -337,7 +332,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "chat.getPermalink",
-        summary: "A link to a message of a conversation the caller can read: `<base>/archives/<channel>/p<ts without the dot>` (with `?thread_ts=…&cid=…` for a reply), the base being the Web API as the request's `Host` names it.",
+        summary: "A link to a message of a conversation the caller can read: `<base>/archives/<channel>/p<ts without the dot>` (with `?thread_ts=…&cid=…` for a reply), the base being `webapp.public_url` when set (the address behind a proxy), else the Web API as the request's `Host` names it.",
         auth: Auth::User,
         params: &[CHANNEL, req("message_ts", Ty::Ts, "the message")],
         errors: &["channel_not_found", "message_not_found", "invalid_arguments"],
@@ -1137,6 +1132,33 @@ mod tests {
             post["x-slack-rate-limit-tier"],
             "Special (chat.postMessage)"
         );
+    }
+
+    fn doc(name: &str) -> &'static MethodDoc {
+        METHOD_DOCS
+            .iter()
+            .find(|d| d.name == name)
+            .expect("documented")
+    }
+
+    /// The text says what the code does where it once did not.
+    #[test]
+    fn the_text_matches_the_code() {
+        // One parser (`methods::Types`) selects for both listings: DMs only under im/mpim.
+        let types = |name: &str| {
+            doc(name)
+                .params
+                .iter()
+                .find(|p| p.name == "types")
+                .expect("types")
+                .description
+        };
+        assert_eq!(types("conversations.list"), types("users.conversations"));
+        assert!(types("users.conversations").contains("only for `im` / `mpim`"));
+        // Permalinks start at `webapp.public_url` when it is set (`RequestInfo::base_url`).
+        assert!(doc("chat.getPermalink")
+            .summary
+            .contains("`webapp.public_url`"));
     }
 
     #[test]

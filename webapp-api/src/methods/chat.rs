@@ -309,9 +309,9 @@ pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -
 
 /// `chat.getPermalink`: a link to a message of a conversation the caller can read (the rules
 /// of `conversations.history`), Slack's `<base>/archives/<channel>/p<ts without the dot>`,
-/// with `?thread_ts=<parent>&cid=<channel>` for a reply. The base is the Web API as the
-/// client addressed it (its `Host`), there being no public URL in the configuration. A
-/// deleted message has none, unless it is the tombstone of a thread that remains.
+/// with `?thread_ts=<parent>&cid=<channel>` for a reply. The base is `webapp.public_url` when
+/// set, else the Web API as the client addressed it (its `Host`): [`RequestInfo::base_url`].
+/// A deleted message has none, unless it is the tombstone of a thread that remains.
 pub(super) async fn get_permalink(
     state: &AppState,
     caller: &Caller,
