@@ -70,6 +70,12 @@ use crate::telemetry::metrics as m;
 
 /// Most entries claimed and written as one group.
 const MAX_GROUP: usize = 256;
+/// Most bytes of a group's entries as JSON, which the claim stores in the head row's
+/// `pending` cell with one lightweight transaction. A mutation past Cassandra's limit
+/// (`max_mutation_size`: half the commit log segment, 16 MiB by default) fails the whole group,
+/// and 256 messages of the largest size (40,000 characters, with an edit's previous text) are
+/// far past it. A group always takes at least one entry, however large.
+const MAX_GROUP_BYTES: usize = 1 << 20;
 /// Append lanes: a channel always uses the same lane, so its groups are written in order.
 const LANES: usize = 32;
 /// Times a group's changes are written to the feed, each under fresh ids, while the writes
@@ -502,7 +508,36 @@ impl From<ChannelRow> for Channel {
 
 struct AppendRequest {
     msg: Message,
+    /// `msg`'s length as JSON (as a group's `pending` holds it), measured by the caller.
+    encoded_len: usize,
     reply: oneshot::Sender<StorageResult<AppendOutcome>>,
+}
+
+impl AppendRequest {
+    fn new(msg: Message, reply: oneshot::Sender<StorageResult<AppendOutcome>>) -> AppendRequest {
+        AppendRequest {
+            encoded_len: json_len(&msg),
+            msg,
+            reply,
+        }
+    }
+}
+
+/// The length of `value` as compact JSON, without keeping the bytes.
+fn json_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // A message always serializes (the claim encodes it the same way).
+    serde_json::to_writer(&mut count, value).map_or(0, |()| count.0)
 }
 
 struct Inner {
@@ -795,18 +830,7 @@ async fn lane(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<AppendRequest>)
                 Err(_) => break,
             }
         }
-        let mut groups: Vec<Vec<AppendRequest>> = Vec::new();
-        let mut index: HashMap<(WorkspaceId, ChannelId), usize> = HashMap::new();
-        for r in waiting {
-            let key = (r.msg.workspace.clone(), r.msg.channel.clone());
-            match index.get(&key) {
-                Some(&g) if groups[g].len() < MAX_GROUP => groups[g].push(r),
-                _ => {
-                    index.insert(key, groups.len());
-                    groups.push(vec![r]);
-                }
-            }
-        }
+        let groups = group_by_channel(waiting);
         // Groups of one channel beyond MAX_GROUP run after the first (join_all keeps
         // nothing ordered), so write those one after another.
         let mut seen = HashSet::new();
@@ -818,6 +842,33 @@ async fn lane(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<AppendRequest>)
             write_group(&inner, g).await;
         }
     }
+}
+
+/// Splits waiting requests into groups of one channel each, in arrival order, of at most
+/// [`MAX_GROUP`] entries and [`MAX_GROUP_BYTES`] as the JSON array the claim stores (one entry
+/// over that is a group of its own). A channel's requests past a full group start the next.
+fn group_by_channel(waiting: Vec<AppendRequest>) -> Vec<Vec<AppendRequest>> {
+    // Each group with its JSON length so far: `[`, then each entry and a `,` or `]`.
+    let mut groups: Vec<(Vec<AppendRequest>, usize)> = Vec::new();
+    let mut index: HashMap<(WorkspaceId, ChannelId), usize> = HashMap::new();
+    for r in waiting {
+        let key = (r.msg.workspace.clone(), r.msg.channel.clone());
+        let bytes = r.encoded_len + 1;
+        match index.get(&key) {
+            Some(&g)
+                if groups[g].0.len() < MAX_GROUP
+                    && groups[g].1.saturating_add(bytes) <= MAX_GROUP_BYTES =>
+            {
+                groups[g].0.push(r);
+                groups[g].1 += bytes;
+            }
+            _ => {
+                index.insert(key, groups.len());
+                groups.push((vec![r], 1 + bytes));
+            }
+        }
+    }
+    groups.into_iter().map(|(g, _)| g).collect()
 }
 
 async fn write_group(inner: &Inner, group: Vec<AppendRequest>) {
@@ -1921,10 +1972,7 @@ impl MessageStore for CqlStore {
             (h.finish() % LANES as u64) as usize
         };
         self.lanes[lane]
-            .send(AppendRequest {
-                msg: msg.clone(),
-                reply,
-            })
+            .send(AppendRequest::new(msg.clone(), reply))
             .map_err(|_| unavailable("store append lane stopped"))?;
         let result = rx
             .await
@@ -2309,6 +2357,68 @@ mod tests {
             kind: MessageKind::Posted,
             previous: None,
         }
+    }
+
+    fn request(
+        msg: Message,
+    ) -> (
+        AppendRequest,
+        oneshot::Receiver<StorageResult<AppendOutcome>>,
+    ) {
+        let (reply, rx) = oneshot::channel();
+        (AppendRequest::new(msg, reply), rx)
+    }
+
+    /// A group is stored as JSON in one cell by one lightweight transaction: 256 large
+    /// messages were one group of several MiB, past what Cassandra accepts in a mutation, and
+    /// every post in it failed. Groups are now capped by their encoded size too.
+    #[test]
+    fn append_groups_are_capped_by_encoded_bytes_and_keep_arrival_order() {
+        let ws = WorkspaceId::from("TBIG");
+        let (big, small) = (ChannelId::from("CBIG"), ChannelId::from("CSMALL"));
+        let mut waiting = Vec::new();
+        let mut expected: HashMap<ChannelId, Vec<u64>> = HashMap::new();
+        for seq in 1..=MAX_GROUP as u64 {
+            let mut m = msg(&ws, &big, seq, 1_000 + seq);
+            // 8,000 characters, 16,000 bytes as JSON (a quote is escaped, é is 2 bytes).
+            m.text = "é\"".repeat(4_000);
+            waiting.push(request(m).0);
+            expected.entry(big.clone()).or_default().push(seq);
+            waiting.push(request(msg(&ws, &small, seq, 1_000 + seq)).0);
+            expected.entry(small.clone()).or_default().push(seq);
+        }
+        // One message over the cap on its own is still written, alone.
+        let mut huge = msg(&ws, &big, MAX_GROUP as u64 + 1, 5_000);
+        huge.text = "x".repeat(MAX_GROUP_BYTES + 1);
+        waiting.push(request(huge).0);
+        expected.get_mut(&big).unwrap().push(MAX_GROUP as u64 + 1);
+        waiting.push(request(msg(&ws, &big, MAX_GROUP as u64 + 2, 5_001)).0);
+        expected.get_mut(&big).unwrap().push(MAX_GROUP as u64 + 2);
+
+        let groups = group_by_channel(waiting);
+        let mut seen: HashMap<ChannelId, Vec<u64>> = HashMap::new();
+        for g in &groups {
+            assert!(!g.is_empty() && g.len() <= MAX_GROUP);
+            let msgs: Vec<Message> = g.iter().map(|r| r.msg.clone()).collect();
+            assert!(msgs.iter().all(|m| m.channel == msgs[0].channel));
+            let pending = serde_json::to_vec(&msgs).unwrap().len();
+            assert!(
+                pending <= MAX_GROUP_BYTES || msgs.len() == 1,
+                "a group of {} is {pending} bytes",
+                msgs.len()
+            );
+            seen.entry(msgs[0].channel.clone())
+                .or_default()
+                .extend(msgs.iter().map(|m| m.seq));
+        }
+        assert_eq!(seen, expected);
+        // The small messages still go as one group; the large ones in several.
+        let of = |ch: &ChannelId| groups.iter().filter(|g| g[0].msg.channel == *ch).count();
+        assert_eq!(of(&small), 1);
+        assert!(of(&big) > 3, "{} groups", of(&big));
+        // The measured length is the claim's: a group at the cap is exactly at it.
+        let one = request(msg(&ws, &small, 1, 1)).0;
+        assert_eq!(one.encoded_len, serde_json::to_vec(&one.msg).unwrap().len());
     }
 
     /// A workspace whose row could not be written kept its name claimed: `workspace_by_name`
