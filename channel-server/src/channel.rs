@@ -54,7 +54,7 @@ pub struct GatewayLink {
 
 impl GatewayLink {
     /// Queues a frame; on overflow the link is cut off and `false` returned.
-    fn offer(&self, bytes: Bytes) -> bool {
+    pub(crate) fn offer(&self, bytes: Bytes) -> bool {
         match self.tx.try_send(bytes) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {

@@ -22,6 +22,13 @@ use crate::metrics as m;
 /// Commands queued per channel before senders wait.
 const CHANNEL_QUEUE: usize = 4096;
 
+/// Whether [`ChannelServer::dispatch_with`] waits for room in a channel's queue.
+#[derive(Clone, Copy)]
+enum Queueing {
+    Wait,
+    NoWait,
+}
+
 pub struct Server {
     pub node: NodeId,
     pub store: SharedStore,
@@ -77,7 +84,22 @@ impl Server {
         &self,
         channel: &ChannelId,
         workspace: &WorkspaceId,
+        cmd: ChannelCmd,
+    ) -> Result<(), MeshError> {
+        self.dispatch_with(channel, workspace, cmd, Queueing::Wait)
+            .await
+    }
+
+    /// Sends `cmd` to the channel's task, starting it if needed. With [`Queueing::Wait`] a
+    /// full queue is waited out (a post's caller waits for its answer anyway); with
+    /// [`Queueing::NoWait`] it is refused as `Unavailable`, for a caller that must not be
+    /// held up by one busy channel.
+    async fn dispatch_with(
+        &self,
+        channel: &ChannelId,
+        workspace: &WorkspaceId,
         mut cmd: ChannelCmd,
+        queueing: Queueing,
     ) -> Result<(), MeshError> {
         for _ in 0..2 {
             let tx = {
@@ -99,9 +121,20 @@ impl Server {
                     })
                     .clone()
             };
-            match tx.send(cmd).await {
+            let sent = match queueing {
+                Queueing::Wait => tx.send(cmd).await.map_err(|e| e.0),
+                Queueing::NoWait => match tx.try_send(cmd) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        m::REFUSED.with_label_values(&["channel_busy"]).inc();
+                        return Err(MeshError::Unavailable("the channel is busy".into()));
+                    }
+                    Err(mpsc::error::TrySendError::Closed(back)) => Err(back),
+                },
+            };
+            match sent {
                 Ok(()) => return Ok(()),
-                Err(mpsc::error::SendError(back)) => {
+                Err(back) => {
                     // The task ended (idle or released) after we looked it up: start a new one.
                     cmd = back;
                     let mut channels = self.channels.lock();
@@ -250,7 +283,17 @@ impl Server {
                 if n == 0 {
                     break;
                 }
-                if w.send_many(&mut buf).await.is_err() {
+                // A gateway that stopped reading holds the write forever (flow control):
+                // once the link is cut (its queue overflowed), the stream is reset instead,
+                // which frees what was queued and tells the gateway, which subscribes again.
+                let sent = tokio::select! {
+                    _ = writer_cut.cancelled() => {
+                        w.reset();
+                        break;
+                    }
+                    sent = w.send_many(&mut buf) => sent,
+                };
+                if sent.is_err() {
                     break;
                 }
                 buf.clear();
@@ -284,14 +327,21 @@ impl Server {
                         link: link.clone(),
                         after_seq,
                     };
-                    match self.dispatch(&channel, &workspace, cmd).await {
+                    // Not waiting for room in a busy channel's queue: that would stop this
+                    // gateway's every other subscription behind it. Refused, the gateway
+                    // subscribes again on its next reconcile tick.
+                    let dispatched = self
+                        .dispatch_with(&channel, &workspace, cmd, Queueing::NoWait)
+                        .await;
+                    match dispatched {
                         Ok(()) => {
                             subscribed.insert(channel);
                         }
                         Err(error) => {
-                            let _ = link
-                                .tx
-                                .try_send(MeshFrame::Refused { channel, error }.to_bytes());
+                            // Through `offer`: were the refusal dropped, the gateway would
+                            // wait for a subscription that never comes; a link too full to
+                            // take it is cut, and the gateway subscribes everything again.
+                            link.offer(MeshFrame::Refused { channel, error }.to_bytes());
                         }
                     }
                 }
@@ -416,5 +466,120 @@ mod tests {
         );
         assert!(server.channels.lock().get(&channel).is_none());
         assert!(answer.await.is_err(), "the post was not taken");
+    }
+
+    /// A gateway's subscription stream, served by `server` on a real QUIC connection, whose
+    /// first frame is `first`: the gateway's end of it, and the serving task.
+    async fn gateway_stream(
+        server: &Arc<Server>,
+        first: MeshFrame,
+        dir: &std::path::Path,
+    ) -> (
+        FrameWriter,
+        FrameReader,
+        tokio::task::JoinHandle<()>,
+        [shared::mesh::Mesh; 2],
+    ) {
+        use shared::mesh::{Mesh, MeshTls};
+        let tls = MeshTls::dev(dir).unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let cs = Mesh::server(socket, &tls, 1 << 20, std::time::Duration::from_secs(5)).unwrap();
+        let gw = Mesh::client(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            1 << 20,
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
+        let (connected, accepted) = tokio::join!(gw.connect(cs.local_addr().unwrap()), cs.accept());
+        let (mut gw_w, gw_r) = connected.unwrap().open().await.unwrap();
+        gw_w.send(&first).await.unwrap();
+        let (cs_w, mut cs_r) = accepted.unwrap().accept().await.unwrap();
+        let first = cs_r.read().await.unwrap().unwrap();
+        let serving = tokio::spawn(server.clone().serve_gateway(first, cs_w, cs_r));
+        (gw_w, gw_r, serving, [cs, gw])
+    }
+
+    fn subscribe(channel: &str) -> MeshFrame {
+        MeshFrame::Subscribe {
+            channel: ChannelId::from(channel),
+            workspace: WorkspaceId::from("TW"),
+            after_seq: None,
+        }
+    }
+
+    /// Stands in for a channel's task: its queue, as the server finds it.
+    fn fake_task(server: &Server, channel: &str, room: usize) -> mpsc::Receiver<ChannelCmd> {
+        let (tx, rx) = mpsc::channel(room);
+        server.channels.lock().insert(ChannelId::from(channel), tx);
+        rx
+    }
+
+    /// One busy channel (its queue full) does not hold up a gateway's other subscriptions:
+    /// its subscribe is refused at once (the gateway tries again), and the next is served.
+    #[tokio::test]
+    async fn a_busy_channel_does_not_stall_a_gateways_other_subscriptions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore = Arc::new(SqliteStore::open(dir.path(), 1).unwrap());
+        let (_ring_tx, ring_rx) = watch::channel(ring(1, "cs-1"));
+        let server = Server::new(NodeId::from("cs-1"), store, 8, 16, 1 << 20, ring_rx);
+        let mut busy = fake_task(&server, "CBUSY", 1);
+        server.channels.lock()[&ChannelId::from("CBUSY")]
+            .try_send(ChannelCmd::Unsubscribe { link_id: 0 })
+            .unwrap();
+        let mut quiet = fake_task(&server, "CQUIET", 16);
+        let (mut gw_w, mut gw_r, _serving, _meshes) =
+            gateway_stream(&server, subscribe("CBUSY"), dir.path()).await;
+        gw_w.send(&subscribe("CQUIET")).await.unwrap();
+        let bound = std::time::Duration::from_secs(10);
+        let refused = tokio::time::timeout(bound, gw_r.read()).await;
+        assert!(
+            matches!(
+                &refused,
+                Ok(Ok(Some(MeshFrame::Refused { channel, error: MeshError::Unavailable(_) })))
+                    if channel.0 == "CBUSY"
+            ),
+            "{refused:?}"
+        );
+        let taken = tokio::time::timeout(bound, quiet.recv()).await;
+        assert!(
+            matches!(taken, Ok(Some(ChannelCmd::Subscribe { .. }))),
+            "the quiet channel's subscribe never reached its task"
+        );
+        // The busy one got nothing more than what filled it.
+        assert!(matches!(
+            busy.try_recv(),
+            Ok(ChannelCmd::Unsubscribe { .. })
+        ));
+        assert!(busy.try_recv().is_err());
+    }
+
+    /// A gateway that stops reading is cut off when its link's queue overflows, and its
+    /// stream is reset rather than left waiting on the gateway forever: the serving task ends.
+    #[tokio::test]
+    async fn a_gateway_that_stops_reading_is_cut_off_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: SharedStore = Arc::new(SqliteStore::open(dir.path(), 1).unwrap());
+        let (_ring_tx, ring_rx) = watch::channel(ring(1, "cs-1"));
+        let server = Server::new(NodeId::from("cs-1"), store, 8, 16, 1 << 20, ring_rx);
+        let mut task = fake_task(&server, "CX", 16);
+        let (_gw_w, _gw_r, serving, _meshes) =
+            gateway_stream(&server, subscribe("CX"), dir.path()).await;
+        let Some(ChannelCmd::Subscribe { link, .. }) = task.recv().await else {
+            panic!("no subscribe");
+        };
+        // The gateway reads nothing: 64 KiB frames fill the stream's flow-control window,
+        // then the link's queue (16), and the link is cut.
+        let frame = Bytes::from(vec![0u8; 64 * 1024]);
+        let mut offered = 0;
+        while link.offer(frame.clone()) {
+            offered += 1;
+            assert!(offered < 100_000, "the link never filled");
+            tokio::task::yield_now().await;
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(10), serving)
+            .await
+            .expect("the stream of a gateway that stopped reading was waited for")
+            .unwrap();
     }
 }

@@ -295,6 +295,12 @@ impl FrameWriter {
     pub fn finish(&mut self) {
         let _ = self.send.finish();
     }
+
+    /// Abandons the stream: what was not yet delivered is dropped, and the peer's reader
+    /// gets an error (for a peer that stopped reading, a graceful finish would wait forever).
+    pub fn reset(&mut self) {
+        let _ = self.send.reset(1u32.into());
+    }
 }
 
 /// Reads whole frames from a stream, refusing oversized or malformed ones.
