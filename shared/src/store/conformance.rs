@@ -46,6 +46,7 @@ pub async fn run_all(store: &dyn MessageStore) {
     metadata(store).await;
     appends_and_history(store).await;
     append_groups(store).await;
+    repeats_in_one_burst(store).await;
     change_feed(store).await;
     edits_threads_and_reactions(store).await;
 }
@@ -188,6 +189,50 @@ async fn append_groups(store: &dyn MessageStore) {
         other => panic!("expected appends, got {other:?}"),
     }
     assert_eq!(last_seq(store, &ws.id, &ch.id).await, 32);
+}
+
+/// Appends sent at once may be written as one group. A message that repeats the
+/// `client_msg_id` of an earlier one in the burst is answered with what became of that one:
+/// never `Duplicate` of a message that the store does not hold.
+async fn repeats_in_one_burst(store: &dyn MessageStore) {
+    let ws = store.create_workspace("burst-ws").await.unwrap();
+    let user = store
+        .create_user(&ws.id, "burster", "Burster", false, false)
+        .await
+        .unwrap();
+    let ch = channel(&ws.id, &user.id, "burst", false);
+    store.create_channel(&ch).await.unwrap();
+    for seq in 1..=3 {
+        store
+            .append(&message(&ws.id, &ch.id, &user.id, seq, None))
+            .await
+            .unwrap();
+    }
+    // Seq 3 is taken, so the first fails; the repeat comes right behind it.
+    let burst = [
+        message(&ws.id, &ch.id, &user.id, 3, Some("burst-1")),
+        message(&ws.id, &ch.id, &user.id, 4, Some("burst-1")),
+    ];
+    let outcomes = futures_util::future::join_all(burst.iter().map(|m| store.append(m))).await;
+    assert_eq!(
+        outcomes[0].as_ref().map_err(|e| e.kind).err(),
+        Some(StorageErrorKind::SeqConflict),
+        "{outcomes:?}"
+    );
+    let stored = store
+        .message_by_client_msg_id(&ws.id, &ch.id, "burst-1")
+        .await
+        .unwrap();
+    match &outcomes[1] {
+        Ok(AppendOutcome::Duplicate(m)) => assert_eq!(
+            stored.map(|s| s.seq),
+            Some(m.seq),
+            "the repeat was told seq {} is stored",
+            m.seq
+        ),
+        Ok(AppendOutcome::Stored) => assert_eq!(stored.map(|s| s.seq), Some(4)),
+        Err(_) => assert!(stored.is_none(), "{stored:?}"),
+    }
 }
 
 async fn appends_and_history(store: &dyn MessageStore) {

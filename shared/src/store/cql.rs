@@ -884,21 +884,32 @@ async fn write_group(inner: &Inner, group: Vec<AppendRequest>) {
         }
     }))
     .await;
-    let mut answers: Vec<Option<StorageResult<AppendOutcome>>> = Vec::with_capacity(group.len());
+    /// How a request of the group is answered.
+    enum Answer {
+        /// Known before the group is written: a failed lookup, or a repeat of a stored id.
+        Now(StorageResult<AppendOutcome>),
+        /// A fresh entry: stored if the group is.
+        Fresh,
+        /// A repeat of a fresh entry earlier in the group: a duplicate of it if the group is
+        /// stored, else the group's error (it must not be told that a message is stored
+        /// before the group is claimed and written).
+        RepeatOf(Message),
+    }
+    let mut answers: Vec<Answer> = Vec::with_capacity(group.len());
     let mut fresh: Vec<Message> = Vec::new();
     let mut in_group: HashMap<String, Message> = HashMap::new();
     for (r, found) in group.iter().zip(lookups) {
         match found {
-            Err(e) => answers.push(Some(Err(e))),
-            Ok(Some(existing)) => answers.push(Some(Ok(AppendOutcome::Duplicate(existing)))),
+            Err(e) => answers.push(Answer::Now(Err(e))),
+            Ok(Some(existing)) => answers.push(Answer::Now(Ok(AppendOutcome::Duplicate(existing)))),
             Ok(None) => match r.msg.client_msg_id.as_ref().and_then(|c| in_group.get(c)) {
-                Some(first) => answers.push(Some(Ok(AppendOutcome::Duplicate(first.clone())))),
+                Some(first) => answers.push(Answer::RepeatOf(first.clone())),
                 None => {
                     if let Some(c) = &r.msg.client_msg_id {
                         in_group.insert(c.clone(), r.msg.clone());
                     }
                     fresh.push(r.msg.clone());
-                    answers.push(None);
+                    answers.push(Answer::Fresh);
                 }
             },
         }
@@ -916,12 +927,13 @@ async fn write_group(inner: &Inner, group: Vec<AppendRequest>) {
         m::STORE_ERRORS.with_label_values(&["append"]).inc();
     }
     for (r, answer) in group.into_iter().zip(answers) {
-        let outcome = match answer {
-            Some(a) => a,
-            None => match &result {
-                Ok(()) => Ok(AppendOutcome::Stored),
-                Err(e) => Err(StorageError::new(e.kind, e.message.clone())),
-            },
+        let outcome = match (answer, &result) {
+            (Answer::Now(a), _) => a,
+            (Answer::Fresh, Ok(())) => Ok(AppendOutcome::Stored),
+            (Answer::RepeatOf(first), Ok(())) => Ok(AppendOutcome::Duplicate(first)),
+            (Answer::Fresh | Answer::RepeatOf(_), Err(e)) => {
+                Err(StorageError::new(e.kind, e.message.clone()))
+            }
         };
         let _ = r.reply.send(outcome);
     }
@@ -2419,6 +2431,52 @@ mod tests {
         // The measured length is the claim's: a group at the cap is exactly at it.
         let one = request(msg(&ws, &small, 1, 1)).0;
         assert_eq!(one.encoded_len, serde_json::to_vec(&one.msg).unwrap().len());
+    }
+
+    /// A repeat of a `client_msg_id` earlier in the same group was told its message was
+    /// stored before the group was claimed: when the claim then failed, the repeat still
+    /// answered `Duplicate` of a message that is not in the store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_in_group_repeat_gets_the_groups_outcome() {
+        let settings = testing::settings(1);
+        CqlStore::migrate(&settings).await.unwrap();
+        let store = CqlStore::open(settings.clone()).await.unwrap();
+        let ws = store.create_workspace("repeats").await.unwrap().id;
+        let ch = ChannelId::generate();
+        let same_id = |seq: u64| {
+            let mut m = msg(&ws, &ch, seq, 10_000 + seq);
+            m.client_msg_id = Some("once".into());
+            m
+        };
+        // The group claims from seq 5 on a new channel: a conflict, nothing stored.
+        let (first, first_rx) = request(same_id(5));
+        let (repeat, repeat_rx) = request(same_id(6));
+        write_group(&store.inner, vec![first, repeat]).await;
+        assert_eq!(
+            first_rx.await.unwrap().unwrap_err().kind,
+            StorageErrorKind::SeqConflict
+        );
+        let answer = repeat_rx.await.unwrap();
+        assert_eq!(
+            answer.as_ref().map_err(|e| e.kind).err(),
+            Some(StorageErrorKind::SeqConflict),
+            "{answer:?}"
+        );
+        assert!(store
+            .message_by_client_msg_id(&ws, &ch, "once")
+            .await
+            .unwrap()
+            .is_none());
+        // When the group is stored, the repeat is a duplicate of the first.
+        let (first, first_rx) = request(same_id(1));
+        let (repeat, repeat_rx) = request(same_id(2));
+        write_group(&store.inner, vec![first, repeat]).await;
+        assert_eq!(first_rx.await.unwrap().unwrap(), AppendOutcome::Stored);
+        assert!(matches!(
+            repeat_rx.await.unwrap().unwrap(),
+            AppendOutcome::Duplicate(m) if m.seq == 1
+        ));
+        testing::drop_keyspaces(&settings).await;
     }
 
     /// A workspace whose row could not be written kept its name claimed: `workspace_by_name`
