@@ -24,6 +24,29 @@ const DOWN_GRACE: Duration = Duration::from_millis(50);
 /// its caller.
 const POST_BUDGET: Duration = Duration::from_secs(4);
 
+/// Longest one write to a follower may wait for the follower to read. One that stopped
+/// reading (its QUIC flow control holds the write) would otherwise keep its membership stream
+/// open forever, neither served nor ended: it is ended, and the follower reconnects.
+const FOLLOW_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes `frame` to a follower within `limit`; on failure or timeout resets the stream
+/// (so a follower that resumes reading sees it end) and returns `false`.
+async fn send_to_follower(w: &mut FrameWriter, frame: &MeshFrame, limit: Duration) -> bool {
+    match tokio::time::timeout(limit, w.send(frame)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            m::FOLLOWER_WRITE_TIMEOUTS.inc();
+            tracing::warn!(
+                ?limit,
+                "a follower stopped reading its membership stream; ending it"
+            );
+            w.reset();
+            false
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Router {
     authority: Arc<RingAuthority>,
@@ -178,17 +201,21 @@ impl Router {
         let mut user_rx = self.user_events.subscribe();
         let wants_users = matches!(role, Role::Gateway | Role::Flannel);
         let mut ring = ring_rx.borrow_and_update().clone();
-        let mut ok = w.send(&MeshFrame::Ring(ring.state().clone())).await.is_ok();
+        let first = MeshFrame::Ring(ring.state().clone());
+        let mut ok = send_to_follower(&mut w, &first, FOLLOW_WRITE_TIMEOUT).await;
         while ok {
             tokio::select! {
                 _ = shutdown.wait() => break,
                 changed = ring_rx.changed() => {
                     if changed.is_err() { break; }
                     ring = ring_rx.borrow_and_update().clone();
-                    ok = w.send(&MeshFrame::Ring(ring.state().clone())).await.is_ok();
+                    let frame = MeshFrame::Ring(ring.state().clone());
+                    ok = send_to_follower(&mut w, &frame, FOLLOW_WRITE_TIMEOUT).await;
                 }
                 ev = user_rx.recv(), if wants_users => match ev {
-                    Ok(ev) => ok = w.send(&MeshFrame::User(ev)).await.is_ok(),
+                    Ok(ev) => {
+                        ok = send_to_follower(&mut w, &MeshFrame::User(ev), FOLLOW_WRITE_TIMEOUT).await;
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         // It missed events: close its stream, so it reconnects and treats
                         // what it cached as stale (gateways and Flannels both do).
@@ -372,5 +399,49 @@ mod tests {
             4,
             "a post the owner deduplicates by client_msg_id is tried three times"
         );
+    }
+
+    /// A follower that stops reading is ended after the write timeout, its stream reset,
+    /// not waited for forever.
+    #[tokio::test]
+    async fn a_follower_that_stops_reading_is_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = MeshTls::dev(dir.path()).unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let admin = Mesh::server(socket, &tls, 1 << 24, Duration::from_secs(5)).unwrap();
+        let node = Mesh::client(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            1 << 24,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let (connected, accepted) =
+            tokio::join!(node.connect(admin.local_addr().unwrap()), admin.accept());
+        let (mut node_w, mut node_r) = connected.unwrap().open().await.unwrap();
+        node_w.send(&MeshFrame::Ping).await.unwrap();
+        let (mut w, mut r) = accepted.unwrap().accept().await.unwrap();
+        r.read().await.unwrap();
+        // The node reads nothing; 1 MiB events soon fill the stream's window.
+        let big = MeshFrame::PresenceActive {
+            users: vec![UserId::from("U".repeat(1 << 20).as_str())],
+        };
+        let before = m::FOLLOWER_WRITE_TIMEOUTS.get();
+        let mut sent = 0;
+        while send_to_follower(&mut w, &big, Duration::from_millis(300)).await {
+            sent += 1;
+            assert!(sent < 1_000, "the follower's stream never filled");
+        }
+        assert_eq!(m::FOLLOWER_WRITE_TIMEOUTS.get(), before + 1);
+        // When the node reads again, its stream ends (reset) rather than going on.
+        let mut frames = 0;
+        let ended = loop {
+            match node_r.read().await {
+                Ok(Some(_)) => frames += 1,
+                other => break other,
+            }
+        };
+        assert!(ended.is_err(), "{ended:?} after {frames} frames");
+        assert!(frames <= sent);
     }
 }

@@ -60,3 +60,10 @@ pub static PRESENCE_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static FOLLOWER_WRITE_TIMEOUTS: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::register_int_counter!(
+        "switchboard_admin_follower_write_timeouts_total",
+        "membership streams ended because the node stopped reading them (a write waited past the timeout)"
+    )
+    .unwrap()
+});
