@@ -150,3 +150,10 @@ pub static MEMBERSHIP_RESYNC_CHANNELS: LazyLock<IntCounterVec> = LazyLock::new(|
     )
     .unwrap()
 });
+pub static BACKFILL_GIVE_UPS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_backfill_give_ups_total",
+        "sessions told to resync because filling a gap kept failing (no owner, owner unreachable) for about 15 s"
+    )
+    .unwrap()
+});

@@ -26,8 +26,22 @@ use crate::rtm_post::{Poster, RtmMessage, WebApi};
 
 /// Minimum time between two typing events relayed for one channel of one session.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
+/// Backfill retries wait this long, doubling up to [`BACKFILL_RETRY_MAX`]: with
+/// [`BACKFILL_ATTEMPTS`] they cover about 15 s, a channel server's failover (noticed, the ring
+/// changed, the new owner loaded) included, before the session is told to resync.
 const BACKFILL_RETRY: Duration = Duration::from_millis(200);
+const BACKFILL_RETRY_MAX: Duration = Duration::from_secs(2);
 const BACKFILL_ATTEMPTS: u32 = 10;
+
+/// How long backfill attempt `attempt` (0 is the first) waits before asking.
+fn backfill_delay(attempt: u32) -> Duration {
+    if attempt == 0 {
+        return Duration::ZERO;
+    }
+    BACKFILL_RETRY
+        .saturating_mul(1 << (attempt - 1).min(16))
+        .min(BACKFILL_RETRY_MAX)
+}
 
 pub struct SessionParams {
     pub claims: Claims,
@@ -121,7 +135,7 @@ impl Session {
         };
         tokio::spawn(async move {
             if attempt > 0 {
-                tokio::time::sleep(BACKFILL_RETRY).await;
+                tokio::time::sleep(backfill_delay(attempt)).await;
             }
             let result = hub.backfill(&channel, after, up_to).await;
             let _ = tx.send((channel, after, up_to, attempt, result)).await;
@@ -275,7 +289,11 @@ impl Session {
             Err(e) => {
                 tracing::debug!(%channel, error = %e, attempt, "backfill failed");
                 if attempt + 1 >= BACKFILL_ATTEMPTS {
-                    m::SESSION_OVERFLOWS.inc();
+                    // What the session missed cannot be had from here: the client is told
+                    // to resync (it reads history instead), as an overflowing one is, but
+                    // counted apart, since it did not fall behind.
+                    tracing::warn!(%channel, error = %e, "backfill kept failing; telling the session to resync");
+                    m::BACKFILL_GIVE_UPS.inc();
                     self.overflow.cancel();
                     return;
                 }
@@ -1098,6 +1116,40 @@ mod tests {
         let expected: Vec<String> = (1..=1500).map(|s| format!("m{s}")).collect();
         assert_eq!(texts(&out), expected);
         assert!(s.held.is_empty());
+    }
+
+    #[test]
+    fn backfill_retries_back_off_over_a_failover() {
+        assert_eq!(backfill_delay(0), Duration::ZERO);
+        assert_eq!(backfill_delay(1), BACKFILL_RETRY);
+        assert_eq!(backfill_delay(2), BACKFILL_RETRY * 2);
+        assert_eq!(backfill_delay(40), BACKFILL_RETRY_MAX);
+        let total: Duration = (0..BACKFILL_ATTEMPTS).map(backfill_delay).sum();
+        assert!(total >= Duration::from_secs(10), "{total:?}");
+    }
+
+    /// A backfill that keeps failing ends in a resync, counted as a backfill give-up, not as
+    /// a session that fell behind.
+    #[tokio::test]
+    async fn a_backfill_that_keeps_failing_is_not_counted_as_an_overflow() {
+        let (hub, _dir) = hub();
+        let channel = ChannelId::from("CX");
+        let mut s = session(&hub, Some(0), 64);
+        let mut out = Vec::new();
+        let (overflows, give_ups) = (m::SESSION_OVERFLOWS.get(), m::BACKFILL_GIVE_UPS.get());
+        s.on_backfill(
+            (
+                channel.clone(),
+                0,
+                Some(5),
+                BACKFILL_ATTEMPTS - 1,
+                Err(MeshError::NoOwner),
+            ),
+            &mut out,
+        );
+        assert!(s.overflow.is_cancelled(), "the session is told to resync");
+        assert_eq!(m::BACKFILL_GIVE_UPS.get(), give_ups + 1);
+        assert_eq!(m::SESSION_OVERFLOWS.get(), overflows);
     }
 
     #[tokio::test]
