@@ -18,12 +18,34 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// The files a node loads: the CA certificate, its certificate and its key.
+const NODE_FILES: [&str; 3] = ["ca.pem", "node.pem", "node.key"];
+/// Every file [`generate_dev_certs`] writes; `ca.key` is only needed to sign more nodes.
+const DEV_FILES: [&str; 4] = ["ca.pem", "ca.key", "node.pem", "node.key"];
+
 /// Writes a throwaway cluster CA and one node certificate into `dir` (`ca.pem`, `ca.key`,
-/// `node.pem`, `node.key`) unless they exist. Used by `switchboard dev` and `switchboard certs`.
+/// `node.pem`, `node.key`), keys readable by their owner only from the moment they exist.
+/// Used by `switchboard dev` and `switchboard certs`.
+///
+/// Does nothing when the files a node loads are there (`ca.key` may have been put away).
+/// Refuses when only some of them are: a new CA over part of an old one would silently stop
+/// every node that holds the old one from trusting this one.
 pub fn generate_dev_certs(dir: &Path) -> anyhow::Result<()> {
-    let node_pem = dir.join("node.pem");
-    if node_pem.exists() && dir.join("ca.pem").exists() && dir.join("node.key").exists() {
+    // A dangling symlink counts as present: nothing is written through one.
+    let present = |name: &str| std::fs::symlink_metadata(dir.join(name)).is_ok();
+    if NODE_FILES.iter().all(|f| present(f)) {
         return Ok(());
+    }
+    let (found, missing): (Vec<&str>, Vec<&str>) = DEV_FILES.iter().partition(|f| present(f));
+    if !found.is_empty() {
+        return Err(anyhow!(
+            "mesh TLS directory {} has {} but not {}: refusing to make a new cluster CA over \
+             part of an old one (nodes that hold the old CA would stop trusting this one); \
+             restore the missing files, or remove the others to start a new CA",
+            dir.display(),
+            found.join(", "),
+            missing.join(", ")
+        ));
     }
     std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
@@ -56,20 +78,44 @@ pub fn generate_dev_certs(dir: &Path) -> anyhow::Result<()> {
     let node_key = rcgen::KeyPair::generate()?;
     let node_cert = node_params.signed_by(&node_key, &issuer)?;
 
-    write_private(&dir.join("ca.key"), &ca_key.serialize_pem())?;
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem())?;
-    write_private(&dir.join("node.key"), &node_key.serialize_pem())?;
-    std::fs::write(&node_pem, node_cert.pem())?;
+    let files = [
+        ("ca.key", ca_key.serialize_pem(), 0o600),
+        ("ca.pem", ca_cert.pem(), 0o644),
+        ("node.key", node_key.serialize_pem(), 0o600),
+        ("node.pem", node_cert.pem(), 0o644),
+    ];
+    for (n, (name, contents, mode)) in files.iter().enumerate() {
+        if let Err(e) = write_new(&dir.join(name), contents.as_bytes(), *mode) {
+            // Leave nothing half made: a later start would refuse the partial set.
+            for (written, _, _) in &files[..n] {
+                let _ = std::fs::remove_file(dir.join(written));
+            }
+            return Err(e);
+        }
+    }
     Ok(())
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    std::fs::write(path, contents)
-        .with_context(|| format!("failed to write {}", path.display()))?;
+/// Creates `path` with `mode` (on Unix; before any byte is written, whatever the umask allows
+/// more) and writes `contents`. Fails if anything, a symlink included, is at `path` already.
+fn write_new(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("failed to create {}", path.display()))?;
+    let written = file.write_all(contents).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(path);
+        return Err(e).with_context(|| format!("failed to write {}", path.display()));
     }
     Ok(())
 }
@@ -202,4 +248,120 @@ fn transport_config(initial_window: Option<u64>) -> quinn::TransportConfig {
         t.congestion_controller_factory(Arc::new(cubic));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(dir: &Path) -> Vec<Vec<u8>> {
+        DEV_FILES
+            .iter()
+            .map(|f| std::fs::read(dir.join(f)).unwrap())
+            .collect()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn keys_are_created_owner_only_and_public_files_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        generate_dev_certs(&tls).unwrap();
+        for (name, want) in [
+            ("ca.key", 0o600),
+            ("node.key", 0o600),
+            ("ca.pem", 0o644),
+            ("node.pem", 0o644),
+        ] {
+            let mode = std::fs::metadata(tls.join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            // The umask may only take bits away.
+            assert_eq!(mode & !want, 0, "{name}: {mode:o}");
+            if name.ends_with(".key") {
+                assert_eq!(mode, 0o600, "{name}: {mode:o}");
+            }
+        }
+        assert!(MeshTls::dev(&tls).is_ok());
+    }
+
+    /// A key is never written into something already at its path: the old code wrote it into
+    /// an existing file (readable by others until the chmod) or through a symlink.
+    #[cfg(unix)]
+    #[test]
+    fn a_key_is_not_written_into_an_existing_file_or_through_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let planted = dir.path().join("planted");
+        std::fs::write(&planted, "").unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(write_new(&planted, b"secret", 0o600).is_err());
+        assert_eq!(std::fs::read(&planted).unwrap(), b"");
+
+        let target = dir.path().join("elsewhere");
+        let link = dir.path().join("link.key");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        assert!(write_new(&link, b"secret", 0o600).is_err());
+        assert!(!target.exists(), "the key went through the symlink");
+
+        // generate_dev_certs sees a dangling symlink as a file that is there.
+        let tls = dir.path().join("tls");
+        std::fs::create_dir(&tls).unwrap();
+        std::os::unix::fs::symlink(&target, tls.join("ca.key")).unwrap();
+        let err = generate_dev_certs(&tls).unwrap_err().to_string();
+        assert!(err.contains("ca.key") && err.contains("node.key"), "{err}");
+        assert!(!target.exists());
+    }
+
+    #[test]
+    fn a_partial_set_is_refused_naming_what_is_missing_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("tls");
+        generate_dev_certs(&tls).unwrap();
+        let before = read_all(&tls);
+        // Complete: nothing happens, again and again.
+        generate_dev_certs(&tls).unwrap();
+        assert_eq!(read_all(&tls), before);
+
+        // The CA key put away: a node still has all it loads.
+        let ca_key = std::fs::read(tls.join("ca.key")).unwrap();
+        std::fs::remove_file(tls.join("ca.key")).unwrap();
+        generate_dev_certs(&tls).unwrap();
+        assert!(!tls.join("ca.key").exists());
+        std::fs::write(tls.join("ca.key"), &ca_key).unwrap();
+
+        for lost in [
+            &["node.key"][..],
+            &["node.pem", "node.key"][..],
+            &["ca.pem"][..],
+        ] {
+            let saved: Vec<Vec<u8>> = lost
+                .iter()
+                .map(|f| std::fs::read(tls.join(f)).unwrap())
+                .collect();
+            for f in lost {
+                std::fs::remove_file(tls.join(f)).unwrap();
+            }
+            let err = generate_dev_certs(&tls).unwrap_err().to_string();
+            for f in lost {
+                assert!(err.contains(f), "{lost:?}: {err}");
+            }
+            assert!(err.contains("refusing"), "{err}");
+            // Nothing was replaced or added.
+            for f in DEV_FILES.iter().filter(|f| !lost.contains(f)) {
+                let i = DEV_FILES.iter().position(|d| d == f).unwrap();
+                assert_eq!(std::fs::read(tls.join(f)).unwrap(), before[i], "{f}");
+            }
+            for f in lost.iter() {
+                assert!(!tls.join(f).exists(), "{f} was made again");
+            }
+            for (f, bytes) in lost.iter().zip(saved) {
+                std::fs::write(tls.join(f), bytes).unwrap();
+            }
+        }
+        assert_eq!(read_all(&tls), before);
+    }
 }
