@@ -5,6 +5,11 @@
 //! payload is base64url JSON naming the workspace and user, the signature an HMAC-SHA256 of
 //! it under the cluster's secret. Any node holding the secret verifies a token without a
 //! store round trip, so gateways at the edge authenticate locally.
+//!
+//! Tokens do not expire, and one cannot be revoked on its own: `issued_at` only makes tokens
+//! distinct. A token is valid until the cluster secret changes, which ends every token at once
+//! (clients sign in again). So a token that fails [`TokenSigner::verify`] is missing,
+//! malformed or forged (or signed under an old secret), never expired.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -227,6 +232,16 @@ mod tests {
         let t = s.issue(&claims());
         assert!(t.starts_with("xoxp-"));
         assert_eq!(s.verify(&t).unwrap(), claims());
+    }
+
+    /// Tokens carry no expiry (see the module docs): one issued long ago still verifies.
+    /// Adding one would log every client out; it must be a deliberate change.
+    #[test]
+    fn old_tokens_still_verify() {
+        let s = TokenSigner::new(b"secret");
+        let mut c = claims();
+        c.issued_at = 0;
+        assert_eq!(s.verify(&s.issue(&c)).unwrap(), c);
     }
 
     #[test]
