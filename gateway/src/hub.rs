@@ -29,6 +29,10 @@ pub type SessionId = u64;
 
 /// Rendered messages kept per channel so that resumes rarely leave the gateway.
 const RECENT_PER_CHANNEL: usize = 256;
+/// Most live messages a channel holds past a gap while the gap is fetched; later ones are
+/// fetched with it (see [`Hub::accept_message`]). Well under `gateway.session_queue`'s
+/// default (4,096), which must take them all at once when the gap closes.
+const PENDING_MAX: usize = 1024;
 /// Most frames from a channel server taken in one batch (one hold of the hub's lock).
 const READ_BATCH: usize = 256;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1034,6 +1038,16 @@ impl Hub {
             Some(last) if msg.seq > last + 1 => {
                 let (seq, channel) = (msg.seq, msg.channel.clone());
                 e.pending.insert(seq, msg);
+                if e.pending.len() > PENDING_MAX {
+                    // Past this, the newest live messages are not kept: the gap fetch goes
+                    // on to them (they are in the store). When the gap closes, what is
+                    // held goes to every session at once, and more than a session's queue
+                    // holds would make every one of them overflow and resync.
+                    if let Some((newest, _)) = e.pending.pop_last() {
+                        e.catch_up_to = e.catch_up_to.max(newest);
+                        m::PENDING_DROPPED.inc();
+                    }
+                }
                 if !e.fetching {
                     e.fetching = true;
                     self.spawn_gap_fetch(channel, e.workspace.clone(), last, seq - 1);
@@ -1828,6 +1842,39 @@ mod tests {
         assert!(!st.channels[&channel].fetching);
         drop(st);
         assert_eq!(seqs(&mut rx), (1..=3000).collect::<Vec<_>>());
+    }
+
+    /// Live messages past a gap are held only up to a bound while the gap is fetched; the
+    /// rest are fetched after it. So when the gap closes no session is offered more than its
+    /// queue holds (before, every session of a hot channel overflowed and resynced), and
+    /// still every message arrives once, in order.
+    #[tokio::test]
+    async fn a_long_catch_up_holds_a_bounded_backlog_and_loses_nothing() {
+        let (hub, _dir) = hub();
+        let queue = 4096;
+        let (_id, mut rx, overflow) = session(&hub, queue);
+        let channel = ChannelId::from("CX");
+        ack(&hub, "cs-1", 0, vec![]);
+        // 1 went missing; 2..=6000 arrive live while 1 is fetched.
+        for s in 2..=6000 {
+            hub.on_link_frame(&NodeId::from("cs-1"), MeshFrame::Deliver { msg: msg(s) });
+        }
+        assert!(hub.state.lock().channels[&channel].pending.len() <= PENDING_MAX);
+        // The fetch of 1 answers: what was held goes out, and the hub fetches the rest.
+        let mut st = hub.state.lock();
+        let mut next = hub.gap_fetched(&mut st, &channel, 1, vec![msg(1)]);
+        drop(st);
+        let mut got = seqs(&mut rx);
+        assert!(!overflow.is_cancelled(), "the session overflowed");
+        while let Some((_, after, up_to)) = next {
+            let page: Vec<Message> = (after + 1..=up_to.min(after + 1000)).map(msg).collect();
+            let mut st = hub.state.lock();
+            next = hub.gap_fetched(&mut st, &channel, up_to, page);
+            drop(st);
+            got.extend(seqs(&mut rx));
+            assert!(!overflow.is_cancelled(), "the session overflowed");
+        }
+        assert_eq!(got, (1..=6000).collect::<Vec<_>>());
     }
 
     #[tokio::test]

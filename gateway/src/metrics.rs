@@ -157,3 +157,10 @@ pub static BACKFILL_GIVE_UPS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static PENDING_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_pending_dropped_total",
+        "live messages past a gap not held while the gap was fetched (fetched after it instead)"
+    )
+    .unwrap()
+});
