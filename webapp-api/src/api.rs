@@ -58,6 +58,8 @@ pub enum ApiError {
     IsArchived,
     #[error("the message has no text")]
     NoText,
+    #[error("blocks must be a JSON array of block objects")]
+    InvalidBlocks,
     #[error("the message text is longer than {max} characters")]
     MsgTooLong { max: usize },
     #[error("the name is taken")]
@@ -160,6 +162,7 @@ impl ApiError {
             ApiError::UserNotInChannel => "user_not_in_channel",
             ApiError::IsArchived => "is_archived",
             ApiError::NoText => "no_text",
+            ApiError::InvalidBlocks => "invalid_blocks",
             ApiError::MsgTooLong { .. } => "msg_too_long",
             ApiError::NameTaken => "name_taken",
             ApiError::InvalidNameRequired => "invalid_name_required",

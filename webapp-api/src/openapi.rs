@@ -255,7 +255,8 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         auth: Auth::User,
         params: &[
             req("channel", Ty::Str, "conversation id (`C…`), a channel name (`general` or `#general`), or a user id (`U…`): the caller's DM with that user, opened if it was not"),
-            req("text", Ty::Str, "the message, at most 40000 characters"),
+            p("text", Ty::Str, "the message, at most 40000 characters; required unless `blocks` give text"),
+            p("blocks", Ty::Str, "Block Kit blocks (a JSON array); only their text is kept: the message's text when `text` is absent (header, section and its fields, context text, rich text; other blocks are left out)"),
             p("client_msg_id", Ty::Str, "idempotency key, per channel: a retry (same user, text and thread) answers the stored message; the key reused by another user or for another text or thread answers `client_msg_id_conflict`"),
             p("thread_ts", Ty::Ts, "post as a reply in this message's thread"),
         ],
@@ -264,6 +265,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             "not_in_channel",
             "is_archived",
             "no_text",
+            "invalid_blocks",
             "msg_too_long",
             "invalid_thread_ts",
             "thread_not_found",
@@ -274,12 +276,13 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "chat.update",
-        summary: "The author edits a message's text.",
+        summary: "The author edits a message's text, also from outside the channel if it can still see it.",
         auth: Auth::User,
         params: &[
             CHANNEL,
             req("ts", Ty::Ts, "the message"),
-            req("text", Ty::Str, "the new text, at most 40000 characters"),
+            p("text", Ty::Str, "the new text, at most 40000 characters; required unless `blocks` give text"),
+            p("blocks", Ty::Str, "Block Kit blocks (a JSON array), kept as text only, as for `chat.postMessage`"),
         ],
         errors: &[
             "channel_not_found",
@@ -289,13 +292,14 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             "message_not_found",
             "cant_update_message",
             "no_text",
+            "invalid_blocks",
             "msg_too_long",
             "service_unavailable",
         ],
     },
     MethodDoc {
         name: "chat.delete",
-        summary: "The author (or a workspace admin) deletes a message.",
+        summary: "The author (or a workspace admin) deletes a message, in the channel or not, as long as the caller can see the channel (a private one only its members).",
         auth: Auth::User,
         params: &[CHANNEL, req("ts", Ty::Ts, "the message")],
         errors: &[
@@ -315,7 +319,8 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         params: &[
             CHANNEL,
             req("user", Ty::Str, "who sees it; a member of the channel"),
-            req("text", Ty::Str, "the message, at most 40000 characters"),
+            p("text", Ty::Str, "the message, at most 40000 characters; required unless `blocks` give text"),
+            p("blocks", Ty::Str, "Block Kit blocks (a JSON array), kept as text only, as for `chat.postMessage`"),
             p("thread_ts", Ty::Ts, "show it in this message's thread"),
         ],
         errors: &[
@@ -323,6 +328,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             "not_in_channel",
             "is_archived",
             "no_text",
+            "invalid_blocks",
             "msg_too_long",
             "invalid_thread_ts",
             "user_not_found",
@@ -1115,7 +1121,7 @@ mod tests {
         );
         assert_eq!(
             doc["components"]["schemas"]["chat.postMessage.request"]["required"],
-            json!(["channel", "text"])
+            json!(["channel"])
         );
         assert_eq!(
             post["responses"]["429"]["$ref"],
@@ -1214,6 +1220,7 @@ mod tests {
             ApiError::CantKickFromGeneral,
             ApiError::RestrictedAction,
             ApiError::UserNotInChannel,
+            ApiError::InvalidBlocks,
             ApiError::NotInvited(vec![crate::api::UserError {
                 user: shared::ids::UserId::from("UA"),
                 error: "already_in_channel",

@@ -1611,3 +1611,6 @@ mod relay_queue;
 
 /// `conversations.invite` of users who cannot be invited.
 mod invites;
+
+/// Edits and deletions by the author or an admin from outside the channel.
+mod outside_changes;

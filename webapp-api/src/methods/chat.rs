@@ -3,6 +3,8 @@
 //! answers. The call answers `ok` only after that. Edits, deletions and reactions go the same
 //! way, as entries of the channel's stream; `chat.getPermalink` only reads.
 
+use std::borrow::Cow;
+
 use serde_json::json;
 use shared::ids::{ChannelId, Ts};
 use shared::protocol::{MessageKind, NewMessage, UserEvent};
@@ -25,6 +27,7 @@ pub(super) async fn post_message(
 ) -> ApiResult {
     let channel = visible.channel;
     let text = message_text(params)?;
+    let text = &*text;
     let client_msg_id = match params.non_empty("client_msg_id") {
         Some(id) if id.len() > MAX_CLIENT_MSG_ID || id.chars().any(char::is_control) => {
             return Err(ApiError::InvalidArguments(format!(
@@ -153,10 +156,21 @@ fn may_post(is_member: bool, channel: &shared::store::Channel) -> ApiResult<()> 
     Ok(())
 }
 
-/// A message's `text`: present, and at most [`MAX_TEXT_CHARS`] characters.
-fn message_text(params: &Params) -> ApiResult<&str> {
-    let text = params.get("text").unwrap_or_default();
-    if text.is_empty() {
+/// A message's `text`, else the text of its `blocks` ([`super::blocks`]): not empty, and at
+/// most [`MAX_TEXT_CHARS`] characters. `invalid_blocks` when the text comes from `blocks`
+/// that are not a JSON array of blocks.
+fn message_text(params: &Params) -> ApiResult<Cow<'_, str>> {
+    let text = match params.non_empty("text") {
+        Some(text) => Cow::Borrowed(text),
+        None => match params.non_empty("blocks") {
+            Some(raw) => {
+                Cow::Owned(super::blocks::fallback_text(raw).map_err(|_| ApiError::InvalidBlocks)?)
+            }
+            None => Cow::Borrowed(""),
+        },
+    };
+    // Text as given is taken as is; blocks must give some text besides spaces.
+    if text.trim().is_empty() && (text.is_empty() || params.non_empty("text").is_none()) {
         return Err(ApiError::NoText);
     }
     if text.chars().count() > MAX_TEXT_CHARS {
@@ -180,6 +194,7 @@ pub(super) async fn post_ephemeral(
     let visible = visible_channel(state, caller, params).await?;
     let channel = visible.channel;
     let text = message_text(params)?;
+    let text = &*text;
     let thread_ts = thread_ts_param(params)?;
     may_post(visible.is_member, &channel)?;
     let target = super::user_in_workspace(state, caller, params.non_empty("user")).await?;
@@ -213,16 +228,28 @@ pub(super) async fn post_ephemeral(
     Ok(object(json!({ "message_ts": ts.to_slack() })))
 }
 
+/// Who may make a change to a message of a channel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Acting {
+    /// Members only (reactions).
+    AsMember,
+    /// The message's author (edit, delete) or a workspace admin (delete), who may act from
+    /// outside the channel, as long as they can see it (`visible_channel` keeps workspace
+    /// isolation and private channels to their members).
+    AsAuthorOrAdmin,
+}
+
 /// Sends a change entry through the channel's owner, like a post.
 async fn post_change(
     state: &AppState,
     caller: &Caller,
     visible: &VisibleChannel,
+    acting: Acting,
     text: String,
     kind: MessageKind,
     thread_ts: Option<Ts>,
 ) -> ApiResult<shared::protocol::Message> {
-    if !visible.is_member {
+    if acting == Acting::AsMember && !visible.is_member {
         return Err(ApiError::NotInChannel);
     }
     if visible.channel.is_archived {
@@ -241,10 +268,12 @@ async fn post_change(
     Ok(msg)
 }
 
-/// `chat.update`: the author edits a message's text.
+/// `chat.update`: the author edits a message's text, even after leaving the channel (if it
+/// can still see it).
 pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let (visible, view) = target_message(state, caller, params, "ts").await?;
     let text = message_text(params)?;
+    let text = &*text;
     if view.message.user != caller.user.id {
         return Err(ApiError::CantUpdateMessage);
     }
@@ -253,6 +282,7 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
         state,
         caller,
         &visible,
+        Acting::AsAuthorOrAdmin,
         text.to_string(),
         MessageKind::Edited { target },
         None,
@@ -269,7 +299,9 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
     })))
 }
 
-/// `chat.delete`: the author (or a workspace admin) deletes a message.
+/// `chat.delete`: the author (or a workspace admin) deletes a message, in or out of the
+/// channel, as long as the caller can see the channel: a private one only by its members,
+/// another workspace's never.
 pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let (visible, view) = target_message(state, caller, params, "ts").await?;
     if view.message.user != caller.user.id && !caller.user.is_admin {
@@ -283,6 +315,7 @@ pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -
         state,
         caller,
         &visible,
+        Acting::AsAuthorOrAdmin,
         String::new(),
         MessageKind::Deleted { target },
         tombstone,
@@ -299,7 +332,8 @@ pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -
             .is_some_and(|p| p.deleted && p.reply_count == 0);
         if emptied {
             let gone = MessageKind::Deleted { target: parent };
-            post_change(state, caller, &visible, String::new(), gone, None).await?;
+            let acting = Acting::AsAuthorOrAdmin;
+            post_change(state, caller, &visible, acting, String::new(), gone, None).await?;
         }
     }
     Ok(object(
@@ -397,7 +431,16 @@ pub(super) async fn react(
             reaction: name,
         },
     };
-    post_change(state, caller, &visible, String::new(), kind, None).await?;
+    post_change(
+        state,
+        caller,
+        &visible,
+        Acting::AsMember,
+        String::new(),
+        kind,
+        None,
+    )
+    .await?;
     Ok(object(json!({})))
 }
 

@@ -6,6 +6,7 @@
 //! to the caller's workspace, so a token of one workspace never reads or writes another's.
 
 mod auth;
+mod blocks;
 mod chat;
 mod conversations;
 mod internal;

@@ -143,3 +143,64 @@ async fn a_hook_idempotency_key_names_one_request_of_one_user() {
     assert_eq!(texts(&s, &alice, &general).await, vec!["deployed 7"]);
     s.stop().await;
 }
+
+/// As in Slack, a post with `blocks` needs no `text`: the blocks' text is the message's.
+#[tokio::test]
+async fn a_post_with_blocks_and_no_text_keeps_the_blocks_text() {
+    let s = Server::start_with_cluster().await;
+    let alice = s.token("alice");
+    let general = s.general().await;
+    let blocks = json!([
+        {"type": "header", "text": {"type": "plain_text", "text": "Deploy"}},
+        {"type": "divider"},
+        {"type": "section", "text": {"type": "mrkdwn", "text": "*prod* is green"}},
+    ]);
+    let v = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "blocks": blocks}),
+        )
+        .await;
+    assert_eq!(v["message"]["text"], "Deploy\n*prod* is green", "{v}");
+    // Form style: blocks as JSON text.
+    let (_, v) = s
+        .call_form(
+            "chat.postMessage",
+            &[
+                ("token", alice.as_str()),
+                ("channel", general.as_str()),
+                ("blocks", &blocks.to_string()),
+            ],
+        )
+        .await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(
+        texts(&s, &alice, &general).await[..2],
+        ["Deploy\n*prod* is green", "Deploy\n*prod* is green"]
+    );
+    // Given text wins; blocks without text, or not blocks at all, are refused.
+    let v = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "fallback", "blocks": blocks}),
+        )
+        .await;
+    assert_eq!(v["message"]["text"], "fallback");
+    s.err(
+        "chat.postMessage",
+        &alice,
+        json!({"channel": general, "blocks": [{"type": "divider"}]}),
+        "no_text",
+    )
+    .await;
+    s.err(
+        "chat.postMessage",
+        &alice,
+        json!({"channel": general, "blocks": "not json"}),
+        "invalid_blocks",
+    )
+    .await;
+    s.stop().await;
+}
