@@ -8,7 +8,7 @@
 //! does.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,9 @@ const RECENT_PER_CHANNEL: usize = 256;
 /// fetched with it (see [`Hub::accept_message`]). Well under `gateway.session_queue`'s
 /// default (4,096), which must take them all at once when the gap closes.
 const PENDING_MAX: usize = 1024;
+/// Most ephemeral events (typing, presence) queued on one channel-server link; past it they
+/// are dropped and counted. Subscriptions are never dropped: there is one per channel.
+const PUBLISH_QUEUE_MAX: usize = 1024;
 /// Most frames from a channel server taken in one batch (one hold of the hub's lock).
 const READ_BATCH: usize = 256;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -152,6 +155,9 @@ impl ChannelEntry {
 struct Link {
     tx: mpsc::UnboundedSender<MeshFrame>,
     generation: u64,
+    /// `Publish` frames queued and not yet written: a link that cannot write (its channel
+    /// server slow or unreachable) takes at most [`PUBLISH_QUEUE_MAX`] of them.
+    publishes: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -711,6 +717,11 @@ impl Hub {
             return;
         };
         if let Some(link) = st.links.get(&owner) {
+            if link.publishes.load(Ordering::Relaxed) >= PUBLISH_QUEUE_MAX {
+                m::EPHEMERAL_DROPPED.inc();
+                return;
+            }
+            link.publishes.fetch_add(1, Ordering::Relaxed);
             let _ = link.tx.send(MeshFrame::Publish {
                 channel: channel.clone(),
                 event,
@@ -1261,8 +1272,19 @@ impl Hub {
                 let Ok(addr) = addr.parse() else { continue };
                 let (tx, rx) = mpsc::unbounded_channel();
                 let generation = self.next_link.fetch_add(1, Ordering::Relaxed);
-                st.links.insert(node.clone(), Link { tx, generation });
-                tokio::spawn(self.clone().run_link(node.clone(), addr, generation, rx));
+                let publishes = Arc::new(AtomicUsize::new(0));
+                st.links.insert(
+                    node.clone(),
+                    Link {
+                        tx,
+                        generation,
+                        publishes: publishes.clone(),
+                    },
+                );
+                tokio::spawn(
+                    self.clone()
+                        .run_link(node.clone(), addr, generation, rx, publishes),
+                );
             }
             if let Some(link) = st.links.get(&node) {
                 let _ = link.tx.send(frame);
@@ -1325,6 +1347,7 @@ impl Hub {
         addr: std::net::SocketAddr,
         generation: u64,
         mut rx: mpsc::UnboundedReceiver<MeshFrame>,
+        publishes: Arc<AtomicUsize>,
     ) {
         let hub = self.clone();
         let node_for_reader = node.clone();
@@ -1333,6 +1356,9 @@ impl Hub {
             let (mut w, mut r) = conn.open().await?;
             let writer = async {
                 while let Some(frame) = rx.recv().await {
+                    if matches!(frame, MeshFrame::Publish { .. }) {
+                        publishes.fetch_sub(1, Ordering::Relaxed);
+                    }
                     w.send(&frame).await?;
                 }
                 w.finish();
@@ -1875,6 +1901,38 @@ mod tests {
             assert!(!overflow.is_cancelled(), "the session overflowed");
         }
         assert_eq!(got, (1..=6000).collect::<Vec<_>>());
+    }
+
+    /// Typing relayed to a channel server that cannot take it piles up to a bound, not
+    /// without one: past it, events are dropped and counted.
+    #[tokio::test]
+    async fn ephemeral_events_for_a_stuck_link_are_bounded() {
+        let (hub, _dir) = hub();
+        let (_id, _rx, _) = session(&hub, 64);
+        let channel = ChannelId::from("CX");
+        // A link to cs-1 whose writer never runs (its queue is held here, unread).
+        let (tx, unread) = mpsc::unbounded_channel();
+        {
+            let mut st = hub.state.lock();
+            st.channels.get_mut(&channel).unwrap().owner = Some(NodeId::from("cs-1"));
+            st.links.insert(
+                NodeId::from("cs-1"),
+                Link {
+                    tx,
+                    generation: 0,
+                    publishes: Arc::new(AtomicUsize::new(0)),
+                },
+            );
+        }
+        let before = m::EPHEMERAL_DROPPED.get();
+        let typing = EphemeralEvent::Typing {
+            user: UserId::from("UB"),
+        };
+        for _ in 0..PUBLISH_QUEUE_MAX + 500 {
+            hub.publish(&channel, typing.clone());
+        }
+        assert_eq!(m::EPHEMERAL_DROPPED.get() - before, 500);
+        assert_eq!(unread.len(), PUBLISH_QUEUE_MAX);
     }
 
     #[tokio::test]

@@ -164,3 +164,10 @@ pub static PENDING_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static EPHEMERAL_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_ephemeral_dropped_total",
+        "typing and presence events not relayed because their channel server's link had too many queued"
+    )
+    .unwrap()
+});
