@@ -48,6 +48,11 @@ pub struct TelemetryConfig {
 /// the link carrying it would fail again on every retry.
 pub const MIN_FRAME_BYTES: usize = 512 * 1024;
 
+/// The largest `mesh.max_frame_bytes` accepted: what the frame decoder allows one frame to
+/// allocate ([`crate::protocol::MAX_DECODE_BYTES`]); a larger limit would let frames through
+/// the length check that the decoder then refuses.
+pub const MAX_FRAME_BYTES: usize = crate::protocol::MAX_DECODE_BYTES;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MeshConfig {
@@ -288,6 +293,9 @@ impl Config {
                  largest size (40,000 characters, up to 160 KB in UTF-8) must fit in a frame, \
                  with room for its fields"
             );
+        }
+        if self.mesh.max_frame_bytes > MAX_FRAME_BYTES {
+            bail!("mesh.max_frame_bytes must be at most {MAX_FRAME_BYTES} (64 MiB)");
         }
         if self.admin.vnodes == 0 || self.admin.vnodes > 4096 {
             bail!("admin.vnodes must be in 1..=4096");
@@ -647,6 +655,9 @@ mod tests {
         let small = format!("mesh.max_frame_bytes={}", MIN_FRAME_BYTES - 1);
         let err = Config::load(None, std::iter::empty(), &[small]).unwrap_err();
         assert!(err.to_string().contains("max_frame_bytes"), "{err}");
+        let too_big = format!("mesh.max_frame_bytes={}", MAX_FRAME_BYTES + 1);
+        let err = Config::load(None, std::iter::empty(), &[too_big]).unwrap_err();
+        assert!(err.to_string().contains("at most"), "{err}");
         let enough = format!("mesh.max_frame_bytes={MIN_FRAME_BYTES}");
         assert!(Config::load(None, std::iter::empty(), &[enough]).is_ok());
     }

@@ -14,7 +14,8 @@ use crate::ids::{ChannelId, Seq, Ts};
 
 /// WebSocket close codes the gateway uses (4000-4999 is the application range).
 pub mod close_code {
-    /// Missing, malformed, forged or expired token.
+    /// Missing, malformed or forged token (or one signed under an earlier cluster secret;
+    /// tokens do not expire otherwise).
     pub const INVALID_AUTH: u16 = 4001;
     /// The client spoke a protocol version this gateway does not accept.
     pub const UNSUPPORTED_VERSION: u16 = 4002;

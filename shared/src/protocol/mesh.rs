@@ -204,6 +204,10 @@ pub enum MeshFrame {
 
 /// Index of `MeshFrame::Call` among the variants, as bincode writes it (checked by a test).
 const CALL_VARIANT: u32 = 21;
+/// Most bytes decoding one frame may allocate (bincode's limit); `mesh.max_frame_bytes` may
+/// not exceed it.
+pub const MAX_DECODE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Index of `MeshFrame::Answer` (checked by a test).
 const ANSWER_VARIANT: u32 = 22;
 /// Index of `MeshFrame::Deliver` (checked by a test).
@@ -341,7 +345,7 @@ impl MeshFrame {
         }
         let (frame, used) = bincode::serde::decode_from_slice::<MeshFrame, _>(
             payload,
-            bincode::config::standard().with_limit::<{ 64 * 1024 * 1024 }>(),
+            bincode::config::standard().with_limit::<MAX_DECODE_BYTES>(),
         )
         .map_err(|e| WireError::Malformed(e.to_string()))?;
         if used != payload.len() {

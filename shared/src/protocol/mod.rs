@@ -9,7 +9,7 @@ pub mod mesh;
 pub mod model;
 
 pub use mesh::{
-    MeshError, MeshFrame, WireError, MAX_FRAME_BYTES_DEFAULT, MAX_PRESENCE_QUERY,
+    MeshError, MeshFrame, WireError, MAX_DECODE_BYTES, MAX_FRAME_BYTES_DEFAULT, MAX_PRESENCE_QUERY,
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use model::{
