@@ -3,8 +3,9 @@
 //!
 //! The token comes from `Authorization: Bearer …` or a `token` query parameter. Answers are
 //! Slack-style JSON: `{"ok":true,...}` or `{"ok":false,"error":"<name>"}`, with status 200 for
-//! a refused query (as Slack), 404 for an unknown path and 503 when a workspace cannot be
-//! loaded.
+//! a refused query (as Slack), 404 for an unknown path, 405 (`method_not_allowed`) for a
+//! query path with another HTTP method than GET, and 503 when a workspace cannot be loaded.
+//! Every refusal is counted (`switchboard_flannel_errors_total`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,9 +29,19 @@ pub fn router(flannel: Arc<Flannel>, health: Health) -> Router {
         .route("/users.info", get(users_info))
         .route("/channels.lookup", get(channels_lookup))
         .route("/channels.info", get(channels_info))
-        .fallback(|| async { error_response(&QueryError::UnknownMethod) })
+        .fallback(|| async { refused(QueryError::UnknownMethod) })
         .with_state(flannel)
         .merge(shared::telemetry::ops_router("flannel", health))
+        // Last, so it covers every route above: every query is a GET.
+        .method_not_allowed_fallback(|| async { refused(QueryError::MethodNotAllowed) })
+}
+
+/// The answer to a request no query serves (an unknown path, or a known one with another
+/// HTTP method than GET), counted under the method label `unknown`.
+fn refused(e: QueryError) -> Response {
+    m::REQUESTS.with_label_values(&["unknown"]).inc();
+    tracing::debug!(error = %e, "request to no query refused");
+    error_response(&e)
 }
 
 /// A request's parameters and token.
@@ -100,6 +111,7 @@ fn error_response(e: &QueryError) -> Response {
     m::ERRORS.with_label_values(&[e.code()]).inc();
     let status = match e {
         QueryError::UnknownMethod => StatusCode::NOT_FOUND,
+        QueryError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         QueryError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::OK,
     };

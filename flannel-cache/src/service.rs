@@ -36,6 +36,8 @@ pub enum QueryError {
     InvalidLimit,
     #[error("no such method")]
     UnknownMethod,
+    #[error("queries take GET only")]
+    MethodNotAllowed,
     #[error("workspace could not be loaded: {0}")]
     ServiceUnavailable(String),
 }
@@ -52,6 +54,7 @@ impl QueryError {
             QueryError::InvalidPrefix => "invalid_prefix",
             QueryError::InvalidLimit => "invalid_limit",
             QueryError::UnknownMethod => "unknown_method",
+            QueryError::MethodNotAllowed => "method_not_allowed",
             QueryError::ServiceUnavailable(_) => "service_unavailable",
         }
     }
@@ -278,6 +281,45 @@ mod tests {
 
     fn parse(r: QueryResult) -> Value {
         serde_json::from_str(&r.unwrap()).unwrap()
+    }
+
+    /// Requests that name no query get Slack-style JSON and are counted: an unknown path
+    /// (404 `unknown_method`), a query path with another method than GET (405
+    /// `method_not_allowed`).
+    #[tokio::test]
+    async fn requests_to_no_query_get_json_and_are_counted() {
+        let Setup { flannel, .. } = setup().await;
+        let app = crate::http::router(flannel, shared::telemetry::Health::default());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::new();
+        let errors = |name: &str| crate::metrics::ERRORS.with_label_values(&[name]).get();
+        let (not_allowed, unknown) = (errors("method_not_allowed"), errors("unknown_method"));
+        for (method, path, status, error) in [
+            (reqwest::Method::POST, "/boot", 405, "method_not_allowed"),
+            (
+                reqwest::Method::DELETE,
+                "/users.info",
+                405,
+                "method_not_allowed",
+            ),
+            (reqwest::Method::GET, "/nowhere", 404, "unknown_method"),
+        ] {
+            let resp = http
+                .request(method.clone(), format!("{base}{path}"))
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+            let v: Value = resp.json().await.expect("json body");
+            assert_eq!(v, serde_json::json!({"ok": false, "error": error}));
+        }
+        assert!(errors("method_not_allowed") >= not_allowed + 2);
+        assert!(errors("unknown_method") > unknown);
+        server.abort();
     }
 
     #[tokio::test]

@@ -96,6 +96,8 @@ pub enum ApiError {
     RequestTooLarge { max: usize },
     #[error("no such method")]
     UnknownMethod,
+    #[error("this path does not take this HTTP method")]
+    MethodNotAllowed,
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("ts names no message of the channel")]
@@ -181,6 +183,7 @@ impl ApiError {
             ApiError::InvalidFormData => "invalid_form_data",
             ApiError::RequestTooLarge { .. } => "request_too_large",
             ApiError::UnknownMethod => "unknown_method",
+            ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::RateLimited { .. } => "ratelimited",
             ApiError::InvalidTimestamp => "invalid_timestamp",
             ApiError::AlreadyArchived => "already_archived",
@@ -214,6 +217,7 @@ impl ApiError {
             ApiError::InvalidJson | ApiError::InvalidFormData => StatusCode::BAD_REQUEST,
             ApiError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnknownMethod => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -335,9 +339,20 @@ pub fn router(state: AppState, health: Health) -> Router {
         .route("/openapi.json", get(crate::openapi::serve))
         .route("/hooks/{token}", post(crate::hooks::handle))
         .route("/api/{method}", any(handle))
-        .fallback(|| async { error_response(&ApiError::UnknownMethod) })
+        .fallback(|| async { refused(ApiError::UnknownMethod) })
         .with_state(state)
         .merge(shared::telemetry::ops_router("webapp", health))
+        // Last, so it covers every route above: `GET /hooks/<token>`, `POST /metrics`, ...
+        .method_not_allowed_fallback(|| async { refused(ApiError::MethodNotAllowed) })
+}
+
+/// The answer to a request no method serves (an unknown path, or a known one with the wrong
+/// HTTP method), counted like a refused call under the method label `unknown`.
+fn refused(err: ApiError) -> Response {
+    m::REQUESTS.with_label_values(&["unknown"]).inc();
+    m::ERRORS.with_label_values(&["unknown", err.code()]).inc();
+    tracing::debug!(error = %err, "request to no method refused");
+    error_response(&err)
 }
 
 /// A call's parameters, as strings (JSON scalars are rendered; arrays and objects are kept

@@ -654,6 +654,7 @@ pub fn error_status(code: &str) -> u16 {
     match code {
         "invalid_json" | "invalid_form_data" => 400,
         "unknown_method" => 404,
+        "method_not_allowed" => 405,
         "request_too_large" => 413,
         "ratelimited" => 429,
         "internal_error" => 500,
@@ -1197,6 +1198,7 @@ mod tests {
             ApiError::InvalidFormData,
             ApiError::RequestTooLarge { max: 1 },
             ApiError::UnknownMethod,
+            ApiError::MethodNotAllowed,
             ApiError::RateLimited {
                 retry_after_secs: 1,
             },

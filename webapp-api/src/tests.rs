@@ -467,6 +467,49 @@ async fn unreadable_bodies_and_unknown_methods_get_4xx() {
     s.stop().await;
 }
 
+/// Requests that reach no method are counted and answered in Slack's JSON: an unknown path
+/// (404 `unknown_method`), a path with the wrong HTTP method (405 `method_not_allowed`).
+#[tokio::test]
+async fn requests_to_no_method_are_counted_and_answered_in_json() {
+    use crate::metrics::{ERRORS, REQUESTS};
+    let s = Server::start().await;
+    let errors = |name: &str| ERRORS.with_label_values(&["unknown", name]).get();
+    let (unknown, not_allowed) = (errors("unknown_method"), errors("method_not_allowed"));
+    let requests = REQUESTS.with_label_values(&["unknown"]).get();
+    let hook = format!("/hooks/{}", "x".repeat(20));
+    for (method, path, status, error) in [
+        (reqwest::Method::GET, "/api/", 404, "unknown_method"),
+        (reqwest::Method::POST, "/api/a/b", 404, "unknown_method"),
+        (reqwest::Method::POST, "/hooks/", 404, "unknown_method"),
+        (
+            reqwest::Method::GET,
+            hook.as_str(),
+            405,
+            "method_not_allowed",
+        ),
+        (
+            reqwest::Method::POST,
+            "/openapi.json",
+            405,
+            "method_not_allowed",
+        ),
+    ] {
+        let resp = s
+            .http
+            .request(method.clone(), format!("{}{path}", s.base))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), status, "{method} {path}");
+        let v: Value = resp.json().await.expect("json body");
+        assert_eq!(v, json!({"ok": false, "error": error}), "{method} {path}");
+    }
+    assert!(errors("unknown_method") >= unknown + 3);
+    assert!(errors("method_not_allowed") >= not_allowed + 2);
+    assert!(REQUESTS.with_label_values(&["unknown"]).get() >= requests + 5);
+    s.stop().await;
+}
+
 /// Posts `len` bytes of chunked body over a raw connection and returns the answer's text.
 async fn raw_chunked_post(base: &str, token: &str, len: usize) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
