@@ -32,6 +32,8 @@ async fn changes_made_while_the_admin_server_was_down_reach_open_sessions() {
         .await;
     let open = cluster.create_channel(&alice, "resync-open").await;
     let bob_ws = cluster.connect(0, &bob).await;
+    // Alice, on the same gateway and in both channels, witnesses what that gateway hands out.
+    let alice_ws = cluster.connect(0, &alice).await;
     cluster
         .warm_up(&alice, std::slice::from_ref(&secret), &[&bob_ws])
         .await;
@@ -75,9 +77,13 @@ async fn changes_made_while_the_admin_server_was_down_reach_open_sessions() {
 
     // And the messages follow: the open channel's reach bob, the secret's no longer do.
     cluster
-        .warm_up(&alice, std::slice::from_ref(&open), &[&bob_ws])
+        .warm_up(&alice, std::slice::from_ref(&open), &[&bob_ws, &alice_ws])
         .await;
     let hidden = cluster.post(&alice, &secret, "not for bob").await;
+    // Once alice's session on the same gateway has it, the gateway has offered it to every
+    // session it was going to; a message posted after that reaches bob's session behind
+    // anything leaked (one queue per session), so no sleep is needed before judging.
+    alice_ws.wait_seq(&secret, seq_of(&hidden), WAIT).await;
     let seen = cluster.post(&alice, &open, "for bob").await;
     bob_ws.wait_seq(&open, seq_of(&seen), WAIT).await;
     let leaked: Vec<_> = bob_ws
