@@ -109,11 +109,19 @@ async fn health_until_closed(cluster: &Cluster, base: &str) -> Vec<(u16, Value)>
     }
 }
 
-/// Once a gateway has said goodbye it is draining: every `/health` answer until its listener
-/// closes is 503. Several gateways, since the defect this guards against is a race.
+/// How long the gateways of [`a_draining_gateway_answers_health_503`] drain: long enough that
+/// a probe sent once the goodbye arrived reaches each of four gateways stopping at once on a
+/// loaded host (the default, 200 ms, is not), and short enough to exit within
+/// [`EXIT_WITHIN`] and stop answering within the probes' [`WAIT`].
+const TEST_DRAIN_MS: u64 = 3000;
+
+/// Once a gateway has said goodbye it is draining: it answers `/health` (at least once: the
+/// drain lasts [`TEST_DRAIN_MS`]), and every answer until its listener closes is 503.
+/// Several gateways, since the defect this guards against is a race.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_gateway_answers_health_503() {
-    let mut opts = ClusterOpts::standard(&["alice"]);
+    let mut opts = ClusterOpts::standard(&["alice"])
+        .set("gateway", &format!("gateway.drain_ms={TEST_DRAIN_MS}"));
     opts.num_gateways = 4;
     opts.num_channel_servers = 1;
     let cluster = Cluster::start(opts).await;
@@ -125,7 +133,7 @@ async fn a_draining_gateway_answers_health_503() {
     for gw in &cluster.gateways {
         cluster.terminate(&gw.id);
     }
-    // All at once: each drains for a moment only.
+    // All at once.
     let checks = cluster.gateways.iter().zip(&clients).map(|(gw, client)| {
         let cluster = &cluster;
         async move {
@@ -137,6 +145,10 @@ async fn a_draining_gateway_answers_health_503() {
         }
     });
     for (id, answers) in futures_util::future::join_all(checks).await {
+        assert!(
+            !answers.is_empty(),
+            "{id}: /health never answered after goodbye, though it drains for {TEST_DRAIN_MS} ms"
+        );
         for (status, body) in &answers {
             assert_eq!(
                 (*status, &body["ok"], &body["role"]),

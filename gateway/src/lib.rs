@@ -195,11 +195,12 @@ pub async fn run(
     tracing::info!(%node, %addr, "gateway running");
     let graceful = {
         let shutdown = shutdown.clone();
+        let drain = Duration::from_millis(config.gateway.drain_ms);
         async move {
             shutdown.wait().await;
             // Ordered shutdown: tell every session goodbye first, then stop the listener.
             sessions_shutdown.trigger();
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(drain).await;
         }
     };
     axum::serve(http, app)

@@ -110,6 +110,10 @@ pub struct GatewayConfig {
     /// Base URLs of the Flannel instances this gateway asks for boot data; a workspace's data
     /// lives on the one consistent hashing picks. Empty: `hello` carries no boot data.
     pub flannel_urls: Vec<String>,
+    /// How long a stopping gateway keeps its listener open after telling its sessions
+    /// `goodbye`: `/health` answers 503 meanwhile, so a load balancer sees it draining before
+    /// its port closes.
+    pub drain_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
