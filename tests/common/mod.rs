@@ -1603,8 +1603,15 @@ impl Client {
 
     /// The highest `seq` received on `channel`.
     pub fn max_seq(&self, channel: &str) -> Option<u64> {
-        self.messages(channel)
+        // Read in place: polled often, on streams of many large messages.
+        self.state
+            .events
+            .lock()
+            .unwrap()
             .iter()
+            .filter(|e| {
+                e["type"] == "message" && e["channel"] == channel && e["is_ephemeral"] != true
+            })
             .filter_map(|m| m["seq"].as_u64())
             .max()
     }
