@@ -92,7 +92,14 @@ pub async fn run(plan: &Plan, sut: &mut Sut, nofile: u64) -> anyhow::Result<Outc
     let channel = api
         .create_channel(
             &admin,
-            &format!("idle{run}-{}", Instant::now().elapsed().as_nanos() % 1000),
+            // Unique across runs against one deployment (`--target-urls`), not only within one.
+            &format!(
+                "idle{run}-{:x}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_micros() as u64)
+                    .unwrap_or_default()
+            ),
         )
         .await?;
     note(format!("connections: creating {} users", plan.users));

@@ -251,14 +251,17 @@ struct Tracker {
 
 impl Tracker {
     fn new(plan: &Plan) -> Arc<Tracker> {
-        let cap = (plan.max_messages as usize) * plan.phases();
+        // Each phase's messages, and the settling round's one per channel; with room for
+        // the numbers that posters claim past a phase's end (one each, then they stop).
+        let cap = (plan.max_messages as usize) * plan.phases() + plan.channels + 65_536;
         Arc::new(Tracker {
             base: Instant::now(),
             subs_per_channel: plan.subs_per_channel as u32,
             remaining: (0..cap).map(|_| AtomicU32::new(0)).collect(),
             next_m: AtomicU64::new(0),
             window: Semaphore::new(plan.window.max(1)),
-            phases: (0..plan.phases()).map(|_| PhaseCounters::new()).collect(),
+            // The measured phases, then the settling round ([`settle`]).
+            phases: (0..=plan.phases()).map(|_| PhaseCounters::new()).collect(),
             ledgers: (0..plan.channels).map(|_| Ledger::default()).collect(),
             started: (0..plan.channels).map(|_| AtomicU32::new(0)).collect(),
             started_total: AtomicUsize::new(0),
@@ -965,7 +968,48 @@ async fn run_phases(
             break;
         }
     }
+    if !tracker.failed() {
+        settle(plan, system, tracker, publisher).await;
+    }
     results
+}
+
+/// After the last phase: one more message per channel, waited for at every subscriber
+/// before the subscribers are stopped. A channel's messages reach a subscriber in order, so
+/// anything still on its way (a late repeat of a measured message, a stray) arrives before
+/// that message and is judged by the in-order check, rather than left unread in a socket.
+/// Not measured: its counters are the tracker's last slot, past the phases'.
+async fn settle(plan: &Plan, system: &str, tracker: &Arc<Tracker>, publisher: &mut Publisher) {
+    let phase = plan.phases();
+    let deadline = Instant::now() + Duration::from_secs_f64(plan.drain_timeout_s);
+    let sched = Schedule {
+        phase,
+        m0: tracker.next_m.load(Ordering::Relaxed),
+        // Consecutive message numbers: one per channel (a message's channel is its number
+        // modulo the channel count).
+        max_messages: plan.channels as u64,
+        pacer: None,
+        deadline,
+    };
+    publisher.run_phase(tracker, &sched, plan.channels).await;
+    let ph = &tracker.phases[phase];
+    while !tracker.failed() {
+        let (sent, completed) = (
+            ph.sent.load(Ordering::Relaxed),
+            ph.completed.load(Ordering::Relaxed),
+        );
+        if sent == plan.channels as u64 && completed >= sent {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracker.fail(format!(
+                "{system}: the settling round ({sent} of {} sent) did not reach every subscriber within {} s",
+                plan.channels, plan.drain_timeout_s
+            ));
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Stops the subscribers and checks every stream against the ledgers; fills in latencies.
