@@ -1657,3 +1657,6 @@ mod invites;
 
 /// Edits and deletions by the author or an admin from outside the channel.
 mod outside_changes;
+
+/// A channel whose creation stopped before its first member is completed by a retry.
+mod unfinished_create;

@@ -59,11 +59,15 @@ pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -
         purpose: String::new(),
         is_archived: false,
     };
-    match state.store.create_channel(&channel).await {
-        Ok(()) => {}
-        Err(e) if e.kind == StorageErrorKind::AlreadyExists => return Err(ApiError::NameTaken),
+    let channel = match state.store.create_channel(&channel).await {
+        Ok(()) => channel,
+        Err(e) if e.kind == StorageErrorKind::AlreadyExists => {
+            unfinished_creation(state, caller, &channel)
+                .await?
+                .ok_or(ApiError::NameTaken)?
+        }
         Err(e) => return Err(e.into()),
-    }
+    };
     state.store.add_member(&channel.id, &caller.user.id).await?;
     // Announced before its member: a cache that learned of a join to a channel it does not
     // know would reload the whole workspace.
@@ -85,6 +89,37 @@ pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -
     Ok(object(
         json!({ "channel": channel_json(&channel, &caller.user.id, true, Some(1)) }),
     ))
+}
+
+/// The caller's own channel named like `wanted` whose creation never finished: stored, but
+/// its first member (the creator) never added, because that store call failed after the
+/// channel's. Such a channel is seen by no one and holds its name; the creator's retry of the
+/// same request (same name, same privacy) completes it instead of answering `name_taken`.
+/// (Two requests racing to create the same channel for one user both end with it, as the
+/// same call made twice.)
+async fn unfinished_creation(
+    state: &AppState,
+    caller: &Caller,
+    wanted: &Channel,
+) -> ApiResult<Option<Channel>> {
+    let Some(existing) = state
+        .store
+        .channel_by_name(&wanted.workspace, &wanted.name)
+        .await?
+    else {
+        return Ok(None);
+    };
+    if existing.creator != caller.user.id
+        || existing.is_private != wanted.is_private
+        || existing.is_archived
+    {
+        return Ok(None);
+    }
+    if !state.store.members(&existing.id).await?.is_empty() {
+        return Ok(None);
+    }
+    tracing::info!(channel = %existing.id, "completing a channel creation that stopped before its first member");
+    Ok(Some(existing))
 }
 
 /// Joins a public channel. Joining again answers `ok` with Slack's `already_in_channel`
