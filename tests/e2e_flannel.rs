@@ -22,7 +22,9 @@ use serde_json::{json, Value};
 /// p99; a loaded CI machine gets slack).
 const FRESH_WITHIN: Duration = Duration::from_secs(5);
 
-/// Starts a Flannel on `addr`; returns its base URL.
+/// Starts a Flannel on `addr`, which must be free (a restart on the port the test's own
+/// Flannel just left); returns its base URL. A new Flannel goes on a port picked by
+/// [`Cluster::spawn_flannel`], which starts it again elsewhere if the port was taken.
 fn flannel_at(cluster: &Cluster, name: &str, addr: SocketAddr, extra: &[&str]) -> String {
     let mut sets = vec![
         format!("flannel.http_addr={}", quoted(&addr.to_string())),
@@ -33,23 +35,20 @@ fn flannel_at(cluster: &Cluster, name: &str, addr: SocketAddr, extra: &[&str]) -
     format!("http://{addr}")
 }
 
-fn flannel(cluster: &Cluster, name: &str, extra: &[&str]) -> String {
-    flannel_at(cluster, name, free_tcp(), extra)
-}
-
-/// Starts a gateway whose boot data comes from `flannel_url`; returns (ws URL, base URL).
-fn gateway(cluster: &Cluster, name: &str, flannel_url: &str) -> (String, String) {
-    let addr = free_tcp();
-    cluster.spawn_extra(
-        name,
-        "gateway",
-        &[
-            format!("gateway.http_addr={}", quoted(&addr.to_string())),
-            format!("gateway.webapp_url={}", quoted(&cluster.webapp)),
-            format!("gateway.flannel_urls=[{}]", quoted(flannel_url)),
-        ],
-    );
-    (format!("ws://{addr}/rtm"), format!("http://{addr}"))
+/// Starts a gateway whose boot data comes from `flannel_url` on a free port (see
+/// [`Cluster::spawn_extra_http`]); returns (ws URL, base URL).
+async fn gateway(cluster: &Cluster, name: &str, flannel_url: &str) -> (String, String) {
+    let base = cluster
+        .spawn_extra_http(name, "gateway", |addr| {
+            vec![
+                format!("gateway.http_addr={}", quoted(&addr.to_string())),
+                format!("gateway.webapp_url={}", quoted(&cluster.webapp)),
+                format!("gateway.flannel_urls=[{}]", quoted(flannel_url)),
+            ]
+        })
+        .await;
+    let ws_url = format!("{}/rtm", base.replacen("http://", "ws://", 1));
+    (ws_url, base)
 }
 
 /// Waits until the Flannel at `base` is healthy and follows the admin server (its change
@@ -145,12 +144,12 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
     let gina = cluster.user("globex", "gina").clone();
 
     let flannels = vec![
-        flannel(&cluster, "fl-1", &[]),
-        flannel(&cluster, "fl-2", &[]),
+        cluster.spawn_flannel("fl-1", &[]).await,
+        cluster.spawn_flannel("fl-2", &[]).await,
     ];
     let gateways = [
-        gateway(&cluster, "gw-1", &flannels[0]),
-        gateway(&cluster, "gw-2", &flannels[1]),
+        gateway(&cluster, "gw-1", &flannels[0]).await,
+        gateway(&cluster, "gw-2", &flannels[1]).await,
     ];
     for f in &flannels {
         wait_flannel_linked(&cluster, f).await;
@@ -452,8 +451,13 @@ async fn flannel_restarts_and_evictions_lose_nothing() {
     cluster.join(&bob, &general).await;
 
     // Room for two workspaces only.
-    let addr = free_tcp();
-    let small = flannel_at(&cluster, "fl-small", addr, &["flannel.max_workspaces=2"]);
+    let small = cluster
+        .spawn_flannel("fl-small", &["flannel.max_workspaces=2"])
+        .await;
+    let addr: SocketAddr = small
+        .trim_start_matches("http://")
+        .parse()
+        .expect("a Flannel's address");
     wait_flannel_linked(&cluster, &small).await;
 
     // Three workspaces: the least recently used leaves.
@@ -528,7 +532,7 @@ async fn flannel_restarts_and_evictions_lose_nothing() {
 
     // A gateway whose Flannel is unreachable still connects; hello just has no boot data.
     let dead = format!("http://{}", free_tcp());
-    let (ws_url, gw_base) = gateway(&cluster, "gw-dead", &dead);
+    let (ws_url, gw_base) = gateway(&cluster, "gw-dead", &dead).await;
     cluster.wait_healthy(&gw_base).await;
     let client = Client::connect(&ws_url, &alice.token, None)
         .await

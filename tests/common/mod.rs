@@ -162,6 +162,9 @@ pub struct Cluster {
     users: HashMap<(String, String), TestUser>,
     procs: Mutex<Vec<Proc>>,
     opts_sets: Vec<(String, String)>,
+    /// Processes started with [`Cluster::spawn_extra_http`], by name: their HTTP base URLs,
+    /// which [`Cluster::role_http_urls`] lists while they run.
+    extra_http: Mutex<Vec<(String, String)>>,
 }
 
 /// Ports handed out by [`free_tcp`] and [`free_udp`]: below Linux's ephemeral range
@@ -215,6 +218,46 @@ pub fn free_udp() -> SocketAddr {
         .expect("bind a free udp port")
         .local_addr()
         .unwrap()
+}
+
+/// Whether process `pid` holds a TCP socket listening on `port` (from Linux's `/proc`: the
+/// process's socket inodes, and the listening sockets of its network namespace); `None` where
+/// `/proc` cannot tell.
+fn listens_on(pid: u32, port: u16) -> Option<bool> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let inodes: std::collections::HashSet<String> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_str()?;
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let mut known = false;
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        known = true;
+        // `sl local_address rem_address st ... inode`: "0100007F:1F90", state 0A is LISTEN.
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let Some((local, state, inode)) = fields
+                .get(1)
+                .zip(fields.get(3))
+                .zip(fields.get(9))
+                .map(|((l, s), i)| (*l, *s, *i))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if state == "0A" && local_port == Some(port) && inodes.contains(inode) {
+                return Some(true);
+            }
+        }
+    }
+    known.then_some(false)
 }
 
 /// `s` as a TOML string, for `--set key=value`.
@@ -336,6 +379,7 @@ impl Cluster {
             users,
             procs: Mutex::new(Vec::new()),
             opts_sets: opts.sets.clone(),
+            extra_http: Mutex::new(Vec::new()),
         };
         // A port picked as free can be taken before the server binds it: start again on
         // fresh ports when a process says so.
@@ -586,6 +630,98 @@ impl Cluster {
         self.spawn(name, role, &all);
     }
 
+    /// Like [`Cluster::spawn_extra`], for a process that serves HTTP on a port picked here:
+    /// `sets_for(addr)` gives its flags for the address it is to bind. A port picked as free
+    /// can be taken before the process binds it; then the process exits saying so and is
+    /// started again on another port, up to 3 times in all (as [`Cluster::start`] does).
+    /// Returns its base URL (`http://127.0.0.1:P`) once it listens there (it may not be
+    /// healthy yet: see [`Cluster::wait_healthy`]). While it runs, [`Cluster::role_http_urls`]
+    /// lists it.
+    pub async fn spawn_extra_http(
+        &self,
+        name: &str,
+        role: &str,
+        sets_for: impl Fn(SocketAddr) -> Vec<String>,
+    ) -> String {
+        for attempt in 1..=3 {
+            let addr = free_tcp();
+            self.spawn_extra(name, role, &sets_for(addr));
+            let base = format!("http://{addr}");
+            if self.wait_listening(name, role, addr).await {
+                self.extra_http().retain(|(n, _)| n.as_str() != name);
+                self.extra_http().push((name.to_string(), base.clone()));
+                return base;
+            }
+            let log = self.log(name);
+            assert!(
+                log.contains("Address already in use") && attempt < 3,
+                "{name} ({role}) exited during start-up"
+            );
+            eprintln!("{name} found its port {addr} taken; starting it again on another port");
+            // Its exit is no failure of the cluster.
+            self.kill(name);
+        }
+        unreachable!("the last attempt returns or fails")
+    }
+
+    /// Waits (bounded by [`START_TIMEOUT`]) until the newest process `name` listens on `addr`
+    /// (`true`) or exits (`false`). Where `/proc` cannot tell which process holds the port,
+    /// a `/health` answer of `role` while the process runs counts as listening.
+    async fn wait_listening(&self, name: &str, role: &str, addr: SocketAddr) -> bool {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let pid = {
+                let mut procs = self.procs();
+                let p = procs
+                    .iter_mut()
+                    .rev()
+                    .find(|p| p.name == name)
+                    .unwrap_or_else(|| panic!("no process {name}"));
+                if matches!(p.child.try_wait(), Ok(Some(_))) {
+                    return false;
+                }
+                p.child.id()
+            };
+            let listening = match listens_on(pid, addr.port()) {
+                Some(known) => known,
+                None => match self.http.get(format!("http://{addr}/health")).send().await {
+                    Ok(r) => r.json::<Value>().await.is_ok_and(|b| b["role"] == role),
+                    Err(_) => false,
+                },
+            };
+            if listening {
+                return true;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} ({role}) did not listen on {addr} within {START_TIMEOUT:?}"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Starts a Flannel named `name` for this cluster (boot data from its Web API) with the
+    /// `extra` flags, on a free port (see [`Cluster::spawn_extra_http`]); returns its base URL
+    /// once its `/health` is 200.
+    pub async fn spawn_flannel(&self, name: &str, extra: &[&str]) -> String {
+        let base = self
+            .spawn_extra_http(name, "flannel", |addr| {
+                let mut sets = vec![
+                    format!("flannel.http_addr={}", quoted(&addr.to_string())),
+                    format!("flannel.webapp_url={}", quoted(&self.webapp)),
+                ];
+                sets.extend(extra.iter().map(|s| s.to_string()));
+                sets
+            })
+            .await;
+        self.wait_healthy(&base).await;
+        base
+    }
+
+    fn extra_http(&self) -> std::sync::MutexGuard<'_, Vec<(String, String)>> {
+        self.extra_http.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Waits until `base/health` answers 200 (bounded by [`START_TIMEOUT`]), failing at once
     /// if a process of the cluster exited meanwhile.
     pub async fn wait_healthy(&self, base: &str) {
@@ -607,12 +743,28 @@ impl Cluster {
         }
     }
 
-    /// Every role's HTTP base URL (admin, channel servers, Web API, gateways).
+    /// Every role's HTTP base URL (admin, channel servers, Web API, gateways), then those of
+    /// the processes started with [`Cluster::spawn_extra_http`] (a Flannel, say) that the test
+    /// has not stopped.
     pub fn role_http_urls(&self) -> Vec<String> {
         let mut urls = vec![self.admin_http.clone()];
         urls.extend(self.channel_servers.iter().map(|c| c.http.clone()));
         urls.push(self.webapp.clone());
         urls.extend(self.gateways.iter().map(|g| g.http.clone()));
+        let procs = self.procs();
+        let stopped = |name: &str| {
+            procs
+                .iter()
+                .rev()
+                .find(|p| p.name == name)
+                .is_none_or(|p| p.killed)
+        };
+        urls.extend(
+            self.extra_http()
+                .iter()
+                .filter(|(name, _)| !stopped(name))
+                .map(|(_, url)| url.clone()),
+        );
         urls
     }
 
