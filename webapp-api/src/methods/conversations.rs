@@ -93,7 +93,7 @@ pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -
 
 /// The caller's own channel named like `wanted` whose creation never finished: stored, but
 /// its first member (the creator) never added, because that store call failed after the
-/// channel's. Such a channel is seen by no one and holds its name; the creator's retry of the
+/// channel's (so it has no members and no messages). Such a channel is seen by no one and holds its name; the creator's retry of the
 /// same request (same name, same privacy) completes it instead of answering `name_taken`.
 /// (Two requests racing to create the same channel for one user both end with it, as the
 /// same call made twice.)
@@ -115,7 +115,15 @@ async fn unfinished_creation(
     {
         return Ok(None);
     }
-    if !state.store.members(&existing.id).await?.is_empty() {
+    // Never joined and never posted in: a channel that emptied later (its members left, or
+    // the creator was removed) is not this, and the creator may not get back in by name.
+    if !state.store.members(&existing.id).await?.is_empty()
+        || state
+            .store
+            .last_message(&existing.workspace, &existing.id)
+            .await?
+            .is_some()
+    {
         return Ok(None);
     }
     tracing::info!(channel = %existing.id, "completing a channel creation that stopped before its first member");

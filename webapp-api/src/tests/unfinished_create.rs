@@ -8,7 +8,8 @@ use shared::store::Channel;
 
 #[tokio::test]
 async fn a_retry_completes_a_channel_left_without_its_creator() {
-    let s = Server::start().await;
+    // With the real admin and channel servers behind it: the test posts.
+    let s = Server::start_with_cluster().await;
     let (alice, bob) = (s.token("alice"), s.token("bob"));
     let alice_id = s.user_id("alice");
     let workspace = s.signer.verify(&alice).unwrap().workspace;
@@ -61,6 +62,32 @@ async fn a_retry_completes_a_channel_left_without_its_creator() {
         )
         .await;
     assert_eq!(members["members"], json!([alice_id]));
+
+    // A private channel that emptied after use is not unfinished: its creator, removed
+    // or gone, does not get back in by asking for its name.
+    let used = s
+        .ok(
+            "conversations.create",
+            &alice,
+            json!({"name": "used-then-empty", "is_private": true}),
+        )
+        .await;
+    let used = channel_id(&used);
+    s.ok(
+        "chat.postMessage",
+        &alice,
+        json!({"channel": used, "text": "hi"}),
+    )
+    .await;
+    s.ok("conversations.leave", &alice, json!({"channel": used}))
+        .await;
+    s.err(
+        "conversations.create",
+        &alice,
+        json!({"name": "used-then-empty", "is_private": true}),
+        "name_taken",
+    )
+    .await;
 
     // Once it has a member, it is an ordinary taken name, for alice too.
     s.err(
