@@ -7,7 +7,6 @@ mod common;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use common::*;
 use serde_json::{json, Value};
@@ -94,15 +93,18 @@ fn assert_error(answer: &(u16, Value), status: u16, error: &str, what: &str) {
 /// Sends a raw HTTP/1.1 request: `head` (request line and headers), then `body` piece by
 /// piece, while reading the answer. The server may answer and close before the body is all
 /// sent (that is the point of a size limit), so sending stops at the first answer byte and
-/// write errors are ignored. Returns the raw answer.
+/// write errors are ignored. Returns the raw answer. The whole exchange (connect, send, answer
+/// up to the close) is bounded by [`WAIT`]: a server that neither reads nor answers fails the
+/// test instead of hanging it.
 async fn raw_http(base: &str, head: String, body: Vec<Vec<u8>>) -> String {
     let addr = base.trim_start_matches("http://");
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut r, mut w) = stream.into_split();
-    let answered = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let answered = answered.clone();
-        tokio::spawn(async move {
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        let (mut r, mut w) = stream.into_split();
+        let answered = AtomicBool::new(false);
+        let read = async {
             let mut out = Vec::new();
             let mut buf = vec![0u8; 16 * 1024];
             loop {
@@ -115,18 +117,28 @@ async fn raw_http(base: &str, head: String, body: Vec<Vec<u8>>) -> String {
                 }
             }
             out
-        })
+        };
+        let write = async {
+            let _ = w.write_all(head.as_bytes()).await;
+            for piece in body {
+                if answered.load(Ordering::SeqCst) || w.write_all(&piece).await.is_err() {
+                    break;
+                }
+            }
+            // Keep the write half open: a half-close could end the exchange early.
+            w
+        };
+        let (out, _w) = tokio::join!(read, write);
+        out
     };
-    let _ = w.write_all(head.as_bytes()).await;
-    for piece in body {
-        if answered.load(Ordering::SeqCst) || w.write_all(&piece).await.is_err() {
-            break;
-        }
-    }
-    let out = tokio::time::timeout(WAIT, reader)
+    let out = tokio::time::timeout(WAIT, exchange)
         .await
-        .expect("the server answered in time")
-        .expect("reader task");
+        .unwrap_or_else(|_| {
+            panic!(
+                "{base}: no complete answer within {WAIT:?} (the request was not read, or the \
+             answer never ended)"
+            )
+        });
     String::from_utf8_lossy(&out).into_owned()
 }
 
