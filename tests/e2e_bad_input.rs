@@ -162,6 +162,10 @@ fn forge(token: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_clearly_and_breaks_nothing() {
     let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob"])).await;
+    // A Flannel too, so that every role's HTTP port gets the garbage below
+    // (`role_http_urls` lists it).
+    let flannel = cluster.spawn_flannel("fl-1", &[]).await;
+    assert!(cluster.role_http_urls().contains(&flannel));
     let alice = cluster.user("acme", "alice").clone();
     let bob = cluster.user("acme", "bob").clone();
     let channel = cluster.create_channel(&alice, "bad-input").await;

@@ -1,5 +1,5 @@
-//! Invariant 8: every role serves `/health` (200 when ready) and `/metrics` in the Prometheus
-//! text format with Switchboard's metrics.
+//! Invariant 8: every role (a Flannel included) serves `/health` (200 when ready) and
+//! `/metrics` in the Prometheus text format with Switchboard's metrics.
 
 mod common;
 
@@ -13,6 +13,8 @@ use shared::telemetry::metrics::LaneStage;
 async fn every_role_serves_health_and_prometheus_metrics() {
     let cluster = Cluster::start(ClusterOpts::standard(&["alice"])).await;
     let alice = cluster.user("acme", "alice").clone();
+    // The standard cluster has no Flannel: start one, so that every role is checked.
+    let flannel = cluster.spawn_flannel("fl-1", &[]).await;
     // Some traffic, so the per-role counters have samples.
     let c = cluster.create_channel(&alice, "metrics").await;
     let ws = cluster.connect(0, &alice).await;
@@ -20,6 +22,10 @@ async fn every_role_serves_health_and_prometheus_metrics() {
         .warm_up(&alice, std::slice::from_ref(&c), &[&ws])
         .await;
     ws.ping(1).await;
+    let (status, boot) = cluster
+        .get_json_status(&flannel, "/boot", Some(&alice.token))
+        .await;
+    assert_eq!((status, &boot["ok"]), (200, &json!(true)), "boot: {boot}");
 
     let mut roles = vec![("admin-server", cluster.admin_http.clone())];
     roles.extend(
@@ -30,6 +36,7 @@ async fn every_role_serves_health_and_prometheus_metrics() {
     );
     roles.push(("webapp", cluster.webapp.clone()));
     roles.extend(cluster.gateways.iter().map(|g| ("gateway", g.http.clone())));
+    roles.push(("flannel", flannel.clone()));
     for (role, url) in &roles {
         let r = cluster
             .http
@@ -40,6 +47,7 @@ async fn every_role_serves_health_and_prometheus_metrics() {
         assert_eq!(r.status().as_u16(), 200, "{role} {url}/health");
         let body: serde_json::Value = r.json().await.expect("health answers JSON");
         assert_eq!(body["ok"], true, "{role} health: {body}");
+        assert_eq!(body["role"], *role, "{url}/health is the {role}'s: {body}");
 
         let r = cluster
             .http
@@ -103,6 +111,16 @@ async fn every_role_serves_health_and_prometheus_metrics() {
                 &cluster.webapp,
                 "switchboard_webapp_requests_total",
                 &[("method", "chat.postMessage")]
+            )
+            .await
+            >= 1.0
+    );
+    assert!(
+        cluster
+            .metric(
+                &flannel,
+                "switchboard_flannel_requests_total",
+                &[("method", "boot")]
             )
             .await
             >= 1.0
