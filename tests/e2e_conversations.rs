@@ -13,8 +13,18 @@ async fn dms_and_invites_reach_exactly_their_members() {
     let alice = cluster.user("acme", "alice").clone();
     let bob = cluster.user("acme", "bob").clone();
     let carol = cluster.user("acme", "carol").clone();
+    // Where carol keeps receiving messages: the sentinel that her session is live.
+    let lobby = cluster.create_channel(&alice, "lobby").await;
+    cluster.join(&carol, &lobby).await;
     let bob_ws = cluster.connect(0, &bob).await;
     let carol_ws = cluster.connect(1, &carol).await;
+    // alice on carol's gateway: a member of the DM there, so that gateway takes the DM too
+    // and her session is the witness that it handed the DM's message to every session it
+    // was going to.
+    let alice_1 = cluster.connect(1, &alice).await;
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&lobby), &[&carol_ws])
+        .await;
 
     // A 1:1 DM: opening it again finds the same conversation.
     let dm = cluster
@@ -36,19 +46,32 @@ async fn dms_and_invites_reach_exactly_their_members() {
         .await;
     assert_eq!(again["channel"]["id"], dm_id.as_str());
     assert_eq!(again["already_open"], true);
-    bob_ws
-        .wait_event(0, WAIT, "channel_joined", |e| {
+    for ws in [&bob_ws, &alice_1] {
+        ws.wait_event(0, WAIT, "channel_joined", |e| {
             e["type"] == "channel_joined" && e["channel"]["id"] == dm_id.as_str()
         })
         .await;
+    }
     cluster
-        .warm_up(&alice, std::slice::from_ref(&dm_id), &[&bob_ws])
+        .warm_up(&alice, std::slice::from_ref(&dm_id), &[&bob_ws, &alice_1])
         .await;
     let m = cluster.post(&alice, &dm_id, "psst, bob").await;
     bob_ws.wait_seq(&dm_id, seq_of(&m), WAIT).await;
-    // Carol is not in it: not readable, not postable, not delivered.
+    // Carol is not in it: not readable, not postable, not delivered. Sentinels, no sleep:
+    // once alice's session on carol's gateway has the DM's message, that gateway has handed
+    // it to every session it was going to; a lobby message posted after that reaches carol
+    // behind anything leaked (one queue per session).
+    alice_1.wait_seq(&dm_id, seq_of(&m), WAIT).await;
+    let sentinel = seq_of(&cluster.post(&alice, &lobby, "lobby sentinel").await);
+    carol_ws.wait_seq(&lobby, sentinel, WAIT).await;
     assert_hidden_from(&cluster, &carol, &dm_id).await;
-    assert!(carol_ws.messages(&dm_id).is_empty());
+    assert!(
+        carol_ws
+            .events()
+            .iter()
+            .all(|e| !e.to_string().contains(dm_id.as_str())),
+        "carol got an event of a DM she is not in"
+    );
     // A DM cannot be joined or invited into, and its name is reserved.
     let v = cluster
         .api(
