@@ -231,6 +231,8 @@ async fn a_presence_subscription_names_whose_changes_a_session_hears() {
     );
     let channel = cluster.create_channel(&erin, "presence-subs").await;
     cluster.join(&dave, &channel).await;
+    // alice too: its messages are the sentinels that what was queued for her has arrived.
+    cluster.join(&alice, &channel).await;
 
     // On one gateway: alice subscribes to bob; dave asks for subscriptions at connect and
     // never subscribes; erin keeps the default (everyone).
@@ -244,7 +246,11 @@ async fn a_presence_subscription_names_whose_changes_a_session_hears() {
     let dave_ws = Client::connect(&sub_url, &dave.token, None).await.unwrap();
     let erin_ws = cluster.connect(0, &erin).await;
     cluster
-        .warm_up(&erin, std::slice::from_ref(&channel), &[&dave_ws, &erin_ws])
+        .warm_up(
+            &erin,
+            std::slice::from_ref(&channel),
+            &[&alice_ws, &dave_ws, &erin_ws],
+        )
         .await;
 
     // carol comes, then bob: the same gateway hears of them in that order.
@@ -271,9 +277,10 @@ async fn a_presence_subscription_names_whose_changes_a_session_hears() {
             presence_of(&bob.id, "active"),
         )
         .await;
-    // A message after both: dave's queue had both changes before it.
+    // A message after both: dave's and alice's queues had both changes before it.
     let sentinel = seq_of(&cluster.post(&erin, &channel, "after bob").await);
     dave_ws.wait_seq(&channel, sentinel, WAIT).await;
+    alice_ws.wait_seq(&channel, sentinel, WAIT).await;
     let heard = |c: &Client, from: usize| -> Vec<Value> {
         c.events()[from..]
             .iter()
@@ -314,9 +321,15 @@ async fn a_presence_subscription_names_whose_changes_a_session_hears() {
         .await;
 
     // Carol went away meanwhile: alice, subscribed to bob alone, heard nothing of it.
-    assert!(heard(&alice_ws, from_alice)
-        .iter()
-        .all(|e| !about(e, &carol.id)));
+    // Sentinel, no sleep: the gateway queued the change for each of its sessions at once
+    // (dave's has it), so a message posted now reaches alice behind it.
+    let sentinel = seq_of(&cluster.post(&erin, &channel, "after carol").await);
+    alice_ws.wait_seq(&channel, sentinel, WAIT).await;
+    let alice_heard = heard(&alice_ws, from_alice);
+    assert!(
+        alice_heard.iter().all(|e| !about(e, &carol.id)),
+        "alice subscribed to bob alone but heard carol go away: {alice_heard:?}"
+    );
 
     // presence_query answers the current presence of whoever it names, subscribed or not.
     let from_alice_q = alice_ws.num_events();
