@@ -204,21 +204,7 @@ async fn a_kicked_member_stops_receiving_the_channel() {
     let bob = cluster.user("acme", "bob").clone();
     let carol = cluster.user("acme", "carol").clone();
     let secret = cluster
-        .api_ok(
-            "conversations.create",
-            &alice.token,
-            json!({ "name": "kick-secret", "is_private": true }),
-        )
-        .await["channel"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    cluster
-        .api_ok(
-            "conversations.invite",
-            &alice.token,
-            json!({ "channel": secret, "users": format!("{},{}", bob.id, carol.id) }),
-        )
+        .create_private(&alice, "kick-secret", &[&bob, &carol])
         .await;
     let open = cluster.create_channel(&alice, "kick-open").await;
     cluster.join(&bob, &open).await;

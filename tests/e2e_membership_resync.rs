@@ -14,21 +14,7 @@ async fn changes_made_while_the_admin_server_was_down_reach_open_sessions() {
     let alice = cluster.user("acme", "alice").clone();
     let bob = cluster.user("acme", "bob").clone();
     let secret = cluster
-        .api_ok(
-            "conversations.create",
-            &alice.token,
-            json!({ "name": "resync-secret", "is_private": true }),
-        )
-        .await["channel"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    cluster
-        .api_ok(
-            "conversations.invite",
-            &alice.token,
-            json!({ "channel": secret, "users": bob.id }),
-        )
+        .create_private(&alice, "resync-secret", &[&bob])
         .await;
     let open = cluster.create_channel(&alice, "resync-open").await;
     let bob_ws = cluster.connect(0, &bob).await;

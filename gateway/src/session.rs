@@ -1234,42 +1234,51 @@ mod tests {
         );
     }
 
+    /// Serves each WebSocket connection to the returned loopback address as a session of
+    /// `hub` (user UB, no channels, a queue too large to overflow) whose idle and write
+    /// timeout is `idle_timeout`; `ended` is told when the first session ends.
+    async fn serve_sessions(
+        hub: &Arc<Hub>,
+        idle_timeout: Duration,
+        ended: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> std::net::SocketAddr {
+        let ended = Arc::new(parking_lot::Mutex::new(ended));
+        let hub = hub.clone();
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move |ws: axum::extract::WebSocketUpgrade| async move {
+                ws.on_upgrade(move |socket| async move {
+                    let params = Box::new(SessionParams {
+                        claims: claims(),
+                        channels: Vec::new(),
+                        resume: BTreeMap::new(),
+                        queue: 1 << 20,
+                        ping_interval: Duration::from_secs(3600),
+                        idle_timeout,
+                        boot: None,
+                        web_api: WebApi::nowhere(),
+                        presence_sub: false,
+                    });
+                    run(hub, socket, params, Shutdown::new()).await;
+                    if let Some(tx) = ended.lock().take() {
+                        let _ = tx.send(());
+                    }
+                })
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
     #[tokio::test]
     async fn a_client_that_stops_reading_is_closed_after_the_write_timeout() {
         use futures_util::StreamExt;
 
         let (hub, _dir) = hub();
         let (ended_tx, ended_rx) = tokio::sync::oneshot::channel::<()>();
-        let ended_tx = Arc::new(parking_lot::Mutex::new(Some(ended_tx)));
-        let app = {
-            let hub = hub.clone();
-            axum::Router::new().route(
-                "/",
-                axum::routing::get(move |ws: axum::extract::WebSocketUpgrade| async move {
-                    ws.on_upgrade(move |socket| async move {
-                        let params = Box::new(SessionParams {
-                            claims: claims(),
-                            channels: Vec::new(),
-                            resume: BTreeMap::new(),
-                            // Large enough never to overflow: the write itself must give up.
-                            queue: 1 << 20,
-                            ping_interval: Duration::from_secs(3600),
-                            idle_timeout: Duration::from_millis(300),
-                            boot: None,
-                            web_api: WebApi::nowhere(),
-                            presence_sub: false,
-                        });
-                        run(hub, socket, params, Shutdown::new()).await;
-                        if let Some(tx) = ended_tx.lock().take() {
-                            let _ = tx.send(());
-                        }
-                    })
-                }),
-            )
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = serve_sessions(&hub, Duration::from_millis(300), Some(ended_tx)).await;
         let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
             .await
             .unwrap();
@@ -1300,31 +1309,7 @@ mod tests {
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
         let (hub, _dir) = hub();
-        let app = {
-            let hub = hub.clone();
-            axum::Router::new().route(
-                "/",
-                axum::routing::get(move |ws: axum::extract::WebSocketUpgrade| async move {
-                    ws.on_upgrade(move |socket| async move {
-                        let params = Box::new(SessionParams {
-                            claims: claims(),
-                            channels: Vec::new(),
-                            resume: BTreeMap::new(),
-                            queue: 1 << 20,
-                            ping_interval: Duration::from_secs(3600),
-                            idle_timeout: Duration::from_secs(60),
-                            boot: None,
-                            web_api: WebApi::nowhere(),
-                            presence_sub: false,
-                        });
-                        run(hub, socket, params, Shutdown::new()).await;
-                    })
-                }),
-            )
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = serve_sessions(&hub, Duration::from_secs(60), None).await;
         let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
             .await
             .unwrap();

@@ -33,6 +33,15 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 pub const WAIT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(25);
 
+/// The newest process named `name` (a name started again means its latest process).
+fn newest<'a>(procs: &'a mut [Proc], name: &str) -> &'a mut Proc {
+    procs
+        .iter_mut()
+        .rev()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("no process {name}"))
+}
+
 /// The binary under test: `SWITCHBOARD_E2E_BIN` if set (say, a release build), else the one
 /// Cargo built for these tests.
 pub fn bin() -> String {
@@ -672,11 +681,7 @@ impl Cluster {
         loop {
             let pid = {
                 let mut procs = self.procs();
-                let p = procs
-                    .iter_mut()
-                    .rev()
-                    .find(|p| p.name == name)
-                    .unwrap_or_else(|| panic!("no process {name}"));
+                let p = newest(&mut procs, name);
                 if matches!(p.child.try_wait(), Ok(Some(_))) {
                     return false;
                 }
@@ -775,11 +780,7 @@ impl Cluster {
     /// Kills process `name` (SIGKILL, no goodbye) and waits for it to exit.
     pub fn kill(&self, name: &str) {
         let mut procs = self.procs();
-        let p = procs
-            .iter_mut()
-            .rev()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no process {name}"));
+        let p = newest(&mut procs, name);
         p.killed = true;
         let _ = p.child.kill();
         let _ = p.child.wait();
@@ -810,11 +811,7 @@ impl Cluster {
     /// waiting; its exit is no failure of the cluster. See [`Cluster::wait_exit`].
     pub fn terminate(&self, name: &str) {
         let mut procs = self.procs();
-        let p = procs
-            .iter_mut()
-            .rev()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no process {name}"));
+        let p = newest(&mut procs, name);
         p.killed = true;
         let status = Command::new("kill")
             .args(["-s", "TERM", &p.child.id().to_string()])
@@ -830,11 +827,7 @@ impl Cluster {
         loop {
             {
                 let mut procs = self.procs();
-                let p = procs
-                    .iter_mut()
-                    .rev()
-                    .find(|p| p.name == name)
-                    .unwrap_or_else(|| panic!("no process {name}"));
+                let p = newest(&mut procs, name);
                 if let Some(status) = p.child.try_wait().expect("try_wait") {
                     return status;
                 }
@@ -1101,6 +1094,35 @@ impl Cluster {
     }
 
     /// Creates a public channel; returns its id.
+    /// Creates private channel `name` as `owner` and invites `members`; returns its id.
+    pub async fn create_private(
+        &self,
+        owner: &TestUser,
+        name: &str,
+        members: &[&TestUser],
+    ) -> String {
+        let id = self
+            .api_ok(
+                "conversations.create",
+                &owner.token,
+                json!({ "name": name, "is_private": true }),
+            )
+            .await["channel"]["id"]
+            .as_str()
+            .expect("channel id")
+            .to_string();
+        if !members.is_empty() {
+            let users: Vec<&str> = members.iter().map(|u| u.id.as_str()).collect();
+            self.api_ok(
+                "conversations.invite",
+                &owner.token,
+                json!({ "channel": id, "users": users.join(",") }),
+            )
+            .await;
+        }
+        id
+    }
+
     pub async fn create_channel(&self, user: &TestUser, name: &str) -> String {
         let v = self
             .api_ok("conversations.create", &user.token, json!({ "name": name }))
