@@ -234,6 +234,19 @@ impl Server {
         status
     }
 
+    /// Opens (or finds) the DM of the token's user with `users`; returns its id.
+    pub(crate) async fn open_dm(&self, token: &str, users: &[&str]) -> String {
+        channel_id(
+            &self
+                .ok(
+                    "conversations.open",
+                    token,
+                    json!({"users": users.join(",")}),
+                )
+                .await,
+        )
+    }
+
     pub(crate) async fn general(&self) -> String {
         let ws = WorkspaceId(self.demo["workspace"].as_str().expect("ws").to_string());
         self.store

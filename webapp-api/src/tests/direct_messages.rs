@@ -62,18 +62,8 @@ async fn a_dm_names_its_other_member_wherever_it_is_shown() {
     let s = Server::start().await;
     let (alice, bob) = (s.token("alice"), s.token("bob"));
     let (alice_id, bob_id, carol_id) = (s.user_id("alice"), s.user_id("bob"), s.user_id("carol"));
-    let dm = channel_id(
-        &s.ok("conversations.open", &alice, json!({"users": bob_id}))
-            .await,
-    );
-    let group = channel_id(
-        &s.ok(
-            "conversations.open",
-            &alice,
-            json!({"users": format!("{bob_id},{carol_id}")}),
-        )
-        .await,
-    );
+    let dm = s.open_dm(&alice, &[&bob_id]).await;
+    let group = s.open_dm(&alice, &[&bob_id, &carol_id]).await;
     for (token, other) in [(&alice, &bob_id), (&bob, &alice_id)] {
         let v = s
             .ok("conversations.info", token, json!({"channel": dm}))

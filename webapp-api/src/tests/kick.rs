@@ -189,18 +189,8 @@ async fn kick_removes_like_leave_with_slacks_default_permissions() {
         "cant_kick_from_general",
     )
     .await;
-    let dm = channel_id(
-        &s.ok("conversations.open", &alice, json!({"users": bob_id}))
-            .await,
-    );
-    let group = channel_id(
-        &s.ok(
-            "conversations.open",
-            &alice,
-            json!({"users": format!("{bob_id},{carol_id}")}),
-        )
-        .await,
-    );
+    let dm = s.open_dm(&alice, &[&bob_id]).await;
+    let group = s.open_dm(&alice, &[&bob_id, &carol_id]).await;
     for channel in [&dm, &group] {
         s.err(
             "conversations.kick",
