@@ -290,13 +290,9 @@ pub struct AppState {
     pub ring: Option<tokio::sync::watch::Receiver<Arc<shared::ring::Ring>>>,
     /// Per-user rate limits (off unless set; [`crate::run`] sets them from the config).
     pub rate_limiter: Arc<RateLimiter>,
-    /// Relays stored changes to the gateways and caches in the background, so that no call
-    /// waits on the admin server for them.
-    pub relay: crate::relay::Relay,
 }
 
 impl AppState {
-    /// Starts the relay of changes on `admin` ([`crate::relay`]): call within a Tokio runtime.
     pub fn new(
         store: SharedStore,
         signer: TokenSigner,
@@ -308,7 +304,6 @@ impl AppState {
         AppState {
             store,
             signer,
-            relay: crate::relay::Relay::start(admin.clone()),
             admin,
             gateway_urls: Arc::new(gateway_urls),
             next_gateway: Arc::new(AtomicUsize::new(0)),

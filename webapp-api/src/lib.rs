@@ -10,8 +10,8 @@
 //!   `users`, `internal` (service tokens only: Flannel's snapshot)) and
 //!   the Slack object shapes they share.
 //! - [`admin_link`]: requests to the admin server over the QUIC mesh, with retries.
-//! - [`relay`]: the bounded background queue that relays stored changes (memberships,
-//!   profiles, channels, read positions) through the admin server, off the request path.
+//! - [`relay`]: relays stored changes (memberships, profiles, channels, read positions)
+//!   through the admin server before a call answers, bounded in time.
 //! - [`ratelimit`]: per-user, per-tier token buckets behind Slack's `ratelimited`.
 //! - [`hooks`]: incoming webhooks (`POST /hooks/<token>`) and the `hooks.create` method.
 //! - [`openapi`]: the OpenAPI description of the Web API (`/api/openapi.json`, checked in
@@ -33,8 +33,9 @@
 //! - Bad input gets a Slack-style `{"ok":false,"error":…}` (400 for an unreadable body, 413
 //!   over `webapp.max_body_bytes`, 404 for an unknown method), never a panic; no client value
 //!   is unwrapped.
-//! - A call that stores a change never waits on relaying it: relays are queued in call order,
-//!   bounded in number and time, and the dropped ones are counted.
+//! - A call that stores a change relays it before answering (so the client's next call comes
+//!   after it), within a bounded time; what is not relayed is counted, never the call's
+//!   failure.
 //! - Metric labels come from a fixed set (known method names and error names), whatever the
 //!   client sends.
 

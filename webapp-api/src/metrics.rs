@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, register_int_gauge,
-    HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,
+    IntCounter, IntCounterVec,
 };
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -74,17 +74,8 @@ pub static USER_EVENTS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_user_events_dropped_total",
         "change events stored but not relayed to gateways, by reason: failed (after the admin \
-         link's retries), deadline (the batch's relay deadline passed), queue_full (the relay \
-         queue was full), closed (the relay task had ended)",
+         link's retries), deadline (the call's relay deadline passed)",
         &["reason"]
-    )
-    .expect("metric registers once")
-});
-
-pub static RELAY_QUEUE_BATCHES: LazyLock<IntGauge> = LazyLock::new(|| {
-    register_int_gauge!(
-        "switchboard_webapp_relay_queue_batches",
-        "batches of change events (one per call) waiting to be relayed to gateways"
     )
     .expect("metric registers once")
 });

@@ -1,83 +1,58 @@
 //! The relay of stored changes (memberships, profiles, channels, read positions) through the
-//! admin server to the gateways and Flannel caches, off the request path.
+//! admin server to the gateways and Flannel caches.
 //!
-//! A method stores its change, hands the change events to [`Relay::send`] as one batch and
-//! answers: it never waits on the admin server, whose link retries each request (up to
-//! [`crate::admin_link::ATTEMPTS`] tries, each bounded by the mesh's connect timeout and
-//! [`crate::admin_link::REQUEST_TIMEOUT`]). One task relays the queued batches in the order
-//! they were queued, so the events of one call, and of calls made one after another, keep
-//! their order (a channel is announced before its members join it: a Flannel that hears of a
-//! join to a channel it does not know reloads the whole workspace). Within a batch, a run of
-//! joins to one channel is relayed concurrently (up to [`MAX_IN_FLIGHT`]): joins of different
-//! users commute, and a 1,000-user invite then takes a few round trips, not 1,000 in a row.
-//!
-//! # Bounds
-//! The queue holds at most [`QUEUE_BATCHES`] batches, and a batch gets [`BATCH_DEADLINE`] to
-//! be relayed. A batch that finds the queue full, a relay still unfinished at its batch's
-//! deadline and one that failed after the link's retries are dropped and counted
+//! A method stores its change, then relays the change events of the call ([`relay`]) before
+//! it answers, so what a client does next comes after them: a message posted right after an
+//! invite reaches the invited user's sessions, which the gateway subscribed on the join. The
+//! relay is bounded by [`RELAY_DEADLINE`] (the admin link's retries included): with the admin
+//! server slow or unreachable, a call waits that long at most, not the link's full retry
+//! budget per event one after another (up to 15 s each, and a 1,000-user invite took hours).
+//! What was not relayed by then, or failed, is dropped and counted
 //! (`switchboard_webapp_user_events_dropped_total{reason}`, and in
-//! `switchboard_webapp_user_event_failures_total`): the change is stored, sessions pick it up
-//! when they reconnect, and a Flannel that lost its admin link reloads what it caches. So with
-//! the admin server down, calls answer at once and the backlog stays bounded. Batches still
-//! queued when the process exits are lost the same way.
+//! `switchboard_webapp_user_event_failures_total`, which an alert watches): the change is
+//! stored, and the gateways resync their sessions' channels when their stream from the admin
+//! server comes back; a Flannel that lost its admin link reloads what it caches.
+//!
+//! A call's events go in order (a channel is announced before its members join it: a Flannel
+//! that hears of a join to a channel it does not know reloads the whole workspace), except
+//! that a run of joins to one channel goes concurrently (up to [`MAX_IN_FLIGHT`]): joins of
+//! different users commute, and a 1,000-user invite then takes a few round trips. A request
+//! cut off by the deadline may still reach the admin server later, after a later call's
+//! events; only the call's own order is kept.
 
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use shared::protocol::UserEvent;
-use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::admin_link::AdminLink;
 use crate::metrics as m;
 
-/// Batches (one per call) waiting to be relayed, at most.
-pub const QUEUE_BATCHES: usize = 1024;
-/// How long one batch may take to relay, retries included; what is left then is dropped.
+/// How long one call may spend relaying its events, retries included.
 #[cfg(not(test))]
-pub const BATCH_DEADLINE: Duration = Duration::from_secs(5);
+pub const RELAY_DEADLINE: Duration = Duration::from_secs(2);
 #[cfg(test)]
-pub const BATCH_DEADLINE: Duration = Duration::from_millis(500);
+pub const RELAY_DEADLINE: Duration = Duration::from_millis(500);
 /// Relays of one wave (joins to one channel) in flight at once.
 pub const MAX_IN_FLIGHT: usize = 32;
 
-/// The queue of change events to relay. Cheap to clone; the relaying task ends when the last
-/// clone is dropped and the queue is empty.
-#[derive(Clone, Debug)]
-pub struct Relay {
-    tx: mpsc::Sender<Vec<UserEvent>>,
-}
-
-impl Relay {
-    /// Starts the relaying task on `admin`. Must be called within a Tokio runtime.
-    pub fn start(admin: AdminLink) -> Relay {
-        let (tx, rx) = mpsc::channel(QUEUE_BATCHES);
-        tokio::spawn(relay_batches(admin, rx));
-        Relay { tx }
+/// Relays the events of one call, in order, within [`RELAY_DEADLINE`]; what is not relayed
+/// is counted, never the call's failure (the change is stored).
+pub async fn relay(admin: &AdminLink, events: Vec<UserEvent>) {
+    let num_events = events.len();
+    if num_events == 0 {
+        return;
     }
-
-    /// Queues the events of one call, to be relayed in this order (see the module doc);
-    /// never waits. When the queue is full they are dropped and counted.
-    pub fn send(&self, events: Vec<UserEvent>) {
-        if events.is_empty() {
-            return;
-        }
-        match self.tx.try_send(events) {
-            Ok(()) => {}
-            Err(TrySendError::Full(events)) => {
-                dropped("queue_full", events.len());
-                tracing::warn!(
-                    num_events = events.len(),
-                    "relay queue full: changes stored but not relayed to gateways"
-                );
-            }
-            Err(TrySendError::Closed(events)) => dropped("closed", events.len()),
-        }
-        m::RELAY_QUEUE_BATCHES.set(self.queued() as i64);
-    }
-
-    /// Batches waiting in the queue.
-    fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+    let mut settled = 0;
+    let relayed =
+        tokio::time::timeout(RELAY_DEADLINE, relay_batch(admin, events, &mut settled)).await;
+    if relayed.is_err() {
+        dropped("deadline", num_events - settled);
+        tracing::warn!(
+            num_events,
+            num_dropped = num_events - settled,
+            "changes not relayed to gateways within the deadline"
+        );
     }
 }
 
@@ -89,26 +64,8 @@ fn dropped(reason: &'static str, n: usize) {
     m::USER_EVENT_FAILURES.inc_by(n as u64);
 }
 
-/// The relaying task: batch after batch, each within [`BATCH_DEADLINE`].
-async fn relay_batches(admin: AdminLink, mut rx: mpsc::Receiver<Vec<UserEvent>>) {
-    while let Some(batch) = rx.recv().await {
-        m::RELAY_QUEUE_BATCHES.set(rx.len() as i64);
-        let num_events = batch.len();
-        let mut settled = 0;
-        let relayed =
-            tokio::time::timeout(BATCH_DEADLINE, relay_batch(&admin, batch, &mut settled)).await;
-        if relayed.is_err() {
-            dropped("deadline", num_events - settled);
-            tracing::warn!(
-                num_events,
-                num_dropped = num_events - settled,
-                "changes not relayed to gateways within the deadline"
-            );
-        }
-    }
-}
-
-/// Relays one batch, wave after wave; `settled` counts the events done (relayed or failed).
+/// Relays one call's events, wave after wave; `settled` counts the events done (relayed or
+/// failed).
 async fn relay_batch(admin: &AdminLink, batch: Vec<UserEvent>, settled: &mut usize) {
     for wave in waves(batch) {
         let mut results = futures_util::stream::iter(wave)
@@ -183,21 +140,5 @@ mod tests {
         ];
         assert_eq!(shape(&waves(batch)), vec![1, 3, 1, 1, 1]);
         assert!(waves(Vec::new()).is_empty());
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_drops_and_counts_without_waiting() {
-        // A queue nobody reads: the second batch finds it full.
-        let (tx, _rx) = mpsc::channel(1);
-        let relay = Relay { tx };
-        let before = m::USER_EVENTS_DROPPED
-            .with_label_values(&["queue_full"])
-            .get();
-        relay.send(vec![joined("CA", "U1")]);
-        relay.send(vec![joined("CA", "U2"), joined("CA", "U3")]);
-        let after = m::USER_EVENTS_DROPPED
-            .with_label_values(&["queue_full"])
-            .get();
-        assert!(after >= before + 2, "{before} -> {after}");
     }
 }

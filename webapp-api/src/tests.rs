@@ -1662,8 +1662,9 @@ mod team_and_links;
 /// Direct messages: the other member of a 1:1, group sizes, posting to a user id.
 mod direct_messages;
 
-/// Changes are relayed off the request path: an unreachable admin server delays no call.
-mod relay_queue;
+/// A call's relays are bounded in time: an unreachable admin server delays a call by at most
+/// the relay deadline.
+mod relay_deadline;
 
 /// `conversations.invite` of users who cannot be invited.
 mod invites;

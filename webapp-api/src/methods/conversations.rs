@@ -85,7 +85,8 @@ pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -
                 channel_name: channel.name.clone(),
             },
         ],
-    );
+    )
+    .await;
     Ok(object(
         json!({ "channel": channel_json(&channel, &caller.user.id, true, Some(1)) }),
     ))
@@ -150,7 +151,8 @@ pub(super) async fn join(state: &AppState, caller: &Caller, params: &Params) -> 
             user: caller.user.id.clone(),
             channel_name: channel.name.clone(),
         },
-    );
+    )
+    .await;
     let mut out = object(json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }));
     if !added {
         out.insert("warning".into(), json!("already_in_channel"));
@@ -192,7 +194,8 @@ async fn remove_member(state: &AppState, channel: &Channel, user: &UserId) -> Ap
             channel: channel.id.clone(),
             user: user.clone(),
         },
-    );
+    )
+    .await;
     Ok(())
 }
 
@@ -529,7 +532,8 @@ async fn store_channel_change(state: &AppState, channel: &Channel) -> ApiResult<
             workspace: channel.workspace.clone(),
             channel: channel_summary(channel),
         },
-    );
+    )
+    .await;
     Ok(())
 }
 
@@ -675,7 +679,8 @@ pub(super) async fn mark(state: &AppState, caller: &Caller, params: &Params) -> 
             user: caller.user.id.clone(),
             seq,
         },
-    );
+    )
+    .await;
     Ok(object(json!({})))
 }
 

@@ -179,7 +179,7 @@ async fn open_dm(
         });
     }
     let added = add_members(state, &channel, &members, &mut events).await;
-    publish_all(state, events);
+    publish_all(state, events).await;
     added?;
     Ok((channel, created, members.len()))
 }
@@ -265,7 +265,7 @@ pub(super) async fn invite(state: &AppState, caller: &Caller, params: &Params) -
     }
     let mut events = Vec::new();
     let added = add_members(state, &channel, &invited, &mut events).await;
-    publish_all(state, events);
+    publish_all(state, events).await;
     added?;
     let mut out = object(json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }));
     if !errors.is_empty() {

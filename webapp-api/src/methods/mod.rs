@@ -332,17 +332,16 @@ pub(crate) async fn memberships(state: &AppState, user: &UserId) -> ApiResult<Ha
 }
 
 /// Relays a change (membership, profile, channel, read position) through the admin server to
-/// the gateways and Flannel caches, in the background ([`crate::relay`]): the change is
-/// already stored, so the call never waits on the relay, and a relay that fails is counted,
-/// not the call's failure; sessions pick the change up when they reconnect, and a Flannel
-/// that lost its admin link reloads what it caches.
-pub(crate) fn publish(state: &AppState, ev: UserEvent) {
-    state.relay.send(vec![ev]);
+/// the gateways and Flannel caches before the call answers, bounded in time
+/// ([`crate::relay`]): the change is already stored, so a relay that fails or runs out of
+/// time is counted, not the call's failure.
+pub(crate) async fn publish(state: &AppState, ev: UserEvent) {
+    crate::relay::relay(&state.admin, vec![ev]).await;
 }
 
 /// [`publish`] for the events of one call, relayed in this order.
-pub(crate) fn publish_all(state: &AppState, events: Vec<UserEvent>) {
-    state.relay.send(events);
+pub(crate) async fn publish_all(state: &AppState, events: Vec<UserEvent>) {
+    crate::relay::relay(&state.admin, events).await;
 }
 
 /// A user as change events and caches carry it.

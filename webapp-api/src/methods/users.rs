@@ -72,7 +72,8 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
             workspace: user.workspace.clone(),
             user: user_profile(&user),
         },
-    );
+    )
+    .await;
     // The new user is in #general (create_user_in joined it).
     if let Some(general) = state
         .store
@@ -87,7 +88,8 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
                 user: user.id.clone(),
                 channel_name: general.name,
             },
-        );
+        )
+        .await;
     }
     Ok(object(json!({ "user": user_json(&user), "token": token })))
 }
@@ -172,7 +174,8 @@ pub(super) async fn profile_set(state: &AppState, caller: &Caller, params: &Para
             workspace: user.workspace.clone(),
             user: user_profile(&user),
         },
-    );
+    )
+    .await;
     Ok(object(json!({ "profile": profile_json(&user) })))
 }
 
