@@ -427,17 +427,22 @@ impl PeerPool {
                 Ok(conn)
             }
             Err(e) => {
-                m::MESH_CONNECT_FAILURES.inc();
-                let mut peers = self.peers.lock();
-                let slot = peers.entry(addr).or_default();
-                slot.failures = slot.failures.saturating_add(1);
-                let backoff = BACKOFF_BASE
-                    .saturating_mul(1 << slot.failures.min(6))
-                    .min(BACKOFF_MAX);
-                slot.next_attempt = Some(tokio::time::Instant::now() + backoff);
+                self.record_failure(addr);
                 Err(e)
             }
         }
+    }
+
+    /// Counts a failed connect to `addr` and backs its next attempt off.
+    fn record_failure(&self, addr: SocketAddr) {
+        m::MESH_CONNECT_FAILURES.inc();
+        let mut peers = self.peers.lock();
+        let slot = peers.entry(addr).or_default();
+        slot.failures = slot.failures.saturating_add(1);
+        let backoff = BACKOFF_BASE
+            .saturating_mul(1 << slot.failures.min(6))
+            .min(BACKOFF_MAX);
+        slot.next_attempt = Some(tokio::time::Instant::now() + backoff);
     }
 
     /// Forgets a broken connection so the next `get` redials.
@@ -466,9 +471,16 @@ impl PeerPool {
             addr,
             reason: format!("no connection within {timeout:?}"),
         };
-        let conn = tokio::time::timeout(timeout, self.get(addr))
-            .await
-            .map_err(|_| not_sent())??;
+        let conn = match tokio::time::timeout(timeout, self.get(addr)).await {
+            Ok(conn) => conn?,
+            Err(_) => {
+                // The connect (or the wait for its backoff) was cut short: counted and backed
+                // off like a failed one, so that the next requests do not each dial a peer
+                // that does not answer in time.
+                self.record_failure(addr);
+                return Err(not_sent());
+            }
+        };
         let left = timeout.saturating_sub(started.elapsed());
         if left.is_zero() {
             return Err(not_sent());
@@ -518,6 +530,14 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+        // Counted as a failed connect: the next request waits for the backoff rather than
+        // dialling again at once.
+        let slot = pool
+            .peers
+            .lock()
+            .get(&addr)
+            .map(|s| (s.failures, s.next_attempt.is_some()));
+        assert_eq!(slot, Some((1, true)), "no failure recorded");
     }
 
     fn pair() -> (Mesh, Mesh, tempfile::TempDir) {
