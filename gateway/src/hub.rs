@@ -131,6 +131,18 @@ struct ChannelEntry {
     last_offer: Option<Instant>,
     /// Set while the staged messages wait for the coalescing window to end.
     held_until: Option<Instant>,
+    /// Subscriptions the owner refused in a row as unavailable (its queue for the channel
+    /// full), and when the next may be sent: a busy channel is asked again with a growing
+    /// pause, not on every reconcile tick.
+    refusals: u32,
+    retry_at: Option<Instant>,
+}
+
+/// The pause before subscribing again after the `n`th refusal in a row (`n` >= 1).
+fn refusal_backoff(n: u32) -> Duration {
+    Duration::from_millis(250)
+        .saturating_mul(1 << n.saturating_sub(1).min(8))
+        .min(Duration::from_secs(5))
 }
 
 impl ChannelEntry {
@@ -148,6 +160,8 @@ impl ChannelEntry {
             staged: Vec::new(),
             last_offer: None,
             held_until: None,
+            refusals: 0,
+            retry_at: None,
         }
     }
 }
@@ -987,6 +1001,8 @@ impl Hub {
                     return;
                 }
                 e.acked = true;
+                e.refusals = 0;
+                e.retry_at = None;
                 if e.last_seq.is_none() {
                     e.last_seq = Some(last_seq);
                 }
@@ -1026,10 +1042,15 @@ impl Hub {
                     if e.owner.as_ref() == Some(from) {
                         e.owner = None;
                         e.acked = false;
+                        // The owner is busy with the channel: back off. Otherwise the ring is
+                        // probably changing: the next reconcile tick subscribes again.
+                        if matches!(error, MeshError::Unavailable(_)) {
+                            e.refusals = e.refusals.saturating_add(1);
+                            e.retry_at = Some(Instant::now() + refusal_backoff(e.refusals));
+                        }
                     }
                 }
                 drop(st);
-                // The ring is probably changing: the reconcile tick subscribes again.
             }
             other => tracing::warn!(?other, %from, "unexpected frame on a subscription stream"),
         }
@@ -1229,6 +1250,9 @@ impl Hub {
                 return true;
             };
             if e.owner.as_ref() != Some(&want.node) {
+                if e.owner.is_none() && e.retry_at.is_some_and(|at| Instant::now() < at) {
+                    return true;
+                }
                 if let Some(old) = e.owner.take() {
                     sends.push((
                         old,
@@ -1239,9 +1263,11 @@ impl Hub {
                     ));
                 }
                 m::SUBSCRIBES.inc();
-                if e.last_seq.is_some() {
+                if e.last_seq.is_some() && e.refusals == 0 {
                     // A re-subscription after a move or a lost link: the previous owner may
                     // have stored a message the new owner had not read yet when it acked.
+                    // (Not after a refusal: the same owner's ack brings what was missed,
+                    // and a fetch would only add to the busy channel's queue.)
                     tail_checks.push(channel.clone());
                 }
                 e.owner = Some(want.node.clone());
@@ -1477,6 +1503,15 @@ pub(crate) mod test_support {
     /// Like [`hub_in`], with a coalescing window of `hold` (released by a running
     /// [`Hub::release_loop`]).
     pub(crate) fn hub_holding(dir: &std::path::Path, hold: Duration) -> Arc<Hub> {
+        hub_with_ring(dir, hold, watch::channel(Arc::new(Ring::empty())).1)
+    }
+
+    /// A hub following the ring that `ring` receives.
+    pub(crate) fn hub_with_ring(
+        dir: &std::path::Path,
+        hold: Duration,
+        ring: watch::Receiver<Arc<Ring>>,
+    ) -> Arc<Hub> {
         let tls = MeshTls::dev(dir).unwrap();
         let mesh = Mesh::client(
             "127.0.0.1:0".parse().unwrap(),
@@ -1485,11 +1520,10 @@ pub(crate) mod test_support {
             Duration::from_millis(200),
         )
         .unwrap();
-        let (_tx, rx) = watch::channel(Arc::new(Ring::empty()));
         Hub::new(
             NodeId::from("gw-test"),
             Arc::new(PeerPool::new(Arc::new(mesh))),
-            rx,
+            ring,
             hold,
             Shutdown::new(),
         )
@@ -1901,6 +1935,64 @@ mod tests {
             assert!(!overflow.is_cancelled(), "the session overflowed");
         }
         assert_eq!(got, (1..=6000).collect::<Vec<_>>());
+    }
+
+    /// A subscription refused because the owner is busy with the channel is asked again after
+    /// a growing pause, not on every reconcile tick; an ack ends the backoff.
+    #[tokio::test]
+    async fn a_busy_owners_refusal_backs_off_the_next_subscribe() {
+        use shared::protocol::{RingMember, RingState};
+        let dir = tempfile::tempdir().unwrap();
+        let ring = Ring::new(RingState {
+            epoch: shared::ids::RingEpoch(1),
+            members: vec![RingMember {
+                node: NodeId::from("cs-1"),
+                mesh_addr: "127.0.0.1:9".into(),
+                draining: false,
+            }],
+            vnodes: 0,
+        });
+        let (_ring_tx, ring_rx) = watch::channel(Arc::new(ring));
+        let hub = super::test_support::hub_with_ring(dir.path(), Duration::ZERO, ring_rx);
+        let (_id, _rx, _) = session(&hub, 64);
+        let channel = ChannelId::from("CX");
+        let cs1 = NodeId::from("cs-1");
+        let owner = |hub: &Arc<Hub>| hub.state.lock().channels[&channel].owner.clone();
+        assert_eq!(owner(&hub), Some(cs1.clone()), "subscribed at registration");
+        ack(&hub, "cs-1", 5, vec![]);
+        let refuse = |hub: &Arc<Hub>| {
+            hub.on_link_frame(
+                &cs1,
+                MeshFrame::Refused {
+                    channel: channel.clone(),
+                    error: MeshError::Unavailable("the channel is busy".into()),
+                },
+            )
+        };
+        refuse(&hub);
+        assert_eq!(owner(&hub), None);
+        // The next ticks hold back while the pause lasts.
+        hub.reconcile();
+        assert_eq!(owner(&hub), None, "subscribed again at once");
+        tokio::time::sleep(refusal_backoff(1) + Duration::from_millis(50)).await;
+        hub.reconcile();
+        assert_eq!(owner(&hub), Some(cs1.clone()), "never subscribed again");
+        // A second refusal in a row waits longer.
+        refuse(&hub);
+        let backoff = |hub: &Arc<Hub>| {
+            let st = hub.state.lock();
+            let e = &st.channels[&channel];
+            (e.refusals, e.retry_at)
+        };
+        let (refusals, until) = backoff(&hub);
+        let wait = until.unwrap().saturating_duration_since(Instant::now());
+        assert!(wait > refusal_backoff(1), "{wait:?}");
+        assert_eq!(refusals, 2);
+        // Once acknowledged, the count starts over.
+        tokio::time::sleep_until(until.unwrap().into()).await;
+        hub.reconcile();
+        ack(&hub, "cs-1", 5, vec![]);
+        assert_eq!(backoff(&hub), (0, None));
     }
 
     /// Typing relayed to a channel server that cannot take it piles up to a bound, not
