@@ -1093,7 +1093,6 @@ impl Cluster {
         }
     }
 
-    /// Creates a public channel; returns its id.
     /// Creates private channel `name` as `owner` and invites `members`; returns its id.
     pub async fn create_private(
         &self,
@@ -1123,6 +1122,7 @@ impl Cluster {
         id
     }
 
+    /// Creates a public channel; returns its id.
     pub async fn create_channel(&self, user: &TestUser, name: &str) -> String {
         let v = self
             .api_ok("conversations.create", &user.token, json!({ "name": name }))

@@ -116,8 +116,9 @@ async fn unfinished_creation(
     {
         return Ok(None);
     }
-    // Never joined and never posted in: a channel that emptied later (its members left, or
-    // the creator was removed) is not this, and the creator may not get back in by name.
+    // No members and no messages. A channel that was used and emptied later (its members
+    // left, or the creator was removed) has messages, and its creator does not get back in
+    // by name. (One emptied before anyone posted cannot be told apart, and holds nothing.)
     if !state.store.members(&existing.id).await?.is_empty()
         || state
             .store
