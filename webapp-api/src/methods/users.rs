@@ -4,7 +4,10 @@ use serde_json::{json, Value};
 use shared::ids::UserId;
 use shared::protocol::UserEvent;
 
-use super::{profile_json, publish, response_metadata, user_in_workspace, user_json, user_profile};
+use super::{
+    profile_json, publish, publish_all, response_metadata, user_in_workspace, user_json,
+    user_profile,
+};
 use crate::api::{
     decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
 };
@@ -66,31 +69,25 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
         is_admin,
     )
     .await?;
-    publish(
-        state,
-        UserEvent::UserChanged {
-            workspace: user.workspace.clone(),
-            user: user_profile(&user),
-        },
-    )
-    .await;
+    let mut events = vec![UserEvent::UserChanged {
+        workspace: user.workspace.clone(),
+        user: user_profile(&user),
+    }];
     // The new user is in #general (create_user_in joined it).
     if let Some(general) = state
         .store
         .channel_by_name(&user.workspace, crate::seed::GENERAL)
         .await?
     {
-        publish(
-            state,
-            UserEvent::ChannelJoined {
-                workspace: user.workspace.clone(),
-                channel: general.id,
-                user: user.id.clone(),
-                channel_name: general.name,
-            },
-        )
-        .await;
+        events.push(UserEvent::ChannelJoined {
+            workspace: user.workspace.clone(),
+            channel: general.id,
+            user: user.id.clone(),
+            channel_name: general.name,
+        });
     }
+    // One relay, one deadline: the user is known before it joins.
+    publish_all(state, events).await;
     Ok(object(json!({ "user": user_json(&user), "token": token })))
 }
 
