@@ -82,6 +82,15 @@ const fn req(name: &'static str, ty: Ty, description: &'static str) -> Param {
     }
 }
 
+/// What `conversations.setTopic` and `conversations.setPurpose` may answer.
+const SET_TEXT_ERRORS: &[&str] = &[
+    "channel_not_found",
+    "not_in_channel",
+    "is_archived",
+    "too_long",
+    "invalid_arguments",
+];
+
 const CHANNEL: Param = req(
     "channel",
     Ty::Str,
@@ -555,26 +564,14 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         summary: "A member sets a channel's topic.",
         auth: Auth::User,
         params: &[CHANNEL, req("topic", Ty::Str, "at most 250 characters; empty clears it")],
-        errors: &[
-            "channel_not_found",
-            "not_in_channel",
-            "is_archived",
-            "too_long",
-            "invalid_arguments",
-        ],
+        errors: SET_TEXT_ERRORS,
     },
     MethodDoc {
         name: "conversations.setPurpose",
         summary: "A member sets a channel's purpose.",
         auth: Auth::User,
         params: &[CHANNEL, req("purpose", Ty::Str, "at most 250 characters; empty clears it")],
-        errors: &[
-            "channel_not_found",
-            "not_in_channel",
-            "is_archived",
-            "too_long",
-            "invalid_arguments",
-        ],
+        errors: SET_TEXT_ERRORS,
     },
     MethodDoc {
         name: "conversations.mark",
