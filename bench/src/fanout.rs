@@ -66,6 +66,8 @@ pub struct Plan {
     pub nofile: u64,
     /// Subscribers only on gateway processes of their own, none on the dev process's.
     pub no_dev_gateway: bool,
+    /// Threads of the publishers' own runtime; 0: the publishers run on the subscribers'.
+    pub publisher_threads: usize,
 }
 
 impl Plan {
@@ -844,13 +846,103 @@ impl Publisher {
     }
 }
 
+/// A publisher and the runtime it runs on.
+///
+/// By default the publishers get a runtime (threads) of their own. On the subscribers'
+/// runtime a poster whose answer has arrived waits in the same queues as the thousands of
+/// subscriber reads that each message causes, and the bench would charge that wait to the
+/// system under test, in its post latency and, through the window, in its peak. A poster on
+/// another machine does not wait behind the screens. Every system gets the same treatment.
+struct Publishing {
+    /// `None` only after a publishing task panicked (the run has failed).
+    publisher: Option<Publisher>,
+    /// The publishers' runtime; `None`: the subscribers' (the caller's).
+    rt: Option<tokio::runtime::Handle>,
+}
+
+impl Publishing {
+    /// Builds the publisher on the runtime it will run on, so that its sockets are polled by
+    /// that runtime's threads.
+    async fn start<F, Fut>(plan: &Plan, make: F) -> anyhow::Result<Publishing>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Publisher>> + Send + 'static,
+    {
+        let rt = publisher_runtime(plan.publisher_threads)?;
+        let publisher = match &rt {
+            None => make().await?,
+            Some(rt) => rt
+                .spawn(make())
+                .await
+                .map_err(|e| anyhow::anyhow!("building the publisher: {e}"))??,
+        };
+        Ok(Publishing {
+            publisher: Some(publisher),
+            rt,
+        })
+    }
+
+    async fn run_phase(&mut self, tracker: &Arc<Tracker>, sched: &Schedule, channels: usize) {
+        let Some(mut publisher) = self.publisher.take() else {
+            tracker.fail("the publisher was lost to an earlier panic".into());
+            return;
+        };
+        match &self.rt {
+            None => {
+                publisher.run_phase(tracker, sched, channels).await;
+                self.publisher = Some(publisher);
+            }
+            Some(rt) => {
+                let (t, s) = (tracker.clone(), sched.clone());
+                let task = rt.spawn(async move {
+                    publisher.run_phase(&t, &s, channels).await;
+                    publisher
+                });
+                match task.await {
+                    Ok(p) => self.publisher = Some(p),
+                    Err(e) => tracker.fail(format!("publishing task failed: {e}")),
+                }
+            }
+        }
+    }
+}
+
+/// The publishers' runtime, made at the first call with `threads` workers (a run makes one
+/// plan, so one size); `None` for 0. Kept for the life of the process: a runtime cannot be
+/// dropped inside another's tasks.
+fn publisher_runtime(threads: usize) -> anyhow::Result<Option<tokio::runtime::Handle>> {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if threads == 0 {
+        return Ok(None);
+    }
+    if let Some(rt) = RT.get() {
+        return Ok(Some(rt.handle().clone()));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("bench-publish")
+        .enable_all()
+        .build()
+        .context("publishers' runtime")?;
+    // A concurrent first call may have won; its runtime is used and this one is dropped
+    // here, outside any task of its own.
+    let rt = match RT.set(rt) {
+        Ok(()) => RT.get().expect("just set"),
+        Err(mine) => {
+            mine.shutdown_background();
+            RT.get().expect("set by the other call")
+        }
+    };
+    Ok(Some(rt.handle().clone()))
+}
+
 // ---- the phases ----
 
 async fn run_phases(
     plan: &Plan,
     system: &str,
     tracker: &Arc<Tracker>,
-    publisher: &mut Publisher,
+    publisher: &mut Publishing,
     server_pids: Vec<u32>,
     metrics_http: Option<&str>,
 ) -> Vec<PhaseResult> {
@@ -979,7 +1071,7 @@ async fn run_phases(
 /// anything still on its way (a late repeat of a measured message, a stray) arrives before
 /// that message and is judged by the in-order check, rather than left unread in a socket.
 /// Not measured: its counters are the tracker's last slot, past the phases'.
-async fn settle(plan: &Plan, system: &str, tracker: &Arc<Tracker>, publisher: &mut Publisher) {
+async fn settle(plan: &Plan, system: &str, tracker: &Arc<Tracker>, publisher: &mut Publishing) {
     let phase = plan.phases();
     let deadline = Instant::now() + Duration::from_secs_f64(plan.drain_timeout_s);
     let sched = Schedule {
@@ -1208,13 +1300,21 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
     quiesce(&tracker).await;
     let presence = tracker.other_events.load(Ordering::Relaxed);
     let setup_s = setup.elapsed().as_secs_f64();
-    let mut publisher = Publisher::Http {
-        api,
-        tokens: Arc::new(poster_tokens),
-        channel_ids,
-        posters: plan.posters,
-        run_id: run.into(),
-    };
+    // A client of its own: the setup's pooled connections were opened (and are polled) on
+    // the subscribers' runtime.
+    let post_api = Api::new(&sut.urls.api)?;
+    let tokens = Arc::new(poster_tokens);
+    let (posters, run_id) = (plan.posters, Arc::<str>::from(run));
+    let mut publisher = Publishing::start(plan, move || async move {
+        Ok(Publisher::Http {
+            api: post_api,
+            tokens,
+            channel_ids,
+            posters,
+            run_id,
+        })
+    })
+    .await?;
     let phases = run_phases(
         plan,
         "switchboard",
@@ -1345,15 +1445,12 @@ pub async fn run_limit(plan: &Plan) -> anyhow::Result<SystemResult> {
         })
         .collect();
     let subs = Subscribers::connect(plan, |_| SubKind::Limit, targets, &tracker, true).await?;
-    let pub_ws = ws::connect(
-        &format!("{url}/pub"),
-        SourceAddrs::nth(0),
-        ws::client_config(4096),
-    )
+    let pub_url = format!("{url}/pub");
+    let mut publisher = Publishing::start(plan, move || async move {
+        let ws = ws::connect(&pub_url, SourceAddrs::nth(0), ws::client_config(4096)).await?;
+        Ok(Publisher::Limit { ws: Box::new(ws) })
+    })
     .await?;
-    let mut publisher = Publisher::Limit {
-        ws: Box::new(pub_ws),
-    };
     let setup_s = setup.elapsed().as_secs_f64();
     let phases = run_phases(plan, "limit", &tracker, &mut publisher, server_pids, None).await;
     drop(publisher);
@@ -1405,11 +1502,15 @@ pub async fn run_nats(
         })
         .collect();
     let subs = Subscribers::connect(plan, |_| SubKind::Nats, targets, &tracker, true).await?;
-    let conn = NatsWs::connect(ws_url, SourceAddrs::nth(0), 4096).await?;
-    let mut publisher = Publisher::Nats {
-        conn: Box::new(conn),
-        subject_prefix: prefix,
-    };
+    let url = ws_url.to_string();
+    let mut publisher = Publishing::start(plan, move || async move {
+        let conn = NatsWs::connect(&url, SourceAddrs::nth(0), 4096).await?;
+        Ok(Publisher::Nats {
+            conn: Box::new(conn),
+            subject_prefix: prefix,
+        })
+    })
+    .await?;
     let setup_s = setup.elapsed().as_secs_f64();
     let pids = server_pid.into_iter().collect();
     let phases = run_phases(plan, "nats", &tracker, &mut publisher, pids, None).await;
@@ -1473,6 +1574,7 @@ mod tests {
             limit_threads: 1,
             nofile: 1024,
             no_dev_gateway: false,
+            publisher_threads: 1,
         }
     }
 

@@ -203,6 +203,12 @@ struct FanoutArgs {
     /// Worker threads of the in-process limit server [default: number of CPUs].
     #[arg(long)]
     limit_threads: Option<usize>,
+    /// Threads of the publishers' own runtime, so that posting is not queued behind the
+    /// subscribers' reads in one scheduler, as a poster on another machine would not be
+    /// [default: a quarter of the CPUs, at least 1, at most 8]. 0: publish on the
+    /// subscribers' runtime, as the bench did before it had its own (for comparison).
+    #[arg(long)]
+    publisher_threads: Option<usize>,
 }
 
 impl FanoutArgs {
@@ -233,6 +239,10 @@ impl FanoutArgs {
             }),
             nofile,
             no_dev_gateway: !self.dev_gateway,
+            publisher_threads: self.publisher_threads.unwrap_or_else(|| {
+                let n = std::thread::available_parallelism().map_or(2, |n| n.get());
+                (n / 4).clamp(1, 8)
+            }),
         }
     }
 }
