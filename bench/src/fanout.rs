@@ -1,4 +1,4 @@
-//! The fan-out scenario, against Switchboard, the in-process limit server, or nats-server.
+//! The fan-out scenario, against Switchboard, the limit server (a child process), or nats-server.
 //!
 //! Shape: `channels` channels, `subs` subscribers per channel, messages posted round-robin
 //! over the channels. Every message carries its id `m`, the phase, and its send time
@@ -60,10 +60,8 @@ pub struct Plan {
     /// Put bench users in the demo workspace (they all join its #general) instead of a
     /// workspace of their own.
     pub demo_workspace: bool,
-    /// Worker threads of the in-process limit server.
+    /// Worker threads of the limit server.
     pub limit_threads: usize,
-    /// This process's open-files limit (decides where the limit server runs).
-    pub nofile: u64,
     /// Subscribers only on gateway processes of their own, none on the dev process's.
     pub no_dev_gateway: bool,
     /// Threads of the publishers' own runtime; 0: the publishers run on the subscribers'.
@@ -1414,29 +1412,18 @@ fn metric_value(body: &str, name: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Fan-out through the in-process limit server.
+/// Fan-out through the limit server, a process of its own (as Switchboard's and NATS's
+/// servers are): its CPU is counted as the server's, and it does not share the bench's
+/// scheduler or open-files limit.
 pub async fn run_limit(plan: &Plan) -> anyhow::Result<SystemResult> {
     let setup = Instant::now();
-    // In this process the server's sockets and the clients' share one open-files limit.
-    let in_process = 2 * plan.subscribers() as u64 + 512 <= plan.nofile;
-    let (server, url, server_pids) = if in_process {
-        let s = crate::limit::LimitServer::start(plan.channels, plan.limit_threads)?;
-        let url = s.url.clone();
-        (LimitHandle::InProcess(s), url, Vec::new())
-    } else {
-        let c = crate::limit::LimitChild::start(plan.channels, plan.limit_threads)?;
-        let (url, pid) = (c.url.clone(), c.pid());
-        (LimitHandle::Child(c), url, vec![pid])
-    };
+    let server = crate::limit::LimitChild::start(plan.channels, plan.limit_threads)?;
+    let (url, server_pids) = (server.url.clone(), vec![server.pid()]);
     let tracker = Tracker::new(plan);
     note(format!(
-        "limit: connecting {} subscribers ({})",
+        "limit: connecting {} subscribers (server process {})",
         plan.subscribers(),
-        if in_process {
-            "server in this process"
-        } else {
-            "server in a child process"
-        }
+        server.pid()
     ));
     let targets = (0..plan.subscribers())
         .map(|u| {
@@ -1455,31 +1442,12 @@ pub async fn run_limit(plan: &Plan) -> anyhow::Result<SystemResult> {
     let phases = run_phases(plan, "limit", &tracker, &mut publisher, server_pids, None).await;
     drop(publisher);
     let mut result = finish("limit", plan, tracker, subs, phases, setup_s, false).await;
-    match &server {
-        LimitHandle::InProcess(s) => {
-            result
-                .notes
-                .push("server in the bench process: its CPU is in bench_cpu_s".into());
-            if s.dropped() > 0 {
-                result.notes.push(format!(
-                    "limit server dropped {} frames to full subscriber queues",
-                    s.dropped()
-                ));
-            }
-        }
-        LimitHandle::Child(c) => result.notes.push(format!(
-            "server in child process {} (the sockets of both sides would not fit this \
-             process's open-files limit): its CPU is in server_cpu_s",
-            c.pid()
-        )),
-    }
+    result.notes.push(format!(
+        "limit server in process {}: its CPU is in server_cpu_s",
+        server.pid()
+    ));
     drop(server);
     Ok(result)
-}
-
-enum LimitHandle {
-    InProcess(crate::limit::LimitServer),
-    Child(crate::limit::LimitChild),
 }
 
 /// Fan-out through nats-server's WebSocket listener, one publisher.
@@ -1572,7 +1540,6 @@ mod tests {
             read_buffer: 4096,
             demo_workspace: false,
             limit_threads: 1,
-            nofile: 1024,
             no_dev_gateway: false,
             publisher_threads: 1,
         }

@@ -7,7 +7,7 @@
 //! - [`connections`], [`posts`]: idle sessions per gateway; durable post throughput.
 //! - [`store`]: durable appends straight into the embedded store (its writers' ceiling).
 //! - [`cql`]: the Cassandra node (or cluster) the posts scenario runs the CQL store on.
-//! - [`limit`]: the in-process plain WebSocket broadcast server (the machine's ceiling).
+//! - [`limit`]: the plain WebSocket broadcast server, a child process (the machine's ceiling).
 //! - [`nats`]: NATS text protocol over WebSocket, and starting nats-server.
 //! - [`order`]: the in-order, no-loss, no-duplicate check.
 //! - [`stats`], [`svg`], [`report`]: histograms, the plot, tables, JSON, progress.
@@ -70,7 +70,7 @@ enum Scenario {
     /// `--stores embedded,cql` on the CQL store (a Cassandra node the bench starts) in the
     /// same run, side by side.
     Posts(PostsArgs),
-    /// The fan-out shape over a plain in-process tokio-tungstenite broadcast server. Flags that
+    /// The fan-out shape over a plain tokio-tungstenite broadcast server (a child process). Flags that
     /// only shape a Switchboard or NATS run (`-g`, `-p`, `--target-urls`, `--nats-url`, ...)
     /// are refused.
     Limit(FanoutArgs),
@@ -200,7 +200,7 @@ struct FanoutArgs {
     /// The nats-server binary (default: from PATH or /usr/sbin).
     #[arg(long)]
     nats_server_bin: Option<PathBuf>,
-    /// Worker threads of the in-process limit server [default: number of CPUs].
+    /// Worker threads of the limit server [default: number of CPUs].
     #[arg(long)]
     limit_threads: Option<usize>,
     /// Threads of the publishers' own runtime, so that posting is not queued behind the
@@ -212,7 +212,7 @@ struct FanoutArgs {
 }
 
 impl FanoutArgs {
-    fn plan(&self, nofile: u64) -> fanout::Plan {
+    fn plan(&self) -> fanout::Plan {
         let smoke = self.common.smoke;
         let pick = |v: Option<usize>, normal: usize, small: usize| {
             v.unwrap_or(if smoke { small } else { normal })
@@ -237,7 +237,6 @@ impl FanoutArgs {
                     .map(|n| n.get())
                     .unwrap_or(2)
             }),
-            nofile,
             no_dev_gateway: !self.dev_gateway,
             publisher_threads: self.publisher_threads.unwrap_or_else(|| {
                 let n = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -655,9 +654,9 @@ fn raise_nofile() -> u64 {
 async fn run(cli: Cli) -> anyhow::Result<bool> {
     let nofile = raise_nofile();
     match cli.scenario {
-        Scenario::Fanout(a) => fanout_cmd("fanout", a, nofile).await,
-        Scenario::Limit(a) => fanout_cmd("limit", a, nofile).await,
-        Scenario::Nats(a) => fanout_cmd("nats", a, nofile).await,
+        Scenario::Fanout(a) => fanout_cmd("fanout", a).await,
+        Scenario::Limit(a) => fanout_cmd("limit", a).await,
+        Scenario::Nats(a) => fanout_cmd("nats", a).await,
         Scenario::LimitServer { .. } => unreachable!("handled before the runtime starts"),
         Scenario::Connections(a) => connections_cmd(a, nofile).await,
         Scenario::Posts(a) => posts_cmd(a).await,
@@ -783,11 +782,11 @@ fn refuse_unused_fanout_flags(scenario: &str, a: &FanoutArgs) -> anyhow::Result<
     )
 }
 
-async fn fanout_cmd(scenario: &str, a: FanoutArgs, nofile: u64) -> anyhow::Result<bool> {
+async fn fanout_cmd(scenario: &str, a: FanoutArgs) -> anyhow::Result<bool> {
     refuse_unused_fanout_flags(scenario, &a)?;
     let info = RunInfo::new(scenario);
     report::warn_if_busy(&info);
-    let plan = a.plan(nofile);
+    let plan = a.plan();
     let run_sb = scenario == "fanout";
     let run_limit = scenario == "limit" || (run_sb && a.with_limit);
     let run_nats = scenario == "nats" || (run_sb && a.with_nats);

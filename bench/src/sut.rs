@@ -458,10 +458,9 @@ pub struct CpuMeter {
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct CpuUsage {
-    /// CPU seconds used by the system under test's processes (not counted for an
-    /// in-process server, which shares the bench's process).
+    /// CPU seconds used by the system under test's processes.
     pub server_cpu_s: f64,
-    /// CPU seconds used by the bench process (clients, and an in-process server).
+    /// CPU seconds used by the bench process (the clients).
     pub bench_cpu_s: f64,
     pub wall_s: f64,
     /// The server threads that used the most CPU over the phase, busiest first: a thread
