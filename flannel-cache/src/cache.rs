@@ -1148,6 +1148,7 @@ mod tests {
             channel: ChannelId::from("CUNKNOWN"),
             user: api.demo_user("alice"),
             channel_name: "x".into(),
+            after_seq: None,
         });
         assert!(!cache.is_cached(&ws));
         // The demo's own #general is known: joining it is applied, not a reload.
@@ -1158,6 +1159,7 @@ mod tests {
             channel: api.demo_general(),
             user: api.demo_user("bob"),
             channel_name: "general".into(),
+            after_seq: None,
         });
         assert!(cache.is_cached(&ws));
     }

@@ -739,6 +739,7 @@ pub(crate) mod tests {
             channel: ChannelId::from("CGENERAL"),
             user: UserId::from("UDAVE"),
             channel_name: "general".into(),
+            after_seq: None,
         };
         assert_eq!(ws.apply(&joined), Applied::Applied);
         assert_eq!(ws.apply(&joined), Applied::Applied, "idempotent");
@@ -765,6 +766,7 @@ pub(crate) mod tests {
             channel: ChannelId::from("CNEW"),
             user: UserId::from("UCAROL"),
             channel_name: "launch".into(),
+            after_seq: None,
         });
         c.name = "launch-2".into();
         c.is_archived = true;
@@ -802,6 +804,7 @@ pub(crate) mod tests {
                 channel: ChannelId::from("CUNKNOWN"),
                 user: UserId::from("UALICE"),
                 channel_name: "x".into(),
+                after_seq: None,
             }),
             Applied::NeedsReload
         );

@@ -63,10 +63,13 @@ pub enum Outbound {
     /// Any other event, written as is.
     Event(Utf8Bytes),
     /// The session now receives `channel`, continuing after `start` (`None`: from whatever
-    /// comes next).
+    /// comes next). `head` is the last message the hub had passed on: when it is past
+    /// `start` (messages posted after the join reached the hub before the join did), the
+    /// session fetches them at once rather than waiting for the next live one to show the gap.
     Joined {
         channel: ChannelId,
         start: Option<Seq>,
+        head: Option<Seq>,
     },
     Left {
         channel: ChannelId,
@@ -543,6 +546,8 @@ impl Hub {
                     channel: channel.clone(),
                     user: user.clone(),
                     channel_name: name.clone(),
+                    // A listing does not say when the join was: from what comes next.
+                    after_seq: None,
                 },
             );
         }
@@ -572,6 +577,7 @@ impl Hub {
                 channel,
                 user,
                 channel_name,
+                after_seq,
             } => {
                 let ids: Vec<SessionId> = st
                     .users
@@ -586,7 +592,20 @@ impl Hub {
                     .channels
                     .entry(channel.clone())
                     .or_insert_with(|| ChannelEntry::new(workspace.clone()));
-                let start = entry.last_seq;
+                // Where the joining sessions start: after the join's own seq where the event
+                // carries one, since a message posted after the join may have reached this hub
+                // before the event did; never past what the hub has passed on.
+                let head = entry.last_seq;
+                let start = match (head, after_seq) {
+                    (Some(h), Some(a)) => Some(h.min(a)),
+                    (h, a) => h.or(a),
+                };
+                if head.is_none() && after_seq.is_some() {
+                    // Nothing passed on yet (a new entry, or a subscription not answered): the
+                    // hub's stream starts there too, and the subscription asks for what
+                    // followed the join (or the gap fetch after its answer does).
+                    entry.last_seq = after_seq;
+                }
                 let mut joined = Vec::new();
                 for id in &ids {
                     entry.sessions.insert(*id);
@@ -609,6 +628,7 @@ impl Hub {
                         s.offer(Outbound::Joined {
                             channel: channel.clone(),
                             start,
+                            head,
                         });
                         s.offer(Outbound::Event(text.clone()));
                     }
@@ -1545,6 +1565,11 @@ pub(crate) mod test_support {
     }
 
     /// The channel `CX` acknowledged by `owner` at `last_seq`, with `backlog`.
+    /// `owner` passes `msg` on to the hub, as a live message of its subscription.
+    pub(crate) fn deliver_live(hub: &Arc<Hub>, owner: &str, msg: Message) {
+        hub.on_link_frame(&NodeId::from(owner), MeshFrame::Deliver { msg });
+    }
+
     pub(crate) fn ack(hub: &Arc<Hub>, owner: &str, last_seq: Seq, backlog: Vec<Message>) {
         hub.state
             .lock()
@@ -2094,6 +2119,7 @@ mod tests {
             channel: ChannelId::from("CY"),
             user: UserId::from("UB"),
             channel_name: "y".into(),
+            after_seq: None,
         });
         assert!(hub.in_channel(id, &ChannelId::from("CY")));
         // Another workspace's event for a same-named user id changes nothing.
@@ -2120,6 +2146,76 @@ mod tests {
         }
         assert_eq!(kinds, vec!["joined", "event", "left", "event"]);
     }
+    /// A join carries the channel's seq from before it. A message posted after the join can
+    /// reach the hub before the join does: the joining sessions start at the join's seq, and
+    /// are told how far the hub has got, so that they fetch what they missed at once.
+    #[tokio::test]
+    async fn a_join_starts_the_sessions_at_the_seq_it_carries() {
+        let (hub, _dir) = hub();
+        let (_bob, mut bob_rx, _) = session(&hub, 64);
+        ack(&hub, "cs-1", 0, vec![]);
+        for s in 1..=3 {
+            hub.on_link_frame(&NodeId::from("cs-1"), MeshFrame::Deliver { msg: msg(s) });
+        }
+        assert_eq!(seqs(&mut bob_rx), vec![1, 2, 3]);
+        // Carol, in no channel yet, joins CX at seq 1: 2 and 3 came after her join.
+        let (tx, mut carol_rx) = crate::queue::weighted(64, Outbound::weight);
+        let (ws, carol) = (WorkspaceId::from("TW"), UserId::from("UC"));
+        hub.register(
+            carol.clone(),
+            ws.clone(),
+            &[],
+            &BTreeMap::new(),
+            tx,
+            CancellationToken::new(),
+        );
+        let joined = |channel: &str, after_seq| UserEvent::ChannelJoined {
+            workspace: ws.clone(),
+            channel: ChannelId::from(channel),
+            user: carol.clone(),
+            channel_name: channel.to_lowercase(),
+            after_seq,
+        };
+        hub.on_user_event(joined("CX", Some(1)));
+        let starts = |rx: &mut crate::queue::Receiver<Outbound>| {
+            let mut out = Vec::new();
+            while let Some(o) = rx.try_recv() {
+                if let Outbound::Joined {
+                    channel,
+                    start,
+                    head,
+                } = o
+                {
+                    out.push((channel.0, start, head));
+                }
+            }
+            out
+        };
+        assert_eq!(starts(&mut carol_rx), vec![("CX".into(), Some(1), Some(3))]);
+        // A join whose seq the hub has not reached yet starts where the hub is.
+        hub.on_user_event(UserEvent::ChannelLeft {
+            workspace: ws.clone(),
+            channel: ChannelId::from("CX"),
+            user: carol.clone(),
+        });
+        hub.on_user_event(joined("CX", Some(7)));
+        assert_eq!(starts(&mut carol_rx), vec![("CX".into(), Some(3), Some(3))]);
+        // A channel no session here was in: the hub's own stream starts at the join, so its
+        // subscription asks the owner for what followed.
+        hub.on_user_event(joined("CY", Some(5)));
+        assert_eq!(starts(&mut carol_rx), vec![("CY".into(), Some(5), None)]);
+        let st = hub.state.lock();
+        assert_eq!(st.channels[&ChannelId::from("CY")].last_seq, Some(5));
+        drop(st);
+        // Without a seq (a membership resync's listing), as before: from what comes next.
+        hub.on_user_event(joined("CZ", None));
+        assert_eq!(starts(&mut carol_rx), vec![("CZ".into(), None, None)]);
+        assert_eq!(
+            hub.state.lock().channels[&ChannelId::from("CZ")].last_seq,
+            None
+        );
+    }
+
     /// What the drained queue held: the kind of each item, and the events' text.
     fn drained(rx: &mut crate::queue::Receiver<Outbound>) -> Vec<String> {
         let mut out = Vec::new();
@@ -2178,6 +2274,7 @@ mod tests {
             channel: ChannelId::from("CY"),
             user: user.clone(),
             channel_name: "y".into(),
+            after_seq: None,
         });
         drained(&mut rx);
         assert_eq!(hub.resync_user(&ws, &user, &stale, since), None);
@@ -2195,6 +2292,7 @@ mod tests {
             channel: ChannelId::from("CZ"),
             user: UserId::from("USOMEONE"),
             channel_name: "z".into(),
+            after_seq: None,
         });
         let fresh = vec![
             (ChannelId::from("CX"), "x".to_string()),

@@ -339,9 +339,19 @@ impl Session {
                     out.push(t)
                 }
             }
-            Outbound::Joined { channel, start } => {
+            Outbound::Joined {
+                channel,
+                start,
+                head,
+            } => {
                 self.channels.insert(channel.clone());
                 self.set_last(&channel, start);
+                if let (Some(start), Some(head)) = (start, head) {
+                    if head > start {
+                        // Posted after the join, passed on before the hub heard of it.
+                        self.request_backfill(channel, start, Some(head), 0);
+                    }
+                }
             }
             Outbound::Left { channel } => {
                 self.channels.remove(&channel);
@@ -1076,6 +1086,71 @@ mod tests {
         buf.extend(0..100);
         shrink_after_burst(&mut buf, 1);
         assert_eq!(buf.len(), 100);
+    }
+
+    /// Messages posted after a join that reached the hub before the join did: the session
+    /// starts at the join's seq and fetches them at once (from the hub's recent window here),
+    /// without waiting for a later message to show the gap.
+    #[tokio::test]
+    async fn a_join_behind_the_hub_fetches_what_came_after_it_at_once() {
+        use crate::hub::test_support::{ack, deliver_live, msg};
+        use shared::ids::WorkspaceId;
+        let (hub, _dir) = hub();
+        let channel = ChannelId::from("CX");
+        // Another session keeps the hub subscribed to CX; it has passed on 1..=3.
+        let (tx, _rx) = crate::queue::weighted(64, Outbound::weight);
+        hub.register(
+            UserId::from("UA"),
+            WorkspaceId::from("TW"),
+            std::slice::from_ref(&channel),
+            &BTreeMap::new(),
+            tx,
+            CancellationToken::new(),
+        );
+        ack(&hub, "cs-1", 0, vec![]);
+        for seq in 1..=3 {
+            deliver_live(&hub, "cs-1", msg(seq));
+        }
+        let mut s = session(&hub, None, 64);
+        s.channels.clear();
+        s.delivered.clear();
+        let mut out = Vec::new();
+        s.on_outbound(
+            Outbound::Joined {
+                channel: channel.clone(),
+                start: Some(1),
+                head: Some(3),
+            },
+            &mut out,
+        );
+        assert!(out.is_empty());
+        assert!(s.backfilling.contains(&channel), "2 and 3 are asked for");
+        let mut rx = s.new_backfill_rx.take().expect("a backfill channel");
+        let answer = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the backfill answers")
+            .expect("an answer");
+        s.on_backfill(answer, &mut out);
+        assert_eq!(s.last_delivered(&channel), Some(3));
+        let got: Vec<bool> = out
+            .iter()
+            .zip(["m2", "m3"])
+            .map(|(t, want)| t.contains(&format!(r#""text":"{want}""#)))
+            .collect();
+        assert_eq!(got, vec![true, true], "{:?}", texts(&out));
+        // A join level with the hub asks for nothing.
+        let mut s = session(&hub, None, 64);
+        s.channels.clear();
+        s.delivered.clear();
+        s.on_outbound(
+            Outbound::Joined {
+                channel: channel.clone(),
+                start: Some(3),
+                head: Some(3),
+            },
+            &mut out,
+        );
+        assert!(s.backfilling.is_empty());
     }
 
     #[tokio::test]

@@ -112,6 +112,7 @@ mod tests {
             channel: ChannelId::from(channel),
             user: UserId::from(user),
             channel_name: channel.to_lowercase(),
+            after_seq: None,
         }
     }
 

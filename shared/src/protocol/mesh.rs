@@ -35,11 +35,12 @@ use super::model::{EphemeralEvent, Message, NewMessage, RingState, Role, UserEve
 use crate::ids::{ChannelId, NodeId, RingEpoch, Seq, UserId, WorkspaceId};
 
 /// Version this build speaks. 2: a placed message carries the message an edit or deletion
-/// changed (`Message::previous`).
-pub const PROTOCOL_VERSION: u16 = 2;
-/// Oldest version this build accepts: version 1's messages lack a field that bincode reads
-/// by position, so they cannot be decoded.
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// changed (`Message::previous`). 3: `UserEvent::ChannelJoined` carries the channel's seq at
+/// the join (`after_seq`).
+pub const PROTOCOL_VERSION: u16 = 3;
+/// Oldest version this build accepts: each older version lacks a field that bincode reads by
+/// position, so its frames cannot be decoded.
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 /// Default cap on one frame; configurable per node.
 pub const MAX_FRAME_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
 /// ALPN protocol name of the mesh.
@@ -651,6 +652,7 @@ mod tests {
                 channel: ChannelId::from("C1"),
                 user: UserId::from("U1"),
                 channel_name: "x".into(),
+                after_seq: None,
             },
             cfg,
         )
@@ -707,28 +709,32 @@ mod tests {
     }
 
     #[test]
-    fn version_one_frames_are_refused_by_name() {
-        // A node of version 1 wrote messages without `previous`: bincode cannot read them as
-        // this version's, so the version is refused before the payload is looked at.
-        let mut bytes = MeshFrame::Unsubscribe {
-            channel: ChannelId::from("C1"),
-        }
-        .to_bytes()
-        .to_vec();
-        bytes[4..6].copy_from_slice(&1u16.to_be_bytes());
-        let err = MeshFrame::decode(&bytes, MAX_FRAME_BYTES_DEFAULT).unwrap_err();
-        assert_eq!(
-            err,
-            WireError::Version {
-                version: 1,
-                min: 2,
-                max: 2
+    fn older_versions_frames_are_refused_by_name() {
+        // Version 1 wrote messages without `previous`, version 2 joins without `after_seq`:
+        // bincode cannot read either as this version's, so the version is refused before the
+        // payload is looked at.
+        for old in [1u16, 2] {
+            let mut bytes = MeshFrame::Unsubscribe {
+                channel: ChannelId::from("C1"),
             }
-        );
-        assert!(
-            err.to_string().contains("version 1 (accepted 2..=2)"),
-            "{err}"
-        );
+            .to_bytes()
+            .to_vec();
+            bytes[4..6].copy_from_slice(&old.to_be_bytes());
+            let err = MeshFrame::decode(&bytes, MAX_FRAME_BYTES_DEFAULT).unwrap_err();
+            assert_eq!(
+                err,
+                WireError::Version {
+                    version: old,
+                    min: 3,
+                    max: 3
+                }
+            );
+            assert!(
+                err.to_string()
+                    .contains(&format!("version {old} (accepted 3..=3)")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

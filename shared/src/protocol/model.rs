@@ -177,6 +177,12 @@ pub enum UserEvent {
         channel: ChannelId,
         user: UserId,
         channel_name: String,
+        /// The channel's last stored `seq`, read before the membership was stored; `None`
+        /// where unknown (a gateway's membership resync). The user's sessions start after it,
+        /// so a message posted after the join reaches them even when it reaches their gateway
+        /// before this event does. It may be a little early (a message stored between the
+        /// read and the join is delivered too), never late.
+        after_seq: Option<Seq>,
     },
     /// `user` left `channel`: its sessions stop receiving the channel.
     ChannelLeft {

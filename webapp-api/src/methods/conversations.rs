@@ -83,6 +83,8 @@ pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -
                 channel: channel.id.clone(),
                 user: caller.user.id.clone(),
                 channel_name: channel.name.clone(),
+                // A new channel (or an unfinished one, which has no messages either).
+                after_seq: Some(0),
             },
         ],
     )
@@ -143,6 +145,7 @@ pub(super) async fn join(state: &AppState, caller: &Caller, params: &Params) -> 
     if channel.is_archived {
         return Err(ApiError::IsArchived);
     }
+    let after = super::members::seq_before_join(state, &channel).await?;
     let added = state.store.add_member(&channel.id, &caller.user.id).await?;
     publish(
         state,
@@ -151,6 +154,7 @@ pub(super) async fn join(state: &AppState, caller: &Caller, params: &Params) -> 
             channel: channel.id.clone(),
             user: caller.user.id.clone(),
             channel_name: channel.name.clone(),
+            after_seq: Some(after),
         },
     )
     .await;

@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 
 use serde_json::json;
-use shared::ids::{ChannelId, Ts, UserId};
+use shared::ids::{ChannelId, Seq, Ts, UserId};
 use shared::protocol::UserEvent;
 use shared::store::{Channel, StorageErrorKind};
 
@@ -184,6 +184,17 @@ async fn open_dm(
     Ok((channel, created, members.len()))
 }
 
+/// The channel's last stored `seq` (0 before its first message), to be read before a join is
+/// stored: the joining user's sessions start after it (`UserEvent::ChannelJoined::after_seq`).
+/// Read after the join, a message stored in between would be skipped by them.
+pub(crate) async fn seq_before_join(state: &AppState, channel: &Channel) -> ApiResult<Seq> {
+    Ok(state
+        .store
+        .last_message(&channel.workspace, &channel.id)
+        .await?
+        .map_or(0, |m| m.seq))
+}
+
 /// Adds `users` to `channel`, pushing a `ChannelJoined` to `events` for each one that was not
 /// a member yet (what was added before a store failure is still pushed, to be relayed).
 /// Returns how many were added.
@@ -193,6 +204,7 @@ async fn add_members(
     users: &[UserId],
     events: &mut Vec<UserEvent>,
 ) -> ApiResult<usize> {
+    let after = seq_before_join(state, channel).await?;
     let mut added = 0;
     for user in users {
         if state.store.add_member(&channel.id, user).await? {
@@ -202,6 +214,7 @@ async fn add_members(
                 channel: channel.id.clone(),
                 user: user.clone(),
                 channel_name: channel.name.clone(),
+                after_seq: Some(after),
             });
         }
     }

@@ -84,6 +84,8 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
             channel: general.id,
             user: user.id.clone(),
             channel_name: general.name,
+            // No session of a user that is being created can be open yet.
+            after_seq: None,
         });
     }
     // One relay, one deadline: the user is known before it joins.

@@ -101,3 +101,87 @@ async fn a_new_conversation_is_announced_before_its_members() {
     assert_eq!(about(&s.relayed_events(), &dm).len(), 1 + pair.len());
     s.stop().await;
 }
+
+/// The channel's seq from before the join, as each joined event of `user` to `channel` carries it.
+fn join_seqs(events: &[UserEvent], channel: &str, user: &str) -> Vec<Option<u64>> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            UserEvent::ChannelJoined {
+                channel: c,
+                user: u,
+                after_seq,
+                ..
+            } if c.as_str() == channel && u.as_str() == user => Some(*after_seq),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A join carries the channel's last seq from before it, so that the joiner's gateway starts
+/// the joiner's sessions there: a message posted right after the join may reach the gateway
+/// before the join does, and must not be skipped.
+#[tokio::test]
+async fn a_join_carries_the_seq_of_the_channel_before_it() {
+    let s = Server::start_with_cluster().await;
+    let (alice, bob, carol) = (s.token("alice"), s.token("bob"), s.token("carol"));
+    let (bob_id, carol_id) = (s.user_id("bob"), s.user_id("carol"));
+    let created = s
+        .ok("conversations.create", &alice, json!({"name": "seqs"}))
+        .await;
+    let channel = created["channel"]["id"].as_str().expect("id").to_string();
+    // A new channel has no messages: its creator starts from 0.
+    let alice_id = s.user_id("alice");
+    for _ in 0..200 {
+        if !join_seqs(&s.relayed_events(), &channel, &alice_id).is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        join_seqs(&s.relayed_events(), &channel, &alice_id),
+        vec![Some(0)]
+    );
+    for text in ["one", "two"] {
+        s.ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": channel, "text": text}),
+        )
+        .await;
+    }
+    // conversations.join and conversations.invite both read it before storing the member.
+    s.ok("conversations.join", &bob, json!({"channel": channel}))
+        .await;
+    s.ok(
+        "chat.postMessage",
+        &bob,
+        json!({"channel": channel, "text": "three"}),
+    )
+    .await;
+    s.ok(
+        "conversations.invite",
+        &alice,
+        json!({"channel": channel, "users": carol_id}),
+    )
+    .await;
+    let mut seen = (Vec::new(), Vec::new());
+    for _ in 0..200 {
+        let events = s.relayed_events();
+        seen = (
+            join_seqs(&events, &channel, &bob_id),
+            join_seqs(&events, &channel, &carol_id),
+        );
+        if !seen.0.is_empty() && !seen.1.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, (vec![Some(2)], vec![Some(3)]));
+    // Carol can read what was posted before she came (history), and is a member now.
+    let history = s
+        .ok("conversations.history", &carol, json!({"channel": channel}))
+        .await;
+    assert_eq!(history["messages"].as_array().expect("messages").len(), 3);
+    s.stop().await;
+}
