@@ -151,6 +151,42 @@ async fn dms_and_invites_reach_exactly_their_members() {
     carol_ws.wait_seq(&secret_id, seq_of(&m), WAIT).await;
     bob_ws.wait_seq(&secret_id, seq_of(&m), WAIT).await;
 
+    // A post right after a join, with no warm-up and no wait for `channel_joined`, reaches
+    // the new member live: its gateway may hear of the post before the join, and the join
+    // carries where the channel was, so the session fetches what it missed.
+    for round in 0..3 {
+        let fresh = cluster
+            .api_ok(
+                "conversations.create",
+                &alice.token,
+                json!({ "name": format!("launch-{round}"), "is_private": true }),
+            )
+            .await;
+        let fresh_id = fresh["channel"]["id"].as_str().unwrap().to_string();
+        cluster
+            .api_ok(
+                "conversations.invite",
+                &alice.token,
+                json!({ "channel": fresh_id, "users": carol.id }),
+            )
+            .await;
+        let first = cluster
+            .post(&alice, &fresh_id, "right after the invite")
+            .await;
+        carol_ws.wait_seq(&fresh_id, seq_of(&first), WAIT).await;
+        cluster
+            .api_ok(
+                "conversations.invite",
+                &alice.token,
+                json!({ "channel": fresh_id, "users": bob.id }),
+            )
+            .await;
+        let second = cluster
+            .post(&carol, &fresh_id, "and after the next one")
+            .await;
+        bob_ws.wait_seq(&fresh_id, seq_of(&second), WAIT).await;
+    }
+
     // Members, a page at a time.
     let mut seen = Vec::new();
     let mut cursor = String::new();
