@@ -96,6 +96,10 @@ pub struct PhaseResult {
     pub latency: LatencySummary,
     /// Post sent to post acknowledged (Switchboard's HTTP posts only).
     pub post_ack_latency: Option<LatencySummary>,
+    /// Placed (the `ts` the channel server gave the message, just before storing it) to
+    /// received, over every delivery (Switchboard only): the part of `latency` after the post
+    /// reached its channel server. Wall clocks of one machine.
+    pub placed_to_screen: Option<LatencySummary>,
     pub cpu: CpuUsage,
     /// Where a post's time went inside Switchboard's `dev` process (its own histograms over
     /// this phase); empty for the other systems.
@@ -192,6 +196,7 @@ pub fn payload_channel(s: &str) -> Option<usize> {
 struct PhaseCounters {
     hist: SharedHistogram,
     post_hist: SharedHistogram,
+    placed_hist: SharedHistogram,
     sent: AtomicU64,
     completed: AtomicU64,
     deliveries: AtomicU64,
@@ -204,6 +209,7 @@ impl PhaseCounters {
         PhaseCounters {
             hist: SharedHistogram::default(),
             post_hist: SharedHistogram::default(),
+            placed_hist: SharedHistogram::default(),
             sent: AtomicU64::new(0),
             completed: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
@@ -372,6 +378,8 @@ struct SubState {
     misrouted: u64,
     problems: Vec<String>,
     recorders: Vec<LocalRecorder>,
+    /// Per phase, placed-to-received latencies; made at the first message with a `ts`.
+    placed: Vec<Option<LocalRecorder>>,
     tracker: Arc<Tracker>,
 }
 
@@ -392,6 +400,7 @@ impl SubState {
             misrouted: 0,
             problems: Vec::new(),
             recorders: tracker.phases.iter().map(|p| p.hist.local()).collect(),
+            placed: tracker.phases.iter().map(|_| None).collect(),
             tracker,
         }
     }
@@ -402,7 +411,8 @@ impl SubState {
         }
     }
 
-    fn on_message(&mut self, seq: u64, payload: &str) {
+    /// Takes message `seq`; `placed_us`: its `ts` (microseconds since the epoch), if any.
+    fn on_message(&mut self, seq: u64, payload: &str, placed_us: Option<u64>) {
         let Some(p) = parse_payload(payload) else {
             self.problem(format!("unparseable payload {payload:?}"));
             return;
@@ -422,6 +432,11 @@ impl SubState {
                 let now = self.tracker.now_ns();
                 if let Some(r) = self.recorders.get_mut(phase) {
                     r.record(now.saturating_sub(t));
+                }
+                if let (Some(placed), Some(slot)) = (placed_us, self.placed.get_mut(phase)) {
+                    let r =
+                        slot.get_or_insert_with(|| self.tracker.phases[phase].placed_hist.local());
+                    r.record(unix_us().saturating_sub(placed).saturating_mul(1000));
                 }
                 self.tracker.delivered(m, phase);
             }
@@ -447,6 +462,22 @@ struct RtmEvent<'a> {
     seq: Option<u64>,
     #[serde(default)]
     text: Option<&'a str>,
+    #[serde(default)]
+    ts: Option<&'a str>,
+}
+
+/// Slack's `ts` (`"1700000000.000123"`) in microseconds since the epoch.
+fn ts_us(ts: &str) -> Option<u64> {
+    let (secs, micros) = ts.split_once('.')?;
+    let (secs, micros): (u64, u64) = (secs.parse().ok()?, micros.parse().ok()?);
+    (micros < 1_000_000).then(|| secs * 1_000_000 + micros)
+}
+
+/// Now, in microseconds since the epoch (the clock the channel server's `ts` comes from).
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 enum Conn {
@@ -573,7 +604,9 @@ async fn subscriber_loop(
                     Ok(Some(ServerOp::Msg { payload, .. })) => {
                         let text = std::str::from_utf8(payload).unwrap_or("");
                         match parse_payload(text) {
-                            Some(Payload::Measured { k: Some(k), .. }) => st.on_message(k, text),
+                            Some(Payload::Measured { k: Some(k), .. }) => {
+                                st.on_message(k, text, None)
+                            }
                             _ => {
                                 let p = format!("unexpected nats payload {text:?}");
                                 st.problem(p);
@@ -602,13 +635,16 @@ async fn subscriber_loop(
     for r in &mut st.recorders {
         r.flush();
     }
+    for r in st.placed.iter_mut().flatten() {
+        r.flush();
+    }
     st
 }
 
 fn on_text(kind: &SubKind, st: &mut SubState, t: &str) {
     match kind {
         SubKind::Limit => match parse_payload(t) {
-            Some(Payload::Measured { k: Some(k), .. }) => st.on_message(k, t),
+            Some(Payload::Measured { k: Some(k), .. }) => st.on_message(k, t, None),
             _ => st.problem(format!("unexpected frame {t}")),
         },
         SubKind::Switchboard { channel_id } => on_rtm_event(st, channel_id, t),
@@ -634,7 +670,7 @@ fn on_rtm_event(st: &mut SubState, channel_id: &str, raw: &str) {
                 st.misrouted += 1;
                 return;
             }
-            st.on_message(seq, text);
+            st.on_message(seq, text, ev.ts.and_then(ts_us));
         }
         "resync_required" | "goodbye" | "error" => {
             st.problem(format!("gateway sent {raw}"));
@@ -1048,6 +1084,7 @@ async fn run_phases(
             deliveries_per_s: per_s(deliveries),
             latency: LatencySummary::default(),
             post_ack_latency: None,
+            placed_to_screen: None,
             cpu,
             server_latency,
             mesh_paths,
@@ -1157,6 +1194,10 @@ async fn finish(
         p.curve = percentile_curve(&h);
         if with_post_ack {
             p.post_ack_latency = Some(LatencySummary::of(&tracker.phases[i].post_hist.snapshot()));
+        }
+        let placed = tracker.phases[i].placed_hist.snapshot();
+        if !placed.is_empty() {
+            p.placed_to_screen = Some(LatencySummary::of(&placed));
         }
     }
     let errors = tracker.errors.lock().clone();
@@ -1330,6 +1371,18 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
         "{presence} non-message events (presence) reached the subscribers while they connected"
     ));
     for p in &result.phases {
+        if let Some(l) = &p.placed_to_screen {
+            result.notes.push(format!(
+                "{}: placed (the channel server's ts) to screen p50 {:.2} ms p99 {:.2} ms p99.9 \
+                 {:.2} ms max {:.2} ms; post sent to screen p99 {:.2} ms",
+                p.phase,
+                l.p50_us / 1000.0,
+                l.p99_us / 1000.0,
+                l.p999_us / 1000.0,
+                l.max_us / 1000.0,
+                p.latency.p99_us / 1000.0,
+            ));
+        }
         if !p.server_latency.is_empty() {
             result.notes.push(format!(
                 "inside dev, {}: {}",
@@ -1580,15 +1633,24 @@ mod tests {
         let p = plan();
         let tracker = Tracker::new(&p);
         let mut st = SubState::new(1, tracker.clone(), false);
-        st.on_message(5, WARMUP_TEXT);
+        st.on_message(5, WARMUP_TEXT, None);
         assert_eq!(tracker.started[1].load(Ordering::Relaxed), 1);
-        st.on_message(6, &encode_payload(None, None, 0, 0, 0));
-        st.on_message(8, &encode_payload(None, None, 1, 0, 0));
+        st.on_message(6, &encode_payload(None, None, 0, 0, 0), None);
+        st.on_message(8, &encode_payload(None, None, 1, 0, 0), None);
         let r = st.checker.finish(Some(8));
         assert_eq!(r.lost, 1);
         // A message for another channel is misrouted, not counted in order.
-        st.on_message(9, &encode_payload(Some(0), Some(9), 2, 0, 0));
+        st.on_message(9, &encode_payload(Some(0), Some(9), 2, 0, 0), None);
         assert_eq!(st.misrouted, 1);
+    }
+
+    #[test]
+    fn slack_ts_reads_as_microseconds() {
+        assert_eq!(ts_us("1700000000.000123"), Some(1_700_000_000_000_123));
+        assert_eq!(ts_us("1700000000.999999"), Some(1_700_000_000_999_999));
+        for bad in ["1700000000", "x.000001", "1.1000000", ""] {
+            assert_eq!(ts_us(bad), None, "{bad}");
+        }
     }
 
     #[test]
