@@ -1564,12 +1564,12 @@ pub(crate) mod test_support {
         }
     }
 
-    /// The channel `CX` acknowledged by `owner` at `last_seq`, with `backlog`.
     /// `owner` passes `msg` on to the hub, as a live message of its subscription.
     pub(crate) fn deliver_live(hub: &Arc<Hub>, owner: &str, msg: Message) {
         hub.on_link_frame(&NodeId::from(owner), MeshFrame::Deliver { msg });
     }
 
+    /// The channel `CX` acknowledged by `owner` at `last_seq`, with `backlog`.
     pub(crate) fn ack(hub: &Arc<Hub>, owner: &str, last_seq: Seq, backlog: Vec<Message>) {
         hub.state
             .lock()
@@ -1590,7 +1590,7 @@ pub(crate) mod test_support {
 
 #[cfg(test)]
 mod tests {
-    use super::test_support::{ack, hub, msg};
+    use super::test_support::{ack, deliver_live, hub, msg};
     use super::*;
 
     fn session(
@@ -2146,6 +2146,7 @@ mod tests {
         }
         assert_eq!(kinds, vec!["joined", "event", "left", "event"]);
     }
+
     /// A join carries the channel's seq from before it. A message posted after the join can
     /// reach the hub before the join does: the joining sessions start at the join's seq, and
     /// are told how far the hub has got, so that they fetch what they missed at once.
@@ -2155,7 +2156,7 @@ mod tests {
         let (_bob, mut bob_rx, _) = session(&hub, 64);
         ack(&hub, "cs-1", 0, vec![]);
         for s in 1..=3 {
-            hub.on_link_frame(&NodeId::from("cs-1"), MeshFrame::Deliver { msg: msg(s) });
+            deliver_live(&hub, "cs-1", msg(s));
         }
         assert_eq!(seqs(&mut bob_rx), vec![1, 2, 3]);
         // Carol, in no channel yet, joins CX at seq 1: 2 and 3 came after her join.
