@@ -357,6 +357,9 @@ impl Session {
                 self.channels.remove(&channel);
                 self.delivered.remove(&channel);
                 self.held.remove(&channel);
+                // A fetch still in flight is for the old membership; its answer is dropped
+                // (see `on_backfill`) and must not hold back a rejoin's own fetch.
+                self.backfilling.remove(&channel);
             }
         }
     }
@@ -1151,6 +1154,58 @@ mod tests {
             &mut out,
         );
         assert!(s.backfilling.is_empty());
+    }
+
+    /// Leaving while a fetch is in flight, then joining again behind the hub: the rejoin's
+    /// fetch is made, not taken for the old one.
+    #[tokio::test]
+    async fn a_rejoin_fetches_even_with_the_old_memberships_fetch_in_flight() {
+        use crate::hub::test_support::{ack, deliver_live, msg};
+        use shared::ids::WorkspaceId;
+        let (hub, _dir) = hub();
+        let channel = ChannelId::from("CX");
+        let (tx, _rx) = crate::queue::weighted(64, Outbound::weight);
+        hub.register(
+            UserId::from("UA"),
+            WorkspaceId::from("TW"),
+            std::slice::from_ref(&channel),
+            &BTreeMap::new(),
+            tx,
+            CancellationToken::new(),
+        );
+        ack(&hub, "cs-1", 0, vec![]);
+        for seq in 1..=3 {
+            deliver_live(&hub, "cs-1", msg(seq));
+        }
+        let mut s = session(&hub, Some(0), 64);
+        // The old membership's fetch, still out.
+        s.backfilling.insert(channel.clone());
+        let mut out = Vec::new();
+        s.on_outbound(
+            Outbound::Left {
+                channel: channel.clone(),
+            },
+            &mut out,
+        );
+        s.on_outbound(
+            Outbound::Joined {
+                channel: channel.clone(),
+                start: Some(1),
+                head: Some(3),
+            },
+            &mut out,
+        );
+        let mut rx = s
+            .new_backfill_rx
+            .take()
+            .expect("the rejoin asked for 2 and 3");
+        let answer = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("the backfill answers")
+            .expect("an answer");
+        s.on_backfill(answer, &mut out);
+        assert_eq!(s.last_delivered(&channel), Some(3));
+        assert_eq!(out.len(), 2, "{:?}", texts(&out));
     }
 
     #[tokio::test]
