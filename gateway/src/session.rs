@@ -1091,49 +1091,62 @@ mod tests {
         assert_eq!(buf.len(), 100);
     }
 
-    /// Messages posted after a join that reached the hub before the join did: the session
-    /// starts at the join's seq and fetches them at once (from the hub's recent window here),
-    /// without waiting for a later message to show the gap.
-    #[tokio::test]
-    async fn a_join_behind_the_hub_fetches_what_came_after_it_at_once() {
+    /// Another user's session keeps `hub` subscribed to CX (while the returned queue lives),
+    /// and the hub has passed on 1..=3.
+    fn hub_past_three(hub: &Arc<Hub>) -> crate::queue::Receiver<Outbound> {
         use crate::hub::test_support::{ack, deliver_live, msg};
-        use shared::ids::WorkspaceId;
-        let (hub, _dir) = hub();
-        let channel = ChannelId::from("CX");
-        // Another session keeps the hub subscribed to CX; it has passed on 1..=3.
-        let (tx, _rx) = crate::queue::weighted(64, Outbound::weight);
+        let (tx, rx) = crate::queue::weighted(64, Outbound::weight);
         hub.register(
             UserId::from("UA"),
-            WorkspaceId::from("TW"),
-            std::slice::from_ref(&channel),
+            shared::ids::WorkspaceId::from("TW"),
+            &[ChannelId::from("CX")],
             &BTreeMap::new(),
             tx,
             CancellationToken::new(),
         );
-        ack(&hub, "cs-1", 0, vec![]);
+        ack(hub, "cs-1", 0, vec![]);
         for seq in 1..=3 {
-            deliver_live(&hub, "cs-1", msg(seq));
+            deliver_live(hub, "cs-1", msg(seq));
         }
-        let mut s = session(&hub, None, 64);
-        s.channels.clear();
-        s.delivered.clear();
-        let mut out = Vec::new();
+        rx
+    }
+
+    /// Joins `s` to CX after seq 1 with the hub at 3, checks that it asks for 2 and 3 at once,
+    /// and takes the answer.
+    async fn join_at_one_and_fetch(s: &mut Session, out: &mut Vec<Utf8Bytes>) {
+        let channel = ChannelId::from("CX");
+        let before = out.len();
         s.on_outbound(
             Outbound::Joined {
                 channel: channel.clone(),
                 start: Some(1),
                 head: Some(3),
             },
-            &mut out,
+            out,
         );
-        assert!(out.is_empty());
+        assert_eq!(out.len(), before, "nothing is written before the fetch");
         assert!(s.backfilling.contains(&channel), "2 and 3 are asked for");
         let mut rx = s.new_backfill_rx.take().expect("a backfill channel");
         let answer = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("the backfill answers")
             .expect("an answer");
-        s.on_backfill(answer, &mut out);
+        s.on_backfill(answer, out);
+    }
+
+    /// Messages posted after a join that reached the hub before the join did: the session
+    /// starts at the join's seq and fetches them at once (from the hub's recent window here),
+    /// without waiting for a later message to show the gap.
+    #[tokio::test]
+    async fn a_join_behind_the_hub_fetches_what_came_after_it_at_once() {
+        let (hub, _dir) = hub();
+        let channel = ChannelId::from("CX");
+        let _other = hub_past_three(&hub);
+        let mut s = session(&hub, None, 64);
+        s.channels.clear();
+        s.delivered.clear();
+        let mut out = Vec::new();
+        join_at_one_and_fetch(&mut s, &mut out).await;
         assert_eq!(s.last_delivered(&channel), Some(3));
         let got: Vec<bool> = out
             .iter()
@@ -1160,23 +1173,9 @@ mod tests {
     /// fetch is made, not taken for the old one.
     #[tokio::test]
     async fn a_rejoin_fetches_even_with_the_old_memberships_fetch_in_flight() {
-        use crate::hub::test_support::{ack, deliver_live, msg};
-        use shared::ids::WorkspaceId;
         let (hub, _dir) = hub();
         let channel = ChannelId::from("CX");
-        let (tx, _rx) = crate::queue::weighted(64, Outbound::weight);
-        hub.register(
-            UserId::from("UA"),
-            WorkspaceId::from("TW"),
-            std::slice::from_ref(&channel),
-            &BTreeMap::new(),
-            tx,
-            CancellationToken::new(),
-        );
-        ack(&hub, "cs-1", 0, vec![]);
-        for seq in 1..=3 {
-            deliver_live(&hub, "cs-1", msg(seq));
-        }
+        let _other = hub_past_three(&hub);
         let mut s = session(&hub, Some(0), 64);
         // The old membership's fetch, still out.
         s.backfilling.insert(channel.clone());
@@ -1187,23 +1186,7 @@ mod tests {
             },
             &mut out,
         );
-        s.on_outbound(
-            Outbound::Joined {
-                channel: channel.clone(),
-                start: Some(1),
-                head: Some(3),
-            },
-            &mut out,
-        );
-        let mut rx = s
-            .new_backfill_rx
-            .take()
-            .expect("the rejoin asked for 2 and 3");
-        let answer = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("the backfill answers")
-            .expect("an answer");
-        s.on_backfill(answer, &mut out);
+        join_at_one_and_fetch(&mut s, &mut out).await;
         assert_eq!(s.last_delivered(&channel), Some(3));
         assert_eq!(out.len(), 2, "{:?}", texts(&out));
     }
