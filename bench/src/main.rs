@@ -70,9 +70,9 @@ enum Scenario {
     /// `--stores embedded,cql` on the CQL store (a Cassandra node the bench starts) in the
     /// same run, side by side.
     Posts(PostsArgs),
-    /// The fan-out shape over a plain tokio-tungstenite broadcast server (a child process). Flags that
-    /// only shape a Switchboard or NATS run (`-g`, `-p`, `--target-urls`, `--nats-url`, ...)
-    /// are refused.
+    /// The fan-out shape over a plain tokio-tungstenite broadcast server (a child process).
+    /// Flags that only shape a Switchboard or NATS run (`-g`, `-p`, `--target-urls`,
+    /// `--nats-url`, ...) are refused.
     Limit(FanoutArgs),
     /// The fan-out shape over nats-server's WebSocket listener, one publisher. Flags that only
     /// shape a Switchboard or limit server run (`-g`, `-p`, `--target-urls`,
