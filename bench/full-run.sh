@@ -82,6 +82,12 @@ SWITCHBOARD_MESH__INITIAL_WINDOW_BYTES=1048576 step 120 fanout -c 1000 -s 10 -d 
 # come in groups).
 echo "## 1 x 1,000 at half of peak, gateway coalescing window 1 ms" | tee -a "$LOG"
 SWITCHBOARD_GATEWAY__COALESCE_US=1000 step 150 fanout --half-peak -d "$D"
+# Whether session threads (a message wakes each once, not every session's task) lower that
+# tail: the same rate with 0 (the default) and with 2 per gateway, alternated.
+echo "## 1 x 1,000 at 2,750 messages/s, gateway session threads 0, 2, 0, 2" | tee -a "$LOG"
+for t in 0 2 0 2; do
+    SWITCHBOARD_GATEWAY__SESSION_THREADS=$t step 90 fanout --rate 2750 -d "$D"
+done
 THREADS=$(( $(nproc) / 4 > 1 ? $(nproc) / 4 : 1 ))
 echo "## TOKIO_WORKER_THREADS=$THREADS for the Switchboard processes" | tee -a "$LOG"
 TOKIO_WORKER_THREADS=$THREADS step 150 fanout --half-peak -d "$D"

@@ -453,10 +453,14 @@ async fn typing_and_presence_reach_the_other_members() {
 /// Messages a client sends over its socket (Slack's RTM `message` event) are posted through
 /// the Web API with the session's token: answered with their `ts` in the order sent, relayed
 /// to the channel's members in that order, stored, deduplicated by `client_msg_id`, and
-/// refused with the Web API's own error when it refuses them.
+/// refused with the Web API's own error when it refuses them. The gateways run their sessions
+/// on session threads of their own (`gateway.session_threads`), reading and writing there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_sent_over_rtm_are_posted_answered_and_relayed_in_order() {
-    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob"])).await;
+    let cluster = Cluster::start(
+        ClusterOpts::standard(&["alice", "bob"]).set("gateway", "gateway.session_threads=2"),
+    )
+    .await;
     let alice = cluster.user("acme", "alice").clone();
     let bob = cluster.user("acme", "bob").clone();
     let c = cluster.create_channel(&alice, "rtm-send").await;

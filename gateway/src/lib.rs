@@ -11,6 +11,7 @@
 //! - [`hub`]: channels, sessions, subscription streams to channel servers, gap filling.
 //! - [`session`]: one WebSocket session (RTM events, resume, ping, bounded queue).
 //! - [`rtm_post`]: messages clients send over RTM, posted through the Web API.
+//! - [`threads`]: the threads that run the sessions (`gateway.session_threads`).
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! # Invariants
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod queue;
 pub mod rtm_post;
 pub mod session;
+pub mod threads;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -70,6 +72,8 @@ struct AppState {
     boot: boot::BootSource,
     /// Where messages sent over RTM are posted (`gateway.webapp_url`).
     web_api: Arc<rtm_post::WebApi>,
+    /// Where the sessions run.
+    threads: Arc<threads::SessionThreads>,
 }
 
 /// Runs a gateway until `shutdown`: WebSockets, `/metrics` and `/health` on `http`.
@@ -169,7 +173,12 @@ pub async fn run(
             }
         });
     }
+    let session_threads = Arc::new(
+        threads::SessionThreads::start(config.gateway.session_threads)
+            .context("session threads")?,
+    );
     let state = Arc::new(AppState {
+        threads: session_threads.clone(),
         hub,
         signer: deps.signer.clone(),
         web_api: Arc::new(rtm_post::WebApi::new(
@@ -208,6 +217,8 @@ pub async fn run(
         .await
         .context("gateway server")?;
     mesh.close();
+    // The sessions were told goodbye: what still runs on their threads ends with them.
+    drop(session_threads);
     Ok(())
 }
 
@@ -447,6 +458,7 @@ async fn rtm(
         session_params,
         state.shutdown.clone(),
         permit,
+        state.threads.clone(),
     ));
     // tungstenite's default 128 KiB read buffer per session (zero-filled before each read)
     // dominated idle memory and fan-out CPU. What clients send is small (pings, typing,
@@ -461,16 +473,23 @@ async fn rtm(
             tracing::info!(error = %e, "websocket upgrade failed");
         })
         .on_upgrade(move |socket| async move {
-            let (hub, session_params, shutdown, permit) = *start;
+            let (hub, session_params, shutdown, permit, threads) = *start;
             let span = tracing::info_span!(
                 "session",
                 user = %session_params.claims.user,
                 workspace = %session_params.claims.workspace
             );
-            session::run(hub, socket, session_params, shutdown)
-                .instrument(span)
-                .await;
-            drop(permit);
+            match threads.place() {
+                Some(place) => place.spawn(|held| {
+                    session::run(hub, socket, session_params, shutdown, (permit, held))
+                        .instrument(span)
+                }),
+                None => {
+                    session::run(hub, socket, session_params, shutdown, permit)
+                        .instrument(span)
+                        .await
+                }
+            }
         })
 }
 

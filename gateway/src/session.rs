@@ -484,15 +484,20 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str, limit: Duration)
 /// room in the future that every session holds for its whole life. For the same reason the
 /// parameters come boxed (the block keeps a pointer, not ~250 bytes it has moved out of), and
 /// what is only needed to start (the channel list, resume points, boot data, the registration's
-/// starting points) is moved out and consumed before the first wait.
+/// starting points) is moved out and consumed before the first wait. `keep` (the session's
+/// permit, its place on a session thread) is held until the session ends: passed in, not
+/// held by a wrapping `async` block, which would hold this future twice (the block's copy
+/// and the one it awaits).
 #[allow(clippy::manual_async_fn)] // on purpose: see above
-pub fn run(
+pub fn run<K: Send + 'static>(
     hub: Arc<Hub>,
     mut socket: WebSocket,
     params: Box<SessionParams>,
     shutdown: Shutdown,
+    keep: K,
 ) -> impl std::future::Future<Output = ()> {
     async move {
+        let _keep = keep;
         let SessionParams {
             claims,
             channels,
@@ -1372,7 +1377,7 @@ mod tests {
                         web_api: WebApi::nowhere(),
                         presence_sub: false,
                     });
-                    run(hub, socket, params, Shutdown::new()).await;
+                    run(hub, socket, params, Shutdown::new(), ()).await;
                     if let Some(tx) = ended.lock().take() {
                         let _ = tx.send(());
                     }

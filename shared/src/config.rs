@@ -107,6 +107,10 @@ pub struct GatewayConfig {
     /// the sessions less than this long ago holds the next ones until the window ends, so each
     /// session gets them in one write. A message after a quieter spell goes at once. 0: off.
     pub coalesce_us: u64,
+    /// Threads that run the sessions, each a single-threaded runtime holding a share of them:
+    /// a message wakes each thread once, not a task on any of the process's workers per
+    /// session. 0: sessions run on the process's shared runtime.
+    pub session_threads: usize,
     /// Base URLs of the Flannel instances this gateway asks for boot data; a workspace's data
     /// lives on the one consistent hashing picks. Empty: `hello` carries no boot data.
     pub flannel_urls: Vec<String>,
@@ -159,6 +163,9 @@ pub struct FlannelConfig {
 /// The largest `mesh.initial_window_bytes`: the connection's send window, past which a
 /// larger congestion window could never be used.
 pub const MAX_MESH_INITIAL_WINDOW: u64 = 64 * 1024 * 1024;
+/// Most session threads a gateway starts (`gateway.session_threads`).
+pub const MAX_GATEWAY_SESSION_THREADS: usize = 256;
+
 /// The longest coalescing window a gateway accepts (`gateway.coalesce_us`): past it the wait
 /// would be visible to people.
 pub const MAX_GATEWAY_COALESCE_US: u64 = 100_000;
@@ -315,6 +322,9 @@ impl Config {
         }
         if self.gateway.coalesce_us > MAX_GATEWAY_COALESCE_US {
             bail!("gateway.coalesce_us must be at most {MAX_GATEWAY_COALESCE_US} (100 ms)");
+        }
+        if self.gateway.session_threads > MAX_GATEWAY_SESSION_THREADS {
+            bail!("gateway.session_threads must be at most {MAX_GATEWAY_SESSION_THREADS}");
         }
         if self.gateway.max_client_frame_bytes < 256 {
             bail!("gateway.max_client_frame_bytes must be at least 256");
@@ -649,6 +659,16 @@ mod tests {
             0,
             "off unless asked for"
         );
+        let threads = |n: usize| {
+            Config::load(
+                None,
+                std::iter::empty(),
+                &[format!("gateway.session_threads={n}")],
+            )
+        };
+        assert!(threads(MAX_GATEWAY_SESSION_THREADS + 1).is_err());
+        assert_eq!(threads(4).unwrap().gateway.session_threads, 4);
+        assert_eq!(Config::defaults().gateway.session_threads, 0);
         assert_eq!(
             Config::defaults().store.shards,
             0,
