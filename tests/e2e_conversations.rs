@@ -313,11 +313,26 @@ async fn a_kicked_member_stops_receiving_the_channel() {
         v["messages"].as_array().is_some_and(|m| !m.is_empty()),
         "{v}"
     );
+    // Rejoining, bob is told `channel_joined`, and every session in the channel, his own
+    // included, `member_joined_channel`.
+    let joined_from: Vec<usize> = everyone.iter().map(|c| c.num_events()).collect();
+    cluster.join(&bob, &open).await;
+    for (client, from) in everyone.iter().zip(joined_from) {
+        client
+            .wait_event(from, WAIT, "member_joined_channel", |e| {
+                e["type"] == "member_joined_channel"
+                    && e["channel"] == open.as_str()
+                    && e["user"] == bob.id.as_str()
+                    && e["team"] == bob.workspace.as_str()
+            })
+            .await;
+    }
 }
 
-/// `kicker` removes `kicked` (whose session is `kicked_ws`) from `channel`; then the kicker's
-/// next message of `channel` reaches every session of `others` but not `kicked_ws`, which still
-/// receives `lobby` (where the kicker is too).
+/// `kicker` removes `kicked` (whose session is `kicked_ws`) from `channel`; the sessions of
+/// `others` are told `member_left_channel`; then the kicker's next message of `channel` reaches
+/// every session of `others` but not `kicked_ws`, which still receives `lobby` (where the
+/// kicker is too).
 async fn kick_and_check(
     cluster: &Cluster,
     kicker: &TestUser,
@@ -328,6 +343,7 @@ async fn kick_and_check(
     others: &[&Client],
 ) {
     let from = kicked_ws.num_events();
+    let others_from: Vec<usize> = others.iter().map(|c| c.num_events()).collect();
     let v = cluster
         .api_ok(
             "conversations.kick",
@@ -341,6 +357,16 @@ async fn kick_and_check(
             e["type"] == "channel_left" && e["channel"] == channel
         })
         .await;
+    // The members left are told who went (Slack's `member_left_channel`).
+    for (client, from) in others.iter().zip(others_from) {
+        client
+            .wait_event(from, WAIT, "member_left_channel", |e| {
+                e["type"] == "member_left_channel"
+                    && e["channel"] == channel
+                    && e["user"] == kicked.id.as_str()
+            })
+            .await;
+    }
     let before = kicked_ws.messages(channel).len();
     let after = cluster.post(kicker, channel, "after the kick").await;
     // The sentinel reaching the others means both gateways handed "after the kick" to every

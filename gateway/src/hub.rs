@@ -212,6 +212,101 @@ impl State {
             self.membership_marks.insert(user.clone(), seq);
         }
     }
+
+    /// Adds the sessions `ids` of `user`, who joined `channel` to it: each starts after
+    /// `after_seq` (the channel's last seq before the join) or what the hub passed on, whichever
+    /// is lower, and is told `channel_joined`.
+    fn join_sessions(
+        &mut self,
+        user: &UserId,
+        ids: Vec<SessionId>,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        channel_name: String,
+        after_seq: Option<Seq>,
+    ) {
+        self.mark_membership(user);
+        let entry = self
+            .channels
+            .entry(channel.clone())
+            .or_insert_with(|| ChannelEntry::new(workspace.clone()));
+        // Where the joining sessions start: after the join's own seq where the event carries
+        // one, since a message posted after the join may have reached this hub before the
+        // event did; never past what the hub has passed on.
+        let head = entry.last_seq;
+        let start = match (head, after_seq) {
+            (Some(h), Some(a)) => Some(h.min(a)),
+            (h, a) => h.or(a),
+        };
+        if head.is_none() && after_seq.is_some() {
+            // Nothing passed on yet (a new entry, or a subscription not answered): the hub's
+            // stream starts there too, and the subscription asks for what followed the join
+            // (or the gap fetch after its answer does).
+            entry.last_seq = after_seq;
+        }
+        let mut joined = Vec::new();
+        for id in &ids {
+            entry.sessions.insert(*id);
+        }
+        for id in ids {
+            if let Some(s) = self.sessions.get_mut(&id) {
+                if s.workspace == *workspace && s.channels.insert(channel.clone()) {
+                    joined.push(id);
+                }
+            }
+        }
+        let text: Utf8Bytes = serde_json::json!({
+            "type": "channel_joined",
+            "channel": { "id": channel.0, "name": channel_name },
+        })
+        .to_string()
+        .into();
+        for id in joined {
+            if let Some(s) = self.sessions.get(&id) {
+                s.offer(Outbound::Joined {
+                    channel: channel.clone(),
+                    start,
+                    head,
+                });
+                s.offer(Outbound::Event(text.clone()));
+            }
+        }
+    }
+
+    /// Tells every session here that follows `channel` that `user` joined or left it
+    /// (Slack's `member_joined_channel` and `member_left_channel`; `team` is the user's
+    /// workspace).
+    fn offer_member_change(
+        &self,
+        kind: &str,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        user: &UserId,
+    ) {
+        let Some(entry) = self.channels.get(channel) else {
+            return;
+        };
+        if entry.sessions.is_empty() {
+            return;
+        }
+        let text: Utf8Bytes = serde_json::json!({
+            "type": kind,
+            "user": user.0,
+            "channel": channel.0,
+            "team": workspace.0,
+        })
+        .to_string()
+        .into();
+        for id in &entry.sessions {
+            if let Some(s) = self.sessions.get(id) {
+                // (Not to a same-named user of another workspace: the change is not its own.)
+                let other_self = s.user == *user && s.workspace != *workspace;
+                if s.channels.contains(channel) && !other_self {
+                    s.offer(Outbound::Event(text.clone()));
+                }
+            }
+        }
+    }
 }
 
 impl State {
@@ -584,54 +679,15 @@ impl Hub {
                     .get(&user)
                     .map(|s| s.iter().copied().collect())
                     .unwrap_or_default();
-                if ids.is_empty() {
+                let here = !ids.is_empty();
+                if here {
+                    st.join_sessions(&user, ids, &workspace, &channel, channel_name, after_seq);
+                }
+                // Everyone here in the channel hears of it, the joiner too (a bot learns so
+                // that it was added).
+                st.offer_member_change("member_joined_channel", &workspace, &channel, &user);
+                if !here {
                     return false;
-                }
-                st.mark_membership(&user);
-                let entry = st
-                    .channels
-                    .entry(channel.clone())
-                    .or_insert_with(|| ChannelEntry::new(workspace.clone()));
-                // Where the joining sessions start: after the join's own seq where the event
-                // carries one, since a message posted after the join may have reached this hub
-                // before the event did; never past what the hub has passed on.
-                let head = entry.last_seq;
-                let start = match (head, after_seq) {
-                    (Some(h), Some(a)) => Some(h.min(a)),
-                    (h, a) => h.or(a),
-                };
-                if head.is_none() && after_seq.is_some() {
-                    // Nothing passed on yet (a new entry, or a subscription not answered): the
-                    // hub's stream starts there too, and the subscription asks for what
-                    // followed the join (or the gap fetch after its answer does).
-                    entry.last_seq = after_seq;
-                }
-                let mut joined = Vec::new();
-                for id in &ids {
-                    entry.sessions.insert(*id);
-                }
-                for id in ids {
-                    if let Some(s) = st.sessions.get_mut(&id) {
-                        if s.workspace == workspace && s.channels.insert(channel.clone()) {
-                            joined.push(id);
-                        }
-                    }
-                }
-                let text: Utf8Bytes = serde_json::json!({
-                    "type": "channel_joined",
-                    "channel": { "id": channel.0, "name": channel_name },
-                })
-                .to_string()
-                .into();
-                for id in joined {
-                    if let Some(s) = st.sessions.get(&id) {
-                        s.offer(Outbound::Joined {
-                            channel: channel.clone(),
-                            start,
-                            head,
-                        });
-                        s.offer(Outbound::Event(text.clone()));
-                    }
                 }
             }
             UserEvent::ChannelLeft {
@@ -668,6 +724,8 @@ impl Hub {
                         }
                     }
                 }
+                // The members left here hear of it.
+                st.offer_member_change("member_left_channel", &workspace, &channel, &user);
             }
             // Profile, channel and read-position changes are for Flannel's cache; sessions
             // get that data in `hello`'s boot block.
@@ -2138,13 +2196,73 @@ mod tests {
         let mut kinds = Vec::new();
         while let Some(o) = rx.try_recv() {
             kinds.push(match o {
-                Outbound::Joined { .. } => "joined",
-                Outbound::Left { .. } => "left",
-                Outbound::Event(_) => "event",
-                Outbound::Messages { .. } => "messages",
+                Outbound::Joined { .. } => "joined".to_string(),
+                Outbound::Left { .. } => "left".to_string(),
+                Outbound::Event(t) => {
+                    let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                    v["type"].as_str().unwrap().to_string()
+                }
+                Outbound::Messages { .. } => "messages".to_string(),
             });
         }
-        assert_eq!(kinds, vec!["joined", "event", "left", "event"]);
+        assert_eq!(
+            kinds,
+            [
+                "joined",
+                "channel_joined",
+                "member_joined_channel",
+                "left",
+                "channel_left"
+            ],
+            "the joiner hears of its own join as members do; nothing of the other workspace's"
+        );
+    }
+
+    /// Slack's `member_joined_channel` and `member_left_channel` go to every session here
+    /// that is in the channel, whether or not the member who came or went has a session here;
+    /// sessions outside the channel hear nothing.
+    #[tokio::test]
+    async fn members_of_a_channel_hear_who_joins_and_leaves_it() {
+        let (hub, _dir) = hub();
+        let (member, mut in_cx, _) = session(&hub, 64);
+        let (tx, mut elsewhere) = crate::queue::weighted(64, Outbound::weight);
+        hub.register(
+            UserId::from("UE"),
+            WorkspaceId::from("TW"),
+            &[ChannelId::from("CE")],
+            &BTreeMap::new(),
+            tx,
+            CancellationToken::new(),
+        );
+        let (ws, carol) = (WorkspaceId::from("TW"), UserId::from("UCAROL"));
+        hub.on_user_event(UserEvent::ChannelJoined {
+            workspace: ws.clone(),
+            channel: ChannelId::from("CX"),
+            user: carol.clone(),
+            channel_name: "x".into(),
+            after_seq: Some(3),
+        });
+        hub.on_user_event(UserEvent::ChannelLeft {
+            workspace: ws.clone(),
+            channel: ChannelId::from("CX"),
+            user: carol.clone(),
+        });
+        let events: Vec<serde_json::Value> = drained(&mut in_cx)
+            .iter()
+            .map(|t| serde_json::from_str(t).unwrap())
+            .collect();
+        assert_eq!(
+            events,
+            [
+                serde_json::json!({ "type": "member_joined_channel", "user": "UCAROL", "channel": "CX", "team": "TW" }),
+                serde_json::json!({ "type": "member_left_channel", "user": "UCAROL", "channel": "CX", "team": "TW" }),
+            ]
+        );
+        assert!(drained(&mut elsewhere).is_empty(), "not in CX");
+        assert!(
+            !hub.in_channel(member, &ChannelId::from("CE")),
+            "another member's change moves no session"
+        );
     }
 
     /// A join carries the channel's seq from before it. A message posted after the join can
@@ -2246,11 +2364,12 @@ mod tests {
         assert!(!hub.in_channel(id, &ChannelId::from("CX")));
         assert!(hub.in_channel(id, &ChannelId::from("CY")));
         let got = drained(&mut rx);
-        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got.len(), 5, "{got:?}");
         assert_eq!(got[0], "joined CY");
         assert!(got[1].contains(r#""type":"channel_joined""#) && got[1].contains("yard"));
-        assert_eq!(got[2], "left CX");
-        assert!(got[3].contains(r#""type":"channel_left""#) && got[3].contains("CX"));
+        assert!(got[2].contains(r#""type":"member_joined_channel""#) && got[2].contains("CY"));
+        assert_eq!(got[3], "left CX");
+        assert!(got[4].contains(r#""type":"channel_left""#) && got[4].contains("CX"));
         let since = hub.membership_seq();
         assert_eq!(hub.resync_user(&ws, &user, &listed, since), Some((0, 0)));
         assert!(drained(&mut rx).is_empty());
