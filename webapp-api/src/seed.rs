@@ -85,7 +85,15 @@ pub(crate) async fn create_user_in(
         Err(e) if e.kind == StorageErrorKind::AlreadyExists => return Err(ApiError::NameTaken),
         Err(e) => return Err(e.into()),
     };
-    join_general(store, &user).await?;
+    if let Err(e) = join_general(store, &user).await {
+        // Undone, so that the call can be made again: a user left without its token could
+        // not be created again (`name_taken`) nor signed in.
+        if let Err(undo) = store.delete_user(&user.id).await {
+            tracing::error!(user = %user.id, name, error = %undo,
+                "a new user could not join #general and could not be removed: issue its token with `switchboard admin issue-token`");
+        }
+        return Err(e);
+    }
     let token = token_for(signer, &user, is_admin);
     Ok((user, token))
 }

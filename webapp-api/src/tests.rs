@@ -1325,6 +1325,41 @@ async fn post_message_validates_before_reaching_the_mesh() {
     s.stop().await;
 }
 
+/// A new user that cannot join #general is removed again: the call fails, and the same call
+/// made again creates the user, rather than answering `name_taken` for a user whose token was
+/// never given out.
+#[tokio::test]
+async fn a_user_that_cannot_join_general_is_not_left_behind() {
+    let s = Server::start().await;
+    let admin = s.admin_token();
+    let general = s.general().await;
+    // The store refuses new members of #general, as a failing disk would.
+    let meta = rusqlite::Connection::open(s.dir.path().join("store").join("meta.sqlite")).unwrap();
+    meta.execute_batch(&format!(
+        "CREATE TRIGGER refuse_general BEFORE INSERT ON members WHEN NEW.channel = '{general}'
+         BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;"
+    ))
+    .unwrap();
+    let (status, v) = s
+        .call("admin.users.create", Some(&admin), json!({"name": "erin"}))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert_eq!(v["error"], "internal_error", "{v}");
+    let users = s.ok("users.list", &admin, json!({})).await;
+    assert!(
+        !users.to_string().contains("\"erin\""),
+        "no user is left without a token: {users}"
+    );
+    meta.execute_batch("DROP TRIGGER refuse_general").unwrap();
+    let v = s
+        .ok("admin.users.create", &admin, json!({"name": "erin"}))
+        .await;
+    let erin = v["token"].as_str().unwrap().to_string();
+    let v = s.ok("users.conversations", &erin, json!({})).await;
+    assert_eq!(v["channels"][0]["id"], general.as_str());
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn admin_users_create_needs_an_admin_token() {
     let s = Server::start().await;

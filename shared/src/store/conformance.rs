@@ -121,6 +121,30 @@ async fn metadata(store: &dyn MessageStore) {
     assert!(store.remove_member(&general.id, &bob.id).await.unwrap());
     assert!(!store.remove_member(&general.id, &bob.id).await.unwrap());
 
+    // Deleting a user (undoing a creation) takes its memberships and gives its name back.
+    let carl = store
+        .create_user(&ws.id, "carl", "Carl", false, false)
+        .await
+        .unwrap();
+    assert!(store.add_member(&general.id, &carl.id).await.unwrap());
+    assert!(store.delete_user(&carl.id).await.unwrap());
+    assert!(store.user(&carl.id).await.unwrap().is_none());
+    assert!(store.user_by_name(&ws.id, "carl").await.unwrap().is_none());
+    assert!(!store.is_member(&general.id, &carl.id).await.unwrap());
+    assert!(store.user_channels(&carl.id).await.unwrap().is_empty());
+    assert_eq!(
+        store.members(&general.id).await.unwrap(),
+        vec![alice.id.clone()]
+    );
+    assert!(!store.delete_user(&carl.id).await.unwrap(), "already gone");
+    let carl_again = store
+        .create_user(&ws.id, "carl", "Carl", false, false)
+        .await
+        .expect("the name is free again");
+    assert_ne!(carl_again.id, carl.id);
+    assert!(store.delete_user(&carl_again.id).await.unwrap());
+    assert_eq!(store.users(&ws.id).await.unwrap().len(), 2);
+
     // Cursor pagination over channels, in id order.
     let first = store.channels(&ws.id, None, 1).await.unwrap();
     let rest = store

@@ -316,6 +316,8 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("user_name_drop", Mode::Lwt, "DELETE FROM {ks}.user_names WHERE workspace = ? AND name = ? IF id = ?"),
     ("user_put", Mode::Write, "INSERT INTO {ks}.users (workspace, id, name, real_name, display_name, is_admin, is_bot) VALUES (?, ?, ?, ?, ?, ?, ?)"),
     ("user_id_put", Mode::Write, "INSERT INTO {ks}.user_ids (id, workspace) VALUES (?, ?)"),
+    ("user_del", Mode::Write, "DELETE FROM {ks}.users WHERE workspace = ? AND id = ?"),
+    ("user_id_del", Mode::Write, "DELETE FROM {ks}.user_ids WHERE id = ?"),
     ("user_ws", Mode::Read, "SELECT workspace FROM {ks}.user_ids WHERE id = ?"),
     ("user_get", Mode::Read, "SELECT workspace, id, name, real_name, display_name, is_admin, is_bot FROM {ks}.users WHERE workspace = ? AND id = ?"),
     ("user_by_name", Mode::Read, "SELECT id FROM {ks}.user_names WHERE workspace = ? AND name = ?"),
@@ -1604,6 +1606,33 @@ impl MessageStore for CqlStore {
                 return Err(e);
             }
             Ok(user)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: &UserId) -> StorageResult<bool> {
+        let s = &self.inner;
+        timed("delete_user", async {
+            let Some(ws) = s.user_workspace(&id.0).await? else {
+                return Ok(false);
+            };
+            let Some(user) = s
+                .first::<UserRow>(s.meta.get("user_get"), (&ws, &id.0))
+                .await?
+                .map(User::from)
+            else {
+                return Ok(false);
+            };
+            // Memberships first (each as a leave), then the user's rows; the name goes last, so
+            // that a delete that stops part way leaves the name taken, never two users with it.
+            for channel in self.user_channels(id).await? {
+                self.remove_member(&channel.id, id).await?;
+            }
+            s.exec(s.meta.get("user_del"), (&ws, &id.0)).await?;
+            s.exec(s.meta.get("user_id_del"), (&id.0,)).await?;
+            s.applied(s.meta.get("user_name_drop"), (&ws, &user.name, &id.0))
+                .await?;
+            Ok(true)
         })
         .await
     }

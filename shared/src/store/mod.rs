@@ -157,6 +157,10 @@ pub trait MessageStore: Send + Sync + 'static {
         is_admin: bool,
         is_bot: bool,
     ) -> StorageResult<User>;
+    /// Removes a user, its memberships and its name, so the name can be taken again; `Ok(false)`
+    /// when there was no such user. It undoes a creation whose next step failed (a new user
+    /// that could not join #general); what the user posted is not touched.
+    async fn delete_user(&self, id: &UserId) -> StorageResult<bool>;
     async fn user(&self, id: &UserId) -> StorageResult<Option<User>>;
     async fn user_by_name(
         &self,

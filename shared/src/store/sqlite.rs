@@ -1182,6 +1182,21 @@ impl MessageStore for SqliteStore {
         Ok(user)
     }
 
+    async fn delete_user(&self, id: &UserId) -> StorageResult<bool> {
+        let id = id.clone();
+        self.meta_write("delete_user", move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            tx.execute_cached("DELETE FROM members WHERE user = ?1", params![id.0])
+                .map_err(unavailable)?;
+            let deleted = tx
+                .execute_cached("DELETE FROM users WHERE id = ?1", params![id.0])
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(deleted == 1)
+        })
+        .await
+    }
+
     async fn user(&self, id: &UserId) -> StorageResult<Option<User>> {
         let id = id.clone();
         self.meta
