@@ -218,3 +218,47 @@ async fn every_role_serves_health_and_prometheus_metrics() {
         "the Web API follows the ring: epoch {seen}, admin {epoch}"
     );
 }
+
+/// The store's files removed under running servers (a data directory deleted, a restore gone
+/// wrong): the Web API and the channel servers, which write to it, answer `/health` 503 and
+/// say why, before any write finds it, so a load balancer stops sending them traffic. The
+/// roles that hold no store stay ready, and a post is refused rather than acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_roles_whose_store_was_removed_are_not_ready() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice"])).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let c = cluster.create_channel(&alice, "doomed").await;
+    std::fs::remove_dir_all(cluster.data_dir.join("store")).unwrap();
+
+    let mut writers = vec![("webapp", cluster.webapp.clone())];
+    writers.extend(
+        cluster
+            .channel_servers
+            .iter()
+            .map(|c| ("channel-server", c.http.clone())),
+    );
+    for (role, url) in &writers {
+        let (status, body) = cluster.get_json_status(url, "/health", None).await;
+        assert_eq!(status, 503, "{role}: {body}");
+        assert_eq!(body["ok"], false, "{role}: {body}");
+        let why = body["failing"][0].as_str().unwrap_or_default();
+        assert!(
+            why.starts_with("store: ") && why.contains("deleted or replaced"),
+            "{role} says why: {body}"
+        );
+    }
+    let mut others = vec![("admin-server", cluster.admin_http.clone())];
+    others.extend(cluster.gateways.iter().map(|g| ("gateway", g.http.clone())));
+    for (role, url) in &others {
+        let (status, body) = cluster.get_json_status(url, "/health", None).await;
+        assert_eq!((status, &body["ok"]), (200, &json!(true)), "{role}: {body}");
+    }
+    let (_, v) = cluster
+        .api_status(
+            "chat.postMessage",
+            &alice.token,
+            json!({ "channel": c, "text": "into the void" }),
+        )
+        .await;
+    assert_eq!(v["ok"], false, "not acknowledged: {v}");
+}

@@ -82,6 +82,9 @@ pub async fn run(
         shutdown.clone(),
     ));
 
+    // Not ready while the store cannot take writes (its files removed under it, say).
+    deps.health
+        .add_check(shared::store::health_check(&deps.store));
     let server = Server::new(
         node.clone(),
         deps.store,

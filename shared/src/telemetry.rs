@@ -57,10 +57,16 @@ pub fn render_metrics() -> String {
     String::from_utf8(out).expect("prometheus text is utf-8")
 }
 
-/// Whether a role is ready to serve; `/health` answers 503 until it is and while draining.
+/// A check `/health` makes on each request: `Some(reason)` when something the role depends on
+/// is broken (its store's files were removed under it, say).
+pub type HealthCheck = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// Whether a role is ready to serve; `/health` answers 503 until it is, while draining, and
+/// while one of its checks fails.
 #[derive(Clone, Default)]
 pub struct Health {
     ready: Arc<AtomicBool>,
+    checks: Arc<std::sync::Mutex<Vec<HealthCheck>>>,
 }
 
 impl Health {
@@ -69,6 +75,22 @@ impl Health {
     }
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+    /// Adds a check that `/health` makes on each request.
+    pub fn add_check(&self, check: HealthCheck) {
+        self.checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(check);
+    }
+    /// What the checks find wrong now (empty: nothing).
+    pub fn failing(&self) -> Vec<String> {
+        let checks = self
+            .checks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        checks.iter().filter_map(|c| c()).collect()
     }
 }
 
@@ -89,17 +111,18 @@ pub fn ops_router(role: &'static str, health: Health) -> Router {
             get(move || {
                 let health = health.clone();
                 async move {
-                    let ok = health.is_ready();
+                    let failing = health.failing();
+                    let ok = health.is_ready() && failing.is_empty();
                     let status = if ok {
                         StatusCode::OK
                     } else {
                         StatusCode::SERVICE_UNAVAILABLE
                     };
-                    (
-                        status,
-                        axum::Json(serde_json::json!({ "role": role, "ok": ok })),
-                    )
-                        .into_response()
+                    let mut body = serde_json::json!({ "role": role, "ok": ok });
+                    if !failing.is_empty() {
+                        body["failing"] = failing.into();
+                    }
+                    (status, axum::Json(body)).into_response()
                 }
             }),
         )

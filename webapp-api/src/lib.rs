@@ -87,6 +87,9 @@ pub async fn run(
     let local_addr = listener
         .local_addr()
         .context("failed to read the web api listener's address")?;
+    // Not ready while the store cannot take writes (its files removed under it, say).
+    deps.health
+        .add_check(shared::store::health_check(&deps.store));
     let state = AppState::new(
         deps.store,
         deps.signer,

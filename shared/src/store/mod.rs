@@ -145,6 +145,14 @@ pub enum GroupAppend {
 /// Web API writes metadata and reads history).
 #[async_trait::async_trait]
 pub trait MessageStore: Send + Sync + 'static {
+    /// What keeps the store from taking writes, where it can tell without trying one: the
+    /// embedded store checks that its files are still the ones it opened (a data directory
+    /// removed or replaced under a running server). `None`: nothing known to be wrong. Cheap
+    /// enough for every `/health` request.
+    fn fault(&self) -> Option<String> {
+        None
+    }
+
     // -- workspaces and users --
     async fn create_workspace(&self, name: &str) -> StorageResult<Workspace>;
     async fn workspace(&self, id: &WorkspaceId) -> StorageResult<Option<Workspace>>;
@@ -364,6 +372,13 @@ pub struct Reaction {
 }
 
 pub type SharedStore = Arc<dyn MessageStore>;
+
+/// A `/health` check ([`crate::telemetry::Health::add_check`]) that fails while the store
+/// reports a fault ([`MessageStore::fault`]).
+pub fn health_check(store: &SharedStore) -> crate::telemetry::HealthCheck {
+    let store = store.clone();
+    std::sync::Arc::new(move || store.fault().map(|f| format!("store: {f}")))
+}
 
 /// Records one store call's latency (since `start`) and, if it failed, its failure, under
 /// `op`: the same metrics for every implementation.

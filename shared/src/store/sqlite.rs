@@ -546,6 +546,8 @@ impl AppendRequest {
 struct Shard {
     reads: Arc<ConnPool>,
     writer: std::sync::mpsc::Sender<AppendRequest>,
+    /// The shard's file, as its writer checks it (also checked by [`MessageStore::fault`]).
+    guard: Arc<FileGuard>,
 }
 
 /// The embedded store.
@@ -699,14 +701,16 @@ impl SqliteStore {
                 .name(format!("store-ckpt-{n}"))
                 .spawn(move || checkpointer_loop(checkpointer, n.to_string(), commits))
                 .map_err(unavailable)?;
-            let guard = FileGuard::new(&path, format!("shard-{n}"))?;
+            let guard = Arc::new(FileGuard::new(&path, format!("shard-{n}"))?);
+            let writer_guard = guard.clone();
             std::thread::Builder::new()
                 .name(format!("store-shard-{n}"))
-                .spawn(move || writer_loop(writer, rx, nudge, guard))
+                .spawn(move || writer_loop(writer, rx, nudge, writer_guard))
                 .map_err(unavailable)?;
             shards.push(Arc::new(Shard {
                 reads: Arc::new(ConnPool::new(path, conn)),
                 writer: tx,
+                guard,
             }));
         }
         Ok(SqliteStore {
@@ -786,7 +790,7 @@ fn writer_loop(
     mut conn: Connection,
     rx: std::sync::mpsc::Receiver<AppendRequest>,
     checkpointer: std::sync::mpsc::SyncSender<()>,
-    guard: FileGuard,
+    guard: Arc<FileGuard>,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -1180,6 +1184,13 @@ impl MessageStore for SqliteStore {
         })
         .await?;
         Ok(user)
+    }
+
+    fn fault(&self) -> Option<String> {
+        std::iter::once(&self.meta_guard)
+            .chain(self.shards.iter().map(|s| &s.guard))
+            .find_map(|g| g.check().err())
+            .map(|e| e.message)
     }
 
     async fn delete_user(&self, id: &UserId) -> StorageResult<bool> {
@@ -1965,6 +1976,22 @@ mod conformance_tests {
         // Counted once per file (other tests' stores may add to the same labels meanwhile).
         assert!(files_lost("shard-0") > lost.0);
         assert!(files_lost("meta") > lost.1);
+    }
+
+    /// `fault` finds a removed data directory without a write trying it (what `/health` asks),
+    /// and the writes after it are refused.
+    #[tokio::test]
+    async fn a_removed_data_directory_is_a_fault_before_any_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gone");
+        let store = SqliteStore::open(&path, 2).unwrap();
+        let ws = store.create_workspace("doomed").await.unwrap();
+        assert_eq!(store.fault(), None);
+        std::fs::remove_dir_all(&path).unwrap();
+        let fault = store.fault().expect("a fault");
+        assert!(fault.contains("deleted or replaced"), "{fault}");
+        let err = store.append(&posted(&ws.id, 1)).await.unwrap_err();
+        assert_eq!(err.kind, StorageErrorKind::Unavailable);
     }
 
     #[tokio::test]
