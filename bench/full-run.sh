@@ -88,6 +88,11 @@ echo "## 1 x 1,000 at 2,750 messages/s, gateway session threads 0, 2, 0, 2" | te
 for t in 0 2 0 2; do
     SWITCHBOARD_GATEWAY__SESSION_THREADS=$t step 90 fanout --rate 2750 -d "$D"
 done
+# How much of every system's 1 x 1,000 tail is the bench's own readers: the bars' run again
+# with the subscribers on 4 threads of their own, then with those and 2 session threads.
+echo "## 1 x 1,000 at half of peak, --subscriber-threads 4 (then with 2 session threads)" | tee -a "$LOG"
+step 150 fanout --with-limit --with-nats --half-peak --subscriber-threads 4 -d "$D" "${NATS[@]}"
+SWITCHBOARD_GATEWAY__SESSION_THREADS=2 step 90 fanout --half-peak --subscriber-threads 4 -d "$D"
 THREADS=$(( $(nproc) / 4 > 1 ? $(nproc) / 4 : 1 ))
 echo "## TOKIO_WORKER_THREADS=$THREADS for the Switchboard processes" | tee -a "$LOG"
 TOKIO_WORKER_THREADS=$THREADS step 150 fanout --half-peak -d "$D"

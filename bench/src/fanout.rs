@@ -66,6 +66,9 @@ pub struct Plan {
     pub no_dev_gateway: bool,
     /// Threads of the publishers' own runtime; 0: the publishers run on the subscribers'.
     pub publisher_threads: usize,
+    /// Single-threaded runtimes that hold a share of the subscribers each; 0: the subscribers
+    /// run on the bench's multi-threaded runtime.
+    pub subscriber_threads: usize,
 }
 
 impl Plan {
@@ -698,6 +701,7 @@ impl Subscribers {
         started: bool,
     ) -> anyhow::Result<Subscribers> {
         let (stop, stop_rx) = watch::channel(false);
+        let threads = subscriber_threads(plan.subscriber_threads)?;
         let sources = Arc::new(SourceAddrs::new(plan.source_ips));
         let limit = Arc::new(Semaphore::new(plan.connect_concurrency.max(1)));
         let total = targets.len();
@@ -723,7 +727,8 @@ impl Subscribers {
             let limit = limit.clone();
             let connected = connected.clone();
             let read_buffer = plan.read_buffer;
-            handles.push(tokio::spawn(async move {
+            let subscriber = move |held: Option<shared::threads::Held>| async move {
+                let _held = held;
                 let permit = limit.acquire_owned().await;
                 let conn = tokio::time::timeout(
                     CONNECT_TIMEOUT,
@@ -745,7 +750,11 @@ impl Subscribers {
                         st
                     }
                 }
-            }));
+            };
+            handles.push(match threads.and_then(|t| t.place()) {
+                Some(place) => place.spawn(|held| subscriber(Some(held))),
+                None => tokio::spawn(subscriber(None)),
+            });
         }
         let mut first_error = None;
         for r in readies {
@@ -968,6 +977,22 @@ fn publisher_runtime(threads: usize) -> anyhow::Result<Option<tokio::runtime::Ha
         }
     };
     Ok(Some(rt.handle().clone()))
+}
+
+/// The subscribers' threads, started at the first call with `n` threads (a run makes one
+/// plan, so one size) and kept for the life of the process; `None` for 0.
+fn subscriber_threads(n: usize) -> anyhow::Result<Option<&'static shared::threads::TaskThreads>> {
+    static THREADS: std::sync::OnceLock<shared::threads::TaskThreads> = std::sync::OnceLock::new();
+    if n == 0 {
+        return Ok(None);
+    }
+    if let Some(t) = THREADS.get() {
+        return Ok(Some(t));
+    }
+    let threads = shared::threads::TaskThreads::start(n, "bench-subscribe")?;
+    // A concurrent first call may have won: its threads are used, and these stop when dropped.
+    let _ = THREADS.set(threads);
+    Ok(THREADS.get())
 }
 
 // ---- the phases ----
@@ -1595,6 +1620,7 @@ mod tests {
             limit_threads: 1,
             no_dev_gateway: false,
             publisher_threads: 1,
+            subscriber_threads: 0,
         }
     }
 

@@ -209,6 +209,11 @@ struct FanoutArgs {
     /// subscribers' runtime, as the bench did before it had its own (for comparison).
     #[arg(long)]
     publisher_threads: Option<usize>,
+    /// Threads that each run a share of the subscribers on a single-threaded runtime, so that
+    /// one message wakes each thread once rather than every subscriber's task on any of the
+    /// bench's workers [default: 0, the subscribers on the bench's multi-threaded runtime].
+    #[arg(long, default_value_t = 0)]
+    subscriber_threads: usize,
 }
 
 impl FanoutArgs {
@@ -242,6 +247,7 @@ impl FanoutArgs {
                 let n = std::thread::available_parallelism().map_or(2, |n| n.get());
                 (n / 4).clamp(1, 8)
             }),
+            subscriber_threads: self.subscriber_threads,
         }
     }
 }

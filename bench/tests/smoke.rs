@@ -172,7 +172,9 @@ fn fanout_smoke() {
 
 #[test]
 fn limit_smoke() {
-    let r = run("limit", &[]);
+    // Its subscribers on two threads of their own (`--subscriber-threads`), so that placing
+    // them there is run too.
+    let r = run("limit", &["--subscriber-threads", "2"]);
     assert_fanout_system(&r.json, "limit");
 }
 

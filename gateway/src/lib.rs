@@ -11,7 +11,6 @@
 //! - [`hub`]: channels, sessions, subscription streams to channel servers, gap filling.
 //! - [`session`]: one WebSocket session (RTM events, resume, ping, bounded queue).
 //! - [`rtm_post`]: messages clients send over RTM, posted through the Web API.
-//! - [`threads`]: the threads that run the sessions (`gateway.session_threads`).
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! # Invariants
@@ -27,7 +26,6 @@ pub mod metrics;
 pub mod queue;
 pub mod rtm_post;
 pub mod session;
-pub mod threads;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -73,7 +71,7 @@ struct AppState {
     /// Where messages sent over RTM are posted (`gateway.webapp_url`).
     web_api: Arc<rtm_post::WebApi>,
     /// Where the sessions run.
-    threads: Arc<threads::SessionThreads>,
+    threads: Arc<shared::threads::TaskThreads>,
 }
 
 /// Runs a gateway until `shutdown`: WebSockets, `/metrics` and `/health` on `http`.
@@ -174,7 +172,7 @@ pub async fn run(
         });
     }
     let session_threads = Arc::new(
-        threads::SessionThreads::start(config.gateway.session_threads)
+        shared::threads::TaskThreads::start(config.gateway.session_threads, "gw-sessions")
             .context("session threads")?,
     );
     let state = Arc::new(AppState {
@@ -480,10 +478,12 @@ async fn rtm(
                 workspace = %session_params.claims.workspace
             );
             match threads.place() {
-                Some(place) => place.spawn(|held| {
-                    session::run(hub, socket, session_params, shutdown, (permit, held))
-                        .instrument(span)
-                }),
+                Some(place) => {
+                    place.spawn(|held| {
+                        session::run(hub, socket, session_params, shutdown, (permit, held))
+                            .instrument(span)
+                    });
+                }
                 None => {
                     session::run(hub, socket, session_params, shutdown, permit)
                         .instrument(span)

@@ -7,6 +7,7 @@
 //! - [`ring`]: consistent hashing with virtual nodes, versioned by an epoch.
 //! - [`mesh`]: QUIC transport with mutual TLS, frame streams, a reconnecting peer pool.
 //! - [`store`]: the `MessageStore` interface and the embedded store.
+//! - [`threads`]: a few single-threaded runtimes sharing many similar tasks.
 //! - [`config`], [`telemetry`], [`auth`], [`shutdown`].
 //!
 //! # Invariants kept here
@@ -25,3 +26,4 @@ pub mod search;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod threads;

@@ -1,11 +1,12 @@
-//! Session threads (`gateway.session_threads`): each runs a single-threaded tokio runtime that
-//! holds a share of the sessions.
+//! Task threads: a few threads, each running a single-threaded tokio runtime that holds a
+//! share of many similar tasks (a gateway's sessions, `gateway.session_threads`; the bench's
+//! subscribers).
 //!
-//! A message for a channel wakes every session of it. On the process's shared runtime each of
-//! those wake-ups may go to any worker, and an idle worker is woken (a system call) to steal
-//! it; with sessions held by a few threads of their own, a message wakes each thread once and
-//! the thread writes its sessions one after another. A new session goes to the thread that
-//! holds the fewest.
+//! One event that wakes many such tasks at once (a message for a channel wakes every session
+//! of it) sends each wake-up, on a multi-threaded runtime, to any worker, and an idle worker
+//! is woken (a system call) to steal it. With the tasks held by a few threads of their own, the
+//! event wakes each thread once, and the thread runs its tasks one after another. A new task
+//! goes to the thread that holds the fewest.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,68 +17,68 @@ use tokio::sync::oneshot;
 
 struct Thread {
     handle: tokio::runtime::Handle,
-    /// Sessions it runs now.
-    sessions: Arc<AtomicUsize>,
+    /// Tasks it runs now.
+    tasks: Arc<AtomicUsize>,
     /// Ends the thread's runtime (dropping what still runs on it) when sent or dropped.
     stop: Option<oneshot::Sender<()>>,
 }
 
-pub struct SessionThreads {
+pub struct TaskThreads {
     threads: Vec<Thread>,
 }
 
-impl SessionThreads {
-    /// Starts `n` threads; none runs the sessions on the caller's runtime.
-    pub fn start(n: usize) -> anyhow::Result<SessionThreads> {
+impl TaskThreads {
+    /// Starts `n` threads named `{name}-{i}`; with none, [`TaskThreads::place`] finds no place
+    /// and the caller runs its tasks where it is.
+    pub fn start(n: usize, name: &str) -> anyhow::Result<TaskThreads> {
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .context("session thread runtime")?;
+                .context("task thread runtime")?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             std::thread::Builder::new()
-                .name(format!("gw-sessions-{i}"))
+                .name(format!("{name}-{i}"))
                 .spawn(move || {
                     runtime.block_on(async {
                         let _ = stopped.await;
                     });
-                    // Dropping the runtime drops the sessions still on it.
+                    // Dropping the runtime drops the tasks still on it.
                 })
-                .context("session thread")?;
+                .context("task thread")?;
             threads.push(Thread {
                 handle,
-                sessions: Arc::new(AtomicUsize::new(0)),
+                tasks: Arc::new(AtomicUsize::new(0)),
                 stop: Some(stop),
             });
         }
-        Ok(SessionThreads { threads })
+        Ok(TaskThreads { threads })
     }
 
-    /// A place on the thread holding the fewest sessions; `None` without session threads (the
-    /// session then runs where its connection was upgraded).
+    /// A place on the thread holding the fewest tasks; `None` without threads.
     pub fn place(&self) -> Option<Place> {
         let thread = self
             .threads
             .iter()
-            .min_by_key(|t| t.sessions.load(Ordering::Relaxed))?;
+            .min_by_key(|t| t.tasks.load(Ordering::Relaxed))?;
         Some(Place {
             handle: thread.handle.clone(),
-            held: Held::new(thread.sessions.clone()),
+            held: Held::new(thread.tasks.clone()),
         })
     }
 
-    /// Sessions each thread holds now.
+    /// Tasks each thread holds now.
     pub fn loads(&self) -> Vec<usize> {
         self.threads
             .iter()
-            .map(|t| t.sessions.load(Ordering::Relaxed))
+            .map(|t| t.tasks.load(Ordering::Relaxed))
             .collect()
     }
 }
 
-impl Drop for SessionThreads {
+impl Drop for TaskThreads {
     fn drop(&mut self) {
         for t in &mut self.threads {
             if let Some(stop) = t.stop.take() {
@@ -87,24 +88,27 @@ impl Drop for SessionThreads {
     }
 }
 
-/// A session's place on a session thread.
+/// A task's place on one of the threads.
 pub struct Place {
     handle: tokio::runtime::Handle,
     held: Held,
 }
 
 impl Place {
-    /// Runs the session made by `make` there; `make` gets what the session must hold until it
-    /// ends (it counts the session on its thread).
-    pub fn spawn<F>(self, make: impl FnOnce(Held) -> F)
+    /// Runs the task made by `make` there; `make` gets what the task must hold until it ends
+    /// (it counts the task on its thread). Handing it in, rather than wrapping the task in an
+    /// `async` block that holds it, keeps the task's future from being held twice (the block's
+    /// copy and the one it awaits).
+    pub fn spawn<F>(self, make: impl FnOnce(Held) -> F) -> tokio::task::JoinHandle<F::Output>
     where
-        F: Future<Output = ()> + Send + 'static,
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
     {
-        self.handle.spawn(make(self.held));
+        self.handle.spawn(make(self.held))
     }
 }
 
-/// Counts a session on its thread from when it is placed until it ends or is dropped.
+/// Counts a task on its thread from when it is placed until it ends or is dropped.
 pub struct Held(Arc<AtomicUsize>);
 
 impl Held {
@@ -127,8 +131,8 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn sessions_go_to_the_least_loaded_thread_and_leave_its_count_when_done() {
-        let threads = SessionThreads::start(2).unwrap();
+    async fn tasks_go_to_the_least_loaded_thread_and_leave_its_count_when_done() {
+        let threads = TaskThreads::start(2, "t").unwrap();
         let (release_tx, release_rx) = tokio::sync::watch::channel(false);
         let (names_tx, mut names_rx) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..4 {
@@ -151,13 +155,8 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            [
-                "gw-sessions-0",
-                "gw-sessions-0",
-                "gw-sessions-1",
-                "gw-sessions-1"
-            ],
-            "two each, each on a session thread"
+            ["t-0", "t-0", "t-1", "t-1"],
+            "two each, each on a thread of its own"
         );
         assert_eq!(threads.loads(), [2, 2]);
         release_tx.send(true).unwrap();
@@ -167,29 +166,29 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(threads.loads(), [0, 0], "finished sessions are not counted");
+        assert_eq!(threads.loads(), [0, 0], "finished tasks are not counted");
     }
 
     #[tokio::test]
     async fn without_threads_there_is_no_place() {
-        let threads = SessionThreads::start(0).unwrap();
+        let threads = TaskThreads::start(0, "t").unwrap();
         assert!(threads.place().is_none());
         assert!(threads.loads().is_empty());
     }
 
     #[tokio::test]
-    async fn dropping_the_threads_drops_their_sessions() {
-        let threads = SessionThreads::start(1).unwrap();
+    async fn dropping_the_threads_drops_their_tasks() {
+        let threads = TaskThreads::start(1, "t").unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         threads.place().unwrap().spawn(|held| async move {
             let _keep = (tx, held);
             std::future::pending::<()>().await;
         });
         drop(threads);
-        // The sender is dropped with the session: the receiver sees the end.
+        // The sender is dropped with the task: the receiver sees the end.
         tokio::time::timeout(Duration::from_secs(5), rx)
             .await
-            .expect("the session was dropped")
+            .expect("the task was dropped")
             .unwrap_err();
     }
 }
