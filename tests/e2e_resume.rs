@@ -64,9 +64,13 @@ fn assert_exactly(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnecting_with_resume_gets_exactly_the_missed_messages() {
-    // A small channel server window, so the second resume has to read the store.
+    // A small channel server window, so the second resume has to read the store. The
+    // sessions run on session threads, which have no reactor: what they fetch, the hub's
+    // runtime fetches for them.
     let cluster = Cluster::start(
-        ClusterOpts::standard(&["alice", "bob"]).set("channel-server", "channel_server.window=8"),
+        ClusterOpts::standard(&["alice", "bob"])
+            .set("channel-server", "channel_server.window=8")
+            .set("gateway", "gateway.session_threads=2"),
     )
     .await;
     let alice = cluster.user("acme", "alice").clone();

@@ -989,7 +989,8 @@ fn subscriber_threads(n: usize) -> anyhow::Result<Option<&'static shared::thread
     if let Some(t) = THREADS.get() {
         return Ok(Some(t));
     }
-    let threads = shared::threads::TaskThreads::start(n, "bench-subscribe")?;
+    // Each thread polls its subscribers' sockets itself: they connect from there.
+    let threads = shared::threads::TaskThreads::start(n, "bench-subscribe", true)?;
     // A concurrent first call may have won: its threads are used, and these stop when dropped.
     let _ = THREADS.set(threads);
     Ok(THREADS.get())

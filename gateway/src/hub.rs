@@ -437,6 +437,10 @@ pub struct Hub {
     admin_addr: Mutex<Option<std::net::SocketAddr>>,
     /// One report at a time per user (see [`Hub::report_presence`]); entries go when unused.
     presence_turns: Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The runtime the hub was made on, which owns the process's sockets: its tasks, and the
+    /// ones its sessions start (fetches, presence queries, RTM posts), run there even when a
+    /// session runs on a session thread (which has no reactor of its own).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Hub {
@@ -460,7 +464,22 @@ impl Hub {
             shutdown,
             admin_addr: Mutex::new(None),
             presence_turns: Mutex::new(HashMap::new()),
+            runtime: tokio::runtime::Handle::current(),
         })
+    }
+
+    /// Runs `task` on the hub's runtime (see [`Hub::runtime`]), wherever it is called from.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.runtime.spawn(task)
+    }
+
+    /// The runtime the hub runs on.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     pub fn ring(&self) -> Arc<Ring> {
@@ -789,7 +808,7 @@ impl Hub {
                     .insert(user, presence);
                 if first {
                     let hub = self.clone();
-                    tokio::spawn(async move {
+                    self.spawn(async move {
                         tokio::time::sleep(PRESENCE_BATCH_WINDOW).await;
                         hub.flush_presence();
                     });
@@ -869,7 +888,7 @@ impl Hub {
             .or_default()
             .clone();
         let (hub, workspace, user) = (self.clone(), workspace.clone(), user.clone());
-        Some(tokio::spawn(async move {
+        Some(self.spawn(async move {
             {
                 let _turn = turn.lock().await;
                 let online = hub.has_sessions(&user);
@@ -1192,7 +1211,7 @@ impl Hub {
     ) {
         m::GAP_FETCHES.inc();
         let hub = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             let result = hub.fetch(&channel, &workspace, after, Some(up_to)).await;
             let next = {
                 let mut st = hub.state.lock();
@@ -1385,7 +1404,7 @@ impl Hub {
                         publishes: publishes.clone(),
                     },
                 );
-                tokio::spawn(
+                self.spawn(
                     self.clone()
                         .run_link(node.clone(), addr, generation, rx, publishes),
                 );
@@ -1408,7 +1427,7 @@ impl Hub {
     /// if no later message reveals the gap.
     fn spawn_tail_check(self: &Arc<Self>, channel: ChannelId) {
         let hub = self.clone();
-        tokio::spawn(async move {
+        self.spawn(async move {
             tokio::time::sleep(TAIL_CHECK_DELAY).await;
             let (workspace, after) = {
                 let st = hub.state.lock();

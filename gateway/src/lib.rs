@@ -172,7 +172,9 @@ pub async fn run(
         });
     }
     let session_threads = Arc::new(
-        shared::threads::TaskThreads::start(config.gateway.session_threads, "gw-sessions")
+        // No reactor of their own: the sessions' sockets were accepted here, and what a session
+        // starts that opens connections runs on the hub's runtime (`Hub::spawn`).
+        shared::threads::TaskThreads::start(config.gateway.session_threads, "gw-sessions", false)
             .context("session threads")?,
     );
     let state = Arc::new(AppState {

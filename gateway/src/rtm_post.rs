@@ -107,14 +107,19 @@ pub struct Poster {
 }
 
 impl Poster {
-    /// Starts the poster of the session of `claims` (verified when it connected); its answers
-    /// (one per message, in order) go to `replies`. It ends when the `Poster` is dropped,
-    /// after the post under way.
-    pub fn start(api: &Arc<WebApi>, claims: &Claims, reply_tx: mpsc::Sender<Utf8Bytes>) -> Poster {
+    /// Starts the poster of the session of `claims` (verified when it connected) on `runtime`
+    /// (one with a reactor, for its HTTP connections); its answers (one per message, in order)
+    /// go to `replies`. It ends when the `Poster` is dropped, after the post under way.
+    pub fn start(
+        api: &Arc<WebApi>,
+        claims: &Claims,
+        reply_tx: mpsc::Sender<Utf8Bytes>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Poster {
         let (tx, mut rx) = mpsc::channel::<RtmMessage>(PENDING);
         let api = api.clone();
         let token = api.signer.issue(claims);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             while let Some(msg) = rx.recv().await {
                 let answer = api.post(&token, &msg.body()).await;
                 let (reply, outcome) = reply(&msg, answer);

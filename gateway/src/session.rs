@@ -133,7 +133,7 @@ impl Session {
                 tx
             }
         };
-        tokio::spawn(async move {
+        self.hub.spawn(async move {
             if attempt > 0 {
                 tokio::time::sleep(backfill_delay(attempt)).await;
             }
@@ -379,7 +379,12 @@ impl Session {
     fn send_message(&mut self, msg: RtmMessage) -> Option<Utf8Bytes> {
         if self.poster.is_none() {
             let replies = self.answers();
-            self.poster = Some(Poster::start(&self.web_api, &self.claims, replies));
+            self.poster = Some(Poster::start(
+                &self.web_api,
+                &self.claims,
+                replies,
+                self.hub.runtime(),
+            ));
         }
         self.poster.as_ref().expect("just made").submit(msg).err()
     }
@@ -397,7 +402,7 @@ impl Session {
         }
         let (hub, answers) = (self.hub.clone(), self.answers());
         let workspace = self.claims.workspace.clone();
-        self.presence_query = Some(tokio::spawn(async move {
+        self.presence_query = Some(self.hub.spawn(async move {
             let events = match hub.active_users(&workspace, users.clone()).await {
                 Ok(active) => {
                     let active: HashSet<UserId> = active.into_iter().collect();

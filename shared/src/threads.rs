@@ -30,13 +30,23 @@ pub struct TaskThreads {
 impl TaskThreads {
     /// Starts `n` threads named `{name}-{i}`; with none, [`TaskThreads::place`] finds no place
     /// and the caller runs its tasks where it is.
-    pub fn start(n: usize, name: &str) -> anyhow::Result<TaskThreads> {
+    ///
+    /// `own_reactor`: whether each thread polls sockets of its own, as tasks that open
+    /// connections need. Without one, the tasks may only use sockets registered with another
+    /// runtime (a gateway's sessions, accepted on the process's runtime) and must start
+    /// anything that opens one there; in return a wake-up from another thread costs a system
+    /// call only when the thread is idle, where a reactor's thread takes one (an `eventfd`
+    /// write) for every task woken from elsewhere.
+    pub fn start(n: usize, name: &str, own_reactor: bool) -> anyhow::Result<TaskThreads> {
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .context("task thread runtime")?;
+            let mut builder = tokio::runtime::Builder::new_current_thread();
+            if own_reactor {
+                builder.enable_all();
+            } else {
+                builder.enable_time();
+            }
+            let runtime = builder.build().context("task thread runtime")?;
             let handle = runtime.handle().clone();
             let (stop, stopped) = oneshot::channel::<()>();
             std::thread::Builder::new()
@@ -132,7 +142,7 @@ mod tests {
 
     #[tokio::test]
     async fn tasks_go_to_the_least_loaded_thread_and_leave_its_count_when_done() {
-        let threads = TaskThreads::start(2, "t").unwrap();
+        let threads = TaskThreads::start(2, "t", false).unwrap();
         let (release_tx, release_rx) = tokio::sync::watch::channel(false);
         let (names_tx, mut names_rx) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..4 {
@@ -171,14 +181,14 @@ mod tests {
 
     #[tokio::test]
     async fn without_threads_there_is_no_place() {
-        let threads = TaskThreads::start(0, "t").unwrap();
+        let threads = TaskThreads::start(0, "t", false).unwrap();
         assert!(threads.place().is_none());
         assert!(threads.loads().is_empty());
     }
 
     #[tokio::test]
     async fn dropping_the_threads_drops_their_tasks() {
-        let threads = TaskThreads::start(1, "t").unwrap();
+        let threads = TaskThreads::start(1, "t", true).unwrap();
         let (tx, rx) = oneshot::channel::<()>();
         threads.place().unwrap().spawn(|held| async move {
             let _keep = (tx, held);
