@@ -96,11 +96,9 @@ fn render_user(u: &UserProfile) -> Box<str> {
     .into_boxed_str()
 }
 
-/// Name prefixes of 1:1 and group direct messages, as the Web API names them
-/// (`webapp_api::methods::IM_PREFIX` and `MPIM_PREFIX`; a test keeps them equal): a channel
-/// summary carries its name, not its kind.
-const IM_PREFIX: &str = "dm-";
-const MPIM_PREFIX: &str = "mpdm-";
+// A channel summary carries its name, not its kind: direct messages are told by the names
+// the Web API gives them.
+use shared::ids::{IM_PREFIX, MPIM_PREFIX};
 
 fn is_im(c: &ChannelSummary) -> bool {
     c.name.starts_with(IM_PREFIX)
@@ -664,13 +662,6 @@ pub(crate) mod tests {
             assert!(general.get("user").is_none(), "{general}");
         }
         assert_eq!(find(&boot(&ws, "UALICE"), "CSELF")["user"], "UALICE");
-    }
-
-    /// The Web API names direct messages; Flannel reads the names.
-    #[test]
-    fn direct_message_prefixes_are_the_web_apis() {
-        assert_eq!(IM_PREFIX, webapp_api::methods::IM_PREFIX);
-        assert_eq!(MPIM_PREFIX, webapp_api::methods::MPIM_PREFIX);
     }
 
     #[test]

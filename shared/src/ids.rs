@@ -103,6 +103,13 @@ impl From<&str> for NodeId {
     }
 }
 
+/// Name prefix of a 1:1 direct message (`dm-…`). The Web API names direct messages so; Flannel
+/// and others tell them from channels by it (a summary carries a conversation's name, not its
+/// kind). Channel names a user chooses may not start with either prefix.
+pub const IM_PREFIX: &str = "dm-";
+/// Name prefix of a group direct message (`mpdm-…`).
+pub const MPIM_PREFIX: &str = "mpdm-";
+
 /// Per-channel sequence number: contiguous from 1, so a gap is always detectable.
 pub type Seq = u64;
 

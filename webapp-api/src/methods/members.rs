@@ -19,8 +19,7 @@ use crate::api::{
     decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params, UserError,
 };
 
-pub const IM_PREFIX: &str = "dm-";
-pub const MPIM_PREFIX: &str = "mpdm-";
+pub use shared::ids::{IM_PREFIX, MPIM_PREFIX};
 /// Slack allows group DMs of up to 9 people, the caller included.
 const MAX_DM_USERS: usize = 9;
 const MAX_INVITES: usize = 1000;
