@@ -87,7 +87,12 @@ pub(crate) async fn create_user_in(
     };
     if let Err(e) = join_general(store, &user).await {
         // Undone, so that the call can be made again: a user left without its token could
-        // not be created again (`name_taken`) nor signed in.
+        // not be created again (`name_taken`) nor signed in. A join that stopped part way
+        // (the CQL store writes a membership in two tables) is taken back first: the user's
+        // own list of channels may not name it.
+        if let Ok(Some(general)) = store.channel_by_name(&user.workspace, GENERAL).await {
+            let _ = store.remove_member(&general.id, &user.id).await;
+        }
         if let Err(undo) = store.delete_user(&user.id).await {
             tracing::error!(user = %user.id, name, error = %undo,
                 "a new user could not join #general and could not be removed: issue its token with `switchboard admin issue-token`");
