@@ -1430,6 +1430,17 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
                 crate::sut::describe_threads(&p.cpu.busiest_threads, &sut.process_names())
             ));
         }
+        if !p.cpu.context_switches.is_empty() {
+            result.notes.push(format!(
+                "context switches per second (voluntary + involuntary), {}: {}",
+                p.phase,
+                crate::sut::describe_switches(
+                    &p.cpu.context_switches,
+                    p.cpu.wall_s,
+                    &sut.process_names()
+                )
+            ));
+        }
     }
     for g in &sut.gateways {
         let mut facts = Vec::new();

@@ -453,6 +453,8 @@ pub struct CpuMeter {
     bench_start: f64,
     /// Each server thread's CPU ticks at the start, by (pid, tid).
     threads_start: HashMap<(u32, u32), u64>,
+    /// Each server process's context switches at the start.
+    switches_start: HashMap<u32, (u64, u64)>,
     started: Instant,
 }
 
@@ -466,6 +468,19 @@ pub struct CpuUsage {
     /// The server threads that used the most CPU over the phase, busiest first: a thread
     /// near one core is a serial bottleneck whatever the other cores do.
     pub busiest_threads: Vec<ThreadCpu>,
+    /// Each server process's context switches over the phase, summed over its threads (a
+    /// thread that ended during the phase is not counted): how often its threads slept and
+    /// were woken, which a wake-up per task costs on many cores.
+    pub context_switches: Vec<ProcessSwitches>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ProcessSwitches {
+    pub pid: u32,
+    /// The threads gave up the CPU to wait.
+    pub voluntary: u64,
+    /// The threads were preempted.
+    pub involuntary: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -504,6 +519,61 @@ fn thread_ticks(pids: &[u32]) -> HashMap<(u32, u32), (String, u64)> {
     out
 }
 
+/// Each process's context switches so far, voluntary and involuntary, summed over its live
+/// threads (`/proc/<pid>/task/*/status`).
+fn process_switches(pids: &[u32]) -> HashMap<u32, (u64, u64)> {
+    let mut out = HashMap::new();
+    for &pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        let mut sum = (0, 0);
+        for task in tasks.flatten() {
+            if let Ok(status) = std::fs::read_to_string(task.path().join("status")) {
+                let (v, n) = parse_switches(&status);
+                sum.0 += v;
+                sum.1 += n;
+            }
+        }
+        out.insert(pid, sum);
+    }
+    out
+}
+
+/// `voluntary_ctxt_switches` and `nonvoluntary_ctxt_switches` of a `status` file (0 where
+/// absent).
+fn parse_switches(status: &str) -> (u64, u64) {
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        field("voluntary_ctxt_switches:"),
+        field("nonvoluntary_ctxt_switches:"),
+    )
+}
+
+/// Switches per process between two readings, in `pids` order.
+fn switches_between(
+    pids: &[u32],
+    start: &HashMap<u32, (u64, u64)>,
+    end: &HashMap<u32, (u64, u64)>,
+) -> Vec<ProcessSwitches> {
+    pids.iter()
+        .filter_map(|pid| {
+            let (s, e) = (start.get(pid).copied().unwrap_or((0, 0)), end.get(pid)?);
+            Some(ProcessSwitches {
+                pid: *pid,
+                voluntary: e.0.saturating_sub(s.0),
+                involuntary: e.1.saturating_sub(s.1),
+            })
+        })
+        .collect()
+}
+
 /// The threads that used the most CPU between two readings, busiest first.
 fn busiest(
     start: &HashMap<(u32, u32), u64>,
@@ -536,6 +606,7 @@ impl CpuMeter {
             .map(|(key, (_, ticks))| (key, ticks))
             .collect();
         CpuMeter {
+            switches_start: process_switches(&pids),
             pids,
             server_start,
             bench_start: cpu_seconds(None),
@@ -557,8 +628,38 @@ impl CpuMeter {
                 wall_s,
                 BUSIEST_THREADS,
             ),
+            context_switches: switches_between(
+                &self.pids,
+                &self.switches_start,
+                &process_switches(&self.pids),
+            ),
         }
     }
+}
+
+/// One line for the terminal: `dev 12,034 + 310, gateway-1 8,120 + 95`: each process's
+/// voluntary and involuntary context switches per second over `wall_s`.
+pub fn describe_switches(
+    switches: &[ProcessSwitches],
+    wall_s: f64,
+    names: &HashMap<u32, String>,
+) -> String {
+    let per_s = |n: u64| crate::stats::fmt_rate(n as f64 / wall_s.max(1e-9));
+    switches
+        .iter()
+        .map(|s| {
+            let process = names
+                .get(&s.pid)
+                .cloned()
+                .unwrap_or_else(|| s.pid.to_string());
+            format!(
+                "{process} {} + {}",
+                per_s(s.voluntary),
+                per_s(s.involuntary)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// One line for the terminal: `dev tokio-rt-worker 0.62, gateway store-shard-1 0.31, ...`,
@@ -607,6 +708,41 @@ mod tests {
             describe_threads(&got, &names),
             "dev store-shard-0 0.50, dev tokio-rt-worker 0.20"
         );
+    }
+
+    #[test]
+    fn context_switches_are_read_summed_and_described_per_second() {
+        let status = "Name:\tx\nvoluntary_ctxt_switches:\t120\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(parse_switches(status), (120, 7));
+        assert_eq!(parse_switches("Name:\tx\n"), (0, 0));
+        let start: HashMap<u32, (u64, u64)> = [(1, (100, 10))].into_iter().collect();
+        let end: HashMap<u32, (u64, u64)> =
+            [(1, (20_100, 410)), (2, (5_000, 0))].into_iter().collect();
+        let got = switches_between(&[1, 2, 3], &start, &end);
+        assert_eq!(
+            got,
+            [
+                ProcessSwitches {
+                    pid: 1,
+                    voluntary: 20_000,
+                    involuntary: 400
+                },
+                // Started during the phase: counted from zero. Pid 3 is gone: left out.
+                ProcessSwitches {
+                    pid: 2,
+                    voluntary: 5_000,
+                    involuntary: 0
+                },
+            ]
+        );
+        let names: HashMap<u32, String> = [(1, "dev".to_string())].into_iter().collect();
+        assert_eq!(
+            describe_switches(&got, 2.0, &names),
+            "dev 10,000 + 200, 2 2,500 + 0"
+        );
+        let me = std::process::id();
+        let mine = process_switches(&[me])[&me];
+        assert!(mine.0 + mine.1 > 0, "this process has switched: {mine:?}");
     }
 
     #[test]
