@@ -1237,6 +1237,12 @@ async fn posts_cmd(a: PostsArgs) -> anyhow::Result<bool> {
                 o.store, o.busiest_threads
             );
         }
+        if !o.context_switches.is_empty() {
+            println!(
+                "context switches per second, voluntary + involuntary ({} store): {}",
+                o.store, o.context_switches
+            );
+        }
     }
     let mut ok = true;
     for o in &results {

@@ -53,6 +53,8 @@ pub struct Outcome {
     pub mesh_paths: Option<crate::promtext::MeshPaths>,
     /// The server threads that used the most CPU, as a line (`dev store-shard-1 0.31, ...`).
     pub busiest_threads: String,
+    /// The server processes' context switches per second, as a line (`dev 3,590 + 467`).
+    pub context_switches: String,
     /// Posts acknowledged during the warm-up (not in the figures above).
     pub warmup_posts: u64,
     /// Acknowledged sequence numbers that were missing or repeated in a channel.
@@ -258,6 +260,8 @@ pub async fn run(
     };
     let cpu = cpu.stop();
     let busiest_threads = crate::sut::describe_threads(&cpu.busiest_threads, &sut.process_names());
+    let context_switches =
+        crate::sut::describe_switches(&cpu.context_switches, cpu.wall_s, &sut.process_names());
     let (server_latency, mesh_paths) = match (
         metrics_before,
         crate::promtext::scrape(&sut.urls.webapp).await,
@@ -294,6 +298,7 @@ pub async fn run(
         server_latency,
         mesh_paths,
         busiest_threads,
+        context_switches,
         warmup_posts,
         seq_problems,
         errors,
