@@ -637,6 +637,11 @@ impl CpuMeter {
     }
 }
 
+/// A process by its name in `names` (pid to name), else by its pid.
+fn process_label(names: &HashMap<u32, String>, pid: u32) -> String {
+    names.get(&pid).cloned().unwrap_or_else(|| pid.to_string())
+}
+
 /// One line for the terminal: `dev 12,034 + 310, gateway-1 8,120 + 95`: each process's
 /// voluntary and involuntary context switches per second over `wall_s`.
 pub fn describe_switches(
@@ -645,37 +650,28 @@ pub fn describe_switches(
     names: &HashMap<u32, String>,
 ) -> String {
     let per_s = |n: u64| crate::stats::fmt_rate(n as f64 / wall_s.max(1e-9));
-    switches
+    let parts: Vec<String> = switches
         .iter()
         .map(|s| {
-            let process = names
-                .get(&s.pid)
-                .cloned()
-                .unwrap_or_else(|| s.pid.to_string());
+            let process = process_label(names, s.pid);
             format!(
                 "{process} {} + {}",
                 per_s(s.voluntary),
                 per_s(s.involuntary)
             )
         })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .collect();
+    parts.join(", ")
 }
 
 /// One line for the terminal: `dev tokio-rt-worker 0.62, gateway store-shard-1 0.31, ...`,
 /// naming each process by `names` (pid to name) where known.
 pub fn describe_threads(threads: &[ThreadCpu], names: &HashMap<u32, String>) -> String {
-    threads
+    let parts: Vec<String> = threads
         .iter()
-        .map(|t| {
-            let process = names
-                .get(&t.pid)
-                .cloned()
-                .unwrap_or_else(|| t.pid.to_string());
-            format!("{process} {} {:.2}", t.name, t.cores)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+        .map(|t| format!("{} {} {:.2}", process_label(names, t.pid), t.name, t.cores))
+        .collect();
+    parts.join(", ")
 }
 
 #[cfg(test)]
