@@ -88,6 +88,29 @@ test('search.messages finds what was posted', async () => {
   assert.equal(found.messages.matches[0].username, 'alice');
 });
 
+test('attachments with no text are kept as text and found by search', async () => {
+  const alice = client('alice');
+  const word = `pangolin${Date.now()}`;
+  // The client sends a form body, with the attachments as JSON text.
+  const posted = await alice.chat.postMessage({
+    channel: '#general',
+    attachments: [{ fallback: 'disk alert', color: 'danger', title: 'DiskFull', text: `${word} is 97% full` }],
+  });
+  assert.equal(posted.message.text, `DiskFull\n${word} is 97% full`);
+  await assert.rejects(
+    alice.chat.postMessage({ channel: '#general', text: 'x', attachments: [[1]] }),
+    (e) => e.data.error === 'invalid_attachments',
+  );
+  let found;
+  for (let i = 0; i < 100; i++) {
+    found = await alice.search.messages({ query: word, count: 5 });
+    if (found.messages.total === 1) break;
+    await sleep(100);
+  }
+  assert.equal(found.messages.total, 1);
+  assert.equal(found.messages.matches[0].ts, posted.ts);
+});
+
 test('the official RTM client receives the message and its changes', async () => {
   const alice = client('alice');
   const rtm = new RTMClient(tokens.users.bob.token, { slackApiUrl: `${urls.api}/`, autoReconnect: false, logLevel: 'error' });

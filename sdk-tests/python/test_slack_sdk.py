@@ -184,3 +184,32 @@ def test_team_info_rtm_start_permalink_and_kick(dev):
     assert err.value.response["error"] == "restricted_action"
     alice.conversations_kick(channel=public, user=users["bob"]["id"])
     assert not bob.conversations_info(channel=public)["channel"]["is_member"]
+
+
+def test_attachments_and_incoming_webhooks(dev):
+    """What bots send: attachments with no text (alert managers, CI servers), through
+    `chat_postMessage` and through the SDK's own incoming-webhook client."""
+    from slack_sdk.webhook import WebhookClient
+
+    alice = web(dev, "alice")
+    channel = alice.conversations_create(name="py-hook-" + uuid.uuid4().hex[:6])["channel"]["id"]
+    posted = alice.chat_postMessage(
+        channel=channel,
+        attachments=[{"fallback": "deploy 9 done", "color": "good", "title": "Deploy 9", "text": "all green"}],
+    )
+    assert posted["message"]["text"] == "Deploy 9\nall green"
+
+    hook = alice.api_call("hooks.create", json={"channel": channel})
+    webhook = WebhookClient(hook["url"])
+    sent = webhook.send(
+        text="Build 12 failed",
+        attachments=[{"color": "danger", "fields": [{"title": "branch", "value": "main", "short": True}]}],
+    )
+    assert (sent.status_code, sent.body) == (200, "ok")
+    sent = webhook.send(blocks=[{"type": "header", "text": {"type": "plain_text", "text": "Release 3.1"}}])
+    assert (sent.status_code, sent.body) == (200, "ok")
+    refused = webhook.send(attachments=[{"color": "good"}])
+    assert (refused.status_code, refused.body) == (400, "no_text")
+
+    texts = [m["text"] for m in alice.conversations_history(channel=channel)["messages"]]
+    assert texts == ["Release 3.1", "Build 12 failed\nbranch: main", "Deploy 9\nall green"], texts

@@ -60,6 +60,10 @@ pub enum ApiError {
     NoText,
     #[error("blocks must be a JSON array of block objects")]
     InvalidBlocks,
+    #[error("attachments must be a JSON array of attachment objects")]
+    InvalidAttachments,
+    #[error("a message has at most 100 attachments")]
+    TooManyAttachments,
     #[error("the message text is longer than {max} characters")]
     MsgTooLong { max: usize },
     #[error("the name is taken")]
@@ -165,6 +169,8 @@ impl ApiError {
             ApiError::IsArchived => "is_archived",
             ApiError::NoText => "no_text",
             ApiError::InvalidBlocks => "invalid_blocks",
+            ApiError::InvalidAttachments => "invalid_attachments",
+            ApiError::TooManyAttachments => "too_many_attachments",
             ApiError::MsgTooLong { .. } => "msg_too_long",
             ApiError::NameTaken => "name_taken",
             ApiError::InvalidNameRequired => "invalid_name_required",

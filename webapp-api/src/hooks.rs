@@ -1,6 +1,8 @@
 //! Incoming webhooks for bots: `POST /hooks/<hook token>` with `{"text": "...", "thread_ts"?}`
 //! (or a form body `payload=<that JSON>`, as Slack also accepts) posts into one channel as the
-//! user who created the hook, through the same path as `chat.postMessage`.
+//! user who created the hook, through the same path as `chat.postMessage`. `blocks` and
+//! `attachments` give text as they do there ([`crate::methods::content`]): alert managers and
+//! CI servers often send attachments alone.
 //!
 //! A hook token is `base64url(JSON {w, c, u, i}) "." base64url(signature)`: workspace,
 //! channel, creator and issue time, signed under the cluster secret for the purpose `"hook"`
@@ -27,6 +29,7 @@ use shared::ids::{ChannelId, Ts, UserId, WorkspaceId};
 use shared::protocol::{MessageKind, NewMessage};
 
 use crate::api::{object, read_body, ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
+use crate::methods::content::{self, ContentError, Part, Parts};
 use crate::ratelimit::{RetryAfter, Tier, RATELIMITED};
 
 /// What hook signatures are made for (see [`TokenSigner::sign_payload`]).
@@ -35,8 +38,6 @@ pub const HOOK_PURPOSE: &str = "hook";
 pub const HOOK_PATH_PREFIX: &str = "/hooks/";
 /// Longest hook token read; longer ones are not ours.
 const MAX_HOOK_TOKEN: usize = 2048;
-/// Longest text, as `chat.postMessage` accepts.
-const MAX_TEXT_CHARS: usize = 40_000;
 /// Longest `client_msg_id` (or `Idempotency-Key`), as `chat.postMessage` accepts.
 const MAX_CLIENT_MSG_ID: usize = 128;
 
@@ -47,8 +48,27 @@ pub const HOOK_ERRORS: &[(u16, &str, &str)] = &[
         "invalid_payload",
         "the body is not a JSON object (nor a form with a `payload` holding one), or a field has the wrong type",
     ),
-    (400, "no_text", "`text` is missing or empty"),
-    (400, "msg_too_long", "`text` is longer than 40000 characters"),
+    (
+        400,
+        "no_text",
+        "none of `text`, `blocks` and `attachments` gives any text",
+    ),
+    (
+        400,
+        "invalid_blocks",
+        "`blocks` (read when `text` is absent) is not an array of block objects",
+    ),
+    (
+        400,
+        "invalid_attachments",
+        "`attachments` is not an array of attachment objects",
+    ),
+    (400, "too_many_attachments", "more than 100 attachments"),
+    (
+        400,
+        "msg_too_long",
+        "the text (with that of the attachments) is longer than 40000 characters",
+    ),
     (400, "invalid_thread_ts", "`thread_ts` is not a timestamp"),
     (
         403,
@@ -292,13 +312,29 @@ fn parse_body(body: &[u8], headers: &HeaderMap) -> Result<HookPost, HookError> {
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(_) => Err(INVALID),
     };
-    let text = string(&fields, "text")?.unwrap_or_default();
-    if text.is_empty() {
-        return Err(HookError::new("no_text"));
-    }
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(HookError::new("msg_too_long"));
-    }
+    let text = string(&fields, "text")?;
+    // `blocks` and `attachments` are arrays in a JSON body; some senders give JSON text.
+    let part = |key: &str| match fields.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(Part::Json(s)),
+        Some(v) => Some(Part::Value(v)),
+    };
+    let text = content::message_text(Parts {
+        text: text.as_deref().filter(|t| !t.is_empty()),
+        blocks: part("blocks"),
+        attachments: part("attachments"),
+    })
+    .map_err(|e| {
+        HookError::new(match e {
+            ContentError::NoText => "no_text",
+            ContentError::InvalidBlocks => "invalid_blocks",
+            ContentError::InvalidAttachments => "invalid_attachments",
+            ContentError::TooManyAttachments => "too_many_attachments",
+            ContentError::TooLong => "msg_too_long",
+        })
+    })?
+    .into_owned();
     let thread_ts = match string(&fields, "thread_ts")?.filter(|s| !s.is_empty()) {
         None => None,
         Some(raw) => Some(Ts::parse_slack(raw.trim()).ok_or(HookError::new("invalid_thread_ts"))?),
@@ -405,6 +441,7 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::methods::content::MAX_TEXT_CHARS;
 
     fn claims() -> HookClaims {
         HookClaims {
@@ -447,6 +484,44 @@ mod tests {
     }
 
     #[test]
+    fn blocks_and_attachments_give_a_hook_post_its_text() {
+        let h = HeaderMap::new();
+        let text = |body: &str| parse_body(body.as_bytes(), &h).unwrap().text;
+        // What Prometheus Alertmanager's Slack receiver sends: attachments, no text.
+        assert_eq!(
+            text(
+                r##"{"channel":"#ops","username":"alertmanager","attachments":[{
+                "color":"danger","fallback":"[FIRING:1] DiskFull",
+                "title":"[FIRING:1] DiskFull","title_link":"http://am/#/alerts",
+                "text":"/var is 97% full","footer":"am-1"}]}"##
+            ),
+            "<http://am/#/alerts|[FIRING:1] DiskFull>\n/var is 97% full\nam-1"
+        );
+        assert_eq!(
+            text(
+                r#"{"blocks":[{"type":"header","text":{"type":"plain_text","text":"Deployed"}}]}"#
+            ),
+            "Deployed"
+        );
+        assert_eq!(
+            text(
+                r#"{"blocks":"[{\"type\":\"header\",\"text\":{\"type\":\"plain_text\",\"text\":\"As JSON text\"}}]"}"#
+            ),
+            "As JSON text"
+        );
+        assert_eq!(
+            text(
+                r#"{"text":"Build 7 failed","attachments":[{"fields":[{"title":"branch","value":"main"}]}]}"#
+            ),
+            "Build 7 failed\nbranch: main"
+        );
+        assert_eq!(
+            text(r#"{"text":"","attachments":[{"fallback":"only this"}]}"#),
+            "only this"
+        );
+    }
+
+    #[test]
     fn bodies_are_json_or_form_payloads() {
         let h = HeaderMap::new();
         let p = parse_body(br#" {"text":"hi","thread_ts":"1700000000.000100"}"#, &h).unwrap();
@@ -480,6 +555,18 @@ mod tests {
         );
         let long = format!("{{\"text\":\"{}\"}}", "a".repeat(MAX_TEXT_CHARS + 1));
         assert_eq!(code(long.as_bytes()), "msg_too_long");
+        assert_eq!(code(br#"{"blocks":{"type":"section"}}"#), "invalid_blocks");
+        assert_eq!(code(br#"{"blocks":[{"type":"divider"}]}"#), "no_text");
+        assert_eq!(code(br#"{"attachments":[5]}"#), "invalid_attachments");
+        assert_eq!(code(br#"{"attachments":"[5]"}"#), "invalid_attachments");
+        assert_eq!(code(br#"{"attachments":[{"color":"good"}]}"#), "no_text");
+        let many = format!(r#"{{"attachments":[{}{{}}]}}"#, "{},".repeat(100));
+        assert_eq!(code(many.as_bytes()), "too_many_attachments");
+        let long_attachment = format!(
+            r#"{{"text":"{}","attachments":[{{"text":"more"}}]}}"#,
+            "a".repeat(MAX_TEXT_CHARS)
+        );
+        assert_eq!(code(long_attachment.as_bytes()), "msg_too_long");
         let id = format!(
             "{{\"text\":\"x\",\"client_msg_id\":\"{}\"}}",
             "k".repeat(200)

@@ -264,8 +264,9 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         auth: Auth::User,
         params: &[
             req("channel", Ty::Str, "conversation id (`C…`), a channel name (`general` or `#general`), or a user id (`U…`): the caller's DM with that user, opened if it was not"),
-            p("text", Ty::Str, "the message, at most 40000 characters; required unless `blocks` give text"),
+            p("text", Ty::Str, "the message, at most 40000 characters; required unless `blocks` or `attachments` give text"),
             p("blocks", Ty::Str, "Block Kit blocks (a JSON array); only their text is kept: the message's text when `text` is absent (header, section and its fields, context text, rich text; other blocks are left out)"),
+            p("attachments", Ty::Str, "legacy attachments (a JSON array, at most 100); only their text is kept, on the lines after the message's text: pretext, author, title (`<title_link|title>`), text, fields as `title: value`, blocks' text, footer, and `fallback` when none of these has any"),
             p("client_msg_id", Ty::Str, "idempotency key, per channel: a retry (same user, text and thread) answers the stored message; the key reused by another user or for another text or thread answers `client_msg_id_conflict`"),
             p("thread_ts", Ty::Ts, "post as a reply in this message's thread"),
         ],
@@ -275,6 +276,8 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             "is_archived",
             "no_text",
             "invalid_blocks",
+            "invalid_attachments",
+            "too_many_attachments",
             "msg_too_long",
             "invalid_thread_ts",
             "thread_not_found",
@@ -290,8 +293,9 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         params: &[
             CHANNEL,
             req("ts", Ty::Ts, "the message"),
-            p("text", Ty::Str, "the new text, at most 40000 characters; required unless `blocks` give text"),
+            p("text", Ty::Str, "the new text, at most 40000 characters; required unless `blocks` or `attachments` give text"),
             p("blocks", Ty::Str, "Block Kit blocks (a JSON array), kept as text only, as for `chat.postMessage`"),
+            p("attachments", Ty::Str, "legacy attachments (a JSON array), kept as text only, as for `chat.postMessage`"),
         ],
         errors: &[
             "channel_not_found",
@@ -302,6 +306,8 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             "cant_update_message",
             "no_text",
             "invalid_blocks",
+            "invalid_attachments",
+            "too_many_attachments",
             "msg_too_long",
             "service_unavailable",
         ],
@@ -328,8 +334,9 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         params: &[
             CHANNEL,
             req("user", Ty::Str, "who sees it; a member of the channel"),
-            p("text", Ty::Str, "the message, at most 40000 characters; required unless `blocks` give text"),
+            p("text", Ty::Str, "the message, at most 40000 characters; required unless `blocks` or `attachments` give text"),
             p("blocks", Ty::Str, "Block Kit blocks (a JSON array), kept as text only, as for `chat.postMessage`"),
+            p("attachments", Ty::Str, "legacy attachments (a JSON array), kept as text only, as for `chat.postMessage`"),
             p("thread_ts", Ty::Ts, "show it in this message's thread"),
         ],
         errors: &[
@@ -338,6 +345,8 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             "is_archived",
             "no_text",
             "invalid_blocks",
+            "invalid_attachments",
+            "too_many_attachments",
             "msg_too_long",
             "invalid_thread_ts",
             "user_not_found",
@@ -1220,6 +1229,8 @@ mod tests {
             ApiError::RestrictedAction,
             ApiError::UserNotInChannel,
             ApiError::InvalidBlocks,
+            ApiError::InvalidAttachments,
+            ApiError::TooManyAttachments,
             ApiError::NotInvited(vec![crate::api::UserError {
                 user: shared::ids::UserId::from("UA"),
                 error: "already_in_channel",

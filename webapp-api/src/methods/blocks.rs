@@ -10,7 +10,7 @@
 //! - every other block (`image`, `divider`, `actions`, `input`, `file`, `video`, …) is left
 //!   out.
 //!
-//! Blocks are joined with a newline. The blocks themselves are not stored.
+//! Blocks are joined with a newline. The blocks themselves are not stored ([`super::content`]).
 
 use serde_json::Value;
 
@@ -22,8 +22,14 @@ pub(crate) enum BlocksError {
 }
 
 /// The text of `raw`, the `blocks` parameter (JSON text): empty when no block has any.
-pub(crate) fn fallback_text(raw: &str) -> Result<String, BlocksError> {
+#[cfg(test)]
+fn fallback_text(raw: &str) -> Result<String, BlocksError> {
     let blocks: Value = serde_json::from_str(raw).map_err(|_| BlocksError::Malformed)?;
+    text_of(&blocks)
+}
+
+/// The text of `blocks`, a JSON array of blocks: empty when no block has any.
+pub(crate) fn text_of(blocks: &Value) -> Result<String, BlocksError> {
     let blocks = blocks.as_array().ok_or(BlocksError::Malformed)?;
     let mut lines: Vec<String> = Vec::new();
     for block in blocks {

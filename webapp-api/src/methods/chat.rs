@@ -10,11 +10,10 @@ use shared::ids::{ChannelId, Ts};
 use shared::protocol::{MessageKind, NewMessage, UserEvent};
 use shared::store::{HistoryQuery, MessageView};
 
+use super::content::{self, ContentError, Part, Parts, MAX_TEXT_CHARS};
 use super::{message_json, view_json, visible_channel, VisibleChannel};
 use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 
-/// Longest message text in characters, as in Slack.
-pub const MAX_TEXT_CHARS: usize = 40_000;
 /// Longest `client_msg_id` accepted (Slack's are UUIDs, 36 characters).
 pub const MAX_CLIENT_MSG_ID: usize = 128;
 
@@ -156,29 +155,23 @@ fn may_post(is_member: bool, channel: &shared::store::Channel) -> ApiResult<()> 
     Ok(())
 }
 
-/// A message's `text`, else the text of its `blocks` ([`super::blocks`]): not empty, and at
-/// most [`MAX_TEXT_CHARS`] characters. `invalid_blocks` when the text comes from `blocks`
-/// that are not a JSON array of blocks.
+/// A message's text from its `text`, `blocks` and `attachments` parameters
+/// ([`super::content`]): not empty, and at most [`MAX_TEXT_CHARS`] characters.
 fn message_text(params: &Params) -> ApiResult<Cow<'_, str>> {
-    let text = match params.non_empty("text") {
-        Some(text) => Cow::Borrowed(text),
-        None => match params.non_empty("blocks") {
-            Some(raw) => {
-                Cow::Owned(super::blocks::fallback_text(raw).map_err(|_| ApiError::InvalidBlocks)?)
-            }
-            None => Cow::Borrowed(""),
-        },
-    };
-    // Text as given is taken as is; blocks must give some text besides spaces.
-    if text.trim().is_empty() && (text.is_empty() || params.non_empty("text").is_none()) {
-        return Err(ApiError::NoText);
-    }
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(ApiError::MsgTooLong {
+    content::message_text(Parts {
+        text: params.non_empty("text"),
+        blocks: params.non_empty("blocks").map(Part::Json),
+        attachments: params.non_empty("attachments").map(Part::Json),
+    })
+    .map_err(|e| match e {
+        ContentError::NoText => ApiError::NoText,
+        ContentError::InvalidBlocks => ApiError::InvalidBlocks,
+        ContentError::InvalidAttachments => ApiError::InvalidAttachments,
+        ContentError::TooManyAttachments => ApiError::TooManyAttachments,
+        ContentError::TooLong => ApiError::MsgTooLong {
             max: MAX_TEXT_CHARS,
-        });
-    }
-    Ok(text)
+        },
+    })
 }
 
 /// `chat.postEphemeral`: `text` from the caller, shown to `user` alone in a channel both are

@@ -5,9 +5,11 @@
 //! client names is parsed ([`ChannelId::parse`], [`UserId::parse`]) and then checked to belong
 //! to the caller's workspace, so a token of one workspace never reads or writes another's.
 
+mod attachments;
 mod auth;
 mod blocks;
 mod chat;
+pub(crate) mod content;
 mod conversations;
 mod internal;
 mod members;

@@ -204,3 +204,115 @@ async fn a_post_with_blocks_and_no_text_keeps_the_blocks_text() {
     .await;
     s.stop().await;
 }
+
+/// Bots send Slack's legacy `attachments`, often with no `text` (Alertmanager, CI servers):
+/// their text follows the message's text, through `chat.postMessage`, `chat.update` and
+/// hooks alike, and malformed ones are refused by name and counted.
+#[tokio::test]
+async fn attachments_give_their_text_to_posts_edits_and_hook_posts() {
+    let s = Server::start_with_cluster().await;
+    let alice = s.token("alice");
+    let general = s.general().await;
+    let alert = json!([{
+        "color": "danger",
+        "fallback": "[FIRING:1] DiskFull",
+        "title": "[FIRING:1] DiskFull",
+        "title_link": "http://am.example/#/alerts",
+        "text": "/var is 97% full",
+        "fields": [{"title": "severity", "value": "page", "short": true}],
+    }]);
+    let shown =
+        "<http://am.example/#/alerts|[FIRING:1] DiskFull>\n/var is 97% full\nseverity: page";
+    let v = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "attachments": alert}),
+        )
+        .await;
+    assert_eq!(v["message"]["text"], shown, "{v}");
+    let ts = v["ts"].as_str().unwrap().to_string();
+    // Form style (the SDKs' default): attachments as JSON text, after a text of its own.
+    let (_, v) = s
+        .call_form(
+            "chat.postMessage",
+            &[
+                ("token", alice.as_str()),
+                ("channel", general.as_str()),
+                ("text", "Build 7 failed"),
+                ("attachments", r#"[{"fallback":"see the log"}]"#),
+            ],
+        )
+        .await;
+    assert_eq!(v["message"]["text"], "Build 7 failed\nsee the log", "{v}");
+    let v = s
+        .ok(
+            "chat.update",
+            &alice,
+            json!({"channel": general, "ts": ts, "attachments": [{"title": "[RESOLVED] DiskFull"}]}),
+        )
+        .await;
+    assert_eq!(v["text"], "[RESOLVED] DiskFull", "{v}");
+    let hook = s
+        .ok("hooks.create", &alice, json!({"channel": general}))
+        .await["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, answer) = hook_post(
+        &s,
+        &hook,
+        "alert-1",
+        json!({"username": "alertmanager", "attachments": alert}),
+    )
+    .await;
+    assert_eq!((status, answer.as_str()), (200, "ok"));
+    assert_eq!(
+        texts(&s, &alice, &general).await[..3],
+        [shown, "Build 7 failed\nsee the log", "[RESOLVED] DiskFull"]
+    );
+
+    let errors = |error: &str| {
+        crate::metrics::ERRORS
+            .with_label_values(&["chat.postMessage", error])
+            .get()
+    };
+    let (invalid, too_many) = (
+        errors("invalid_attachments"),
+        errors("too_many_attachments"),
+    );
+    for bad in [json!({"color": "good"}), json!("not json"), json!([[1]])] {
+        s.err(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "x", "attachments": bad}),
+            "invalid_attachments",
+        )
+        .await;
+    }
+    s.err(
+        "chat.postMessage",
+        &alice,
+        json!({"channel": general, "attachments": [{"color": "good"}]}),
+        "no_text",
+    )
+    .await;
+    let many: Vec<Value> = (0..101).map(|i| json!({"text": i.to_string()})).collect();
+    s.err(
+        "chat.postMessage",
+        &alice,
+        json!({"channel": general, "attachments": many}),
+        "too_many_attachments",
+    )
+    .await;
+    assert_eq!(errors("invalid_attachments") - invalid, 3);
+    assert_eq!(errors("too_many_attachments") - too_many, 1);
+    let (status, answer) = hook_post(&s, &hook, "alert-2", json!({"attachments": {}})).await;
+    assert_eq!((status, answer.as_str()), (400, "invalid_attachments"));
+    assert_eq!(
+        texts(&s, &alice, &general).await.len(),
+        3,
+        "nothing refused was stored"
+    );
+    s.stop().await;
+}
