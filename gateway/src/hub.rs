@@ -532,6 +532,11 @@ impl Hub {
         (id, starts, first_of_user)
     }
 
+    /// How many sessions `user` has on this gateway.
+    pub fn sessions_of(&self, user: &UserId) -> usize {
+        self.state.lock().users.get(user).map_or(0, HashSet::len)
+    }
+
     /// Forgets a session; returns whether it was its user's last here.
     pub fn unregister(&self, id: SessionId) -> bool {
         let mut st = self.state.lock();

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod queue;
 pub mod rtm_post;
 pub mod session;
+pub mod socket_mode;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -425,6 +426,12 @@ async fn rtm(
         },
         None => BTreeMap::new(),
     };
+    // `mode=socket`: Slack's Socket Mode framing ([`socket_mode`]); RTM otherwise.
+    let socket_mode = match params.get("mode").map(String::as_str) {
+        None | Some("" | "rtm") => false,
+        Some("socket") => true,
+        Some(_) => return reject(StatusCode::BAD_REQUEST, "invalid_mode"),
+    };
     let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "too_many_sessions");
     };
@@ -450,6 +457,7 @@ async fn rtm(
         presence_sub: params
             .get("presence_sub")
             .is_some_and(|v| matches!(v.as_str(), "1" | "true")),
+        socket_mode,
     });
     // What the session needs, in one box: the upgrade callback and its future each keep their
     // captures for the session's whole life, so they capture a pointer.

@@ -55,6 +55,13 @@ pub static CLIENT_EVENTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static SOCKET_MODE_ENVELOPES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_socket_mode_envelopes_total",
+        "events written to Socket Mode sessions in events_api envelopes"
+    )
+    .unwrap()
+});
 pub static PRESENCE_REPEATS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_gateway_presence_repeats_total",

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::{Hub, Outbound, SessionId};
 use crate::metrics as m;
 use crate::rtm_post::{Poster, RtmMessage, WebApi};
+use crate::socket_mode::SocketMode;
 
 /// Minimum time between two typing events relayed for one channel of one session.
 const TYPING_INTERVAL: Duration = Duration::from_secs(1);
@@ -57,6 +58,8 @@ pub struct SessionParams {
     /// `presence_sub=1` on the URL (Slack's `rtm.connect` option): no `presence_change` until
     /// the client subscribes with a `presence_sub` event.
     pub presence_sub: bool,
+    /// `mode=socket` on the URL: Slack's Socket Mode framing ([`crate::socket_mode`]).
+    pub socket_mode: bool,
 }
 
 /// Where a session stands in one channel.
@@ -513,6 +516,7 @@ pub fn run<K: Send + 'static>(
             boot,
             web_api,
             presence_sub,
+            socket_mode,
         } = *params;
         let (tx, mut rx) = crate::queue::weighted(queue, Outbound::weight);
         let overflow = CancellationToken::new();
@@ -552,7 +556,9 @@ pub fn run<K: Send + 'static>(
             hold_limit: queue,
             overflow: overflow.clone(),
             typing: HashMap::new(),
-            presence: PresenceFilter::new(presence_sub),
+            // Socket Mode sends no presence (the Events API has none), and its clients cannot
+            // subscribe to any.
+            presence: PresenceFilter::new(presence_sub || socket_mode),
             web_api,
             poster: None,
             answers_tx: None,
@@ -564,7 +570,13 @@ pub fn run<K: Send + 'static>(
                 s.request_backfill(c, after, None, 0);
             }
         }
-        let hello = {
+        // Boxed: an RTM session (nearly all of them) keeps one pointer for it.
+        let mut socket_mode =
+            socket_mode.then(|| Box::new(SocketMode::new(&s.claims, &hub.node.0, id)));
+        let hello = if let Some(sm) = &socket_mode {
+            sm.hello(&hub.node.0, hub.sessions_of(&s.claims.user))
+                .into()
+        } else {
             let mut hello = serde_json::json!({
                 "type": "hello",
                 "gateway": hub.node.0,
@@ -612,7 +624,10 @@ pub fn run<K: Send + 'static>(
             tokio::select! {
                 biased;
                 _ = &mut stopping => {
-                    let goodbye = text(serde_json::json!({ "type": "goodbye", "source": "gateway_shutdown" }));
+                    let goodbye = match socket_mode {
+                        Some(_) => WsMessage::Text(SocketMode::disconnect("warning", &hub.node.0).into()),
+                        None => text(serde_json::json!({ "type": "goodbye", "source": "gateway_shutdown" })),
+                    };
                     if bounded(write_timeout, socket.send(goodbye)).await {
                         close(&mut socket, close_code::GOING_AWAY, "gateway shutting down", write_timeout).await;
                     }
@@ -622,7 +637,10 @@ pub fn run<K: Send + 'static>(
                     // The client fell behind, perhaps because it stopped reading: the resync
                     // notice is bounded like any write.
                     tracing::warn!("session fell behind; telling it to resync");
-                    let resync = text(serde_json::json!({ "type": "resync_required", "seq": s.positions() }));
+                    let resync = match socket_mode {
+                        Some(_) => WsMessage::Text(SocketMode::disconnect("refresh_requested", &hub.node.0).into()),
+                        None => text(serde_json::json!({ "type": "resync_required", "seq": s.positions() })),
+                    };
                     if bounded(write_timeout, socket.send(resync)).await {
                         close(&mut socket, close_code::RESYNC_REQUIRED, "resync required", write_timeout).await;
                     }
@@ -636,7 +654,11 @@ pub fn run<K: Send + 'static>(
                     last_activity = Instant::now();
                     match frame {
                         Some(Ok(WsMessage::Text(t))) => {
-                            if let Some(reply) = handle_client_event(&mut s, &t) {
+                            let reply = match socket_mode {
+                                Some(_) => SocketMode::client_frame(&t),
+                                None => handle_client_event(&mut s, &t),
+                            };
+                            if let Some(reply) = reply {
                                 out.push(reply);
                             }
                         }
@@ -720,6 +742,13 @@ pub fn run<K: Send + 'static>(
                 // One bound for the whole batch (one timer, not one per message).
                 let batch = async {
                     for t in out.drain(..) {
+                        let t = match socket_mode.as_mut() {
+                            None => t,
+                            Some(sm) => match sm.frame(&t) {
+                                Some(envelope) => envelope,
+                                None => continue,
+                            },
+                        };
                         socket.feed(WsMessage::Text(t)).await?;
                     }
                     socket.flush().await
@@ -1381,6 +1410,7 @@ mod tests {
                         boot: None,
                         web_api: WebApi::nowhere(),
                         presence_sub: false,
+                        socket_mode: false,
                     });
                     run(hub, socket, params, Shutdown::new(), ()).await;
                     if let Some(tx) = ended.lock().take() {

@@ -213,3 +213,61 @@ def test_attachments_and_incoming_webhooks(dev):
 
     texts = [m["text"] for m in alice.conversations_history(channel=channel)["messages"]]
     assert texts == ["Release 3.1", "Build 12 failed\nbranch: main", "Deploy 9\nall green"], texts
+
+
+def test_bolt_app_over_socket_mode(dev):
+    """A Bolt app, unchanged: it opens Socket Mode with `apps.connections.open`, hears a
+    message in its channel, answers with `say` in the thread, and hears a reaction."""
+    import re
+
+    from slack_bolt import App
+    from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+    alice = web(dev, "alice")
+    bot = web(dev, "bob")  # an app is its bot user; its token is also its app token
+    bot_id = dev["tokens"]["users"]["bob"]["id"]
+    channel = alice.conversations_create(name="py-bolt-" + uuid.uuid4().hex[:6])["channel"]["id"]
+    bot.conversations_join(channel=channel)
+
+    app = App(client=bot)
+    heard, reactions = queue.Queue(), queue.Queue()
+
+    @app.message(re.compile(r"^ping (\d+)$"))
+    def answer(message, say, context):
+        heard.put(message)
+        say(text=f"pong {context['matches'][0]}", thread_ts=message["ts"])
+
+    @app.event("reaction_added")
+    def reacted(event):
+        reactions.put(event)
+
+    handler = SocketModeHandler(app, app_token=dev["tokens"]["users"]["bob"]["token"], web_client=bot)
+    handler.connect()
+    try:
+        # The app's session subscribes in the background: ping until it answers (bounded).
+        message = None
+        for attempt in range(20):
+            alice.chat_postMessage(channel=channel, text=f"ping {attempt}")
+            try:
+                message = heard.get(timeout=1)
+                break
+            except queue.Empty:
+                pass
+        assert message is not None, "the app never heard a ping"
+        assert message["channel"] == channel and message["user"] == dev["tokens"]["users"]["alice"]["id"]
+        number = message["text"].split()[1]
+
+        deadline, replies = time.time() + 10, []
+        while time.time() < deadline:
+            replies = alice.conversations_replies(channel=channel, ts=message["ts"])["messages"]
+            if len(replies) == 2:
+                break
+            time.sleep(0.1)
+        assert [m["text"] for m in replies] == [message["text"], f"pong {number}"], replies
+        assert replies[1]["user"] == bot_id
+
+        alice.reactions_add(channel=channel, timestamp=replies[1]["ts"], name="tada")
+        event = reactions.get(timeout=10)
+        assert event["reaction"] == "tada" and event["item"]["ts"] == replies[1]["ts"], event
+    finally:
+        handler.close()

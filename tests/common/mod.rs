@@ -1664,7 +1664,13 @@ impl Client {
             let points: Vec<String> = r.iter().map(|(c, s)| format!("{c}:{s}")).collect();
             url.push_str(&format!("&resume={}", points.join(",")));
         }
-        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url.as_str()))
+        Client::connect_url(&url).await
+    }
+
+    /// Connects to `url` as given (it carries the token: `rtm.connect`'s or
+    /// `apps.connections.open`'s) and waits for `hello` (bounded).
+    pub async fn connect_url(url: &str) -> Result<Client, ConnectError> {
+        let connected = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(url))
             .await
             .map_err(|_| ConnectError::Other("handshake timed out".into()))?;
         let (ws, _) = match connected {

@@ -152,6 +152,13 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         errors: &["service_unavailable"],
     },
     MethodDoc {
+        name: "apps.connections.open",
+        summary: "A gateway WebSocket `url` (carrying the token) for a Socket Mode session: Slack's Socket Mode framing (`hello`, `events_api` envelopes the client acknowledges with their `envelope_id`, `disconnect`), as Bolt apps and the SDKs' Socket Mode clients speak it. The app token is the bot's own token; the session receives the events of the bot's channels.",
+        auth: Auth::User,
+        params: &[],
+        errors: &["service_unavailable"],
+    },
+    MethodDoc {
         name: "team.info",
         summary: "The caller's workspace as Slack's team object: `id`, `name`, `domain` (the workspace's name), `url`, `icon`.",
         auth: Auth::User,

@@ -71,7 +71,7 @@ pub fn tier(method: &str) -> Option<Tier> {
         "api.test" => return None,
         m if m.starts_with("internal.") => return None,
         "chat.postMessage" => Tier::Post,
-        "rtm.connect" | "rtm.start" => Tier::Tier1,
+        "rtm.connect" | "rtm.start" | "apps.connections.open" => Tier::Tier1,
         "conversations.create"
         | "conversations.list"
         | "conversations.invite"

@@ -1448,6 +1448,26 @@ async fn rtm_connect_hands_out_gateways_round_robin() {
     s.stop().await;
 }
 
+/// Socket Mode: the same gateways, with `mode=socket`; the bot's own token is its app token.
+#[tokio::test]
+async fn apps_connections_open_hands_out_socket_mode_urls() {
+    let s = Server::start().await;
+    let bob = s.token("bob");
+    let v = s.ok("apps.connections.open", &bob, json!({})).await;
+    let url = v["url"].as_str().unwrap();
+    assert!(url.starts_with("ws://127.0.0."), "{url}");
+    assert!(url.contains(&format!("token={bob}")), "{url}");
+    assert!(url.ends_with("&mode=socket"), "{url}");
+    s.err(
+        "apps.connections.open",
+        "xapp-1-nonsense",
+        json!({}),
+        "invalid_auth",
+    )
+    .await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn errors_and_requests_are_counted() {
     let s = Server::start().await;

@@ -1,4 +1,5 @@
-//! `api.test`, `auth.test`, `rtm.connect` (also served as `rtm.start`).
+//! `api.test`, `auth.test`, `rtm.connect` (also served as `rtm.start`) and
+//! `apps.connections.open` (Socket Mode).
 
 use serde_json::{json, Value};
 
@@ -54,15 +55,20 @@ pub(super) async fn auth_test(
     Ok(out)
 }
 
-/// A gateway WebSocket URL carrying the caller's token, round-robin over the configured
-/// gateways.
-pub(super) async fn rtm_connect(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
-    let team = workspace_name(state, caller).await?;
+/// A gateway WebSocket URL carrying the caller's token, then `options`, round-robin over the
+/// configured gateways.
+fn gateway_url(state: &AppState, caller: &Caller, options: &str) -> ApiResult<String> {
     let gateway = state
         .next_gateway_url()
         .ok_or_else(|| ApiError::ServiceUnavailable("no gateway is configured".into()))?;
     let sep = if gateway.contains('?') { '&' } else { '?' };
     let token: String = url::form_urlencoded::byte_serialize(caller.token.as_bytes()).collect();
+    Ok(format!("{gateway}{sep}token={token}{options}"))
+}
+
+/// An RTM session's URL, with `self` and `team`.
+pub(super) async fn rtm_connect(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let team = workspace_name(state, caller).await?;
     // Slack's `presence_sub` option: no presence_change until the client subscribes.
     let presence_sub = if params.flag("presence_sub", false) {
         "&presence_sub=1"
@@ -70,8 +76,18 @@ pub(super) async fn rtm_connect(state: &AppState, caller: &Caller, params: &Para
         ""
     };
     Ok(object(json!({
-        "url": format!("{gateway}{sep}token={token}{presence_sub}"),
+        "url": gateway_url(state, caller, presence_sub)?,
         "team": { "id": caller.claims.workspace, "name": team, "domain": team },
         "self": { "id": caller.user.id, "name": caller.user.name },
+    })))
+}
+
+/// `apps.connections.open`: a Socket Mode session's URL (`mode=socket`), which Bolt apps and
+/// the SDKs' Socket Mode clients open. Slack asks for an app-level token (`xapp-…`); in
+/// Switchboard an app is its bot user, so the bot's own token is the app token, and the
+/// session receives the events of the bot's channels.
+pub(super) fn apps_connections_open(state: &AppState, caller: &Caller) -> ApiResult {
+    Ok(object(json!({
+        "url": gateway_url(state, caller, "&mode=socket")?,
     })))
 }

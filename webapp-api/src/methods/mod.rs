@@ -40,6 +40,7 @@ pub const METHODS: &[&str] = &[
     "auth.test",
     "rtm.connect",
     "rtm.start",
+    "apps.connections.open",
     "team.info",
     "conversations.create",
     "conversations.join",
@@ -123,6 +124,7 @@ pub async fn dispatch(
         "auth.test" => auth::auth_test(state, &caller, request).await,
         // Slack's `rtm.start` now answers like `rtm.connect`: a URL, `self` and `team`.
         "rtm.connect" | "rtm.start" => auth::rtm_connect(state, &caller, params).await,
+        "apps.connections.open" => auth::apps_connections_open(state, &caller),
         "team.info" => team::info(state, &caller, params, request).await,
         "conversations.create" => conversations::create(state, &caller, params).await,
         "conversations.join" => conversations::join(state, &caller, params).await,
