@@ -355,6 +355,7 @@ mod tests {
             client_msg_id: client_msg_id.map(str::to_string),
             thread_ts: None,
             kind: MessageKind::Posted,
+            broadcast: false,
         }
     }
 

@@ -164,6 +164,7 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
             thread_ts: None,
             kind: MessageKind::Posted,
             previous: None,
+            broadcast: false,
         };
         let store = store.clone();
         pending.push(async move { store.append(&msg).await });

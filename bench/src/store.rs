@@ -145,6 +145,7 @@ pub async fn run(plan: &Plan, key: ShardKey, dir: &Path) -> anyhow::Result<Outco
                     thread_ts: None,
                     kind: MessageKind::Posted,
                     previous: None,
+                    broadcast: false,
                 };
                 let t = Instant::now();
                 let outcome = match store.append_new(vec![msg]).await {

@@ -439,7 +439,7 @@ impl ChannelTask {
                 Some(Ok(AppendOutcome::Duplicate(existing))) => {
                     m::POSTS.with_label_values(&["duplicate"]).inc();
                     let _ = reply.send(MeshFrame::PostOk {
-                        msg: existing.clone(),
+                        msg: (**existing).clone(),
                         duplicate: true,
                     });
                 }
@@ -686,6 +686,7 @@ fn unplaced(m: Message) -> NewMessage {
         client_msg_id: m.client_msg_id,
         thread_ts: m.thread_ts,
         kind: m.kind,
+        broadcast: m.broadcast,
     }
 }
 
@@ -766,6 +767,7 @@ mod tests {
                 client_msg_id: cmid.map(str::to_string),
                 thread_ts: None,
                 kind: shared::protocol::MessageKind::Posted,
+                broadcast: false,
             }
         }
     }

@@ -447,6 +447,7 @@ mod tests {
                 client_msg_id: None,
                 thread_ts: None,
                 kind: MessageKind::Posted,
+                broadcast: false,
             },
             received: Instant::now(),
             reply,

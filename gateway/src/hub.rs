@@ -1643,6 +1643,7 @@ pub(crate) mod test_support {
             thread_ts: None,
             kind: shared::protocol::MessageKind::Posted,
             previous: None,
+            broadcast: false,
         }
     }
 

@@ -54,6 +54,16 @@ def test_post_edit_delete_react_thread_history(dev):
     got = alice.reactions_get(channel=channel, timestamp=ts)
     assert got["message"]["reactions"][0]["users"] == [dev["tokens"]["users"]["bob"]["id"]]
 
+    # A reply also sent to the channel (Slack's "Also send to #channel").
+    shown = alice.chat_postMessage(channel=channel, text="done, see thread", thread_ts=ts, reply_broadcast=True)
+    assert shown["message"]["subtype"] == "thread_broadcast"
+    top = alice.conversations_history(channel=channel, limit=10)["messages"]
+    assert [(m["text"], m.get("subtype")) for m in top] == [
+        ("done, see thread", "thread_broadcast"),
+        ("hello, edited", None),
+    ]
+    assert top[1]["reply_count"] == 2
+
     with pytest.raises(SlackApiError) as err:
         bob.chat_update(channel=channel, ts=ts, text="not mine")
     assert err.value.response["error"] == "cant_update_message"
@@ -133,9 +143,10 @@ def test_rtm_client_receives_messages_and_changes(dev):
         assert got["channel"] == general and got["seq"] >= 1
         alice.chat_update(channel=general, ts=posted["ts"], text=marker + " edited")
         alice.reactions_add(channel=general, timestamp=posted["ts"], name="wave")
+        alice.chat_postMessage(channel=general, text=marker + " broadcast", thread_ts=posted["ts"], reply_broadcast=True)
         kinds = set()
         deadline = time.time() + 10
-        while len(kinds) < 2 and time.time() < deadline:
+        while len(kinds) < 3 and time.time() < deadline:
             try:
                 e = events.get(timeout=1)
             except queue.Empty:
@@ -144,7 +155,9 @@ def test_rtm_client_receives_messages_and_changes(dev):
                 kinds.add("changed")
             if e.get("type") == "reaction_added" and e["reaction"] == "wave":
                 kinds.add("reaction")
-        assert kinds == {"changed", "reaction"}
+            if e.get("subtype") == "thread_broadcast" and e["thread_ts"] == posted["ts"]:
+                kinds.add("broadcast")
+        assert kinds == {"changed", "reaction", "broadcast"}
     finally:
         rtm.close()
 

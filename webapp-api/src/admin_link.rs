@@ -247,6 +247,7 @@ mod tests {
             client_msg_id: client_msg_id.map(str::to_string),
             thread_ts: None,
             kind: shared::protocol::MessageKind::Posted,
+            broadcast: false,
         }
     }
 

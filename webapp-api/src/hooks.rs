@@ -420,6 +420,7 @@ async fn deliver(
         client_msg_id: post.client_msg_id,
         thread_ts: post.thread_ts,
         kind: MessageKind::Posted,
+        broadcast: false,
     };
     let (msg, duplicate) = state.admin.post(new).await.map_err(ApiError::from)?;
     if msg.channel != channel.id || msg.workspace != channel.workspace {

@@ -290,6 +290,7 @@ fn message(ws: &str, channel: &str, seq: Seq, user: &str) -> Message {
         thread_ts: None,
         kind: shared::protocol::MessageKind::Posted,
         previous: None,
+        broadcast: false,
     }
 }
 
@@ -1594,6 +1595,7 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
         thread_ts: None,
         kind: shared::protocol::MessageKind::Posted,
         previous: None,
+        broadcast: false,
     };
     s.store
         .append(&append(

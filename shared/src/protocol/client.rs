@@ -101,6 +101,9 @@ pub struct MessageEvent {
     pub client_msg_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub thread_ts: Option<String>,
+    /// `thread_broadcast` for a reply also shown in the channel.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub subtype: Option<String>,
 }
 
 impl From<&Message> for MessageEvent {
@@ -115,6 +118,7 @@ impl From<&Message> for MessageEvent {
             team: m.workspace.0.clone(),
             client_msg_id: m.client_msg_id.clone(),
             thread_ts: m.thread_ts.map(|t| t.to_slack()),
+            subtype: m.broadcast.then(|| "thread_broadcast".to_string()),
         }
     }
 }
@@ -337,6 +341,7 @@ mod tests {
             thread_ts: None,
             kind: MessageKind::Posted,
             previous: None,
+            broadcast: false,
         };
         let kinds = [
             (MessageKind::Posted, "message", None),
@@ -407,6 +412,16 @@ mod tests {
             v["subtype"], "message_deleted",
             "another thread's ts is no tombstone"
         );
+
+        // A reply also shown in the channel is Slack's `thread_broadcast`.
+        let mut reply = base.clone();
+        reply.thread_ts = Some(Ts(1_000_000));
+        let v: serde_json::Value = serde_json::from_str(&message_json(&reply)).unwrap();
+        assert!(v.get("subtype").is_none(), "{v}");
+        reply.broadcast = true;
+        let v: serde_json::Value = serde_json::from_str(&message_json(&reply)).unwrap();
+        assert_eq!(v["subtype"], "thread_broadcast");
+        assert_eq!(v["thread_ts"], "1.000000");
     }
 
     #[test]
@@ -432,6 +447,7 @@ mod tests {
                 target: Ts(1_000_000),
             },
             previous: Some(Box::new(previous)),
+            broadcast: false,
         };
         let v: serde_json::Value = serde_json::from_str(&message_json(&m)).unwrap();
         assert_eq!(v["subtype"], "message_changed");

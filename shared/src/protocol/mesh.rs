@@ -378,6 +378,7 @@ mod tests {
             thread_ts: None,
             kind: MessageKind::Posted,
             previous: None,
+            broadcast: false,
         }
     }
 
@@ -458,6 +459,7 @@ mod tests {
                         target: Ts(4),
                         reaction: "tada".into(),
                     },
+                    broadcast: false,
                 },
             },
             MeshFrame::PostOk {
@@ -616,6 +618,7 @@ mod tests {
                 client_msg_id: Some("c-1".into()),
                 thread_ts: None,
                 kind: MessageKind::Posted,
+                broadcast: false,
             },
         };
         for (id, frame) in [(0, MeshFrame::Ping), (300, post), (u64::MAX, MeshFrame::Ok)] {

@@ -20,6 +20,10 @@ pub struct NewMessage {
     pub thread_ts: Option<Ts>,
     /// A new message, or a change to an earlier one.
     pub kind: MessageKind,
+    /// A thread reply also shown in the channel (Slack's `reply_broadcast`, drawn as subtype
+    /// `thread_broadcast`). Only for a posted reply.
+    #[serde(default)]
+    pub broadcast: bool,
 }
 
 /// What an entry of a channel's stream is. Every entry, edits, deletions and reactions
@@ -115,6 +119,9 @@ pub struct Message {
     /// entries stored before it was kept.
     #[serde(default)]
     pub previous: Option<Box<PreviousMessage>>,
+    /// A thread reply also shown in the channel ([`NewMessage::broadcast`]).
+    #[serde(default)]
+    pub broadcast: bool,
 }
 
 /// A message as it was before an edit or a deletion changed it.
@@ -141,6 +148,7 @@ impl Message {
             thread_ts: new.thread_ts,
             kind: new.kind,
             previous: None,
+            broadcast: new.broadcast,
         }
     }
 }

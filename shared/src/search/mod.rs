@@ -585,6 +585,7 @@ mod tests {
             thread_ts: None,
             kind: crate::protocol::MessageKind::Posted,
             previous: None,
+            broadcast: false,
         }
     }
 

@@ -38,6 +38,7 @@ fn message(
         thread_ts: None,
         kind: MessageKind::Posted,
         previous: None,
+        broadcast: false,
     }
 }
 
@@ -748,6 +749,54 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         .iter()
         .all(|v| v.message.ts != parent2.ts));
     assert!(thread_of(parent2.ts).await.is_empty());
+
+    // A reply also shown in the channel (`reply_broadcast`): in the top level and in its
+    // thread, flagged so, and in the stream as stored; plain replies stay in their thread.
+    let mut broadcast = entry(
+        &alice.id,
+        "also to the channel",
+        MessageKind::Posted,
+        Some(parent.ts),
+    );
+    broadcast.broadcast = true;
+    assert_eq!(
+        store.append(&broadcast).await.unwrap(),
+        AppendOutcome::Stored
+    );
+    let top = views_of(None).await;
+    let shown = top
+        .iter()
+        .find(|v| v.message.ts == broadcast.ts)
+        .expect("a broadcast reply is shown in the channel");
+    assert_eq!(shown.message, broadcast);
+    assert!(
+        top.iter()
+            .all(|v| v.message.broadcast || v.message.thread_ts.is_none_or(|t| t == v.message.ts)),
+        "plain replies stay in their thread"
+    );
+    let thread = thread_of(parent.ts).await;
+    assert_eq!(
+        thread
+            .last()
+            .map(|v| (&v.message.text, v.message.broadcast)),
+        Some((&broadcast.text, true))
+    );
+    assert!(thread[..thread.len() - 1]
+        .iter()
+        .all(|v| !v.message.broadcast));
+    let stream = store
+        .history(
+            &ws.id,
+            &ch.id,
+            &HistoryQuery {
+                limit: 1,
+                newest_first: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stream, vec![broadcast]);
 
     let stranger = store.create_workspace("views-other").await.unwrap();
     assert!(store

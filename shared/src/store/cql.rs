@@ -263,7 +263,7 @@ const SHARD_TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.messages (channel_id text, bucket bigint, seq bigint,
         ts bigint, workspace text, user_id text, body text, client_msg_id text,
         thread_ts bigint, kind text, target_ts bigint, reaction text, edited_ts bigint,
-        deleted boolean, reply_count int, latest_reply bigint, previous text,
+        deleted boolean, reply_count int, latest_reply bigint, previous text, broadcast boolean,
         PRIMARY KEY ((channel_id, bucket), seq))",
     // ts -> seq within a bucket (a message's ts is its id in the Web API).
     "CREATE TABLE IF NOT EXISTS {ks}.message_ts (channel_id text, bucket bigint, ts bigint,
@@ -296,13 +296,15 @@ enum Mode {
     SerialRead,
 }
 
-const MESSAGE_COLUMNS: &str = "channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, edited_ts, deleted, reply_count, latest_reply, previous";
+const MESSAGE_COLUMNS: &str = "channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, edited_ts, deleted, reply_count, latest_reply, previous, broadcast";
 
 /// Columns added to a shard's tables after their first version, for keyspaces made before:
 /// `ALTER TABLE` adds each one that is missing.
 const SHARD_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // An edit's or deletion's `previous_message`, as JSON.
     ("messages", "previous", "text"),
+    // A thread reply also shown in the channel (`reply_broadcast`); unset for the others.
+    ("messages", "broadcast", "boolean"),
 ];
 
 const META_STATEMENTS: &[(&str, Mode, &str)] = &[
@@ -347,7 +349,7 @@ const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("head_claim", Mode::Lwt, "UPDATE {ks}.channel_heads SET last_seq = ?, pending = ? WHERE channel_id = ? IF last_seq = ?"),
     ("head_create", Mode::Lwt, "INSERT INTO {ks}.channel_heads (channel_id, last_seq, pending) VALUES (?, ?, ?) IF NOT EXISTS"),
     ("head_get", Mode::SerialRead, "SELECT last_seq, pending FROM {ks}.channel_heads WHERE channel_id = ?"),
-    ("message_put", Mode::Write, "INSERT INTO {ks}.messages (channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, previous, deleted, reply_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false, 0) USING TIMESTAMP ?"),
+    ("message_put", Mode::Write, "INSERT INTO {ks}.messages (channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, previous, broadcast, deleted, reply_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false, 0) USING TIMESTAMP ?"),
     ("message_ts_put", Mode::Write, "INSERT INTO {ks}.message_ts (channel_id, bucket, ts, seq) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
     ("client_id_put", Mode::Write, "INSERT INTO {ks}.client_ids (channel_id, client_msg_id, seq, bucket) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
     ("client_id_get", Mode::Read, "SELECT seq, bucket FROM {ks}.client_ids WHERE channel_id = ? AND client_msg_id = ?"),
@@ -403,6 +405,7 @@ struct MsgRow {
     reply_count: Option<i32>,
     latest_reply: Option<i64>,
     previous: Option<String>,
+    broadcast: Option<bool>,
 }
 
 impl MsgRow {
@@ -429,6 +432,7 @@ impl MsgRow {
                 })?)),
                 None => None,
             },
+            broadcast: self.broadcast.unwrap_or(false),
         })
     }
 
@@ -903,7 +907,7 @@ async fn write_group(inner: &Inner, group: Vec<AppendRequest>) {
     for (r, found) in group.iter().zip(lookups) {
         match found {
             Err(e) => answers.push(Answer::Now(Err(e))),
-            Ok(Some(existing)) => answers.push(Answer::Now(Ok(AppendOutcome::Duplicate(existing)))),
+            Ok(Some(existing)) => answers.push(Answer::Now(Ok(AppendOutcome::Duplicate(Box::new(existing))))),
             Ok(None) => match r.msg.client_msg_id.as_ref().and_then(|c| in_group.get(c)) {
                 Some(first) => answers.push(Answer::RepeatOf(first.clone())),
                 None => {
@@ -932,7 +936,7 @@ async fn write_group(inner: &Inner, group: Vec<AppendRequest>) {
         let outcome = match (answer, &result) {
             (Answer::Now(a), _) => a,
             (Answer::Fresh, Ok(())) => Ok(AppendOutcome::Stored),
-            (Answer::RepeatOf(first), Ok(())) => Ok(AppendOutcome::Duplicate(first)),
+            (Answer::RepeatOf(first), Ok(())) => Ok(AppendOutcome::Duplicate(Box::new(first))),
             (Answer::Fresh | Answer::RepeatOf(_), Err(e)) => {
                 Err(StorageError::new(e.kind, e.message.clone()))
             }
@@ -1105,6 +1109,7 @@ impl Inner {
                     set(m.kind.target().map(|t| i(t.0))),
                     set(m.kind.reaction()),
                     set(previous.as_deref()),
+                    set(m.broadcast.then_some(true)),
                     wts,
                 ),
             );
@@ -2158,7 +2163,10 @@ impl MessageStore for CqlStore {
             let rows = match thread {
                 None => {
                     s.scan(workspace, channel, query, |r| {
-                        r.is_posted() && r.shown() && r.thread_ts.is_none_or(|t| t == r.ts)
+                        // Top-level messages, and replies also shown in the channel.
+                        r.is_posted()
+                            && r.shown()
+                            && (r.thread_ts.is_none_or(|t| t == r.ts) || r.broadcast == Some(true))
                     })
                     .await?
                 }
@@ -2351,7 +2359,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let old_table = SHARD_TABLES[0].replace(" previous text,", "");
+        let old_table = SHARD_TABLES[0].replace(" previous text, broadcast boolean,", "");
         assert_ne!(old_table, SHARD_TABLES[0]);
         session
             .query_unpaged(old_table.replace("{ks}", old), ())
@@ -2362,9 +2370,9 @@ mod tests {
             .unwrap());
         CqlStore::migrate(&settings).await.unwrap();
         for ks in &settings.shard_keyspaces {
-            assert!(has_column(&session, ks, "messages", "previous")
-                .await
-                .unwrap());
+            for column in ["previous", "broadcast"] {
+                assert!(has_column(&session, ks, "messages", column).await.unwrap());
+            }
         }
         drop(session);
         // Migrating again is a no-op.
@@ -2397,6 +2405,7 @@ mod tests {
             thread_ts: None,
             kind: MessageKind::Posted,
             previous: None,
+            broadcast: false,
         }
     }
 

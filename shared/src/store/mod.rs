@@ -128,7 +128,7 @@ pub struct UserChannelMembership {
 pub enum AppendOutcome {
     Stored,
     /// A message with the same `client_msg_id` was already in the channel; nothing was written.
-    Duplicate(Message),
+    Duplicate(Box<Message>),
 }
 
 /// What [`MessageStore::append_new`] did.

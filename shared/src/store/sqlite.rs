@@ -298,10 +298,14 @@ const SHARD_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("messages", "latest_reply", "INTEGER"),
     // An edit's or deletion's `previous_message`, as JSON.
     ("messages", "previous", "TEXT"),
+    // A thread reply also shown in the channel (`reply_broadcast`).
+    ("messages", "broadcast", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 const MESSAGE_COLUMNS: &str =
-    "channel_id, seq, ts, workspace, user_id, text, client_msg_id, thread_ts, kind, target_ts, reaction, previous";
+    "channel_id, seq, ts, workspace, user_id, text, client_msg_id, thread_ts, kind, target_ts, reaction, previous, broadcast";
+/// How many columns [`MESSAGE_COLUMNS`] names: what a query selects after them starts here.
+const AFTER_MESSAGE: usize = 13;
 /// What a message view reads beyond [`MESSAGE_COLUMNS`].
 const VIEW_COLUMNS: &str = "edited_ts, deleted, reply_count, latest_reply";
 
@@ -340,17 +344,19 @@ fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         thread_ts: row.get::<_, Option<i64>>(7)?.map(|t| Ts(t as u64)),
         kind,
         previous,
+        broadcast: row.get(12)?,
     })
 }
 
-/// A message row with the view columns after the message columns (offset 12).
+/// A message row with the view columns after the message columns.
 fn row_to_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
+    const AT: usize = AFTER_MESSAGE;
     Ok(MessageView {
         message: row_to_message(row)?,
-        edited: row.get::<_, Option<i64>>(12)?.map(|t| Ts(t as u64)),
-        deleted: row.get(13)?,
-        reply_count: row.get::<_, i64>(14)? as u32,
-        latest_reply: row.get::<_, Option<i64>>(15)?.map(|t| Ts(t as u64)),
+        edited: row.get::<_, Option<i64>>(AT)?.map(|t| Ts(t as u64)),
+        deleted: row.get(AT + 1)?,
+        reply_count: row.get::<_, i64>(AT + 2)? as u32,
+        latest_reply: row.get::<_, Option<i64>>(AT + 3)?.map(|t| Ts(t as u64)),
         reactions: Vec::new(),
     })
 }
@@ -870,7 +876,7 @@ fn write_batch(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 AND client_msg_id = ?2"
         ))?;
         let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         ))?;
         let mut record_change =
             tx.prepare_cached("INSERT INTO changes (channel_id, seq) VALUES (?1, ?2)")?;
@@ -885,7 +891,7 @@ fn write_batch(
                     .query_row(params![msg.channel.0, cmid], row_to_message)
                     .optional()?
                 {
-                    return Ok(Ok(AppendOutcome::Duplicate(existing)));
+                    return Ok(Ok(AppendOutcome::Duplicate(Box::new(existing))));
                 }
             }
             let result = insert.execute(params![
@@ -901,6 +907,7 @@ fn write_batch(
                 msg.kind.target().map(|t| t.0 as i64),
                 msg.kind.reaction(),
                 previous_json(msg),
+                msg.broadcast,
             ]);
             Ok(match result {
                 Ok(_) => {
@@ -1678,8 +1685,8 @@ impl MessageStore for SqliteStore {
                     .query_map(params![after as i64, limit.max(1)], |r| {
                         Ok(Change {
                             message: row_to_message(r)?,
-                            id: r.get::<_, i64>(12)? as u64,
-                            deleted: r.get(13)?,
+                            id: r.get::<_, i64>(AFTER_MESSAGE)? as u64,
+                            deleted: r.get(AFTER_MESSAGE + 1)?,
                         })
                     })
                     .map_err(unavailable)?;
@@ -1700,7 +1707,8 @@ impl MessageStore for SqliteStore {
             let order = if q.newest_first { "DESC" } else { "ASC" };
             let scope = match thread {
                 Some(_) => "(ts = ?8 OR thread_ts = ?8)",
-                None => "(thread_ts IS NULL OR thread_ts = ts) AND ?8 = ?8",
+                // Top-level messages, and replies also shown in the channel.
+                None => "(thread_ts IS NULL OR thread_ts = ts OR broadcast = 1) AND ?8 = ?8",
             };
             let sql = format!(
                 "SELECT {MESSAGE_COLUMNS}, {VIEW_COLUMNS} FROM messages
@@ -1947,6 +1955,7 @@ mod conformance_tests {
             thread_ts: None,
             kind: MessageKind::Posted,
             previous: None,
+            broadcast: false,
         }
     }
 
@@ -2032,6 +2041,7 @@ mod conformance_tests {
             thread_ts: None,
             kind: MessageKind::Posted,
             previous: None,
+            broadcast: false,
         };
         a.append(&msg).await.unwrap();
         // The second handle is fenced by the same key.
@@ -2079,6 +2089,7 @@ mod conformance_tests {
                     thread_ts: None,
                     kind: MessageKind::Posted,
                     previous: None,
+                    broadcast: false,
                 };
                 store.append(&msg).await.unwrap();
             }
@@ -2266,6 +2277,7 @@ mod checkpoint_tests {
                 thread_ts: None,
                 kind: MessageKind::Posted,
                 previous: None,
+                broadcast: false,
             };
             store.append(&msg).await.unwrap();
         }

@@ -56,6 +56,9 @@ pub(super) async fn post_message(
         client_msg_id,
         thread_ts,
         kind: MessageKind::Posted,
+        // Slack's `reply_broadcast`: a reply also shown in the channel (ignored, as there,
+        // for a message that is not a reply).
+        broadcast: thread_ts.is_some() && params.flag("reply_broadcast", false),
     };
     let (msg, duplicate) = state.admin.post(new).await?;
     if msg.channel != channel.id || msg.workspace != channel.workspace {
@@ -256,6 +259,7 @@ async fn post_change(
         client_msg_id: None,
         thread_ts,
         kind,
+        broadcast: false,
     };
     let (msg, _) = state.admin.post(new).await?;
     Ok(msg)

@@ -412,6 +412,10 @@ pub(crate) fn message_json(msg: &Message) -> Value {
     if let Some(ts) = msg.thread_ts {
         v["thread_ts"] = ts.to_slack().into();
     }
+    if msg.broadcast {
+        // Slack's reply that is also shown in the channel.
+        v["subtype"] = "thread_broadcast".into();
+    }
     v
 }
 

@@ -316,3 +316,93 @@ async fn attachments_give_their_text_to_posts_edits_and_hook_posts() {
     );
     s.stop().await;
 }
+
+/// Slack's `reply_broadcast`: a reply also shown in the channel, as `thread_broadcast`, in
+/// the channel's history and in its thread; without a thread it is an ordinary message.
+#[tokio::test]
+async fn a_broadcast_reply_is_shown_in_the_channel_and_its_thread() {
+    let s = Server::start_with_cluster().await;
+    let (alice, bob) = (s.token("alice"), s.token("bob"));
+    let general = s.general().await;
+    let parent = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "release 3.1?"}),
+        )
+        .await["ts"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.ok(
+        "chat.postMessage",
+        &bob,
+        json!({"channel": general, "text": "checking", "thread_ts": parent}),
+    )
+    .await;
+    // Form style, as the SDKs send it: the flag as text.
+    let (_, v) = s
+        .call_form(
+            "chat.postMessage",
+            &[
+                ("token", bob.as_str()),
+                ("channel", general.as_str()),
+                ("text", "shipped"),
+                ("thread_ts", parent.as_str()),
+                ("reply_broadcast", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["message"]["subtype"], "thread_broadcast", "{v}");
+    assert_eq!(v["message"]["thread_ts"], parent.as_str());
+    let v = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "no thread", "reply_broadcast": true}),
+        )
+        .await;
+    assert!(v["message"].get("subtype").is_none(), "{v}");
+
+    let history = s
+        .ok("conversations.history", &alice, json!({"channel": general}))
+        .await;
+    let shown: Vec<(&str, Option<&str>)> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["text"].as_str().unwrap(), m["subtype"].as_str()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("no thread", None),
+            ("shipped", Some("thread_broadcast")),
+            ("release 3.1?", None)
+        ]
+    );
+    assert_eq!(history["messages"][2]["reply_count"], 2);
+    let replies = s
+        .ok(
+            "conversations.replies",
+            &alice,
+            json!({"channel": general, "ts": parent}),
+        )
+        .await;
+    let thread: Vec<(&str, Option<&str>)> = replies["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["text"].as_str().unwrap(), m["subtype"].as_str()))
+        .collect();
+    assert_eq!(
+        thread,
+        [
+            ("release 3.1?", None),
+            ("checking", None),
+            ("shipped", Some("thread_broadcast"))
+        ]
+    );
+    s.stop().await;
+}
