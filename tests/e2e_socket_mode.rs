@@ -77,7 +77,16 @@ async fn socket_mode_sessions_get_events_api_envelopes_and_acknowledge_them() {
     alice_rtm
         .send_json(&json!({ "id": 1, "type": "typing", "channel": channel }))
         .await;
-    let posted = cluster.post(&alice, &channel, "deploy finished").await;
+    let blocks =
+        json!([{ "type": "section", "text": { "type": "mrkdwn", "text": "deploy *finished*" } }]);
+    let posted = cluster
+        .api_ok(
+            "chat.postMessage",
+            &alice.token,
+            json!({ "channel": channel, "text": "deploy finished", "blocks": blocks }),
+        )
+        .await["message"]
+        .clone();
     let env = envelope(&app, from, "message", "text", "deploy finished").await;
     let payload = &env["payload"];
     assert_eq!(payload["type"], "event_callback", "{env}");
@@ -88,6 +97,10 @@ async fn socket_mode_sessions_get_events_api_envelopes_and_acknowledge_them() {
     assert_eq!(event["user"], alice.id.as_str());
     assert_eq!(event["ts"], posted["ts"]);
     assert_eq!(event["event_ts"], posted["ts"]);
+    assert_eq!(
+        event["blocks"], blocks,
+        "the blocks reach the app as posted"
+    );
     assert_eq!(
         payload["event_id"],
         format!("Ev{channel}-{}", seq_of(&posted)),

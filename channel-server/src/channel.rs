@@ -650,9 +650,12 @@ fn encoded_len_bound(m: &Message) -> usize {
         }
         + m.previous
             .as_ref()
-            .map_or(0, |p| p.user.0.len() + p.text.len());
-    // Eight strings' lengths, seq, ts, thread_ts, the kind and its target, the previous
-    // message's thread_ts and edited, option tags: well under 128 bytes.
+            .map_or(0, |p| p.user.0.len() + p.text.len())
+        + m.rich.as_ref().map_or(0, |r| {
+            r.blocks.as_ref().map_or(0, String::len) + r.attachments.as_ref().map_or(0, String::len)
+        });
+    // Ten strings' lengths, seq, ts, thread_ts, the kind and its target, the previous
+    // message's thread_ts and edited, the broadcast flag, option tags: well under 128 bytes.
     strings + 128
 }
 
@@ -687,6 +690,7 @@ fn unplaced(m: Message) -> NewMessage {
         thread_ts: m.thread_ts,
         kind: m.kind,
         broadcast: m.broadcast,
+        rich: m.rich,
     }
 }
 
@@ -768,6 +772,7 @@ mod tests {
                 thread_ts: None,
                 kind: shared::protocol::MessageKind::Posted,
                 broadcast: false,
+                rich: None,
             }
         }
     }

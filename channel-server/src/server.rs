@@ -448,6 +448,7 @@ mod tests {
                 thread_ts: None,
                 kind: MessageKind::Posted,
                 broadcast: false,
+                rich: None,
             },
             received: Instant::now(),
             reply,

@@ -1644,6 +1644,7 @@ pub(crate) mod test_support {
             kind: shared::protocol::MessageKind::Posted,
             previous: None,
             broadcast: false,
+            rich: None,
         }
     }
 

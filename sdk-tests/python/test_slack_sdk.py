@@ -224,8 +224,13 @@ def test_attachments_and_incoming_webhooks(dev):
     refused = webhook.send(attachments=[{"color": "good"}])
     assert (refused.status_code, refused.body) == (400, "no_text")
 
-    texts = [m["text"] for m in alice.conversations_history(channel=channel)["messages"]]
+    history = alice.conversations_history(channel=channel)["messages"]
+    texts = [m["text"] for m in history]
     assert texts == ["Release 3.1", "Build 12 failed\nbranch: main", "Deploy 9\nall green"], texts
+    # What was posted comes back to draw: the blocks and attachments themselves.
+    assert history[0]["blocks"] == [{"type": "header", "text": {"type": "plain_text", "text": "Release 3.1"}}]
+    assert history[1]["attachments"][0]["fields"][0] == {"title": "branch", "value": "main", "short": True}
+    assert history[2]["attachments"][0]["color"] == "good"
 
 
 def test_bolt_app_over_socket_mode(dev):

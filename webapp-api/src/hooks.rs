@@ -1,8 +1,8 @@
 //! Incoming webhooks for bots: `POST /hooks/<hook token>` with `{"text": "...", "thread_ts"?}`
 //! (or a form body `payload=<that JSON>`, as Slack also accepts) posts into one channel as the
 //! user who created the hook, through the same path as `chat.postMessage`. `blocks` and
-//! `attachments` give text as they do there ([`crate::methods::content`]): alert managers and
-//! CI servers often send attachments alone.
+//! `attachments` are kept and give text as they do there ([`crate::methods::content`]): alert
+//! managers and CI servers often send attachments alone.
 //!
 //! A hook token is `base64url(JSON {w, c, u, i}) "." base64url(signature)`: workspace,
 //! channel, creator and issue time, signed under the cluster secret for the purpose `"hook"`
@@ -26,7 +26,7 @@ use prometheus::{register_int_counter, register_int_counter_vec, IntCounter, Int
 use serde_json::{json, Map, Value};
 use shared::auth::TokenSigner;
 use shared::ids::{ChannelId, Ts, UserId, WorkspaceId};
-use shared::protocol::{MessageKind, NewMessage};
+use shared::protocol::{MessageKind, NewMessage, RichContent};
 
 use crate::api::{object, read_body, ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 use crate::methods::content::{self, ContentError, Part, Parts};
@@ -289,6 +289,7 @@ fn text_response(status: StatusCode, text: &'static str) -> Response {
 #[derive(Debug)]
 struct HookPost {
     text: String,
+    rich: Option<Box<RichContent>>,
     thread_ts: Option<Ts>,
     client_msg_id: Option<String>,
 }
@@ -320,7 +321,7 @@ fn parse_body(body: &[u8], headers: &HeaderMap) -> Result<HookPost, HookError> {
         Some(Value::String(s)) => Some(Part::Json(s)),
         Some(v) => Some(Part::Value(v)),
     };
-    let text = content::message_text(Parts {
+    let composed = content::compose(Parts {
         text: text.as_deref().filter(|t| !t.is_empty()),
         blocks: part("blocks"),
         attachments: part("attachments"),
@@ -333,8 +334,8 @@ fn parse_body(body: &[u8], headers: &HeaderMap) -> Result<HookPost, HookError> {
             ContentError::TooManyAttachments => "too_many_attachments",
             ContentError::TooLong => "msg_too_long",
         })
-    })?
-    .into_owned();
+    })?;
+    let (text, rich) = (composed.text.into_owned(), composed.rich);
     let thread_ts = match string(&fields, "thread_ts")?.filter(|s| !s.is_empty()) {
         None => None,
         Some(raw) => Some(Ts::parse_slack(raw.trim()).ok_or(HookError::new("invalid_thread_ts"))?),
@@ -355,6 +356,7 @@ fn parse_body(body: &[u8], headers: &HeaderMap) -> Result<HookPost, HookError> {
     }
     Ok(HookPost {
         text,
+        rich,
         thread_ts,
         client_msg_id,
     })
@@ -421,6 +423,7 @@ async fn deliver(
         thread_ts: post.thread_ts,
         kind: MessageKind::Posted,
         broadcast: false,
+        rich: post.rich,
     };
     let (msg, duplicate) = state.admin.post(new).await.map_err(ApiError::from)?;
     if msg.channel != channel.id || msg.workspace != channel.workspace {

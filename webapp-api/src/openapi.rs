@@ -272,8 +272,8 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         params: &[
             req("channel", Ty::Str, "conversation id (`C…`), a channel name (`general` or `#general`), or a user id (`U…`): the caller's DM with that user, opened if it was not"),
             p("text", Ty::Str, "the message, at most 40000 characters; required unless `blocks` or `attachments` give text"),
-            p("blocks", Ty::Str, "Block Kit blocks (a JSON array); only their text is kept: the message's text when `text` is absent (header, section and its fields, context text, rich text; other blocks are left out)"),
-            p("attachments", Ty::Str, "legacy attachments (a JSON array, at most 100); only their text is kept, on the lines after the message's text: pretext, author, title (`<title_link|title>`), text, fields as `title: value`, blocks' text, footer, and `fallback` when none of these has any"),
+            p("blocks", Ty::Str, "Block Kit blocks (a JSON array of at most 50), kept and given back in history and live events; their text is the message's text when `text` is absent (header, section and its fields, context text, rich text; other blocks are left out)"),
+            p("attachments", Ty::Str, "legacy attachments (a JSON array, at most 100), kept and given back in history and live events; their text also follows the message's text on lines of its own: pretext, author, title (`<title_link|title>`), text, fields as `title: value`, blocks' text, footer, and `fallback` when none of these has any"),
             p("client_msg_id", Ty::Str, "idempotency key, per channel: a retry (same user, text and thread) answers the stored message; the key reused by another user or for another text or thread answers `client_msg_id_conflict`"),
             p("thread_ts", Ty::Ts, "post as a reply in this message's thread"),
             p("reply_broadcast", Ty::Bool, "with `thread_ts`: the reply is also shown in the channel (its history and live events), as subtype `thread_broadcast`; ignored without `thread_ts`"),
@@ -302,8 +302,8 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             CHANNEL,
             req("ts", Ty::Ts, "the message"),
             p("text", Ty::Str, "the new text, at most 40000 characters; required unless `blocks` or `attachments` give text"),
-            p("blocks", Ty::Str, "Block Kit blocks (a JSON array), kept as text only, as for `chat.postMessage`"),
-            p("attachments", Ty::Str, "legacy attachments (a JSON array), kept as text only, as for `chat.postMessage`"),
+            p("blocks", Ty::Str, "Block Kit blocks (a JSON array), as for `chat.postMessage`; absent: the message keeps its blocks, `[]`: it has none"),
+            p("attachments", Ty::Str, "legacy attachments (a JSON array), as for `chat.postMessage`; absent: the message keeps its attachments, `[]`: it has none"),
         ],
         errors: &[
             "channel_not_found",
@@ -343,8 +343,8 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             CHANNEL,
             req("user", Ty::Str, "who sees it; a member of the channel"),
             p("text", Ty::Str, "the message, at most 40000 characters; required unless `blocks` or `attachments` give text"),
-            p("blocks", Ty::Str, "Block Kit blocks (a JSON array), kept as text only, as for `chat.postMessage`"),
-            p("attachments", Ty::Str, "legacy attachments (a JSON array), kept as text only, as for `chat.postMessage`"),
+            p("blocks", Ty::Str, "Block Kit blocks (a JSON array), written with the message, as for `chat.postMessage`"),
+            p("attachments", Ty::Str, "legacy attachments (a JSON array), written with the message, as for `chat.postMessage`"),
             p("thread_ts", Ty::Ts, "show it in this message's thread"),
         ],
         errors: &[

@@ -291,6 +291,7 @@ fn message(ws: &str, channel: &str, seq: Seq, user: &str) -> Message {
         kind: shared::protocol::MessageKind::Posted,
         previous: None,
         broadcast: false,
+        rich: None,
     }
 }
 
@@ -1596,6 +1597,7 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
         kind: shared::protocol::MessageKind::Posted,
         previous: None,
         broadcast: false,
+        rich: None,
     };
     s.store
         .append(&append(

@@ -104,6 +104,12 @@ pub struct MessageEvent {
     /// `thread_broadcast` for a reply also shown in the channel.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub subtype: Option<String>,
+    /// Block Kit blocks, as posted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub blocks: Option<serde_json::Value>,
+    /// Legacy attachments, as posted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub attachments: Option<serde_json::Value>,
 }
 
 impl From<&Message> for MessageEvent {
@@ -119,6 +125,8 @@ impl From<&Message> for MessageEvent {
             client_msg_id: m.client_msg_id.clone(),
             thread_ts: m.thread_ts.map(|t| t.to_slack()),
             subtype: m.broadcast.then(|| "thread_broadcast".to_string()),
+            blocks: m.rich.as_ref().and_then(|r| r.blocks_value()),
+            attachments: m.rich.as_ref().and_then(|r| r.attachments_value()),
         }
     }
 }
@@ -198,6 +206,9 @@ pub fn message_json(m: &Message) -> String {
             });
             if let Some(thread) = m.previous.as_ref().and_then(|p| p.thread_ts) {
                 message["thread_ts"] = thread.to_slack().into();
+            }
+            if let Some(rich) = &m.rich {
+                rich.add_to(&mut message);
             }
             message_changed(m, &ts, *target, message)
         }
@@ -342,6 +353,7 @@ mod tests {
             kind: MessageKind::Posted,
             previous: None,
             broadcast: false,
+            rich: None,
         };
         let kinds = [
             (MessageKind::Posted, "message", None),
@@ -422,6 +434,28 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&message_json(&reply)).unwrap();
         assert_eq!(v["subtype"], "thread_broadcast");
         assert_eq!(v["thread_ts"], "1.000000");
+
+        // Blocks and attachments reach clients as posted, in messages and in edits.
+        let mut rich = base.clone();
+        rich.rich = crate::protocol::RichContent {
+            blocks: Some(r#"[{"type":"divider"}]"#.into()),
+            attachments: Some(r#"[{"fallback":"f"}]"#.into()),
+        }
+        .boxed();
+        let v: serde_json::Value = serde_json::from_str(&message_json(&rich)).unwrap();
+        assert_eq!(v["blocks"], serde_json::json!([{"type": "divider"}]));
+        assert_eq!(v["attachments"], serde_json::json!([{"fallback": "f"}]));
+        let v: serde_json::Value = serde_json::from_str(&message_json(&base)).unwrap();
+        assert!(v.get("blocks").is_none() && v.get("attachments").is_none());
+        rich.kind = MessageKind::Edited {
+            target: Ts(1_000_000),
+        };
+        let v: serde_json::Value = serde_json::from_str(&message_json(&rich)).unwrap();
+        assert_eq!(
+            v["message"]["blocks"],
+            serde_json::json!([{"type": "divider"}])
+        );
+        assert_eq!(v["message"]["attachments"][0]["fallback"], "f");
     }
 
     #[test]
@@ -448,6 +482,7 @@ mod tests {
             },
             previous: Some(Box::new(previous)),
             broadcast: false,
+            rich: None,
         };
         let v: serde_json::Value = serde_json::from_str(&message_json(&m)).unwrap();
         assert_eq!(v["subtype"], "message_changed");

@@ -379,6 +379,7 @@ mod tests {
             kind: MessageKind::Posted,
             previous: None,
             broadcast: false,
+            rich: None,
         }
     }
 
@@ -460,6 +461,7 @@ mod tests {
                         reaction: "tada".into(),
                     },
                     broadcast: false,
+                    rich: None,
                 },
             },
             MeshFrame::PostOk {
@@ -619,6 +621,7 @@ mod tests {
                 thread_ts: None,
                 kind: MessageKind::Posted,
                 broadcast: false,
+                rich: None,
             },
         };
         for (id, frame) in [(0, MeshFrame::Ping), (300, post), (u64::MAX, MeshFrame::Ok)] {

@@ -14,5 +14,6 @@ pub use mesh::{
 };
 pub use model::{
     ChannelSummary, EphemeralEvent, MemberRow, Message, MessageKind, NewMessage, Presence,
-    PreviousMessage, RingMember, RingState, Role, UserEvent, UserProfile, WorkspaceSnapshot,
+    PreviousMessage, RichContent, RingMember, RingState, Role, UserEvent, UserProfile,
+    WorkspaceSnapshot,
 };

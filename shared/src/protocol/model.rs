@@ -24,6 +24,50 @@ pub struct NewMessage {
     /// `thread_broadcast`). Only for a posted reply.
     #[serde(default)]
     pub broadcast: bool,
+    /// Its Block Kit `blocks` and legacy `attachments`, for a message or an edit that has
+    /// them (an edit's are the message's whole new set).
+    #[serde(default)]
+    pub rich: Option<Box<RichContent>>,
+}
+
+/// A message's Block Kit `blocks` and legacy `attachments` as the poster gave them: compact
+/// JSON arrays that the Web API checked. Clients draw them; the message's `text` holds their
+/// text too, for notifications, search and clients that draw only text.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RichContent {
+    pub blocks: Option<String>,
+    pub attachments: Option<String>,
+}
+
+impl RichContent {
+    /// `None` when it holds neither.
+    pub fn boxed(self) -> Option<Box<RichContent>> {
+        (self.blocks.is_some() || self.attachments.is_some()).then(|| Box::new(self))
+    }
+
+    /// Its `blocks` as JSON (what was stored is what the Web API checked and wrote).
+    pub fn blocks_value(&self) -> Option<serde_json::Value> {
+        self.blocks
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
+    }
+
+    /// Its `attachments` as JSON.
+    pub fn attachments_value(&self) -> Option<serde_json::Value> {
+        self.attachments
+            .as_deref()
+            .and_then(|a| serde_json::from_str(a).ok())
+    }
+
+    /// Puts `blocks` and `attachments` (those it has) into the message object `message`.
+    pub fn add_to(&self, message: &mut serde_json::Value) {
+        if let Some(blocks) = self.blocks_value() {
+            message["blocks"] = blocks;
+        }
+        if let Some(attachments) = self.attachments_value() {
+            message["attachments"] = attachments;
+        }
+    }
 }
 
 /// What an entry of a channel's stream is. Every entry, edits, deletions and reactions
@@ -122,6 +166,9 @@ pub struct Message {
     /// A thread reply also shown in the channel ([`NewMessage::broadcast`]).
     #[serde(default)]
     pub broadcast: bool,
+    /// Its `blocks` and `attachments` ([`NewMessage::rich`]).
+    #[serde(default)]
+    pub rich: Option<Box<RichContent>>,
 }
 
 /// A message as it was before an edit or a deletion changed it.
@@ -149,6 +196,7 @@ impl Message {
             kind: new.kind,
             previous: None,
             broadcast: new.broadcast,
+            rich: new.rich,
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::ids::{ChannelId, Ts, UserId};
-use crate::protocol::{Message, MessageKind, PreviousMessage};
+use crate::protocol::{Message, MessageKind, PreviousMessage, RichContent};
 
 fn channel(ws: &WorkspaceId, creator: &UserId, name: &str, private: bool) -> Channel {
     Channel {
@@ -39,6 +39,7 @@ fn message(
         kind: MessageKind::Posted,
         previous: None,
         broadcast: false,
+        rich: None,
     }
 }
 
@@ -797,6 +798,64 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         .await
         .unwrap();
     assert_eq!(stream, vec![broadcast]);
+
+    // Blocks and attachments are kept as given; an edit replaces them with its whole new set
+    // (none: gone), and a deletion takes them away.
+    let mut rich = entry(&bob.id, "rich", MessageKind::Posted, None);
+    rich.rich = RichContent {
+        blocks: Some(r#"[{"type":"divider"}]"#.into()),
+        attachments: Some(r#"[{"fallback":"f","color":"good"}]"#.into()),
+    }
+    .boxed();
+    assert_eq!(store.append(&rich).await.unwrap(), AppendOutcome::Stored);
+    let rich_view = |ts: Ts| async move {
+        store
+            .message_view(ws_id, ch_id, ts)
+            .await
+            .unwrap()
+            .expect("the message")
+    };
+    assert_eq!(rich_view(rich.ts).await.message, rich);
+    let mut reshaped = entry(
+        &bob.id,
+        "rich, edited",
+        MessageKind::Edited { target: rich.ts },
+        None,
+    );
+    reshaped.rich = RichContent {
+        blocks: None,
+        attachments: Some(r#"[{"fallback":"g"}]"#.into()),
+    }
+    .boxed();
+    assert_eq!(
+        store.append(&reshaped).await.unwrap(),
+        AppendOutcome::Stored
+    );
+    let v = rich_view(rich.ts).await;
+    assert_eq!(
+        (v.message.text.as_str(), &v.message.rich),
+        ("rich, edited", &reshaped.rich)
+    );
+    let plain = entry(
+        &bob.id,
+        "plain now",
+        MessageKind::Edited { target: rich.ts },
+        None,
+    );
+    assert_eq!(store.append(&plain).await.unwrap(), AppendOutcome::Stored);
+    assert_eq!(rich_view(rich.ts).await.message.rich, None);
+    let mut again = entry(&bob.id, "rich again", MessageKind::Posted, None);
+    again.rich = RichContent {
+        blocks: Some("[{\"type\":\"divider\"}]".into()),
+        attachments: None,
+    }
+    .boxed();
+    let gone = entry(&bob.id, "", MessageKind::Deleted { target: again.ts }, None);
+    for m in [&again, &gone] {
+        assert_eq!(store.append(m).await.unwrap(), AppendOutcome::Stored);
+    }
+    let v = rich_view(again.ts).await;
+    assert!(v.deleted && v.message.rich.is_none(), "{v:?}");
 
     let stranger = store.create_workspace("views-other").await.unwrap();
     assert!(store

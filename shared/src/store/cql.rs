@@ -264,7 +264,7 @@ const SHARD_TABLES: &[&str] = &[
         ts bigint, workspace text, user_id text, body text, client_msg_id text,
         thread_ts bigint, kind text, target_ts bigint, reaction text, edited_ts bigint,
         deleted boolean, reply_count int, latest_reply bigint, previous text, broadcast boolean,
-        PRIMARY KEY ((channel_id, bucket), seq))",
+        rich text, PRIMARY KEY ((channel_id, bucket), seq))",
     // ts -> seq within a bucket (a message's ts is its id in the Web API).
     "CREATE TABLE IF NOT EXISTS {ks}.message_ts (channel_id text, bucket bigint, ts bigint,
         seq bigint, PRIMARY KEY ((channel_id, bucket), ts))",
@@ -296,7 +296,14 @@ enum Mode {
     SerialRead,
 }
 
-const MESSAGE_COLUMNS: &str = "channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, edited_ts, deleted, reply_count, latest_reply, previous, broadcast";
+const MESSAGE_COLUMNS: &str = "channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, edited_ts, deleted, reply_count, latest_reply, previous, broadcast, rich";
+
+/// An entry's `rich` as stored: JSON, or null.
+fn rich_json(m: &Message) -> Option<String> {
+    m.rich
+        .as_ref()
+        .map(|r| serde_json::to_string(r).expect("rich content serializes"))
+}
 
 /// Columns added to a shard's tables after their first version, for keyspaces made before:
 /// `ALTER TABLE` adds each one that is missing.
@@ -305,6 +312,8 @@ const SHARD_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("messages", "previous", "text"),
     // A thread reply also shown in the channel (`reply_broadcast`); unset for the others.
     ("messages", "broadcast", "boolean"),
+    // Its `blocks` and `attachments` (`RichContent`), as JSON.
+    ("messages", "rich", "text"),
 ];
 
 const META_STATEMENTS: &[(&str, Mode, &str)] = &[
@@ -349,7 +358,7 @@ const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("head_claim", Mode::Lwt, "UPDATE {ks}.channel_heads SET last_seq = ?, pending = ? WHERE channel_id = ? IF last_seq = ?"),
     ("head_create", Mode::Lwt, "INSERT INTO {ks}.channel_heads (channel_id, last_seq, pending) VALUES (?, ?, ?) IF NOT EXISTS"),
     ("head_get", Mode::SerialRead, "SELECT last_seq, pending FROM {ks}.channel_heads WHERE channel_id = ?"),
-    ("message_put", Mode::Write, "INSERT INTO {ks}.messages (channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, previous, broadcast, deleted, reply_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false, 0) USING TIMESTAMP ?"),
+    ("message_put", Mode::Write, "INSERT INTO {ks}.messages (channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, previous, broadcast, rich, deleted, reply_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false, 0) USING TIMESTAMP ?"),
     ("message_ts_put", Mode::Write, "INSERT INTO {ks}.message_ts (channel_id, bucket, ts, seq) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
     ("client_id_put", Mode::Write, "INSERT INTO {ks}.client_ids (channel_id, client_msg_id, seq, bucket) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
     ("client_id_get", Mode::Read, "SELECT seq, bucket FROM {ks}.client_ids WHERE channel_id = ? AND client_msg_id = ?"),
@@ -360,8 +369,8 @@ const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("ts_get", Mode::Read, "SELECT seq FROM {ks}.message_ts WHERE channel_id = ? AND bucket = ? AND ts = ?"),
     ("scan_asc", Mode::Read, "SELECT {cols} FROM {ks}.messages WHERE channel_id = ? AND bucket = ? AND seq > ? AND seq < ? ORDER BY seq ASC"),
     ("scan_desc", Mode::Read, "SELECT {cols} FROM {ks}.messages WHERE channel_id = ? AND bucket = ? AND seq > ? AND seq < ? ORDER BY seq DESC"),
-    ("edit", Mode::Write, "UPDATE {ks}.messages USING TIMESTAMP ? SET body = ?, edited_ts = ? WHERE channel_id = ? AND bucket = ? AND seq = ?"),
-    ("delete", Mode::Write, "UPDATE {ks}.messages USING TIMESTAMP ? SET body = '', deleted = true WHERE channel_id = ? AND bucket = ? AND seq = ?"),
+    ("edit", Mode::Write, "UPDATE {ks}.messages USING TIMESTAMP ? SET body = ?, edited_ts = ?, rich = ? WHERE channel_id = ? AND bucket = ? AND seq = ?"),
+    ("delete", Mode::Write, "UPDATE {ks}.messages USING TIMESTAMP ? SET body = '', deleted = true, rich = null WHERE channel_id = ? AND bucket = ? AND seq = ?"),
     ("replies_set", Mode::Write, "UPDATE {ks}.messages USING TIMESTAMP ? SET reply_count = ?, latest_reply = ? WHERE channel_id = ? AND bucket = ? AND seq = ?"),
     ("reply_put", Mode::Write, "INSERT INTO {ks}.thread_replies (channel_id, parent_ts, reply_ts, seq) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
     ("reply_drop", Mode::Write, "DELETE FROM {ks}.thread_replies USING TIMESTAMP ? WHERE channel_id = ? AND parent_ts = ? AND reply_ts = ?"),
@@ -406,6 +415,7 @@ struct MsgRow {
     latest_reply: Option<i64>,
     previous: Option<String>,
     broadcast: Option<bool>,
+    rich: Option<String>,
 }
 
 impl MsgRow {
@@ -433,6 +443,15 @@ impl MsgRow {
                 None => None,
             },
             broadcast: self.broadcast.unwrap_or(false),
+            rich: match &self.rich {
+                Some(json) => Some(Box::new(serde_json::from_str(json).map_err(|e| {
+                    corrupt(format!(
+                        "bad blocks or attachments of seq {}: {e}",
+                        self.seq
+                    ))
+                })?)),
+                None => None,
+            },
         })
     }
 
@@ -907,7 +926,9 @@ async fn write_group(inner: &Inner, group: Vec<AppendRequest>) {
     for (r, found) in group.iter().zip(lookups) {
         match found {
             Err(e) => answers.push(Answer::Now(Err(e))),
-            Ok(Some(existing)) => answers.push(Answer::Now(Ok(AppendOutcome::Duplicate(Box::new(existing))))),
+            Ok(Some(existing)) => answers.push(Answer::Now(Ok(AppendOutcome::Duplicate(
+                Box::new(existing),
+            )))),
             Ok(None) => match r.msg.client_msg_id.as_ref().and_then(|c| in_group.get(c)) {
                 Some(first) => answers.push(Answer::RepeatOf(first.clone())),
                 None => {
@@ -1093,6 +1114,7 @@ impl Inner {
                 .previous
                 .as_ref()
                 .map(|p| serde_json::to_string(p).expect("a previous message serializes"));
+            let rich = rich_json(m);
             let put = self.exec(
                 st.get("message_put"),
                 (
@@ -1110,6 +1132,7 @@ impl Inner {
                     set(m.kind.reaction()),
                     set(previous.as_deref()),
                     set(m.broadcast.then_some(true)),
+                    set(rich.as_deref()),
                     wts,
                 ),
             );
@@ -1225,9 +1248,14 @@ impl Inner {
                 if row.deleted.unwrap_or(false) {
                     return Ok(Some((message, true)));
                 }
-                self.exec(st.get("edit"), (wts, &m.text, wts, ch, row.bucket, row.seq))
-                    .await?;
+                let rich = rich_json(m);
+                self.exec(
+                    st.get("edit"),
+                    (wts, &m.text, wts, rich.as_deref(), ch, row.bucket, row.seq),
+                )
+                .await?;
                 message.text = m.text.clone();
+                message.rich = m.rich.clone();
                 Ok(Some((message, false)))
             }
             MessageKind::Deleted { target } => {
@@ -1248,6 +1276,7 @@ impl Inner {
                     .await?;
                 let mut message = row.message()?;
                 message.text.clear();
+                message.rich = None;
                 Ok(Some((message, true)))
             }
             MessageKind::ReactionAdded { target, reaction } => {
@@ -2359,7 +2388,8 @@ mod tests {
             )
             .await
             .unwrap();
-        let old_table = SHARD_TABLES[0].replace(" previous text, broadcast boolean,", "");
+        let old_table =
+            SHARD_TABLES[0].replace(" previous text, broadcast boolean,\n        rich text,", "");
         assert_ne!(old_table, SHARD_TABLES[0]);
         session
             .query_unpaged(old_table.replace("{ks}", old), ())
@@ -2370,7 +2400,7 @@ mod tests {
             .unwrap());
         CqlStore::migrate(&settings).await.unwrap();
         for ks in &settings.shard_keyspaces {
-            for column in ["previous", "broadcast"] {
+            for column in ["previous", "broadcast", "rich"] {
                 assert!(has_column(&session, ks, "messages", column).await.unwrap());
             }
         }
@@ -2406,6 +2436,7 @@ mod tests {
             kind: MessageKind::Posted,
             previous: None,
             broadcast: false,
+            rich: None,
         }
     }
 

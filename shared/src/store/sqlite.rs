@@ -300,14 +300,23 @@ const SHARD_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("messages", "previous", "TEXT"),
     // A thread reply also shown in the channel (`reply_broadcast`).
     ("messages", "broadcast", "INTEGER NOT NULL DEFAULT 0"),
+    // Its `blocks` and `attachments` ([`RichContent`]), as JSON.
+    ("messages", "rich", "TEXT"),
 ];
 
 const MESSAGE_COLUMNS: &str =
-    "channel_id, seq, ts, workspace, user_id, text, client_msg_id, thread_ts, kind, target_ts, reaction, previous, broadcast";
+    "channel_id, seq, ts, workspace, user_id, text, client_msg_id, thread_ts, kind, target_ts, reaction, previous, broadcast, rich";
 /// How many columns [`MESSAGE_COLUMNS`] names: what a query selects after them starts here.
-const AFTER_MESSAGE: usize = 13;
+const AFTER_MESSAGE: usize = 14;
 /// What a message view reads beyond [`MESSAGE_COLUMNS`].
 const VIEW_COLUMNS: &str = "edited_ts, deleted, reply_count, latest_reply";
+
+/// An entry's `rich` as stored: JSON, or NULL.
+fn rich_json(msg: &Message) -> Option<String> {
+    msg.rich
+        .as_ref()
+        .map(|r| serde_json::to_string(r).expect("rich content serializes"))
+}
 
 /// An entry's `previous` as stored: JSON, or NULL.
 fn previous_json(msg: &Message) -> Option<String> {
@@ -345,6 +354,12 @@ fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
         kind,
         previous,
         broadcast: row.get(12)?,
+        rich: match row.get::<_, Option<String>>(13)? {
+            Some(json) => Some(Box::new(serde_json::from_str(&json).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(13, rusqlite::types::Type::Text, e.into())
+            })?)),
+            None => None,
+        },
     })
 }
 
@@ -876,7 +891,7 @@ fn write_batch(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 AND client_msg_id = ?2"
         ))?;
         let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
         ))?;
         let mut record_change =
             tx.prepare_cached("INSERT INTO changes (channel_id, seq) VALUES (?1, ?2)")?;
@@ -908,6 +923,7 @@ fn write_batch(
                 msg.kind.reaction(),
                 previous_json(msg),
                 msg.broadcast,
+                rich_json(msg),
             ]);
             Ok(match result {
                 Ok(_) => {
@@ -1004,14 +1020,15 @@ fn apply_entry(
         }
         MessageKind::Edited { target } => {
             tx.prepare_cached(
-                "UPDATE messages SET text = ?3, edited_ts = ?4
+                "UPDATE messages SET text = ?3, edited_ts = ?4, rich = ?5
                  WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted' AND deleted = 0",
             )?
             .execute(params![
                 msg.channel.0,
                 target.0 as i64,
                 msg.text,
-                msg.ts.0 as i64
+                msg.ts.0 as i64,
+                rich_json(msg)
             ])?;
             target_seq(*target)
         }
@@ -1030,7 +1047,7 @@ fn apply_entry(
                 .and_then(|(thread, deleted)| thread.map(|t| (t, deleted)))
                 .filter(|(thread, deleted)| *thread != target.0 as i64 && !deleted);
             tx.prepare_cached(
-                "UPDATE messages SET text = '', deleted = 1 WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted'",
+                "UPDATE messages SET text = '', deleted = 1, rich = NULL WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted'",
             )?
             .execute(params![msg.channel.0, target.0 as i64])?;
             if let Some((parent, _)) = reply_of {
@@ -1956,6 +1973,7 @@ mod conformance_tests {
             kind: MessageKind::Posted,
             previous: None,
             broadcast: false,
+            rich: None,
         }
     }
 
@@ -2042,6 +2060,7 @@ mod conformance_tests {
             kind: MessageKind::Posted,
             previous: None,
             broadcast: false,
+            rich: None,
         };
         a.append(&msg).await.unwrap();
         // The second handle is fenced by the same key.
@@ -2090,6 +2109,7 @@ mod conformance_tests {
                     kind: MessageKind::Posted,
                     previous: None,
                     broadcast: false,
+                    rich: None,
                 };
                 store.append(&msg).await.unwrap();
             }
@@ -2278,6 +2298,7 @@ mod checkpoint_tests {
                 kind: MessageKind::Posted,
                 previous: None,
                 broadcast: false,
+                rich: None,
             };
             store.append(&msg).await.unwrap();
         }

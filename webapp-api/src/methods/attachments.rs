@@ -2,8 +2,9 @@
 //! managers, CI servers and dashboards post an attachment per alert or build, often with no
 //! `text` of their own.
 //!
-//! Switchboard stores a message's text only ([`super::content`]), so each attachment becomes
-//! lines of that text, in the order Slack draws them:
+//! The attachments are kept and given back to clients ([`super::content`]); their text also
+//! follows the message's `text`, for notifications, search and clients that cannot draw
+//! them. Each attachment becomes lines of that text, in the order Slack draws them:
 //! - `pretext`, then `author_name`, then `title` (as Slack's link `<title_link|title>` when it
 //!   has a link), then `text`;
 //! - each of its `fields` as `title: value` (or whichever of the two it has);
@@ -12,8 +13,8 @@
 //! - `fallback`, Slack's plain summary for clients that cannot draw attachments, only when
 //!   none of the above gave any text.
 //!
-//! Colors, images, icons, actions and times are left out. Attachments are joined with a
-//! newline; the attachments themselves are not stored.
+//! Colors, images, icons, actions and times are left out of the text. Attachments are joined
+//! with a newline.
 
 use serde_json::Value;
 

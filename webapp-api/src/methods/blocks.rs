@@ -1,7 +1,7 @@
 //! The text of Slack Block Kit `blocks`, for a message posted with blocks and no `text`.
 //!
-//! Switchboard stores a message's text only, so a post with blocks keeps this text, as Slack
-//! clients that cannot draw blocks show it:
+//! The blocks are kept and given back to clients ([`super::content`]); this text is the
+//! message's `text`, for notifications, search and clients that cannot draw blocks:
 //! - `header`: its text; `section`: its text, then each of its `fields`; `context`: each text
 //!   element (images are left out);
 //! - `rich_text`: its sections, lists (an item per line), quotes and preformatted parts, with
@@ -10,7 +10,7 @@
 //! - every other block (`image`, `divider`, `actions`, `input`, `file`, `video`, …) is left
 //!   out.
 //!
-//! Blocks are joined with a newline. The blocks themselves are not stored ([`super::content`]).
+//! Blocks are joined with a newline.
 
 use serde_json::Value;
 

@@ -3,14 +3,12 @@
 //! answers. The call answers `ok` only after that. Edits, deletions and reactions go the same
 //! way, as entries of the channel's stream; `chat.getPermalink` only reads.
 
-use std::borrow::Cow;
-
 use serde_json::json;
 use shared::ids::{ChannelId, Ts};
-use shared::protocol::{MessageKind, NewMessage, UserEvent};
+use shared::protocol::{MessageKind, NewMessage, RichContent, UserEvent};
 use shared::store::{HistoryQuery, MessageView};
 
-use super::content::{self, ContentError, Part, Parts, MAX_TEXT_CHARS};
+use super::content::{self, Composed, ContentError, Part, Parts, MAX_TEXT_CHARS};
 use super::{message_json, view_json, visible_channel, VisibleChannel};
 use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 
@@ -25,7 +23,7 @@ pub(super) async fn post_message(
     params: &Params,
 ) -> ApiResult {
     let channel = visible.channel;
-    let text = message_text(params)?;
+    let Composed { text, rich } = message_content(params)?;
     let text = &*text;
     let client_msg_id = match params.non_empty("client_msg_id") {
         Some(id) if id.len() > MAX_CLIENT_MSG_ID || id.chars().any(char::is_control) => {
@@ -59,6 +57,7 @@ pub(super) async fn post_message(
         // Slack's `reply_broadcast`: a reply also shown in the channel (ignored, as there,
         // for a message that is not a reply).
         broadcast: thread_ts.is_some() && params.flag("reply_broadcast", false),
+        rich,
     };
     let (msg, duplicate) = state.admin.post(new).await?;
     if msg.channel != channel.id || msg.workspace != channel.workspace {
@@ -158,15 +157,20 @@ fn may_post(is_member: bool, channel: &shared::store::Channel) -> ApiResult<()> 
     Ok(())
 }
 
-/// A message's text from its `text`, `blocks` and `attachments` parameters
-/// ([`super::content`]): not empty, and at most [`MAX_TEXT_CHARS`] characters.
-fn message_text(params: &Params) -> ApiResult<Cow<'_, str>> {
-    content::message_text(Parts {
+/// A message from its `text`, `blocks` and `attachments` parameters ([`super::content`]):
+/// text that is not empty, at most [`MAX_TEXT_CHARS`] characters, and the blocks and
+/// attachments to keep.
+fn message_content(params: &Params) -> ApiResult<Composed<'_>> {
+    compose_parts(Parts {
         text: params.non_empty("text"),
         blocks: params.non_empty("blocks").map(Part::Json),
         attachments: params.non_empty("attachments").map(Part::Json),
     })
-    .map_err(|e| match e {
+}
+
+/// [`content::compose`], its errors as the Web API's.
+fn compose_parts(parts: Parts<'_>) -> ApiResult<Composed<'_>> {
+    content::compose(parts).map_err(|e| match e {
         ContentError::NoText => ApiError::NoText,
         ContentError::InvalidBlocks => ApiError::InvalidBlocks,
         ContentError::InvalidAttachments => ApiError::InvalidAttachments,
@@ -189,7 +193,7 @@ pub(super) async fn post_ephemeral(
 ) -> ApiResult {
     let visible = visible_channel(state, caller, params).await?;
     let channel = visible.channel;
-    let text = message_text(params)?;
+    let Composed { text, rich } = message_content(params)?;
     let text = &*text;
     let thread_ts = thread_ts_param(params)?;
     may_post(visible.is_member, &channel)?;
@@ -209,6 +213,9 @@ pub(super) async fn post_ephemeral(
     });
     if let Some(parent) = thread_ts {
         event["thread_ts"] = parent.to_slack().into();
+    }
+    if let Some(rich) = &rich {
+        rich.add_to(&mut event);
     }
     // Unlike a membership change, an ephemeral message lives only in this relay: one that
     // cannot be handed on is the caller's failure to know of, not a warning in a log.
@@ -235,13 +242,21 @@ enum Acting {
     AsAuthorOrAdmin,
 }
 
+/// What a change entry carries: an edit's new text, blocks and attachments; nothing for the
+/// other changes.
+#[derive(Default)]
+struct Body {
+    text: String,
+    rich: Option<Box<RichContent>>,
+}
+
 /// Sends a change entry through the channel's owner, like a post.
 async fn post_change(
     state: &AppState,
     caller: &Caller,
     visible: &VisibleChannel,
     acting: Acting,
-    text: String,
+    body: Body,
     kind: MessageKind,
     thread_ts: Option<Ts>,
 ) -> ApiResult<shared::protocol::Message> {
@@ -255,11 +270,12 @@ async fn post_change(
         workspace: caller.claims.workspace.clone(),
         channel: visible.channel.id.clone(),
         user: caller.user.id.clone(),
-        text,
+        text: body.text,
         client_msg_id: None,
         thread_ts,
         kind,
         broadcast: false,
+        rich: body.rich,
     };
     let (msg, _) = state.admin.post(new).await?;
     Ok(msg)
@@ -269,24 +285,50 @@ async fn post_change(
 /// can still see it).
 pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let (visible, view) = target_message(state, caller, params, "ts").await?;
-    let text = message_text(params)?;
+    // As in Slack, blocks or attachments not given are kept (an empty array removes them);
+    // the new text is composed from what the message will have.
+    let kept = view.message.rich.as_deref();
+    let part = |name: &str, kept: Option<&'_ String>| -> Option<String> {
+        match params.non_empty(name) {
+            Some(given) => Some(given.to_string()),
+            None => kept.cloned(),
+        }
+    };
+    let blocks = part("blocks", kept.and_then(|r| r.blocks.as_ref()));
+    let attachments = part("attachments", kept.and_then(|r| r.attachments.as_ref()));
+    let Composed { text, rich } = compose_parts(Parts {
+        text: params.non_empty("text"),
+        blocks: blocks.as_deref().map(Part::Json),
+        attachments: attachments.as_deref().map(Part::Json),
+    })?;
     let text = &*text;
     if view.message.user != caller.user.id {
         return Err(ApiError::CantUpdateMessage);
     }
     let target = view.message.ts;
+    let body = Body {
+        text: text.to_string(),
+        rich: rich.clone(),
+    };
     let entry = post_change(
         state,
         caller,
         &visible,
         Acting::AsAuthorOrAdmin,
-        text.to_string(),
+        body,
         MessageKind::Edited { target },
         None,
     )
     .await?;
     let mut message = view_json(&view);
     message["text"] = text.into();
+    if let Some(object) = message.as_object_mut() {
+        object.remove("blocks");
+        object.remove("attachments");
+    }
+    if let Some(rich) = &rich {
+        rich.add_to(&mut message);
+    }
     message["edited"] = json!({ "user": caller.user.id, "ts": entry.ts.to_slack() });
     Ok(object(json!({
         "channel": visible.channel.id,
@@ -313,7 +355,7 @@ pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -
         caller,
         &visible,
         Acting::AsAuthorOrAdmin,
-        String::new(),
+        Body::default(),
         MessageKind::Deleted { target },
         tombstone,
     )
@@ -330,7 +372,7 @@ pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -
         if emptied {
             let gone = MessageKind::Deleted { target: parent };
             let acting = Acting::AsAuthorOrAdmin;
-            post_change(state, caller, &visible, acting, String::new(), gone, None).await?;
+            post_change(state, caller, &visible, acting, Body::default(), gone, None).await?;
         }
     }
     Ok(object(
@@ -433,7 +475,7 @@ pub(super) async fn react(
         caller,
         &visible,
         Acting::AsMember,
-        String::new(),
+        Body::default(),
         kind,
         None,
     )

@@ -416,6 +416,9 @@ pub(crate) fn message_json(msg: &Message) -> Value {
         // Slack's reply that is also shown in the channel.
         v["subtype"] = "thread_broadcast".into();
     }
+    if let Some(rich) = &msg.rich {
+        rich.add_to(&mut v);
+    }
     v
 }
 

@@ -406,3 +406,79 @@ async fn a_broadcast_reply_is_shown_in_the_channel_and_its_thread() {
     );
     s.stop().await;
 }
+
+/// The channel's newest message as history shows it.
+async fn newest(s: &Server, token: &str, channel: &str) -> Value {
+    s.ok(
+        "conversations.history",
+        token,
+        json!({"channel": channel, "limit": 1}),
+    )
+    .await["messages"][0]
+        .clone()
+}
+
+/// Blocks and attachments are kept as posted: history and the post's answer give
+/// them back. `chat.update` keeps what it is not given and removes what it gets as `[]`.
+#[tokio::test]
+async fn blocks_and_attachments_are_kept_and_updates_keep_or_replace_them() {
+    let s = Server::start_with_cluster().await;
+    let alice = s.token("alice");
+    let general = s.general().await;
+    let blocks = json!([
+        {"type": "header", "text": {"type": "plain_text", "text": "Deploy 9"}},
+        {"type": "actions", "elements": [{"type": "button", "action_id": "ack",
+            "text": {"type": "plain_text", "text": "Ack"}}]},
+    ]);
+    let attachments = json!([{"color": "good", "fallback": "all green", "text": "all green"}]);
+    let v = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "deploy 9", "blocks": blocks, "attachments": attachments}),
+        )
+        .await;
+    assert_eq!(v["message"]["blocks"], blocks, "{v}");
+    assert_eq!(v["message"]["attachments"], attachments, "{v}");
+    assert_eq!(v["message"]["text"], "deploy 9\nall green");
+    let ts = v["ts"].as_str().unwrap().to_string();
+    let m = newest(&s, &alice, &general).await;
+    assert_eq!((&m["blocks"], &m["attachments"]), (&blocks, &attachments));
+
+    // Text only: blocks and attachments stay, and their text with them.
+    let v = s
+        .ok(
+            "chat.update",
+            &alice,
+            json!({"channel": general, "ts": ts, "text": "deploy 9 (done)"}),
+        )
+        .await;
+    assert_eq!(v["message"]["blocks"], blocks, "{v}");
+    assert_eq!(v["text"], "deploy 9 (done)\nall green");
+    let m = newest(&s, &alice, &general).await;
+    assert_eq!((&m["blocks"], &m["attachments"]), (&blocks, &attachments));
+    assert_eq!(m["text"], "deploy 9 (done)\nall green");
+    // An empty array removes them; new ones replace them.
+    let new_blocks = json!([{"type": "section", "text": {"type": "mrkdwn", "text": "*done*"}}]);
+    let v = s
+        .ok(
+            "chat.update",
+            &alice,
+            json!({"channel": general, "ts": ts, "blocks": new_blocks, "attachments": []}),
+        )
+        .await;
+    assert_eq!(v["text"], "*done*", "{v}");
+    let m = newest(&s, &alice, &general).await;
+    assert_eq!(m["blocks"], new_blocks);
+    assert!(m.get("attachments").is_none(), "{m}");
+    assert_eq!(m["text"], "*done*");
+    // Blocks are checked even beside text.
+    s.err(
+        "chat.postMessage",
+        &alice,
+        json!({"channel": general, "text": "x", "blocks": [1]}),
+        "invalid_blocks",
+    )
+    .await;
+    s.stop().await;
+}
