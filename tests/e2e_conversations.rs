@@ -422,3 +422,118 @@ async fn assert_hidden_from(cluster: &Cluster, user: &TestUser, channel: &str) {
         .await;
     assert_eq!(v["error"], "channel_not_found", "{v}");
 }
+
+/// The workspace's changes reach its sessions as Slack's events: a public channel created,
+/// renamed, archived and unarchived to everyone; a private channel's rename only to its
+/// members (as `group_rename`); a new user (`team_join`) and a changed profile
+/// (`user_change`) to everyone. Each on both gateways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_changes_reach_every_session_and_private_ones_only_members() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob", "carol"])).await;
+    // The first user of a workspace is its admin.
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let carol = cluster.user("acme", "carol").clone();
+    let bob_ws = cluster.connect(0, &bob).await;
+    let carol_ws = cluster.connect(1, &carol).await;
+    let everyone = [&bob_ws, &carol_ws];
+
+    let launch = cluster.create_channel(&alice, "launch").await;
+    for ws in everyone {
+        let e = ws
+            .wait_event(0, WAIT, "channel_created", |e| {
+                e["type"] == "channel_created" && e["channel"]["name"] == "launch"
+            })
+            .await;
+        assert_eq!(e["channel"]["id"], launch.as_str(), "{e}");
+        assert_eq!(e["channel"]["creator"], alice.id.as_str(), "{e}");
+    }
+    cluster
+        .api_ok(
+            "conversations.rename",
+            &alice.token,
+            json!({ "channel": launch, "name": "launched" }),
+        )
+        .await;
+    for kind in ["channel_archive", "channel_unarchive"] {
+        let method = kind.replace("channel_", "conversations.");
+        cluster
+            .api_ok(&method, &alice.token, json!({ "channel": launch }))
+            .await;
+    }
+    for ws in everyone {
+        let e = ws
+            .wait_event(0, WAIT, "channel_rename", |e| {
+                e["type"] == "channel_rename" && e["channel"]["name"] == "launched"
+            })
+            .await;
+        assert_eq!(e["channel"]["id"], launch.as_str(), "{e}");
+        for kind in ["channel_archive", "channel_unarchive"] {
+            let channel = launch.clone();
+            let e = ws
+                .wait_event(0, WAIT, kind, move |e| {
+                    e["type"] == kind && e["channel"] == channel.as_str()
+                })
+                .await;
+            assert_eq!(e["user"], alice.id.as_str(), "{e}");
+        }
+    }
+
+    // A private channel of alice and carol: its rename reaches carol, not bob.
+    let secret = cluster.create_private(&alice, "secret", &[&carol]).await;
+    cluster
+        .api_ok(
+            "conversations.rename",
+            &alice.token,
+            json!({ "channel": secret, "name": "secret-2" }),
+        )
+        .await;
+    carol_ws
+        .wait_event(0, WAIT, "group_rename", |e| {
+            e["type"] == "group_rename" && e["channel"]["name"] == "secret-2"
+        })
+        .await;
+
+    // A new user, then a changed profile: everyone hears. What bob hears after them shows
+    // that he never heard of the private channel.
+    let created = cluster
+        .api_ok(
+            "admin.users.create",
+            &alice.token,
+            json!({ "name": "dave" }),
+        )
+        .await;
+    let dave = created["user"]["id"].as_str().expect("user id").to_string();
+    cluster
+        .api_ok(
+            "users.profile.set",
+            &carol.token,
+            json!({ "profile": { "display_name": "Carol C." } }),
+        )
+        .await;
+    for ws in everyone {
+        let who = dave.clone();
+        let e = ws
+            .wait_event(0, WAIT, "team_join", move |e| {
+                e["type"] == "team_join" && e["user"]["id"] == who.as_str()
+            })
+            .await;
+        assert_eq!(e["user"]["name"], "dave", "{e}");
+        let carol_id = carol.id.clone();
+        let e = ws
+            .wait_event(0, WAIT, "user_change", move |e| {
+                e["type"] == "user_change" && e["user"]["id"] == carol_id.as_str()
+            })
+            .await;
+        assert_eq!(e["user"]["profile"]["display_name"], "Carol C.", "{e}");
+    }
+    let private_to_bob: Vec<_> = bob_ws
+        .events()
+        .into_iter()
+        .filter(|e| {
+            e.to_string().contains(secret.as_str())
+                || e["type"].as_str().is_some_and(|t| t.starts_with("group_"))
+        })
+        .collect();
+    assert!(private_to_bob.is_empty(), "{private_to_bob:?}");
+}

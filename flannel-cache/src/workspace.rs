@@ -142,7 +142,7 @@ fn user_keys(u: &UserProfile) -> Vec<String> {
 }
 
 /// Whether `event` can change what a cached workspace holds. Presence is not boot data (the
-/// gateways carry it live), nor are ephemeral messages, so those events change nothing here
+/// gateways carry it live), nor are ephemeral messages or notices, so those events change nothing here
 /// and need no lock.
 pub fn changes_cached_data(event: &UserEvent) -> bool {
     !matches!(
@@ -151,6 +151,7 @@ pub fn changes_cached_data(event: &UserEvent) -> bool {
             | UserEvent::PresenceSet { .. }
             | UserEvent::PresenceChanged { .. }
             | UserEvent::Ephemeral { .. }
+            | UserEvent::Notice { .. }
     )
 }
 
@@ -309,7 +310,8 @@ impl WorkspaceData {
             UserEvent::PresenceReport { .. }
             | UserEvent::PresenceSet { .. }
             | UserEvent::PresenceChanged { .. }
-            | UserEvent::Ephemeral { .. } => {}
+            | UserEvent::Ephemeral { .. }
+            | UserEvent::Notice { .. } => {}
             UserEvent::UserChanged { user, .. } => {
                 self.upsert_user(user.clone());
             }

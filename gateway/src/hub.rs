@@ -784,6 +784,24 @@ impl Hub {
                 m::EPHEMERAL_MESSAGES.inc_by(offered);
                 return false;
             }
+            // A change to the workspace's channels or users: to its sessions here (only those
+            // in the channel, for a private channel's).
+            UserEvent::Notice {
+                workspace,
+                members_of,
+                event,
+            } => {
+                let text: Utf8Bytes = event.into();
+                for s in st.sessions.values() {
+                    let reaches = s.workspace == workspace
+                        && members_of.as_ref().is_none_or(|c| s.channels.contains(c));
+                    if reaches {
+                        s.offer(Outbound::Event(text.clone()));
+                    }
+                }
+                m::NOTICES.inc();
+                return false;
+            }
             UserEvent::PresenceChanged {
                 workspace,
                 user,
@@ -2289,6 +2307,41 @@ mod tests {
             !hub.in_channel(member, &ChannelId::from("CE")),
             "another member's change moves no session"
         );
+    }
+
+    /// A workspace notice reaches every session of the workspace, or with `members_of` only
+    /// the sessions in that channel; never another workspace's.
+    #[tokio::test]
+    async fn notices_reach_the_workspace_or_a_channel_s_members() {
+        let (hub, _dir) = hub();
+        let (_member, mut in_cx, _) = session(&hub, 64);
+        let register = |user: &str, workspace: &str, channel: &str| {
+            let (tx, rx) = crate::queue::weighted(64, Outbound::weight);
+            hub.register(
+                UserId::from(user),
+                WorkspaceId::from(workspace),
+                &[ChannelId::from(channel)],
+                &BTreeMap::new(),
+                tx,
+                CancellationToken::new(),
+            );
+            rx
+        };
+        let mut elsewhere = register("UE", "TW", "CE");
+        let mut other_workspace = register("UO", "TO", "CX");
+        let notice = |members_of: Option<&str>, event: &str| UserEvent::Notice {
+            workspace: WorkspaceId::from("TW"),
+            members_of: members_of.map(ChannelId::from),
+            event: event.into(),
+        };
+        hub.on_user_event(notice(None, r#"{"type":"team_join"}"#));
+        hub.on_user_event(notice(Some("CX"), r#"{"type":"group_rename"}"#));
+        assert_eq!(
+            drained(&mut in_cx),
+            [r#"{"type":"team_join"}"#, r#"{"type":"group_rename"}"#]
+        );
+        assert_eq!(drained(&mut elsewhere), [r#"{"type":"team_join"}"#]);
+        assert!(drained(&mut other_workspace).is_empty());
     }
 
     /// A join carries the channel's seq from before it. A message posted after the join can

@@ -62,6 +62,13 @@ pub static SOCKET_MODE_ENVELOPES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static NOTICES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_notices_total",
+        "workspace events (channel created, renamed, archived; user joined or changed) offered to this gateway's sessions"
+    )
+    .unwrap()
+});
 pub static PRESENCE_REPEATS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_gateway_presence_repeats_total",

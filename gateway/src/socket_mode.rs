@@ -6,7 +6,9 @@
 //!   this gateway; `connection_info.app_id`).
 //! - Each event the Events API would deliver goes out in an `events_api` envelope: `message`
 //!   (its subtypes too, not ephemeral ones), `reaction_added`, `reaction_removed`,
-//!   `member_joined_channel`, `member_left_channel` and `channel_left`. The event is the RTM
+//!   `member_joined_channel`, `member_left_channel`, `channel_left`, `channel_created`,
+//!   `channel_rename`, `channel_archive`, `channel_unarchive` (and the `group_*` forms of a
+//!   private channel's), `team_join` and `user_change`. The event is the RTM
 //!   event as is (with `event_ts`, and `seq`), inside an `event_callback` payload whose
 //!   `event_id` names the channel's entry (`Ev<channel>-<seq>`), so an app can drop one that
 //!   a reconnection brought twice. RTM's own events (presence, typing, `channel_joined`,
@@ -37,6 +39,15 @@ const EVENTS: &[&str] = &[
     "member_joined_channel",
     "member_left_channel",
     "channel_left",
+    "channel_created",
+    "channel_rename",
+    "channel_archive",
+    "channel_unarchive",
+    "group_rename",
+    "group_archive",
+    "group_unarchive",
+    "team_join",
+    "user_change",
 ];
 
 /// One Socket Mode session's framing.
@@ -217,9 +228,13 @@ mod tests {
         assert_eq!(event["event_ts"], "1795629551.125471");
         assert_eq!(event["seq"], 4);
 
+        // The workspace's events go out too (a welcome bot's `team_join`).
+        let team_join = r#"{"type":"team_join","user":{"id":"UNEW","name":"dave"}}"#;
+        let team_join = parse(&sm.frame(team_join).expect("an envelope"));
+        assert_eq!(team_join["payload"]["event"]["user"]["name"], "dave");
         let joined = r#"{"type":"member_joined_channel","user":"UB","channel":"CA","team":"TW"}"#;
         let joined = parse(&sm.frame(joined).unwrap());
-        assert_eq!(joined["payload"]["event_id"], "Evgw-1-7-2");
+        assert_eq!(joined["payload"]["event_id"], "Evgw-1-7-3");
         assert!(joined["payload"]["event"]["event_ts"].is_string());
     }
 

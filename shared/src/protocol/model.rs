@@ -301,6 +301,16 @@ pub enum UserEvent {
         user: UserId,
         event: String,
     },
+    /// Web API -> gateways: `event`, a rendered RTM event about the workspace (Slack's
+    /// `channel_created`, `channel_rename`, `channel_archive`, `team_join`, `user_change`, and
+    /// the `group_*` forms of a private channel's), for every session of the workspace, or
+    /// with `members_of` only for the sessions that follow that channel. Not stored: a
+    /// session that is not connected reads the state from its boot data.
+    Notice {
+        workspace: WorkspaceId,
+        members_of: Option<ChannelId>,
+        event: String,
+    },
 }
 
 impl UserEvent {
@@ -316,7 +326,8 @@ impl UserEvent {
             | UserEvent::PresenceReport { workspace, .. }
             | UserEvent::PresenceSet { workspace, .. }
             | UserEvent::PresenceChanged { workspace, .. }
-            | UserEvent::Ephemeral { workspace, .. } => workspace,
+            | UserEvent::Ephemeral { workspace, .. }
+            | UserEvent::Notice { workspace, .. } => workspace,
         }
     }
 }

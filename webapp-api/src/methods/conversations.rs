@@ -71,24 +71,36 @@ pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -
     state.store.add_member(&channel.id, &caller.user.id).await?;
     // Announced before its member: a cache that learned of a join to a channel it does not
     // know would reload the whole workspace.
-    publish_all(
-        state,
-        vec![
-            UserEvent::ChannelCreated {
-                workspace: channel.workspace.clone(),
-                channel: channel_summary(&channel),
-            },
-            UserEvent::ChannelJoined {
-                workspace: channel.workspace.clone(),
-                channel: channel.id.clone(),
-                user: caller.user.id.clone(),
-                channel_name: channel.name.clone(),
-                // A new channel (or an unfinished one, which has no messages either).
-                after_seq: Some(0),
-            },
-        ],
-    )
-    .await;
+    let mut events = vec![
+        UserEvent::ChannelCreated {
+            workspace: channel.workspace.clone(),
+            channel: channel_summary(&channel),
+        },
+        UserEvent::ChannelJoined {
+            workspace: channel.workspace.clone(),
+            channel: channel.id.clone(),
+            user: caller.user.id.clone(),
+            channel_name: channel.name.clone(),
+            // A new channel (or an unfinished one, which has no messages either).
+            after_seq: Some(0),
+        },
+    ];
+    // As in Slack, the workspace hears of a public channel (a private one's creator hears
+    // `channel_joined`).
+    if !channel.is_private {
+        events.push(super::channel_notice(
+            &channel,
+            "channel_created",
+            json!({ "channel": {
+                "id": channel.id,
+                "name": channel.name,
+                "created": channel.created.0 / 1_000_000,
+                "creator": channel.creator,
+                "is_channel": true,
+            } }),
+        ));
+    }
+    publish_all(state, events).await;
     Ok(object(
         json!({ "channel": channel_json(&channel, &caller.user.id, true, Some(1)) }),
     ))
@@ -523,22 +535,23 @@ async fn member_channel(
     Ok(visible)
 }
 
-/// Stores a changed channel and tells the caches.
-async fn store_channel_change(state: &AppState, channel: &Channel) -> ApiResult<()> {
+/// Stores a changed channel and tells the caches, and with `notice` the clients.
+async fn store_channel_change(
+    state: &AppState,
+    channel: &Channel,
+    notice: Option<UserEvent>,
+) -> ApiResult<()> {
     match state.store.update_channel(channel).await {
         Ok(()) => {}
         Err(e) if e.kind == StorageErrorKind::AlreadyExists => return Err(ApiError::NameTaken),
         Err(e) if e.kind == StorageErrorKind::NotFound => return Err(ApiError::ChannelNotFound),
         Err(e) => return Err(e.into()),
     }
-    publish(
-        state,
-        UserEvent::ChannelChanged {
-            workspace: channel.workspace.clone(),
-            channel: channel_summary(channel),
-        },
-    )
-    .await;
+    let changed = UserEvent::ChannelChanged {
+        workspace: channel.workspace.clone(),
+        channel: channel_summary(channel),
+    };
+    publish_all(state, [changed].into_iter().chain(notice).collect()).await;
     Ok(())
 }
 
@@ -568,7 +581,16 @@ pub(super) async fn rename(state: &AppState, caller: &Caller, params: &Params) -
     }
     if channel.name != name {
         channel.name = name.to_string();
-        store_channel_change(state, &channel).await?;
+        let notice = super::channel_notice(
+            &channel,
+            "channel_rename",
+            json!({ "channel": {
+                "id": channel.id,
+                "name": channel.name,
+                "created": channel.created.0 / 1_000_000,
+            } }),
+        );
+        store_channel_change(state, &channel, Some(notice)).await?;
     }
     Ok(object(
         json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }),
@@ -593,7 +615,17 @@ pub(super) async fn archive(
         return Err(ApiError::CantArchiveGeneral);
     }
     channel.is_archived = archive;
-    store_channel_change(state, &channel).await?;
+    let kind = if archive {
+        "channel_archive"
+    } else {
+        "channel_unarchive"
+    };
+    let notice = super::channel_notice(
+        &channel,
+        kind,
+        json!({ "channel": channel.id, "user": caller.user.id }),
+    );
+    store_channel_change(state, &channel, Some(notice)).await?;
     Ok(object(json!({})))
 }
 
@@ -634,7 +666,7 @@ pub(super) async fn set_text(
         TextField::Topic => channel.topic = text,
         TextField::Purpose => channel.purpose = text,
     }
-    store_channel_change(state, &channel).await?;
+    store_channel_change(state, &channel, None).await?;
     Ok(object(
         json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }),
     ))

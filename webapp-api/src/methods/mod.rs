@@ -348,6 +348,38 @@ pub(crate) async fn publish_all(state: &AppState, events: Vec<UserEvent>) {
     crate::relay::relay(&state.admin, events).await;
 }
 
+/// Slack's RTM event about a channel of the workspace, for the gateways to hand on
+/// ([`UserEvent::Notice`]): `public_type` (`channel_rename`, …) to every session of the
+/// workspace for a public channel; for a private one, its `group_*` form to the sessions in
+/// it. `fields` are the event's own.
+pub(crate) fn channel_notice(c: &Channel, public_type: &str, fields: Value) -> UserEvent {
+    let (kind, members_of) = if c.is_private {
+        (
+            public_type.replacen("channel_", "group_", 1),
+            Some(c.id.clone()),
+        )
+    } else {
+        (public_type.to_string(), None)
+    };
+    let mut event = fields;
+    event["type"] = kind.into();
+    UserEvent::Notice {
+        workspace: c.workspace.clone(),
+        members_of,
+        event: event.to_string(),
+    }
+}
+
+/// Slack's `team_join` (a new user) or `user_change` (a changed profile), for every session
+/// of the user's workspace.
+pub(crate) fn user_notice(u: &User, kind: &str) -> UserEvent {
+    UserEvent::Notice {
+        workspace: u.workspace.clone(),
+        members_of: None,
+        event: json!({ "type": kind, "user": user_json(u) }).to_string(),
+    }
+}
+
 /// A user as change events and caches carry it.
 pub(crate) fn user_profile(u: &User) -> UserProfile {
     u.profile()

@@ -5,8 +5,7 @@ use shared::ids::UserId;
 use shared::protocol::UserEvent;
 
 use super::{
-    profile_json, publish, publish_all, response_metadata, user_in_workspace, user_json,
-    user_profile,
+    profile_json, publish_all, response_metadata, user_in_workspace, user_json, user_profile,
 };
 use crate::api::{
     decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
@@ -69,10 +68,14 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
         is_admin,
     )
     .await?;
-    let mut events = vec![UserEvent::UserChanged {
-        workspace: user.workspace.clone(),
-        user: user_profile(&user),
-    }];
+    let mut events = vec![
+        UserEvent::UserChanged {
+            workspace: user.workspace.clone(),
+            user: user_profile(&user),
+        },
+        // Slack's `team_join`, how welcome bots learn of a newcomer.
+        super::user_notice(&user, "team_join"),
+    ];
     // The new user is in #general (create_user_in joined it).
     if let Some(general) = state
         .store
@@ -167,12 +170,15 @@ pub(super) async fn profile_set(state: &AppState, caller: &Caller, params: &Para
         .update_user_profile(&target.id, real_name.as_deref(), display_name.as_deref())
         .await?
         .ok_or(ApiError::UserNotFound)?;
-    publish(
+    publish_all(
         state,
-        UserEvent::UserChanged {
-            workspace: user.workspace.clone(),
-            user: user_profile(&user),
-        },
+        vec![
+            UserEvent::UserChanged {
+                workspace: user.workspace.clone(),
+                user: user_profile(&user),
+            },
+            super::user_notice(&user, "user_change"),
+        ],
     )
     .await;
     Ok(object(json!({ "profile": profile_json(&user) })))

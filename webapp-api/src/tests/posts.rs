@@ -317,6 +317,16 @@ async fn attachments_give_their_text_to_posts_edits_and_hook_posts() {
     s.stop().await;
 }
 
+/// Each message's text and subtype, in an answer's `messages`.
+fn texts_and_subtypes(answer: &Value) -> Vec<(&str, Option<&str>)> {
+    answer["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| (m["text"].as_str().expect("text"), m["subtype"].as_str()))
+        .collect()
+}
+
 /// Slack's `reply_broadcast`: a reply also shown in the channel, as `thread_broadcast`, in
 /// the channel's history and in its thread; without a thread it is an ordinary message.
 #[tokio::test]
@@ -368,14 +378,8 @@ async fn a_broadcast_reply_is_shown_in_the_channel_and_its_thread() {
     let history = s
         .ok("conversations.history", &alice, json!({"channel": general}))
         .await;
-    let shown: Vec<(&str, Option<&str>)> = history["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["text"].as_str().unwrap(), m["subtype"].as_str()))
-        .collect();
     assert_eq!(
-        shown,
+        texts_and_subtypes(&history),
         [
             ("no thread", None),
             ("shipped", Some("thread_broadcast")),
@@ -390,14 +394,8 @@ async fn a_broadcast_reply_is_shown_in_the_channel_and_its_thread() {
             json!({"channel": general, "ts": parent}),
         )
         .await;
-    let thread: Vec<(&str, Option<&str>)> = replies["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["text"].as_str().unwrap(), m["subtype"].as_str()))
-        .collect();
     assert_eq!(
-        thread,
+        texts_and_subtypes(&replies),
         [
             ("release 3.1?", None),
             ("checking", None),
