@@ -142,8 +142,8 @@ fn user_keys(u: &UserProfile) -> Vec<String> {
 }
 
 /// Whether `event` can change what a cached workspace holds. Presence is not boot data (the
-/// gateways carry it live), nor are ephemeral messages or notices, so those events change nothing here
-/// and need no lock.
+/// gateways carry it live), nor are ephemeral messages or notices (the caches learn the same
+/// changes from their own events), so those events change nothing here and need no lock.
 pub fn changes_cached_data(event: &UserEvent) -> bool {
     !matches!(
         event,

@@ -259,6 +259,14 @@ def test_bolt_app_over_socket_mode(dev):
     def reacted(event):
         reactions.put(event)
 
+    # The classic welcome bot.
+    joined = queue.Queue()
+
+    @app.event("team_join")
+    def welcome(event, client):
+        joined.put(event["user"])
+        client.chat_postMessage(channel=channel, text=f"welcome, <@{event['user']['id']}>")
+
     handler = SocketModeHandler(app, app_token=dev["tokens"]["users"]["bob"]["token"], web_client=bot)
     handler.connect()
     try:
@@ -287,5 +295,18 @@ def test_bolt_app_over_socket_mode(dev):
         alice.reactions_add(channel=channel, timestamp=replies[1]["ts"], name="tada")
         event = reactions.get(timeout=10)
         assert event["reaction"] == "tada" and event["item"]["ts"] == replies[1]["ts"], event
+
+        admin = WebClient(token=dev["tokens"]["admin"], base_url=dev["urls"]["api"] + "/")
+        name = "erin" + uuid.uuid4().hex[:6]
+        erin = admin.api_call("admin.users.create", json={"name": name})["user"]
+        user = joined.get(timeout=10)
+        assert user["id"] == erin["id"] and user["name"] == name, user
+        deadline, texts = time.time() + 10, []
+        while time.time() < deadline:
+            texts = [m["text"] for m in alice.conversations_history(channel=channel, limit=1)["messages"]]
+            if texts == [f"welcome, <@{erin['id']}>"]:
+                break
+            time.sleep(0.1)
+        assert texts == [f"welcome, <@{erin['id']}>"], texts
     finally:
         handler.close()
