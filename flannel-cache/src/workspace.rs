@@ -547,6 +547,7 @@ pub(crate) mod tests {
             is_bot: bot,
             is_admin: false,
             deleted: false,
+            email: String::new(),
         }
     }
 

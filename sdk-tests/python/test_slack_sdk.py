@@ -310,3 +310,16 @@ def test_bolt_app_over_socket_mode(dev):
         assert texts == [f"welcome, <@{erin['id']}>"], texts
     finally:
         handler.close()
+
+
+def test_users_lookup_by_email(dev):
+    """How integrations map their own users to Slack's: `users_lookupByEmail`."""
+    admin = WebClient(token=dev["tokens"]["admin"], base_url=dev["urls"]["api"] + "/")
+    name = "py" + uuid.uuid4().hex[:8]
+    created = admin.api_call("admin.users.create", json={"name": name, "email": f"{name}@Example.com"})
+    found = web(dev, "bob").users_lookupByEmail(email=f"{name.upper()}@example.com")
+    assert found["user"]["id"] == created["user"]["id"]
+    assert found["user"]["profile"]["email"] == f"{name}@example.com"
+    with pytest.raises(SlackApiError) as err:
+        web(dev, "bob").users_lookupByEmail(email="nobody@example.com")
+    assert err.value.response["error"] == "users_not_found"

@@ -62,6 +62,12 @@ pub enum ApiError {
     InvalidBlocks,
     #[error("attachments must be a JSON array of attachment objects")]
     InvalidAttachments,
+    #[error("not an email address")]
+    InvalidEmail,
+    #[error("another user of the workspace has this email")]
+    EmailTaken,
+    #[error("no user of the workspace has this email")]
+    UsersNotFound,
     #[error("a message has at most 100 attachments")]
     TooManyAttachments,
     #[error("the message text is longer than {max} characters")]
@@ -170,6 +176,9 @@ impl ApiError {
             ApiError::NoText => "no_text",
             ApiError::InvalidBlocks => "invalid_blocks",
             ApiError::InvalidAttachments => "invalid_attachments",
+            ApiError::InvalidEmail => "invalid_email",
+            ApiError::EmailTaken => "email_taken",
+            ApiError::UsersNotFound => "users_not_found",
             ApiError::TooManyAttachments => "too_many_attachments",
             ApiError::MsgTooLong { .. } => "msg_too_long",
             ApiError::NameTaken => "name_taken",

@@ -500,6 +500,13 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         errors: &["user_not_found"],
     },
     MethodDoc {
+        name: "users.lookupByEmail",
+        summary: "The user of the workspace with this email (compared without case).",
+        auth: Auth::User,
+        params: &[req("email", Ty::Str, "an email address")],
+        errors: &["users_not_found", "invalid_email"],
+    },
+    MethodDoc {
         name: "admin.users.create",
         summary: "Switchboard's own: creates a user of the caller's workspace (joined to #general) and returns it with its `token`.",
         auth: Auth::Admin,
@@ -507,8 +514,11 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             req("name", Ty::Str, "lower-case letters, digits, `.`, `-` and `_`; at most 80 characters"),
             p("real_name", Ty::Str, "at most 200 characters (default: `name`)"),
             p("is_admin", Ty::Bool, "make the user an admin (its token is then an admin token)"),
+            p("email", Ty::Str, "the user's email (unique in the workspace; `users.lookupByEmail` finds it)"),
         ],
         errors: &[
+            "email_taken",
+            "invalid_email",
             "name_taken",
             "invalid_name_required",
             "invalid_name_specials",
@@ -518,15 +528,15 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "users.profile.set",
-        summary: "Sets the caller's `real_name` and/or `display_name` (an admin token may set another user's).",
+        summary: "Sets the caller's `real_name` and/or `display_name` (an admin token may set another user's), and with an admin token `email`.",
         auth: Auth::User,
         params: &[
-            p("profile", Ty::Object, "`{\"real_name\": …, \"display_name\": …}`"),
-            p("name", Ty::OneOf(&["real_name", "display_name"]), "the one field to set (with `value`)"),
+            p("profile", Ty::Object, "`{\"real_name\": …, \"display_name\": …, \"email\": …}`; `email` needs an admin token, and an empty one clears it"),
+            p("name", Ty::OneOf(&["real_name", "display_name", "email"]), "the one field to set (with `value`)"),
             p("value", Ty::Str, "its value"),
             p("user", Ty::Str, "another user (`U…`), admin tokens only"),
         ],
-        errors: &["not_allowed_token_type", "user_not_found", "too_long", "invalid_arguments"],
+        errors: &["not_allowed_token_type", "user_not_found", "too_long", "invalid_arguments", "invalid_email", "email_taken"],
     },
     MethodDoc {
         name: "users.profile.get",
@@ -1239,6 +1249,9 @@ mod tests {
             ApiError::InvalidBlocks,
             ApiError::InvalidAttachments,
             ApiError::TooManyAttachments,
+            ApiError::InvalidEmail,
+            ApiError::EmailTaken,
+            ApiError::UsersNotFound,
             ApiError::NotInvited(vec![crate::api::UserError {
                 user: shared::ids::UserId::from("UA"),
                 error: "already_in_channel",

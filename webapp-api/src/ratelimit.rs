@@ -84,6 +84,7 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "users.list"
         | "users.setPresence"
         | "users.profile.set"
+        | "users.lookupByEmail"
         | "reactions.remove"
         | "search.messages"
         | "admin.users.create"

@@ -1733,3 +1733,114 @@ mod outside_changes;
 
 /// A channel whose creation stopped before its first member is completed by a retry.
 mod unfinished_create;
+
+/// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
+/// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
+/// is taken leaves no user behind.
+#[tokio::test]
+async fn users_are_found_by_their_email_which_only_admins_set() {
+    let s = Server::start().await;
+    let admin = s.admin_token();
+    let bob = s.token("bob");
+    let v = s
+        .ok(
+            "admin.users.create",
+            &admin,
+            json!({"name": "dave", "email": " Dave@Example.com"}),
+        )
+        .await;
+    assert_eq!(v["user"]["profile"]["email"], "dave@example.com", "{v}");
+    let dave = v["user"]["id"].as_str().unwrap().to_string();
+    let found = s
+        .ok(
+            "users.lookupByEmail",
+            &bob,
+            json!({"email": "DAVE@example.COM"}),
+        )
+        .await;
+    assert_eq!(found["user"]["id"], dave.as_str());
+    assert_eq!(found["user"]["name"], "dave");
+    s.err(
+        "users.lookupByEmail",
+        &bob,
+        json!({"email": "nobody@example.com"}),
+        "users_not_found",
+    )
+    .await;
+    for bad in [
+        "",
+        "dave",
+        "dave@",
+        "@example.com",
+        "da ve@example.com",
+        "dave@example",
+        "a@b@c.d",
+    ] {
+        s.err(
+            "users.lookupByEmail",
+            &bob,
+            json!({ "email": bad }),
+            "invalid_email",
+        )
+        .await;
+    }
+    // Taken: refused before or after the user is made, and no "erin" is left either way.
+    s.err(
+        "admin.users.create",
+        &admin,
+        json!({"name": "erin", "email": "dave@example.com"}),
+        "email_taken",
+    )
+    .await;
+    let users = s.ok("users.list", &admin, json!({})).await;
+    assert!(!users.to_string().contains("\"erin\""), "{users}");
+
+    // Only an admin token sets an email, for anyone; an empty one clears it.
+    s.err(
+        "users.profile.set",
+        &bob,
+        json!({"profile": {"email": "bob@example.com"}}),
+        "not_allowed_token_type",
+    )
+    .await;
+    let bob_id = s.user_id("bob");
+    let v = s
+        .ok(
+            "users.profile.set",
+            &admin,
+            json!({"user": bob_id, "profile": {"email": "bob@example.com"}}),
+        )
+        .await;
+    assert_eq!(v["profile"]["email"], "bob@example.com");
+    s.err(
+        "users.profile.set",
+        &admin,
+        json!({"user": bob_id, "name": "email", "value": "dave@example.com"}),
+        "email_taken",
+    )
+    .await;
+    let found = s
+        .ok(
+            "users.lookupByEmail",
+            &bob,
+            json!({"email": "bob@example.com"}),
+        )
+        .await;
+    assert_eq!(found["user"]["id"], bob_id.as_str());
+    let v = s
+        .ok(
+            "users.profile.set",
+            &admin,
+            json!({"user": bob_id, "profile": {"email": ""}}),
+        )
+        .await;
+    assert!(v["profile"].get("email").is_none(), "{v}");
+    s.err(
+        "users.lookupByEmail",
+        &bob,
+        json!({"email": "bob@example.com"}),
+        "users_not_found",
+    )
+    .await;
+    s.stop().await;
+}

@@ -427,6 +427,7 @@ mod tests {
                     is_bot: false,
                     is_admin: false,
                     deleted: false,
+                    email: "bob@example.com".into(),
                 },
             }),
             MeshFrame::User(UserEvent::ChannelChanged {

@@ -344,6 +344,9 @@ pub struct UserProfile {
     pub is_bot: bool,
     pub is_admin: bool,
     pub deleted: bool,
+    /// Empty when the user has none.
+    #[serde(default)]
+    pub email: String,
 }
 
 /// A channel as caches and clients see it.

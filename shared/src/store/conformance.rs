@@ -51,6 +51,113 @@ pub async fn run_all(store: &dyn MessageStore) {
     repeats_in_one_burst(store).await;
     change_feed(store).await;
     edits_threads_and_reactions(store).await;
+    user_emails(store).await;
+}
+
+/// Emails: found without case, one user per address in a workspace (another workspace may
+/// have it too), changed and cleared, and given back when their user goes.
+async fn user_emails(store: &dyn MessageStore) {
+    let ws = store.create_workspace("mail").await.unwrap();
+    let other = store.create_workspace("mail-other").await.unwrap();
+    let erin = store
+        .create_user(&ws.id, "erin", "Erin", false, false)
+        .await
+        .unwrap();
+    let finn = store
+        .create_user(&ws.id, "finn", "Finn", false, false)
+        .await
+        .unwrap();
+    let stranger = store
+        .create_user(&other.id, "gus", "Gus", false, false)
+        .await
+        .unwrap();
+    assert_eq!(erin.email, "");
+    assert!(store.user_by_email(&ws.id, "").await.unwrap().is_none());
+    let set = store
+        .set_user_email(&erin.id, " Erin@Example.COM ")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(set.email, "erin@example.com");
+    assert_eq!(
+        store.user(&erin.id).await.unwrap().unwrap().email,
+        set.email
+    );
+    let found = store
+        .user_by_email(&ws.id, "ERIN@example.com")
+        .await
+        .unwrap()
+        .expect("found without case");
+    assert_eq!(found.id, erin.id);
+    assert!(store
+        .user_by_email(&other.id, "erin@example.com")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        store
+            .set_user_email(&finn.id, "erin@example.com")
+            .await
+            .unwrap_err()
+            .kind,
+        StorageErrorKind::AlreadyExists
+    );
+    assert_eq!(store.user(&finn.id).await.unwrap().unwrap().email, "");
+    // Another workspace may have the address; setting it again changes nothing.
+    store
+        .set_user_email(&stranger.id, "erin@example.com")
+        .await
+        .unwrap();
+    store
+        .set_user_email(&erin.id, "erin@example.com")
+        .await
+        .unwrap();
+    // A change gives the old address back, and clearing gives the address back.
+    store
+        .set_user_email(&erin.id, "erin@work.example")
+        .await
+        .unwrap();
+    assert!(store
+        .user_by_email(&ws.id, "erin@example.com")
+        .await
+        .unwrap()
+        .is_none());
+    store
+        .set_user_email(&finn.id, "erin@example.com")
+        .await
+        .unwrap();
+    store.set_user_email(&finn.id, "").await.unwrap();
+    assert!(store
+        .user_by_email(&ws.id, "erin@example.com")
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        store
+            .users(&ws.id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|u| (u.name.as_str(), u.email.as_str()))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        [("erin", "erin@work.example"), ("finn", "")].into()
+    );
+    // A deleted user's address is free again.
+    assert!(store.delete_user(&erin.id).await.unwrap());
+    assert!(store
+        .user_by_email(&ws.id, "erin@work.example")
+        .await
+        .unwrap()
+        .is_none());
+    store
+        .set_user_email(&finn.id, "erin@work.example")
+        .await
+        .unwrap();
+    assert!(store
+        .set_user_email(&UserId::from("UNOBODY"), "x@example.com")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 async fn metadata(store: &dyn MessageStore) {

@@ -242,7 +242,11 @@ const META_TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.workspaces (id text PRIMARY KEY, name text)",
     "CREATE TABLE IF NOT EXISTS {ks}.workspace_names (name text PRIMARY KEY, id text)",
     "CREATE TABLE IF NOT EXISTS {ks}.users (workspace text, id text, name text, real_name text,
-        display_name text, is_admin boolean, is_bot boolean, PRIMARY KEY ((workspace), id))",
+        display_name text, is_admin boolean, is_bot boolean, email text,
+        PRIMARY KEY ((workspace), id))",
+    // Who has each email in a workspace: claimed with a lightweight transaction, like names.
+    "CREATE TABLE IF NOT EXISTS {ks}.user_emails (workspace text, email text, id text,
+        PRIMARY KEY ((workspace), email))",
     "CREATE TABLE IF NOT EXISTS {ks}.user_ids (id text PRIMARY KEY, workspace text)",
     "CREATE TABLE IF NOT EXISTS {ks}.user_names (workspace text, name text, id text,
         PRIMARY KEY ((workspace), name))",
@@ -305,6 +309,10 @@ fn rich_json(m: &Message) -> Option<String> {
         .map(|r| serde_json::to_string(r).expect("rich content serializes"))
 }
 
+/// Columns added to the meta keyspace's tables after their first version, for keyspaces made
+/// before: `ALTER TABLE` adds each one that is missing.
+const META_ADDED_COLUMNS: &[(&str, &str, &str)] = &[("users", "email", "text")];
+
 /// Columns added to a shard's tables after their first version, for keyspaces made before:
 /// `ALTER TABLE` adds each one that is missing.
 const SHARD_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
@@ -330,9 +338,13 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("user_del", Mode::Write, "DELETE FROM {ks}.users WHERE workspace = ? AND id = ?"),
     ("user_id_del", Mode::Write, "DELETE FROM {ks}.user_ids WHERE id = ?"),
     ("user_ws", Mode::Read, "SELECT workspace FROM {ks}.user_ids WHERE id = ?"),
-    ("user_get", Mode::Read, "SELECT workspace, id, name, real_name, display_name, is_admin, is_bot FROM {ks}.users WHERE workspace = ? AND id = ?"),
+    ("user_get", Mode::Read, "SELECT workspace, id, name, real_name, display_name, is_admin, is_bot, email FROM {ks}.users WHERE workspace = ? AND id = ?"),
     ("user_by_name", Mode::Read, "SELECT id FROM {ks}.user_names WHERE workspace = ? AND name = ?"),
-    ("users_of", Mode::Read, "SELECT workspace, id, name, real_name, display_name, is_admin, is_bot FROM {ks}.users WHERE workspace = ?"),
+    ("users_of", Mode::Read, "SELECT workspace, id, name, real_name, display_name, is_admin, is_bot, email FROM {ks}.users WHERE workspace = ?"),
+    ("user_email_claim", Mode::Lwt, "INSERT INTO {ks}.user_emails (workspace, email, id) VALUES (?, ?, ?) IF NOT EXISTS"),
+    ("user_email_drop", Mode::Lwt, "DELETE FROM {ks}.user_emails WHERE workspace = ? AND email = ? IF id = ?"),
+    ("user_email_put", Mode::Write, "UPDATE {ks}.users SET email = ? WHERE workspace = ? AND id = ?"),
+    ("user_by_email", Mode::SerialRead, "SELECT id FROM {ks}.user_emails WHERE workspace = ? AND email = ?"),
     ("user_profile", Mode::Write, "UPDATE {ks}.users SET real_name = ?, display_name = ? WHERE workspace = ? AND id = ?"),
     ("channel_claim", Mode::Lwt, "INSERT INTO {ks}.channel_names (workspace, name, id) VALUES (?, ?, ?) IF NOT EXISTS"),
     ("channel_name_get", Mode::SerialRead, "SELECT id FROM {ks}.channel_names WHERE workspace = ? AND name = ?"),
@@ -486,6 +498,7 @@ struct UserRow {
     display_name: Option<String>,
     is_admin: bool,
     is_bot: bool,
+    email: Option<String>,
 }
 
 impl From<UserRow> for User {
@@ -498,6 +511,7 @@ impl From<UserRow> for User {
             display_name: r.display_name.unwrap_or_default(),
             is_admin: r.is_admin,
             is_bot: r.is_bot,
+            email: r.email.unwrap_or_default(),
         }
     }
 }
@@ -712,6 +726,11 @@ impl CqlStore {
         .await?;
         for t in META_TABLES {
             ddl(t.replace("{ks}", meta)).await?;
+        }
+        for (table, column, kind) in META_ADDED_COLUMNS {
+            if !has_column(&session, meta, table, column).await? {
+                ddl(format!("ALTER TABLE {meta}.{table} ADD {column} {kind}")).await?;
+            }
         }
         for ks in &settings.shard_keyspaces {
             ddl(format!(
@@ -1598,6 +1617,7 @@ impl MessageStore for CqlStore {
                 display_name: String::new(),
                 is_admin,
                 is_bot,
+                email: String::new(),
             };
             if !s
                 .applied(
@@ -1664,6 +1684,10 @@ impl MessageStore for CqlStore {
             }
             s.exec(s.meta.get("user_del"), (&ws, &id.0)).await?;
             s.exec(s.meta.get("user_id_del"), (&id.0,)).await?;
+            if !user.email.is_empty() {
+                s.applied(s.meta.get("user_email_drop"), (&ws, &user.email, &id.0))
+                    .await?;
+            }
             s.applied(s.meta.get("user_name_drop"), (&ws, &user.name, &id.0))
                 .await?;
             Ok(true)
@@ -1711,6 +1735,84 @@ impl MessageStore for CqlStore {
         timed("users", async {
             let rows: Vec<UserRow> = s.rows(s.meta.get("users_of"), (&workspace.0,)).await?;
             Ok(rows.into_iter().map(User::from).collect())
+        })
+        .await
+    }
+
+    async fn set_user_email(&self, user: &UserId, email: &str) -> StorageResult<Option<User>> {
+        let s = &self.inner;
+        let email = super::normalize_email(email);
+        timed("set_user_email", async {
+            let Some(ws) = s.user_workspace(&user.0).await? else {
+                return Ok(None);
+            };
+            let Some(mut current) = s
+                .first::<UserRow>(s.meta.get("user_get"), (&ws, &user.0))
+                .await?
+                .map(User::from)
+            else {
+                return Ok(None);
+            };
+            if current.email == email {
+                return Ok(Some(current));
+            }
+            // Claim the new address first (a claim of ours left by an interrupted change is
+            // ours still), then write it, then give the old one back: a change that stops part
+            // way leaves an address claimed, never one address on two users.
+            if !email.is_empty()
+                && !s
+                    .applied(s.meta.get("user_email_claim"), (&ws, &email, &user.0))
+                    .await?
+            {
+                let holder = s
+                    .first::<(String,)>(s.meta.get("user_by_email"), (&ws, &email))
+                    .await?;
+                if holder.is_none_or(|(id,)| id != user.0) {
+                    return Err(StorageError::new(
+                        StorageErrorKind::AlreadyExists,
+                        "a user with this email already exists",
+                    ));
+                }
+            }
+            s.exec(s.meta.get("user_email_put"), (&email, &ws, &user.0))
+                .await?;
+            if !current.email.is_empty() {
+                s.applied(
+                    s.meta.get("user_email_drop"),
+                    (&ws, &current.email, &user.0),
+                )
+                .await?;
+            }
+            current.email = email;
+            Ok(Some(current))
+        })
+        .await
+    }
+
+    async fn user_by_email(
+        &self,
+        workspace: &WorkspaceId,
+        email: &str,
+    ) -> StorageResult<Option<User>> {
+        let s = &self.inner;
+        let email = super::normalize_email(email);
+        timed("user_by_email", async {
+            if email.is_empty() {
+                return Ok(None);
+            }
+            let Some((id,)) = s
+                .first::<(String,)>(s.meta.get("user_by_email"), (&workspace.0, &email))
+                .await?
+            else {
+                return Ok(None);
+            };
+            // A claim whose change stopped part way names a user without that address yet.
+            Ok(
+                s.first::<UserRow>(s.meta.get("user_get"), (&workspace.0, &id))
+                    .await?
+                    .map(User::from)
+                    .filter(|u| u.email == email),
+            )
         })
         .await
     }

@@ -76,6 +76,15 @@ pub struct User {
     pub display_name: String,
     pub is_admin: bool,
     pub is_bot: bool,
+    /// Unique in the workspace, as [`normalize_email`] gives it; empty when the user has none.
+    #[serde(default)]
+    pub email: String,
+}
+
+/// An email address as users are found by it: trimmed and lower-cased (addresses are
+/// compared without case, as Slack does).
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +185,16 @@ pub trait MessageStore: Send + Sync + 'static {
         name: &str,
     ) -> StorageResult<Option<User>>;
     async fn users(&self, workspace: &WorkspaceId) -> StorageResult<Vec<User>>;
+    /// Sets a user's email ([`normalize_email`]; empty clears it); returns the user as
+    /// stored afterwards, or `None` when there is no such user. `AlreadyExists` when another
+    /// user of the workspace has it.
+    async fn set_user_email(&self, user: &UserId, email: &str) -> StorageResult<Option<User>>;
+    /// The user of `workspace` with this email ([`normalize_email`]).
+    async fn user_by_email(
+        &self,
+        workspace: &WorkspaceId,
+        email: &str,
+    ) -> StorageResult<Option<User>>;
     /// Sets the given profile fields of a user; returns the user as stored afterwards, or
     /// `None` when there is no such user.
     async fn update_user_profile(

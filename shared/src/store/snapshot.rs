@@ -19,6 +19,7 @@ impl User {
             is_bot: self.is_bot,
             is_admin: self.is_admin,
             deleted: false,
+            email: self.email.clone(),
         }
     }
 }

@@ -226,12 +226,19 @@ CREATE INDEX IF NOT EXISTS members_by_user ON members(user, channel);
 const META_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("users", "display_name", "TEXT NOT NULL DEFAULT ''"),
     ("members", "last_read", "INTEGER NOT NULL DEFAULT 0"),
+    ("users", "email", "TEXT NOT NULL DEFAULT ''"),
 ];
 
 /// Adds the columns of [`META_ADDED_COLUMNS`] that an older store lacks. Several processes
 /// may open one store at once: a column another one added meanwhile is not an error.
 fn migrate_meta(conn: &Connection) -> StorageResult<()> {
-    add_missing_columns(conn, META_ADDED_COLUMNS)
+    add_missing_columns(conn, META_ADDED_COLUMNS)?;
+    // One user per address in a workspace (after the column, which older stores lack).
+    conn.execute_batch(
+        "CREATE UNIQUE INDEX IF NOT EXISTS users_by_email ON users(workspace, email)
+         WHERE email != ''",
+    )
+    .map_err(unavailable)
 }
 
 fn add_missing_columns(conn: &Connection, columns: &[(&str, &str, &str)]) -> StorageResult<()> {
@@ -392,10 +399,11 @@ fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         is_admin: row.get(4)?,
         is_bot: row.get(5)?,
         display_name: row.get(6)?,
+        email: row.get(7)?,
     })
 }
 
-const USER_COLUMNS: &str = "id, workspace, name, real_name, is_admin, is_bot, display_name";
+const USER_COLUMNS: &str = "id, workspace, name, real_name, is_admin, is_bot, display_name, email";
 const CHANNEL_COLUMNS: &str =
     "id, workspace, name, is_private, creator, created, topic, purpose, is_archived";
 
@@ -1188,11 +1196,14 @@ impl MessageStore for SqliteStore {
             display_name: String::new(),
             is_admin,
             is_bot,
+            email: String::new(),
         };
         let row = user.clone();
         self.meta_write("create_user", move |c| {
             c.execute_cached(
-                &format!("INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                &format!(
+                    "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
                 params![
                     row.id.0,
                     row.workspace.0,
@@ -1200,7 +1211,8 @@ impl MessageStore for SqliteStore {
                     row.real_name,
                     row.is_admin,
                     row.is_bot,
-                    row.display_name
+                    row.display_name,
+                    row.email
                 ],
             )
             .map_err(|e| map_insert_err(e, "user"))?;
@@ -1280,6 +1292,53 @@ impl MessageStore for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
         .await
+    }
+
+    async fn set_user_email(&self, user: &UserId, email: &str) -> StorageResult<Option<User>> {
+        let (id, email) = (user.clone(), super::normalize_email(email));
+        self.meta_write("set_user_email", move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            tx.execute_cached(
+                "UPDATE users SET email = ?2 WHERE id = ?1",
+                params![id.0, email],
+            )
+            .map_err(|e| map_insert_err(e, "a user with this email"))?;
+            let user = tx
+                .query_row_cached(
+                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+                    params![id.0],
+                    row_to_user,
+                )
+                .optional()
+                .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(user)
+        })
+        .await
+    }
+
+    async fn user_by_email(
+        &self,
+        workspace: &WorkspaceId,
+        email: &str,
+    ) -> StorageResult<Option<User>> {
+        let (ws, email) = (workspace.clone(), super::normalize_email(email));
+        if email.is_empty() {
+            return Ok(None);
+        }
+        self.meta
+            .read_now("user_by_email", move |c| {
+                c.query_row_cached(
+                    &format!(
+                        "SELECT {USER_COLUMNS} FROM users WHERE workspace = ?1 AND email = ?2"
+                    ),
+                    params![ws.0, email],
+                    row_to_user,
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
     }
 
     async fn update_user_profile(

@@ -65,6 +65,7 @@ pub const METHODS: &[&str] = &[
     "search.messages",
     "users.list",
     "users.info",
+    "users.lookupByEmail",
     "users.getPresence",
     "users.setPresence",
     "admin.users.create",
@@ -148,6 +149,7 @@ pub async fn dispatch(
         "search.messages" => search::messages(state, &caller, params, request).await,
         "users.list" => users::list(state, &caller, params).await,
         "users.info" => users::info(state, &caller, params).await,
+        "users.lookupByEmail" => users::lookup_by_email(state, &caller, params).await,
         "users.getPresence" => users::get_presence(state, &caller, params).await,
         "users.setPresence" => users::set_presence(state, &caller, params).await,
         "admin.users.create" => users::admin_create(state, &caller, params).await,
@@ -522,13 +524,17 @@ pub(crate) fn profile_json(u: &User) -> Value {
     } else {
         &u.display_name
     };
-    json!({
+    let mut profile = json!({
         "real_name": u.real_name,
         "real_name_normalized": u.real_name,
         "display_name": display,
         "display_name_normalized": display,
         "team": u.workspace,
-    })
+    });
+    if !u.email.is_empty() {
+        profile["email"] = u.email.as_str().into();
+    }
+    profile
 }
 
 /// `response_metadata` with the cursor of the next page (empty on the last page).

@@ -1,8 +1,10 @@
-//! `users.list`, `users.info`, `users.profile.set`, `users.profile.get`, `admin.users.create`.
+//! `users.list`, `users.info`, `users.lookupByEmail`, `users.profile.set`,
+//! `users.profile.get`, `admin.users.create`.
 
 use serde_json::{json, Value};
 use shared::ids::UserId;
 use shared::protocol::UserEvent;
+use shared::store::{normalize_email, StorageErrorKind, User};
 
 use super::{
     profile_json, publish_all, response_metadata, user_in_workspace, user_json, user_profile,
@@ -45,6 +47,57 @@ pub(super) async fn info(state: &AppState, caller: &Caller, params: &Params) -> 
     Ok(object(json!({ "user": user_json(&user) })))
 }
 
+/// Longest email address (RFC 5321's path limit).
+pub const MAX_EMAIL: usize = 254;
+
+/// An email address as stored ([`normalize_email`]): `local@domain`, the domain with a dot, no
+/// spaces or control characters, at most [`MAX_EMAIL`] bytes. `invalid_email` otherwise.
+fn parse_email(raw: &str) -> ApiResult<String> {
+    let email = normalize_email(raw);
+    let valid = email.len() <= MAX_EMAIL
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control())
+        && match email.split_once('@') {
+            Some((local, domain)) => {
+                !local.is_empty()
+                    && !domain.contains('@')
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
+                    && !domain.ends_with('.')
+            }
+            None => false,
+        };
+    if valid {
+        Ok(email)
+    } else {
+        Err(ApiError::InvalidEmail)
+    }
+}
+
+/// `users.lookupByEmail`: the user of the caller's workspace with this email.
+pub(super) async fn lookup_by_email(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+) -> ApiResult {
+    let email = parse_email(params.get("email").unwrap_or_default())?;
+    let user = state
+        .store
+        .user_by_email(&caller.claims.workspace, &email)
+        .await?
+        .ok_or(ApiError::UsersNotFound)?;
+    Ok(object(json!({ "user": user_json(&user) })))
+}
+
+/// Sets `user`'s email: `email_taken` when another user of the workspace has it.
+async fn set_email(state: &AppState, user: &UserId, email: &str) -> ApiResult<User> {
+    match state.store.set_user_email(user, email).await {
+        Ok(Some(user)) => Ok(user),
+        Ok(None) => Err(ApiError::UserNotFound),
+        Err(e) if e.kind == StorageErrorKind::AlreadyExists => Err(ApiError::EmailTaken),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Creates a user of the caller's workspace and issues its token. Needs an admin token.
 pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     if !(caller.claims.admin && caller.user.is_admin) {
@@ -59,7 +112,17 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
         ));
     }
     let is_admin = params.flag("is_admin", false);
-    let (user, token) = crate::seed::create_user_in(
+    let email = params.non_empty("email").map(parse_email).transpose()?;
+    if let Some(email) = &email {
+        let taken = state
+            .store
+            .user_by_email(&caller.claims.workspace, email)
+            .await?;
+        if taken.is_some() {
+            return Err(ApiError::EmailTaken);
+        }
+    }
+    let (mut user, token) = crate::seed::create_user_in(
         &state.store,
         &state.signer,
         &caller.claims.workspace,
@@ -68,6 +131,18 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
         is_admin,
     )
     .await?;
+    if let Some(email) = &email {
+        match set_email(state, &user.id, email).await {
+            Ok(with_email) => user = with_email,
+            Err(e) => {
+                // Taken meanwhile (or not stored): the user goes again, as a failed join does.
+                if let Err(undo) = state.store.delete_user(&user.id).await {
+                    tracing::warn!(user = %user.id, error = %undo, "could not remove a user whose email was refused");
+                }
+                return Err(e);
+            }
+        }
+    }
     let mut events = vec![
         UserEvent::UserChanged {
             workspace: user.workspace.clone(),
@@ -160,16 +235,30 @@ pub(super) async fn profile_set(state: &AppState, caller: &Caller, params: &Para
     };
     let real_name = profile_field(profile.as_ref(), params, "real_name", MAX_REAL_NAME)?;
     let display_name = profile_field(profile.as_ref(), params, "display_name", MAX_DISPLAY_NAME)?;
-    if real_name.is_none() && display_name.is_none() {
+    let email = profile_field(profile.as_ref(), params, "email", MAX_EMAIL)?;
+    if real_name.is_none() && display_name.is_none() && email.is_none() {
         return Err(ApiError::InvalidArguments(
-            "profile sets neither real_name nor display_name".into(),
+            "profile sets none of real_name, display_name and email".into(),
         ));
     }
-    let user = state
+    // An address others find the user by: only an admin sets it (no one can verify it
+    // here), and an empty one clears it.
+    let email = match email {
+        Some(_) if !(caller.claims.admin && caller.user.is_admin) => {
+            return Err(ApiError::NotAllowedTokenType)
+        }
+        Some(e) if e.is_empty() => Some(e),
+        Some(e) => Some(parse_email(&e)?),
+        None => None,
+    };
+    let mut user = state
         .store
         .update_user_profile(&target.id, real_name.as_deref(), display_name.as_deref())
         .await?
         .ok_or(ApiError::UserNotFound)?;
+    if let Some(email) = &email {
+        user = set_email(state, &target.id, email).await?;
+    }
     publish_all(
         state,
         vec![
