@@ -2500,7 +2500,27 @@ mod tests {
         assert!(!has_column(&session, old, "messages", "previous")
             .await
             .unwrap());
+        // The meta keyspace's users table as made before `email`.
+        let meta = &settings.meta_keyspace;
+        session
+            .query_unpaged(
+                format!(
+                    "CREATE KEYSPACE {meta} WITH replication = {}",
+                    settings.replication()
+                ),
+                (),
+            )
+            .await
+            .unwrap();
+        let old_users = META_TABLES[3].replace(" email text,", "");
+        assert_ne!(old_users, META_TABLES[3]);
+        session
+            .query_unpaged(old_users.replace("{ks}", meta), ())
+            .await
+            .unwrap();
+        assert!(!has_column(&session, meta, "users", "email").await.unwrap());
         CqlStore::migrate(&settings).await.unwrap();
+        assert!(has_column(&session, meta, "users", "email").await.unwrap());
         for ks in &settings.shard_keyspaces {
             for column in ["previous", "broadcast", "rich"] {
                 assert!(has_column(&session, ks, "messages", column).await.unwrap());
