@@ -1198,6 +1198,26 @@ impl Inner {
     /// still holds it) with `values`, after the rows of a new workspace, user or channel
     /// could not be written. Best effort: a failure is logged, and the original error is what
     /// the caller reports.
+    /// The user of `workspace` whose claim (a name or an email, read by `statement`) is
+    /// `key`.
+    async fn user_claimed_by(
+        &self,
+        statement: &str,
+        workspace: &WorkspaceId,
+        key: &str,
+    ) -> StorageResult<Option<User>> {
+        let Some((id,)) = self
+            .first::<(String,)>(self.meta.get(statement), (&workspace.0, key))
+            .await?
+        else {
+            return Ok(None);
+        };
+        Ok(self
+            .first::<UserRow>(self.meta.get("user_get"), (&workspace.0, &id))
+            .await?
+            .map(User::from))
+    }
+
     async fn release_name(&self, statement: &str, values: impl SerializeRow, name: &str) {
         if let Err(e) = self.applied(self.meta.get(statement), values).await {
             tracing::warn!(statement, name, error = %e, "could not give back a name claimed by a failed creation");
@@ -1714,19 +1734,10 @@ impl MessageStore for CqlStore {
         name: &str,
     ) -> StorageResult<Option<User>> {
         let s = &self.inner;
-        timed("user_by_name", async {
-            let Some((id,)) = s
-                .first::<(String,)>(s.meta.get("user_by_name"), (&workspace.0, name))
-                .await?
-            else {
-                return Ok(None);
-            };
-            Ok(
-                s.first::<UserRow>(s.meta.get("user_get"), (&workspace.0, &id))
-                    .await?
-                    .map(User::from),
-            )
-        })
+        timed(
+            "user_by_name",
+            s.user_claimed_by("user_by_name", workspace, name),
+        )
         .await
     }
 
@@ -1800,19 +1811,10 @@ impl MessageStore for CqlStore {
             if email.is_empty() {
                 return Ok(None);
             }
-            let Some((id,)) = s
-                .first::<(String,)>(s.meta.get("user_by_email"), (&workspace.0, &email))
-                .await?
-            else {
-                return Ok(None);
-            };
             // A claim whose change stopped part way names a user without that address yet.
-            Ok(
-                s.first::<UserRow>(s.meta.get("user_get"), (&workspace.0, &id))
-                    .await?
-                    .map(User::from)
-                    .filter(|u| u.email == email),
-            )
+            Ok(s.user_claimed_by("user_by_email", workspace, &email)
+                .await?
+                .filter(|u| u.email == email))
         })
         .await
     }

@@ -772,6 +772,30 @@ impl SqliteStore {
     }
 
     /// [`Self::meta`] for a call that writes: one at a time (see `meta_writes`).
+    /// The user of `workspace` whose `column` (unique in a workspace) is `value`.
+    async fn user_where(
+        &self,
+        op: &'static str,
+        column: &'static str,
+        workspace: &WorkspaceId,
+        value: String,
+    ) -> StorageResult<Option<User>> {
+        let ws = workspace.clone();
+        self.meta
+            .read_now(op, move |c| {
+                c.query_row_cached(
+                    &format!(
+                        "SELECT {USER_COLUMNS} FROM users WHERE workspace = ?1 AND {column} = ?2"
+                    ),
+                    params![ws.0, value],
+                    row_to_user,
+                )
+                .optional()
+                .map_err(unavailable)
+            })
+            .await
+    }
+
     async fn meta_write<T: Send + 'static>(
         &self,
         op: &'static str,
@@ -1119,6 +1143,27 @@ fn load_reactions(c: &Connection, views: &mut [MessageView]) -> StorageResult<()
     Ok(())
 }
 
+/// Runs `update` on a user's row and reads the user back, in one transaction; `None` when
+/// there is no such user.
+fn update_user_row(
+    c: &mut Connection,
+    id: &UserId,
+    update: impl FnOnce(&rusqlite::Transaction<'_>) -> StorageResult<usize>,
+) -> StorageResult<Option<User>> {
+    let tx = c.transaction().map_err(unavailable)?;
+    update(&tx)?;
+    let user = tx
+        .query_row_cached(
+            &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
+            params![id.0],
+            row_to_user,
+        )
+        .optional()
+        .map_err(unavailable)?;
+    tx.commit().map_err(unavailable)?;
+    Ok(user)
+}
+
 fn map_insert_err(e: rusqlite::Error, what: &str) -> StorageError {
     if is_constraint(&e) {
         StorageError::new(
@@ -1264,17 +1309,7 @@ impl MessageStore for SqliteStore {
         workspace: &WorkspaceId,
         name: &str,
     ) -> StorageResult<Option<User>> {
-        let (ws, name) = (workspace.clone(), name.to_string());
-        self.meta
-            .read_now("user_by_name", move |c| {
-                c.query_row_cached(
-                    &format!("SELECT {USER_COLUMNS} FROM users WHERE workspace = ?1 AND name = ?2"),
-                    params![ws.0, name],
-                    row_to_user,
-                )
-                .optional()
-                .map_err(unavailable)
-            })
+        self.user_where("user_by_name", "name", workspace, name.to_string())
             .await
     }
 
@@ -1297,22 +1332,13 @@ impl MessageStore for SqliteStore {
     async fn set_user_email(&self, user: &UserId, email: &str) -> StorageResult<Option<User>> {
         let (id, email) = (user.clone(), super::normalize_email(email));
         self.meta_write("set_user_email", move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
-            tx.execute_cached(
-                "UPDATE users SET email = ?2 WHERE id = ?1",
-                params![id.0, email],
-            )
-            .map_err(|e| map_insert_err(e, "a user with this email"))?;
-            let user = tx
-                .query_row_cached(
-                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
-                    params![id.0],
-                    row_to_user,
+            update_user_row(c, &id, |tx| {
+                tx.execute_cached(
+                    "UPDATE users SET email = ?2 WHERE id = ?1",
+                    params![id.0, email],
                 )
-                .optional()
-                .map_err(unavailable)?;
-            tx.commit().map_err(unavailable)?;
-            Ok(user)
+                .map_err(|e| map_insert_err(e, "a user with this email"))
+            })
         })
         .await
     }
@@ -1322,22 +1348,11 @@ impl MessageStore for SqliteStore {
         workspace: &WorkspaceId,
         email: &str,
     ) -> StorageResult<Option<User>> {
-        let (ws, email) = (workspace.clone(), super::normalize_email(email));
+        let email = super::normalize_email(email);
         if email.is_empty() {
             return Ok(None);
         }
-        self.meta
-            .read_now("user_by_email", move |c| {
-                c.query_row_cached(
-                    &format!(
-                        "SELECT {USER_COLUMNS} FROM users WHERE workspace = ?1 AND email = ?2"
-                    ),
-                    params![ws.0, email],
-                    row_to_user,
-                )
-                .optional()
-                .map_err(unavailable)
-            })
+        self.user_where("user_by_email", "email", workspace, email)
             .await
     }
 
@@ -1353,24 +1368,15 @@ impl MessageStore for SqliteStore {
             display_name.map(str::to_string),
         );
         self.meta_write("update_user_profile", move |c| {
-            let tx = c.transaction().map_err(unavailable)?;
-            tx.execute_cached(
-                "UPDATE users SET real_name = COALESCE(?2, real_name),
-                                  display_name = COALESCE(?3, display_name)
-                 WHERE id = ?1",
-                params![id.0, real_name, display_name],
-            )
-            .map_err(unavailable)?;
-            let user = tx
-                .query_row_cached(
-                    &format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"),
-                    params![id.0],
-                    row_to_user,
+            update_user_row(c, &id, |tx| {
+                tx.execute_cached(
+                    "UPDATE users SET real_name = COALESCE(?2, real_name),
+                                      display_name = COALESCE(?3, display_name)
+                     WHERE id = ?1",
+                    params![id.0, real_name, display_name],
                 )
-                .optional()
-                .map_err(unavailable)?;
-            tx.commit().map_err(unavailable)?;
-            Ok(user)
+                .map_err(unavailable)
+            })
         })
         .await
     }
