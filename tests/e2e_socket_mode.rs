@@ -46,7 +46,7 @@ async fn socket_mode_sessions_get_events_api_envelopes_and_acknowledge_them() {
     assert_eq!(hello["num_connections"], 1, "{hello}");
     assert_eq!(
         hello["connection_info"]["app_id"],
-        format!("A{}", bob.id.trim_start_matches('U')),
+        format!("A{}", bob.id.strip_prefix('U').expect("a user id")),
         "{hello}"
     );
     assert!(hello.get("seq").is_none(), "RTM's hello fields: {hello}");

@@ -49,10 +49,16 @@ pub(super) async fn auth_test(
     let bot_id = if caller.claims.bot || caller.user.is_bot {
         caller.user.id.0.clone()
     } else {
-        format!("B{}", caller.user.id.0.trim_start_matches('U'))
+        person_bot_id(&caller.user.id.0)
     };
     out.insert("bot_id".into(), json!(bot_id));
     Ok(out)
+}
+
+/// The bot id auth.test gives a person: `B` in place of the user id's `U` (only the first:
+/// generated ids may start with another `U`, and two users must not share one).
+fn person_bot_id(user_id: &str) -> String {
+    format!("B{}", user_id.strip_prefix('U').unwrap_or(user_id))
 }
 
 /// A gateway WebSocket URL carrying the caller's token, then `options`, round-robin over the
@@ -90,4 +96,16 @@ pub(super) fn apps_connections_open(state: &AppState, caller: &Caller) -> ApiRes
     Ok(object(json!({
         "url": gateway_url(state, caller, "&mode=socket")?,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::person_bot_id;
+
+    #[test]
+    fn a_person_s_bot_id_replaces_only_the_first_u() {
+        assert_eq!(person_bot_id("UK6NFZM2RU"), "BK6NFZM2RU");
+        assert_eq!(person_bot_id("UUK6NFZM2R"), "BUK6NFZM2R");
+        assert_ne!(person_bot_id("UUK6NFZM2R"), person_bot_id("UK6NFZM2R"));
+    }
 }
