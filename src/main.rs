@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use shared::auth::TokenSigner;
 use shared::config::{load_cluster_secret, Config};
-use shared::mesh::{Mesh, MeshTls, PeerPool};
+use shared::mesh::{LocalPeers, Mesh, MeshTls, PeerPool};
 use shared::shutdown::{self, Shutdown};
 use shared::store::cql::{CqlSettings, CqlStore};
 use shared::store::sqlite::SqliteStore;
@@ -245,7 +245,12 @@ fn bind_udp(addr: SocketAddr, what: &str) -> anyhow::Result<UdpSocket> {
     UdpSocket::bind(addr).with_context(|| format!("failed to bind {what} mesh socket on {addr}"))
 }
 
-fn webapp_admin_link(config: &Config, tls: &MeshTls) -> anyhow::Result<webapp_api::AdminLink> {
+/// The Web API's link to the admin server; `local` holds the servers of this process (`dev`).
+fn webapp_admin_link(
+    config: &Config,
+    tls: &MeshTls,
+    local: Option<LocalPeers>,
+) -> anyhow::Result<webapp_api::AdminLink> {
     let bind: SocketAddr = if config.mesh.admin_addr.ip().is_loopback() {
         "127.0.0.1:0"
     } else {
@@ -261,7 +266,7 @@ fn webapp_admin_link(config: &Config, tls: &MeshTls) -> anyhow::Result<webapp_ap
     )
     .context("failed to start web API mesh endpoint")?;
     Ok(webapp_api::AdminLink::new(
-        Arc::new(PeerPool::new(Arc::new(mesh))),
+        Arc::new(PeerPool::new(Arc::new(mesh)).with_local(local)),
         config.mesh.admin_addr,
     ))
 }
@@ -298,6 +303,7 @@ async fn role(common: Common, name: &'static str) -> anyhow::Result<()> {
                 store: open_store(&config).await?,
                 tls: mesh_tls(&config)?,
                 health,
+                local: None,
             };
             channel_server::run(config, node, mesh, http, deps, shutdown).await
         }
@@ -307,6 +313,7 @@ async fn role(common: Common, name: &'static str) -> anyhow::Result<()> {
             let deps = admin_server::AdminDeps {
                 tls: mesh_tls(&config)?,
                 health,
+                local: None,
             };
             admin_server::run(config, node, mesh, http, deps, shutdown).await
         }
@@ -316,7 +323,7 @@ async fn role(common: Common, name: &'static str) -> anyhow::Result<()> {
             let deps = webapp_api::WebappDeps {
                 store: open_store(&config).await?,
                 signer: signer(&config, false)?,
-                admin: webapp_admin_link(&config, &tls)?,
+                admin: webapp_admin_link(&config, &tls, None)?,
                 health,
             };
             webapp_api::run(config, http, deps, shutdown).await
@@ -457,9 +464,12 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
 
     let shutdown = Shutdown::new();
     let mut tasks = tokio::task::JoinSet::new();
+    // The roles below share this process: their requests to each other skip QUIC.
+    let local = config.mesh.local_calls.then(LocalPeers::new);
     let admin_deps = admin_server::AdminDeps {
         tls: tls.clone(),
         health: Health::default(),
+        local: local.clone(),
     };
     tasks.spawn(admin_server::run(
         config.clone(),
@@ -477,6 +487,7 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
             store: store.clone(),
             tls: tls.clone(),
             health,
+            local: local.clone(),
         };
         tasks.spawn(channel_server::run(
             config.clone(),
@@ -502,7 +513,7 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
     let webapp_deps = webapp_api::WebappDeps {
         store: store.clone(),
         signer: signer.clone(),
-        admin: webapp_admin_link(&config, &tls)?,
+        admin: webapp_admin_link(&config, &tls, local.clone())?,
         health: Health::default(),
     };
     tasks.spawn(webapp_api::run(

@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::Context;
 use shared::config::Config;
 use shared::ids::NodeId;
-use shared::mesh::{Mesh, MeshTls, PeerPool};
+use shared::mesh::{LocalPeers, Mesh, MeshTls, PeerPool};
 use shared::shutdown::Shutdown;
 use shared::telemetry::Health;
 
@@ -39,6 +39,8 @@ const RESTART_GRACE: Duration = Duration::from_secs(5);
 pub struct AdminDeps {
     pub tls: MeshTls,
     pub health: Health,
+    /// Servers of this process (`dev`): this one registers there, and calls those directly.
+    pub local: Option<LocalPeers>,
 }
 
 /// Runs the admin server until `shutdown`: mesh on `mesh_socket`, admin API on `http`.
@@ -84,9 +86,15 @@ pub async fn run(
     }
     let router = mesh::Router::new(
         authority.clone(),
-        Arc::new(PeerPool::new(mesh.clone())),
+        Arc::new(PeerPool::new(mesh.clone()).with_local(deps.local.clone())),
         Duration::from_millis(config.admin.presence_debounce_ms),
     );
+    // Held until the mesh stops taking connections: then requests from this process dial it,
+    // and fail as they would from any other.
+    let registration = deps.local.as_ref().map(|local| {
+        let router = router.clone();
+        local.register(mesh_addr, move |frame| router.clone().answer(frame))
+    });
 
     let app = http::router(authority.clone()).merge(shared::telemetry::ops_router(
         "admin-server",
@@ -110,6 +118,7 @@ pub async fn run(
         }
     }
     deps.health.set_ready(false);
+    drop(registration);
     mesh.close();
     let _ = http_task.await;
     Ok(())

@@ -110,7 +110,7 @@ impl Router {
     }
 
     /// The answer to one request.
-    async fn answer(self, request: MeshFrame) -> MeshFrame {
+    pub(crate) async fn answer(self, request: MeshFrame) -> MeshFrame {
         match request {
             MeshFrame::Post { msg } => self.route_post(msg).await,
             // Presence reports and settings are aggregated here; everything else is relayed.

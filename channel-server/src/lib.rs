@@ -29,7 +29,7 @@ use anyhow::Context;
 use shared::config::Config;
 use shared::ids::NodeId;
 use shared::membership::{follow_admin, NodeHello};
-use shared::mesh::{Mesh, MeshTls, PeerPool};
+use shared::mesh::{LocalPeers, Mesh, MeshTls, PeerPool};
 use shared::protocol::Role;
 use shared::ring::Ring;
 use shared::shutdown::Shutdown;
@@ -41,6 +41,8 @@ pub struct ChannelServerDeps {
     pub store: SharedStore,
     pub tls: MeshTls,
     pub health: Health,
+    /// Servers of this process (`dev`): this one registers there, and calls those directly.
+    pub local: Option<LocalPeers>,
 }
 
 /// Runs a channel server until `shutdown`: mesh on `mesh_socket`, `/metrics` and `/health` on
@@ -65,7 +67,7 @@ pub async fn run(
         )
         .context("failed to start channel server mesh endpoint")?,
     );
-    let pool = Arc::new(PeerPool::new(mesh.clone()));
+    let pool = Arc::new(PeerPool::new(mesh.clone()).with_local(deps.local.clone()));
     let (ring_tx, ring_rx) = watch::channel(Arc::new(Ring::empty()));
     let (connected_tx, mut connected_rx) = watch::channel(false);
     tokio::spawn(follow_admin(
@@ -135,6 +137,11 @@ pub async fn run(
             .await
     });
 
+    // Held until the mesh stops taking connections (see the admin server's).
+    let registration = deps.local.as_ref().map(|local| {
+        let server = server.clone();
+        local.register(mesh_addr, move |frame| server.clone().answer(frame))
+    });
     tracing::info!(%node, mesh = %mesh_addr, "channel server running");
     loop {
         tokio::select! {
@@ -145,6 +152,7 @@ pub async fn run(
             },
         }
     }
+    drop(registration);
     mesh.close();
     let _ = http_task.await;
     tracing::info!(%node, "channel server stopped");

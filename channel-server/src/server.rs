@@ -208,7 +208,7 @@ impl Server {
     }
 
     /// The answer to one request.
-    async fn answer(self: Arc<Self>, request: MeshFrame) -> MeshFrame {
+    pub(crate) async fn answer(self: Arc<Self>, request: MeshFrame) -> MeshFrame {
         match request {
             MeshFrame::Post { msg } => {
                 let (reply, rx) = oneshot::channel();

@@ -364,6 +364,7 @@ async fn main() -> anyhow::Result<()> {
         admin_server::AdminDeps {
             tls: tls.clone(),
             health: Health::default(),
+            local: None,
         },
         shutdown.clone(),
     ));

@@ -106,6 +106,7 @@ impl WebApi {
             admin_server::AdminDeps {
                 tls: tls.clone(),
                 health: Health::default(),
+                local: None,
             },
             shutdown.clone(),
         ));

@@ -1810,6 +1810,7 @@ mod tests {
             admin_server::AdminDeps {
                 tls,
                 health: shared::telemetry::Health::default(),
+                local: None,
             },
             stop.clone(),
         ));

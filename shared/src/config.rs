@@ -65,6 +65,8 @@ pub struct MeshConfig {
     /// Congestion window, in bytes, that a new mesh connection starts with (0: QUIC's usual
     /// 14,720). At most [`MAX_MESH_INITIAL_WINDOW`].
     pub initial_window_bytes: u64,
+    /// Roles of one process (`dev`) answer each other's requests without QUIC.
+    pub local_calls: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

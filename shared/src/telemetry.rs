@@ -259,6 +259,13 @@ pub mod metrics {
         )
         .unwrap()
     });
+    pub static MESH_LOCAL_CALLS: LazyLock<IntCounter> = LazyLock::new(|| {
+        register_int_counter!(
+            "switchboard_mesh_local_calls_total",
+            "mesh requests answered by a server of the same process, without QUIC (`dev`)"
+        )
+        .unwrap()
+    });
     pub static MESH_FRAMES_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
         register_int_counter!("switchboard_mesh_frames_sent_total", "mesh frames written").unwrap()
     });

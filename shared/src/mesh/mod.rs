@@ -6,8 +6,10 @@
 //! - [`MeshConn`]: a connection; its requests share one long-lived stream, a [`lane`].
 //! - [`FrameReader`]/[`FrameWriter`]: whole frames over a stream, checking sizes first.
 //! - [`PeerPool`]: reuses one connection per peer and reconnects with backoff.
+//! - [`LocalPeers`]: servers of the same process, whose requests skip the network (`dev`).
 
 pub mod lane;
+mod local;
 mod paths;
 pub mod tls;
 
@@ -22,6 +24,7 @@ use parking_lot::Mutex;
 use crate::protocol::{MeshFrame, WireError};
 use crate::telemetry::metrics as m;
 pub use lane::{serve_lane, serve_requests};
+pub use local::{LocalPeers, LocalRegistration};
 pub use tls::{install_crypto_provider, MeshTls, MESH_SERVER_NAME};
 
 /// Why a mesh call failed before an answer came back.
@@ -369,6 +372,8 @@ impl FrameReader {
 pub struct PeerPool {
     mesh: Arc<Mesh>,
     peers: Mutex<HashMap<SocketAddr, PeerSlot>>,
+    /// Servers of this process, asked directly (see [`LocalPeers`]).
+    local: Option<LocalPeers>,
 }
 
 #[derive(Default)]
@@ -387,7 +392,15 @@ impl PeerPool {
         PeerPool {
             mesh,
             peers: Mutex::new(HashMap::new()),
+            local: None,
         }
+    }
+
+    /// Requests to an address that a server of this process registered in `local` are
+    /// answered by it directly, without QUIC.
+    pub fn with_local(mut self, local: Option<LocalPeers>) -> PeerPool {
+        self.local = local;
+        self
     }
 
     pub fn mesh(&self) -> &Arc<Mesh> {
@@ -466,6 +479,11 @@ impl PeerPool {
         frame: &MeshFrame,
         timeout: Duration,
     ) -> Result<MeshFrame, TransportError> {
+        if let Some(local) = &self.local {
+            if let Some(answer) = local.request(addr, frame, timeout).await {
+                return answer;
+            }
+        }
         let started = tokio::time::Instant::now();
         let not_sent = || TransportError::Connect {
             addr,
@@ -538,6 +556,98 @@ mod tests {
             .get(&addr)
             .map(|s| (s.failures, s.next_attempt.is_some()));
         assert_eq!(slot, Some((1, true)), "no failure recorded");
+    }
+
+    /// A server of this process registered in the pool's [`LocalPeers`] answers without a
+    /// datagram sent; a caller that gives up does not cancel the call; a panicking handler is
+    /// a stream closed before its answer; once the server is gone, its address is dialled.
+    #[tokio::test]
+    async fn local_servers_answer_without_the_network() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let tls = MeshTls::dev(dir.path()).unwrap();
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        silent.set_nonblocking(true).unwrap();
+        let addr = silent.local_addr().unwrap();
+        let client = Mesh::client(
+            "127.0.0.1:0".parse().unwrap(),
+            &tls,
+            1 << 20,
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        let local = LocalPeers::new();
+        let pool = PeerPool::new(Arc::new(client)).with_local(Some(local.clone()));
+        let finished = Arc::new(AtomicUsize::new(0));
+        let registration = {
+            let finished = finished.clone();
+            local.register(addr, move |frame| {
+                let finished = finished.clone();
+                async move {
+                    match frame {
+                        MeshFrame::Ping => MeshFrame::Ok,
+                        MeshFrame::Fetch { limit: 0, .. } => panic!("a bad handler"),
+                        MeshFrame::Fetch { .. } => {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            finished.fetch_add(1, Ordering::SeqCst);
+                            MeshFrame::Ok
+                        }
+                        other => MeshFrame::Error(crate::protocol::MeshError::BadRequest(format!(
+                            "{other:?}"
+                        ))),
+                    }
+                }
+            })
+        };
+        assert!(local.contains(addr));
+        let calls_before = m::MESH_LOCAL_CALLS.get();
+        let answer = pool
+            .request(addr, &MeshFrame::Ping, Duration::from_secs(5))
+            .await;
+        assert!(matches!(answer, Ok(MeshFrame::Ok)), "{answer:?}");
+        assert!(m::MESH_LOCAL_CALLS.get() > calls_before);
+        let mut buf = [0u8; 2048];
+        assert_eq!(
+            silent.recv(&mut buf).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::WouldBlock),
+            "a local call sent a datagram"
+        );
+
+        let fetch = |limit| MeshFrame::Fetch {
+            channel: ChannelId("C1".into()),
+            workspace: crate::ids::WorkspaceId("T1".into()),
+            after_seq: 0,
+            up_to_seq: None,
+            limit,
+        };
+        let late = pool
+            .request(addr, &fetch(10), Duration::from_millis(50))
+            .await;
+        assert!(matches!(late, Err(TransportError::Timeout(_))), "{late:?}");
+        for _ in 0..100 {
+            if finished.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(finished.load(Ordering::SeqCst), 1, "the call was cancelled");
+
+        let broken = pool.request(addr, &fetch(0), Duration::from_secs(5)).await;
+        assert!(matches!(broken, Err(TransportError::Closed)), "{broken:?}");
+
+        drop(registration);
+        assert!(!local.contains(addr));
+        let dialled = pool
+            .request(addr, &MeshFrame::Ping, Duration::from_millis(200))
+            .await;
+        assert!(
+            matches!(dialled, Err(TransportError::Connect { .. })),
+            "{dialled:?}"
+        );
+        assert!(
+            silent.recv(&mut buf).is_ok(),
+            "no handshake reached the address"
+        );
     }
 
     fn pair() -> (Mesh, Mesh, tempfile::TempDir) {

@@ -58,6 +58,7 @@ impl Cluster {
             admin_server::AdminDeps {
                 tls: tls.clone(),
                 health: Health::default(),
+                local: None,
             },
             shutdown.clone(),
         ));
@@ -70,6 +71,7 @@ impl Cluster {
                 store,
                 tls: tls.clone(),
                 health: Health::default(),
+                local: None,
             },
             shutdown.clone(),
         ));
