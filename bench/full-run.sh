@@ -13,7 +13,8 @@
 # Order: what only a large machine can measure first (50,000 idle sessions needs an open-file
 # limit above 50,512), then the two fan-out shapes with the limit server and NATS, then posts,
 # then the store's writers alone (a shard per workspace against spread channels, and 16 shards),
-# then the experiments (the mesh's initial congestion window; the gateways' coalescing
+# then the experiments (dev's roles over QUIC instead of in-process calls; the mesh's
+# initial congestion window; the gateways' coalescing
 # window at 1 x 1,000; fewer worker threads per
 # Switchboard process, with NATS at 1,000 x 10;
 # 1,000 x 10 at half of peak again, and on eight store shards; 1,000 x 10 with a window of
@@ -68,6 +69,15 @@ step 60 posts -p 256 -c 64 -d "$D"
 step 60 posts -p 256 -c 256 -d "$D"
 step 60 store -d "$D"
 step 60 store --shards 16 --keys channel -d "$D"
+# First of the experiments: dev's roles calling each other over QUIC, as before
+# mesh.local_calls (on in every run above), alternated with the default.
+echo "## mesh.local_calls false, true, false, true: 1,000 x 10 with NATS, then posts" | tee -a "$LOG"
+for local in false true false true; do
+    SWITCHBOARD_MESH__LOCAL_CALLS=$local step 120 fanout -c 1000 -s 10 --with-nats -d "$D" "${NATS[@]}"
+done
+for local in false true false true; do
+    SWITCHBOARD_MESH__LOCAL_CALLS=$local step 60 posts -d "$D"
+done
 # Experiments for what the bars' runs above leave open, last so they cannot crowd them out:
 # fewer tokio workers per Switchboard process (three processes and the bench share the
 # cores), and the store's writers.
