@@ -1177,7 +1177,9 @@ async fn finish(
 ) -> SystemResult {
     let states = subs.stop().await;
     let mut check = CheckResult::default();
-    let expected: Vec<(Option<u64>, Checksum)> = tracker
+    // Per channel: the last sequence number sent, how many measured messages it carried, and
+    // their checksum.
+    let expected: Vec<(Option<u64>, u64, Checksum)> = tracker
         .ledgers
         .iter()
         .map(|l| {
@@ -1186,6 +1188,7 @@ async fn finish(
             let last = l.last_seq.load(Ordering::Relaxed);
             (
                 (last > 0).then_some(last),
+                measured.len() as u64,
                 Checksum::of(measured.iter().map(|(_, m)| *m)),
             )
         })
@@ -1198,8 +1201,8 @@ async fn finish(
         ));
     }
     for st in &states {
-        let (last, sum) = expected[st.channel];
-        let mut r = st.checker.finish(last);
+        let (last, count, sum) = expected[st.channel];
+        let mut r = st.checker.finish_expecting(last, count);
         if r.ok() && st.checksum != sum {
             r.wrong_messages += 1;
             r.problem(format!(

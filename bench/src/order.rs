@@ -147,7 +147,15 @@ impl StreamChecker {
 
     /// The verdict once the stream is over, given the last sequence number that was sent
     /// (`None`: nothing was sent).
+    #[cfg(test)]
     pub fn finish(&self, last_sent: Option<u64>) -> CheckResult {
+        self.finish_expecting(last_sent, 1)
+    }
+
+    /// [`StreamChecker::finish`] for a stream that should have carried at least `expected`
+    /// messages: an unstarted stream that received nothing lost that many (it cannot know
+    /// where it would have started).
+    pub fn finish_expecting(&self, last_sent: Option<u64>, expected: u64) -> CheckResult {
         let mut r = CheckResult {
             streams: 1,
             received: self.received,
@@ -172,7 +180,7 @@ impl StreamChecker {
                 r.problem(format!("received {} past the last sent {last}", next - 1));
             }
             (None, Some(last)) => {
-                r.lost += 1;
+                r.lost += expected.max(1);
                 r.problem(format!("received nothing; last sent {last}"));
             }
             _ => {}
@@ -296,6 +304,11 @@ mod tests {
         assert!(c.finish(Some(42)).ok());
         let empty = StreamChecker::unstarted().finish(Some(1));
         assert!(!empty.ok());
+        assert_eq!(empty.lost, 1);
+        // Of a stream that should have carried 40 messages, all 40 are lost.
+        let empty = StreamChecker::unstarted().finish_expecting(Some(90), 40);
+        assert_eq!(empty.lost, 40);
+        assert!(empty.problems[0].contains("received nothing"), "{empty:?}");
     }
 
     #[test]
