@@ -426,7 +426,8 @@ async fn assert_hidden_from(cluster: &Cluster, user: &TestUser, channel: &str) {
 /// The workspace's changes reach its sessions as Slack's events: a public channel created,
 /// renamed, archived and unarchived to everyone; a private channel's rename only to its
 /// members (as `group_rename`); a new user (`team_join`) and a changed profile
-/// (`user_change`) to everyone. Each on both gateways.
+/// (`user_change`) to everyone; a topic change to the channel's members, as its `channel_topic`
+/// message. Each on both gateways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workspace_changes_reach_every_session_and_private_ones_only_members() {
     let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob", "carol"])).await;
@@ -477,6 +478,33 @@ async fn workspace_changes_reach_every_session_and_private_ones_only_members() {
                 .await;
             assert_eq!(e["user"], alice.id.as_str(), "{e}");
         }
+    }
+
+    // A topic change is announced in the channel (Slack's `channel_topic` message), so its
+    // members' clients learn of it as it happens.
+    for user in [&bob, &carol] {
+        cluster.join(user, &launch).await;
+    }
+    cluster
+        .api_ok(
+            "conversations.setTopic",
+            &alice.token,
+            json!({ "channel": launch, "topic": "T-minus 3" }),
+        )
+        .await;
+    for ws in everyone {
+        let e = ws
+            .wait_event(0, WAIT, "channel_topic", |e| {
+                e["type"] == "message" && e["subtype"] == "channel_topic"
+            })
+            .await;
+        assert_eq!(e["topic"], "T-minus 3", "{e}");
+        assert_eq!(e["text"], "set the channel topic: T-minus 3", "{e}");
+        assert_eq!(
+            (&e["user"], &e["channel"]),
+            (&json!(alice.id), &json!(launch)),
+            "{e}"
+        );
     }
 
     // A private channel of alice and carol: its rename reaches carol, not bob.

@@ -72,6 +72,20 @@ def test_post_edit_delete_react_thread_history(dev):
     assert err.value.response["error"] == "channel_not_found"
 
 
+def test_topic_and_purpose_are_set_and_announced(dev):
+    alice = web(dev, "alice")
+    channel = alice.conversations_create(name="py-topic-" + uuid.uuid4().hex[:6])["channel"]["id"]
+    assert alice.conversations_setTopic(channel=channel, topic="launch")["channel"]["topic"]["value"] == "launch"
+    alice.conversations_setPurpose(channel=channel, purpose="ship it")
+    info = alice.conversations_info(channel=channel)["channel"]
+    assert (info["topic"]["value"], info["purpose"]["value"]) == ("launch", "ship it")
+    top = alice.conversations_history(channel=channel, limit=10)["messages"]
+    assert [(m.get("subtype"), m["text"], m.get("topic", m.get("purpose"))) for m in top] == [
+        ("channel_purpose", "set the channel purpose: ship it", "ship it"),
+        ("channel_topic", "set the channel topic: launch", "launch"),
+    ]
+
+
 def test_history_pagination_with_cursor(dev):
     alice = web(dev, "alice")
     channel = alice.conversations_create(name="py-page-" + uuid.uuid4().hex[:6])["channel"]["id"]

@@ -89,6 +89,7 @@ const SET_TEXT_ERRORS: &[&str] = &[
     "is_archived",
     "too_long",
     "invalid_arguments",
+    "service_unavailable",
 ];
 
 const CHANNEL: Param = req(
@@ -588,14 +589,14 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.setTopic",
-        summary: "A member sets a channel's topic.",
+        summary: "A member sets a channel's topic, announced in the channel by a `channel_topic` message from the caller (with `topic`).",
         auth: Auth::User,
         params: &[CHANNEL, req("topic", Ty::Str, "at most 250 characters; empty clears it")],
         errors: SET_TEXT_ERRORS,
     },
     MethodDoc {
         name: "conversations.setPurpose",
-        summary: "A member sets a channel's purpose.",
+        summary: "A member sets a channel's purpose, announced in the channel by a `channel_purpose` message from the caller (with `purpose`).",
         auth: Auth::User,
         params: &[CHANNEL, req("purpose", Ty::Str, "at most 250 characters; empty clears it")],
         errors: SET_TEXT_ERRORS,

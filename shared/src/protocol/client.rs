@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{EphemeralEvent, Message, MessageKind};
+use super::model::{ChannelSetting, EphemeralEvent, Message, MessageKind};
 use crate::ids::{ChannelId, Seq, Ts};
 
 /// WebSocket close codes the gateway uses (4000-4999 is the application range).
@@ -110,10 +110,17 @@ pub struct MessageEvent {
     /// Legacy attachments, as posted.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub attachments: Option<serde_json::Value>,
+    /// A `channel_topic` message's new topic.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub topic: Option<String>,
+    /// A `channel_purpose` message's new purpose.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub purpose: Option<String>,
 }
 
 impl From<&Message> for MessageEvent {
     fn from(m: &Message) -> Self {
+        let sets = m.rich.as_ref().and_then(|r| r.sets.as_ref());
         MessageEvent {
             kind: "message".into(),
             channel: m.channel.0.clone(),
@@ -124,9 +131,21 @@ impl From<&Message> for MessageEvent {
             team: m.workspace.0.clone(),
             client_msg_id: m.client_msg_id.clone(),
             thread_ts: m.thread_ts.map(|t| t.to_slack()),
-            subtype: m.broadcast.then(|| "thread_broadcast".to_string()),
+            subtype: match (m.broadcast, sets) {
+                (true, _) => Some("thread_broadcast".to_string()),
+                (false, Some(s)) => Some(s.subtype().to_string()),
+                (false, None) => None,
+            },
             blocks: m.rich.as_ref().and_then(|r| r.blocks_value()),
             attachments: m.rich.as_ref().and_then(|r| r.attachments_value()),
+            topic: match sets {
+                Some(ChannelSetting::Topic(t)) => Some(t.clone()),
+                _ => None,
+            },
+            purpose: match sets {
+                Some(ChannelSetting::Purpose(p)) => Some(p.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -440,6 +459,7 @@ mod tests {
         rich.rich = crate::protocol::RichContent {
             blocks: Some(r#"[{"type":"divider"}]"#.into()),
             attachments: Some(r#"[{"fallback":"f"}]"#.into()),
+            sets: None,
         }
         .boxed();
         let v: serde_json::Value = serde_json::from_str(&message_json(&rich)).unwrap();
@@ -456,6 +476,42 @@ mod tests {
             serde_json::json!([{"type": "divider"}])
         );
         assert_eq!(v["message"]["attachments"][0]["fallback"], "f");
+
+        // A channel's topic or purpose announcement: Slack's subtype and the new text.
+        for (sets, subtype, field, text) in [
+            (
+                ChannelSetting::Topic("launch day".into()),
+                "channel_topic",
+                "topic",
+                "set the channel topic: launch day",
+            ),
+            (
+                ChannelSetting::Purpose(String::new()),
+                "channel_purpose",
+                "purpose",
+                "cleared the channel purpose",
+            ),
+        ] {
+            assert_eq!(sets.text(), text);
+            let mut m = base.clone();
+            m.text = sets.text();
+            m.rich = crate::protocol::RichContent {
+                sets: Some(sets.clone()),
+                ..Default::default()
+            }
+            .boxed();
+            let v: serde_json::Value = serde_json::from_str(&message_json(&m)).unwrap();
+            assert_eq!(v["subtype"], subtype, "{v}");
+            assert_eq!(v[field], sets.field().1, "{v}");
+            assert_eq!(v["text"], text);
+            assert!(v.get("blocks").is_none(), "{v}");
+            let mut history = serde_json::json!({"type": "message"});
+            m.rich.as_ref().unwrap().add_to(&mut history);
+            assert_eq!(
+                (&history["subtype"], &history[field]),
+                (&v["subtype"], &v[field])
+            );
+        }
     }
 
     #[test]

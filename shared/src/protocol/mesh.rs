@@ -36,11 +36,12 @@ use crate::ids::{ChannelId, NodeId, RingEpoch, Seq, UserId, WorkspaceId};
 
 /// Version this build speaks. 2: a placed message carries the message an edit or deletion
 /// changed (`Message::previous`). 3: `UserEvent::ChannelJoined` carries the channel's seq at
-/// the join (`after_seq`).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// the join (`after_seq`). 4: messages carry `broadcast` and `rich` (blocks, attachments, a
+/// channel's topic or purpose announcement), and `UserEvent::Notice` relays workspace events.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Oldest version this build accepts: each older version lacks a field that bincode reads by
 /// position, so its frames cannot be decoded.
-pub const MIN_PROTOCOL_VERSION: u16 = 3;
+pub const MIN_PROTOCOL_VERSION: u16 = 4;
 /// Default cap on one frame; configurable per node.
 pub const MAX_FRAME_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
 /// ALPN protocol name of the mesh.
@@ -717,10 +718,10 @@ mod tests {
 
     #[test]
     fn older_versions_frames_are_refused_by_name() {
-        // Version 1 wrote messages without `previous`, version 2 joins without `after_seq`:
-        // bincode cannot read either as this version's, so the version is refused before the
-        // payload is looked at.
-        for old in [1u16, 2] {
+        // Version 1 wrote messages without `previous`, version 2 joins without `after_seq`,
+        // version 3 messages without `broadcast` and `rich`: bincode cannot read any of them
+        // as this version's, so the version is refused before the payload is looked at.
+        for old in [1u16, 2, 3] {
             let mut bytes = MeshFrame::Unsubscribe {
                 channel: ChannelId::from("C1"),
             }
@@ -732,13 +733,13 @@ mod tests {
                 err,
                 WireError::Version {
                     version: old,
-                    min: 3,
-                    max: 3
+                    min: 4,
+                    max: 4
                 }
             );
             assert!(
                 err.to_string()
-                    .contains(&format!("version {old} (accepted 3..=3)")),
+                    .contains(&format!("version {old} (accepted 4..=4)")),
                 "{err}"
             );
         }

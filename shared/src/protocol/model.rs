@@ -30,19 +30,60 @@ pub struct NewMessage {
     pub rich: Option<Box<RichContent>>,
 }
 
-/// A message's Block Kit `blocks` and legacy `attachments` as the poster gave them: compact
-/// JSON arrays that the Web API checked. Clients draw them; the message's `text` holds their
-/// text too, for notifications, search and clients that draw only text.
+/// What a message carries beyond its text: its Block Kit `blocks` and legacy `attachments` as
+/// the poster gave them (compact JSON arrays that the Web API checked), and, for a message the
+/// Web API posts when a channel's topic or purpose changes, the new text. Clients draw them;
+/// the message's `text` holds their text too, for notifications, search and clients that draw
+/// only text.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RichContent {
     pub blocks: Option<String>,
     pub attachments: Option<String>,
+    /// Slack's `channel_topic` / `channel_purpose` message: what the channel's text became.
+    /// (Stored as JSON, where older rows lack it.)
+    #[serde(default)]
+    pub sets: Option<ChannelSetting>,
+}
+
+/// A channel text that a `channel_topic` or `channel_purpose` message announces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelSetting {
+    Topic(String),
+    Purpose(String),
+}
+
+impl ChannelSetting {
+    /// The message's Slack subtype.
+    pub fn subtype(&self) -> &'static str {
+        match self {
+            ChannelSetting::Topic(_) => "channel_topic",
+            ChannelSetting::Purpose(_) => "channel_purpose",
+        }
+    }
+
+    /// The message field that carries the new text (`topic` or `purpose`), and the text.
+    pub fn field(&self) -> (&'static str, &str) {
+        match self {
+            ChannelSetting::Topic(t) => ("topic", t),
+            ChannelSetting::Purpose(p) => ("purpose", p),
+        }
+    }
+
+    /// The message's text, as Slack words it.
+    pub fn text(&self) -> String {
+        match self.field() {
+            (what, "") => format!("cleared the channel {what}"),
+            (what, value) => format!("set the channel {what}: {value}"),
+        }
+    }
 }
 
 impl RichContent {
-    /// `None` when it holds neither.
+    /// `None` when it holds nothing.
     pub fn boxed(self) -> Option<Box<RichContent>> {
-        (self.blocks.is_some() || self.attachments.is_some()).then(|| Box::new(self))
+        (self.blocks.is_some() || self.attachments.is_some() || self.sets.is_some())
+            .then(|| Box::new(self))
     }
 
     /// Its `blocks` as JSON (what was stored is what the Web API checked and wrote).
@@ -59,13 +100,19 @@ impl RichContent {
             .and_then(|a| serde_json::from_str(a).ok())
     }
 
-    /// Puts `blocks` and `attachments` (those it has) into the message object `message`.
+    /// Puts `blocks` and `attachments` (those it has) into the message object `message`,
+    /// and for a channel's announcement its subtype and new text.
     pub fn add_to(&self, message: &mut serde_json::Value) {
         if let Some(blocks) = self.blocks_value() {
             message["blocks"] = blocks;
         }
         if let Some(attachments) = self.attachments_value() {
             message["attachments"] = attachments;
+        }
+        if let Some(sets) = &self.sets {
+            message["subtype"] = sets.subtype().into();
+            let (field, value) = sets.field();
+            message[field] = value.into();
         }
     }
 }

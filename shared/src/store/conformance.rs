@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::ids::{ChannelId, Ts, UserId};
-use crate::protocol::{Message, MessageKind, PreviousMessage, RichContent};
+use crate::protocol::{ChannelSetting, Message, MessageKind, PreviousMessage, RichContent};
 
 fn channel(ws: &WorkspaceId, creator: &UserId, name: &str, private: bool) -> Channel {
     Channel {
@@ -912,6 +912,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
     rich.rich = RichContent {
         blocks: Some(r#"[{"type":"divider"}]"#.into()),
         attachments: Some(r#"[{"fallback":"f","color":"good"}]"#.into()),
+        sets: None,
     }
     .boxed();
     assert_eq!(store.append(&rich).await.unwrap(), AppendOutcome::Stored);
@@ -932,6 +933,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
     reshaped.rich = RichContent {
         blocks: None,
         attachments: Some(r#"[{"fallback":"g"}]"#.into()),
+        sets: None,
     }
     .boxed();
     assert_eq!(
@@ -955,6 +957,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
     again.rich = RichContent {
         blocks: Some("[{\"type\":\"divider\"}]".into()),
         attachments: None,
+        sets: None,
     }
     .boxed();
     let gone = entry(&bob.id, "", MessageKind::Deleted { target: again.ts }, None);
@@ -963,6 +966,21 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
     }
     let v = rich_view(again.ts).await;
     assert!(v.deleted && v.message.rich.is_none(), "{v:?}");
+
+    // A channel's topic announcement keeps what it set.
+    let mut topic = entry(
+        &bob.id,
+        "set the channel topic: launch",
+        MessageKind::Posted,
+        None,
+    );
+    topic.rich = RichContent {
+        sets: Some(ChannelSetting::Topic("launch".into())),
+        ..RichContent::default()
+    }
+    .boxed();
+    assert_eq!(store.append(&topic).await.unwrap(), AppendOutcome::Stored);
+    assert_eq!(rich_view(topic.ts).await.message, topic);
 
     let stranger = store.create_workspace("views-other").await.unwrap();
     assert!(store

@@ -285,6 +285,11 @@ async fn post_change(
 /// can still see it).
 pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let (visible, view) = target_message(state, caller, params, "ts").await?;
+    // A channel's topic or purpose announcement is not edited (as in Slack): it says what was
+    // set.
+    if view.message.rich.as_ref().is_some_and(|r| r.sets.is_some()) {
+        return Err(ApiError::CantUpdateMessage);
+    }
     // As in Slack, blocks or attachments not given are kept (an empty array removes them);
     // the new text is composed from what the message will have.
     let kept = view.message.rich.as_deref();

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::json;
 use shared::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
-use shared::protocol::UserEvent;
+use shared::protocol::{ChannelSetting, MessageKind, NewMessage, RichContent, UserEvent};
 use shared::store::{Channel, HistoryQuery, SharedStore, StorageErrorKind};
 
 use super::{
@@ -637,7 +637,10 @@ pub(super) enum TextField {
 }
 
 /// Sets a channel's topic or purpose (members only, not archived channels). The parameter
-/// must be given; an empty value clears the text.
+/// must be given; an empty value clears the text. As in Slack, the change is announced in the
+/// channel by a message from the caller (subtype `channel_topic` or `channel_purpose`, with
+/// the new text), which is how members' clients learn of it. The text is stored first: a
+/// failed announcement fails the call, and calling again repeats both.
 pub(super) async fn set_text(
     state: &AppState,
     caller: &Caller,
@@ -662,11 +665,33 @@ pub(super) async fn set_text(
     if text.chars().count() > MAX_TOPIC {
         return Err(ApiError::TooLong { max: MAX_TOPIC });
     }
-    match field {
-        TextField::Topic => channel.topic = text,
-        TextField::Purpose => channel.purpose = text,
-    }
+    let sets = match field {
+        TextField::Topic => {
+            channel.topic = text.clone();
+            ChannelSetting::Topic(text)
+        }
+        TextField::Purpose => {
+            channel.purpose = text.clone();
+            ChannelSetting::Purpose(text)
+        }
+    };
     store_channel_change(state, &channel, None).await?;
+    let announcement = NewMessage {
+        workspace: channel.workspace.clone(),
+        channel: channel.id.clone(),
+        user: caller.user.id.clone(),
+        text: sets.text(),
+        client_msg_id: None,
+        thread_ts: None,
+        kind: MessageKind::Posted,
+        broadcast: false,
+        rich: RichContent {
+            sets: Some(sets),
+            ..RichContent::default()
+        }
+        .boxed(),
+    };
+    state.admin.post(announcement).await?;
     Ok(object(
         json!({ "channel": channel_json(&channel, &caller.user.id, true, None) }),
     ))

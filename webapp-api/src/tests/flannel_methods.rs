@@ -74,7 +74,8 @@ async fn profiles_are_set_and_read_back() {
 
 #[tokio::test]
 async fn channels_are_renamed_archived_and_given_topics_by_members() {
-    let s = Server::start().await;
+    // A topic or purpose change posts its announcement: the mesh acknowledges it.
+    let s = Server::start_with_cluster().await;
     let (alice, bob) = (s.token("alice"), s.token("bob"));
     let v = s
         .ok("conversations.create", &alice, json!({"name": "eng"}))
@@ -134,6 +135,73 @@ async fn channels_are_renamed_archived_and_given_topics_by_members() {
         )
         .await;
     assert_eq!(v["channel"]["topic"]["value"], "");
+    s.ok(
+        "conversations.setPurpose",
+        &alice,
+        json!({"channel": id, "purpose": "ship it"}),
+    )
+    .await;
+    // Each change was announced in the channel by its author, as Slack's `channel_topic` and
+    // `channel_purpose` messages (newest first).
+    let history = s
+        .ok(
+            "conversations.history",
+            &alice,
+            json!({"channel": id, "limit": 10}),
+        )
+        .await;
+    let said: Vec<(String, String, String, String)> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let field = if m["subtype"] == "channel_topic" {
+                "topic"
+            } else {
+                "purpose"
+            };
+            (
+                m["subtype"].as_str().unwrap_or_default().to_string(),
+                m["text"].as_str().unwrap_or_default().to_string(),
+                m[field].as_str().unwrap_or("(absent)").to_string(),
+                m["user"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let alice_id = s.user_id("alice");
+    let expected: Vec<(String, String, String, String)> = [
+        (
+            "channel_purpose",
+            "set the channel purpose: ship it",
+            "ship it",
+        ),
+        ("channel_topic", "cleared the channel topic", ""),
+        (
+            "channel_topic",
+            "set the channel topic: shipping",
+            "shipping",
+        ),
+    ]
+    .iter()
+    .map(|(a, b, c)| {
+        (
+            a.to_string(),
+            b.to_string(),
+            c.to_string(),
+            alice_id.clone(),
+        )
+    })
+    .collect();
+    assert_eq!(said, expected, "{history}");
+    // They say what was set: not editable, even by their author.
+    let announcement = history["messages"][0]["ts"].as_str().unwrap().to_string();
+    s.err(
+        "chat.update",
+        &alice,
+        json!({"channel": id, "ts": announcement, "text": "something else"}),
+        "cant_update_message",
+    )
+    .await;
     s.err(
         "conversations.setPurpose",
         &alice,
