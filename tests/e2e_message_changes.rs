@@ -413,3 +413,64 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
     );
     assert_eq!(thread(bob.token.clone()).await["error"], "thread_not_found");
 }
+
+/// An edit's and a deletion's `previous_message` carry the blocks the message had, as Slack's
+/// do: a client that draws the change draws what it replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previous_messages_keep_their_blocks() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob"])).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let channel = cluster.create_channel(&alice, "blocks").await;
+    cluster.join(&bob, &channel).await;
+    let ws = cluster.connect(1, &bob).await;
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&channel), &[&ws])
+        .await;
+    let section =
+        |text: &str| json!([{ "type": "section", "text": { "type": "mrkdwn", "text": text } }]);
+    let posted = cluster
+        .api_ok(
+            "chat.postMessage",
+            &alice.token,
+            json!({ "channel": channel, "text": "v1", "blocks": section("v1") }),
+        )
+        .await;
+    let ts = posted["ts"].as_str().expect("ts").to_string();
+    cluster
+        .api_ok(
+            "chat.update",
+            &alice.token,
+            json!({ "channel": channel, "ts": ts, "text": "v2", "blocks": section("v2") }),
+        )
+        .await;
+    cluster
+        .api_ok(
+            "chat.delete",
+            &alice.token,
+            json!({ "channel": channel, "ts": ts }),
+        )
+        .await;
+    let changed = ws
+        .wait_event(0, WAIT, "message_changed", |e| {
+            e["subtype"] == "message_changed"
+        })
+        .await;
+    assert_eq!(changed["message"]["blocks"], section("v2"), "{changed}");
+    assert_eq!(
+        changed["previous_message"]["blocks"],
+        section("v1"),
+        "{changed}"
+    );
+    let deleted = ws
+        .wait_event(0, WAIT, "message_deleted", |e| {
+            e["subtype"] == "message_deleted"
+        })
+        .await;
+    assert_eq!(deleted["previous_message"]["text"], "v2", "{deleted}");
+    assert_eq!(
+        deleted["previous_message"]["blocks"],
+        section("v2"),
+        "{deleted}"
+    );
+}

@@ -297,6 +297,7 @@ impl ChannelTask {
                         text: v.message.text,
                         thread_ts: v.message.thread_ts,
                         edited: v.edited,
+                        rich: v.message.rich,
                     });
                     targets.insert(target, was);
                 }
@@ -648,12 +649,10 @@ fn encoded_len_bound(m: &Message) -> usize {
             | shared::protocol::MessageKind::ReactionRemoved { reaction, .. } => reaction.len(),
             _ => 0,
         }
-        + m.previous
-            .as_ref()
-            .map_or(0, |p| p.user.0.len() + p.text.len())
-        + m.rich.as_ref().map_or(0, |r| {
-            r.blocks.as_ref().map_or(0, String::len) + r.attachments.as_ref().map_or(0, String::len)
-        });
+        + m.previous.as_ref().map_or(0, |p| {
+            p.user.0.len() + p.text.len() + p.rich.as_ref().map_or(0, |r| r.string_bytes())
+        })
+        + m.rich.as_ref().map_or(0, |r| r.string_bytes());
     // Ten strings' lengths, seq, ts, thread_ts, the kind and its target, the previous
     // message's thread_ts and edited, the broadcast flag, option tags: well under 128 bytes.
     strings + 128
@@ -673,6 +672,8 @@ fn record_previous(msg: &mut Message, current: &mut HashMap<Ts, Option<PreviousM
         MessageKind::Edited { .. } => state.take().map(|was| PreviousMessage {
             text: msg.text.clone(),
             edited: Some(msg.ts),
+            // An edit gives the message's whole new set of blocks and attachments.
+            rich: msg.rich.clone(),
             ..was
         }),
         _ => None,

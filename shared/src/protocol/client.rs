@@ -198,6 +198,9 @@ fn previous_message(m: &Message, target: Ts) -> Option<serde_json::Value> {
     if let Some(edited) = p.edited {
         v["edited"] = serde_json::json!({ "user": p.user.0, "ts": edited.to_slack() });
     }
+    if let Some(rich) = &p.rich {
+        rich.add_to(&mut v);
+    }
     Some(v)
 }
 
@@ -523,6 +526,11 @@ mod tests {
             text: "old text".into(),
             thread_ts: Some(Ts(500_000)),
             edited: Some(Ts(1_500_000)),
+            rich: crate::protocol::RichContent {
+                blocks: Some(r#"[{"type":"divider"}]"#.into()),
+                ..Default::default()
+            }
+            .boxed(),
         };
         let mut m = Message {
             workspace: WorkspaceId::from("TW"),
@@ -554,6 +562,7 @@ mod tests {
         assert_eq!(p["ts"], "1.000000");
         assert_eq!(p["thread_ts"], "0.500000");
         assert_eq!(p["edited"]["ts"], "1.500000");
+        assert_eq!(p["blocks"], serde_json::json!([{"type": "divider"}]));
 
         m.kind = MessageKind::Deleted {
             target: Ts(1_000_000),

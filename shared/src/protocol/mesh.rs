@@ -754,6 +754,11 @@ mod tests {
             text: "before".into(),
             thread_ts: Some(Ts(3)),
             edited: None,
+            rich: super::super::model::RichContent {
+                attachments: Some(r#"[{"fallback":"f"}]"#.into()),
+                ..Default::default()
+            }
+            .boxed(),
         }));
         round_trip(MeshFrame::Deliver { msg });
     }

@@ -86,6 +86,13 @@ impl RichContent {
             .then(|| Box::new(self))
     }
 
+    /// The bytes of its strings (what it adds to a frame, less a few bytes of lengths).
+    pub fn string_bytes(&self) -> usize {
+        self.blocks.as_ref().map_or(0, String::len)
+            + self.attachments.as_ref().map_or(0, String::len)
+            + self.sets.as_ref().map_or(0, |s| s.field().1.len())
+    }
+
     /// Its `blocks` as JSON (what was stored is what the Web API checked and wrote).
     pub fn blocks_value(&self) -> Option<serde_json::Value> {
         self.blocks
@@ -226,6 +233,9 @@ pub struct PreviousMessage {
     pub thread_ts: Option<Ts>,
     /// When it had last been edited, if it had.
     pub edited: Option<Ts>,
+    /// Its blocks and attachments. (Stored as JSON, where older entries lack it.)
+    #[serde(default)]
+    pub rich: Option<Box<RichContent>>,
 }
 
 impl Message {

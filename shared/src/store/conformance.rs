@@ -612,6 +612,11 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         text: "other".into(),
         thread_ts: None,
         edited: None,
+        rich: RichContent {
+            blocks: Some(r#"[{"type":"divider"}]"#.into()),
+            ..RichContent::default()
+        }
+        .boxed(),
     }));
     let react_a = entry(
         &alice.id,
@@ -661,6 +666,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         text: "oops".into(),
         thread_ts: Some(parent.ts),
         edited: Some(Ts(1)),
+        rich: None,
     }));
     for m in [
         &parent, &reply1, &reply2, &other, &edit, &react_a, &react_b, &react_c, &unreact, &doomed,
