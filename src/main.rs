@@ -134,6 +134,9 @@ enum AdminCommand {
         name: String,
         #[arg(long)]
         admin: bool,
+        /// Its email (unique in the workspace), for `users.lookupByEmail`.
+        #[arg(long)]
+        email: Option<String>,
     },
     /// Prints a new token for an existing user.
     IssueToken {
@@ -385,12 +388,20 @@ async fn admin(config: Config, command: AdminCommand) -> anyhow::Result<()> {
             workspace,
             name,
             admin,
+            email,
         } => {
-            let (user, token) =
-                webapp_api::create_user(&store, &signer, &workspace, &name, admin).await?;
+            let (user, token) = webapp_api::create_user(
+                &store,
+                &signer,
+                &workspace,
+                &name,
+                admin,
+                email.as_deref(),
+            )
+            .await?;
             println!(
                 "{}",
-                serde_json::json!({ "id": user.id, "name": user.name, "workspace": user.workspace, "token": token })
+                serde_json::json!({ "id": user.id, "name": user.name, "workspace": user.workspace, "email": (!user.email.is_empty()).then_some(&user.email), "token": token })
             );
         }
         AdminCommand::IssueToken { workspace, name } => {

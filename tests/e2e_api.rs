@@ -16,6 +16,25 @@ async fn a_token_of_one_workspace_cannot_reach_another_workspaces_channels() {
     let bert = cluster.user("globex", "bert").clone();
     assert_ne!(alice.workspace, bob.workspace);
 
+    // Users made by `switchboard admin create-user --email` are found by that email, only in
+    // their own workspace.
+    let found = cluster
+        .api_ok(
+            "users.lookupByEmail",
+            &bob.token,
+            json!({ "email": bert.email() }),
+        )
+        .await;
+    assert_eq!(found["user"]["id"], bert.id.as_str(), "{found}");
+    let (_, across) = cluster
+        .api_status(
+            "users.lookupByEmail",
+            &alice.token,
+            json!({ "email": bob.email() }),
+        )
+        .await;
+    assert_eq!(across["error"], "users_not_found", "{across}");
+
     let a_chan = cluster.create_channel(&alice, "acme-talk").await;
     // Same name in the other workspace is fine: names are per workspace.
     let b_chan = cluster.create_channel(&bob, "acme-talk").await;

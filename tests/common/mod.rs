@@ -128,6 +128,17 @@ pub struct TestUser {
     pub token: String,
 }
 
+impl TestUser {
+    /// The email `switchboard admin create-user --email` gave the user.
+    pub fn email_of(name: &str, workspace_name: &str) -> String {
+        format!("{name}@{workspace_name}.example")
+    }
+
+    pub fn email(&self) -> String {
+        TestUser::email_of(&self.name, &self.workspace_name)
+    }
+}
+
 /// One channel server process.
 #[derive(Clone, Debug)]
 pub struct ChannelServerInfo {
@@ -344,6 +355,7 @@ impl Cluster {
             let created = cli_json(&args);
             let ws_id = created["id"].as_str().expect("workspace id").to_string();
             for (i, name) in names.iter().enumerate() {
+                let email = TestUser::email_of(name, ws);
                 let mut args = vec![
                     "admin",
                     "--data-dir",
@@ -353,12 +365,15 @@ impl Cluster {
                     ws,
                     "--name",
                     name,
+                    "--email",
+                    &email,
                 ];
                 if i == 0 {
                     args.push("--admin");
                 }
                 args.extend(&global);
                 let u = cli_json(&args);
+                assert_eq!(u["email"], email.as_str(), "create-user's email: {u}");
                 let user = TestUser {
                     id: u["id"].as_str().expect("user id").to_string(),
                     name: name.clone(),

@@ -66,18 +66,37 @@ async fn join_general(store: &SharedStore, user: &User) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// Creates a user in `workspace`, joins it to #general and issues its token (an admin token
-/// for an admin).
+/// Who [`create_user_in`] creates.
+pub(crate) struct NewUser<'a> {
+    pub name: &'a str,
+    pub real_name: &'a str,
+    pub is_admin: bool,
+    /// Checked already ([`crate::methods::parse_email`]).
+    pub email: Option<&'a str>,
+}
+
+/// Creates a user in `workspace`, joins it to #general, gives it its email, and issues its
+/// token (an admin token for an admin). A user that could not join or take its email is
+/// removed again, so the call can be repeated.
 pub(crate) async fn create_user_in(
     store: &SharedStore,
     signer: &TokenSigner,
     workspace: &WorkspaceId,
-    name: &str,
-    real_name: &str,
-    is_admin: bool,
+    new: NewUser<'_>,
 ) -> Result<(User, String), ApiError> {
+    let NewUser {
+        name,
+        real_name,
+        is_admin,
+        email,
+    } = new;
     validate_user_name(name)?;
-    let user = match store
+    if let Some(email) = email {
+        if store.user_by_email(workspace, email).await?.is_some() {
+            return Err(ApiError::EmailTaken);
+        }
+    }
+    let mut user = match store
         .create_user(workspace, name, real_name, is_admin, false)
         .await
     {
@@ -98,6 +117,21 @@ pub(crate) async fn create_user_in(
                 "a new user could not join #general and could not be removed: issue its token with `switchboard admin issue-token`");
         }
         return Err(e);
+    }
+    if let Some(email) = email {
+        match crate::methods::set_email(store, &user.id, email).await {
+            Ok(with_email) => user = with_email,
+            Err(e) => {
+                // Taken meanwhile (or not stored): the user goes again, as a failed join does.
+                if let Ok(Some(general)) = store.channel_by_name(&user.workspace, GENERAL).await {
+                    let _ = store.remove_member(&general.id, &user.id).await;
+                }
+                if let Err(undo) = store.delete_user(&user.id).await {
+                    tracing::warn!(user = %user.id, error = %undo, "could not remove a user whose email was refused");
+                }
+                return Err(e);
+            }
+        }
     }
     let token = token_for(signer, &user, is_admin);
     Ok((user, token))
@@ -125,21 +159,37 @@ async fn workspace_named(store: &SharedStore, name: &str) -> anyhow::Result<Work
 }
 
 /// Creates a user in the named workspace, joins it to the workspace's #general if it exists,
-/// and returns it with its token (an admin token when `admin`).
+/// gives it `email` if one is given (unique in the workspace), and returns it with its token
+/// (an admin token when `admin`).
 pub async fn create_user(
     store: &SharedStore,
     signer: &TokenSigner,
     workspace_name: &str,
     user_name: &str,
     admin: bool,
+    email: Option<&str>,
 ) -> anyhow::Result<(User, String)> {
+    let email = email
+        .map(crate::methods::parse_email)
+        .transpose()
+        .map_err(|_| anyhow::anyhow!("invalid email {:?}", email.unwrap_or_default()))?;
     let ws = workspace_named(store, workspace_name).await?;
-    create_user_in(store, signer, &ws.id, user_name, user_name, admin)
+    let new = NewUser {
+        name: user_name,
+        real_name: user_name,
+        is_admin: admin,
+        email: email.as_deref(),
+    };
+    create_user_in(store, signer, &ws.id, new)
         .await
         .map_err(|e| match e {
             ApiError::NameTaken => {
                 anyhow::anyhow!("user {user_name:?} already exists in {workspace_name:?}")
             }
+            ApiError::EmailTaken => anyhow::anyhow!(
+                "email {:?} is another user's in {workspace_name:?}",
+                email.as_deref().unwrap_or_default()
+            ),
             other => anyhow::anyhow!("failed to create user {user_name:?}: {other}"),
         })
 }

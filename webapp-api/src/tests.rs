@@ -1158,7 +1158,7 @@ async fn a_token_of_one_workspace_never_reaches_another() {
     let alice = s.token("alice");
     crate::create_workspace(&s.store, "acme").await.unwrap();
     let (mallory, mallory_token) =
-        crate::create_user(&s.store, &s.signer, "acme", "mallory", false)
+        crate::create_user(&s.store, &s.signer, "acme", "mallory", false, None)
             .await
             .unwrap();
     let demo_general = s.general().await;
@@ -1550,17 +1550,54 @@ async fn admin_helpers_work_on_the_store() {
     let ws = crate::create_workspace(&store, "acme").await.unwrap();
     assert!(crate::create_workspace(&store, "acme").await.is_err());
     assert!(crate::create_workspace(&store, "Bad Name").await.is_err());
-    let (boss, token) = crate::create_user(&store, &signer, "acme", "boss", true)
+    let (boss, token) = crate::create_user(&store, &signer, "acme", "boss", true, None)
         .await
         .unwrap();
     let claims = signer.verify(&token).unwrap();
     assert!(claims.admin && claims.user == boss.id && claims.workspace == ws.id);
-    assert!(crate::create_user(&store, &signer, "acme", "boss", false)
+    assert!(
+        crate::create_user(&store, &signer, "acme", "boss", false, None)
+            .await
+            .is_err()
+    );
+    assert!(
+        crate::create_user(&store, &signer, "nope", "x", false, None)
+            .await
+            .is_err()
+    );
+    // An email is checked, kept as stored (lower case), and unique in the workspace; a
+    // refused one leaves no user behind.
+    let (ann, _) = crate::create_user(
+        &store,
+        &signer,
+        "acme",
+        "ann",
+        false,
+        Some("Ann@Example.COM"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ann.email, "ann@example.com");
+    let found = store
+        .user_by_email(&ws.id, "ann@example.com")
         .await
-        .is_err());
-    assert!(crate::create_user(&store, &signer, "nope", "x", false)
-        .await
-        .is_err());
+        .unwrap()
+        .expect("found by email");
+    assert_eq!(found.id, ann.id);
+    for (name, email, says) in [
+        ("ann2", "ANN@example.com", "is another user's"),
+        ("bad", "not an address", "invalid email"),
+    ] {
+        let err = crate::create_user(&store, &signer, "acme", name, false, Some(email))
+            .await
+            .expect_err(email)
+            .to_string();
+        assert!(err.contains(says), "{email}: {err}");
+        assert!(
+            store.user_by_name(&ws.id, name).await.unwrap().is_none(),
+            "{name} was left"
+        );
+    }
     let t = crate::issue_token(&store, &signer, "acme", "boss")
         .await
         .unwrap();

@@ -33,6 +33,7 @@ pub(crate) use chat::{check_repeat, Via};
 /// The name prefixes that mark direct messages (1:1 and group), which Flannel reads too: a
 /// channel summary carries the name, not the kind.
 pub use members::{IM_PREFIX, MPIM_PREFIX};
+pub(crate) use users::{parse_email, set_email};
 
 /// Every method served, by its Slack name.
 pub const METHODS: &[&str] = &[

@@ -52,7 +52,7 @@ pub const MAX_EMAIL: usize = 254;
 
 /// An email address as stored ([`normalize_email`]): `local@domain`, the domain with a dot, no
 /// spaces or control characters, at most [`MAX_EMAIL`] bytes. `invalid_email` otherwise.
-fn parse_email(raw: &str) -> ApiResult<String> {
+pub(crate) fn parse_email(raw: &str) -> ApiResult<String> {
     let email = normalize_email(raw);
     let valid = email.len() <= MAX_EMAIL
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -89,8 +89,12 @@ pub(super) async fn lookup_by_email(
 }
 
 /// Sets `user`'s email: `email_taken` when another user of the workspace has it.
-async fn set_email(state: &AppState, user: &UserId, email: &str) -> ApiResult<User> {
-    match state.store.set_user_email(user, email).await {
+pub(crate) async fn set_email(
+    store: &shared::store::SharedStore,
+    user: &UserId,
+    email: &str,
+) -> ApiResult<User> {
+    match store.set_user_email(user, email).await {
         Ok(Some(user)) => Ok(user),
         Ok(None) => Err(ApiError::UserNotFound),
         Err(e) if e.kind == StorageErrorKind::AlreadyExists => Err(ApiError::EmailTaken),
@@ -113,36 +117,18 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
     }
     let is_admin = params.flag("is_admin", false);
     let email = params.non_empty("email").map(parse_email).transpose()?;
-    if let Some(email) = &email {
-        let taken = state
-            .store
-            .user_by_email(&caller.claims.workspace, email)
-            .await?;
-        if taken.is_some() {
-            return Err(ApiError::EmailTaken);
-        }
-    }
-    let (mut user, token) = crate::seed::create_user_in(
+    let (user, token) = crate::seed::create_user_in(
         &state.store,
         &state.signer,
         &caller.claims.workspace,
-        name,
-        real_name,
-        is_admin,
+        crate::seed::NewUser {
+            name,
+            real_name,
+            is_admin,
+            email: email.as_deref(),
+        },
     )
     .await?;
-    if let Some(email) = &email {
-        match set_email(state, &user.id, email).await {
-            Ok(with_email) => user = with_email,
-            Err(e) => {
-                // Taken meanwhile (or not stored): the user goes again, as a failed join does.
-                if let Err(undo) = state.store.delete_user(&user.id).await {
-                    tracing::warn!(user = %user.id, error = %undo, "could not remove a user whose email was refused");
-                }
-                return Err(e);
-            }
-        }
-    }
     let mut events = vec![
         UserEvent::UserChanged {
             workspace: user.workspace.clone(),
@@ -257,7 +243,7 @@ pub(super) async fn profile_set(state: &AppState, caller: &Caller, params: &Para
         .await?
         .ok_or(ApiError::UserNotFound)?;
     if let Some(email) = &email {
-        user = set_email(state, &target.id, email).await?;
+        user = set_email(&state.store, &target.id, email).await?;
     }
     publish_all(
         state,

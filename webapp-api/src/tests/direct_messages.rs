@@ -8,10 +8,16 @@ use super::*;
 async fn more_users(s: &Server, name: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let (user, _) =
-            crate::create_user(&s.store, &s.signer, "demo", &format!("{name}-{i}"), false)
-                .await
-                .expect("user");
+        let (user, _) = crate::create_user(
+            &s.store,
+            &s.signer,
+            "demo",
+            &format!("{name}-{i}"),
+            false,
+            None,
+        )
+        .await
+        .expect("user");
         ids.push(user.id.0);
     }
     ids
@@ -127,7 +133,7 @@ async fn posting_to_a_user_id_posts_to_the_dm_with_that_user() {
     assert_eq!(v["channel"], dm.as_str());
     // A user of another workspace is a channel the caller cannot see.
     crate::create_workspace(&s.store, "acme").await.expect("ws");
-    let (mallory, _) = crate::create_user(&s.store, &s.signer, "acme", "mallory", false)
+    let (mallory, _) = crate::create_user(&s.store, &s.signer, "acme", "mallory", false, None)
         .await
         .expect("user");
     for channel in [mallory.id.0.as_str(), "UNOSUCHUSER"] {

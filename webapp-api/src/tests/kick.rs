@@ -233,7 +233,7 @@ async fn kick_refuses_bad_ids() {
     let s = Server::start().await;
     let alice = s.token("alice");
     crate::create_workspace(&s.store, "acme").await.unwrap();
-    let (mallory, _) = crate::create_user(&s.store, &s.signer, "acme", "mallory", false)
+    let (mallory, _) = crate::create_user(&s.store, &s.signer, "acme", "mallory", false, None)
         .await
         .unwrap();
     let channel = channel_id(
