@@ -188,6 +188,12 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
         let mut users = vec![alice.id.clone(), bob.id.clone(), carol.id.clone()];
         users.sort();
         assert_eq!(ids(&v["users"]), users, "{v}");
+        // Each with the email `switchboard admin create-user --email` gave it.
+        assert_eq!(
+            find(&v["users"], &bob.id).map(|u| &u["email"]),
+            Some(&json!(bob.email())),
+            "{v}"
+        );
         assert!(
             !v.to_string().contains(&gina.id),
             "no other workspace's user"

@@ -76,14 +76,14 @@ pub struct WorkspaceData {
 
 /// A user as Flannel answers it: compact (a boot can carry thousands), flat, without the
 /// workspace (the answer's `team` says it). `display_name` is what a client shows: the
-/// profile's display name, else the user name.
+/// profile's display name, else the user name. `email` only when the user has one.
 fn render_user(u: &UserProfile) -> Box<str> {
     let display = if u.display_name.is_empty() {
         &u.name
     } else {
         &u.display_name
     };
-    json!({
+    let mut v = json!({
         "id": u.id,
         "name": u.name,
         "real_name": u.real_name,
@@ -91,9 +91,11 @@ fn render_user(u: &UserProfile) -> Box<str> {
         "is_bot": u.is_bot,
         "is_admin": u.is_admin,
         "deleted": u.deleted,
-    })
-    .to_string()
-    .into_boxed_str()
+    });
+    if !u.email.is_empty() {
+        v["email"] = u.email.as_str().into();
+    }
+    v.to_string().into_boxed_str()
 }
 
 // A channel summary carries its name, not its kind: direct messages are told by the names
@@ -704,6 +706,7 @@ pub(crate) mod tests {
         let mut ws = WorkspaceData::from_snapshot(snapshot());
         let mut bob = profile("UBOB", "bob", "Robert Builder", false);
         bob.display_name = "bobby".into();
+        bob.email = "bob@acme.example".into();
         let ev = |e| e;
         assert_eq!(
             ws.apply(&ev(UserEvent::UserChanged {
@@ -722,6 +725,16 @@ pub(crate) mod tests {
             .clone();
         assert_eq!(b["real_name"], "Robert Builder");
         assert_eq!(b["display_name"], "bobby");
+        assert_eq!(b["email"], "bob@acme.example");
+        // A user without an email has no such field.
+        let a = alice["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["id"] == "UALICE")
+            .unwrap()
+            .clone();
+        assert!(a.get("email").is_none(), "{a}");
         // Old keys are gone, new ones found.
         assert!(ws.users_lookup("bob b", 10).is_empty());
         assert_eq!(ws.users_lookup("rob", 10).len(), 1);
