@@ -134,6 +134,9 @@ enum AdminCommand {
         name: String,
         #[arg(long)]
         admin: bool,
+        /// A bot user: its token is a bot token (`xoxb-`) and its messages carry `bot_id`.
+        #[arg(long, conflicts_with = "admin")]
+        bot: bool,
         /// Its email (unique in the workspace), for `users.lookupByEmail`.
         #[arg(long)]
         email: Option<String>,
@@ -388,20 +391,19 @@ async fn admin(config: Config, command: AdminCommand) -> anyhow::Result<()> {
             workspace,
             name,
             admin,
+            bot,
             email,
         } => {
-            let (user, token) = webapp_api::create_user(
-                &store,
-                &signer,
-                &workspace,
-                &name,
+            let kind = webapp_api::UserKind {
                 admin,
-                email.as_deref(),
-            )
-            .await?;
+                bot,
+                email: email.as_deref(),
+            };
+            let (user, token) =
+                webapp_api::create_user(&store, &signer, &workspace, &name, kind).await?;
             println!(
                 "{}",
-                serde_json::json!({ "id": user.id, "name": user.name, "workspace": user.workspace, "email": (!user.email.is_empty()).then_some(&user.email), "token": token })
+                serde_json::json!({ "id": user.id, "name": user.name, "workspace": user.workspace, "email": (!user.email.is_empty()).then_some(&user.email), "is_bot": user.is_bot, "token": token })
             );
         }
         AdminCommand::IssueToken { workspace, name } => {

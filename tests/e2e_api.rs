@@ -335,3 +335,40 @@ async fn posting_twice_with_one_client_msg_id_stores_one_message() {
         1
     );
 }
+
+/// A bot user made with `switchboard admin create-user --bot` holds a bot token, and its
+/// messages reach sessions with its `bot_id` (what `auth.test` gives it), which bots check
+/// to ignore themselves and each other; a person's carry none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bot_user_s_messages_carry_its_bot_id() {
+    let cluster =
+        Cluster::start(ClusterOpts::standard(&["alice", "bob"]).bot("acme", "ci-bot")).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let bot = cluster.user("acme", "ci-bot").clone();
+    assert!(bot.token.starts_with("xoxb-"), "{}", bot.token);
+    let me = cluster.api_ok("auth.test", &bot.token, json!({})).await;
+    assert_eq!(me["bot_id"], bot.id.as_str(), "{me}");
+
+    let channel = cluster.create_channel(&alice, "builds").await;
+    for user in [&bob, &bot] {
+        cluster.join(user, &channel).await;
+    }
+    let ws = cluster.connect(1, &bob).await;
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&channel), &[&ws])
+        .await;
+    cluster.post(&bot, &channel, "build 42 passed").await;
+    cluster.post(&alice, &channel, "nice").await;
+    let from_bot = ws
+        .wait_event(0, WAIT, "the bot's message", |e| {
+            e["text"] == "build 42 passed"
+        })
+        .await;
+    assert_eq!(from_bot["bot_id"], bot.id.as_str(), "{from_bot}");
+    assert_eq!(from_bot["user"], bot.id.as_str(), "{from_bot}");
+    let from_alice = ws
+        .wait_event(0, WAIT, "alice's message", |e| e["text"] == "nice")
+        .await;
+    assert!(from_alice.get("bot_id").is_none(), "{from_alice}");
+}

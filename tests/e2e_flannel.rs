@@ -128,6 +128,7 @@ fn opts(workspaces: &[(&str, &[&str])]) -> ClusterOpts {
             .collect(),
         sets: Vec::new(),
         cql: None,
+        bots: Vec::new(),
     }
 }
 

@@ -356,6 +356,7 @@ mod tests {
             thread_ts: None,
             kind: MessageKind::Posted,
             broadcast: false,
+            bot: false,
             rich: None,
         }
     }

@@ -165,6 +165,7 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
             kind: MessageKind::Posted,
             previous: None,
             broadcast: false,
+            bot: false,
             rich: None,
         };
         let store = store.clone();

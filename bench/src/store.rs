@@ -146,6 +146,7 @@ pub async fn run(plan: &Plan, key: ShardKey, dir: &Path) -> anyhow::Result<Outco
                     kind: MessageKind::Posted,
                     previous: None,
                     broadcast: false,
+                    bot: false,
                     rich: None,
                 };
                 let t = Instant::now();

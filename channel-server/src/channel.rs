@@ -691,6 +691,7 @@ fn unplaced(m: Message) -> NewMessage {
         thread_ts: m.thread_ts,
         kind: m.kind,
         broadcast: m.broadcast,
+        bot: m.bot,
         rich: m.rich,
     }
 }
@@ -773,6 +774,7 @@ mod tests {
                 thread_ts: None,
                 kind: shared::protocol::MessageKind::Posted,
                 broadcast: false,
+                bot: false,
                 rich: None,
             }
         }

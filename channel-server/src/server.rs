@@ -448,6 +448,7 @@ mod tests {
                 thread_ts: None,
                 kind: MessageKind::Posted,
                 broadcast: false,
+                bot: false,
                 rich: None,
             },
             received: Instant::now(),

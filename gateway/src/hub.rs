@@ -1662,6 +1662,7 @@ pub(crate) mod test_support {
             kind: shared::protocol::MessageKind::Posted,
             previous: None,
             broadcast: false,
+            bot: false,
             rich: None,
         }
     }

@@ -248,16 +248,23 @@ def test_attachments_and_incoming_webhooks(dev):
 
 
 def test_bolt_app_over_socket_mode(dev):
-    """A Bolt app, unchanged: it opens Socket Mode with `apps.connections.open`, hears a
-    message in its channel, answers with `say` in the thread, and hears a reaction."""
+    """A Bolt app, unchanged, as a bot user with a bot token (`xoxb-`): it opens Socket Mode
+    with `apps.connections.open`, hears a message in its channel, answers with `say` in the
+    thread (its answer carries its `bot_id`, so it does not hear itself), and hears a
+    reaction."""
     import re
 
     from slack_bolt import App
     from slack_bolt.adapter.socket_mode import SocketModeHandler
 
     alice = web(dev, "alice")
-    bot = web(dev, "bob")  # an app is its bot user; its token is also its app token
-    bot_id = dev["tokens"]["users"]["bob"]["id"]
+    admin = WebClient(token=dev["tokens"]["admin"], base_url=dev["urls"]["api"] + "/")
+    made = admin.api_call("admin.users.create", json={"name": "boltbot" + uuid.uuid4().hex[:6], "is_bot": True})
+    bot_token, bot_id = made["token"], made["user"]["id"]
+    assert bot_token.startswith("xoxb-") and made["user"]["is_bot"] is True
+    # An app is its bot user; the bot token is also its app token.
+    bot = WebClient(token=bot_token, base_url=dev["urls"]["api"] + "/")
+    assert bot.auth_test()["bot_id"] == bot_id
     channel = alice.conversations_create(name="py-bolt-" + uuid.uuid4().hex[:6])["channel"]["id"]
     bot.conversations_join(channel=channel)
 
@@ -281,7 +288,7 @@ def test_bolt_app_over_socket_mode(dev):
         joined.put(event["user"])
         client.chat_postMessage(channel=channel, text=f"welcome, <@{event['user']['id']}>")
 
-    handler = SocketModeHandler(app, app_token=dev["tokens"]["users"]["bob"]["token"], web_client=bot)
+    handler = SocketModeHandler(app, app_token=bot_token, web_client=bot)
     handler.connect()
     try:
         # The app's session subscribes in the background: ping until it answers (bounded).
@@ -304,13 +311,12 @@ def test_bolt_app_over_socket_mode(dev):
                 break
             time.sleep(0.1)
         assert [m["text"] for m in replies] == [message["text"], f"pong {number}"], replies
-        assert replies[1]["user"] == bot_id
+        assert replies[1]["user"] == bot_id and replies[1]["bot_id"] == bot_id, replies[1]
 
         alice.reactions_add(channel=channel, timestamp=replies[1]["ts"], name="tada")
         event = reactions.get(timeout=10)
         assert event["reaction"] == "tada" and event["item"]["ts"] == replies[1]["ts"], event
 
-        admin = WebClient(token=dev["tokens"]["admin"], base_url=dev["urls"]["api"] + "/")
         name = "erin" + uuid.uuid4().hex[:6]
         erin = admin.api_call("admin.users.create", json={"name": name})["user"]
         user = joined.get(timeout=10)

@@ -64,6 +64,8 @@ pub struct ClusterOpts {
     pub sets: Vec<(String, String)>,
     /// The CQL node and keyspace prefix when [`ClusterOpts::cql_store`] was chosen.
     pub cql: Option<(String, String)>,
+    /// Users made with `create-user --bot` (workspace, name), after the others.
+    pub bots: Vec<(String, String)>,
 }
 
 impl ClusterOpts {
@@ -75,7 +77,14 @@ impl ClusterOpts {
             workspaces: vec![("acme".into(), users.iter().map(|u| u.to_string()).collect())],
             sets: Vec::new(),
             cql: None,
+            bots: Vec::new(),
         }
+    }
+
+    /// Adds a bot user `name` to `workspace` (`switchboard admin create-user --bot`).
+    pub fn bot(mut self, workspace: &str, name: &str) -> ClusterOpts {
+        self.bots.push((workspace.into(), name.into()));
+        self
     }
 
     /// Adds `--set key=value` to every process of `role`.
@@ -354,7 +363,9 @@ impl Cluster {
             args.extend(&global);
             let created = cli_json(&args);
             let ws_id = created["id"].as_str().expect("workspace id").to_string();
-            for (i, name) in names.iter().enumerate() {
+            let bots = opts.bots.iter().filter(|(w, _)| w == ws).map(|(_, n)| n);
+            for (i, name) in names.iter().chain(bots).enumerate() {
+                let is_bot = i >= names.len();
                 let email = TestUser::email_of(name, ws);
                 let mut args = vec![
                     "admin",
@@ -371,9 +382,13 @@ impl Cluster {
                 if i == 0 {
                     args.push("--admin");
                 }
+                if is_bot {
+                    args.push("--bot");
+                }
                 args.extend(&global);
                 let u = cli_json(&args);
                 assert_eq!(u["email"], email.as_str(), "create-user's email: {u}");
+                assert_eq!(u["is_bot"], is_bot, "create-user's kind: {u}");
                 let user = TestUser {
                     id: u["id"].as_str().expect("user id").to_string(),
                     name: name.clone(),

@@ -248,6 +248,7 @@ mod tests {
             thread_ts: None,
             kind: shared::protocol::MessageKind::Posted,
             broadcast: false,
+            bot: false,
             rich: None,
         }
     }

@@ -465,6 +465,13 @@ pub struct Caller {
     pub token: String,
 }
 
+impl Caller {
+    /// A bot's token, or a bot user's: its messages carry `bot_id`.
+    pub fn is_bot(&self) -> bool {
+        self.claims.bot || self.user.is_bot
+    }
+}
+
 /// Verifies `token` and checks its user still exists in the claimed workspace.
 pub async fn authenticate(state: &AppState, token: Option<&str>) -> ApiResult<Caller> {
     let (claims, token) = verify_user_token(state, token)?;

@@ -423,6 +423,8 @@ async fn deliver(
         thread_ts: post.thread_ts,
         kind: MessageKind::Posted,
         broadcast: false,
+        // A hook posts as its creator, a bot's messages marked as such.
+        bot: user.is_bot,
         rich: post.rich,
     };
     let (msg, duplicate) = state.admin.post(new).await.map_err(ApiError::from)?;

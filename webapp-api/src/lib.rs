@@ -66,7 +66,7 @@ use shared::telemetry::Health;
 
 pub use admin_link::{AdminLink, PostError};
 pub use api::{router, ApiError, AppState};
-pub use seed::{create_user, create_workspace, issue_token, seed_demo};
+pub use seed::{create_user, create_workspace, issue_token, seed_demo, UserKind};
 
 /// What the Web API needs from the process that runs it.
 pub struct WebappDeps {

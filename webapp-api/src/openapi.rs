@@ -515,6 +515,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             req("name", Ty::Str, "lower-case letters, digits, `.`, `-` and `_`; at most 80 characters"),
             p("real_name", Ty::Str, "at most 200 characters (default: `name`)"),
             p("is_admin", Ty::Bool, "make the user an admin (its token is then an admin token)"),
+            p("is_bot", Ty::Bool, "make the user a bot user: its token is a bot token (`xoxb-`), `auth.test` gives its id as `bot_id`, and its messages carry that `bot_id` (a bot cannot be an admin: `invalid_arguments`)"),
             p("email", Ty::Str, "the user's email (unique in the workspace; `users.lookupByEmail` finds it)"),
         ],
         errors: &[

@@ -52,7 +52,8 @@ pub fn token_for(signer: &TokenSigner, user: &User, admin: bool) -> String {
         workspace: user.workspace.clone(),
         user: user.id.clone(),
         admin: admin && user.is_admin,
-        bot: false,
+        // A bot user's token is a bot token (`xoxb-`), as in Slack.
+        bot: user.is_bot,
         issued_at: now_secs(),
         service: false,
     })
@@ -71,6 +72,8 @@ pub(crate) struct NewUser<'a> {
     pub name: &'a str,
     pub real_name: &'a str,
     pub is_admin: bool,
+    /// A bot user: its token is a bot token and its messages carry `bot_id`.
+    pub is_bot: bool,
     /// Checked already ([`crate::methods::parse_email`]).
     pub email: Option<&'a str>,
 }
@@ -88,6 +91,7 @@ pub(crate) async fn create_user_in(
         name,
         real_name,
         is_admin,
+        is_bot,
         email,
     } = new;
     validate_user_name(name)?;
@@ -97,7 +101,7 @@ pub(crate) async fn create_user_in(
         }
     }
     let mut user = match store
-        .create_user(workspace, name, real_name, is_admin, false)
+        .create_user(workspace, name, real_name, is_admin, is_bot)
         .await
     {
         Ok(user) => user,
@@ -158,17 +162,30 @@ async fn workspace_named(store: &SharedStore, name: &str) -> anyhow::Result<Work
         .with_context(|| format!("no workspace named {name:?}"))
 }
 
+/// What kind of user [`create_user`] makes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UserKind<'a> {
+    /// An admin: its token is an admin token.
+    pub admin: bool,
+    /// A bot user: its token is a bot token (`xoxb-`), its messages carry `bot_id`.
+    pub bot: bool,
+    /// Its email (unique in the workspace), for `users.lookupByEmail`.
+    pub email: Option<&'a str>,
+}
+
 /// Creates a user in the named workspace, joins it to the workspace's #general if it exists,
-/// gives it `email` if one is given (unique in the workspace), and returns it with its token
-/// (an admin token when `admin`).
+/// gives it its email if one is given, and returns it with its token.
 pub async fn create_user(
     store: &SharedStore,
     signer: &TokenSigner,
     workspace_name: &str,
     user_name: &str,
-    admin: bool,
-    email: Option<&str>,
+    kind: UserKind<'_>,
 ) -> anyhow::Result<(User, String)> {
+    let UserKind { admin, bot, email } = kind;
+    if admin && bot {
+        bail!("a bot cannot be an admin");
+    }
     let email = email
         .map(crate::methods::parse_email)
         .transpose()
@@ -178,6 +195,7 @@ pub async fn create_user(
         name: user_name,
         real_name: user_name,
         is_admin: admin,
+        is_bot: bot,
         email: email.as_deref(),
     };
     create_user_in(store, signer, &ws.id, new)

@@ -291,6 +291,7 @@ fn message(ws: &str, channel: &str, seq: Seq, user: &str) -> Message {
         kind: shared::protocol::MessageKind::Posted,
         previous: None,
         broadcast: false,
+        bot: false,
         rich: None,
     }
 }
@@ -1157,10 +1158,15 @@ async fn a_token_of_one_workspace_never_reaches_another() {
     let s = Server::start().await;
     let alice = s.token("alice");
     crate::create_workspace(&s.store, "acme").await.unwrap();
-    let (mallory, mallory_token) =
-        crate::create_user(&s.store, &s.signer, "acme", "mallory", false, None)
-            .await
-            .unwrap();
+    let (mallory, mallory_token) = crate::create_user(
+        &s.store,
+        &s.signer,
+        "acme",
+        "mallory",
+        crate::UserKind::default(),
+    )
+    .await
+    .unwrap();
     let demo_general = s.general().await;
     let ws = s.demo["workspace"].as_str().unwrap().to_string();
     s.store
@@ -1362,6 +1368,69 @@ async fn a_user_that_cannot_join_general_is_not_left_behind() {
     s.stop().await;
 }
 
+/// A bot user (`admin.users.create` with `is_bot`): a bot token, `auth.test`'s `bot_id`, and
+/// that id on its messages (in the post's answer and history), which bots check to ignore
+/// other bots; a person's messages carry none. A bot cannot be an admin.
+#[tokio::test]
+async fn a_bot_user_has_a_bot_token_and_its_messages_carry_its_bot_id() {
+    let s = Server::start_with_cluster().await;
+    let admin = s.admin_token();
+    s.err(
+        "admin.users.create",
+        &admin,
+        json!({"name": "rogue", "is_bot": true, "is_admin": true}),
+        "invalid_arguments",
+    )
+    .await;
+    let v = s
+        .ok(
+            "admin.users.create",
+            &admin,
+            json!({"name": "deploybot", "is_bot": true}),
+        )
+        .await;
+    assert_eq!(v["user"]["is_bot"], true, "{v}");
+    let bot_id = v["user"]["id"].as_str().unwrap().to_string();
+    let token = v["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("xoxb-"), "{token}");
+    let me = s.ok("auth.test", &token, json!({})).await;
+    assert_eq!(me["bot_id"], bot_id.as_str(), "{me}");
+    let general = s.general().await;
+    let posted = s
+        .ok(
+            "chat.postMessage",
+            &token,
+            json!({"channel": general, "text": "deployed"}),
+        )
+        .await;
+    assert_eq!(posted["message"]["bot_id"], bot_id.as_str(), "{posted}");
+    s.ok(
+        "chat.postMessage",
+        &s.token("bob"),
+        json!({"channel": general, "text": "thanks"}),
+    )
+    .await;
+    let history = s
+        .ok(
+            "conversations.history",
+            &s.token("bob"),
+            json!({"channel": general, "limit": 2}),
+        )
+        .await;
+    let seen: Vec<(&str, Option<&str>)> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["text"].as_str().unwrap(), m["bot_id"].as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [("thanks", None), ("deployed", Some(bot_id.as_str()))],
+        "{history}"
+    );
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn admin_users_create_needs_an_admin_token() {
     let s = Server::start().await;
@@ -1550,18 +1619,27 @@ async fn admin_helpers_work_on_the_store() {
     let ws = crate::create_workspace(&store, "acme").await.unwrap();
     assert!(crate::create_workspace(&store, "acme").await.is_err());
     assert!(crate::create_workspace(&store, "Bad Name").await.is_err());
-    let (boss, token) = crate::create_user(&store, &signer, "acme", "boss", true, None)
-        .await
-        .unwrap();
+    let (boss, token) = crate::create_user(
+        &store,
+        &signer,
+        "acme",
+        "boss",
+        crate::UserKind {
+            admin: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
     let claims = signer.verify(&token).unwrap();
     assert!(claims.admin && claims.user == boss.id && claims.workspace == ws.id);
     assert!(
-        crate::create_user(&store, &signer, "acme", "boss", false, None)
+        crate::create_user(&store, &signer, "acme", "boss", crate::UserKind::default())
             .await
             .is_err()
     );
     assert!(
-        crate::create_user(&store, &signer, "nope", "x", false, None)
+        crate::create_user(&store, &signer, "nope", "x", crate::UserKind::default())
             .await
             .is_err()
     );
@@ -1572,8 +1650,10 @@ async fn admin_helpers_work_on_the_store() {
         &signer,
         "acme",
         "ann",
-        false,
-        Some("Ann@Example.COM"),
+        crate::UserKind {
+            email: Some("Ann@Example.COM"),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();
@@ -1588,10 +1668,19 @@ async fn admin_helpers_work_on_the_store() {
         ("ann2", "ANN@example.com", "is another user's"),
         ("bad", "not an address", "invalid email"),
     ] {
-        let err = crate::create_user(&store, &signer, "acme", name, false, Some(email))
-            .await
-            .expect_err(email)
-            .to_string();
+        let err = crate::create_user(
+            &store,
+            &signer,
+            "acme",
+            name,
+            crate::UserKind {
+                email: Some(email),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err(email)
+        .to_string();
         assert!(err.contains(says), "{email}: {err}");
         assert!(
             store.user_by_name(&ws.id, name).await.unwrap().is_none(),
@@ -1634,6 +1723,7 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
         kind: shared::protocol::MessageKind::Posted,
         previous: None,
         broadcast: false,
+        bot: false,
         rich: None,
     };
     s.store

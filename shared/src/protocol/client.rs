@@ -116,6 +116,9 @@ pub struct MessageEvent {
     /// A `channel_purpose` message's new purpose.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub purpose: Option<String>,
+    /// A bot's message: the bot's id (what `auth.test` gives it as `bot_id`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bot_id: Option<String>,
 }
 
 impl From<&Message> for MessageEvent {
@@ -146,6 +149,7 @@ impl From<&Message> for MessageEvent {
                 Some(ChannelSetting::Purpose(p)) => Some(p.clone()),
                 _ => None,
             },
+            bot_id: m.bot.then(|| m.user.0.clone()),
         }
     }
 }
@@ -231,6 +235,9 @@ pub fn message_json(m: &Message) -> String {
             }
             if let Some(rich) = &m.rich {
                 rich.add_to(&mut message);
+            }
+            if m.bot {
+                message["bot_id"] = m.user.0.clone().into();
             }
             message_changed(m, &ts, *target, message)
         }
@@ -375,6 +382,7 @@ mod tests {
             kind: MessageKind::Posted,
             previous: None,
             broadcast: false,
+            bot: false,
             rich: None,
         };
         let kinds = [
@@ -480,6 +488,20 @@ mod tests {
         );
         assert_eq!(v["message"]["attachments"][0]["fallback"], "f");
 
+        // A bot's message carries its bot id (its user id, as `auth.test` gives it), in the
+        // message and in an edit of it; a person's carries none.
+        let v: serde_json::Value = serde_json::from_str(&message_json(&base)).unwrap();
+        assert!(v.get("bot_id").is_none(), "{v}");
+        let mut from_bot = base.clone();
+        from_bot.bot = true;
+        let v: serde_json::Value = serde_json::from_str(&message_json(&from_bot)).unwrap();
+        assert_eq!(v["bot_id"], from_bot.user.0.as_str(), "{v}");
+        from_bot.kind = MessageKind::Edited {
+            target: Ts(1_000_000),
+        };
+        let v: serde_json::Value = serde_json::from_str(&message_json(&from_bot)).unwrap();
+        assert_eq!(v["message"]["bot_id"], from_bot.user.0.as_str(), "{v}");
+
         // A channel's topic or purpose announcement: Slack's subtype and the new text.
         for (sets, subtype, field, text) in [
             (
@@ -546,6 +568,7 @@ mod tests {
             },
             previous: Some(Box::new(previous)),
             broadcast: false,
+            bot: false,
             rich: None,
         };
         let v: serde_json::Value = serde_json::from_str(&message_json(&m)).unwrap();

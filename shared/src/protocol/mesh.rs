@@ -380,6 +380,7 @@ mod tests {
             kind: MessageKind::Posted,
             previous: None,
             broadcast: false,
+            bot: false,
             rich: None,
         }
     }
@@ -463,6 +464,7 @@ mod tests {
                         reaction: "tada".into(),
                     },
                     broadcast: false,
+                    bot: false,
                     rich: None,
                 },
             },
@@ -623,6 +625,7 @@ mod tests {
                 thread_ts: None,
                 kind: MessageKind::Posted,
                 broadcast: false,
+                bot: false,
                 rich: None,
             },
         };

@@ -24,6 +24,10 @@ pub struct NewMessage {
     /// `thread_broadcast`). Only for a posted reply.
     #[serde(default)]
     pub broadcast: bool,
+    /// Posted by a bot user: clients see its `bot_id`, which bots check to ignore other
+    /// bots (and their own) and not answer each other in a loop.
+    #[serde(default)]
+    pub bot: bool,
     /// Its Block Kit `blocks` and legacy `attachments`, for a message or an edit that has
     /// them (an edit's are the message's whole new set).
     #[serde(default)]
@@ -220,6 +224,9 @@ pub struct Message {
     /// A thread reply also shown in the channel ([`NewMessage::broadcast`]).
     #[serde(default)]
     pub broadcast: bool,
+    /// Posted by a bot user ([`NewMessage::bot`]).
+    #[serde(default)]
+    pub bot: bool,
     /// Its `blocks` and `attachments` ([`NewMessage::rich`]).
     #[serde(default)]
     pub rich: Option<Box<RichContent>>,
@@ -253,6 +260,7 @@ impl Message {
             kind: new.kind,
             previous: None,
             broadcast: new.broadcast,
+            bot: new.bot,
             rich: new.rich,
         }
     }

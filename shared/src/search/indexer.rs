@@ -99,6 +99,7 @@ mod tests {
             kind: crate::protocol::MessageKind::Posted,
             previous: None,
             broadcast: false,
+            bot: false,
             rich: None,
         }
     }

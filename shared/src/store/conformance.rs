@@ -39,6 +39,7 @@ fn message(
         kind: MessageKind::Posted,
         previous: None,
         broadcast: false,
+        bot: false,
         rich: None,
     }
 }
@@ -987,6 +988,16 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
     .boxed();
     assert_eq!(store.append(&topic).await.unwrap(), AppendOutcome::Stored);
     assert_eq!(rich_view(topic.ts).await.message, topic);
+
+    // A bot's message stays one.
+    let mut from_bot = entry(&bob.id, "deployed", MessageKind::Posted, None);
+    from_bot.bot = true;
+    assert_eq!(
+        store.append(&from_bot).await.unwrap(),
+        AppendOutcome::Stored
+    );
+    assert!(rich_view(from_bot.ts).await.message.bot);
+    assert!(!rich_view(topic.ts).await.message.bot);
 
     let stranger = store.create_workspace("views-other").await.unwrap();
     assert!(store

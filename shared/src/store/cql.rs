@@ -111,6 +111,30 @@ fn i(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
 
+/// The values of `message_put`, in its order: more than a tuple binds.
+#[derive(scylla::SerializeRow)]
+#[scylla(flavor = "enforce_order", skip_name_checks)]
+struct MessagePut<'a> {
+    channel_id: &'a str,
+    bucket: i64,
+    seq: i64,
+    ts: i64,
+    workspace: &'a str,
+    user_id: &'a str,
+    body: &'a str,
+    client_msg_id: MaybeUnset<&'a str>,
+    thread_ts: MaybeUnset<i64>,
+    kind: &'a str,
+    target_ts: MaybeUnset<i64>,
+    reaction: MaybeUnset<&'a str>,
+    previous: MaybeUnset<&'a str>,
+    broadcast: MaybeUnset<bool>,
+    rich: MaybeUnset<&'a str>,
+    bot: MaybeUnset<bool>,
+    /// `USING TIMESTAMP`.
+    write_ts: i64,
+}
+
 /// What the CQL store needs from the configuration.
 #[derive(Clone, Debug)]
 pub struct CqlSettings {
@@ -268,7 +292,7 @@ const SHARD_TABLES: &[&str] = &[
         ts bigint, workspace text, user_id text, body text, client_msg_id text,
         thread_ts bigint, kind text, target_ts bigint, reaction text, edited_ts bigint,
         deleted boolean, reply_count int, latest_reply bigint, previous text, broadcast boolean,
-        rich text, PRIMARY KEY ((channel_id, bucket), seq))",
+        rich text, bot boolean, PRIMARY KEY ((channel_id, bucket), seq))",
     // ts -> seq within a bucket (a message's ts is its id in the Web API).
     "CREATE TABLE IF NOT EXISTS {ks}.message_ts (channel_id text, bucket bigint, ts bigint,
         seq bigint, PRIMARY KEY ((channel_id, bucket), ts))",
@@ -300,7 +324,7 @@ enum Mode {
     SerialRead,
 }
 
-const MESSAGE_COLUMNS: &str = "channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, edited_ts, deleted, reply_count, latest_reply, previous, broadcast, rich";
+const MESSAGE_COLUMNS: &str = "channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, edited_ts, deleted, reply_count, latest_reply, previous, broadcast, rich, bot";
 
 /// An entry's `rich` as stored: JSON, or null.
 fn rich_json(m: &Message) -> Option<String> {
@@ -322,6 +346,8 @@ const SHARD_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("messages", "broadcast", "boolean"),
     // Its `blocks` and `attachments` (`RichContent`), as JSON.
     ("messages", "rich", "text"),
+    // Posted by a bot user; unset for the others.
+    ("messages", "bot", "boolean"),
 ];
 
 const META_STATEMENTS: &[(&str, Mode, &str)] = &[
@@ -370,7 +396,7 @@ const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("head_claim", Mode::Lwt, "UPDATE {ks}.channel_heads SET last_seq = ?, pending = ? WHERE channel_id = ? IF last_seq = ?"),
     ("head_create", Mode::Lwt, "INSERT INTO {ks}.channel_heads (channel_id, last_seq, pending) VALUES (?, ?, ?) IF NOT EXISTS"),
     ("head_get", Mode::SerialRead, "SELECT last_seq, pending FROM {ks}.channel_heads WHERE channel_id = ?"),
-    ("message_put", Mode::Write, "INSERT INTO {ks}.messages (channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, previous, broadcast, rich, deleted, reply_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false, 0) USING TIMESTAMP ?"),
+    ("message_put", Mode::Write, "INSERT INTO {ks}.messages (channel_id, bucket, seq, ts, workspace, user_id, body, client_msg_id, thread_ts, kind, target_ts, reaction, previous, broadcast, rich, bot, deleted, reply_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, false, 0) USING TIMESTAMP ?"),
     ("message_ts_put", Mode::Write, "INSERT INTO {ks}.message_ts (channel_id, bucket, ts, seq) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
     ("client_id_put", Mode::Write, "INSERT INTO {ks}.client_ids (channel_id, client_msg_id, seq, bucket) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
     ("client_id_get", Mode::Read, "SELECT seq, bucket FROM {ks}.client_ids WHERE channel_id = ? AND client_msg_id = ?"),
@@ -428,6 +454,7 @@ struct MsgRow {
     previous: Option<String>,
     broadcast: Option<bool>,
     rich: Option<String>,
+    bot: Option<bool>,
 }
 
 impl MsgRow {
@@ -464,6 +491,7 @@ impl MsgRow {
                 })?)),
                 None => None,
             },
+            bot: self.bot.unwrap_or(false),
         })
     }
 
@@ -1136,24 +1164,25 @@ impl Inner {
             let rich = rich_json(m);
             let put = self.exec(
                 st.get("message_put"),
-                (
-                    &m.channel.0,
-                    b,
-                    i(m.seq),
-                    wts,
-                    &m.workspace.0,
-                    &m.user.0,
-                    &m.text,
-                    set(m.client_msg_id.as_deref()),
-                    set(m.thread_ts.map(|t| i(t.0))),
-                    m.kind.name(),
-                    set(m.kind.target().map(|t| i(t.0))),
-                    set(m.kind.reaction()),
-                    set(previous.as_deref()),
-                    set(m.broadcast.then_some(true)),
-                    set(rich.as_deref()),
-                    wts,
-                ),
+                MessagePut {
+                    channel_id: &m.channel.0,
+                    bucket: b,
+                    seq: i(m.seq),
+                    ts: wts,
+                    workspace: &m.workspace.0,
+                    user_id: &m.user.0,
+                    body: &m.text,
+                    client_msg_id: set(m.client_msg_id.as_deref()),
+                    thread_ts: set(m.thread_ts.map(|t| i(t.0))),
+                    kind: m.kind.name(),
+                    target_ts: set(m.kind.target().map(|t| i(t.0))),
+                    reaction: set(m.kind.reaction()),
+                    previous: set(previous.as_deref()),
+                    broadcast: set(m.broadcast.then_some(true)),
+                    rich: set(rich.as_deref()),
+                    bot: set(m.bot.then_some(true)),
+                    write_ts: wts,
+                },
             );
             let by_ts = self.exec(
                 st.get("message_ts_put"),
@@ -2492,8 +2521,10 @@ mod tests {
             )
             .await
             .unwrap();
-        let old_table =
-            SHARD_TABLES[0].replace(" previous text, broadcast boolean,\n        rich text,", "");
+        let old_table = SHARD_TABLES[0].replace(
+            " previous text, broadcast boolean,\n        rich text, bot boolean,",
+            "",
+        );
         assert_ne!(old_table, SHARD_TABLES[0]);
         session
             .query_unpaged(old_table.replace("{ks}", old), ())
@@ -2524,7 +2555,7 @@ mod tests {
         CqlStore::migrate(&settings).await.unwrap();
         assert!(has_column(&session, meta, "users", "email").await.unwrap());
         for ks in &settings.shard_keyspaces {
-            for column in ["previous", "broadcast", "rich"] {
+            for column in ["previous", "broadcast", "rich", "bot"] {
                 assert!(has_column(&session, ks, "messages", column).await.unwrap());
             }
         }
@@ -2560,6 +2591,7 @@ mod tests {
             kind: MessageKind::Posted,
             previous: None,
             broadcast: false,
+            bot: false,
             rich: None,
         }
     }

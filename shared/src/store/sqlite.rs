@@ -309,12 +309,14 @@ const SHARD_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("messages", "broadcast", "INTEGER NOT NULL DEFAULT 0"),
     // Its `blocks` and `attachments` ([`RichContent`]), as JSON.
     ("messages", "rich", "TEXT"),
+    // Posted by a bot user.
+    ("messages", "bot", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 const MESSAGE_COLUMNS: &str =
-    "channel_id, seq, ts, workspace, user_id, text, client_msg_id, thread_ts, kind, target_ts, reaction, previous, broadcast, rich";
+    "channel_id, seq, ts, workspace, user_id, text, client_msg_id, thread_ts, kind, target_ts, reaction, previous, broadcast, rich, bot";
 /// How many columns [`MESSAGE_COLUMNS`] names: what a query selects after them starts here.
-const AFTER_MESSAGE: usize = 14;
+const AFTER_MESSAGE: usize = 15;
 /// What a message view reads beyond [`MESSAGE_COLUMNS`].
 const VIEW_COLUMNS: &str = "edited_ts, deleted, reply_count, latest_reply";
 
@@ -367,6 +369,7 @@ fn row_to_message(row: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
             })?)),
             None => None,
         },
+        bot: row.get(14)?,
     })
 }
 
@@ -923,7 +926,7 @@ fn write_batch(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE channel_id = ?1 AND client_msg_id = ?2"
         ))?;
         let mut insert = tx.prepare_cached(&format!(
-            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
         ))?;
         let mut record_change =
             tx.prepare_cached("INSERT INTO changes (channel_id, seq) VALUES (?1, ?2)")?;
@@ -956,6 +959,7 @@ fn write_batch(
                 previous_json(msg),
                 msg.broadcast,
                 rich_json(msg),
+                msg.bot,
             ]);
             Ok(match result {
                 Ok(_) => {
@@ -2038,6 +2042,7 @@ mod conformance_tests {
             kind: MessageKind::Posted,
             previous: None,
             broadcast: false,
+            bot: false,
             rich: None,
         }
     }
@@ -2125,6 +2130,7 @@ mod conformance_tests {
             kind: MessageKind::Posted,
             previous: None,
             broadcast: false,
+            bot: false,
             rich: None,
         };
         a.append(&msg).await.unwrap();
@@ -2174,6 +2180,7 @@ mod conformance_tests {
                     kind: MessageKind::Posted,
                     previous: None,
                     broadcast: false,
+                    bot: false,
                     rich: None,
                 };
                 store.append(&msg).await.unwrap();
@@ -2363,6 +2370,7 @@ mod checkpoint_tests {
                 kind: MessageKind::Posted,
                 previous: None,
                 broadcast: false,
+                bot: false,
                 rich: None,
             };
             store.append(&msg).await.unwrap();

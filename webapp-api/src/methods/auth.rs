@@ -44,9 +44,10 @@ pub(super) async fn auth_test(
     }));
     // Slack's RTM clients (slack_sdk's RTMClient among them) read `bot_id` from auth.test and
     // drop events carrying that id: RTM was for bot tokens. Every Switchboard token may use
-    // RTM, so each gets a bot id: the user's own for bots, a `B`-prefixed form of the user id
-    // otherwise (no event ever carries it, so nothing is dropped).
-    let bot_id = if caller.claims.bot || caller.user.is_bot {
+    // RTM, so each gets a bot id: the user's own for bots (which their messages carry, so a
+    // bot does not hear itself), a `B`-prefixed form of the user id otherwise (no event ever
+    // carries it, so nothing is dropped).
+    let bot_id = if caller.is_bot() {
         caller.user.id.0.clone()
     } else {
         person_bot_id(&caller.user.id.0)

@@ -57,6 +57,7 @@ pub(super) async fn post_message(
         // Slack's `reply_broadcast`: a reply also shown in the channel (ignored, as there,
         // for a message that is not a reply).
         broadcast: thread_ts.is_some() && params.flag("reply_broadcast", false),
+        bot: caller.is_bot(),
         rich,
     };
     let (msg, duplicate) = state.admin.post(new).await?;
@@ -275,6 +276,7 @@ async fn post_change(
         thread_ts,
         kind,
         broadcast: false,
+        bot: caller.is_bot(),
         rich: body.rich,
     };
     let (msg, _) = state.admin.post(new).await?;

@@ -685,6 +685,7 @@ pub(super) async fn set_text(
         thread_ts: None,
         kind: MessageKind::Posted,
         broadcast: false,
+        bot: caller.is_bot(),
         rich: RichContent {
             sets: Some(sets),
             ..RichContent::default()

@@ -451,6 +451,10 @@ pub(crate) fn message_json(msg: &Message) -> Value {
         // Slack's reply that is also shown in the channel.
         v["subtype"] = "thread_broadcast".into();
     }
+    if msg.bot {
+        // What bots check to ignore bots (their own messages, and each other's).
+        v["bot_id"] = msg.user.0.as_str().into();
+    }
     if let Some(rich) = &msg.rich {
         rich.add_to(&mut v);
     }

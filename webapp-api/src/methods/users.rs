@@ -116,6 +116,12 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
         ));
     }
     let is_admin = params.flag("is_admin", false);
+    let is_bot = params.flag("is_bot", false);
+    if is_admin && is_bot {
+        return Err(ApiError::InvalidArguments(
+            "a bot cannot be an admin (is_admin with is_bot)".into(),
+        ));
+    }
     let email = params.non_empty("email").map(parse_email).transpose()?;
     let (user, token) = crate::seed::create_user_in(
         &state.store,
@@ -125,6 +131,7 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
             name,
             real_name,
             is_admin,
+            is_bot,
             email: email.as_deref(),
         },
     )

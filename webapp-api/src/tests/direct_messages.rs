@@ -13,8 +13,7 @@ async fn more_users(s: &Server, name: &str, n: usize) -> Vec<String> {
             &s.signer,
             "demo",
             &format!("{name}-{i}"),
-            false,
-            None,
+            crate::UserKind::default(),
         )
         .await
         .expect("user");
@@ -133,9 +132,15 @@ async fn posting_to_a_user_id_posts_to_the_dm_with_that_user() {
     assert_eq!(v["channel"], dm.as_str());
     // A user of another workspace is a channel the caller cannot see.
     crate::create_workspace(&s.store, "acme").await.expect("ws");
-    let (mallory, _) = crate::create_user(&s.store, &s.signer, "acme", "mallory", false, None)
-        .await
-        .expect("user");
+    let (mallory, _) = crate::create_user(
+        &s.store,
+        &s.signer,
+        "acme",
+        "mallory",
+        crate::UserKind::default(),
+    )
+    .await
+    .expect("user");
     for channel in [mallory.id.0.as_str(), "UNOSUCHUSER"] {
         s.err(
             "chat.postMessage",
