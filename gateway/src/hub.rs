@@ -119,6 +119,10 @@ struct ChannelEntry {
     acked: bool,
     /// Last contiguous sequence delivered to sessions; `None` before the first ack.
     last_seq: Option<Seq>,
+    /// Where the channel's stream began on this gateway: the sequence before the first
+    /// message the hub passed to sessions (the first acknowledgement's head, or the first
+    /// message's predecessor). A session registered before then starts after it.
+    first_known: Option<Seq>,
     /// Messages past a gap, waiting for the gap to be filled.
     pending: BTreeMap<Seq, Message>,
     fetching: bool,
@@ -156,6 +160,7 @@ impl ChannelEntry {
             owner: None,
             acked: false,
             last_seq: None,
+            first_known: None,
             pending: BTreeMap::new(),
             fetching: false,
             catch_up_to: 0,
@@ -432,6 +437,9 @@ pub struct Hub {
     hold: Duration,
     /// Wakes [`Hub::release_loop`] when a channel starts waiting.
     release: Notify,
+    /// Wakes sessions waiting for their channels' streams to begin (see
+    /// [`Hub::first_positions`]).
+    live: Notify,
     shutdown: Shutdown,
     /// Where presence reports go; unset in unit tests.
     admin_addr: Mutex<Option<std::net::SocketAddr>>,
@@ -461,6 +469,7 @@ impl Hub {
             wake: Notify::new(),
             hold,
             release: Notify::new(),
+            live: Notify::new(),
             shutdown,
             admin_addr: Mutex::new(None),
             presence_turns: Mutex::new(HashMap::new()),
@@ -530,6 +539,44 @@ impl Hub {
         // publishes right away (presence, typing) is queued behind its channels' Subscribe.
         self.reconcile();
         (id, starts, first_of_user)
+    }
+
+    /// Where each of `channels` began on this gateway ([`ChannelEntry::first_known`]), once
+    /// every one has begun: a session registered before that starts after it, and so hears
+    /// everything posted after its `hello`. `None` while one has not begun.
+    pub fn first_positions(&self, channels: &[ChannelId]) -> Option<Vec<(ChannelId, Seq)>> {
+        let st = self.state.lock();
+        channels
+            .iter()
+            .map(|c| {
+                st.channels
+                    .get(c)
+                    .and_then(|e| e.first_known)
+                    .map(|seq| (c.clone(), seq))
+            })
+            .collect()
+    }
+
+    /// Waits (at most `limit`) until every one of `channels` has begun on this gateway;
+    /// returns where each began, or `None` when the wait ran out.
+    pub async fn wait_first_positions(
+        &self,
+        channels: &[ChannelId],
+        limit: Duration,
+    ) -> Option<Vec<(ChannelId, Seq)>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.live.notified();
+            tokio::pin!(notified);
+            // Registered before the look, so a start between the two is not missed.
+            notified.as_mut().enable();
+            if let Some(found) = self.first_positions(channels) {
+                return Some(found);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return None;
+            }
+        }
     }
 
     /// How many sessions `user` has on this gateway.
@@ -1125,6 +1172,8 @@ impl Hub {
                 e.retry_at = None;
                 if e.last_seq.is_none() {
                     e.last_seq = Some(last_seq);
+                    e.first_known = Some(last_seq);
+                    self.live.notify_waiters();
                 }
                 // The backlog is one page: a fetch in flight or the one below goes on to here.
                 e.catch_up_to = e.catch_up_to.max(last_seq);
@@ -1208,6 +1257,10 @@ impl Hub {
             _ => {
                 if e.staged.is_empty() {
                     staged.push(msg.channel.clone());
+                }
+                if e.last_seq.is_none() {
+                    e.first_known = Some(msg.seq.saturating_sub(1));
+                    self.live.notify_waiters();
                 }
                 deliver(e, &msg);
                 while let Some(next) = e.pending.first_key_value().map(|(s, _)| *s) {
@@ -1741,6 +1794,60 @@ mod tests {
             }
         }
         got
+    }
+
+    /// A session that is a channel's first here waits for the channel to begin (its
+    /// subscription's acknowledgement), and then starts where it began: what comes after is
+    /// what the session is given. A wait that runs out says so. A later session finds the
+    /// channel begun at once.
+    #[tokio::test]
+    async fn a_first_session_learns_where_its_channel_began() {
+        let (hub, _dir) = hub();
+        let (_, mut rx, _) = session(&hub, 64);
+        let cx = [ChannelId::from("CX")];
+        assert_eq!(hub.first_positions(&cx), None);
+        assert_eq!(
+            hub.wait_first_positions(&cx, Duration::from_millis(30))
+                .await,
+            None,
+            "nothing began yet"
+        );
+        let waiting = {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                hub.wait_first_positions(&[ChannelId::from("CX")], Duration::from_secs(10))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ack(&hub, "cs-1", 7, Vec::new());
+        let began = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the wait ends with the acknowledgement")
+            .unwrap();
+        assert_eq!(began, Some(vec![(ChannelId::from("CX"), 7)]));
+        deliver_live(&hub, "cs-1", msg(8));
+        assert_eq!(seqs(&mut rx), vec![8], "the session starts right after 7");
+        // Later messages do not move where the channel began.
+        deliver_live(&hub, "cs-1", msg(9));
+        assert_eq!(
+            hub.first_positions(&cx),
+            Some(vec![(ChannelId::from("CX"), 7)])
+        );
+    }
+
+    /// A channel whose first message came before any acknowledgement began just before that
+    /// message.
+    #[tokio::test]
+    async fn a_channel_that_began_with_a_message_began_before_it() {
+        let (hub, _dir) = hub();
+        let (_, mut rx, _) = session(&hub, 64);
+        deliver_live(&hub, "cs-1", msg(4));
+        assert_eq!(
+            hub.first_positions(&[ChannelId::from("CX")]),
+            Some(vec![(ChannelId::from("CX"), 3)])
+        );
+        assert_eq!(seqs(&mut rx), vec![4]);
     }
 
     #[tokio::test]

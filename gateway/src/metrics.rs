@@ -25,6 +25,15 @@ pub static REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static HELLO_BEFORE_LIVE: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_hello_before_live_total",
+        "sessions whose hello went out before all their channels were subscribed here (the \
+         wait for a subscription ran out): a post right after that hello may reach them only \
+         on resume"
+    )
+    .unwrap()
+});
 pub static SESSION_OVERFLOWS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_gateway_session_overflows_total",

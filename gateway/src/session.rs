@@ -32,6 +32,9 @@ const TYPING_INTERVAL: Duration = Duration::from_secs(1);
 /// changed, the new owner loaded) included, before the session is told to resync.
 const BACKFILL_RETRY: Duration = Duration::from_millis(200);
 const BACKFILL_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Longest a session's `hello` waits for the first subscription of its channels on this
+/// gateway (see [`crate::hub::Hub::wait_first_positions`]).
+const HELLO_WAIT: Duration = Duration::from_secs(2);
 const BACKFILL_ATTEMPTS: u32 = 10;
 
 /// How long backfill attempt `attempt` (0 is the first) waits before asking.
@@ -568,6 +571,29 @@ pub fn run<K: Send + 'static>(
         for (c, after) in resume {
             if s.channels.contains(&c) {
                 s.request_backfill(c, after, None, 0);
+            }
+        }
+        // A channel this gateway had not begun (this session is its first here) is being
+        // subscribed. `hello` waits for it, boundedly, and the session starts where the
+        // channel began: what is posted after `hello` then reaches the client, as Slack's
+        // RTM promises (a post right after `hello` was otherwise older than the subscription,
+        // and never live).
+        let unknown: Vec<ChannelId> = s
+            .delivered
+            .iter()
+            .filter(|(_, p)| p.last.is_none())
+            .map(|(c, _)| c.clone())
+            .collect();
+        if !unknown.is_empty() {
+            match hub.wait_first_positions(&unknown, HELLO_WAIT).await {
+                Some(began) => {
+                    for (c, seq) in began {
+                        if let Some(p) = s.delivered.get_mut(&c) {
+                            p.last.get_or_insert(seq);
+                        }
+                    }
+                }
+                None => m::HELLO_BEFORE_LIVE.inc(),
             }
         }
         // Boxed: an RTM session (nearly all of them) keeps one pointer for it.
