@@ -247,6 +247,19 @@ impl Server {
         )
     }
 
+    /// Makes user `name` of `kind` in workspace `ws` (by name), as the `admin` commands do;
+    /// returns it with its token.
+    pub(crate) async fn user_in(
+        &self,
+        ws: &str,
+        name: &str,
+        kind: crate::UserKind<'_>,
+    ) -> (shared::store::User, String) {
+        crate::create_user(&self.store, &self.signer, ws, name, kind)
+            .await
+            .unwrap_or_else(|e| panic!("user {name} in {ws}: {e}"))
+    }
+
     pub(crate) async fn general(&self) -> String {
         let ws = WorkspaceId(self.demo["workspace"].as_str().expect("ws").to_string());
         self.store
@@ -1158,15 +1171,9 @@ async fn a_token_of_one_workspace_never_reaches_another() {
     let s = Server::start().await;
     let alice = s.token("alice");
     crate::create_workspace(&s.store, "acme").await.unwrap();
-    let (mallory, mallory_token) = crate::create_user(
-        &s.store,
-        &s.signer,
-        "acme",
-        "mallory",
-        crate::UserKind::default(),
-    )
-    .await
-    .unwrap();
+    let (mallory, mallory_token) = s
+        .user_in("acme", "mallory", crate::UserKind::default())
+        .await;
     let demo_general = s.general().await;
     let ws = s.demo["workspace"].as_str().unwrap().to_string();
     s.store

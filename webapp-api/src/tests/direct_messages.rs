@@ -8,15 +8,9 @@ use super::*;
 async fn more_users(s: &Server, name: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let (user, _) = crate::create_user(
-            &s.store,
-            &s.signer,
-            "demo",
-            &format!("{name}-{i}"),
-            crate::UserKind::default(),
-        )
-        .await
-        .expect("user");
+        let (user, _) = s
+            .user_in("demo", &format!("{name}-{i}"), crate::UserKind::default())
+            .await;
         ids.push(user.id.0);
     }
     ids
@@ -132,15 +126,9 @@ async fn posting_to_a_user_id_posts_to_the_dm_with_that_user() {
     assert_eq!(v["channel"], dm.as_str());
     // A user of another workspace is a channel the caller cannot see.
     crate::create_workspace(&s.store, "acme").await.expect("ws");
-    let (mallory, _) = crate::create_user(
-        &s.store,
-        &s.signer,
-        "acme",
-        "mallory",
-        crate::UserKind::default(),
-    )
-    .await
-    .expect("user");
+    let (mallory, _) = s
+        .user_in("acme", "mallory", crate::UserKind::default())
+        .await;
     for channel in [mallory.id.0.as_str(), "UNOSUCHUSER"] {
         s.err(
             "chat.postMessage",

@@ -233,15 +233,9 @@ async fn kick_refuses_bad_ids() {
     let s = Server::start().await;
     let alice = s.token("alice");
     crate::create_workspace(&s.store, "acme").await.unwrap();
-    let (mallory, _) = crate::create_user(
-        &s.store,
-        &s.signer,
-        "acme",
-        "mallory",
-        crate::UserKind::default(),
-    )
-    .await
-    .unwrap();
+    let (mallory, _) = s
+        .user_in("acme", "mallory", crate::UserKind::default())
+        .await;
     let channel = channel_id(
         &s.ok("conversations.create", &alice, json!({"name": "room"}))
             .await,

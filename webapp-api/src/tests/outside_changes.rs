@@ -100,18 +100,16 @@ async fn authors_and_admins_change_messages_from_outside_the_channel() {
     .await;
     // And an admin of another workspace never reaches this one.
     crate::create_workspace(&s.store, "acme").await.expect("ws");
-    let (_, acme_admin) = crate::create_user(
-        &s.store,
-        &s.signer,
-        "acme",
-        "boss",
-        crate::UserKind {
-            admin: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("user");
+    let (_, acme_admin) = s
+        .user_in(
+            "acme",
+            "boss",
+            crate::UserKind {
+                admin: true,
+                ..Default::default()
+            },
+        )
+        .await;
     s.err(
         "chat.delete",
         &acme_admin,

@@ -25,15 +25,9 @@ async fn team_info_describes_the_callers_workspace_only() {
         s.err("team.info", &bob, json!({"team": other}), "team_not_found")
             .await;
     }
-    let (_, mallory) = crate::create_user(
-        &s.store,
-        &s.signer,
-        "acme",
-        "mallory",
-        crate::UserKind::default(),
-    )
-    .await
-    .unwrap();
+    let (_, mallory) = s
+        .user_in("acme", "mallory", crate::UserKind::default())
+        .await;
     let v = s.ok("team.info", &mallory, json!({})).await;
     assert_eq!(v["team"]["id"], acme.id.0.as_str());
     assert_eq!(v["team"]["name"], "acme");
