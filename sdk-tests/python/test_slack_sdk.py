@@ -265,6 +265,8 @@ def test_bolt_app_over_socket_mode(dev):
     # An app is its bot user; the bot token is also its app token.
     bot = WebClient(token=bot_token, base_url=dev["urls"]["api"] + "/")
     assert bot.auth_test()["bot_id"] == bot_id
+    # What a client does with a message's bot_id: ask who the bot is.
+    assert alice.bots_info(bot=bot_id)["bot"]["name"] == made["user"]["name"]
     channel = alice.conversations_create(name="py-bolt-" + uuid.uuid4().hex[:6])["channel"]["id"]
     bot.conversations_join(channel=channel)
 

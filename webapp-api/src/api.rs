@@ -68,6 +68,8 @@ pub enum ApiError {
     EmailTaken,
     #[error("no user of the workspace has this email")]
     UsersNotFound,
+    #[error("no bot of the workspace has this id")]
+    BotNotFound,
     #[error("a message has at most 100 attachments")]
     TooManyAttachments,
     #[error("the message text is longer than {max} characters")]
@@ -179,6 +181,7 @@ impl ApiError {
             ApiError::InvalidEmail => "invalid_email",
             ApiError::EmailTaken => "email_taken",
             ApiError::UsersNotFound => "users_not_found",
+            ApiError::BotNotFound => "bot_not_found",
             ApiError::TooManyAttachments => "too_many_attachments",
             ApiError::MsgTooLong { .. } => "msg_too_long",
             ApiError::NameTaken => "name_taken",

@@ -501,6 +501,13 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         errors: &["user_not_found"],
     },
     MethodDoc {
+        name: "bots.info",
+        summary: "The bot a message's `bot_id` names: a bot user of the workspace (its id is its bot id), with `name`, `user_id` and `app_id`.",
+        auth: Auth::User,
+        params: &[req("bot", Ty::Str, "bot id (a bot user's id, as `auth.test` and messages give it)")],
+        errors: &["bot_not_found"],
+    },
+    MethodDoc {
         name: "users.lookupByEmail",
         summary: "The user of the workspace with this email (compared without case).",
         auth: Auth::User,
@@ -1254,6 +1261,7 @@ mod tests {
             ApiError::InvalidEmail,
             ApiError::EmailTaken,
             ApiError::UsersNotFound,
+            ApiError::BotNotFound,
             ApiError::NotInvited(vec![crate::api::UserError {
                 user: shared::ids::UserId::from("UA"),
                 error: "already_in_channel",

@@ -102,6 +102,7 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "reactions.add"
         | "reactions.get"
         | "users.getPresence"
+        | "bots.info"
         | "team.info" => Tier::Tier3,
         // auth.test, users.info, users.profile.get, conversations.members, chat.getPermalink,
         // chat.postEphemeral (Slack: "hundreds of requests per minute"), and any method added

@@ -1402,6 +1402,25 @@ async fn a_bot_user_has_a_bot_token_and_its_messages_carry_its_bot_id() {
     assert!(token.starts_with("xoxb-"), "{token}");
     let me = s.ok("auth.test", &token, json!({})).await;
     assert_eq!(me["bot_id"], bot_id.as_str(), "{me}");
+    // A client that sees the id asks who it is.
+    let info = s
+        .ok("bots.info", &s.token("bob"), json!({"bot": bot_id}))
+        .await;
+    assert_eq!(
+        (&info["bot"]["name"], &info["bot"]["user_id"]),
+        (&json!("deploybot"), &json!(bot_id)),
+        "{info}"
+    );
+    // A person is not a bot, and another workspace's bot is not found either.
+    for not_a_bot in [s.user_id("bob"), "UNOSUCHBOT".to_string()] {
+        s.err(
+            "bots.info",
+            &s.token("alice"),
+            json!({"bot": not_a_bot}),
+            "bot_not_found",
+        )
+        .await;
+    }
     let general = s.general().await;
     let posted = s
         .ok(

@@ -47,6 +47,29 @@ pub(super) async fn info(state: &AppState, caller: &Caller, params: &Params) -> 
     Ok(object(json!({ "user": user_json(&user) })))
 }
 
+/// `bots.info`: the bot a message's `bot_id` names. A bot's id is its bot user's id (as
+/// `auth.test` gives it), so this is that user, in Slack's bot shape. Apps are their bot
+/// users here: `app_id` is the id Socket Mode's `hello` gives the app.
+pub(super) async fn bot_info(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let bot = user_in_workspace(state, caller, params.non_empty("bot"))
+        .await
+        .ok()
+        .filter(|u| u.is_bot)
+        .ok_or(ApiError::BotNotFound)?;
+    let id = &bot.id.0;
+    Ok(object(json!({
+        "bot": {
+            "id": id,
+            "deleted": false,
+            "name": bot.name,
+            "updated": 0,
+            "app_id": format!("A{}", id.strip_prefix('U').unwrap_or(id)),
+            "user_id": id,
+            "icons": {},
+        }
+    })))
+}
+
 /// Longest email address (RFC 5321's path limit).
 pub const MAX_EMAIL: usize = 254;
 
