@@ -1398,6 +1398,7 @@ async fn a_bot_user_has_a_bot_token_and_its_messages_carry_its_bot_id() {
         .await;
     assert_eq!(v["user"]["is_bot"], true, "{v}");
     let bot_id = v["user"]["id"].as_str().unwrap().to_string();
+    assert_eq!(v["user"]["profile"]["bot_id"], bot_id.as_str(), "{v}");
     let token = v["token"].as_str().unwrap().to_string();
     assert!(token.starts_with("xoxb-"), "{token}");
     let me = s.ok("auth.test", &token, json!({})).await;

@@ -541,6 +541,10 @@ pub(crate) fn profile_json(u: &User) -> Value {
     if !u.email.is_empty() {
         profile["email"] = u.email.as_str().into();
     }
+    if u.is_bot {
+        // As Slack's bot users' profiles: the id its messages carry as `bot_id`.
+        profile["bot_id"] = u.id.0.as_str().into();
+    }
     profile
 }
 
