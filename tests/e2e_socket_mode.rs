@@ -197,3 +197,139 @@ async fn socket_mode_sessions_get_events_api_envelopes_and_acknowledge_them() {
         .await;
     assert_eq!(bye["reason"], "warning", "{bye}");
 }
+
+/// What `apps.connections.open` gives `app`, and the index of the gateway it names.
+async fn open_connection(cluster: &Cluster, app: &TestUser) -> (Client, usize) {
+    let open = cluster
+        .api_ok("apps.connections.open", &app.token, json!({}))
+        .await;
+    let url = open["url"].as_str().expect("url").to_string();
+    let g = cluster
+        .gateways
+        .iter()
+        .position(|gw| url.starts_with(&format!("{}?", gw.ws_url)))
+        .unwrap_or_else(|| panic!("{url} names no gateway of the cluster"));
+    let client = Client::connect_url(&url)
+        .await
+        .expect("socket mode connect");
+    (client, g)
+}
+
+/// The texts of the `message` events in `app`'s envelopes.
+fn texts(app: &Client) -> Vec<String> {
+    app.events()
+        .iter()
+        .filter(|e| e["type"] == "events_api" && e["payload"]["event"]["type"] == "message")
+        .filter_map(|e| e["payload"]["event"]["text"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Acknowledges every envelope `app` received.
+async fn ack_all(app: &Client) {
+    for e in app.events() {
+        if let Some(id) = e["envelope_id"].as_str() {
+            app.send_json(&json!({ "envelope_id": id })).await;
+        }
+    }
+}
+
+/// An app with several connections (for redundancy, or several instances of it) gets each
+/// event on one of them, as Slack's Socket Mode gives it; an envelope left unacknowledged by
+/// a connection that closes is sent again, on another, with `retry_attempt` 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_s_connections_share_its_events_and_take_over_unacknowledged_ones() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice"]).bot("acme", "helper")).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bot = cluster.user("acme", "helper").clone();
+    let channel = cluster.create_channel(&alice, "ops").await;
+    cluster.join(&bot, &channel).await;
+
+    // Two connections of the app: both sent to one gateway.
+    let (a, g) = open_connection(&cluster, &bot).await;
+    let (b, g2) = open_connection(&cluster, &bot).await;
+    assert_eq!(g, g2, "an app's connections meet on one gateway");
+    assert_eq!(b.hello["num_connections"], 2, "{}", b.hello);
+    let gw_http = cluster.gateways[g].http.clone();
+
+    // Warm up (bounded) until one of them hears the channel.
+    let mut live = false;
+    for attempt in 0..20 {
+        let text = format!("warm-up {attempt}");
+        cluster.post(&alice, &channel, &text).await;
+        if eventually(std::time::Duration::from_millis(500), || {
+            texts(&a).contains(&text) || texts(&b).contains(&text)
+        })
+        .await
+        {
+            live = true;
+            break;
+        }
+    }
+    assert!(live, "the app heard no warm-up message");
+
+    // Each message reaches exactly one of the two connections.
+    let elsewhere = "switchboard_gateway_socket_mode_claimed_elsewhere_total";
+    let before = cluster.metric(&gw_http, elsewhere, &[]).await;
+    let sent: Vec<String> = (0..20).map(|i| format!("task {i}")).collect();
+    for text in &sent {
+        cluster.post(&alice, &channel, text).await;
+    }
+    let all = eventually(WAIT, || {
+        let (ta, tb) = (texts(&a), texts(&b));
+        sent.iter().all(|t| ta.contains(t) || tb.contains(t))
+    })
+    .await;
+    assert!(all, "some message reached neither connection");
+    // Each was also offered to the other connection, which dropped it (counted).
+    cluster
+        .wait_metric(
+            &gw_http,
+            elsewhere,
+            &[],
+            "the other connection's drops",
+            |v| v >= before + sent.len() as f64,
+        )
+        .await;
+    let (ta, tb) = (texts(&a), texts(&b));
+    for text in &sent {
+        let times = ta.iter().chain(&tb).filter(|t| *t == text).count();
+        assert_eq!(times, 1, "{text} reached the app {times} times");
+    }
+
+    // A connection that closes with an envelope unacknowledged: another one gets it again.
+    ack_all(&a).await;
+    ack_all(&b).await;
+    b.close().await;
+    cluster
+        .wait_metric(
+            &gw_http,
+            "switchboard_gateway_sessions",
+            &[],
+            "the closed connection to go",
+            |v| v <= 1.0,
+        )
+        .await;
+    let from = a.num_events();
+    cluster.post(&alice, &channel, "restart the worker").await;
+    let first = envelope(&a, from, "message", "text", "restart the worker").await;
+    assert_eq!(first["retry_attempt"], 0, "{first}");
+    // Not acknowledged: the instance is stopped, and another starts.
+    let (c, g3) = open_connection(&cluster, &bot).await;
+    assert_eq!(g3, g);
+    a.close().await;
+    let again = envelope(&c, 0, "message", "text", "restart the worker").await;
+    assert_eq!(again["retry_attempt"], 1, "{again}");
+    assert_eq!(again["retry_reason"], "timeout", "{again}");
+    assert_eq!(again["payload"]["event_id"], first["payload"]["event_id"]);
+    assert_ne!(again["envelope_id"], first["envelope_id"]);
+    assert!(
+        cluster
+            .metric(
+                &gw_http,
+                "switchboard_gateway_socket_mode_redelivered_total",
+                &[]
+            )
+            .await
+            >= 1.0
+    );
+}

@@ -449,6 +449,8 @@ pub struct Hub {
     /// ones its sessions start (fetches, presence queries, RTM posts), run there even when a
     /// session runs on a session thread (which has no reactor of its own).
     runtime: tokio::runtime::Handle,
+    /// The Socket Mode apps connected here: which of an app's connections sends each event.
+    pub socket_apps: Arc<crate::socket_mode::SocketApps>,
 }
 
 impl Hub {
@@ -474,6 +476,7 @@ impl Hub {
             admin_addr: Mutex::new(None),
             presence_turns: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
+            socket_apps: Arc::default(),
         })
     }
 

@@ -71,6 +71,28 @@ pub static SOCKET_MODE_ENVELOPES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static SOCKET_MODE_CLAIMED_ELSEWHERE: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_socket_mode_claimed_elsewhere_total",
+        "events not sent on a Socket Mode connection because another connection of its app sent them"
+    )
+    .unwrap()
+});
+pub static SOCKET_MODE_REDELIVERED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_socket_mode_redelivered_total",
+        "envelopes sent again on another connection of their app, after theirs closed unacknowledged"
+    )
+    .unwrap()
+});
+pub static SOCKET_MODE_UNDELIVERED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_gateway_socket_mode_undelivered_total",
+        "unacknowledged Socket Mode envelopes given up on, by reason (retries: sent four times; expired: no connection of the app within the wait; overflow / unacked_overflow: over the kept count)",
+        &["reason"]
+    )
+    .unwrap()
+});
 pub static NOTICES: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_gateway_notices_total",

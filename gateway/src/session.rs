@@ -597,10 +597,18 @@ pub fn run<K: Send + 'static>(
             }
         }
         // Boxed: an RTM session (nearly all of them) keeps one pointer for it.
-        let mut socket_mode =
-            socket_mode.then(|| Box::new(SocketMode::new(&s.claims, &hub.node.0, id)));
+        let mut socket_mode = socket_mode.then(|| {
+            Box::new(SocketMode::new(
+                &s.claims,
+                &hub.node.0,
+                id,
+                hub.socket_apps.clone(),
+            ))
+        });
+        // Wakes this connection when a closed one of its app left envelopes to send again.
+        let orphans = socket_mode.as_ref().map(|sm| sm.app());
         let hello = if let Some(sm) = &socket_mode {
-            sm.hello(&hub.node.0, hub.sessions_of(&s.claims.user))
+            sm.hello(&hub.node.0, orphans.as_ref().map_or(1, |a| a.connections()))
                 .into()
         } else {
             let mut hello = serde_json::json!({
@@ -680,8 +688,8 @@ pub fn run<K: Send + 'static>(
                     last_activity = Instant::now();
                     match frame {
                         Some(Ok(WsMessage::Text(t))) => {
-                            let reply = match socket_mode {
-                                Some(_) => SocketMode::client_frame(&t),
+                            let reply = match socket_mode.as_mut() {
+                                Some(sm) => sm.client_frame(&t),
                                 None => handle_client_event(&mut s, &t),
                             };
                             if let Some(reply) = reply {
@@ -733,6 +741,22 @@ pub fn run<K: Send + 'static>(
                     }
                 } => {
                     s.on_backfill(r, &mut out);
+                }
+                _ = async {
+                    match orphans.as_ref() {
+                        Some(app) => app.orphaned().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Sent at once: the oldest events, and rare.
+                    let again = socket_mode.as_mut().map(|sm| sm.redeliveries()).unwrap_or_default();
+                    let batch = async {
+                        for t in again {
+                            socket.feed(WsMessage::Text(t)).await?;
+                        }
+                        socket.flush().await
+                    };
+                    if !bounded(write_timeout, batch).await { break; }
                 }
                 Some(answer) = async {
                     match answers_rx.as_mut() {

@@ -2,7 +2,7 @@
 //! `apps.connections.open` gives): the framing Bolt apps and `slack_sdk`'s
 //! `SocketModeClient` speak, over the same session as RTM.
 //!
-//! - The session opens with Socket Mode's `hello` (`num_connections`: the user's sessions on
+//! - The session opens with Socket Mode's `hello` (`num_connections`: the app's connections on
 //!   this gateway; `connection_info.app_id`).
 //! - Each event the Events API would deliver goes out in an `events_api` envelope: `message`
 //!   (its subtypes too, not ephemeral ones), `reaction_added`, `reaction_removed`,
@@ -13,23 +13,207 @@
 //!   `event_id` names the channel's entry (`Ev<channel>-<seq>`), so an app can drop one that
 //!   a reconnection brought twice. RTM's own events (presence, typing, `channel_joined`,
 //!   answers) are not sent.
+//! - Each event goes to **one** of the app's connections on this gateway, as Slack gives each
+//!   envelope to one connection (an app runs several for redundancy, or several instances of
+//!   itself, and must not answer a message twice). Every connection is offered every event
+//!   of its channels; the first to claim it in the app's [`App`] sends it, the others drop
+//!   it. `apps.connections.open` sends all of an app's connections to one gateway while it
+//!   is up, so the claims hold across the cluster.
 //! - The client answers each envelope with `{"envelope_id": …}`; acknowledgements are
-//!   counted. Switchboard does not redeliver an envelope that was not acknowledged (Slack
-//!   retries three times): an app that was away reads what it missed with
-//!   `conversations.history`.
+//!   counted. An envelope still unacknowledged when its connection closes (the app
+//!   restarted, the network dropped it) is sent again on another connection of the app,
+//!   with `retry_attempt` one higher and `retry_reason` `timeout`, up to Slack's three
+//!   retries. One that finds no connection waits up to [`ORPHAN_TTL`] for the app's next.
+//!   Switchboard does not retry on a connection that stays open but does not acknowledge.
 //! - A gateway that stops, or a session that fell behind, says `disconnect` (`warning`,
 //!   `refresh_requested`), after which the SDKs open a new connection.
-//!
-//! Every Socket Mode session of a user receives every event, as RTM sessions do; Slack gives
-//! each envelope to one of an app's connections.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::Utf8Bytes;
+use parking_lot::Mutex;
 use serde_json::{json, Value};
 use shared::auth::Claims;
+use shared::ids::UserId;
 use shared::protocol::client::{error_code, error_json};
+use tokio::sync::Notify;
 
 use crate::hub::SessionId;
 use crate::metrics as m;
+
+/// How many handed-out events an app remembers, to drop them on its other connections. A
+/// connection more than this many events behind the app's fastest could send one again (the
+/// app sees the same `event_id` twice), never lose one.
+const CLAIMS_KEPT: usize = 8192;
+/// Most envelopes a connection keeps for redelivery while they wait for their
+/// acknowledgement; beyond it the oldest is forgotten (counted).
+const UNACKED_KEPT: usize = 256;
+/// How long an envelope whose connection closed unacknowledged waits for another connection
+/// of its app.
+pub const ORPHAN_TTL: Duration = Duration::from_secs(300);
+/// Most such envelopes an app keeps; beyond it the oldest is dropped (counted).
+const ORPHANS_KEPT: usize = 1024;
+/// Slack retries an envelope three times.
+const MAX_RETRIES: u32 = 3;
+
+/// The Socket Mode apps with a connection on this gateway (or envelopes waiting for one),
+/// by their bot user.
+#[derive(Default)]
+pub struct SocketApps {
+    apps: Mutex<HashMap<UserId, Arc<App>>>,
+}
+
+impl SocketApps {
+    /// A connection of `user`'s app opens.
+    pub fn join(&self, user: &UserId) -> Arc<App> {
+        let mut apps = self.apps.lock();
+        // An app whose last connection closed keeps its entry only while envelopes wait in it.
+        let now = Instant::now();
+        apps.retain(|_, app| {
+            let mut st = app.state.lock();
+            st.expire(now);
+            st.connections > 0 || !st.orphans.is_empty()
+        });
+        let app = apps.entry(user.clone()).or_default().clone();
+        let waiting = {
+            let mut st = app.state.lock();
+            st.connections += 1;
+            !st.orphans.is_empty()
+        };
+        if waiting {
+            app.orphaned.notify_one();
+        }
+        app
+    }
+
+    /// A connection of `user`'s app closes, leaving `unacked`: they go to another connection
+    /// of the app, now or when one opens.
+    fn leave(&self, user: &UserId, app: &Arc<App>, unacked: VecDeque<Unacked>) {
+        let mut apps = self.apps.lock();
+        let now = Instant::now();
+        let (forget, waiting) = {
+            let mut st = app.state.lock();
+            st.connections = st.connections.saturating_sub(1);
+            for u in unacked {
+                if u.retry >= MAX_RETRIES {
+                    m::SOCKET_MODE_UNDELIVERED
+                        .with_label_values(&["retries"])
+                        .inc();
+                    continue;
+                }
+                st.orphans.push_back(Orphan {
+                    since: now,
+                    payload: u.payload,
+                    retry: u.retry + 1,
+                });
+            }
+            while st.orphans.len() > ORPHANS_KEPT {
+                st.orphans.pop_front();
+                m::SOCKET_MODE_UNDELIVERED
+                    .with_label_values(&["overflow"])
+                    .inc();
+            }
+            st.expire(now);
+            (
+                st.connections == 0 && st.orphans.is_empty(),
+                !st.orphans.is_empty() && st.connections > 0,
+            )
+        };
+        if forget && apps.get(user).is_some_and(|a| Arc::ptr_eq(a, app)) {
+            apps.remove(user);
+        }
+        drop(apps);
+        if waiting {
+            app.orphaned.notify_one();
+        }
+    }
+
+    /// Apps with an entry here (tests).
+    pub fn len(&self) -> usize {
+        self.apps.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What an app's connections on this gateway share: which events one of them has sent, and
+/// the envelopes a closed one left unacknowledged.
+#[derive(Default)]
+pub struct App {
+    state: Mutex<AppState>,
+    /// Wakes a connection when envelopes wait in [`AppState::orphans`].
+    orphaned: Notify,
+}
+
+impl App {
+    /// Claims the event `key` for the calling connection: true for the first caller only.
+    fn claim(&self, key: u64) -> bool {
+        let mut st = self.state.lock();
+        if !st.claimed.insert(key) {
+            return false;
+        }
+        st.claim_order.push_back(key);
+        if st.claim_order.len() > CLAIMS_KEPT {
+            if let Some(old) = st.claim_order.pop_front() {
+                st.claimed.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// Resolves when envelopes wait for a connection.
+    pub async fn orphaned(&self) {
+        self.orphaned.notified().await
+    }
+
+    /// Connections open (tests, `hello`).
+    pub fn connections(&self) -> usize {
+        self.state.lock().connections
+    }
+}
+
+#[derive(Default)]
+struct AppState {
+    connections: usize,
+    claimed: HashSet<u64>,
+    claim_order: VecDeque<u64>,
+    orphans: VecDeque<Orphan>,
+}
+
+impl AppState {
+    fn expire(&mut self, now: Instant) {
+        while self
+            .orphans
+            .front()
+            .is_some_and(|o| now.duration_since(o.since) > ORPHAN_TTL)
+        {
+            self.orphans.pop_front();
+            m::SOCKET_MODE_UNDELIVERED
+                .with_label_values(&["expired"])
+                .inc();
+        }
+    }
+}
+
+/// An envelope sent and not yet acknowledged: its payload (the `event_callback`, as JSON),
+/// kept to send again should the connection close first.
+struct Unacked {
+    envelope_id: String,
+    payload: Arc<str>,
+    retry: u32,
+}
+
+/// An envelope whose connection closed before acknowledging it.
+struct Orphan {
+    since: Instant,
+    payload: Arc<str>,
+    retry: u32,
+}
 
 /// The Events API event types a Socket Mode session is sent.
 const EVENTS: &[&str] = &[
@@ -50,29 +234,48 @@ const EVENTS: &[&str] = &[
     "user_change",
 ];
 
-/// One Socket Mode session's framing.
+/// One Socket Mode session's framing. Dropping it closes the connection for its app:
+/// what it left unacknowledged goes to another connection.
 pub struct SocketMode {
     /// Stands for the app whose connection this is: the user's id with `A` for `U`.
     app_id: String,
     team_id: String,
-    user_id: String,
+    user: UserId,
     is_bot: bool,
     /// Makes envelope ids unique: `<gateway>-<session>-<n>`.
     envelope_prefix: String,
     next: u64,
+    apps: Arc<SocketApps>,
+    app: Arc<App>,
+    /// Oldest first, as clients acknowledge.
+    unacked: VecDeque<Unacked>,
 }
 
 impl SocketMode {
-    pub fn new(claims: &Claims, gateway: &str, session: SessionId) -> SocketMode {
+    pub fn new(
+        claims: &Claims,
+        gateway: &str,
+        session: SessionId,
+        apps: Arc<SocketApps>,
+    ) -> SocketMode {
         let user = &claims.user.0;
+        let app = apps.join(&claims.user);
         SocketMode {
             app_id: format!("A{}", user.strip_prefix('U').unwrap_or(user)),
             team_id: claims.workspace.0.clone(),
-            user_id: user.clone(),
+            user: claims.user.clone(),
             is_bot: claims.bot,
             envelope_prefix: format!("{gateway}-{session}-"),
             next: 0,
+            apps,
+            app,
+            unacked: VecDeque::new(),
         }
+    }
+
+    /// What this connection shares with the app's others.
+    pub fn app(&self) -> Arc<App> {
+        self.app.clone()
     }
 
     /// Socket Mode's `hello`.
@@ -118,46 +321,98 @@ impl SocketMode {
             };
             event.insert("event_ts".into(), ts.into());
         }
-        let n = self.next;
-        self.next += 1;
-        let event_id = match (event.get("channel"), event.get("seq")) {
-            (Some(Value::String(c)), Some(Value::Number(seq))) => format!("Ev{c}-{seq}"),
-            _ => format!("Ev{}{n}", self.envelope_prefix),
+        // A channel's entry names the event on every connection; another event (a workspace
+        // event: the same frame goes to each of the app's connections) is named by its text.
+        let entry = match (event.get("channel"), event.get("seq")) {
+            (Some(Value::String(c)), Some(Value::Number(seq))) => Some(format!("Ev{c}-{seq}")),
+            _ => None,
         };
-        let envelope = json!({
-            "envelope_id": format!("{}{n}", self.envelope_prefix),
-            "type": "events_api",
-            "accepts_response_payload": false,
-            "retry_attempt": 0,
-            "retry_reason": "",
-            "payload": {
-                "token": "",
+        let mut key = std::hash::DefaultHasher::new();
+        match &entry {
+            Some(id) => id.hash(&mut key),
+            None => frame.hash(&mut key),
+        }
+        if !self.app.claim(key.finish()) {
+            m::SOCKET_MODE_CLAIMED_ELSEWHERE.inc();
+            return None;
+        }
+        let n = self.next;
+        let event_id = entry.unwrap_or_else(|| format!("Ev{}{n}", self.envelope_prefix));
+        let payload = json!({
+            "token": "",
+            "team_id": self.team_id,
+            "api_app_id": self.app_id,
+            "event": event,
+            "type": "event_callback",
+            "event_id": event_id,
+            "event_time": now.0 / 1_000_000,
+            "authorizations": [{
+                "enterprise_id": null,
                 "team_id": self.team_id,
-                "api_app_id": self.app_id,
-                "event": event,
-                "type": "event_callback",
-                "event_id": event_id,
-                "event_time": now.0 / 1_000_000,
-                "authorizations": [{
-                    "enterprise_id": null,
-                    "team_id": self.team_id,
-                    "user_id": self.user_id,
-                    "is_bot": self.is_bot,
-                    "is_enterprise_install": false,
-                }],
-                "is_ext_shared_channel": false,
-            },
+                "user_id": self.user.0,
+                "is_bot": self.is_bot,
+                "is_enterprise_install": false,
+            }],
+            "is_ext_shared_channel": false,
         });
         m::SOCKET_MODE_ENVELOPES.inc();
-        Some(envelope.to_string().into())
+        Some(self.envelope(payload.to_string().into(), 0))
+    }
+
+    /// The `events_api` envelope of `payload` (its `retry_attempt`-th sending), remembered
+    /// until the client acknowledges it.
+    fn envelope(&mut self, payload: Arc<str>, retry_attempt: u32) -> Utf8Bytes {
+        let envelope_id = format!("{}{}", self.envelope_prefix, self.next);
+        self.next += 1;
+        let reason = if retry_attempt == 0 { "" } else { "timeout" };
+        // Written around the payload's text, which is JSON already.
+        let text = format!(
+            r#"{{"envelope_id":"{envelope_id}","type":"events_api","accepts_response_payload":false,"retry_attempt":{retry_attempt},"retry_reason":"{reason}","payload":{payload}}}"#
+        );
+        if self.unacked.len() == UNACKED_KEPT {
+            self.unacked.pop_front();
+            m::SOCKET_MODE_UNDELIVERED
+                .with_label_values(&["unacked_overflow"])
+                .inc();
+        }
+        self.unacked.push_back(Unacked {
+            envelope_id,
+            payload,
+            retry: retry_attempt,
+        });
+        text.into()
+    }
+
+    /// The envelopes that closed connections of the app left unacknowledged, to send on this
+    /// one (each with `retry_attempt` one higher than before).
+    pub fn redeliveries(&mut self) -> Vec<Utf8Bytes> {
+        let orphans: Vec<Orphan> = {
+            let mut st = self.app.state.lock();
+            st.expire(Instant::now());
+            st.orphans.drain(..).collect()
+        };
+        m::SOCKET_MODE_REDELIVERED.inc_by(orphans.len() as u64);
+        orphans
+            .into_iter()
+            .map(|o| self.envelope(o.payload, o.retry))
+            .collect()
     }
 
     /// A frame from the client: an acknowledgement (`{"envelope_id": …}`, perhaps with a
     /// `payload`) is counted and needs no answer; anything else gets an `error` event.
-    pub fn client_frame(raw: &str) -> Option<Utf8Bytes> {
+    pub fn client_frame(&mut self, raw: &str) -> Option<Utf8Bytes> {
         match serde_json::from_str::<Value>(raw) {
             Ok(v) if v.get("envelope_id").and_then(Value::as_str).is_some() => {
                 m::CLIENT_EVENTS.with_label_values(&["ack"]).inc();
+                let id = v.get("envelope_id").and_then(Value::as_str);
+                // Acknowledgements come in order, so the first is nearly always the one.
+                if let Some(i) = self
+                    .unacked
+                    .iter()
+                    .position(|u| Some(u.envelope_id.as_str()) == id)
+                {
+                    self.unacked.remove(i);
+                }
                 None
             }
             Ok(_) => {
@@ -179,21 +434,44 @@ impl SocketMode {
     }
 }
 
+impl Drop for SocketMode {
+    fn drop(&mut self) {
+        let unacked = std::mem::take(&mut self.unacked);
+        self.apps.leave(&self.user, &self.app, unacked);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::ids::{UserId, WorkspaceId};
+    use shared::ids::WorkspaceId;
 
     fn socket_mode() -> SocketMode {
+        connection(&Arc::default(), "UBOT", 7)
+    }
+
+    /// A connection of `user`'s app, session `session`, on gateway `gw-1` with `apps`.
+    fn connection(apps: &Arc<SocketApps>, user: &str, session: SessionId) -> SocketMode {
         let claims = Claims {
             workspace: WorkspaceId::from("TW"),
-            user: UserId::from("UBOT"),
+            user: UserId::from(user),
             admin: false,
             bot: true,
             issued_at: 1,
             service: false,
         };
-        SocketMode::new(&claims, "gw-1", 7)
+        SocketMode::new(&claims, "gw-1", session, apps.clone())
+    }
+
+    fn message(seq: u64) -> String {
+        format!(
+            r#"{{"type":"message","channel":"CA","user":"UB","text":"hi {seq}","ts":"1795629551.{seq:06}","seq":{seq},"team":"TW"}}"#
+        )
+    }
+
+    fn ack(sm: &mut SocketMode, envelope: &Value) {
+        let ack = json!({ "envelope_id": envelope["envelope_id"] }).to_string();
+        assert!(sm.client_frame(&ack).is_none());
     }
 
     fn parse(t: &Utf8Bytes) -> Value {
@@ -205,7 +483,8 @@ mod tests {
         let mut sm = socket_mode();
         let msg = r#"{"type":"message","channel":"CA","user":"UB","text":"hi","ts":"1795629551.125471","seq":4,"team":"TW"}"#;
         let first = parse(&sm.frame(msg).unwrap());
-        let again = parse(&sm.frame(msg).unwrap());
+        assert!(sm.frame(msg).is_none(), "an event goes out once");
+        let again = parse(&sm.frame(&message(5)).unwrap());
         assert_eq!(first["type"], "events_api");
         assert_eq!(first["envelope_id"], "gw-1-7-0");
         assert_eq!(
@@ -218,9 +497,11 @@ mod tests {
         assert_eq!(payload["api_app_id"], "ABOT");
         assert_eq!(payload["event_id"], "EvCA-4");
         assert_eq!(
-            again["payload"]["event_id"], "EvCA-4",
+            again["payload"]["event_id"], "EvCA-5",
             "the entry names the event"
         );
+        assert_eq!(first["retry_attempt"], 0);
+        assert_eq!(first["retry_reason"], "");
         assert_eq!(payload["authorizations"][0]["user_id"], "UBOT");
         assert_eq!(payload["authorizations"][0]["is_bot"], true);
         let event = &payload["event"];
@@ -257,19 +538,19 @@ mod tests {
 
     #[test]
     fn acknowledgements_need_no_answer_and_anything_else_is_refused() {
+        let mut sm = socket_mode();
         let acks = m::CLIENT_EVENTS.with_label_values(&["ack"]).get();
-        assert!(SocketMode::client_frame(r#"{"envelope_id":"gw-1-7-0"}"#).is_none());
-        assert!(
-            SocketMode::client_frame(r#"{"envelope_id":"gw-1-7-1","payload":{"text":"ok"}}"#)
-                .is_none()
-        );
+        assert!(sm.client_frame(r#"{"envelope_id":"gw-1-7-0"}"#).is_none());
+        assert!(sm
+            .client_frame(r#"{"envelope_id":"gw-1-7-1","payload":{"text":"ok"}}"#)
+            .is_none());
         assert_eq!(m::CLIENT_EVENTS.with_label_values(&["ack"]).get() - acks, 2);
         for bad in [
             r#"{"type":"message","text":"hi"}"#,
             "{",
             r#"{"envelope_id":5}"#,
         ] {
-            let answer = SocketMode::client_frame(bad).expect("an error");
+            let answer = sm.client_frame(bad).expect("an error");
             assert_eq!(parse(&answer)["type"], "error", "{bad}");
         }
     }
@@ -285,5 +566,154 @@ mod tests {
             serde_json::from_str(&SocketMode::disconnect("refresh_requested", "gw-1")).unwrap();
         assert_eq!(bye["type"], "disconnect");
         assert_eq!(bye["reason"], "refresh_requested");
+    }
+
+    #[test]
+    fn each_event_goes_to_one_connection_of_its_app() {
+        let apps = Arc::default();
+        let mut a = connection(&apps, "UBOT", 7);
+        let mut b = connection(&apps, "UBOT", 8);
+        let mut other_app = connection(&apps, "UOTHER", 9);
+        assert_eq!(a.app().connections(), 2);
+        let elsewhere = m::SOCKET_MODE_CLAIMED_ELSEWHERE.get();
+
+        let sent_a = parse(&a.frame(&message(4)).expect("the first connection sends it"));
+        assert!(b.frame(&message(4)).is_none(), "the app's other does not");
+        assert_eq!(sent_a["payload"]["event_id"], "EvCA-4");
+        // Whichever connection comes first: here the second.
+        assert!(b.frame(&message(5)).is_some());
+        assert!(a.frame(&message(5)).is_none());
+        // A workspace event (no channel entry) is the same frame on each connection.
+        let team_join = r#"{"type":"team_join","user":{"id":"UNEW","name":"dave"}}"#;
+        assert!(b.frame(team_join).is_some());
+        assert!(a.frame(team_join).is_none());
+        assert!(m::SOCKET_MODE_CLAIMED_ELSEWHERE.get() - elsewhere >= 3);
+        // Another app gets every event as well.
+        for frame in [message(4), message(5), team_join.to_string()] {
+            assert!(other_app.frame(&frame).is_some(), "{frame}");
+        }
+        // An error answers the connection's own frame: never claimed.
+        let error = error_json(error_code::MALFORMED_JSON, "malformed JSON", None);
+        assert!(a.frame(&error).is_some() && b.frame(&error).is_some());
+    }
+
+    #[test]
+    fn an_app_remembers_a_bounded_number_of_sent_events() {
+        let app = App::default();
+        for key in 0..CLAIMS_KEPT as u64 {
+            assert!(app.claim(key));
+        }
+        assert!(!app.claim(0), "still remembered");
+        assert!(app.claim(CLAIMS_KEPT as u64));
+        assert!(app.claim(0), "the oldest was forgotten");
+        let st = app.state.lock();
+        assert_eq!(st.claimed.len(), CLAIMS_KEPT);
+        assert_eq!(st.claim_order.len(), CLAIMS_KEPT);
+    }
+
+    #[test]
+    fn unacknowledged_envelopes_go_to_another_connection_of_the_app() {
+        let apps: Arc<SocketApps> = Arc::default();
+        let mut a = connection(&apps, "UBOT", 7);
+        let mut b = connection(&apps, "UBOT", 8);
+        let first = parse(&a.frame(&message(4)).unwrap());
+        let second = parse(&a.frame(&message(5)).unwrap());
+        ack(&mut a, &first);
+        assert!(b.redeliveries().is_empty(), "nothing waits yet");
+        let redelivered = m::SOCKET_MODE_REDELIVERED.get();
+
+        drop(a);
+        let again = b.redeliveries();
+        assert_eq!(again.len(), 1, "only the unacknowledged one");
+        let again = parse(&again[0]);
+        assert_eq!(again["type"], "events_api");
+        assert_eq!(again["retry_attempt"], 1);
+        assert_eq!(again["retry_reason"], "timeout");
+        assert_eq!(
+            again["payload"], second["payload"],
+            "the same event_callback"
+        );
+        assert_eq!(again["payload"]["event_id"], "EvCA-5");
+        assert!(
+            again["envelope_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("gw-1-8-"),
+            "a new envelope id on the new connection: {again}"
+        );
+        assert!(m::SOCKET_MODE_REDELIVERED.get() > redelivered);
+        assert!(b.redeliveries().is_empty(), "handed out once");
+
+        // Unacknowledged again: the next connection gets it, the retry counted on.
+        let mut c = connection(&apps, "UBOT", 9);
+        drop(b);
+        let third = parse(&c.redeliveries()[0]);
+        assert_eq!(third["retry_attempt"], 2);
+        assert_eq!(third["payload"]["event_id"], "EvCA-5");
+        ack(&mut c, &third);
+        drop(c);
+        assert!(
+            apps.is_empty(),
+            "no connection and nothing waiting: forgotten"
+        );
+    }
+
+    #[test]
+    fn an_envelope_is_retried_three_times_at_most() {
+        let apps: Arc<SocketApps> = Arc::default();
+        let mut a = connection(&apps, "UBOT", 1);
+        assert!(a.frame(&message(4)).is_some());
+        let given_up = m::SOCKET_MODE_UNDELIVERED
+            .with_label_values(&["retries"])
+            .get();
+        for (session, retry) in (2..).zip(1..=3) {
+            let mut next = connection(&apps, "UBOT", session);
+            drop(a);
+            let again = next.redeliveries();
+            assert_eq!(parse(&again[0])["retry_attempt"], retry);
+            a = next;
+        }
+        let mut last = connection(&apps, "UBOT", 9);
+        drop(a);
+        assert!(
+            last.redeliveries().is_empty(),
+            "a fifth sending is not made"
+        );
+        assert!(
+            m::SOCKET_MODE_UNDELIVERED
+                .with_label_values(&["retries"])
+                .get()
+                > given_up
+        );
+    }
+
+    #[tokio::test]
+    async fn envelopes_wait_for_the_app_s_next_connection_and_wake_it() {
+        let apps: Arc<SocketApps> = Arc::default();
+        let mut a = connection(&apps, "UBOT", 1);
+        let sent = parse(&a.frame(&message(4)).unwrap());
+        drop(a);
+        assert_eq!(apps.len(), 1, "kept for the app's next connection");
+
+        let mut b = connection(&apps, "UBOT", 2);
+        let app = b.app();
+        // Joining found envelopes waiting: the wake is already there.
+        tokio::time::timeout(Duration::from_secs(5), app.orphaned())
+            .await
+            .expect("woken");
+        let again = b.redeliveries();
+        assert_eq!(parse(&again[0])["payload"], sent["payload"]);
+
+        // A connection waiting while another closes is woken too.
+        let mut c = connection(&apps, "UBOT", 3);
+        let sent = parse(&c.frame(&message(5)).unwrap());
+        let waiting = tokio::spawn(async move { app.orphaned().await });
+        tokio::task::yield_now().await;
+        drop(c);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(parse(&b.redeliveries()[0])["payload"], sent["payload"]);
     }
 }

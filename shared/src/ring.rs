@@ -213,10 +213,65 @@ impl Placement {
     }
 }
 
+/// `names` in their order of preference for `key` (rendezvous hashing: each name scores a
+/// fixed hash of itself with the key, highest first). Every process ranks alike, and when a
+/// name is left out only the keys it ranked first move, each to its own second choice.
+pub fn rendezvous<'a>(names: &'a [String], key: &[u8]) -> Vec<&'a str> {
+    let score = |name: &str| {
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(0x5377_6974_6368, 0x0062_6f61_7264);
+        h.write(name.as_bytes());
+        h.write_u8(0xff);
+        h.write(key);
+        h.finish()
+    };
+    let mut ranked: Vec<(u64, &str)> = names.iter().map(|n| (score(n), n.as_str())).collect();
+    ranked.sort_unstable_by(|a, b| b.cmp(a));
+    ranked.dedup_by(|a, b| a.1 == b.1);
+    ranked.into_iter().map(|(_, n)| n).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn rendezvous_ranks_alike_everywhere_and_moves_only_a_removed_name_s_keys() {
+        let names = urls(3);
+        let keys: Vec<String> = (0..3_000).map(|i| format!("U{i:08}")).collect();
+        let mut firsts: HashMap<&str, usize> = HashMap::new();
+        for k in &keys {
+            let ranked = rendezvous(&names, k.as_bytes());
+            assert_eq!(ranked.len(), 3, "every name, once");
+            // The same ranking whatever order the names were listed in.
+            let mut reversed = names.clone();
+            reversed.reverse();
+            assert_eq!(rendezvous(&reversed, k.as_bytes()), ranked);
+            *firsts.entry(ranked[0]).or_default() += 1;
+            // Without its first choice, a key goes to its second; without another name,
+            // it stays.
+            let without_first: Vec<String> =
+                names.iter().filter(|n| *n != ranked[0]).cloned().collect();
+            assert_eq!(rendezvous(&without_first, k.as_bytes())[0], ranked[1]);
+            let without_last: Vec<String> =
+                names.iter().filter(|n| *n != ranked[2]).cloned().collect();
+            assert_eq!(rendezvous(&without_last, k.as_bytes())[0], ranked[0]);
+        }
+        for n in &names {
+            let share = firsts[n.as_str()];
+            assert!((700..1300).contains(&share), "{n}: {share} of 3,000");
+        }
+        // Fixed: processes of other builds must agree.
+        assert_eq!(
+            rendezvous(&names, b"UBOT"),
+            vec![
+                "http://10.0.0.2:7400",
+                "http://10.0.0.0:7400",
+                "http://10.0.0.1:7400"
+            ]
+        );
+        assert!(rendezvous(&[], b"UBOT").is_empty());
+    }
 
     fn urls(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("http://10.0.0.{i}:7400")).collect()

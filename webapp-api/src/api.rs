@@ -285,6 +285,11 @@ impl From<PostError> for ApiError {
     }
 }
 
+/// How long a gateway's reachability is trusted before it is tried again.
+pub const GATEWAY_PROBE_TTL: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long a gateway has to accept a connection.
+const GATEWAY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Everything a handler needs. Plain data: tests build it with a detached [`AdminLink`].
 #[derive(Clone)]
 pub struct AppState {
@@ -295,6 +300,9 @@ pub struct AppState {
     pub gateway_urls: Arc<Vec<String>>,
     /// Position of the round-robin over `gateway_urls`.
     pub next_gateway: Arc<AtomicUsize>,
+    /// Whether each gateway accepted a connection when last tried, and when (see
+    /// [`AppState::gateway_for_app`]).
+    pub gateway_probes: Arc<std::sync::Mutex<HashMap<String, (Instant, bool)>>>,
     /// Largest request body read; larger ones are refused with `request_too_large`.
     pub max_body_bytes: usize,
     /// The listener's own URL: the base of links when neither `webapp.public_url` nor the
@@ -325,6 +333,7 @@ impl AppState {
             admin,
             gateway_urls: Arc::new(gateway_urls),
             next_gateway: Arc::new(AtomicUsize::new(0)),
+            gateway_probes: Arc::default(),
             max_body_bytes,
             base_url: format!("http://{local_addr}/"),
             public_url: None,
@@ -341,6 +350,64 @@ impl AppState {
         }
         let i = self.next_gateway.fetch_add(1, Ordering::Relaxed) % self.gateway_urls.len();
         Some(&self.gateway_urls[i])
+    }
+
+    /// The gateway for `app`'s Socket Mode connections: the first in the app's own order of
+    /// the gateways ([`shared::ring::rendezvous`], alike in every Web API process) that accepts
+    /// a connection. All of an app's connections then meet on one gateway, which gives each
+    /// event to one of them. When the app's gateway is down its connections move to the next
+    /// in its order, and back once it is up; when none answers (or they cannot be reached
+    /// from here) the first is given. `None` when no gateway is configured.
+    pub async fn gateway_for_app(&self, app: &str) -> Option<String> {
+        let ranked = shared::ring::rendezvous(&self.gateway_urls, app.as_bytes());
+        let first = ranked.first()?.to_string();
+        for url in ranked {
+            if self.gateway_reachable(url).await {
+                return Some(url.to_string());
+            }
+        }
+        Some(first)
+    }
+
+    /// Whether `url`'s host accepts a TCP connection, remembered for [`GATEWAY_PROBE_TTL`].
+    /// A URL this cannot judge counts as reachable.
+    async fn gateway_reachable(&self, url: &str) -> bool {
+        let now = Instant::now();
+        if let Some((at, up)) = self.gateway_probes.lock().expect("probes").get(url) {
+            if now.duration_since(*at) < GATEWAY_PROBE_TTL {
+                return *up;
+            }
+        }
+        let Ok(parsed) = url::Url::parse(url) else {
+            return true;
+        };
+        let Some(port) = parsed.port_or_known_default() else {
+            return true;
+        };
+        let connect = async {
+            match parsed.host() {
+                Some(url::Host::Domain(d)) => tokio::net::TcpStream::connect((d, port)).await,
+                Some(url::Host::Ipv4(a)) => tokio::net::TcpStream::connect((a, port)).await,
+                Some(url::Host::Ipv6(a)) => tokio::net::TcpStream::connect((a, port)).await,
+                None => Err(std::io::ErrorKind::InvalidInput.into()),
+            }
+        };
+        let up = matches!(
+            tokio::time::timeout(GATEWAY_PROBE_TIMEOUT, connect).await,
+            Ok(Ok(_))
+        );
+        if !up {
+            crate::metrics::GATEWAY_UNREACHABLE.inc();
+            tracing::warn!(
+                gateway = url,
+                "gateway refused a connection; Socket Mode apps go to their next"
+            );
+        }
+        self.gateway_probes
+            .lock()
+            .expect("probes")
+            .insert(url.to_string(), (now, up));
+        up
     }
 }
 

@@ -51,6 +51,13 @@ pub static ADMIN_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static GATEWAY_UNREACHABLE: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_webapp_gateway_unreachable_total",
+        "gateways that refused a connection when apps.connections.open tried them (its app went to the next)"
+    )
+    .unwrap()
+});
 pub static ADMIN_RETRIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_admin_retries_total",

@@ -1566,6 +1566,81 @@ async fn apps_connections_open_hands_out_socket_mode_urls() {
     s.stop().await;
 }
 
+/// Socket Mode: all of an app's connections go to one gateway (the first of the app's own
+/// order that accepts a connection), so that gateway can give each event to one of them.
+#[tokio::test]
+async fn apps_connections_open_sends_an_app_s_connections_to_one_gateway_that_is_up() {
+    // Two gateways that accept connections (listening sockets) and one that refuses them.
+    let up_a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let up_b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_url = format!("ws://{}/rtm", down.local_addr().unwrap());
+    drop(down);
+    let urls = vec![
+        format!("ws://{}/rtm", up_a.local_addr().unwrap()),
+        format!("ws://{}/rtm", up_b.local_addr().unwrap()),
+        down_url.clone(),
+    ];
+    let configured = urls.clone();
+    let s = Server::start_with(move |c| c.webapp.gateway_urls = configured).await;
+    let unreachable = crate::metrics::GATEWAY_UNREACHABLE.get();
+    let mut given = std::collections::HashSet::new();
+    let mut moved = 0;
+    // Many bots, so that some rank the refusing gateway first (all of 30 miss it once in
+    // 200,000 runs).
+    let admin = s.admin_token();
+    for i in 0..30 {
+        let made = s
+            .ok(
+                "admin.users.create",
+                &admin,
+                json!({"name": format!("bot{i}"), "is_bot": true}),
+            )
+            .await;
+        let token = made["token"].as_str().unwrap().to_string();
+        let me = s.ok("auth.test", &token, json!({})).await;
+        let user = me["user_id"].as_str().unwrap();
+        let ranked = shared::ring::rendezvous(&urls, user.as_bytes());
+        let expected = ranked.iter().find(|u| **u != down_url).unwrap();
+        if ranked[0] == down_url {
+            moved += 1;
+        }
+        for _ in 0..3 {
+            let v = s.ok("apps.connections.open", &token, json!({})).await;
+            let url = v["url"].as_str().unwrap();
+            assert!(
+                url.starts_with(&format!("{expected}?token=")),
+                "{url}: {expected}"
+            );
+            assert!(url.ends_with("&mode=socket"), "{url}");
+            given.insert(expected.to_string());
+        }
+    }
+    assert!(moved > 0, "some bot ranked the refusing gateway first");
+    assert!(
+        crate::metrics::GATEWAY_UNREACHABLE.get() > unreachable,
+        "the refusal is counted"
+    );
+    assert_eq!(given.len(), 2, "apps spread over the gateways that are up");
+    // RTM sessions are still spread round-robin, over every gateway.
+    let bob = s.token("bob");
+    let mut rtm = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let v = s.ok("rtm.connect", &bob, json!({})).await;
+        rtm.insert(
+            v["url"]
+                .as_str()
+                .unwrap()
+                .split('?')
+                .next()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(rtm.len(), 3);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn errors_and_requests_are_counted() {
     let s = Server::start().await;

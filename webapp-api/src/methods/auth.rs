@@ -68,9 +68,14 @@ fn gateway_url(state: &AppState, caller: &Caller, options: &str) -> ApiResult<St
     let gateway = state
         .next_gateway_url()
         .ok_or_else(|| ApiError::ServiceUnavailable("no gateway is configured".into()))?;
+    Ok(with_token(gateway, caller, options))
+}
+
+/// `gateway`'s URL with the caller's token, then `options`.
+fn with_token(gateway: &str, caller: &Caller, options: &str) -> String {
     let sep = if gateway.contains('?') { '&' } else { '?' };
     let token: String = url::form_urlencoded::byte_serialize(caller.token.as_bytes()).collect();
-    Ok(format!("{gateway}{sep}token={token}{options}"))
+    format!("{gateway}{sep}token={token}{options}")
 }
 
 /// An RTM session's URL, with `self` and `team`.
@@ -92,10 +97,16 @@ pub(super) async fn rtm_connect(state: &AppState, caller: &Caller, params: &Para
 /// `apps.connections.open`: a Socket Mode session's URL (`mode=socket`), which Bolt apps and
 /// the SDKs' Socket Mode clients open. Slack asks for an app-level token (`xapp-…`); in
 /// Switchboard an app is its bot user, so the bot's own token is the app token, and the
-/// session receives the events of the bot's channels.
-pub(super) fn apps_connections_open(state: &AppState, caller: &Caller) -> ApiResult {
+/// session receives the events of the bot's channels. Every connection of an app is sent to
+/// the same gateway while it is up ([`AppState::gateway_for_app`]), where each event goes to
+/// one of them.
+pub(super) async fn apps_connections_open(state: &AppState, caller: &Caller) -> ApiResult {
+    let gateway = state
+        .gateway_for_app(&caller.user.id.0)
+        .await
+        .ok_or_else(|| ApiError::ServiceUnavailable("no gateway is configured".into()))?;
     Ok(object(json!({
-        "url": gateway_url(state, caller, "&mode=socket")?,
+        "url": with_token(&gateway, caller, "&mode=socket"),
     })))
 }
 

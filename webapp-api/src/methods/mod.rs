@@ -127,7 +127,7 @@ pub async fn dispatch(
         "auth.test" => auth::auth_test(state, &caller, request).await,
         // Slack's `rtm.start` now answers like `rtm.connect`: a URL, `self` and `team`.
         "rtm.connect" | "rtm.start" => auth::rtm_connect(state, &caller, params).await,
-        "apps.connections.open" => auth::apps_connections_open(state, &caller),
+        "apps.connections.open" => auth::apps_connections_open(state, &caller).await,
         "team.info" => team::info(state, &caller, params, request).await,
         "conversations.create" => conversations::create(state, &caller, params).await,
         "conversations.join" => conversations::join(state, &caller, params).await,
