@@ -101,6 +101,7 @@ async fn socket_mode_sessions_get_events_api_envelopes_and_acknowledge_them() {
         event["blocks"], blocks,
         "the blocks reach the app as posted"
     );
+    assert_eq!(event["channel_type"], "channel", "{env}");
     assert_eq!(
         payload["event_id"],
         format!("Ev{channel}-{}", seq_of(&posted)),
@@ -138,6 +139,30 @@ async fn socket_mode_sessions_get_events_api_envelopes_and_acknowledge_them() {
         .await;
     let env = envelope(&app, from, "reaction_added", "reaction", "tada").await;
     assert_eq!(env["payload"]["event"]["item"]["ts"], ts, "{env}");
+
+    // A direct message opened after the app connected: its messages say `im`, which apps
+    // route direct messages by (Bolt's `{"type": "message", "channel_type": "im"}`).
+    let dm = cluster
+        .api_ok(
+            "conversations.open",
+            &alice.token,
+            json!({ "users": bob.id }),
+        )
+        .await["channel"]["id"]
+        .as_str()
+        .expect("dm id")
+        .to_string();
+    let posted = cluster
+        .api_ok(
+            "chat.postMessage",
+            &alice.token,
+            json!({ "channel": dm, "text": "can you deploy?" }),
+        )
+        .await;
+    assert_eq!(posted["ok"], true);
+    let env = envelope(&app, from, "message", "text", "can you deploy?").await;
+    assert_eq!(env["payload"]["event"]["channel"], dm.as_str(), "{env}");
+    assert_eq!(env["payload"]["event"]["channel_type"], "im", "{env}");
 
     // Nothing but envelopes came: not alice's typing, not her presence.
     cluster.post(&alice, &channel, "last").await;

@@ -28,7 +28,7 @@ pub mod rtm_post;
 pub mod session;
 pub mod socket_mode;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -252,11 +252,13 @@ enum ListError {
 }
 
 /// The user's channels (id and name), from the Web API (`users.conversations`), all pages.
+/// The user's conversations from the Web API's `users.conversations`: each one's id, name and
+/// Events API `channel_type` (`channel`, `group`, `im` or `mpim`).
 async fn list_channels(
     http: &reqwest::Client,
     webapp_url: &str,
     token: &str,
-) -> Result<Vec<(ChannelId, String)>, ListError> {
+) -> Result<Vec<(ChannelId, String, &'static str)>, ListError> {
     let url = format!(
         "{}/api/users.conversations",
         webapp_url.trim_end_matches('/')
@@ -288,7 +290,17 @@ async fn list_channels(
         for c in body["channels"].as_array().into_iter().flatten() {
             if let Some(id) = c["id"].as_str().and_then(ChannelId::parse) {
                 let name = c["name"].as_str().unwrap_or_default().to_string();
-                channels.push((id, name));
+                let flag = |f: &str| c[f] == true;
+                let kind = if flag("is_im") {
+                    "im"
+                } else if flag("is_mpim") {
+                    "mpim"
+                } else if flag("is_private") {
+                    "group"
+                } else {
+                    "channel"
+                };
+                channels.push((id, name, kind));
             }
         }
         cursor = body["response_metadata"]["next_cursor"]
@@ -303,9 +315,15 @@ async fn list_channels(
 }
 
 /// The user's channels, for a connecting session.
-async fn user_channels(state: &AppState, token: &str) -> Result<Vec<ChannelId>, Response> {
+async fn user_channels(
+    state: &AppState,
+    token: &str,
+) -> Result<Vec<(ChannelId, &'static str)>, Response> {
     match list_channels(&state.http, &state.config.gateway.webapp_url, token).await {
-        Ok(channels) => Ok(channels.into_iter().map(|(id, _)| id).collect()),
+        Ok(channels) => Ok(channels
+            .into_iter()
+            .map(|(id, _, kind)| (id, kind))
+            .collect()),
         Err(ListError::Unreachable) => Err(reject(
             StatusCode::SERVICE_UNAVAILABLE,
             "webapp_unavailable",
@@ -371,13 +389,14 @@ impl Resync {
         let token = self.signer.issue(&claims);
         for _ in 0..RESYNC_TRIES {
             let since = hub.membership_seq();
-            let channels = match list_channels(&self.http, &self.webapp_url, &token).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(%user, error = ?e, "could not resync the user's channels");
-                    return "failed";
-                }
-            };
+            let channels: Vec<(ChannelId, String)> =
+                match list_channels(&self.http, &self.webapp_url, &token).await {
+                    Ok(c) => c.into_iter().map(|(id, name, _)| (id, name)).collect(),
+                    Err(e) => {
+                        tracing::warn!(%user, error = ?e, "could not resync the user's channels");
+                        return "failed";
+                    }
+                };
             match hub.resync_user(workspace, user, &channels, since) {
                 None => continue,
                 Some((0, 0)) => return "unchanged",
@@ -440,10 +459,16 @@ async fn rtm(
         user_channels(&state, &token),
         state.boot.fetch(&claims.workspace, &token)
     );
-    let channels = match channels {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let (channels, channel_types): (Vec<ChannelId>, HashMap<ChannelId, &'static str>) =
+        match channels {
+            // Only Socket Mode sends `channel_type`: an RTM session keeps no map.
+            Ok(c) if socket_mode => (
+                c.iter().map(|(id, _)| id.clone()).collect(),
+                c.into_iter().collect(),
+            ),
+            Ok(c) => (c.into_iter().map(|(id, _)| id).collect(), HashMap::new()),
+            Err(r) => return r,
+        };
     let g = &state.config.gateway;
     let session_params = Box::new(session::SessionParams {
         claims,
@@ -458,6 +483,7 @@ async fn rtm(
             .get("presence_sub")
             .is_some_and(|v| matches!(v.as_str(), "1" | "true")),
         socket_mode,
+        channel_types,
     });
     // What the session needs, in one box: the upgrade callback and its future each keep their
     // captures for the session's whole life, so they capture a pointer.

@@ -63,6 +63,8 @@ pub struct SessionParams {
     pub presence_sub: bool,
     /// `mode=socket` on the URL: Slack's Socket Mode framing ([`crate::socket_mode`]).
     pub socket_mode: bool,
+    /// Socket Mode: the Events API `channel_type` of each channel the session starts with.
+    pub channel_types: HashMap<ChannelId, &'static str>,
 }
 
 /// Where a session stands in one channel.
@@ -520,6 +522,7 @@ pub fn run<K: Send + 'static>(
             web_api,
             presence_sub,
             socket_mode,
+            channel_types,
         } = *params;
         let (tx, mut rx) = crate::queue::weighted(queue, Outbound::weight);
         let overflow = CancellationToken::new();
@@ -568,6 +571,19 @@ pub fn run<K: Send + 'static>(
             new_answers_rx: None,
             presence_query: None,
         };
+        // Boxed: an RTM session (nearly all of them) keeps one pointer for it. Made before the
+        // first wait, which the channel types are then not held across.
+        let mut socket_mode = socket_mode.then(|| {
+            Box::new(SocketMode::new(
+                &s.claims,
+                &hub.node.0,
+                id,
+                hub.socket_apps.clone(),
+                channel_types,
+            ))
+        });
+        // Wakes this connection when a closed one of its app left envelopes to send again.
+        let orphans = socket_mode.as_ref().map(|sm| sm.app());
         for (c, after) in resume {
             if s.channels.contains(&c) {
                 s.request_backfill(c, after, None, 0);
@@ -596,17 +612,6 @@ pub fn run<K: Send + 'static>(
                 None => m::HELLO_BEFORE_LIVE.inc(),
             }
         }
-        // Boxed: an RTM session (nearly all of them) keeps one pointer for it.
-        let mut socket_mode = socket_mode.then(|| {
-            Box::new(SocketMode::new(
-                &s.claims,
-                &hub.node.0,
-                id,
-                hub.socket_apps.clone(),
-            ))
-        });
-        // Wakes this connection when a closed one of its app left envelopes to send again.
-        let orphans = socket_mode.as_ref().map(|sm| sm.app());
         let hello = if let Some(sm) = &socket_mode {
             sm.hello(&hub.node.0, orphans.as_ref().map_or(1, |a| a.connections()))
                 .into()
@@ -1461,6 +1466,7 @@ mod tests {
                         web_api: WebApi::nowhere(),
                         presence_sub: false,
                         socket_mode: false,
+                        channel_types: HashMap::new(),
                     });
                     run(hub, socket, params, Shutdown::new(), ()).await;
                     if let Some(tx) = ended.lock().take() {

@@ -9,7 +9,8 @@
 //!   `member_joined_channel`, `member_left_channel`, `channel_left`, `channel_created`,
 //!   `channel_rename`, `channel_archive`, `channel_unarchive` (and the `group_*` forms of a
 //!   private channel's), `team_join` and `user_change`. The event is the RTM
-//!   event as is (with `event_ts`, and `seq`), inside an `event_callback` payload whose
+//!   event as is (with `event_ts`, and `seq`; a message also with the Events API's
+//!   `channel_type`, from the session's channel list or a direct message's name), inside an `event_callback` payload whose
 //!   `event_id` names the channel's entry (`Ev<channel>-<seq>`), so an app can drop one that
 //!   a reconnection brought twice. RTM's own events (presence, typing, `channel_joined`,
 //!   answers) are not sent.
@@ -37,7 +38,7 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use shared::auth::Claims;
-use shared::ids::UserId;
+use shared::ids::{ChannelId, UserId};
 use shared::protocol::client::{error_code, error_json};
 use tokio::sync::Notify;
 
@@ -249,6 +250,9 @@ pub struct SocketMode {
     app: Arc<App>,
     /// Oldest first, as clients acknowledge.
     unacked: VecDeque<Unacked>,
+    /// The Events API `channel_type` of each channel: from the session's start, then from
+    /// `channel_joined` (a direct message's name tells it).
+    channel_types: HashMap<ChannelId, &'static str>,
 }
 
 impl SocketMode {
@@ -257,6 +261,7 @@ impl SocketMode {
         gateway: &str,
         session: SessionId,
         apps: Arc<SocketApps>,
+        channel_types: HashMap<ChannelId, &'static str>,
     ) -> SocketMode {
         let user = &claims.user.0;
         let app = apps.join(&claims.user);
@@ -270,6 +275,7 @@ impl SocketMode {
             apps,
             app,
             unacked: VecDeque::new(),
+            channel_types,
         }
     }
 
@@ -310,8 +316,22 @@ impl SocketMode {
         if kind == "error" {
             return Some(frame.into());
         }
+        if kind == "channel_joined" {
+            // RTM's own event, not sent; it names the channel's type.
+            self.learn_channel_type(&event);
+            return None;
+        }
         if !EVENTS.contains(&kind) || event.get("is_ephemeral") == Some(&Value::Bool(true)) {
             return None;
+        }
+        if kind == "message" {
+            // The Events API says where a message was (`message.im` and the like), which
+            // RTM leaves to the client; apps route direct messages by it.
+            let t = match event.get("channel") {
+                Some(Value::String(c)) => self.channel_types.get(&ChannelId(c.clone())).copied(),
+                _ => None,
+            };
+            event.insert("channel_type".into(), t.unwrap_or("channel").into());
         }
         let now = shared::ids::Ts::now();
         if !event.contains_key("event_ts") {
@@ -381,6 +401,26 @@ impl SocketMode {
             retry: retry_attempt,
         });
         text.into()
+    }
+
+    /// Learns a joined channel's type from its `channel_joined` event: a direct message's
+    /// name (`dm-…`, `mpdm-…`) or `is_private` when the event has it.
+    fn learn_channel_type(&mut self, event: &serde_json::Map<String, Value>) {
+        let channel = &event["channel"];
+        let Some(id) = channel["id"].as_str() else {
+            return;
+        };
+        let name = channel["name"].as_str().unwrap_or_default();
+        let t = if name.starts_with(shared::ids::IM_PREFIX) {
+            "im"
+        } else if name.starts_with(shared::ids::MPIM_PREFIX) {
+            "mpim"
+        } else if channel["is_private"] == true {
+            "group"
+        } else {
+            "channel"
+        };
+        self.channel_types.insert(ChannelId(id.to_string()), t);
     }
 
     /// The envelopes that closed connections of the app left unacknowledged, to send on this
@@ -460,7 +500,7 @@ mod tests {
             issued_at: 1,
             service: false,
         };
-        SocketMode::new(&claims, "gw-1", session, apps.clone())
+        SocketMode::new(&claims, "gw-1", session, apps.clone(), HashMap::new())
     }
 
     fn message(seq: u64) -> String {
@@ -715,5 +755,50 @@ mod tests {
             .expect("woken")
             .unwrap();
         assert_eq!(parse(&b.redeliveries()[0])["payload"], sent["payload"]);
+    }
+
+    #[test]
+    fn message_events_say_their_channel_type() {
+        let types: HashMap<ChannelId, &'static str> = [
+            (ChannelId::from("CPUB"), "channel"),
+            (ChannelId::from("CPRIV"), "group"),
+            (ChannelId::from("CDM"), "im"),
+            (ChannelId::from("CGROUPDM"), "mpim"),
+        ]
+        .into_iter()
+        .collect();
+        let claims = Claims {
+            workspace: WorkspaceId::from("TW"),
+            user: UserId::from("UBOT"),
+            admin: false,
+            bot: true,
+            issued_at: 1,
+            service: false,
+        };
+        let mut sm = SocketMode::new(&claims, "gw-1", 1, Arc::default(), types);
+        let mut seq = 0;
+        let mut type_of = |sm: &mut SocketMode, channel: &str| {
+            seq += 1;
+            let frame = format!(
+                r#"{{"type":"message","channel":"{channel}","user":"UB","text":"hi","ts":"1795629551.{seq:06}","seq":{seq}}}"#
+            );
+            parse(&sm.frame(&frame).unwrap())["payload"]["event"]["channel_type"].clone()
+        };
+        assert_eq!(type_of(&mut sm, "CPUB"), "channel");
+        assert_eq!(type_of(&mut sm, "CPRIV"), "group");
+        assert_eq!(type_of(&mut sm, "CDM"), "im");
+        assert_eq!(type_of(&mut sm, "CGROUPDM"), "mpim");
+        assert_eq!(type_of(&mut sm, "CUNKNOWN"), "channel");
+        // Conversations joined later: a direct message's name tells it.
+        for (id, name) in [("CNEWDM", "dm-ualice-ubot"), ("CNEWGROUP", "mpdm-a-b-c")] {
+            let joined = json!({"type": "channel_joined", "channel": {"id": id, "name": name}});
+            assert!(sm.frame(&joined.to_string()).is_none(), "RTM's own");
+        }
+        assert_eq!(type_of(&mut sm, "CNEWDM"), "im");
+        assert_eq!(type_of(&mut sm, "CNEWGROUP"), "mpim");
+        // Only message events carry one, as in the Events API.
+        let reaction = r#"{"type":"reaction_added","user":"UB","reaction":"tada","item":{"type":"message","channel":"CDM","ts":"1.000001"},"event_ts":"1.000002"}"#;
+        let reaction = parse(&sm.frame(reaction).unwrap());
+        assert!(reaction["payload"]["event"].get("channel_type").is_none());
     }
 }

@@ -251,7 +251,9 @@ def test_bolt_app_over_socket_mode(dev):
     """A Bolt app, unchanged, as a bot user with a bot token (`xoxb-`): it opens Socket Mode
     with `apps.connections.open`, hears a message in its channel, answers with `say` in the
     thread (its answer carries its `bot_id`, so it does not hear itself), and hears a
-    reaction."""
+    reaction. It runs as two instances (two connections, as apps do for redundancy): each
+    event reaches one of them, so every message is answered once. A direct message says
+    `channel_type` `im`."""
     import re
 
     from slack_bolt import App
@@ -270,28 +272,32 @@ def test_bolt_app_over_socket_mode(dev):
     channel = alice.conversations_create(name="py-bolt-" + uuid.uuid4().hex[:6])["channel"]["id"]
     bot.conversations_join(channel=channel)
 
-    app = App(client=bot)
     heard, reactions = queue.Queue(), queue.Queue()
-
-    @app.message(re.compile(r"^ping (\d+)$"))
-    def answer(message, say, context):
-        heard.put(message)
-        say(text=f"pong {context['matches'][0]}", thread_ts=message["ts"])
-
-    @app.event("reaction_added")
-    def reacted(event):
-        reactions.put(event)
-
     # The classic welcome bot.
     joined = queue.Queue()
 
-    @app.event("team_join")
-    def welcome(event, client):
-        joined.put(event["user"])
-        client.chat_postMessage(channel=channel, text=f"welcome, <@{event['user']['id']}>")
+    def instance():
+        app = App(client=bot)
 
-    handler = SocketModeHandler(app, app_token=bot_token, web_client=bot)
-    handler.connect()
+        @app.message(re.compile(r"^ping (\d+)$"))
+        def answer(message, say, context):
+            heard.put(message)
+            say(text=f"pong {context['matches'][0]}", thread_ts=message["ts"])
+
+        @app.event("reaction_added")
+        def reacted(event):
+            reactions.put(event)
+
+        @app.event("team_join")
+        def welcome(event, client):
+            joined.put(event["user"])
+            client.chat_postMessage(channel=channel, text=f"welcome, <@{event['user']['id']}>")
+
+        handler = SocketModeHandler(app, app_token=bot_token, web_client=bot)
+        handler.connect()
+        return handler
+
+    handlers = [instance(), instance()]
     try:
         # The app's session subscribes in the background: ping until it answers (bounded).
         message = None
@@ -304,6 +310,7 @@ def test_bolt_app_over_socket_mode(dev):
                 pass
         assert message is not None, "the app never heard a ping"
         assert message["channel"] == channel and message["user"] == dev["tokens"]["users"]["alice"]["id"]
+        assert message["channel_type"] == "channel", message
         number = message["text"].split()[1]
 
         deadline, replies = time.time() + 10, []
@@ -312,8 +319,22 @@ def test_bolt_app_over_socket_mode(dev):
             if len(replies) == 2:
                 break
             time.sleep(0.1)
+        # A second answer (the other instance's) would come within this.
+        time.sleep(0.5)
+        replies = alice.conversations_replies(channel=channel, ts=message["ts"])["messages"]
         assert [m["text"] for m in replies] == [message["text"], f"pong {number}"], replies
         assert replies[1]["user"] == bot_id and replies[1]["bot_id"] == bot_id, replies[1]
+        # Every ping that was heard was heard once, by one instance.
+        texts = [message["text"]]
+        while not heard.empty():
+            texts.append(heard.get()["text"])
+        assert len(texts) == len(set(texts)), texts
+
+        # A direct message to the bot.
+        dm = alice.conversations_open(users=bot_id)["channel"]["id"]
+        alice.chat_postMessage(channel=dm, text="ping 99")
+        direct = heard.get(timeout=10)
+        assert direct["channel"] == dm and direct["channel_type"] == "im", direct
 
         alice.reactions_add(channel=channel, timestamp=replies[1]["ts"], name="tada")
         event = reactions.get(timeout=10)
@@ -331,7 +352,8 @@ def test_bolt_app_over_socket_mode(dev):
             time.sleep(0.1)
         assert texts == [f"welcome, <@{erin['id']}>"], texts
     finally:
-        handler.close()
+        for handler in handlers:
+            handler.close()
 
 
 def test_users_lookup_by_email(dev):
