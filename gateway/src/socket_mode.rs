@@ -8,11 +8,11 @@
 //!   (its subtypes too, not ephemeral ones), `reaction_added`, `reaction_removed`,
 //!   `member_joined_channel`, `member_left_channel`, `channel_left`, `channel_created`,
 //!   `channel_rename`, `channel_archive`, `channel_unarchive` (and the `group_*` forms of a
-//!   private channel's), `team_join` and `user_change`. The event is the RTM
-//!   event as is (with `event_ts`, and `seq`; a message also with the Events API's
-//!   `channel_type`, from the session's channel list or a direct message's name), inside an `event_callback` payload whose
-//!   `event_id` names the channel's entry (`Ev<channel>-<seq>`), so an app can drop one that
-//!   a reconnection brought twice. RTM's own events (presence, typing, `channel_joined`,
+//!   private channel's), `team_join` and `user_change`. The event is the RTM event as is
+//!   (with `event_ts`, and `seq`; a message also with the Events API's `channel_type`, from
+//!   the session's channel list or a direct message's name), inside an `event_callback`
+//!   payload whose `event_id` names the channel's entry (`Ev<channel>-<seq>`), so an app can
+//!   drop one that a reconnection brought twice. RTM's own events (presence, typing, `channel_joined`,
 //!   answers) are not sent.
 //! - Each event goes to **one** of the app's connections on this gateway, as Slack gives each
 //!   envelope to one connection (an app runs several for redundancy, or several instances of
