@@ -270,18 +270,20 @@ impl ChannelTask {
         self.window_by_client_id.get(client_msg_id).cloned()
     }
 
-    /// The messages that the group's edits and deletions change, as stored now: what each was
-    /// before (`None`: gone, or never a message). A message the store cannot be asked about
-    /// is left out, and its changes go without `previous_message` rather than failing.
+    /// The messages that the group's edits and deletions change, and the thread roots of its
+    /// broadcast replies, as stored now: what each was before (`None`: gone, or never a
+    /// message). A message the store cannot be asked about is left out, and its changes go
+    /// without `previous_message` (its broadcasts without `root`) rather than failing.
     async fn change_targets(
         &self,
         posts: &[(NewMessage, Instant, oneshot::Sender<MeshFrame>)],
     ) -> HashMap<Ts, Option<PreviousMessage>> {
         let mut targets = HashMap::new();
         for (new, _, _) in posts {
-            let (MessageKind::Edited { target } | MessageKind::Deleted { target }) = new.kind
-            else {
-                continue;
+            let target = match (&new.kind, new.broadcast, new.thread_ts) {
+                (MessageKind::Edited { target } | MessageKind::Deleted { target }, _, _) => *target,
+                (MessageKind::Posted, true, Some(root)) => root,
+                _ => continue,
             };
             if targets.contains_key(&target) {
                 continue;
@@ -659,8 +661,13 @@ fn encoded_len_bound(m: &Message) -> usize {
 }
 
 /// Gives an edit or deletion the state of its message before it (from `current`, the
-/// group's running view of the messages it changes) and moves that view past it.
+/// group's running view of the messages it changes) and moves that view past it. A broadcast
+/// reply gets its thread root's state (Slack's `root`), which it does not change.
 fn record_previous(msg: &mut Message, current: &mut HashMap<Ts, Option<PreviousMessage>>) {
+    if let (MessageKind::Posted, true, Some(root)) = (&msg.kind, msg.broadcast, msg.thread_ts) {
+        msg.previous = current.get(&root).cloned().flatten().map(Box::new);
+        return;
+    }
     let (MessageKind::Edited { target } | MessageKind::Deleted { target }) = msg.kind else {
         return;
     };
@@ -849,6 +856,70 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(last.seq, 200);
+    }
+
+    #[tokio::test]
+    async fn a_broadcast_reply_carries_its_thread_root_as_it_was() {
+        let f = fixture();
+        let tx = f.start();
+        let (root, _) = posted(post(&tx, f.new_message("release 3.1?", None)).await);
+        let reply = |text: &str, broadcast: bool| NewMessage {
+            thread_ts: Some(root.ts),
+            broadcast,
+            ..f.new_message(text, None)
+        };
+        let (plain, _) = posted(post(&tx, reply("checking", false)).await);
+        assert_eq!(plain.previous, None, "only a broadcast carries its root");
+        let (shipped, _) = posted(post(&tx, reply("shipped", true)).await);
+        let was = shipped.previous.as_deref().expect("the root");
+        assert_eq!((was.text.as_str(), was.edited), ("release 3.1?", None));
+        assert_eq!(was.user, root.user);
+        // An edit of the root and a broadcast queued together: the broadcast sees the edit.
+        let (r1, rx1) = oneshot::channel();
+        let (r2, rx2) = oneshot::channel();
+        let edit = NewMessage {
+            kind: MessageKind::Edited { target: root.ts },
+            ..f.new_message("release 3.1 is out", None)
+        };
+        for (msg, reply_to) in [(edit, r1), (reply("see above", true), r2)] {
+            tx.send(ChannelCmd::Post {
+                msg,
+                received: Instant::now(),
+                reply: reply_to,
+            })
+            .await
+            .unwrap();
+        }
+        let (edited, _) = posted(rx1.await.unwrap());
+        let (after, _) = posted(rx2.await.unwrap());
+        let was = after.previous.as_deref().unwrap();
+        assert_eq!(
+            (was.text.as_str(), was.edited),
+            ("release 3.1 is out", Some(edited.ts))
+        );
+        // The edit's own previous state is still the root before it.
+        assert_eq!(edited.previous.as_deref().unwrap().text, "release 3.1?");
+        // A broadcast into a thread whose root is gone carries none.
+        let (gone, _) = posted(
+            post(
+                &tx,
+                NewMessage {
+                    thread_ts: Some(Ts(1)),
+                    broadcast: true,
+                    ..f.new_message("orphan", None)
+                },
+            )
+            .await,
+        );
+        assert_eq!(gone.previous, None);
+        // Stored as acked.
+        let stored = f
+            .store
+            .message_view(&f.workspace, &f.channel, shipped.ts)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.message.previous, shipped.previous);
     }
 
     #[tokio::test]

@@ -57,6 +57,9 @@ def test_post_edit_delete_react_thread_history(dev):
     # A reply also sent to the channel (Slack's "Also send to #channel").
     shown = alice.chat_postMessage(channel=channel, text="done, see thread", thread_ts=ts, reply_broadcast=True)
     assert shown["message"]["subtype"] == "thread_broadcast"
+    # Its thread's start, which clients show above it.
+    root = shown["message"]["root"]
+    assert (root["ts"], root["text"], root["user"]) == (ts, "hello, edited", dev["tokens"]["users"]["alice"]["id"]), root
     top = alice.conversations_history(channel=channel, limit=10)["messages"]
     assert [(m["text"], m.get("subtype")) for m in top] == [
         ("done, see thread", "thread_broadcast"),
@@ -170,6 +173,7 @@ def test_rtm_client_receives_messages_and_changes(dev):
             if e.get("type") == "reaction_added" and e["reaction"] == "wave":
                 kinds.add("reaction")
             if e.get("subtype") == "thread_broadcast" and e["thread_ts"] == posted["ts"]:
+                assert e["root"]["text"] == marker + " edited" and e["root"]["ts"] == posted["ts"], e
                 kinds.add("broadcast")
         assert kinds == {"changed", "reaction", "broadcast"}
     finally:

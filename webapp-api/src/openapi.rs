@@ -277,7 +277,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             p("attachments", Ty::Str, "legacy attachments (a JSON array, at most 100), kept and given back in history and live events; their text also follows the message's text on lines of its own: pretext, author, title (`<title_link|title>`), text, fields as `title: value`, blocks' text, footer, and `fallback` when none of these has any"),
             p("client_msg_id", Ty::Str, "idempotency key, per channel: a retry (same user, text and thread) answers the stored message; the key reused by another user or for another text or thread answers `client_msg_id_conflict`"),
             p("thread_ts", Ty::Ts, "post as a reply in this message's thread"),
-            p("reply_broadcast", Ty::Bool, "with `thread_ts`: the reply is also shown in the channel (its history and live events), as subtype `thread_broadcast`; ignored without `thread_ts`"),
+            p("reply_broadcast", Ty::Bool, "with `thread_ts`: the reply is also shown in the channel (its history and live events), as subtype `thread_broadcast`, with `root` (the thread's first message as it was then); ignored without `thread_ts`"),
         ],
         errors: &[
             "channel_not_found",

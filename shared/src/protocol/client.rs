@@ -119,6 +119,9 @@ pub struct MessageEvent {
     /// A bot's message: the bot's id (what `auth.test` gives it as `bot_id`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub bot_id: Option<String>,
+    /// A `thread_broadcast`'s thread root, as it was when the reply was posted.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub root: Option<serde_json::Value>,
 }
 
 impl From<&Message> for MessageEvent {
@@ -150,8 +153,37 @@ impl From<&Message> for MessageEvent {
                 _ => None,
             },
             bot_id: m.bot.then(|| m.user.0.clone()),
+            root: broadcast_root(m),
         }
     }
+}
+
+/// Slack's `root` of a `thread_broadcast` (a reply also shown in the channel): the thread's
+/// first message as it was when the reply was posted, which clients show above the reply.
+/// Absent for other messages, for a root that was gone, and for replies stored before it was
+/// kept.
+pub fn broadcast_root(m: &Message) -> Option<serde_json::Value> {
+    if !m.broadcast {
+        return None;
+    }
+    let root = m.thread_ts?;
+    let p = m.previous.as_deref()?;
+    let ts = root.to_slack();
+    let mut v = serde_json::json!({
+        "type": "message",
+        "user": p.user.0,
+        "text": p.text,
+        "ts": ts,
+        "thread_ts": ts,
+        "team": m.workspace.0,
+    });
+    if let Some(edited) = p.edited {
+        v["edited"] = serde_json::json!({ "user": p.user.0, "ts": edited.to_slack() });
+    }
+    if let Some(rich) = &p.rich {
+        rich.add_to(&mut v);
+    }
+    Some(v)
 }
 
 /// A hidden `message` event of `subtype` about the message `target`, for entry `m` (at
@@ -369,6 +401,7 @@ mod tests {
 
     #[test]
     fn every_entry_kind_renders_with_channel_and_seq() {
+        use super::super::model::PreviousMessage;
         use crate::ids::{Ts, UserId, WorkspaceId};
         let base = Message {
             workspace: WorkspaceId::from("TW"),
@@ -464,6 +497,30 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&message_json(&reply)).unwrap();
         assert_eq!(v["subtype"], "thread_broadcast");
         assert_eq!(v["thread_ts"], "1.000000");
+        assert!(v.get("root").is_none(), "no root known: {v}");
+        // With its root (as the channel's owner places it), clients show the thread's start.
+        reply.previous = Some(Box::new(PreviousMessage {
+            user: UserId::from("UROOT"),
+            text: "release 3.1?".into(),
+            thread_ts: None,
+            edited: Some(Ts(1_500_000)),
+            rich: crate::protocol::RichContent {
+                blocks: Some(r#"[{"type":"divider"}]"#.into()),
+                attachments: None,
+                sets: None,
+            }
+            .boxed(),
+        }));
+        let v: serde_json::Value = serde_json::from_str(&message_json(&reply)).unwrap();
+        let root = &v["root"];
+        assert_eq!(root["type"], "message", "{v}");
+        assert_eq!(root["user"], "UROOT");
+        assert_eq!(root["text"], "release 3.1?");
+        assert_eq!(root["ts"], "1.000000");
+        assert_eq!(root["thread_ts"], "1.000000");
+        assert_eq!(root["edited"]["ts"], "1.500000");
+        assert_eq!(root["blocks"][0]["type"], "divider");
+        assert_eq!(v["text"], reply.text, "the reply is still the message");
 
         // Blocks and attachments reach clients as posted, in messages and in edits.
         let mut rich = base.clone();

@@ -216,9 +216,10 @@ pub struct Message {
     pub thread_ts: Option<Ts>,
     pub kind: MessageKind,
     /// For an edit or a deletion: the message as it was just before (Slack's
-    /// `previous_message`). Filled in by the channel's owner when it places the entry, so it
-    /// is what the channel's order had, whatever raced. `None` for other entries, and for
-    /// entries stored before it was kept.
+    /// `previous_message`). For a broadcast reply: its thread's root as it was when the reply
+    /// was placed (Slack's `root`). Filled in by the channel's owner when it places the entry,
+    /// so it is what the channel's order had, whatever raced. `None` for other entries, and
+    /// for entries stored before it was kept.
     #[serde(default)]
     pub previous: Option<Box<PreviousMessage>>,
     /// A thread reply also shown in the channel ([`NewMessage::broadcast`]).

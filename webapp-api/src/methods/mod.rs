@@ -450,8 +450,11 @@ pub(crate) fn message_json(msg: &Message) -> Value {
         v["thread_ts"] = ts.to_slack().into();
     }
     if msg.broadcast {
-        // Slack's reply that is also shown in the channel.
+        // Slack's reply that is also shown in the channel, with its thread's start.
         v["subtype"] = "thread_broadcast".into();
+        if let Some(root) = shared::protocol::client::broadcast_root(msg) {
+            v["root"] = root;
+        }
     }
     if msg.bot {
         // What bots check to ignore bots (their own messages, and each other's).

@@ -366,6 +366,11 @@ async fn a_broadcast_reply_is_shown_in_the_channel_and_its_thread() {
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["message"]["subtype"], "thread_broadcast", "{v}");
     assert_eq!(v["message"]["thread_ts"], parent.as_str());
+    // Slack's `root`: the thread's start, which clients show above the reply.
+    let root = &v["message"]["root"];
+    assert_eq!(root["ts"], parent.as_str(), "{v}");
+    assert_eq!(root["text"], "release 3.1?");
+    assert_eq!(root["user"], s.user_id("alice").as_str());
     let v = s
         .ok(
             "chat.postMessage",
@@ -387,6 +392,8 @@ async fn a_broadcast_reply_is_shown_in_the_channel_and_its_thread() {
         ]
     );
     assert_eq!(history["messages"][2]["reply_count"], 2);
+    assert_eq!(history["messages"][1]["root"]["text"], "release 3.1?");
+    assert!(history["messages"][2].get("root").is_none());
     let replies = s
         .ok(
             "conversations.replies",
