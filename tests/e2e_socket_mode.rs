@@ -28,20 +28,8 @@ async fn socket_mode_sessions_get_events_api_envelopes_and_acknowledge_them() {
     cluster.join(&bob, &channel).await;
 
     // Bob's app: the URL from `apps.connections.open`, as the SDKs take it.
-    let open = cluster
-        .api_ok("apps.connections.open", &bob.token, json!({}))
-        .await;
-    let url = open["url"].as_str().expect("url").to_string();
-    assert!(url.ends_with("&mode=socket"), "{url}");
-    let g = cluster
-        .gateways
-        .iter()
-        .position(|gw| url.starts_with(&format!("{}?", gw.ws_url)))
-        .unwrap_or_else(|| panic!("{url} names no gateway of the cluster"));
+    let (app, g) = open_connection(&cluster, &bob).await;
     let gw_http = cluster.gateways[g].http.clone();
-    let app = Client::connect_url(&url)
-        .await
-        .expect("socket mode connect");
     let hello = &app.hello;
     assert_eq!(hello["num_connections"], 1, "{hello}");
     assert_eq!(
@@ -229,6 +217,7 @@ async fn open_connection(cluster: &Cluster, app: &TestUser) -> (Client, usize) {
         .api_ok("apps.connections.open", &app.token, json!({}))
         .await;
     let url = open["url"].as_str().expect("url").to_string();
+    assert!(url.ends_with("&mode=socket"), "{url}");
     let g = cluster
         .gateways
         .iter()

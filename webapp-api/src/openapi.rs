@@ -474,7 +474,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "search.messages",
-        summary: "Searches the messages of every conversation the caller can read, with Slack's query syntax (words, \"phrases\", `in:#channel`, `from:@user`, `before:`/`after:`/`on:`, `has:link`, `-word`).",
+        summary: "Searches the messages of every conversation the caller can read, with Slack's query syntax (words, \"phrases\", `in:#channel`, `from:@user`, `before:`/`after:`/`on:`, `during:` a day, month or year, `has:link`, `-word`).",
         auth: Auth::User,
         params: &[
             req("query", Ty::Str, "the search query"),

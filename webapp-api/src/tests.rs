@@ -1914,9 +1914,28 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
     assert_eq!(v["messages"]["total"], 2, "{v}");
     assert_eq!(v["messages"]["paging"]["pages"], 2);
     assert_eq!(v["messages"]["matches"][0]["seq"], 2, "newest first");
+    // `during:` a day, month or year (UTC): alice's two releases are of 2026-11-25.
+    for (period, total) in [
+        ("2026-11-25", 2),
+        ("2026-11", 2),
+        ("2026", 2),
+        ("2026-11-24", 0),
+        ("2026-10", 0),
+        ("2025", 0),
+    ] {
+        let (_, v) = s
+            .call(
+                "search.messages",
+                Some(&alice),
+                json!({"query": format!("release from:@alice during:{period}")}),
+            )
+            .await;
+        assert_eq!(v["messages"]["total"], total, "during:{period}: {v}");
+    }
     // Bad queries are clear errors.
     for bad in [
         json!({}),
+        json!({"query": "x during:someday"}),
         json!({"query": "x before:tomorrowish"}),
         json!({"query": "x", "count": "zero"}),
         json!({"query": "\"open"}),

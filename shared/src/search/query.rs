@@ -3,7 +3,9 @@
 //! Supported: free words (all must match), `"quoted phrases"`, `-word` exclusion,
 //! `in:#channel` / `in:C123` / `in:<#C123|name>`, `from:@user` / `from:U123` / `from:<@U123>`,
 //! `before:YYYY-MM-DD`, `after:YYYY-MM-DD`, `on:YYYY-MM-DD` (also `today`, `yesterday`),
-//! `has:link`. Dates are UTC days; `before` and `after` are exclusive, like Slack's.
+//! `during:` a day (as `on:`), a month (`YYYY-MM`, or its name: the latest such month that
+//! has begun) or a year (`YYYY`), and `has:link`. Dates are UTC days; `before` and `after`
+//! are exclusive, like Slack's.
 
 use crate::ids::Ts;
 
@@ -31,6 +33,8 @@ pub enum QueryError {
     TooLong,
     #[error("invalid date {0:?} (expected YYYY-MM-DD)")]
     BadDate(String),
+    #[error("invalid period {0:?} (expected a year YYYY, a month YYYY-MM or its name, a day YYYY-MM-DD, today or yesterday)")]
+    BadPeriod(String),
     #[error("unsupported modifier {0:?}")]
     UnsupportedModifier(String),
     #[error("unterminated quote")]
@@ -70,6 +74,77 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> Option<i64> {
     let doy = (153 * mp + 2) / 5 + d as i64 - 1;
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     Some(era * 146_097 + doe - 719_468)
+}
+
+/// The civil date `(year, month, day)` of a count of days since 1970-01-01 (the inverse of
+/// [`days_from_civil`]).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+const MONTHS: [&str; 12] = [
+    "january",
+    "february",
+    "march",
+    "april",
+    "may",
+    "june",
+    "july",
+    "august",
+    "september",
+    "october",
+    "november",
+    "december",
+];
+
+/// The span `[start, end)` that `during:` names: a day (`YYYY-MM-DD`, `today`,
+/// `yesterday`), a month (`YYYY-MM`, or its name or first three letters: the latest such
+/// month that has begun by `now`) or a year (`YYYY`), in UTC.
+fn period(s: &str, now: Ts) -> Result<(Ts, Ts), QueryError> {
+    let bad = || QueryError::BadPeriod(s.to_string());
+    let lower = s.to_ascii_lowercase();
+    let span = |from: Option<i64>, to: Option<i64>| match (from, to) {
+        (Some(from), Some(to)) if from >= 0 => {
+            Ok((Ts(from as u64 * DAY_MICROS), Ts(to as u64 * DAY_MICROS)))
+        }
+        _ => Err(bad()),
+    };
+    let month = |y: i64, m: u32| {
+        let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+        span(days_from_civil(y, m, 1), days_from_civil(ny, nm, 1))
+    };
+    if lower == "today" || lower == "yesterday" || lower.matches('-').count() == 2 {
+        let start = day_start(&lower, now).map_err(|_| bad())?;
+        return Ok((start, Ts(start.0 + DAY_MICROS)));
+    }
+    if let Some(i) = MONTHS
+        .iter()
+        .position(|name| lower == *name || (lower.len() == 3 && name.starts_with(&lower)))
+    {
+        let (year, this_month, _) = civil_from_days((now.0 / DAY_MICROS) as i64);
+        let m = i as u32 + 1;
+        return month(if m <= this_month { year } else { year - 1 }, m);
+    }
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    match lower.split_once('-') {
+        Some((y, m)) if y.len() == 4 && digits(y) && m.len() <= 2 && digits(m) => {
+            month(y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?)
+        }
+        None if lower.len() == 4 && digits(&lower) => {
+            let y: i64 = lower.parse().map_err(|_| bad())?;
+            span(days_from_civil(y, 1, 1), days_from_civil(y + 1, 1, 1))
+        }
+        _ => Err(bad()),
+    }
 }
 
 /// The start of the UTC day named by `s`, as a [`Ts`].
@@ -188,8 +263,13 @@ pub fn parse(q: &str, now: Ts) -> Result<ParsedQuery, QueryError> {
                 p.after = Some(Ts(start.0.saturating_sub(1)));
                 p.before = Some(Ts(start.0 + DAY_MICROS));
             }
+            Some(("during", v)) => {
+                let (start, end) = period(v, now)?;
+                p.after = Some(Ts(start.0.saturating_sub(1)));
+                p.before = Some(end);
+            }
             Some(("has", "link")) => p.has_link = true,
-            Some(("has" | "is" | "during" | "to" | "with", _)) => {
+            Some(("has" | "is" | "to" | "with", _)) => {
                 return Err(QueryError::UnsupportedModifier(tok))
             }
             _ => p.words.push(tok),
@@ -246,6 +326,57 @@ mod tests {
         let p = parse("on:1970-01-02 x", NOW).unwrap();
         assert_eq!(p.after, Some(Ts(DAY_MICROS - 1)));
         assert_eq!(p.before, Some(Ts(2 * DAY_MICROS)));
+    }
+
+    #[test]
+    fn during_covers_a_day_a_month_or_a_year() {
+        let day = |y, m, d| days_from_civil(y, m, d).unwrap() as u64 * DAY_MICROS;
+        let range = |q: &str| {
+            let p = parse(&format!("x during:{q}"), NOW).unwrap();
+            (p.after.unwrap().0 + 1, p.before.unwrap().0)
+        };
+        // NOW is 2026-11-25.
+        assert_eq!(civil_from_days((NOW.0 / DAY_MICROS) as i64), (2026, 11, 25));
+        assert_eq!(range("2026"), (day(2026, 1, 1), day(2027, 1, 1)));
+        assert_eq!(range("2026-02"), (day(2026, 2, 1), day(2026, 3, 1)));
+        assert_eq!(range("2024-2"), (day(2024, 2, 1), day(2024, 3, 1)));
+        assert_eq!(range("2025-12"), (day(2025, 12, 1), day(2026, 1, 1)));
+        assert_eq!(range("2026-11-03"), (day(2026, 11, 3), day(2026, 11, 4)));
+        assert_eq!(range("today"), (day(2026, 11, 25), day(2026, 11, 26)));
+        assert_eq!(range("Yesterday"), (day(2026, 11, 24), day(2026, 11, 25)));
+        // A month's name: the latest that has begun (this one, or last year's).
+        assert_eq!(range("november"), (day(2026, 11, 1), day(2026, 12, 1)));
+        assert_eq!(range("March"), (day(2026, 3, 1), day(2026, 4, 1)));
+        assert_eq!(range("dec"), (day(2025, 12, 1), day(2026, 1, 1)));
+        assert_eq!(range("may"), (day(2026, 5, 1), day(2026, 6, 1)));
+        for bad in [
+            "2026-13",
+            "20266",
+            "soon",
+            "1969",
+            "2026-1x",
+            "",
+            "ju",
+            "2026-02-30",
+        ] {
+            assert_eq!(
+                parse(&format!("x during:{bad}"), NOW),
+                Err(QueryError::BadPeriod(bad.to_string())),
+                "{bad}"
+            );
+        }
+        // Alone it is a whole query, like `on:`.
+        assert!(parse("during:2026", NOW).is_ok());
+    }
+
+    #[test]
+    fn days_map_back_to_their_dates() {
+        for days in [
+            -1_000_000, -1, 0, 1, 59, 11_016, 11_017, 19_782, 20_417, 2_000_000,
+        ] {
+            let (y, m, d) = civil_from_days(days);
+            assert_eq!(days_from_civil(y, m, d), Some(days), "{days}: {y}-{m}-{d}");
+        }
     }
 
     #[test]
