@@ -355,6 +355,11 @@ def test_bolt_app_over_socket_mode(dev):
                 break
             time.sleep(0.1)
         assert texts == [f"welcome, <@{erin['id']}>"], texts
+        # Welcomed once, by one instance: a second welcome would come within this.
+        time.sleep(0.5)
+        recent = [m["text"] for m in alice.conversations_history(channel=channel, limit=5)["messages"]]
+        assert recent.count(f"welcome, <@{erin['id']}>") == 1, recent
+        assert joined.empty(), "team_join reached both instances"
     finally:
         for handler in handlers:
             handler.close()
