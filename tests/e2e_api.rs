@@ -371,4 +371,25 @@ async fn a_bot_user_s_messages_carry_its_bot_id() {
         .wait_event(0, WAIT, "alice's message", |e| e["text"] == "nice")
         .await;
     assert!(from_alice.get("bot_id").is_none(), "{from_alice}");
+    // A name and icon of its own for one message reach the session too (through the mesh's
+    // tagged rich fields).
+    cluster
+        .api_ok(
+            "chat.postMessage",
+            &bot.token,
+            json!({ "channel": channel, "text": "build 43 passed", "username": "Build: main",
+                    "icon_url": "https://ci.example.com/green.png" }),
+        )
+        .await;
+    let named = ws
+        .wait_event(0, WAIT, "the named message", |e| {
+            e["text"] == "build 43 passed"
+        })
+        .await;
+    assert_eq!(named["username"], "Build: main", "{named}");
+    assert_eq!(
+        named["icons"]["image_48"], "https://ci.example.com/green.png",
+        "{named}"
+    );
+    assert_eq!(named["bot_id"], bot.id.as_str(), "{named}");
 }

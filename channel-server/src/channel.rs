@@ -652,12 +652,18 @@ fn encoded_len_bound(m: &Message) -> usize {
             _ => 0,
         }
         + m.previous.as_ref().map_or(0, |p| {
-            p.user.0.len() + p.text.len() + p.rich.as_ref().map_or(0, |r| r.string_bytes())
+            p.user.0.len() + p.text.len() + p.rich.as_deref().map_or(0, rich_bound)
         })
-        + m.rich.as_ref().map_or(0, |r| r.string_bytes());
+        + m.rich.as_deref().map_or(0, rich_bound);
     // Ten strings' lengths, seq, ts, thread_ts, the kind and its target, the previous
     // message's thread_ts and edited, the broadcast flag, option tags: well under 128 bytes.
     strings + 128
+}
+
+/// What rich content adds to an encoded frame at most: its strings, and for each of its
+/// (at most seven) fields a tag and a length of at most ten bytes, and the list's length.
+fn rich_bound(r: &shared::protocol::RichContent) -> usize {
+    r.string_bytes() + 7 * 10 + 10
 }
 
 /// Gives an edit or deletion the state of its message before it (from `current`, the

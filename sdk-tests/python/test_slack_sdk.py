@@ -275,6 +275,9 @@ def test_bolt_app_over_socket_mode(dev):
     assert alice.bots_info(bot=bot_id)["bot"]["name"] == made["user"]["name"]
     channel = alice.conversations_create(name="py-bolt-" + uuid.uuid4().hex[:6])["channel"]["id"]
     bot.conversations_join(channel=channel)
+    # A name and icon of its own for one message (Slack's chat:write.customize).
+    named = bot.chat_postMessage(channel=channel, text="build passed", username="Build: main", icon_emoji=":rocket:")
+    assert named["message"]["username"] == "Build: main" and named["message"]["icons"] == {"emoji": ":rocket:"}, named
 
     heard, reactions = queue.Queue(), queue.Queue()
     # The classic welcome bot.

@@ -1458,6 +1458,99 @@ async fn a_bot_user_has_a_bot_token_and_its_messages_carry_its_bot_id() {
     s.stop().await;
 }
 
+/// A bot may give one message a name and an icon of its own (`username`, `icon_emoji`,
+/// `icon_url`), as Slack's `chat:write.customize` allows: the message carries Slack's
+/// `username` and `icons` in the answer, history and after an edit. A person's message is
+/// always drawn as theirs; a malformed name or icon is refused.
+#[tokio::test]
+async fn a_bot_may_give_a_message_its_own_name_and_icon() {
+    let s = Server::start_with_cluster().await;
+    let made = s
+        .ok(
+            "admin.users.create",
+            &s.admin_token(),
+            json!({"name": "ci", "is_bot": true}),
+        )
+        .await;
+    let bot = made["token"].as_str().unwrap().to_string();
+    let general = s.general().await;
+    s.ok("conversations.join", &bot, json!({"channel": general}))
+        .await;
+    let posted = s
+        .ok(
+            "chat.postMessage",
+            &bot,
+            json!({"channel": general, "text": "build 41 passed", "username": "Build: main",
+                   "icon_emoji": "white_check_mark"}),
+        )
+        .await;
+    let message = &posted["message"];
+    assert_eq!(message["username"], "Build: main", "{posted}");
+    assert_eq!(message["icons"], json!({"emoji": ":white_check_mark:"}));
+    let ts = posted["ts"].as_str().unwrap().to_string();
+    let by_url = s
+        .ok(
+            "chat.postMessage",
+            &bot,
+            json!({"channel": general, "text": "build 42 failed",
+                   "icon_url": "https://ci.example.com/red.png"}),
+        )
+        .await;
+    assert!(by_url["message"].get("username").is_none(), "{by_url}");
+    assert_eq!(
+        by_url["message"]["icons"]["image_48"],
+        "https://ci.example.com/red.png"
+    );
+    // An edit keeps them.
+    let edited = s
+        .ok(
+            "chat.update",
+            &bot,
+            json!({"channel": general, "ts": ts, "text": "build 41 passed (retried)"}),
+        )
+        .await;
+    assert_eq!(edited["message"]["username"], "Build: main", "{edited}");
+    let history = s
+        .ok(
+            "conversations.history",
+            &s.token("bob"),
+            json!({"channel": general, "limit": 2}),
+        )
+        .await;
+    let older = &history["messages"][1];
+    assert_eq!(older["text"], "build 41 passed (retried)", "{history}");
+    assert_eq!(older["username"], "Build: main");
+    assert_eq!(older["icons"]["emoji"], ":white_check_mark:");
+    // A person's message is theirs, whatever it asks.
+    let by_person = s
+        .ok(
+            "chat.postMessage",
+            &s.token("bob"),
+            json!({"channel": general, "text": "hi", "username": "Not Bob"}),
+        )
+        .await;
+    assert!(
+        by_person["message"].get("username").is_none(),
+        "{by_person}"
+    );
+    for (field, value) in [
+        ("username", "   "),
+        ("username", &"x".repeat(81)),
+        ("icon_emoji", "not an emoji!"),
+        ("icon_url", "ftp://example.com/i.png"),
+        ("icon_url", "not a url"),
+    ] {
+        s.err(
+            "chat.postMessage",
+            &bot,
+            json!({"channel": general, "text": "x", field: value}),
+            "invalid_arguments",
+        )
+        .await;
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn admin_users_create_needs_an_admin_token() {
     let s = Server::start().await;

@@ -122,11 +122,18 @@ pub struct MessageEvent {
     /// A `thread_broadcast`'s thread root, as it was when the reply was posted.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub root: Option<serde_json::Value>,
+    /// The name a bot gave this message, drawn instead of its own.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub username: Option<String>,
+    /// The icon a bot gave this message: `{"emoji": …}` or `{"image_48": …, …}`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub icons: Option<serde_json::Value>,
 }
 
 impl From<&Message> for MessageEvent {
     fn from(m: &Message) -> Self {
         let sets = m.rich.as_ref().and_then(|r| r.sets.as_ref());
+        let identity = m.rich.as_ref().and_then(|r| r.identity.as_ref());
         MessageEvent {
             kind: "message".into(),
             channel: m.channel.0.clone(),
@@ -154,6 +161,8 @@ impl From<&Message> for MessageEvent {
             },
             bot_id: m.bot.then(|| m.user.0.clone()),
             root: broadcast_root(m),
+            username: identity.and_then(|i| i.username.clone()),
+            icons: identity.and_then(|i| i.icons()),
         }
     }
 }
@@ -508,6 +517,7 @@ mod tests {
                 blocks: Some(r#"[{"type":"divider"}]"#.into()),
                 attachments: None,
                 sets: None,
+                identity: None,
             }
             .boxed(),
         }));
@@ -528,6 +538,7 @@ mod tests {
             blocks: Some(r#"[{"type":"divider"}]"#.into()),
             attachments: Some(r#"[{"fallback":"f"}]"#.into()),
             sets: None,
+            identity: None,
         }
         .boxed();
         let v: serde_json::Value = serde_json::from_str(&message_json(&rich)).unwrap();
@@ -558,6 +569,23 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_str(&message_json(&from_bot)).unwrap();
         assert_eq!(v["message"]["bot_id"], from_bot.user.0.as_str(), "{v}");
+        // With the name and icon it gave the message, in the message and in its edit.
+        from_bot.rich = crate::protocol::RichContent {
+            identity: Some(crate::protocol::Identity {
+                username: Some("Deploy: prod".into()),
+                icon_emoji: Some(":rocket:".into()),
+                icon_url: None,
+            }),
+            ..Default::default()
+        }
+        .boxed();
+        let v: serde_json::Value = serde_json::from_str(&message_json(&from_bot)).unwrap();
+        assert_eq!(v["message"]["username"], "Deploy: prod", "{v}");
+        assert_eq!(v["message"]["icons"]["emoji"], ":rocket:", "{v}");
+        from_bot.kind = MessageKind::Posted;
+        let v: serde_json::Value = serde_json::from_str(&message_json(&from_bot)).unwrap();
+        assert_eq!(v["username"], "Deploy: prod", "{v}");
+        assert_eq!(v["icons"], serde_json::json!({"emoji": ":rocket:"}), "{v}");
 
         // A channel's topic or purpose announcement: Slack's subtype and the new text.
         for (sets, subtype, field, text) in [

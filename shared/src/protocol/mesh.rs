@@ -38,10 +38,13 @@ use crate::ids::{ChannelId, NodeId, RingEpoch, Seq, UserId, WorkspaceId};
 /// changed (`Message::previous`). 3: `UserEvent::ChannelJoined` carries the channel's seq at
 /// the join (`after_seq`). 4: messages carry `broadcast` and `rich` (blocks, attachments, a
 /// channel's topic or purpose announcement), and `UserEvent::Notice` relays workspace events.
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: messages carry `bot`; a message's `rich` content travels as tagged fields, which a
+/// reader skips when it does not know them, so fields added to it later (from 5 on: a bot's
+/// own name and icon) need no new version.
+pub const PROTOCOL_VERSION: u16 = 5;
 /// Oldest version this build accepts: each older version lacks a field that bincode reads by
 /// position, so its frames cannot be decoded.
-pub const MIN_PROTOCOL_VERSION: u16 = 4;
+pub const MIN_PROTOCOL_VERSION: u16 = 5;
 /// Default cap on one frame; configurable per node.
 pub const MAX_FRAME_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
 /// ALPN protocol name of the mesh.
@@ -722,9 +725,10 @@ mod tests {
     #[test]
     fn older_versions_frames_are_refused_by_name() {
         // Version 1 wrote messages without `previous`, version 2 joins without `after_seq`,
-        // version 3 messages without `broadcast` and `rich`: bincode cannot read any of them
-        // as this version's, so the version is refused before the payload is looked at.
-        for old in [1u16, 2, 3] {
+        // version 3 messages without `broadcast` and `rich`, version 4 without `bot` and with
+        // `rich` by position: bincode cannot read any of them as this version's, so the
+        // version is refused before the payload is looked at.
+        for old in [1u16, 2, 3, 4] {
             let mut bytes = MeshFrame::Unsubscribe {
                 channel: ChannelId::from("C1"),
             }
@@ -736,13 +740,13 @@ mod tests {
                 err,
                 WireError::Version {
                     version: old,
-                    min: 4,
-                    max: 4
+                    min: 5,
+                    max: 5
                 }
             );
             assert!(
                 err.to_string()
-                    .contains(&format!("version {old} (accepted 4..=4)")),
+                    .contains(&format!("version {old} (accepted 5..=5)")),
                 "{err}"
             );
         }

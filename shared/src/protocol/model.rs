@@ -30,7 +30,7 @@ pub struct NewMessage {
     pub bot: bool,
     /// Its Block Kit `blocks` and legacy `attachments`, for a message or an edit that has
     /// them (an edit's are the message's whole new set).
-    #[serde(default)]
+    #[serde(default, with = "rich_wire")]
     pub rich: Option<Box<RichContent>>,
 }
 
@@ -47,6 +47,143 @@ pub struct RichContent {
     /// (Stored as JSON, where older rows lack it.)
     #[serde(default)]
     pub sets: Option<ChannelSetting>,
+    /// A bot's own name and icon for this message (`chat.postMessage`'s `username`,
+    /// `icon_emoji`, `icon_url`). (Stored as JSON, where older rows lack it.)
+    #[serde(default)]
+    pub identity: Option<Identity>,
+}
+
+/// The name and icon a bot gave one message, which clients draw instead of the bot's
+/// (Slack's `username` and `icons` on the message).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// An emoji name in colons, `:robot_face:`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icon_emoji: Option<String>,
+    /// An image's `http(s)` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icon_url: Option<String>,
+}
+
+impl Identity {
+    /// `None` when it names nothing.
+    pub fn some(self) -> Option<Identity> {
+        (self.username.is_some() || self.icon_emoji.is_some() || self.icon_url.is_some())
+            .then_some(self)
+    }
+
+    fn string_bytes(&self) -> usize {
+        [&self.username, &self.icon_emoji, &self.icon_url]
+            .iter()
+            .map(|s| s.as_ref().map_or(0, String::len))
+            .sum()
+    }
+
+    /// Slack's `icons` of the message: the emoji, else the image in each size.
+    pub fn icons(&self) -> Option<serde_json::Value> {
+        match (&self.icon_emoji, &self.icon_url) {
+            (Some(emoji), _) => Some(serde_json::json!({ "emoji": emoji })),
+            (None, Some(url)) => {
+                Some(serde_json::json!({ "image_36": url, "image_48": url, "image_72": url }))
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// Puts Slack's `username` and `icons` into the message object `message`.
+    fn add_to(&self, message: &mut serde_json::Value) {
+        if let Some(name) = &self.username {
+            message["username"] = name.as_str().into();
+        }
+        if let Some(icons) = self.icons() {
+            message["icons"] = icons;
+        }
+    }
+}
+
+/// How the `rich` fields of [`NewMessage`], [`Message`] and [`PreviousMessage`] are written.
+/// In JSON (the stores, the change feed) as the object they are. In the mesh's bincode, which
+/// reads fields by position, as a list of `(tag, text)` pairs of the fields that are set, and
+/// a reader skips a tag it does not know: a field added to [`RichContent`] takes a new tag and
+/// needs no new protocol version. (During a rolling upgrade an older node drops the new field:
+/// an older channel server stores the message without it.)
+mod rich_wire {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::{ChannelSetting, Identity, RichContent};
+
+    const BLOCKS: u8 = 1;
+    const ATTACHMENTS: u8 = 2;
+    const TOPIC: u8 = 3;
+    const PURPOSE: u8 = 4;
+    const USERNAME: u8 = 5;
+    const ICON_EMOJI: u8 = 6;
+    const ICON_URL: u8 = 7;
+
+    type Rich = Option<Box<RichContent>>;
+
+    pub fn serialize<S: Serializer>(rich: &Rich, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            return rich.serialize(s);
+        }
+        let Some(r) = rich.as_deref() else {
+            return None::<Vec<(u8, &str)>>.serialize(s);
+        };
+        let identity = r.identity.as_ref();
+        let pairs: Vec<(u8, &str)> = [
+            (BLOCKS, r.blocks.as_deref()),
+            (ATTACHMENTS, r.attachments.as_deref()),
+            (
+                TOPIC,
+                match &r.sets {
+                    Some(ChannelSetting::Topic(t)) => Some(t.as_str()),
+                    _ => None,
+                },
+            ),
+            (
+                PURPOSE,
+                match &r.sets {
+                    Some(ChannelSetting::Purpose(p)) => Some(p.as_str()),
+                    _ => None,
+                },
+            ),
+            (USERNAME, identity.and_then(|i| i.username.as_deref())),
+            (ICON_EMOJI, identity.and_then(|i| i.icon_emoji.as_deref())),
+            (ICON_URL, identity.and_then(|i| i.icon_url.as_deref())),
+        ]
+        .into_iter()
+        .filter_map(|(tag, text)| Some((tag, text?)))
+        .collect();
+        Some(pairs).serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Rich, D::Error> {
+        if d.is_human_readable() {
+            return Rich::deserialize(d);
+        }
+        let Some(pairs) = Option::<Vec<(u8, String)>>::deserialize(d)? else {
+            return Ok(None);
+        };
+        let mut rich = RichContent::default();
+        let mut identity = Identity::default();
+        for (tag, text) in pairs {
+            match tag {
+                BLOCKS => rich.blocks = Some(text),
+                ATTACHMENTS => rich.attachments = Some(text),
+                TOPIC => rich.sets = Some(ChannelSetting::Topic(text)),
+                PURPOSE => rich.sets = Some(ChannelSetting::Purpose(text)),
+                USERNAME => identity.username = Some(text),
+                ICON_EMOJI => identity.icon_emoji = Some(text),
+                ICON_URL => identity.icon_url = Some(text),
+                // A field of a newer node's: skipped.
+                _ => {}
+            }
+        }
+        rich.identity = identity.some();
+        Ok(Some(Box::new(rich)))
+    }
 }
 
 /// A channel text that a `channel_topic` or `channel_purpose` message announces.
@@ -86,8 +223,11 @@ impl ChannelSetting {
 impl RichContent {
     /// `None` when it holds nothing.
     pub fn boxed(self) -> Option<Box<RichContent>> {
-        (self.blocks.is_some() || self.attachments.is_some() || self.sets.is_some())
-            .then(|| Box::new(self))
+        (self.blocks.is_some()
+            || self.attachments.is_some()
+            || self.sets.is_some()
+            || self.identity.is_some())
+        .then(|| Box::new(self))
     }
 
     /// The bytes of its strings (what it adds to a frame, less a few bytes of lengths).
@@ -95,6 +235,7 @@ impl RichContent {
         self.blocks.as_ref().map_or(0, String::len)
             + self.attachments.as_ref().map_or(0, String::len)
             + self.sets.as_ref().map_or(0, |s| s.field().1.len())
+            + self.identity.as_ref().map_or(0, Identity::string_bytes)
     }
 
     /// Its `blocks` as JSON (what was stored is what the Web API checked and wrote).
@@ -124,6 +265,9 @@ impl RichContent {
             message["subtype"] = sets.subtype().into();
             let (field, value) = sets.field();
             message[field] = value.into();
+        }
+        if let Some(identity) = &self.identity {
+            identity.add_to(message);
         }
     }
 }
@@ -229,7 +373,7 @@ pub struct Message {
     #[serde(default)]
     pub bot: bool,
     /// Its `blocks` and `attachments` ([`NewMessage::rich`]).
-    #[serde(default)]
+    #[serde(default, with = "rich_wire")]
     pub rich: Option<Box<RichContent>>,
 }
 
@@ -242,7 +386,7 @@ pub struct PreviousMessage {
     /// When it had last been edited, if it had.
     pub edited: Option<Ts>,
     /// Its blocks and attachments. (Stored as JSON, where older entries lack it.)
-    #[serde(default)]
+    #[serde(default, with = "rich_wire")]
     pub rich: Option<Box<RichContent>>,
 }
 
@@ -489,3 +633,101 @@ pub struct RingState {
 
 /// Last sequence seen per channel, as a resuming client reports it.
 pub type ResumePoint = BTreeMap<ChannelId, Seq>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Wire(#[serde(with = "rich_wire")] Option<Box<RichContent>>);
+
+    fn binary<T: Serialize>(v: &T) -> Vec<u8> {
+        bincode::serde::encode_to_vec(v, bincode::config::standard()).unwrap()
+    }
+
+    fn from_binary<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+        bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
+            .map(|(v, _)| v)
+            .map_err(|e| e.to_string())
+    }
+
+    fn full() -> RichContent {
+        RichContent {
+            blocks: Some(r#"[{"type":"divider"}]"#.into()),
+            attachments: Some(r#"[{"fallback":"f \"quoted\""}]"#.into()),
+            sets: Some(ChannelSetting::Purpose("ship it".into())),
+            identity: Some(Identity {
+                username: Some("Deploy: prod".into()),
+                icon_emoji: Some(":rocket:".into()),
+                icon_url: Some("https://example.com/i.png".into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn rich_content_travels_as_tagged_fields_and_stays_an_object_in_json() {
+        for rich in [
+            None,
+            Some(Box::new(RichContent::default())),
+            Some(Box::new(full())),
+            RichContent {
+                sets: Some(ChannelSetting::Topic(String::new())),
+                ..Default::default()
+            }
+            .boxed(),
+        ] {
+            let wire = Wire(rich);
+            assert_eq!(from_binary::<Wire>(&binary(&wire)).unwrap(), wire);
+            let json = serde_json::to_string(&wire).unwrap();
+            assert_eq!(serde_json::from_str::<Wire>(&json).unwrap(), wire);
+        }
+        // JSON (the stores, the change feed) keeps the object, and reads rows written before
+        // `identity` existed.
+        let json = serde_json::to_value(Wire(Some(Box::new(full())))).unwrap();
+        assert_eq!(json["identity"]["username"], "Deploy: prod");
+        let old: Wire =
+            serde_json::from_str(r#"{"blocks":"[]","attachments":null,"sets":null}"#).unwrap();
+        assert_eq!(old.0.unwrap().identity, None);
+        // The binary form is the strings and a few bytes: no JSON escaping in the mesh.
+        let r = full();
+        let encoded = binary(&Wire(Some(Box::new(r.clone())))).len();
+        assert!(encoded <= r.string_bytes() + 7 * 10 + 10, "{encoded}");
+    }
+
+    #[test]
+    fn a_reader_skips_rich_fields_it_does_not_know() {
+        // What a newer node writes: a field this build has no tag for, between known ones.
+        let newer: Option<Vec<(u8, String)>> = Some(vec![
+            (1, "[]".into()),
+            (200, "a field from the future".into()),
+            (5, "ci-bot".into()),
+        ]);
+        let read: Wire = from_binary(&binary(&newer)).unwrap();
+        let rich = read.0.unwrap();
+        assert_eq!(rich.blocks.as_deref(), Some("[]"));
+        assert_eq!(rich.identity.unwrap().username.as_deref(), Some("ci-bot"));
+        // A truncated frame is an error, never a panic.
+        let bytes = binary(&newer);
+        assert!(from_binary::<Wire>(&bytes[..bytes.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn an_identity_draws_slack_s_username_and_icons() {
+        let mut message = serde_json::json!({"type": "message", "text": "deployed"});
+        full().add_to(&mut message);
+        assert_eq!(message["username"], "Deploy: prod");
+        assert_eq!(message["icons"], serde_json::json!({"emoji": ":rocket:"}));
+        let mut message = serde_json::json!({});
+        RichContent {
+            identity: Some(Identity {
+                icon_url: Some("https://example.com/i.png".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .add_to(&mut message);
+        assert!(message.get("username").is_none());
+        assert_eq!(message["icons"]["image_48"], "https://example.com/i.png");
+        assert_eq!(Identity::default().some(), None);
+    }
+}

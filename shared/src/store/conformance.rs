@@ -920,6 +920,12 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         blocks: Some(r#"[{"type":"divider"}]"#.into()),
         attachments: Some(r#"[{"fallback":"f","color":"good"}]"#.into()),
         sets: None,
+        // A bot's own name and icon for the message are kept with it too.
+        identity: Some(crate::protocol::Identity {
+            username: Some("Build: main".into()),
+            icon_emoji: Some(":rocket:".into()),
+            icon_url: None,
+        }),
     }
     .boxed();
     assert_eq!(store.append(&rich).await.unwrap(), AppendOutcome::Stored);
@@ -941,6 +947,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         blocks: None,
         attachments: Some(r#"[{"fallback":"g"}]"#.into()),
         sets: None,
+        identity: None,
     }
     .boxed();
     assert_eq!(
@@ -965,6 +972,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         blocks: Some("[{\"type\":\"divider\"}]".into()),
         attachments: None,
         sets: None,
+        identity: None,
     }
     .boxed();
     let gone = entry(&bob.id, "", MessageKind::Deleted { target: again.ts }, None);

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 use shared::ids::{ChannelId, Ts};
-use shared::protocol::{MessageKind, NewMessage, RichContent, UserEvent};
+use shared::protocol::{Identity, MessageKind, NewMessage, RichContent, UserEvent};
 use shared::store::{HistoryQuery, MessageView};
 
 use super::content::{self, Composed, ContentError, Part, Parts, MAX_TEXT_CHARS};
@@ -24,6 +24,7 @@ pub(super) async fn post_message(
 ) -> ApiResult {
     let channel = visible.channel;
     let Composed { text, rich } = message_content(params)?;
+    let rich = with_identity(rich, bot_identity(caller, params)?);
     let text = &*text;
     let client_msg_id = match params.non_empty("client_msg_id") {
         Some(id) if id.len() > MAX_CLIENT_MSG_ID || id.chars().any(char::is_control) => {
@@ -169,6 +170,76 @@ fn message_content(params: &Params) -> ApiResult<Composed<'_>> {
     })
 }
 
+/// Longest `username` a bot may give a message, in characters.
+const MAX_USERNAME_CHARS: usize = 80;
+/// Longest `icon_url`, in bytes.
+const MAX_ICON_URL_BYTES: usize = 2000;
+
+/// The name and icon a bot gives one message: `username`, `icon_emoji` (`:name:`, the colons
+/// optional) and `icon_url` (`http` or `https`). As in Slack, only a bot's; a person's
+/// message is always drawn as theirs, so the parameters are ignored on a person's token.
+fn bot_identity(caller: &Caller, params: &Params) -> ApiResult<Option<Identity>> {
+    if !caller.is_bot() {
+        return Ok(None);
+    }
+    let bad = |what: &str| Err(ApiError::InvalidArguments(what.into()));
+    let username = match params.non_empty("username").map(str::trim) {
+        Some(name)
+            if name.is_empty()
+                || name.chars().count() > MAX_USERNAME_CHARS
+                || name.chars().any(char::is_control) =>
+        {
+            return bad("username must be 1 to 80 characters, without control characters");
+        }
+        other => other.map(str::to_string),
+    };
+    let icon_emoji = match params.non_empty("icon_emoji").map(str::trim) {
+        Some(raw) => {
+            let name = raw.trim_matches(':');
+            let ok = !name.is_empty()
+                && name.len() <= 100
+                && name.chars().all(|c| {
+                    c.is_ascii_lowercase()
+                        || c.is_ascii_digit()
+                        || matches!(c, '_' | '+' | '-' | '\'' | ':')
+                });
+            if !ok {
+                return bad("icon_emoji must be an emoji name, such as :robot_face:");
+            }
+            Some(format!(":{name}:"))
+        }
+        None => None,
+    };
+    let icon_url = match params.non_empty("icon_url").map(str::trim) {
+        Some(raw) => {
+            let ok = raw.len() <= MAX_ICON_URL_BYTES
+                && url::Url::parse(raw)
+                    .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !ok {
+                return bad("icon_url must be an http or https URL of at most 2000 bytes");
+            }
+            Some(raw.to_string())
+        }
+        None => None,
+    };
+    Ok(Identity {
+        username,
+        icon_emoji,
+        icon_url,
+    }
+    .some())
+}
+
+/// `rich` with `identity` set (or left out when `None`).
+fn with_identity(
+    rich: Option<Box<RichContent>>,
+    identity: Option<Identity>,
+) -> Option<Box<RichContent>> {
+    let mut rich = rich.map(|r| *r).unwrap_or_default();
+    rich.identity = identity;
+    rich.boxed()
+}
+
 /// [`content::compose`], its errors as the Web API's.
 fn compose_parts(parts: Parts<'_>) -> ApiResult<Composed<'_>> {
     content::compose(parts).map_err(|e| match e {
@@ -195,6 +266,7 @@ pub(super) async fn post_ephemeral(
     let visible = visible_channel(state, caller, params).await?;
     let channel = visible.channel;
     let Composed { text, rich } = message_content(params)?;
+    let rich = with_identity(rich, bot_identity(caller, params)?);
     let text = &*text;
     let thread_ts = thread_ts_param(params)?;
     may_post(visible.is_member, &channel)?;
@@ -308,6 +380,8 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
         blocks: blocks.as_deref().map(Part::Json),
         attachments: attachments.as_deref().map(Part::Json),
     })?;
+    // The name and icon the bot gave the message stay with it.
+    let rich = with_identity(rich, kept.and_then(|r| r.identity.clone()));
     let text = &*text;
     if view.message.user != caller.user.id {
         return Err(ApiError::CantUpdateMessage);
