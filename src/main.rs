@@ -283,9 +283,11 @@ async fn role(common: Common, name: &'static str) -> anyhow::Result<()> {
     init_telemetry(&config);
     let shutdown = Shutdown::new();
     {
+        // Installed here, before the role starts: a signal during startup stops it cleanly.
+        let stop = shutdown::signal();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            shutdown::signal().await;
+            stop.await;
             tracing::info!("shutdown requested");
             shutdown.trigger();
         });
@@ -416,6 +418,9 @@ async fn admin(config: Config, command: AdminCommand) -> anyhow::Result<()> {
 
 /// Every role in one process on loopback.
 async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()> {
+    // Installed first: SIGTERM or SIGINT while the roles start stops them cleanly.
+    let stop = shutdown::signal();
+    tokio::pin!(stop);
     let mut common = common;
     let data_dir = common
         .data_dir
@@ -562,26 +567,36 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
     // Wait until the channel servers joined the ring, so the first post succeeds (at most
     // 30 s: a loaded machine can take seconds; past that, say so rather than claim it).
     let mut ready = false;
+    let mut stopping = false;
     for _ in 0..600 {
         ready = cs_health.iter().all(|(_, h)| h.is_ready());
         if ready {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::select! {
+            _ = &mut stop => {
+                stopping = true;
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
     }
-    if !ready {
-        tracing::warn!("channel servers have not joined the ring after 30 s; posts fail with no_owner until they do");
-    }
-    print_welcome(&urls, &tokens, &data_dir);
-
-    tokio::select! {
-        _ = shutdown::signal() => tracing::info!("shutdown requested"),
-        Some(result) = tasks.join_next() => {
-            shutdown.trigger();
-            match result {
-                Ok(Ok(())) => bail!("a role stopped unexpectedly"),
-                Ok(Err(e)) => return Err(e.context("a role failed")),
-                Err(e) => bail!("a role panicked: {e}"),
+    if stopping {
+        tracing::info!("shutdown requested while starting");
+    } else {
+        if !ready {
+            tracing::warn!("channel servers have not joined the ring after 30 s; posts fail with no_owner until they do");
+        }
+        print_welcome(&urls, &tokens, &data_dir);
+        tokio::select! {
+            _ = &mut stop => tracing::info!("shutdown requested"),
+            Some(result) = tasks.join_next() => {
+                shutdown.trigger();
+                match result {
+                    Ok(Ok(())) => bail!("a role stopped unexpectedly"),
+                    Ok(Err(e)) => return Err(e.context("a role failed")),
+                    Err(e) => bail!("a role panicked: {e}"),
+                }
             }
         }
     }
