@@ -151,6 +151,27 @@ async fn socket_mode_sessions_get_events_api_envelopes_and_acknowledge_them() {
     let env = envelope(&app, from, "message", "text", "can you deploy?").await;
     assert_eq!(env["payload"]["event"]["channel"], dm.as_str(), "{env}");
     assert_eq!(env["payload"]["event"]["channel_type"], "im", "{env}");
+    // A private channel the app is invited to afterwards: `group`.
+    let private = cluster
+        .api_ok(
+            "conversations.create",
+            &alice.token,
+            json!({ "name": "incidents", "is_private": true }),
+        )
+        .await["channel"]["id"]
+        .as_str()
+        .expect("private channel id")
+        .to_string();
+    cluster
+        .api_ok(
+            "conversations.invite",
+            &alice.token,
+            json!({ "channel": private, "users": bob.id }),
+        )
+        .await;
+    cluster.post(&alice, &private, "sev2 open").await;
+    let env = envelope(&app, from, "message", "text", "sev2 open").await;
+    assert_eq!(env["payload"]["event"]["channel_type"], "group", "{env}");
 
     // Nothing but envelopes came: not alice's typing, not her presence.
     cluster.post(&alice, &channel, "last").await;

@@ -1149,6 +1149,7 @@ mod tests {
             user: api.demo_user("alice"),
             channel_name: "x".into(),
             after_seq: None,
+            private: false,
         });
         assert!(!cache.is_cached(&ws));
         // The demo's own #general is known: joining it is applied, not a reload.
@@ -1160,6 +1161,7 @@ mod tests {
             user: api.demo_user("bob"),
             channel_name: "general".into(),
             after_seq: None,
+            private: false,
         });
         assert!(cache.is_cached(&ws));
     }

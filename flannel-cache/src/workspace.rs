@@ -747,6 +747,7 @@ pub(crate) mod tests {
             user: UserId::from("UDAVE"),
             channel_name: "general".into(),
             after_seq: None,
+            private: false,
         };
         assert_eq!(ws.apply(&joined), Applied::Applied);
         assert_eq!(ws.apply(&joined), Applied::Applied, "idempotent");
@@ -774,6 +775,7 @@ pub(crate) mod tests {
             user: UserId::from("UCAROL"),
             channel_name: "launch".into(),
             after_seq: None,
+            private: false,
         });
         c.name = "launch-2".into();
         c.is_archived = true;
@@ -812,6 +814,7 @@ pub(crate) mod tests {
                 user: UserId::from("UALICE"),
                 channel_name: "x".into(),
                 after_seq: None,
+                private: false,
             }),
             Applied::NeedsReload
         );

@@ -220,16 +220,18 @@ impl State {
 
     /// Adds the sessions `ids` of `user`, who joined `channel` to it: each starts after
     /// `after_seq` (the channel's last seq before the join) or what the hub passed on, whichever
-    /// is lower, and is told `channel_joined`.
+    /// is lower, and is told `channel_joined` (with the channel's name and whether it is
+    /// private, `about`).
     fn join_sessions(
         &mut self,
         user: &UserId,
         ids: Vec<SessionId>,
         workspace: &WorkspaceId,
         channel: &ChannelId,
-        channel_name: String,
+        about: (String, bool),
         after_seq: Option<Seq>,
     ) {
+        let (channel_name, private) = about;
         self.mark_membership(user);
         let entry = self
             .channels
@@ -262,7 +264,7 @@ impl State {
         }
         let text: Utf8Bytes = serde_json::json!({
             "type": "channel_joined",
-            "channel": { "id": channel.0, "name": channel_name },
+            "channel": { "id": channel.0, "name": channel_name, "is_private": private },
         })
         .to_string()
         .into();
@@ -680,7 +682,7 @@ impl Hub {
         self: &Arc<Self>,
         workspace: &WorkspaceId,
         user: &UserId,
-        channels: &[(ChannelId, String)],
+        channels: &[(ChannelId, String, bool)],
         since: u64,
     ) -> Option<(usize, usize)> {
         let mut st = self.state.lock();
@@ -692,8 +694,8 @@ impl Hub {
             .get(user)
             .map(|s| s.iter().copied().collect())
             .unwrap_or_default();
-        let listed: HashSet<&ChannelId> = channels.iter().map(|(c, _)| c).collect();
-        let mut missing: Vec<&(ChannelId, String)> = Vec::new();
+        let listed: HashSet<&ChannelId> = channels.iter().map(|(c, _, _)| c).collect();
+        let mut missing: Vec<&(ChannelId, String, bool)> = Vec::new();
         let mut extra: BTreeSet<ChannelId> = BTreeSet::new();
         for id in &ids {
             let Some(s) = st.sessions.get(id).filter(|s| &s.workspace == workspace) else {
@@ -707,7 +709,7 @@ impl Hub {
             extra.extend(s.channels.iter().filter(|c| !listed.contains(c)).cloned());
         }
         let changed = (missing.len(), extra.len());
-        for (channel, name) in missing {
+        for (channel, name, private) in missing {
             self.apply_user_event(
                 &mut st,
                 UserEvent::ChannelJoined {
@@ -717,6 +719,7 @@ impl Hub {
                     channel_name: name.clone(),
                     // A listing does not say when the join was: from what comes next.
                     after_seq: None,
+                    private: *private,
                 },
             );
         }
@@ -747,6 +750,7 @@ impl Hub {
                 user,
                 channel_name,
                 after_seq,
+                private,
             } => {
                 let ids: Vec<SessionId> = st
                     .users
@@ -755,7 +759,14 @@ impl Hub {
                     .unwrap_or_default();
                 let here = !ids.is_empty();
                 if here {
-                    st.join_sessions(&user, ids, &workspace, &channel, channel_name, after_seq);
+                    st.join_sessions(
+                        &user,
+                        ids,
+                        &workspace,
+                        &channel,
+                        (channel_name, private),
+                        after_seq,
+                    );
                 }
                 // Everyone here in the channel hears of it, the joiner too (a bot learns so
                 // that it was added).
@@ -2334,6 +2345,7 @@ mod tests {
             user: UserId::from("UB"),
             channel_name: "y".into(),
             after_seq: None,
+            private: false,
         });
         assert!(hub.in_channel(id, &ChannelId::from("CY")));
         // Another workspace's event for a same-named user id changes nothing.
@@ -2397,6 +2409,7 @@ mod tests {
             user: carol.clone(),
             channel_name: "x".into(),
             after_seq: Some(3),
+            private: false,
         });
         hub.on_user_event(UserEvent::ChannelLeft {
             workspace: ws.clone(),
@@ -2485,6 +2498,7 @@ mod tests {
             user: carol.clone(),
             channel_name: channel.to_lowercase(),
             after_seq,
+            private: false,
         };
         hub.on_user_event(joined("CX", Some(1)));
         let starts = |rx: &mut crate::queue::Receiver<Outbound>| {
@@ -2549,7 +2563,7 @@ mod tests {
         let (id, mut rx, _) = session(&hub, 64);
         let (ws, user) = (WorkspaceId::from("TW"), UserId::from("UB"));
         assert_eq!(hub.users_here(), vec![(ws.clone(), user.clone())]);
-        let listed = vec![(ChannelId::from("CY"), "yard".to_string())];
+        let listed = vec![(ChannelId::from("CY"), "yard".to_string(), true)];
         let since = hub.membership_seq();
         assert_eq!(hub.resync_user(&ws, &user, &listed, since), Some((1, 1)));
         assert!(!hub.in_channel(id, &ChannelId::from("CX")));
@@ -2558,6 +2572,11 @@ mod tests {
         assert_eq!(got.len(), 5, "{got:?}");
         assert_eq!(got[0], "joined CY");
         assert!(got[1].contains(r#""type":"channel_joined""#) && got[1].contains("yard"));
+        assert!(
+            got[1].contains(r#""is_private":true"#),
+            "the listing said private: {}",
+            got[1]
+        );
         assert!(got[2].contains(r#""type":"member_joined_channel""#) && got[2].contains("CY"));
         assert_eq!(got[3], "left CX");
         assert!(got[4].contains(r#""type":"channel_left""#) && got[4].contains("CX"));
@@ -2579,13 +2598,14 @@ mod tests {
         let (ws, user) = (WorkspaceId::from("TW"), UserId::from("UB"));
         let since = hub.membership_seq();
         // Listed before CY was joined.
-        let stale = vec![(ChannelId::from("CX"), "x".to_string())];
+        let stale = vec![(ChannelId::from("CX"), "x".to_string(), false)];
         hub.on_user_event(UserEvent::ChannelJoined {
             workspace: ws.clone(),
             channel: ChannelId::from("CY"),
             user: user.clone(),
             channel_name: "y".into(),
             after_seq: None,
+            private: false,
         });
         drained(&mut rx);
         assert_eq!(hub.resync_user(&ws, &user, &stale, since), None);
@@ -2604,10 +2624,11 @@ mod tests {
             user: UserId::from("USOMEONE"),
             channel_name: "z".into(),
             after_seq: None,
+            private: false,
         });
         let fresh = vec![
-            (ChannelId::from("CX"), "x".to_string()),
-            (ChannelId::from("CY"), "y".to_string()),
+            (ChannelId::from("CX"), "x".to_string(), false),
+            (ChannelId::from("CY"), "y".to_string(), false),
         ];
         // (The second session registered with CX alone here, so it joins CY.)
         assert_eq!(hub.resync_user(&ws, &user, &fresh, since), Some((1, 0)));

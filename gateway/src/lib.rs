@@ -389,9 +389,12 @@ impl Resync {
         let token = self.signer.issue(&claims);
         for _ in 0..RESYNC_TRIES {
             let since = hub.membership_seq();
-            let channels: Vec<(ChannelId, String)> =
+            let channels: Vec<(ChannelId, String, bool)> =
                 match list_channels(&self.http, &self.webapp_url, &token).await {
-                    Ok(c) => c.into_iter().map(|(id, name, _)| (id, name)).collect(),
+                    Ok(c) => c
+                        .into_iter()
+                        .map(|(id, name, kind)| (id, name, kind != "channel"))
+                        .collect(),
                     Err(e) => {
                         tracing::warn!(%user, error = ?e, "could not resync the user's channels");
                         return "failed";

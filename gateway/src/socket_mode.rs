@@ -10,9 +10,9 @@
 //!   `channel_rename`, `channel_archive`, `channel_unarchive` (and the `group_*` forms of a
 //!   private channel's), `team_join` and `user_change`. The event is the RTM event as is
 //!   (with `event_ts`, and `seq`; a message also with the Events API's `channel_type`, from
-//!   the session's channel list or a direct message's name), inside an `event_callback`
-//!   payload whose `event_id` names the channel's entry (`Ev<channel>-<seq>`), so an app can
-//!   drop one that a reconnection brought twice. RTM's own events (presence, typing, `channel_joined`,
+//!   the session's channel list or the `channel_joined` of one joined later), inside an
+//!   `event_callback` payload whose `event_id` names the channel's entry
+//!   (`Ev<channel>-<seq>`), so an app can drop one that a reconnection brought twice. RTM's own events (presence, typing, `channel_joined`,
 //!   answers) are not sent.
 //! - Each event goes to **one** of the app's connections on this gateway, as Slack gives each
 //!   envelope to one connection (an app runs several for redundancy, or several instances of
@@ -251,7 +251,7 @@ pub struct SocketMode {
     /// Oldest first, as clients acknowledge.
     unacked: VecDeque<Unacked>,
     /// The Events API `channel_type` of each channel: from the session's start, then from
-    /// `channel_joined` (a direct message's name tells it).
+    /// `channel_joined` (its name and `is_private`).
     channel_types: HashMap<ChannelId, &'static str>,
 }
 
@@ -404,7 +404,7 @@ impl SocketMode {
     }
 
     /// Learns a joined channel's type from its `channel_joined` event: a direct message's
-    /// name (`dm-…`, `mpdm-…`) or `is_private` when the event has it.
+    /// name (`dm-…`, `mpdm-…`), else its `is_private`.
     fn learn_channel_type(&mut self, event: &serde_json::Map<String, Value>) {
         let channel = &event["channel"];
         let Some(id) = channel["id"].as_str() else {
@@ -790,12 +790,20 @@ mod tests {
         assert_eq!(type_of(&mut sm, "CGROUPDM"), "mpim");
         assert_eq!(type_of(&mut sm, "CUNKNOWN"), "channel");
         // Conversations joined later: a direct message's name tells it.
-        for (id, name) in [("CNEWDM", "dm-ualice-ubot"), ("CNEWGROUP", "mpdm-a-b-c")] {
-            let joined = json!({"type": "channel_joined", "channel": {"id": id, "name": name}});
+        for (id, name, private) in [
+            ("CNEWDM", "dm-ualice-ubot", true),
+            ("CNEWGROUP", "mpdm-a-b-c", true),
+            ("CNEWPRIV", "secret", true),
+            ("CNEWPUB", "open", false),
+        ] {
+            let joined = json!({"type": "channel_joined",
+                                "channel": {"id": id, "name": name, "is_private": private}});
             assert!(sm.frame(&joined.to_string()).is_none(), "RTM's own");
         }
         assert_eq!(type_of(&mut sm, "CNEWDM"), "im");
         assert_eq!(type_of(&mut sm, "CNEWGROUP"), "mpim");
+        assert_eq!(type_of(&mut sm, "CNEWPRIV"), "group");
+        assert_eq!(type_of(&mut sm, "CNEWPUB"), "channel");
         // Only message events carry one, as in the Events API.
         let reaction = r#"{"type":"reaction_added","user":"UB","reaction":"tada","item":{"type":"message","channel":"CDM","ts":"1.000001"},"event_ts":"1.000002"}"#;
         let reaction = parse(&sm.frame(reaction).unwrap());

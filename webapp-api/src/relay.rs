@@ -113,6 +113,7 @@ mod tests {
             user: UserId::from(user),
             channel_name: channel.to_lowercase(),
             after_seq: None,
+            private: false,
         }
     }
 

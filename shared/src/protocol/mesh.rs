@@ -40,7 +40,7 @@ use crate::ids::{ChannelId, NodeId, RingEpoch, Seq, UserId, WorkspaceId};
 /// channel's topic or purpose announcement), and `UserEvent::Notice` relays workspace events.
 /// 5: messages carry `bot`; a message's `rich` content travels as tagged fields, which a
 /// reader skips when it does not know them, so fields added to it later (from 5 on: a bot's
-/// own name and icon) need no new version.
+/// own name and icon) need no new version; `UserEvent::ChannelJoined` carries `private`.
 pub const PROTOCOL_VERSION: u16 = 5;
 /// Oldest version this build accepts: each older version lacks a field that bincode reads by
 /// position, so its frames cannot be decoded.
@@ -667,6 +667,7 @@ mod tests {
                 user: UserId::from("U1"),
                 channel_name: "x".into(),
                 after_seq: None,
+                private: false,
             },
             cfg,
         )

@@ -449,6 +449,10 @@ pub enum UserEvent {
         /// before this event does. It may be a little early (a message stored between the
         /// read and the join is delivered too), never late.
         after_seq: Option<Seq>,
+        /// A private channel (direct messages are private too): RTM's `channel_joined`
+        /// says `is_private`, and Socket Mode's events say `channel_type` `group`.
+        #[serde(default)]
+        private: bool,
     },
     /// `user` left `channel`: its sessions stop receiving the channel.
     ChannelLeft {

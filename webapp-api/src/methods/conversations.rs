@@ -83,6 +83,7 @@ pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -
             channel_name: channel.name.clone(),
             // A new channel (or an unfinished one, which has no messages either).
             after_seq: Some(0),
+            private: channel.is_private,
         },
     ];
     // As in Slack, the workspace hears of a public channel (a private one's creator hears
@@ -167,6 +168,7 @@ pub(super) async fn join(state: &AppState, caller: &Caller, params: &Params) -> 
             user: caller.user.id.clone(),
             channel_name: channel.name.clone(),
             after_seq: Some(after),
+            private: channel.is_private,
         },
     )
     .await;

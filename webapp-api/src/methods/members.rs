@@ -214,6 +214,7 @@ async fn add_members(
                 user: user.clone(),
                 channel_name: channel.name.clone(),
                 after_seq: Some(after),
+                private: channel.is_private,
             });
         }
     }

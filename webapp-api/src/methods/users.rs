@@ -180,6 +180,7 @@ pub(super) async fn admin_create(state: &AppState, caller: &Caller, params: &Par
             channel_name: general.name,
             // No session of a user that is being created can be open yet.
             after_seq: None,
+            private: false,
         });
     }
     // One relay, one deadline: the user is known before it joins.
