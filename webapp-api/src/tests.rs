@@ -141,6 +141,18 @@ impl Server {
             .to_string()
     }
 
+    /// Makes bot user `name` through `admin.users.create`; returns its (bot) token.
+    pub(crate) async fn bot_token(&self, name: &str) -> String {
+        let made = self
+            .ok(
+                "admin.users.create",
+                &self.admin_token(),
+                json!({"name": name, "is_bot": true}),
+            )
+            .await;
+        made["token"].as_str().expect("a bot token").to_string()
+    }
+
     pub(crate) fn user_id(&self, user: &str) -> String {
         self.demo["users"][user]["id"]
             .as_str()
@@ -1465,14 +1477,7 @@ async fn a_bot_user_has_a_bot_token_and_its_messages_carry_its_bot_id() {
 #[tokio::test]
 async fn a_bot_may_give_a_message_its_own_name_and_icon() {
     let s = Server::start_with_cluster().await;
-    let made = s
-        .ok(
-            "admin.users.create",
-            &s.admin_token(),
-            json!({"name": "ci", "is_bot": true}),
-        )
-        .await;
-    let bot = made["token"].as_str().unwrap().to_string();
+    let bot = s.bot_token("ci").await;
     let general = s.general().await;
     s.ok("conversations.join", &bot, json!({"channel": general}))
         .await;
@@ -1681,16 +1686,8 @@ async fn apps_connections_open_sends_an_app_s_connections_to_one_gateway_that_is
     let mut moved = 0;
     // Many bots, so that some rank the refusing gateway first (all of 30 miss it once in
     // 200,000 runs).
-    let admin = s.admin_token();
     for i in 0..30 {
-        let made = s
-            .ok(
-                "admin.users.create",
-                &admin,
-                json!({"name": format!("bot{i}"), "is_bot": true}),
-            )
-            .await;
-        let token = made["token"].as_str().unwrap().to_string();
+        let token = s.bot_token(&format!("bot{i}")).await;
         let me = s.ok("auth.test", &token, json!({})).await;
         let user = me["user_id"].as_str().unwrap();
         let ranked = shared::ring::rendezvous(&urls, user.as_bytes());
