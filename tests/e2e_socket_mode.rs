@@ -259,15 +259,6 @@ fn texts(app: &Client) -> Vec<String> {
         .collect()
 }
 
-/// Acknowledges every envelope `app` received.
-async fn ack_all(app: &Client) {
-    for e in app.events() {
-        if let Some(id) = e["envelope_id"].as_str() {
-            app.send_json(&json!({ "envelope_id": id })).await;
-        }
-    }
-}
-
 /// An app with several connections (for redundancy, or several instances of it) gets each
 /// event on one of them, as Slack's Socket Mode gives it; an envelope left unacknowledged by
 /// a connection that closes is sent again, on another, with `retry_attempt` 1.
@@ -283,6 +274,9 @@ async fn an_app_s_connections_share_its_events_and_take_over_unacknowledged_ones
     let (a, g) = open_connection(&cluster, &bot).await;
     let (b, g2) = open_connection(&cluster, &bot).await;
     assert_eq!(g, g2, "an app's connections meet on one gateway");
+    // Each acknowledges what it gets at once, as the SDKs do (a late one would be sent again).
+    a.auto_ack(true);
+    b.auto_ack(true);
     assert_eq!(b.hello["num_connections"], 2, "{}", b.hello);
     let gw_http = cluster.gateways[g].http.clone();
 
@@ -332,8 +326,6 @@ async fn an_app_s_connections_share_its_events_and_take_over_unacknowledged_ones
     }
 
     // A connection that closes with an envelope unacknowledged: another one gets it again.
-    ack_all(&a).await;
-    ack_all(&b).await;
     b.close().await;
     cluster
         .wait_metric(
@@ -345,6 +337,8 @@ async fn an_app_s_connections_share_its_events_and_take_over_unacknowledged_ones
         )
         .await;
     let from = a.num_events();
+    // The instance hangs: it acknowledges nothing more.
+    a.auto_ack(false);
     cluster.post(&alice, &channel, "restart the worker").await;
     let first = envelope(&a, from, "message", "text", "restart the worker").await;
     assert_eq!(first["retry_attempt"], 0, "{first}");
@@ -353,7 +347,11 @@ async fn an_app_s_connections_share_its_events_and_take_over_unacknowledged_ones
     assert_eq!(g3, g);
     a.close().await;
     let again = envelope(&c, 0, "message", "text", "restart the worker").await;
-    assert_eq!(again["retry_attempt"], 1, "{again}");
+    // 1 unless `a` let it time out (three seconds) before `c` opened, and got it again itself.
+    assert!(
+        again["retry_attempt"].as_u64().is_some_and(|n| n >= 1),
+        "{again}"
+    );
     assert_eq!(again["retry_reason"], "timeout", "{again}");
     assert_eq!(again["payload"]["event_id"], first["payload"]["event_id"]);
     assert_ne!(again["envelope_id"], first["envelope_id"]);
@@ -367,4 +365,69 @@ async fn an_app_s_connections_share_its_events_and_take_over_unacknowledged_ones
             .await
             >= 1.0
     );
+}
+
+/// An envelope not acknowledged within three seconds is sent again, with `retry_attempt` one
+/// higher and `retry_reason` `timeout` (here on the app's only connection, which may be slow
+/// rather than gone); one acknowledged is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envelope_left_unacknowledged_is_sent_again_after_three_seconds() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice"]).bot("acme", "helper")).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bot = cluster.user("acme", "helper").clone();
+    let channel = cluster.create_channel(&alice, "builds").await;
+    cluster.join(&bot, &channel).await;
+    let (app, g) = open_connection(&cluster, &bot).await;
+    let gw_http = cluster.gateways[g].http.clone();
+    app.auto_ack(true);
+    let mut live = false;
+    for attempt in 0..20 {
+        let text = format!("warm-up {attempt}");
+        cluster.post(&alice, &channel, &text).await;
+        if eventually(std::time::Duration::from_millis(500), || {
+            texts(&app).contains(&text)
+        })
+        .await
+        {
+            live = true;
+            break;
+        }
+    }
+    assert!(live, "the app heard no warm-up message");
+    let timeouts = "switchboard_gateway_socket_mode_ack_timeouts_total";
+    let before = cluster.metric(&gw_http, timeouts, &[]).await;
+
+    // Busy: this one is not acknowledged.
+    app.auto_ack(false);
+    let from = app.num_events();
+    cluster.post(&alice, &channel, "build 41 failed").await;
+    let first = envelope(&app, from, "message", "text", "build 41 failed").await;
+    assert_eq!(first["retry_attempt"], 0, "{first}");
+    let again = app
+        .wait_event(from, WAIT, "the retry", |e| {
+            e["type"] == "events_api"
+                && e["payload"]["event"]["text"] == "build 41 failed"
+                && e["retry_attempt"] == 1
+        })
+        .await;
+    assert_eq!(again["retry_reason"], "timeout", "{again}");
+    assert_eq!(again["payload"]["event_id"], first["payload"]["event_id"]);
+    assert_ne!(again["envelope_id"], first["envelope_id"]);
+    assert!(cluster.metric(&gw_http, timeouts, &[]).await > before);
+
+    // Acknowledged from here on (the retry too): the next message goes out once.
+    app.send_json(&json!({ "envelope_id": again["envelope_id"] }))
+        .await;
+    app.auto_ack(true);
+    cluster.post(&alice, &channel, "build 42 passed").await;
+    envelope(&app, from, "message", "text", "build 42 passed").await;
+    let acked = cluster.metric(&gw_http, timeouts, &[]).await;
+    // Past its deadline: still one sending, and no more timeouts.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let sendings = texts(&app)
+        .iter()
+        .filter(|t| *t == "build 42 passed")
+        .count();
+    assert_eq!(sendings, 1, "an acknowledged envelope was sent again");
+    assert_eq!(cluster.metric(&gw_http, timeouts, &[]).await, acked);
 }

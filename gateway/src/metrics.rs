@@ -81,7 +81,14 @@ pub static SOCKET_MODE_CLAIMED_ELSEWHERE: LazyLock<IntCounter> = LazyLock::new(|
 pub static SOCKET_MODE_REDELIVERED: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_gateway_socket_mode_redelivered_total",
-        "envelopes sent again on another connection of their app, after theirs closed unacknowledged"
+        "Socket Mode envelopes sent again (retry_attempt one higher), after their connection closed or their acknowledgement timed out"
+    )
+    .unwrap()
+});
+pub static SOCKET_MODE_ACK_TIMEOUTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_socket_mode_ack_timeouts_total",
+        "Socket Mode envelopes not acknowledged within three seconds (each is retried, up to three times)"
     )
     .unwrap()
 });

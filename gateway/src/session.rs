@@ -582,8 +582,9 @@ pub fn run<K: Send + 'static>(
                 channel_types,
             ))
         });
-        // Wakes this connection when a closed one of its app left envelopes to send again.
-        let orphans = socket_mode.as_ref().map(|sm| sm.app());
+        // Wakes this connection when its app's envelopes to send again change (a connection
+        // closed or let one time out, or one joined).
+        let mut resend = socket_mode.as_ref().map(|sm| sm.app().subscribe());
         for (c, after) in resume {
             if s.channels.contains(&c) {
                 s.request_backfill(c, after, None, 0);
@@ -613,8 +614,7 @@ pub fn run<K: Send + 'static>(
             }
         }
         let hello = if let Some(sm) = &socket_mode {
-            sm.hello(&hub.node.0, orphans.as_ref().map_or(1, |a| a.connections()))
-                .into()
+            sm.hello(&hub.node.0, sm.app().connections()).into()
         } else {
             let mut hello = serde_json::json!({
                 "type": "hello",
@@ -660,6 +660,8 @@ pub fn run<K: Send + 'static>(
             if let Some(rx) = s.new_answers_rx.take() {
                 answers_rx = Some(rx);
             }
+            // A Socket Mode session's next acknowledgement deadline or retry (none for RTM).
+            let resend_at = socket_mode.as_ref().and_then(|sm| sm.next_deadline());
             tokio::select! {
                 biased;
                 _ = &mut stopping => {
@@ -748,13 +750,20 @@ pub fn run<K: Send + 'static>(
                     s.on_backfill(r, &mut out);
                 }
                 _ = async {
-                    match orphans.as_ref() {
-                        Some(app) => app.orphaned().await,
-                        None => std::future::pending().await,
+                    match (resend.as_mut(), resend_at) {
+                        (Some(rx), Some(at)) => {
+                            tokio::select! {
+                                _ = rx.changed() => {}
+                                _ = tokio::time::sleep_until(at.into()) => {}
+                            }
+                        }
+                        // The app's `watch` outlives its connections: `changed` cannot fail.
+                        (Some(rx), None) => { let _ = rx.changed().await; }
+                        _ => std::future::pending().await,
                     }
                 } => {
                     // Sent at once: the oldest events, and rare.
-                    let again = socket_mode.as_mut().map(|sm| sm.redeliveries()).unwrap_or_default();
+                    let again = socket_mode.as_mut().map(|sm| sm.due(Instant::now())).unwrap_or_default();
                     let batch = async {
                         for t in again {
                             socket.feed(WsMessage::Text(t)).await?;

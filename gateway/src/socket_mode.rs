@@ -20,12 +20,14 @@
 //!   of its channels; the first to claim it in the app's [`App`] sends it, the others drop
 //!   it. `apps.connections.open` sends all of an app's connections to one gateway while it
 //!   is up, so the claims hold across the cluster.
-//! - The client answers each envelope with `{"envelope_id": …}`; acknowledgements are
-//!   counted. An envelope still unacknowledged when its connection closes (the app
-//!   restarted, the network dropped it) is sent again on another connection of the app,
-//!   with `retry_attempt` one higher and `retry_reason` `timeout`, up to Slack's three
-//!   retries. One that finds no connection waits up to [`ORPHAN_TTL`] for the app's next.
-//!   Switchboard does not retry on a connection that stays open but does not acknowledge.
+//! - The client answers each envelope with `{"envelope_id": …}` within [`ACK_TIMEOUT`] (Slack's
+//!   three seconds); acknowledgements are counted. An envelope still unacknowledged then is
+//!   sent again with `retry_attempt` one higher and `retry_reason` `timeout`, up to Slack's
+//!   three retries, on the Events API's schedule ([`RETRY_DELAYS`]: at once, after a minute,
+//!   after five), on another connection of the app if it has one (the one that let it time
+//!   out may be stuck), else on the same. One unacknowledged when its connection closes (the
+//!   app restarted, the network dropped it) is sent again at once on another connection.
+//!   One that finds no connection waits up to [`ORPHAN_TTL`] for the app's next.
 //! - A gateway that stops, or a session that fell behind, says `disconnect` (`warning`,
 //!   `refresh_requested`), after which the SDKs open a new connection.
 
@@ -40,7 +42,7 @@ use serde_json::{json, Value};
 use shared::auth::Claims;
 use shared::ids::{ChannelId, UserId};
 use shared::protocol::client::{error_code, error_json};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::hub::SessionId;
 use crate::metrics as m;
@@ -59,6 +61,15 @@ pub const ORPHAN_TTL: Duration = Duration::from_secs(300);
 const ORPHANS_KEPT: usize = 1024;
 /// Slack retries an envelope three times.
 const MAX_RETRIES: u32 = 3;
+/// How long a client has to acknowledge an envelope before it is sent again.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// When the n-th retry of an envelope that timed out is made, after its timeout: the Events
+/// API's schedule (at once, after a minute, after five minutes).
+pub const RETRY_DELAYS: [Duration; MAX_RETRIES as usize] = [
+    Duration::ZERO,
+    Duration::from_secs(60),
+    Duration::from_secs(300),
+];
 
 /// The Socket Mode apps with a connection on this gateway (or envelopes waiting for one),
 /// by their bot user.
@@ -79,14 +90,10 @@ impl SocketApps {
             st.connections > 0 || !st.orphans.is_empty()
         });
         let app = apps.entry(user.clone()).or_default().clone();
-        let waiting = {
-            let mut st = app.state.lock();
-            st.connections += 1;
-            !st.orphans.is_empty()
-        };
-        if waiting {
-            app.orphaned.notify_one();
-        }
+        app.state.lock().connections += 1;
+        // Envelopes waiting may be for it; one that its app's other connections let time out
+        // now has somewhere else to go.
+        app.wake_all();
         app
     }
 
@@ -95,41 +102,20 @@ impl SocketApps {
     fn leave(&self, user: &UserId, app: &Arc<App>, unacked: VecDeque<Unacked>) {
         let mut apps = self.apps.lock();
         let now = Instant::now();
-        let (forget, waiting) = {
+        let forget = {
             let mut st = app.state.lock();
             st.connections = st.connections.saturating_sub(1);
-            for u in unacked {
-                if u.retry >= MAX_RETRIES {
-                    m::SOCKET_MODE_UNDELIVERED
-                        .with_label_values(&["retries"])
-                        .inc();
-                    continue;
-                }
-                st.orphans.push_back(Orphan {
-                    since: now,
-                    payload: u.payload,
-                    retry: u.retry + 1,
-                });
-            }
-            while st.orphans.len() > ORPHANS_KEPT {
-                st.orphans.pop_front();
-                m::SOCKET_MODE_UNDELIVERED
-                    .with_label_values(&["overflow"])
-                    .inc();
-            }
+            // Sent again at once: this connection is gone, no timeout needs to pass.
+            st.give_back(unacked, now, None, false);
             st.expire(now);
-            (
-                st.connections == 0 && st.orphans.is_empty(),
-                !st.orphans.is_empty() && st.connections > 0,
-            )
+            st.connections == 0 && st.orphans.is_empty()
         };
         if forget && apps.get(user).is_some_and(|a| Arc::ptr_eq(a, app)) {
             apps.remove(user);
         }
         drop(apps);
-        if waiting {
-            app.orphaned.notify_one();
-        }
+        // Its envelopes wait for the others, and what it skipped as its own is theirs now.
+        app.wake_all();
     }
 
     /// Apps with an entry here (tests).
@@ -143,15 +129,34 @@ impl SocketApps {
 }
 
 /// What an app's connections on this gateway share: which events one of them has sent, and
-/// the envelopes a closed one left unacknowledged.
-#[derive(Default)]
+/// the envelopes to send again (a closed one left them unacknowledged, or they timed out).
 pub struct App {
     state: Mutex<AppState>,
-    /// Wakes a connection when envelopes wait in [`AppState::orphans`].
-    orphaned: Notify,
+    /// Bumped when [`AppState::orphans`] or the connections change: each connection then
+    /// takes what is due for it and sets its timer for what is not yet.
+    wake: watch::Sender<u64>,
+}
+
+impl Default for App {
+    fn default() -> App {
+        App {
+            state: Mutex::default(),
+            wake: watch::Sender::new(0),
+        }
+    }
 }
 
 impl App {
+    fn wake_all(&self) {
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes when the app's connections should look at its envelopes again
+    /// ([`SocketMode::due`], [`SocketMode::next_deadline`]).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
     /// Claims the event `key` for the calling connection: true for the first caller only.
     fn claim(&self, key: u64) -> bool {
         let mut st = self.state.lock();
@@ -165,11 +170,6 @@ impl App {
             }
         }
         true
-    }
-
-    /// Resolves when envelopes wait for a connection.
-    pub async fn orphaned(&self) {
-        self.orphaned.notified().await
     }
 
     /// Connections open (tests, `hello`).
@@ -188,30 +188,75 @@ struct AppState {
 
 impl AppState {
     fn expire(&mut self, now: Instant) {
-        while self
-            .orphans
-            .front()
-            .is_some_and(|o| now.duration_since(o.since) > ORPHAN_TTL)
-        {
-            self.orphans.pop_front();
+        let before = self.orphans.len();
+        self.orphans
+            .retain(|o| now.saturating_duration_since(o.due) <= ORPHAN_TTL);
+        let expired = before - self.orphans.len();
+        if expired > 0 {
             m::SOCKET_MODE_UNDELIVERED
                 .with_label_values(&["expired"])
+                .inc_by(expired as u64);
+        }
+    }
+
+    /// Takes back envelopes sent and not acknowledged, to send again (each one retry on)
+    /// from `now`, or on the retry schedule when they `timed_out` on connection `from`.
+    fn give_back(
+        &mut self,
+        unacked: impl IntoIterator<Item = Unacked>,
+        now: Instant,
+        from: Option<SessionId>,
+        timed_out: bool,
+    ) {
+        for u in unacked {
+            if u.retry >= MAX_RETRIES {
+                m::SOCKET_MODE_UNDELIVERED
+                    .with_label_values(&["retries"])
+                    .inc();
+                continue;
+            }
+            let due = if timed_out {
+                now + RETRY_DELAYS[u.retry as usize]
+            } else {
+                now
+            };
+            self.orphans.push_back(Orphan {
+                due,
+                from,
+                payload: u.payload,
+                retry: u.retry + 1,
+            });
+        }
+        while self.orphans.len() > ORPHANS_KEPT {
+            self.orphans.pop_front();
+            m::SOCKET_MODE_UNDELIVERED
+                .with_label_values(&["overflow"])
                 .inc();
         }
+    }
+
+    /// Whether connection `me` takes `o`: not one that timed out on it while the app has
+    /// another connection to try.
+    fn for_me(&self, o: &Orphan, me: SessionId) -> bool {
+        self.connections <= 1 || o.from != Some(me)
     }
 }
 
 /// An envelope sent and not yet acknowledged: its payload (the `event_callback`, as JSON),
-/// kept to send again should the connection close first.
+/// kept to send again should it time out or the connection close first.
 struct Unacked {
     envelope_id: String,
     payload: Arc<str>,
     retry: u32,
+    sent: Instant,
 }
 
-/// An envelope whose connection closed before acknowledging it.
+/// An envelope to send again: its connection closed before acknowledging it, or it timed
+/// out there (`from`).
 struct Orphan {
-    since: Instant,
+    /// Not sent before this.
+    due: Instant,
+    from: Option<SessionId>,
     payload: Arc<str>,
     retry: u32,
 }
@@ -243,6 +288,7 @@ pub struct SocketMode {
     team_id: String,
     user: UserId,
     is_bot: bool,
+    session: SessionId,
     /// Makes envelope ids unique: `<gateway>-<session>-<n>`.
     envelope_prefix: String,
     next: u64,
@@ -270,6 +316,7 @@ impl SocketMode {
             team_id: claims.workspace.0.clone(),
             user: claims.user.clone(),
             is_bot: claims.bot,
+            session,
             envelope_prefix: format!("{gateway}-{session}-"),
             next: 0,
             apps,
@@ -399,6 +446,7 @@ impl SocketMode {
             envelope_id,
             payload,
             retry: retry_attempt,
+            sent: Instant::now(),
         });
         text.into()
     }
@@ -423,19 +471,61 @@ impl SocketMode {
         self.channel_types.insert(ChannelId(id.to_string()), t);
     }
 
-    /// The envelopes that closed connections of the app left unacknowledged, to send on this
-    /// one (each with `retry_attempt` one higher than before).
-    pub fn redeliveries(&mut self) -> Vec<Utf8Bytes> {
-        let orphans: Vec<Orphan> = {
+    /// What to send again on this connection at `now` (each with `retry_attempt` one higher
+    /// than before): envelopes that closed connections of the app left unacknowledged, and
+    /// those that timed out, here or on another connection, and are due. This connection's
+    /// own that timed out by `now` are handed to the app first (counted).
+    pub fn due(&mut self, now: Instant) -> Vec<Utf8Bytes> {
+        let timed_out = self
+            .unacked
+            .iter()
+            .take_while(|u| now.saturating_duration_since(u.sent) >= ACK_TIMEOUT)
+            .count();
+        let mine: Vec<Orphan> = {
             let mut st = self.app.state.lock();
-            st.expire(Instant::now());
-            st.orphans.drain(..).collect()
+            if timed_out > 0 {
+                m::SOCKET_MODE_ACK_TIMEOUTS.inc_by(timed_out as u64);
+                let expired: Vec<Unacked> = self.unacked.drain(..timed_out).collect();
+                st.give_back(expired, now, Some(self.session), true);
+            }
+            st.expire(now);
+            let mut mine = Vec::new();
+            let mut i = 0;
+            while i < st.orphans.len() {
+                let o = &st.orphans[i];
+                if o.due <= now && st.for_me(o, self.session) {
+                    mine.extend(st.orphans.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            mine
         };
-        m::SOCKET_MODE_REDELIVERED.inc_by(orphans.len() as u64);
-        orphans
-            .into_iter()
+        if timed_out > 0 {
+            // The app's other connections take what timed out here.
+            self.app.wake_all();
+        }
+        m::SOCKET_MODE_REDELIVERED.inc_by(mine.len() as u64);
+        mine.into_iter()
             .map(|o| self.envelope(o.payload, o.retry))
             .collect()
+    }
+
+    /// When [`SocketMode::due`] has something to do next: the oldest envelope's
+    /// acknowledgement is late, or an envelope this connection would send again comes due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let late = self.unacked.front().map(|u| u.sent + ACK_TIMEOUT);
+        let st = self.app.state.lock();
+        let due = st
+            .orphans
+            .iter()
+            .filter(|o| st.for_me(o, self.session))
+            .map(|o| o.due)
+            .min();
+        match (late, due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// A frame from the client: an acknowledgement (`{"envelope_id": …}`, perhaps with a
@@ -659,11 +749,11 @@ mod tests {
         let first = parse(&a.frame(&message(4)).unwrap());
         let second = parse(&a.frame(&message(5)).unwrap());
         ack(&mut a, &first);
-        assert!(b.redeliveries().is_empty(), "nothing waits yet");
+        assert!(b.due(Instant::now()).is_empty(), "nothing waits yet");
         let redelivered = m::SOCKET_MODE_REDELIVERED.get();
 
         drop(a);
-        let again = b.redeliveries();
+        let again = b.due(Instant::now());
         assert_eq!(again.len(), 1, "only the unacknowledged one");
         let again = parse(&again[0]);
         assert_eq!(again["type"], "events_api");
@@ -682,12 +772,12 @@ mod tests {
             "a new envelope id on the new connection: {again}"
         );
         assert!(m::SOCKET_MODE_REDELIVERED.get() > redelivered);
-        assert!(b.redeliveries().is_empty(), "handed out once");
+        assert!(b.due(Instant::now()).is_empty(), "handed out once");
 
         // Unacknowledged again: the next connection gets it, the retry counted on.
         let mut c = connection(&apps, "UBOT", 9);
         drop(b);
-        let third = parse(&c.redeliveries()[0]);
+        let third = parse(&c.due(Instant::now())[0]);
         assert_eq!(third["retry_attempt"], 2);
         assert_eq!(third["payload"]["event_id"], "EvCA-5");
         ack(&mut c, &third);
@@ -709,14 +799,14 @@ mod tests {
         for (session, retry) in (2..).zip(1..=3) {
             let mut next = connection(&apps, "UBOT", session);
             drop(a);
-            let again = next.redeliveries();
+            let again = next.due(Instant::now());
             assert_eq!(parse(&again[0])["retry_attempt"], retry);
             a = next;
         }
         let mut last = connection(&apps, "UBOT", 9);
         drop(a);
         assert!(
-            last.redeliveries().is_empty(),
+            last.due(Instant::now()).is_empty(),
             "a fifth sending is not made"
         );
         assert!(
@@ -736,25 +826,119 @@ mod tests {
         assert_eq!(apps.len(), 1, "kept for the app's next connection");
 
         let mut b = connection(&apps, "UBOT", 2);
-        let app = b.app();
-        // Joining found envelopes waiting: the wake is already there.
-        tokio::time::timeout(Duration::from_secs(5), app.orphaned())
-            .await
-            .expect("woken");
-        let again = b.redeliveries();
+        // The session subscribes before its first look, which finds the envelope due.
+        let mut wake = b.app().subscribe();
+        assert!(b.next_deadline().is_some_and(|at| at <= Instant::now()));
+        let again = b.due(Instant::now());
         assert_eq!(parse(&again[0])["payload"], sent["payload"]);
 
-        // A connection waiting while another closes is woken too.
+        // A connection waiting while another closes is woken.
         let mut c = connection(&apps, "UBOT", 3);
+        wake.borrow_and_update();
         let sent = parse(&c.frame(&message(5)).unwrap());
-        let waiting = tokio::spawn(async move { app.orphaned().await });
+        let waiting = tokio::spawn(async move { wake.changed().await });
         tokio::task::yield_now().await;
         drop(c);
         tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
             .expect("woken")
+            .unwrap()
             .unwrap();
-        assert_eq!(parse(&b.redeliveries()[0])["payload"], sent["payload"]);
+        assert_eq!(parse(&b.due(Instant::now())[0])["payload"], sent["payload"]);
+    }
+
+    #[test]
+    fn an_unacknowledged_envelope_times_out_to_another_connection() {
+        let apps: Arc<SocketApps> = Arc::default();
+        let mut a = connection(&apps, "UBOT", 7);
+        let mut b = connection(&apps, "UBOT", 8);
+        let mut wake_b = b.app().subscribe();
+        wake_b.borrow_and_update();
+        assert_eq!(a.next_deadline(), None, "nothing sent, nothing to wait for");
+        let start = Instant::now();
+        let acked = parse(&a.frame(&message(4)).unwrap());
+        let late = parse(&a.frame(&message(5)).unwrap());
+        ack(&mut a, &acked);
+        let deadline = a.next_deadline().expect("the acknowledgement's deadline");
+        assert!(deadline >= start + ACK_TIMEOUT && deadline <= Instant::now() + ACK_TIMEOUT);
+        assert!(a.due(Instant::now()).is_empty(), "not late yet");
+        assert_eq!(b.next_deadline(), None);
+        let timeouts = m::SOCKET_MODE_ACK_TIMEOUTS.get();
+
+        // Past the deadline the envelope leaves `a` for the app's other connection, at once.
+        let t = deadline + Duration::from_millis(1);
+        assert!(a.due(t).is_empty(), "not sent again where it timed out");
+        assert!(m::SOCKET_MODE_ACK_TIMEOUTS.get() > timeouts);
+        assert!(
+            wake_b.has_changed().unwrap(),
+            "the other connection is woken"
+        );
+        assert_eq!(a.next_deadline(), None, "a waits for nothing now");
+        assert!(b.next_deadline().is_some_and(|at| at <= t));
+        let again = b.due(t);
+        assert_eq!(again.len(), 1);
+        let again = parse(&again[0]);
+        assert_eq!(again["retry_attempt"], 1);
+        assert_eq!(again["retry_reason"], "timeout");
+        assert_eq!(again["payload"], late["payload"]);
+        assert!(again["envelope_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("gw-1-8-"));
+
+        // Late again on `b`: the second retry waits a minute, and goes back to `a`.
+        let t2 = t + ACK_TIMEOUT;
+        assert!(b.due(t2).is_empty());
+        let retry_at = t2 + RETRY_DELAYS[1];
+        assert_eq!(a.next_deadline(), Some(retry_at));
+        assert!(a.due(retry_at - Duration::from_millis(1)).is_empty());
+        let third = parse(&a.due(retry_at)[0]);
+        assert_eq!(third["retry_attempt"], 2);
+        assert_eq!(third["payload"]["event_id"], "EvCA-5");
+        // Acknowledged: nothing more.
+        ack(&mut a, &third);
+        assert_eq!(a.next_deadline(), None);
+        assert!(a.due(retry_at + Duration::from_secs(3600)).is_empty());
+        assert!(b.due(retry_at + Duration::from_secs(3600)).is_empty());
+    }
+
+    #[test]
+    fn an_app_s_only_connection_gets_its_late_envelopes_again() {
+        let apps: Arc<SocketApps> = Arc::default();
+        let mut a = connection(&apps, "UBOT", 7);
+        let sent = parse(&a.frame(&message(4)).unwrap());
+        let given_up = m::SOCKET_MODE_UNDELIVERED
+            .with_label_values(&["retries"])
+            .get();
+        let mut t = Instant::now();
+        // Never acknowledged: three retries on the Events API's schedule, then no more.
+        for retry in 1..=MAX_RETRIES {
+            t += ACK_TIMEOUT;
+            let now = a.due(t);
+            let delay = RETRY_DELAYS[retry as usize - 1];
+            let again = if delay.is_zero() {
+                now
+            } else {
+                assert!(now.is_empty(), "retry {retry} waits {delay:?}");
+                t += delay;
+                assert_eq!(a.next_deadline(), Some(t));
+                a.due(t)
+            };
+            assert_eq!(again.len(), 1, "retry {retry}");
+            let again = parse(&again[0]);
+            assert_eq!(again["retry_attempt"], retry);
+            assert_eq!(again["payload"], sent["payload"]);
+            // Its deadline counts from when it was really sent.
+            t = Instant::now().max(t);
+        }
+        assert!(a.due(t + Duration::from_secs(3600)).is_empty());
+        assert_eq!(a.next_deadline(), None);
+        assert!(
+            m::SOCKET_MODE_UNDELIVERED
+                .with_label_values(&["retries"])
+                .get()
+                > given_up
+        );
     }
 
     #[test]

@@ -1662,12 +1662,14 @@ struct ClientState {
     garbage: Mutex<Vec<String>>,
     close: Mutex<Option<(u16, String)>>,
     ended: AtomicBool,
+    /// Acknowledge each Socket Mode envelope as it arrives, as Bolt and `slack_sdk` do.
+    auto_ack: AtomicBool,
 }
 
 /// A WebSocket client of a gateway. A reader task records every event; tests poll them.
 pub struct Client {
     pub hello: Value,
-    sink: tokio::sync::Mutex<SplitSink<Ws, WsMessage>>,
+    sink: Arc<tokio::sync::Mutex<SplitSink<Ws, WsMessage>>>,
     state: Arc<ClientState>,
     reader: tokio::task::JoinHandle<()>,
 }
@@ -1716,13 +1718,28 @@ impl Client {
             Err(e) => return Err(ConnectError::Other(e.to_string())),
         };
         let (sink, mut stream) = ws.split();
+        let sink = Arc::new(tokio::sync::Mutex::new(sink));
+        let acks = sink.clone();
         let state = Arc::new(ClientState::default());
         let reader_state = state.clone();
         let reader = tokio::spawn(async move {
             while let Some(frame) = stream.next().await {
                 match frame {
                     Ok(WsMessage::Text(t)) => match serde_json::from_str::<Value>(t.as_str()) {
-                        Ok(v) => reader_state.events.lock().unwrap().push(v),
+                        Ok(v) => {
+                            let ack = match v["envelope_id"].as_str() {
+                                Some(id) if reader_state.auto_ack.load(Ordering::SeqCst) => {
+                                    Some(json!({ "envelope_id": id }).to_string())
+                                }
+                                _ => None,
+                            };
+                            reader_state.events.lock().unwrap().push(v);
+                            if let Some(ack) = ack {
+                                // The connection may be closing: a lost ack is the gateway's to
+                                // retry, as with any client.
+                                let _ = acks.lock().await.send(WsMessage::Text(ack.into())).await;
+                            }
+                        }
                         Err(_) => reader_state
                             .garbage
                             .lock()
@@ -1746,7 +1763,7 @@ impl Client {
         });
         let mut client = Client {
             hello: Value::Null,
-            sink: tokio::sync::Mutex::new(sink),
+            sink,
             state,
             reader,
         };
@@ -1755,6 +1772,11 @@ impl Client {
             .await;
         client.hello = hello;
         Ok(client)
+    }
+
+    /// Whether each Socket Mode envelope is acknowledged as it arrives (off at first).
+    pub fn auto_ack(&self, on: bool) {
+        self.state.auto_ack.store(on, Ordering::SeqCst);
     }
 
     /// Every event received so far (including `hello`).
