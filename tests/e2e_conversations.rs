@@ -324,6 +324,7 @@ async fn a_kicked_member_stops_receiving_the_channel() {
                     && e["channel"] == open.as_str()
                     && e["user"] == bob.id.as_str()
                     && e["team"] == bob.workspace.as_str()
+                    && e["channel_type"] == "C"
             })
             .await;
     }

@@ -282,13 +282,14 @@ impl State {
 
     /// Tells every session here that follows `channel` that `user` joined or left it
     /// (Slack's `member_joined_channel` and `member_left_channel`; `team` is the user's
-    /// workspace).
+    /// workspace; `channel_type`, `C` public or `G` private, where known).
     fn offer_member_change(
         &self,
         kind: &str,
         workspace: &WorkspaceId,
         channel: &ChannelId,
         user: &UserId,
+        private: Option<bool>,
     ) {
         let Some(entry) = self.channels.get(channel) else {
             return;
@@ -296,14 +297,16 @@ impl State {
         if entry.sessions.is_empty() {
             return;
         }
-        let text: Utf8Bytes = serde_json::json!({
+        let mut event = serde_json::json!({
             "type": kind,
             "user": user.0,
             "channel": channel.0,
             "team": workspace.0,
-        })
-        .to_string()
-        .into();
+        });
+        if let Some(private) = private {
+            event["channel_type"] = if private { "G" } else { "C" }.into();
+        }
+        let text: Utf8Bytes = event.to_string().into();
         for id in &entry.sessions {
             if let Some(s) = self.sessions.get(id) {
                 // (Not to a same-named user of another workspace: the change is not its own.)
@@ -770,7 +773,13 @@ impl Hub {
                 }
                 // Everyone here in the channel hears of it, the joiner too (a bot learns so
                 // that it was added).
-                st.offer_member_change("member_joined_channel", &workspace, &channel, &user);
+                st.offer_member_change(
+                    "member_joined_channel",
+                    &workspace,
+                    &channel,
+                    &user,
+                    Some(private),
+                );
                 if !here {
                     return false;
                 }
@@ -810,7 +819,7 @@ impl Hub {
                     }
                 }
                 // The members left here hear of it.
-                st.offer_member_change("member_left_channel", &workspace, &channel, &user);
+                st.offer_member_change("member_left_channel", &workspace, &channel, &user, None);
             }
             // Profile, channel and read-position changes are for Flannel's cache; sessions
             // get that data in `hello`'s boot block.
@@ -2423,7 +2432,7 @@ mod tests {
         assert_eq!(
             events,
             [
-                serde_json::json!({ "type": "member_joined_channel", "user": "UCAROL", "channel": "CX", "team": "TW" }),
+                serde_json::json!({ "type": "member_joined_channel", "user": "UCAROL", "channel": "CX", "team": "TW", "channel_type": "C" }),
                 serde_json::json!({ "type": "member_left_channel", "user": "UCAROL", "channel": "CX", "team": "TW" }),
             ]
         );

@@ -371,14 +371,22 @@ impl SocketMode {
         if !EVENTS.contains(&kind) || event.get("is_ephemeral") == Some(&Value::Bool(true)) {
             return None;
         }
+        let known_type = || match event.get("channel") {
+            Some(Value::String(c)) => self.channel_types.get(&ChannelId(c.clone())).copied(),
+            _ => None,
+        };
         if kind == "message" {
             // The Events API says where a message was (`message.im` and the like), which
             // RTM leaves to the client; apps route direct messages by it.
-            let t = match event.get("channel") {
-                Some(Value::String(c)) => self.channel_types.get(&ChannelId(c.clone())).copied(),
-                _ => None,
-            };
-            event.insert("channel_type".into(), t.unwrap_or("channel").into());
+            let t = known_type().unwrap_or("channel");
+            event.insert("channel_type".into(), t.into());
+        } else if kind == "member_left_channel" && !event.contains_key("channel_type") {
+            // The hub knows a channel's type when someone joins it, not when they leave: the
+            // app's own list does (it was a member too).
+            if let Some(t) = known_type() {
+                let t = if t == "channel" { "C" } else { "G" };
+                event.insert("channel_type".into(), t.into());
+            }
         }
         let now = shared::ids::Ts::now();
         if !event.contains_key("event_ts") {
@@ -988,7 +996,17 @@ mod tests {
         assert_eq!(type_of(&mut sm, "CNEWGROUP"), "mpim");
         assert_eq!(type_of(&mut sm, "CNEWPRIV"), "group");
         assert_eq!(type_of(&mut sm, "CNEWPUB"), "channel");
-        // Only message events carry one, as in the Events API.
+        // Membership changes carry Slack's letters: the hub gives a join's, the app's list a
+        // departure's.
+        let left = r#"{"type":"member_left_channel","user":"UB","channel":"CNEWPRIV","team":"TW"}"#;
+        let left = parse(&sm.frame(left).unwrap());
+        assert_eq!(left["payload"]["event"]["channel_type"], "G");
+        let left = r#"{"type":"member_left_channel","user":"UB","channel":"CPUB","team":"TW"}"#;
+        assert_eq!(
+            parse(&sm.frame(left).unwrap())["payload"]["event"]["channel_type"],
+            "C"
+        );
+        // Only message and membership events carry one, as in the Events API.
         let reaction = r#"{"type":"reaction_added","user":"UB","reaction":"tada","item":{"type":"message","channel":"CDM","ts":"1.000001"},"event_ts":"1.000002"}"#;
         let reaction = parse(&sm.frame(reaction).unwrap());
         assert!(reaction["payload"]["event"].get("channel_type").is_none());
