@@ -42,23 +42,8 @@ async fn socket_mode_sessions_get_events_api_envelopes_and_acknowledge_them() {
     // Alice, on RTM on the same gateway, will type there: Socket Mode must not hear it.
     let alice_rtm = cluster.connect(g, &alice).await;
     assert_eq!(alice_rtm.hello["type"], "hello");
-    // The app's subscription goes live in the background: post until it hears one (bounded).
-    let mut live = false;
-    for attempt in 0..20 {
-        let text = format!("warm-up {attempt}");
-        cluster.post(&alice, &channel, &text).await;
-        let heard = eventually(std::time::Duration::from_millis(500), || {
-            app.events()
-                .iter()
-                .any(|e| e["payload"]["event"]["text"] == text.as_str())
-        })
-        .await;
-        if heard {
-            live = true;
-            break;
-        }
-    }
-    assert!(live, "the app heard no warm-up message");
+    // The app's subscription goes live in the background.
+    warm_up(&cluster, &alice, &channel, &[&app]).await;
 
     // A message: its envelope, its event id naming the channel's entry.
     let from = app.num_events();
@@ -250,6 +235,23 @@ async fn open_connection(cluster: &Cluster, app: &TestUser) -> (Client, usize) {
     (client, g)
 }
 
+/// Posts (bounded) into `channel` until one of `apps` hears it: their subscription goes live
+/// in the background after `hello`.
+async fn warm_up(cluster: &Cluster, poster: &TestUser, channel: &str, apps: &[&Client]) {
+    for attempt in 0..20 {
+        let text = format!("warm-up {attempt}");
+        cluster.post(poster, channel, &text).await;
+        let heard = eventually(std::time::Duration::from_millis(500), || {
+            apps.iter().any(|app| texts(app).contains(&text))
+        })
+        .await;
+        if heard {
+            return;
+        }
+    }
+    panic!("the app heard no warm-up message");
+}
+
 /// The texts of the `message` events in `app`'s envelopes.
 fn texts(app: &Client) -> Vec<String> {
     app.events()
@@ -280,21 +282,7 @@ async fn an_app_s_connections_share_its_events_and_take_over_unacknowledged_ones
     assert_eq!(b.hello["num_connections"], 2, "{}", b.hello);
     let gw_http = cluster.gateways[g].http.clone();
 
-    // Warm up (bounded) until one of them hears the channel.
-    let mut live = false;
-    for attempt in 0..20 {
-        let text = format!("warm-up {attempt}");
-        cluster.post(&alice, &channel, &text).await;
-        if eventually(std::time::Duration::from_millis(500), || {
-            texts(&a).contains(&text) || texts(&b).contains(&text)
-        })
-        .await
-        {
-            live = true;
-            break;
-        }
-    }
-    assert!(live, "the app heard no warm-up message");
+    warm_up(&cluster, &alice, &channel, &[&a, &b]).await;
 
     // Each message reaches exactly one of the two connections.
     let elsewhere = "switchboard_gateway_socket_mode_claimed_elsewhere_total";
@@ -380,20 +368,7 @@ async fn an_envelope_left_unacknowledged_is_sent_again_after_three_seconds() {
     let (app, g) = open_connection(&cluster, &bot).await;
     let gw_http = cluster.gateways[g].http.clone();
     app.auto_ack(true);
-    let mut live = false;
-    for attempt in 0..20 {
-        let text = format!("warm-up {attempt}");
-        cluster.post(&alice, &channel, &text).await;
-        if eventually(std::time::Duration::from_millis(500), || {
-            texts(&app).contains(&text)
-        })
-        .await
-        {
-            live = true;
-            break;
-        }
-    }
-    assert!(live, "the app heard no warm-up message");
+    warm_up(&cluster, &alice, &channel, &[&app]).await;
     let timeouts = "switchboard_gateway_socket_mode_ack_timeouts_total";
     let before = cluster.metric(&gw_http, timeouts, &[]).await;
 
