@@ -2037,6 +2037,144 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
     let _ = &s.signer;
 }
 
+/// `in:@user`, `to:@user` / `to:me`, `from:me` and `is:thread`: direct messages and threads.
+#[tokio::test]
+async fn search_finds_direct_messages_and_thread_replies() {
+    let s = Server::start().await;
+    let alice = s.token("alice");
+    let bob = s.token("bob");
+    let ws = WorkspaceId(s.demo["workspace"].as_str().unwrap().to_string());
+    let general = ChannelId(s.demo["general"].as_str().unwrap().to_string());
+    let open = |token: String, users: String| {
+        let s = &s;
+        async move {
+            let (_, v) = s
+                .call(
+                    "conversations.open",
+                    Some(&token),
+                    json!({ "users": users }),
+                )
+                .await;
+            ChannelId(v["channel"]["id"].as_str().expect("a DM").to_string())
+        }
+    };
+    let (bob_id, carol_id) = (s.user_id("bob"), s.user_id("carol"));
+    let with_bob = open(alice.clone(), bob_id.clone()).await;
+    let with_carol = open(alice.clone(), carol_id.clone()).await;
+    let group = open(alice.clone(), format!("{bob_id},{carol_id}")).await;
+    let message = |channel: &ChannelId, seq: Seq, user: &str, text: &str| Message {
+        workspace: ws.clone(),
+        channel: channel.clone(),
+        seq,
+        ts: Ts(1_795_600_000_000_000 + seq),
+        user: UserId(s.user_id(user)),
+        text: text.into(),
+        client_msg_id: None,
+        thread_ts: None,
+        kind: shared::protocol::MessageKind::Posted,
+        previous: None,
+        broadcast: false,
+        bot: false,
+        rich: None,
+    };
+    let root = message(&general, 1, "alice", "deploy plan for friday");
+    let mut reply = message(&general, 2, "bob", "deploy looks fine to me");
+    reply.thread_ts = Some(root.ts);
+    for m in [
+        root,
+        reply,
+        message(&with_bob, 1, "alice", "deploy: can you review?"),
+        message(&with_bob, 2, "bob", "deploy reviewed"),
+        message(&with_carol, 1, "carol", "deploy question"),
+        message(&group, 1, "carol", "deploy party"),
+        message(&group, 2, "bob", "deploy cake"),
+    ] {
+        s.store.append(&m).await.unwrap();
+    }
+    let search = |token: &str, query: &str| {
+        let s = &s;
+        let (token, query) = (token.to_string(), query.to_string());
+        async move {
+            let (_, v) = s
+                .call(
+                    "search.messages",
+                    Some(&token),
+                    json!({ "query": query, "sort": "timestamp" }),
+                )
+                .await;
+            assert_eq!(v["ok"], true, "{query}: {v}");
+            let mut texts: Vec<String> = v["messages"]["matches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["text"].as_str().unwrap().to_string())
+                .collect();
+            texts.sort();
+            texts
+        }
+    };
+    // Indexed from the change feed within a bounded wait.
+    for _ in 0..50 {
+        if search(&alice, "deploy").await.len() == 7 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(search(&alice, "deploy").await.len(), 7);
+    assert_eq!(
+        search(&alice, "deploy in:@bob").await,
+        ["deploy reviewed", "deploy: can you review?"],
+        "the 1:1 with bob, not the group"
+    );
+    assert_eq!(
+        search(&alice, &format!("in:<@{carol_id}>")).await,
+        ["deploy question"]
+    );
+    assert_eq!(
+        search(&alice, "deploy to:me").await,
+        [
+            "deploy cake",
+            "deploy party",
+            "deploy question",
+            "deploy reviewed"
+        ],
+        "direct messages by the others"
+    );
+    assert_eq!(
+        search(&alice, "to:@bob").await,
+        ["deploy party", "deploy: can you review?"],
+        "in bob's direct conversations, not by him"
+    );
+    assert_eq!(
+        search(&alice, "deploy from:me").await,
+        ["deploy plan for friday", "deploy: can you review?"]
+    );
+    assert_eq!(
+        search(&alice, "is:thread").await,
+        ["deploy looks fine to me"]
+    );
+    assert_eq!(
+        search(&alice, "deploy is:thread from:@bob").await,
+        ["deploy looks fine to me"]
+    );
+    // Bob reads his own: not alice's 1:1 with carol, whatever he names.
+    assert_eq!(search(&bob, "in:@carol").await, Vec::<String>::new());
+    assert_eq!(
+        search(&bob, "deploy to:me").await,
+        ["deploy party", "deploy: can you review?"]
+    );
+    assert_eq!(search(&bob, "to:@nobody-here").await, Vec::<String>::new());
+    // What is not supported says so.
+    let (_, v) = s
+        .call(
+            "search.messages",
+            Some(&alice),
+            json!({ "query": "deploy is:saved" }),
+        )
+        .await;
+    assert_eq!(v["error"], "invalid_arguments", "{v}");
+}
+
 /// Profile, channel and read-position methods, and the Flannel snapshot.
 mod flannel_methods;
 

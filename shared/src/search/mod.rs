@@ -74,6 +74,10 @@ pub struct SearchRequest {
     pub after: Option<Ts>,
     pub before: Option<Ts>,
     pub has_link: bool,
+    /// Only thread replies (`is:thread`).
+    pub thread_only: bool,
+    /// Authors whose messages are left out (`to:`: messages sent to them, not by them).
+    pub not_users: Vec<UserId>,
     pub sort: SortBy,
     /// Newest (or best) first when true.
     pub descending: bool,
@@ -108,6 +112,7 @@ struct Fields {
     ts: Field,
     seq: Field,
     has_link: Field,
+    in_thread: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -128,6 +133,7 @@ fn schema() -> (Schema, Fields) {
         ts: b.add_u64_field("ts", NumericOptions::default() | INDEXED | FAST | STORED),
         seq: b.add_u64_field("seq", NumericOptions::default() | STORED),
         has_link: b.add_u64_field("has_link", INDEXED),
+        in_thread: b.add_u64_field("in_thread", INDEXED),
     };
     (b.build(), fields)
 }
@@ -266,6 +272,7 @@ impl SearchIndex {
                 f.ts => msg.ts.0,
                 f.seq => msg.seq,
                 f.has_link => u64::from(query::has_link(&msg.text)),
+                f.in_thread => u64::from(msg.thread_ts.is_some()),
             ))?;
         }
         Ok(())
@@ -350,6 +357,16 @@ impl SearchIndex {
                 )),
             ));
         }
+        if !r.not_users.is_empty() {
+            clauses.push((
+                Occur::MustNot,
+                Box::new(TermSetQuery::new(
+                    r.not_users
+                        .iter()
+                        .map(|u| Term::from_field_text(f.user, &u.0)),
+                )),
+            ));
+        }
         let mut any_text = false;
         for w in r.words.iter().chain(r.phrases.iter()) {
             match self.text_clause(w) {
@@ -381,6 +398,15 @@ impl SearchIndex {
                 Occur::Must,
                 Box::new(TermQuery::new(
                     Term::from_field_u64(f.has_link, 1),
+                    IndexRecordOption::Basic,
+                )),
+            ));
+        }
+        if r.thread_only {
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_u64(f.in_thread, 1),
                     IndexRecordOption::Basic,
                 )),
             ));
@@ -603,6 +629,8 @@ mod tests {
             after: None,
             before: None,
             has_link: false,
+            thread_only: false,
+            not_users: Vec::new(),
             sort: SortBy::Timestamp,
             descending: true,
             offset: 0,
@@ -754,6 +782,29 @@ mod tests {
         let mut r = request(&[]);
         r.has_link = true;
         assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CA".into(), 2)]);
+    }
+
+    #[test]
+    fn thread_replies_and_excluded_authors() {
+        let idx = index();
+        let mut reply = msg("CB", 2, "UB", "on it, the train is fixed", 350);
+        reply.thread_ts = Some(Ts(300));
+        idx.upsert(&reply).unwrap();
+        idx.commit(6).unwrap();
+        let mut r = request(&["train"]);
+        r.thread_only = true;
+        assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CB".into(), 2)]);
+        // No words: every reply the caller can read.
+        let mut r = request(&[]);
+        r.thread_only = true;
+        assert_eq!(idx.search(&r).unwrap().total, 1);
+        // Everyone's but UA's.
+        let mut r = request(&[]);
+        r.not_users = vec![UserId::from("UA")];
+        assert_eq!(
+            seqs(&idx.search(&r).unwrap()),
+            vec![("CB".into(), 2), ("CA".into(), 2)]
+        );
     }
 
     #[test]

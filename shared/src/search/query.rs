@@ -4,8 +4,10 @@
 //! `in:#channel` / `in:C123` / `in:<#C123|name>`, `from:@user` / `from:U123` / `from:<@U123>`,
 //! `before:YYYY-MM-DD`, `after:YYYY-MM-DD`, `on:YYYY-MM-DD` (also `today`, `yesterday`),
 //! `during:` a day (as `on:`), a month (`YYYY-MM`, or its name: the latest such month that
-//! has begun) or a year (`YYYY`), and `has:link`. Dates are UTC days; `before` and `after`
-//! are exclusive, like Slack's.
+//! has begun) or a year (`YYYY`), `has:link`, `is:thread` (thread replies), `in:@user` (the
+//! direct message with that user) and `to:@user` / `to:me` (direct messages sent to that
+//! user: in a direct conversation of theirs, by someone else). `from:me` and `to:me` name the
+//! caller. Dates are UTC days; `before` and `after` are exclusive, like Slack's.
 
 use crate::ids::Ts;
 
@@ -16,8 +18,15 @@ pub struct ParsedQuery {
     pub excluded: Vec<String>,
     /// Channel references as written, without `#`/`<#…>` decoration: ids or names.
     pub in_channels: Vec<String>,
-    /// User references as written, without `@`/`<@…>` decoration: ids or names.
+    /// User references as written, without `@`/`<@…>` decoration: ids or names (`me`: the
+    /// caller).
     pub from_users: Vec<String>,
+    /// `in:@user`: the direct messages with these users, as written (ids or names).
+    pub in_users: Vec<String>,
+    /// `to:@user`: direct messages sent to these users (ids, names or `me`).
+    pub to_users: Vec<String>,
+    /// `is:thread`: only thread replies.
+    pub is_thread: bool,
     /// Messages strictly after this instant.
     pub after: Option<Ts>,
     /// Messages strictly before this instant.
@@ -254,8 +263,13 @@ pub fn parse(q: &str, now: Ts) -> Result<ParsedQuery, QueryError> {
             continue;
         }
         match tok.split_once(':') {
+            Some(("in", v)) if v.starts_with('@') || v.starts_with("<@") => {
+                p.in_users.push(strip_user(v))
+            }
             Some(("in", v)) if !v.is_empty() => p.in_channels.push(strip_channel(v)),
             Some(("from", v)) if !v.is_empty() => p.from_users.push(strip_user(v)),
+            Some(("to", v)) if !v.is_empty() => p.to_users.push(strip_user(v)),
+            Some(("is", "thread")) => p.is_thread = true,
             Some(("before", v)) => p.before = Some(day_start(v, now)?),
             Some(("after", v)) => p.after = Some(Ts(day_start(v, now)?.0 + DAY_MICROS - 1)),
             Some(("on", v)) => {
@@ -279,6 +293,9 @@ pub fn parse(q: &str, now: Ts) -> Result<ParsedQuery, QueryError> {
         || !p.phrases.is_empty()
         || !p.in_channels.is_empty()
         || !p.from_users.is_empty()
+        || !p.in_users.is_empty()
+        || !p.to_users.is_empty()
+        || p.is_thread
         || p.has_link
         || p.before.is_some()
         || p.after.is_some();
@@ -319,6 +336,36 @@ mod tests {
         let p = parse("in:<#C0123|general> from:<@U0456>", NOW).unwrap();
         assert_eq!(p.in_channels, vec!["C0123"]);
         assert_eq!(p.from_users, vec!["U0456"]);
+    }
+
+    #[test]
+    fn direct_messages_and_threads_have_modifiers() {
+        let p = parse(
+            "in:@bob in:<@U0456|carol> to:me to:@dave from:me is:thread",
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(p.in_users, vec!["bob", "U0456"]);
+        assert!(p.in_channels.is_empty(), "a user is not a channel");
+        assert_eq!(p.to_users, vec!["me", "dave"]);
+        assert_eq!(p.from_users, vec!["me"]);
+        assert!(p.is_thread);
+        // Each is a search of its own, with no words.
+        for q in ["in:@bob", "to:me", "is:thread"] {
+            assert!(parse(q, NOW).is_ok(), "{q}");
+        }
+        for q in [
+            "is:starred x",
+            "is:",
+            "to: x",
+            "with:@bob x",
+            "has:reaction x",
+        ] {
+            assert!(
+                matches!(parse(q, NOW), Err(QueryError::UnsupportedModifier(_))),
+                "{q}"
+            );
+        }
     }
 
     #[test]

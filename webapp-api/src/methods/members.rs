@@ -225,16 +225,25 @@ async fn add_members(
 /// read from the DM's name (`dm-<id>[-<id>]`, the ids lower-cased: ids are upper-case letters
 /// and digits, so the name gives them back exactly); `None` for any other conversation.
 pub(crate) fn im_user(c: &Channel, viewer: &UserId) -> Option<UserId> {
-    let ids: Vec<UserId> = c
-        .name
-        .strip_prefix(IM_PREFIX)?
-        .split('-')
-        .map(|part| UserId::parse(&part.to_ascii_uppercase()))
-        .collect::<Option<_>>()?;
+    if !c.name.starts_with(IM_PREFIX) {
+        return None;
+    }
+    let ids = dm_members(c)?;
     ids.iter()
         .find(|u| *u != viewer)
         .or_else(|| ids.first())
         .cloned()
+}
+
+/// The members of a direct conversation (1:1 or group), read from its name (`dm-<id>…`,
+/// `mpdm-<id>-<id>…`, as [`im_user`] reads it); `None` for a channel.
+pub(crate) fn dm_members(c: &Channel) -> Option<Vec<UserId>> {
+    c.name
+        .strip_prefix(IM_PREFIX)
+        .or_else(|| c.name.strip_prefix(MPIM_PREFIX))?
+        .split('-')
+        .map(|part| UserId::parse(&part.to_ascii_uppercase()))
+        .collect()
 }
 
 /// `conversations.invite`: a member adds users to a channel (not to a DM). As in Slack, a

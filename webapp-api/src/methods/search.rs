@@ -8,6 +8,7 @@ use shared::search::query::{parse, QueryError};
 use shared::search::{search_all, SearchIndex, SearchRequest, SortBy};
 use shared::store::Channel;
 
+use super::members;
 use crate::api::{ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 
 const DEFAULT_COUNT: u32 = 20;
@@ -55,6 +56,29 @@ async fn readable_channels(
     Ok(out)
 }
 
+/// The user a query names (`@name`, an id, or `me`, the caller), in the caller's workspace;
+/// one that does not exist there is an id that matches nothing.
+async fn user_ref(state: &AppState, caller: &Caller, r: &str) -> ApiResult<UserId> {
+    if r == "me" {
+        return Ok(caller.user.id.clone());
+    }
+    let found = match UserId::parse(r) {
+        Some(id) => state.store.user(&id).await?,
+        None => {
+            state
+                .store
+                .user_by_name(&caller.claims.workspace, r)
+                .await?
+        }
+    };
+    Ok(
+        match found.filter(|u| u.workspace == caller.claims.workspace) {
+            Some(u) => u.id,
+            None => UserId("U-NOBODY".into()),
+        },
+    )
+}
+
 pub async fn messages(
     state: &AppState,
     caller: &Caller,
@@ -96,37 +120,35 @@ pub async fn messages(
     let highlight = params.flag("highlight", false);
 
     let readable = readable_channels(state, caller).await?;
-    let channels: Vec<ChannelId> = if parsed.in_channels.is_empty() {
-        readable.keys().cloned().collect()
-    } else {
-        readable
-            .values()
-            .filter(|c| {
-                parsed
-                    .in_channels
-                    .iter()
-                    .any(|r| r == &c.id.0 || r.eq_ignore_ascii_case(&c.name))
-            })
-            .map(|c| c.id.clone())
-            .collect()
-    };
     let mut users: Vec<UserId> = Vec::new();
     for r in &parsed.from_users {
-        let found = match UserId::parse(r) {
-            Some(id) => state.store.user(&id).await?,
-            None => {
-                state
-                    .store
-                    .user_by_name(&caller.claims.workspace, r)
-                    .await?
-            }
-        };
-        match found.filter(|u| u.workspace == caller.claims.workspace) {
-            Some(u) => users.push(u.id),
-            // An unknown author matches nothing.
-            None => users.push(UserId("U-NOBODY".into())),
-        }
+        users.push(user_ref(state, caller, r).await?);
     }
+    let mut in_users: Vec<UserId> = Vec::new();
+    for r in &parsed.in_users {
+        in_users.push(user_ref(state, caller, r).await?);
+    }
+    let mut to_users: Vec<UserId> = Vec::new();
+    for r in &parsed.to_users {
+        to_users.push(user_ref(state, caller, r).await?);
+    }
+    let channels: Vec<ChannelId> = readable
+        .values()
+        .filter(|c| {
+            // `in:` names channels, or 1:1 direct messages by the other person: any of them.
+            let named = parsed
+                .in_channels
+                .iter()
+                .any(|r| r == &c.id.0 || r.eq_ignore_ascii_case(&c.name))
+                || members::im_user(c, &caller.user.id).is_some_and(|u| in_users.contains(&u));
+            let in_ok = (parsed.in_channels.is_empty() && in_users.is_empty()) || named;
+            // `to:` keeps direct conversations of one of its people.
+            let to_ok = to_users.is_empty()
+                || members::dm_members(c).is_some_and(|m| m.iter().any(|u| to_users.contains(u)));
+            in_ok && to_ok
+        })
+        .map(|c| c.id.clone())
+        .collect();
     let request = SearchRequest {
         workspace: caller.claims.workspace.clone(),
         words: parsed.words,
@@ -137,6 +159,9 @@ pub async fn messages(
         after: parsed.after,
         before: parsed.before,
         has_link: parsed.has_link,
+        thread_only: parsed.is_thread,
+        // Sent to them: not by them.
+        not_users: to_users,
         sort,
         descending,
         offset: ((page - 1) * count) as usize,
