@@ -1,6 +1,8 @@
 //! Graceful shutdown: a gateway asked to stop (SIGTERM) tells its clients `goodbye` and closes
 //! their sockets with 1001 (going away) so they reconnect elsewhere, and exits 0; its clients
-//! resume on the other gateway without loss. While it drains, its `/health` answers 503.
+//! resume on the other gateway without loss. While it drains, its `/health` answers 503. With
+//! `gateway.goodbye_spread_ms` the goodbyes are spread over that span, and each session is
+//! served until its own.
 
 mod common;
 
@@ -159,4 +161,94 @@ async fn a_draining_gateway_answers_health_503() {
         let status = cluster.wait_exit(&id, EXIT_WITHIN).await;
         assert!(status.success(), "{id} exited with {status}");
     }
+}
+
+/// With `gateway.goodbye_spread_ms`, a stopping gateway tells its sessions goodbye over that
+/// span, each at its own point (so their clients do not all reconnect elsewhere at once), and
+/// serves each until then: a message posted after the first goodbye still reaches the
+/// sessions not yet told. A new connection meanwhile is refused (503 `gateway_draining`), so
+/// the client goes to another gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_gateway_spreads_its_goodbyes_and_serves_each_session_until_its_own() {
+    const SPREAD_MS: u64 = 3000;
+    let opts = ClusterOpts::standard(&["alice", "bob"])
+        .set("gateway", &format!("gateway.goodbye_spread_ms={SPREAD_MS}"));
+    let cluster = Cluster::start(opts).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let channel = cluster.create_channel(&alice, "spread").await;
+    cluster.join(&bob, &channel).await;
+    let leaving = cluster.gateways[0].clone();
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(cluster.connect(0, &bob).await);
+    }
+    let all: Vec<&Client> = clients.iter().collect();
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&channel), &all)
+        .await;
+    let signal = Instant::now();
+    cluster.terminate(&leaving.id);
+
+    // When each client hears its goodbye (polled; bounded).
+    let mut told: Vec<Option<Duration>> = vec![None; clients.len()];
+    let mut posted_after_first = None;
+    let mut refused = None;
+    let deadline = signal + WAIT;
+    while told.iter().any(Option::is_none) {
+        assert!(
+            Instant::now() < deadline,
+            "goodbyes still missing {WAIT:?} after the signal: {told:?}"
+        );
+        for (client, at) in clients.iter().zip(told.iter_mut()) {
+            if at.is_none() && client.events().iter().any(|e| e["type"] == "goodbye") {
+                *at = Some(signal.elapsed());
+            }
+        }
+        if posted_after_first.is_none() && told.iter().any(Option::is_some) {
+            let m = cluster
+                .post(&alice, &channel, "after the first goodbye")
+                .await;
+            posted_after_first = Some(seq_of(&m));
+            // And a newcomer is sent elsewhere.
+            refused = Some(Client::connect(&leaving.ws_url, &bob.token, None).await);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let told: Vec<Duration> = told.into_iter().flatten().collect();
+    let (first, last) = (told.iter().min().unwrap(), told.iter().max().unwrap());
+    assert!(
+        *last - *first >= Duration::from_millis(SPREAD_MS / 3),
+        "the goodbyes came together (from {first:?} to {last:?} after the signal), not over {SPREAD_MS} ms"
+    );
+    match refused.expect("a connection was tried") {
+        Err(ConnectError::Http(503, body)) => {
+            assert!(body.contains("gateway_draining"), "{body}")
+        }
+        Err(e) => panic!("a connection to the stopping gateway: {e:?}"),
+        Ok(_) => panic!("the stopping gateway took a new session"),
+    }
+    // Served until its goodbye: the later sessions got the message posted after the first.
+    let seq = posted_after_first.expect("posted");
+    let served = clients
+        .iter()
+        .filter(|c| seqs(&c.messages(&channel)).contains(&seq))
+        .count();
+    assert!(
+        served >= 1,
+        "no session heard a message posted after the first goodbye"
+    );
+    for client in &clients {
+        let events = client.events();
+        let at = events.iter().position(|e| e["type"] == "goodbye").unwrap();
+        assert!(
+            events[at + 1..].is_empty(),
+            "events after goodbye: {:?}",
+            &events[at + 1..]
+        );
+    }
+    let status = cluster.wait_exit(&leaving.id, EXIT_WITHIN).await;
+    assert!(status.success(), "the gateway exited with {status}");
+    let exited = cluster.exited();
+    assert!(exited.is_empty(), "other processes exited: {exited:?}");
 }

@@ -101,6 +101,10 @@ pub async fn run(
     let (ring_tx, ring_rx) = watch::channel(Arc::new(Ring::empty()));
     let (user_tx, mut user_rx) = mpsc::channel(1024);
     let (connected_tx, mut connected_rx) = watch::channel(false);
+    // What serves the sessions (the ring, membership events, the channel servers' streams)
+    // stops after the last session was told goodbye, not at the signal: the goodbyes may be
+    // spread over `gateway.goodbye_spread_ms`, and each session is served until its own.
+    let serving = Shutdown::new();
     tokio::spawn(follow_admin(
         pool.clone(),
         config.mesh.admin_addr,
@@ -112,7 +116,7 @@ pub async fn run(
         ring_tx,
         Some(user_tx),
         connected_tx,
-        shutdown.clone(),
+        serving.clone(),
     ));
     // Sessions get their own shutdown: they say goodbye before the listener closes.
     let sessions_shutdown = Shutdown::new();
@@ -121,7 +125,7 @@ pub async fn run(
         pool,
         ring_rx,
         Duration::from_micros(config.gateway.coalesce_us),
-        shutdown.clone(),
+        serving.clone(),
     );
     hub.set_admin_addr(config.mesh.admin_addr);
     tokio::spawn(hub.clone().reconcile_loop());
@@ -205,18 +209,25 @@ pub async fn run(
     tracing::info!(%node, %addr, "gateway running");
     let graceful = {
         let shutdown = shutdown.clone();
+        let spread = Duration::from_millis(config.gateway.goodbye_spread_ms);
         let drain = Duration::from_millis(config.gateway.drain_ms);
         async move {
             shutdown.wait().await;
-            // Ordered shutdown: tell every session goodbye first, then stop the listener.
+            // Ordered shutdown: tell every session goodbye first (each at its point of the
+            // spread), then stop the listener.
             sessions_shutdown.trigger();
-            tokio::time::sleep(drain).await;
+            tracing::info!(
+                spread_ms = spread.as_millis() as u64,
+                "gateway stopping: telling its sessions goodbye"
+            );
+            tokio::time::sleep(spread + drain).await;
         }
     };
     axum::serve(http, app)
         .with_graceful_shutdown(graceful)
         .await
         .context("gateway server")?;
+    serving.trigger();
     mesh.close();
     // The sessions were told goodbye: what still runs on their threads ends with them.
     drop(session_threads);
@@ -454,6 +465,12 @@ async fn rtm(
         Some("socket") => true,
         Some(_) => return reject(StatusCode::BAD_REQUEST, "invalid_mode"),
     };
+    if state.shutdown.is_triggered() {
+        // Stopping: the client is to connect to another gateway (and gets this until the
+        // port closes, or the load balancer, seeing /health, stops sending it here).
+        m::BAD_INPUT.with_label_values(&["gateway_draining"]).inc();
+        return reject(StatusCode::SERVICE_UNAVAILABLE, "gateway_draining");
+    }
     let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "too_many_sessions");
     };
@@ -480,6 +497,7 @@ async fn rtm(
         queue: g.session_queue,
         ping_interval: Duration::from_millis(g.ping_interval_ms),
         idle_timeout: Duration::from_millis(g.idle_timeout_ms),
+        goodbye_spread: Duration::from_millis(g.goodbye_spread_ms),
         boot,
         web_api: state.web_api.clone(),
         presence_sub: params

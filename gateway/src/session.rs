@@ -54,6 +54,9 @@ pub struct SessionParams {
     pub queue: usize,
     pub ping_interval: Duration,
     pub idle_timeout: Duration,
+    /// When the gateway stops, the session says goodbye at its own point of this span
+    /// ([`goodbye_offset`]).
+    pub goodbye_spread: Duration,
     /// Boot data from Flannel for `hello`, when it answered.
     pub boot: Option<serde_json::Value>,
     /// Where this session's RTM messages are posted.
@@ -518,6 +521,7 @@ pub fn run<K: Send + 'static>(
             queue,
             ping_interval,
             idle_timeout,
+            goodbye_spread,
             boot,
             web_api,
             presence_sub,
@@ -649,7 +653,13 @@ pub fn run<K: Send + 'static>(
         let mut out: Vec<Utf8Bytes> = Vec::new();
         // Made once: a fresh `cancelled()` future per loop turn would register with each token
         // again (the shutdown token is shared by every session, behind one lock) on every wake.
-        let stopping = shutdown.wait();
+        let goodbye_after = goodbye_offset(id, goodbye_spread);
+        let stopping = async {
+            shutdown.wait().await;
+            if !goodbye_after.is_zero() {
+                tokio::time::sleep(goodbye_after).await;
+            }
+        };
         tokio::pin!(stopping);
         let overflowed = overflow.cancelled();
         tokio::pin!(overflowed);
@@ -825,6 +835,17 @@ pub fn run<K: Send + 'static>(
         }
         finish(&hub, id, &s.claims);
     }
+}
+
+/// Where in `spread` session `id` says goodbye when the gateway stops: the fractional part of
+/// `id` times the golden ratio, which spreads consecutive sessions evenly over the span (and
+/// every process alike, with no random state).
+fn goodbye_offset(id: SessionId, spread: Duration) -> Duration {
+    const PHI_FRACTION: f64 = 0.618_033_988_749_894_9;
+    if spread.is_zero() {
+        return Duration::ZERO;
+    }
+    spread.mul_f64((id as f64 * PHI_FRACTION).fract())
 }
 
 /// Releases a batch buffer's memory once traffic is light again (`used` items in the last
@@ -1450,6 +1471,23 @@ mod tests {
         );
     }
 
+    /// A stopping gateway's goodbyes fall evenly over the spread, whatever the first id.
+    #[test]
+    fn goodbyes_spread_evenly() {
+        let spread = Duration::from_secs(10);
+        assert_eq!(goodbye_offset(7, Duration::ZERO), Duration::ZERO);
+        for first in [1u64, 1_000, 987_654_321] {
+            let mut at: Vec<Duration> = (first..first + 20)
+                .map(|id| goodbye_offset(id, spread))
+                .collect();
+            assert!(at.iter().all(|d| *d < spread));
+            at.sort();
+            assert!(at[0] < spread / 5 && at[19] > spread * 4 / 5, "{at:?}");
+            let widest = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+            assert!(widest <= spread / 8, "a gap of {widest:?} in {at:?}");
+        }
+    }
+
     /// Serves each WebSocket connection to the returned loopback address as a session of
     /// `hub` (user UB, no channels, a queue too large to overflow) whose idle and write
     /// timeout is `idle_timeout`; `ended` is told when the first session ends.
@@ -1471,6 +1509,7 @@ mod tests {
                         queue: 1 << 20,
                         ping_interval: Duration::from_secs(3600),
                         idle_timeout,
+                        goodbye_spread: Duration::ZERO,
                         boot: None,
                         web_api: WebApi::nowhere(),
                         presence_sub: false,

@@ -116,6 +116,9 @@ pub struct GatewayConfig {
     /// Base URLs of the Flannel instances this gateway asks for boot data; a workspace's data
     /// lives on the one consistent hashing picks. Empty: `hello` carries no boot data.
     pub flannel_urls: Vec<String>,
+    /// Over how long a stopping gateway tells its sessions `goodbye`, each at its own point of
+    /// it (0: all at once), so their clients do not all reconnect elsewhere at the same moment.
+    pub goodbye_spread_ms: u64,
     /// How long a stopping gateway keeps its listener open after telling its sessions
     /// `goodbye`: `/health` answers 503 meanwhile, so a load balancer sees it draining before
     /// its port closes.
