@@ -278,6 +278,14 @@ def test_bolt_app_over_socket_mode(dev):
     # A name and icon of its own for one message (Slack's chat:write.customize).
     named = bot.chat_postMessage(channel=channel, text="build passed", username="Build: main", icon_emoji=":rocket:")
     assert named["message"]["username"] == "Build: main" and named["message"]["icons"] == {"emoji": ":rocket:"}, named
+    # Metadata for other apps, as slack_sdk sends it (a dict, or its Metadata model).
+    from slack_sdk.models.metadata import Metadata
+
+    meta = Metadata(event_type="build_finished", event_payload={"build": 41, "ok": True})
+    tagged = bot.chat_postMessage(channel=channel, text="build 41 finished", metadata=meta)
+    history = alice.conversations_history(channel=channel, limit=1, include_all_metadata=True)["messages"][0]
+    assert history["ts"] == tagged["ts"] and history["metadata"] == meta.to_dict(), history
+    assert "metadata" not in alice.conversations_history(channel=channel, limit=1)["messages"][0]
 
     heard, reactions = queue.Queue(), queue.Queue()
     # The classic welcome bot.

@@ -72,6 +72,14 @@ pub enum ApiError {
     BotNotFound,
     #[error("a message has at most 100 attachments")]
     TooManyAttachments,
+    #[error("metadata must be a JSON object")]
+    InvalidMetadataFormat,
+    #[error("metadata must hold exactly event_type (a string of 1 to 255 characters) and event_payload (an object)")]
+    InvalidMetadataSchema,
+    #[error("metadata is larger than {max} bytes")]
+    MetadataTooLarge { max: usize },
+    #[error("only an app (a bot token) posts or updates message metadata")]
+    MetadataMustBeSentFromApp,
     #[error("the message text is longer than {max} characters")]
     MsgTooLong { max: usize },
     #[error("the name is taken")]
@@ -183,6 +191,10 @@ impl ApiError {
             ApiError::UsersNotFound => "users_not_found",
             ApiError::BotNotFound => "bot_not_found",
             ApiError::TooManyAttachments => "too_many_attachments",
+            ApiError::InvalidMetadataFormat => "invalid_metadata_format",
+            ApiError::InvalidMetadataSchema => "invalid_metadata_schema",
+            ApiError::MetadataTooLarge { .. } => "metadata_too_large",
+            ApiError::MetadataMustBeSentFromApp => "metadata_must_be_sent_from_app",
             ApiError::MsgTooLong { .. } => "msg_too_long",
             ApiError::NameTaken => "name_taken",
             ApiError::InvalidNameRequired => "invalid_name_required",

@@ -1556,6 +1556,112 @@ async fn a_bot_may_give_a_message_its_own_name_and_icon() {
     s.stop().await;
 }
 
+/// An app attaches metadata to a message (`{"event_type", "event_payload"}`), as Slack's
+/// apps tell each other what a message stands for: given back in the answer, in history with
+/// `include_all_metadata` (not without, as in Slack), kept by an edit that does not replace
+/// it. A person's token may not; a malformed one is refused with Slack's error names.
+#[tokio::test]
+async fn an_app_attaches_metadata_to_a_message() {
+    let s = Server::start_with_cluster().await;
+    let bot = s.bot_token("crm").await;
+    let general = s.general().await;
+    s.ok("conversations.join", &bot, json!({"channel": general}))
+        .await;
+    let metadata = json!({"event_type": "customer_created",
+                          "event_payload": {"crm_id": "123456ABCD", "step": 2}});
+    // As a JSON object in a JSON body, and as its text in a form.
+    let posted = s
+        .ok(
+            "chat.postMessage",
+            &bot,
+            json!({"channel": general, "text": "A new customer record", "metadata": metadata}),
+        )
+        .await;
+    assert_eq!(posted["message"]["metadata"], metadata, "{posted}");
+    let ts = posted["ts"].as_str().unwrap().to_string();
+    let history = |include: bool| {
+        let s = &s;
+        let general = general.clone();
+        async move {
+            s.ok(
+                "conversations.history",
+                &s.token("bob"),
+                json!({"channel": general, "limit": 1, "include_all_metadata": include}),
+            )
+            .await["messages"][0]
+                .clone()
+        }
+    };
+    assert_eq!(history(true).await["metadata"], metadata);
+    assert!(
+        history(false).await.get("metadata").is_none(),
+        "only when asked"
+    );
+    // An edit keeps it, or replaces it.
+    let edited = s
+        .ok(
+            "chat.update",
+            &bot,
+            json!({"channel": general, "ts": ts, "text": "A new customer record (updated)"}),
+        )
+        .await;
+    assert_eq!(edited["message"]["metadata"], metadata, "{edited}");
+    let replaced =
+        json!({"event_type": "customer_updated", "event_payload": {"crm_id": "123456ABCD"}});
+    s.ok(
+        "chat.update",
+        &bot,
+        json!({"channel": general, "ts": ts, "text": "updated", "metadata": replaced.to_string()}),
+    )
+    .await;
+    assert_eq!(history(true).await["metadata"], replaced);
+    // A thread's replies carry it the same way.
+    let replies = s
+        .ok(
+            "conversations.replies",
+            &bot,
+            json!({"channel": general, "ts": ts, "include_all_metadata": "true"}),
+        )
+        .await;
+    assert_eq!(replies["messages"][0]["metadata"], replaced, "{replies}");
+    // Only an app's.
+    s.err(
+        "chat.postMessage",
+        &s.token("bob"),
+        json!({"channel": general, "text": "x", "metadata": metadata}),
+        "metadata_must_be_sent_from_app",
+    )
+    .await;
+    let big = json!({"event_type": "blob", "event_payload": {"data": "x".repeat(9000)}});
+    for (bad, error) in [
+        (json!("not json"), "invalid_metadata_format"),
+        (json!([1, 2]), "invalid_metadata_format"),
+        (json!({"event_payload": {}}), "invalid_metadata_schema"),
+        (
+            json!({"event_type": "", "event_payload": {}}),
+            "invalid_metadata_schema",
+        ),
+        (
+            json!({"event_type": "x", "event_payload": "text"}),
+            "invalid_metadata_schema",
+        ),
+        (
+            json!({"event_type": "x", "event_payload": {}, "extra": 1}),
+            "invalid_metadata_schema",
+        ),
+        (big, "metadata_too_large"),
+    ] {
+        s.err(
+            "chat.postMessage",
+            &bot,
+            json!({"channel": general, "text": "x", "metadata": bad}),
+            error,
+        )
+        .await;
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn admin_users_create_needs_an_admin_token() {
     let s = Server::start().await;

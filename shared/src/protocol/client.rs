@@ -128,6 +128,9 @@ pub struct MessageEvent {
     /// The icon a bot gave this message: `{"emoji": …}` or `{"image_48": …, …}`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub icons: Option<serde_json::Value>,
+    /// An app's metadata on the message: `{"event_type": …, "event_payload": {…}}`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub metadata: Option<serde_json::Value>,
 }
 
 impl From<&Message> for MessageEvent {
@@ -163,6 +166,7 @@ impl From<&Message> for MessageEvent {
             root: broadcast_root(m),
             username: identity.and_then(|i| i.username.clone()),
             icons: identity.and_then(|i| i.icons()),
+            metadata: m.rich.as_ref().and_then(|r| r.metadata_value()),
         }
     }
 }
@@ -518,6 +522,7 @@ mod tests {
                 attachments: None,
                 sets: None,
                 identity: None,
+                metadata: None,
             }
             .boxed(),
         }));
@@ -539,10 +544,13 @@ mod tests {
             attachments: Some(r#"[{"fallback":"f"}]"#.into()),
             sets: None,
             identity: None,
+            metadata: Some(r#"{"event_type":"task_created","event_payload":{"id":"T1"}}"#.into()),
         }
         .boxed();
         let v: serde_json::Value = serde_json::from_str(&message_json(&rich)).unwrap();
         assert_eq!(v["blocks"], serde_json::json!([{"type": "divider"}]));
+        assert_eq!(v["metadata"]["event_type"], "task_created");
+        assert_eq!(v["metadata"]["event_payload"]["id"], "T1");
         assert_eq!(v["attachments"], serde_json::json!([{"fallback": "f"}]));
         let v: serde_json::Value = serde_json::from_str(&message_json(&base)).unwrap();
         assert!(v.get("blocks").is_none() && v.get("attachments").is_none());

@@ -51,6 +51,10 @@ pub struct RichContent {
     /// `icon_emoji`, `icon_url`). (Stored as JSON, where older rows lack it.)
     #[serde(default)]
     pub identity: Option<Identity>,
+    /// Slack's message metadata: `{"event_type": …, "event_payload": {…}}`, as JSON text that
+    /// the Web API checked and wrote. (Stored as JSON, where older rows lack it.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
 }
 
 /// The name and icon a bot gave one message, which clients draw instead of the bot's
@@ -121,6 +125,7 @@ mod rich_wire {
     const USERNAME: u8 = 5;
     const ICON_EMOJI: u8 = 6;
     const ICON_URL: u8 = 7;
+    const METADATA: u8 = 8;
 
     type Rich = Option<Box<RichContent>>;
 
@@ -152,6 +157,7 @@ mod rich_wire {
             (USERNAME, identity.and_then(|i| i.username.as_deref())),
             (ICON_EMOJI, identity.and_then(|i| i.icon_emoji.as_deref())),
             (ICON_URL, identity.and_then(|i| i.icon_url.as_deref())),
+            (METADATA, r.metadata.as_deref()),
         ]
         .into_iter()
         .filter_map(|(tag, text)| Some((tag, text?)))
@@ -177,6 +183,7 @@ mod rich_wire {
                 USERNAME => identity.username = Some(text),
                 ICON_EMOJI => identity.icon_emoji = Some(text),
                 ICON_URL => identity.icon_url = Some(text),
+                METADATA => rich.metadata = Some(text),
                 // A field of a newer node's: skipped.
                 _ => {}
             }
@@ -226,7 +233,8 @@ impl RichContent {
         (self.blocks.is_some()
             || self.attachments.is_some()
             || self.sets.is_some()
-            || self.identity.is_some())
+            || self.identity.is_some()
+            || self.metadata.is_some())
         .then(|| Box::new(self))
     }
 
@@ -236,6 +244,14 @@ impl RichContent {
             + self.attachments.as_ref().map_or(0, String::len)
             + self.sets.as_ref().map_or(0, |s| s.field().1.len())
             + self.identity.as_ref().map_or(0, Identity::string_bytes)
+            + self.metadata.as_ref().map_or(0, String::len)
+    }
+
+    /// Its `metadata` as JSON.
+    pub fn metadata_value(&self) -> Option<serde_json::Value> {
+        self.metadata
+            .as_deref()
+            .and_then(|m| serde_json::from_str(m).ok())
     }
 
     /// Its `blocks` as JSON (what was stored is what the Web API checked and wrote).
@@ -268,6 +284,9 @@ impl RichContent {
         }
         if let Some(identity) = &self.identity {
             identity.add_to(message);
+        }
+        if let Some(metadata) = self.metadata_value() {
+            message["metadata"] = metadata;
         }
     }
 }
@@ -665,6 +684,7 @@ mod tests {
                 icon_emoji: Some(":rocket:".into()),
                 icon_url: Some("https://example.com/i.png".into()),
             }),
+            metadata: Some(r#"{"event_type":"deploy","event_payload":{"env":"prod"}}"#.into()),
         }
     }
 
@@ -695,7 +715,23 @@ mod tests {
         // The binary form is the strings and a few bytes: no JSON escaping in the mesh.
         let r = full();
         let encoded = binary(&Wire(Some(Box::new(r.clone())))).len();
-        assert!(encoded <= r.string_bytes() + 7 * 10 + 10, "{encoded}");
+        assert!(encoded <= r.string_bytes() + 8 * 10 + 10, "{encoded}");
+        // Rows written before `metadata` existed read as none; a row without it stays without.
+        assert_eq!(
+            serde_json::from_str::<Wire>(
+                r#"{"blocks":"[]","attachments":null,"sets":null,"identity":null}"#
+            )
+            .unwrap()
+            .0
+            .unwrap()
+            .metadata,
+            None
+        );
+        let plain = RichContent {
+            blocks: Some("[]".into()),
+            ..Default::default()
+        };
+        assert!(!serde_json::to_string(&plain).unwrap().contains("metadata"));
     }
 
     #[test]
@@ -721,6 +757,7 @@ mod tests {
         full().add_to(&mut message);
         assert_eq!(message["username"], "Deploy: prod");
         assert_eq!(message["icons"], serde_json::json!({"emoji": ":rocket:"}));
+        assert_eq!(message["metadata"]["event_payload"]["env"], "prod");
         let mut message = serde_json::json!({});
         RichContent {
             identity: Some(Identity {

@@ -926,6 +926,8 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
             icon_emoji: Some(":rocket:".into()),
             icon_url: None,
         }),
+        // And an app's metadata.
+        metadata: Some(r#"{"event_type":"deploy_done","event_payload":{"id":7}}"#.into()),
     }
     .boxed();
     assert_eq!(store.append(&rich).await.unwrap(), AppendOutcome::Stored);
@@ -948,6 +950,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         attachments: Some(r#"[{"fallback":"g"}]"#.into()),
         sets: None,
         identity: None,
+        metadata: None,
     }
     .boxed();
     assert_eq!(
@@ -973,6 +976,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         attachments: None,
         sets: None,
         identity: None,
+        metadata: None,
     }
     .boxed();
     let gone = entry(&bob.id, "", MessageKind::Deleted { target: again.ts }, None);

@@ -25,6 +25,7 @@ pub(super) async fn post_message(
     let channel = visible.channel;
     let Composed { text, rich } = message_content(params)?;
     let rich = with_identity(rich, bot_identity(caller, params)?);
+    let rich = with_metadata(rich, message_metadata(caller, params)?);
     let text = &*text;
     let client_msg_id = match params.non_empty("client_msg_id") {
         Some(id) if id.len() > MAX_CLIENT_MSG_ID || id.chars().any(char::is_control) => {
@@ -230,6 +231,60 @@ fn bot_identity(caller: &Caller, params: &Params) -> ApiResult<Option<Identity>>
     .some())
 }
 
+/// Longest message metadata, in bytes of its JSON.
+pub const MAX_METADATA_BYTES: usize = 8192;
+/// Longest metadata `event_type`, in characters.
+const MAX_EVENT_TYPE_CHARS: usize = 255;
+
+/// Slack's message metadata from `metadata` (a JSON object, or its text in a form):
+/// `event_type` and `event_payload`, kept as their JSON. Only an app's (a bot token's), as in
+/// Slack. Given back in live events always, and in history with `include_all_metadata`.
+fn message_metadata(caller: &Caller, params: &Params) -> ApiResult<Option<String>> {
+    let Some(raw) = params.non_empty("metadata") else {
+        return Ok(None);
+    };
+    if !caller.is_bot() {
+        return Err(ApiError::MetadataMustBeSentFromApp);
+    }
+    let Ok(serde_json::Value::Object(mut fields)) = serde_json::from_str(raw) else {
+        return Err(ApiError::InvalidMetadataFormat);
+    };
+    let event_type = match fields.remove("event_type") {
+        Some(serde_json::Value::String(t))
+            if !t.trim().is_empty()
+                && t.chars().count() <= MAX_EVENT_TYPE_CHARS
+                && !t.chars().any(char::is_control) =>
+        {
+            t
+        }
+        _ => return Err(ApiError::InvalidMetadataSchema),
+    };
+    let payload = match fields.remove("event_payload") {
+        Some(p @ serde_json::Value::Object(_)) => p,
+        _ => return Err(ApiError::InvalidMetadataSchema),
+    };
+    if !fields.is_empty() {
+        return Err(ApiError::InvalidMetadataSchema);
+    }
+    let text = json!({ "event_type": event_type, "event_payload": payload }).to_string();
+    if text.len() > MAX_METADATA_BYTES {
+        return Err(ApiError::MetadataTooLarge {
+            max: MAX_METADATA_BYTES,
+        });
+    }
+    Ok(Some(text))
+}
+
+/// `rich` with `metadata` set (or left out when `None`).
+fn with_metadata(
+    rich: Option<Box<RichContent>>,
+    metadata: Option<String>,
+) -> Option<Box<RichContent>> {
+    let mut rich = rich.map(|r| *r).unwrap_or_default();
+    rich.metadata = metadata;
+    rich.boxed()
+}
+
 /// `rich` with `identity` set (or left out when `None`).
 fn with_identity(
     rich: Option<Box<RichContent>>,
@@ -380,8 +435,14 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
         blocks: blocks.as_deref().map(Part::Json),
         attachments: attachments.as_deref().map(Part::Json),
     })?;
-    // The name and icon the bot gave the message stay with it.
+    // The name and icon the bot gave the message stay with it; its metadata too, unless the
+    // edit gives new metadata.
     let rich = with_identity(rich, kept.and_then(|r| r.identity.clone()));
+    let metadata = match message_metadata(caller, params)? {
+        Some(given) => Some(given),
+        None => kept.and_then(|r| r.metadata.clone()),
+    };
+    let rich = with_metadata(rich, metadata);
     let text = &*text;
     if view.message.user != caller.user.id {
         return Err(ApiError::CantUpdateMessage);
@@ -406,6 +467,7 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
     if let Some(object) = message.as_object_mut() {
         object.remove("blocks");
         object.remove("attachments");
+        object.remove("metadata");
     }
     if let Some(rich) = &rich {
         rich.add_to(&mut message);
@@ -612,7 +674,7 @@ pub(super) async fn replies(state: &AppState, caller: &Caller, params: &Params) 
     } else {
         None
     };
-    let list: Vec<_> = views.iter().map(view_json).collect();
+    let list = super::without_metadata_unless_asked(views.iter().map(view_json), params);
     Ok(object(json!({
         "messages": list,
         "has_more": has_more,

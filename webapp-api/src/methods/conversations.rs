@@ -511,7 +511,7 @@ pub(super) async fn history(state: &AppState, caller: &Caller, params: &Params) 
     } else {
         None
     };
-    let list: Vec<_> = messages.iter().map(super::view_json).collect();
+    let list = super::without_metadata_unless_asked(messages.iter().map(super::view_json), params);
     Ok(object(json!({
         "messages": list,
         "has_more": has_more,

@@ -469,6 +469,25 @@ pub(crate) fn message_json(msg: &Message) -> Value {
 /// A message as history shows it: Slack's message object with its edit, thread and reaction
 /// state. A deleted thread parent whose replies remain is Slack's tombstone: none of its
 /// text, author or reactions, only where its thread is.
+/// History's messages, as Slack gives them: an app's metadata only with
+/// `include_all_metadata` (live events always carry it).
+pub(super) fn without_metadata_unless_asked(
+    messages: impl Iterator<Item = Value>,
+    params: &Params,
+) -> Vec<Value> {
+    let keep = params.flag("include_all_metadata", false);
+    messages
+        .map(|mut m| {
+            if !keep {
+                if let Some(o) = m.as_object_mut() {
+                    o.remove("metadata");
+                }
+            }
+            m
+        })
+        .collect()
+}
+
 pub(crate) fn view_json(v: &shared::store::MessageView) -> Value {
     if v.deleted {
         let mut j = json!({
