@@ -153,9 +153,22 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
         )
         .await;
 
-    // post, edit, reply, reaction, reaction, unreaction, post, delete: 8 entries.
-    let last = start_seq + 8;
-    watcher.wait_seq(&channel, last, WAIT).await;
+    // Bob pins the parent: Slack's `pin_added`, with the message as it is.
+    cluster
+        .api_ok(
+            "pins.add",
+            &bob.token,
+            json!({ "channel": channel, "timestamp": parent_ts }),
+        )
+        .await;
+
+    // post, edit, reply, reaction, reaction, unreaction, post, delete, pin: 9 entries.
+    let last = start_seq + 9;
+    watcher
+        .wait_event(0, WAIT, "the pin", |e| {
+            e["channel"] == channel.as_str() && e["seq"] == last
+        })
+        .await;
     let got = entries(&watcher, &channel);
     let tail: Vec<&Value> = got
         .iter()
@@ -190,9 +203,18 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
             "reaction_added",
             "reaction_removed",
             "message",
-            "message/message_deleted"
+            "message/message_deleted",
+            "pin_added"
         ]
     );
+    let pin = tail[8];
+    assert_eq!(pin["user"], bob.id.as_str(), "{pin}");
+    assert_eq!(pin["channel_id"], channel.as_str());
+    assert_eq!(pin["item"]["type"], "message");
+    assert_eq!(pin["item"]["created_by"], bob.id.as_str());
+    assert_eq!(pin["item"]["message"]["ts"], parent_ts.as_str());
+    assert_eq!(pin["item"]["message"]["text"], "ship it on monday");
+    assert_eq!(pin["item"]["message"]["pinned_to"], json!([channel]));
     assert_eq!(tail[1]["message"]["text"], "ship it on monday");
     assert_eq!(tail[1]["message"]["ts"], parent_ts.as_str());
     // Edits and deletions say what the message was (Slack's `previous_message`).
@@ -235,6 +257,8 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
         .expect("parent in history");
     assert_eq!(p["text"], "ship it on monday");
     assert!(p["edited"]["ts"].is_string());
+    assert_eq!(p["pinned_to"], json!([channel]));
+    assert_eq!(history["pin_count"], 1);
     assert_eq!(p["reply_count"], 1);
     assert_eq!(
         p["reactions"],
@@ -281,7 +305,10 @@ async fn edits_deletions_reactions_and_threads_flow_in_order_and_replay() {
     // A client that missed all of it gets every entry replayed on resume, in order.
     let resume: BTreeMap<String, u64> = [(channel.clone(), start_seq)].into_iter().collect();
     let late = cluster.connect_resume(0, &alice, &resume).await;
-    late.wait_seq(&channel, last, WAIT).await;
+    late.wait_event(0, WAIT, "the pin, replayed", |e| {
+        e["channel"] == channel.as_str() && e["seq"] == last
+    })
+    .await;
     let replayed: Vec<u64> = entries(&late, &channel)
         .iter()
         .map(|e| e["seq"].as_u64().unwrap())

@@ -281,7 +281,14 @@ impl ChannelTask {
         let mut targets = HashMap::new();
         for (new, _, _) in posts {
             let target = match (&new.kind, new.broadcast, new.thread_ts) {
-                (MessageKind::Edited { target } | MessageKind::Deleted { target }, _, _) => *target,
+                (
+                    MessageKind::Edited { target }
+                    | MessageKind::Deleted { target }
+                    | MessageKind::Pinned { target }
+                    | MessageKind::Unpinned { target },
+                    _,
+                    _,
+                ) => *target,
                 (MessageKind::Posted, true, Some(root)) => root,
                 _ => continue,
             };
@@ -661,17 +668,22 @@ fn encoded_len_bound(m: &Message) -> usize {
 }
 
 /// What rich content adds to an encoded frame at most: its strings, and for each of its
-/// (at most seven) fields a tag and a length of at most ten bytes, and the list's length.
+/// (at most eight) fields a tag and a length of at most ten bytes, and the list's length.
 fn rich_bound(r: &shared::protocol::RichContent) -> usize {
-    r.string_bytes() + 7 * 10 + 10
+    r.string_bytes() + 8 * 10 + 10
 }
 
 /// Gives an edit or deletion the state of its message before it (from `current`, the
 /// group's running view of the messages it changes) and moves that view past it. A broadcast
-/// reply gets its thread root's state (Slack's `root`), which it does not change.
+/// reply gets its thread root's state (Slack's `root`), and a pin or unpin its message's
+/// (the item of Slack's `pin_added`), which they do not change.
 fn record_previous(msg: &mut Message, current: &mut HashMap<Ts, Option<PreviousMessage>>) {
     if let (MessageKind::Posted, true, Some(root)) = (&msg.kind, msg.broadcast, msg.thread_ts) {
         msg.previous = current.get(&root).cloned().flatten().map(Box::new);
+        return;
+    }
+    if let MessageKind::Pinned { target } | MessageKind::Unpinned { target } = msg.kind {
+        msg.previous = current.get(&target).cloned().flatten().map(Box::new);
         return;
     }
     let (MessageKind::Edited { target } | MessageKind::Deleted { target }) = msg.kind else {

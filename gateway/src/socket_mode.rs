@@ -6,6 +6,7 @@
 //!   this gateway; `connection_info.app_id`).
 //! - Each event the Events API would deliver goes out in an `events_api` envelope: `message`
 //!   (its subtypes too, not ephemeral ones), `reaction_added`, `reaction_removed`,
+//!   `pin_added`, `pin_removed`,
 //!   `member_joined_channel`, `member_left_channel`, `channel_left`, `channel_created`,
 //!   `channel_rename`, `channel_archive`, `channel_unarchive` (and the `group_*` forms of a
 //!   private channel's), `team_join` and `user_change`. The event is the RTM event as is
@@ -266,6 +267,8 @@ const EVENTS: &[&str] = &[
     "message",
     "reaction_added",
     "reaction_removed",
+    "pin_added",
+    "pin_removed",
     "member_joined_channel",
     "member_left_channel",
     "channel_left",

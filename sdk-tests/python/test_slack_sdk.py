@@ -54,6 +54,17 @@ def test_post_edit_delete_react_thread_history(dev):
     got = alice.reactions_get(channel=channel, timestamp=ts)
     assert got["message"]["reactions"][0]["users"] == [dev["tokens"]["users"]["bob"]["id"]]
 
+    # Pins.
+    bob.pins_add(channel=channel, timestamp=ts)
+    with pytest.raises(SlackApiError) as err:
+        alice.pins_add(channel=channel, timestamp=ts)
+    assert err.value.response["error"] == "already_pinned"
+    pins = alice.pins_list(channel=channel)["items"]
+    assert [(p["message"]["ts"], p["created_by"]) for p in pins] == [(ts, dev["tokens"]["users"]["bob"]["id"])]
+    assert alice.conversations_history(channel=channel, limit=1)["messages"][0]["pinned_to"] == [channel]
+    alice.pins_remove(channel=channel, timestamp=ts)
+    assert alice.pins_list(channel=channel)["items"] == []
+
     # A reply also sent to the channel (Slack's "Also send to #channel").
     shown = alice.chat_postMessage(channel=channel, text="done, see thread", thread_ts=ts, reply_broadcast=True)
     assert shown["message"]["subtype"] == "thread_broadcast"

@@ -72,6 +72,10 @@ pub enum ApiError {
     BotNotFound,
     #[error("a message has at most 100 attachments")]
     TooManyAttachments,
+    #[error("the message is already pinned to the channel")]
+    AlreadyPinned,
+    #[error("the message is not pinned to the channel")]
+    NoPin,
     #[error("metadata must be a JSON object")]
     InvalidMetadataFormat,
     #[error("metadata must hold exactly event_type (a string of 1 to 255 characters) and event_payload (an object)")]
@@ -191,6 +195,8 @@ impl ApiError {
             ApiError::UsersNotFound => "users_not_found",
             ApiError::BotNotFound => "bot_not_found",
             ApiError::TooManyAttachments => "too_many_attachments",
+            ApiError::AlreadyPinned => "already_pinned",
+            ApiError::NoPin => "no_pin",
             ApiError::InvalidMetadataFormat => "invalid_metadata_format",
             ApiError::InvalidMetadataSchema => "invalid_metadata_schema",
             ApiError::MetadataTooLarge { .. } => "metadata_too_large",

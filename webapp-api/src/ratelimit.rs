@@ -88,6 +88,9 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "reactions.remove"
         | "search.messages"
         | "admin.users.create"
+        | "pins.add"
+        | "pins.remove"
+        | "pins.list"
         | "hooks.create" => Tier::Tier2,
         "conversations.join"
         | "conversations.leave"

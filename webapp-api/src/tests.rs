@@ -1662,6 +1662,145 @@ async fn an_app_attaches_metadata_to_a_message() {
     s.stop().await;
 }
 
+/// Pins: a member pins a message (`pins.add`), history shows it (`pinned_to`, `pin_count`),
+/// `pins.list` gives the channel's pins newest first with who pinned them, `pins.remove`
+/// takes one off, and a deleted message leaves the list. Slack's errors for the rest.
+#[tokio::test]
+async fn members_pin_messages_to_a_channel() {
+    let s = Server::start_with_cluster().await;
+    let alice = s.token("alice");
+    let bob = s.token("bob");
+    let general = s.general().await;
+    let post = |text: &'static str| {
+        let s = &s;
+        let (alice, general) = (alice.clone(), general.clone());
+        async move {
+            s.ok(
+                "chat.postMessage",
+                &alice,
+                json!({"channel": general, "text": text}),
+            )
+            .await["ts"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let rules = post("house rules: be kind").await;
+    let wiki = post("the wiki is at https://wiki.example.com").await;
+    let lunch = post("lunch?").await;
+    for ts in [&rules, &wiki] {
+        s.ok(
+            "pins.add",
+            &bob,
+            json!({"channel": general, "timestamp": ts}),
+        )
+        .await;
+    }
+    s.err(
+        "pins.add",
+        &alice,
+        json!({"channel": general, "timestamp": rules}),
+        "already_pinned",
+    )
+    .await;
+    let listed = s.ok("pins.list", &alice, json!({"channel": general})).await;
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{listed}");
+    assert_eq!(items[0]["message"]["ts"], wiki.as_str(), "newest pin first");
+    assert_eq!(items[1]["message"]["text"], "house rules: be kind");
+    assert_eq!(items[0]["type"], "message");
+    assert_eq!(items[0]["channel"], general.as_str());
+    assert_eq!(items[0]["created_by"], s.user_id("bob"));
+    assert!(items[0]["created"]
+        .as_u64()
+        .is_some_and(|t| t > 1_700_000_000));
+    assert_eq!(items[0]["message"]["pinned_to"], json!([general]));
+    let history = s
+        .ok(
+            "conversations.history",
+            &alice,
+            json!({"channel": general, "limit": 3}),
+        )
+        .await;
+    assert_eq!(history["pin_count"], 2, "{history}");
+    let by_ts = |ts: &str| {
+        history["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["ts"] == ts)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(by_ts(&rules)["pinned_to"], json!([general]));
+    assert!(by_ts(&lunch).get("pinned_to").is_none());
+    // Off again: removed, or deleted.
+    s.ok(
+        "pins.remove",
+        &alice,
+        json!({"channel": general, "timestamp": rules}),
+    )
+    .await;
+    s.err(
+        "pins.remove",
+        &alice,
+        json!({"channel": general, "timestamp": rules}),
+        "no_pin",
+    )
+    .await;
+    s.ok(
+        "chat.delete",
+        &alice,
+        json!({"channel": general, "ts": wiki}),
+    )
+    .await;
+    let listed = s.ok("pins.list", &bob, json!({"channel": general})).await;
+    assert_eq!(listed["items"], json!([]), "{listed}");
+    for (params, error) in [
+        (json!({"channel": general}), "no_item_specified"),
+        (
+            json!({"channel": general, "timestamp": wiki}),
+            "message_not_found",
+        ),
+        (
+            json!({"channel": general, "timestamp": "1.000001"}),
+            "message_not_found",
+        ),
+        (
+            json!({"channel": "CNOPE", "timestamp": lunch}),
+            "channel_not_found",
+        ),
+    ] {
+        s.err("pins.add", &alice, params, error).await;
+    }
+    // Only members pin (bob is not in alice's #ops).
+    let ops = s
+        .ok("conversations.create", &alice, json!({"name": "ops"}))
+        .await["channel"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deploy = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": ops, "text": "deploy at 5"}),
+        )
+        .await["ts"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.err(
+        "pins.add",
+        &bob,
+        json!({"channel": ops, "timestamp": deploy}),
+        "not_in_channel",
+    )
+    .await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn admin_users_create_needs_an_admin_token() {
     let s = Server::start().await;

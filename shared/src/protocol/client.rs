@@ -326,6 +326,37 @@ pub fn message_json(m: &Message) -> String {
                 "team": m.workspace.0,
             })
         }
+        // Slack's `pin_added` / `pin_removed`: the item is the message, as it was when pinned
+        // (when the channel's owner knew it).
+        MessageKind::Pinned { target } | MessageKind::Unpinned { target } => {
+            let pinned = matches!(m.kind, MessageKind::Pinned { .. });
+            let mut item = serde_json::json!({
+                "type": "message",
+                "channel": m.channel.0,
+                "ts": target.to_slack(),
+                "created": m.ts.0 / 1_000_000,
+                "created_by": m.user.0,
+            });
+            if let Some(mut message) = previous_message(m, *target) {
+                message["pinned_to"] = if pinned {
+                    serde_json::json!([m.channel.0])
+                } else {
+                    serde_json::json!([])
+                };
+                item["message"] = message;
+            }
+            serde_json::json!({
+                "type": if pinned { "pin_added" } else { "pin_removed" },
+                "user": m.user.0,
+                "channel_id": m.channel.0,
+                "item": item,
+                "channel": m.channel.0,
+                "event_ts": ts,
+                "ts": ts,
+                "seq": m.seq,
+                "team": m.workspace.0,
+            })
+        }
     };
     value.to_string()
 }
@@ -463,6 +494,20 @@ mod tests {
                 "reaction_removed",
                 None,
             ),
+            (
+                MessageKind::Pinned {
+                    target: Ts(1_000_000),
+                },
+                "pin_added",
+                None,
+            ),
+            (
+                MessageKind::Unpinned {
+                    target: Ts(1_000_000),
+                },
+                "pin_removed",
+                None,
+            ),
         ];
         for (kind, ty, subtype) in kinds {
             let mut m = base.clone();
@@ -473,6 +518,36 @@ mod tests {
             assert_eq!(v["channel"], "CX");
             assert_eq!(v["subtype"].as_str(), subtype);
         }
+        // A pin names its message, and carries it when the channel's owner knew it.
+        let mut pin = base.clone();
+        pin.kind = MessageKind::Pinned {
+            target: Ts(1_000_000),
+        };
+        let v: serde_json::Value = serde_json::from_str(&message_json(&pin)).unwrap();
+        assert_eq!(v["channel_id"], "CX");
+        assert_eq!(v["user"], "UA");
+        assert_eq!(
+            v["item"],
+            serde_json::json!({"type": "message", "channel": "CX", "ts": "1.000000",
+                               "created": 2, "created_by": "UA"})
+        );
+        pin.previous = Some(Box::new(PreviousMessage {
+            user: UserId::from("UB"),
+            text: "the house rules".into(),
+            thread_ts: None,
+            edited: None,
+            rich: None,
+        }));
+        let v: serde_json::Value = serde_json::from_str(&message_json(&pin)).unwrap();
+        assert_eq!(v["item"]["message"]["text"], "the house rules");
+        assert_eq!(v["item"]["message"]["user"], "UB");
+        assert_eq!(v["item"]["message"]["pinned_to"], serde_json::json!(["CX"]));
+        pin.kind = MessageKind::Unpinned {
+            target: Ts(1_000_000),
+        };
+        let v: serde_json::Value = serde_json::from_str(&message_json(&pin)).unwrap();
+        assert_eq!(v["type"], "pin_removed");
+        assert_eq!(v["item"]["message"]["pinned_to"], serde_json::json!([]));
         let mut edit = base.clone();
         edit.kind = MessageKind::Edited {
             target: Ts(1_000_000),

@@ -41,9 +41,11 @@ use crate::ids::{ChannelId, NodeId, RingEpoch, Seq, UserId, WorkspaceId};
 /// 5: messages carry `bot`; a message's `rich` content travels as tagged fields, which a
 /// reader skips when it does not know them, so fields added to it later (from 5 on: a bot's
 /// own name and icon) need no new version; `UserEvent::ChannelJoined` carries `private`.
-pub const PROTOCOL_VERSION: u16 = 5;
-/// Oldest version this build accepts: each older version lacks a field that bincode reads by
-/// position, so its frames cannot be decoded.
+/// 6: `MessageKind::Pinned` and `Unpinned` (Slack's pins), kinds a version 5 node cannot
+/// decode; every version 5 frame is a version 6 frame too.
+pub const PROTOCOL_VERSION: u16 = 6;
+/// Oldest version this build accepts: each version before 5 lacks a field that bincode reads
+/// by position, so its frames cannot be decoded. Version 5's frames decode as 6's.
 pub const MIN_PROTOCOL_VERSION: u16 = 5;
 /// Default cap on one frame; configurable per node.
 pub const MAX_FRAME_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
@@ -742,15 +744,31 @@ mod tests {
                 WireError::Version {
                     version: old,
                     min: 5,
-                    max: 5
+                    max: 6
                 }
             );
             assert!(
                 err.to_string()
-                    .contains(&format!("version {old} (accepted 5..=5)")),
+                    .contains(&format!("version {old} (accepted 5..=6)")),
                 "{err}"
             );
         }
+    }
+
+    /// Version 5 wrote what version 6 writes but pins: its frames decode as 6's.
+    #[test]
+    fn version_5_frames_are_read() {
+        let msg = sample_message(7, "from a version 5 node".into());
+        let mut bytes = MeshFrame::Deliver { msg: msg.clone() }.to_bytes().to_vec();
+        bytes[4..6].copy_from_slice(&5u16.to_be_bytes());
+        let (decoded, _) = MeshFrame::decode(&bytes, MAX_FRAME_BYTES_DEFAULT)
+            .unwrap()
+            .unwrap();
+        assert_eq!(decoded, MeshFrame::Deliver { msg });
+        // A pin round-trips in 6.
+        let mut pin = sample_message(8, String::new());
+        pin.kind = crate::protocol::MessageKind::Pinned { target: Ts(5) };
+        round_trip(MeshFrame::Deliver { msg: pin });
     }
 
     #[test]

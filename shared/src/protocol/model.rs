@@ -307,6 +307,10 @@ pub enum MessageKind {
     ReactionAdded { target: Ts, reaction: String },
     /// `user` took back `reaction` on `target`.
     ReactionRemoved { target: Ts, reaction: String },
+    /// `user` pinned `target` to the channel (Slack's pins). Mesh version 6.
+    Pinned { target: Ts },
+    /// `user` unpinned `target`.
+    Unpinned { target: Ts },
 }
 
 impl MessageKind {
@@ -318,6 +322,8 @@ impl MessageKind {
             MessageKind::Deleted { .. } => "deleted",
             MessageKind::ReactionAdded { .. } => "reaction_added",
             MessageKind::ReactionRemoved { .. } => "reaction_removed",
+            MessageKind::Pinned { .. } => "pinned",
+            MessageKind::Unpinned { .. } => "unpinned",
         }
     }
 
@@ -328,7 +334,9 @@ impl MessageKind {
             MessageKind::Edited { target }
             | MessageKind::Deleted { target }
             | MessageKind::ReactionAdded { target, .. }
-            | MessageKind::ReactionRemoved { target, .. } => Some(*target),
+            | MessageKind::ReactionRemoved { target, .. }
+            | MessageKind::Pinned { target }
+            | MessageKind::Unpinned { target } => Some(*target),
         }
     }
 
@@ -358,6 +366,8 @@ impl MessageKind {
                 target: target?,
                 reaction: reaction?,
             },
+            "pinned" => MessageKind::Pinned { target: target? },
+            "unpinned" => MessageKind::Unpinned { target: target? },
             _ => return None,
         })
     }

@@ -52,7 +52,125 @@ pub async fn run_all(store: &dyn MessageStore) {
     repeats_in_one_burst(store).await;
     change_feed(store).await;
     edits_threads_and_reactions(store).await;
+    pins(store).await;
     user_emails(store).await;
+}
+
+/// Pins: an entry pins a message (not a deleted or missing one), views say by whom and when,
+/// the channel's list is the most recently pinned first and bounded, an unpin or the
+/// message's deletion takes it off; the pin entries are in the stream, not in history.
+async fn pins(store: &dyn MessageStore) {
+    let ws = store.create_workspace("pins-ws").await.unwrap();
+    let alice = store
+        .create_user(&ws.id, "alice", "Alice", false, false)
+        .await
+        .unwrap();
+    let ch = channel(&ws.id, &alice.id, "pins", false);
+    store.create_channel(&ch).await.unwrap();
+    let mut seq = 0;
+    let mut entry = |kind: MessageKind| {
+        seq += 1;
+        let mut m = message(&ws.id, &ch.id, &alice.id, seq, None);
+        m.kind = kind;
+        m
+    };
+    let first = entry(MessageKind::Posted);
+    let second = entry(MessageKind::Posted);
+    let third = entry(MessageKind::Posted);
+    let pin_second = entry(MessageKind::Pinned { target: second.ts });
+    let pin_first = entry(MessageKind::Pinned { target: first.ts });
+    let pin_third = entry(MessageKind::Pinned { target: third.ts });
+    // A message that is not there is not pinned.
+    let pin_missing = entry(MessageKind::Pinned { target: Ts(7) });
+    for m in [
+        &first,
+        &second,
+        &third,
+        &pin_second,
+        &pin_first,
+        &pin_third,
+        &pin_missing,
+    ] {
+        assert_eq!(store.append(m).await.unwrap(), AppendOutcome::Stored);
+    }
+    let view = store
+        .message_view(&ws.id, &ch.id, second.ts)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        view.pinned,
+        Some(Pin {
+            by: alice.id.clone(),
+            at: pin_second.ts
+        })
+    );
+    let (ws_id, ch_id) = (&ws.id, &ch.id);
+    let listed = |limit| async move {
+        store
+            .pins(ws_id, ch_id, limit)
+            .await
+            .unwrap()
+            .iter()
+            .map(|v| v.message.ts)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(10).await, vec![third.ts, first.ts, second.ts]);
+    assert_eq!(listed(2).await, vec![third.ts, first.ts], "the latest pins");
+    assert_eq!(store.pin_count(&ws.id, &ch.id).await.unwrap(), 3);
+    // History's views carry pins as well.
+    let views = store
+        .message_views(
+            &ws.id,
+            &ch.id,
+            &HistoryQuery {
+                limit: 100,
+                ..HistoryQuery::default()
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(views.len(), 3, "pin entries are not messages: {views:?}");
+    assert!(views.iter().all(|v| v.pinned.is_some()));
+    // Unpinned, or deleted: off the list.
+    let unpin = entry(MessageKind::Unpinned { target: first.ts });
+    let delete = entry(MessageKind::Deleted { target: third.ts });
+    for m in [&unpin, &delete] {
+        assert_eq!(store.append(m).await.unwrap(), AppendOutcome::Stored);
+    }
+    assert_eq!(listed(10).await, vec![second.ts]);
+    assert_eq!(store.pin_count(&ws.id, &ch.id).await.unwrap(), 1);
+    let first_view = store
+        .message_view(&ws.id, &ch.id, first.ts)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first_view.pinned, None);
+    // A deleted message cannot be pinned again.
+    let pin_deleted = entry(MessageKind::Pinned { target: third.ts });
+    assert_eq!(
+        store.append(&pin_deleted).await.unwrap(),
+        AppendOutcome::Stored
+    );
+    assert_eq!(listed(10).await, vec![second.ts]);
+    // The entries are the channel's stream, in order.
+    let stream = store
+        .history(
+            &ws.id,
+            &ch.id,
+            &HistoryQuery {
+                limit: 100,
+                ..HistoryQuery::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (1..=pin_deleted.seq).collect::<Vec<_>>()
+    );
+    assert_eq!(stream.last().map(|m| &m.kind), Some(&pin_deleted.kind));
 }
 
 /// Emails: found without case, one user per address in a workspace (another workspace may

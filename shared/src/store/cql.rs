@@ -309,6 +309,9 @@ const SHARD_TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.reactions (channel_id text, target_ts bigint,
         reaction text, user_id text, seq bigint,
         PRIMARY KEY ((channel_id, target_ts), reaction, user_id))",
+    // A channel's pins: one partition per channel (Slack channels pin tens, not millions).
+    "CREATE TABLE IF NOT EXISTS {ks}.pins (channel_id text, target_ts bigint, user_id text,
+        pinned_ts bigint, PRIMARY KEY ((channel_id), target_ts))",
     "CREATE TABLE IF NOT EXISTS {ks}.feed (hour bigint, id bigint, channel_id text, seq bigint,
         message blob, deleted boolean, PRIMARY KEY ((hour), id, channel_id, seq))",
     "CREATE TABLE IF NOT EXISTS {ks}.feed_hours (k int, hour bigint, PRIMARY KEY ((k), hour))",
@@ -417,6 +420,11 @@ const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("reaction_drop", Mode::Write, "DELETE FROM {ks}.reactions USING TIMESTAMP ? WHERE channel_id = ? AND target_ts = ? AND reaction = ? AND user_id = ?"),
     ("reactions_drop", Mode::Write, "DELETE FROM {ks}.reactions USING TIMESTAMP ? WHERE channel_id = ? AND target_ts = ?"),
     ("reactions_of", Mode::Read, "SELECT reaction, user_id, seq FROM {ks}.reactions WHERE channel_id = ? AND target_ts = ?"),
+    ("pin_put", Mode::Write, "INSERT INTO {ks}.pins (channel_id, target_ts, user_id, pinned_ts) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("pin_drop", Mode::Write, "DELETE FROM {ks}.pins USING TIMESTAMP ? WHERE channel_id = ? AND target_ts = ?"),
+    ("pin_of", Mode::Read, "SELECT user_id, pinned_ts FROM {ks}.pins WHERE channel_id = ? AND target_ts = ?"),
+    ("pins_of", Mode::Read, "SELECT target_ts, pinned_ts FROM {ks}.pins WHERE channel_id = ?"),
+    ("pin_count", Mode::Read, "SELECT COUNT(*) FROM {ks}.pins WHERE channel_id = ?"),
     ("feed_put", Mode::Write, "INSERT INTO {ks}.feed (hour, id, channel_id, seq, message, deleted) VALUES (?, ?, ?, ?, ?, ?)"),
     ("feed_hour_put", Mode::Write, "INSERT INTO {ks}.feed_hours (k, hour) VALUES (0, ?)"),
     ("feed_hours", Mode::Read, "SELECT hour FROM {ks}.feed_hours WHERE k = 0 AND hour >= ? AND hour <= ?"),
@@ -513,6 +521,7 @@ impl MsgRow {
             reply_count: self.reply_count.unwrap_or(0).max(0) as u32,
             latest_reply: self.latest_reply.map(|t| Ts(t as u64)),
             reactions: Vec::new(),
+            pinned: None,
         })
     }
 }
@@ -1342,6 +1351,9 @@ impl Inner {
                 }
                 self.exec(st.get("reactions_drop"), (wts, ch, i(target.0)))
                     .await?;
+                // A deleted message leaves the channel's pins too, as in Slack.
+                self.exec(st.get("pin_drop"), (wts, ch, i(target.0)))
+                    .await?;
                 let mut message = row.message()?;
                 message.text.clear();
                 message.rich = None;
@@ -1361,6 +1373,21 @@ impl Inner {
                     (wts, ch, i(target.0), reaction, &m.user.0),
                 )
                 .await?;
+                Ok(None)
+            }
+            MessageKind::Pinned { target } => {
+                // Only a message that is there (not deleted) is pinned.
+                if let Some(row) = self.posted_row(st, ch, target.0).await? {
+                    if !row.deleted.unwrap_or(false) {
+                        self.exec(st.get("pin_put"), (ch, i(target.0), &m.user.0, wts, wts))
+                            .await?;
+                    }
+                }
+                Ok(None)
+            }
+            MessageKind::Unpinned { target } => {
+                self.exec(st.get("pin_drop"), (wts, ch, i(target.0)))
+                    .await?;
                 Ok(None)
             }
         }
@@ -1538,6 +1565,16 @@ impl Inner {
             )
         }))
         .await?;
+        let pins = try_join_all(views.iter().map(|v| {
+            self.first::<(String, i64)>(st.get("pin_of"), (&v.message.channel.0, i(v.message.ts.0)))
+        }))
+        .await?;
+        for (v, pin) in views.iter_mut().zip(pins) {
+            v.pinned = pin.map(|(by, at)| crate::store::Pin {
+                by: UserId(by),
+                at: Ts(at as u64),
+            });
+        }
         for (v, mut rows) in views.iter_mut().zip(all) {
             rows.sort_by_key(|r| r.2);
             for (name, user, _) in rows {
@@ -2393,6 +2430,49 @@ impl MessageStore for CqlStore {
                 return Ok(None);
             }
             Ok(s.with_reactions(st, vec![row.view()?]).await?.pop())
+        })
+        .await
+    }
+
+    async fn pin_count(&self, workspace: &WorkspaceId, channel: &ChannelId) -> StorageResult<u64> {
+        let s = &self.inner;
+        timed("pin_count", async {
+            let (_, st) = s.shard_of(workspace);
+            let n = s
+                .first::<(i64,)>(st.get("pin_count"), (&channel.0,))
+                .await?
+                .map_or(0, |r| r.0);
+            Ok(n.max(0) as u64)
+        })
+        .await
+    }
+
+    async fn pins(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        limit: usize,
+    ) -> StorageResult<Vec<MessageView>> {
+        let s = &self.inner;
+        timed("pins", async {
+            let (_, st) = s.shard_of(workspace);
+            let mut pins: Vec<(i64, i64)> = s.rows(st.get("pins_of"), (&channel.0,)).await?;
+            pins.sort_by_key(|p| std::cmp::Reverse(p.1));
+            pins.truncate(limit.max(1));
+            let rows = try_join_all(
+                pins.iter()
+                    .map(|(ts, _)| s.posted_row(st, &channel.0, *ts as u64)),
+            )
+            .await?;
+            let views = rows
+                .into_iter()
+                .flatten()
+                .filter(|r| r.workspace == workspace.0)
+                .map(|r| r.view())
+                .collect::<StorageResult<Vec<_>>>()?;
+            let mut views = s.with_reactions(st, views).await?;
+            views.sort_by_key(|v| std::cmp::Reverse(v.pinned.as_ref().map(|p| p.at)));
+            Ok(views)
         })
         .await
     }

@@ -349,6 +349,15 @@ pub trait MessageStore: Send + Sync + 'static {
         channel: &ChannelId,
         ts: Ts,
     ) -> StorageResult<Option<MessageView>>;
+    /// How many messages are pinned to the channel.
+    async fn pin_count(&self, workspace: &WorkspaceId, channel: &ChannelId) -> StorageResult<u64>;
+    /// The channel's pinned messages, the most recently pinned first, at most `limit`.
+    async fn pins(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        limit: usize,
+    ) -> StorageResult<Vec<MessageView>>;
 }
 
 /// One entry of the change feed: a posted message whose searchable state changed.
@@ -372,6 +381,15 @@ pub struct MessageView {
     pub reply_count: u32,
     pub latest_reply: Option<Ts>,
     pub reactions: Vec<Reaction>,
+    /// Pinned to its channel: by whom and when.
+    pub pinned: Option<Pin>,
+}
+
+/// Who pinned a message to its channel, and when (the pin's entry's `ts`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub by: UserId,
+    pub at: Ts,
 }
 
 impl MessageView {

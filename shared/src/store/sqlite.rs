@@ -283,6 +283,13 @@ CREATE TABLE IF NOT EXISTS changes (
     channel_id TEXT NOT NULL,
     seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS pins (
+    channel_id TEXT NOT NULL,
+    target_ts INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    pinned_ts INTEGER NOT NULL,
+    PRIMARY KEY (channel_id, target_ts)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reactions (
     channel_id TEXT NOT NULL,
     target_ts INTEGER NOT NULL,
@@ -383,6 +390,7 @@ fn row_to_view(row: &rusqlite::Row<'_>) -> rusqlite::Result<MessageView> {
         reply_count: row.get::<_, i64>(AT + 2)? as u32,
         latest_reply: row.get::<_, Option<i64>>(AT + 3)?.map(|t| Ts(t as u64)),
         reactions: Vec::new(),
+        pinned: None,
     })
 }
 
@@ -1101,7 +1109,30 @@ fn apply_entry(
             }
             tx.prepare_cached("DELETE FROM reactions WHERE channel_id = ?1 AND target_ts = ?2")?
                 .execute(params![msg.channel.0, target.0 as i64])?;
+            // A deleted message leaves the channel's pins too, as in Slack.
+            tx.prepare_cached("DELETE FROM pins WHERE channel_id = ?1 AND target_ts = ?2")?
+                .execute(params![msg.channel.0, target.0 as i64])?;
             target_seq(*target)
+        }
+        MessageKind::Pinned { target } => {
+            // Only a message that is there (not deleted) is pinned.
+            tx.prepare_cached(
+                "INSERT OR REPLACE INTO pins (channel_id, target_ts, user_id, pinned_ts)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM messages
+                   WHERE channel_id = ?1 AND ts = ?2 AND kind = 'posted' AND deleted = 0)",
+            )?
+            .execute(params![
+                msg.channel.0,
+                target.0 as i64,
+                msg.user.0,
+                msg.ts.0 as i64
+            ])?;
+            Ok(None)
+        }
+        MessageKind::Unpinned { target } => {
+            tx.prepare_cached("DELETE FROM pins WHERE channel_id = ?1 AND target_ts = ?2")?
+                .execute(params![msg.channel.0, target.0 as i64])?;
+            Ok(None)
         }
         MessageKind::ReactionAdded { target, reaction } => {
             tx.prepare_cached(
@@ -1120,8 +1151,30 @@ fn apply_entry(
     }
 }
 
-/// Fills in the reactions of each view, grouped by name in first-reaction order.
+/// Fills in the reactions and the pin of each view.
 fn load_reactions(c: &Connection, views: &mut [MessageView]) -> StorageResult<()> {
+    load_reaction_lists(c, views)?;
+    let mut stmt = c
+        .prepare_cached(
+            "SELECT user_id, pinned_ts FROM pins WHERE channel_id = ?1 AND target_ts = ?2",
+        )
+        .map_err(unavailable)?;
+    for v in views.iter_mut() {
+        v.pinned = stmt
+            .query_row(params![v.message.channel.0, v.message.ts.0 as i64], |r| {
+                Ok(crate::store::Pin {
+                    by: UserId(r.get(0)?),
+                    at: Ts(r.get::<_, i64>(1)? as u64),
+                })
+            })
+            .optional()
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Fills in the reactions of each view, grouped by name in first-reaction order.
+fn load_reaction_lists(c: &Connection, views: &mut [MessageView]) -> StorageResult<()> {
     let mut stmt = c
         .prepare_cached(
             "SELECT reaction, user_id FROM reactions WHERE channel_id = ?1 AND target_ts = ?2 ORDER BY seq",
@@ -1856,6 +1909,47 @@ impl MessageStore for SqliteStore {
                 Ok(views.pop())
             })
             .await
+    }
+
+    async fn pin_count(&self, workspace: &WorkspaceId, channel: &ChannelId) -> StorageResult<u64> {
+        let ch = channel.clone();
+        self.read_shard("pin_count", workspace, channel, move |c| {
+            c.query_row_cached(
+                "SELECT COUNT(*) FROM pins WHERE channel_id = ?1",
+                params![ch.0],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as u64)
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn pins(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        limit: usize,
+    ) -> StorageResult<Vec<MessageView>> {
+        let (ch, ws) = (channel.clone(), workspace.clone());
+        self.read_shard("pins", workspace, channel, move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "SELECT {MESSAGE_COLUMNS}, {VIEW_COLUMNS} FROM messages
+                     WHERE channel_id = ?1 AND workspace = ?2 AND kind = 'posted' AND ts IN
+                       (SELECT target_ts FROM pins WHERE channel_id = ?1
+                        ORDER BY pinned_ts DESC LIMIT ?3)"
+                ))
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![ch.0, ws.0, limit.max(1) as i64], row_to_view)
+                .map_err(unavailable)?;
+            let mut views = rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
+            load_reactions(c, &mut views)?;
+            views.sort_by_key(|v| std::cmp::Reverse(v.pinned.as_ref().map(|p| p.at)));
+            Ok(views)
+        })
+        .await
     }
 
     async fn history(

@@ -626,6 +626,65 @@ pub(super) async fn react(
     Ok(object(json!({})))
 }
 
+/// Most pinned messages `pins.list` gives: the most recently pinned.
+pub const MAX_PINS_LISTED: usize = 1000;
+
+/// `pins.add` / `pins.remove` on a message (`channel` + `timestamp`): a member pins a message
+/// of the channel (not a deleted one), which every member's session hears (`pin_added`,
+/// `pin_removed`) and history shows (`pinned_to`). Like a reaction, an entry of the channel's
+/// stream, so it is ordered with the messages and replayed on resume.
+pub(super) async fn pin(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    add: bool,
+) -> ApiResult {
+    let (visible, view) = target_message(state, caller, params, "timestamp").await?;
+    let target = view.message.ts;
+    let kind = match (add, view.pinned.is_some()) {
+        (true, true) => return Err(ApiError::AlreadyPinned),
+        (false, false) => return Err(ApiError::NoPin),
+        (true, false) => MessageKind::Pinned { target },
+        (false, true) => MessageKind::Unpinned { target },
+    };
+    post_change(
+        state,
+        caller,
+        &visible,
+        Acting::AsMember,
+        Body::default(),
+        kind,
+        None,
+    )
+    .await?;
+    Ok(object(json!({})))
+}
+
+/// `pins.list`: the channel's pinned messages, the most recently pinned first, each with
+/// when and by whom (at most [`MAX_PINS_LISTED`]).
+pub(super) async fn pins_list(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let visible = visible_channel(state, caller, params).await?;
+    let channel = &visible.channel;
+    let views = state
+        .store
+        .pins(&channel.workspace, &channel.id, MAX_PINS_LISTED)
+        .await?;
+    let items: Vec<_> = views
+        .iter()
+        .filter_map(|v| {
+            let pin = v.pinned.as_ref()?;
+            Some(json!({
+                "type": "message",
+                "channel": channel.id,
+                "created": pin.at.0 / 1_000_000,
+                "created_by": pin.by,
+                "message": view_json(v),
+            }))
+        })
+        .collect();
+    Ok(object(json!({ "items": items })))
+}
+
 /// `reactions.get`: a message with its reactions.
 pub(super) async fn reactions_get(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let (visible, view) = target_message(state, caller, params, "timestamp").await?;

@@ -515,7 +515,7 @@ pub(super) async fn history(state: &AppState, caller: &Caller, params: &Params) 
     Ok(object(json!({
         "messages": list,
         "has_more": has_more,
-        "pin_count": 0,
+        "pin_count": state.store.pin_count(&channel.workspace, &channel.id).await?,
         "channel_actions_count": 0,
         "response_metadata": response_metadata(next),
     })))

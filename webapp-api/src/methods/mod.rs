@@ -63,6 +63,9 @@ pub const METHODS: &[&str] = &[
     "reactions.add",
     "reactions.remove",
     "reactions.get",
+    "pins.add",
+    "pins.remove",
+    "pins.list",
     "search.messages",
     "users.list",
     "users.info",
@@ -148,6 +151,9 @@ pub async fn dispatch(
         "reactions.add" => chat::react(state, &caller, params, true).await,
         "reactions.remove" => chat::react(state, &caller, params, false).await,
         "reactions.get" => chat::reactions_get(state, &caller, params).await,
+        "pins.add" => chat::pin(state, &caller, params, true).await,
+        "pins.remove" => chat::pin(state, &caller, params, false).await,
+        "pins.list" => chat::pins_list(state, &caller, params).await,
         "search.messages" => search::messages(state, &caller, params, request).await,
         "users.list" => users::list(state, &caller, params).await,
         "users.info" => users::info(state, &caller, params).await,
@@ -525,6 +531,9 @@ pub(crate) fn view_json(v: &shared::store::MessageView) -> Value {
             .map(|r| json!({ "name": r.name, "users": r.users, "count": r.users.len() }))
             .collect::<Vec<_>>()
             .into();
+    }
+    if v.pinned.is_some() {
+        j["pinned_to"] = json!([v.message.channel]);
     }
     j
 }
