@@ -657,7 +657,8 @@ pub fn run<K: Send + 'static>(
         let stopping = async {
             shutdown.wait().await;
             if !goodbye_after.is_zero() {
-                tokio::time::sleep(goodbye_after).await;
+                // Boxed: made only when stopping, so an idle session does not carry a timer.
+                Box::pin(tokio::time::sleep(goodbye_after)).await;
             }
         };
         tokio::pin!(stopping);
