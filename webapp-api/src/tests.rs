@@ -1735,6 +1735,39 @@ async fn members_pin_messages_to_a_channel() {
     };
     assert_eq!(by_ts(&rules)["pinned_to"], json!([general]));
     assert!(by_ts(&lunch).get("pinned_to").is_none());
+    // Search finds the pinned ones with `has:pin` (pins are read from the store, the words
+    // from the index: wait for the index).
+    for _ in 0..50 {
+        let (_, v) = s
+            .call("search.messages", Some(&alice), json!({"query": "wiki"}))
+            .await;
+        if v["messages"]["total"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let pinned = |query: &'static str| {
+        let s = &s;
+        let alice = alice.clone();
+        async move {
+            let v = s
+                .ok(
+                    "search.messages",
+                    &alice,
+                    json!({"query": query, "sort": "timestamp"}),
+                )
+                .await;
+            v["messages"]["matches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["ts"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(pinned("has:pin").await, [wiki.clone(), rules.clone()]);
+    assert_eq!(pinned("has:pin wiki").await, [wiki.clone()]);
+    assert_eq!(pinned("has:pin lunch").await, Vec::<String>::new());
     // Off again: removed, or deleted.
     s.ok(
         "pins.remove",

@@ -78,6 +78,9 @@ pub struct SearchRequest {
     pub thread_only: bool,
     /// Authors whose messages are left out (`to:`: messages sent to them, not by them).
     pub not_users: Vec<UserId>,
+    /// Only these messages (`has:pin`: the pinned ones of the channels searched), by channel
+    /// and seq; `None`: any.
+    pub only: Option<Vec<(ChannelId, Seq)>>,
     pub sort: SortBy,
     /// Newest (or best) first when true.
     pub descending: bool,
@@ -357,6 +360,17 @@ impl SearchIndex {
                 )),
             ));
         }
+        if let Some(only) = &r.only {
+            if only.is_empty() {
+                return None;
+            }
+            clauses.push((
+                Occur::Must,
+                Box::new(TermSetQuery::new(only.iter().map(|(c, seq)| {
+                    Term::from_field_text(f.id, &Self::doc_id(c, *seq))
+                }))),
+            ));
+        }
         if !r.not_users.is_empty() {
             clauses.push((
                 Occur::MustNot,
@@ -631,6 +645,7 @@ mod tests {
             has_link: false,
             thread_only: false,
             not_users: Vec::new(),
+            only: None,
             sort: SortBy::Timestamp,
             descending: true,
             offset: 0,
@@ -805,6 +820,12 @@ mod tests {
             seqs(&idx.search(&r).unwrap()),
             vec![("CB".into(), 2), ("CA".into(), 2)]
         );
+        // Only the messages named (pinned ones), and none when none is.
+        let mut r = request(&["train"]);
+        r.only = Some(vec![(ChannelId::from("CB"), 1), (ChannelId::from("CA"), 9)]);
+        assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CB".into(), 1)]);
+        r.only = Some(Vec::new());
+        assert_eq!(idx.search(&r).unwrap().total, 0);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! `in:#channel` / `in:C123` / `in:<#C123|name>`, `from:@user` / `from:U123` / `from:<@U123>`,
 //! `before:YYYY-MM-DD`, `after:YYYY-MM-DD`, `on:YYYY-MM-DD` (also `today`, `yesterday`),
 //! `during:` a day (as `on:`), a month (`YYYY-MM`, or its name: the latest such month that
-//! has begun) or a year (`YYYY`), `has:link`, `is:thread` (thread replies), `in:@user` (the
+//! has begun) or a year (`YYYY`), `has:link`, `has:pin`, `is:thread` (thread replies), `in:@user` (the
 //! direct message with that user) and `to:@user` / `to:me` (direct messages sent to that
 //! user: in a direct conversation of theirs, by someone else). `from:me` and `to:me` name the
 //! caller. Dates are UTC days; `before` and `after` are exclusive, like Slack's.
@@ -32,6 +32,8 @@ pub struct ParsedQuery {
     /// Messages strictly before this instant.
     pub before: Option<Ts>,
     pub has_link: bool,
+    /// `has:pin`: only messages pinned to their channel.
+    pub has_pin: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -283,6 +285,7 @@ pub fn parse(q: &str, now: Ts) -> Result<ParsedQuery, QueryError> {
                 p.before = Some(end);
             }
             Some(("has", "link")) => p.has_link = true,
+            Some(("has", "pin")) => p.has_pin = true,
             Some(("has" | "is" | "to" | "with", _)) => {
                 return Err(QueryError::UnsupportedModifier(tok))
             }
@@ -297,6 +300,7 @@ pub fn parse(q: &str, now: Ts) -> Result<ParsedQuery, QueryError> {
         || !p.to_users.is_empty()
         || p.is_thread
         || p.has_link
+        || p.has_pin
         || p.before.is_some()
         || p.after.is_some();
     if !positive {
@@ -350,8 +354,9 @@ mod tests {
         assert_eq!(p.to_users, vec!["me", "dave"]);
         assert_eq!(p.from_users, vec!["me"]);
         assert!(p.is_thread);
+        assert!(parse("has:pin deploy", NOW).unwrap().has_pin);
         // Each is a search of its own, with no words.
-        for q in ["in:@bob", "to:me", "is:thread"] {
+        for q in ["in:@bob", "to:me", "is:thread", "has:pin"] {
             assert!(parse(q, NOW).is_ok(), "{q}");
         }
         for q in [
@@ -448,7 +453,7 @@ mod tests {
         );
         assert_eq!(parse("\"open", NOW), Err(QueryError::UnterminatedQuote));
         assert!(matches!(
-            parse("has:pin x", NOW),
+            parse("has:star x", NOW),
             Err(QueryError::UnsupportedModifier(_))
         ));
         assert_eq!(parse(&"x".repeat(2000), NOW), Err(QueryError::TooLong));

@@ -14,6 +14,8 @@ use crate::api::{ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 const DEFAULT_COUNT: u32 = 20;
 const MAX_COUNT: u32 = 100;
 const MAX_PAGE: u32 = 100;
+/// Channels whose pins `has:pin` reads at once.
+const PIN_LOOKUPS_AT_ONCE: usize = 16;
 
 fn number(params: &Params, key: &str, default: u32, max: u32) -> ApiResult<u32> {
     match params.non_empty(key) {
@@ -149,6 +151,28 @@ pub async fn messages(
         })
         .map(|c| c.id.clone())
         .collect();
+    // `has:pin`: the pinned messages of the channels searched, from the store (pins are not
+    // in the index), a few channels at a time.
+    let only = if parsed.has_pin {
+        let mut pinned = Vec::new();
+        for some in channels.chunks(PIN_LOOKUPS_AT_ONCE) {
+            let lists = futures_util::future::try_join_all(some.iter().map(|c| {
+                state
+                    .store
+                    .pins(&caller.claims.workspace, c, super::chat::MAX_PINS_LISTED)
+            }))
+            .await?;
+            pinned.extend(
+                lists
+                    .into_iter()
+                    .flatten()
+                    .map(|v| (v.message.channel, v.message.seq)),
+            );
+        }
+        Some(pinned)
+    } else {
+        None
+    };
     let request = SearchRequest {
         workspace: caller.claims.workspace.clone(),
         words: parsed.words,
@@ -162,6 +186,7 @@ pub async fn messages(
         thread_only: parsed.is_thread,
         // Sent to them: not by them.
         not_users: to_users,
+        only,
         sort,
         descending,
         offset: ((page - 1) * count) as usize,
