@@ -1766,7 +1766,7 @@ async fn members_pin_messages_to_a_channel() {
         }
     };
     assert_eq!(pinned("has:pin").await, [wiki.clone(), rules.clone()]);
-    assert_eq!(pinned("has:pin wiki").await, [wiki.clone()]);
+    assert_eq!(pinned("has:pin wiki").await, std::slice::from_ref(&wiki));
     assert_eq!(pinned("has:pin lunch").await, Vec::<String>::new());
     // Off again: removed, or deleted.
     s.ok(
