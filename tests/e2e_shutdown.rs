@@ -252,3 +252,74 @@ async fn a_stopping_gateway_spreads_its_goodbyes_and_serves_each_session_until_i
     let exited = cluster.exited();
     assert!(exited.is_empty(), "other processes exited: {exited:?}");
 }
+
+/// With `gateway.max_new_sessions_per_second`, a gateway admits a crowd of new sessions (the
+/// clients of a gateway that stopped) at that pace: past a second's worth, an upgrade is
+/// refused with 503 `ratelimited` and `Retry-After`, counted, and a client that comes back
+/// when told is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_admits_new_sessions_at_its_pace() {
+    const RATE: u32 = 3;
+    let opts = ClusterOpts::standard(&["alice"]).set(
+        "gateway",
+        &format!("gateway.max_new_sessions_per_second={RATE}"),
+    );
+    let cluster = Cluster::start(opts).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let gw = cluster.gateways[0].clone();
+    let url = format!(
+        "{}?token={}",
+        gw.ws_url.replacen("ws://", "http://", 1),
+        alice.token
+    );
+    // Upgrades back to back, as a crowd's: the first second's worth is admitted (101), then
+    // they are refused (bounded: a refusal comes within a few more).
+    let mut admitted = 0;
+    let refusal = loop {
+        assert!(
+            admitted <= 2 * RATE,
+            "{admitted} upgrades admitted at {RATE} a second"
+        );
+        let r = cluster
+            .http
+            .get(&url)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .send()
+            .await
+            .expect("the gateway answers");
+        match r.status().as_u16() {
+            101 => admitted += 1,
+            503 => break r,
+            other => panic!("an upgrade answered {other}"),
+        }
+    };
+    assert!(
+        admitted >= 1,
+        "none of the first second's worth was admitted"
+    );
+    let retry_after: u64 = refusal.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1, "Retry-After {retry_after}");
+    let body: Value = refusal.json().await.unwrap();
+    assert_eq!(body["error"], "ratelimited", "{body}");
+    assert!(
+        cluster
+            .metric(
+                &gw.http,
+                "switchboard_gateway_rejected_connections_total",
+                &[("reason", "ratelimited")]
+            )
+            .await
+            >= 1.0
+    );
+    // Told when to come back, it is admitted then.
+    tokio::time::sleep(Duration::from_secs(retry_after)).await;
+    let client = cluster.connect(0, &alice).await;
+    assert_eq!(client.hello["type"], "hello");
+}

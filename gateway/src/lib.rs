@@ -20,6 +20,7 @@
 //! - Ring changes re-subscribe moved channels at their new owner, filling any gap, without
 //!   closing client sockets.
 
+pub mod admission;
 pub mod boot;
 pub mod hub;
 pub mod metrics;
@@ -67,6 +68,8 @@ struct AppState {
     config: Config,
     shutdown: Shutdown,
     sessions: Arc<tokio::sync::Semaphore>,
+    /// The pace of new sessions (`gateway.max_new_sessions_per_second`).
+    admission: admission::Admission,
     /// Where `hello`'s boot data comes from (`gateway.flannel_urls`).
     boot: boot::BootSource,
     /// Where messages sent over RTM are posted (`gateway.webapp_url`).
@@ -193,6 +196,7 @@ pub async fn run(
         )),
         http: web_client,
         sessions: Arc::new(tokio::sync::Semaphore::new(config.gateway.max_sessions)),
+        admission: admission::Admission::new(config.gateway.max_new_sessions_per_second),
         config: config.clone(),
         shutdown: sessions_shutdown.clone(),
         boot: boot::BootSource::new(&config.gateway.flannel_urls).context("flannel http client")?,
@@ -468,8 +472,15 @@ async fn rtm(
     if state.shutdown.is_triggered() {
         // Stopping: the client is to connect to another gateway (and gets this until the
         // port closes, or the load balancer, seeing /health, stops sending it here).
-        m::BAD_INPUT.with_label_values(&["gateway_draining"]).inc();
         return reject(StatusCode::SERVICE_UNAVAILABLE, "gateway_draining");
+    }
+    if let Err(wait) = state.admission.admit(std::time::Instant::now()) {
+        let mut refused = reject(StatusCode::SERVICE_UNAVAILABLE, "ratelimited");
+        refused.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            admission::retry_after_secs(wait).into(),
+        );
+        return refused;
     }
     let Ok(permit) = state.sessions.clone().try_acquire_owned() else {
         return reject(StatusCode::SERVICE_UNAVAILABLE, "too_many_sessions");

@@ -105,6 +105,9 @@ pub struct GatewayConfig {
     pub ping_interval_ms: u64,
     pub idle_timeout_ms: u64,
     pub max_sessions: usize,
+    /// New sessions admitted a second, up to a second's worth at once; beyond it an upgrade
+    /// is refused (503 `ratelimited`, `Retry-After`). 0: no limit.
+    pub max_new_sessions_per_second: u32,
     /// Coalescing window of a busy channel, in microseconds: a channel whose messages reached
     /// the sessions less than this long ago holds the next ones until the window ends, so each
     /// session gets them in one write. A message after a quieter spell goes at once. 0: off.
