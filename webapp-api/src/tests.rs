@@ -2181,20 +2181,8 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
         )
         .await;
     let secret = ChannelId(v["channel"]["id"].as_str().unwrap().to_string());
-    let append = |channel: &ChannelId, seq: Seq, user: &str, text: &str| Message {
-        workspace: ws.clone(),
-        channel: channel.clone(),
-        seq,
-        ts: Ts(1_795_600_000_000_000 + seq),
-        user: UserId(s.user_id(user)),
-        text: text.into(),
-        client_msg_id: None,
-        thread_ts: None,
-        kind: shared::protocol::MessageKind::Posted,
-        previous: None,
-        broadcast: false,
-        bot: false,
-        rich: None,
+    let append = |channel: &ChannelId, seq: Seq, user: &str, text: &str| {
+        stored(&ws, channel, seq, UserId(s.user_id(user)), text)
     };
     s.store
         .append(&append(
@@ -2315,6 +2303,26 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
     let _ = &s.signer;
 }
 
+/// A posted message as the channel's owner would store it, written straight to the store by
+/// the search tests (at a fixed time: 2026-11-25).
+fn stored(ws: &WorkspaceId, channel: &ChannelId, seq: Seq, user: UserId, text: &str) -> Message {
+    Message {
+        workspace: ws.clone(),
+        channel: channel.clone(),
+        seq,
+        ts: Ts(1_795_600_000_000_000 + seq),
+        user,
+        text: text.into(),
+        client_msg_id: None,
+        thread_ts: None,
+        kind: shared::protocol::MessageKind::Posted,
+        previous: None,
+        broadcast: false,
+        bot: false,
+        rich: None,
+    }
+}
+
 /// `in:@user`, `to:@user` / `to:me`, `from:me` and `is:thread`: direct messages and threads.
 #[tokio::test]
 async fn search_finds_direct_messages_and_thread_replies() {
@@ -2340,20 +2348,8 @@ async fn search_finds_direct_messages_and_thread_replies() {
     let with_bob = open(alice.clone(), bob_id.clone()).await;
     let with_carol = open(alice.clone(), carol_id.clone()).await;
     let group = open(alice.clone(), format!("{bob_id},{carol_id}")).await;
-    let message = |channel: &ChannelId, seq: Seq, user: &str, text: &str| Message {
-        workspace: ws.clone(),
-        channel: channel.clone(),
-        seq,
-        ts: Ts(1_795_600_000_000_000 + seq),
-        user: UserId(s.user_id(user)),
-        text: text.into(),
-        client_msg_id: None,
-        thread_ts: None,
-        kind: shared::protocol::MessageKind::Posted,
-        previous: None,
-        broadcast: false,
-        bot: false,
-        rich: None,
+    let message = |channel: &ChannelId, seq: Seq, user: &str, text: &str| {
+        stored(&ws, channel, seq, UserId(s.user_id(user)), text)
     };
     let root = message(&general, 1, "alice", "deploy plan for friday");
     let mut reply = message(&general, 2, "bob", "deploy looks fine to me");

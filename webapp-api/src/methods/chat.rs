@@ -275,14 +275,22 @@ fn message_metadata(caller: &Caller, params: &Params) -> ApiResult<Option<String
     Ok(Some(text))
 }
 
+/// `rich` changed by `set`, and `None` when it then holds nothing.
+fn reshaped(
+    rich: Option<Box<RichContent>>,
+    set: impl FnOnce(&mut RichContent),
+) -> Option<Box<RichContent>> {
+    let mut rich = rich.map(|r| *r).unwrap_or_default();
+    set(&mut rich);
+    rich.boxed()
+}
+
 /// `rich` with `metadata` set (or left out when `None`).
 fn with_metadata(
     rich: Option<Box<RichContent>>,
     metadata: Option<String>,
 ) -> Option<Box<RichContent>> {
-    let mut rich = rich.map(|r| *r).unwrap_or_default();
-    rich.metadata = metadata;
-    rich.boxed()
+    reshaped(rich, |r| r.metadata = metadata)
 }
 
 /// `rich` with `identity` set (or left out when `None`).
@@ -290,9 +298,7 @@ fn with_identity(
     rich: Option<Box<RichContent>>,
     identity: Option<Identity>,
 ) -> Option<Box<RichContent>> {
-    let mut rich = rich.map(|r| *r).unwrap_or_default();
-    rich.identity = identity;
-    rich.boxed()
+    reshaped(rich, |r| r.identity = identity)
 }
 
 /// [`content::compose`], its errors as the Web API's.
@@ -613,10 +619,20 @@ pub(super) async fn react(
             reaction: name,
         },
     };
+    member_change(state, caller, &visible, kind).await
+}
+
+/// A member's change with no body (a reaction, a pin), answered with an empty `ok`.
+async fn member_change(
+    state: &AppState,
+    caller: &Caller,
+    visible: &VisibleChannel,
+    kind: MessageKind,
+) -> ApiResult {
     post_change(
         state,
         caller,
-        &visible,
+        visible,
         Acting::AsMember,
         Body::default(),
         kind,
@@ -647,17 +663,7 @@ pub(super) async fn pin(
         (true, false) => MessageKind::Pinned { target },
         (false, true) => MessageKind::Unpinned { target },
     };
-    post_change(
-        state,
-        caller,
-        &visible,
-        Acting::AsMember,
-        Body::default(),
-        kind,
-        None,
-    )
-    .await?;
-    Ok(object(json!({})))
+    member_change(state, caller, &visible, kind).await
 }
 
 /// `pins.list`: the channel's pinned messages, the most recently pinned first, each with
