@@ -350,6 +350,7 @@ def test_bolt_app_over_socket_mode(dev):
         replies = alice.conversations_replies(channel=channel, ts=message["ts"])["messages"]
         assert [m["text"] for m in replies] == [message["text"], f"pong {number}"], replies
         assert replies[1]["user"] == bot_id and replies[1]["bot_id"] == bot_id, replies[1]
+        assert replies[1]["bot_profile"]["name"] == made["user"]["name"], replies[1]
         # Every ping that was heard was heard once, by one instance.
         texts = [message["text"]]
         while not heard.empty():

@@ -1491,6 +1491,9 @@ async fn a_bot_may_give_a_message_its_own_name_and_icon() {
         .await;
     let message = &posted["message"];
     assert_eq!(message["username"], "Build: main", "{posted}");
+    // Slack's `bot_profile`: the bot behind the message, whatever name it gave it.
+    assert_eq!(message["bot_profile"]["name"], "ci", "{posted}");
+    assert_eq!(message["bot_profile"]["id"], message["bot_id"]);
     assert_eq!(message["icons"], json!({"emoji": ":white_check_mark:"}));
     let ts = posted["ts"].as_str().unwrap().to_string();
     let by_url = s
@@ -1524,6 +1527,10 @@ async fn a_bot_may_give_a_message_its_own_name_and_icon() {
         .await;
     let older = &history["messages"][1];
     assert_eq!(older["text"], "build 41 passed (retried)", "{history}");
+    assert_eq!(
+        older["bot_profile"]["name"], "ci",
+        "kept by the edit: {older}"
+    );
     assert_eq!(older["username"], "Build: main");
     assert_eq!(older["icons"]["emoji"], ":white_check_mark:");
     // A person's message is theirs, whatever it asks.
@@ -1535,7 +1542,8 @@ async fn a_bot_may_give_a_message_its_own_name_and_icon() {
         )
         .await;
     assert!(
-        by_person["message"].get("username").is_none(),
+        by_person["message"].get("username").is_none()
+            && by_person["message"].get("bot_profile").is_none(),
         "{by_person}"
     );
     for (field, value) in [

@@ -131,6 +131,9 @@ pub struct MessageEvent {
     /// An app's metadata on the message: `{"event_type": …, "event_payload": {…}}`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub metadata: Option<serde_json::Value>,
+    /// A bot's message: Slack's `bot_profile` (its id, name and app), which clients draw.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub bot_profile: Option<serde_json::Value>,
 }
 
 impl From<&Message> for MessageEvent {
@@ -167,8 +170,27 @@ impl From<&Message> for MessageEvent {
             username: identity.and_then(|i| i.username.clone()),
             icons: identity.and_then(|i| i.icons()),
             metadata: m.rich.as_ref().and_then(|r| r.metadata_value()),
+            bot_profile: bot_profile(m),
         }
     }
+}
+
+/// Slack's `bot_profile` of a bot's message: the bot (its id is its user's, as `bot_id`),
+/// named as it was when it posted. Absent for a person's message, and for a bot's stored
+/// before the name was kept.
+pub fn bot_profile(m: &Message) -> Option<serde_json::Value> {
+    if !m.bot {
+        return None;
+    }
+    let name = m.rich.as_ref()?.bot_name.as_ref()?;
+    let id = &m.user.0;
+    Some(serde_json::json!({
+        "id": id,
+        "deleted": false,
+        "name": name,
+        "app_id": format!("A{}", id.strip_prefix('U').unwrap_or(id)),
+        "team_id": m.workspace.0,
+    }))
 }
 
 /// Slack's `root` of a `thread_broadcast` (a reply also shown in the channel): the thread's
@@ -598,6 +620,7 @@ mod tests {
                 sets: None,
                 identity: None,
                 metadata: None,
+                bot_name: None,
             }
             .boxed(),
         }));
@@ -620,12 +643,23 @@ mod tests {
             sets: None,
             identity: None,
             metadata: Some(r#"{"event_type":"task_created","event_payload":{"id":"T1"}}"#.into()),
+            bot_name: Some("tasks".into()),
         }
         .boxed();
         let v: serde_json::Value = serde_json::from_str(&message_json(&rich)).unwrap();
         assert_eq!(v["blocks"], serde_json::json!([{"type": "divider"}]));
         assert_eq!(v["metadata"]["event_type"], "task_created");
         assert_eq!(v["metadata"]["event_payload"]["id"], "T1");
+        assert!(v.get("bot_profile").is_none(), "a person's message: {v}");
+        rich.bot = true;
+        let v: serde_json::Value = serde_json::from_str(&message_json(&rich)).unwrap();
+        assert_eq!(
+            v["bot_profile"],
+            serde_json::json!({"id": rich.user.0, "deleted": false, "name": "tasks",
+                               "app_id": format!("A{}", &rich.user.0[1..]), "team_id": "TW"})
+        );
+        assert_eq!(v["bot_id"], rich.user.0.as_str());
+        rich.bot = false;
         assert_eq!(v["attachments"], serde_json::json!([{"fallback": "f"}]));
         let v: serde_json::Value = serde_json::from_str(&message_json(&base)).unwrap();
         assert!(v.get("blocks").is_none() && v.get("attachments").is_none());

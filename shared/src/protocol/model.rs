@@ -55,6 +55,10 @@ pub struct RichContent {
     /// the Web API checked and wrote. (Stored as JSON, where older rows lack it.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<String>,
+    /// A bot's name when it posted, for Slack's `bot_profile`. (Stored as JSON, where older
+    /// rows lack it.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_name: Option<String>,
 }
 
 /// The name and icon a bot gave one message, which clients draw instead of the bot's
@@ -126,6 +130,7 @@ mod rich_wire {
     const ICON_EMOJI: u8 = 6;
     const ICON_URL: u8 = 7;
     const METADATA: u8 = 8;
+    const BOT_NAME: u8 = 9;
 
     type Rich = Option<Box<RichContent>>;
 
@@ -158,6 +163,7 @@ mod rich_wire {
             (ICON_EMOJI, identity.and_then(|i| i.icon_emoji.as_deref())),
             (ICON_URL, identity.and_then(|i| i.icon_url.as_deref())),
             (METADATA, r.metadata.as_deref()),
+            (BOT_NAME, r.bot_name.as_deref()),
         ]
         .into_iter()
         .filter_map(|(tag, text)| Some((tag, text?)))
@@ -184,6 +190,7 @@ mod rich_wire {
                 ICON_EMOJI => identity.icon_emoji = Some(text),
                 ICON_URL => identity.icon_url = Some(text),
                 METADATA => rich.metadata = Some(text),
+                BOT_NAME => rich.bot_name = Some(text),
                 // A field of a newer node's: skipped.
                 _ => {}
             }
@@ -234,7 +241,8 @@ impl RichContent {
             || self.attachments.is_some()
             || self.sets.is_some()
             || self.identity.is_some()
-            || self.metadata.is_some())
+            || self.metadata.is_some()
+            || self.bot_name.is_some())
         .then(|| Box::new(self))
     }
 
@@ -245,6 +253,7 @@ impl RichContent {
             + self.sets.as_ref().map_or(0, |s| s.field().1.len())
             + self.identity.as_ref().map_or(0, Identity::string_bytes)
             + self.metadata.as_ref().map_or(0, String::len)
+            + self.bot_name.as_ref().map_or(0, String::len)
     }
 
     /// Its `metadata` as JSON.
@@ -695,6 +704,7 @@ mod tests {
                 icon_url: Some("https://example.com/i.png".into()),
             }),
             metadata: Some(r#"{"event_type":"deploy","event_payload":{"env":"prod"}}"#.into()),
+            bot_name: Some("deploybot".into()),
         }
     }
 
@@ -725,7 +735,7 @@ mod tests {
         // The binary form is the strings and a few bytes: no JSON escaping in the mesh.
         let r = full();
         let encoded = binary(&Wire(Some(Box::new(r.clone())))).len();
-        assert!(encoded <= r.string_bytes() + 8 * 10 + 10, "{encoded}");
+        assert!(encoded <= r.string_bytes() + 9 * 10 + 10, "{encoded}");
         // Rows written before `metadata` existed read as none; a row without it stays without.
         assert_eq!(
             serde_json::from_str::<Wire>(

@@ -1046,6 +1046,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         }),
         // And an app's metadata.
         metadata: Some(r#"{"event_type":"deploy_done","event_payload":{"id":7}}"#.into()),
+        bot_name: Some("ci".into()),
     }
     .boxed();
     assert_eq!(store.append(&rich).await.unwrap(), AppendOutcome::Stored);
@@ -1069,6 +1070,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         sets: None,
         identity: None,
         metadata: None,
+        bot_name: None,
     }
     .boxed();
     assert_eq!(
@@ -1095,6 +1097,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         sets: None,
         identity: None,
         metadata: None,
+        bot_name: None,
     }
     .boxed();
     let gone = entry(&bob.id, "", MessageKind::Deleted { target: again.ts }, None);

@@ -26,6 +26,10 @@ pub(super) async fn post_message(
     let Composed { text, rich } = message_content(params)?;
     let rich = with_identity(rich, bot_identity(caller, params)?);
     let rich = with_metadata(rich, message_metadata(caller, params)?);
+    // A bot's messages carry its name, for Slack's `bot_profile`.
+    let rich = reshaped(rich, |r| {
+        r.bot_name = caller.is_bot().then(|| caller.user.name.clone())
+    });
     let text = &*text;
     let client_msg_id = match params.non_empty("client_msg_id") {
         Some(id) if id.len() > MAX_CLIENT_MSG_ID || id.chars().any(char::is_control) => {
@@ -449,6 +453,7 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
         None => kept.and_then(|r| r.metadata.clone()),
     };
     let rich = with_metadata(rich, metadata);
+    let rich = reshaped(rich, |r| r.bot_name = kept.and_then(|k| k.bot_name.clone()));
     let text = &*text;
     if view.message.user != caller.user.id {
         return Err(ApiError::CantUpdateMessage);

@@ -465,6 +465,9 @@ pub(crate) fn message_json(msg: &Message) -> Value {
     if msg.bot {
         // What bots check to ignore bots (their own messages, and each other's).
         v["bot_id"] = msg.user.0.as_str().into();
+        if let Some(profile) = shared::protocol::client::bot_profile(msg) {
+            v["bot_profile"] = profile;
+        }
     }
     if let Some(rich) = &msg.rich {
         rich.add_to(&mut v);
