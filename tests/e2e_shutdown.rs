@@ -323,3 +323,60 @@ async fn a_gateway_admits_new_sessions_at_its_pace() {
     let client = cluster.connect(0, &alice).await;
     assert_eq!(client.hello["type"], "hello");
 }
+
+/// A Socket Mode app whose gateway is stopping is given the next gateway by
+/// `apps.connections.open` while the stopping one drains: the Web API's probe reads its
+/// `/health` (503), so the app's reconnection does not wait for the port to close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_mode_apps_move_off_a_stopping_gateway() {
+    // Long enough to outlast the Web API's 3 s probe cache with room to spare.
+    const SPREAD_MS: u64 = 8000;
+    let opts = ClusterOpts::standard(&["alice"])
+        .bot("acme", "helper")
+        .set("gateway", &format!("gateway.goodbye_spread_ms={SPREAD_MS}"));
+    let cluster = Cluster::start(opts).await;
+    let bot = cluster.user("acme", "helper").clone();
+    let open = || async {
+        cluster
+            .api_ok("apps.connections.open", &bot.token, serde_json::json!({}))
+            .await["url"]
+            .as_str()
+            .expect("url")
+            .to_string()
+    };
+    let first = open().await;
+    let g = cluster
+        .gateways
+        .iter()
+        .position(|gw| first.starts_with(&format!("{}?", gw.ws_url)))
+        .expect("a gateway of the cluster");
+    let other = cluster.gateways[1 - g].ws_url.clone();
+    cluster.terminate(&cluster.gateways[g].id.clone());
+    // Bounded: well inside the drain, whose listener stays open for the spread.
+    let deadline = Instant::now() + Duration::from_millis(SPREAD_MS - 2000);
+    let moved = loop {
+        let url = open().await;
+        if url.starts_with(&format!("{other}?")) {
+            break url;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "apps.connections.open still gives the stopping gateway: {url}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let app = Client::connect_url(&moved)
+        .await
+        .expect("the app connects to the other gateway");
+    assert_eq!(app.hello["type"], "hello");
+    assert!(
+        cluster
+            .metric(
+                &cluster.webapp,
+                "switchboard_webapp_gateway_unreachable_total",
+                &[]
+            )
+            .await
+            >= 1.0
+    );
+}

@@ -307,6 +307,28 @@ impl From<PostError> for ApiError {
 pub const GATEWAY_PROBE_TTL: std::time::Duration = std::time::Duration::from_secs(3);
 /// How long a gateway has to accept a connection.
 const GATEWAY_PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+/// How long a plain (`ws://`) gateway has to answer `/health` once connected; one that does
+/// not answer in time counts as up (it accepted the connection).
+const GATEWAY_HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Whether a gateway that accepted `stream` says it is not taking sessions: `/health`
+/// answering 503 (stopping, or without its admin link). Anything else (200, a 404 from a
+/// proxy that forwards only `/rtm`, no answer in time) counts as up.
+async fn answers_unavailable(mut stream: tokio::net::TcpStream, host: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ask = async {
+        let request = format!("GET /health HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        // The status line is in the first bytes: `HTTP/1.1 503 …`.
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head)
+    };
+    match tokio::time::timeout(GATEWAY_HEALTH_TIMEOUT, ask).await {
+        Ok(Ok(head)) => head.starts_with(b"HTTP/1.") && &head[9..12] == b"503",
+        _ => false,
+    }
+}
 
 /// Everything a handler needs. Plain data: tests build it with a detached [`AdminLink`].
 #[derive(Clone)]
@@ -387,8 +409,9 @@ impl AppState {
         Some(first)
     }
 
-    /// Whether `url`'s host accepts a TCP connection, remembered for [`GATEWAY_PROBE_TTL`].
-    /// A URL this cannot judge counts as reachable.
+    /// Whether `url`'s host accepts a TCP connection and, for a plain `ws://` gateway, does not
+    /// answer `/health` with 503 (a stopping gateway refuses new sessions while it drains),
+    /// remembered for [`GATEWAY_PROBE_TTL`]. A URL this cannot judge counts as reachable.
     async fn gateway_reachable(&self, url: &str) -> bool {
         let now = Instant::now();
         if let Some((at, up)) = self.gateway_probes.lock().expect("probes").get(url) {
@@ -410,16 +433,29 @@ impl AppState {
                 None => Err(std::io::ErrorKind::InvalidInput.into()),
             }
         };
-        let up = matches!(
-            tokio::time::timeout(GATEWAY_PROBE_TIMEOUT, connect).await,
-            Ok(Ok(_))
-        );
+        let up = match tokio::time::timeout(GATEWAY_PROBE_TIMEOUT, connect).await {
+            Ok(Ok(stream)) if parsed.scheme() == "ws" => {
+                let host = parsed.host_str().unwrap_or_default();
+                let draining = answers_unavailable(stream, host).await;
+                if draining {
+                    tracing::warn!(
+                        gateway = url,
+                        "gateway is not taking sessions (/health 503); Socket Mode apps go to their next"
+                    );
+                }
+                !draining
+            }
+            Ok(Ok(_)) => true,
+            _ => {
+                tracing::warn!(
+                    gateway = url,
+                    "gateway refused a connection; Socket Mode apps go to their next"
+                );
+                false
+            }
+        };
         if !up {
             crate::metrics::GATEWAY_UNREACHABLE.inc();
-            tracing::warn!(
-                gateway = url,
-                "gateway refused a connection; Socket Mode apps go to their next"
-            );
         }
         self.gateway_probes
             .lock()

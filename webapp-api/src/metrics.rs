@@ -54,7 +54,7 @@ pub static ADMIN_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
 pub static GATEWAY_UNREACHABLE: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_webapp_gateway_unreachable_total",
-        "gateways that refused a connection when apps.connections.open tried them (its app went to the next)"
+        "gateways that refused a connection, or answered /health with 503 (stopping), when apps.connections.open tried them (its app went to the next)"
     )
     .unwrap()
 });
