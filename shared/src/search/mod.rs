@@ -263,7 +263,9 @@ impl SearchIndex {
             .map(|(msg, _)| Term::from_field_text(f.id, &Self::doc_id(&msg.channel, msg.seq)));
         writer.delete_query(Box::new(TermSetQuery::new(ids)))?;
         for (msg, deleted) in order {
-            if deleted {
+            // Gone, or a channel's topic or purpose announcement (what the channel says of
+            // itself, not what anyone said): not searchable, as in Slack.
+            if deleted || msg.rich.as_ref().is_some_and(|r| r.sets.is_some()) {
                 continue;
             }
             writer.add_document(doc!(
@@ -797,6 +799,25 @@ mod tests {
         let mut r = request(&[]);
         r.has_link = true;
         assert_eq!(seqs(&idx.search(&r).unwrap()), vec![("CA".into(), 2)]);
+    }
+
+    #[test]
+    fn topic_announcements_are_not_searched() {
+        let idx = index();
+        let mut topic = msg("CA", 3, "UA", "Set the topic: release train schedule", 250);
+        topic.rich = crate::protocol::RichContent {
+            sets: Some(crate::protocol::ChannelSetting::Topic(
+                "release train schedule".into(),
+            )),
+            ..Default::default()
+        }
+        .boxed();
+        idx.upsert(&topic).unwrap();
+        idx.commit(6).unwrap();
+        assert_eq!(
+            seqs(&idx.search(&request(&["schedule"])).unwrap()),
+            Vec::<(String, u64)>::new()
+        );
     }
 
     #[test]
