@@ -668,9 +668,9 @@ fn encoded_len_bound(m: &Message) -> usize {
 }
 
 /// What rich content adds to an encoded frame at most: its strings, and for each of its
-/// (at most nine) fields a tag and a length of at most ten bytes, and the list's length.
+/// (at most ten) fields a tag and a length of at most ten bytes, and the list's length.
 fn rich_bound(r: &shared::protocol::RichContent) -> usize {
-    r.string_bytes() + 9 * 10 + 10
+    r.string_bytes() + 10 * 10 + 10
 }
 
 /// Gives an edit or deletion the state of its message before it (from `current`, the

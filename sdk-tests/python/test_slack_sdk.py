@@ -61,7 +61,8 @@ def test_post_edit_delete_react_thread_history(dev):
     assert err.value.response["error"] == "already_pinned"
     pins = alice.pins_list(channel=channel)["items"]
     assert [(p["message"]["ts"], p["created_by"]) for p in pins] == [(ts, dev["tokens"]["users"]["bob"]["id"])]
-    assert alice.conversations_history(channel=channel, limit=1)["messages"][0]["pinned_to"] == [channel]
+    pinned = [m for m in alice.conversations_history(channel=channel, limit=5)["messages"] if m["ts"] == ts]
+    assert pinned[0]["pinned_to"] == [channel], pinned
     alice.pins_remove(channel=channel, timestamp=ts)
     assert alice.pins_list(channel=channel)["items"] == []
 
@@ -84,6 +85,15 @@ def test_post_edit_delete_react_thread_history(dev):
     with pytest.raises(SlackApiError) as err:
         alice.chat_postMessage(channel="C0NOSUCHONE", text="x")
     assert err.value.response["error"] == "channel_not_found"
+
+
+def test_me_message(dev):
+    """`chat_meMessage`: a /me message, subtype `me_message`."""
+    alice = web(dev, "alice")
+    channel = alice.conversations_create(name="py-me-" + uuid.uuid4().hex[:6])["channel"]["id"]
+    me = alice.chat_meMessage(channel=channel, text="ships it")
+    mine = alice.conversations_history(channel=channel, limit=1)["messages"][0]
+    assert mine["ts"] == me["ts"] and mine["subtype"] == "me_message" and mine["text"] == "ships it", mine
 
 
 def test_topic_and_purpose_are_set_and_announced(dev):

@@ -305,6 +305,23 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         ],
     },
     MethodDoc {
+        name: "chat.meMessage",
+        summary: "Posts a `/me` message (Slack's subtype `me_message`, kept by edits); answers `channel` and `ts` once it is durable.",
+        auth: Auth::User,
+        params: &[
+            req("channel", Ty::Str, "conversation id (`C…`), a channel name, or a user id (`U…`): the caller's DM with that user"),
+            p("text", Ty::Str, "the message, at most 40000 characters"),
+        ],
+        errors: &[
+            "channel_not_found",
+            "not_in_channel",
+            "is_archived",
+            "no_text",
+            "msg_too_long",
+            "service_unavailable",
+        ],
+    },
+    MethodDoc {
         name: "chat.update",
         summary: "The author edits a message's text, also from outside the channel if it can still see it.",
         auth: Auth::User,

@@ -101,6 +101,7 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "conversations.open"
         | "conversations.mark"
         | "chat.update"
+        | "chat.meMessage"
         | "chat.delete"
         | "reactions.add"
         | "reactions.get"

@@ -1842,6 +1842,64 @@ async fn members_pin_messages_to_a_channel() {
     s.stop().await;
 }
 
+/// `chat.meMessage`: a `/me` message, Slack's subtype `me_message`, in history and after an
+/// edit; its text only, and the answer names where and when.
+#[tokio::test]
+async fn me_messages_are_their_own_subtype() {
+    let s = Server::start_with_cluster().await;
+    let alice = s.token("alice");
+    let general = s.general().await;
+    let answer = s
+        .ok(
+            "chat.meMessage",
+            &alice,
+            json!({"channel": general, "text": "is out for lunch"}),
+        )
+        .await;
+    assert_eq!(answer["channel"], general.as_str(), "{answer}");
+    assert!(answer.get("message").is_none(), "{answer}");
+    let ts = answer["ts"].as_str().unwrap().to_string();
+    let newest = || {
+        let (s, general, alice) = (&s, general.clone(), alice.clone());
+        async move {
+            s.ok(
+                "conversations.history",
+                &alice,
+                json!({"channel": general, "limit": 1}),
+            )
+            .await["messages"][0]
+                .clone()
+        }
+    };
+    let m = newest().await;
+    assert_eq!(
+        (m["subtype"].as_str(), m["ts"].as_str()),
+        (Some("me_message"), Some(ts.as_str())),
+        "{m}"
+    );
+    assert_eq!(m["text"], "is out for lunch");
+    s.ok(
+        "chat.update",
+        &alice,
+        json!({"channel": general, "ts": ts, "text": "is back"}),
+    )
+    .await;
+    let m = newest().await;
+    assert_eq!(
+        (m["subtype"].as_str(), m["text"].as_str()),
+        (Some("me_message"), Some("is back")),
+        "{m}"
+    );
+    s.err(
+        "chat.meMessage",
+        &alice,
+        json!({"channel": general}),
+        "no_text",
+    )
+    .await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn admin_users_create_needs_an_admin_token() {
     let s = Server::start().await;

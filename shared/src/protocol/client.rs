@@ -153,6 +153,9 @@ impl From<&Message> for MessageEvent {
             subtype: match (m.broadcast, sets) {
                 (true, _) => Some("thread_broadcast".to_string()),
                 (false, Some(s)) => Some(s.subtype().to_string()),
+                (false, None) if m.rich.as_ref().is_some_and(|r| r.me) => {
+                    Some("me_message".to_string())
+                }
                 (false, None) => None,
             },
             blocks: m.rich.as_ref().and_then(|r| r.blocks_value()),
@@ -621,6 +624,7 @@ mod tests {
                 identity: None,
                 metadata: None,
                 bot_name: None,
+                me: false,
             }
             .boxed(),
         }));
@@ -644,6 +648,7 @@ mod tests {
             identity: None,
             metadata: Some(r#"{"event_type":"task_created","event_payload":{"id":"T1"}}"#.into()),
             bot_name: Some("tasks".into()),
+            me: false,
         }
         .boxed();
         let v: serde_json::Value = serde_json::from_str(&message_json(&rich)).unwrap();

@@ -59,6 +59,10 @@ pub struct RichContent {
     /// rows lack it.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bot_name: Option<String>,
+    /// A `/me` message (`chat.meMessage`): Slack's subtype `me_message`. (Stored as JSON,
+    /// where older rows lack it.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub me: bool,
 }
 
 /// The name and icon a bot gave one message, which clients draw instead of the bot's
@@ -131,6 +135,8 @@ mod rich_wire {
     const ICON_URL: u8 = 7;
     const METADATA: u8 = 8;
     const BOT_NAME: u8 = 9;
+    /// Present (with no text) for a `/me` message.
+    const ME: u8 = 10;
 
     type Rich = Option<Box<RichContent>>;
 
@@ -164,6 +170,7 @@ mod rich_wire {
             (ICON_URL, identity.and_then(|i| i.icon_url.as_deref())),
             (METADATA, r.metadata.as_deref()),
             (BOT_NAME, r.bot_name.as_deref()),
+            (ME, r.me.then_some("")),
         ]
         .into_iter()
         .filter_map(|(tag, text)| Some((tag, text?)))
@@ -191,6 +198,7 @@ mod rich_wire {
                 ICON_URL => identity.icon_url = Some(text),
                 METADATA => rich.metadata = Some(text),
                 BOT_NAME => rich.bot_name = Some(text),
+                ME => rich.me = true,
                 // A field of a newer node's: skipped.
                 _ => {}
             }
@@ -242,8 +250,9 @@ impl RichContent {
             || self.sets.is_some()
             || self.identity.is_some()
             || self.metadata.is_some()
-            || self.bot_name.is_some())
-        .then(|| Box::new(self))
+            || self.bot_name.is_some()
+            || self.me)
+            .then(|| Box::new(self))
     }
 
     /// The bytes of its strings (what it adds to a frame, less a few bytes of lengths).
@@ -285,6 +294,9 @@ impl RichContent {
         }
         if let Some(attachments) = self.attachments_value() {
             message["attachments"] = attachments;
+        }
+        if self.me {
+            message["subtype"] = "me_message".into();
         }
         if let Some(sets) = &self.sets {
             message["subtype"] = sets.subtype().into();
@@ -705,6 +717,7 @@ mod tests {
             }),
             metadata: Some(r#"{"event_type":"deploy","event_payload":{"env":"prod"}}"#.into()),
             bot_name: Some("deploybot".into()),
+            me: true,
         }
     }
 
@@ -735,7 +748,7 @@ mod tests {
         // The binary form is the strings and a few bytes: no JSON escaping in the mesh.
         let r = full();
         let encoded = binary(&Wire(Some(Box::new(r.clone())))).len();
-        assert!(encoded <= r.string_bytes() + 9 * 10 + 10, "{encoded}");
+        assert!(encoded <= r.string_bytes() + 10 * 10 + 10, "{encoded}");
         // Rows written before `metadata` existed read as none; a row without it stays without.
         assert_eq!(
             serde_json::from_str::<Wire>(

@@ -1047,6 +1047,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         // And an app's metadata.
         metadata: Some(r#"{"event_type":"deploy_done","event_payload":{"id":7}}"#.into()),
         bot_name: Some("ci".into()),
+        me: false,
     }
     .boxed();
     assert_eq!(store.append(&rich).await.unwrap(), AppendOutcome::Stored);
@@ -1071,6 +1072,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         identity: None,
         metadata: None,
         bot_name: None,
+        me: false,
     }
     .boxed();
     assert_eq!(
@@ -1098,6 +1100,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         identity: None,
         metadata: None,
         bot_name: None,
+        me: false,
     }
     .boxed();
     let gone = entry(&bob.id, "", MessageKind::Deleted { target: again.ts }, None);

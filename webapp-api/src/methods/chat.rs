@@ -15,15 +15,26 @@ use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params, RequestI
 /// Longest `client_msg_id` accepted (Slack's are UUIDs, 36 characters).
 pub const MAX_CLIENT_MSG_ID: usize = 128;
 
-/// `chat.postMessage`; `visible` is the `channel` parameter as [`visible_channel`] finds it.
+/// `chat.postMessage`, or with `me` `chat.meMessage` (a `/me` message: its text only, subtype
+/// `me_message`); `visible` is the `channel` parameter as [`visible_channel`] finds it.
 pub(super) async fn post_message(
     state: &AppState,
     caller: &Caller,
     visible: VisibleChannel,
     params: &Params,
+    me: bool,
 ) -> ApiResult {
     let channel = visible.channel;
-    let Composed { text, rich } = message_content(params)?;
+    let Composed { text, rich } = if me {
+        compose_parts(Parts {
+            text: params.non_empty("text"),
+            blocks: None,
+            attachments: None,
+        })?
+    } else {
+        message_content(params)?
+    };
+    let rich = reshaped(rich, |r| r.me = me);
     let rich = with_identity(rich, bot_identity(caller, params)?);
     let rich = with_metadata(rich, message_metadata(caller, params)?);
     // A bot's messages carry its name, for Slack's `bot_profile`.
@@ -75,6 +86,12 @@ pub(super) async fn post_message(
     }
     if duplicate {
         check_repeat(Via::Api, &msg, &caller.user.id, text, thread_ts)?;
+    }
+    if me {
+        // Slack's answer to chat.meMessage: where and when, no message.
+        return Ok(object(
+            json!({ "channel": channel.id, "ts": msg.ts.to_slack() }),
+        ));
     }
     Ok(object(json!({
         "channel": channel.id,
@@ -453,7 +470,11 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
         None => kept.and_then(|r| r.metadata.clone()),
     };
     let rich = with_metadata(rich, metadata);
-    let rich = reshaped(rich, |r| r.bot_name = kept.and_then(|k| k.bot_name.clone()));
+    let rich = reshaped(rich, |r| {
+        r.bot_name = kept.and_then(|k| k.bot_name.clone());
+        // A `/me` message stays one.
+        r.me = kept.is_some_and(|k| k.me);
+    });
     let text = &*text;
     if view.message.user != caller.user.id {
         return Err(ApiError::CantUpdateMessage);

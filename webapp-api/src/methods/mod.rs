@@ -52,6 +52,7 @@ pub const METHODS: &[&str] = &[
     "conversations.history",
     "users.conversations",
     "chat.postMessage",
+    "chat.meMessage",
     "chat.update",
     "chat.delete",
     "chat.getPermalink",
@@ -111,7 +112,8 @@ pub async fn dispatch(
             _ => Err(ApiError::UnknownMethod),
         };
     }
-    if name == "chat.postMessage" {
+    if name == "chat.postMessage" || name == "chat.meMessage" {
+        let me = name == "chat.meMessage";
         // As in Slack, a user id as `channel` posts to the caller's DM with that user.
         let dm_user = params
             .non_empty("channel")
@@ -120,10 +122,10 @@ pub async fn dispatch(
         if let Some(user) = dm_user {
             let caller = authenticate(state, token?).await?;
             let visible = members::dm_with(state, &caller, &user).await?;
-            return chat::post_message(state, &caller, visible, params).await;
+            return chat::post_message(state, &caller, visible, params, me).await;
         }
         let (caller, visible) = authenticate_in_channel(state, token?, params).await?;
-        return chat::post_message(state, &caller, visible, params).await;
+        return chat::post_message(state, &caller, visible, params, me).await;
     }
     let caller = authenticate(state, token?).await?;
     match name {
