@@ -1553,7 +1553,8 @@ impl Inner {
         Ok(out)
     }
 
-    async fn with_reactions(
+    /// Fills in each view's reactions and pin.
+    async fn with_annotations(
         &self,
         st: &Statements,
         mut views: Vec<MessageView>,
@@ -2409,7 +2410,7 @@ impl MessageStore for CqlStore {
                 .iter()
                 .map(MsgRow::view)
                 .collect::<StorageResult<Vec<_>>>()?;
-            s.with_reactions(st, views).await
+            s.with_annotations(st, views).await
         })
         .await
     }
@@ -2429,7 +2430,7 @@ impl MessageStore for CqlStore {
             if row.workspace != workspace.0 {
                 return Ok(None);
             }
-            Ok(s.with_reactions(st, vec![row.view()?]).await?.pop())
+            Ok(s.with_annotations(st, vec![row.view()?]).await?.pop())
         })
         .await
     }
@@ -2470,7 +2471,7 @@ impl MessageStore for CqlStore {
                 .filter(|r| r.workspace == workspace.0)
                 .map(|r| r.view())
                 .collect::<StorageResult<Vec<_>>>()?;
-            let mut views = s.with_reactions(st, views).await?;
+            let mut views = s.with_annotations(st, views).await?;
             views.sort_by_key(|v| std::cmp::Reverse(v.pinned.as_ref().map(|p| p.at)));
             Ok(views)
         })

@@ -1152,8 +1152,8 @@ fn apply_entry(
 }
 
 /// Fills in the reactions and the pin of each view.
-fn load_reactions(c: &Connection, views: &mut [MessageView]) -> StorageResult<()> {
-    load_reaction_lists(c, views)?;
+fn load_annotations(c: &Connection, views: &mut [MessageView]) -> StorageResult<()> {
+    load_reactions(c, views)?;
     let mut stmt = c
         .prepare_cached(
             "SELECT user_id, pinned_ts FROM pins WHERE channel_id = ?1 AND target_ts = ?2",
@@ -1174,7 +1174,7 @@ fn load_reactions(c: &Connection, views: &mut [MessageView]) -> StorageResult<()
 }
 
 /// Fills in the reactions of each view, grouped by name in first-reaction order.
-fn load_reaction_lists(c: &Connection, views: &mut [MessageView]) -> StorageResult<()> {
+fn load_reactions(c: &Connection, views: &mut [MessageView]) -> StorageResult<()> {
     let mut stmt = c
         .prepare_cached(
             "SELECT reaction, user_id FROM reactions WHERE channel_id = ?1 AND target_ts = ?2 ORDER BY seq",
@@ -1877,7 +1877,7 @@ impl MessageStore for SqliteStore {
                 )
                 .map_err(unavailable)?;
             let mut views = rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
-            load_reactions(c, &mut views)?;
+            load_annotations(c, &mut views)?;
             Ok(views)
         })
         .await
@@ -1905,7 +1905,7 @@ impl MessageStore for SqliteStore {
                     .optional()
                     .map_err(unavailable)?;
                 let mut views: Vec<MessageView> = view.into_iter().collect();
-                load_reactions(c, &mut views)?;
+                load_annotations(c, &mut views)?;
                 Ok(views.pop())
             })
             .await
@@ -1945,7 +1945,7 @@ impl MessageStore for SqliteStore {
                 .query_map(params![ch.0, ws.0, limit.max(1) as i64], row_to_view)
                 .map_err(unavailable)?;
             let mut views = rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
-            load_reactions(c, &mut views)?;
+            load_annotations(c, &mut views)?;
             views.sort_by_key(|v| std::cmp::Reverse(v.pinned.as_ref().map(|p| p.at)));
             Ok(views)
         })
