@@ -144,6 +144,9 @@ pub struct WebappConfig {
     /// balancer: the base of the links its answers carry (permalinks, `auth.test`'s `url`,
     /// webhook URLs). Empty: the `Host` each request was addressed to.
     pub public_url: String,
+    /// How often the node looks for scheduled messages that are due, in milliseconds (at
+    /// least 10): the most a message is posted after its `post_at`.
+    pub scheduled_poll_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -388,6 +391,13 @@ impl Config {
             bail!(
                 "flannel.disconnected_max_age_ms must be positive (0 would reload a workspace \
                  on every use while the admin link is down)"
+            );
+        }
+        if !(10..=3_600_000).contains(&self.webapp.scheduled_poll_ms) {
+            bail!(
+                "webapp.scheduled_poll_ms must be in 10..=3600000, not {} (how often due \
+                 scheduled messages are looked for)",
+                self.webapp.scheduled_poll_ms
             );
         }
         let public = &self.webapp.public_url;
@@ -758,6 +768,11 @@ mod tests {
             (
                 "flannel.disconnected_max_age_ms=0",
                 "flannel.disconnected_max_age_ms",
+            ),
+            ("webapp.scheduled_poll_ms=0", "webapp.scheduled_poll_ms"),
+            (
+                "webapp.scheduled_poll_ms=3600001",
+                "webapp.scheduled_poll_ms",
             ),
         ] {
             let err = Config::load(None, std::iter::empty(), &[bad.to_string()])

@@ -78,6 +78,12 @@ string_id!(
     "C"
 );
 
+string_id!(
+    /// A message waiting to be posted (Slack's `scheduled_message_id`).
+    ScheduledMessageId,
+    "Q"
+);
+
 impl ChannelId {
     /// The stable bytes hashed to place this channel on the ring. Every process hashes the
     /// same bytes, so every process agrees on the owner.

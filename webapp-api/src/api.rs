@@ -154,6 +154,18 @@ pub enum ApiError {
     InvalidReactionName,
     #[error("no message was named")]
     NoItemSpecified,
+    #[error("post_at must be a Unix time in seconds")]
+    InvalidTime,
+    #[error("post_at is not in the future")]
+    TimeInPast,
+    #[error("post_at is more than 120 days ahead")]
+    TimeTooFar,
+    #[error(
+        "too many messages are scheduled (30 within 5 minutes in a channel, 10000 in a workspace)"
+    )]
+    RestrictedTooMany,
+    #[error("no message the caller scheduled in the channel has this id, or it is due within 60 seconds")]
+    InvalidScheduledMessageId,
     /// The `client_msg_id` (or a hook's `Idempotency-Key`) already names a message of the
     /// channel that is not this request's: another user's, or the same user's with another
     /// text or thread. Answering that message as if it were this one would drop this text.
@@ -236,6 +248,11 @@ impl ApiError {
             ApiError::NoReaction => "no_reaction",
             ApiError::InvalidReactionName => "invalid_name",
             ApiError::NoItemSpecified => "no_item_specified",
+            ApiError::InvalidTime => "invalid_time",
+            ApiError::TimeInPast => "time_in_past",
+            ApiError::TimeTooFar => "time_too_far",
+            ApiError::RestrictedTooMany => "restricted_too_many",
+            ApiError::InvalidScheduledMessageId => "invalid_scheduled_message_id",
             ApiError::ClientMsgIdConflict => "client_msg_id_conflict",
             ApiError::CantKickSelf => "cant_kick_self",
             ApiError::CantKickFromGeneral => "cant_kick_from_general",

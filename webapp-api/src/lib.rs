@@ -47,6 +47,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod relay;
+pub mod scheduler;
 pub mod search;
 pub mod seed;
 
@@ -122,6 +123,11 @@ pub async fn run(
         config.webapp.rate_limit_per_minute,
         config.webapp.rate_limit_burst,
     ));
+    scheduler::spawn(
+        state.clone(),
+        std::time::Duration::from_millis(config.webapp.scheduled_poll_ms),
+        shutdown.clone(),
+    );
     let app = router(state, deps.health.clone());
     tracing::info!(addr = %local_addr, "web api serving");
     deps.health.set_ready(true);

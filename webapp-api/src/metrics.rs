@@ -105,3 +105,26 @@ pub static RING_EPOCH: LazyLock<prometheus::IntGauge> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+/// Scheduled messages (`chat.scheduleMessage`), by what became of them: `scheduled`,
+/// `deleted`, `restricted` (refused: too many waiting), `posted`, `retried` (the post failed
+/// for now; tried again on the next look), and `dropped_<why>` where the post could no longer
+/// be made when due (`user_gone`, `not_in_channel`, `archived`, `thread_gone`, `refused`).
+pub static SCHEDULED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_scheduled_messages_total",
+        "scheduled messages, by outcome (scheduled, deleted, restricted, posted, retried, dropped_*)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+/// How long after its `post_at` each scheduled message was posted.
+pub static SCHEDULED_LATENESS: LazyLock<prometheus::Histogram> = LazyLock::new(|| {
+    prometheus::register_histogram!(
+        "switchboard_webapp_scheduled_lateness_seconds",
+        "how long after its post_at a scheduled message was posted",
+        vec![0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0]
+    )
+    .expect("metric registers once")
+});

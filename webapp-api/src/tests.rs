@@ -2550,6 +2550,10 @@ mod outside_changes;
 /// A channel whose creation stopped before its first member is completed by a retry.
 mod unfinished_create;
 
+/// `chat.scheduleMessage`, `chat.scheduledMessages.list`, `chat.deleteScheduledMessage` and
+/// the scheduler that posts when due.
+mod scheduled;
+
 /// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
 /// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
 /// is taken leaves no user behind.

@@ -54,6 +54,126 @@ pub async fn run_all(store: &dyn MessageStore) {
     edits_threads_and_reactions(store).await;
     pins(store).await;
     user_emails(store).await;
+    scheduled_messages(store).await;
+}
+
+/// Scheduled messages: kept whole (content, thread, bot identity), listed per workspace by
+/// time, found when due across workspaces and only within the window asked, removed once (a
+/// second removal, another workspace's or an unknown id finds nothing), and an id is taken
+/// once.
+async fn scheduled_messages(store: &dyn MessageStore) {
+    let a = store.create_workspace("sched-a").await.unwrap();
+    let b = store.create_workspace("sched-b").await.unwrap();
+    let alice = store
+        .create_user(&a.id, "alice", "Alice", false, false)
+        .await
+        .unwrap();
+    let bob = store
+        .create_user(&b.id, "bob", "Bob", false, true)
+        .await
+        .unwrap();
+    let ch_a = channel(&a.id, &alice.id, "later-a", false);
+    let ch_b = channel(&b.id, &bob.id, "later-b", false);
+    store.create_channel(&ch_a).await.unwrap();
+    store.create_channel(&ch_b).await.unwrap();
+    let base = 1_900_000_000_000_000u64;
+    let scheduled =
+        |id: &str, ws: &WorkspaceId, ch: &ChannelId, user: &UserId, at: u64| ScheduledMessage {
+            id: id.to_string(),
+            post_at: Ts(base + at),
+            created: Ts(base - 1_000_000),
+            message: crate::protocol::NewMessage {
+                workspace: ws.clone(),
+                channel: ch.clone(),
+                user: user.clone(),
+                text: format!("later {id}"),
+                client_msg_id: Some(format!("scheduled-{id}")),
+                thread_ts: None,
+                kind: MessageKind::Posted,
+                broadcast: false,
+                bot: false,
+                rich: None,
+            },
+        };
+    let mut rich = scheduled("QA3", &a.id, &ch_a.id, &alice.id, 3_000_000);
+    rich.message.thread_ts = Some(Ts(base - 5));
+    rich.message.broadcast = true;
+    rich.message.rich = RichContent {
+        blocks: Some(r#"[{"type":"divider"}]"#.into()),
+        metadata: Some(r#"{"event_type":"e","event_payload":{}}"#.into()),
+        ..RichContent::default()
+    }
+    .boxed();
+    let a1 = scheduled("QA1", &a.id, &ch_a.id, &alice.id, 1_000_000);
+    let a2 = scheduled("QA2", &a.id, &ch_a.id, &alice.id, 2_000_000);
+    let mut b1 = scheduled("QB1", &b.id, &ch_b.id, &bob.id, 1_500_000);
+    b1.message.bot = true;
+    for m in [&rich, &a2, &a1, &b1] {
+        store.schedule_message(m).await.unwrap();
+    }
+    let taken = store
+        .schedule_message(&scheduled("QA1", &a.id, &ch_a.id, &alice.id, 9_000_000))
+        .await
+        .unwrap_err();
+    assert_eq!(taken.kind, StorageErrorKind::AlreadyExists, "{taken}");
+
+    // Each workspace lists its own, earliest first, as they were kept.
+    let listed = store.scheduled_messages(&a.id).await.unwrap();
+    assert_eq!(listed, vec![a1.clone(), a2.clone(), rich.clone()]);
+    assert_eq!(
+        store.scheduled_messages(&b.id).await.unwrap(),
+        vec![b1.clone()]
+    );
+
+    // Due: across workspaces, in the window, earliest first, at most `limit`.
+    let ids = |found: Vec<ScheduledMessage>| found.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    let due = |from: u64, to: u64, limit: u32| {
+        store.due_scheduled_messages(Ts(base + from), Ts(base + to), limit)
+    };
+    assert!(due(0, 999_999, 10).await.unwrap().is_empty());
+    assert_eq!(ids(due(0, 1_500_000, 10).await.unwrap()), ["QA1", "QB1"]);
+    assert_eq!(ids(due(0, 5_000_000, 2).await.unwrap()), ["QA1", "QB1"]);
+    assert_eq!(
+        ids(due(1_500_001, 5_000_000, 10).await.unwrap()),
+        ["QA2", "QA3"]
+    );
+    assert_eq!(
+        due(2_500_000, 3_000_000, 10).await.unwrap(),
+        vec![rich.clone()]
+    );
+
+    // Found by id in its own workspace only.
+    assert_eq!(
+        store.scheduled_message(&a.id, "QA3").await.unwrap(),
+        Some(rich.clone())
+    );
+    assert_eq!(store.scheduled_message(&b.id, "QA3").await.unwrap(), None);
+    assert_eq!(store.scheduled_message(&a.id, "QA9").await.unwrap(), None);
+
+    // Removed once, by its own workspace only.
+    assert_eq!(store.unschedule_message(&b.id, "QA1").await.unwrap(), None);
+    assert_eq!(
+        store.unschedule_message(&a.id, "QA1").await.unwrap(),
+        Some(a1.clone())
+    );
+    assert_eq!(store.unschedule_message(&a.id, "QA1").await.unwrap(), None);
+    assert_eq!(
+        store.unschedule_message(&a.id, "Q-none").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        ids(due(0, 5_000_000, 10).await.unwrap()),
+        ["QB1", "QA2", "QA3"]
+    );
+    assert_eq!(
+        ids(store.scheduled_messages(&a.id).await.unwrap()),
+        ["QA2", "QA3"]
+    );
+    for (ws, id) in [(&a.id, "QA2"), (&a.id, "QA3"), (&b.id, "QB1")] {
+        assert!(store.unschedule_message(ws, id).await.unwrap().is_some());
+    }
+    assert!(due(0, u64::MAX / 2, 10).await.unwrap().is_empty());
+    assert!(store.scheduled_messages(&a.id).await.unwrap().is_empty());
 }
 
 /// Pins: an entry pins a message (not a deleted or missing one), views say by whom and when,

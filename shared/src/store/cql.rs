@@ -61,7 +61,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     shard_for, AppendOutcome, Change, Channel, HistoryQuery, Membership, MessageStore, MessageView,
-    Reaction, StorageError, StorageErrorKind, StorageResult, User, Workspace,
+    Reaction, ScheduledMessage, StorageError, StorageErrorKind, StorageResult, User, Workspace,
 };
 use crate::config::StoreConfig;
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
@@ -284,7 +284,38 @@ const META_TABLES: &[&str] = &[
         PRIMARY KEY ((channel_id), user_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.user_channels (user_id text, channel_id text,
         workspace text, PRIMARY KEY ((user_id), channel_id))",
+    // Messages waiting to be posted (`chat.scheduleMessage`): a workspace's in one partition
+    // (Slack caps them per channel and time), and by time in SCHEDULED_PARTS partitions
+    // (by id), which a scheduler reads from a low-water mark, past the tombstones of those
+    // it posted.
+    "CREATE TABLE IF NOT EXISTS {ks}.scheduled (workspace text, id text, post_at bigint,
+        created bigint, message text, PRIMARY KEY ((workspace), id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.scheduled_due (part int, post_at bigint, id text,
+        workspace text, PRIMARY KEY ((part), post_at, id))",
 ];
+
+/// A `scheduled` row (id, post_at, created, message) read back.
+fn scheduled_from_row(row: (String, i64, i64, String)) -> StorageResult<ScheduledMessage> {
+    let (id, post_at, created, message) = row;
+    ScheduledMessage::from_row(
+        id,
+        Ts(post_at.max(0) as u64),
+        Ts(created.max(0) as u64),
+        &message,
+    )
+}
+
+/// Partitions of `scheduled_due`: a scheduler's read of due messages reads each.
+const SCHEDULED_PARTS: u32 = 8;
+
+/// The `scheduled_due` partition of a scheduled message's id (FNV-1a: the same in every
+/// process and version).
+fn scheduled_part(id: &str) -> i32 {
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % u64::from(SCHEDULED_PARTS)) as i32
+}
 
 const SHARD_TABLES: &[&str] = &[
     // Every stream entry; posted messages also carry their current state.
@@ -393,6 +424,13 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("user_channel_put", Mode::Write, "INSERT INTO {ks}.user_channels (user_id, channel_id, workspace) VALUES (?, ?, ?)"),
     ("user_channel_drop", Mode::Write, "DELETE FROM {ks}.user_channels WHERE user_id = ? AND channel_id = ?"),
     ("user_channels", Mode::Read, "SELECT channel_id, workspace FROM {ks}.user_channels WHERE user_id = ?"),
+    ("scheduled_put", Mode::Lwt, "INSERT INTO {ks}.scheduled (workspace, id, post_at, created, message) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"),
+    ("scheduled_due_put", Mode::Write, "INSERT INTO {ks}.scheduled_due (part, post_at, id, workspace) VALUES (?, ?, ?, ?)"),
+    ("scheduled_of", Mode::SerialRead, "SELECT id, post_at, created, message FROM {ks}.scheduled WHERE workspace = ?"),
+    ("scheduled_get", Mode::SerialRead, "SELECT id, post_at, created, message FROM {ks}.scheduled WHERE workspace = ? AND id = ?"),
+    ("scheduled_due", Mode::Read, "SELECT workspace, id, post_at FROM {ks}.scheduled_due WHERE part = ? AND post_at >= ? AND post_at <= ? LIMIT ?"),
+    ("scheduled_drop", Mode::Lwt, "DELETE FROM {ks}.scheduled WHERE workspace = ? AND id = ? IF EXISTS"),
+    ("scheduled_due_drop", Mode::Write, "DELETE FROM {ks}.scheduled_due WHERE part = ? AND post_at = ? AND id = ?"),
 ];
 
 const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
@@ -1079,6 +1117,16 @@ impl Inner {
         let result = self.exec(stmt, values).await?;
         let rows = result.into_rows_result().map_err(unavailable)?;
         rows.maybe_first_row::<R>().map_err(unavailable)
+    }
+
+    /// Removes a scheduled message's `scheduled_due` row.
+    async fn drop_due_row(&self, id: &str, post_at: i64) -> StorageResult<()> {
+        self.exec(
+            self.meta.get("scheduled_due_drop"),
+            (scheduled_part(id), post_at, id),
+        )
+        .await
+        .map(drop)
     }
 
     async fn applied(
@@ -2431,6 +2479,147 @@ impl MessageStore for CqlStore {
                 return Ok(None);
             }
             Ok(s.with_annotations(st, vec![row.view()?]).await?.pop())
+        })
+        .await
+    }
+
+    async fn schedule_message(&self, scheduled: &ScheduledMessage) -> StorageResult<()> {
+        let s = &self.inner;
+        timed("schedule_message", async {
+            let id = &scheduled.id;
+            let post_at = i(scheduled.post_at.0);
+            // The due row first: one without its message is skipped by the scheduler (and
+            // dropped), while a message without its due row would never be posted.
+            s.exec(
+                s.meta.get("scheduled_due_put"),
+                (
+                    scheduled_part(id),
+                    post_at,
+                    id,
+                    &scheduled.message.workspace.0,
+                ),
+            )
+            .await?;
+            let put = s
+                .applied(
+                    s.meta.get("scheduled_put"),
+                    (
+                        &scheduled.message.workspace.0,
+                        id,
+                        post_at,
+                        i(scheduled.created.0),
+                        scheduled.message_json(),
+                    ),
+                )
+                .await?;
+            if !put {
+                return Err(StorageError::new(
+                    StorageErrorKind::AlreadyExists,
+                    format!("scheduled message {id} exists"),
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn scheduled_messages(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> StorageResult<Vec<ScheduledMessage>> {
+        let s = &self.inner;
+        timed("scheduled_messages", async {
+            let rows: Vec<(String, i64, i64, String)> =
+                s.rows(s.meta.get("scheduled_of"), (&workspace.0,)).await?;
+            let mut out = rows
+                .into_iter()
+                .map(scheduled_from_row)
+                .collect::<StorageResult<Vec<_>>>()?;
+            out.sort_by(|a, b| (a.post_at, &a.id).cmp(&(b.post_at, &b.id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn scheduled_message(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> StorageResult<Option<ScheduledMessage>> {
+        let s = &self.inner;
+        timed("scheduled_message", async {
+            s.first::<(String, i64, i64, String)>(s.meta.get("scheduled_get"), (&workspace.0, id))
+                .await?
+                .map(scheduled_from_row)
+                .transpose()
+        })
+        .await
+    }
+
+    async fn due_scheduled_messages(
+        &self,
+        from: Ts,
+        to: Ts,
+        limit: u32,
+    ) -> StorageResult<Vec<ScheduledMessage>> {
+        let s = &self.inner;
+        timed("due_scheduled_messages", async {
+            let limit = limit.min(i32::MAX as u32) as i32;
+            let parts = try_join_all((0..SCHEDULED_PARTS as i32).map(|part| {
+                s.rows::<(String, String, i64)>(
+                    s.meta.get("scheduled_due"),
+                    (part, i(from.0), i(to.0), limit),
+                )
+            }))
+            .await?;
+            let keys: Vec<(String, String, i64)> = parts.into_iter().flatten().collect();
+            let found = try_join_all(keys.iter().map(|(ws, id, _)| {
+                s.first::<(String, i64, i64, String)>(s.meta.get("scheduled_get"), (ws, id))
+            }))
+            .await?;
+            // A due row without its message (unscheduled, its due row's removal lost, or
+            // never written whole), or whose message is for another time (an id scheduled
+            // twice), is dropped.
+            let mut out = Vec::with_capacity(found.len());
+            for ((_, id, post_at), row) in keys.iter().zip(found) {
+                match row {
+                    Some(row) if row.1 == *post_at => out.push(scheduled_from_row(row)?),
+                    _ => s.drop_due_row(id, *post_at).await?,
+                }
+            }
+            out.sort_by(|a, b| (a.post_at, &a.id).cmp(&(b.post_at, &b.id)));
+            out.truncate(limit.max(0) as usize);
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn unschedule_message(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> StorageResult<Option<ScheduledMessage>> {
+        let s = &self.inner;
+        timed("unschedule_message", async {
+            let Some(row) = s
+                .first::<(String, i64, i64, String)>(
+                    s.meta.get("scheduled_get"),
+                    (&workspace.0, id),
+                )
+                .await?
+            else {
+                return Ok(None);
+            };
+            let found = scheduled_from_row(row)?;
+            // Of two removals at once, only the one whose delete applied removed it.
+            if !s
+                .applied(s.meta.get("scheduled_drop"), (&workspace.0, id))
+                .await?
+            {
+                return Ok(None);
+            }
+            s.drop_due_row(id, i(found.post_at.0)).await?;
+            Ok(Some(found))
         })
         .await
     }

@@ -358,6 +358,75 @@ pub trait MessageStore: Send + Sync + 'static {
         channel: &ChannelId,
         limit: usize,
     ) -> StorageResult<Vec<MessageView>>;
+
+    // -- scheduled messages (`chat.scheduleMessage`) --
+    /// Keeps a message to be posted at its `post_at`. Ids are unique (the caller makes them).
+    async fn schedule_message(&self, scheduled: &ScheduledMessage) -> StorageResult<()>;
+    /// The workspace's messages waiting to be posted, by `post_at` then id.
+    async fn scheduled_messages(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> StorageResult<Vec<ScheduledMessage>>;
+    /// One of the workspace's waiting messages by id.
+    async fn scheduled_message(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> StorageResult<Option<ScheduledMessage>>;
+    /// Messages of every workspace due in `from..=to` (by `post_at`), the earliest first, at
+    /// most `limit`. What a scheduler posts; it removes each with
+    /// [`MessageStore::unschedule_message`] once posted.
+    async fn due_scheduled_messages(
+        &self,
+        from: Ts,
+        to: Ts,
+        limit: u32,
+    ) -> StorageResult<Vec<ScheduledMessage>>;
+    /// Removes a waiting message; what was removed, or `None` when the workspace has no
+    /// message waiting with that id (never scheduled, deleted, or posted).
+    async fn unschedule_message(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> StorageResult<Option<ScheduledMessage>>;
+}
+
+/// A message waiting to be posted (`chat.scheduleMessage`): what the post will be, checked
+/// when it was scheduled, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledMessage {
+    /// Slack's `scheduled_message_id`: `Q` and upper-case letters and digits.
+    pub id: String,
+    /// When to post it.
+    pub post_at: Ts,
+    /// When it was scheduled.
+    pub created: Ts,
+    /// The post: its workspace, channel, user and content.
+    pub message: crate::protocol::NewMessage,
+}
+
+impl ScheduledMessage {
+    /// The post as the stores keep it: JSON (its `rich` as a struct, readable by any version
+    /// that knows the fields; older rows lack newer fields, which default).
+    pub fn message_json(&self) -> String {
+        serde_json::to_string(&self.message).expect("a new message serializes")
+    }
+
+    /// A stored row back; its JSON unreadable is [`StorageErrorKind::Corrupt`].
+    pub fn from_row(id: String, post_at: Ts, created: Ts, message: &str) -> StorageResult<Self> {
+        let message = serde_json::from_str(message).map_err(|e| {
+            StorageError::new(
+                StorageErrorKind::Corrupt,
+                format!("scheduled message {id}: {e}"),
+            )
+        })?;
+        Ok(ScheduledMessage {
+            id,
+            post_at,
+            created,
+            message,
+        })
+    }
 }
 
 /// One entry of the change feed: a posted message whose searchable state changed.

@@ -25,8 +25,8 @@ use tokio::sync::oneshot;
 
 use super::{
     AppendOutcome, Change, Channel, GroupAppend, HistoryQuery, Membership, MessageStore,
-    MessageView, Reaction, ShardKey, StorageError, StorageErrorKind, StorageResult, User,
-    UserChannelMembership, Workspace,
+    MessageView, Reaction, ScheduledMessage, ShardKey, StorageError, StorageErrorKind,
+    StorageResult, User, UserChannelMembership, Workspace,
 };
 use crate::config::MAX_STORE_SHARDS as MAX_SHARDS;
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
@@ -219,6 +219,15 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (channel, user)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_user ON members(user, channel);
+CREATE TABLE IF NOT EXISTS scheduled (
+    id TEXT PRIMARY KEY,
+    workspace TEXT NOT NULL,
+    post_at INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scheduled_by_time ON scheduled(post_at, id);
+CREATE INDEX IF NOT EXISTS scheduled_by_workspace ON scheduled(workspace, post_at, id);
 ";
 
 /// Columns added after the first release of the schema: `(table, column, declaration)`.
@@ -1151,6 +1160,37 @@ fn apply_entry(
     }
 }
 
+/// The scheduled messages that `sql` (selecting id, post_at, created, message) finds.
+fn scheduled_rows(
+    c: &Connection,
+    sql: &str,
+    params: impl Params,
+) -> StorageResult<Vec<ScheduledMessage>> {
+    let mut stmt = c.prepare_cached(sql).map_err(unavailable)?;
+    let rows = stmt
+        .query_map(params, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        })
+        .map_err(unavailable)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(unavailable)?;
+    rows.into_iter()
+        .map(|(id, post_at, created, message)| {
+            ScheduledMessage::from_row(
+                id,
+                Ts(post_at.max(0) as u64),
+                Ts(created.max(0) as u64),
+                &message,
+            )
+        })
+        .collect()
+}
+
 /// Fills in the reactions and the pin of each view.
 fn load_annotations(c: &Connection, views: &mut [MessageView]) -> StorageResult<()> {
     load_reactions(c, views)?;
@@ -1948,6 +1988,115 @@ impl MessageStore for SqliteStore {
             load_annotations(c, &mut views)?;
             views.sort_by_key(|v| std::cmp::Reverse(v.pinned.as_ref().map(|p| p.at)));
             Ok(views)
+        })
+        .await
+    }
+
+    async fn schedule_message(&self, scheduled: &ScheduledMessage) -> StorageResult<()> {
+        let row = (
+            scheduled.id.clone(),
+            scheduled.message.workspace.0.clone(),
+            scheduled.post_at.0.min(i64::MAX as u64) as i64,
+            scheduled.created.0.min(i64::MAX as u64) as i64,
+            scheduled.message_json(),
+        );
+        self.meta_write("schedule_message", move |c| {
+            c.execute_cached(
+                "INSERT INTO scheduled (id, workspace, post_at, created, message)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![row.0, row.1, row.2, row.3, row.4],
+            )
+            .map(drop)
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::ConstraintViolation) => StorageError::new(
+                    StorageErrorKind::AlreadyExists,
+                    format!("scheduled message {} exists", row.0),
+                ),
+                _ => unavailable(e),
+            })
+        })
+        .await
+    }
+
+    async fn scheduled_messages(
+        &self,
+        workspace: &WorkspaceId,
+    ) -> StorageResult<Vec<ScheduledMessage>> {
+        let ws = workspace.clone();
+        self.meta("scheduled_messages", move |c| {
+            scheduled_rows(
+                c,
+                "SELECT id, post_at, created, message FROM scheduled
+                 WHERE workspace = ?1 ORDER BY post_at, id",
+                params![ws.0],
+            )
+        })
+        .await
+    }
+
+    async fn scheduled_message(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> StorageResult<Option<ScheduledMessage>> {
+        let (ws, id) = (workspace.clone(), id.to_string());
+        self.meta("scheduled_message", move |c| {
+            Ok(scheduled_rows(
+                c,
+                "SELECT id, post_at, created, message FROM scheduled
+                 WHERE id = ?1 AND workspace = ?2",
+                params![id, ws.0],
+            )?
+            .pop())
+        })
+        .await
+    }
+
+    async fn due_scheduled_messages(
+        &self,
+        from: Ts,
+        to: Ts,
+        limit: u32,
+    ) -> StorageResult<Vec<ScheduledMessage>> {
+        let (from, to) = (
+            from.0.min(i64::MAX as u64) as i64,
+            to.0.min(i64::MAX as u64) as i64,
+        );
+        self.meta("due_scheduled_messages", move |c| {
+            scheduled_rows(
+                c,
+                "SELECT id, post_at, created, message FROM scheduled
+                 WHERE post_at >= ?1 AND post_at <= ?2 ORDER BY post_at, id LIMIT ?3",
+                params![from, to, limit],
+            )
+        })
+        .await
+    }
+
+    async fn unschedule_message(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> StorageResult<Option<ScheduledMessage>> {
+        let (ws, id) = (workspace.clone(), id.to_string());
+        self.meta_write("unschedule_message", move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let found = scheduled_rows(
+                &tx,
+                "SELECT id, post_at, created, message FROM scheduled
+                 WHERE id = ?1 AND workspace = ?2",
+                params![id, ws.0],
+            )?
+            .pop();
+            if found.is_some() {
+                tx.execute_cached(
+                    "DELETE FROM scheduled WHERE id = ?1 AND workspace = ?2",
+                    params![id, ws.0],
+                )
+                .map_err(unavailable)?;
+            }
+            tx.commit().map_err(unavailable)?;
+            Ok(found)
         })
         .await
     }

@@ -24,7 +24,45 @@ pub(super) async fn post_message(
     params: &Params,
     me: bool,
 ) -> ApiResult {
+    let new = compose_post(state, caller, &visible, params, me).await?;
     let channel = visible.channel;
+    let (text, thread_ts) = (new.text.clone(), new.thread_ts);
+    let text = &*text;
+    let (msg, duplicate) = state.admin.post(new).await?;
+    if msg.channel != channel.id || msg.workspace != channel.workspace {
+        return Err(ApiError::Internal(format!(
+            "post to {} was answered with a message of {}",
+            channel.id, msg.channel
+        )));
+    }
+    if duplicate {
+        check_repeat(Via::Api, &msg, &caller.user.id, text, thread_ts)?;
+    }
+    if me {
+        // Slack's answer to chat.meMessage: where and when, no message.
+        return Ok(object(
+            json!({ "channel": channel.id, "ts": msg.ts.to_slack() }),
+        ));
+    }
+    Ok(object(json!({
+        "channel": channel.id,
+        "ts": msg.ts.to_slack(),
+        "message": message_json(&msg),
+    })))
+}
+
+/// The message that `chat.postMessage` (or `chat.meMessage`, or `chat.scheduleMessage`)
+/// would post, from its parameters, once every check a post needs has passed: its content,
+/// a bot's identity and metadata, the caller in the channel and the channel open, and the
+/// thread there.
+pub(super) async fn compose_post(
+    state: &AppState,
+    caller: &Caller,
+    visible: &VisibleChannel,
+    params: &Params,
+    me: bool,
+) -> ApiResult<NewMessage> {
+    let channel = &visible.channel;
     let Composed { text, rich } = if me {
         compose_parts(Parts {
             text: params.non_empty("text"),
@@ -51,7 +89,7 @@ pub(super) async fn post_message(
         other => other.map(str::to_string),
     };
     let thread_ts = thread_ts_param(params)?;
-    may_post(visible.is_member, &channel)?;
+    may_post(visible.is_member, channel)?;
     if let Some(parent) = thread_ts {
         // Replies hang off a top-level message that still exists (or its tombstone).
         match state
@@ -77,27 +115,7 @@ pub(super) async fn post_message(
         bot: caller.is_bot(),
         rich,
     };
-    let (msg, duplicate) = state.admin.post(new).await?;
-    if msg.channel != channel.id || msg.workspace != channel.workspace {
-        return Err(ApiError::Internal(format!(
-            "post to {} was answered with a message of {}",
-            channel.id, msg.channel
-        )));
-    }
-    if duplicate {
-        check_repeat(Via::Api, &msg, &caller.user.id, text, thread_ts)?;
-    }
-    if me {
-        // Slack's answer to chat.meMessage: where and when, no message.
-        return Ok(object(
-            json!({ "channel": channel.id, "ts": msg.ts.to_slack() }),
-        ));
-    }
-    Ok(object(json!({
-        "channel": channel.id,
-        "ts": msg.ts.to_slack(),
-        "message": message_json(&msg),
-    })))
+    Ok(new)
 }
 
 /// Where a post with a `client_msg_id` came in, for the conflict metric.

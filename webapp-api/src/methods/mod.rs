@@ -13,6 +13,7 @@ pub(crate) mod content;
 mod conversations;
 mod internal;
 mod members;
+mod scheduled;
 mod search;
 mod team;
 mod users;
@@ -53,6 +54,9 @@ pub const METHODS: &[&str] = &[
     "users.conversations",
     "chat.postMessage",
     "chat.meMessage",
+    "chat.scheduleMessage",
+    "chat.scheduledMessages.list",
+    "chat.deleteScheduledMessage",
     "chat.update",
     "chat.delete",
     "chat.getPermalink",
@@ -112,19 +116,27 @@ pub async fn dispatch(
             _ => Err(ApiError::UnknownMethod),
         };
     }
-    if name == "chat.postMessage" || name == "chat.meMessage" {
-        let me = name == "chat.meMessage";
+    if matches!(
+        name,
+        "chat.postMessage" | "chat.meMessage" | "chat.scheduleMessage"
+    ) {
         // As in Slack, a user id as `channel` posts to the caller's DM with that user.
         let dm_user = params
             .non_empty("channel")
             .map(str::trim)
             .and_then(UserId::parse);
-        if let Some(user) = dm_user {
-            let caller = authenticate(state, token?).await?;
-            let visible = members::dm_with(state, &caller, &user).await?;
-            return chat::post_message(state, &caller, visible, params, me).await;
+        let (caller, visible) = match dm_user {
+            Some(user) => {
+                let caller = authenticate(state, token?).await?;
+                let visible = members::dm_with(state, &caller, &user).await?;
+                (caller, visible)
+            }
+            None => authenticate_in_channel(state, token?, params).await?,
+        };
+        if name == "chat.scheduleMessage" {
+            return scheduled::schedule(state, &caller, visible, params).await;
         }
-        let (caller, visible) = authenticate_in_channel(state, token?, params).await?;
+        let me = name == "chat.meMessage";
         return chat::post_message(state, &caller, visible, params, me).await;
     }
     let caller = authenticate(state, token?).await?;
@@ -142,6 +154,8 @@ pub async fn dispatch(
         "conversations.info" => conversations::info(state, &caller, params).await,
         "conversations.history" => conversations::history(state, &caller, params).await,
         "users.conversations" => conversations::user_conversations(state, &caller, params).await,
+        "chat.scheduledMessages.list" => scheduled::list(state, &caller, params).await,
+        "chat.deleteScheduledMessage" => scheduled::delete(state, &caller, params).await,
         "chat.update" => chat::update(state, &caller, params).await,
         "chat.delete" => chat::delete(state, &caller, params).await,
         "chat.postEphemeral" => chat::post_ephemeral(state, &caller, params).await,
