@@ -393,3 +393,78 @@ async fn a_bot_user_s_messages_carry_its_bot_id() {
     );
     assert_eq!(named["bot_id"], bot.id.as_str(), "{named}");
 }
+
+/// A scheduled message is kept in the store, not in the Web API: scheduled, then the Web API
+/// killed before it is due and started again after, it is posted once, as its poster, and
+/// reaches a connected client like any post.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_scheduled_before_the_web_api_went_down_is_posted_when_it_is_back() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob"])).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let channel = cluster.create_channel(&alice, "later").await;
+    cluster.join(&bob, &channel).await;
+    let watcher = cluster.connect(0, &bob).await;
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&channel), &[&watcher])
+        .await;
+    let from = watcher.num_events();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let post_at = now + 3;
+    let scheduled = cluster
+        .api_ok(
+            "chat.scheduleMessage",
+            &alice.token,
+            json!({ "channel": channel, "text": "while you were out", "post_at": post_at }),
+        )
+        .await;
+    let id = scheduled["scheduled_message_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    cluster.kill("webapp");
+    // Down until a second past its time.
+    let due = std::time::UNIX_EPOCH + std::time::Duration::from_secs(post_at + 1);
+    if let Ok(wait) = due.duration_since(std::time::SystemTime::now()) {
+        tokio::time::sleep(wait).await;
+    }
+    assert!(
+        !watcher.events()[from..]
+            .iter()
+            .any(|e| e["text"] == "while you were out"),
+        "posted while no Web API ran"
+    );
+    cluster.restart_webapp().await;
+    let event = watcher
+        .wait_event(
+            from,
+            std::time::Duration::from_secs(20),
+            "the scheduled message",
+            |e| e["type"] == "message" && e["text"] == "while you were out",
+        )
+        .await;
+    assert_eq!(event["user"], alice.id.as_str(), "{event}");
+    assert_eq!(event["channel"], channel.as_str(), "{event}");
+    let history = cluster.history_all(&alice, &channel, 100).await;
+    let posted: Vec<&Value> = history
+        .iter()
+        .filter(|m| m["text"] == "while you were out")
+        .collect();
+    assert_eq!(posted.len(), 1, "posted once: {history:?}");
+    assert_eq!(posted[0]["client_msg_id"], id.as_str());
+    let waiting = cluster
+        .api_ok("chat.scheduledMessages.list", &alice.token, json!({}))
+        .await;
+    assert_eq!(waiting["scheduled_messages"], json!([]), "{waiting}");
+    let posted_metric = cluster
+        .metric(
+            &cluster.webapp,
+            "switchboard_webapp_scheduled_messages_total",
+            &[("outcome", "posted")],
+        )
+        .await;
+    assert_eq!(posted_metric, 1.0);
+}

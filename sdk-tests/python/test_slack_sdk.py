@@ -96,6 +96,30 @@ def test_me_message(dev):
     assert mine["ts"] == me["ts"] and mine["subtype"] == "me_message" and mine["text"] == "ships it", mine
 
 
+def test_scheduled_messages(dev):
+    """`chat_scheduleMessage`, `chat_scheduledMessages_list`, `chat_deleteScheduledMessage`:
+    a message scheduled two seconds ahead is posted then; one an hour ahead is deleted."""
+    alice = web(dev, "alice")
+    channel = alice.conversations_create(name="py-later-" + uuid.uuid4().hex[:6])["channel"]["id"]
+    soon = alice.chat_scheduleMessage(channel=channel, text="tea is ready", post_at=int(time.time()) + 2)
+    later = alice.chat_scheduleMessage(channel=channel, text="retro", post_at=int(time.time()) + 3600)
+    assert soon["message"]["type"] == "delayed_message" and soon["scheduled_message_id"].startswith("Q"), soon
+    listed = alice.chat_scheduledMessages_list(channel=channel)["scheduled_messages"]
+    assert [m["id"] for m in listed] == [soon["scheduled_message_id"], later["scheduled_message_id"]], listed
+    alice.chat_deleteScheduledMessage(channel=channel, scheduled_message_id=later["scheduled_message_id"])
+    with pytest.raises(SlackApiError) as err:
+        alice.chat_scheduleMessage(channel=channel, text="too late", post_at=int(time.time()) - 5)
+    assert err.value.response["error"] == "time_in_past"
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        texts = [m["text"] for m in alice.conversations_history(channel=channel)["messages"]]
+        if "tea is ready" in texts:
+            break
+        time.sleep(0.2)
+    assert texts == ["tea is ready"], texts
+    assert alice.chat_scheduledMessages_list(channel=channel)["scheduled_messages"] == []
+
+
 def test_topic_and_purpose_are_set_and_announced(dev):
     alice = web(dev, "alice")
     channel = alice.conversations_create(name="py-topic-" + uuid.uuid4().hex[:6])["channel"]["id"]

@@ -495,17 +495,7 @@ impl Cluster {
                 ],
             );
         }
-        let gateway_urls: Vec<String> = self.gateways.iter().map(|g| quoted(&g.ws_url)).collect();
-        self.spawn(
-            "webapp",
-            "webapp",
-            &[
-                admin_set.clone(),
-                "node.id=\"webapp-1\"".into(),
-                format!("webapp.http_addr={}", quoted(&webapp_addr.to_string())),
-                format!("webapp.gateway_urls=[{}]", gateway_urls.join(",")),
-            ],
-        );
+        self.spawn("webapp", "webapp", &self.webapp_sets(webapp_addr));
         for gw in self.gateways.clone() {
             self.spawn(
                 &gw.id,
@@ -835,6 +825,30 @@ impl Cluster {
             ],
         );
         self.wait_healthy(&self.admin_http).await;
+    }
+
+    /// The Web API's flags: its address, the admin server and the gateways it hands out.
+    fn webapp_sets(&self, addr: SocketAddr) -> Vec<String> {
+        let gateway_urls: Vec<String> = self.gateways.iter().map(|g| quoted(&g.ws_url)).collect();
+        vec![
+            format!("mesh.admin_addr={}", quoted(&self.admin_mesh.to_string())),
+            "node.id=\"webapp-1\"".into(),
+            format!("webapp.http_addr={}", quoted(&addr.to_string())),
+            format!("webapp.gateway_urls=[{}]", gateway_urls.join(",")),
+        ]
+    }
+
+    /// Kills the Web API and starts it again at the same address and data directory; returns
+    /// once it is healthy.
+    pub async fn restart_webapp(&self) {
+        self.kill("webapp");
+        let addr: SocketAddr = self
+            .webapp
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the web api's address");
+        self.spawn("webapp", "webapp", &self.webapp_sets(addr));
+        self.wait_healthy(&self.webapp).await;
     }
 
     /// Asks process `name` to stop (SIGTERM, as an init system or Kubernetes does) without
