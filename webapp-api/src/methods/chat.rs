@@ -26,8 +26,12 @@ pub(super) async fn post_message(
 ) -> ApiResult {
     let new = compose_post(state, caller, &visible, params, me).await?;
     let channel = visible.channel;
-    let (text, thread_ts) = (new.text.clone(), new.thread_ts);
-    let text = &*text;
+    // Only a post with a `client_msg_id` can be answered with a stored message, which
+    // `check_repeat` then compares with this one's text and thread.
+    let request = new
+        .client_msg_id
+        .is_some()
+        .then(|| (new.text.clone(), new.thread_ts));
     let (msg, duplicate) = state.admin.post(new).await?;
     if msg.channel != channel.id || msg.workspace != channel.workspace {
         return Err(ApiError::Internal(format!(
@@ -36,6 +40,9 @@ pub(super) async fn post_message(
         )));
     }
     if duplicate {
+        let (text, thread_ts) = request
+            .as_ref()
+            .map_or(("", None), |(text, ts)| (text.as_str(), *ts));
         check_repeat(Via::Api, &msg, &caller.user.id, text, thread_ts)?;
     }
     if me {
