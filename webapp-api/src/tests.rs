@@ -1673,6 +1673,117 @@ async fn an_app_attaches_metadata_to_a_message() {
 /// Pins: a member pins a message (`pins.add`), history shows it (`pinned_to`, `pin_count`),
 /// `pins.list` gives the channel's pins newest first with who pinned them, `pins.remove`
 /// takes one off, and a deleted message leaves the list. Slack's errors for the rest.
+/// Search by reaction: `has::name:` finds messages with that reaction, `hasmy::name:` those
+/// the caller reacted to so; each narrows the others (and `has:pin`) and the words; a
+/// reaction taken back leaves them.
+#[tokio::test]
+async fn search_finds_messages_by_their_reactions() {
+    let s = Server::start_with_cluster().await;
+    let (alice, bob) = (s.token("alice"), s.token("bob"));
+    let general = s.general().await;
+    let post = |text: &'static str| {
+        let s = &s;
+        let (alice, general) = (alice.clone(), general.clone());
+        async move {
+            s.ok(
+                "chat.postMessage",
+                &alice,
+                json!({"channel": general, "text": text}),
+            )
+            .await["ts"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let a = post("vote: ship on friday").await;
+    let b = post("vote: ship on monday").await;
+    let lunch = post("lunch at noon").await;
+    let react = |token: &String, ts: &String, name: &str, add: bool| {
+        let s = &s;
+        let body = json!({"channel": general, "timestamp": ts, "name": name});
+        let method = if add {
+            "reactions.add"
+        } else {
+            "reactions.remove"
+        };
+        let token = token.clone();
+        async move {
+            s.ok(method, &token, body).await;
+        }
+    };
+    react(&bob, &a, "tada", true).await;
+    react(&bob, &b, "tada", true).await;
+    react(&alice, &b, "tada", true).await;
+    react(&alice, &lunch, "eyes", true).await;
+    // The words come from the index: wait for it.
+    for _ in 0..100 {
+        let (_, v) = s
+            .call("search.messages", Some(&alice), json!({"query": "vote"}))
+            .await;
+        if v["messages"]["total"] == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let found = |token: &String, query: &'static str| {
+        let s = &s;
+        let token = token.clone();
+        async move {
+            let v = s
+                .ok(
+                    "search.messages",
+                    &token,
+                    json!({"query": query, "sort": "timestamp"}),
+                )
+                .await;
+            v["messages"]["matches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["ts"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found(&alice, "has::tada:").await, [b.clone(), a.clone()]);
+    assert_eq!(
+        found(&alice, "hasmy::tada:").await,
+        std::slice::from_ref(&b)
+    );
+    assert_eq!(found(&bob, "hasmy::tada:").await, [b.clone(), a.clone()]);
+    assert_eq!(
+        found(&alice, "has::tada: friday").await,
+        std::slice::from_ref(&a)
+    );
+    assert_eq!(
+        found(&alice, "has::eyes:").await,
+        std::slice::from_ref(&lunch)
+    );
+    assert!(found(&alice, "has::tada: has::eyes:").await.is_empty());
+    assert!(found(&alice, "has::rocket:").await.is_empty());
+    s.ok(
+        "pins.add",
+        &alice,
+        json!({"channel": general, "timestamp": a}),
+    )
+    .await;
+    assert_eq!(
+        found(&alice, "has::tada: has:pin").await,
+        std::slice::from_ref(&a)
+    );
+    react(&bob, &a, "tada", false).await;
+    assert_eq!(found(&alice, "has::tada:").await, std::slice::from_ref(&b));
+    let (_, v) = s
+        .call(
+            "search.messages",
+            Some(&alice),
+            json!({"query": "hasmy:tada vote"}),
+        )
+        .await;
+    assert_eq!(v["error"], "invalid_arguments", "{v}");
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn members_pin_messages_to_a_channel() {
     let s = Server::start_with_cluster().await;

@@ -4,7 +4,8 @@
 //! `in:#channel` / `in:C123` / `in:<#C123|name>`, `from:@user` / `from:U123` / `from:<@U123>`,
 //! `before:YYYY-MM-DD`, `after:YYYY-MM-DD`, `on:YYYY-MM-DD` (also `today`, `yesterday`),
 //! `during:` a day (as `on:`), a month (`YYYY-MM`, or its name: the latest such month that
-//! has begun) or a year (`YYYY`), `has:link`, `has:pin`, `is:thread` (thread replies), `in:@user` (the
+//! has begun) or a year (`YYYY`), `has:link`, `has:pin`, `has::name:` (messages with that
+//! reaction), `hasmy::name:` (messages the caller reacted to so), `is:thread` (thread replies), `in:@user` (the
 //! direct message with that user) and `to:@user` / `to:me` (direct messages sent to that
 //! user: in a direct conversation of theirs, by someone else). `from:me` and `to:me` name the
 //! caller. Dates are UTC days; `before` and `after` are exclusive, like Slack's.
@@ -34,6 +35,24 @@ pub struct ParsedQuery {
     pub has_link: bool,
     /// `has:pin`: only messages pinned to their channel.
     pub has_pin: bool,
+    /// `has::name:`: only messages with each of these reactions (names without colons).
+    pub has_reactions: Vec<String>,
+    /// `hasmy::name:`: only messages the caller reacted to with each of these.
+    pub my_reactions: Vec<String>,
+}
+
+/// The reaction name of `:name:` (as in `has::tada:`): without its colons, in emoji-name
+/// characters (a skin tone's `::` included).
+fn reaction_of(v: &str) -> Option<String> {
+    let name = v.strip_prefix(':')?.strip_suffix(':')?;
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || matches!(c, '_' | '+' | '-' | '\'' | ':')
+        });
+    ok.then(|| name.to_string())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -286,7 +305,9 @@ pub fn parse(q: &str, now: Ts) -> Result<ParsedQuery, QueryError> {
             }
             Some(("has", "link")) => p.has_link = true,
             Some(("has", "pin")) => p.has_pin = true,
-            Some(("has" | "is" | "to" | "with", _)) => {
+            Some(("has", v)) if reaction_of(v).is_some() => p.has_reactions.extend(reaction_of(v)),
+            Some(("hasmy", v)) if reaction_of(v).is_some() => p.my_reactions.extend(reaction_of(v)),
+            Some(("has" | "hasmy" | "is" | "to" | "with", _)) => {
                 return Err(QueryError::UnsupportedModifier(tok))
             }
             _ => p.words.push(tok),
@@ -301,6 +322,8 @@ pub fn parse(q: &str, now: Ts) -> Result<ParsedQuery, QueryError> {
         || p.is_thread
         || p.has_link
         || p.has_pin
+        || !p.has_reactions.is_empty()
+        || !p.my_reactions.is_empty()
         || p.before.is_some()
         || p.after.is_some();
     if !positive {
@@ -355,8 +378,23 @@ mod tests {
         assert_eq!(p.from_users, vec!["me"]);
         assert!(p.is_thread);
         assert!(parse("has:pin deploy", NOW).unwrap().has_pin);
+        let p = parse(
+            "has::tada: hasmy::+1: has::thumbsup::skin-tone-2: vote",
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(p.has_reactions, vec!["tada", "thumbsup::skin-tone-2"]);
+        assert_eq!(p.my_reactions, vec!["+1"]);
+        assert_eq!(p.words, vec!["vote"]);
         // Each is a search of its own, with no words.
-        for q in ["in:@bob", "to:me", "is:thread", "has:pin"] {
+        for q in [
+            "in:@bob",
+            "to:me",
+            "is:thread",
+            "has:pin",
+            "has::eyes:",
+            "hasmy::eyes:",
+        ] {
             assert!(parse(q, NOW).is_ok(), "{q}");
         }
         for q in [
@@ -365,6 +403,9 @@ mod tests {
             "to: x",
             "with:@bob x",
             "has:reaction x",
+            "has::: x",
+            "has::Tada: x",
+            "hasmy:eyes x",
         ] {
             assert!(
                 matches!(parse(q, NOW), Err(QueryError::UnsupportedModifier(_))),

@@ -55,6 +55,83 @@ pub async fn run_all(store: &dyn MessageStore) {
     pins(store).await;
     user_emails(store).await;
     scheduled_messages(store).await;
+    reacted_messages(store).await;
+}
+
+/// Messages by reaction (search's `has::name:`, `hasmy::name:`): those with the reaction,
+/// newest first and bounded, by one user's when asked; a reaction taken back, or its
+/// message deleted, leaves them; another workspace finds none.
+async fn reacted_messages(store: &dyn MessageStore) {
+    let ws = store.create_workspace("reacted-ws").await.unwrap();
+    let other_ws = store.create_workspace("reacted-other").await.unwrap();
+    let alice = store
+        .create_user(&ws.id, "alice", "Alice", false, false)
+        .await
+        .unwrap();
+    let bob = store
+        .create_user(&ws.id, "bob", "Bob", false, false)
+        .await
+        .unwrap();
+    let ch = channel(&ws.id, &alice.id, "votes", false);
+    store.create_channel(&ch).await.unwrap();
+    let mut seq = 0;
+    let mut entry = |user: &UserId, kind: MessageKind| {
+        seq += 1;
+        let mut m = message(&ws.id, &ch.id, user, seq, None);
+        m.kind = kind;
+        m
+    };
+    let m1 = entry(&alice.id, MessageKind::Posted);
+    let m2 = entry(&alice.id, MessageKind::Posted);
+    let m3 = entry(&bob.id, MessageKind::Posted);
+    let m4 = entry(&bob.id, MessageKind::Posted);
+    let react = |target: &Message, name: &str| MessageKind::ReactionAdded {
+        target: target.ts,
+        reaction: name.into(),
+    };
+    let entries = [
+        entry(&alice.id, react(&m1, "tada")),
+        entry(&bob.id, react(&m1, "tada")),
+        entry(&bob.id, react(&m3, "tada")),
+        entry(&bob.id, react(&m2, "eyes")),
+        entry(
+            &bob.id,
+            MessageKind::ReactionRemoved {
+                target: m2.ts,
+                reaction: "eyes".into(),
+            },
+        ),
+        entry(&alice.id, react(&m4, "+1")),
+        entry(&alice.id, react(&m2, "+1")),
+        entry(&bob.id, MessageKind::Deleted { target: m4.ts }),
+    ];
+    for m in [&m1, &m2, &m3, &m4].into_iter().chain(&entries) {
+        assert_eq!(store.append(m).await.unwrap(), AppendOutcome::Stored);
+    }
+    let reacted = |name: &'static str, user: Option<UserId>, limit: usize| {
+        let (ws, ch) = (ws.id.clone(), ch.id.clone());
+        async move {
+            store
+                .reacted(&ws, &ch, name, user.as_ref(), limit)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(reacted("tada", None, 10).await, [m3.seq, m1.seq]);
+    assert_eq!(reacted("tada", None, 1).await, [m3.seq]);
+    assert_eq!(reacted("tada", Some(alice.id.clone()), 10).await, [m1.seq]);
+    assert_eq!(
+        reacted("tada", Some(bob.id.clone()), 10).await,
+        [m3.seq, m1.seq]
+    );
+    assert!(reacted("eyes", None, 10).await.is_empty(), "taken back");
+    assert_eq!(reacted("+1", None, 10).await, [m2.seq], "m4 was deleted");
+    assert!(reacted("rocket", None, 10).await.is_empty());
+    assert!(store
+        .reacted(&other_ws.id, &ch.id, "tada", None, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Scheduled messages: kept whole (content, thread, bot identity), listed per workspace by

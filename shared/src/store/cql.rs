@@ -305,6 +305,9 @@ fn scheduled_from_row(row: (String, i64, i64, String)) -> StorageResult<Schedule
     )
 }
 
+/// Most `reactions_by_name` rows one `reacted` reads (a row per reacting user).
+const REACTED_ROWS_READ: i32 = 20_000;
+
 /// Partitions of `scheduled_due`: a scheduler's read of due messages reads each.
 const SCHEDULED_PARTS: u32 = 8;
 
@@ -340,6 +343,12 @@ const SHARD_TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.reactions (channel_id text, target_ts bigint,
         reaction text, user_id text, seq bigint,
         PRIMARY KEY ((channel_id, target_ts), reaction, user_id))",
+    // Which messages of a channel have a reaction, newest first: search's `has::name:`
+    // (`reactions` is keyed by message, for views). Written with `reactions` since it came;
+    // reactions added before are not found by search.
+    "CREATE TABLE IF NOT EXISTS {ks}.reactions_by_name (channel_id text, reaction text,
+        target_ts bigint, user_id text, PRIMARY KEY ((channel_id, reaction), target_ts, user_id))
+        WITH CLUSTERING ORDER BY (target_ts DESC, user_id ASC)",
     // A channel's pins: one partition per channel (Slack channels pin tens, not millions).
     "CREATE TABLE IF NOT EXISTS {ks}.pins (channel_id text, target_ts bigint, user_id text,
         pinned_ts bigint, PRIMARY KEY ((channel_id), target_ts))",
@@ -457,6 +466,10 @@ const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("reaction_put", Mode::Write, "INSERT INTO {ks}.reactions (channel_id, target_ts, reaction, user_id, seq) VALUES (?, ?, ?, ?, ?) USING TIMESTAMP ?"),
     ("reaction_drop", Mode::Write, "DELETE FROM {ks}.reactions USING TIMESTAMP ? WHERE channel_id = ? AND target_ts = ? AND reaction = ? AND user_id = ?"),
     ("reactions_drop", Mode::Write, "DELETE FROM {ks}.reactions USING TIMESTAMP ? WHERE channel_id = ? AND target_ts = ?"),
+    ("reaction_name_put", Mode::Write, "INSERT INTO {ks}.reactions_by_name (channel_id, reaction, target_ts, user_id) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("reaction_name_drop", Mode::Write, "DELETE FROM {ks}.reactions_by_name USING TIMESTAMP ? WHERE channel_id = ? AND reaction = ? AND target_ts = ? AND user_id = ?"),
+    ("reaction_names_drop", Mode::Write, "DELETE FROM {ks}.reactions_by_name USING TIMESTAMP ? WHERE channel_id = ? AND reaction = ? AND target_ts = ?"),
+    ("reactions_named", Mode::Read, "SELECT target_ts, user_id FROM {ks}.reactions_by_name WHERE channel_id = ? AND reaction = ? LIMIT ?"),
     ("reactions_of", Mode::Read, "SELECT reaction, user_id, seq FROM {ks}.reactions WHERE channel_id = ? AND target_ts = ?"),
     ("pin_put", Mode::Write, "INSERT INTO {ks}.pins (channel_id, target_ts, user_id, pinned_ts) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
     ("pin_drop", Mode::Write, "DELETE FROM {ks}.pins USING TIMESTAMP ? WHERE channel_id = ? AND target_ts = ?"),
@@ -1397,6 +1410,16 @@ impl Inner {
                         self.count_replies(st, ch, Ts(parent as u64), wts).await?;
                     }
                 }
+                // Its reactions go, from both tables (the names first, read from the other).
+                let names: Vec<(String, String, i64)> =
+                    self.rows(st.get("reactions_of"), (ch, i(target.0))).await?;
+                let mut names: Vec<String> = names.into_iter().map(|r| r.0).collect();
+                names.sort();
+                names.dedup();
+                for name in &names {
+                    self.exec(st.get("reaction_names_drop"), (wts, ch, name, i(target.0)))
+                        .await?;
+                }
                 self.exec(st.get("reactions_drop"), (wts, ch, i(target.0)))
                     .await?;
                 // A deleted message leaves the channel's pins too, as in Slack.
@@ -1413,12 +1436,22 @@ impl Inner {
                     (ch, i(target.0), reaction, &m.user.0, i(m.seq), wts),
                 )
                 .await?;
+                self.exec(
+                    st.get("reaction_name_put"),
+                    (ch, reaction, i(target.0), &m.user.0, wts),
+                )
+                .await?;
                 Ok(None)
             }
             MessageKind::ReactionRemoved { target, reaction } => {
                 self.exec(
                     st.get("reaction_drop"),
                     (wts, ch, i(target.0), reaction, &m.user.0),
+                )
+                .await?;
+                self.exec(
+                    st.get("reaction_name_drop"),
+                    (wts, ch, reaction, i(target.0), &m.user.0),
                 )
                 .await?;
                 Ok(None)
@@ -2479,6 +2512,56 @@ impl MessageStore for CqlStore {
                 return Ok(None);
             }
             Ok(s.with_annotations(st, vec![row.view()?]).await?.pop())
+        })
+        .await
+    }
+
+    async fn reacted(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        reaction: &str,
+        user: Option<&UserId>,
+        limit: usize,
+    ) -> StorageResult<Vec<Seq>> {
+        let s = &self.inner;
+        timed("reacted", async {
+            let (_, st) = s.shard_of(workspace);
+            let limit = limit.max(1);
+            // Newest first; a message reacted by several users has a row for each.
+            let rows: Vec<(i64, String)> = s
+                .rows(
+                    st.get("reactions_named"),
+                    (&channel.0, reaction, REACTED_ROWS_READ),
+                )
+                .await?;
+            let mut targets: Vec<i64> = rows
+                .into_iter()
+                .filter(|(_, u)| user.is_none_or(|user| &user.0 == u))
+                .map(|(ts, _)| ts)
+                .collect();
+            targets.dedup();
+            let mut seqs = Vec::new();
+            for some in targets.chunks(64) {
+                let found = try_join_all(
+                    some.iter()
+                        .map(|ts| s.posted_row(st, &channel.0, (*ts).max(0) as u64)),
+                )
+                .await?;
+                seqs.extend(
+                    found
+                        .into_iter()
+                        .flatten()
+                        .filter(|r| r.workspace == workspace.0 && !r.deleted.unwrap_or(false))
+                        .map(|r| r.seq.max(0) as u64),
+                );
+                if seqs.len() >= limit {
+                    break;
+                }
+            }
+            seqs.sort_unstable_by(|a, b| b.cmp(a));
+            seqs.truncate(limit);
+            Ok(seqs)
         })
         .await
     }

@@ -359,6 +359,18 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: usize,
     ) -> StorageResult<Vec<MessageView>>;
 
+    /// The channel's posted, undeleted messages that have reaction `reaction` (added by
+    /// `user`, when given): their sequence numbers, the newest first, at most `limit`.
+    /// Search's `has::name:` and `hasmy::name:`.
+    async fn reacted(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        reaction: &str,
+        user: Option<&UserId>,
+        limit: usize,
+    ) -> StorageResult<Vec<Seq>>;
+
     // -- scheduled messages (`chat.scheduleMessage`) --
     /// Keeps a message to be posted at its `post_at`. Ids are unique (the caller makes them).
     async fn schedule_message(&self, scheduled: &ScheduledMessage) -> StorageResult<()>;

@@ -307,6 +307,7 @@ CREATE TABLE IF NOT EXISTS reactions (
     seq INTEGER NOT NULL,
     PRIMARY KEY (channel_id, target_ts, reaction, user_id)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reactions_by_name ON reactions(channel_id, reaction, target_ts);
 ";
 
 /// Columns added to `messages` after its first version: what each stream entry is (kind,
@@ -1988,6 +1989,40 @@ impl MessageStore for SqliteStore {
             load_annotations(c, &mut views)?;
             views.sort_by_key(|v| std::cmp::Reverse(v.pinned.as_ref().map(|p| p.at)));
             Ok(views)
+        })
+        .await
+    }
+
+    async fn reacted(
+        &self,
+        workspace: &WorkspaceId,
+        channel: &ChannelId,
+        reaction: &str,
+        user: Option<&UserId>,
+        limit: usize,
+    ) -> StorageResult<Vec<Seq>> {
+        let (ws, ch, name) = (workspace.clone(), channel.clone(), reaction.to_string());
+        let user = user.map(|u| u.0.clone());
+        self.read_shard("reacted", workspace, channel, move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT DISTINCT m.seq FROM reactions r
+                     JOIN messages m ON m.channel_id = r.channel_id AND m.ts = r.target_ts
+                     WHERE r.channel_id = ?1 AND r.reaction = ?2
+                       AND (?3 IS NULL OR r.user_id = ?3)
+                       AND m.workspace = ?4 AND m.kind = 'posted' AND m.deleted = 0
+                     ORDER BY m.seq DESC LIMIT ?5",
+                )
+                .map_err(unavailable)?;
+            let seqs = stmt
+                .query_map(params![ch.0, name, user, ws.0, limit.max(1) as i64], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(unavailable)?
+                .map(|r| r.map(|s| s.max(0) as u64))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            Ok(seqs)
         })
         .await
     }

@@ -1,6 +1,6 @@
 //! `search.messages`: Slack's query syntax over the caller's readable channels.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Value};
 use shared::ids::{ChannelId, Ts, UserId};
@@ -14,8 +14,10 @@ use crate::api::{ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 const DEFAULT_COUNT: u32 = 20;
 const MAX_COUNT: u32 = 100;
 const MAX_PAGE: u32 = 100;
-/// Channels whose pins `has:pin` reads at once.
+/// Channels whose pins (`has:pin`) or reacted messages (`has::name:`) are read at once.
 const PIN_LOOKUPS_AT_ONCE: usize = 16;
+/// Most messages per channel and reaction that `has::name:` finds (the newest).
+const MAX_REACTED_PER_CHANNEL: usize = 10_000;
 
 fn number(params: &Params, key: &str, default: u32, max: u32) -> ApiResult<u32> {
     match params.non_empty(key) {
@@ -151,10 +153,12 @@ pub async fn messages(
         })
         .map(|c| c.id.clone())
         .collect();
-    // `has:pin`: the pinned messages of the channels searched, from the store (pins are not
-    // in the index), a few channels at a time.
-    let only = if parsed.has_pin {
-        let mut pinned = Vec::new();
+    // `has:pin`, `has::name:` and `hasmy::name:` read from the store which messages of the
+    // channels searched qualify (pins and reactions are not in the index), a few channels at
+    // a time; a message must qualify for each.
+    let mut only: Option<HashSet<(ChannelId, u64)>> = None;
+    if parsed.has_pin {
+        let mut pinned = HashSet::new();
         for some in channels.chunks(PIN_LOOKUPS_AT_ONCE) {
             let lists = futures_util::future::try_join_all(some.iter().map(|c| {
                 state
@@ -169,10 +173,36 @@ pub async fn messages(
                     .map(|v| (v.message.channel, v.message.seq)),
             );
         }
-        Some(pinned)
-    } else {
-        None
-    };
+        only = Some(pinned);
+    }
+    let by_anyone = parsed.has_reactions.iter().map(|r| (r, None));
+    let by_me = parsed
+        .my_reactions
+        .iter()
+        .map(|r| (r, Some(&caller.user.id)));
+    for (reaction, user) in by_anyone.chain(by_me) {
+        let mut reacted = HashSet::new();
+        for some in channels.chunks(PIN_LOOKUPS_AT_ONCE) {
+            let lists = futures_util::future::try_join_all(some.iter().map(|c| {
+                state.store.reacted(
+                    &caller.claims.workspace,
+                    c,
+                    reaction,
+                    user,
+                    MAX_REACTED_PER_CHANNEL,
+                )
+            }))
+            .await?;
+            for (c, seqs) in some.iter().zip(lists) {
+                reacted.extend(seqs.into_iter().map(|seq| (c.clone(), seq)));
+            }
+        }
+        only = Some(match only {
+            Some(before) => before.intersection(&reacted).cloned().collect(),
+            None => reacted,
+        });
+    }
+    let only: Option<Vec<(ChannelId, u64)>> = only.map(|set| set.into_iter().collect());
     let request = SearchRequest {
         workspace: caller.claims.workspace.clone(),
         words: parsed.words,
