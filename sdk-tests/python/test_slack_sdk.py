@@ -53,6 +53,8 @@ def test_post_edit_delete_react_thread_history(dev):
     assert reply["message"]["thread_ts"] == ts
     got = alice.reactions_get(channel=channel, timestamp=ts)
     assert got["message"]["reactions"][0]["users"] == [dev["tokens"]["users"]["bob"]["id"]]
+    reacted = bob.reactions_list(limit=1)["items"]
+    assert [(i["channel"], i["message"]["ts"]) for i in reacted] == [(channel, ts)], reacted
 
     # Pins.
     bob.pins_add(channel=channel, timestamp=ts)

@@ -576,6 +576,17 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         errors: &["channel_not_found", "no_item_specified", "message_not_found"],
     },
     MethodDoc {
+        name: "reactions.list",
+        summary: "The messages a user (the caller by default) reacted to, the latest reaction first, each as `{type: message, channel, message}` with its reactions; only in conversations the caller can read.",
+        auth: Auth::User,
+        params: &[
+            p("user", Ty::Str, "whose reactions (default: the caller's)"),
+            p("limit", Ty::Int, "page size (default 100, at most 1000)"),
+            CURSOR,
+        ],
+        errors: &["user_not_found", "invalid_limit", "invalid_cursor"],
+    },
+    MethodDoc {
         name: "pins.add",
         summary: "A member pins a message to its channel: every session there hears `pin_added` (with the message), and history shows it in `pinned_to` and `pin_count`.",
         auth: Auth::User,

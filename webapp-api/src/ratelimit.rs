@@ -108,6 +108,7 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "chat.delete"
         | "reactions.add"
         | "reactions.get"
+        | "reactions.list"
         | "users.getPresence"
         | "bots.info"
         | "team.info" => Tier::Tier3,

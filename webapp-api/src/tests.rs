@@ -1784,6 +1784,128 @@ async fn search_finds_messages_by_their_reactions() {
     s.stop().await;
 }
 
+/// `reactions.list`: what a user reacted to, the latest first, each message once with its
+/// reactions; another user sees only what it can read; paged by cursor; a reaction taken
+/// back or a deleted message leaves the list.
+#[tokio::test]
+async fn reactions_list_gives_what_a_user_reacted_to_that_the_caller_can_read() {
+    let s = Server::start_with_cluster().await;
+    let (alice, bob, carol) = (s.token("alice"), s.token("bob"), s.token("carol"));
+    let general = s.general().await;
+    let secret = channel_id(
+        &s.ok(
+            "conversations.create",
+            &alice,
+            json!({"name": "reactions-secret", "is_private": true}),
+        )
+        .await,
+    );
+    s.ok(
+        "conversations.invite",
+        &alice,
+        json!({"channel": secret, "users": s.user_id("bob")}),
+    )
+    .await;
+    let post = |channel: &String, text: &'static str| {
+        let s = &s;
+        let (alice, channel) = (alice.clone(), channel.clone());
+        async move {
+            s.ok(
+                "chat.postMessage",
+                &alice,
+                json!({"channel": channel, "text": text}),
+            )
+            .await["ts"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let public = post(&general, "public news").await;
+    let private = post(&secret, "private news").await;
+    let doomed = post(&general, "soon gone").await;
+    for (channel, ts, name) in [
+        (&general, &public, "tada"),
+        (&general, &public, "eyes"),
+        (&secret, &private, "eyes"),
+        (&general, &doomed, "wave"),
+    ] {
+        s.ok(
+            "reactions.add",
+            &bob,
+            json!({"channel": channel, "timestamp": ts, "name": name}),
+        )
+        .await;
+    }
+    s.ok(
+        "chat.delete",
+        &alice,
+        json!({"channel": general, "ts": doomed}),
+    )
+    .await;
+    let listed = |token: &String, params: Value| {
+        let s = &s;
+        let token = token.clone();
+        async move { s.ok("reactions.list", &token, params).await }
+    };
+    let ts_of = |v: &Value| {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["message"]["ts"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let mine = listed(&bob, json!({})).await;
+    assert_eq!(ts_of(&mine), [private.clone(), public.clone()], "{mine}");
+    let first = &mine["items"][1];
+    assert_eq!(first["type"], "message");
+    assert_eq!(first["channel"], general.as_str());
+    let names: Vec<&str> = first["message"]["reactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tada", "eyes"], "{first}");
+    // Carol is not in the private channel.
+    let seen = listed(&carol, json!({"user": s.user_id("bob")})).await;
+    assert_eq!(ts_of(&seen), std::slice::from_ref(&public), "{seen}");
+    // Paged.
+    let page = listed(&bob, json!({"limit": 1})).await;
+    assert_eq!(ts_of(&page), std::slice::from_ref(&private));
+    let cursor = page["response_metadata"]["next_cursor"].as_str().unwrap();
+    assert!(!cursor.is_empty(), "{page}");
+    let next = listed(&bob, json!({"limit": 1, "cursor": cursor})).await;
+    assert_eq!(ts_of(&next), std::slice::from_ref(&public));
+    // Taken back: both of bob's reactions on the public message.
+    for name in ["tada", "eyes"] {
+        s.ok(
+            "reactions.remove",
+            &bob,
+            json!({"channel": general, "timestamp": public, "name": name}),
+        )
+        .await;
+    }
+    assert_eq!(ts_of(&listed(&bob, json!({})).await), [private]);
+    assert!(ts_of(&listed(&alice, json!({})).await).is_empty());
+    s.err(
+        "reactions.list",
+        &bob,
+        json!({"user": "UNOBODY"}),
+        "user_not_found",
+    )
+    .await;
+    s.err(
+        "reactions.list",
+        &bob,
+        json!({"cursor": "bm9wZQ=="}),
+        "invalid_cursor",
+    )
+    .await;
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn members_pin_messages_to_a_channel() {
     let s = Server::start_with_cluster().await;

@@ -132,6 +132,36 @@ async fn reacted_messages(store: &dyn MessageStore) {
         .await
         .unwrap()
         .is_empty());
+
+    // What each user reacted to: each message once, the latest reaction first, without what
+    // was taken back or deleted; paged by `before`.
+    let item = |target: &Message, entry: &Message| UserReaction {
+        channel: ch.id.clone(),
+        target: target.ts,
+        at: entry.ts,
+    };
+    let of = |user: &User, before: Option<Ts>, limit: usize| {
+        let (ws, user) = (ws.id.clone(), user.id.clone());
+        async move {
+            store
+                .user_reactions(&ws, &user, before, limit)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        of(&bob, None, 10).await,
+        [item(&m3, &entries[2]), item(&m1, &entries[1])]
+    );
+    let alices = [item(&m2, &entries[6]), item(&m1, &entries[0])];
+    assert_eq!(of(&alice, None, 10).await, alices);
+    assert_eq!(of(&alice, None, 1).await, alices[..1]);
+    assert_eq!(of(&alice, Some(entries[6].ts), 10).await, alices[1..]);
+    assert!(store
+        .user_reactions(&other_ws.id, &alice.id, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 /// Scheduled messages: kept whole (content, thread, bot identity), listed per workspace by

@@ -61,7 +61,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     shard_for, AppendOutcome, Change, Channel, HistoryQuery, Membership, MessageStore, MessageView,
-    Reaction, ScheduledMessage, StorageError, StorageErrorKind, StorageResult, User, Workspace,
+    Reaction, ScheduledMessage, StorageError, StorageErrorKind, StorageResult, User, UserReaction,
+    Workspace,
 };
 use crate::config::StoreConfig;
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
@@ -305,6 +306,9 @@ fn scheduled_from_row(row: (String, i64, i64, String)) -> StorageResult<Schedule
     )
 }
 
+/// Most `user_reactions` rows one `user_reactions` reads (a row per reaction).
+const USER_REACTION_ROWS_READ: i32 = 20_000;
+
 /// Most `reactions_by_name` rows one `reacted` reads (a row per reacting user).
 const REACTED_ROWS_READ: i32 = 20_000;
 
@@ -349,6 +353,13 @@ const SHARD_TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.reactions_by_name (channel_id text, reaction text,
         target_ts bigint, user_id text, PRIMARY KEY ((channel_id, reaction), target_ts, user_id))
         WITH CLUSTERING ORDER BY (target_ts DESC, user_id ASC)",
+    // What each user reacted to (`reactions.list`): a partition per user, read whole (up to
+    // USER_REACTION_ROWS_READ rows) and ordered by `reacted_ts` here, since a removal
+    // knows the reaction but not when it was added. Reactions added before it came are not
+    // listed.
+    "CREATE TABLE IF NOT EXISTS {ks}.user_reactions (user_id text, channel_id text,
+        target_ts bigint, reaction text, reacted_ts bigint, workspace text,
+        PRIMARY KEY ((user_id), channel_id, target_ts, reaction))",
     // A channel's pins: one partition per channel (Slack channels pin tens, not millions).
     "CREATE TABLE IF NOT EXISTS {ks}.pins (channel_id text, target_ts bigint, user_id text,
         pinned_ts bigint, PRIMARY KEY ((channel_id), target_ts))",
@@ -470,6 +481,9 @@ const SHARD_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("reaction_name_drop", Mode::Write, "DELETE FROM {ks}.reactions_by_name USING TIMESTAMP ? WHERE channel_id = ? AND reaction = ? AND target_ts = ? AND user_id = ?"),
     ("reaction_names_drop", Mode::Write, "DELETE FROM {ks}.reactions_by_name USING TIMESTAMP ? WHERE channel_id = ? AND reaction = ? AND target_ts = ?"),
     ("reactions_named", Mode::Read, "SELECT target_ts, user_id FROM {ks}.reactions_by_name WHERE channel_id = ? AND reaction = ? LIMIT ?"),
+    ("user_reaction_put", Mode::Write, "INSERT INTO {ks}.user_reactions (user_id, channel_id, target_ts, reaction, reacted_ts, workspace) VALUES (?, ?, ?, ?, ?, ?) USING TIMESTAMP ?"),
+    ("user_reaction_drop", Mode::Write, "DELETE FROM {ks}.user_reactions USING TIMESTAMP ? WHERE user_id = ? AND channel_id = ? AND target_ts = ? AND reaction = ?"),
+    ("user_reactions_of", Mode::Read, "SELECT channel_id, target_ts, reacted_ts, workspace FROM {ks}.user_reactions WHERE user_id = ? LIMIT ?"),
     ("reactions_of", Mode::Read, "SELECT reaction, user_id, seq FROM {ks}.reactions WHERE channel_id = ? AND target_ts = ?"),
     ("pin_put", Mode::Write, "INSERT INTO {ks}.pins (channel_id, target_ts, user_id, pinned_ts) VALUES (?, ?, ?, ?) USING TIMESTAMP ?"),
     ("pin_drop", Mode::Write, "DELETE FROM {ks}.pins USING TIMESTAMP ? WHERE channel_id = ? AND target_ts = ?"),
@@ -1411,9 +1425,16 @@ impl Inner {
                     }
                 }
                 // Its reactions go, from both tables (the names first, read from the other).
-                let names: Vec<(String, String, i64)> =
+                let reactions: Vec<(String, String, i64)> =
                     self.rows(st.get("reactions_of"), (ch, i(target.0))).await?;
-                let mut names: Vec<String> = names.into_iter().map(|r| r.0).collect();
+                for (name, user, _) in &reactions {
+                    self.exec(
+                        st.get("user_reaction_drop"),
+                        (wts, user, ch, i(target.0), name),
+                    )
+                    .await?;
+                }
+                let mut names: Vec<String> = reactions.into_iter().map(|r| r.0).collect();
                 names.sort();
                 names.dedup();
                 for name in &names {
@@ -1441,6 +1462,19 @@ impl Inner {
                     (ch, reaction, i(target.0), &m.user.0, wts),
                 )
                 .await?;
+                self.exec(
+                    st.get("user_reaction_put"),
+                    (
+                        &m.user.0,
+                        ch,
+                        i(target.0),
+                        reaction,
+                        i(m.ts.0),
+                        &m.workspace.0,
+                        wts,
+                    ),
+                )
+                .await?;
                 Ok(None)
             }
             MessageKind::ReactionRemoved { target, reaction } => {
@@ -1452,6 +1486,11 @@ impl Inner {
                 self.exec(
                     st.get("reaction_name_drop"),
                     (wts, ch, reaction, i(target.0), &m.user.0),
+                )
+                .await?;
+                self.exec(
+                    st.get("user_reaction_drop"),
+                    (wts, &m.user.0, ch, i(target.0), reaction),
                 )
                 .await?;
                 Ok(None)
@@ -2562,6 +2601,63 @@ impl MessageStore for CqlStore {
             seqs.sort_unstable_by(|a, b| b.cmp(a));
             seqs.truncate(limit);
             Ok(seqs)
+        })
+        .await
+    }
+
+    async fn user_reactions(
+        &self,
+        workspace: &WorkspaceId,
+        user: &UserId,
+        before: Option<Ts>,
+        limit: usize,
+    ) -> StorageResult<Vec<UserReaction>> {
+        let s = &self.inner;
+        timed("user_reactions", async {
+            let (_, st) = s.shard_of(workspace);
+            let rows: Vec<(String, i64, i64, String)> = s
+                .rows(
+                    st.get("user_reactions_of"),
+                    (&user.0, USER_REACTION_ROWS_READ),
+                )
+                .await?;
+            // One item per message: its latest reaction by the user.
+            let mut latest: HashMap<(String, i64), i64> = HashMap::new();
+            for (channel, target, at, ws) in rows {
+                if ws == workspace.0 {
+                    let e = latest.entry((channel, target)).or_insert(at);
+                    *e = (*e).max(at);
+                }
+            }
+            let mut items: Vec<UserReaction> = latest
+                .into_iter()
+                .map(|((channel, target), at)| UserReaction {
+                    channel: ChannelId(channel),
+                    target: Ts(target.max(0) as u64),
+                    at: Ts(at.max(0) as u64),
+                })
+                .filter(|r| before.is_none_or(|b| r.at < b))
+                .collect();
+            items.sort_by(|a, b| b.at.cmp(&a.at).then_with(|| b.channel.cmp(&a.channel)));
+            // Only messages that are still there.
+            let mut out = Vec::new();
+            for some in items.chunks(64) {
+                let found = try_join_all(
+                    some.iter()
+                        .map(|r| s.posted_row(st, &r.channel.0, r.target.0)),
+                )
+                .await?;
+                for (r, row) in some.iter().zip(found) {
+                    if row.is_some_and(|row| !row.deleted.unwrap_or(false)) {
+                        out.push(r.clone());
+                    }
+                }
+                if out.len() >= limit.max(1) {
+                    break;
+                }
+            }
+            out.truncate(limit.max(1));
+            Ok(out)
         })
         .await
     }

@@ -371,6 +371,17 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: usize,
     ) -> StorageResult<Vec<Seq>>;
 
+    /// The messages `user` reacted to in the workspace (each once, however many reactions it
+    /// added), the latest reaction first, only those reacted to before `before` when given
+    /// (a page's end), at most `limit`. `reactions.list`.
+    async fn user_reactions(
+        &self,
+        workspace: &WorkspaceId,
+        user: &UserId,
+        before: Option<Ts>,
+        limit: usize,
+    ) -> StorageResult<Vec<UserReaction>>;
+
     // -- scheduled messages (`chat.scheduleMessage`) --
     /// Keeps a message to be posted at its `post_at`. Ids are unique (the caller makes them).
     async fn schedule_message(&self, scheduled: &ScheduledMessage) -> StorageResult<()>;
@@ -401,6 +412,16 @@ pub trait MessageStore: Send + Sync + 'static {
         workspace: &WorkspaceId,
         id: &str,
     ) -> StorageResult<Option<ScheduledMessage>>;
+}
+
+/// A message a user reacted to ([`MessageStore::user_reactions`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserReaction {
+    pub channel: ChannelId,
+    /// The message's ts.
+    pub target: Ts,
+    /// When the user's latest reaction to it was added (that entry's ts).
+    pub at: Ts,
 }
 
 /// A message waiting to be posted (`chat.scheduleMessage`): what the post will be, checked

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use super::{
     AppendOutcome, Change, Channel, GroupAppend, HistoryQuery, Membership, MessageStore,
     MessageView, Reaction, ScheduledMessage, ShardKey, StorageError, StorageErrorKind,
-    StorageResult, User, UserChannelMembership, Workspace,
+    StorageResult, User, UserChannelMembership, UserReaction, Workspace,
 };
 use crate::config::MAX_STORE_SHARDS as MAX_SHARDS;
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
@@ -308,6 +308,7 @@ CREATE TABLE IF NOT EXISTS reactions (
     PRIMARY KEY (channel_id, target_ts, reaction, user_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS reactions_by_name ON reactions(channel_id, reaction, target_ts);
+CREATE INDEX IF NOT EXISTS reactions_by_user ON reactions(user_id);
 ";
 
 /// Columns added to `messages` after its first version: what each stream entry is (kind,
@@ -2025,6 +2026,55 @@ impl MessageStore for SqliteStore {
             Ok(seqs)
         })
         .await
+    }
+
+    async fn user_reactions(
+        &self,
+        workspace: &WorkspaceId,
+        user: &UserId,
+        before: Option<Ts>,
+        limit: usize,
+    ) -> StorageResult<Vec<UserReaction>> {
+        let limit = limit.max(1);
+        // Every shard may hold channels of the workspace: the newest of each, merged.
+        let reads = self.shards.iter().map(|shard| {
+            let (ws, user) = (workspace.0.clone(), user.0.clone());
+            let before = before.map(|t| t.0.min(i64::MAX as u64) as i64);
+            shard.reads.run("user_reactions", move |c| {
+                let mut stmt = c
+                    .prepare_cached(
+                        "SELECT r.channel_id, r.target_ts, MAX(e.ts) AS at FROM reactions r
+                         JOIN messages e ON e.channel_id = r.channel_id AND e.seq = r.seq
+                         JOIN messages m ON m.channel_id = r.channel_id AND m.ts = r.target_ts
+                         WHERE r.user_id = ?1 AND e.workspace = ?2
+                           AND m.kind = 'posted' AND m.deleted = 0
+                         GROUP BY r.channel_id, r.target_ts
+                         HAVING ?3 IS NULL OR at < ?3
+                         ORDER BY at DESC LIMIT ?4",
+                    )
+                    .map_err(unavailable)?;
+                let rows = stmt
+                    .query_map(params![user, ws, before, limit as i64], |r| {
+                        Ok(UserReaction {
+                            channel: ChannelId(r.get(0)?),
+                            target: Ts(r.get::<_, i64>(1)?.max(0) as u64),
+                            at: Ts(r.get::<_, i64>(2)?.max(0) as u64),
+                        })
+                    })
+                    .map_err(unavailable)?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(unavailable)?;
+                Ok(rows)
+            })
+        });
+        let mut all: Vec<UserReaction> = futures_util::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+        all.sort_by(|a, b| b.at.cmp(&a.at).then_with(|| b.channel.cmp(&a.channel)));
+        all.truncate(limit);
+        Ok(all)
     }
 
     async fn schedule_message(&self, scheduled: &ScheduledMessage) -> StorageResult<()> {

@@ -752,6 +752,81 @@ pub(super) async fn reactions_get(state: &AppState, caller: &Caller, params: &Pa
     })))
 }
 
+/// `reactions.list`'s page: default and most.
+const REACTIONS_LIST_DEFAULT: u32 = 100;
+const REACTIONS_LIST_MAX: u32 = 1000;
+
+/// `reactions.list`: the messages `user` (the caller by default) reacted to, the latest
+/// reaction first, each with its reactions; only those in conversations the caller can read.
+/// Paged by cursor (the last item's reaction time).
+pub(super) async fn reactions_list(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+) -> ApiResult {
+    let user = match params.non_empty("user") {
+        Some(raw) => super::user_in_workspace(state, caller, Some(raw)).await?.id,
+        None => caller.user.id.clone(),
+    };
+    let limit = params.limit(REACTIONS_LIST_DEFAULT, REACTIONS_LIST_MAX)? as usize;
+    let before = crate::api::decode_cursor(params, "reacted")?
+        .map(|raw| {
+            raw.parse::<u64>()
+                .map(Ts)
+                .map_err(|_| ApiError::InvalidCursor)
+        })
+        .transpose()?;
+    let ws = &caller.claims.workspace;
+    let mut found = state
+        .store
+        .user_reactions(ws, &user, before, limit + 1)
+        .await?;
+    let next = (found.len() > limit).then(|| {
+        found.truncate(limit);
+        crate::api::encode_cursor("reacted", &found[limit - 1].at.0.to_string())
+    });
+    // Which of their conversations the caller can read: public ones of the workspace, and
+    // private ones (direct messages too) it is in.
+    let mut readable: std::collections::HashMap<ChannelId, bool> = Default::default();
+    let mut items = Vec::with_capacity(found.len());
+    for r in &found {
+        let can_read = match readable.get(&r.channel) {
+            Some(known) => *known,
+            None => {
+                let read = state
+                    .store
+                    .user_channel_membership(&caller.user.id, &r.channel)
+                    .await?;
+                let ok = read
+                    .channel
+                    .is_some_and(|c| &c.workspace == ws && (!c.is_private || read.is_member));
+                readable.insert(r.channel.clone(), ok);
+                ok
+            }
+        };
+        if !can_read {
+            continue;
+        }
+        let Some(view) = state
+            .store
+            .message_view(ws, &r.channel, r.target)
+            .await?
+            .filter(|v| !v.deleted)
+        else {
+            continue;
+        };
+        items.push(json!({
+            "type": "message",
+            "channel": r.channel,
+            "message": view_json(&view),
+        }));
+    }
+    Ok(object(json!({
+        "items": items,
+        "response_metadata": super::response_metadata(next),
+    })))
+}
+
 /// `conversations.replies`: a thread's parent and replies, oldest first, paged by cursor.
 pub(super) async fn replies(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let visible = visible_channel(state, caller, params).await?;
