@@ -148,6 +148,15 @@ enum AdminCommand {
         #[arg(long)]
         name: String,
     },
+    /// Imports an unzipped Slack workspace export (users, channels, their history and
+    /// reactions) into a workspace, made if missing; prints what it did as JSON. Run it with
+    /// the cluster stopped, or into channels that are new.
+    ImportSlack {
+        #[arg(long)]
+        workspace: String,
+        /// The export's directory (`unzip export.zip -d DIR`).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -411,6 +420,12 @@ async fn admin(config: Config, command: AdminCommand) -> anyhow::Result<()> {
         AdminCommand::IssueToken { workspace, name } => {
             let token = webapp_api::issue_token(&store, &signer, &workspace, &name).await?;
             println!("{}", serde_json::json!({ "token": token }));
+        }
+        AdminCommand::ImportSlack { workspace, dir } => {
+            let report = webapp_api::import::import_slack_export(&store, &dir, &workspace)
+                .await
+                .with_context(|| format!("importing the Slack export at {}", dir.display()))?;
+            println!("{}", report.json());
         }
     }
     Ok(())

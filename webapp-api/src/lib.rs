@@ -42,6 +42,7 @@
 pub mod admin_link;
 pub mod api;
 pub mod hooks;
+pub mod import;
 pub mod methods;
 pub mod metrics;
 pub mod openapi;

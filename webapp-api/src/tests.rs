@@ -2787,6 +2787,9 @@ mod unfinished_create;
 /// the scheduler that posts when due.
 mod scheduled;
 
+/// Importing a Slack export.
+mod import;
+
 /// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
 /// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
 /// is taken leaves no user behind.
