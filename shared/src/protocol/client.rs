@@ -134,6 +134,11 @@ pub struct MessageEvent {
     /// A bot's message: Slack's `bot_profile` (its id, name and app), which clients draw.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub bot_profile: Option<serde_json::Value>,
+    /// The files shared with the message (Slack's file objects), with `upload: true`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub files: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub upload: Option<bool>,
 }
 
 impl From<&Message> for MessageEvent {
@@ -174,6 +179,8 @@ impl From<&Message> for MessageEvent {
             icons: identity.and_then(|i| i.icons()),
             metadata: m.rich.as_ref().and_then(|r| r.metadata_value()),
             bot_profile: bot_profile(m),
+            files: m.rich.as_ref().and_then(|r| r.files_value()),
+            upload: m.rich.as_ref().and_then(|r| r.files.as_ref()).map(|_| true),
         }
     }
 }
@@ -625,6 +632,7 @@ mod tests {
                 metadata: None,
                 bot_name: None,
                 me: false,
+                files: None,
             }
             .boxed(),
         }));
@@ -649,10 +657,13 @@ mod tests {
             metadata: Some(r#"{"event_type":"task_created","event_payload":{"id":"T1"}}"#.into()),
             bot_name: Some("tasks".into()),
             me: false,
+            files: Some(r#"[{"id":"F1","name":"plan.txt"}]"#.into()),
         }
         .boxed();
         let v: serde_json::Value = serde_json::from_str(&message_json(&rich)).unwrap();
         assert_eq!(v["blocks"], serde_json::json!([{"type": "divider"}]));
+        assert_eq!(v["files"][0]["name"], "plan.txt", "{v}");
+        assert_eq!(v["upload"], true);
         assert_eq!(v["metadata"]["event_type"], "task_created");
         assert_eq!(v["metadata"]["event_payload"]["id"], "T1");
         assert!(v.get("bot_profile").is_none(), "a person's message: {v}");

@@ -63,6 +63,11 @@ pub struct RichContent {
     /// where older rows lack it.)
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub me: bool,
+    /// The files shared with the message (`files.completeUploadExternal`): Slack's file
+    /// objects as a JSON array, as they were when shared. (Stored as JSON, where older rows
+    /// lack it.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<String>,
 }
 
 /// The name and icon a bot gave one message, which clients draw instead of the bot's
@@ -137,6 +142,7 @@ mod rich_wire {
     const BOT_NAME: u8 = 9;
     /// Present (with no text) for a `/me` message.
     const ME: u8 = 10;
+    const FILES: u8 = 11;
 
     type Rich = Option<Box<RichContent>>;
 
@@ -171,6 +177,7 @@ mod rich_wire {
             (METADATA, r.metadata.as_deref()),
             (BOT_NAME, r.bot_name.as_deref()),
             (ME, r.me.then_some("")),
+            (FILES, r.files.as_deref()),
         ]
         .into_iter()
         .filter_map(|(tag, text)| Some((tag, text?)))
@@ -199,6 +206,7 @@ mod rich_wire {
                 METADATA => rich.metadata = Some(text),
                 BOT_NAME => rich.bot_name = Some(text),
                 ME => rich.me = true,
+                FILES => rich.files = Some(text),
                 // A field of a newer node's: skipped.
                 _ => {}
             }
@@ -251,8 +259,9 @@ impl RichContent {
             || self.identity.is_some()
             || self.metadata.is_some()
             || self.bot_name.is_some()
-            || self.me)
-            .then(|| Box::new(self))
+            || self.me
+            || self.files.is_some())
+        .then(|| Box::new(self))
     }
 
     /// The bytes of its strings (what it adds to a frame, less a few bytes of lengths).
@@ -263,6 +272,7 @@ impl RichContent {
             + self.identity.as_ref().map_or(0, Identity::string_bytes)
             + self.metadata.as_ref().map_or(0, String::len)
             + self.bot_name.as_ref().map_or(0, String::len)
+            + self.files.as_ref().map_or(0, String::len)
     }
 
     /// Its `metadata` as JSON.
@@ -277,6 +287,13 @@ impl RichContent {
         self.blocks
             .as_deref()
             .and_then(|b| serde_json::from_str(b).ok())
+    }
+
+    /// Its `files` as JSON.
+    pub fn files_value(&self) -> Option<serde_json::Value> {
+        self.files
+            .as_deref()
+            .and_then(|f| serde_json::from_str(f).ok())
     }
 
     /// Its `attachments` as JSON.
@@ -297,6 +314,11 @@ impl RichContent {
         }
         if self.me {
             message["subtype"] = "me_message".into();
+        }
+        if let Some(files) = self.files_value() {
+            // Slack's message with files: the files, and `upload`.
+            message["files"] = files;
+            message["upload"] = true.into();
         }
         if let Some(sets) = &self.sets {
             message["subtype"] = sets.subtype().into();
@@ -718,6 +740,7 @@ mod tests {
             metadata: Some(r#"{"event_type":"deploy","event_payload":{"env":"prod"}}"#.into()),
             bot_name: Some("deploybot".into()),
             me: true,
+            files: Some(r#"[{"id":"F1","name":"a.txt"}]"#.into()),
         }
     }
 
@@ -748,7 +771,7 @@ mod tests {
         // The binary form is the strings and a few bytes: no JSON escaping in the mesh.
         let r = full();
         let encoded = binary(&Wire(Some(Box::new(r.clone())))).len();
-        assert!(encoded <= r.string_bytes() + 10 * 10 + 10, "{encoded}");
+        assert!(encoded <= r.string_bytes() + 11 * 10 + 10, "{encoded}");
         // Rows written before `metadata` existed read as none; a row without it stays without.
         assert_eq!(
             serde_json::from_str::<Wire>(

@@ -56,6 +56,94 @@ pub async fn run_all(store: &dyn MessageStore) {
     user_emails(store).await;
     scheduled_messages(store).await;
     reacted_messages(store).await;
+    files(store).await;
+}
+
+/// Files: a record is kept and replaced whole, listed newest first by workspace and paged,
+/// its bytes (several chunks' worth) come back as stored, another workspace finds none of
+/// it, and a deletion takes record and bytes.
+async fn files(store: &dyn MessageStore) {
+    let ws = store.create_workspace("files-ws").await.unwrap();
+    let other = store.create_workspace("files-other").await.unwrap();
+    let alice = store
+        .create_user(&ws.id, "alice", "Alice", false, false)
+        .await
+        .unwrap();
+    let record = |id: &str, created: u64| FileRecord {
+        id: id.to_string(),
+        workspace: ws.id.clone(),
+        user: alice.id.clone(),
+        name: format!("{id}.txt"),
+        title: format!("{id}.txt"),
+        mimetype: "text/plain".into(),
+        size: 600_000,
+        created: Ts(1_800_000_000_000_000 + created),
+        uploaded: false,
+        complete: false,
+        channels: Vec::new(),
+        alt_txt: String::new(),
+    };
+    let (f1, f2, f3) = (record("F1", 1), record("F2", 2), record("F3", 3));
+    for f in [&f1, &f2, &f3] {
+        store.create_file(f).await.unwrap();
+    }
+    let taken = store.create_file(&f1).await.unwrap_err();
+    assert_eq!(taken.kind, StorageErrorKind::AlreadyExists, "{taken}");
+    assert_eq!(store.file(&ws.id, "F1").await.unwrap(), Some(f1.clone()));
+    assert_eq!(store.file(&other.id, "F1").await.unwrap(), None);
+    assert_eq!(store.file(&ws.id, "F9").await.unwrap(), None);
+    let ids = |files: Vec<FileRecord>| files.into_iter().map(|f| f.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.files(&ws.id, None, 10).await.unwrap()),
+        ["F3", "F2", "F1"]
+    );
+    assert_eq!(
+        ids(store.files(&ws.id, None, 2).await.unwrap()),
+        ["F3", "F2"]
+    );
+    assert_eq!(
+        ids(store.files(&ws.id, Some(f2.created), 10).await.unwrap()),
+        ["F1"]
+    );
+    assert!(store.files(&other.id, None, 10).await.unwrap().is_empty());
+
+    // Bytes: more than a chunk's worth, not a repeating pattern.
+    let bytes: Vec<u8> = (0..600_000u32)
+        .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    assert_eq!(store.file_content(&ws.id, "F1").await.unwrap(), None);
+    store
+        .put_file_content(&ws.id, "F1", bytes.clone())
+        .await
+        .unwrap();
+    let mut done = f1.clone();
+    done.uploaded = true;
+    done.complete = true;
+    done.size = bytes.len() as u64;
+    done.title = "Quarterly numbers".into();
+    done.channels = vec![ChannelId::from("CSHARED")];
+    store.update_file(&done).await.unwrap();
+    assert_eq!(store.file(&ws.id, "F1").await.unwrap(), Some(done.clone()));
+    assert_eq!(
+        store.file_content(&ws.id, "F1").await.unwrap().as_deref(),
+        Some(&bytes[..])
+    );
+    assert_eq!(store.file_content(&other.id, "F1").await.unwrap(), None);
+    let mut missing = record("F8", 8);
+    missing.title = "never created".into();
+    assert_eq!(
+        store.update_file(&missing).await.unwrap_err().kind,
+        StorageErrorKind::NotFound
+    );
+
+    assert!(store.delete_file(&ws.id, "F1").await.unwrap());
+    assert!(!store.delete_file(&ws.id, "F1").await.unwrap());
+    assert_eq!(store.file(&ws.id, "F1").await.unwrap(), None);
+    assert_eq!(store.file_content(&ws.id, "F1").await.unwrap(), None);
+    assert_eq!(
+        ids(store.files(&ws.id, None, 10).await.unwrap()),
+        ["F3", "F2"]
+    );
 }
 
 /// Messages by reaction (search's `has::name:`, `hasmy::name:`): those with the reaction,
@@ -1275,6 +1363,8 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         metadata: Some(r#"{"event_type":"deploy_done","event_payload":{"id":7}}"#.into()),
         bot_name: Some("ci".into()),
         me: false,
+        // And the files shared with it.
+        files: Some(r#"[{"id":"F1","name":"build.log"}]"#.into()),
     }
     .boxed();
     assert_eq!(store.append(&rich).await.unwrap(), AppendOutcome::Stored);
@@ -1300,6 +1390,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         metadata: None,
         bot_name: None,
         me: false,
+        files: None,
     }
     .boxed();
     assert_eq!(
@@ -1328,6 +1419,7 @@ async fn edits_threads_and_reactions(store: &dyn MessageStore) {
         metadata: None,
         bot_name: None,
         me: false,
+        files: None,
     }
     .boxed();
     let gone = entry(&bob.id, "", MessageKind::Deleted { target: again.ts }, None);

@@ -60,9 +60,9 @@ use scylla::DeserializeRow;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    shard_for, AppendOutcome, Change, Channel, HistoryQuery, Membership, MessageStore, MessageView,
-    Reaction, ScheduledMessage, StorageError, StorageErrorKind, StorageResult, User, UserReaction,
-    Workspace,
+    shard_for, AppendOutcome, Change, Channel, FileRecord, HistoryQuery, Membership, MessageStore,
+    MessageView, Reaction, ScheduledMessage, StorageError, StorageErrorKind, StorageResult, User,
+    UserReaction, Workspace,
 };
 use crate::config::StoreConfig;
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
@@ -289,6 +289,14 @@ const META_TABLES: &[&str] = &[
     // (Slack caps them per channel and time), and by time in SCHEDULED_PARTS partitions
     // (by id), which a scheduler reads from a low-water mark, past the tombstones of those
     // it posted.
+    // Files: records by workspace and id, by time for listings, and bytes in chunks of
+    // FILE_CHUNK_BYTES (a partition per file).
+    "CREATE TABLE IF NOT EXISTS {ks}.files (workspace text, id text, created bigint,
+        record text, PRIMARY KEY ((workspace), id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.files_by_time (workspace text, created bigint, id text,
+        PRIMARY KEY ((workspace), created, id)) WITH CLUSTERING ORDER BY (created DESC, id DESC)",
+    "CREATE TABLE IF NOT EXISTS {ks}.file_chunks (workspace text, id text, n int, data blob,
+        PRIMARY KEY ((workspace, id), n))",
     "CREATE TABLE IF NOT EXISTS {ks}.scheduled (workspace text, id text, post_at bigint,
         created bigint, message text, PRIMARY KEY ((workspace), id))",
     "CREATE TABLE IF NOT EXISTS {ks}.scheduled_due (part int, post_at bigint, id text,
@@ -305,6 +313,9 @@ fn scheduled_from_row(row: (String, i64, i64, String)) -> StorageResult<Schedule
         &message,
     )
 }
+
+/// Bytes per row of `file_chunks`.
+const FILE_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Most `user_reactions` rows one `user_reactions` reads (a row per reaction).
 const USER_REACTION_ROWS_READ: i32 = 20_000;
@@ -444,6 +455,16 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("user_channel_put", Mode::Write, "INSERT INTO {ks}.user_channels (user_id, channel_id, workspace) VALUES (?, ?, ?)"),
     ("user_channel_drop", Mode::Write, "DELETE FROM {ks}.user_channels WHERE user_id = ? AND channel_id = ?"),
     ("user_channels", Mode::Read, "SELECT channel_id, workspace FROM {ks}.user_channels WHERE user_id = ?"),
+    ("file_put", Mode::Lwt, "INSERT INTO {ks}.files (workspace, id, created, record) VALUES (?, ?, ?, ?) IF NOT EXISTS"),
+    ("file_update", Mode::Lwt, "UPDATE {ks}.files SET record = ? WHERE workspace = ? AND id = ? IF EXISTS"),
+    ("file_get", Mode::SerialRead, "SELECT record FROM {ks}.files WHERE workspace = ? AND id = ?"),
+    ("file_drop", Mode::Lwt, "DELETE FROM {ks}.files WHERE workspace = ? AND id = ? IF EXISTS"),
+    ("file_time_put", Mode::Write, "INSERT INTO {ks}.files_by_time (workspace, created, id) VALUES (?, ?, ?)"),
+    ("file_time_drop", Mode::Write, "DELETE FROM {ks}.files_by_time WHERE workspace = ? AND created = ? AND id = ?"),
+    ("files_before", Mode::Read, "SELECT id FROM {ks}.files_by_time WHERE workspace = ? AND created < ? LIMIT ?"),
+    ("file_chunk_put", Mode::Write, "INSERT INTO {ks}.file_chunks (workspace, id, n, data) VALUES (?, ?, ?, ?)"),
+    ("file_chunk_get", Mode::Read, "SELECT data FROM {ks}.file_chunks WHERE workspace = ? AND id = ? AND n = ?"),
+    ("file_chunks_drop", Mode::Write, "DELETE FROM {ks}.file_chunks WHERE workspace = ? AND id = ?"),
     ("scheduled_put", Mode::Lwt, "INSERT INTO {ks}.scheduled (workspace, id, post_at, created, message) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"),
     ("scheduled_due_put", Mode::Write, "INSERT INTO {ks}.scheduled_due (part, post_at, id, workspace) VALUES (?, ?, ?, ?)"),
     ("scheduled_of", Mode::SerialRead, "SELECT id, post_at, created, message FROM {ks}.scheduled WHERE workspace = ?"),
@@ -2658,6 +2679,164 @@ impl MessageStore for CqlStore {
             }
             out.truncate(limit.max(1));
             Ok(out)
+        })
+        .await
+    }
+
+    async fn create_file(&self, file: &FileRecord) -> StorageResult<()> {
+        let s = &self.inner;
+        timed("create_file", async {
+            let ws = &file.workspace.0;
+            let put = s
+                .applied(
+                    s.meta.get("file_put"),
+                    (ws, &file.id, i(file.created.0), file.json()),
+                )
+                .await?;
+            if !put {
+                return Err(StorageError::new(
+                    StorageErrorKind::AlreadyExists,
+                    format!("file {} exists", file.id),
+                ));
+            }
+            s.exec(
+                s.meta.get("file_time_put"),
+                (ws, i(file.created.0), &file.id),
+            )
+            .await
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn update_file(&self, file: &FileRecord) -> StorageResult<()> {
+        let s = &self.inner;
+        timed("update_file", async {
+            if !s
+                .applied(
+                    s.meta.get("file_update"),
+                    (file.json(), &file.workspace.0, &file.id),
+                )
+                .await?
+            {
+                return Err(StorageError::new(
+                    StorageErrorKind::NotFound,
+                    format!("no file {}", file.id),
+                ));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn file(&self, workspace: &WorkspaceId, id: &str) -> StorageResult<Option<FileRecord>> {
+        let s = &self.inner;
+        timed("file", async {
+            s.first::<(String,)>(s.meta.get("file_get"), (&workspace.0, id))
+                .await?
+                .map(|(json,)| FileRecord::from_json(&json))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn files(
+        &self,
+        workspace: &WorkspaceId,
+        before: Option<Ts>,
+        limit: usize,
+    ) -> StorageResult<Vec<FileRecord>> {
+        let s = &self.inner;
+        timed("files", async {
+            let before = before.map_or(i64::MAX, |t| i(t.0));
+            let limit = limit.clamp(1, i32::MAX as usize) as i32;
+            let ids: Vec<(String,)> = s
+                .rows(s.meta.get("files_before"), (&workspace.0, before, limit))
+                .await?;
+            let found = try_join_all(
+                ids.iter()
+                    .map(|(id,)| s.first::<(String,)>(s.meta.get("file_get"), (&workspace.0, id))),
+            )
+            .await?;
+            found
+                .into_iter()
+                .flatten()
+                .map(|(json,)| FileRecord::from_json(&json))
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_file_content(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+        bytes: Vec<u8>,
+    ) -> StorageResult<()> {
+        let s = &self.inner;
+        timed("put_file_content", async {
+            for (n, chunk) in bytes.chunks(FILE_CHUNK_BYTES).enumerate() {
+                s.exec(
+                    s.meta.get("file_chunk_put"),
+                    (&workspace.0, id, n as i32, chunk.to_vec()),
+                )
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn file_content(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> StorageResult<Option<Vec<u8>>> {
+        let Some(record) = self.file(workspace, id).await? else {
+            return Ok(None);
+        };
+        if !record.uploaded {
+            return Ok(None);
+        }
+        let s = &self.inner;
+        timed("file_content", async {
+            let chunks = (record.size as usize).div_ceil(FILE_CHUNK_BYTES);
+            let mut out = Vec::with_capacity(record.size as usize);
+            for n in 0..chunks {
+                let Some((data,)) = s
+                    .first::<(Vec<u8>,)>(s.meta.get("file_chunk_get"), (&workspace.0, id, n as i32))
+                    .await?
+                else {
+                    return Err(StorageError::new(
+                        StorageErrorKind::Corrupt,
+                        format!("file {id} lacks its chunk {n}"),
+                    ));
+                };
+                out.extend_from_slice(&data);
+            }
+            out.truncate(record.size as usize);
+            Ok(Some(out))
+        })
+        .await
+    }
+
+    async fn delete_file(&self, workspace: &WorkspaceId, id: &str) -> StorageResult<bool> {
+        let Some(record) = self.file(workspace, id).await? else {
+            return Ok(false);
+        };
+        let s = &self.inner;
+        timed("delete_file", async {
+            let removed = s
+                .applied(s.meta.get("file_drop"), (&workspace.0, id))
+                .await?;
+            s.exec(
+                s.meta.get("file_time_drop"),
+                (&workspace.0, i(record.created.0), id),
+            )
+            .await?;
+            s.exec(s.meta.get("file_chunks_drop"), (&workspace.0, id))
+                .await?;
+            Ok(removed)
         })
         .await
     }

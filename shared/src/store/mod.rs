@@ -382,6 +382,37 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: usize,
     ) -> StorageResult<Vec<UserReaction>>;
 
+    // -- files (`files.*`) --
+    /// Keeps a file's record (its bytes come with [`MessageStore::put_file_content`]).
+    async fn create_file(&self, file: &FileRecord) -> StorageResult<()>;
+    /// Replaces a file's record (its title, state, the channels it is shared in).
+    async fn update_file(&self, file: &FileRecord) -> StorageResult<()>;
+    /// One of the workspace's files by id.
+    async fn file(&self, workspace: &WorkspaceId, id: &str) -> StorageResult<Option<FileRecord>>;
+    /// The workspace's files, the newest first, created before `before` when given (a
+    /// page's end), at most `limit`.
+    async fn files(
+        &self,
+        workspace: &WorkspaceId,
+        before: Option<Ts>,
+        limit: usize,
+    ) -> StorageResult<Vec<FileRecord>>;
+    /// Stores a file's bytes durably (replacing any earlier ones).
+    async fn put_file_content(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+        bytes: Vec<u8>,
+    ) -> StorageResult<()>;
+    /// A file's bytes, `None` when none were stored.
+    async fn file_content(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> StorageResult<Option<Vec<u8>>>;
+    /// Removes a file, record and bytes; `false` when there was none.
+    async fn delete_file(&self, workspace: &WorkspaceId, id: &str) -> StorageResult<bool>;
+
     // -- scheduled messages (`chat.scheduleMessage`) --
     /// Keeps a message to be posted at its `post_at`. Ids are unique (the caller makes them).
     async fn schedule_message(&self, scheduled: &ScheduledMessage) -> StorageResult<()>;
@@ -412,6 +443,46 @@ pub trait MessageStore: Send + Sync + 'static {
         workspace: &WorkspaceId,
         id: &str,
     ) -> StorageResult<Option<ScheduledMessage>>;
+}
+
+/// A file uploaded to a workspace (`files.getUploadURLExternal`, then its bytes, then
+/// `files.completeUploadExternal`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    /// `F` and upper-case letters and digits.
+    pub id: String,
+    pub workspace: WorkspaceId,
+    /// Who uploaded it.
+    pub user: UserId,
+    /// Its file name, as uploaded.
+    pub name: String,
+    pub title: String,
+    pub mimetype: String,
+    /// Bytes: as announced until uploaded, then as stored.
+    pub size: u64,
+    pub created: Ts,
+    /// Its bytes are stored.
+    pub uploaded: bool,
+    /// `files.completeUploadExternal` finished it.
+    pub complete: bool,
+    /// The conversations it was shared in.
+    pub channels: Vec<ChannelId>,
+    /// Its description for screen readers.
+    #[serde(default)]
+    pub alt_txt: String,
+}
+
+impl FileRecord {
+    /// The record as the stores keep it: JSON.
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("a file record serializes")
+    }
+
+    /// A stored record back; its JSON unreadable is [`StorageErrorKind::Corrupt`].
+    pub fn from_json(json: &str) -> StorageResult<FileRecord> {
+        serde_json::from_str(json)
+            .map_err(|e| StorageError::new(StorageErrorKind::Corrupt, format!("file record: {e}")))
+    }
 }
 
 /// A message a user reacted to ([`MessageStore::user_reactions`]).

@@ -24,9 +24,9 @@ use rusqlite::{params, Connection, OptionalExtension, Params, Row};
 use tokio::sync::oneshot;
 
 use super::{
-    AppendOutcome, Change, Channel, GroupAppend, HistoryQuery, Membership, MessageStore,
-    MessageView, Reaction, ScheduledMessage, ShardKey, StorageError, StorageErrorKind,
-    StorageResult, User, UserChannelMembership, UserReaction, Workspace,
+    AppendOutcome, Change, Channel, FileRecord, GroupAppend, HistoryQuery, Membership,
+    MessageStore, MessageView, Reaction, ScheduledMessage, ShardKey, StorageError,
+    StorageErrorKind, StorageResult, User, UserChannelMembership, UserReaction, Workspace,
 };
 use crate::config::MAX_STORE_SHARDS as MAX_SHARDS;
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
@@ -219,6 +219,13 @@ CREATE TABLE IF NOT EXISTS members (
     PRIMARY KEY (channel, user)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_user ON members(user, channel);
+CREATE TABLE IF NOT EXISTS files (
+    id TEXT PRIMARY KEY,
+    workspace TEXT NOT NULL,
+    created INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_by_time ON files(workspace, created, id);
 CREATE TABLE IF NOT EXISTS scheduled (
     id TEXT PRIMARY KEY,
     workspace TEXT NOT NULL,
@@ -612,6 +619,8 @@ pub struct SqliteStore {
     meta_writes: tokio::sync::Mutex<()>,
     shards: Vec<Arc<Shard>>,
     shard_key: ShardKey,
+    /// Where files' bytes are kept: a file each, named by its id.
+    files_dir: PathBuf,
 }
 
 /// The shard count a new store gets when the configuration leaves it to the store: a writer
@@ -770,6 +779,7 @@ impl SqliteStore {
             meta_writes: tokio::sync::Mutex::new(()),
             shards,
             shard_key,
+            files_dir: dir.join("files"),
         })
     }
 
@@ -834,6 +844,19 @@ impl SqliteStore {
                 Ok(written)
             })
             .await
+    }
+
+    /// Where a file's bytes are kept: under `files/`, named by workspace and id (which are
+    /// letters and digits: nothing else reaches a path).
+    fn file_path(&self, workspace: &WorkspaceId, id: &str) -> StorageResult<PathBuf> {
+        let plain = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !plain(&workspace.0) || !plain(id) {
+            return Err(StorageError::new(
+                StorageErrorKind::NotFound,
+                format!("no file {id:?}"),
+            ));
+        }
+        Ok(self.files_dir.join(format!("{}-{id}", workspace.0)))
     }
 
     async fn read_shard<T: Send + 'static>(
@@ -1160,6 +1183,23 @@ fn apply_entry(
             Ok(None)
         }
     }
+}
+
+/// Writes `bytes` to `path` (in `dir`) so that it is there after a crash: a temporary file,
+/// synced, renamed over `path`, and the directory synced.
+fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> StorageResult<()> {
+    use std::io::Write;
+    let fail =
+        |what: &str, e: std::io::Error| unavailable(format!("{what} {}: {e}", path.display()));
+    std::fs::create_dir_all(dir).map_err(|e| fail("create the directory of", e))?;
+    let tmp = path.with_extension("partial");
+    let mut f = std::fs::File::create(&tmp).map_err(|e| fail("create", e))?;
+    f.write_all(bytes).map_err(|e| fail("write", e))?;
+    f.sync_all().map_err(|e| fail("sync", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| fail("rename", e))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| fail("sync the directory of", e))
 }
 
 /// The scheduled messages that `sql` (selecting id, post_at, created, message) finds.
@@ -2075,6 +2115,137 @@ impl MessageStore for SqliteStore {
         all.sort_by(|a, b| b.at.cmp(&a.at).then_with(|| b.channel.cmp(&a.channel)));
         all.truncate(limit);
         Ok(all)
+    }
+
+    async fn create_file(&self, file: &FileRecord) -> StorageResult<()> {
+        let row = (
+            file.id.clone(),
+            file.workspace.0.clone(),
+            file.created.0 as i64,
+            file.json(),
+        );
+        self.meta_write("create_file", move |c| {
+            c.execute_cached(
+                "INSERT INTO files (id, workspace, created, record) VALUES (?1, ?2, ?3, ?4)",
+                params![row.0, row.1, row.2, row.3],
+            )
+            .map(drop)
+            .map_err(|e| map_insert_err(e, "file"))
+        })
+        .await
+    }
+
+    async fn update_file(&self, file: &FileRecord) -> StorageResult<()> {
+        let row = (file.id.clone(), file.workspace.0.clone(), file.json());
+        let changed = self
+            .meta_write("update_file", move |c| {
+                c.execute_cached(
+                    "UPDATE files SET record = ?3 WHERE id = ?1 AND workspace = ?2",
+                    params![row.0, row.1, row.2],
+                )
+                .map_err(unavailable)
+            })
+            .await?;
+        if changed == 0 {
+            return Err(StorageError::new(
+                StorageErrorKind::NotFound,
+                format!("no file {}", file.id),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn file(&self, workspace: &WorkspaceId, id: &str) -> StorageResult<Option<FileRecord>> {
+        let (ws, id) = (workspace.0.clone(), id.to_string());
+        self.meta("file", move |c| {
+            c.query_row_cached(
+                "SELECT record FROM files WHERE id = ?1 AND workspace = ?2",
+                params![id, ws],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .map_err(unavailable)?
+            .map(|json| FileRecord::from_json(&json))
+            .transpose()
+        })
+        .await
+    }
+
+    async fn files(
+        &self,
+        workspace: &WorkspaceId,
+        before: Option<Ts>,
+        limit: usize,
+    ) -> StorageResult<Vec<FileRecord>> {
+        let ws = workspace.0.clone();
+        let before = before.map_or(i64::MAX, |t| t.0.min(i64::MAX as u64) as i64);
+        self.meta("files", move |c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT record FROM files WHERE workspace = ?1 AND created < ?2
+                     ORDER BY created DESC, id DESC LIMIT ?3",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![ws, before, limit.max(1) as i64], |r| {
+                    r.get::<_, String>(0)
+                })
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            rows.iter()
+                .map(|json| FileRecord::from_json(json))
+                .collect()
+        })
+        .await
+    }
+
+    async fn put_file_content(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+        bytes: Vec<u8>,
+    ) -> StorageResult<()> {
+        let path = self.file_path(workspace, id)?;
+        let dir = self.files_dir.clone();
+        tokio::task::spawn_blocking(move || write_durably(&dir, &path, &bytes))
+            .await
+            .map_err(unavailable)?
+    }
+
+    async fn file_content(
+        &self,
+        workspace: &WorkspaceId,
+        id: &str,
+    ) -> StorageResult<Option<Vec<u8>>> {
+        let path = self.file_path(workspace, id)?;
+        tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(unavailable(format!("read {}: {e}", path.display()))),
+        })
+        .await
+        .map_err(unavailable)?
+    }
+
+    async fn delete_file(&self, workspace: &WorkspaceId, id: &str) -> StorageResult<bool> {
+        let path = self.file_path(workspace, id)?;
+        let (ws, file_id) = (workspace.0.clone(), id.to_string());
+        let removed = self
+            .meta_write("delete_file", move |c| {
+                c.execute_cached(
+                    "DELETE FROM files WHERE id = ?1 AND workspace = ?2",
+                    params![file_id, ws],
+                )
+                .map_err(unavailable)
+            })
+            .await?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(unavailable(format!("remove {}: {e}", path.display()))),
+        }
+        Ok(removed > 0)
     }
 
     async fn schedule_message(&self, scheduled: &ScheduledMessage) -> StorageResult<()> {
