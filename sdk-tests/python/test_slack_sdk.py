@@ -122,6 +122,36 @@ def test_scheduled_messages(dev):
     assert alice.chat_scheduledMessages_list(channel=channel)["scheduled_messages"] == []
 
 
+def test_files_upload_v2(dev):
+    """`files_upload_v2` (getUploadURLExternal, the upload URL, completeUploadExternal), then
+    the file in history, `files_info`, `files_list`, the bytes from `url_private`, and
+    `files_delete`."""
+    import urllib.request
+
+    alice, bob = web(dev, "alice"), web(dev, "bob")
+    channel = alice.conversations_create(name="py-files-" + uuid.uuid4().hex[:6])["channel"]["id"]
+    bob.conversations_join(channel=channel)
+    content = "id,name\n1,ann\n" * 200
+    up = alice.files_upload_v2(channel=channel, content=content, filename="people.csv", title="People",
+                               initial_comment="the list")
+    file = up["file"]
+    assert (file["name"], file["title"], file["size"]) == ("people.csv", "People", len(content)), file
+    top = bob.conversations_history(channel=channel, limit=1)["messages"][0]
+    assert top["text"] == "the list" and top["files"][0]["id"] == file["id"], top
+    assert bob.files_info(file=file["id"])["file"]["mimetype"] == "text/csv"
+    assert file["id"] in [f["id"] for f in bob.files_list(channel=channel)["files"]]
+    req = urllib.request.Request(file["url_private"],
+                                 headers={"Authorization": "Bearer " + dev["tokens"]["users"]["bob"]["token"]})
+    assert urllib.request.urlopen(req).read().decode() == content
+    with pytest.raises(SlackApiError) as err:
+        bob.files_delete(file=file["id"])
+    assert err.value.response["error"] == "cant_delete_file"
+    alice.files_delete(file=file["id"])
+    with pytest.raises(SlackApiError) as err:
+        alice.files_info(file=file["id"])
+    assert err.value.response["error"] == "file_not_found"
+
+
 def test_topic_and_purpose_are_set_and_announced(dev):
     alice = web(dev, "alice")
     channel = alice.conversations_create(name="py-topic-" + uuid.uuid4().hex[:6])["channel"]["id"]

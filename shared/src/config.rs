@@ -147,6 +147,9 @@ pub struct WebappConfig {
     /// How often the node looks for scheduled messages that are due, in milliseconds (at
     /// least 10): the most a message is posted after its `post_at`.
     pub scheduled_poll_ms: u64,
+    /// The largest file `files.getUploadURLExternal` takes, in bytes (an upload is held in
+    /// memory while it is stored).
+    pub max_file_bytes: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -391,6 +394,12 @@ impl Config {
             bail!(
                 "flannel.disconnected_max_age_ms must be positive (0 would reload a workspace \
                  on every use while the admin link is down)"
+            );
+        }
+        if !(1..=1 << 30).contains(&self.webapp.max_file_bytes) {
+            bail!(
+                "webapp.max_file_bytes must be in 1..=1073741824, not {}",
+                self.webapp.max_file_bytes
             );
         }
         if !(10..=3_600_000).contains(&self.webapp.scheduled_poll_ms) {
@@ -770,6 +779,7 @@ mod tests {
                 "flannel.disconnected_max_age_ms",
             ),
             ("webapp.scheduled_poll_ms=0", "webapp.scheduled_poll_ms"),
+            ("webapp.max_file_bytes=0", "webapp.max_file_bytes"),
             (
                 "webapp.scheduled_poll_ms=3600001",
                 "webapp.scheduled_poll_ms",

@@ -37,6 +37,9 @@ use crate::ratelimit::{RateLimiter, RetryAfter};
 pub type Object = Map<String, Value>;
 pub type ApiResult<T = Object> = Result<T, ApiError>;
 
+/// `webapp.max_file_bytes` unless [`crate::run`] sets it from the config.
+pub const DEFAULT_MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
+
 /// A call's failure, as Slack names it. The name is part of the API: never rename or reuse one.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -154,6 +157,12 @@ pub enum ApiError {
     InvalidReactionName,
     #[error("no message was named")]
     NoItemSpecified,
+    #[error("no file with that id that the caller can see")]
+    FileNotFound,
+    #[error("only the file's uploader or a workspace admin deletes it")]
+    CantDeleteFile,
+    #[error("a file is at most {max} bytes")]
+    FileTooLarge { max: u64 },
     #[error("post_at must be a Unix time in seconds")]
     InvalidTime,
     #[error("post_at is not in the future")]
@@ -248,6 +257,9 @@ impl ApiError {
             ApiError::NoReaction => "no_reaction",
             ApiError::InvalidReactionName => "invalid_name",
             ApiError::NoItemSpecified => "no_item_specified",
+            ApiError::FileNotFound => "file_not_found",
+            ApiError::CantDeleteFile => "cant_delete_file",
+            ApiError::FileTooLarge { .. } => "file_too_large",
             ApiError::InvalidTime => "invalid_time",
             ApiError::TimeInPast => "time_in_past",
             ApiError::TimeTooFar => "time_too_far",
@@ -362,6 +374,8 @@ pub struct AppState {
     pub gateway_probes: Arc<std::sync::Mutex<HashMap<String, (Instant, bool)>>>,
     /// Largest request body read; larger ones are refused with `request_too_large`.
     pub max_body_bytes: usize,
+    /// Largest file taken (`webapp.max_file_bytes`).
+    pub max_file_bytes: usize,
     /// The listener's own URL: the base of links when neither `webapp.public_url` nor the
     /// request's `Host` gives one.
     pub base_url: String,
@@ -392,6 +406,7 @@ impl AppState {
             next_gateway: Arc::new(AtomicUsize::new(0)),
             gateway_probes: Arc::default(),
             max_body_bytes,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             base_url: format!("http://{local_addr}/"),
             public_url: None,
             search: None,
@@ -489,6 +504,8 @@ pub fn router(state: AppState, health: Health) -> Router {
         .route("/api/openapi.json", get(crate::openapi::serve))
         .route("/openapi.json", get(crate::openapi::serve))
         .route("/hooks/{token}", post(crate::hooks::handle))
+        .route("/upload/v1/{ticket}", post(crate::methods::files::upload))
+        .route("/files/{id}/{name}", get(crate::methods::files::download))
         .route("/api/{method}", any(handle))
         .fallback(|| async { refused(ApiError::UnknownMethod) })
         .with_state(state)

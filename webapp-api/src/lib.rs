@@ -101,6 +101,7 @@ pub async fn run(
         local_addr,
     );
     let mut state = state;
+    state.max_file_bytes = config.webapp.max_file_bytes;
     state.public_url = Some(&config.webapp.public_url)
         .filter(|u| !u.is_empty())
         .map(|u| format!("{}/", u.trim_end_matches('/')));

@@ -128,3 +128,14 @@ pub static SCHEDULED_LATENESS: LazyLock<prometheus::Histogram> = LazyLock::new(|
     )
     .expect("metric registers once")
 });
+
+/// Files, by what happened: `announced` (an upload URL handed out), `uploaded`, `completed`,
+/// `downloaded`, `deleted`, and `refused_<why>` for an upload refused.
+pub static FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_files_total",
+        "files, by event (announced, uploaded, completed, downloaded, deleted, refused_*)",
+        &["event"]
+    )
+    .expect("metric registers once")
+});

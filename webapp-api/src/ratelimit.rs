@@ -109,6 +109,8 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "reactions.add"
         | "reactions.get"
         | "reactions.list"
+        | "files.list"
+        | "files.delete"
         | "users.getPresence"
         | "bots.info"
         | "team.info" => Tier::Tier3,

@@ -2790,6 +2790,9 @@ mod scheduled;
 /// Importing a Slack export.
 mod import;
 
+/// Files: upload URLs, sharing, serving, listing, deleting.
+mod files;
+
 /// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
 /// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
 /// is taken leaves no user behind.

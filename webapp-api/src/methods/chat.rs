@@ -196,7 +196,7 @@ fn thread_ts_param(params: &Params) -> ApiResult<Option<Ts>> {
 }
 
 /// Whether the caller may post to `channel`: a member, and the channel not archived.
-fn may_post(is_member: bool, channel: &shared::store::Channel) -> ApiResult<()> {
+pub(super) fn may_post(is_member: bool, channel: &shared::store::Channel) -> ApiResult<()> {
     if !is_member {
         return Err(ApiError::NotInChannel);
     }

@@ -11,6 +11,7 @@ mod blocks;
 mod chat;
 pub(crate) mod content;
 mod conversations;
+pub(crate) mod files;
 mod internal;
 mod members;
 mod scheduled;
@@ -69,6 +70,11 @@ pub const METHODS: &[&str] = &[
     "reactions.remove",
     "reactions.get",
     "reactions.list",
+    "files.getUploadURLExternal",
+    "files.completeUploadExternal",
+    "files.info",
+    "files.list",
+    "files.delete",
     "pins.add",
     "pins.remove",
     "pins.list",
@@ -167,6 +173,15 @@ pub async fn dispatch(
         "conversations.members" => members::members(state, &caller, params).await,
         "reactions.add" => chat::react(state, &caller, params, true).await,
         "reactions.remove" => chat::react(state, &caller, params, false).await,
+        "files.getUploadURLExternal" => {
+            files::get_upload_url(state, &caller, params, request).await
+        }
+        "files.completeUploadExternal" => {
+            files::complete_upload(state, &caller, params, request).await
+        }
+        "files.info" => files::info(state, &caller, params, request).await,
+        "files.list" => files::list(state, &caller, params, request).await,
+        "files.delete" => files::delete(state, &caller, params).await,
         "reactions.list" => chat::reactions_list(state, &caller, params).await,
         "reactions.get" => chat::reactions_get(state, &caller, params).await,
         "pins.add" => chat::pin(state, &caller, params, true).await,
