@@ -468,3 +468,69 @@ async fn a_message_scheduled_before_the_web_api_went_down_is_posted_when_it_is_b
         .await;
     assert_eq!(posted_metric, 1.0);
 }
+
+/// A file shared in a channel reaches a connected client as Slack's `file_share` message,
+/// and its `url_private` serves the bytes to that client's token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_file_reaches_clients_and_is_served_to_them() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob"])).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let channel = cluster.create_channel(&alice, "shared-files").await;
+    cluster.join(&bob, &channel).await;
+    let watcher = cluster.connect(1, &bob).await;
+    cluster
+        .warm_up(&alice, std::slice::from_ref(&channel), &[&watcher])
+        .await;
+    let from = watcher.num_events();
+    let bytes: Vec<u8> = (0..70_000u32).map(|n| (n % 251) as u8).collect();
+    let started = cluster
+        .api_ok(
+            "files.getUploadURLExternal",
+            &alice.token,
+            json!({ "filename": "trace.bin", "length": bytes.len() }),
+        )
+        .await;
+    let upload = cluster
+        .http
+        .post(started["upload_url"].as_str().unwrap())
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status().as_u16(), 200);
+    let file_id = started["file_id"].as_str().unwrap();
+    let done = cluster
+        .api_ok(
+            "files.completeUploadExternal",
+            &alice.token,
+            json!({
+                "files": json!([{ "id": file_id, "title": "the trace" }]).to_string(),
+                "channel_id": channel,
+                "initial_comment": "here it is",
+            }),
+        )
+        .await;
+    let event = watcher
+        .wait_event(
+            from,
+            std::time::Duration::from_secs(10),
+            "the file_share message",
+            |e| e["type"] == "message" && e["subtype"] == "file_share",
+        )
+        .await;
+    assert_eq!(event["text"], "here it is", "{event}");
+    assert_eq!(event["files"][0]["id"], file_id, "{event}");
+    assert_eq!(event["files"][0]["title"], "the trace");
+    let url = done["files"][0]["url_private"].as_str().unwrap();
+    assert_eq!(event["files"][0]["url_private"], url);
+    let got = cluster
+        .http
+        .get(url)
+        .bearer_auth(&bob.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status().as_u16(), 200);
+    assert_eq!(got.bytes().await.unwrap().to_vec(), bytes);
+}

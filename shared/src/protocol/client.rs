@@ -161,6 +161,9 @@ impl From<&Message> for MessageEvent {
                 (false, None) if m.rich.as_ref().is_some_and(|r| r.me) => {
                     Some("me_message".to_string())
                 }
+                (false, None) if m.rich.as_ref().is_some_and(|r| r.files.is_some()) => {
+                    Some("file_share".to_string())
+                }
                 (false, None) => None,
             },
             blocks: m.rich.as_ref().and_then(|r| r.blocks_value()),
@@ -664,6 +667,10 @@ mod tests {
         assert_eq!(v["blocks"], serde_json::json!([{"type": "divider"}]));
         assert_eq!(v["files"][0]["name"], "plan.txt", "{v}");
         assert_eq!(v["upload"], true);
+        assert_eq!(
+            v["subtype"], "file_share",
+            "Slack's subtype of a message with files"
+        );
         assert_eq!(v["metadata"]["event_type"], "task_created");
         assert_eq!(v["metadata"]["event_payload"]["id"], "T1");
         assert!(v.get("bot_profile").is_none(), "a person's message: {v}");

@@ -316,9 +316,13 @@ impl RichContent {
             message["subtype"] = "me_message".into();
         }
         if let Some(files) = self.files_value() {
-            // Slack's message with files: the files, and `upload`.
+            // Slack's message with files: subtype `file_share` (unless it is a broadcast
+            // reply), the files, and `upload`.
             message["files"] = files;
             message["upload"] = true.into();
+            if message.get("subtype").is_none() {
+                message["subtype"] = "file_share".into();
+            }
         }
         if let Some(sets) = &self.sets {
             message["subtype"] = sets.subtype().into();

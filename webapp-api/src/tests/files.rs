@@ -109,6 +109,7 @@ async fn files_are_uploaded_shared_served_listed_and_deleted() {
     let shared = &history["messages"][0];
     assert_eq!(shared["text"], "numbers are in", "{shared}");
     assert_eq!(shared["upload"], true);
+    assert_eq!(shared["subtype"], "file_share");
     assert_eq!(shared["files"][0]["id"], report.as_str(), "{shared}");
     // Served to a reader of the channel, not without a token.
     let (status, bytes, kind) = get_file(&s, &url_private, Some(&bob)).await;
