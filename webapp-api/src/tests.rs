@@ -232,6 +232,19 @@ impl Server {
         v
     }
 
+    /// Posts `text` to `channel` with `token`; returns the message's ts.
+    pub(crate) async fn post_ts(&self, token: &str, channel: &str, text: &str) -> String {
+        self.ok(
+            "chat.postMessage",
+            token,
+            json!({"channel": channel, "text": text}),
+        )
+        .await["ts"]
+            .as_str()
+            .expect("ts")
+            .to_string()
+    }
+
     /// Calls and expects `ok: false` with `error`, returning the status.
     pub(crate) async fn err(
         &self,
@@ -1681,24 +1694,9 @@ async fn search_finds_messages_by_their_reactions() {
     let s = Server::start_with_cluster().await;
     let (alice, bob) = (s.token("alice"), s.token("bob"));
     let general = s.general().await;
-    let post = |text: &'static str| {
-        let s = &s;
-        let (alice, general) = (alice.clone(), general.clone());
-        async move {
-            s.ok(
-                "chat.postMessage",
-                &alice,
-                json!({"channel": general, "text": text}),
-            )
-            .await["ts"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
-    };
-    let a = post("vote: ship on friday").await;
-    let b = post("vote: ship on monday").await;
-    let lunch = post("lunch at noon").await;
+    let a = s.post_ts(&alice, &general, "vote: ship on friday").await;
+    let b = s.post_ts(&alice, &general, "vote: ship on monday").await;
+    let lunch = s.post_ts(&alice, &general, "lunch at noon").await;
     let react = |token: &String, ts: &String, name: &str, add: bool| {
         let s = &s;
         let body = json!({"channel": general, "timestamp": ts, "name": name});
@@ -1806,24 +1804,9 @@ async fn reactions_list_gives_what_a_user_reacted_to_that_the_caller_can_read() 
         json!({"channel": secret, "users": s.user_id("bob")}),
     )
     .await;
-    let post = |channel: &String, text: &'static str| {
-        let s = &s;
-        let (alice, channel) = (alice.clone(), channel.clone());
-        async move {
-            s.ok(
-                "chat.postMessage",
-                &alice,
-                json!({"channel": channel, "text": text}),
-            )
-            .await["ts"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
-    };
-    let public = post(&general, "public news").await;
-    let private = post(&secret, "private news").await;
-    let doomed = post(&general, "soon gone").await;
+    let public = s.post_ts(&alice, &general, "public news").await;
+    let private = s.post_ts(&alice, &secret, "private news").await;
+    let doomed = s.post_ts(&alice, &general, "soon gone").await;
     for (channel, ts, name) in [
         (&general, &public, "tada"),
         (&general, &public, "eyes"),

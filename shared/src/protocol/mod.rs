@@ -13,7 +13,7 @@ pub use mesh::{
     MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 pub use model::{
-    ChannelSetting, ChannelSummary, EphemeralEvent, Identity, MemberRow, Message, MessageKind,
-    NewMessage, Presence, PreviousMessage, RichContent, RingMember, RingState, Role, UserEvent,
-    UserProfile, WorkspaceSnapshot,
+    is_emoji_name, ChannelSetting, ChannelSummary, EphemeralEvent, Identity, MemberRow, Message,
+    MessageKind, NewMessage, Presence, PreviousMessage, RichContent, RingMember, RingState, Role,
+    UserEvent, UserProfile, WorkspaceSnapshot,
 };

@@ -70,6 +70,20 @@ pub struct RichContent {
     pub files: Option<String>,
 }
 
+/// Whether `name` is an emoji name as Slack writes one without its colons (`tada`, `+1`,
+/// `thumbsup::skin-tone-2`): 1 to 100 of lower-case letters, digits, `_`, `+`, `-` and `:`,
+/// and with `apostrophe` also `'` (as icon names may have).
+pub fn is_emoji_name(name: &str, apostrophe: bool) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name.chars().all(|c| {
+            c.is_ascii_lowercase()
+                || c.is_ascii_digit()
+                || matches!(c, '_' | '+' | '-' | ':')
+                || (apostrophe && c == '\'')
+        })
+}
+
 /// The name and icon a bot gave one message, which clients draw instead of the bot's
 /// (Slack's `username` and `icons` on the message).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,14 +45,7 @@ pub struct ParsedQuery {
 /// characters (a skin tone's `::` included).
 fn reaction_of(v: &str) -> Option<String> {
     let name = v.strip_prefix(':')?.strip_suffix(':')?;
-    let ok = !name.is_empty()
-        && name.len() <= 100
-        && name.chars().all(|c| {
-            c.is_ascii_lowercase()
-                || c.is_ascii_digit()
-                || matches!(c, '_' | '+' | '-' | '\'' | ':')
-        });
-    ok.then(|| name.to_string())
+    crate::protocol::is_emoji_name(name, false).then(|| name.to_string())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

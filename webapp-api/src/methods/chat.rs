@@ -97,17 +97,7 @@ pub(super) async fn compose_post(
     };
     let thread_ts = thread_ts_param(params)?;
     may_post(visible.is_member, channel)?;
-    if let Some(parent) = thread_ts {
-        // Replies hang off a top-level message that still exists (or its tombstone).
-        match state
-            .store
-            .message_view(&channel.workspace, &channel.id, parent)
-            .await?
-        {
-            Some(v) if v.takes_replies() => {}
-            _ => return Err(ApiError::ThreadNotFound),
-        }
-    }
+    check_thread(state, channel, thread_ts).await?;
     let new = NewMessage {
         workspace: caller.claims.workspace.clone(),
         channel: channel.id.clone(),
@@ -187,8 +177,28 @@ async fn target_message(
     Ok((visible, view))
 }
 
+/// That `thread_ts`, when given, names a thread of `channel` that takes replies: a top-level
+/// message that still exists (or its tombstone).
+pub(super) async fn check_thread(
+    state: &AppState,
+    channel: &shared::store::Channel,
+    thread_ts: Option<Ts>,
+) -> ApiResult<()> {
+    let Some(parent) = thread_ts else {
+        return Ok(());
+    };
+    match state
+        .store
+        .message_view(&channel.workspace, &channel.id, parent)
+        .await?
+    {
+        Some(v) if v.takes_replies() => Ok(()),
+        _ => Err(ApiError::ThreadNotFound),
+    }
+}
+
 /// The `thread_ts` parameter, when given: a well-formed ts.
-fn thread_ts_param(params: &Params) -> ApiResult<Option<Ts>> {
+pub(super) fn thread_ts_param(params: &Params) -> ApiResult<Option<Ts>> {
     params
         .non_empty("thread_ts")
         .map(|raw| Ts::parse_slack(raw).ok_or(ApiError::InvalidThreadTs))
@@ -243,14 +253,7 @@ fn bot_identity(caller: &Caller, params: &Params) -> ApiResult<Option<Identity>>
     let icon_emoji = match params.non_empty("icon_emoji").map(str::trim) {
         Some(raw) => {
             let name = raw.trim_matches(':');
-            let ok = !name.is_empty()
-                && name.len() <= 100
-                && name.chars().all(|c| {
-                    c.is_ascii_lowercase()
-                        || c.is_ascii_digit()
-                        || matches!(c, '_' | '+' | '-' | '\'' | ':')
-                });
-            if !ok {
+            if !shared::protocol::is_emoji_name(name, true) {
                 return bad("icon_emoji must be an emoji name, such as :robot_face:");
             }
             Some(format!(":{name}:"))
@@ -632,12 +635,7 @@ fn reaction_name(params: &Params) -> ApiResult<String> {
         .ok_or(ApiError::InvalidReactionName)?
         .trim()
         .trim_matches(':');
-    let ok = !name.is_empty()
-        && name.len() <= 100
-        && name.chars().all(|c| {
-            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '+' | '-' | ':')
-        });
-    if ok {
+    if shared::protocol::is_emoji_name(name, false) {
         Ok(name.to_string())
     } else {
         Err(ApiError::InvalidReactionName)

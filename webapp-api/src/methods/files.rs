@@ -465,20 +465,8 @@ async fn share(
             max: super::content::MAX_TEXT_CHARS,
         });
     }
-    let thread_ts = params
-        .non_empty("thread_ts")
-        .map(|raw| Ts::parse_slack(raw).ok_or(ApiError::InvalidThreadTs))
-        .transpose()?;
-    if let Some(parent) = thread_ts {
-        match state
-            .store
-            .message_view(&channel.workspace, &channel.id, parent)
-            .await?
-        {
-            Some(v) if v.takes_replies() => {}
-            _ => return Err(ApiError::ThreadNotFound),
-        }
-    }
+    let thread_ts = super::chat::thread_ts_param(params)?;
+    super::chat::check_thread(state, &channel, thread_ts).await?;
     let objects: Vec<Value> = files.iter().map(|f| file_json(f, base)).collect();
     let rich = RichContent {
         files: Some(Value::Array(objects).to_string()),
