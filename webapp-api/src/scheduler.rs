@@ -31,8 +31,12 @@ use shared::store::{ScheduledMessage, StorageResult};
 use crate::admin_link::PostError;
 use crate::api::AppState;
 
-/// Most due messages read per store query.
+/// Most due messages read per store query (a few in unit tests, so that a small backlog
+/// spans batches).
+#[cfg(not(test))]
 const BATCH: u32 = 256;
+#[cfg(test)]
+const BATCH: u32 = 8;
 /// Channels whose due messages are posted at once.
 const CHANNELS_AT_ONCE: usize = 16;
 /// How far behind the present each look starts reading, beyond the messages it left: how
@@ -70,6 +74,17 @@ pub fn spawn(state: AppState, poll: Duration, shutdown: Shutdown) {
     });
 }
 
+/// One look of a scheduler that starts now (as after a restart), for tests.
+#[cfg(test)]
+pub(crate) async fn look_once(state: AppState) -> StorageResult<()> {
+    Scheduler {
+        state,
+        watermark: Ts(0),
+    }
+    .look()
+    .await
+}
+
 struct Scheduler {
     state: AppState,
     /// Where the next look starts reading (see the module docs).
@@ -89,11 +104,14 @@ impl Scheduler {
                 .await?;
             let full = due.len() as u32 == BATCH;
             let left = self.post_all(due).await?;
+            if full && left.is_none() {
+                // A backlog (the node was down): the next batch starts where this one did,
+                // since what it posted is gone.
+                continue;
+            }
             let floor = Ts(now.0.saturating_sub(CLOCK_SKEW.as_micros() as u64));
             self.watermark = left.map_or(floor, |at| at.min(floor));
-            if !full || left.is_some() {
-                return Ok(());
-            }
+            return Ok(());
         }
     }
 

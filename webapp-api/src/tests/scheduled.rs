@@ -513,3 +513,72 @@ async fn a_message_that_cannot_be_posted_yet_waits_for_the_next_look() {
     assert_eq!(waiting(&s, &alice, json!({})).await, [id]);
     s.stop().await;
 }
+
+/// A backlog larger than a batch (what a node finds when it starts after a long stop;
+/// batches are of 8 in unit tests) is posted whole and in order by one look: later batches
+/// start where the first did, not at the present.
+#[tokio::test]
+async fn a_backlog_larger_than_a_batch_is_posted_whole_and_in_order() {
+    // This server's own scheduler looks once, at its start, before the backlog is there.
+    let s = Server::start_with_cluster_and(|c| c.webapp.scheduled_poll_ms = 3_600_000).await;
+    let alice = s.token("alice");
+    let general = s.general().await;
+    let ws = WorkspaceId(s.demo["workspace"].as_str().unwrap().to_string());
+    let alice_id = UserId(s.user_id("alice"));
+    let two_hours_ago = Ts::now().0 - 2 * 3600 * 1_000_000;
+    for n in 0..30u64 {
+        let id = format!("QBACKLOG{n:04}");
+        s.store
+            .schedule_message(&shared::store::ScheduledMessage {
+                id: id.clone(),
+                post_at: Ts(two_hours_ago + n * 1_000),
+                created: Ts(two_hours_ago - 1_000_000),
+                message: shared::protocol::NewMessage {
+                    workspace: ws.clone(),
+                    channel: ChannelId(general.clone()),
+                    user: alice_id.clone(),
+                    text: format!("backlog {n}"),
+                    client_msg_id: Some(id),
+                    thread_ts: None,
+                    kind: shared::protocol::MessageKind::Posted,
+                    broadcast: false,
+                    bot: false,
+                    rich: None,
+                },
+            })
+            .await
+            .unwrap();
+    }
+    // A scheduler as a node starting now has it.
+    let state = crate::api::AppState::new(
+        s.store.clone(),
+        s.signer.clone(),
+        s.cluster.as_ref().unwrap().link.clone(),
+        Vec::new(),
+        MAX_BODY,
+        "127.0.0.1:1".parse().unwrap(),
+    );
+    crate::scheduler::look_once(state).await.unwrap();
+    assert!(
+        waiting(&s, &alice, json!({})).await.is_empty(),
+        "all posted"
+    );
+    let history = s
+        .ok(
+            "conversations.history",
+            &alice,
+            json!({"channel": general, "limit": 100}),
+        )
+        .await;
+    let mut texts: Vec<String> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["text"].as_str().map(str::to_string))
+        .filter(|t| t.starts_with("backlog "))
+        .collect();
+    texts.reverse();
+    let expected: Vec<String> = (0..30).map(|n| format!("backlog {n}")).collect();
+    assert_eq!(texts, expected, "each once, in their order");
+    s.stop().await;
+}
