@@ -191,12 +191,10 @@ async fn import_users(
             continue;
         };
         let profile = &raw["profile"];
-        let fallback = format!("user_{}", slack_id.to_lowercase());
-        let name = clean_name(
-            raw["name"].as_str().unwrap_or_default(),
-            |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_'),
-            &fallback,
-        );
+        let keep =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_');
+        let fallback = clean_name(&format!("user_{slack_id}"), keep, "user");
+        let name = clean_name(raw["name"].as_str().unwrap_or_default(), keep, &fallback);
         validate_user_name(&name)
             .map_err(|e| anyhow::anyhow!("user name {name:?} from {slack_id}: {e}"))?;
         if let Some(existing) = store.user_by_name(ws, &name).await? {
@@ -249,15 +247,13 @@ async fn import_channel(
     report: &mut ImportReport,
 ) -> anyhow::Result<Channel> {
     let slack_id = raw["id"].as_str().unwrap_or_default();
-    let mut name = clean_name(
-        raw["name"].as_str().unwrap_or_default(),
-        |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'),
-        &format!("imported-{}", slack_id.to_lowercase()),
-    );
+    let keep = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_');
+    let fallback = clean_name(&format!("imported-{slack_id}"), keep, "imported");
+    let mut name = clean_name(raw["name"].as_str().unwrap_or_default(), keep, &fallback);
     if name.starts_with(IM_PREFIX) || name.starts_with(MPIM_PREFIX) {
-        name = format!("imported-{name}");
+        // Names of direct messages are Switchboard's own.
+        name = clean_name(&format!("imported-{name}"), keep, &fallback);
     }
-    name.truncate(crate::seed::MAX_NAME);
     let members: Vec<UserId> = raw["members"]
         .as_array()
         .map(|m| {
@@ -619,5 +615,8 @@ mod tests {
         assert_eq!(clean_name("Jörg Müller", user, "x"), "j_rg_m_ller");
         assert_eq!(clean_name("  ", user, "fallback"), "fallback");
         assert_eq!(clean_name(&"a".repeat(200), user, "x").len(), 80);
+        // Every character it keeps is ASCII: a cut never splits one.
+        assert_eq!(clean_name(&"é".repeat(200), user, "x"), "x");
+        assert_eq!(clean_name(&"aé".repeat(100), user, "x"), "a_".repeat(40));
     }
 }
