@@ -288,7 +288,10 @@ async fn import_channel(
                 name: name.clone(),
                 is_private: private || raw["is_private"].as_bool().unwrap_or(false),
                 creator,
-                created: Ts(raw["created"].as_u64().unwrap_or(0) * 1_000_000),
+                created: Ts(raw["created"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_mul(1_000_000)),
                 topic: text("topic"),
                 purpose: text("purpose"),
                 is_archived: raw["is_archived"].as_bool().unwrap_or(false),

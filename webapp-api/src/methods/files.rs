@@ -557,7 +557,7 @@ pub(super) async fn list(
         })
         .transpose()?;
     if let Some(to) = to {
-        let end = Ts((to + 1) * 1_000_000);
+        let end = Ts(to.saturating_add(1).saturating_mul(1_000_000));
         before = Some(before.map_or(end, |b| b.min(end)));
     }
     let base = request.base_url(state);

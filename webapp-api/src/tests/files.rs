@@ -223,6 +223,15 @@ async fn files_are_uploaded_shared_served_listed_and_deleted() {
         "file_not_found",
     )
     .await;
+    // Times past any date are only far bounds.
+    let far = s
+        .ok(
+            "files.list",
+            &alice,
+            json!({"ts_to": u64::MAX.to_string(), "ts_from": "0"}),
+        )
+        .await;
+    assert_eq!(ids(&far), std::slice::from_ref(&plan));
     s.stop().await;
 }
 
