@@ -245,6 +245,23 @@ impl Server {
             .to_string()
     }
 
+    /// The ts of what `search.messages` finds for `query`, newest first.
+    pub(crate) async fn search_ts(&self, token: &str, query: &str) -> Vec<String> {
+        let v = self
+            .ok(
+                "search.messages",
+                token,
+                json!({"query": query, "sort": "timestamp"}),
+            )
+            .await;
+        v["messages"]["matches"]
+            .as_array()
+            .expect("matches")
+            .iter()
+            .map(|m| m["ts"].as_str().expect("ts").to_string())
+            .collect()
+    }
+
     /// Calls and expects `ok: false` with `error`, returning the status.
     pub(crate) async fn err(
         &self,
@@ -1725,23 +1742,8 @@ async fn search_finds_messages_by_their_reactions() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let found = |token: &String, query: &'static str| {
-        let s = &s;
-        let token = token.clone();
-        async move {
-            let v = s
-                .ok(
-                    "search.messages",
-                    &token,
-                    json!({"query": query, "sort": "timestamp"}),
-                )
-                .await;
-            v["messages"]["matches"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["ts"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        }
+        let (s, token) = (&s, token.clone());
+        async move { s.search_ts(&token, query).await }
     };
     assert_eq!(found(&alice, "has::tada:").await, [b.clone(), a.clone()]);
     assert_eq!(
@@ -1971,23 +1973,8 @@ async fn members_pin_messages_to_a_channel() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let pinned = |query: &'static str| {
-        let s = &s;
-        let alice = alice.clone();
-        async move {
-            let v = s
-                .ok(
-                    "search.messages",
-                    &alice,
-                    json!({"query": query, "sort": "timestamp"}),
-                )
-                .await;
-            v["messages"]["matches"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["ts"].as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        }
+        let (s, alice) = (&s, alice.clone());
+        async move { s.search_ts(&alice, query).await }
     };
     assert_eq!(pinned("has:pin").await, [wiki.clone(), rules.clone()]);
     assert_eq!(pinned("has:pin wiki").await, std::slice::from_ref(&wiki));
