@@ -1700,9 +1700,6 @@ async fn an_app_attaches_metadata_to_a_message() {
     s.stop().await;
 }
 
-/// Pins: a member pins a message (`pins.add`), history shows it (`pinned_to`, `pin_count`),
-/// `pins.list` gives the channel's pins newest first with who pinned them, `pins.remove`
-/// takes one off, and a deleted message leaves the list. Slack's errors for the rest.
 /// Search by reaction: `has::name:` finds messages with that reaction, `hasmy::name:` those
 /// the caller reacted to so; each narrows the others (and `has:pin`) and the words; a
 /// reaction taken back leaves them.
@@ -1891,6 +1888,9 @@ async fn reactions_list_gives_what_a_user_reacted_to_that_the_caller_can_read() 
     s.stop().await;
 }
 
+/// Pins: a member pins a message (`pins.add`), history shows it (`pinned_to`, `pin_count`),
+/// `pins.list` gives the channel's pins newest first with who pinned them, `pins.remove`
+/// takes one off, and a deleted message leaves the list. Slack's errors for the rest.
 #[tokio::test]
 async fn members_pin_messages_to_a_channel() {
     let s = Server::start_with_cluster().await;
