@@ -79,6 +79,11 @@ string_id!(
 );
 
 string_id!(
+    /// An uploaded file.
+    FileId,
+    "F"
+);
+string_id!(
     /// A message waiting to be posted (Slack's `scheduled_message_id`).
     ScheduledMessageId,
     "Q"

@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
-use shared::ids::{ChannelId, Ts, WorkspaceId};
+use shared::ids::{ChannelId, FileId, Ts, WorkspaceId};
 use shared::protocol::{MessageKind, NewMessage, RichContent};
 use shared::store::FileRecord;
 
@@ -204,7 +204,7 @@ pub(super) async fn get_upload_url(
         ));
     }
     let file = FileRecord {
-        id: format!("F{}", &shared::ids::ChannelId::generate().0[1..]),
+        id: FileId::generate().0,
         workspace: caller.claims.workspace.clone(),
         user: caller.user.id.clone(),
         name: name.to_string(),
@@ -222,10 +222,14 @@ pub(super) async fn get_upload_url(
         .with_label_values(&["announced"])
         .inc();
     let base = request.base_url(state);
-    Ok(object(json!({
-        "upload_url": format!("{}{}", base.trim_end_matches('/'), UPLOAD_PATH_PREFIX).to_string() + &ticket(state, &file),
-        "file_id": file.id,
-    })))
+    let upload_url = format!(
+        "{}{UPLOAD_PATH_PREFIX}{}",
+        base.trim_end_matches('/'),
+        ticket(state, &file)
+    );
+    Ok(object(
+        json!({ "upload_url": upload_url, "file_id": file.id }),
+    ))
 }
 
 /// `POST /upload/v1/<ticket>`: the bytes of the file the ticket names, as the body or as a
@@ -334,9 +338,7 @@ async fn visible_file(
     caller: &Caller,
     id: Option<&str>,
 ) -> ApiResult<FileRecord> {
-    let id = id.map(str::trim).filter(|id| {
-        id.len() > 1 && id.starts_with('F') && id.bytes().all(|b| b.is_ascii_alphanumeric())
-    });
+    let id = id.map(str::trim).filter(|id| FileId::is_well_formed(id));
     let Some(id) = id else {
         return Err(ApiError::FileNotFound);
     };
