@@ -88,6 +88,11 @@ string_id!(
     ScheduledMessageId,
     "Q"
 );
+string_id!(
+    /// A user group (Slack's `subteam`).
+    UserGroupId,
+    "S"
+);
 
 impl ChannelId {
     /// The stable bytes hashed to place this channel on the ring. Every process hashes the

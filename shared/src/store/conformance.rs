@@ -57,6 +57,64 @@ pub async fn run_all(store: &dyn MessageStore) {
     scheduled_messages(store).await;
     reacted_messages(store).await;
     files(store).await;
+    usergroups(store).await;
+}
+
+/// User groups: a workspace's set starts empty at version 0; each write that names the
+/// version it read lands and moves the version on, and one that names an older version
+/// writes nothing; a group is replaced whole; another workspace sees none of them.
+async fn usergroups(store: &dyn MessageStore) {
+    let ws = store.create_workspace("groups-ws").await.unwrap();
+    let other = store.create_workspace("groups-other").await.unwrap();
+    let alice = store
+        .create_user(&ws.id, "alice", "Alice", false, false)
+        .await
+        .unwrap();
+    let bob = store
+        .create_user(&ws.id, "bob", "Bob", false, false)
+        .await
+        .unwrap();
+    let empty = store.usergroups(&ws.id).await.unwrap();
+    assert_eq!(empty, UserGroups::default());
+    let group = |id: &str, handle: &str| UserGroup {
+        id: id.to_string(),
+        workspace: ws.id.clone(),
+        name: format!("Team {handle}"),
+        handle: handle.to_string(),
+        description: "on call".into(),
+        channels: vec![ChannelId::from("CONCALL")],
+        users: vec![alice.id.clone()],
+        created: Ts(1_800_000_000_000_000),
+        created_by: alice.id.clone(),
+        updated: Ts(1_800_000_000_000_000),
+        updated_by: alice.id.clone(),
+        disabled: None,
+    };
+    let (s1, s2) = (group("S1", "oncall"), group("S2", "design"));
+    assert!(store.put_usergroup(&s2, 0).await.unwrap());
+    // A second writer that read the empty set has lost the race.
+    assert!(!store.put_usergroup(&s1, 0).await.unwrap());
+    assert!(store.put_usergroup(&s1, 1).await.unwrap());
+    let set = store.usergroups(&ws.id).await.unwrap();
+    assert_eq!(set.version, 2);
+    assert_eq!(set.groups, [s1.clone(), s2.clone()], "by id");
+
+    let mut changed = s1.clone();
+    changed.users = vec![bob.id.clone(), alice.id.clone()];
+    changed.updated = Ts(1_800_000_000_000_001);
+    changed.updated_by = bob.id.clone();
+    changed.disabled = Some((Ts(1_800_000_000_000_002), bob.id.clone()));
+    assert!(!store.put_usergroup(&changed, 1).await.unwrap(), "stale");
+    assert_eq!(store.usergroups(&ws.id).await.unwrap(), set);
+    assert!(store.put_usergroup(&changed, 2).await.unwrap());
+    let set = store.usergroups(&ws.id).await.unwrap();
+    assert_eq!(set.version, 3);
+    assert_eq!(set.groups, [changed, s2]);
+
+    assert_eq!(
+        store.usergroups(&other.id).await.unwrap(),
+        UserGroups::default()
+    );
 }
 
 /// Files: a record is kept and replaced whole, listed newest first by workspace and paged,

@@ -443,6 +443,61 @@ pub trait MessageStore: Send + Sync + 'static {
         workspace: &WorkspaceId,
         id: &str,
     ) -> StorageResult<Option<ScheduledMessage>>;
+
+    // -- user groups (`usergroups.*`) --
+    /// The workspace's user groups, by id, with the version of the set: every
+    /// [`MessageStore::put_usergroup`] in the workspace moves it on (0 before the first).
+    async fn usergroups(&self, workspace: &WorkspaceId) -> StorageResult<UserGroups>;
+    /// Writes `group` (new, or a new state of one) if the workspace's user groups are still
+    /// at `expected` (the version [`MessageStore::usergroups`] gave); `false`, writing nothing,
+    /// when another write came first. So a caller that checked names and handles against the
+    /// set it read writes only if the set is still that one.
+    async fn put_usergroup(&self, group: &UserGroup, expected: u64) -> StorageResult<bool>;
+}
+
+/// A workspace's user groups as one versioned set ([`MessageStore::usergroups`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserGroups {
+    pub version: u64,
+    /// By id.
+    pub groups: Vec<UserGroup>,
+}
+
+/// A user group (Slack's "subteam"): a handle that mentions its members at once, and the
+/// channels its members are given by default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserGroup {
+    /// `S` and upper-case letters and digits.
+    pub id: String,
+    pub workspace: WorkspaceId,
+    /// Unique among the workspace's user groups (ignoring case).
+    pub name: String,
+    /// What `@handle` mentions: unique among the workspace's user groups, users and channels.
+    pub handle: String,
+    pub description: String,
+    /// The channels its members are given by default (Slack's `prefs.channels`).
+    pub channels: Vec<ChannelId>,
+    /// Its members, in the order they were set.
+    pub users: Vec<UserId>,
+    pub created: Ts,
+    pub created_by: UserId,
+    pub updated: Ts,
+    pub updated_by: UserId,
+    /// When it was disabled (`usergroups.disable`), and by whom; `None` while enabled.
+    pub disabled: Option<(Ts, UserId)>,
+}
+
+impl UserGroup {
+    /// The record as the stores keep it: JSON.
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("a user group serializes")
+    }
+
+    /// A stored record back; its JSON unreadable is [`StorageErrorKind::Corrupt`].
+    pub fn from_json(json: &str) -> StorageResult<UserGroup> {
+        serde_json::from_str(json)
+            .map_err(|e| StorageError::new(StorageErrorKind::Corrupt, format!("user group: {e}")))
+    }
 }
 
 /// A file uploaded to a workspace (`files.getUploadURLExternal`, then its bytes, then

@@ -26,7 +26,8 @@ use tokio::sync::oneshot;
 use super::{
     AppendOutcome, Change, Channel, FileRecord, GroupAppend, HistoryQuery, Membership,
     MessageStore, MessageView, Reaction, ScheduledMessage, ShardKey, StorageError,
-    StorageErrorKind, StorageResult, User, UserChannelMembership, UserReaction, Workspace,
+    StorageErrorKind, StorageResult, User, UserChannelMembership, UserGroup, UserGroups,
+    UserReaction, Workspace,
 };
 use crate::config::MAX_STORE_SHARDS as MAX_SHARDS;
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
@@ -235,6 +236,16 @@ CREATE TABLE IF NOT EXISTS scheduled (
 );
 CREATE INDEX IF NOT EXISTS scheduled_by_time ON scheduled(post_at, id);
 CREATE INDEX IF NOT EXISTS scheduled_by_workspace ON scheduled(workspace, post_at, id);
+CREATE TABLE IF NOT EXISTS usergroups (
+    workspace TEXT NOT NULL,
+    id TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (workspace, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usergroup_versions (
+    workspace TEXT PRIMARY KEY,
+    version INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Columns added after the first release of the schema: `(table, column, declaration)`.
@@ -2353,6 +2364,72 @@ impl MessageStore for SqliteStore {
             }
             tx.commit().map_err(unavailable)?;
             Ok(found)
+        })
+        .await
+    }
+
+    async fn usergroups(&self, workspace: &WorkspaceId) -> StorageResult<UserGroups> {
+        let ws = workspace.clone();
+        self.meta("usergroups", move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let version: Option<i64> = tx
+                .query_row_cached(
+                    "SELECT version FROM usergroup_versions WHERE workspace = ?1",
+                    params![ws.0],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            let mut stmt = tx
+                .prepare_cached("SELECT record FROM usergroups WHERE workspace = ?1 ORDER BY id")
+                .map_err(unavailable)?;
+            let records = stmt
+                .query_map(params![ws.0], |r| r.get::<_, String>(0))
+                .map_err(unavailable)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(unavailable)?;
+            let groups = records
+                .iter()
+                .map(|json| UserGroup::from_json(json))
+                .collect::<StorageResult<Vec<_>>>()?;
+            Ok(UserGroups {
+                version: version.unwrap_or(0) as u64,
+                groups,
+            })
+        })
+        .await
+    }
+
+    async fn put_usergroup(&self, group: &UserGroup, expected: u64) -> StorageResult<bool> {
+        let row = (group.workspace.0.clone(), group.id.clone(), group.json());
+        self.meta_write("put_usergroup", move |c| {
+            let tx = c.transaction().map_err(unavailable)?;
+            let version: i64 = tx
+                .query_row_cached(
+                    "SELECT version FROM usergroup_versions WHERE workspace = ?1",
+                    params![row.0],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?
+                .unwrap_or(0);
+            if version as u64 != expected {
+                return Ok(false);
+            }
+            tx.execute_cached(
+                "INSERT INTO usergroups (workspace, id, record) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (workspace, id) DO UPDATE SET record = excluded.record",
+                params![row.0, row.1, row.2],
+            )
+            .map_err(unavailable)?;
+            tx.execute_cached(
+                "INSERT INTO usergroup_versions (workspace, version) VALUES (?1, ?2)
+                 ON CONFLICT (workspace) DO UPDATE SET version = excluded.version",
+                params![row.0, version + 1],
+            )
+            .map_err(unavailable)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(true)
         })
         .await
     }
