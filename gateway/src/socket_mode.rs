@@ -9,7 +9,8 @@
 //!   `pin_added`, `pin_removed`,
 //!   `member_joined_channel`, `member_left_channel`, `channel_left`, `channel_created`,
 //!   `channel_rename`, `channel_archive`, `channel_unarchive` (and the `group_*` forms of a
-//!   private channel's), `team_join` and `user_change`. The event is the RTM event as is
+//!   private channel's), `team_join`, `user_change`, and a user group's `subteam_created`,
+//!   `subteam_updated` and `subteam_members_changed`. The event is the RTM event as is
 //!   (with `event_ts`, and `seq`; a message also with the Events API's `channel_type`, from
 //!   the session's channel list or the `channel_joined` of one joined later), inside an
 //!   `event_callback` payload whose `event_id` names the channel's entry
@@ -281,6 +282,9 @@ const EVENTS: &[&str] = &[
     "group_unarchive",
     "team_join",
     "user_change",
+    "subteam_created",
+    "subteam_updated",
+    "subteam_members_changed",
 ];
 
 /// One Socket Mode session's framing. Dropping it closes the connection for its app:
@@ -658,6 +662,11 @@ mod tests {
         let joined = parse(&sm.frame(joined).unwrap());
         assert_eq!(joined["payload"]["event_id"], "Evgw-1-7-3");
         assert!(joined["payload"]["event"]["event_ts"].is_string());
+        // And a user group's, which on-call bots follow.
+        let rotated =
+            r#"{"type":"subteam_members_changed","subteam_id":"S1","added_users":["UB"]}"#;
+        let rotated = parse(&sm.frame(rotated).expect("an envelope"));
+        assert_eq!(rotated["payload"]["event"]["added_users"][0], "UB");
     }
 
     #[test]

@@ -175,6 +175,18 @@ pub enum ApiError {
     RestrictedTooMany,
     #[error("no message the caller scheduled in the channel has this id, or it is due within 60 seconds")]
     InvalidScheduledMessageId,
+    #[error("the {0} argument is required")]
+    MissingArgument(&'static str),
+    #[error("another user group of the workspace has this name")]
+    NameAlreadyExists,
+    #[error("another user group, a user or a channel of the workspace has this handle")]
+    HandleAlreadyExists,
+    #[error("no user group of the workspace has this id")]
+    NoSuchSubteam,
+    #[error("users names no one (usergroups.disable empties a group's mentions instead)")]
+    NoUsersProvided,
+    #[error("users must name people of the workspace (not bots)")]
+    InvalidUsers,
     /// The `client_msg_id` (or a hook's `Idempotency-Key`) already names a message of the
     /// channel that is not this request's: another user's, or the same user's with another
     /// text or thread. Answering that message as if it were this one would drop this text.
@@ -265,6 +277,12 @@ impl ApiError {
             ApiError::TimeTooFar => "time_too_far",
             ApiError::RestrictedTooMany => "restricted_too_many",
             ApiError::InvalidScheduledMessageId => "invalid_scheduled_message_id",
+            ApiError::MissingArgument(_) => "missing_argument",
+            ApiError::NameAlreadyExists => "name_already_exists",
+            ApiError::HandleAlreadyExists => "handle_already_exists",
+            ApiError::NoSuchSubteam => "no_such_subteam",
+            ApiError::NoUsersProvided => "no_users_provided",
+            ApiError::InvalidUsers => "invalid_users",
             ApiError::ClientMsgIdConflict => "client_msg_id_conflict",
             ApiError::CantKickSelf => "cant_kick_self",
             ApiError::CantKickFromGeneral => "cant_kick_from_general",

@@ -131,6 +131,15 @@ pub static SCHEDULED_LATENESS: LazyLock<prometheus::Histogram> = LazyLock::new(|
 
 /// Files, by what happened: `announced` (an upload URL handed out), `uploaded`, `completed`,
 /// `downloaded`, `deleted`, and `refused_<why>` for an upload refused.
+pub static USERGROUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_usergroups_total",
+        "user group changes, by event (created, updated, disabled, enabled, members_changed; raced: a change retried because another changed the workspace's groups first)",
+        &["event"]
+    )
+    .expect("metric registers once")
+});
+
 pub static FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_files_total",

@@ -2763,6 +2763,9 @@ mod import;
 /// Files: upload URLs, sharing, serving, listing, deleting.
 mod files;
 
+/// User groups: unique names and handles, disabling, members, events, races.
+mod usergroups;
+
 /// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
 /// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
 /// is taken leaves no user behind.

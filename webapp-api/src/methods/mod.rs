@@ -17,6 +17,7 @@ mod members;
 mod scheduled;
 mod search;
 mod team;
+mod usergroups;
 mod users;
 
 use std::collections::HashSet;
@@ -88,6 +89,13 @@ pub const METHODS: &[&str] = &[
     "admin.users.create",
     "users.profile.set",
     "users.profile.get",
+    "usergroups.create",
+    "usergroups.list",
+    "usergroups.update",
+    "usergroups.disable",
+    "usergroups.enable",
+    "usergroups.users.list",
+    "usergroups.users.update",
     "conversations.rename",
     "conversations.archive",
     "conversations.unarchive",
@@ -197,6 +205,13 @@ pub async fn dispatch(
         "admin.users.create" => users::admin_create(state, &caller, params).await,
         "users.profile.set" => users::profile_set(state, &caller, params).await,
         "users.profile.get" => users::profile_get(state, &caller, params).await,
+        "usergroups.create" => usergroups::create(state, &caller, params).await,
+        "usergroups.list" => usergroups::list(state, &caller, params).await,
+        "usergroups.update" => usergroups::update(state, &caller, params).await,
+        "usergroups.disable" => usergroups::set_enabled(state, &caller, params, false).await,
+        "usergroups.enable" => usergroups::set_enabled(state, &caller, params, true).await,
+        "usergroups.users.list" => usergroups::users_list(state, &caller, params).await,
+        "usergroups.users.update" => usergroups::users_update(state, &caller, params).await,
         "conversations.rename" => conversations::rename(state, &caller, params).await,
         "conversations.archive" => conversations::archive(state, &caller, params, true).await,
         "conversations.unarchive" => conversations::archive(state, &caller, params, false).await,
