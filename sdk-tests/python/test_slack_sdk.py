@@ -257,6 +257,59 @@ def test_rtm_client_receives_messages_and_changes(dev):
         rtm.close()
 
 
+def test_usergroups_and_their_events(dev):
+    """`usergroups_*` as an on-call bot uses them: a group is made, its members rotated and
+    listed, disabled and enabled; an RTM client of the workspace hears each change."""
+    alice = web(dev, "alice")
+    ids = dev["tokens"]["users"]
+    bob_token = ids["bob"]["token"]
+    events: "queue.Queue[dict]" = queue.Queue()
+    hello = threading.Event()
+    rtm = RTMClient(token=bob_token, base_url=dev["urls"]["api"] + "/", auto_reconnect_enabled=False)
+
+    @rtm.on("hello")
+    def on_hello(client, event):
+        hello.set()
+
+    for kind in ["subteam_created", "subteam_updated", "subteam_members_changed"]:
+        rtm.on(kind)(lambda client, event: events.put(event))
+
+    rtm.connect()
+    try:
+        assert hello.wait(10), "no hello over RTM"
+        handle = "oncall-" + uuid.uuid4().hex[:6]
+        group = alice.usergroups_create(name="On call " + handle, handle=handle, include_count=True)["usergroup"]
+        assert group["id"].startswith("S") and group["handle"] == handle and group["user_count"] == 0, group
+        with pytest.raises(SlackApiError) as err:
+            alice.usergroups_create(name="Another", handle=handle)
+        assert err.value.response["error"] == "handle_already_exists"
+        rotated = alice.usergroups_users_update(usergroup=group["id"], users=[ids["alice"]["id"], ids["bob"]["id"]])
+        assert rotated["usergroup"]["users"] == [ids["alice"]["id"], ids["bob"]["id"]], rotated
+        alice.usergroups_users_update(usergroup=group["id"], users=ids["carol"]["id"])
+        assert alice.usergroups_users_list(usergroup=group["id"])["users"] == [ids["carol"]["id"]]
+        listed = alice.usergroups_list(include_users=True)["usergroups"]
+        assert [g["users"] for g in listed if g["id"] == group["id"]] == [[ids["carol"]["id"]]], listed
+        alice.usergroups_disable(usergroup=group["id"])
+        assert group["id"] not in [g["id"] for g in alice.usergroups_list()["usergroups"]]
+        alice.usergroups_enable(usergroup=group["id"])
+        assert group["id"] in [g["id"] for g in alice.usergroups_list()["usergroups"]]
+
+        seen = []
+        deadline = time.time() + 10
+        while time.time() < deadline and len([e for e in seen if e["type"] == "subteam_members_changed"]) < 2:
+            try:
+                seen.append(events.get(timeout=1))
+            except queue.Empty:
+                continue
+        mine = [e for e in seen if group["id"] in (e.get("subteam_id"), e.get("subteam", {}).get("id"))]
+        assert mine[0]["type"] == "subteam_created", mine
+        changes = [e for e in mine if e["type"] == "subteam_members_changed"]
+        assert [c["added_users"] for c in changes] == [[ids["alice"]["id"], ids["bob"]["id"]], [ids["carol"]["id"]]], changes
+        assert changes[1]["removed_users"] == [ids["alice"]["id"], ids["bob"]["id"]], changes
+    finally:
+        rtm.close()
+
+
 def test_team_info_rtm_start_permalink_and_kick(dev):
     from urllib.parse import urlparse
 
