@@ -279,6 +279,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             p("client_msg_id", Ty::Str, "idempotency key, per channel: a retry (same user, text and thread) answers the stored message; the key reused by another user or for another text or thread answers `client_msg_id_conflict`"),
             p("thread_ts", Ty::Ts, "post as a reply in this message's thread"),
             p("reply_broadcast", Ty::Bool, "with `thread_ts`: the reply is also shown in the channel (its history and live events), as subtype `thread_broadcast`, with `root` (the thread's first message as it was then); ignored without `thread_ts`"),
+            p("link_names", Ty::Bool, "Slack's `link_names`: `@handle` of an enabled user group becomes `<!subteam^S…|@handle>`, `@here`/`@channel`/`@everyone` become `<!here>`/`<!channel>`/`<!everyone>`"),
             p("username", Ty::Str, "a bot's own name for this message (1 to 80 characters), given back as `username` in history and live events and kept by edits; ignored on a person's token, as in Slack"),
             p("icon_emoji", Ty::Str, "a bot's own icon for this message, an emoji name (`:robot_face:`), given back as `icons.emoji`; ignored on a person's token"),
             p("icon_url", Ty::Str, "a bot's own icon for this message, an `http(s)` image URL, given back as `icons.image_48` (and 36, 72); `icon_emoji` wins when both are given; ignored on a person's token"),
@@ -316,6 +317,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             p("attachments", Ty::Str, "legacy attachments, as for `chat.postMessage`"),
             p("thread_ts", Ty::Ts, "post as a reply in this message's thread"),
             p("reply_broadcast", Ty::Bool, "with `thread_ts`: the reply is also shown in the channel"),
+            p("link_names", Ty::Bool, "Slack's `link_names`: `@handle` of an enabled user group becomes `<!subteam^S…|@handle>`, `@here`/`@channel`/`@everyone` become `<!here>`/`<!channel>`/`<!everyone>`"),
             p("username", Ty::Str, "a bot's own name for this message, as for `chat.postMessage`"),
             p("icon_emoji", Ty::Str, "a bot's own icon, as for `chat.postMessage`"),
             p("icon_url", Ty::Str, "a bot's own icon URL, as for `chat.postMessage`"),
@@ -400,6 +402,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             p("blocks", Ty::Str, "Block Kit blocks (a JSON array), as for `chat.postMessage`; absent: the message keeps its blocks, `[]`: it has none"),
             p("attachments", Ty::Str, "legacy attachments (a JSON array), as for `chat.postMessage`; absent: the message keeps its attachments, `[]`: it has none"),
             p("metadata", Ty::Str, "new app metadata, as for `chat.postMessage`; absent: the message keeps its metadata"),
+            p("link_names", Ty::Bool, "Slack's `link_names`: `@handle` of an enabled user group becomes `<!subteam^S…|@handle>`, `@here`/`@channel`/`@everyone` become `<!here>`/`<!channel>`/`<!everyone>`"),
         ],
         errors: &[
             "channel_not_found",

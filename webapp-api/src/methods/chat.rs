@@ -86,7 +86,8 @@ pub(super) async fn compose_post(
     let rich = reshaped(rich, |r| {
         r.bot_name = caller.is_bot().then(|| caller.user.name.clone())
     });
-    let text = &*text;
+    let linked = linked_text(state, caller, params, &text).await?;
+    let text = linked.as_deref().unwrap_or(&text);
     let client_msg_id = match params.non_empty("client_msg_id") {
         Some(id) if id.len() > MAX_CLIENT_MSG_ID || id.chars().any(char::is_control) => {
             return Err(ApiError::InvalidArguments(format!(
@@ -113,6 +114,20 @@ pub(super) async fn compose_post(
         rich,
     };
     Ok(new)
+}
+
+/// The text with Slack's `link_names` applied ([`super::usergroups::link_names`]) when the
+/// call asks for it and that changes something.
+async fn linked_text(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    text: &str,
+) -> ApiResult<Option<String>> {
+    if !params.flag("link_names", false) {
+        return Ok(None);
+    }
+    super::usergroups::link_names(state, caller, text).await
 }
 
 /// Where a post with a `client_msg_id` came in, for the conflict metric.
@@ -503,7 +518,8 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
         // A `/me` message stays one.
         r.me = kept.is_some_and(|k| k.me);
     });
-    let text = &*text;
+    let linked = linked_text(state, caller, params, &text).await?;
+    let text = linked.as_deref().unwrap_or(&text);
     if view.message.user != caller.user.id {
         return Err(ApiError::CantUpdateMessage);
     }

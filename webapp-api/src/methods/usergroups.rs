@@ -515,9 +515,120 @@ pub(super) async fn users_update(state: &AppState, caller: &Caller, params: &Par
     })))
 }
 
+/// Slack's `link_names` on a post or an edit: `@handle` of an enabled user group becomes
+/// `<!subteam^S…|@handle>`, and `@here`, `@channel` and `@everyone` become `<!here>`,
+/// `<!channel>` and `<!everyone>`, which clients draw as mentions. `None` when nothing
+/// changed (the groups are read only for a text with an `@`).
+pub(super) async fn link_names(
+    state: &AppState,
+    caller: &Caller,
+    text: &str,
+) -> ApiResult<Option<String>> {
+    if !text.contains('@') {
+        return Ok(None);
+    }
+    let set = state.store.usergroups(&caller.claims.workspace).await?;
+    Ok(linked(text, &set.groups))
+}
+
+/// [`link_names`] over `groups`. An `@` counts at the start or after anything but a letter,
+/// digit, `.`, `_` or `-` (so `bob@example.com` stays), never inside `<…>`; the name is the
+/// run of handle characters after it, less a sentence's trailing `.`, `-` or `_`, compared
+/// without case.
+fn linked(text: &str, groups: &[UserGroup]) -> Option<String> {
+    let handle_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    let mut out = String::with_capacity(text.len() + 32);
+    let mut changed = false;
+    let mut rest = text;
+    let mut prev: Option<char> = None;
+    while let Some(c) = rest.chars().next() {
+        if c == '<' {
+            // A link or mention already: copied as is, up to its end.
+            let end = rest.find('>').map_or(rest.len(), |i| i + 1);
+            out.push_str(&rest[..end]);
+            prev = rest[..end].chars().last();
+            rest = &rest[end..];
+            continue;
+        }
+        if c == '@' && !prev.is_some_and(handle_char) {
+            let after = &rest[1..];
+            let run = after.find(|c: char| !handle_char(c)).unwrap_or(after.len());
+            let name = after[..run].trim_end_matches(['.', '-', '_']);
+            let lower = name.to_ascii_lowercase();
+            let link = match lower.as_str() {
+                "" => None,
+                "here" | "channel" | "everyone" => Some(format!("<!{lower}>")),
+                _ => groups
+                    .iter()
+                    .find(|g| g.disabled.is_none() && g.handle == lower)
+                    .map(|g| format!("<!subteam^{}|@{}>", g.id, g.handle)),
+            };
+            if let Some(link) = link {
+                out.push_str(&link);
+                changed = true;
+                prev = Some('>');
+                rest = &after[name.len()..];
+                continue;
+            }
+        }
+        out.push(c);
+        prev = Some(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    changed.then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn link_names_turns_group_handles_and_broadcasts_into_mentions() {
+        let group = |id: &str, handle: &str, disabled: bool| UserGroup {
+            id: id.into(),
+            workspace: "TW".into(),
+            name: handle.into(),
+            handle: handle.into(),
+            description: String::new(),
+            channels: Vec::new(),
+            users: Vec::new(),
+            created: Ts(0),
+            created_by: "UA".into(),
+            updated: Ts(0),
+            updated_by: "UA".into(),
+            disabled: disabled.then(|| (Ts(1), UserId::from("UA"))),
+        };
+        let groups = [
+            group("S1", "oncall", false),
+            group("S2", "sre.eu", false),
+            group("S3", "retired", true),
+        ];
+        let link = |t: &str| linked(t, &groups);
+        assert_eq!(
+            link("@oncall the build is red, @here").as_deref(),
+            Some("<!subteam^S1|@oncall> the build is red, <!here>")
+        );
+        assert_eq!(
+            link("ping @SRE.eu. and @Channel!").as_deref(),
+            Some("ping <!subteam^S2|@sre.eu>. and <!channel>!")
+        );
+        assert_eq!(link("(@everyone)").as_deref(), Some("(<!everyone>)"));
+        // Not a mention: an address, a disabled or unknown group, a bare @, what is in <…>.
+        for same in [
+            "mail bob@oncall.example",
+            "@retired team",
+            "@nobody",
+            "@ alone",
+            "<@UALICE> <mailto:x@oncall|@oncall>",
+            "no at sign",
+        ] {
+            assert_eq!(link(same), None, "{same}");
+        }
+        assert_eq!(
+            link("<@UALICE> @oncall ✓ @oncall").as_deref(),
+            Some("<@UALICE> <!subteam^S1|@oncall> ✓ <!subteam^S1|@oncall>")
+        );
+    }
 
     #[test]
     fn handles_follow_slack_rules_and_are_made_from_names() {

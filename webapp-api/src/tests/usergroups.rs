@@ -410,3 +410,82 @@ async fn changes_at_once_never_both_land_on_one_set_and_workspaces_stay_apart() 
     )
     .await;
 }
+
+#[tokio::test]
+async fn link_names_turns_a_group_s_handle_into_its_mention() {
+    let s = Server::start_with_cluster().await;
+    let alice = s.token("alice");
+    let general = s.general().await;
+    let id = s
+        .ok(
+            "usergroups.create",
+            &alice,
+            json!({"name": "On call", "handle": "oncall"}),
+        )
+        .await["usergroup"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mention = format!("<!subteam^{id}|@oncall>");
+
+    let linked = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "@oncall the build is red, @here", "link_names": true}),
+        )
+        .await;
+    assert_eq!(
+        linked["message"]["text"],
+        format!("{mention} the build is red, <!here>")
+    );
+    let plain = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "@oncall as typed"}),
+        )
+        .await;
+    assert_eq!(plain["message"]["text"], "@oncall as typed");
+    let edited = s
+        .ok(
+            "chat.update",
+            &alice,
+            json!({"channel": general, "ts": plain["ts"], "text": "@oncall now", "link_names": "1"}),
+        )
+        .await;
+    assert_eq!(edited["text"], format!("{mention} now"));
+
+    let history = s
+        .ok(
+            "conversations.history",
+            &alice,
+            json!({"channel": general, "limit": 2}),
+        )
+        .await;
+    let texts: Vec<&str> = history["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            format!("{mention} now"),
+            format!("{mention} the build is red, <!here>")
+        ]
+    );
+
+    // A disabled group is no longer linked.
+    s.ok("usergroups.disable", &alice, json!({"usergroup": id}))
+        .await;
+    let after = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "@oncall anyone?", "link_names": true}),
+        )
+        .await;
+    assert_eq!(after["message"]["text"], "@oncall anyone?");
+}
