@@ -522,6 +522,18 @@ async fn a_shared_file_reaches_clients_and_is_served_to_them() {
     assert_eq!(event["text"], "here it is", "{event}");
     assert_eq!(event["files"][0]["id"], file_id, "{event}");
     assert_eq!(event["files"][0]["title"], "the trace");
+    // And Slack's `file_shared`, which upload-handling apps wait for.
+    let shared = watcher
+        .wait_event(
+            from,
+            std::time::Duration::from_secs(10),
+            "file_shared",
+            |e| e["type"] == "file_shared",
+        )
+        .await;
+    assert_eq!(shared["file_id"], file_id, "{shared}");
+    assert_eq!(shared["channel_id"], channel.as_str(), "{shared}");
+    assert_eq!(shared["event_ts"], event["ts"], "{shared}");
     let url = done["files"][0]["url_private"].as_str().unwrap();
     assert_eq!(event["files"][0]["url_private"], url);
     let got = cluster

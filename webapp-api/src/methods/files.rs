@@ -24,7 +24,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde_json::{json, Value};
 use shared::ids::{ChannelId, FileId, Ts, WorkspaceId};
-use shared::protocol::{MessageKind, NewMessage, RichContent};
+use shared::protocol::{MessageKind, NewMessage, RichContent, UserEvent};
 use shared::store::FileRecord;
 
 use super::{visible_channel, VisibleChannel};
@@ -495,7 +495,28 @@ async fn share(
         bot: caller.is_bot(),
         rich: rich.boxed(),
     };
-    state.admin.post(new).await?;
+    let (posted, repeat) = state.admin.post(new).await?;
+    if !repeat {
+        // Slack's `file_shared`, which apps that handle uploads (Bolt's
+        // `app.event("file_shared")`) wait for: to the sessions that follow the channel.
+        let events = files
+            .iter()
+            .map(|f| UserEvent::Notice {
+                workspace: channel.workspace.clone(),
+                members_of: Some(channel.id.clone()),
+                event: json!({
+                    "type": "file_shared",
+                    "channel_id": channel.id,
+                    "file_id": f.id,
+                    "user_id": caller.user.id,
+                    "file": { "id": f.id },
+                    "event_ts": posted.ts.to_slack(),
+                })
+                .to_string(),
+            })
+            .collect();
+        super::publish_all(state, events).await;
+    }
     Ok(())
 }
 

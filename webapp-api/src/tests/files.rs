@@ -47,6 +47,26 @@ async fn get_file(s: &Server, url: &str, token: Option<&str>) -> (u16, Vec<u8>, 
     (status, resp.bytes().await.expect("bytes").to_vec(), kind)
 }
 
+/// The `file_shared` event relayed for `file`, with the channel whose sessions get it: waits
+/// at most 10 s for it.
+async fn file_shared(s: &Server, file: &str) -> (Option<ChannelId>, Value) {
+    for _ in 0..200 {
+        for e in s.relayed_events() {
+            if let shared::protocol::UserEvent::Notice {
+                members_of, event, ..
+            } = e
+            {
+                let event: Value = serde_json::from_str(&event).expect("JSON");
+                if event["type"] == "file_shared" && event["file_id"] == file {
+                    return (members_of, event);
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no file_shared for {file}");
+}
+
 fn ids(v: &Value) -> Vec<String> {
     v["files"]
         .as_array()
@@ -111,6 +131,13 @@ async fn files_are_uploaded_shared_served_listed_and_deleted() {
     assert_eq!(shared["upload"], true);
     assert_eq!(shared["subtype"], "file_share");
     assert_eq!(shared["files"][0]["id"], report.as_str(), "{shared}");
+    // And `file_shared`, for the sessions that follow the channel.
+    let announced = file_shared(&s, &report).await;
+    assert_eq!(announced.0, Some(ChannelId(general.clone())));
+    assert_eq!(announced.1["channel_id"], general.as_str());
+    assert_eq!(announced.1["user_id"], s.user_id("alice"));
+    assert_eq!(announced.1["file"]["id"], report.as_str());
+    assert_eq!(announced.1["event_ts"], shared["ts"]);
     // Served to a reader of the channel, not without a token.
     let (status, bytes, kind) = get_file(&s, &url_private, Some(&bob)).await;
     assert_eq!((status, kind.as_str()), (200, "text/csv"));
