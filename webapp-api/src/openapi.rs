@@ -704,6 +704,33 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         errors: &["invalid_arguments", "service_unavailable"],
     },
     MethodDoc {
+        name: "search.files",
+        summary: "Searches the files shared in the conversations the caller can read: the messages that shared files whose text, or whose files' names or titles, match (the query syntax of `search.messages`); their files as they are now, each once, paged by those messages. A file never shared is not found.",
+        auth: Auth::User,
+        params: &[
+            req("query", Ty::Str, "the search query"),
+            p("count", Ty::Int, "sharing messages per page (default 20, at most 100)"),
+            p("page", Ty::Int, "page number, from 1 (at most 100)"),
+            p("sort", Ty::OneOf(&["score", "timestamp"]), "order of results (default `score`)"),
+            p("sort_dir", Ty::OneOf(&["desc", "asc"]), "direction (default `desc`)"),
+        ],
+        errors: &["invalid_arguments", "service_unavailable"],
+    },
+    MethodDoc {
+        name: "search.all",
+        summary: "`search.messages` and `search.files` of one query in one answer (`messages` and `files`).",
+        auth: Auth::User,
+        params: &[
+            req("query", Ty::Str, "the search query"),
+            p("count", Ty::Int, "results per page of each (default 20, at most 100)"),
+            p("page", Ty::Int, "page number, from 1 (at most 100)"),
+            p("sort", Ty::OneOf(&["score", "timestamp"]), "order of results (default `score`)"),
+            p("sort_dir", Ty::OneOf(&["desc", "asc"]), "direction (default `desc`)"),
+            p("highlight", Ty::Bool, "mark matches in the messages' text"),
+        ],
+        errors: &["invalid_arguments", "service_unavailable"],
+    },
+    MethodDoc {
         name: "users.list",
         summary: "The workspace's users, paged by cursor.",
         auth: Auth::User,

@@ -76,6 +76,9 @@ pub struct SearchRequest {
     pub has_link: bool,
     /// Only thread replies (`is:thread`).
     pub thread_only: bool,
+    /// Only messages that shared files (`search.files`), whose words may also match the
+    /// files' names and titles.
+    pub files_only: bool,
     /// Authors whose messages are left out (`to:`: messages sent to them, not by them).
     pub not_users: Vec<UserId>,
     /// Only these messages (`has:pin`: the pinned ones of the channels searched), by channel
@@ -105,6 +108,27 @@ pub struct SearchResults {
     pub hits: Vec<SearchHit>,
 }
 
+/// The names and titles of the files `msg` shared (its `files`, Slack's file objects), one
+/// per line.
+fn file_text(msg: &Message) -> String {
+    let Some(files) = msg.rich.as_ref().and_then(|r| r.files.as_deref()) else {
+        return String::new();
+    };
+    let Ok(serde_json::Value::Array(files)) = serde_json::from_str(files) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for f in &files {
+        for key in ["name", "title"] {
+            if let Some(s) = f[key].as_str() {
+                out.push_str(s);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 #[derive(Clone, Copy)]
 struct Fields {
     id: Field,
@@ -116,6 +140,9 @@ struct Fields {
     seq: Field,
     has_link: Field,
     in_thread: Field,
+    has_file: Field,
+    /// The names and titles of the files a message shared: searched by `search.files`.
+    file_text: Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -127,6 +154,11 @@ fn schema() -> (Schema, Fields) {
                 .set_index_option(IndexRecordOption::WithFreqsAndPositions),
         )
         .set_stored();
+    let file_text_options = TextOptions::default().set_indexing_options(
+        TextFieldIndexing::default()
+            .set_tokenizer("default")
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+    );
     let fields = Fields {
         id: b.add_text_field("id", STRING),
         workspace: b.add_text_field("workspace", STRING),
@@ -137,6 +169,8 @@ fn schema() -> (Schema, Fields) {
         seq: b.add_u64_field("seq", NumericOptions::default() | STORED),
         has_link: b.add_u64_field("has_link", INDEXED),
         in_thread: b.add_u64_field("in_thread", INDEXED),
+        has_file: b.add_u64_field("has_file", INDEXED),
+        file_text: b.add_text_field("file_text", file_text_options),
     };
     (b.build(), fields)
 }
@@ -278,6 +312,8 @@ impl SearchIndex {
                 f.seq => msg.seq,
                 f.has_link => u64::from(query::has_link(&msg.text)),
                 f.in_thread => u64::from(msg.thread_ts.is_some()),
+                f.has_file => u64::from(msg.rich.as_ref().is_some_and(|r| r.files.is_some())),
+                f.file_text => file_text(msg),
             ))?;
         }
         Ok(())
@@ -307,22 +343,22 @@ impl SearchIndex {
         self.reader.searcher().num_docs()
     }
 
-    /// The query's terms for `text` after the field's tokenizer (lower-casing, splitting).
-    fn text_terms(&self, s: &str) -> Vec<Term> {
-        let Ok(mut tokenizer) = self.index.tokenizer_for_field(self.fields.text) else {
+    /// The query's terms for `field` after its tokenizer (lower-casing, splitting).
+    fn text_terms(&self, field: Field, s: &str) -> Vec<Term> {
+        let Ok(mut tokenizer) = self.index.tokenizer_for_field(field) else {
             return Vec::new();
         };
         let mut stream = tokenizer.token_stream(s);
         let mut terms = Vec::new();
         while let Some(tok) = stream.next() {
-            terms.push(Term::from_field_text(self.fields.text, &tok.text));
+            terms.push(Term::from_field_text(field, &tok.text));
         }
         terms
     }
 
-    /// A clause that matches `s` as a word (one token) or as a phrase (several).
-    fn text_clause(&self, s: &str) -> Option<Box<dyn Query>> {
-        let terms = self.text_terms(s);
+    /// A clause that matches `s` in `field` as a word (one token) or as a phrase (several).
+    fn field_clause(&self, field: Field, s: &str) -> Option<Box<dyn Query>> {
+        let terms = self.text_terms(field, s);
         match terms.len() {
             0 => None,
             1 => Some(Box::new(TermQuery::new(
@@ -331,6 +367,22 @@ impl SearchIndex {
             ))),
             _ => Some(Box::new(PhraseQuery::new(terms))),
         }
+    }
+
+    /// A clause that matches `s` in a message's text, or for `search.files` (`files`) also
+    /// in the names and titles of the files it shared.
+    fn text_clause(&self, s: &str, files: bool) -> Option<Box<dyn Query>> {
+        let text = self.field_clause(self.fields.text, s)?;
+        if !files {
+            return Some(text);
+        }
+        let Some(names) = self.field_clause(self.fields.file_text, s) else {
+            return Some(text);
+        };
+        Some(Box::new(BooleanQuery::new(vec![
+            (Occur::Should, text),
+            (Occur::Should, names),
+        ])))
     }
 
     fn build_query(&self, r: &SearchRequest) -> Option<Box<dyn Query>> {
@@ -385,7 +437,7 @@ impl SearchIndex {
         }
         let mut any_text = false;
         for w in r.words.iter().chain(r.phrases.iter()) {
-            match self.text_clause(w) {
+            match self.text_clause(w, r.files_only) {
                 Some(q) => {
                     any_text = true;
                     clauses.push((Occur::Must, q));
@@ -396,7 +448,7 @@ impl SearchIndex {
             }
         }
         for w in &r.excluded {
-            if let Some(q) = self.text_clause(w) {
+            if let Some(q) = self.text_clause(w, r.files_only) {
                 clauses.push((Occur::MustNot, q));
             }
         }
@@ -423,6 +475,15 @@ impl SearchIndex {
                 Occur::Must,
                 Box::new(TermQuery::new(
                     Term::from_field_u64(f.in_thread, 1),
+                    IndexRecordOption::Basic,
+                )),
+            ));
+        }
+        if r.files_only {
+            clauses.push((
+                Occur::Must,
+                Box::new(TermQuery::new(
+                    Term::from_field_u64(f.has_file, 1),
                     IndexRecordOption::Basic,
                 )),
             ));
@@ -646,6 +707,7 @@ mod tests {
             before: None,
             has_link: false,
             thread_only: false,
+            files_only: false,
             not_users: Vec::new(),
             only: None,
             sort: SortBy::Timestamp,
@@ -748,6 +810,61 @@ mod tests {
             search_all(&[], &ask(SortBy::Score, true, 0)).unwrap().total,
             0
         );
+    }
+
+    #[test]
+    fn file_searches_find_messages_that_shared_files_by_text_or_file_name() {
+        let idx = SearchIndex::in_memory().unwrap();
+        let mut shared = msg("CA", 1, "UA", "numbers are in", 100);
+        shared.rich = crate::protocol::RichContent {
+            files: Some(
+                r#"[{"id":"F1","name":"q3-report.csv","title":"Quarterly revenue"},{"id":"F2","name":"chart.png"}]"#
+                    .into(),
+            ),
+            ..Default::default()
+        }
+        .boxed();
+        idx.upsert(&shared).unwrap();
+        idx.upsert(&msg("CA", 2, "UA", "revenue numbers look fine", 200))
+            .unwrap();
+        idx.commit(1).unwrap();
+        let files = |words: &[&str]| {
+            let r = SearchRequest {
+                files_only: true,
+                ..request(words)
+            };
+            idx.search(&r)
+                .unwrap()
+                .hits
+                .iter()
+                .map(|h| h.seq)
+                .collect::<Vec<_>>()
+        };
+        let messages = |words: &[&str]| {
+            idx.search(&request(words))
+                .unwrap()
+                .hits
+                .iter()
+                .map(|h| h.seq)
+                .collect::<Vec<_>>()
+        };
+        // By a file's title, name (as tokens), or the message's own text; only a message
+        // that shared files.
+        assert_eq!(files(&["quarterly"]), [1]);
+        assert_eq!(files(&["chart"]), [1]);
+        assert_eq!(files(&["q3", "report"]), [1]);
+        assert_eq!(files(&["numbers"]), [1]);
+        assert_eq!(files(&["revenue"]), [1]);
+        assert!(files(&["fine"]).is_empty());
+        // A message search reads the message's text alone.
+        assert_eq!(messages(&["revenue"]), [2]);
+        assert!(messages(&["chart"]).is_empty());
+        let excluded = SearchRequest {
+            files_only: true,
+            excluded: vec!["chart".into()],
+            ..request(&["numbers"])
+        };
+        assert_eq!(idx.search(&excluded).unwrap().total, 0);
     }
 
     #[test]

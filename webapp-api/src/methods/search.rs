@@ -1,15 +1,21 @@
-//! `search.messages`: Slack's query syntax over the caller's readable channels.
+//! `search.messages`, `search.files` and `search.all`: Slack's query syntax over the caller's
+//! readable channels.
+//!
+//! `search.files` finds the files shared in those channels: the messages that shared files
+//! whose text, or whose files' names or titles, match, each message's files as they are now
+//! (a deleted file left out), paged by those messages. A file never shared is not found
+//! (only its uploader could see it).
 
 use std::collections::{HashMap, HashSet};
 
 use serde_json::{json, Value};
 use shared::ids::{ChannelId, Ts, UserId};
 use shared::search::query::{parse, QueryError};
-use shared::search::{search_all, SearchIndex, SearchRequest, SortBy};
+use shared::search::{search_all, SearchIndex, SearchRequest, SearchResults, SortBy};
 use shared::store::Channel;
 
 use super::members;
-use crate::api::{ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
+use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
 
 const DEFAULT_COUNT: u32 = 20;
 const MAX_COUNT: u32 = 100;
@@ -83,12 +89,24 @@ async fn user_ref(state: &AppState, caller: &Caller, r: &str) -> ApiResult<UserI
     )
 }
 
-pub async fn messages(
+/// A search run: what was asked, the page of hits, and the channels the caller can read.
+struct Found {
+    raw: String,
+    count: u32,
+    page: u32,
+    results: SearchResults,
+    readable: HashMap<ChannelId, Channel>,
+}
+
+/// Parses the call's `query`, `count`, `page`, `sort`, `sort_dir` and `highlight`, resolves
+/// the query against the store and runs it: for `search.files` (`files_only`) over the
+/// messages that shared files.
+async fn run(
     state: &AppState,
     caller: &Caller,
     params: &Params,
-    info: &RequestInfo,
-) -> ApiResult {
+    files_only: bool,
+) -> ApiResult<Found> {
     let Some(search) = state.search.as_ref() else {
         return Err(ApiError::ServiceUnavailable(
             "search is not enabled on this node".into(),
@@ -214,6 +232,7 @@ pub async fn messages(
         before: parsed.before,
         has_link: parsed.has_link,
         thread_only: parsed.is_thread,
+        files_only,
         // Sent to them: not by them.
         not_users: to_users,
         only,
@@ -231,7 +250,132 @@ pub async fn messages(
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Found {
+        raw: raw.to_string(),
+        count,
+        page,
+        results,
+        readable,
+    })
+}
 
+/// Slack's `pagination` and `paging` of a page of `shown` matches.
+fn pages(found: &Found, shown: usize) -> (Value, Value) {
+    let (count, page) = (found.count, found.page);
+    let total = found.results.total as u32;
+    let pages = total.div_ceil(count).max(1);
+    let first = if total == 0 {
+        0
+    } else {
+        (page - 1) * count + 1
+    };
+    let last = ((page - 1) * count + shown as u32).min(total);
+    (
+        json!({ "total_count": total, "page": page, "per_page": count, "page_count": pages, "first": first, "last": last }),
+        json!({ "count": count, "total": total, "page": page, "pages": pages }),
+    )
+}
+
+/// `search.messages`.
+pub async fn messages(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    info: &RequestInfo,
+) -> ApiResult {
+    let found = run(state, caller, params, false).await?;
+    let messages = message_matches(state, caller, &found, info).await?;
+    Ok(object(json!({ "query": found.raw, "messages": messages })))
+}
+
+/// `search.files`: the files shared with the messages found (see the module's note).
+pub async fn files(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    info: &RequestInfo,
+) -> ApiResult {
+    let found = run(state, caller, params, true).await?;
+    let files = file_matches(state, &found, info).await?;
+    Ok(object(json!({ "query": found.raw, "files": files })))
+}
+
+/// `search.all`: `search.messages` and `search.files` of one query, in one answer.
+pub async fn all(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    info: &RequestInfo,
+) -> ApiResult {
+    let (in_messages, in_files) = tokio::try_join!(
+        run(state, caller, params, false),
+        run(state, caller, params, true)
+    )?;
+    let (messages, files) = tokio::try_join!(
+        message_matches(state, caller, &in_messages, info),
+        file_matches(state, &in_files, info)
+    )?;
+    Ok(object(json!({
+        "query": in_messages.raw,
+        "messages": messages,
+        "files": files,
+    })))
+}
+
+/// The files of the found messages, each once, as they are now.
+async fn file_matches(state: &AppState, found: &Found, info: &RequestInfo) -> ApiResult<Value> {
+    let base = info.base_url(state);
+    let views = futures_util::future::try_join_all(found.results.hits.iter().map(|hit| async {
+        let Some(channel) = found.readable.get(&hit.channel) else {
+            return Ok(None);
+        };
+        Ok::<_, ApiError>(
+            state
+                .store
+                .message_view(&channel.workspace, &hit.channel, hit.ts)
+                .await?
+                .map(|v| (channel.workspace.clone(), v)),
+        )
+    }))
+    .await?;
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut matches = Vec::new();
+    for (workspace, view) in views.into_iter().flatten() {
+        let shared: Vec<Value> = view
+            .message
+            .rich
+            .as_ref()
+            .and_then(|r| r.files.as_deref())
+            .and_then(|f| serde_json::from_str(f).ok())
+            .unwrap_or_default();
+        for f in shared {
+            let Some(id) = f["id"].as_str() else { continue };
+            if !seen.insert(id.to_string()) {
+                continue;
+            }
+            if let Some(record) = state.store.file(&workspace, id).await? {
+                matches.push(super::files::file_json(&record, &base));
+            }
+        }
+    }
+    let (pagination, paging) = pages(found, found.results.hits.len());
+    Ok(json!({
+        "total": found.results.total,
+        "matches": matches,
+        "pagination": pagination,
+        "paging": paging,
+    }))
+}
+
+/// Slack's `messages` of a search answer: the page of matches, with pages.
+async fn message_matches(
+    state: &AppState,
+    caller: &Caller,
+    found: &Found,
+    info: &RequestInfo,
+) -> ApiResult<Value> {
+    let readable = &found.readable;
+    let results = &found.results;
     let mut names: HashMap<UserId, String> = HashMap::new();
     let base = info.base_url(state);
     // A reply's link names its thread, as `chat.getPermalink`'s does (the index keeps no
@@ -248,7 +392,7 @@ pub async fn messages(
     }))
     .await?;
     let mut matches = Vec::with_capacity(results.hits.len());
-    for (hit, thread_ts) in results.hits.into_iter().zip(threads) {
+    for (hit, thread_ts) in results.hits.iter().zip(threads) {
         let username = match names.get(&hit.user) {
             Some(n) => n.clone(),
             None => {
@@ -281,23 +425,11 @@ pub async fn messages(
             "permalink": super::chat::permalink(&base, &hit.channel, hit.ts, thread_ts),
         }));
     }
-    let total = results.total as u32;
-    let pages = total.div_ceil(count).max(1);
-    let first = if total == 0 {
-        0
-    } else {
-        (page - 1) * count + 1
-    };
-    let last = ((page - 1) * count + matches.len() as u32).min(total);
-    let body: Value = json!({
-        "ok": true,
-        "query": raw,
-        "messages": {
-            "total": total,
-            "matches": matches,
-            "pagination": { "total_count": total, "page": page, "per_page": count, "page_count": pages, "first": first, "last": last },
-            "paging": { "count": count, "total": total, "page": page, "pages": pages },
-        },
-    });
-    Ok(body.as_object().cloned().unwrap_or_default())
+    let (pagination, paging) = pages(found, matches.len());
+    Ok(json!({
+        "total": results.total,
+        "matches": matches,
+        "pagination": pagination,
+        "paging": paging,
+    }))
 }

@@ -352,3 +352,161 @@ async fn uploads_are_bounded_and_their_urls_checked() {
     .await;
     s.stop().await;
 }
+
+/// Uploads `bytes` as `name` and shares it in `channel` (if any) with `title` and `comment`;
+/// returns its id.
+async fn shared_file(
+    s: &Server,
+    token: &str,
+    name: &str,
+    title: &str,
+    channel: Option<&str>,
+    comment: &str,
+) -> String {
+    let bytes = format!("contents of {name}").into_bytes();
+    let (id, url) = announce(s, token, name, bytes.len()).await;
+    assert_eq!(post_bytes(s, &url, "text/plain", bytes).await.0, 200);
+    let mut params = json!({
+        "files": json!([{"id": id, "title": title}]).to_string(),
+        "initial_comment": comment,
+    });
+    if let Some(c) = channel {
+        params["channel_id"] = c.into();
+    }
+    s.ok("files.completeUploadExternal", token, params).await;
+    id
+}
+
+/// The ids of the files `search.files` (or `search.all`'s `files`) gives for `query`.
+async fn found_files(s: &Server, method: &str, token: &str, query: &str) -> Vec<String> {
+    let v = s
+        .ok(method, token, json!({"query": query, "sort": "timestamp"}))
+        .await;
+    match_ids(&v["files"]["matches"])
+}
+
+/// The ids of an array of file objects.
+fn match_ids(v: &Value) -> Vec<String> {
+    v.as_array()
+        .expect("matches")
+        .iter()
+        .map(|f| f["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn search_files_finds_shared_files_by_name_title_or_comment_where_the_caller_reads() {
+    let s = Server::start_with_cluster().await;
+    let (alice, bob) = (s.token("alice"), s.token("bob"));
+    let general = s.general().await;
+    let private = channel_id(
+        &s.ok(
+            "conversations.create",
+            &alice,
+            json!({"name": "finance", "is_private": true}),
+        )
+        .await,
+    );
+    let report = shared_file(
+        &s,
+        &alice,
+        "q3-report.csv",
+        "Quarterly revenue",
+        Some(&general),
+        "numbers are in",
+    )
+    .await;
+    let plan = shared_file(
+        &s,
+        &alice,
+        "budget-plan.xlsx",
+        "Revenue plan",
+        Some(&private),
+        "",
+    )
+    .await;
+    let _unshared = shared_file(&s, &alice, "revenue-draft.txt", "draft", None, "").await;
+    s.post_ts(&alice, &general, "revenue is up this quarter")
+        .await;
+    // The words come from the index: wait for it.
+    for _ in 0..100 {
+        if found_files(&s, "search.files", &alice, "revenue")
+            .await
+            .len()
+            == 2
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // By title, by name, by the sharing message's text; newest first.
+    assert_eq!(
+        found_files(&s, "search.files", &alice, "revenue").await,
+        [plan.clone(), report.clone()]
+    );
+    assert_eq!(
+        found_files(&s, "search.files", &alice, "report").await,
+        std::slice::from_ref(&report)
+    );
+    assert_eq!(
+        found_files(&s, "search.files", &alice, "numbers").await,
+        std::slice::from_ref(&report)
+    );
+    // Only in conversations the caller reads; a file never shared is found by no one.
+    assert_eq!(
+        found_files(&s, "search.files", &bob, "revenue").await,
+        std::slice::from_ref(&report)
+    );
+    assert!(found_files(&s, "search.files", &alice, "draft")
+        .await
+        .is_empty());
+    // The query's modifiers apply.
+    assert_eq!(
+        found_files(&s, "search.files", &alice, "revenue in:#finance").await,
+        std::slice::from_ref(&plan)
+    );
+    let file = s
+        .ok("search.files", &bob, json!({"query": "quarterly"}))
+        .await;
+    assert_eq!(file["files"]["total"], 1);
+    assert_eq!(file["files"]["matches"][0]["title"], "Quarterly revenue");
+    assert_eq!(file["files"]["matches"][0]["name"], "q3-report.csv");
+    assert_eq!(file["files"]["paging"]["page"], 1);
+
+    // search.all: both, from one query. A message search reads messages' text alone.
+    let all = s
+        .ok(
+            "search.all",
+            &bob,
+            json!({"query": "revenue", "sort": "timestamp"}),
+        )
+        .await;
+    assert_eq!(all["messages"]["total"], 1, "{all}");
+    assert_eq!(
+        all["messages"]["matches"][0]["text"],
+        "revenue is up this quarter"
+    );
+    assert_eq!(
+        match_ids(&all["files"]["matches"]),
+        std::slice::from_ref(&report)
+    );
+    assert_eq!(
+        found_files(&s, "search.all", &alice, "revenue").await,
+        [plan.clone(), report.clone()]
+    );
+
+    // A deleted file is no longer found.
+    s.ok("files.delete", &alice, json!({"file": plan})).await;
+    assert_eq!(
+        found_files(&s, "search.files", &alice, "revenue").await,
+        [report]
+    );
+    s.err(
+        "search.files",
+        &alice,
+        json!({"query": ""}),
+        "invalid_arguments",
+    )
+    .await;
+}
