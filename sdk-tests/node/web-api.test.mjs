@@ -111,6 +111,29 @@ test('attachments with no text are kept as text and found by search', async () =
   assert.equal(found.messages.matches[0].ts, posted.ts);
 });
 
+test('user groups: create, rotate members, mention with link_names', async () => {
+  const alice = client('alice');
+  const handle = `oncall-${Date.now()}`;
+  const { usergroup } = await alice.usergroups.create({ name: `On call ${handle}`, handle });
+  assert.match(usergroup.id, /^S/);
+  await assert.rejects(
+    alice.usergroups.create({ name: `On call ${handle}` }),
+    (e) => e.data.error === 'name_already_exists',
+  );
+  const rotated = await alice.usergroups.users.update({
+    usergroup: usergroup.id,
+    users: [tokens.users.bob.id, tokens.users.carol.id].join(','),
+  });
+  assert.deepEqual(rotated.usergroup.users, [tokens.users.bob.id, tokens.users.carol.id]);
+  const listed = await alice.usergroups.users.list({ usergroup: usergroup.id });
+  assert.deepEqual(listed.users, [tokens.users.bob.id, tokens.users.carol.id]);
+  const paged = await alice.chat.postMessage({ channel: '#general', text: `@${handle} the build is red`, link_names: true });
+  assert.equal(paged.message.text, `<!subteam^${usergroup.id}|@${handle}> the build is red`);
+  await alice.usergroups.disable({ usergroup: usergroup.id });
+  const groups = await alice.usergroups.list({ include_disabled: true });
+  assert.ok(groups.usergroups.some((g) => g.id === usergroup.id && g.date_delete > 0));
+});
+
 test('the official RTM client receives the message and its changes', async () => {
   const alice = client('alice');
   const rtm = new RTMClient(tokens.users.bob.token, { slackApiUrl: `${urls.api}/`, autoReconnect: false, logLevel: 'error' });
