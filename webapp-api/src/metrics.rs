@@ -143,7 +143,7 @@ pub static USERGROUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_files_total",
-        "files, by event (announced, uploaded, completed, downloaded, deleted, refused_*)",
+        "files, by event (announced, uploaded, completed, downloaded, deleted, refused_*; tombstone_failed: a message that shared a deleted file could not be changed)",
         &["event"]
     )
     .expect("metric registers once")

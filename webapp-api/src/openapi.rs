@@ -636,7 +636,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "files.delete",
-        summary: "Removes a file and its bytes: its uploader, or an admin of the workspace. Messages that shared it keep its object; its URL answers 404.",
+        summary: "Removes a file and its bytes: its uploader, or an admin of the workspace. Each message that shared it shows Slack's tombstone in its place (`{id, mode: tombstone}`), and the channel's sessions hear `file_deleted`; its URL answers 404.",
         auth: Auth::User,
         params: &[req("file", Ty::Str, "the file's id")],
         errors: &["file_not_found", "cant_delete_file"],

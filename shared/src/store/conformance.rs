@@ -140,6 +140,7 @@ async fn files(store: &dyn MessageStore) {
         complete: false,
         channels: Vec::new(),
         alt_txt: String::new(),
+        shares: Vec::new(),
     };
     let (f1, f2, f3) = (record("F1", 1), record("F2", 2), record("F3", 3));
     for f in [&f1, &f2, &f3] {
@@ -180,6 +181,7 @@ async fn files(store: &dyn MessageStore) {
     done.size = bytes.len() as u64;
     done.title = "Quarterly numbers".into();
     done.channels = vec![ChannelId::from("CSHARED")];
+    done.shares = vec![(ChannelId::from("CSHARED"), Ts(1_800_000_000_000_009))];
     store.update_file(&done).await.unwrap();
     assert_eq!(store.file(&ws.id, "F1").await.unwrap(), Some(done.clone()));
     assert_eq!(

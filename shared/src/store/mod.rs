@@ -525,6 +525,10 @@ pub struct FileRecord {
     /// Its description for screen readers.
     #[serde(default)]
     pub alt_txt: String,
+    /// The messages that shared it, by channel and ts: what a deletion turns into Slack's
+    /// tombstone. (Records made before it lack it.)
+    #[serde(default)]
+    pub shares: Vec<(ChannelId, Ts)>,
 }
 
 impl FileRecord {

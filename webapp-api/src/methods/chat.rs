@@ -515,8 +515,9 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
     let rich = with_metadata(rich, metadata);
     let rich = reshaped(rich, |r| {
         r.bot_name = kept.and_then(|k| k.bot_name.clone());
-        // A `/me` message stays one.
+        // A `/me` message stays one, and the files a message shared stay with it.
         r.me = kept.is_some_and(|k| k.me);
+        r.files = kept.and_then(|k| k.files.clone());
     });
     let linked = linked_text(state, caller, params, &text).await?;
     let text = linked.as_deref().unwrap_or(&text);

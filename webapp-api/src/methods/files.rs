@@ -216,6 +216,7 @@ pub(super) async fn get_upload_url(
         complete: false,
         channels: Vec::new(),
         alt_txt: alt_txt.to_string(),
+        shares: Vec::new(),
     };
     state.store.create_file(&file).await?;
     crate::metrics::FILES
@@ -434,7 +435,13 @@ pub(super) async fn complete_upload(
                 f.channels.push(visible.channel.id.clone());
             }
         }
-        share(state, caller, visible, params, &files, &base).await?;
+        let channel = visible.channel.id.clone();
+        let ts = share(state, caller, visible, params, &files, &base).await?;
+        for f in &mut files {
+            if !f.shares.contains(&(channel.clone(), ts)) {
+                f.shares.push((channel.clone(), ts));
+            }
+        }
     }
     for f in &files {
         state.store.update_file(f).await?;
@@ -447,7 +454,7 @@ pub(super) async fn complete_upload(
 }
 
 /// Posts the message that shares `files` in the channel: `initial_comment` (or nothing) as
-/// its text, the file objects in it.
+/// its text, the file objects in it. Its ts.
 async fn share(
     state: &AppState,
     caller: &Caller,
@@ -455,7 +462,7 @@ async fn share(
     params: &Params,
     files: &[FileRecord],
     base: &str,
-) -> ApiResult<()> {
+) -> ApiResult<Ts> {
     let channel = visible.channel;
     super::chat::may_post(visible.is_member, &channel)?;
     let text = params
@@ -517,7 +524,7 @@ async fn share(
             .collect();
         super::publish_all(state, events).await;
     }
-    Ok(())
+    Ok(posted.ts)
 }
 
 /// `files.info`: one file the caller can see.
@@ -637,7 +644,96 @@ pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -
         .delete_file(&caller.claims.workspace, &file.id)
         .await?;
     crate::metrics::FILES.with_label_values(&["deleted"]).inc();
+    tombstone(state, &file).await;
     Ok(object(json!({})))
+}
+
+/// After a file is deleted: each message that shared it shows Slack's tombstone in its
+/// place (`{"id": …, "mode": "tombstone"}`, through an edit of the message, so history and
+/// connected clients see it), and the sessions of each channel hear `file_deleted`. The file
+/// is gone whatever happens here: a message that cannot be changed now (the mesh away, the
+/// channel archived) keeps the file's object, whose URL answers 404, and is counted.
+async fn tombstone(state: &AppState, file: &FileRecord) {
+    let mut channels: Vec<ChannelId> = Vec::new();
+    for (channel, ts) in &file.shares {
+        if !channels.contains(channel) {
+            channels.push(channel.clone());
+        }
+        if let Err(e) = tombstone_in(state, file, channel, *ts).await {
+            tracing::warn!(file = %file.id, %channel, error = %e, "a message keeps a deleted file's object");
+            crate::metrics::FILES
+                .with_label_values(&["tombstone_failed"])
+                .inc();
+        }
+    }
+    let events = channels
+        .iter()
+        .map(|channel| UserEvent::Notice {
+            workspace: file.workspace.clone(),
+            members_of: Some(channel.clone()),
+            event: json!({
+                "type": "file_deleted",
+                "file_id": file.id,
+                "channel_ids": [channel],
+                "event_ts": Ts::now().to_slack(),
+            })
+            .to_string(),
+        })
+        .collect();
+    super::publish_all(state, events).await;
+}
+
+/// [`tombstone`] in the message `ts` of `channel`: an edit by its author with the same text
+/// and the file's object replaced.
+async fn tombstone_in(
+    state: &AppState,
+    file: &FileRecord,
+    channel: &ChannelId,
+    ts: Ts,
+) -> ApiResult<()> {
+    let Some(view) = state
+        .store
+        .message_view(&file.workspace, channel, ts)
+        .await?
+    else {
+        return Ok(());
+    };
+    let Some(rich) = view.message.rich.as_deref().filter(|_| !view.deleted) else {
+        return Ok(());
+    };
+    let Some(Value::Array(objects)) = rich
+        .files
+        .as_deref()
+        .and_then(|f| serde_json::from_str(f).ok())
+    else {
+        return Ok(());
+    };
+    let objects: Vec<Value> = objects
+        .into_iter()
+        .map(|o| {
+            if o["id"] == file.id.as_str() {
+                json!({ "id": file.id, "mode": "tombstone" })
+            } else {
+                o
+            }
+        })
+        .collect();
+    let mut rich = rich.clone();
+    rich.files = Some(Value::Array(objects).to_string());
+    let edit = NewMessage {
+        workspace: file.workspace.clone(),
+        channel: channel.clone(),
+        user: view.message.user.clone(),
+        text: view.message.text.clone(),
+        client_msg_id: None,
+        thread_ts: None,
+        kind: MessageKind::Edited { target: ts },
+        broadcast: false,
+        bot: view.message.bot,
+        rich: Some(Box::new(rich)),
+    };
+    state.admin.post(edit).await?;
+    Ok(())
 }
 
 /// `GET /files/<id>/<name>` (`url_private`; `?download=1` as an attachment): the bytes, for

@@ -47,9 +47,26 @@ async fn get_file(s: &Server, url: &str, token: Option<&str>) -> (u16, Vec<u8>, 
     (status, resp.bytes().await.expect("bytes").to_vec(), kind)
 }
 
+/// The newest message of `channel`, as `conversations.history` gives it.
+async fn latest(s: &Server, token: &str, channel: &str) -> Value {
+    s.ok(
+        "conversations.history",
+        token,
+        json!({"channel": channel, "limit": 1}),
+    )
+    .await["messages"][0]
+        .clone()
+}
+
 /// The `file_shared` event relayed for `file`, with the channel whose sessions get it: waits
 /// at most 10 s for it.
 async fn file_shared(s: &Server, file: &str) -> (Option<ChannelId>, Value) {
+    file_event(s, "file_shared", file).await
+}
+
+/// The event of `kind` relayed for `file`, with the channel whose sessions get it: waits at
+/// most 10 s for it.
+async fn file_event(s: &Server, kind: &str, file: &str) -> (Option<ChannelId>, Value) {
     for _ in 0..200 {
         for e in s.relayed_events() {
             if let shared::protocol::UserEvent::Notice {
@@ -57,14 +74,14 @@ async fn file_shared(s: &Server, file: &str) -> (Option<ChannelId>, Value) {
             } = e
             {
                 let event: Value = serde_json::from_str(&event).expect("JSON");
-                if event["type"] == "file_shared" && event["file_id"] == file {
+                if event["type"] == kind && event["file_id"] == file {
                     return (members_of, event);
                 }
             }
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    panic!("no file_shared for {file}");
+    panic!("no {kind} for {file}");
 }
 
 fn ids(v: &Value) -> Vec<String> {
@@ -226,6 +243,24 @@ async fn files_are_uploaded_shared_served_listed_and_deleted() {
         std::slice::from_ref(&report)
     );
 
+    // Editing the sharing message's text keeps its files.
+    let share_ts = shared["ts"].as_str().unwrap().to_string();
+    let edited = s
+        .ok(
+            "chat.update",
+            &alice,
+            json!({"channel": general, "ts": share_ts, "text": "numbers are in (final)"}),
+        )
+        .await;
+    assert_eq!(
+        edited["message"]["files"][0]["id"],
+        report.as_str(),
+        "{edited}"
+    );
+    let kept = latest(&s, &bob, &general).await;
+    assert_eq!(kept["text"], "numbers are in (final)");
+    assert_eq!(kept["files"][0]["title"], "Q3 report", "{kept}");
+
     // Deleted by its uploader only.
     s.err(
         "files.delete",
@@ -236,6 +271,19 @@ async fn files_are_uploaded_shared_served_listed_and_deleted() {
     .await;
     s.ok("files.delete", &alice, json!({"file": report})).await;
     assert_eq!(get_file(&s, &url_private, Some(&alice)).await.0, 404);
+    // The message that shared it shows Slack's tombstone in its place, with its text, and the
+    // channel's sessions hear `file_deleted`.
+    let gone = latest(&s, &bob, &general).await;
+    assert_eq!(gone["ts"], share_ts.as_str());
+    assert_eq!(gone["text"], "numbers are in (final)");
+    assert_eq!(
+        gone["files"],
+        json!([{"id": report, "mode": "tombstone"}]),
+        "{gone}"
+    );
+    let deleted = file_event(&s, "file_deleted", &report).await;
+    assert_eq!(deleted.0, Some(ChannelId(general.clone())));
+    assert_eq!(deleted.1["channel_ids"], json!([general]));
     s.err(
         "files.info",
         &alice,
