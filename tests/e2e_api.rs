@@ -546,3 +546,63 @@ async fn a_shared_file_reaches_clients_and_is_served_to_them() {
     assert_eq!(got.status().as_u16(), 200);
     assert_eq!(got.bytes().await.unwrap().to_vec(), bytes);
 }
+
+/// An admin deactivates a user: the user's live session hears `user_change` (deleted), then
+/// a goodbye, and is closed with `account_inactive`; the others' sessions only hear it; the
+/// user cannot come back, through the Web API or with its old gateway URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deactivated_user_s_sessions_end_and_stay_out() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob"])).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let watcher = cluster.connect(0, &alice).await;
+    let leaver = cluster.connect(1, &bob).await;
+    let (from_watcher, from_leaver) = (watcher.num_events(), leaver.num_events());
+
+    let v = cluster
+        .api_ok(
+            "admin.users.setInactive",
+            &alice.token,
+            json!({ "user": bob.id }),
+        )
+        .await;
+    assert_eq!(v["user"]["deleted"], true, "{v}");
+    let wait = std::time::Duration::from_secs(10);
+    let deleted = |e: &Value| {
+        e["type"] == "user_change"
+            && e["user"]["id"] == bob.id.as_str()
+            && e["user"]["deleted"] == true
+    };
+    leaver
+        .wait_event(from_leaver, wait, "user_change (deleted)", deleted)
+        .await;
+    let goodbye = leaver
+        .wait_event(from_leaver, wait, "goodbye", |e| e["type"] == "goodbye")
+        .await;
+    assert_eq!(goodbye["source"], "account_inactive");
+    for _ in 0..200 {
+        if leaver.ended() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        leaver.closed(),
+        Some((4004, "account_inactive".to_string()))
+    );
+    watcher
+        .wait_event(from_watcher, wait, "user_change (deleted)", deleted)
+        .await;
+    assert!(!watcher.ended(), "only the deactivated user's sessions end");
+    assert!(watcher.ping(7).await["reply_to"] == 7);
+
+    let (_, refused) = cluster
+        .api_status("rtm.connect", &bob.token, json!({}))
+        .await;
+    assert_eq!(refused["error"], "account_inactive", "{refused}");
+    match Client::connect(&cluster.gateways[1].ws_url, &bob.token, None).await {
+        Err(ConnectError::Http(401, body)) => assert!(body.contains("account_inactive"), "{body}"),
+        Err(other) => panic!("refused otherwise: {other:?}"),
+        Ok(_) => panic!("a deactivated user's token opened a session"),
+    }
+}

@@ -74,6 +74,9 @@ pub enum Outbound {
     Left {
         channel: ChannelId,
     },
+    /// The session is to end after what came before it, telling the client why (its user
+    /// was deactivated: `account_inactive`).
+    Close(&'static str),
 }
 
 pub struct SessionHandle {
@@ -861,6 +864,7 @@ impl Hub {
                 members_of,
                 event,
             } => {
+                let deactivated = deactivated_user(&event);
                 let text: Utf8Bytes = event.into();
                 for s in st.sessions.values() {
                     let reaches = s.workspace == workspace
@@ -870,6 +874,16 @@ impl Hub {
                     }
                 }
                 m::NOTICES.inc();
+                // A deactivated user's sessions end here, after the `user_change` that says
+                // so (the Web API refuses its tokens, so none comes back).
+                if let Some(user) = deactivated {
+                    for id in st.users.get(&user).into_iter().flatten() {
+                        if let Some(s) = st.sessions.get(id).filter(|s| s.workspace == workspace) {
+                            s.offer(Outbound::Close("account_inactive"));
+                            m::SESSIONS_CLOSED_INACTIVE.inc();
+                        }
+                    }
+                }
                 return false;
             }
             UserEvent::PresenceChanged {
@@ -1665,6 +1679,19 @@ fn next_gap_fetch(e: &mut ChannelEntry) -> Option<(WorkspaceId, Seq, Seq)> {
     Some((e.workspace.clone(), last, up_to))
 }
 
+/// The user a workspace notice says was deactivated: a `user_change` whose user is
+/// `deleted`. Notices are rare; only one that names both is parsed.
+fn deactivated_user(event: &str) -> Option<UserId> {
+    if !(event.contains("\"user_change\"") && event.contains("\"deleted\":true")) {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(event).ok()?;
+    if v["type"] != "user_change" || v["user"]["deleted"] != true {
+        return None;
+    }
+    v["user"]["id"].as_str().and_then(UserId::parse)
+}
+
 /// Renders a message once and queues it to every local session of the channel.
 /// Takes the next message of a channel's contiguous stream: rendered once, kept in the
 /// recent window, and staged for the sessions.
@@ -2380,6 +2407,7 @@ mod tests {
                     v["type"].as_str().unwrap().to_string()
                 }
                 Outbound::Messages { .. } => "messages".to_string(),
+                Outbound::Close(reason) => format!("close {reason}"),
             });
         }
         assert_eq!(
@@ -2476,6 +2504,29 @@ mod tests {
         );
         assert_eq!(drained(&mut elsewhere), [r#"{"type":"team_join"}"#]);
         assert!(drained(&mut other_workspace).is_empty());
+
+        // A deactivated user's sessions hear it, then end; the others only hear it. A
+        // profile change, or a namesake in another workspace, ends nothing.
+        let changed = r#"{"type":"user_change","user":{"id":"UE","deleted":false}}"#;
+        hub.on_user_event(notice(None, changed));
+        assert_eq!(drained(&mut elsewhere), [changed]);
+        assert_eq!(drained(&mut in_cx), [changed]);
+        let mut namesake = register("UE", "TO", "CX");
+        let gone = r#"{"type":"user_change","user":{"id":"UE","deleted":true}}"#;
+        hub.on_user_event(notice(None, gone));
+        assert_eq!(drained(&mut elsewhere), [gone, "close account_inactive"]);
+        assert_eq!(drained(&mut in_cx), [gone]);
+        assert!(drained(&mut namesake).is_empty());
+        assert_eq!(deactivated_user(gone), Some(UserId::from("UE")));
+        for not in [
+            changed,
+            r#"{"type":"team_join","user":{"id":"UE","deleted":true}}"#,
+            r#"{"type":"user_change","deleted":true,"user":{"id":"UE"}}"#,
+            r#"{"type":"user_change","user":{"id":"not an id","deleted":true}}"#,
+            "{\"user_change\" \"deleted\":true",
+        ] {
+            assert_eq!(deactivated_user(not), None, "{not}");
+        }
     }
 
     /// A join carries the channel's seq from before it. A message posted after the join can
@@ -2558,6 +2609,7 @@ mod tests {
                 Outbound::Left { channel } => format!("left {}", channel.0),
                 Outbound::Event(t) => t.to_string(),
                 Outbound::Messages { .. } => "messages".into(),
+                Outbound::Close(reason) => format!("close {reason}"),
             });
         }
         out

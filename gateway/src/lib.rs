@@ -263,6 +263,8 @@ enum ListError {
     Unreachable,
     BadAnswer,
     Unauthorized,
+    /// The token's user was deactivated.
+    Inactive,
     Refused,
 }
 
@@ -298,7 +300,8 @@ async fn list_channels(
         let body: serde_json::Value = resp.json().await.map_err(|_| ListError::BadAnswer)?;
         if body["ok"] != true {
             return Err(match body["error"].as_str() {
-                Some("invalid_auth" | "not_authed" | "account_inactive") => ListError::Unauthorized,
+                Some("invalid_auth" | "not_authed") => ListError::Unauthorized,
+                Some("account_inactive") => ListError::Inactive,
                 _ => ListError::Refused,
             });
         }
@@ -345,6 +348,7 @@ async fn user_channels(
         )),
         Err(ListError::BadAnswer) => Err(reject(StatusCode::BAD_GATEWAY, "webapp_bad_answer")),
         Err(ListError::Unauthorized) => Err(reject(StatusCode::UNAUTHORIZED, "invalid_auth")),
+        Err(ListError::Inactive) => Err(reject(StatusCode::UNAUTHORIZED, "account_inactive")),
         Err(ListError::Refused) => Err(reject(StatusCode::BAD_GATEWAY, "webapp_error")),
     }
 }

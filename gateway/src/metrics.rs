@@ -107,6 +107,13 @@ pub static NOTICES: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static SESSIONS_CLOSED_INACTIVE: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_sessions_closed_inactive_total",
+        "sessions ended because their user was deactivated"
+    )
+    .unwrap()
+});
 pub static PRESENCE_REPEATS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_gateway_presence_repeats_total",

@@ -109,6 +109,8 @@ struct Session {
     new_backfill_rx: Option<mpsc::Receiver<BackfillResult>>,
     hold_limit: usize,
     overflow: CancellationToken,
+    /// Set when the hub ends the session ([`Outbound::Close`]): why.
+    closing: Option<&'static str>,
     typing: HashMap<ChannelId, Instant>,
     presence: PresenceFilter,
     web_api: Arc<WebApi>,
@@ -372,6 +374,7 @@ impl Session {
                 // (see `on_backfill`) and must not hold back a rejoin's own fetch.
                 self.backfilling.remove(&channel);
             }
+            Outbound::Close(reason) => self.closing = Some(reason),
         }
     }
 
@@ -561,6 +564,7 @@ pub fn run<K: Send + 'static>(
             written: HashSet::new(),
             held: HashMap::new(),
             backfilling: HashSet::new(),
+            closing: None,
             backfill_tx: None,
             new_backfill_rx: None,
             hold_limit: queue,
@@ -832,6 +836,25 @@ pub fn run<K: Send + 'static>(
                     break;
                 }
                 shrink_after_burst(&mut out, written);
+            }
+            if let Some(reason) = s.closing {
+                // Told after everything queued before it (the `user_change` saying why).
+                let goodbye = match socket_mode {
+                    Some(_) => {
+                        WsMessage::Text(SocketMode::disconnect("link_disabled", &hub.node.0).into())
+                    }
+                    None => text(serde_json::json!({ "type": "goodbye", "source": reason })),
+                };
+                if bounded(write_timeout, socket.send(goodbye)).await {
+                    close(
+                        &mut socket,
+                        close_code::ACCOUNT_INACTIVE,
+                        reason,
+                        write_timeout,
+                    )
+                    .await;
+                }
+                break;
             }
         }
         finish(&hub, id, &s.claims);
@@ -1119,6 +1142,7 @@ mod tests {
             written: HashSet::new(),
             held: HashMap::new(),
             backfilling: HashSet::new(),
+            closing: None,
             backfill_tx: None,
             new_backfill_rx: None,
             hold_limit: queue,

@@ -47,6 +47,8 @@ pub enum ApiError {
     NotAuthed,
     #[error("the token is invalid or its user is gone")]
     InvalidAuth,
+    #[error("the token's user was deactivated")]
+    AccountInactive,
     #[error("this method needs an admin token of the workspace")]
     NotAllowedTokenType,
     #[error("no such channel (or not visible to the caller)")]
@@ -214,6 +216,7 @@ impl ApiError {
         match self {
             ApiError::NotAuthed => "not_authed",
             ApiError::InvalidAuth => "invalid_auth",
+            ApiError::AccountInactive => "account_inactive",
             ApiError::NotAllowedTokenType => "not_allowed_token_type",
             ApiError::ChannelNotFound => "channel_not_found",
             ApiError::UserNotFound => "user_not_found",
@@ -679,6 +682,10 @@ pub fn caller(claims: Claims, user: Option<User>, token: &str) -> ApiResult<Call
     let user = user.ok_or(ApiError::InvalidAuth)?;
     if user.workspace != claims.workspace {
         return Err(ApiError::InvalidAuth);
+    }
+    // A deactivated user's tokens (its bot tokens too) are refused, as Slack refuses them.
+    if user.deleted {
+        return Err(ApiError::AccountInactive);
     }
     Ok(Caller {
         claims,

@@ -383,7 +383,7 @@ async fn deliver(
         .user(&claims.user)
         .await
         .map_err(ApiError::from)?
-        .filter(|u| u.workspace == claims.workspace)
+        .filter(|u| u.workspace == claims.workspace && !u.deleted)
         .ok_or(HookError::new("no_service"))?;
     let channel = state
         .store

@@ -131,6 +131,15 @@ pub static SCHEDULED_LATENESS: LazyLock<prometheus::Histogram> = LazyLock::new(|
 
 /// Files, by what happened: `announced` (an upload URL handed out), `uploaded`, `completed`,
 /// `downloaded`, `deleted`, and `refused_<why>` for an upload refused.
+pub static USERS_DEACTIVATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_user_activations_total",
+        "users deactivated or reactivated by an admin (admin.users.setInactive / setActive), by event",
+        &["event"]
+    )
+    .expect("metric registers once")
+});
+
 pub static USERGROUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_usergroups_total",

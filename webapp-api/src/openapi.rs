@@ -780,6 +780,20 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         ],
     },
     MethodDoc {
+        name: "admin.users.setInactive",
+        summary: "Switchboard's own: an admin deactivates a user of the workspace (not itself). Its tokens, bot tokens too, are refused with `account_inactive`, its hooks and scheduled messages post nothing, the gateways end its sessions after the workspace's `user_change` (`deleted: true`); it stays listed, in its channels, with its messages. Again is no error.",
+        auth: Auth::Admin,
+        params: &[req("user", Ty::Str, "user id (`U…`)")],
+        errors: &["not_allowed_token_type", "user_not_found", "invalid_arguments"],
+    },
+    MethodDoc {
+        name: "admin.users.setActive",
+        summary: "Switchboard's own: an admin brings a deactivated user back; its tokens work again.",
+        auth: Auth::Admin,
+        params: &[req("user", Ty::Str, "user id (`U…`)")],
+        errors: &["not_allowed_token_type", "user_not_found"],
+    },
+    MethodDoc {
         name: "users.profile.set",
         summary: "Sets the caller's `real_name` and/or `display_name` (an admin token may set another user's), and with an admin token `email`.",
         auth: Auth::User,
@@ -1582,6 +1596,7 @@ mod tests {
             ApiError::RestrictedTooMany,
             ApiError::InvalidScheduledMessageId,
             ApiError::MissingArgument("name"),
+            ApiError::AccountInactive,
             ApiError::NameAlreadyExists,
             ApiError::HandleAlreadyExists,
             ApiError::NoSuchSubteam,

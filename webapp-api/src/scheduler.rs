@@ -177,7 +177,10 @@ async fn post(state: &AppState, m: &ScheduledMessage) -> Outcome {
     else {
         return Outcome::Retry;
     };
-    if read.user.is_none_or(|u| u.workspace != msg.workspace) {
+    if read
+        .user
+        .is_none_or(|u| u.workspace != msg.workspace || u.deleted)
+    {
         return Outcome::Dropped("user_gone");
     }
     let Some(channel) = read.channel.filter(|c| c.workspace == msg.workspace) else {

@@ -2166,6 +2166,146 @@ async fn admin_users_create_needs_an_admin_token() {
     s.stop().await;
 }
 
+/// An admin deactivates a user: its tokens (user and bot alike) are refused with
+/// `account_inactive`, its hooks post nothing, it stays listed as `deleted`, and the
+/// workspace hears `user_change`; brought back, its tokens work again.
+#[tokio::test]
+async fn an_admin_deactivates_and_reactivates_a_user() {
+    let s = Server::start_with_cluster().await;
+    let admin = s.admin_token();
+    let (alice, bob) = (s.token("alice"), s.token("bob"));
+    let bob_id = s.user_id("bob");
+    let general = s.general().await;
+    let hook = s
+        .ok("hooks.create", &bob, json!({"channel": general}))
+        .await["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let made = s
+        .ok(
+            "admin.users.create",
+            &admin,
+            json!({"name": "deploy-bot", "is_bot": true}),
+        )
+        .await;
+    let (bot, bot_id) = (
+        made["token"].as_str().unwrap().to_string(),
+        made["user"]["id"].as_str().unwrap().to_string(),
+    );
+
+    // Only with an admin token, never oneself, only users of the workspace.
+    for token in [&bob, &alice] {
+        s.err(
+            "admin.users.setInactive",
+            token,
+            json!({"user": bob_id}),
+            "not_allowed_token_type",
+        )
+        .await;
+    }
+    s.err(
+        "admin.users.setInactive",
+        &admin,
+        json!({"user": s.user_id("alice")}),
+        "invalid_arguments",
+    )
+    .await;
+    for nobody in ["UNOBODY", "not-a-user", ""] {
+        s.err(
+            "admin.users.setInactive",
+            &admin,
+            json!({"user": nobody}),
+            "user_not_found",
+        )
+        .await;
+    }
+
+    let before = crate::metrics::USERS_DEACTIVATED
+        .with_label_values(&["deactivated"])
+        .get();
+    for (token, id) in [(&bob, &bob_id), (&bot, &bot_id)] {
+        let v = s
+            .ok("admin.users.setInactive", &admin, json!({"user": id}))
+            .await;
+        assert_eq!(v["user"]["deleted"], true, "{v}");
+        for method in [
+            "auth.test",
+            "conversations.list",
+            "rtm.connect",
+            "apps.connections.open",
+        ] {
+            s.err(method, token, json!({}), "account_inactive").await;
+        }
+        s.err(
+            "chat.postMessage",
+            token,
+            json!({"channel": general, "text": "still here?"}),
+            "account_inactive",
+        )
+        .await;
+    }
+    assert_eq!(
+        crate::metrics::USERS_DEACTIVATED
+            .with_label_values(&["deactivated"])
+            .get(),
+        before + 2
+    );
+    // Again is no error.
+    s.ok("admin.users.setInactive", &admin, json!({"user": bob_id}))
+        .await;
+    let (status, _, text) = s
+        .hook(
+            &hook,
+            "application/json",
+            r#"{"text":"from a leaver's hook"}"#,
+        )
+        .await;
+    assert_eq!((status.as_u16(), text.as_str()), (404, "no_service"));
+    // Still listed, as deleted.
+    let info = s.ok("users.info", &alice, json!({"user": bob_id})).await;
+    assert_eq!(info["user"]["deleted"], true);
+    let listed = s.ok("users.list", &alice, json!({})).await;
+    assert!(listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|u| u["id"] == bob_id.as_str() && u["deleted"] == true));
+    // The workspace (and the gateways, which end the user's sessions) heard it.
+    let mut heard = false;
+    for _ in 0..200 {
+        heard = s.relayed_events().iter().any(|e| match e {
+            shared::protocol::UserEvent::Notice { event, .. } => {
+                let v: Value = serde_json::from_str(event).unwrap();
+                v["type"] == "user_change"
+                    && v["user"]["id"] == bob_id.as_str()
+                    && v["user"]["deleted"] == true
+            }
+            _ => false,
+        });
+        if heard {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(heard, "no user_change with deleted");
+
+    // Back: the same tokens work again.
+    let v = s
+        .ok("admin.users.setActive", &admin, json!({"user": bob_id}))
+        .await;
+    assert_eq!(v["user"]["deleted"], false);
+    assert_eq!(
+        s.ok("auth.test", &bob, json!({})).await["user_id"],
+        bob_id.as_str()
+    );
+    let (status, _, text) = s
+        .hook(&hook, "application/json", r#"{"text":"back again"}"#)
+        .await;
+    assert_eq!((status.as_u16(), text.as_str()), (200, "ok"));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn rtm_connect_hands_out_gateways_round_robin() {
     let s = Server::start().await;

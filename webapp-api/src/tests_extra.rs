@@ -38,7 +38,7 @@ impl Server {
     }
 
     /// POSTs `body` (with `content_type`) to a hook path: (status, Retry-After, text).
-    async fn hook(
+    pub(crate) async fn hook(
         &self,
         path: &str,
         content_type: &str,

@@ -27,6 +27,8 @@ pub mod close_code {
     pub const GOING_AWAY: u16 = 1001;
     /// No pong within the timeout.
     pub const PING_TIMEOUT: u16 = 4003;
+    /// The session's user was deactivated (`account_inactive`): do not reconnect.
+    pub const ACCOUNT_INACTIVE: u16 = 4004;
 }
 
 /// What a client sends.

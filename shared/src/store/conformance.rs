@@ -58,6 +58,53 @@ pub async fn run_all(store: &dyn MessageStore) {
     reacted_messages(store).await;
     files(store).await;
     usergroups(store).await;
+    deactivation(store).await;
+}
+
+/// Deactivating a user keeps it (by id, by name, in the workspace's list) with `deleted`;
+/// bringing it back clears it; an unknown user is `None`.
+async fn deactivation(store: &dyn MessageStore) {
+    let ws = store.create_workspace("leavers").await.unwrap();
+    let hal = store
+        .create_user(&ws.id, "hal", "Hal", false, false)
+        .await
+        .unwrap();
+    assert!(!hal.deleted);
+    let gone = store
+        .set_user_deleted(&hal.id, true)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(gone.deleted);
+    assert_eq!(gone.name, "hal");
+    assert!(store.user(&hal.id).await.unwrap().unwrap().deleted);
+    assert!(
+        store
+            .user_by_name(&ws.id, "hal")
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted
+    );
+    let listed = store.users(&ws.id).await.unwrap();
+    assert!(
+        listed.iter().any(|u| u.id == hal.id && u.deleted),
+        "{listed:?}"
+    );
+    let back = store
+        .set_user_deleted(&hal.id, false)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!back.deleted);
+    assert!(!store.user(&hal.id).await.unwrap().unwrap().deleted);
+    assert_eq!(
+        store
+            .set_user_deleted(&UserId::from("UNOBODY"), true)
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 /// User groups: a workspace's set starts empty at version 0; each write that names the

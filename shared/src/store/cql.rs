@@ -267,7 +267,7 @@ const META_TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.workspaces (id text PRIMARY KEY, name text)",
     "CREATE TABLE IF NOT EXISTS {ks}.workspace_names (name text PRIMARY KEY, id text)",
     "CREATE TABLE IF NOT EXISTS {ks}.users (workspace text, id text, name text, real_name text,
-        display_name text, is_admin boolean, is_bot boolean, email text,
+        display_name text, is_admin boolean, is_bot boolean, email text, deleted boolean,
         PRIMARY KEY ((workspace), id))",
     // Who has each email in a workspace: claimed with a lightweight transaction, like names.
     "CREATE TABLE IF NOT EXISTS {ks}.user_emails (workspace text, email text, id text,
@@ -405,7 +405,8 @@ fn rich_json(m: &Message) -> Option<String> {
 
 /// Columns added to the meta keyspace's tables after their first version, for keyspaces made
 /// before: `ALTER TABLE` adds each one that is missing.
-const META_ADDED_COLUMNS: &[(&str, &str, &str)] = &[("users", "email", "text")];
+const META_ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("users", "email", "text"), ("users", "deleted", "boolean")];
 
 /// Columns added to a shard's tables after their first version, for keyspaces made before:
 /// `ALTER TABLE` adds each one that is missing.
@@ -434,12 +435,13 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("user_del", Mode::Write, "DELETE FROM {ks}.users WHERE workspace = ? AND id = ?"),
     ("user_id_del", Mode::Write, "DELETE FROM {ks}.user_ids WHERE id = ?"),
     ("user_ws", Mode::Read, "SELECT workspace FROM {ks}.user_ids WHERE id = ?"),
-    ("user_get", Mode::Read, "SELECT workspace, id, name, real_name, display_name, is_admin, is_bot, email FROM {ks}.users WHERE workspace = ? AND id = ?"),
+    ("user_get", Mode::Read, "SELECT workspace, id, name, real_name, display_name, is_admin, is_bot, email, deleted FROM {ks}.users WHERE workspace = ? AND id = ?"),
     ("user_by_name", Mode::Read, "SELECT id FROM {ks}.user_names WHERE workspace = ? AND name = ?"),
-    ("users_of", Mode::Read, "SELECT workspace, id, name, real_name, display_name, is_admin, is_bot, email FROM {ks}.users WHERE workspace = ?"),
+    ("users_of", Mode::Read, "SELECT workspace, id, name, real_name, display_name, is_admin, is_bot, email, deleted FROM {ks}.users WHERE workspace = ?"),
     ("user_email_claim", Mode::Lwt, "INSERT INTO {ks}.user_emails (workspace, email, id) VALUES (?, ?, ?) IF NOT EXISTS"),
     ("user_email_drop", Mode::Lwt, "DELETE FROM {ks}.user_emails WHERE workspace = ? AND email = ? IF id = ?"),
     ("user_email_put", Mode::Write, "UPDATE {ks}.users SET email = ? WHERE workspace = ? AND id = ?"),
+    ("user_deleted_put", Mode::Write, "UPDATE {ks}.users SET deleted = ? WHERE workspace = ? AND id = ?"),
     ("user_by_email", Mode::SerialRead, "SELECT id FROM {ks}.user_emails WHERE workspace = ? AND email = ?"),
     ("user_profile", Mode::Write, "UPDATE {ks}.users SET real_name = ?, display_name = ? WHERE workspace = ? AND id = ?"),
     ("channel_claim", Mode::Lwt, "INSERT INTO {ks}.channel_names (workspace, name, id) VALUES (?, ?, ?) IF NOT EXISTS"),
@@ -630,6 +632,7 @@ struct UserRow {
     is_admin: bool,
     is_bot: bool,
     email: Option<String>,
+    deleted: Option<bool>,
 }
 
 impl From<UserRow> for User {
@@ -643,6 +646,7 @@ impl From<UserRow> for User {
             is_admin: r.is_admin,
             is_bot: r.is_bot,
             email: r.email.unwrap_or_default(),
+            deleted: r.deleted.unwrap_or_default(),
         }
     }
 }
@@ -1854,6 +1858,7 @@ impl MessageStore for CqlStore {
                 is_admin,
                 is_bot,
                 email: String::new(),
+                deleted: false,
             };
             if !s
                 .applied(
@@ -1962,6 +1967,27 @@ impl MessageStore for CqlStore {
         timed("users", async {
             let rows: Vec<UserRow> = s.rows(s.meta.get("users_of"), (&workspace.0,)).await?;
             Ok(rows.into_iter().map(User::from).collect())
+        })
+        .await
+    }
+
+    async fn set_user_deleted(&self, user: &UserId, deleted: bool) -> StorageResult<Option<User>> {
+        let s = &self.inner;
+        timed("set_user_deleted", async {
+            let Some(ws) = s.user_workspace(&user.0).await? else {
+                return Ok(None);
+            };
+            if s.first::<UserRow>(s.meta.get("user_get"), (&ws, &user.0))
+                .await?
+                .is_none()
+            {
+                return Ok(None);
+            }
+            s.exec(s.meta.get("user_deleted_put"), (deleted, &ws, &user.0))
+                .await?;
+            Ok(s.first::<UserRow>(s.meta.get("user_get"), (&ws, &user.0))
+                .await?
+                .map(User::from))
         })
         .await
     }

@@ -79,6 +79,11 @@ pub struct User {
     /// Unique in the workspace, as [`normalize_email`] gives it; empty when the user has none.
     #[serde(default)]
     pub email: String,
+    /// Deactivated (`admin.users.setInactive`): its tokens are refused and its sessions
+    /// closed; it stays in the workspace's lists (Slack's `deleted: true`) and its messages
+    /// stay.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// An email address as users are found by it: trimmed and lower-cased (addresses are
@@ -189,6 +194,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// stored afterwards, or `None` when there is no such user. `AlreadyExists` when another
     /// user of the workspace has it.
     async fn set_user_email(&self, user: &UserId, email: &str) -> StorageResult<Option<User>>;
+    /// Deactivates a user (`deleted`) or brings it back; the user as it now is, or `None`
+    /// when there is no such user.
+    async fn set_user_deleted(&self, user: &UserId, deleted: bool) -> StorageResult<Option<User>>;
     /// The user of `workspace` with this email ([`normalize_email`]).
     async fn user_by_email(
         &self,

@@ -254,6 +254,7 @@ const META_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("users", "display_name", "TEXT NOT NULL DEFAULT ''"),
     ("members", "last_read", "INTEGER NOT NULL DEFAULT 0"),
     ("users", "email", "TEXT NOT NULL DEFAULT ''"),
+    ("users", "deleted", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 /// Adds the columns of [`META_ADDED_COLUMNS`] that an older store lacks. Several processes
@@ -440,10 +441,12 @@ fn row_to_user(row: &rusqlite::Row<'_>) -> rusqlite::Result<User> {
         is_bot: row.get(5)?,
         display_name: row.get(6)?,
         email: row.get(7)?,
+        deleted: row.get(8)?,
     })
 }
 
-const USER_COLUMNS: &str = "id, workspace, name, real_name, is_admin, is_bot, display_name, email";
+const USER_COLUMNS: &str =
+    "id, workspace, name, real_name, is_admin, is_bot, display_name, email, deleted";
 const CHANNEL_COLUMNS: &str =
     "id, workspace, name, is_private, creator, created, topic, purpose, is_archived";
 
@@ -1392,12 +1395,13 @@ impl MessageStore for SqliteStore {
             is_admin,
             is_bot,
             email: String::new(),
+            deleted: false,
         };
         let row = user.clone();
         self.meta_write("create_user", move |c| {
             c.execute_cached(
                 &format!(
-                    "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                    "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
                 ),
                 params![
                     row.id.0,
@@ -1407,7 +1411,8 @@ impl MessageStore for SqliteStore {
                     row.is_admin,
                     row.is_bot,
                     row.display_name,
-                    row.email
+                    row.email,
+                    row.deleted
                 ],
             )
             .map_err(|e| map_insert_err(e, "user"))?;
@@ -1488,6 +1493,20 @@ impl MessageStore for SqliteStore {
                     params![id.0, email],
                 )
                 .map_err(|e| map_insert_err(e, "a user with this email"))
+            })
+        })
+        .await
+    }
+
+    async fn set_user_deleted(&self, user: &UserId, deleted: bool) -> StorageResult<Option<User>> {
+        let id = user.clone();
+        self.meta_write("set_user_deleted", move |c| {
+            update_user_row(c, &id, |tx| {
+                tx.execute_cached(
+                    "UPDATE users SET deleted = ?2 WHERE id = ?1",
+                    params![id.0, deleted],
+                )
+                .map_err(unavailable)
             })
         })
         .await

@@ -290,6 +290,55 @@ pub(super) async fn profile_set(state: &AppState, caller: &Caller, params: &Para
     Ok(object(json!({ "profile": profile_json(&user) })))
 }
 
+/// `admin.users.setInactive` (`inactive`) and `admin.users.setActive`: an admin deactivates a
+/// user of the workspace, or brings one back. A deactivated user's tokens are refused
+/// (`account_inactive`), its hooks and scheduled messages post nothing, and the gateways
+/// close its sessions on the `user_change` that says so (`deleted: true`); it stays in the
+/// workspace's lists and channels, and its messages stay. An admin cannot deactivate itself.
+pub(super) async fn set_inactive(
+    state: &AppState,
+    caller: &Caller,
+    params: &Params,
+    inactive: bool,
+) -> ApiResult {
+    if !(caller.claims.admin && caller.user.is_admin) {
+        return Err(ApiError::NotAllowedTokenType);
+    }
+    let target = user_in_workspace(state, caller, params.non_empty("user")).await?;
+    if inactive && target.id == caller.user.id {
+        return Err(ApiError::InvalidArguments(
+            "an admin cannot deactivate itself".into(),
+        ));
+    }
+    if target.deleted == inactive {
+        return Ok(object(json!({ "user": super::user_json(&target) })));
+    }
+    let user = state
+        .store
+        .set_user_deleted(&target.id, inactive)
+        .await?
+        .ok_or(ApiError::UserNotFound)?;
+    crate::metrics::USERS_DEACTIVATED
+        .with_label_values(&[if inactive {
+            "deactivated"
+        } else {
+            "reactivated"
+        }])
+        .inc();
+    publish_all(
+        state,
+        vec![
+            UserEvent::UserChanged {
+                workspace: user.workspace.clone(),
+                user: user_profile(&user),
+            },
+            super::user_notice(&user, "user_change"),
+        ],
+    )
+    .await;
+    Ok(object(json!({ "user": super::user_json(&user) })))
+}
+
 /// The caller's profile, or `user`'s in the caller's workspace.
 pub(super) async fn profile_get(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let user = match params.non_empty("user") {
