@@ -2289,6 +2289,11 @@ async fn an_admin_deactivates_and_reactivates_a_user() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(heard, "no user_change with deleted");
+    // Flannel's caches hear it too: the profile they keep says deleted.
+    assert!(s.relayed_events().iter().any(|e| matches!(
+        e,
+        shared::protocol::UserEvent::UserChanged { user, .. } if user.id.0 == bob_id && user.deleted
+    )));
 
     // Back: the same tokens work again.
     let v = s

@@ -18,7 +18,7 @@ impl User {
             display_name: self.display_name.clone(),
             is_bot: self.is_bot,
             is_admin: self.is_admin,
-            deleted: false,
+            deleted: self.deleted,
             email: self.email.clone(),
         }
     }
