@@ -162,6 +162,46 @@ async fn usergroups(store: &dyn MessageStore) {
         store.usergroups(&other.id).await.unwrap(),
         UserGroups::default()
     );
+
+    // Another kind of record is a set of its own: its writes leave the groups' version, and
+    // a record can be removed.
+    let emoji = |set: &RecordSet| {
+        set.records
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        store.record_set(&ws.id, RecordKind::Emoji).await.unwrap(),
+        RecordSet::default()
+    );
+    for (n, name) in ["shipit", "parrot"].iter().enumerate() {
+        let json = format!(r#"{{"url":"https://img.example/{name}.png"}}"#);
+        assert!(store
+            .put_record(&ws.id, RecordKind::Emoji, name, Some(&json), n as u64)
+            .await
+            .unwrap());
+    }
+    let set = store.record_set(&ws.id, RecordKind::Emoji).await.unwrap();
+    assert_eq!(
+        (set.version, emoji(&set)),
+        (2, vec!["parrot".to_string(), "shipit".to_string()])
+    );
+    assert_eq!(
+        set.records[0].1,
+        r#"{"url":"https://img.example/parrot.png"}"#
+    );
+    assert!(!store
+        .put_record(&ws.id, RecordKind::Emoji, "parrot", None, 1)
+        .await
+        .unwrap());
+    assert!(store
+        .put_record(&ws.id, RecordKind::Emoji, "parrot", None, 2)
+        .await
+        .unwrap());
+    let set = store.record_set(&ws.id, RecordKind::Emoji).await.unwrap();
+    assert_eq!((set.version, emoji(&set)), (3, vec!["shipit".to_string()]));
+    assert_eq!(store.usergroups(&ws.id).await.unwrap().version, 3);
 }
 
 /// Files: a record is kept and replaced whole, listed newest first by workspace and paged,

@@ -61,8 +61,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     shard_for, AppendOutcome, Change, Channel, FileRecord, HistoryQuery, Membership, MessageStore,
-    MessageView, Reaction, ScheduledMessage, StorageError, StorageErrorKind, StorageResult, User,
-    UserGroup, UserGroups, UserReaction, Workspace,
+    MessageView, Reaction, RecordKind, RecordSet, ScheduledMessage, StorageError, StorageErrorKind,
+    StorageResult, User, UserReaction, Workspace,
 };
 use crate::config::StoreConfig;
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
@@ -301,11 +301,12 @@ const META_TABLES: &[&str] = &[
         created bigint, message text, PRIMARY KEY ((workspace), id))",
     "CREATE TABLE IF NOT EXISTS {ks}.scheduled_due (part int, post_at bigint, id text,
         workspace text, PRIMARY KEY ((part), post_at, id))",
-    // User groups: a workspace's in one partition, with the set's version as a static
-    // column, which every write's condition names, so writes to a workspace's groups are
-    // serial (they are few and rare) and a write checked against a stale set fails.
-    "CREATE TABLE IF NOT EXISTS {ks}.usergroups (workspace text, id text, record text,
-        version bigint static, PRIMARY KEY ((workspace), id))",
+    // A workspace's small record sets (user groups, custom emoji): each kind's in one
+    // partition, with the set's version as a static column, which every write's condition
+    // names, so writes to a set are serial (they are few and rare) and a write checked
+    // against a stale set fails. A removed record's `record` is null.
+    "CREATE TABLE IF NOT EXISTS {ks}.records (workspace text, kind text, id text, record text,
+        version bigint static, PRIMARY KEY ((workspace, kind), id))",
 ];
 
 /// A `scheduled` row (id, post_at, created, message) read back.
@@ -472,9 +473,9 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("file_chunk_put", Mode::Write, "INSERT INTO {ks}.file_chunks (workspace, id, n, data) VALUES (?, ?, ?, ?)"),
     ("file_chunk_get", Mode::Read, "SELECT data FROM {ks}.file_chunks WHERE workspace = ? AND id = ? AND n = ?"),
     ("file_chunks_drop", Mode::Write, "DELETE FROM {ks}.file_chunks WHERE workspace = ? AND id = ?"),
-    ("usergroups_of", Mode::SerialRead, "SELECT version, record FROM {ks}.usergroups WHERE workspace = ?"),
-    ("usergroup_first", Mode::Lwt, "UPDATE {ks}.usergroups SET record = ?, version = ? WHERE workspace = ? AND id = ? IF version = null"),
-    ("usergroup_put", Mode::Lwt, "UPDATE {ks}.usergroups SET record = ?, version = ? WHERE workspace = ? AND id = ? IF version = ?"),
+    ("records_of", Mode::SerialRead, "SELECT version, id, record FROM {ks}.records WHERE workspace = ? AND kind = ?"),
+    ("record_first", Mode::Lwt, "UPDATE {ks}.records SET record = ?, version = ? WHERE workspace = ? AND kind = ? AND id = ? IF version = null"),
+    ("record_put", Mode::Lwt, "UPDATE {ks}.records SET record = ?, version = ? WHERE workspace = ? AND kind = ? AND id = ? IF version = ?"),
     ("scheduled_put", Mode::Lwt, "INSERT INTO {ks}.scheduled (workspace, id, post_at, created, message) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"),
     ("scheduled_due_put", Mode::Write, "INSERT INTO {ks}.scheduled_due (part, post_at, id, workspace) VALUES (?, ?, ?, ?)"),
     ("scheduled_of", Mode::SerialRead, "SELECT id, post_at, created, message FROM {ks}.scheduled WHERE workspace = ?"),
@@ -3016,38 +3017,49 @@ impl MessageStore for CqlStore {
         .await
     }
 
-    async fn usergroups(&self, workspace: &WorkspaceId) -> StorageResult<UserGroups> {
+    async fn record_set(
+        &self,
+        workspace: &WorkspaceId,
+        kind: RecordKind,
+    ) -> StorageResult<RecordSet> {
         let s = &self.inner;
-        timed("usergroups", async {
-            let rows: Vec<(Option<i64>, Option<String>)> =
-                s.rows(s.meta.get("usergroups_of"), (&workspace.0,)).await?;
+        timed("record_set", async {
+            let rows: Vec<(Option<i64>, Option<String>, Option<String>)> = s
+                .rows(s.meta.get("records_of"), (&workspace.0, kind.name()))
+                .await?;
             let version = rows.first().and_then(|r| r.0).unwrap_or(0).max(0) as u64;
-            let mut groups = rows
-                .iter()
-                .filter_map(|r| r.1.as_deref())
-                .map(UserGroup::from_json)
-                .collect::<StorageResult<Vec<_>>>()?;
-            groups.sort_by(|a, b| a.id.cmp(&b.id));
-            Ok(UserGroups { version, groups })
+            let mut records: Vec<(String, String)> = rows
+                .into_iter()
+                .filter_map(|(_, id, record)| Some((id?, record?)))
+                .collect();
+            records.sort();
+            Ok(RecordSet { version, records })
         })
         .await
     }
 
-    async fn put_usergroup(&self, group: &UserGroup, expected: u64) -> StorageResult<bool> {
+    async fn put_record(
+        &self,
+        workspace: &WorkspaceId,
+        kind: RecordKind,
+        id: &str,
+        record: Option<&str>,
+        expected: u64,
+    ) -> StorageResult<bool> {
         let s = &self.inner;
-        timed("put_usergroup", async {
-            let ws = &group.workspace.0;
+        timed("put_record", async {
             let next = i(expected.saturating_add(1));
+            let ws = &workspace.0;
             if expected == 0 {
                 s.applied(
-                    s.meta.get("usergroup_first"),
-                    (group.json(), next, ws, &group.id),
+                    s.meta.get("record_first"),
+                    (record, next, ws, kind.name(), id),
                 )
                 .await
             } else {
                 s.applied(
-                    s.meta.get("usergroup_put"),
-                    (group.json(), next, ws, &group.id, i(expected)),
+                    s.meta.get("record_put"),
+                    (record, next, ws, kind.name(), id, i(expected)),
                 )
                 .await
             }

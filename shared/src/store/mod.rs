@@ -452,15 +452,80 @@ pub trait MessageStore: Send + Sync + 'static {
         id: &str,
     ) -> StorageResult<Option<ScheduledMessage>>;
 
-    // -- user groups (`usergroups.*`) --
-    /// The workspace's user groups, by id, with the version of the set: every
-    /// [`MessageStore::put_usergroup`] in the workspace moves it on (0 before the first).
-    async fn usergroups(&self, workspace: &WorkspaceId) -> StorageResult<UserGroups>;
-    /// Writes `group` (new, or a new state of one) if the workspace's user groups are still
-    /// at `expected` (the version [`MessageStore::usergroups`] gave); `false`, writing nothing,
-    /// when another write came first. So a caller that checked names and handles against the
-    /// set it read writes only if the set is still that one.
-    async fn put_usergroup(&self, group: &UserGroup, expected: u64) -> StorageResult<bool>;
+    // -- a workspace's small record sets (user groups, custom emoji) --
+    /// The workspace's records of `kind` (by id), with the set's version: every
+    /// [`MessageStore::put_record`] of that kind in the workspace moves it on (0 before the
+    /// first).
+    async fn record_set(
+        &self,
+        workspace: &WorkspaceId,
+        kind: RecordKind,
+    ) -> StorageResult<RecordSet>;
+    /// Writes record `id` of `kind` (`None`: removes it) if the workspace's records of that
+    /// kind are still at `expected` (the version [`MessageStore::record_set`] gave); `false`,
+    /// writing nothing, when another write came first. So a caller that checked names against
+    /// the set it read writes only if the set is still that one.
+    async fn put_record(
+        &self,
+        workspace: &WorkspaceId,
+        kind: RecordKind,
+        id: &str,
+        record: Option<&str>,
+        expected: u64,
+    ) -> StorageResult<bool>;
+
+    /// The workspace's user groups (the [`RecordKind::UserGroup`] set).
+    async fn usergroups(&self, workspace: &WorkspaceId) -> StorageResult<UserGroups> {
+        let set = self.record_set(workspace, RecordKind::UserGroup).await?;
+        let groups = set
+            .records
+            .iter()
+            .map(|(_, json)| UserGroup::from_json(json))
+            .collect::<StorageResult<Vec<_>>>()?;
+        Ok(UserGroups {
+            version: set.version,
+            groups,
+        })
+    }
+
+    /// [`MessageStore::put_record`] of a user group.
+    async fn put_usergroup(&self, group: &UserGroup, expected: u64) -> StorageResult<bool> {
+        let json = group.json();
+        self.put_record(
+            &group.workspace,
+            RecordKind::UserGroup,
+            &group.id,
+            Some(&json),
+            expected,
+        )
+        .await
+    }
+}
+
+/// The kinds of [`MessageStore::record_set`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// [`UserGroup`]s, by id.
+    UserGroup,
+    /// Custom emoji, by name.
+    Emoji,
+}
+
+impl RecordKind {
+    /// The stored name of the kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecordKind::UserGroup => "usergroup",
+            RecordKind::Emoji => "emoji",
+        }
+    }
+}
+
+/// A workspace's records of one kind, as JSON by id (in id order), and the set's version.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordSet {
+    pub version: u64,
+    pub records: Vec<(String, String)>,
 }
 
 /// A workspace's user groups as one versioned set ([`MessageStore::usergroups`]).

@@ -25,9 +25,9 @@ use tokio::sync::oneshot;
 
 use super::{
     AppendOutcome, Change, Channel, FileRecord, GroupAppend, HistoryQuery, Membership,
-    MessageStore, MessageView, Reaction, ScheduledMessage, ShardKey, StorageError,
-    StorageErrorKind, StorageResult, User, UserChannelMembership, UserGroup, UserGroups,
-    UserReaction, Workspace,
+    MessageStore, MessageView, Reaction, RecordKind, RecordSet, ScheduledMessage, ShardKey,
+    StorageError, StorageErrorKind, StorageResult, User, UserChannelMembership, UserReaction,
+    Workspace,
 };
 use crate::config::MAX_STORE_SHARDS as MAX_SHARDS;
 use crate::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
@@ -236,15 +236,18 @@ CREATE TABLE IF NOT EXISTS scheduled (
 );
 CREATE INDEX IF NOT EXISTS scheduled_by_time ON scheduled(post_at, id);
 CREATE INDEX IF NOT EXISTS scheduled_by_workspace ON scheduled(workspace, post_at, id);
-CREATE TABLE IF NOT EXISTS usergroups (
+CREATE TABLE IF NOT EXISTS records (
     workspace TEXT NOT NULL,
+    kind TEXT NOT NULL,
     id TEXT NOT NULL,
     record TEXT NOT NULL,
-    PRIMARY KEY (workspace, id)
+    PRIMARY KEY (workspace, kind, id)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS usergroup_versions (
-    workspace TEXT PRIMARY KEY,
-    version INTEGER NOT NULL
+CREATE TABLE IF NOT EXISTS record_versions (
+    workspace TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    PRIMARY KEY (workspace, kind)
 ) WITHOUT ROWID;
 ";
 
@@ -2387,46 +2390,59 @@ impl MessageStore for SqliteStore {
         .await
     }
 
-    async fn usergroups(&self, workspace: &WorkspaceId) -> StorageResult<UserGroups> {
+    async fn record_set(
+        &self,
+        workspace: &WorkspaceId,
+        kind: RecordKind,
+    ) -> StorageResult<RecordSet> {
         let ws = workspace.clone();
-        self.meta("usergroups", move |c| {
+        self.meta("record_set", move |c| {
             let tx = c.transaction().map_err(unavailable)?;
             let version: Option<i64> = tx
                 .query_row_cached(
-                    "SELECT version FROM usergroup_versions WHERE workspace = ?1",
-                    params![ws.0],
+                    "SELECT version FROM record_versions WHERE workspace = ?1 AND kind = ?2",
+                    params![ws.0, kind.name()],
                     |r| r.get(0),
                 )
                 .optional()
                 .map_err(unavailable)?;
             let mut stmt = tx
-                .prepare_cached("SELECT record FROM usergroups WHERE workspace = ?1 ORDER BY id")
+                .prepare_cached(
+                    "SELECT id, record FROM records WHERE workspace = ?1 AND kind = ?2 ORDER BY id",
+                )
                 .map_err(unavailable)?;
             let records = stmt
-                .query_map(params![ws.0], |r| r.get::<_, String>(0))
+                .query_map(params![ws.0, kind.name()], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(unavailable)?
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Result<Vec<(String, String)>, _>>()
                 .map_err(unavailable)?;
-            let groups = records
-                .iter()
-                .map(|json| UserGroup::from_json(json))
-                .collect::<StorageResult<Vec<_>>>()?;
-            Ok(UserGroups {
+            Ok(RecordSet {
                 version: version.unwrap_or(0) as u64,
-                groups,
+                records,
             })
         })
         .await
     }
 
-    async fn put_usergroup(&self, group: &UserGroup, expected: u64) -> StorageResult<bool> {
-        let row = (group.workspace.0.clone(), group.id.clone(), group.json());
-        self.meta_write("put_usergroup", move |c| {
+    async fn put_record(
+        &self,
+        workspace: &WorkspaceId,
+        kind: RecordKind,
+        id: &str,
+        record: Option<&str>,
+        expected: u64,
+    ) -> StorageResult<bool> {
+        let (ws, id, record) = (
+            workspace.0.clone(),
+            id.to_string(),
+            record.map(str::to_string),
+        );
+        self.meta_write("put_record", move |c| {
             let tx = c.transaction().map_err(unavailable)?;
             let version: i64 = tx
                 .query_row_cached(
-                    "SELECT version FROM usergroup_versions WHERE workspace = ?1",
-                    params![row.0],
+                    "SELECT version FROM record_versions WHERE workspace = ?1 AND kind = ?2",
+                    params![ws, kind.name()],
                     |r| r.get(0),
                 )
                 .optional()
@@ -2435,16 +2451,22 @@ impl MessageStore for SqliteStore {
             if version as u64 != expected {
                 return Ok(false);
             }
-            tx.execute_cached(
-                "INSERT INTO usergroups (workspace, id, record) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (workspace, id) DO UPDATE SET record = excluded.record",
-                params![row.0, row.1, row.2],
-            )
+            match &record {
+                Some(record) => tx.execute_cached(
+                    "INSERT INTO records (workspace, kind, id, record) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (workspace, kind, id) DO UPDATE SET record = excluded.record",
+                    params![ws, kind.name(), id, record],
+                ),
+                None => tx.execute_cached(
+                    "DELETE FROM records WHERE workspace = ?1 AND kind = ?2 AND id = ?3",
+                    params![ws, kind.name(), id],
+                ),
+            }
             .map_err(unavailable)?;
             tx.execute_cached(
-                "INSERT INTO usergroup_versions (workspace, version) VALUES (?1, ?2)
-                 ON CONFLICT (workspace) DO UPDATE SET version = excluded.version",
-                params![row.0, version + 1],
+                "INSERT INTO record_versions (workspace, kind, version) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (workspace, kind) DO UPDATE SET version = excluded.version",
+                params![ws, kind.name(), version + 1],
             )
             .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;
