@@ -10,7 +10,8 @@
 //!   `member_joined_channel`, `member_left_channel`, `channel_left`, `channel_created`,
 //!   `channel_rename`, `channel_archive`, `channel_unarchive` (and the `group_*` forms of a
 //!   private channel's), `team_join`, `user_change`, and a user group's `subteam_created`,
-//!   `subteam_updated` and `subteam_members_changed`, and `file_shared` and `file_deleted`.
+//!   `subteam_updated` and `subteam_members_changed`, `file_shared` and `file_deleted`, and
+//!   `emoji_changed`.
 //!   The event is the RTM event as is
 //!   (with `event_ts`, and `seq`; a message also with the Events API's `channel_type`, from
 //!   the session's channel list or the `channel_joined` of one joined later), inside an
@@ -288,6 +289,7 @@ const EVENTS: &[&str] = &[
     "subteam_members_changed",
     "file_shared",
     "file_deleted",
+    "emoji_changed",
 ];
 
 /// One Socket Mode session's framing. Dropping it closes the connection for its app:

@@ -49,6 +49,10 @@ pub enum ApiError {
     InvalidAuth,
     #[error("the token's user was deactivated")]
     AccountInactive,
+    /// A custom emoji method's error, by Slack's name (`error_name_taken`, `emoji_not_found`,
+    /// …).
+    #[error("custom emoji: {0}")]
+    Emoji(&'static str),
     #[error("this method needs an admin token of the workspace")]
     NotAllowedTokenType,
     #[error("no such channel (or not visible to the caller)")]
@@ -217,6 +221,7 @@ impl ApiError {
             ApiError::NotAuthed => "not_authed",
             ApiError::InvalidAuth => "invalid_auth",
             ApiError::AccountInactive => "account_inactive",
+            ApiError::Emoji(code) => code,
             ApiError::NotAllowedTokenType => "not_allowed_token_type",
             ApiError::ChannelNotFound => "channel_not_found",
             ApiError::UserNotFound => "user_not_found",

@@ -140,6 +140,15 @@ pub static USERS_DEACTIVATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static EMOJI: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_emoji_total",
+        "custom emoji changes, by event (added, removed, renamed; raced: a change retried because another changed the workspace's emoji first)",
+        &["event"]
+    )
+    .expect("metric registers once")
+});
+
 pub static USERGROUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_usergroups_total",

@@ -2911,6 +2911,9 @@ mod files;
 /// User groups: unique names and handles, disabling, members, events, races.
 mod usergroups;
 
+/// Custom emoji: added, aliased, renamed and removed by admins, listed by all.
+mod emoji;
+
 /// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
 /// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
 /// is taken leaves no user behind.

@@ -528,6 +528,42 @@ pub struct RecordSet {
     pub records: Vec<(String, String)>,
 }
 
+/// A custom emoji (the [`RecordKind::Emoji`] set, by name): an image URL, or an alias of
+/// another custom emoji.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomEmoji {
+    /// The image, or `None` for an alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The emoji an alias names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alias_for: Option<String>,
+    pub created: Ts,
+    pub by: UserId,
+}
+
+impl CustomEmoji {
+    /// The record as the stores keep it: JSON.
+    pub fn json(&self) -> String {
+        serde_json::to_string(self).expect("an emoji serializes")
+    }
+
+    /// A stored record back; its JSON unreadable is [`StorageErrorKind::Corrupt`].
+    pub fn from_json(json: &str) -> StorageResult<CustomEmoji> {
+        serde_json::from_str(json)
+            .map_err(|e| StorageError::new(StorageErrorKind::Corrupt, format!("custom emoji: {e}")))
+    }
+
+    /// Slack's value in `emoji.list`: the URL, or `alias:<name>`.
+    pub fn value(&self) -> String {
+        match (&self.url, &self.alias_for) {
+            (Some(url), _) => url.clone(),
+            (None, Some(target)) => format!("alias:{target}"),
+            (None, None) => String::new(),
+        }
+    }
+}
+
 /// A workspace's user groups as one versioned set ([`MessageStore::usergroups`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct UserGroups {

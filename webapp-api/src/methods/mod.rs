@@ -11,9 +11,11 @@ mod blocks;
 mod chat;
 pub(crate) mod content;
 mod conversations;
+mod emoji;
 pub(crate) mod files;
 mod internal;
 mod members;
+mod records;
 mod scheduled;
 mod search;
 mod team;
@@ -91,6 +93,12 @@ pub const METHODS: &[&str] = &[
     "admin.users.create",
     "admin.users.setInactive",
     "admin.users.setActive",
+    "emoji.list",
+    "admin.emoji.add",
+    "admin.emoji.addAlias",
+    "admin.emoji.remove",
+    "admin.emoji.rename",
+    "admin.emoji.list",
     "users.profile.set",
     "users.profile.get",
     "usergroups.create",
@@ -211,6 +219,12 @@ pub async fn dispatch(
         "admin.users.create" => users::admin_create(state, &caller, params).await,
         "admin.users.setInactive" => users::set_inactive(state, &caller, params, true).await,
         "admin.users.setActive" => users::set_inactive(state, &caller, params, false).await,
+        "emoji.list" => emoji::list(state, &caller).await,
+        "admin.emoji.add" => emoji::add(state, &caller, params).await,
+        "admin.emoji.addAlias" => emoji::add_alias(state, &caller, params).await,
+        "admin.emoji.remove" => emoji::remove(state, &caller, params).await,
+        "admin.emoji.rename" => emoji::rename(state, &caller, params).await,
+        "admin.emoji.list" => emoji::admin_list(state, &caller, params).await,
         "users.profile.set" => users::profile_set(state, &caller, params).await,
         "users.profile.get" => users::profile_get(state, &caller, params).await,
         "usergroups.create" => usergroups::create(state, &caller, params).await,

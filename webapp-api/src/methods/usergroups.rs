@@ -17,9 +17,10 @@
 use serde_json::{json, Value};
 use shared::ids::{ChannelId, Ts, UserGroupId, UserId};
 use shared::protocol::UserEvent;
-use shared::store::{UserGroup, UserGroups};
+use shared::store::{RecordKind, UserGroup, UserGroups};
 
 use super::publish_all;
+use super::records::change_records;
 use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params};
 
 /// Longest name and handle.
@@ -34,8 +35,6 @@ pub const MAX_GROUPS: usize = 1000;
 /// An event lists at most this many members (Slack truncates `users` at 500 too);
 /// `user_count` stays exact.
 const EVENT_USERS: usize = 500;
-/// Tries of a change whose set another change replaced meanwhile.
-const WRITE_TRIES: usize = 8;
 
 const MICROS: u64 = 1_000_000;
 
@@ -245,20 +244,37 @@ where
     F: FnMut(UserGroups) -> Fut,
     Fut: std::future::Future<Output = ApiResult<(Option<UserGroup>, UserGroup)>>,
 {
-    for _ in 0..WRITE_TRIES {
-        let set = state.store.usergroups(&caller.claims.workspace).await?;
-        let version = set.version;
-        let (before, after) = change(set).await?;
-        if state.store.put_usergroup(&after, version).await? {
-            return Ok((before, after));
-        }
+    let raced = || {
         crate::metrics::USERGROUPS
             .with_label_values(&["raced"])
-            .inc();
-    }
-    Err(ApiError::ServiceUnavailable(
-        "the workspace's user groups kept changing; try again".into(),
-    ))
+            .inc()
+    };
+    change_records(
+        state,
+        &caller.claims.workspace,
+        RecordKind::UserGroup,
+        raced,
+        |set| {
+            let groups = set
+                .records
+                .iter()
+                .map(|(_, json)| UserGroup::from_json(json))
+                .collect::<Result<Vec<_>, _>>()
+                .map(|groups| UserGroups {
+                    version: set.version,
+                    groups,
+                });
+            let made = groups.map(&mut change);
+            async move {
+                let (before, after) = made?.await?;
+                Ok((
+                    vec![(after.id.clone(), Some(after.json()))],
+                    (before, after),
+                ))
+            }
+        },
+    )
+    .await
 }
 
 /// Tells every session of the workspace: `kind` with the group as Slack's events carry it.
