@@ -310,6 +310,35 @@ def test_usergroups_and_their_events(dev):
         rtm.close()
 
 
+def test_custom_emoji_and_deactivation(dev):
+    """`emoji_list` and `admin_emoji_*` as slack_sdk calls them; an admin deactivates a
+    user, whose token is then refused with `account_inactive`, and brings it back."""
+    alice = web(dev, "alice")
+    admin = WebClient(token=dev["tokens"]["admin"], base_url=dev["urls"]["api"] + "/")
+    name = "py-" + uuid.uuid4().hex[:6]
+    admin.admin_emoji_add(name=name, url="https://img.example/" + name + ".png")
+    admin.admin_emoji_addAlias(name=name + "-too", alias_for=":" + name + ":")
+    listed = alice.emoji_list()["emoji"]
+    assert listed[name] == "https://img.example/" + name + ".png", listed
+    assert listed[name + "-too"] == "alias:" + name, listed
+    with pytest.raises(SlackApiError) as err:
+        admin.admin_emoji_add(name=name, url="https://img.example/other.png")
+    assert err.value.response["error"] == "error_name_taken"
+    admin.admin_emoji_remove(name=name)
+    assert name + "-too" not in alice.emoji_list()["emoji"]
+
+    made = admin.api_call("admin.users.create", json={"name": "leaver" + uuid.uuid4().hex[:6]})
+    leaver = WebClient(token=made["token"], base_url=dev["urls"]["api"] + "/")
+    assert leaver.auth_test()["ok"]
+    admin.api_call("admin.users.setInactive", json={"user": made["user"]["id"]})
+    with pytest.raises(SlackApiError) as err:
+        leaver.auth_test()
+    assert err.value.response["error"] == "account_inactive"
+    assert alice.users_info(user=made["user"]["id"])["user"]["deleted"] is True
+    admin.api_call("admin.users.setActive", json={"user": made["user"]["id"]})
+    assert leaver.auth_test()["user_id"] == made["user"]["id"]
+
+
 def test_team_info_rtm_start_permalink_and_kick(dev):
     from urllib.parse import urlparse
 
