@@ -80,6 +80,17 @@ fn valid_handle(handle: &str) -> bool {
         })
 }
 
+/// A handle as given (`@` in front is dropped), checked.
+fn handle_param(raw: String) -> ApiResult<String> {
+    let handle = raw.trim().trim_start_matches('@');
+    if !valid_handle(handle) {
+        return Err(ApiError::InvalidArguments(format!(
+            "handle: 1 to {MAX_NAME} of lower-case letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(handle.to_string())
+}
+
 /// A handle made from a name: lower case, runs of anything else as one `-`.
 fn handle_from(name: &str) -> String {
     let mut out = String::new();
@@ -295,15 +306,11 @@ fn counted(event: &str) {
 /// given), `description` and default `channels`, and no members yet.
 pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let name = name_param(params.get("name").unwrap_or_default())?;
-    let handle = match params.non_empty("handle") {
-        Some(h) => h.trim().trim_start_matches('@').to_string(),
-        None => handle_from(&name),
-    };
-    if !valid_handle(&handle) {
-        return Err(ApiError::InvalidArguments(format!(
-            "handle: 1 to {MAX_NAME} of lower-case letters, digits, '-', '_' and '.'"
-        )));
-    }
+    let handle = handle_param(
+        params
+            .non_empty("handle")
+            .map_or_else(|| handle_from(&name), str::to_string),
+    )?;
     let description = description_param(params.get("description").unwrap_or_default())?;
     let channels = match params.non_empty("channels") {
         Some(raw) => channels_param(state, caller, raw).await?,
@@ -368,18 +375,10 @@ pub(super) async fn list(state: &AppState, caller: &Caller, params: &Params) -> 
 /// only when given.
 pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let name = params.get("name").map(name_param).transpose()?;
-    let handle = match params.non_empty("handle") {
-        Some(h) => {
-            let h = h.trim().trim_start_matches('@').to_string();
-            if !valid_handle(&h) {
-                return Err(ApiError::InvalidArguments(format!(
-                    "handle: 1 to {MAX_NAME} of lower-case letters, digits, '-', '_' and '.'"
-                )));
-            }
-            Some(h)
-        }
-        None => None,
-    };
+    let handle = params
+        .non_empty("handle")
+        .map(|h| handle_param(h.to_string()))
+        .transpose()?;
     let description = params
         .get("description")
         .map(description_param)

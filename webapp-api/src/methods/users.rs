@@ -276,18 +276,23 @@ pub(super) async fn profile_set(state: &AppState, caller: &Caller, params: &Para
     if let Some(email) = &email {
         user = set_email(&state.store, &target.id, email).await?;
     }
+    announce_change(state, &user).await;
+    Ok(object(json!({ "profile": profile_json(&user) })))
+}
+
+/// Tells the caches (Flannel's) and every session of the workspace that `user` changed.
+async fn announce_change(state: &AppState, user: &User) {
     publish_all(
         state,
         vec![
             UserEvent::UserChanged {
                 workspace: user.workspace.clone(),
-                user: user_profile(&user),
+                user: user_profile(user),
             },
-            super::user_notice(&user, "user_change"),
+            super::user_notice(user, "user_change"),
         ],
     )
     .await;
-    Ok(object(json!({ "profile": profile_json(&user) })))
 }
 
 /// `admin.users.setInactive` (`inactive`) and `admin.users.setActive`: an admin deactivates a
@@ -325,17 +330,7 @@ pub(super) async fn set_inactive(
             "reactivated"
         }])
         .inc();
-    publish_all(
-        state,
-        vec![
-            UserEvent::UserChanged {
-                workspace: user.workspace.clone(),
-                user: user_profile(&user),
-            },
-            super::user_notice(&user, "user_change"),
-        ],
-    )
-    .await;
+    announce_change(state, &user).await;
     Ok(object(json!({ "user": super::user_json(&user) })))
 }
 
