@@ -73,6 +73,30 @@ impl Server {
         Server::start_inner(configure, Admin::Cluster).await
     }
 
+    /// The workspace notices (`UserEvent::Notice`) of `kind` relayed so far, as JSON, once
+    /// there are `n` of them: waits at most 10 s, then returns what came.
+    pub(crate) async fn notices(&self, kind: &str, n: usize) -> Vec<Value> {
+        let find = || -> Vec<Value> {
+            self.relayed_events()
+                .into_iter()
+                .filter_map(|e| match e {
+                    shared::protocol::UserEvent::Notice { event, .. } => {
+                        serde_json::from_str::<Value>(&event).ok()
+                    }
+                    _ => None,
+                })
+                .filter(|e| e["type"] == kind)
+                .collect()
+        };
+        for _ in 0..200 {
+            if find().len() >= n {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        find()
+    }
+
     /// The user events the admin server relayed so far, oldest first.
     pub(crate) fn relayed_events(&self) -> Vec<shared::protocol::UserEvent> {
         self.cluster

@@ -41,6 +41,18 @@ fn parse(set: &RecordSet) -> ApiResult<BTreeMap<String, Emoji>> {
         .collect()
 }
 
+/// `error_name_taken` when `name` is one of `have`, `emoji_limit_reached` when `have` is
+/// full.
+fn room_for(have: &BTreeMap<String, Emoji>, name: &str) -> ApiResult<()> {
+    if have.contains_key(name) {
+        return Err(ApiError::Emoji("error_name_taken"));
+    }
+    if have.len() >= MAX_EMOJI {
+        return Err(ApiError::Emoji("emoji_limit_reached"));
+    }
+    Ok(())
+}
+
 fn record(e: &Emoji) -> Option<String> {
     Some(e.json())
 }
@@ -182,12 +194,7 @@ pub(super) async fn add(state: &AppState, caller: &Caller, params: &Params) -> A
         let (name, emoji) = (name.clone(), emoji.clone());
         async move {
             let have = parse(&set)?;
-            if have.contains_key(&name) {
-                return Err(ApiError::Emoji("error_name_taken"));
-            }
-            if have.len() >= MAX_EMOJI {
-                return Err(ApiError::Emoji("emoji_limit_reached"));
-            }
+            room_for(&have, &name)?;
             Ok((vec![(name, record(&emoji))], ()))
         }
     })
@@ -214,12 +221,7 @@ pub(super) async fn add_alias(state: &AppState, caller: &Caller, params: &Params
         let (name, target, by) = (name.clone(), target.clone(), by.clone());
         async move {
             let have = parse(&set)?;
-            if have.contains_key(&name) {
-                return Err(ApiError::Emoji("error_name_taken"));
-            }
-            if have.len() >= MAX_EMOJI {
-                return Err(ApiError::Emoji("emoji_limit_reached"));
-            }
+            room_for(&have, &name)?;
             let found = have
                 .get(&target)
                 .ok_or(ApiError::Emoji("emoji_not_found"))?;

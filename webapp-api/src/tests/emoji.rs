@@ -1,31 +1,7 @@
 //! Custom emoji through the real admin server ([`super::cluster`]): admins add, alias,
 //! rename and remove them, every member lists them, and the workspace hears each change.
 
-use shared::protocol::UserEvent;
-
 use super::*;
-
-/// The relayed `emoji_changed` events so far, as JSON, once there are `n`: waits at most
-/// 10 s.
-async fn changes(s: &Server, n: usize) -> Vec<Value> {
-    let find = || -> Vec<Value> {
-        s.relayed_events()
-            .into_iter()
-            .filter_map(|e| match e {
-                UserEvent::Notice { event, .. } => serde_json::from_str::<Value>(&event).ok(),
-                _ => None,
-            })
-            .filter(|e| e["type"] == "emoji_changed")
-            .collect()
-    };
-    for _ in 0..200 {
-        if find().len() >= n {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    find()
-}
 
 #[tokio::test]
 async fn admins_keep_custom_emoji_that_every_member_lists() {
@@ -177,7 +153,7 @@ async fn admins_keep_custom_emoji_that_every_member_lists() {
     );
 
     // The workspace heard every change, as Slack's emoji_changed.
-    let heard = changes(&s, 6).await;
+    let heard = s.notices("emoji_changed", 6).await;
     let subtypes: Vec<&str> = heard
         .iter()
         .map(|e| e["subtype"].as_str().unwrap())

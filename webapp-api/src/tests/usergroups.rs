@@ -3,32 +3,8 @@
 //! workspace's sessions of each change, and never let two changes at once both land on one
 //! stale set.
 
-use shared::protocol::UserEvent;
-
 use super::*;
 use crate::metrics::USERGROUPS;
-
-/// The relayed workspace events of `kind` (`subteam_created`, …), as JSON, once there are
-/// `n` of them: waits at most 10 s, then returns what came.
-async fn notices(s: &Server, kind: &str, n: usize) -> Vec<Value> {
-    let find = || -> Vec<Value> {
-        s.relayed_events()
-            .into_iter()
-            .filter_map(|e| match e {
-                UserEvent::Notice { event, .. } => serde_json::from_str::<Value>(&event).ok(),
-                _ => None,
-            })
-            .filter(|e| e["type"] == kind)
-            .collect()
-    };
-    for _ in 0..200 {
-        if find().len() >= n {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    find()
-}
 
 /// The handles `usergroups.list` gives with these parameters.
 async fn handles(s: &Server, token: &str, params: Value) -> Vec<String> {
@@ -72,7 +48,7 @@ async fn a_user_group_is_created_changed_disabled_and_enabled_with_unique_names(
         "{made}"
     );
     assert!(USERGROUPS.with_label_values(&["created"]).get() > created_before);
-    let created = notices(&s, "subteam_created", 1).await;
+    let created = s.notices("subteam_created", 1).await;
     let announced = created
         .iter()
         .find(|e| e["subteam"]["id"] == id.as_str())
@@ -173,7 +149,7 @@ async fn a_user_group_is_created_changed_disabled_and_enabled_with_unique_names(
         )
         .await;
     }
-    let updated = notices(&s, "subteam_updated", 2).await;
+    let updated = s.notices("subteam_updated", 2).await;
     assert!(
         updated.iter().any(|e| e["subteam"]["handle"] == "oncall"),
         "{updated:?}"
@@ -276,7 +252,7 @@ async fn a_group_s_members_are_replaced_whole_and_the_change_is_announced() {
     let without = s.ok("usergroups.list", &alice, json!({})).await;
     assert!(without["usergroups"][0].get("users").is_none(), "{without}");
 
-    let changes = notices(&s, "subteam_members_changed", 2).await;
+    let changes = s.notices("subteam_members_changed", 2).await;
     let changes: Vec<&Value> = changes
         .iter()
         .filter(|e| e["subteam_id"] == id.as_str())
@@ -288,7 +264,7 @@ async fn a_group_s_members_are_replaced_whole_and_the_change_is_announced() {
     assert_eq!(changes[1]["removed_users"], json!([alice_id]));
     assert_eq!(changes[1]["removed_users_count"], 1);
     assert_eq!(changes[1]["team_id"], s.demo["workspace"]);
-    let updated = notices(&s, "subteam_updated", 2).await;
+    let updated = s.notices("subteam_updated", 2).await;
     assert!(
         updated
             .iter()
