@@ -476,16 +476,7 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// The workspace's user groups (the [`RecordKind::UserGroup`] set).
     async fn usergroups(&self, workspace: &WorkspaceId) -> StorageResult<UserGroups> {
-        let set = self.record_set(workspace, RecordKind::UserGroup).await?;
-        let groups = set
-            .records
-            .iter()
-            .map(|(_, json)| UserGroup::from_json(json))
-            .collect::<StorageResult<Vec<_>>>()?;
-        Ok(UserGroups {
-            version: set.version,
-            groups,
-        })
+        UserGroups::from_set(&self.record_set(workspace, RecordKind::UserGroup).await?)
     }
 
     /// [`MessageStore::put_record`] of a user group.
@@ -570,6 +561,22 @@ pub struct UserGroups {
     pub version: u64,
     /// By id.
     pub groups: Vec<UserGroup>,
+}
+
+impl UserGroups {
+    /// The groups of a [`RecordKind::UserGroup`] set; an unreadable one is
+    /// [`StorageErrorKind::Corrupt`].
+    pub fn from_set(set: &RecordSet) -> StorageResult<UserGroups> {
+        let groups = set
+            .records
+            .iter()
+            .map(|(_, json)| UserGroup::from_json(json))
+            .collect::<StorageResult<Vec<_>>>()?;
+        Ok(UserGroups {
+            version: set.version,
+            groups,
+        })
+    }
 }
 
 /// A user group (Slack's "subteam"): a handle that mentions its members at once, and the

@@ -266,16 +266,7 @@ where
         RecordKind::UserGroup,
         raced,
         |set| {
-            let groups = set
-                .records
-                .iter()
-                .map(|(_, json)| UserGroup::from_json(json))
-                .collect::<Result<Vec<_>, _>>()
-                .map(|groups| UserGroups {
-                    version: set.version,
-                    groups,
-                });
-            let made = groups.map(&mut change);
+            let made = UserGroups::from_set(&set).map(&mut change);
             async move {
                 let (before, after) = made?.await?;
                 Ok((
