@@ -651,8 +651,8 @@ pub(super) async fn delete(state: &AppState, caller: &Caller, params: &Params) -
 /// After a file is deleted: each message that shared it shows Slack's tombstone in its
 /// place (`{"id": …, "mode": "tombstone"}`, through an edit of the message, so history and
 /// connected clients see it), and the sessions of each channel hear `file_deleted`. The file
-/// is gone whatever happens here: a message that cannot be changed now (the mesh away, the
-/// channel archived) keeps the file's object, whose URL answers 404, and is counted.
+/// is gone whatever happens here: a message that cannot be changed now (the mesh away)
+/// keeps the file's object, whose URL answers 404, and is counted.
 async fn tombstone(state: &AppState, file: &FileRecord) {
     let mut channels: Vec<ChannelId> = Vec::new();
     for (channel, ts) in &file.shares {
