@@ -140,6 +140,14 @@ def test_files_upload_v2(dev):
     assert top["text"] == "the list" and top["files"][0]["id"] == file["id"], top
     assert bob.files_info(file=file["id"])["file"]["mimetype"] == "text/csv"
     assert file["id"] in [f["id"] for f in bob.files_list(channel=channel)["files"]]
+    # Found by search_files (by its title) and search_all, once the index has it.
+    found = []
+    deadline = time.time() + 20
+    while time.time() < deadline and not found:
+        found = [f["id"] for f in bob.search_files(query="people in:#" + bob.conversations_info(channel=channel)["channel"]["name"])["files"]["matches"]]
+        time.sleep(0.2)
+    assert found == [file["id"]], found
+    assert [f["id"] for f in bob.search_all(query="people")["files"]["matches"]].count(file["id"]) == 1
     req = urllib.request.Request(file["url_private"],
                                  headers={"Authorization": "Bearer " + dev["tokens"]["users"]["bob"]["token"]})
     assert urllib.request.urlopen(req).read().decode() == content
@@ -150,6 +158,9 @@ def test_files_upload_v2(dev):
     with pytest.raises(SlackApiError) as err:
         alice.files_info(file=file["id"])
     assert err.value.response["error"] == "file_not_found"
+    # The sharing message now shows Slack's tombstone in the file's place.
+    top = bob.conversations_history(channel=channel, limit=1)["messages"][0]
+    assert top["files"] == [{"id": file["id"], "mode": "tombstone"}], top
 
 
 def test_topic_and_purpose_are_set_and_announced(dev):
