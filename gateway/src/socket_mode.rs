@@ -11,7 +11,8 @@
 //!   `channel_rename`, `channel_archive`, `channel_unarchive` (and the `group_*` forms of a
 //!   private channel's), `team_join`, `user_change`, and a user group's `subteam_created`,
 //!   `subteam_updated` and `subteam_members_changed`, `file_shared` and `file_deleted`, and
-//!   `emoji_changed`.
+//!   `emoji_changed`, and a channel's `bookmark_added`, `bookmark_updated` and
+//!   `bookmark_removed`.
 //!   The event is the RTM event as is
 //!   (with `event_ts`, and `seq`; a message also with the Events API's `channel_type`, from
 //!   the session's channel list or the `channel_joined` of one joined later), inside an
@@ -290,6 +291,9 @@ const EVENTS: &[&str] = &[
     "file_shared",
     "file_deleted",
     "emoji_changed",
+    "bookmark_added",
+    "bookmark_updated",
+    "bookmark_removed",
 ];
 
 /// One Socket Mode session's framing. Dropping it closes the connection for its app:

@@ -49,10 +49,10 @@ pub enum ApiError {
     InvalidAuth,
     #[error("the token's user was deactivated")]
     AccountInactive,
-    /// A custom emoji method's error, by Slack's name (`error_name_taken`, `emoji_not_found`,
-    /// …).
-    #[error("custom emoji: {0}")]
-    Emoji(&'static str),
+    /// An error Slack names with nothing more to say (custom emoji's `error_name_taken`,
+    /// `emoji_not_found`, bookmarks' `invalid_link`, …).
+    #[error("{0}")]
+    Named(&'static str),
     #[error("this method needs an admin token of the workspace")]
     NotAllowedTokenType,
     #[error("no such channel (or not visible to the caller)")]
@@ -221,7 +221,7 @@ impl ApiError {
             ApiError::NotAuthed => "not_authed",
             ApiError::InvalidAuth => "invalid_auth",
             ApiError::AccountInactive => "account_inactive",
-            ApiError::Emoji(code) => code,
+            ApiError::Named(code) => code,
             ApiError::NotAllowedTokenType => "not_allowed_token_type",
             ApiError::ChannelNotFound => "channel_not_found",
             ApiError::UserNotFound => "user_not_found",

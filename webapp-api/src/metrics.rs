@@ -140,6 +140,15 @@ pub static USERS_DEACTIVATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static BOOKMARKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_bookmarks_total",
+        "channel bookmark changes, by event (bookmark_added, bookmark_updated, bookmark_removed; raced: a change retried because another changed the channel's bookmarks first)",
+        &["event"]
+    )
+    .expect("metric registers once")
+});
+
 pub static EMOJI: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_emoji_total",

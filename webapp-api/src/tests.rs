@@ -2938,6 +2938,9 @@ mod usergroups;
 /// Custom emoji: added, aliased, renamed and removed by admins, listed by all.
 mod emoji;
 
+/// Channel bookmarks: kept by members, listed by readers, announced to the channel.
+mod bookmarks;
+
 /// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
 /// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
 /// is taken leaves no user behind.

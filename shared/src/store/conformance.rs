@@ -172,17 +172,17 @@ async fn usergroups(store: &dyn MessageStore) {
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        store.record_set(&ws.id, RecordKind::Emoji).await.unwrap(),
+        store.record_set(&ws.id, &RecordKind::Emoji).await.unwrap(),
         RecordSet::default()
     );
     for (n, name) in ["shipit", "parrot"].iter().enumerate() {
         let json = format!(r#"{{"url":"https://img.example/{name}.png"}}"#);
         assert!(store
-            .put_record(&ws.id, RecordKind::Emoji, name, Some(&json), n as u64)
+            .put_record(&ws.id, &RecordKind::Emoji, name, Some(&json), n as u64)
             .await
             .unwrap());
     }
-    let set = store.record_set(&ws.id, RecordKind::Emoji).await.unwrap();
+    let set = store.record_set(&ws.id, &RecordKind::Emoji).await.unwrap();
     assert_eq!(
         (set.version, emoji(&set)),
         (2, vec!["parrot".to_string(), "shipit".to_string()])
@@ -192,16 +192,31 @@ async fn usergroups(store: &dyn MessageStore) {
         r#"{"url":"https://img.example/parrot.png"}"#
     );
     assert!(!store
-        .put_record(&ws.id, RecordKind::Emoji, "parrot", None, 1)
+        .put_record(&ws.id, &RecordKind::Emoji, "parrot", None, 1)
         .await
         .unwrap());
     assert!(store
-        .put_record(&ws.id, RecordKind::Emoji, "parrot", None, 2)
+        .put_record(&ws.id, &RecordKind::Emoji, "parrot", None, 2)
         .await
         .unwrap());
-    let set = store.record_set(&ws.id, RecordKind::Emoji).await.unwrap();
+    let set = store.record_set(&ws.id, &RecordKind::Emoji).await.unwrap();
     assert_eq!((set.version, emoji(&set)), (3, vec!["shipit".to_string()]));
     assert_eq!(store.usergroups(&ws.id).await.unwrap().version, 3);
+    // A channel's set is its own, apart from another channel's.
+    let (c1, c2) = (ChannelId::from("CBOOK1"), ChannelId::from("CBOOK2"));
+    let book = |c: &ChannelId| RecordKind::Bookmarks(c.clone());
+    assert!(store
+        .put_record(&ws.id, &book(&c1), "Bk1", Some("{}"), 0)
+        .await
+        .unwrap());
+    assert_eq!(
+        emoji(&store.record_set(&ws.id, &book(&c1)).await.unwrap()),
+        ["Bk1"]
+    );
+    assert_eq!(
+        store.record_set(&ws.id, &book(&c2)).await.unwrap(),
+        RecordSet::default()
+    );
 }
 
 /// Files: a record is kept and replaced whole, listed newest first by workspace and paged,

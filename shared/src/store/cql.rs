@@ -3020,7 +3020,7 @@ impl MessageStore for CqlStore {
     async fn record_set(
         &self,
         workspace: &WorkspaceId,
-        kind: RecordKind,
+        kind: &RecordKind,
     ) -> StorageResult<RecordSet> {
         let s = &self.inner;
         timed("record_set", async {
@@ -3041,7 +3041,7 @@ impl MessageStore for CqlStore {
     async fn put_record(
         &self,
         workspace: &WorkspaceId,
-        kind: RecordKind,
+        kind: &RecordKind,
         id: &str,
         record: Option<&str>,
         expected: u64,
@@ -3049,17 +3049,14 @@ impl MessageStore for CqlStore {
         let s = &self.inner;
         timed("put_record", async {
             let next = i(expected.saturating_add(1));
-            let ws = &workspace.0;
+            let (ws, kind) = (&workspace.0, kind.name());
             if expected == 0 {
-                s.applied(
-                    s.meta.get("record_first"),
-                    (record, next, ws, kind.name(), id),
-                )
-                .await
+                s.applied(s.meta.get("record_first"), (record, next, ws, &kind, id))
+                    .await
             } else {
                 s.applied(
                     s.meta.get("record_put"),
-                    (record, next, ws, kind.name(), id, i(expected)),
+                    (record, next, ws, &kind, id, i(expected)),
                 )
                 .await
             }

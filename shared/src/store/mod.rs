@@ -459,7 +459,7 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn record_set(
         &self,
         workspace: &WorkspaceId,
-        kind: RecordKind,
+        kind: &RecordKind,
     ) -> StorageResult<RecordSet>;
     /// Writes record `id` of `kind` (`None`: removes it) if the workspace's records of that
     /// kind are still at `expected` (the version [`MessageStore::record_set`] gave); `false`,
@@ -468,7 +468,7 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn put_record(
         &self,
         workspace: &WorkspaceId,
-        kind: RecordKind,
+        kind: &RecordKind,
         id: &str,
         record: Option<&str>,
         expected: u64,
@@ -476,7 +476,7 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// The workspace's user groups (the [`RecordKind::UserGroup`] set).
     async fn usergroups(&self, workspace: &WorkspaceId) -> StorageResult<UserGroups> {
-        UserGroups::from_set(&self.record_set(workspace, RecordKind::UserGroup).await?)
+        UserGroups::from_set(&self.record_set(workspace, &RecordKind::UserGroup).await?)
     }
 
     /// [`MessageStore::put_record`] of a user group.
@@ -484,7 +484,7 @@ pub trait MessageStore: Send + Sync + 'static {
         let json = group.json();
         self.put_record(
             &group.workspace,
-            RecordKind::UserGroup,
+            &RecordKind::UserGroup,
             &group.id,
             Some(&json),
             expected,
@@ -494,20 +494,23 @@ pub trait MessageStore: Send + Sync + 'static {
 }
 
 /// The kinds of [`MessageStore::record_set`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecordKind {
     /// [`UserGroup`]s, by id.
     UserGroup,
     /// Custom emoji, by name.
     Emoji,
+    /// A channel's bookmarks, by id: a set per channel.
+    Bookmarks(ChannelId),
 }
 
 impl RecordKind {
-    /// The stored name of the kind.
-    pub fn name(self) -> &'static str {
+    /// The stored name of the set (with its channel, for a channel's).
+    pub fn name(&self) -> String {
         match self {
-            RecordKind::UserGroup => "usergroup",
-            RecordKind::Emoji => "emoji",
+            RecordKind::UserGroup => "usergroup".into(),
+            RecordKind::Emoji => "emoji".into(),
+            RecordKind::Bookmarks(channel) => format!("bookmarks:{channel}"),
         }
     }
 }

@@ -2393,15 +2393,15 @@ impl MessageStore for SqliteStore {
     async fn record_set(
         &self,
         workspace: &WorkspaceId,
-        kind: RecordKind,
+        kind: &RecordKind,
     ) -> StorageResult<RecordSet> {
-        let ws = workspace.clone();
+        let (ws, kind) = (workspace.clone(), kind.name());
         self.meta("record_set", move |c| {
             let tx = c.transaction().map_err(unavailable)?;
             let version: Option<i64> = tx
                 .query_row_cached(
                     "SELECT version FROM record_versions WHERE workspace = ?1 AND kind = ?2",
-                    params![ws.0, kind.name()],
+                    params![ws.0, kind],
                     |r| r.get(0),
                 )
                 .optional()
@@ -2412,7 +2412,7 @@ impl MessageStore for SqliteStore {
                 )
                 .map_err(unavailable)?;
             let records = stmt
-                .query_map(params![ws.0, kind.name()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_map(params![ws.0, kind], |r| Ok((r.get(0)?, r.get(1)?)))
                 .map_err(unavailable)?
                 .collect::<Result<Vec<(String, String)>, _>>()
                 .map_err(unavailable)?;
@@ -2427,13 +2427,14 @@ impl MessageStore for SqliteStore {
     async fn put_record(
         &self,
         workspace: &WorkspaceId,
-        kind: RecordKind,
+        kind: &RecordKind,
         id: &str,
         record: Option<&str>,
         expected: u64,
     ) -> StorageResult<bool> {
-        let (ws, id, record) = (
+        let (ws, kind, id, record) = (
             workspace.0.clone(),
+            kind.name(),
             id.to_string(),
             record.map(str::to_string),
         );
@@ -2442,7 +2443,7 @@ impl MessageStore for SqliteStore {
             let version: i64 = tx
                 .query_row_cached(
                     "SELECT version FROM record_versions WHERE workspace = ?1 AND kind = ?2",
-                    params![ws, kind.name()],
+                    params![ws, kind],
                     |r| r.get(0),
                 )
                 .optional()
@@ -2455,18 +2456,18 @@ impl MessageStore for SqliteStore {
                 Some(record) => tx.execute_cached(
                     "INSERT INTO records (workspace, kind, id, record) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (workspace, kind, id) DO UPDATE SET record = excluded.record",
-                    params![ws, kind.name(), id, record],
+                    params![ws, kind, id, record],
                 ),
                 None => tx.execute_cached(
                     "DELETE FROM records WHERE workspace = ?1 AND kind = ?2 AND id = ?3",
-                    params![ws, kind.name(), id],
+                    params![ws, kind, id],
                 ),
             }
             .map_err(unavailable)?;
             tx.execute_cached(
                 "INSERT INTO record_versions (workspace, kind, version) VALUES (?1, ?2, ?3)
                  ON CONFLICT (workspace, kind) DO UPDATE SET version = excluded.version",
-                params![ws, kind.name(), version + 1],
+                params![ws, kind, version + 1],
             )
             .map_err(unavailable)?;
             tx.commit().map_err(unavailable)?;

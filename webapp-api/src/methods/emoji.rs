@@ -45,10 +45,10 @@ fn parse(set: &RecordSet) -> ApiResult<BTreeMap<String, Emoji>> {
 /// full.
 fn room_for(have: &BTreeMap<String, Emoji>, name: &str) -> ApiResult<()> {
     if have.contains_key(name) {
-        return Err(ApiError::Emoji("error_name_taken"));
+        return Err(ApiError::Named("error_name_taken"));
     }
     if have.len() >= MAX_EMOJI {
-        return Err(ApiError::Emoji("emoji_limit_reached"));
+        return Err(ApiError::Named("emoji_limit_reached"));
     }
     Ok(())
 }
@@ -64,17 +64,17 @@ fn name_param(params: &Params, key: &str) -> ApiResult<String> {
     let name = raw.strip_prefix(':').unwrap_or(raw);
     let name = name.strip_suffix(':').unwrap_or(name);
     if name.is_empty() {
-        return Err(ApiError::Emoji("error_missing_name"));
+        return Err(ApiError::Named("error_missing_name"));
     }
     if name.chars().any(|c| c.is_uppercase()) {
-        return Err(ApiError::Emoji("error_lower_case_names_only"));
+        return Err(ApiError::Named("error_lower_case_names_only"));
     }
     if name.len() > MAX_NAME
         || !name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
     {
-        return Err(ApiError::Emoji("error_bad_name_i18n"));
+        return Err(ApiError::Named("error_bad_name_i18n"));
     }
     Ok(name.to_string())
 }
@@ -113,7 +113,7 @@ async fn announce(state: &AppState, caller: &Caller, fields: Value) {
 pub(super) async fn list(state: &AppState, caller: &Caller) -> ApiResult {
     let set = state
         .store
-        .record_set(&caller.claims.workspace, RecordKind::Emoji)
+        .record_set(&caller.claims.workspace, &RecordKind::Emoji)
         .await?;
     let emoji = parse(&set)?;
     let newest = emoji.values().map(|e| e.created).max().unwrap_or_default();
@@ -134,7 +134,7 @@ pub(super) async fn admin_list(state: &AppState, caller: &Caller, params: &Param
     let after = decode_cursor(params, "emoji")?;
     let set = state
         .store
-        .record_set(&caller.claims.workspace, RecordKind::Emoji)
+        .record_set(&caller.claims.workspace, &RecordKind::Emoji)
         .await?;
     let emoji = parse(&set)?;
     let page: Vec<(&String, &Emoji)> = emoji
@@ -175,13 +175,13 @@ pub(super) async fn add(state: &AppState, caller: &Caller, params: &Params) -> A
     let name = name_param(params, "name")?;
     let url = params.non_empty("url").map(str::trim).unwrap_or_default();
     if url.is_empty() {
-        return Err(ApiError::Emoji("error_no_image"));
+        return Err(ApiError::Named("error_no_image"));
     }
     let parsed = url::Url::parse(url).ok();
     if url.len() > MAX_URL
         || !parsed.is_some_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
     {
-        return Err(ApiError::Emoji("error_bad_format"));
+        return Err(ApiError::Named("error_bad_format"));
     }
     let emoji = Emoji {
         url: Some(url.to_string()),
@@ -190,7 +190,7 @@ pub(super) async fn add(state: &AppState, caller: &Caller, params: &Params) -> A
         by: caller.user.id.clone(),
     };
     let ws = &caller.claims.workspace;
-    change_records(state, ws, RecordKind::Emoji, raced, |set| {
+    change_records(state, ws, &RecordKind::Emoji, raced, |set| {
         let (name, emoji) = (name.clone(), emoji.clone());
         async move {
             let have = parse(&set)?;
@@ -214,17 +214,17 @@ pub(super) async fn add(state: &AppState, caller: &Caller, params: &Params) -> A
 pub(super) async fn add_alias(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     admin(caller)?;
     let name = name_param(params, "name")?;
-    let target = name_param(params, "alias_for").map_err(|_| ApiError::Emoji("emoji_not_found"))?;
+    let target = name_param(params, "alias_for").map_err(|_| ApiError::Named("emoji_not_found"))?;
     let ws = &caller.claims.workspace;
     let by = caller.user.id.clone();
-    let target = change_records(state, ws, RecordKind::Emoji, raced, |set| {
+    let target = change_records(state, ws, &RecordKind::Emoji, raced, |set| {
         let (name, target, by) = (name.clone(), target.clone(), by.clone());
         async move {
             let have = parse(&set)?;
             room_for(&have, &name)?;
             let found = have
                 .get(&target)
-                .ok_or(ApiError::Emoji("emoji_not_found"))?;
+                .ok_or(ApiError::Named("emoji_not_found"))?;
             let target = found.alias_for.clone().unwrap_or(target);
             let alias = Emoji {
                 url: None,
@@ -249,16 +249,16 @@ pub(super) async fn add_alias(state: &AppState, caller: &Caller, params: &Params
 /// `admin.emoji.remove`: the emoji `name`, and its aliases.
 pub(super) async fn remove(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     admin(caller)?;
-    let name = name_param(params, "name").map_err(|_| ApiError::Emoji("emoji_not_found"))?;
+    let name = name_param(params, "name").map_err(|_| ApiError::Named("emoji_not_found"))?;
     let ws = &caller.claims.workspace;
     // The aliases go first and the emoji last, so a try cut short by another change leaves
     // the emoji, and the next try removes what is left.
-    let mut removed = change_records(state, ws, RecordKind::Emoji, raced, |set| {
+    let mut removed = change_records(state, ws, &RecordKind::Emoji, raced, |set| {
         let name = name.clone();
         async move {
             let have = parse(&set)?;
             if !have.contains_key(&name) {
-                return Err(ApiError::Emoji("emoji_not_found"));
+                return Err(ApiError::Named("emoji_not_found"));
             }
             let mut writes: Vec<Write> = have
                 .iter()
@@ -285,10 +285,10 @@ pub(super) async fn remove(state: &AppState, caller: &Caller, params: &Params) -
 /// `admin.emoji.rename`: the emoji `name` becomes `new_name`; its aliases follow it.
 pub(super) async fn rename(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     admin(caller)?;
-    let name = name_param(params, "name").map_err(|_| ApiError::Emoji("emoji_not_found"))?;
+    let name = name_param(params, "name").map_err(|_| ApiError::Named("emoji_not_found"))?;
     let new_name = name_param(params, "new_name")?;
     let ws = &caller.claims.workspace;
-    let value = change_records(state, ws, RecordKind::Emoji, raced, |set| {
+    let value = change_records(state, ws, &RecordKind::Emoji, raced, |set| {
         let (name, new_name) = (name.clone(), new_name.clone());
         async move {
             let have = parse(&set)?;
@@ -296,13 +296,13 @@ pub(super) async fn rename(state: &AppState, caller: &Caller, params: &Params) -
             if !have.contains_key(&name) {
                 return match have.get(&new_name) {
                     Some(e) => Ok((Vec::new(), e.value())),
-                    None => Err(ApiError::Emoji("emoji_not_found")),
+                    None => Err(ApiError::Named("emoji_not_found")),
                 };
             }
             let emoji = have[&name].clone();
             // The same record under both names is a try cut short before the old name went.
             if have.get(&new_name).is_some_and(|e| *e != emoji) {
-                return Err(ApiError::Emoji("error_name_taken"));
+                return Err(ApiError::Named("error_name_taken"));
             }
             let mut writes: Vec<Write> = have
                 .iter()

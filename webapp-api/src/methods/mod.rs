@@ -8,6 +8,7 @@
 mod attachments;
 mod auth;
 mod blocks;
+mod bookmarks;
 mod chat;
 pub(crate) mod content;
 mod conversations;
@@ -81,6 +82,10 @@ pub const METHODS: &[&str] = &[
     "pins.add",
     "pins.remove",
     "pins.list",
+    "bookmarks.add",
+    "bookmarks.edit",
+    "bookmarks.remove",
+    "bookmarks.list",
     "search.messages",
     "search.files",
     "search.all",
@@ -207,6 +212,10 @@ pub async fn dispatch(
         "pins.add" => chat::pin(state, &caller, params, true).await,
         "pins.remove" => chat::pin(state, &caller, params, false).await,
         "pins.list" => chat::pins_list(state, &caller, params).await,
+        "bookmarks.add" => bookmarks::add(state, &caller, params).await,
+        "bookmarks.edit" => bookmarks::edit(state, &caller, params).await,
+        "bookmarks.remove" => bookmarks::remove(state, &caller, params).await,
+        "bookmarks.list" => bookmarks::list(state, &caller, params).await,
         "search.messages" => search::messages(state, &caller, params, request).await,
         "search.files" => search::files(state, &caller, params, request).await,
         "search.all" => search::all(state, &caller, params, request).await,

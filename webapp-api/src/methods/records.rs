@@ -22,7 +22,7 @@ pub(crate) type Write = (String, Option<String>);
 pub(crate) async fn change_records<F, Fut, T>(
     state: &AppState,
     workspace: &WorkspaceId,
-    kind: RecordKind,
+    kind: &RecordKind,
     raced: impl Fn(),
     mut change: F,
 ) -> ApiResult<T>

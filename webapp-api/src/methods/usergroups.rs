@@ -263,7 +263,7 @@ where
     change_records(
         state,
         &caller.claims.workspace,
-        RecordKind::UserGroup,
+        &RecordKind::UserGroup,
         raced,
         |set| {
             let made = UserGroups::from_set(&set).map(&mut change);
