@@ -350,6 +350,24 @@ def test_custom_emoji_and_deactivation(dev):
     assert leaver.auth_test()["user_id"] == made["user"]["id"]
 
 
+def test_bookmarks(dev):
+    """`bookmarks_add`, `bookmarks_edit`, `bookmarks_list`, `bookmarks_remove` as an incident
+    bot uses them."""
+    alice = web(dev, "alice")
+    channel = alice.conversations_create(name="py-inc-" + uuid.uuid4().hex[:6])["channel"]["id"]
+    added = alice.bookmarks_add(channel_id=channel, title="Runbook", type="link",
+                                link="https://runbooks.example/db", emoji=":book:")["bookmark"]
+    assert added["id"].startswith("Bk") and added["emoji"] == ":book:", added
+    alice.bookmarks_edit(channel_id=channel, bookmark_id=added["id"], title="DB runbook")
+    listed = alice.bookmarks_list(channel_id=channel)["bookmarks"]
+    assert [(b["title"], b["link"]) for b in listed] == [("DB runbook", "https://runbooks.example/db")], listed
+    with pytest.raises(SlackApiError) as err:
+        alice.bookmarks_add(channel_id=channel, title="Bad", type="link", link="not a link")
+    assert err.value.response["error"] == "invalid_link"
+    alice.bookmarks_remove(channel_id=channel, bookmark_id=added["id"])
+    assert alice.bookmarks_list(channel_id=channel)["bookmarks"] == []
+
+
 def test_team_info_rtm_start_permalink_and_kick(dev):
     from urllib.parse import urlparse
 
