@@ -154,6 +154,7 @@ pub fn changes_cached_data(event: &UserEvent) -> bool {
             | UserEvent::PresenceChanged { .. }
             | UserEvent::Ephemeral { .. }
             | UserEvent::Notice { .. }
+            | UserEvent::UserNotice { .. }
     )
 }
 
@@ -313,7 +314,8 @@ impl WorkspaceData {
             | UserEvent::PresenceSet { .. }
             | UserEvent::PresenceChanged { .. }
             | UserEvent::Ephemeral { .. }
-            | UserEvent::Notice { .. } => {}
+            | UserEvent::Notice { .. }
+            | UserEvent::UserNotice { .. } => {}
             UserEvent::UserChanged { user, .. } => {
                 self.upsert_user(user.clone());
             }

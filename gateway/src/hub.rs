@@ -886,6 +886,21 @@ impl Hub {
                 }
                 return false;
             }
+            // An event for one user: to that user's sessions here.
+            UserEvent::UserNotice {
+                workspace,
+                user,
+                event,
+            } => {
+                let text: Utf8Bytes = event.into();
+                for id in st.users.get(&user).into_iter().flatten() {
+                    if let Some(s) = st.sessions.get(id).filter(|s| s.workspace == workspace) {
+                        s.offer(Outbound::Event(text.clone()));
+                    }
+                }
+                m::NOTICES.inc();
+                return false;
+            }
             UserEvent::PresenceChanged {
                 workspace,
                 user,
@@ -2518,6 +2533,17 @@ mod tests {
         assert_eq!(drained(&mut in_cx), [gone]);
         assert!(drained(&mut namesake).is_empty());
         assert_eq!(deactivated_user(gone), Some(UserId::from("UE")));
+        // An event for one user reaches that user's sessions in its workspace alone.
+        let mut second = register("UE", "TW", "CX");
+        let mine = r#"{"type":"subteam_self_added","subteam_id":"S1"}"#;
+        hub.on_user_event(UserEvent::UserNotice {
+            workspace: WorkspaceId::from("TW"),
+            user: UserId::from("UE"),
+            event: mine.into(),
+        });
+        assert_eq!(drained(&mut second), [mine]);
+        assert!(drained(&mut in_cx).is_empty());
+        assert!(drained(&mut namesake).is_empty());
         for not in [
             changed,
             r#"{"type":"team_join","user":{"id":"UE","deleted":true}}"#,

@@ -10,7 +10,8 @@
 //!   `member_joined_channel`, `member_left_channel`, `channel_left`, `channel_created`,
 //!   `channel_rename`, `channel_archive`, `channel_unarchive` (and the `group_*` forms of a
 //!   private channel's), `team_join`, `user_change`, and a user group's `subteam_created`,
-//!   `subteam_updated` and `subteam_members_changed`, `file_shared` and `file_deleted`, and
+//!   `subteam_updated`, `subteam_members_changed`, `subteam_self_added` and
+//!   `subteam_self_removed`, `file_shared` and `file_deleted`, and
 //!   `emoji_changed`, and a channel's `bookmark_added`, `bookmark_updated` and
 //!   `bookmark_removed`.
 //!   The event is the RTM event as is
@@ -288,6 +289,8 @@ const EVENTS: &[&str] = &[
     "subteam_created",
     "subteam_updated",
     "subteam_members_changed",
+    "subteam_self_added",
+    "subteam_self_removed",
     "file_shared",
     "file_deleted",
     "emoji_changed",

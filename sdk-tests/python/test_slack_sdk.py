@@ -282,7 +282,8 @@ def test_usergroups_and_their_events(dev):
     def on_hello(client, event):
         hello.set()
 
-    for kind in ["subteam_created", "subteam_updated", "subteam_members_changed"]:
+    for kind in ["subteam_created", "subteam_updated", "subteam_members_changed",
+                 "subteam_self_added", "subteam_self_removed"]:
         rtm.on(kind)(lambda client, event: events.put(event))
 
     rtm.connect()
@@ -317,6 +318,15 @@ def test_usergroups_and_their_events(dev):
         changes = [e for e in mine if e["type"] == "subteam_members_changed"]
         assert [c["added_users"] for c in changes] == [[ids["alice"]["id"], ids["bob"]["id"]], [ids["carol"]["id"]]], changes
         assert changes[1]["removed_users"] == [ids["alice"]["id"], ids["bob"]["id"]], changes
+        # Bob, added then removed, heard both in his own session.
+        deadline = time.time() + 10
+        while time.time() < deadline and not any(e["type"] == "subteam_self_removed" for e in seen):
+            try:
+                seen.append(events.get(timeout=1))
+            except queue.Empty:
+                continue
+        own = [e["type"] for e in seen if e["type"].startswith("subteam_self") and e["subteam_id"] == group["id"]]
+        assert own == ["subteam_self_added", "subteam_self_removed"], own
     finally:
         rtm.close()
 

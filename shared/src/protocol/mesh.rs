@@ -43,9 +43,11 @@ use crate::ids::{ChannelId, NodeId, RingEpoch, Seq, UserId, WorkspaceId};
 /// own name and icon) need no new version; `UserEvent::ChannelJoined` carries `private`.
 /// 6: `MessageKind::Pinned` and `Unpinned` (Slack's pins), kinds a version 5 node cannot
 /// decode; every version 5 frame is a version 6 frame too.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// 7: `UserEvent::UserNotice` (an event for one user's sessions), which a version 6 node
+/// cannot decode; every version 6 frame is a version 7 frame too.
+pub const PROTOCOL_VERSION: u16 = 7;
 /// Oldest version this build accepts: each version before 5 lacks a field that bincode reads
-/// by position, so its frames cannot be decoded. Version 5's frames decode as 6's.
+/// by position, so its frames cannot be decoded. Version 5's and 6's frames decode as 7's.
 pub const MIN_PROTOCOL_VERSION: u16 = 5;
 /// Default cap on one frame; configurable per node.
 pub const MAX_FRAME_BYTES_DEFAULT: usize = 8 * 1024 * 1024;
@@ -744,31 +746,39 @@ mod tests {
                 WireError::Version {
                     version: old,
                     min: 5,
-                    max: 6
+                    max: 7
                 }
             );
             assert!(
                 err.to_string()
-                    .contains(&format!("version {old} (accepted 5..=6)")),
+                    .contains(&format!("version {old} (accepted 5..=7)")),
                 "{err}"
             );
         }
     }
 
-    /// Version 5 wrote what version 6 writes but pins: its frames decode as 6's.
+    /// Versions 5 and 6 wrote what version 7 writes but pins (5) and one user's events: their
+    /// frames decode as 7's.
     #[test]
-    fn version_5_frames_are_read() {
-        let msg = sample_message(7, "from a version 5 node".into());
-        let mut bytes = MeshFrame::Deliver { msg: msg.clone() }.to_bytes().to_vec();
-        bytes[4..6].copy_from_slice(&5u16.to_be_bytes());
-        let (decoded, _) = MeshFrame::decode(&bytes, MAX_FRAME_BYTES_DEFAULT)
-            .unwrap()
-            .unwrap();
-        assert_eq!(decoded, MeshFrame::Deliver { msg });
-        // A pin round-trips in 6.
+    fn version_5_and_6_frames_are_read() {
+        for old in [5u16, 6] {
+            let msg = sample_message(7, format!("from a version {old} node"));
+            let mut bytes = MeshFrame::Deliver { msg: msg.clone() }.to_bytes().to_vec();
+            bytes[4..6].copy_from_slice(&old.to_be_bytes());
+            let (decoded, _) = MeshFrame::decode(&bytes, MAX_FRAME_BYTES_DEFAULT)
+                .unwrap()
+                .unwrap();
+            assert_eq!(decoded, MeshFrame::Deliver { msg });
+        }
+        // A pin round-trips from 6 on, an event for one user from 7.
         let mut pin = sample_message(8, String::new());
         pin.kind = crate::protocol::MessageKind::Pinned { target: Ts(5) };
         round_trip(MeshFrame::Deliver { msg: pin });
+        round_trip(MeshFrame::User(UserEvent::UserNotice {
+            workspace: WorkspaceId::from("TW"),
+            user: UserId::from("UA"),
+            event: r#"{"type":"subteam_self_added","subteam_id":"S1"}"#.into(),
+        }));
     }
 
     #[test]

@@ -615,6 +615,13 @@ pub enum UserEvent {
         members_of: Option<ChannelId>,
         event: String,
     },
+    /// Web API -> gateways: `event`, a rendered RTM event for `user`'s sessions alone (Slack's
+    /// `subteam_self_added`). Not stored. Mesh version 7.
+    UserNotice {
+        workspace: WorkspaceId,
+        user: UserId,
+        event: String,
+    },
 }
 
 impl UserEvent {
@@ -631,7 +638,8 @@ impl UserEvent {
             | UserEvent::PresenceSet { workspace, .. }
             | UserEvent::PresenceChanged { workspace, .. }
             | UserEvent::Ephemeral { workspace, .. }
-            | UserEvent::Notice { workspace, .. } => workspace,
+            | UserEvent::Notice { workspace, .. }
+            | UserEvent::UserNotice { workspace, .. } => workspace,
         }
     }
 }

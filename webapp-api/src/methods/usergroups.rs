@@ -32,6 +32,9 @@ pub const MAX_USERS: usize = 10_000;
 pub const MAX_CHANNELS: usize = 100;
 /// Most groups in a workspace (disabled ones count): bounds what each change reads.
 pub const MAX_GROUPS: usize = 1000;
+/// Most `subteam_self_added` (and `_removed`) events one change sends; past them, a member
+/// learns of it from `subteam_updated`.
+const SELF_EVENTS: usize = 1000;
 /// An event lists at most this many members (Slack truncates `users` at 500 too);
 /// `user_count` stays exact.
 const EVENT_USERS: usize = 500;
@@ -515,7 +518,25 @@ pub(super) async fn users_update(state: &AppState, caller: &Caller, params: &Par
         })
         .to_string(),
     };
-    publish_all(state, vec![notice(&group, "subteam_updated"), changed]).await;
+    // And each user added or removed hears it in its own sessions (Slack's
+    // `subteam_self_added` / `subteam_self_removed`), up to SELF_EVENTS of each.
+    let mut events = vec![notice(&group, "subteam_updated"), changed];
+    for (users, kind) in [
+        (&added, "subteam_self_added"),
+        (&removed, "subteam_self_removed"),
+    ] {
+        events.extend(
+            users
+                .iter()
+                .take(SELF_EVENTS)
+                .map(|u| UserEvent::UserNotice {
+                    workspace: group.workspace.clone(),
+                    user: (*u).clone(),
+                    event: json!({ "type": kind, "subteam_id": group.id }).to_string(),
+                }),
+        );
+    }
+    publish_all(state, events).await;
     Ok(object(json!({
         "usergroup": usergroup_json(&group, Some(MAX_USERS), params.flag("include_count", false)),
     })))

@@ -264,6 +264,32 @@ async fn a_group_s_members_are_replaced_whole_and_the_change_is_announced() {
     assert_eq!(changes[1]["removed_users"], json!([alice_id]));
     assert_eq!(changes[1]["removed_users_count"], 1);
     assert_eq!(changes[1]["team_id"], s.demo["workspace"]);
+    // Each user added or removed heard it in its own sessions.
+    let own = |kind: &'static str| {
+        let id = id.clone();
+        s.relayed_events()
+            .into_iter()
+            .filter_map(move |e| match e {
+                shared::protocol::UserEvent::UserNotice { user, event, .. }
+                    if event.contains(kind) && event.contains(&id) =>
+                {
+                    Some(user.0)
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..200 {
+        if !own("subteam_self_removed").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        own("subteam_self_added"),
+        [alice_id.clone(), bob_id.clone(), carol_id.clone()]
+    );
+    assert_eq!(own("subteam_self_removed"), std::slice::from_ref(&alice_id));
     let updated = s.notices("subteam_updated", 2).await;
     assert!(
         updated
