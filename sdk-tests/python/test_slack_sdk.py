@@ -16,6 +16,19 @@ def web(dev, user):
     return WebClient(token=dev["tokens"]["users"][user]["token"], base_url=dev["urls"]["api"] + "/")
 
 
+def rtm_client(dev, user, kinds):
+    """An RTM client of `user` (not yet connected) that queues the events of `kinds`, and the
+    event set by its `hello`."""
+    events: "queue.Queue[dict]" = queue.Queue()
+    hello = threading.Event()
+    rtm = RTMClient(token=dev["tokens"]["users"][user]["token"], base_url=dev["urls"]["api"] + "/",
+                    auto_reconnect_enabled=False)
+    rtm.on("hello")(lambda client, event: hello.set())
+    for kind in kinds:
+        rtm.on(kind)(lambda client, event: events.put(event))
+    return rtm, events, hello
+
+
 def test_auth_and_rtm_connect(dev):
     alice = web(dev, "alice")
     me = alice.auth_test()
@@ -208,25 +221,9 @@ def test_search_messages(dev):
 
 
 def test_rtm_client_receives_messages_and_changes(dev):
-    bob_token = dev["tokens"]["users"]["bob"]["token"]
     alice = web(dev, "alice")
     general = dev["tokens"]["general"]
-    events: "queue.Queue[dict]" = queue.Queue()
-    hello = threading.Event()
-    rtm = RTMClient(token=bob_token, base_url=dev["urls"]["api"] + "/", auto_reconnect_enabled=False)
-
-    @rtm.on("hello")
-    def on_hello(client, event):
-        hello.set()
-
-    @rtm.on("message")
-    def on_message(client, event):
-        events.put(event)
-
-    @rtm.on("reaction_added")
-    def on_reaction(client, event):
-        events.put(event)
-
+    rtm, events, hello = rtm_client(dev, "bob", ["message", "reaction_added"])
     rtm.connect()
     try:
         assert hello.wait(10), "no hello over RTM"
@@ -273,19 +270,8 @@ def test_usergroups_and_their_events(dev):
     listed, disabled and enabled; an RTM client of the workspace hears each change."""
     alice = web(dev, "alice")
     ids = dev["tokens"]["users"]
-    bob_token = ids["bob"]["token"]
-    events: "queue.Queue[dict]" = queue.Queue()
-    hello = threading.Event()
-    rtm = RTMClient(token=bob_token, base_url=dev["urls"]["api"] + "/", auto_reconnect_enabled=False)
-
-    @rtm.on("hello")
-    def on_hello(client, event):
-        hello.set()
-
-    for kind in ["subteam_created", "subteam_updated", "subteam_members_changed",
-                 "subteam_self_added", "subteam_self_removed"]:
-        rtm.on(kind)(lambda client, event: events.put(event))
-
+    rtm, events, hello = rtm_client(dev, "bob", ["subteam_created", "subteam_updated", "subteam_members_changed",
+                                                 "subteam_self_added", "subteam_self_removed"])
     rtm.connect()
     try:
         assert hello.wait(10), "no hello over RTM"
