@@ -129,8 +129,7 @@ pub static SCHEDULED_LATENESS: LazyLock<prometheus::Histogram> = LazyLock::new(|
     .expect("metric registers once")
 });
 
-/// Files, by what happened: `announced` (an upload URL handed out), `uploaded`, `completed`,
-/// `downloaded`, `deleted`, and `refused_<why>` for an upload refused.
+/// Users deactivated or brought back by an admin: `deactivated`, `reactivated`.
 pub static USERS_DEACTIVATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_user_activations_total",
@@ -140,6 +139,7 @@ pub static USERS_DEACTIVATED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Channel bookmark changes, by the event each sent; `raced`: a change retried.
 pub static BOOKMARKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_bookmarks_total",
@@ -149,6 +149,7 @@ pub static BOOKMARKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Custom emoji changes: `added`, `removed`, `renamed`; `raced`: a change retried.
 pub static EMOJI: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_emoji_total",
@@ -158,6 +159,8 @@ pub static EMOJI: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// User group changes: `created`, `updated`, `disabled`, `enabled`, `members_changed`;
+/// `raced`: a change retried.
 pub static USERGROUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_usergroups_total",
@@ -167,6 +170,9 @@ pub static USERGROUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+/// Files, by what happened: `announced` (an upload URL handed out), `uploaded`, `completed`,
+/// `downloaded`, `deleted`, `refused_<why>` for an upload refused, and `tombstone_failed`
+/// for a message that shared a deleted file and could not be changed.
 pub static FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_files_total",
