@@ -218,17 +218,17 @@ fn find<'a>(set: &'a UserGroups, params: &Params) -> ApiResult<&'a UserGroup> {
         .ok_or(ApiError::NoSuchSubteam)
 }
 
-/// `name_already_exists` / `handle_already_exists` when another group of `set` (not
-/// `except`) has the name (ignoring case) or handle, or a user or channel the handle.
+/// `name_already_exists` / `handle_already_exists` when another group of `set` (than
+/// `group`, new or changed) has `group`'s name (ignoring case) or handle, or a user or
+/// channel its handle.
 async fn check_unique(
     state: &AppState,
     caller: &Caller,
     set: &UserGroups,
-    except: Option<&str>,
-    name: &str,
-    handle: &str,
+    group: &UserGroup,
 ) -> ApiResult<()> {
-    let others = set.groups.iter().filter(|g| Some(g.id.as_str()) != except);
+    let (name, handle) = (group.name.as_str(), group.handle.as_str());
+    let others = set.groups.iter().filter(|g| g.id != group.id);
     for g in others {
         if g.name.to_lowercase() == name.to_lowercase() {
             return Err(ApiError::NameAlreadyExists);
@@ -333,7 +333,7 @@ pub(super) async fn create(state: &AppState, caller: &Caller, params: &Params) -
                     "a workspace has at most {MAX_GROUPS} user groups"
                 )));
             }
-            check_unique(state, caller, &set, None, &group.name, &group.handle).await?;
+            check_unique(state, caller, &set, &group).await?;
             Ok((None, group))
         }
     })
@@ -395,15 +395,7 @@ pub(super) async fn update(state: &AppState, caller: &Caller, params: &Params) -
             after.handle = handle.unwrap_or(after.handle);
             after.description = description.unwrap_or(after.description);
             after.channels = channels.unwrap_or(after.channels);
-            check_unique(
-                state,
-                caller,
-                &set,
-                Some(&after.id),
-                &after.name,
-                &after.handle,
-            )
-            .await?;
+            check_unique(state, caller, &set, &after).await?;
             after.updated = Ts::now();
             after.updated_by = caller.user.id.clone();
             Ok((Some(before), after))
@@ -431,15 +423,7 @@ pub(super) async fn set_enabled(
         let mut after = before.clone();
         if enable && before.disabled.is_some() {
             // Its handle may have been taken while it was disabled.
-            check_unique(
-                state,
-                caller,
-                &set,
-                Some(&after.id),
-                &after.name,
-                &after.handle,
-            )
-            .await?;
+            check_unique(state, caller, &set, &after).await?;
         }
         let now = Ts::now();
         after.disabled = match (enable, before.disabled.clone()) {
