@@ -14,8 +14,8 @@
 # limit above 50,512), then the two fan-out shapes with the limit server and NATS, then posts,
 # then the store's writers alone (a shard per workspace against spread channels, and 16 shards),
 # then the experiments (dev's roles over QUIC instead of in-process calls; the mesh's
-# initial congestion window; the gateways' coalescing
-# window at 1 x 1,000; fewer worker threads per
+# initial congestion window; the gateways' session threads
+# at 1 x 1,000; fewer worker threads per
 # Switchboard process, with NATS at 1,000 x 10;
 # 1,000 x 10 at half of peak again, and on eight store shards; 1,000 x 10 with a window of
 # 1,024).
@@ -87,22 +87,13 @@ done
 echo "## 1,000 x 10, mesh initial window 14,720 then 1 MiB" | tee -a "$LOG"
 step 120 fanout -c 1000 -s 10 -d "$D"
 SWITCHBOARD_MESH__INITIAL_WINDOW_BYTES=1048576 step 120 fanout -c 1000 -s 10 -d "$D"
-# Whether a 1 ms coalescing window in the gateways lowers 1 x 1,000's half-peak tail, where
-# each message costs a write per session (2 vCPU could not tell: there the messages already
-# come in groups).
-echo "## 1 x 1,000 at half of peak, gateway coalescing window 1 ms" | tee -a "$LOG"
-SWITCHBOARD_GATEWAY__COALESCE_US=1000 step 150 fanout --half-peak -d "$D"
-# Whether session threads (a message wakes each once, not every session's task) lower that
-# tail: the same rate with 0 (the default) and with 2 per gateway, alternated.
-echo "## 1 x 1,000 at 2,750 messages/s, gateway session threads 0, 2, 0, 2" | tee -a "$LOG"
-for t in 0 2 0 2; do
-    SWITCHBOARD_GATEWAY__SESSION_THREADS=$t step 90 fanout --rate 2750 -d "$D"
+# Whether the gateways' session threads, on by themselves from 8 cores ("auto": half the
+# cores), keep their 13 % off 1 x 1,000's half-peak tail: 0 (the shared runtime) and auto,
+# alternated (the twenty-third session's runs, bench/RESULTS.md).
+echo "## 1 x 1,000 at half of peak, gateway session threads 0, auto, 0, auto" | tee -a "$LOG"
+for t in 0 auto 0 auto; do
+    SWITCHBOARD_GATEWAY__SESSION_THREADS=$t step 90 fanout --half-peak -d "$D"
 done
-# How much of every system's 1 x 1,000 tail is the bench's own readers: the bars' run again
-# with the subscribers on 4 threads of their own, then with those and 2 session threads.
-echo "## 1 x 1,000 at half of peak, --subscriber-threads 4 (then with 2 session threads)" | tee -a "$LOG"
-step 150 fanout --with-limit --with-nats --half-peak --subscriber-threads 4 -d "$D" "${NATS[@]}"
-SWITCHBOARD_GATEWAY__SESSION_THREADS=2 step 90 fanout --half-peak --subscriber-threads 4 -d "$D"
 THREADS=$(( $(nproc) / 4 > 1 ? $(nproc) / 4 : 1 ))
 echo "## TOKIO_WORKER_THREADS=$THREADS for the Switchboard processes" | tee -a "$LOG"
 TOKIO_WORKER_THREADS=$THREADS step 150 fanout --half-peak -d "$D"

@@ -179,10 +179,22 @@ pub async fn run(
             }
         });
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let session_thread_count = config.gateway.session_threads.resolve(cores);
+    tracing::info!(
+        session_threads = session_thread_count,
+        cores,
+        "gateway sessions run on {}",
+        if session_thread_count == 0 {
+            "the shared runtime"
+        } else {
+            "threads of their own"
+        }
+    );
     let session_threads = Arc::new(
         // No reactor of their own: the sessions' sockets were accepted here, and what a session
         // starts that opens connections runs on the hub's runtime (`Hub::spawn`).
-        shared::threads::TaskThreads::start(config.gateway.session_threads, "gw-sessions", false)
+        shared::threads::TaskThreads::start(session_thread_count, "gw-sessions", false)
             .context("session threads")?,
     );
     let state = Arc::new(AppState {

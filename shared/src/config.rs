@@ -114,8 +114,9 @@ pub struct GatewayConfig {
     pub coalesce_us: u64,
     /// Threads that run the sessions, each a single-threaded runtime holding a share of them:
     /// a message wakes each thread once, not a task on any of the process's workers per
-    /// session. 0: sessions run on the process's shared runtime.
-    pub session_threads: usize,
+    /// session. 0: sessions run on the process's shared runtime; `"auto"`: chosen from the
+    /// machine's cores ([`SessionThreads::resolve`]).
+    pub session_threads: SessionThreads,
     /// Base URLs of the Flannel instances this gateway asks for boot data; a workspace's data
     /// lives on the one consistent hashing picks. Empty: `hello` carries no boot data.
     pub flannel_urls: Vec<String>,
@@ -179,6 +180,63 @@ pub struct FlannelConfig {
 pub const MAX_MESH_INITIAL_WINDOW: u64 = 64 * 1024 * 1024;
 /// Most session threads a gateway starts (`gateway.session_threads`).
 pub const MAX_GATEWAY_SESSION_THREADS: usize = 256;
+
+/// Fewest cores on which `gateway.session_threads = "auto"` starts session threads: on 16
+/// cores, half of them per gateway took 13 % off the 1 x 1,000 half-peak p99 without
+/// moving a peak; on 2 cores session threads changed nothing (`bench/RESULTS.md`).
+pub const AUTO_SESSION_THREADS_MIN_CORES: usize = 8;
+
+/// `gateway.session_threads`: a number of threads, or `"auto"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SessionThreads {
+    /// Half the cores on a machine of [`AUTO_SESSION_THREADS_MIN_CORES`] or more, else none.
+    Auto,
+    Count(usize),
+}
+
+impl SessionThreads {
+    /// How many session threads to start on a machine of `cores` cores.
+    pub fn resolve(self, cores: usize) -> usize {
+        match self {
+            SessionThreads::Count(n) => n,
+            SessionThreads::Auto if cores >= AUTO_SESSION_THREADS_MIN_CORES => {
+                (cores / 2).min(MAX_GATEWAY_SESSION_THREADS)
+            }
+            SessionThreads::Auto => 0,
+        }
+    }
+}
+
+impl Serialize for SessionThreads {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            SessionThreads::Auto => s.serialize_str("auto"),
+            SessionThreads::Count(n) => s.serialize_u64(*n as u64),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionThreads {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u64),
+            Word(String),
+        }
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom(SESSION_THREADS_EXPECTED))? {
+            Raw::Count(n) => usize::try_from(n)
+                .map(SessionThreads::Count)
+                .map_err(|_| serde::de::Error::custom(SESSION_THREADS_EXPECTED)),
+            Raw::Word(w) if w == "auto" => Ok(SessionThreads::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "{SESSION_THREADS_EXPECTED}, not {w:?}"
+            ))),
+        }
+    }
+}
+
+const SESSION_THREADS_EXPECTED: &str = "expected a number of threads or \"auto\"";
 
 /// The longest coalescing window a gateway accepts (`gateway.coalesce_us`): past it the wait
 /// would be visible to people.
@@ -337,8 +395,10 @@ impl Config {
         if self.gateway.coalesce_us > MAX_GATEWAY_COALESCE_US {
             bail!("gateway.coalesce_us must be at most {MAX_GATEWAY_COALESCE_US} (100 ms)");
         }
-        if self.gateway.session_threads > MAX_GATEWAY_SESSION_THREADS {
-            bail!("gateway.session_threads must be at most {MAX_GATEWAY_SESSION_THREADS}");
+        if let SessionThreads::Count(n) = self.gateway.session_threads {
+            if n > MAX_GATEWAY_SESSION_THREADS {
+                bail!("gateway.session_threads must be at most {MAX_GATEWAY_SESSION_THREADS}");
+            }
         }
         if self.gateway.max_client_frame_bytes < 256 {
             bail!("gateway.max_client_frame_bytes must be at least 256");
@@ -694,8 +754,19 @@ mod tests {
             )
         };
         assert!(threads(MAX_GATEWAY_SESSION_THREADS + 1).is_err());
-        assert_eq!(threads(4).unwrap().gateway.session_threads, 4);
-        assert_eq!(Config::defaults().gateway.session_threads, 0);
+        assert_eq!(
+            threads(4).unwrap().gateway.session_threads,
+            SessionThreads::Count(4)
+        );
+        assert_eq!(
+            threads(0).unwrap().gateway.session_threads,
+            SessionThreads::Count(0),
+            "0 keeps the sessions on the shared runtime"
+        );
+        assert_eq!(
+            Config::defaults().gateway.session_threads,
+            SessionThreads::Auto
+        );
         assert_eq!(
             Config::defaults().store.shards,
             0,
@@ -711,6 +782,51 @@ mod tests {
         assert!(err.to_string().contains("at most"), "{err}");
         let enough = format!("mesh.max_frame_bytes={MIN_FRAME_BYTES}");
         assert!(Config::load(None, std::iter::empty(), &[enough]).is_ok());
+    }
+
+    #[test]
+    fn session_threads_take_a_number_or_auto() {
+        let env = |raw: &str| {
+            Config::load(
+                None,
+                [(
+                    "SWITCHBOARD_GATEWAY__SESSION_THREADS".to_string(),
+                    raw.to_string(),
+                )],
+                &[],
+            )
+        };
+        assert_eq!(
+            env("auto").unwrap().gateway.session_threads,
+            SessionThreads::Auto
+        );
+        assert_eq!(
+            env("6").unwrap().gateway.session_threads,
+            SessionThreads::Count(6)
+        );
+        let err = format!("{:#}", env("many").unwrap_err());
+        assert!(err.contains("\"auto\"") && err.contains("many"), "{err}");
+        assert!(env("-1").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gw.toml");
+        std::fs::write(&file, "[gateway]\nsession_threads = \"auto\"\n").unwrap();
+        let config = Config::load(Some(&file), std::iter::empty(), &[]).unwrap();
+        assert_eq!(config.gateway.session_threads, SessionThreads::Auto);
+        // What `config show` prints reads back as the same setting.
+        let shown: toml::Table = toml::from_str(&config.to_toml()).unwrap();
+        assert_eq!(shown["gateway"]["session_threads"].as_str(), Some("auto"));
+
+        // Half the cores from 8 up; none on a small machine, where they changed nothing.
+        assert_eq!(SessionThreads::Auto.resolve(2), 0);
+        assert_eq!(SessionThreads::Auto.resolve(7), 0);
+        assert_eq!(SessionThreads::Auto.resolve(8), 4);
+        assert_eq!(SessionThreads::Auto.resolve(16), 8);
+        assert_eq!(
+            SessionThreads::Auto.resolve(4096),
+            MAX_GATEWAY_SESSION_THREADS
+        );
+        assert_eq!(SessionThreads::Count(3).resolve(64), 3);
+        assert_eq!(SessionThreads::Count(0).resolve(64), 0);
     }
 
     #[test]
