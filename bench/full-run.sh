@@ -88,7 +88,7 @@ echo "## 1,000 x 10, mesh initial window 14,720 then 1 MiB" | tee -a "$LOG"
 step 120 fanout -c 1000 -s 10 -d "$D"
 SWITCHBOARD_MESH__INITIAL_WINDOW_BYTES=1048576 step 120 fanout -c 1000 -s 10 -d "$D"
 # Whether the gateways' session threads, on by themselves from 8 cores ("auto": half the
-# cores), keep their 13 % off 1 x 1,000's half-peak tail: 0 (the shared runtime) and auto,
+# cores), keep their tenth off 1 x 1,000's half-peak tail: 0 (the shared runtime) and auto,
 # alternated (the twenty-third session's runs, bench/RESULTS.md).
 echo "## 1 x 1,000 at half of peak, gateway session threads 0, auto, 0, auto" | tee -a "$LOG"
 for t in 0 auto 0 auto; do

@@ -182,7 +182,7 @@ pub const MAX_MESH_INITIAL_WINDOW: u64 = 64 * 1024 * 1024;
 pub const MAX_GATEWAY_SESSION_THREADS: usize = 256;
 
 /// Fewest cores on which `gateway.session_threads = "auto"` starts session threads: on 16
-/// cores, half of them per gateway took 13 % off the 1 x 1,000 half-peak p99 without
+/// cores, half of them per gateway took a tenth off the 1 x 1,000 half-peak p99 without
 /// moving a peak; on 2 cores session threads changed nothing (`bench/RESULTS.md`).
 pub const AUTO_SESSION_THREADS_MIN_CORES: usize = 8;
 
