@@ -53,6 +53,9 @@ pub enum ApiError {
     /// `emoji_not_found`, bookmarks' `invalid_link`, …).
     #[error("{0}")]
     Named(&'static str),
+    /// A request URL did not answer the `url_verification` challenge; why, as `detail`.
+    #[error("the request URL did not pass verification: {0}")]
+    UrlVerificationFailed(String),
     #[error("this method needs an admin token of the workspace")]
     NotAllowedTokenType,
     #[error("no such channel (or not visible to the caller)")]
@@ -222,6 +225,7 @@ impl ApiError {
             ApiError::InvalidAuth => "invalid_auth",
             ApiError::AccountInactive => "account_inactive",
             ApiError::Named(code) => code,
+            ApiError::UrlVerificationFailed(_) => "url_verification_failed",
             ApiError::NotAllowedTokenType => "not_allowed_token_type",
             ApiError::ChannelNotFound => "channel_not_found",
             ApiError::UserNotFound => "user_not_found",
@@ -960,6 +964,9 @@ fn error_response(err: &ApiError) -> Response {
     let mut body = json!({ "ok": false, "error": err.code() });
     if let ApiError::NotInvited(errors) = err {
         body["errors"] = errors.iter().map(UserError::json).collect();
+    }
+    if let ApiError::UrlVerificationFailed(detail) = err {
+        body["detail"] = detail.as_str().into();
     }
     let mut resp = (err.status(), axum::Json(body)).into_response();
     if let ApiError::RateLimited { retry_after_secs } = err {

@@ -41,6 +41,7 @@
 
 pub mod admin_link;
 pub mod api;
+pub mod events_http;
 pub mod hooks;
 pub mod import;
 pub mod methods;
@@ -128,6 +129,11 @@ pub async fn run(
     scheduler::spawn(
         state.clone(),
         std::time::Duration::from_millis(config.webapp.scheduled_poll_ms),
+        shutdown.clone(),
+    );
+    events_http::spawn(
+        state.clone(),
+        std::time::Duration::from_millis(config.webapp.events_poll_ms),
         shutdown.clone(),
     );
     let app = router(state, deps.health.clone());

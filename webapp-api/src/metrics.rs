@@ -7,8 +7,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    register_histogram_vec, register_int_counter, register_int_counter_vec, HistogramVec,
-    IntCounter, IntCounterVec,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, Histogram, HistogramVec, IntCounter, IntCounterVec, IntGauge,
 };
 
 pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
@@ -178,6 +178,41 @@ pub static FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "switchboard_webapp_files_total",
         "files, by event (announced, uploaded, completed, downloaded, deleted, refused_*; tombstone_failed: a message that shared a deleted file could not be changed)",
         &["event"]
+    )
+    .expect("metric registers once")
+});
+
+pub static EVENT_SUBSCRIPTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_event_subscriptions_total",
+        "apps.eventSubscriptions changes, by event (set, deleted, verification_failed; raced: a change retried because another changed the subscriptions first)",
+        &["event"]
+    )
+    .expect("metric registers once")
+});
+
+pub static EVENTS_HTTP: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_events_http_total",
+        "Events API requests to apps' request URLs, by outcome (delivered; refused_no_retry: not taken, no retry asked; http_error, http_timeout, connection_failed: sent again later; session_failed: an app's Socket Mode session could not be held; unreadable: a stored subscription skipped)",
+        &["outcome"]
+    )
+    .expect("metric registers once")
+});
+
+pub static EVENTS_HTTP_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    register_histogram!(
+        "switchboard_webapp_events_http_seconds",
+        "How long apps' request URLs took to answer an event",
+        vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]
+    )
+    .expect("metric registers once")
+});
+
+pub static EVENTS_HTTP_APPS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "switchboard_webapp_events_http_apps",
+        "Apps whose events this node sends to their request URLs"
     )
     .expect("metric registers once")
 });

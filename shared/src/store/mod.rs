@@ -502,6 +502,10 @@ pub enum RecordKind {
     Emoji,
     /// A channel's bookmarks, by id: a set per channel.
     Bookmarks(ChannelId),
+    /// The apps that take their events over HTTP ([`EventSubscription`]s), by
+    /// [`EventSubscription::record_id`]: one set for the whole cluster, under
+    /// [`cluster_records`], which every Web API node reads to know whose events to send.
+    EventSubscriptions,
 }
 
 impl RecordKind {
@@ -511,7 +515,37 @@ impl RecordKind {
             RecordKind::UserGroup => "usergroup".into(),
             RecordKind::Emoji => "emoji".into(),
             RecordKind::Bookmarks(channel) => format!("bookmarks:{channel}"),
+            RecordKind::EventSubscriptions => "event_subscriptions".into(),
         }
+    }
+}
+
+/// Where the record sets that belong to no one workspace are kept (in place of a workspace
+/// id): no workspace id is written this way.
+pub fn cluster_records() -> WorkspaceId {
+    WorkspaceId::from("-cluster")
+}
+
+/// An app that takes its events over HTTP, as Slack's Events API sends them: each event of
+/// its channels is POSTed to `request_url`, signed with `signing_secret`. In Switchboard an
+/// app is its bot (or person) user, as in Socket Mode.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSubscription {
+    pub workspace: WorkspaceId,
+    pub user: UserId,
+    pub request_url: String,
+    /// The key of the `X-Slack-Signature` HMAC, as Slack gives each app one.
+    pub signing_secret: String,
+    /// The older shared secret that Slack puts in each payload's `token`.
+    pub verification_token: String,
+    /// When the URL was last set (and verified).
+    pub updated: Ts,
+}
+
+impl EventSubscription {
+    /// The subscription's id in the [`RecordKind::EventSubscriptions`] set.
+    pub fn record_id(workspace: &WorkspaceId, user: &UserId) -> String {
+        format!("{workspace}/{user}")
     }
 }
 

@@ -5,6 +5,7 @@
 //! client names is parsed ([`ChannelId::parse`], [`UserId::parse`]) and then checked to belong
 //! to the caller's workspace, so a token of one workspace never reads or writes another's.
 
+mod apps;
 mod attachments;
 mod auth;
 mod blocks;
@@ -48,6 +49,9 @@ pub const METHODS: &[&str] = &[
     "rtm.connect",
     "rtm.start",
     "apps.connections.open",
+    "apps.eventSubscriptions.set",
+    "apps.eventSubscriptions.info",
+    "apps.eventSubscriptions.delete",
     "team.info",
     "conversations.create",
     "conversations.join",
@@ -177,6 +181,9 @@ pub async fn dispatch(
         // Slack's `rtm.start` now answers like `rtm.connect`: a URL, `self` and `team`.
         "rtm.connect" | "rtm.start" => auth::rtm_connect(state, &caller, params).await,
         "apps.connections.open" => auth::apps_connections_open(state, &caller).await,
+        "apps.eventSubscriptions.set" => apps::set(state, &caller, params).await,
+        "apps.eventSubscriptions.info" => apps::info(state, &caller).await,
+        "apps.eventSubscriptions.delete" => apps::delete(state, &caller).await,
         "team.info" => team::info(state, &caller, params, request).await,
         "conversations.create" => conversations::create(state, &caller, params).await,
         "conversations.join" => conversations::join(state, &caller, params).await,

@@ -1,0 +1,503 @@
+//! Slack's Events API over HTTP: the events of an app's channels POSTed to its request URL,
+//! signed as Slack signs them, for apps that run an HTTP server (Bolt's default mode) rather
+//! than a Socket Mode client.
+//!
+//! An app sets its URL with `apps.eventSubscriptions.set` ([`crate::methods`]); the URL must
+//! answer Slack's `url_verification` challenge first ([`verify_url`]). The subscriptions are
+//! one record set for the cluster ([`RecordKind::EventSubscriptions`]), which every Web API
+//! node reads every `webapp.events_poll_ms` ([`spawn`]).
+//!
+//! Delivery rides on Socket Mode, which already gives each event of an app to one of its
+//! connections, retries it on the Events API's schedule when it is not acknowledged, and
+//! keeps the claims across the cluster: each node holds one Socket Mode connection per
+//! subscribed app, on the gateway that `apps.connections.open` would name, and for each
+//! `events_api` envelope POSTs its payload to the request URL. A `2xx` answer within
+//! [`POST_TIMEOUT`] acknowledges the envelope; anything else leaves it unacknowledged, so
+//! the gateway sends it again (at once, after a minute, after five), and the next POST says
+//! `X-Slack-Retry-Num` and `X-Slack-Retry-Reason` (`http_timeout`, `http_error`,
+//! `connection_failed`). An app that answers with `X-Slack-No-Retry: 1` gets no retry.
+//!
+//! Each request carries `X-Slack-Request-Timestamp` and `X-Slack-Signature`
+//! (`v0=` and the hex HMAC-SHA256 of `v0:<timestamp>:<body>` under the app's signing
+//! secret), which the SDKs' request verifiers check.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use shared::auth::Claims;
+use shared::shutdown::Shutdown;
+use shared::store::{cluster_records, EventSubscription, RecordKind};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::api::AppState;
+use crate::metrics as m;
+
+/// How long an app has to answer an event (Slack's three seconds), less a margin so that the
+/// acknowledgement reaches the gateway before it gives the envelope up for lost.
+pub const POST_TIMEOUT: Duration = Duration::from_millis(2_750);
+/// How long a request URL has to answer the `url_verification` challenge.
+pub const VERIFY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Events of one app in flight at once on one node.
+const IN_FLIGHT_PER_APP: usize = 32;
+/// Longest wait between two tries to connect an app's Socket Mode session.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How many events' last failure an app remembers, for the next try's `X-Slack-Retry-Reason`.
+const FAILURES_KEPT: usize = 1024;
+/// Longest request URL accepted, in bytes.
+pub const MAX_URL: usize = 2000;
+
+/// `X-Slack-Signature` of `body` sent at `timestamp` (Unix seconds).
+pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(format!("v0:{timestamp}:").as_bytes());
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(3 + 2 * digest.len());
+    out.push_str("v0=");
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// A random secret of 32 hex digits, as Slack's signing secrets and verification tokens are.
+pub fn new_secret() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An `http` or `https` URL with a host, no longer than [`MAX_URL`].
+pub fn valid_request_url(raw: &str) -> Option<String> {
+    let raw = raw.trim();
+    let url = url::Url::parse(raw).ok()?;
+    (raw.len() <= MAX_URL
+        && matches!(url.scheme(), "http" | "https")
+        && url.has_host()
+        && url.fragment().is_none())
+    .then(|| raw.to_string())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The HTTP client that calls request URLs: no redirects followed (a signed event goes where
+/// the app said, nowhere else), its own timeouts per call.
+pub fn client() -> reqwest::Client {
+    shared::mesh::install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(2))
+        .user_agent("Slackbot 1.0 (+https://api.slack.com/robots) Switchboard")
+        .build()
+        .expect("an HTTP client without custom roots builds")
+}
+
+/// The node's client for request URLs, made at first use.
+pub fn shared_client() -> reqwest::Client {
+    static CLIENT: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(client);
+    CLIENT.clone()
+}
+
+/// POSTs `body` to `url`, signed with `secret`, with `extra` headers; the answer's status,
+/// headers and body, or why there was none (`http_timeout` or `connection_failed`).
+async fn signed_post(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    body: Vec<u8>,
+    extra: &[(&str, String)],
+    timeout: Duration,
+) -> Result<reqwest::Response, &'static str> {
+    let ts = unix_now();
+    let mut req = http
+        .post(url)
+        .timeout(timeout)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header("X-Slack-Request-Timestamp", ts.to_string())
+        .header("X-Slack-Signature", signature(secret, ts, &body));
+    for (name, value) in extra {
+        req = req.header(*name, value);
+    }
+    req.body(body).send().await.map_err(|e| {
+        if e.is_timeout() {
+            "http_timeout"
+        } else {
+            "connection_failed"
+        }
+    })
+}
+
+/// Sends Slack's `url_verification` challenge to `url`, signed with `sub`'s secret: `Ok` when
+/// the answer is `2xx` and gives the challenge back (as the body itself, or its JSON's
+/// `challenge`, as Slack takes either), else what went wrong, for the caller.
+pub async fn verify_url(
+    http: &reqwest::Client,
+    url: &str,
+    sub: &EventSubscription,
+) -> Result<(), String> {
+    let challenge = new_secret();
+    let body = json!({
+        "token": sub.verification_token,
+        "challenge": challenge,
+        "type": "url_verification",
+    });
+    let resp = signed_post(
+        http,
+        url,
+        &sub.signing_secret,
+        body.to_string().into_bytes(),
+        &[],
+        VERIFY_TIMEOUT,
+    )
+    .await
+    .map_err(|why| match why {
+        "http_timeout" => format!("no answer within {} s", VERIFY_TIMEOUT.as_secs()),
+        _ => "could not connect".to_string(),
+    })?;
+    let status = resp.status();
+    if !status.is_success() {
+        return Err(format!("answered HTTP {}", status.as_u16()));
+    }
+    let text = resp
+        .text()
+        .await
+        .map_err(|_| "the answer could not be read".to_string())?;
+    let text = text.trim();
+    let given = serde_json::from_str::<Value>(text).ok().and_then(|v| {
+        v.get("challenge")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    });
+    if text == challenge || given.as_deref() == Some(challenge.as_str()) {
+        Ok(())
+    } else {
+        Err("the answer did not give the challenge back".to_string())
+    }
+}
+
+/// Starts this node's deliveries: every `poll` it reads the subscriptions and keeps one
+/// Socket Mode connection per subscribed app (a changed URL or secret restarts the app's),
+/// until `shutdown`.
+pub fn spawn(state: AppState, poll: Duration, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let http = shared_client();
+        let mut running: HashMap<String, (EventSubscription, Shutdown)> = HashMap::new();
+        let mut ticks = tokio::time::interval(poll);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = ticks.tick() => {}
+            }
+            let set = match state
+                .store
+                .record_set(&cluster_records(), &RecordKind::EventSubscriptions)
+                .await
+            {
+                Ok(set) => set,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the event subscriptions; trying again later");
+                    continue;
+                }
+            };
+            let mut wanted = HashMap::new();
+            for (id, record) in set.records {
+                match serde_json::from_str::<EventSubscription>(&record) {
+                    // Secrets made before any URL was set: nothing to send yet.
+                    Ok(sub) if sub.request_url.is_empty() => {}
+                    Ok(sub) => {
+                        wanted.insert(id, sub);
+                    }
+                    Err(e) => {
+                        m::EVENTS_HTTP.with_label_values(&["unreadable"]).inc();
+                        tracing::warn!(id, error = %e, "an event subscription is unreadable; skipped");
+                    }
+                }
+            }
+            running.retain(|id, (sub, stop)| {
+                let keep = wanted.get(id) == Some(sub);
+                if !keep {
+                    stop.trigger();
+                }
+                keep
+            });
+            for (id, sub) in wanted {
+                if running.contains_key(&id) {
+                    continue;
+                }
+                let stop = Shutdown::new();
+                tokio::spawn(run_app(
+                    state.clone(),
+                    http.clone(),
+                    sub.clone(),
+                    stop.clone(),
+                    shutdown.clone(),
+                ));
+                running.insert(id, (sub, stop));
+            }
+            m::EVENTS_HTTP_APPS.set(running.len() as i64);
+        }
+        for (_, (_, stop)) in running {
+            stop.trigger();
+        }
+    });
+}
+
+/// One app's deliveries from this node, until `stop` or `shutdown`: its Socket Mode session,
+/// opened again whenever it ends.
+async fn run_app(
+    state: AppState,
+    http: reqwest::Client,
+    sub: EventSubscription,
+    stop: Shutdown,
+    shutdown: Shutdown,
+) {
+    let sub = Arc::new(sub);
+    let failures = Arc::new(Mutex::new(Failures::default()));
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let session = app_session(&state, &http, &sub, &failures);
+        let ended = tokio::select! {
+            _ = stop.wait() => return,
+            _ = shutdown.wait() => return,
+            ended = session => ended,
+        };
+        match ended {
+            Ok(()) => backoff = Duration::from_millis(250),
+            Err(e) => {
+                m::EVENTS_HTTP.with_label_values(&["session_failed"]).inc();
+                tracing::debug!(app = %sub.user, error = %e, "event delivery session ended");
+            }
+        }
+        tokio::select! {
+            _ = stop.wait() => return,
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The last failure of each of an app's recent events, by `event_id`.
+#[derive(Default)]
+struct Failures {
+    reasons: HashMap<String, &'static str>,
+    order: VecDeque<String>,
+}
+
+impl Failures {
+    fn record(&mut self, event_id: &str, reason: &'static str) {
+        if self.reasons.insert(event_id.to_string(), reason).is_none() {
+            self.order.push_back(event_id.to_string());
+            if self.order.len() > FAILURES_KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.reasons.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, event_id: &str) -> Option<&'static str> {
+        self.reasons.remove(event_id)
+    }
+}
+
+/// One Socket Mode session of the app: connects, then POSTs each envelope's payload and
+/// acknowledges it when the app took it. `Ok` when the gateway asked for a new connection
+/// (`disconnect`) or closed this one.
+async fn app_session(
+    state: &AppState,
+    http: &reqwest::Client,
+    sub: &Arc<EventSubscription>,
+    failures: &Arc<Mutex<Failures>>,
+) -> anyhow::Result<()> {
+    let user = state
+        .store
+        .user(&sub.user)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the app's user is gone"))?;
+    anyhow::ensure!(
+        user.workspace == sub.workspace,
+        "the app's user is of another workspace"
+    );
+    anyhow::ensure!(!user.deleted, "the app's user is deactivated");
+    let token = state.signer.issue(&Claims {
+        workspace: sub.workspace.clone(),
+        user: sub.user.clone(),
+        admin: false,
+        bot: user.is_bot,
+        issued_at: unix_now(),
+        service: false,
+    });
+    let gateway = state
+        .gateway_for_app(&sub.user.0)
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no gateway is configured"))?;
+    let sep = if gateway.contains('?') { '&' } else { '?' };
+    let token: String = url::form_urlencoded::byte_serialize(token.as_bytes()).collect();
+    let url = format!("{gateway}{sep}token={token}&mode=socket");
+    let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
+    let (mut sink, mut stream) = ws.split();
+    let (ack_tx, mut ack_rx) = mpsc::channel::<String>(IN_FLIGHT_PER_APP);
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_APP));
+    loop {
+        tokio::select! {
+            Some(envelope_id) = ack_rx.recv() => {
+                let ack = json!({ "envelope_id": envelope_id }).to_string();
+                sink.send(WsMessage::text(ack)).await?;
+            }
+            frame = stream.next() => {
+                let text = match frame {
+                    None | Some(Ok(WsMessage::Close(_))) => return Ok(()),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(WsMessage::Text(text))) => text,
+                    Some(Ok(_)) => continue,
+                };
+                let Ok(envelope) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                match envelope["type"].as_str() {
+                    Some("disconnect") => return Ok(()),
+                    Some("events_api") => {}
+                    _ => continue,
+                }
+                let permit = in_flight.clone().acquire_owned().await?;
+                let (http, sub, failures, ack_tx) =
+                    (http.clone(), sub.clone(), failures.clone(), ack_tx.clone());
+                tokio::spawn(async move {
+                    if let Some(envelope_id) = deliver(&http, &sub, &failures, envelope).await {
+                        let _ = ack_tx.send(envelope_id).await;
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+}
+
+/// POSTs one envelope's payload; its `envelope_id` when the app took it (or asked for no
+/// retry), `None` to leave it for the gateway to send again.
+async fn deliver(
+    http: &reqwest::Client,
+    sub: &EventSubscription,
+    failures: &Mutex<Failures>,
+    envelope: Value,
+) -> Option<String> {
+    let envelope_id = envelope["envelope_id"].as_str()?.to_string();
+    let mut payload = envelope["payload"].clone();
+    payload["token"] = Value::String(sub.verification_token.clone());
+    let event_id = payload["event_id"].as_str().unwrap_or_default().to_string();
+    let attempt = envelope["retry_attempt"].as_u64().unwrap_or(0);
+    let mut extra = Vec::new();
+    let last_failure = failures.lock().expect("failures").take(&event_id);
+    if attempt > 0 {
+        extra.push(("X-Slack-Retry-Num", attempt.to_string()));
+        extra.push((
+            "X-Slack-Retry-Reason",
+            last_failure.unwrap_or("http_timeout").to_string(),
+        ));
+    }
+    let body = payload.to_string().into_bytes();
+    let started = std::time::Instant::now();
+    let outcome = match signed_post(
+        http,
+        &sub.request_url,
+        &sub.signing_secret,
+        body,
+        &extra,
+        POST_TIMEOUT,
+    )
+    .await
+    {
+        Ok(resp) if resp.status().is_success() => Ok("delivered"),
+        Ok(resp)
+            if resp
+                .headers()
+                .get("X-Slack-No-Retry")
+                .is_some_and(|v| v.as_bytes() == b"1") =>
+        {
+            Ok("refused_no_retry")
+        }
+        Ok(_) => Err("http_error"),
+        Err(why) => Err(why),
+    };
+    m::EVENTS_HTTP_SECONDS.observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(label) => {
+            m::EVENTS_HTTP.with_label_values(&[label]).inc();
+            Some(envelope_id)
+        }
+        Err(reason) => {
+            m::EVENTS_HTTP.with_label_values(&[reason]).inc();
+            failures.lock().expect("failures").record(&event_id, reason);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signatures_are_slacks() {
+        // The example of Slack's "Verifying requests from Slack" guide.
+        let secret = "8f742231b10e8888abcd99yyyzzz85a5";
+        let body = b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
+        assert_eq!(
+            signature(secret, 1531420618, body),
+            "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503"
+        );
+    }
+
+    #[test]
+    fn request_urls_are_http_with_a_host() {
+        assert_eq!(
+            valid_request_url(" https://bot.example.com/slack/events "),
+            Some("https://bot.example.com/slack/events".to_string())
+        );
+        assert!(valid_request_url("http://127.0.0.1:3000/slack/events").is_some());
+        for bad in [
+            "",
+            "bot.example.com/events",
+            "ftp://bot.example.com/",
+            "https://",
+            "http://bot.example.com/#frag",
+            "javascript:alert(1)",
+        ] {
+            assert_eq!(valid_request_url(bad), None, "{bad}");
+        }
+        let long = format!("https://bot.example.com/{}", "a".repeat(MAX_URL));
+        assert_eq!(valid_request_url(&long), None);
+    }
+
+    #[test]
+    fn secrets_are_fresh_hex() {
+        let (a, b) = (new_secret(), new_secret());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn an_app_remembers_a_bounded_number_of_failures() {
+        let mut f = Failures::default();
+        for i in 0..FAILURES_KEPT + 10 {
+            f.record(&format!("Ev{i}"), "http_error");
+        }
+        assert_eq!(f.reasons.len(), FAILURES_KEPT);
+        assert_eq!(f.take("Ev0"), None, "the oldest was forgotten");
+        let last = format!("Ev{}", FAILURES_KEPT + 9);
+        assert_eq!(f.take(&last), Some("http_error"));
+        assert_eq!(f.take(&last), None, "taken once");
+    }
+}

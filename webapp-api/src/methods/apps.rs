@@ -1,0 +1,134 @@
+//! An app's Events API request URL: `apps.eventSubscriptions.set`, `.info` and `.delete`.
+//!
+//! Slack sets the request URL in an app's settings page (or its manifest); Switchboard, whose
+//! apps are their bot (or person) users as in Socket Mode, lets the app set its own with its
+//! token. The URL must answer Slack's `url_verification` challenge before it is kept
+//! ([`verify_url`]). The app's signing secret and verification token, which the SDKs'
+//! request verifiers take, are made at its first `info` (or `set`) and kept, so that its
+//! server can check the challenge's signature too. From then on every Web API node sends the
+//! app's events there ([`crate::events_http`]).
+
+use serde_json::json;
+use shared::ids::Ts;
+use shared::store::{cluster_records, EventSubscription, RecordKind, RecordSet};
+
+use super::records::change_records;
+use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params};
+use crate::events_http::{self, new_secret, valid_request_url, verify_url};
+use crate::metrics as m;
+
+/// The caller's subscription in `set`, if it has one.
+fn subscription_of(set: &RecordSet, id: &str) -> ApiResult<Option<EventSubscription>> {
+    set.records
+        .iter()
+        .find(|(rid, _)| rid == id)
+        .map(|(_, json)| {
+            serde_json::from_str(json)
+                .map_err(|e| ApiError::Internal(format!("stored subscription {id}: {e}")))
+        })
+        .transpose()
+}
+
+fn answer(sub: &EventSubscription) -> ApiResult {
+    Ok(object(json!({
+        "app_id": format!("A{}", sub.user.0.strip_prefix('U').unwrap_or(&sub.user.0)),
+        "request_url": sub.request_url,
+        "signing_secret": sub.signing_secret,
+        "verification_token": sub.verification_token,
+    })))
+}
+
+/// The caller's subscription, made (with fresh secrets and no URL) and kept if it had none:
+/// an app knows its signing secret before it sets a URL, as a Slack app does from its
+/// creation, so that its server checks the challenge's signature too.
+async fn subscription(state: &AppState, caller: &Caller) -> ApiResult<EventSubscription> {
+    let workspace = &caller.claims.workspace;
+    let id = EventSubscription::record_id(workspace, &caller.user.id);
+    change_records(
+        state,
+        &cluster_records(),
+        &RecordKind::EventSubscriptions,
+        || m::EVENT_SUBSCRIPTIONS.with_label_values(&["raced"]).inc(),
+        |set| {
+            let found = subscription_of(&set, &id);
+            let (id, workspace, user) = (id.clone(), workspace.clone(), caller.user.id.clone());
+            async move {
+                if let Some(sub) = found? {
+                    return Ok((vec![], sub));
+                }
+                let sub = EventSubscription {
+                    workspace,
+                    user,
+                    request_url: String::new(),
+                    signing_secret: new_secret(),
+                    verification_token: new_secret(),
+                    updated: Ts::now(),
+                };
+                Ok((vec![(id, Some(record_json(&sub)?))], sub))
+            }
+        },
+    )
+    .await
+}
+
+fn record_json(sub: &EventSubscription) -> ApiResult<String> {
+    serde_json::to_string(sub).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// `apps.eventSubscriptions.set`: `request_url` receives the caller's events from now on,
+/// once it answered the challenge.
+pub(super) async fn set(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let raw = params
+        .non_empty("request_url")
+        .ok_or(ApiError::MissingArgument("request_url"))?;
+    let url = valid_request_url(raw).ok_or(ApiError::Named("invalid_url"))?;
+    let mut sub = subscription(state, caller).await?;
+    sub.request_url = url;
+    sub.updated = Ts::now();
+    if let Err(detail) = verify_url(&events_http::shared_client(), &sub.request_url, &sub).await {
+        m::EVENT_SUBSCRIPTIONS
+            .with_label_values(&["verification_failed"])
+            .inc();
+        return Err(ApiError::UrlVerificationFailed(detail));
+    }
+    write(state, &sub).await?;
+    m::EVENT_SUBSCRIPTIONS.with_label_values(&["set"]).inc();
+    answer(&sub)
+}
+
+/// Writes `sub` over whatever the set holds for its app.
+async fn write(state: &AppState, sub: &EventSubscription) -> ApiResult<()> {
+    let id = EventSubscription::record_id(&sub.workspace, &sub.user);
+    let record = record_json(sub)?;
+    change_records(
+        state,
+        &cluster_records(),
+        &RecordKind::EventSubscriptions,
+        || m::EVENT_SUBSCRIPTIONS.with_label_values(&["raced"]).inc(),
+        |_| {
+            let write = (id.clone(), Some(record.clone()));
+            async move { Ok((vec![write], ())) }
+        },
+    )
+    .await
+}
+
+/// `apps.eventSubscriptions.info`: the caller's request URL (empty when none is set), signing
+/// secret and verification token.
+pub(super) async fn info(state: &AppState, caller: &Caller) -> ApiResult {
+    answer(&subscription(state, caller).await?)
+}
+
+/// `apps.eventSubscriptions.delete`: no more events over HTTP for the caller (its secrets
+/// stay, for a URL set later).
+pub(super) async fn delete(state: &AppState, caller: &Caller) -> ApiResult {
+    let mut sub = subscription(state, caller).await?;
+    if sub.request_url.is_empty() {
+        return Err(ApiError::Named("no_request_url"));
+    }
+    sub.request_url.clear();
+    sub.updated = Ts::now();
+    write(state, &sub).await?;
+    m::EVENT_SUBSCRIPTIONS.with_label_values(&["deleted"]).inc();
+    Ok(object(json!({})))
+}
