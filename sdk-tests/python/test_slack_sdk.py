@@ -561,6 +561,82 @@ def test_bolt_app_over_socket_mode(dev):
             handler.close()
 
 
+def test_bolt_app_over_http(dev):
+    """A Bolt app in its default mode, an HTTP server (Bolt's WSGI adapter on wsgiref), as a
+    bot user: it takes its signing secret from `apps.eventSubscriptions.info`, its URL is
+    set (Bolt itself answers the `url_verification` challenge, after checking its
+    signature), then it hears a message in its channel and answers in the thread. Bolt checks
+    every request's signature: an app with another secret refuses the challenge, and its URL
+    is not kept."""
+    import re
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from slack_bolt import App
+    from slack_bolt.adapter.wsgi import SlackRequestHandler
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    def serve(app):
+        server = make_server("127.0.0.1", 0, SlackRequestHandler(app), handler_class=Quiet)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server, f"http://127.0.0.1:{server.server_port}/slack/events"
+
+    alice = web(dev, "alice")
+    admin = WebClient(token=dev["tokens"]["admin"], base_url=dev["urls"]["api"] + "/")
+    made = admin.api_call("admin.users.create", json={"name": "httpbot" + uuid.uuid4().hex[:6], "is_bot": True})
+    bot_id = made["user"]["id"]
+    bot = WebClient(token=made["token"], base_url=dev["urls"]["api"] + "/")
+    secret = bot.api_call("apps.eventSubscriptions.info")["signing_secret"]
+
+    heard = queue.Queue()
+    app = App(client=bot, signing_secret=secret)
+
+    @app.message(re.compile(r"^deploy (\w+)$"))
+    def deploy(message, say, context):
+        heard.put(message)
+        say(text=f"deploying {context['matches'][0]}", thread_ts=message["ts"])
+
+    impostor = App(client=bot, signing_secret="0" * 32)
+    server, url = serve(app)
+    other, other_url = serve(impostor)
+    try:
+        with pytest.raises(SlackApiError) as err:
+            bot.api_call("apps.eventSubscriptions.set", json={"request_url": other_url})
+        assert err.value.response["error"] == "url_verification_failed", err.value.response
+        assert err.value.response["detail"] == "answered HTTP 401", err.value.response
+
+        done = bot.api_call("apps.eventSubscriptions.set", json={"request_url": url})
+        assert done["request_url"] == url and done["signing_secret"] == secret, done
+        channel = alice.conversations_create(name="py-http-" + uuid.uuid4().hex[:6])["channel"]["id"]
+        bot.conversations_join(channel=channel)
+        # The app's session goes live in the background: ask until it answers (bounded).
+        message = None
+        for attempt in range(20):
+            alice.chat_postMessage(channel=channel, text=f"deploy v{attempt}")
+            try:
+                message = heard.get(timeout=1)
+                break
+            except queue.Empty:
+                pass
+        assert message is not None, "the app never heard a request"
+        assert message["channel"] == channel and message["channel_type"] == "channel", message
+        version = message["text"].split()[1]
+        deadline, replies = time.time() + 10, []
+        while time.time() < deadline:
+            replies = alice.conversations_replies(channel=channel, ts=message["ts"])["messages"]
+            if len(replies) == 2:
+                break
+            time.sleep(0.1)
+        assert [m["text"] for m in replies] == [message["text"], f"deploying {version}"], replies
+        assert replies[1]["bot_id"] == bot_id, replies[1]
+    finally:
+        bot.api_call("apps.eventSubscriptions.delete")
+        server.shutdown()
+        other.shutdown()
+
+
 def test_users_lookup_by_email(dev):
     """How integrations map their own users to Slack's: `users_lookupByEmail`."""
     admin = WebClient(token=dev["tokens"]["admin"], base_url=dev["urls"]["api"] + "/")
