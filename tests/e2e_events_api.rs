@@ -262,6 +262,19 @@ async fn an_apps_request_url_gets_its_events_signed_and_retried() {
     );
     assert!(first.header("X-Slack-Retry-Num").is_none());
 
+    // A burst past the events one node keeps in flight per app: each arrives once.
+    let burst: Vec<String> = (0..60).map(|i| format!("burst {i}")).collect();
+    for text in &burst {
+        cluster.post(&alice, &channel, text).await;
+    }
+    for text in &burst {
+        app.wait_deliveries(text, 1).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for text in &burst {
+        assert_eq!(app.deliveries(text).len(), 1, "{text}");
+    }
+
     // The app fails an event once: it comes again, saying so, with the same event id.
     app.failing.lock().unwrap().insert("flaky".into(), 1);
     let posted = cluster.post(&alice, &channel, "flaky").await;

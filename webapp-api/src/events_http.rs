@@ -347,7 +347,10 @@ async fn app_session(
     let url = format!("{gateway}{sep}token={token}&mode=socket");
     let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await?;
     let (mut sink, mut stream) = ws.split();
-    let (ack_tx, mut ack_rx) = mpsc::channel::<String>(IN_FLIGHT_PER_APP);
+    // Unbounded, so that a delivery never waits to hand its acknowledgement over while it
+    // holds one of the permits the reading below may be waiting for; at most
+    // IN_FLIGHT_PER_APP deliveries run, each sends one.
+    let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<String>();
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_APP));
     loop {
         tokio::select! {
@@ -375,7 +378,7 @@ async fn app_session(
                     (http.clone(), sub.clone(), failures.clone(), ack_tx.clone());
                 tokio::spawn(async move {
                     if let Some(envelope_id) = deliver(&http, &sub, &failures, envelope).await {
-                        let _ = ack_tx.send(envelope_id).await;
+                        let _ = ack_tx.send(envelope_id);
                     }
                     drop(permit);
                 });
