@@ -217,6 +217,35 @@ async fn usergroups(store: &dyn MessageStore) {
         store.record_set(&ws.id, &book(&c2)).await.unwrap(),
         RecordSet::default()
     );
+    // The cluster's own set (the apps' Events API subscriptions) is apart from every
+    // workspace's, and gives back what was kept.
+    let kind = RecordKind::EventSubscriptions;
+    let sub = EventSubscription {
+        workspace: ws.id.clone(),
+        user: UserId::from("UAPP1"),
+        request_url: "https://app.example/slack/events".into(),
+        signing_secret: "0123456789abcdef0123456789abcdef".into(),
+        verification_token: "fedcba9876543210fedcba9876543210".into(),
+        updated: Ts(1_800_000_000_000_003),
+    };
+    let id = EventSubscription::record_id(&sub.workspace, &sub.user);
+    let before = store.record_set(&cluster_records(), &kind).await.unwrap();
+    let json = serde_json::to_string(&sub).unwrap();
+    assert!(store
+        .put_record(&cluster_records(), &kind, &id, Some(&json), before.version)
+        .await
+        .unwrap());
+    let set = store.record_set(&cluster_records(), &kind).await.unwrap();
+    assert_eq!(set.version, before.version + 1);
+    let (_, kept) = set.records.iter().find(|(rid, _)| *rid == id).unwrap();
+    assert_eq!(
+        serde_json::from_str::<EventSubscription>(kept).unwrap(),
+        sub
+    );
+    assert_eq!(
+        store.record_set(&ws.id, &kind).await.unwrap(),
+        RecordSet::default()
+    );
 }
 
 /// Files: a record is kept and replaced whole, listed newest first by workspace and paged,
