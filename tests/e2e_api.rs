@@ -606,3 +606,50 @@ async fn a_deactivated_user_s_sessions_end_and_stay_out() {
         Ok(_) => panic!("a deactivated user's token opened a session"),
     }
 }
+
+/// `auth.revoke` on real processes: the session opened with the token hears Slack's
+/// `tokens_revoked`, then `goodbye`, and closes with code 4005; another user's session stays;
+/// the Web API and the gateways refuse the token from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_s_session_ends_and_the_token_stays_out() {
+    let cluster = Cluster::start(ClusterOpts::standard(&["alice", "bob"])).await;
+    let alice = cluster.user("acme", "alice").clone();
+    let bob = cluster.user("acme", "bob").clone();
+    let watcher = cluster.connect(0, &alice).await;
+    let revoked = cluster.connect(1, &bob).await;
+    let from = revoked.num_events();
+
+    let v = cluster.api_ok("auth.revoke", &bob.token, json!({})).await;
+    assert_eq!(v["revoked"], true, "{v}");
+    let wait = std::time::Duration::from_secs(10);
+    let told = revoked
+        .wait_event(from, wait, "tokens_revoked", |e| {
+            e["type"] == "tokens_revoked"
+        })
+        .await;
+    assert_eq!(told["tokens"]["oauth"], json!([bob.id]), "{told}");
+    let goodbye = revoked
+        .wait_event(from, wait, "goodbye", |e| e["type"] == "goodbye")
+        .await;
+    assert_eq!(goodbye["source"], "token_revoked");
+    for _ in 0..200 {
+        if revoked.ended() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(revoked.closed(), Some((4005, "token_revoked".to_string())));
+    assert!(!watcher.ended(), "another user's session stays");
+    assert!(watcher.ping(8).await["reply_to"] == 8);
+
+    let (_, refused) = cluster
+        .api_status("rtm.connect", &bob.token, json!({}))
+        .await;
+    assert_eq!(refused["error"], "token_revoked", "{refused}");
+    match Client::connect(&cluster.gateways[1].ws_url, &bob.token, None).await {
+        Err(ConnectError::Http(401, body)) => assert!(body.contains("token_revoked"), "{body}"),
+        Err(other) => panic!("refused otherwise: {other:?}"),
+        Ok(_) => panic!("a revoked token opened a session"),
+    }
+    cluster.api_ok("auth.test", &alice.token, json!({})).await;
+}

@@ -151,7 +151,7 @@ async fn an_apps_request_url_gets_its_events_signed_and_retried() {
     let cluster = Cluster::start(
         ClusterOpts::standard(&["alice"])
             .bot("acme", "deploybot")
-            .set("webapp", "webapp.events_poll_ms=100"),
+            .set("webapp", "webapp.records_poll_ms=100"),
     )
     .await;
     let alice = cluster.user("acme", "alice").clone();

@@ -277,6 +277,8 @@ enum ListError {
     Unauthorized,
     /// The token's user was deactivated.
     Inactive,
+    /// The token was revoked (`auth.revoke`).
+    Revoked,
     Refused,
 }
 
@@ -314,6 +316,7 @@ async fn list_channels(
             return Err(match body["error"].as_str() {
                 Some("invalid_auth" | "not_authed") => ListError::Unauthorized,
                 Some("account_inactive") => ListError::Inactive,
+                Some("token_revoked") => ListError::Revoked,
                 _ => ListError::Refused,
             });
         }
@@ -361,6 +364,7 @@ async fn user_channels(
         Err(ListError::BadAnswer) => Err(reject(StatusCode::BAD_GATEWAY, "webapp_bad_answer")),
         Err(ListError::Unauthorized) => Err(reject(StatusCode::UNAUTHORIZED, "invalid_auth")),
         Err(ListError::Inactive) => Err(reject(StatusCode::UNAUTHORIZED, "account_inactive")),
+        Err(ListError::Revoked) => Err(reject(StatusCode::UNAUTHORIZED, "token_revoked")),
         Err(ListError::Refused) => Err(reject(StatusCode::BAD_GATEWAY, "webapp_error")),
     }
 }

@@ -230,3 +230,11 @@ pub static EPHEMERAL_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+
+pub static SESSIONS_CLOSED_REVOKED: LazyLock<IntCounter> = LazyLock::new(|| {
+    register_int_counter!(
+        "switchboard_gateway_sessions_closed_revoked_total",
+        "Sessions closed because their token was revoked (auth.revoke)"
+    )
+    .expect("metric registers once")
+});

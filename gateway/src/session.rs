@@ -348,6 +348,11 @@ impl Session {
                 }
             }
             Outbound::Event(t) => {
+                // `auth.revoke` of this session's token: told, then closed (after the event).
+                if revokes(&t, &self.claims) {
+                    self.closing = Some("token_revoked");
+                    m::SESSIONS_CLOSED_REVOKED.inc();
+                }
                 if let Some(t) = self.presence.filter(t) {
                     out.push(t)
                 }
@@ -846,19 +851,33 @@ pub fn run<K: Send + 'static>(
                     None => text(serde_json::json!({ "type": "goodbye", "source": reason })),
                 };
                 if bounded(write_timeout, socket.send(goodbye)).await {
-                    close(
-                        &mut socket,
-                        close_code::ACCOUNT_INACTIVE,
-                        reason,
-                        write_timeout,
-                    )
-                    .await;
+                    let code = match reason {
+                        "token_revoked" => close_code::TOKEN_REVOKED,
+                        _ => close_code::ACCOUNT_INACTIVE,
+                    };
+                    close(&mut socket, code, reason, write_timeout).await;
                 }
                 break;
             }
         }
         finish(&hub, id, &s.claims);
     }
+}
+
+/// Whether `event` is Slack's `tokens_revoked` naming the token of `claims` (the Web API adds
+/// the revoked tokens' ids, `token_ids`).
+fn revokes(event: &str, claims: &Claims) -> bool {
+    if !event.contains("\"tokens_revoked\"") {
+        return false;
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(event) else {
+        return false;
+    };
+    let id = claims.token_id();
+    v["type"] == "tokens_revoked"
+        && v["token_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|t| t.as_str() == Some(id.as_str())))
 }
 
 /// Where in `spread` session `id` says goodbye when the gateway stops: the fractional part of
@@ -1221,6 +1240,40 @@ mod tests {
             &mut out,
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_session_closes_on_the_revocation_of_its_own_token_only() {
+        let claims = |issued_at| Claims {
+            workspace: shared::ids::WorkspaceId::from("T1"),
+            user: shared::ids::UserId::from("U1"),
+            admin: false,
+            bot: false,
+            issued_at,
+            service: false,
+        };
+        let event = |id: String| {
+            serde_json::json!({
+                "type": "tokens_revoked",
+                "tokens": { "oauth": ["U1"] },
+                "token_ids": [id],
+                "event_ts": "1.000001",
+            })
+            .to_string()
+        };
+        assert!(revokes(&event(claims(5).token_id()), &claims(5)));
+        assert!(!revokes(&event(claims(6).token_id()), &claims(5)));
+        assert!(!revokes(
+            r#"{"type":"presence_change","user":"U1"}"#,
+            &claims(5)
+        ));
+        // A message that only says the words is not the event.
+        let quoted = serde_json::json!({
+            "type": "message",
+            "text": "\"tokens_revoked\"",
+            "token_ids": [claims(5).token_id()],
+        });
+        assert!(!revokes(&quoted.to_string(), &claims(5)));
     }
 
     #[test]

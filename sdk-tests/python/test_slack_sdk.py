@@ -637,6 +637,21 @@ def test_bolt_app_over_http(dev):
         other.shutdown()
 
 
+def test_auth_revoke(dev):
+    """`auth_revoke` as an app calls it at uninstall: `test` revokes nothing; then the token is
+    refused with `token_revoked`, and the user's other tokens go on."""
+    admin = WebClient(token=dev["tokens"]["admin"], base_url=dev["urls"]["api"] + "/")
+    made = admin.api_call("admin.users.create", json={"name": "gone" + uuid.uuid4().hex[:6], "is_bot": True})
+    bot = WebClient(token=made["token"], base_url=dev["urls"]["api"] + "/")
+    assert bot.auth_revoke(test=True)["revoked"] is False
+    assert bot.auth_test()["user_id"] == made["user"]["id"]
+    assert bot.auth_revoke()["revoked"] is True
+    with pytest.raises(SlackApiError) as err:
+        bot.auth_test()
+    assert err.value.response["error"] == "token_revoked"
+    assert admin.auth_test()["ok"] is True
+
+
 def test_users_lookup_by_email(dev):
     """How integrations map their own users to Slack's: `users_lookupByEmail`."""
     admin = WebClient(token=dev["tokens"]["admin"], base_url=dev["urls"]["api"] + "/")

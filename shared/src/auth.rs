@@ -51,6 +51,21 @@ impl Claims {
     /// Placeholder user of service tokens: no store holds a user with this id.
     pub const SERVICE_USER: &'static str = "USERVICE";
 
+    /// What names one token among all: two tokens with the same claims are the same bytes
+    /// (the same payload, signed with the same key), so revoking this id revokes exactly the
+    /// tokens with these claims (`auth.revoke`).
+    pub fn token_id(&self) -> String {
+        format!(
+            "{}.{}.{}.{}{}{}",
+            self.workspace,
+            self.user,
+            self.issued_at,
+            u8::from(self.admin),
+            u8::from(self.bot),
+            u8::from(self.service)
+        )
+    }
+
     /// Claims of a service token for `workspace`.
     pub fn service(workspace: WorkspaceId, issued_at: u64) -> Claims {
         Claims {

@@ -148,9 +148,10 @@ pub struct WebappConfig {
     /// How often the node looks for scheduled messages that are due, in milliseconds (at
     /// least 10): the most a message is posted after its `post_at`.
     pub scheduled_poll_ms: u64,
-    /// How often the node reads the apps' Events API subscriptions, in milliseconds (at
-    /// least 10): how long a new request URL waits for its first event at most.
-    pub events_poll_ms: u64,
+    /// How often the node reads the cluster's own records (the apps' Events API subscriptions,
+    /// revoked tokens), in milliseconds (at least 10): how long a new request URL waits for
+    /// its first event, and a token revoked on another node stays usable here, at most.
+    pub records_poll_ms: u64,
     /// The largest file `files.getUploadURLExternal` takes, in bytes (an upload is held in
     /// memory while it is stored).
     pub max_file_bytes: usize,
@@ -472,11 +473,11 @@ impl Config {
                 self.webapp.scheduled_poll_ms
             );
         }
-        if !(10..=3_600_000).contains(&self.webapp.events_poll_ms) {
+        if !(10..=3_600_000).contains(&self.webapp.records_poll_ms) {
             bail!(
-                "webapp.events_poll_ms must be in 10..=3600000, not {} (how often the apps' \
-                 request URLs are read)",
-                self.webapp.events_poll_ms
+                "webapp.records_poll_ms must be in 10..=3600000, not {} (how often the cluster's \
+                 records are read)",
+                self.webapp.records_poll_ms
             );
         }
         let public = &self.webapp.public_url;
@@ -905,7 +906,7 @@ mod tests {
                 "flannel.disconnected_max_age_ms",
             ),
             ("webapp.scheduled_poll_ms=0", "webapp.scheduled_poll_ms"),
-            ("webapp.events_poll_ms=5", "webapp.events_poll_ms"),
+            ("webapp.records_poll_ms=5", "webapp.records_poll_ms"),
             ("webapp.max_file_bytes=0", "webapp.max_file_bytes"),
             (
                 "webapp.scheduled_poll_ms=3600001",

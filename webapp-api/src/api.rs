@@ -417,6 +417,8 @@ pub struct AppState {
     pub ring: Option<tokio::sync::watch::Receiver<Arc<shared::ring::Ring>>>,
     /// Per-user rate limits (off unless set; [`crate::run`] sets them from the config).
     pub rate_limiter: Arc<RateLimiter>,
+    /// The tokens revoked with `auth.revoke`, as this node knows them.
+    pub revoked: Arc<crate::revocation::RevokedTokens>,
 }
 
 impl AppState {
@@ -442,6 +444,7 @@ impl AppState {
             search: None,
             ring: None,
             rate_limiter: Arc::new(RateLimiter::disabled()),
+            revoked: Arc::default(),
         }
     }
 
@@ -681,6 +684,9 @@ pub fn verify_user_token<'t>(
     if claims.service {
         // Service tokens speak for no user: they may call `internal.*` and nothing else.
         return Err(ApiError::NotAllowedTokenType);
+    }
+    if state.revoked.contains(&claims) {
+        return Err(ApiError::Named("token_revoked"));
     }
     Ok((claims, token))
 }

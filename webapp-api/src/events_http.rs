@@ -5,7 +5,7 @@
 //! An app sets its URL with `apps.eventSubscriptions.set` ([`crate::methods`]); the URL must
 //! answer Slack's `url_verification` challenge first ([`verify_url`]). The subscriptions are
 //! one record set for the cluster ([`RecordKind::EventSubscriptions`]), which every Web API
-//! node reads every `webapp.events_poll_ms` ([`spawn`]).
+//! node reads every `webapp.records_poll_ms` ([`spawn`]).
 //!
 //! Delivery rides on Socket Mode, which already gives each event of an app to one of its
 //! connections, retries it on the Events API's schedule when it is not acknowledged, and

@@ -49,6 +49,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod ratelimit;
 pub mod relay;
+pub mod revocation;
 pub mod scheduler;
 pub mod search;
 pub mod seed;
@@ -131,9 +132,14 @@ pub async fn run(
         std::time::Duration::from_millis(config.webapp.scheduled_poll_ms),
         shutdown.clone(),
     );
+    revocation::spawn(
+        state.clone(),
+        std::time::Duration::from_millis(config.webapp.records_poll_ms),
+        shutdown.clone(),
+    );
     events_http::spawn(
         state.clone(),
-        std::time::Duration::from_millis(config.webapp.events_poll_ms),
+        std::time::Duration::from_millis(config.webapp.records_poll_ms),
         shutdown.clone(),
     );
     let app = router(state, deps.health.clone());

@@ -216,3 +216,20 @@ pub static EVENTS_HTTP_APPS: LazyLock<IntGauge> = LazyLock::new(|| {
     )
     .expect("metric registers once")
 });
+
+pub static TOKENS_REVOKED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_tokens_revoked_total",
+        "auth.revoke, by event (revoked; raced: a revocation retried because another changed the set first)",
+        &["event"]
+    )
+    .expect("metric registers once")
+});
+
+pub static REVOKED_TOKENS: LazyLock<IntGauge> = LazyLock::new(|| {
+    register_int_gauge!(
+        "switchboard_webapp_revoked_tokens",
+        "Revoked tokens this node refuses, as it last read them"
+    )
+    .expect("metric registers once")
+});

@@ -160,6 +160,13 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         errors: &["service_unavailable"],
     },
     MethodDoc {
+        name: "auth.revoke",
+        summary: "Revokes the calling token: every method then answers `token_revoked` (the node that revoked it at once, the others within `webapp.records_poll_ms`), gateways refuse new sessions with it, and its live sessions hear Slack's `tokens_revoked` (with `token_ids`) and close with code 4005. The user's other tokens stay. With `test`, nothing is revoked and the answer says `revoked: false`.",
+        auth: Auth::User,
+        params: &[p("test", Ty::Bool, "only try: revoke nothing")],
+        errors: &[],
+    },
+    MethodDoc {
         name: "apps.eventSubscriptions.set",
         summary: "The caller's app takes its events over HTTP, as Slack's Events API sends them: each event a Socket Mode session would get is POSTed to `request_url` as its `event_callback` payload, signed (`X-Slack-Request-Timestamp`, `X-Slack-Signature`: `v0=` and the hex HMAC-SHA256 of `v0:<timestamp>:<body>` under the signing secret). A `2xx` answer within three seconds takes the event; otherwise it is sent again at once, after a minute and after five (`X-Slack-Retry-Num`, `X-Slack-Retry-Reason`), unless the answer said `X-Slack-No-Retry: 1`. The URL must first answer Slack's `url_verification` challenge. Answers `request_url`, `signing_secret` (made once, kept when the URL changes) and `verification_token`.",
         auth: Auth::User,
@@ -1114,6 +1121,8 @@ fn common_errors(auth: Auth) -> &'static [&'static str] {
         Auth::User => &[
             "not_authed",
             "invalid_auth",
+            "account_inactive",
+            "token_revoked",
             "ratelimited",
             "invalid_json",
             "invalid_form_data",
@@ -1123,6 +1132,8 @@ fn common_errors(auth: Auth) -> &'static [&'static str] {
         Auth::Admin | Auth::Service => &[
             "not_authed",
             "invalid_auth",
+            "account_inactive",
+            "token_revoked",
             "not_allowed_token_type",
             "ratelimited",
             "invalid_json",
@@ -1723,6 +1734,7 @@ mod tests {
             ApiError::Named("invalid_title"),
             ApiError::Named("invalid_url"),
             ApiError::Named("no_request_url"),
+            ApiError::Named("token_revoked"),
             ApiError::UrlVerificationFailed(String::new()),
             ApiError::Named("invalid_link"),
             ApiError::Named("invalid_bookmark_type"),

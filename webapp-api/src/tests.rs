@@ -2941,6 +2941,9 @@ mod emoji;
 /// Channel bookmarks: kept by members, listed by readers, announced to the channel.
 mod bookmarks;
 
+/// `auth.revoke`: one token refused, on every node, its sessions told.
+mod revoke;
+
 /// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
 /// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
 /// is taken leaves no user behind.

@@ -29,6 +29,8 @@ pub mod close_code {
     pub const PING_TIMEOUT: u16 = 4003;
     /// The session's user was deactivated (`account_inactive`): do not reconnect.
     pub const ACCOUNT_INACTIVE: u16 = 4004;
+    /// The session's token was revoked (`auth.revoke`): do not reconnect with it.
+    pub const TOKEN_REVOKED: u16 = 4005;
 }
 
 /// What a client sends.

@@ -506,6 +506,10 @@ pub enum RecordKind {
     /// [`EventSubscription::record_id`]: one set for the whole cluster, under
     /// [`cluster_records`], which every Web API node reads to know whose events to send.
     EventSubscriptions,
+    /// Tokens revoked with `auth.revoke`, by [`crate::auth::Claims::token_id`] (the record:
+    /// a [`RevokedToken`]): one set for the whole cluster, under [`cluster_records`], which
+    /// every Web API node holds in memory to refuse them.
+    RevokedTokens,
 }
 
 impl RecordKind {
@@ -516,6 +520,7 @@ impl RecordKind {
             RecordKind::Emoji => "emoji".into(),
             RecordKind::Bookmarks(channel) => format!("bookmarks:{channel}"),
             RecordKind::EventSubscriptions => "event_subscriptions".into(),
+            RecordKind::RevokedTokens => "revoked_tokens".into(),
         }
     }
 }
@@ -540,6 +545,14 @@ pub struct EventSubscription {
     pub verification_token: String,
     /// When the URL was last set (and verified).
     pub updated: Ts,
+}
+
+/// A token revoked with `auth.revoke` (the [`RecordKind::RevokedTokens`] set).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedToken {
+    pub workspace: WorkspaceId,
+    pub user: UserId,
+    pub revoked: Ts,
 }
 
 impl EventSubscription {

@@ -17,7 +17,7 @@ mod emoji;
 pub(crate) mod files;
 mod internal;
 mod members;
-mod records;
+pub(crate) mod records;
 mod scheduled;
 mod search;
 mod team;
@@ -49,6 +49,7 @@ pub const METHODS: &[&str] = &[
     "rtm.connect",
     "rtm.start",
     "apps.connections.open",
+    "auth.revoke",
     "apps.eventSubscriptions.set",
     "apps.eventSubscriptions.info",
     "apps.eventSubscriptions.delete",
@@ -181,6 +182,7 @@ pub async fn dispatch(
         // Slack's `rtm.start` now answers like `rtm.connect`: a URL, `self` and `team`.
         "rtm.connect" | "rtm.start" => auth::rtm_connect(state, &caller, params).await,
         "apps.connections.open" => auth::apps_connections_open(state, &caller).await,
+        "auth.revoke" => crate::revocation::auth_revoke(state, &caller, params).await,
         "apps.eventSubscriptions.set" => apps::set(state, &caller, params).await,
         "apps.eventSubscriptions.info" => apps::info(state, &caller).await,
         "apps.eventSubscriptions.delete" => apps::delete(state, &caller).await,
