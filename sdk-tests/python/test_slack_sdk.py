@@ -16,6 +16,18 @@ def web(dev, user):
     return WebClient(token=dev["tokens"]["users"][user]["token"], base_url=dev["urls"]["api"] + "/")
 
 
+def first_heard(heard, post, what):
+    """What an app first hears in `heard`, posting with `post(attempt)` until it does
+    (bounded): an app's session goes live in the background."""
+    for attempt in range(20):
+        post(attempt)
+        try:
+            return heard.get(timeout=1)
+        except queue.Empty:
+            pass
+    raise AssertionError(f"the app never heard {what}")
+
+
 def rtm_client(dev, user, kinds):
     """An RTM client of `user` (not yet connected) that queues the events of `kinds`, and the
     event set by its `hello`."""
@@ -498,16 +510,7 @@ def test_bolt_app_over_socket_mode(dev):
 
     handlers = [instance(), instance()]
     try:
-        # The app's session subscribes in the background: ping until it answers (bounded).
-        message = None
-        for attempt in range(20):
-            alice.chat_postMessage(channel=channel, text=f"ping {attempt}")
-            try:
-                message = heard.get(timeout=1)
-                break
-            except queue.Empty:
-                pass
-        assert message is not None, "the app never heard a ping"
+        message = first_heard(heard, lambda n: alice.chat_postMessage(channel=channel, text=f"ping {n}"), "a ping")
         assert message["channel"] == channel and message["user"] == dev["tokens"]["users"]["alice"]["id"]
         assert message["channel_type"] == "channel", message
         number = message["text"].split()[1]
@@ -611,16 +614,7 @@ def test_bolt_app_over_http(dev):
         assert done["request_url"] == url and done["signing_secret"] == secret, done
         channel = alice.conversations_create(name="py-http-" + uuid.uuid4().hex[:6])["channel"]["id"]
         bot.conversations_join(channel=channel)
-        # The app's session goes live in the background: ask until it answers (bounded).
-        message = None
-        for attempt in range(20):
-            alice.chat_postMessage(channel=channel, text=f"deploy v{attempt}")
-            try:
-                message = heard.get(timeout=1)
-                break
-            except queue.Empty:
-                pass
-        assert message is not None, "the app never heard a request"
+        message = first_heard(heard, lambda n: alice.chat_postMessage(channel=channel, text=f"deploy v{n}"), "a request")
         assert message["channel"] == channel and message["channel_type"] == "channel", message
         version = message["text"].split()[1]
         deadline, replies = time.time() + 10, []

@@ -34,6 +34,29 @@ impl Shutdown {
     }
 }
 
+/// The turns of a task that does something every `poll` until `shutdown`: the first at once,
+/// a late one waits rather than several piling up.
+pub struct Every {
+    ticks: tokio::time::Interval,
+    shutdown: Shutdown,
+}
+
+impl Every {
+    pub fn new(poll: std::time::Duration, shutdown: Shutdown) -> Every {
+        let mut ticks = tokio::time::interval(poll);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Every { ticks, shutdown }
+    }
+
+    /// Waits for the next turn: `false` once `shutdown` came instead.
+    pub async fn next(&mut self) -> bool {
+        tokio::select! {
+            _ = self.shutdown.wait() => false,
+            _ = self.ticks.tick() => true,
+        }
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM. The handlers are installed by the call itself, not when
 /// the future is first polled: a signal that comes while the process is still starting
 /// (before it waits for one) is then a request to stop, not the signal's default action,

@@ -30,7 +30,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use shared::auth::Claims;
-use shared::shutdown::Shutdown;
+use shared::shutdown::{Every, Shutdown};
 use shared::store::{cluster_records, EventSubscription, RecordKind};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -191,13 +191,8 @@ pub fn spawn(state: AppState, poll: Duration, shutdown: Shutdown) {
     tokio::spawn(async move {
         let http = shared_client();
         let mut running: HashMap<String, (EventSubscription, Shutdown)> = HashMap::new();
-        let mut ticks = tokio::time::interval(poll);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.wait() => break,
-                _ = ticks.tick() => {}
-            }
+        let mut every = Every::new(poll, shutdown.clone());
+        while every.next().await {
             let set = match state
                 .store
                 .record_set(&cluster_records(), &RecordKind::EventSubscriptions)
@@ -352,39 +347,51 @@ async fn app_session(
     // IN_FLIGHT_PER_APP deliveries run, each sends one.
     let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<String>();
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_APP));
+    // Acknowledgements go out first and at once, also while every delivery slot is taken:
+    // one held back past the gateway's three seconds would bring its event again.
     loop {
-        tokio::select! {
+        let permit = tokio::select! {
+            biased;
             Some(envelope_id) = ack_rx.recv() => {
-                let ack = json!({ "envelope_id": envelope_id }).to_string();
-                sink.send(WsMessage::text(ack)).await?;
+                sink.send(ack(envelope_id)).await?;
+                continue;
             }
-            frame = stream.next() => {
-                let text = match frame {
-                    None | Some(Ok(WsMessage::Close(_))) => return Ok(()),
-                    Some(Err(e)) => return Err(e.into()),
-                    Some(Ok(WsMessage::Text(text))) => text,
-                    Some(Ok(_)) => continue,
-                };
-                let Ok(envelope) = serde_json::from_str::<Value>(&text) else {
-                    continue;
-                };
-                match envelope["type"].as_str() {
-                    Some("disconnect") => return Ok(()),
-                    Some("events_api") => {}
-                    _ => continue,
-                }
-                let permit = in_flight.clone().acquire_owned().await?;
-                let (http, sub, failures, ack_tx) =
-                    (http.clone(), sub.clone(), failures.clone(), ack_tx.clone());
-                tokio::spawn(async move {
-                    if let Some(envelope_id) = deliver(&http, &sub, &failures, envelope).await {
-                        let _ = ack_tx.send(envelope_id);
-                    }
-                    drop(permit);
-                });
+            permit = in_flight.clone().acquire_owned() => permit?,
+        };
+        let frame = loop {
+            tokio::select! {
+                biased;
+                Some(envelope_id) = ack_rx.recv() => sink.send(ack(envelope_id)).await?,
+                frame = stream.next() => break frame,
             }
+        };
+        let text = match frame {
+            None | Some(Ok(WsMessage::Close(_))) => return Ok(()),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(WsMessage::Text(text))) => text,
+            Some(Ok(_)) => continue,
+        };
+        let Ok(envelope) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        match envelope["type"].as_str() {
+            Some("disconnect") => return Ok(()),
+            Some("events_api") => {}
+            _ => continue,
         }
+        let (http, sub, failures, ack_tx) =
+            (http.clone(), sub.clone(), failures.clone(), ack_tx.clone());
+        tokio::spawn(async move {
+            if let Some(envelope_id) = deliver(&http, &sub, &failures, envelope).await {
+                let _ = ack_tx.send(envelope_id);
+            }
+            drop(permit);
+        });
     }
+}
+
+fn ack(envelope_id: String) -> WsMessage {
+    WsMessage::text(json!({ "envelope_id": envelope_id }).to_string())
 }
 
 /// POSTs one envelope's payload; its `envelope_id` when the app took it (or asked for no

@@ -17,7 +17,7 @@ use serde_json::json;
 use shared::auth::Claims;
 use shared::ids::Ts;
 use shared::protocol::UserEvent;
-use shared::shutdown::Shutdown;
+use shared::shutdown::{Every, Shutdown};
 use shared::store::{cluster_records, RecordKind, RevokedToken};
 
 use crate::api::{object, ApiResult, AppState, Caller, Params};
@@ -64,13 +64,8 @@ impl RevokedTokens {
 /// Reads the revoked tokens now, then every `poll` until `shutdown`.
 pub fn spawn(state: AppState, poll: Duration, shutdown: Shutdown) {
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(poll);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.wait() => return,
-                _ = ticks.tick() => {}
-            }
+        let mut every = Every::new(poll, shutdown);
+        while every.next().await {
             if let Err(e) = refresh(&state).await {
                 tracing::warn!(error = %e, "could not read the revoked tokens; trying again later");
             }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use shared::ids::{ChannelId, Ts};
 use shared::protocol::MeshError;
-use shared::shutdown::Shutdown;
+use shared::shutdown::{Every, Shutdown};
 use shared::store::{ScheduledMessage, StorageResult};
 
 use crate::admin_link::PostError;
@@ -60,13 +60,8 @@ pub fn spawn(state: AppState, poll: Duration, shutdown: Shutdown) {
             state,
             watermark: Ts(0),
         };
-        let mut ticks = tokio::time::interval(poll);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.wait() => return,
-                _ = ticks.tick() => {}
-            }
+        let mut every = Every::new(poll, shutdown);
+        while every.next().await {
             if let Err(e) = scheduler.look().await {
                 tracing::warn!(error = %e, "could not read the scheduled messages that are due; looking again later");
             }
