@@ -67,6 +67,8 @@ impl Received {
 struct App {
     received: Arc<Mutex<Vec<Received>>>,
     failing: Arc<Mutex<HashMap<String, usize>>>,
+    /// How long it takes over each request, in milliseconds.
+    slow_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl App {
@@ -75,7 +77,11 @@ impl App {
         let router = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
                 let app = app.clone();
-                async move { app.handle(uri.path().to_string(), headers, body) }
+                async move {
+                    let slow = app.slow_ms.load(std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(slow)).await;
+                    app.handle(uri.path().to_string(), headers, body)
+                }
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -262,15 +268,19 @@ async fn an_apps_request_url_gets_its_events_signed_and_retried() {
     );
     assert!(first.header("X-Slack-Retry-Num").is_none());
 
-    // A burst past the events one node keeps in flight per app: each arrives once.
-    let burst: Vec<String> = (0..60).map(|i| format!("burst {i}")).collect();
+    // A burst past the events one node keeps in flight per app, to an app that takes its
+    // time over each: each arrives once (no acknowledgement waits behind the full slots
+    // long enough for its event to come again).
+    app.slow_ms.store(400, std::sync::atomic::Ordering::Relaxed);
+    let burst: Vec<String> = (0..80).map(|i| format!("burst {i}")).collect();
     for text in &burst {
         cluster.post(&alice, &channel, text).await;
     }
     for text in &burst {
         app.wait_deliveries(text, 1).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    app.slow_ms.store(0, std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
     for text in &burst {
         assert_eq!(app.deliveries(text).len(), 1, "{text}");
     }
