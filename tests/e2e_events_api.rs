@@ -105,6 +105,12 @@ impl App {
         if path == "/wrong" {
             return (StatusCode::OK, "nope").into_response();
         }
+        if path == "/huge" {
+            // The challenge, buried after more than anyone should read.
+            let mut answer = "x".repeat(1 << 20);
+            answer.push_str(body["challenge"].as_str().unwrap_or_default());
+            return (StatusCode::OK, answer).into_response();
+        }
         if body["type"] == "url_verification" {
             return axum::Json(json!({ "challenge": body["challenge"] })).into_response();
         }
@@ -193,6 +199,8 @@ async fn an_apps_request_url_gets_its_events_signed_and_retried() {
         v["detail"], "the answer did not give the challenge back",
         "{v}"
     );
+    let v = set(format!("{base}/huge")).await;
+    assert_eq!(v["error"], "url_verification_failed", "{v}");
     // A port nothing listens on: refused, said so.
     let v = set("http://127.0.0.1:9/events".to_string()).await;
     assert_eq!(v["error"], "url_verification_failed", "{v}");

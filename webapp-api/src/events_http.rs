@@ -49,6 +49,8 @@ const IN_FLIGHT_PER_APP: usize = 32;
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How many events' last failure an app remembers, for the next try's `X-Slack-Retry-Reason`.
 const FAILURES_KEPT: usize = 1024;
+/// Longest answer to the challenge read, in bytes.
+const MAX_CHALLENGE_ANSWER: usize = 64 * 1024;
 /// Longest request URL accepted, in bytes.
 pub const MAX_URL: usize = 2000;
 
@@ -167,10 +169,20 @@ pub async fn verify_url(
     if !status.is_success() {
         return Err(format!("answered HTTP {}", status.as_u16()));
     }
-    let text = resp
-        .text()
+    // Read no more than a challenge's answer needs: a URL may answer with anything.
+    let mut resp = resp;
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
         .await
-        .map_err(|_| "the answer could not be read".to_string())?;
+        .map_err(|_| "the answer could not be read".to_string())?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_CHALLENGE_ANSWER {
+            return Err("the answer did not give the challenge back".to_string());
+        }
+    }
+    let text = String::from_utf8_lossy(&body);
     let text = text.trim();
     let given = serde_json::from_str::<Value>(text).ok().and_then(|v| {
         v.get("challenge")
