@@ -28,6 +28,17 @@ def first_heard(heard, post, what):
     raise AssertionError(f"the app never heard {what}")
 
 
+def thread_of(client, channel, ts, n):
+    """The thread of `ts` as `client` reads it, once it has `n` messages (at most 10 s)."""
+    deadline, replies = time.time() + 10, []
+    while time.time() < deadline:
+        replies = client.conversations_replies(channel=channel, ts=ts)["messages"]
+        if len(replies) == n:
+            break
+        time.sleep(0.1)
+    return replies
+
+
 def rtm_client(dev, user, kinds):
     """An RTM client of `user` (not yet connected) that queues the events of `kinds`, and the
     event set by its `hello`."""
@@ -515,12 +526,7 @@ def test_bolt_app_over_socket_mode(dev):
         assert message["channel_type"] == "channel", message
         number = message["text"].split()[1]
 
-        deadline, replies = time.time() + 10, []
-        while time.time() < deadline:
-            replies = alice.conversations_replies(channel=channel, ts=message["ts"])["messages"]
-            if len(replies) == 2:
-                break
-            time.sleep(0.1)
+        replies = thread_of(alice, channel, message["ts"], 2)
         # A second answer (the other instance's) would come within this.
         time.sleep(0.5)
         replies = alice.conversations_replies(channel=channel, ts=message["ts"])["messages"]
@@ -617,12 +623,7 @@ def test_bolt_app_over_http(dev):
         message = first_heard(heard, lambda n: alice.chat_postMessage(channel=channel, text=f"deploy v{n}"), "a request")
         assert message["channel"] == channel and message["channel_type"] == "channel", message
         version = message["text"].split()[1]
-        deadline, replies = time.time() + 10, []
-        while time.time() < deadline:
-            replies = alice.conversations_replies(channel=channel, ts=message["ts"])["messages"]
-            if len(replies) == 2:
-                break
-            time.sleep(0.1)
+        replies = thread_of(alice, channel, message["ts"], 2)
         assert [m["text"] for m in replies] == [message["text"], f"deploying {version}"], replies
         assert replies[1]["bot_id"] == bot_id, replies[1]
     finally:
