@@ -12,6 +12,7 @@
 //! the system delivers, not the size of its queues.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -1399,6 +1400,7 @@ pub async fn run_switchboard(plan: &Plan, sut: &mut Sut) -> anyhow::Result<Syste
     result.notes.push(format!(
         "{presence} non-message events (presence) reached the subscribers while they connected"
     ));
+    push_cost_notes(&mut result, &sut.process_names());
     for p in &result.phases {
         if let Some(l) = &p.placed_to_screen {
             result.notes.push(format!(
@@ -1535,6 +1537,8 @@ pub async fn run_limit(plan: &Plan) -> anyhow::Result<SystemResult> {
     let phases = run_phases(plan, "limit", &tracker, &mut publisher, server_pids, None).await;
     drop(publisher);
     let mut result = finish("limit", plan, tracker, subs, phases, setup_s, false).await;
+    let names = HashMap::from([(server.pid(), "limit".to_string())]);
+    push_cost_notes(&mut result, &names);
     result.notes.push(format!(
         "limit server in process {}: its CPU is in server_cpu_s",
         server.pid()
@@ -1576,7 +1580,26 @@ pub async fn run_nats(
     let pids = server_pid.into_iter().collect();
     let phases = run_phases(plan, "nats", &tracker, &mut publisher, pids, None).await;
     drop(publisher);
-    Ok(finish("nats", plan, tracker, subs, phases, setup_s, false).await)
+    let mut result = finish("nats", plan, tracker, subs, phases, setup_s, false).await;
+    let names = server_pid
+        .map(|pid| HashMap::from([(pid, "nats-server".to_string())]))
+        .unwrap_or_default();
+    push_cost_notes(&mut result, &names);
+    Ok(result)
+}
+
+/// A note per phase with the server CPU each process spent per message (and all of them per
+/// delivery), so runs of different systems compare by cost as well as by rate.
+fn push_cost_notes(result: &mut SystemResult, names: &HashMap<u32, String>) {
+    let notes: Vec<String> = result
+        .phases
+        .iter()
+        .filter_map(|p| {
+            crate::sut::describe_cost(&p.cpu.processes, p.messages, p.deliveries, names)
+                .map(|cost| format!("server CPU per message, {}: {cost}", p.phase))
+        })
+        .collect();
+    result.notes.extend(notes);
 }
 
 #[cfg(test)]
