@@ -12,8 +12,8 @@
 //!   private channel's), `team_join`, `user_change`, and a user group's `subteam_created`,
 //!   `subteam_updated`, `subteam_members_changed`, `subteam_self_added` and
 //!   `subteam_self_removed`, `file_shared` and `file_deleted`, and
-//!   `emoji_changed`, and a channel's `bookmark_added`, `bookmark_updated` and
-//!   `bookmark_removed`.
+//!   `emoji_changed`, a channel's `bookmark_added`, `bookmark_updated` and
+//!   `bookmark_removed`, and `dnd_updated` (the app's own user) and `dnd_updated_user`.
 //!   The event is the RTM event as is
 //!   (with `event_ts`, and `seq`; a message also with the Events API's `channel_type`, from
 //!   the session's channel list or the `channel_joined` of one joined later), inside an
@@ -297,6 +297,8 @@ const EVENTS: &[&str] = &[
     "bookmark_added",
     "bookmark_updated",
     "bookmark_removed",
+    "dnd_updated",
+    "dnd_updated_user",
 ];
 
 /// One Socket Mode session's framing. Dropping it closes the connection for its app:

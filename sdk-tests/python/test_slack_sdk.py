@@ -658,3 +658,50 @@ def test_users_lookup_by_email(dev):
     with pytest.raises(SlackApiError) as err:
         web(dev, "bob").users_lookupByEmail(email="nobody@example.com")
     assert err.value.response["error"] == "users_not_found"
+
+
+def test_dnd_snooze(dev):
+    """`dnd_*` as a client's "pause notifications" uses them: a person snoozes, sees it whole
+    (`dnd_info`), teammates see a DND window (`dnd_teamInfo`) and hear `dnd_updated_user` over
+    RTM; ending it early says so. A bot cannot snooze."""
+    admin = WebClient(token=dev["tokens"]["admin"], base_url=dev["urls"]["api"] + "/")
+    made = admin.api_call("admin.users.create", json={"name": "napper" + uuid.uuid4().hex[:6]})
+    napper = WebClient(token=made["token"], base_url=dev["urls"]["api"] + "/")
+    napper_id = made["user"]["id"]
+    bob = web(dev, "bob")
+    rtm, events, hello = rtm_client(dev, "bob", ["dnd_updated_user"])
+    rtm.connect()
+    try:
+        assert hello.wait(10), "no hello over RTM"
+        snoozed = napper.dnd_setSnooze(num_minutes=45)
+        assert snoozed["snooze_enabled"] is True and 2690 <= snoozed["snooze_remaining"] <= 2700, snoozed
+        own = napper.dnd_info()
+        assert own["snooze_enabled"] is True and own["snooze_endtime"] == snoozed["snooze_endtime"], own
+        seen = bob.dnd_info(user=napper_id)
+        assert seen["dnd_enabled"] is True and "snooze_enabled" not in seen, seen
+        team = bob.dnd_teamInfo(users=[napper_id, dev["tokens"]["users"]["bob"]["id"]])["users"]
+        assert team[napper_id]["next_dnd_end_ts"] == snoozed["snooze_endtime"], team
+        assert team[dev["tokens"]["users"]["bob"]["id"]]["dnd_enabled"] is False, team
+        ended = napper.dnd_endSnooze()
+        assert ended["snooze_enabled"] is False and ended["dnd_enabled"] is False, ended
+        with pytest.raises(SlackApiError) as err:
+            napper.dnd_endSnooze()
+        assert err.value.response["error"] == "snooze_not_active"
+
+        heard = []
+        deadline = time.time() + 10
+        while time.time() < deadline and len(heard) < 2:
+            try:
+                event = events.get(timeout=1)
+            except queue.Empty:
+                continue
+            if event["user"] == napper_id:
+                heard.append(event["dnd_status"]["dnd_enabled"])
+        assert heard == [True, False], heard
+    finally:
+        rtm.close()
+    bot = WebClient(token=admin.api_call("admin.users.create", json={"name": "nobot" + uuid.uuid4().hex[:6], "is_bot": True})["token"],
+                    base_url=dev["urls"]["api"] + "/")
+    with pytest.raises(SlackApiError) as err:
+        bot.dnd_setSnooze(num_minutes=5)
+    assert err.value.response["error"] == "not_allowed_token_type"

@@ -150,6 +150,15 @@ pub static BOOKMARKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Custom emoji changes: `added`, `removed`, `renamed`; `raced`: a change retried.
+pub static DND: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_dnd_total",
+        "Do Not Disturb changes, by event (snoozed, ended: a running snooze ended early; raced: a change retried because another changed the workspace's DND records first)",
+        &["event"]
+    )
+    .expect("metric registers once")
+});
+
 pub static EMOJI: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_emoji_total",

@@ -83,6 +83,10 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "users.conversations"
         | "users.list"
         | "users.setPresence"
+        | "dnd.teamInfo"
+        | "dnd.setSnooze"
+        | "dnd.endSnooze"
+        | "dnd.endDnd"
         | "users.profile.set"
         | "users.lookupByEmail"
         | "reactions.remove"
@@ -112,6 +116,7 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "files.list"
         | "files.delete"
         | "users.getPresence"
+        | "dnd.info"
         | "bots.info"
         | "team.info" => Tier::Tier3,
         // auth.test, users.info, users.profile.get, conversations.members, chat.getPermalink,

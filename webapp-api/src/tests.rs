@@ -2944,6 +2944,9 @@ mod bookmarks;
 /// `auth.revoke`: one token refused, on every node, its sessions told.
 mod revoke;
 
+/// Do Not Disturb: snoozes set, seen, ended and lapsed; `dnd_updated` and `dnd_updated_user`.
+mod dnd;
+
 /// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
 /// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
 /// is taken leaves no user behind.

@@ -510,6 +510,8 @@ pub enum RecordKind {
     /// a [`RevokedToken`]): one set for the whole cluster, under [`cluster_records`], which
     /// every Web API node holds in memory to refuse them.
     RevokedTokens,
+    /// The workspace's Do Not Disturb snoozes, by user id (`dnd.setSnooze`).
+    Dnd,
 }
 
 impl RecordKind {
@@ -521,6 +523,7 @@ impl RecordKind {
             RecordKind::Bookmarks(channel) => format!("bookmarks:{channel}"),
             RecordKind::EventSubscriptions => "event_subscriptions".into(),
             RecordKind::RevokedTokens => "revoked_tokens".into(),
+            RecordKind::Dnd => "dnd".into(),
         }
     }
 }

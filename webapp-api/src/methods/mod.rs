@@ -13,6 +13,7 @@ mod bookmarks;
 mod chat;
 pub(crate) mod content;
 mod conversations;
+mod dnd;
 mod emoji;
 pub(crate) mod files;
 mod internal;
@@ -100,6 +101,11 @@ pub const METHODS: &[&str] = &[
     "users.lookupByEmail",
     "users.getPresence",
     "users.setPresence",
+    "dnd.info",
+    "dnd.teamInfo",
+    "dnd.setSnooze",
+    "dnd.endSnooze",
+    "dnd.endDnd",
     "admin.users.create",
     "admin.users.setInactive",
     "admin.users.setActive",
@@ -234,6 +240,11 @@ pub async fn dispatch(
         "users.lookupByEmail" => users::lookup_by_email(state, &caller, params).await,
         "users.getPresence" => users::get_presence(state, &caller, params).await,
         "users.setPresence" => users::set_presence(state, &caller, params).await,
+        "dnd.info" => dnd::info(state, &caller, params).await,
+        "dnd.teamInfo" => dnd::team_info(state, &caller, params).await,
+        "dnd.setSnooze" => dnd::set_snooze(state, &caller, params).await,
+        "dnd.endSnooze" => dnd::end_snooze(state, &caller).await,
+        "dnd.endDnd" => dnd::end_dnd(state, &caller).await,
         "admin.users.create" => users::admin_create(state, &caller, params).await,
         "admin.users.setInactive" => users::set_inactive(state, &caller, params, true).await,
         "admin.users.setActive" => users::set_inactive(state, &caller, params, false).await,

@@ -1,0 +1,274 @@
+//! Do Not Disturb: a person's snooze, seen whole by them and as a DND window by others,
+//! ended early or by the clock, announced to their sessions and the workspace's.
+
+use serde_json::{json, Value};
+use shared::ids::WorkspaceId;
+use shared::protocol::UserEvent;
+use shared::store::RecordKind;
+
+use crate::tests::Server;
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// The `dnd_updated` events relayed to `user`'s sessions alone, as JSON, once there are `n`.
+async fn own_events(s: &Server, user: &str, n: usize) -> Vec<Value> {
+    let find = || -> Vec<Value> {
+        s.relayed_events()
+            .into_iter()
+            .filter_map(|e| match e {
+                UserEvent::UserNotice {
+                    user: to, event, ..
+                } if to.0 == user => serde_json::from_str::<Value>(&event).ok(),
+                _ => None,
+            })
+            .filter(|e| e["type"] == "dnd_updated")
+            .collect()
+    };
+    for _ in 0..200 {
+        if find().len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    find()
+}
+
+#[tokio::test]
+async fn a_snooze_is_whole_for_its_user_a_window_for_others_and_announced() {
+    let s = Server::start_with_cluster().await;
+    let (bob, alice) = (s.token("bob"), s.token("alice"));
+    let (bob_id, alice_id) = (s.user_id("bob"), s.user_id("alice"));
+
+    // Nobody is snoozed at first.
+    let v = s.ok("dnd.info", &bob, json!({})).await;
+    assert_eq!(
+        (v["dnd_enabled"].clone(), v["snooze_enabled"].clone()),
+        (json!(false), json!(false)),
+        "{v}"
+    );
+    assert_eq!(
+        (v["next_dnd_start_ts"].clone(), v["next_dnd_end_ts"].clone()),
+        (json!(1), json!(1))
+    );
+
+    let before = unix_now();
+    let v = s
+        .ok("dnd.setSnooze", &bob, json!({ "num_minutes": 30 }))
+        .await;
+    let after = unix_now();
+    assert_eq!(v["snooze_enabled"], true, "{v}");
+    assert_eq!(v["snooze_is_indefinite"], false);
+    let end = v["snooze_endtime"].as_i64().unwrap();
+    assert!((before + 1800..=after + 1800).contains(&end), "{v}");
+    assert!(
+        (1795..=1800).contains(&v["snooze_remaining"].as_i64().unwrap()),
+        "{v}"
+    );
+
+    // Bob sees his snooze whole.
+    let v = s.ok("dnd.info", &bob, json!({})).await;
+    assert_eq!(v["dnd_enabled"], true, "{v}");
+    assert_eq!(v["snooze_enabled"], true);
+    assert_eq!(v["snooze_endtime"], end);
+    assert_eq!(v["next_dnd_end_ts"], end);
+    assert!(v["next_dnd_start_ts"].as_i64().unwrap() >= before);
+
+    // Alice sees a DND window, without the snooze's own fields.
+    let v = s.ok("dnd.info", &alice, json!({ "user": bob_id })).await;
+    assert_eq!(v["dnd_enabled"], true, "{v}");
+    assert_eq!(v["next_dnd_end_ts"], end);
+    assert!(v.get("snooze_enabled").is_none(), "{v}");
+    let v = s
+        .ok(
+            "dnd.teamInfo",
+            &alice,
+            json!({ "users": format!("{bob_id}, {alice_id}") }),
+        )
+        .await;
+    assert_eq!(v["users"][&bob_id]["dnd_enabled"], true, "{v}");
+    assert_eq!(v["users"][&bob_id]["next_dnd_end_ts"], end);
+    assert_eq!(v["users"][&alice_id]["dnd_enabled"], false);
+    assert!(v["users"][&bob_id].get("snooze_endtime").is_none());
+
+    // His sessions hear `dnd_updated` with the snooze; the workspace `dnd_updated_user`
+    // without it.
+    let own = own_events(&s, &bob_id, 1).await;
+    assert_eq!(own.len(), 1, "{own:?}");
+    assert_eq!(own[0]["user"], bob_id.as_str());
+    assert_eq!(own[0]["dnd_status"]["snooze_enabled"], true);
+    assert_eq!(own[0]["dnd_status"]["snooze_endtime"], end);
+    let public = s.notices("dnd_updated_user", 1).await;
+    assert_eq!(public.len(), 1, "{public:?}");
+    assert_eq!(public[0]["user"], bob_id.as_str());
+    assert_eq!(public[0]["dnd_status"]["dnd_enabled"], true);
+    assert!(public[0]["dnd_status"].get("snooze_enabled").is_none());
+
+    // Ended early: his state says so, everyone is told, and a second end has nothing to end.
+    let v = s.ok("dnd.endSnooze", &bob, json!({})).await;
+    assert_eq!(
+        (v["snooze_enabled"].clone(), v["dnd_enabled"].clone()),
+        (json!(false), json!(false)),
+        "{v}"
+    );
+    let v = s.ok("dnd.info", &alice, json!({ "user": bob_id })).await;
+    assert_eq!(v["dnd_enabled"], false, "{v}");
+    let public = s.notices("dnd_updated_user", 2).await;
+    assert_eq!(public.len(), 2, "{public:?}");
+    assert_eq!(public[1]["dnd_status"]["dnd_enabled"], false);
+    assert_eq!(own_events(&s, &bob_id, 2).await.len(), 2);
+    s.err("dnd.endSnooze", &bob, json!({}), "snooze_not_active")
+        .await;
+    // endDnd with nothing running is fine and tells no one.
+    s.ok("dnd.endDnd", &bob, json!({})).await;
+
+    // A new snooze replaces the one before; endDnd ends it.
+    s.ok("dnd.setSnooze", &bob, json!({ "num_minutes": "5" }))
+        .await;
+    let v = s
+        .ok("dnd.setSnooze", &bob, json!({ "num_minutes": 60 }))
+        .await;
+    assert!(v["snooze_remaining"].as_i64().unwrap() > 3500, "{v}");
+    s.ok("dnd.endDnd", &bob, json!({})).await;
+    assert_eq!(
+        s.ok("dnd.info", &bob, json!({})).await["snooze_enabled"],
+        false
+    );
+    assert_eq!(s.notices("dnd_updated_user", 5).await.len(), 5);
+}
+
+#[tokio::test]
+async fn a_snooze_lapses_at_its_end() {
+    let s = Server::start_with_cluster().await;
+    let bob = s.token("bob");
+    let bob_id = s.user_id("bob");
+    let workspace = WorkspaceId(s.demo["workspace"].as_str().unwrap().into());
+    // A snooze that ended a second ago, as the clock leaves one.
+    let set = s
+        .store
+        .record_set(&workspace, &RecordKind::Dnd)
+        .await
+        .unwrap();
+    let now = unix_now();
+    let lapsed = json!({ "start": now - 600, "end": now - 1 }).to_string();
+    assert!(s
+        .store
+        .put_record(
+            &workspace,
+            &RecordKind::Dnd,
+            &bob_id,
+            Some(&lapsed),
+            set.version
+        )
+        .await
+        .unwrap());
+    let v = s.ok("dnd.info", &bob, json!({})).await;
+    assert_eq!(
+        (v["dnd_enabled"].clone(), v["snooze_enabled"].clone()),
+        (json!(false), json!(false)),
+        "{v}"
+    );
+    // Nothing is running to end, but the lapsed record goes.
+    s.err("dnd.endSnooze", &bob, json!({}), "snooze_not_active")
+        .await;
+    let set = s
+        .store
+        .record_set(&workspace, &RecordKind::Dnd)
+        .await
+        .unwrap();
+    assert!(set.records.is_empty(), "{:?}", set.records);
+}
+
+#[tokio::test]
+async fn bad_dnd_calls_get_clear_errors() {
+    let s = Server::start_with_cluster().await;
+    let bob = s.token("bob");
+    let bot = s.bot_token("pager").await;
+    s.err(
+        "dnd.setSnooze",
+        &bot,
+        json!({ "num_minutes": 10 }),
+        "not_allowed_token_type",
+    )
+    .await;
+    s.err("dnd.endSnooze", &bot, json!({}), "not_allowed_token_type")
+        .await;
+    s.err("dnd.endDnd", &bot, json!({}), "not_allowed_token_type")
+        .await;
+    // A bot may read.
+    s.ok("dnd.info", &bot, json!({ "user": s.user_id("bob") }))
+        .await;
+    s.err("dnd.setSnooze", &bob, json!({}), "missing_argument")
+        .await;
+    for bad in [
+        json!(0),
+        json!(-3),
+        json!("ten"),
+        json!(1.5),
+        json!(525_601),
+    ] {
+        s.err(
+            "dnd.setSnooze",
+            &bob,
+            json!({ "num_minutes": bad }),
+            "invalid_arguments",
+        )
+        .await;
+    }
+    s.err(
+        "dnd.info",
+        &bob,
+        json!({ "user": "U999999" }),
+        "user_not_found",
+    )
+    .await;
+    s.err("dnd.teamInfo", &bob, json!({}), "missing_argument")
+        .await;
+    s.err(
+        "dnd.teamInfo",
+        &bob,
+        json!({ "users": " , " }),
+        "missing_argument",
+    )
+    .await;
+    let many: Vec<String> = (0..51).map(|i| format!("U{i}")).collect();
+    s.err(
+        "dnd.teamInfo",
+        &bob,
+        json!({ "users": many.join(",") }),
+        "invalid_arguments",
+    )
+    .await;
+    s.err(
+        "dnd.teamInfo",
+        &bob,
+        json!({ "users": "U999999" }),
+        "user_not_found",
+    )
+    .await;
+    // Nothing was stored by any of them.
+    assert_eq!(
+        s.ok("dnd.info", &bob, json!({})).await["snooze_enabled"],
+        false
+    );
+    let text = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for counted in [
+        r#"switchboard_webapp_errors_total{error="invalid_arguments",method="dnd.setSnooze"} 5"#,
+        r#"switchboard_webapp_errors_total{error="not_allowed_token_type",method="dnd.endDnd"} 1"#,
+        r#"switchboard_webapp_errors_total{error="user_not_found",method="dnd.teamInfo"} 1"#,
+    ] {
+        assert!(text.contains(counted), "{counted} in {text}");
+    }
+}
