@@ -1104,7 +1104,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
         name: "dnd.teamInfo",
         summary: "The Do Not Disturb state of up to 50 users of the workspace, by id (`users`: `dnd_enabled`, `next_dnd_start_ts`, `next_dnd_end_ts` each).",
         auth: Auth::User,
-        params: &[req("users", Ty::Str, "comma-separated user ids (`U…`), at most 50")],
+        params: &[req("users", Ty::Str, "user ids (`U…`), comma-separated or a JSON array, at most 50")],
         errors: &["missing_argument", "invalid_arguments", "user_not_found", "internal_error"],
     },
     MethodDoc {

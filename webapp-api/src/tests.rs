@@ -177,6 +177,18 @@ impl Server {
         made["token"].as_str().expect("a bot token").to_string()
     }
 
+    /// The server's `/metrics` page.
+    pub(crate) async fn metrics_text(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("metrics answer")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub(crate) fn user_id(&self, user: &str) -> String {
         self.demo["users"][user]["id"]
             .as_str()
@@ -2459,15 +2471,7 @@ async fn errors_and_requests_are_counted() {
     )
     .await;
     s.call("made.up", Some(&bob), json!({})).await;
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     assert!(text.contains(r#"switchboard_webapp_errors_total{error="channel_not_found",method="conversations.info"}"#), "{text}");
     assert!(text.contains(r#"switchboard_webapp_requests_total{method="conversations.info"}"#));
     assert!(text.contains(r#"switchboard_webapp_requests_total{method="unknown"}"#));

@@ -253,14 +253,18 @@ pub(super) async fn info(state: &AppState, caller: &Caller, params: &Params) -> 
 }
 
 /// `dnd.teamInfo`: the DND state of up to [`MAX_TEAM_INFO_USERS`] users of the workspace
-/// (`users`, comma-separated), by id.
+/// (`users`: comma-separated, or a JSON array), by id.
 pub(super) async fn team_info(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
     let raw = params
         .non_empty("users")
         .ok_or(ApiError::MissingArgument("users"))?;
-    let names: Vec<&str> = raw
-        .split(',')
-        .map(str::trim)
+    let names: Vec<String> = super::usergroups::id_list(raw)
+        .ok_or_else(|| {
+            ApiError::InvalidArguments(
+                "users: a comma-separated list or a JSON array of user ids".into(),
+            )
+        })?
+        .into_iter()
         .filter(|u| !u.is_empty())
         .collect();
     if names.is_empty() {
@@ -278,7 +282,7 @@ pub(super) async fn team_info(state: &AppState, caller: &Caller, params: &Params
     let now = now_secs();
     let mut users = serde_json::Map::new();
     for name in names {
-        let user = super::user_in_workspace(state, caller, Some(name)).await?;
+        let user = super::user_in_workspace(state, caller, Some(&name)).await?;
         users.insert(
             user.id.to_string(),
             public_status(active(&set, &user.id, now)?),

@@ -133,7 +133,7 @@ fn description_param(raw: &str) -> ApiResult<String> {
 
 /// The ids of a list parameter: a comma-separated string, or a JSON array of strings (what a
 /// JSON body's array becomes).
-fn id_list(raw: &str) -> Option<Vec<String>> {
+pub(super) fn id_list(raw: &str) -> Option<Vec<String>> {
     let raw = raw.trim();
     if raw.starts_with('[') {
         let items: Vec<String> = serde_json::from_str(raw).ok()?;

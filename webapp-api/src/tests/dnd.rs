@@ -94,6 +94,15 @@ async fn a_snooze_is_whole_for_its_user_a_window_for_others_and_announced() {
     assert_eq!(v["users"][&bob_id]["next_dnd_end_ts"], end);
     assert_eq!(v["users"][&alice_id]["dnd_enabled"], false);
     assert!(v["users"][&bob_id].get("snooze_endtime").is_none());
+    // A JSON body's array names them too.
+    let v = s
+        .ok(
+            "dnd.teamInfo",
+            &alice,
+            json!({ "users": [bob_id, alice_id] }),
+        )
+        .await;
+    assert_eq!(v["users"][&bob_id]["next_dnd_end_ts"], end, "{v}");
 
     // His sessions hear `dnd_updated` with the snooze; the workspace `dnd_updated_user`
     // without it.
@@ -188,82 +197,71 @@ async fn bad_dnd_calls_get_clear_errors() {
     let s = Server::start_with_cluster().await;
     let bob = s.token("bob");
     let bot = s.bot_token("pager").await;
-    s.err(
-        "dnd.setSnooze",
-        &bot,
-        json!({ "num_minutes": 10 }),
-        "not_allowed_token_type",
-    )
-    .await;
-    s.err("dnd.endSnooze", &bot, json!({}), "not_allowed_token_type")
-        .await;
-    s.err("dnd.endDnd", &bot, json!({}), "not_allowed_token_type")
-        .await;
+    for (method, body) in [
+        ("dnd.setSnooze", json!({ "num_minutes": 10 })),
+        ("dnd.endSnooze", json!({})),
+        ("dnd.endDnd", json!({})),
+    ] {
+        s.err(method, &bot, body, "not_allowed_token_type").await;
+    }
     // A bot may read.
     s.ok("dnd.info", &bot, json!({ "user": s.user_id("bob") }))
         .await;
-    s.err("dnd.setSnooze", &bob, json!({}), "missing_argument")
-        .await;
-    for bad in [
-        json!(0),
-        json!(-3),
-        json!("ten"),
-        json!(1.5),
-        json!(525_601),
-    ] {
-        s.err(
-            "dnd.setSnooze",
-            &bob,
-            json!({ "num_minutes": bad }),
-            "invalid_arguments",
-        )
-        .await;
-    }
-    s.err(
-        "dnd.info",
-        &bob,
-        json!({ "user": "U999999" }),
-        "user_not_found",
-    )
-    .await;
-    s.err("dnd.teamInfo", &bob, json!({}), "missing_argument")
-        .await;
-    s.err(
-        "dnd.teamInfo",
-        &bob,
-        json!({ "users": " , " }),
-        "missing_argument",
-    )
-    .await;
     let many: Vec<String> = (0..51).map(|i| format!("U{i}")).collect();
-    s.err(
-        "dnd.teamInfo",
-        &bob,
-        json!({ "users": many.join(",") }),
-        "invalid_arguments",
-    )
-    .await;
-    s.err(
-        "dnd.teamInfo",
-        &bob,
-        json!({ "users": "U999999" }),
-        "user_not_found",
-    )
-    .await;
+    let bad_calls = [
+        ("dnd.setSnooze", json!({}), "missing_argument"),
+        (
+            "dnd.setSnooze",
+            json!({ "num_minutes": 0 }),
+            "invalid_arguments",
+        ),
+        (
+            "dnd.setSnooze",
+            json!({ "num_minutes": -3 }),
+            "invalid_arguments",
+        ),
+        (
+            "dnd.setSnooze",
+            json!({ "num_minutes": "ten" }),
+            "invalid_arguments",
+        ),
+        (
+            "dnd.setSnooze",
+            json!({ "num_minutes": 1.5 }),
+            "invalid_arguments",
+        ),
+        (
+            "dnd.setSnooze",
+            json!({ "num_minutes": 525_601 }),
+            "invalid_arguments",
+        ),
+        ("dnd.info", json!({ "user": "U999999" }), "user_not_found"),
+        ("dnd.teamInfo", json!({}), "missing_argument"),
+        (
+            "dnd.teamInfo",
+            json!({ "users": " , " }),
+            "missing_argument",
+        ),
+        (
+            "dnd.teamInfo",
+            json!({ "users": many.join(",") }),
+            "invalid_arguments",
+        ),
+        (
+            "dnd.teamInfo",
+            json!({ "users": "U999999" }),
+            "user_not_found",
+        ),
+    ];
+    for (method, body, error) in bad_calls {
+        s.err(method, &bob, body, error).await;
+    }
     // Nothing was stored by any of them.
     assert_eq!(
         s.ok("dnd.info", &bob, json!({})).await["snooze_enabled"],
         false
     );
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     for counted in [
         r#"switchboard_webapp_errors_total{error="invalid_arguments",method="dnd.setSnooze"} 5"#,
         r#"switchboard_webapp_errors_total{error="not_allowed_token_type",method="dnd.endDnd"} 1"#,

@@ -293,15 +293,7 @@ async fn kick_refuses_bad_ids() {
         kick_errors("channel_not_found") - channels_before,
         bad_channels.len() as u64
     );
-    let text = s
-        .http
-        .get(format!("{}/metrics", s.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     assert!(
         text.contains(
             r#"switchboard_webapp_errors_total{error="user_not_found",method="conversations.kick"}"#
