@@ -76,15 +76,37 @@ impl Server {
     /// The workspace notices (`UserEvent::Notice`) of `kind` relayed so far, as JSON, once
     /// there are `n` of them: waits at most 10 s, then returns what came.
     pub(crate) async fn notices(&self, kind: &str, n: usize) -> Vec<Value> {
+        self.relayed_of(kind, n, |e| match e {
+            shared::protocol::UserEvent::Notice { event, .. } => Some(event),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The events of `kind` relayed to `user`'s sessions alone (`UserEvent::UserNotice`), as
+    /// JSON, once there are `n` of them: waits at most 10 s, then returns what came.
+    pub(crate) async fn user_notices(&self, user: &str, kind: &str, n: usize) -> Vec<Value> {
+        self.relayed_of(kind, n, |e| match e {
+            shared::protocol::UserEvent::UserNotice {
+                user: to, event, ..
+            } if to.0 == user => Some(event),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The relayed events that `pick` renders, of `kind`, once there are `n`.
+    async fn relayed_of(
+        &self,
+        kind: &str,
+        n: usize,
+        pick: impl Fn(shared::protocol::UserEvent) -> Option<String>,
+    ) -> Vec<Value> {
         let find = || -> Vec<Value> {
             self.relayed_events()
                 .into_iter()
-                .filter_map(|e| match e {
-                    shared::protocol::UserEvent::Notice { event, .. } => {
-                        serde_json::from_str::<Value>(&event).ok()
-                    }
-                    _ => None,
-                })
+                .filter_map(&pick)
+                .filter_map(|event| serde_json::from_str::<Value>(&event).ok())
                 .filter(|e| e["type"] == kind)
                 .collect()
         };

@@ -1,9 +1,8 @@
 //! Do Not Disturb: a person's snooze, seen whole by them and as a DND window by others,
 //! ended early or by the clock, announced to their sessions and the workspace's.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use shared::ids::WorkspaceId;
-use shared::protocol::UserEvent;
 use shared::store::RecordKind;
 
 use crate::tests::Server;
@@ -13,29 +12,6 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-/// The `dnd_updated` events relayed to `user`'s sessions alone, as JSON, once there are `n`.
-async fn own_events(s: &Server, user: &str, n: usize) -> Vec<Value> {
-    let find = || -> Vec<Value> {
-        s.relayed_events()
-            .into_iter()
-            .filter_map(|e| match e {
-                UserEvent::UserNotice {
-                    user: to, event, ..
-                } if to.0 == user => serde_json::from_str::<Value>(&event).ok(),
-                _ => None,
-            })
-            .filter(|e| e["type"] == "dnd_updated")
-            .collect()
-    };
-    for _ in 0..200 {
-        if find().len() >= n {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    find()
 }
 
 #[tokio::test]
@@ -106,7 +82,7 @@ async fn a_snooze_is_whole_for_its_user_a_window_for_others_and_announced() {
 
     // His sessions hear `dnd_updated` with the snooze; the workspace `dnd_updated_user`
     // without it.
-    let own = own_events(&s, &bob_id, 1).await;
+    let own = s.user_notices(&bob_id, "dnd_updated", 1).await;
     assert_eq!(own.len(), 1, "{own:?}");
     assert_eq!(own[0]["user"], bob_id.as_str());
     assert_eq!(own[0]["dnd_status"]["snooze_enabled"], true);
@@ -129,7 +105,7 @@ async fn a_snooze_is_whole_for_its_user_a_window_for_others_and_announced() {
     let public = s.notices("dnd_updated_user", 2).await;
     assert_eq!(public.len(), 2, "{public:?}");
     assert_eq!(public[1]["dnd_status"]["dnd_enabled"], false);
-    assert_eq!(own_events(&s, &bob_id, 2).await.len(), 2);
+    assert_eq!(s.user_notices(&bob_id, "dnd_updated", 2).await.len(), 2);
     s.err("dnd.endSnooze", &bob, json!({}), "snooze_not_active")
         .await;
     // endDnd with nothing running is fine and tells no one.

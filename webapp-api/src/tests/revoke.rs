@@ -2,10 +2,9 @@
 //! once and on another once it read the cluster's revoked tokens; its user's sessions hear
 //! Slack's `tokens_revoked`.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use shared::auth::Claims;
 use shared::ids::{UserId, WorkspaceId};
-use shared::protocol::UserEvent;
 
 use crate::admin_link::AdminLink;
 use crate::api::AppState;
@@ -46,22 +45,12 @@ async fn a_revoked_token_is_refused_everywhere_and_only_it() {
     s.ok("auth.test", &s.token("alice"), json!({})).await;
 
     // The user's sessions are told, with the token's id for its own to close on.
-    let mut told = None;
-    for _ in 0..200 {
-        told = s.relayed_events().into_iter().find_map(|e| match e {
-            UserEvent::UserNotice { user, event, .. } if user.0 == bob => {
-                serde_json::from_str::<Value>(&event)
-                    .ok()
-                    .filter(|v| v["type"] == "tokens_revoked")
-            }
-            _ => None,
-        });
-        if told.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    let told = told.expect("tokens_revoked was relayed");
+    let told = s
+        .user_notices(&bob, "tokens_revoked", 1)
+        .await
+        .into_iter()
+        .next()
+        .expect("tokens_revoked was relayed");
     assert_eq!(told["tokens"]["oauth"], json!([bob]), "{told}");
     assert_eq!(told["token_ids"], json!([claims(1).token_id()]), "{told}");
 
