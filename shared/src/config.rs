@@ -149,8 +149,9 @@ pub struct WebappConfig {
     /// least 10): the most a message is posted after its `post_at`.
     pub scheduled_poll_ms: u64,
     /// How often the node reads the cluster's own records (the apps' Events API subscriptions,
-    /// revoked tokens), in milliseconds (at least 10): how long a new request URL waits for
-    /// its first event, and a token revoked on another node stays usable here, at most.
+    /// revoked tokens, the ends of DND snoozes), in milliseconds (at least 10): how long a new
+    /// request URL waits for its first event, a token revoked on another node stays usable
+    /// here, and a snooze's lapse waits to be told, at most.
     pub records_poll_ms: u64,
     /// The largest file `files.getUploadURLExternal` takes, in bytes (an upload is held in
     /// memory while it is stored).

@@ -142,6 +142,11 @@ pub async fn run(
         std::time::Duration::from_millis(config.webapp.records_poll_ms),
         shutdown.clone(),
     );
+    methods::dnd::spawn_lapses(
+        state.clone(),
+        std::time::Duration::from_millis(config.webapp.records_poll_ms),
+        shutdown.clone(),
+    );
     let app = router(state, deps.health.clone());
     tracing::info!(addr = %local_addr, "web api serving");
     deps.health.set_ready(true);

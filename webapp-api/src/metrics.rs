@@ -153,7 +153,7 @@ pub static BOOKMARKS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static DND: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_dnd_total",
-        "Do Not Disturb changes, by event (snoozed, ended: a running snooze ended early; raced: a change retried because another changed the workspace's DND records first)",
+        "Do Not Disturb changes, by event (snoozed, ended: a running snooze ended early; lapsed: a snooze's end told; raced: a change retried because another changed the DND records first; unreadable: a stored snooze end that does not parse, dropped)",
         &["event"]
     )
     .expect("metric registers once")

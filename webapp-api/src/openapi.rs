@@ -1109,7 +1109,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "dnd.setSnooze",
-        summary: "Pauses the caller's notifications for `num_minutes` (a snooze; one running is replaced). Tells the caller's sessions `dnd_updated` and the workspace's `dnd_updated_user`. A person's token only.",
+        summary: "Pauses the caller's notifications for `num_minutes` (a snooze; one running is replaced). Tells the caller's sessions `dnd_updated` and the workspace's `dnd_updated_user`, and again when the snooze lapses (within `webapp.records_poll_ms` of its end). A person's token only.",
         auth: Auth::User,
         params: &[req("num_minutes", Ty::Int, "minutes from now, 1 to 525600")],
         errors: &["not_allowed_token_type", "missing_argument", "invalid_arguments", "service_unavailable"],

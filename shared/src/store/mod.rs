@@ -512,6 +512,10 @@ pub enum RecordKind {
     RevokedTokens,
     /// The workspace's Do Not Disturb snoozes, by user id (`dnd.setSnooze`).
     Dnd,
+    /// When each snooze ends: one set for the whole cluster, under [`cluster_records`], by
+    /// workspace and user, which every Web API node reads to tell a snooze's lapse to its user
+    /// and workspace without reading every workspace's [`RecordKind::Dnd`].
+    DndLapses,
 }
 
 impl RecordKind {
@@ -524,6 +528,7 @@ impl RecordKind {
             RecordKind::EventSubscriptions => "event_subscriptions".into(),
             RecordKind::RevokedTokens => "revoked_tokens".into(),
             RecordKind::Dnd => "dnd".into(),
+            RecordKind::DndLapses => "dnd_lapses".into(),
         }
     }
 }

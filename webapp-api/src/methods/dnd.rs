@@ -12,11 +12,22 @@
 //! sessions as Slack's `dnd_updated` (with those fields) and to the workspace's as
 //! `dnd_updated_user` (without them). Only a person snoozes: a bot's token gets
 //! `not_allowed_token_type`.
+//!
+//! A snooze that lapses by itself is told the same way, by whichever Web API node sees it
+//! first ([`spawn_lapses`]): each snooze's end is also kept in the cluster's
+//! [`RecordKind::DndLapses`] set, which every node reads each `webapp.records_poll_ms`; for each
+//! end passed, a node removes the user's record if it is still that snooze and announces the
+//! lapse only if it did, so the lapse is told once however many nodes look, and not at all for
+//! a snooze ended or replaced meanwhile. A node that was down tells the lapses it missed when
+//! it is back.
+
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use shared::ids::{Ts, UserId};
+use shared::ids::{Ts, UserId, WorkspaceId};
 use shared::protocol::UserEvent;
-use shared::store::{RecordKind, RecordSet};
+use shared::shutdown::{Every, Shutdown};
+use shared::store::{cluster_records, RecordKind, RecordSet};
 
 use super::publish_all;
 use super::records::{change_records, Write};
@@ -50,6 +61,36 @@ impl Snooze {
     }
 }
 
+/// A snooze's entry in the cluster's [`RecordKind::DndLapses`] set: whose, and when it ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Lapse {
+    workspace: WorkspaceId,
+    user: UserId,
+    end: i64,
+}
+
+impl Lapse {
+    /// Its id in the set: one per user, so a new snooze's end replaces the last one's.
+    fn id(workspace: &WorkspaceId, user: &UserId) -> String {
+        format!("{workspace}/{user}")
+    }
+
+    /// The stored record: `{"workspace":…,"user":…,"end":…}`.
+    fn json(&self) -> String {
+        json!({ "workspace": self.workspace, "user": self.user, "end": self.end }).to_string()
+    }
+
+    fn from_json(json: &str) -> Result<Lapse, String> {
+        let v: Value = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        let text = |k: &str| v.get(k).and_then(Value::as_str).ok_or(format!("no {k}"));
+        Ok(Lapse {
+            workspace: WorkspaceId(text("workspace")?.to_string()),
+            user: UserId::parse(text("user")?).ok_or("user: not a user id")?,
+            end: v.get("end").and_then(Value::as_i64).ok_or("no end")?,
+        })
+    }
+}
+
 fn now_secs() -> i64 {
     (Ts::now().0 / 1_000_000) as i64
 }
@@ -58,15 +99,20 @@ fn raced() {
     crate::metrics::DND.with_label_values(&["raced"]).inc();
 }
 
-/// `user`'s snooze in `set` if it has not ended by `now`. A record that does not parse is an
+/// `user`'s snooze record in `set`, running or lapsed. A record that does not parse is an
 /// error, not "not snoozed".
-fn active(set: &RecordSet, user: &UserId, now: i64) -> ApiResult<Option<Snooze>> {
+fn record(set: &RecordSet, user: &UserId) -> ApiResult<Option<Snooze>> {
     let Some((_, json)) = set.records.iter().find(|(id, _)| id == user.as_str()) else {
         return Ok(None);
     };
-    let snooze = Snooze::from_json(json)
-        .map_err(|e| ApiError::Internal(format!("the DND record of {user} does not parse: {e}")))?;
-    Ok((snooze.end > now).then_some(snooze))
+    Snooze::from_json(json)
+        .map(Some)
+        .map_err(|e| ApiError::Internal(format!("the DND record of {user} does not parse: {e}")))
+}
+
+/// `user`'s snooze in `set` if it has not ended by `now`.
+fn active(set: &RecordSet, user: &UserId, now: i64) -> ApiResult<Option<Snooze>> {
+    Ok(record(set, user)?.filter(|s| s.end > now))
 }
 
 /// What everyone may know of a user's DND: Slack's `dnd_enabled`, `next_dnd_start_ts`,
@@ -98,9 +144,15 @@ fn own_status(snooze: Option<Snooze>, now: i64) -> Value {
 }
 
 /// Tells the user's sessions (`dnd_updated`) and the workspace's (`dnd_updated_user`).
-async fn announce(state: &AppState, caller: &Caller, snooze: Option<Snooze>, now: i64) {
+async fn announce(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    user_id: &UserId,
+    snooze: Option<Snooze>,
+    now: i64,
+) {
     let event_ts = Ts::now().to_slack();
-    let user = caller.user.id.to_string();
+    let user = user_id.to_string();
     let own = json!({
         "type": "dnd_updated",
         "user": user,
@@ -117,12 +169,12 @@ async fn announce(state: &AppState, caller: &Caller, snooze: Option<Snooze>, now
         state,
         vec![
             UserEvent::UserNotice {
-                workspace: caller.claims.workspace.clone(),
-                user: caller.user.id.clone(),
+                workspace: workspace.clone(),
+                user: user_id.clone(),
                 event: own.to_string(),
             },
             UserEvent::Notice {
-                workspace: caller.claims.workspace.clone(),
+                workspace: workspace.clone(),
                 members_of: None,
                 event: public.to_string(),
             },
@@ -165,6 +217,27 @@ pub(super) async fn set_snooze(state: &AppState, caller: &Caller, params: &Param
     };
     let record = snooze.json();
     let user = caller.user.id.to_string();
+    // Its end first, so that no snooze is kept without one: an end whose snooze was not
+    // written is dropped when it passes.
+    let workspace = &caller.claims.workspace;
+    let lapse = Lapse {
+        workspace: workspace.clone(),
+        user: caller.user.id.clone(),
+        end: snooze.end,
+    }
+    .json();
+    let lapse_id = Lapse::id(workspace, &caller.user.id);
+    change_records(
+        state,
+        &cluster_records(),
+        &RecordKind::DndLapses,
+        raced,
+        |_| {
+            let write: Write = (lapse_id.clone(), Some(lapse.clone()));
+            async move { Ok((vec![write], ())) }
+        },
+    )
+    .await?;
     change_records(
         state,
         &caller.claims.workspace,
@@ -177,7 +250,7 @@ pub(super) async fn set_snooze(state: &AppState, caller: &Caller, params: &Param
     )
     .await?;
     crate::metrics::DND.with_label_values(&["snoozed"]).inc();
-    announce(state, caller, Some(snooze), now).await;
+    announce(state, workspace, &caller.user.id, Some(snooze), now).await;
     Ok(object(json!({
         "snooze_enabled": true,
         "snooze_endtime": snooze.end,
@@ -186,32 +259,163 @@ pub(super) async fn set_snooze(state: &AppState, caller: &Caller, params: &Param
     })))
 }
 
-/// Ends the caller's snooze; whether one was running.
+/// Ends the caller's snooze; whether one was running. A lapsed one not yet told goes too,
+/// and is told as the lapse it is.
 async fn end(state: &AppState, caller: &Caller, now: i64) -> ApiResult<bool> {
     let user = caller.user.id.clone();
-    let ended = change_records(
+    let removed = change_records(
         state,
         &caller.claims.workspace,
         &RecordKind::Dnd,
         raced,
         |set| {
-            let found = set.records.iter().any(|(id, _)| id == user.as_str());
-            let running = active(&set, &user, now).map(|s| s.is_some());
+            let found = record(&set, &user);
             let user = user.to_string();
             async move {
-                let running = running?;
+                let found = found?;
                 // A lapsed record goes too, so the set keeps only running snoozes' users.
-                let writes: Vec<Write> = if found { vec![(user, None)] } else { vec![] };
-                Ok((writes, running))
+                let writes: Vec<Write> = match found {
+                    Some(_) => vec![(user, None)],
+                    None => vec![],
+                };
+                Ok((writes, found))
             }
         },
     )
     .await?;
-    if ended {
-        crate::metrics::DND.with_label_values(&["ended"]).inc();
-        announce(state, caller, None, now).await;
+    let Some(removed) = removed else {
+        return Ok(false);
+    };
+    let running = removed.end > now;
+    let event = if running { "ended" } else { "lapsed" };
+    crate::metrics::DND.with_label_values(&[event]).inc();
+    announce(state, &caller.claims.workspace, &user, None, now).await;
+    forget_lapse(state, &caller.claims.workspace, &user, removed.end).await?;
+    Ok(running)
+}
+
+/// Removes the cluster's entry for `user`'s snooze if it still names the one that ended at
+/// `end` (not one set since).
+async fn forget_lapse(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    user: &UserId,
+    end: i64,
+) -> ApiResult<()> {
+    let id = Lapse::id(workspace, user);
+    change_records(
+        state,
+        &cluster_records(),
+        &RecordKind::DndLapses,
+        raced,
+        |set| {
+            let same = set.records.iter().any(|(rid, json)| {
+                *rid == id && Lapse::from_json(json).is_ok_and(|l| l.end == end)
+            });
+            let writes: Vec<Write> = if same {
+                vec![(id.clone(), None)]
+            } else {
+                vec![]
+            };
+            async move { Ok((writes, ())) }
+        },
+    )
+    .await
+}
+
+/// Tells the lapse of `lapse`'s snooze if its record is still that snooze, and removes the
+/// record; whether it did (another node, or an end or a new snooze, came first otherwise).
+async fn lapse_one(state: &AppState, lapse: &Lapse, now: i64) -> ApiResult<bool> {
+    let user = lapse.user.to_string();
+    let lapsed = change_records(state, &lapse.workspace, &RecordKind::Dnd, raced, |set| {
+        let same = set.records.iter().any(|(id, json)| {
+            *id == user && Snooze::from_json(json).is_ok_and(|s| s.end == lapse.end && s.end <= now)
+        });
+        let writes: Vec<Write> = if same {
+            vec![(user.clone(), None)]
+        } else {
+            vec![]
+        };
+        async move { Ok((writes, same)) }
+    })
+    .await?;
+    if lapsed {
+        crate::metrics::DND.with_label_values(&["lapsed"]).inc();
+        announce(state, &lapse.workspace, &lapse.user, None, now).await;
     }
-    Ok(ended)
+    Ok(lapsed)
+}
+
+/// One look at the cluster's snooze ends: tells each lapse that is due (see the module docs)
+/// and forgets its end. How many it told.
+pub(crate) async fn lapse_due(state: &AppState) -> ApiResult<usize> {
+    let now = now_secs();
+    let set = state
+        .store
+        .record_set(&cluster_records(), &RecordKind::DndLapses)
+        .await?;
+    let mut told = 0;
+    for (id, json) in set.records {
+        let lapse = match Lapse::from_json(&json) {
+            Ok(lapse) => lapse,
+            Err(e) => {
+                // Only an index: the snooze itself stays in its workspace's set, and lapses
+                // there by the clock, untold.
+                crate::metrics::DND.with_label_values(&["unreadable"]).inc();
+                tracing::warn!(id, error = %e, "a DND end is unreadable; dropped");
+                let dropped = change_records(
+                    state,
+                    &cluster_records(),
+                    &RecordKind::DndLapses,
+                    raced,
+                    |set| {
+                        let same = set.records.iter().any(|(rid, j)| *rid == id && *j == json);
+                        let writes: Vec<Write> = if same {
+                            vec![(id.clone(), None)]
+                        } else {
+                            vec![]
+                        };
+                        async move { Ok((writes, ())) }
+                    },
+                )
+                .await;
+                if let Err(e) = dropped {
+                    tracing::warn!(id, error = ?e, "could not drop an unreadable DND end; trying again later");
+                }
+                continue;
+            }
+        };
+        if lapse.end > now {
+            continue;
+        }
+        // One that fails (its workspace's records unreachable for now) is tried again at the
+        // next look; the others go on.
+        let result = match lapse_one(state, &lapse, now).await {
+            Ok(lapsed) => forget_lapse(state, &lapse.workspace, &lapse.user, lapse.end)
+                .await
+                .map(|()| lapsed),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(lapsed) => told += usize::from(lapsed),
+            Err(e) => {
+                tracing::warn!(id, error = ?e, "could not tell a DND snooze's lapse; trying again later")
+            }
+        }
+    }
+    Ok(told)
+}
+
+/// Starts this node's watch for lapsing snoozes: a look every `poll` until `shutdown`.
+pub(crate) fn spawn_lapses(state: AppState, poll: Duration, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        let mut every = Every::new(poll, shutdown);
+        while every.next().await {
+            if let Err(e) = lapse_due(&state).await {
+                tracing::warn!(error = %e, "could not tell the DND snoozes that lapsed; looking again later");
+            }
+        }
+    });
 }
 
 /// `dnd.endSnooze`: ends the caller's snooze at once (`snooze_not_active` without one);
@@ -339,6 +543,28 @@ mod tests {
         );
         set.records[0].1 = "not json".into();
         assert!(active(&set, &user, 150).is_err());
+    }
+
+    #[test]
+    fn a_snooze_end_reads_back_and_a_broken_one_is_an_error() {
+        let lapse = Lapse {
+            workspace: WorkspaceId::from("T1"),
+            user: UserId::parse("U1").unwrap(),
+            end: 1_600,
+        };
+        assert_eq!(Lapse::from_json(&lapse.json()).unwrap(), lapse);
+        assert_eq!(
+            Lapse::id(&lapse.workspace, &lapse.user),
+            "T1/U1".to_string()
+        );
+        for bad in [
+            "not json",
+            r#"{"workspace":"T1","user":"U1"}"#,
+            r#"{"workspace":"T1","user":"not a user","end":5}"#,
+            r#"{"user":"U1","end":5}"#,
+        ] {
+            assert!(Lapse::from_json(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

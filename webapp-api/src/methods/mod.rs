@@ -13,7 +13,7 @@ mod bookmarks;
 mod chat;
 pub(crate) mod content;
 mod conversations;
-mod dnd;
+pub(crate) mod dnd;
 mod emoji;
 pub(crate) mod files;
 mod internal;

@@ -1,9 +1,9 @@
 //! Do Not Disturb: a person's snooze, seen whole by them and as a DND window by others,
 //! ended early or by the clock, announced to their sessions and the workspace's.
 
-use serde_json::json;
+use serde_json::{json, Value};
 use shared::ids::WorkspaceId;
-use shared::store::RecordKind;
+use shared::store::{cluster_records, RecordKind, RecordSet};
 
 use crate::tests::Server;
 
@@ -157,7 +157,8 @@ async fn a_snooze_lapses_at_its_end() {
         (json!(false), json!(false)),
         "{v}"
     );
-    // Nothing is running to end, but the lapsed record goes.
+    // Nothing is running to end, but the lapsed record goes, and its lapse, untold until
+    // now, is told.
     s.err("dnd.endSnooze", &bob, json!({}), "snooze_not_active")
         .await;
     let set = s
@@ -166,6 +167,128 @@ async fn a_snooze_lapses_at_its_end() {
         .await
         .unwrap();
     assert!(set.records.is_empty(), "{:?}", set.records);
+    let public = s.notices("dnd_updated_user", 1).await;
+    assert_eq!(public.len(), 1, "{public:?}");
+    assert_eq!(public[0]["dnd_status"]["dnd_enabled"], false);
+}
+
+/// Writes one record of a set as it is now.
+async fn put(s: &Server, workspace: &WorkspaceId, kind: &RecordKind, id: &str, json: &str) {
+    let set = s.store.record_set(workspace, kind).await.unwrap();
+    assert!(s
+        .store
+        .put_record(workspace, kind, id, Some(json), set.version)
+        .await
+        .unwrap());
+}
+
+/// `workspace`'s set of `kind`, once `done` says it is as awaited (at most 10 s).
+async fn set_once(
+    s: &Server,
+    workspace: &WorkspaceId,
+    kind: &RecordKind,
+    done: impl Fn(&RecordSet) -> bool,
+) -> RecordSet {
+    for _ in 0..200 {
+        let set = s.store.record_set(workspace, kind).await.unwrap();
+        if done(&set) {
+            return set;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    s.store.record_set(workspace, kind).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_lapsing_snooze_is_told_once_and_a_replaced_one_not_at_all() {
+    let s = Server::start_with_cluster_and(|c| c.webapp.records_poll_ms = 50).await;
+    let bob = s.token("bob");
+    let bob_id = s.user_id("bob");
+    let workspace = WorkspaceId(s.demo["workspace"].as_str().unwrap().into());
+    let cluster = cluster_records();
+    let lapse_id = format!("{workspace}/{bob_id}");
+
+    // A snooze's end is kept for the whole cluster.
+    let v = s
+        .ok("dnd.setSnooze", &bob, json!({ "num_minutes": 1 }))
+        .await;
+    let end = v["snooze_endtime"].as_i64().unwrap();
+    let lapses = s
+        .store
+        .record_set(&cluster, &RecordKind::DndLapses)
+        .await
+        .unwrap();
+    assert_eq!(lapses.records.len(), 1, "{:?}", lapses.records);
+    assert_eq!(lapses.records[0].0, lapse_id);
+    let entry: Value = serde_json::from_str(&lapses.records[0].1).unwrap();
+    assert_eq!(
+        entry,
+        json!({ "workspace": workspace.0, "user": bob_id, "end": end })
+    );
+
+    // The clock passes its end (the snooze first, then its end, as a minute would leave them).
+    let now = unix_now();
+    let lapsed = json!({ "start": now - 60, "end": now - 1 }).to_string();
+    put(&s, &workspace, &RecordKind::Dnd, &bob_id, &lapsed).await;
+    let entry = json!({ "workspace": workspace.0, "user": bob_id, "end": now - 1 }).to_string();
+    put(&s, &cluster, &RecordKind::DndLapses, &lapse_id, &entry).await;
+
+    // Bob's sessions and the workspace's are told, the records go.
+    let own = s.user_notices(&bob_id, "dnd_updated", 2).await;
+    assert_eq!(own.len(), 2, "{own:?}");
+    assert_eq!(own[1]["dnd_status"]["snooze_enabled"], false, "{own:?}");
+    assert_eq!(own[1]["dnd_status"]["dnd_enabled"], false);
+    let public = s.notices("dnd_updated_user", 2).await;
+    assert_eq!(public.len(), 2, "{public:?}");
+    assert_eq!(public[1]["user"], bob_id.as_str());
+    assert_eq!(public[1]["dnd_status"]["dnd_enabled"], false);
+    let lapses = set_once(&s, &cluster, &RecordKind::DndLapses, |set| {
+        set.records.is_empty()
+    })
+    .await;
+    assert!(lapses.records.is_empty(), "{:?}", lapses.records);
+    let dnd = s
+        .store
+        .record_set(&workspace, &RecordKind::Dnd)
+        .await
+        .unwrap();
+    assert!(dnd.records.is_empty(), "{:?}", dnd.records);
+    // Told once, however many looks come after (ten polls).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // (`notices` answers all there are once there are two.)
+    assert_eq!(s.notices("dnd_updated_user", 2).await.len(), 2);
+    s.err("dnd.endSnooze", &bob, json!({}), "snooze_not_active")
+        .await;
+
+    // An end that names a snooze since replaced is dropped, untold; the running one stays.
+    let v = s
+        .ok("dnd.setSnooze", &bob, json!({ "num_minutes": 10 }))
+        .await;
+    let running = v["snooze_endtime"].as_i64().unwrap();
+    let stale = json!({ "workspace": workspace.0, "user": bob_id, "end": now - 5 }).to_string();
+    put(&s, &cluster, &RecordKind::DndLapses, &lapse_id, &stale).await;
+    // An end that does not parse is dropped too (and counted).
+    put(&s, &cluster, &RecordKind::DndLapses, "T0/U0", "not json").await;
+    let lapses = set_once(&s, &cluster, &RecordKind::DndLapses, |set| {
+        set.records.is_empty()
+    })
+    .await;
+    assert!(lapses.records.is_empty(), "{:?}", lapses.records);
+    let v = s.ok("dnd.info", &bob, json!({})).await;
+    assert_eq!(v["snooze_enabled"], true, "{v}");
+    assert_eq!(v["snooze_endtime"], running);
+    // The new snooze's own announcement, and no lapse.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let public = s.notices("dnd_updated_user", 3).await;
+    assert_eq!(public.len(), 3, "{public:?}");
+    assert_eq!(public[2]["dnd_status"]["dnd_enabled"], true);
+    let text = s.metrics_text().await;
+    for counted in [
+        r#"switchboard_webapp_dnd_total{event="unreadable"} 1"#,
+        r#"switchboard_webapp_dnd_total{event="lapsed"}"#,
+    ] {
+        assert!(text.contains(counted), "{counted} in {text}");
+    }
 }
 
 #[tokio::test]
