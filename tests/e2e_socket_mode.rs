@@ -357,7 +357,8 @@ async fn an_app_s_connections_share_its_events_and_take_over_unacknowledged_ones
 
 /// An envelope not acknowledged within three seconds is sent again, with `retry_attempt` one
 /// higher and `retry_reason` `timeout` (here on the app's only connection, which may be slow
-/// rather than gone); one acknowledged is not.
+/// rather than gone); one acknowledged is not. An app that revokes its token is told, then
+/// disconnected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_left_unacknowledged_is_sent_again_after_three_seconds() {
     let cluster = Cluster::start(ClusterOpts::standard(&["alice"]).bot("acme", "helper")).await;
@@ -405,4 +406,29 @@ async fn an_envelope_left_unacknowledged_is_sent_again_after_three_seconds() {
         .count();
     assert_eq!(sendings, 1, "an acknowledged envelope was sent again");
     assert_eq!(cluster.metric(&gw_http, timeouts, &[]).await, acked);
+
+    // The app revokes its token: it hears Slack's `tokens_revoked` as an event like the
+    // others, then `disconnect`, and the connection closes with code 4005.
+    let from = app.num_events();
+    let v = cluster.api_ok("auth.revoke", &bot.token, json!({})).await;
+    assert_eq!(v["revoked"], true, "{v}");
+    let told = app
+        .wait_event(from, WAIT, "tokens_revoked", |e| {
+            e["type"] == "events_api" && e["payload"]["event"]["type"] == "tokens_revoked"
+        })
+        .await;
+    assert_eq!(
+        told["payload"]["event"]["tokens"]["bot"],
+        json!([bot.id]),
+        "{told}"
+    );
+    let bye = app
+        .wait_event(from, WAIT, "disconnect", |e| e["type"] == "disconnect")
+        .await;
+    assert_eq!(bye["reason"], "link_disabled", "{bye}");
+    assert!(
+        eventually(WAIT, || app.ended()).await,
+        "the revoked token's connection stayed open"
+    );
+    assert_eq!(app.closed(), Some((4005, "token_revoked".to_string())));
 }

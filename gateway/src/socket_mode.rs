@@ -13,7 +13,8 @@
 //!   `subteam_updated`, `subteam_members_changed`, `subteam_self_added` and
 //!   `subteam_self_removed`, `file_shared` and `file_deleted`, and
 //!   `emoji_changed`, a channel's `bookmark_added`, `bookmark_updated` and
-//!   `bookmark_removed`, and `dnd_updated` (the app's own user) and `dnd_updated_user`.
+//!   `bookmark_removed`, `dnd_updated` (the app's own user) and `dnd_updated_user`, and
+//!   `tokens_revoked` (the app's own tokens; the connection of a revoked one then closes).
 //!   The event is the RTM event as is
 //!   (with `event_ts`, and `seq`; a message also with the Events API's `channel_type`, from
 //!   the session's channel list or the `channel_joined` of one joined later), inside an
@@ -299,6 +300,7 @@ const EVENTS: &[&str] = &[
     "bookmark_removed",
     "dnd_updated",
     "dnd_updated_user",
+    "tokens_revoked",
 ];
 
 /// One Socket Mode session's framing. Dropping it closes the connection for its app:
