@@ -1,7 +1,7 @@
 //! HTTP-level tests of rate limiting, incoming webhooks and the served OpenAPI description:
 //! the real router served by [`crate::run`] on a loopback port with a real embedded store and
 //! a detached [`AdminLink`] (so a post that passes validation answers 503; the successful
-//! path is covered by the multi-process `tests/e2e_hooks.rs`).
+//! path is covered by the multi-process `tests/e2e/hooks.rs`).
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};

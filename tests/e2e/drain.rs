@@ -2,13 +2,11 @@
 //! and while posts continue no subscribed client misses or repeats a message, and no client
 //! socket is dropped. Adding it back moves them home the same way.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const NUM_POSTS: usize = 150;

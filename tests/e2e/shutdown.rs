@@ -4,12 +4,10 @@
 //! `gateway.goodbye_spread_ms` the goodbyes are spread over that span, and each session is
 //! served until its own.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 /// How long a gateway may take from SIGTERM to exit.

@@ -3,13 +3,11 @@
 //! leaves its clients to reconnect elsewhere with `resume`, and they get exactly what they
 //! missed.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const NUM_POSTS: usize = 80;
 const KILL_AT: usize = 20;

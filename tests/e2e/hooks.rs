@@ -3,9 +3,7 @@
 //! WebSocket clients receive the message, history and threads show it, an `Idempotency-Key`
 //! makes a retried post land once, and the hook stops working when its creator leaves.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// POSTs to a hook URL; returns (status, text).

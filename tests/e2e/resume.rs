@@ -1,11 +1,9 @@
 //! No silent loss: a client that reconnects (to the other gateway) with the last `seq` it saw
 //! per channel gets exactly what it missed, in order, without duplicates, then live messages.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 /// Posts `n` messages to each channel, interleaved; returns the last seq per channel.

@@ -1,11 +1,9 @@
 //! Messages posted over HTTP reach clients on both gateways in one order with contiguous
 //! `seq`, and `conversations.history` returns the same messages.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const POSTS_PER_USER: usize = 20;

@@ -3,11 +3,9 @@
 //! `users.getPresence`, settable with `users.setPresence`, and never leaving the workspace;
 //! a client that subscribes (Slack's `presence_sub`) hears only of the users it named.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Whether `e` is a `presence_change` about `id` (alone, or in a batch's `users`).

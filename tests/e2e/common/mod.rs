@@ -7,9 +7,6 @@
 //! processes. `SWITCHBOARD_E2E_KEEP=1` keeps the data directory (and logs) for a look after;
 //! `SWITCHBOARD_E2E_LOG` sets the processes' `RUST_LOG` (default `info`).
 
-// Each test binary uses a different part of the harness.
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -1693,7 +1690,17 @@ pub struct Client {
 pub enum ConnectError {
     /// The gateway answered the upgrade with this HTTP status.
     Http(u16, String),
+    /// It failed otherwise (timed out, refused, not a WebSocket): why.
     Other(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Http(status, body) => write!(f, "HTTP {status}: {body}"),
+            ConnectError::Other(why) => f.write_str(why),
+        }
+    }
 }
 
 impl Client {

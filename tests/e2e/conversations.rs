@@ -2,9 +2,7 @@
 //! private channels, member lists; sessions start receiving a conversation the moment its
 //! membership changes, and non-members never read it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

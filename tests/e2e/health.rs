@@ -1,9 +1,7 @@
 //! Invariant 8: every role (a Flannel included) serves `/health` (200 when ready) and
 //! `/metrics` in the Prometheus text format with Switchboard's metrics.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::time::Duration;
 
 use serde_json::json;

@@ -10,12 +10,10 @@
 //!   included); a Flannel over its memory budget evicts and reloads correctly.
 //! - Bad and foreign-workspace queries get clear Slack-style errors, counted in metrics.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// How long a change may take to show at a Flannel in these tests (the target is 100 ms at

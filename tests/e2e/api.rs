@@ -1,9 +1,7 @@
 //! Web API end to end: workspace isolation (over HTTP and on the WebSocket) and idempotent
 //! posts (`client_msg_id`).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

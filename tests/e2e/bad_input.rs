@@ -2,13 +2,11 @@
 //! error event or close code), never a crash, a hang or lost data. After all of it the
 //! cluster still delivers, and the metrics counted it.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use shared::mesh::tls::MeshTls;
 use shared::mesh::Mesh;

@@ -4,9 +4,7 @@
 //! RTM's own (typing, presence), counts the client's acknowledgements, refuses anything else,
 //! and says `disconnect` when its gateway stops.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// The `events_api` envelope of the event of `kind` whose `key` is `value`, from `from` on.

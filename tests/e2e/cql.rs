@@ -3,13 +3,11 @@
 //! a channel server killed with SIGKILL while posts continue, without an acknowledged message
 //! lost or duplicated.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const NUM_POSTS: usize = 60;

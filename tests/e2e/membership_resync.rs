@@ -3,9 +3,7 @@
 //! are found when the stream comes back: the gateway asks the Web API for its users' channels.
 //! Without that, a member removed from a private channel meanwhile would go on receiving it.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,13 +2,11 @@
 //! session and the history, whether the roles call each other in-process (the default,
 //! `mesh.local_calls`) or over QUIC as separate processes do; and SIGTERM stops it cleanly.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// A `switchboard dev` process in a directory of its own; killed on drop (its log printed

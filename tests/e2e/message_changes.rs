@@ -3,11 +3,9 @@
 //! sequence; a resuming client gets them replayed; history, replies, reactions.get and search
 //! show the resulting state.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Every entry of a channel on a client, whatever its type, in arrival order.

@@ -2,12 +2,10 @@
 //! its bounded queue; it is told to resync (and closed) and a metric counts it, while another
 //! session of the same gateway keeps up with the posts all along and receives everything.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
