@@ -470,6 +470,11 @@ async fn dev(common: Common, http_port: u16, num_cs: usize) -> anyhow::Result<()
 
     let gateway_url = format!("ws://{gateway_addr}/rtm");
     let webapp_url = format!("http://{webapp_addr}");
+    // Apps tried beside `dev` listen on this machine: their request URLs may be loopback
+    // (first, so that a `--set` of the user's own comes after it and wins).
+    common
+        .set
+        .insert(0, "webapp.private_request_urls=true".to_string());
     common.set.extend([
         format!(
             "mesh.admin_addr={}",

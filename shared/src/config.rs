@@ -153,6 +153,13 @@ pub struct WebappConfig {
     /// request URL waits for its first event, a token revoked on another node stays usable
     /// here, and a snooze's lapse waits to be told, at most.
     pub records_poll_ms: u64,
+    /// Whether apps' request URLs (the Events API) may reach addresses that are not public:
+    /// loopback, private networks, link-local (cloud metadata services), unique-local,
+    /// shared, unspecified, multicast. Off, a URL whose host is such an address, or resolves
+    /// only to such addresses, is refused when set and never called (each connection checks
+    /// what the name resolves to then), so that an app cannot make the Web API call into the
+    /// cluster's own network. `switchboard dev` turns it on.
+    pub private_request_urls: bool,
     /// The largest file `files.getUploadURLExternal` takes, in bytes (an upload is held in
     /// memory while it is stored).
     pub max_file_bytes: usize,

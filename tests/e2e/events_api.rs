@@ -161,7 +161,9 @@ async fn an_apps_request_url_gets_its_events_signed_and_retried() {
     let cluster = Cluster::start(
         ClusterOpts::standard(&["alice"])
             .bot("acme", "deploybot")
-            .set("webapp", "webapp.records_poll_ms=100"),
+            .set("webapp", "webapp.records_poll_ms=100")
+            // The app's server listens on 127.0.0.1.
+            .set("webapp", "webapp.private_request_urls=true"),
     )
     .await;
     let alice = cluster.user("acme", "alice").clone();

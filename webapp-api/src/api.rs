@@ -419,6 +419,9 @@ pub struct AppState {
     pub rate_limiter: Arc<RateLimiter>,
     /// The tokens revoked with `auth.revoke`, as this node knows them.
     pub revoked: Arc<crate::revocation::RevokedTokens>,
+    /// `webapp.private_request_urls`: whether apps' request URLs may reach non-public
+    /// addresses (off unless [`crate::run`] sets it from the config).
+    pub private_request_urls: bool,
 }
 
 impl AppState {
@@ -445,6 +448,7 @@ impl AppState {
             ring: None,
             rate_limiter: Arc::new(RateLimiter::disabled()),
             revoked: Arc::default(),
+            private_request_urls: false,
         }
     }
 

@@ -20,8 +20,16 @@
 //! Each request carries `X-Slack-Request-Timestamp` and `X-Slack-Signature`
 //! (`v0=` and the hex HMAC-SHA256 of `v0:<timestamp>:<body>` under the app's signing
 //! secret), which the SDKs' request verifiers check.
+//!
+//! Unless `webapp.private_request_urls` is on, a request URL must be a public address: one
+//! whose host is a loopback, private-network, link-local or other non-public address
+//! ([`is_public`]), or a name that resolves only to such, is refused when set
+//! ([`address_allowed`]), and the client that calls request URLs resolves names itself and
+//! connects only to their public addresses ([`client`]), so a name that later resolves
+//! elsewhere (DNS rebinding) still cannot reach the cluster's own network.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -91,22 +99,150 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Whether `ip` is an address of the public internet, which a request URL may reach with
+/// `webapp.private_request_urls` off. Not: loopback, private networks, link-local (where
+/// cloud metadata services answer), shared (carrier NAT), unspecified, broadcast, multicast,
+/// documentation, benchmarking and reserved ranges, IPv6 unique-local and link-local, and
+/// IPv4 addresses inside IPv6 (mapped, NAT64, 6to4) judged as the IPv4 address they carry.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return public_v4(v4);
+            }
+            public_v6(v6)
+        }
+    }
+}
+
+fn public_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || a == 0
+        || a >= 240
+        || (a == 100 && (b & 0xc0) == 64)
+        || (a == 198 && (b & 0xfe) == 18)
+        || (a == 192 && b == 0 && c == 0))
+}
+
+fn public_v6(ip: Ipv6Addr) -> bool {
+    let s = ip.segments();
+    let embedded =
+        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    if s[0] == 0x0064 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
+        return public_v4(embedded(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return public_v4(embedded(s[1], s[2]));
+    }
+    !(ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00
+        || (s[0] & 0xffc0) == 0xfe80
+        || (s[0] == 0x2001 && s[1] == 0x0db8))
+}
+
+/// `Ok` when a request URL may be called under the policy (`private`: any address), else
+/// why not: its host is not a public address, or is a name that resolves to none.
+pub async fn address_allowed(url: &str, private: bool) -> Result<(), String> {
+    if private {
+        return Ok(());
+    }
+    let url = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let why = "webapp.private_request_urls is off";
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) if !is_public(IpAddr::V4(ip)) => {
+            Err(format!("{ip} is not a public address ({why})"))
+        }
+        Some(url::Host::Ipv6(ip)) if !is_public(IpAddr::V6(ip)) => {
+            Err(format!("{ip} is not a public address ({why})"))
+        }
+        Some(url::Host::Domain(name)) => {
+            let port = url.port_or_known_default().unwrap_or(443);
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
+                .await
+                .map_err(|e| format!("{name} does not resolve: {e}"))?
+                .collect();
+            if addrs.iter().any(|a| is_public(a.ip())) {
+                Ok(())
+            } else {
+                Err(format!("{name} resolves to no public address ({why})"))
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A resolver that gives only a name's public addresses ([`is_public`]): what the client
+/// connects to with `webapp.private_request_urls` off, checked at each connection.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let name = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|a| is_public(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{name} resolves to no public address").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 /// The HTTP client that calls request URLs: no redirects followed (a signed event goes where
-/// the app said, nowhere else), its own timeouts per call.
-pub fn client() -> reqwest::Client {
+/// the app said, nowhere else), its own timeouts per call; without `private`, names resolve
+/// to their public addresses only.
+pub fn client(private: bool) -> reqwest::Client {
     shared::mesh::install_crypto_provider();
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(2))
-        .user_agent("Slackbot 1.0 (+https://api.slack.com/robots) Switchboard")
+        .user_agent("Slackbot 1.0 (+https://api.slack.com/robots) Switchboard");
+    let builder = if private {
+        builder
+    } else {
+        builder.dns_resolver(Arc::new(PublicOnly))
+    };
+    builder
         .build()
         .expect("an HTTP client without custom roots builds")
 }
 
-/// The node's client for request URLs, made at first use.
-pub fn shared_client() -> reqwest::Client {
-    static CLIENT: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(client);
-    CLIENT.clone()
+/// The node's client for request URLs under the policy, made at first use.
+pub fn shared_client(private: bool) -> reqwest::Client {
+    static PUBLIC: std::sync::LazyLock<reqwest::Client> =
+        std::sync::LazyLock::new(|| client(false));
+    static ANY: std::sync::LazyLock<reqwest::Client> = std::sync::LazyLock::new(|| client(true));
+    if private {
+        ANY.clone()
+    } else {
+        PUBLIC.clone()
+    }
+}
+
+/// Whether `url`'s host is an address (not a name) that is not public: refused outright with
+/// `webapp.private_request_urls` off (a name is checked at each connection instead).
+fn literal_private(url: &str) -> bool {
+    match url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host().map(|h| h.to_owned()))
+    {
+        Some(url::Host::Ipv4(ip)) => !is_public(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => !is_public(IpAddr::V6(ip)),
+        _ => false,
+    }
 }
 
 /// POSTs `body` to `url`, signed with `secret`, with `extra` headers; the answer's status,
@@ -201,7 +337,10 @@ pub async fn verify_url(
 /// until `shutdown`.
 pub fn spawn(state: AppState, poll: Duration, shutdown: Shutdown) {
     tokio::spawn(async move {
-        let http = shared_client();
+        let private = state.private_request_urls;
+        let http = shared_client(private);
+        // Refused URLs (set while private addresses were allowed), each told once.
+        let mut refused: HashSet<String> = HashSet::new();
         let mut running: HashMap<String, (EventSubscription, Shutdown)> = HashMap::new();
         let mut every = Every::new(poll, shutdown.clone());
         while every.next().await {
@@ -221,6 +360,12 @@ pub fn spawn(state: AppState, poll: Duration, shutdown: Shutdown) {
                 match serde_json::from_str::<EventSubscription>(&record) {
                     // Secrets made before any URL was set: nothing to send yet.
                     Ok(sub) if sub.request_url.is_empty() => {}
+                    Ok(sub) if !private && literal_private(&sub.request_url) => {
+                        if refused.insert(sub.request_url.clone()) {
+                            m::EVENTS_HTTP.with_label_values(&["refused_address"]).inc();
+                            tracing::warn!(id, url = sub.request_url, "an app's request URL is not a public address and webapp.private_request_urls is off; its events are not sent");
+                        }
+                    }
                     Ok(sub) => {
                         wanted.insert(id, sub);
                     }
@@ -500,6 +645,107 @@ mod tests {
         }
         let long = format!("https://bot.example.com/{}", "a".repeat(MAX_URL));
         assert_eq!(valid_request_url(&long), None);
+    }
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "127.8.9.10",
+            "10.1.2.3",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "100.127.255.255",
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "240.0.0.1",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "::1",
+            "::",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "ff02::1",
+            "2001:db8::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:7f00:1::1",
+        ] {
+            let ip: IpAddr = private.parse().unwrap();
+            assert!(!is_public(ip), "{private} is not public");
+        }
+        for public in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "198.20.0.1",
+            "2606:4700:4700::1111",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ] {
+            let ip: IpAddr = public.parse().unwrap();
+            assert!(is_public(ip), "{public} is public");
+        }
+    }
+
+    #[tokio::test]
+    async fn private_request_urls_are_refused_unless_allowed() {
+        for url in [
+            "http://127.0.0.1:3000/slack/events",
+            "http://[::1]:3000/events",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.0.0.7/events",
+            "http://localhost:3000/events",
+        ] {
+            let why = address_allowed(url, false).await.unwrap_err();
+            assert!(why.contains("webapp.private_request_urls"), "{url}: {why}");
+            assert!(address_allowed(url, true).await.is_ok(), "{url}");
+        }
+        assert!(literal_private("http://127.0.0.1:1/"));
+        assert!(literal_private("http://[fe80::1]/"));
+        assert!(!literal_private("http://localhost:1/"));
+        assert!(!literal_private("https://1.1.1.1/"));
+    }
+
+    /// The client of the public-only policy resolves names itself and refuses to connect to
+    /// a name whose addresses are all private, at the connection: what a name that resolved
+    /// elsewhere when the URL was set (DNS rebinding) meets.
+    #[tokio::test]
+    async fn the_public_only_client_does_not_connect_to_private_addresses() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+            }
+        });
+        let url = format!("http://localhost:{port}/events");
+        let refused = client(false).post(&url).send().await;
+        assert!(refused.is_err(), "connected to loopback: {refused:?}");
+        let allowed = client(true)
+            .post(&url)
+            .send()
+            .await
+            .expect("loopback allowed");
+        assert_eq!(allowed.status(), 200);
     }
 
     #[test]

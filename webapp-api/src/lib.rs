@@ -123,6 +123,7 @@ pub async fn run(
     let search = Arc::new(search::Search::open(&search_dir, &state.store)?);
     search.spawn_indexers(&state.store, &shutdown);
     state.search = Some(search);
+    state.private_request_urls = config.webapp.private_request_urls;
     state.rate_limiter = Arc::new(ratelimit::RateLimiter::new(
         config.webapp.rate_limit_per_minute,
         config.webapp.rate_limit_burst,

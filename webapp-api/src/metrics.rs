@@ -194,7 +194,7 @@ pub static FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static EVENT_SUBSCRIPTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_event_subscriptions_total",
-        "apps.eventSubscriptions changes, by event (set, deleted, verification_failed; raced: a change retried because another changed the subscriptions first)",
+        "apps.eventSubscriptions changes, by event (set, deleted, verification_failed, address_refused: a request URL that is not a public address while webapp.private_request_urls is off; raced: a change retried because another changed the subscriptions first)",
         &["event"]
     )
     .expect("metric registers once")
@@ -203,7 +203,7 @@ pub static EVENT_SUBSCRIPTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static EVENTS_HTTP: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_events_http_total",
-        "Events API requests to apps' request URLs, by outcome (delivered; refused_no_retry: not taken, no retry asked; http_error, http_timeout, connection_failed: sent again later; session_failed: an app's Socket Mode session could not be held; unreadable: a stored subscription skipped)",
+        "Events API requests to apps' request URLs, by outcome (delivered; refused_no_retry: not taken, no retry asked; http_error, http_timeout, connection_failed: sent again later; session_failed: an app's Socket Mode session could not be held; unreadable: a stored subscription skipped; refused_address: a request URL that is not a public address, not called while webapp.private_request_urls is off)",
         &["outcome"]
     )
     .expect("metric registers once")

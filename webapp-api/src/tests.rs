@@ -2973,6 +2973,41 @@ mod revoke;
 /// Do Not Disturb: snoozes set, seen, ended and lapsed; `dnd_updated` and `dnd_updated_user`.
 mod dnd;
 
+/// An app's request URL that is not a public address is refused (unless
+/// `webapp.private_request_urls`): the Web API does not call into its own network for an app.
+#[tokio::test]
+async fn request_urls_that_are_not_public_addresses_are_refused() {
+    let s = Server::start().await;
+    let bot = s.bot_token("pager").await;
+    for url in [
+        "http://127.0.0.1:3000/slack/events",
+        "http://localhost:3000/slack/events",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/events",
+        "http://192.168.0.10/events",
+    ] {
+        let (_, v) = s
+            .call(
+                "apps.eventSubscriptions.set",
+                Some(&bot),
+                json!({ "request_url": url }),
+            )
+            .await;
+        assert_eq!(v["error"], "url_verification_failed", "{url}: {v}");
+        let detail = v["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains("public address") && detail.contains("webapp.private_request_urls"),
+            "{url}: {v}"
+        );
+    }
+    // Nothing was kept.
+    let v = s.ok("apps.eventSubscriptions.info", &bot, json!({})).await;
+    assert_eq!(v["request_url"], "", "{v}");
+    let text = s.metrics_text().await;
+    let counted = r#"switchboard_webapp_event_subscriptions_total{event="address_refused"} 5"#;
+    assert!(text.contains(counted), "{counted} in {text}");
+}
+
 /// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
 /// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
 /// is taken leaves no user behind.

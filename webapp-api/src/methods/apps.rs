@@ -85,7 +85,15 @@ pub(super) async fn set(state: &AppState, caller: &Caller, params: &Params) -> A
     let mut sub = subscription(state, caller).await?;
     sub.request_url = url;
     sub.updated = Ts::now();
-    if let Err(detail) = verify_url(&events_http::shared_client(), &sub.request_url, &sub).await {
+    let private = state.private_request_urls;
+    if let Err(detail) = events_http::address_allowed(&sub.request_url, private).await {
+        m::EVENT_SUBSCRIPTIONS
+            .with_label_values(&["address_refused"])
+            .inc();
+        return Err(ApiError::UrlVerificationFailed(detail));
+    }
+    let http = events_http::shared_client(private);
+    if let Err(detail) = verify_url(&http, &sub.request_url, &sub).await {
         m::EVENT_SUBSCRIPTIONS
             .with_label_values(&["verification_failed"])
             .inc();
