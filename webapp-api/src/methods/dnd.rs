@@ -303,41 +303,48 @@ async fn forget_lapse(
     end: i64,
 ) -> ApiResult<()> {
     let id = Lapse::id(workspace, user);
-    change_records(
-        state,
-        &cluster_records(),
-        &RecordKind::DndLapses,
-        raced,
-        |set| {
-            let same = set.records.iter().any(|(rid, json)| {
-                *rid == id && Lapse::from_json(json).is_ok_and(|l| l.end == end)
-            });
-            let writes: Vec<Write> = if same {
-                vec![(id.clone(), None)]
-            } else {
-                vec![]
-            };
-            async move { Ok((writes, ())) }
-        },
-    )
+    let cluster = cluster_records();
+    remove_if(state, &cluster, &RecordKind::DndLapses, &id, |json| {
+        Lapse::from_json(json).is_ok_and(|l| l.end == end)
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Removes record `id` of `workspace`'s `kind` set if it is there and `matches` its JSON (as
+/// the set is when written, after any race); whether it did.
+async fn remove_if(
+    state: &AppState,
+    workspace: &WorkspaceId,
+    kind: &RecordKind,
+    id: &str,
+    matches: impl Fn(&str) -> bool,
+) -> ApiResult<bool> {
+    change_records(state, workspace, kind, raced, |set| {
+        let found = set
+            .records
+            .iter()
+            .any(|(rid, json)| rid == id && matches(json));
+        let writes: Vec<Write> = if found {
+            vec![(id.to_string(), None)]
+        } else {
+            vec![]
+        };
+        async move { Ok((writes, found)) }
+    })
     .await
 }
 
 /// Tells the lapse of `lapse`'s snooze if its record is still that snooze, and removes the
 /// record; whether it did (another node, or an end or a new snooze, came first otherwise).
 async fn lapse_one(state: &AppState, lapse: &Lapse, now: i64) -> ApiResult<bool> {
-    let user = lapse.user.to_string();
-    let lapsed = change_records(state, &lapse.workspace, &RecordKind::Dnd, raced, |set| {
-        let same = set.records.iter().any(|(id, json)| {
-            *id == user && Snooze::from_json(json).is_ok_and(|s| s.end == lapse.end && s.end <= now)
-        });
-        let writes: Vec<Write> = if same {
-            vec![(user.clone(), None)]
-        } else {
-            vec![]
-        };
-        async move { Ok((writes, same)) }
-    })
+    let lapsed = remove_if(
+        state,
+        &lapse.workspace,
+        &RecordKind::Dnd,
+        lapse.user.as_str(),
+        |json| Snooze::from_json(json).is_ok_and(|s| s.end == lapse.end && s.end <= now),
+    )
     .await?;
     if lapsed {
         crate::metrics::DND.with_label_values(&["lapsed"]).inc();
@@ -363,22 +370,9 @@ pub(crate) async fn lapse_due(state: &AppState) -> ApiResult<usize> {
                 // there by the clock, untold.
                 crate::metrics::DND.with_label_values(&["unreadable"]).inc();
                 tracing::warn!(id, error = %e, "a DND end is unreadable; dropped");
-                let dropped = change_records(
-                    state,
-                    &cluster_records(),
-                    &RecordKind::DndLapses,
-                    raced,
-                    |set| {
-                        let same = set.records.iter().any(|(rid, j)| *rid == id && *j == json);
-                        let writes: Vec<Write> = if same {
-                            vec![(id.clone(), None)]
-                        } else {
-                            vec![]
-                        };
-                        async move { Ok((writes, ())) }
-                    },
-                )
-                .await;
+                let cluster = cluster_records();
+                let dropped =
+                    remove_if(state, &cluster, &RecordKind::DndLapses, &id, |j| j == json).await;
                 if let Err(e) = dropped {
                     tracing::warn!(id, error = ?e, "could not drop an unreadable DND end; trying again later");
                 }
