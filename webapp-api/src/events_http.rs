@@ -167,10 +167,18 @@ pub async fn address_allowed(url: &str, private: bool) -> Result<(), String> {
         }
         Some(url::Host::Domain(name)) => {
             let port = url.port_or_known_default().unwrap_or(443);
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name, port))
-                .await
-                .map_err(|e| format!("{name} does not resolve: {e}"))?
-                .collect();
+            // Bounded as the challenge is: a resolver that does not answer fails the call.
+            let addrs: Vec<SocketAddr> =
+                tokio::time::timeout(VERIFY_TIMEOUT, tokio::net::lookup_host((name, port)))
+                    .await
+                    .map_err(|_| {
+                        format!(
+                            "{name} did not resolve within {} s",
+                            VERIFY_TIMEOUT.as_secs()
+                        )
+                    })?
+                    .map_err(|e| format!("{name} does not resolve: {e}"))?
+                    .collect();
             if addrs.iter().any(|a| is_public(a.ip())) {
                 Ok(())
             } else {
