@@ -160,6 +160,11 @@ pub struct WebappConfig {
     /// what the name resolves to then), so that an app cannot make the Web API call into the
     /// cluster's own network. `switchboard dev` turns it on.
     pub private_request_urls: bool,
+    /// How long, in seconds, an app's request URL may fail nearly all its events (more than
+    /// 95 % of at least ten tries, as seen by one node that has sent it events for that long)
+    /// before its subscription is disabled: no more events until the app sets its URL again.
+    /// Slack's hour by default; 0 never disables.
+    pub events_failure_window_secs: u64,
     /// The largest file `files.getUploadURLExternal` takes, in bytes (an upload is held in
     /// memory while it is stored).
     pub max_file_bytes: usize,
@@ -486,6 +491,13 @@ impl Config {
                 "webapp.records_poll_ms must be in 10..=3600000, not {} (how often the cluster's \
                  records are read)",
                 self.webapp.records_poll_ms
+            );
+        }
+        if self.webapp.events_failure_window_secs > 7 * 24 * 3600 {
+            bail!(
+                "webapp.events_failure_window_secs must be at most 604800 (a week), not {} (how \
+                 long a request URL may fail before its events stop; 0 never stops them)",
+                self.webapp.events_failure_window_secs
             );
         }
         let public = &self.webapp.public_url;
@@ -916,6 +928,10 @@ mod tests {
             ("webapp.scheduled_poll_ms=0", "webapp.scheduled_poll_ms"),
             ("webapp.records_poll_ms=5", "webapp.records_poll_ms"),
             ("webapp.max_file_bytes=0", "webapp.max_file_bytes"),
+            (
+                "webapp.events_failure_window_secs=604801",
+                "webapp.events_failure_window_secs",
+            ),
             (
                 "webapp.scheduled_poll_ms=3600001",
                 "webapp.scheduled_poll_ms",

@@ -2,8 +2,8 @@
 //! (`apps.eventSubscriptions.set`), which must answer the `url_verification` challenge;
 //! then the Web API POSTs each event of the app's channels there, signed as Slack signs,
 //! sends an event again when the app failed it (with `X-Slack-Retry-Num` and
-//! `X-Slack-Retry-Reason`) unless it said `X-Slack-No-Retry`, and stops once the URL is
-//! deleted. The app here is a real HTTP server in the test process that checks each
+//! `X-Slack-Retry-Reason`) unless it said `X-Slack-No-Retry`, stops once the URL is
+//! deleted, and stops for a URL that fails everything until it is set again. The app here is a real HTTP server in the test process that checks each
 //! request's signature itself.
 
 use std::collections::HashMap;
@@ -60,7 +60,8 @@ impl Received {
 
 /// The app: answers the challenge on `/events`, fails each message whose text is in
 /// `failing` as many times as it says (HTTP 500), declines `decline` with
-/// `X-Slack-No-Retry: 1`, and answers `/wrong` without the challenge.
+/// `X-Slack-No-Retry: 1`, answers `/wrong` without the challenge, and `/down` with the
+/// challenge but fails every event there.
 #[derive(Clone, Default)]
 struct App {
     received: Arc<Mutex<Vec<Received>>>,
@@ -112,6 +113,9 @@ impl App {
         if body["type"] == "url_verification" {
             return axum::Json(json!({ "challenge": body["challenge"] })).into_response();
         }
+        if path == "/down" {
+            return (StatusCode::SERVICE_UNAVAILABLE, "down").into_response();
+        }
         let text = body["event"]["text"].as_str().unwrap_or_default();
         if text == "decline" {
             return (StatusCode::BAD_REQUEST, [("X-Slack-No-Retry", "1")], "").into_response();
@@ -135,6 +139,29 @@ impl App {
             .into_iter()
             .filter(|r| r.event_text() == Some(text))
             .collect()
+    }
+
+    /// Posts `<prefix> <i>` as `poster` until one reaches the app (its session goes live in
+    /// the background), bounded: the first delivery.
+    async fn post_until_delivered(
+        &self,
+        cluster: &Cluster,
+        poster: &TestUser,
+        channel: &str,
+        prefix: &str,
+    ) -> Received {
+        for i in 0..40 {
+            let text = format!("{prefix} {i}");
+            cluster.post(poster, channel, &text).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if let Some(r) = self.deliveries(&text).into_iter().next() {
+                return r;
+            }
+        }
+        panic!(
+            "no {prefix:?} event reached the request URL: {:?}",
+            self.received()
+        );
     }
 
     /// Waits (up to [`WAIT`]) until `n` deliveries of `text` arrived.
@@ -163,7 +190,9 @@ async fn an_apps_request_url_gets_its_events_signed_and_retried() {
             .bot("acme", "deploybot")
             .set("webapp", "webapp.records_poll_ms=100")
             // The app's server listens on 127.0.0.1.
-            .set("webapp", "webapp.private_request_urls=true"),
+            .set("webapp", "webapp.private_request_urls=true")
+            // A URL failing everything for 2 s (not an hour) is disabled.
+            .set("webapp", "webapp.events_failure_window_secs=2"),
     )
     .await;
     let alice = cluster.user("acme", "alice").clone();
@@ -249,17 +278,9 @@ async fn an_apps_request_url_gets_its_events_signed_and_retried() {
     // goes live in the background: post until the first arrives (bounded).
     let channel = cluster.create_channel(&alice, "deploys").await;
     cluster.join(&bot, &channel).await;
-    let mut first = None;
-    for i in 0..40 {
-        let text = format!("warm-up {i}");
-        cluster.post(&alice, &channel, &text).await;
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        if let Some(r) = app.deliveries(&text).into_iter().next() {
-            first = Some(r);
-            break;
-        }
-    }
-    let first = first.expect("no event reached the request URL");
+    let first = app
+        .post_until_delivered(&cluster, &alice, &channel, "warm-up")
+        .await;
     assert!(first.signed_with(&secret), "{first:?}");
     let payload = &first.body;
     assert_eq!(payload["type"], "event_callback", "{payload}");
@@ -360,5 +381,81 @@ async fn an_apps_request_url_gets_its_events_signed_and_retried() {
     cluster.post(&alice, &channel, "after delete").await;
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(app.deliveries("after delete").is_empty());
+
+    // A URL that fails every event for a whole window (2 s here, Slack's hour by default)
+    // is disabled: said by `info`, counted, and sent nothing more until it is set again.
+    let v = set(format!("{base}/down")).await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["disabled"], false, "{v}");
+    let deadline = Instant::now() + WAIT;
+    let mut posted = 0;
+    let disabled = loop {
+        cluster
+            .post(&alice, &channel, &format!("down {posted}"))
+            .await;
+        posted += 1;
+        let info = cluster
+            .api_ok("apps.eventSubscriptions.info", &bot.token, json!({}))
+            .await;
+        if info["disabled"] == true {
+            break info;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not disabled after {posted} posts: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let tried = |app: &App| app.received().iter().filter(|r| r.path == "/down").count();
+    // The challenge, then at least the ten failed tries a verdict needs.
+    assert!(tried(&app) > 10, "{}", tried(&app));
+    assert_eq!(
+        disabled["request_url"],
+        format!("{base}/down"),
+        "{disabled}"
+    );
+    let reason = disabled["disabled_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("failed") && reason.contains("last 2 s"),
+        "{disabled}"
+    );
+    assert!(
+        disabled["disabled_at"]
+            .as_str()
+            .is_some_and(|ts| ts.contains('.')),
+        "{disabled}"
+    );
+    let count = cluster
+        .metric(
+            &cluster.webapp,
+            "switchboard_webapp_event_subscriptions_total",
+            &[("event", "disabled")],
+        )
+        .await;
+    assert_eq!(count, 1.0);
+    cluster
+        .wait_metric(
+            &cluster.webapp,
+            "switchboard_webapp_events_http_apps",
+            &[],
+            "the disabled app stopped",
+            |v| v == 0.0,
+        )
+        .await;
+    let before = tried(&app);
+    cluster.post(&alice, &channel, "while disabled").await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(tried(&app), before, "nothing sent to a disabled URL");
+    assert!(app.deliveries("while disabled").is_empty());
+
+    // Set again (it answers the challenge): enabled, its events come again.
+    let v = set(format!("{base}/events")).await;
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["disabled"], false, "{v}");
+    assert!(v.get("disabled_reason").is_none(), "{v}");
+    let back = app
+        .post_until_delivered(&cluster, &alice, &channel, "enabled again")
+        .await;
+    assert!(back.signed_with(&secret), "{back:?}");
     cluster.assert_running();
 }

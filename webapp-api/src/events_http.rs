@@ -17,6 +17,13 @@
 //! `X-Slack-Retry-Num` and `X-Slack-Retry-Reason` (`http_timeout`, `http_error`,
 //! `connection_failed`). An app that answers with `X-Slack-No-Retry: 1` gets no retry.
 //!
+//! A URL that fails nearly everything is disabled, as Slack disables one that fails more
+//! than 95 % of its events for an hour: each node keeps the last
+//! `webapp.events_failure_window_secs` of its tries for each app ([`UrlHealth`]); once it
+//! has watched that long and more than 95 % of at least [`MIN_TRIES_TO_DISABLE`] tries in
+//! the window failed, it marks the subscription disabled ([`crate::methods::apps::disable`]); every node then
+//! stops the app's deliveries, until the app sets its URL again.
+//!
 //! Each request carries `X-Slack-Request-Timestamp` and `X-Slack-Signature`
 //! (`v0=` and the hex HMAC-SHA256 of `v0:<timestamp>:<body>` under the app's signing
 //! secret), which the SDKs' request verifiers check.
@@ -31,7 +38,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
@@ -61,6 +68,11 @@ const FAILURES_KEPT: usize = 1024;
 const MAX_CHALLENGE_ANSWER: usize = 64 * 1024;
 /// Longest request URL accepted, in bytes.
 pub const MAX_URL: usize = 2000;
+/// Fewest tries in a window that can disable a failing URL: a handful of failures in a quiet
+/// hour is not a dead endpoint.
+pub const MIN_TRIES_TO_DISABLE: u32 = 10;
+/// Slices of the window that [`UrlHealth`] counts in.
+const HEALTH_SLICES: u32 = 60;
 
 /// `X-Slack-Signature` of `body` sent at `timestamp` (Unix seconds).
 pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
@@ -343,7 +355,15 @@ pub async fn verify_url(
 /// Starts this node's deliveries: every `poll` it reads the subscriptions and keeps one
 /// Socket Mode connection per subscribed app (a changed URL or secret restarts the app's),
 /// until `shutdown`.
-pub fn spawn(state: AppState, poll: Duration, shutdown: Shutdown) {
+///
+/// A URL that fails more than 95 % of its tries for `failure_window` is disabled (`None`:
+/// never); a disabled subscription is not run until it is set again.
+pub fn spawn(
+    state: AppState,
+    poll: Duration,
+    failure_window: Option<Duration>,
+    shutdown: Shutdown,
+) {
     tokio::spawn(async move {
         let private = state.private_request_urls;
         let http = shared_client(private);
@@ -368,6 +388,8 @@ pub fn spawn(state: AppState, poll: Duration, shutdown: Shutdown) {
                 match serde_json::from_str::<EventSubscription>(&record) {
                     // Secrets made before any URL was set: nothing to send yet.
                     Ok(sub) if sub.request_url.is_empty() => {}
+                    // Disabled for failing: nothing until the app sets its URL again.
+                    Ok(sub) if sub.disabled.is_some() => {}
                     Ok(sub) if !private && literal_private(&sub.request_url) => {
                         if refused.insert(sub.request_url.clone()) {
                             m::EVENTS_HTTP.with_label_values(&["refused_address"]).inc();
@@ -399,6 +421,7 @@ pub fn spawn(state: AppState, poll: Duration, shutdown: Shutdown) {
                     state.clone(),
                     http.clone(),
                     sub.clone(),
+                    failure_window,
                     stop.clone(),
                     shutdown.clone(),
                 ));
@@ -418,14 +441,17 @@ async fn run_app(
     state: AppState,
     http: reqwest::Client,
     sub: EventSubscription,
+    failure_window: Option<Duration>,
     stop: Shutdown,
     shutdown: Shutdown,
 ) {
     let sub = Arc::new(sub);
     let failures = Arc::new(Mutex::new(Failures::default()));
+    let health =
+        failure_window.map(|window| Arc::new(Mutex::new(UrlHealth::new(window, Instant::now()))));
     let mut backoff = Duration::from_millis(250);
     loop {
-        let session = app_session(&state, &http, &sub, &failures);
+        let session = app_session(&state, &http, &sub, &failures, &health);
         let ended = tokio::select! {
             _ = stop.wait() => return,
             _ = shutdown.wait() => return,
@@ -471,6 +497,82 @@ impl Failures {
     }
 }
 
+/// An app's tries from this node over the last `window`, counted in slices of it, to tell a
+/// request URL that fails nearly everything (which Slack disables) from one that has a bad
+/// minute.
+struct UrlHealth {
+    window: Duration,
+    /// When this node began to send the app events: a verdict needs a whole window watched.
+    since: Instant,
+    /// `(start, tries, failures)` of each slice with tries, oldest first.
+    slices: VecDeque<(Instant, u32, u32)>,
+    /// A verdict was given (and not taken back): one is enough.
+    tripped: bool,
+}
+
+impl UrlHealth {
+    fn new(window: Duration, now: Instant) -> UrlHealth {
+        UrlHealth {
+            window,
+            since: now,
+            slices: VecDeque::new(),
+            tripped: false,
+        }
+    }
+
+    /// Counts one try at `now`.
+    fn record(&mut self, now: Instant, failed: bool) {
+        let width = self.window / HEALTH_SLICES;
+        match self.slices.back_mut() {
+            Some((start, tries, failures)) if now.saturating_duration_since(*start) < width => {
+                *tries += 1;
+                *failures += u32::from(failed);
+            }
+            _ => self.slices.push_back((now, 1, u32::from(failed))),
+        }
+        self.forget_before(now);
+    }
+
+    fn forget_before(&mut self, now: Instant) {
+        while self
+            .slices
+            .front()
+            .is_some_and(|(start, ..)| now.saturating_duration_since(*start) > self.window)
+        {
+            self.slices.pop_front();
+        }
+    }
+
+    /// Why the URL should be disabled, once: when this node has watched it for a whole window
+    /// and more than 95 % of at least [`MIN_TRIES_TO_DISABLE`] tries in it failed.
+    fn verdict(&mut self, now: Instant) -> Option<String> {
+        if self.tripped || now.saturating_duration_since(self.since) < self.window {
+            return None;
+        }
+        self.forget_before(now);
+        let (tries, failures) = self
+            .slices
+            .iter()
+            .fold((0u64, 0u64), |(t, f), (_, tries, failures)| {
+                (t + u64::from(*tries), f + u64::from(*failures))
+            });
+        if tries < u64::from(MIN_TRIES_TO_DISABLE) || failures * 100 <= tries * 95 {
+            return None;
+        }
+        self.tripped = true;
+        Some(format!(
+            "the request URL failed {failures} of the {tries} tries to send it an event in the \
+             last {} s",
+            self.window.as_secs()
+        ))
+    }
+
+    /// Takes a verdict back (it could not be kept): the next failure may give it again.
+    fn untrip(&mut self) {
+        self.tripped = false;
+    }
+}
+
 /// One Socket Mode session of the app: connects, then POSTs each envelope's payload and
 /// acknowledges it when the app took it. `Ok` when the gateway asked for a new connection
 /// (`disconnect`) or closed this one.
@@ -479,6 +581,7 @@ async fn app_session(
     http: &reqwest::Client,
     sub: &Arc<EventSubscription>,
     failures: &Arc<Mutex<Failures>>,
+    health: &Option<Arc<Mutex<UrlHealth>>>,
 ) -> anyhow::Result<()> {
     let user = state
         .store
@@ -544,14 +647,53 @@ async fn app_session(
             Some("events_api") => {}
             _ => continue,
         }
-        let (http, sub, failures, ack_tx) =
-            (http.clone(), sub.clone(), failures.clone(), ack_tx.clone());
+        let (state, http, sub, failures, health, ack_tx) = (
+            state.clone(),
+            http.clone(),
+            sub.clone(),
+            failures.clone(),
+            health.clone(),
+            ack_tx.clone(),
+        );
         tokio::spawn(async move {
-            if let Some(envelope_id) = deliver(&http, &sub, &failures, envelope).await {
+            let (envelope_id, failed) = deliver(&http, &sub, &failures, envelope).await;
+            if let Some(envelope_id) = envelope_id {
                 let _ = ack_tx.send(envelope_id);
             }
             drop(permit);
+            if let (Some(health), Some(failed)) = (health, failed) {
+                judge(&state, &sub, &health, failed).await;
+            }
         });
+    }
+}
+
+/// Counts a try of `sub`'s URL and disables the subscription when [`UrlHealth`] says so. The
+/// nodes stop its deliveries when they next read the subscriptions.
+async fn judge(state: &AppState, sub: &EventSubscription, health: &Mutex<UrlHealth>, failed: bool) {
+    let verdict = {
+        let mut health = health.lock().expect("health");
+        let now = Instant::now();
+        health.record(now, failed);
+        health.verdict(now)
+    };
+    let Some(reason) = verdict else {
+        return;
+    };
+    match crate::methods::apps::disable(state, sub, reason.clone()).await {
+        Ok(true) => {
+            m::EVENT_SUBSCRIPTIONS
+                .with_label_values(&["disabled"])
+                .inc();
+            tracing::warn!(app = %sub.user, url = sub.request_url, reason, "an app's request URL keeps failing its events; its subscription is disabled until the URL is set again");
+        }
+        // Set again, deleted or disabled elsewhere meanwhile: this node's deliveries stop or
+        // start over when it next reads the subscriptions.
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(app = %sub.user, error = %e, "could not disable a failing request URL; trying again at its next failure");
+            health.lock().expect("health").untrip();
+        }
     }
 }
 
@@ -559,15 +701,18 @@ fn ack(envelope_id: String) -> WsMessage {
     WsMessage::text(json!({ "envelope_id": envelope_id }).to_string())
 }
 
-/// POSTs one envelope's payload; its `envelope_id` when the app took it (or asked for no
-/// retry), `None` to leave it for the gateway to send again.
+/// POSTs one envelope's payload: its `envelope_id` when the app took it (or asked for no
+/// retry), `None` to leave it for the gateway to send again; and whether the try failed
+/// (`None` when nothing was tried).
 async fn deliver(
     http: &reqwest::Client,
     sub: &EventSubscription,
     failures: &Mutex<Failures>,
     envelope: Value,
-) -> Option<String> {
-    let envelope_id = envelope["envelope_id"].as_str()?.to_string();
+) -> (Option<String>, Option<bool>) {
+    let Some(envelope_id) = envelope["envelope_id"].as_str().map(str::to_string) else {
+        return (None, None);
+    };
     let mut payload = envelope["payload"].clone();
     payload["token"] = Value::String(sub.verification_token.clone());
     let event_id = payload["event_id"].as_str().unwrap_or_default().to_string();
@@ -609,12 +754,12 @@ async fn deliver(
     match outcome {
         Ok(label) => {
             m::EVENTS_HTTP.with_label_values(&[label]).inc();
-            Some(envelope_id)
+            (Some(envelope_id), Some(false))
         }
         Err(reason) => {
             m::EVENTS_HTTP.with_label_values(&[reason]).inc();
             failures.lock().expect("failures").record(&event_id, reason);
-            None
+            (None, Some(true))
         }
     }
 }
@@ -775,5 +920,67 @@ mod tests {
         let last = format!("Ev{}", FAILURES_KEPT + 9);
         assert_eq!(f.take(&last), Some("http_error"));
         assert_eq!(f.take(&last), None, "taken once");
+    }
+
+    #[test]
+    fn a_url_is_judged_failing_only_over_a_whole_window_of_enough_tries() {
+        let hour = Duration::from_secs(3600);
+        let min = Duration::from_secs(60);
+        let t0 = Instant::now();
+        let mut h = UrlHealth::new(hour, t0);
+        // Everything fails from the start, but no verdict before an hour was watched.
+        for i in 0..30 {
+            h.record(t0 + i * min, true);
+            assert_eq!(h.verdict(t0 + i * min), None, "minute {i}");
+        }
+        // Fewer than the fewest tries in the last hour: none either.
+        let mut quiet = UrlHealth::new(hour, t0);
+        for i in 0..MIN_TRIES_TO_DISABLE - 1 {
+            quiet.record(t0 + hour + i * min, true);
+        }
+        assert_eq!(quiet.verdict(t0 + hour + 10 * min), None);
+        quiet.record(t0 + hour + 10 * min, true);
+        assert!(quiet.verdict(t0 + hour + 10 * min).is_some());
+
+        // Watched for an hour, every try of it failed: disabled, said once.
+        let at = t0 + hour + min;
+        h.record(at, true);
+        let why = h.verdict(at).expect("failing for an hour");
+        // The try of minute 0 is more than an hour old by now.
+        assert!(why.contains("30 of the 30 tries"), "{why}");
+        assert_eq!(h.verdict(at), None, "once");
+        h.untrip();
+        assert!(h.verdict(at).is_some(), "again once taken back");
+
+        // Exactly 95 % failed is not more than 95 %.
+        let mut edge = UrlHealth::new(hour, t0);
+        for i in 0..20 {
+            edge.record(t0 + hour + i * Duration::from_secs(1), i != 0);
+        }
+        assert_eq!(edge.verdict(t0 + hour + min), None);
+        edge.record(t0 + hour + min, true);
+        assert!(edge.verdict(t0 + hour + min).is_some(), "20 of 21");
+
+        // A bad quarter of an hour in a good hour: kept.
+        let mut bad_spell = UrlHealth::new(hour, t0);
+        for i in 0..60 {
+            bad_spell.record(t0 + i * min, (20..35).contains(&i));
+        }
+        assert_eq!(bad_spell.verdict(t0 + hour), None);
+        // Failures older than the window are forgotten: an hour later, only the last
+        // hour's tries count (all good).
+        for i in 0..12 {
+            bad_spell.record(t0 + hour + i * 5 * min, false);
+        }
+        let later = t0 + 2 * hour;
+        assert_eq!(bad_spell.verdict(later), None);
+        let (tries, failures) = bad_spell
+            .slices
+            .iter()
+            .fold((0, 0), |(t, f), (_, tries, failures)| {
+                (t + tries, f + failures)
+            });
+        assert_eq!(failures, 0, "the old failures are gone");
+        assert!((12..=13).contains(&tries), "{tries}");
     }
 }

@@ -141,6 +141,8 @@ pub async fn run(
     events_http::spawn(
         state.clone(),
         std::time::Duration::from_millis(config.webapp.records_poll_ms),
+        (config.webapp.events_failure_window_secs > 0)
+            .then(|| std::time::Duration::from_secs(config.webapp.events_failure_window_secs)),
         shutdown.clone(),
     );
     methods::dnd::spawn_lapses(

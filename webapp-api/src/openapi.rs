@@ -168,14 +168,14 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "apps.eventSubscriptions.set",
-        summary: "The caller's app takes its events over HTTP, as Slack's Events API sends them: each event a Socket Mode session would get is POSTed to `request_url` as its `event_callback` payload, signed (`X-Slack-Request-Timestamp`, `X-Slack-Signature`: `v0=` and the hex HMAC-SHA256 of `v0:<timestamp>:<body>` under the signing secret). A `2xx` answer within 2.75 s (Slack's three seconds, less a margin) takes the event; otherwise it is sent again at once, after a minute and after five (`X-Slack-Retry-Num`, `X-Slack-Retry-Reason`), unless the answer said `X-Slack-No-Retry: 1`. The URL must first answer Slack's `url_verification` challenge, and be a public address (not loopback, a private network, link-local and the like; a name is called only at its public addresses) unless `webapp.private_request_urls` is on. Answers `request_url`, `signing_secret` (made once, kept when the URL changes) and `verification_token`.",
+        summary: "The caller's app takes its events over HTTP, as Slack's Events API sends them: each event a Socket Mode session would get is POSTed to `request_url` as its `event_callback` payload, signed (`X-Slack-Request-Timestamp`, `X-Slack-Signature`: `v0=` and the hex HMAC-SHA256 of `v0:<timestamp>:<body>` under the signing secret). A `2xx` answer within 2.75 s (Slack's three seconds, less a margin) takes the event; otherwise it is sent again at once, after a minute and after five (`X-Slack-Retry-Num`, `X-Slack-Retry-Reason`), unless the answer said `X-Slack-No-Retry: 1`. A URL that fails more than 95 % of at least ten tries for `webapp.events_failure_window_secs` (an hour, as Slack) is disabled: no more events until it is set again, which clears `disabled`. The URL must first answer Slack's `url_verification` challenge, and be a public address (not loopback, a private network, link-local and the like; a name is called only at its public addresses) unless `webapp.private_request_urls` is on. Answers `request_url`, `signing_secret` (made once, kept when the URL changes) and `verification_token`.",
         auth: Auth::User,
         params: &[req("request_url", Ty::Str, "an `http` or `https` URL of at most 2,000 bytes")],
         errors: &["missing_argument", "invalid_url", "url_verification_failed"],
     },
     MethodDoc {
         name: "apps.eventSubscriptions.info",
-        summary: "The caller's app's request URL (empty when none is set), signing secret and verification token: made at the first ask and kept, so that an app knows its secret before it sets a URL.",
+        summary: "The caller's app's request URL (empty when none is set), signing secret and verification token: made at the first ask and kept, so that an app knows its secret before it sets a URL. `disabled` is true when the Web API stopped sending events because the URL kept failing them, with `disabled_at` (a Slack timestamp) and `disabled_reason`; setting the URL again clears it.",
         auth: Auth::User,
         params: &[],
         errors: &[],

@@ -3008,6 +3008,69 @@ async fn request_urls_that_are_not_public_addresses_are_refused() {
     assert!(text.contains(counted), "{counted} in {text}");
 }
 
+/// A failing request URL's subscription is disabled only while it is still the one the node
+/// was sending to: not after the app set its URL again, and once.
+#[tokio::test]
+async fn a_subscription_is_disabled_only_while_unchanged() {
+    use shared::store::{cluster_records, EventSubscription, RecordKind};
+    let s = Server::start().await;
+    let bot = s.bot_token("pager").await;
+    let v = s.ok("apps.eventSubscriptions.info", &bot, json!({})).await;
+    assert_eq!(v["disabled"], false, "{v}");
+    assert!(v.get("disabled_reason").is_none(), "{v}");
+    let set = s
+        .store
+        .record_set(&cluster_records(), &RecordKind::EventSubscriptions)
+        .await
+        .unwrap();
+    let [(_, record)] = set.records.as_slice() else {
+        panic!("one subscription: {set:?}");
+    };
+    let sub: EventSubscription = serde_json::from_str(record).unwrap();
+    let state = crate::api::AppState::new(
+        s.store.clone(),
+        s.signer.clone(),
+        AdminLink::detached_for_test(),
+        vec![],
+        MAX_BODY,
+        "127.0.0.1:1".parse().unwrap(),
+    );
+    let disable = |sub: EventSubscription, reason: &str| {
+        let (state, reason) = (state.clone(), reason.to_string());
+        async move {
+            crate::methods::apps::disable(&state, &sub, reason)
+                .await
+                .unwrap()
+        }
+    };
+    // A node still sending to an older setting of the URL: not disabled.
+    let older = EventSubscription {
+        request_url: "https://old.example/events".into(),
+        updated: Ts(sub.updated.0 - 1),
+        ..sub.clone()
+    };
+    assert!(!disable(older, "the old URL failed").await);
+    let v = s.ok("apps.eventSubscriptions.info", &bot, json!({})).await;
+    assert_eq!(v["disabled"], false, "{v}");
+    // The one the cluster holds: disabled, with why and when.
+    assert!(disable(sub.clone(), "the request URL failed 12 of the 12 tries").await);
+    let v = s.ok("apps.eventSubscriptions.info", &bot, json!({})).await;
+    assert_eq!(v["disabled"], true, "{v}");
+    assert_eq!(
+        v["disabled_reason"],
+        "the request URL failed 12 of the 12 tries"
+    );
+    let at = Ts::parse_slack(v["disabled_at"].as_str().unwrap()).expect("a Slack timestamp");
+    assert!(at.0 >= sub.updated.0, "{v}");
+    // Another node's verdict on the same setting: already disabled, not again.
+    assert!(!disable(sub, "again").await);
+    let v = s.ok("apps.eventSubscriptions.info", &bot, json!({})).await;
+    assert_eq!(
+        v["disabled_reason"],
+        "the request URL failed 12 of the 12 tries"
+    );
+}
+
 /// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
 /// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
 /// is taken leaves no user behind.

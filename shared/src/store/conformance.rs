@@ -227,6 +227,7 @@ async fn usergroups(store: &dyn MessageStore) {
         signing_secret: "0123456789abcdef0123456789abcdef".into(),
         verification_token: "fedcba9876543210fedcba9876543210".into(),
         updated: Ts(1_800_000_000_000_003),
+        disabled: None,
     };
     let id = EventSubscription::record_id(&sub.workspace, &sub.user);
     let before = store.record_set(&cluster_records(), &kind).await.unwrap();

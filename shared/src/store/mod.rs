@@ -553,6 +553,19 @@ pub struct EventSubscription {
     pub verification_token: String,
     /// When the URL was last set (and verified).
     pub updated: Ts,
+    /// Set when the Web API stopped sending events because the URL kept failing them (Slack
+    /// disables an app's subscription whose URL fails more than 95 % of its events for an
+    /// hour); setting the URL again clears it. Absent in records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<SubscriptionDisabled>,
+}
+
+/// Why and when an [`EventSubscription`] was disabled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionDisabled {
+    pub at: Ts,
+    /// What failed, in words, for `apps.eventSubscriptions.info` and the log.
+    pub reason: String,
 }
 
 /// A token revoked with `auth.revoke` (the [`RecordKind::RevokedTokens`] set).
@@ -891,6 +904,29 @@ fn shard_hash(bytes: &[u8], num_shards: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A subscription kept before `disabled` existed reads as enabled, and one that is
+    /// enabled is written as before (no `disabled` key), so older nodes read it too.
+    #[test]
+    fn subscriptions_without_disabled_read_as_enabled() {
+        let old = r#"{"workspace":"T1","user":"U1","request_url":"https://a.example/e","signing_secret":"s","verification_token":"v","updated":1800000000000000}"#;
+        let sub: EventSubscription = serde_json::from_str(old).unwrap();
+        assert_eq!(sub.disabled, None);
+        let again = serde_json::to_string(&sub).unwrap();
+        assert!(!again.contains("disabled"), "{again}");
+        let off = EventSubscription {
+            disabled: Some(SubscriptionDisabled {
+                at: Ts(1_800_000_000_000_001),
+                reason: "failing".into(),
+            }),
+            ..sub
+        };
+        let json = serde_json::to_string(&off).unwrap();
+        assert_eq!(
+            serde_json::from_str::<EventSubscription>(&json).unwrap(),
+            off
+        );
+    }
 
     /// Where messages live is decided by these hashes and recorded nowhere else: a change to
     /// them would leave every store's messages in shards that no process looks in.

@@ -10,7 +10,9 @@
 
 use serde_json::json;
 use shared::ids::Ts;
-use shared::store::{cluster_records, EventSubscription, RecordKind, RecordSet};
+use shared::store::{
+    cluster_records, EventSubscription, RecordKind, RecordSet, SubscriptionDisabled,
+};
 
 use super::records::change_records;
 use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params};
@@ -30,12 +32,18 @@ fn subscription_of(set: &RecordSet, id: &str) -> ApiResult<Option<EventSubscript
 }
 
 fn answer(sub: &EventSubscription) -> ApiResult {
-    Ok(object(json!({
+    let mut out = json!({
         "app_id": format!("A{}", sub.user.0.strip_prefix('U').unwrap_or(&sub.user.0)),
         "request_url": sub.request_url,
         "signing_secret": sub.signing_secret,
         "verification_token": sub.verification_token,
-    })))
+        "disabled": sub.disabled.is_some(),
+    });
+    if let Some(disabled) = &sub.disabled {
+        out["disabled_at"] = disabled.at.to_slack().into();
+        out["disabled_reason"] = disabled.reason.as_str().into();
+    }
+    Ok(object(out))
 }
 
 /// The caller's subscription, made (with fresh secrets and no URL) and kept if it had none:
@@ -63,6 +71,7 @@ async fn subscription(state: &AppState, caller: &Caller) -> ApiResult<EventSubsc
                     signing_secret: new_secret(),
                     verification_token: new_secret(),
                     updated: Ts::now(),
+                    disabled: None,
                 };
                 Ok((vec![(id, Some(record_json(&sub)?))], sub))
             }
@@ -85,6 +94,9 @@ pub(super) async fn set(state: &AppState, caller: &Caller, params: &Params) -> A
     let mut sub = subscription(state, caller).await?;
     sub.request_url = url;
     sub.updated = Ts::now();
+    // A URL set again (and verified below) takes events again, as a Slack app re-enables
+    // its subscription by saving its URL.
+    sub.disabled = None;
     let private = state.private_request_urls;
     if let Err(detail) = events_http::address_allowed(&sub.request_url, private).await {
         m::EVENT_SUBSCRIPTIONS
@@ -116,6 +128,42 @@ async fn write(state: &AppState, sub: &EventSubscription) -> ApiResult<()> {
         |_| {
             let write = (id.clone(), Some(record.clone()));
             async move { Ok((vec![write], ())) }
+        },
+    )
+    .await
+}
+
+/// Disables `sub`, which this node has been sending events for, because its URL keeps
+/// failing them (`reason`): only if the cluster's record is still exactly `sub` (not set
+/// again, deleted or disabled by another node meanwhile). Whether this call disabled it.
+pub(crate) async fn disable(
+    state: &AppState,
+    sub: &EventSubscription,
+    reason: String,
+) -> ApiResult<bool> {
+    let id = EventSubscription::record_id(&sub.workspace, &sub.user);
+    let disabled = EventSubscription {
+        disabled: Some(SubscriptionDisabled {
+            at: Ts::now(),
+            reason,
+        }),
+        ..sub.clone()
+    };
+    let record = record_json(&disabled)?;
+    change_records(
+        state,
+        &cluster_records(),
+        &RecordKind::EventSubscriptions,
+        || m::EVENT_SUBSCRIPTIONS.with_label_values(&["raced"]).inc(),
+        |set| {
+            let current = subscription_of(&set, &id);
+            let write = (id.clone(), Some(record.clone()));
+            async move {
+                Ok(match current? {
+                    Some(current) if current == *sub => (vec![write], true),
+                    _ => (vec![], false),
+                })
+            }
         },
     )
     .await

@@ -5,7 +5,7 @@
 //! client names is parsed ([`ChannelId::parse`], [`UserId::parse`]) and then checked to belong
 //! to the caller's workspace, so a token of one workspace never reads or writes another's.
 
-mod apps;
+pub(crate) mod apps;
 mod attachments;
 mod auth;
 mod blocks;
