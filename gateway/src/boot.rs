@@ -7,10 +7,11 @@
 //! WebSocket upgrade. When no Flannel is configured or it cannot answer in time, `hello`
 //! goes without `boot` and the session works as before; a metric counts the failures.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::Value;
-use shared::ids::WorkspaceId;
+use shared::ids::{ChannelId, Seq, WorkspaceId};
 use shared::ring::{Placement, DEFAULT_VNODES};
 
 use crate::metrics as m;
@@ -78,14 +79,41 @@ impl BootSource {
     }
 }
 
-/// `boot` for `hello`, with `unread` on each channel whose position (`seq`, as `hello`
-/// reports it) and read position (`last_read`) are both known.
-pub fn with_unread(mut boot: Value, positions: &Value) -> Value {
+/// The channels of `boot` with entries past the reader's read position: each with its
+/// `last_read` and its position (`seq`, as `hello` reports it), whose unread messages
+/// [`crate::hub::Hub::unread_counts`] counts.
+pub fn unread_ranges(boot: &Value, positions: &Value) -> Vec<(ChannelId, Seq, Seq)> {
+    let Some(channels) = boot["channels"].as_array() else {
+        return Vec::new();
+    };
+    channels
+        .iter()
+        .filter_map(|c| {
+            let id = c["id"].as_str()?;
+            let seq = positions[id].as_u64()?;
+            let last_read = c["last_read"].as_u64()?;
+            (seq > last_read).then(|| (ChannelId::from(id), last_read, seq))
+        })
+        .collect()
+}
+
+/// `boot` for `hello`, with `unread` on each channel whose position and read position are
+/// both known: the messages counted in `counts`, or for a channel not counted there, the
+/// entries past the read position (reactions and edits included), more than it should be
+/// rather than a channel shown read that is not.
+pub fn with_unread(mut boot: Value, positions: &Value, counts: &HashMap<ChannelId, u64>) -> Value {
     if let Some(channels) = boot["channels"].as_array_mut() {
         for c in channels {
-            let seq = c["id"].as_str().and_then(|id| positions[id].as_u64());
+            let Some(id) = c["id"].as_str().map(ChannelId::from) else {
+                continue;
+            };
+            let seq = positions[id.as_str()].as_u64();
             if let (Some(seq), Some(last_read)) = (seq, c["last_read"].as_u64()) {
-                c["unread"] = seq.saturating_sub(last_read).into();
+                let unread = match counts.get(&id) {
+                    Some(n) if seq > last_read => *n,
+                    _ => seq.saturating_sub(last_read),
+                };
+                c["unread"] = unread.into();
             }
         }
     }
@@ -98,16 +126,29 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn unread_is_position_minus_last_read_when_both_are_known() {
+    fn unread_is_the_count_else_the_entries_past_the_read_position() {
         let boot = json!({ "channels": [
             { "id": "CA", "last_read": 3 },
             { "id": "CB", "last_read": 0 },
             { "id": "CC", "last_read": 9 },
+            { "id": "CD", "last_read": 2 },
         ]});
-        let out = with_unread(boot, &json!({ "CA": 10, "CC": 5 }));
-        assert_eq!(out["channels"][0]["unread"], 7);
+        let positions = json!({ "CA": 10, "CC": 5, "CD": 8 });
+        assert_eq!(
+            unread_ranges(&boot, &positions),
+            vec![
+                (ChannelId::from("CA"), 3, 10),
+                (ChannelId::from("CD"), 2, 8)
+            ],
+            "only channels with entries past the read position, and a known position"
+        );
+        let counts = HashMap::from([(ChannelId::from("CA"), 2)]);
+        let out = with_unread(boot, &positions, &counts);
+        assert_eq!(out["channels"][0]["unread"], 2, "counted");
         assert!(out["channels"][1].get("unread").is_none());
         assert_eq!(out["channels"][2]["unread"], 0);
+        assert_eq!(out["channels"][3]["unread"], 6, "not counted: the entries");
+        assert!(unread_ranges(&json!({}), &positions).is_empty());
     }
 
     #[test]

@@ -40,6 +40,8 @@ const PUBLISH_QUEUE_MAX: usize = 1024;
 const READ_BATCH: usize = 256;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const FETCH_LIMIT: u32 = 1000;
+/// Pages fetched at once to count one session's unread messages.
+const UNREAD_FETCHES: usize = 8;
 /// How often the hub re-checks subscriptions (ring changes and link losses also wake it).
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 /// How long presence changes are gathered before they are written to sessions.
@@ -1140,6 +1142,87 @@ impl Hub {
         ))
     }
 
+    /// How many messages the reader has not read in each of `ranges` (a channel, its last
+    /// read `seq` and its position; see [`shared::protocol::client::unread_effect`]),
+    /// counted from this gateway's recent entries when they cover the range, else from a page
+    /// fetched from the channel's owner (a range longer than a page counts the entries past
+    /// it as messages). A channel whose count is not known by `deadline` (its owner slow or
+    /// away, or not subscribed here) is left out.
+    pub async fn unread_counts(
+        &self,
+        reader: &UserId,
+        ranges: Vec<(ChannelId, Seq, Seq)>,
+        deadline: Instant,
+    ) -> HashMap<ChannelId, u64> {
+        use shared::protocol::client::{count_unread, unread_effect, unread_effect_of_event};
+        let mut counts = HashMap::new();
+        let mut local = Vec::new();
+        let mut remote = Vec::new();
+        {
+            let st = self.state.lock();
+            for (channel, after, up_to) in ranges {
+                let Some(e) = st.channels.get(&channel) else {
+                    continue;
+                };
+                let covered = e
+                    .recent
+                    .front()
+                    .is_some_and(|(first, _)| *first <= after + 1)
+                    && e.last_seq.is_some_and(|last| last >= up_to);
+                if covered {
+                    let entries: Vec<Utf8Bytes> = e
+                        .recent
+                        .iter()
+                        .filter(|(s, _)| *s > after && *s <= up_to)
+                        .map(|(_, text)| text.clone())
+                        .collect();
+                    local.push((channel, entries));
+                } else {
+                    remote.push((channel, e.workspace.clone(), after, up_to));
+                }
+            }
+        }
+        for (channel, entries) in local {
+            let effects = entries
+                .iter()
+                .map(|text| unread_effect_of_event(text.as_str(), &reader.0));
+            counts.insert(channel, count_unread(effects));
+            m::UNREAD_COUNTS.with_label_values(&["window"]).inc();
+        }
+        use futures_util::StreamExt;
+        let mut fetched = futures_util::stream::iter(remote)
+            .map(|(channel, workspace, after, up_to)| async move {
+                let page = self.fetch(&channel, &workspace, after, Some(up_to)).await;
+                (channel, after, up_to, page)
+            })
+            .buffer_unordered(UNREAD_FETCHES);
+        loop {
+            let next = tokio::time::timeout_at(deadline.into(), fetched.next()).await;
+            let Ok(Some((channel, after, up_to, page))) = next else {
+                if next.is_err() {
+                    m::UNREAD_COUNTS.with_label_values(&["late"]).inc();
+                }
+                break;
+            };
+            let Ok((messages, _)) = page else {
+                m::UNREAD_COUNTS.with_label_values(&["failed"]).inc();
+                continue;
+            };
+            // A full page may stop short of the position: what is past it counts whole.
+            let beyond = match messages.last() {
+                Some(last) if messages.len() >= FETCH_LIMIT as usize => {
+                    up_to.saturating_sub(last.seq)
+                }
+                _ => 0,
+            };
+            debug_assert!(messages.first().is_none_or(|m| m.seq > after));
+            let effects = messages.iter().map(|m| unread_effect(m, &reader.0));
+            counts.insert(channel, count_unread(effects) + beyond);
+            m::UNREAD_COUNTS.with_label_values(&["owner"]).inc();
+        }
+        counts
+    }
+
     async fn fetch(
         &self,
         channel: &ChannelId,
@@ -1859,6 +1942,56 @@ mod tests {
             }
         }
         got
+    }
+
+    /// Unread messages are counted from the recent entries when they cover the range: the
+    /// others' channel messages still there, not reactions, edits, replies or the reader's
+    /// own. A range they do not cover goes to the channel's owner; with none known, the
+    /// channel is left out (and the hello gives the entries instead).
+    #[tokio::test]
+    async fn unread_messages_are_counted_from_the_recent_entries() {
+        use shared::protocol::MessageKind;
+        let (hub, _dir) = hub();
+        let (_, mut rx, _) = session(&hub, 64);
+        ack(&hub, "cs-1", 0, vec![]);
+        let mut entries: Vec<Message> = (1..=8).map(msg).collect();
+        entries[2].kind = MessageKind::ReactionAdded {
+            target: entries[1].ts,
+            reaction: "eyes".into(),
+        };
+        entries[3].kind = MessageKind::Edited {
+            target: entries[1].ts,
+        };
+        entries[4].thread_ts = Some(entries[1].ts);
+        entries[5].user = UserId::from("UB");
+        entries[6].kind = MessageKind::Deleted {
+            target: entries[0].ts,
+        };
+        for m in entries {
+            deliver_live(&hub, "cs-1", m);
+        }
+        assert_eq!(seqs(&mut rx), (1..=8).collect::<Vec<_>>());
+        let soon = Instant::now() + Duration::from_secs(1);
+        let cx = ChannelId::from("CX");
+        let counts = hub
+            .unread_counts(&UserId::from("UB"), vec![(cx.clone(), 0, 8)], soon)
+            .await;
+        // 2 and 8; 1 was deleted, 3-5 are a reaction, an edit and a reply, 6 is UB's own.
+        assert_eq!(counts.get(&cx), Some(&2));
+        let counts = hub
+            .unread_counts(&UserId::from("UB"), vec![(cx.clone(), 2, 6)], soon)
+            .await;
+        assert_eq!(counts.get(&cx), Some(&0), "nothing to read in 3..=6");
+        // Past what this gateway has passed: the owner is asked; none is known here.
+        let counts = hub
+            .unread_counts(&UserId::from("UB"), vec![(cx.clone(), 0, 9)], soon)
+            .await;
+        assert_eq!(counts.get(&cx), None);
+        let unknown = ChannelId::from("CNOPE");
+        let counts = hub
+            .unread_counts(&UserId::from("UB"), vec![(unknown, 0, 3)], soon)
+            .await;
+        assert!(counts.is_empty());
     }
 
     /// A session that is a channel's first here waits for the channel to begin (its

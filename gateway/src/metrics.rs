@@ -34,6 +34,17 @@ pub static HELLO_BEFORE_LIVE: LazyLock<IntCounter> = LazyLock::new(|| {
     )
     .unwrap()
 });
+pub static UNREAD_COUNTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_gateway_unread_counts_total",
+        "channels whose unread messages a hello counted, by source (window: this gateway's \
+         recent entries; owner: a page from the channel's owner; failed: the owner's answer \
+         was an error, late: the owners had not answered in time, so the rest of that hello's \
+         channels give the entries since the read position instead)",
+        &["source"]
+    )
+    .unwrap()
+});
 pub static SESSION_OVERFLOWS: LazyLock<IntCounter> = LazyLock::new(|| {
     register_int_counter!(
         "switchboard_gateway_session_overflows_total",

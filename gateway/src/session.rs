@@ -35,6 +35,9 @@ const BACKFILL_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Longest a session's `hello` waits for the first subscription of its channels on this
 /// gateway (see [`crate::hub::Hub::wait_first_positions`]).
 const HELLO_WAIT: Duration = Duration::from_secs(2);
+/// How long `hello` waits for channel owners to count unread messages that this gateway's
+/// recent entries do not cover.
+const UNREAD_WAIT: Duration = Duration::from_secs(1);
 const BACKFILL_ATTEMPTS: u32 = 10;
 
 /// How long backfill attempt `attempt` (0 is the first) waits before asking.
@@ -638,7 +641,14 @@ pub fn run<K: Send + 'static>(
                 "seq": s.positions(),
             });
             if let Some(boot) = boot {
-                hello["boot"] = crate::boot::with_unread(boot, &hello["seq"]);
+                let ranges = crate::boot::unread_ranges(&boot, &hello["seq"]);
+                let counts = if ranges.is_empty() {
+                    HashMap::new()
+                } else {
+                    let deadline = Instant::now() + UNREAD_WAIT;
+                    hub.unread_counts(&s.claims.user, ranges, deadline).await
+                };
+                hello["boot"] = crate::boot::with_unread(boot, &hello["seq"], &counts);
             }
             text(hello)
         };

@@ -400,6 +400,104 @@ pub fn message_json(m: &Message) -> String {
     value.to_string()
 }
 
+/// What one entry of a channel's stream does to a reader's count of unread messages: what
+/// Slack counts as unread are the messages shown in the channel (top-level ones and replies
+/// also sent to the channel), not the reader's own, and not those deleted since; edits,
+/// reactions and pins are entries of the stream but no message to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnreadEffect {
+    /// A message to read, by its `ts` (Slack's form).
+    Adds(String),
+    /// The message with this `ts` was deleted.
+    Removes(String),
+    Nothing,
+}
+
+/// [`UnreadEffect`] of an entry, for `reader`.
+pub fn unread_effect(m: &Message, reader: &str) -> UnreadEffect {
+    match &m.kind {
+        MessageKind::Posted => {
+            let reply = m.thread_ts.is_some_and(|t| t != m.ts) && !m.broadcast;
+            if reply || m.user.0 == reader {
+                UnreadEffect::Nothing
+            } else {
+                UnreadEffect::Adds(m.ts.to_slack())
+            }
+        }
+        MessageKind::Deleted { target } => UnreadEffect::Removes(target.to_slack()),
+        _ => UnreadEffect::Nothing,
+    }
+}
+
+/// [`unread_effect`] of an entry as [`message_json`] rendered it (what a gateway keeps of its
+/// recent entries); an event it cannot read is [`UnreadEffect::Nothing`].
+pub fn unread_effect_of_event(event: &str, reader: &str) -> UnreadEffect {
+    #[derive(Deserialize)]
+    struct Changed {
+        subtype: Option<String>,
+        ts: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct Event {
+        #[serde(rename = "type")]
+        kind: String,
+        subtype: Option<String>,
+        user: Option<String>,
+        ts: Option<String>,
+        thread_ts: Option<String>,
+        deleted_ts: Option<String>,
+        message: Option<Changed>,
+    }
+    let Ok(e) = serde_json::from_str::<Event>(event) else {
+        return UnreadEffect::Nothing;
+    };
+    if e.kind != "message" {
+        return UnreadEffect::Nothing;
+    }
+    match e.subtype.as_deref() {
+        Some("message_deleted") => e
+            .deleted_ts
+            .map_or(UnreadEffect::Nothing, UnreadEffect::Removes),
+        // A thread's root deleted while its replies remain becomes Slack's tombstone.
+        Some("message_changed") => match e.message {
+            Some(Changed {
+                subtype: Some(sub),
+                ts: Some(ts),
+            }) if sub == "tombstone" => UnreadEffect::Removes(ts),
+            _ => UnreadEffect::Nothing,
+        },
+        subtype => {
+            let Some(ts) = e.ts else {
+                return UnreadEffect::Nothing;
+            };
+            let reply = e.thread_ts.as_ref().is_some_and(|t| *t != ts)
+                && subtype != Some("thread_broadcast");
+            if reply || e.user.as_deref() == Some(reader) {
+                UnreadEffect::Nothing
+            } else {
+                UnreadEffect::Adds(ts)
+            }
+        }
+    }
+}
+
+/// The unread messages among a run of entries, in order: those added and not removed after.
+pub fn count_unread(effects: impl IntoIterator<Item = UnreadEffect>) -> u64 {
+    let mut unread = std::collections::HashSet::new();
+    for effect in effects {
+        match effect {
+            UnreadEffect::Adds(ts) => {
+                unread.insert(ts);
+            }
+            UnreadEffect::Removes(ts) => {
+                unread.remove(&ts);
+            }
+            UnreadEffect::Nothing => {}
+        }
+    }
+    unread.len() as u64
+}
+
 /// Renders an ephemeral event for a channel.
 pub fn ephemeral_json(channel: &ChannelId, event: &EphemeralEvent) -> String {
     match event {
@@ -764,6 +862,100 @@ mod tests {
             assert_eq!(
                 (&history["subtype"], &history[field]),
                 (&v["subtype"], &v[field])
+            );
+        }
+    }
+
+    /// Every kind of entry counts the same whether judged as stored or as rendered, and only
+    /// the messages shown in the channel that others posted, and still there, are unread.
+    #[test]
+    fn unread_messages_are_others_channel_messages_still_there() {
+        use crate::ids::{UserId, WorkspaceId};
+        let entry = |seq: Seq, user: &str, kind: MessageKind| Message {
+            workspace: WorkspaceId::from("TW"),
+            channel: ChannelId::from("CX"),
+            seq,
+            ts: Ts(seq * 1_000_000),
+            user: UserId::from(user),
+            text: format!("entry {seq}"),
+            client_msg_id: None,
+            thread_ts: None,
+            kind,
+            previous: None,
+            broadcast: false,
+            bot: false,
+            rich: None,
+        };
+        let ts = |seq: Seq| Ts(seq * 1_000_000);
+        let mut stream = vec![
+            entry(1, "UB", MessageKind::Posted),
+            entry(2, "UME", MessageKind::Posted),
+            entry(
+                3,
+                "UB",
+                MessageKind::ReactionAdded {
+                    target: ts(1),
+                    reaction: "wave".into(),
+                },
+            ),
+            entry(4, "UB", MessageKind::Edited { target: ts(1) }),
+            entry(5, "UB", MessageKind::Pinned { target: ts(1) }),
+            entry(6, "UC", MessageKind::Posted),
+            entry(7, "UC", MessageKind::Posted),
+            entry(8, "UC", MessageKind::Deleted { target: ts(6) }),
+            // A deletion of a message older than the run changes nothing here.
+            entry(9, "UC", MessageKind::Deleted { target: ts(0) }),
+            entry(10, "UB", MessageKind::Posted),
+            entry(11, "UB", MessageKind::Posted),
+            entry(12, "UB", MessageKind::Posted),
+        ];
+        // A reply stays in its thread; one also sent to the channel is read there.
+        stream[9].thread_ts = Some(ts(7));
+        stream[10].thread_ts = Some(ts(7));
+        stream[10].broadcast = true;
+        // A root that kept its replies becomes a tombstone when deleted: gone too.
+        stream.push(entry(13, "UB", MessageKind::Deleted { target: ts(7) }));
+        stream[12].thread_ts = Some(ts(7));
+        // A bot's message and a topic change are messages to read.
+        let mut bot = entry(14, "UBOT", MessageKind::Posted);
+        bot.bot = true;
+        stream.push(bot);
+        let mut topic = entry(15, "UC", MessageKind::Posted);
+        topic.rich = crate::protocol::RichContent {
+            sets: Some(ChannelSetting::Topic("launch".into())),
+            ..Default::default()
+        }
+        .boxed();
+        stream.push(topic);
+
+        let stored: Vec<UnreadEffect> = stream.iter().map(|m| unread_effect(m, "UME")).collect();
+        let rendered: Vec<UnreadEffect> = stream
+            .iter()
+            .map(|m| unread_effect_of_event(&message_json(m), "UME"))
+            .collect();
+        assert_eq!(stored, rendered);
+        let adds = |seq: Seq| UnreadEffect::Adds(ts(seq).to_slack());
+        assert_eq!(stored[0], adds(1));
+        assert_eq!(stored[1], UnreadEffect::Nothing, "the reader's own");
+        assert_eq!(
+            stored[2..5],
+            [
+                UnreadEffect::Nothing,
+                UnreadEffect::Nothing,
+                UnreadEffect::Nothing
+            ]
+        );
+        assert_eq!(stored[9], UnreadEffect::Nothing, "a reply");
+        assert_eq!(stored[10], adds(11), "a broadcast reply");
+        assert_eq!(stored[12], UnreadEffect::Removes(ts(7).to_slack()));
+        // 1, 11, 12, 14 and 15: 6 and 7 were deleted.
+        assert_eq!(count_unread(stored), 5);
+        assert_eq!(count_unread(rendered), 5);
+        for junk in ["", "{", "[]", r#"{"type":"message"}"#, r#"{"type":7}"#] {
+            assert_eq!(
+                unread_effect_of_event(junk, "UME"),
+                UnreadEffect::Nothing,
+                "{junk}"
             );
         }
     }
