@@ -256,7 +256,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.info",
-        summary: "One conversation.",
+        summary: "One conversation. For a member, also its read position `last_read` (the `ts` of the entry it marked read, zeros before any) and `unread_count` / `unread_count_display`: the messages others posted to the channel since (thread replies sent to the channel too, not those deleted since; reactions, edits and pins are not messages), counted up to 1,000.",
         auth: Auth::User,
         params: &[CHANNEL, p("include_num_members", Ty::Bool, "add `num_members`")],
         errors: &["channel_not_found"],

@@ -3008,6 +3008,90 @@ async fn request_urls_that_are_not_public_addresses_are_refused() {
     assert!(text.contains(counted), "{counted} in {text}");
 }
 
+/// `conversations.info` gives a member its read position and unread messages as Slack does:
+/// others' messages shown in the channel (broadcast replies too) that are still there, not
+/// reactions, edits, thread replies or the member's own posts.
+#[tokio::test]
+async fn conversations_info_counts_a_members_unread_messages() {
+    let s = Server::start_with_cluster().await;
+    let (alice, bob, carol) = (s.token("alice"), s.token("bob"), s.token("carol"));
+    let v = s
+        .ok("conversations.create", &alice, json!({"name": "unread"}))
+        .await;
+    let ch = v["channel"]["id"].as_str().unwrap().to_string();
+    s.ok("conversations.join", &bob, json!({"channel": ch}))
+        .await;
+    let info = |token: &str| {
+        let (s, token, ch) = (&s, token.to_string(), ch.clone());
+        async move {
+            s.ok("conversations.info", &token, json!({"channel": ch}))
+                .await["channel"]
+                .clone()
+        }
+    };
+    let v = info(&bob).await;
+    assert_eq!(v["last_read"], "0000000000.000000", "{v}");
+    assert_eq!(v["unread_count"], 0, "{v}");
+    let post = |token: &str, extra: Value| {
+        let (s, token, ch) = (&s, token.to_string(), ch.clone());
+        async move {
+            let mut params = json!({"channel": ch, "text": "a message"});
+            for (k, v) in extra.as_object().unwrap() {
+                params[k] = v.clone();
+            }
+            s.ok("chat.postMessage", &token, params).await["ts"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let first = post(&alice, json!({})).await;
+    let second = post(&alice, json!({})).await;
+    s.ok(
+        "reactions.add",
+        &bob,
+        json!({"channel": ch, "timestamp": first, "name": "eyes"}),
+    )
+    .await;
+    s.ok(
+        "chat.update",
+        &alice,
+        json!({"channel": ch, "ts": second, "text": "edited"}),
+    )
+    .await;
+    post(&alice, json!({"thread_ts": first})).await;
+    post(&alice, json!({"thread_ts": first, "reply_broadcast": true})).await;
+    post(&bob, json!({})).await;
+    let third = post(&alice, json!({})).await;
+    s.ok("chat.delete", &alice, json!({"channel": ch, "ts": third}))
+        .await;
+
+    // bob: the two messages and the broadcast reply.
+    let v = info(&bob).await;
+    assert_eq!(v["unread_count"], 3, "{v}");
+    assert_eq!(v["unread_count_display"], 3, "{v}");
+    // alice: bob's message.
+    let v = info(&alice).await;
+    assert_eq!(v["unread_count"], 1, "{v}");
+    // Marked read at the second message: the broadcast reply is left.
+    s.ok(
+        "conversations.mark",
+        &bob,
+        json!({"channel": ch, "ts": second}),
+    )
+    .await;
+    let v = info(&bob).await;
+    assert_eq!(v["last_read"], second.as_str(), "{v}");
+    assert_eq!(v["unread_count"], 1, "{v}");
+    // Not a member: no read position.
+    let v = info(&carol).await;
+    assert_eq!(v["is_member"], false, "{v}");
+    assert!(
+        v.get("last_read").is_none() && v.get("unread_count").is_none(),
+        "{v}"
+    );
+}
+
 /// A failing request URL's subscription is disabled only while it is still the one the node
 /// was sending to: not after the app set its URL again, and once.
 #[tokio::test]

@@ -850,6 +850,23 @@ async fn metadata(store: &dyn MessageStore) {
     assert!(store.add_member(&secret.id, &alice.id).await.unwrap());
     assert!(store.is_member(&secret.id, &alice.id).await.unwrap());
     assert!(!store.is_member(&secret.id, &bob.id).await.unwrap());
+    // Read positions: 0 until marked, then the mark; none for a non-member.
+    assert_eq!(
+        store.last_read(&secret.id, &alice.id).await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(store.last_read(&secret.id, &bob.id).await.unwrap(), None);
+    assert!(store.set_last_read(&secret.id, &alice.id, 7).await.unwrap());
+    assert!(!store.set_last_read(&secret.id, &bob.id, 7).await.unwrap());
+    assert_eq!(
+        store.last_read(&secret.id, &alice.id).await.unwrap(),
+        Some(7)
+    );
+    assert_eq!(
+        store.last_read(&general.id, &alice.id).await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(store.last_read(&secret.id, &bob.id).await.unwrap(), None);
     assert_eq!(store.members(&general.id).await.unwrap().len(), 2);
     assert_eq!(store.user_channels(&alice.id).await.unwrap().len(), 2);
     assert_eq!(store.user_channels(&bob.id).await.unwrap().len(), 1);

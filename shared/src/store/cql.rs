@@ -458,6 +458,7 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("member_add", Mode::Lwt, "INSERT INTO {ks}.members (channel_id, user_id, last_read) VALUES (?, ?, 0) IF NOT EXISTS"),
     ("member_remove", Mode::Lwt, "DELETE FROM {ks}.members WHERE channel_id = ? AND user_id = ? IF EXISTS"),
     ("member_get", Mode::SerialRead, "SELECT user_id FROM {ks}.members WHERE channel_id = ? AND user_id = ?"),
+    ("member_last_read", Mode::SerialRead, "SELECT last_read FROM {ks}.members WHERE channel_id = ? AND user_id = ?"),
     ("members_of", Mode::SerialRead, "SELECT user_id, last_read FROM {ks}.members WHERE channel_id = ?"),
     ("member_read", Mode::Lwt, "UPDATE {ks}.members SET last_read = ? WHERE channel_id = ? AND user_id = ? IF EXISTS"),
     ("user_channel_put", Mode::Write, "INSERT INTO {ks}.user_channels (user_id, channel_id, workspace) VALUES (?, ?, ?)"),
@@ -2339,6 +2340,17 @@ impl MessageStore for CqlStore {
                 .await?;
             }
             Ok(())
+        })
+        .await
+    }
+
+    async fn last_read(&self, channel: &ChannelId, user: &UserId) -> StorageResult<Option<Seq>> {
+        let s = &self.inner;
+        timed("last_read", async {
+            let row: Option<(Option<i64>,)> = s
+                .first(s.meta.get("member_last_read"), (&channel.0, &user.0))
+                .await?;
+            Ok(row.map(|(seq,)| seq.unwrap_or(0).max(0) as Seq))
         })
         .await
     }

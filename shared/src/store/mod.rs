@@ -253,6 +253,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// by id. `NotFound` when there is no such channel, `AlreadyExists` when the new name is
     /// taken in the workspace.
     async fn update_channel(&self, channel: &Channel) -> StorageResult<()>;
+    /// The last sequence `user` read in `channel` (0 when never marked); `None` if it is not
+    /// a member.
+    async fn last_read(&self, channel: &ChannelId, user: &UserId) -> StorageResult<Option<Seq>>;
     /// Records the last sequence `user` read in `channel`; `Ok(false)` if it is not a member.
     async fn set_last_read(
         &self,

@@ -1779,6 +1779,21 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    async fn last_read(&self, channel: &ChannelId, user: &UserId) -> StorageResult<Option<Seq>> {
+        let (ch, u) = (channel.clone(), user.clone());
+        self.meta("last_read", move |c| {
+            c.query_row_cached(
+                "SELECT last_read FROM members WHERE channel = ?1 AND user = ?2",
+                params![ch.0, u.0],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|seq| seq.map(|s| s.max(0) as Seq))
+            .map_err(unavailable)
+        })
+        .await
+    }
+
     async fn set_last_read(
         &self,
         channel: &ChannelId,

@@ -256,14 +256,68 @@ pub(super) async fn info(state: &AppState, caller: &Caller, params: &Params) -> 
     } else {
         None
     };
-    Ok(object(json!({
-        "channel": channel_json(
-            &visible.channel,
-            &caller.user.id,
-            visible.is_member,
-            num_members,
-        )
-    })))
+    let mut channel = channel_json(
+        &visible.channel,
+        &caller.user.id,
+        visible.is_member,
+        num_members,
+    );
+    if visible.is_member {
+        if let Some(read) = state
+            .store
+            .last_read(&visible.channel.id, &caller.user.id)
+            .await?
+        {
+            let (last_read, unread) =
+                read_state(state, &visible.channel, &caller.user.id, read).await?;
+            channel["last_read"] = last_read.into();
+            channel["unread_count"] = unread.into();
+            channel["unread_count_display"] = unread.into();
+        }
+    }
+    Ok(object(json!({ "channel": channel })))
+}
+
+/// Most unread messages `conversations.info` counts (one read of that many).
+pub const MAX_UNREAD_COUNT: u32 = 1000;
+
+/// A member's read position as Slack shows it (the `ts` of the entry at `read`, zeros before
+/// any) and its unread messages after it, as the gateway's `hello` counts them: the others'
+/// messages shown in the channel that are still there, at most [`MAX_UNREAD_COUNT`].
+async fn read_state(
+    state: &AppState,
+    channel: &Channel,
+    reader: &UserId,
+    read: Seq,
+) -> ApiResult<(String, u64)> {
+    let at = if read == 0 {
+        None
+    } else {
+        let query = HistoryQuery {
+            after_seq: Some(read - 1),
+            before_seq: Some(read.saturating_add(1)),
+            limit: 1,
+            ..HistoryQuery::default()
+        };
+        let entry = state
+            .store
+            .history(&channel.workspace, &channel.id, &query)
+            .await?;
+        entry.first().map(|m| m.ts.to_slack())
+    };
+    let query = HistoryQuery {
+        after_seq: Some(read),
+        limit: MAX_UNREAD_COUNT,
+        ..HistoryQuery::default()
+    };
+    let unread = state
+        .store
+        .message_views(&channel.workspace, &channel.id, &query, None)
+        .await?
+        .iter()
+        .filter(|v| !v.deleted && v.message.user != *reader)
+        .count() as u64;
+    Ok((at.unwrap_or_else(|| "0000000000.000000".into()), unread))
 }
 
 fn channel_cursor(params: &Params) -> ApiResult<Option<ChannelId>> {
