@@ -46,11 +46,12 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use shared::auth::Claims;
 use shared::shutdown::{Every, Shutdown};
-use shared::store::{cluster_records, EventSubscription, RecordKind};
+use shared::store::{EventSubscription, RecordKind};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::api::AppState;
+use crate::methods::records::PolledSet;
 use crate::metrics as m;
 
 /// How long an app has to answer an event (Slack's three seconds), less a margin so that the
@@ -370,22 +371,22 @@ pub fn spawn(
         // Refused URLs (set while private addresses were allowed), each told once.
         let mut refused: HashSet<String> = HashSet::new();
         let mut running: HashMap<String, (EventSubscription, Shutdown)> = HashMap::new();
+        let mut polled = PolledSet::new(RecordKind::EventSubscriptions);
         let mut every = Every::new(poll, shutdown.clone());
         while every.next().await {
-            let set = match state
-                .store
-                .record_set(&cluster_records(), &RecordKind::EventSubscriptions)
-                .await
-            {
-                Ok(set) => set,
+            let set = match polled.look(&state.store).await {
+                Ok((set, true)) => set,
+                // Unchanged since the last look: so are the apps to run.
+                Ok((_, false)) => continue,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not read the event subscriptions; trying again later");
                     continue;
                 }
             };
             let mut wanted = HashMap::new();
-            for (id, record) in set.records {
-                match serde_json::from_str::<EventSubscription>(&record) {
+            for (id, record) in &set.records {
+                let id = id.clone();
+                match serde_json::from_str::<EventSubscription>(record) {
                     // Secrets made before any URL was set: nothing to send yet.
                     Ok(sub) if sub.request_url.is_empty() => {}
                     // Disabled for failing: nothing until the app sets its URL again.

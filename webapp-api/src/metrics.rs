@@ -235,6 +235,15 @@ pub static TOKENS_REVOKED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     .expect("metric registers once")
 });
 
+pub static RECORD_POLLS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register_int_counter_vec!(
+        "switchboard_webapp_record_polls_total",
+        "Looks at the cluster's record sets (event_subscriptions, revoked_tokens, dnd_lapses) every webapp.records_poll_ms, by set and read (version: the set had not changed, only its version was read; set: it had, and was read whole)",
+        &["kind", "read"]
+    )
+    .expect("metric registers once")
+});
+
 pub static REVOKED_TOKENS: LazyLock<IntGauge> = LazyLock::new(|| {
     register_int_gauge!(
         "switchboard_webapp_revoked_tokens",

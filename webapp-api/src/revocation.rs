@@ -21,7 +21,7 @@ use shared::shutdown::{Every, Shutdown};
 use shared::store::{cluster_records, RecordKind, RevokedToken};
 
 use crate::api::{object, ApiResult, AppState, Caller, Params};
-use crate::methods::records::change_records;
+use crate::methods::records::{change_records, PolledSet};
 use crate::metrics as m;
 
 /// The revoked tokens' ids, as this node last read them (and those it revoked since).
@@ -61,29 +61,34 @@ impl RevokedTokens {
     }
 }
 
-/// Reads the revoked tokens now, then every `poll` until `shutdown`.
+/// Reads the revoked tokens now, then every `poll` until `shutdown` (each time only the
+/// set's version unless it moved).
 pub fn spawn(state: AppState, poll: Duration, shutdown: Shutdown) {
     tokio::spawn(async move {
+        let mut polled = PolledSet::new(RecordKind::RevokedTokens);
         let mut every = Every::new(poll, shutdown);
         while every.next().await {
-            if let Err(e) = refresh(&state).await {
+            if let Err(e) = refresh(&state, &mut polled).await {
                 tracing::warn!(error = %e, "could not read the revoked tokens; trying again later");
             }
         }
     });
 }
 
-/// One read of the revoked tokens into `state`.
-pub async fn refresh(state: &AppState) -> shared::store::StorageResult<()> {
-    let set = state
-        .store
-        .record_set(&cluster_records(), &RecordKind::RevokedTokens)
-        .await?;
-    let n = state
-        .revoked
-        .extend(set.records.into_iter().map(|(id, _)| id));
-    m::REVOKED_TOKENS.set(n as i64);
-    Ok(())
+/// One look at the revoked tokens, taken into `state` when they changed since `polled` last
+/// read them; whether they were read again.
+pub(crate) async fn refresh(
+    state: &AppState,
+    polled: &mut PolledSet,
+) -> shared::store::StorageResult<bool> {
+    let (set, fresh) = polled.look(&state.store).await?;
+    if fresh {
+        let n = state
+            .revoked
+            .extend(set.records.iter().map(|(id, _)| id.clone()));
+        m::REVOKED_TOKENS.set(n as i64);
+    }
+    Ok(fresh)
 }
 
 /// `auth.revoke`: the calling token is refused from now on (with `test`, it is not: the

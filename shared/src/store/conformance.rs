@@ -175,6 +175,14 @@ async fn usergroups(store: &dyn MessageStore) {
         store.record_set(&ws.id, &RecordKind::Emoji).await.unwrap(),
         RecordSet::default()
     );
+    let ws_id = &ws.id;
+    let version =
+        |kind: RecordKind| async move { store.record_set_version(ws_id, &kind).await.unwrap() };
+    assert_eq!(
+        version(RecordKind::Emoji).await,
+        0,
+        "none before the first write"
+    );
     for (n, name) in ["shipit", "parrot"].iter().enumerate() {
         let json = format!(r#"{{"url":"https://img.example/{name}.png"}}"#);
         assert!(store
@@ -201,6 +209,13 @@ async fn usergroups(store: &dyn MessageStore) {
         .unwrap());
     let set = store.record_set(&ws.id, &RecordKind::Emoji).await.unwrap();
     assert_eq!((set.version, emoji(&set)), (3, vec!["shipit".to_string()]));
+    // The version alone, as the set gives it, also after a removal and a refused write.
+    assert_eq!(version(RecordKind::Emoji).await, 3);
+    assert_eq!(
+        version(RecordKind::UserGroup).await,
+        3,
+        "the user groups' own"
+    );
     assert_eq!(store.usergroups(&ws.id).await.unwrap().version, 3);
     // A channel's set is its own, apart from another channel's.
     let (c1, c2) = (ChannelId::from("CBOOK1"), ChannelId::from("CBOOK2"));

@@ -475,6 +475,7 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("file_chunk_get", Mode::Read, "SELECT data FROM {ks}.file_chunks WHERE workspace = ? AND id = ? AND n = ?"),
     ("file_chunks_drop", Mode::Write, "DELETE FROM {ks}.file_chunks WHERE workspace = ? AND id = ?"),
     ("records_of", Mode::SerialRead, "SELECT version, id, record FROM {ks}.records WHERE workspace = ? AND kind = ?"),
+    ("records_version", Mode::SerialRead, "SELECT version FROM {ks}.records WHERE workspace = ? AND kind = ? LIMIT 1"),
     ("record_first", Mode::Lwt, "UPDATE {ks}.records SET record = ?, version = ? WHERE workspace = ? AND kind = ? AND id = ? IF version = null"),
     ("record_put", Mode::Lwt, "UPDATE {ks}.records SET record = ?, version = ? WHERE workspace = ? AND kind = ? AND id = ? IF version = ?"),
     ("scheduled_put", Mode::Lwt, "INSERT INTO {ks}.scheduled (workspace, id, post_at, created, message) VALUES (?, ?, ?, ?, ?) IF NOT EXISTS"),
@@ -3025,6 +3026,21 @@ impl MessageStore for CqlStore {
             }
             s.drop_due_row(id, i(found.post_at.0)).await?;
             Ok(Some(found))
+        })
+        .await
+    }
+
+    async fn record_set_version(
+        &self,
+        workspace: &WorkspaceId,
+        kind: &RecordKind,
+    ) -> StorageResult<u64> {
+        let s = &self.inner;
+        timed("record_set_version", async {
+            let row: Option<(Option<i64>,)> = s
+                .first(s.meta.get("records_version"), (&workspace.0, kind.name()))
+                .await?;
+            Ok(row.and_then(|(v,)| v).unwrap_or(0).max(0) as u64)
         })
         .await
     }

@@ -464,6 +464,16 @@ pub trait MessageStore: Send + Sync + 'static {
         workspace: &WorkspaceId,
         kind: &RecordKind,
     ) -> StorageResult<RecordSet>;
+    /// The version of the workspace's records of `kind` alone (what [`MessageStore::record_set`]
+    /// would give with them): one small read, for a poller that reads the set again only when
+    /// it moved.
+    async fn record_set_version(
+        &self,
+        workspace: &WorkspaceId,
+        kind: &RecordKind,
+    ) -> StorageResult<u64> {
+        Ok(self.record_set(workspace, kind).await?.version)
+    }
     /// Writes record `id` of `kind` (`None`: removes it) if the workspace's records of that
     /// kind are still at `expected` (the version [`MessageStore::record_set`] gave); `false`,
     /// writing nothing, when another write came first. So a caller that checked names against

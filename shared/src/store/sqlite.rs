@@ -2405,6 +2405,25 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    async fn record_set_version(
+        &self,
+        workspace: &WorkspaceId,
+        kind: &RecordKind,
+    ) -> StorageResult<u64> {
+        let (ws, kind) = (workspace.clone(), kind.name());
+        self.meta("record_set_version", move |c| {
+            c.query_row_cached(
+                "SELECT version FROM record_versions WHERE workspace = ?1 AND kind = ?2",
+                params![ws.0, kind],
+                |r| r.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(0).max(0) as u64)
+            .map_err(unavailable)
+        })
+        .await
+    }
+
     async fn record_set(
         &self,
         workspace: &WorkspaceId,

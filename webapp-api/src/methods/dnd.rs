@@ -30,7 +30,7 @@ use shared::shutdown::{Every, Shutdown};
 use shared::store::{cluster_records, RecordKind, RecordSet};
 
 use super::publish_all;
-use super::records::{change_records, Write};
+use super::records::{change_records, PolledSet, Write};
 use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params};
 
 /// The longest snooze, in minutes: a year. Slack documents none; this bounds the stored end.
@@ -353,17 +353,15 @@ async fn lapse_one(state: &AppState, lapse: &Lapse, now: i64) -> ApiResult<bool>
     Ok(lapsed)
 }
 
-/// One look at the cluster's snooze ends: tells each lapse that is due (see the module docs)
-/// and forgets its end. How many it told.
-pub(crate) async fn lapse_due(state: &AppState) -> ApiResult<usize> {
+/// One look at the cluster's snooze ends (read again only when they changed since `polled`
+/// last read them): tells each lapse that is due (see the module docs) and forgets its end.
+/// How many it told.
+pub(crate) async fn lapse_due(state: &AppState, polled: &mut PolledSet) -> ApiResult<usize> {
     let now = now_secs();
-    let set = state
-        .store
-        .record_set(&cluster_records(), &RecordKind::DndLapses)
-        .await?;
+    let (set, _) = polled.look(&state.store).await?;
     let mut told = 0;
-    for (id, json) in set.records {
-        let lapse = match Lapse::from_json(&json) {
+    for (id, json) in &set.records {
+        let lapse = match Lapse::from_json(json) {
             Ok(lapse) => lapse,
             Err(e) => {
                 // Only an index: the snooze itself stays in its workspace's set, and lapses
@@ -372,7 +370,7 @@ pub(crate) async fn lapse_due(state: &AppState) -> ApiResult<usize> {
                 tracing::warn!(id, error = %e, "a DND end is unreadable; dropped");
                 let cluster = cluster_records();
                 let dropped =
-                    remove_if(state, &cluster, &RecordKind::DndLapses, &id, |j| j == json).await;
+                    remove_if(state, &cluster, &RecordKind::DndLapses, id, |j| j == json).await;
                 if let Err(e) = dropped {
                     tracing::warn!(id, error = ?e, "could not drop an unreadable DND end; trying again later");
                 }
@@ -403,9 +401,10 @@ pub(crate) async fn lapse_due(state: &AppState) -> ApiResult<usize> {
 /// Starts this node's watch for lapsing snoozes: a look every `poll` until `shutdown`.
 pub(crate) fn spawn_lapses(state: AppState, poll: Duration, shutdown: Shutdown) {
     tokio::spawn(async move {
+        let mut polled = PolledSet::new(RecordKind::DndLapses);
         let mut every = Every::new(poll, shutdown);
         while every.next().await {
-            if let Err(e) = lapse_due(&state).await {
+            if let Err(e) = lapse_due(&state, &mut polled).await {
                 tracing::warn!(error = %e, "could not tell the DND snoozes that lapsed; looking again later");
             }
         }

@@ -5,7 +5,7 @@
 use std::future::Future;
 
 use shared::ids::WorkspaceId;
-use shared::store::{RecordKind, RecordSet};
+use shared::store::{cluster_records, RecordKind, RecordSet, SharedStore, StorageResult};
 
 use crate::api::{ApiError, ApiResult, AppState};
 
@@ -51,4 +51,38 @@ where
         "the workspace's {} records kept changing; try again",
         kind.name()
     )))
+}
+
+/// A cluster record set as a poller last read it: each look reads the set's version alone and
+/// the whole set only when the version moved, so an idle look costs one small read however
+/// many records the set holds (every Web API node looks every `webapp.records_poll_ms`).
+pub(crate) struct PolledSet {
+    kind: RecordKind,
+    set: Option<RecordSet>,
+}
+
+impl PolledSet {
+    pub(crate) fn new(kind: RecordKind) -> PolledSet {
+        PolledSet { kind, set: None }
+    }
+
+    /// The set as it is now, and whether it was read again (it changed, or this is the
+    /// first look) rather than kept.
+    pub(crate) async fn look(&mut self, store: &SharedStore) -> StorageResult<(&RecordSet, bool)> {
+        let cluster = cluster_records();
+        let version = store.record_set_version(&cluster, &self.kind).await?;
+        let name = self.kind.name();
+        let fresh = match &self.set {
+            Some(set) if set.version == version => false,
+            _ => {
+                self.set = Some(store.record_set(&cluster, &self.kind).await?);
+                true
+            }
+        };
+        let read = if fresh { "set" } else { "version" };
+        crate::metrics::RECORD_POLLS
+            .with_label_values(&[name.as_ref(), read])
+            .inc();
+        Ok((self.set.get_or_insert_with(RecordSet::default), fresh))
+    }
 }

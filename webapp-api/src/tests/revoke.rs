@@ -64,8 +64,22 @@ async fn a_revoked_token_is_refused_everywhere_and_only_it() {
         "127.0.0.1:1".parse().unwrap(),
     );
     assert!(!other.revoked.contains(&claims(1)));
-    crate::revocation::refresh(&other).await.unwrap();
+    let mut polled =
+        crate::methods::records::PolledSet::new(shared::store::RecordKind::RevokedTokens);
+    assert!(crate::revocation::refresh(&other, &mut polled)
+        .await
+        .unwrap());
     assert!(other.revoked.contains(&claims(1)));
     assert!(!other.revoked.contains(&claims(2)));
+    // Nothing revoked since: the next look reads the set's version alone; a revocation on
+    // another node makes it read the set again.
+    assert!(!crate::revocation::refresh(&other, &mut polled)
+        .await
+        .unwrap());
+    s.ok("auth.revoke", &two, json!({})).await;
+    assert!(crate::revocation::refresh(&other, &mut polled)
+        .await
+        .unwrap());
+    assert!(other.revoked.contains(&claims(2)));
     s.stop().await;
 }
