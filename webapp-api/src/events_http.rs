@@ -33,7 +33,8 @@
 //! ([`is_public`]), or a name that resolves only to such, is refused when set
 //! ([`address_allowed`]), and the client that calls request URLs resolves names itself and
 //! connects only to their public addresses ([`client`]), so a name that later resolves
-//! elsewhere (DNS rebinding) still cannot reach the cluster's own network.
+//! elsewhere (DNS rebinding) still cannot reach the cluster's own network. A kept URL whose
+//! host is a non-public address, set while the setting was on, is disabled once it is off.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -384,18 +385,23 @@ pub fn spawn(
                 }
             };
             let mut wanted = HashMap::new();
+            let mut to_disable = Vec::new();
             for (id, record) in &set.records {
                 let id = id.clone();
                 match serde_json::from_str::<EventSubscription>(record) {
                     // Secrets made before any URL was set: nothing to send yet.
                     Ok(sub) if sub.request_url.is_empty() => {}
-                    // Disabled for failing: nothing until the app sets its URL again.
+                    // Disabled (failing, or refused below): nothing until the app sets its URL
+                    // again.
                     Ok(sub) if sub.disabled.is_some() => {}
+                    // Set while private addresses were allowed: disabled, so that the app
+                    // sees why its events stopped (`apps.eventSubscriptions.info`).
                     Ok(sub) if !private && literal_private(&sub.request_url) => {
                         if refused.insert(sub.request_url.clone()) {
                             m::EVENTS_HTTP.with_label_values(&["refused_address"]).inc();
-                            tracing::warn!(id, url = sub.request_url, "an app's request URL is not a public address and webapp.private_request_urls is off; its events are not sent");
+                            tracing::warn!(id, url = sub.request_url, "an app's request URL is not a public address and webapp.private_request_urls is off; its events are not sent, its subscription is disabled");
                         }
+                        to_disable.push(sub);
                     }
                     Ok(sub) => {
                         wanted.insert(id, sub);
@@ -403,6 +409,22 @@ pub fn spawn(
                     Err(e) => {
                         m::EVENTS_HTTP.with_label_values(&["unreadable"]).inc();
                         tracing::warn!(id, error = %e, "an event subscription is unreadable; skipped");
+                    }
+                }
+            }
+            for sub in to_disable {
+                let reason = "the request URL is not a public address, and \
+                              webapp.private_request_urls is off"
+                    .to_string();
+                match crate::methods::apps::disable(&state, &sub, reason).await {
+                    Ok(true) => m::EVENT_SUBSCRIPTIONS
+                        .with_label_values(&["disabled"])
+                        .inc(),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(app = %sub.user, error = %e, "could not disable a refused request URL; trying again at the next look");
+                        // Read the set again next time, though it did not change.
+                        polled.forget();
                     }
                 }
             }

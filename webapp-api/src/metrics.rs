@@ -194,7 +194,7 @@ pub static FILES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static EVENT_SUBSCRIPTIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_event_subscriptions_total",
-        "apps.eventSubscriptions changes, by event (set, deleted, disabled: a request URL that failed more than 95 % of its events for webapp.events_failure_window_secs, its events stopped until it is set again; verification_failed, address_refused: a request URL that is not a public address while webapp.private_request_urls is off; raced: a change retried because another changed the subscriptions first)",
+        "apps.eventSubscriptions changes, by event (set, deleted, disabled: a request URL that failed more than 95 % of its events for webapp.events_failure_window_secs, or one that is not a public address while webapp.private_request_urls is off, its events stopped until it is set again; verification_failed, address_refused: a request URL that is not a public address while webapp.private_request_urls is off; raced: a change retried because another changed the subscriptions first)",
         &["event"]
     )
     .expect("metric registers once")

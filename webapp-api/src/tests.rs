@@ -3155,6 +3155,54 @@ async fn a_subscription_is_disabled_only_while_unchanged() {
     );
 }
 
+/// A request URL set while private addresses were allowed, found when they are not (the
+/// operator turned `webapp.private_request_urls` off): not called, and its subscription
+/// disabled, so that the app sees why its events stopped.
+#[tokio::test]
+async fn a_kept_private_request_url_is_disabled_when_private_urls_are_off() {
+    use shared::store::{cluster_records, EventSubscription, RecordKind};
+    let s = Server::start_with(|c| c.webapp.records_poll_ms = 50).await;
+    let bot = s.bot_token("pager").await;
+    s.ok("apps.eventSubscriptions.info", &bot, json!({})).await;
+    let set = s
+        .store
+        .record_set(&cluster_records(), &RecordKind::EventSubscriptions)
+        .await
+        .unwrap();
+    let [(id, record)] = set.records.as_slice() else {
+        panic!("one subscription: {set:?}");
+    };
+    let mut sub: EventSubscription = serde_json::from_str(record).unwrap();
+    sub.request_url = "http://10.1.2.3/slack/events".into();
+    let record = serde_json::to_string(&sub).unwrap();
+    assert!(s
+        .store
+        .put_record(
+            &cluster_records(),
+            &RecordKind::EventSubscriptions,
+            id,
+            Some(&record),
+            set.version
+        )
+        .await
+        .unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let v = loop {
+        let v = s.ok("apps.eventSubscriptions.info", &bot, json!({})).await;
+        if v["disabled"] == true {
+            break v;
+        }
+        assert!(std::time::Instant::now() < deadline, "never disabled: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(v["request_url"], "http://10.1.2.3/slack/events", "{v}");
+    let reason = v["disabled_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not a public address") && reason.contains("private_request_urls"),
+        "{v}"
+    );
+}
+
 /// Emails: set at creation or by an admin's `users.profile.set`, unique in the workspace,
 /// found by `users.lookupByEmail` without case, shown in the profile; a creation whose email
 /// is taken leaves no user behind.

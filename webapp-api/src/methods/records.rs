@@ -66,6 +66,12 @@ impl PolledSet {
         PolledSet { kind, set: None }
     }
 
+    /// Reads the set whole at the next look, changed or not (what was made of the last read
+    /// could not be kept).
+    pub(crate) fn forget(&mut self) {
+        self.set = None;
+    }
+
     /// The set as it is now, and whether it was read again (it changed, or this is the
     /// first look) rather than kept.
     pub(crate) async fn look(&mut self, store: &SharedStore) -> StorageResult<(&RecordSet, bool)> {
