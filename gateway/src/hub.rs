@@ -42,6 +42,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 const FETCH_LIMIT: u32 = 1000;
 /// Pages fetched at once to count one session's unread messages.
 const UNREAD_FETCHES: usize = 8;
+/// Pages fetched at once to count unread messages, over all of a gateway's sessions.
+const UNREAD_FETCHES_ALL: usize = 64;
 /// How often the hub re-checks subscriptions (ring changes and link losses also wake it).
 const RECONCILE_EVERY: Duration = Duration::from_millis(500);
 /// How long presence changes are gathered before they are written to sessions.
@@ -461,6 +463,9 @@ pub struct Hub {
     runtime: tokio::runtime::Handle,
     /// The Socket Mode apps connected here: which of an app's connections sends each event.
     pub socket_apps: Arc<crate::socket_mode::SocketApps>,
+    /// Pages fetched from channel owners at once to count unread messages, for all sessions
+    /// together: a gateway's sessions all reconnecting at once ask the owners for no more.
+    unread_fetches: tokio::sync::Semaphore,
 }
 
 impl Hub {
@@ -487,6 +492,7 @@ impl Hub {
             presence_turns: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             socket_apps: Arc::default(),
+            unread_fetches: tokio::sync::Semaphore::new(UNREAD_FETCHES_ALL),
         })
     }
 
@@ -1192,7 +1198,10 @@ impl Hub {
         use futures_util::StreamExt;
         let mut fetched = futures_util::stream::iter(remote)
             .map(|(channel, workspace, after, up_to)| async move {
-                let page = self.fetch(&channel, &workspace, after, Some(up_to)).await;
+                let page = match self.unread_fetches.acquire().await {
+                    Ok(_turn) => self.fetch(&channel, &workspace, after, Some(up_to)).await,
+                    Err(_) => Err(MeshError::Unavailable("the gateway is stopping".into())),
+                };
                 (channel, after, up_to, page)
             })
             .buffer_unordered(UNREAD_FETCHES);

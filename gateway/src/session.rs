@@ -645,8 +645,13 @@ pub fn run<K: Send + 'static>(
                 let counts = if ranges.is_empty() {
                     HashMap::new()
                 } else {
+                    // On the hub's runtime: its fetches use the process's sockets, which a
+                    // session thread has no reactor for.
                     let deadline = Instant::now() + UNREAD_WAIT;
-                    hub.unread_counts(&s.claims.user, ranges, deadline).await
+                    let (counter, reader) = (hub.clone(), s.claims.user.clone());
+                    hub.spawn(async move { counter.unread_counts(&reader, ranges, deadline).await })
+                        .await
+                        .unwrap_or_default()
                 };
                 hello["boot"] = crate::boot::with_unread(boot, &hello["seq"], &counts);
             }

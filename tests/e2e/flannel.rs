@@ -34,15 +34,22 @@ fn flannel_at(cluster: &Cluster, name: &str, addr: SocketAddr, extra: &[&str]) -
 }
 
 /// Starts a gateway whose boot data comes from `flannel_url` on a free port (see
-/// [`Cluster::spawn_extra_http`]); returns (ws URL, base URL).
-async fn gateway(cluster: &Cluster, name: &str, flannel_url: &str) -> (String, String) {
+/// [`Cluster::spawn_extra_http`]), with `extra` settings; returns (ws URL, base URL).
+async fn gateway(
+    cluster: &Cluster,
+    name: &str,
+    flannel_url: &str,
+    extra: &[&str],
+) -> (String, String) {
     let base = cluster
         .spawn_extra_http(name, "gateway", |addr| {
-            vec![
+            let mut settings = vec![
                 format!("gateway.http_addr={}", quoted(&addr.to_string())),
                 format!("gateway.webapp_url={}", quoted(&cluster.webapp)),
                 format!("gateway.flannel_urls=[{}]", quoted(flannel_url)),
-            ]
+            ];
+            settings.extend(extra.iter().map(|s| s.to_string()));
+            settings
         })
         .await;
     let ws_url = format!("{}/rtm", base.replacen("http://", "ws://", 1));
@@ -147,8 +154,16 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
         cluster.spawn_flannel("fl-2", &[]).await,
     ];
     let gateways = [
-        gateway(&cluster, "gw-1", &flannels[0]).await,
-        gateway(&cluster, "gw-2", &flannels[1]).await,
+        gateway(&cluster, "gw-1", &flannels[0], &[]).await,
+        // Sessions on threads of their own (as on 8 cores or more), whose hello counts unread
+        // messages through the process's sockets all the same.
+        gateway(
+            &cluster,
+            "gw-2",
+            &flannels[1],
+            &["gateway.session_threads=2"],
+        )
+        .await,
     ];
     for f in &flannels {
         wait_flannel_linked(&cluster, f).await;
@@ -409,6 +424,20 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
         second.close().await;
         first.close().await;
     }
+    // Each gateway counted (from its recent entries or a page from the owner), none fell
+    // back to the entries.
+    for (_, base) in &gateways {
+        let metric = "switchboard_gateway_unread_counts_total";
+        let mut counted = 0.0;
+        for source in ["window", "owner"] {
+            counted += cluster.metric(base, metric, &[("source", source)]).await;
+        }
+        assert!(counted >= 1.0, "{base}: {counted}");
+        for source in ["failed", "late"] {
+            let v = cluster.metric(base, metric, &[("source", source)]).await;
+            assert_eq!(v, 0.0, "{base}: {source}");
+        }
+    }
 
     // Bad and foreign-workspace queries.
     let fl = &flannels[0];
@@ -589,7 +618,7 @@ async fn flannel_restarts_and_evictions_lose_nothing() {
 
     // A gateway whose Flannel is unreachable still connects; hello just has no boot data.
     let dead = format!("http://{}", free_tcp());
-    let (ws_url, gw_base) = gateway(&cluster, "gw-dead", &dead).await;
+    let (ws_url, gw_base) = gateway(&cluster, "gw-dead", &dead, &[]).await;
     cluster.wait_healthy(&gw_base).await;
     let client = Client::connect(&ws_url, &alice.token, None)
         .await
