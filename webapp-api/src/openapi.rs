@@ -1070,7 +1070,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.mark",
-        summary: "Moves the caller's read position in a conversation (shown as `last_read`).",
+        summary: "Moves the caller's read position in a conversation (shown as `last_read`). The caller's sessions hear Slack's `channel_marked` (`group_marked` for a private channel or group DM, `im_marked` for a DM) with `ts`, `seq` and `unread_count` / `unread_count_display`, so that its other clients clear the channel too.",
         auth: Auth::User,
         params: &[
             CHANNEL,

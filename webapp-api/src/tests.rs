@@ -3083,6 +3083,39 @@ async fn conversations_info_counts_a_members_unread_messages() {
     let v = info(&bob).await;
     assert_eq!(v["last_read"], second.as_str(), "{v}");
     assert_eq!(v["unread_count"], 1, "{v}");
+    // bob's sessions hear it, to clear the channel's unread mark on his other clients.
+    let bob_id = s.user_id("bob");
+    let marked = s.user_notices(&bob_id, "channel_marked", 1).await;
+    let marked = marked.first().expect("channel_marked was relayed");
+    assert_eq!(marked["channel"], ch.as_str(), "{marked}");
+    assert_eq!(marked["ts"], second.as_str(), "{marked}");
+    assert_eq!(marked["unread_count_display"], 1, "{marked}");
+    assert!(marked["seq"].as_u64().is_some(), "{marked}");
+    // A DM's mark is `im_marked`.
+    let carol_id = s.user_id("carol");
+    let dm = s
+        .ok("conversations.open", &bob, json!({"users": carol_id}))
+        .await["channel"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let said = s
+        .ok(
+            "chat.postMessage",
+            &carol,
+            json!({"channel": dm, "text": "hi"}),
+        )
+        .await;
+    s.ok(
+        "conversations.mark",
+        &bob,
+        json!({"channel": dm, "ts": said["ts"]}),
+    )
+    .await;
+    let marked = s.user_notices(&bob_id, "im_marked", 1).await;
+    let marked = marked.first().expect("im_marked was relayed");
+    assert_eq!(marked["channel"], dm.as_str(), "{marked}");
+    assert_eq!(marked["unread_count"], 0, "{marked}");
     // Not a member: no read position.
     let v = info(&carol).await;
     assert_eq!(v["is_member"], false, "{v}");

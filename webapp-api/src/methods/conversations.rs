@@ -790,14 +790,40 @@ pub(super) async fn mark(state: &AppState, caller: &Caller, params: &Params) -> 
     {
         return Err(ApiError::NotInChannel);
     }
-    publish(
+    // The user's sessions hear Slack's `channel_marked` (`group_marked` for a private channel
+    // or a group DM, `im_marked` for a DM), so that the others clear their unread marks too.
+    let kind = if channel.name.starts_with(super::members::IM_PREFIX) {
+        "im_marked"
+    } else if channel.is_private {
+        "group_marked"
+    } else {
+        "channel_marked"
+    };
+    let (ts, unread) = read_state(state, &channel, &caller.user.id, seq).await?;
+    let marked = json!({
+        "type": kind,
+        "channel": channel.id,
+        "ts": ts,
+        "seq": seq,
+        "unread_count": unread,
+        "unread_count_display": unread,
+        "event_ts": Ts::now().to_slack(),
+    });
+    publish_all(
         state,
-        UserEvent::ReadMarked {
-            workspace: channel.workspace.clone(),
-            channel: channel.id.clone(),
-            user: caller.user.id.clone(),
-            seq,
-        },
+        vec![
+            UserEvent::ReadMarked {
+                workspace: channel.workspace.clone(),
+                channel: channel.id.clone(),
+                user: caller.user.id.clone(),
+                seq,
+            },
+            UserEvent::UserNotice {
+                workspace: channel.workspace.clone(),
+                user: caller.user.id.clone(),
+                event: marked.to_string(),
+            },
+        ],
     )
     .await;
     Ok(object(json!({})))
