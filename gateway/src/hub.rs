@@ -1196,6 +1196,7 @@ impl Hub {
             m::UNREAD_COUNTS.with_label_values(&["window"]).inc();
         }
         use futures_util::StreamExt;
+        let mut waiting = remote.len() as u64;
         let mut fetched = futures_util::stream::iter(remote)
             .map(|(channel, workspace, after, up_to)| async move {
                 let page = match self.unread_fetches.acquire().await {
@@ -1209,10 +1210,13 @@ impl Hub {
             let next = tokio::time::timeout_at(deadline.into(), fetched.next()).await;
             let Ok(Some((channel, after, up_to, page))) = next else {
                 if next.is_err() {
-                    m::UNREAD_COUNTS.with_label_values(&["late"]).inc();
+                    m::UNREAD_COUNTS
+                        .with_label_values(&["late"])
+                        .inc_by(waiting);
                 }
                 break;
             };
+            waiting -= 1;
             let Ok((messages, _)) = page else {
                 m::UNREAD_COUNTS.with_label_values(&["failed"]).inc();
                 continue;

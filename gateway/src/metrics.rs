@@ -39,8 +39,8 @@ pub static UNREAD_COUNTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "switchboard_gateway_unread_counts_total",
         "channels whose unread messages a hello counted, by source (window: this gateway's \
          recent entries; owner: a page from the channel's owner; failed: the owner's answer \
-         was an error, late: the owners had not answered in time, so the rest of that hello's \
-         channels give the entries since the read position instead)",
+         was an error, late: the owner had not answered within a second; those two give the \
+         entries since the read position instead)",
         &["source"]
     )
     .unwrap()
