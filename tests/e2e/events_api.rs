@@ -3,8 +3,8 @@
 //! then the Web API POSTs each event of the app's channels there, signed as Slack signs,
 //! sends an event again when the app failed it (with `X-Slack-Retry-Num` and
 //! `X-Slack-Retry-Reason`) unless it said `X-Slack-No-Retry`, stops once the URL is
-//! deleted, and stops for a URL that fails everything until it is set again. The app here is a real HTTP server in the test process that checks each
-//! request's signature itself.
+//! deleted, and stops for a URL that fails everything until it is set again. The app here
+//! is a real HTTP server in the test process that checks each request's signature itself.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -21,8 +21,9 @@
 //! than 95 % of its events for an hour: each node keeps the last
 //! `webapp.events_failure_window_secs` of its tries for each app ([`UrlHealth`]); once it
 //! has watched that long and more than 95 % of at least [`MIN_TRIES_TO_DISABLE`] tries in
-//! the window failed, it marks the subscription disabled ([`crate::methods::apps::disable`]); every node then
-//! stops the app's deliveries, until the app sets its URL again.
+//! the window failed, it marks the subscription disabled
+//! ([`crate::methods::apps::disable`]), and every node stops the app's deliveries until the
+//! app sets its URL again.
 //!
 //! Each request carries `X-Slack-Request-Timestamp` and `X-Slack-Signature`
 //! (`v0=` and the hex HMAC-SHA256 of `v0:<timestamp>:<body>` under the app's signing

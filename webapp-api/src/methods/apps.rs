@@ -133,9 +133,9 @@ async fn write(state: &AppState, sub: &EventSubscription) -> ApiResult<()> {
     .await
 }
 
-/// Disables `sub`, which this node has been sending events for, because its URL keeps
-/// failing them (`reason`): only if the cluster's record is still exactly `sub` (not set
-/// again, deleted or disabled by another node meanwhile). Whether this call disabled it.
+/// Disables `sub`, whose URL keeps failing its events or may not be called (`reason`):
+/// only if the cluster's record is still exactly `sub` (not set again, deleted or disabled
+/// by another node meanwhile). Whether this call disabled it.
 pub(crate) async fn disable(
     state: &AppState,
     sub: &EventSubscription,
