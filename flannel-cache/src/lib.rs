@@ -1,11 +1,12 @@
 //! Flannel: the edge cache of client boot data.
 //!
-//! A Flannel holds, per workspace, its users and bots, channels, memberships (both ways) and
-//! read positions, in memory. A workspace is loaded lazily on its first query, from the Web
+//! A Flannel holds, per workspace, its users and bots, channels, memberships (both ways),
+//! read positions and user groups, in memory. A workspace is loaded lazily on its first query, from the Web
 //! API's `internal.flannel.snapshot` (authorized by a service token Flannel mints with the
 //! cluster secret), and kept fresh by the change events the admin server relays to every
 //! node that follows it as `Role::Flannel` (`UserChanged`, `ChannelCreated`, `ChannelChanged`,
-//! `ChannelJoined`, `ChannelLeft`, `ReadMarked`): a fresh cached answer is never older than
+//! `ChannelJoined`, `ChannelLeft`, `ReadMarked`, and the `subteam_created` /
+//! `subteam_updated` notices): a fresh cached answer is never older than
 //! the delivery of the change's event (a stale one is answered only while it reloads).
 //! Clients and gateways query it over HTTP: the boot call (sized to the user: only the users
 //! it shares a channel with) and lookups by id or prefix, each answered from memory.

@@ -42,6 +42,61 @@ struct ChannelEntry {
     members: HashSet<UserIdx>,
 }
 
+/// A user group (Slack's subteam) as boot answers carry it.
+struct SubteamEntry {
+    /// Slack's object, with `user_count` and without the member list.
+    json: Box<str>,
+    members: HashSet<UserId>,
+    /// Disabled groups are listed, but nobody is in one.
+    enabled: bool,
+}
+
+impl SubteamEntry {
+    fn from_group(g: &shared::store::UserGroup) -> SubteamEntry {
+        SubteamEntry {
+            json: g.slack_json(None, true).to_string().into_boxed_str(),
+            members: g.users.iter().cloned().collect(),
+            enabled: g.disabled.is_none(),
+        }
+    }
+
+    /// From a `subteam_created` / `subteam_updated` event's `subteam`; `None` when it is
+    /// not one, or lists only part of its members (a large group: the workspace is loaded
+    /// again instead).
+    fn from_event(subteam: &serde_json::Value) -> Option<(String, SubteamEntry)> {
+        let id = subteam["id"].as_str()?.to_string();
+        let users: Vec<UserId> = subteam["users"]
+            .as_array()?
+            .iter()
+            .map(|u| u.as_str().map(UserId::from))
+            .collect::<Option<_>>()?;
+        if subteam["user_count"].as_u64() != Some(users.len() as u64) {
+            return None;
+        }
+        let mut shown = subteam.clone();
+        shown.as_object_mut()?.remove("users");
+        let entry = SubteamEntry {
+            json: shown.to_string().into_boxed_str(),
+            members: users.into_iter().collect(),
+            enabled: subteam["date_delete"].as_u64() == Some(0),
+        };
+        Some((id, entry))
+    }
+}
+
+/// The `subteam_*` events that change a cached group (their `subteam` is the whole group).
+fn subteam_event(event: &str) -> Option<serde_json::Value> {
+    if !event.contains("\"subteam_") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(event).ok()?;
+    matches!(
+        v["type"].as_str(),
+        Some("subteam_created" | "subteam_updated")
+    )
+    .then_some(v)
+}
+
 /// What applying a change event did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -72,6 +127,8 @@ pub struct WorkspaceData {
     /// and their words.
     user_keys: BTreeSet<(String, UserIdx)>,
     channel_keys: BTreeSet<(String, ChannelIdx)>,
+    /// User groups by id.
+    subteams: BTreeMap<String, SubteamEntry>,
 }
 
 /// A user as Flannel answers it: compact (a boot can carry thousands), flat, without the
@@ -145,17 +202,20 @@ fn user_keys(u: &UserProfile) -> Vec<String> {
 
 /// Whether `event` can change what a cached workspace holds. Presence is not boot data (the
 /// gateways carry it live), nor are ephemeral messages or notices (the caches learn the same
-/// changes from their own events), so those events change nothing here and need no lock.
+/// changes from their own events) other than the user groups' (`subteam_created`,
+/// `subteam_updated`), so those events change nothing here and need no lock.
 pub fn changes_cached_data(event: &UserEvent) -> bool {
-    !matches!(
-        event,
-        UserEvent::PresenceReport { .. }
-            | UserEvent::PresenceSet { .. }
-            | UserEvent::PresenceChanged { .. }
-            | UserEvent::Ephemeral { .. }
-            | UserEvent::Notice { .. }
-            | UserEvent::UserNotice { .. }
-    )
+    match event {
+        UserEvent::Notice { event, .. } => event.contains("\"subteam_"),
+        _ => !matches!(
+            event,
+            UserEvent::PresenceReport { .. }
+                | UserEvent::PresenceSet { .. }
+                | UserEvent::PresenceChanged { .. }
+                | UserEvent::Ephemeral { .. }
+                | UserEvent::UserNotice { .. }
+        ),
+    }
 }
 
 /// A lookup prefix as keys hold it: trimmed and lower-cased.
@@ -180,6 +240,11 @@ impl WorkspaceData {
             channel_ix: HashMap::with_capacity(snapshot.channels.len()),
             user_keys: BTreeSet::new(),
             channel_keys: BTreeSet::new(),
+            subteams: snapshot
+                .usergroups
+                .iter()
+                .map(|g| (g.id.clone(), SubteamEntry::from_group(g)))
+                .collect(),
         };
         for u in snapshot.users {
             ws.upsert_user(u);
@@ -314,8 +379,15 @@ impl WorkspaceData {
             | UserEvent::PresenceSet { .. }
             | UserEvent::PresenceChanged { .. }
             | UserEvent::Ephemeral { .. }
-            | UserEvent::Notice { .. }
             | UserEvent::UserNotice { .. } => {}
+            UserEvent::Notice { event, .. } => {
+                if let Some(v) = subteam_event(event) {
+                    let Some((id, entry)) = SubteamEntry::from_event(&v["subteam"]) else {
+                        return Applied::NeedsReload;
+                    };
+                    self.subteams.insert(id, entry);
+                }
+            }
             UserEvent::UserChanged { user, .. } => {
                 self.upsert_user(user.clone());
             }
@@ -424,7 +496,27 @@ impl WorkspaceData {
                 }
             }
         }
-        out.push_str("]}");
+        // The user groups: `self` those the user is in, `all` every one (disabled ones too,
+        // with their `date_delete`).
+        out.push_str("],\"subteams\":{\"self\":[");
+        let mine = self
+            .subteams
+            .iter()
+            .filter(|(_, g)| g.enabled && g.members.contains(user));
+        for (n, (id, _)) in mine.enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{}", serde_json::Value::from(id.as_str()));
+        }
+        out.push_str("],\"all\":[");
+        for (n, g) in self.subteams.values().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push_str(&g.json);
+        }
+        out.push_str("]}}");
         Ok(out)
     }
 
@@ -596,6 +688,7 @@ pub(crate) mod tests {
                 row("CRANDOM", "UDAVE", 0),
                 row("CRANDOM", "UNOBODY", 0),
             ],
+            usergroups: vec![],
         }
     }
 
@@ -612,6 +705,84 @@ pub(crate) mod tests {
             .collect();
         out.sort();
         out
+    }
+
+    /// The user groups come in the boot data: `self` those the caller is in (enabled), `all`
+    /// every one, as Slack's objects without the member list; kept fresh by the groups'
+    /// events, and a group too large for its event to list whole reloads the workspace.
+    #[test]
+    fn boot_lists_the_user_groups_and_the_callers_own() {
+        use shared::store::UserGroup;
+        let group = |id: &str, users: &[&str], disabled: bool| UserGroup {
+            id: id.into(),
+            workspace: WorkspaceId::from("TACME"),
+            name: format!("group {id}"),
+            handle: id.to_lowercase(),
+            description: String::new(),
+            channels: vec![ChannelId::from("CGENERAL")],
+            users: users.iter().map(|u| UserId::from(*u)).collect(),
+            created: Ts(1_700_000_000_000_000),
+            created_by: UserId::from("UALICE"),
+            updated: Ts(1_700_000_000_000_000),
+            updated_by: UserId::from("UALICE"),
+            disabled: disabled.then(|| (Ts(1_700_000_100_000_000), UserId::from("UALICE"))),
+        };
+        let mut snap = snapshot();
+        snap.usergroups = vec![
+            group("SONCALL", &["UALICE", "UBOB"], false),
+            group("SOLD", &["UALICE"], true),
+        ];
+        let mut ws = WorkspaceData::from_snapshot(snap);
+        let v = boot(&ws, "UALICE");
+        assert_eq!(v["subteams"]["self"], json!(["SONCALL"]), "{v}");
+        let all = v["subteams"]["all"].as_array().unwrap();
+        assert_eq!(all.len(), 2, "{v}");
+        let oncall = all.iter().find(|g| g["id"] == "SONCALL").unwrap();
+        assert_eq!(oncall["handle"], "soncall");
+        assert_eq!(oncall["user_count"], 2);
+        assert!(oncall.get("users").is_none(), "{oncall}");
+        let old = all.iter().find(|g| g["id"] == "SOLD").unwrap();
+        assert_ne!(old["date_delete"], 0, "{old}");
+        assert_eq!(boot(&ws, "UCAROL")["subteams"]["self"], json!([]));
+
+        // carol is added: the event carries the whole group.
+        let changed = group("SONCALL", &["UALICE", "UBOB", "UCAROL"], false);
+        let event = |kind: &str, subteam: Value| UserEvent::Notice {
+            workspace: WorkspaceId::from("TACME"),
+            members_of: None,
+            event: json!({ "type": kind, "subteam": subteam }).to_string(),
+        };
+        let updated = event("subteam_updated", changed.slack_json(Some(500), true));
+        assert!(changes_cached_data(&updated));
+        assert_eq!(ws.apply(&updated), Applied::Applied);
+        assert_eq!(boot(&ws, "UCAROL")["subteams"]["self"], json!(["SONCALL"]));
+        let created = event(
+            "subteam_created",
+            group("SNEW", &["UDAVE"], false).slack_json(Some(500), true),
+        );
+        assert_eq!(ws.apply(&created), Applied::Applied);
+        assert_eq!(boot(&ws, "UDAVE")["subteams"]["self"], json!(["SNEW"]));
+        assert_eq!(
+            boot(&ws, "UDAVE")["subteams"]["all"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
+        // An event that lists only part of the members: loaded again.
+        let big = changed.slack_json(Some(2), true);
+        assert_eq!(
+            ws.apply(&event("subteam_updated", big)),
+            Applied::NeedsReload
+        );
+        // Other notices change nothing here.
+        let other = UserEvent::Notice {
+            workspace: WorkspaceId::from("TACME"),
+            members_of: None,
+            event: json!({ "type": "emoji_changed" }).to_string(),
+        };
+        assert!(!changes_cached_data(&other));
+        assert_eq!(ws.apply(&other), Applied::Applied);
     }
 
     #[test]

@@ -260,6 +260,35 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
         find(&v["channels"], &launch).is_some_and(|c| c["name"] == "launch-v2")
     })
     .await;
+    // A user group, then bob in it: every Flannel's boot lists it, and among bob's own.
+    let v = cluster
+        .api_ok(
+            "usergroups.create",
+            &alice.token,
+            json!({"name": "On call", "handle": "oncall"}),
+        )
+        .await;
+    let group = v["usergroup"]["id"].as_str().unwrap().to_string();
+    wait_boot(&cluster, &flannels, &bob.token, "the new group", |v| {
+        v["subteams"]["all"]
+            .as_array()
+            .is_some_and(|all| all.iter().any(|g| g["id"] == group.as_str()))
+    })
+    .await;
+    cluster
+        .api_ok(
+            "usergroups.users.update",
+            &alice.token,
+            json!({"usergroup": group, "users": bob.id}),
+        )
+        .await;
+    wait_boot(&cluster, &flannels, &bob.token, "bob in the group", |v| {
+        v["subteams"]["self"] == json!([group])
+    })
+    .await;
+    let v = boot(&cluster, &flannels[0], &carol.token).await;
+    assert_eq!(v["subteams"]["self"], json!([]), "carol is in none: {v}");
+
     // bob is in none of these: his boot does not show them.
     let v = boot(&cluster, &flannels[1], &bob.token).await;
     assert_eq!(ids(&v["channels"]), vec![town.clone()]);

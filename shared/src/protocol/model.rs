@@ -689,6 +689,10 @@ pub struct WorkspaceSnapshot {
     pub users: Vec<UserProfile>,
     pub channels: Vec<ChannelSummary>,
     pub members: Vec<MemberRow>,
+    /// The workspace's user groups, disabled ones too (absent from a Web API older than
+    /// them: none).
+    #[serde(default)]
+    pub usergroups: Vec<crate::store::UserGroup>,
 }
 
 /// The roles a node can play in the mesh.

@@ -688,6 +688,41 @@ pub struct UserGroup {
 }
 
 impl UserGroup {
+    /// Slack's usergroup object (what `usergroups.list` answers and the `subteam_*` events and
+    /// Flannel's boot data carry). `users` lists the members when asked (at most that many),
+    /// `count` adds `user_count`.
+    pub fn slack_json(&self, users: Option<usize>, count: bool) -> serde_json::Value {
+        const MICROS: u64 = 1_000_000;
+        let mut v = serde_json::json!({
+            "id": self.id,
+            "team_id": self.workspace,
+            "is_usergroup": true,
+            "is_subteam": true,
+            "name": self.name,
+            "description": self.description,
+            "handle": self.handle,
+            "is_external": false,
+            "date_create": self.created.0 / MICROS,
+            "date_update": self.updated.0 / MICROS,
+            "date_delete": self.disabled.as_ref().map_or(0, |(at, _)| at.0 / MICROS),
+            "auto_type": null,
+            "auto_provision": false,
+            "enterprise_subteam_id": "",
+            "created_by": self.created_by,
+            "updated_by": self.updated_by,
+            "deleted_by": self.disabled.as_ref().map(|(_, by)| by),
+            "prefs": { "channels": self.channels, "groups": [] },
+            "channel_count": self.channels.len(),
+        });
+        if let Some(max) = users {
+            v["users"] = serde_json::json!(self.users.iter().take(max).collect::<Vec<_>>());
+        }
+        if count {
+            v["user_count"] = self.users.len().into();
+        }
+        v
+    }
+
     /// The record as the stores keep it: JSON.
     pub fn json(&self) -> String {
         serde_json::to_string(self).expect("a user group serializes")

@@ -40,7 +40,7 @@ impl Channel {
     }
 }
 
-/// Users, channels and memberships (with read positions) of `workspace`; `None` when there is
+/// Users, channels, memberships (with read positions) and user groups of `workspace`; `None` when there is
 /// no such workspace.
 pub async fn workspace_snapshot(
     store: &dyn MessageStore,
@@ -62,6 +62,7 @@ pub async fn workspace_snapshot(
         }
     }
     let members = store.workspace_members(&ws.id).await?;
+    let usergroups = store.usergroups(&ws.id).await?.groups;
     Ok(Some(WorkspaceSnapshot {
         workspace: ws.id,
         workspace_name: ws.name,
@@ -71,5 +72,6 @@ pub async fn workspace_snapshot(
             .into_iter()
             .map(|m| MemberRow(m.channel, m.user, m.last_read))
             .collect(),
+        usergroups,
     }))
 }

@@ -43,34 +43,7 @@ const MICROS: u64 = 1_000_000;
 
 /// Slack's usergroup object. `users` lists the members when asked (at most `max_users`).
 fn usergroup_json(g: &UserGroup, users: Option<usize>, count: bool) -> Value {
-    let mut v = json!({
-        "id": g.id,
-        "team_id": g.workspace,
-        "is_usergroup": true,
-        "is_subteam": true,
-        "name": g.name,
-        "description": g.description,
-        "handle": g.handle,
-        "is_external": false,
-        "date_create": g.created.0 / MICROS,
-        "date_update": g.updated.0 / MICROS,
-        "date_delete": g.disabled.as_ref().map_or(0, |(at, _)| at.0 / MICROS),
-        "auto_type": null,
-        "auto_provision": false,
-        "enterprise_subteam_id": "",
-        "created_by": g.created_by,
-        "updated_by": g.updated_by,
-        "deleted_by": g.disabled.as_ref().map(|(_, by)| by),
-        "prefs": { "channels": g.channels, "groups": [] },
-        "channel_count": g.channels.len(),
-    });
-    if let Some(max) = users {
-        v["users"] = json!(g.users.iter().take(max).collect::<Vec<_>>());
-    }
-    if count {
-        v["user_count"] = g.users.len().into();
-    }
-    v
+    g.slack_json(users, count)
 }
 
 /// Slack's rule for a handle: 1 to [`MAX_NAME`] of lower-case letters, digits, `-`, `_`
