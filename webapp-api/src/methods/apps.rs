@@ -14,7 +14,7 @@ use shared::store::{
     cluster_records, EventSubscription, RecordKind, RecordSet, SubscriptionDisabled,
 };
 
-use super::records::change_records;
+use super::records::{change_records, Write};
 use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params};
 use crate::events_http::{self, new_secret, valid_request_url, verify_url};
 use crate::metrics as m;
@@ -52,30 +52,40 @@ fn answer(sub: &EventSubscription) -> ApiResult {
 async fn subscription(state: &AppState, caller: &Caller) -> ApiResult<EventSubscription> {
     let workspace = &caller.claims.workspace;
     let id = EventSubscription::record_id(workspace, &caller.user.id);
+    change_subscriptions(state, |set| {
+        let found = subscription_of(&set, &id);
+        let (id, workspace, user) = (id.clone(), workspace.clone(), caller.user.id.clone());
+        async move {
+            if let Some(sub) = found? {
+                return Ok((vec![], sub));
+            }
+            let sub = EventSubscription {
+                workspace,
+                user,
+                request_url: String::new(),
+                signing_secret: new_secret(),
+                verification_token: new_secret(),
+                updated: Ts::now(),
+                disabled: None,
+            };
+            Ok((vec![(id, Some(record_json(&sub)?))], sub))
+        }
+    })
+    .await
+}
+
+/// A change to the cluster's subscriptions (see [`change_records`]); a retry is counted.
+async fn change_subscriptions<F, Fut, T>(state: &AppState, change: F) -> ApiResult<T>
+where
+    F: FnMut(RecordSet) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<(Vec<Write>, T)>>,
+{
     change_records(
         state,
         &cluster_records(),
         &RecordKind::EventSubscriptions,
         || m::EVENT_SUBSCRIPTIONS.with_label_values(&["raced"]).inc(),
-        |set| {
-            let found = subscription_of(&set, &id);
-            let (id, workspace, user) = (id.clone(), workspace.clone(), caller.user.id.clone());
-            async move {
-                if let Some(sub) = found? {
-                    return Ok((vec![], sub));
-                }
-                let sub = EventSubscription {
-                    workspace,
-                    user,
-                    request_url: String::new(),
-                    signing_secret: new_secret(),
-                    verification_token: new_secret(),
-                    updated: Ts::now(),
-                    disabled: None,
-                };
-                Ok((vec![(id, Some(record_json(&sub)?))], sub))
-            }
-        },
+        change,
     )
     .await
 }
@@ -120,16 +130,10 @@ pub(super) async fn set(state: &AppState, caller: &Caller, params: &Params) -> A
 async fn write(state: &AppState, sub: &EventSubscription) -> ApiResult<()> {
     let id = EventSubscription::record_id(&sub.workspace, &sub.user);
     let record = record_json(sub)?;
-    change_records(
-        state,
-        &cluster_records(),
-        &RecordKind::EventSubscriptions,
-        || m::EVENT_SUBSCRIPTIONS.with_label_values(&["raced"]).inc(),
-        |_| {
-            let write = (id.clone(), Some(record.clone()));
-            async move { Ok((vec![write], ())) }
-        },
-    )
+    change_subscriptions(state, |_| {
+        let write = (id.clone(), Some(record.clone()));
+        async move { Ok((vec![write], ())) }
+    })
     .await
 }
 
@@ -150,22 +154,16 @@ pub(crate) async fn disable(
         ..sub.clone()
     };
     let record = record_json(&disabled)?;
-    change_records(
-        state,
-        &cluster_records(),
-        &RecordKind::EventSubscriptions,
-        || m::EVENT_SUBSCRIPTIONS.with_label_values(&["raced"]).inc(),
-        |set| {
-            let current = subscription_of(&set, &id);
-            let write = (id.clone(), Some(record.clone()));
-            async move {
-                Ok(match current? {
-                    Some(current) if current == *sub => (vec![write], true),
-                    _ => (vec![], false),
-                })
-            }
-        },
-    )
+    change_subscriptions(state, |set| {
+        let current = subscription_of(&set, &id);
+        let write = (id.clone(), Some(record.clone()));
+        async move {
+            Ok(match current? {
+                Some(current) if current == *sub => (vec![write], true),
+                _ => (vec![], false),
+            })
+        }
+    })
     .await
 }
 
