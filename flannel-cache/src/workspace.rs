@@ -471,7 +471,10 @@ impl WorkspaceData {
                 bits &= bits - 1;
             }
         }
-        out.reserve(extra + 32);
+        // And the user groups' (each id in `self` at most as long as the group's object).
+        let subteams: usize = self.subteams.values().map(|g| 2 * g.json.len() + 2).sum();
+        out.reserve(extra + subteams + 64);
+        let reserved = out.capacity();
         for bots in [false, true] {
             out.push_str(if bots {
                 "],\"bots\":["
@@ -517,6 +520,11 @@ impl WorkspaceData {
             out.push_str(&g.json);
         }
         out.push_str("]}}");
+        debug_assert_eq!(
+            out.capacity(),
+            reserved,
+            "the boot answer outgrew its reserve"
+        );
         Ok(out)
     }
 
