@@ -86,6 +86,21 @@ test('search.messages finds what was posted', async () => {
   }
   assert.equal(found.messages.total, 1);
   assert.equal(found.messages.matches[0].username, 'alice');
+
+  // The client's paginate() follows response_metadata.next_cursor to the last page.
+  for (let n = 0; n < 4; n++) {
+    await alice.chat.postMessage({ channel: '#general', text: `${word} again ${n}` });
+  }
+  for (let i = 0; i < 100; i++) {
+    if ((await alice.search.messages({ query: word })).messages.total === 5) break;
+    await sleep(100);
+  }
+  const pages = [];
+  for await (const page of alice.paginate('search.messages', { query: word, sort: 'timestamp', sort_dir: 'asc', count: 2, cursor: '*' })) {
+    pages.push(page.messages.matches.map((m) => m.text));
+  }
+  assert.deepEqual(pages.map((p) => p.length), [2, 2, 1]);
+  assert.deepEqual(pages.flat(), [`an ${word} appeared`, ...[0, 1, 2, 3].map((n) => `${word} again ${n}`)]);
 });
 
 test('attachments with no text are kept as text and found by search', async () => {

@@ -241,6 +241,20 @@ def test_search_messages(dev):
         time.sleep(0.1)
     assert found["messages"]["total"] == 1
     assert found["messages"]["matches"][0]["channel"]["id"] == channel
+    # The SDK's own iteration follows `response_metadata.next_cursor` page by page.
+    for n in range(4):
+        alice.chat_postMessage(channel=channel, text=f"{word} again {n}")
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if alice.search_messages(query=word)["messages"]["total"] == 5:
+            break
+        time.sleep(0.1)
+    pages = [
+        [m["text"] for m in page["messages"]["matches"]]
+        for page in alice.search_messages(query=word, sort="timestamp", sort_dir="asc", count=2, cursor="*")
+    ]
+    assert [len(p) for p in pages] == [2, 2, 1], pages
+    assert sum(pages, []) == [f"the {word} crossed"] + [f"{word} again {n}" for n in range(4)]
 
 
 def test_rtm_client_receives_messages_and_changes(dev):

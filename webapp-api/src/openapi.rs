@@ -768,11 +768,12 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
             req("query", Ty::Str, "the search query"),
             p("count", Ty::Int, "results per page (default 20, at most 100)"),
             p("page", Ty::Int, "page number, from 1 (at most 100)"),
+            p("cursor", Ty::Str, "pages by cursor instead: `*` for the first page, then the last answer's `response_metadata.next_cursor` (empty after the last page). Sorted by `timestamp` it reaches every match, each once, at the first page's cost per page; sorted by `score`, as far as `page` does"),
             p("sort", Ty::OneOf(&["score", "timestamp"]), "order of results (default `score`)"),
             p("sort_dir", Ty::OneOf(&["desc", "asc"]), "direction (default `desc`)"),
             p("highlight", Ty::Bool, "mark matches in the text"),
         ],
-        errors: &["invalid_arguments", "service_unavailable"],
+        errors: &["invalid_arguments", "invalid_cursor", "service_unavailable"],
     },
     MethodDoc {
         name: "search.files",

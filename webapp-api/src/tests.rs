@@ -2769,7 +2769,13 @@ async fn search_finds_acknowledged_messages_with_slack_modifiers_and_permissions
 
 /// A posted message as the channel's owner would store it, written straight to the store by
 /// the search tests (at a fixed time: 2026-11-25).
-fn stored(ws: &WorkspaceId, channel: &ChannelId, seq: Seq, user: UserId, text: &str) -> Message {
+pub(crate) fn stored(
+    ws: &WorkspaceId,
+    channel: &ChannelId,
+    seq: Seq,
+    user: UserId,
+    text: &str,
+) -> Message {
     Message {
         workspace: ws.clone(),
         channel: channel.clone(),
@@ -2972,6 +2978,9 @@ mod revoke;
 
 /// Do Not Disturb: snoozes set, seen, ended and lapsed; `dnd_updated` and `dnd_updated_user`.
 mod dnd;
+
+/// `search.messages` by `cursor`.
+mod search_cursor;
 
 /// An app's request URL that is not a public address is refused (unless
 /// `webapp.private_request_urls`): the Web API does not call into its own network for an app.

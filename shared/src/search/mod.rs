@@ -90,6 +90,30 @@ pub struct SearchRequest {
     pub offset: usize,
     pub limit: usize,
     pub highlight: bool,
+    /// With [`SortBy::Timestamp`]: page from here instead of by `offset`, and say where the
+    /// next page starts ([`SearchResults::next`]). A deep page then costs what the first
+    /// does, and pages do not skip or repeat matches while messages come and go.
+    pub resume: Option<Resume>,
+}
+
+/// A match's place among matches of the same `ts`: its channel and seq.
+pub type MatchKey = (ChannelId, Seq);
+
+/// Most matches of one microsecond that a resumed search reads (Slack's `ts` is unique in a
+/// channel, so ties are messages of different channels posted in the same microsecond).
+const MAX_TIED: usize = 10_000;
+
+/// Where a page of a timestamp-ordered search starts (`search.messages`' `cursor`): the
+/// matches at `at` not given yet, then those past `at` in the request's order. Matches of one
+/// `ts` are given in (channel, seq) order when a page starts among them, so those given are
+/// the ones up to `after`, and `seen`: the ones the last page took from the end of its run
+/// (at most a page).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// `None`: from the first match.
+    pub at: Option<Ts>,
+    pub after: Option<MatchKey>,
+    pub seen: Vec<MatchKey>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -106,6 +130,9 @@ pub struct SearchHit {
 pub struct SearchResults {
     pub total: usize,
     pub hits: Vec<SearchHit>,
+    /// For a request with [`SearchRequest::resume`]: where the next page starts, if any
+    /// match is left.
+    pub next: Option<Resume>,
 }
 
 /// The names and titles of the files `msg` shared (its `files`, Slack's file objects), one
@@ -537,6 +564,20 @@ impl SearchIndex {
         })
     }
 
+    /// The channel and seq of the stored message at `addr`.
+    fn key(&self, searcher: &Searcher, addr: tantivy::DocAddress) -> Result<MatchKey, SearchError> {
+        let doc: TantivyDocument = searcher.doc(addr)?;
+        let channel = doc
+            .get_first(self.fields.channel)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let seq = doc
+            .get_first(self.fields.seq)
+            .and_then(|v| v.as_u64())
+            .unwrap_or_default();
+        Ok((ChannelId(channel.to_string()), seq))
+    }
+
     /// The stored message at `addr`, highlighted by `snippets` when given.
     fn hit(
         &self,
@@ -611,6 +652,9 @@ pub fn search_all(
     indexes: &[&SearchIndex],
     r: &SearchRequest,
 ) -> Result<SearchResults, SearchError> {
+    if let (SortBy::Timestamp, Some(resume)) = (r.sort, &r.resume) {
+        return search_resumed(indexes, r, resume);
+    }
     let limit = r.limit.clamp(1, 1000);
     let want = r.offset.saturating_add(limit);
     let mut total = 0;
@@ -647,7 +691,125 @@ pub fn search_all(
         }
         hits.push(indexes[i].hit(searcher, m.addr, m.score, snippets.as_ref())?);
     }
-    Ok(SearchResults { total, hits })
+    Ok(SearchResults {
+        total,
+        hits,
+        next: None,
+    })
+}
+
+/// [`search_all`] of a request that pages by [`Resume`]: the matches of `resume.at` not yet
+/// given (read whole, in (channel, seq) order), then each index's first `limit + 1` past it,
+/// merged. `total` counts every match of the request, as on its first page.
+fn search_resumed(
+    indexes: &[&SearchIndex],
+    r: &SearchRequest,
+    resume: &Resume,
+) -> Result<SearchResults, SearchError> {
+    let limit = r.limit.clamp(1, 1000);
+    let mut total = 0;
+    let mut tied: Vec<(MatchKey, usize, tantivy::DocAddress)> = Vec::new();
+    let mut past: Vec<(usize, Ranked)> = Vec::new();
+    let mut opened = Vec::with_capacity(indexes.len());
+    for (i, index) in indexes.iter().enumerate() {
+        let Some(query) = index.build_query(r) else {
+            return Ok(SearchResults::default());
+        };
+        let searcher = index.reader.searcher();
+        match resume.at {
+            None => {
+                let (n, top) = index.top(&searcher, &*query, r, limit + 1)?;
+                total += n;
+                past.extend(top.into_iter().map(|m| (i, m)));
+            }
+            Some(at) => {
+                total += searcher.search(&*query, &Count)?;
+                let ts = index.fields.ts;
+                let at_ts = BooleanQuery::new(vec![
+                    (Occur::Must, query.box_clone()),
+                    (
+                        Occur::Must,
+                        Box::new(TermQuery::new(
+                            Term::from_field_u64(ts, at.0),
+                            IndexRecordOption::Basic,
+                        )),
+                    ),
+                ]);
+                for (_, addr) in searcher.search(&at_ts, &TopDocs::with_limit(MAX_TIED))? {
+                    let key = index.key(&searcher, addr)?;
+                    let given = resume.after.as_ref().is_some_and(|after| &key <= after)
+                        || resume.seen.contains(&key);
+                    if !given {
+                        tied.push((key, i, addr));
+                    }
+                }
+                let bound = Bound::Excluded(Term::from_field_u64(ts, at.0));
+                let range = if r.descending {
+                    RangeQuery::new(Bound::Unbounded, bound)
+                } else {
+                    RangeQuery::new(bound, Bound::Unbounded)
+                };
+                let beyond = BooleanQuery::new(vec![
+                    (Occur::Must, query.box_clone()),
+                    (Occur::Must, Box::new(range)),
+                ]);
+                let (_, top) = index.top(&searcher, &beyond, r, limit + 1)?;
+                past.extend(top.into_iter().map(|m| (i, m)));
+            }
+        }
+        opened.push((searcher, query, None::<SnippetGenerator>));
+    }
+    tied.sort_by(|a, b| a.0.cmp(&b.0));
+    // As `search_all` orders a page of one `ts`: index order, then document order.
+    past.sort_by(|(ia, a), (ib, b)| {
+        let key = if r.descending {
+            b.ts.cmp(&a.ts)
+        } else {
+            a.ts.cmp(&b.ts)
+        };
+        key.then(ia.cmp(ib)).then(a.addr.cmp(&b.addr))
+    });
+    let more = tied.len() + past.len() > limit;
+    let from_tied = tied.len().min(limit);
+    let page = tied
+        .into_iter()
+        .map(|(_, i, addr)| (i, addr))
+        .chain(past.into_iter().map(|(i, m)| (i, m.addr)))
+        .take(limit);
+    let mut hits = Vec::with_capacity(limit);
+    for (i, addr) in page {
+        let (searcher, query, snippets) = &mut opened[i];
+        if r.highlight && snippets.is_none() {
+            let mut g = SnippetGenerator::create(searcher, &**query, indexes[i].fields.text)?;
+            g.set_max_num_chars(40_000);
+            *snippets = Some(g);
+        }
+        hits.push(indexes[i].hit(searcher, addr, 0.0, snippets.as_ref())?);
+    }
+    let next = match hits.last() {
+        Some(last) if more => Some(if hits.len() == from_tied {
+            // The page ended among `at`'s matches: the next starts after this one.
+            Resume {
+                at: resume.at,
+                after: Some((last.channel.clone(), last.seq)),
+                seen: resume.seen.clone(),
+            }
+        } else {
+            // It ended past `at`: the next starts at the last `ts` given, leaving out the
+            // matches of that `ts` this page gave.
+            Resume {
+                at: Some(last.ts),
+                after: None,
+                seen: hits[from_tied..]
+                    .iter()
+                    .filter(|h| h.ts == last.ts)
+                    .map(|h| (h.channel.clone(), h.seq))
+                    .collect(),
+            }
+        }),
+        _ => None,
+    };
+    Ok(SearchResults { total, hits, next })
 }
 
 /// Wraps each matched range of `text` in Slack's highlight markers.
@@ -715,6 +877,7 @@ mod tests {
             offset: 0,
             limit: 20,
             highlight: false,
+            resume: None,
         }
     }
 
@@ -810,6 +973,157 @@ mod tests {
             search_all(&[], &ask(SortBy::Score, true, 0)).unwrap().total,
             0
         );
+    }
+
+    /// Follows `resume` pages of `limit` from the start to the end: every hit, in order.
+    fn walk(indexes: &[&SearchIndex], r: &SearchRequest) -> (Vec<SearchHit>, usize) {
+        let mut r = SearchRequest {
+            resume: Some(Resume::default()),
+            ..r.clone()
+        };
+        let (mut all, mut pages) = (Vec::new(), 0);
+        loop {
+            let found = search_all(indexes, &r).unwrap();
+            assert!(found.hits.len() <= r.limit);
+            all.extend(found.hits);
+            pages += 1;
+            match found.next {
+                Some(next) => r.resume = Some(next),
+                None => return (all, pages),
+            }
+            assert!(pages < 1_000, "the pages end");
+        }
+    }
+
+    /// Resumed pages give every match once, in time order both ways, over one index or
+    /// several, with many matches in one microsecond (in several channels) falling across
+    /// page ends; and a page resumed after messages came in gives the older ones it had not
+    /// reached, not the newer ones.
+    #[test]
+    fn resumed_pages_give_every_match_once_in_order() {
+        let channels: Vec<String> = (0..5).map(|n| format!("C{n}")).collect();
+        let parts: Vec<SearchIndex> = (0..2).map(|_| SearchIndex::in_memory().unwrap()).collect();
+        let whole = SearchIndex::in_memory().unwrap();
+        let mut expected = Vec::new();
+        for n in 0..83u64 {
+            let ch = &channels[(n % 5) as usize];
+            // Runs of up to 12 matches of one microsecond, spread over the channels.
+            let ts = 1_000
+                + if (20..44).contains(&n) {
+                    20 + n / 12
+                } else {
+                    n
+                };
+            let text = if n % 9 == 4 {
+                "lunch"
+            } else {
+                "deploy tonight"
+            };
+            let m = msg(ch, n, "UA", text, ts);
+            parts[(n % 5 % 2) as usize].upsert(&m).unwrap();
+            whole.upsert(&m).unwrap();
+            if text != "lunch" {
+                expected.push((ts, ch.clone(), n));
+            }
+        }
+        for idx in parts.iter().chain([&whole]) {
+            idx.commit(1).unwrap();
+        }
+        let parts: Vec<&SearchIndex> = parts.iter().collect();
+        for limit in [1, 4, 7, 12, 13, 100] {
+            for descending in [true, false] {
+                let r = SearchRequest {
+                    channels: channels.iter().map(|c| ChannelId(c.clone())).collect(),
+                    descending,
+                    limit,
+                    ..request(&["deploy"])
+                };
+                for indexes in [&parts[..], &[&whole][..]] {
+                    let (hits, pages) = walk(indexes, &r);
+                    let mut got: Vec<(u64, String, u64)> = hits
+                        .iter()
+                        .map(|h| (h.ts.0, h.channel.0.clone(), h.seq))
+                        .collect();
+                    let order: Vec<u64> = got.iter().map(|g| g.0).collect();
+                    let mut sorted = order.clone();
+                    sorted.sort();
+                    if descending {
+                        sorted.reverse();
+                    }
+                    assert_eq!(order, sorted, "time order, limit {limit}");
+                    got.sort();
+                    let mut want = expected.clone();
+                    want.sort();
+                    assert_eq!(
+                        got, want,
+                        "each match once, limit {limit} desc {descending}"
+                    );
+                    assert!(pages <= expected.len() / limit + 2, "{pages} pages");
+                }
+            }
+        }
+        // The total is the request's, on every page.
+        let r = SearchRequest {
+            channels: channels.iter().map(|c| ChannelId(c.clone())).collect(),
+            limit: 10,
+            resume: Some(Resume::default()),
+            ..request(&["deploy"])
+        };
+        let first = search_all(&parts, &r).unwrap();
+        assert_eq!(first.total, expected.len());
+        let second = search_all(
+            &parts,
+            &SearchRequest {
+                resume: first.next.clone(),
+                ..r.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(second.total, expected.len());
+        // Messages posted after the first page and older ones found late (an import): the
+        // next page goes on from where the first ended, with the older ones in their place.
+        let (newer, older) = (
+            msg("C0", 500, "UA", "deploy", 5_000),
+            msg("C1", 501, "UA", "deploy", 1_010),
+        );
+        parts[0].upsert(&newer).unwrap();
+        parts[1].upsert(&older).unwrap();
+        for p in &parts {
+            p.commit(2).unwrap();
+        }
+        let mut rest = Vec::new();
+        let mut resume = first.next.clone();
+        while let Some(at) = resume {
+            let page = search_all(
+                &parts,
+                &SearchRequest {
+                    resume: Some(at),
+                    ..r.clone()
+                },
+            )
+            .unwrap();
+            rest.extend(page.hits.iter().map(|h| (h.channel.0.clone(), h.seq)));
+            resume = page.next;
+        }
+        assert!(
+            !rest.contains(&("C0".to_string(), 500)),
+            "newer than the first page"
+        );
+        assert!(
+            rest.contains(&("C1".to_string(), 501)),
+            "older, in its place"
+        );
+        assert_eq!(rest.len() + first.hits.len(), expected.len() + 1);
+        // With nothing left, no next page; with nothing found, none either.
+        let none = search_all(
+            &parts,
+            &SearchRequest {
+                resume: Some(Resume::default()),
+                ..request(&["nothing-matches-this"])
+            },
+        )
+        .unwrap();
+        assert_eq!((none.total, none.hits.len(), none.next), (0, 0, None));
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! `search.messages`, `search.files` and `search.all`: Slack's query syntax over the caller's
 //! readable channels.
 //!
+//! `search.messages` pages by `page` (up to 100 pages) or, as Slack's does, by `cursor`
+//! (`*` for the first page, then each answer's `response_metadata.next_cursor`). Sorted by
+//! timestamp, a cursor resumes the search where the last page ended ([`Resume`]), so a
+//! consumer can read every match of a workspace, each once, at the first page's cost per
+//! page; sorted by score, it carries the offset, as far as pages reach.
+//!
 //! `search.files` finds the files shared in those channels: the messages that shared files
 //! whose text, or whose files' names or titles, match, each message's files as they are now
 //! (a deleted file left out), paged by those messages. A file never shared is not found
@@ -11,15 +17,121 @@ use std::collections::{HashMap, HashSet};
 use serde_json::{json, Value};
 use shared::ids::{ChannelId, Ts, UserId};
 use shared::search::query::{parse, QueryError};
-use shared::search::{search_all, SearchIndex, SearchRequest, SearchResults, SortBy};
+use shared::search::{
+    search_all, MatchKey, Resume, SearchIndex, SearchRequest, SearchResults, SortBy,
+};
 use shared::store::Channel;
 
 use super::members;
-use crate::api::{object, ApiError, ApiResult, AppState, Caller, Params, RequestInfo};
+use crate::api::{
+    decode_cursor, encode_cursor, object, ApiError, ApiResult, AppState, Caller, Params,
+    RequestInfo,
+};
 
 const DEFAULT_COUNT: u32 = 20;
 const MAX_COUNT: u32 = 100;
 const MAX_PAGE: u32 = 100;
+/// How deep a search sorted by score reaches, by pages or by cursor.
+const MAX_SCORE_REACH: u32 = MAX_PAGE * MAX_COUNT;
+/// Most matches of one microsecond a cursor lists as given (a page's worth, and more from
+/// a client is not a cursor this node made).
+const MAX_CURSOR_SEEN: usize = 1_000;
+/// The kind of a search cursor ([`encode_cursor`]).
+const CURSOR_KIND: &str = "search";
+
+/// Where a `search.messages` page starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Cursor {
+    /// Sorted by timestamp: resume there, `before` matches having been given.
+    Resume { before: u32, resume: Resume },
+    /// Sorted by score: the offset.
+    Offset(u32),
+}
+
+fn key_text((channel, seq): &MatchKey) -> String {
+    format!("{}/{seq}", channel.0)
+}
+
+fn parse_key(raw: &str) -> Option<MatchKey> {
+    let (channel, seq) = raw.split_once('/')?;
+    Some((ChannelId::parse(channel)?, seq.parse().ok()?))
+}
+
+impl Cursor {
+    /// The cursor's text: `t;<before>;<at>;<after>;<seen,...>` (empty fields for none), or
+    /// `s;<offset>`.
+    fn encode(&self) -> String {
+        let value = match self {
+            Cursor::Resume { before, resume } => format!(
+                "t;{before};{};{};{}",
+                resume.at.map(|t| t.0.to_string()).unwrap_or_default(),
+                resume.after.as_ref().map(key_text).unwrap_or_default(),
+                resume
+                    .seen
+                    .iter()
+                    .map(key_text)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Cursor::Offset(offset) => format!("s;{offset}"),
+        };
+        encode_cursor(CURSOR_KIND, &value)
+    }
+
+    /// The call's `cursor` for a search sorted by `sort`: `None` without one, the first page
+    /// for `*`; `invalid_cursor` for one this API did not make, or made for the other sort.
+    fn from_params(params: &Params, sort: SortBy) -> ApiResult<Option<Cursor>> {
+        match params.non_empty("cursor").map(str::trim) {
+            None => return Ok(None),
+            Some("*") => {
+                return Ok(Some(match sort {
+                    SortBy::Timestamp => Cursor::Resume {
+                        before: 0,
+                        resume: Resume::default(),
+                    },
+                    SortBy::Score => Cursor::Offset(0),
+                }))
+            }
+            Some(_) => {}
+        }
+        let value = decode_cursor(params, CURSOR_KIND)?.ok_or(ApiError::InvalidCursor)?;
+        let fields: Vec<&str> = value.split(';').collect();
+        let cursor = match (sort, fields.as_slice()) {
+            (SortBy::Timestamp, ["t", before, at, after, seen]) => {
+                let before = before.parse().map_err(|_| ApiError::InvalidCursor)?;
+                let at = match *at {
+                    "" => None,
+                    t => Some(Ts(t.parse().map_err(|_| ApiError::InvalidCursor)?)),
+                };
+                let after = match *after {
+                    "" => None,
+                    k => Some(parse_key(k).ok_or(ApiError::InvalidCursor)?),
+                };
+                let seen = seen
+                    .split(',')
+                    .filter(|k| !k.is_empty())
+                    .map(parse_key)
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or(ApiError::InvalidCursor)?;
+                if seen.len() > MAX_CURSOR_SEEN
+                    || (at.is_none() && (after.is_some() || !seen.is_empty()))
+                {
+                    return Err(ApiError::InvalidCursor);
+                }
+                Cursor::Resume {
+                    before,
+                    resume: Resume { at, after, seen },
+                }
+            }
+            (SortBy::Score, ["s", offset]) => match offset.parse() {
+                Ok(offset) if offset < MAX_SCORE_REACH => Cursor::Offset(offset),
+                _ => return Err(ApiError::InvalidCursor),
+            },
+            _ => return Err(ApiError::InvalidCursor),
+        };
+        Ok(Some(cursor))
+    }
+}
 /// Channels whose pins (`has:pin`) or reacted messages (`has::name:`) are read at once.
 const PIN_LOOKUPS_AT_ONCE: usize = 16;
 /// Most messages per channel and reaction that `has::name:` finds (the newest).
@@ -93,19 +205,23 @@ async fn user_ref(state: &AppState, caller: &Caller, r: &str) -> ApiResult<UserI
 struct Found {
     raw: String,
     count: u32,
-    page: u32,
+    /// Matches before this page.
+    before: u32,
+    /// With a `cursor`: the next page's (empty after the last page).
+    next_cursor: Option<String>,
     results: SearchResults,
     readable: HashMap<ChannelId, Channel>,
 }
 
-/// Parses the call's `query`, `count`, `page`, `sort`, `sort_dir` and `highlight`, resolves
-/// the query against the store and runs it: for `search.files` (`files_only`) over the
-/// messages that shared files.
+/// Parses the call's `query`, `count`, `page` (or `cursor`, with `cursors`), `sort`,
+/// `sort_dir` and `highlight`, resolves the query against the store and runs it: for
+/// `search.files` (`files_only`) over the messages that shared files.
 async fn run(
     state: &AppState,
     caller: &Caller,
     params: &Params,
     files_only: bool,
+    cursors: bool,
 ) -> ApiResult<Found> {
     let Some(search) = state.search.as_ref() else {
         return Err(ApiError::ServiceUnavailable(
@@ -140,6 +256,16 @@ async fn run(
         }
     };
     let highlight = params.flag("highlight", false);
+    let cursor = if cursors {
+        Cursor::from_params(params, sort)?
+    } else {
+        None
+    };
+    let (before, resume) = match &cursor {
+        None => ((page - 1) * count, None),
+        Some(Cursor::Offset(offset)) => (*offset, None),
+        Some(Cursor::Resume { before, resume }) => (*before, Some(resume.clone())),
+    };
 
     let readable = readable_channels(state, caller).await?;
     let mut users: Vec<UserId> = Vec::new();
@@ -238,9 +364,10 @@ async fn run(
         only,
         sort,
         descending,
-        offset: ((page - 1) * count) as usize,
+        offset: before as usize,
         limit: count as usize,
         highlight,
+        resume,
     };
     let indexes = search.indexes_for(&state.store, &caller.claims.workspace, &request.channels);
     let results = tokio::task::spawn_blocking(move || {
@@ -250,10 +377,24 @@ async fn run(
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
     .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let given = before.saturating_add(results.hits.len() as u32);
+    let next_cursor = cursor.map(|cursor| {
+        let next = match cursor {
+            Cursor::Resume { .. } => results.next.clone().map(|resume| Cursor::Resume {
+                before: given,
+                resume,
+            }),
+            Cursor::Offset(_) => (given < MAX_SCORE_REACH.min(results.total as u32)
+                && !results.hits.is_empty())
+            .then_some(Cursor::Offset(given)),
+        };
+        next.map(|c| c.encode()).unwrap_or_default()
+    });
     Ok(Found {
         raw: raw.to_string(),
         count,
-        page,
+        before,
+        next_cursor,
         results,
         readable,
     })
@@ -261,15 +402,12 @@ async fn run(
 
 /// Slack's `pagination` and `paging` of a page of `shown` matches.
 fn pages(found: &Found, shown: usize) -> (Value, Value) {
-    let (count, page) = (found.count, found.page);
+    let (count, before) = (found.count, found.before);
+    let page = before / count + 1;
     let total = found.results.total as u32;
     let pages = total.div_ceil(count).max(1);
-    let first = if total == 0 {
-        0
-    } else {
-        (page - 1) * count + 1
-    };
-    let last = ((page - 1) * count + shown as u32).min(total);
+    let first = if total == 0 { 0 } else { before + 1 };
+    let last = (before + shown as u32).min(total);
     (
         json!({ "total_count": total, "page": page, "per_page": count, "page_count": pages, "first": first, "last": last }),
         json!({ "count": count, "total": total, "page": page, "pages": pages }),
@@ -283,9 +421,13 @@ pub async fn messages(
     params: &Params,
     info: &RequestInfo,
 ) -> ApiResult {
-    let found = run(state, caller, params, false).await?;
+    let found = run(state, caller, params, false, true).await?;
     let messages = message_matches(state, caller, &found, info).await?;
-    Ok(object(json!({ "query": found.raw, "messages": messages })))
+    let mut out = object(json!({ "query": found.raw, "messages": messages }));
+    if let Some(next) = found.next_cursor {
+        out.insert("response_metadata".into(), json!({ "next_cursor": next }));
+    }
+    Ok(out)
 }
 
 /// `search.files`: the files shared with the messages found (see the module's note).
@@ -295,7 +437,7 @@ pub async fn files(
     params: &Params,
     info: &RequestInfo,
 ) -> ApiResult {
-    let found = run(state, caller, params, true).await?;
+    let found = run(state, caller, params, true, false).await?;
     let files = file_matches(state, &found, info).await?;
     Ok(object(json!({ "query": found.raw, "files": files })))
 }
@@ -308,8 +450,8 @@ pub async fn all(
     info: &RequestInfo,
 ) -> ApiResult {
     let (in_messages, in_files) = tokio::try_join!(
-        run(state, caller, params, false),
-        run(state, caller, params, true)
+        run(state, caller, params, false, false),
+        run(state, caller, params, true, false)
     )?;
     let (messages, files) = tokio::try_join!(
         message_matches(state, caller, &in_messages, info),
