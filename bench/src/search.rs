@@ -5,6 +5,11 @@
 //! `switchboard webapp` process on it, waits until that process's indexer has caught up from
 //! the store's change feed, then sends typical 1-3 word queries (with and without Slack
 //! modifiers) one at a time over a keep-alive HTTP connection and records each latency.
+//!
+//! Then it reads every match of the commonest word, 100 a page, newest first, by `cursor`
+//! (checking that each comes once, in order, and that they are all there), and the 100 pages
+//! that `page` reaches of the same search, each page timed: what a search API consumer that
+//! reads everything a workspace said pays per page, and what the deep pages cost by offset.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,7 +40,26 @@ pub struct Outcome {
     pub mean_hits: f64,
     /// The latency distribution, for the plot.
     pub curve: Vec<(f64, u64)>,
+    pub read_all: ReadAll,
 }
+
+/// Reading every match of one search (the commonest word's), 100 a page.
+pub struct ReadAll {
+    /// Matches read by cursor (every one the search has: the run fails otherwise).
+    pub matches: u64,
+    pub cursor_pages: u64,
+    pub cursor_s: f64,
+    /// Each cursor page, called to answered.
+    pub cursor_page: LatencySummary,
+    /// The last of the first 100 cursor pages (matches 9,901 to 10,000).
+    pub cursor_page_100_us: f64,
+    /// Pages 1 to 100 by `page` (as far as it reaches), each.
+    pub offset_page: LatencySummary,
+    pub offset_page_100_us: f64,
+}
+
+/// Matches per page when reading everything (Slack's most).
+const READ_ALL_COUNT: u64 = 100;
 
 /// A deterministic word list: `w<n>` spelled as syllables, so the tokenizer sees real words.
 fn word(n: u32) -> String {
@@ -211,13 +235,14 @@ pub async fn run(plan: &Plan, bin: &Path, keep: bool) -> anyhow::Result<Outcome>
         let kept: PathBuf = dir.keep();
         eprintln!("search: data kept in {}", kept.display());
     }
-    let (index_s, http, mean_hits, curve) = result?;
+    let (index_s, http, mean_hits, curve, read_all) = result?;
     Ok(Outcome {
         fill_s,
         index_s,
         http,
         mean_hits,
         curve,
+        read_all,
     })
 }
 
@@ -228,7 +253,7 @@ async fn measure(
     ws: &WorkspaceId,
     user: &UserId,
     with_common: u64,
-) -> anyhow::Result<(f64, LatencySummary, f64, Vec<(f64, u64)>)> {
+) -> anyhow::Result<(f64, LatencySummary, f64, Vec<(f64, u64)>, ReadAll)> {
     let token = signer.issue(&Claims {
         workspace: ws.clone(),
         user: user.clone(),
@@ -240,7 +265,7 @@ async fn measure(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1)
         .build()?;
-    let call = |query: String| {
+    let call_with = |form: Vec<(&'static str, String)>| {
         let http = http.clone();
         let token = token.clone();
         let url = format!("{api}/search.messages");
@@ -248,7 +273,7 @@ async fn measure(
             let v: serde_json::Value = http
                 .post(url)
                 .bearer_auth(token)
-                .form(&[("query", query.as_str()), ("count", "20")])
+                .form(&form)
                 .send()
                 .await?
                 .json()
@@ -256,6 +281,7 @@ async fn measure(
             anyhow::Ok(v)
         }
     };
+    let call = |query: String| call_with(vec![("query", query), ("count", "20".into())]);
     // The index has caught up when a search for the commonest word finds every stored
     // message that holds it (counted while filling): not before, and never more.
     let started = Instant::now();
@@ -313,10 +339,105 @@ async fn measure(
         }
         hits += v["messages"]["total"].as_u64().unwrap_or(0);
     }
+    let read_all = read_all(call_with, &common, with_common).await?;
     Ok((
         index_s,
         LatencySummary::of(&h),
         hits as f64 / f64::from(plan.queries.max(1)),
         crate::stats::percentile_curve(&h),
+        read_all,
     ))
+}
+
+/// Reads every match of `query` (`expected` of them) by cursor, newest first, checking that
+/// each comes once and in order; then pages 1 to 100 of the same search by `page`.
+async fn read_all<F, Fut>(call: F, query: &str, expected: u64) -> anyhow::Result<ReadAll>
+where
+    F: Fn(Vec<(&'static str, String)>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<serde_json::Value>>,
+{
+    let base = |query: &str| {
+        vec![
+            ("query", query.to_string()),
+            ("count", READ_ALL_COUNT.to_string()),
+            ("sort", "timestamp".to_string()),
+        ]
+    };
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut seen = std::collections::HashSet::new();
+    let mut last_ts = f64::INFINITY;
+    let (mut cursor, mut pages, mut page_100_us) = ("*".to_string(), 0u64, 0.0);
+    let started = Instant::now();
+    loop {
+        let mut form = base(query);
+        form.push(("cursor", cursor.clone()));
+        let t = Instant::now();
+        let v = call(form).await?;
+        let took = t.elapsed();
+        h.record(took.as_nanos() as u64)?;
+        pages += 1;
+        if pages == 100 {
+            page_100_us = took.as_secs_f64() * 1e6;
+        }
+        if v["ok"] != true {
+            bail!("search by cursor failed on page {pages}: {v}");
+        }
+        for m in v["messages"]["matches"].as_array().into_iter().flatten() {
+            let ts: f64 = m["ts"].as_str().unwrap_or("").parse().unwrap_or(f64::NAN);
+            if ts.is_nan() || ts > last_ts {
+                bail!("page {pages} by cursor is out of order at {m}");
+            }
+            last_ts = ts;
+            let key = (
+                m["channel"]["id"].to_string(),
+                m["seq"].as_u64().unwrap_or(0),
+            );
+            if !seen.insert(key) {
+                bail!("page {pages} by cursor repeats {m}");
+            }
+        }
+        cursor = v["response_metadata"]["next_cursor"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if cursor.is_empty() {
+            break;
+        }
+        if pages > expected / READ_ALL_COUNT + 10 {
+            bail!("reading {expected} matches by cursor took more than {pages} pages");
+        }
+    }
+    let cursor_s = started.elapsed().as_secs_f64();
+    if seen.len() as u64 != expected {
+        bail!(
+            "read {} matches of {query:?} by cursor, but {expected} messages hold it",
+            seen.len()
+        );
+    }
+    let mut by_offset = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)?;
+    let mut offset_page_100_us = 0.0;
+    let reach = expected.div_ceil(READ_ALL_COUNT).clamp(1, 100);
+    for page in 1..=reach {
+        let mut form = base(query);
+        form.push(("page", page.to_string()));
+        let t = Instant::now();
+        let v = call(form).await?;
+        let took = t.elapsed();
+        by_offset.record(took.as_nanos() as u64)?;
+        if page == 100 {
+            offset_page_100_us = took.as_secs_f64() * 1e6;
+        }
+        if v["ok"] != true {
+            bail!("search page {page} failed: {v}");
+        }
+    }
+    Ok(ReadAll {
+        matches: seen.len() as u64,
+        cursor_pages: pages,
+        cursor_s,
+        cursor_page: LatencySummary::of(&h),
+        cursor_page_100_us: page_100_us,
+        offset_page: LatencySummary::of(&by_offset),
+        offset_page_100_us,
+    })
 }

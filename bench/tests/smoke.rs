@@ -227,6 +227,17 @@ fn search_smoke() {
     assert!(j["index_catch_up_s"].as_f64().unwrap() >= 0.0, "{j:#}");
     assert_eq!(j["latency"]["count"], j["plan"]["queries"], "{j:#}");
     assert!(j["mean_hits"].as_f64().unwrap() > 0.0, "{j:#}");
+    // Every match of the commonest word read by cursor (the run checks each came once, in
+    // order), 100 a page, and the pages `page` reaches of it.
+    let r = &j["read_all"];
+    let matches = r["matches"].as_u64().unwrap();
+    assert!(matches > 100, "{r:#}");
+    assert_eq!(r["cursor_pages"], matches.div_ceil(100), "{r:#}");
+    assert_eq!(
+        r["offset_page"]["count"],
+        matches.div_ceil(100).min(100),
+        "{r:#}"
+    );
 }
 
 #[test]

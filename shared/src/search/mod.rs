@@ -735,7 +735,15 @@ fn search_resumed(
                         )),
                     ),
                 ]);
-                for (_, addr) in searcher.search(&at_ts, &TopDocs::with_limit(MAX_TIED))? {
+                // Counted first: a collector of `MAX_TIED` would allocate for as many in
+                // every segment, on every page, where there is usually one match or none.
+                let ties = searcher.search(&at_ts, &Count)?.min(MAX_TIED);
+                let tied_docs = if ties == 0 {
+                    Vec::new()
+                } else {
+                    searcher.search(&at_ts, &TopDocs::with_limit(ties))?
+                };
+                for (_, addr) in tied_docs {
                     let key = index.key(&searcher, addr)?;
                     let given = resume.after.as_ref().is_some_and(|after| &key <= after)
                         || resume.seen.contains(&key);
