@@ -762,7 +762,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "search.messages",
-        summary: "Searches the messages of every conversation the caller can read, with Slack's query syntax (words, \"phrases\", `in:#channel`, `in:@user`, `from:@user`, `to:@user`/`to:me`, `is:thread`, `before:`/`after:`/`on:`, `during:` a day, month or year, `has:link`, `has:pin`, `has::emoji:` (with that reaction), `hasmy::emoji:` (the caller reacted so), `-word`).",
+        summary: "Searches the messages of every conversation the caller can read, with Slack's query syntax (words, \"phrases\", `in:#channel`, `in:@user`, `from:@user`, `to:@user`/`to:me`, `is:thread`, `before:`/`after:`/`on:`, `during:` a day, month or year, `has:link`, `has:pin`, `has::emoji:` (with that reaction), `hasmy::emoji:` (the caller reacted so), `-word`). Each match carries its message's `blocks`, `attachments`, `files` and `thread_ts`, and a bot's `bot_id`.",
         auth: Auth::User,
         params: &[
             req("query", Ty::Str, "the search query"),

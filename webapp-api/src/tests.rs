@@ -2979,8 +2979,8 @@ mod revoke;
 /// Do Not Disturb: snoozes set, seen, ended and lapsed; `dnd_updated` and `dnd_updated_user`.
 mod dnd;
 
-/// `search.messages` by `cursor`.
-mod search_cursor;
+/// `search.messages` by `cursor`, and what its matches carry of their messages.
+mod search_messages;
 
 /// An app's request URL that is not a public address is refused (unless
 /// `webapp.private_request_urls`): the Web API does not call into its own network for an app.

@@ -36,6 +36,17 @@ const MAX_SCORE_REACH: u32 = MAX_PAGE * MAX_COUNT;
 /// Most matches of one microsecond a cursor lists as given (a page's worth, and more from
 /// a client is not a cursor this node made).
 const MAX_CURSOR_SEEN: usize = 1_000;
+/// What a match carries of its message as stored, beyond what the index gives: what a
+/// consumer needs to show it, or to tell a bot's from a person's.
+const MATCH_KEYS_FROM_MESSAGE: &[&str] = &[
+    "blocks",
+    "attachments",
+    "files",
+    "thread_ts",
+    "subtype",
+    "bot_id",
+    "bot_profile",
+];
 /// The kind of a search cursor ([`encode_cursor`]).
 const CURSOR_KIND: &str = "search";
 
@@ -520,9 +531,10 @@ async fn message_matches(
     let results = &found.results;
     let mut names: HashMap<UserId, String> = HashMap::new();
     let base = info.base_url(state);
-    // A reply's link names its thread, as `chat.getPermalink`'s does (the index keeps no
-    // thread, so each hit's message is read: one page of point reads, side by side).
-    let threads = futures_util::future::try_join_all(results.hits.iter().map(|hit| async {
+    // A reply's link names its thread, as `chat.getPermalink`'s does, and a match carries its
+    // message's blocks, attachments and files, as Slack's do (the index keeps none of them, so
+    // each hit's message is read: one page of point reads, side by side).
+    let stored = futures_util::future::try_join_all(results.hits.iter().map(|hit| async {
         let Some(channel) = readable.get(&hit.channel) else {
             return Ok(None);
         };
@@ -530,11 +542,12 @@ async fn message_matches(
             .store
             .message_view(&channel.workspace, &hit.channel, hit.ts)
             .await?;
-        Ok::<_, ApiError>(view.and_then(|v| v.message.thread_ts))
+        Ok::<_, ApiError>(view.filter(|v| !v.deleted).map(|v| v.message))
     }))
     .await?;
     let mut matches = Vec::with_capacity(results.hits.len());
-    for (hit, thread_ts) in results.hits.iter().zip(threads) {
+    for (hit, message) in results.hits.iter().zip(stored) {
+        let thread_ts = message.as_ref().and_then(|m| m.thread_ts);
         let username = match names.get(&hit.user) {
             Some(n) => n.clone(),
             None => {
@@ -566,6 +579,14 @@ async fn message_matches(
             "score": hit.score,
             "permalink": super::chat::permalink(&base, &hit.channel, hit.ts, thread_ts),
         }));
+        if let (Some(message), Some(out)) = (&message, matches.last_mut()) {
+            let full = super::message_json(message);
+            for key in MATCH_KEYS_FROM_MESSAGE {
+                if let Some(v) = full.get(*key) {
+                    out[*key] = v.clone();
+                }
+            }
+        }
     }
     let (pagination, paging) = pages(found, matches.len());
     Ok(json!({

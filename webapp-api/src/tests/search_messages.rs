@@ -1,5 +1,6 @@
 //! `search.messages` by `cursor`: every match once, in order, whatever the page size, with
 //! Slack's `response_metadata.next_cursor`; cursors it did not make are `invalid_cursor`.
+//! And a match carries its message's blocks, attachments and thread, and a bot's marks.
 
 use std::collections::BTreeSet;
 
@@ -198,4 +199,82 @@ async fn search_cursors_read_every_match_once_in_order() {
         )
         .await;
     assert_eq!(v["messages"]["pagination"]["first"], 3, "{v}");
+}
+
+#[tokio::test]
+async fn search_matches_carry_their_messages_blocks_attachments_and_thread() {
+    let s = Server::start_with_cluster().await;
+    let alice = s.token("alice");
+    let bot = s.bot_token("wombatbot").await;
+    let general = s.demo["general"].as_str().unwrap().to_string();
+    let blocks =
+        json!([{"type": "section", "text": {"type": "mrkdwn", "text": "*wombat* report"}}]);
+    let with_blocks = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "wombat report", "blocks": blocks}),
+        )
+        .await["ts"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let attachments =
+        json!([{"fallback": "wombat alert", "text": "wombat alert", "color": "#ff0000"}]);
+    let from_bot = s
+        .ok(
+            "chat.postMessage",
+            &bot,
+            json!({"channel": general, "text": "wombat alert", "attachments": attachments}),
+        )
+        .await["ts"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let reply = s
+        .ok(
+            "chat.postMessage",
+            &alice,
+            json!({"channel": general, "text": "wombat reply", "thread_ts": with_blocks}),
+        )
+        .await["ts"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut found = Value::Null;
+    for _ in 0..100 {
+        found = s
+            .ok(
+                "search.messages",
+                &alice,
+                json!({"query": "wombat", "sort": "timestamp"}),
+            )
+            .await;
+        if found["messages"]["total"] == 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let matches = found["messages"]["matches"]
+        .as_array()
+        .expect("matches")
+        .clone();
+    assert_eq!(matches.len(), 3, "{found}");
+    let by_ts = |ts: &str| matches.iter().find(|m| m["ts"] == ts).unwrap().clone();
+    let m = by_ts(&with_blocks);
+    assert_eq!(m["blocks"], blocks, "{m}");
+    assert!(
+        m.get("attachments").is_none() && m.get("bot_id").is_none(),
+        "{m}"
+    );
+    let m = by_ts(&from_bot);
+    assert_eq!(m["attachments"][0]["text"], "wombat alert", "{m}");
+    assert_eq!(m["attachments"][0]["color"], "#ff0000", "{m}");
+    assert!(m["bot_id"].is_string(), "a bot's match says so: {m}");
+    let m = by_ts(&reply);
+    assert_eq!(m["thread_ts"], with_blocks.as_str(), "{m}");
+    assert!(
+        m["permalink"].as_str().unwrap().contains("thread_ts="),
+        "{m}"
+    );
 }
