@@ -23,7 +23,7 @@ use std::ops::Bound;
 use std::path::Path;
 
 use parking_lot::Mutex;
-use tantivy::collector::{Count, TopDocs};
+use tantivy::collector::{Count, DocSetCollector, FilterCollector, TopDocs};
 use tantivy::query::{
     BooleanQuery, Occur, PhraseQuery, Query, RangeQuery, TermQuery, TermSetQuery,
 };
@@ -723,27 +723,26 @@ fn search_resumed(
                 past.extend(top.into_iter().map(|m| (i, m)));
             }
             Some(at) => {
-                total += searcher.search(&*query, &Count)?;
-                let ts = index.fields.ts;
-                let at_ts = BooleanQuery::new(vec![
-                    (Occur::Must, query.box_clone()),
-                    (
-                        Occur::Must,
-                        Box::new(TermQuery::new(
-                            Term::from_field_u64(ts, at.0),
-                            IndexRecordOption::Basic,
-                        )),
-                    ),
-                ]);
-                // Counted first: a collector of `MAX_TIED` would allocate for as many in
-                // every segment, on every page, where there is usually one match or none.
-                let ties = searcher.search(&at_ts, &Count)?.min(MAX_TIED);
-                let tied_docs = if ties == 0 {
-                    Vec::new()
-                } else {
-                    searcher.search(&at_ts, &TopDocs::with_limit(ties))?
-                };
-                for (_, addr) in tied_docs {
+                // One pass over the request's matches, reading each one's `ts`: the count,
+                // the matches of `at`, and the first `limit + 1` past it. (A range query
+                // joined to the request costs a second pass over the whole range.)
+                let (at, descending) = (at.0, r.descending);
+                let order = if descending { Order::Desc } else { Order::Asc };
+                let ties = FilterCollector::new(
+                    "ts".to_string(),
+                    move |ts: u64| ts == at,
+                    DocSetCollector,
+                );
+                let beyond = FilterCollector::new(
+                    "ts".to_string(),
+                    move |ts: u64| if descending { ts < at } else { ts > at },
+                    TopDocs::with_limit(limit + 1).order_by_fast_field::<u64>("ts", order),
+                );
+                let (n, tied_docs, top) = searcher.search(&*query, &(Count, ties, beyond))?;
+                total += n;
+                let mut tied_docs: Vec<_> = tied_docs.into_iter().collect();
+                tied_docs.sort();
+                for addr in tied_docs.into_iter().take(MAX_TIED) {
                     let key = index.key(&searcher, addr)?;
                     let given = resume.after.as_ref().is_some_and(|after| &key <= after)
                         || resume.seen.contains(&key);
@@ -751,18 +750,16 @@ fn search_resumed(
                         tied.push((key, i, addr));
                     }
                 }
-                let bound = Bound::Excluded(Term::from_field_u64(ts, at.0));
-                let range = if r.descending {
-                    RangeQuery::new(Bound::Unbounded, bound)
-                } else {
-                    RangeQuery::new(bound, Bound::Unbounded)
-                };
-                let beyond = BooleanQuery::new(vec![
-                    (Occur::Must, query.box_clone()),
-                    (Occur::Must, Box::new(range)),
-                ]);
-                let (_, top) = index.top(&searcher, &beyond, r, limit + 1)?;
-                past.extend(top.into_iter().map(|m| (i, m)));
+                past.extend(top.into_iter().map(|(ts, addr)| {
+                    (
+                        i,
+                        Ranked {
+                            score: 0.0,
+                            ts,
+                            addr,
+                        },
+                    )
+                }));
             }
         }
         opened.push((searcher, query, None::<SnippetGenerator>));
