@@ -301,6 +301,8 @@ const EVENTS: &[&str] = &[
     "dnd_updated",
     "dnd_updated_user",
     "tokens_revoked",
+    "im_open",
+    "im_close",
 ];
 
 /// One Socket Mode session's framing. Dropping it closes the connection for its app:

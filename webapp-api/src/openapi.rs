@@ -524,13 +524,20 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.open",
-        summary: "Finds or creates the direct message (1:1, or a group of up to 9 people, the caller included) between the caller and `users`. A 1:1 DM's object names the other member in `user`, wherever it is shown.",
+        summary: "Finds or creates the direct message (1:1, or a group of up to 9 people, the caller included) between the caller and `users`, and opens it for the caller if the caller had closed it (the caller's sessions hear `im_open` / `mpim_open`; `already_open` only when it was open). A 1:1 DM's object names the other member in `user`, wherever it is shown.",
         auth: Auth::User,
         params: &[
             req("users", Ty::List, "user ids (`U…`), comma-separated, at most 8 besides the caller; the caller is added whether listed or not"),
             p("return_im", Ty::Bool, "return the whole conversation object"),
         ],
         errors: &["user_not_found", "invalid_arguments"],
+    },
+    MethodDoc {
+        name: "conversations.close",
+        summary: "Closes a direct message or group DM for the caller, as Slack's sidebar does: `conversations.info` then says `is_open: false` to the caller (the others' stay as they were) until the caller opens it again or another member's message arrives. The caller's sessions hear `im_close` / `mpim_close`. Closing a closed one answers `no_op` and `already_closed`.",
+        auth: Auth::User,
+        params: &[CHANNEL],
+        errors: &["channel_not_found", "method_not_supported_for_channel_type"],
     },
     MethodDoc {
         name: "conversations.invite",

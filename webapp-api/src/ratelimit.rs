@@ -103,6 +103,7 @@ pub fn tier(method: &str) -> Option<Tier> {
         | "conversations.history"
         | "conversations.replies"
         | "conversations.open"
+        | "conversations.close"
         | "conversations.mark"
         | "chat.update"
         | "chat.meMessage"

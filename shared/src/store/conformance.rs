@@ -882,6 +882,32 @@ async fn metadata(store: &dyn MessageStore) {
         Some(0)
     );
     assert_eq!(store.last_read(&secret.id, &bob.id).await.unwrap(), None);
+    // Closing a DM: open until closed, closed where it was, open again; a non-member's
+    // neither.
+    assert_eq!(store.dm_closed(&secret.id, &alice.id).await.unwrap(), None);
+    assert!(store
+        .set_dm_closed(&secret.id, &alice.id, Some(9))
+        .await
+        .unwrap());
+    assert_eq!(
+        store.dm_closed(&secret.id, &alice.id).await.unwrap(),
+        Some(9)
+    );
+    assert_eq!(
+        store.last_read(&secret.id, &alice.id).await.unwrap(),
+        Some(7),
+        "the read position stays"
+    );
+    assert!(store
+        .set_dm_closed(&secret.id, &alice.id, None)
+        .await
+        .unwrap());
+    assert_eq!(store.dm_closed(&secret.id, &alice.id).await.unwrap(), None);
+    assert!(!store
+        .set_dm_closed(&secret.id, &bob.id, Some(1))
+        .await
+        .unwrap());
+    assert_eq!(store.dm_closed(&secret.id, &bob.id).await.unwrap(), None);
     assert_eq!(store.members(&general.id).await.unwrap().len(), 2);
     assert_eq!(store.user_channels(&alice.id).await.unwrap().len(), 2);
     assert_eq!(store.user_channels(&bob.id).await.unwrap().len(), 1);

@@ -406,8 +406,12 @@ fn rich_json(m: &Message) -> Option<String> {
 
 /// Columns added to the meta keyspace's tables after their first version, for keyspaces made
 /// before: `ALTER TABLE` adds each one that is missing.
-const META_ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("users", "email", "text"), ("users", "deleted", "boolean")];
+const META_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("users", "email", "text"),
+    ("users", "deleted", "boolean"),
+    // Where a member closed a DM (`conversations.close`); unset while open.
+    ("members", "closed_seq", "bigint"),
+];
 
 /// Columns added to a shard's tables after their first version, for keyspaces made before:
 /// `ALTER TABLE` adds each one that is missing.
@@ -461,6 +465,8 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("member_last_read", Mode::SerialRead, "SELECT last_read FROM {ks}.members WHERE channel_id = ? AND user_id = ?"),
     ("members_of", Mode::SerialRead, "SELECT user_id, last_read FROM {ks}.members WHERE channel_id = ?"),
     ("member_read", Mode::Lwt, "UPDATE {ks}.members SET last_read = ? WHERE channel_id = ? AND user_id = ? IF EXISTS"),
+    ("member_closed", Mode::SerialRead, "SELECT closed_seq FROM {ks}.members WHERE channel_id = ? AND user_id = ?"),
+    ("member_close", Mode::Lwt, "UPDATE {ks}.members SET closed_seq = ? WHERE channel_id = ? AND user_id = ? IF EXISTS"),
     ("user_channel_put", Mode::Write, "INSERT INTO {ks}.user_channels (user_id, channel_id, workspace) VALUES (?, ?, ?)"),
     ("user_channel_drop", Mode::Write, "DELETE FROM {ks}.user_channels WHERE user_id = ? AND channel_id = ?"),
     ("user_channels", Mode::Read, "SELECT channel_id, workspace FROM {ks}.user_channels WHERE user_id = ?"),
@@ -2366,6 +2372,34 @@ impl MessageStore for CqlStore {
         timed("set_last_read", async {
             s.applied(s.meta.get("member_read"), (i(seq), &channel.0, &user.0))
                 .await
+        })
+        .await
+    }
+
+    async fn dm_closed(&self, channel: &ChannelId, user: &UserId) -> StorageResult<Option<Seq>> {
+        let s = &self.inner;
+        timed("dm_closed", async {
+            let row: Option<(Option<i64>,)> = s
+                .first(s.meta.get("member_closed"), (&channel.0, &user.0))
+                .await?;
+            Ok(row.and_then(|(seq,)| seq).map(|seq| seq.max(0) as Seq))
+        })
+        .await
+    }
+
+    async fn set_dm_closed(
+        &self,
+        channel: &ChannelId,
+        user: &UserId,
+        closed: Option<Seq>,
+    ) -> StorageResult<bool> {
+        let s = &self.inner;
+        timed("set_dm_closed", async {
+            s.applied(
+                s.meta.get("member_close"),
+                (closed.map(i), &channel.0, &user.0),
+            )
+            .await
         })
         .await
     }

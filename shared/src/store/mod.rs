@@ -263,6 +263,18 @@ pub trait MessageStore: Send + Sync + 'static {
         user: &UserId,
         seq: Seq,
     ) -> StorageResult<bool>;
+    /// Where `user` closed the DM `channel` (`conversations.close`): the channel's last
+    /// sequence then, so that a later message opens it again; `None` while it is open, and
+    /// for a non-member.
+    async fn dm_closed(&self, channel: &ChannelId, user: &UserId) -> StorageResult<Option<Seq>>;
+    /// Records that `user` closed the DM `channel` at `closed` (`None`: opened it again);
+    /// `Ok(false)` if it is not a member.
+    async fn set_dm_closed(
+        &self,
+        channel: &ChannelId,
+        user: &UserId,
+        closed: Option<Seq>,
+    ) -> StorageResult<bool>;
     /// Every membership of the workspace's channels, with read positions.
     async fn workspace_members(&self, workspace: &WorkspaceId) -> StorageResult<Vec<Membership>>;
 

@@ -217,6 +217,7 @@ CREATE TABLE IF NOT EXISTS members (
     channel TEXT NOT NULL REFERENCES channels(id),
     user TEXT NOT NULL REFERENCES users(id),
     last_read INTEGER NOT NULL DEFAULT 0,
+    closed_seq INTEGER,
     PRIMARY KEY (channel, user)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS members_by_user ON members(user, channel);
@@ -258,6 +259,8 @@ const META_ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("members", "last_read", "INTEGER NOT NULL DEFAULT 0"),
     ("users", "email", "TEXT NOT NULL DEFAULT ''"),
     ("users", "deleted", "INTEGER NOT NULL DEFAULT 0"),
+    // Where a member closed a DM (`conversations.close`); NULL while open.
+    ("members", "closed_seq", "INTEGER"),
 ];
 
 /// Adds the columns of [`META_ADDED_COLUMNS`] that an older store lacks. Several processes
@@ -1806,6 +1809,40 @@ impl MessageStore for SqliteStore {
             c.execute_cached(
                 "UPDATE members SET last_read = ?3 WHERE channel = ?1 AND user = ?2",
                 params![ch.0, u.0, seq],
+            )
+            .map(|n| n == 1)
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn dm_closed(&self, channel: &ChannelId, user: &UserId) -> StorageResult<Option<Seq>> {
+        let (ch, u) = (channel.clone(), user.clone());
+        self.meta("dm_closed", move |c| {
+            c.query_row_cached(
+                "SELECT closed_seq FROM members WHERE channel = ?1 AND user = ?2",
+                params![ch.0, u.0],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()
+            .map(|seq| seq.flatten().map(|s| s.max(0) as Seq))
+            .map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn set_dm_closed(
+        &self,
+        channel: &ChannelId,
+        user: &UserId,
+        closed: Option<Seq>,
+    ) -> StorageResult<bool> {
+        let (ch, u) = (channel.clone(), user.clone());
+        let closed = closed.map(|seq| seq.min(i64::MAX as u64) as i64);
+        self.meta_write("set_dm_closed", move |c| {
+            c.execute_cached(
+                "UPDATE members SET closed_seq = ?3 WHERE channel = ?1 AND user = ?2",
+                params![ch.0, u.0, closed],
             )
             .map(|n| n == 1)
             .map_err(unavailable)

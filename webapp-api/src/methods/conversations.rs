@@ -274,6 +274,12 @@ pub(super) async fn info(state: &AppState, caller: &Caller, params: &Params) -> 
             channel["unread_count"] = unread.into();
             channel["unread_count_display"] = unread.into();
         }
+        if super::members::is_direct(&visible.channel) {
+            channel["is_open"] =
+                super::members::dm_is_open(state, &visible.channel, &caller.user.id)
+                    .await?
+                    .into();
+        }
     }
     Ok(object(json!({ "channel": channel })))
 }

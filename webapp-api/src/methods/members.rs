@@ -1,16 +1,22 @@
 //! Direct messages and channel membership by others: `conversations.open` (1:1 and group
-//! DMs), `conversations.invite`, `conversations.members`.
+//! DMs), `conversations.close`, `conversations.invite`, `conversations.members`.
 //!
 //! A DM is a private channel whose members are fixed and whose name is derived from its
 //! members (`dm-…`, `mpdm-…`, reserved for this): opening the same set of users again finds
 //! the same conversation, and every path that checks private-channel membership protects it.
+//!
+//! Each member has a DM open or closed, as in Slack's sidebar: `conversations.close` closes
+//! it for the caller where the channel's stream then ends, and it is open again when the
+//! caller opens it (`conversations.open`, or a post to the user's id) or when a message
+//! arrives after that point ([`dm_is_open`]). Nothing is written per message.
 
 use std::collections::HashSet;
 
 use serde_json::json;
 use shared::ids::{ChannelId, Seq, Ts, UserId};
+use shared::protocol::client::{unread_effect, UnreadEffect};
 use shared::protocol::UserEvent;
-use shared::store::{Channel, StorageErrorKind};
+use shared::store::{Channel, HistoryQuery, StorageErrorKind};
 
 use super::{
     channel_json, channel_summary, publish_all, response_metadata, visible_channel, VisibleChannel,
@@ -23,6 +29,8 @@ pub use shared::ids::{IM_PREFIX, MPIM_PREFIX};
 /// Slack allows group DMs of up to 9 people, the caller included.
 const MAX_DM_USERS: usize = 9;
 const MAX_INVITES: usize = 1000;
+/// Entries read past the point where a DM was closed to find a message that opened it again.
+const REOPEN_LOOKAHEAD: u32 = 1000;
 
 pub fn is_direct(c: &Channel) -> bool {
     c.name.starts_with(IM_PREFIX) || c.name.starts_with(MPIM_PREFIX)
@@ -78,10 +86,10 @@ pub(super) async fn open(state: &AppState, caller: &Caller, params: &Params) -> 
         Some(&caller.user.id),
     )
     .await?;
-    let (channel, created, num_members) = open_dm(state, caller, others).await?;
+    let (channel, created, num_members, was_open) = open_dm(state, caller, others).await?;
     let body = channel_json(&channel, &caller.user.id, true, Some(num_members));
     let mut out = object(json!({ "channel": body }));
-    if !created {
+    if !created && was_open {
         out.insert("already_open".into(), json!(true));
         out.insert("no_op".into(), json!(true));
     }
@@ -107,21 +115,22 @@ pub(super) async fn dm_with(
     } else {
         vec![user.id]
     };
-    let (channel, _, _) = open_dm(state, caller, others).await?;
+    let (channel, _, _, _) = open_dm(state, caller, others).await?;
     Ok(VisibleChannel {
         channel,
         is_member: true,
     })
 }
 
-/// Finds or creates the DM between the caller and `others` (the caller not among them), and
-/// makes sure every one of them is a member. Returns the DM, whether it was created, and its
-/// number of members.
+/// Finds or creates the DM between the caller and `others` (the caller not among them), makes
+/// sure every one of them is a member, and opens it for the caller if the caller had closed
+/// it. Returns the DM, whether it was created, its number of members, and whether the caller
+/// had it open already.
 async fn open_dm(
     state: &AppState,
     caller: &Caller,
     others: Vec<UserId>,
-) -> ApiResult<(Channel, bool, usize)> {
+) -> ApiResult<(Channel, bool, usize, bool)> {
     let mut members = others;
     members.push(caller.user.id.clone());
     members.sort();
@@ -178,9 +187,105 @@ async fn open_dm(
         });
     }
     let added = add_members(state, &channel, &members, &mut events).await;
+    let reopened = match added {
+        Ok(_) if !created => reopen_dm(state, &channel, &caller.user.id).await,
+        _ => Ok(false),
+    };
+    if let Ok(true) = reopened {
+        events.push(dm_notice(&channel, &caller.user.id, "open"));
+    }
     publish_all(state, events).await;
     added?;
-    Ok((channel, created, members.len()))
+    Ok((channel, created, members.len(), !reopened?))
+}
+
+/// Whether `user` has the DM `channel` open: never closed, or closed and then a message
+/// arrived (Slack opens a closed DM again when a message comes; reactions, edits and replies
+/// in threads, which the channel does not show, do not).
+pub(crate) async fn dm_is_open(
+    state: &AppState,
+    channel: &Channel,
+    user: &UserId,
+) -> ApiResult<bool> {
+    match state.store.dm_closed(&channel.id, user).await? {
+        None => Ok(true),
+        Some(closed) => message_since(state, channel, closed).await,
+    }
+}
+
+/// Whether a message shown in `channel` came after `seq`.
+async fn message_since(state: &AppState, channel: &Channel, seq: Seq) -> ApiResult<bool> {
+    let query = HistoryQuery {
+        after_seq: Some(seq),
+        limit: REOPEN_LOOKAHEAD,
+        ..HistoryQuery::default()
+    };
+    let entries = state
+        .store
+        .history(&channel.workspace, &channel.id, &query)
+        .await?;
+    // Counted for no reader: every author's message counts.
+    Ok(entries
+        .iter()
+        .any(|m| matches!(unread_effect(m, ""), UnreadEffect::Adds(_))))
+}
+
+/// Clears where `user` closed the DM; `Ok(true)` when it was closed until now (not when a
+/// message had opened it again meanwhile).
+async fn reopen_dm(state: &AppState, channel: &Channel, user: &UserId) -> ApiResult<bool> {
+    let Some(closed) = state.store.dm_closed(&channel.id, user).await? else {
+        return Ok(false);
+    };
+    let was_closed = !message_since(state, channel, closed).await?;
+    state.store.set_dm_closed(&channel.id, user, None).await?;
+    Ok(was_closed)
+}
+
+/// Slack's `im_open` / `im_close` (`mpim_…` for a group DM) for `user`'s sessions alone.
+fn dm_notice(channel: &Channel, user: &UserId, what: &str) -> UserEvent {
+    let kind = if channel.name.starts_with(IM_PREFIX) {
+        "im"
+    } else {
+        "mpim"
+    };
+    UserEvent::UserNotice {
+        workspace: channel.workspace.clone(),
+        user: user.clone(),
+        event: json!({
+            "type": format!("{kind}_{what}"),
+            "user": user,
+            "channel": channel.id,
+            "event_ts": Ts::now().to_slack(),
+        })
+        .to_string(),
+    }
+}
+
+/// `conversations.close`: closes a DM or group DM for the caller, where its stream ends now;
+/// the caller's sessions hear `im_close` (`mpim_close`). Closing a closed one answers
+/// `no_op` and `already_closed`, as Slack's does; a channel is not closed
+/// (`method_not_supported_for_channel_type`).
+pub(super) async fn close(state: &AppState, caller: &Caller, params: &Params) -> ApiResult {
+    let VisibleChannel { channel, is_member } = visible_channel(state, caller, params).await?;
+    if !is_direct(&channel) {
+        return Err(ApiError::MethodNotSupportedForChannelType);
+    }
+    if !is_member {
+        return Err(ApiError::ChannelNotFound);
+    }
+    if !dm_is_open(state, &channel, &caller.user.id).await? {
+        return Ok(object(json!({ "no_op": true, "already_closed": true })));
+    }
+    let end = seq_before_join(state, &channel).await?;
+    if !state
+        .store
+        .set_dm_closed(&channel.id, &caller.user.id, Some(end))
+        .await?
+    {
+        return Err(ApiError::ChannelNotFound);
+    }
+    publish_all(state, vec![dm_notice(&channel, &caller.user.id, "close")]).await;
+    Ok(object(json!({})))
 }
 
 /// The channel's last stored `seq` (0 before its first message), to be read before a join is

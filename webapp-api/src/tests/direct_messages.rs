@@ -140,3 +140,129 @@ async fn posting_to_a_user_id_posts_to_the_dm_with_that_user() {
     }
     s.stop().await;
 }
+
+/// `conversations.close`: a DM closed for the caller alone, `im_close` to its sessions, open
+/// again by `conversations.open` (`im_open`) or by a message, not by a reaction or a thread
+/// reply; a channel is not closed.
+#[tokio::test]
+async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
+    let s = Server::start_with_cluster().await;
+    let (alice, bob) = (s.token("alice"), s.token("bob"));
+    let (alice_id, bob_id, carol_id) = (s.user_id("alice"), s.user_id("bob"), s.user_id("carol"));
+    let dm = s
+        .ok("conversations.open", &alice, json!({"users": bob_id}))
+        .await["channel"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let is_open = |token: String| {
+        let s = &s;
+        let dm = dm.clone();
+        async move {
+            s.ok("conversations.info", &token, json!({"channel": dm}))
+                .await["channel"]["is_open"]
+                .clone()
+        }
+    };
+    assert_eq!(is_open(alice.clone()).await, true);
+    let first = s.post_ts(&bob, &dm, "hi alice").await;
+
+    let v = s
+        .ok("conversations.close", &alice, json!({"channel": dm}))
+        .await;
+    assert!(v.get("no_op").is_none(), "{v}");
+    let closed = s.user_notices(&alice_id, "im_close", 1).await;
+    assert!(!closed.is_empty());
+    assert_eq!(closed[0]["channel"], dm.as_str());
+    assert_eq!(closed[0]["user"], alice_id.as_str());
+    assert_eq!(is_open(alice.clone()).await, false);
+    assert_eq!(is_open(bob.clone()).await, true, "bob's stays open");
+    let v = s
+        .ok("conversations.close", &alice, json!({"channel": dm}))
+        .await;
+    assert_eq!(
+        (&v["no_op"], &v["already_closed"]),
+        (&json!(true), &json!(true))
+    );
+
+    // A reaction, or a reply in a thread, is no message the DM shows: still closed.
+    s.ok(
+        "reactions.add",
+        &bob,
+        json!({"channel": dm, "timestamp": first, "name": "wave"}),
+    )
+    .await;
+    s.ok(
+        "chat.postMessage",
+        &bob,
+        json!({"channel": dm, "text": "in a thread", "thread_ts": first}),
+    )
+    .await;
+    assert_eq!(is_open(alice.clone()).await, false);
+    // Bob writes: open again for alice.
+    s.post_ts(&bob, &dm, "are you there?").await;
+    assert_eq!(is_open(alice.clone()).await, true);
+    // Alice's own post, from another client, opens it too.
+    s.ok("conversations.close", &alice, json!({"channel": dm}))
+        .await;
+    assert_eq!(is_open(alice.clone()).await, false);
+    s.post_ts(&alice, &dm, "back").await;
+    assert_eq!(is_open(alice.clone()).await, true);
+
+    // Closed again, then opened by alice: `im_open`, and not `already_open`.
+    s.ok("conversations.close", &alice, json!({"channel": dm}))
+        .await;
+    assert_eq!(is_open(alice.clone()).await, false);
+    let v = s
+        .ok("conversations.open", &alice, json!({"users": bob_id}))
+        .await;
+    assert!(v.get("already_open").is_none(), "{v}");
+    let opened = s.user_notices(&alice_id, "im_open", 1).await;
+    assert_eq!(opened[0]["channel"], dm.as_str());
+    assert_eq!(is_open(alice.clone()).await, true);
+    let v = s
+        .ok("conversations.open", &alice, json!({"users": bob_id}))
+        .await;
+    assert_eq!(v["already_open"], true, "{v}");
+
+    // A group DM: `mpim_close`.
+    let group = s
+        .ok(
+            "conversations.open",
+            &alice,
+            json!({"users": format!("{bob_id},{carol_id}")}),
+        )
+        .await["channel"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.ok("conversations.close", &alice, json!({"channel": group}))
+        .await;
+    let closed = s.user_notices(&alice_id, "mpim_close", 1).await;
+    assert_eq!(closed[0]["channel"], group.as_str());
+
+    // Not a DM, not visible, not given: clear errors.
+    let general = s.demo["general"].as_str().unwrap().to_string();
+    s.err(
+        "conversations.close",
+        &alice,
+        json!({"channel": general}),
+        "method_not_supported_for_channel_type",
+    )
+    .await;
+    let carol = s.token("carol");
+    s.err(
+        "conversations.close",
+        &carol,
+        json!({"channel": dm}),
+        "channel_not_found",
+    )
+    .await;
+    s.err(
+        "conversations.close",
+        &alice,
+        json!({}),
+        "channel_not_found",
+    )
+    .await;
+}
