@@ -228,6 +228,21 @@ def test_history_pagination_with_cursor(dev):
     assert seen == [f"page {i}" for i in reversed(range(7))]
 
 
+def test_conversations_close_and_open(dev):
+    alice, bob = web(dev, "alice"), web(dev, "bob")
+    bob_id = dev["tokens"]["users"]["bob"]["id"]
+    dm = alice.conversations_open(users=bob_id)["channel"]["id"]
+    assert alice.conversations_info(channel=dm)["channel"]["is_open"] is True
+    assert alice.conversations_close(channel=dm)["ok"] is True
+    assert alice.conversations_info(channel=dm)["channel"]["is_open"] is False
+    assert alice.conversations_close(channel=dm)["already_closed"] is True
+    bob.chat_postMessage(channel=dm, text="ping")
+    assert alice.conversations_info(channel=dm)["channel"]["is_open"] is True
+    with pytest.raises(SlackApiError) as e:
+        alice.conversations_close(channel=dev["tokens"]["general"])
+    assert e.value.response["error"] == "method_not_supported_for_channel_type"
+
+
 def test_search_messages(dev):
     alice = web(dev, "alice")
     channel = alice.conversations_create(name="py-search-" + uuid.uuid4().hex[:6])["channel"]["id"]
