@@ -29,7 +29,8 @@ pub use shared::ids::{IM_PREFIX, MPIM_PREFIX};
 /// Slack allows group DMs of up to 9 people, the caller included.
 const MAX_DM_USERS: usize = 9;
 const MAX_INVITES: usize = 1000;
-/// Entries read past the point where a DM was closed to find a message that opened it again.
+/// How far past the point where a DM was closed a message that opened it again is looked for
+/// (in entries: reactions, edits and replies in threads are entries too).
 const REOPEN_LOOKAHEAD: u32 = 1000;
 
 pub fn is_direct(c: &Channel) -> bool {
@@ -215,19 +216,32 @@ pub(crate) async fn dm_is_open(
 
 /// Whether a message shown in `channel` came after `seq`.
 async fn message_since(state: &AppState, channel: &Channel, seq: Seq) -> ApiResult<bool> {
-    let query = HistoryQuery {
-        after_seq: Some(seq),
-        limit: REOPEN_LOOKAHEAD,
-        ..HistoryQuery::default()
-    };
-    let entries = state
-        .store
-        .history(&channel.workspace, &channel.id, &query)
-        .await?;
-    // Counted for no reader: every author's message counts.
-    Ok(entries
-        .iter()
-        .any(|m| matches!(unread_effect(m, ""), UnreadEffect::Adds(_))))
+    // A few entries at a time: the first after the point is usually the message.
+    const PAGE: u32 = 20;
+    let mut after = seq;
+    while after - seq < u64::from(REOPEN_LOOKAHEAD) {
+        let query = HistoryQuery {
+            after_seq: Some(after),
+            limit: PAGE,
+            ..HistoryQuery::default()
+        };
+        let entries = state
+            .store
+            .history(&channel.workspace, &channel.id, &query)
+            .await?;
+        // Counted for no reader: every author's message counts.
+        if entries
+            .iter()
+            .any(|m| matches!(unread_effect(m, ""), UnreadEffect::Adds(_)))
+        {
+            return Ok(true);
+        }
+        match entries.last() {
+            Some(last) if entries.len() == PAGE as usize => after = last.seq,
+            _ => return Ok(false),
+        }
+    }
+    Ok(false)
 }
 
 /// Clears where `user` closed the DM; `Ok(true)` when it was closed until now (not when a

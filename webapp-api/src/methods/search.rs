@@ -49,6 +49,10 @@ const MATCH_KEYS_FROM_MESSAGE: &[&str] = &[
 ];
 /// The kind of a search cursor ([`encode_cursor`]).
 const CURSOR_KIND: &str = "search";
+/// Channels whose pins (`has:pin`) or reacted messages (`has::name:`) are read at once.
+const PIN_LOOKUPS_AT_ONCE: usize = 16;
+/// Most messages per channel and reaction that `has::name:` finds (the newest).
+const MAX_REACTED_PER_CHANNEL: usize = 10_000;
 
 /// Where a `search.messages` page starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,10 +147,6 @@ impl Cursor {
         Ok(Some(cursor))
     }
 }
-/// Channels whose pins (`has:pin`) or reacted messages (`has::name:`) are read at once.
-const PIN_LOOKUPS_AT_ONCE: usize = 16;
-/// Most messages per channel and reaction that `has::name:` finds (the newest).
-const MAX_REACTED_PER_CHANNEL: usize = 10_000;
 
 fn number(params: &Params, key: &str, default: u32, max: u32) -> ApiResult<u32> {
     match params.non_empty(key) {
@@ -417,8 +417,13 @@ fn pages(found: &Found, shown: usize) -> (Value, Value) {
     let page = before / count + 1;
     let total = found.results.total as u32;
     let pages = total.div_ceil(count).max(1);
-    let first = if total == 0 { 0 } else { before + 1 };
-    let last = (before + shown as u32).min(total);
+    // A cursor's `before` is the client's to send: no sum of it may overflow.
+    let first = if total == 0 {
+        0
+    } else {
+        before.saturating_add(1)
+    };
+    let last = before.saturating_add(shown as u32).min(total);
     (
         json!({ "total_count": total, "page": page, "per_page": count, "page_count": pages, "first": first, "last": last }),
         json!({ "count": count, "total": total, "page": page, "pages": pages }),

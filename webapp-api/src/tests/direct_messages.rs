@@ -185,13 +185,19 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
         (&json!(true), &json!(true))
     );
 
-    // A reaction, or a reply in a thread, is no message the DM shows: still closed.
-    s.ok(
-        "reactions.add",
-        &bob,
-        json!({"channel": dm, "timestamp": first, "name": "wave"}),
-    )
-    .await;
+    // Reactions, or a reply in a thread, are no message the DM shows: still closed (more
+    // entries than one look reads).
+    for name in [
+        "wave", "tada", "eyes", "rocket", "fire", "heart", "smile", "clap", "pray", "100", "star",
+        "sparkles", "ok_hand", "muscle", "joy", "sob", "x", "warning", "zap", "bulb", "bell",
+    ] {
+        s.ok(
+            "reactions.add",
+            &bob,
+            json!({"channel": dm, "timestamp": first, "name": name}),
+        )
+        .await;
+    }
     s.ok(
         "chat.postMessage",
         &bob,

@@ -190,6 +190,15 @@ async fn search_cursors_read_every_match_once_in_order() {
     assert!(s.metrics_text().await.lines().any(|l| l.starts_with(
         "switchboard_webapp_errors_total{error=\"invalid_cursor\",method=\"search.messages\"}"
     )));
+    // A cursor that claims more matches given than there are still pages sanely.
+    let v = s
+        .ok(
+            "search.messages",
+            &alice,
+            json!({"query": "deploy", "sort": "timestamp", "cursor": forged(&format!("t;{};;;", u32::MAX))}),
+        )
+        .await;
+    assert_eq!(v["messages"]["total"], total, "{v}");
     // The cursor made for one sort goes on with it.
     let v = s
         .ok(
