@@ -659,7 +659,7 @@ pub fn search_all(
     let want = r.offset.saturating_add(limit);
     let mut total = 0;
     let mut ranked: Vec<(usize, Ranked)> = Vec::new();
-    let mut opened = Vec::with_capacity(indexes.len());
+    let mut opened: Opened = Vec::with_capacity(indexes.len());
     for (i, index) in indexes.iter().enumerate() {
         let Some(query) = index.build_query(r) else {
             // The request matches nothing anywhere (no readable channel, or a word that is
@@ -670,7 +670,7 @@ pub fn search_all(
         let (n, top) = index.top(&searcher, &*query, r, want)?;
         total += n;
         ranked.extend(top.into_iter().map(|m| (i, m)));
-        opened.push((searcher, query, None::<SnippetGenerator>));
+        opened.push((searcher, query, None));
     }
     // Best first; equal ones in index order, then document order, so pages never overlap.
     ranked.sort_by(|(ia, a), (ib, b)| {
@@ -681,21 +681,40 @@ pub fn search_all(
         };
         key.then(ia.cmp(ib)).then(a.addr.cmp(&b.addr))
     });
-    let mut hits = Vec::with_capacity(limit);
-    for (i, m) in ranked.into_iter().skip(r.offset).take(limit) {
-        let (searcher, query, snippets) = &mut opened[i];
-        if r.highlight && snippets.is_none() {
-            let mut g = SnippetGenerator::create(searcher, &**query, indexes[i].fields.text)?;
-            g.set_max_num_chars(40_000);
-            *snippets = Some(g);
-        }
-        hits.push(indexes[i].hit(searcher, m.addr, m.score, snippets.as_ref())?);
-    }
+    let page = ranked
+        .into_iter()
+        .skip(r.offset)
+        .take(limit)
+        .map(|(i, m)| (i, m.addr, m.score));
+    let hits = load_page(indexes, &mut opened, page, r.highlight)?;
     Ok(SearchResults {
         total,
         hits,
         next: None,
     })
+}
+
+/// Each index's searcher and query in a search, and its highlighter once one is needed.
+type Opened = Vec<(Searcher, Box<dyn Query>, Option<SnippetGenerator>)>;
+
+/// Loads a page's documents, given as (index, address, score), highlighted when asked.
+fn load_page(
+    indexes: &[&SearchIndex],
+    opened: &mut Opened,
+    page: impl Iterator<Item = (usize, tantivy::DocAddress, f32)>,
+    highlight: bool,
+) -> Result<Vec<SearchHit>, SearchError> {
+    let mut hits = Vec::new();
+    for (i, addr, score) in page {
+        let (searcher, query, snippets) = &mut opened[i];
+        if highlight && snippets.is_none() {
+            let mut g = SnippetGenerator::create(searcher, &**query, indexes[i].fields.text)?;
+            g.set_max_num_chars(40_000);
+            *snippets = Some(g);
+        }
+        hits.push(indexes[i].hit(searcher, addr, score, snippets.as_ref())?);
+    }
+    Ok(hits)
 }
 
 /// [`search_all`] of a request that pages by [`Resume`]: the matches of `resume.at` not yet
@@ -710,7 +729,7 @@ fn search_resumed(
     let mut total = 0;
     let mut tied: Vec<(MatchKey, usize, tantivy::DocAddress)> = Vec::new();
     let mut past: Vec<(usize, Ranked)> = Vec::new();
-    let mut opened = Vec::with_capacity(indexes.len());
+    let mut opened: Opened = Vec::with_capacity(indexes.len());
     for (i, index) in indexes.iter().enumerate() {
         let Some(query) = index.build_query(r) else {
             return Ok(SearchResults::default());
@@ -762,7 +781,7 @@ fn search_resumed(
                 }));
             }
         }
-        opened.push((searcher, query, None::<SnippetGenerator>));
+        opened.push((searcher, query, None));
     }
     tied.sort_by(|a, b| a.0.cmp(&b.0));
     // As `search_all` orders a page of one `ts`: index order, then document order.
@@ -778,19 +797,10 @@ fn search_resumed(
     let from_tied = tied.len().min(limit);
     let page = tied
         .into_iter()
-        .map(|(_, i, addr)| (i, addr))
-        .chain(past.into_iter().map(|(i, m)| (i, m.addr)))
+        .map(|(_, i, addr)| (i, addr, 0.0))
+        .chain(past.into_iter().map(|(i, m)| (i, m.addr, 0.0)))
         .take(limit);
-    let mut hits = Vec::with_capacity(limit);
-    for (i, addr) in page {
-        let (searcher, query, snippets) = &mut opened[i];
-        if r.highlight && snippets.is_none() {
-            let mut g = SnippetGenerator::create(searcher, &**query, indexes[i].fields.text)?;
-            g.set_max_num_chars(40_000);
-            *snippets = Some(g);
-        }
-        hits.push(indexes[i].hit(searcher, addr, 0.0, snippets.as_ref())?);
-    }
+    let hits = load_page(indexes, &mut opened, page, r.highlight)?;
     let next = match hits.last() {
         Some(last) if more => Some(if hits.len() == from_tied {
             // The page ended among `at`'s matches: the next starts after this one.
