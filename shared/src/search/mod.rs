@@ -99,8 +99,9 @@ pub struct SearchRequest {
 /// A match's place among matches of the same `ts`: its channel and seq.
 pub type MatchKey = (ChannelId, Seq);
 
-/// Most matches of one microsecond that a resumed search reads (Slack's `ts` is unique in a
-/// channel, so ties are messages of different channels posted in the same microsecond).
+/// Most matches of one microsecond whose documents a resumed page loads to order them
+/// (Slack's `ts` is unique in a channel, so ties are messages of different channels posted in
+/// the same microsecond: a few at most, where more would be passed over).
 const MAX_TIED: usize = 10_000;
 
 /// Where a page of a timestamp-ordered search starts (`search.messages`' `cursor`): the
