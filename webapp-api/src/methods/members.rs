@@ -88,7 +88,9 @@ pub(super) async fn open(state: &AppState, caller: &Caller, params: &Params) -> 
     )
     .await?;
     let (channel, created, num_members, was_open) = open_dm(state, caller, others).await?;
-    let body = channel_json(&channel, &caller.user.id, true, Some(num_members));
+    let mut body = channel_json(&channel, &caller.user.id, true, Some(num_members));
+    // Open for the caller now, whatever it was.
+    body["is_open"] = true.into();
     let mut out = object(json!({ "channel": body }));
     if !created && was_open {
         out.insert("already_open".into(), json!(true));

@@ -223,6 +223,7 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
         .ok("conversations.open", &alice, json!({"users": bob_id}))
         .await;
     assert!(v.get("already_open").is_none(), "{v}");
+    assert_eq!(v["channel"]["is_open"], true, "{v}");
     let opened = s.user_notices(&alice_id, "im_open", 1).await;
     assert_eq!(opened[0]["channel"], dm.as_str());
     assert_eq!(is_open(alice.clone()).await, true);
