@@ -122,6 +122,19 @@ async fn search_cursors_read_every_match_once_in_order() {
         total as usize
     );
 
+    // Highlights as on any page.
+    let v = s
+        .ok(
+            "search.messages",
+            &alice,
+            json!({"query": "deploy", "sort": "timestamp", "count": 2, "cursor": "*", "highlight": true}),
+        )
+        .await;
+    let text = v["messages"]["matches"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(text.contains("\u{e000}deploy\u{e001}"), "{text:?}");
     // Pages by `page` are as they were: no `response_metadata`.
     let v = s
         .ok(
