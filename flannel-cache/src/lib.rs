@@ -52,7 +52,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use shared::auth::TokenSigner;
 use shared::config::Config;
 use shared::ids::NodeId;
@@ -155,11 +154,7 @@ pub async fn run(
     deps.health.set_ready(true);
     let health = deps.health.clone();
     // Answers are written as soon as they are ready (no Nagle delay on small ones).
-    let http = http.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "failed to set TCP_NODELAY");
-        }
-    });
+    let http = shared::listen::without_nagle(http);
     let result = axum::serve(http, app)
         .with_graceful_shutdown(async move {
             shutdown.wait().await;

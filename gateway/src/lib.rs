@@ -239,7 +239,8 @@ pub async fn run(
             tokio::time::sleep(spread + drain).await;
         }
     };
-    axum::serve(http, app)
+    // Each session's writes are batched already; Nagle would hold a batch behind the last.
+    axum::serve(shared::listen::without_nagle(http), app)
         .with_graceful_shutdown(graceful)
         .await
         .context("gateway server")?;

@@ -503,8 +503,26 @@ async fn close(socket: &mut WebSocket, code: u16, reason: &str, limit: Duration)
         code,
         reason: reason.into(),
     }));
-    bounded(limit, socket.send(frame)).await;
+    if !bounded(limit, socket.send(frame)).await {
+        return;
+    }
+    // The closing handshake (RFC 6455 §7.1.1): read until the client's Close or the end of the
+    // stream before the socket is dropped. Dropping it with frames of the client's unread (an
+    // acknowledgement, a ping sent as the Close left) makes the kernel reset the connection,
+    // and a reset throws away what is still queued to send: the Close frame itself, so the
+    // client never learns the code saying why. Bounded, for a client that never answers.
+    let drain = async {
+        while let Some(Ok(frame)) = socket.recv().await {
+            if matches!(frame, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit.min(CLOSE_LINGER), drain).await;
 }
+
+/// How long a closing session waits for the client's answering Close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Serves one session until it ends. A plain function returning an `async move` block rather
 /// than an `async fn`: an `async fn` copies its arguments into locals, and both copies take
@@ -743,7 +761,12 @@ pub fn run<K: Send + 'static>(
                             out.push(error_json(error_code::INVALID_UTF8, "binary frames are not supported; send JSON text", None).into());
                         }
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => {}
-                        Some(Ok(WsMessage::Close(_))) | None => break,
+                        Some(Ok(WsMessage::Close(_))) => {
+                            // The answering Close, queued by the read: sent before the drop.
+                            bounded(write_timeout, socket.flush()).await;
+                            break;
+                        }
+                        None => break,
                         Some(Err(e)) => {
                             let msg = e.to_string();
                             let lower = msg.to_ascii_lowercase();
@@ -1620,6 +1643,83 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
         addr
+    }
+
+    /// A session the gateway closes (here: its token revoked) reads on until the client's
+    /// answering Close before it drops the connection. Dropped with frames of the client's
+    /// unread (an app acknowledging what it read as the Close left), the kernel resets the
+    /// connection, and the reset can throw away the Close frame still queued to send.
+    #[tokio::test]
+    async fn a_closing_session_reads_until_the_clients_close() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+
+        // Bounded reads, so that a regression fails instead of hanging the suite.
+        async fn next<S: futures_util::Stream + Unpin>(
+            client: &mut S,
+        ) -> Result<Option<S::Item>, tokio::time::error::Elapsed> {
+            tokio::time::timeout(Duration::from_secs(10), client.next()).await
+        }
+
+        let (hub, _dir) = hub();
+        let (ended_tx, mut ended_rx) = tokio::sync::oneshot::channel::<()>();
+        let addr = serve_sessions(&hub, Duration::from_secs(60), Some(ended_tx)).await;
+        let (mut client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        let hello = client.next().await.unwrap().unwrap();
+        assert!(hello.to_text().unwrap().contains("\"hello\""));
+        let revoked = serde_json::json!({
+            "type": "tokens_revoked",
+            "token_ids": [claims().token_id()],
+        });
+        hub.broadcast(Utf8Bytes::from(revoked.to_string()));
+
+        loop {
+            let frame = next(&mut client)
+                .await
+                .expect("the goodbye")
+                .unwrap()
+                .unwrap();
+            if frame.to_text().unwrap_or_default().contains("\"goodbye\"") {
+                break;
+            }
+        }
+        for id in 0..200 {
+            let ping = serde_json::json!({ "type": "ping", "id": id });
+            client
+                .send(Message::Text(ping.to_string().into()))
+                .await
+                .unwrap();
+        }
+        // Reading the Close queues the client's answer; it goes out with the next read.
+        let close = loop {
+            match next(&mut client).await.expect("the Close frame") {
+                Some(Ok(Message::Close(frame))) => break frame,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("the connection failed before its Close frame: {e}"),
+                None => panic!("the connection ended without a Close frame"),
+            }
+        };
+        assert_eq!(
+            close.map(|f| u16::from(f.code)),
+            Some(close_code::TOKEN_REVOKED)
+        );
+        // Unanswered, the session is still there, reading (far less than its linger).
+        tokio::time::sleep(CLOSE_LINGER / 10).await;
+        assert!(
+            ended_rx.try_recv().is_err(),
+            "the session ended before the client answered its Close"
+        );
+        // Answered: the connection ends cleanly, and so does the session.
+        match next(&mut client).await.expect("the end of the connection") {
+            None => {}
+            other => panic!("the connection did not end cleanly after the Close: {other:?}"),
+        }
+        tokio::time::timeout(Duration::from_secs(10), ended_rx)
+            .await
+            .expect("the session ended once its Close was answered")
+            .unwrap();
     }
 
     #[tokio::test]

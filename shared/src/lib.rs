@@ -8,7 +8,7 @@
 //! - [`mesh`]: QUIC transport with mutual TLS, frame streams, a reconnecting peer pool.
 //! - [`store`]: the `MessageStore` interface and the embedded store.
 //! - [`threads`]: a few single-threaded runtimes sharing many similar tasks.
-//! - [`config`], [`telemetry`], [`auth`], [`shutdown`].
+//! - [`config`], [`telemetry`], [`auth`], [`shutdown`], [`listen`].
 //!
 //! # Invariants kept here
 //! - Every process places a channel on the same owner for the same epoch (fixed-key hashing).
@@ -18,6 +18,7 @@
 pub mod auth;
 pub mod config;
 pub mod ids;
+pub mod listen;
 pub mod membership;
 pub mod mesh;
 pub mod protocol;

@@ -154,7 +154,7 @@ pub async fn run(
     tracing::info!(addr = %local_addr, "web api serving");
     deps.health.set_ready(true);
     let health = deps.health.clone();
-    let result = axum::serve(listener, app)
+    let result = axum::serve(shared::listen::without_nagle(listener), app)
         .with_graceful_shutdown(async move {
             shutdown.wait().await;
             health.set_ready(false);
