@@ -440,6 +440,8 @@ async fn deliver(
             &post.text,
             post.thread_ts,
         )?;
+    } else {
+        crate::methods::members::tell_reopened(state, &channel, &msg).await;
     }
     Ok(())
 }

@@ -81,7 +81,8 @@ pub static USER_EVENTS_DROPPED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register_int_counter_vec!(
         "switchboard_webapp_user_events_dropped_total",
         "change events stored but not relayed to gateways, by reason: failed (after the admin \
-         link's retries), deadline (the call's relay deadline passed)",
+         link's retries), deadline (the call's relay deadline passed), store_read (a store read \
+         deciding who is told failed)",
         &["reason"]
     )
     .expect("metric registers once")

@@ -534,7 +534,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.close",
-        summary: "Closes a direct message or group DM for the caller, as Slack's sidebar does: `conversations.info` then says `is_open: false` to the caller (the others' stay as they were) until the caller opens it again or another member's message arrives. The caller's sessions hear `im_close` / `mpim_close`. Closing a closed one answers `no_op` and `already_closed`.",
+        summary: "Closes a direct message or group DM for the caller, as Slack's sidebar does: `conversations.info` then says `is_open: false` to the caller (the others' stay as they were) until the caller opens it again or a message arrives in it (any member's; reactions, edits and thread replies do not open it), when the caller's sessions hear `im_open` / `mpim_open`. The caller's sessions hear `im_close` / `mpim_close` when it closes. Closing a closed one answers `no_op` and `already_closed`.",
         auth: Auth::User,
         params: &[CHANNEL],
         errors: &["channel_not_found", "method_not_supported_for_channel_type"],

@@ -57,7 +57,7 @@ pub async fn relay(admin: &AdminLink, events: Vec<UserEvent>) {
 }
 
 /// Counts `n` events that were stored but will not be relayed.
-fn dropped(reason: &'static str, n: usize) {
+pub(crate) fn dropped(reason: &'static str, n: usize) {
     m::USER_EVENTS_DROPPED
         .with_label_values(&[reason])
         .inc_by(n as u64);

@@ -199,7 +199,12 @@ async fn post(state: &AppState, m: &ScheduledMessage) -> Outcome {
         }
     }
     match state.admin.post(msg.clone()).await {
-        Ok(_) => Outcome::Posted,
+        Ok((posted, repeat)) => {
+            if !repeat {
+                crate::methods::members::tell_reopened(state, &channel, &posted).await;
+            }
+            Outcome::Posted
+        }
         Err(PostError::Mesh(MeshError::BadRequest(reason))) => {
             tracing::warn!(id = %m.id, reason, "the channel's owner refused a scheduled message");
             Outcome::Dropped("refused")

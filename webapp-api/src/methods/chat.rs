@@ -44,6 +44,8 @@ pub(super) async fn post_message(
             .as_ref()
             .map_or(("", None), |(text, ts)| (text.as_str(), *ts));
         check_repeat(Via::Api, &msg, &caller.user.id, text, thread_ts)?;
+    } else {
+        super::members::tell_reopened(state, &channel, &msg).await;
     }
     if me {
         // Slack's answer to chat.meMessage: where and when, no message.

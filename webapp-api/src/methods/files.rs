@@ -504,6 +504,7 @@ async fn share(
     };
     let (posted, repeat) = state.admin.post(new).await?;
     if !repeat {
+        super::members::tell_reopened(state, &channel, &posted).await;
         // Slack's `file_shared`, which apps that handle uploads (Bolt's
         // `app.event("file_shared")`) wait for: to the sessions that follow the channel.
         let events = files

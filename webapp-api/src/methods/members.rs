@@ -8,14 +8,15 @@
 //! Each member has a DM open or closed, as in Slack's sidebar: `conversations.close` closes
 //! it for the caller where the channel's stream then ends, and it is open again when the
 //! caller opens it (`conversations.open`, or a post to the user's id) or when a message
-//! arrives after that point ([`dm_is_open`]). Nothing is written per message.
+//! arrives after that point ([`dm_is_open`]), whose post tells them `im_open`
+//! ([`tell_reopened`]). Nothing is written per message.
 
 use std::collections::HashSet;
 
 use serde_json::json;
 use shared::ids::{ChannelId, Seq, Ts, UserId};
 use shared::protocol::client::{unread_effect, UnreadEffect};
-use shared::protocol::UserEvent;
+use shared::protocol::{Message, UserEvent};
 use shared::store::{Channel, HistoryQuery, StorageErrorKind};
 
 use super::{
@@ -218,6 +219,16 @@ pub(crate) async fn dm_is_open(
 
 /// Whether a message shown in `channel` came after `seq`.
 async fn message_since(state: &AppState, channel: &Channel, seq: Seq) -> ApiResult<bool> {
+    Ok(first_message_after(state, channel, seq).await?.is_some())
+}
+
+/// The `seq` of the first message shown in `channel` after `seq` (looked for in the next
+/// [`REOPEN_LOOKAHEAD`] entries).
+async fn first_message_after(
+    state: &AppState,
+    channel: &Channel,
+    seq: Seq,
+) -> ApiResult<Option<Seq>> {
     // A few entries at a time: the first after the point is usually the message.
     const PAGE: u32 = 20;
     let mut after = seq;
@@ -232,18 +243,57 @@ async fn message_since(state: &AppState, channel: &Channel, seq: Seq) -> ApiResu
             .history(&channel.workspace, &channel.id, &query)
             .await?;
         // Counted for no reader: every author's message counts.
-        if entries
+        if let Some(m) = entries
             .iter()
-            .any(|m| matches!(unread_effect(m, ""), UnreadEffect::Adds(_)))
+            .find(|m| matches!(unread_effect(m, ""), UnreadEffect::Adds(_)))
         {
-            return Ok(true);
+            return Ok(Some(m.seq));
         }
         match entries.last() {
             Some(last) if entries.len() == PAGE as usize => after = last.seq,
-            _ => return Ok(false),
+            _ => return Ok(None),
         }
     }
-    Ok(false)
+    Ok(None)
+}
+
+/// After `msg` was stored in `channel`: the members who had the DM closed until this message
+/// (the first one it shows since they closed it: not a reaction, an edit or a reply kept in
+/// its thread) hear `im_open` (`mpim_open`), as when they open it themselves, so their
+/// clients list it again. Nothing is written: [`dm_is_open`] reads the DM open from the
+/// message itself. Best effort, the message being stored already: a failed read is logged
+/// and counted, and the DM is open all the same.
+pub(crate) async fn tell_reopened(state: &AppState, channel: &Channel, msg: &Message) {
+    if !is_direct(channel) || !matches!(unread_effect(msg, ""), UnreadEffect::Adds(_)) {
+        return;
+    }
+    match reopened_by(state, channel, msg.seq).await {
+        Ok(users) => {
+            let events = users
+                .iter()
+                .map(|user| dm_notice(channel, user, "open"))
+                .collect();
+            publish_all(state, events).await;
+        }
+        Err(e) => {
+            crate::relay::dropped("store_read", 1);
+            tracing::warn!(channel = %channel.id, error = ?e, "could not tell whom a message opened a DM for");
+        }
+    }
+}
+
+/// The members of the DM `channel` who had it closed until the message at `seq`.
+async fn reopened_by(state: &AppState, channel: &Channel, seq: Seq) -> ApiResult<Vec<UserId>> {
+    let mut users = Vec::new();
+    for user in state.store.members(&channel.id).await? {
+        let Some(closed) = state.store.dm_closed(&channel.id, &user).await? else {
+            continue;
+        };
+        if closed < seq && first_message_after(state, channel, closed).await? == Some(seq) {
+            users.push(user);
+        }
+    }
+    Ok(users)
 }
 
 /// Clears where `user` closed the DM; `Ok(true)` when it was closed until now (not when a

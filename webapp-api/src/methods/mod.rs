@@ -17,7 +17,7 @@ pub(crate) mod dnd;
 mod emoji;
 pub(crate) mod files;
 mod internal;
-mod members;
+pub(crate) mod members;
 pub(crate) mod records;
 mod scheduled;
 mod search;

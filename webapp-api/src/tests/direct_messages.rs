@@ -205,15 +205,25 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
     )
     .await;
     assert_eq!(is_open(alice.clone()).await, false);
-    // Bob writes: open again for alice.
+    assert!(s.user_notices(&alice_id, "im_open", 0).await.is_empty());
+    // Bob writes: open again for alice, whose sessions hear `im_open` (the call answers after
+    // the event is relayed), once: the next message opens nothing.
     s.post_ts(&bob, &dm, "are you there?").await;
     assert_eq!(is_open(alice.clone()).await, true);
+    let opened = s.user_notices(&alice_id, "im_open", 1).await;
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(opened[0]["channel"], dm.as_str());
+    assert_eq!(opened[0]["user"], alice_id.as_str());
+    s.post_ts(&bob, &dm, "hello?").await;
+    assert_eq!(s.user_notices(&alice_id, "im_open", 1).await.len(), 1);
+    assert!(s.user_notices(&bob_id, "im_open", 0).await.is_empty());
     // Alice's own post, from another client, opens it too.
     s.ok("conversations.close", &alice, json!({"channel": dm}))
         .await;
     assert_eq!(is_open(alice.clone()).await, false);
     s.post_ts(&alice, &dm, "back").await;
     assert_eq!(is_open(alice.clone()).await, true);
+    assert_eq!(s.user_notices(&alice_id, "im_open", 2).await.len(), 2);
 
     // Closed again, then opened by alice: `im_open`, and not `already_open`.
     s.ok("conversations.close", &alice, json!({"channel": dm}))
@@ -224,8 +234,9 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
         .await;
     assert!(v.get("already_open").is_none(), "{v}");
     assert_eq!(v["channel"]["is_open"], true, "{v}");
-    let opened = s.user_notices(&alice_id, "im_open", 1).await;
-    assert_eq!(opened[0]["channel"], dm.as_str());
+    let opened = s.user_notices(&alice_id, "im_open", 3).await;
+    assert_eq!(opened.len(), 3, "{opened:?}");
+    assert_eq!(opened[2]["channel"], dm.as_str());
     assert_eq!(is_open(alice.clone()).await, true);
     let v = s
         .ok("conversations.open", &alice, json!({"users": bob_id}))
@@ -247,6 +258,14 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
         .await;
     let closed = s.user_notices(&alice_id, "mpim_close", 1).await;
     assert_eq!(closed[0]["channel"], group.as_str());
+    // Carol writes there: `mpim_open` to alice alone (bob never closed it).
+    let carol = s.token("carol");
+    s.post_ts(&carol, &group, "lunch?").await;
+    let opened = s.user_notices(&alice_id, "mpim_open", 1).await;
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(opened[0]["channel"], group.as_str());
+    assert!(s.user_notices(&bob_id, "mpim_open", 0).await.is_empty());
+    assert!(s.user_notices(&carol_id, "mpim_open", 0).await.is_empty());
 
     // Not a DM, not visible, not given: clear errors.
     let general = s.demo["general"].as_str().unwrap().to_string();
@@ -257,7 +276,6 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
         "method_not_supported_for_channel_type",
     )
     .await;
-    let carol = s.token("carol");
     s.err(
         "conversations.close",
         &carol,
