@@ -129,6 +129,10 @@ pub struct WorkspaceData {
     channel_keys: BTreeSet<(String, ChannelIdx)>,
     /// User groups by id.
     subteams: BTreeMap<String, SubteamEntry>,
+    /// `(member, DM)`: the direct messages their members have closed (`is_open: false`
+    /// to them until they open it or a message arrives, which the Web API's `im_open`
+    /// says).
+    closed_dms: HashSet<(UserIdx, ChannelIdx)>,
 }
 
 /// A user as Flannel answers it: compact (a boot can carry thousands), flat, without the
@@ -161,6 +165,25 @@ use shared::ids::{IM_PREFIX, MPIM_PREFIX};
 
 fn is_im(c: &ChannelSummary) -> bool {
     c.name.starts_with(IM_PREFIX)
+}
+
+fn is_direct(c: &ChannelSummary) -> bool {
+    is_im(c) || c.name.starts_with(MPIM_PREFIX)
+}
+
+/// A `UserNotice`'s event that opens or closes a DM for its user (`im_open`, `im_close`,
+/// `mpim_open`, `mpim_close`): the channel, and whether it is open now.
+fn dm_open_event(event: &str) -> Option<(ChannelId, bool)> {
+    if !(event.contains("im_open\"") || event.contains("im_close\"")) {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(event).ok()?;
+    let open = match v["type"].as_str()? {
+        "im_open" | "mpim_open" => true,
+        "im_close" | "mpim_close" => false,
+        _ => return None,
+    };
+    Some((ChannelId::from(v["channel"].as_str()?), open))
 }
 
 fn render_channel_head(c: &ChannelSummary) -> Box<str> {
@@ -203,10 +226,12 @@ fn user_keys(u: &UserProfile) -> Vec<String> {
 /// Whether `event` can change what a cached workspace holds. Presence is not boot data (the
 /// gateways carry it live), nor are ephemeral messages or notices (the caches learn the same
 /// changes from their own events) other than the user groups' (`subteam_created`,
-/// `subteam_updated`), so those events change nothing here and need no lock.
+/// `subteam_updated`) and the DMs opened and closed (`im_open`, `im_close` and their
+/// `mpim_` forms), so those events change nothing here and need no lock.
 pub fn changes_cached_data(event: &UserEvent) -> bool {
     match event {
         UserEvent::Notice { event, .. } => event.contains("\"subteam_"),
+        UserEvent::UserNotice { event, .. } => dm_open_event(event).is_some(),
         _ => !matches!(
             event,
             UserEvent::PresenceReport { .. }
@@ -245,6 +270,7 @@ impl WorkspaceData {
                 .iter()
                 .map(|g| (g.id.clone(), SubteamEntry::from_group(g)))
                 .collect(),
+            closed_dms: HashSet::new(),
         };
         for u in snapshot.users {
             ws.upsert_user(u);
@@ -258,6 +284,11 @@ impl WorkspaceData {
             };
             ws.users[ui as usize].channels.insert(ci, row.2);
             ws.channels[ci as usize].members.insert(ui);
+        }
+        for (channel, user) in snapshot.closed_dms {
+            if let (Some(&ci), Some(&ui)) = (ws.channel_ix.get(&channel), ws.user_ix.get(&user)) {
+                ws.closed_dms.insert((ui, ci));
+            }
         }
         ws
     }
@@ -378,8 +409,27 @@ impl WorkspaceData {
             UserEvent::PresenceReport { .. }
             | UserEvent::PresenceSet { .. }
             | UserEvent::PresenceChanged { .. }
-            | UserEvent::Ephemeral { .. }
-            | UserEvent::UserNotice { .. } => {}
+            | UserEvent::Ephemeral { .. } => {}
+            UserEvent::UserNotice { user, event, .. } => {
+                let Some((channel, open)) = dm_open_event(event) else {
+                    return Applied::Applied;
+                };
+                let (Some(&ci), Some(&ui)) =
+                    (self.channel_ix.get(&channel), self.user_ix.get(user))
+                else {
+                    // Opened: nothing cached to change. Closed: a DM this copy does not hold.
+                    return if open {
+                        Applied::Applied
+                    } else {
+                        Applied::NeedsReload
+                    };
+                };
+                if open {
+                    self.closed_dms.remove(&(ui, ci));
+                } else {
+                    self.closed_dms.insert((ui, ci));
+                }
+            }
             UserEvent::Notice { event, .. } => {
                 if let Some(v) = subteam_event(event) {
                     let Some((id, entry)) = SubteamEntry::from_event(&v["subteam"]) else {
@@ -411,6 +461,7 @@ impl WorkspaceData {
                 };
                 self.channels[ci as usize].members.remove(&ui);
                 self.users[ui as usize].channels.remove(&ci);
+                self.closed_dms.remove(&(ui, ci));
             }
             UserEvent::ReadMarked {
                 channel, user, seq, ..
@@ -454,7 +505,7 @@ impl WorkspaceData {
                 out.push(',');
             }
             out.push_str(&c.json_head);
-            self.push_im_user(&mut out, c, ui);
+            self.push_dm_fields(&mut out, ci, ui);
             let _ = write!(
                 out,
                 ",\"is_member\":true,\"num_members\":{},\"last_read\":{last_read}}}",
@@ -559,7 +610,7 @@ impl WorkspaceData {
         let last_read = self.users[caller as usize].channels.get(&ci);
         let mut out = String::with_capacity(c.json_head.len() + 64);
         out.push_str(&c.json_head);
-        self.push_im_user(&mut out, c, caller);
+        self.push_dm_fields(&mut out, ci, caller);
         let _ = write!(
             out,
             ",\"is_member\":{},\"num_members\":{}",
@@ -573,9 +624,19 @@ impl WorkspaceData {
         out
     }
 
-    /// For a 1:1 DM, Slack's `user` field: the other member as `caller` sees it (the caller
-    /// itself in a DM with oneself).
-    fn push_im_user(&self, out: &mut String, c: &ChannelEntry, caller: UserIdx) {
+    /// For a DM, whether `caller` has it open (`is_open`, as Slack's sidebar shows it: a
+    /// member that closed it sees `false` until it opens it or a message arrives), and for a
+    /// 1:1 DM Slack's `user` field: the other member as `caller` sees it (the caller itself
+    /// in a DM with oneself).
+    fn push_dm_fields(&self, out: &mut String, ci: ChannelIdx, caller: UserIdx) {
+        let c = &self.channels[ci as usize];
+        if !is_direct(&c.summary) {
+            return;
+        }
+        if c.members.contains(&caller) {
+            let open = !self.closed_dms.contains(&(caller, ci));
+            let _ = write!(out, ",\"is_open\":{open}");
+        }
         if !is_im(&c.summary) {
             return;
         }
@@ -697,6 +758,7 @@ pub(crate) mod tests {
                 row("CRANDOM", "UNOBODY", 0),
             ],
             usergroups: vec![],
+            closed_dms: vec![],
         }
     }
 
@@ -848,6 +910,123 @@ pub(crate) mod tests {
             assert!(general.get("user").is_none(), "{general}");
         }
         assert_eq!(find(&boot(&ws, "UALICE"), "CSELF")["user"], "UALICE");
+    }
+
+    #[test]
+    fn a_closed_dm_says_is_open_false_to_its_closer_alone() {
+        let mut snap = snapshot();
+        let row = |c: &str, u: &str| MemberRow(ChannelId::from(c), UserId::from(u), 0);
+        snap.channels.push(channel("CDM", "dm-ualice-ubob", true));
+        snap.channels
+            .push(channel("CGROUP", "mpdm-ualice-ubob-ucarol", true));
+        for r in [
+            row("CDM", "UALICE"),
+            row("CDM", "UBOB"),
+            row("CGROUP", "UALICE"),
+            row("CGROUP", "UBOB"),
+            row("CGROUP", "UCAROL"),
+        ] {
+            snap.members.push(r);
+        }
+        // Alice closed the DM with Bob; a row naming a user this copy does not hold is skipped.
+        snap.closed_dms = vec![
+            (ChannelId::from("CDM"), UserId::from("UALICE")),
+            (ChannelId::from("CDM"), UserId::from("UNOBODY")),
+        ];
+        let mut ws = WorkspaceData::from_snapshot(snap);
+        let is_open = |ws: &WorkspaceData, user: &str, channel: &str| {
+            let b = boot(ws, user);
+            let in_boot = b["channels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["id"] == channel)
+                .unwrap()["is_open"]
+                .clone();
+            let info: Value = serde_json::from_str(
+                &ws.channel_info(&UserId::from(user), &ChannelId::from(channel))
+                    .unwrap(),
+            )
+            .unwrap();
+            assert_eq!(info["is_open"], in_boot, "{info}");
+            in_boot.as_bool().unwrap()
+        };
+        assert!(!is_open(&ws, "UALICE", "CDM"));
+        assert!(is_open(&ws, "UBOB", "CDM"), "Bob's stays open");
+        assert!(is_open(&ws, "UCAROL", "CGROUP"));
+        // Channels carry no `is_open`.
+        let b = boot(&ws, "UALICE");
+        let general = b["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["id"] == "CGENERAL")
+            .unwrap();
+        assert!(general.get("is_open").is_none(), "{general}");
+
+        let notice = |user: &str, kind: &str, channel: &str| UserEvent::UserNotice {
+            workspace: WorkspaceId::from("TACME"),
+            user: UserId::from(user),
+            event: json!({"type": kind, "user": user, "channel": channel, "event_ts": "1.000001"})
+                .to_string(),
+        };
+        // The Web API's notices open and close them; others change nothing.
+        for (event, open) in [
+            (notice("UCAROL", "mpim_close", "CGROUP"), false),
+            (notice("UCAROL", "mpim_close", "CGROUP"), false),
+            (notice("UCAROL", "mpim_marked", "CGROUP"), false),
+            (notice("UCAROL", "mpim_open", "CGROUP"), true),
+        ] {
+            assert_eq!(ws.apply(&event), Applied::Applied);
+            assert_eq!(is_open(&ws, "UCAROL", "CGROUP"), open, "{event:?}");
+            assert!(is_open(&ws, "UALICE", "CGROUP"));
+        }
+        // Only the opening and closing ones are taken under the workspace's lock.
+        assert!(changes_cached_data(&notice(
+            "UCAROL",
+            "mpim_close",
+            "CGROUP"
+        )));
+        assert!(changes_cached_data(&notice("UALICE", "im_open", "CDM")));
+        assert!(!changes_cached_data(&notice(
+            "UCAROL",
+            "mpim_marked",
+            "CGROUP"
+        )));
+        assert_eq!(
+            ws.apply(&notice("UALICE", "im_open", "CDM")),
+            Applied::Applied
+        );
+        assert!(is_open(&ws, "UALICE", "CDM"));
+        assert_eq!(
+            ws.apply(&notice("UALICE", "im_close", "CDM")),
+            Applied::Applied
+        );
+        assert!(!is_open(&ws, "UALICE", "CDM"));
+        // A DM this copy does not hold: closing it needs a reload, opening it does not.
+        assert_eq!(
+            ws.apply(&notice("UALICE", "im_close", "CUNKNOWN")),
+            Applied::NeedsReload
+        );
+        assert_eq!(
+            ws.apply(&notice("UALICE", "im_open", "CUNKNOWN")),
+            Applied::Applied
+        );
+        // Leaving forgets it: back in, the DM is open.
+        ws.apply(&UserEvent::ChannelLeft {
+            workspace: WorkspaceId::from("TACME"),
+            channel: ChannelId::from("CDM"),
+            user: UserId::from("UALICE"),
+        });
+        ws.apply(&UserEvent::ChannelJoined {
+            workspace: WorkspaceId::from("TACME"),
+            channel: ChannelId::from("CDM"),
+            user: UserId::from("UALICE"),
+            channel_name: "dm-ualice-ubob".into(),
+            after_seq: None,
+            private: true,
+        });
+        assert!(is_open(&ws, "UALICE", "CDM"));
     }
 
     #[test]

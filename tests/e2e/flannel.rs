@@ -313,6 +313,45 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
     )
     .await;
 
+    // A DM alice closes says `is_open: false` in her boot alone, until carol writes to it
+    // (and a message opens it again); a channel carries no `is_open`.
+    let dm = cluster
+        .api_ok(
+            "conversations.open",
+            &alice.token,
+            json!({"users": carol.id}),
+        )
+        .await["channel"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let dm_open = |v: &Value| find(&v["channels"], &dm).map(|c| c["is_open"].clone());
+    wait_boot(&cluster, &flannels, &alice.token, "the DM, open", |v| {
+        dm_open(v) == Some(json!(true))
+            && find(&v["channels"], &town).is_some_and(|c| c.get("is_open").is_none())
+    })
+    .await;
+    cluster
+        .api_ok("conversations.close", &alice.token, json!({"channel": dm}))
+        .await;
+    wait_boot(&cluster, &flannels, &alice.token, "the DM closed", |v| {
+        dm_open(v) == Some(json!(false))
+    })
+    .await;
+    wait_boot(&cluster, &flannels, &carol.token, "carol's DM open", |v| {
+        dm_open(v) == Some(json!(true))
+    })
+    .await;
+    cluster.post(&carol, &dm, "still there?").await;
+    wait_boot(
+        &cluster,
+        &flannels,
+        &alice.token,
+        "the DM opened by a message",
+        |v| dm_open(v) == Some(json!(true)),
+    )
+    .await;
+
     // Lookups answer from the same data.
     let (_, v) = cluster
         .get_json_status(

@@ -693,6 +693,11 @@ pub struct WorkspaceSnapshot {
     /// them: none).
     #[serde(default)]
     pub usergroups: Vec<crate::store::UserGroup>,
+    /// The direct messages their members closed (`conversations.close`) and no message has
+    /// opened again since: `(channel, user)`, one per member that has it closed (absent from
+    /// a Web API older than them: none).
+    #[serde(default)]
+    pub closed_dms: Vec<(ChannelId, UserId)>,
 }
 
 /// The roles a node can play in the mesh.

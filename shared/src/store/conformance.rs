@@ -893,6 +893,22 @@ async fn metadata(store: &dyn MessageStore) {
         store.dm_closed(&secret.id, &alice.id).await.unwrap(),
         Some(9)
     );
+    // The workspace's memberships say it too (what Flannel's snapshot reads).
+    let closed: Vec<_> = store
+        .workspace_members(&ws.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.channel == secret.id || m.channel == general.id)
+        .map(|m| (m.channel, m.user, m.last_read, m.closed))
+        .collect();
+    let mut expected = vec![
+        (general.id.clone(), alice.id.clone(), 0, None),
+        (general.id.clone(), bob.id.clone(), 0, None),
+        (secret.id.clone(), alice.id.clone(), 7, Some(9)),
+    ];
+    expected.sort();
+    assert_eq!(closed, expected);
     assert_eq!(
         store.last_read(&secret.id, &alice.id).await.unwrap(),
         Some(7),

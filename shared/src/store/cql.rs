@@ -463,7 +463,7 @@ const META_STATEMENTS: &[(&str, Mode, &str)] = &[
     ("member_remove", Mode::Lwt, "DELETE FROM {ks}.members WHERE channel_id = ? AND user_id = ? IF EXISTS"),
     ("member_get", Mode::SerialRead, "SELECT user_id FROM {ks}.members WHERE channel_id = ? AND user_id = ?"),
     ("member_last_read", Mode::SerialRead, "SELECT last_read FROM {ks}.members WHERE channel_id = ? AND user_id = ?"),
-    ("members_of", Mode::SerialRead, "SELECT user_id, last_read FROM {ks}.members WHERE channel_id = ?"),
+    ("members_of", Mode::SerialRead, "SELECT user_id, last_read, closed_seq FROM {ks}.members WHERE channel_id = ?"),
     ("member_read", Mode::Lwt, "UPDATE {ks}.members SET last_read = ? WHERE channel_id = ? AND user_id = ? IF EXISTS"),
     ("member_closed", Mode::SerialRead, "SELECT closed_seq FROM {ks}.members WHERE channel_id = ? AND user_id = ?"),
     ("member_close", Mode::Lwt, "UPDATE {ks}.members SET closed_seq = ? WHERE channel_id = ? AND user_id = ? IF EXISTS"),
@@ -2284,7 +2284,7 @@ impl MessageStore for CqlStore {
     async fn members(&self, channel: &ChannelId) -> StorageResult<Vec<UserId>> {
         let s = &self.inner;
         timed("members", async {
-            let rows: Vec<(String, Option<i64>)> =
+            let rows: Vec<(String, Option<i64>, Option<i64>)> =
                 s.rows(s.meta.get("members_of"), (&channel.0,)).await?;
             Ok(rows.into_iter().map(|r| UserId(r.0)).collect())
         })
@@ -2409,19 +2409,18 @@ impl MessageStore for CqlStore {
         timed("workspace_members", async {
             let channels: Vec<ChannelRow> =
                 s.rows(s.meta.get("channels_of"), (&workspace.0,)).await?;
-            let per_channel = try_join_all(
-                channels
-                    .iter()
-                    .map(|c| s.rows::<(String, Option<i64>)>(s.meta.get("members_of"), (&c.id,))),
-            )
+            let per_channel = try_join_all(channels.iter().map(|c| {
+                s.rows::<(String, Option<i64>, Option<i64>)>(s.meta.get("members_of"), (&c.id,))
+            }))
             .await?;
             let mut out = Vec::new();
             for (c, members) in channels.iter().zip(per_channel) {
-                for (user, last_read) in members {
+                for (user, last_read, closed) in members {
                     out.push(Membership {
                         channel: ChannelId(c.id.clone()),
                         user: UserId(user),
                         last_read: last_read.unwrap_or(0).max(0) as Seq,
+                        closed: closed.map(|seq| seq.max(0) as Seq),
                     });
                 }
             }

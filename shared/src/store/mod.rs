@@ -16,6 +16,7 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 pub mod cql;
+pub mod dm;
 pub mod snapshot;
 pub mod sqlite;
 
@@ -106,13 +107,16 @@ pub struct Channel {
     pub is_archived: bool,
 }
 
-/// One membership: the channel, the member, and the last sequence it marked read there
-/// (`conversations.mark`; 0 when never marked).
+/// One membership: the channel, the member, the last sequence it marked read there
+/// (`conversations.mark`; 0 when never marked), and where it closed the channel if it is a
+/// DM it closed ([`MessageStore::dm_closed`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
     pub channel: ChannelId,
     pub user: UserId,
     pub last_read: Seq,
+    #[serde(default)]
+    pub closed: Option<Seq>,
 }
 
 /// Which slice of a channel's history to read. Bounds are exclusive, like Slack's `oldest` and
@@ -275,7 +279,8 @@ pub trait MessageStore: Send + Sync + 'static {
         user: &UserId,
         closed: Option<Seq>,
     ) -> StorageResult<bool>;
-    /// Every membership of the workspace's channels, with read positions.
+    /// Every membership of the workspace's channels, with read positions and where DMs
+    /// were closed.
     async fn workspace_members(&self, workspace: &WorkspaceId) -> StorageResult<Vec<Membership>>;
 
     // -- messages --

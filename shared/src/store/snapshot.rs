@@ -40,8 +40,8 @@ impl Channel {
     }
 }
 
-/// Users, channels, memberships (with read positions) and user groups of `workspace`; `None` when there is
-/// no such workspace.
+/// Users, channels, memberships (with read positions), user groups and closed DMs of
+/// `workspace`; `None` when there is no such workspace.
 pub async fn workspace_snapshot(
     store: &dyn MessageStore,
     workspace: &WorkspaceId,
@@ -62,6 +62,12 @@ pub async fn workspace_snapshot(
         }
     }
     let members = store.workspace_members(&ws.id).await?;
+    let mut closed_dms = Vec::new();
+    for m in &members {
+        if !super::dm::is_open(store, &ws.id, &m.channel, m.closed).await? {
+            closed_dms.push((m.channel.clone(), m.user.clone()));
+        }
+    }
     let usergroups = store.usergroups(&ws.id).await?.groups;
     Ok(Some(WorkspaceSnapshot {
         workspace: ws.id,
@@ -73,5 +79,6 @@ pub async fn workspace_snapshot(
             .map(|m| MemberRow(m.channel, m.user, m.last_read))
             .collect(),
         usergroups,
+        closed_dms,
     }))
 }

@@ -1855,7 +1855,7 @@ impl MessageStore for SqliteStore {
         self.meta("workspace_members", move |c| {
             let mut stmt = c
                 .prepare_cached(
-                    "SELECT m.channel, m.user, m.last_read FROM members m
+                    "SELECT m.channel, m.user, m.last_read, m.closed_seq FROM members m
                      JOIN channels c ON c.id = m.channel
                      WHERE c.workspace = ?1 ORDER BY m.channel, m.user",
                 )
@@ -1866,6 +1866,7 @@ impl MessageStore for SqliteStore {
                         channel: ChannelId(r.get(0)?),
                         user: UserId(r.get(1)?),
                         last_read: r.get::<_, i64>(2)?.max(0) as Seq,
+                        closed: r.get::<_, Option<i64>>(3)?.map(|s| s.max(0) as Seq),
                     })
                 })
                 .map_err(unavailable)?;
@@ -2667,7 +2668,8 @@ mod flannel_tests {
             vec![Membership {
                 channel: channel.id.clone(),
                 user: user.id.clone(),
-                last_read: 7
+                last_read: 7,
+                closed: None,
             }]
         );
         assert!(store

@@ -2,8 +2,8 @@
 //! (signed with the cluster secret, `Claims::service`), which in turn can call nothing else.
 //!
 //! - `internal.flannel.snapshot` (`workspace`): everything Flannel caches about a workspace
-//!   in one answer: users, channels, memberships with read positions
-//!   ([`shared::protocol::WorkspaceSnapshot`]).
+//!   in one answer: users, channels, memberships with read positions, user groups, and the
+//!   DMs their members closed ([`shared::protocol::WorkspaceSnapshot`]).
 
 use shared::auth::Claims;
 use shared::store::snapshot::workspace_snapshot;

@@ -17,7 +17,7 @@ use serde_json::json;
 use shared::ids::{ChannelId, Seq, Ts, UserId};
 use shared::protocol::client::{unread_effect, UnreadEffect};
 use shared::protocol::{Message, UserEvent};
-use shared::store::{Channel, HistoryQuery, StorageErrorKind};
+use shared::store::{dm, Channel, StorageErrorKind};
 
 use super::{
     channel_json, channel_summary, publish_all, response_metadata, visible_channel, VisibleChannel,
@@ -30,9 +30,6 @@ pub use shared::ids::{IM_PREFIX, MPIM_PREFIX};
 /// Slack allows group DMs of up to 9 people, the caller included.
 const MAX_DM_USERS: usize = 9;
 const MAX_INVITES: usize = 1000;
-/// How far past the point where a DM was closed a message that opened it again is looked for
-/// (in entries: reactions, edits and replies in threads are entries too).
-const REOPEN_LOOKAHEAD: u32 = 1000;
 
 pub fn is_direct(c: &Channel) -> bool {
     c.name.starts_with(IM_PREFIX) || c.name.starts_with(MPIM_PREFIX)
@@ -211,10 +208,14 @@ pub(crate) async fn dm_is_open(
     channel: &Channel,
     user: &UserId,
 ) -> ApiResult<bool> {
-    match state.store.dm_closed(&channel.id, user).await? {
-        None => Ok(true),
-        Some(closed) => message_since(state, channel, closed).await,
-    }
+    let closed = state.store.dm_closed(&channel.id, user).await?;
+    Ok(dm::is_open(
+        state.store.as_ref(),
+        &channel.workspace,
+        &channel.id,
+        closed,
+    )
+    .await?)
 }
 
 /// Whether a message shown in `channel` came after `seq`.
@@ -222,39 +223,13 @@ async fn message_since(state: &AppState, channel: &Channel, seq: Seq) -> ApiResu
     Ok(first_message_after(state, channel, seq).await?.is_some())
 }
 
-/// The `seq` of the first message shown in `channel` after `seq` (looked for in the next
-/// [`REOPEN_LOOKAHEAD`] entries).
+/// The `seq` of the first message shown in `channel` after `seq` ([`dm::first_message_after`]).
 async fn first_message_after(
     state: &AppState,
     channel: &Channel,
     seq: Seq,
 ) -> ApiResult<Option<Seq>> {
-    // A few entries at a time: the first after the point is usually the message.
-    const PAGE: u32 = 20;
-    let mut after = seq;
-    while after - seq < u64::from(REOPEN_LOOKAHEAD) {
-        let query = HistoryQuery {
-            after_seq: Some(after),
-            limit: PAGE,
-            ..HistoryQuery::default()
-        };
-        let entries = state
-            .store
-            .history(&channel.workspace, &channel.id, &query)
-            .await?;
-        // Counted for no reader: every author's message counts.
-        if let Some(m) = entries
-            .iter()
-            .find(|m| matches!(unread_effect(m, ""), UnreadEffect::Adds(_)))
-        {
-            return Ok(Some(m.seq));
-        }
-        match entries.last() {
-            Some(last) if entries.len() == PAGE as usize => after = last.seq,
-            _ => return Ok(None),
-        }
-    }
-    Ok(None)
+    Ok(dm::first_message_after(state.store.as_ref(), &channel.workspace, &channel.id, seq).await?)
 }
 
 /// After `msg` was stored in `channel`: the members who had the DM closed until this message

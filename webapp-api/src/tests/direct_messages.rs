@@ -164,7 +164,32 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
                 .clone()
         }
     };
+    // What Flannel caches: the snapshot lists the DMs closed for whom (its boot data then
+    // says `is_open: false` to them).
+    let ws = s.demo["workspace"].as_str().unwrap().to_string();
+    let service = s.signer.issue(&Claims::service(WorkspaceId(ws.clone()), 1));
+    let closed_in_snapshot = || {
+        let (s, service, ws) = (&s, service.clone(), ws.clone());
+        async move {
+            let v = s
+                .ok(
+                    "internal.flannel.snapshot",
+                    &service,
+                    json!({"workspace": ws}),
+                )
+                .await;
+            let snap: shared::protocol::WorkspaceSnapshot = serde_json::from_value(v).unwrap();
+            let mut closed: Vec<(String, String)> = snap
+                .closed_dms
+                .into_iter()
+                .map(|(c, u)| (c.0, u.0))
+                .collect();
+            closed.sort();
+            closed
+        }
+    };
     assert_eq!(is_open(alice.clone()).await, true);
+    assert!(closed_in_snapshot().await.is_empty());
     let first = s.post_ts(&bob, &dm, "hi alice").await;
 
     let v = s
@@ -177,6 +202,10 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
     assert_eq!(closed[0]["user"], alice_id.as_str());
     assert_eq!(is_open(alice.clone()).await, false);
     assert_eq!(is_open(bob.clone()).await, true, "bob's stays open");
+    assert_eq!(
+        closed_in_snapshot().await,
+        vec![(dm.clone(), alice_id.clone())]
+    );
     let v = s
         .ok("conversations.close", &alice, json!({"channel": dm}))
         .await;
@@ -206,10 +235,12 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
     .await;
     assert_eq!(is_open(alice.clone()).await, false);
     assert!(s.user_notices(&alice_id, "im_open", 0).await.is_empty());
+    assert_eq!(closed_in_snapshot().await.len(), 1);
     // Bob writes: open again for alice, whose sessions hear `im_open` (the call answers after
     // the event is relayed), once: the next message opens nothing.
     s.post_ts(&bob, &dm, "are you there?").await;
     assert_eq!(is_open(alice.clone()).await, true);
+    assert!(closed_in_snapshot().await.is_empty());
     let opened = s.user_notices(&alice_id, "im_open", 1).await;
     assert_eq!(opened.len(), 1, "{opened:?}");
     assert_eq!(opened[0]["channel"], dm.as_str());
@@ -258,6 +289,10 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
         .await;
     let closed = s.user_notices(&alice_id, "mpim_close", 1).await;
     assert_eq!(closed[0]["channel"], group.as_str());
+    assert_eq!(
+        closed_in_snapshot().await,
+        vec![(group.clone(), alice_id.clone())]
+    );
     // Carol writes there: `mpim_open` to alice alone (bob never closed it).
     let carol = s.token("carol");
     s.post_ts(&carol, &group, "lunch?").await;
@@ -266,6 +301,7 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
     assert_eq!(opened[0]["channel"], group.as_str());
     assert!(s.user_notices(&bob_id, "mpim_open", 0).await.is_empty());
     assert!(s.user_notices(&carol_id, "mpim_open", 0).await.is_empty());
+    assert!(closed_in_snapshot().await.is_empty());
 
     // Not a DM, not visible, not given: clear errors.
     let general = s.demo["general"].as_str().unwrap().to_string();
