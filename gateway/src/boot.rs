@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use shared::ids::{ChannelId, Seq, WorkspaceId};
+use shared::protocol::client::UnreadCount;
 use shared::ring::{Placement, DEFAULT_VNODES};
 
 use crate::metrics as m;
@@ -97,23 +98,49 @@ pub fn unread_ranges(boot: &Value, positions: &Value) -> Vec<(ChannelId, Seq, Se
         .collect()
 }
 
+/// The user groups the booting user is in (Flannel's `subteams.self`), whose mentions are
+/// the user's mentions too.
+pub fn reader_groups(boot: &Value) -> Vec<String> {
+    boot["subteams"]["self"]
+        .as_array()
+        .map(|ids| {
+            ids.iter()
+                .filter_map(|id| id.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// `boot` for `hello`, with `unread` on each channel whose position and read position are
 /// both known: the messages counted in `counts`, or for a channel not counted there, the
 /// entries past the read position (reactions and edits included), more than it should be
-/// rather than a channel shown read that is not.
-pub fn with_unread(mut boot: Value, positions: &Value, counts: &HashMap<ChannelId, u64>) -> Value {
+/// rather than a channel shown read that is not. And `mention_count`, the unread messages
+/// that mention the user (Slack's badge): in a DM or group DM every one of them, in a
+/// channel those counted so in `counts` (left out where the channel was not counted).
+pub fn with_unread(
+    mut boot: Value,
+    positions: &Value,
+    counts: &HashMap<ChannelId, UnreadCount>,
+) -> Value {
     if let Some(channels) = boot["channels"].as_array_mut() {
         for c in channels {
             let Some(id) = c["id"].as_str().map(ChannelId::from) else {
                 continue;
             };
             let seq = positions[id.as_str()].as_u64();
+            let direct = c["is_im"] == true || c["is_mpim"] == true;
             if let (Some(seq), Some(last_read)) = (seq, c["last_read"].as_u64()) {
-                let unread = match counts.get(&id) {
-                    Some(n) if seq > last_read => *n,
-                    _ => seq.saturating_sub(last_read),
+                let (unread, mentions) = match counts.get(&id) {
+                    Some(n) if seq > last_read => (n.messages, Some(n.mentions)),
+                    Some(_) => (0, Some(0)),
+                    None if seq <= last_read => (0, Some(0)),
+                    None => (seq - last_read, None),
                 };
                 c["unread"] = unread.into();
+                let mentions = if direct { Some(unread) } else { mentions };
+                if let Some(mentions) = mentions {
+                    c["mention_count"] = mentions.into();
+                }
             }
         }
     }
@@ -142,13 +169,60 @@ mod tests {
             ],
             "only channels with entries past the read position, and a known position"
         );
-        let counts = HashMap::from([(ChannelId::from("CA"), 2)]);
+        let counts = HashMap::from([(
+            ChannelId::from("CA"),
+            UnreadCount {
+                messages: 2,
+                mentions: 1,
+            },
+        )]);
         let out = with_unread(boot, &positions, &counts);
-        assert_eq!(out["channels"][0]["unread"], 2, "counted");
-        assert!(out["channels"][1].get("unread").is_none());
-        assert_eq!(out["channels"][2]["unread"], 0);
-        assert_eq!(out["channels"][3]["unread"], 6, "not counted: the entries");
+        let field = |i: usize, name: &str| out["channels"][i].get(name).cloned();
+        assert_eq!(field(0, "unread"), Some(json!(2)), "counted");
+        assert_eq!(field(0, "mention_count"), Some(json!(1)));
+        assert_eq!(field(1, "unread"), None);
+        assert_eq!(field(1, "mention_count"), None);
+        assert_eq!(field(2, "unread"), Some(json!(0)));
+        assert_eq!(field(2, "mention_count"), Some(json!(0)));
+        assert_eq!(
+            field(3, "unread"),
+            Some(json!(6)),
+            "not counted: the entries"
+        );
+        assert_eq!(field(3, "mention_count"), None, "not known");
         assert!(unread_ranges(&json!({}), &positions).is_empty());
+    }
+
+    #[test]
+    fn every_unread_message_of_a_dm_is_a_mention() {
+        let boot = json!({ "channels": [
+            { "id": "DA", "is_im": true, "last_read": 3 },
+            { "id": "GB", "is_mpim": true, "last_read": 1 },
+            { "id": "DC", "is_im": true, "last_read": 4 },
+        ]});
+        let positions = json!({ "DA": 10, "GB": 5, "DC": 4 });
+        let counts = HashMap::from([(
+            ChannelId::from("DA"),
+            UnreadCount {
+                messages: 3,
+                mentions: 0,
+            },
+        )]);
+        let out = with_unread(boot, &positions, &counts);
+        let pair = |i: usize| {
+            (
+                out["channels"][i]["unread"].clone(),
+                out["channels"][i]["mention_count"].clone(),
+            )
+        };
+        assert_eq!(pair(0), (json!(3), json!(3)));
+        assert_eq!(pair(1), (json!(4), json!(4)), "not counted: the entries");
+        assert_eq!(pair(2), (json!(0), json!(0)));
+        assert_eq!(
+            reader_groups(&json!({"subteams": {"self": ["S1", "S2"], "all": []}})),
+            vec!["S1".to_string(), "S2".to_string()]
+        );
+        assert!(reader_groups(&json!({})).is_empty());
     }
 
     #[test]

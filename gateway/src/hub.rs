@@ -16,7 +16,7 @@ use axum::extract::ws::Utf8Bytes;
 use parking_lot::Mutex;
 use shared::ids::{ChannelId, NodeId, Seq, UserId, WorkspaceId};
 use shared::mesh::PeerPool;
-use shared::protocol::client::{ephemeral_json, message_json};
+use shared::protocol::client::{ephemeral_json, message_json, Reader, UnreadCount};
 use shared::protocol::{EphemeralEvent, MeshError, MeshFrame, Message, Presence, UserEvent};
 use shared::ring::Ring;
 use shared::shutdown::Shutdown;
@@ -1148,8 +1148,9 @@ impl Hub {
         ))
     }
 
-    /// How many messages the reader has not read in each of `ranges` (a channel, its last
-    /// read `seq` and its position; see [`shared::protocol::client::unread_effect`]),
+    /// How many messages the reader (`reader`, in the user groups `groups`) has not read in
+    /// each of `ranges` (a channel, its last read `seq` and its position; see
+    /// [`shared::protocol::client::unread_effect`]), and how many of them mention it,
     /// counted from this gateway's recent entries when they cover the range, else from a page
     /// fetched from the channel's owner (a range longer than a page counts the entries past
     /// it as messages). A channel whose count is not known by `deadline` (its owner slow or
@@ -1157,10 +1158,15 @@ impl Hub {
     pub async fn unread_counts(
         &self,
         reader: &UserId,
+        groups: &[String],
         ranges: Vec<(ChannelId, Seq, Seq)>,
         deadline: Instant,
-    ) -> HashMap<ChannelId, u64> {
+    ) -> HashMap<ChannelId, UnreadCount> {
         use shared::protocol::client::{count_unread, unread_effect, unread_effect_of_event};
+        let reader = Reader {
+            user: &reader.0,
+            groups,
+        };
         let mut counts = HashMap::new();
         let mut local = Vec::new();
         let mut remote = Vec::new();
@@ -1191,7 +1197,7 @@ impl Hub {
         for (channel, entries) in local {
             let effects = entries
                 .iter()
-                .map(|text| unread_effect_of_event(text.as_str(), &reader.0));
+                .map(|text| unread_effect_of_event(text.as_str(), &reader));
             counts.insert(channel, count_unread(effects));
             m::UNREAD_COUNTS.with_label_values(&["window"]).inc();
         }
@@ -1229,8 +1235,10 @@ impl Hub {
                 _ => 0,
             };
             debug_assert!(messages.first().is_none_or(|m| m.seq > after));
-            let effects = messages.iter().map(|m| unread_effect(m, &reader.0));
-            counts.insert(channel, count_unread(effects) + beyond);
+            let effects = messages.iter().map(|m| unread_effect(m, &reader));
+            let mut count = count_unread(effects);
+            count.messages += beyond;
+            counts.insert(channel, count);
             m::UNREAD_COUNTS.with_label_values(&["owner"]).inc();
         }
         counts
@@ -1972,9 +1980,12 @@ mod tests {
             target: entries[1].ts,
             reaction: "eyes".into(),
         };
+        // The edit makes 2 mention UB; 8 calls on a group UB is in.
         entries[3].kind = MessageKind::Edited {
             target: entries[1].ts,
         };
+        entries[3].text = "now <@UB|bee>".into();
+        entries[7].text = "<!subteam^SONCALL|@oncall> look".into();
         entries[4].thread_ts = Some(entries[1].ts);
         entries[5].user = UserId::from("UB");
         entries[6].kind = MessageKind::Deleted {
@@ -1986,23 +1997,34 @@ mod tests {
         assert_eq!(seqs(&mut rx), (1..=8).collect::<Vec<_>>());
         let soon = Instant::now() + Duration::from_secs(1);
         let cx = ChannelId::from("CX");
+        let ub = UserId::from("UB");
+        let groups = ["SONCALL".to_string()];
         let counts = hub
-            .unread_counts(&UserId::from("UB"), vec![(cx.clone(), 0, 8)], soon)
+            .unread_counts(&ub, &groups, vec![(cx.clone(), 0, 8)], soon)
             .await;
         // 2 and 8; 1 was deleted, 3-5 are a reaction, an edit and a reply, 6 is UB's own.
-        assert_eq!(counts.get(&cx), Some(&2));
+        let count = |messages, mentions| UnreadCount { messages, mentions };
+        assert_eq!(counts.get(&cx), Some(&count(2, 2)));
         let counts = hub
-            .unread_counts(&UserId::from("UB"), vec![(cx.clone(), 2, 6)], soon)
+            .unread_counts(&ub, &[], vec![(cx.clone(), 0, 8)], soon)
             .await;
-        assert_eq!(counts.get(&cx), Some(&0), "nothing to read in 3..=6");
+        assert_eq!(counts.get(&cx), Some(&count(2, 1)), "not in the group");
+        let counts = hub
+            .unread_counts(&ub, &groups, vec![(cx.clone(), 2, 6)], soon)
+            .await;
+        assert_eq!(
+            counts.get(&cx),
+            Some(&count(0, 0)),
+            "nothing to read in 3..=6"
+        );
         // Past what this gateway has passed: the owner is asked; none is known here.
         let counts = hub
-            .unread_counts(&UserId::from("UB"), vec![(cx.clone(), 0, 9)], soon)
+            .unread_counts(&ub, &groups, vec![(cx.clone(), 0, 9)], soon)
             .await;
         assert_eq!(counts.get(&cx), None);
         let unknown = ChannelId::from("CNOPE");
         let counts = hub
-            .unread_counts(&UserId::from("UB"), vec![(unknown, 0, 3)], soon)
+            .unread_counts(&ub, &groups, vec![(unknown, 0, 3)], soon)
             .await;
         assert!(counts.is_empty());
     }

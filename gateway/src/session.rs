@@ -667,9 +667,14 @@ pub fn run<K: Send + 'static>(
                     // session thread has no reactor for.
                     let deadline = Instant::now() + UNREAD_WAIT;
                     let (counter, reader) = (hub.clone(), s.claims.user.clone());
-                    hub.spawn(async move { counter.unread_counts(&reader, ranges, deadline).await })
-                        .await
-                        .unwrap_or_default()
+                    let groups = crate::boot::reader_groups(&boot);
+                    hub.spawn(async move {
+                        counter
+                            .unread_counts(&reader, &groups, ranges, deadline)
+                            .await
+                    })
+                    .await
+                    .unwrap_or_default()
                 };
                 hello["boot"] = crate::boot::with_unread(boot, &hello["seq"], &counts);
             }

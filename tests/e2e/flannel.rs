@@ -431,7 +431,7 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
             .api_ok(
                 "chat.update",
                 &alice.token,
-                json!({"channel": town, "ts": kept["ts"], "text": "still unread by bob"}),
+                json!({"channel": town, "ts": kept["ts"], "text": format!("still unread by <@{}>", bob.id)}),
             )
             .await;
         cluster
@@ -458,11 +458,21 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
                 json!({"channel": town, "oldest": ts, "limit": 1000}),
             )
             .await;
-        let expected = history["messages"]
+        let others: Vec<&Value> = history["messages"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|m| m["user"] != bob.id.as_str())
+            .collect();
+        let expected = others.len() as u64;
+        // Those that mention bob as they read now (the edit made one do).
+        let mentions = others
+            .iter()
+            .filter(|m| {
+                m["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(&format!("<@{}>", bob.id)))
+            })
             .count() as u64;
         let second = Client::connect(ws_url, &bob.token, None)
             .await
@@ -485,6 +495,12 @@ async fn web_api_changes_reach_both_flannels_and_the_gateway_hello() {
             "unread are the messages others posted since: {channel}; {history}"
         );
         assert!(expected >= 2, "some messages are unread: {channel}");
+        assert_eq!(
+            channel["mention_count"].as_u64(),
+            Some(mentions),
+            "the unread messages that mention bob: {channel}; {history}"
+        );
+        assert!(mentions >= 1, "{channel}");
         assert!(
             head - seq >= expected + 6,
             "the entries that are not messages to read moved the position: {channel}"

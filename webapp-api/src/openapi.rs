@@ -256,7 +256,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.info",
-        summary: "One conversation. For a member, also its read position `last_read` (the `ts` of the entry it marked read, zeros before any) and `unread_count` / `unread_count_display`: the messages others posted to the channel since (thread replies sent to the channel too, not those deleted since; reactions, edits and pins are not messages), counted up to 1,000.",
+        summary: "One conversation. For a member, also its read position `last_read` (the `ts` of the entry it marked read, zeros before any) and `unread_count` / `unread_count_display`: the messages others posted to the channel since (thread replies sent to the channel too, not those deleted since; reactions, edits and pins are not messages), counted up to 1,000, and `mention_count` / `mention_count_display`: those that mention the member as they read now (its id, `<!channel>`, `<!here>`, `<!everyone>`, or an enabled user group it is in; in a DM or group DM every one).",
         auth: Auth::User,
         params: &[CHANNEL, p("include_num_members", Ty::Bool, "add `num_members`")],
         errors: &["channel_not_found"],
@@ -1078,7 +1078,7 @@ pub const METHOD_DOCS: &[MethodDoc] = &[
     },
     MethodDoc {
         name: "conversations.mark",
-        summary: "Moves the caller's read position in a conversation (shown as `last_read`). The caller's sessions hear Slack's `channel_marked` (`group_marked` for a private channel or group DM, `im_marked` for a DM) with `ts`, `seq` and `unread_count` / `unread_count_display`, so that its other clients clear the channel too.",
+        summary: "Moves the caller's read position in a conversation (shown as `last_read`). The caller's sessions hear Slack's `channel_marked` (`group_marked` for a private channel or group DM, `im_marked` for a DM) with `ts`, `seq`, `unread_count` / `unread_count_display` and `mention_count` / `mention_count_display`, so that its other clients clear the channel too.",
         auth: Auth::User,
         params: &[
             CHANNEL,

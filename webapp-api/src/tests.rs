@@ -3134,6 +3134,159 @@ async fn conversations_info_counts_a_members_unread_messages() {
     );
 }
 
+/// `conversations.info` and `channel_marked` count the unread messages that mention the
+/// member (`mention_count`, Slack's badge): its id, `<!channel>` / `<!here>` /
+/// `<!everyone>`, an enabled user group it is in, as each message reads now; in a DM every
+/// unread message.
+#[tokio::test]
+async fn unread_mentions_are_counted_as_the_messages_read_now() {
+    let s = Server::start_with_cluster().await;
+    let (alice, bob, carol) = (s.token("alice"), s.token("bob"), s.token("carol"));
+    let (bob_id, carol_id) = (s.user_id("bob"), s.user_id("carol"));
+    let ch = s
+        .ok("conversations.create", &alice, json!({"name": "mentions"}))
+        .await["channel"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    s.ok("conversations.join", &bob, json!({"channel": ch}))
+        .await;
+    let group = |name: &str, users: &str| {
+        let (s, alice, name, users) = (&s, alice.clone(), name.to_string(), users.to_string());
+        async move {
+            let id = s
+                .ok("usergroups.create", &alice, json!({"name": name}))
+                .await["usergroup"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            s.ok(
+                "usergroups.users.update",
+                &alice,
+                json!({"usergroup": id, "users": users}),
+            )
+            .await;
+            id
+        }
+    };
+    let oncall = group("On call", &bob_id).await;
+    let design = group("Design", &carol_id).await;
+    let post = |token: &str, text: String, extra: Value| {
+        let (s, token, ch) = (&s, token.to_string(), ch.clone());
+        async move {
+            let mut params = json!({"channel": ch, "text": text});
+            for (k, v) in extra.as_object().unwrap() {
+                params[k] = v.clone();
+            }
+            s.ok("chat.postMessage", &token, params).await["ts"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    let counts = |token: &str| {
+        let (s, token, ch) = (&s, token.to_string(), ch.clone());
+        async move {
+            let v = s
+                .ok("conversations.info", &token, json!({"channel": ch}))
+                .await["channel"]
+                .clone();
+            assert_eq!(v["mention_count"], v["mention_count_display"], "{v}");
+            (
+                v["unread_count"].as_u64().unwrap(),
+                v["mention_count"].as_u64().unwrap(),
+            )
+        }
+    };
+    assert_eq!(counts(&bob).await, (0, 0));
+    post(&alice, "hi all".into(), json!({})).await;
+    post(&alice, format!("<@{bob_id}> look"), json!({})).await;
+    let everyone = post(&alice, "<!channel> standup".into(), json!({})).await;
+    let paged = post(
+        &alice,
+        format!("<!subteam^{oncall}|@oncall> paged"),
+        json!({}),
+    )
+    .await;
+    post(
+        &alice,
+        format!("<!subteam^{design}|@design> review"),
+        json!({}),
+    )
+    .await;
+    let later = post(&alice, "later".into(), json!({})).await;
+    s.ok(
+        "chat.update",
+        &alice,
+        json!({"channel": ch, "ts": later, "text": format!("<@{bob_id}|bob> now")}),
+    )
+    .await;
+    let gone = post(&alice, format!("<@{bob_id}> never mind"), json!({})).await;
+    s.ok("chat.delete", &alice, json!({"channel": ch, "ts": gone}))
+        .await;
+    post(
+        &alice,
+        format!("<@{bob_id}> in a thread"),
+        json!({"thread_ts": everyone}),
+    )
+    .await;
+    post(
+        &bob,
+        format!("<@{bob_id}> notes to self, <@{carol_id}>"),
+        json!({}),
+    )
+    .await;
+    // bob: six unread; mentioned by id, <!channel>, his group, and the edit.
+    assert_eq!(counts(&bob).await, (6, 4));
+    // alice: bob's message, which mentions others.
+    assert_eq!(counts(&alice).await, (1, 0));
+    // A disabled group mentions nobody.
+    s.ok("usergroups.disable", &alice, json!({"usergroup": oncall}))
+        .await;
+    assert_eq!(counts(&bob).await, (6, 3));
+    // Marked read at the page: the design review and the edited one are left.
+    s.ok(
+        "conversations.mark",
+        &bob,
+        json!({"channel": ch, "ts": paged}),
+    )
+    .await;
+    let marked = s.user_notices(&bob_id, "channel_marked", 1).await;
+    let marked = marked.first().expect("channel_marked was relayed");
+    assert_eq!(
+        (&marked["unread_count"], &marked["mention_count"]),
+        (&json!(2), &json!(1)),
+        "{marked}"
+    );
+    assert_eq!(marked["mention_count_display"], 1, "{marked}");
+    assert_eq!(counts(&bob).await, (2, 1));
+
+    // A DM: every unread message is a mention.
+    let dm = s
+        .ok("conversations.open", &carol, json!({"users": bob_id}))
+        .await["channel"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for text in ["hey", "are you there?"] {
+        s.ok(
+            "chat.postMessage",
+            &carol,
+            json!({"channel": dm, "text": text}),
+        )
+        .await;
+    }
+    let v = s
+        .ok("conversations.info", &bob, json!({"channel": dm}))
+        .await["channel"]
+        .clone();
+    assert_eq!(
+        (&v["unread_count"], &v["mention_count"]),
+        (&json!(2), &json!(2)),
+        "{v}"
+    );
+}
+
 /// A failing request URL's subscription is disabled only while it is still the one the node
 /// was sending to: not after the app set its URL again, and once.
 #[tokio::test]

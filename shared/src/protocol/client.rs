@@ -400,29 +400,85 @@ pub fn message_json(m: &Message) -> String {
     value.to_string()
 }
 
+/// Who reads a channel, for its counts of unread messages and mentions: the user, and the
+/// user groups it is in (enabled ones), whose mentions are its mentions too.
+#[derive(Clone, Copy, Debug)]
+pub struct Reader<'a> {
+    pub user: &'a str,
+    pub groups: &'a [String],
+}
+
+impl Reader<'_> {
+    /// No reader: every author's message counts, and nothing mentions it.
+    pub const NOBODY: Reader<'static> = Reader {
+        user: "",
+        groups: &[],
+    };
+
+    /// Whether `text` mentions the reader as Slack notifies it: by id (`<@U…>`, with or
+    /// without a label), everyone in the channel (`<!channel>`, `<!here>`, `<!everyone>`), or
+    /// a user group the reader is in (`<!subteam^S…>`). Slack escapes a `<` that a user
+    /// typed (`&lt;`), so only a real mention has one.
+    pub fn is_mentioned_in(&self, text: &str) -> bool {
+        let mut rest = text;
+        while let Some(i) = rest.find('<') {
+            rest = &rest[i + 1..];
+            // A mention ends at `>`, or at `|` before its label; an unclosed one is none.
+            let Some(end) = rest.find(['>', '|', '<']) else {
+                break;
+            };
+            if rest[end..].starts_with('<') {
+                continue;
+            }
+            let inner = &rest[..end];
+            if let Some(id) = inner.strip_prefix('@') {
+                if !self.user.is_empty() && id == self.user {
+                    return true;
+                }
+            } else if let Some(special) = inner.strip_prefix('!') {
+                if matches!(special, "channel" | "here" | "everyone") {
+                    return true;
+                }
+                if let Some(group) = special.strip_prefix("subteam^") {
+                    if self.groups.iter().any(|g| g == group) {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+}
+
 /// What one entry of a channel's stream does to a reader's count of unread messages: what
 /// Slack counts as unread are the messages shown in the channel (top-level ones and replies
 /// also sent to the channel), not the reader's own, and not those deleted since; edits,
-/// reactions and pins are entries of the stream but no message to read.
+/// reactions and pins are entries of the stream but no message to read (an edit may make a
+/// message mention the reader, or no longer).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum UnreadEffect {
-    /// A message to read, by its `ts` (Slack's form).
-    Adds(String),
+    /// A message to read, by its `ts` (Slack's form), and whether it mentions the reader.
+    Adds(String, bool),
+    /// The message with this `ts` was edited: whether it mentions the reader now.
+    Edits(String, bool),
     /// The message with this `ts` was deleted.
     Removes(String),
     Nothing,
 }
 
 /// [`UnreadEffect`] of an entry, for `reader`.
-pub fn unread_effect(m: &Message, reader: &str) -> UnreadEffect {
+pub fn unread_effect(m: &Message, reader: &Reader) -> UnreadEffect {
     match &m.kind {
         MessageKind::Posted => {
             let reply = m.thread_ts.is_some_and(|t| t != m.ts) && !m.broadcast;
-            if reply || m.user.0 == reader {
+            if reply || m.user.0 == reader.user {
                 UnreadEffect::Nothing
             } else {
-                UnreadEffect::Adds(m.ts.to_slack())
+                UnreadEffect::Adds(m.ts.to_slack(), reader.is_mentioned_in(&m.text))
             }
+        }
+        MessageKind::Edited { target } => {
+            UnreadEffect::Edits(target.to_slack(), reader.is_mentioned_in(&m.text))
         }
         MessageKind::Deleted { target } => UnreadEffect::Removes(target.to_slack()),
         _ => UnreadEffect::Nothing,
@@ -431,11 +487,13 @@ pub fn unread_effect(m: &Message, reader: &str) -> UnreadEffect {
 
 /// [`unread_effect`] of an entry as [`message_json`] rendered it (what a gateway keeps of its
 /// recent entries); an event it cannot read is [`UnreadEffect::Nothing`].
-pub fn unread_effect_of_event(event: &str, reader: &str) -> UnreadEffect {
+pub fn unread_effect_of_event(event: &str, reader: &Reader) -> UnreadEffect {
     #[derive(Deserialize)]
     struct Changed {
         subtype: Option<String>,
         ts: Option<String>,
+        #[serde(default)]
+        text: String,
     }
     #[derive(Deserialize)]
     struct Event {
@@ -447,6 +505,8 @@ pub fn unread_effect_of_event(event: &str, reader: &str) -> UnreadEffect {
         thread_ts: Option<String>,
         deleted_ts: Option<String>,
         message: Option<Changed>,
+        #[serde(default)]
+        text: String,
     }
     let Ok(e) = serde_json::from_str::<Event>(event) else {
         return UnreadEffect::Nothing;
@@ -463,7 +523,11 @@ pub fn unread_effect_of_event(event: &str, reader: &str) -> UnreadEffect {
             Some(Changed {
                 subtype: Some(sub),
                 ts: Some(ts),
+                ..
             }) if sub == "tombstone" => UnreadEffect::Removes(ts),
+            Some(Changed {
+                ts: Some(ts), text, ..
+            }) => UnreadEffect::Edits(ts, reader.is_mentioned_in(&text)),
             _ => UnreadEffect::Nothing,
         },
         subtype => {
@@ -472,22 +536,36 @@ pub fn unread_effect_of_event(event: &str, reader: &str) -> UnreadEffect {
             };
             let reply = e.thread_ts.as_ref().is_some_and(|t| *t != ts)
                 && subtype != Some("thread_broadcast");
-            if reply || e.user.as_deref() == Some(reader) {
+            if reply || e.user.as_deref() == Some(reader.user) {
                 UnreadEffect::Nothing
             } else {
-                UnreadEffect::Adds(ts)
+                let mention = reader.is_mentioned_in(&e.text);
+                UnreadEffect::Adds(ts, mention)
             }
         }
     }
 }
 
-/// The unread messages among a run of entries, in order: those added and not removed after.
-pub fn count_unread(effects: impl IntoIterator<Item = UnreadEffect>) -> u64 {
-    let mut unread = std::collections::HashSet::new();
+/// A reader's unread messages in a channel, and how many of them mention it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnreadCount {
+    pub messages: u64,
+    pub mentions: u64,
+}
+
+/// The unread messages among a run of entries, in order: those added and not removed after,
+/// and those of them that mention the reader as last written.
+pub fn count_unread(effects: impl IntoIterator<Item = UnreadEffect>) -> UnreadCount {
+    let mut unread = std::collections::HashMap::new();
     for effect in effects {
         match effect {
-            UnreadEffect::Adds(ts) => {
-                unread.insert(ts);
+            UnreadEffect::Adds(ts, mention) => {
+                unread.insert(ts, mention);
+            }
+            UnreadEffect::Edits(ts, mention) => {
+                if let Some(m) = unread.get_mut(&ts) {
+                    *m = mention;
+                }
             }
             UnreadEffect::Removes(ts) => {
                 unread.remove(&ts);
@@ -495,7 +573,10 @@ pub fn count_unread(effects: impl IntoIterator<Item = UnreadEffect>) -> u64 {
             UnreadEffect::Nothing => {}
         }
     }
-    unread.len() as u64
+    UnreadCount {
+        messages: unread.len() as u64,
+        mentions: unread.values().filter(|m| **m).count() as u64,
+    }
 }
 
 /// Renders an ephemeral event for a channel.
@@ -928,36 +1009,103 @@ mod tests {
         .boxed();
         stream.push(topic);
 
-        let stored: Vec<UnreadEffect> = stream.iter().map(|m| unread_effect(m, "UME")).collect();
+        // Mentions: an edit makes 1 mention the reader; 12 calls on everyone here, 14 on a
+        // group the reader is in; 16 and 17 mention someone else and another group.
+        stream[3].text = "now for <@UME>".into();
+        stream[11].text = "<!here> standup".into();
+        stream[12].text = "<@UME> deleted anyway".into();
+        stream[13].text = "<!subteam^SONCALL|@oncall> paged".into();
+        let mut other = entry(16, "UC", MessageKind::Posted);
+        other.text = "<@UOTHER> and &lt;@UME&gt; typed".into();
+        stream.push(other);
+        let mut group = entry(17, "UC", MessageKind::Posted);
+        group.text = "<!subteam^SOTHER|@design>".into();
+        stream.push(group);
+
+        let groups = ["SONCALL".to_string()];
+        let reader = Reader {
+            user: "UME",
+            groups: &groups,
+        };
+        let stored: Vec<UnreadEffect> = stream.iter().map(|m| unread_effect(m, &reader)).collect();
         let rendered: Vec<UnreadEffect> = stream
             .iter()
-            .map(|m| unread_effect_of_event(&message_json(m), "UME"))
+            .map(|m| unread_effect_of_event(&message_json(m), &reader))
             .collect();
         assert_eq!(stored, rendered);
-        let adds = |seq: Seq| UnreadEffect::Adds(ts(seq).to_slack());
-        assert_eq!(stored[0], adds(1));
+        let adds = |seq: Seq, mention| UnreadEffect::Adds(ts(seq).to_slack(), mention);
+        assert_eq!(stored[0], adds(1, false));
         assert_eq!(stored[1], UnreadEffect::Nothing, "the reader's own");
         assert_eq!(
             stored[2..5],
             [
                 UnreadEffect::Nothing,
-                UnreadEffect::Nothing,
+                UnreadEffect::Edits(ts(1).to_slack(), true),
                 UnreadEffect::Nothing
             ]
         );
         assert_eq!(stored[9], UnreadEffect::Nothing, "a reply");
-        assert_eq!(stored[10], adds(11), "a broadcast reply");
+        assert_eq!(stored[10], adds(11, false), "a broadcast reply");
+        assert_eq!(stored[11], adds(12, true), "<!here>");
         assert_eq!(stored[12], UnreadEffect::Removes(ts(7).to_slack()));
-        // 1, 11, 12, 14 and 15: 6 and 7 were deleted.
-        assert_eq!(count_unread(stored), 5);
-        assert_eq!(count_unread(rendered), 5);
+        // 1, 11, 12, 14, 15, 16 and 17: 6 and 7 were deleted. Mentions: 1 (as edited), 12, 14.
+        let expected = UnreadCount {
+            messages: 7,
+            mentions: 3,
+        };
+        assert_eq!(count_unread(stored), expected);
+        assert_eq!(count_unread(rendered), expected);
+        // Nobody: the same messages, no mentions but everyone's.
+        let nobody: Vec<UnreadEffect> = stream
+            .iter()
+            .map(|m| unread_effect(m, &Reader::NOBODY))
+            .collect();
+        assert_eq!(
+            count_unread(nobody),
+            UnreadCount {
+                messages: 8,
+                mentions: 1
+            },
+            "the reader's own message counts for nobody; only <!here> mentions nobody"
+        );
         for junk in ["", "{", "[]", r#"{"type":"message"}"#, r#"{"type":7}"#] {
             assert_eq!(
-                unread_effect_of_event(junk, "UME"),
+                unread_effect_of_event(junk, &reader),
                 UnreadEffect::Nothing,
                 "{junk}"
             );
         }
+    }
+
+    #[test]
+    fn a_mention_is_the_readers_id_everyone_or_a_group_of_its_own() {
+        let groups = ["SONCALL".to_string()];
+        let reader = Reader {
+            user: "UME",
+            groups: &groups,
+        };
+        for (text, mentions) in [
+            ("<@UME>", true),
+            ("hi <@UME|me>, see this", true),
+            ("<@UMEX> <@UM> <@ume>", false),
+            ("<!channel>", true),
+            ("<!here|here>", true),
+            ("<!everyone>", true),
+            ("<!subteam^SONCALL|@oncall>", true),
+            ("<!subteam^SONCALLX> <!subteam^>", false),
+            ("<!date^1392734382^{date}|Feb 18>", false),
+            ("<#CUME|general> <mailto:UME>", false),
+            ("&lt;@UME&gt; typed by hand", false),
+            ("<@UME", false),
+            ("<<@UME>", true),
+            ("<", false),
+            ("", false),
+            ("ünïcödé <@UME> ✓", true),
+        ] {
+            assert_eq!(reader.is_mentioned_in(text), mentions, "{text}");
+        }
+        assert!(!Reader::NOBODY.is_mentioned_in("<@> <@UME>"));
+        assert!(Reader::NOBODY.is_mentioned_in("<!channel>"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use super::{HistoryQuery, MessageStore, StorageResult};
 use crate::ids::{ChannelId, Seq, WorkspaceId};
-use crate::protocol::client::{unread_effect, UnreadEffect};
+use crate::protocol::client::{unread_effect, Reader, UnreadEffect};
 
 /// How far past the point where a DM was closed a message that opened it again is looked for
 /// (in entries: reactions, edits and replies in threads are entries too).
@@ -34,7 +34,7 @@ pub async fn first_message_after(
         // Counted for no reader: every author's message counts.
         if let Some(m) = entries
             .iter()
-            .find(|m| matches!(unread_effect(m, ""), UnreadEffect::Adds(_)))
+            .find(|m| matches!(unread_effect(m, &Reader::NOBODY), UnreadEffect::Adds(..)))
         {
             return Ok(Some(m.seq));
         }

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use serde_json::json;
 use shared::ids::{ChannelId, Seq, Ts, UserId, WorkspaceId};
+use shared::protocol::client::{Reader, UnreadCount};
 use shared::protocol::{ChannelSetting, MessageKind, NewMessage, RichContent, UserEvent};
 use shared::store::{Channel, HistoryQuery, SharedStore, StorageErrorKind};
 
@@ -271,8 +272,10 @@ pub(super) async fn info(state: &AppState, caller: &Caller, params: &Params) -> 
             let (last_read, unread) =
                 read_state(state, &visible.channel, &caller.user.id, read).await?;
             channel["last_read"] = last_read.into();
-            channel["unread_count"] = unread.into();
-            channel["unread_count_display"] = unread.into();
+            channel["unread_count"] = unread.messages.into();
+            channel["unread_count_display"] = unread.messages.into();
+            channel["mention_count"] = unread.mentions.into();
+            channel["mention_count_display"] = unread.mentions.into();
         }
         if super::members::is_direct(&visible.channel) {
             channel["is_open"] =
@@ -289,13 +292,15 @@ pub const MAX_UNREAD_COUNT: u32 = 1000;
 
 /// A member's read position as Slack shows it (the `ts` of the entry at `read`, zeros before
 /// any) and its unread messages after it, as the gateway's `hello` counts them: the others'
-/// messages shown in the channel that are still there, at most [`MAX_UNREAD_COUNT`].
+/// messages shown in the channel that are still there, at most [`MAX_UNREAD_COUNT`], and
+/// those of them that mention the reader as they read now (its id, `<!channel>`,
+/// `<!here>`, `<!everyone>`, or a user group it is in; in a DM or group DM every one).
 async fn read_state(
     state: &AppState,
     channel: &Channel,
     reader: &UserId,
     read: Seq,
-) -> ApiResult<(String, u64)> {
+) -> ApiResult<(String, UnreadCount)> {
     let at = if read == 0 {
         None
     } else {
@@ -316,14 +321,39 @@ async fn read_state(
         limit: MAX_UNREAD_COUNT,
         ..HistoryQuery::default()
     };
-    let unread = state
+    let unread: Vec<_> = state
         .store
         .message_views(&channel.workspace, &channel.id, &query, None)
         .await?
-        .iter()
+        .into_iter()
         .filter(|v| !v.deleted && v.message.user != *reader)
-        .count() as u64;
-    Ok((at.unwrap_or_else(|| "0000000000.000000".into()), unread))
+        .collect();
+    let mentions = if super::members::is_direct(channel) || unread.is_empty() {
+        unread.len()
+    } else {
+        let groups: Vec<String> = state
+            .store
+            .usergroups(&channel.workspace)
+            .await?
+            .groups
+            .into_iter()
+            .filter(|g| g.disabled.is_none() && g.users.contains(reader))
+            .map(|g| g.id)
+            .collect();
+        let reader = Reader {
+            user: &reader.0,
+            groups: &groups,
+        };
+        unread
+            .iter()
+            .filter(|v| reader.is_mentioned_in(&v.message.text))
+            .count()
+    };
+    let count = UnreadCount {
+        messages: unread.len() as u64,
+        mentions: mentions as u64,
+    };
+    Ok((at.unwrap_or_else(|| "0000000000.000000".into()), count))
 }
 
 fn channel_cursor(params: &Params) -> ApiResult<Option<ChannelId>> {
@@ -811,8 +841,10 @@ pub(super) async fn mark(state: &AppState, caller: &Caller, params: &Params) -> 
         "channel": channel.id,
         "ts": ts,
         "seq": seq,
-        "unread_count": unread,
-        "unread_count_display": unread,
+        "unread_count": unread.messages,
+        "unread_count_display": unread.messages,
+        "mention_count": unread.mentions,
+        "mention_count_display": unread.mentions,
         "event_ts": Ts::now().to_slack(),
     });
     publish_all(

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 
 use serde_json::json;
 use shared::ids::{ChannelId, Seq, Ts, UserId};
-use shared::protocol::client::{unread_effect, UnreadEffect};
+use shared::protocol::client::{unread_effect, Reader, UnreadEffect};
 use shared::protocol::{Message, UserEvent};
 use shared::store::{dm, Channel, StorageErrorKind};
 
@@ -239,7 +239,8 @@ async fn first_message_after(
 /// message itself. Best effort, the message being stored already: a failed read is logged
 /// and counted, and the DM is open all the same.
 pub(crate) async fn tell_reopened(state: &AppState, channel: &Channel, msg: &Message) {
-    if !is_direct(channel) || !matches!(unread_effect(msg, ""), UnreadEffect::Adds(_)) {
+    if !is_direct(channel) || !matches!(unread_effect(msg, &Reader::NOBODY), UnreadEffect::Adds(..))
+    {
         return;
     }
     match reopened_by(state, channel, msg.seq).await {
