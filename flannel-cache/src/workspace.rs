@@ -855,8 +855,9 @@ pub(crate) mod tests {
         assert_eq!(ws.apply(&other), Applied::Applied);
     }
 
-    #[test]
-    fn direct_messages_say_their_kind_and_their_other_member() {
+    /// [`snapshot`] with direct messages: alice and bob (`CDM`), alice alone (`CSELF`), and
+    /// alice, bob and carol (`CGROUP`).
+    fn snapshot_with_dms() -> WorkspaceSnapshot {
         let mut snap = snapshot();
         let row = |c: &str, u: &str| MemberRow(ChannelId::from(c), UserId::from(u), 0);
         snap.channels.push(channel("CDM", "dm-ualice-ubob", true));
@@ -873,7 +874,12 @@ pub(crate) mod tests {
         ] {
             snap.members.push(r);
         }
-        let ws = WorkspaceData::from_snapshot(snap);
+        snap
+    }
+
+    #[test]
+    fn direct_messages_say_their_kind_and_their_other_member() {
+        let ws = WorkspaceData::from_snapshot(snapshot_with_dms());
         let find = |v: &Value, id: &str| {
             v["channels"]
                 .as_array()
@@ -914,20 +920,7 @@ pub(crate) mod tests {
 
     #[test]
     fn a_closed_dm_says_is_open_false_to_its_closer_alone() {
-        let mut snap = snapshot();
-        let row = |c: &str, u: &str| MemberRow(ChannelId::from(c), UserId::from(u), 0);
-        snap.channels.push(channel("CDM", "dm-ualice-ubob", true));
-        snap.channels
-            .push(channel("CGROUP", "mpdm-ualice-ubob-ucarol", true));
-        for r in [
-            row("CDM", "UALICE"),
-            row("CDM", "UBOB"),
-            row("CGROUP", "UALICE"),
-            row("CGROUP", "UBOB"),
-            row("CGROUP", "UCAROL"),
-        ] {
-            snap.members.push(r);
-        }
+        let mut snap = snapshot_with_dms();
         // Alice closed the DM with Bob; a row naming a user this copy does not hold is skipped.
         snap.closed_dms = vec![
             (ChannelId::from("CDM"), UserId::from("UALICE")),

@@ -303,6 +303,45 @@ impl Server {
             .to_string()
     }
 
+    /// Posts `text` to `channel` with `token` and the further parameters in `extra` (an
+    /// object); returns the message's ts.
+    pub(crate) async fn post_with(
+        &self,
+        token: &str,
+        channel: &str,
+        text: &str,
+        extra: Value,
+    ) -> String {
+        let mut params = json!({"channel": channel, "text": text});
+        for (k, v) in extra.as_object().expect("extra parameters") {
+            params[k] = v.clone();
+        }
+        self.ok("chat.postMessage", token, params).await["ts"]
+            .as_str()
+            .expect("ts")
+            .to_string()
+    }
+
+    /// A service token of the demo workspace (what Flannel calls `internal.*` with).
+    pub(crate) fn service_token(&self) -> String {
+        let ws = self.demo["workspace"].as_str().expect("workspace");
+        self.signer
+            .issue(&Claims::service(WorkspaceId(ws.to_string()), 1))
+    }
+
+    /// The demo workspace's `internal.flannel.snapshot`, as Flannel reads it.
+    pub(crate) async fn flannel_snapshot(&self) -> shared::protocol::WorkspaceSnapshot {
+        let ws = self.demo["workspace"].as_str().expect("workspace");
+        let v = self
+            .ok(
+                "internal.flannel.snapshot",
+                &self.service_token(),
+                json!({"workspace": ws}),
+            )
+            .await;
+        serde_json::from_value(v).expect("a snapshot")
+    }
+
     /// The ts of what `search.messages` finds for `query`, newest first.
     pub(crate) async fn search_ts(&self, token: &str, query: &str) -> Vec<String> {
         let v = self
@@ -3043,16 +3082,7 @@ async fn conversations_info_counts_a_members_unread_messages() {
     assert_eq!(v["unread_count"], 0, "{v}");
     let post = |token: &str, extra: Value| {
         let (s, token, ch) = (&s, token.to_string(), ch.clone());
-        async move {
-            let mut params = json!({"channel": ch, "text": "a message"});
-            for (k, v) in extra.as_object().unwrap() {
-                params[k] = v.clone();
-            }
-            s.ok("chat.postMessage", &token, params).await["ts"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
+        async move { s.post_with(&token, &ch, "a message", extra).await }
     };
     let first = post(&alice, json!({})).await;
     let second = post(&alice, json!({})).await;
@@ -3173,16 +3203,7 @@ async fn unread_mentions_are_counted_as_the_messages_read_now() {
     let design = group("Design", &carol_id).await;
     let post = |token: &str, text: String, extra: Value| {
         let (s, token, ch) = (&s, token.to_string(), ch.clone());
-        async move {
-            let mut params = json!({"channel": ch, "text": text});
-            for (k, v) in extra.as_object().unwrap() {
-                params[k] = v.clone();
-            }
-            s.ok("chat.postMessage", &token, params).await["ts"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        }
+        async move { s.post_with(&token, &ch, &text, extra).await }
     };
     let counts = |token: &str| {
         let (s, token, ch) = (&s, token.to_string(), ch.clone());
@@ -3262,12 +3283,7 @@ async fn unread_mentions_are_counted_as_the_messages_read_now() {
     assert_eq!(counts(&bob).await, (2, 1));
 
     // A DM: every unread message is a mention.
-    let dm = s
-        .ok("conversations.open", &carol, json!({"users": bob_id}))
-        .await["channel"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let dm = s.open_dm(&carol, &[&bob_id]).await;
     for text in ["hey", "are you there?"] {
         s.ok(
             "chat.postMessage",

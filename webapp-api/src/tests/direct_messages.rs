@@ -166,20 +166,12 @@ async fn a_dm_is_closed_for_the_caller_until_opened_or_written_to() {
     };
     // What Flannel caches: the snapshot lists the DMs closed for whom (its boot data then
     // says `is_open: false` to them).
-    let ws = s.demo["workspace"].as_str().unwrap().to_string();
-    let service = s.signer.issue(&Claims::service(WorkspaceId(ws.clone()), 1));
     let closed_in_snapshot = || {
-        let (s, service, ws) = (&s, service.clone(), ws.clone());
+        let s = &s;
         async move {
-            let v = s
-                .ok(
-                    "internal.flannel.snapshot",
-                    &service,
-                    json!({"workspace": ws}),
-                )
-                .await;
-            let snap: shared::protocol::WorkspaceSnapshot = serde_json::from_value(v).unwrap();
-            let mut closed: Vec<(String, String)> = snap
+            let mut closed: Vec<(String, String)> = s
+                .flannel_snapshot()
+                .await
                 .closed_dms
                 .into_iter()
                 .map(|(c, u)| (c.0, u.0))

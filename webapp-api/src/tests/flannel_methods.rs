@@ -320,15 +320,8 @@ async fn read_positions_are_marked_by_ts_or_seq() {
 async fn the_snapshot_needs_a_service_token_of_its_workspace() {
     let s = Server::start().await;
     let ws = s.demo["workspace"].as_str().unwrap().to_string();
-    let service = service_token(&s, &ws);
-    let v = s
-        .ok(
-            "internal.flannel.snapshot",
-            &service,
-            json!({"workspace": ws}),
-        )
-        .await;
-    let snap: shared::protocol::WorkspaceSnapshot = serde_json::from_value(v).unwrap();
+    let service = s.service_token();
+    let snap = s.flannel_snapshot().await;
     assert_eq!(snap.workspace.0, ws);
     assert_eq!(snap.workspace_name, "demo");
     assert_eq!(snap.users.len(), 3);
