@@ -679,7 +679,29 @@ async fn flannel_restarts_and_evictions_lose_nothing() {
         "acme came back in and another workspace went out"
     );
 
-    // A restart loses nothing, changes made while it was down included.
+    // A restart loses nothing, changes made while it was down included: alice closes her DM
+    // with bob and the one with herself; while Flannel is down bob writes to the first, which
+    // opens it again, so the reloaded boot has it open and the other closed.
+    let dm_id = |v: Value| v["channel"]["id"].as_str().unwrap().to_string();
+    let with_bob = dm_id(
+        cluster
+            .api_ok("conversations.open", &alice.token, json!({"users": bob.id}))
+            .await,
+    );
+    let with_self = dm_id(
+        cluster
+            .api_ok(
+                "conversations.open",
+                &alice.token,
+                json!({"users": alice.id}),
+            )
+            .await,
+    );
+    for dm in [&with_bob, &with_self] {
+        cluster
+            .api_ok("conversations.close", &alice.token, json!({"channel": dm}))
+            .await;
+    }
     cluster.kill("fl-small");
     cluster
         .api_ok(
@@ -688,6 +710,7 @@ async fn flannel_restarts_and_evictions_lose_nothing() {
             json!({"profile": {"display_name": "while-down"}}),
         )
         .await;
+    cluster.post(&bob, &with_bob, "back online?").await;
     let renamed = cluster.create_channel(&alice, "made-while-down").await;
     let small = flannel_at(&cluster, "fl-small", addr, &["flannel.max_workspaces=2"]);
     cluster.wait_healthy(&small).await;
@@ -697,6 +720,13 @@ async fn flannel_restarts_and_evictions_lose_nothing() {
         "{v}"
     );
     assert!(find(&v["channels"], &renamed).is_some(), "{v}");
+    let is_open = |id: &str| find(&v["channels"], id).map(|c| c["is_open"].clone());
+    assert_eq!(
+        is_open(&with_bob),
+        Some(json!(true)),
+        "opened by bob's message: {v}"
+    );
+    assert_eq!(is_open(&with_self), Some(json!(false)), "still closed: {v}");
     let v = boot(&cluster, &small, &gina.token).await;
     assert_eq!(v["self"]["id"], gina.id.as_str());
 
